@@ -1,0 +1,33 @@
+# peft.h — build, test, demo.  `make` builds everything; `make test` runs the suite.
+CC      ?= cc
+OPT     ?= -O2 -march=native
+CFLAGS  ?= $(OPT) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
+EXTRA   ?=
+LDLIBS  := -lm -lpthread
+BUILD   ?= build
+
+TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.c \
+            tests/test_files.c tests/test_train.c tests/test_cli.c
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+
+all: $(BUILD)/peft $(BUILD)/test_peft $(EXAMPLES)
+
+$(BUILD)/peft: tools/peft.c peft.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(EXTRA) -o $@ tools/peft.c $(LDLIBS)
+
+$(BUILD)/test_peft: $(TEST_SRC) tests/harness.h peft.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(EXTRA) -o $@ $(TEST_SRC) $(LDLIBS)
+
+$(BUILD)/examples/%: examples/%.c peft.h
+	@mkdir -p $(BUILD)/examples
+	$(CC) $(CFLAGS) $(EXTRA) -o $@ $< $(LDLIBS)
+
+test: $(BUILD)/peft $(BUILD)/test_peft
+	PEFT_BIN=$(BUILD)/peft $(BUILD)/test_peft
+
+clean:
+	rm -rf build build-*
+
+.PHONY: all test clean

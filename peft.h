@@ -1,0 +1,2790 @@
+/* peft.h — parameter-efficient fine-tuning of LLaMA models on a CPU, in one C header.
+
+   ============================================================================
+   WHAT IT IS
+   ============================================================================
+   A single-header C library (stb style) that loads LLaMA-family checkpoints
+   (Hugging Face folders with safetensors), runs them forward, differentiates
+   them with a small tape-based autodiff and fine-tunes them: fully, or with the
+   parameter-efficient methods of the LLaMA PEFT survey (LoRA, LLaMA-Adapter V1,
+   LLaMA-Adapter V2, LLaMA-Excitor, QLoRA). It depends on libc and libm only;
+   pthreads are used when available.
+
+   Every number it computes is checked against the Python reference stack
+   (transformers, peft, torch) by the tests in tests/, on fixtures written by
+   the scripts in tools/ref/.
+
+   ============================================================================
+   QUICK START
+   ============================================================================
+       #define PEFT_IMPLEMENTATION
+       #include "peft.h"
+
+       int main(void) {
+           peft_model *m;
+           if (peft_model_load(&m, "path/to/hf-model-folder") != PEFT_OK) {
+               fprintf(stderr, "%s\n", peft_last_error());
+               return 1;
+           }
+           peft_trainer_opts o = peft_trainer_defaults();
+           o.lr = 1e-4f;
+           peft_trainer *tr = peft_trainer_new(m, &o);
+           int tokens[] = {1, 450, 4996, 17354, 1701, 432};
+           int targets[] = {450, 4996, 17354, 1701, 432, -100};
+           float loss;
+           for (int step = 0; step < 10; step++) {
+               peft_trainer_step(tr, tokens, targets, 1, 6, &loss);
+               printf("step %d loss %.4f\n", step, loss);
+           }
+           peft_trainer_free(tr);
+           peft_model_save(m, "out-folder");
+           peft_model_free(m);
+       }
+
+   Exactly one C file defines PEFT_IMPLEMENTATION before including this header;
+   every other file includes it plainly and sees only the declarations.
+
+   ============================================================================
+   BUILD MACROS
+   ============================================================================
+     PEFT_IMPLEMENTATION   emit the implementation in this translation unit
+     PEFTDEF               linkage of the public functions (default: extern;
+                           define as `static` for a private copy)
+     PEFT_MALLOC(n)        allocator        (default malloc)
+     PEFT_REALLOC(p, n)    reallocator      (default realloc)
+     PEFT_FREE(p)          deallocator      (default free)
+     PEFT_ASSERT(x)        internal invariant check (default assert)
+     PEFT_NO_THREADS       build without pthreads (single-threaded kernels)
+     PEFT_MAX_THREADS      upper bound on worker threads (default 64)
+
+   ============================================================================
+   API OVERVIEW (reading order of the implementation below)
+   ============================================================================
+     errors      peft_status, peft_last_error(), peft_status_name()
+     RNG         peft_rng_seed/uniform/normal — deterministic, seedable
+     tensors     peft_tensor: f32 compute data, optional gradient buffer,
+                 row-major shape/stride; parameters are trainable or frozen
+                 (frozen ones never own a gradient buffer)
+     kernels     peft_gemm: C = beta*C + op(A)*op(B), the three training shapes
+     tape        peft_graph: an arena for activations plus the op record;
+                 peft_backward() walks it in reverse
+     ops         embedding, linear, rmsnorm, rope, causal GQA attention,
+                 swiglu, add, cross-entropy — forward and backward side by side
+     LLaMA       peft_config (from config.json or a preset), peft_model
+                 (load/save safetensors, forward, loss), parameter counts
+     optimizer   AdamW in torch's order, global-norm clipping, schedules
+     trainer     one loop for every method: forward, loss, backward, clip,
+                 step, with gradient accumulation
+     files       JSON reader, safetensors reader/writer (strict validation,
+                 atomic writes), F16/BF16 conversion
+
+   Conventions: every call that can fail returns peft_status; on failure
+   peft_last_error() returns a sentence naming the file and the problem.
+   Weights are stored [out_features, in_features] and y = x·Wᵀ, as in PyTorch.
+*/
+#ifndef PEFT_H
+#define PEFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef PEFTDEF
+#define PEFTDEF extern
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- errors */
+typedef enum {
+    PEFT_OK = 0,
+    PEFT_ERR_ARG,         /* a caller passed something invalid            */
+    PEFT_ERR_IO,          /* open/read/write/rename failed                 */
+    PEFT_ERR_FORMAT,      /* a file is malformed (JSON, safetensors)       */
+    PEFT_ERR_SHAPE,       /* tensor shapes disagree with the config        */
+    PEFT_ERR_CONFIG,      /* unknown or unsupported configuration value    */
+    PEFT_ERR_NOMEM,       /* allocation failed                             */
+    PEFT_ERR_NUMERIC,     /* NaN/Inf loss or gradient                      */
+    PEFT_ERR_UNSUPPORTED  /* valid input this build does not handle        */
+} peft_status;
+
+PEFTDEF const char *peft_last_error(void);
+PEFTDEF const char *peft_status_name(peft_status s);
+
+/* ------------------------------------------------------------------- RNG */
+typedef struct { uint64_t s[2]; int has_spare; float spare; } peft_rng;
+PEFTDEF void     peft_rng_seed(peft_rng *r, uint64_t seed);
+PEFTDEF uint64_t peft_rng_u64(peft_rng *r);
+PEFTDEF float    peft_rng_uniform(peft_rng *r);          /* [0, 1)      */
+PEFTDEF float    peft_rng_normal(peft_rng *r);           /* N(0, 1)     */
+
+/* --------------------------------------------------------------- tensors */
+#define PEFT_MAX_DIMS 4
+
+typedef struct peft_tensor {
+    float   *data;
+    float   *grad;                  /* NULL unless requires_grad          */
+    int64_t  shape[PEFT_MAX_DIMS];
+    int64_t  stride[PEFT_MAX_DIMS]; /* in elements, row-major             */
+    int      ndim;
+    int64_t  n;                     /* number of elements                 */
+    int      requires_grad;
+    int      is_param;              /* owned by a model, outlives a step  */
+    const char *name;               /* parameter name (HF key) or NULL    */
+} peft_tensor;
+
+/* A parameter: malloc'ed data, and a gradient buffer only when trainable. */
+PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *shape);
+PEFTDEF peft_status  peft_param_set_trainable(peft_tensor *p, int trainable);
+PEFTDEF void         peft_param_free(peft_tensor *p);
+
+/* ---------------------------------------------------------------- kernels */
+/* C[M,N] = beta*C + op(A)[M,K] · op(B)[K,N]; op(X) = Xᵀ when tX != 0.
+   Leading dimensions are row strides of A, B, C as stored. */
+PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
+                       const float *A, int lda, const float *B, int ldb,
+                       float beta, float *C, int ldc);
+PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
+                           const float *A, int lda, const float *B, int ldb,
+                           float beta, float *C, int ldc);
+PEFTDEF void peft_set_threads(int n);
+PEFTDEF int  peft_get_threads(void);
+
+/* ------------------------------------------------------------------- tape */
+typedef struct peft_graph peft_graph;
+PEFTDEF peft_graph *peft_graph_new(void);
+PEFTDEF void        peft_graph_reset(peft_graph *g);   /* start a new step   */
+PEFTDEF void        peft_graph_free(peft_graph *g);
+PEFTDEF void        peft_graph_set_grad(peft_graph *g, int enabled);
+PEFTDEF size_t      peft_graph_arena_bytes(const peft_graph *g);
+PEFTDEF long        peft_graph_system_allocs(const peft_graph *g);
+/* Seeds d(out)=1 (out must be a scalar) and runs every backward in reverse. */
+PEFTDEF peft_status peft_backward(peft_graph *g, peft_tensor *out);
+/* Same, seeding d(out) with the given values (out->n of them): for any tensor. */
+PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const float *seed);
+/* A fresh activation tensor from the step arena (contents uninitialised). */
+PEFTDEF peft_tensor *peft_tensor_new(peft_graph *g, int ndim, const int64_t *shape);
+PEFTDEF peft_tensor *peft_tensor_2d(peft_graph *g, int64_t rows, int64_t cols);
+
+/* -------------------------------------------------------------------- ops */
+/* Each op computes its forward now and, when any input needs a gradient,
+   records its backward on the tape. Shapes: rows are tokens (B*T). */
+PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *table, const int *ids, int n);
+PEFTDEF peft_tensor *peft_linear(peft_graph *g, peft_tensor *x, peft_tensor *w);
+PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w, float eps);
+typedef struct {
+    int head_dim, rot_dim, interleaved;
+    int n_pos;                   /* rows in cos/sin                       */
+    const float *cos, *sin;      /* [n_pos, rot_dim/2]                    */
+} peft_rope_table;
+PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
+                               const peft_rope_table *rt, int B, int T);
+PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *k,
+                                    peft_tensor *v, int B, int T, int n_heads,
+                                    int n_kv_heads, int head_dim);
+PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *gate, peft_tensor *up);
+PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b);
+/* Mean cross-entropy over rows whose target is not -100 (a scalar). */
+PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *logits, const int *targets);
+PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s);
+
+/* ------------------------------------------------------------------ LLaMA */
+typedef enum { PEFT_ROPE_DEFAULT = 0, PEFT_ROPE_LLAMA3, PEFT_ROPE_LINEAR } peft_rope_type;
+
+typedef struct {
+    int   dim;             /* hidden_size                                  */
+    int   hidden_dim;      /* intermediate_size                            */
+    int   n_layers;
+    int   n_heads;
+    int   n_kv_heads;
+    int   head_dim;
+    int   vocab_size;
+    int   max_seq_len;     /* max_position_embeddings                      */
+    float norm_eps;
+    float rope_theta;
+    peft_rope_type rope_type;
+    float rope_factor, rope_low_freq, rope_high_freq;
+    int   rope_orig_max_pos;
+    int   rope_interleaved;/* llama2.c / Meta layout instead of rotate_half */
+    int   tie_embeddings;
+    int   bos_id, eos_id;
+} peft_config;
+
+PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name);
+PEFTDEF const char *peft_preset_name(int i);                /* NULL past end */
+PEFTDEF peft_status peft_config_load(peft_config *c, const char *config_json_path);
+PEFTDEF int64_t     peft_config_param_count(const peft_config *c);
+/* LLaMA-1/2 feed-forward width: multiple_of * ceil(int(ffn_mult*int(8d/3)) / multiple_of). */
+PEFTDEF int         peft_llama_ffn_dim(int dim, int multiple_of, float ffn_mult);
+PEFTDEF peft_status peft_config_validate(const peft_config *c, const char *where);
+
+typedef struct {
+    peft_tensor *attn_norm, *wq, *wk, *wv, *wo;
+    peft_tensor *ffn_norm, *w_gate, *w_up, *w_down;
+} peft_layer;
+
+typedef struct peft_model {
+    peft_config  cfg;
+    peft_tensor *embed, *norm, *lm_head;   /* lm_head == embed when tied    */
+    peft_layer  *layers;
+    peft_tensor **params;                  /* every parameter, HF order     */
+    int          n_params;
+    peft_rope_table rope;
+    float       *rope_buf;
+    char         path[512];
+} peft_model;
+
+/* init: 0 = zeros (no weights), 1 = random N(0, 0.02) with unit norms. */
+PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int init, uint64_t seed);
+PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset, int init, uint64_t seed);
+/* A Hugging Face folder: config.json + model.safetensors (or the sharded index). */
+PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir);
+/* Writes config.json + model.safetensors (F32) into dir (created if needed), atomically. */
+PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
+PEFTDEF void        peft_model_free(peft_model *m);
+PEFTDEF peft_tensor *peft_model_param(const peft_model *m, const char *name);
+PEFTDEF void        peft_model_set_trainable_all(peft_model *m, int trainable);
+PEFTDEF int64_t     peft_model_count(const peft_model *m, int trainable_only);
+/* Forward over B sequences of T tokens (row-major ids) → logits [B*T, vocab]. */
+PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T);
+/* Logits, then mean cross-entropy against targets (-100 = ignored). */
+PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
+                                     const int *targets, int B, int T);
+
+/* -------------------------------------------------------------- optimizer */
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+} peft_adamw_opts;
+
+typedef struct {
+    peft_adamw_opts o;
+    peft_tensor **params;
+    int           n;
+    float       **m, **v;
+    int64_t       t;
+} peft_adamw;
+
+PEFTDEF peft_adamw_opts peft_adamw_defaults(void);     /* torch's defaults */
+PEFTDEF peft_status peft_adamw_init(peft_adamw *opt, peft_tensor **params, int n,
+                                    const peft_adamw_opts *o);
+PEFTDEF void        peft_adamw_step(peft_adamw *opt, float lr);
+PEFTDEF void        peft_adamw_free(peft_adamw *opt);
+PEFTDEF void        peft_zero_grad(peft_tensor **params, int n);
+/* Scales gradients so their global L2 norm is at most max_norm; returns the
+   norm before clipping (computed in double). NaN/Inf norms are returned as is. */
+PEFTDEF double      peft_clip_grad_norm(peft_tensor **params, int n, double max_norm);
+
+typedef enum { PEFT_SCHED_CONSTANT = 0, PEFT_SCHED_COSINE, PEFT_SCHED_LINEAR } peft_sched_kind;
+typedef struct {
+    peft_sched_kind kind;
+    float base_lr, min_lr;
+    int   warmup_steps, total_steps;
+} peft_schedule;
+PEFTDEF float peft_schedule_lr(const peft_schedule *s, int step);   /* step from 0 */
+
+/* ---------------------------------------------------------------- trainer */
+typedef struct {
+    float lr, min_lr, beta1, beta2, eps, weight_decay, max_grad_norm;
+    int   warmup_steps, total_steps, grad_accum;
+    peft_sched_kind schedule;
+} peft_trainer_opts;
+
+typedef struct peft_trainer {
+    peft_model   *model;
+    peft_graph   *graph;
+    peft_adamw    opt;
+    peft_schedule sched;
+    peft_trainer_opts o;
+    int           step;           /* optimizer steps taken                */
+    int           micro;          /* micro-batches accumulated this step  */
+    double        accum_loss;
+    float         last_lr;
+    double        last_grad_norm;
+} peft_trainer;
+
+PEFTDEF peft_trainer_opts peft_trainer_defaults(void);
+/* Trains whatever is marked trainable in the model (full fine-tuning when
+   nothing is attached: every parameter). */
+PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o);
+/* One micro-batch: forward, loss, backward (gradients accumulate, scaled by
+   1/grad_accum). After grad_accum micro-batches: clip, AdamW, zero grads.
+   *loss gets this micro-batch's loss. Returns PEFT_ERR_NUMERIC on NaN/Inf. */
+PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const int *targets,
+                                      int B, int T, float *loss);
+PEFTDEF void        peft_trainer_free(peft_trainer *tr);
+
+/* ------------------------------------------------------------------ files */
+typedef enum { PEFT_DT_F32 = 0, PEFT_DT_F16, PEFT_DT_BF16, PEFT_DT_I32, PEFT_DT_I64,
+               PEFT_DT_U8, PEFT_DT_I8, PEFT_DT_F64, PEFT_DT_COUNT } peft_dtype;
+PEFTDEF size_t      peft_dtype_size(peft_dtype d);
+PEFTDEF const char *peft_dtype_name(peft_dtype d);
+
+typedef struct {
+    char      *name;
+    peft_dtype dtype;
+    int        ndim;
+    int64_t    shape[PEFT_MAX_DIMS];
+    size_t     offset, nbytes;     /* within the data buffer               */
+} peft_st_entry;
+
+typedef struct {
+    char          path[512];
+    unsigned char *file;           /* whole file                           */
+    size_t         file_size;
+    const unsigned char *data;     /* start of the data buffer             */
+    peft_st_entry *entries;
+    int            n;
+    char         **meta_keys, **meta_vals;
+    int            n_meta;
+} peft_safetensors;
+
+PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path);
+PEFTDEF void        peft_st_close(peft_safetensors *st);
+PEFTDEF const peft_st_entry *peft_st_find(const peft_safetensors *st, const char *name);
+/* Converts an F32/F16/BF16/F64/I32/I64 entry into floats (n = element count). */
+PEFTDEF peft_status peft_st_read_f32(const peft_safetensors *st, const peft_st_entry *e,
+                                     float *out, int64_t n);
+
+typedef struct {
+    const char *name;
+    peft_dtype  dtype;
+    int         ndim;
+    int64_t     shape[PEFT_MAX_DIMS];
+    const void *data;
+} peft_st_write_item;
+/* Writes path atomically (path.tmp, then rename); metadata pairs may be NULL. */
+PEFTDEF peft_status peft_st_write(const char *path, const peft_st_write_item *items, int n,
+                                  const char **meta_kv, int n_meta);
+
+PEFTDEF float    peft_f16_to_f32(uint16_t h);
+PEFTDEF uint16_t peft_f32_to_f16(float f);
+PEFTDEF float    peft_bf16_to_f32(uint16_t h);
+PEFTDEF uint16_t peft_f32_to_bf16(float f);     /* round to nearest even */
+
+/* Writes a whole file atomically: path.tmp, fsync'd, renamed over path. */
+PEFTDEF peft_status peft_write_file_atomic(const char *path, const void *data, size_t n);
+PEFTDEF peft_status peft_read_file(const char *path, unsigned char **data, size_t *n);
+
+/* A small JSON DOM (used for config.json and adapter configs). */
+typedef enum { PEFT_JSON_NULL, PEFT_JSON_BOOL, PEFT_JSON_NUMBER, PEFT_JSON_STRING,
+               PEFT_JSON_ARRAY, PEFT_JSON_OBJECT } peft_json_type;
+typedef struct peft_json {
+    peft_json_type type;
+    double         number;
+    char          *string;         /* decoded UTF-8, NUL-terminated        */
+    char          *key;            /* member name when inside an object    */
+    struct peft_json *child, *next;
+    int            n_children;
+} peft_json;
+/* Parses text (len bytes); what names the source in error messages. */
+PEFTDEF peft_status peft_json_parse(peft_json **out, const char *text, size_t len, const char *what);
+PEFTDEF peft_status peft_json_load(peft_json **out, const char *path);
+PEFTDEF const peft_json *peft_json_get(const peft_json *obj, const char *key);
+PEFTDEF void        peft_json_free(peft_json *j);
+
+/* ------------------------------------------------------------------- data */
+/* Reads a training file as token ids: a file of integers (separated by
+   spaces, commas or newlines) is taken as ids; anything else as UTF-8 text,
+   one token per byte (ids 0–255; needs vocab ≥ 256). */
+PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids, int64_t *n);
+/* Fills B windows of T tokens drawn at random positions, with next-token
+   targets. Needs n ≥ T + 1. */
+PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, int T, int *tokens, int *targets);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PEFT_H */
+
+/* ############################################################################
+   #                              IMPLEMENTATION                              #
+   ############################################################################ */
+#ifdef PEFT_IMPLEMENTATION
+#ifndef PEFT__IMPLEMENTED
+#define PEFT__IMPLEMENTED
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+#include <math.h>
+#include <errno.h>
+#include <assert.h>
+#include <sys/stat.h>
+#if defined(_WIN32)
+#include <direct.h>
+#else
+#include <unistd.h>
+/* POSIX, but hidden by strict -std=c99/c11 feature macros */
+extern int fileno(FILE *stream);
+extern int fsync(int fd);
+#endif
+#ifndef PEFT_NO_THREADS
+#include <pthread.h>
+#endif
+
+#ifndef PEFT_MALLOC
+#define PEFT_MALLOC(n) malloc(n)
+#endif
+#ifndef PEFT_REALLOC
+#define PEFT_REALLOC(p, n) realloc(p, n)
+#endif
+#ifndef PEFT_FREE
+#define PEFT_FREE(p) free(p)
+#endif
+#ifndef PEFT_ASSERT
+#define PEFT_ASSERT(x) assert(x)
+#endif
+#ifndef PEFT_MAX_THREADS
+#define PEFT_MAX_THREADS 64
+#endif
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
+#define PEFT__TLS _Thread_local
+#elif defined(__GNUC__)
+#define PEFT__TLS __thread
+#else
+#define PEFT__TLS
+#endif
+
+#if defined(__GNUC__)
+#define PEFT__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define PEFT__PRINTF(a, b)
+#endif
+
+/* ============================================================================
+   PLATFORM: errors, allocation, RNG, threads
+   ============================================================================ */
+
+static PEFT__TLS char peft__errbuf[1024];
+
+/* Records a message for peft_last_error() and returns the status, so that a
+   failure path reads `return peft__fail(PEFT_ERR_IO, "%s: ...", path);`. */
+static peft_status peft__fail(peft_status s, const char *fmt, ...) PEFT__PRINTF(2, 3);
+static peft_status peft__fail(peft_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(peft__errbuf, sizeof peft__errbuf, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+PEFTDEF const char *peft_last_error(void) { return peft__errbuf[0] ? peft__errbuf : "no error"; }
+
+PEFTDEF const char *peft_status_name(peft_status s) {
+    switch (s) {
+    case PEFT_OK: return "ok";
+    case PEFT_ERR_ARG: return "invalid argument";
+    case PEFT_ERR_IO: return "I/O error";
+    case PEFT_ERR_FORMAT: return "malformed file";
+    case PEFT_ERR_SHAPE: return "shape mismatch";
+    case PEFT_ERR_CONFIG: return "bad configuration";
+    case PEFT_ERR_NOMEM: return "out of memory";
+    case PEFT_ERR_NUMERIC: return "non-finite number";
+    case PEFT_ERR_UNSUPPORTED: return "unsupported";
+    }
+    return "unknown status";
+}
+
+static void *peft__calloc(size_t n) {
+    void *p = PEFT_MALLOC(n ? n : 1);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+static char *peft__strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = (char *)PEFT_MALLOC(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+/* xoroshiro128+ seeded through splitmix64: fast, and the same stream on
+   every platform for a given seed. */
+static uint64_t peft__splitmix(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+PEFTDEF void peft_rng_seed(peft_rng *r, uint64_t seed) {
+    r->s[0] = peft__splitmix(&seed);
+    r->s[1] = peft__splitmix(&seed);
+    r->has_spare = 0;
+    r->spare = 0;
+}
+PEFTDEF uint64_t peft_rng_u64(peft_rng *r) {
+    uint64_t s0 = r->s[0], s1 = r->s[1], out = s0 + s1;
+    s1 ^= s0;
+    r->s[0] = ((s0 << 24) | (s0 >> 40)) ^ s1 ^ (s1 << 16);
+    r->s[1] = (s1 << 37) | (s1 >> 27);
+    return out;
+}
+PEFTDEF float peft_rng_uniform(peft_rng *r) {
+    return (float)(peft_rng_u64(r) >> 40) * (1.0f / 16777216.0f);
+}
+PEFTDEF float peft_rng_normal(peft_rng *r) {
+    if (r->has_spare) { r->has_spare = 0; return r->spare; }
+    double u1 = ((double)(peft_rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double u2 = (double)(peft_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+    double rad = sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
+    r->spare = (float)(rad * sin(th));
+    r->has_spare = 1;
+    return (float)(rad * cos(th));
+}
+
+/* ---- thread pool ----------------------------------------------------------
+   A fixed set of workers; peft__parallel_for(n, fn, ctx) splits [0, n) into
+   one contiguous range per thread. Each output element is always computed by
+   exactly one thread in a fixed order, so results do not depend on timing. */
+typedef void (*peft__range_fn)(void *ctx, int64_t begin, int64_t end);
+
+static int peft__nthreads = 1;
+
+#ifndef PEFT_NO_THREADS
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t  go, done;
+    pthread_t       tid[PEFT_MAX_THREADS];
+    int             n_workers;          /* threads besides the caller      */
+    uint64_t        generation;
+    int             pending;
+    peft__range_fn  fn;
+    void           *ctx;
+    int64_t         n;
+    int             parts;
+    int             shutdown;
+} peft__pool_t;
+static peft__pool_t peft__pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                                    PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, 0, 0, 0, 0, 0 };
+
+typedef struct { int index; } peft__worker_arg;
+static peft__worker_arg peft__worker_args[PEFT_MAX_THREADS];
+
+static void peft__run_part(peft__range_fn fn, void *ctx, int64_t n, int parts, int i) {
+    int64_t b = n * i / parts, e = n * (i + 1) / parts;
+    if (e > b) fn(ctx, b, e);
+}
+
+static void *peft__worker(void *arg) {
+    int index = ((peft__worker_arg *)arg)->index;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&peft__pool.mu);
+    for (;;) {
+        while (peft__pool.generation == seen && !peft__pool.shutdown)
+            pthread_cond_wait(&peft__pool.go, &peft__pool.mu);
+        if (peft__pool.shutdown) break;
+        seen = peft__pool.generation;
+        peft__range_fn fn = peft__pool.fn;
+        void *ctx = peft__pool.ctx;
+        int64_t n = peft__pool.n;
+        int parts = peft__pool.parts;
+        pthread_mutex_unlock(&peft__pool.mu);
+        if (index < parts) peft__run_part(fn, ctx, n, parts, index);
+        pthread_mutex_lock(&peft__pool.mu);
+        if (--peft__pool.pending == 0) pthread_cond_signal(&peft__pool.done);
+    }
+    pthread_mutex_unlock(&peft__pool.mu);
+    return NULL;
+}
+
+static void peft__pool_grow(int n_workers) {
+    while (peft__pool.n_workers < n_workers) {
+        int i = peft__pool.n_workers;
+        peft__worker_args[i].index = i + 1;         /* the caller is part 0 */
+        if (pthread_create(&peft__pool.tid[i], NULL, peft__worker, &peft__worker_args[i]) != 0)
+            break;
+        peft__pool.n_workers++;
+    }
+}
+#endif
+
+PEFTDEF void peft_set_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > PEFT_MAX_THREADS) n = PEFT_MAX_THREADS;
+#ifdef PEFT_NO_THREADS
+    n = 1;
+#else
+    pthread_mutex_lock(&peft__pool.mu);
+    peft__pool_grow(n - 1);
+    if (peft__pool.n_workers < n - 1) n = peft__pool.n_workers + 1;
+    pthread_mutex_unlock(&peft__pool.mu);
+#endif
+    peft__nthreads = n;
+}
+PEFTDEF int peft_get_threads(void) { return peft__nthreads; }
+
+/* Runs fn over [0, n) split across the pool. Work smaller than min_chunk
+   per thread runs on the caller alone (thread wake-up costs ~10 µs). */
+static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, void *ctx) {
+    int parts = peft__nthreads;
+    if (min_chunk < 1) min_chunk = 1;
+    if (n / min_chunk < parts) parts = (int)(n / min_chunk);
+    if (parts <= 1) { if (n > 0) fn(ctx, 0, n); return; }
+#ifdef PEFT_NO_THREADS
+    fn(ctx, 0, n);
+#else
+    pthread_mutex_lock(&peft__pool.mu);
+    peft__pool.fn = fn;
+    peft__pool.ctx = ctx;
+    peft__pool.n = n;
+    peft__pool.parts = parts;
+    peft__pool.pending = peft__pool.n_workers;
+    peft__pool.generation++;
+    pthread_cond_broadcast(&peft__pool.go);
+    pthread_mutex_unlock(&peft__pool.mu);
+    peft__run_part(fn, ctx, n, parts, 0);
+    pthread_mutex_lock(&peft__pool.mu);
+    while (peft__pool.pending > 0) pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
+    pthread_mutex_unlock(&peft__pool.mu);
+#endif
+}
+
+/* ============================================================================
+   TENSORS
+   ============================================================================ */
+
+static void peft__set_shape(peft_tensor *t, int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    t->ndim = ndim;
+    for (int i = ndim - 1; i >= 0; i--) {
+        t->shape[i] = shape[i];
+        t->stride[i] = n;
+        n *= shape[i];
+    }
+    for (int i = ndim; i < PEFT_MAX_DIMS; i++) { t->shape[i] = 1; t->stride[i] = 1; }
+    t->n = n;
+}
+
+static int64_t peft__cols(const peft_tensor *t) { return t->shape[t->ndim - 1]; }
+static int64_t peft__rows(const peft_tensor *t) { return t->n / peft__cols(t); }
+
+PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *shape) {
+    peft_tensor *t = (peft_tensor *)peft__calloc(sizeof *t);
+    if (!t || ndim < 1 || ndim > PEFT_MAX_DIMS) { PEFT_FREE(t); return NULL; }
+    peft__set_shape(t, ndim, shape);
+    t->data = (float *)peft__calloc((size_t)t->n * sizeof(float));
+    t->name = name ? peft__strdup(name) : NULL;
+    t->is_param = 1;
+    if (!t->data || (name && !t->name)) { peft_param_free(t); return NULL; }
+    return t;
+}
+
+/* Trainable parameters own a zeroed gradient buffer; frozen ones own none. */
+PEFTDEF peft_status peft_param_set_trainable(peft_tensor *p, int trainable) {
+    if (trainable && !p->grad) {
+        p->grad = (float *)peft__calloc((size_t)p->n * sizeof(float));
+        if (!p->grad) return peft__fail(PEFT_ERR_NOMEM, "no memory for the gradient of %s",
+                                        p->name ? p->name : "a parameter");
+    }
+    if (!trainable && p->grad) { PEFT_FREE(p->grad); p->grad = NULL; }
+    p->requires_grad = trainable ? 1 : 0;
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_param_free(peft_tensor *p) {
+    if (!p) return;
+    PEFT_FREE(p->data);
+    PEFT_FREE(p->grad);
+    PEFT_FREE((void *)p->name);
+    PEFT_FREE(p);
+}
+
+/* ============================================================================
+   KERNELS: matrix multiply
+   ============================================================================
+   Training needs three shapes: y = x·Wᵀ (forward), dx = dy·W, dW = dyᵀ·x.
+   All are C = beta*C + op(A)·op(B). The blocked kernel below turns each into
+   row updates C[i, j-tile] += a(i,k) * P[k, j-tile], where P is B itself (no
+   transpose) or a transposed copy of a B tile (packed on the stack), so the
+   innermost loop is a unit-stride axpy the compiler vectorises. */
+
+PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
+                           const float *A, int lda, const float *B, int ldb,
+                           float beta, float *C, int ldc) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++) {
+                float a = tA ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = tB ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                acc += a * b;
+            }
+            float *c = &C[(size_t)i * ldc + j];
+            *c = (beta == 0.0f ? 0.0f : beta * *c) + acc;
+        }
+}
+
+#define PEFT__GEMM_KB 128
+#define PEFT__GEMM_NB 256
+
+typedef struct {
+    int tA, tB, M, N, K, lda, ldb, ldc;
+    const float *A, *B;
+    float beta, *C;
+} peft__gemm_args;
+
+static void peft__gemm_rows(void *vctx, int64_t m0, int64_t m1) {
+    const peft__gemm_args *g = (const peft__gemm_args *)vctx;
+    float pack[PEFT__GEMM_KB * PEFT__GEMM_NB];
+    for (int64_t i = m0; i < m1; i++) {
+        float *c = g->C + (size_t)i * g->ldc;
+        if (g->beta == 0.0f) memset(c, 0, sizeof(float) * (size_t)g->N);
+        else if (g->beta != 1.0f) for (int j = 0; j < g->N; j++) c[j] *= g->beta;
+    }
+    for (int j0 = 0; j0 < g->N; j0 += PEFT__GEMM_NB) {
+        int nb = g->N - j0 < PEFT__GEMM_NB ? g->N - j0 : PEFT__GEMM_NB;
+        for (int k0 = 0; k0 < g->K; k0 += PEFT__GEMM_KB) {
+            int kb = g->K - k0 < PEFT__GEMM_KB ? g->K - k0 : PEFT__GEMM_KB;
+            const float *P;
+            size_t ldp;
+            if (!g->tB) {
+                P = g->B + (size_t)k0 * g->ldb + j0;
+                ldp = (size_t)g->ldb;
+            } else {
+                for (int j = 0; j < nb; j++) {
+                    const float *src = g->B + (size_t)(j0 + j) * g->ldb + k0;
+                    for (int k = 0; k < kb; k++) pack[(size_t)k * nb + j] = src[k];
+                }
+                P = pack;
+                ldp = (size_t)nb;
+            }
+            int64_t i = m0;
+            /* four rows of C share each loaded row of P */
+            for (; i + 4 <= m1; i += 4) {
+                float *c0 = g->C + (size_t)i * g->ldc + j0, *c1 = c0 + g->ldc,
+                      *c2 = c1 + g->ldc, *c3 = c2 + g->ldc;
+                for (int k = 0; k < kb; k++) {
+                    float a0, a1, a2, a3;
+                    if (g->tA) {
+                        const float *ac = g->A + (size_t)(k0 + k) * g->lda + i;
+                        a0 = ac[0]; a1 = ac[1]; a2 = ac[2]; a3 = ac[3];
+                    } else {
+                        const float *ar = g->A + (size_t)i * g->lda + k0 + k;
+                        a0 = ar[0]; a1 = ar[g->lda]; a2 = ar[2 * (size_t)g->lda];
+                        a3 = ar[3 * (size_t)g->lda];
+                    }
+                    const float *p = P + (size_t)k * ldp;
+                    for (int j = 0; j < nb; j++) {
+                        float b = p[j];
+                        c0[j] += a0 * b; c1[j] += a1 * b; c2[j] += a2 * b; c3[j] += a3 * b;
+                    }
+                }
+            }
+            for (; i < m1; i++) {
+                float *c0 = g->C + (size_t)i * g->ldc + j0;
+                for (int k = 0; k < kb; k++) {
+                    float a0 = g->tA ? g->A[(size_t)(k0 + k) * g->lda + i]
+                                     : g->A[(size_t)i * g->lda + k0 + k];
+                    const float *p = P + (size_t)k * ldp;
+                    for (int j = 0; j < nb; j++) c0[j] += a0 * p[j];
+                }
+            }
+        }
+    }
+}
+
+PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
+                       const float *A, int lda, const float *B, int ldb,
+                       float beta, float *C, int ldc) {
+    peft__gemm_args a = { tA, tB, M, N, K, lda, ldb, ldc, A, B, beta, C };
+    if (M <= 0 || N <= 0) return;
+    /* at least ~64k multiply-adds per thread before splitting */
+    int64_t per_row = (int64_t)N * (K > 0 ? K : 1);
+    int64_t min_rows = per_row >= 65536 ? 4 : (65536 / per_row + 4) & ~(int64_t)3;
+    peft__parallel_for(M, min_rows, peft__gemm_rows, &a);
+}
+
+/* ============================================================================
+   TAPE: the step arena and the op record
+   ============================================================================
+   Activations, their gradients and the tape's saved values all come from one
+   arena that is reset at each step. The first step may outgrow it (each extra
+   block is a separate malloc); the next reset folds everything into one block
+   of the high-water size, so later steps of the same shape allocate nothing. */
+
+typedef struct peft__node {
+    void (*backward)(peft_graph *g, struct peft__node *n);
+    peft_tensor *out;
+    peft_tensor *in[4];
+    const int   *ids;       /* token ids or targets, copied into the arena */
+    int          i[8];
+    float        f[4];
+    float       *saved;     /* op-specific values kept for backward        */
+    const void  *aux;       /* op-specific constant (e.g. a RoPE table)    */
+} peft__node;
+
+struct peft_graph {
+    unsigned char *base;
+    size_t         cap, used;
+    void         **extra;   /* overflow blocks of this step                */
+    int            n_extra, cap_extra;
+    size_t         extra_bytes;
+    long           system_allocs;
+    peft__node    *nodes;
+    int            n_nodes, cap_nodes;
+    int            grad_enabled;
+    int            failed;  /* an op failed this step; later ops no-op     */
+};
+
+PEFTDEF peft_graph *peft_graph_new(void) {
+    peft_graph *g = (peft_graph *)peft__calloc(sizeof *g);
+    if (g) g->grad_enabled = 1;
+    return g;
+}
+
+PEFTDEF void peft_graph_reset(peft_graph *g) {
+    size_t need = g->used + g->extra_bytes;
+    for (int i = 0; i < g->n_extra; i++) PEFT_FREE(g->extra[i]);
+    g->n_extra = 0;
+    g->extra_bytes = 0;
+    if (need > g->cap) {
+        PEFT_FREE(g->base);
+        g->base = (unsigned char *)PEFT_MALLOC(need);
+        g->cap = g->base ? need : 0;
+        g->system_allocs++;
+    }
+    g->used = 0;
+    g->n_nodes = 0;
+    g->failed = 0;
+}
+
+PEFTDEF void peft_graph_free(peft_graph *g) {
+    if (!g) return;
+    for (int i = 0; i < g->n_extra; i++) PEFT_FREE(g->extra[i]);
+    PEFT_FREE(g->extra);
+    PEFT_FREE(g->base);
+    PEFT_FREE(g->nodes);
+    PEFT_FREE(g);
+}
+
+PEFTDEF void   peft_graph_set_grad(peft_graph *g, int enabled) { g->grad_enabled = enabled; }
+PEFTDEF size_t peft_graph_arena_bytes(const peft_graph *g) { return g->cap + g->extra_bytes; }
+PEFTDEF long   peft_graph_system_allocs(const peft_graph *g) { return g->system_allocs; }
+
+static void *peft__arena_alloc(peft_graph *g, size_t n) {
+    n = (n + 63) & ~(size_t)63;
+    if (g->base && g->used + n <= g->cap) {
+        void *p = g->base + g->used;
+        g->used += n;
+        return p;
+    }
+    if (g->n_extra == g->cap_extra) {
+        int nc = g->cap_extra ? 2 * g->cap_extra : 16;
+        void **ne = (void **)PEFT_REALLOC(g->extra, (size_t)nc * sizeof(void *));
+        if (!ne) return NULL;
+        g->extra = ne;
+        g->cap_extra = nc;
+        g->system_allocs++;
+    }
+    void *p = PEFT_MALLOC(n + 64);
+    if (!p) return NULL;
+    g->system_allocs++;
+    g->extra[g->n_extra++] = p;
+    g->extra_bytes += n + 64;
+    /* keep 64-byte alignment for SIMD loads */
+    return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+static float *peft__arena_floats(peft_graph *g, int64_t n, int zero) {
+    float *p = (float *)peft__arena_alloc(g, (size_t)n * sizeof(float));
+    if (p && zero) memset(p, 0, (size_t)n * sizeof(float));
+    return p;
+}
+
+PEFTDEF peft_tensor *peft_tensor_new(peft_graph *g, int ndim, const int64_t *shape) {
+    if (g->failed) return NULL;
+    peft_tensor *t = (peft_tensor *)peft__arena_alloc(g, sizeof(peft_tensor));
+    if (!t) goto oom;
+    memset(t, 0, sizeof *t);
+    peft__set_shape(t, ndim, shape);
+    t->data = peft__arena_floats(g, t->n, 0);
+    if (!t->data) goto oom;
+    return t;
+oom:
+    g->failed = 1;
+    peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    return NULL;
+}
+
+PEFTDEF peft_tensor *peft_tensor_2d(peft_graph *g, int64_t rows, int64_t cols) {
+    int64_t s[2] = { rows, cols };
+    return peft_tensor_new(g, 2, s);
+}
+
+static peft_tensor *peft__like(peft_graph *g, const peft_tensor *x) {
+    return peft_tensor_new(g, x->ndim, x->shape);
+}
+
+/* Records a node when gradients are on and some input needs one. The output
+   then needs a gradient too. Returns NULL when nothing is recorded. */
+static peft__node *peft__record(peft_graph *g, void (*bw)(peft_graph *, peft__node *),
+                                peft_tensor *out, peft_tensor *a, peft_tensor *b,
+                                peft_tensor *c, peft_tensor *d) {
+    if (!g->grad_enabled || !out) return NULL;
+    int need = (a && a->requires_grad) || (b && b->requires_grad) ||
+               (c && c->requires_grad) || (d && d->requires_grad);
+    if (!need) return NULL;
+    if (g->n_nodes == g->cap_nodes) {
+        int nc = g->cap_nodes ? 2 * g->cap_nodes : 256;
+        peft__node *nn = (peft__node *)PEFT_REALLOC(g->nodes, (size_t)nc * sizeof(peft__node));
+        if (!nn) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "out of memory for the tape"); return NULL; }
+        g->nodes = nn;
+        g->cap_nodes = nc;
+        g->system_allocs++;
+    }
+    peft__node *n = &g->nodes[g->n_nodes++];
+    memset(n, 0, sizeof *n);
+    n->backward = bw;
+    n->out = out;
+    n->in[0] = a; n->in[1] = b; n->in[2] = c; n->in[3] = d;
+    out->requires_grad = 1;
+    return n;
+}
+
+static const int *peft__save_ids(peft_graph *g, const int *ids, int64_t n) {
+    int *p = (int *)peft__arena_alloc(g, (size_t)n * sizeof(int));
+    if (p) memcpy(p, ids, (size_t)n * sizeof(int));
+    return p;
+}
+
+PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const float *seed) {
+    if (g->failed) return peft__fail(PEFT_ERR_ARG, "backward on a graph whose forward failed");
+    if (!out) return peft__fail(PEFT_ERR_ARG, "backward needs an output tensor");
+    if (!out->requires_grad) return PEFT_OK;          /* nothing trainable upstream */
+    if (!out->grad) out->grad = peft__arena_floats(g, out->n, 1);
+    if (!out->grad) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
+    for (int64_t j = 0; j < out->n; j++) out->grad[j] = seed ? seed[j] : 1.0f;
+    for (int i = g->n_nodes - 1; i >= 0; i--) {
+        peft__node *n = &g->nodes[i];
+        if (!n->out->grad) continue;                  /* output unused by the loss */
+        for (int k = 0; k < 4; k++) {
+            peft_tensor *t = n->in[k];
+            if (t && t->requires_grad && !t->grad) {
+                t->grad = peft__arena_floats(g, t->n, 1);
+                if (!t->grad) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
+            }
+        }
+        n->backward(g, n);
+        if (g->failed) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
+    }
+    return PEFT_OK;
+}
+
+PEFTDEF peft_status peft_backward(peft_graph *g, peft_tensor *out) {
+    if (out && out->n != 1) return peft__fail(PEFT_ERR_ARG, "backward needs a scalar output (use peft_backward_seed)");
+    return peft_backward_seed(g, out, NULL);
+}
+
+/* ============================================================================
+   OPS: each forward with its backward beside it
+   ============================================================================ */
+
+static int peft__ok(peft_graph *g, const void *a, const void *b) {
+    return !g->failed && a && b;
+}
+
+static peft_tensor *peft__op_fail(peft_graph *g, peft_status s, const char *msg) {
+    g->failed = 1;
+    peft__fail(s, "%s", msg);
+    return NULL;
+}
+
+/* ---- embedding -------------------------------------------------------------
+   y[r] = E[ids[r]]
+   dE[ids[r]] += dy[r]                                                      */
+static void peft__embedding_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *E = n->in[0];
+    int64_t D = peft__cols(E);
+    for (int r = 0; r < n->i[0]; r++) {
+        float *dst = E->grad + (size_t)n->ids[r] * D;
+        const float *src = n->out->grad + (size_t)r * D;
+        for (int64_t j = 0; j < D; j++) dst[j] += src[j];
+    }
+}
+PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *E, const int *ids, int n) {
+    if (!peft__ok(g, E, ids)) return NULL;
+    int64_t V = E->shape[0], D = peft__cols(E);
+    for (int r = 0; r < n; r++)
+        if (ids[r] < 0 || ids[r] >= V) return peft__op_fail(g, PEFT_ERR_ARG, "token id out of range of the embedding table");
+    peft_tensor *y = peft_tensor_2d(g, n, D);
+    if (!y) return NULL;
+    for (int r = 0; r < n; r++) memcpy(y->data + (size_t)r * D, E->data + (size_t)ids[r] * D, (size_t)D * sizeof(float));
+    peft__node *nd = peft__record(g, peft__embedding_bw, y, E, NULL, NULL, NULL);
+    if (nd) { nd->i[0] = n; nd->ids = peft__save_ids(g, ids, n); }
+    return y;
+}
+
+/* ---- linear ----------------------------------------------------------------
+   y = x · Wᵀ                      x [N, in], W [out, in], y [N, out]
+   dx += dy · W ;  dW += dyᵀ · x   (dW only for a trainable W)              */
+static void peft__linear_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *x = n->in[0], *W = n->in[1];
+    int N = (int)peft__rows(x), in = (int)peft__cols(x), out = (int)W->shape[0];
+    const float *dy = n->out->grad;
+    if (x->requires_grad) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, 1.0f, x->grad, in);
+    if (W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
+}
+PEFTDEF peft_tensor *peft_linear(peft_graph *g, peft_tensor *x, peft_tensor *W) {
+    if (!peft__ok(g, x, W)) return NULL;
+    if (W->ndim != 2 || peft__cols(x) != W->shape[1])
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "linear: input width differs from the weight's in_features");
+    int N = (int)peft__rows(x), in = (int)W->shape[1], out = (int)W->shape[0];
+    int64_t shape[PEFT_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out;
+    peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
+    if (!y) return NULL;
+    peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);
+    peft__record(g, peft__linear_bw, y, x, W, NULL, NULL);
+    return y;
+}
+
+/* ---- RMSNorm ---------------------------------------------------------------
+   y = w ⊙ x·r,   r = 1/sqrt(mean(x²) + eps)         (per row, in fp32)
+   dx = r·(w⊙dy) − x·r³/D · Σ(w⊙dy⊙x);   dw += Σ_rows dy⊙x·r                */
+static void peft__rmsnorm_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *x = n->in[0], *w = n->in[1];
+    int64_t R = peft__rows(x), D = peft__cols(x);
+    const float *dy = n->out->grad, *rs = n->saved;
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = x->data + r * D, *dr = dy + r * D;
+        float inv = rs[r];
+        if (x->requires_grad) {
+            double dot = 0.0;
+            for (int64_t j = 0; j < D; j++) dot += (double)w->data[j] * dr[j] * xr[j];
+            float c = (float)(dot * inv * inv * inv / (double)D);
+            float *dx = x->grad + r * D;
+            for (int64_t j = 0; j < D; j++) dx[j] += inv * w->data[j] * dr[j] - xr[j] * c;
+        }
+        if (w->requires_grad)
+            for (int64_t j = 0; j < D; j++) w->grad[j] += dr[j] * xr[j] * inv;
+    }
+}
+PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w, float eps) {
+    if (!peft__ok(g, x, w)) return NULL;
+    int64_t R = peft__rows(x), D = peft__cols(x);
+    if (w->n != D) return peft__op_fail(g, PEFT_ERR_SHAPE, "rmsnorm: weight length differs from the row width");
+    peft_tensor *y = peft__like(g, x);
+    float *rs = y ? peft__arena_floats(g, R, 0) : NULL;
+    if (!rs) return NULL;
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = x->data + r * D;
+        float ss = 0.0f;
+        for (int64_t j = 0; j < D; j++) ss += xr[j] * xr[j];
+        float inv = 1.0f / sqrtf(ss / (float)D + eps);
+        rs[r] = inv;
+        float *yr = y->data + r * D;
+        for (int64_t j = 0; j < D; j++) yr[j] = w->data[j] * (xr[j] * inv);
+    }
+    peft__node *nd = peft__record(g, peft__rmsnorm_bw, y, x, w, NULL, NULL);
+    if (nd) nd->saved = rs;
+    return y;
+}
+
+/* ---- RoPE ------------------------------------------------------------------
+   Each head's pairs (a, b) rotate by θ = pos·inv_freq[i]:
+     a' = a·cosθ − b·sinθ,  b' = b·cosθ + a·sinθ
+   rotate_half layout (HF): a = x[i], b = x[i + d/2]; interleaved (Meta,
+   llama2.c): a = x[2i], b = x[2i+1]. The backward rotates by −θ.           */
+static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float *src,
+                             int64_t rows, int n_heads, int T, float sign) {
+    int hd = rt->head_dim, half = rt->rot_dim / 2;
+    int64_t width = (int64_t)n_heads * hd;
+    for (int64_t r = 0; r < rows; r++) {
+        int pos = (int)(r % T);
+        const float *c = rt->cos + (size_t)pos * half, *s = rt->sin + (size_t)pos * half;
+        for (int h = 0; h < n_heads; h++) {
+            const float *x = src + r * width + (int64_t)h * hd;
+            float *y = dst + r * width + (int64_t)h * hd;
+            for (int i = 0; i < half; i++) {
+                int ia = rt->interleaved ? 2 * i : i, ib = rt->interleaved ? 2 * i + 1 : i + half;
+                float a = x[ia], b = x[ib], sn = sign * s[i];
+                y[ia] = a * c[i] - b * sn;
+                y[ib] = b * c[i] + a * sn;
+            }
+            for (int i = rt->rot_dim; i < hd; i++) y[i] = x[i];
+        }
+    }
+}
+static void peft__rope_bw(peft_graph *g, peft__node *n) {
+    peft_tensor *x = n->in[0];
+    float *tmp = peft__arena_floats(g, x->n, 0);
+    if (!tmp) { g->failed = 1; return; }
+    peft__rope_apply((const peft_rope_table *)n->aux, tmp, n->out->grad, peft__rows(x), n->i[0], n->i[1], -1.0f);
+    for (int64_t j = 0; j < x->n; j++) x->grad[j] += tmp[j];
+}
+PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
+                               const peft_rope_table *rt, int B, int T) {
+    if (!peft__ok(g, x, rt)) return NULL;
+    if (peft__cols(x) != (int64_t)n_heads * rt->head_dim || peft__rows(x) != (int64_t)B * T)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "rope: input is not [B*T, heads*head_dim]");
+    if (T > rt->n_pos) return peft__op_fail(g, PEFT_ERR_ARG, "rope: sequence longer than the table");
+    peft_tensor *y = peft__like(g, x);
+    if (!y) return NULL;
+    peft__rope_apply(rt, y->data, x->data, peft__rows(x), n_heads, T, 1.0f);
+    peft__node *nd = peft__record(g, peft__rope_bw, y, x, NULL, NULL, NULL);
+    if (nd) { nd->i[0] = n_heads; nd->i[1] = T; nd->aux = rt; }
+    return y;
+}
+
+/* ---- causal attention with grouped-query heads -----------------------------
+   S = q·kᵀ/√d (causal), P = softmax(S), o = P·v; query head h reads kv head
+   h / (H/KV).
+   dP = do·vᵀ, dS = P⊙(dP − rowsum(P⊙dP)), dq = dS·k/√d, dk += dSᵀ·q/√d,
+   dv += Pᵀ·do (kv gradients sum over the heads of a group).
+   P [B, H, T, T] is kept for backward (issue: a fused kernel can drop it). */
+typedef struct {
+    peft__node *n;
+    const float *q, *k, *v; float *o, *P;
+    float *dq, *dk, *dv; const float *dout;
+    int B, T, H, KV, hd;
+} peft__attn_args;
+
+static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
+    peft__attn_args *a = (peft__attn_args *)vctx;
+    int T = a->T, H = a->H, KV = a->KV, hd = a->hd, grp = H / KV;
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t bk = b0; bk < b1; bk++) {
+        int b = (int)(bk / KV), kvh = (int)(bk % KV);
+        for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
+            float *P = a->P + ((size_t)b * H + h) * (size_t)T * T;
+            for (int t = 0; t < T; t++) {
+                const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                float *pr = P + (size_t)t * T, mx = -INFINITY;
+                for (int j = 0; j <= t; j++) {
+                    const float *kj = a->k + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
+                    float s = 0.0f;
+                    for (int d = 0; d < hd; d++) s += qt[d] * kj[d];
+                    pr[j] = s * scale;
+                    if (pr[j] > mx) mx = pr[j];
+                }
+                float sum = 0.0f;
+                for (int j = 0; j <= t; j++) { pr[j] = expf(pr[j] - mx); sum += pr[j]; }
+                float inv = 1.0f / sum;
+                for (int j = 0; j <= t; j++) pr[j] *= inv;
+                for (int j = t + 1; j < T; j++) pr[j] = 0.0f;
+                float *ot = a->o + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                for (int d = 0; d < hd; d++) ot[d] = 0.0f;
+                for (int j = 0; j <= t; j++) {
+                    const float *vj = a->v + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
+                    float p = pr[j];
+                    for (int d = 0; d < hd; d++) ot[d] += p * vj[d];
+                }
+            }
+        }
+    }
+}
+
+static void peft__attn_bw_range(void *vctx, int64_t b0, int64_t b1) {
+    peft__attn_args *a = (peft__attn_args *)vctx;
+    int T = a->T, H = a->H, KV = a->KV, hd = a->hd, grp = H / KV;
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *dp = a->P + (size_t)a->B * H * T * T;          /* scratch rows  */
+    for (int64_t bk = b0; bk < b1; bk++) {
+        int b = (int)(bk / KV), kvh = (int)(bk % KV);
+        float *dS = dp + (size_t)bk * T;
+        for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
+            const float *P = a->P + ((size_t)b * H + h) * (size_t)T * T;
+            for (int t = 0; t < T; t++) {
+                const float *pr = P + (size_t)t * T;
+                const float *dot = a->dout + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                float rowsum = 0.0f;
+                for (int j = 0; j <= t; j++) {
+                    const float *vj = a->v + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
+                    float s = 0.0f;
+                    for (int d = 0; d < hd; d++) s += dot[d] * vj[d];
+                    dS[j] = s;
+                    rowsum += pr[j] * s;
+                    if (a->dv) {
+                        float *dvj = a->dv + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
+                        for (int d = 0; d < hd; d++) dvj[d] += pr[j] * dot[d];
+                    }
+                }
+                const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                float *dqt = a->dq ? a->dq + ((int64_t)b * T + t) * qw + (int64_t)h * hd : NULL;
+                for (int j = 0; j <= t; j++) {
+                    float ds = pr[j] * (dS[j] - rowsum) * scale;
+                    const float *kj = a->k + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
+                    if (dqt) for (int d = 0; d < hd; d++) dqt[d] += ds * kj[d];
+                    if (a->dk) {
+                        float *dkj = a->dk + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
+                        for (int d = 0; d < hd; d++) dkj[d] += ds * qt[d];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void peft__attention_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft__attn_args a;
+    memset(&a, 0, sizeof a);
+    a.q = n->in[0]->data; a.k = n->in[1]->data; a.v = n->in[2]->data;
+    a.dq = n->in[0]->requires_grad ? n->in[0]->grad : NULL;
+    a.dk = n->in[1]->requires_grad ? n->in[1]->grad : NULL;
+    a.dv = n->in[2]->requires_grad ? n->in[2]->grad : NULL;
+    a.dout = n->out->grad; a.P = n->saved;
+    a.B = n->i[0]; a.T = n->i[1]; a.H = n->i[2]; a.KV = n->i[3]; a.hd = n->i[4];
+    peft__parallel_for((int64_t)a.B * a.KV, 1, peft__attn_bw_range, &a);
+}
+
+PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *k,
+                                    peft_tensor *v, int B, int T, int H, int KV, int hd) {
+    if (!peft__ok(g, q, k) || !v) return NULL;
+    if (KV < 1 || H % KV != 0)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: heads must be a multiple of kv heads");
+    if (q->n != (int64_t)B * T * H * hd || k->n != (int64_t)B * T * KV * hd || v->n != k->n)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: q/k/v sizes disagree with B, T, heads, head_dim");
+    peft_tensor *o = peft__like(g, q);
+    /* probabilities, plus one scratch row per (batch, kv head) for backward */
+    float *P = o ? peft__arena_floats(g, (int64_t)B * H * T * T + (int64_t)B * KV * T, 0) : NULL;
+    if (!P) return NULL;
+    peft__attn_args a;
+    memset(&a, 0, sizeof a);
+    a.q = q->data; a.k = k->data; a.v = v->data; a.o = o->data; a.P = P;
+    a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd;
+    peft__parallel_for((int64_t)B * KV, 1, peft__attn_fwd_range, &a);
+    peft__node *nd = peft__record(g, peft__attention_bw, o, q, k, v, NULL);
+    if (nd) {
+        nd->saved = P;
+        nd->i[0] = B; nd->i[1] = T; nd->i[2] = H; nd->i[3] = KV; nd->i[4] = hd;
+    }
+    return o;
+}
+
+/* ---- SwiGLU ----------------------------------------------------------------
+   y = silu(g) ⊙ u,  silu(g) = g·σ(g)
+   du = dy ⊙ silu(g);  dg = dy ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))                 */
+static void peft__swiglu_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *ga = n->in[0], *up = n->in[1];
+    const float *dy = n->out->grad;
+    for (int64_t j = 0; j < ga->n; j++) {
+        float x = ga->data[j], s = 1.0f / (1.0f + expf(-x));
+        if (up->requires_grad) up->grad[j] += dy[j] * x * s;
+        if (ga->requires_grad) ga->grad[j] += dy[j] * up->data[j] * s * (1.0f + x * (1.0f - s));
+    }
+}
+PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *ga, peft_tensor *up) {
+    if (!peft__ok(g, ga, up)) return NULL;
+    if (ga->n != up->n) return peft__op_fail(g, PEFT_ERR_SHAPE, "swiglu: gate and up differ in size");
+    peft_tensor *y = peft__like(g, ga);
+    if (!y) return NULL;
+    for (int64_t j = 0; j < ga->n; j++) {
+        float x = ga->data[j];
+        y->data[j] = x / (1.0f + expf(-x)) * up->data[j];
+    }
+    peft__record(g, peft__swiglu_bw, y, ga, up, NULL, NULL);
+    return y;
+}
+
+/* ---- residual add ------------------------------------------------------------
+   y = a + b;  da += dy, db += dy                                           */
+static void peft__add_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    const float *dy = n->out->grad;
+    for (int k = 0; k < 2; k++) {
+        peft_tensor *t = n->in[k];
+        if (t->requires_grad) for (int64_t j = 0; j < t->n; j++) t->grad[j] += dy[j];
+    }
+}
+PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) {
+    if (!peft__ok(g, a, b)) return NULL;
+    if (a->n != b->n) return peft__op_fail(g, PEFT_ERR_SHAPE, "add: operands differ in size");
+    peft_tensor *y = peft__like(g, a);
+    if (!y) return NULL;
+    for (int64_t j = 0; j < a->n; j++) y->data[j] = a->data[j] + b->data[j];
+    peft__record(g, peft__add_bw, y, a, b, NULL, NULL);
+    return y;
+}
+
+/* ---- scale -------------------------------------------------------------------
+   y = s·x;  dx += s·dy                                                     */
+static void peft__scale_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *x = n->in[0];
+    for (int64_t j = 0; j < x->n; j++) x->grad[j] += n->f[0] * n->out->grad[j];
+}
+PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s) {
+    if (!peft__ok(g, x, x)) return NULL;
+    peft_tensor *y = peft__like(g, x);
+    if (!y) return NULL;
+    for (int64_t j = 0; j < x->n; j++) y->data[j] = s * x->data[j];
+    peft__node *nd = peft__record(g, peft__scale_bw, y, x, NULL, NULL, NULL);
+    if (nd) nd->f[0] = s;
+    return y;
+}
+
+/* ---- cross-entropy -------------------------------------------------------------
+   L = (1/N') Σ_r [logsumexp(z_r) − z_r[t_r]] over rows with t_r ≠ −100
+   dz_r = (softmax(z_r) − onehot(t_r)) · dL / N'                            */
+static void peft__xent_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *z = n->in[0];
+    int64_t R = peft__rows(z), V = peft__cols(z);
+    int valid = n->i[0];
+    if (valid == 0) return;
+    float scale = n->out->grad[0] / (float)valid;
+    for (int64_t r = 0; r < R; r++) {
+        int t = n->ids[r];
+        if (t == -100) continue;
+        const float *zr = z->data + r * V;
+        float *dz = z->grad + r * V, lse = n->saved[r];
+        for (int64_t j = 0; j < V; j++) dz[j] += expf(zr[j] - lse) * scale;
+        dz[t] -= scale;
+    }
+}
+PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int *targets) {
+    if (!peft__ok(g, z, targets)) return NULL;
+    int64_t R = peft__rows(z), V = peft__cols(z);
+    int64_t one = 1;
+    for (int64_t r = 0; r < R; r++)
+        if (targets[r] != -100 && (targets[r] < 0 || targets[r] >= V))
+            return peft__op_fail(g, PEFT_ERR_ARG, "cross_entropy: target id out of range of the vocabulary");
+    peft_tensor *L = peft_tensor_new(g, 1, &one);
+    float *lse = L ? peft__arena_floats(g, R, 0) : NULL;
+    if (!lse) return NULL;
+    double total = 0.0;
+    int valid = 0;
+    for (int64_t r = 0; r < R; r++) {
+        const float *zr = z->data + r * V;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < V; j++) if (zr[j] > mx) mx = zr[j];
+        double s = 0.0;
+        for (int64_t j = 0; j < V; j++) s += exp((double)(zr[j] - mx));
+        lse[r] = mx + (float)log(s);
+        if (targets[r] == -100) continue;
+        total += (double)lse[r] - zr[targets[r]];
+        valid++;
+    }
+    L->data[0] = valid ? (float)(total / valid) : 0.0f;
+    peft__node *nd = peft__record(g, peft__xent_bw, L, z, NULL, NULL, NULL);
+    if (nd) { nd->saved = lse; nd->i[0] = valid; nd->ids = peft__save_ids(g, targets, R); }
+    return L;
+}
+
+/* ============================================================================
+   LLaMA: configuration, presets, parameters, forward
+   ============================================================================
+   Block (HF LlamaForCausalLM, fp32):
+     x = embed[tokens]
+     per layer:  h = rmsnorm(x)·w1;  x += o_proj(attn(rope(q(h)), rope(k(h)), v(h)))
+                 h = rmsnorm(x)·w2;  x += down(silu(gate(h)) ⊙ up(h))
+     logits = lm_head(rmsnorm(x))                                           */
+
+typedef struct {
+    const char *name;
+    int dim, hidden, layers, heads, kv, head_dim, vocab, max_pos;
+    float eps, theta;
+    int tie;
+    peft_rope_type rope;
+    float factor, low, high;
+    int orig;
+} peft__preset;
+
+static const peft__preset peft__presets[] = {
+    /* name            dim   ffn   L   H  KV  hd  vocab  ctx    eps   theta  tie rope factor low high orig */
+    { "llama-7b",      4096, 11008, 32, 32, 32, 0, 32000, 2048, 1e-6f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "llama-13b",     5120, 13824, 40, 40, 40, 0, 32000, 2048, 1e-6f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "llama-65b",     8192, 22016, 80, 64, 64, 0, 32000, 2048, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "llama2-7b",     4096, 11008, 32, 32, 32, 0, 32000, 4096, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "llama2-13b",    5120, 13824, 40, 40, 40, 0, 32000, 4096, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "llama2-70b",    8192, 28672, 80, 64,  8, 0, 32000, 4096, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "llama3-8b",     4096, 14336, 32, 32,  8, 0, 128256, 8192, 1e-5f, 5e5f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "llama3.1-8b",   4096, 14336, 32, 32,  8, 0, 128256, 131072, 1e-5f, 5e5f, 0, PEFT_ROPE_LLAMA3, 8, 1, 4, 8192 },
+    { "llama3.2-1b",   2048,  8192, 16, 32,  8, 64, 128256, 131072, 1e-5f, 5e5f, 1, PEFT_ROPE_LLAMA3, 32, 1, 4, 8192 },
+    { "llama3.2-3b",   3072,  8192, 28, 24,  8, 128, 128256, 131072, 1e-5f, 5e5f, 1, PEFT_ROPE_LLAMA3, 32, 1, 4, 8192 },
+    { "tinyllama-1.1b", 2048, 5632, 22, 32,  4, 0, 32000, 2048, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "smollm-135m",    576,  1536, 30,  9,  3, 0, 49152, 2048, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "smollm-360m",    960,  2560, 32, 15,  5, 0, 49152, 2048, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "stories15m",     288,   768,  6,  6,  6, 0, 32000,  256, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "stories42m",     512,  1376,  8,  8,  8, 0, 32000, 1024, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    { "stories110m",    768,  2048, 12, 12, 12, 0, 32000, 1024, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    /* a few-million-parameter LLaMA-3-style model for demos and tests */
+    { "tiny",           256,   768,  4,  8,  2, 0,  4096,  512, 1e-5f, 5e5f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+};
+#define PEFT__N_PRESETS ((int)(sizeof peft__presets / sizeof peft__presets[0]))
+
+PEFTDEF const char *peft_preset_name(int i) {
+    return (i >= 0 && i < PEFT__N_PRESETS) ? peft__presets[i].name : NULL;
+}
+
+PEFTDEF int peft_llama_ffn_dim(int dim, int multiple_of, float ffn_mult) {
+    int h = (int)(2 * (4 * dim) / 3);
+    if (ffn_mult > 0) h = (int)(ffn_mult * h);
+    return multiple_of * ((h + multiple_of - 1) / multiple_of);
+}
+
+static void peft__config_defaults(peft_config *c) {
+    memset(c, 0, sizeof *c);
+    c->norm_eps = 1e-6f;
+    c->rope_theta = 10000.0f;
+    c->rope_type = PEFT_ROPE_DEFAULT;
+    c->max_seq_len = 2048;
+    c->bos_id = 1;
+    c->eos_id = 2;
+}
+
+PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name) {
+    for (int i = 0; i < PEFT__N_PRESETS; i++) {
+        const peft__preset *p = &peft__presets[i];
+        if (strcmp(p->name, name) != 0) continue;
+        peft__config_defaults(c);
+        c->dim = p->dim; c->hidden_dim = p->hidden; c->n_layers = p->layers;
+        c->n_heads = p->heads; c->n_kv_heads = p->kv;
+        c->head_dim = p->head_dim ? p->head_dim : p->dim / p->heads;
+        c->vocab_size = p->vocab; c->max_seq_len = p->max_pos;
+        c->norm_eps = p->eps; c->rope_theta = p->theta; c->tie_embeddings = p->tie;
+        c->rope_type = p->rope; c->rope_factor = p->factor; c->rope_low_freq = p->low;
+        c->rope_high_freq = p->high; c->rope_orig_max_pos = p->orig;
+        if (p->vocab == 128256) { c->bos_id = 128000; c->eos_id = 128001; }
+        if (p->vocab == 49152) { c->bos_id = 0; c->eos_id = 0; }
+        return PEFT_OK;
+    }
+    char list[1024] = "";
+    for (int i = 0; i < PEFT__N_PRESETS; i++) {
+        strncat(list, peft__presets[i].name, sizeof list - strlen(list) - 3);
+        if (i + 1 < PEFT__N_PRESETS) strncat(list, ", ", sizeof list - strlen(list) - 1);
+    }
+    return peft__fail(PEFT_ERR_CONFIG, "unknown preset '%s' (known: %s)", name, list);
+}
+
+PEFTDEF int64_t peft_config_param_count(const peft_config *c) {
+    int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * (int64_t)c->hidden_dim + 2 * d;
+    int64_t emb = (int64_t)c->vocab_size * d;
+    return emb + c->n_layers * layer + d + (c->tie_embeddings ? 0 : emb);
+}
+
+PEFTDEF peft_status peft_config_validate(const peft_config *c, const char *where) {
+    const char *w = where ? where : "config";
+    if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->vocab_size <= 0)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: hidden_size, intermediate_size, num_hidden_layers, "
+                          "num_attention_heads and vocab_size must all be positive", w);
+    if (c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads != 0)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: num_attention_heads (%d) must be a multiple of "
+                          "num_key_value_heads (%d)", w, c->n_heads, c->n_kv_heads);
+    if (c->head_dim <= 0 || c->head_dim % 2 != 0)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: head_dim must be positive and even (got %d)", w, c->head_dim);
+    if (!(c->norm_eps > 0) || !(c->rope_theta > 0))
+        return peft__fail(PEFT_ERR_CONFIG, "%s: rms_norm_eps and rope_theta must be positive", w);
+    if (c->rope_type == PEFT_ROPE_LLAMA3 &&
+        (!(c->rope_factor > 0) || c->rope_orig_max_pos <= 0 || !(c->rope_low_freq > 0) || !(c->rope_high_freq > 0)))
+        return peft__fail(PEFT_ERR_CONFIG, "%s: llama3 rope_scaling needs positive factor, low_freq_factor, "
+                          "high_freq_factor and original_max_position_embeddings", w);
+    if (c->rope_type == PEFT_ROPE_LINEAR && !(c->rope_factor > 0))
+        return peft__fail(PEFT_ERR_CONFIG, "%s: linear rope_scaling needs a positive factor", w);
+    return PEFT_OK;
+}
+
+/* ---- config.json ---------------------------------------------------------- */
+static int peft__json_int(const peft_json *o, const char *key, int *out) {
+    const peft_json *v = peft_json_get(o, key);
+    if (!v || v->type == PEFT_JSON_NULL) return 0;
+    if (v->type != PEFT_JSON_NUMBER || v->number != floor(v->number) || fabs(v->number) > 2147483647.0) return -1;
+    *out = (int)v->number;
+    return 1;
+}
+static int peft__json_float(const peft_json *o, const char *key, float *out) {
+    const peft_json *v = peft_json_get(o, key);
+    if (!v || v->type == PEFT_JSON_NULL) return 0;
+    if (v->type != PEFT_JSON_NUMBER) return -1;
+    *out = (float)v->number;
+    return 1;
+}
+static const char *peft__json_str(const peft_json *o, const char *key) {
+    const peft_json *v = peft_json_get(o, key);
+    return (v && v->type == PEFT_JSON_STRING) ? v->string : NULL;
+}
+
+/* rope_scaling (transformers ≤ 4) or rope_parameters (transformers ≥ 5). */
+static peft_status peft__parse_rope(peft_config *c, const peft_json *rs, const char *path) {
+    if (!rs || rs->type == PEFT_JSON_NULL) return PEFT_OK;
+    if (rs->type != PEFT_JSON_OBJECT)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: rope_scaling must be null or an object", path);
+    float theta;
+    if (peft__json_float(rs, "rope_theta", &theta) == 1) c->rope_theta = theta;
+    const char *type = peft__json_str(rs, "rope_type");
+    if (!type) type = peft__json_str(rs, "type");
+    if (!type || strcmp(type, "default") == 0) { c->rope_type = PEFT_ROPE_DEFAULT; return PEFT_OK; }
+    if (strcmp(type, "llama3") == 0) {
+        c->rope_type = PEFT_ROPE_LLAMA3;
+        if (peft__json_float(rs, "factor", &c->rope_factor) != 1 ||
+            peft__json_float(rs, "low_freq_factor", &c->rope_low_freq) != 1 ||
+            peft__json_float(rs, "high_freq_factor", &c->rope_high_freq) != 1 ||
+            peft__json_int(rs, "original_max_position_embeddings", &c->rope_orig_max_pos) != 1)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: llama3 rope scaling needs numeric factor, low_freq_factor, "
+                              "high_freq_factor and original_max_position_embeddings", path);
+        return PEFT_OK;
+    }
+    if (strcmp(type, "linear") == 0) {
+        c->rope_type = PEFT_ROPE_LINEAR;
+        if (peft__json_float(rs, "factor", &c->rope_factor) != 1)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: linear rope scaling needs a numeric factor", path);
+        return PEFT_OK;
+    }
+    return peft__fail(PEFT_ERR_CONFIG, "%s: unsupported rope type '%s' (supported: default, llama3, linear)", path, type);
+}
+
+PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
+    peft_json *j;
+    peft_status s = peft_json_load(&j, path);
+    if (s != PEFT_OK) return s;
+    peft__config_defaults(c);
+    if (j->type != PEFT_JSON_OBJECT) {
+        peft_json_free(j);
+        return peft__fail(PEFT_ERR_CONFIG, "%s: expected a JSON object", path);
+    }
+    const char *mt = peft__json_str(j, "model_type");
+    if (mt && strcmp(mt, "llama") != 0) {
+        s = peft__fail(PEFT_ERR_CONFIG, "%s: model_type '%s' is not supported (only 'llama')", path, mt);
+        goto done;
+    }
+    const char *act = peft__json_str(j, "hidden_act");
+    if (act && strcmp(act, "silu") != 0) {
+        s = peft__fail(PEFT_ERR_CONFIG, "%s: hidden_act '%s' is not supported (LLaMA uses 'silu')", path, act);
+        goto done;
+    }
+    static const char *const no_bias[] = { "attention_bias", "mlp_bias" };
+    for (int i = 0; i < 2; i++) {
+        const peft_json *b = peft_json_get(j, no_bias[i]);
+        if (b && b->type == PEFT_JSON_BOOL && b->number != 0) {
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s=true is not supported", path, no_bias[i]);
+            goto done;
+        }
+    }
+    struct { const char *key; int *dst; int required; } ints[] = {
+        { "hidden_size", &c->dim, 1 }, { "intermediate_size", &c->hidden_dim, 1 },
+        { "num_hidden_layers", &c->n_layers, 1 }, { "num_attention_heads", &c->n_heads, 1 },
+        { "vocab_size", &c->vocab_size, 1 }, { "num_key_value_heads", &c->n_kv_heads, 0 },
+        { "head_dim", &c->head_dim, 0 }, { "max_position_embeddings", &c->max_seq_len, 0 },
+        { "bos_token_id", &c->bos_id, 0 }, { "eos_token_id", &c->eos_id, 0 },
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        int r = peft__json_int(j, ints[i].key, ints[i].dst);
+        if (r < 0 && strcmp(ints[i].key, "eos_token_id") == 0) {
+            /* LLaMA-3 instruct lists several EOS ids: take the first */
+            const peft_json *e = peft_json_get(j, "eos_token_id");
+            if (e->type == PEFT_JSON_ARRAY && e->child && e->child->type == PEFT_JSON_NUMBER) {
+                c->eos_id = (int)e->child->number;
+                r = 1;
+            }
+        }
+        if (r < 0 || (r == 0 && ints[i].required)) {
+            s = peft__fail(PEFT_ERR_CONFIG, "%s: '%s' is %s", path, ints[i].key,
+                           r < 0 ? "not an integer" : "missing");
+            goto done;
+        }
+    }
+    if (c->n_kv_heads == 0) c->n_kv_heads = c->n_heads;
+    if (c->head_dim == 0 && c->n_heads > 0) c->head_dim = c->dim / c->n_heads;
+    if (peft__json_float(j, "rms_norm_eps", &c->norm_eps) < 0 ||
+        peft__json_float(j, "rope_theta", &c->rope_theta) < 0) {
+        s = peft__fail(PEFT_ERR_CONFIG, "%s: rms_norm_eps and rope_theta must be numbers", path);
+        goto done;
+    }
+    const peft_json *tie = peft_json_get(j, "tie_word_embeddings");
+    if (tie && tie->type == PEFT_JSON_BOOL) c->tie_embeddings = tie->number != 0;
+    else if (tie && tie->type != PEFT_JSON_NULL) {
+        s = peft__fail(PEFT_ERR_CONFIG, "%s: tie_word_embeddings must be true or false", path);
+        goto done;
+    }
+    s = peft__parse_rope(c, peft_json_get(j, "rope_scaling"), path);
+    if (s == PEFT_OK) s = peft__parse_rope(c, peft_json_get(j, "rope_parameters"), path);
+    if (s == PEFT_OK) s = peft_config_validate(c, path);
+done:
+    peft_json_free(j);
+    return s;
+}
+
+/* ---- RoPE tables -------------------------------------------------------------
+   inv_freq[i] = θ^(−2i/d); llama3 scaling divides long wavelengths by factor
+   and blends the band between; linear scaling divides positions.           */
+static void peft__inv_freq(const peft_config *c, double *inv) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double f = 1.0 / pow((double)c->rope_theta, (2.0 * i) / (double)c->head_dim);
+        if (c->rope_type == PEFT_ROPE_LLAMA3) {
+            double orig = c->rope_orig_max_pos, low = c->rope_low_freq, high = c->rope_high_freq;
+            double wl = 2.0 * 3.14159265358979323846 / f, lo_wl = orig / low, hi_wl = orig / high;
+            if (wl > lo_wl) f = f / c->rope_factor;
+            else if (wl >= hi_wl && high != low) {
+                double s = (orig / wl - low) / (high - low);
+                f = (1.0 - s) * f / c->rope_factor + s * f;
+            }
+        }
+        inv[i] = f;
+    }
+}
+
+/* Grows the model's cos/sin table to at least n positions (allocates only
+   when a longer sequence than ever before arrives). */
+static peft_status peft__rope_ensure(peft_model *m, int n) {
+    if (n <= m->rope.n_pos) return PEFT_OK;
+    int half = m->cfg.head_dim / 2;
+    float *buf = (float *)PEFT_REALLOC(m->rope_buf, (size_t)2 * n * half * sizeof(float));
+    double *inv = (double *)PEFT_MALLOC((size_t)half * sizeof(double));
+    if (!buf || !inv) { PEFT_FREE(inv); if (buf) m->rope_buf = buf; return peft__fail(PEFT_ERR_NOMEM, "no memory for the RoPE table"); }
+    m->rope_buf = buf;
+    peft__inv_freq(&m->cfg, inv);
+    double pos_scale = m->cfg.rope_type == PEFT_ROPE_LINEAR ? 1.0 / m->cfg.rope_factor : 1.0;
+    for (int p = 0; p < n; p++)
+        for (int i = 0; i < half; i++) {
+            /* HF computes the angle in fp32: (inv_freq_f32 * pos_f32) */
+            float ang = (float)inv[i] * (float)(p * pos_scale);
+            buf[(size_t)p * half + i] = cosf(ang);
+            buf[(size_t)n * half + (size_t)p * half + i] = sinf(ang);
+        }
+    PEFT_FREE(inv);
+    m->rope.head_dim = m->cfg.head_dim;
+    m->rope.rot_dim = m->cfg.head_dim;
+    m->rope.interleaved = m->cfg.rope_interleaved;
+    m->rope.n_pos = n;
+    m->rope.cos = buf;
+    m->rope.sin = buf + (size_t)n * half;
+    return PEFT_OK;
+}
+
+/* ---- parameters ---------------------------------------------------------------- */
+static peft_tensor *peft__add_param(peft_model *m, const char *name, int64_t rows, int64_t cols) {
+    int64_t shape[2] = { rows, cols };
+    peft_tensor *t = peft_param_new(name, cols ? 2 : 1, shape);
+    if (t) m->params[m->n_params++] = t;
+    return t;
+}
+
+PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int init, uint64_t seed) {
+    *out = NULL;
+    peft_status s = peft_config_validate(c, "config");
+    if (s != PEFT_OK) return s;
+    peft_model *m = (peft_model *)peft__calloc(sizeof *m);
+    if (!m) return peft__fail(PEFT_ERR_NOMEM, "no memory for the model");
+    m->cfg = *c;
+    int max_params = 3 + 9 * c->n_layers;
+    m->params = (peft_tensor **)peft__calloc((size_t)max_params * sizeof(peft_tensor *));
+    m->layers = (peft_layer *)peft__calloc((size_t)c->n_layers * sizeof(peft_layer));
+    if (!m->params || !m->layers) goto oom;
+    int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KVD = (int64_t)c->n_kv_heads * c->head_dim;
+    char name[128];
+    if (!(m->embed = peft__add_param(m, "model.embed_tokens.weight", c->vocab_size, D))) goto oom;
+    for (int l = 0; l < c->n_layers; l++) {
+        peft_layer *L = &m->layers[l];
+        struct { peft_tensor **dst; const char *suffix; int64_t r, cols; } spec[9] = {
+            { &L->attn_norm, "input_layernorm.weight", D, 0 },
+            { &L->wq, "self_attn.q_proj.weight", Q, D },
+            { &L->wk, "self_attn.k_proj.weight", KVD, D },
+            { &L->wv, "self_attn.v_proj.weight", KVD, D },
+            { &L->wo, "self_attn.o_proj.weight", D, Q },
+            { &L->ffn_norm, "post_attention_layernorm.weight", D, 0 },
+            { &L->w_gate, "mlp.gate_proj.weight", c->hidden_dim, D },
+            { &L->w_up, "mlp.up_proj.weight", c->hidden_dim, D },
+            { &L->w_down, "mlp.down_proj.weight", D, c->hidden_dim },
+        };
+        for (int k = 0; k < 9; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, spec[k].suffix);
+            if (!(*spec[k].dst = peft__add_param(m, name, spec[k].r, spec[k].cols))) goto oom;
+        }
+    }
+    if (!(m->norm = peft__add_param(m, "model.norm.weight", D, 0))) goto oom;
+    if (c->tie_embeddings) m->lm_head = m->embed;
+    else if (!(m->lm_head = peft__add_param(m, "lm_head.weight", c->vocab_size, D))) goto oom;
+    if (init) {
+        peft_rng rng;
+        peft_rng_seed(&rng, seed);
+        for (int i = 0; i < m->n_params; i++) {
+            peft_tensor *t = m->params[i];
+            if (t->ndim == 1) for (int64_t j = 0; j < t->n; j++) t->data[j] = 1.0f;
+            else for (int64_t j = 0; j < t->n; j++) t->data[j] = 0.02f * peft_rng_normal(&rng);
+        }
+    }
+    if (peft__rope_ensure(m, c->max_seq_len < 256 ? c->max_seq_len : 256) != PEFT_OK) goto oom;
+    *out = m;
+    return PEFT_OK;
+oom:
+    peft_model_free(m);
+    return peft__fail(PEFT_ERR_NOMEM, "no memory for a model of %lld parameters",
+                      (long long)peft_config_param_count(c));
+}
+
+PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset, int init, uint64_t seed) {
+    peft_config c;
+    peft_status s = peft_config_preset(&c, preset);
+    return s != PEFT_OK ? s : peft_model_new(out, &c, init, seed);
+}
+
+PEFTDEF void peft_model_free(peft_model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
+    PEFT_FREE(m->params);
+    PEFT_FREE(m->layers);
+    PEFT_FREE(m->rope_buf);
+    PEFT_FREE(m);
+}
+
+PEFTDEF peft_tensor *peft_model_param(const peft_model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i]->name, name) == 0) return m->params[i];
+    return NULL;
+}
+
+PEFTDEF void peft_model_set_trainable_all(peft_model *m, int trainable) {
+    for (int i = 0; i < m->n_params; i++) peft_param_set_trainable(m->params[i], trainable);
+}
+
+PEFTDEF int64_t peft_model_count(const peft_model *m, int trainable_only) {
+    int64_t n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (!trainable_only || m->params[i]->requires_grad) n += m->params[i]->n;
+    return n;
+}
+
+/* ---- forward -------------------------------------------------------------------- */
+static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
+    const peft_config *c = &m->cfg;
+    peft_tensor *h = peft_rmsnorm(g, x, L->attn_norm, c->norm_eps);
+    peft_tensor *q = peft_rope(g, peft_linear(g, h, L->wq), c->n_heads, &m->rope, B, T);
+    peft_tensor *k = peft_rope(g, peft_linear(g, h, L->wk), c->n_kv_heads, &m->rope, B, T);
+    peft_tensor *v = peft_linear(g, h, L->wv);
+    peft_tensor *a = peft_attention(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim);
+    x = peft_add(g, x, peft_linear(g, a, L->wo));
+    h = peft_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
+    peft_tensor *ff = peft_swiglu(g, peft_linear(g, h, L->w_gate), peft_linear(g, h, L->w_up));
+    return peft_add(g, x, peft_linear(g, ff, L->w_down));
+}
+
+PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
+    if (B < 1 || T < 1) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "forward needs B >= 1 and T >= 1"); return NULL; }
+    if (peft__rope_ensure(m, T) != PEFT_OK) { g->failed = 1; return NULL; }
+    for (int i = 0; i < B * T; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
+            g->failed = 1;
+            peft__fail(PEFT_ERR_ARG, "token id %d at position %d is outside the vocabulary (size %d)",
+                       tokens[i], i, m->cfg.vocab_size);
+            return NULL;
+        }
+    peft_tensor *x = peft_embedding(g, m->embed, tokens, B * T);
+    for (int l = 0; l < m->cfg.n_layers; l++) x = peft__block(m, g, &m->layers[l], x, B, T);
+    x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
+    return peft_linear(g, x, m->lm_head);
+}
+
+PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
+                                     const int *targets, int B, int T) {
+    return peft_cross_entropy(g, peft_model_forward(m, g, tokens, B, T), targets);
+}
+
+/* ============================================================================
+   OPTIMIZERS: AdamW, clipping, schedules
+   ============================================================================
+   AdamW in torch's order (torch.optim.adamw._single_tensor_adamw):
+     t += 1;  p *= 1 − lr·wd;  m = lerp(m, g, 1 − β1);  v = β2·v + (1 − β2)·g²
+     p −= (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + eps)
+   Scalars are formed in double as Python does, then applied in fp32.      */
+
+PEFTDEF peft_adamw_opts peft_adamw_defaults(void) {
+    peft_adamw_opts o = { 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f };
+    return o;
+}
+
+PEFTDEF peft_status peft_adamw_init(peft_adamw *opt, peft_tensor **params, int n, const peft_adamw_opts *o) {
+    memset(opt, 0, sizeof *opt);
+    opt->o = o ? *o : peft_adamw_defaults();
+    opt->n = n;
+    opt->params = (peft_tensor **)peft__calloc((size_t)(n ? n : 1) * sizeof(peft_tensor *));
+    opt->m = (float **)peft__calloc((size_t)(n ? n : 1) * sizeof(float *));
+    opt->v = (float **)peft__calloc((size_t)(n ? n : 1) * sizeof(float *));
+    if (!opt->params || !opt->m || !opt->v) { peft_adamw_free(opt); return peft__fail(PEFT_ERR_NOMEM, "no memory for AdamW"); }
+    for (int i = 0; i < n; i++) {
+        opt->params[i] = params[i];
+        opt->m[i] = (float *)peft__calloc((size_t)params[i]->n * sizeof(float));
+        opt->v[i] = (float *)peft__calloc((size_t)params[i]->n * sizeof(float));
+        if (!opt->m[i] || !opt->v[i]) { peft_adamw_free(opt); return peft__fail(PEFT_ERR_NOMEM, "no memory for AdamW state"); }
+    }
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
+    opt->t++;
+    double b1 = opt->o.beta1, b2 = opt->o.beta2;
+    float decay = (float)(1.0 - (double)lr * opt->o.weight_decay);
+    float w1 = (float)(1.0 - b1), fb2 = opt->o.beta2, w2 = (float)(1.0 - b2);
+    float step_size = (float)((double)lr / (1.0 - pow(b1, (double)opt->t)));
+    float bc2_sqrt = (float)sqrt(1.0 - pow(b2, (double)opt->t));
+    float eps = opt->o.eps;
+    for (int i = 0; i < opt->n; i++) {
+        peft_tensor *p = opt->params[i];
+        float *m = opt->m[i], *v = opt->v[i], *g = p->grad, *w = p->data;
+        if (!g) continue;
+        for (int64_t j = 0; j < p->n; j++) {
+            w[j] *= decay;
+            m[j] += w1 * (g[j] - m[j]);
+            v[j] = fb2 * v[j] + w2 * g[j] * g[j];
+            float denom = sqrtf(v[j]) / bc2_sqrt + eps;
+            w[j] += -step_size * (m[j] / denom);
+        }
+    }
+}
+
+PEFTDEF void peft_adamw_free(peft_adamw *opt) {
+    for (int i = 0; i < opt->n; i++) {
+        if (opt->m) PEFT_FREE(opt->m[i]);
+        if (opt->v) PEFT_FREE(opt->v[i]);
+    }
+    PEFT_FREE(opt->m);
+    PEFT_FREE(opt->v);
+    PEFT_FREE(opt->params);
+    memset(opt, 0, sizeof *opt);
+}
+
+PEFTDEF void peft_zero_grad(peft_tensor **params, int n) {
+    for (int i = 0; i < n; i++)
+        if (params[i]->grad) memset(params[i]->grad, 0, (size_t)params[i]->n * sizeof(float));
+}
+
+/* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied
+   only when below 1. */
+PEFTDEF double peft_clip_grad_norm(peft_tensor **params, int n, double max_norm) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float *g = params[i]->grad;
+        if (g) for (int64_t j = 0; j < params[i]->n; j++) ss += (double)g[j] * g[j];
+    }
+    double norm = sqrt(ss);
+    if (max_norm > 0 && isfinite(norm)) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            for (int i = 0; i < n; i++) {
+                float *g = params[i]->grad;
+                if (g) for (int64_t j = 0; j < params[i]->n; j++) g[j] = (float)(g[j] * coef);
+            }
+    }
+    return norm;
+}
+
+/* Warm-up is linear from 0 (as transformers' schedulers); then constant,
+   half-cosine or linear decay down to min_lr at total_steps. */
+PEFTDEF float peft_schedule_lr(const peft_schedule *s, int step) {
+    if (s->warmup_steps > 0 && step < s->warmup_steps)
+        return s->base_lr * (float)step / (float)s->warmup_steps;
+    if (s->kind == PEFT_SCHED_CONSTANT || s->total_steps <= s->warmup_steps) return s->base_lr;
+    double progress = (double)(step - s->warmup_steps) / (double)(s->total_steps - s->warmup_steps);
+    if (progress > 1.0) progress = 1.0;
+    double f = s->kind == PEFT_SCHED_COSINE ? 0.5 * (1.0 + cos(3.14159265358979323846 * progress))
+                                            : 1.0 - progress;
+    return (float)(s->min_lr + (s->base_lr - s->min_lr) * f);
+}
+
+/* ============================================================================
+   TRAINER: one loop for every method
+   ============================================================================ */
+
+PEFTDEF peft_trainer_opts peft_trainer_defaults(void) {
+    peft_trainer_opts o;
+    memset(&o, 0, sizeof o);
+    o.lr = 1e-3f; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f; o.weight_decay = 0.0f;
+    o.max_grad_norm = 1.0f; o.grad_accum = 1; o.total_steps = 1000; o.schedule = PEFT_SCHED_CONSTANT;
+    return o;
+}
+
+PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o) {
+    peft_trainer *tr = (peft_trainer *)peft__calloc(sizeof *tr);
+    if (!tr) { peft__fail(PEFT_ERR_NOMEM, "no memory for the trainer"); return NULL; }
+    tr->model = m;
+    tr->o = o ? *o : peft_trainer_defaults();
+    if (tr->o.grad_accum < 1) tr->o.grad_accum = 1;
+    tr->graph = peft_graph_new();
+    peft_tensor **tp = (peft_tensor **)peft__calloc((size_t)m->n_params * sizeof(peft_tensor *));
+    int n = 0;
+    if (tp) for (int i = 0; i < m->n_params; i++) if (m->params[i]->requires_grad) tp[n++] = m->params[i];
+    peft_adamw_opts ao = { tr->o.lr, tr->o.beta1, tr->o.beta2, tr->o.eps, tr->o.weight_decay };
+    if (!tr->graph || !tp || peft_adamw_init(&tr->opt, tp, n, &ao) != PEFT_OK) {
+        PEFT_FREE(tp);
+        peft_trainer_free(tr);
+        peft__fail(PEFT_ERR_NOMEM, "no memory for the trainer");
+        return NULL;
+    }
+    PEFT_FREE(tp);
+    tr->sched.kind = tr->o.schedule;
+    tr->sched.base_lr = tr->o.lr;
+    tr->sched.min_lr = tr->o.min_lr;
+    tr->sched.warmup_steps = tr->o.warmup_steps;
+    tr->sched.total_steps = tr->o.total_steps;
+    return tr;
+}
+
+PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const int *targets,
+                                      int B, int T, float *loss) {
+    peft_graph *g = tr->graph;
+    peft_graph_reset(g);
+    peft_tensor *L = peft_model_loss(tr->model, g, tokens, targets, B, T);
+    if (!L) return PEFT_ERR_ARG;  /* message already set by the failing op */
+    float lv = L->data[0];
+    if (loss) *loss = lv;
+    if (!isfinite(lv)) {
+        peft_zero_grad(tr->opt.params, tr->opt.n);
+        tr->micro = 0;
+        return peft__fail(PEFT_ERR_NUMERIC, "loss is %s at step %d; the parameters were not updated "
+                          "(lower the learning rate or check the data)", isnan(lv) ? "NaN" : "infinite", tr->step);
+    }
+    peft_tensor *Ls = tr->o.grad_accum > 1 ? peft_scale(g, L, 1.0f / (float)tr->o.grad_accum) : L;
+    peft_status s = peft_backward(g, Ls);
+    if (s != PEFT_OK) return s;
+    tr->accum_loss += lv;
+    if (++tr->micro < tr->o.grad_accum) return PEFT_OK;
+    tr->micro = 0;
+    tr->accum_loss = 0;
+    tr->last_grad_norm = peft_clip_grad_norm(tr->opt.params, tr->opt.n, tr->o.max_grad_norm);
+    if (!isfinite(tr->last_grad_norm)) {
+        peft_zero_grad(tr->opt.params, tr->opt.n);
+        return peft__fail(PEFT_ERR_NUMERIC, "gradient norm is not finite at step %d; update skipped", tr->step);
+    }
+    tr->last_lr = peft_schedule_lr(&tr->sched, tr->step);
+    peft_adamw_step(&tr->opt, tr->last_lr);
+    peft_zero_grad(tr->opt.params, tr->opt.n);
+    tr->step++;
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_trainer_free(peft_trainer *tr) {
+    if (!tr) return;
+    peft_adamw_free(&tr->opt);
+    peft_graph_free(tr->graph);
+    PEFT_FREE(tr);
+}
+
+/* ============================================================================
+   FILES: numbers, whole-file I/O, JSON, safetensors, model folders
+   ============================================================================ */
+
+PEFTDEF float peft_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else {                                   /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7F800000u | (man << 13);
+    else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+PEFTDEF uint16_t peft_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, e = (x >> 23) & 0xFF, man = x & 0x7FFFFF;
+    if (e == 0xFF) return (uint16_t)(sign | 0x7C00 | (man ? 0x200 : 0));
+    int exp = (int)e - 127 + 15;
+    if (exp >= 31) return (uint16_t)(sign | 0x7C00);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        int shift = 14 - exp;
+        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13), rem = man & 0x1FFF;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;   /* may carry into exp: correct */
+    return (uint16_t)h;
+}
+
+PEFTDEF float peft_bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+PEFTDEF uint16_t peft_f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7FFFFFFF) > 0x7F800000) return (uint16_t)((x >> 16) | 0x40);  /* quiet NaN */
+    x += 0x7FFF + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+static const struct { const char *name; size_t size; } peft__dtypes[PEFT_DT_COUNT] = {
+    { "F32", 4 }, { "F16", 2 }, { "BF16", 2 }, { "I32", 4 }, { "I64", 8 }, { "U8", 1 }, { "I8", 1 }, { "F64", 8 },
+};
+PEFTDEF size_t peft_dtype_size(peft_dtype d) { return d < PEFT_DT_COUNT ? peft__dtypes[d].size : 0; }
+PEFTDEF const char *peft_dtype_name(peft_dtype d) { return d < PEFT_DT_COUNT ? peft__dtypes[d].name : "?"; }
+
+PEFTDEF peft_status peft_read_file(const char *path, unsigned char **data, size_t *n) {
+    *data = NULL;
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return peft__fail(PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return peft__fail(PEFT_ERR_IO, "%s: cannot seek", path); }
+    long sz = ftell(f);
+    if (sz < 0) { fclose(f); return peft__fail(PEFT_ERR_IO, "%s: cannot tell size (is it a folder?)", path); }
+    rewind(f);
+    unsigned char *buf = (unsigned char *)PEFT_MALLOC((size_t)sz + 1);
+    if (!buf) { fclose(f); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for %ld bytes", path, sz); }
+    size_t got = fread(buf, 1, (size_t)sz, f);
+    int err = ferror(f);
+    fclose(f);
+    if (got != (size_t)sz || err) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_IO, "%s: read failed", path); }
+    buf[sz] = 0;
+    *data = buf;
+    *n = (size_t)sz;
+    return PEFT_OK;
+}
+
+/* Writes to "path.tmp", flushes it to disk, then renames over path, so a
+   crash or a full disk never leaves a half-written file in place. */
+PEFTDEF peft_status peft_write_file_atomic(const char *path, const void *data, size_t n) {
+    char tmp[1024];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return peft__fail(PEFT_ERR_ARG, "%s: path too long", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return peft__fail(PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    size_t put = n ? fwrite(data, 1, n, f) : 0;
+    int ok = put == n && fflush(f) == 0;
+#if !defined(_WIN32)
+    if (ok) ok = fsync(fileno(f)) == 0;
+#endif
+    int err = errno;
+    if (fclose(f) != 0) { ok = 0; err = errno; }
+    if (!ok) {
+        remove(tmp);
+        return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path, strerror(err));
+    }
+    if (rename(tmp, path) != 0) {
+        err = errno;
+        remove(tmp);
+        return peft__fail(PEFT_ERR_IO, "%s: rename from %s failed: %s", path, tmp, strerror(err));
+    }
+    return PEFT_OK;
+}
+
+static peft_status peft__mkdir(const char *dir) {
+#if defined(_WIN32)
+    int r = _mkdir(dir);
+#else
+    int r = mkdir(dir, 0755);
+#endif
+    if (r != 0 && errno != EEXIST) return peft__fail(PEFT_ERR_IO, "%s: cannot create folder: %s", dir, strerror(errno));
+    return PEFT_OK;
+}
+
+static int peft__file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && !S_ISDIR(st.st_mode);
+}
+
+/* ---- JSON ------------------------------------------------------------------------
+   A strict recursive-descent parser (RFC 8259) into a small DOM; errors give
+   the source, line and column. Depth is limited so hostile input cannot
+   exhaust the stack. */
+typedef struct {
+    const char *s, *end, *what;
+    int depth;
+    peft_status err;
+} peft__jp;
+
+static peft_status peft__jfail(peft__jp *p, const char *msg) {
+    if (p->err != PEFT_OK) return p->err;   /* keep the first error */
+    return p->err = peft__fail(PEFT_ERR_FORMAT, "%s: malformed JSON: %s", p->what, msg);
+}
+
+static void peft__jws(peft__jp *p) {
+    while (p->s < p->end && (*p->s == ' ' || *p->s == '\t' || *p->s == '\n' || *p->s == '\r')) p->s++;
+}
+
+static void peft__utf8(char **o, uint32_t cp) {
+    unsigned char *u = (unsigned char *)*o;
+    if (cp < 0x80) *u++ = (unsigned char)cp;
+    else if (cp < 0x800) { *u++ = (unsigned char)(0xC0 | (cp >> 6)); *u++ = (unsigned char)(0x80 | (cp & 0x3F)); }
+    else if (cp < 0x10000) {
+        *u++ = (unsigned char)(0xE0 | (cp >> 12)); *u++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        *u++ = (unsigned char)(0x80 | (cp & 0x3F));
+    } else {
+        *u++ = (unsigned char)(0xF0 | (cp >> 18)); *u++ = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+        *u++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F)); *u++ = (unsigned char)(0x80 | (cp & 0x3F));
+    }
+    *o = (char *)u;
+}
+
+static int peft__hex4(const char *s, uint32_t *v) {
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return 0;
+        *v = *v * 16 + (uint32_t)d;
+    }
+    return 1;
+}
+
+static char *peft__jstring(peft__jp *p) {
+    if (p->s >= p->end || *p->s != '"') { peft__jfail(p, "expected a string"); return NULL; }
+    const char *q = ++p->s;
+    while (q < p->end && *q != '"') { if (*q == '\\') q++; q++; }
+    if (q >= p->end) { peft__jfail(p, "unterminated string"); return NULL; }
+    char *out = (char *)PEFT_MALLOC((size_t)(q - p->s) + 1), *o = out;
+    if (!out) { p->err = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", p->what); return NULL; }
+    while (p->s < q) {
+        unsigned char c = (unsigned char)*p->s++;
+        if (c < 0x20) { PEFT_FREE(out); peft__jfail(p, "control character inside a string"); return NULL; }
+        if (c != '\\') { *o++ = (char)c; continue; }
+        char e = *p->s++;
+        switch (e) {
+        case '"': *o++ = '"'; break;   case '\\': *o++ = '\\'; break; case '/': *o++ = '/'; break;
+        case 'b': *o++ = '\b'; break;  case 'f': *o++ = '\f'; break;  case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;  case 't': *o++ = '\t'; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (q - p->s < 4 || !peft__hex4(p->s, &cp)) { PEFT_FREE(out); peft__jfail(p, "bad \\u escape"); return NULL; }
+            p->s += 4;
+            if (cp >= 0xD800 && cp < 0xDC00 && q - p->s >= 6 && p->s[0] == '\\' && p->s[1] == 'u' &&
+                peft__hex4(p->s + 2, &lo) && lo >= 0xDC00 && lo < 0xE000) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                p->s += 6;
+            }
+            peft__utf8(&o, cp);
+            break;
+        }
+        default: PEFT_FREE(out); peft__jfail(p, "bad escape in a string"); return NULL;
+        }
+    }
+    *o = 0;
+    p->s = q + 1;
+    return out;
+}
+
+static peft_json *peft__jvalue(peft__jp *p);
+
+static peft_json *peft__jnew(peft__jp *p, peft_json_type t) {
+    peft_json *j = (peft_json *)peft__calloc(sizeof *j);
+    if (!j) p->err = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", p->what);
+    else j->type = t;
+    return j;
+}
+
+static peft_json *peft__jcontainer(peft__jp *p, int is_obj) {
+    peft_json *j = peft__jnew(p, is_obj ? PEFT_JSON_OBJECT : PEFT_JSON_ARRAY), **tail;
+    if (!j) return NULL;
+    if (++p->depth > 128) { peft__jfail(p, "nesting deeper than 128"); return j; }
+    tail = &j->child;
+    p->s++;
+    peft__jws(p);
+    if (p->s < p->end && *p->s == (is_obj ? '}' : ']')) { p->s++; p->depth--; return j; }
+    for (;;) {
+        char *key = NULL;
+        peft__jws(p);
+        if (is_obj) {
+            if (!(key = peft__jstring(p))) return j;
+            peft__jws(p);
+            if (p->s >= p->end || *p->s != ':') { PEFT_FREE(key); peft__jfail(p, "expected ':' after a key"); return j; }
+            p->s++;
+        }
+        peft_json *v = peft__jvalue(p);
+        if (!v) { PEFT_FREE(key); return j; }
+        v->key = key;
+        *tail = v;
+        tail = &v->next;
+        j->n_children++;
+        if (p->err != PEFT_OK) return j;
+        peft__jws(p);
+        if (p->s < p->end && *p->s == ',') { p->s++; continue; }
+        if (p->s < p->end && *p->s == (is_obj ? '}' : ']')) { p->s++; break; }
+        peft__jfail(p, is_obj ? "expected ',' or '}'" : "expected ',' or ']'");
+        return j;
+    }
+    p->depth--;
+    return j;
+}
+
+static peft_json *peft__jvalue(peft__jp *p) {
+    peft__jws(p);
+    if (p->s >= p->end) { peft__jfail(p, "unexpected end of input"); return NULL; }
+    char c = *p->s;
+    if (c == '{' || c == '[') return peft__jcontainer(p, c == '{');
+    if (c == '"') {
+        char *s = peft__jstring(p);
+        if (!s) return NULL;
+        peft_json *j = peft__jnew(p, PEFT_JSON_STRING);
+        if (!j) { PEFT_FREE(s); return NULL; }
+        j->string = s;
+        return j;
+    }
+    static const struct { const char *lit; peft_json_type t; double v; } lits[] = {
+        { "true", PEFT_JSON_BOOL, 1 }, { "false", PEFT_JSON_BOOL, 0 }, { "null", PEFT_JSON_NULL, 0 } };
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(lits[i].lit);
+        if ((size_t)(p->end - p->s) >= n && memcmp(p->s, lits[i].lit, n) == 0) {
+            p->s += n;
+            peft_json *j = peft__jnew(p, lits[i].t);
+            if (j) j->number = lits[i].v;
+            return j;
+        }
+    }
+    /* number: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? ; also NaN/Infinity as Python writes them */
+    const char *q = p->s;
+    char buf[64];
+    if ((size_t)(p->end - q) >= 3 && memcmp(q, "NaN", 3) == 0) { p->s += 3; peft_json *j = peft__jnew(p, PEFT_JSON_NUMBER); if (j) j->number = NAN; return j; }
+    if (q < p->end && *q == '-') q++;
+    if ((size_t)(p->end - q) >= 8 && memcmp(q, "Infinity", 8) == 0) {
+        peft_json *j = peft__jnew(p, PEFT_JSON_NUMBER);
+        if (j) j->number = *p->s == '-' ? -INFINITY : INFINITY;
+        p->s = q + 8;
+        return j;
+    }
+    if (q >= p->end || !(*q >= '0' && *q <= '9')) { peft__jfail(p, "unexpected character"); return NULL; }
+    if (*q == '0') q++; else while (q < p->end && *q >= '0' && *q <= '9') q++;
+    if (q < p->end && *q == '.') {
+        q++;
+        if (q >= p->end || !(*q >= '0' && *q <= '9')) { peft__jfail(p, "digit expected after '.'"); return NULL; }
+        while (q < p->end && *q >= '0' && *q <= '9') q++;
+    }
+    if (q < p->end && (*q == 'e' || *q == 'E')) {
+        q++;
+        if (q < p->end && (*q == '+' || *q == '-')) q++;
+        if (q >= p->end || !(*q >= '0' && *q <= '9')) { peft__jfail(p, "digit expected in exponent"); return NULL; }
+        while (q < p->end && *q >= '0' && *q <= '9') q++;
+    }
+    if (q - p->s >= (ptrdiff_t)sizeof buf) { peft__jfail(p, "number too long"); return NULL; }
+    memcpy(buf, p->s, (size_t)(q - p->s));
+    buf[q - p->s] = 0;
+    p->s = q;
+    peft_json *j = peft__jnew(p, PEFT_JSON_NUMBER);
+    if (j) j->number = strtod(buf, NULL);
+    return j;
+}
+
+PEFTDEF peft_status peft_json_parse(peft_json **out, const char *text, size_t len, const char *what) {
+    peft__jp p = { text, text + len, what ? what : "JSON", 0, PEFT_OK };
+    peft_json *j = peft__jvalue(&p);
+    if (p.err == PEFT_OK) {
+        peft__jws(&p);
+        if (p.s != p.end) peft__jfail(&p, "trailing characters after the value");
+    }
+    if (p.err != PEFT_OK) {
+        /* report where: line and column of the failure point */
+        int line = 1, col = 1;
+        for (const char *c = text; c < p.s && c < p.end; c++) { if (*c == '\n') { line++; col = 1; } else col++; }
+        char msg[1200];
+        snprintf(msg, sizeof msg, "%s (line %d, column %d)", peft_last_error(), line, col);
+        peft__fail(p.err, "%s", msg);
+        peft_json_free(j);
+        *out = NULL;
+        return p.err;
+    }
+    *out = j;
+    return PEFT_OK;
+}
+
+PEFTDEF peft_status peft_json_load(peft_json **out, const char *path) {
+    unsigned char *buf;
+    size_t n;
+    *out = NULL;
+    peft_status s = peft_read_file(path, &buf, &n);
+    if (s != PEFT_OK) return s;
+    s = peft_json_parse(out, (const char *)buf, n, path);
+    PEFT_FREE(buf);
+    return s;
+}
+
+PEFTDEF const peft_json *peft_json_get(const peft_json *o, const char *key) {
+    if (!o || o->type != PEFT_JSON_OBJECT) return NULL;
+    for (const peft_json *c = o->child; c; c = c->next)
+        if (c->key && strcmp(c->key, key) == 0) return c;
+    return NULL;
+}
+
+PEFTDEF void peft_json_free(peft_json *j) {
+    while (j) {
+        peft_json *next = j->next;
+        peft_json_free(j->child);
+        PEFT_FREE(j->string);
+        PEFT_FREE(j->key);
+        PEFT_FREE(j);
+        j = next;
+    }
+}
+
+/* ---- safetensors -------------------------------------------------------------------
+   u64 LE header length N, N bytes of JSON, then the data buffer. The reader
+   trusts nothing: N must fit the file (and 100 MB), every tensor's bytes must
+   equal shape × dtype size, and the tensors must tile the buffer exactly. */
+static int peft__dtype_parse(const char *s) {
+    for (int i = 0; i < PEFT_DT_COUNT; i++) if (strcmp(s, peft__dtypes[i].name) == 0) return i;
+    return -1;
+}
+
+static int peft__cmp_entry(const void *a, const void *b) {
+    const peft_st_entry *x = (const peft_st_entry *)a, *y = (const peft_st_entry *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset ? 1 : (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
+}
+
+static peft_status peft__st_parse(peft_safetensors *st) {
+    const char *path = st->path;
+    if (st->file_size < 8)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: file is %zu bytes, too short for a safetensors header", path, st->file_size);
+    uint64_t hn = 0;
+    for (int i = 7; i >= 0; i--) hn = (hn << 8) | st->file[i];
+    if (hn > st->file_size - 8)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: header length %llu is larger than the file (%zu bytes): truncated or not safetensors",
+                          path, (unsigned long long)hn, st->file_size);
+    if (hn > 100u * 1024 * 1024)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: header length %llu exceeds the 100 MB limit", path, (unsigned long long)hn);
+    char what[600];
+    snprintf(what, sizeof what, "%s (safetensors header)", path);
+    peft_json *h;
+    peft_status s = peft_json_parse(&h, (const char *)st->file + 8, (size_t)hn, what);
+    if (s != PEFT_OK) return s;
+    st->data = st->file + 8 + hn;
+    size_t buf_len = st->file_size - 8 - (size_t)hn;
+    if (h->type != PEFT_JSON_OBJECT) { peft_json_free(h); return peft__fail(PEFT_ERR_FORMAT, "%s: header is not a JSON object", path); }
+    st->entries = (peft_st_entry *)peft__calloc((size_t)(h->n_children + 1) * sizeof(peft_st_entry));
+    st->meta_keys = (char **)peft__calloc((size_t)(h->n_children + 1) * sizeof(char *));
+    st->meta_vals = (char **)peft__calloc((size_t)(h->n_children + 1) * sizeof(char *));
+    if (!st->entries || !st->meta_keys || !st->meta_vals) { peft_json_free(h); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); }
+    s = PEFT_OK;
+    for (const peft_json *t = h->child; t && s == PEFT_OK; t = t->next) {
+        if (strcmp(t->key, "__metadata__") == 0) {
+            if (t->type != PEFT_JSON_OBJECT) { s = peft__fail(PEFT_ERR_FORMAT, "%s: __metadata__ is not an object", path); break; }
+            for (const peft_json *kv = t->child; kv; kv = kv->next) {
+                if (kv->type != PEFT_JSON_STRING) { s = peft__fail(PEFT_ERR_FORMAT, "%s: metadata value '%s' is not a string", path, kv->key); break; }
+                st->meta_keys[st->n_meta] = peft__strdup(kv->key);
+                st->meta_vals[st->n_meta++] = peft__strdup(kv->string);
+            }
+            continue;
+        }
+        peft_st_entry *e = &st->entries[st->n];
+        const peft_json *dt = peft_json_get(t, "dtype"), *sh = peft_json_get(t, "shape"), *of = peft_json_get(t, "data_offsets");
+        if (t->type != PEFT_JSON_OBJECT || !dt || dt->type != PEFT_JSON_STRING || !sh || sh->type != PEFT_JSON_ARRAY ||
+            !of || of->type != PEFT_JSON_ARRAY || of->n_children != 2) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' needs dtype, shape and data_offsets [begin, end]", path, t->key);
+            break;
+        }
+        e->name = peft__strdup(t->key);
+        st->n++;                     /* counted now so close() frees it on any error */
+        int d = peft__dtype_parse(dt->string);
+        e->dtype = d < 0 ? PEFT_DT_COUNT : (peft_dtype)d;
+        if (sh->n_children > PEFT_MAX_DIMS) { s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions (at most %d supported)", path, t->key, sh->n_children, PEFT_MAX_DIMS); break; }
+        e->ndim = sh->n_children;
+        double elems = 1;
+        int k = 0;
+        for (const peft_json *x = sh->child; x; x = x->next, k++) {
+            if (x->type != PEFT_JSON_NUMBER || x->number < 0 || x->number != floor(x->number) || x->number > 9e15) {
+                s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has an invalid shape entry", path, t->key);
+                break;
+            }
+            e->shape[k] = (int64_t)x->number;
+            elems *= x->number;
+        }
+        if (s != PEFT_OK) break;
+        double b = of->child->number, en = of->child->next->number;
+        if (of->child->type != PEFT_JSON_NUMBER || of->child->next->type != PEFT_JSON_NUMBER || b < 0 || en < b ||
+            b != floor(b) || en != floor(en) || en > (double)buf_len) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' data_offsets [%.0f, %.0f] fall outside the %zu-byte data buffer (truncated file?)",
+                           path, t->key, b, en, buf_len);
+            break;
+        }
+        e->offset = (size_t)b;
+        e->nbytes = (size_t)(en - b);
+        if (e->dtype != PEFT_DT_COUNT && elems * (double)peft_dtype_size(e->dtype) != (double)e->nbytes) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is %s with %.0f elements (%.0f bytes) but its offsets span %zu bytes",
+                           path, t->key, dt->string, elems, elems * (double)peft_dtype_size(e->dtype), e->nbytes);
+            break;
+        }
+    }
+    peft_json_free(h);
+    if (s != PEFT_OK) return s;
+    /* the tensors must tile [0, buf_len) with neither holes nor overlaps */
+    peft_st_entry *sorted = (peft_st_entry *)PEFT_MALLOC((size_t)(st->n + 1) * sizeof(peft_st_entry));
+    if (!sorted) return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+    memcpy(sorted, st->entries, (size_t)st->n * sizeof(peft_st_entry));
+    qsort(sorted, (size_t)st->n, sizeof(peft_st_entry), peft__cmp_entry);
+    size_t pos = 0;
+    for (int i = 0; i < st->n && s == PEFT_OK; i++) {
+        if (sorted[i].offset != pos)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' starts at byte %zu but the previous one ends at %zu (%s)",
+                           path, sorted[i].name, sorted[i].offset, pos, sorted[i].offset < pos ? "overlap" : "hole");
+        pos = sorted[i].offset + sorted[i].nbytes;
+    }
+    if (s == PEFT_OK && pos != buf_len)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: tensors cover %zu bytes but the data buffer holds %zu", path, pos, buf_len);
+    PEFT_FREE(sorted);
+    return s;
+}
+
+PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path) {
+    memset(st, 0, sizeof *st);
+    snprintf(st->path, sizeof st->path, "%s", path);
+    peft_status s = peft_read_file(path, &st->file, &st->file_size);
+    if (s == PEFT_OK) s = peft__st_parse(st);
+    if (s != PEFT_OK) peft_st_close(st);
+    return s;
+}
+
+PEFTDEF void peft_st_close(peft_safetensors *st) {
+    for (int i = 0; i < st->n; i++) PEFT_FREE(st->entries[i].name);
+    for (int i = 0; i < st->n_meta; i++) { PEFT_FREE(st->meta_keys[i]); PEFT_FREE(st->meta_vals[i]); }
+    PEFT_FREE(st->entries);
+    PEFT_FREE(st->meta_keys);
+    PEFT_FREE(st->meta_vals);
+    PEFT_FREE(st->file);
+    memset(st, 0, sizeof *st);
+}
+
+PEFTDEF const peft_st_entry *peft_st_find(const peft_safetensors *st, const char *name) {
+    for (int i = 0; i < st->n; i++) if (strcmp(st->entries[i].name, name) == 0) return &st->entries[i];
+    return NULL;
+}
+
+PEFTDEF peft_status peft_st_read_f32(const peft_safetensors *st, const peft_st_entry *e, float *out, int64_t n) {
+    size_t es = peft_dtype_size(e->dtype);
+    if (e->dtype == PEFT_DT_COUNT || e->dtype == PEFT_DT_U8 || e->dtype == PEFT_DT_I8)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats", st->path, e->name);
+    if ((size_t)n * es != e->nbytes)
+        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' holds %zu elements, expected %lld", st->path, e->name,
+                          e->nbytes / es, (long long)n);
+    const unsigned char *p = st->data + e->offset;
+    for (int64_t i = 0; i < n; i++, p += es) {
+        switch (e->dtype) {
+        case PEFT_DT_F32: { uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; memcpy(&out[i], &u, 4); break; }
+        case PEFT_DT_F16: out[i] = peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
+        case PEFT_DT_BF16: out[i] = peft_bf16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
+        case PEFT_DT_I32: { uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; out[i] = (float)(int32_t)u; break; }
+        case PEFT_DT_I64: { uint64_t u = 0; for (int k = 7; k >= 0; k--) u = u << 8 | p[k]; out[i] = (float)(int64_t)u; break; }
+        case PEFT_DT_F64: { uint64_t u = 0; double d; for (int k = 7; k >= 0; k--) u = u << 8 | p[k]; memcpy(&d, &u, 8); out[i] = (float)d; break; }
+        default: break;
+        }
+    }
+    return PEFT_OK;
+}
+
+/* Streamed atomic write: open path.tmp, the caller writes, commit renames. */
+static FILE *peft__atomic_open(const char *path, char *tmp, size_t tmpn) {
+    if (snprintf(tmp, tmpn, "%s.tmp", path) >= (int)tmpn) { peft__fail(PEFT_ERR_ARG, "%s: path too long", path); return NULL; }
+    FILE *f = fopen(tmp, "wb");
+    if (!f) peft__fail(PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    return f;
+}
+static peft_status peft__atomic_commit(FILE *f, const char *tmp, const char *path, int ok) {
+    int err = ok ? 0 : EIO;
+    if (ok && fflush(f) != 0) { ok = 0; err = errno; }
+#if !defined(_WIN32)
+    if (ok && fsync(fileno(f)) != 0) { ok = 0; err = errno; }
+#endif
+    if (fclose(f) != 0 && ok) { ok = 0; err = errno; }
+    if (!ok) { remove(tmp); return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path, strerror(err)); }
+    if (rename(tmp, path) != 0) { err = errno; remove(tmp); return peft__fail(PEFT_ERR_IO, "%s: rename failed: %s", path, strerror(err)); }
+    return PEFT_OK;
+}
+
+/* Appends printf output to a growing buffer (for JSON headers and configs). */
+typedef struct { char *s; size_t n, cap; int oom; } peft__sb;
+static void peft__sbf(peft__sb *b, const char *fmt, ...) PEFT__PRINTF(2, 3);
+static void peft__sbf(peft__sb *b, const char *fmt, ...) {
+    va_list ap;
+    for (;;) {
+        if (b->oom) return;
+        size_t room = b->cap - b->n;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->n : NULL, room, fmt, ap);
+        va_end(ap);
+        if (k < 0) { b->oom = 1; return; }
+        if ((size_t)k < room) { b->n += (size_t)k; return; }
+        size_t nc = (b->cap + (size_t)k + 64) * 2;
+        char *ns = (char *)PEFT_REALLOC(b->s, nc);
+        if (!ns) { b->oom = 1; return; }
+        b->s = ns;
+        b->cap = nc;
+    }
+}
+static void peft__sb_jstr(peft__sb *b, const char *s) {
+    peft__sbf(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') peft__sbf(b, "\\%c", c);
+        else if (c < 0x20) peft__sbf(b, "\\u%04x", c);
+        else peft__sbf(b, "%c", c);
+    }
+    peft__sbf(b, "\"");
+}
+
+PEFTDEF peft_status peft_st_write(const char *path, const peft_st_write_item *items, int n,
+                                  const char **meta_kv, int n_meta) {
+    peft__sb h = { 0, 0, 0, 0 };
+    size_t off = 0;
+    peft__sbf(&h, "{");
+    if (n_meta > 0) {
+        peft__sbf(&h, "\"__metadata__\":{");
+        for (int i = 0; i < n_meta; i++) {
+            peft__sb_jstr(&h, meta_kv[2 * i]);
+            peft__sbf(&h, ":");
+            peft__sb_jstr(&h, meta_kv[2 * i + 1]);
+            if (i + 1 < n_meta) peft__sbf(&h, ",");
+        }
+        peft__sbf(&h, "}%s", n ? "," : "");
+    }
+    for (int i = 0; i < n; i++) {
+        size_t bytes = peft_dtype_size(items[i].dtype);
+        peft__sb_jstr(&h, items[i].name);
+        peft__sbf(&h, ":{\"dtype\":\"%s\",\"shape\":[", peft_dtype_name(items[i].dtype));
+        for (int d = 0; d < items[i].ndim; d++) {
+            peft__sbf(&h, "%s%lld", d ? "," : "", (long long)items[i].shape[d]);
+            bytes *= (size_t)items[i].shape[d];
+        }
+        peft__sbf(&h, "],\"data_offsets\":[%zu,%zu]}%s", off, off + bytes, i + 1 < n ? "," : "");
+        off += bytes;
+    }
+    peft__sbf(&h, "}");
+    while (!h.oom && h.n % 8 != 0) peft__sbf(&h, " ");
+    if (h.oom) { PEFT_FREE(h.s); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the header", path); }
+    char tmp[1024];
+    FILE *f = peft__atomic_open(path, tmp, sizeof tmp);
+    if (!f) { PEFT_FREE(h.s); return PEFT_ERR_IO; }
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.n >> (8 * i));
+    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.s, 1, h.n, f) == h.n;
+    PEFT_FREE(h.s);
+    for (int i = 0; i < n && ok; i++) {
+        size_t bytes = peft_dtype_size(items[i].dtype);
+        for (int d = 0; d < items[i].ndim; d++) bytes *= (size_t)items[i].shape[d];
+        ok = bytes == 0 || fwrite(items[i].data, 1, bytes, f) == bytes;  /* little-endian hosts */
+    }
+    return peft__atomic_commit(f, tmp, path, ok);
+}
+
+/* ---- model folders -------------------------------------------------------------------- */
+static peft_status peft__load_param(const peft_safetensors *st, const peft_st_entry *e, peft_tensor *p) {
+    int same = e->ndim == p->ndim;
+    for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
+    if (!same) {
+        char got[96] = "", want[96] = "";
+        for (int d = 0; d < e->ndim; d++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", (long long)e->shape[d]);
+        for (int d = 0; d < p->ndim; d++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "", (long long)p->shape[d]);
+        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has shape [%s] but config.json implies [%s]", st->path, e->name, got, want);
+    }
+    if (e->dtype != PEFT_DT_F32 && e->dtype != PEFT_DT_F16 && e->dtype != PEFT_DT_BF16)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; weights must be F32, F16 or BF16", st->path, e->name,
+                          e->dtype == PEFT_DT_COUNT ? "an unknown dtype" : peft_dtype_name(e->dtype));
+    return peft_st_read_f32(st, e, p->data, p->n);
+}
+
+/* Which file holds each parameter: one model.safetensors, or the shards named
+   by model.safetensors.index.json's weight_map. */
+static peft_status peft__load_weights(peft_model *m, const char *dir) {
+    char path[1024], idx[1024];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
+    int n = m->n_params;
+    const char **file_of = (const char **)peft__calloc((size_t)n * sizeof(char *));
+    peft_json *index = NULL;
+    peft_status s = PEFT_OK;
+    if (!file_of) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    if (peft__file_exists(path)) {
+        for (int i = 0; i < n; i++) file_of[i] = "model.safetensors";
+    } else if (peft__file_exists(idx)) {
+        s = peft_json_load(&index, idx);
+        const peft_json *wm = s == PEFT_OK ? peft_json_get(index, "weight_map") : NULL;
+        if (s == PEFT_OK && (!wm || wm->type != PEFT_JSON_OBJECT))
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: no 'weight_map' object", idx);
+        for (int i = 0; i < n && s == PEFT_OK; i++) {
+            const peft_json *f = peft_json_get(wm, m->params[i]->name);
+            if (!f && m->params[i] == m->lm_head && m->cfg.tie_embeddings) continue;
+            if (!f || f->type != PEFT_JSON_STRING || strchr(f->string, '/'))
+                s = peft__fail(PEFT_ERR_FORMAT, "%s: weight_map has no valid file for '%s'", idx, m->params[i]->name);
+            else file_of[i] = f->string;
+        }
+    } else {
+        s = peft__fail(PEFT_ERR_IO, "%s: neither model.safetensors nor model.safetensors.index.json is there", dir);
+    }
+    /* open each distinct file once, in order of first use */
+    for (int i = 0; i < n && s == PEFT_OK; i++) {
+        if (!file_of[i]) continue;
+        int seen = 0;
+        for (int k = 0; k < i; k++) if (file_of[k] && strcmp(file_of[k], file_of[i]) == 0) seen = 1;
+        if (seen) continue;
+        peft_safetensors st;
+        snprintf(path, sizeof path, "%s/%s", dir, file_of[i]);
+        s = peft_st_open(&st, path);
+        for (int k = i; k < n && s == PEFT_OK; k++) {
+            if (!file_of[k] || strcmp(file_of[k], file_of[i]) != 0) continue;
+            const peft_st_entry *e = peft_st_find(&st, m->params[k]->name);
+            if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, m->params[k]->name);
+            else s = peft__load_param(&st, e, m->params[k]);
+        }
+        if (st.file) peft_st_close(&st);
+    }
+    peft_json_free(index);
+    PEFT_FREE(file_of);
+    return s;
+}
+
+PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
+    char path[1024];
+    peft_config c;
+    *out = NULL;
+    struct stat sb;
+    if (stat(dir, &sb) != 0) return peft__fail(PEFT_ERR_IO, "%s: no such file or folder", dir);
+    if (!S_ISDIR(sb.st_mode)) return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: expected a model folder (config.json + model.safetensors)", dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    peft_status s = peft_config_load(&c, path);
+    if (s != PEFT_OK) return s;
+    peft_model *m;
+    s = peft_model_new(&m, &c, 0, 0);
+    if (s != PEFT_OK) return s;
+    snprintf(m->path, sizeof m->path, "%s", dir);
+    s = peft__load_weights(m, dir);
+    if (s != PEFT_OK) { peft_model_free(m); return s; }
+    *out = m;
+    return PEFT_OK;
+}
+
+static void peft__config_json(peft__sb *b, const peft_config *c) {
+    peft__sbf(b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
+    peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n", c->dim, c->hidden_dim);
+    peft__sbf(b, "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n",
+              c->n_layers, c->n_heads, c->n_kv_heads);
+    peft__sbf(b, "  \"head_dim\": %d,\n  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n",
+              c->head_dim, c->vocab_size, c->max_seq_len);
+    peft__sbf(b, "  \"rms_norm_eps\": %.9g,\n  \"rope_theta\": %.9g,\n", c->norm_eps, c->rope_theta);
+    if (c->rope_type == PEFT_ROPE_LLAMA3)
+        peft__sbf(b, "  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %.9g, \"low_freq_factor\": %.9g, "
+                  "\"high_freq_factor\": %.9g, \"original_max_position_embeddings\": %d},\n",
+                  c->rope_factor, c->rope_low_freq, c->rope_high_freq, c->rope_orig_max_pos);
+    else if (c->rope_type == PEFT_ROPE_LINEAR)
+        peft__sbf(b, "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.9g},\n", c->rope_factor);
+    else peft__sbf(b, "  \"rope_scaling\": null,\n");
+    peft__sbf(b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n",
+              c->tie_embeddings ? "true" : "false");
+    peft__sbf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"float32\"\n}\n", c->bos_id, c->eos_id);
+}
+
+PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
+    char path[1024];
+    peft_status s = peft__mkdir(dir);
+    if (s != PEFT_OK) return s;
+    peft__sb b = { 0, 0, 0, 0 };
+    peft__config_json(&b, &m->cfg);
+    if (b.oom) { PEFT_FREE(b.s); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    s = peft_write_file_atomic(path, b.s, b.n);
+    PEFT_FREE(b.s);
+    if (s != PEFT_OK) return s;
+    peft_st_write_item *items = (peft_st_write_item *)peft__calloc((size_t)m->n_params * sizeof *items);
+    if (!items) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    for (int i = 0; i < m->n_params; i++) {
+        const peft_tensor *p = m->params[i];
+        items[i].name = p->name;
+        items[i].dtype = PEFT_DT_F32;
+        items[i].ndim = p->ndim;
+        memcpy(items[i].shape, p->shape, sizeof p->shape);
+        items[i].data = p->data;
+    }
+    const char *meta[2] = { "format", "pt" };
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    s = peft_st_write(path, items, m->n_params, meta, 1);
+    PEFT_FREE(items);
+    return s;
+}
+
+/* ============================================================================
+   DATA: token files and batches
+   ============================================================================ */
+
+PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids, int64_t *n) {
+    unsigned char *buf;
+    size_t len;
+    *ids = NULL;
+    *n = 0;
+    peft_status s = peft_read_file(path, &buf, &len);
+    if (s != PEFT_OK) return s;
+    int numeric = len > 0;
+    for (size_t i = 0; i < len && numeric; i++)
+        numeric = (buf[i] >= '0' && buf[i] <= '9') || buf[i] == ' ' || buf[i] == ',' || buf[i] == '\n' ||
+                  buf[i] == '\r' || buf[i] == '\t';
+    int *out = (int *)PEFT_MALLOC((len + 1) * sizeof(int));
+    if (!out) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); }
+    int64_t k = 0;
+    if (numeric) {
+        for (size_t i = 0; i < len;) {
+            if (buf[i] < '0' || buf[i] > '9') { i++; continue; }
+            long v = 0;
+            while (i < len && buf[i] >= '0' && buf[i] <= '9') { if (v < 100000000) v = v * 10 + (buf[i] - '0'); i++; }
+            if (v >= vocab_size) {
+                PEFT_FREE(out); PEFT_FREE(buf);
+                return peft__fail(PEFT_ERR_ARG, "%s: token id %ld (entry %lld) is outside the vocabulary (size %d)",
+                                  path, v, (long long)k, vocab_size);
+            }
+            out[k++] = (int)v;
+        }
+    } else {
+        if (vocab_size < 256) {
+            PEFT_FREE(out); PEFT_FREE(buf);
+            return peft__fail(PEFT_ERR_ARG, "%s: text is read as bytes, which needs a vocabulary of at least 256 (model has %d)",
+                              path, vocab_size);
+        }
+        for (size_t i = 0; i < len; i++) out[k++] = buf[i];
+    }
+    PEFT_FREE(buf);
+    *ids = out;
+    *n = k;
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, int T, int *tokens, int *targets) {
+    for (int b = 0; b < B; b++) {
+        int64_t start = (int64_t)(peft_rng_u64(r) % (uint64_t)(n - T));
+        for (int t = 0; t < T; t++) {
+            tokens[b * T + t] = ids[start + t];
+            targets[b * T + t] = ids[start + t + 1];
+        }
+    }
+}
+
+#endif /* PEFT__IMPLEMENTED */
+#endif /* PEFT_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under 2 licenses -- choose whichever you prefer.
+------------------------------------------------------------------------------
+ALTERNATIVE A - MIT License
+Copyright (c) 2026 the peft.h authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+ALTERNATIVE B - Public Domain (www.unlicense.org)
+This is free and unencumbered software released into the public domain.
+Anyone is free to copy, modify, publish, use, compile, sell, or distribute this
+software, either in source code form or as a compiled binary, for any purpose,
+commercial or non-commercial, and by any means.
+In jurisdictions that recognize copyright laws, the author or authors of this
+software dedicate any and all copyright interest in the software to the public
+domain. We make this dedication in recognition of the generosity, and in
+perpetuation of the public domain, with every copy of the software. THE
+SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND.
+------------------------------------------------------------------------------
+*/

@@ -1,0 +1,58 @@
+#include "harness.h"
+#include <sys/stat.h>
+#include <unistd.h>
+#include <time.h>
+
+th_state th_cur;
+
+double th_rel_err_f(const float *a, const float *b, long n) {
+    double mx = 0, md = 0;
+    for (long i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= md)) md = d;  /* NaN propagates as a failure */
+        if (fabs(b[i]) > mx) mx = fabs(b[i]);
+    }
+    return mx > 0 ? md / mx : md;
+}
+double th_rel_err_fd(const float *a, const double *b, long n) {
+    double mx = 0, md = 0;
+    for (long i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= md)) md = d;
+        if (fabs(b[i]) > mx) mx = fabs(b[i]);
+    }
+    return mx > 0 ? md / mx : md;
+}
+
+const char *th_fixtures(void) {
+    const char *e = getenv("PEFT_FIXTURES");
+    return e ? e : "tests/fixtures";
+}
+const char *th_shared(void) {
+    static char buf[512];
+    const char *e = getenv("PEFT_SHARED_DATA");
+    snprintf(buf, sizeof buf, "%s", e ? e : "../shared/data");
+    struct stat st;
+    return stat(buf, &st) == 0 ? buf : NULL;
+}
+const char *th_tmpdir(void) {
+    static char buf[256];
+    if (!buf[0]) {
+        snprintf(buf, sizeof buf, "/tmp/peft-test-%d", (int)getpid());
+        mkdir(buf, 0755);
+    }
+    return buf;
+}
+int th_read_ref(const char *path, const char *name, float **out, long *n) {
+    peft_safetensors st;
+    if (peft_st_open(&st, path) != PEFT_OK) return 0;
+    const peft_st_entry *e = peft_st_find(&st, name);
+    if (!e) { peft_st_close(&st); return 0; }
+    long cnt = 1;
+    for (int d = 0; d < e->ndim; d++) cnt *= (long)e->shape[d];
+    *out = (float *)malloc((size_t)(cnt ? cnt : 1) * sizeof(float));
+    *n = cnt;
+    int ok = peft_st_read_f32(&st, e, *out, cnt) == PEFT_OK;
+    peft_st_close(&st);
+    return ok;
+}

@@ -1,0 +1,36 @@
+/* A minimal test harness: each test is a function; CHECK records failures
+   with file:line and a message; SKIP ends a test as skipped. The runner
+   prints one line per test and ends with "N passed, N failed, N skipped". */
+#ifndef PEFT_TEST_HARNESS_H
+#define PEFT_TEST_HARNESS_H
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <stdarg.h>
+#include <sys/wait.h>
+#include "../peft.h"
+
+typedef struct { int failed, skipped; char skip_reason[256]; } th_state;
+extern th_state th_cur;
+
+#define CHECK(cond, ...) do { if (!(cond)) { th_cur.failed++; \
+    fprintf(stderr, "    FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); \
+    fprintf(stderr, "\n"); } } while (0)
+#define REQUIRE(cond, ...) do { if (!(cond)) { CHECK(cond, __VA_ARGS__); return; } } while (0)
+#define SKIP(...) do { th_cur.skipped = 1; snprintf(th_cur.skip_reason, sizeof th_cur.skip_reason, __VA_ARGS__); return; } while (0)
+#define CHECK_OK(expr) do { peft_status s_ = (expr); CHECK(s_ == PEFT_OK, "%s -> %s: %s", #expr, \
+    peft_status_name(s_), peft_last_error()); } while (0)
+#define REQUIRE_OK(expr) do { peft_status s_ = (expr); REQUIRE(s_ == PEFT_OK, "%s -> %s: %s", #expr, \
+    peft_status_name(s_), peft_last_error()); } while (0)
+
+/* max|a-b| / max|b|: the relative error measure used throughout the tests */
+double th_rel_err_f(const float *a, const float *b, long n);
+double th_rel_err_fd(const float *a, const double *b, long n);
+const char *th_fixtures(void);       /* tests/fixtures */
+const char *th_shared(void);         /* ../shared/data, or NULL if absent */
+const char *th_tmpdir(void);         /* a fresh per-run scratch folder */
+int th_read_ref(const char *path, const char *name, float **out, long *n); /* 1 = found */
+
+#define TEST(name) void name(void)
+#endif

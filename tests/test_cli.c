@@ -1,0 +1,83 @@
+/* The command line tool, run as a user would: exit codes, messages, files. */
+#include "harness.h"
+
+static const char *bin(void) { const char *b = getenv("PEFT_BIN"); return b ? b : "build/peft"; }
+
+/* Runs a command line, captures stdout+stderr into out; returns exit status. */
+static int run(char *out, size_t cap, const char *fmt, ...) {
+    char cmd[2048], full[2200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    snprintf(full, sizeof full, "%s %s 2>&1", bin(), cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(test_cli) {
+    static char out[1 << 16];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+
+    CHECK(run(out, sizeof out, "info --preset llama-7b") == 0 && strstr(out, "6,738,415,616"), "info llama-7b: %s", out);
+    CHECK(run(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "24,736"), "info folder: %s", out);
+    CHECK(run(out, sizeof out, "info --preset nope") == 1 && strstr(out, "nope"), "unknown preset: %s", out);
+    const char *cmds[] = { "info", "logits", "train" };
+    for (int i = 0; i < 3; i++)
+        CHECK(run(out, sizeof out, "%s --help", cmds[i]) == 0 && strstr(out, "usage: peft"), "%s --help", cmds[i]);
+    CHECK(run(out, sizeof out, "frobnicate") == 2, "unknown command exits 2");
+    CHECK(run(out, sizeof out, "train --preset tiny --data x --bogus 1") == 2, "unknown flag exits 2");
+
+    /* logits of the first fixture sequence equal transformers' */
+    char ref[512], lpath[512];
+    snprintf(ref, sizeof ref, "%s/llama_mha/ref.safetensors", th_fixtures());
+    snprintf(lpath, sizeof lpath, "%s/logits.f32", th_tmpdir());
+    float *tok, *logits; long nt, nl;
+    REQUIRE(th_read_ref(ref, "tokens", &tok, &nt) && th_read_ref(ref, "logits", &logits, &nl), "fixture");
+    char ids[256] = "";
+    int T = (int)(nt / 2);
+    for (int t = 0; t < T; t++) snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", t ? "," : "", (int)tok[t]);
+    CHECK(run(out, sizeof out, "logits --model %s/llama_mha --tokens %s --out %s", th_fixtures(), ids, lpath) == 0, "logits: %s", out);
+    unsigned char *d; size_t n;
+    REQUIRE_OK(peft_read_file(lpath, &d, &n));
+    CHECK(n == (size_t)T * 64 * 4, "logits file is [T, vocab] float32: %zu bytes", n);
+    if (n == (size_t)T * 64 * 4) CHECK(th_rel_err_f((float *)d, logits, T * 64) < 1e-4, "CLI logits vs transformers");
+    free(d); free(tok); free(logits);
+    CHECK(run(out, sizeof out, "logits --model /no/such/model --tokens 1 --out %s", lpath) == 1 && strstr(out, "/no/such/model"),
+          "missing model: %s", out);
+    CHECK(run(out, sizeof out, "logits --model %s/llama_mha --tokens 1,999 --out %s", th_fixtures(), lpath) == 1 && strstr(out, "999"),
+          "token out of range: %s", out);
+
+    /* a truncated weight file is reported by name */
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/cli_broken", th_tmpdir());
+    char cmd[2200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s/llama_mha %s && truncate -s 5000 %s/model.safetensors", dir, th_fixtures(), dir, dir);
+    REQUIRE(system(cmd) == 0, "setup");
+    CHECK(run(out, sizeof out, "logits --model %s --tokens 1,2 --out %s", dir, lpath) == 1 && strstr(out, "model.safetensors"),
+          "truncated: %s", out);
+
+    /* training from a token file prints a falling loss and saves a loadable model */
+    char data[512], saved[512];
+    snprintf(data, sizeof data, "%s/ids.txt", th_tmpdir());
+    FILE *f = fopen(data, "w");
+    for (int i = 0; i < 400; i++) fprintf(f, "%d ", (i * 7) % 23);
+    fclose(f);
+    snprintf(saved, sizeof saved, "%s/trained", th_tmpdir());
+    CHECK(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s",
+              th_fixtures(), data, saved) == 0 && strstr(out, "step   30/30"), "train: %s", out);
+    const char *first = strstr(out, "loss "), *last = NULL;
+    for (const char *p = first; p; p = strstr(p + 1, "loss ")) last = p;
+    if (first && last) CHECK(atof(last + 5) < 0.5 * atof(first + 5), "CLI training loss %s -> %s", first + 5, last + 5);
+    peft_model *m;
+    CHECK_OK(peft_model_load(&m, saved));
+    if (m) peft_model_free(m);
+    CHECK(run(out, sizeof out, "train --preset tiny --data %s --method lora-x", data) == 2, "unknown method exits 2");
+    CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
+}

@@ -1,0 +1,226 @@
+/* Files: JSON, safetensors (valid and hostile), model folders with errors,
+   number conversions. Every error must name the file and the problem. */
+#include "harness.h"
+#include <sys/stat.h>
+
+static void write_bytes(const char *path, const void *d, size_t n) {
+    FILE *f = fopen(path, "wb");
+    fwrite(d, 1, n, f);
+    fclose(f);
+}
+
+TEST(test_json_parse) {
+    const char *good = "{\"a\": [1, 2.5e3, -0.5, true, false, null], \"s\": \"x\\u00e9\\ud83d\\ude00\\n\", \"o\": {}}";
+    peft_json *j;
+    REQUIRE_OK(peft_json_parse(&j, good, strlen(good), "good"));
+    const peft_json *a = peft_json_get(j, "a");
+    CHECK(a && a->n_children == 6 && a->child->next->number == 2500.0, "array");
+    CHECK(strcmp(peft_json_get(j, "s")->string, "x\xc3\xa9\xf0\x9f\x98\x80\n") == 0, "unicode escapes");
+    peft_json_free(j);
+    const char *bad[] = { "{\"a\": 1,}", "{\"a\" 1}", "[1, 2", "{\"a\": tru}", "\"abc", "{} x", "[01]", "[1.]",
+                          "{\"a\": \"\\q\"}", "" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        peft_status s = peft_json_parse(&j, bad[i], strlen(bad[i]), "cfg.json");
+        CHECK(s == PEFT_ERR_FORMAT, "'%s' must be rejected", bad[i]);
+        CHECK(strstr(peft_last_error(), "cfg.json") && strstr(peft_last_error(), "line"),
+              "error must name the source and position: %s", peft_last_error());
+    }
+    char deep[600];
+    memset(deep, '[', 300); memset(deep + 300, ']', 300);
+    CHECK(peft_json_parse(&j, deep, 600, "deep") == PEFT_ERR_FORMAT, "nesting limit");
+}
+
+TEST(test_f16_bf16) {
+    struct { uint16_t h; float f; } f16[] = { { 0x3C00, 1.0f }, { 0xC000, -2.0f }, { 0x7BFF, 65504.0f },
+                                              { 0x0001, 5.9604645e-8f }, { 0x3555, 0.33325195f }, { 0x0000, 0.0f } };
+    for (size_t i = 0; i < sizeof f16 / sizeof f16[0]; i++) {
+        CHECK(peft_f16_to_f32(f16[i].h) == f16[i].f, "f16 %04x", f16[i].h);
+        CHECK(peft_f32_to_f16(f16[i].f) == f16[i].h, "to f16 %g", f16[i].f);
+    }
+    CHECK(peft_f32_to_f16(1.0f / 3.0f) == 0x3555, "f16 round to nearest");
+    CHECK(peft_f32_to_f16(1e6f) == 0x7C00, "f16 overflow to inf");
+    CHECK(peft_bf16_to_f32(0x3F80) == 1.0f && peft_f32_to_bf16(1.0f) == 0x3F80, "bf16 one");
+    CHECK(peft_f32_to_bf16(1.00390625f) == 0x3F80, "bf16 ties to even (down)");
+    CHECK(peft_f32_to_bf16(1.01171875f) == 0x3F82, "bf16 ties to even (up)");
+    /* every f16 value round-trips */
+    int bad = 0;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF)) continue;   /* NaNs */
+        if (peft_f32_to_f16(peft_f16_to_f32((uint16_t)h)) != h) bad++;
+    }
+    CHECK(bad == 0, "%d f16 values do not round-trip", bad);
+}
+
+TEST(test_safetensors_roundtrip) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/rt.safetensors", th_tmpdir());
+    float a[6] = { 1, -2, 3.5f, 0, 1e-3f, -7 };
+    uint16_t b[4] = { 0x3C00, 0x4000, 0xBC00, 0 };
+    peft_st_write_item items[2] = { { "a.weight", PEFT_DT_F32, 2, { 2, 3 }, a }, { "b", PEFT_DT_F16, 1, { 4 }, b } };
+    const char *meta[2] = { "format", "pt" };
+    REQUIRE_OK(peft_st_write(path, items, 2, meta, 1));
+    peft_safetensors st;
+    REQUIRE_OK(peft_st_open(&st, path));
+    CHECK(st.n == 2 && st.n_meta == 1 && strcmp(st.meta_vals[0], "pt") == 0, "entries/metadata");
+    uint64_t hn = 0;
+    for (int i = 7; i >= 0; i--) hn = hn << 8 | st.file[i];
+    CHECK(hn % 8 == 0, "header padded to 8 bytes");
+    float out[6];
+    REQUIRE_OK(peft_st_read_f32(&st, peft_st_find(&st, "a.weight"), out, 6));
+    CHECK(memcmp(out, a, sizeof a) == 0, "f32 data");
+    REQUIRE_OK(peft_st_read_f32(&st, peft_st_find(&st, "b"), out, 4));
+    CHECK(out[0] == 1 && out[1] == 2 && out[2] == -1 && out[3] == 0, "f16 data");
+    peft_st_close(&st);
+    struct stat sb;
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    CHECK(stat(tmp, &sb) != 0, "no temp file left behind");
+}
+
+/* Builds a safetensors file from a literal header and data size. */
+static peft_status open_crafted(const char *header, size_t data_len, size_t claim_len) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/bad.safetensors", th_tmpdir());
+    size_t hn = strlen(header);
+    unsigned char *buf = calloc(1, 8 + hn + data_len);
+    uint64_t cl = claim_len ? claim_len : hn;
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(cl >> (8 * i));
+    memcpy(buf + 8, header, hn);
+    write_bytes(path, buf, 8 + hn + data_len);
+    free(buf);
+    peft_safetensors st;
+    peft_status s = peft_st_open(&st, path);
+    if (s == PEFT_OK) peft_st_close(&st);
+    else CHECK(strstr(peft_last_error(), "bad.safetensors"), "error must name the file: %s", peft_last_error());
+    return s;
+}
+
+TEST(test_safetensors_hostile) {
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_OK, "valid control case");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, 0) == PEFT_ERR_FORMAT, "truncated data");
+    CHECK(strstr(peft_last_error(), "outside") != NULL, "truncation explained: %s", peft_last_error());
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 1u << 20) == PEFT_ERR_FORMAT, "header length lies");
+    CHECK(strstr(peft_last_error(), "header length") != NULL, "lie explained: %s", peft_last_error());
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_ERR_FORMAT, "shape vs bytes");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                       "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, 0) == PEFT_ERR_FORMAT, "overlap");
+    CHECK(strstr(peft_last_error(), "overlap") != NULL, "overlap explained: %s", peft_last_error());
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, 0) == PEFT_ERR_FORMAT, "hole");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8, 0) == PEFT_ERR_FORMAT, "trailing bytes");
+    CHECK(open_crafted("{\"__metadata__\":{\"a\":1}}", 0, 0) == PEFT_ERR_FORMAT, "non-string metadata");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, 0) == PEFT_ERR_FORMAT, "malformed header JSON");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_ERR_FORMAT, "negative dim");
+    CHECK(open_crafted("[1,2]", 0, 0) == PEFT_ERR_FORMAT, "header not an object");
+    char path[512];
+    snprintf(path, sizeof path, "%s/tiny.safetensors", th_tmpdir());
+    write_bytes(path, "abc", 3);
+    peft_safetensors st;
+    CHECK(peft_st_open(&st, path) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "too short"), "3-byte file: %s", peft_last_error());
+    CHECK(peft_st_open(&st, "/nonexistent/x.safetensors") == PEFT_ERR_IO, "missing file");
+}
+
+/* Copies a fixture folder so a test can damage the copy. */
+static void copy_fixture(const char *name, const char *dst) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s/%s' '%s'", dst, th_fixtures(), name, dst);
+    if (system(cmd) != 0) fprintf(stderr, "copy failed: %s\n", cmd);
+}
+
+TEST(test_model_load_errors) {
+    char dir[512], path[600];
+    peft_model *m;
+    snprintf(dir, sizeof dir, "%s/broken", th_tmpdir());
+
+    /* truncated weights */
+    copy_fixture("llama_mha", dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unsigned char *d; size_t n;
+    REQUIRE_OK(peft_read_file(path, &d, &n));
+    write_bytes(path, d, n - 100);
+    free(d);
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "model.safetensors"),
+          "truncated weights: %s", peft_last_error());
+
+    /* config that disagrees with the tensors */
+    copy_fixture("llama_mha", dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    REQUIRE_OK(peft_read_file(path, &d, &n));
+    char *txt = (char *)d, *p = strstr(txt, "\"intermediate_size\": 64");
+    REQUIRE(p, "fixture config layout");
+    memcpy(p, "\"intermediate_size\": 96", 23);
+    write_bytes(path, txt, n);
+    free(d);
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_SHAPE && strstr(peft_last_error(), "gate_proj") &&
+          strstr(peft_last_error(), "model.safetensors"), "shape mismatch: %s", peft_last_error());
+
+    /* malformed config.json */
+    write_bytes(path, "{\"hidden_size\": 32,, }", 22);
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "config.json"),
+          "malformed JSON: %s", peft_last_error());
+
+    /* unknown configuration values */
+    const char *cfgs[] = {
+        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":2}}",
+        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64,\"hidden_act\":\"gelu\"}",
+        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":3,\"vocab_size\":64}",
+        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"vocab_size\":64}",
+        "{\"hidden_size\":32.5,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64}",
+        "{\"model_type\":\"gpt2\",\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64}",
+    };
+    const char *words[] = { "yarn", "gelu", "num_key_value_heads", "num_attention_heads", "hidden_size", "gpt2" };
+    for (int i = 0; i < 6; i++) {
+        write_bytes(path, cfgs[i], strlen(cfgs[i]));
+        peft_status s = peft_model_load(&m, dir);
+        CHECK((s == PEFT_ERR_CONFIG || s == PEFT_ERR_UNSUPPORTED) && strstr(peft_last_error(), "config.json") &&
+              strstr(peft_last_error(), words[i]), "config case %d: %s", i, peft_last_error());
+    }
+
+    /* missing tensor */
+    copy_fixture("llama_mha", dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    float one = 1;
+    peft_st_write_item it = { "model.embed_tokens.weight", PEFT_DT_F32, 1, { 1 }, &one };
+    REQUIRE_OK(peft_st_write(path, &it, 1, NULL, 0));
+    CHECK(peft_model_load(&m, dir) != PEFT_OK && strstr(peft_last_error(), "model.safetensors"),
+          "missing tensor: %s", peft_last_error());
+
+    /* no weights at all */
+    remove(path);
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_IO && strstr(peft_last_error(), "model.safetensors"),
+          "no weights: %s", peft_last_error());
+    CHECK(peft_model_load(&m, "/nonexistent-model") == PEFT_ERR_IO, "no folder");
+}
+
+TEST(test_sharded_index) {
+    /* split the mha fixture into two shards with an index, as HF does */
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/sharded", th_tmpdir());
+    copy_fixture("llama_mha", dir);
+    peft_model *ref, *m;
+    REQUIRE_OK(peft_model_load(&ref, dir));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    remove(path);
+    int half = ref->n_params / 2;
+    peft_st_write_item *items = calloc(ref->n_params, sizeof *items);
+    char idx[8192] = "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {";
+    for (int i = 0; i < ref->n_params; i++) {
+        peft_tensor *p = ref->params[i];
+        items[i].name = p->name; items[i].dtype = PEFT_DT_F32; items[i].ndim = p->ndim;
+        memcpy(items[i].shape, p->shape, sizeof p->shape); items[i].data = p->data;
+        snprintf(idx + strlen(idx), sizeof idx - strlen(idx), "%s\"%s\": \"model-%05d-of-00002.safetensors\"",
+                 i ? ", " : "", p->name, i < half ? 1 : 2);
+    }
+    strcat(idx, "}}");
+    snprintf(path, sizeof path, "%s/model-00001-of-00002.safetensors", dir);
+    REQUIRE_OK(peft_st_write(path, items, half, NULL, 0));
+    snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", dir);
+    REQUIRE_OK(peft_st_write(path, items + half, ref->n_params - half, NULL, 0));
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    write_bytes(path, idx, strlen(idx));
+    REQUIRE_OK(peft_model_load(&m, dir));
+    for (int i = 0; i < ref->n_params; i++)
+        CHECK(memcmp(ref->params[i]->data, m->params[i]->data, sizeof(float) * ref->params[i]->n) == 0, "%s", ref->params[i]->name);
+    peft_model_free(m);
+    peft_model_free(ref);
+    free(items);
+}

@@ -1,0 +1,164 @@
+/* The LLaMA forward and backward against transformers' LlamaForCausalLM
+   (fixtures from tools/ref/make_llama_fixtures.py): logits to 1e-4 relative
+   (fp32 with different summation orders: observed ~1e-6), loss to 1e-5
+   relative, every parameter's gradient to 1e-3 relative. */
+#include "harness.h"
+
+static void check_fixture(const char *name) {
+    char dir[512], ref[600];
+    snprintf(dir, sizeof dir, "%s/%s", th_fixtures(), name);
+    snprintf(ref, sizeof ref, "%s/ref.safetensors", dir);
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, dir));
+    peft_model_set_trainable_all(m, 1);
+    float *tok_f, *lab_f, *logits, *loss;
+    long nt, nl, nlog, n1;
+    REQUIRE(th_read_ref(ref, "tokens", &tok_f, &nt) && th_read_ref(ref, "labels", &lab_f, &nl) &&
+            th_read_ref(ref, "logits", &logits, &nlog) && th_read_ref(ref, "loss", &loss, &n1), "%s: reference missing", ref);
+    peft_safetensors st;
+    REQUIRE_OK(peft_st_open(&st, ref));
+    const peft_st_entry *te = peft_st_find(&st, "tokens");
+    int B = (int)te->shape[0], T = (int)te->shape[1];
+    int *tokens = malloc(sizeof(int) * nt), *targets = malloc(sizeof(int) * nt);
+    /* HF shifts labels inside the loss: position t predicts labels[t+1] */
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            tokens[b * T + t] = (int)tok_f[b * T + t];
+            targets[b * T + t] = t + 1 < T ? (int)lab_f[b * T + t + 1] : -100;
+        }
+    peft_graph *g = peft_graph_new();
+    peft_tensor *lg = peft_model_forward(m, g, tokens, B, T);
+    REQUIRE(lg && lg->n == nlog, "%s: forward failed: %s", name, peft_last_error());
+    double err = th_rel_err_f(lg->data, logits, nlog);
+    CHECK(err < 1e-4, "%s: logits rel err %.3g (max |diff| / max |ref|)", name, err);
+    peft_tensor *L = peft_cross_entropy(g, lg, targets);
+    REQUIRE(L, "%s: loss failed", name);
+    CHECK(fabs(L->data[0] - loss[0]) < 1e-5 * fabs(loss[0]), "%s: loss %.7f vs transformers %.7f", name, L->data[0], loss[0]);
+    REQUIRE_OK(peft_backward(g, L));
+    int checked = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        peft_tensor *p = m->params[i];
+        char key[300];
+        snprintf(key, sizeof key, "grad.%s", p->name);
+        float *gr; long ng;
+        if (!th_read_ref(ref, key, &gr, &ng)) {
+            CHECK(p == m->lm_head && m->cfg.tie_embeddings, "%s: no reference gradient for %s", name, p->name);
+            continue;
+        }
+        CHECK(ng == p->n, "%s: %s size", name, p->name);
+        double ge = th_rel_err_f(p->grad, gr, ng);
+        CHECK(ge < 1e-3, "%s: gradient of %s rel err %.3g", name, p->name, ge);
+        checked++;
+        free(gr);
+    }
+    CHECK(checked == m->n_params, "%s: checked %d of %d gradients", name, checked, m->n_params);
+    peft_st_close(&st);
+    peft_graph_free(g);
+    peft_model_free(m);
+    free(tok_f); free(lab_f); free(logits); free(loss); free(tokens); free(targets);
+}
+
+TEST(test_llama_mha_f32) { check_fixture("llama_mha"); }
+TEST(test_llama_gqa_bf16_llama3_rope) { check_fixture("llama_gqa"); }
+TEST(test_llama_tied_f16_head_dim) { check_fixture("llama_tied"); }
+
+TEST(test_config_fields) {
+    peft_config c;
+    char p[512];
+    snprintf(p, sizeof p, "%s/llama_gqa/config.json", th_fixtures());
+    REQUIRE_OK(peft_config_load(&c, p));
+    CHECK(c.n_kv_heads == 2 && c.n_heads == 6 && c.head_dim == 8, "gqa heads");
+    CHECK(c.rope_type == PEFT_ROPE_LLAMA3 && c.rope_factor == 8 && c.rope_orig_max_pos == 16, "llama3 rope scaling");
+    CHECK(c.rope_theta == 500000.0f, "rope_theta from rope_parameters: %g", c.rope_theta);
+    snprintf(p, sizeof p, "%s/llama_tied/config.json", th_fixtures());
+    REQUIRE_OK(peft_config_load(&c, p));
+    CHECK(c.tie_embeddings && c.head_dim == 12 && c.n_kv_heads == 1, "tied config");
+}
+
+/* An independent count: the per-matrix sum written out, not the library's formula. */
+static int64_t count_by_hand(const peft_config *c) {
+    int64_t d = c->dim, hd = c->head_dim;
+    int64_t attn = d * (c->n_heads * hd) + d * (c->n_kv_heads * hd) * 2 + (c->n_heads * hd) * d;
+    int64_t mlp = 3 * d * c->hidden_dim;
+    int64_t norms = 2 * d;
+    int64_t emb = (int64_t)c->vocab_size * d;
+    return emb * (c->tie_embeddings ? 1 : 2) + c->n_layers * (attn + mlp + norms) + d;
+}
+
+TEST(test_preset_param_counts) {
+    struct { const char *name; int64_t count; } known[] = {
+        { "llama-7b", 6738415616LL },      /* LLaMA-1 7B (paper: 6.7B)          */
+        { "llama2-7b", 6738415616LL },
+        { "llama2-70b", 68976648192LL },
+        { "llama3-8b", 8030261248LL },
+        { "llama3.2-1b", 1235814400LL },   /* tied, head_dim 64                 */
+        { "smollm-135m", 134515008LL },
+        { "tinyllama-1.1b", 1100048384LL },
+        { "stories15m", 15191712LL },
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        peft_config c;
+        REQUIRE_OK(peft_config_preset(&c, known[i].name));
+        CHECK(peft_config_param_count(&c) == known[i].count, "%s: %lld, expected %lld", known[i].name,
+              (long long)peft_config_param_count(&c), (long long)known[i].count);
+    }
+    for (int i = 0; peft_preset_name(i); i++) {
+        peft_config c;
+        REQUIRE_OK(peft_config_preset(&c, peft_preset_name(i)));
+        CHECK(peft_config_param_count(&c) == count_by_hand(&c), "%s: formula disagrees", peft_preset_name(i));
+    }
+    /* instantiated small presets allocate exactly that many */
+    const char *small[] = { "stories15m", "tiny" };
+    for (int i = 0; i < 2; i++) {
+        peft_model *m;
+        REQUIRE_OK(peft_model_from_preset(&m, small[i], 0, 0));
+        CHECK(peft_model_count(m, 0) == peft_config_param_count(&m->cfg), "%s allocated count", small[i]);
+        CHECK(peft_model_count(m, 1) == 0, "a fresh model is frozen");
+        peft_model_free(m);
+    }
+    CHECK(peft_llama_ffn_dim(4096, 256, 0) == 11008, "LLaMA-7B ffn dim");
+    CHECK(peft_llama_ffn_dim(8192, 4096, 1.3f) == 28672, "LLaMA-2-70B ffn dim");
+    CHECK(peft_llama_ffn_dim(4096, 1024, 1.3f) == 14336, "LLaMA-3-8B ffn dim");
+    peft_config c;
+    CHECK(peft_config_preset(&c, "llama-9000") == PEFT_ERR_CONFIG && strstr(peft_last_error(), "llama-9000"),
+          "unknown preset must be named: %s", peft_last_error());
+}
+
+TEST(test_save_load_roundtrip) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/roundtrip", th_tmpdir());
+    peft_model *m, *m2;
+    REQUIRE_OK(peft_model_from_preset(&m, "tiny", 1, 42));
+    REQUIRE_OK(peft_model_save(m, dir));
+    REQUIRE_OK(peft_model_load(&m2, dir));
+    CHECK(m2->n_params == m->n_params, "param count");
+    for (int i = 0; i < m->n_params; i++)
+        CHECK(memcmp(m->params[i]->data, m2->params[i]->data, sizeof(float) * m->params[i]->n) == 0,
+              "%s differs after save/load", m->params[i]->name);
+    peft_model_free(m);
+    peft_model_free(m2);
+}
+
+TEST(test_threads_deterministic) {
+    peft_model *m;
+    REQUIRE_OK(peft_model_from_preset(&m, "tiny", 1, 7));
+    int tokens[2 * 16];
+    for (int i = 0; i < 32; i++) tokens[i] = (i * 37) % 4096;
+    float *out[3];
+    int threads[3] = { 2, 2, 1 };
+    for (int r = 0; r < 3; r++) {
+        peft_set_threads(threads[r]);
+        peft_graph *g = peft_graph_new();
+        peft_tensor *lg = peft_model_forward(m, g, tokens, 2, 16);
+        REQUIRE(lg, "forward");
+        out[r] = malloc(sizeof(float) * lg->n);
+        memcpy(out[r], lg->data, sizeof(float) * lg->n);
+        peft_graph_free(g);
+    }
+    long n = 2 * 16 * 4096;
+    CHECK(memcmp(out[0], out[1], sizeof(float) * n) == 0, "2 threads twice: not bit-identical");
+    CHECK(th_rel_err_f(out[0], out[2], n) < 1e-5, "2 threads vs 1 thread");
+    for (int r = 0; r < 3; r++) free(out[r]);
+    peft_set_threads(1);
+    peft_model_free(m);
+}

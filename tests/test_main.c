@@ -1,0 +1,39 @@
+/* Test runner: every test of the suite, in reading order of peft.h. */
+#define PEFT_IMPLEMENTATION
+#include "harness.h"
+#include <time.h>
+
+#define TESTS(X) \
+    X(test_gemm_shapes) X(test_fd_linear) X(test_fd_embedding) X(test_fd_rmsnorm) X(test_fd_rope) \
+    X(test_fd_attention) X(test_fd_elementwise) X(test_fd_cross_entropy) \
+    X(test_backward_needs_scalar_and_skips_frozen) \
+    X(test_config_fields) X(test_llama_mha_f32) X(test_llama_gqa_bf16_llama3_rope) X(test_llama_tied_f16_head_dim) \
+    X(test_preset_param_counts) X(test_save_load_roundtrip) X(test_threads_deterministic) \
+    X(test_adamw_matches_torch) X(test_clip_matches_torch) X(test_schedules_match_transformers) \
+    X(test_full_finetune_loss_falls) X(test_grad_accumulation_equals_big_batch) \
+    X(test_frozen_params_have_no_grad) X(test_nan_loss_is_refused) \
+    X(test_json_parse) X(test_f16_bf16) X(test_safetensors_roundtrip) X(test_safetensors_hostile) \
+    X(test_model_load_errors) X(test_sharded_index) \
+    X(test_cli)
+
+#define DECL(t) void t(void);
+TESTS(DECL)
+#define ENTRY(t) { #t, t },
+static const struct { const char *name; void (*fn)(void); } all_tests[] = { TESTS(ENTRY) };
+
+int main(int argc, char **argv) {
+    int passed = 0, failed = 0, skipped = 0;
+    for (size_t i = 0; i < sizeof all_tests / sizeof all_tests[0]; i++) {
+        if (argc > 1 && !strstr(all_tests[i].name, argv[1])) continue;
+        memset(&th_cur, 0, sizeof th_cur);
+        clock_t t0 = clock();
+        all_tests[i].fn();
+        double ms = 1000.0 * (double)(clock() - t0) / CLOCKS_PER_SEC;
+        if (th_cur.failed) { failed++; printf("FAIL  %-48s (%d checks failed)\n", all_tests[i].name, th_cur.failed); }
+        else if (th_cur.skipped) { skipped++; printf("skip  %-48s %s\n", all_tests[i].name, th_cur.skip_reason); }
+        else { passed++; printf("ok    %-48s %7.0f ms cpu\n", all_tests[i].name, ms); }
+        fflush(stdout);
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
