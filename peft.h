@@ -183,6 +183,30 @@ PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
 PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *k,
                                     peft_tensor *v, int B, int T, int n_heads,
                                     int n_kv_heads, int head_dim);
+/* Attention with the methods' attention sites: gated adapter prompts with
+   their own softmax, and a gated additive term on the logits (Excitor). */
+#ifndef PEFT_MAX_HEADS
+#define PEFT_MAX_HEADS 256
+#endif
+typedef struct {
+    peft_tensor *pk, *pv;    /* prompt keys/values [K or B*K, kv_heads*head_dim] */
+    int          n_prompts;  /* K                                              */
+    peft_tensor *gate;       /* [n_heads] or [1]                                */
+    int          gate_tanh;  /* G = tanh(gate) (paper) or the raw gate (PEFT)   */
+    peft_tensor *x;          /* extra keys [B*T, kv_heads*head_dim]: logits += γ·q·x/√d */
+    peft_tensor *x_gate;     /* γ, [n_heads] or [1], used raw                   */
+} peft_attn_extras;
+PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
+                                       int B, int T, int n_heads, int n_kv_heads, int head_dim,
+                                       const peft_attn_extras *ex);
+/* LoRA: x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ without ever forming W + B·A.
+   rng = NULL disables dropout (evaluation). */
+PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
+                                      peft_tensor *B, float scale, float dropout, peft_rng *rng);
+/* LLaMA-Adapter V2: s ⊙ (y + b) per output column. */
+PEFTDEF peft_tensor *peft_bias_scale(peft_graph *g, peft_tensor *y, peft_tensor *b, peft_tensor *s);
+/* softmax(q·pkᵀ/√d)·pv over K prompts, unmasked (Excitor's reconstruction). */
+PEFTDEF peft_tensor *peft_prompt_attend(peft_graph *g, peft_tensor *q, peft_tensor *pk, peft_tensor *pv);
 PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *gate, peft_tensor *up);
 PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b);
 /* Mean cross-entropy over rows whose target is not -100 (a scalar). */
@@ -808,7 +832,7 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
 typedef struct peft__node {
     void (*backward)(peft_graph *g, struct peft__node *n);
     peft_tensor *out;
-    peft_tensor *in[4];
+    peft_tensor *in[8];
     const int   *ids;       /* token ids or targets, copied into the arena */
     int          i[8];
     float        f[4];
@@ -960,7 +984,7 @@ PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const fl
     for (int i = g->n_nodes - 1; i >= 0; i--) {
         peft__node *n = &g->nodes[i];
         if (!n->out->grad) continue;                  /* output unused by the loss */
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 8; k++) {
             peft_tensor *t = n->in[k];
             if (t && t->requires_grad && !t->grad) {
                 t->grad = peft__arena_floats(g, t->n, 1);
@@ -1133,131 +1157,413 @@ PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
     return y;
 }
 
-/* ---- causal attention with grouped-query heads -----------------------------
-   S = q·kᵀ/√d (causal), P = softmax(S), o = P·v; query head h reads kv head
-   h / (H/KV).
-   dP = do·vᵀ, dS = P⊙(dP − rowsum(P⊙dP)), dq = dS·k/√d, dk += dSᵀ·q/√d,
-   dv += Pᵀ·do (kv gradients sum over the heads of a group).
-   P [B, H, T, T] is kept for backward (issue: a fused kernel can drop it). */
+/* ---- causal attention with grouped-query heads, prompts and logit terms ----
+   Query head h reads kv head h / (H/KV); s = 1/√d.
+   Tokens:   S_tj = s·q_t·(k_j + γ_h·x_j)  (j ≤ t),  P = softmax(S),  o_t = Σ_j P_tj v_j
+             (x = Excitor's extra keys, γ its zero-initialised gate; without
+             Excitor γ·x is absent and S is the plain causal score.)
+   Prompts:  Sp_ti = s·q_t·pk_i (all K, unmasked), Pp = softmax(Sp),
+             o_t += G_h · Σ_i Pp_ti pv_i,  G_h = tanh(g_h) (paper) or g (PEFT).
+   Backward: dP = do·vᵀ, dS = P⊙(dP − rowsum(P⊙dP))·s; dq = dS·k', dk += dSᵀq,
+             dx += γ·dSᵀq, dγ += Σ dS⊙(q·x); the prompt branch likewise with
+             dop = G·do and dG = Σ do·op. kv and prompt gradients sum over the
+             heads of a group. P [B,H,T,T] and Pp [B,H,T,K] are kept for
+             backward. Zero gates leave the output bit-identical to plain
+             attention: o + 0·op = o and k + 0·x = k.                       */
 typedef struct {
-    peft__node *n;
-    const float *q, *k, *v; float *o, *P;
-    float *dq, *dk, *dv; const float *dout;
-    int B, T, H, KV, hd;
+    const float *q, *k, *v, *pk, *pv, *x;
+    float *o, *P, *Pp, *scratch;
+    float *dq, *dk, *dv, *dpk, *dpv, *dx, *dG, *dGx;
+    const float *dout;
+    float G[PEFT_MAX_HEADS], Gx[PEFT_MAX_HEADS];
+    int B, T, H, KV, hd, K, prompt_batched;
 } peft__attn_args;
+
+static float peft__dot(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void peft__softmax_row(float *p, int n) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; j++) if (p[j] > mx) mx = p[j];
+    for (int j = 0; j < n; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) p[j] *= inv;
+}
 
 static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
     peft__attn_args *a = (peft__attn_args *)vctx;
-    int T = a->T, H = a->H, KV = a->KV, hd = a->hd, grp = H / KV;
+    int T = a->T, H = a->H, KV = a->KV, hd = a->hd, K = a->K, grp = H / KV;
     int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
     float scale = 1.0f / sqrtf((float)hd);
     for (int64_t bk = b0; bk < b1; bk++) {
         int b = (int)(bk / KV), kvh = (int)(bk % KV);
+        const float *kb = a->k + (int64_t)b * T * kw + (int64_t)kvh * hd;
+        const float *vb = a->v + (int64_t)b * T * kw + (int64_t)kvh * hd;
+        const float *xb = a->x ? a->x + (int64_t)b * T * kw + (int64_t)kvh * hd : NULL;
+        int64_t pb = a->prompt_batched ? (int64_t)b * K : 0;
         for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
             float *P = a->P + ((size_t)b * H + h) * (size_t)T * T;
             for (int t = 0; t < T; t++) {
                 const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-                float *pr = P + (size_t)t * T, mx = -INFINITY;
+                float *pr = P + (size_t)t * T;
                 for (int j = 0; j <= t; j++) {
-                    const float *kj = a->k + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
-                    float s = 0.0f;
-                    for (int d = 0; d < hd; d++) s += qt[d] * kj[d];
+                    float s = peft__dot(qt, kb + (int64_t)j * kw, hd);
+                    if (xb) s += a->Gx[h] * peft__dot(qt, xb + (int64_t)j * kw, hd);
                     pr[j] = s * scale;
-                    if (pr[j] > mx) mx = pr[j];
                 }
-                float sum = 0.0f;
-                for (int j = 0; j <= t; j++) { pr[j] = expf(pr[j] - mx); sum += pr[j]; }
-                float inv = 1.0f / sum;
-                for (int j = 0; j <= t; j++) pr[j] *= inv;
+                peft__softmax_row(pr, t + 1);
                 for (int j = t + 1; j < T; j++) pr[j] = 0.0f;
                 float *ot = a->o + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
                 for (int d = 0; d < hd; d++) ot[d] = 0.0f;
                 for (int j = 0; j <= t; j++) {
-                    const float *vj = a->v + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
+                    const float *vj = vb + (int64_t)j * kw;
                     float p = pr[j];
                     for (int d = 0; d < hd; d++) ot[d] += p * vj[d];
                 }
+                if (!K) continue;
+                float *pp = a->Pp + (((size_t)b * H + h) * T + t) * K;
+                for (int i = 0; i < K; i++)
+                    pp[i] = peft__dot(qt, a->pk + (pb + i) * kw + (int64_t)kvh * hd, hd) * scale;
+                peft__softmax_row(pp, K);
+                for (int d = 0; d < hd; d++) {
+                    float s = 0.0f;
+                    for (int i = 0; i < K; i++) s += pp[i] * a->pv[(pb + i) * kw + (int64_t)kvh * hd + d];
+                    ot[d] += a->G[h] * s;
+                }
             }
         }
     }
 }
 
-static void peft__attn_bw_range(void *vctx, int64_t b0, int64_t b1) {
+/* Backward over whole kv heads (every batch row inside), so that prompt and
+   gate gradients, shared across the batch, are written by one thread each. */
+static void peft__attn_bw_range(void *vctx, int64_t h0, int64_t h1) {
     peft__attn_args *a = (peft__attn_args *)vctx;
-    int T = a->T, H = a->H, KV = a->KV, hd = a->hd, grp = H / KV;
+    int T = a->T, H = a->H, KV = a->KV, hd = a->hd, K = a->K, grp = H / KV;
     int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    float *dp = a->P + (size_t)a->B * H * T * T;          /* scratch rows  */
-    for (int64_t bk = b0; bk < b1; bk++) {
-        int b = (int)(bk / KV), kvh = (int)(bk % KV);
-        float *dS = dp + (size_t)bk * T;
-        for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
-            const float *P = a->P + ((size_t)b * H + h) * (size_t)T * T;
-            for (int t = 0; t < T; t++) {
-                const float *pr = P + (size_t)t * T;
-                const float *dot = a->dout + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-                float rowsum = 0.0f;
-                for (int j = 0; j <= t; j++) {
-                    const float *vj = a->v + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
-                    float s = 0.0f;
-                    for (int d = 0; d < hd; d++) s += dot[d] * vj[d];
-                    dS[j] = s;
-                    rowsum += pr[j] * s;
-                    if (a->dv) {
-                        float *dvj = a->dv + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
-                        for (int d = 0; d < hd; d++) dvj[d] += pr[j] * dot[d];
+    for (int kvh = (int)h0; kvh < (int)h1; kvh++) {
+        float *dS = a->scratch + (size_t)kvh * (T + K + hd);
+        float *dPp = dS + T, *dop = dPp + K;
+        for (int b = 0; b < a->B; b++) {
+            int64_t col = (int64_t)kvh * hd, pb = a->prompt_batched ? (int64_t)b * K : 0;
+            const float *kb = a->k + (int64_t)b * T * kw + col, *vb = a->v + (int64_t)b * T * kw + col;
+            const float *xb = a->x ? a->x + (int64_t)b * T * kw + col : NULL;
+            for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
+                const float *P = a->P + ((size_t)b * H + h) * (size_t)T * T;
+                for (int t = 0; t < T; t++) {
+                    const float *pr = P + (size_t)t * T;
+                    const float *dot = a->dout + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                    const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                    float *dqt = a->dq ? a->dq + ((int64_t)b * T + t) * qw + (int64_t)h * hd : NULL;
+                    /* prompt branch */
+                    if (K) {
+                        const float *pp = a->Pp + (((size_t)b * H + h) * T + t) * K;
+                        float G = a->G[h], rs = 0.0f;
+                        for (int d = 0; d < hd; d++) dop[d] = G * dot[d];
+                        if (a->dG) {
+                            float g = 0.0f;
+                            for (int d = 0; d < hd; d++) {
+                                float s = 0.0f;
+                                for (int i = 0; i < K; i++) s += pp[i] * a->pv[(pb + i) * kw + col + d];
+                                g += dot[d] * s;
+                            }
+                            a->dG[h] += g;
+                        }
+                        for (int i = 0; i < K; i++) {
+                            dPp[i] = peft__dot(dop, a->pv + (pb + i) * kw + col, hd);
+                            rs += pp[i] * dPp[i];
+                            if (a->dpv) {
+                                float *dpvi = a->dpv + (pb + i) * kw + col;
+                                for (int d = 0; d < hd; d++) dpvi[d] += pp[i] * dop[d];
+                            }
+                        }
+                        for (int i = 0; i < K; i++) {
+                            float ds = pp[i] * (dPp[i] - rs) * scale;
+                            const float *pki = a->pk + (pb + i) * kw + col;
+                            if (dqt) for (int d = 0; d < hd; d++) dqt[d] += ds * pki[d];
+                            if (a->dpk) {
+                                float *dpki = a->dpk + (pb + i) * kw + col;
+                                for (int d = 0; d < hd; d++) dpki[d] += ds * qt[d];
+                            }
+                        }
                     }
-                }
-                const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-                float *dqt = a->dq ? a->dq + ((int64_t)b * T + t) * qw + (int64_t)h * hd : NULL;
-                for (int j = 0; j <= t; j++) {
-                    float ds = pr[j] * (dS[j] - rowsum) * scale;
-                    const float *kj = a->k + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
-                    if (dqt) for (int d = 0; d < hd; d++) dqt[d] += ds * kj[d];
-                    if (a->dk) {
-                        float *dkj = a->dk + ((int64_t)b * T + j) * kw + (int64_t)kvh * hd;
-                        for (int d = 0; d < hd; d++) dkj[d] += ds * qt[d];
+                    /* token branch */
+                    float rowsum = 0.0f;
+                    for (int j = 0; j <= t; j++) {
+                        dS[j] = peft__dot(dot, vb + (int64_t)j * kw, hd);
+                        rowsum += pr[j] * dS[j];
+                        if (a->dv) {
+                            float *dvj = a->dv + ((int64_t)b * T + j) * kw + col;
+                            for (int d = 0; d < hd; d++) dvj[d] += pr[j] * dot[d];
+                        }
                     }
+                    float gx = xb ? a->Gx[h] : 0.0f, dgx = 0.0f;
+                    for (int j = 0; j <= t; j++) {
+                        float ds = pr[j] * (dS[j] - rowsum) * scale;
+                        const float *kj = kb + (int64_t)j * kw;
+                        const float *xj = xb ? xb + (int64_t)j * kw : NULL;
+                        if (dqt) {
+                            if (xj) for (int d = 0; d < hd; d++) dqt[d] += ds * (kj[d] + gx * xj[d]);
+                            else for (int d = 0; d < hd; d++) dqt[d] += ds * kj[d];
+                        }
+                        if (a->dk) {
+                            float *dkj = a->dk + ((int64_t)b * T + j) * kw + col;
+                            for (int d = 0; d < hd; d++) dkj[d] += ds * qt[d];
+                        }
+                        if (xj && a->dx) {
+                            float *dxj = a->dx + ((int64_t)b * T + j) * kw + col;
+                            for (int d = 0; d < hd; d++) dxj[d] += gx * ds * qt[d];
+                        }
+                        if (xj && a->dGx) dgx += ds * peft__dot(qt, xj, hd);
+                    }
+                    if (a->dGx) a->dGx[h] += dgx;
                 }
             }
         }
     }
+}
+
+static float *peft__grad_if(peft_tensor *t) { return t && t->requires_grad ? t->grad : NULL; }
+
+/* Gate values as the kernel uses them: tanh(g) per head, or one raw g. */
+static void peft__gate_values(const peft_tensor *g, int use_tanh, int H, float *out) {
+    for (int h = 0; h < H; h++) {
+        float v = g ? g->data[g->n == 1 ? 0 : h] : 0.0f;
+        out[h] = use_tanh ? tanhf(v) : v;
+    }
+}
+static void peft__gate_backward(peft_tensor *g, int use_tanh, int H, const float *G, const float *dG) {
+    if (!g || !g->requires_grad) return;
+    for (int h = 0; h < H; h++) g->grad[g->n == 1 ? 0 : h] += use_tanh ? dG[h] * (1.0f - G[h] * G[h]) : dG[h];
 }
 
 static void peft__attention_bw(peft_graph *g, peft__node *n) {
-    (void)g;
     peft__attn_args a;
     memset(&a, 0, sizeof a);
+    a.B = n->i[0]; a.T = n->i[1]; a.H = n->i[2]; a.KV = n->i[3]; a.hd = n->i[4]; a.K = n->i[5];
+    a.prompt_batched = n->i[6];
+    int gate_tanh = n->i[7];
     a.q = n->in[0]->data; a.k = n->in[1]->data; a.v = n->in[2]->data;
-    a.dq = n->in[0]->requires_grad ? n->in[0]->grad : NULL;
-    a.dk = n->in[1]->requires_grad ? n->in[1]->grad : NULL;
-    a.dv = n->in[2]->requires_grad ? n->in[2]->grad : NULL;
-    a.dout = n->out->grad; a.P = n->saved;
-    a.B = n->i[0]; a.T = n->i[1]; a.H = n->i[2]; a.KV = n->i[3]; a.hd = n->i[4];
-    peft__parallel_for((int64_t)a.B * a.KV, 1, peft__attn_bw_range, &a);
+    a.pk = n->in[3] ? n->in[3]->data : NULL; a.pv = n->in[4] ? n->in[4]->data : NULL;
+    a.x = n->in[6] ? n->in[6]->data : NULL;
+    a.dq = peft__grad_if(n->in[0]); a.dk = peft__grad_if(n->in[1]); a.dv = peft__grad_if(n->in[2]);
+    a.dpk = peft__grad_if(n->in[3]); a.dpv = peft__grad_if(n->in[4]); a.dx = peft__grad_if(n->in[6]);
+    a.dout = n->out->grad;
+    a.P = n->saved;
+    a.Pp = a.P + (size_t)a.B * a.H * a.T * a.T;
+    peft__gate_values(n->in[5], gate_tanh, a.H, a.G);
+    peft__gate_values(n->in[7], 0, a.H, a.Gx);
+    a.scratch = peft__arena_floats(g, (int64_t)a.KV * (a.T + a.K + a.hd) + 2 * a.H, 1);
+    if (!a.scratch) { g->failed = 1; return; }
+    float *dG = a.scratch + (size_t)a.KV * (a.T + a.K + a.hd), *dGx = dG + a.H;
+    a.dG = peft__grad_if(n->in[5]) ? dG : NULL;
+    a.dGx = peft__grad_if(n->in[7]) ? dGx : NULL;
+    peft__parallel_for(a.KV, 1, peft__attn_bw_range, &a);
+    peft__gate_backward(n->in[5], gate_tanh, a.H, a.G, dG);
+    peft__gate_backward(n->in[7], 0, a.H, a.Gx, dGx);
 }
 
-PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *k,
-                                    peft_tensor *v, int B, int T, int H, int KV, int hd) {
+PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
+                                       int B, int T, int H, int KV, int hd, const peft_attn_extras *ex) {
     if (!peft__ok(g, q, k) || !v) return NULL;
-    if (KV < 1 || H % KV != 0)
-        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: heads must be a multiple of kv heads");
+    if (KV < 1 || H % KV != 0 || H > PEFT_MAX_HEADS)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: heads must be a multiple of kv heads (and at most PEFT_MAX_HEADS)");
     if (q->n != (int64_t)B * T * H * hd || k->n != (int64_t)B * T * KV * hd || v->n != k->n)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: q/k/v sizes disagree with B, T, heads, head_dim");
+    peft_attn_extras none;
+    memset(&none, 0, sizeof none);
+    if (!ex) ex = &none;
+    int K = ex->pk ? ex->n_prompts : 0, batched = 0;
+    if (K) {
+        int64_t rows = peft__rows(ex->pk);
+        batched = rows == (int64_t)B * K;
+        if ((rows != K && !batched) || peft__cols(ex->pk) != (int64_t)KV * hd || !ex->pv || ex->pv->n != ex->pk->n)
+            return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: prompt keys/values must be [K or B*K, kv_heads*head_dim]");
+        if (ex->gate && ex->gate->n != 1 && ex->gate->n != H)
+            return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: prompt gate must have 1 or n_heads values");
+    }
+    if (ex->x && (ex->x->n != k->n || !ex->x_gate || (ex->x_gate->n != 1 && ex->x_gate->n != H)))
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: extra keys must match k, with a gate of 1 or n_heads values");
     peft_tensor *o = peft__like(g, q);
-    /* probabilities, plus one scratch row per (batch, kv head) for backward */
-    float *P = o ? peft__arena_floats(g, (int64_t)B * H * T * T + (int64_t)B * KV * T, 0) : NULL;
+    float *P = o ? peft__arena_floats(g, (int64_t)B * H * T * T + (int64_t)B * H * T * K, 0) : NULL;
     if (!P) return NULL;
     peft__attn_args a;
     memset(&a, 0, sizeof a);
     a.q = q->data; a.k = k->data; a.v = v->data; a.o = o->data; a.P = P;
-    a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd;
+    a.Pp = P + (size_t)B * H * T * T;
+    a.pk = K ? ex->pk->data : NULL; a.pv = K ? ex->pv->data : NULL; a.x = ex->x ? ex->x->data : NULL;
+    a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd; a.K = K; a.prompt_batched = batched;
+    peft__gate_values(K ? ex->gate : NULL, ex->gate_tanh, H, a.G);
+    peft__gate_values(ex->x_gate, 0, H, a.Gx);
     peft__parallel_for((int64_t)B * KV, 1, peft__attn_fwd_range, &a);
-    peft__node *nd = peft__record(g, peft__attention_bw, o, q, k, v, NULL);
-    if (nd) {
-        nd->saved = P;
-        nd->i[0] = B; nd->i[1] = T; nd->i[2] = H; nd->i[3] = KV; nd->i[4] = hd;
+    peft__node *nd = peft__record(g, peft__attention_bw, o, q, k, v, K ? ex->pk : NULL);
+    if (!nd) {
+        /* the extras alone may need gradients */
+        peft_tensor *extra[4] = { K ? ex->pv : NULL, K ? ex->gate : NULL, ex->x, ex->x ? ex->x_gate : NULL };
+        for (int i = 0; i < 4 && !nd; i++)
+            if (extra[i] && extra[i]->requires_grad) nd = peft__record(g, peft__attention_bw, o, extra[i], NULL, NULL, NULL);
+        if (nd) { nd->in[0] = q; nd->in[1] = k; nd->in[2] = v; nd->in[3] = K ? ex->pk : NULL; }
     }
+    if (nd) {
+        nd->in[4] = K ? ex->pv : NULL; nd->in[5] = K ? ex->gate : NULL;
+        nd->in[6] = ex->x; nd->in[7] = ex->x ? ex->x_gate : NULL;
+        nd->saved = P;
+        nd->i[0] = B; nd->i[1] = T; nd->i[2] = H; nd->i[3] = KV; nd->i[4] = hd; nd->i[5] = K;
+        nd->i[6] = batched; nd->i[7] = ex->gate_tanh;
+    }
+    return o;
+}
+
+PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *k,
+                                    peft_tensor *v, int B, int T, int H, int KV, int hd) {
+    return peft_attention_ex(g, q, k, v, B, T, H, KV, hd, NULL);
+}
+
+/* ---- LoRA linear ---------------------------------------------------------------
+   y = x·Wᵀ + s·(x̃·Aᵀ)·Bᵀ,   x̃ = x ⊙ mask/(1−p) (dropout on the LoRA branch)
+   u = x̃·Aᵀ [N,r] is kept;  du = s·dy·B,  dB += s·dyᵀ·u,  dA += duᵀ·x̃,
+   dx += dy·W + (du·A) ⊙ mask/(1−p).  W + B·A is never formed: the extra
+   memory is O(N·r), which is the whole point of LoRA.                      */
+static void peft__lora_bw(peft_graph *g, peft__node *n) {
+    peft_tensor *x = n->in[0], *W = n->in[1], *A = n->in[2], *Bm = n->in[3];
+    int N = n->i[0], in = n->i[1], out = n->i[2], r = n->i[3];
+    float s = n->f[0];
+    const float *dy = n->out->grad, *u = n->saved, *mf = (const float *)n->aux;
+    float *du = peft__arena_floats(g, (int64_t)N * r, 0);
+    float *xt = mf ? peft__arena_floats(g, (int64_t)N * in, 0) : NULL;
+    if (!du || (mf && !xt)) { g->failed = 1; return; }
+    peft_gemm(0, 0, N, r, out, dy, out, Bm->data, r, 0.0f, du, r);         /* du = s·dy·B     */
+    for (int64_t j = 0; j < (int64_t)N * r; j++) du[j] *= s;
+    if (Bm->requires_grad) {                                             /* dB += s·dyᵀ·u   */
+        float *tmp = peft__arena_floats(g, (int64_t)out * r, 0);
+        if (!tmp) { g->failed = 1; return; }
+        peft_gemm(1, 0, out, r, N, dy, out, u, r, 0.0f, tmp, r);
+        for (int64_t j = 0; j < (int64_t)out * r; j++) Bm->grad[j] += s * tmp[j];
+    }
+    const float *xd = x->data;
+    if (mf) {                                                            /* x̃ = x ⊙ mask    */
+        for (int64_t j = 0; j < (int64_t)N * in; j++) xt[j] = x->data[j] * mf[j];
+        xd = xt;
+    }
+    if (A->requires_grad) peft_gemm(1, 0, r, in, N, du, r, xd, in, 1.0f, A->grad, in);
+    if (W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
+    if (x->requires_grad) {
+        peft_gemm(0, 0, N, in, out, dy, out, W->data, in, 1.0f, x->grad, in);
+        if (mf) {                                                        /* through dropout */
+            peft_gemm(0, 0, N, in, r, du, r, A->data, in, 0.0f, xt, in);
+            for (int64_t j = 0; j < (int64_t)N * in; j++) x->grad[j] += xt[j] * mf[j];
+        } else peft_gemm(0, 0, N, in, r, du, r, A->data, in, 1.0f, x->grad, in);
+    }
+}
+PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
+                                      peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+    if (!peft__ok(g, x, W) || !A || !Bm) return NULL;
+    int N = (int)peft__rows(x), in = (int)W->shape[1], out = (int)W->shape[0], r = (int)A->shape[0];
+    if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "lora_linear: shapes of x, W [out,in], A [r,in], B [out,r] disagree");
+    int64_t shape[PEFT_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out;
+    peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
+    int drop = dropout > 0.0f && rng != NULL;
+    float *u = y ? peft__arena_floats(g, (int64_t)N * r, 0) : NULL;
+    float *v = u ? peft__arena_floats(g, (int64_t)N * out, 0) : NULL;
+    float *mf = v && drop ? peft__arena_floats(g, (int64_t)N * in, 0) : NULL;
+    if (!v || (drop && !mf)) return NULL;
+    const float *xd = x->data;
+    if (drop) {  /* the mask factor (0 or 1/(1−p)) is kept; x̃ is rebuilt in backward */
+        float keep = 1.0f / (1.0f - dropout), *xt = v;   /* v is free until u·Bᵀ */
+        if ((int64_t)N * in > (int64_t)N * out) xt = peft__arena_floats(g, (int64_t)N * in, 0);
+        if (!xt) return NULL;
+        for (int64_t j = 0; j < (int64_t)N * in; j++) {
+            mf[j] = peft_rng_uniform(rng) < dropout ? 0.0f : keep;
+            xt[j] = x->data[j] * mf[j];
+        }
+        xd = xt;
+    }
+    peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ */
+    peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ    */
+    peft_gemm(0, 1, N, out, r, u, r, Bm->data, r, 0.0f, v, out);                   /* u·Bᵀ    */
+    for (int64_t j = 0; j < (int64_t)N * out; j++) y->data[j] += s * v[j];
+    peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
+    if (nd) {
+        nd->saved = u;
+        nd->aux = mf;
+        nd->i[0] = N; nd->i[1] = in; nd->i[2] = out; nd->i[3] = r;
+        nd->f[0] = s;
+    }
+    return y;
+}
+
+/* ---- bias and scale (LLaMA-Adapter V2) -------------------------------------------
+   y' = s ⊙ (y + b)   per output column;  b = 0, s = 1 at init → y' = y exactly
+   dy = s ⊙ dy',  db += Σ_rows s ⊙ dy',  ds += Σ_rows dy' ⊙ (y + b)          */
+static void peft__bias_scale_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *y = n->in[0], *b = n->in[1], *s = n->in[2];
+    int64_t R = peft__rows(y), C = peft__cols(y);
+    const float *dy = n->out->grad;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) {
+            float d = dy[r * C + c];
+            if (y->requires_grad) y->grad[r * C + c] += s->data[c] * d;
+            if (b->requires_grad) b->grad[c] += s->data[c] * d;
+            if (s->requires_grad) s->grad[c] += d * (y->data[r * C + c] + b->data[c]);
+        }
+}
+PEFTDEF peft_tensor *peft_bias_scale(peft_graph *g, peft_tensor *y, peft_tensor *b, peft_tensor *s) {
+    if (!peft__ok(g, y, b) || !s) return NULL;
+    int64_t R = peft__rows(y), C = peft__cols(y);
+    if (b->n != C || s->n != C) return peft__op_fail(g, PEFT_ERR_SHAPE, "bias_scale: bias and scale must match the row width");
+    peft_tensor *o = peft__like(g, y);
+    if (!o) return NULL;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) o->data[r * C + c] = s->data[c] * (y->data[r * C + c] + b->data[c]);
+    peft__record(g, peft__bias_scale_bw, o, y, b, s, NULL);
+    return o;
+}
+
+/* ---- attention over a few prompts (Excitor's key reconstruction) ---------------
+   o = softmax(q·pkᵀ/√d)·pv     q [N,d], pk [K,d], pv [K,e]; unmasked.
+   dPv += Pᵀ·do, dP = do·pvᵀ, dS = P⊙(dP − rowsum(P⊙dP))/√d, dq = dS·pk, dpk += dSᵀ·q */
+static void peft__prompt_attend_bw(peft_graph *g, peft__node *n) {
+    peft_tensor *q = n->in[0], *pk = n->in[1], *pv = n->in[2];
+    int N = n->i[0], d = n->i[1], K = n->i[2], e = n->i[3];
+    const float *P = n->saved, *dout = n->out->grad;
+    float *dS = peft__arena_floats(g, (int64_t)N * K, 0);
+    if (!dS) { g->failed = 1; return; }
+    peft_gemm(0, 1, N, K, e, dout, e, pv->data, e, 0.0f, dS, K);                  /* dP       */
+    float sc = 1.0f / sqrtf((float)d);
+    for (int r = 0; r < N; r++) {
+        float rs = 0.0f;
+        for (int i = 0; i < K; i++) rs += P[r * K + i] * dS[r * K + i];
+        for (int i = 0; i < K; i++) dS[r * K + i] = P[r * K + i] * (dS[r * K + i] - rs) * sc;
+    }
+    if (pv->requires_grad) peft_gemm(1, 0, K, e, N, P, K, dout, e, 1.0f, pv->grad, e);
+    if (q->requires_grad) peft_gemm(0, 0, N, d, K, dS, K, pk->data, d, 1.0f, q->grad, d);
+    if (pk->requires_grad) peft_gemm(1, 0, K, d, N, dS, K, q->data, d, 1.0f, pk->grad, d);
+}
+PEFTDEF peft_tensor *peft_prompt_attend(peft_graph *g, peft_tensor *q, peft_tensor *pk, peft_tensor *pv) {
+    if (!peft__ok(g, q, pk) || !pv) return NULL;
+    int N = (int)peft__rows(q), d = (int)peft__cols(q), K = (int)peft__rows(pk), e = (int)peft__cols(pv);
+    if (peft__cols(pk) != d || peft__rows(pv) != K)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "prompt_attend: q [N,d], keys [K,d], values [K,e] disagree");
+    peft_tensor *o = peft_tensor_2d(g, N, e);
+    float *P = o ? peft__arena_floats(g, (int64_t)N * K, 0) : NULL;
+    if (!P) return NULL;
+    peft_gemm(0, 1, N, K, d, q->data, d, pk->data, d, 0.0f, P, K);
+    float sc = 1.0f / sqrtf((float)d);
+    for (int r = 0; r < N; r++) {
+        for (int i = 0; i < K; i++) P[r * K + i] *= sc;
+        peft__softmax_row(P + (size_t)r * K, K);
+    }
+    peft_gemm(0, 0, N, e, K, P, K, pv->data, e, 0.0f, o->data, e);
+    peft__node *nd = peft__record(g, peft__prompt_attend_bw, o, q, pk, pv, NULL);
+    if (nd) { nd->saved = P; nd->i[0] = N; nd->i[1] = d; nd->i[2] = K; nd->i[3] = e; }
     return o;
 }
 

@@ -7,7 +7,7 @@
    reference to 1e-5 relative. */
 #include "harness.h"
 
-#define MAXIN 4
+#define MAXIN 8
 typedef struct {
     int n_in;
     long len[MAXIN];
@@ -219,6 +219,212 @@ TEST(test_fd_attention) {
         c.out_len = c.len[0]; c.fwd = att_fwd; c.ref = att_ref; c.ctx = &ac; c.scale = 1;
         fd_run(&c, "attention", 30 + s);
     }
+}
+
+/* ---- attention with gated prompts and the Excitor logit term ---- */
+typedef struct { int B, T, H, KV, hd, K, batched, tanh_gate, n_gate, excitor; } atx_ctx;
+static peft_tensor *atx_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    atx_ctx *c = vc;
+    peft_attn_extras ex = { 0 };
+    if (c->K) { ex.pk = x[3]; ex.pv = x[4]; ex.n_prompts = c->K; ex.gate = x[5]; ex.gate_tanh = c->tanh_gate; }
+    if (c->excitor) { ex.x = x[6]; ex.x_gate = x[7]; }
+    return peft_attention_ex(g, x[0], x[1], x[2], c->B, c->T, c->H, c->KV, c->hd, &ex);
+}
+static void atx_ref(double **x, double *y, void *vc) {
+    atx_ctx *c = vc;
+    int grp = c->H / c->KV, kw = c->KV * c->hd, qw = c->H * c->hd;
+    double p[64], sc = 1 / sqrt((double)c->hd);
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->H; h++) {
+            int kvh = h / grp;
+            double G = c->K ? (c->tanh_gate ? tanh(x[5][c->n_gate == 1 ? 0 : h]) : x[5][c->n_gate == 1 ? 0 : h]) : 0;
+            double gx = c->excitor ? x[7][h] : 0;
+            for (int t = 0; t < c->T; t++) {
+                const double *q = x[0] + (b * c->T + t) * qw + h * c->hd;
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    double s = 0;
+                    for (int d = 0; d < c->hd; d++) {
+                        double kk = x[1][(b * c->T + j) * kw + kvh * c->hd + d];
+                        if (c->excitor) kk += gx * x[6][(b * c->T + j) * kw + kvh * c->hd + d];
+                        s += q[d] * kk;
+                    }
+                    p[j] = s * sc;
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int j = 0; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+                double *o = y + (b * c->T + t) * qw + h * c->hd;
+                for (int d = 0; d < c->hd; d++) {
+                    double s = 0;
+                    for (int j = 0; j <= t; j++) s += p[j] / sum * x[2][(b * c->T + j) * kw + kvh * c->hd + d];
+                    o[d] = s;
+                }
+                if (!c->K) continue;
+                int pb = c->batched ? b * c->K : 0;
+                mx = -1e300; sum = 0;
+                for (int i = 0; i < c->K; i++) {
+                    double s = 0;
+                    for (int d = 0; d < c->hd; d++) s += q[d] * x[3][(pb + i) * kw + kvh * c->hd + d];
+                    p[i] = s * sc;
+                    if (p[i] > mx) mx = p[i];
+                }
+                for (int i = 0; i < c->K; i++) { p[i] = exp(p[i] - mx); sum += p[i]; }
+                for (int d = 0; d < c->hd; d++) {
+                    double s = 0;
+                    for (int i = 0; i < c->K; i++) s += p[i] / sum * x[4][(pb + i) * kw + kvh * c->hd + d];
+                    o[d] += G * s;
+                }
+            }
+        }
+}
+TEST(test_fd_attention_prompts_excitor) {
+    atx_ctx cases[] = {
+        { 2, 5, 4, 2, 3, 3, 0, 1, 4, 0 },    /* shared prompts, per-head tanh gates (paper V1)  */
+        { 2, 4, 4, 2, 3, 2, 1, 1, 4, 0 },    /* per-sequence prompts (V2 early fusion)          */
+        { 1, 5, 3, 3, 4, 4, 0, 0, 1, 0 },    /* one raw gate per layer (PEFT AdaptionPrompt)     */
+        { 2, 5, 4, 2, 3, 0, 0, 0, 0, 1 },    /* Excitor: gated extra keys on the logits          */
+        { 2, 4, 4, 1, 2, 2, 0, 1, 4, 1 },    /* both at once, one kv head                        */
+    };
+    for (int s = 0; s < 5; s++) {
+        atx_ctx ac = cases[s];
+        fd_case c = { 0 };
+        int Bp = ac.batched ? ac.B : 1;
+        c.n_in = 8;
+        set2(&c, 0, ac.B * ac.T, ac.H * ac.hd);
+        set2(&c, 1, ac.B * ac.T, ac.KV * ac.hd);
+        set2(&c, 2, ac.B * ac.T, ac.KV * ac.hd);
+        set2(&c, 3, Bp * (ac.K ? ac.K : 1), ac.KV * ac.hd);
+        set2(&c, 4, Bp * (ac.K ? ac.K : 1), ac.KV * ac.hd);
+        set1(&c, 5, ac.n_gate ? ac.n_gate : 1);
+        set2(&c, 6, ac.B * ac.T, ac.KV * ac.hd);
+        set1(&c, 7, ac.H);
+        if (!ac.K) c.no_grad[3] = c.no_grad[4] = c.no_grad[5] = 1;
+        if (!ac.excitor) c.no_grad[6] = c.no_grad[7] = 1;
+        c.out_len = c.len[0]; c.fwd = atx_fwd; c.ref = atx_ref; c.ctx = &ac; c.scale = 1;
+        fd_run(&c, "attention with prompts/excitor", 60 + s);
+    }
+}
+
+/* Zero gates: bit-identical to plain attention, and no gradient reaches the
+   prompts (LLaMA-Adapter's zero-init argument). */
+TEST(test_attention_zero_gate_exact) {
+    enum { B = 2, T = 6, H = 4, KV = 2, hd = 4, K = 3 };
+    peft_rng r;
+    peft_rng_seed(&r, 9);
+    int64_t sq[2] = { B * T, H * hd }, sk[2] = { B * T, KV * hd }, sp[2] = { K, KV * hd }, sg[1] = { H };
+    peft_tensor *q = peft_param_new("q", 2, sq), *k = peft_param_new("k", 2, sk), *v = peft_param_new("v", 2, sk);
+    peft_tensor *pk = peft_param_new("pk", 2, sp), *pv = peft_param_new("pv", 2, sp), *gt = peft_param_new("g", 1, sg);
+    peft_tensor *x = peft_param_new("x", 2, sk), *xg = peft_param_new("xg", 1, sg);
+    peft_tensor *all[8] = { q, k, v, pk, pv, gt, x, xg };
+    for (int i = 0; i < 8; i++) {
+        if (i != 5 && i != 7) for (int64_t j = 0; j < all[i]->n; j++) all[i]->data[j] = peft_rng_normal(&r);
+        peft_param_set_trainable(all[i], 1);
+    }
+    peft_graph *g = peft_graph_new();
+    peft_tensor *o0 = peft_attention(g, q, k, v, B, T, H, KV, hd);
+    peft_attn_extras ex = { pk, pv, K, gt, 1, x, xg };
+    peft_tensor *o1 = peft_attention_ex(g, q, k, v, B, T, H, KV, hd, &ex);
+    REQUIRE(o0 && o1, "forward");
+    CHECK(memcmp(o0->data, o1->data, sizeof(float) * o0->n) == 0, "zero gates must give bit-identical output");
+    float seed[B * T * H * hd];
+    for (int i = 0; i < B * T * H * hd; i++) seed[i] = peft_rng_normal(&r);
+    REQUIRE_OK(peft_backward_seed(g, o1, seed));
+    int zero = 1;
+    for (int64_t j = 0; j < pk->n; j++) if (pk->grad[j] != 0 || pv->grad[j] != 0) zero = 0;
+    CHECK(zero, "prompt gradients must be exactly zero while the gate is zero");
+    float gsum = 0;
+    for (int h = 0; h < H; h++) gsum += fabsf(gt->grad[h]);
+    CHECK(gsum > 0, "the gate itself must receive a gradient");
+    for (int i = 0; i < 8; i++) peft_param_free(all[i]);
+    peft_graph_free(g);
+}
+
+/* ---- LoRA linear (with and without dropout) ---- */
+typedef struct { int N, in, out, r; float s, p; uint64_t seed; } lora_ctx;
+static peft_tensor *lora_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    lora_ctx *c = vc;
+    static peft_rng rng;
+    peft_rng_seed(&rng, c->seed);
+    return peft_lora_linear(g, x[0], x[1], x[2], x[3], c->s, c->p, c->p > 0 ? &rng : NULL);
+}
+static void lora_ref(double **x, double *y, void *vc) {
+    lora_ctx *c = vc;
+    peft_rng rng;
+    peft_rng_seed(&rng, c->seed);
+    double *xd = malloc(sizeof(double) * c->N * c->in), u[64];
+    for (int j = 0; j < c->N * c->in; j++)
+        xd[j] = c->p > 0 ? (peft_rng_uniform(&rng) < c->p ? 0 : x[0][j] * (double)(1.0f / (1.0f - c->p))) : x[0][j];
+    for (int n = 0; n < c->N; n++) {
+        for (int k = 0; k < c->r; k++) {
+            u[k] = 0;
+            for (int i = 0; i < c->in; i++) u[k] += xd[n * c->in + i] * x[2][k * c->in + i];
+        }
+        for (int o = 0; o < c->out; o++) {
+            double acc = 0, l = 0;
+            for (int i = 0; i < c->in; i++) acc += x[0][n * c->in + i] * x[1][o * c->in + i];
+            for (int k = 0; k < c->r; k++) l += u[k] * x[3][o * c->r + k];
+            y[n * c->out + o] = acc + (double)c->s * l;
+        }
+    }
+    free(xd);
+}
+TEST(test_fd_lora_linear) {
+    lora_ctx cases[] = { { 5, 7, 6, 3, 2.0f, 0.0f, 1 }, { 6, 9, 4, 2, 0.5f, 0.3f, 2 }, { 1, 3, 5, 1, 1.0f, 0.0f, 3 } };
+    for (int s = 0; s < 3; s++) {
+        lora_ctx lc = cases[s];
+        fd_case c = { 0 };
+        c.n_in = 4; set2(&c, 0, lc.N, lc.in); set2(&c, 1, lc.out, lc.in); set2(&c, 2, lc.r, lc.in); set2(&c, 3, lc.out, lc.r);
+        c.no_grad[1] = 1;                         /* the frozen base weight */
+        c.out_len = lc.N * lc.out; c.fwd = lora_fwd; c.ref = lora_ref; c.ctx = &lc; c.scale = 1;
+        fd_run(&c, "lora_linear", 70 + s);
+        c.no_grad[1] = 0;
+        fd_run(&c, "lora_linear (trainable W)", 80 + s);
+    }
+}
+
+/* ---- V2 bias/scale ---- */
+typedef struct { int R, C; } bs_ctx;
+static peft_tensor *bs_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_bias_scale(g, x[0], x[1], x[2]); }
+static void bs_ref(double **x, double *y, void *vc) {
+    bs_ctx *c = vc;
+    for (int r = 0; r < c->R; r++) for (int j = 0; j < c->C; j++) y[r * c->C + j] = x[2][j] * (x[0][r * c->C + j] + x[1][j]);
+}
+TEST(test_fd_bias_scale) {
+    bs_ctx bc = { 5, 6 };
+    fd_case c = { 0 };
+    c.n_in = 3; set2(&c, 0, bc.R, bc.C); set1(&c, 1, bc.C); set1(&c, 2, bc.C);
+    c.out_len = bc.R * bc.C; c.fwd = bs_fwd; c.ref = bs_ref; c.ctx = &bc; c.scale = 1;
+    fd_run(&c, "bias_scale", 90);
+}
+
+/* ---- prompt attention (Excitor reconstruction) ---- */
+typedef struct { int N, d, K, e; } pa_ctx;
+static peft_tensor *pa_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_prompt_attend(g, x[0], x[1], x[2]); }
+static void pa_ref(double **x, double *y, void *vc) {
+    pa_ctx *c = vc;
+    double p[32];
+    for (int n = 0; n < c->N; n++) {
+        double mx = -1e300, sum = 0;
+        for (int i = 0; i < c->K; i++) {
+            double s = 0;
+            for (int j = 0; j < c->d; j++) s += x[0][n * c->d + j] * x[1][i * c->d + j];
+            p[i] = s / sqrt((double)c->d);
+            if (p[i] > mx) mx = p[i];
+        }
+        for (int i = 0; i < c->K; i++) { p[i] = exp(p[i] - mx); sum += p[i]; }
+        for (int j = 0; j < c->e; j++) {
+            double s = 0;
+            for (int i = 0; i < c->K; i++) s += p[i] / sum * x[2][i * c->e + j];
+            y[n * c->e + j] = s;
+        }
+    }
+}
+TEST(test_fd_prompt_attend) {
+    pa_ctx pc = { 6, 4, 5, 3 };
+    fd_case c = { 0 };
+    c.n_in = 3; set2(&c, 0, pc.N, pc.d); set2(&c, 1, pc.K, pc.d); set2(&c, 2, pc.K, pc.e);
+    c.out_len = pc.N * pc.e; c.fwd = pa_fwd; c.ref = pa_ref; c.ctx = &pc; c.scale = 1;
+    fd_run(&c, "prompt_attend", 91);
 }
 
 /* ---- swiglu, add, scale ---- */
