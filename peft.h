@@ -243,17 +243,87 @@ PEFTDEF int64_t     peft_config_param_count(const peft_config *c);
 PEFTDEF int         peft_llama_ffn_dim(int dim, int multiple_of, float ffn_mult);
 PEFTDEF peft_status peft_config_validate(const peft_config *c, const char *where);
 
+/* ---- attachment sites --------------------------------------------------------
+   Every block linear is a site where a method can add a parallel term (LoRA),
+   wrap the output (V2 bias/scale) or, later, replace the weight's storage
+   (QLoRA). Attention has a site for gated prompts and one for a logit term. */
+typedef enum { PEFT_Q = 0, PEFT_K, PEFT_V, PEFT_O, PEFT_GATE, PEFT_UP, PEFT_DOWN, PEFT_N_SITES } peft_site;
+PEFTDEF const char *peft_site_name(peft_site s);      /* "q_proj" … "down_proj" */
+
 typedef struct {
-    peft_tensor *attn_norm, *wq, *wk, *wv, *wo;
-    peft_tensor *ffn_norm, *w_gate, *w_up, *w_down;
+    peft_tensor *w;                  /* base weight [out, in]                     */
+    peft_tensor *lora_A, *lora_B;    /* LoRA: [r, in], [out, r]                   */
+    float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
+    peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
+} peft_linear_site;
+
+typedef struct {
+    peft_tensor *prompt, *gate;      /* adapter prompts [1, K, dim], gates [H]/[1] */
+    peft_tensor *fusion_gate;        /* V2 early fusion: gates [H] for condition prompts */
+    peft_tensor *ex_prompt, *ex_down, *ex_up, *ex_gate;   /* LLaMA-Excitor        */
+} peft_attn_site;
+
+typedef struct {
+    peft_tensor     *attn_norm, *ffn_norm;
+    peft_linear_site lin[PEFT_N_SITES];
+    peft_attn_site   attn;
 } peft_layer;
+
+/* ---- methods ------------------------------------------------------------------ */
+typedef enum { PEFT_FULL = 0, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA,
+               PEFT_N_METHODS } peft_method_kind;
+#ifndef PEFT_MAX_LAYERS
+#define PEFT_MAX_LAYERS 256
+#endif
+
+typedef struct {
+    peft_method_kind kind;
+    /* LoRA / QLoRA */
+    int      lora_r;
+    float    lora_alpha, lora_dropout;
+    int      lora_rslora;            /* scale alpha/√r instead of alpha/r          */
+    unsigned lora_targets;           /* bit (1 << peft_site) per target            */
+    int      lora_init_gaussian;     /* A ~ N(0, 1/r) instead of kaiming-uniform   */
+    uint8_t  lora_layers[PEFT_MAX_LAYERS]; /* all zero: every layer; else 1 = adapted */
+    /* LLaMA-Adapter V1 / V2 */
+    int      adapter_len, adapter_layers;  /* K prompts in the top L layers        */
+    int      adapter_peft_gate;      /* PEFT's variant: one raw gate per layer     */
+    int      fusion_layers, fusion_dim;    /* V2: early layers fed by a condition   */
+    /* LLaMA-Excitor */
+    int      excitor_len, excitor_rank, excitor_layers;
+    uint64_t seed;
+} peft_method;
+
+/* Defaults from the papers (and PEFT's defaults for LoRA); *_layers = 0 means
+   "the paper's share": the top 30/32 of the model's layers. */
+PEFTDEF peft_method peft_method_defaults(peft_method_kind kind);
+PEFTDEF const char *peft_method_name(peft_method_kind kind);   /* "lora" … */
+PEFTDEF peft_status peft_method_parse(const char *name, peft_method_kind *kind);
+/* Sets one hyper-parameter by name (lora_r, lora_alpha, lora_dropout,
+   lora_rslora, lora_targets "q_proj,v_proj" | "all-linear", lora_init
+   "kaiming"|"gaussian", lora_layers "0,1,5" | "all", adapter_len,
+   adapter_layers, adapter_gate "head"|"peft", fusion_layers, fusion_dim,
+   excitor_len, excitor_rank, excitor_layers, seed). */
+PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char *value);
+/* Trainable parameters the method would add to a model of this config,
+   without allocating anything (full fine-tuning: every parameter). */
+PEFTDEF int64_t     peft_method_param_count(const peft_config *c, const peft_method *m);
 
 typedef struct peft_model {
     peft_config  cfg;
     peft_tensor *embed, *norm, *lm_head;   /* lm_head == embed when tied    */
     peft_layer  *layers;
-    peft_tensor **params;                  /* every parameter, HF order     */
+    peft_tensor **params;                  /* base parameters, HF order     */
     int          n_params;
+    peft_method  method;                   /* what is attached (PEFT_FULL: nothing) */
+    peft_tensor **extra;                   /* the method's own parameters   */
+    int          n_extra, cap_extra;
+    peft_tensor *fusion_proj;              /* V2: condition → prompt [dim, cond_dim] */
+    float       *cond;                     /* V2 condition vectors (copied)  */
+    int          cond_rows, cond_batched;
+    int          lora_merged;
+    int          training;                 /* dropout on                     */
+    peft_rng     rng;                      /* dropout stream                 */
     peft_rope_table rope;
     float       *rope_buf;
     char         path[512];
@@ -269,7 +339,28 @@ PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
 PEFTDEF void        peft_model_free(peft_model *m);
 PEFTDEF peft_tensor *peft_model_param(const peft_model *m, const char *name);
 PEFTDEF void        peft_model_set_trainable_all(peft_model *m, int trainable);
-PEFTDEF int64_t     peft_model_count(const peft_model *m, int trainable_only);
+PEFTDEF int64_t     peft_model_base_count(const peft_model *m);      /* base parameters */
+PEFTDEF int64_t     peft_model_trainable_count(const peft_model *m); /* incl. adapters  */
+/* The trainable tensors (base and method) in a stable order; caller frees. */
+PEFTDEF int         peft_model_trainable(const peft_model *m, peft_tensor ***list);
+
+/* Attaches a method: freezes the base (except what the method trains) and
+   creates the method's parameters with their zero-init. One method at a
+   time; PEFT_FULL makes every base parameter trainable. */
+PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *method);
+/* V2 early fusion: rows × dim condition vectors (e.g. projected image
+   features) for the next forwards; batched = rows hold B groups of equal
+   size, one per sequence. NULL clears. */
+PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, int rows, int dim, int batched);
+/* LoRA merge: W += s·B·A in place (forward then skips the LoRA branch);
+   unmerge subtracts it again. */
+PEFTDEF peft_status peft_lora_merge(peft_model *m);
+PEFTDEF peft_status peft_lora_unmerge(peft_model *m);
+/* Adapter folders: adapter_config.json + adapter_model.safetensors. LoRA and
+   adapter-v1 with PEFT's gate use PEFT's exact layout and keys. */
+PEFTDEF peft_status peft_adapter_save(const peft_model *m, const char *dir);
+PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir);
+
 /* Forward over B sequences of T tokens (row-major ids) → logits [B*T, vocab]. */
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T);
 /* Logits, then mean cross-entropy against targets (-100 = ignored). */
@@ -1986,14 +2077,14 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
         peft_layer *L = &m->layers[l];
         struct { peft_tensor **dst; const char *suffix; int64_t r, cols; } spec[9] = {
             { &L->attn_norm, "input_layernorm.weight", D, 0 },
-            { &L->wq, "self_attn.q_proj.weight", Q, D },
-            { &L->wk, "self_attn.k_proj.weight", KVD, D },
-            { &L->wv, "self_attn.v_proj.weight", KVD, D },
-            { &L->wo, "self_attn.o_proj.weight", D, Q },
+            { &L->lin[PEFT_Q].w, "self_attn.q_proj.weight", Q, D },
+            { &L->lin[PEFT_K].w, "self_attn.k_proj.weight", KVD, D },
+            { &L->lin[PEFT_V].w, "self_attn.v_proj.weight", KVD, D },
+            { &L->lin[PEFT_O].w, "self_attn.o_proj.weight", D, Q },
             { &L->ffn_norm, "post_attention_layernorm.weight", D, 0 },
-            { &L->w_gate, "mlp.gate_proj.weight", c->hidden_dim, D },
-            { &L->w_up, "mlp.up_proj.weight", c->hidden_dim, D },
-            { &L->w_down, "mlp.down_proj.weight", D, c->hidden_dim },
+            { &L->lin[PEFT_GATE].w, "mlp.gate_proj.weight", c->hidden_dim, D },
+            { &L->lin[PEFT_UP].w, "mlp.up_proj.weight", c->hidden_dim, D },
+            { &L->lin[PEFT_DOWN].w, "mlp.down_proj.weight", D, c->hidden_dim },
         };
         for (int k = 0; k < 9; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s", l, spec[k].suffix);
@@ -2030,7 +2121,10 @@ PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset,
 PEFTDEF void peft_model_free(peft_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
+    for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
     PEFT_FREE(m->params);
+    PEFT_FREE(m->extra);
+    PEFT_FREE(m->cond);
     PEFT_FREE(m->layers);
     PEFT_FREE(m->rope_buf);
     PEFT_FREE(m);
@@ -2046,25 +2140,47 @@ PEFTDEF void peft_model_set_trainable_all(peft_model *m, int trainable) {
     for (int i = 0; i < m->n_params; i++) peft_param_set_trainable(m->params[i], trainable);
 }
 
-PEFTDEF int64_t peft_model_count(const peft_model *m, int trainable_only) {
+PEFTDEF int64_t peft_model_base_count(const peft_model *m) {
     int64_t n = 0;
-    for (int i = 0; i < m->n_params; i++)
-        if (!trainable_only || m->params[i]->requires_grad) n += m->params[i]->n;
+    for (int i = 0; i < m->n_params; i++) n += m->params[i]->n;
+    return n;
+}
+
+PEFTDEF int peft_model_trainable(const peft_model *m, peft_tensor ***list) {
+    peft_tensor **l = (peft_tensor **)peft__calloc((size_t)(m->n_params + m->n_extra + 1) * sizeof(peft_tensor *));
+    int n = 0;
+    if (!l) { *list = NULL; return -1; }
+    for (int i = 0; i < m->n_params; i++) if (m->params[i]->requires_grad) l[n++] = m->params[i];
+    for (int i = 0; i < m->n_extra; i++) if (m->extra[i]->requires_grad) l[n++] = m->extra[i];
+    *list = l;
+    return n;
+}
+
+PEFTDEF int64_t peft_model_trainable_count(const peft_model *m) {
+    int64_t n = 0;
+    for (int i = 0; i < m->n_params; i++) if (m->params[i]->requires_grad) n += m->params[i]->n;
+    for (int i = 0; i < m->n_extra; i++) if (m->extra[i]->requires_grad) n += m->extra[i]->n;
     return n;
 }
 
 /* ---- forward -------------------------------------------------------------------- */
+static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x);
+static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex);
+
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
     const peft_config *c = &m->cfg;
+    peft_linear_site *S = L->lin;
+    peft_attn_extras ex;
     peft_tensor *h = peft_rmsnorm(g, x, L->attn_norm, c->norm_eps);
-    peft_tensor *q = peft_rope(g, peft_linear(g, h, L->wq), c->n_heads, &m->rope, B, T);
-    peft_tensor *k = peft_rope(g, peft_linear(g, h, L->wk), c->n_kv_heads, &m->rope, B, T);
-    peft_tensor *v = peft_linear(g, h, L->wv);
-    peft_tensor *a = peft_attention(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim);
-    x = peft_add(g, x, peft_linear(g, a, L->wo));
+    peft_tensor *q = peft_rope(g, peft__site_forward(m, g, &S[PEFT_Q], h), c->n_heads, &m->rope, B, T);
+    peft_tensor *k = peft_rope(g, peft__site_forward(m, g, &S[PEFT_K], h), c->n_kv_heads, &m->rope, B, T);
+    peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
+    peft__attn_extras(m, g, L, h, B, &ex);
+    peft_tensor *a = peft_attention_ex(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, &ex);
+    x = peft_add(g, x, peft__site_forward(m, g, &S[PEFT_O], a));
     h = peft_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
-    peft_tensor *ff = peft_swiglu(g, peft_linear(g, h, L->w_gate), peft_linear(g, h, L->w_up));
-    return peft_add(g, x, peft_linear(g, ff, L->w_down));
+    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h), peft__site_forward(m, g, &S[PEFT_UP], h));
+    return peft_add(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff));
 }
 
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
@@ -2086,6 +2202,482 @@ PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int 
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T) {
     return peft_cross_entropy(g, peft_model_forward(m, g, tokens, B, T), targets);
+}
+
+/* ============================================================================
+   METHODS: what attaches where
+   ============================================================================
+   A method is a set of parameters plus the sites they attach to. Full
+   fine-tuning attaches nothing and trains every base parameter. Methods add
+   their tensors to m->extra under the names they are saved with, so saving
+   an adapter is a dump of m->extra (plus any base tensor made trainable). */
+
+static const char *const peft__site_names[PEFT_N_SITES] = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" };
+static const char *const peft__method_names[PEFT_N_METHODS] = {
+    "full", "lora", "adapter-v1", "adapter-v2", "excitor", "qlora" };
+
+PEFTDEF const char *peft_site_name(peft_site s) { return s < PEFT_N_SITES ? peft__site_names[s] : "?"; }
+PEFTDEF const char *peft_method_name(peft_method_kind k) { return k < PEFT_N_METHODS ? peft__method_names[k] : "?"; }
+
+PEFTDEF peft_status peft_method_parse(const char *name, peft_method_kind *kind) {
+    for (int i = 0; i < PEFT_N_METHODS; i++)
+        if (strcmp(name, peft__method_names[i]) == 0) { *kind = (peft_method_kind)i; return PEFT_OK; }
+    return peft__fail(PEFT_ERR_CONFIG, "unknown method '%s' (known: full, lora, adapter-v1, adapter-v2, excitor, qlora)", name);
+}
+
+#define PEFT__ALL_LINEAR ((1u << PEFT_N_SITES) - 1)
+
+PEFTDEF peft_method peft_method_defaults(peft_method_kind kind) {
+    peft_method m;
+    memset(&m, 0, sizeof m);
+    m.kind = kind;
+    /* PEFT's LoraConfig defaults: r 8, alpha 8, no dropout, q and v */
+    m.lora_r = 8; m.lora_alpha = 8.0f; m.lora_targets = 1u << PEFT_Q | 1u << PEFT_V;
+    /* LLaMA-Adapter: 10 prompts in the top 30 of 32 layers */
+    m.adapter_len = 10;
+    /* LLaMA-Excitor: 30 prompts, rank-16 bottleneck, top 30 of 32 layers */
+    m.excitor_len = 30; m.excitor_rank = 16;
+    if (kind == PEFT_QLORA) {        /* QLoRA's recipe: r 64, alpha 16, every linear */
+        m.lora_r = 64; m.lora_alpha = 16.0f; m.lora_dropout = 0.1f; m.lora_targets = PEFT__ALL_LINEAR;
+    }
+    return m;
+}
+
+static peft_status peft__parse_int_list(const char *v, uint8_t *mask, const char *key) {
+    memset(mask, 0, PEFT_MAX_LAYERS);
+    if (strcmp(v, "all") == 0 || !*v) return PEFT_OK;
+    for (const char *p = v; *p;) {
+        char *end;
+        long a = strtol(p, &end, 10), b = a;
+        if (end == p || a < 0 || a >= PEFT_MAX_LAYERS) return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer list '%s'", key, v);
+        if (*end == '-') { p = end + 1; b = strtol(p, &end, 10); if (end == p || b < a || b >= PEFT_MAX_LAYERS) return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer range in '%s'", key, v); }
+        for (long i = a; i <= b; i++) mask[i] = 1;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer list '%s'", key, v);
+    }
+    return PEFT_OK;
+}
+
+/* Targets are site names ("q_proj", or "q"), "all-linear", or module paths as
+   PEFT writes them after expanding all-linear ("model.layers.3.mlp.up_proj").
+   Paths name (layer, site) pairs; they must form a full grid of layers ×
+   sites, which is then stored as targets plus a layer mask. */
+static peft_status peft__parse_targets(const char *v, unsigned *targets, uint8_t *layers) {
+    *targets = 0;
+    if (strcmp(v, "all-linear") == 0 || strcmp(v, "all") == 0) { *targets = PEFT__ALL_LINEAR; return PEFT_OK; }
+    char buf[8192];
+    if (strlen(v) >= sizeof buf) return peft__fail(PEFT_ERR_CONFIG, "lora targets: list too long");
+    snprintf(buf, sizeof buf, "%s", v);
+    uint8_t seen_layer[PEFT_MAX_LAYERS] = { 0 };
+    int pairs = 0, with_layer = 0;
+    for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
+        const char *dot = strrchr(tok, '.'), *site = dot ? dot + 1 : tok, *lay = strstr(tok, "layers.");
+        int found = -1;
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            size_t n = strlen(site);
+            if (strcmp(site, peft__site_names[s]) == 0 || (n < 5 && strncmp(site, peft__site_names[s], n) == 0 &&
+                peft__site_names[s][n] == '_')) found = s;
+        }
+        if (found < 0) return peft__fail(PEFT_ERR_CONFIG, "lora target '%s' is not a LLaMA block linear (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or all-linear)", tok);
+        *targets |= 1u << found;
+        if (lay) {
+            long l = strtol(lay + 7, NULL, 10);
+            if (l < 0 || l >= PEFT_MAX_LAYERS) return peft__fail(PEFT_ERR_CONFIG, "lora target '%s': bad layer index", tok);
+            seen_layer[l] = 1;
+            with_layer++;
+        }
+        pairs++;
+    }
+    if (!*targets) return peft__fail(PEFT_ERR_CONFIG, "lora targets are empty");
+    if (with_layer) {
+        int nl = 0, ns = 0;
+        for (int l = 0; l < PEFT_MAX_LAYERS; l++) nl += seen_layer[l];
+        for (int s = 0; s < PEFT_N_SITES; s++) ns += (*targets >> s) & 1;
+        if (with_layer != pairs || pairs != nl * ns)
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "lora targets name different modules in different layers; only a full "
+                              "layers x modules grid is supported");
+        memcpy(layers, seen_layer, PEFT_MAX_LAYERS);
+    }
+    return PEFT_OK;
+}
+
+PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char *v) {
+    char *end;
+    double d = strtod(v, &end);
+    int is_num = *v && *end == 0 && isfinite(d);
+    struct { const char *key; int *dst; int min; } ints[] = {
+        { "lora_r", &m->lora_r, 1 }, { "adapter_len", &m->adapter_len, 1 }, { "adapter_layers", &m->adapter_layers, 0 },
+        { "fusion_layers", &m->fusion_layers, 0 }, { "fusion_dim", &m->fusion_dim, 0 },
+        { "excitor_len", &m->excitor_len, 1 }, { "excitor_rank", &m->excitor_rank, 1 },
+        { "excitor_layers", &m->excitor_layers, 0 }, { "lora_rslora", &m->lora_rslora, 0 },
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (strcmp(key, ints[i].key) != 0) continue;
+        if (strcmp(v, "true") == 0) d = 1, is_num = 1;
+        if (strcmp(v, "false") == 0) d = 0, is_num = 1;
+        if (!is_num || d != floor(d) || d < ints[i].min || d > 1e6)
+            return peft__fail(PEFT_ERR_CONFIG, "%s must be an integer >= %d (got '%s')", key, ints[i].min, v);
+        *ints[i].dst = (int)d;
+        return PEFT_OK;
+    }
+    if (strcmp(key, "lora_alpha") == 0 || strcmp(key, "lora_dropout") == 0) {
+        if (!is_num || d < 0 || (key[5] == 'd' && d >= 1))
+            return peft__fail(PEFT_ERR_CONFIG, "%s must be a number%s (got '%s')", key, key[5] == 'd' ? " in [0, 1)" : " >= 0", v);
+        *(key[5] == 'a' ? &m->lora_alpha : &m->lora_dropout) = (float)d;
+        return PEFT_OK;
+    }
+    if (strcmp(key, "seed") == 0) { if (!is_num || d < 0) return peft__fail(PEFT_ERR_CONFIG, "seed must be a non-negative integer"); m->seed = (uint64_t)d; return PEFT_OK; }
+    if (strcmp(key, "lora_targets") == 0) return peft__parse_targets(v, &m->lora_targets, m->lora_layers);
+    if (strcmp(key, "lora_layers") == 0) return peft__parse_int_list(v, m->lora_layers, key);
+    if (strcmp(key, "lora_init") == 0) {
+        if (strcmp(v, "gaussian") == 0) m->lora_init_gaussian = 1;
+        else if (strcmp(v, "kaiming") == 0 || strcmp(v, "true") == 0) m->lora_init_gaussian = 0;
+        else return peft__fail(PEFT_ERR_CONFIG, "lora_init must be kaiming or gaussian (got '%s')", v);
+        return PEFT_OK;
+    }
+    if (strcmp(key, "adapter_gate") == 0) {
+        if (strcmp(v, "peft") == 0) m->adapter_peft_gate = 1;
+        else if (strcmp(v, "head") == 0) m->adapter_peft_gate = 0;
+        else return peft__fail(PEFT_ERR_CONFIG, "adapter_gate must be head (tanh gate per head, the paper) or peft (one raw gate per layer)");
+        return PEFT_OK;
+    }
+    return peft__fail(PEFT_ERR_CONFIG, "unknown method setting '%s'", key);
+}
+
+/* in/out features of a site for this config */
+static void peft__site_dims(const peft_config *c, int s, int64_t *in, int64_t *out) {
+    int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, F = c->hidden_dim;
+    static const int is_in_q[PEFT_N_SITES] = { 0, 0, 0, 1, 0, 0, 0 };
+    *in = s == PEFT_DOWN ? F : is_in_q[s] ? Q : D;
+    *out = s == PEFT_Q ? Q : (s == PEFT_K || s == PEFT_V) ? KV : (s == PEFT_GATE || s == PEFT_UP) ? F : D;
+}
+
+/* "the top L layers": L given, or the papers' 30 of 32 scaled to this depth */
+static int peft__top_layers(const peft_config *c, int L) {
+    if (L <= 0) L = (c->n_layers * 30 + 16) / 32;
+    if (L < 1) L = 1;
+    return L > c->n_layers ? c->n_layers : L;
+}
+
+static int peft__lora_on_layer(const peft_method *m, int l) {
+    for (int i = 0; i < PEFT_MAX_LAYERS; i++) if (m->lora_layers[i]) return l < PEFT_MAX_LAYERS && m->lora_layers[l];
+    return 1;
+}
+
+PEFTDEF int64_t peft_method_param_count(const peft_config *c, const peft_method *m) {
+    int64_t n = 0, D = c->dim, KVD = (int64_t)c->n_kv_heads * c->head_dim, in, out;
+    switch (m->kind) {
+    case PEFT_FULL: return peft_config_param_count(c);
+    case PEFT_LORA: case PEFT_QLORA:
+        for (int l = 0; l < c->n_layers; l++) {
+            if (!peft__lora_on_layer(m, l)) continue;
+            for (int s = 0; s < PEFT_N_SITES; s++)
+                if (m->lora_targets & (1u << s)) { peft__site_dims(c, s, &in, &out); n += (int64_t)m->lora_r * (in + out); }
+        }
+        return n;
+    case PEFT_ADAPTER_V1: case PEFT_ADAPTER_V2:
+        n = peft__top_layers(c, m->adapter_layers) * ((int64_t)m->adapter_len * D + (m->adapter_peft_gate ? 1 : c->n_heads));
+        if (m->kind == PEFT_ADAPTER_V1) return n;
+        for (int s = 0; s < PEFT_N_SITES; s++) { peft__site_dims(c, s, &in, &out); n += (int64_t)c->n_layers * 2 * out; }
+        n += (int64_t)c->n_layers * 2 * D + D;                       /* RMSNorm weights */
+        if (m->fusion_layers > 0 && m->fusion_dim > 0) n += D * m->fusion_dim + (int64_t)m->fusion_layers * c->n_heads;
+        return n;
+    case PEFT_EXCITOR:
+        return peft__top_layers(c, m->excitor_layers) *
+               ((int64_t)m->excitor_len * D + (int64_t)m->excitor_rank * D + KVD * m->excitor_rank + c->n_heads);
+    default: return 0;
+    }
+}
+
+/* A new trainable method parameter, appended to m->extra. */
+static peft_tensor *peft__extra(peft_model *m, int ndim, const int64_t *shape, const char *fmt, ...) PEFT__PRINTF(4, 5);
+static peft_tensor *peft__extra(peft_model *m, int ndim, const int64_t *shape, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (m->n_extra == m->cap_extra) {
+        int nc = m->cap_extra ? 2 * m->cap_extra : 64;
+        peft_tensor **ne = (peft_tensor **)PEFT_REALLOC(m->extra, (size_t)nc * sizeof(peft_tensor *));
+        if (!ne) return NULL;
+        m->extra = ne;
+        m->cap_extra = nc;
+    }
+    peft_tensor *t = peft_param_new(name, ndim, shape);
+    if (!t || peft_param_set_trainable(t, 1) != PEFT_OK) { peft_param_free(t); return NULL; }
+    m->extra[m->n_extra++] = t;
+    return t;
+}
+
+static void peft__fill_uniform(peft_tensor *t, peft_rng *r, float bound) {
+    for (int64_t j = 0; j < t->n; j++) t->data[j] = (2.0f * peft_rng_uniform(r) - 1.0f) * bound;
+}
+static void peft__fill_normal(peft_tensor *t, peft_rng *r, float std) {
+    for (int64_t j = 0; j < t->n; j++) t->data[j] = std * peft_rng_normal(r);
+}
+static void peft__fill(peft_tensor *t, float v) {
+    for (int64_t j = 0; j < t->n; j++) t->data[j] = v;
+}
+
+static const char *peft__site_module(int s) { return s <= PEFT_O ? "self_attn" : "mlp"; }
+
+/* ---- the forward at a linear site: base, then what is attached ---------------- */
+static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x) {
+    peft_tensor *y;
+    if (s->lora_A && !m->lora_merged)
+        y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout,
+                             m->training ? &m->rng : NULL);
+    else y = peft_linear(g, x, s->w);
+    if (s->bias) y = peft_bias_scale(g, y, s->bias, s->scale);
+    return y;
+}
+
+/* ---- the attention sites: prompts (V1/V2/fusion) and the logit term (Excitor) -- */
+static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex) {
+    peft_attn_site *A = &L->attn;
+    memset(ex, 0, sizeof *ex);
+    peft_tensor *prompt = NULL;
+    if (A->prompt) {
+        prompt = A->prompt;
+        ex->n_prompts = (int)peft__rows(A->prompt);
+        ex->gate = A->gate;
+        ex->gate_tanh = !m->method.adapter_peft_gate;
+    } else if (A->fusion_gate && m->cond) {
+        peft_tensor *c = peft_tensor_2d(g, m->cond_rows, m->fusion_proj->shape[1]);
+        if (!c) return;
+        memcpy(c->data, m->cond, sizeof(float) * (size_t)c->n);
+        prompt = peft_linear(g, c, m->fusion_proj);
+        ex->n_prompts = m->cond_batched ? m->cond_rows / B : m->cond_rows;
+        ex->gate = A->fusion_gate;
+        ex->gate_tanh = 1;
+    }
+    if (prompt) {
+        ex->pk = peft__site_forward(m, g, &L->lin[PEFT_K], prompt);
+        ex->pv = peft__site_forward(m, g, &L->lin[PEFT_V], prompt);
+    }
+    if (A->ex_prompt) {
+        peft_tensor *z = peft_linear(g, h, A->ex_down);               /* Z  = T·W_down  */
+        peft_tensor *p = peft_linear(g, A->ex_prompt, A->ex_down);    /* P' = P·W_down  */
+        peft_tensor *r = peft_prompt_attend(g, z, p, p);              /* softmax(Z P'ᵀ/√r) P' */
+        ex->x = peft_linear(g, r, A->ex_up);                          /* K_extra = … W_up */
+        ex->x_gate = A->ex_gate;
+    }
+}
+
+/* ============================================================================
+   LoRA — Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"
+       h = W₀x + ΔWx = W₀x + (α/r)·B·A·x,     A ∈ ℝ^{r×in}, B ∈ ℝ^{out×r}
+   W₀ stays frozen; A starts kaiming-uniform (bound 1/√in, as PEFT) or
+   N(0, 1/r²) ("gaussian"), B starts at zero, so ΔW = 0 at step 0. rsLoRA
+   scales by α/√r. Dropout applies to x on the LoRA branch only. The op
+   (peft_lora_linear) never forms W₀ + BA; merging does, once, in place.
+   ============================================================================ */
+static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
+    const peft_config *c = &m->cfg;
+    float scale = cfg->lora_rslora ? cfg->lora_alpha / sqrtf((float)cfg->lora_r) : cfg->lora_alpha / (float)cfg->lora_r;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!peft__lora_on_layer(cfg, l)) continue;
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            if (!(cfg->lora_targets & (1u << s))) continue;
+            int64_t in, out;
+            peft__site_dims(c, s, &in, &out);
+            int64_t sa[2] = { cfg->lora_r, in }, sb[2] = { out, cfg->lora_r };
+            peft_linear_site *S = &m->layers[l].lin[s];
+            const char *mod = peft__site_module(s), *site = peft__site_names[s];
+            S->lora_A = peft__extra(m, 2, sa, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l, mod, site);
+            S->lora_B = peft__extra(m, 2, sb, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l, mod, site);
+            if (!S->lora_A || !S->lora_B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
+            if (cfg->lora_init_gaussian) peft__fill_normal(S->lora_A, &m->rng, 1.0f / (float)cfg->lora_r);
+            else peft__fill_uniform(S->lora_A, &m->rng, 1.0f / sqrtf((float)in));
+            S->lora_scale = scale;
+        }
+    }
+    return PEFT_OK;
+}
+
+/* W += sign·s·B·A at every LoRA site. */
+static peft_status peft__lora_fold(peft_model *m, float sign) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            peft_linear_site *S = &m->layers[l].lin[s];
+            if (!S->lora_A) continue;
+            int r = (int)S->lora_A->shape[0], in = (int)S->w->shape[1], out = (int)S->w->shape[0];
+            float *sb = (float *)PEFT_MALLOC(sizeof(float) * (size_t)out * r);
+            if (!sb) return peft__fail(PEFT_ERR_NOMEM, "no memory to merge LoRA");
+            for (int64_t j = 0; j < (int64_t)out * r; j++) sb[j] = sign * S->lora_scale * S->lora_B->data[j];
+            peft_gemm(0, 0, out, in, r, sb, r, S->lora_A->data, in, 1.0f, S->w->data, in);
+            PEFT_FREE(sb);
+        }
+    return PEFT_OK;
+}
+PEFTDEF peft_status peft_lora_merge(peft_model *m) {
+    if (m->method.kind != PEFT_LORA) return peft__fail(PEFT_ERR_ARG, "merge: no LoRA adapter is attached");
+    if (m->lora_merged) return PEFT_OK;
+    peft_status s = peft__lora_fold(m, 1.0f);
+    if (s == PEFT_OK) m->lora_merged = 1;
+    return s;
+}
+PEFTDEF peft_status peft_lora_unmerge(peft_model *m) {
+    if (m->method.kind != PEFT_LORA || !m->lora_merged) return peft__fail(PEFT_ERR_ARG, "unmerge: no merged LoRA adapter");
+    peft_status s = peft__lora_fold(m, -1.0f);
+    if (s == PEFT_OK) m->lora_merged = 0;
+    return s;
+}
+
+/* ============================================================================
+   LLaMA-Adapter V1 — Zhang et al. 2023 (arXiv 2303.16199)
+       S_p = softmax(q·K_pᵀ/√d),  S_t = softmax(q·K_tᵀ/√d + mask)
+       o   = tanh(g) ⊙ S_p·V_p + S_t·V_t                      (per head)
+   K learnable prompts P ∈ ℝ^{K×dim} in each of the top L layers pass through
+   the layer's own frozen wk/wv (no norm, no RoPE); g is a zero-initialised
+   gate per head, so at step 0 the model is the base model bit for bit and
+   the prompts' gradient is exactly zero until g moves. PEFT's
+   AdaptionPrompt uses one raw gate per layer instead of tanh per head
+   (adapter_gate = "peft"), which this library reproduces for interchange.
+   The kernel is peft_attention_ex's prompt branch.
+   ============================================================================ */
+static peft_status peft__attach_prompts(peft_model *m, const peft_method *cfg) {
+    const peft_config *c = &m->cfg;
+    int L = peft__top_layers(c, cfg->adapter_layers);
+    if (cfg->adapter_layers > c->n_layers)
+        return peft__fail(PEFT_ERR_CONFIG, "adapter_layers %d exceeds the model's %d layers", cfg->adapter_layers, c->n_layers);
+    for (int l = c->n_layers - L; l < c->n_layers; l++) {
+        int64_t sp[3] = { 1, cfg->adapter_len, c->dim }, sg[1] = { cfg->adapter_peft_gate ? 1 : c->n_heads };
+        peft_attn_site *A = &m->layers[l].attn;
+        A->prompt = peft__extra(m, 3, sp, "base_model.model.model.layers.%d.self_attn.adaption_prompt", l);
+        A->gate = peft__extra(m, 1, sg, "base_model.model.model.layers.%d.self_attn.adaption_gate", l);
+        if (!A->prompt || !A->gate) return peft__fail(PEFT_ERR_NOMEM, "no memory for adapter prompts");
+        peft__fill_normal(A->prompt, &m->rng, 1.0f);       /* nn.Embedding's N(0, 1), as the official code */
+    }
+    return PEFT_OK;
+}
+
+/* ============================================================================
+   LLaMA-Adapter V2 — Gao et al. 2023 (arXiv 2304.15010)
+       y = s ⊙ (W x + b)      on every block linear, b = 0, s = 1 at init
+   plus V1's gated prompts in the top layers, every RMSNorm weight unfrozen,
+   and early fusion: condition vectors c (e.g. image features) pass a
+   trainable projection and become the gated prompts of the first F layers
+   only — disjoint from the text prompts above them, so the two parameter
+   groups do not interfere (the paper's point). Zero gates and b = 0, s = 1
+   keep the base model exact at step 0.
+   ============================================================================ */
+static peft_status peft__attach_v2(peft_model *m, const peft_method *cfg) {
+    const peft_config *c = &m->cfg;
+    peft_status st = peft__attach_prompts(m, cfg);
+    if (st != PEFT_OK) return st;
+    int L = peft__top_layers(c, cfg->adapter_layers);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            int64_t in, out;
+            peft__site_dims(c, s, &in, &out);
+            peft_linear_site *S = &m->layers[l].lin[s];
+            const char *mod = peft__site_module(s), *site = peft__site_names[s];
+            S->bias = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.adapter_bias", l, mod, site);
+            S->scale = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.adapter_scale", l, mod, site);
+            if (!S->bias || !S->scale) return peft__fail(PEFT_ERR_NOMEM, "no memory for V2 bias/scale");
+            peft__fill(S->scale, 1.0f);
+        }
+    for (int l = 0; l < c->n_layers; l++) {
+        peft_param_set_trainable(m->layers[l].attn_norm, 1);
+        peft_param_set_trainable(m->layers[l].ffn_norm, 1);
+    }
+    peft_param_set_trainable(m->norm, 1);
+    if (cfg->fusion_layers > 0 && cfg->fusion_dim > 0) {
+        if (cfg->fusion_layers > c->n_layers - L)
+            return peft__fail(PEFT_ERR_CONFIG, "fusion_layers %d overlap the top %d adapter layers of %d: the early-fusion "
+                              "and text-prompt layers must be disjoint", cfg->fusion_layers, L, c->n_layers);
+        int64_t sp[2] = { c->dim, cfg->fusion_dim }, sg[1] = { c->n_heads };
+        m->fusion_proj = peft__extra(m, 2, sp, "base_model.model.fusion_proj.weight");
+        if (!m->fusion_proj) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+        peft__fill_uniform(m->fusion_proj, &m->rng, 1.0f / sqrtf((float)cfg->fusion_dim));
+        for (int l = 0; l < cfg->fusion_layers; l++)
+            if (!(m->layers[l].attn.fusion_gate = peft__extra(m, 1, sg, "base_model.model.model.layers.%d.self_attn.fusion_gate", l)))
+                return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    }
+    return PEFT_OK;
+}
+
+PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, int rows, int dim, int batched) {
+    PEFT_FREE(m->cond);
+    m->cond = NULL;
+    m->cond_rows = 0;
+    if (!vecs) return PEFT_OK;
+    if (!m->fusion_proj) return peft__fail(PEFT_ERR_ARG, "set_condition: attach adapter-v2 with fusion_layers and fusion_dim first");
+    if (dim != m->fusion_proj->shape[1] || rows < 1)
+        return peft__fail(PEFT_ERR_SHAPE, "set_condition: vectors have width %d, the fusion projection expects %lld", dim,
+                          (long long)m->fusion_proj->shape[1]);
+    m->cond = (float *)PEFT_MALLOC(sizeof(float) * (size_t)rows * dim);
+    if (!m->cond) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    memcpy(m->cond, vecs, sizeof(float) * (size_t)rows * dim);
+    m->cond_rows = rows;
+    m->cond_batched = batched;
+    return PEFT_OK;
+}
+
+/* ============================================================================
+   LLaMA-Excitor — Zou et al., CVPR 2024 (arXiv 2404.00913)
+       S_g = softmax(S + γ ⊙ S_extra),   S_extra = Q·K_extraᵀ/√d,   o = W_o(S_g·V)
+   The paper's facts: a bypass on the attention scores only (hidden states
+   are never modified directly), an extra key reconstructed from the layer
+   input and K learnable prompts through a low-rank (r = 16) bottleneck, a
+   zero-initialised ("cold-start") gate, the top 30 of 32 layers, ~7.6M
+   trainable parameters for 7B. Its exact K_extra formula is not public in
+   code; THIS LIBRARY'S READING, consistent with every fact above and with
+   the count 30 × (30·4096 + 2·4096·16) = 7,618,560:
+       Z = h·W_downᵀ (T×r),  P' = P·W_downᵀ (K×r),
+       K_extra = softmax(Z·P'ᵀ/√r)·P'·W_upᵀ   (T × kv_heads·head_dim),
+   h being the normed input of the attention, split per head like the keys,
+   causally masked like S, one raw gate γ per head (plus those 30·32 gates,
+   7,619,520 for LLaMA-7B). Since S + γ·q·K_extraᵀ = q·(K + γ·K_extra)ᵀ, the
+   kernel adds γ·K_extra to the keys inside peft_attention_ex.
+   ============================================================================ */
+static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
+    const peft_config *c = &m->cfg;
+    int L = peft__top_layers(c, cfg->excitor_layers), r = cfg->excitor_rank;
+    if (cfg->excitor_layers > c->n_layers)
+        return peft__fail(PEFT_ERR_CONFIG, "excitor_layers %d exceeds the model's %d layers", cfg->excitor_layers, c->n_layers);
+    int64_t KVD = (int64_t)c->n_kv_heads * c->head_dim;
+    for (int l = c->n_layers - L; l < c->n_layers; l++) {
+        int64_t sp[2] = { cfg->excitor_len, c->dim }, sd[2] = { r, c->dim }, su[2] = { KVD, r }, sg[1] = { c->n_heads };
+        peft_attn_site *A = &m->layers[l].attn;
+        A->ex_prompt = peft__extra(m, 2, sp, "base_model.model.model.layers.%d.self_attn.excitor_prompt", l);
+        A->ex_down = peft__extra(m, 2, sd, "base_model.model.model.layers.%d.self_attn.excitor_down.weight", l);
+        A->ex_up = peft__extra(m, 2, su, "base_model.model.model.layers.%d.self_attn.excitor_up.weight", l);
+        A->ex_gate = peft__extra(m, 1, sg, "base_model.model.model.layers.%d.self_attn.excitor_gate", l);
+        if (!A->ex_prompt || !A->ex_down || !A->ex_up || !A->ex_gate) return peft__fail(PEFT_ERR_NOMEM, "no memory for Excitor");
+        peft__fill_normal(A->ex_prompt, &m->rng, 1.0f);
+        peft__fill_uniform(A->ex_down, &m->rng, 1.0f / sqrtf((float)c->dim));
+        peft__fill_uniform(A->ex_up, &m->rng, 1.0f / sqrtf((float)r));  /* non-zero: γ alone starts at 0 */
+    }
+    return PEFT_OK;
+}
+
+PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
+    if (m->method.kind != PEFT_FULL || m->n_extra)
+        return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another", peft_method_name(m->method.kind));
+    if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) && (cfg->lora_r < 1 || !cfg->lora_targets))
+        return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
+    if ((cfg->kind == PEFT_ADAPTER_V1 || cfg->kind == PEFT_ADAPTER_V2) && cfg->adapter_len < 1)
+        return peft__fail(PEFT_ERR_CONFIG, "adapter_len must be >= 1");
+    if (cfg->kind == PEFT_EXCITOR && (cfg->excitor_len < 1 || cfg->excitor_rank < 1))
+        return peft__fail(PEFT_ERR_CONFIG, "excitor_len and excitor_rank must be >= 1");
+    peft_rng_seed(&m->rng, cfg->seed);
+    peft_model_set_trainable_all(m, cfg->kind == PEFT_FULL);
+    peft_status s = PEFT_OK;
+    switch (cfg->kind) {
+    case PEFT_FULL: break;
+    case PEFT_LORA: s = peft__attach_lora(m, cfg); break;
+    case PEFT_ADAPTER_V1: s = peft__attach_prompts(m, cfg); break;
+    case PEFT_ADAPTER_V2: s = peft__attach_v2(m, cfg); break;
+    case PEFT_EXCITOR: s = peft__attach_excitor(m, cfg); break;
+    default: s = peft__fail(PEFT_ERR_UNSUPPORTED, "method %s is not available in this build yet", peft_method_name(cfg->kind));
+    }
+    m->method = *cfg;
+    if (s != PEFT_OK) m->method.kind = cfg->kind;   /* partial: the caller frees the model */
+    return s;
 }
 
 /* ============================================================================
@@ -2208,9 +2800,8 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
     tr->o = o ? *o : peft_trainer_defaults();
     if (tr->o.grad_accum < 1) tr->o.grad_accum = 1;
     tr->graph = peft_graph_new();
-    peft_tensor **tp = (peft_tensor **)peft__calloc((size_t)m->n_params * sizeof(peft_tensor *));
-    int n = 0;
-    if (tp) for (int i = 0; i < m->n_params; i++) if (m->params[i]->requires_grad) tp[n++] = m->params[i];
+    peft_tensor **tp;
+    int n = peft_model_trainable(m, &tp);
     peft_adamw_opts ao = { tr->o.lr, tr->o.beta1, tr->o.beta2, tr->o.eps, tr->o.weight_decay };
     if (!tr->graph || !tp || peft_adamw_init(&tr->opt, tp, n, &ao) != PEFT_OK) {
         PEFT_FREE(tp);
@@ -2231,7 +2822,9 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
                                       int B, int T, float *loss) {
     peft_graph *g = tr->graph;
     peft_graph_reset(g);
+    tr->model->training = 1;
     peft_tensor *L = peft_model_loss(tr->model, g, tokens, targets, B, T);
+    tr->model->training = 0;
     if (!L) return PEFT_ERR_ARG;  /* message already set by the failing op */
     float lv = L->data[0];
     if (loss) *loss = lv;
@@ -3000,6 +3593,217 @@ PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     s = peft_st_write(path, items, m->n_params, meta, 1);
     PEFT_FREE(items);
+    return s;
+}
+
+/* ---- adapter folders ---------------------------------------------------------------
+   adapter_config.json + adapter_model.safetensors (F32, {"format": "pt"}).
+   LoRA, and LLaMA-Adapter V1 with PEFT's gate, are written exactly as PEFT
+   writes them (peft_type LORA / ADAPTION_PROMPT) so that PEFT, and through
+   it llama.cpp's converter, load them. The methods PEFT does not have are
+   written in the same layout with their own peft_type and keys. */
+static const char *peft__adapter_type(const peft_method *m) {
+    switch (m->kind) {
+    case PEFT_LORA: return "LORA";
+    case PEFT_ADAPTER_V1: return m->adapter_peft_gate ? "ADAPTION_PROMPT" : "LLAMA_ADAPTER_V1";
+    case PEFT_ADAPTER_V2: return "LLAMA_ADAPTER_V2";
+    case PEFT_EXCITOR: return "LLAMA_EXCITOR";
+    default: return NULL;
+    }
+}
+
+static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
+    const peft_method *x = &m->method;
+    const char *base = m->path[0] ? m->path : "";
+    peft__sbf(b, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ", peft__adapter_type(x));
+    peft__sb_jstr(b, base);
+    peft__sbf(b, ",\n  \"inference_mode\": true,\n  \"revision\": null");
+    if (x->kind == PEFT_LORA) {
+        peft__sbf(b, ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  \"target_modules\": [",
+                  x->lora_r, x->lora_alpha, x->lora_dropout);
+        int first = 1;
+        for (int s = 0; s < PEFT_N_SITES; s++)
+            if (x->lora_targets & (1u << s)) { peft__sbf(b, "%s\"%s\"", first ? "" : ", ", peft__site_names[s]); first = 0; }
+        peft__sbf(b, "],\n  \"bias\": \"none\",\n  \"use_rslora\": %s,\n  \"fan_in_fan_out\": false,\n  \"use_dora\": false,\n"
+                  "  \"init_lora_weights\": %s,\n  \"modules_to_save\": null,\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {},\n"
+                  "  \"layers_to_transform\": ", x->lora_rslora ? "true" : "false", x->lora_init_gaussian ? "\"gaussian\"" : "true");
+        int any = 0;
+        for (int l = 0; l < PEFT_MAX_LAYERS; l++) any |= x->lora_layers[l];
+        if (!any) peft__sbf(b, "null");
+        else {
+            peft__sbf(b, "[");
+            first = 1;
+            for (int l = 0; l < m->cfg.n_layers; l++)
+                if (x->lora_layers[l]) { peft__sbf(b, "%s%d", first ? "" : ", ", l); first = 0; }
+            peft__sbf(b, "]");
+        }
+    } else {
+        int L = peft__top_layers(&m->cfg, x->kind == PEFT_EXCITOR ? x->excitor_layers : x->adapter_layers);
+        if (x->kind == PEFT_EXCITOR)
+            peft__sbf(b, ",\n  \"excitor_len\": %d,\n  \"excitor_rank\": %d,\n  \"excitor_layers\": %d", x->excitor_len, x->excitor_rank, L);
+        else {
+            peft__sbf(b, ",\n  \"adapter_len\": %d,\n  \"adapter_layers\": %d,\n  \"target_modules\": \"self_attn\"", x->adapter_len, L);
+            if (x->kind == PEFT_ADAPTER_V2)
+                peft__sbf(b, ",\n  \"adapter_gate\": \"%s\",\n  \"fusion_layers\": %d,\n  \"fusion_dim\": %d",
+                          x->adapter_peft_gate ? "peft" : "head", x->fusion_layers, x->fusion_dim);
+        }
+        if (x->kind != PEFT_ADAPTER_V1 || !x->adapter_peft_gate) peft__sbf(b, ",\n  \"library\": \"peft.h\"");
+    }
+    peft__sbf(b, "\n}\n");
+}
+
+/* What an adapter file holds: the method's tensors, then base tensors the
+   method made trainable (V2's norms), prefixed as PEFT prefixes them. */
+static int peft__adapter_tensors(const peft_model *m, peft_tensor **list, char **names) {
+    int n = 0;
+    for (int i = 0; i < m->n_extra; i++) { list[n] = m->extra[i]; names[n++] = NULL; }
+    for (int i = 0; i < m->n_params; i++) {
+        if (!m->params[i]->requires_grad) continue;
+        size_t len = strlen(m->params[i]->name) + 20;
+        names[n] = (char *)PEFT_MALLOC(len);
+        if (names[n]) snprintf(names[n], len, "base_model.model.%s", m->params[i]->name);
+        list[n++] = m->params[i];
+    }
+    return n;
+}
+
+PEFTDEF peft_status peft_adapter_save(const peft_model *m, const char *dir) {
+    if (!peft__adapter_type(&m->method))
+        return peft__fail(PEFT_ERR_ARG, "%s: nothing to save as an adapter for method %s (save the model instead)", dir,
+                          peft_method_name(m->method.kind));
+    if (m->lora_merged) return peft__fail(PEFT_ERR_ARG, "%s: the LoRA adapter is merged; unmerge before saving it", dir);
+    peft_status s = peft__mkdir(dir);
+    if (s != PEFT_OK) return s;
+    int cap = m->n_extra + m->n_params;
+    peft_tensor **list = (peft_tensor **)peft__calloc((size_t)cap * sizeof *list);
+    char **names = (char **)peft__calloc((size_t)cap * sizeof *names);
+    peft_st_write_item *items = (peft_st_write_item *)peft__calloc((size_t)cap * sizeof *items);
+    peft__sb b = { 0, 0, 0, 0 };
+    char path[1024];
+    if (!list || !names || !items) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+    int n = peft__adapter_tensors(m, list, names);
+    for (int i = 0; i < n; i++) {
+        items[i].name = names[i] ? names[i] : list[i]->name;
+        items[i].dtype = PEFT_DT_F32;
+        items[i].ndim = list[i]->ndim;
+        memcpy(items[i].shape, list[i]->shape, sizeof list[i]->shape);
+        items[i].data = list[i]->data;
+    }
+    const char *meta[2] = { "format", "pt" };
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    s = peft_st_write(path, items, n, meta, 1);
+    if (s != PEFT_OK) goto done;
+    peft__adapter_config_json(&b, m);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    s = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
+done:
+    if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
+    PEFT_FREE(names); PEFT_FREE(list); PEFT_FREE(items); PEFT_FREE(b.s);
+    return s;
+}
+
+/* adapter_config.json → method settings. PEFT's LoRA and AdaptionPrompt keys
+   map onto this library's; settings PEFT has and this library lacks are
+   refused by name rather than silently ignored. */
+static peft_status peft__adapter_method(const peft_json *j, const char *path, const peft_config *c, peft_method *out) {
+    const char *type = peft__json_str(j, "peft_type");
+    if (!type) return peft__fail(PEFT_ERR_FORMAT, "%s: no peft_type", path);
+    peft_method_kind kind;
+    if (!strcmp(type, "LORA")) kind = PEFT_LORA;
+    else if (!strcmp(type, "ADAPTION_PROMPT") || !strcmp(type, "LLAMA_ADAPTER_V1")) kind = PEFT_ADAPTER_V1;
+    else if (!strcmp(type, "LLAMA_ADAPTER_V2")) kind = PEFT_ADAPTER_V2;
+    else if (!strcmp(type, "LLAMA_EXCITOR")) kind = PEFT_EXCITOR;
+    else return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: peft_type '%s' is not supported", path, type);
+    *out = peft_method_defaults(kind);
+    out->lora_targets = 0;
+    if (!strcmp(type, "ADAPTION_PROMPT")) out->adapter_peft_gate = 1;
+    peft_status s = PEFT_OK;
+    for (const peft_json *e = j->child; e && s == PEFT_OK; e = e->next) {
+        char val[16384];
+        const char *key = e->key;
+        if (e->type == PEFT_JSON_NUMBER) snprintf(val, sizeof val, "%.17g", e->number);
+        else if (e->type == PEFT_JSON_BOOL) snprintf(val, sizeof val, "%s", e->number != 0 ? "true" : "false");
+        else if (e->type == PEFT_JSON_STRING) snprintf(val, sizeof val, "%s", e->string);
+        else if (e->type == PEFT_JSON_ARRAY) {          /* target_modules, layers_to_transform */
+            val[0] = 0;
+            for (const peft_json *x = e->child; x; x = x->next) {
+                size_t L = strlen(val);
+                if (x->type == PEFT_JSON_STRING) snprintf(val + L, sizeof val - L, "%s%s", L ? "," : "", x->string);
+                else if (x->type == PEFT_JSON_NUMBER) snprintf(val + L, sizeof val - L, "%s%d", L ? "," : "", (int)x->number);
+            }
+        } else val[0] = 0;
+        if (kind == PEFT_LORA) {
+            if (!strcmp(key, "r")) s = peft_method_set(out, "lora_r", val);
+            else if (!strcmp(key, "lora_alpha") || !strcmp(key, "lora_dropout")) s = peft_method_set(out, key, val);
+            else if (!strcmp(key, "use_rslora")) s = peft_method_set(out, "lora_rslora", val);
+            else if (!strcmp(key, "target_modules")) {
+                if (e->type == PEFT_JSON_ARRAY && e->n_children * 48 >= (int)sizeof val)
+                    s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: target_modules lists too many modules", path);
+                else s = peft_method_set(out, "lora_targets", val);
+            }
+            else if (!strcmp(key, "layers_to_transform") && e->type != PEFT_JSON_NULL) s = peft_method_set(out, "lora_layers", val);
+            else if ((!strcmp(key, "fan_in_fan_out") || !strcmp(key, "use_dora")) && e->type == PEFT_JSON_BOOL && e->number != 0)
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s=true is not supported", path, key);
+            else if (!strcmp(key, "bias") && e->type == PEFT_JSON_STRING && strcmp(e->string, "none") != 0)
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bias='%s' is not supported (only 'none')", path, e->string);
+            else if ((!strcmp(key, "rank_pattern") || !strcmp(key, "alpha_pattern")) && e->type == PEFT_JSON_OBJECT && e->n_children)
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: per-module %s is not supported", path, key);
+        } else if (!strcmp(key, "adapter_len") || !strcmp(key, "adapter_layers") || !strcmp(key, "adapter_gate") ||
+                   !strcmp(key, "fusion_layers") || !strcmp(key, "fusion_dim") || !strcmp(key, "excitor_len") ||
+                   !strcmp(key, "excitor_rank") || !strcmp(key, "excitor_layers")) {
+            s = peft_method_set(out, key, val);
+        }
+        if (s != PEFT_OK && !strstr(peft_last_error(), path)) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", peft_last_error());
+            s = peft__fail(s, "%s: %s", path, msg);
+        }
+    }
+    if (s == PEFT_OK && kind == PEFT_LORA && !out->lora_targets)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: target_modules is missing", path);
+    if (s == PEFT_OK && kind != PEFT_LORA) {
+        int L = kind == PEFT_EXCITOR ? out->excitor_layers : out->adapter_layers;
+        if (L > c->n_layers) s = peft__fail(PEFT_ERR_SHAPE, "%s: %d adapter layers but the model has %d", path, L, c->n_layers);
+    }
+    return s;
+}
+
+PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
+    char path[1024];
+    peft_json *j;
+    peft_method meth;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    peft_status s = peft_json_load(&j, path);
+    if (s != PEFT_OK) return s;
+    s = j->type == PEFT_JSON_OBJECT ? peft__adapter_method(j, path, &m->cfg, &meth)
+                                    : peft__fail(PEFT_ERR_FORMAT, "%s: expected a JSON object", path);
+    peft_json_free(j);
+    if (s == PEFT_OK) s = peft_attach(m, &meth);
+    if (s != PEFT_OK) return s;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    peft_safetensors st;
+    s = peft_st_open(&st, path);
+    if (s != PEFT_OK) return s;
+    int cap = m->n_extra + m->n_params;
+    peft_tensor **list = (peft_tensor **)peft__calloc((size_t)cap * sizeof *list);
+    char **names = (char **)peft__calloc((size_t)cap * sizeof *names);
+    int n = list && names ? peft__adapter_tensors(m, list, names) : 0;
+    if (!list || !names) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+    for (int i = 0; i < n && s == PEFT_OK; i++) {
+        const char *name = names[i] ? names[i] : list[i]->name;
+        const peft_st_entry *e = peft_st_find(&st, name);
+        if (!e) { s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, name); break; }
+        int64_t cnt = 1;
+        for (int d = 0; d < e->ndim; d++) cnt *= e->shape[d];
+        if (cnt != list[i]->n)
+            s = peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %lld elements, the model expects %lld (wrong base model?)",
+                           path, name, (long long)cnt, (long long)list[i]->n);
+        else s = peft_st_read_f32(&st, e, list[i]->data, list[i]->n);
+    }
+    if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
+    PEFT_FREE(names);
+    PEFT_FREE(list);
+    peft_st_close(&st);
     return s;
 }
 

@@ -112,8 +112,8 @@ TEST(test_preset_param_counts) {
     for (int i = 0; i < 2; i++) {
         peft_model *m;
         REQUIRE_OK(peft_model_from_preset(&m, small[i], 0, 0));
-        CHECK(peft_model_count(m, 0) == peft_config_param_count(&m->cfg), "%s allocated count", small[i]);
-        CHECK(peft_model_count(m, 1) == 0, "a fresh model is frozen");
+        CHECK(peft_model_base_count(m) == peft_config_param_count(&m->cfg), "%s allocated count", small[i]);
+        CHECK(peft_model_trainable_count(m) == 0, "a fresh model is frozen");
         peft_model_free(m);
     }
     CHECK(peft_llama_ffn_dim(4096, 256, 0) == 11008, "LLaMA-7B ffn dim");

@@ -237,8 +237,8 @@ static int cmd_train(int argc, char **argv) {
     }
     peft_model_set_trainable_all(m, 1);
     char b1[40], b2[40];
-    printf("training %s parameters of %s (%s), %lld tokens of data\n", commas(peft_model_count(m, 1), b1),
-           commas(peft_model_count(m, 0), b2), method, (long long)n);
+    printf("training %s parameters of %s (%s), %lld tokens of data\n", commas(peft_model_trainable_count(m), b1),
+           commas(peft_model_base_count(m), b2), method, (long long)n);
     peft_trainer *tr = peft_trainer_new(m, &o);
     peft_rng rng;
     peft_rng_seed(&rng, src.seed);
