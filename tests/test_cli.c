@@ -79,5 +79,30 @@ TEST(test_cli) {
     CHECK_OK(peft_model_load(&m, saved));
     if (m) peft_model_free(m);
     CHECK(run(out, sizeof out, "train --preset tiny --data %s --method lora-x", data) == 2, "unknown method exits 2");
+
+    /* methods from the command line */
+    CHECK(run(out, sizeof out, "info --preset llama-7b --method lora --lora-r 8") == 0 && strstr(out, "4,194,304"), "info lora: %s", out);
+    CHECK(run(out, sizeof out, "info --preset llama-7b --method adapter-v1 --adapter-len 10 --adapter-layers 30") == 0 &&
+          strstr(out, "1,229,760"), "info adapter-v1: %s", out);
+    CHECK(run(out, sizeof out, "info --preset llama-7b --method excitor") == 0 && strstr(out, "7,619,520"), "info excitor: %s", out);
+    CHECK(run(out, sizeof out, "info --preset tiny --method lora --lora-r x") == 1 && strstr(out, "lora_r"), "bad flag value: %s", out);
+    char adir[512], mdir[512], l1[512], l2[512];
+    snprintf(adir, sizeof adir, "%s/cli_lora", th_tmpdir());
+    snprintf(mdir, sizeof mdir, "%s/cli_merged", th_tmpdir());
+    snprintf(l1, sizeof l1, "%s/l1.f32", th_tmpdir());
+    snprintf(l2, sizeof l2, "%s/l2.f32", th_tmpdir());
+    CHECK(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+              "--lora-targets q,v,down --out %s", th_fixtures(), data, adir) == 0, "train lora: %s", out);
+    CHECK(run(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s", th_fixtures(), adir, l1) == 0,
+          "logits with adapter: %s", out);
+    CHECK(run(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir, mdir) == 0, "merge: %s", out);
+    CHECK(run(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0, "logits merged: %s", out);
+    unsigned char *d1, *d2; size_t n1, n2;
+    if (peft_read_file(l1, &d1, &n1) == PEFT_OK && peft_read_file(l2, &d2, &n2) == PEFT_OK) {
+        CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5, "merged model logits differ from adapter logits");
+        free(d1); free(d2);
+    } else CHECK(0, "logits files missing");
+    CHECK(run(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
+          strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
     CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
 }

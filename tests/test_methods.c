@@ -233,3 +233,47 @@ TEST(test_adapter_load_errors) {
     CHECK(peft_adapter_load(m, dir) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "IA3"), "unknown type: %s", peft_last_error());
     peft_model_free(m);
 }
+
+/* Adapters written by peft.h, loaded by the real PEFT (tools/ref/check_roundtrip.py
+   recorded PEFT's logits for them): peft.h must compute the same logits, and
+   the adapters must have moved away from their zero-init for this to mean
+   anything. */
+TEST(test_roundtrip_adapters_load_in_peft) {
+    const char *names[] = { "roundtrip_lora", "roundtrip_adaption_prompt" };
+    char base[512];
+    snprintf(base, sizeof base, "%s/llama_gqa", th_fixtures());
+    int *tok, *tgt, B, T;
+    REQUIRE(load_batch(base, &tok, &tgt, &B, &T), "batch");
+    peft_model *m0;
+    REQUIRE_OK(peft_model_load(&m0, base));
+    peft_graph *g0 = peft_graph_new();
+    peft_tensor *l0 = peft_model_forward(m0, g0, tok, B, T);
+    for (int i = 0; i < 2; i++) {
+        char dir[512], path[700];
+        snprintf(dir, sizeof dir, "%s/%s", th_fixtures(), names[i]);
+        snprintf(path, sizeof path, "%s/result.json", dir);
+        peft_json *j;
+        REQUIRE_OK(peft_json_load(&j, path));
+        const peft_json *ok = peft_json_get(j, "ok");
+        CHECK(ok && ok->type == PEFT_JSON_BOOL && ok->number == 1, "%s: PEFT did not reproduce peft.h's logits", names[i]);
+        peft_json_free(j);
+        peft_model *m;
+        REQUIRE_OK(peft_model_load(&m, base));
+        REQUIRE_OK(peft_adapter_load(m, dir));
+        snprintf(path, sizeof path, "%s/peft_logits.safetensors", dir);
+        float *pl; long n;
+        REQUIRE(th_read_ref(path, "logits", &pl, &n), "peft logits");
+        peft_graph *g = peft_graph_new();
+        peft_tensor *lg = peft_model_forward(m, g, tok, B, T);
+        REQUIRE(lg && lg->n == n, "forward");
+        double e = th_rel_err_f(lg->data, pl, n), moved = th_rel_err_f(l0->data, pl, n);
+        CHECK(e < 1e-4, "%s: logits vs PEFT's rel err %.3g", names[i], e);
+        CHECK(moved > 1e-3, "%s: the adapter barely changes the model (%.3g); the round trip proves nothing", names[i], moved);
+        free(pl);
+        peft_graph_free(g);
+        peft_model_free(m);
+    }
+    peft_graph_free(g0);
+    peft_model_free(m0);
+    free(tok); free(tgt);
+}

@@ -53,13 +53,64 @@ static int parse_float(const char *s, float *out) {
     return 1;
 }
 
+/* ---------------------------------------------------------- method flags */
+/* --method NAME and the methods' hyper-parameters: --lora-r 8 is the
+   library's "lora_r" setting. Collected while parsing, applied at the end
+   so that they may come before or after --method. */
+typedef struct { const char *method; const char *keys[32], *vals[32]; int n; } method_flags;
+
+static const char *const METHOD_FLAGS[] = { "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets",
+    "--lora-init", "--lora-layers", "--lora-rslora", "--adapter-len", "--adapter-layers", "--adapter-gate",
+    "--fusion-layers", "--fusion-dim", "--excitor-len", "--excitor-rank", "--excitor-layers", NULL };
+
+static const char *METHOD_HELP =
+    "  --method M            full | lora | adapter-v1 | adapter-v2 | excitor (default full)\n"
+    "  --lora-r R            LoRA rank (default 8; QLoRA 64)\n"
+    "  --lora-alpha A        LoRA alpha (default 8; QLoRA 16); scale = alpha/r\n"
+    "  --lora-dropout P      dropout on the LoRA branch (default 0)\n"
+    "  --lora-targets LIST   q_proj,v_proj (default) | any of q k v o gate up down | all-linear\n"
+    "  --lora-init I         kaiming (PEFT's default) | gaussian\n"
+    "  --lora-layers LIST    layers to adapt, e.g. 0-3,7 (default all)\n"
+    "  --lora-rslora 1       rank-stabilised scale alpha/sqrt(r)\n"
+    "  --adapter-len K       LLaMA-Adapter prompts per layer (default 10)\n"
+    "  --adapter-layers L    adapted top layers (default: 30/32 of the model's)\n"
+    "  --adapter-gate G      head (tanh gate per head, the paper) | peft (one raw gate, PEFT's)\n"
+    "  --fusion-layers F     adapter-v2 early-fusion layers (default 0)\n"
+    "  --fusion-dim D        width of the condition vectors for early fusion\n"
+    "  --excitor-len K       Excitor prompts (default 30)\n"
+    "  --excitor-rank R      Excitor bottleneck rank (default 16)\n"
+    "  --excitor-layers L    adapted top layers (default: 30/32 of the model's)\n";
+
+/* Returns 1 if a/v was a method flag (stored), 0 if not. */
+static int take_method_flag(method_flags *mf, const char *a, const char *v) {
+    if (!strcmp(a, "--method")) { mf->method = v; return 1; }
+    for (int i = 0; METHOD_FLAGS[i]; i++)
+        if (!strcmp(a, METHOD_FLAGS[i]) && mf->n < 32) { mf->keys[mf->n] = a; mf->vals[mf->n++] = v; return 1; }
+    return 0;
+}
+
+static int build_method(const method_flags *mf, peft_method *out, uint64_t seed) {
+    peft_method_kind kind = PEFT_FULL;
+    if (mf->method && peft_method_parse(mf->method, &kind) != PEFT_OK) return fail();
+    *out = peft_method_defaults(kind);
+    out->seed = seed;
+    for (int i = 0; i < mf->n; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s", mf->keys[i] + 2);
+        for (char *p = key; *p; p++) if (*p == '-') *p = '_';
+        if (peft_method_set(out, key, mf->vals[i]) != PEFT_OK) return fail();
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ info */
 static const char *INFO_HELP =
-    "usage: peft info MODEL_DIR\n"
-    "       peft info --preset NAME\n"
+    "usage: peft info MODEL_DIR [--method M [method flags]]\n"
+    "       peft info --preset NAME [--method M [method flags]]\n"
     "       peft info --list\n\n"
     "Prints a model's configuration and parameter counts (from config.json or a\n"
-    "built-in preset; no weights are loaded).\n";
+    "built-in preset; no weights are loaded). With --method, the parameters that\n"
+    "method trains and their share of the base model.\n";
 
 static void print_config(const peft_config *c, const char *what) {
     char b1[40], b2[40], b3[40];
@@ -81,48 +132,64 @@ static void print_config(const peft_config *c, const char *what) {
 
 static int cmd_info(int argc, char **argv) {
     peft_config c;
-    if (argc < 1) return usage_error("info", "a model folder or --preset NAME is needed", NULL);
-    if (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) { fputs(INFO_HELP, stdout); return 0; }
-    if (!strcmp(argv[0], "--list")) {
-        for (int i = 0; peft_preset_name(i); i++) {
-            char b[40];
-            peft_config_preset(&c, peft_preset_name(i));
-            printf("%-16s %20s parameters\n", peft_preset_name(i), commas(peft_config_param_count(&c), b));
+    method_flags mf = { 0 };
+    const char *preset = NULL, *dir = NULL;
+    for (int i = 0; i < argc;) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(INFO_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (!strcmp(a, "--list")) {
+            for (int k = 0; peft_preset_name(k); k++) {
+                char b[40];
+                peft_config_preset(&c, peft_preset_name(k));
+                printf("%-16s %20s parameters\n", peft_preset_name(k), commas(peft_config_param_count(&c), b));
+            }
+            return 0;
         }
-        return 0;
+        if (a[0] != '-') { dir = a; i++; continue; }
+        if (!v) return usage_error("info", "option needs a value", a);
+        if (!strcmp(a, "--preset")) preset = v;
+        else if (!take_method_flag(&mf, a, v)) return usage_error("info", "unknown option", a);
+        i += 2;
     }
-    if (!strcmp(argv[0], "--preset")) {
-        if (argc < 2) return usage_error("info", "--preset needs a name", NULL);
-        if (peft_config_preset(&c, argv[1]) != PEFT_OK) return fail();
-        print_config(&c, argv[1]);
-        return 0;
+    if (!preset && !dir) return usage_error("info", "a model folder or --preset NAME is needed", NULL);
+    if (preset) { if (peft_config_preset(&c, preset) != PEFT_OK) return fail(); }
+    else {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/config.json", dir);
+        if (peft_config_load(&c, path) != PEFT_OK) return fail();
     }
-    if (argv[0][0] == '-') return usage_error("info", "unknown option", argv[0]);
-    char path[1024];
-    snprintf(path, sizeof path, "%s/config.json", argv[0]);
-    if (peft_config_load(&c, path) != PEFT_OK) return fail();
-    print_config(&c, argv[0]);
+    print_config(&c, preset ? preset : dir);
+    if (mf.method) {
+        peft_method m;
+        if (build_method(&mf, &m, 0)) return 1;
+        char b1[40];
+        int64_t n = peft_method_param_count(&c, &m), base = peft_config_param_count(&c);
+        printf("method           %s\ntrainable        %s (%.4f%% of the base model)\n", peft_method_name(m.kind), commas(n, b1),
+               100.0 * (double)n / (double)base);
+    }
     return 0;
 }
 
 /* ---------------------------------------------------------- model flags */
-typedef struct { const char *model, *preset; uint64_t seed; } model_src;
+typedef struct { const char *model, *preset, *adapter; uint64_t seed; } model_src;
 
+/* --model DIR or --preset NAME (random init from --seed), then --adapter DIR. */
 static int load_model(const model_src *src, peft_model **m) {
-    if (src->model) return peft_model_load(m, src->model) == PEFT_OK ? 0 : fail();
-    if (src->preset) return peft_model_from_preset(m, src->preset, 1, src->seed) == PEFT_OK ? 0 : fail();
-    return 1;
+    peft_status s = src->model ? peft_model_load(m, src->model) : peft_model_from_preset(m, src->preset, 1, src->seed);
+    if (s != PEFT_OK) return fail();
+    if (src->adapter && peft_adapter_load(*m, src->adapter) != PEFT_OK) { peft_model_free(*m); *m = NULL; return fail(); }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- logits */
 static const char *LOGITS_HELP =
-    "usage: peft logits (--model DIR | --preset NAME [--seed S]) --tokens 1,2,3 --out FILE\n\n"
+    "usage: peft logits (--model DIR | --preset NAME [--seed S]) [--adapter DIR] --tokens 1,2,3 --out FILE\n\n"
     "Runs one sequence forward and writes its logits as float32, little-endian,\n"
     "row-major [T, vocab] to FILE (atomically).\n"
     "  --threads N   worker threads (default 1)\n";
 
 static int cmd_logits(int argc, char **argv) {
-    model_src src = { 0, 0, 0 };
+    model_src src = { 0, 0, 0, 0 };
     const char *tokens_arg = NULL, *out = NULL;
     int threads = 1;
     for (int i = 0; i < argc; i += 2) {
@@ -133,6 +200,7 @@ static int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--preset")) src.preset = v;
         else if (!strcmp(a, "--seed")) src.seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--tokens")) tokens_arg = v;
+        else if (!strcmp(a, "--adapter")) src.adapter = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--threads")) { if (!parse_int(v, &threads) || threads < 1) return usage_error("logits", "bad --threads", v); }
         else return usage_error("logits", "unknown option", a);
@@ -168,8 +236,8 @@ static int cmd_logits(int argc, char **argv) {
 static const char *TRAIN_HELP =
     "usage: peft train (--model DIR | --preset NAME) --data FILE [options]\n\n"
     "Fine-tunes on FILE (token ids separated by spaces/commas, or plain text read\n"
-    "as bytes) with AdamW, printing the loss of every step.\n"
-    "  --method full         what to train (full: every parameter)\n"
+    "as bytes) with AdamW, printing the loss of every step. --out saves the\n"
+    "adapter folder (PEFT layout), or the whole model for --method full.\n"
     "  --steps N             optimizer steps (default 100)\n"
     "  --batch B             sequences per micro-batch (default 4)\n"
     "  --seq T               tokens per sequence (default 64)\n"
@@ -182,11 +250,12 @@ static const char *TRAIN_HELP =
     "  --max-grad-norm X     clip the global gradient norm (default 1; 0 = off)\n"
     "  --seed S              data order and random init (default 0)\n"
     "  --threads N           worker threads (default 1)\n"
-    "  --out DIR             save the trained model folder there\n";
+    "  --out DIR             save the adapter (or, for full, the model folder) there\n";
 
 static int cmd_train(int argc, char **argv) {
-    model_src src = { 0, 0, 0 };
-    const char *data = NULL, *out = NULL, *method = "full";
+    model_src src = { 0, 0, 0, 0 };
+    method_flags mf = { 0 };
+    const char *data = NULL, *out = NULL;
     int steps = 100, B = 4, T = 64, threads = 1;
     peft_trainer_opts o = peft_trainer_defaults();
     o.schedule = PEFT_SCHED_COSINE;
@@ -194,13 +263,13 @@ static int cmd_train(int argc, char **argv) {
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(TRAIN_HELP, stdout); return 0; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(TRAIN_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
         if (!v) return usage_error("train", "option needs a value", a);
+        if (take_method_flag(&mf, a, v)) continue;
         if (!strcmp(a, "--model")) src.model = v;
         else if (!strcmp(a, "--preset")) src.preset = v;
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--method")) method = v;
         else if (!strcmp(a, "--seed")) src.seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--steps")) ok = parse_int(v, &steps) && steps > 0;
         else if (!strcmp(a, "--batch")) ok = parse_int(v, &B) && B > 0;
@@ -222,7 +291,11 @@ static int cmd_train(int argc, char **argv) {
     }
     if (!src.model && !src.preset) return usage_error("train", "--model or --preset is required", NULL);
     if (!data) return usage_error("train", "--data is required", NULL);
-    if (strcmp(method, "full") != 0) return usage_error("train", "unknown --method (available: full)", method);
+    peft_method meth;
+    if (mf.method && strcmp(mf.method, "full") && strcmp(mf.method, "lora") && strcmp(mf.method, "adapter-v1") &&
+        strcmp(mf.method, "adapter-v2") && strcmp(mf.method, "excitor"))
+        return usage_error("train", "unknown --method (full, lora, adapter-v1, adapter-v2, excitor)", mf.method);
+    if (build_method(&mf, &meth, src.seed)) return 1;
     o.total_steps = steps;
     peft_set_threads(threads);
     peft_model *m;
@@ -235,10 +308,11 @@ static int cmd_train(int argc, char **argv) {
         free(ids); peft_model_free(m);
         return 1;
     }
-    peft_model_set_trainable_all(m, 1);
+    if (peft_attach(m, &meth) != PEFT_OK) { free(ids); peft_model_free(m); return fail(); }
     char b1[40], b2[40];
-    printf("training %s parameters of %s (%s), %lld tokens of data\n", commas(peft_model_trainable_count(m), b1),
-           commas(peft_model_base_count(m), b2), method, (long long)n);
+    printf("training %s parameters (%.4f%% of %s) with %s, %lld tokens of data\n", commas(peft_model_trainable_count(m), b1),
+           100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m),
+           commas(peft_model_base_count(m), b2), peft_method_name(meth.kind), (long long)n);
     peft_trainer *tr = peft_trainer_new(m, &o);
     peft_rng rng;
     peft_rng_seed(&rng, src.seed);
@@ -261,7 +335,8 @@ static int cmd_train(int argc, char **argv) {
     }
     if (!rc) printf("done in %.1f s\n", now_s() - t0);
     if (!rc && out) {
-        if (peft_model_save(m, out) != PEFT_OK) rc = fail();
+        peft_status st = meth.kind == PEFT_FULL ? peft_model_save(m, out) : peft_adapter_save(m, out);
+        if (st != PEFT_OK) rc = fail();
         else printf("saved %s\n", out);
     }
     free(tok); free(tgt); free(ids);
@@ -270,11 +345,44 @@ static int cmd_train(int argc, char **argv) {
     return rc;
 }
 
+/* ----------------------------------------------------------------- merge */
+static const char *MERGE_HELP =
+    "usage: peft merge --model DIR --adapter DIR --out DIR\n\n"
+    "Folds a LoRA adapter into the base weights (W += (alpha/r) B A) and writes a\n"
+    "plain Hugging Face model folder (config.json + model.safetensors, F32).\n";
+
+static int cmd_merge(int argc, char **argv) {
+    model_src src = { 0, 0, 0, 0 };
+    const char *out = NULL;
+    for (int i = 0; i < argc; i += 2) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(MERGE_HELP, stdout); return 0; }
+        if (!v) return usage_error("merge", "option needs a value", a);
+        if (!strcmp(a, "--model")) src.model = v;
+        else if (!strcmp(a, "--adapter")) src.adapter = v;
+        else if (!strcmp(a, "--out")) out = v;
+        else return usage_error("merge", "unknown option", a);
+    }
+    if (!src.model || !src.adapter || !out) return usage_error("merge", "--model, --adapter and --out are required", NULL);
+    peft_model *m;
+    if (load_model(&src, &m)) return 1;
+    int rc = 0;
+    if (m->method.kind != PEFT_LORA) {
+        fprintf(stderr, "peft: error: %s: only LoRA adapters can be merged into a plain LLaMA folder (this one is %s)\n",
+                src.adapter, peft_method_name(m->method.kind));
+        rc = 1;
+    } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, out) != PEFT_OK) rc = fail();
+    else printf("merged %s into %s\n", src.adapter, out);
+    peft_model_free(m);
+    return rc;
+}
+
 static const char *MAIN_HELP =
     "usage: peft COMMAND [options]   (peft COMMAND --help for each)\n\n"
     "  info     configuration and parameter counts of a model or preset\n"
     "  logits   run a sequence forward and write its logits\n"
-    "  train    fine-tune a model on a token or text file\n";
+    "  train    fine-tune a model (full or a PEFT method) on a token or text file\n"
+    "  merge    fold a LoRA adapter into the base weights\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -284,6 +392,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "merge")) return cmd_merge(argc - 2, argv + 2);
     fprintf(stderr, "peft: unknown command '%s'\n%s", argv[1], MAIN_HELP);
     return 2;
 }
