@@ -139,6 +139,44 @@ PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *s
 PEFTDEF peft_status  peft_param_set_trainable(peft_tensor *p, int trainable);
 PEFTDEF void         peft_param_free(peft_tensor *p);
 
+/* ---------------------------------------------------------------- 4-bit */
+/* Blockwise 4-bit storage as bitsandbytes lays it out: row-major elements in
+   blocks of 64, one absmax per block, two codes per byte with the first
+   element in the high nibble. Double quantization stores the absmax values as
+   8-bit codes of bnb's signed dynamic map (blocks of 256, one fp32 scale
+   each) around their mean. */
+typedef enum { PEFT_NF4 = 0, PEFT_FP4, PEFT_INT4 } peft_q4_type;
+
+typedef struct {
+    peft_q4_type type;
+    int64_t  n, n_blocks, n_nested;
+    int      blocksize, nested_blocksize;  /* 64, 256                          */
+    uint8_t *packed;                       /* (n + 1) / 2 bytes                */
+    float   *absmax;                       /* n_blocks (NULL when double-quantized) */
+    int      double_quant;
+    uint8_t *qabsmax;                      /* n_blocks 8-bit codes             */
+    float   *nested_absmax;                /* n_nested                          */
+    float    offset;                       /* mean of the absmax values        */
+} peft_q4;
+
+PEFTDEF const float *peft_q4_code(peft_q4_type t);     /* the 16 values of a code */
+PEFTDEF const float *peft_dynamic_map(void);            /* bnb's signed 8-bit map (256) */
+/* offset: NULL computes the mean of the absmax values (in double); pass a value
+   to reproduce a file bit for bit (bnb takes torch's float32 mean, whose
+   summation order depends on the CPU's vector width). */
+PEFTDEF peft_status peft_q4_quantize(peft_q4 *q, const float *w, int64_t n, peft_q4_type t,
+                                     int double_quant, const float *offset);
+PEFTDEF float       peft_q4_block_scale(const peft_q4 *q, int64_t block);
+PEFTDEF void        peft_q4_dequantize(const peft_q4 *q, int64_t start, int64_t count, float *out);
+PEFTDEF size_t      peft_q4_bytes(const peft_q4 *q);    /* what the storage allocates */
+PEFTDEF void        peft_q4_free(peft_q4 *q);
+/* 8-bit blockwise quantization with a 256-entry code (nearest code, ties to
+   the lower one), bitsandbytes' CPU semantics. */
+PEFTDEF void        peft_quantize_blockwise8(const float *x, int64_t n, int blocksize, const float *code,
+                                             uint8_t *q, float *absmax);
+PEFTDEF void        peft_dequantize_blockwise8(const uint8_t *q, int64_t n, int blocksize, const float *code,
+                                               const float *absmax, float *out);
+
 /* ---------------------------------------------------------------- kernels */
 /* C[M,N] = beta*C + op(A)[M,K] · op(B)[K,N]; op(X) = Xᵀ when tX != 0.
    Leading dimensions are row strides of A, B, C as stored. */
@@ -199,8 +237,11 @@ typedef struct {
 PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
                                        int B, int T, int n_heads, int n_kv_heads, int head_dim,
                                        const peft_attn_extras *ex);
+/* y = x·Wᵀ with W in 4-bit storage [out, in]; dequantized a tile of rows at
+   a time inside the product, never as a whole fp32 matrix. W is frozen. */
+PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, int out, int in);
 /* LoRA: x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ without ever forming W + B·A.
-   rng = NULL disables dropout (evaluation). */
+   W = NULL gives the LoRA term alone. rng = NULL disables dropout (evaluation). */
 PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
                                       peft_tensor *B, float scale, float dropout, peft_rng *rng);
 /* LLaMA-Adapter V2: s ⊙ (y + b) per output column. */
@@ -233,6 +274,9 @@ typedef struct {
     int   rope_interleaved;/* llama2.c / Meta layout instead of rotate_half */
     int   tie_embeddings;
     int   bos_id, eos_id;
+    int   q4;              /* block linears stored in 4 bits (bnb folder)  */
+    peft_q4_type q4_type;
+    int   q4_double;
 } peft_config;
 
 PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name);
@@ -255,6 +299,7 @@ typedef struct {
     peft_tensor *lora_A, *lora_B;    /* LoRA: [r, in], [out, r]                   */
     float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
     peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
+    peft_q4     *q4;                 /* QLoRA: 4-bit storage of w (w->data freed) */
 } peft_linear_site;
 
 typedef struct {
@@ -352,6 +397,13 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *method);
    features) for the next forwards; batched = rows hold B groups of equal
    size, one per sequence. NULL clears. */
 PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, int rows, int dim, int batched);
+/* QLoRA's base: every block linear to 4-bit storage (fp32 copies freed);
+   embeddings, norms and lm_head stay fp32, as bitsandbytes does. */
+PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant);
+/* Bits per frozen block-linear parameter, from what the storage allocates. */
+PEFTDEF double      peft_model_linear_bits(const peft_model *m);
+/* A 4-bit model folder in the layout transformers + bitsandbytes write. */
+PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *dir);
 /* LoRA merge: W += s·B·A in place (forward then skips the LoRA branch);
    unmerge subtracts it again. */
 PEFTDEF peft_status peft_lora_merge(peft_model *m);
@@ -526,6 +578,7 @@ PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, in
 #include <math.h>
 #include <errno.h>
 #include <assert.h>
+#include <float.h>
 #include <sys/stat.h>
 #if defined(_WIN32)
 #include <direct.h>
@@ -910,6 +963,227 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
     int64_t per_row = (int64_t)N * (K > 0 ? K : 1);
     int64_t min_rows = per_row >= 65536 ? 4 : (65536 / per_row + 4) & ~(int64_t)3;
     peft__parallel_for(M, min_rows, peft__gemm_rows, &a);
+}
+
+/* ============================================================================
+   KERNELS: 4-bit and 8-bit blockwise quantization (bitsandbytes' layout)
+   ============================================================================
+   4-bit: per block of 64, absmax = max|x|; x·(1/absmax) clamped to [−1, 1]
+   goes to the code whose interval (between midpoints of the sorted code)
+   holds it, ties to the lower one; a partial last block divides by its
+   absmax instead. Double quantization: absmax − mean(absmax) in 8 bits with
+   the signed dynamic map, blocks of 256. These follow bitsandbytes' CPU path
+   exactly (tests compare bytes with bnb's output). */
+
+static const float peft__nf4[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f };
+/* bnb's FP4 (1 sign, 2 exponent, 1 mantissa bits), scaled so the largest is 1 */
+static const float peft__fp4[16] = {
+    0.0f, 0x1.555556p-8f, 0x1.555556p-1f, 1.0f, 0x1.555556p-2f, 0.5f, 0x1.555556p-3f, 0.25f,
+    0.0f, -0x1.555556p-8f, -0x1.555556p-1f, -1.0f, -0x1.555556p-2f, -0.5f, -0x1.555556p-3f, -0.25f };
+/* FP4 codes in ascending order, as bnb sorts them (argsort of the table) */
+static const uint8_t peft__fp4_order[16] = { 11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3 };
+/* symmetric Int4: q ∈ [1, 15] means (q − 8)/7 of the block's absmax */
+static const float peft__int4[16] = {
+    -8.0f / 7, -1.0f, -6.0f / 7, -5.0f / 7, -4.0f / 7, -3.0f / 7, -2.0f / 7, -1.0f / 7,
+    0.0f, 1.0f / 7, 2.0f / 7, 3.0f / 7, 4.0f / 7, 5.0f / 7, 6.0f / 7, 1.0f };
+/* bitsandbytes.functional.create_dynamic_map() (signed, 7 exponent bits),
+   dumped from bitsandbytes 0.50.2 */
+static const float peft__dynamic_map[256] = {
+    -0x1.fc66660000000p-1f, -0x1.f533340000000p-1f, -0x1.ee00000000000p-1f, -0x1.e6cccc0000000p-1f,
+    -0x1.df999a0000000p-1f, -0x1.d866660000000p-1f, -0x1.d133340000000p-1f, -0x1.ca00000000000p-1f,
+    -0x1.c2cccc0000000p-1f, -0x1.bb999a0000000p-1f, -0x1.b466660000000p-1f, -0x1.ad33340000000p-1f,
+    -0x1.a600000000000p-1f, -0x1.9ecccc0000000p-1f, -0x1.97999a0000000p-1f, -0x1.9066660000000p-1f,
+    -0x1.8933340000000p-1f, -0x1.8200000000000p-1f, -0x1.7acccc0000000p-1f, -0x1.73999a0000000p-1f,
+    -0x1.6c66680000000p-1f, -0x1.6533340000000p-1f, -0x1.5e00000000000p-1f, -0x1.56cccc0000000p-1f,
+    -0x1.4f999a0000000p-1f, -0x1.4866680000000p-1f, -0x1.4133340000000p-1f, -0x1.3a00000000000p-1f,
+    -0x1.32cccc0000000p-1f, -0x1.2b999a0000000p-1f, -0x1.2466680000000p-1f, -0x1.1d33340000000p-1f,
+    -0x1.1600000000000p-1f, -0x1.0ecccc0000000p-1f, -0x1.0799980000000p-1f, -0x1.0066660000000p-1f,
+    -0x1.f266640000000p-2f, -0x1.e400000000000p-2f, -0x1.d599980000000p-2f, -0x1.c733340000000p-2f,
+    -0x1.b8cccc0000000p-2f, -0x1.aa66660000000p-2f, -0x1.9c00000000000p-2f, -0x1.8d99980000000p-2f,
+    -0x1.7f33340000000p-2f, -0x1.70cccc0000000p-2f, -0x1.6266660000000p-2f, -0x1.5400000000000p-2f,
+    -0x1.4599980000000p-2f, -0x1.3733340000000p-2f, -0x1.28cccc0000000p-2f, -0x1.1a66680000000p-2f,
+    -0x1.0c00000000000p-2f, -0x1.fb33320000000p-3f, -0x1.de66660000000p-3f, -0x1.c1999a0000000p-3f,
+    -0x1.a4cccc0000000p-3f, -0x1.8800000000000p-3f, -0x1.6b33340000000p-3f, -0x1.4e66660000000p-3f,
+    -0x1.31999a0000000p-3f, -0x1.14cccc0000000p-3f, -0x1.f000000000000p-4f, -0x1.b666680000000p-4f,
+    -0x1.93d70a0000000p-4f, -0x1.8851ee0000000p-4f, -0x1.7cccce0000000p-4f, -0x1.7147ae0000000p-4f,
+    -0x1.65c2900000000p-4f, -0x1.5a3d700000000p-4f, -0x1.4eb8540000000p-4f, -0x1.4333340000000p-4f,
+    -0x1.37ae140000000p-4f, -0x1.2c28f60000000p-4f, -0x1.20a3d60000000p-4f, -0x1.151eba0000000p-4f,
+    -0x1.09999a0000000p-4f, -0x1.fc28f60000000p-5f, -0x1.e51eba0000000p-5f, -0x1.ce147a0000000p-5f,
+    -0x1.b70a3e0000000p-5f, -0x1.a000000000000p-5f, -0x1.88f5c20000000p-5f, -0x1.71eb860000000p-5f,
+    -0x1.5ae1460000000p-5f, -0x1.43d70a0000000p-5f, -0x1.2cccce0000000p-5f, -0x1.15c2900000000p-5f,
+    -0x1.fd70a40000000p-6f, -0x1.cf5c2a0000000p-6f, -0x1.a147ae0000000p-6f, -0x1.7333340000000p-6f,
+    -0x1.451eba0000000p-6f, -0x1.170a3e0000000p-6f, -0x1.d1eb860000000p-7f, -0x1.75c2900000000p-7f,
+    -0x1.3e76c80000000p-7f, -0x1.2c08300000000p-7f, -0x1.19999a0000000p-7f, -0x1.072b020000000p-7f,
+    -0x1.e978d40000000p-8f, -0x1.c49ba60000000p-8f, -0x1.9fbe760000000p-8f, -0x1.7ae1480000000p-8f,
+    -0x1.56041a0000000p-8f, -0x1.3126e80000000p-8f, -0x1.0c49ba0000000p-8f, -0x1.ced9140000000p-9f,
+    -0x1.851eb80000000p-9f, -0x1.3b645a0000000p-9f, -0x1.e353f80000000p-10f, -0x1.4fdf3a0000000p-10f,
+    -0x1.eecbfe0000000p-11f, -0x1.b3d07c0000000p-11f, -0x1.78d5000000000p-11f, -0x1.3dd9820000000p-11f,
+    -0x1.02de020000000p-11f, -0x1.8fc5060000000p-12f, -0x1.19ce0a0000000p-12f, -0x1.47ae160000000p-13f,
+    -0x1.743e960000000p-14f, -0x1.15df660000000p-14f, -0x1.6f00680000000p-15f, -0x1.64840c0000000p-16f,
+    -0x1.040bfe0000000p-17f, -0x1.b435280000000p-19f, -0x1.27476e0000000p-21f, 0x0.0p+0f,
+    0x1.27476e0000000p-21f, 0x1.b435280000000p-19f, 0x1.040bfe0000000p-17f, 0x1.64840c0000000p-16f,
+    0x1.6f00680000000p-15f, 0x1.15df660000000p-14f, 0x1.743e960000000p-14f, 0x1.47ae160000000p-13f,
+    0x1.19ce0a0000000p-12f, 0x1.8fc5060000000p-12f, 0x1.02de020000000p-11f, 0x1.3dd9820000000p-11f,
+    0x1.78d5000000000p-11f, 0x1.b3d07c0000000p-11f, 0x1.eecbfe0000000p-11f, 0x1.4fdf3a0000000p-10f,
+    0x1.e353f80000000p-10f, 0x1.3b645a0000000p-9f, 0x1.851eb80000000p-9f, 0x1.ced9140000000p-9f,
+    0x1.0c49ba0000000p-8f, 0x1.3126e80000000p-8f, 0x1.56041a0000000p-8f, 0x1.7ae1480000000p-8f,
+    0x1.9fbe760000000p-8f, 0x1.c49ba60000000p-8f, 0x1.e978d40000000p-8f, 0x1.072b020000000p-7f,
+    0x1.19999a0000000p-7f, 0x1.2c08300000000p-7f, 0x1.3e76c80000000p-7f, 0x1.75c2900000000p-7f,
+    0x1.d1eb860000000p-7f, 0x1.170a3e0000000p-6f, 0x1.451eba0000000p-6f, 0x1.7333340000000p-6f,
+    0x1.a147ae0000000p-6f, 0x1.cf5c2a0000000p-6f, 0x1.fd70a40000000p-6f, 0x1.15c2900000000p-5f,
+    0x1.2cccce0000000p-5f, 0x1.43d70a0000000p-5f, 0x1.5ae1460000000p-5f, 0x1.71eb860000000p-5f,
+    0x1.88f5c20000000p-5f, 0x1.a000000000000p-5f, 0x1.b70a3e0000000p-5f, 0x1.ce147a0000000p-5f,
+    0x1.e51eba0000000p-5f, 0x1.fc28f60000000p-5f, 0x1.09999a0000000p-4f, 0x1.151eba0000000p-4f,
+    0x1.20a3d60000000p-4f, 0x1.2c28f60000000p-4f, 0x1.37ae140000000p-4f, 0x1.4333340000000p-4f,
+    0x1.4eb8540000000p-4f, 0x1.5a3d700000000p-4f, 0x1.65c2900000000p-4f, 0x1.7147ae0000000p-4f,
+    0x1.7cccce0000000p-4f, 0x1.8851ee0000000p-4f, 0x1.93d70a0000000p-4f, 0x1.b666680000000p-4f,
+    0x1.f000000000000p-4f, 0x1.14cccc0000000p-3f, 0x1.31999a0000000p-3f, 0x1.4e66660000000p-3f,
+    0x1.6b33340000000p-3f, 0x1.8800000000000p-3f, 0x1.a4cccc0000000p-3f, 0x1.c1999a0000000p-3f,
+    0x1.de66660000000p-3f, 0x1.fb33320000000p-3f, 0x1.0c00000000000p-2f, 0x1.1a66680000000p-2f,
+    0x1.28cccc0000000p-2f, 0x1.3733340000000p-2f, 0x1.4599980000000p-2f, 0x1.5400000000000p-2f,
+    0x1.6266660000000p-2f, 0x1.70cccc0000000p-2f, 0x1.7f33340000000p-2f, 0x1.8d99980000000p-2f,
+    0x1.9c00000000000p-2f, 0x1.aa66660000000p-2f, 0x1.b8cccc0000000p-2f, 0x1.c733340000000p-2f,
+    0x1.d599980000000p-2f, 0x1.e400000000000p-2f, 0x1.f266640000000p-2f, 0x1.0066660000000p-1f,
+    0x1.0799980000000p-1f, 0x1.0ecccc0000000p-1f, 0x1.1600000000000p-1f, 0x1.1d33340000000p-1f,
+    0x1.2466680000000p-1f, 0x1.2b999a0000000p-1f, 0x1.32cccc0000000p-1f, 0x1.3a00000000000p-1f,
+    0x1.4133340000000p-1f, 0x1.4866680000000p-1f, 0x1.4f999a0000000p-1f, 0x1.56cccc0000000p-1f,
+    0x1.5e00000000000p-1f, 0x1.6533340000000p-1f, 0x1.6c66680000000p-1f, 0x1.73999a0000000p-1f,
+    0x1.7acccc0000000p-1f, 0x1.8200000000000p-1f, 0x1.8933340000000p-1f, 0x1.9066660000000p-1f,
+    0x1.97999a0000000p-1f, 0x1.9ecccc0000000p-1f, 0x1.a600000000000p-1f, 0x1.ad33340000000p-1f,
+    0x1.b466660000000p-1f, 0x1.bb999a0000000p-1f, 0x1.c2cccc0000000p-1f, 0x1.ca00000000000p-1f,
+    0x1.d133340000000p-1f, 0x1.d866660000000p-1f, 0x1.df999a0000000p-1f, 0x1.e6cccc0000000p-1f,
+    0x1.ee00000000000p-1f, 0x1.f533340000000p-1f, 0x1.fc66660000000p-1f, 0x1.0000000000000p+0f,
+};
+
+PEFTDEF const float *peft_q4_code(peft_q4_type t) {
+    return t == PEFT_FP4 ? peft__fp4 : t == PEFT_INT4 ? peft__int4 : peft__nf4;
+}
+PEFTDEF const float *peft_dynamic_map(void) { return peft__dynamic_map; }
+
+/* code index for a value in [−1, 1] */
+static uint8_t peft__q4_index(peft_q4_type t, float x, const float *bounds) {
+    if (t == PEFT_INT4) {
+        float r = x * 7.0f;
+        int q = (int)(r < 0 ? -floorf(-r + 0.5f) : floorf(r + 0.5f));
+        return (uint8_t)(q + 8);
+    }
+    int i = 0;                                   /* bucketize: #bounds < x */
+    while (i < 15 && bounds[i] < x) i++;
+    return t == PEFT_FP4 ? peft__fp4_order[i] : (uint8_t)i;
+}
+
+static void peft__q4_bounds(peft_q4_type t, float *bounds) {
+    for (int i = 0; i < 15; i++) {
+        float a = t == PEFT_FP4 ? peft__fp4[peft__fp4_order[i]] : peft__nf4[i];
+        float b = t == PEFT_FP4 ? peft__fp4[peft__fp4_order[i + 1]] : peft__nf4[i + 1];
+        bounds[i] = (a + b) / 2.0f;
+    }
+}
+
+/* bitsandbytes (CPU) brackets the value in the code with its first entry
+   widened to −1, then moves right when the right neighbour is strictly
+   closer, measuring distances with the unwidened code. Its bracketing uses
+   an approximate bucketed search that, for about 0.1% of values (exact
+   midpoints, and a band near 0), lands one or more codes higher; this
+   implementation brackets exactly, so it can differ from bnb there. */
+PEFTDEF void peft_quantize_blockwise8(const float *x, int64_t n, int blocksize, const float *code,
+                                      uint8_t *q, float *absmax) {
+    for (int64_t b0 = 0; b0 < n; b0 += blocksize) {
+        int64_t b1 = b0 + blocksize < n ? b0 + blocksize : n;
+        float am = -FLT_MAX;
+        for (int64_t i = b0; i < b1; i++) am = fmaxf(am, fabsf(x[i]));
+        absmax[b0 / blocksize] = am;
+        for (int64_t i = b0; i < b1; i++) {
+            float v = x[i] / am;
+            int lo = 0, hi = 255;                 /* largest lo with code'[lo] <= v, code'[0] = −1 */
+            while (lo < hi) {
+                int mid = (lo + hi + 1) / 2;
+                if (code[mid] <= v) lo = mid; else hi = mid - 1;
+            }
+            if (lo < 255 && fabsf(v - code[lo + 1]) < fabsf(v - code[lo])) lo++;
+            q[i] = (uint8_t)lo;
+        }
+    }
+}
+
+PEFTDEF void peft_dequantize_blockwise8(const uint8_t *q, int64_t n, int blocksize, const float *code,
+                                        const float *absmax, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = code[q[i]] * absmax[i / blocksize];
+}
+
+PEFTDEF peft_status peft_q4_quantize(peft_q4 *q, const float *w, int64_t n, peft_q4_type t,
+                                     int double_quant, const float *offset) {
+    memset(q, 0, sizeof *q);
+    q->type = t; q->n = n; q->blocksize = 64; q->nested_blocksize = 256; q->double_quant = double_quant;
+    q->n_blocks = (n + 63) / 64;
+    q->n_nested = (q->n_blocks + 255) / 256;
+    q->packed = (uint8_t *)PEFT_MALLOC((size_t)(n + 1) / 2);
+    float *am = (float *)PEFT_MALLOC(sizeof(float) * (size_t)q->n_blocks);
+    if (!q->packed || !am) { PEFT_FREE(am); peft_q4_free(q); return peft__fail(PEFT_ERR_NOMEM, "no memory for 4-bit storage"); }
+    float bounds[15];
+    peft__q4_bounds(t, bounds);
+    uint8_t pad = peft__q4_index(t, 0.0f, bounds);   /* an odd count pads with a quantized 0 */
+    for (int64_t b = 0; b < q->n_blocks; b++) {
+        int64_t i0 = b * 64, i1 = i0 + 64 < n ? i0 + 64 : n;
+        float mx = 0.0f;
+        for (int64_t i = i0; i < i1; i++) mx = fmaxf(mx, fabsf(w[i]));
+        int full = i1 - i0 == 64;
+        float safe = mx > 1e-38f ? mx : 1e-38f, inv = 1.0f / safe;
+        am[b] = full ? mx : safe;                    /* bnb clamps only the partial block's absmax */
+        for (int64_t i = i0; i < i1; i++) {
+            float s = full ? w[i] * inv : w[i] / safe;
+            s = s < -1.0f ? -1.0f : s > 1.0f ? 1.0f : s;
+            uint8_t c = peft__q4_index(t, s, bounds);
+            if (i % 2 == 0) q->packed[i / 2] = (uint8_t)(c << 4 | pad);
+            else q->packed[i / 2] = (uint8_t)((q->packed[i / 2] & 0xF0) | c);
+        }
+    }
+    if (!double_quant) { q->absmax = am; return PEFT_OK; }
+    double mean = 0.0;
+    for (int64_t b = 0; b < q->n_blocks; b++) mean += am[b];
+    q->offset = offset ? *offset : (float)(mean / (double)q->n_blocks);
+    q->qabsmax = (uint8_t *)PEFT_MALLOC((size_t)q->n_blocks);
+    q->nested_absmax = (float *)PEFT_MALLOC(sizeof(float) * (size_t)q->n_nested);
+    if (!q->qabsmax || !q->nested_absmax) { PEFT_FREE(am); peft_q4_free(q); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    for (int64_t b = 0; b < q->n_blocks; b++) am[b] -= q->offset;
+    peft_quantize_blockwise8(am, q->n_blocks, 256, peft__dynamic_map, q->qabsmax, q->nested_absmax);
+    PEFT_FREE(am);
+    return PEFT_OK;
+}
+
+PEFTDEF float peft_q4_block_scale(const peft_q4 *q, int64_t b) {
+    if (!q->double_quant) return q->absmax[b];
+    return peft__dynamic_map[q->qabsmax[b]] * q->nested_absmax[b / 256] + q->offset;
+}
+
+PEFTDEF void peft_q4_dequantize(const peft_q4 *q, int64_t start, int64_t count, float *out) {
+    const float *code = peft_q4_code(q->type);
+    int64_t i = start, end = start + count;
+    while (i < end) {
+        int64_t b = i / 64, bend = (b + 1) * 64 < end ? (b + 1) * 64 : end;
+        float s = peft_q4_block_scale(q, b);
+        for (; i < bend; i++) {
+            uint8_t byte = q->packed[i / 2];
+            *out++ = code[(i & 1) ? (byte & 0x0F) : (byte >> 4)] * s;
+        }
+    }
+}
+
+PEFTDEF size_t peft_q4_bytes(const peft_q4 *q) {
+    size_t b = (size_t)(q->n + 1) / 2;
+    if (q->double_quant) b += (size_t)q->n_blocks + sizeof(float) * (size_t)q->n_nested + sizeof(float);
+    else b += sizeof(float) * (size_t)q->n_blocks;
+    return b;
+}
+
+PEFTDEF void peft_q4_free(peft_q4 *q) {
+    if (!q) return;
+    PEFT_FREE(q->packed); PEFT_FREE(q->absmax); PEFT_FREE(q->qabsmax); PEFT_FREE(q->nested_absmax);
+    memset(q, 0, sizeof *q);
 }
 
 /* ============================================================================
@@ -1514,6 +1788,48 @@ PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *
     return peft_attention_ex(g, q, k, v, B, T, H, KV, hd, NULL);
 }
 
+/* ---- 4-bit linear ----------------------------------------------------------------
+   y = x·Wᵀ,  dx += dy·W     with W [out, in] in 4-bit storage (frozen).
+   Each product walks W a tile of rows at a time: the tile is dequantized
+   into an arena buffer of ~64K floats and multiplied at once, so neither
+   pass ever holds an fp32 copy of W.                                        */
+static int peft__q4_tile_rows(int out, int in) {
+    int r = 65536 / (in > 0 ? in : 1);
+    return r < 1 ? 1 : r > out ? out : r;
+}
+static void peft__q4_linear_bw(peft_graph *g, peft__node *n) {
+    peft_tensor *x = n->in[0];
+    const peft_q4 *W = (const peft_q4 *)n->aux;
+    int N = (int)peft__rows(x), out = n->i[0], in = n->i[1], tr = peft__q4_tile_rows(out, in);
+    float *buf = peft__arena_floats(g, (int64_t)tr * in, 0);
+    if (!buf) { g->failed = 1; return; }
+    for (int o0 = 0; o0 < out; o0 += tr) {
+        int rows = out - o0 < tr ? out - o0 : tr;
+        peft_q4_dequantize(W, (int64_t)o0 * in, (int64_t)rows * in, buf);
+        peft_gemm(0, 0, N, in, rows, n->out->grad + o0, out, buf, in, 1.0f, x->grad, in);
+    }
+}
+PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, int out, int in) {
+    if (!peft__ok(g, x, W)) return NULL;
+    if (peft__cols(x) != in || W->n != (int64_t)out * in)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "q4_linear: input width or 4-bit weight size disagree");
+    int N = (int)peft__rows(x), tr = peft__q4_tile_rows(out, in);
+    int64_t shape[PEFT_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out;
+    peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
+    float *buf = y ? peft__arena_floats(g, (int64_t)tr * in, 0) : NULL;
+    if (!buf) return NULL;
+    for (int o0 = 0; o0 < out; o0 += tr) {
+        int rows = out - o0 < tr ? out - o0 : tr;
+        peft_q4_dequantize(W, (int64_t)o0 * in, (int64_t)rows * in, buf);
+        peft_gemm(0, 1, N, rows, in, x->data, in, buf, in, 0.0f, y->data + o0, out);
+    }
+    peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
+    if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; }
+    return y;
+}
+
 /* ---- LoRA linear ---------------------------------------------------------------
    y = x·Wᵀ + s·(x̃·Aᵀ)·Bᵀ,   x̃ = x ⊙ mask/(1−p) (dropout on the LoRA branch)
    u = x̃·Aᵀ [N,r] is kept;  du = s·dy·B,  dB += s·dyᵀ·u,  dA += duᵀ·x̃,
@@ -1521,7 +1837,7 @@ PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *
    memory is O(N·r), which is the whole point of LoRA.                      */
 static void peft__lora_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0], *W = n->in[1], *A = n->in[2], *Bm = n->in[3];
-    int N = n->i[0], in = n->i[1], out = n->i[2], r = n->i[3];
+    int N = n->i[0], in = n->i[1], out = n->i[2], r = n->i[3];   /* W may be NULL: LoRA term only */
     float s = n->f[0];
     const float *dy = n->out->grad, *u = n->saved, *mf = (const float *)n->aux;
     float *du = peft__arena_floats(g, (int64_t)N * r, 0);
@@ -1541,9 +1857,9 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
         xd = xt;
     }
     if (A->requires_grad) peft_gemm(1, 0, r, in, N, du, r, xd, in, 1.0f, A->grad, in);
-    if (W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
+    if (W && W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
     if (x->requires_grad) {
-        peft_gemm(0, 0, N, in, out, dy, out, W->data, in, 1.0f, x->grad, in);
+        if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, 1.0f, x->grad, in);
         if (mf) {                                                        /* through dropout */
             peft_gemm(0, 0, N, in, r, du, r, A->data, in, 0.0f, xt, in);
             for (int64_t j = 0; j < (int64_t)N * in; j++) x->grad[j] += xt[j] * mf[j];
@@ -1552,9 +1868,10 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
 }
 PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
                                       peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
-    if (!peft__ok(g, x, W) || !A || !Bm) return NULL;
-    int N = (int)peft__rows(x), in = (int)W->shape[1], out = (int)W->shape[0], r = (int)A->shape[0];
-    if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r)
+    if (!peft__ok(g, x, A) || !Bm) return NULL;
+    int N = (int)peft__rows(x), in = (int)A->shape[1], out = (int)Bm->shape[0], r = (int)A->shape[0];
+    if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r ||
+        (W && (W->shape[0] != out || W->shape[1] != in)))
         return peft__op_fail(g, PEFT_ERR_SHAPE, "lora_linear: shapes of x, W [out,in], A [r,in], B [out,r] disagree");
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
@@ -1577,7 +1894,8 @@ PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor
         xd = xt;
     }
     peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ */
-    peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ    */
+    if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ */
+    else memset(y->data, 0, sizeof(float) * (size_t)N * out);
     peft_gemm(0, 1, N, out, r, u, r, Bm->data, r, 0.0f, v, out);                   /* u·Bᵀ    */
     for (int64_t j = 0; j < (int64_t)N * out; j++) y->data[j] += s * v[j];
     peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
@@ -1995,6 +2313,18 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
         s = peft__fail(PEFT_ERR_CONFIG, "%s: tie_word_embeddings must be true or false", path);
         goto done;
     }
+    const peft_json *qc = peft_json_get(j, "quantization_config");
+    if (qc && qc->type == PEFT_JSON_OBJECT) {
+        const char *qm = peft__json_str(qc, "quant_method"), *qt = peft__json_str(qc, "bnb_4bit_quant_type");
+        const peft_json *l4 = peft_json_get(qc, "load_in_4bit"), *dq = peft_json_get(qc, "bnb_4bit_use_double_quant");
+        if (!qm || strcmp(qm, "bitsandbytes") != 0 || !l4 || l4->number == 0 || !qt || (strcmp(qt, "nf4") && strcmp(qt, "fp4"))) {
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: quantization_config is supported only for bitsandbytes 4-bit nf4/fp4", path);
+            goto done;
+        }
+        c->q4 = 1;
+        c->q4_type = strcmp(qt, "fp4") == 0 ? PEFT_FP4 : PEFT_NF4;
+        c->q4_double = dq && dq->number != 0;
+    }
     s = peft__parse_rope(c, peft_json_get(j, "rope_scaling"), path);
     if (s == PEFT_OK) s = peft__parse_rope(c, peft_json_get(j, "rope_parameters"), path);
     if (s == PEFT_OK) s = peft_config_validate(c, path);
@@ -2120,6 +2450,11 @@ PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset,
 
 PEFTDEF void peft_model_free(peft_model *m) {
     if (!m) return;
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            peft_q4_free(m->layers[l].lin[s].q4);
+            PEFT_FREE(m->layers[l].lin[s].q4);
+        }
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
     for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
     PEFT_FREE(m->params);
@@ -2426,9 +2761,14 @@ static const char *peft__site_module(int s) { return s <= PEFT_O ? "self_attn" :
 /* ---- the forward at a linear site: base, then what is attached ---------------- */
 static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x) {
     peft_tensor *y;
-    if (s->lora_A && !m->lora_merged)
-        y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout,
-                             m->training ? &m->rng : NULL);
+    peft_rng *drop = m->training ? &m->rng : NULL;
+    if (s->q4) {                               /* QLoRA: 4-bit base + LoRA term */
+        int out = (int)s->w->shape[0], in = (int)s->w->shape[1];
+        y = peft_q4_linear(g, x, s->q4, out, in);
+        if (s->lora_A) y = peft_add(g, y, peft_lora_linear(g, x, NULL, s->lora_A, s->lora_B, s->lora_scale,
+                                                           m->method.lora_dropout, drop));
+    } else if (s->lora_A && !m->lora_merged)
+        y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop);
     else y = peft_linear(g, x, s->w);
     if (s->bias) y = peft_bias_scale(g, y, s->bias, s->scale);
     return y;
@@ -2513,6 +2853,9 @@ static peft_status peft__lora_fold(peft_model *m, float sign) {
     return PEFT_OK;
 }
 PEFTDEF peft_status peft_lora_merge(peft_model *m) {
+    if (m->cfg.q4)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
+                          "(merge into the full-precision base instead)");
     if (m->method.kind != PEFT_LORA) return peft__fail(PEFT_ERR_ARG, "merge: no LoRA adapter is attached");
     if (m->lora_merged) return PEFT_OK;
     peft_status s = peft__lora_fold(m, 1.0f);
@@ -2655,6 +2998,54 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
     return PEFT_OK;
 }
 
+/* ============================================================================
+   QLoRA — Dettmers et al. 2023 (arXiv 2305.14314)
+       Y = X·dequant(c₁, c₂, W_NF4)ᵀ + s·X·Aᵀ·Bᵀ
+       dequant(c₁, c₂, W) = c(W) · (c₂[c₁] + offset)     (double quantization)
+   The frozen base lives in NF4 (4 bits + one 8-bit absmax per 64 + one fp32
+   per 64·256 = 4.127 bits per parameter); LoRA trains in fp32 on every
+   linear (r 64, alpha 16 by default). The 4-bit product dequantizes a tile
+   of rows at a time (peft_q4_linear), and the gradient flows to X through
+   the same tiles, never to W. Storage and codes: see KERNELS above.
+   ============================================================================ */
+PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            peft_linear_site *S = &m->layers[l].lin[s];
+            if (S->q4) continue;
+            S->q4 = (peft_q4 *)peft__calloc(sizeof(peft_q4));
+            if (!S->q4) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+            peft_status st = peft_q4_quantize(S->q4, S->w->data, S->w->n, t, double_quant, NULL);
+            if (st != PEFT_OK) return st;
+            peft_param_set_trainable(S->w, 0);
+            PEFT_FREE(S->w->data);                      /* the fp32 copy is gone for good */
+            S->w->data = NULL;
+        }
+    m->cfg.q4 = 1;
+    m->cfg.q4_type = t;
+    m->cfg.q4_double = double_quant;
+    return PEFT_OK;
+}
+
+PEFTDEF double peft_model_linear_bits(const peft_model *m) {
+    double bytes = 0, n = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            const peft_linear_site *S = &m->layers[l].lin[s];
+            bytes += S->q4 ? (double)peft_q4_bytes(S->q4) : 4.0 * (double)S->w->n;
+            n += (double)S->w->n;
+        }
+    return n > 0 ? 8.0 * bytes / n : 0.0;
+}
+
+static peft_status peft__attach_qlora(peft_model *m, const peft_method *cfg) {
+    if (!m->cfg.q4) {
+        peft_status s = peft_model_quantize(m, PEFT_NF4, 1);
+        if (s != PEFT_OK) return s;
+    }
+    return peft__attach_lora(m, cfg);
+}
+
 PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
     if (m->method.kind != PEFT_FULL || m->n_extra)
         return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another", peft_method_name(m->method.kind));
@@ -2673,6 +3064,7 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
     case PEFT_ADAPTER_V1: s = peft__attach_prompts(m, cfg); break;
     case PEFT_ADAPTER_V2: s = peft__attach_v2(m, cfg); break;
     case PEFT_EXCITOR: s = peft__attach_excitor(m, cfg); break;
+    case PEFT_QLORA: s = peft__attach_qlora(m, cfg); break;
     default: s = peft__fail(PEFT_ERR_UNSUPPORTED, "method %s is not available in this build yet", peft_method_name(cfg->kind));
     }
     m->method = *cfg;
@@ -3478,6 +3870,14 @@ static peft_status peft__load_param(const peft_safetensors *st, const peft_st_en
     return peft_st_read_f32(st, e, p->data, p->n);
 }
 
+static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S, const peft_config *c);
+
+static peft_linear_site *peft__site_of(peft_model *m, const peft_tensor *p) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < PEFT_N_SITES; k++) if (m->layers[l].lin[k].w == p) return &m->layers[l].lin[k];
+    return NULL;
+}
+
 /* Which file holds each parameter: one model.safetensors, or the shards named
    by model.safetensors.index.json's weight_map. */
 static peft_status peft__load_weights(peft_model *m, const char *dir) {
@@ -3517,8 +3917,10 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
         s = peft_st_open(&st, path);
         for (int k = i; k < n && s == PEFT_OK; k++) {
             if (!file_of[k] || strcmp(file_of[k], file_of[i]) != 0) continue;
+            peft_linear_site *site = m->cfg.q4 ? peft__site_of(m, m->params[k]) : NULL;
             const peft_st_entry *e = peft_st_find(&st, m->params[k]->name);
-            if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, m->params[k]->name);
+            if (site) s = peft__load_q4(&st, site, &m->cfg);
+            else if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, m->params[k]->name);
             else s = peft__load_param(&st, e, m->params[k]);
         }
         if (st.file) peft_st_close(&st);
@@ -3568,8 +3970,159 @@ static void peft__config_json(peft__sb *b, const peft_config *c) {
     peft__sbf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"float32\"\n}\n", c->bos_id, c->eos_id);
 }
 
+/* ---- 4-bit model folders (transformers + bitsandbytes layout) ---------------------
+   Each block linear W becomes: W (U8 packed [n/2, 1]), W.absmax (U8 with double
+   quantization, else F32), W.quant_map (F32 [16]), W.nested_absmax,
+   W.nested_quant_map (F32 [256]) and W.quant_state.bitsandbytes__nf4 (the
+   quant state as JSON bytes); config.json gains quantization_config. */
+static const char *peft__q4_name(peft_q4_type t) { return t == PEFT_FP4 ? "fp4" : t == PEFT_INT4 ? "int4" : "nf4"; }
+
+PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *dir) {
+    if (!m->cfg.q4) return peft__fail(PEFT_ERR_ARG, "%s: the model is not quantized", dir);
+    if (m->cfg.q4_type == PEFT_INT4)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: int4 has no bitsandbytes layout (nf4 and fp4 do)", dir);
+    peft_status s = peft__mkdir(dir);
+    if (s != PEFT_OK) return s;
+    char path[1024];
+    peft__sb b = { 0, 0, 0, 0 };
+    peft__config_json(&b, &m->cfg);
+    if (b.n >= 3) b.n -= 3;                           /* reopen the object: drop "\n}\n" */
+    peft__sbf(&b, ",\n  \"quantization_config\": {\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, "
+              "\"load_in_8bit\": false, \"bnb_4bit_quant_type\": \"%s\", \"bnb_4bit_use_double_quant\": %s, "
+              "\"bnb_4bit_compute_dtype\": \"float32\", \"bnb_4bit_quant_storage\": \"uint8\", "
+              "\"llm_int8_skip_modules\": null, \"llm_int8_threshold\": 6.0, \"llm_int8_has_fp16_weight\": false, "
+              "\"llm_int8_enable_fp32_cpu_offload\": false}\n}\n",
+              peft__q4_name(m->cfg.q4_type), m->cfg.q4_double ? "true" : "false");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    s = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
+    PEFT_FREE(b.s);
+    if (s != PEFT_OK) return s;
+    int cap = m->n_params * 6;
+    peft_st_write_item *items = (peft_st_write_item *)peft__calloc((size_t)cap * sizeof *items);
+    char **names = (char **)peft__calloc((size_t)cap * sizeof *names);
+    char **states = (char **)peft__calloc((size_t)m->n_params * sizeof *states);
+    int n = 0, ns = 0;
+    if (!items || !names || !states) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+    for (int i = 0; i < m->n_params; i++) {
+        const peft_tensor *p = m->params[i];
+        const peft_q4 *q = NULL;
+        for (int l = 0; l < m->cfg.n_layers && !q; l++)
+            for (int k = 0; k < PEFT_N_SITES; k++) if (m->layers[l].lin[k].w == p) q = m->layers[l].lin[k].q4;
+        if (!q) {
+            items[n].name = p->name; items[n].dtype = PEFT_DT_F32; items[n].ndim = p->ndim;
+            memcpy(items[n].shape, p->shape, sizeof p->shape); items[n].data = p->data;
+            n++;
+            continue;
+        }
+        const char *suffix[5] = { "", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map" };
+        for (int k = 0; k < (q->double_quant ? 5 : 3); k++) {
+            size_t len = strlen(p->name) + 64;
+            names[n] = (char *)PEFT_MALLOC(len);
+            if (!names[n]) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+            snprintf(names[n], len, "%s%s", p->name, suffix[k]);
+            items[n].name = names[n];
+            items[n].ndim = 1;
+            switch (k) {
+            case 0: items[n].dtype = PEFT_DT_U8; items[n].ndim = 2; items[n].shape[0] = (q->n + 1) / 2; items[n].shape[1] = 1; items[n].data = q->packed; break;
+            case 1: items[n].dtype = q->double_quant ? PEFT_DT_U8 : PEFT_DT_F32; items[n].shape[0] = q->n_blocks;
+                    items[n].data = q->double_quant ? (const void *)q->qabsmax : (const void *)q->absmax; break;
+            case 2: items[n].dtype = PEFT_DT_F32; items[n].shape[0] = 16; items[n].data = peft_q4_code(q->type); break;
+            case 3: items[n].dtype = PEFT_DT_F32; items[n].shape[0] = q->n_nested; items[n].data = q->nested_absmax; break;
+            case 4: items[n].dtype = PEFT_DT_F32; items[n].shape[0] = 256; items[n].data = peft_dynamic_map(); break;
+            }
+            n++;
+        }
+        peft__sb js = { 0, 0, 0, 0 };
+        peft__sbf(&js, "{\"quant_type\": \"%s\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [%lld, %lld]",
+                  peft__q4_name(q->type), (long long)p->shape[0], (long long)p->shape[1]);
+        if (q->double_quant)
+            peft__sbf(&js, ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": %.17g", (double)q->offset);
+        peft__sbf(&js, "}");
+        if (js.oom) { PEFT_FREE(js.s); s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        states[ns] = js.s;
+        size_t len = strlen(p->name) + 64;
+        names[n] = (char *)PEFT_MALLOC(len);
+        if (!names[n]) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        snprintf(names[n], len, "%s.quant_state.bitsandbytes__%s", p->name, peft__q4_name(q->type));
+        items[n].name = names[n]; items[n].dtype = PEFT_DT_U8; items[n].ndim = 1;
+        items[n].shape[0] = (int64_t)js.n; items[n].data = states[ns++];
+        n++;
+    }
+    {
+        const char *meta[2] = { "format", "pt" };
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        s = peft_st_write(path, items, n, meta, 1);
+    }
+done:
+    if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
+    if (states) for (int i = 0; i < m->n_params; i++) PEFT_FREE(states[i]);
+    PEFT_FREE(names); PEFT_FREE(states); PEFT_FREE(items);
+    return s;
+}
+
+/* Reads one 4-bit linear from a bnb folder into a site, checking every piece. */
+static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S, const peft_config *c) {
+    const char *name = S->w->name, *path = st->path;
+    char key[400];
+    const peft_st_entry *e;
+    peft_q4 *q = (peft_q4 *)peft__calloc(sizeof *q);
+    if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    S->q4 = q;                                         /* freed with the model on any error */
+    q->type = c->q4_type; q->double_quant = c->q4_double; q->n = S->w->n;
+    q->blocksize = 64; q->nested_blocksize = 256;
+    q->n_blocks = (q->n + 63) / 64; q->n_nested = (q->n_blocks + 255) / 256;
+#define PEFT__Q4_PIECE(suffix, dt, bytes) \
+    (snprintf(key, sizeof key, "%s%s", name, suffix), (e = peft_st_find(st, key)) != NULL && e->dtype == (dt) && e->nbytes == (size_t)(bytes))
+    if (!PEFT__Q4_PIECE("", PEFT_DT_U8, (q->n + 1) / 2))
+        return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld packed bytes", path, key, (long long)((q->n + 1) / 2));
+    q->packed = (uint8_t *)PEFT_MALLOC(e->nbytes);
+    if (!q->packed) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    memcpy(q->packed, st->data + e->offset, e->nbytes);
+    if (!PEFT__Q4_PIECE(".quant_map", PEFT_DT_F32, 64) || memcmp(st->data + e->offset, peft_q4_code(q->type), 64) != 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: '%s' is missing or is not the %s code", path, key, peft__q4_name(q->type));
+    if (q->double_quant) {
+        if (!PEFT__Q4_PIECE(".absmax", PEFT_DT_U8, q->n_blocks))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld bytes", path, key, (long long)q->n_blocks);
+        q->qabsmax = (uint8_t *)PEFT_MALLOC((size_t)q->n_blocks);
+        q->nested_absmax = (float *)PEFT_MALLOC(sizeof(float) * (size_t)q->n_nested);
+        if (!q->qabsmax || !q->nested_absmax) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+        memcpy(q->qabsmax, st->data + e->offset, (size_t)q->n_blocks);
+        if (!PEFT__Q4_PIECE(".nested_absmax", PEFT_DT_F32, 4 * q->n_nested))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or has the wrong size", path, key);
+        peft_st_read_f32(st, e, q->nested_absmax, q->n_nested);
+        if (!PEFT__Q4_PIECE(".nested_quant_map", PEFT_DT_F32, 1024) || memcmp(st->data + e->offset, peft_dynamic_map(), 1024) != 0)
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: '%s' is missing or is not bitsandbytes' dynamic map", path, key);
+    } else {
+        if (!PEFT__Q4_PIECE(".absmax", PEFT_DT_F32, 4 * q->n_blocks))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or has the wrong size", path, key);
+        q->absmax = (float *)PEFT_MALLOC(sizeof(float) * (size_t)q->n_blocks);
+        if (!q->absmax) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+        peft_st_read_f32(st, e, q->absmax, q->n_blocks);
+    }
+    snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__%s", name, peft__q4_name(q->type));
+    e = peft_st_find(st, key);
+    if (!e || e->dtype != PEFT_DT_U8) return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing", path, key);
+    peft_json *js;
+    peft_status s = peft_json_parse(&js, (const char *)st->data + e->offset, e->nbytes, key);
+    if (s != PEFT_OK) return s;
+    const peft_json *shape = peft_json_get(js, "shape"), *bs = peft_json_get(js, "blocksize"), *off = peft_json_get(js, "nested_offset");
+    if (!shape || shape->n_children != 2 || shape->child->number != (double)S->w->shape[0] ||
+        shape->child->next->number != (double)S->w->shape[1] || !bs || bs->number != 64)
+        s = peft__fail(PEFT_ERR_SHAPE, "%s: quant state of '%s' disagrees with config.json (shape or blocksize 64)", path, name);
+    else if (q->double_quant && (!off || off->type != PEFT_JSON_NUMBER))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: quant state of '%s' has no nested_offset", path, name);
+    else if (q->double_quant) q->offset = (float)off->number;
+    peft_json_free(js);
+    if (s != PEFT_OK) return s;
+    PEFT_FREE(S->w->data);
+    S->w->data = NULL;
+#undef PEFT__Q4_PIECE
+    return PEFT_OK;
+}
+
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
     char path[1024];
+    if (m->cfg.q4) return peft_model_save_quantized(m, dir);
     peft_status s = peft__mkdir(dir);
     if (s != PEFT_OK) return s;
     peft__sb b = { 0, 0, 0, 0 };
@@ -3604,7 +4157,7 @@ PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
    written in the same layout with their own peft_type and keys. */
 static const char *peft__adapter_type(const peft_method *m) {
     switch (m->kind) {
-    case PEFT_LORA: return "LORA";
+    case PEFT_LORA: case PEFT_QLORA: return "LORA";
     case PEFT_ADAPTER_V1: return m->adapter_peft_gate ? "ADAPTION_PROMPT" : "LLAMA_ADAPTER_V1";
     case PEFT_ADAPTER_V2: return "LLAMA_ADAPTER_V2";
     case PEFT_EXCITOR: return "LLAMA_EXCITOR";
@@ -3618,7 +4171,7 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
     peft__sbf(b, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ", peft__adapter_type(x));
     peft__sb_jstr(b, base);
     peft__sbf(b, ",\n  \"inference_mode\": true,\n  \"revision\": null");
-    if (x->kind == PEFT_LORA) {
+    if (x->kind == PEFT_LORA || x->kind == PEFT_QLORA) {
         peft__sbf(b, ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  \"target_modules\": [",
                   x->lora_r, x->lora_alpha, x->lora_dropout);
         int first = 1;
