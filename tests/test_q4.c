@@ -171,3 +171,97 @@ TEST(test_fd_q4_linear) {
     peft_q4_free(&q);
     free(wf); free(wd);
 }
+
+/* Folders written by `peft quantize` load in transformers + bitsandbytes with
+   the same weights (tools/ref/check_bnb_folder.py recorded transformers'
+   logits); peft.h must reproduce those logits from the same folder. */
+TEST(test_bnb_folders_match_transformers) {
+    const char *names[] = { "q4_nf4_dq", "q4_fp4" };
+    char base[512];
+    snprintf(base, sizeof base, "%s/llama_w64/ref.safetensors", th_fixtures());
+    float *tf; long nt;
+    REQUIRE(th_read_ref(base, "tokens", &tf, &nt), "tokens");
+    int tok[64];
+    for (long i = 0; i < nt; i++) tok[i] = (int)tf[i];
+    for (int k = 0; k < 2; k++) {
+        char dir[512], path[700];
+        snprintf(dir, sizeof dir, "%s/%s", th_fixtures(), names[k]);
+        snprintf(path, sizeof path, "%s/result.json", dir);
+        peft_json *j;
+        REQUIRE_OK(peft_json_load(&j, path));
+        const peft_json *ok = peft_json_get(j, "ok");
+        CHECK(ok && ok->number == 1, "%s: transformers did not load it with identical weights", names[k]);
+        peft_json_free(j);
+        peft_model *m;
+        REQUIRE_OK(peft_model_load(&m, dir));
+        CHECK(m->cfg.q4 && m->layers[0].lin[PEFT_Q].q4 && !m->layers[0].lin[PEFT_Q].w->data, "%s: loaded as 4-bit", names[k]);
+        double bits = peft_model_linear_bits(m);
+        CHECK(k == 0 ? bits < 4.2 : fabs(bits - 4.5) < 1e-9, "%s: %.4f bits per linear parameter", names[k], bits);
+        snprintf(path, sizeof path, "%s/bnb_logits.safetensors", dir);
+        float *ref; long n;
+        REQUIRE(th_read_ref(path, "logits", &ref, &n), "logits");
+        peft_graph *g = peft_graph_new();
+        peft_tensor *lg = peft_model_forward(m, g, tok, 2, (int)(nt / 2));
+        REQUIRE(lg && lg->n == n, "forward: %s", peft_last_error());
+        double e = th_rel_err_f(lg->data, ref, n);
+        CHECK(e < 1e-4, "%s: logits vs transformers+bitsandbytes rel err %.3g", names[k], e);
+        /* writing it again gives the same bytes */
+        char again[512];
+        snprintf(again, sizeof again, "%s/%s_again", th_tmpdir(), names[k]);
+        REQUIRE_OK(peft_model_save(m, again));
+        unsigned char *a, *b; size_t na, nb;
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        REQUIRE_OK(peft_read_file(path, &a, &na));
+        snprintf(path, sizeof path, "%s/model.safetensors", again);
+        REQUIRE_OK(peft_read_file(path, &b, &nb));
+        CHECK(na == nb && memcmp(a, b, na) == 0, "%s: re-saving changes the file", names[k]);
+        free(a); free(b); free(ref);
+        peft_graph_free(g);
+        peft_model_free(m);
+    }
+    free(tf);
+}
+
+/* QLoRA: at init the adapted model is the 4-bit base bit for bit; trained
+   on the same data and seed it tracks fp32 LoRA closely. */
+TEST(test_qlora_zero_init_and_vs_lora) {
+    char base[512];
+    snprintf(base, sizeof base, "%s/llama_w64", th_fixtures());
+    peft_model *q0, *q, *l;
+    REQUIRE_OK(peft_model_load(&q0, base));
+    REQUIRE_OK(peft_model_quantize(q0, PEFT_NF4, 1));
+    REQUIRE_OK(peft_model_load(&q, base));
+    REQUIRE_OK(peft_model_load(&l, base));
+    peft_method mq = peft_method_defaults(PEFT_QLORA), ml = peft_method_defaults(PEFT_LORA);
+    mq.lora_r = ml.lora_r = 8; mq.lora_alpha = ml.lora_alpha = 16; mq.lora_dropout = 0;
+    ml.lora_targets = mq.lora_targets;
+    mq.seed = ml.seed = 3;
+    REQUIRE_OK(peft_attach(q, &mq));
+    REQUIRE_OK(peft_attach(l, &ml));
+    CHECK(peft_model_trainable_count(q) == peft_model_trainable_count(l), "same LoRA parameters");
+    int tok[4 * 16], tgt[4 * 16];
+    for (int i = 0; i < 64; i++) { tok[i] = (i * 7) % 64; tgt[i] = (tok[i] * 3 + 1) % 64; }
+    peft_graph *g0 = peft_graph_new(), *g1 = peft_graph_new();
+    peft_tensor *a = peft_model_forward(q0, g0, tok, 4, 16), *b = peft_model_forward(q, g1, tok, 4, 16);
+    REQUIRE(a && b, "forward");
+    CHECK(memcmp(a->data, b->data, sizeof(float) * a->n) == 0, "QLoRA at init differs from its 4-bit base");
+    peft_trainer_opts o = peft_trainer_defaults();
+    o.lr = 5e-3f;
+    peft_trainer *tq = peft_trainer_new(q, &o), *tl = peft_trainer_new(l, &o);
+    float lq = 0, ll = 0, first = 0, x;
+    for (int s = 0; s < 40; s++) {
+        REQUIRE_OK(peft_trainer_step(tq, tok, tgt, 4, 16, &x));
+        if (s == 0) first = x;
+        if (s >= 35) lq += x / 5;
+        REQUIRE_OK(peft_trainer_step(tl, tok, tgt, 4, 16, &x));
+        if (s >= 35) ll += x / 5;
+    }
+    /* the base differs by NF4's rounding only: the final losses must agree
+       to within 10% of the starting loss, and both must have learned */
+    CHECK(fabsf(lq - ll) < 0.1f * first, "QLoRA %.4f vs LoRA %.4f (start %.4f)", lq, ll, first);
+    CHECK(lq < 0.6f * first && ll < 0.6f * first, "both learn: %.3f, %.3f from %.3f", lq, ll, first);
+    CHECK(peft_lora_merge(q) == PEFT_ERR_UNSUPPORTED, "merging into a 4-bit base is refused");
+    peft_trainer_free(tq); peft_trainer_free(tl);
+    peft_graph_free(g0); peft_graph_free(g1);
+    peft_model_free(q0); peft_model_free(q); peft_model_free(l);
+}
