@@ -421,15 +421,39 @@ PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *to
 
 /* -------------------------------------------------------------- optimizer */
 typedef struct {
-    float lr, beta1, beta2, eps, weight_decay;
+    float   lr, beta1, beta2, eps, weight_decay;
+    /* Paged optimizer (bitsandbytes' paged_adamw, emulated on the CPU): state
+       lives in pages of a file-backed mapping; at most budget_bytes stay
+       resident, older pages are evicted (unmapped: RSS drops) and brought
+       back when their tensor is updated, the next tensor prefetched. */
+    int     paged;
+    size_t  budget_bytes;            /* resident budget (0 = 64 MiB)          */
+    size_t  page_bytes;              /* page size (0 = 64 KiB)                */
+    int64_t paged_min_elems;         /* smaller tensors stay in RAM (bnb: 1e5) */
+    /* 8-bit blockwise states (bitsandbytes' scheme): m with the signed and v
+       with the unsigned dynamic map, blocks of 256; tensors below
+       state8_min_elems (bnb: 4096) keep fp32 states. */
+    int     state_8bit;
+    int64_t state8_min_elems;
 } peft_adamw_opts;
+
+typedef struct {
+    long   pages_evicted, pages_loaded;
+    size_t bytes_moved, peak_resident, resident, state_bytes;
+} peft_pager_stats;
+
+typedef struct peft__pager peft__pager;
 
 typedef struct {
     peft_adamw_opts o;
     peft_tensor **params;
     int           n;
-    float       **m, **v;
+    float       **m, **v;            /* fp32 states (RAM or pages); NULL for 8-bit */
+    uint8_t     **qm, **qv;          /* 8-bit states                               */
+    float       **am, **av;          /* their per-256 absmax                       */
     int64_t       t;
+    peft__pager  *pager;
+    peft_pager_stats stats;
 } peft_adamw;
 
 PEFTDEF peft_adamw_opts peft_adamw_defaults(void);     /* torch's defaults */
@@ -437,6 +461,10 @@ PEFTDEF peft_status peft_adamw_init(peft_adamw *opt, peft_tensor **params, int n
                                     const peft_adamw_opts *o);
 PEFTDEF void        peft_adamw_step(peft_adamw *opt, float lr);
 PEFTDEF void        peft_adamw_free(peft_adamw *opt);
+/* Bytes the optimizer state occupies (fp32, 8-bit or paged, whatever is used). */
+PEFTDEF size_t      peft_adamw_state_bytes(const peft_adamw *opt);
+/* Peak resident set size of this process in bytes (Linux; 0 elsewhere). */
+PEFTDEF size_t      peft_peak_rss(void);
 PEFTDEF void        peft_zero_grad(peft_tensor **params, int n);
 /* Scales gradients so their global L2 norm is at most max_norm; returns the
    norm before clipping (computed in double). NaN/Inf norms are returned as is. */
@@ -455,6 +483,8 @@ typedef struct {
     float lr, min_lr, beta1, beta2, eps, weight_decay, max_grad_norm;
     int   warmup_steps, total_steps, grad_accum;
     peft_sched_kind schedule;
+    int   paged_optim, optim_8bit;     /* see peft_adamw_opts                 */
+    size_t optim_budget_bytes;
 } peft_trainer_opts;
 
 typedef struct peft_trainer {
@@ -1157,7 +1187,10 @@ PEFTDEF peft_status peft_q4_quantize(peft_q4 *q, const float *w, int64_t n, peft
 
 PEFTDEF float peft_q4_block_scale(const peft_q4 *q, int64_t b) {
     if (!q->double_quant) return q->absmax[b];
-    return peft__dynamic_map[q->qabsmax[b]] * q->nested_absmax[b / 256] + q->offset;
+    /* two roundings, as bnb (torch) does: a separate statement keeps compilers
+       that contract within expressions (clang's default) from fusing an FMA */
+    float scaled = peft__dynamic_map[q->qabsmax[b]] * q->nested_absmax[b / 256];
+    return scaled + q->offset;
 }
 
 PEFTDEF void peft_q4_dequantize(const peft_q4 *q, int64_t start, int64_t count, float *out) {
@@ -3081,58 +3114,351 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
    Scalars are formed in double as Python does, then applied in fp32.      */
 
 PEFTDEF peft_adamw_opts peft_adamw_defaults(void) {
-    peft_adamw_opts o = { 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f };
+    peft_adamw_opts o;
+    memset(&o, 0, sizeof o);
+    o.lr = 1e-3f; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f; o.weight_decay = 0.01f;
+    o.paged_min_elems = 100000; o.state8_min_elems = 4096;
     return o;
 }
+
+/* ---- the pager: optimizer state in a file-backed mapping --------------------------
+   The CPU picture of bnb's unified-memory paging: a "device" budget of
+   resident pages, a "host" store (the file) that evicted pages go back to.
+   Eviction unmaps a page (madvise DONTNEED on a shared file mapping: the data
+   stays in the file, the process's RSS drops); touching it again faults it
+   in. Pages are evicted oldest first. */
+#if (defined(__unix__) || defined(__APPLE__)) && !defined(PEFT_NO_MMAP)
+#include <sys/mman.h>
+#include <fcntl.h>
+#define PEFT__HAVE_MMAP 1
+#if defined(__linux__)
+/* madvise proper (posix_madvise's DONTNEED is a no-op in glibc), hidden by
+   strict feature macros; the values are Linux's */
+extern int madvise(void *addr, size_t len, int advice);
+#ifndef MADV_WILLNEED
+#define MADV_WILLNEED 3
+#endif
+#ifndef MADV_DONTNEED
+#define MADV_DONTNEED 4
+#endif
+#define peft__madvise madvise
+#else
+#define peft__madvise posix_madvise
+#define MADV_WILLNEED POSIX_MADV_WILLNEED
+#define MADV_DONTNEED POSIX_MADV_DONTNEED
+#endif
+#endif
+
+struct peft__pager {
+    unsigned char *base;
+    size_t   bytes, page, budget, n_pages;
+    uint8_t *resident;
+    size_t  *fifo;                      /* ring of resident page indices   */
+    size_t   head, count;
+};
+
+static void peft__pager_free(peft__pager *p) {
+    if (!p) return;
+#ifdef PEFT__HAVE_MMAP
+    if (p->base) munmap(p->base, p->bytes);
+#endif
+    PEFT_FREE(p->resident);
+    PEFT_FREE(p->fifo);
+    PEFT_FREE(p);
+}
+
+static peft__pager *peft__pager_new(size_t bytes, size_t page, size_t budget) {
+#ifdef PEFT__HAVE_MMAP
+    peft__pager *p = (peft__pager *)peft__calloc(sizeof *p);
+    if (!p) return NULL;
+    p->page = page;
+    p->bytes = (bytes + page - 1) / page * page;
+    p->n_pages = p->bytes / page;
+    p->budget = budget < page ? page : budget;
+    const char *dir = getenv("TMPDIR");
+    char path[512];
+    snprintf(path, sizeof path, "%s/peft-optim-XXXXXX", dir && *dir ? dir : "/tmp");
+    extern int mkstemp(char *);
+    int fd = mkstemp(path);
+    if (fd < 0) { peft__fail(PEFT_ERR_IO, "%s: cannot create the paged optimizer store: %s", path, strerror(errno)); PEFT_FREE(p); return NULL; }
+    unlink(path);                                   /* gone when the process ends */
+    extern int ftruncate(int, off_t);
+    if (ftruncate(fd, (off_t)p->bytes) != 0) {
+        peft__fail(PEFT_ERR_IO, "paged optimizer store: cannot size %zu bytes: %s", p->bytes, strerror(errno));
+        close(fd); PEFT_FREE(p); return NULL;
+    }
+    p->base = (unsigned char *)mmap(NULL, p->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    p->resident = (uint8_t *)peft__calloc(p->n_pages);
+    p->fifo = (size_t *)PEFT_MALLOC(sizeof(size_t) * p->n_pages);
+    if (p->base == MAP_FAILED || !p->resident || !p->fifo) {
+        if (p->base == MAP_FAILED) p->base = NULL;
+        peft__pager_free(p);
+        peft__fail(PEFT_ERR_NOMEM, "paged optimizer store: mapping %zu bytes failed", bytes);
+        return NULL;
+    }
+    return p;
+#else
+    (void)bytes; (void)page; (void)budget;
+    peft__fail(PEFT_ERR_UNSUPPORTED, "paged optimizer needs mmap (POSIX)");
+    return NULL;
+#endif
+}
+
+/* Makes [ptr, ptr+len) resident within the budget; evicts oldest pages. */
+static void peft__pager_touch(peft__pager *p, const void *ptr, size_t len, peft_pager_stats *st) {
+    size_t first = (size_t)((const unsigned char *)ptr - p->base) / p->page;
+    size_t last = (size_t)((const unsigned char *)ptr + len - 1 - p->base) / p->page;
+    for (size_t pg = first; pg <= last; pg++) {
+        if (p->resident[pg]) continue;
+        while ((p->count + 1) * p->page > p->budget && p->count > 0) {
+            size_t victim = p->fifo[p->head];
+            p->head = (p->head + 1) % p->n_pages;
+            p->count--;
+            p->resident[victim] = 0;
+#ifdef PEFT__HAVE_MMAP
+            peft__madvise(p->base + victim * p->page, p->page, MADV_DONTNEED);
+#endif
+            st->pages_evicted++;
+            st->bytes_moved += p->page;
+        }
+        p->fifo[(p->head + p->count) % p->n_pages] = pg;
+        p->count++;
+        p->resident[pg] = 1;
+        st->pages_loaded++;
+        st->bytes_moved += p->page;
+    }
+    st->resident = p->count * p->page;
+    if (st->resident > st->peak_resident) st->peak_resident = st->resident;
+}
+
+static void peft__pager_prefetch(peft__pager *p, const void *ptr, size_t len) {
+#ifdef PEFT__HAVE_MMAP
+    uintptr_t a = (uintptr_t)ptr & ~(uintptr_t)(p->page - 1);
+    peft__madvise((void *)a, len + ((uintptr_t)ptr - a), MADV_WILLNEED);
+#else
+    (void)p; (void)ptr; (void)len;
+#endif
+}
+
+static int peft__is_paged(const peft_adamw *opt, int i) {
+    return opt->pager && opt->m[i] && (unsigned char *)opt->m[i] >= opt->pager->base &&
+           (unsigned char *)opt->m[i] < opt->pager->base + opt->pager->bytes;
+}
+
+static const float peft__udynamic_map[256] = {
+    0x0.0p+0f, 0x1.5cf7540000000p-22f, 0x1.a013300000000p-21f, 0x1.1d36700000000p-19f,
+    0x1.2599ec0000000p-18f, 0x1.bc98a20000000p-18f, 0x1.29cbaa0000000p-17f, 0x1.0624dc0000000p-16f,
+    0x1.c2e3400000000p-16f, 0x1.3fd0d00000000p-15f, 0x1.9e30000000000p-15f, 0x1.fc8f340000000p-15f,
+    0x1.2d77320000000p-14f, 0x1.5ca6c80000000p-14f, 0x1.8bd6620000000p-14f, 0x1.0cb2960000000p-13f,
+    0x1.82a9940000000p-13f, 0x1.f8a0920000000p-13f, 0x1.374bc80000000p-12f, 0x1.7247440000000p-12f,
+    0x1.ad42c60000000p-12f, 0x1.e83e440000000p-12f, 0x1.119ce20000000p-11f, 0x1.2f1aa00000000p-11f,
+    0x1.4c98600000000p-11f, 0x1.6a16200000000p-11f, 0x1.8793de0000000p-11f, 0x1.a511a00000000p-11f,
+    0x1.c28f5e0000000p-11f, 0x1.e00d1c0000000p-11f, 0x1.fd8adc0000000p-11f, 0x1.2b020c0000000p-10f,
+    0x1.74bc6a0000000p-10f, 0x1.be76c80000000p-10f, 0x1.0418940000000p-9f, 0x1.28f5c20000000p-9f,
+    0x1.4dd2f00000000p-9f, 0x1.72b0200000000p-9f, 0x1.978d4e0000000p-9f, 0x1.bc6a800000000p-9f,
+    0x1.e147ae0000000p-9f, 0x1.03126e0000000p-8f, 0x1.1581040000000p-8f, 0x1.27ef9e0000000p-8f,
+    0x1.3a5e340000000p-8f, 0x1.4ccccc0000000p-8f, 0x1.5f3b640000000p-8f, 0x1.71a9fa0000000p-8f,
+    0x1.8418940000000p-8f, 0x1.96872a0000000p-8f, 0x1.a8f5c20000000p-8f, 0x1.bb645c0000000p-8f,
+    0x1.cdd2f00000000p-8f, 0x1.e0418a0000000p-8f, 0x1.f2b01e0000000p-8f, 0x1.028f5c0000000p-7f,
+    0x1.0bc6a80000000p-7f, 0x1.14fdf20000000p-7f, 0x1.1e35400000000p-7f, 0x1.276c8a0000000p-7f,
+    0x1.30a3d60000000p-7f, 0x1.39db240000000p-7f, 0x1.43126e0000000p-7f, 0x1.5eb8540000000p-7f,
+    0x1.8cccce0000000p-7f, 0x1.bae1460000000p-7f, 0x1.e8f5c40000000p-7f, 0x1.0b851e0000000p-6f,
+    0x1.228f5e0000000p-6f, 0x1.39999a0000000p-6f, 0x1.50a3d60000000p-6f, 0x1.67ae160000000p-6f,
+    0x1.7eb8520000000p-6f, 0x1.95c28e0000000p-6f, 0x1.acccce0000000p-6f, 0x1.c3d70e0000000p-6f,
+    0x1.dae1460000000p-6f, 0x1.f1eb860000000p-6f, 0x1.047ae00000000p-5f, 0x1.1000000000000p-5f,
+    0x1.1b851e0000000p-5f, 0x1.270a3e0000000p-5f, 0x1.328f5e0000000p-5f, 0x1.3e147a0000000p-5f,
+    0x1.49999a0000000p-5f, 0x1.551eb80000000p-5f, 0x1.60a3d60000000p-5f, 0x1.6c28f60000000p-5f,
+    0x1.77ae140000000p-5f, 0x1.8333340000000p-5f, 0x1.8eb8500000000p-5f, 0x1.9a3d700000000p-5f,
+    0x1.a5c28e0000000p-5f, 0x1.b147ae0000000p-5f, 0x1.bcccce0000000p-5f, 0x1.c851ee0000000p-5f,
+    0x1.d3d70e0000000p-5f, 0x1.df5c2a0000000p-5f, 0x1.eae1460000000p-5f, 0x1.f666660000000p-5f,
+    0x1.00f5c40000000p-4f, 0x1.06b8540000000p-4f, 0x1.0c7ae20000000p-4f, 0x1.123d700000000p-4f,
+    0x1.1800000000000p-4f, 0x1.1dc2900000000p-4f, 0x1.2385200000000p-4f, 0x1.2947ae0000000p-4f,
+    0x1.2f0a3e0000000p-4f, 0x1.34ccce0000000p-4f, 0x1.3a8f5e0000000p-4f, 0x1.4051ec0000000p-4f,
+    0x1.46147c0000000p-4f, 0x1.4bd70a0000000p-4f, 0x1.51999a0000000p-4f, 0x1.575c2a0000000p-4f,
+    0x1.5d1eb80000000p-4f, 0x1.62e1480000000p-4f, 0x1.68a3d60000000p-4f, 0x1.6e66660000000p-4f,
+    0x1.7428f60000000p-4f, 0x1.79eb860000000p-4f, 0x1.7fae160000000p-4f, 0x1.8570a40000000p-4f,
+    0x1.8b33340000000p-4f, 0x1.90f5c40000000p-4f, 0x1.96b8520000000p-4f, 0x1.a800000000000p-4f,
+    0x1.c4cccc0000000p-4f, 0x1.e1999a0000000p-4f, 0x1.fe66660000000p-4f, 0x1.0d99980000000p-3f,
+    0x1.1c00000000000p-3f, 0x1.2a66680000000p-3f, 0x1.38cccc0000000p-3f, 0x1.4733340000000p-3f,
+    0x1.5599980000000p-3f, 0x1.6400000000000p-3f, 0x1.7266680000000p-3f, 0x1.80cccc0000000p-3f,
+    0x1.8f33340000000p-3f, 0x1.9d99980000000p-3f, 0x1.ac00000000000p-3f, 0x1.ba66680000000p-3f,
+    0x1.c8cccc0000000p-3f, 0x1.d733340000000p-3f, 0x1.e599980000000p-3f, 0x1.f400000000000p-3f,
+    0x1.0133320000000p-2f, 0x1.0866660000000p-2f, 0x1.0f999a0000000p-2f, 0x1.16cccc0000000p-2f,
+    0x1.1e00000000000p-2f, 0x1.2533340000000p-2f, 0x1.2c66660000000p-2f, 0x1.3399980000000p-2f,
+    0x1.3acccc0000000p-2f, 0x1.4200000000000p-2f, 0x1.4933340000000p-2f, 0x1.5066660000000p-2f,
+    0x1.5799980000000p-2f, 0x1.5ecccc0000000p-2f, 0x1.6600000000000p-2f, 0x1.6d33340000000p-2f,
+    0x1.7466660000000p-2f, 0x1.7b99980000000p-2f, 0x1.82cccc0000000p-2f, 0x1.8a00000000000p-2f,
+    0x1.9133340000000p-2f, 0x1.9866660000000p-2f, 0x1.9f99980000000p-2f, 0x1.a6cccc0000000p-2f,
+    0x1.ae00000000000p-2f, 0x1.b533340000000p-2f, 0x1.bc66660000000p-2f, 0x1.c399980000000p-2f,
+    0x1.cacccc0000000p-2f, 0x1.d200000000000p-2f, 0x1.d933340000000p-2f, 0x1.e066660000000p-2f,
+    0x1.e799980000000p-2f, 0x1.eecccc0000000p-2f, 0x1.f600000000000p-2f, 0x1.fd33320000000p-2f,
+    0x1.0233340000000p-1f, 0x1.05cccc0000000p-1f, 0x1.0966660000000p-1f, 0x1.0d00000000000p-1f,
+    0x1.1099980000000p-1f, 0x1.1433340000000p-1f, 0x1.17cccc0000000p-1f, 0x1.1b66680000000p-1f,
+    0x1.1f00000000000p-1f, 0x1.22999a0000000p-1f, 0x1.2633340000000p-1f, 0x1.29cccc0000000p-1f,
+    0x1.2d66680000000p-1f, 0x1.3100000000000p-1f, 0x1.34999a0000000p-1f, 0x1.3833340000000p-1f,
+    0x1.3bcccc0000000p-1f, 0x1.3f66680000000p-1f, 0x1.4300000000000p-1f, 0x1.46999a0000000p-1f,
+    0x1.4a33340000000p-1f, 0x1.4dcccc0000000p-1f, 0x1.5166680000000p-1f, 0x1.5500000000000p-1f,
+    0x1.58999a0000000p-1f, 0x1.5c33340000000p-1f, 0x1.5fcccc0000000p-1f, 0x1.6366680000000p-1f,
+    0x1.6700000000000p-1f, 0x1.6a999a0000000p-1f, 0x1.6e33340000000p-1f, 0x1.71cccc0000000p-1f,
+    0x1.7566680000000p-1f, 0x1.7900000000000p-1f, 0x1.7c999a0000000p-1f, 0x1.8033340000000p-1f,
+    0x1.83cccc0000000p-1f, 0x1.8766680000000p-1f, 0x1.8b00000000000p-1f, 0x1.8e99980000000p-1f,
+    0x1.9233340000000p-1f, 0x1.95cccc0000000p-1f, 0x1.9966680000000p-1f, 0x1.9d00000000000p-1f,
+    0x1.a099980000000p-1f, 0x1.a433340000000p-1f, 0x1.a7cccc0000000p-1f, 0x1.ab66680000000p-1f,
+    0x1.af00000000000p-1f, 0x1.b299980000000p-1f, 0x1.b633340000000p-1f, 0x1.b9cccc0000000p-1f,
+    0x1.bd66680000000p-1f, 0x1.c100000000000p-1f, 0x1.c499980000000p-1f, 0x1.c833340000000p-1f,
+    0x1.cbcccc0000000p-1f, 0x1.cf66680000000p-1f, 0x1.d300000000000p-1f, 0x1.d699980000000p-1f,
+    0x1.da33340000000p-1f, 0x1.ddcccc0000000p-1f, 0x1.e166680000000p-1f, 0x1.e500000000000p-1f,
+    0x1.e899980000000p-1f, 0x1.ec33340000000p-1f, 0x1.efcccc0000000p-1f, 0x1.f366680000000p-1f,
+    0x1.f700000000000p-1f, 0x1.fa99980000000p-1f, 0x1.fe33340000000p-1f, 0x1.0000000000000p+0f,
+};
 
 PEFTDEF peft_status peft_adamw_init(peft_adamw *opt, peft_tensor **params, int n, const peft_adamw_opts *o) {
     memset(opt, 0, sizeof *opt);
     opt->o = o ? *o : peft_adamw_defaults();
+    if (!opt->o.page_bytes) opt->o.page_bytes = 64 * 1024;
+    if (!opt->o.budget_bytes) opt->o.budget_bytes = 64u << 20;
     opt->n = n;
-    opt->params = (peft_tensor **)peft__calloc((size_t)(n ? n : 1) * sizeof(peft_tensor *));
-    opt->m = (float **)peft__calloc((size_t)(n ? n : 1) * sizeof(float *));
-    opt->v = (float **)peft__calloc((size_t)(n ? n : 1) * sizeof(float *));
-    if (!opt->params || !opt->m || !opt->v) { peft_adamw_free(opt); return peft__fail(PEFT_ERR_NOMEM, "no memory for AdamW"); }
+    size_t k = (size_t)(n ? n : 1);
+    opt->params = (peft_tensor **)peft__calloc(k * sizeof(peft_tensor *));
+    opt->m = (float **)peft__calloc(k * sizeof(float *));
+    opt->v = (float **)peft__calloc(k * sizeof(float *));
+    opt->qm = (uint8_t **)peft__calloc(k * sizeof(uint8_t *));
+    opt->qv = (uint8_t **)peft__calloc(k * sizeof(uint8_t *));
+    opt->am = (float **)peft__calloc(k * sizeof(float *));
+    opt->av = (float **)peft__calloc(k * sizeof(float *));
+    if (!opt->params || !opt->m || !opt->v || !opt->qm || !opt->qv || !opt->am || !opt->av) goto oom;
+    size_t page = opt->o.page_bytes, paged_bytes = 0;
     for (int i = 0; i < n; i++) {
         opt->params[i] = params[i];
-        opt->m[i] = (float *)peft__calloc((size_t)params[i]->n * sizeof(float));
-        opt->v[i] = (float *)peft__calloc((size_t)params[i]->n * sizeof(float));
-        if (!opt->m[i] || !opt->v[i]) { peft_adamw_free(opt); return peft__fail(PEFT_ERR_NOMEM, "no memory for AdamW state"); }
+        if (opt->o.paged && params[i]->n >= opt->o.paged_min_elems)
+            paged_bytes += 2 * ((sizeof(float) * (size_t)params[i]->n + page - 1) / page * page);
     }
+    if (paged_bytes) {
+        opt->pager = peft__pager_new(paged_bytes, page, opt->o.budget_bytes);
+        if (!opt->pager) { peft_status s = PEFT_ERR_IO; peft_adamw_free(opt); return s; }
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t ne = params[i]->n;
+        size_t sz = sizeof(float) * (size_t)ne, span = (sz + page - 1) / page * page;
+        if (opt->pager && ne >= opt->o.paged_min_elems) {
+            opt->m[i] = (float *)(opt->pager->base + off);
+            opt->v[i] = (float *)(opt->pager->base + off + span);
+            off += 2 * span;
+        } else if (opt->o.state_8bit && ne >= opt->o.state8_min_elems) {
+            int64_t nb = (ne + 255) / 256;
+            opt->qm[i] = (uint8_t *)PEFT_MALLOC((size_t)ne);
+            opt->qv[i] = (uint8_t *)PEFT_MALLOC((size_t)ne);
+            opt->am[i] = (float *)peft__calloc(sizeof(float) * (size_t)nb);
+            opt->av[i] = (float *)peft__calloc(sizeof(float) * (size_t)nb);
+            if (!opt->qm[i] || !opt->qv[i] || !opt->am[i] || !opt->av[i]) goto oom;
+            /* zero states: the code nearest 0 in each map, absmax 0 */
+            memset(opt->qm[i], 127, (size_t)ne);
+            memset(opt->qv[i], 0, (size_t)ne);
+        } else {
+            opt->m[i] = (float *)peft__calloc(sz);
+            opt->v[i] = (float *)peft__calloc(sz);
+            if (!opt->m[i] || !opt->v[i]) goto oom;
+        }
+    }
+    opt->stats.state_bytes = peft_adamw_state_bytes(opt);
     return PEFT_OK;
+oom:
+    peft_adamw_free(opt);
+    return peft__fail(PEFT_ERR_NOMEM, "no memory for AdamW state");
+}
+
+/* One AdamW update of n elements (torch's order; scalars precomputed). */
+typedef struct { float decay, w1, b2, w2, step_size, bc2_sqrt, eps; } peft__adam_k;
+
+static void peft__adam_update(const peft__adam_k *k, float *w, const float *g, float *m, float *v, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        w[j] *= k->decay;
+        m[j] += k->w1 * (g[j] - m[j]);
+        v[j] = k->b2 * v[j] + k->w2 * g[j] * g[j];
+        float denom = sqrtf(v[j]) / k->bc2_sqrt + k->eps;
+        w[j] += -k->step_size * (m[j] / denom);
+    }
 }
 
 PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
     opt->t++;
     double b1 = opt->o.beta1, b2 = opt->o.beta2;
-    float decay = (float)(1.0 - (double)lr * opt->o.weight_decay);
-    float w1 = (float)(1.0 - b1), fb2 = opt->o.beta2, w2 = (float)(1.0 - b2);
-    float step_size = (float)((double)lr / (1.0 - pow(b1, (double)opt->t)));
-    float bc2_sqrt = (float)sqrt(1.0 - pow(b2, (double)opt->t));
-    float eps = opt->o.eps;
+    peft__adam_k k;
+    k.decay = (float)(1.0 - (double)lr * opt->o.weight_decay);
+    k.w1 = (float)(1.0 - b1); k.b2 = opt->o.beta2; k.w2 = (float)(1.0 - b2);
+    k.step_size = (float)((double)lr / (1.0 - pow(b1, (double)opt->t)));
+    k.bc2_sqrt = (float)sqrt(1.0 - pow(b2, (double)opt->t));
+    k.eps = opt->o.eps;
     for (int i = 0; i < opt->n; i++) {
         peft_tensor *p = opt->params[i];
-        float *m = opt->m[i], *v = opt->v[i], *g = p->grad, *w = p->data;
-        if (!g) continue;
-        for (int64_t j = 0; j < p->n; j++) {
-            w[j] *= decay;
-            m[j] += w1 * (g[j] - m[j]);
-            v[j] = fb2 * v[j] + w2 * g[j] * g[j];
-            float denom = sqrtf(v[j]) / bc2_sqrt + eps;
-            w[j] += -step_size * (m[j] / denom);
+        if (!p->grad) continue;
+        if (opt->qm[i]) {                       /* 8-bit: dequantize a block, update, requantize */
+            float mb[256], vb[256];
+            for (int64_t b0 = 0; b0 < p->n; b0 += 256) {
+                int64_t len = p->n - b0 < 256 ? p->n - b0 : 256, blk = b0 / 256;
+                peft_dequantize_blockwise8(opt->qm[i] + b0, len, 256, peft__dynamic_map, opt->am[i] + blk, mb);
+                peft_dequantize_blockwise8(opt->qv[i] + b0, len, 256, peft__udynamic_map, opt->av[i] + blk, vb);
+                peft__adam_update(&k, p->data + b0, p->grad + b0, mb, vb, len);
+                peft_quantize_blockwise8(mb, len, 256, peft__dynamic_map, opt->qm[i] + b0, opt->am[i] + blk);
+                peft_quantize_blockwise8(vb, len, 256, peft__udynamic_map, opt->qv[i] + b0, opt->av[i] + blk);
+            }
+            continue;
+        }
+        if (!peft__is_paged(opt, i)) { peft__adam_update(&k, p->data, p->grad, opt->m[i], opt->v[i], p->n); continue; }
+        /* paged: prefetch the next paged tensor, then walk this one a page at a time */
+        for (int j = i + 1; j < opt->n; j++)
+            if (peft__is_paged(opt, j)) {
+                peft__pager_prefetch(opt->pager, opt->m[j], 2 * sizeof(float) * (size_t)opt->params[j]->n);
+                break;
+            }
+        int64_t chunk = (int64_t)(opt->pager->page / sizeof(float));
+        for (int64_t j0 = 0; j0 < p->n; j0 += chunk) {
+            int64_t len = p->n - j0 < chunk ? p->n - j0 : chunk;
+            peft__pager_touch(opt->pager, opt->m[i] + j0, sizeof(float) * (size_t)len, &opt->stats);
+            peft__pager_touch(opt->pager, opt->v[i] + j0, sizeof(float) * (size_t)len, &opt->stats);
+            peft__adam_update(&k, p->data + j0, p->grad + j0, opt->m[i] + j0, opt->v[i] + j0, len);
         }
     }
 }
 
+PEFTDEF size_t peft_adamw_state_bytes(const peft_adamw *opt) {
+    size_t b = 0;
+    for (int i = 0; i < opt->n; i++) {
+        size_t ne = (size_t)opt->params[i]->n;
+        if (opt->qm && opt->qm[i]) b += 2 * ne + 2 * sizeof(float) * ((ne + 255) / 256);
+        else b += 2 * sizeof(float) * ne;
+    }
+    return b;
+}
+
 PEFTDEF void peft_adamw_free(peft_adamw *opt) {
     for (int i = 0; i < opt->n; i++) {
-        if (opt->m) PEFT_FREE(opt->m[i]);
-        if (opt->v) PEFT_FREE(opt->v[i]);
+        int paged = opt->m && peft__is_paged(opt, i);
+        if (opt->m && !paged) PEFT_FREE(opt->m[i]);
+        if (opt->v && !paged) PEFT_FREE(opt->v[i]);
+        if (opt->qm) PEFT_FREE(opt->qm[i]);
+        if (opt->qv) PEFT_FREE(opt->qv[i]);
+        if (opt->am) PEFT_FREE(opt->am[i]);
+        if (opt->av) PEFT_FREE(opt->av[i]);
     }
-    PEFT_FREE(opt->m);
-    PEFT_FREE(opt->v);
+    peft__pager_free(opt->pager);
+    PEFT_FREE(opt->m); PEFT_FREE(opt->v); PEFT_FREE(opt->qm); PEFT_FREE(opt->qv);
+    PEFT_FREE(opt->am); PEFT_FREE(opt->av);
     PEFT_FREE(opt->params);
     memset(opt, 0, sizeof *opt);
+}
+
+PEFTDEF size_t peft_peak_rss(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) { kb = (size_t)strtoull(line + 6, NULL, 10); break; }
+    fclose(f);
+    return kb * 1024;
 }
 
 PEFTDEF void peft_zero_grad(peft_tensor **params, int n) {
@@ -3194,7 +3520,10 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
     tr->graph = peft_graph_new();
     peft_tensor **tp;
     int n = peft_model_trainable(m, &tp);
-    peft_adamw_opts ao = { tr->o.lr, tr->o.beta1, tr->o.beta2, tr->o.eps, tr->o.weight_decay };
+    peft_adamw_opts ao = peft_adamw_defaults();
+    ao.lr = tr->o.lr; ao.beta1 = tr->o.beta1; ao.beta2 = tr->o.beta2; ao.eps = tr->o.eps;
+    ao.weight_decay = tr->o.weight_decay;
+    ao.paged = tr->o.paged_optim; ao.budget_bytes = tr->o.optim_budget_bytes; ao.state_8bit = tr->o.optim_8bit;
     if (!tr->graph || !tp || peft_adamw_init(&tr->opt, tp, n, &ao) != PEFT_OK) {
         PEFT_FREE(tp);
         peft_trainer_free(tr);

@@ -28,8 +28,8 @@ TEST(test_cli) {
     CHECK(run(out, sizeof out, "info --preset llama-7b") == 0 && strstr(out, "6,738,415,616"), "info llama-7b: %s", out);
     CHECK(run(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "24,736"), "info folder: %s", out);
     CHECK(run(out, sizeof out, "info --preset nope") == 1 && strstr(out, "nope"), "unknown preset: %s", out);
-    const char *cmds[] = { "info", "logits", "train" };
-    for (int i = 0; i < 3; i++)
+    const char *cmds[] = { "info", "logits", "train", "merge", "quantize", "bench" };
+    for (int i = 0; i < 6; i++)
         CHECK(run(out, sizeof out, "%s --help", cmds[i]) == 0 && strstr(out, "usage: peft"), "%s --help", cmds[i]);
     CHECK(run(out, sizeof out, "frobnicate") == 2, "unknown command exits 2");
     CHECK(run(out, sizeof out, "train --preset tiny --data x --bogus 1") == 2, "unknown flag exits 2");
@@ -102,6 +102,19 @@ TEST(test_cli) {
         CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5, "merged model logits differ from adapter logits");
         free(d1); free(d2);
     } else CHECK(0, "logits files missing");
+    /* bench: QLoRA's bits per frozen parameter, and paged AdamW's memory */
+    CHECK(run(out, sizeof out, "bench --preset stories15m --method qlora --batch 1 --seq 8 --steps 1") == 0 &&
+          strstr(out, "bits/frozen lin  4.127"), "bench qlora: %s", out);
+    double rss[2] = { 0, 0 };
+    const char *optims[2] = { "adamw", "paged --optim-budget-mb 4" };
+    for (int k = 0; k < 2; k++) {
+        CHECK(run(out, sizeof out, "bench --preset stories15m --method full --batch 1 --seq 8 --steps 1 --optim %s", optims[k]) == 0,
+              "bench %s: %s", optims[k], out);
+        const char *p = strstr(out, "peak RSS MB");
+        rss[k] = p ? atof(p + 11) : 0;
+    }
+    /* the 116 MB of fp32 AdamW state mostly leaves RSS when paged */
+    CHECK(rss[0] > 0 && rss[1] > 0 && rss[1] < rss[0] - 50, "peak RSS: plain %.1f MB, paged %.1f MB", rss[0], rss[1]);
     CHECK(run(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
           strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
     CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
