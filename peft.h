@@ -894,10 +894,15 @@ PEFTDEF void peft_param_free(peft_tensor *p) {
    KERNELS: matrix multiply
    ============================================================================
    Training needs three shapes: y = x·Wᵀ (forward), dx = dy·W, dW = dyᵀ·x.
-   All are C = beta*C + op(A)·op(B). The blocked kernel below turns each into
-   row updates C[i, j-tile] += a(i,k) * P[k, j-tile], where P is B itself (no
-   transpose) or a transposed copy of a B tile (packed on the stack), so the
-   innermost loop is a unit-stride axpy the compiler vectorises. */
+   All are C = beta*C + op(A)·op(B). The blocked kernel packs a KC×NC panel
+   of op(B) into NR-wide column strips and an MC×KC block of op(A) into
+   MR-high row strips (zero-padded at the edges, transposes resolved while
+   packing), then a register-tiled micro-kernel accumulates MR×NR of C over
+   KC in vector registers. Vectors are GCC/Clang vector extensions, so one
+   source compiles to AVX-512 (MR 12 × NR 32), AVX2/NEON (6 × 16) or SSE;
+   peft_gemm_ref is the portable scalar reference the tests compare with.
+   Work is split over blocks of rows of C: each element is produced by one
+   thread in a fixed order, so results do not depend on the thread count. */
 
 PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
                            const float *A, int lda, const float *B, int ldb,
@@ -915,84 +920,175 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
         }
 }
 
-#define PEFT__GEMM_KB 128
-#define PEFT__GEMM_NB 256
+#if defined(__AVX512F__)
+#define PEFT__VW 16
+#define PEFT__MR 12
+#else
+#define PEFT__VW 8
+#define PEFT__MR 6
+#endif
+#define PEFT__NR (2 * PEFT__VW)
+#define PEFT__KC 256
+#define PEFT__MC (PEFT__MR * 8)
+#define PEFT__NC 1024
+
+#if defined(__GNUC__)
+typedef float peft__vf __attribute__((vector_size(4 * PEFT__VW)));
+static peft__vf peft__vload(const float *p) { peft__vf v; memcpy(&v, p, sizeof v); return v; }
+static void peft__vstore(float *p, peft__vf v) { memcpy(p, &v, sizeof v); }
+
+/* C[mr×nr] += Ap (kc×MR strip) · Bp (kc×NR strip) */
+static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr) {
+    peft__vf z = { 0 };
+#define PEFT__ACC(i) peft__vf c##i##a = z, c##i##b = z;
+#define PEFT__FMA(i) { peft__vf a = z + Ap[i]; c##i##a += a * b0; c##i##b += a * b1; }
+    PEFT__ACC(0) PEFT__ACC(1) PEFT__ACC(2) PEFT__ACC(3) PEFT__ACC(4) PEFT__ACC(5)
+#if PEFT__MR == 12
+    PEFT__ACC(6) PEFT__ACC(7) PEFT__ACC(8) PEFT__ACC(9) PEFT__ACC(10) PEFT__ACC(11)
+#endif
+    for (int k = 0; k < kc; k++, Ap += PEFT__MR, Bp += PEFT__NR) {
+        peft__vf b0 = peft__vload(Bp), b1 = peft__vload(Bp + PEFT__VW);
+        PEFT__FMA(0) PEFT__FMA(1) PEFT__FMA(2) PEFT__FMA(3) PEFT__FMA(4) PEFT__FMA(5)
+#if PEFT__MR == 12
+        PEFT__FMA(6) PEFT__FMA(7) PEFT__FMA(8) PEFT__FMA(9) PEFT__FMA(10) PEFT__FMA(11)
+#endif
+    }
+    float tile[PEFT__MR * PEFT__NR];
+#define PEFT__PUT(i) peft__vstore(tile + (i) * PEFT__NR, c##i##a); peft__vstore(tile + (i) * PEFT__NR + PEFT__VW, c##i##b);
+    PEFT__PUT(0) PEFT__PUT(1) PEFT__PUT(2) PEFT__PUT(3) PEFT__PUT(4) PEFT__PUT(5)
+#if PEFT__MR == 12
+    PEFT__PUT(6) PEFT__PUT(7) PEFT__PUT(8) PEFT__PUT(9) PEFT__PUT(10) PEFT__PUT(11)
+#endif
+#undef PEFT__ACC
+#undef PEFT__FMA
+#undef PEFT__PUT
+    for (int i = 0; i < mr; i++) {
+        float *c = C + (size_t)i * ldc;
+        const float *t = tile + i * PEFT__NR;
+        if (nr == PEFT__NR) {
+            peft__vstore(c, peft__vload(c) + peft__vload(t));
+            peft__vstore(c + PEFT__VW, peft__vload(c + PEFT__VW) + peft__vload(t + PEFT__VW));
+        } else for (int j = 0; j < nr; j++) c[j] += t[j];
+    }
+}
+#else
+static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr) {
+    float tile[PEFT__MR * PEFT__NR] = { 0 };
+    for (int k = 0; k < kc; k++, Ap += PEFT__MR, Bp += PEFT__NR)
+        for (int i = 0; i < PEFT__MR; i++)
+            for (int j = 0; j < PEFT__NR; j++) tile[i * PEFT__NR + j] += Ap[i] * Bp[j];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) C[(size_t)i * ldc + j] += tile[i * PEFT__NR + j];
+}
+#endif
+
+/* Per-thread packing buffers, grown once and then reused (no allocation
+   per call after the first of a given size). */
+static PEFT__TLS float *peft__pack_a, *peft__pack_b;
+static PEFT__TLS size_t peft__pack_a_cap, peft__pack_b_cap;
+
+static float *peft__pack_buf(float **buf, size_t *cap, size_t n) {
+    if (n > *cap) {
+        PEFT_FREE(*buf);
+        *buf = (float *)PEFT_MALLOC(n * sizeof(float) + 64);
+        *cap = *buf ? n : 0;
+    }
+    return *buf;
+}
 
 typedef struct {
-    int tA, tB, M, N, K, lda, ldb, ldc;
+    int tA, tB, M, N, K, lda, ldb, ldc, pc, kc, jc, nc;
     const float *A, *B;
-    float beta, *C;
+    float *C;
+    const float *Bp;
 } peft__gemm_args;
 
-static void peft__gemm_rows(void *vctx, int64_t m0, int64_t m1) {
-    const peft__gemm_args *g = (const peft__gemm_args *)vctx;
-    float pack[PEFT__GEMM_KB * PEFT__GEMM_NB];
-    for (int64_t i = m0; i < m1; i++) {
-        float *c = g->C + (size_t)i * g->ldc;
-        if (g->beta == 0.0f) memset(c, 0, sizeof(float) * (size_t)g->N);
-        else if (g->beta != 1.0f) for (int j = 0; j < g->N; j++) c[j] *= g->beta;
+static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
+    for (int i0 = 0; i0 < mc; i0 += PEFT__MR, Ap += (size_t)PEFT__MR * g->kc) {
+        int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
+        for (int k = 0; k < g->kc; k++) {
+            float *dst = Ap + (size_t)k * PEFT__MR;
+            int kk = g->pc + k;
+            for (int i = 0; i < mr; i++) {
+                int ii = ic + i0 + i;
+                dst[i] = g->tA ? g->A[(size_t)kk * g->lda + ii] : g->A[(size_t)ii * g->lda + kk];
+            }
+            for (int i = mr; i < PEFT__MR; i++) dst[i] = 0.0f;
+        }
     }
-    for (int j0 = 0; j0 < g->N; j0 += PEFT__GEMM_NB) {
-        int nb = g->N - j0 < PEFT__GEMM_NB ? g->N - j0 : PEFT__GEMM_NB;
-        for (int k0 = 0; k0 < g->K; k0 += PEFT__GEMM_KB) {
-            int kb = g->K - k0 < PEFT__GEMM_KB ? g->K - k0 : PEFT__GEMM_KB;
-            const float *P;
-            size_t ldp;
+}
+
+static void peft__pack_B(const peft__gemm_args *g, float *Bp) {
+    for (int j0 = 0; j0 < g->nc; j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
+        int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
+        for (int k = 0; k < g->kc; k++) {
+            float *dst = Bp + (size_t)k * PEFT__NR;
+            int kk = g->pc + k;
             if (!g->tB) {
-                P = g->B + (size_t)k0 * g->ldb + j0;
-                ldp = (size_t)g->ldb;
-            } else {
-                for (int j = 0; j < nb; j++) {
-                    const float *src = g->B + (size_t)(j0 + j) * g->ldb + k0;
-                    for (int k = 0; k < kb; k++) pack[(size_t)k * nb + j] = src[k];
-                }
-                P = pack;
-                ldp = (size_t)nb;
-            }
-            int64_t i = m0;
-            /* four rows of C share each loaded row of P */
-            for (; i + 4 <= m1; i += 4) {
-                float *c0 = g->C + (size_t)i * g->ldc + j0, *c1 = c0 + g->ldc,
-                      *c2 = c1 + g->ldc, *c3 = c2 + g->ldc;
-                for (int k = 0; k < kb; k++) {
-                    float a0, a1, a2, a3;
-                    if (g->tA) {
-                        const float *ac = g->A + (size_t)(k0 + k) * g->lda + i;
-                        a0 = ac[0]; a1 = ac[1]; a2 = ac[2]; a3 = ac[3];
-                    } else {
-                        const float *ar = g->A + (size_t)i * g->lda + k0 + k;
-                        a0 = ar[0]; a1 = ar[g->lda]; a2 = ar[2 * (size_t)g->lda];
-                        a3 = ar[3 * (size_t)g->lda];
-                    }
-                    const float *p = P + (size_t)k * ldp;
-                    for (int j = 0; j < nb; j++) {
-                        float b = p[j];
-                        c0[j] += a0 * b; c1[j] += a1 * b; c2[j] += a2 * b; c3[j] += a3 * b;
-                    }
-                }
-            }
-            for (; i < m1; i++) {
-                float *c0 = g->C + (size_t)i * g->ldc + j0;
-                for (int k = 0; k < kb; k++) {
-                    float a0 = g->tA ? g->A[(size_t)(k0 + k) * g->lda + i]
-                                     : g->A[(size_t)i * g->lda + k0 + k];
-                    const float *p = P + (size_t)k * ldp;
-                    for (int j = 0; j < nb; j++) c0[j] += a0 * p[j];
-                }
+                const float *src = g->B + (size_t)kk * g->ldb + g->jc + j0;
+                for (int j = 0; j < nr; j++) dst[j] = src[j];
+            } else
+                for (int j = 0; j < nr; j++) dst[j] = g->B[(size_t)(g->jc + j0 + j) * g->ldb + kk];
+            for (int j = nr; j < PEFT__NR; j++) dst[j] = 0.0f;
+        }
+    }
+}
+
+/* one thread: blocks [b0, b1) of MC rows, against the packed B panel */
+static void peft__gemm_mblocks(void *vctx, int64_t b0, int64_t b1) {
+    const peft__gemm_args *g = (const peft__gemm_args *)vctx;
+    float *Ap = peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
+    if (!Ap) return;
+    for (int64_t blk = b0; blk < b1; blk++) {
+        int ic = (int)blk * PEFT__MC, mc = g->M - ic < PEFT__MC ? g->M - ic : PEFT__MC;
+        peft__pack_A(g, ic, mc, Ap);
+        for (int j0 = 0; j0 < g->nc; j0 += PEFT__NR) {
+            int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
+            const float *Bs = g->Bp + (size_t)j0 * g->kc;
+            for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
+                int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
+                peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr);
             }
         }
+    }
+}
+
+static void peft__scale_rows(void *vctx, int64_t r0, int64_t r1) {
+    const peft__gemm_args *g = (const peft__gemm_args *)vctx;
+    float beta = *(const float *)g->Bp;
+    for (int64_t i = r0; i < r1; i++) {
+        float *c = g->C + (size_t)i * g->ldc;
+        if (beta == 0.0f) memset(c, 0, sizeof(float) * (size_t)g->N);
+        else for (int j = 0; j < g->N; j++) c[j] *= beta;
     }
 }
 
 PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
                        const float *A, int lda, const float *B, int ldb,
                        float beta, float *C, int ldc) {
-    peft__gemm_args a = { tA, tB, M, N, K, lda, ldb, ldc, A, B, beta, C };
     if (M <= 0 || N <= 0) return;
-    /* at least ~64k multiply-adds per thread before splitting */
-    int64_t per_row = (int64_t)N * (K > 0 ? K : 1);
-    int64_t min_rows = per_row >= 65536 ? 4 : (65536 / per_row + 4) & ~(int64_t)3;
-    peft__parallel_for(M, min_rows, peft__gemm_rows, &a);
+    peft__gemm_args g;
+    memset(&g, 0, sizeof g);
+    g.tA = tA; g.tB = tB; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
+    g.A = A; g.B = B; g.C = C;
+    if (beta != 1.0f) {
+        g.Bp = &beta;
+        peft__parallel_for(M, 64, peft__scale_rows, &g);
+    }
+    if (K <= 0) return;
+    int64_t mblocks = (M + PEFT__MC - 1) / PEFT__MC;
+    for (g.jc = 0; g.jc < N; g.jc += PEFT__NC) {
+        g.nc = N - g.jc < PEFT__NC ? N - g.jc : PEFT__NC;
+        for (g.pc = 0; g.pc < K; g.pc += PEFT__KC) {
+            g.kc = K - g.pc < PEFT__KC ? K - g.pc : PEFT__KC;
+            size_t panels = (size_t)(g.nc + PEFT__NR - 1) / PEFT__NR;
+            float *Bp = peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, panels * PEFT__NR * PEFT__KC);
+            if (!Bp) { peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, 1.0f, C, ldc); return; }
+            peft__pack_B(&g, Bp);
+            g.Bp = Bp;
+            peft__parallel_for(mblocks, 1, peft__gemm_mblocks, &g);
+        }
+    }
 }
 
 /* ============================================================================
