@@ -10,11 +10,15 @@ TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.
             tests/test_files.c tests/test_train.c tests/test_cli.c tests/test_methods.c tests/test_q4.c
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
-all: $(BUILD)/peft $(BUILD)/test_peft $(EXAMPLES)
+all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
 
 $(BUILD)/peft: tools/peft.c peft.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ tools/peft.c $(LDLIBS)
+
+$(BUILD)/demo: tools/demo.c peft.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(EXTRA) -o $@ tools/demo.c $(LDLIBS)
 
 $(BUILD)/test_peft: $(TEST_SRC) tests/harness.h peft.h
 	@mkdir -p $(BUILD)
@@ -24,10 +28,14 @@ $(BUILD)/examples/%: examples/%.c peft.h
 	@mkdir -p $(BUILD)/examples
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ $< $(LDLIBS)
 
-test: $(BUILD)/peft $(BUILD)/test_peft
-	PEFT_BIN=$(BUILD)/peft $(BUILD)/test_peft
+test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft
+	PEFT_BIN=$(BUILD)/peft PEFT_DEMO=$(BUILD)/demo $(BUILD)/test_peft
+
+# the main job: a tiny LLaMA pre-trained, then fine-tuned by every method
+demo: $(BUILD)/demo
+	$(BUILD)/demo --out demo
 
 clean:
 	rm -rf build build-*
 
-.PHONY: all test clean
+.PHONY: all test demo clean

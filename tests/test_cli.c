@@ -119,3 +119,42 @@ TEST(test_cli) {
           strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
     CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
 }
+
+/* `make demo`'s program, shortened (--quick: a few steps per phase, a subset
+   of the test items): it must run through and write its four files, with a
+   row per method in the JSON. */
+TEST(test_demo_quick) {
+    static char out[1 << 16];
+    const char *demo = getenv("PEFT_DEMO");
+    if (!demo) demo = "build/demo";
+    FILE *probe = fopen(demo, "rb");
+    if (!probe) SKIP("%s not built", demo);
+    fclose(probe);
+    char dir[512], cmd[1200];
+    snprintf(dir, sizeof dir, "%s/demo", th_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s --quick --threads 1 --out %s 2>&1", demo, dir);
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p, "popen");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    REQUIRE(WIFEXITED(st) && WEXITSTATUS(st) == 0, "demo failed: %s", out);
+    const char *files[4] = { "results.md", "results.json", "loss.svg", "tradeoff.svg" };
+    for (int i = 0; i < 4; i++) {
+        char path[700];
+        unsigned char *d; size_t len;
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        REQUIRE_OK(peft_read_file(path, &d, &len));
+        CHECK(len > 100, "%s is too small", path);
+        if (i >= 2) CHECK(strstr((char *)d, "<svg") && strstr((char *)d, "</svg>"), "%s is not an SVG", path);
+        if (i == 1) {
+            peft_json *j;
+            CHECK_OK(peft_json_parse(&j, (char *)d, len, path));
+            const peft_json *ms = j ? peft_json_get(j, "methods") : NULL;
+            CHECK(ms && ms->n_children == 6, "results.json must list the six methods");
+            peft_json_free(j);
+        }
+        free(d);
+    }
+    CHECK(strstr(out, "qlora") && strstr(out, "excitor") && strstr(out, "[4/4]"), "demo output: %s", out);
+}
