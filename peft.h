@@ -244,6 +244,8 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
    W = NULL gives the LoRA term alone. rng = NULL disables dropout (evaluation). */
 PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
                                       peft_tensor *B, float scale, float dropout, peft_rng *rng);
+/* y + b per output column (HF's attention_bias / mlp_bias). */
+PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b);
 /* LLaMA-Adapter V2: s ⊙ (y + b) per output column. */
 PEFTDEF peft_tensor *peft_bias_scale(peft_graph *g, peft_tensor *y, peft_tensor *b, peft_tensor *s);
 /* softmax(q·pkᵀ/√d)·pv over K prompts, unmasked (Excitor's reconstruction). */
@@ -274,6 +276,7 @@ typedef struct {
     int   rope_interleaved;/* llama2.c / Meta layout instead of rotate_half */
     int   tie_embeddings;
     int   bos_id, eos_id;
+    int   attn_bias, mlp_bias; /* HF attention_bias / mlp_bias: q,k,v,o and gate,up,down have biases */
     int   q4;              /* block linears stored in 4 bits (bnb folder)  */
     peft_q4_type q4_type;
     int   q4_double;
@@ -296,6 +299,7 @@ PEFTDEF const char *peft_site_name(peft_site s);      /* "q_proj" … "down_proj
 
 typedef struct {
     peft_tensor *w;                  /* base weight [out, in]                     */
+    peft_tensor *b;                  /* base bias [out] (attention_bias / mlp_bias) */
     peft_tensor *lora_A, *lora_B;    /* LoRA: [r, in], [out, r]                   */
     float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
     peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
@@ -407,6 +411,9 @@ PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *d
 /* LoRA merge: W += s·B·A in place (forward then skips the LoRA branch);
    unmerge subtracts it again. */
 PEFTDEF peft_status peft_lora_merge(peft_model *m);
+/* V2 merge: bias/scale folded into the weights and (new) biases of a plain
+   LLaMA; the gated prompts remain attached as a LLaMA-Adapter V1. */
+PEFTDEF peft_status peft_v2_merge(peft_model *m);
 PEFTDEF peft_status peft_lora_unmerge(peft_model *m);
 /* Adapter folders: adapter_config.json + adapter_model.safetensors. LoRA and
    adapter-v1 with PEFT's gate use PEFT's exact layout and keys. */
@@ -2095,6 +2102,27 @@ PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor
     return y;
 }
 
+/* ---- bias -----------------------------------------------------------------------------
+   y' = y + b per output column;  dy = dy',  db += Σ_rows dy'                */
+static void peft__add_bias_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *y = n->in[0], *b = n->in[1];
+    int64_t R = peft__rows(y), C = peft__cols(y);
+    const float *dy = n->out->grad;
+    if (y->requires_grad) for (int64_t j = 0; j < y->n; j++) y->grad[j] += dy[j];
+    if (b->requires_grad) for (int64_t r = 0; r < R; r++) for (int64_t c = 0; c < C; c++) b->grad[c] += dy[r * C + c];
+}
+PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b) {
+    if (!peft__ok(g, y, b)) return NULL;
+    int64_t R = peft__rows(y), C = peft__cols(y);
+    if (b->n != C) return peft__op_fail(g, PEFT_ERR_SHAPE, "add_bias: bias length differs from the row width");
+    peft_tensor *o = peft__like(g, y);
+    if (!o) return NULL;
+    for (int64_t r = 0; r < R; r++) for (int64_t c = 0; c < C; c++) o->data[r * C + c] = y->data[r * C + c] + b->data[c];
+    peft__record(g, peft__add_bias_bw, o, y, b, NULL, NULL);
+    return o;
+}
+
 /* ---- bias and scale (LLaMA-Adapter V2) -------------------------------------------
    y' = s ⊙ (y + b)   per output column;  b = 0, s = 1 at init → y' = y exactly
    dy = s ⊙ dy',  db += Σ_rows s ⊙ dy',  ds += Σ_rows dy' ⊙ (y + b)          */
@@ -2363,6 +2391,8 @@ PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name) {
 PEFTDEF int64_t peft_config_param_count(const peft_config *c) {
     int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * (int64_t)c->hidden_dim + 2 * d;
+    if (c->attn_bias) layer += q + 2 * kv + d;
+    if (c->mlp_bias) layer += 2 * (int64_t)c->hidden_dim + d;
     int64_t emb = (int64_t)c->vocab_size * d;
     return emb + c->n_layers * layer + d + (c->tie_embeddings ? 0 : emb);
 }
@@ -2456,13 +2486,14 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
         s = peft__fail(PEFT_ERR_CONFIG, "%s: hidden_act '%s' is not supported (LLaMA uses 'silu')", path, act);
         goto done;
     }
-    static const char *const no_bias[] = { "attention_bias", "mlp_bias" };
+    static const char *const bias_keys[] = { "attention_bias", "mlp_bias" };
     for (int i = 0; i < 2; i++) {
-        const peft_json *b = peft_json_get(j, no_bias[i]);
-        if (b && b->type == PEFT_JSON_BOOL && b->number != 0) {
-            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s=true is not supported", path, no_bias[i]);
+        const peft_json *b = peft_json_get(j, bias_keys[i]);
+        if (b && b->type != PEFT_JSON_BOOL && b->type != PEFT_JSON_NULL) {
+            s = peft__fail(PEFT_ERR_CONFIG, "%s: %s must be true or false", path, bias_keys[i]);
             goto done;
         }
+        *(i ? &c->mlp_bias : &c->attn_bias) = b && b->type == PEFT_JSON_BOOL && b->number != 0;
     }
     struct { const char *key; int *dst; int required; } ints[] = {
         { "hidden_size", &c->dim, 1 }, { "intermediate_size", &c->hidden_dim, 1 },
@@ -2583,7 +2614,7 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
     peft_model *m = (peft_model *)peft__calloc(sizeof *m);
     if (!m) return peft__fail(PEFT_ERR_NOMEM, "no memory for the model");
     m->cfg = *c;
-    int max_params = 3 + 9 * c->n_layers;
+    int max_params = 3 + 16 * c->n_layers;      /* room for biases (configured or merged in) */
     m->params = (peft_tensor **)peft__calloc((size_t)max_params * sizeof(peft_tensor *));
     m->layers = (peft_layer *)peft__calloc((size_t)c->n_layers * sizeof(peft_layer));
     if (!m->params || !m->layers) goto oom;
@@ -2607,6 +2638,13 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
             snprintf(name, sizeof name, "model.layers.%d.%s", l, spec[k].suffix);
             if (!(*spec[k].dst = peft__add_param(m, name, spec[k].r, spec[k].cols))) goto oom;
         }
+        for (int k = 0; k < PEFT_N_SITES; k++) {
+            if (!(k <= PEFT_O ? c->attn_bias : c->mlp_bias)) continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, k <= PEFT_O ? "self_attn" : "mlp",
+                     k == PEFT_Q ? "q_proj" : k == PEFT_K ? "k_proj" : k == PEFT_V ? "v_proj" : k == PEFT_O ? "o_proj" :
+                     k == PEFT_GATE ? "gate_proj" : k == PEFT_UP ? "up_proj" : "down_proj");
+            if (!(L->lin[k].b = peft__add_param(m, name, L->lin[k].w->shape[0], 0))) goto oom;
+        }
     }
     if (!(m->norm = peft__add_param(m, "model.norm.weight", D, 0))) goto oom;
     if (c->tie_embeddings) m->lm_head = m->embed;
@@ -2616,7 +2654,8 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
         peft_rng_seed(&rng, seed);
         for (int i = 0; i < m->n_params; i++) {
             peft_tensor *t = m->params[i];
-            if (t->ndim == 1) for (int64_t j = 0; j < t->n; j++) t->data[j] = 1.0f;
+            int is_bias = strstr(t->name, ".bias") != NULL;
+            if (t->ndim == 1) for (int64_t j = 0; j < t->n; j++) t->data[j] = is_bias ? 0.0f : 1.0f;
             else for (int64_t j = 0; j < t->n; j++) t->data[j] = 0.02f * peft_rng_normal(&rng);
         }
     }
@@ -2957,6 +2996,7 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
     } else if (s->lora_A && !m->lora_merged)
         y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop);
     else y = peft_linear(g, x, s->w);
+    if (s->b) y = peft_add_bias(g, y, s->b);
     if (s->bias) y = peft_bias_scale(g, y, s->bias, s->scale);
     return y;
 }
@@ -3127,6 +3167,45 @@ static peft_status peft__attach_v2(peft_model *m, const peft_method *cfg) {
             if (!(m->layers[l].attn.fusion_gate = peft__extra(m, 1, sg, "base_model.model.model.layers.%d.self_attn.fusion_gate", l)))
                 return peft__fail(PEFT_ERR_NOMEM, "no memory");
     }
+    return PEFT_OK;
+}
+
+/* Folds V2's bias and scale into a plain LLaMA with biases:
+       s ⊙ (W x + b₀ + b) = (diag(s)·W) x + s ⊙ (b₀ + b)
+   (the trained RMSNorm weights already live in the base). Gated prompts are
+   extra attention context and cannot be folded: they remain attached, as
+   the LLaMA-Adapter V1 adapter they now are. */
+PEFTDEF peft_status peft_v2_merge(peft_model *m) {
+    if (m->method.kind != PEFT_ADAPTER_V2) return peft__fail(PEFT_ERR_ARG, "merge: no LLaMA-Adapter V2 is attached");
+    if (m->fusion_proj) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: early-fusion prompts depend on the condition and cannot be merged");
+    if (m->cfg.q4) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; merge into the full-precision base");
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < PEFT_N_SITES; k++) {
+            peft_linear_site *S = &m->layers[l].lin[k];
+            if (!S->bias) continue;
+            if (!S->b) {
+                char name[300];
+                snprintf(name, sizeof name, "%.*s.bias", (int)(strlen(S->w->name) - 7), S->w->name);   /* …proj.weight → …proj.bias */
+                if (!(S->b = peft__add_param(m, name, S->w->shape[0], 0))) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+            }
+            int64_t out = S->w->shape[0], in = S->w->shape[1];
+            for (int64_t o = 0; o < out; o++) {
+                float sc = S->scale->data[o];
+                for (int64_t i = 0; i < in; i++) S->w->data[o * in + i] *= sc;
+                S->b->data[o] = sc * (S->b->data[o] + S->bias->data[o]);
+            }
+            S->bias = S->scale = NULL;
+        }
+    m->cfg.attn_bias = m->cfg.mlp_bias = 1;
+    /* drop the folded tensors from the method's list; freeze the base */
+    int n = 0, prompts = 0;
+    for (int i = 0; i < m->n_extra; i++) {
+        if (strstr(m->extra[i]->name, ".adapter_bias") || strstr(m->extra[i]->name, ".adapter_scale")) peft_param_free(m->extra[i]);
+        else { prompts++; m->extra[n++] = m->extra[i]; }
+    }
+    m->n_extra = n;
+    for (int i = 0; i < m->n_params; i++) peft_param_set_trainable(m->params[i], 0);
+    m->method.kind = prompts ? PEFT_ADAPTER_V1 : PEFT_FULL;
     return PEFT_OK;
 }
 
@@ -4448,8 +4527,8 @@ static void peft__config_json(peft__sb *b, const peft_config *c) {
     else if (c->rope_type == PEFT_ROPE_LINEAR)
         peft__sbf(b, "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.9g},\n", c->rope_factor);
     else peft__sbf(b, "  \"rope_scaling\": null,\n");
-    peft__sbf(b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n",
-              c->tie_embeddings ? "true" : "false");
+    peft__sbf(b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n  \"mlp_bias\": %s,\n",
+              c->tie_embeddings ? "true" : "false", c->attn_bias ? "true" : "false", c->mlp_bias ? "true" : "false");
     peft__sbf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"float32\"\n}\n", c->bos_id, c->eos_id);
 }
 

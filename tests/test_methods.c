@@ -277,3 +277,53 @@ TEST(test_roundtrip_adapters_load_in_peft) {
     peft_model_free(m0);
     free(tok); free(tgt);
 }
+
+/* V2 merge: bias/scale fold into a LLaMA with biases; the prompts remain as a
+   V1 adapter; saved and reloaded (HF attention_bias/mlp_bias), the logits
+   equal the unmerged model's. */
+TEST(test_v2_merge) {
+    peft_config c;
+    REQUIRE_OK(peft_config_preset(&c, "tiny"));
+    c.dim = 64; c.hidden_dim = 128; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16; c.vocab_size = 96;
+    peft_model *m;
+    REQUIRE_OK(peft_model_new(&m, &c, 1, 21));
+    peft_method v2 = peft_method_defaults(PEFT_ADAPTER_V2);
+    v2.adapter_layers = 2;
+    REQUIRE_OK(peft_attach(m, &v2));
+    peft_rng r;
+    peft_rng_seed(&r, 2);
+    for (int i = 0; i < m->n_extra; i++)          /* as if trained: every part non-trivial */
+        for (int64_t j = 0; j < m->extra[i]->n; j++) m->extra[i]->data[j] += 0.3f * peft_rng_normal(&r);
+    for (int64_t j = 0; j < m->norm->n; j++) m->norm->data[j] += 0.2f * peft_rng_normal(&r);
+    int tok[2 * 12];
+    for (int i = 0; i < 24; i++) tok[i] = (i * 13) % 96;
+    peft_graph *g = peft_graph_new();
+    peft_tensor *a = peft_model_forward(m, g, tok, 2, 12);
+    REQUIRE(a, "forward");
+    float *ref = malloc(sizeof(float) * a->n);
+    memcpy(ref, a->data, sizeof(float) * a->n);
+    REQUIRE_OK(peft_v2_merge(m));
+    CHECK(m->method.kind == PEFT_ADAPTER_V1 && m->cfg.attn_bias && m->cfg.mlp_bias, "merged: V1 prompts remain, biases on");
+    peft_graph_reset(g);
+    peft_tensor *b = peft_model_forward(m, g, tok, 2, 12);
+    REQUIRE(b, "forward after merge");
+    double e = th_rel_err_f(b->data, ref, (long)b->n);
+    CHECK(e < 1e-5, "merged V2 logits differ: rel %.3g", e);
+    char dir[512], adir[600];
+    snprintf(dir, sizeof dir, "%s/v2_merged", th_tmpdir());
+    snprintf(adir, sizeof adir, "%s/adapter", dir);
+    REQUIRE_OK(peft_model_save(m, dir));
+    REQUIRE_OK(peft_adapter_save(m, adir));
+    peft_model *m2;
+    REQUIRE_OK(peft_model_load(&m2, dir));
+    CHECK(m2->cfg.attn_bias && m2->layers[0].lin[PEFT_DOWN].b, "biases loaded");
+    REQUIRE_OK(peft_adapter_load(m2, adir));
+    peft_graph *g2 = peft_graph_new();
+    peft_tensor *c2 = peft_model_forward(m2, g2, tok, 2, 12);
+    REQUIRE(c2, "forward reloaded");
+    e = th_rel_err_f(c2->data, ref, (long)c2->n);
+    CHECK(e < 1e-5, "reloaded merged V2 logits differ: rel %.3g", e);
+    free(ref);
+    peft_graph_free(g); peft_graph_free(g2);
+    peft_model_free(m); peft_model_free(m2);
+}

@@ -397,6 +397,19 @@ TEST(test_fd_bias_scale) {
     fd_run(&c, "bias_scale", 90);
 }
 
+static peft_tensor *ab_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_add_bias(g, x[0], x[1]); }
+static void ab_ref(double **x, double *y, void *vc) {
+    bs_ctx *c = vc;
+    for (int r = 0; r < c->R; r++) for (int j = 0; j < c->C; j++) y[r * c->C + j] = x[0][r * c->C + j] + x[1][j];
+}
+TEST(test_fd_add_bias) {
+    bs_ctx bc = { 4, 7 };
+    fd_case c = { 0 };
+    c.n_in = 2; set2(&c, 0, bc.R, bc.C); set1(&c, 1, bc.C);
+    c.out_len = bc.R * bc.C; c.fwd = ab_fwd; c.ref = ab_ref; c.ctx = &bc; c.scale = 1;
+    fd_run(&c, "add_bias", 92);
+}
+
 /* ---- prompt attention (Excitor reconstruction) ---- */
 typedef struct { int N, d, K, e; } pa_ctx;
 static peft_tensor *pa_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_prompt_attend(g, x[0], x[1], x[2]); }

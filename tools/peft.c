@@ -491,8 +491,11 @@ static int cmd_quantize(int argc, char **argv) {
 /* ----------------------------------------------------------------- merge */
 static const char *MERGE_HELP =
     "usage: peft merge --model DIR --adapter DIR --out DIR\n\n"
-    "Folds a LoRA adapter into the base weights (W += (alpha/r) B A) and writes a\n"
-    "plain Hugging Face model folder (config.json + model.safetensors, F32).\n";
+    "Folds an adapter into the base weights and writes a plain Hugging Face model\n"
+    "folder (config.json + model.safetensors, F32). LoRA: W += (alpha/r) B A.\n"
+    "LLaMA-Adapter V2: W' = diag(s) W and biases s (b0 + b) (attention_bias and\n"
+    "mlp_bias become true); its gated prompts cannot be folded and are written\n"
+    "as a LLaMA-Adapter V1 adapter in DIR/adapter.\n";
 
 static int cmd_merge(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
@@ -510,8 +513,16 @@ static int cmd_merge(int argc, char **argv) {
     peft_model *m;
     if (load_model(&src, &m)) return 1;
     int rc = 0;
-    if (m->method.kind != PEFT_LORA) {
-        fprintf(stderr, "peft: error: %s: only LoRA adapters can be merged into a plain LLaMA folder (this one is %s)\n",
+    if (m->method.kind == PEFT_ADAPTER_V2) {
+        char apath[1100];
+        snprintf(apath, sizeof apath, "%s/adapter", out);
+        if (peft_v2_merge(m) != PEFT_OK || peft_model_save(m, out) != PEFT_OK) rc = fail();
+        else if (m->method.kind == PEFT_ADAPTER_V1 && peft_adapter_save(m, apath) != PEFT_OK) rc = fail();
+        else printf("merged the bias/scale of %s into %s%s%s\n", src.adapter, out,
+                    m->method.kind == PEFT_ADAPTER_V1 ? "; the gated prompts are in " : "",
+                    m->method.kind == PEFT_ADAPTER_V1 ? apath : "");
+    } else if (m->method.kind != PEFT_LORA) {
+        fprintf(stderr, "peft: error: %s: a %s adapter cannot be merged into the weights (LoRA and adapter-v2 can)\n",
                 src.adapter, peft_method_name(m->method.kind));
         rc = 1;
     } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, out) != PEFT_OK) rc = fail();
