@@ -28,7 +28,7 @@ $(BUILD)/examples/%: examples/%.c peft.h
 	@mkdir -p $(BUILD)/examples
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ $< $(LDLIBS)
 
-test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft
+test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
 	PEFT_BIN=$(BUILD)/peft PEFT_DEMO=$(BUILD)/demo $(BUILD)/test_peft
 
 # the main job: a tiny LLaMA pre-trained, then fine-tuned by every method

@@ -26,18 +26,18 @@
                fprintf(stderr, "%s\n", peft_last_error());
                return 1;
            }
-           peft_trainer_opts o = peft_trainer_defaults();
-           o.lr = 1e-4f;
-           peft_trainer *tr = peft_trainer_new(m, &o);
-           int tokens[] = {1, 450, 4996, 17354, 1701, 432};
-           int targets[] = {450, 4996, 17354, 1701, 432, -100};
+           peft_method lora = peft_method_defaults(PEFT_LORA);  // r 8, q_proj+v_proj
+           peft_attach(m, &lora);                                // base frozen, B = 0
+           peft_trainer *tr = peft_trainer_new(m, NULL);         // AdamW
+           int tokens[]  = {1, 450, 4996, 17354, 1701, 432};
+           int targets[] = {450, 4996, 17354, 1701, 432, -100};  // -100: no loss
            float loss;
            for (int step = 0; step < 10; step++) {
                peft_trainer_step(tr, tokens, targets, 1, 6, &loss);
                printf("step %d loss %.4f\n", step, loss);
            }
+           peft_adapter_save(m, "my-adapter");                   // loads in HF PEFT
            peft_trainer_free(tr);
-           peft_model_save(m, "out-folder");
            peft_model_free(m);
        }
 
@@ -65,18 +65,29 @@
      tensors     peft_tensor: f32 compute data, optional gradient buffer,
                  row-major shape/stride; parameters are trainable or frozen
                  (frozen ones never own a gradient buffer)
-     kernels     peft_gemm: C = beta*C + op(A)*op(B), the three training shapes
+     4-bit       peft_q4: NF4/FP4/Int4 blocks of 64 in bitsandbytes' layout,
+                 double quantization, 8-bit blockwise codes
+     kernels     peft_gemm (packed, register-tiled, threaded), peft_check_cpu
      tape        peft_graph: an arena for activations plus the op record;
                  peft_backward() walks it in reverse
-     ops         embedding, linear, rmsnorm, rope, causal GQA attention,
-                 swiglu, add, cross-entropy — forward and backward side by side
-     LLaMA       peft_config (from config.json or a preset), peft_model
-                 (load/save safetensors, forward, loss), parameter counts
-     optimizer   AdamW in torch's order, global-norm clipping, schedules
+     ops         embedding, linear, rmsnorm, rope, causal GQA attention (with
+                 gated prompts and an additive logit term), swiglu, add,
+                 cross-entropy, LoRA linear, 4-bit linear, bias, bias/scale,
+                 prompt attention — forward and backward side by side
+     LLaMA       peft_config (config.json or a preset), peft_model (load/save
+                 safetensors, forward, loss), linear and attention sites
+     methods     peft_method + peft_attach: LoRA, LLaMA-Adapter V1 and V2,
+                 LLaMA-Excitor, QLoRA (one section each, headed by its
+                 equation); merge; adapters saved in PEFT's layout
+     optimizer   AdamW in torch's order (plain, paged, 8-bit states),
+                 global-norm clipping, schedules
      trainer     one loop for every method: forward, loss, backward, clip,
                  step, with gradient accumulation
      files       JSON reader, safetensors reader/writer (strict validation,
-                 atomic writes), F16/BF16 conversion
+                 atomic writes), F16/BF16, HF and bitsandbytes 4-bit folders,
+                 adapter folders
+     data        token files and batches; greedy generation; SVG plots; the
+                 demo's synthetic world (peft_demo_world)
 
    Conventions: every call that can fail returns peft_status; on failure
    peft_last_error() returns a sentence naming the file and the problem.
@@ -188,6 +199,10 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
                            float beta, float *C, int ldc);
 PEFTDEF void peft_set_threads(int n);
 PEFTDEF int  peft_get_threads(void);
+/* The kernels are compiled for the build machine's ISA (-march=native):
+   this refuses, with a clear error, to run AVX-512/AVX2/FMA code on a CPU
+   without them (instead of dying of SIGILL). Models call it on creation. */
+PEFTDEF peft_status peft_check_cpu(void);
 
 /* ------------------------------------------------------------------- tape */
 typedef struct peft_graph peft_graph;
@@ -863,6 +878,26 @@ PEFTDEF void peft_set_threads(int n) {
     peft__nthreads = n;
 }
 PEFTDEF int peft_get_threads(void) { return peft__nthreads; }
+
+PEFTDEF peft_status peft_check_cpu(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+#if defined(__AVX512F__)
+    if (!__builtin_cpu_supports("avx512f"))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "this build uses AVX-512 but the CPU lacks it: rebuild on this machine "
+                          "(make clean && make) or with OPT=\"-O2 -mavx2 -mfma\"");
+#endif
+#if defined(__AVX2__)
+    if (!__builtin_cpu_supports("avx2"))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "this build uses AVX2 but the CPU lacks it: rebuild on this machine");
+#endif
+#if defined(__FMA__)
+    if (!__builtin_cpu_supports("fma"))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "this build uses FMA but the CPU lacks it: rebuild on this machine");
+#endif
+#endif
+    return PEFT_OK;
+}
 
 /* Runs fn over [0, n) split across the pool. Work smaller than min_chunk
    per thread runs on the caller alone (thread wake-up costs ~10 µs). */
@@ -2609,7 +2644,8 @@ static peft_tensor *peft__add_param(peft_model *m, const char *name, int64_t row
 
 PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int init, uint64_t seed) {
     *out = NULL;
-    peft_status s = peft_config_validate(c, "config");
+    peft_status s = peft_check_cpu();
+    if (s == PEFT_OK) s = peft_config_validate(c, "config");
     if (s != PEFT_OK) return s;
     peft_model *m = (peft_model *)peft__calloc(sizeof *m);
     if (!m) return peft__fail(PEFT_ERR_NOMEM, "no memory for the model");

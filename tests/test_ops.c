@@ -516,6 +516,7 @@ TEST(test_gemm_shapes) {
 }
 
 TEST(test_backward_needs_scalar_and_skips_frozen) {
+    CHECK(peft_check_cpu() == PEFT_OK, "this CPU runs this build's kernels: %s", peft_last_error());
     peft_graph *g = peft_graph_new();
     int64_t s[2] = { 2, 3 };
     peft_tensor *x = peft_param_new("x", 2, s), *w = peft_param_new("w", 2, (int64_t[]){ 4, 3 });
