@@ -1083,6 +1083,7 @@ static float *peft__pack_buf(float **buf, size_t *cap, size_t n) {
 
 typedef struct {
     int tA, tB, M, N, K, lda, ldb, ldc, pc, kc, jc, nc;
+    int nsplit;                      /* column parts per block of rows */
     const float *A, *B;
     float *C;
     const float *Bp;
@@ -1119,15 +1120,20 @@ static void peft__pack_B(const peft__gemm_args *g, float *Bp) {
     }
 }
 
-/* one thread: blocks [b0, b1) of MC rows, against the packed B panel */
-static void peft__gemm_mblocks(void *vctx, int64_t b0, int64_t b1) {
+/* one thread: work units [u0, u1), each a block of MC rows times a range of
+   NR-wide column strips (rows alone when there are enough row blocks) */
+static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
     const peft__gemm_args *g = (const peft__gemm_args *)vctx;
     float *Ap = peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
     if (!Ap) return;
-    for (int64_t blk = b0; blk < b1; blk++) {
+    int panels = (g->nc + PEFT__NR - 1) / PEFT__NR;
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t blk = u / g->nsplit, part = u % g->nsplit;
         int ic = (int)blk * PEFT__MC, mc = g->M - ic < PEFT__MC ? g->M - ic : PEFT__MC;
+        int p0 = (int)(panels * part / g->nsplit), p1 = (int)(panels * (part + 1) / g->nsplit);
+        if (p1 <= p0) continue;
         peft__pack_A(g, ic, mc, Ap);
-        for (int j0 = 0; j0 < g->nc; j0 += PEFT__NR) {
+        for (int j0 = p0 * PEFT__NR; j0 < g->nc && j0 < p1 * PEFT__NR; j0 += PEFT__NR) {
             int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
             const float *Bs = g->Bp + (size_t)j0 * g->kc;
             for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
@@ -1171,7 +1177,11 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
             if (!Bp) { peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, 1.0f, C, ldc); return; }
             peft__pack_B(&g, Bp);
             g.Bp = Bp;
-            peft__parallel_for(mblocks, 1, peft__gemm_mblocks, &g);
+            /* few row blocks (a weight gradient of a narrow layer): split columns too */
+            g.nsplit = mblocks >= 2 * peft__nthreads ? 1 : (int)((2 * peft__nthreads + mblocks - 1) / mblocks);
+            if (g.nsplit > (int)panels) g.nsplit = (int)panels;
+            if (g.nsplit < 1) g.nsplit = 1;
+            peft__parallel_for(mblocks * g.nsplit, 1, peft__gemm_mblocks, &g);
         }
     }
 }
@@ -2229,25 +2239,33 @@ PEFTDEF peft_tensor *peft_prompt_attend(peft_graph *g, peft_tensor *q, peft_tens
 /* ---- SwiGLU ----------------------------------------------------------------
    y = silu(g) ⊙ u,  silu(g) = g·σ(g)
    du = dy ⊙ silu(g);  dg = dy ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))                 */
+typedef struct { const float *g, *u, *dy; float *y, *dg, *du; } peft__swiglu_args;
+
+static void peft__swiglu_fwd_range(void *vctx, int64_t j0, int64_t j1) {
+    const peft__swiglu_args *a = (const peft__swiglu_args *)vctx;
+    for (int64_t j = j0; j < j1; j++) a->y[j] = a->g[j] / (1.0f + expf(-a->g[j])) * a->u[j];
+}
+static void peft__swiglu_bw_range(void *vctx, int64_t j0, int64_t j1) {
+    const peft__swiglu_args *a = (const peft__swiglu_args *)vctx;
+    for (int64_t j = j0; j < j1; j++) {
+        float x = a->g[j], s = 1.0f / (1.0f + expf(-x));
+        if (a->du) a->du[j] += a->dy[j] * x * s;
+        if (a->dg) a->dg[j] += a->dy[j] * a->u[j] * s * (1.0f + x * (1.0f - s));
+    }
+}
 static void peft__swiglu_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *ga = n->in[0], *up = n->in[1];
-    const float *dy = n->out->grad;
-    for (int64_t j = 0; j < ga->n; j++) {
-        float x = ga->data[j], s = 1.0f / (1.0f + expf(-x));
-        if (up->requires_grad) up->grad[j] += dy[j] * x * s;
-        if (ga->requires_grad) ga->grad[j] += dy[j] * up->data[j] * s * (1.0f + x * (1.0f - s));
-    }
+    peft__swiglu_args a = { ga->data, up->data, n->out->grad, NULL, peft__grad_if(ga), peft__grad_if(up) };
+    peft__parallel_for(ga->n, 16384, peft__swiglu_bw_range, &a);
 }
 PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *ga, peft_tensor *up) {
     if (!peft__ok(g, ga, up)) return NULL;
     if (ga->n != up->n) return peft__op_fail(g, PEFT_ERR_SHAPE, "swiglu: gate and up differ in size");
     peft_tensor *y = peft__like(g, ga);
     if (!y) return NULL;
-    for (int64_t j = 0; j < ga->n; j++) {
-        float x = ga->data[j];
-        y->data[j] = x / (1.0f + expf(-x)) * up->data[j];
-    }
+    peft__swiglu_args a = { ga->data, up->data, NULL, y->data, NULL, NULL };
+    peft__parallel_for(ga->n, 16384, peft__swiglu_fwd_range, &a);
     peft__record(g, peft__swiglu_bw, y, ga, up, NULL, NULL);
     return y;
 }
@@ -2292,21 +2310,36 @@ PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s) {
 /* ---- cross-entropy -------------------------------------------------------------
    L = (1/N') Σ_r [logsumexp(z_r) − z_r[t_r]] over rows with t_r ≠ −100
    dz_r = (softmax(z_r) − onehot(t_r)) · dL / N'                            */
+typedef struct { const float *z; float *dz, *lse; const int *t; int64_t V; float scale; } peft__xent_args;
+
+static void peft__xent_lse_range(void *vctx, int64_t r0, int64_t r1) {
+    const peft__xent_args *a = (const peft__xent_args *)vctx;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *zr = a->z + r * a->V;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < a->V; j++) if (zr[j] > mx) mx = zr[j];
+        double s = 0.0;
+        for (int64_t j = 0; j < a->V; j++) s += exp((double)(zr[j] - mx));
+        a->lse[r] = mx + (float)log(s);
+    }
+}
+static void peft__xent_bw_range(void *vctx, int64_t r0, int64_t r1) {
+    const peft__xent_args *a = (const peft__xent_args *)vctx;
+    for (int64_t r = r0; r < r1; r++) {
+        int t = a->t[r];
+        if (t == -100) continue;
+        const float *zr = a->z + r * a->V;
+        float *dz = a->dz + r * a->V, lse = a->lse[r];
+        for (int64_t j = 0; j < a->V; j++) dz[j] += expf(zr[j] - lse) * a->scale;
+        dz[t] -= a->scale;
+    }
+}
 static void peft__xent_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *z = n->in[0];
-    int64_t R = peft__rows(z), V = peft__cols(z);
-    int valid = n->i[0];
-    if (valid == 0) return;
-    float scale = n->out->grad[0] / (float)valid;
-    for (int64_t r = 0; r < R; r++) {
-        int t = n->ids[r];
-        if (t == -100) continue;
-        const float *zr = z->data + r * V;
-        float *dz = z->grad + r * V, lse = n->saved[r];
-        for (int64_t j = 0; j < V; j++) dz[j] += expf(zr[j] - lse) * scale;
-        dz[t] -= scale;
-    }
+    if (n->i[0] == 0) return;
+    peft__xent_args a = { z->data, z->grad, n->saved, n->ids, peft__cols(z), n->out->grad[0] / (float)n->i[0] };
+    peft__parallel_for(peft__rows(z), 8, peft__xent_bw_range, &a);
 }
 PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int *targets) {
     if (!peft__ok(g, z, targets)) return NULL;
@@ -2318,17 +2351,13 @@ PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int
     peft_tensor *L = peft_tensor_new(g, 1, &one);
     float *lse = L ? peft__arena_floats(g, R, 0) : NULL;
     if (!lse) return NULL;
-    double total = 0.0;
+    peft__xent_args a = { z->data, NULL, lse, targets, V, 0.0f };
+    peft__parallel_for(R, 8, peft__xent_lse_range, &a);
+    double total = 0.0;                                   /* summed in row order: deterministic */
     int valid = 0;
     for (int64_t r = 0; r < R; r++) {
-        const float *zr = z->data + r * V;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < V; j++) if (zr[j] > mx) mx = zr[j];
-        double s = 0.0;
-        for (int64_t j = 0; j < V; j++) s += exp((double)(zr[j] - mx));
-        lse[r] = mx + (float)log(s);
         if (targets[r] == -100) continue;
-        total += (double)lse[r] - zr[targets[r]];
+        total += (double)lse[r] - z->data[r * V + targets[r]];
         valid++;
     }
     L->data[0] = valid ? (float)(total / valid) : 0.0f;
