@@ -35,7 +35,14 @@ test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
 demo: $(BUILD)/demo
 	$(BUILD)/demo --out demo
 
+# libFuzzer over the file parsers (JSON, safetensors, config.json); needs clang
+fuzz:
+	@mkdir -p $(BUILD) $(BUILD)/fuzz-corpus
+	clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz_files tests/fuzz/fuzz_files.c -lm -lpthread
+	cp tests/fixtures/llama_mha/config.json tests/fixtures/clip.safetensors $(BUILD)/fuzz-corpus/
+	$(BUILD)/fuzz_files $(BUILD)/fuzz-corpus -max_total_time=60 -max_len=4096
+
 clean:
 	rm -rf build build-*
 
-.PHONY: all test demo clean
+.PHONY: all test demo fuzz clean

@@ -1008,8 +1008,11 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
 #if defined(__AVX512F__)
 #define PEFT__VW 16
 #define PEFT__MR 12
-#else
+#elif defined(__AVX__) || defined(__ARM_NEON)
 #define PEFT__VW 8
+#define PEFT__MR 6
+#else                                  /* baseline x86-64 (SSE2) and the rest */
+#define PEFT__VW 4
 #define PEFT__MR 6
 #endif
 #define PEFT__NR (2 * PEFT__VW)
@@ -1774,15 +1777,16 @@ static float peft__dot(const float *a, const float *b, int n) {
     int i = 0;
     float s = 0.0f;
 #if defined(__GNUC__)
-    typedef float v8 __attribute__((vector_size(32)));
+    typedef float v4 __attribute__((vector_size(16)));   /* SSE/NEON width: no ABI caveats */
     if (n >= 8) {
-        v8 acc = { 0 }, x, y;
+        v4 acc0 = { 0 }, acc1 = { 0 }, x0, y0, x1, y1;
         for (; i + 8 <= n; i += 8) {
-            memcpy(&x, a + i, sizeof x);
-            memcpy(&y, b + i, sizeof y);
-            acc += x * y;
+            memcpy(&x0, a + i, sizeof x0); memcpy(&y0, b + i, sizeof y0);
+            memcpy(&x1, a + i + 4, sizeof x1); memcpy(&y1, b + i + 4, sizeof y1);
+            acc0 += x0 * y0;
+            acc1 += x1 * y1;
         }
-        s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        s = ((acc0[0] + acc1[0]) + (acc0[1] + acc1[1])) + ((acc0[2] + acc1[2]) + (acc0[3] + acc1[3]));
     }
 #endif
     for (; i < n; i++) s += a[i] * b[i];
@@ -4268,8 +4272,11 @@ static peft_status peft__st_parse(peft_safetensors *st) {
     size_t buf_len = st->file_size - 8 - (size_t)hn;
     if (h->type != PEFT_JSON_OBJECT) { peft_json_free(h); return peft__fail(PEFT_ERR_FORMAT, "%s: header is not a JSON object", path); }
     st->entries = (peft_st_entry *)peft__calloc((size_t)(h->n_children + 1) * sizeof(peft_st_entry));
-    st->meta_keys = (char **)peft__calloc((size_t)(h->n_children + 1) * sizeof(char *));
-    st->meta_vals = (char **)peft__calloc((size_t)(h->n_children + 1) * sizeof(char *));
+    int n_meta = 0;                       /* a hostile header may repeat __metadata__ */
+    for (const peft_json *t = h->child; t; t = t->next)
+        if (strcmp(t->key, "__metadata__") == 0) n_meta += t->n_children;
+    st->meta_keys = (char **)peft__calloc((size_t)(n_meta + 1) * sizeof(char *));
+    st->meta_vals = (char **)peft__calloc((size_t)(n_meta + 1) * sizeof(char *));
     if (!st->entries || !st->meta_keys || !st->meta_vals) { peft_json_free(h); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); }
     s = PEFT_OK;
     for (const peft_json *t = h->child; t && s == PEFT_OK; t = t->next) {

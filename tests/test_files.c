@@ -111,6 +111,9 @@ TEST(test_safetensors_hostile) {
     CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, 0) == PEFT_ERR_FORMAT, "malformed header JSON");
     CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_ERR_FORMAT, "negative dim");
     CHECK(open_crafted("[1,2]", 0, 0) == PEFT_ERR_FORMAT, "header not an object");
+    /* found by tests/fuzz: more metadata pairs than top-level keys, and a repeated __metadata__ */
+    CHECK(open_crafted("{\"__metadata__\":{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\"},\"__metadata__\":{\"d\":\"4\"}}", 0, 0) == PEFT_OK,
+          "many metadata pairs: %s", peft_last_error());
     char path[512];
     snprintf(path, sizeof path, "%s/tiny.safetensors", th_tmpdir());
     write_bytes(path, "abc", 3);
