@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     peft_json *j;
@@ -32,5 +33,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     peft_config c;
     peft_config_load(&c, path);
     remove(path);
+    /* and as an adapter_config.json for a small model */
+    char dir[64], cfg[96];
+    snprintf(dir, sizeof dir, "/tmp/peft-fuzz-adapter-%d", (int)getpid());
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+    mkdir(dir, 0755);
+    f = fopen(cfg, "wb");
+    if (!f) return 0;
+    fwrite(data, 1, size, f);
+    fclose(f);
+    peft_model *mm;
+    peft_config small;
+    peft_config_preset(&small, "tiny");
+    small.dim = 16; small.hidden_dim = 32; small.n_layers = 2; small.n_heads = 2; small.n_kv_heads = 1;
+    small.head_dim = 8; small.vocab_size = 32;
+    if (peft_model_new(&mm, &small, 0, 0) == PEFT_OK) {
+        peft_adapter_load(mm, dir);
+        peft_model_free(mm);
+    }
+    remove(cfg);
     return 0;
 }
