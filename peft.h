@@ -396,7 +396,8 @@ typedef struct peft_model {
 /* init: 0 = zeros (no weights), 1 = random N(0, 0.02) with unit norms. */
 PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int init, uint64_t seed);
 PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset, int init, uint64_t seed);
-/* A Hugging Face folder: config.json + model.safetensors (or the sharded index). */
+/* A Hugging Face folder: config.json + model.safetensors (or the sharded
+   index), or a llama2.c legacy .bin file (interleaved RoPE). */
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir);
 /* Writes config.json + model.safetensors (F32) into dir (created if needed), atomically. */
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
@@ -4564,13 +4565,73 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
     return s;
 }
 
+/* ---- llama2.c checkpoints (legacy .bin) -------------------------------------------
+   Seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
+   seq_len; a negative vocab_size means a separate classifier), then fp32
+   arrays: embeddings, attention norms, wq, wk, wv, wo (all layers each), ffn
+   norms, w1 (gate), w2 (down), w3 (up), final norm, the RoPE cos/sin tables
+   (skipped: recomputed) and the classifier when not shared. llama2.c rotates
+   interleaved pairs (2i, 2i+1), so the model keeps that layout. */
+static peft_status peft__load_llama2c(peft_model **out, const char *path) {
+    unsigned char *buf;
+    size_t size;
+    peft_status s = peft_read_file(path, &buf, &size);
+    if (s != PEFT_OK) return s;
+    int32_t h[7];
+    if (size < 28) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, too short for a llama2.c header", path, size); }
+    for (int i = 0; i < 7; i++) h[i] = (int32_t)((uint32_t)buf[4 * i] | (uint32_t)buf[4 * i + 1] << 8 | (uint32_t)buf[4 * i + 2] << 16 | (uint32_t)buf[4 * i + 3] << 24);
+    if (h[0] == 0x616b3432) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama2.c versioned (ak42) checkpoints are not supported yet; export with --version 0", path); }
+    peft_config c;
+    peft__config_defaults(&c);
+    int shared = h[5] > 0;
+    c.dim = h[0]; c.hidden_dim = h[1]; c.n_layers = h[2]; c.n_heads = h[3]; c.n_kv_heads = h[4];
+    c.vocab_size = shared ? h[5] : -h[5]; c.max_seq_len = h[6];
+    c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+    c.norm_eps = 1e-5f; c.rope_theta = 10000.0f; c.rope_interleaved = 1; c.tie_embeddings = shared;
+    c.bos_id = 1; c.eos_id = 2;
+    if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.vocab_size <= 0 ||
+        c.max_seq_len <= 0 || c.dim % c.n_heads || c.dim > 65536 || c.hidden_dim > 1 << 20 || c.n_layers > 4096 || c.max_seq_len > 1 << 24) {
+        PEFT_FREE(buf);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: not a llama2.c checkpoint (header %d %d %d %d %d %d %d)", path, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
+    }
+    int64_t D = c.dim, F = c.hidden_dim, L = c.n_layers, V = c.vocab_size, KV = (int64_t)c.n_kv_heads * c.head_dim;
+    int64_t need = V * D + L * D + L * D * D + 2 * L * D * KV + L * D * D + L * D + 3 * L * D * F + D +
+                   (int64_t)c.max_seq_len * c.head_dim + (shared ? 0 : V * D);
+    if ((int64_t)size != 28 + 4 * need) {
+        PEFT_FREE(buf);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, but the header implies %lld (truncated, or not a legacy llama2.c file)",
+                          path, size, (long long)(28 + 4 * need));
+    }
+    s = peft_config_validate(&c, path);
+    peft_model *m = NULL;
+    if (s == PEFT_OK) s = peft_model_new(&m, &c, 0, 0);
+    if (s != PEFT_OK) { PEFT_FREE(buf); return s; }
+    const unsigned char *p = buf + 28;
+#define PEFT__TAKE(dst, count) do { memcpy((dst), p, 4 * (size_t)(count)); p += 4 * (size_t)(count); } while (0)
+    PEFT__TAKE(m->embed->data, V * D);
+    for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].attn_norm->data, D);
+    int order[4] = { PEFT_Q, PEFT_K, PEFT_V, PEFT_O };
+    for (int k = 0; k < 4; k++) for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].lin[order[k]].w->data, m->layers[l].lin[order[k]].w->n);
+    for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].ffn_norm->data, D);
+    int ffn[3] = { PEFT_GATE, PEFT_DOWN, PEFT_UP };           /* w1, w2, w3 */
+    for (int k = 0; k < 3; k++) for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].lin[ffn[k]].w->data, D * F);
+    PEFT__TAKE(m->norm->data, D);
+    p += 4 * (size_t)c.max_seq_len * c.head_dim;             /* cos/sin tables: recomputed */
+    if (!shared) PEFT__TAKE(m->lm_head->data, V * D);
+#undef PEFT__TAKE
+    PEFT_FREE(buf);
+    snprintf(m->path, sizeof m->path, "%s", path);
+    *out = m;
+    return PEFT_OK;
+}
+
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     char path[1024];
     peft_config c;
     *out = NULL;
     struct stat sb;
     if (stat(dir, &sb) != 0) return peft__fail(PEFT_ERR_IO, "%s: no such file or folder", dir);
-    if (!S_ISDIR(sb.st_mode)) return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: expected a model folder (config.json + model.safetensors)", dir);
+    if (!S_ISDIR(sb.st_mode)) return peft__load_llama2c(out, dir);     /* a file: llama2.c .bin */
     snprintf(path, sizeof path, "%s/config.json", dir);
     peft_status s = peft_config_load(&c, path);
     if (s != PEFT_OK) return s;

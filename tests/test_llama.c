@@ -162,3 +162,42 @@ TEST(test_threads_deterministic) {
     peft_set_threads(1);
     peft_model_free(m);
 }
+
+/* A real llama2.c checkpoint (../shared/data; skipped where absent): the
+   legacy .bin loads with interleaved RoPE and GQA (8 heads, 4 kv heads), and
+   greedy decoding from BOS gives llama2.c run.c's 40 tokens. */
+TEST(test_llama2c_stories260k) {
+    if (!th_shared()) SKIP("../shared/data not present");
+    char path[700], ref[700];
+    snprintf(path, sizeof path, "%s/llama2c/stories260K.bin", th_shared());
+    FILE *f = fopen(path, "rb");
+    if (!f) SKIP("stories260K.bin not present in ../shared/data");
+    fclose(f);
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, path));
+    CHECK(m->cfg.dim == 64 && m->cfg.n_layers == 5 && m->cfg.n_heads == 8 && m->cfg.n_kv_heads == 4 &&
+          m->cfg.vocab_size == 512 && m->cfg.rope_interleaved && m->cfg.tie_embeddings, "stories260K config");
+    snprintf(ref, sizeof ref, "%s/stories260K_greedy40.txt", th_fixtures());
+    int want[40], n = 0;
+    f = fopen(ref, "r");
+    REQUIRE(f, "%s", ref);
+    while (n < 40 && fscanf(f, "%d", &want[n]) == 1) n++;
+    fclose(f);
+    REQUIRE(n == 40, "fixture has %d ids", n);
+    int bos = 1, got[40];
+    peft_graph *g = peft_graph_new();
+    int k = peft_generate_greedy(m, g, &bos, 1, 40, -1, got);
+    CHECK(k == 40 && memcmp(got, want, sizeof want) == 0, "greedy continuation differs from run.c (first: %d vs %d)", got[0], want[0]);
+    peft_graph_free(g);
+    peft_model_free(m);
+    /* a truncated copy is refused by name */
+    char bad[700];
+    snprintf(bad, sizeof bad, "%s/stories_trunc.bin", th_tmpdir());
+    unsigned char *d; size_t len;
+    REQUIRE_OK(peft_read_file(path, &d, &len));
+    f = fopen(bad, "wb");
+    fwrite(d, 1, len - 1000, f);
+    fclose(f);
+    free(d);
+    CHECK(peft_model_load(&m, bad) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_trunc.bin"), "truncated .bin: %s", peft_last_error());
+}
