@@ -612,6 +612,25 @@ PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids
    targets. Needs n ≥ T + 1. */
 PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, int T, int *tokens, int *targets);
 
+/* ------------------------------------------------------------- tokenizers */
+/* SentencePiece-style BPE (LLaMA-1/2, llama2.c's tokenizer.bin): a dummy
+   space prefix, pieces looked up per UTF-8 code point with byte fallback
+   (<0xXX> = byte + 3), then the highest-scoring adjacent merge, repeatedly. */
+typedef struct {
+    char   **pieces;                 /* "▁" stored as " ", as llama2.c does */
+    float   *scores;
+    int      n, max_len;
+    int     *sorted;                 /* piece ids sorted by bytes, for lookup */
+} peft_tokenizer;
+PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
+/* Encodes text (with BOS 1 / EOS 2 when asked) into ids; returns the count
+   (at most max; -1 when max is too small). */
+PEFTDEF int         peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max);
+/* The text of one id, as it follows prev (a leading space is dropped after
+   BOS; byte pieces <0xXX> decode to the byte). */
+PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int id, char buf[8]);
+PEFTDEF void        peft_tokenizer_free(peft_tokenizer *t);
+
 /* -------------------------------------------------- generation, plots, demo */
 /* Greedy decoding without a cache: appends up to max_new tokens after the
    prompt, stopping after eos; returns how many were produced. */
@@ -5053,6 +5072,123 @@ PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
     PEFT_FREE(list);
     peft_st_close(&st);
     return s;
+}
+
+/* ============================================================================
+   TOKENIZERS
+   ============================================================================ */
+
+static const peft_tokenizer *peft__sort_tok;
+static int peft__cmp_piece(const void *a, const void *b) {
+    return strcmp(peft__sort_tok->pieces[*(const int *)a], peft__sort_tok->pieces[*(const int *)b]);
+}
+
+PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size) {
+    memset(t, 0, sizeof *t);
+    unsigned char *buf;
+    size_t size;
+    peft_status s = peft_read_file(path, &buf, &size);
+    if (s != PEFT_OK) return s;
+    if (vocab_size < 1 || vocab_size > 1 << 22) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_ARG, "%s: bad vocabulary size %d", path, vocab_size); }
+    t->pieces = (char **)peft__calloc(sizeof(char *) * (size_t)vocab_size);
+    t->scores = (float *)PEFT_MALLOC(sizeof(float) * (size_t)vocab_size);
+    t->sorted = (int *)PEFT_MALLOC(sizeof(int) * (size_t)vocab_size);
+    if (!t->pieces || !t->scores || !t->sorted) { PEFT_FREE(buf); peft_tokenizer_free(t); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    size_t off = 4;
+    int32_t v;
+    if (size < 4) { s = peft__fail(PEFT_ERR_FORMAT, "%s: too short for a tokenizer.bin", path); goto done; }
+    memcpy(&v, buf, 4);
+    t->max_len = v;
+    for (int i = 0; i < vocab_size; i++) {
+        int32_t len;
+        if (off + 8 > size) { s = peft__fail(PEFT_ERR_FORMAT, "%s: ends at piece %d of %d", path, i, vocab_size); goto done; }
+        memcpy(&t->scores[i], buf + off, 4);
+        memcpy(&len, buf + off + 4, 4);
+        off += 8;
+        if (len < 0 || len > 1 << 16 || off + (size_t)len > size) { s = peft__fail(PEFT_ERR_FORMAT, "%s: piece %d has a bad length %d", path, i, len); goto done; }
+        t->pieces[i] = (char *)PEFT_MALLOC((size_t)len + 1);
+        if (!t->pieces[i]) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        memcpy(t->pieces[i], buf + off, (size_t)len);
+        t->pieces[i][len] = 0;
+        off += (size_t)len;
+        t->n = i + 1;
+    }
+    for (int i = 0; i < t->n; i++) t->sorted[i] = i;
+    peft__sort_tok = t;                       /* qsort has no context argument in C */
+    qsort(t->sorted, (size_t)t->n, sizeof(int), peft__cmp_piece);
+done:
+    PEFT_FREE(buf);
+    if (s != PEFT_OK) peft_tokenizer_free(t);
+    return s;
+}
+
+static int peft__piece_id(const peft_tokenizer *t, const char *s) {
+    int lo = 0, hi = t->n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2, c = strcmp(t->pieces[t->sorted[mid]], s);
+        if (c == 0) return t->sorted[mid];
+        if (c < 0) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+}
+
+PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max) {
+    int n = 0;
+    size_t tl = strlen(text);
+    if ((size_t)max < tl + 4) return -1;            /* at most one token per byte, + prefix, BOS, EOS */
+    if (bos) ids[n++] = 1;
+    if (*text) {
+        int sp = peft__piece_id(t, " ");             /* SentencePiece's dummy prefix */
+        if (sp >= 0) ids[n++] = sp;
+    }
+    char cp[8];
+    for (const unsigned char *c = (const unsigned char *)text; *c;) {
+        int len = 1;                                 /* one UTF-8 code point (at most 4 bytes) */
+        while (len < 4 && (c[len] & 0xC0) == 0x80) len++;
+        memcpy(cp, c, (size_t)len);
+        cp[len] = 0;
+        int id = peft__piece_id(t, cp);
+        if (id >= 0) ids[n++] = id;
+        else for (int i = 0; i < len; i++) ids[n++] = c[i] + 3;   /* byte fallback */
+        c += len;
+    }
+    char *merged = (char *)PEFT_MALLOC((size_t)t->max_len * 2 + 8);
+    if (!merged) return -1;
+    int first = bos ? 1 : 0;
+    for (;;) {                                       /* best-scoring merge, leftmost on ties */
+        float best = -1e10f;
+        int best_i = -1, best_id = -1;
+        for (int i = first; i + 1 < n; i++) {
+            size_t a = strlen(t->pieces[ids[i]]), b = strlen(t->pieces[ids[i + 1]]);
+            if (a + b > (size_t)t->max_len * 2) continue;
+            memcpy(merged, t->pieces[ids[i]], a);
+            memcpy(merged + a, t->pieces[ids[i + 1]], b + 1);
+            int id = peft__piece_id(t, merged);
+            if (id >= 0 && t->scores[id] > best) { best = t->scores[id]; best_i = i; best_id = id; }
+        }
+        if (best_i < 0) break;
+        ids[best_i] = best_id;
+        memmove(ids + best_i + 1, ids + best_i + 2, sizeof(int) * (size_t)(n - best_i - 2));
+        n--;
+    }
+    PEFT_FREE(merged);
+    if (eos) ids[n++] = 2;
+    return n;
+}
+
+PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int id, char buf[8]) {
+    if (id < 0 || id >= t->n) return "";
+    const char *p = t->pieces[id];
+    if (prev == 1 && p[0] == ' ') p++;             /* the dummy prefix after BOS */
+    unsigned int byte;
+    if (strlen(p) == 6 && sscanf(p, "<0x%02X>", &byte) == 1) { buf[0] = (char)byte; buf[1] = 0; return buf; }
+    return p;
+}
+
+PEFTDEF void peft_tokenizer_free(peft_tokenizer *t) {
+    if (t->pieces) for (int i = 0; i < t->n; i++) PEFT_FREE(t->pieces[i]);
+    PEFT_FREE(t->pieces); PEFT_FREE(t->scores); PEFT_FREE(t->sorted);
+    memset(t, 0, sizeof *t);
 }
 
 /* ============================================================================

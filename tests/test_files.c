@@ -227,3 +227,48 @@ TEST(test_sharded_index) {
     peft_model_free(ref);
     free(items);
 }
+
+/* The LLaMA-2 tokenizer (llama2.c's tokenizer.bin from ../shared/data, skipped
+   where absent) encodes 230 strings exactly as the sentencepiece package does
+   with tokenizer.model (tools/ref/make_tokenizer_fixtures.py), and decoding
+   gives sentencepiece's text back. */
+TEST(test_tokenizer_llama2_matches_sentencepiece) {
+    if (!th_shared()) SKIP("../shared/data not present");
+    char path[700], fx[512];
+    snprintf(path, sizeof path, "%s/llama2c/tokenizer.bin", th_shared());
+    FILE *probe = fopen(path, "rb");
+    if (!probe) SKIP("tokenizer.bin not present in ../shared/data");
+    fclose(probe);
+    peft_tokenizer t;
+    REQUIRE_OK(peft_tokenizer_load_llama2c(&t, path, 32000));
+    snprintf(fx, sizeof fx, "%s/sp_llama2.jsonl", th_fixtures());
+    unsigned char *d; size_t n;
+    REQUIRE_OK(peft_read_file(fx, &d, &n));
+    int lines = 0, enc_ok = 0, dec_ok = 0;
+    for (char *line = (char *)d, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        if (next) next++;
+        peft_json *j;
+        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) { CHECK(0, "fixture line: %s", peft_last_error()); break; }
+        const char *text = peft_json_get(j, "text")->string;
+        const peft_json *want = peft_json_get(j, "ids");
+        int ids[4096], k = peft_tokenizer_encode(&t, text, 0, 0, ids, 4096), same = k == want->n_children;
+        int i = 0;
+        for (const peft_json *x = want->child; x && same; x = x->next, i++) same = ids[i] == (int)x->number;
+        enc_ok += same;
+        if (!same) CHECK(0, "encode '%s': %d ids, sentencepiece %d", text, k, want->n_children);
+        char out[8192] = "", b[8];
+        for (i = 0; i < k; i++) {
+            const char *piece = peft_tokenizer_decode(&t, i ? ids[i - 1] : 1, ids[i], b);
+            strncat(out, piece, sizeof out - strlen(out) - 1);
+        }
+        dec_ok += strcmp(out, peft_json_get(j, "decoded")->string) == 0;
+        lines++;
+        peft_json_free(j);
+    }
+    CHECK(lines >= 200 && enc_ok == lines, "encode: %d of %d strings equal sentencepiece", enc_ok, lines);
+    CHECK(dec_ok == lines, "decode: %d of %d round trips equal sentencepiece's", dec_ok, lines);
+    free(d);
+    peft_tokenizer_free(&t);
+}
