@@ -636,6 +636,14 @@ PEFTDEF void        peft_tokenizer_free(peft_tokenizer *t);
    prompt, stopping after eos; returns how many were produced. */
 PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt, int n_prompt,
                                  int max_new, int eos, int *out);
+/* Sampling: temperature 0 is greedy; otherwise softmax(logits/T), keep the
+   top_k (0 = all) and the smallest set with probability ≥ top_p (1 = all). */
+typedef struct { float temperature, top_p; int top_k; uint64_t seed; } peft_sampler;
+PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *scratch, int *iscratch);
+/* Generation with a sampler; on_token (may be NULL) sees each new id as it
+   comes (streaming) and can stop by returning non-zero. Returns the count. */
+PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n_prompt, int max_new, int eos,
+                          const peft_sampler *s, int *out, int (*on_token)(void *ctx, int id), void *ctx);
 
 /* The Stanford Alpaca prompt (with or without input), ending "### Response:". */
 PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char *out, size_t n);
@@ -5269,6 +5277,60 @@ PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt
     }
     peft_graph_set_grad(g, grad);
     PEFT_FREE(seq);
+    return n;
+}
+
+static const float *peft__sort_probs;
+static int peft__cmp_prob(const void *a, const void *b) {
+    float x = peft__sort_probs[*(const int *)a], y = peft__sort_probs[*(const int *)b];
+    return x < y ? 1 : x > y ? -1 : (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
+}
+
+PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *p, int *idx) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (logits[i] > logits[best]) best = i;
+    if (!s || s->temperature <= 0.0f) return best;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) { p[i] = expf((logits[i] - logits[best]) / s->temperature); sum += p[i]; idx[i] = i; }
+    for (int i = 0; i < n; i++) p[i] = (float)(p[i] / sum);
+    peft__sort_probs = p;
+    qsort(idx, (size_t)n, sizeof(int), peft__cmp_prob);      /* descending, ties by id */
+    int keep = s->top_k > 0 && s->top_k < n ? s->top_k : n;
+    double cum = 0.0;
+    for (int i = 0; i < keep; i++) {
+        cum += p[idx[i]];
+        if (s->top_p > 0.0f && s->top_p < 1.0f && cum >= s->top_p) { keep = i + 1; break; }
+    }
+    double mass = 0.0;
+    for (int i = 0; i < keep; i++) mass += p[idx[i]];
+    double r = (double)peft_rng_uniform(rng) * mass, c = 0.0;
+    for (int i = 0; i < keep; i++) { c += p[idx[i]]; if (r < c) return idx[i]; }
+    return idx[keep - 1];
+}
+
+PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n_prompt, int max_new, int eos,
+                          const peft_sampler *s, int *out, int (*on_token)(void *ctx, int id), void *ctx) {
+    int V = m->cfg.vocab_size, n = 0;
+    int *seq = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(n_prompt + max_new)), *idx = (int *)PEFT_MALLOC(sizeof(int) * (size_t)V);
+    float *p = (float *)PEFT_MALLOC(sizeof(float) * (size_t)V);
+    peft_rng rng;
+    peft_rng_seed(&rng, s ? s->seed : 0);
+    if (seq && idx && p) {
+        memcpy(seq, prompt, sizeof(int) * (size_t)n_prompt);
+        int grad = g->grad_enabled;
+        peft_graph_set_grad(g, 0);
+        while (n < max_new && n_prompt + n < m->cfg.max_seq_len) {
+            peft_graph_reset(g);
+            peft_tensor *lg = peft_model_forward(m, g, seq, 1, n_prompt + n);
+            if (!lg) break;
+            int id = peft_sample(lg->data + (size_t)(n_prompt + n - 1) * V, V, s, &rng, p, idx);
+            out[n] = id;
+            seq[n_prompt + n++] = id;
+            if ((on_token && on_token(ctx, id)) || id == eos) break;
+        }
+        peft_graph_set_grad(g, grad);
+    }
+    PEFT_FREE(seq); PEFT_FREE(idx); PEFT_FREE(p);
     return n;
 }
 

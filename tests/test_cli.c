@@ -4,6 +4,7 @@
 static const char *bin(void) { const char *b = getenv("PEFT_BIN"); return b ? b : "build/peft"; }
 
 /* Runs a command line, captures stdout+stderr into out; returns exit status. */
+static int run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int run(char *out, size_t cap, const char *fmt, ...) {
     char cmd[2048], full[2200];
     va_list ap;
@@ -28,8 +29,8 @@ TEST(test_cli) {
     CHECK(run(out, sizeof out, "info --preset llama-7b") == 0 && strstr(out, "6,738,415,616"), "info llama-7b: %s", out);
     CHECK(run(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "24,736"), "info folder: %s", out);
     CHECK(run(out, sizeof out, "info --preset nope") == 1 && strstr(out, "nope"), "unknown preset: %s", out);
-    const char *cmds[] = { "info", "logits", "train", "merge", "quantize", "bench" };
-    for (int i = 0; i < 6; i++)
+    const char *cmds[] = { "info", "logits", "train", "merge", "quantize", "bench", "generate" };
+    for (int i = 0; i < 7; i++)
         CHECK(run(out, sizeof out, "%s --help", cmds[i]) == 0 && strstr(out, "usage: peft"), "%s --help", cmds[i]);
     CHECK(run(out, sizeof out, "frobnicate") == 2, "unknown command exits 2");
     CHECK(run(out, sizeof out, "train --preset tiny --data x --bogus 1") == 2, "unknown flag exits 2");
@@ -118,6 +119,20 @@ TEST(test_cli) {
     CHECK(run(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
           strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
     CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
+
+    /* generate: greedy ids from a llama2.c model equal run.c's (when ../shared/data is there) */
+    if (th_shared()) {
+        char want[512] = "";
+        snprintf(ref, sizeof ref, "%s/stories260K_greedy40.txt", th_fixtures());
+        FILE *wf = fopen(ref, "r");
+        if (wf && fgets(want, sizeof want, wf)) {
+            CHECK(run(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --tokens 1 --max-new 40 --print-ids", th_shared()) == 0 &&
+                  strcmp(out, want) == 0, "generate --print-ids: '%s' vs run.c '%s'", out, want);
+        }
+        if (wf) fclose(wf);
+        CHECK(run(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --prompt hi", th_shared()) == 2,
+              "--prompt without --tokenizer exits 2");
+    }
 }
 
 /* `make demo`'s program, shortened (--quick: a few steps per phase, a subset

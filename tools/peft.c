@@ -488,6 +488,94 @@ static int cmd_quantize(int argc, char **argv) {
     return rc;
 }
 
+/* -------------------------------------------------------------- generate */
+static const char *GENERATE_HELP =
+    "usage: peft generate --model M [--adapter A] (--prompt TEXT --tokenizer tokenizer.bin | --tokens 1,2,3)\n"
+    "                     [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--print-ids]\n\n"
+    "Continues a prompt, streaming the text (or, with --print-ids, the ids separated by\n"
+    "spaces). Temperature 0 (the default) is greedy. Stops at EOS (id 2) or --max-new.\n"
+    "--tokenizer reads a llama2.c tokenizer.bin (SentencePiece BPE, LLaMA-1/2 vocabulary).\n";
+
+typedef struct { const peft_tokenizer *tok; int prev, print_ids, count; } gen_ctx;
+
+static int on_token(void *vctx, int id) {
+    gen_ctx *c = (gen_ctx *)vctx;
+    if (c->print_ids) printf("%s%d", c->count ? " " : "", id);
+    else if (c->tok && id != 2) {
+        char b[8];
+        fputs(peft_tokenizer_decode(c->tok, c->prev, id, b), stdout);
+    }
+    fflush(stdout);
+    c->prev = id;
+    c->count++;
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    model_src src = { 0, 0, 0, 0 };
+    const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL;
+    int max_new = 64, print_ids = 0;
+    peft_sampler sm = { 0.0f, 1.0f, 0, 0 };
+    for (int i = 0; i < argc;) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(GENERATE_HELP, stdout); return 0; }
+        if (!strcmp(a, "--print-ids")) { print_ids = 1; i++; continue; }
+        if (!v) return usage_error("generate", "option needs a value", a);
+        if (!strcmp(a, "--model")) src.model = v;
+        else if (!strcmp(a, "--adapter")) src.adapter = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--tokens")) tokens_arg = v;
+        else if (!strcmp(a, "--tokenizer")) tok_path = v;
+        else if (!strcmp(a, "--max-new")) ok = parse_int(v, &max_new) && max_new > 0;
+        else if (!strcmp(a, "--temperature")) ok = parse_float(v, &sm.temperature) && sm.temperature >= 0;
+        else if (!strcmp(a, "--top-p")) ok = parse_float(v, &sm.top_p) && sm.top_p > 0 && sm.top_p <= 1;
+        else if (!strcmp(a, "--top-k")) ok = parse_int(v, &sm.top_k);
+        else if (!strcmp(a, "--seed")) sm.seed = strtoull(v, NULL, 10);
+        else return usage_error("generate", "unknown option", a);
+        if (!ok) return usage_error("generate", "bad value for", a);
+        i += 2;
+    }
+    if (!src.model) return usage_error("generate", "--model is required", NULL);
+    if (!prompt == !tokens_arg) return usage_error("generate", "give exactly one of --prompt and --tokens", NULL);
+    if (prompt && !tok_path) return usage_error("generate", "--prompt needs --tokenizer (a llama2.c tokenizer.bin)", NULL);
+    peft_model *m;
+    if (load_model(&src, &m)) return 1;
+    peft_tokenizer tok;
+    int have_tok = 0, rc = 0, n = 0, cap = 4096;
+    int *ids = malloc(sizeof(int) * cap), *out = malloc(sizeof(int) * (size_t)max_new);
+    if (tok_path) {
+        if (peft_tokenizer_load_llama2c(&tok, tok_path, m->cfg.vocab_size) != PEFT_OK) { rc = fail(); goto done; }
+        have_tok = 1;
+    }
+    if (prompt) {
+        n = peft_tokenizer_encode(&tok, prompt, 1, 0, ids, cap);
+        if (n < 0) { fprintf(stderr, "peft: error: prompt too long\n"); rc = 1; goto done; }
+    } else {
+        for (const char *p = tokens_arg; *p && n < cap;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 0 || v >= m->cfg.vocab_size) { rc = usage_error("generate", "--tokens must be ids within the vocabulary", tokens_arg); goto done; }
+            ids[n++] = (int)v;
+            p = *end == ',' ? end + 1 : end;
+            if (*end && *end != ',') { rc = usage_error("generate", "--tokens must be comma-separated ids", tokens_arg); goto done; }
+        }
+    }
+    {
+        gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0 };
+        if (prompt && !print_ids) fputs(prompt, stdout);
+        peft_graph *g = peft_graph_new();
+        peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
+        printf("\n");
+        peft_graph_free(g);
+    }
+done:
+    if (have_tok) peft_tokenizer_free(&tok);
+    free(ids); free(out);
+    peft_model_free(m);
+    return rc;
+}
+
 /* ----------------------------------------------------------------- merge */
 static const char *MERGE_HELP =
     "usage: peft merge --model DIR --adapter DIR --out DIR\n\n"
@@ -538,7 +626,8 @@ static const char *MAIN_HELP =
     "  train    fine-tune a model (full or a PEFT method) on a token or text file\n"
     "  merge    fold a LoRA adapter into the base weights\n"
     "  quantize store a model's block linears in 4 bits (bitsandbytes layout)\n"
-    "  bench    time training steps: tokens/s, GFLOP/s, peak memory\n";
+    "  bench    time training steps: tokens/s, GFLOP/s, peak memory\n"
+    "  generate continue a prompt (greedy or sampled), with or without an adapter\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -551,6 +640,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "merge")) return cmd_merge(argc - 2, argv + 2);
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
     fprintf(stderr, "peft: unknown command '%s'\n%s", argv[1], MAIN_HELP);
     return 2;
 }
