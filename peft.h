@@ -172,6 +172,7 @@ typedef struct {
 
 PEFTDEF const float *peft_q4_code(peft_q4_type t);     /* the 16 values of a code */
 PEFTDEF const float *peft_dynamic_map(void);            /* bnb's signed 8-bit map (256) */
+PEFTDEF const float *peft_dynamic_map_unsigned(void);   /* and its unsigned one (8-bit optimizer v) */
 /* offset: NULL computes the mean of the absmax values (in double); pass a value
    to reproduce a file bit for bit (bnb takes torch's float32 mean, whose
    summation order depends on the CPU's vector width). */
@@ -1336,12 +1337,23 @@ static void peft__q4_bounds(peft_q4_type t, float *bounds) {
     }
 }
 
-/* bitsandbytes (CPU) brackets the value in the code with its first entry
-   widened to −1, then moves right when the right neighbour is strictly
-   closer, measuring distances with the unwidened code. Its bracketing uses
-   an approximate bucketed search that, for about 0.1% of values (exact
-   midpoints, and a band near 0), lands one or more codes higher; this
-   implementation brackets exactly, so it can differ from bnb there. */
+/* bitsandbytes' CPU kernel does not search the code with the value itself:
+   it snaps the normalised value to a grid of 65,536 points on [−1, 1]
+   (k = rint((v + 1)·32767.5)) and takes the code nearest to that grid point
+   (ties to the lower code). Found by probing bnb 0.50.2 with 20,001 values;
+   reproduced here exactly, so 8-bit codes (double quantization, 8-bit
+   optimizer states) equal bnb's byte for byte. */
+static uint8_t peft__nearest_code(const float *code, double g) {
+    int lo = 0, hi = 255;                       /* largest lo with code[lo] <= g */
+    if (g <= code[0]) return 0;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if ((double)code[mid] <= g) lo = mid; else hi = mid - 1;
+    }
+    if (lo < 255 && fabs((double)code[lo + 1] - g) < fabs(g - (double)code[lo])) lo++;
+    return (uint8_t)lo;
+}
+
 PEFTDEF void peft_quantize_blockwise8(const float *x, int64_t n, int blocksize, const float *code,
                                       uint8_t *q, float *absmax) {
     for (int64_t b0 = 0; b0 < n; b0 += blocksize) {
@@ -1351,13 +1363,10 @@ PEFTDEF void peft_quantize_blockwise8(const float *x, int64_t n, int blocksize, 
         absmax[b0 / blocksize] = am;
         for (int64_t i = b0; i < b1; i++) {
             float v = x[i] / am;
-            int lo = 0, hi = 255;                 /* largest lo with code'[lo] <= v, code'[0] = −1 */
-            while (lo < hi) {
-                int mid = (lo + hi + 1) / 2;
-                if (code[mid] <= v) lo = mid; else hi = mid - 1;
-            }
-            if (lo < 255 && fabsf(v - code[lo + 1]) < fabsf(v - code[lo])) lo++;
-            q[i] = (uint8_t)lo;
+            float t = (v + 1.0f) * 32767.5f;
+            long k = lrintf(t);
+            k = k < 0 ? 0 : k > 65535 ? 65535 : k;
+            q[i] = peft__nearest_code(code, (double)k / 32767.5 - 1.0);
         }
     }
 }
@@ -3752,6 +3761,8 @@ PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
         }
     }
 }
+
+PEFTDEF const float *peft_dynamic_map_unsigned(void) { return peft__udynamic_map; }
 
 PEFTDEF size_t peft_adamw_state_bytes(const peft_adamw *opt) {
     size_t b = 0;

@@ -50,6 +50,15 @@ def main():
                     out[p + ".offset"] = st.offset.float().reshape(1)
                 if w.numel() < 10000:     # keep the fixture small: the big tensor checks the nesting
                     out[p + ".deq"] = F.dequantize_4bit(q, st).float().contiguous()
+    # 8-bit blockwise codes (double quantization's and 8-bit optimizers'), signed and unsigned maps
+    g = torch.Generator().manual_seed(9)
+    x = torch.cat([torch.randn(1500, generator=g), torch.linspace(-1, 1, 548)]).contiguous()
+    q, st = F.quantize_blockwise(x, code=F.create_dynamic_map(signed=True), blocksize=256)
+    out["b8_x"], out["b8_signed.q"], out["b8_signed.absmax"] = x, q.contiguous(), st.absmax.float().contiguous()
+    ux = x.abs().contiguous()
+    umap = F.create_dynamic_map(signed=False)
+    q, st = F.quantize_blockwise(ux, code=umap, blocksize=256)
+    out["b8_unsigned.q"], out["b8_unsigned.absmax"], out["unsigned_map"] = q.contiguous(), st.absmax.float().contiguous(), umap.float()
     save_file(out, OUT, metadata={"bitsandbytes": bitsandbytes.__version__, "torch": torch.__version__})
     print("wrote", OUT, os.path.getsize(OUT), "bytes")
 
