@@ -1700,24 +1700,45 @@ PEFTDEF peft_tensor *peft_linear(peft_graph *g, peft_tensor *x, peft_tensor *W) 
 /* ---- RMSNorm ---------------------------------------------------------------
    y = w ⊙ x·r,   r = 1/sqrt(mean(x²) + eps)         (per row, in fp32)
    dx = r·(w⊙dy) − x·r³/D · Σ(w⊙dy⊙x);   dw += Σ_rows dy⊙x·r                */
+typedef struct { const float *x, *w, *dy, *rs; float *y, *dx, *rs_out; int64_t D; float eps; } peft__rms_args;
+
+static void peft__rms_fwd_range(void *vctx, int64_t r0, int64_t r1) {
+    const peft__rms_args *a = (const peft__rms_args *)vctx;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = a->x + r * a->D;
+        float ss = 0.0f;
+        for (int64_t j = 0; j < a->D; j++) ss += xr[j] * xr[j];
+        float inv = 1.0f / sqrtf(ss / (float)a->D + a->eps);
+        a->rs_out[r] = inv;
+        float *yr = a->y + r * a->D;
+        for (int64_t j = 0; j < a->D; j++) yr[j] = a->w[j] * (xr[j] * inv);
+    }
+}
+static void peft__rms_dx_range(void *vctx, int64_t r0, int64_t r1) {
+    const peft__rms_args *a = (const peft__rms_args *)vctx;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *xr = a->x + r * a->D, *dr = a->dy + r * a->D;
+        float inv = a->rs[r];
+        double dot = 0.0;
+        for (int64_t j = 0; j < a->D; j++) dot += (double)a->w[j] * dr[j] * xr[j];
+        float c = (float)(dot * inv * inv * inv / (double)a->D);
+        float *dx = a->dx + r * a->D;
+        for (int64_t j = 0; j < a->D; j++) dx[j] += inv * a->w[j] * dr[j] - xr[j] * c;
+    }
+}
 static void peft__rmsnorm_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *x = n->in[0], *w = n->in[1];
     int64_t R = peft__rows(x), D = peft__cols(x);
     const float *dy = n->out->grad, *rs = n->saved;
-    for (int64_t r = 0; r < R; r++) {
-        const float *xr = x->data + r * D, *dr = dy + r * D;
-        float inv = rs[r];
-        if (x->requires_grad) {
-            double dot = 0.0;
-            for (int64_t j = 0; j < D; j++) dot += (double)w->data[j] * dr[j] * xr[j];
-            float c = (float)(dot * inv * inv * inv / (double)D);
-            float *dx = x->grad + r * D;
-            for (int64_t j = 0; j < D; j++) dx[j] += inv * w->data[j] * dr[j] - xr[j] * c;
-        }
-        if (w->requires_grad)
+    peft__rms_args a = { x->data, w->data, dy, rs, NULL, x->grad, NULL, D, 0.0f };
+    if (x->requires_grad) peft__parallel_for(R, 16, peft__rms_dx_range, &a);
+    if (w->requires_grad)                       /* a reduction over rows: serial, fixed order */
+        for (int64_t r = 0; r < R; r++) {
+            const float *xr = x->data + r * D, *dr = dy + r * D;
+            float inv = rs[r];
             for (int64_t j = 0; j < D; j++) w->grad[j] += dr[j] * xr[j] * inv;
-    }
+        }
 }
 PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w, float eps) {
     if (!peft__ok(g, x, w)) return NULL;
@@ -1726,15 +1747,8 @@ PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w,
     peft_tensor *y = peft__like(g, x);
     float *rs = y ? peft__arena_floats(g, R, 0) : NULL;
     if (!rs) return NULL;
-    for (int64_t r = 0; r < R; r++) {
-        const float *xr = x->data + r * D;
-        float ss = 0.0f;
-        for (int64_t j = 0; j < D; j++) ss += xr[j] * xr[j];
-        float inv = 1.0f / sqrtf(ss / (float)D + eps);
-        rs[r] = inv;
-        float *yr = y->data + r * D;
-        for (int64_t j = 0; j < D; j++) yr[j] = w->data[j] * (xr[j] * inv);
-    }
+    peft__rms_args a = { x->data, w->data, NULL, NULL, y->data, NULL, rs, D, eps };
+    peft__parallel_for(R, 16, peft__rms_fwd_range, &a);
     peft__node *nd = peft__record(g, peft__rmsnorm_bw, y, x, w, NULL, NULL);
     if (nd) nd->saved = rs;
     return y;
@@ -3721,6 +3735,12 @@ static void peft__adam_update(const peft__adam_k *k, float *w, const float *g, f
     }
 }
 
+typedef struct { const peft__adam_k *k; float *w; const float *g; float *m, *v; } peft__adam_args;
+static void peft__adam_range(void *vctx, int64_t j0, int64_t j1) {
+    const peft__adam_args *a = (const peft__adam_args *)vctx;
+    peft__adam_update(a->k, a->w + j0, a->g + j0, a->m + j0, a->v + j0, j1 - j0);
+}
+
 PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
     opt->t++;
     double b1 = opt->o.beta1, b2 = opt->o.beta2;
@@ -3745,7 +3765,11 @@ PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
             }
             continue;
         }
-        if (!peft__is_paged(opt, i)) { peft__adam_update(&k, p->data, p->grad, opt->m[i], opt->v[i], p->n); continue; }
+        if (!peft__is_paged(opt, i)) {
+            peft__adam_args aa = { &k, p->data, p->grad, opt->m[i], opt->v[i] };
+            peft__parallel_for(p->n, 32768, peft__adam_range, &aa);
+            continue;
+        }
         /* paged: prefetch the next paged tensor, then walk this one a page at a time */
         for (int j = i + 1; j < opt->n; j++)
             if (peft__is_paged(opt, j)) {
