@@ -70,8 +70,10 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
     int n = 0, T = 0, V = m->cfg.vocab_size;
     for (int i = w->n_train; i < w->n_items && n < 512; i += eval_stride) its[n++] = &w->items[i];
     for (int b = 0; b < n; b++) if (its[b]->n_ids > T) T = its[b]->n_ids;
-    int *seq = calloc((size_t)n * T, sizeof(int)), *len = malloc(sizeof(int) * n), *done = calloc(n, sizeof(int));
-    int *ok = malloc(sizeof(int) * n);
+    size_t nb = n > 0 ? (size_t)n : 1;
+    int *seq = calloc(nb * (size_t)(T > 0 ? T : 1), sizeof(int)), *len = malloc(sizeof(int) * nb), *done = calloc(nb, sizeof(int));
+    int *ok = malloc(sizeof(int) * nb);
+    if (!seq || !len || !done || !ok) die("out of memory");
     for (int b = 0; b < n; b++) {
         memcpy(seq + (size_t)b * T, its[b]->ids, sizeof(int) * its[b]->n_prompt);
         len[b] = its[b]->n_prompt;
@@ -84,7 +86,8 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
         for (int b = 0; b < n; b++) if (!done[b]) { active = 1; if (len[b] > Tcur) Tcur = len[b]; }
         if (!active) break;
         /* the batch is [n, Tcur] with row stride T: copy into a compact buffer */
-        int *tok = malloc(sizeof(int) * (size_t)n * Tcur);
+        int *tok = malloc(sizeof(int) * nb * (size_t)Tcur);
+        if (!tok) die("out of memory");
         for (int b = 0; b < n; b++) memcpy(tok + (size_t)b * Tcur, seq + (size_t)b * T, sizeof(int) * Tcur);
         peft_graph_reset(g);
         peft_tensor *lg = peft_model_forward(m, g, tok, n, Tcur);
