@@ -5294,25 +5294,7 @@ PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, in
 
 PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt, int n_prompt,
                                  int max_new, int eos, int *out) {
-    int n = 0, *seq = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(n_prompt + max_new));
-    if (!seq) return 0;
-    memcpy(seq, prompt, sizeof(int) * (size_t)n_prompt);
-    int grad = g->grad_enabled;
-    peft_graph_set_grad(g, 0);
-    while (n < max_new) {
-        peft_graph_reset(g);
-        peft_tensor *lg = peft_model_forward(m, g, seq, 1, n_prompt + n);
-        if (!lg) break;
-        const float *row = lg->data + (size_t)(n_prompt + n - 1) * m->cfg.vocab_size;
-        int best = 0;
-        for (int v = 1; v < m->cfg.vocab_size; v++) if (row[v] > row[best]) best = v;
-        out[n] = best;
-        seq[n_prompt + n++] = best;
-        if (best == eos) break;
-    }
-    peft_graph_set_grad(g, grad);
-    PEFT_FREE(seq);
-    return n;
+    return peft_generate(m, g, prompt, n_prompt, max_new, eos, NULL, out, NULL, NULL);   /* no sampler: argmax */
 }
 
 static const float *peft__sort_probs;
