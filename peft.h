@@ -439,6 +439,22 @@ PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir);
 
 /* Forward over B sequences of T tokens (row-major ids) → logits [B*T, vocab]. */
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T);
+/* ---- KV cache: generation without recomputing the past ----
+   Holds each layer's keys and values (after RoPE) for B rows of up to
+   max_len positions, each row with its own length, plus the adapter
+   prompts' keys/values, computed once on the first call. A cached forward
+   takes T new tokens per row, appended at that row's length; rows may be
+   rewound (set_len) to drop right-padding after a batched prefill. Forward
+   only: the graph must have gradients off. */
+typedef struct peft_kv_cache peft_kv_cache;
+PEFTDEF peft_status  peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, int batch, int max_len);
+PEFTDEF void         peft_kv_cache_free(peft_kv_cache *c);
+PEFTDEF void         peft_kv_cache_reset(peft_kv_cache *c);   /* empty every row, recompute prompts */
+PEFTDEF int          peft_kv_cache_len(const peft_kv_cache *c, int row);
+PEFTDEF void         peft_kv_cache_set_len(peft_kv_cache *c, int row, int len);
+/* logits [B*T, vocab] for the new tokens; B must be the cache's batch. */
+PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, peft_kv_cache *c,
+                                               const int *tokens, int B, int T);
 /* Logits, then mean cross-entropy against targets (-100 = ignored). */
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T);
@@ -622,6 +638,7 @@ typedef struct {
     float   *scores;
     int      n, max_len;
     int     *sorted;                 /* piece ids sorted by bytes, for lookup */
+    int      bos_id, eos_id;         /* 1 and 2 for LLaMA-1/2                 */
 } peft_tokenizer;
 PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
 /* Encodes text (with BOS 1 / EOS 2 when asked) into ids; returns the count
@@ -632,9 +649,42 @@ PEFTDEF int         peft_tokenizer_encode(const peft_tokenizer *t, const char *t
 PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int id, char buf[8]);
 PEFTDEF void        peft_tokenizer_free(peft_tokenizer *t);
 
+/* ------------------------------------------------------ supervised datasets */
+/* Examples as token ids with the number of leading tokens that carry no
+   loss. Loaded from
+     .json   an array of Alpaca records {instruction, input, output}
+     .jsonl  one record per line: Alpaca keys, {prompt, completion}, or {text}
+     .txt    plain text, tokenized whole and cut into max_len-token pieces
+     other   a file of integer ids (spaces/commas/newlines), cut likewise
+   Alpaca records use the Stanford template and recipe: ids = tokenize(prompt
+   + output) with BOS and EOS, and the first len(tokenize(prompt)) ids are
+   masked. Examples longer than max_len are truncated; those left with no
+   target are dropped (counted). t may be NULL for id files. */
+typedef struct {
+    int     *ids;          /* every example's ids, back to back           */
+    int64_t *start;        /* [n + 1] offsets into ids                    */
+    int     *n_masked;     /* leading ids of each example without loss    */
+    int      n, n_dropped;
+    int64_t  n_tokens;
+    char     path[512];
+} peft_dataset;
+PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const peft_tokenizer *t, int max_len);
+/* Takes the last n examples of d (after a seeded shuffle of which ones) into
+   held; d keeps the rest. */
+PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int n, uint64_t seed);
+PEFTDEF void        peft_dataset_free(peft_dataset *d);
+/* A batch of the examples idx[0..B): inputs ids[0..L-1), targets ids[1..L)
+   with masked and padding positions at -100, padded to the longest example
+   (at most T). Returns the padded length. */
+PEFTDEF int         peft_dataset_batch(const peft_dataset *d, const int *idx, int B, int T, int pad_id,
+                                       int *tokens, int *targets);
+/* The example order of an epoch: a seeded permutation, the same for the
+   same (seed, epoch), so a resumed run sees the same batches. */
+PEFTDEF void        peft_dataset_order(int n, uint64_t seed, int epoch, int *order);
+
 /* -------------------------------------------------- generation, plots, demo */
-/* Greedy decoding without a cache: appends up to max_new tokens after the
-   prompt, stopping after eos; returns how many were produced. */
+/* Greedy decoding (with a KV cache): appends up to max_new tokens after the
+   prompt, stopping after eos or at max_seq_len; returns how many were produced. */
 PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt, int n_prompt,
                                  int max_new, int eos, int *out);
 /* Sampling: temperature 0 is greedy; otherwise softmax(logits/T), keep the
@@ -1759,12 +1809,14 @@ PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w,
      a' = a·cosθ − b·sinθ,  b' = b·cosθ + a·sinθ
    rotate_half layout (HF): a = x[i], b = x[i + d/2]; interleaved (Meta,
    llama2.c): a = x[2i], b = x[2i+1]. The backward rotates by −θ.           */
+/* Row r is position start[r / T] + r % T (start NULL: 0), so a KV-cache
+   step can continue each sequence where it stopped. */
 static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float *src,
-                             int64_t rows, int n_heads, int T, float sign) {
+                             int64_t rows, int n_heads, int T, float sign, const int *start) {
     int hd = rt->head_dim, half = rt->rot_dim / 2;
     int64_t width = (int64_t)n_heads * hd;
     for (int64_t r = 0; r < rows; r++) {
-        int pos = (int)(r % T);
+        int pos = (int)(r % T) + (start ? start[r / T] : 0);
         const float *c = rt->cos + (size_t)pos * half, *s = rt->sin + (size_t)pos * half;
         for (int h = 0; h < n_heads; h++) {
             const float *x = src + r * width + (int64_t)h * hd;
@@ -1783,7 +1835,7 @@ static void peft__rope_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0];
     float *tmp = peft__arena_floats(g, x->n, 0);
     if (!tmp) { g->failed = 1; return; }
-    peft__rope_apply((const peft_rope_table *)n->aux, tmp, n->out->grad, peft__rows(x), n->i[0], n->i[1], -1.0f);
+    peft__rope_apply((const peft_rope_table *)n->aux, tmp, n->out->grad, peft__rows(x), n->i[0], n->i[1], -1.0f, NULL);
     for (int64_t j = 0; j < x->n; j++) x->grad[j] += tmp[j];
 }
 PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
@@ -1794,7 +1846,7 @@ PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
     if (T > rt->n_pos) return peft__op_fail(g, PEFT_ERR_ARG, "rope: sequence longer than the table");
     peft_tensor *y = peft__like(g, x);
     if (!y) return NULL;
-    peft__rope_apply(rt, y->data, x->data, peft__rows(x), n_heads, T, 1.0f);
+    peft__rope_apply(rt, y->data, x->data, peft__rows(x), n_heads, T, 1.0f, NULL);
     peft__node *nd = peft__record(g, peft__rope_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->i[0] = n_heads; nd->i[1] = T; nd->aux = rt; }
     return y;
@@ -1852,6 +1904,36 @@ static void peft__softmax_row(float *p, int n) {
     for (int j = 0; j < n; j++) p[j] *= inv;
 }
 
+/* One query row against n keys (row stride kw): scores with the Excitor
+   term, softmax into pr, o = Σ_j p_j v_j. Shared by the training kernel and
+   the KV-cache kernel, so both give the same numbers. */
+static void peft__attend_row(const float *qt, const float *kb, const float *vb, const float *xb, float gx,
+                             int64_t kw, int n, int hd, float scale, float *pr, float *ot) {
+    for (int j = 0; j < n; j++) {
+        float s = peft__dot(qt, kb + (int64_t)j * kw, hd);
+        if (xb) s += gx * peft__dot(qt, xb + (int64_t)j * kw, hd);
+        pr[j] = s * scale;
+    }
+    peft__softmax_row(pr, n);
+    for (int d = 0; d < hd; d++) ot[d] = 0.0f;
+    for (int j = 0; j < n; j++) {
+        const float *vj = vb + (int64_t)j * kw;
+        float p = pr[j];
+        for (int d = 0; d < hd; d++) ot[d] += p * vj[d];
+    }
+}
+/* The prompt branch for one query row: o += G · softmax(q·pkᵀ·s) · pv. */
+static void peft__attend_prompts(const float *qt, const float *pk, const float *pv, int64_t kw, int K, int hd,
+                                 float scale, float G, float *pp, float *ot) {
+    for (int i = 0; i < K; i++) pp[i] = peft__dot(qt, pk + (int64_t)i * kw, hd) * scale;
+    peft__softmax_row(pp, K);
+    for (int d = 0; d < hd; d++) {
+        float s = 0.0f;
+        for (int i = 0; i < K; i++) s += pp[i] * pv[(int64_t)i * kw + d];
+        ot[d] += G * s;
+    }
+}
+
 static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
     peft__attn_args *a = (peft__attn_args *)vctx;
     int T = a->T, H = a->H, KV = a->KV, hd = a->hd, K = a->K, grp = H / KV;
@@ -1868,30 +1950,12 @@ static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
             for (int t = 0; t < T; t++) {
                 const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
                 float *pr = P + (size_t)t * T;
-                for (int j = 0; j <= t; j++) {
-                    float s = peft__dot(qt, kb + (int64_t)j * kw, hd);
-                    if (xb) s += a->Gx[h] * peft__dot(qt, xb + (int64_t)j * kw, hd);
-                    pr[j] = s * scale;
-                }
-                peft__softmax_row(pr, t + 1);
-                for (int j = t + 1; j < T; j++) pr[j] = 0.0f;
                 float *ot = a->o + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-                for (int d = 0; d < hd; d++) ot[d] = 0.0f;
-                for (int j = 0; j <= t; j++) {
-                    const float *vj = vb + (int64_t)j * kw;
-                    float p = pr[j];
-                    for (int d = 0; d < hd; d++) ot[d] += p * vj[d];
-                }
-                if (!K) continue;
-                float *pp = a->Pp + (((size_t)b * H + h) * T + t) * K;
-                for (int i = 0; i < K; i++)
-                    pp[i] = peft__dot(qt, a->pk + (pb + i) * kw + (int64_t)kvh * hd, hd) * scale;
-                peft__softmax_row(pp, K);
-                for (int d = 0; d < hd; d++) {
-                    float s = 0.0f;
-                    for (int i = 0; i < K; i++) s += pp[i] * a->pv[(pb + i) * kw + (int64_t)kvh * hd + d];
-                    ot[d] += a->G[h] * s;
-                }
+                peft__attend_row(qt, kb, vb, xb, a->Gx[h], kw, t + 1, hd, scale, pr, ot);
+                for (int j = t + 1; j < T; j++) pr[j] = 0.0f;
+                if (K)
+                    peft__attend_prompts(qt, a->pk + pb * kw + (int64_t)kvh * hd, a->pv + pb * kw + (int64_t)kvh * hd, kw, K, hd,
+                                         scale, a->G[h], a->Pp + (((size_t)b * H + h) * T + t) * K, ot);
             }
         }
     }
@@ -2846,7 +2910,8 @@ PEFTDEF int64_t peft_model_trainable_count(const peft_model *m) {
 
 /* ---- forward -------------------------------------------------------------------- */
 static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x);
-static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex);
+static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex,
+                              int prompts, int excitor);
 
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
     const peft_config *c = &m->cfg;
@@ -2856,7 +2921,7 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
     peft_tensor *q = peft_rope(g, peft__site_forward(m, g, &S[PEFT_Q], h), c->n_heads, &m->rope, B, T);
     peft_tensor *k = peft_rope(g, peft__site_forward(m, g, &S[PEFT_K], h), c->n_kv_heads, &m->rope, B, T);
     peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
-    peft__attn_extras(m, g, L, h, B, &ex);
+    peft__attn_extras(m, g, L, h, B, &ex, 1, 1);
     peft_tensor *a = peft_attention_ex(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, &ex);
     x = peft_add(g, x, peft__site_forward(m, g, &S[PEFT_O], a));
     h = peft_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
@@ -2876,6 +2941,188 @@ PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int 
         }
     peft_tensor *x = peft_embedding(g, m->embed, tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers; l++) x = peft__block(m, g, &m->layers[l], x, B, T);
+    x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
+    return peft_linear(g, x, m->lm_head);
+}
+
+/* ---- forward with a KV cache ------------------------------------------------------
+   The same block as above for T new tokens per row, except attention: the
+   new keys/values are appended to the cache and each new query attends to
+   every cached position up to its own (causal), then to the prompts. */
+struct peft_kv_cache {
+    int    B, max_len, n_layers, H, kvw, prompts_ready;
+    int   *len;                  /* [B] positions held per row                 */
+    float *k, *v, *x;            /* [layers][B][max_len][kvw]; x: Excitor keys */
+    float **pk, **pv;            /* per layer prompt keys/values [rows, kvw]   */
+    int   *n_prompts, *p_batched;
+    float *G;                    /* [layers][H] prompt gates as applied        */
+};
+
+PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, int batch, int max_len) {
+    *out = NULL;
+    const peft_config *cf = &m->cfg;
+    if (batch < 1 || max_len < 1) return peft__fail(PEFT_ERR_ARG, "kv cache: batch and max_len must be >= 1");
+    peft_kv_cache *c = (peft_kv_cache *)peft__calloc(sizeof *c);
+    if (!c) return peft__fail(PEFT_ERR_NOMEM, "no memory for the kv cache");
+    c->B = batch; c->max_len = max_len; c->n_layers = cf->n_layers; c->H = cf->n_heads;
+    c->kvw = cf->n_kv_heads * cf->head_dim;
+    size_t n = (size_t)cf->n_layers * batch * max_len * c->kvw;
+    int excitor = m->method.kind == PEFT_EXCITOR;
+    c->len = (int *)peft__calloc((size_t)batch * sizeof(int));
+    c->k = (float *)PEFT_MALLOC(n * sizeof(float));
+    c->v = (float *)PEFT_MALLOC(n * sizeof(float));
+    c->x = excitor ? (float *)PEFT_MALLOC(n * sizeof(float)) : NULL;
+    c->pk = (float **)peft__calloc((size_t)cf->n_layers * sizeof(float *));
+    c->pv = (float **)peft__calloc((size_t)cf->n_layers * sizeof(float *));
+    c->n_prompts = (int *)peft__calloc((size_t)cf->n_layers * sizeof(int));
+    c->p_batched = (int *)peft__calloc((size_t)cf->n_layers * sizeof(int));
+    c->G = (float *)peft__calloc((size_t)cf->n_layers * cf->n_heads * sizeof(float));
+    if (!c->len || !c->k || !c->v || (excitor && !c->x) || !c->pk || !c->pv || !c->n_prompts || !c->p_batched || !c->G) {
+        peft_kv_cache_free(c);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory for a kv cache of %d x %d positions", batch, max_len);
+    }
+    *out = c;
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
+    for (int b = 0; b < c->B; b++) c->len[b] = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        PEFT_FREE(c->pk[l]); PEFT_FREE(c->pv[l]);
+        c->pk[l] = c->pv[l] = NULL;
+        c->n_prompts[l] = 0;
+    }
+    c->prompts_ready = 0;
+}
+
+PEFTDEF void peft_kv_cache_free(peft_kv_cache *c) {
+    if (!c) return;
+    if (c->pk && c->pv) peft_kv_cache_reset(c);
+    PEFT_FREE(c->len); PEFT_FREE(c->k); PEFT_FREE(c->v); PEFT_FREE(c->x);
+    PEFT_FREE(c->pk); PEFT_FREE(c->pv); PEFT_FREE(c->n_prompts); PEFT_FREE(c->p_batched); PEFT_FREE(c->G);
+    PEFT_FREE(c);
+}
+
+PEFTDEF int peft_kv_cache_len(const peft_kv_cache *c, int row) {
+    return row >= 0 && row < c->B ? c->len[row] : 0;
+}
+PEFTDEF void peft_kv_cache_set_len(peft_kv_cache *c, int row, int len) {
+    if (row >= 0 && row < c->B && len >= 0 && len <= c->len[row]) c->len[row] = len;
+}
+
+typedef struct {
+    const float *q, *k, *v, *x, *pk, *pv;
+    float *o, *scratch;
+    const int *len;
+    const float *G;
+    float Gx[PEFT_MAX_HEADS];
+    int T, H, KV, hd, K, batched, max_len;
+} peft__cached_args;
+
+/* one work item per (row, query head): heads do not share anything forward */
+static void peft__attn_cached_range(void *vctx, int64_t i0, int64_t i1) {
+    peft__cached_args *a = (peft__cached_args *)vctx;
+    int H = a->H, hd = a->hd, T = a->T, K = a->K;
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)a->KV * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t it = i0; it < i1; it++) {
+        int b = (int)(it / H), h = (int)(it % H), kvh = h / (H / a->KV);
+        int64_t col = (int64_t)kvh * hd, row0 = (int64_t)b * a->max_len * kw;
+        float *pr = a->scratch + (size_t)it * (a->max_len + K);
+        for (int t = 0; t < T; t++) {
+            const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+            float *ot = a->o + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+            peft__attend_row(qt, a->k + row0 + col, a->v + row0 + col, a->x ? a->x + row0 + col : NULL, a->Gx[h], kw,
+                             a->len[b] + t + 1, hd, scale, pr, ot);
+            if (K) {
+                int64_t pb = a->batched ? (int64_t)b * K : 0;
+                peft__attend_prompts(qt, a->pk + pb * kw + col, a->pv + pb * kw + col, kw, K, hd, scale, a->G[h],
+                                     pr + a->max_len, ot);
+            }
+        }
+    }
+}
+
+/* keeps the first call's prompt keys/values (and gates) for every later one */
+static int peft__cache_prompts(peft_kv_cache *c, int l, const peft_attn_extras *ex, int B) {
+    if (!ex->pk) return 1;
+    size_t n = (size_t)ex->pk->n;
+    c->pk[l] = (float *)PEFT_MALLOC(n * sizeof(float));
+    c->pv[l] = (float *)PEFT_MALLOC(n * sizeof(float));
+    if (!c->pk[l] || !c->pv[l]) return 0;
+    memcpy(c->pk[l], ex->pk->data, n * sizeof(float));
+    memcpy(c->pv[l], ex->pv->data, n * sizeof(float));
+    c->n_prompts[l] = ex->n_prompts;
+    c->p_batched[l] = peft__rows(ex->pk) == (int64_t)B * ex->n_prompts && B > 1;
+    peft__gate_values(ex->gate, ex->gate_tanh, c->H, c->G + (size_t)l * c->H);
+    return 1;
+}
+
+static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cache *c, int l, peft_tensor *x, int B, int T) {
+    const peft_config *cf = &m->cfg;
+    peft_layer *L = &m->layers[l];
+    peft_linear_site *S = L->lin;
+    int H = cf->n_heads, hd = cf->head_dim, kvw = c->kvw;
+    peft_tensor *h = peft_rmsnorm(g, x, L->attn_norm, cf->norm_eps);
+    peft_tensor *q = peft__site_forward(m, g, &S[PEFT_Q], h);
+    peft_tensor *k = peft__site_forward(m, g, &S[PEFT_K], h);
+    peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
+    peft_attn_extras ex;
+    peft__attn_extras(m, g, L, h, B, &ex, !c->prompts_ready, 1);
+    if (!q || !k || !v || g->failed || (L->attn.ex_prompt && !ex.x)) return NULL;
+    if (!c->prompts_ready && !peft__cache_prompts(c, l, &ex, B)) {
+        g->failed = 1;
+        peft__fail(PEFT_ERR_NOMEM, "no memory for the cached prompts");
+        return NULL;
+    }
+    peft__rope_apply(&m->rope, q->data, q->data, (int64_t)B * T, H, T, 1.0f, c->len);
+    peft__rope_apply(&m->rope, k->data, k->data, (int64_t)B * T, cf->n_kv_heads, T, 1.0f, c->len);
+    size_t layer = (size_t)l * c->B * c->max_len * kvw;
+    for (int b = 0; b < B; b++) {
+        size_t at = layer + ((size_t)b * c->max_len + c->len[b]) * kvw, from = (size_t)b * T * kvw, n = (size_t)T * kvw;
+        memcpy(c->k + at, k->data + from, n * sizeof(float));
+        memcpy(c->v + at, v->data + from, n * sizeof(float));
+        if (c->x && ex.x) memcpy(c->x + at, ex.x->data + from, n * sizeof(float));
+    }
+    peft_tensor *o = peft_tensor_2d(g, (int64_t)B * T, (int64_t)H * hd);
+    int K = c->n_prompts[l];
+    float *scratch = o ? peft__arena_floats(g, (int64_t)B * H * (c->max_len + K), 0) : NULL;
+    if (!scratch) return NULL;
+    peft__cached_args a;
+    memset(&a, 0, sizeof a);
+    a.q = q->data; a.k = c->k + layer; a.v = c->v + layer; a.x = c->x && ex.x ? c->x + layer : NULL;
+    a.pk = c->pk[l]; a.pv = c->pv[l]; a.K = K; a.batched = c->p_batched[l]; a.G = c->G + (size_t)l * H;
+    a.o = o->data; a.scratch = scratch; a.len = c->len;
+    a.T = T; a.H = H; a.KV = cf->n_kv_heads; a.hd = hd; a.max_len = c->max_len;
+    peft__gate_values(ex.x ? ex.x_gate : NULL, 0, H, a.Gx);
+    peft__parallel_for((int64_t)B * H, 1, peft__attn_cached_range, &a);
+    x = peft_add(g, x, peft__site_forward(m, g, &S[PEFT_O], o));
+    h = peft_rmsnorm(g, x, L->ffn_norm, cf->norm_eps);
+    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h), peft__site_forward(m, g, &S[PEFT_UP], h));
+    return peft_add(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff));
+}
+
+PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, peft_kv_cache *c,
+                                               const int *tokens, int B, int T) {
+    const char *err = NULL;
+    if (g->grad_enabled) err = "cached forward runs with gradients off (peft_graph_set_grad(g, 0))";
+    else if (B != c->B || T < 1) err = "cached forward: B must equal the cache's batch and T >= 1";
+    else if (c->n_layers != m->cfg.n_layers || c->kvw != m->cfg.n_kv_heads * m->cfg.head_dim) err = "cached forward: the cache was made for another model";
+    for (int b = 0; !err && b < B; b++)
+        if (c->len[b] + T > c->max_len) err = "cached forward: a row would pass the cache's max_len";
+    if (err) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "%s", err); return NULL; }
+    if (peft__rope_ensure(m, c->max_len) != PEFT_OK) { g->failed = 1; return NULL; }
+    for (int i = 0; i < B * T; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
+            g->failed = 1;
+            peft__fail(PEFT_ERR_ARG, "token id %d at position %d is outside the vocabulary (size %d)", tokens[i], i, m->cfg.vocab_size);
+            return NULL;
+        }
+    peft_tensor *x = peft_embedding(g, m->embed, tokens, B * T);
+    for (int l = 0; l < m->cfg.n_layers && x; l++) x = peft__block_cached(m, g, c, l, x, B, T);
+    if (!x) return NULL;
+    for (int b = 0; b < B; b++) c->len[b] += T;
+    c->prompts_ready = 1;
     x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
     return peft_linear(g, x, m->lm_head);
 }
@@ -3122,11 +3369,13 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
 }
 
 /* ---- the attention sites: prompts (V1/V2/fusion) and the logit term (Excitor) -- */
-static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex) {
+static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex,
+                              int prompts, int excitor) {
     peft_attn_site *A = &L->attn;
     memset(ex, 0, sizeof *ex);
     peft_tensor *prompt = NULL;
-    if (A->prompt) {
+    if (!prompts) {
+    } else if (A->prompt) {
         prompt = A->prompt;
         ex->n_prompts = (int)peft__rows(A->prompt);
         ex->gate = A->gate;
@@ -3144,7 +3393,7 @@ static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_
         ex->pk = peft__site_forward(m, g, &L->lin[PEFT_K], prompt);
         ex->pv = peft__site_forward(m, g, &L->lin[PEFT_V], prompt);
     }
-    if (A->ex_prompt) {
+    if (A->ex_prompt && excitor) {
         peft_tensor *z = peft_linear(g, h, A->ex_down);               /* Z  = T·W_down  */
         peft_tensor *p = peft_linear(g, A->ex_prompt, A->ex_down);    /* P' = P·W_down  */
         peft_tensor *r = peft_prompt_attend(g, z, p, p);              /* softmax(Z P'ᵀ/√r) P' */
@@ -5142,6 +5391,8 @@ PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *p
     if (size < 4) { s = peft__fail(PEFT_ERR_FORMAT, "%s: too short for a tokenizer.bin", path); goto done; }
     memcpy(&v, buf, 4);
     t->max_len = v;
+    t->bos_id = 1;
+    t->eos_id = 2;
     for (int i = 0; i < vocab_size; i++) {
         int32_t len;
         if (off + 8 > size) { s = peft__fail(PEFT_ERR_FORMAT, "%s: ends at piece %d of %d", path, i, vocab_size); goto done; }
@@ -5179,7 +5430,7 @@ PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int
     int n = 0;
     size_t tl = strlen(text);
     if ((size_t)max < tl + 4) return -1;            /* at most one token per byte, + prefix, BOS, EOS */
-    if (bos) ids[n++] = 1;
+    if (bos) ids[n++] = t->bos_id;
     if (*text) {
         int sp = peft__piece_id(t, " ");             /* SentencePiece's dummy prefix */
         if (sp >= 0) ids[n++] = sp;
@@ -5197,7 +5448,7 @@ PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int
     }
     char *merged = (char *)PEFT_MALLOC((size_t)t->max_len * 2 + 8);
     if (!merged) return -1;
-    int first = bos ? 1 : 0;
+    int first = bos ? 1 : 0;   /* BOS never merges */
     for (;;) {                                       /* best-scoring merge, leftmost on ties */
         float best = -1e10f;
         int best_i = -1, best_id = -1;
@@ -5215,7 +5466,7 @@ PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int
         n--;
     }
     PEFT_FREE(merged);
-    if (eos) ids[n++] = 2;
+    if (eos) ids[n++] = t->eos_id;
     return n;
 }
 
@@ -5288,6 +5539,226 @@ PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, in
     }
 }
 
+/* ---- supervised datasets --------------------------------------------------- */
+typedef struct { int *ids; int64_t n, cap; int64_t *start; int *masked; int count, cap_ex; } peft__dsb;
+
+static int peft__dsb_add(peft__dsb *b, const int *ids, int n, int masked) {
+    if (b->n + n > b->cap) {
+        int64_t nc = b->cap ? b->cap * 2 : 4096;
+        while (nc < b->n + n) nc *= 2;
+        int *ni = (int *)PEFT_REALLOC(b->ids, (size_t)nc * sizeof(int));
+        if (!ni) return 0;
+        b->ids = ni; b->cap = nc;
+    }
+    if (b->count + 2 > b->cap_ex) {
+        int nc = b->cap_ex ? b->cap_ex * 2 : 256;
+        int64_t *ns = (int64_t *)PEFT_REALLOC(b->start, (size_t)(nc + 1) * sizeof(int64_t));
+        if (!ns) return 0;
+        b->start = ns;
+        int *nm = (int *)PEFT_REALLOC(b->masked, (size_t)nc * sizeof(int));
+        if (!nm) return 0;
+        b->masked = nm; b->cap_ex = nc;
+    }
+    if (b->count == 0) b->start[0] = 0;
+    memcpy(b->ids + b->n, ids, (size_t)n * sizeof(int));
+    b->n += n;
+    b->masked[b->count] = masked;
+    b->start[++b->count] = b->n;
+    return 1;
+}
+
+/* one record → one example; returns PEFT_OK, or an error naming the record */
+static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_json *r, const peft_tokenizer *t,
+                                   int max_len, const char *where) {
+    const peft_json *ins = peft_json_get(r, "instruction"), *inp = peft_json_get(r, "input"), *out = peft_json_get(r, "output");
+    const peft_json *pr = peft_json_get(r, "prompt"), *co = peft_json_get(r, "completion"), *tx = peft_json_get(r, "text");
+    const char *prompt = NULL, *answer = NULL;
+    char *prompt_buf = NULL;
+    if (r->type != PEFT_JSON_OBJECT) return peft__fail(PEFT_ERR_FORMAT, "%s: a record is not a JSON object", where);
+    if (ins || out) {
+        if (!ins || !out || ins->type != PEFT_JSON_STRING || out->type != PEFT_JSON_STRING || (inp && inp->type != PEFT_JSON_STRING))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: an Alpaca record needs string \"instruction\" and \"output\"", where);
+        size_t n = strlen(ins->string) + (inp ? strlen(inp->string) : 0) + 512;
+        prompt_buf = (char *)PEFT_MALLOC(n);
+        if (!prompt_buf) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+        peft_alpaca_prompt(ins->string, inp ? inp->string : "", prompt_buf, n);
+        prompt = prompt_buf; answer = out->string;
+    } else if (pr || co) {
+        if (!pr || !co || pr->type != PEFT_JSON_STRING || co->type != PEFT_JSON_STRING)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: a prompt/completion record needs both as strings", where);
+        prompt = pr->string; answer = co->string;
+    } else if (tx && tx->type == PEFT_JSON_STRING) {
+        prompt = ""; answer = tx->string;
+    } else return peft__fail(PEFT_ERR_FORMAT, "%s: a record has none of instruction/output, prompt/completion, text", where);
+    size_t lp = strlen(prompt), la = strlen(answer);
+    char *full = (char *)PEFT_MALLOC(lp + la + 1);
+    int cap = (int)(lp + la) + 8, *buf = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap * 2);
+    if (!full || !buf) { PEFT_FREE(full); PEFT_FREE(buf); PEFT_FREE(prompt_buf); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    memcpy(full, prompt, lp);
+    memcpy(full + lp, answer, la + 1);
+    peft_status st = PEFT_OK;
+    int n = peft_tokenizer_encode(t, full, 1, 1, buf, cap);
+    int masked = lp ? peft_tokenizer_encode(t, prompt, 1, 0, buf + cap, cap) : 1;
+    if (n < 0 || masked < 0) st = peft__fail(PEFT_ERR_ARG, "%s: a record is too long to tokenize", where);
+    else {
+        if (n > max_len) n = max_len;
+        if (masked >= n) d->n_dropped++;                  /* no target left */
+        else if (!peft__dsb_add(b, buf, n, masked)) st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
+    }
+    PEFT_FREE(full); PEFT_FREE(buf); PEFT_FREE(prompt_buf);
+    return st;
+}
+
+static peft_status peft__ds_stream(peft_dataset *d, peft__dsb *b, const int *ids, int64_t n, int max_len) {
+    for (int64_t at = 0; at + 1 < n; at += max_len) {
+        int len = n - at < max_len ? (int)(n - at) : max_len;
+        if (len < 2) break;
+        if (!peft__dsb_add(b, ids + at, len, 1)) return peft__fail(PEFT_ERR_NOMEM, "no memory for %s", d->path);
+    }
+    return PEFT_OK;
+}
+
+static int peft__ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const peft_tokenizer *t, int max_len) {
+    memset(d, 0, sizeof *d);
+    snprintf(d->path, sizeof d->path, "%s", path);
+    if (max_len < 2) return peft__fail(PEFT_ERR_ARG, "%s: max_len must be at least 2", path);
+    int is_json = peft__ends_with(path, ".json"), is_jsonl = peft__ends_with(path, ".jsonl"), is_txt = peft__ends_with(path, ".txt");
+    if ((is_json || is_jsonl || is_txt) && !t) return peft__fail(PEFT_ERR_ARG, "%s: text data needs a tokenizer", path);
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    peft__dsb b;
+    memset(&b, 0, sizeof b);
+    peft_status s = PEFT_OK;
+    if (!is_json && !is_jsonl && !is_txt) {
+        int *ids;
+        int64_t n;
+        s = peft_tokens_load(path, t ? t->n : 1 << 30, &ids, &n);
+        if (s == PEFT_OK) { s = peft__ds_stream(d, &b, ids, n, max_len); PEFT_FREE(ids); }
+        goto done;
+    }
+    s = peft_read_file(path, &buf, &len);
+    if (s != PEFT_OK) return s;
+    if (is_txt) {
+        int cap = (int)(len < (size_t)1 << 28 ? len : (size_t)1 << 28) + 8;
+        int *work = (int *)PEFT_MALLOC((size_t)cap * sizeof(int));
+        char *text = (char *)PEFT_MALLOC(len + 1);
+        if (!text || !work) s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+        else {
+            memcpy(text, buf, len);
+            text[len] = 0;
+            int n = peft_tokenizer_encode(t, text, 1, 1, work, cap);
+            s = n < 0 ? peft__fail(PEFT_ERR_ARG, "%s: cannot tokenize", path) : peft__ds_stream(d, &b, work, n, max_len);
+        }
+        PEFT_FREE(text);
+        PEFT_FREE(work);
+    } else if (is_json) {
+        peft_json *root;
+        s = peft_json_parse(&root, (const char *)buf, len, path);
+        if (s == PEFT_OK) {
+            if (root->type != PEFT_JSON_ARRAY) s = peft__fail(PEFT_ERR_FORMAT, "%s: expected a JSON array of records", path);
+            int i = 0;
+            for (const peft_json *r = root->child; r && s == PEFT_OK; r = r->next, i++) {
+                char where[600];
+                snprintf(where, sizeof where, "%s: record %d", path, i);
+                s = peft__ds_record(d, &b, r, t, max_len, where);
+            }
+            peft_json_free(root);
+        }
+    } else {
+        size_t at = 0;
+        for (int line = 1; at < len && s == PEFT_OK; line++) {
+            size_t end = at;
+            while (end < len && buf[end] != '\n') end++;
+            size_t a = at;
+            while (a < end && (buf[a] == ' ' || buf[a] == '\t' || buf[a] == '\r')) a++;
+            if (a < end) {
+                char where[600];
+                snprintf(where, sizeof where, "%s:%d", path, line);
+                peft_json *r;
+                s = peft_json_parse(&r, (const char *)buf + a, end - a, where);
+                if (s == PEFT_OK) { s = peft__ds_record(d, &b, r, t, max_len, where); peft_json_free(r); }
+            }
+            at = end + 1;
+        }
+    }
+    PEFT_FREE(buf);
+done:
+    if (s == PEFT_OK && b.count == 0) s = peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
+    if (s != PEFT_OK) { PEFT_FREE(b.ids); PEFT_FREE(b.start); PEFT_FREE(b.masked); return s; }
+    d->ids = b.ids; d->start = b.start; d->n_masked = b.masked; d->n = b.count; d->n_tokens = b.n;
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_dataset_free(peft_dataset *d) {
+    PEFT_FREE(d->ids); PEFT_FREE(d->start); PEFT_FREE(d->n_masked);
+    memset(d, 0, sizeof *d);
+}
+
+PEFTDEF void peft_dataset_order(int n, uint64_t seed, int epoch, int *order) {
+    peft_rng r;
+    peft_rng_seed(&r, seed * 1000003u + (uint64_t)epoch);
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = n - 1; i > 0; i--) {                  /* Fisher–Yates */
+        int j = (int)(peft_rng_u64(&r) % (uint64_t)(i + 1)), tmp = order[i];
+        order[i] = order[j];
+        order[j] = tmp;
+    }
+}
+
+PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int n, uint64_t seed) {
+    memset(held, 0, sizeof *held);
+    snprintf(held->path, sizeof held->path, "%.480s (held out)", d->path);
+    if (n < 1 || n >= d->n) return peft__fail(PEFT_ERR_ARG, "%s: cannot hold out %d of %d examples", d->path, n, d->n);
+    int *order = (int *)PEFT_MALLOC(sizeof(int) * (size_t)d->n);
+    peft__dsb keep, out;
+    memset(&keep, 0, sizeof keep);
+    memset(&out, 0, sizeof out);
+    int ok = order != NULL;
+    if (ok) peft_dataset_order(d->n, seed, -1, order);
+    char *is_held = ok ? (char *)peft__calloc((size_t)d->n) : NULL;
+    ok = ok && is_held;
+    for (int i = 0; ok && i < n; i++) is_held[order[i]] = 1;
+    for (int i = 0; ok && i < d->n; i++)                        /* file order kept on both sides */
+        ok = peft__dsb_add(is_held[i] ? &out : &keep, d->ids + d->start[i], (int)(d->start[i + 1] - d->start[i]), d->n_masked[i]);
+    PEFT_FREE(order); PEFT_FREE(is_held);
+    if (!ok) {
+        PEFT_FREE(keep.ids); PEFT_FREE(keep.start); PEFT_FREE(keep.masked);
+        PEFT_FREE(out.ids); PEFT_FREE(out.start); PEFT_FREE(out.masked);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory to split %s", d->path);
+    }
+    char path[512];
+    memcpy(path, d->path, sizeof path);
+    peft_dataset_free(d);
+    d->ids = keep.ids; d->start = keep.start; d->n_masked = keep.masked; d->n = keep.count; d->n_tokens = keep.n;
+    held->ids = out.ids; held->start = out.start; held->n_masked = out.masked; held->n = out.count; held->n_tokens = out.n;
+    memcpy(d->path, path, sizeof path);
+    return PEFT_OK;
+}
+
+PEFTDEF int peft_dataset_batch(const peft_dataset *d, const int *idx, int B, int T, int pad_id, int *tokens, int *targets) {
+    int L = 1;
+    for (int b = 0; b < B; b++) {
+        int len = (int)(d->start[idx[b] + 1] - d->start[idx[b]]) - 1;
+        if (len > L) L = len;
+    }
+    if (L > T) L = T;
+    for (int b = 0; b < B; b++) {
+        const int *ex = d->ids + d->start[idx[b]];
+        int len = (int)(d->start[idx[b] + 1] - d->start[idx[b]]) - 1, masked = d->n_masked[idx[b]];
+        for (int t = 0; t < L; t++) {
+            int in = t < len;
+            tokens[b * L + t] = in ? ex[t] : pad_id;
+            targets[b * L + t] = in && t + 1 >= masked ? ex[t + 1] : -100;
+        }
+    }
+    return L;
+}
+
 /* ============================================================================
    GENERATION, PLOTS AND THE DEMO WORLD
    ============================================================================ */
@@ -5325,29 +5796,37 @@ PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_
     return idx[keep - 1];
 }
 
+/* The prompt runs once through the model to fill the cache; then one token
+   per step. The adapter prompts' keys/values are computed on that first call. */
 PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n_prompt, int max_new, int eos,
                           const peft_sampler *s, int *out, int (*on_token)(void *ctx, int id), void *ctx) {
-    int V = m->cfg.vocab_size, n = 0;
-    int *seq = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(n_prompt + max_new)), *idx = (int *)PEFT_MALLOC(sizeof(int) * (size_t)V);
+    int V = m->cfg.vocab_size, n = 0, limit = m->cfg.max_seq_len;
+    if (n_prompt < 1 || n_prompt >= limit || max_new < 1) return 0;
+    if (n_prompt + max_new < limit) limit = n_prompt + max_new;
+    int *idx = (int *)PEFT_MALLOC(sizeof(int) * (size_t)V);
     float *p = (float *)PEFT_MALLOC(sizeof(float) * (size_t)V);
+    peft_kv_cache *cache = NULL;
     peft_rng rng;
     peft_rng_seed(&rng, s ? s->seed : 0);
-    if (seq && idx && p) {
-        memcpy(seq, prompt, sizeof(int) * (size_t)n_prompt);
-        int grad = g->grad_enabled;
+    if (idx && p && peft_kv_cache_new(&cache, m, 1, limit) == PEFT_OK) {
+        int grad = g->grad_enabled, id = 0;
         peft_graph_set_grad(g, 0);
-        while (n < max_new && n_prompt + n < m->cfg.max_seq_len) {
+        const int *feed = prompt;
+        int n_feed = n_prompt;
+        while (n < max_new) {
             peft_graph_reset(g);
-            peft_tensor *lg = peft_model_forward(m, g, seq, 1, n_prompt + n);
+            peft_tensor *lg = peft_model_forward_cached(m, g, cache, feed, 1, n_feed);
             if (!lg) break;
-            int id = peft_sample(lg->data + (size_t)(n_prompt + n - 1) * V, V, s, &rng, p, idx);
-            out[n] = id;
-            seq[n_prompt + n++] = id;
-            if ((on_token && on_token(ctx, id)) || id == eos) break;
+            id = peft_sample(lg->data + (size_t)(n_feed - 1) * V, V, s, &rng, p, idx);
+            out[n++] = id;
+            if ((on_token && on_token(ctx, id)) || id == eos || n_prompt + n >= limit) break;
+            feed = &out[n - 1];
+            n_feed = 1;
         }
         peft_graph_set_grad(g, grad);
     }
-    PEFT_FREE(seq); PEFT_FREE(idx); PEFT_FREE(p);
+    peft_kv_cache_free(cache);
+    PEFT_FREE(idx); PEFT_FREE(p);
     return n;
 }
 

@@ -62,48 +62,57 @@ static double train_memory_mb(const peft_model *m, const peft_trainer *tr) {
 
 static int eval_stride = 1;   /* --quick evaluates every 12th test item */
 
-/* Greedy answers for all test items at once: the prompts are right-padded in
-   one batch and each sequence reads its own last position (causal attention:
-   padding after a position never changes it), one forward per new token. */
+/* Greedy answers for all test items at once with a KV cache: the prompts
+   are right-padded into one prefill, each row is then rewound to its own
+   length (causal attention: the padding never touched the real positions),
+   and every step feeds one token per row; finished rows are emptied and fed
+   a dummy token (the batch keeps its shape). */
+static int pick(const float *row, int V) {
+    int best = 0;
+    for (int v = 1; v < V; v++) if (row[v] > row[best]) best = v;
+    return best;
+}
+
 static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
     const peft_demo_item *its[512];
-    int n = 0, T = 0, V = m->cfg.vocab_size;
+    int n = 0, P = 0, T = 0, V = m->cfg.vocab_size;
     for (int i = w->n_train; i < w->n_items && n < 512; i += eval_stride) its[n++] = &w->items[i];
-    for (int b = 0; b < n; b++) if (its[b]->n_ids > T) T = its[b]->n_ids;
-    size_t nb = n > 0 ? (size_t)n : 1;
-    int *seq = calloc(nb * (size_t)(T > 0 ? T : 1), sizeof(int)), *len = malloc(sizeof(int) * nb), *done = calloc(nb, sizeof(int));
-    int *ok = malloc(sizeof(int) * nb);
-    if (!seq || !len || !done || !ok) die("out of memory");
     for (int b = 0; b < n; b++) {
-        memcpy(seq + (size_t)b * T, its[b]->ids, sizeof(int) * its[b]->n_prompt);
+        if (its[b]->n_prompt > P) P = its[b]->n_prompt;
+        if (its[b]->n_ids > T) T = its[b]->n_ids;
+    }
+    size_t nb = n > 0 ? (size_t)n : 1;
+    int *feed = calloc(nb * (size_t)(P > 0 ? P : 1), sizeof(int)), *len = malloc(sizeof(int) * nb);
+    int *done = calloc(nb, sizeof(int)), *ok = malloc(sizeof(int) * nb);
+    peft_kv_cache *cache;
+    if (!feed || !len || !done || !ok || peft_kv_cache_new(&cache, m, n, T + 1) != PEFT_OK) die("out of memory");
+    for (int b = 0; b < n; b++) {
+        memcpy(feed + (size_t)b * P, its[b]->ids, sizeof(int) * its[b]->n_prompt);
         len[b] = its[b]->n_prompt;
         ok[b] = 1;
     }
     peft_graph *g = peft_graph_new();
     peft_graph_set_grad(g, 0);
-    for (int step = 0; step < T; step++) {
-        int active = 0, Tcur = 0;
-        for (int b = 0; b < n; b++) if (!done[b]) { active = 1; if (len[b] > Tcur) Tcur = len[b]; }
-        if (!active) break;
-        /* the batch is [n, Tcur] with row stride T: copy into a compact buffer */
-        int *tok = malloc(sizeof(int) * nb * (size_t)Tcur);
-        if (!tok) die("out of memory");
-        for (int b = 0; b < n; b++) memcpy(tok + (size_t)b * Tcur, seq + (size_t)b * T, sizeof(int) * Tcur);
-        peft_graph_reset(g);
-        peft_tensor *lg = peft_model_forward(m, g, tok, n, Tcur);
-        free(tok);
-        if (!lg) die("evaluation");
+    peft_tensor *lg = peft_model_forward_cached(m, g, cache, feed, n, P);
+    if (!lg) die("evaluation");
+    for (int b = 0; b < n; b++) peft_kv_cache_set_len(cache, b, len[b]);
+    for (int step = 0; lg; step++) {
+        int active = 0, rowT = step == 0 ? P : 1;
         for (int b = 0; b < n; b++) {
-            if (done[b]) continue;
-            const float *row = lg->data + ((size_t)b * Tcur + len[b] - 1) * V;
-            int best = 0;
-            for (int v = 1; v < V; v++) if (row[v] > row[best]) best = v;
-            int want = its[b]->ids[len[b]];
-            if (best != want) ok[b] = 0;
-            seq[(size_t)b * T + len[b]] = best;
+            int at = step == 0 ? len[b] - 1 : 0;
+            if (done[b]) { feed[b] = 0; continue; }
+            int best = pick(lg->data + ((size_t)b * rowT + at) * V, V);
+            if (best != its[b]->ids[len[b]]) ok[b] = 0;
+            feed[b] = best;
             len[b]++;
             if (best == 2 || !ok[b] || len[b] >= its[b]->n_ids) done[b] = 1;
+            active |= !done[b];
         }
+        if (!active) break;
+        for (int b = 0; b < n; b++) if (done[b]) peft_kv_cache_set_len(cache, b, 0);   /* a 1-token dummy row */
+        peft_graph_reset(g);
+        lg = peft_model_forward_cached(m, g, cache, feed, n, 1);
+        if (!lg) die("evaluation");
     }
     int right[PEFT_N_TASKS] = { 0 }, count[PEFT_N_TASKS] = { 0 }, all = 0;
     for (int b = 0; b < n; b++) {
@@ -115,7 +124,8 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
     for (int f = 0; f < PEFT_N_TASKS; f++) r->acc_family[f] = count[f] ? 100.0 * right[f] / count[f] : 0;
     r->acc = 100.0 * all / n;
     peft_graph_free(g);
-    free(seq); free(len); free(done); free(ok);
+    peft_kv_cache_free(cache);
+    free(feed); free(len); free(done); free(ok);
 }
 
 static void write_files(const char *out, run_result *runs, int n, const peft_demo_world *w, double base_params,
