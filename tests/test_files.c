@@ -272,3 +272,112 @@ TEST(test_tokenizer_llama2_matches_sentencepiece) {
     free(d);
     peft_tokenizer_free(&t);
 }
+
+/* Alpaca data as the Stanford recipe tokenizes it (fixture from transformers'
+   LlamaTokenizer, tools/ref/make_alpaca_fixture.py): ids and the loss mask
+   of every record equal, and a batch shifts them into inputs and targets. */
+TEST(test_alpaca_dataset_matches_stanford_recipe) {
+    if (!th_shared()) SKIP("../shared/data not present");
+    char path[700], fx[512], exp[512];
+    snprintf(path, sizeof path, "%s/llama2c/tokenizer.bin", th_shared());
+    FILE *probe = fopen(path, "rb");
+    if (!probe) SKIP("tokenizer.bin not present in ../shared/data");
+    fclose(probe);
+    peft_tokenizer t;
+    REQUIRE_OK(peft_tokenizer_load_llama2c(&t, path, 32000));
+    snprintf(fx, sizeof fx, "%s/alpaca/data.json", th_fixtures());
+    snprintf(exp, sizeof exp, "%s/alpaca/expected_sp.jsonl", th_fixtures());   /* tokenizer.bin = sentencepiece */
+    peft_dataset d;
+    REQUIRE_OK(peft_dataset_load(&d, fx, &t, 4096));
+    unsigned char *buf; size_t n;
+    REQUIRE_OK(peft_read_file(exp, &buf, &n));
+    int rec = 0;
+    for (char *line = (char *)buf, *next; line && *line; line = next, rec++) {
+        next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        if (next) next++;
+        peft_json *j;
+        REQUIRE_OK(peft_json_parse(&j, line, len, exp));
+        const peft_json *ids = peft_json_get(j, "ids"), *labels = peft_json_get(j, "labels");
+        REQUIRE(rec < d.n, "dataset has %d examples", d.n);
+        int64_t k = d.start[rec + 1] - d.start[rec];
+        CHECK(k == ids->n_children, "record %d: %lld ids, transformers %d", rec, (long long)k, ids->n_children);
+        int i = 0, same = k == ids->n_children, masked = 0;
+        for (const peft_json *x = ids->child; x && same; x = x->next, i++) same = d.ids[d.start[rec] + i] == (int)x->number;
+        for (const peft_json *x = labels->child; x; x = x->next) masked += x->number == -100;
+        CHECK(same, "record %d: ids differ from the Stanford recipe", rec);
+        CHECK(d.n_masked[rec] == masked, "record %d: %d masked, recipe %d", rec, d.n_masked[rec], masked);
+        /* the batch of this one record: targets are the recipe's labels shifted by one */
+        int tok[4096], tgt[4096], L = peft_dataset_batch(&d, &rec, 1, 4096, 0, tok, tgt);
+        CHECK(L == k - 1, "batch length %d", L);
+        i = 0;
+        for (const peft_json *x = labels->child; x; x = x->next, i++)
+            if (i >= 1 && i - 1 < L) CHECK(tgt[i - 1] == (int)x->number, "record %d target %d", rec, i - 1);
+        peft_json_free(j);
+    }
+    CHECK(rec == d.n && rec == 6, "%d records, dataset %d", rec, d.n);
+    /* split and order */
+    peft_dataset held;
+    REQUIRE_OK(peft_dataset_split(&d, &held, 2, 7));
+    CHECK(d.n == 4 && held.n == 2, "split 4 + 2");
+    int o1[10], o2[10];
+    peft_dataset_order(10, 3, 1, o1);
+    peft_dataset_order(10, 3, 1, o2);
+    CHECK(!memcmp(o1, o2, sizeof o1), "same order for the same seed and epoch");
+    peft_dataset_order(10, 3, 2, o2);
+    CHECK(memcmp(o1, o2, sizeof o1), "a new order each epoch");
+    peft_dataset_free(&held);
+    peft_dataset_free(&d);
+    free(buf);
+    peft_tokenizer_free(&t);
+}
+
+/* Data files that lie: each gets an error naming the file and what is wrong. */
+TEST(test_dataset_errors) {
+    const char *cases[][2] = {
+        { "bad1.jsonl", "{\"instruction\": \"x\"}\n" },
+        { "bad2.jsonl", "{\"instruction\": \"x\", \"output\": 3}\n" },
+        { "bad3.jsonl", "{\"prompt\": \"a\", \"completion\": \"b\"}\n{not json\n" },
+        { "bad4.json", "{\"instruction\": \"x\", \"output\": \"y\"}" },
+        { "bad5.jsonl", "{\"foo\": \"bar\"}\n" },
+        { "bad6.jsonl", "\n\n" },
+    };
+    peft_tokenizer t;
+    memset(&t, 0, sizeof t);
+    char *pieces[300];
+    float scores[300];
+    int sorted[300];
+    for (int i = 0; i < 259; i++) {                 /* a byte-level toy vocabulary */
+        pieces[i] = malloc(8);
+        if (i < 3) snprintf(pieces[i], 8, "<%d>", i);
+        else snprintf(pieces[i], 8, "<0x%02X>", i - 3);
+        scores[i] = 0;
+    }
+    t.pieces = pieces; t.scores = scores; t.n = 259; t.max_len = 6; t.sorted = sorted; t.bos_id = 1; t.eos_id = 2;
+    for (int i = 0; i < 259; i++) sorted[i] = i;
+    for (int i = 0; i < 258; i++)
+        for (int j = 0; j + 1 < 259 - i; j++)
+            if (strcmp(pieces[sorted[j]], pieces[sorted[j + 1]]) > 0) { int x = sorted[j]; sorted[j] = sorted[j + 1]; sorted[j + 1] = x; }
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s", th_tmpdir(), cases[c][0]);
+        FILE *f = fopen(path, "w");
+        fputs(cases[c][1], f);
+        fclose(f);
+        peft_dataset d;
+        peft_status s = peft_dataset_load(&d, path, &t, 64);
+        CHECK(s != PEFT_OK, "%s: accepted", cases[c][0]);
+        CHECK(strstr(peft_last_error(), cases[c][0]) != NULL, "%s: error does not name the file: %s", cases[c][0], peft_last_error());
+    }
+    /* a good file with the toy vocabulary: prompt/completion masked, text not */
+    char path[700];
+    snprintf(path, sizeof path, "%s/good.jsonl", th_tmpdir());
+    FILE *f = fopen(path, "w");
+    fputs("{\"prompt\": \"ab\", \"completion\": \"cd\"}\n\n{\"text\": \"xyz\"}\n", f);
+    fclose(f);
+    peft_dataset d;
+    CHECK_OK(peft_dataset_load(&d, path, &t, 64));
+    CHECK(d.n == 2 && d.n_masked[0] == 1 + 2 && d.n_masked[1] == 1, "masks %d %d", d.n_masked[0], d.n_masked[1]);
+    peft_dataset_free(&d);
+    for (int i = 0; i < 259; i++) free(pieces[i]);
+}
