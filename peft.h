@@ -98,6 +98,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifndef PEFTDEF
 #define PEFTDEF extern
@@ -551,6 +552,20 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
                                       int B, int T, float *loss);
 PEFTDEF void        peft_trainer_free(peft_trainer *tr);
 
+/* Checkpoints: everything a run needs to continue exactly — the trainable
+   parameters, the AdamW moments (fp32 or 8-bit), the step counters, the
+   dropout RNG and the caller's data position — in one safetensors file,
+   written atomically. Loading checks every name and shape against the
+   trainer's parameters. */
+typedef struct { int64_t epoch, cursor, tokens; } peft_data_pos;
+PEFTDEF peft_status peft_checkpoint_save(const peft_trainer *tr, const peft_data_pos *pos, const char *path);
+PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, const char *path);
+
+/* A one-line progress bar on f: "\r  label [####....] step/total  loss  lr
+   tok/s  ETA". Ends the line when step == total. */
+PEFTDEF void peft_progress(FILE *f, const char *label, int step, int total, double loss, double lr,
+                           double tok_s, double elapsed_s);
+
 /* ------------------------------------------------------------------ files */
 typedef enum { PEFT_DT_F32 = 0, PEFT_DT_F16, PEFT_DT_BF16, PEFT_DT_I32, PEFT_DT_I64,
                PEFT_DT_U8, PEFT_DT_I8, PEFT_DT_F64, PEFT_DT_COUNT } peft_dtype;
@@ -641,6 +656,9 @@ typedef struct {
     int      bos_id, eos_id;         /* 1 and 2 for LLaMA-1/2                 */
 } peft_tokenizer;
 PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
+/* From a file or a model folder: tokenizer.json (Hugging Face), else
+   llama2.c's tokenizer.bin (vocab_size is needed for that one only). */
+PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int vocab_size);
 /* Encodes text (with BOS 1 / EOS 2 when asked) into ids; returns the count
    (at most max; -1 when max is too small). */
 PEFTDEF int         peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max);
@@ -655,7 +673,7 @@ PEFTDEF void        peft_tokenizer_free(peft_tokenizer *t);
      .json   an array of Alpaca records {instruction, input, output}
      .jsonl  one record per line: Alpaca keys, {prompt, completion}, or {text}
      .txt    plain text, tokenized whole and cut into max_len-token pieces
-     other   a file of integer ids (spaces/commas/newlines), cut likewise
+     other   (or .txt without a tokenizer) what peft_tokens_load reads, cut likewise
    Alpaca records use the Stanford template and recipe: ids = tokenize(prompt
    + output) with BOS and EOS, and the first len(tokenize(prompt)) ids are
    masked. Examples longer than max_len are truncated; those left with no
@@ -4195,6 +4213,144 @@ PEFTDEF void peft_trainer_free(peft_trainer *tr) {
     PEFT_FREE(tr);
 }
 
+/* ---- checkpoints ------------------------------------------------------------------- */
+static char *peft__ckpt_name(const char *kind, const char *param) {
+    size_t n = strlen(kind) + strlen(param) + 2;
+    char *s = (char *)PEFT_MALLOC(n);
+    if (s) snprintf(s, n, "%s/%s", kind, param);
+    return s;
+}
+
+PEFTDEF peft_status peft_checkpoint_save(const peft_trainer *tr, const peft_data_pos *pos, const char *path) {
+    const peft_adamw *o = &tr->opt;
+    int per = 7, n_items = 0;
+    peft_st_write_item *it = (peft_st_write_item *)peft__calloc(sizeof(peft_st_write_item) * (size_t)(o->n * per + 1));
+    char **names = (char **)peft__calloc(sizeof(char *) * (size_t)(o->n * per + 1));
+    peft_status s = it && names ? PEFT_OK : peft__fail(PEFT_ERR_NOMEM, "no memory for the checkpoint %s", path);
+    for (int i = 0; i < o->n && s == PEFT_OK; i++) {
+        const peft_tensor *t = o->params[i];
+        int64_t nb = (t->n + 255) / 256;
+        struct { const char *kind; peft_dtype dt; const void *data; int64_t n; } parts[7] = {
+            { "param", PEFT_DT_F32, t->data, t->n },
+            { "exp_avg", PEFT_DT_F32, o->m ? o->m[i] : NULL, t->n },
+            { "exp_avg_sq", PEFT_DT_F32, o->v ? o->v[i] : NULL, t->n },
+            { "exp_avg_q8", PEFT_DT_U8, o->qm ? o->qm[i] : NULL, t->n },
+            { "exp_avg_sq_q8", PEFT_DT_U8, o->qv ? o->qv[i] : NULL, t->n },
+            { "exp_avg_absmax", PEFT_DT_F32, o->am ? o->am[i] : NULL, nb },
+            { "exp_avg_sq_absmax", PEFT_DT_F32, o->av ? o->av[i] : NULL, nb } };
+        for (int k = 0; k < 7; k++) {
+            if (!parts[k].data) continue;
+            if (!(names[n_items] = peft__ckpt_name(parts[k].kind, t->name))) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); break; }
+            it[n_items].name = names[n_items];
+            it[n_items].dtype = parts[k].dt;
+            it[n_items].ndim = 1;
+            it[n_items].shape[0] = parts[k].n;
+            it[n_items].data = parts[k].data;
+            n_items++;
+        }
+    }
+    char vals[8][64];
+    const peft_rng *r = &tr->model->rng;
+    uint32_t spare;
+    memcpy(&spare, &r->spare, 4);
+    snprintf(vals[0], 64, "%d", tr->step);
+    snprintf(vals[1], 64, "%lld", (long long)o->t);
+    snprintf(vals[2], 64, "%016llx%016llx", (unsigned long long)r->s[0], (unsigned long long)r->s[1]);
+    snprintf(vals[3], 64, "%d:%08x", r->has_spare, (unsigned)spare);
+    snprintf(vals[4], 64, "%lld", (long long)(pos ? pos->epoch : 0));
+    snprintf(vals[5], 64, "%lld", (long long)(pos ? pos->cursor : 0));
+    snprintf(vals[6], 64, "%lld", (long long)(pos ? pos->tokens : 0));
+    snprintf(vals[7], 64, "%d", tr->opt.n);
+    const char *meta[] = { "format", "peft.h checkpoint 1", "step", vals[0], "adam_t", vals[1], "rng", vals[2],
+                           "rng_spare", vals[3], "epoch", vals[4], "cursor", vals[5], "tokens", vals[6], "n_params", vals[7] };
+    if (s == PEFT_OK && tr->micro != 0) s = peft__fail(PEFT_ERR_ARG, "%s: checkpoint in the middle of gradient accumulation", path);
+    if (s == PEFT_OK) s = peft_st_write(path, it, n_items, meta, 9);
+    if (names) for (int i = 0; i < n_items; i++) PEFT_FREE(names[i]);
+    PEFT_FREE(names); PEFT_FREE(it);
+    return s;
+}
+
+static const char *peft__st_meta(const peft_safetensors *st, const char *key) {
+    for (int i = 0; i < st->n_meta; i++) if (!strcmp(st->meta_keys[i], key)) return st->meta_vals[i];
+    return NULL;
+}
+
+/* copies one named part into dst (n elements of dtype dt), checking it */
+static peft_status peft__ckpt_part(const peft_safetensors *st, const char *kind, const char *param, peft_dtype dt,
+                                   void *dst, int64_t n) {
+    char *name = peft__ckpt_name(kind, param);
+    if (!name) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    const peft_st_entry *e = peft_st_find(st, name);
+    peft_status s = PEFT_OK;
+    if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: no tensor %s (checkpoint of another method or model?)", st->path, name);
+    else if (e->dtype != dt || e->nbytes != (size_t)n * peft_dtype_size(dt))
+        s = peft__fail(PEFT_ERR_SHAPE, "%s: %s has %lld bytes of %s, expected %lld values of %s", st->path, name, (long long)e->nbytes,
+                       peft_dtype_name(e->dtype), (long long)n, peft_dtype_name(dt));
+    else memcpy(dst, st->data + e->offset, (size_t)n * peft_dtype_size(dt));
+    PEFT_FREE(name);
+    return s;
+}
+
+PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, const char *path) {
+    peft_safetensors st;
+    peft_status s = peft_st_open(&st, path);
+    if (s != PEFT_OK) return s;
+    peft_adamw *o = &tr->opt;
+    const char *fmt = peft__st_meta(&st, "format"), *step = peft__st_meta(&st, "step"), *at = peft__st_meta(&st, "adam_t");
+    const char *rng = peft__st_meta(&st, "rng"), *spare = peft__st_meta(&st, "rng_spare"), *np = peft__st_meta(&st, "n_params");
+    if (!fmt || strcmp(fmt, "peft.h checkpoint 1") || !step || !at || !rng || !spare || !np || strlen(rng) != 32)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: not a peft.h checkpoint (metadata missing)", path);
+    else if (atoi(np) != o->n)
+        s = peft__fail(PEFT_ERR_SHAPE, "%s: holds %s trainable tensors, this run has %d", path, np, o->n);
+    for (int i = 0; i < o->n && s == PEFT_OK; i++) {
+        peft_tensor *t = o->params[i];
+        int64_t nb = (t->n + 255) / 256;
+        s = peft__ckpt_part(&st, "param", t->name, PEFT_DT_F32, t->data, t->n);
+        if (s == PEFT_OK && o->m && o->m[i]) s = peft__ckpt_part(&st, "exp_avg", t->name, PEFT_DT_F32, o->m[i], t->n);
+        if (s == PEFT_OK && o->v && o->v[i]) s = peft__ckpt_part(&st, "exp_avg_sq", t->name, PEFT_DT_F32, o->v[i], t->n);
+        if (s == PEFT_OK && o->qm && o->qm[i]) s = peft__ckpt_part(&st, "exp_avg_q8", t->name, PEFT_DT_U8, o->qm[i], t->n);
+        if (s == PEFT_OK && o->qv && o->qv[i]) s = peft__ckpt_part(&st, "exp_avg_sq_q8", t->name, PEFT_DT_U8, o->qv[i], t->n);
+        if (s == PEFT_OK && o->am && o->am[i]) s = peft__ckpt_part(&st, "exp_avg_absmax", t->name, PEFT_DT_F32, o->am[i], nb);
+        if (s == PEFT_OK && o->av && o->av[i]) s = peft__ckpt_part(&st, "exp_avg_sq_absmax", t->name, PEFT_DT_F32, o->av[i], nb);
+    }
+    if (s == PEFT_OK) {
+        peft_rng *r = &tr->model->rng;
+        unsigned long long a = 0, b = 0;
+        unsigned has = 0, bits = 0;
+        char hi[17], lo[17];
+        memcpy(hi, rng, 16); hi[16] = 0;
+        memcpy(lo, rng + 16, 16); lo[16] = 0;
+        a = strtoull(hi, NULL, 16); b = strtoull(lo, NULL, 16);
+        if (sscanf(spare, "%u:%x", &has, &bits) != 2) s = peft__fail(PEFT_ERR_FORMAT, "%s: bad rng_spare", path);
+        r->s[0] = a; r->s[1] = b; r->has_spare = (int)has;
+        memcpy(&r->spare, &bits, 4);
+        tr->step = atoi(step);
+        o->t = atoll(at);
+        tr->micro = 0;
+        tr->accum_loss = 0;
+        if (pos) {
+            const char *e = peft__st_meta(&st, "epoch"), *c = peft__st_meta(&st, "cursor"), *k = peft__st_meta(&st, "tokens");
+            pos->epoch = e ? atoll(e) : 0; pos->cursor = c ? atoll(c) : 0; pos->tokens = k ? atoll(k) : 0;
+        }
+    }
+    peft_st_close(&st);
+    return s;
+}
+
+PEFTDEF void peft_progress(FILE *f, const char *label, int step, int total, double loss, double lr,
+                           double tok_s, double elapsed_s) {
+    int width = 24, fill = total > 0 ? (int)((int64_t)step * width / total) : width;
+    double eta = step > 0 ? elapsed_s / step * (total - step) : 0;
+    char bar[32];
+    for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    fprintf(f, "\r  %-11s [%s] %5d/%-5d loss %7.4f", label, bar, step, total, loss);
+    if (lr > 0) fprintf(f, "  lr %.2e", lr);
+    fprintf(f, "  %7.0f tok/s  ETA %2d:%02d ", tok_s, (int)eta / 60, (int)eta % 60);
+    if (step >= total) fputc('\n', f);
+    fflush(f);
+}
+
 /* ============================================================================
    FILES: numbers, whole-file I/O, JSON, safetensors, model folders
    ============================================================================ */
@@ -5416,6 +5572,29 @@ done:
     return s;
 }
 
+static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path);
+
+PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int vocab_size) {
+    memset(t, 0, sizeof *t);
+    char p[1100];
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        snprintf(p, sizeof p, "%s/tokenizer.json", path);
+        if (peft__file_exists(p)) return peft__tokenizer_load_hf(t, p);
+        snprintf(p, sizeof p, "%s/tokenizer.bin", path);
+        if (peft__file_exists(p)) return peft_tokenizer_load_llama2c(t, p, vocab_size);
+        return peft__fail(PEFT_ERR_IO, "%s: no tokenizer.json or tokenizer.bin in the folder", path);
+    }
+    size_t n = strlen(path);
+    if (n >= 5 && !strcmp(path + n - 5, ".json")) return peft__tokenizer_load_hf(t, path);
+    return peft_tokenizer_load_llama2c(t, path, vocab_size);
+}
+
+static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) {
+    (void)t;
+    return peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.json is not supported yet", path);
+}
+
 static int peft__piece_id(const peft_tokenizer *t, const char *s) {
     int lo = 0, hi = t->n - 1;
     while (lo <= hi) {
@@ -5628,7 +5807,8 @@ PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const p
     snprintf(d->path, sizeof d->path, "%s", path);
     if (max_len < 2) return peft__fail(PEFT_ERR_ARG, "%s: max_len must be at least 2", path);
     int is_json = peft__ends_with(path, ".json"), is_jsonl = peft__ends_with(path, ".jsonl"), is_txt = peft__ends_with(path, ".txt");
-    if ((is_json || is_jsonl || is_txt) && !t) return peft__fail(PEFT_ERR_ARG, "%s: text data needs a tokenizer", path);
+    if ((is_json || is_jsonl) && !t) return peft__fail(PEFT_ERR_ARG, "%s: text records need a tokenizer", path);
+    if (!t) is_txt = 0;                                   /* ids or bytes, as peft_tokens_load reads them */
     unsigned char *buf = NULL;
     size_t len = 0;
     peft__dsb b;

@@ -173,3 +173,116 @@ TEST(test_demo_quick) {
     }
     CHECK(strstr(out, "qlora") && strstr(out, "excitor") && strstr(out, "[4/4]"), "demo output: %s", out);
 }
+
+static int exists(const char *p) { FILE *f = fopen(p, "rb"); if (f) fclose(f); return f != NULL; }
+
+static int same_file(const char *a, const char *b) {
+    unsigned char *x, *y;
+    size_t nx, ny;
+    if (peft_read_file(a, &x, &nx) != PEFT_OK) return 0;
+    if (peft_read_file(b, &y, &ny) != PEFT_OK) { free(x); return 0; }
+    int same = nx == ny && !memcmp(x, y, nx);
+    free(x); free(y);
+    return same;
+}
+
+/* `peft train` as a user runs it on an Alpaca file: the log, the plot, the
+   resolved config; a run killed (SIGKILL) after step 4 and resumed from its
+   checkpoint at step 3 ends with the same adapter bytes as one that never
+   stopped; --config with the written train_config.json repeats the run. */
+TEST(test_train_alpaca_kill_resume) {
+    static char out[1 << 16];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+    if (!th_shared()) SKIP("../shared/data not present");
+    char tokp[700], model[512], data[512];
+    snprintf(tokp, sizeof tokp, "%s/llama2c/tokenizer.bin", th_shared());
+    if (!(probe = fopen(tokp, "rb"))) SKIP("tokenizer.bin not present");
+    fclose(probe);
+    snprintf(model, sizeof model, "%s/tiny32k", th_tmpdir());
+    snprintf(data, sizeof data, "%s/alpaca/data.json", th_fixtures());
+    peft_config c;
+    peft_config_preset(&c, "tiny");
+    c.vocab_size = 32000; c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
+    c.max_seq_len = 256;
+    peft_model *m;
+    REQUIRE_OK(peft_model_new(&m, &c, 1, 1));
+    REQUIRE_OK(peft_model_save(m, model));
+    peft_model_free(m);
+    const char *common = "--method lora --lora-dropout 0.1 --batch 2 --seq 96 --max-steps 8 --save-every 3 --lr 1e-2 --seed 5";
+    char a[512], b[512], cdir[512], fa[700], fb[700];
+    snprintf(a, sizeof a, "%s/run_a", th_tmpdir());
+    snprintf(b, sizeof b, "%s/run_b", th_tmpdir());
+    snprintf(cdir, sizeof cdir, "%s/run_c", th_tmpdir());
+    CHECK(run(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --out %s", model, tokp, data, common, a) == 0,
+          "uninterrupted run: %s", out);
+    CHECK(strstr(out, "6 examples") != NULL, "examples: %s", out);
+    char cmd[4000];
+    snprintf(cmd, sizeof cmd, "PEFT_CRASH_AFTER_STEP=4 %s train --model %s --tokenizer %s --data %s %s --out %s > /dev/null 2>&1",
+             bin(), model, tokp, data, common, b);
+    int st = system(cmd);
+    CHECK(st != 0, "the killed run must not exit cleanly");
+    snprintf(fb, sizeof fb, "%s/checkpoint-3/trainer.safetensors", b);
+    CHECK(exists(fb), "checkpoint-3 written before the kill");
+    snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", b);
+    CHECK(!exists(fb), "the killed run left no final adapter");
+    CHECK(run(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "resuming from") && strstr(out, "step 3"),
+          "resume: %s", out);
+    snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
+    CHECK(same_file(fa, fb), "resumed adapter differs from the uninterrupted one");
+    /* the log: one JSON object per line, steps 1..8 once each after the resume */
+    snprintf(fb, sizeof fb, "%s/log.jsonl", b);
+    unsigned char *lg;
+    size_t ln;
+    int steps_seen = 0, bad = 0;
+    if (peft_read_file(fb, &lg, &ln) == PEFT_OK) {
+        for (char *line = (char *)lg, *next; line && *line; line = next) {
+            next = strchr(line, '\n');
+            size_t len = next ? (size_t)(next - line) : strlen(line);
+            if (next) next++;
+            peft_json *j;
+            if (peft_json_parse(&j, line, len, fb) != PEFT_OK) { bad++; continue; }
+            const peft_json *s = peft_json_get(j, "step");
+            if (s && peft_json_get(j, "loss")) steps_seen += (int)s->number;
+            peft_json_free(j);
+        }
+        free(lg);
+    }
+    CHECK(!bad && steps_seen == 36, "log.jsonl: %d bad lines, step sum %d (want 1+..+8 = 36)", bad, steps_seen);
+    snprintf(fb, sizeof fb, "%s/loss.svg", b);
+    unsigned char *svg;
+    size_t sn;
+    CHECK(peft_read_file(fb, &svg, &sn) == PEFT_OK && sn > 100 && strstr((char *)svg, "<svg") && strstr((char *)svg, "</svg>"),
+          "loss.svg");
+    if (sn) free(svg);
+    /* the written config repeats the run */
+    snprintf(fa, sizeof fa, "%s/train_config.json", a);
+    CHECK(run(out, sizeof out, "train --config %s --out %s", fa, cdir) == 0, "--config: %s", out);
+    snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
+    snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", cdir);
+    CHECK(same_file(fa, fb), "--config train_config.json did not repeat the run");
+    /* the same with 8-bit AdamW states and the paged optimizer */
+    const char *optims[2] = { "8bit", "paged" };
+    for (int k = 0; k < 2; k++) {
+        snprintf(a, sizeof a, "%s/run_a_%s", th_tmpdir(), optims[k]);
+        snprintf(b, sizeof b, "%s/run_b_%s", th_tmpdir(), optims[k]);
+        CHECK(run(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --optim %s --out %s", model, tokp, data, common,
+                  optims[k], a) == 0, "%s run: %s", optims[k], out);
+        snprintf(cmd, sizeof cmd, "PEFT_CRASH_AFTER_STEP=7 %s train --model %s --tokenizer %s --data %s %s --optim %s --out %s > /dev/null 2>&1",
+                 bin(), model, tokp, data, common, optims[k], b);
+        CHECK(system(cmd) != 0, "killed");
+        CHECK(run(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "step 6"), "%s resume: %s", optims[k], out);
+        snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
+        snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", b);
+        CHECK(same_file(fa, fb), "%s: resumed adapter differs", optims[k]);
+    }
+    /* bad settings are named */
+    snprintf(fa, sizeof fa, "%s/bad_config.json", th_tmpdir());
+    FILE *f = fopen(fa, "w");
+    fputs("{\"lora_rank\": 8}", f);
+    fclose(f);
+    CHECK(run(out, sizeof out, "train --config %s", fa) == 1 && strstr(out, "lora_rank") && strstr(out, "bad_config.json"),
+          "unknown config key: %s", out);
+    CHECK(run(out, sizeof out, "train --resume %s/nothing_here", th_tmpdir()) == 1 && strstr(out, "nothing_here"), "resume nothing: %s", out);
+}

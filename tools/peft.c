@@ -8,6 +8,10 @@
 #include <string.h>
 #include <time.h>
 #include <math.h>
+#include <signal.h>
+#include <dirent.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
     fprintf(stderr, "peft %s: %s%s%s\nTry 'peft %s --help'.\n", cmd, msg, arg ? ": " : "", arg ? arg : "", cmd);
@@ -234,13 +238,22 @@ static int cmd_logits(int argc, char **argv) {
 
 /* ----------------------------------------------------------------- train */
 static const char *TRAIN_HELP =
-    "usage: peft train (--model DIR | --preset NAME) --data FILE [options]\n\n"
-    "Fine-tunes on FILE (token ids separated by spaces/commas, or plain text read\n"
-    "as bytes) with AdamW, printing the loss of every step. --out saves the\n"
-    "adapter folder (PEFT layout), or the whole model for --method full.\n"
-    "  --steps N             optimizer steps (default 100)\n"
-    "  --batch B             sequences per micro-batch (default 4)\n"
-    "  --seq T               tokens per sequence (default 64)\n"
+    "usage: peft train (--model DIR | --preset NAME) --data PATH [options]\n"
+    "       peft train --resume RUN_DIR [options that change]\n\n"
+    "Fine-tunes on PATH with AdamW. PATH is an Alpaca .json, a .jsonl of Alpaca,\n"
+    "{prompt, completion} or {text} records, a folder with train.jsonl (and\n"
+    "valid.jsonl for evaluation), plain .txt, or a file of token ids. Prompts\n"
+    "are masked from the loss. The tokenizer comes from the model folder\n"
+    "(tokenizer.json or tokenizer.bin) or --tokenizer.\n\n"
+    "Writes into --out: the adapter (PEFT layout; the whole model for full),\n"
+    "train_config.json (every setting, for --config to repeat the run),\n"
+    "log.jsonl, loss.svg, and checkpoint-N/ folders every --save-every steps.\n"
+    "  --config FILE         JSON with the same keys as the flags (lora_r, lr, ...); flags win\n"
+    "  --tokenizer PATH      tokenizer.json / tokenizer.bin (default: from the model folder)\n"
+    "  --epochs E            passes over the data (default 1)\n"
+    "  --max-steps N         optimizer steps (overrides --epochs; --steps is the same)\n"
+    "  --batch B             examples per micro-batch (default 4)\n"
+    "  --seq T               longest example in tokens (default 256; longer ones are cut)\n"
     "  --grad-accum K        micro-batches per step (default 1)\n"
     "  --lr X                peak learning rate (default 1e-3)\n"
     "  --min-lr X            final learning rate for cosine/linear (default 0)\n"
@@ -248,110 +261,447 @@ static const char *TRAIN_HELP =
     "  --warmup N            warm-up steps (default 0)\n"
     "  --weight-decay X      AdamW weight decay (default 0)\n"
     "  --max-grad-norm X     clip the global gradient norm (default 1; 0 = off)\n"
-    "  --seed S              data order and random init (default 0)\n"
+    "  --eval-every N        evaluate every N steps (default 0 = at the end only, when\n"
+    "                        there is held-out data: valid.jsonl or 5% of the examples)\n"
+    "  --save-every N        checkpoint every N steps (default 0 = none)\n"
+    "  --resume DIR          continue a run (its folder or one checkpoint-N) exactly\n"
+    "  --seed S              data order, held-out split and random init (default 0)\n"
     "  --threads N           worker threads (default 1)\n"
     "  --optim O             adamw | paged (paged AdamW emulation) | 8bit (8-bit states)\n"
     "  --optim-budget-mb X   resident budget of the paged optimizer (default 64)\n"
-    "  --out DIR             save the adapter (or, for full, the model folder) there\n";
+    "  --out DIR             output folder (default: none, nothing saved)\n";
+
+/* Every setting as a string under its config key ("lora_r", "max_steps"),
+   filled from --config or the run being resumed, then from the flags. */
+typedef struct { char key[32]; char val[512]; } setting;
+typedef struct { setting s[64]; int n; } settings;
+
+static const char *TRAIN_KEYS[] = { "model", "preset", "data", "tokenizer", "out", "epochs", "max_steps", "batch", "seq",
+    "grad_accum", "lr", "min_lr", "schedule", "warmup", "weight_decay", "max_grad_norm", "eval_every", "save_every", "seed",
+    "threads", "optim", "optim_budget_mb", "method", NULL };
+
+static int known_key(const char *k) {
+    for (int i = 0; TRAIN_KEYS[i]; i++) if (!strcmp(k, TRAIN_KEYS[i])) return 1;
+    for (int i = 0; METHOD_FLAGS[i]; i++) {
+        char mk[64];
+        snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[i] + 2);
+        for (char *p = mk; *p; p++) if (*p == '-') *p = '_';
+        if (!strcmp(k, mk)) return 1;
+    }
+    return 0;
+}
+static const char *get(const settings *st, const char *key) {
+    for (int i = 0; i < st->n; i++) if (!strcmp(st->s[i].key, key)) return st->s[i].val;
+    return NULL;
+}
+static int put(settings *st, const char *key, const char *val) {
+    for (int i = 0; i < st->n; i++)
+        if (!strcmp(st->s[i].key, key)) { snprintf(st->s[i].val, sizeof st->s[i].val, "%s", val); return 1; }
+    if (st->n == 64) return 0;
+    snprintf(st->s[st->n].key, sizeof st->s[st->n].key, "%s", key);
+    snprintf(st->s[st->n].val, sizeof st->s[st->n].val, "%s", val);
+    st->n++;
+    return 1;
+}
+
+/* a JSON object of settings → st; unknown keys are an error naming the file */
+static int read_settings(settings *st, const char *path) {
+    peft_json *j;
+    if (peft_json_load(&j, path) != PEFT_OK) return fail();
+    if (j->type != PEFT_JSON_OBJECT) { peft_json_free(j); fprintf(stderr, "peft: error: %s: expected a JSON object\n", path); return 1; }
+    for (const peft_json *c = j->child; c; c = c->next) {
+        char key[64], val[512];
+        snprintf(key, sizeof key, "%s", c->key);
+        for (char *p = key; *p; p++) if (*p == '-') *p = '_';
+        if (!known_key(key)) { fprintf(stderr, "peft: error: %s: unknown setting \"%s\"\n", path, c->key); peft_json_free(j); return 1; }
+        if (c->type == PEFT_JSON_STRING) snprintf(val, sizeof val, "%s", c->string);
+        else if (c->type == PEFT_JSON_NUMBER && c->number == floor(c->number) && fabs(c->number) < 1e15) snprintf(val, sizeof val, "%lld", (long long)c->number);
+        else if (c->type == PEFT_JSON_NUMBER) snprintf(val, sizeof val, "%.9g", c->number);
+        else if (c->type == PEFT_JSON_BOOL) snprintf(val, sizeof val, "%d", c->number != 0);
+        else if (c->type == PEFT_JSON_NULL) continue;
+        else { fprintf(stderr, "peft: error: %s: \"%s\" must be a string or a number\n", path, c->key); peft_json_free(j); return 1; }
+        put(st, key, val);
+    }
+    peft_json_free(j);
+    return 0;
+}
+
+static int write_settings(const settings *st, const char *path) {
+    char buf[65536];
+    size_t n = 0;
+    n += (size_t)snprintf(buf + n, sizeof buf - n, "{\n");
+    for (int i = 0; i < st->n && n < sizeof buf - 1100; i++) {
+        const char *v = st->s[i].val;
+        char *end;
+        strtod(v, &end);
+        int numeric = *v && *end == 0 && strcmp(st->s[i].key, "lora_targets") && strcmp(st->s[i].key, "seed");
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "  \"%s\": ", st->s[i].key);
+        if (numeric) n += (size_t)snprintf(buf + n, sizeof buf - n, "%s", v);
+        else {
+            buf[n++] = '"';
+            for (const char *p = v; *p && n < sizeof buf - 16; p++) {
+                if (*p == '"' || *p == '\\') buf[n++] = '\\';
+                buf[n++] = *p;
+            }
+            buf[n++] = '"';
+        }
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "%s\n", i + 1 < st->n ? "," : "");
+    }
+    n += (size_t)snprintf(buf + n, sizeof buf - n, "}\n");
+    return peft_write_file_atomic(path, buf, n) == PEFT_OK ? 0 : fail();
+}
+
+static int dir_exists(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+static int file_exists(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* --resume accepts a run folder (the newest checkpoint-N inside) or one checkpoint */
+static int find_checkpoint(const char *path, char *ckpt, size_t n, char *run, size_t rn) {
+    char probe[1200];
+    snprintf(probe, sizeof probe, "%s/trainer.safetensors", path);
+    if (file_exists(probe)) {
+        snprintf(ckpt, n, "%s", path);
+        snprintf(run, rn, "%s", path);
+        char *slash = strrchr(run, '/');
+        if (slash) *slash = 0; else snprintf(run, rn, ".");
+        return 0;
+    }
+    DIR *d = opendir(path);
+    if (!d) { fprintf(stderr, "peft: error: %s: cannot open the run folder\n", path); return 1; }
+    long best = -1;
+    for (struct dirent *e; (e = readdir(d));) {
+        long k;
+        char tail;
+        if (sscanf(e->d_name, "checkpoint-%ld%c", &k, &tail) == 1 && k > best) {
+            snprintf(probe, sizeof probe, "%s/%s/trainer.safetensors", path, e->d_name);
+            if (file_exists(probe)) best = k;
+        }
+    }
+    closedir(d);
+    if (best < 0) { fprintf(stderr, "peft: error: %s: no checkpoint-N with a trainer.safetensors inside\n", path); return 1; }
+    snprintf(ckpt, n, "%s/checkpoint-%ld", path, best);
+    snprintf(run, rn, "%s", path);
+    return 0;
+}
+
+static void remove_tree(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) { remove(path); return; }
+    char child[1200];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+        remove_tree(child);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+typedef struct {
+    peft_model *m;
+    peft_trainer *tr;
+    const peft_method *meth;
+    double *loss, *eval_x, *eval_y;
+    int n_loss, n_eval;
+} run_state;
+
+static int save_result(const run_state *rs, const char *dir) {
+    peft_status st = rs->meth->kind == PEFT_FULL ? peft_model_save(rs->m, dir) : peft_adapter_save(rs->m, dir);
+    return st == PEFT_OK ? 0 : fail();
+}
+
+/* checkpoint-N.tmp/ (adapter + trainer.safetensors), then renamed into place */
+static int save_checkpoint(const run_state *rs, const char *out, int step, const peft_data_pos *pos) {
+    char tmp[1200], final[1200], path[1300];
+    snprintf(tmp, sizeof tmp, "%s/checkpoint-%d.tmp", out, step);
+    snprintf(final, sizeof final, "%s/checkpoint-%d", out, step);
+    remove_tree(tmp);
+    if (save_result(rs, tmp)) return 1;
+    snprintf(path, sizeof path, "%s/trainer.safetensors", tmp);
+    if (peft_checkpoint_save(rs->tr, pos, path) != PEFT_OK) return fail();
+    remove_tree(final);
+    if (rename(tmp, final) != 0) { fprintf(stderr, "peft: error: cannot rename %s to %s\n", tmp, final); return 1; }
+    return 0;
+}
+
+static void write_plot(const run_state *rs, const char *out) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/loss.svg", out);
+    double *x = malloc(sizeof(double) * (size_t)(rs->n_loss + 1));
+    if (!x) return;
+    for (int i = 0; i < rs->n_loss; i++) x[i] = i + 1;
+    peft_series s[2] = { { "train", x, rs->loss, rs->n_loss, 0 }, { "eval", rs->eval_x, rs->eval_y, rs->n_eval, 0 } };
+    if (peft_svg_plot(path, "loss", "step", "loss", 0, s, rs->n_eval ? 2 : 1) != PEFT_OK)
+        fprintf(stderr, "peft: warning: %s\n", peft_last_error());
+    free(x);
+}
+
+static double eval_loss(peft_model *m, const peft_dataset *d, int B, int T, int pad) {
+    peft_graph *g = peft_graph_new();
+    peft_graph_set_grad(g, 0);
+    int *tok = malloc(sizeof(int) * (size_t)B * T), *tgt = malloc(sizeof(int) * (size_t)B * T), idx[256];
+    double sum = 0;
+    long count = 0;
+    for (int at = 0; at < d->n && tok && tgt; at += B) {
+        int nb = d->n - at < B ? d->n - at : B;
+        for (int b = 0; b < nb; b++) idx[b] = at + b;
+        int L = peft_dataset_batch(d, idx, nb, T, pad, tok, tgt), n = 0;
+        for (int i = 0; i < nb * L; i++) n += tgt[i] != -100;
+        peft_graph_reset(g);
+        peft_tensor *lt = peft_model_loss(m, g, tok, tgt, nb, L);
+        if (lt && n) { sum += (double)lt->data[0] * n; count += n; }
+    }
+    free(tok); free(tgt);
+    peft_graph_free(g);
+    return count ? sum / (double)count : NAN;
+}
 
 static int cmd_train(int argc, char **argv) {
-    model_src src = { 0, 0, 0, 0 };
-    method_flags mf = { 0 };
-    const char *data = NULL, *out = NULL;
-    int steps = 100, B = 4, T = 64, threads = 1;
-    peft_trainer_opts o = peft_trainer_defaults();
-    o.schedule = PEFT_SCHED_COSINE;
-    o.weight_decay = 0;
-    for (int i = 0; i < argc; i += 2) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(TRAIN_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
-        if (!v) return usage_error("train", "option needs a value", a);
-        if (take_method_flag(&mf, a, v)) continue;
-        if (!strcmp(a, "--model")) src.model = v;
-        else if (!strcmp(a, "--preset")) src.preset = v;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--seed")) src.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--steps")) ok = parse_int(v, &steps) && steps > 0;
-        else if (!strcmp(a, "--batch")) ok = parse_int(v, &B) && B > 0;
-        else if (!strcmp(a, "--seq")) ok = parse_int(v, &T) && T > 0;
-        else if (!strcmp(a, "--grad-accum")) ok = parse_int(v, &o.grad_accum) && o.grad_accum > 0;
-        else if (!strcmp(a, "--warmup")) ok = parse_int(v, &o.warmup_steps);
-        else if (!strcmp(a, "--threads")) ok = parse_int(v, &threads) && threads > 0;
-        else if (!strcmp(a, "--optim")) {
-            o.paged_optim = !strcmp(v, "paged");
-            o.optim_8bit = !strcmp(v, "8bit");
-            ok = o.paged_optim || o.optim_8bit || !strcmp(v, "adamw");
-        } else if (!strcmp(a, "--optim-budget-mb")) {
-            int mb;
-            ok = parse_int(v, &mb) && mb > 0;
-            o.optim_budget_bytes = (size_t)mb << 20;
-        }
-        else if (!strcmp(a, "--lr")) ok = parse_float(v, &o.lr) && o.lr > 0;
-        else if (!strcmp(a, "--min-lr")) ok = parse_float(v, &o.min_lr) && o.min_lr >= 0;
-        else if (!strcmp(a, "--weight-decay")) ok = parse_float(v, &o.weight_decay) && o.weight_decay >= 0;
-        else if (!strcmp(a, "--max-grad-norm")) ok = parse_float(v, &o.max_grad_norm) && o.max_grad_norm >= 0;
-        else if (!strcmp(a, "--schedule")) {
-            if (!strcmp(v, "constant")) o.schedule = PEFT_SCHED_CONSTANT;
-            else if (!strcmp(v, "cosine")) o.schedule = PEFT_SCHED_COSINE;
-            else if (!strcmp(v, "linear")) o.schedule = PEFT_SCHED_LINEAR;
-            else ok = 0;
-        } else return usage_error("train", "unknown option", a);
-        if (!ok) return usage_error("train", "bad value for", a);
+    settings st = { .n = 0 };
+    const char *resume = NULL, *config = NULL;
+    for (int i = 0; i < argc; i += 2) {                 /* --help, --config and --resume first */
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(TRAIN_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (i + 1 >= argc) return usage_error("train", "option needs a value", argv[i]);
+        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
+        if (!strcmp(argv[i], "--resume")) resume = argv[i + 1];
     }
+    char ckpt[1200] = "", run_dir[1200] = "", path[1400];
+    if (resume) {
+        if (find_checkpoint(resume, ckpt, sizeof ckpt, run_dir, sizeof run_dir)) return 1;
+        snprintf(path, sizeof path, "%s/train_config.json", run_dir);
+        if (read_settings(&st, path)) return 1;
+        put(&st, "out", run_dir);
+    }
+    if (config && read_settings(&st, config)) return 1;
+    for (int i = 0; i < argc; i += 2) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--config") || !strcmp(a, "--resume")) continue;
+        if (strncmp(a, "--", 2)) return usage_error("train", "unexpected argument", a);
+        char key[64];
+        snprintf(key, sizeof key, "%s", !strcmp(a, "--steps") ? "--max-steps" : a);
+        memmove(key, key + 2, strlen(key + 2) + 1);
+        for (char *p = key; *p; p++) if (*p == '-') *p = '_';
+        if (!known_key(key)) return usage_error("train", "unknown option", a);
+        put(&st, key, argv[i + 1]);
+    }
+    /* defaults for what is still unset, so the written config is complete */
+    const char *defaults[][2] = { { "epochs", "1" }, { "batch", "4" }, { "seq", "256" }, { "grad_accum", "1" }, { "lr", "1e-3" },
+        { "min_lr", "0" }, { "schedule", "cosine" }, { "warmup", "0" }, { "weight_decay", "0" }, { "max_grad_norm", "1" },
+        { "eval_every", "0" }, { "save_every", "0" }, { "seed", "0" }, { "threads", "1" }, { "optim", "adamw" }, { "method", "full" } };
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
+
+    /* parse the resolved settings */
+    model_src src = { get(&st, "model"), get(&st, "preset"), NULL, strtoull(get(&st, "seed"), NULL, 10) };
+    const char *data = get(&st, "data"), *out = get(&st, "out"), *tokp = get(&st, "tokenizer");
+    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = 1, eval_every = 0, save_every = 0, ok = 1;
+    peft_trainer_opts o = peft_trainer_defaults();
+    const char *bad = NULL;
+#define INT_SETTING(k, var, cond) if (ok && get(&st, k) && !(parse_int(get(&st, k), &var) && (cond))) { ok = 0; bad = k; }
+#define FLOAT_SETTING(k, var, cond) if (ok && get(&st, k) && !(parse_float(get(&st, k), &var) && (cond))) { ok = 0; bad = k; }
+    INT_SETTING("epochs", epochs, epochs > 0)
+    INT_SETTING("max_steps", max_steps, max_steps > 0)
+    INT_SETTING("batch", B, B > 0 && B <= 256)
+    INT_SETTING("seq", T, T > 1)
+    INT_SETTING("grad_accum", o.grad_accum, o.grad_accum > 0)
+    INT_SETTING("warmup", o.warmup_steps, 1)
+    INT_SETTING("threads", threads, threads > 0)
+    INT_SETTING("eval_every", eval_every, 1)
+    INT_SETTING("save_every", save_every, 1)
+    FLOAT_SETTING("lr", o.lr, o.lr > 0)
+    FLOAT_SETTING("min_lr", o.min_lr, o.min_lr >= 0)
+    FLOAT_SETTING("weight_decay", o.weight_decay, o.weight_decay >= 0)
+    FLOAT_SETTING("max_grad_norm", o.max_grad_norm, o.max_grad_norm >= 0)
+    int budget_mb = 64;
+    INT_SETTING("optim_budget_mb", budget_mb, budget_mb > 0)
+    o.optim_budget_bytes = (size_t)budget_mb << 20;
+    const char *sched = get(&st, "schedule"), *optim = get(&st, "optim");
+    if (ok && !strcmp(sched, "constant")) o.schedule = PEFT_SCHED_CONSTANT;
+    else if (ok && !strcmp(sched, "cosine")) o.schedule = PEFT_SCHED_COSINE;
+    else if (ok && !strcmp(sched, "linear")) o.schedule = PEFT_SCHED_LINEAR;
+    else if (ok) { ok = 0; bad = "schedule"; }
+    o.paged_optim = !strcmp(optim, "paged");
+    o.optim_8bit = !strcmp(optim, "8bit");
+    if (ok && !o.paged_optim && !o.optim_8bit && strcmp(optim, "adamw")) { ok = 0; bad = "optim"; }
+    if (!ok) return usage_error("train", "bad value for", bad);
     if (!src.model && !src.preset) return usage_error("train", "--model or --preset is required", NULL);
     if (!data) return usage_error("train", "--data is required", NULL);
-    peft_method meth;
-    if (mf.method && strcmp(mf.method, "full") && strcmp(mf.method, "lora") && strcmp(mf.method, "adapter-v1") &&
-        strcmp(mf.method, "adapter-v2") && strcmp(mf.method, "excitor") && strcmp(mf.method, "qlora"))
+    method_flags mf = { .method = get(&st, "method") };
+    for (int i = 0; i < st.n; i++)
+        for (int k = 0; METHOD_FLAGS[k]; k++) {
+            char mk[64];
+            snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[k] + 2);
+            for (char *p = mk; *p; p++) if (*p == '-') *p = '_';
+            if (!strcmp(mk, st.s[i].key) && mf.n < 32) { mf.keys[mf.n] = METHOD_FLAGS[k]; mf.vals[mf.n++] = st.s[i].val; }
+        }
+    peft_method_kind kind;
+    if (peft_method_parse(mf.method, &kind) != PEFT_OK)
         return usage_error("train", "unknown --method (full, lora, adapter-v1, adapter-v2, excitor, qlora)", mf.method);
+    peft_method meth;
     if (build_method(&mf, &meth, src.seed)) return 1;
-    o.total_steps = steps;
     peft_set_threads(threads);
+
+    /* model, tokenizer, data */
     peft_model *m;
     if (load_model(&src, &m)) return 1;
-    int *ids;
-    int64_t n;
-    if (peft_tokens_load(data, m->cfg.vocab_size, &ids, &n) != PEFT_OK) { peft_model_free(m); return fail(); }
-    if (n < T + 1) {
-        fprintf(stderr, "peft: error: %s: %lld tokens, fewer than --seq + 1 = %d\n", data, (long long)n, T + 1);
-        free(ids); peft_model_free(m);
-        return 1;
+    peft_tokenizer tok, *tk = NULL;
+    memset(&tok, 0, sizeof tok);
+    const char *tsrc = tokp ? tokp : src.model;
+    char tprobe[1200] = "";
+    if (tsrc && !tokp && dir_exists(tsrc)) {
+        snprintf(tprobe, sizeof tprobe, "%s/tokenizer.json", tsrc);
+        if (!file_exists(tprobe)) snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", tsrc);
+        if (!file_exists(tprobe)) tprobe[0] = 0;
+    } else if (tokp) snprintf(tprobe, sizeof tprobe, "%s", tokp);
+    if (tprobe[0]) {
+        if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) { peft_model_free(m); return fail(); }
+        tk = &tok;
     }
-    if (peft_attach(m, &meth) != PEFT_OK) { free(ids); peft_model_free(m); return fail(); }
-    char b1[40], b2[40];
-    printf("training %s parameters (%.4f%% of %s) with %s, %lld tokens of data\n", commas(peft_model_trainable_count(m), b1),
-           100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m),
-           commas(peft_model_base_count(m), b2), peft_method_name(meth.kind), (long long)n);
-    peft_trainer *tr = peft_trainer_new(m, &o);
-    peft_rng rng;
-    peft_rng_seed(&rng, src.seed);
-    int *tok = malloc(sizeof(int) * B * T), *tgt = malloc(sizeof(int) * B * T);
+    char train_path[1200], valid_path[1200] = "";
+    snprintf(train_path, sizeof train_path, "%s", data);
+    if (dir_exists(data)) {
+        snprintf(train_path, sizeof train_path, "%s/train.jsonl", data);
+        snprintf(valid_path, sizeof valid_path, "%s/valid.jsonl", data);
+        if (!file_exists(valid_path)) valid_path[0] = 0;
+    }
+    peft_dataset ds, held;
+    memset(&held, 0, sizeof held);
     int rc = 0;
-    double t0 = now_s();
-    for (int s = 0; s < steps && !rc; s++) {
-        double ts = now_s(), sum = 0;
+    if (peft_dataset_load(&ds, train_path, tk, T + 1) != PEFT_OK) { peft_tokenizer_free(&tok); peft_model_free(m); return fail(); }
+    if (valid_path[0]) {
+        if (peft_dataset_load(&held, valid_path, tk, T + 1) != PEFT_OK) rc = fail();
+    } else if (eval_every > 0 && ds.n >= 20) {
+        if (peft_dataset_split(&ds, &held, ds.n / 20, src.seed) != PEFT_OK) rc = fail();
+    }
+    for (int64_t i = 0; !rc && i < ds.n_tokens; i++)
+        if (ds.ids[i] < 0 || ds.ids[i] >= m->cfg.vocab_size) {
+            fprintf(stderr, "peft: error: %s: token id %d is outside the model's vocabulary (%d)\n", train_path, ds.ids[i], m->cfg.vocab_size);
+            rc = 1;
+        }
+    if (!rc && peft_attach(m, &meth) != PEFT_OK) rc = fail();
+    int per_epoch = (ds.n + B * o.grad_accum - 1) / (B * o.grad_accum);
+    int steps = max_steps ? max_steps : epochs * per_epoch;
+    o.total_steps = steps;
+    peft_trainer *tr = rc ? NULL : peft_trainer_new(m, &o);
+    if (!rc && !tr) rc = fail();
+    peft_data_pos pos = { 0, 0, 0 };
+    if (!rc && ckpt[0]) {
+        snprintf(path, sizeof path, "%s/trainer.safetensors", ckpt);
+        if (peft_checkpoint_load(tr, &pos, path) != PEFT_OK) rc = fail();
+        else printf("resuming from %s at step %d\n", ckpt, tr->step);
+    }
+    if (!rc && out) {
+        char mk[1300];
+        snprintf(mk, sizeof mk, "%s", out);
+        for (char *p = mk + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(mk, 0755); *p = '/'; }
+        mkdir(mk, 0755);
+        if (!dir_exists(out)) { fprintf(stderr, "peft: error: cannot create %s\n", out); rc = 1; }
+        snprintf(path, sizeof path, "%s/train_config.json", out);
+        if (!rc) rc = write_settings(&st, path);
+    }
+    char b1[40], b2[40];
+    if (!rc)
+        printf("training %s parameters (%.4f%% of %s) with %s: %d examples (%lld tokens, %d cut off), %d held out, %d steps\n",
+               commas(peft_model_trainable_count(m), b1), 100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m),
+               commas(peft_model_base_count(m), b2), peft_method_name(meth.kind), ds.n, (long long)ds.n_tokens, ds.n_dropped, held.n, steps);
+
+    /* the log: lines of earlier steps survive a resume, later ones (past the checkpoint) go */
+    run_state rs = { m, tr, &meth, calloc((size_t)steps + 1, sizeof(double)), calloc((size_t)steps + 2, sizeof(double)),
+                     calloc((size_t)steps + 2, sizeof(double)), 0, 0 };
+    FILE *log = NULL;
+    if (!rc && out) {
+        snprintf(path, sizeof path, "%s/log.jsonl", out);
+        unsigned char *old = NULL;
+        size_t on = 0;
+        if (ckpt[0] && peft_read_file(path, &old, &on) == PEFT_OK) {
+            char tmp[1500];
+            snprintf(tmp, sizeof tmp, "%s.tmp", path);
+            FILE *w = fopen(tmp, "w");
+            for (char *line = (char *)old, *next; w && line < (char *)old + on && *line; line = next) {
+                next = strchr(line, '\n');
+                if (!next) break;
+                *next++ = 0;
+                const char *sp = strstr(line, "\"step\": ");
+                int sn = sp ? atoi(sp + 8) : 0;
+                if (sn > tr->step) continue;
+                fprintf(w, "%s\n", line);
+                const char *lp = strstr(line, "\"loss\": "), *ep = strstr(line, "\"eval_loss\": ");
+                if (lp && sn >= 1 && sn <= steps) { rs.loss[sn - 1] = atof(lp + 8); if (sn > rs.n_loss) rs.n_loss = sn; }
+                if (ep && rs.n_eval < steps + 1) { rs.eval_x[rs.n_eval] = sn; rs.eval_y[rs.n_eval++] = atof(ep + 13); }
+            }
+            if (w) { fclose(w); rename(tmp, path); }
+            free(old);
+        }
+        log = fopen(path, ckpt[0] ? "a" : "w");
+        if (!log) { fprintf(stderr, "peft: error: cannot write %s\n", path); rc = 1; }
+    }
+
+    int *order = malloc(sizeof(int) * (size_t)ds.n), *tokb = malloc(sizeof(int) * (size_t)B * T), *tgtb = malloc(sizeof(int) * (size_t)B * T);
+    if (!order || !tokb || !tgtb) { fprintf(stderr, "peft: error: out of memory\n"); rc = 1; }
+    if (!rc) peft_dataset_order(ds.n, src.seed, (int)pos.epoch, order);
+    const char *crash = getenv("PEFT_CRASH_AFTER_STEP");  /* tests: die like a killed process */
+    int tty = isatty(2), pad = m->cfg.eos_id >= 0 ? m->cfg.eos_id : 0;
+    double t0 = now_s(), tokens_run = 0;
+    int start_step = tr ? tr->step : 0;
+    while (!rc && tr->step < steps) {
+        double ts = now_s(), sum = 0, ntok = 0;
         for (int k = 0; k < o.grad_accum && !rc; k++) {
+            int idx[256];
+            for (int b = 0; b < B; b++) {
+                if (pos.cursor >= ds.n) { pos.epoch++; pos.cursor = 0; peft_dataset_order(ds.n, src.seed, (int)pos.epoch, order); }
+                idx[b] = order[pos.cursor++];
+            }
+            int L = peft_dataset_batch(&ds, idx, B, T, pad, tokb, tgtb);
             float loss;
-            peft_batch_sample(&rng, ids, n, B, T, tok, tgt);
-            if (peft_trainer_step(tr, tok, tgt, B, T, &loss) != PEFT_OK) rc = fail();
+            if (peft_trainer_step(tr, tokb, tgtb, B, L, &loss) != PEFT_OK) { rc = fail(); break; }
             sum += loss;
+            ntok += (double)B * L;
         }
         if (rc) break;
-        double dt = now_s() - ts;
-        printf("step %4d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.0f tok/s\n", s + 1, steps, sum / o.grad_accum,
-               tr->last_lr, tr->last_grad_norm, (double)B * T * o.grad_accum / dt);
+        pos.tokens += (int64_t)ntok;
+        tokens_run += ntok;
+        int s = tr->step;
+        double loss = sum / o.grad_accum, el = now_s() - t0, tps = tokens_run / (el > 0 ? el : 1e-9);
+        rs.loss[s - 1] = loss;
+        rs.n_loss = s;
+        if (log) fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %lld, \"tok_s\": %.1f, \"epoch\": %lld, \"elapsed_s\": %.3f}\n",
+                         s, loss, tr->last_lr, tr->last_grad_norm, (long long)pos.tokens, ntok / (now_s() - ts), (long long)pos.epoch, el);
+        if (tty) peft_progress(stderr, "train", s, steps, loss, tr->last_lr, tps, el * s / (double)(s - start_step));   /* ETA from this run's pace */
+        else printf("step %4d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.0f tok/s\n", s, steps, loss, tr->last_lr, tr->last_grad_norm, tps);
         fflush(stdout);
+        if (held.n && ((eval_every && s % eval_every == 0) || s == steps)) {
+            double el2 = eval_loss(m, &held, B, T, pad);
+            rs.eval_x[rs.n_eval] = s;
+            rs.eval_y[rs.n_eval++] = el2;
+            if (log) fprintf(log, "{\"step\": %d, \"eval_loss\": %.6f}\n", s, el2);
+            if (tty) fprintf(stderr, "\n");
+            printf("step %4d  eval loss %.4f (%d held-out examples)\n", s, el2, held.n);
+        }
+        if (log) fflush(log);
+        if (out && save_every && s % save_every == 0 && s < steps) {
+            if (save_checkpoint(&rs, out, s, &pos)) { rc = 1; break; }
+            write_plot(&rs, out);
+        }
+        if (crash && atoi(crash) == s) raise(SIGKILL);
     }
-    if (!rc) printf("done in %.1f s\n", now_s() - t0);
+    if (!rc) printf("done: %d steps in %.1f s\n", steps, now_s() - t0);
     if (!rc && out) {
-        peft_status st = meth.kind == PEFT_FULL ? peft_model_save(m, out) : peft_adapter_save(m, out);
-        if (st != PEFT_OK) rc = fail();
-        else printf("saved %s\n", out);
+        rc = save_result(&rs, out);
+        write_plot(&rs, out);
+        if (!rc) printf("saved %s (%s, train_config.json, log.jsonl, loss.svg)\n", out,
+                        meth.kind == PEFT_FULL ? "model" : "adapter");
     }
-    free(tok); free(tgt); free(ids);
-    peft_trainer_free(tr);
+    if (log) fclose(log);
+    free(order); free(tokb); free(tgtb);
+    free(rs.loss); free(rs.eval_x); free(rs.eval_y);
+    peft_dataset_free(&ds);
+    peft_dataset_free(&held);
+    peft_tokenizer_free(&tok);
+    if (tr) peft_trainer_free(tr);
     peft_model_free(m);
     return rc;
 }
