@@ -653,8 +653,18 @@ typedef struct {
     float   *scores;
     int      n, max_len;
     int     *sorted;                 /* piece ids sorted by bytes, for lookup */
-    int      bos_id, eos_id;         /* 1 and 2 for LLaMA-1/2                 */
+    int      bos_id, eos_id;         /* 1 and 2 for LLaMA-1/2; -1 = none       */
+    /* tokenizer.json (Hugging Face BPE): see peft__tokenizer_load_hf */
+    int      kind;                   /* PEFT_TOK_SCORES, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES */
+    int      unk_id, byte_fallback, ignore_merges, prefix_space, split_digits;
+    int      pretok;                 /* byte-level split regex: 1 GPT-2, 2 LLaMA-3 */
+    int      merge_cap;              /* merges: (left, right) → rank, result  */
+    uint64_t *merge_key;
+    int     *merge_rank, *merge_out;
+    int     *special, n_special;     /* added tokens, matched in raw text      */
+    char   **decoded;                /* byte-level: each piece as bytes        */
 } peft_tokenizer;
+enum { PEFT_TOK_SCORES = 0, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES };
 PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
 /* From a file or a model folder: tokenizer.json (Hugging Face), else
    llama2.c's tokenizer.bin (vocab_size is needed for that one only). */
@@ -5590,10 +5600,6 @@ PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int
     return peft_tokenizer_load_llama2c(t, path, vocab_size);
 }
 
-static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) {
-    (void)t;
-    return peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.json is not supported yet", path);
-}
 
 static int peft__piece_id(const peft_tokenizer *t, const char *s) {
     int lo = 0, hi = t->n - 1;
@@ -5605,7 +5611,10 @@ static int peft__piece_id(const peft_tokenizer *t, const char *s) {
     return -1;
 }
 
+static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max);
+
 PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max) {
+    if (t->kind != PEFT_TOK_SCORES) return peft__encode_hf(t, text, bos, eos, ids, max);
     int n = 0;
     size_t tl = strlen(text);
     if ((size_t)max < tl + 4) return -1;            /* at most one token per byte, + prefix, BOS, EOS */
@@ -5651,8 +5660,9 @@ PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int
 
 PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int id, char buf[8]) {
     if (id < 0 || id >= t->n) return "";
+    if (t->decoded) return t->decoded[id];
     const char *p = t->pieces[id];
-    if (prev == 1 && p[0] == ' ') p++;             /* the dummy prefix after BOS */
+    if (prev == t->bos_id && p[0] == ' ') p++;     /* the dummy prefix after BOS */
     unsigned int byte;
     if (strlen(p) == 6 && sscanf(p, "<0x%02X>", &byte) == 1) { buf[0] = (char)byte; buf[1] = 0; return buf; }
     return p;
@@ -5660,8 +5670,615 @@ PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int
 
 PEFTDEF void peft_tokenizer_free(peft_tokenizer *t) {
     if (t->pieces) for (int i = 0; i < t->n; i++) PEFT_FREE(t->pieces[i]);
-    PEFT_FREE(t->pieces); PEFT_FREE(t->scores); PEFT_FREE(t->sorted);
+    if (t->decoded) for (int i = 0; i < t->n; i++) PEFT_FREE(t->decoded[i]);
+    PEFT_FREE(t->pieces); PEFT_FREE(t->scores); PEFT_FREE(t->sorted); PEFT_FREE(t->decoded);
+    PEFT_FREE(t->merge_key); PEFT_FREE(t->merge_rank); PEFT_FREE(t->merge_out); PEFT_FREE(t->special);
     memset(t, 0, sizeof *t);
+}
+
+/* ---- Hugging Face tokenizer.json ---------------------------------------------------
+   The BPE model of the `tokenizers` library in the two flavours LLaMA-family
+   checkpoints ship:
+     SentencePiece style (LLaMA-1/2, TinyLlama): Metaspace (spaces become ▁,
+       one ▁ prepended to the first piece unless it starts with one), the
+       text kept whole, characters looked up with byte fallback <0xXX>.
+     byte-level (LLaMA-3, SmolLM): the text split by a regex (GPT-2's, or
+       LLaMA-3's with digits in runs of at most three), optionally digits one
+       by one, each byte written as a printable character (GPT-2's table),
+       then BPE inside each piece; with ignore_merges a piece that is a
+       whole vocabulary entry is taken as is.
+   Either way BPE repeatedly merges the adjacent pair with the lowest rank in
+   the merges list (leftmost on ties) — not sentencepiece's best piece score:
+   the two disagree on runs of spaces. Added tokens ("<s>", "<|eot_id|>")
+   are matched in the raw text first and never split. */
+/* General_Category L* and N* of Unicode 14.0 as code point ranges (generated
+   with Python's unicodedata; what \p{L} and \p{N} mean in the regexes). */
+static const uint32_t peft__uni_letter[][2] = {
+    {0x41,0x5A}, {0x61,0x7A}, {0xAA,0xAA}, {0xB5,0xB5}, {0xBA,0xBA}, {0xC0,0xD6}, {0xD8,0xF6}, {0xF8,0x2C1},
+    {0x2C6,0x2D1}, {0x2E0,0x2E4}, {0x2EC,0x2EC}, {0x2EE,0x2EE}, {0x370,0x374}, {0x376,0x377}, {0x37A,0x37D},
+    {0x37F,0x37F}, {0x386,0x386}, {0x388,0x38A}, {0x38C,0x38C}, {0x38E,0x3A1}, {0x3A3,0x3F5}, {0x3F7,0x481},
+    {0x48A,0x52F}, {0x531,0x556}, {0x559,0x559}, {0x560,0x588}, {0x5D0,0x5EA}, {0x5EF,0x5F2}, {0x620,0x64A},
+    {0x66E,0x66F}, {0x671,0x6D3}, {0x6D5,0x6D5}, {0x6E5,0x6E6}, {0x6EE,0x6EF}, {0x6FA,0x6FC}, {0x6FF,0x6FF},
+    {0x710,0x710}, {0x712,0x72F}, {0x74D,0x7A5}, {0x7B1,0x7B1}, {0x7CA,0x7EA}, {0x7F4,0x7F5}, {0x7FA,0x7FA},
+    {0x800,0x815}, {0x81A,0x81A}, {0x824,0x824}, {0x828,0x828}, {0x840,0x858}, {0x860,0x86A}, {0x870,0x887},
+    {0x889,0x88E}, {0x8A0,0x8C9}, {0x904,0x939}, {0x93D,0x93D}, {0x950,0x950}, {0x958,0x961}, {0x971,0x980},
+    {0x985,0x98C}, {0x98F,0x990}, {0x993,0x9A8}, {0x9AA,0x9B0}, {0x9B2,0x9B2}, {0x9B6,0x9B9}, {0x9BD,0x9BD},
+    {0x9CE,0x9CE}, {0x9DC,0x9DD}, {0x9DF,0x9E1}, {0x9F0,0x9F1}, {0x9FC,0x9FC}, {0xA05,0xA0A}, {0xA0F,0xA10},
+    {0xA13,0xA28}, {0xA2A,0xA30}, {0xA32,0xA33}, {0xA35,0xA36}, {0xA38,0xA39}, {0xA59,0xA5C}, {0xA5E,0xA5E},
+    {0xA72,0xA74}, {0xA85,0xA8D}, {0xA8F,0xA91}, {0xA93,0xAA8}, {0xAAA,0xAB0}, {0xAB2,0xAB3}, {0xAB5,0xAB9},
+    {0xABD,0xABD}, {0xAD0,0xAD0}, {0xAE0,0xAE1}, {0xAF9,0xAF9}, {0xB05,0xB0C}, {0xB0F,0xB10}, {0xB13,0xB28},
+    {0xB2A,0xB30}, {0xB32,0xB33}, {0xB35,0xB39}, {0xB3D,0xB3D}, {0xB5C,0xB5D}, {0xB5F,0xB61}, {0xB71,0xB71},
+    {0xB83,0xB83}, {0xB85,0xB8A}, {0xB8E,0xB90}, {0xB92,0xB95}, {0xB99,0xB9A}, {0xB9C,0xB9C}, {0xB9E,0xB9F},
+    {0xBA3,0xBA4}, {0xBA8,0xBAA}, {0xBAE,0xBB9}, {0xBD0,0xBD0}, {0xC05,0xC0C}, {0xC0E,0xC10}, {0xC12,0xC28},
+    {0xC2A,0xC39}, {0xC3D,0xC3D}, {0xC58,0xC5A}, {0xC5D,0xC5D}, {0xC60,0xC61}, {0xC80,0xC80}, {0xC85,0xC8C},
+    {0xC8E,0xC90}, {0xC92,0xCA8}, {0xCAA,0xCB3}, {0xCB5,0xCB9}, {0xCBD,0xCBD}, {0xCDD,0xCDE}, {0xCE0,0xCE1},
+    {0xCF1,0xCF2}, {0xD04,0xD0C}, {0xD0E,0xD10}, {0xD12,0xD3A}, {0xD3D,0xD3D}, {0xD4E,0xD4E}, {0xD54,0xD56},
+    {0xD5F,0xD61}, {0xD7A,0xD7F}, {0xD85,0xD96}, {0xD9A,0xDB1}, {0xDB3,0xDBB}, {0xDBD,0xDBD}, {0xDC0,0xDC6},
+    {0xE01,0xE30}, {0xE32,0xE33}, {0xE40,0xE46}, {0xE81,0xE82}, {0xE84,0xE84}, {0xE86,0xE8A}, {0xE8C,0xEA3},
+    {0xEA5,0xEA5}, {0xEA7,0xEB0}, {0xEB2,0xEB3}, {0xEBD,0xEBD}, {0xEC0,0xEC4}, {0xEC6,0xEC6}, {0xEDC,0xEDF},
+    {0xF00,0xF00}, {0xF40,0xF47}, {0xF49,0xF6C}, {0xF88,0xF8C}, {0x1000,0x102A}, {0x103F,0x103F},
+    {0x1050,0x1055}, {0x105A,0x105D}, {0x1061,0x1061}, {0x1065,0x1066}, {0x106E,0x1070}, {0x1075,0x1081},
+    {0x108E,0x108E}, {0x10A0,0x10C5}, {0x10C7,0x10C7}, {0x10CD,0x10CD}, {0x10D0,0x10FA}, {0x10FC,0x1248},
+    {0x124A,0x124D}, {0x1250,0x1256}, {0x1258,0x1258}, {0x125A,0x125D}, {0x1260,0x1288}, {0x128A,0x128D},
+    {0x1290,0x12B0}, {0x12B2,0x12B5}, {0x12B8,0x12BE}, {0x12C0,0x12C0}, {0x12C2,0x12C5}, {0x12C8,0x12D6},
+    {0x12D8,0x1310}, {0x1312,0x1315}, {0x1318,0x135A}, {0x1380,0x138F}, {0x13A0,0x13F5}, {0x13F8,0x13FD},
+    {0x1401,0x166C}, {0x166F,0x167F}, {0x1681,0x169A}, {0x16A0,0x16EA}, {0x16F1,0x16F8}, {0x1700,0x1711},
+    {0x171F,0x1731}, {0x1740,0x1751}, {0x1760,0x176C}, {0x176E,0x1770}, {0x1780,0x17B3}, {0x17D7,0x17D7},
+    {0x17DC,0x17DC}, {0x1820,0x1878}, {0x1880,0x1884}, {0x1887,0x18A8}, {0x18AA,0x18AA}, {0x18B0,0x18F5},
+    {0x1900,0x191E}, {0x1950,0x196D}, {0x1970,0x1974}, {0x1980,0x19AB}, {0x19B0,0x19C9}, {0x1A00,0x1A16},
+    {0x1A20,0x1A54}, {0x1AA7,0x1AA7}, {0x1B05,0x1B33}, {0x1B45,0x1B4C}, {0x1B83,0x1BA0}, {0x1BAE,0x1BAF},
+    {0x1BBA,0x1BE5}, {0x1C00,0x1C23}, {0x1C4D,0x1C4F}, {0x1C5A,0x1C7D}, {0x1C80,0x1C88}, {0x1C90,0x1CBA},
+    {0x1CBD,0x1CBF}, {0x1CE9,0x1CEC}, {0x1CEE,0x1CF3}, {0x1CF5,0x1CF6}, {0x1CFA,0x1CFA}, {0x1D00,0x1DBF},
+    {0x1E00,0x1F15}, {0x1F18,0x1F1D}, {0x1F20,0x1F45}, {0x1F48,0x1F4D}, {0x1F50,0x1F57}, {0x1F59,0x1F59},
+    {0x1F5B,0x1F5B}, {0x1F5D,0x1F5D}, {0x1F5F,0x1F7D}, {0x1F80,0x1FB4}, {0x1FB6,0x1FBC}, {0x1FBE,0x1FBE},
+    {0x1FC2,0x1FC4}, {0x1FC6,0x1FCC}, {0x1FD0,0x1FD3}, {0x1FD6,0x1FDB}, {0x1FE0,0x1FEC}, {0x1FF2,0x1FF4},
+    {0x1FF6,0x1FFC}, {0x2071,0x2071}, {0x207F,0x207F}, {0x2090,0x209C}, {0x2102,0x2102}, {0x2107,0x2107},
+    {0x210A,0x2113}, {0x2115,0x2115}, {0x2119,0x211D}, {0x2124,0x2124}, {0x2126,0x2126}, {0x2128,0x2128},
+    {0x212A,0x212D}, {0x212F,0x2139}, {0x213C,0x213F}, {0x2145,0x2149}, {0x214E,0x214E}, {0x2183,0x2184},
+    {0x2C00,0x2CE4}, {0x2CEB,0x2CEE}, {0x2CF2,0x2CF3}, {0x2D00,0x2D25}, {0x2D27,0x2D27}, {0x2D2D,0x2D2D},
+    {0x2D30,0x2D67}, {0x2D6F,0x2D6F}, {0x2D80,0x2D96}, {0x2DA0,0x2DA6}, {0x2DA8,0x2DAE}, {0x2DB0,0x2DB6},
+    {0x2DB8,0x2DBE}, {0x2DC0,0x2DC6}, {0x2DC8,0x2DCE}, {0x2DD0,0x2DD6}, {0x2DD8,0x2DDE}, {0x2E2F,0x2E2F},
+    {0x3005,0x3006}, {0x3031,0x3035}, {0x303B,0x303C}, {0x3041,0x3096}, {0x309D,0x309F}, {0x30A1,0x30FA},
+    {0x30FC,0x30FF}, {0x3105,0x312F}, {0x3131,0x318E}, {0x31A0,0x31BF}, {0x31F0,0x31FF}, {0x3400,0x4DBF},
+    {0x4E00,0xA48C}, {0xA4D0,0xA4FD}, {0xA500,0xA60C}, {0xA610,0xA61F}, {0xA62A,0xA62B}, {0xA640,0xA66E},
+    {0xA67F,0xA69D}, {0xA6A0,0xA6E5}, {0xA717,0xA71F}, {0xA722,0xA788}, {0xA78B,0xA7CA}, {0xA7D0,0xA7D1},
+    {0xA7D3,0xA7D3}, {0xA7D5,0xA7D9}, {0xA7F2,0xA801}, {0xA803,0xA805}, {0xA807,0xA80A}, {0xA80C,0xA822},
+    {0xA840,0xA873}, {0xA882,0xA8B3}, {0xA8F2,0xA8F7}, {0xA8FB,0xA8FB}, {0xA8FD,0xA8FE}, {0xA90A,0xA925},
+    {0xA930,0xA946}, {0xA960,0xA97C}, {0xA984,0xA9B2}, {0xA9CF,0xA9CF}, {0xA9E0,0xA9E4}, {0xA9E6,0xA9EF},
+    {0xA9FA,0xA9FE}, {0xAA00,0xAA28}, {0xAA40,0xAA42}, {0xAA44,0xAA4B}, {0xAA60,0xAA76}, {0xAA7A,0xAA7A},
+    {0xAA7E,0xAAAF}, {0xAAB1,0xAAB1}, {0xAAB5,0xAAB6}, {0xAAB9,0xAABD}, {0xAAC0,0xAAC0}, {0xAAC2,0xAAC2},
+    {0xAADB,0xAADD}, {0xAAE0,0xAAEA}, {0xAAF2,0xAAF4}, {0xAB01,0xAB06}, {0xAB09,0xAB0E}, {0xAB11,0xAB16},
+    {0xAB20,0xAB26}, {0xAB28,0xAB2E}, {0xAB30,0xAB5A}, {0xAB5C,0xAB69}, {0xAB70,0xABE2}, {0xAC00,0xD7A3},
+    {0xD7B0,0xD7C6}, {0xD7CB,0xD7FB}, {0xF900,0xFA6D}, {0xFA70,0xFAD9}, {0xFB00,0xFB06}, {0xFB13,0xFB17},
+    {0xFB1D,0xFB1D}, {0xFB1F,0xFB28}, {0xFB2A,0xFB36}, {0xFB38,0xFB3C}, {0xFB3E,0xFB3E}, {0xFB40,0xFB41},
+    {0xFB43,0xFB44}, {0xFB46,0xFBB1}, {0xFBD3,0xFD3D}, {0xFD50,0xFD8F}, {0xFD92,0xFDC7}, {0xFDF0,0xFDFB},
+    {0xFE70,0xFE74}, {0xFE76,0xFEFC}, {0xFF21,0xFF3A}, {0xFF41,0xFF5A}, {0xFF66,0xFFBE}, {0xFFC2,0xFFC7},
+    {0xFFCA,0xFFCF}, {0xFFD2,0xFFD7}, {0xFFDA,0xFFDC}, {0x10000,0x1000B}, {0x1000D,0x10026},
+    {0x10028,0x1003A}, {0x1003C,0x1003D}, {0x1003F,0x1004D}, {0x10050,0x1005D}, {0x10080,0x100FA},
+    {0x10280,0x1029C}, {0x102A0,0x102D0}, {0x10300,0x1031F}, {0x1032D,0x10340}, {0x10342,0x10349},
+    {0x10350,0x10375}, {0x10380,0x1039D}, {0x103A0,0x103C3}, {0x103C8,0x103CF}, {0x10400,0x1049D},
+    {0x104B0,0x104D3}, {0x104D8,0x104FB}, {0x10500,0x10527}, {0x10530,0x10563}, {0x10570,0x1057A},
+    {0x1057C,0x1058A}, {0x1058C,0x10592}, {0x10594,0x10595}, {0x10597,0x105A1}, {0x105A3,0x105B1},
+    {0x105B3,0x105B9}, {0x105BB,0x105BC}, {0x10600,0x10736}, {0x10740,0x10755}, {0x10760,0x10767},
+    {0x10780,0x10785}, {0x10787,0x107B0}, {0x107B2,0x107BA}, {0x10800,0x10805}, {0x10808,0x10808},
+    {0x1080A,0x10835}, {0x10837,0x10838}, {0x1083C,0x1083C}, {0x1083F,0x10855}, {0x10860,0x10876},
+    {0x10880,0x1089E}, {0x108E0,0x108F2}, {0x108F4,0x108F5}, {0x10900,0x10915}, {0x10920,0x10939},
+    {0x10980,0x109B7}, {0x109BE,0x109BF}, {0x10A00,0x10A00}, {0x10A10,0x10A13}, {0x10A15,0x10A17},
+    {0x10A19,0x10A35}, {0x10A60,0x10A7C}, {0x10A80,0x10A9C}, {0x10AC0,0x10AC7}, {0x10AC9,0x10AE4},
+    {0x10B00,0x10B35}, {0x10B40,0x10B55}, {0x10B60,0x10B72}, {0x10B80,0x10B91}, {0x10C00,0x10C48},
+    {0x10C80,0x10CB2}, {0x10CC0,0x10CF2}, {0x10D00,0x10D23}, {0x10E80,0x10EA9}, {0x10EB0,0x10EB1},
+    {0x10F00,0x10F1C}, {0x10F27,0x10F27}, {0x10F30,0x10F45}, {0x10F70,0x10F81}, {0x10FB0,0x10FC4},
+    {0x10FE0,0x10FF6}, {0x11003,0x11037}, {0x11071,0x11072}, {0x11075,0x11075}, {0x11083,0x110AF},
+    {0x110D0,0x110E8}, {0x11103,0x11126}, {0x11144,0x11144}, {0x11147,0x11147}, {0x11150,0x11172},
+    {0x11176,0x11176}, {0x11183,0x111B2}, {0x111C1,0x111C4}, {0x111DA,0x111DA}, {0x111DC,0x111DC},
+    {0x11200,0x11211}, {0x11213,0x1122B}, {0x11280,0x11286}, {0x11288,0x11288}, {0x1128A,0x1128D},
+    {0x1128F,0x1129D}, {0x1129F,0x112A8}, {0x112B0,0x112DE}, {0x11305,0x1130C}, {0x1130F,0x11310},
+    {0x11313,0x11328}, {0x1132A,0x11330}, {0x11332,0x11333}, {0x11335,0x11339}, {0x1133D,0x1133D},
+    {0x11350,0x11350}, {0x1135D,0x11361}, {0x11400,0x11434}, {0x11447,0x1144A}, {0x1145F,0x11461},
+    {0x11480,0x114AF}, {0x114C4,0x114C5}, {0x114C7,0x114C7}, {0x11580,0x115AE}, {0x115D8,0x115DB},
+    {0x11600,0x1162F}, {0x11644,0x11644}, {0x11680,0x116AA}, {0x116B8,0x116B8}, {0x11700,0x1171A},
+    {0x11740,0x11746}, {0x11800,0x1182B}, {0x118A0,0x118DF}, {0x118FF,0x11906}, {0x11909,0x11909},
+    {0x1190C,0x11913}, {0x11915,0x11916}, {0x11918,0x1192F}, {0x1193F,0x1193F}, {0x11941,0x11941},
+    {0x119A0,0x119A7}, {0x119AA,0x119D0}, {0x119E1,0x119E1}, {0x119E3,0x119E3}, {0x11A00,0x11A00},
+    {0x11A0B,0x11A32}, {0x11A3A,0x11A3A}, {0x11A50,0x11A50}, {0x11A5C,0x11A89}, {0x11A9D,0x11A9D},
+    {0x11AB0,0x11AF8}, {0x11C00,0x11C08}, {0x11C0A,0x11C2E}, {0x11C40,0x11C40}, {0x11C72,0x11C8F},
+    {0x11D00,0x11D06}, {0x11D08,0x11D09}, {0x11D0B,0x11D30}, {0x11D46,0x11D46}, {0x11D60,0x11D65},
+    {0x11D67,0x11D68}, {0x11D6A,0x11D89}, {0x11D98,0x11D98}, {0x11EE0,0x11EF2}, {0x11FB0,0x11FB0},
+    {0x12000,0x12399}, {0x12480,0x12543}, {0x12F90,0x12FF0}, {0x13000,0x1342E}, {0x14400,0x14646},
+    {0x16800,0x16A38}, {0x16A40,0x16A5E}, {0x16A70,0x16ABE}, {0x16AD0,0x16AED}, {0x16B00,0x16B2F},
+    {0x16B40,0x16B43}, {0x16B63,0x16B77}, {0x16B7D,0x16B8F}, {0x16E40,0x16E7F}, {0x16F00,0x16F4A},
+    {0x16F50,0x16F50}, {0x16F93,0x16F9F}, {0x16FE0,0x16FE1}, {0x16FE3,0x16FE3}, {0x17000,0x187F7},
+    {0x18800,0x18CD5}, {0x18D00,0x18D08}, {0x1AFF0,0x1AFF3}, {0x1AFF5,0x1AFFB}, {0x1AFFD,0x1AFFE},
+    {0x1B000,0x1B122}, {0x1B150,0x1B152}, {0x1B164,0x1B167}, {0x1B170,0x1B2FB}, {0x1BC00,0x1BC6A},
+    {0x1BC70,0x1BC7C}, {0x1BC80,0x1BC88}, {0x1BC90,0x1BC99}, {0x1D400,0x1D454}, {0x1D456,0x1D49C},
+    {0x1D49E,0x1D49F}, {0x1D4A2,0x1D4A2}, {0x1D4A5,0x1D4A6}, {0x1D4A9,0x1D4AC}, {0x1D4AE,0x1D4B9},
+    {0x1D4BB,0x1D4BB}, {0x1D4BD,0x1D4C3}, {0x1D4C5,0x1D505}, {0x1D507,0x1D50A}, {0x1D50D,0x1D514},
+    {0x1D516,0x1D51C}, {0x1D51E,0x1D539}, {0x1D53B,0x1D53E}, {0x1D540,0x1D544}, {0x1D546,0x1D546},
+    {0x1D54A,0x1D550}, {0x1D552,0x1D6A5}, {0x1D6A8,0x1D6C0}, {0x1D6C2,0x1D6DA}, {0x1D6DC,0x1D6FA},
+    {0x1D6FC,0x1D714}, {0x1D716,0x1D734}, {0x1D736,0x1D74E}, {0x1D750,0x1D76E}, {0x1D770,0x1D788},
+    {0x1D78A,0x1D7A8}, {0x1D7AA,0x1D7C2}, {0x1D7C4,0x1D7CB}, {0x1DF00,0x1DF1E}, {0x1E100,0x1E12C},
+    {0x1E137,0x1E13D}, {0x1E14E,0x1E14E}, {0x1E290,0x1E2AD}, {0x1E2C0,0x1E2EB}, {0x1E7E0,0x1E7E6},
+    {0x1E7E8,0x1E7EB}, {0x1E7ED,0x1E7EE}, {0x1E7F0,0x1E7FE}, {0x1E800,0x1E8C4}, {0x1E900,0x1E943},
+    {0x1E94B,0x1E94B}, {0x1EE00,0x1EE03}, {0x1EE05,0x1EE1F}, {0x1EE21,0x1EE22}, {0x1EE24,0x1EE24},
+    {0x1EE27,0x1EE27}, {0x1EE29,0x1EE32}, {0x1EE34,0x1EE37}, {0x1EE39,0x1EE39}, {0x1EE3B,0x1EE3B},
+    {0x1EE42,0x1EE42}, {0x1EE47,0x1EE47}, {0x1EE49,0x1EE49}, {0x1EE4B,0x1EE4B}, {0x1EE4D,0x1EE4F},
+    {0x1EE51,0x1EE52}, {0x1EE54,0x1EE54}, {0x1EE57,0x1EE57}, {0x1EE59,0x1EE59}, {0x1EE5B,0x1EE5B},
+    {0x1EE5D,0x1EE5D}, {0x1EE5F,0x1EE5F}, {0x1EE61,0x1EE62}, {0x1EE64,0x1EE64}, {0x1EE67,0x1EE6A},
+    {0x1EE6C,0x1EE72}, {0x1EE74,0x1EE77}, {0x1EE79,0x1EE7C}, {0x1EE7E,0x1EE7E}, {0x1EE80,0x1EE89},
+    {0x1EE8B,0x1EE9B}, {0x1EEA1,0x1EEA3}, {0x1EEA5,0x1EEA9}, {0x1EEAB,0x1EEBB}, {0x20000,0x2A6DF},
+    {0x2A700,0x2B738}, {0x2B740,0x2B81D}, {0x2B820,0x2CEA1}, {0x2CEB0,0x2EBE0}, {0x2F800,0x2FA1D},
+    {0x30000,0x3134A},
+};
+static const uint32_t peft__uni_number[][2] = {
+    {0x30,0x39}, {0xB2,0xB3}, {0xB9,0xB9}, {0xBC,0xBE}, {0x660,0x669}, {0x6F0,0x6F9}, {0x7C0,0x7C9},
+    {0x966,0x96F}, {0x9E6,0x9EF}, {0x9F4,0x9F9}, {0xA66,0xA6F}, {0xAE6,0xAEF}, {0xB66,0xB6F}, {0xB72,0xB77},
+    {0xBE6,0xBF2}, {0xC66,0xC6F}, {0xC78,0xC7E}, {0xCE6,0xCEF}, {0xD58,0xD5E}, {0xD66,0xD78}, {0xDE6,0xDEF},
+    {0xE50,0xE59}, {0xED0,0xED9}, {0xF20,0xF33}, {0x1040,0x1049}, {0x1090,0x1099}, {0x1369,0x137C},
+    {0x16EE,0x16F0}, {0x17E0,0x17E9}, {0x17F0,0x17F9}, {0x1810,0x1819}, {0x1946,0x194F}, {0x19D0,0x19DA},
+    {0x1A80,0x1A89}, {0x1A90,0x1A99}, {0x1B50,0x1B59}, {0x1BB0,0x1BB9}, {0x1C40,0x1C49}, {0x1C50,0x1C59},
+    {0x2070,0x2070}, {0x2074,0x2079}, {0x2080,0x2089}, {0x2150,0x2182}, {0x2185,0x2189}, {0x2460,0x249B},
+    {0x24EA,0x24FF}, {0x2776,0x2793}, {0x2CFD,0x2CFD}, {0x3007,0x3007}, {0x3021,0x3029}, {0x3038,0x303A},
+    {0x3192,0x3195}, {0x3220,0x3229}, {0x3248,0x324F}, {0x3251,0x325F}, {0x3280,0x3289}, {0x32B1,0x32BF},
+    {0xA620,0xA629}, {0xA6E6,0xA6EF}, {0xA830,0xA835}, {0xA8D0,0xA8D9}, {0xA900,0xA909}, {0xA9D0,0xA9D9},
+    {0xA9F0,0xA9F9}, {0xAA50,0xAA59}, {0xABF0,0xABF9}, {0xFF10,0xFF19}, {0x10107,0x10133}, {0x10140,0x10178},
+    {0x1018A,0x1018B}, {0x102E1,0x102FB}, {0x10320,0x10323}, {0x10341,0x10341}, {0x1034A,0x1034A},
+    {0x103D1,0x103D5}, {0x104A0,0x104A9}, {0x10858,0x1085F}, {0x10879,0x1087F}, {0x108A7,0x108AF},
+    {0x108FB,0x108FF}, {0x10916,0x1091B}, {0x109BC,0x109BD}, {0x109C0,0x109CF}, {0x109D2,0x109FF},
+    {0x10A40,0x10A48}, {0x10A7D,0x10A7E}, {0x10A9D,0x10A9F}, {0x10AEB,0x10AEF}, {0x10B58,0x10B5F},
+    {0x10B78,0x10B7F}, {0x10BA9,0x10BAF}, {0x10CFA,0x10CFF}, {0x10D30,0x10D39}, {0x10E60,0x10E7E},
+    {0x10F1D,0x10F26}, {0x10F51,0x10F54}, {0x10FC5,0x10FCB}, {0x11052,0x1106F}, {0x110F0,0x110F9},
+    {0x11136,0x1113F}, {0x111D0,0x111D9}, {0x111E1,0x111F4}, {0x112F0,0x112F9}, {0x11450,0x11459},
+    {0x114D0,0x114D9}, {0x11650,0x11659}, {0x116C0,0x116C9}, {0x11730,0x1173B}, {0x118E0,0x118F2},
+    {0x11950,0x11959}, {0x11C50,0x11C6C}, {0x11D50,0x11D59}, {0x11DA0,0x11DA9}, {0x11FC0,0x11FD4},
+    {0x12400,0x1246E}, {0x16A60,0x16A69}, {0x16AC0,0x16AC9}, {0x16B50,0x16B59}, {0x16B5B,0x16B61},
+    {0x16E80,0x16E96}, {0x1D2E0,0x1D2F3}, {0x1D360,0x1D378}, {0x1D7CE,0x1D7FF}, {0x1E140,0x1E149},
+    {0x1E2F0,0x1E2F9}, {0x1E8C7,0x1E8CF}, {0x1E950,0x1E959}, {0x1EC71,0x1ECAB}, {0x1ECAD,0x1ECAF},
+    {0x1ECB1,0x1ECB4}, {0x1ED01,0x1ED2D}, {0x1ED2F,0x1ED3D}, {0x1F100,0x1F10C}, {0x1FBF0,0x1FBF9},
+};
+
+static int peft__in_ranges(uint32_t c, const uint32_t (*r)[2], int n) {
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (c < r[mid][0]) hi = mid - 1;
+        else if (c > r[mid][1]) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+static int peft__is_letter(uint32_t c) {
+    if (c < 128) return (c | 32) >= 'a' && (c | 32) <= 'z';
+    return peft__in_ranges(c, peft__uni_letter, (int)(sizeof peft__uni_letter / sizeof peft__uni_letter[0]));
+}
+static int peft__is_number(uint32_t c) {
+    if (c < 128) return c >= '0' && c <= '9';
+    return peft__in_ranges(c, peft__uni_number, (int)(sizeof peft__uni_number / sizeof peft__uni_number[0]));
+}
+static int peft__is_space(uint32_t c) {             /* Unicode White_Space */
+    return (c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+static int peft__is_other(uint32_t c) { return !peft__is_space(c) && !peft__is_letter(c) && !peft__is_number(c); }
+static int peft__is_nl(uint32_t c) { return c == '\r' || c == '\n'; }
+
+/* one UTF-8 code point at s (invalid bytes count as themselves) */
+static int peft__utf8_next(const unsigned char *s, int n, uint32_t *cp) {
+    int len = s[0] < 0x80 ? 1 : s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC0 ? 2 : 1;
+    if (len > n) len = 1;
+    for (int i = 1; i < len; i++) if ((s[i] & 0xC0) != 0x80) len = 1;
+    uint32_t c = len == 1 ? s[0] : (uint32_t)(s[0] & (0x7F >> len));
+    for (int i = 1; i < len; i++) c = (c << 6) | (s[i] & 0x3F);
+    *cp = c;
+    return len;
+}
+
+/* The end of the regex match starting at code point i (alternatives in the
+   patterns' order; the first that matches wins, as in a backtracking engine).
+   GPT-2:   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+   LLaMA-3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
+            | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+                */
+static int peft__pretok_end(const uint32_t *c, int n, int i, int llama3) {
+    if (c[i] == '\'' && i + 1 < n) {
+        uint32_t a = c[i + 1], b = i + 2 < n ? c[i + 2] : 0;
+        if (llama3 && a < 128) a |= 32;
+        if (llama3 && b < 128 && b >= 'A') b |= 32;
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+    }
+    int j;
+    if (llama3) {
+        j = i;
+        if (!peft__is_letter(c[i]) && !peft__is_nl(c[i]) && !peft__is_number(c[i]) && i + 1 < n && peft__is_letter(c[i + 1])) j = i + 1;
+        if (peft__is_letter(c[j])) { while (j < n && peft__is_letter(c[j])) j++; return j; }
+        if (peft__is_number(c[i])) { j = i; while (j < n && j - i < 3 && peft__is_number(c[j])) j++; return j; }
+        j = i + (c[i] == ' ');
+        if (j < n && peft__is_other(c[j])) {
+            while (j < n && peft__is_other(c[j])) j++;
+            while (j < n && peft__is_nl(c[j])) j++;
+            return j;
+        }
+    } else {
+        j = i + (c[i] == ' ');
+        if (j < n && peft__is_letter(c[j])) { while (j < n && peft__is_letter(c[j])) j++; return j; }
+        if (j < n && peft__is_number(c[j])) { while (j < n && peft__is_number(c[j])) j++; return j; }
+        if (j < n && peft__is_other(c[j])) { while (j < n && peft__is_other(c[j])) j++; return j; }
+    }
+    int k = i;                                         /* a whitespace run */
+    while (k < n && peft__is_space(c[k])) k++;
+    if (llama3) {
+        int last_nl = -1;
+        for (int m = i; m < k; m++) if (peft__is_nl(c[m])) last_nl = m;
+        if (last_nl >= 0) return last_nl + 1;
+    }
+    if (k == n || k - i == 1) return k;
+    return k - 1;                                      /* the last space goes with what follows */
+}
+
+/* GPT-2's printable stand-ins for bytes: 33–126, 161–172, 174–255 are
+   themselves, the other 68 bytes become U+0100 onwards, in order. */
+static uint32_t peft__byte_char(int b) {
+    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) return (uint32_t)b;
+    int k = 0;
+    for (int x = 0; x < b; x++)
+        if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) k++;
+    return 256u + (uint32_t)k;
+}
+static int peft__put_utf8(char *o, uint32_t c) {
+    if (c < 0x80) { o[0] = (char)c; return 1; }
+    if (c < 0x800) { o[0] = (char)(0xC0 | (c >> 6)); o[1] = (char)(0x80 | (c & 63)); return 2; }
+    if (c < 0x10000) { o[0] = (char)(0xE0 | (c >> 12)); o[1] = (char)(0x80 | ((c >> 6) & 63)); o[2] = (char)(0x80 | (c & 63)); return 3; }
+    o[0] = (char)(0xF0 | (c >> 18)); o[1] = (char)(0x80 | ((c >> 12) & 63)); o[2] = (char)(0x80 | ((c >> 6) & 63));
+    o[3] = (char)(0x80 | (c & 63));
+    return 4;
+}
+
+/* merges: open addressing on (left id, right id) */
+static uint64_t peft__mkey(int a, int b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
+static int peft__merge_find(const peft_tokenizer *t, int a, int b, int *out) {
+    if (!t->merge_cap) return -1;
+    uint64_t k = peft__mkey(a, b), h = (k * 0x9E3779B97F4A7C15ull) >> 20;
+    for (int i = (int)(h & (uint64_t)(t->merge_cap - 1));; i = (i + 1) & (t->merge_cap - 1)) {
+        if (t->merge_rank[i] < 0) return -1;
+        if (t->merge_key[i] == k) { *out = t->merge_out[i]; return t->merge_rank[i]; }
+    }
+}
+static void peft__merge_put(peft_tokenizer *t, int a, int b, int rank, int out) {
+    uint64_t k = peft__mkey(a, b), h = (k * 0x9E3779B97F4A7C15ull) >> 20;
+    int i = (int)(h & (uint64_t)(t->merge_cap - 1));
+    while (t->merge_rank[i] >= 0) {
+        if (t->merge_key[i] == k) return;              /* first (lowest) rank wins */
+        i = (i + 1) & (t->merge_cap - 1);
+    }
+    t->merge_key[i] = k; t->merge_rank[i] = rank; t->merge_out[i] = out;
+}
+
+/* BPE over symbols ids[0..n): lowest-rank adjacent pair first, leftmost on ties */
+static int peft__bpe(const peft_tokenizer *t, int *ids, int n) {
+    for (;;) {
+        int best = -1, at = -1, out = -1;
+        for (int i = 0; i + 1 < n; i++) {
+            int o, r = peft__merge_find(t, ids[i], ids[i + 1], &o);
+            if (r >= 0 && (best < 0 || r < best)) { best = r; at = i; out = o; }
+        }
+        if (at < 0) return n;
+        ids[at] = out;
+        memmove(ids + at + 1, ids + at + 2, sizeof(int) * (size_t)(n - at - 2));
+        n--;
+    }
+}
+
+static int peft__piece_id(const peft_tokenizer *t, const char *s);
+
+/* SentencePiece flavour: the segment as one word */
+static int peft__encode_sp_word(const peft_tokenizer *t, const char *s, size_t len, int first, int *ids) {
+    int n = 0;
+    char cp[8];
+    if (first && t->prefix_space && !(len && s[0] == ' ')) {
+        int sp = peft__piece_id(t, " ");
+        if (sp >= 0) ids[n++] = sp;
+    }
+    for (size_t i = 0; i < len;) {
+        uint32_t c;
+        int l = peft__utf8_next((const unsigned char *)s + i, (int)(len - i), &c);
+        memcpy(cp, s + i, (size_t)l);
+        cp[l] = 0;
+        int id = peft__piece_id(t, cp);
+        if (id >= 0) ids[n++] = id;
+        else if (t->byte_fallback)
+            for (int b = 0; b < l; b++) {
+                char name[8];
+                snprintf(name, sizeof name, "<0x%02X>", (unsigned char)s[i + b]);
+                ids[n++] = peft__piece_id(t, name);
+            }
+        else ids[n++] = t->unk_id;
+        i += (size_t)l;
+    }
+    return peft__bpe(t, ids, n);
+}
+
+/* byte-level: one pre-token → its ids */
+static int peft__encode_bytes_word(const peft_tokenizer *t, const char *s, size_t len, int *ids, char *scratch) {
+    int m = 0, n = 0;
+    for (size_t i = 0; i < len; i++) m += peft__put_utf8(scratch + m, peft__byte_char((unsigned char)s[i]));
+    scratch[m] = 0;
+    int whole = t->ignore_merges ? peft__piece_id(t, scratch) : -1;
+    if (whole >= 0) { ids[0] = whole; return 1; }
+    for (int i = 0; i < m;) {
+        uint32_t c;
+        int l = peft__utf8_next((const unsigned char *)scratch + i, m - i, &c);
+        char one[8];
+        memcpy(one, scratch + i, (size_t)l);
+        one[l] = 0;
+        int id = peft__piece_id(t, one);
+        ids[n++] = id >= 0 ? id : t->unk_id;
+        i += l;
+    }
+    return peft__bpe(t, ids, n);
+}
+
+static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len, int first, int *ids, char *scratch,
+                              uint32_t *cps, int *offs) {
+    int n = 0, nc = 0;
+    if (first && t->prefix_space && !(len && s[0] == ' ')) n += peft__encode_bytes_word(t, " ", 1, ids, scratch);
+    for (size_t i = 0; i < len;) {
+        offs[nc] = (int)i;
+        i += (size_t)peft__utf8_next((const unsigned char *)s + i, (int)(len - i), &cps[nc++]);
+    }
+    offs[nc] = (int)len;
+    for (int i = 0; i < nc;) {
+        /* Digits(individual_digits): each digit alone, the rest split by the regex piecewise */
+        int end = nc;
+        if (t->split_digits) {
+            if (peft__is_number(cps[i])) end = i + 1;
+            else { end = i; while (end < nc && !peft__is_number(cps[end])) end++; }
+        }
+        for (int j = i; j < end;) {
+            int e = t->pretok ? peft__pretok_end(cps + i, end - i, j - i, t->pretok == 2) + i : end;
+            if (e <= j) e = j + 1;                     /* always progress */
+            n += peft__encode_bytes_word(t, s + offs[j], (size_t)(offs[e] - offs[j]), ids + n, scratch);
+            j = e;
+        }
+        i = end;
+    }
+    return n;
+}
+
+static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max) {
+    size_t len = strlen(text);
+    if ((size_t)max < len + 4) return -1;
+    char *scratch = (char *)PEFT_MALLOC(len * 2 + 16);
+    uint32_t *cps = (uint32_t *)PEFT_MALLOC(sizeof(uint32_t) * (len + 1));
+    int *offs = (int *)PEFT_MALLOC(sizeof(int) * (len + 2));
+    if (!scratch || !cps || !offs) { PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); return -1; }
+    int n = 0;
+    if (bos && t->bos_id >= 0) ids[n++] = t->bos_id;
+    size_t seg = 0;
+    for (size_t i = 0; i <= len; i++) {
+        int sid = -1;
+        size_t slen = 0;
+        for (int k = 0; i < len && k < t->n_special; k++) {      /* the longest added token here */
+            const char *p = t->pieces[t->special[k]];
+            size_t pl = strlen(p);
+            if (pl > slen && pl <= len - i && !memcmp(text + i, p, pl)) { sid = t->special[k]; slen = pl; }
+        }
+        if (sid < 0 && i < len) continue;
+        if (i > seg)
+            n += t->kind == PEFT_TOK_HF_BYTES ? peft__encode_bytes(t, text + seg, i - seg, seg == 0, ids + n, scratch, cps, offs)
+                                              : peft__encode_sp_word(t, text + seg, i - seg, seg == 0, ids + n);
+        if (sid >= 0) { ids[n++] = sid; i += slen - 1; seg = i + 1; }
+    }
+    if (eos && t->eos_id >= 0) ids[n++] = t->eos_id;
+    PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs);
+    return n;
+}
+
+static peft_status peft__tokfail(peft_tokenizer *t, peft_json *j, peft_status s) {
+    peft_json_free(j);
+    peft_tokenizer_free(t);
+    return s;
+}
+
+/* which pre-tokenizers: Metaspace, ByteLevel, Split (the two known regexes), Digits, Sequence */
+static peft_status peft__tok_pretokenizer(peft_tokenizer *t, const peft_json *p, const char *path) {
+    if (!p || p->type == PEFT_JSON_NULL) return PEFT_OK;
+    const char *type = peft__json_str(p, "type");
+    if (!type) return peft__fail(PEFT_ERR_FORMAT, "%s: pre_tokenizer without a type", path);
+    if (!strcmp(type, "Sequence")) {
+        const peft_json *list = peft_json_get(p, "pretokenizers");
+        for (const peft_json *c = list ? list->child : NULL; c; c = c->next) {
+            peft_status s = peft__tok_pretokenizer(t, c, path);
+            if (s != PEFT_OK) return s;
+        }
+        return PEFT_OK;
+    }
+    if (!strcmp(type, "Metaspace")) {
+        const char *scheme = peft__json_str(p, "prepend_scheme");
+        const peft_json *split = peft_json_get(p, "split");
+        if (split && split->type == PEFT_JSON_BOOL && split->number != 0)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: Metaspace with split=true is not supported", path);
+        t->kind = PEFT_TOK_HF_SP;
+        t->prefix_space = !scheme || strcmp(scheme, "never") != 0;
+        if (scheme && !strcmp(scheme, "always")) return peft__fail(PEFT_ERR_FORMAT, "%s: Metaspace prepend_scheme \"always\" is not supported", path);
+        return PEFT_OK;
+    }
+    if (!strcmp(type, "ByteLevel")) {
+        const peft_json *re = peft_json_get(p, "use_regex"), *ap = peft_json_get(p, "add_prefix_space");
+        t->kind = PEFT_TOK_HF_BYTES;
+        if (!re || re->number != 0) { if (t->pretok) return peft__fail(PEFT_ERR_FORMAT, "%s: two regex splits", path); t->pretok = 1; }
+        t->prefix_space = ap && ap->type == PEFT_JSON_BOOL && ap->number != 0;
+        return PEFT_OK;
+    }
+    if (!strcmp(type, "Digits")) {
+        const peft_json *ind = peft_json_get(p, "individual_digits");
+        if (!ind || ind->number == 0) return peft__fail(PEFT_ERR_FORMAT, "%s: Digits without individual_digits is not supported", path);
+        t->split_digits = 1;
+        return PEFT_OK;
+    }
+    if (!strcmp(type, "Split")) {
+        const peft_json *pat = peft_json_get(p, "pattern");
+        const char *re = pat ? peft__json_str(pat, "Regex") : NULL, *beh = peft__json_str(p, "behavior");
+        static const char llama3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+        static const char gpt2[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+        if (!re || !beh || strcmp(beh, "Isolated") || (strcmp(re, llama3) && strcmp(re, gpt2)))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: only the GPT-2 and LLaMA-3 split regexes (behavior Isolated) are supported, not %s",
+                              path, re ? re : "this pattern");
+        t->pretok = strcmp(re, llama3) ? 1 : 2;
+        return PEFT_OK;
+    }
+    return peft__fail(PEFT_ERR_FORMAT, "%s: pre_tokenizer \"%s\" is not supported", path, type);
+}
+
+static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) {
+    memset(t, 0, sizeof *t);
+    peft_json *j;
+    peft_status s = peft_json_load(&j, path);
+    if (s != PEFT_OK) return s;
+    const peft_json *model = peft_json_get(j, "model");
+    const char *mtype = model ? peft__json_str(model, "type") : NULL;
+    if (!mtype || strcmp(mtype, "BPE"))
+        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: model type %s is not supported (BPE only)", path, mtype ? mtype : "(none)"));
+    const peft_json *vocab = peft_json_get(model, "vocab"), *merges = peft_json_get(model, "merges");
+    const peft_json *added = peft_json_get(j, "added_tokens"), *norm = peft_json_get(j, "normalizer");
+    if (!vocab || vocab->type != PEFT_JSON_OBJECT || !merges || merges->type != PEFT_JSON_ARRAY)
+        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: model.vocab or model.merges missing", path));
+    if (norm && norm->type != PEFT_JSON_NULL)
+        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: normalizer \"%s\" is not supported (the LLaMA files have none)",
+                                              path, peft__json_str(norm, "type") ? peft__json_str(norm, "type") : "?"));
+    t->kind = PEFT_TOK_HF_SP;
+    t->bos_id = t->eos_id = t->unk_id = -1;
+    s = peft__tok_pretokenizer(t, peft_json_get(j, "pre_tokenizer"), path);
+    if (s != PEFT_OK) return peft__tokfail(t, j, s);
+    const peft_json *bf = peft_json_get(model, "byte_fallback"), *im = peft_json_get(model, "ignore_merges");
+    t->byte_fallback = bf && bf->type == PEFT_JSON_BOOL && bf->number != 0;
+    t->ignore_merges = im && im->type == PEFT_JSON_BOOL && im->number != 0;
+    int n = 0;
+    for (const peft_json *v = vocab->child; v; v = v->next)
+        if (v->type == PEFT_JSON_NUMBER && v->number >= n) n = (int)v->number + 1;
+    for (const peft_json *a = added ? added->child : NULL; a; a = a->next) {
+        int id = -1;
+        peft__json_int(a, "id", &id);
+        if (id >= n) n = id + 1;
+    }
+    if (n < 1 || n > 1 << 22) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: bad vocabulary size %d", path, n));
+    t->n = n;
+    t->pieces = (char **)peft__calloc(sizeof(char *) * (size_t)n);
+    t->scores = (float *)peft__calloc(sizeof(float) * (size_t)n);
+    t->sorted = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n);
+    t->special = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(added ? added->n_children + 1 : 1));
+    if (!t->pieces || !t->scores || !t->sorted || !t->special) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+    for (const peft_json *v = vocab->child; v; v = v->next) {
+        if (v->type != PEFT_JSON_NUMBER || v->number < 0) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: vocab entry \"%s\" has no id", path, v->key));
+        int id = (int)v->number;
+        char *p = peft__strdup(v->key);
+        if (!p) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+        if (t->kind == PEFT_TOK_HF_SP) {                 /* ▁ (E2 96 81) is kept as a space, as tokenizer.bin does */
+            char *w = p;
+            for (char *r = p; *r;) {
+                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 && (unsigned char)r[2] == 0x81) { *w++ = ' '; r += 3; }
+                else *w++ = *r++;
+            }
+            *w = 0;
+        }
+        PEFT_FREE(t->pieces[id]);
+        t->pieces[id] = p;
+        t->scores[id] = -(float)id;
+    }
+    for (const peft_json *a = added ? added->child : NULL; a; a = a->next) {
+        int id = -1;
+        peft__json_int(a, "id", &id);
+        const char *content = peft__json_str(a, "content");
+        if (id < 0 || id >= n || !content) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: an added token without id or content", path));
+        if (!t->pieces[id] || strcmp(t->pieces[id], content)) {
+            PEFT_FREE(t->pieces[id]);
+            if (!(t->pieces[id] = peft__strdup(content))) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+        }
+        t->special[t->n_special++] = id;
+        if (!strcmp(content, "<s>") || !strcmp(content, "<|begin_of_text|>")) t->bos_id = id;
+        if (!strcmp(content, "</s>") || !strcmp(content, "<|end_of_text|>") || !strcmp(content, "<|endoftext|>")) t->eos_id = id;
+        if (!strcmp(content, "<unk>")) t->unk_id = id;
+    }
+    for (int i = 0; i < n; i++)
+        if (!t->pieces[i] && !(t->pieces[i] = peft__strdup(""))) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+    /* BOS as the post-processor adds it: TemplateProcessing starting with a special token */
+    const peft_json *post = peft_json_get(j, "post_processor"), *single = post ? peft_json_get(post, "single") : NULL;
+    const peft_json *first = single && single->child ? peft_json_get(single->child, "SpecialToken") : NULL;
+    if (post && post->type == PEFT_JSON_OBJECT) t->bos_id = -1;
+    if (first) {
+        const char *name = peft__json_str(first, "id");
+        for (int k = 0; name && k < t->n_special; k++) if (!strcmp(t->pieces[t->special[k]], name)) t->bos_id = t->special[k];
+    }
+    for (int i = 0; i < n; i++) t->sorted[i] = i;
+    peft__sort_tok = t;
+    qsort(t->sorted, (size_t)n, sizeof(int), peft__cmp_piece);
+    for (int i = 0; i < n; i++) { size_t l = strlen(t->pieces[i]); if ((int)l > t->max_len) t->max_len = (int)l; }
+    /* merges: "a b" strings or [a, b] pairs, rank = position */
+    int cap = 16;
+    while (cap < 2 * merges->n_children + 16) cap *= 2;
+    t->merge_cap = cap;
+    t->merge_key = (uint64_t *)PEFT_MALLOC(sizeof(uint64_t) * (size_t)cap);
+    t->merge_rank = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
+    t->merge_out = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
+    if (!t->merge_key || !t->merge_rank || !t->merge_out) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+    for (int i = 0; i < cap; i++) t->merge_rank[i] = -1;
+    int rank = 0;
+    char *buf = (char *)PEFT_MALLOC((size_t)t->max_len * 3 + 16);
+    if (!buf) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+    for (const peft_json *mg = merges->child; mg; mg = mg->next, rank++) {
+        char left[1024], right[1024];
+        if (mg->type == PEFT_JSON_STRING) {
+            const char *sp = strchr(mg->string, ' ');
+            if (!sp || (size_t)(sp - mg->string) >= sizeof left || strlen(sp + 1) >= sizeof right) { PEFT_FREE(buf); return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d is not \"a b\"", path, rank)); }
+            memcpy(left, mg->string, (size_t)(sp - mg->string));
+            left[sp - mg->string] = 0;
+            snprintf(right, sizeof right, "%s", sp + 1);
+        } else if (mg->type == PEFT_JSON_ARRAY && mg->n_children == 2 && mg->child->type == PEFT_JSON_STRING &&
+                   mg->child->next->type == PEFT_JSON_STRING && strlen(mg->child->string) < sizeof left && strlen(mg->child->next->string) < sizeof right) {
+            snprintf(left, sizeof left, "%s", mg->child->string);
+            snprintf(right, sizeof right, "%s", mg->child->next->string);
+        } else { PEFT_FREE(buf); return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d is malformed", path, rank)); }
+        char *sides[2] = { left, right };
+        for (int k = 0; k < 2 && t->kind == PEFT_TOK_HF_SP; k++) {
+            char *w = sides[k];
+            for (char *r = sides[k]; *r;) {
+                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 && (unsigned char)r[2] == 0x81) { *w++ = ' '; r += 3; }
+                else *w++ = *r++;
+            }
+            *w = 0;
+        }
+        int a = peft__piece_id(t, left), b = peft__piece_id(t, right);
+        snprintf(buf, (size_t)t->max_len * 3 + 16, "%s%s", left, right);
+        int o = peft__piece_id(t, buf);
+        if (a < 0 || b < 0 || o < 0) { PEFT_FREE(buf); return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d (%s + %s) uses pieces not in the vocabulary", path, rank, left, right)); }
+        peft__merge_put(t, a, b, rank, o);
+    }
+    PEFT_FREE(buf);
+    /* byte-level: what each piece is as bytes, for decoding */
+    if (t->kind == PEFT_TOK_HF_BYTES) {
+        t->decoded = (char **)peft__calloc(sizeof(char *) * (size_t)n);
+        if (!t->decoded) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+        uint32_t inv[512];
+        for (int i = 0; i < 512; i++) inv[i] = 0xFFFFFFFFu;
+        for (int b = 0; b < 256; b++) inv[peft__byte_char(b)] = (uint32_t)b;
+        for (int i = 0; i < n; i++) {
+            size_t l = strlen(t->pieces[i]);
+            char *d = (char *)PEFT_MALLOC(l + 1);
+            if (!d) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+            int special = 0;
+            for (int k = 0; k < t->n_special; k++) special |= t->special[k] == i;
+            size_t o = 0;
+            for (size_t r = 0; r < l;) {
+                uint32_t c;
+                int cl = peft__utf8_next((const unsigned char *)t->pieces[i] + r, (int)(l - r), &c);
+                if (!special && c < 512 && inv[c] != 0xFFFFFFFFu) d[o++] = (char)inv[c];
+                else { memcpy(d + o, t->pieces[i] + r, (size_t)cl); o += (size_t)cl; }
+                r += (size_t)cl;
+            }
+            d[o] = 0;
+            t->decoded[i] = d;
+        }
+    }
+    peft_json_free(j);
+    return PEFT_OK;
 }
 
 /* ============================================================================

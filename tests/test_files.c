@@ -381,3 +381,98 @@ TEST(test_dataset_errors) {
     peft_dataset_free(&d);
     for (int i = 0; i < 259; i++) free(pieces[i]);
 }
+
+/* One tokenizer.json against the ids `tokenizers` gave for every fixture
+   string (with and without the post-processor's BOS) and its decoding.
+   Returns the number of strings checked; *also_sp counts those equal to a
+   second id list (sentencepiece's), when given. */
+static int check_hf_tokenizer(const char *json, const char *expect, const char *sp_expect, int *also_sp) {
+    peft_tokenizer t;
+    if (peft_tokenizer_load(&t, json, 0) != PEFT_OK) { CHECK(0, "%s: %s", json, peft_last_error()); return 0; }
+    unsigned char *d, *sd = NULL;
+    size_t n, sn;
+    if (peft_read_file(expect, &d, &n) != PEFT_OK) { CHECK(0, "%s", expect); peft_tokenizer_free(&t); return 0; }
+    if (sp_expect && peft_read_file(sp_expect, &sd, &sn) != PEFT_OK) sd = NULL;
+    char *sp_line = (char *)sd;
+    int lines = 0, bad = 0;
+    for (char *line = (char *)d, *next; line && *line; line = next, lines++) {
+        next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        if (next) next++;
+        peft_json *j;
+        if (peft_json_parse(&j, line, len, expect) != PEFT_OK) { CHECK(0, "%s", peft_last_error()); break; }
+        const char *text = peft_json_get(j, "text")->string;
+        const char *keys[2] = { "ids", "ids_special" };
+        for (int k = 0; k < 2; k++) {
+            const peft_json *want = peft_json_get(j, keys[k]);
+            int ids[4096], c = peft_tokenizer_encode(&t, text, k, 0, ids, 4096), same = c == want->n_children, i = 0;
+            for (const peft_json *x = want->child; x && same; x = x->next, i++) same = ids[i] == (int)x->number;
+            if (!same && bad++ < 5) CHECK(0, "%s: %s of '%s': %d ids, tokenizers %d", json, keys[k], text, c, want->n_children);
+            if (k == 0) {
+                char out[8192] = "", b[8];
+                for (i = 0; i < c; i++) strncat(out, peft_tokenizer_decode(&t, i ? ids[i - 1] : t.bos_id, ids[i], b), sizeof out - strlen(out) - 1);
+                const char *dec = peft_json_get(j, "decoded")->string;
+                if (strcmp(out, dec) && bad++ < 5) CHECK(0, "%s: decode of '%s' gives '%s', tokenizers '%s'", json, text, out, dec);
+                if (sp_line && *sp_line) {                 /* the same string's sentencepiece ids */
+                    char *snext = strchr(sp_line, '\n');
+                    peft_json *sj;
+                    if (peft_json_parse(&sj, sp_line, snext ? (size_t)(snext - sp_line) : strlen(sp_line), sp_expect) == PEFT_OK) {
+                        const peft_json *w = peft_json_get(sj, "ids");
+                        int eq = w->n_children == c;
+                        i = 0;
+                        for (const peft_json *x = w->child; x && eq; x = x->next, i++) eq = ids[i] == (int)x->number;
+                        *also_sp += eq;
+                        peft_json_free(sj);
+                    }
+                    sp_line = snext ? snext + 1 : NULL;
+                }
+            }
+        }
+        peft_json_free(j);
+    }
+    CHECK(bad == 0, "%s: %d mismatches", json, bad);
+    free(d); free(sd);
+    peft_tokenizer_free(&t);
+    return lines;
+}
+
+/* tokenizer.json in both flavours (small ones trained with the real
+   libraries: tools/ref/make_hf_tokenizer_fixtures.py) equal `tokenizers` on
+   253 strings; where build/ref holds the LLaMA-2 tokenizer.json converted by
+   transformers, that one too (not committed: 3.6 MB). */
+TEST(test_hf_tokenizers_match_tokenizers) {
+    const char *names[3] = { "sp", "llama3", "gpt2" };
+    for (int k = 0; k < 3; k++) {
+        char json[512], exp[512];
+        snprintf(json, sizeof json, "%s/hf_tok/%s.json", th_fixtures(), names[k]);
+        snprintf(exp, sizeof exp, "%s/hf_tok/%s.jsonl", th_fixtures(), names[k]);
+        int dummy = 0, lines = check_hf_tokenizer(json, exp, NULL, &dummy);
+        CHECK(lines >= 250, "%s: %d strings", names[k], lines);
+    }
+    FILE *f = fopen("build/ref/llama2-tokenizer.json", "rb");
+    if (f) {
+        fclose(f);
+        char sp[512];
+        snprintf(sp, sizeof sp, "%s/sp_llama2.jsonl", th_fixtures());
+        int same_as_sp = 0, lines = check_hf_tokenizer("build/ref/llama2-tokenizer.json", "build/ref/llama2-hf.jsonl", sp, &same_as_sp);
+        printf("      LLaMA-2 tokenizer.json: %d strings equal tokenizers; %d of them also equal sentencepiece\n", lines, same_as_sp);
+    }
+    /* files that lie */
+    const char *bad[][2] = {
+        { "t1.json", "{\"model\": {\"type\": \"Unigram\"}}" },
+        { "t2.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}" },
+        { "t3.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Whitespace\"}}" },
+        { "t4.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"NFKC\"}}" },
+        { "t5.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [3]}}" },
+        { "t6.json", "{\"model\": " },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s", th_tmpdir(), bad[i][0]);
+        FILE *w = fopen(path, "w");
+        fputs(bad[i][1], w);
+        fclose(w);
+        peft_tokenizer t;
+        CHECK(peft_tokenizer_load(&t, path, 0) != PEFT_OK && strstr(peft_last_error(), bad[i][0]), "%s: %s", bad[i][0], peft_last_error());
+    }
+}
