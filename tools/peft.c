@@ -840,18 +840,22 @@ static int cmd_quantize(int argc, char **argv) {
 
 /* -------------------------------------------------------------- generate */
 static const char *GENERATE_HELP =
-    "usage: peft generate --model M [--adapter A] (--prompt TEXT --tokenizer tokenizer.bin | --tokens 1,2,3)\n"
-    "                     [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--print-ids]\n\n"
-    "Continues a prompt, streaming the text (or, with --print-ids, the ids separated by\n"
-    "spaces). Temperature 0 (the default) is greedy. Stops at EOS (id 2) or --max-new.\n"
-    "--tokenizer reads a llama2.c tokenizer.bin (SentencePiece BPE, LLaMA-1/2 vocabulary).\n";
+    "usage: peft generate --model M [--adapter A] (--prompt TEXT [--alpaca] | --tokens 1,2,3)\n"
+    "                     [--tokenizer PATH] [--max-new N] [--temperature T] [--top-k K] [--top-p P]\n"
+    "                     [--seed S] [--print-ids] [--threads N]\n\n"
+    "Continues a prompt with a KV cache, streaming the text (or, with --print-ids, the\n"
+    "ids separated by spaces). Temperature 0 (the default) is greedy. Stops at the\n"
+    "model's EOS or after --max-new tokens. --alpaca wraps the prompt in the Stanford\n"
+    "Alpaca template (the instruction; answers start after \"### Response:\").\n"
+    "The tokenizer comes from the model folder (tokenizer.json or tokenizer.bin) or\n"
+    "--tokenizer (a tokenizer.json, or llama2.c's tokenizer.bin).\n";
 
-typedef struct { const peft_tokenizer *tok; int prev, print_ids, count; } gen_ctx;
+typedef struct { const peft_tokenizer *tok; int prev, print_ids, count, eos; } gen_ctx;
 
 static int on_token(void *vctx, int id) {
     gen_ctx *c = (gen_ctx *)vctx;
     if (c->print_ids) printf("%s%d", c->count ? " " : "", id);
-    else if (c->tok && id != 2) {
+    else if (c->tok && id != c->eos) {
         char b[8];
         fputs(peft_tokenizer_decode(c->tok, c->prev, id, b), stdout);
     }
@@ -864,13 +868,14 @@ static int on_token(void *vctx, int id) {
 static int cmd_generate(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL;
-    int max_new = 64, print_ids = 0;
+    int max_new = 64, print_ids = 0, alpaca = 0, threads = 1;
     peft_sampler sm = { 0.0f, 1.0f, 0, 0 };
     for (int i = 0; i < argc;) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(GENERATE_HELP, stdout); return 0; }
         if (!strcmp(a, "--print-ids")) { print_ids = 1; i++; continue; }
+        if (!strcmp(a, "--alpaca")) { alpaca = 1; i++; continue; }
         if (!v) return usage_error("generate", "option needs a value", a);
         if (!strcmp(a, "--model")) src.model = v;
         else if (!strcmp(a, "--adapter")) src.adapter = v;
@@ -882,21 +887,39 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--top-p")) ok = parse_float(v, &sm.top_p) && sm.top_p > 0 && sm.top_p <= 1;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &sm.top_k);
         else if (!strcmp(a, "--seed")) sm.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--threads")) ok = parse_int(v, &threads) && threads > 0;
         else return usage_error("generate", "unknown option", a);
         if (!ok) return usage_error("generate", "bad value for", a);
         i += 2;
     }
     if (!src.model) return usage_error("generate", "--model is required", NULL);
     if (!prompt == !tokens_arg) return usage_error("generate", "give exactly one of --prompt and --tokens", NULL);
-    if (prompt && !tok_path) return usage_error("generate", "--prompt needs --tokenizer (a llama2.c tokenizer.bin)", NULL);
+    if (alpaca && !prompt) return usage_error("generate", "--alpaca needs --prompt", NULL);
+    char tprobe[1200];
+    snprintf(tprobe, sizeof tprobe, "%s/tokenizer.json", src.model);
+    int folder_tok = dir_exists(src.model) && file_exists(tprobe);
+    snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", src.model);
+    folder_tok |= dir_exists(src.model) && file_exists(tprobe);
+    if (prompt && !tok_path && !folder_tok)
+        return usage_error("generate", "--prompt needs a tokenizer: the model folder has none, give --tokenizer", NULL);
+    peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
+    if (prompt && !tok_path) tok_path = src.model;          /* the model folder's own tokenizer */
     peft_tokenizer tok;
+    char *templ = NULL;
     int have_tok = 0, rc = 0, n = 0, cap = 4096;
     int *ids = malloc(sizeof(int) * cap), *out = malloc(sizeof(int) * (size_t)max_new);
     if (tok_path) {
-        if (peft_tokenizer_load_llama2c(&tok, tok_path, m->cfg.vocab_size) != PEFT_OK) { rc = fail(); goto done; }
+        if (peft_tokenizer_load(&tok, tok_path, m->cfg.vocab_size) != PEFT_OK) { rc = fail(); goto done; }
         have_tok = 1;
+    }
+    if (prompt && alpaca) {
+        size_t tn = strlen(prompt) + 512;
+        templ = malloc(tn);
+        if (!templ) { rc = 1; goto done; }
+        peft_alpaca_prompt(prompt, "", templ, tn);
+        prompt = templ;
     }
     if (prompt) {
         n = peft_tokenizer_encode(&tok, prompt, 1, 0, ids, cap);
@@ -912,7 +935,7 @@ static int cmd_generate(int argc, char **argv) {
         }
     }
     {
-        gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0 };
+        gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, m->cfg.eos_id };
         if (prompt && !print_ids) fputs(prompt, stdout);
         peft_graph *g = peft_graph_new();
         peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
@@ -921,7 +944,7 @@ static int cmd_generate(int argc, char **argv) {
     }
 done:
     if (have_tok) peft_tokenizer_free(&tok);
-    free(ids); free(out);
+    free(ids); free(out); free(templ);
     peft_model_free(m);
     return rc;
 }
