@@ -436,6 +436,12 @@ PEFTDEF peft_status peft_lora_unmerge(peft_model *m);
 /* Adapter folders: adapter_config.json + adapter_model.safetensors. LoRA and
    adapter-v1 with PEFT's gate use PEFT's exact layout and keys. */
 PEFTDEF peft_status peft_adapter_save(const peft_model *m, const char *dir);
+/* A LoRA (or QLoRA) adapter as a llama.cpp GGUF adapter file (written
+   atomically): general.type "adapter", adapter.type "lora",
+   adapter.lora.alpha, tensors blk.N.attn_q.weight.lora_a / .lora_b in F32,
+   with lora_b of q/k permuted to llama.cpp's RoPE layout as its converter does
+   for the weights (not for llama2.c models, whose layout is already that). */
+PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *path);
 PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir);
 
 /* Forward over B sequences of T tokens (row-major ids) → logits [B*T, vocab]. */
@@ -5530,6 +5536,104 @@ PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
     PEFT_FREE(list);
     peft_st_close(&st);
     return s;
+}
+
+/* ---- GGUF adapters for llama.cpp ----------------------------------------------------
+   GGUF v3: magic, version, tensor count, key/value count; the key/values;
+   tensor infos (name, dims fastest first, type, offset); then the data,
+   each tensor aligned to 32 bytes. */
+typedef struct { unsigned char *p; size_t n, cap; int failed; } peft__buf;
+
+static void peft__bput(peft__buf *b, const void *d, size_t n) {
+    if (b->failed) return;
+    if (b->n + n > b->cap) {
+        size_t nc = b->cap ? b->cap * 2 : 65536;
+        while (nc < b->n + n) nc *= 2;
+        unsigned char *np = (unsigned char *)PEFT_REALLOC(b->p, nc);
+        if (!np) { b->failed = 1; return; }
+        b->p = np; b->cap = nc;
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+static void peft__bu32(peft__buf *b, uint32_t v) { peft__bput(b, &v, 4); }
+static void peft__bu64(peft__buf *b, uint64_t v) { peft__bput(b, &v, 8); }
+static void peft__bstr(peft__buf *b, const char *s) { peft__bu64(b, strlen(s)); peft__bput(b, s, strlen(s)); }
+static void peft__kv_str(peft__buf *b, const char *k, const char *v) { peft__bstr(b, k); peft__bu32(b, 8); peft__bstr(b, v); }
+static void peft__kv_f32(peft__buf *b, const char *k, float v) { peft__bstr(b, k); peft__bu32(b, 6); peft__bput(b, &v, 4); }
+static void peft__kv_u32(peft__buf *b, const char *k, uint32_t v) { peft__bstr(b, k); peft__bu32(b, 4); peft__bu32(b, v); }
+static void peft__balign(peft__buf *b, size_t a) { static const unsigned char z[64]; while (b->n % a) peft__bput(b, z, 1); }
+
+PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *path) {
+    static const char *const gg[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+    const peft_config *c = &m->cfg;
+    if (m->method.kind != PEFT_LORA && m->method.kind != PEFT_QLORA)
+        return peft__fail(PEFT_ERR_ARG, "%s: llama.cpp adapters hold LoRA only, this model has %s", path, peft_method_name(m->method.kind));
+    if (m->lora_merged) return peft__fail(PEFT_ERR_ARG, "%s: the LoRA is merged into the weights; unmerge it first", path);
+    int n_t = 0, r = -1;
+    float scale = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            const peft_linear_site *S = &m->layers[l].lin[s];
+            if (!S->lora_A) continue;
+            if (r < 0) { r = (int)S->lora_A->shape[0]; scale = S->lora_scale; }
+            if (S->lora_A->shape[0] != r || S->lora_scale != scale)
+                return peft__fail(PEFT_ERR_ARG, "%s: GGUF has one alpha: every LoRA site needs the same rank and scale", path);
+            n_t += 2;
+        }
+    if (!n_t) return peft__fail(PEFT_ERR_ARG, "%s: no LoRA tensors to export", path);
+    peft__buf b = { 0 };
+    peft__bput(&b, "GGUF", 4);
+    peft__bu32(&b, 3);
+    peft__bu64(&b, (uint64_t)n_t);
+    peft__bu64(&b, 6);
+    peft__kv_str(&b, "general.architecture", "llama");
+    peft__kv_str(&b, "general.type", "adapter");
+    peft__kv_str(&b, "general.name", "peft.h LoRA adapter");
+    peft__kv_u32(&b, "general.alignment", 32);
+    peft__kv_str(&b, "adapter.type", "lora");
+    peft__kv_f32(&b, "adapter.lora.alpha", scale * (float)r);   /* llama.cpp scales by alpha / r */
+    uint64_t off = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            const peft_linear_site *S = &m->layers[l].lin[s];
+            if (!S->lora_A) continue;
+            for (int ab = 0; ab < 2; ab++) {
+                const peft_tensor *t = ab ? S->lora_B : S->lora_A;
+                char name[96];
+                snprintf(name, sizeof name, "blk.%d.%s.weight.lora_%c", l, gg[s], ab ? 'b' : 'a');
+                peft__bstr(&b, name);
+                peft__bu32(&b, 2);
+                peft__bu64(&b, (uint64_t)t->shape[1]);      /* ne0: the row length */
+                peft__bu64(&b, (uint64_t)t->shape[0]);
+                peft__bu32(&b, 0);                          /* GGML_TYPE_F32 */
+                peft__bu64(&b, off);
+                off += ((uint64_t)t->n * 4 + 31) / 32 * 32;
+            }
+        }
+    peft__balign(&b, 32);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            const peft_linear_site *S = &m->layers[l].lin[s];
+            if (!S->lora_A) continue;
+            peft__bput(&b, S->lora_A->data, (size_t)S->lora_A->n * 4);
+            peft__balign(&b, 32);
+            const peft_tensor *B = S->lora_B;
+            int heads = s == PEFT_Q ? c->n_heads : s == PEFT_K ? c->n_kv_heads : 0;
+            if (!heads || c->rope_interleaved) peft__bput(&b, B->data, (size_t)B->n * 4);
+            else {
+                /* rows h·hd + half·hd/2 + i  →  h·hd + 2i + half (rotate_half → pairs) */
+                int hd = c->head_dim, rk = (int)B->shape[1];
+                for (int h = 0; h < heads; h++)
+                    for (int i = 0; i < hd / 2; i++)
+                        for (int half = 0; half < 2; half++)
+                            peft__bput(&b, B->data + ((size_t)h * hd + (size_t)half * (hd / 2) + i) * rk, (size_t)rk * 4);
+            }
+            peft__balign(&b, 32);
+        }
+    peft_status st = b.failed ? peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path) : peft_write_file_atomic(path, b.p, b.n);
+    PEFT_FREE(b.p);
+    return st;
 }
 
 /* ============================================================================

@@ -286,3 +286,61 @@ TEST(test_train_alpaca_kill_resume) {
           "unknown config key: %s", out);
     CHECK(run(out, sizeof out, "train --resume %s/nothing_here", th_tmpdir()) == 1 && strstr(out, "nothing_here"), "resume nothing: %s", out);
 }
+
+/* `peft export --format gguf`: the file's header, keys and tensor table as
+   llama.cpp reads them (tools/ref/check_gguf.py checks the same files with
+   the gguf package, values included: tests/fixtures/gguf_check.txt). */
+static uint64_t rd64(const unsigned char **p) { uint64_t v; memcpy(&v, *p, 8); *p += 8; return v; }
+static uint32_t rd32(const unsigned char **p) { uint32_t v; memcpy(&v, *p, 4); *p += 4; return v; }
+
+TEST(test_export_gguf) {
+    static char out[1 << 16];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+    char path[512];
+    snprintf(path, sizeof path, "%s/a.gguf", th_tmpdir());
+    CHECK(run(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_lora_qv --format gguf --out %s", th_fixtures(),
+              th_fixtures(), path) == 0, "export: %s", out);
+    unsigned char *d;
+    size_t n;
+    REQUIRE_OK(peft_read_file(path, &d, &n));
+    const unsigned char *p = d;
+    CHECK(n > 64 && !memcmp(p, "GGUF", 4), "magic");
+    p += 4;
+    CHECK(rd32(&p) == 3, "version 3");
+    uint64_t nt = rd64(&p), nkv = rd64(&p);
+    CHECK(nt == 8 && nkv == 6, "%llu tensors, %llu keys", (unsigned long long)nt, (unsigned long long)nkv);
+    int seen = 0;
+    float alpha = 0;
+    for (uint64_t i = 0; i < nkv && p < d + n; i++) {
+        uint64_t kl = rd64(&p);
+        char key[128] = "";
+        memcpy(key, p, kl < 127 ? kl : 127);
+        p += kl;
+        uint32_t type = rd32(&p);
+        if (type == 8) {
+            uint64_t vl = rd64(&p);
+            char val[128] = "";
+            memcpy(val, p, vl < 127 ? vl : 127);
+            p += vl;
+            if (!strcmp(key, "general.type")) seen += !strcmp(val, "adapter");
+            if (!strcmp(key, "adapter.type")) seen += !strcmp(val, "lora");
+            if (!strcmp(key, "general.architecture")) seen += !strcmp(val, "llama");
+        } else if (type == 6) { memcpy(&alpha, p, 4); p += 4; }
+        else if (type == 4) p += 4;
+    }
+    CHECK(seen == 3 && alpha == 8.0f, "keys: %d of 3, alpha %g (PEFT's lora_alpha 8)", seen, alpha);
+    uint64_t t0 = rd64(&p);
+    char first[64] = "";
+    memcpy(first, p, t0 < 63 ? t0 : 63);
+    p += t0;
+    uint32_t nd = rd32(&p);
+    uint64_t ne0 = rd64(&p), ne1 = rd64(&p);
+    CHECK(!strcmp(first, "blk.0.attn_q.weight.lora_a") && nd == 2 && ne0 == 48 && ne1 == 4, "first tensor %s [%llu, %llu]", first,
+          (unsigned long long)ne0, (unsigned long long)ne1);
+    free(d);
+    CHECK(run(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_adaption_prompt --format gguf --out %s", th_fixtures(),
+              th_fixtures(), path) == 1 && strstr(out, "LoRA only"), "non-LoRA to gguf: %s", out);
+    CHECK(run(out, sizeof out, "export --adapter %s/peft_lora_qv --format onnx --out %s", th_fixtures(), path) == 2, "bad format");
+}

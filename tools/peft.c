@@ -992,15 +992,61 @@ static int cmd_merge(int argc, char **argv) {
     return rc;
 }
 
+/* ---------------------------------------------------------------- export */
+static const char *EXPORT_HELP =
+    "usage: peft export --adapter A [--model M] --format peft|gguf --out PATH\n\n"
+    "Writes an adapter for other tools: peft (a PEFT folder: adapter_config.json +\n"
+    "adapter_model.safetensors, what Hugging Face PEFT loads) or gguf (one file that\n"
+    "llama.cpp loads with --lora; LoRA only). The base model is --model, or the\n"
+    "adapter's base_model_name_or_path when that is a local folder.\n";
+
+static int cmd_export(int argc, char **argv) {
+    model_src src = { 0, 0, 0, 0 };
+    const char *format = NULL, *out = NULL;
+    for (int i = 0; i < argc; i += 2) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(EXPORT_HELP, stdout); return 0; }
+        if (!v) return usage_error("export", "option needs a value", a);
+        if (!strcmp(a, "--model")) src.model = v;
+        else if (!strcmp(a, "--adapter")) src.adapter = v;
+        else if (!strcmp(a, "--format")) format = v;
+        else if (!strcmp(a, "--out")) out = v;
+        else return usage_error("export", "unknown option", a);
+    }
+    if (!src.adapter || !format || !out) return usage_error("export", "--adapter, --format and --out are required", NULL);
+    if (strcmp(format, "peft") && strcmp(format, "gguf")) return usage_error("export", "--format must be peft or gguf", format);
+    char base[1200] = "";
+    if (!src.model) {                                   /* the adapter names its base */
+        char cfg[1200];
+        snprintf(cfg, sizeof cfg, "%s/adapter_config.json", src.adapter);
+        peft_json *j;
+        if (peft_json_load(&j, cfg) != PEFT_OK) return fail();
+        const peft_json *b = peft_json_get(j, "base_model_name_or_path");
+        if (b && b->type == PEFT_JSON_STRING) snprintf(base, sizeof base, "%s", b->string);
+        peft_json_free(j);
+        if (!base[0] || !dir_exists(base))
+            return usage_error("export", "give --model: the adapter's base_model_name_or_path is not a local folder", base[0] ? base : NULL);
+        src.model = base;
+    }
+    peft_model *m;
+    if (load_model(&src, &m)) return 1;
+    peft_status st = !strcmp(format, "gguf") ? peft_adapter_export_gguf(m, out) : peft_adapter_save(m, out);
+    int rc = st == PEFT_OK ? 0 : fail();
+    if (!rc) printf("wrote %s (%s)\n", out, format);
+    peft_model_free(m);
+    return rc;
+}
+
 static const char *MAIN_HELP =
     "usage: peft COMMAND [options]   (peft COMMAND --help for each)\n\n"
     "  info     configuration and parameter counts of a model or preset\n"
     "  logits   run a sequence forward and write its logits\n"
-    "  train    fine-tune a model (full or a PEFT method) on a token or text file\n"
+    "  train    fine-tune a model (full or a PEFT method) on Alpaca/JSONL/text data\n"
     "  merge    fold a LoRA adapter into the base weights\n"
     "  quantize store a model's block linears in 4 bits (bitsandbytes layout)\n"
     "  bench    time training steps: tokens/s, GFLOP/s, peak memory\n"
-    "  generate continue a prompt (greedy or sampled), with or without an adapter\n";
+    "  generate continue a prompt (greedy or sampled), with or without an adapter\n"
+    "  export   write an adapter as a PEFT folder or a llama.cpp GGUF file\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -1014,6 +1060,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "export")) return cmd_export(argc - 2, argv + 2);
     fprintf(stderr, "peft: unknown command '%s'\n%s", argv[1], MAIN_HELP);
     return 2;
 }
