@@ -5048,27 +5048,65 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
     return s;
 }
 
-/* ---- llama2.c checkpoints (legacy .bin) -------------------------------------------
-   Seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
-   seq_len; a negative vocab_size means a separate classifier), then fp32
-   arrays: embeddings, attention norms, wq, wk, wv, wo (all layers each), ffn
-   norms, w1 (gate), w2 (down), w3 (up), final norm, the RoPE cos/sin tables
-   (skipped: recomputed) and the classifier when not shared. llama2.c rotates
-   interleaved pairs (2i, 2i+1), so the model keeps that layout. */
+/* ---- llama2.c checkpoints (run.c's layout; RoPE on interleaved pairs) ------------
+     legacy (v0)  7 int32 (dim, hidden, layers, heads, kv heads, vocab, seq;
+                  negative vocab = a separate classifier), then fp32: embedding,
+                  attention norms, wq, wk, wv, wo (all layers each), ffn norms,
+                  w1 (gate), w2 (down), w3 (up), final norm, the cos/sin tables
+                  (skipped: recomputed), the classifier.
+     ak42 v1      magic "ak42", version, the same 7 ints, a shared-classifier
+                  byte, padding to 256; fp32: the norms first, then embedding,
+                  wq, wk, wv, wo, w1, w2, w3 (each for all layers), classifier.
+     ak42 v2      as v1 plus an int32 group size after the flag; the norms in
+                  fp32, every matrix in int8 (Q8_0: q·scale per group), then
+                  all the groups' fp32 scales in the same order.          */
+typedef struct { const unsigned char *f32, *q8, *sc; int version, group; } peft__l2c_reader;
+
+static void peft__l2c_take(peft__l2c_reader *r, float *dst, int64_t n) {
+    if (r->version < 2) { memcpy(dst, r->f32, 4 * (size_t)n); r->f32 += 4 * (size_t)n; return; }
+    for (int64_t g = 0; g < n / r->group; g++) {
+        float scale;
+        memcpy(&scale, r->sc + 4 * (size_t)g, 4);
+        for (int k = 0; k < r->group; k++) dst[g * r->group + k] = (float)(int8_t)r->q8[g * r->group + k] * scale;
+    }
+    r->q8 += (size_t)n;
+    r->sc += 4 * (size_t)(n / r->group);
+}
+static void peft__l2c_norm(peft__l2c_reader *r, float *dst, int64_t n) {   /* fp32 in every version */
+    memcpy(dst, r->f32, 4 * (size_t)n);
+    r->f32 += 4 * (size_t)n;
+}
+
+static int32_t peft__rd_i32(const unsigned char *b) {
+    return (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24);
+}
+
 static peft_status peft__load_llama2c(peft_model **out, const char *path) {
     unsigned char *buf;
     size_t size;
     peft_status s = peft_read_file(path, &buf, &size);
     if (s != PEFT_OK) return s;
     int32_t h[7];
+    int version = 0, group = 0, shared, hdr = 28;
     if (size < 28) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, too short for a llama2.c header", path, size); }
-    for (int i = 0; i < 7; i++) h[i] = (int32_t)((uint32_t)buf[4 * i] | (uint32_t)buf[4 * i + 1] << 8 | (uint32_t)buf[4 * i + 2] << 16 | (uint32_t)buf[4 * i + 3] << 24);
-    if (h[0] == 0x616b3432) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama2.c versioned (ak42) checkpoints are not supported yet; export with --version 0", path); }
+    if (peft__rd_i32(buf) == 0x616b3432) {
+        if (size < 256) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_FORMAT, "%s: ak42 header truncated", path); }
+        version = peft__rd_i32(buf + 4);
+        if (version != 1 && version != 2) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama2.c ak42 version %d (1 and 2 are known)", path, version); }
+        for (int i = 0; i < 7; i++) h[i] = peft__rd_i32(buf + 8 + 4 * i);
+        shared = buf[36] != 0;
+        group = version == 2 ? peft__rd_i32(buf + 37) : 0;
+        hdr = 256;
+        if (version == 2 && (group < 1 || group > 1 << 20)) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_FORMAT, "%s: bad group size %d", path, group); }
+    } else {
+        for (int i = 0; i < 7; i++) h[i] = peft__rd_i32(buf + 4 * i);
+        shared = h[5] > 0;
+        if (h[5] < 0) h[5] = -h[5];
+    }
     peft_config c;
     peft__config_defaults(&c);
-    int shared = h[5] > 0;
     c.dim = h[0]; c.hidden_dim = h[1]; c.n_layers = h[2]; c.n_heads = h[3]; c.n_kv_heads = h[4];
-    c.vocab_size = shared ? h[5] : -h[5]; c.max_seq_len = h[6];
+    c.vocab_size = h[5]; c.max_seq_len = h[6];
     c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
     c.norm_eps = 1e-5f; c.rope_theta = 10000.0f; c.rope_interleaved = 1; c.tie_embeddings = shared;
     c.bos_id = 1; c.eos_id = 2;
@@ -5078,30 +5116,43 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
         return peft__fail(PEFT_ERR_FORMAT, "%s: not a llama2.c checkpoint (header %d %d %d %d %d %d %d)", path, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
     }
     int64_t D = c.dim, F = c.hidden_dim, L = c.n_layers, V = c.vocab_size, KV = (int64_t)c.n_kv_heads * c.head_dim;
-    int64_t need = V * D + L * D + L * D * D + 2 * L * D * KV + L * D * D + L * D + 3 * L * D * F + D +
-                   (int64_t)c.max_seq_len * c.head_dim + (shared ? 0 : V * D);
-    if ((int64_t)size != 28 + 4 * need) {
+    int64_t norms = 2 * L * D + D, mats = V * D + 2 * L * D * D + 2 * L * D * KV + 3 * L * D * F + (shared ? 0 : V * D);
+    int64_t need = version == 0 ? 4 * (norms + mats + (int64_t)c.max_seq_len * c.head_dim)
+                 : version == 1 ? 4 * (norms + mats) : 4 * norms + mats + 4 * (mats / (group ? group : 1));
+    if (version == 2 && (D * D % group || D * KV % group || D * F % group || V * D % group)) {
         PEFT_FREE(buf);
-        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, but the header implies %lld (truncated, or not a legacy llama2.c file)",
-                          path, size, (long long)(28 + 4 * need));
+        return peft__fail(PEFT_ERR_FORMAT, "%s: group size %d does not divide the matrices", path, group);
+    }
+    if ((int64_t)size != hdr + need) {
+        PEFT_FREE(buf);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, but the header implies %lld (truncated, or another format)",
+                          path, size, (long long)(hdr + need));
     }
     s = peft_config_validate(&c, path);
     peft_model *m = NULL;
     if (s == PEFT_OK) s = peft_model_new(&m, &c, 0, 0);
     if (s != PEFT_OK) { PEFT_FREE(buf); return s; }
-    const unsigned char *p = buf + 28;
-#define PEFT__TAKE(dst, count) do { memcpy((dst), p, 4 * (size_t)(count)); p += 4 * (size_t)(count); } while (0)
-    PEFT__TAKE(m->embed->data, V * D);
-    for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].attn_norm->data, D);
-    int order[4] = { PEFT_Q, PEFT_K, PEFT_V, PEFT_O };
-    for (int k = 0; k < 4; k++) for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].lin[order[k]].w->data, m->layers[l].lin[order[k]].w->n);
-    for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].ffn_norm->data, D);
-    int ffn[3] = { PEFT_GATE, PEFT_DOWN, PEFT_UP };           /* w1, w2, w3 */
-    for (int k = 0; k < 3; k++) for (int l = 0; l < L; l++) PEFT__TAKE(m->layers[l].lin[ffn[k]].w->data, D * F);
-    PEFT__TAKE(m->norm->data, D);
-    p += 4 * (size_t)c.max_seq_len * c.head_dim;             /* cos/sin tables: recomputed */
-    if (!shared) PEFT__TAKE(m->lm_head->data, V * D);
-#undef PEFT__TAKE
+    peft__l2c_reader r = { buf + hdr, NULL, NULL, version, group };
+    int qkvo[4] = { PEFT_Q, PEFT_K, PEFT_V, PEFT_O }, ffn[3] = { PEFT_GATE, PEFT_DOWN, PEFT_UP };   /* w1, w2, w3 */
+    if (version == 0) {
+        peft__l2c_take(&r, m->embed->data, V * D);
+        for (int l = 0; l < L; l++) peft__l2c_norm(&r, m->layers[l].attn_norm->data, D);
+        for (int k = 0; k < 4; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[qkvo[k]].w->data, m->layers[l].lin[qkvo[k]].w->n);
+        for (int l = 0; l < L; l++) peft__l2c_norm(&r, m->layers[l].ffn_norm->data, D);
+        for (int k = 0; k < 3; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[ffn[k]].w->data, D * F);
+        peft__l2c_norm(&r, m->norm->data, D);
+        r.f32 += 4 * (size_t)c.max_seq_len * c.head_dim;      /* cos/sin tables: recomputed */
+    } else {
+        for (int l = 0; l < L; l++) peft__l2c_norm(&r, m->layers[l].attn_norm->data, D);
+        for (int l = 0; l < L; l++) peft__l2c_norm(&r, m->layers[l].ffn_norm->data, D);
+        peft__l2c_norm(&r, m->norm->data, D);
+        r.q8 = r.f32;
+        r.sc = r.q8 + mats;
+        peft__l2c_take(&r, m->embed->data, V * D);
+        for (int k = 0; k < 4; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[qkvo[k]].w->data, m->layers[l].lin[qkvo[k]].w->n);
+        for (int k = 0; k < 3; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[ffn[k]].w->data, D * F);
+    }
+    if (!shared) peft__l2c_take(&r, m->lm_head->data, V * D);
     PEFT_FREE(buf);
     snprintf(m->path, sizeof m->path, "%s", path);
     *out = m;

@@ -201,3 +201,95 @@ TEST(test_llama2c_stories260k) {
     free(d);
     CHECK(peft_model_load(&m, bad) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_trunc.bin"), "truncated .bin: %s", peft_last_error());
 }
+
+/* The versioned llama2.c files (export.py's version1_export and
+   version2_export), written here from stories260K's weights following that
+   layout: v1 gives bit-identical logits; v2 (int8 groups of 64, scale =
+   max|w|/127, round half to even) loads to exactly q·scale per weight. */
+static void put_f32s(FILE *f, const float *x, int64_t n) { fwrite(x, 4, (size_t)n, f); }
+
+TEST(test_llama2c_ak42_versions) {
+    if (!th_shared()) SKIP("../shared/data not present");
+    char path[700];
+    snprintf(path, sizeof path, "%s/llama2c/stories260K.bin", th_shared());
+    FILE *f = fopen(path, "rb");
+    if (!f) SKIP("stories260K.bin not present in ../shared/data");
+    fclose(f);
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, path));
+    const peft_config *c = &m->cfg;
+    int L = c->n_layers, G = 64;
+    const peft_tensor *mats[64];
+    int nm = 0;
+    mats[nm++] = m->embed;
+    int kinds[7] = { PEFT_Q, PEFT_K, PEFT_V, PEFT_O, PEFT_GATE, PEFT_DOWN, PEFT_UP };
+    for (int k = 0; k < 7; k++) for (int l = 0; l < L; l++) mats[nm++] = m->layers[l].lin[kinds[k]].w;
+    float *deq[64];
+    for (int version = 1; version <= 2; version++) {
+        char out[700];
+        snprintf(out, sizeof out, "%s/stories_v%d.bin", th_tmpdir(), version);
+        f = fopen(out, "wb");
+        REQUIRE(f, "%s", out);
+        uint32_t magic = 0x616b3432;
+        int32_t hdr[9] = { 0, version, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->max_seq_len };
+        memcpy(&hdr[0], &magic, 4);
+        fwrite(hdr, 4, 9, f);
+        unsigned char pad[256] = { 0 };
+        pad[0] = 1;                                   /* shared classifier */
+        fwrite(pad, 1, 1, f);
+        if (version == 2) fwrite(&G, 4, 1, f);
+        fwrite(pad + 1, 1, 256 - (size_t)ftell(f), f);
+        for (int l = 0; l < L; l++) put_f32s(f, m->layers[l].attn_norm->data, c->dim);
+        for (int l = 0; l < L; l++) put_f32s(f, m->layers[l].ffn_norm->data, c->dim);
+        put_f32s(f, m->norm->data, c->dim);
+        if (version == 1) for (int i = 0; i < nm; i++) put_f32s(f, mats[i]->data, mats[i]->n);
+        else {
+            float *scales[64];
+            for (int i = 0; i < nm; i++) {
+                int64_t n = mats[i]->n;
+                scales[i] = malloc(sizeof(float) * (size_t)(n / G));
+                deq[i] = malloc(sizeof(float) * (size_t)n);
+                signed char *q = malloc((size_t)n);
+                for (int64_t g = 0; g < n / G; g++) {
+                    float mx = 0;
+                    for (int k = 0; k < G; k++) mx = fmaxf(mx, fabsf(mats[i]->data[g * G + k]));
+                    float s = mx / 127.0f;
+                    scales[i][g] = s;
+                    for (int k = 0; k < G; k++) {
+                        float v = s > 0 ? mats[i]->data[g * G + k] / s : 0;
+                        q[g * G + k] = (signed char)nearbyintf(v);
+                        deq[i][g * G + k] = (float)q[g * G + k] * s;
+                    }
+                }
+                fwrite(q, 1, (size_t)n, f);
+                free(q);
+            }
+            for (int i = 0; i < nm; i++) { put_f32s(f, scales[i], mats[i]->n / G); free(scales[i]); }
+        }
+        fclose(f);
+        peft_model *v;
+        REQUIRE_OK(peft_model_load(&v, out));
+        const peft_tensor *vm[64];
+        int nv = 0;
+        vm[nv++] = v->embed;
+        for (int k = 0; k < 7; k++) for (int l = 0; l < L; l++) vm[nv++] = v->layers[l].lin[kinds[k]].w;
+        int same = 1;
+        for (int i = 0; i < nm; i++)
+            same &= !memcmp(vm[i]->data, version == 1 ? mats[i]->data : deq[i], sizeof(float) * (size_t)mats[i]->n);
+        for (int l = 0; l < L; l++) same &= !memcmp(v->layers[l].attn_norm->data, m->layers[l].attn_norm->data, sizeof(float) * c->dim);
+        CHECK(same, "ak42 v%d: weights differ from what was written", version);
+        CHECK(v->cfg.rope_interleaved && v->cfg.tie_embeddings && v->cfg.n_kv_heads == 4, "ak42 v%d config", version);
+        if (version == 2) for (int i = 0; i < nm; i++) free(deq[i]);
+        /* truncated by one byte: refused by name */
+        unsigned char *d; size_t len;
+        REQUIRE_OK(peft_read_file(out, &d, &len));
+        f = fopen(out, "wb");
+        fwrite(d, 1, len - 1, f);
+        fclose(f);
+        free(d);
+        peft_model *bad;
+        CHECK(peft_model_load(&bad, out) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_v"), "truncated v%d: %s", version, peft_last_error());
+        peft_model_free(v);
+    }
+    peft_model_free(m);
+}

@@ -8,7 +8,7 @@
     X(test_fd_attention) X(test_fd_attention_prompts_excitor) X(test_attention_zero_gate_exact) X(test_fd_lora_linear) X(test_fd_bias_scale) X(test_fd_prompt_attend) X(test_fd_elementwise) X(test_fd_cross_entropy) \
     X(test_backward_needs_scalar_and_skips_frozen) \
     X(test_config_fields) X(test_llama_mha_f32) X(test_llama_gqa_bf16_llama3_rope) X(test_llama_tied_f16_head_dim) \
-    X(test_preset_param_counts) X(test_save_load_roundtrip) X(test_llama2c_stories260k) X(test_threads_deterministic) \
+    X(test_preset_param_counts) X(test_save_load_roundtrip) X(test_llama2c_stories260k) X(test_llama2c_ak42_versions) X(test_threads_deterministic) \
     X(test_adamw_matches_torch) X(test_paged_adamw_bit_identical) X(test_adamw_8bit_states) X(test_clip_matches_torch) X(test_schedules_match_transformers) \
     X(test_full_finetune_loss_falls) X(test_grad_accumulation_equals_big_batch) \
     X(test_frozen_params_have_no_grad) X(test_nan_loss_is_refused) \
