@@ -5738,6 +5738,16 @@ done:
 }
 
 static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path);
+static int peft__piece_id(const peft_tokenizer *t, const char *s);
+
+/* the piece that joins a and b, or -1 */
+static int peft__pair_id(const peft_tokenizer *t, int a, int b, char *buf) {
+    size_t la = strlen(t->pieces[a]), lb = strlen(t->pieces[b]);
+    if (la + lb > (size_t)t->max_len * 2) return -1;
+    memcpy(buf, t->pieces[a], la);
+    memcpy(buf + la, t->pieces[b], lb + 1);
+    return peft__piece_id(t, buf);
+}
 
 PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int vocab_size) {
     memset(t, 0, sizeof *t);
@@ -5789,25 +5799,26 @@ PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int
         else for (int i = 0; i < len; i++) ids[n++] = c[i] + 3;   /* byte fallback */
         c += len;
     }
+    /* best-scoring merge first, leftmost on ties; each adjacent pair's merge
+       is looked up once and again only when a neighbour changes */
     char *merged = (char *)PEFT_MALLOC((size_t)t->max_len * 2 + 8);
-    if (!merged) return -1;
+    int *pid = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(n + 1));
+    if (!merged || !pid) { PEFT_FREE(merged); PEFT_FREE(pid); return -1; }
     int first = bos ? 1 : 0;   /* BOS never merges */
-    for (;;) {                                       /* best-scoring merge, leftmost on ties */
-        float best = -1e10f;
-        int best_i = -1, best_id = -1;
-        for (int i = first; i + 1 < n; i++) {
-            size_t a = strlen(t->pieces[ids[i]]), b = strlen(t->pieces[ids[i + 1]]);
-            if (a + b > (size_t)t->max_len * 2) continue;
-            memcpy(merged, t->pieces[ids[i]], a);
-            memcpy(merged + a, t->pieces[ids[i + 1]], b + 1);
-            int id = peft__piece_id(t, merged);
-            if (id >= 0 && t->scores[id] > best) { best = t->scores[id]; best_i = i; best_id = id; }
-        }
-        if (best_i < 0) break;
-        ids[best_i] = best_id;
-        memmove(ids + best_i + 1, ids + best_i + 2, sizeof(int) * (size_t)(n - best_i - 2));
+    for (int i = first; i + 1 < n; i++) pid[i] = peft__pair_id(t, ids[i], ids[i + 1], merged);
+    for (;;) {
+        int at = -1;
+        for (int i = first; i + 1 < n; i++)
+            if (pid[i] >= 0 && (at < 0 || t->scores[pid[i]] > t->scores[pid[at]])) at = i;
+        if (at < 0) break;
+        ids[at] = pid[at];
+        memmove(ids + at + 1, ids + at + 2, sizeof(int) * (size_t)(n - at - 2));
+        memmove(pid + at + 1, pid + at + 2, sizeof(int) * (size_t)(n - at - 2));
         n--;
+        if (at > first) pid[at - 1] = peft__pair_id(t, ids[at - 1], ids[at], merged);
+        if (at + 1 < n) pid[at] = peft__pair_id(t, ids[at], ids[at + 1], merged);
     }
+    PEFT_FREE(pid);
     PEFT_FREE(merged);
     if (eos) ids[n++] = t->eos_id;
     return n;
@@ -6107,19 +6118,30 @@ static void peft__merge_put(peft_tokenizer *t, int a, int b, int rank, int out) 
     t->merge_key[i] = k; t->merge_rank[i] = rank; t->merge_out[i] = out;
 }
 
-/* BPE over symbols ids[0..n): lowest-rank adjacent pair first, leftmost on ties */
+/* BPE over symbols ids[0..n): lowest-rank adjacent pair first, leftmost on
+   ties. The rank of every adjacent pair is kept and only the two pairs next
+   to a merge are looked up again, so a long word costs O(n²) comparisons
+   but only O(n) table lookups. */
 static int peft__bpe(const peft_tokenizer *t, int *ids, int n) {
+    if (n < 2) return n;
+    int *rank = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n * 2), *res = rank ? rank + n : NULL;
+    if (!rank) return n;
+    for (int i = 0; i + 1 < n; i++) rank[i] = peft__merge_find(t, ids[i], ids[i + 1], &res[i]);
     for (;;) {
-        int best = -1, at = -1, out = -1;
-        for (int i = 0; i + 1 < n; i++) {
-            int o, r = peft__merge_find(t, ids[i], ids[i + 1], &o);
-            if (r >= 0 && (best < 0 || r < best)) { best = r; at = i; out = o; }
-        }
-        if (at < 0) return n;
-        ids[at] = out;
+        int at = -1;
+        for (int i = 0; i + 1 < n; i++)
+            if (rank[i] >= 0 && (at < 0 || rank[i] < rank[at])) at = i;
+        if (at < 0) break;
+        ids[at] = res[at];
         memmove(ids + at + 1, ids + at + 2, sizeof(int) * (size_t)(n - at - 2));
+        memmove(rank + at + 1, rank + at + 2, sizeof(int) * (size_t)(n - at - 2));
+        memmove(res + at + 1, res + at + 2, sizeof(int) * (size_t)(n - at - 2));
         n--;
+        if (at > 0) rank[at - 1] = peft__merge_find(t, ids[at - 1], ids[at], &res[at - 1]);
+        if (at + 1 < n) rank[at] = peft__merge_find(t, ids[at], ids[at + 1], &res[at]);
     }
+    PEFT_FREE(rank);
+    return n;
 }
 
 static int peft__piece_id(const peft_tokenizer *t, const char *s);
