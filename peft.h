@@ -1129,7 +1129,7 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
 #define PEFT__MR 6
 #endif
 #define PEFT__NR (2 * PEFT__VW)
-#define PEFT__KC 256
+#define PEFT__KC 320                    /* at most: a 320×32 B strip fills 40 KB of L1 */
 #define PEFT__MC (PEFT__MR * 8)
 #define PEFT__NC 1024
 
@@ -1137,12 +1137,33 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
 typedef float peft__vf __attribute__((vector_size(4 * PEFT__VW)));
 static peft__vf peft__vload(const float *p) { peft__vf v; memcpy(&v, p, sizeof v); return v; }
 static void peft__vstore(float *p, peft__vf v) { memcpy(p, &v, sizeof v); }
+/* The product must compile to fused multiply-adds: ISO C modes (-std=c11)
+   turn GCC's contraction off, which halves the throughput, so it is asked
+   for here, for the micro-kernel only. */
+#if defined(__clang__)
+#define PEFT__FMA_KERNEL
+#define PEFT__FMA_PRAGMA _Pragma("clang fp contract(fast)")
+#else
+#define PEFT__FMA_KERNEL __attribute__((optimize("fp-contract=fast")))
+#define PEFT__FMA_PRAGMA
+#endif
+
+/* a broadcast as a full initializer, which compilers fold into the FMA's
+   memory operand; "zero + x" would cost an extra add per element */
+#if PEFT__VW == 16
+#define PEFT__BCAST(x) ((peft__vf){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x })
+#elif PEFT__VW == 8
+#define PEFT__BCAST(x) ((peft__vf){ x, x, x, x, x, x, x, x })
+#else
+#define PEFT__BCAST(x) ((peft__vf){ x, x, x, x })
+#endif
 
 /* C[mr×nr] += Ap (kc×MR strip) · Bp (kc×NR strip) */
-static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr) {
+PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr) {
+    PEFT__FMA_PRAGMA
     peft__vf z = { 0 };
 #define PEFT__ACC(i) peft__vf c##i##a = z, c##i##b = z;
-#define PEFT__FMA(i) { peft__vf a = z + Ap[i]; c##i##a += a * b0; c##i##b += a * b1; }
+#define PEFT__FMA(i) { float ai = Ap[i]; peft__vf a = PEFT__BCAST(ai); c##i##a += a * b0; c##i##b += a * b1; }
     PEFT__ACC(0) PEFT__ACC(1) PEFT__ACC(2) PEFT__ACC(3) PEFT__ACC(4) PEFT__ACC(5)
 #if PEFT__MR == 12
     PEFT__ACC(6) PEFT__ACC(7) PEFT__ACC(8) PEFT__ACC(9) PEFT__ACC(10) PEFT__ACC(11)
@@ -1220,8 +1241,12 @@ static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
     }
 }
 
-static void peft__pack_B(const peft__gemm_args *g, float *Bp) {
-    for (int j0 = 0; j0 < g->nc; j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
+/* packs the NR-wide strips [s0, s1) of the panel; strips are independent,
+   so the threads share the packing (it is most of the work when M is small) */
+static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
+    const peft__gemm_args *g = (const peft__gemm_args *)vctx;
+    float *Bp = (float *)g->Bp + (size_t)s0 * PEFT__NR * g->kc;
+    for (int j0 = (int)s0 * PEFT__NR; j0 < g->nc && j0 < (int)s1 * PEFT__NR; j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
         int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
         for (int k = 0; k < g->kc; k++) {
             float *dst = Bp + (size_t)k * PEFT__NR;
@@ -1286,13 +1311,16 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
     int64_t mblocks = (M + PEFT__MC - 1) / PEFT__MC;
     for (g.jc = 0; g.jc < N; g.jc += PEFT__NC) {
         g.nc = N - g.jc < PEFT__NC ? N - g.jc : PEFT__NC;
-        for (g.pc = 0; g.pc < K; g.pc += PEFT__KC) {
-            g.kc = K - g.pc < PEFT__KC ? K - g.pc : PEFT__KC;
+        /* K in equal slices of at most KC: no short last slice, whose C
+           tile traffic would cost more than its few multiply-adds */
+        int kslices = (K + PEFT__KC - 1) / PEFT__KC, kc_even = (K + kslices - 1) / kslices;
+        for (g.pc = 0; g.pc < K; g.pc += kc_even) {
+            g.kc = K - g.pc < kc_even ? K - g.pc : kc_even;
             size_t panels = (size_t)(g.nc + PEFT__NR - 1) / PEFT__NR;
             float *Bp = peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, panels * PEFT__NR * PEFT__KC);
             if (!Bp) { peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, 1.0f, C, ldc); return; }
-            peft__pack_B(&g, Bp);
             g.Bp = Bp;
+            peft__parallel_for((int64_t)panels, 4, peft__pack_B_range, &g);
             /* few row blocks (a weight gradient of a narrow layer): split columns too */
             g.nsplit = mblocks >= 2 * peft__nthreads ? 1 : (int)((2 * peft__nthreads + mblocks - 1) / mblocks);
             if (g.nsplit > (int)panels) g.nsplit = (int)panels;
