@@ -939,9 +939,16 @@ static peft__pool_t peft__pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITI
 typedef struct { int index; } peft__worker_arg;
 static peft__worker_arg peft__worker_args[PEFT_MAX_THREADS];
 
+/* set while a thread runs its part: a parallel_for inside one (a GEMM in
+   the attention kernel) then runs inline in that thread instead of waiting
+   on the pool it is part of */
+static PEFT__TLS int peft__in_part;
+
 static void peft__run_part(peft__range_fn fn, void *ctx, int64_t n, int parts, int i) {
     int64_t b = n * i / parts, e = n * (i + 1) / parts;
+    peft__in_part = 1;
     if (e > b) fn(ctx, b, e);
+    peft__in_part = 0;
 }
 
 static void *peft__worker(void *arg) {
@@ -1018,7 +1025,7 @@ static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, 
     int parts = peft__nthreads;
     if (min_chunk < 1) min_chunk = 1;
     if (n / min_chunk < parts) parts = (int)(n / min_chunk);
-    if (parts <= 1) { if (n > 0) fn(ctx, 0, n); return; }
+    if (parts <= 1 || peft__in_part) { if (n > 0) fn(ctx, 0, n); return; }
 #ifdef PEFT_NO_THREADS
     fn(ctx, 0, n);
 #else
@@ -1936,6 +1943,29 @@ typedef struct {
     int B, T, H, KV, hd, K, prompt_batched;
 } peft__attn_args;
 
+/* e^x in float without libm, so that loops over it vectorise (glibc's expf
+   is a call per element): e^x = 2^n · e^r with n = round(x·log2 e) (by the
+   1.5·2^23 trick), r = x − n·ln2 in two parts, e^r by its degree-6 Taylor
+   polynomial on |r| ≤ ln2/2. Within 4.3 ulp of exp over [−87.3, 88.7]
+   (probed at 16M points); clamped outside, so e^−∞ = 1.2e−38, not 0. */
+static float peft__exp(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.7f ? 88.7f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } u;
+    u.i = ((int32_t)n + 127) << 23;
+    return p * u.f;
+}
+
 /* dot product with 8 independent lanes (a float reduction does not
    vectorise on its own without -ffast-math); fixed order, so deterministic */
 static float peft__dot(const float *a, const float *b, int n) {
@@ -1961,7 +1991,8 @@ static float peft__dot(const float *a, const float *b, int n) {
 static void peft__softmax_row(float *p, int n) {
     float mx = -INFINITY, sum = 0.0f;
     for (int j = 0; j < n; j++) if (p[j] > mx) mx = p[j];
-    for (int j = 0; j < n; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
+    for (int j = 0; j < n; j++) p[j] = peft__exp(p[j] - mx);
+    for (int j = 0; j < n; j++) sum += p[j];
     float inv = 1.0f / sum;
     for (int j = 0; j < n; j++) p[j] *= inv;
 }
@@ -1996,6 +2027,19 @@ static void peft__attend_prompts(const float *qt, const float *pk, const float *
     }
 }
 
+/* The keys one query head sees: k, or k + γ_h·x with Excitor (into buf). */
+static const float *peft__keys_for_head(const peft__attn_args *a, const float *kb, const float *xb, int h, int64_t kw,
+                                         float *buf, int64_t *ld) {
+    if (!xb) { *ld = kw; return kb; }
+    for (int t = 0; t < a->T; t++)
+        for (int d = 0; d < a->hd; d++) buf[(size_t)t * a->hd + d] = kb[(int64_t)t * kw + d] + a->Gx[h] * xb[(int64_t)t * kw + d];
+    *ld = a->hd;
+    return buf;
+}
+
+/* Per (row, kv head): for each query head of the group, S = Q·K'ᵀ as one
+   GEMM, the causal softmax row by row (j ≤ t; the rest zeroed), then O = P·V
+   as another GEMM, then the prompts row by row. P is kept for backward. */
 static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
     peft__attn_args *a = (peft__attn_args *)vctx;
     int T = a->T, H = a->H, KV = a->KV, hd = a->hd, K = a->K, grp = H / KV;
@@ -2006,107 +2050,111 @@ static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
         const float *kb = a->k + (int64_t)b * T * kw + (int64_t)kvh * hd;
         const float *vb = a->v + (int64_t)b * T * kw + (int64_t)kvh * hd;
         const float *xb = a->x ? a->x + (int64_t)b * T * kw + (int64_t)kvh * hd : NULL;
+        float *kbuf = a->scratch ? a->scratch + (size_t)bk * T * hd : NULL;
         int64_t pb = a->prompt_batched ? (int64_t)b * K : 0;
         for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
             float *P = a->P + ((size_t)b * H + h) * (size_t)T * T;
+            const float *qh = a->q + (int64_t)b * T * qw + (int64_t)h * hd;
+            float *oh = a->o + (int64_t)b * T * qw + (int64_t)h * hd;
+            int64_t ldk;
+            const float *keys = peft__keys_for_head(a, kb, xb, h, kw, kbuf, &ldk);
+            peft_gemm(0, 1, T, T, hd, qh, (int)qw, keys, (int)ldk, 0.0f, P, T);
             for (int t = 0; t < T; t++) {
-                const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
                 float *pr = P + (size_t)t * T;
-                float *ot = a->o + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-                peft__attend_row(qt, kb, vb, xb, a->Gx[h], kw, t + 1, hd, scale, pr, ot);
+                for (int j = 0; j <= t; j++) pr[j] *= scale;
+                peft__softmax_row(pr, t + 1);
                 for (int j = t + 1; j < T; j++) pr[j] = 0.0f;
-                if (K)
-                    peft__attend_prompts(qt, a->pk + pb * kw + (int64_t)kvh * hd, a->pv + pb * kw + (int64_t)kvh * hd, kw, K, hd,
-                                         scale, a->G[h], a->Pp + (((size_t)b * H + h) * T + t) * K, ot);
             }
+            peft_gemm(0, 0, T, hd, T, P, T, vb, (int)kw, 0.0f, oh, (int)qw);
+            if (K)
+                for (int t = 0; t < T; t++)
+                    peft__attend_prompts(qh + (int64_t)t * qw, a->pk + pb * kw + (int64_t)kvh * hd, a->pv + pb * kw + (int64_t)kvh * hd,
+                                         kw, K, hd, scale, a->G[h], a->Pp + (((size_t)b * H + h) * T + t) * K, oh + (int64_t)t * qw);
         }
     }
 }
 
-/* Backward over whole kv heads (every batch row inside), so that prompt and
-   gate gradients, shared across the batch, are written by one thread each. */
+/* Backward over whole kv heads (every batch row inside), so that kv, prompt
+   and gate gradients, shared across a group or the batch, are written by one
+   thread each. The token branch is GEMMs: dP = dO·Vᵀ, dS = P⊙(dP − rowsum)·s,
+   dQ += dS·K', dK += dSᵀ·Q, dV += Pᵀ·dO; the prompts go row by row. */
 static void peft__attn_bw_range(void *vctx, int64_t h0, int64_t h1) {
     peft__attn_args *a = (peft__attn_args *)vctx;
     int T = a->T, H = a->H, KV = a->KV, hd = a->hd, K = a->K, grp = H / KV;
     int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
     float scale = 1.0f / sqrtf((float)hd);
     for (int kvh = (int)h0; kvh < (int)h1; kvh++) {
-        float *dS = a->scratch + (size_t)kvh * (T + K + hd);
-        float *dPp = dS + T, *dop = dPp + K;
+        float *dS = a->scratch + (size_t)kvh * ((size_t)T * T + 2 * (size_t)T * hd + K + hd);
+        float *tmp = dS + (size_t)T * T, *kbuf = tmp + (size_t)T * hd, *dPp = kbuf + (size_t)T * hd, *dop = dPp + K;
         for (int b = 0; b < a->B; b++) {
             int64_t col = (int64_t)kvh * hd, pb = a->prompt_batched ? (int64_t)b * K : 0;
             const float *kb = a->k + (int64_t)b * T * kw + col, *vb = a->v + (int64_t)b * T * kw + col;
             const float *xb = a->x ? a->x + (int64_t)b * T * kw + col : NULL;
             for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
                 const float *P = a->P + ((size_t)b * H + h) * (size_t)T * T;
+                const float *doh = a->dout + (int64_t)b * T * qw + (int64_t)h * hd;
+                const float *qh = a->q + (int64_t)b * T * qw + (int64_t)h * hd;
+                float *dqh = a->dq ? a->dq + (int64_t)b * T * qw + (int64_t)h * hd : NULL;
+                /* prompt branch, row by row */
+                for (int t = 0; K && t < T; t++) {
+                    const float *dot = doh + (int64_t)t * qw, *qt = qh + (int64_t)t * qw;
+                    float *dqt = dqh ? dqh + (int64_t)t * qw : NULL;
+                    const float *pp = a->Pp + (((size_t)b * H + h) * T + t) * K;
+                    float G = a->G[h], rs = 0.0f;
+                    for (int d = 0; d < hd; d++) dop[d] = G * dot[d];
+                    if (a->dG) {
+                        float g = 0.0f;
+                        for (int d = 0; d < hd; d++) {
+                            float sv = 0.0f;
+                            for (int i = 0; i < K; i++) sv += pp[i] * a->pv[(pb + i) * kw + col + d];
+                            g += dot[d] * sv;
+                        }
+                        a->dG[h] += g;
+                    }
+                    for (int i = 0; i < K; i++) {
+                        dPp[i] = peft__dot(dop, a->pv + (pb + i) * kw + col, hd);
+                        rs += pp[i] * dPp[i];
+                        if (a->dpv) {
+                            float *dpvi = a->dpv + (pb + i) * kw + col;
+                            for (int d = 0; d < hd; d++) dpvi[d] += pp[i] * dop[d];
+                        }
+                    }
+                    for (int i = 0; i < K; i++) {
+                        float ds = pp[i] * (dPp[i] - rs) * scale;
+                        const float *pki = a->pk + (pb + i) * kw + col;
+                        if (dqt) for (int d = 0; d < hd; d++) dqt[d] += ds * pki[d];
+                        if (a->dpk) {
+                            float *dpki = a->dpk + (pb + i) * kw + col;
+                            for (int d = 0; d < hd; d++) dpki[d] += ds * qt[d];
+                        }
+                    }
+                }
+                /* token branch */
+                peft_gemm(0, 1, T, T, hd, doh, (int)qw, vb, (int)kw, 0.0f, dS, T);          /* dP */
                 for (int t = 0; t < T; t++) {
                     const float *pr = P + (size_t)t * T;
-                    const float *dot = a->dout + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-                    const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-                    float *dqt = a->dq ? a->dq + ((int64_t)b * T + t) * qw + (int64_t)h * hd : NULL;
-                    /* prompt branch */
-                    if (K) {
-                        const float *pp = a->Pp + (((size_t)b * H + h) * T + t) * K;
-                        float G = a->G[h], rs = 0.0f;
-                        for (int d = 0; d < hd; d++) dop[d] = G * dot[d];
-                        if (a->dG) {
-                            float g = 0.0f;
-                            for (int d = 0; d < hd; d++) {
-                                float s = 0.0f;
-                                for (int i = 0; i < K; i++) s += pp[i] * a->pv[(pb + i) * kw + col + d];
-                                g += dot[d] * s;
-                            }
-                            a->dG[h] += g;
-                        }
-                        for (int i = 0; i < K; i++) {
-                            dPp[i] = peft__dot(dop, a->pv + (pb + i) * kw + col, hd);
-                            rs += pp[i] * dPp[i];
-                            if (a->dpv) {
-                                float *dpvi = a->dpv + (pb + i) * kw + col;
-                                for (int d = 0; d < hd; d++) dpvi[d] += pp[i] * dop[d];
-                            }
-                        }
-                        for (int i = 0; i < K; i++) {
-                            float ds = pp[i] * (dPp[i] - rs) * scale;
-                            const float *pki = a->pk + (pb + i) * kw + col;
-                            if (dqt) for (int d = 0; d < hd; d++) dqt[d] += ds * pki[d];
-                            if (a->dpk) {
-                                float *dpki = a->dpk + (pb + i) * kw + col;
-                                for (int d = 0; d < hd; d++) dpki[d] += ds * qt[d];
-                            }
-                        }
-                    }
-                    /* token branch */
-                    float rowsum = 0.0f;
-                    for (int j = 0; j <= t; j++) {
-                        dS[j] = peft__dot(dot, vb + (int64_t)j * kw, hd);
-                        rowsum += pr[j] * dS[j];
-                        if (a->dv) {
-                            float *dvj = a->dv + ((int64_t)b * T + j) * kw + col;
-                            for (int d = 0; d < hd; d++) dvj[d] += pr[j] * dot[d];
-                        }
-                    }
-                    float gx = xb ? a->Gx[h] : 0.0f, dgx = 0.0f;
-                    for (int j = 0; j <= t; j++) {
-                        float ds = pr[j] * (dS[j] - rowsum) * scale;
-                        const float *kj = kb + (int64_t)j * kw;
-                        const float *xj = xb ? xb + (int64_t)j * kw : NULL;
-                        if (dqt) {
-                            if (xj) for (int d = 0; d < hd; d++) dqt[d] += ds * (kj[d] + gx * xj[d]);
-                            else for (int d = 0; d < hd; d++) dqt[d] += ds * kj[d];
-                        }
-                        if (a->dk) {
-                            float *dkj = a->dk + ((int64_t)b * T + j) * kw + col;
-                            for (int d = 0; d < hd; d++) dkj[d] += ds * qt[d];
-                        }
-                        if (xj && a->dx) {
-                            float *dxj = a->dx + ((int64_t)b * T + j) * kw + col;
-                            for (int d = 0; d < hd; d++) dxj[d] += gx * ds * qt[d];
-                        }
-                        if (xj && a->dGx) dgx += ds * peft__dot(qt, xj, hd);
-                    }
-                    if (a->dGx) a->dGx[h] += dgx;
+                    float *dr = dS + (size_t)t * T, rowsum = 0.0f;
+                    for (int j = 0; j <= t; j++) rowsum += pr[j] * dr[j];
+                    for (int j = 0; j <= t; j++) dr[j] = pr[j] * (dr[j] - rowsum) * scale;
+                    for (int j = t + 1; j < T; j++) dr[j] = 0.0f;
                 }
+                if (dqh) {
+                    int64_t ldk;
+                    const float *keys = peft__keys_for_head(a, kb, xb, h, kw, kbuf, &ldk);
+                    peft_gemm(0, 0, T, hd, T, dS, T, keys, (int)ldk, 1.0f, dqh, (int)qw);
+                }
+                if (a->dk || (xb && (a->dx || a->dGx))) {
+                    peft_gemm(1, 0, T, hd, T, dS, T, qh, (int)qw, 0.0f, tmp, hd);         /* dSᵀ·Q */
+                    float gx = xb ? a->Gx[h] : 0.0f, dgx = 0.0f;
+                    for (int j = 0; j < T; j++) {
+                        const float *tj = tmp + (size_t)j * hd;
+                        if (a->dk) { float *dkj = a->dk + ((int64_t)b * T + j) * kw + col; for (int d = 0; d < hd; d++) dkj[d] += tj[d]; }
+                        if (xb && a->dx) { float *dxj = a->dx + ((int64_t)b * T + j) * kw + col; for (int d = 0; d < hd; d++) dxj[d] += gx * tj[d]; }
+                        if (xb && a->dGx) dgx += peft__dot(tj, xb + (int64_t)j * kw, hd);
+                    }
+                    if (xb && a->dGx) a->dGx[h] += dgx;
+                }
+                if (a->dv) peft_gemm(1, 0, T, hd, T, P, T, doh, (int)qw, 1.0f, a->dv + (int64_t)b * T * kw + col, (int)kw);
             }
         }
     }
@@ -2142,9 +2190,10 @@ static void peft__attention_bw(peft_graph *g, peft__node *n) {
     a.Pp = a.P + (size_t)a.B * a.H * a.T * a.T;
     peft__gate_values(n->in[5], gate_tanh, a.H, a.G);
     peft__gate_values(n->in[7], 0, a.H, a.Gx);
-    a.scratch = peft__arena_floats(g, (int64_t)a.KV * (a.T + a.K + a.hd) + 2 * a.H, 1);
+    int64_t per = (int64_t)a.T * a.T + 2 * (int64_t)a.T * a.hd + a.K + a.hd;
+    a.scratch = peft__arena_floats(g, (int64_t)a.KV * per + 2 * a.H, 1);
     if (!a.scratch) { g->failed = 1; return; }
-    float *dG = a.scratch + (size_t)a.KV * (a.T + a.K + a.hd), *dGx = dG + a.H;
+    float *dG = a.scratch + (size_t)a.KV * per, *dGx = dG + a.H;
     a.dG = peft__grad_if(n->in[5]) ? dG : NULL;
     a.dGx = peft__grad_if(n->in[7]) ? dGx : NULL;
     peft__parallel_for(a.KV, 1, peft__attn_bw_range, &a);
@@ -2184,6 +2233,10 @@ PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tenso
     a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd; a.K = K; a.prompt_batched = batched;
     peft__gate_values(K ? ex->gate : NULL, ex->gate_tanh, H, a.G);
     peft__gate_values(ex->x_gate, 0, H, a.Gx);
+    if (a.x) {                                  /* room for k + γ·x per (row, kv head) */
+        a.scratch = peft__arena_floats(g, (int64_t)B * KV * T * hd, 0);
+        if (!a.scratch) return NULL;
+    }
     peft__parallel_for((int64_t)B * KV, 1, peft__attn_fwd_range, &a);
     peft__node *nd = peft__record(g, peft__attention_bw, o, q, k, v, K ? ex->pk : NULL);
     if (!nd) {
@@ -2424,12 +2477,12 @@ typedef struct { const float *g, *u, *dy; float *y, *dg, *du; } peft__swiglu_arg
 
 static void peft__swiglu_fwd_range(void *vctx, int64_t j0, int64_t j1) {
     const peft__swiglu_args *a = (const peft__swiglu_args *)vctx;
-    for (int64_t j = j0; j < j1; j++) a->y[j] = a->g[j] / (1.0f + expf(-a->g[j])) * a->u[j];
+    for (int64_t j = j0; j < j1; j++) a->y[j] = a->g[j] / (1.0f + peft__exp(-a->g[j])) * a->u[j];
 }
 static void peft__swiglu_bw_range(void *vctx, int64_t j0, int64_t j1) {
     const peft__swiglu_args *a = (const peft__swiglu_args *)vctx;
     for (int64_t j = j0; j < j1; j++) {
-        float x = a->g[j], s = 1.0f / (1.0f + expf(-x));
+        float x = a->g[j], s = 1.0f / (1.0f + peft__exp(-x));
         if (a->du) a->du[j] += a->dy[j] * x * s;
         if (a->dg) a->dg[j] += a->dy[j] * a->u[j] * s * (1.0f + x * (1.0f - s));
     }
@@ -2497,10 +2550,17 @@ static void peft__xent_lse_range(void *vctx, int64_t r0, int64_t r1) {
     const peft__xent_args *a = (const peft__xent_args *)vctx;
     for (int64_t r = r0; r < r1; r++) {
         const float *zr = a->z + r * a->V;
+        if (a->t[r] == -100) { a->lse[r] = 0.0f; continue; }    /* no loss on this row */
         float mx = -INFINITY;
         for (int64_t j = 0; j < a->V; j++) if (zr[j] > mx) mx = zr[j];
+        /* e^(z−max) in chunks of 64 (vectorised), summed in double */
         double s = 0.0;
-        for (int64_t j = 0; j < a->V; j++) s += exp((double)(zr[j] - mx));
+        float e[64];
+        for (int64_t j0 = 0; j0 < a->V; j0 += 64) {
+            int64_t m = a->V - j0 < 64 ? a->V - j0 : 64;
+            for (int64_t j = 0; j < m; j++) e[j] = peft__exp(zr[j0 + j] - mx);
+            for (int64_t j = 0; j < m; j++) s += e[j];
+        }
         a->lse[r] = mx + (float)log(s);
     }
 }
@@ -2511,7 +2571,7 @@ static void peft__xent_bw_range(void *vctx, int64_t r0, int64_t r1) {
         if (t == -100) continue;
         const float *zr = a->z + r * a->V;
         float *dz = a->dz + r * a->V, lse = a->lse[r];
-        for (int64_t j = 0; j < a->V; j++) dz[j] += expf(zr[j] - lse) * a->scale;
+        for (int64_t j = 0; j < a->V; j++) dz[j] += peft__exp(zr[j] - lse) * a->scale;
         dz[t] -= a->scale;
     }
 }
