@@ -1,6 +1,6 @@
 # peft.h — build, test, demo.  `make` builds everything; `make test` runs the suite.
 CC      ?= cc
-OPT     ?= -O2 -march=native
+OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
 EXTRA   ?=
 LDLIBS  := -lm -lpthread

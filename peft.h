@@ -43,6 +43,9 @@
 
    Exactly one C file defines PEFT_IMPLEMENTATION before including this header;
    every other file includes it plainly and sees only the declarations.
+   Compile with -O3 -march=native (cc -O3 -march=native app.c -lm -lpthread):
+   the GEMM is hand-tiled, but GCC vectorises the element-wise loops (exp,
+   softmax, norms) only at -O3, about 1.3x on a whole training step.
 
    ============================================================================
    BUILD MACROS
@@ -82,11 +85,15 @@
      optimizer   AdamW in torch's order (plain, paged, 8-bit states),
                  global-norm clipping, schedules
      trainer     one loop for every method: forward, loss, backward, clip,
-                 step, with gradient accumulation
+                 step, with gradient accumulation; checkpoints (exact resume)
      files       JSON reader, safetensors reader/writer (strict validation,
                  atomic writes), F16/BF16, HF and bitsandbytes 4-bit folders,
-                 adapter folders
-     data        token files and batches; greedy generation; SVG plots; the
+                 llama2.c .bin (legacy, ak42 v1/v2), adapter folders, GGUF
+                 LoRA adapters for llama.cpp
+     tokenizers  llama2.c tokenizer.bin, Hugging Face tokenizer.json (BPE,
+                 SentencePiece-style and byte-level)
+     data        Alpaca / JSONL / text datasets with prompt masking, batches;
+                 generation with a KV cache; SVG plots; progress bars; the
                  demo's synthetic world (peft_demo_world)
 
    Conventions: every call that can fail returns peft_status; on failure
@@ -1948,6 +1955,9 @@ typedef struct {
    1.5·2^23 trick), r = x − n·ln2 in two parts, e^r by its degree-6 Taylor
    polynomial on |r| ≤ ln2/2. Within 4.3 ulp of exp over [−87.3, 88.7]
    (probed at 16M points); clamped outside, so e^−∞ = 1.2e−38, not 0. */
+#if defined(__GNUC__)
+__attribute__((always_inline)) inline
+#endif
 static float peft__exp(float x) {
     x = x < -87.3f ? -87.3f : x;
     x = x > 88.7f ? 88.7f : x;
@@ -2551,15 +2561,17 @@ static void peft__xent_lse_range(void *vctx, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         const float *zr = a->z + r * a->V;
         if (a->t[r] == -100) { a->lse[r] = 0.0f; continue; }    /* no loss on this row */
+        int64_t V = a->V;
         float mx = -INFINITY;
-        for (int64_t j = 0; j < a->V; j++) if (zr[j] > mx) mx = zr[j];
+        for (int64_t j = 0; j < V; j++) mx = zr[j] > mx ? zr[j] : mx;
         /* e^(z−max) in chunks of 64 (vectorised), summed in double */
         double s = 0.0;
         float e[64];
-        for (int64_t j0 = 0; j0 < a->V; j0 += 64) {
-            int64_t m = a->V - j0 < 64 ? a->V - j0 : 64;
-            for (int64_t j = 0; j < m; j++) e[j] = peft__exp(zr[j0 + j] - mx);
-            for (int64_t j = 0; j < m; j++) s += e[j];
+        for (int64_t j0 = 0; j0 < V; j0 += 64) {
+            int m = V - j0 < 64 ? (int)(V - j0) : 64;
+            const float *zc = zr + j0;
+            for (int j = 0; j < m; j++) e[j] = peft__exp(zc[j] - mx);
+            for (int j = 0; j < m; j++) s += e[j];
         }
         a->lse[r] = mx + (float)log(s);
     }
@@ -2569,10 +2581,11 @@ static void peft__xent_bw_range(void *vctx, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         int t = a->t[r];
         if (t == -100) continue;
-        const float *zr = a->z + r * a->V;
-        float *dz = a->dz + r * a->V, lse = a->lse[r];
-        for (int64_t j = 0; j < a->V; j++) dz[j] += peft__exp(zr[j] - lse) * a->scale;
-        dz[t] -= a->scale;
+        int64_t V = a->V;
+        const float *zr = a->z + r * V;
+        float *dz = a->dz + r * V, lse = a->lse[r], scale = a->scale;
+        for (int64_t j = 0; j < V; j++) dz[j] += peft__exp(zr[j] - lse) * scale;
+        dz[t] -= scale;
     }
 }
 static void peft__xent_bw(peft_graph *g, peft__node *n) {
@@ -4922,7 +4935,7 @@ static peft_status peft__st_parse(peft_safetensors *st) {
 
 PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path) {
     memset(st, 0, sizeof *st);
-    snprintf(st->path, sizeof st->path, "%s", path);
+    snprintf(st->path, sizeof st->path, "%.500s", path);
     peft_status s = peft_read_file(path, &st->file, &st->file_size);
     if (s == PEFT_OK) s = peft__st_parse(st);
     if (s != PEFT_OK) peft_st_close(st);

@@ -48,7 +48,7 @@ static double run(const char *base, const peft_demo_world *w, int random_gate, i
         const peft_demo_item *b[16];
         for (int i = 0; i < 16; i++) b[i] = &w->items[peft_rng_u64(&order) % (uint64_t)w->n_train];
         int T = peft_demo_batch(b, 16, tok, tgt);
-        float loss;
+        float loss = 0;
         peft_trainer_step(tr, tok, tgt, 16, T, &loss);
         if (verbose && s % 10 == 0) printf("   step %2d  loss %.3f  mean |tanh(g)| %.4f\n", s, loss, mean_abs_gate(m));
     }
