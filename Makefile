@@ -35,6 +35,10 @@ test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
 demo: $(BUILD)/demo
 	$(BUILD)/demo --out demo
 
+# the speed suite: GEMM vs OpenBLAS and the FMA peak, LoRA steps vs PyTorch + PEFT (where installed)
+bench: $(BUILD)/peft
+	BIN=$(BUILD)/peft tools/bench.sh
+
 # libFuzzer over the file parsers (JSON, safetensors, config.json); needs clang
 fuzz:
 	@mkdir -p $(BUILD) $(BUILD)/fuzz-corpus
@@ -45,4 +49,4 @@ fuzz:
 clean:
 	rm -rf build build-*
 
-.PHONY: all test demo fuzz clean
+.PHONY: all test demo bench fuzz clean

@@ -206,6 +206,9 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
 PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
                            const float *A, int lda, const float *B, int ldb,
                            float beta, float *C, int ldc);
+/* The FMA peak of one core, measured (GFLOP/s): 16 independent vector
+   multiply-add chains for ~0.2 s. The denominator of MFU in `peft bench`. */
+PEFTDEF double peft_fma_peak_gflops(void);
 PEFTDEF void peft_set_threads(int n);
 PEFTDEF int  peft_get_threads(void);
 /* The kernels are compiled for the build machine's ISA (-march=native):
@@ -1143,8 +1146,12 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
 #define PEFT__MR 6
 #endif
 #define PEFT__NR (2 * PEFT__VW)
+#ifndef PEFT__KC
 #define PEFT__KC 320                    /* at most: a 320×32 B strip fills 40 KB of L1 */
+#endif
+#ifndef PEFT__MC
 #define PEFT__MC (PEFT__MR * 8)
+#endif
 #define PEFT__NC 1024
 
 #if defined(__GNUC__)
@@ -1189,6 +1196,16 @@ PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float 
         PEFT__FMA(6) PEFT__FMA(7) PEFT__FMA(8) PEFT__FMA(9) PEFT__FMA(10) PEFT__FMA(11)
 #endif
     }
+    if (mr == PEFT__MR && nr == PEFT__NR) {          /* a full tile: straight into C */
+#define PEFT__ADDC(i) { float *c = C + (size_t)(i) * ldc; \
+        peft__vstore(c, peft__vload(c) + c##i##a); peft__vstore(c + PEFT__VW, peft__vload(c + PEFT__VW) + c##i##b); }
+        PEFT__ADDC(0) PEFT__ADDC(1) PEFT__ADDC(2) PEFT__ADDC(3) PEFT__ADDC(4) PEFT__ADDC(5)
+#if PEFT__MR == 12
+        PEFT__ADDC(6) PEFT__ADDC(7) PEFT__ADDC(8) PEFT__ADDC(9) PEFT__ADDC(10) PEFT__ADDC(11)
+#endif
+#undef PEFT__ADDC
+        return;
+    }
     float tile[PEFT__MR * PEFT__NR];
 #define PEFT__PUT(i) peft__vstore(tile + (i) * PEFT__NR, c##i##a); peft__vstore(tile + (i) * PEFT__NR + PEFT__VW, c##i##b);
     PEFT__PUT(0) PEFT__PUT(1) PEFT__PUT(2) PEFT__PUT(3) PEFT__PUT(4) PEFT__PUT(5)
@@ -1217,6 +1234,40 @@ static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, in
         for (int j = 0; j < nr; j++) C[(size_t)i * ldc + j] += tile[i * PEFT__NR + j];
 }
 #endif
+
+PEFT__FMA_KERNEL static double peft__fma_chains(long iters) {
+    PEFT__FMA_PRAGMA
+    float seed = (float)(iters & 1) * 1e-3f + 0.5f;
+    peft__vf acc[16], m = PEFT__BCAST(0.999999f), c = PEFT__BCAST(1e-7f);
+    for (int i = 0; i < 16; i++) acc[i] = PEFT__BCAST(seed + (float)i);
+    for (long k = 0; k < iters; k++)
+        for (int i = 0; i < 16; i++) acc[i] = acc[i] * m + c;
+    float sum = 0.0f;
+    for (int i = 0; i < 16; i++) sum += acc[i][0];
+    return (double)sum;
+}
+
+static double peft__seconds(void) {
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+PEFTDEF double peft_fma_peak_gflops(void) {
+    long iters = 1 << 16;
+    double best = 0.0;
+    volatile double sink = 0.0;
+    for (int rep = 0; rep < 6; rep++) {
+        double t0 = peft__seconds();
+        sink += peft__fma_chains(iters);
+        double t = peft__seconds() - t0;
+        if (t < 0.03) { iters *= 2; rep--; continue; }
+        double g = 2.0 * 16 * PEFT__VW * (double)iters / t / 1e9;
+        if (g > best) best = g;
+    }
+    (void)sink;
+    return best;
+}
 
 /* Per-thread packing buffers, grown once and then reused (no allocation
    per call after the first of a given size). */
@@ -1323,8 +1374,11 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
     }
     if (K <= 0) return;
     int64_t mblocks = (M + PEFT__MC - 1) / PEFT__MC;
-    for (g.jc = 0; g.jc < N; g.jc += PEFT__NC) {
-        g.nc = N - g.jc < PEFT__NC ? N - g.jc : PEFT__NC;
+    /* N in equal slices of at most NC, whole NR strips each (1536 columns
+       are two slices of 768, not 1024 + 512) */
+    int nslices = (N + PEFT__NC - 1) / PEFT__NC, nc_even = ((N + nslices - 1) / nslices + PEFT__NR - 1) / PEFT__NR * PEFT__NR;
+    for (g.jc = 0; g.jc < N; g.jc += nc_even) {
+        g.nc = N - g.jc < nc_even ? N - g.jc : nc_even;
         /* K in equal slices of at most KC: no short last slice, whose C
            tile traffic would cost more than its few multiply-adds */
         int kslices = (K + PEFT__KC - 1) / PEFT__KC, kc_even = (K + kslices - 1) / kslices;
@@ -1335,10 +1389,11 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
             if (!Bp) { peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, 1.0f, C, ldc); return; }
             g.Bp = Bp;
             peft__parallel_for((int64_t)panels, 4, peft__pack_B_range, &g);
-            /* few row blocks (a weight gradient of a narrow layer): split columns too */
-            g.nsplit = mblocks >= 2 * peft__nthreads ? 1 : (int)((2 * peft__nthreads + mblocks - 1) / mblocks);
-            if (g.nsplit > (int)panels) g.nsplit = (int)panels;
-            if (g.nsplit < 1) g.nsplit = 1;
+            /* split columns too until the units divide evenly among the
+               threads (11 row blocks on 2 threads would idle one for 1/11) */
+            g.nsplit = 1;
+            while (g.nsplit < (int)panels && (mblocks * g.nsplit < 2 * peft__nthreads || (mblocks * g.nsplit) % peft__nthreads))
+                g.nsplit++;
             peft__parallel_for(mblocks * g.nsplit, 1, peft__gemm_mblocks, &g);
         }
     }

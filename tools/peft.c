@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <dlfcn.h>
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
     fprintf(stderr, "peft %s: %s%s%s\nTry 'peft %s --help'.\n", cmd, msg, arg ? ": " : "", arg ? arg : "", cmd);
@@ -710,26 +711,102 @@ static int cmd_train(int argc, char **argv) {
 static const char *BENCH_HELP =
     "usage: peft bench (--preset NAME | --model DIR) [--method M [method flags]]\n"
     "                  [--batch B] [--seq T] [--steps N] [--threads K]\n"
-    "                  [--optim adamw|paged|8bit] [--optim-budget-mb X]\n\n"
+    "                  [--optim adamw|paged|8bit] [--optim-budget-mb X]\n"
+    "       peft bench --gemm --preset NAME [--batch B] [--seq T] [--threads K]\n\n"
     "Times training steps on random tokens and prints one line per figure:\n"
     "tokens/s, step ms (median), GFLOP/s (model FLOPs: 2 per weight per token\n"
     "forward, 2 more for the input gradient, 2 more per trainable weight, plus\n"
-    "attention), peak RSS, and the memory the method and optimizer take.\n";
+    "attention), MFU against an FMA peak measured in the same run, peak RSS, and\n"
+    "the memory the method and optimizer take.\n"
+    "--gemm times the matrix products of the preset's linears at batch x seq tokens\n"
+    "(forward, input gradient, weight gradient) against OpenBLAS when libopenblas is\n"
+    "installed (looked up at run time; never needed).\n";
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
+/* ---- `peft bench --gemm`: the training shapes against OpenBLAS --------------------
+   Every linear of the preset at M = batch·seq tokens, in the three products
+   training runs (y = x·Wᵀ, dx = dy·W, dW = dyᵀ·x). OpenBLAS is looked up at
+   run time (dlopen) and only compared with, never required. */
+typedef void (*sgemm_fn)(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                         const float *B, int ldb, float beta, float *C, int ldc);
+
+static double time_gemm(sgemm_fn blas, int tA, int tB, int M, int N, int K, const float *A, const float *B, float *C, int reps) {
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        if (blas) blas(101, tA ? 112 : 111, tB ? 112 : 111, M, N, K, 1.0f, A, tA ? M : K, B, tB ? K : N, 0.0f, C, N);
+        else peft_gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, 0.0f, C, N);
+        double t = now_s() - t0;
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+static int bench_gemm(const char *preset, int B, int T, int threads) {
+    peft_config c;
+    if (peft_config_preset(&c, preset) != PEFT_OK) return fail();
+    peft_set_threads(threads);
+    sgemm_fn blas = NULL;
+    void *lib = dlopen("libopenblas.so.0", RTLD_NOW);
+    if (!lib) lib = dlopen("libopenblas.so", RTLD_NOW);
+    if (lib) {
+        blas = (sgemm_fn)dlsym(lib, "cblas_sgemm");
+        void (*set)(int) = (void (*)(int))dlsym(lib, "openblas_set_num_threads");
+        if (set) set(threads);
+    }
+    double peak = peft_fma_peak_gflops() * threads;
+    int M = B * T, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+    struct { const char *name; int out, in; } lin[] = { { "q_proj", q, c.dim }, { "k/v_proj", kv, c.dim }, { "o_proj", c.dim, q },
+        { "gate/up_proj", c.hidden_dim, c.dim }, { "down_proj", c.dim, c.hidden_dim }, { "lm_head", c.vocab_size, c.dim } };
+    printf("GEMM at the training shapes of %s, M = %d tokens, %d threads; FMA peak %.1f GFLOP/s (measured)\n", preset, M, threads, peak);
+    printf("%-13s %-8s %6s %6s %6s %10s %10s %7s %7s\n", "linear", "product", "M", "N", "K", "peft.h", lib ? "OpenBLAS" : "-", "ratio", "% peak");
+    double tot_ours = 0, tot_blas = 0, flops_all = 0;
+    double ratios[64];
+    int nr = 0;
+    for (size_t l = 0; l < sizeof lin / sizeof lin[0]; l++) {
+        int shapes[3][5] = { { 0, 1, M, lin[l].out, lin[l].in }, { 0, 0, M, lin[l].in, lin[l].out }, { 1, 0, lin[l].out, lin[l].in, M } };
+        const char *prod[3] = { "x·Wᵀ", "dy·W", "dyᵀ·x" };
+        for (int k = 0; k < 3; k++) {
+            int tA = shapes[k][0], tB = shapes[k][1], m = shapes[k][2], n = shapes[k][3], kk = shapes[k][4];
+            float *A = malloc(sizeof(float) * (size_t)m * kk), *Bm = malloc(sizeof(float) * (size_t)kk * n), *C = malloc(sizeof(float) * (size_t)m * n);
+            if (!A || !Bm || !C) { free(A); free(Bm); free(C); fprintf(stderr, "peft: error: out of memory\n"); return 1; }
+            for (size_t i = 0; i < (size_t)m * kk; i++) A[i] = (float)(i % 13) * 0.01f;
+            for (size_t i = 0; i < (size_t)kk * n; i++) Bm[i] = (float)(i % 7) * 0.01f;
+            double fl = 2.0 * m * n * kk;
+            int reps = fl > 2e10 ? 2 : 4;
+            double to = time_gemm(NULL, tA, tB, m, n, kk, A, Bm, C, reps), tb = blas ? time_gemm(blas, tA, tB, m, n, kk, A, Bm, C, reps) : 0;
+            tot_ours += to; tot_blas += tb; flops_all += fl;
+            if (blas && nr < 64) ratios[nr++] = tb / to;
+            printf("%-13s %-8s %6d %6d %6d %10.1f", lin[l].name, prod[k], m, n, kk, fl / to / 1e9);
+            if (blas) printf(" %10.1f %6.2fx", fl / tb / 1e9, tb / to); else printf(" %10s %7s", "-", "-");
+            printf(" %6.0f%%\n", 100.0 * fl / to / 1e9 / peak);
+            free(A); free(Bm); free(C);
+        }
+    }
+    printf("all shapes       peft.h %.1f GFLOP/s (%.0f%% of peak)", flops_all / tot_ours / 1e9, 100.0 * flops_all / tot_ours / 1e9 / peak);
+    if (blas) {
+        qsort(ratios, (size_t)nr, sizeof(double), cmp_double);
+        printf(", OpenBLAS %.1f GFLOP/s; time ratio %.2fx, median shape ratio %.2fx", flops_all / tot_blas / 1e9, tot_blas / tot_ours, ratios[nr / 2]);
+    } else printf(" (OpenBLAS not found: no comparison)");
+    printf("\n");
+    if (lib) dlclose(lib);
+    return 0;
+}
+
 static int cmd_bench(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     method_flags mf = { 0 };
     const char *optim = "adamw";
-    int B = 4, T = 64, steps = 5, threads = 1, budget_mb = 64;
+    int B = 4, T = 64, steps = 5, threads = 1, budget_mb = 64, gemm = 0;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(BENCH_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (!strcmp(a, "--gemm")) { gemm = 1; i--; continue; }
         if (!v) return usage_error("bench", "option needs a value", a);
         if (take_method_flag(&mf, a, v)) continue;
         if (!strcmp(a, "--model")) src.model = v;
@@ -744,6 +821,10 @@ static int cmd_bench(int argc, char **argv) {
         if (!ok) return usage_error("bench", "bad value for", a);
     }
     if (!src.model && !src.preset) return usage_error("bench", "--model or --preset is required", NULL);
+    if (gemm) {
+        if (!src.preset) return usage_error("bench", "--gemm takes a --preset", NULL);
+        return bench_gemm(src.preset, B, T, threads);
+    }
     if (strcmp(optim, "adamw") && strcmp(optim, "paged") && strcmp(optim, "8bit"))
         return usage_error("bench", "--optim must be adamw, paged or 8bit", optim);
     peft_method meth;
@@ -784,7 +865,9 @@ static int cmd_bench(int argc, char **argv) {
         printf("trainable        %s parameters (%.4f%%)\n", commas((int64_t)train, b1), 100.0 * train / base);
         printf("tokens/s         %.1f\n", tokens / (med / 1000.0));
         printf("step ms (median) %.1f\n", med);
-        printf("GFLOP/s          %.2f\n", flops / (med / 1000.0) / 1e9);
+        double gfs = flops / (med / 1000.0) / 1e9, peak = peft_fma_peak_gflops() * threads;
+        printf("GFLOP/s          %.2f\n", gfs);
+        printf("MFU              %.1f%% (of a measured FMA peak of %.1f GFLOP/s on %d threads)\n", 100.0 * gfs / peak, peak, threads);
         printf("peak RSS MB      %.1f\n", (double)peft_peak_rss() / 1048576.0);
         printf("optimizer MB     %.1f (state %s)\n", (double)peft_adamw_state_bytes(&tr->opt) / 1048576.0, optim);
         if (m->cfg.q4) printf("bits/frozen lin  %.3f (4-bit storage, from allocated bytes)\n", peft_model_linear_bits(m));

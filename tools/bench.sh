@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make bench`: the speed suite of peft.h, with ratios measured in the same run.
+#   1. GEMM at the training shapes of stories15m and smollm-135m, against
+#      OpenBLAS when libopenblas is installed, and against the measured FMA peak
+#   2. LoRA training steps (r 8, q,v): stories15m b8 x s256 on 1 and 2 threads,
+#      smollm-135m b4 x s256 on 2 threads
+#   3. the same steps in PyTorch + PEFT (tools/ref/bench_torch.py) when Python
+#      has torch, transformers and peft; ratios of tokens/s and peak RSS
+# Medians over STEPS steps (default 5). This machine may be shared: rerun to see the spread.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-build/peft}
+STEPS=${STEPS:-5}
+THREADS=${THREADS:-2}
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "nan" }'; }
+field() { awk -v k="$1" 'index($0, k) == 1 { sub(k, ""); print $1; exit }'; }
+
+echo "== GEMM (peft bench --gemm)"
+$BIN bench --gemm --preset stories15m --batch 8 --seq 256 --threads "$THREADS" | tail -1
+$BIN bench --gemm --preset smollm-135m --batch 4 --seq 256 --threads "$THREADS" | tail -1
+
+have_torch=0
+if command -v python3 >/dev/null && python3 -c "import torch, transformers, peft" >/dev/null 2>&1; then have_torch=1; fi
+
+run_case() {   # preset batch seq threads
+    local out torch_out tps rss ttps trss mfu
+    out=$($BIN bench --preset "$1" --method lora --lora-r 8 --lora-alpha 16 --batch "$2" --seq "$3" --steps "$STEPS" --threads "$4")
+    tps=$(echo "$out" | field "tokens/s"); rss=$(echo "$out" | field "peak RSS MB"); mfu=$(echo "$out" | field "MFU")
+    printf "%-12s b%-2s s%-4s t%s  peft.h %8.1f tok/s  MFU %6s  RSS %7.1f MB" "$1" "$2" "$3" "$4" "$tps" "$mfu" "$rss"
+    if [ $have_torch = 1 ]; then
+        torch_out=$(python3 tools/ref/bench_torch.py --preset "$1" --method lora --batch "$2" --seq "$3" --steps "$STEPS" --threads "$4" 2>/dev/null)
+        ttps=$(echo "$torch_out" | field "tokens/s"); trss=$(echo "$torch_out" | field "peak RSS MB")
+        printf "  | PyTorch+PEFT %8.1f tok/s  RSS %7.1f MB | speed %sx  memory %sx" "$ttps" "$trss" \
+            "$(div "$tps" "$ttps")" "$(div "$rss" "$trss")"
+    fi
+    printf "\n"
+    LAST_TPS=$tps
+}
+
+echo "== LoRA training steps (r 8, alpha 16, q_proj+v_proj; AdamW)"
+[ $have_torch = 1 ] || echo "(PyTorch + PEFT not importable: no comparison)"
+run_case stories15m 8 256 1; one=$LAST_TPS
+run_case stories15m 8 256 2; two=$LAST_TPS
+run_case smollm-135m 4 256 2
+printf "threads 1 -> 2 (stories15m): %sx\n" "$(div "$two" "$one")"
