@@ -399,6 +399,8 @@ typedef struct peft_model {
     int          cond_rows, cond_batched;
     int          lora_merged;
     int          training;                 /* dropout on                     */
+    int          checkpointing;            /* keep block inputs only, recompute in backward */
+    struct peft_graph *recompute;          /* scratch tape for that recompute */
     peft_rng     rng;                      /* dropout stream                 */
     peft_rope_table rope;
     float       *rope_buf;
@@ -414,6 +416,11 @@ PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir);
 /* Writes config.json + model.safetensors (F32) into dir (created if needed), atomically. */
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
 PEFTDEF void        peft_model_free(peft_model *m);
+/* Gradient checkpointing: the forward keeps only each block's input (and
+   the dropout RNG state); backward re-runs one block at a time on a scratch
+   tape and backpropagates through it. Same gradients, bit for bit; the
+   activation arena shrinks to about one block's worth plus the logits. */
+PEFTDEF void        peft_model_set_checkpointing(peft_model *m, int on);
 PEFTDEF peft_tensor *peft_model_param(const peft_model *m, const char *name);
 PEFTDEF void        peft_model_set_trainable_all(peft_model *m, int trainable);
 PEFTDEF int64_t     peft_model_base_count(const peft_model *m);      /* base parameters */
@@ -3062,8 +3069,11 @@ PEFTDEF void peft_model_free(peft_model *m) {
     PEFT_FREE(m->cond);
     PEFT_FREE(m->layers);
     PEFT_FREE(m->rope_buf);
+    if (m->recompute) peft_graph_free(m->recompute);
     PEFT_FREE(m);
 }
+
+PEFTDEF void peft_model_set_checkpointing(peft_model *m, int on) { m->checkpointing = on != 0; }
 
 PEFTDEF peft_tensor *peft_model_param(const peft_model *m, const char *name) {
     for (int i = 0; i < m->n_params; i++)
@@ -3119,6 +3129,71 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
     return peft_add(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff));
 }
 
+/* ---- gradient checkpointing ----------------------------------------------------------
+   Forward: the block runs on the model's scratch tape with gradients off; its
+   output is copied out and one node is recorded, holding the block input and
+   the dropout RNG state. Backward: the scratch tape is reset, the block runs
+   again from a copy of its input with the same RNG (same dropout masks, same
+   numbers), and is backpropagated with the node's output gradient as the
+   seed: parameter gradients land in the parameters as usual, the input's is
+   added to the outer tape's input tensor. */
+typedef struct { peft_model *m; peft_layer *L; peft_rng rng; int B, T, training; } peft__ckpt_ctx;
+
+static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T);
+
+static peft_tensor *peft__first_trainable(peft_layer *L) {
+    for (int s = 0; s < PEFT_N_SITES; s++) {
+        peft_linear_site *S = &L->lin[s];
+        peft_tensor *c[6] = { S->lora_A, S->lora_B, S->bias, S->scale, S->b, S->w };
+        for (int k = 0; k < 6; k++) if (c[k] && c[k]->requires_grad) return c[k];
+    }
+    peft_tensor *a[6] = { L->attn.prompt, L->attn.gate, L->attn.fusion_gate, L->attn.ex_prompt, L->attn_norm, L->ffn_norm };
+    for (int k = 0; k < 6; k++) if (a[k] && a[k]->requires_grad) return a[k];
+    return NULL;
+}
+
+static void peft__ckpt_bw(peft_graph *g, peft__node *n) {
+    const peft__ckpt_ctx *c = (const peft__ckpt_ctx *)n->aux;
+    peft_model *m = c->m;
+    peft_graph *sg = m->recompute;
+    peft_tensor *x = n->in[0];
+    peft_graph_reset(sg);
+    peft_graph_set_grad(sg, 1);
+    peft_tensor *xin = peft_tensor_2d(sg, peft__rows(x), peft__cols(x));
+    if (!xin) { g->failed = 1; return; }
+    memcpy(xin->data, x->data, sizeof(float) * (size_t)x->n);
+    xin->requires_grad = x->requires_grad;
+    peft_rng keep = m->rng;
+    int training = m->training;
+    m->rng = c->rng;
+    m->training = c->training;
+    peft_tensor *y = peft__block(m, sg, c->L, xin, c->B, c->T);
+    m->rng = keep;
+    m->training = training;
+    if (!y || peft_backward_seed(sg, y, n->out->grad) != PEFT_OK) { g->failed = 1; return; }
+    if (x->requires_grad && x->grad && xin->grad)
+        for (int64_t j = 0; j < x->n; j++) x->grad[j] += xin->grad[j];
+}
+
+static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
+    if (!x) return NULL;
+    if (!m->recompute && !(m->recompute = peft_graph_new())) { g->failed = 1; return NULL; }
+    peft__ckpt_ctx *c = (peft__ckpt_ctx *)peft__arena_alloc(g, sizeof *c);
+    if (!c) { g->failed = 1; return NULL; }
+    c->m = m; c->L = L; c->rng = m->rng; c->B = B; c->T = T; c->training = m->training;
+    peft_graph *sg = m->recompute;
+    peft_graph_reset(sg);
+    peft_graph_set_grad(sg, 0);
+    peft_tensor *yt = peft__block(m, sg, L, x, B, T);
+    if (!yt) { g->failed = 1; return NULL; }
+    peft_tensor *y = peft__like(g, yt);
+    if (!y) return NULL;
+    memcpy(y->data, yt->data, sizeof(float) * (size_t)y->n);
+    peft__node *nd = peft__record(g, peft__ckpt_bw, y, x, peft__first_trainable(L), NULL, NULL);
+    if (nd) nd->aux = c;
+    return y;
+}
+
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     if (B < 1 || T < 1) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "forward needs B >= 1 and T >= 1"); return NULL; }
     if (peft__rope_ensure(m, T) != PEFT_OK) { g->failed = 1; return NULL; }
@@ -3130,7 +3205,9 @@ PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int 
             return NULL;
         }
     peft_tensor *x = peft_embedding(g, m->embed, tokens, B * T);
-    for (int l = 0; l < m->cfg.n_layers; l++) x = peft__block(m, g, &m->layers[l], x, B, T);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        x = m->checkpointing && g->grad_enabled ? peft__block_checkpointed(m, g, &m->layers[l], x, B, T)
+                                                : peft__block(m, g, &m->layers[l], x, B, T);
     x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
     return peft_linear(g, x, m->lm_head);
 }
@@ -6818,7 +6895,10 @@ PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const p
     }
     PEFT_FREE(buf);
 done:
-    if (s == PEFT_OK && b.count == 0) s = peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
+    if (s == PEFT_OK && b.count == 0)
+        s = d->n_dropped ? peft__fail(PEFT_ERR_ARG, "%s: all %d examples dropped: the prompt alone fills %d tokens (raise --seq)",
+                                      path, d->n_dropped, max_len)
+                         : peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
     if (s != PEFT_OK) { PEFT_FREE(b.ids); PEFT_FREE(b.start); PEFT_FREE(b.masked); return s; }
     d->ids = b.ids; d->start = b.start; d->n_masked = b.masked; d->n = b.count; d->n_tokens = b.n;
     return PEFT_OK;

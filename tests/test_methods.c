@@ -445,3 +445,60 @@ TEST(test_generate_matches_transformers_peft) {
     CHECK(checked == 6, "%d paths checked", checked);
     peft_json_free(j);
 }
+
+/* Gradient checkpointing changes memory, not numbers: the loss and every
+   trainable gradient equal the plain run bit for bit (dropout on, so the
+   recompute must replay the same masks), for every method; the activation
+   arena shrinks. */
+TEST(test_checkpointing_same_gradients) {
+    const char *bases[2] = { "llama_gqa", "llama_w64" };
+    peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
+    for (int k = 0; k < 6; k++) {
+        char base[512];
+        snprintf(base, sizeof base, "%s/%s", th_fixtures(), bases[kinds[k] == PEFT_QLORA]);
+        float loss[2];
+        float *grads[2] = { NULL, NULL };
+        size_t arena[2], total = 0;
+        for (int ck = 0; ck < 2; ck++) {
+            peft_model *m;
+            REQUIRE_OK(peft_model_load(&m, base));
+            peft_method meth = method_for(kinds[k], &m->cfg);
+            if (kinds[k] == PEFT_QLORA) meth.lora_dropout = 0.1f;
+            REQUIRE_OK(peft_attach(m, &meth));
+            if (kinds[k] == PEFT_ADAPTER_V2) {
+                float cond[3 * 6];
+                for (int i = 0; i < 18; i++) cond[i] = (float)(i % 5) - 2.0f;
+                REQUIRE_OK(peft_model_set_condition(m, cond, 3, 6, 0));
+            }
+            peft_rng r;
+            peft_rng_seed(&r, 3);
+            for (int i = 0; i < m->n_extra; i++)
+                for (int64_t j = 0; j < m->extra[i]->n; j++) m->extra[i]->data[j] += 0.2f * peft_rng_normal(&r);
+            peft_model_set_checkpointing(m, ck);
+            int B = 2, T = 16, tok[32], tgt[32], V = m->cfg.vocab_size;
+            for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); }
+            peft_graph *g = peft_graph_new();
+            m->training = 1;
+            peft_tensor *L = peft_model_loss(m, g, tok, tgt, B, T);
+            m->training = 0;
+            REQUIRE(L, "%s forward: %s", peft_method_name(kinds[k]), peft_last_error());
+            REQUIRE_OK(peft_backward(g, L));
+            loss[ck] = L->data[0];
+            arena[ck] = peft_graph_arena_bytes(g);
+            peft_tensor **tp;
+            int n = peft_model_trainable(m, &tp);
+            total = 0;
+            for (int i = 0; i < n; i++) total += (size_t)tp[i]->n;
+            grads[ck] = malloc(sizeof(float) * total);
+            size_t at = 0;
+            for (int i = 0; i < n; i++) { memcpy(grads[ck] + at, tp[i]->grad, sizeof(float) * (size_t)tp[i]->n); at += (size_t)tp[i]->n; }
+            free(tp);
+            peft_graph_free(g);
+            peft_model_free(m);
+        }
+        CHECK(loss[0] == loss[1], "%s: loss %g vs %g with checkpointing", peft_method_name(kinds[k]), loss[0], loss[1]);
+        CHECK(!memcmp(grads[0], grads[1], sizeof(float) * total), "%s: gradients differ with checkpointing", peft_method_name(kinds[k]));
+        CHECK(arena[1] < arena[0], "%s: arena %zu -> %zu bytes", peft_method_name(kinds[k]), arena[0], arena[1]);
+        free(grads[0]); free(grads[1]);
+    }
+}

@@ -270,6 +270,8 @@ static const char *TRAIN_HELP =
     "  --threads N           worker threads (default 1)\n"
     "  --optim O             adamw | paged (paged AdamW emulation) | 8bit (8-bit states)\n"
     "  --optim-budget-mb X   resident budget of the paged optimizer (default 64)\n"
+    "  --checkpoint-activations 1  keep only block inputs, recompute in backward\n"
+    "                        (same gradients, a fraction of the activation memory)\n"
     "  --out DIR             output folder (default: none, nothing saved)\n";
 
 /* Every setting as a string under its config key ("lora_r", "max_steps"),
@@ -279,7 +281,7 @@ typedef struct { setting s[64]; int n; } settings;
 
 static const char *TRAIN_KEYS[] = { "model", "preset", "data", "tokenizer", "out", "epochs", "max_steps", "batch", "seq",
     "grad_accum", "lr", "min_lr", "schedule", "warmup", "weight_decay", "max_grad_norm", "eval_every", "save_every", "seed",
-    "threads", "optim", "optim_budget_mb", "method", NULL };
+    "threads", "optim", "optim_budget_mb", "method", "checkpoint_activations", NULL };
 
 static int known_key(const char *k) {
     for (int i = 0; TRAIN_KEYS[i]; i++) if (!strcmp(k, TRAIN_KEYS[i])) return 1;
@@ -517,8 +519,9 @@ static int cmd_train(int argc, char **argv) {
     FLOAT_SETTING("min_lr", o.min_lr, o.min_lr >= 0)
     FLOAT_SETTING("weight_decay", o.weight_decay, o.weight_decay >= 0)
     FLOAT_SETTING("max_grad_norm", o.max_grad_norm, o.max_grad_norm >= 0)
-    int budget_mb = 64;
+    int budget_mb = 64, ckpt_act = 0;
     INT_SETTING("optim_budget_mb", budget_mb, budget_mb > 0)
+    INT_SETTING("checkpoint_activations", ckpt_act, ckpt_act <= 1)
     o.optim_budget_bytes = (size_t)budget_mb << 20;
     const char *sched = get(&st, "schedule"), *optim = get(&st, "optim");
     if (ok && !strcmp(sched, "constant")) o.schedule = PEFT_SCHED_CONSTANT;
@@ -584,6 +587,7 @@ static int cmd_train(int argc, char **argv) {
             rc = 1;
         }
     if (!rc && peft_attach(m, &meth) != PEFT_OK) rc = fail();
+    peft_model_set_checkpointing(m, ckpt_act);
     int per_epoch = (ds.n + B * o.grad_accum - 1) / (B * o.grad_accum);
     int steps = max_steps ? max_steps : epochs * per_epoch;
     o.total_steps = steps;
@@ -711,7 +715,7 @@ static int cmd_train(int argc, char **argv) {
 static const char *BENCH_HELP =
     "usage: peft bench (--preset NAME | --model DIR) [--method M [method flags]]\n"
     "                  [--batch B] [--seq T] [--steps N] [--threads K]\n"
-    "                  [--optim adamw|paged|8bit] [--optim-budget-mb X]\n"
+    "                  [--optim adamw|paged|8bit] [--optim-budget-mb X] [--checkpoint-activations 1]\n"
     "       peft bench --gemm --preset NAME [--batch B] [--seq T] [--threads K]\n\n"
     "Times training steps on random tokens and prints one line per figure:\n"
     "tokens/s, step ms (median), GFLOP/s (model FLOPs: 2 per weight per token\n"
@@ -801,7 +805,7 @@ static int cmd_bench(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     method_flags mf = { 0 };
     const char *optim = "adamw";
-    int B = 4, T = 64, steps = 5, threads = 1, budget_mb = 64, gemm = 0;
+    int B = 4, T = 64, steps = 5, threads = 1, budget_mb = 64, gemm = 0, ckpt_act = 0;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -817,6 +821,7 @@ static int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--steps")) ok = parse_int(v, &steps) && steps > 0;
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &threads) && threads > 0;
         else if (!strcmp(a, "--optim-budget-mb")) ok = parse_int(v, &budget_mb) && budget_mb > 0;
+        else if (!strcmp(a, "--checkpoint-activations")) ok = parse_int(v, &ckpt_act) && ckpt_act <= 1;
         else return usage_error("bench", "unknown option", a);
         if (!ok) return usage_error("bench", "bad value for", a);
     }
@@ -833,6 +838,7 @@ static int cmd_bench(int argc, char **argv) {
     peft_model *m;
     if (load_model(&src, &m)) return 1;
     if (peft_attach(m, &meth) != PEFT_OK) { peft_model_free(m); return fail(); }
+    peft_model_set_checkpointing(m, ckpt_act);
     peft_trainer_opts o = peft_trainer_defaults();
     o.paged_optim = !strcmp(optim, "paged");
     o.optim_8bit = !strcmp(optim, "8bit");
@@ -869,6 +875,8 @@ static int cmd_bench(int argc, char **argv) {
         printf("GFLOP/s          %.2f\n", gfs);
         printf("MFU              %.1f%% (of a measured FMA peak of %.1f GFLOP/s on %d threads)\n", 100.0 * gfs / peak, peak, threads);
         printf("peak RSS MB      %.1f\n", (double)peft_peak_rss() / 1048576.0);
+        size_t act = peft_graph_arena_bytes(tr->graph) + (m->recompute ? peft_graph_arena_bytes(m->recompute) : 0);
+        printf("activations MB   %.1f (tape arena%s)\n", (double)act / 1048576.0, ckpt_act ? " + one block's recompute" : "");
         printf("optimizer MB     %.1f (state %s)\n", (double)peft_adamw_state_bytes(&tr->opt) / 1048576.0, optim);
         if (m->cfg.q4) printf("bits/frozen lin  %.3f (4-bit storage, from allocated bytes)\n", peft_model_linear_bits(m));
         if (o.paged_optim)
