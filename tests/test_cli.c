@@ -186,7 +186,8 @@ static int same_file(const char *a, const char *b) {
     return same;
 }
 
-/* `peft train` as a user runs it on an Alpaca file: the log, the plot, the
+/* `peft train` as a user runs it on an Alpaca file (tokenized by a
+   byte-level tokenizer.json fixture): the log, the plot, the
    resolved config; a run killed (SIGKILL) after step 4 and resumed from its
    checkpoint at step 3 ends with the same adapter bytes as one that never
    stopped; --config with the written train_config.json repeats the run. */
@@ -195,22 +196,19 @@ TEST(test_train_alpaca_kill_resume) {
     FILE *probe = fopen(bin(), "rb");
     if (!probe) SKIP("%s not built", bin());
     fclose(probe);
-    if (!th_shared()) SKIP("../shared/data not present");
     char tokp[700], model[512], data[512];
-    snprintf(tokp, sizeof tokp, "%s/llama2c/tokenizer.bin", th_shared());
-    if (!(probe = fopen(tokp, "rb"))) SKIP("tokenizer.bin not present");
-    fclose(probe);
-    snprintf(model, sizeof model, "%s/tiny32k", th_tmpdir());
+    snprintf(tokp, sizeof tokp, "%s/hf_tok/gpt2.json", th_fixtures());   /* a byte-level tokenizer.json, 800 ids */
+    snprintf(model, sizeof model, "%s/tiny800", th_tmpdir());
     snprintf(data, sizeof data, "%s/alpaca/data.json", th_fixtures());
     peft_config c;
     peft_config_preset(&c, "tiny");
-    c.vocab_size = 32000; c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
+    c.vocab_size = 800; c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
     c.max_seq_len = 256;
     peft_model *m;
     REQUIRE_OK(peft_model_new(&m, &c, 1, 1));
     REQUIRE_OK(peft_model_save(m, model));
     peft_model_free(m);
-    const char *common = "--method lora --lora-dropout 0.1 --batch 2 --seq 96 --max-steps 8 --save-every 3 --lr 1e-2 --seed 5";
+    const char *common = "--method lora --lora-dropout 0.1 --batch 2 --seq 192 --max-steps 8 --save-every 3 --lr 1e-2 --seed 5";
     char a[512], b[512], cdir[512], fa[700], fb[700];
     snprintf(a, sizeof a, "%s/run_a", th_tmpdir());
     snprintf(b, sizeof b, "%s/run_b", th_tmpdir());

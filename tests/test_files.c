@@ -348,9 +348,9 @@ TEST(test_dataset_errors) {
     float scores[300];
     int sorted[300];
     for (int i = 0; i < 259; i++) {                 /* a byte-level toy vocabulary */
-        pieces[i] = malloc(8);
-        if (i < 3) snprintf(pieces[i], 8, "<%d>", i);
-        else snprintf(pieces[i], 8, "<0x%02X>", i - 3);
+        pieces[i] = malloc(16);
+        if (i < 3) snprintf(pieces[i], 16, "<%d>", i);
+        else snprintf(pieces[i], 16, "<0x%02X>", (unsigned)(i - 3) & 0xFFu);
         scores[i] = 0;
     }
     t.pieces = pieces; t.scores = scores; t.n = 259; t.max_len = 6; t.sorted = sorted; t.bos_id = 1; t.eos_id = 2;

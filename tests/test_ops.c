@@ -513,6 +513,30 @@ TEST(test_gemm_shapes) {
         }
         free(A); free(B); free(C1); free(C2);
     }
+    /* past one K slice (700 = 3 slices of 234) and one column slice (1500 = 768 + 732),
+       and threads: two threads give the same bits twice and the same bits as one */
+    int big[][3] = { { 37, 1500, 700 }, { 200, 70, 1300 }, { 1, 2049, 5 } };
+    for (int c = 0; c < 3; c++) {
+        int M = big[c][0], N = big[c][1], K = big[c][2];
+        float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
+        float *C[4];
+        for (int i = 0; i < 4; i++) C[i] = calloc((size_t)M * N, sizeof(float));
+        for (int i = 0; i < M * K; i++) A[i] = peft_rng_normal(&rng);
+        for (int i = 0; i < K * N; i++) B[i] = peft_rng_normal(&rng);
+        int keep = peft_get_threads();
+        peft_set_threads(1);
+        peft_gemm(0, 1, M, N, K, A, K, B, K, 0.0f, C[0], N);
+        peft_set_threads(2);
+        peft_gemm(0, 1, M, N, K, A, K, B, K, 0.0f, C[1], N);
+        peft_gemm(0, 1, M, N, K, A, K, B, K, 0.0f, C[2], N);
+        peft_set_threads(keep);
+        peft_gemm_ref(0, 1, M, N, K, A, K, B, K, 0.0f, C[3], N);
+        CHECK(th_rel_err_f(C[0], C[3], (long)M * N) < 1e-5, "gemm %dx%dx%d vs reference", M, N, K);
+        CHECK(!memcmp(C[1], C[2], sizeof(float) * (size_t)M * N), "gemm %dx%dx%d: two threads, two runs differ", M, N, K);
+        CHECK(!memcmp(C[0], C[1], sizeof(float) * (size_t)M * N), "gemm %dx%dx%d: 1 and 2 threads differ", M, N, K);
+        free(A); free(B);
+        for (int i = 0; i < 4; i++) free(C[i]);
+    }
 }
 
 TEST(test_backward_needs_scalar_and_skips_frozen) {
