@@ -45,6 +45,12 @@ fuzz:
 	clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz_files tests/fuzz/fuzz_files.c -lm -lpthread
 	cp tests/fixtures/llama_mha/config.json tests/fixtures/clip.safetensors $(BUILD)/fuzz-corpus/
 	$(BUILD)/fuzz_files $(BUILD)/fuzz-corpus -max_total_time=60 -max_len=4096
+	@mkdir -p $(BUILD)/fuzz-inputs
+	clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz_inputs tests/fuzz/fuzz_inputs.c -lm -lpthread
+	{ printf '\000'; cat tests/fixtures/hf_tok/sp.json; } > $(BUILD)/fuzz-inputs/sp
+	{ printf '\000'; cat tests/fixtures/hf_tok/llama3.json; } > $(BUILD)/fuzz-inputs/l3
+	{ printf '\001'; head -c 2000 tests/fixtures/alpaca/data.json | tr -d '\n[]' | sed 's/}, *{/}\n{/g'; } > $(BUILD)/fuzz-inputs/ds
+	$(BUILD)/fuzz_inputs $(BUILD)/fuzz-inputs -max_total_time=60 -max_len=65536
 
 clean:
 	rm -rf build build-*

@@ -2015,14 +2015,16 @@ typedef struct {
 /* e^x in float without libm, so that loops over it vectorise (glibc's expf
    is a call per element): e^x = 2^n · e^r with n = round(x·log2 e) (by the
    1.5·2^23 trick), r = x − n·ln2 in two parts, e^r by its degree-6 Taylor
-   polynomial on |r| ≤ ln2/2. Within 4.3 ulp of exp over [−87.3, 88.7]
-   (probed at 16M points); clamped outside, so e^−∞ = 1.2e−38, not 0. */
+   polynomial on |r| ≤ ln2/2. Within 4.3 ulp of exp over [−87.3, 88]
+   (probed at 16M points); clamped outside (e^−∞ = 1.2e−38, not 0), and a
+   NaN argument is taken as the low end, so no float→int conversion is ever
+   out of range. */
 #if defined(__GNUC__)
 __attribute__((always_inline)) inline
 #endif
 static float peft__exp(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.7f ? 88.7f : x;
+    x = x > -87.3f ? x : -87.3f;               /* NaN → −87.3 */
+    x = x < 88.0f ? x : 88.0f;
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187045e-06f;
@@ -2033,8 +2035,8 @@ static float peft__exp(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union { int32_t i; float f; } u;
-    u.i = ((int32_t)n + 127) << 23;
+    union { uint32_t i; float f; } u;
+    u.i = (uint32_t)((int32_t)n + 127) << 23;  /* n + 127 in [1, 254] */
     return p * u.f;
 }
 
