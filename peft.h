@@ -281,6 +281,10 @@ PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *gate, peft_tensor *
 PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b);
 /* Mean cross-entropy over rows whose target is not -100 (a scalar). */
 PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *logits, const int *targets);
+/* The classifier and the cross-entropy in one op: the same loss as
+   peft_cross_entropy(peft_linear(x, w)) without ever holding the [rows,
+   vocab] logits — a chunk of rows at a time, only rows with a target. */
+PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w, const int *targets);
 PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s);
 
 /* ------------------------------------------------------------------ LLaMA */
@@ -479,7 +483,8 @@ PEFTDEF void         peft_kv_cache_set_len(peft_kv_cache *c, int row, int len);
 /* logits [B*T, vocab] for the new tokens; B must be the cache's batch. */
 PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, peft_kv_cache *c,
                                                const int *tokens, int B, int T);
-/* Logits, then mean cross-entropy against targets (-100 = ignored). */
+/* Mean cross-entropy against targets (-100 = ignored), through the fused
+   classifier + loss (peft_linear_cross_entropy): the logits are not kept. */
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T);
 
@@ -2684,6 +2689,101 @@ PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int
     return L;
 }
 
+/* ---- fused classifier + cross-entropy ---------------------------------------------
+   L = (1/N') Σ_r [lse(z_r) − z_r[t_r]],  z_r = x_r·Wᵀ, rows with t_r ≠ −100 only.
+   dz = (softmax(z) − onehot(t))/N' does not depend on anything after L, so the
+   forward forms dx = dz·W and dW = dzᵀ·x chunk by chunk (a [chunk, vocab]
+   buffer, never the whole logits) and backward scales them by dL. Rows
+   without a target (an Alpaca prompt) cost nothing. */
+typedef struct { float *dx, *dw; } peft__lce_saved;
+
+static void peft__lce_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    const peft__lce_saved *sv = (const peft__lce_saved *)n->aux;
+    float s = n->out->grad[0];
+    peft_tensor *x = n->in[0], *w = n->in[1];
+    if (sv->dx && x->requires_grad) for (int64_t j = 0; j < x->n; j++) x->grad[j] += s * sv->dx[j];
+    if (sv->dw && w->requires_grad) for (int64_t j = 0; j < w->n; j++) w->grad[j] += s * sv->dw[j];
+}
+
+typedef struct { float *z; const int *t; float *lse; int64_t V; float inv_n; int grad; } peft__lce_args;
+
+static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
+    const peft__lce_args *a = (const peft__lce_args *)vctx;
+    int64_t V = a->V;
+    for (int64_t r = r0; r < r1; r++) {
+        float *z = a->z + r * V, mx = -INFINITY;
+        for (int64_t j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+        double sum = 0.0;
+        float e[64];
+        for (int64_t j0 = 0; j0 < V; j0 += 64) {
+            int m = V - j0 < 64 ? (int)(V - j0) : 64;
+            const float *zc = z + j0;
+            for (int j = 0; j < m; j++) e[j] = peft__exp(zc[j] - mx);
+            for (int j = 0; j < m; j++) sum += e[j];
+        }
+        float lse = mx + (float)log(sum);
+        a->lse[r] = lse - z[a->t[r]];                       /* this row's loss */
+        if (!a->grad) continue;
+        float inv = a->inv_n;
+        for (int64_t j = 0; j < V; j++) z[j] = peft__exp(z[j] - lse) * inv;   /* dz, in place */
+        z[a->t[r]] -= inv;
+    }
+}
+
+PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w, const int *targets) {
+    if (!peft__ok(g, x, w) || !targets) return targets ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: no targets");
+    int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
+    if (peft__cols(w) != D) return peft__op_fail(g, PEFT_ERR_SHAPE, "linear_cross_entropy: x and w disagree on the width");
+    int64_t nv = 0;
+    for (int64_t r = 0; r < R; r++) {
+        if (targets[r] == -100) continue;
+        if (targets[r] < 0 || targets[r] >= V) return peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: target id out of range of the vocabulary");
+        nv++;
+    }
+    int64_t one = 1;
+    peft_tensor *L = peft_tensor_new(g, 1, &one);
+    if (!L) return NULL;
+    int gx = g->grad_enabled && x->requires_grad, gw = g->grad_enabled && w->requires_grad;
+    /* chunks of ≤ 64 MB of logits, in whole row blocks of the GEMM per
+       thread so that every chunk's products split evenly over the threads */
+    int64_t chunk = nv < 1 ? 1 : nv, unit = (int64_t)PEFT__MC * peft__nthreads;
+    int64_t cap = (int64_t)(16u << 20) / (V > 0 ? V : 1);
+    cap = cap >= unit ? cap / unit * unit : (cap < 1 ? 1 : cap);
+    if (chunk > cap) chunk = cap;
+    peft__lce_saved *sv = (peft__lce_saved *)peft__arena_alloc(g, sizeof *sv);
+    float *z = peft__arena_floats(g, chunk * V, 0), *xs = peft__arena_floats(g, chunk * D, 0);
+    float *loss = peft__arena_floats(g, chunk, 0), *dxs = gx ? peft__arena_floats(g, chunk * D, 0) : NULL;
+    int *rows = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)(nv + 1)), *tg = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)chunk);
+    if (!sv || !z || !xs || !loss || !rows || !tg || (gx && !dxs)) return peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    sv->dx = gx ? peft__arena_floats(g, x->n, 1) : NULL;
+    sv->dw = gw ? peft__arena_floats(g, w->n, 1) : NULL;
+    if ((gx && !sv->dx) || (gw && !sv->dw)) { g->failed = 1; return NULL; }
+    int64_t k = 0;
+    for (int64_t r = 0; r < R; r++) if (targets[r] != -100) rows[k++] = (int)r;
+    double total = 0.0;
+    for (int64_t c0 = 0; c0 < nv; c0 += chunk) {
+        int64_t c = nv - c0 < chunk ? nv - c0 : chunk;
+        for (int64_t i = 0; i < c; i++) {                      /* gather the rows with a target */
+            memcpy(xs + i * D, x->data + (int64_t)rows[c0 + i] * D, sizeof(float) * (size_t)D);
+            tg[i] = targets[rows[c0 + i]];
+        }
+        peft_gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, (int)D, 0.0f, z, (int)V);
+        peft__lce_args a = { z, tg, loss, V, 1.0f / (float)nv, gx || gw };
+        peft__parallel_for(c, 4, peft__lce_rows, &a);
+        for (int64_t i = 0; i < c; i++) total += loss[i];     /* row order: deterministic */
+        if (gx) {
+            peft_gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, (int)D, 0.0f, dxs, (int)D);
+            for (int64_t i = 0; i < c; i++) memcpy(sv->dx + (int64_t)rows[c0 + i] * D, dxs + i * D, sizeof(float) * (size_t)D);
+        }
+        if (gw) peft_gemm(1, 0, (int)V, (int)D, (int)c, z, (int)V, xs, (int)D, 1.0f, sv->dw, (int)D);
+    }
+    L->data[0] = nv ? (float)(total / (double)nv) : 0.0f;
+    peft__node *nd = peft__record(g, peft__lce_bw, L, x, w, NULL, NULL);
+    if (nd) nd->aux = sv;
+    return L;
+}
+
 /* ============================================================================
    LLaMA: configuration, presets, parameters, forward
    ============================================================================
@@ -3196,7 +3296,8 @@ static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_
     return y;
 }
 
-PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
+/* embeddings, the blocks and the final norm: the input of the classifier */
+static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     if (B < 1 || T < 1) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "forward needs B >= 1 and T >= 1"); return NULL; }
     if (peft__rope_ensure(m, T) != PEFT_OK) { g->failed = 1; return NULL; }
     for (int i = 0; i < B * T; i++)
@@ -3210,8 +3311,11 @@ PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int 
     for (int l = 0; l < m->cfg.n_layers; l++)
         x = m->checkpointing && g->grad_enabled ? peft__block_checkpointed(m, g, &m->layers[l], x, B, T)
                                                 : peft__block(m, g, &m->layers[l], x, B, T);
-    x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
-    return peft_linear(g, x, m->lm_head);
+    return peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
+}
+
+PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
+    return peft_linear(g, peft__model_hidden(m, g, tokens, B, T), m->lm_head);
 }
 
 /* ---- forward with a KV cache ------------------------------------------------------
@@ -3398,7 +3502,8 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
 
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T) {
-    return peft_cross_entropy(g, peft_model_forward(m, g, tokens, B, T), targets);
+    /* the fused classifier + loss: the [B·T, vocab] logits are never stored */
+    return peft_linear_cross_entropy(g, peft__model_hidden(m, g, tokens, B, T), m->lm_head, targets);
 }
 
 /* ============================================================================

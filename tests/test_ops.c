@@ -551,3 +551,70 @@ TEST(test_backward_needs_scalar_and_skips_frozen) {
     peft_param_free(x); peft_param_free(w);
     peft_graph_free(g);
 }
+
+/* ---- fused classifier + cross-entropy: the same loss and gradients as
+   cross_entropy(linear(x, w)), against the double reference ---- */
+typedef struct { int R, D, V; int tg[8]; } lce_ctx;
+static peft_tensor *lce_fwd(peft_graph *g, peft_tensor **x, void *vc) { lce_ctx *c = vc; return peft_linear_cross_entropy(g, x[0], x[1], c->tg); }
+static void lce_ref(double **x, double *y, void *vc) {
+    lce_ctx *c = vc;
+    double tot = 0, z[16];
+    int n = 0;
+    for (int r = 0; r < c->R; r++) {
+        if (c->tg[r] == -100) continue;
+        double mx = -1e300, s = 0;
+        for (int j = 0; j < c->V; j++) {
+            z[j] = 0;
+            for (int d = 0; d < c->D; d++) z[j] += x[0][r * c->D + d] * x[1][j * c->D + d];
+            if (z[j] > mx) mx = z[j];
+        }
+        for (int j = 0; j < c->V; j++) s += exp(z[j] - mx);
+        tot += mx + log(s) - z[c->tg[r]];
+        n++;
+    }
+    y[0] = n ? tot / n : 0;
+}
+TEST(test_fd_linear_cross_entropy) {
+    lce_ctx cc = { 6, 5, 11, { 3, -100, 10, 0, -100, 7 } };
+    fd_case c = { 0 };
+    c.n_in = 2; set2(&c, 0, cc.R, cc.D); set2(&c, 1, cc.V, cc.D);
+    c.out_len = 1; c.fwd = lce_fwd; c.ref = lce_ref; c.ctx = &cc; c.scale = 1;
+    fd_run(&c, "linear_cross_entropy", 51);
+    c.no_grad[1] = 1;                             /* a frozen classifier (LoRA's case) */
+    fd_run(&c, "linear_cross_entropy, frozen w", 52);
+}
+
+/* chunked (a 40,000-word vocabulary makes chunks of 209 rows): the fused op
+   equals cross_entropy(linear) in loss and in both gradients */
+TEST(test_linear_cross_entropy_chunks) {
+    int R = 500, D = 8, V = 40000;
+    int64_t sx[2] = { R, D }, sw[2] = { V, D };
+    peft_tensor *x = peft_param_new("x", 2, sx), *w = peft_param_new("w", 2, sw);
+    peft_param_set_trainable(x, 1);
+    peft_param_set_trainable(w, 1);
+    peft_rng r;
+    peft_rng_seed(&r, 9);
+    for (int64_t i = 0; i < x->n; i++) x->data[i] = peft_rng_normal(&r);
+    for (int64_t i = 0; i < w->n; i++) w->data[i] = 0.3f * peft_rng_normal(&r);
+    int *t = malloc(sizeof(int) * R);
+    for (int i = 0; i < R; i++) t[i] = i % 3 == 0 ? -100 : (int)(peft_rng_u64(&r) % (uint64_t)V);
+    float loss[2], *gx[2], *gw[2];
+    for (int k = 0; k < 2; k++) {
+        peft_graph *g = peft_graph_new();
+        memset(x->grad, 0, sizeof(float) * (size_t)x->n);
+        memset(w->grad, 0, sizeof(float) * (size_t)w->n);
+        peft_tensor *L = k ? peft_linear_cross_entropy(g, x, w, t) : peft_cross_entropy(g, peft_linear(g, x, w), t);
+        REQUIRE(L, "forward %d: %s", k, peft_last_error());
+        REQUIRE_OK(peft_backward(g, L));
+        loss[k] = L->data[0];
+        gx[k] = malloc(sizeof(float) * (size_t)x->n); memcpy(gx[k], x->grad, sizeof(float) * (size_t)x->n);
+        gw[k] = malloc(sizeof(float) * (size_t)w->n); memcpy(gw[k], w->grad, sizeof(float) * (size_t)w->n);
+        peft_graph_free(g);
+    }
+    CHECK(fabsf(loss[0] - loss[1]) <= 1e-5f * fabsf(loss[0]), "loss %g vs %g", loss[0], loss[1]);
+    CHECK(th_rel_err_f(gx[1], gx[0], x->n) < 1e-4, "dx rel err %.3g", th_rel_err_f(gx[1], gx[0], x->n));
+    CHECK(th_rel_err_f(gw[1], gw[0], w->n) < 1e-4, "dw rel err %.3g", th_rel_err_f(gw[1], gw[0], w->n));
+    for (int k = 0; k < 2; k++) { free(gx[k]); free(gw[k]); }
+    free(t);
+    peft_param_free(x); peft_param_free(w);
+}
