@@ -119,6 +119,12 @@ TEST(test_cli) {
     CHECK(run(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
           strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
     CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
+    {   /* a prompt longer than the model's positions is refused, not silently empty */
+        char ids[400] = "1";
+        for (int i = 1; i < 70; i++) strcat(ids, ",3");
+        CHECK(run(out, sizeof out, "generate --model %s/llama_gqa --tokens %s", th_fixtures(), ids) == 1 && strstr(out, "70 tokens"),
+              "long prompt: %s", out);
+    }
 
     /* generate: greedy ids from a llama2.c model equal run.c's (when ../shared/data is there) */
     if (th_shared()) {

@@ -1025,6 +1025,11 @@ static int cmd_generate(int argc, char **argv) {
             if (*end && *end != ',') { rc = usage_error("generate", "--tokens must be comma-separated ids", tokens_arg); goto done; }
         }
     }
+    if (n < 1 || n >= m->cfg.max_seq_len) {
+        fprintf(stderr, "peft: error: the prompt has %d tokens; the model takes 1 to %d positions\n", n, m->cfg.max_seq_len - 1);
+        rc = 1;
+        goto done;
+    }
     {
         gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, m->cfg.eos_id };
         if (prompt && !print_ids) fputs(prompt, stdout);
