@@ -35,6 +35,15 @@ const char *th_shared(void) {
     struct stat st;
     return stat(buf, &st) == 0 ? buf : NULL;
 }
+const char *th_shared_file(const char *rel) {
+    static char buf[4][700];
+    static int next;
+    if (!th_shared()) return NULL;
+    char *b = buf[next++ % 4];
+    snprintf(b, sizeof buf[0], "%s/%s", th_shared(), rel);
+    struct stat st;
+    return stat(b, &st) == 0 ? b : NULL;
+}
 const char *th_tmpdir(void) {
     static char buf[256];
     if (!buf[0]) {

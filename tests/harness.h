@@ -29,6 +29,9 @@ double th_rel_err_f(const float *a, const float *b, long n);
 double th_rel_err_fd(const float *a, const double *b, long n);
 const char *th_fixtures(void);       /* tests/fixtures */
 const char *th_shared(void);         /* ../shared/data, or NULL if absent */
+/* ../shared/data/<rel> if that file exists, else NULL (the caller skips) */
+const char *th_shared_file(const char *rel);
+#define SHARED_OR_SKIP(var, rel) const char *var = th_shared_file(rel); if (!var) SKIP("%s not present in ../shared/data", rel)
 const char *th_tmpdir(void);         /* a fresh per-run scratch folder */
 int th_read_ref(const char *path, const char *name, float **out, long *n); /* 1 = found */
 

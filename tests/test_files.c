@@ -233,12 +233,8 @@ TEST(test_sharded_index) {
    with tokenizer.model (tools/ref/make_tokenizer_fixtures.py), and decoding
    gives sentencepiece's text back. */
 TEST(test_tokenizer_llama2_matches_sentencepiece) {
-    if (!th_shared()) SKIP("../shared/data not present");
-    char path[700], fx[512];
-    snprintf(path, sizeof path, "%s/llama2c/tokenizer.bin", th_shared());
-    FILE *probe = fopen(path, "rb");
-    if (!probe) SKIP("tokenizer.bin not present in ../shared/data");
-    fclose(probe);
+    SHARED_OR_SKIP(path, "llama2c/tokenizer.bin");
+    char fx[512];
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load_llama2c(&t, path, 32000));
     snprintf(fx, sizeof fx, "%s/sp_llama2.jsonl", th_fixtures());
@@ -277,12 +273,8 @@ TEST(test_tokenizer_llama2_matches_sentencepiece) {
    LlamaTokenizer, tools/ref/make_alpaca_fixture.py): ids and the loss mask
    of every record equal, and a batch shifts them into inputs and targets. */
 TEST(test_alpaca_dataset_matches_stanford_recipe) {
-    if (!th_shared()) SKIP("../shared/data not present");
-    char path[700], fx[512], exp[512];
-    snprintf(path, sizeof path, "%s/llama2c/tokenizer.bin", th_shared());
-    FILE *probe = fopen(path, "rb");
-    if (!probe) SKIP("tokenizer.bin not present in ../shared/data");
-    fclose(probe);
+    SHARED_OR_SKIP(path, "llama2c/tokenizer.bin");
+    char fx[512], exp[512];
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load_llama2c(&t, path, 32000));
     snprintf(fx, sizeof fx, "%s/alpaca/data.json", th_fixtures());

@@ -167,12 +167,9 @@ TEST(test_threads_deterministic) {
    legacy .bin loads with interleaved RoPE and GQA (8 heads, 4 kv heads), and
    greedy decoding from BOS gives llama2.c run.c's 40 tokens. */
 TEST(test_llama2c_stories260k) {
-    if (!th_shared()) SKIP("../shared/data not present");
-    char path[700], ref[700];
-    snprintf(path, sizeof path, "%s/llama2c/stories260K.bin", th_shared());
-    FILE *f = fopen(path, "rb");
-    if (!f) SKIP("stories260K.bin not present in ../shared/data");
-    fclose(f);
+    SHARED_OR_SKIP(path, "llama2c/stories260K.bin");
+    char ref[700];
+    FILE *f;
     peft_model *m;
     REQUIRE_OK(peft_model_load(&m, path));
     CHECK(m->cfg.dim == 64 && m->cfg.n_layers == 5 && m->cfg.n_heads == 8 && m->cfg.n_kv_heads == 4 &&
@@ -209,12 +206,8 @@ TEST(test_llama2c_stories260k) {
 static void put_f32s(FILE *f, const float *x, int64_t n) { fwrite(x, 4, (size_t)n, f); }
 
 TEST(test_llama2c_ak42_versions) {
-    if (!th_shared()) SKIP("../shared/data not present");
-    char path[700];
-    snprintf(path, sizeof path, "%s/llama2c/stories260K.bin", th_shared());
-    FILE *f = fopen(path, "rb");
-    if (!f) SKIP("stories260K.bin not present in ../shared/data");
-    fclose(f);
+    SHARED_OR_SKIP(path, "llama2c/stories260K.bin");
+    FILE *f;
     peft_model *m;
     REQUIRE_OK(peft_model_load(&m, path));
     const peft_config *c = &m->cfg;

@@ -328,6 +328,27 @@ TEST(test_v2_merge) {
     peft_model_free(m); peft_model_free(m2);
 }
 
+/* A model with method k attached (QLoRA on the 64-wide fixture, the others on
+   the GQA one), its adapter moved away from zero by amp·N(0, 1) so that
+   every branch is active; dropout as given. The rng keeps going for the data. */
+static peft_model *adapted_model(peft_method_kind kind, float dropout, float amp, peft_rng *r) {
+    char base[512];
+    snprintf(base, sizeof base, "%s/%s", th_fixtures(), kind == PEFT_QLORA ? "llama_w64" : "llama_gqa");
+    peft_model *m;
+    if (peft_model_load(&m, base) != PEFT_OK) return NULL;
+    peft_method meth = method_for(kind, &m->cfg);
+    meth.lora_dropout = dropout;
+    if (peft_attach(m, &meth) != PEFT_OK) { peft_model_free(m); return NULL; }
+    if (kind == PEFT_ADAPTER_V2) {
+        float cond[3 * 6];
+        for (int i = 0; i < 18; i++) cond[i] = (float)(i % 5) - 2.0f;
+        if (peft_model_set_condition(m, cond, 3, 6, 0) != PEFT_OK) { peft_model_free(m); return NULL; }
+    }
+    for (int i = 0; i < m->n_extra; i++)
+        for (int64_t j = 0; j < m->extra[i]->n; j++) m->extra[i]->data[j] += amp * peft_rng_normal(r);
+    return m;
+}
+
 /* The KV cache gives the logits of the full forward, for every method with
    its adapter moved away from zero (prompts, gates, Excitor keys and LoRA
    all active): a batched prefill of ragged rows (right-padded, then
@@ -335,25 +356,12 @@ TEST(test_v2_merge) {
    logit: the two paths run the same kernels on different row counts, so only
    the GEMM's summation blocking can differ (fp32 rounding). */
 TEST(test_kv_cache_equals_full_forward) {
-    const char *bases[2] = { "llama_gqa", "llama_w64" };
     peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
     for (int k = 0; k < 6; k++) {
-        char base[512];
-        snprintf(base, sizeof base, "%s/%s", th_fixtures(), bases[kinds[k] == PEFT_QLORA]);
-        peft_model *m;
-        REQUIRE_OK(peft_model_load(&m, base));
-        peft_method meth = method_for(kinds[k], &m->cfg);
-        meth.lora_dropout = 0;
-        REQUIRE_OK(peft_attach(m, &meth));
-        if (kinds[k] == PEFT_ADAPTER_V2) {
-            float cond[3 * 6];
-            for (int i = 0; i < 18; i++) cond[i] = (float)(i % 5) - 2.0f;
-            REQUIRE_OK(peft_model_set_condition(m, cond, 3, 6, 0));
-        }
         peft_rng r;
         peft_rng_seed(&r, 11 + k);
-        for (int i = 0; i < m->n_extra; i++)
-            for (int64_t j = 0; j < m->extra[i]->n; j++) m->extra[i]->data[j] += 0.3f * peft_rng_normal(&r);
+        peft_model *m = adapted_model(kinds[k], 0.0f, 0.3f, &r);
+        REQUIRE(m, "%s: %s", peft_method_name(kinds[k]), peft_last_error());
         enum { L0 = 12, L1 = 9, P0 = 5, P1 = 3 };
         int s0[L0], s1[L1], V = m->cfg.vocab_size;
         for (int i = 0; i < L0; i++) s0[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
@@ -451,29 +459,16 @@ TEST(test_generate_matches_transformers_peft) {
    recompute must replay the same masks), for every method; the activation
    arena shrinks. */
 TEST(test_checkpointing_same_gradients) {
-    const char *bases[2] = { "llama_gqa", "llama_w64" };
     peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
     for (int k = 0; k < 6; k++) {
-        char base[512];
-        snprintf(base, sizeof base, "%s/%s", th_fixtures(), bases[kinds[k] == PEFT_QLORA]);
         float loss[2];
         float *grads[2] = { NULL, NULL };
         size_t arena[2], total = 0;
         for (int ck = 0; ck < 2; ck++) {
-            peft_model *m;
-            REQUIRE_OK(peft_model_load(&m, base));
-            peft_method meth = method_for(kinds[k], &m->cfg);
-            if (kinds[k] == PEFT_QLORA) meth.lora_dropout = 0.1f;
-            REQUIRE_OK(peft_attach(m, &meth));
-            if (kinds[k] == PEFT_ADAPTER_V2) {
-                float cond[3 * 6];
-                for (int i = 0; i < 18; i++) cond[i] = (float)(i % 5) - 2.0f;
-                REQUIRE_OK(peft_model_set_condition(m, cond, 3, 6, 0));
-            }
             peft_rng r;
             peft_rng_seed(&r, 3);
-            for (int i = 0; i < m->n_extra; i++)
-                for (int64_t j = 0; j < m->extra[i]->n; j++) m->extra[i]->data[j] += 0.2f * peft_rng_normal(&r);
+            peft_model *m = adapted_model(kinds[k], 0.1f, 0.2f, &r);   /* dropout on: replayed masks */
+            REQUIRE(m, "%s: %s", peft_method_name(kinds[k]), peft_last_error());
             peft_model_set_checkpointing(m, ck);
             int B = 2, T = 16, tok[32], tgt[32], V = m->cfg.vocab_size;
             for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); }
