@@ -937,7 +937,8 @@ static const char *GENERATE_HELP =
     "Continues a prompt with a KV cache, streaming the text (or, with --print-ids, the\n"
     "ids separated by spaces). Temperature 0 (the default) is greedy. Stops at the\n"
     "model's EOS or after --max-new tokens. --alpaca wraps the prompt in the Stanford\n"
-    "Alpaca template (the instruction; answers start after \"### Response:\").\n"
+    "Alpaca template (the instruction; answers start after \"### Response:\") and\n"
+    "prints the answer alone.\n"
     "The tokenizer comes from the model folder (tokenizer.json or tokenizer.bin) or\n"
     "--tokenizer (a tokenizer.json, or llama2.c's tokenizer.bin).\n";
 
@@ -1032,7 +1033,7 @@ static int cmd_generate(int argc, char **argv) {
     }
     {
         gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, m->cfg.eos_id };
-        if (prompt && !print_ids) fputs(prompt, stdout);
+        if (prompt && !print_ids && !alpaca) fputs(prompt, stdout);   /* --alpaca: the answer alone */
         peft_graph *g = peft_graph_new();
         peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
         printf("\n");
