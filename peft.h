@@ -2623,6 +2623,21 @@ PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s) {
 /* ---- cross-entropy -------------------------------------------------------------
    L = (1/N') Σ_r [logsumexp(z_r) − z_r[t_r]] over rows with t_r ≠ −100
    dz_r = (softmax(z_r) − onehot(t_r)) · dL / N'                            */
+/* log Σ_j e^{z_j}: e^{z − max} in chunks of 64 (vectorised), summed in double */
+static float peft__row_lse(const float *z, int64_t V) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+    double s = 0.0;
+    float e[64];
+    for (int64_t j0 = 0; j0 < V; j0 += 64) {
+        int m = V - j0 < 64 ? (int)(V - j0) : 64;
+        const float *zc = z + j0;
+        for (int j = 0; j < m; j++) e[j] = peft__exp(zc[j] - mx);
+        for (int j = 0; j < m; j++) s += e[j];
+    }
+    return mx + (float)log(s);
+}
+
 typedef struct { const float *z; float *dz, *lse; const int *t; int64_t V; float scale; } peft__xent_args;
 
 static void peft__xent_lse_range(void *vctx, int64_t r0, int64_t r1) {
@@ -2630,19 +2645,7 @@ static void peft__xent_lse_range(void *vctx, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         const float *zr = a->z + r * a->V;
         if (a->t[r] == -100) { a->lse[r] = 0.0f; continue; }    /* no loss on this row */
-        int64_t V = a->V;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < V; j++) mx = zr[j] > mx ? zr[j] : mx;
-        /* e^(z−max) in chunks of 64 (vectorised), summed in double */
-        double s = 0.0;
-        float e[64];
-        for (int64_t j0 = 0; j0 < V; j0 += 64) {
-            int m = V - j0 < 64 ? (int)(V - j0) : 64;
-            const float *zc = zr + j0;
-            for (int j = 0; j < m; j++) e[j] = peft__exp(zc[j] - mx);
-            for (int j = 0; j < m; j++) s += e[j];
-        }
-        a->lse[r] = mx + (float)log(s);
+        a->lse[r] = peft__row_lse(zr, a->V);
     }
 }
 static void peft__xent_bw_range(void *vctx, int64_t r0, int64_t r1) {
@@ -2706,24 +2709,14 @@ static void peft__lce_bw(peft_graph *g, peft__node *n) {
     if (sv->dw && w->requires_grad) for (int64_t j = 0; j < w->n; j++) w->grad[j] += s * sv->dw[j];
 }
 
-typedef struct { float *z; const int *t; float *lse; int64_t V; float inv_n; int grad; } peft__lce_args;
+typedef struct { float *z; const int *t; float *loss; int64_t V; float inv_n; int grad; } peft__lce_args;
 
 static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
     const peft__lce_args *a = (const peft__lce_args *)vctx;
     int64_t V = a->V;
     for (int64_t r = r0; r < r1; r++) {
-        float *z = a->z + r * V, mx = -INFINITY;
-        for (int64_t j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-        double sum = 0.0;
-        float e[64];
-        for (int64_t j0 = 0; j0 < V; j0 += 64) {
-            int m = V - j0 < 64 ? (int)(V - j0) : 64;
-            const float *zc = z + j0;
-            for (int j = 0; j < m; j++) e[j] = peft__exp(zc[j] - mx);
-            for (int j = 0; j < m; j++) sum += e[j];
-        }
-        float lse = mx + (float)log(sum);
-        a->lse[r] = lse - z[a->t[r]];                       /* this row's loss */
+        float *z = a->z + r * V, lse = peft__row_lse(z, V);
+        a->loss[r] = lse - z[a->t[r]];
         if (!a->grad) continue;
         float inv = a->inv_n;
         for (int64_t j = 0; j < V; j++) z[j] = peft__exp(z[j] - lse) * inv;   /* dz, in place */
@@ -3215,6 +3208,16 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
 static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex,
                               int prompts, int excitor);
 
+/* After attention, shared by the plain and the KV-cache forward:
+   x += o_proj(a);  x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x) */
+static peft_tensor *peft__block_rest(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, peft_tensor *a) {
+    peft_linear_site *S = L->lin;
+    x = peft_add(g, x, peft__site_forward(m, g, &S[PEFT_O], a));
+    peft_tensor *h = peft_rmsnorm(g, x, L->ffn_norm, m->cfg.norm_eps);
+    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h), peft__site_forward(m, g, &S[PEFT_UP], h));
+    return peft_add(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff));
+}
+
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
     const peft_config *c = &m->cfg;
     peft_linear_site *S = L->lin;
@@ -3225,10 +3228,7 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
     peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
     peft__attn_extras(m, g, L, h, B, &ex, 1, 1);
     peft_tensor *a = peft_attention_ex(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, &ex);
-    x = peft_add(g, x, peft__site_forward(m, g, &S[PEFT_O], a));
-    h = peft_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
-    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h), peft__site_forward(m, g, &S[PEFT_UP], h));
-    return peft_add(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff));
+    return peft__block_rest(m, g, L, x, a);
 }
 
 /* ---- gradient checkpointing ----------------------------------------------------------
@@ -3469,10 +3469,7 @@ static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cac
     a.T = T; a.H = H; a.KV = cf->n_kv_heads; a.hd = hd; a.max_len = c->max_len;
     peft__gate_values(ex.x ? ex.x_gate : NULL, 0, H, a.Gx);
     peft__parallel_for((int64_t)B * H, 1, peft__attn_cached_range, &a);
-    x = peft_add(g, x, peft__site_forward(m, g, &S[PEFT_O], o));
-    h = peft_rmsnorm(g, x, L->ffn_norm, cf->norm_eps);
-    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h), peft__site_forward(m, g, &S[PEFT_UP], h));
-    return peft_add(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff));
+    return peft__block_rest(m, g, L, x, o);
 }
 
 PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, peft_kv_cache *c,

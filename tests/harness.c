@@ -35,6 +35,24 @@ const char *th_shared(void) {
     struct stat st;
     return stat(buf, &st) == 0 ? buf : NULL;
 }
+const char *th_tmp_text(const char *name, const char *text) {
+    static char buf[4][700];
+    static int next;
+    char *b = buf[next++ % 4];
+    snprintf(b, sizeof buf[0], "%s/%s", th_tmpdir(), name);
+    FILE *f = fopen(b, "w");
+    if (f) { fputs(text, f); fclose(f); }
+    return b;
+}
+int th_truncated_copy(const char *src, const char *dst, size_t drop) {
+    unsigned char *d;
+    size_t n;
+    if (peft_read_file(src, &d, &n) != PEFT_OK || n < drop) return 0;
+    FILE *f = fopen(dst, "wb");
+    if (f) { fwrite(d, 1, n - drop, f); fclose(f); }
+    free(d);
+    return f != NULL;
+}
 const char *th_shared_file(const char *rel) {
     static char buf[4][700];
     static int next;

@@ -282,11 +282,7 @@ TEST(test_train_alpaca_kill_resume) {
         CHECK(same_file(fa, fb), "%s: resumed adapter differs", optims[k]);
     }
     /* bad settings are named */
-    snprintf(fa, sizeof fa, "%s/bad_config.json", th_tmpdir());
-    FILE *f = fopen(fa, "w");
-    fputs("{\"lora_rank\": 8}", f);
-    fclose(f);
-    CHECK(run(out, sizeof out, "train --config %s", fa) == 1 && strstr(out, "lora_rank") && strstr(out, "bad_config.json"),
+    CHECK(run(out, sizeof out, "train --config %s", th_tmp_text("bad_config.json", "{\"lora_rank\": 8}")) == 1 && strstr(out, "lora_rank") && strstr(out, "bad_config.json"),
           "unknown config key: %s", out);
     CHECK(run(out, sizeof out, "train --resume %s/nothing_here", th_tmpdir()) == 1 && strstr(out, "nothing_here"), "resume nothing: %s", out);
 }

@@ -351,22 +351,14 @@ TEST(test_dataset_errors) {
         for (int j = 0; j + 1 < 259 - i; j++)
             if (strcmp(pieces[sorted[j]], pieces[sorted[j + 1]]) > 0) { int x = sorted[j]; sorted[j] = sorted[j + 1]; sorted[j + 1] = x; }
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        char path[700];
-        snprintf(path, sizeof path, "%s/%s", th_tmpdir(), cases[c][0]);
-        FILE *f = fopen(path, "w");
-        fputs(cases[c][1], f);
-        fclose(f);
+        const char *path = th_tmp_text(cases[c][0], cases[c][1]);
         peft_dataset d;
         peft_status s = peft_dataset_load(&d, path, &t, 64);
         CHECK(s != PEFT_OK, "%s: accepted", cases[c][0]);
         CHECK(strstr(peft_last_error(), cases[c][0]) != NULL, "%s: error does not name the file: %s", cases[c][0], peft_last_error());
     }
     /* a good file with the toy vocabulary: prompt/completion masked, text not */
-    char path[700];
-    snprintf(path, sizeof path, "%s/good.jsonl", th_tmpdir());
-    FILE *f = fopen(path, "w");
-    fputs("{\"prompt\": \"ab\", \"completion\": \"cd\"}\n\n{\"text\": \"xyz\"}\n", f);
-    fclose(f);
+    const char *path = th_tmp_text("good.jsonl", "{\"prompt\": \"ab\", \"completion\": \"cd\"}\n\n{\"text\": \"xyz\"}\n");
     peft_dataset d;
     CHECK_OK(peft_dataset_load(&d, path, &t, 64));
     CHECK(d.n == 2 && d.n_masked[0] == 1 + 2 && d.n_masked[1] == 1, "masks %d %d", d.n_masked[0], d.n_masked[1]);
@@ -459,11 +451,7 @@ TEST(test_hf_tokenizers_match_tokenizers) {
         { "t6.json", "{\"model\": " },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        char path[700];
-        snprintf(path, sizeof path, "%s/%s", th_tmpdir(), bad[i][0]);
-        FILE *w = fopen(path, "w");
-        fputs(bad[i][1], w);
-        fclose(w);
+        const char *path = th_tmp_text(bad[i][0], bad[i][1]);
         peft_tokenizer t;
         CHECK(peft_tokenizer_load(&t, path, 0) != PEFT_OK && strstr(peft_last_error(), bad[i][0]), "%s: %s", bad[i][0], peft_last_error());
     }

@@ -190,12 +190,7 @@ TEST(test_llama2c_stories260k) {
     /* a truncated copy is refused by name */
     char bad[700];
     snprintf(bad, sizeof bad, "%s/stories_trunc.bin", th_tmpdir());
-    unsigned char *d; size_t len;
-    REQUIRE_OK(peft_read_file(path, &d, &len));
-    f = fopen(bad, "wb");
-    fwrite(d, 1, len - 1000, f);
-    fclose(f);
-    free(d);
+    REQUIRE(th_truncated_copy(path, bad, 1000), "truncated copy");
     CHECK(peft_model_load(&m, bad) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_trunc.bin"), "truncated .bin: %s", peft_last_error());
 }
 
@@ -274,12 +269,7 @@ TEST(test_llama2c_ak42_versions) {
         CHECK(v->cfg.rope_interleaved && v->cfg.tie_embeddings && v->cfg.n_kv_heads == 4, "ak42 v%d config", version);
         if (version == 2) for (int i = 0; i < nm; i++) free(deq[i]);
         /* truncated by one byte: refused by name */
-        unsigned char *d; size_t len;
-        REQUIRE_OK(peft_read_file(out, &d, &len));
-        f = fopen(out, "wb");
-        fwrite(d, 1, len - 1, f);
-        fclose(f);
-        free(d);
+        REQUIRE(th_truncated_copy(out, out, 1), "truncated copy");
         peft_model *bad;
         CHECK(peft_model_load(&bad, out) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_v"), "truncated v%d: %s", version, peft_last_error());
         peft_model_free(v);

@@ -67,12 +67,6 @@ static int eval_stride = 1;   /* --quick evaluates every 12th test item */
    length (causal attention: the padding never touched the real positions),
    and every step feeds one token per row; finished rows are emptied and fed
    a dummy token (the batch keeps its shape). */
-static int pick(const float *row, int V) {
-    int best = 0;
-    for (int v = 1; v < V; v++) if (row[v] > row[best]) best = v;
-    return best;
-}
-
 static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
     const peft_demo_item *its[512];
     int n = 0, P = 0, T = 0, V = m->cfg.vocab_size;
@@ -101,7 +95,7 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
         for (int b = 0; b < n; b++) {
             int at = step == 0 ? len[b] - 1 : 0;
             if (done[b]) { feed[b] = 0; continue; }
-            int best = pick(lg->data + ((size_t)b * rowT + at) * V, V);
+            int best = peft_sample(lg->data + ((size_t)b * rowT + at) * V, V, NULL, NULL, NULL, NULL);   /* argmax */
             if (best != its[b]->ids[len[b]]) ok[b] = 0;
             feed[b] = best;
             len[b]++;
