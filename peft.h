@@ -684,7 +684,10 @@ typedef struct {
     int      bos_id, eos_id;         /* 1 and 2 for LLaMA-1/2; -1 = none       */
     /* tokenizer.json (Hugging Face BPE): see peft__tokenizer_load_hf */
     int      kind;                   /* PEFT_TOK_SCORES, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES */
-    int      unk_id, byte_fallback, ignore_merges, prefix_space, split_digits;
+    int      unk_id, byte_fallback, ignore_merges, split_digits;
+    int      prefix_space;           /* "▁" before the text: 1 unless it starts with one,
+                                        2 before every segment between added tokens */
+    int      norm_space;             /* tokenizer.json normalizer Replace(" " → "▁") */
     int      pretok;                 /* byte-level split regex: 1 GPT-2, 2 LLaMA-3 */
     int      merge_cap;              /* merges: (left, right) → rank, result  */
     uint64_t *merge_key;
@@ -6185,14 +6188,21 @@ PEFTDEF void peft_tokenizer_free(peft_tokenizer *t) {
      SentencePiece style (LLaMA-1/2, TinyLlama): Metaspace (spaces become ▁,
        one ▁ prepended to the first piece unless it starts with one), the
        text kept whole, characters looked up with byte fallback <0xXX>.
+       The hub's own LLaMA-2 / TinyLlama files (transformers 4.x, "legacy")
+       say the same with a normalizer instead: Prepend("▁") + Replace(" ",
+       "▁") and no pre-tokenizer — the ▁ then goes before every stretch of
+       text between added tokens, always, as sentencepiece's dummy prefix
+       does; their merges follow sentencepiece's scores, so such a file
+       encodes exactly as sentencepiece.
      byte-level (LLaMA-3, SmolLM): the text split by a regex (GPT-2's, or
        LLaMA-3's with digits in runs of at most three), optionally digits one
        by one, each byte written as a printable character (GPT-2's table),
        then BPE inside each piece; with ignore_merges a piece that is a
        whole vocabulary entry is taken as is.
    Either way BPE repeatedly merges the adjacent pair with the lowest rank in
-   the merges list (leftmost on ties) — not sentencepiece's best piece score:
-   the two disagree on runs of spaces. Added tokens ("<s>", "<|eot_id|>")
+   the merges list (leftmost on ties) — not sentencepiece's best piece score;
+   the two agree when the merges are listed in score order (transformers 4.x
+   files) and disagree on runs of spaces when they are not (transformers 5). Added tokens ("<s>", "<|eot_id|>")
    are matched in the raw text first and never split. */
 /* General_Category L* and N* of Unicode 14.0 as code point ranges (generated
    with Python's unicodedata; what \p{L} and \p{N} mean in the regexes). */
@@ -6487,7 +6497,7 @@ static int peft__piece_id(const peft_tokenizer *t, const char *s);
 static int peft__encode_sp_word(const peft_tokenizer *t, const char *s, size_t len, int first, int *ids) {
     int n = 0;
     char cp[8];
-    if (first && t->prefix_space && !(len && s[0] == ' ')) {
+    if ((first && t->prefix_space == 1 && !(len && s[0] == ' ')) || (t->prefix_space == 2 && len)) {
         int sp = peft__piece_id(t, " ");
         if (sp >= 0) ids[n++] = sp;
     }
@@ -6592,6 +6602,33 @@ static peft_status peft__tokfail(peft_tokenizer *t, peft_json *j, peft_status s)
     return s;
 }
 
+/* the one normalizer LLaMA files carry: Prepend("▁") + Replace(" " → "▁")
+   (the legacy SentencePiece form), alone or as a Sequence */
+static peft_status peft__tok_normalizer(peft_tokenizer *t, const peft_json *p, const char *path, int depth) {
+    if (!p || p->type == PEFT_JSON_NULL) return PEFT_OK;
+    const char *type = peft__json_str(p, "type");
+    if (type && !strcmp(type, "Sequence") && depth == 0) {
+        const peft_json *list = peft_json_get(p, "normalizers");
+        for (const peft_json *c = list ? list->child : NULL; c; c = c->next) {
+            peft_status s = peft__tok_normalizer(t, c, path, 1);
+            if (s != PEFT_OK) return s;
+        }
+        return PEFT_OK;
+    }
+    static const char meta[] = "\xE2\x96\x81";
+    if (type && !strcmp(type, "Prepend")) {
+        const char *what = peft__json_str(p, "prepend");
+        if (what && !strcmp(what, meta)) { t->prefix_space = 2; return PEFT_OK; }
+    }
+    if (type && !strcmp(type, "Replace")) {
+        const peft_json *pat = peft_json_get(p, "pattern");
+        const char *from = pat ? peft__json_str(pat, "String") : NULL, *to = peft__json_str(p, "content");
+        if (from && to && !strcmp(from, " ") && !strcmp(to, meta)) { t->norm_space = 1; return PEFT_OK; }
+    }
+    return peft__fail(PEFT_ERR_FORMAT, "%s: normalizer \"%s\" is not supported (only LLaMA's Prepend(\"\xE2\x96\x81\") and "
+                      "Replace(\" \" -> \"\xE2\x96\x81\"))", path, type ? type : "?");
+}
+
 /* which pre-tokenizers: Metaspace, ByteLevel, Split (the two known regexes), Digits, Sequence */
 static peft_status peft__tok_pretokenizer(peft_tokenizer *t, const peft_json *p, const char *path) {
     if (!p || p->type == PEFT_JSON_NULL) return PEFT_OK;
@@ -6655,12 +6692,14 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     const peft_json *added = peft_json_get(j, "added_tokens"), *norm = peft_json_get(j, "normalizer");
     if (!vocab || vocab->type != PEFT_JSON_OBJECT || !merges || merges->type != PEFT_JSON_ARRAY)
         return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: model.vocab or model.merges missing", path));
-    if (norm && norm->type != PEFT_JSON_NULL)
-        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: normalizer \"%s\" is not supported (the LLaMA files have none)",
-                                              path, peft__json_str(norm, "type") ? peft__json_str(norm, "type") : "?"));
     t->kind = PEFT_TOK_HF_SP;
     t->bos_id = t->eos_id = t->unk_id = -1;
-    s = peft__tok_pretokenizer(t, peft_json_get(j, "pre_tokenizer"), path);
+    s = peft__tok_normalizer(t, norm, path, 0);
+    if (s == PEFT_OK && norm && norm->type != PEFT_JSON_NULL && !t->norm_space)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a normalizer without Replace(\" \" -> \"\xE2\x96\x81\") is not supported", path);
+    if (s == PEFT_OK) s = peft__tok_pretokenizer(t, peft_json_get(j, "pre_tokenizer"), path);
+    if (s == PEFT_OK && t->norm_space && t->kind != PEFT_TOK_HF_SP)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: the SentencePiece normalizer with a byte-level pre-tokenizer is not supported", path);
     if (s != PEFT_OK) return peft__tokfail(t, j, s);
     const peft_json *bf = peft_json_get(model, "byte_fallback"), *im = peft_json_get(model, "ignore_merges");
     t->byte_fallback = bf && bf->type == PEFT_JSON_BOOL && bf->number != 0;

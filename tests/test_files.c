@@ -421,12 +421,14 @@ static int check_hf_tokenizer(const char *json, const char *expect, const char *
 }
 
 /* tokenizer.json in both flavours (small ones trained with the real
-   libraries: tools/ref/make_hf_tokenizer_fixtures.py) equal `tokenizers` on
-   253 strings; where build/ref holds the LLaMA-2 tokenizer.json converted by
-   transformers, that one too (not committed: 3.6 MB). */
+   libraries: tools/ref/make_hf_tokenizer_fixtures.py, and the hub's legacy
+   SentencePiece form from transformers 4.46: make_hf_legacy_fixtures.py)
+   equal `tokenizers` on 253 strings; where build/ref holds the LLaMA-2
+   tokenizer.json files converted by transformers (not committed: 3.6 MB),
+   those too, and the legacy one equals sentencepiece on every string. */
 TEST(test_hf_tokenizers_match_tokenizers) {
-    const char *names[3] = { "sp", "llama3", "gpt2" };
-    for (int k = 0; k < 3; k++) {
+    const char *names[4] = { "sp", "sp_legacy", "llama3", "gpt2" };
+    for (int k = 0; k < 4; k++) {
         char json[512], exp[512];
         snprintf(json, sizeof json, "%s/hf_tok/%s.json", th_fixtures(), names[k]);
         snprintf(exp, sizeof exp, "%s/hf_tok/%s.jsonl", th_fixtures(), names[k]);
@@ -439,7 +441,15 @@ TEST(test_hf_tokenizers_match_tokenizers) {
         char sp[512];
         snprintf(sp, sizeof sp, "%s/sp_llama2.jsonl", th_fixtures());
         int same_as_sp = 0, lines = check_hf_tokenizer("build/ref/llama2-tokenizer.json", "build/ref/llama2-hf.jsonl", sp, &same_as_sp);
-        printf("      LLaMA-2 tokenizer.json: %d strings equal tokenizers; %d of them also equal sentencepiece\n", lines, same_as_sp);
+        printf("      LLaMA-2 tokenizer.json (transformers 5): %d strings equal tokenizers; %d of them also equal sentencepiece\n", lines, same_as_sp);
+    }
+    if ((f = fopen("build/ref/llama2-legacy-tokenizer.json", "rb"))) {
+        fclose(f);
+        char sp[512];
+        snprintf(sp, sizeof sp, "%s/sp_llama2.jsonl", th_fixtures());
+        int same_as_sp = 0, lines = check_hf_tokenizer("build/ref/llama2-legacy-tokenizer.json", "build/ref/llama2-legacy-hf.jsonl", sp, &same_as_sp);
+        CHECK(lines >= 200 && same_as_sp == lines, "legacy LLaMA-2 tokenizer.json: %d of %d strings equal sentencepiece", same_as_sp, lines);
+        printf("      LLaMA-2 tokenizer.json (transformers 4.46, as on the hub): %d strings equal tokenizers and sentencepiece\n", same_as_sp);
     }
     /* files that lie */
     const char *bad[][2] = {
@@ -447,6 +457,8 @@ TEST(test_hf_tokenizers_match_tokenizers) {
         { "t2.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}" },
         { "t3.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Whitespace\"}}" },
         { "t4.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"NFKC\"}}" },
+        { "t7.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"Prepend\", \"prepend\": \"x\"}}" },
+        { "t8.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"\xE2\x96\x81\"}]}}" },
         { "t5.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [3]}}" },
         { "t6.json", "{\"model\": " },
     };

@@ -16,6 +16,9 @@ and, not committed (3.6 MB), build/ref/llama2-tokenizer.json converted from
 ../shared/data/llama2c/tokenizer.model with build/ref/llama2-hf.jsonl (ids of
 the sp_llama2 strings by `tokenizers` over it); tests use them where present.
 
+The hub's own LLaMA-2 / TinyLlama tokenizer.json files were converted by
+transformers 4.x, whose "legacy" form differs: make_hf_legacy_fixtures.py.
+
 Run:  python3 tools/ref/make_hf_tokenizer_fixtures.py
 """
 import json, os, random, shutil, tempfile
@@ -49,6 +52,14 @@ def corpus(texts):
     return out
 
 
+def train_small_sp(data, folder):
+    """The small sentencepiece BPE model behind sp.json (and sp_legacy.json)."""
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(data), model_prefix=os.path.join(folder, "tokenizer"),
+                                   vocab_size=700, model_type="bpe", byte_fallback=True, character_coverage=0.9995,
+                                   split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+                                   normalization_rule_name="identity", minloglevel=2)
+
+
 def dump(tok, path_json, path_ids, texts, special_ok):
     tok.save(path_json)
     t = Tokenizer.from_file(path_json)
@@ -66,10 +77,7 @@ def main():
     data = corpus(texts)
     tmp = tempfile.mkdtemp()
     # 1. SentencePiece flavour, through transformers' converter
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(data), model_prefix=os.path.join(tmp, "tokenizer"),
-                                   vocab_size=700, model_type="bpe", byte_fallback=True, character_coverage=0.9995,
-                                   split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
-                                   normalization_rule_name="identity", minloglevel=2)
+    train_small_sp(data, tmp)
     lt = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
     lt.save_pretrained(os.path.join(tmp, "out"))
     sp_tok = Tokenizer.from_file(os.path.join(tmp, "out", "tokenizer.json"))
