@@ -823,6 +823,7 @@ extern int fsync(int fd);
 #endif
 #ifndef PEFT_NO_THREADS
 #include <pthread.h>
+#include <stdatomic.h>
 #endif
 
 #ifndef PEFT_MALLOC
@@ -945,24 +946,59 @@ typedef void (*peft__range_fn)(void *ctx, int64_t begin, int64_t end);
 static int peft__nthreads = 1;
 
 #ifndef PEFT_NO_THREADS
+/* Waking a thread through a condition variable costs ~35 µs on this kind of
+   VM, and one training step runs hundreds of parallel loops, some of them
+   only ~100 µs long. So both sides spin first: a worker watches the
+   generation counter for PEFT_SPIN_US after its last part before it sleeps,
+   and the caller watches the count of parts still running. Sleeping and
+   waking use the Dekker pattern on seq_cst atomics (announce, then re-check
+   under the mutex), so no wake-up is lost. */
+#ifndef PEFT_SPIN_US
+#define PEFT_SPIN_US 2000
+#endif
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t  go, done;
     pthread_t       tid[PEFT_MAX_THREADS];
     int             n_workers;          /* threads besides the caller      */
-    uint64_t        generation;
-    int             pending;
+    _Atomic uint64_t generation;        /* bumped once per parallel loop   */
+    _Atomic int     pending;            /* workers not finished with it    */
+    _Atomic int     sleepers;           /* workers asleep (or about to be) */
+    _Atomic int     caller_waits;       /* the caller sleeps on `done`     */
     peft__range_fn  fn;
     void           *ctx;
     int64_t         n;
     int             parts;
-    int             shutdown;
+    _Atomic int     shutdown;
 } peft__pool_t;
-static peft__pool_t peft__pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                                    PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, 0, 0, 0, 0, 0 };
+static peft__pool_t peft__pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .go = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER };
 
 typedef struct { int index; } peft__worker_arg;
 static peft__worker_arg peft__worker_args[PEFT_MAX_THREADS];
+
+static void peft__cpu_relax(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_ia32_pause();
+#elif defined(__GNUC__) && defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static double peft__seconds(void);
+
+/* spins until *v != old (returns 1) or PEFT_SPIN_US pass (returns 0) */
+static int peft__spin_while_eq64(_Atomic uint64_t *v, uint64_t old) {
+    double until = 0.0;
+    for (int i = 1;; i++) {
+        if (atomic_load_explicit(v, memory_order_acquire) != old) return 1;
+        peft__cpu_relax();
+        if ((i & 255) == 0) {
+            double t = peft__seconds();
+            if (until == 0.0) until = t + PEFT_SPIN_US * 1e-6;
+            else if (t > until) return 0;
+        }
+    }
+}
 
 /* set while a thread runs its part: a parallel_for inside one (a GEMM in
    the attention kernel) then runs inline in that thread instead of waiting
@@ -979,22 +1015,28 @@ static void peft__run_part(peft__range_fn fn, void *ctx, int64_t n, int parts, i
 static void *peft__worker(void *arg) {
     int index = ((peft__worker_arg *)arg)->index;
     uint64_t seen = 0;
-    pthread_mutex_lock(&peft__pool.mu);
     for (;;) {
-        while (peft__pool.generation == seen && !peft__pool.shutdown)
-            pthread_cond_wait(&peft__pool.go, &peft__pool.mu);
-        if (peft__pool.shutdown) break;
-        seen = peft__pool.generation;
+        if (!peft__spin_while_eq64(&peft__pool.generation, seen)) {
+            atomic_fetch_add(&peft__pool.sleepers, 1);
+            pthread_mutex_lock(&peft__pool.mu);
+            while (atomic_load(&peft__pool.generation) == seen && !atomic_load(&peft__pool.shutdown))
+                pthread_cond_wait(&peft__pool.go, &peft__pool.mu);
+            pthread_mutex_unlock(&peft__pool.mu);
+            atomic_fetch_sub(&peft__pool.sleepers, 1);
+        }
+        if (atomic_load(&peft__pool.shutdown)) break;
+        seen = atomic_load(&peft__pool.generation);
         peft__range_fn fn = peft__pool.fn;
         void *ctx = peft__pool.ctx;
         int64_t n = peft__pool.n;
         int parts = peft__pool.parts;
-        pthread_mutex_unlock(&peft__pool.mu);
         if (index < parts) peft__run_part(fn, ctx, n, parts, index);
-        pthread_mutex_lock(&peft__pool.mu);
-        if (--peft__pool.pending == 0) pthread_cond_signal(&peft__pool.done);
+        if (atomic_fetch_sub(&peft__pool.pending, 1) == 1 && atomic_load(&peft__pool.caller_waits)) {
+            pthread_mutex_lock(&peft__pool.mu);
+            pthread_cond_signal(&peft__pool.done);
+            pthread_mutex_unlock(&peft__pool.mu);
+        }
     }
-    pthread_mutex_unlock(&peft__pool.mu);
     return NULL;
 }
 
@@ -1054,19 +1096,36 @@ static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, 
 #ifdef PEFT_NO_THREADS
     fn(ctx, 0, n);
 #else
-    pthread_mutex_lock(&peft__pool.mu);
+    /* the previous loop has fully ended (pending reached 0), so the fields
+       are free; the generation's release store publishes them */
     peft__pool.fn = fn;
     peft__pool.ctx = ctx;
     peft__pool.n = n;
     peft__pool.parts = parts;
-    peft__pool.pending = peft__pool.n_workers;
-    peft__pool.generation++;
-    pthread_cond_broadcast(&peft__pool.go);
-    pthread_mutex_unlock(&peft__pool.mu);
+    atomic_store(&peft__pool.pending, peft__pool.n_workers);
+    atomic_fetch_add(&peft__pool.generation, 1);
+    if (atomic_load(&peft__pool.sleepers) > 0) {
+        pthread_mutex_lock(&peft__pool.mu);
+        pthread_cond_broadcast(&peft__pool.go);
+        pthread_mutex_unlock(&peft__pool.mu);
+    }
     peft__run_part(fn, ctx, n, parts, 0);
-    pthread_mutex_lock(&peft__pool.mu);
-    while (peft__pool.pending > 0) pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
-    pthread_mutex_unlock(&peft__pool.mu);
+    double until = 0.0;
+    for (int i = 1; atomic_load_explicit(&peft__pool.pending, memory_order_acquire) > 0; i++) {
+        peft__cpu_relax();
+        if ((i & 255) == 0) {
+            double t = peft__seconds();
+            if (until == 0.0) until = t + PEFT_SPIN_US * 1e-6;
+            else if (t > until) {                       /* a long part: sleep until the last worker signals */
+                atomic_store(&peft__pool.caller_waits, 1);
+                pthread_mutex_lock(&peft__pool.mu);
+                while (atomic_load(&peft__pool.pending) > 0) pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
+                pthread_mutex_unlock(&peft__pool.mu);
+                atomic_store(&peft__pool.caller_waits, 0);
+                break;
+            }
+        }
+    }
 #endif
 }
 
@@ -1194,10 +1253,18 @@ static void peft__vstore(float *p, peft__vf v) { memcpy(p, &v, sizeof v); }
 #define PEFT__BCAST(x) ((peft__vf){ x, x, x, x })
 #endif
 
-/* C[mr×nr] += Ap (kc×MR strip) · Bp (kc×NR strip) */
-PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr) {
+/* C[mr×nr] (+)= Ap (kc×MR strip) · Bp (kc×NR strip): added to C, or
+   stored over it when `over` (the first K slice of a product with beta 0,
+   which then needs no separate pass clearing C) */
+PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr, int over) {
     PEFT__FMA_PRAGMA
     peft__vf z = { 0 };
+    /* the C tile's lines are fetched while the products run: on big outputs
+       (the vocabulary's logits) they come from memory, ~100 ns each */
+    for (int i = 0; i < mr; i++) {
+        __builtin_prefetch(C + (size_t)i * ldc, 1);
+        __builtin_prefetch(C + (size_t)i * ldc + nr - 1, 1);
+    }
 #define PEFT__ACC(i) peft__vf c##i##a = z, c##i##b = z;
 #define PEFT__FMA(i) { float ai = Ap[i]; peft__vf a = PEFT__BCAST(ai); c##i##a += a * b0; c##i##b += a * b1; }
     PEFT__ACC(0) PEFT__ACC(1) PEFT__ACC(2) PEFT__ACC(3) PEFT__ACC(4) PEFT__ACC(5)
@@ -1214,11 +1281,20 @@ PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float 
     if (mr == PEFT__MR && nr == PEFT__NR) {          /* a full tile: straight into C */
 #define PEFT__ADDC(i) { float *c = C + (size_t)(i) * ldc; \
         peft__vstore(c, peft__vload(c) + c##i##a); peft__vstore(c + PEFT__VW, peft__vload(c + PEFT__VW) + c##i##b); }
+#define PEFT__SETC(i) { float *c = C + (size_t)(i) * ldc; peft__vstore(c, c##i##a); peft__vstore(c + PEFT__VW, c##i##b); }
+        if (over) {
+            PEFT__SETC(0) PEFT__SETC(1) PEFT__SETC(2) PEFT__SETC(3) PEFT__SETC(4) PEFT__SETC(5)
+#if PEFT__MR == 12
+            PEFT__SETC(6) PEFT__SETC(7) PEFT__SETC(8) PEFT__SETC(9) PEFT__SETC(10) PEFT__SETC(11)
+#endif
+            return;
+        }
         PEFT__ADDC(0) PEFT__ADDC(1) PEFT__ADDC(2) PEFT__ADDC(3) PEFT__ADDC(4) PEFT__ADDC(5)
 #if PEFT__MR == 12
         PEFT__ADDC(6) PEFT__ADDC(7) PEFT__ADDC(8) PEFT__ADDC(9) PEFT__ADDC(10) PEFT__ADDC(11)
 #endif
 #undef PEFT__ADDC
+#undef PEFT__SETC
         return;
     }
     float tile[PEFT__MR * PEFT__NR];
@@ -1233,20 +1309,21 @@ PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float 
     for (int i = 0; i < mr; i++) {
         float *c = C + (size_t)i * ldc;
         const float *t = tile + i * PEFT__NR;
-        if (nr == PEFT__NR) {
+        if (over) memcpy(c, t, sizeof(float) * (size_t)nr);
+        else if (nr == PEFT__NR) {
             peft__vstore(c, peft__vload(c) + peft__vload(t));
             peft__vstore(c + PEFT__VW, peft__vload(c + PEFT__VW) + peft__vload(t + PEFT__VW));
         } else for (int j = 0; j < nr; j++) c[j] += t[j];
     }
 }
 #else
-static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr) {
+static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr, int over) {
     float tile[PEFT__MR * PEFT__NR] = { 0 };
     for (int k = 0; k < kc; k++, Ap += PEFT__MR, Bp += PEFT__NR)
         for (int i = 0; i < PEFT__MR; i++)
             for (int j = 0; j < PEFT__NR; j++) tile[i * PEFT__NR + j] += Ap[i] * Bp[j];
     for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nr; j++) C[(size_t)i * ldc + j] += tile[i * PEFT__NR + j];
+        for (int j = 0; j < nr; j++) C[(size_t)i * ldc + j] = (over ? 0.0f : C[(size_t)i * ldc + j]) + tile[i * PEFT__NR + j];
 }
 #endif
 
@@ -1301,21 +1378,61 @@ static float *peft__pack_buf(float **buf, size_t *cap, size_t n) {
 typedef struct {
     int tA, tB, M, N, K, lda, ldb, ldc, pc, kc, jc, nc;
     int nsplit;                      /* column parts per block of rows */
+    int over;                        /* this K slice stores over C (beta 0, first slice) */
     const float *A, *B;
     float *C;
     const float *Bp;
 } peft__gemm_args;
 
+/* dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols. Packing a
+   row-major operand is this transpose; done a float at a time it costs ~7
+   cycles per float (a gather from `rows` lines), so whole 8×8 tiles go
+   through vector shuffles: 8 row loads, 24 shuffles, 8 column stores. */
+#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 12)
+typedef float peft__v8 __attribute__((vector_size(32)));
+static void peft__transpose8(float *dst, int ldd, const float *src, size_t lds) {
+    peft__v8 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) memcpy(&r[i], src + (size_t)i * lds, sizeof r[i]);
+    for (int i = 0; i < 8; i += 2) {        /* pairs of rows interleaved */
+        t[i]     = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 8; i += 4)          /* then pairs of pairs */
+        for (int h = 0; h < 2; h++) {
+            u[i + 2 * h]     = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            u[i + 2 * h + 1] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int c = 0; c < 4; c++) {           /* u[c] holds columns c and c+4 of rows 0-3, u[c+4] of rows 4-7 */
+        peft__v8 lo = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        peft__v8 hi = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        memcpy(dst + (size_t)c * ldd, &lo, sizeof lo);
+        memcpy(dst + (size_t)(c + 4) * ldd, &hi, sizeof hi);
+    }
+}
+#define PEFT__HAVE_TRANSPOSE8 1
+#endif
+
+static void peft__transpose_into(float *dst, int ldd, const float *src, size_t lds, int rows, int cols) {
+    int r0 = 0, c8 = 0;
+#ifdef PEFT__HAVE_TRANSPOSE8
+    c8 = cols / 8 * 8;
+    for (; r0 + 8 <= rows; r0 += 8)
+        for (int c = 0; c < c8; c += 8) peft__transpose8(dst + (size_t)c * ldd + r0, ldd, src + (size_t)r0 * lds + c, lds);
+    for (int r = 0; r < r0; r++)            /* the columns past the last whole tile */
+        for (int c = c8; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+#endif
+    for (int r = r0; r < rows; r++)         /* the rows past the last whole tile */
+        for (int c = 0; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+    (void)c8;
+}
+
 static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
     for (int i0 = 0; i0 < mc; i0 += PEFT__MR, Ap += (size_t)PEFT__MR * g->kc) {
         int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
+        if (!g->tA) peft__transpose_into(Ap, PEFT__MR, g->A + (size_t)(ic + i0) * g->lda + g->pc, (size_t)g->lda, mr, g->kc);
         for (int k = 0; k < g->kc; k++) {
             float *dst = Ap + (size_t)k * PEFT__MR;
-            int kk = g->pc + k;
-            for (int i = 0; i < mr; i++) {
-                int ii = ic + i0 + i;
-                dst[i] = g->tA ? g->A[(size_t)kk * g->lda + ii] : g->A[(size_t)ii * g->lda + kk];
-            }
+            if (g->tA) memcpy(dst, g->A + (size_t)(g->pc + k) * g->lda + ic + i0, sizeof(float) * (size_t)mr);
             for (int i = mr; i < PEFT__MR; i++) dst[i] = 0.0f;
         }
     }
@@ -1328,14 +1445,10 @@ static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
     float *Bp = (float *)g->Bp + (size_t)s0 * PEFT__NR * g->kc;
     for (int j0 = (int)s0 * PEFT__NR; j0 < g->nc && j0 < (int)s1 * PEFT__NR; j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
         int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
+        if (g->tB) peft__transpose_into(Bp, PEFT__NR, g->B + (size_t)(g->jc + j0) * g->ldb + g->pc, (size_t)g->ldb, nr, g->kc);
         for (int k = 0; k < g->kc; k++) {
             float *dst = Bp + (size_t)k * PEFT__NR;
-            int kk = g->pc + k;
-            if (!g->tB) {
-                const float *src = g->B + (size_t)kk * g->ldb + g->jc + j0;
-                for (int j = 0; j < nr; j++) dst[j] = src[j];
-            } else
-                for (int j = 0; j < nr; j++) dst[j] = g->B[(size_t)(g->jc + j0 + j) * g->ldb + kk];
+            if (!g->tB) memcpy(dst, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0, sizeof(float) * (size_t)nr);
             for (int j = nr; j < PEFT__NR; j++) dst[j] = 0.0f;
         }
     }
@@ -1359,7 +1472,8 @@ static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
             const float *Bs = g->Bp + (size_t)j0 * g->kc;
             for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
                 int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
-                peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr);
+                peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr,
+                              g->over);
             }
         }
     }
@@ -1383,7 +1497,7 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
     memset(&g, 0, sizeof g);
     g.tA = tA; g.tB = tB; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
     g.A = A; g.B = B; g.C = C;
-    if (beta != 1.0f) {
+    if (beta != 1.0f && (beta != 0.0f || K <= 0)) {   /* beta 0 is the first K slice storing over C */
         g.Bp = &beta;
         peft__parallel_for(M, 64, peft__scale_rows, &g);
     }
@@ -1399,6 +1513,7 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
         int kslices = (K + PEFT__KC - 1) / PEFT__KC, kc_even = (K + kslices - 1) / kslices;
         for (g.pc = 0; g.pc < K; g.pc += kc_even) {
             g.kc = K - g.pc < kc_even ? K - g.pc : kc_even;
+            g.over = beta == 0.0f && g.pc == 0;
             size_t panels = (size_t)(g.nc + PEFT__NR - 1) / PEFT__NR;
             float *Bp = peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, panels * PEFT__NR * PEFT__KC);
             if (!Bp) { peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, 1.0f, C, ldc); return; }
