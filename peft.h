@@ -59,6 +59,10 @@
      PEFT_ASSERT(x)        internal invariant check (default assert)
      PEFT_NO_THREADS       build without pthreads (single-threaded kernels)
      PEFT_MAX_THREADS      upper bound on worker threads (default 64)
+     PEFT_SPIN_US          how long an idle worker spins before it sleeps
+                           (default 2000 µs)
+     PEFT_LCE_CHUNK_MB     logits the fused classifier + loss holds at once
+                           (default 128 MB; fewer, larger products are faster)
 
    ============================================================================
    API OVERVIEW (reading order of the implementation below)
@@ -840,6 +844,9 @@ extern int fsync(int fd);
 #endif
 #ifndef PEFT_MAX_THREADS
 #define PEFT_MAX_THREADS 64
+#endif
+#ifndef PEFT_LCE_CHUNK_MB
+#define PEFT_LCE_CHUNK_MB 128
 #endif
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
@@ -2742,18 +2749,38 @@ PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s) {
    L = (1/N') Σ_r [logsumexp(z_r) − z_r[t_r]] over rows with t_r ≠ −100
    dz_r = (softmax(z_r) − onehot(t_r)) · dL / N'                            */
 /* log Σ_j e^{z_j}: e^{z − max} in chunks of 64 (vectorised), summed in double */
-static float peft__row_lse(const float *z, int64_t V) {
+static float peft__row_max(const float *z, int64_t V) {
     float mx = -INFINITY;
     for (int64_t j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-    double s = 0.0;
+    return mx;
+}
+
+/* Σ exp(z[j] − mx) in double. One running sum would make every add wait
+   for the previous one (4 cycles each, the whole cost over a 32k-word
+   vocabulary), so 32 interleaved partial sums are kept and added in a fixed
+   order at the end: deterministic, and vectorised. With `e`, the
+   exponentials are stored there too (e may be z itself). */
+static double peft__sum_exp(const float *z, int64_t V, float mx, float *e_out) {
+    double acc[32] = { 0 };
     float e[64];
     for (int64_t j0 = 0; j0 < V; j0 += 64) {
         int m = V - j0 < 64 ? (int)(V - j0) : 64;
         const float *zc = z + j0;
         for (int j = 0; j < m; j++) e[j] = peft__exp(zc[j] - mx);
-        for (int j = 0; j < m; j++) s += e[j];
+        if (m == 64)
+            for (int h = 0; h < 64; h += 32)
+                for (int l = 0; l < 32; l++) acc[l] += e[h + l];
+        else for (int j = 0; j < m; j++) acc[j & 31] += e[j];
+        if (e_out) memcpy(e_out + j0, e, sizeof(float) * (size_t)m);
     }
-    return mx + (float)log(s);
+    double s = 0.0;
+    for (int l = 0; l < 32; l++) s += acc[l];
+    return s;
+}
+
+static float peft__row_lse(const float *z, int64_t V) {
+    float mx = peft__row_max(z, V);
+    return mx + (float)log(peft__sum_exp(z, V, mx, NULL));
 }
 
 typedef struct { const float *z; float *dz, *lse; const int *t; int64_t V; float scale; } peft__xent_args;
@@ -2833,11 +2860,15 @@ static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
     const peft__lce_args *a = (const peft__lce_args *)vctx;
     int64_t V = a->V;
     for (int64_t r = r0; r < r1; r++) {
-        float *z = a->z + r * V, lse = peft__row_lse(z, V);
-        a->loss[r] = lse - z[a->t[r]];
-        if (!a->grad) continue;
-        float inv = a->inv_n;
-        for (int64_t j = 0; j < V; j++) z[j] = peft__exp(z[j] - lse) * inv;   /* dz, in place */
+        float *z = a->z + r * V;
+        if (!a->grad) { a->loss[r] = peft__row_lse(z, V) - z[a->t[r]]; continue; }
+        /* dz = softmax(z)/n − onehot/n in place, with one pass of exp:
+           the exponentials are kept from the sum and scaled by 1/(n·Σ) */
+        float zt = z[a->t[r]], mx = peft__row_max(z, V);
+        double s = peft__sum_exp(z, V, mx, z);
+        a->loss[r] = mx + (float)log(s) - zt;
+        float inv = a->inv_n, scale = (float)(1.0 / s) * inv;
+        for (int64_t j = 0; j < V; j++) z[j] *= scale;
         z[a->t[r]] -= inv;
     }
 }
@@ -2856,12 +2887,17 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     peft_tensor *L = peft_tensor_new(g, 1, &one);
     if (!L) return NULL;
     int gx = g->grad_enabled && x->requires_grad, gw = g->grad_enabled && w->requires_grad;
-    /* chunks of ≤ 64 MB of logits, in whole row blocks of the GEMM per
+    /* chunks of ≤ PEFT_LCE_CHUNK_MB of logits, in whole row blocks of the GEMM per
        thread so that every chunk's products split evenly over the threads */
     int64_t chunk = nv < 1 ? 1 : nv, unit = (int64_t)PEFT__MC * peft__nthreads;
-    int64_t cap = (int64_t)(16u << 20) / (V > 0 ? V : 1);
+    int64_t cap = ((int64_t)PEFT_LCE_CHUNK_MB << 20) / 4 / (V > 0 ? V : 1);
     cap = cap >= unit ? cap / unit * unit : (cap < 1 ? 1 : cap);
-    if (chunk > cap) chunk = cap;
+    if (chunk > cap) {                          /* equal chunks: no short last one */
+        int64_t n_chunks = (nv + cap - 1) / cap;
+        chunk = (nv + n_chunks - 1) / n_chunks;
+        if (chunk >= unit) chunk = (chunk + unit - 1) / unit * unit;
+        if (chunk > cap) chunk = cap;
+    }
     peft__lce_saved *sv = (peft__lce_saved *)peft__arena_alloc(g, sizeof *sv);
     float *z = peft__arena_floats(g, chunk * V, 0), *xs = peft__arena_floats(g, chunk * D, 0);
     float *loss = peft__arena_floats(g, chunk, 0), *dxs = gx ? peft__arena_floats(g, chunk * D, 0) : NULL;
