@@ -816,6 +816,7 @@ PEFTDEF int         peft_demo_correct(peft_model *m, peft_graph *g, const peft_d
 #include <errno.h>
 #include <assert.h>
 #include <float.h>
+#include <time.h>
 #include <sys/stat.h>
 #if defined(_WIN32)
 #include <direct.h>
@@ -952,6 +953,18 @@ typedef void (*peft__range_fn)(void *ctx, int64_t begin, int64_t end);
 
 static int peft__nthreads = 1;
 
+/* set while a thread runs its part: a parallel_for inside one (a GEMM in
+   the attention kernel) then runs inline in that thread instead of waiting
+   on the pool it is part of */
+static PEFT__TLS int peft__in_part;
+
+static void peft__run_part(peft__range_fn fn, void *ctx, int64_t n, int parts, int i) {
+    int64_t b = n * i / parts, e = n * (i + 1) / parts;
+    peft__in_part = 1;
+    if (e > b) fn(ctx, b, e);
+    peft__in_part = 0;
+}
+
 #ifndef PEFT_NO_THREADS
 /* Waking a thread through a condition variable costs ~35 µs on this kind of
    VM, and one training step runs hundreds of parallel loops, some of them
@@ -1005,18 +1018,6 @@ static int peft__spin_while_eq64(_Atomic uint64_t *v, uint64_t old) {
             else if (t > until) return 0;
         }
     }
-}
-
-/* set while a thread runs its part: a parallel_for inside one (a GEMM in
-   the attention kernel) then runs inline in that thread instead of waiting
-   on the pool it is part of */
-static PEFT__TLS int peft__in_part;
-
-static void peft__run_part(peft__range_fn fn, void *ctx, int64_t n, int parts, int i) {
-    int64_t b = n * i / parts, e = n * (i + 1) / parts;
-    peft__in_part = 1;
-    if (e > b) fn(ctx, b, e);
-    peft__in_part = 0;
 }
 
 static void *peft__worker(void *arg) {
@@ -1101,7 +1102,7 @@ static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, 
     if (n / min_chunk < parts) parts = (int)(n / min_chunk);
     if (parts <= 1 || peft__in_part) { if (n > 0) fn(ctx, 0, n); return; }
 #ifdef PEFT_NO_THREADS
-    fn(ctx, 0, n);
+    peft__run_part(fn, ctx, n, 1, 0);
 #else
     /* the previous loop has fully ended (pending reached 0), so the fields
        are free; the generation's release store publishes them */
