@@ -1421,28 +1421,37 @@ static void peft__transpose8(float *dst, int ldd, const float *src, size_t lds) 
 #endif
 
 static void peft__transpose_into(float *dst, int ldd, const float *src, size_t lds, int rows, int cols) {
-    int r0 = 0, c8 = 0;
 #ifdef PEFT__HAVE_TRANSPOSE8
-    c8 = cols / 8 * 8;
-    for (; r0 + 8 <= rows; r0 += 8)
-        for (int c = 0; c < c8; c += 8) peft__transpose8(dst + (size_t)c * ldd + r0, ldd, src + (size_t)r0 * lds + c, lds);
-    for (int r = 0; r < r0; r++)            /* the columns past the last whole tile */
-        for (int c = c8; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+    if (rows >= 8 && cols >= 8) {           /* ragged edges: the last tile overlaps the one before */
+        for (int r = 0;; r += 8) {
+            if (r + 8 > rows) r = rows - 8;
+            for (int c = 0;; c += 8) {
+                if (c + 8 > cols) c = cols - 8;
+                peft__transpose8(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds);
+                if (c + 8 == cols) break;
+            }
+            if (r + 8 == rows) break;
+        }
+        return;
+    }
 #endif
-    for (int r = r0; r < rows; r++)         /* the rows past the last whole tile */
+    for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
-    (void)c8;
 }
 
 static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
     for (int i0 = 0; i0 < mc; i0 += PEFT__MR, Ap += (size_t)PEFT__MR * g->kc) {
         int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
         if (!g->tA) peft__transpose_into(Ap, PEFT__MR, g->A + (size_t)(ic + i0) * g->lda + g->pc, (size_t)g->lda, mr, g->kc);
-        for (int k = 0; k < g->kc; k++) {
-            float *dst = Ap + (size_t)k * PEFT__MR;
-            if (g->tA) memcpy(dst, g->A + (size_t)(g->pc + k) * g->lda + ic + i0, sizeof(float) * (size_t)mr);
-            for (int i = mr; i < PEFT__MR; i++) dst[i] = 0.0f;
-        }
+        if (g->tA && mr == PEFT__MR)        /* a constant size: the copy is inlined as vector moves */
+            for (int k = 0; k < g->kc; k++)
+                memcpy(Ap + (size_t)k * PEFT__MR, g->A + (size_t)(g->pc + k) * g->lda + ic + i0, sizeof(float) * PEFT__MR);
+        else if (mr < PEFT__MR)
+            for (int k = 0; k < g->kc; k++) {
+                float *dst = Ap + (size_t)k * PEFT__MR;
+                if (g->tA) memcpy(dst, g->A + (size_t)(g->pc + k) * g->lda + ic + i0, sizeof(float) * (size_t)mr);
+                for (int i = mr; i < PEFT__MR; i++) dst[i] = 0.0f;
+            }
     }
 }
 
@@ -1454,11 +1463,15 @@ static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
     for (int j0 = (int)s0 * PEFT__NR; j0 < g->nc && j0 < (int)s1 * PEFT__NR; j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
         int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
         if (g->tB) peft__transpose_into(Bp, PEFT__NR, g->B + (size_t)(g->jc + j0) * g->ldb + g->pc, (size_t)g->ldb, nr, g->kc);
-        for (int k = 0; k < g->kc; k++) {
-            float *dst = Bp + (size_t)k * PEFT__NR;
-            if (!g->tB) memcpy(dst, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0, sizeof(float) * (size_t)nr);
-            for (int j = nr; j < PEFT__NR; j++) dst[j] = 0.0f;
-        }
+        if (!g->tB && nr == PEFT__NR)
+            for (int k = 0; k < g->kc; k++)
+                memcpy(Bp + (size_t)k * PEFT__NR, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0, sizeof(float) * PEFT__NR);
+        else if (nr < PEFT__NR)
+            for (int k = 0; k < g->kc; k++) {
+                float *dst = Bp + (size_t)k * PEFT__NR;
+                if (!g->tB) memcpy(dst, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0, sizeof(float) * (size_t)nr);
+                for (int j = nr; j < PEFT__NR; j++) dst[j] = 0.0f;
+            }
     }
 }
 
@@ -1476,6 +1489,30 @@ static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
         if (p1 <= p0) continue;
         peft__pack_A(g, ic, mc, Ap);
         for (int j0 = p0 * PEFT__NR; j0 < g->nc && j0 < p1 * PEFT__NR; j0 += PEFT__NR) {
+            int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
+            const float *Bs = g->Bp + (size_t)j0 * g->kc;
+            for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
+                int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
+                peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr,
+                              g->over);
+            }
+        }
+    }
+}
+
+/* one thread: MR-row strips [s0, s1), in blocks of at most MC rows, each
+   block's A packed once and run against every column strip. Splitting by
+   strips balances the threads to within one strip without cutting rows
+   into column parts that would pack the same A block twice. */
+static void peft__gemm_strips(void *vctx, int64_t s0, int64_t s1) {
+    const peft__gemm_args *g = (const peft__gemm_args *)vctx;
+    float *Ap = peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
+    if (!Ap) return;
+    for (int64_t b0 = s0; b0 < s1; b0 += PEFT__MC / PEFT__MR) {
+        int64_t b1 = b0 + PEFT__MC / PEFT__MR < s1 ? b0 + PEFT__MC / PEFT__MR : s1;
+        int ic = (int)b0 * PEFT__MR, mc = g->M - ic < (int)(b1 - b0) * PEFT__MR ? g->M - ic : (int)(b1 - b0) * PEFT__MR;
+        peft__pack_A(g, ic, mc, Ap);
+        for (int j0 = 0; j0 < g->nc; j0 += PEFT__NR) {
             int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
             const float *Bs = g->Bp + (size_t)j0 * g->kc;
             for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
@@ -1527,8 +1564,13 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
             if (!Bp) { peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, 1.0f, C, ldc); return; }
             g.Bp = Bp;
             peft__parallel_for((int64_t)panels, 4, peft__pack_B_range, &g);
-            /* split columns too until the units divide evenly among the
-               threads (11 row blocks on 2 threads would idle one for 1/11) */
+            int64_t strips = (M + PEFT__MR - 1) / PEFT__MR;
+            if (strips >= 4 * peft__nthreads) {
+                peft__parallel_for(strips, 1, peft__gemm_strips, &g);
+                continue;
+            }
+            /* few rows: split columns too until the units divide evenly
+               among the threads */
             g.nsplit = 1;
             while (g.nsplit < (int)panels && (mblocks * g.nsplit < 2 * peft__nthreads || (mblocks * g.nsplit) % peft__nthreads))
                 g.nsplit++;
