@@ -2792,9 +2792,17 @@ PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s) {
    L = (1/N') Σ_r [logsumexp(z_r) − z_r[t_r]] over rows with t_r ≠ −100
    dz_r = (softmax(z_r) − onehot(t_r)) · dL / N'                            */
 /* log Σ_j e^{z_j}: e^{z − max} in chunks of 64 (vectorised), summed in double */
+/* 16 running maxima so that the loop vectorises (max is exact: any
+   grouping gives the same answer) */
 static float peft__row_max(const float *z, int64_t V) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+    float m[16];
+    for (int l = 0; l < 16; l++) m[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + 16 <= V; j += 16)
+        for (int l = 0; l < 16; l++) m[l] = z[j + l] > m[l] ? z[j + l] : m[l];
+    for (; j < V; j++) m[0] = z[j] > m[0] ? z[j] : m[0];
+    float mx = m[0];
+    for (int l = 1; l < 16; l++) mx = m[l] > mx ? m[l] : mx;
     return mx;
 }
 
