@@ -1387,6 +1387,7 @@ typedef struct {
     int tA, tB, M, N, K, lda, ldb, ldc, pc, kc, jc, nc;
     int nsplit;                      /* column parts per block of rows */
     int over;                        /* this K slice stores over C (beta 0, first slice) */
+    int keep_a;                      /* A packed once per K slice for all column slices */
     const float *A, *B;
     float *C;
     const float *Bp;
@@ -1504,14 +1505,24 @@ static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
    block's A packed once and run against every column strip. Splitting by
    strips balances the threads to within one strip without cutting rows
    into column parts that would pack the same A block twice. */
+static PEFT__TLS float *peft__pack_a_all;
+static PEFT__TLS size_t peft__pack_a_all_cap;
+
 static void peft__gemm_strips(void *vctx, int64_t s0, int64_t s1) {
     const peft__gemm_args *g = (const peft__gemm_args *)vctx;
-    float *Ap = peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
+    /* keep_a: this thread's whole A range for the K slice stays packed
+       across the column slices (the same strips come back to the same
+       thread: parallel_for's split depends only on the count) */
+    float *Ap = g->keep_a ? peft__pack_buf(&peft__pack_a_all, &peft__pack_a_all_cap, (size_t)(s1 - s0) * PEFT__MR * g->kc)
+                          : peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
     if (!Ap) return;
     for (int64_t b0 = s0; b0 < s1; b0 += PEFT__MC / PEFT__MR) {
         int64_t b1 = b0 + PEFT__MC / PEFT__MR < s1 ? b0 + PEFT__MC / PEFT__MR : s1;
         int ic = (int)b0 * PEFT__MR, mc = g->M - ic < (int)(b1 - b0) * PEFT__MR ? g->M - ic : (int)(b1 - b0) * PEFT__MR;
-        peft__pack_A(g, ic, mc, Ap);
+        if (g->keep_a) {
+            Ap = peft__pack_a_all + (size_t)(b0 - s0) * PEFT__MR * g->kc;
+            if (g->jc == 0) peft__pack_A(g, ic, mc, Ap);
+        } else peft__pack_A(g, ic, mc, Ap);
         for (int j0 = 0; j0 < g->nc; j0 += PEFT__NR) {
             int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
             const float *Bs = g->Bp + (size_t)j0 * g->kc;
@@ -1547,35 +1558,45 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
         peft__parallel_for(M, 64, peft__scale_rows, &g);
     }
     if (K <= 0) return;
-    int64_t mblocks = (M + PEFT__MC - 1) / PEFT__MC;
+    int64_t mblocks = (M + PEFT__MC - 1) / PEFT__MC, strips = (M + PEFT__MR - 1) / PEFT__MR;
     /* N in equal slices of at most NC, whole NR strips each (1536 columns
-       are two slices of 768, not 1024 + 512) */
+       are two slices of 768, not 1024 + 512); K in equal slices of at most
+       KC: no short last slice, whose C tile traffic would cost more than
+       its few multiply-adds */
     int nslices = (N + PEFT__NC - 1) / PEFT__NC, nc_even = ((N + nslices - 1) / nslices + PEFT__NR - 1) / PEFT__NR * PEFT__NR;
-    for (g.jc = 0; g.jc < N; g.jc += nc_even) {
+    int kslices = (K + PEFT__KC - 1) / PEFT__KC, kc_even = (K + kslices - 1) / kslices;
+    /* Many column slices over few enough rows (the logits: a few hundred
+       rows × the vocabulary): K slices outside, each thread's A packed
+       once per K slice instead of once per column slice. Either loop order
+       adds the K slices into C in the same order: identical results. */
+    g.keep_a = nslices > 1 && strips >= 4 * peft__nthreads &&
+               (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
+    int outer_n = g.keep_a ? 1 : nslices, inner_n = g.keep_a ? nslices : 1;
+    float *Bp = peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, (size_t)(nc_even + PEFT__NR - 1) / PEFT__NR * PEFT__NR * PEFT__KC);
+    if (!Bp) {                                   /* no memory to pack: the plain loops (beta 0 not applied yet) */
+        peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
+        return;
+    }
+    g.Bp = Bp;
+    for (int o = 0; o < outer_n * kslices * inner_n; o++) {
+        int js = g.keep_a ? o % nslices : o / kslices, ks = g.keep_a ? o / nslices : o % kslices;
+        g.jc = js * nc_even;
         g.nc = N - g.jc < nc_even ? N - g.jc : nc_even;
-        /* K in equal slices of at most KC: no short last slice, whose C
-           tile traffic would cost more than its few multiply-adds */
-        int kslices = (K + PEFT__KC - 1) / PEFT__KC, kc_even = (K + kslices - 1) / kslices;
-        for (g.pc = 0; g.pc < K; g.pc += kc_even) {
-            g.kc = K - g.pc < kc_even ? K - g.pc : kc_even;
-            g.over = beta == 0.0f && g.pc == 0;
-            size_t panels = (size_t)(g.nc + PEFT__NR - 1) / PEFT__NR;
-            float *Bp = peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, panels * PEFT__NR * PEFT__KC);
-            if (!Bp) { peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, 1.0f, C, ldc); return; }
-            g.Bp = Bp;
-            peft__parallel_for((int64_t)panels, 4, peft__pack_B_range, &g);
-            int64_t strips = (M + PEFT__MR - 1) / PEFT__MR;
-            if (strips >= 4 * peft__nthreads) {
-                peft__parallel_for(strips, 1, peft__gemm_strips, &g);
-                continue;
-            }
-            /* few rows: split columns too until the units divide evenly
-               among the threads */
-            g.nsplit = 1;
-            while (g.nsplit < (int)panels && (mblocks * g.nsplit < 2 * peft__nthreads || (mblocks * g.nsplit) % peft__nthreads))
-                g.nsplit++;
-            peft__parallel_for(mblocks * g.nsplit, 1, peft__gemm_mblocks, &g);
+        g.pc = ks * kc_even;
+        g.kc = K - g.pc < kc_even ? K - g.pc : kc_even;
+        g.over = beta == 0.0f && g.pc == 0;
+        size_t panels = (size_t)(g.nc + PEFT__NR - 1) / PEFT__NR;
+        peft__parallel_for((int64_t)panels, 4, peft__pack_B_range, &g);
+        if (strips >= 4 * peft__nthreads) {
+            peft__parallel_for(strips, 1, peft__gemm_strips, &g);
+            continue;
         }
+        /* few rows: split columns too until the units divide evenly
+           among the threads */
+        g.nsplit = 1;
+        while (g.nsplit < (int)panels && (mblocks * g.nsplit < 2 * peft__nthreads || (mblocks * g.nsplit) % peft__nthreads))
+            g.nsplit++;
+        peft__parallel_for(mblocks * g.nsplit, 1, peft__gemm_mblocks, &g);
     }
 }
 
@@ -1902,9 +1923,18 @@ static void *peft__arena_alloc(peft_graph *g, size_t n) {
     return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
 }
 
+static void peft__zero_range(void *vctx, int64_t b0, int64_t b1) {
+    memset((float *)vctx + b0 * 4096, 0, (size_t)(b1 - b0) * 4096 * sizeof(float));
+}
+
 static float *peft__arena_floats(peft_graph *g, int64_t n, int zero) {
     float *p = (float *)peft__arena_alloc(g, (size_t)n * sizeof(float));
-    if (p && zero) memset(p, 0, (size_t)n * sizeof(float));
+    if (!p || !zero) return p;
+    /* gradient buffers of activations run to megabytes: both cores clear
+       (the pages are warm from the last step; this is store bandwidth) */
+    int64_t blocks = n / 4096;
+    peft__parallel_for(blocks, 64, peft__zero_range, p);
+    memset(p + blocks * 4096, 0, (size_t)(n - blocks * 4096) * sizeof(float));
     return p;
 }
 
@@ -2722,16 +2752,34 @@ PEFTDEF peft_tensor *peft_prompt_attend(peft_graph *g, peft_tensor *q, peft_tens
    du = dy ⊙ silu(g);  dg = dy ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))                 */
 typedef struct { const float *g, *u, *dy; float *y, *dg, *du; } peft__swiglu_args;
 
+/* in blocks of 64: the sigmoids first (a loop the compiler vectorises),
+   then each gradient in its own branch-free loop */
 static void peft__swiglu_fwd_range(void *vctx, int64_t j0, int64_t j1) {
     const peft__swiglu_args *a = (const peft__swiglu_args *)vctx;
-    for (int64_t j = j0; j < j1; j++) a->y[j] = a->g[j] / (1.0f + peft__exp(-a->g[j])) * a->u[j];
+    float e[64];
+    for (int64_t b = j0; b < j1; b += 64) {
+        int m = j1 - b < 64 ? (int)(j1 - b) : 64;
+        const float *x = a->g + b, *u = a->u + b;
+        float *y = a->y + b;
+        for (int j = 0; j < m; j++) e[j] = peft__exp(-x[j]);
+        for (int j = 0; j < m; j++) y[j] = x[j] / (1.0f + e[j]) * u[j];
+    }
 }
 static void peft__swiglu_bw_range(void *vctx, int64_t j0, int64_t j1) {
     const peft__swiglu_args *a = (const peft__swiglu_args *)vctx;
-    for (int64_t j = j0; j < j1; j++) {
-        float x = a->g[j], s = 1.0f / (1.0f + peft__exp(-x));
-        if (a->du) a->du[j] += a->dy[j] * x * s;
-        if (a->dg) a->dg[j] += a->dy[j] * a->u[j] * s * (1.0f + x * (1.0f - s));
+    float s[64];
+    for (int64_t b = j0; b < j1; b += 64) {
+        int m = j1 - b < 64 ? (int)(j1 - b) : 64;
+        const float *x = a->g + b, *u = a->u + b, *dy = a->dy + b;
+        for (int j = 0; j < m; j++) s[j] = 1.0f / (1.0f + peft__exp(-x[j]));
+        if (a->du) {
+            float *du = a->du + b;
+            for (int j = 0; j < m; j++) du[j] += dy[j] * x[j] * s[j];
+        }
+        if (a->dg) {
+            float *dg = a->dg + b;
+            for (int j = 0; j < m; j++) dg[j] += dy[j] * u[j] * s[j] * (1.0f + x[j] * (1.0f - s[j]));
+        }
     }
 }
 static void peft__swiglu_bw(peft_graph *g, peft__node *n) {

@@ -514,9 +514,10 @@ TEST(test_gemm_shapes) {
         free(A); free(B); free(C1); free(C2);
     }
     /* past one K slice (700 = 3 slices of 234) and one column slice (1500 = 768 + 732),
-       and threads: two threads give the same bits twice and the same bits as one */
-    int big[][3] = { { 37, 1500, 700 }, { 200, 70, 1300 }, { 1, 2049, 5 } };
-    for (int c = 0; c < 3; c++) {
+       and threads: two threads give the same bits twice and the same bits as one;
+       130 x 2100 keeps each thread's packed A across the three column slices */
+    int big[][3] = { { 37, 1500, 700 }, { 200, 70, 1300 }, { 1, 2049, 5 }, { 130, 2100, 700 } };
+    for (int c = 0; c < 4; c++) {
         int M = big[c][0], N = big[c][1], K = big[c][2];
         float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
         float *C[4];
