@@ -2213,6 +2213,8 @@ typedef struct {
     const float *dout;
     float G[PEFT_MAX_HEADS], Gx[PEFT_MAX_HEADS];
     int B, T, H, KV, hd, K, prompt_batched;
+    int by_batch;                    /* backward units are (batch, kv head), not kv heads */
+    int oom;                         /* a thread found no memory for its scratch */
 } peft__attn_args;
 
 /* e^x in float without libm, so that loops over it vectorise (glibc's expf
@@ -2355,15 +2357,28 @@ static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
    and gate gradients, shared across a group or the batch, are written by one
    thread each. The token branch is GEMMs: dP = dO·Vᵀ, dS = P⊙(dP − rowsum)·s,
    dQ += dS·K', dK += dSᵀ·Q, dV += Pᵀ·dO; the prompts go row by row. */
-static void peft__attn_bw_range(void *vctx, int64_t h0, int64_t h1) {
+/* per-thread scratch of the attention backward (dS, dSᵀ·Q, keys, prompt rows) */
+static PEFT__TLS float *peft__attn_scratch;
+static PEFT__TLS size_t peft__attn_scratch_cap;
+
+/* Units: (batch, kv head) pairs when every gradient they write is their own
+   (no prompts, or one set of prompts per batch row), else kv heads with all
+   batch rows — prompts shared by the batch get gradients from every row.
+   Gate gradients go to per-unit partial sums (a->dG + unit·H), added up in
+   unit order afterwards: the same bits for any thread count. */
+static void peft__attn_bw_range(void *vctx, int64_t u0, int64_t u1) {
     peft__attn_args *a = (peft__attn_args *)vctx;
     int T = a->T, H = a->H, KV = a->KV, hd = a->hd, K = a->K, grp = H / KV;
     int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int kvh = (int)h0; kvh < (int)h1; kvh++) {
-        float *dS = a->scratch + (size_t)kvh * ((size_t)T * T + 2 * (size_t)T * hd + K + hd);
-        float *tmp = dS + (size_t)T * T, *kbuf = tmp + (size_t)T * hd, *dPp = kbuf + (size_t)T * hd, *dop = dPp + K;
-        for (int b = 0; b < a->B; b++) {
+    float *dS = peft__pack_buf(&peft__attn_scratch, &peft__attn_scratch_cap, (size_t)T * T + 2 * (size_t)T * hd + K + hd);
+    if (!dS) { a->oom = 1; return; }
+    float *tmp = dS + (size_t)T * T, *kbuf = tmp + (size_t)T * hd, *dPp = kbuf + (size_t)T * hd, *dop = dPp + K;
+    for (int64_t u = u0; u < u1; u++) {
+        int kvh = a->by_batch ? (int)(u % KV) : (int)u;
+        int b_first = a->by_batch ? (int)(u / KV) : 0, b_end = a->by_batch ? b_first + 1 : a->B;
+        float *dG = a->dG ? a->dG + u * H : NULL, *dGx = a->dGx ? a->dGx + u * H : NULL;
+        for (int b = b_first; b < b_end; b++) {
             int64_t col = (int64_t)kvh * hd, pb = a->prompt_batched ? (int64_t)b * K : 0;
             const float *kb = a->k + (int64_t)b * T * kw + col, *vb = a->v + (int64_t)b * T * kw + col;
             const float *xb = a->x ? a->x + (int64_t)b * T * kw + col : NULL;
@@ -2379,14 +2394,14 @@ static void peft__attn_bw_range(void *vctx, int64_t h0, int64_t h1) {
                     const float *pp = a->Pp + (((size_t)b * H + h) * T + t) * K;
                     float G = a->G[h], rs = 0.0f;
                     for (int d = 0; d < hd; d++) dop[d] = G * dot[d];
-                    if (a->dG) {
+                    if (dG) {
                         float g = 0.0f;
                         for (int d = 0; d < hd; d++) {
                             float sv = 0.0f;
                             for (int i = 0; i < K; i++) sv += pp[i] * a->pv[(pb + i) * kw + col + d];
                             g += dot[d] * sv;
                         }
-                        a->dG[h] += g;
+                        dG[h] += g;
                     }
                     for (int i = 0; i < K; i++) {
                         dPp[i] = peft__dot(dop, a->pv + (pb + i) * kw + col, hd);
@@ -2420,16 +2435,16 @@ static void peft__attn_bw_range(void *vctx, int64_t h0, int64_t h1) {
                     const float *keys = peft__keys_for_head(a, kb, xb, h, kw, kbuf, &ldk);
                     peft_gemm(0, 0, T, hd, T, dS, T, keys, (int)ldk, 1.0f, dqh, (int)qw);
                 }
-                if (a->dk || (xb && (a->dx || a->dGx))) {
+                if (a->dk || (xb && (a->dx || dGx))) {
                     peft_gemm(1, 0, T, hd, T, dS, T, qh, (int)qw, 0.0f, tmp, hd);         /* dSᵀ·Q */
                     float gx = xb ? a->Gx[h] : 0.0f, dgx = 0.0f;
                     for (int j = 0; j < T; j++) {
                         const float *tj = tmp + (size_t)j * hd;
                         if (a->dk) { float *dkj = a->dk + ((int64_t)b * T + j) * kw + col; for (int d = 0; d < hd; d++) dkj[d] += tj[d]; }
                         if (xb && a->dx) { float *dxj = a->dx + ((int64_t)b * T + j) * kw + col; for (int d = 0; d < hd; d++) dxj[d] += gx * tj[d]; }
-                        if (xb && a->dGx) dgx += peft__dot(tj, xb + (int64_t)j * kw, hd);
+                        if (xb && dGx) dgx += peft__dot(tj, xb + (int64_t)j * kw, hd);
                     }
-                    if (xb && a->dGx) a->dGx[h] += dgx;
+                    if (xb && dGx) dGx[h] += dgx;
                 }
                 if (a->dv) peft_gemm(1, 0, T, hd, T, P, T, doh, (int)qw, 1.0f, a->dv + (int64_t)b * T * kw + col, (int)kw);
             }
@@ -2467,13 +2482,19 @@ static void peft__attention_bw(peft_graph *g, peft__node *n) {
     a.Pp = a.P + (size_t)a.B * a.H * a.T * a.T;
     peft__gate_values(n->in[5], gate_tanh, a.H, a.G);
     peft__gate_values(n->in[7], 0, a.H, a.Gx);
-    int64_t per = (int64_t)a.T * a.T + 2 * (int64_t)a.T * a.hd + a.K + a.hd;
-    a.scratch = peft__arena_floats(g, (int64_t)a.KV * per + 2 * a.H, 1);
-    if (!a.scratch) { g->failed = 1; return; }
-    float *dG = a.scratch + (size_t)a.KV * per, *dGx = dG + a.H;
-    a.dG = peft__grad_if(n->in[5]) ? dG : NULL;
-    a.dGx = peft__grad_if(n->in[7]) ? dGx : NULL;
-    peft__parallel_for(a.KV, 1, peft__attn_bw_range, &a);
+    a.by_batch = a.K == 0 || a.prompt_batched;
+    int64_t units = a.by_batch ? (int64_t)a.B * a.KV : a.KV;
+    float *partial = peft__arena_floats(g, 2 * units * a.H, 1), dG[PEFT_MAX_HEADS] = { 0 }, dGx[PEFT_MAX_HEADS] = { 0 };
+    if (!partial) { g->failed = 1; return; }
+    a.dG = peft__grad_if(n->in[5]) ? partial : NULL;
+    a.dGx = peft__grad_if(n->in[7]) ? partial + units * a.H : NULL;
+    peft__parallel_for(units, 1, peft__attn_bw_range, &a);
+    if (a.oom) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "attention backward: no memory for scratch"); return; }
+    for (int64_t u = 0; u < units; u++)
+        for (int h = 0; h < a.H; h++) {
+            dG[h] += partial[u * a.H + h];
+            dGx[h] += partial[(units + u) * a.H + h];
+        }
     peft__gate_backward(n->in[5], gate_tanh, a.H, a.G, dG);
     peft__gate_backward(n->in[7], 0, a.H, a.Gx, dGx);
 }
@@ -2840,17 +2861,23 @@ PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s) {
    L = (1/N') Σ_r [logsumexp(z_r) − z_r[t_r]] over rows with t_r ≠ −100
    dz_r = (softmax(z_r) − onehot(t_r)) · dL / N'                            */
 /* log Σ_j e^{z_j}: e^{z − max} in chunks of 64 (vectorised), summed in double */
-/* 16 running maxima so that the loop vectorises (max is exact: any
-   grouping gives the same answer) */
+/* the largest element, a vector of running maxima at a time (compilers
+   leave the scalar loop scalar; max is exact, so any grouping gives the
+   same answer). NaNs are passed over, as `z > m ? z : m` does. */
 static float peft__row_max(const float *z, int64_t V) {
-    float m[16];
-    for (int l = 0; l < 16; l++) m[l] = -INFINITY;
+    float mx = -INFINITY;
     int64_t j = 0;
-    for (; j + 16 <= V; j += 16)
-        for (int l = 0; l < 16; l++) m[l] = z[j + l] > m[l] ? z[j + l] : m[l];
-    for (; j < V; j++) m[0] = z[j] > m[0] ? z[j] : m[0];
-    float mx = m[0];
-    for (int l = 1; l < 16; l++) mx = m[l] > mx ? m[l] : mx;
+#if defined(__GNUC__)
+    typedef int32_t peft__vi __attribute__((vector_size(4 * PEFT__VW)));
+    peft__vf m = PEFT__BCAST(-INFINITY);
+    for (; j + PEFT__VW <= V; j += PEFT__VW) {
+        peft__vf x = peft__vload(z + j);
+        peft__vi gt = x > m;
+        m = (peft__vf)((gt & (peft__vi)x) | (~gt & (peft__vi)m));
+    }
+    for (int l = 0; l < PEFT__VW; l++) mx = m[l] > mx ? m[l] : mx;
+#endif
+    for (; j < V; j++) mx = z[j] > mx ? z[j] : mx;
     return mx;
 }
 

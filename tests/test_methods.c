@@ -497,3 +497,55 @@ TEST(test_checkpointing_same_gradients) {
         free(grads[0]); free(grads[1]);
     }
 }
+
+/* The loss and every trainable gradient of one step of method k on `threads`
+   threads (dropout on); the gradients in one malloc'd array. */
+static float *step_gradients(peft_method_kind kind, int threads, size_t *total, float *loss) {
+    peft_rng r;
+    peft_rng_seed(&r, 5);
+    peft_model *m = adapted_model(kind, 0.1f, 0.2f, &r);
+    if (!m) return NULL;
+    int keep = peft_get_threads();
+    peft_set_threads(threads);
+    int B = 2, T = 16, tok[32], tgt[32], V = m->cfg.vocab_size;
+    for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); }
+    peft_graph *g = peft_graph_new();
+    m->training = 1;
+    peft_tensor *L = peft_model_loss(m, g, tok, tgt, B, T);
+    float *out = NULL;
+    if (L && peft_backward(g, L) == PEFT_OK) {
+        *loss = L->data[0];
+        peft_tensor **tp;
+        int n = peft_model_trainable(m, &tp);
+        *total = 0;
+        for (int i = 0; i < n; i++) *total += (size_t)tp[i]->n;
+        out = malloc(sizeof(float) * *total);
+        size_t at = 0;
+        for (int i = 0; i < n; i++) { memcpy(out + at, tp[i]->grad, sizeof(float) * (size_t)tp[i]->n); at += (size_t)tp[i]->n; }
+        free(tp);
+    }
+    peft_set_threads(keep);
+    peft_graph_free(g);
+    peft_model_free(m);
+    return out;
+}
+
+/* Backward on threads: two runs on 2 threads give the same bits (attention
+   splits its backward by batch row and kv head and adds the gates' partial
+   gradients in a fixed order), and 1 thread agrees to rounding. */
+TEST(test_threads_deterministic_gradients) {
+    peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
+    for (int k = 0; k < 6; k++) {
+        size_t n[3] = { 0, 0, 0 };
+        float loss[3], *gr[3];
+        int threads[3] = { 2, 2, 1 };
+        for (int r = 0; r < 3; r++) gr[r] = step_gradients(kinds[k], threads[r], &n[r], &loss[r]);
+        REQUIRE(gr[0] && gr[1] && gr[2], "%s: %s", peft_method_name(kinds[k]), peft_last_error());
+        CHECK(n[0] == n[1] && n[1] == n[2] && n[0] > 0, "%s: gradient sizes", peft_method_name(kinds[k]));
+        CHECK(loss[0] == loss[1] && !memcmp(gr[0], gr[1], sizeof(float) * n[0]), "%s: 2 threads twice differ", peft_method_name(kinds[k]));
+        /* summation orders differ between 1 and 2 threads: fp32 rounding */
+        double e = th_rel_err_f(gr[0], gr[2], (long)n[0]);
+        CHECK(e < 1e-4 && fabsf(loss[0] - loss[2]) < 1e-5f * fabsf(loss[2]), "%s: 2 vs 1 thread: rel err %.3g", peft_method_name(kinds[k]), e);
+        for (int r = 0; r < 3; r++) free(gr[r]);
+    }
+}
