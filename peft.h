@@ -2152,11 +2152,26 @@ PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w,
    llama2.c): a = x[2i], b = x[2i+1]. The backward rotates by −θ.           */
 /* Row r is position start[r / T] + r % T (start NULL: 0), so a KV-cache
    step can continue each sequence where it stopped. */
-static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float *src,
-                             int64_t rows, int n_heads, int T, float sign, const int *start) {
-    int hd = rt->head_dim, half = rt->rot_dim / 2;
+typedef struct {
+    const peft_rope_table *rt;
+    float *dst;
+    const float *src;
+    int n_heads, T, accumulate;
+    float sign;
+    const int *start;
+} peft__rope_args;
+
+/* rows [r0, r1): dst = rotate(src), or dst += rotate(src) (backward);
+   dst may be src (each pair is read before it is written) */
+static void peft__rope_range(void *vctx, int64_t r0, int64_t r1) {
+    const peft__rope_args *a = (const peft__rope_args *)vctx;
+    const peft_rope_table *rt = a->rt;
+    int hd = rt->head_dim, half = rt->rot_dim / 2, n_heads = a->n_heads, T = a->T;
     int64_t width = (int64_t)n_heads * hd;
-    for (int64_t r = 0; r < rows; r++) {
+    const float *src = a->src;
+    float *dst = a->dst, sign = a->sign;
+    const int *start = a->start;
+    for (int64_t r = r0; r < r1; r++) {
         int pos = (int)(r % T) + (start ? start[r / T] : 0);
         const float *c = rt->cos + (size_t)pos * half, *s = rt->sin + (size_t)pos * half;
         for (int h = 0; h < n_heads; h++) {
@@ -2164,20 +2179,24 @@ static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float 
             float *y = dst + r * width + (int64_t)h * hd;
             for (int i = 0; i < half; i++) {
                 int ia = rt->interleaved ? 2 * i : i, ib = rt->interleaved ? 2 * i + 1 : i + half;
-                float a = x[ia], b = x[ib], sn = sign * s[i];
-                y[ia] = a * c[i] - b * sn;
-                y[ib] = b * c[i] + a * sn;
+                float xa = x[ia], xb = x[ib], sn = sign * s[i];
+                float ya = xa * c[i] - xb * sn, yb = xb * c[i] + xa * sn;
+                if (a->accumulate) { y[ia] += ya; y[ib] += yb; }
+                else { y[ia] = ya; y[ib] = yb; }
             }
-            for (int i = rt->rot_dim; i < hd; i++) y[i] = x[i];
+            for (int i = rt->rot_dim; i < hd; i++) y[i] = a->accumulate ? y[i] + x[i] : x[i];
         }
     }
 }
+static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float *src, int64_t rows, int n_heads, int T,
+                             float sign, const int *start, int accumulate) {
+    peft__rope_args a = { rt, dst, src, n_heads, T, accumulate, sign, start };
+    peft__parallel_for(rows, 64, peft__rope_range, &a);
+}
 static void peft__rope_bw(peft_graph *g, peft__node *n) {
+    (void)g;
     peft_tensor *x = n->in[0];
-    float *tmp = peft__arena_floats(g, x->n, 0);
-    if (!tmp) { g->failed = 1; return; }
-    peft__rope_apply((const peft_rope_table *)n->aux, tmp, n->out->grad, peft__rows(x), n->i[0], n->i[1], -1.0f, NULL);
-    for (int64_t j = 0; j < x->n; j++) x->grad[j] += tmp[j];
+    peft__rope_apply((const peft_rope_table *)n->aux, x->grad, n->out->grad, peft__rows(x), n->i[0], n->i[1], -1.0f, NULL, 1);
 }
 PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
                                const peft_rope_table *rt, int B, int T) {
@@ -2187,7 +2206,7 @@ PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
     if (T > rt->n_pos) return peft__op_fail(g, PEFT_ERR_ARG, "rope: sequence longer than the table");
     peft_tensor *y = peft__like(g, x);
     if (!y) return NULL;
-    peft__rope_apply(rt, y->data, x->data, peft__rows(x), n_heads, T, 1.0f, NULL);
+    peft__rope_apply(rt, y->data, x->data, peft__rows(x), n_heads, T, 1.0f, NULL, 0);
     peft__node *nd = peft__record(g, peft__rope_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->i[0] = n_heads; nd->i[1] = T; nd->aux = rt; }
     return y;
@@ -2822,12 +2841,17 @@ PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *ga, peft_tensor *up
 
 /* ---- residual add ------------------------------------------------------------
    y = a + b;  da += dy, db += dy                                           */
+typedef struct { float *y; const float *a, *b; } peft__add_args;   /* y = a + b (a may be y) */
+static void peft__add_range(void *vctx, int64_t j0, int64_t j1) {
+    const peft__add_args *p = (const peft__add_args *)vctx;
+    for (int64_t j = j0; j < j1; j++) p->y[j] = p->a[j] + p->b[j];
+}
 static void peft__add_bw(peft_graph *g, peft__node *n) {
     (void)g;
-    const float *dy = n->out->grad;
     for (int k = 0; k < 2; k++) {
         peft_tensor *t = n->in[k];
-        if (t->requires_grad) for (int64_t j = 0; j < t->n; j++) t->grad[j] += dy[j];
+        peft__add_args p = { t->grad, t->grad, n->out->grad };
+        if (t->requires_grad) peft__parallel_for(t->n, 16384, peft__add_range, &p);
     }
 }
 PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) {
@@ -2835,7 +2859,8 @@ PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) {
     if (a->n != b->n) return peft__op_fail(g, PEFT_ERR_SHAPE, "add: operands differ in size");
     peft_tensor *y = peft__like(g, a);
     if (!y) return NULL;
-    for (int64_t j = 0; j < a->n; j++) y->data[j] = a->data[j] + b->data[j];
+    peft__add_args p = { y->data, a->data, b->data };
+    peft__parallel_for(a->n, 16384, peft__add_range, &p);
     peft__record(g, peft__add_bw, y, a, b, NULL, NULL);
     return y;
 }
@@ -3728,8 +3753,8 @@ static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cac
         peft__fail(PEFT_ERR_NOMEM, "no memory for the cached prompts");
         return NULL;
     }
-    peft__rope_apply(&m->rope, q->data, q->data, (int64_t)B * T, H, T, 1.0f, c->len);
-    peft__rope_apply(&m->rope, k->data, k->data, (int64_t)B * T, cf->n_kv_heads, T, 1.0f, c->len);
+    peft__rope_apply(&m->rope, q->data, q->data, (int64_t)B * T, H, T, 1.0f, c->len, 0);
+    peft__rope_apply(&m->rope, k->data, k->data, (int64_t)B * T, cf->n_kv_heads, T, 1.0f, c->len, 0);
     size_t layer = (size_t)l * c->B * c->max_len * kvw;
     for (int b = 0; b < B; b++) {
         size_t at = layer + ((size_t)b * c->max_len + c->len[b]) * kvw, from = (size_t)b * T * kvw, n = (size_t)T * kvw;
