@@ -155,6 +155,8 @@ typedef struct peft_tensor {
     int      requires_grad;
     int      is_param;              /* owned by a model, outlives a step  */
     const char *name;               /* parameter name (HF key) or NULL    */
+    int      grad_fresh;            /* backward: grad not yet written; the
+                                       first op stores instead of adding  */
 } peft_tensor;
 
 /* A parameter: malloc'ed data, and a gradient buffer only when trainable. */
@@ -1994,6 +1996,9 @@ static const int *peft__save_ids(peft_graph *g, const int *ids, int64_t n) {
     return p;
 }
 
+static void peft__linear_bw(peft_graph *g, peft__node *n);
+static void peft__lora_bw(peft_graph *g, peft__node *n);
+
 PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const float *seed) {
     if (g->failed) return peft__fail(PEFT_ERR_ARG, "backward on a graph whose forward failed");
     if (!out) return peft__fail(PEFT_ERR_ARG, "backward needs an output tensor");
@@ -2007,8 +2012,12 @@ PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const fl
         for (int k = 0; k < 8; k++) {
             peft_tensor *t = n->in[k];
             if (t && t->requires_grad && !t->grad) {
-                t->grad = peft__arena_floats(g, t->n, 1);
+                /* a linear's input gradient is stored by its first product
+                   (beta 0), not cleared and then added to */
+                int stores = k == 0 && (n->backward == peft__linear_bw || n->backward == peft__lora_bw);
+                t->grad = peft__arena_floats(g, t->n, !stores);
                 if (!t->grad) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
+                t->grad_fresh = stores;
             }
         }
         n->backward(g, n);
@@ -2070,7 +2079,8 @@ static void peft__linear_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0], *W = n->in[1];
     int N = (int)peft__rows(x), in = (int)peft__cols(x), out = (int)W->shape[0];
     const float *dy = n->out->grad;
-    if (x->requires_grad) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, 1.0f, x->grad, in);
+    if (x->requires_grad) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
+    x->grad_fresh = 0;
     if (W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
 }
 PEFTDEF peft_tensor *peft_linear(peft_graph *g, peft_tensor *x, peft_tensor *W) {
@@ -2649,7 +2659,9 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
     if (A->requires_grad) peft_gemm(1, 0, r, in, N, du, r, xd, in, 1.0f, A->grad, in);
     if (W && W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
     if (x->requires_grad) {
-        if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, 1.0f, x->grad, in);
+        if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
+        else if (x->grad_fresh) memset(x->grad, 0, sizeof(float) * (size_t)x->n);
+        x->grad_fresh = 0;
         if (mf) {                                                        /* through dropout */
             peft_gemm(0, 0, N, in, r, du, r, A->data, in, 0.0f, xt, in);
             for (int64_t j = 0; j < (int64_t)N * in; j++) x->grad[j] += xt[j] * mf[j];
