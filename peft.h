@@ -1478,6 +1478,20 @@ static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
     }
 }
 
+/* the micro-kernels of one packed block of A (rows ic.., mc of them)
+   against the packed column strips [j_begin, j_end) of B */
+static void peft__run_block(const peft__gemm_args *g, const float *Ap, int ic, int mc, int j_begin, int j_end) {
+    for (int j0 = j_begin; j0 < g->nc && j0 < j_end; j0 += PEFT__NR) {
+        int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
+        const float *Bs = g->Bp + (size_t)j0 * g->kc;
+        for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
+            int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
+            peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr,
+                          g->over);
+        }
+    }
+}
+
 /* one thread: work units [u0, u1), each a block of MC rows times a range of
    NR-wide column strips (rows alone when there are enough row blocks) */
 static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
@@ -1491,15 +1505,7 @@ static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
         int p0 = (int)(panels * part / g->nsplit), p1 = (int)(panels * (part + 1) / g->nsplit);
         if (p1 <= p0) continue;
         peft__pack_A(g, ic, mc, Ap);
-        for (int j0 = p0 * PEFT__NR; j0 < g->nc && j0 < p1 * PEFT__NR; j0 += PEFT__NR) {
-            int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
-            const float *Bs = g->Bp + (size_t)j0 * g->kc;
-            for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
-                int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
-                peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr,
-                              g->over);
-            }
-        }
+        peft__run_block(g, Ap, ic, mc, p0 * PEFT__NR, p1 * PEFT__NR);
     }
 }
 
@@ -1525,15 +1531,7 @@ static void peft__gemm_strips(void *vctx, int64_t s0, int64_t s1) {
             Ap = peft__pack_a_all + (size_t)(b0 - s0) * PEFT__MR * g->kc;
             if (g->jc == 0) peft__pack_A(g, ic, mc, Ap);
         } else peft__pack_A(g, ic, mc, Ap);
-        for (int j0 = 0; j0 < g->nc; j0 += PEFT__NR) {
-            int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
-            const float *Bs = g->Bp + (size_t)j0 * g->kc;
-            for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
-                int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
-                peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr,
-                              g->over);
-            }
-        }
+        peft__run_block(g, Ap, ic, mc, 0, g->nc);
     }
 }
 
@@ -1838,9 +1836,12 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
    TAPE: the step arena and the op record
    ============================================================================
    Activations, their gradients and the tape's saved values all come from one
-   arena that is reset at each step. The first step may outgrow it (each extra
-   block is a separate malloc); the next reset folds everything into one block
-   of the high-water size, so later steps of the same shape allocate nothing. */
+   arena that is reset at each step: a chain of blocks, each at least as big
+   as all before it together (so a few dozen at most), filled in order. A
+   reset keeps every block, so the next step of the same shape takes the
+   same places in the same blocks: it allocates nothing and touches no fresh
+   page. (Folding the blocks into one new block would hand the kernel back
+   gigabytes and fault them in again on the next step.) */
 
 typedef struct peft__node {
     void (*backward)(peft_graph *g, struct peft__node *n);
@@ -1853,12 +1854,16 @@ typedef struct peft__node {
     const void  *aux;       /* op-specific constant (e.g. a RoPE table)    */
 } peft__node;
 
+typedef struct { unsigned char *mem, *base; size_t cap; } peft__arena_block;
+
 struct peft_graph {
-    unsigned char *base;
-    size_t         cap, used;
-    void         **extra;   /* overflow blocks of this step                */
-    int            n_extra, cap_extra;
-    size_t         extra_bytes;
+    peft__arena_block *blocks;
+    int            n_blocks, cap_blocks;
+    int            cur;     /* the block being filled                      */
+    size_t         used;    /* bytes taken from blocks[cur]                */
+    size_t         before;  /* bytes taken from the blocks before cur      */
+    size_t         total;   /* capacity of all blocks                      */
+    size_t         high;    /* most bytes one step has taken               */
     long           system_allocs;
     peft__node    *nodes;
     int            n_nodes, cap_nodes;
@@ -1873,56 +1878,62 @@ PEFTDEF peft_graph *peft_graph_new(void) {
 }
 
 PEFTDEF void peft_graph_reset(peft_graph *g) {
-    size_t need = g->used + g->extra_bytes;
-    for (int i = 0; i < g->n_extra; i++) PEFT_FREE(g->extra[i]);
-    g->n_extra = 0;
-    g->extra_bytes = 0;
-    if (need > g->cap) {
-        PEFT_FREE(g->base);
-        g->base = (unsigned char *)PEFT_MALLOC(need);
-        g->cap = g->base ? need : 0;
-        g->system_allocs++;
-    }
+    g->cur = 0;
     g->used = 0;
+    g->before = 0;
     g->n_nodes = 0;
     g->failed = 0;
 }
 
 PEFTDEF void peft_graph_free(peft_graph *g) {
     if (!g) return;
-    for (int i = 0; i < g->n_extra; i++) PEFT_FREE(g->extra[i]);
-    PEFT_FREE(g->extra);
-    PEFT_FREE(g->base);
+    for (int i = 0; i < g->n_blocks; i++) PEFT_FREE(g->blocks[i].mem);
+    PEFT_FREE(g->blocks);
     PEFT_FREE(g->nodes);
     PEFT_FREE(g);
 }
 
 PEFTDEF void   peft_graph_set_grad(peft_graph *g, int enabled) { g->grad_enabled = enabled; }
-PEFTDEF size_t peft_graph_arena_bytes(const peft_graph *g) { return g->cap + g->extra_bytes; }
+/* the most bytes of activations one step has held (not the blocks' slack) */
+PEFTDEF size_t peft_graph_arena_bytes(const peft_graph *g) {
+    size_t now = g->before + g->used;
+    return now > g->high ? now : g->high;
+}
 PEFTDEF long   peft_graph_system_allocs(const peft_graph *g) { return g->system_allocs; }
 
 static void *peft__arena_alloc(peft_graph *g, size_t n) {
     n = (n + 63) & ~(size_t)63;
-    if (g->base && g->used + n <= g->cap) {
-        void *p = g->base + g->used;
-        g->used += n;
-        return p;
+    /* the next block with room (a block too small for this request is left
+       with its tail unused; the same request skips it again next step) */
+    while (g->cur < g->n_blocks && g->used + n > g->blocks[g->cur].cap) {
+        g->before += g->used;
+        g->cur++;
+        g->used = 0;
     }
-    if (g->n_extra == g->cap_extra) {
-        int nc = g->cap_extra ? 2 * g->cap_extra : 16;
-        void **ne = (void **)PEFT_REALLOC(g->extra, (size_t)nc * sizeof(void *));
-        if (!ne) return NULL;
-        g->extra = ne;
-        g->cap_extra = nc;
+    if (g->cur == g->n_blocks) {
+        if (g->n_blocks == g->cap_blocks) {
+            int nc = g->cap_blocks ? 2 * g->cap_blocks : 16;
+            peft__arena_block *nb = (peft__arena_block *)PEFT_REALLOC(g->blocks, (size_t)nc * sizeof *nb);
+            if (!nb) return NULL;
+            g->blocks = nb;
+            g->cap_blocks = nc;
+            g->system_allocs++;
+        }
+        size_t cap = n > g->total ? n : g->total;        /* at least double the chain */
+        if (cap < ((size_t)1 << 20)) cap = (size_t)1 << 20;
+        unsigned char *mem = (unsigned char *)PEFT_MALLOC(cap + 64);
+        if (!mem) return NULL;
         g->system_allocs++;
+        peft__arena_block *b = &g->blocks[g->n_blocks++];
+        b->mem = mem;
+        b->base = (unsigned char *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);   /* 64-byte aligned for SIMD */
+        b->cap = cap;
+        g->total += cap;
     }
-    void *p = PEFT_MALLOC(n + 64);
-    if (!p) return NULL;
-    g->system_allocs++;
-    g->extra[g->n_extra++] = p;
-    g->extra_bytes += n + 64;
-    /* keep 64-byte alignment for SIMD loads */
-    return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+    void *p = g->blocks[g->cur].base + g->used;
+    g->used += n;
+    if (g->before + g->used > g->high) g->high = g->before + g->used;
+    return p;
 }
 
 static void peft__zero_range(void *vctx, int64_t b0, int64_t b1) {

@@ -144,7 +144,12 @@ TEST(test_grad_accumulation_equals_big_batch) {
         double e = th_rel_err_f(m2->params[i]->data, m1->params[i]->data, (long)m1->params[i]->n);
         if (e > worst) worst = e;
     }
-    CHECK(worst < 1e-5, "accumulated update differs from the big batch: rel %.3g", worst);
+    /* Adam's first update is lr·g/(|g| + eps): where g is within fp32
+       rounding of zero, the two summation orders may move a weight by up to
+       lr·δ/eps, which reaches ~1e-5 of the tensor's norm (seen under -O1);
+       using one micro-batch alone, or a wrong sign, moves whole tensors by
+       ~lr/|w| ≈ 1e-2. */
+    CHECK(worst < 1e-4, "accumulated update differs from the big batch: rel %.3g", worst);
     peft_trainer_free(t1); peft_trainer_free(t2);
     peft_model_free(m1); peft_model_free(m2);
 }
