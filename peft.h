@@ -277,6 +277,10 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
    W = NULL gives the LoRA term alone. rng = NULL disables dropout (evaluation). */
 PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
                                       peft_tensor *B, float scale, float dropout, peft_rng *rng);
+/* QLoRA: the same over a 4-bit base W [out, in], as one op (the base's output
+   is not a separate tensor, nor its gradient). */
+PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, peft_tensor *A,
+                                       peft_tensor *B, float scale, float dropout, peft_rng *rng);
 /* y + b per output column (HF's attention_bias / mlp_bias). */
 PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b);
 /* LLaMA-Adapter V2: s ⊙ (y + b) per output column. */
@@ -1852,6 +1856,7 @@ typedef struct peft__node {
     float        f[4];
     float       *saved;     /* op-specific values kept for backward        */
     const void  *aux;       /* op-specific constant (e.g. a RoPE table)    */
+    const void  *aux2;      /* a second one (QLoRA's 4-bit base)           */
 } peft__node;
 
 typedef struct { unsigned char *mem, *base; size_t cap; } peft__arena_block;
@@ -2009,6 +2014,7 @@ static const int *peft__save_ids(peft_graph *g, const int *ids, int64_t n) {
 
 static void peft__linear_bw(peft_graph *g, peft__node *n);
 static void peft__lora_bw(peft_graph *g, peft__node *n);
+static void peft__q4_linear_bw(peft_graph *g, peft__node *n);
 
 PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const float *seed) {
     if (g->failed) return peft__fail(PEFT_ERR_ARG, "backward on a graph whose forward failed");
@@ -2025,7 +2031,8 @@ PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const fl
             if (t && t->requires_grad && !t->grad) {
                 /* a linear's input gradient is stored by its first product
                    (beta 0), not cleared and then added to */
-                int stores = k == 0 && (n->backward == peft__linear_bw || n->backward == peft__lora_bw);
+                int stores = k == 0 && (n->backward == peft__linear_bw || n->backward == peft__lora_bw ||
+                                        n->backward == peft__q4_linear_bw);
                 t->grad = peft__arena_floats(g, t->n, !stores);
                 if (!t->grad) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
                 t->grad_fresh = stores;
@@ -2626,41 +2633,71 @@ PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *
 
 /* ---- 4-bit linear ----------------------------------------------------------------
    y = x·Wᵀ,  dx += dy·W     with W [out, in] in 4-bit storage (frozen).
-   Each product walks W a tile of rows at a time: the tile is dequantized
-   into an arena buffer of ~64K floats and multiplied at once, so neither
-   pass ever holds an fp32 copy of W.                                        */
+   Each product walks W a tile of rows at a time: the tile (up to 1M
+   floats, a buffer reused from call to call) is dequantized by all threads
+   and multiplied at once, so neither pass ever holds an fp32 copy of W, and
+   x is packed once per tile — once per product for most LLaMA shapes.      */
+#define PEFT__Q4_TILE (1 << 20)
+static PEFT__TLS float *peft__q4_tile;
+static PEFT__TLS size_t peft__q4_tile_cap;
+
 static int peft__q4_tile_rows(int out, int in) {
-    int r = 65536 / (in > 0 ? in : 1);
+    int r = PEFT__Q4_TILE / (in > 0 ? in : 1);
     return r < 1 ? 1 : r > out ? out : r;
+}
+typedef struct { const peft_q4 *W; int64_t start; float *out; } peft__q4_dq_args;
+static void peft__q4_dq_range(void *vctx, int64_t c0, int64_t c1) {   /* chunks of 4096 values */
+    const peft__q4_dq_args *a = (const peft__q4_dq_args *)vctx;
+    peft_q4_dequantize(a->W, a->start + c0 * 4096, (c1 - c0) * 4096, a->out + c0 * 4096);
+}
+/* rows [o0, o0 + rows) of W into buf, on all threads */
+static void peft__q4_tile_load(const peft_q4 *W, int o0, int rows, int in, float *buf) {
+    int64_t n = (int64_t)rows * in, whole = n / 4096;
+    peft__q4_dq_args a = { W, (int64_t)o0 * in, buf };
+    peft__parallel_for(whole, 4, peft__q4_dq_range, &a);
+    if (n > whole * 4096) peft_q4_dequantize(W, a.start + whole * 4096, n - whole * 4096, buf + whole * 4096);
+}
+/* y [N, out] = x·Wᵀ (beta 0) */
+static peft_status peft__q4_forward(const peft_q4 *W, const float *x, int N, int out, int in, float *y) {
+    int tr = peft__q4_tile_rows(out, in);
+    float *buf = peft__pack_buf(&peft__q4_tile, &peft__q4_tile_cap, (size_t)tr * in);
+    if (!buf) return peft__fail(PEFT_ERR_NOMEM, "q4_linear: no memory for a dequantized tile");
+    for (int o0 = 0; o0 < out; o0 += tr) {
+        int rows = out - o0 < tr ? out - o0 : tr;
+        peft__q4_tile_load(W, o0, rows, in, buf);
+        peft_gemm(0, 1, N, rows, in, x, in, buf, in, 0.0f, y + o0, out);
+    }
+    return PEFT_OK;
+}
+/* dx [N, in] (+)= dy·W: stored over dx when `store` (a fresh gradient) */
+static peft_status peft__q4_backward(const peft_q4 *W, const float *dy, int N, int out, int in, float *dx, int store) {
+    int tr = peft__q4_tile_rows(out, in);
+    float *buf = peft__pack_buf(&peft__q4_tile, &peft__q4_tile_cap, (size_t)tr * in);
+    if (!buf) return peft__fail(PEFT_ERR_NOMEM, "q4_linear: no memory for a dequantized tile");
+    for (int o0 = 0; o0 < out; o0 += tr) {
+        int rows = out - o0 < tr ? out - o0 : tr;
+        peft__q4_tile_load(W, o0, rows, in, buf);
+        peft_gemm(0, 0, N, in, rows, dy + o0, out, buf, in, store && o0 == 0 ? 0.0f : 1.0f, dx, in);
+    }
+    return PEFT_OK;
 }
 static void peft__q4_linear_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0];
-    const peft_q4 *W = (const peft_q4 *)n->aux;
-    int N = (int)peft__rows(x), out = n->i[0], in = n->i[1], tr = peft__q4_tile_rows(out, in);
-    float *buf = peft__arena_floats(g, (int64_t)tr * in, 0);
-    if (!buf) { g->failed = 1; return; }
-    for (int o0 = 0; o0 < out; o0 += tr) {
-        int rows = out - o0 < tr ? out - o0 : tr;
-        peft_q4_dequantize(W, (int64_t)o0 * in, (int64_t)rows * in, buf);
-        peft_gemm(0, 0, N, in, rows, n->out->grad + o0, out, buf, in, 1.0f, x->grad, in);
-    }
+    if (peft__q4_backward((const peft_q4 *)n->aux, n->out->grad, (int)peft__rows(x), n->i[0], n->i[1], x->grad, x->grad_fresh) != PEFT_OK)
+        g->failed = 1;
+    x->grad_fresh = 0;
 }
 PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, int out, int in) {
     if (!peft__ok(g, x, W)) return NULL;
     if (peft__cols(x) != in || W->n != (int64_t)out * in)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "q4_linear: input width or 4-bit weight size disagree");
-    int N = (int)peft__rows(x), tr = peft__q4_tile_rows(out, in);
+    int N = (int)peft__rows(x);
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
-    float *buf = y ? peft__arena_floats(g, (int64_t)tr * in, 0) : NULL;
-    if (!buf) return NULL;
-    for (int o0 = 0; o0 < out; o0 += tr) {
-        int rows = out - o0 < tr ? out - o0 : tr;
-        peft_q4_dequantize(W, (int64_t)o0 * in, (int64_t)rows * in, buf);
-        peft_gemm(0, 1, N, rows, in, x->data, in, buf, in, 0.0f, y->data + o0, out);
-    }
+    if (!y) return NULL;
+    if (peft__q4_forward(W, x->data, N, out, in, y->data) != PEFT_OK) { g->failed = 1; return NULL; }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; }
     return y;
@@ -2671,14 +2708,21 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
    u = x̃·Aᵀ [N,r] is kept;  du = s·dy·B,  dB += s·dyᵀ·u,  dA += duᵀ·x̃,
    dx += dy·W + (du·A) ⊙ mask/(1−p).  W + B·A is never formed: the extra
    memory is O(N·r), which is the whole point of LoRA.                      */
+/* scratch of the LoRA op (x̃, s·u, du), reused from call to call */
+static PEFT__TLS float *peft__lora_tmp;
+static PEFT__TLS size_t peft__lora_tmp_cap;
+static float *peft__lora_scratch(size_t n) { return peft__pack_buf(&peft__lora_tmp, &peft__lora_tmp_cap, n); }
+
 static void peft__lora_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0], *W = n->in[1], *A = n->in[2], *Bm = n->in[3];
+    const peft_q4 *Wq = (const peft_q4 *)n->aux2;                     /* QLoRA's base, or NULL */
     int N = n->i[0], in = n->i[1], out = n->i[2], r = n->i[3];   /* W may be NULL: LoRA term only */
-    float s = n->f[0];
-    const float *dy = n->out->grad, *u = n->saved, *mf = (const float *)n->aux;
-    float *du = peft__arena_floats(g, (int64_t)N * r, 0);
-    float *xt = mf ? peft__arena_floats(g, (int64_t)N * in, 0) : NULL;
-    if (!du || (mf && !xt)) { g->failed = 1; return; }
+    float s = n->f[0], keep = n->f[1];
+    const float *dy = n->out->grad, *u = n->saved;
+    const uint8_t *mask = (const uint8_t *)n->aux;
+    float *du = peft__lora_scratch((size_t)N * r + (mask ? (size_t)N * in : 0));
+    float *xt = mask ? du + (size_t)N * r : NULL;
+    if (!du) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "lora_linear backward: out of memory"); return; }
     peft_gemm(0, 0, N, r, out, dy, out, Bm->data, r, 0.0f, du, r);         /* du = s·dy·B     */
     for (int64_t j = 0; j < (int64_t)N * r; j++) du[j] *= s;
     if (Bm->requires_grad) {                                             /* dB += s·dyᵀ·u   */
@@ -2688,62 +2732,75 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
         for (int64_t j = 0; j < (int64_t)out * r; j++) Bm->grad[j] += s * tmp[j];
     }
     const float *xd = x->data;
-    if (mf) {                                                            /* x̃ = x ⊙ mask    */
-        for (int64_t j = 0; j < (int64_t)N * in; j++) xt[j] = x->data[j] * mf[j];
+    if (mask) {                                                          /* x̃ = x ⊙ mask/(1−p) */
+        for (int64_t j = 0; j < (int64_t)N * in; j++) xt[j] = mask[j] ? x->data[j] * keep : 0.0f;
         xd = xt;
     }
     if (A->requires_grad) peft_gemm(1, 0, r, in, N, du, r, xd, in, 1.0f, A->grad, in);
     if (W && W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
     if (x->requires_grad) {
         if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
+        else if (Wq) { if (peft__q4_backward(Wq, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) { g->failed = 1; return; } }
         else if (x->grad_fresh) memset(x->grad, 0, sizeof(float) * (size_t)x->n);
         x->grad_fresh = 0;
-        if (mf) {                                                        /* through dropout */
+        if (mask) {                                                      /* through dropout */
             peft_gemm(0, 0, N, in, r, du, r, A->data, in, 0.0f, xt, in);
-            for (int64_t j = 0; j < (int64_t)N * in; j++) x->grad[j] += xt[j] * mf[j];
+            for (int64_t j = 0; j < (int64_t)N * in; j++) x->grad[j] += mask[j] ? xt[j] * keep : 0.0f;
         } else peft_gemm(0, 0, N, in, r, du, r, A->data, in, 1.0f, x->grad, in);
     }
 }
-PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
-                                      peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W, const peft_q4 *Wq, peft_tensor *A,
+                                  peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
     if (!peft__ok(g, x, A) || !Bm) return NULL;
     int N = (int)peft__rows(x), in = (int)A->shape[1], out = (int)Bm->shape[0], r = (int)A->shape[0];
     if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r ||
-        (W && (W->shape[0] != out || W->shape[1] != in)))
+        (W && (W->shape[0] != out || W->shape[1] != in)) || (Wq && Wq->n != (int64_t)out * in))
         return peft__op_fail(g, PEFT_ERR_SHAPE, "lora_linear: shapes of x, W [out,in], A [r,in], B [out,r] disagree");
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     int drop = dropout > 0.0f && rng != NULL;
+    /* kept for backward: u [N, r] and, with dropout, the mask as one byte
+       per input (x̃ is rebuilt from it); x̃ and s·u are scratch */
     float *u = y ? peft__arena_floats(g, (int64_t)N * r, 0) : NULL;
-    float *v = u ? peft__arena_floats(g, (int64_t)N * out, 0) : NULL;
-    float *mf = v && drop ? peft__arena_floats(g, (int64_t)N * in, 0) : NULL;
-    if (!v || (drop && !mf)) return NULL;
+    uint8_t *mask = u && drop ? (uint8_t *)peft__arena_alloc(g, (size_t)N * in) : NULL;
+    float *su = u ? peft__lora_scratch((size_t)N * r + (drop ? (size_t)N * in : 0)) : NULL;
+    if (!su || (drop && !mask)) return u ? peft__op_fail(g, PEFT_ERR_NOMEM, "lora_linear: out of memory") : NULL;
     const float *xd = x->data;
-    if (drop) {  /* the mask factor (0 or 1/(1−p)) is kept; x̃ is rebuilt in backward */
-        float keep = 1.0f / (1.0f - dropout), *xt = v;   /* v is free until u·Bᵀ */
-        if ((int64_t)N * in > (int64_t)N * out) xt = peft__arena_floats(g, (int64_t)N * in, 0);
-        if (!xt) return NULL;
+    float keep = drop ? 1.0f / (1.0f - dropout) : 1.0f;
+    if (drop) {
+        float *xt = su + (size_t)N * r;
         for (int64_t j = 0; j < (int64_t)N * in; j++) {
-            mf[j] = peft_rng_uniform(rng) < dropout ? 0.0f : keep;
-            xt[j] = x->data[j] * mf[j];
+            mask[j] = peft_rng_uniform(rng) >= dropout;
+            xt[j] = mask[j] ? x->data[j] * keep : 0.0f;
         }
         xd = xt;
     }
-    peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ */
-    if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ */
-    else memset(y->data, 0, sizeof(float) * (size_t)N * out);
-    peft_gemm(0, 1, N, out, r, u, r, Bm->data, r, 0.0f, v, out);                   /* u·Bᵀ    */
-    for (int64_t j = 0; j < (int64_t)N * out; j++) y->data[j] += s * v[j];
+    peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ  */
+    if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ  */
+    else if (Wq && peft__q4_forward(Wq, x->data, N, out, in, y->data) != PEFT_OK) { g->failed = 1; return NULL; }
+    for (int64_t j = 0; j < (int64_t)N * r; j++) su[j] = s * u[j];
+    peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, W || Wq ? 1.0f : 0.0f, y->data, out);   /* + s·u·Bᵀ */
     peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
     if (nd) {
         nd->saved = u;
-        nd->aux = mf;
+        nd->aux = mask;
+        nd->aux2 = Wq;
         nd->i[0] = N; nd->i[1] = in; nd->i[2] = out; nd->i[3] = r;
-        nd->f[0] = s;
+        nd->f[0] = s; nd->f[1] = keep;
     }
     return y;
+}
+
+PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
+                                      peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+    return peft__lora_op(g, x, W, NULL, A, Bm, s, dropout, rng);
+}
+PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, peft_tensor *A,
+                                       peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+    if (!W) return peft__op_fail(g, PEFT_ERR_ARG, "qlora_linear: no 4-bit base");
+    return peft__lora_op(g, x, NULL, W, A, Bm, s, dropout, rng);
 }
 
 /* ---- bias -----------------------------------------------------------------------------
@@ -4081,9 +4138,8 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
     peft_rng *drop = m->training ? &m->rng : NULL;
     if (s->q4) {                               /* QLoRA: 4-bit base + LoRA term */
         int out = (int)s->w->shape[0], in = (int)s->w->shape[1];
-        y = peft_q4_linear(g, x, s->q4, out, in);
-        if (s->lora_A) y = peft_add(g, y, peft_lora_linear(g, x, NULL, s->lora_A, s->lora_B, s->lora_scale,
-                                                           m->method.lora_dropout, drop));
+        y = s->lora_A ? peft_qlora_linear(g, x, s->q4, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop)
+                      : peft_q4_linear(g, x, s->q4, out, in);
     } else if (s->lora_A && !m->lora_merged)
         y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop);
     else y = peft_linear(g, x, s->w);

@@ -156,6 +156,40 @@ TEST(test_fd_q4_linear) {
         }
     CHECK(ferr < 1e-4, "q4_linear forward rel err %.3g", ferr);
     CHECK(gerr / gmax < 1e-5, "q4_linear input gradient rel err %.3g", gerr / gmax);
+    /* the fused QLoRA op equals q4_linear + the LoRA term (both checked by
+       finite differences on their own) in output and in every gradient */
+    int rk = 3;
+    int64_t sa[2] = { rk, in }, sb[2] = { out, rk };
+    peft_tensor *A = peft_param_new("A", 2, sa), *Bm = peft_param_new("B", 2, sb);
+    peft_param_set_trainable(A, 1);
+    peft_param_set_trainable(Bm, 1);
+    for (int i = 0; i < rk * in; i++) A->data[i] = peft_rng_normal(&r);
+    for (int i = 0; i < out * rk; i++) Bm->data[i] = peft_rng_normal(&r);
+    float *grads[2][3];
+    float *ys[2];
+    for (int k = 0; k < 2; k++) {
+        memset(x->grad, 0, sizeof(float) * N * in);
+        memset(A->grad, 0, sizeof(float) * rk * in);
+        memset(Bm->grad, 0, sizeof(float) * out * rk);
+        peft_graph_reset(g);
+        peft_tensor *yk = k ? peft_add(g, peft_q4_linear(g, x, &q, out, in), peft_lora_linear(g, x, NULL, A, Bm, 0.7f, 0, NULL))
+                            : peft_qlora_linear(g, x, &q, A, Bm, 0.7f, 0, NULL);
+        REQUIRE(yk, "qlora forward %d: %s", k, peft_last_error());
+        REQUIRE_OK(peft_backward_seed(g, yk, R));
+        ys[k] = malloc(sizeof(float) * N * out);
+        memcpy(ys[k], yk->data, sizeof(float) * N * out);
+        peft_tensor *ts[3] = { x, A, Bm };
+        for (int t = 0; t < 3; t++) {
+            grads[k][t] = malloc(sizeof(float) * ts[t]->n);
+            memcpy(grads[k][t], ts[t]->grad, sizeof(float) * ts[t]->n);
+        }
+    }
+    CHECK(th_rel_err_f(ys[0], ys[1], N * out) < 1e-6, "qlora_linear output vs q4_linear + lora term");
+    CHECK(th_rel_err_f(grads[0][0], grads[1][0], N * in) < 1e-6, "qlora_linear dx");
+    CHECK(th_rel_err_f(grads[0][1], grads[1][1], rk * in) < 1e-6, "qlora_linear dA");
+    CHECK(th_rel_err_f(grads[0][2], grads[1][2], out * rk) < 1e-6, "qlora_linear dB");
+    for (int k = 0; k < 2; k++) { free(ys[k]); for (int t = 0; t < 3; t++) free(grads[k][t]); }
+    peft_param_free(A); peft_param_free(Bm);
     peft_graph_free(g);
     peft_param_free(x);
     peft_q4_free(&q);
