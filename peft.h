@@ -2657,33 +2657,23 @@ static void peft__q4_tile_load(const peft_q4 *W, int o0, int rows, int in, float
     peft__parallel_for(whole, 4, peft__q4_dq_range, &a);
     if (n > whole * 4096) peft_q4_dequantize(W, a.start + whole * 4096, n - whole * 4096, buf + whole * 4096);
 }
-/* y [N, out] = x·Wᵀ (beta 0) */
-static peft_status peft__q4_forward(const peft_q4 *W, const float *x, int N, int out, int in, float *y) {
+/* forward: y [N, out] = x·Wᵀ;  backward: dx [N, in] (+)= dy·W, stored
+   over dx when `store` (a fresh gradient). a is x or dy, c is y or dx. */
+static peft_status peft__q4_product(const peft_q4 *W, int backward, const float *a, int N, int out, int in, float *c, int store) {
     int tr = peft__q4_tile_rows(out, in);
     float *buf = peft__pack_buf(&peft__q4_tile, &peft__q4_tile_cap, (size_t)tr * in);
     if (!buf) return peft__fail(PEFT_ERR_NOMEM, "q4_linear: no memory for a dequantized tile");
     for (int o0 = 0; o0 < out; o0 += tr) {
         int rows = out - o0 < tr ? out - o0 : tr;
         peft__q4_tile_load(W, o0, rows, in, buf);
-        peft_gemm(0, 1, N, rows, in, x, in, buf, in, 0.0f, y + o0, out);
-    }
-    return PEFT_OK;
-}
-/* dx [N, in] (+)= dy·W: stored over dx when `store` (a fresh gradient) */
-static peft_status peft__q4_backward(const peft_q4 *W, const float *dy, int N, int out, int in, float *dx, int store) {
-    int tr = peft__q4_tile_rows(out, in);
-    float *buf = peft__pack_buf(&peft__q4_tile, &peft__q4_tile_cap, (size_t)tr * in);
-    if (!buf) return peft__fail(PEFT_ERR_NOMEM, "q4_linear: no memory for a dequantized tile");
-    for (int o0 = 0; o0 < out; o0 += tr) {
-        int rows = out - o0 < tr ? out - o0 : tr;
-        peft__q4_tile_load(W, o0, rows, in, buf);
-        peft_gemm(0, 0, N, in, rows, dy + o0, out, buf, in, store && o0 == 0 ? 0.0f : 1.0f, dx, in);
+        if (backward) peft_gemm(0, 0, N, in, rows, a + o0, out, buf, in, store && o0 == 0 ? 0.0f : 1.0f, c, in);
+        else peft_gemm(0, 1, N, rows, in, a, in, buf, in, 0.0f, c + o0, out);
     }
     return PEFT_OK;
 }
 static void peft__q4_linear_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0];
-    if (peft__q4_backward((const peft_q4 *)n->aux, n->out->grad, (int)peft__rows(x), n->i[0], n->i[1], x->grad, x->grad_fresh) != PEFT_OK)
+    if (peft__q4_product((const peft_q4 *)n->aux, 1, n->out->grad, (int)peft__rows(x), n->i[0], n->i[1], x->grad, x->grad_fresh) != PEFT_OK)
         g->failed = 1;
     x->grad_fresh = 0;
 }
@@ -2697,7 +2687,7 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__q4_forward(W, x->data, N, out, in, y->data) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (peft__q4_product(W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; }
     return y;
@@ -2740,7 +2730,7 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
     if (W && W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
     if (x->requires_grad) {
         if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
-        else if (Wq) { if (peft__q4_backward(Wq, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) { g->failed = 1; return; } }
+        else if (Wq) { if (peft__q4_product(Wq, 1, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) { g->failed = 1; return; } }
         else if (x->grad_fresh) memset(x->grad, 0, sizeof(float) * (size_t)x->n);
         x->grad_fresh = 0;
         if (mask) {                                                      /* through dropout */
@@ -2779,7 +2769,7 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     }
     peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ  */
     if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ  */
-    else if (Wq && peft__q4_forward(Wq, x->data, N, out, in, y->data) != PEFT_OK) { g->failed = 1; return NULL; }
+    else if (Wq && peft__q4_product(Wq, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
     for (int64_t j = 0; j < (int64_t)N * r; j++) su[j] = s * u[j];
     peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, W || Wq ? 1.0f : 0.0f, y->data, out);   /* + s·u·Bᵀ */
     peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
