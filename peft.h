@@ -60,7 +60,8 @@
      PEFT_NO_THREADS       build without pthreads (single-threaded kernels)
      PEFT_MAX_THREADS      upper bound on worker threads (default 64)
      PEFT_SPIN_US          how long an idle worker spins before it sleeps
-                           (default 2000 µs)
+                           (default 2000 µs; no spinning with more threads
+                           than online cores)
      PEFT_LCE_CHUNK_MB     logits the fused classifier + loss holds at once
                            (default 128 MB; fewer, larger products are faster)
 
@@ -1013,10 +1014,15 @@ static void peft__cpu_relax(void) {
 static double peft__seconds(void);
 
 /* spins until *v != old (returns 1) or PEFT_SPIN_US pass (returns 0) */
+/* spinning only pays when every thread has a core of its own: with more
+   threads than cores a spinning worker takes the core a working one needs */
+static _Atomic int peft__spin_ok = 1;
+
 static int peft__spin_while_eq64(_Atomic uint64_t *v, uint64_t old) {
     double until = 0.0;
     for (int i = 1;; i++) {
         if (atomic_load_explicit(v, memory_order_acquire) != old) return 1;
+        if (!atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) return 0;
         peft__cpu_relax();
         if ((i & 255) == 0) {
             double t = peft__seconds();
@@ -1075,6 +1081,10 @@ PEFTDEF void peft_set_threads(int n) {
     peft__pool_grow(n - 1);
     if (peft__pool.n_workers < n - 1) n = peft__pool.n_workers + 1;
     pthread_mutex_unlock(&peft__pool.mu);
+#if defined(_SC_NPROCESSORS_ONLN)
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    atomic_store(&peft__spin_ok, cores < 1 || n <= cores);
+#endif
 #endif
     peft__nthreads = n;
 }
@@ -1127,10 +1137,10 @@ static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, 
     double until = 0.0;
     for (int i = 1; atomic_load_explicit(&peft__pool.pending, memory_order_acquire) > 0; i++) {
         peft__cpu_relax();
-        if ((i & 255) == 0) {
+        if ((i & 255) == 0 || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
             double t = peft__seconds();
             if (until == 0.0) until = t + PEFT_SPIN_US * 1e-6;
-            else if (t > until) {                       /* a long part: sleep until the last worker signals */
+            if (t > until || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {                       /* a long part: sleep until the last worker signals */
                 atomic_store(&peft__pool.caller_waits, 1);
                 pthread_mutex_lock(&peft__pool.mu);
                 while (atomic_load(&peft__pool.pending) > 0) pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
