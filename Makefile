@@ -29,7 +29,7 @@ $(BUILD)/examples/%: examples/%.c peft.h
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ $< $(LDLIBS)
 
 test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
-	PEFT_BIN=$(BUILD)/peft PEFT_DEMO=$(BUILD)/demo $(BUILD)/test_peft
+	PEFT_BIN=$(BUILD)/peft PEFT_DEMO=$(BUILD)/demo PEFT_EXAMPLES=$(BUILD)/examples $(BUILD)/test_peft
 
 # the main job: a tiny LLaMA pre-trained, then fine-tuned by every method
 demo: $(BUILD)/demo

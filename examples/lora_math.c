@@ -92,14 +92,15 @@ int main(void) {
     printf("   trained 60 steps: loss %.3f\n", loss);
     peft_graph_reset(g);
     peft_tensor *l1 = peft_model_forward(m, g, tok, 4, 16);
-    float *keep = malloc(sizeof(float) * l1->n), *w0 = malloc(sizeof(float) * m->layers[0].lin[PEFT_Q].w->n);
-    for (int64_t i = 0; i < l1->n; i++) keep[i] = l1->data[i];
+    int64_t n1 = l1->n;                  /* l1 lives in the graph's arena: gone at the next reset */
+    float *keep = malloc(sizeof(float) * n1), *w0 = malloc(sizeof(float) * m->layers[0].lin[PEFT_Q].w->n);
+    for (int64_t i = 0; i < n1; i++) keep[i] = l1->data[i];
     for (int64_t i = 0; i < m->layers[0].lin[PEFT_Q].w->n; i++) w0[i] = m->layers[0].lin[PEFT_Q].w->data[i];
     peft_lora_merge(m);
     peft_graph_reset(g);
     peft_tensor *l2 = peft_model_forward(m, g, tok, 4, 16);
     md = 0;
-    for (int64_t i = 0; i < l1->n; i++) md = fmax(md, fabs(keep[i] - l2->data[i]));
+    for (int64_t i = 0; i < n1; i++) md = fmax(md, fabs(keep[i] - l2->data[i]));
     printf("   merged vs unmerged logits: max diff %.2e (zero extra latency after merging)\n", md);
     peft_lora_unmerge(m);
     double wd = 0;

@@ -1,5 +1,6 @@
 /* The command line tool, run as a user would: exit codes, messages, files. */
 #include "harness.h"
+#include <unistd.h>
 
 static const char *bin(void) { const char *b = getenv("PEFT_BIN"); return b ? b : "build/peft"; }
 
@@ -343,4 +344,30 @@ TEST(test_export_gguf) {
     CHECK(run(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_adaption_prompt --format gguf --out %s", th_fixtures(),
               th_fixtures(), path) == 1 && strstr(out, "LoRA only"), "non-LoRA to gguf: %s", out);
     CHECK(run(out, sizeof out, "export --adapter %s/peft_lora_qv --format onnx --out %s", th_fixtures(), path) == 2, "bad format");
+}
+
+/* The examples that need no demo base run to the end and print what they
+   teach (lora_math: the merged model's logits, the rank of the update;
+   quickstart: an adapter saved), from a scratch folder. */
+TEST(test_examples_run) {
+    static char out[1 << 16];
+    const char *dir = getenv("PEFT_EXAMPLES");
+    if (!dir) dir = "build/examples";
+    const char *names[2] = { "lora_math", "quickstart" }, *expect[2] = { "rounding noise", "adapter_model.safetensors" };
+    for (int i = 0; i < 2; i++) {
+        char exe[1200], cwd[512] = "", cmd[2000];
+        if (dir[0] != '/' && !getcwd(cwd, sizeof cwd)) SKIP("no working directory");
+        snprintf(exe, sizeof exe, "%s%s%s/%s", cwd, cwd[0] ? "/" : "", dir, names[i]);
+        FILE *probe = fopen(exe, "rb");
+        if (!probe) SKIP("examples/%s not built", names[i]);
+        fclose(probe);
+        snprintf(cmd, sizeof cmd, "cd '%s' && '%s' 2>&1", th_tmpdir(), exe);
+        FILE *p = popen(cmd, "r");
+        REQUIRE(p, "popen");
+        size_t n = fread(out, 1, sizeof out - 1, p);
+        out[n] = 0;
+        int st = pclose(p);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, expect[i]), "%s: exit %d: %s", names[i],
+              WIFEXITED(st) ? WEXITSTATUS(st) : -1, out);
+    }
 }
