@@ -226,7 +226,9 @@ PEFTDEF peft_status peft_check_cpu(void);
 /* ------------------------------------------------------------------- tape */
 typedef struct peft_graph peft_graph;
 PEFTDEF peft_graph *peft_graph_new(void);
-PEFTDEF void        peft_graph_reset(peft_graph *g);   /* start a new step   */
+/* Starts a new step: every tensor of the previous one is gone (copy out
+   what you need first); the arena's memory is kept for the next step. */
+PEFTDEF void        peft_graph_reset(peft_graph *g);
 PEFTDEF void        peft_graph_free(peft_graph *g);
 PEFTDEF void        peft_graph_set_grad(peft_graph *g, int enabled);
 PEFTDEF size_t      peft_graph_arena_bytes(const peft_graph *g);
