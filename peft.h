@@ -998,7 +998,6 @@ typedef struct {
     void           *ctx;
     int64_t         n;
     int             parts;
-    _Atomic int     shutdown;
 } peft__pool_t;
 static peft__pool_t peft__pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .go = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER };
 
@@ -1041,12 +1040,11 @@ static void *peft__worker(void *arg) {
         if (!peft__spin_while_eq64(&peft__pool.generation, seen)) {
             atomic_fetch_add(&peft__pool.sleepers, 1);
             pthread_mutex_lock(&peft__pool.mu);
-            while (atomic_load(&peft__pool.generation) == seen && !atomic_load(&peft__pool.shutdown))
+            while (atomic_load(&peft__pool.generation) == seen)
                 pthread_cond_wait(&peft__pool.go, &peft__pool.mu);
             pthread_mutex_unlock(&peft__pool.mu);
             atomic_fetch_sub(&peft__pool.sleepers, 1);
         }
-        if (atomic_load(&peft__pool.shutdown)) break;
         seen = atomic_load(&peft__pool.generation);
         peft__range_fn fn = peft__pool.fn;
         void *ctx = peft__pool.ctx;
@@ -1291,46 +1289,35 @@ PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float 
         __builtin_prefetch(C + (size_t)i * ldc, 1);
         __builtin_prefetch(C + (size_t)i * ldc + nr - 1, 1);
     }
+    /* each macro below is applied to the MR rows of the tile, unrolled */
+#if PEFT__MR == 12
+#define PEFT__ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11)
+#else
+#define PEFT__ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5)
+#endif
 #define PEFT__ACC(i) peft__vf c##i##a = z, c##i##b = z;
 #define PEFT__FMA(i) { float ai = Ap[i]; peft__vf a = PEFT__BCAST(ai); c##i##a += a * b0; c##i##b += a * b1; }
-    PEFT__ACC(0) PEFT__ACC(1) PEFT__ACC(2) PEFT__ACC(3) PEFT__ACC(4) PEFT__ACC(5)
-#if PEFT__MR == 12
-    PEFT__ACC(6) PEFT__ACC(7) PEFT__ACC(8) PEFT__ACC(9) PEFT__ACC(10) PEFT__ACC(11)
-#endif
-    for (int k = 0; k < kc; k++, Ap += PEFT__MR, Bp += PEFT__NR) {
-        peft__vf b0 = peft__vload(Bp), b1 = peft__vload(Bp + PEFT__VW);
-        PEFT__FMA(0) PEFT__FMA(1) PEFT__FMA(2) PEFT__FMA(3) PEFT__FMA(4) PEFT__FMA(5)
-#if PEFT__MR == 12
-        PEFT__FMA(6) PEFT__FMA(7) PEFT__FMA(8) PEFT__FMA(9) PEFT__FMA(10) PEFT__FMA(11)
-#endif
-    }
-    if (mr == PEFT__MR && nr == PEFT__NR) {          /* a full tile: straight into C */
 #define PEFT__ADDC(i) { float *c = C + (size_t)(i) * ldc; \
         peft__vstore(c, peft__vload(c) + c##i##a); peft__vstore(c + PEFT__VW, peft__vload(c + PEFT__VW) + c##i##b); }
 #define PEFT__SETC(i) { float *c = C + (size_t)(i) * ldc; peft__vstore(c, c##i##a); peft__vstore(c + PEFT__VW, c##i##b); }
-        if (over) {
-            PEFT__SETC(0) PEFT__SETC(1) PEFT__SETC(2) PEFT__SETC(3) PEFT__SETC(4) PEFT__SETC(5)
-#if PEFT__MR == 12
-            PEFT__SETC(6) PEFT__SETC(7) PEFT__SETC(8) PEFT__SETC(9) PEFT__SETC(10) PEFT__SETC(11)
-#endif
-            return;
-        }
-        PEFT__ADDC(0) PEFT__ADDC(1) PEFT__ADDC(2) PEFT__ADDC(3) PEFT__ADDC(4) PEFT__ADDC(5)
-#if PEFT__MR == 12
-        PEFT__ADDC(6) PEFT__ADDC(7) PEFT__ADDC(8) PEFT__ADDC(9) PEFT__ADDC(10) PEFT__ADDC(11)
-#endif
-#undef PEFT__ADDC
-#undef PEFT__SETC
+#define PEFT__PUT(i) peft__vstore(tile + (i) * PEFT__NR, c##i##a); peft__vstore(tile + (i) * PEFT__NR + PEFT__VW, c##i##b);
+    PEFT__ROWS(PEFT__ACC)
+    for (int k = 0; k < kc; k++, Ap += PEFT__MR, Bp += PEFT__NR) {
+        peft__vf b0 = peft__vload(Bp), b1 = peft__vload(Bp + PEFT__VW);
+        PEFT__ROWS(PEFT__FMA)
+    }
+    if (mr == PEFT__MR && nr == PEFT__NR) {          /* a full tile: straight into C */
+        if (over) { PEFT__ROWS(PEFT__SETC) }
+        else { PEFT__ROWS(PEFT__ADDC) }
         return;
     }
     float tile[PEFT__MR * PEFT__NR];
-#define PEFT__PUT(i) peft__vstore(tile + (i) * PEFT__NR, c##i##a); peft__vstore(tile + (i) * PEFT__NR + PEFT__VW, c##i##b);
-    PEFT__PUT(0) PEFT__PUT(1) PEFT__PUT(2) PEFT__PUT(3) PEFT__PUT(4) PEFT__PUT(5)
-#if PEFT__MR == 12
-    PEFT__PUT(6) PEFT__PUT(7) PEFT__PUT(8) PEFT__PUT(9) PEFT__PUT(10) PEFT__PUT(11)
-#endif
+    PEFT__ROWS(PEFT__PUT)
+#undef PEFT__ROWS
 #undef PEFT__ACC
 #undef PEFT__FMA
+#undef PEFT__ADDC
+#undef PEFT__SETC
 #undef PEFT__PUT
     for (int i = 0; i < mr; i++) {
         float *c = C + (size_t)i * ldc;
@@ -1587,14 +1574,13 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
        adds the K slices into C in the same order: identical results. */
     g.keep_a = nslices > 1 && strips >= 4 * peft__nthreads &&
                (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
-    int outer_n = g.keep_a ? 1 : nslices, inner_n = g.keep_a ? nslices : 1;
     float *Bp = peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, (size_t)(nc_even + PEFT__NR - 1) / PEFT__NR * PEFT__NR * PEFT__KC);
     if (!Bp) {                                   /* no memory to pack: the plain loops (beta 0 not applied yet) */
         peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
         return;
     }
     g.Bp = Bp;
-    for (int o = 0; o < outer_n * kslices * inner_n; o++) {
+    for (int o = 0; o < nslices * kslices; o++) {          /* keep_a: K slices outer; else column slices */
         int js = g.keep_a ? o % nslices : o / kslices, ks = g.keep_a ? o / nslices : o % kslices;
         g.jc = js * nc_even;
         g.nc = N - g.jc < nc_even ? N - g.jc : nc_even;
