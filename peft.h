@@ -1588,10 +1588,58 @@ static void peft__scale_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-/* peft_gemm, with B either floats or 4-bit storage (Bq, B unused); fails
-   only when B is 4-bit and there is no memory for the packed panel */
+/* The slices a product cuts B into: N in equal slices of at most NC, whole
+   NR strips each (1536 columns are two slices of 768, not 1024 + 512); K in
+   equal slices of at most KC: no short last slice, whose C tile traffic
+   would cost more than its few multiply-adds. They depend on N and K only,
+   so a B used by many products can be packed once for all of them. */
+typedef struct { int nslices, nc_even, kslices, kc_even; size_t slice_floats; } peft__gemm_slicing;
+
+static peft__gemm_slicing peft__slicing(int N, int K) {
+    peft__gemm_slicing s;
+    s.nslices = (N + PEFT__NC - 1) / PEFT__NC;
+    s.nc_even = ((N + s.nslices - 1) / s.nslices + PEFT__NR - 1) / PEFT__NR * PEFT__NR;
+    s.kslices = (K + PEFT__KC - 1) / PEFT__KC;
+    s.kc_even = (K + s.kslices - 1) / s.kslices;
+    s.slice_floats = (size_t)s.nc_even * (size_t)s.kc_even;     /* nc_even is whole strips */
+    return s;
+}
+
+/* floats that B [K×N] takes packed whole: every slice at its own place */
+static size_t peft__gemm_packed_floats(int N, int K) {
+    if (N <= 0 || K <= 0) return 0;
+    peft__gemm_slicing s = peft__slicing(N, K);
+    return (size_t)s.nslices * (size_t)s.kslices * s.slice_floats;
+}
+
+static void peft__slice(const peft__gemm_slicing *s, peft__gemm_args *g, int js, int ks) {
+    g->jc = js * s->nc_even;
+    g->nc = g->N - g->jc < s->nc_even ? g->N - g->jc : s->nc_even;
+    g->pc = ks * s->kc_even;
+    g->kc = g->K - g->pc < s->kc_even ? g->K - g->pc : s->kc_even;
+}
+
+/* B packed whole into dst (peft__gemm_packed_floats of room), for products
+   that pass it as Bpre: the same panels their own packing would make */
+static void peft__gemm_pack_B(int tB, int N, int K, const float *B, int ldb, float *dst) {
+    if (N <= 0 || K <= 0) return;
+    peft__gemm_slicing s = peft__slicing(N, K);
+    peft__gemm_args g;
+    memset(&g, 0, sizeof g);
+    g.tB = tB; g.N = N; g.K = K; g.ldb = ldb; g.B = B;
+    for (int js = 0; js < s.nslices; js++)
+        for (int ks = 0; ks < s.kslices; ks++) {
+            peft__slice(&s, &g, js, ks);
+            g.Bp = dst + ((size_t)js * s.kslices + ks) * s.slice_floats;
+            peft__parallel_for((int64_t)(g.nc + PEFT__NR - 1) / PEFT__NR, 4, peft__pack_B_range, &g);
+        }
+}
+
+/* peft_gemm, with B either floats, or 4-bit storage (Bq; B unused), or
+   packed already (Bpre, from peft__gemm_pack_B of this B); fails only when
+   B is 4-bit and there is no memory for the packed panel */
 static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
-                              const float *A, int lda, const float *B, const peft_q4 *Bq, int ldb,
+                              const float *A, int lda, const float *B, const peft_q4 *Bq, const float *Bpre, int ldb,
                               float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return PEFT_OK;
     peft__gemm_args g;
@@ -1604,34 +1652,28 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
     }
     if (K <= 0) return PEFT_OK;
     int64_t mblocks = (M + PEFT__MC - 1) / PEFT__MC, strips = (M + PEFT__MR - 1) / PEFT__MR;
-    /* N in equal slices of at most NC, whole NR strips each (1536 columns
-       are two slices of 768, not 1024 + 512); K in equal slices of at most
-       KC: no short last slice, whose C tile traffic would cost more than
-       its few multiply-adds */
-    int nslices = (N + PEFT__NC - 1) / PEFT__NC, nc_even = ((N + nslices - 1) / nslices + PEFT__NR - 1) / PEFT__NR * PEFT__NR;
-    int kslices = (K + PEFT__KC - 1) / PEFT__KC, kc_even = (K + kslices - 1) / kslices;
+    peft__gemm_slicing s = peft__slicing(N, K);
+    int nslices = s.nslices, kslices = s.kslices, kc_even = s.kc_even;
     /* Many column slices over few enough rows (the logits: a few hundred
        rows × the vocabulary): K slices outside, each thread's A packed
        once per K slice instead of once per column slice. Either loop order
        adds the K slices into C in the same order: identical results. */
     g.keep_a = nslices > 1 && strips >= 4 * peft__nthreads &&
                (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
-    float *Bp = peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, (size_t)(nc_even + PEFT__NR - 1) / PEFT__NR * PEFT__NR * PEFT__KC);
+    float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
     if (!Bp && Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a 4-bit weight");
-    if (!Bp) {                                   /* no memory to pack: the plain loops (beta 0 not applied yet) */
+    if (!Bp && !Bpre) {                          /* no memory to pack: the plain loops (beta 0 not applied yet) */
         peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
         return PEFT_OK;
     }
     g.Bp = Bp;
     for (int o = 0; o < nslices * kslices; o++) {          /* keep_a: K slices outer; else column slices */
         int js = g.keep_a ? o % nslices : o / kslices, ks = g.keep_a ? o / nslices : o % kslices;
-        g.jc = js * nc_even;
-        g.nc = N - g.jc < nc_even ? N - g.jc : nc_even;
-        g.pc = ks * kc_even;
-        g.kc = K - g.pc < kc_even ? K - g.pc : kc_even;
+        peft__slice(&s, &g, js, ks);
         g.over = beta == 0.0f && g.pc == 0;
         size_t panels = (size_t)(g.nc + PEFT__NR - 1) / PEFT__NR;
-        peft__parallel_for((int64_t)panels, 4, peft__pack_B_range, &g);
+        if (Bpre) g.Bp = Bpre + ((size_t)js * kslices + ks) * s.slice_floats;
+        else peft__parallel_for((int64_t)panels, 4, peft__pack_B_range, &g);
         if (strips >= 4 * peft__nthreads) {
             peft__parallel_for(strips, 1, peft__gemm_strips, &g);
             continue;
@@ -1649,7 +1691,7 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
 PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
                        const float *A, int lda, const float *B, int ldb,
                        float beta, float *C, int ldc) {
-    (void)peft__gemm(tA, tB, M, N, K, A, lda, B, NULL, ldb, beta, C, ldc);
+    (void)peft__gemm(tA, tB, M, N, K, A, lda, B, NULL, NULL, ldb, beta, C, ldc);
 }
 
 /* ============================================================================
@@ -2687,8 +2729,8 @@ PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *
 /* forward: y [N, out] = x·Wᵀ;  backward: dx [N, in] (+)= dy·W, stored
    over dx when `store` (a fresh gradient). a is x or dy, c is y or dx. */
 static peft_status peft__q4_product(const peft_q4 *W, int backward, const float *a, int N, int out, int in, float *c, int store) {
-    if (backward) return peft__gemm(0, 0, N, in, out, a, out, NULL, W, in, store ? 0.0f : 1.0f, c, in);
-    return peft__gemm(0, 1, N, out, in, a, in, NULL, W, in, 0.0f, c, out);
+    if (backward) return peft__gemm(0, 0, N, in, out, a, out, NULL, W, NULL, in, store ? 0.0f : 1.0f, c, in);
+    return peft__gemm(0, 1, N, out, in, a, in, NULL, W, NULL, in, 0.0f, c, out);
 }
 static void peft__q4_linear_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0];
@@ -3171,6 +3213,18 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     sv->dx = gx ? peft__arena_floats(g, x->n, 1) : NULL;
     sv->dw = gw ? peft__arena_floats(g, w->n, 1) : NULL;
     if ((gx && !sv->dx) || (gw && !sv->dw)) { g->failed = 1; return NULL; }
+    /* Several chunks: W packed once for all of them (for z = x·Wᵀ and for
+       dx = dz·W) instead of once per chunk and product, where the packed
+       copies take no more than one more chunk of logits would. */
+    const float *wf = NULL, *wb = NULL;
+    size_t pf = peft__gemm_packed_floats((int)V, (int)D), pb = gx ? peft__gemm_packed_floats((int)D, (int)V) : 0;
+    if (nv > chunk && pf + pb <= (size_t)(chunk * V)) {
+        float *f = peft__arena_floats(g, (int64_t)pf, 0), *b = pb ? peft__arena_floats(g, (int64_t)pb, 0) : NULL;
+        if (!f || (pb && !b)) { g->failed = 1; return NULL; }
+        peft__gemm_pack_B(1, (int)V, (int)D, w->data, (int)D, f);
+        if (b) peft__gemm_pack_B(0, (int)D, (int)V, w->data, (int)D, b);
+        wf = f; wb = b;
+    }
     int64_t k = 0;
     for (int64_t r = 0; r < R; r++) if (targets[r] != -100) rows[k++] = (int)r;
     double total = 0.0;
@@ -3180,12 +3234,12 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
             memcpy(xs + i * D, x->data + (int64_t)rows[c0 + i] * D, sizeof(float) * (size_t)D);
             tg[i] = targets[rows[c0 + i]];
         }
-        peft_gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, (int)D, 0.0f, z, (int)V);
+        peft__gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, NULL, wf, (int)D, 0.0f, z, (int)V);
         peft__lce_args a = { z, tg, loss, V, 1.0f / (float)nv, gx || gw };
         peft__parallel_for(c, 4, peft__lce_rows, &a);
         for (int64_t i = 0; i < c; i++) total += loss[i];     /* row order: deterministic */
         if (gx) {
-            peft_gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, (int)D, 0.0f, dxs, (int)D);
+            peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, NULL, wb, (int)D, 0.0f, dxs, (int)D);
             for (int64_t i = 0; i < c; i++) memcpy(sv->dx + (int64_t)rows[c0 + i] * D, dxs + i * D, sizeof(float) * (size_t)D);
         }
         if (gw) peft_gemm(1, 0, (int)V, (int)D, (int)c, z, (int)V, xs, (int)D, 1.0f, sv->dw, (int)D);

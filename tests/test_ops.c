@@ -585,8 +585,10 @@ TEST(test_fd_linear_cross_entropy) {
     fd_run(&c, "linear_cross_entropy, frozen w", 52);
 }
 
-/* chunked (a 40,000-word vocabulary makes chunks of 209 rows): the fused op
-   equals cross_entropy(linear) in loss and in both gradients */
+/* chunked (the test build holds 8 MB of logits at a time, PEFT_LCE_CHUNK_MB:
+   a 40,000-word vocabulary makes 7 chunks of 48 rows, and W is packed once
+   for all of them): the fused op equals cross_entropy(linear) in loss and in
+   both gradients */
 TEST(test_linear_cross_entropy_chunks) {
     int R = 500, D = 8, V = 40000;
     int64_t sx[2] = { R, D }, sw[2] = { V, D };
