@@ -273,8 +273,8 @@ typedef struct {
 PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
                                        int B, int T, int n_heads, int n_kv_heads, int head_dim,
                                        const peft_attn_extras *ex);
-/* y = x·Wᵀ with W in 4-bit storage [out, in]; dequantized a tile of rows at
-   a time inside the product, never as a whole fp32 matrix. W is frozen. */
+/* y = x·Wᵀ with W in 4-bit storage [out, in]; the matrix product decodes W
+   straight into its packed panels, never into an fp32 matrix. W is frozen. */
 PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, int out, int in);
 /* LoRA: x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ without ever forming W + B·A.
    W = NULL gives the LoRA term alone. rng = NULL disables dropout (evaluation). */
@@ -4482,9 +4482,10 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
        dequant(c₁, c₂, W) = c(W) · (c₂[c₁] + offset)     (double quantization)
    The frozen base lives in NF4 (4 bits + one 8-bit absmax per 64 + one fp32
    per 64·256 = 4.127 bits per parameter); LoRA trains in fp32 on every
-   linear (r 64, alpha 16 by default). The 4-bit product dequantizes a tile
-   of rows at a time (peft_q4_linear), and the gradient flows to X through
-   the same tiles, never to W. Storage and codes: see KERNELS above.
+   linear (r 64, alpha 16 by default). The 4-bit product decodes W into the
+   GEMM's packed panels, a strip at a time (peft_q4_linear), and the gradient
+   flows to X through the same decoding, never to W. Storage and codes: see
+   KERNELS above.
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
     for (int l = 0; l < m->cfg.n_layers; l++)
