@@ -352,8 +352,15 @@ static void lora_ref(double **x, double *y, void *vc) {
     peft_rng rng;
     peft_rng_seed(&rng, c->seed);
     double *xd = malloc(sizeof(double) * c->N * c->in), u[64];
-    for (int j = 0; j < c->N * c->in; j++)
-        xd[j] = c->p > 0 ? (peft_rng_uniform(&rng) < c->p ? 0 : x[0][j] * (double)(1.0f / (1.0f - c->p))) : x[0][j];
+    uint64_t key = peft_rng_u64(&rng);             /* row n's mask: a generator seeded with key + n */
+    for (int n = 0; n < c->N; n++) {
+        peft_rng row;
+        peft_rng_seed(&row, key + (uint64_t)n);
+        for (int i = 0; i < c->in; i++) {
+            int j = n * c->in + i;
+            xd[j] = c->p > 0 ? (peft_rng_uniform(&row) < c->p ? 0 : x[0][j] * (double)(1.0f / (1.0f - c->p))) : x[0][j];
+        }
+    }
     for (int n = 0; n < c->N; n++) {
         for (int k = 0; k < c->r; k++) {
             u[k] = 0;
