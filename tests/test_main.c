@@ -4,7 +4,7 @@
 #include <time.h>
 
 #define TESTS(X) \
-    X(test_gemm_shapes) X(test_fd_linear) X(test_fd_embedding) X(test_fd_rmsnorm) X(test_fd_rope) \
+    X(test_gemm_shapes) X(test_parallel_flushes_denormals) X(test_fd_linear) X(test_fd_embedding) X(test_fd_rmsnorm) X(test_fd_rope) \
     X(test_fd_attention) X(test_fd_attention_prompts_excitor) X(test_attention_zero_gate_exact) X(test_fd_lora_linear) X(test_fd_bias_scale) X(test_fd_prompt_attend) X(test_fd_elementwise) X(test_fd_cross_entropy) X(test_fd_linear_cross_entropy) X(test_linear_cross_entropy_chunks) \
     X(test_backward_needs_scalar_and_skips_frozen) \
     X(test_config_fields) X(test_llama_mha_f32) X(test_llama_gqa_bf16_llama3_rope) X(test_llama_tied_f16_head_dim) \

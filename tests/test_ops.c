@@ -6,6 +6,9 @@
    wrong term in a backward is off by O(1). The forward must match the double
    reference to 1e-5 relative. */
 #include "harness.h"
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
 
 #define MAXIN 8
 typedef struct {
@@ -495,6 +498,32 @@ TEST(test_fd_cross_entropy) {
     c.n_in = 1; set2(&c, 0, cc.R, cc.V);
     c.out_len = 1; c.fwd = ce_fwd; c.ref = ce_ref; c.ctx = &cc; c.scale = 2;
     fd_run(&c, "cross_entropy", 50);
+}
+
+/* Parallel work runs flush-to-zero on x86 (denormals cost ~100 cycles per
+   operation; see peft__ftz_enter): a product of denormal inputs is exactly
+   0 on any thread count, where IEEE arithmetic gives 40·1e-39·1e10 = 4e-28,
+   and the caller's MXCSR is the same afterwards. */
+TEST(test_parallel_flushes_denormals) {
+#if defined(__SSE2__) && !defined(PEFT_KEEP_DENORMALS)
+    enum { M = 40, N = 40, K = 40 };
+    static float A[M * K], B[K * N], C[M * N];
+    for (int i = 0; i < M * K; i++) A[i] = 1e-39f;                  /* denormal */
+    for (int i = 0; i < K * N; i++) B[i] = 1e10f;
+    int threads = peft_get_threads();
+    for (int t = 1; t <= 2; t++) {
+        peft_set_threads(t);
+        unsigned before = _mm_getcsr();
+        peft_gemm(0, 0, M, N, K, A, K, B, N, 0.0f, C, N);
+        CHECK(_mm_getcsr() == before, "%d threads: MXCSR %#x after the product, %#x before", t, _mm_getcsr(), before);
+        int nonzero = 0;
+        for (int i = 0; i < M * N; i++) nonzero += C[i] != 0.0f;
+        CHECK(nonzero == 0, "%d threads: %d of %d outputs non-zero (C[0] = %g): denormals not flushed", t, nonzero, M * N, C[0]);
+    }
+    peft_set_threads(threads);
+#else
+    SKIP("flush-to-zero applies to x86 builds without PEFT_KEEP_DENORMALS");
+#endif
 }
 
 /* ---- gemm: every transposition on ragged shapes equals the reference ---- */
