@@ -2076,7 +2076,7 @@ static float *peft__arena_floats(peft_graph *g, int64_t n, int zero) {
     /* gradient buffers of activations run to megabytes: both cores clear
        (the pages are warm from the last step; this is store bandwidth) */
     int64_t blocks = n / 4096;
-    peft__parallel_for(blocks, 64, peft__zero_range, p);
+    peft__parallel_for(blocks, 16, peft__zero_range, p);
     memset(p + blocks * 4096, 0, (size_t)(n - blocks * 4096) * sizeof(float));
     return p;
 }
@@ -2945,18 +2945,32 @@ PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b
 /* ---- bias and scale (LLaMA-Adapter V2) -------------------------------------------
    y' = s ⊙ (y + b)   per output column;  b = 0, s = 1 at init → y' = y exactly
    dy = s ⊙ dy',  db += Σ_rows s ⊙ dy',  ds += Σ_rows dy' ⊙ (y + b)          */
+/* each thread a range of columns over every row: the bias and scale
+   gradients are sums down the columns, added in row order whatever the
+   thread count (bit-identical to one thread) */
+typedef struct { peft_tensor *y, *b, *s; const float *dy; int64_t R, C; } peft__bs_args;
+static void peft__bias_scale_bw_cols(void *vctx, int64_t c0, int64_t c1) {
+    const peft__bs_args *a = (const peft__bs_args *)vctx;
+    const float *sd = a->s->data, *bd = a->b->data;
+    float *bg = a->b->requires_grad ? a->b->grad : NULL, *sg = a->s->requires_grad ? a->s->grad : NULL;
+    for (int64_t r = 0; r < a->R; r++) {       /* one loop per gradient: each vectorises */
+        const float *dy = a->dy + r * a->C, *y = a->y->data + r * a->C;
+        float *yg = a->y->requires_grad ? a->y->grad + r * a->C : NULL;
+        if (yg) for (int64_t c = c0; c < c1; c++) yg[c] += sd[c] * dy[c];
+        if (bg) for (int64_t c = c0; c < c1; c++) bg[c] += sd[c] * dy[c];
+        if (sg) for (int64_t c = c0; c < c1; c++) sg[c] += dy[c] * (y[c] + bd[c]);
+    }
+}
 static void peft__bias_scale_bw(peft_graph *g, peft__node *n) {
     (void)g;
-    peft_tensor *y = n->in[0], *b = n->in[1], *s = n->in[2];
-    int64_t R = peft__rows(y), C = peft__cols(y);
-    const float *dy = n->out->grad;
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < C; c++) {
-            float d = dy[r * C + c];
-            if (y->requires_grad) y->grad[r * C + c] += s->data[c] * d;
-            if (b->requires_grad) b->grad[c] += s->data[c] * d;
-            if (s->requires_grad) s->grad[c] += d * (y->data[r * C + c] + b->data[c]);
-        }
+    peft__bs_args a = { n->in[0], n->in[1], n->in[2], n->out->grad, peft__rows(n->in[0]), peft__cols(n->in[0]) };
+    peft__parallel_for(a.C, 32, peft__bias_scale_bw_cols, &a);
+}
+typedef struct { const float *y, *b, *s; float *o; int64_t C; } peft__bs_fwd_args;
+static void peft__bias_scale_rows(void *vctx, int64_t r0, int64_t r1) {
+    const peft__bs_fwd_args *a = (const peft__bs_fwd_args *)vctx;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = 0; c < a->C; c++) a->o[r * a->C + c] = a->s[c] * (a->y[r * a->C + c] + a->b[c]);
 }
 PEFTDEF peft_tensor *peft_bias_scale(peft_graph *g, peft_tensor *y, peft_tensor *b, peft_tensor *s) {
     if (!peft__ok(g, y, b) || !s) return NULL;
@@ -2964,8 +2978,8 @@ PEFTDEF peft_tensor *peft_bias_scale(peft_graph *g, peft_tensor *y, peft_tensor 
     if (b->n != C || s->n != C) return peft__op_fail(g, PEFT_ERR_SHAPE, "bias_scale: bias and scale must match the row width");
     peft_tensor *o = peft__like(g, y);
     if (!o) return NULL;
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t c = 0; c < C; c++) o->data[r * C + c] = s->data[c] * (y->data[r * C + c] + b->data[c]);
+    peft__bs_fwd_args a = { y->data, b->data, s->data, o->data, C };
+    peft__parallel_for(R, 16, peft__bias_scale_rows, &a);
     peft__record(g, peft__bias_scale_bw, o, y, b, s, NULL);
     return o;
 }
