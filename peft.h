@@ -236,7 +236,12 @@ PEFTDEF void        peft_graph_free(peft_graph *g);
 PEFTDEF void        peft_graph_set_grad(peft_graph *g, int enabled);
 PEFTDEF size_t      peft_graph_arena_bytes(const peft_graph *g);
 PEFTDEF long        peft_graph_system_allocs(const peft_graph *g);
-/* Seeds d(out)=1 (out must be a scalar) and runs every backward in reverse. */
+/* Seeds d(out)=1 (out must be a scalar) and runs every backward in reverse.
+   Gradients land in the parameters and in leaf tensors (made with
+   peft_tensor_new, requires_grad set). An op output's gradient is released
+   once the backward has passed its producer (its buffer serves later ones:
+   a step holds a few activation gradients, not one per activation), so
+   afterwards an op output's `grad` is NULL, as PyTorch frees non-leaf ones. */
 PEFTDEF peft_status peft_backward(peft_graph *g, peft_tensor *out);
 /* Same, seeding d(out) with the given values (out->n of them): for any tensor. */
 PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const float *seed);
@@ -1965,8 +1970,10 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
    TAPE: the step arena and the op record
    ============================================================================
    Activations, their gradients and the tape's saved values all come from one
-   arena that is reset at each step: a chain of blocks, each at least as big
-   as all before it together (so a few dozen at most), filled in order. A
+   arena that is reset at each step (an op output's gradient buffer is handed
+   on once backward has passed its producer: see peft_backward): a chain of
+   blocks, each at least as big as all before it together (so a few dozen at
+   most), filled in order. A
    reset keeps every block, so the next step of the same shape takes the
    same places in the same blocks: it allocates nothing and touches no fresh
    page. (Folding the blocks into one new block would hand the kernel back
@@ -1986,6 +1993,7 @@ typedef struct peft__node {
 
 typedef struct { unsigned char *mem, *base; size_t cap; } peft__arena_block;
 
+#define PEFT__SPARE_GRADS 64
 struct peft_graph {
     peft__arena_block *blocks;
     int            n_blocks, cap_blocks;
@@ -1999,6 +2007,8 @@ struct peft_graph {
     int            n_nodes, cap_nodes;
     int            grad_enabled;
     int            failed;  /* an op failed this step; later ops no-op     */
+    struct { float *p; int64_t n; } spare[PEFT__SPARE_GRADS];   /* dead gradient buffers */
+    int            n_spare;
 };
 
 PEFTDEF peft_graph *peft_graph_new(void) {
@@ -2013,6 +2023,7 @@ PEFTDEF void peft_graph_reset(peft_graph *g) {
     g->before = 0;
     g->n_nodes = 0;
     g->failed = 0;
+    g->n_spare = 0;
 }
 
 PEFTDEF void peft_graph_free(peft_graph *g) {
@@ -2070,14 +2081,17 @@ static void peft__zero_range(void *vctx, int64_t b0, int64_t b1) {
     memset((float *)vctx + b0 * 4096, 0, (size_t)(b1 - b0) * 4096 * sizeof(float));
 }
 
-static float *peft__arena_floats(peft_graph *g, int64_t n, int zero) {
-    float *p = (float *)peft__arena_alloc(g, (size_t)n * sizeof(float));
-    if (!p || !zero) return p;
-    /* gradient buffers of activations run to megabytes: both cores clear
-       (the pages are warm from the last step; this is store bandwidth) */
+/* gradient buffers of activations run to megabytes: both cores clear
+   (the pages are warm from the last step; this is store bandwidth) */
+static void peft__zero_floats(float *p, int64_t n) {
     int64_t blocks = n / 4096;
     peft__parallel_for(blocks, 16, peft__zero_range, p);
     memset(p + blocks * 4096, 0, (size_t)(n - blocks * 4096) * sizeof(float));
+}
+
+static float *peft__arena_floats(peft_graph *g, int64_t n, int zero) {
+    float *p = (float *)peft__arena_alloc(g, (size_t)n * sizeof(float));
+    if (p && zero) peft__zero_floats(p, n);
     return p;
 }
 
@@ -2141,6 +2155,21 @@ static void peft__linear_bw(peft_graph *g, peft__node *n);
 static void peft__lora_bw(peft_graph *g, peft__node *n);
 static void peft__q4_linear_bw(peft_graph *g, peft__node *n);
 
+/* A gradient buffer for an activation of n floats: a dead one of the same
+   size when there is one (the blocks of a model repeat the same shapes, so
+   a step keeps a few gradients alive instead of one per activation), else
+   fresh from the arena; cleared when asked. */
+static float *peft__grad_buffer(peft_graph *g, int64_t n, int zero) {
+    for (int i = g->n_spare - 1; i >= 0; i--)
+        if (g->spare[i].n == n) {
+            float *p = g->spare[i].p;
+            g->spare[i] = g->spare[--g->n_spare];
+            if (zero) peft__zero_floats(p, n);
+            return p;
+        }
+    return peft__arena_floats(g, n, zero);
+}
+
 PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const float *seed) {
     if (g->failed) return peft__fail(PEFT_ERR_ARG, "backward on a graph whose forward failed");
     if (!out) return peft__fail(PEFT_ERR_ARG, "backward needs an output tensor");
@@ -2158,13 +2187,20 @@ PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const fl
                    (beta 0), not cleared and then added to */
                 int stores = k == 0 && (n->backward == peft__linear_bw || n->backward == peft__lora_bw ||
                                         n->backward == peft__q4_linear_bw);
-                t->grad = peft__arena_floats(g, t->n, !stores);
+                t->grad = peft__grad_buffer(g, t->n, !stores);
                 if (!t->grad) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
                 t->grad_fresh = stores;
             }
         }
         n->backward(g, n);
         if (g->failed) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
+        /* every consumer of n's output came later on the tape and has run:
+           its gradient is dead, and its buffer serves a gradient to come */
+        if (!n->out->is_param && g->n_spare < PEFT__SPARE_GRADS) {
+            g->spare[g->n_spare].p = n->out->grad;
+            g->spare[g->n_spare++].n = n->out->n;
+            n->out->grad = NULL;
+        }
     }
     return PEFT_OK;
 }

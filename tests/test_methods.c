@@ -530,6 +530,39 @@ static float *step_gradients(peft_method_kind kind, int threads, size_t *total, 
     return out;
 }
 
+/* Backward hands an op output's gradient buffer on once it has passed the
+   op (peft_backward): the gradients of a LoRA step then take a fraction of
+   what the forward's activations take (0.29x on this model; 0.75x when
+   every activation kept its own gradient). The op outputs' grads are
+   released; the parameters' are there. */
+TEST(test_backward_recycles_gradients) {
+    peft_rng r;
+    peft_rng_seed(&r, 5);
+    peft_model *m = adapted_model(PEFT_LORA, 0.0f, 0.2f, &r);
+    REQUIRE(m, "model: %s", peft_last_error());
+    int B = 2, T = 16, tok[32], tgt[32], V = m->cfg.vocab_size;
+    for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); }
+    peft_graph *g = peft_graph_new();
+    m->training = 1;
+    peft_tensor *L = peft_model_loss(m, g, tok, tgt, B, T);
+    REQUIRE(L, "forward: %s", peft_last_error());
+    size_t fwd = peft_graph_arena_bytes(g);
+    REQUIRE_OK(peft_backward(g, L));
+    size_t all = peft_graph_arena_bytes(g);
+    double extra = (double)(all - fwd) / (double)fwd;
+    printf("      backward added %.2fx the forward's %zu arena bytes\n", extra, fwd);
+    CHECK(extra < 0.5, "backward added %.2fx the forward's arena bytes: gradient buffers not reused", extra);
+    CHECK(L->grad == NULL, "the loss's gradient buffer was not released");
+    peft_tensor **tp;
+    int n = peft_model_trainable(m, &tp);
+    int have = 0;
+    for (int i = 0; i < n; i++) have += tp[i]->grad != NULL;
+    CHECK(n > 0 && have == n, "%d of %d trainable parameters have a gradient", have, n);
+    free(tp);
+    peft_graph_free(g);
+    peft_model_free(m);
+}
+
 /* Backward on threads: two runs on 2 threads give the same bits (attention
    splits its backward by batch row and kv head and adds the gates' partial
    gradients in a fixed order), and 1 thread agrees to rounding. */
