@@ -2119,6 +2119,21 @@ static peft_tensor *peft__like(peft_graph *g, const peft_tensor *x) {
     return peft_tensor_new(g, x->ndim, x->shape);
 }
 
+/* A new tensor over x's data (its own gradient): the output of an op that
+   overwrites an input no backward reads again. Only the model's forward
+   uses it (peft__block: RoPE over the q/k projections, the residual adds
+   over the o/down projections), where it keeps four activations per layer
+   out of the arena. */
+static peft_tensor *peft__alias(peft_graph *g, const peft_tensor *x) {
+    if (g->failed) return NULL;
+    peft_tensor *t = (peft_tensor *)peft__arena_alloc(g, sizeof(peft_tensor));
+    if (!t) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena"); return NULL; }
+    memset(t, 0, sizeof *t);
+    peft__set_shape(t, x->ndim, x->shape);
+    t->data = x->data;
+    return t;
+}
+
 /* Records a node when gradients are on and some input needs one. The output
    then needs a gradient too. Returns NULL when nothing is recorded. */
 static peft__node *peft__record(peft_graph *g, void (*bw)(peft_graph *, peft__node *),
@@ -2387,18 +2402,23 @@ static void peft__rope_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0];
     peft__rope_apply((const peft_rope_table *)n->aux, x->grad, n->out->grad, peft__rows(x), n->i[0], n->i[1], -1.0f, NULL, 1);
 }
-PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
-                               const peft_rope_table *rt, int B, int T) {
+/* in_place: the output overwrites x (see peft__alias) */
+static peft_tensor *peft__rope_op(peft_graph *g, peft_tensor *x, int n_heads, const peft_rope_table *rt, int B, int T,
+                                  int in_place) {
     if (!peft__ok(g, x, rt)) return NULL;
     if (peft__cols(x) != (int64_t)n_heads * rt->head_dim || peft__rows(x) != (int64_t)B * T)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "rope: input is not [B*T, heads*head_dim]");
     if (T > rt->n_pos) return peft__op_fail(g, PEFT_ERR_ARG, "rope: sequence longer than the table");
-    peft_tensor *y = peft__like(g, x);
+    peft_tensor *y = in_place ? peft__alias(g, x) : peft__like(g, x);
     if (!y) return NULL;
     peft__rope_apply(rt, y->data, x->data, peft__rows(x), n_heads, T, 1.0f, NULL, 0);
     peft__node *nd = peft__record(g, peft__rope_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->i[0] = n_heads; nd->i[1] = T; nd->aux = rt; }
     return y;
+}
+PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
+                               const peft_rope_table *rt, int B, int T) {
+    return peft__rope_op(g, x, n_heads, rt, B, T, 0);
 }
 
 /* ---- causal attention with grouped-query heads, prompts and logit terms ----
@@ -3114,7 +3134,7 @@ PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *ga, peft_tensor *up
 
 /* ---- residual add ------------------------------------------------------------
    y = a + b;  da += dy, db += dy                                           */
-typedef struct { float *y; const float *a, *b; } peft__add_args;   /* y = a + b (a may be y) */
+typedef struct { float *y; const float *a, *b; } peft__add_args;   /* y = a + b (a or b may be y) */
 static void peft__add_range(void *vctx, int64_t j0, int64_t j1) {
     const peft__add_args *p = (const peft__add_args *)vctx;
     for (int64_t j = j0; j < j1; j++) p->y[j] = p->a[j] + p->b[j];
@@ -3127,16 +3147,18 @@ static void peft__add_bw(peft_graph *g, peft__node *n) {
         if (t->requires_grad) peft__parallel_for(t->n, 16384, peft__add_range, &p);
     }
 }
-PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) {
+/* into_b: the sum overwrites b (see peft__alias) */
+static peft_tensor *peft__add_op(peft_graph *g, peft_tensor *a, peft_tensor *b, int into_b) {
     if (!peft__ok(g, a, b)) return NULL;
     if (a->n != b->n) return peft__op_fail(g, PEFT_ERR_SHAPE, "add: operands differ in size");
-    peft_tensor *y = peft__like(g, a);
+    peft_tensor *y = into_b ? peft__alias(g, b) : peft__like(g, a);
     if (!y) return NULL;
     peft__add_args p = { y->data, a->data, b->data };
     peft__parallel_for(a->n, 16384, peft__add_range, &p);
     peft__record(g, peft__add_bw, y, a, b, NULL, NULL);
     return y;
 }
+PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) { return peft__add_op(g, a, b, 0); }
 
 /* ---- scale -------------------------------------------------------------------
    y = s·x;  dx += s·dy                                                     */
@@ -3799,13 +3821,15 @@ static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_
                               int prompts, int excitor);
 
 /* After attention, shared by the plain and the KV-cache forward:
-   x += o_proj(a);  x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x) */
+   x += o_proj(a);  x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x).
+   The sums go over the projections' outputs, which no backward reads (the
+   linear, LoRA, 4-bit and bias ops keep their inputs, not their outputs). */
 static peft_tensor *peft__block_rest(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, peft_tensor *a) {
     peft_linear_site *S = L->lin;
-    x = peft_add(g, x, peft__site_forward(m, g, &S[PEFT_O], a));
+    x = peft__add_op(g, x, peft__site_forward(m, g, &S[PEFT_O], a), 1);
     peft_tensor *h = peft_rmsnorm(g, x, L->ffn_norm, m->cfg.norm_eps);
     peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h), peft__site_forward(m, g, &S[PEFT_UP], h));
-    return peft_add(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff));
+    return peft__add_op(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff), 1);
 }
 
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
@@ -3813,8 +3837,9 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
     peft_linear_site *S = L->lin;
     peft_attn_extras ex;
     peft_tensor *h = peft_rmsnorm(g, x, L->attn_norm, c->norm_eps);
-    peft_tensor *q = peft_rope(g, peft__site_forward(m, g, &S[PEFT_Q], h), c->n_heads, &m->rope, B, T);
-    peft_tensor *k = peft_rope(g, peft__site_forward(m, g, &S[PEFT_K], h), c->n_kv_heads, &m->rope, B, T);
+    /* RoPE over the projections' outputs, which no backward reads */
+    peft_tensor *q = peft__rope_op(g, peft__site_forward(m, g, &S[PEFT_Q], h), c->n_heads, &m->rope, B, T, 1);
+    peft_tensor *k = peft__rope_op(g, peft__site_forward(m, g, &S[PEFT_K], h), c->n_kv_heads, &m->rope, B, T, 1);
     peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
     peft__attn_extras(m, g, L, h, B, &ex, 1, 1);
     peft_tensor *a = peft_attention_ex(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, &ex);
