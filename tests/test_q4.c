@@ -118,21 +118,31 @@ TEST(test_q4_bits_per_parameter) {
     free(w);
 }
 
+/* A random W [out, in] in NF4 (double quantization) with its dequantized
+   floats in wd, and a trainable random x [N, in]; NULL when quantizing fails. */
+static peft_tensor *q4_case(peft_rng *r, int N, int in, int out, peft_q4 *q, float **wf, float **wd) {
+    *wf = malloc(sizeof(float) * out * in);
+    *wd = malloc(sizeof(float) * out * in);
+    for (int i = 0; i < out * in; i++) (*wf)[i] = peft_rng_normal(r);
+    if (peft_q4_quantize(q, *wf, (int64_t)out * in, PEFT_NF4, 1, NULL) != PEFT_OK) return NULL;
+    peft_q4_dequantize(q, 0, (int64_t)out * in, *wd);
+    int64_t sx[2] = { N, in };
+    peft_tensor *x = peft_param_new("x", 2, sx);
+    peft_param_set_trainable(x, 1);
+    for (int i = 0; i < N * in; i++) x->data[i] = peft_rng_normal(r);
+    return x;
+}
+
 /* the 4-bit linear op: forward equals x·dequant(W)ᵀ in double, backward
    matches finite differences of that reference (W frozen) */
 TEST(test_fd_q4_linear) {
     int N = 5, in = 70, out = 9;     /* blocks straddle rows: 70 is not a multiple of 64 */
     peft_rng r;
     peft_rng_seed(&r, 8);
-    float *wf = malloc(sizeof(float) * out * in), *wd = malloc(sizeof(float) * out * in);
-    for (int i = 0; i < out * in; i++) wf[i] = peft_rng_normal(&r);
+    float *wf, *wd;
     peft_q4 q;
-    REQUIRE_OK(peft_q4_quantize(&q, wf, (int64_t)out * in, PEFT_NF4, 1, NULL));
-    peft_q4_dequantize(&q, 0, (int64_t)out * in, wd);
-    int64_t sx[2] = { N, in };
-    peft_tensor *x = peft_param_new("x", 2, sx);
-    peft_param_set_trainable(x, 1);
-    for (int i = 0; i < N * in; i++) x->data[i] = peft_rng_normal(&r);
+    peft_tensor *x = q4_case(&r, N, in, out, &q, &wf, &wd);
+    REQUIRE(x, "quantize: %s", peft_last_error());
     peft_graph *g = peft_graph_new();
     peft_tensor *y = peft_q4_linear(g, x, &q, out, in);
     REQUIRE(y, "forward: %s", peft_last_error());
@@ -205,17 +215,12 @@ TEST(test_q4_linear_packs_like_floats) {
     int N = 37, in = 701, out = 1100;
     peft_rng r;
     peft_rng_seed(&r, 21);
-    float *wf = malloc(sizeof(float) * out * in), *wd = malloc(sizeof(float) * out * in);
-    float *R = malloc(sizeof(float) * N * out), *ref = malloc(sizeof(float) * (size_t)N * (out > in ? out : in));
-    for (int i = 0; i < out * in; i++) wf[i] = peft_rng_normal(&r);
-    for (int i = 0; i < N * out; i++) R[i] = peft_rng_normal(&r);
+    float *wf, *wd;
     peft_q4 q;
-    REQUIRE_OK(peft_q4_quantize(&q, wf, (int64_t)out * in, PEFT_NF4, 1, NULL));
-    peft_q4_dequantize(&q, 0, (int64_t)out * in, wd);
-    int64_t sx[2] = { N, in };
-    peft_tensor *x = peft_param_new("x", 2, sx);
-    peft_param_set_trainable(x, 1);
-    for (int i = 0; i < N * in; i++) x->data[i] = peft_rng_normal(&r);
+    peft_tensor *x = q4_case(&r, N, in, out, &q, &wf, &wd);
+    REQUIRE(x, "quantize: %s", peft_last_error());
+    float *R = malloc(sizeof(float) * N * out), *ref = malloc(sizeof(float) * (size_t)N * (out > in ? out : in));
+    for (int i = 0; i < N * out; i++) R[i] = peft_rng_normal(&r);
     peft_graph *g = peft_graph_new();
     int threads = peft_get_threads();
     for (int t = 1; t <= 2; t++) {
