@@ -355,13 +355,17 @@ static void lora_ref(double **x, double *y, void *vc) {
     peft_rng rng;
     peft_rng_seed(&rng, c->seed);
     double *xd = malloc(sizeof(double) * c->N * c->in), u[64];
-    uint64_t key = peft_rng_u64(&rng);             /* row n's mask: a generator seeded with key + n */
+    /* row n's mask: a generator seeded with key + n, two 24-bit uniforms
+       per 64-bit draw (bits 40-63, then 16-39); dropped when u < p */
+    uint64_t key = peft_rng_u64(&rng), bits = 0;
     for (int n = 0; n < c->N; n++) {
         peft_rng row;
         peft_rng_seed(&row, key + (uint64_t)n);
         for (int i = 0; i < c->in; i++) {
             int j = n * c->in + i;
-            xd[j] = c->p > 0 ? (peft_rng_uniform(&row) < c->p ? 0 : x[0][j] * (double)(1.0f / (1.0f - c->p))) : x[0][j];
+            if (!(i & 1)) bits = peft_rng_u64(&row);
+            double u = (double)((i & 1 ? bits >> 16 : bits >> 40) & 0xFFFFFF) / 16777216.0;
+            xd[j] = c->p > 0 ? (u < c->p ? 0 : x[0][j] * (double)(1.0f / (1.0f - c->p))) : x[0][j];
         }
     }
     for (int n = 0; n < c->N; n++) {
