@@ -1523,8 +1523,6 @@ static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
     }
 }
 
-/* packs the NR-wide strips [s0, s1) of the panel; strips are independent,
-   so the threads share the packing (it is most of the work when M is small) */
 /* a strip of 4-bit B decoded straight into its packed panel: no fp32 copy
    of the weight is ever made. B(k, j) = W[j][k] (tB) or W[k][j]. */
 static void peft__pack_B_q4(const peft__gemm_args *g, int j0, int nr, float *Bp) {
@@ -1542,6 +1540,8 @@ static void peft__pack_B_q4(const peft__gemm_args *g, int j0, int nr, float *Bp)
             for (int j = nr; j < PEFT__NR; j++) Bp[(size_t)k * PEFT__NR + j] = 0.0f;
 }
 
+/* packs the NR-wide strips [s0, s1) of the panel; strips are independent,
+   so the threads share the packing (it is most of the work when M is small) */
 static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
     const peft__gemm_args *g = (const peft__gemm_args *)vctx;
     float *Bp = (float *)g->Bp + (size_t)s0 * PEFT__NR * g->kc;
@@ -1701,8 +1701,8 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
     g.keep_a = nslices > 1 && strips >= 4 * peft__nthreads &&
                (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
     float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
-    if (!Bp && Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a 4-bit weight");
     if (!Bp && !Bpre) {                          /* no memory to pack: the plain loops (beta 0 not applied yet) */
+        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a 4-bit weight");
         peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
         return PEFT_OK;
     }
@@ -1973,8 +1973,8 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
    arena that is reset at each step (an op output's gradient buffer is handed
    on once backward has passed its producer: see peft_backward): a chain of
    blocks, each at least as big as all before it together (so a few dozen at
-   most), filled in order. A
-   reset keeps every block, so the next step of the same shape takes the
+   most), filled in order. A reset keeps every block, so the next step of
+   the same shape takes the
    same places in the same blocks: it allocates nothing and touches no fresh
    page. (Folding the blocks into one new block would hand the kernel back
    gigabytes and fault them in again on the next step.) */
@@ -2095,19 +2095,24 @@ static float *peft__arena_floats(peft_graph *g, int64_t n, int zero) {
     return p;
 }
 
-PEFTDEF peft_tensor *peft_tensor_new(peft_graph *g, int ndim, const int64_t *shape) {
+/* an arena tensor over `data`, or over fresh floats when data is NULL */
+static peft_tensor *peft__tensor_on(peft_graph *g, int ndim, const int64_t *shape, float *data) {
     if (g->failed) return NULL;
     peft_tensor *t = (peft_tensor *)peft__arena_alloc(g, sizeof(peft_tensor));
     if (!t) goto oom;
     memset(t, 0, sizeof *t);
     peft__set_shape(t, ndim, shape);
-    t->data = peft__arena_floats(g, t->n, 0);
+    t->data = data ? data : peft__arena_floats(g, t->n, 0);
     if (!t->data) goto oom;
     return t;
 oom:
     g->failed = 1;
     peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena");
     return NULL;
+}
+
+PEFTDEF peft_tensor *peft_tensor_new(peft_graph *g, int ndim, const int64_t *shape) {
+    return peft__tensor_on(g, ndim, shape, NULL);
 }
 
 PEFTDEF peft_tensor *peft_tensor_2d(peft_graph *g, int64_t rows, int64_t cols) {
@@ -2125,13 +2130,7 @@ static peft_tensor *peft__like(peft_graph *g, const peft_tensor *x) {
    over the o/down projections), where it keeps four activations per layer
    out of the arena. */
 static peft_tensor *peft__alias(peft_graph *g, const peft_tensor *x) {
-    if (g->failed) return NULL;
-    peft_tensor *t = (peft_tensor *)peft__arena_alloc(g, sizeof(peft_tensor));
-    if (!t) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena"); return NULL; }
-    memset(t, 0, sizeof *t);
-    peft__set_shape(t, x->ndim, x->shape);
-    t->data = x->data;
-    return t;
+    return peft__tensor_on(g, x->ndim, x->shape, x->data);
 }
 
 /* Records a node when gradients are on and some input needs one. The output
