@@ -643,6 +643,9 @@ typedef struct {
 } peft_safetensors;
 
 PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path);
+/* Reads the header alone (a few KB of a file of GBs) and checks it against the
+   file's size as peft_st_open does; data is NULL: the entries cannot be read. */
+PEFTDEF peft_status peft_st_open_header(peft_safetensors *st, const char *path);
 PEFTDEF void        peft_st_close(peft_safetensors *st);
 PEFTDEF const peft_st_entry *peft_st_find(const peft_safetensors *st, const char *name);
 /* Converts an F32/F16/BF16/F64/I32/I64 entry into floats (n = element count). */
@@ -774,7 +777,9 @@ PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt
 typedef struct { float temperature, top_p; int top_k; uint64_t seed; } peft_sampler;
 PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *scratch, int *iscratch);
 /* Generation with a sampler; on_token (may be NULL) sees each new id as it
-   comes (streaming) and can stop by returning non-zero. Returns the count. */
+   comes (streaming) and can stop by returning non-zero. Returns the count, or
+   -1 with peft_last_error() set (a prompt id outside the vocabulary, a prompt
+   longer than max_position_embeddings, no memory). */
 PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n_prompt, int max_new, int eos,
                           const peft_sampler *s, int *out, int (*on_token)(void *ctx, int id), void *ctx);
 
@@ -3494,6 +3499,22 @@ PEFTDEF peft_status peft_config_validate(const peft_config *c, const char *where
     if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->vocab_size <= 0)
         return peft__fail(PEFT_ERR_CONFIG, "%s: hidden_size, intermediate_size, num_hidden_layers, "
                           "num_attention_heads and vocab_size must all be positive", w);
+    /* bounds far above any LLaMA (405B: 16384 wide, 126 layers, 128k vocab), so that no product of
+       them overflows and a hostile config.json cannot claim exabytes */
+    if (c->dim > 1 << 20 || c->hidden_dim > 1 << 22 || c->n_layers > 4096 || c->n_heads > 1 << 16 ||
+        c->n_kv_heads > 1 << 16 || c->head_dim > 1 << 16 || c->vocab_size > 1 << 24 ||
+        (int64_t)c->n_heads * c->head_dim > 1 << 22)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: implausible dimensions (hidden_size %d, intermediate_size %d, "
+                          "num_hidden_layers %d, num_attention_heads %d, head_dim %d, vocab_size %d)", w, c->dim,
+                          c->hidden_dim, c->n_layers, c->n_heads, c->head_dim, c->vocab_size);
+    if (c->max_seq_len <= 0 || c->max_seq_len > 1 << 24)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: max_position_embeddings must be in 1 .. 2^24 (got %d)", w, c->max_seq_len);
+    if (c->bos_id >= c->vocab_size || c->eos_id >= c->vocab_size)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: bos_token_id (%d) and eos_token_id (%d) must be below vocab_size (%d)", w,
+                          c->bos_id, c->eos_id, c->vocab_size);
+    if (peft_config_param_count(c) > (int64_t)1e12)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: %lld parameters: more than 10^12 is not a model this library can hold", w,
+                          (long long)peft_config_param_count(c));
     if (c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads != 0)
         return peft__fail(PEFT_ERR_CONFIG, "%s: num_attention_heads (%d) must be a multiple of "
                           "num_key_value_heads (%d)", w, c->n_heads, c->n_kv_heads);
@@ -3599,7 +3620,8 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
         if (r < 0 && strcmp(ints[i].key, "eos_token_id") == 0) {
             /* LLaMA-3 instruct lists several EOS ids: take the first */
             const peft_json *e = peft_json_get(j, "eos_token_id");
-            if (e->type == PEFT_JSON_ARRAY && e->child && e->child->type == PEFT_JSON_NUMBER) {
+            if (e->type == PEFT_JSON_ARRAY && e->child && e->child->type == PEFT_JSON_NUMBER &&
+                e->child->number == floor(e->child->number) && fabs(e->child->number) <= 2147483647.0) {
                 c->eos_id = (int)e->child->number;
                 r = 1;
             }
@@ -4677,6 +4699,10 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
         return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another", peft_method_name(m->method.kind));
     if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) && (cfg->lora_r < 1 || !cfg->lora_targets))
         return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
+    for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS && (cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA); l++)
+        if (cfg->lora_layers[l])              /* it would adapt nothing there: never train 0 parameters silently */
+            return peft__fail(PEFT_ERR_CONFIG, "lora_layers names layer %d but the model has %d layers (0 .. %d)", l,
+                              m->cfg.n_layers, m->cfg.n_layers - 1);
     if ((cfg->kind == PEFT_ADAPTER_V1 || cfg->kind == PEFT_ADAPTER_V2) && cfg->adapter_len < 1)
         return peft__fail(PEFT_ERR_CONFIG, "adapter_len must be >= 1");
     if (cfg->kind == PEFT_EXCITOR && (cfg->excitor_len < 1 || cfg->excitor_rank < 1))
@@ -5264,6 +5290,17 @@ static peft_status peft__ckpt_part(const peft_safetensors *st, const char *kind,
     return s;
 }
 
+/* a metadata integer, whole and within [lo, hi]; absent counts as 0 when optional */
+static int peft__meta_int(const char *v, int64_t lo, int64_t hi, int64_t *out) {
+    char *end;
+    if (!v || !*v) return 0;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (*end || errno || x < lo || x > hi) return 0;
+    *out = (int64_t)x;
+    return 1;
+}
+
 PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, const char *path) {
     peft_safetensors st;
     peft_status s = peft_st_open(&st, path);
@@ -5275,6 +5312,16 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
         s = peft__fail(PEFT_ERR_FORMAT, "%s: not a peft.h checkpoint (metadata missing)", path);
     else if (atoi(np) != o->n)
         s = peft__fail(PEFT_ERR_SHAPE, "%s: holds %s trainable tensors, this run has %d", path, np, o->n);
+    /* every counter range-checked before use: a hostile checkpoint must not index outside the run */
+    int64_t v_step = 0, v_t = 0, v_epoch = 0, v_cursor = 0, v_tokens = 0;
+    const char *m_e = peft__st_meta(&st, "epoch"), *m_c = peft__st_meta(&st, "cursor"), *m_k = peft__st_meta(&st, "tokens");
+    if (s == PEFT_OK && (!peft__meta_int(step, 0, INT32_MAX - 1, &v_step) || !peft__meta_int(at, 0, INT64_MAX / 2, &v_t) ||
+                         (m_e && !peft__meta_int(m_e, 0, INT32_MAX, &v_epoch)) ||
+                         (m_c && !peft__meta_int(m_c, 0, INT32_MAX, &v_cursor)) ||
+                         (m_k && !peft__meta_int(m_k, 0, INT64_MAX / 2, &v_tokens))))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a counter is out of range (step '%s', adam_t '%s', epoch '%s', cursor '%s', "
+                       "tokens '%s'): not a checkpoint this library wrote", path, step, at, m_e ? m_e : "-", m_c ? m_c : "-",
+                       m_k ? m_k : "-");
     for (int i = 0; i < o->n && s == PEFT_OK; i++) {
         peft_tensor *t = o->params[i];
         int64_t nb = (t->n + 255) / 256;
@@ -5297,13 +5344,14 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
         if (sscanf(spare, "%u:%x", &has, &bits) != 2) s = peft__fail(PEFT_ERR_FORMAT, "%s: bad rng_spare", path);
         r->s[0] = a; r->s[1] = b; r->has_spare = (int)has;
         memcpy(&r->spare, &bits, 4);
-        tr->step = atoi(step);
-        o->t = atoll(at);
+        tr->step = (int)v_step;
+        o->t = v_t;
         tr->micro = 0;
         tr->accum_loss = 0;
         if (pos) {
-            const char *e = peft__st_meta(&st, "epoch"), *c = peft__st_meta(&st, "cursor"), *k = peft__st_meta(&st, "tokens");
-            pos->epoch = e ? atoll(e) : 0; pos->cursor = c ? atoll(c) : 0; pos->tokens = k ? atoll(k) : 0;
+            pos->epoch = v_epoch;
+            pos->cursor = v_cursor;
+            pos->tokens = v_tokens;
         }
     }
     peft_st_close(&st);
@@ -5390,6 +5438,13 @@ PEFTDEF peft_status peft_read_file(const char *path, unsigned char **data, size_
     *n = 0;
     FILE *f = fopen(path, "rb");
     if (!f) return peft__fail(PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+#if !defined(_WIN32)
+    struct stat sb;               /* a folder opens on Linux and "holds" 2^63-1 bytes */
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return peft__fail(PEFT_ERR_IO, "%s: is a directory, not a file", path);
+    }
+#endif
     if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return peft__fail(PEFT_ERR_IO, "%s: cannot seek", path); }
     long sz = ftell(f);
     if (sz < 0) { fclose(f); return peft__fail(PEFT_ERR_IO, "%s: cannot tell size (is it a folder?)", path); }
@@ -5629,6 +5684,11 @@ static peft_json *peft__jvalue(peft__jp *p) {
 }
 
 PEFTDEF peft_status peft_json_parse(peft_json **out, const char *text, size_t len, const char *what) {
+    /* a UTF-8 byte order mark (Windows editors write one) is skipped, as Python's datasets does */
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
+        text += 3;
+        len -= 3;
+    }
     peft__jp p = { text, text + len, what ? what : "JSON", 0, PEFT_OK };
     peft_json *j = peft__jvalue(&p);
     if (p.err == PEFT_OK) {
@@ -5798,6 +5858,35 @@ PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path) {
     return s;
 }
 
+PEFTDEF peft_status peft_st_open_header(peft_safetensors *st, const char *path) {
+    memset(st, 0, sizeof *st);
+    snprintf(st->path, sizeof st->path, "%.500s", path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return peft__fail(PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    unsigned char len8[8];
+    uint64_t hn = 0;
+    peft_status s = PEFT_OK;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) s = peft__fail(PEFT_ERR_IO, "%s: not a regular file", path);
+    else if (sb.st_size < 8 || fread(len8, 1, 8, f) != 8)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: file is %lld bytes, too short for a safetensors header", path, (long long)sb.st_size);
+    if (s == PEFT_OK) {
+        for (int i = 7; i >= 0; i--) hn = (hn << 8) | len8[i];
+        st->file_size = (size_t)sb.st_size;
+        /* only the header is read; the parser's own checks bound hn by the file size and 100 MB */
+        size_t want = hn <= (uint64_t)st->file_size - 8 && hn <= 100u * 1024 * 1024 ? (size_t)hn : 0;
+        st->file = (unsigned char *)PEFT_MALLOC(8 + want + 1);
+        if (!st->file) s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the header", path);
+        else if (fread(st->file + 8, 1, want, f) != want) s = peft__fail(PEFT_ERR_IO, "%s: read failed", path);
+        else memcpy(st->file, len8, 8);
+    }
+    fclose(f);
+    if (s == PEFT_OK) s = peft__st_parse(st);
+    st->data = NULL;
+    if (s != PEFT_OK) peft_st_close(st);
+    return s;
+}
+
 PEFTDEF void peft_st_close(peft_safetensors *st) {
     for (int i = 0; i < st->n; i++) PEFT_FREE(st->entries[i].name);
     for (int i = 0; i < st->n_meta; i++) { PEFT_FREE(st->meta_keys[i]); PEFT_FREE(st->meta_vals[i]); }
@@ -5840,10 +5929,11 @@ static FILE *peft__atomic_open(const char *path, char *tmp, size_t tmpn) {
     if (snprintf(tmp, tmpn, "%s.tmp", path) >= (int)tmpn) { peft__fail(PEFT_ERR_ARG, "%s: path too long", path); return NULL; }
     FILE *f = fopen(tmp, "wb");
     if (!f) peft__fail(PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    errno = 0;                                         /* so that commit reports the write's own error */
     return f;
 }
 static peft_status peft__atomic_commit(FILE *f, const char *tmp, const char *path, int ok) {
-    int err = ok ? 0 : EIO;
+    int err = ok ? 0 : errno ? errno : EIO;           /* ENOSPC: "No space left on device" */
     if (ok && fflush(f) != 0) { ok = 0; err = errno; }
 #if !defined(_WIN32)
     if (ok && fsync(fileno(f)) != 0) { ok = 0; err = errno; }
@@ -6116,6 +6206,42 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
     return PEFT_OK;
 }
 
+/* The weight files must be large enough for what config.json claims before any
+   of it is allocated: at least 2 bytes a parameter (F16/BF16), half a byte when
+   4-bit. A missing file is left to the loader, which names it. */
+static peft_status peft__weights_fit(const peft_config *c, const char *dir) {
+    char path[1100], what[1100];
+    struct stat sb;
+    double have = 0;
+    snprintf(what, sizeof what, "%s/model.safetensors", dir);
+    if (stat(what, &sb) == 0) have = (double)sb.st_size;
+    else {
+        peft_json *index;
+        snprintf(what, sizeof what, "%s/model.safetensors.index.json", dir);
+        snprintf(path, sizeof path, "%s", what);
+        if (!peft__file_exists(path) || peft_json_load(&index, path) != PEFT_OK) return PEFT_OK;
+        const peft_json *wm = peft_json_get(index, "weight_map");
+        int missing = 0;
+        for (const peft_json *f = wm ? wm->child : NULL; f; f = f->next) {
+            int seen = f->type != PEFT_JSON_STRING || strchr(f->string, '/');
+            for (const peft_json *g = wm->child; g != f && !seen; g = g->next)
+                seen = g->type == PEFT_JSON_STRING && !strcmp(g->string, f->string);
+            if (seen) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, f->string);
+            if (stat(path, &sb) == 0) have += (double)sb.st_size;
+            else missing = 1;
+        }
+        peft_json_free(index);
+        if (missing || !wm) return PEFT_OK;
+    }
+    double need = (double)peft_config_param_count(c) * (c->q4 ? 0.5 : 2.0);
+    if (have < need)
+        return peft__fail(PEFT_ERR_SHAPE, "%s: %.0f bytes of weights, but config.json describes %lld parameters (at least "
+                          "%.0f bytes): wrong config.json or truncated weights",
+                          what, have, (long long)peft_config_param_count(c), need);
+    return PEFT_OK;
+}
+
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     char path[1024];
     peft_config c;
@@ -6125,6 +6251,7 @@ PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     if (!S_ISDIR(sb.st_mode)) return peft__load_llama2c(out, dir);     /* a file: llama2.c .bin */
     snprintf(path, sizeof path, "%s/config.json", dir);
     peft_status s = peft_config_load(&c, path);
+    if (s == PEFT_OK) s = peft__weights_fit(&c, dir);
     if (s != PEFT_OK) return s;
     peft_model *m;
     s = peft_model_new(&m, &c, 0, 0);
@@ -6468,9 +6595,13 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
             for (const peft_json *x = e->child; x; x = x->next) {
                 size_t L = strlen(val);
                 if (x->type == PEFT_JSON_STRING) snprintf(val + L, sizeof val - L, "%s%s", L ? "," : "", x->string);
-                else if (x->type == PEFT_JSON_NUMBER) snprintf(val + L, sizeof val - L, "%s%d", L ? "," : "", (int)x->number);
+                else if (x->type == PEFT_JSON_NUMBER && x->number == floor(x->number) && fabs(x->number) <= 1e6)
+                    snprintf(val + L, sizeof val - L, "%s%d", L ? "," : "", (int)x->number);
+                else if (x->type == PEFT_JSON_NUMBER)       /* range-checked before the cast */
+                    s = peft__fail(PEFT_ERR_FORMAT, "%s: %s holds %.17g, not a layer number", path, key, x->number);
             }
         } else val[0] = 0;
+        if (s != PEFT_OK) break;
         if (kind == PEFT_LORA) {
             if (!strcmp(key, "r")) s = peft_method_set(out, "lora_r", val);
             else if (!strcmp(key, "lora_alpha") || !strcmp(key, "lora_dropout")) s = peft_method_set(out, key, val);
@@ -7322,12 +7453,17 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     t->byte_fallback = bf && bf->type == PEFT_JSON_BOOL && bf->number != 0;
     t->ignore_merges = im && im->type == PEFT_JSON_BOOL && im->number != 0;
     int n = 0;
-    for (const peft_json *v = vocab->child; v; v = v->next)
+    for (const peft_json *v = vocab->child; v; v = v->next) {
+        /* range-checked before the cast: 6666666666 would wrap to a negative index */
+        if (v->type == PEFT_JSON_NUMBER && !(v->number >= 0 && v->number < (double)(1 << 22) && v->number == floor(v->number)))
+            return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: vocab entry \"%s\" has id %.17g (ids are 0 .. 2^22-1)",
+                                                  path, v->key, v->number));
         if (v->type == PEFT_JSON_NUMBER && v->number >= n) n = (int)v->number + 1;
+    }
     for (const peft_json *a = added ? added->child : NULL; a; a = a->next) {
         int id = -1;
         peft__json_int(a, "id", &id);
-        if (id >= n) n = id + 1;
+        if (id >= n && id < 1 << 22) n = id + 1;
     }
     if (n < 1 || n > 1 << 22) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: bad vocabulary size %d", path, n));
     t->n = n;
@@ -7771,14 +7907,26 @@ PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_
 PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n_prompt, int max_new, int eos,
                           const peft_sampler *s, int *out, int (*on_token)(void *ctx, int id), void *ctx) {
     int V = m->cfg.vocab_size, n = 0, limit = m->cfg.max_seq_len;
-    if (n_prompt < 1 || n_prompt >= limit || max_new < 1) return 0;
+    if (max_new < 1) return 0;
+    if (n_prompt < 1 || n_prompt >= limit) {
+        peft__fail(PEFT_ERR_ARG, "generate: the prompt has %d tokens; the model takes 1 to %d", n_prompt, limit - 1);
+        return -1;
+    }
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= V) {
+            peft__fail(PEFT_ERR_ARG, "generate: prompt token %d has id %d, outside the vocabulary (size %d)", i, prompt[i], V);
+            return -1;
+        }
     if (n_prompt + max_new < limit) limit = n_prompt + max_new;
     int *idx = (int *)PEFT_MALLOC(sizeof(int) * (size_t)V);
     float *p = (float *)PEFT_MALLOC(sizeof(float) * (size_t)V);
     peft_kv_cache *cache = NULL;
     peft_rng rng;
     peft_rng_seed(&rng, s ? s->seed : 0);
-    if (idx && p && peft_kv_cache_new(&cache, m, 1, limit) == PEFT_OK) {
+    int failed = !idx || !p;
+    if (failed) peft__fail(PEFT_ERR_NOMEM, "generate: no memory for %d logits", V);
+    else if (peft_kv_cache_new(&cache, m, 1, limit) != PEFT_OK) failed = 1;
+    else {
         int grad = g->grad_enabled, id = 0;
         peft_graph_set_grad(g, 0);
         const int *feed = prompt;
@@ -7786,7 +7934,7 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
         while (n < max_new) {
             peft_graph_reset(g);
             peft_tensor *lg = peft_model_forward_cached(m, g, cache, feed, 1, n_feed);
-            if (!lg) break;
+            if (!lg) { failed = 1; break; }
             id = peft_sample(lg->data + (size_t)(n_feed - 1) * V, V, s, &rng, p, idx);
             out[n++] = id;
             if ((on_token && on_token(ctx, id)) || id == eos || n_prompt + n >= limit) break;
@@ -7797,7 +7945,7 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
     }
     peft_kv_cache_free(cache);
     PEFT_FREE(idx); PEFT_FREE(p);
-    return n;
+    return failed ? -1 : n;
 }
 
 PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char *out, size_t n) {
