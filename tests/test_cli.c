@@ -87,7 +87,7 @@ TEST(test_cli) {
     CHECK(run(out, sizeof out, "info --preset llama-7b --method adapter-v1 --adapter-len 10 --adapter-layers 30") == 0 &&
           strstr(out, "1,229,760"), "info adapter-v1: %s", out);
     CHECK(run(out, sizeof out, "info --preset llama-7b --method excitor") == 0 && strstr(out, "7,619,520"), "info excitor: %s", out);
-    CHECK(run(out, sizeof out, "info --preset tiny --method lora --lora-r x") == 1 && strstr(out, "lora_r"), "bad flag value: %s", out);
+    CHECK(run(out, sizeof out, "info --preset tiny --method lora --lora-r x") == 2 && strstr(out, "lora_r"), "bad flag value: %s", out);
     char adir[512], mdir[512], l1[512], l2[512];
     snprintf(adir, sizeof adir, "%s/cli_lora", th_tmpdir());
     snprintf(mdir, sizeof mdir, "%s/cli_merged", th_tmpdir());
@@ -119,7 +119,7 @@ TEST(test_cli) {
     CHECK(rss[0] > 0 && rss[1] > 0 && rss[1] < rss[0] - 50, "peak RSS: plain %.1f MB, paged %.1f MB", rss[0], rss[1]);
     CHECK(run(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
           strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
-    CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
+    CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1 --no-save") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
     {   /* a prompt longer than the model's positions is refused, not silently empty */
         char ids[400] = "1";
         for (int i = 1; i < 70; i++) strcat(ids, ",3");

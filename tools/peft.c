@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <dlfcn.h>
+#include <errno.h>
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
     fprintf(stderr, "peft %s: %s%s%s\nTry 'peft %s --help'.\n", cmd, msg, arg ? ": " : "", arg ? arg : "", cmd);
@@ -94,16 +95,23 @@ static int take_method_flag(method_flags *mf, const char *a, const char *v) {
     return 0;
 }
 
+/* A bad method name or value is a usage error: exit 2, as for every flag. */
 static int build_method(const method_flags *mf, peft_method *out, uint64_t seed) {
     peft_method_kind kind = PEFT_FULL;
-    if (mf->method && peft_method_parse(mf->method, &kind) != PEFT_OK) return fail();
+    if (mf->method && peft_method_parse(mf->method, &kind) != PEFT_OK) {
+        fprintf(stderr, "peft: error: %s\n", peft_last_error());
+        return 2;
+    }
     *out = peft_method_defaults(kind);
     out->seed = seed;
     for (int i = 0; i < mf->n; i++) {
         char key[64];
         snprintf(key, sizeof key, "%s", mf->keys[i] + 2);
         for (char *p = key; *p; p++) if (*p == '-') *p = '_';
-        if (peft_method_set(out, key, mf->vals[i]) != PEFT_OK) return fail();
+        if (peft_method_set(out, key, mf->vals[i]) != PEFT_OK) {
+            fprintf(stderr, "peft: error: %s: %s\n", mf->keys[i], peft_last_error());
+            return 2;
+        }
     }
     return 0;
 }
@@ -135,6 +143,8 @@ static void print_config(const peft_config *c, const char *what) {
     printf("fp32 weights     %.1f MB\n", total * 4.0 / 1e6);
 }
 
+static int check_weights(const char *dir, const peft_config *c);
+
 static int cmd_info(int argc, char **argv) {
     peft_config c;
     method_flags mf = { 0 };
@@ -164,9 +174,11 @@ static int cmd_info(int argc, char **argv) {
         if (peft_config_load(&c, path) != PEFT_OK) return fail();
     }
     print_config(&c, preset ? preset : dir);
+    if (!preset && check_weights(dir, &c)) return 1;
     if (mf.method) {
         peft_method m;
-        if (build_method(&mf, &m, 0)) return 1;
+        int bm = build_method(&mf, &m, 0);
+        if (bm) return bm;
         char b1[40];
         int64_t n = peft_method_param_count(&c, &m), base = peft_config_param_count(&c);
         printf("method           %s\ntrainable        %s (%.4f%% of the base model)\n", peft_method_name(m.kind), commas(n, b1),
@@ -272,7 +284,12 @@ static const char *TRAIN_HELP =
     "  --optim-budget-mb X   resident budget of the paged optimizer (default 64)\n"
     "  --checkpoint-activations 1  keep only block inputs, recompute in backward\n"
     "                        (same gradients, a fraction of the activation memory)\n"
-    "  --out DIR             output folder (default: none, nothing saved)\n";
+    "  --out DIR             output folder (required unless --no-save); one that holds files is\n"
+    "                        refused unless --overwrite (or continue it with --resume)\n"
+    "  --overwrite           replace the run in a non-empty --out (its checkpoints and log go)\n"
+    "  --no-save             train without writing anything (timing, trying settings)\n"
+    "  --stop-on-divergence  stop with an error when the loss sits at ln(vocab) for 10 steps or\n"
+    "                        rises far above the first step's (a warning otherwise)\n";
 
 /* Every setting as a string under its config key ("lora_r", "max_steps"),
    filled from --config or the run being resumed, then from the flags. */
@@ -281,7 +298,34 @@ typedef struct { setting s[64]; int n; } settings;
 
 static const char *TRAIN_KEYS[] = { "model", "preset", "data", "tokenizer", "out", "epochs", "max_steps", "batch", "seq",
     "grad_accum", "lr", "min_lr", "schedule", "warmup", "weight_decay", "max_grad_norm", "eval_every", "save_every", "seed",
-    "threads", "optim", "optim_budget_mb", "method", "checkpoint_activations", NULL };
+    "threads", "optim", "optim_budget_mb", "method", "checkpoint_activations", "stop_on_divergence", NULL };
+
+/* the settings written as JSON numbers; every other one (paths, names, lists) is a string */
+static const char *NUMERIC_KEYS[] = { "epochs", "max_steps", "batch", "seq", "grad_accum", "lr", "min_lr", "warmup",
+    "weight_decay", "max_grad_norm", "eval_every", "save_every", "threads", "optim_budget_mb", "checkpoint_activations",
+    "stop_on_divergence", "lora_r", "lora_alpha", "lora_dropout", "lora_rslora", "adapter_len", "adapter_layers",
+    "fusion_layers", "fusion_dim", "excitor_len", "excitor_rank", "excitor_layers", NULL };
+
+/* -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? : what JSON accepts as a number ("0x10", "1e3 ", "+1" are not) */
+static int json_number(const char *v) {
+    const char *p = v;
+    if (*p == '-') p++;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') while (*p >= '0' && *p <= '9') p++;
+    else return 0;
+    if (*p == '.') {
+        p++;
+        if (!(*p >= '0' && *p <= '9')) return 0;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (!(*p >= '0' && *p <= '9')) return 0;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    return *p == 0;
+}
 
 static int known_key(const char *k) {
     for (int i = 0; TRAIN_KEYS[i]; i++) if (!strcmp(k, TRAIN_KEYS[i])) return 1;
@@ -335,14 +379,15 @@ static int write_settings(const settings *st, const char *path) {
     n += (size_t)snprintf(buf + n, sizeof buf - n, "{\n");
     for (int i = 0; i < st->n && n < sizeof buf - 1100; i++) {
         const char *v = st->s[i].val;
-        char *end;
-        strtod(v, &end);
-        int numeric = *v && *end == 0 && strcmp(st->s[i].key, "lora_targets") && strcmp(st->s[i].key, "seed");
+        int numeric = 0;
+        for (int k = 0; NUMERIC_KEYS[k]; k++) numeric |= !strcmp(st->s[i].key, NUMERIC_KEYS[k]);
+        numeric = numeric && json_number(v);
         n += (size_t)snprintf(buf + n, sizeof buf - n, "  \"%s\": ", st->s[i].key);
         if (numeric) n += (size_t)snprintf(buf + n, sizeof buf - n, "%s", v);
         else {
             buf[n++] = '"';
             for (const char *p = v; *p && n < sizeof buf - 16; p++) {
+                if ((unsigned char)*p < 0x20) { n += (size_t)snprintf(buf + n, sizeof buf - n, "\\u%04x", *p); continue; }
                 if (*p == '"' || *p == '\\') buf[n++] = '\\';
                 buf[n++] = *p;
             }
@@ -405,6 +450,232 @@ static void remove_tree(const char *path) {
     rmdir(path);
 }
 
+/* ------------------------------------------------------- output folders */
+/* Folders that --out names are written whole: into OUT.tmp/ beside it, then
+   swapped in by two renames, so a full disk or a crash leaves the previous
+   folder or the new one, never a mix (checkpoint-N/ folders the same way). */
+static int replace_dir(const char *tmp, const char *final) {
+    char old[1300];
+    snprintf(old, sizeof old, "%s.old", final);
+    remove_tree(old);
+    int had = dir_exists(final);
+    if (had && rename(final, old) != 0) {
+        fprintf(stderr, "peft: error: cannot move %s aside: %s\n", final, strerror(errno));
+        return 1;
+    }
+    if (rename(tmp, final) != 0) {
+        int err = errno;
+        if (had) rename(old, final);
+        fprintf(stderr, "peft: error: cannot rename %s to %s: %s\n", tmp, final, strerror(err));
+        return 1;
+    }
+    if (had) remove_tree(old);
+    return 0;
+}
+
+static int ends_with(const char *s, const char *tail) {
+    size_t a = strlen(s), b = strlen(tail);
+    return a >= b && !strcmp(s + a - b, tail);
+}
+
+/* What a model folder holds; an existing --out with anything else in it (a
+   home folder given by mistake) is refused rather than replaced. */
+static int model_folder_file(const char *name) {
+    static const char *const tails[] = { ".json", ".safetensors", ".model", ".txt", ".md", ".tmp", ".gitattributes",
+                                         "tokenizer.bin", NULL };
+    for (int i = 0; tails[i]; i++) if (ends_with(name, tails[i])) return 1;
+    return 0;
+}
+
+/* OUT.tmp beside OUT (trailing slashes dropped), emptied; 1 if OUT may not be replaced */
+static int begin_folder(const char *out, char *clean, char *tmp, size_t n) {
+    snprintf(clean, n, "%s", out);
+    for (size_t k = strlen(clean); k > 1 && clean[k - 1] == '/'; k--) clean[k - 1] = 0;
+    if (file_exists(clean)) { fprintf(stderr, "peft: error: %s is a file; --out names a folder\n", clean); return 1; }
+    DIR *d = opendir(clean);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char child[1300];
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(child, sizeof child, "%s/%s", clean, e->d_name);
+        if (dir_exists(child) ? strcmp(e->d_name, "adapter") != 0 : !model_folder_file(e->d_name)) {
+            fprintf(stderr, "peft: error: %s exists and holds %s, which no model folder has: give a new or empty folder\n",
+                    clean, e->d_name);
+            closedir(d);
+            return 1;
+        }
+    }
+    if (d) closedir(d);
+    snprintf(tmp, n, "%s.tmp", clean);
+    remove_tree(tmp);
+    return 0;
+}
+
+/* The files a tokenizer needs, so that the folder written is usable alone
+   (generate, train) without --tokenizer: from --tokenizer when it was given,
+   else from the source model folder. */
+static const char *const TOKENIZER_FILES[] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                               "special_tokens_map.json", "tokenizer.model", "tokenizer.bin", NULL };
+
+static int copy_tokenizer_files(const char *src_dir, const char *tok, const char *dst) {
+    for (int i = 0; TOKENIZER_FILES[i]; i++) {
+        char from[1300] = "", to[1300];
+        const char *name = TOKENIZER_FILES[i];
+        if (tok && file_exists(tok) && ((!strcmp(name, "tokenizer.json") && ends_with(tok, ".json")) ||
+                                        (!strcmp(name, "tokenizer.bin") && !ends_with(tok, ".json"))))
+            snprintf(from, sizeof from, "%s", tok);
+        const char *dirs[2] = { tok && dir_exists(tok) ? tok : NULL, src_dir && dir_exists(src_dir) ? src_dir : NULL };
+        for (int k = 0; k < 2 && !from[0]; k++) {
+            if (!dirs[k]) continue;
+            snprintf(from, sizeof from, "%s/%s", dirs[k], name);
+            if (!file_exists(from)) from[0] = 0;
+        }
+        if (!from[0]) continue;
+        snprintf(to, sizeof to, "%s/%s", dst, name);
+        unsigned char *data;
+        size_t n;
+        if (peft_read_file(from, &data, &n) != PEFT_OK) return fail();
+        peft_status st = peft_write_file_atomic(to, data, n);
+        free(data);
+        if (st != PEFT_OK) return fail();
+    }
+    return 0;
+}
+
+/* after the writes into tmp (rc = their result): tokenizer files, then the swap */
+static int end_folder(const char *tmp, const char *out, int rc, const char *src_dir, const char *tok) {
+    if (!rc) rc = copy_tokenizer_files(src_dir, tok, tmp);
+    if (!rc) rc = replace_dir(tmp, out);
+    if (rc) remove_tree(tmp);
+    return rc;
+}
+
+/* ------------------------------------------------ info: the weight files */
+typedef struct { char name[96]; int64_t n; int found; } want_tensor;
+
+/* The tensors config.json implies, named as transformers names them. */
+static int expected_tensors(const peft_config *c, want_tensor *w, int cap) {
+    int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, F = c->hidden_dim;
+    int n = 0;
+#define WANT(cnt, ...) do { if (n < cap) { snprintf(w[n].name, sizeof w[n].name, __VA_ARGS__); w[n].n = (cnt); w[n].found = 0; } n++; } while (0)
+    WANT((int64_t)c->vocab_size * D, "model.embed_tokens.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        WANT(D, "model.layers.%d.input_layernorm.weight", l);
+        WANT(D, "model.layers.%d.post_attention_layernorm.weight", l);
+        WANT(Q * D, "model.layers.%d.self_attn.q_proj.weight", l);
+        WANT(KV * D, "model.layers.%d.self_attn.k_proj.weight", l);
+        WANT(KV * D, "model.layers.%d.self_attn.v_proj.weight", l);
+        WANT(D * Q, "model.layers.%d.self_attn.o_proj.weight", l);
+        WANT(F * D, "model.layers.%d.mlp.gate_proj.weight", l);
+        WANT(F * D, "model.layers.%d.mlp.up_proj.weight", l);
+        WANT(D * F, "model.layers.%d.mlp.down_proj.weight", l);
+        if (c->attn_bias) {
+            WANT(Q, "model.layers.%d.self_attn.q_proj.bias", l);
+            WANT(KV, "model.layers.%d.self_attn.k_proj.bias", l);
+            WANT(KV, "model.layers.%d.self_attn.v_proj.bias", l);
+            WANT(D, "model.layers.%d.self_attn.o_proj.bias", l);
+        }
+        if (c->mlp_bias) {
+            WANT(F, "model.layers.%d.mlp.gate_proj.bias", l);
+            WANT(F, "model.layers.%d.mlp.up_proj.bias", l);
+            WANT(D, "model.layers.%d.mlp.down_proj.bias", l);
+        }
+    }
+    WANT(D, "model.norm.weight");
+    if (!c->tie_embeddings) WANT((int64_t)c->vocab_size * D, "lm_head.weight");
+#undef WANT
+    return n;
+}
+
+/* Reads the safetensors headers of a model folder (a few KB, whatever the
+   weights weigh) and reports tensor count, dtypes and bytes; a truncated
+   file, sizes that lie, and tensors missing from or foreign to config.json
+   are errors (exit 1). */
+static int check_weights(const char *dir, const peft_config *c) {
+    char path[1300];
+    const char *files[512];
+    int nf = 0, rc = 0, problems = 0;
+    peft_json *index = NULL;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (file_exists(path)) files[nf++] = "model.safetensors";
+    else {
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+        if (!file_exists(path)) { printf("weights          none (no model.safetensors or index)\n"); return 0; }
+        if (peft_json_load(&index, path) != PEFT_OK) return fail();
+        const peft_json *wm = peft_json_get(index, "weight_map");
+        if (!wm || wm->type != PEFT_JSON_OBJECT) {
+            fprintf(stderr, "peft: error: %s: no 'weight_map' object\n", path);
+            peft_json_free(index);
+            return 1;
+        }
+        for (const peft_json *f = wm->child; f && nf < 512; f = f->next) {
+            if (f->type != PEFT_JSON_STRING || strchr(f->string, '/')) {
+                fprintf(stderr, "peft: error: %s: weight_map entry '%s' is not a file of the folder\n", path, f->key);
+                peft_json_free(index);
+                return 1;
+            }
+            int seen = 0;
+            for (int k = 0; k < nf && !seen; k++) seen = !strcmp(files[k], f->string);
+            if (!seen) files[nf++] = f->string;
+        }
+    }
+    int cap = 4 + c->n_layers * 16;
+    want_tensor *want = calloc((size_t)cap, sizeof *want);
+    if (!want) { peft_json_free(index); fprintf(stderr, "peft: error: out of memory\n"); return 1; }
+    int nw = expected_tensors(c, want, cap), count = 0, dcount[PEFT_DT_COUNT + 1] = { 0 };
+    double bytes = 0;
+    for (int f = 0; f < nf && !rc; f++) {
+        peft_safetensors st;
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        if (peft_st_open_header(&st, path) != PEFT_OK) { rc = fail(); break; }
+        bytes += (double)st.file_size;
+        for (int i = 0; i < st.n; i++) {
+            const peft_st_entry *e = &st.entries[i];
+            int64_t cnt = 1;
+            for (int d = 0; d < e->ndim; d++) cnt *= e->shape[d];
+            count++;
+            dcount[e->dtype <= PEFT_DT_COUNT ? e->dtype : PEFT_DT_COUNT]++;
+            int hit = -1, aux = 0;
+            for (int k = 0; k < nw && hit < 0; k++) {
+                size_t L = strlen(want[k].name);
+                if (!strcmp(e->name, want[k].name)) hit = k;
+                else if (c->q4 && !strncmp(e->name, want[k].name, L) && e->name[L] == '.') aux = 1;   /* .absmax, .quant_map ... */
+            }
+            if (hit >= 0) {
+                want[hit].found++;
+                /* a 4-bit linear is its packed bytes, whatever dtype stores them */
+                int is_q4 = c->q4 && strstr(e->name, "_proj.weight") != NULL;
+                int ok = is_q4 ? e->nbytes == (size_t)((want[hit].n + 1) / 2) : cnt == want[hit].n;
+                if (!ok && problems++ < 10)
+                    fprintf(stderr, "peft: error: %s: tensor '%s' has %lld elements (%zu bytes), config.json implies %lld\n",
+                            path, e->name, (long long)cnt, e->nbytes, (long long)want[hit].n);
+            } else if (!aux && !(c->tie_embeddings && !strcmp(e->name, "lm_head.weight"))) {
+                if (problems++ < 10) fprintf(stderr, "peft: error: %s: tensor '%s' is not part of the model config.json "
+                                             "describes\n", path, e->name);
+            }
+        }
+        peft_st_close(&st);
+    }
+    for (int k = 0; k < nw && !rc; k++)
+        if (!want[k].found && problems++ < 10)
+            fprintf(stderr, "peft: error: %s: tensor '%s' is missing from the weight files\n", dir, want[k].name);
+    if (!rc) {
+        char b1[40];
+        printf("weights          %d file%s, %d tensors (", nf, nf == 1 ? "" : "s", count);
+        int first = 1;
+        for (int d = 0; d <= PEFT_DT_COUNT; d++)
+            if (dcount[d]) { printf("%s%s %d", first ? "" : ", ", d < PEFT_DT_COUNT ? peft_dtype_name((peft_dtype)d) : "unknown", dcount[d]); first = 0; }
+        printf("), %s bytes\n", commas((int64_t)bytes, b1));
+    }
+    if (!rc && problems) {
+        fprintf(stderr, "peft: error: %s: %d inconsistenc%s between the weight files and config.json\n", dir, problems,
+                problems == 1 ? "y" : "ies");
+        rc = 1;
+    }
+    free(want);
+    peft_json_free(index);
+    return rc;
+}
+
 typedef struct {
     peft_model *m;
     peft_trainer *tr;
@@ -424,12 +695,12 @@ static int save_checkpoint(const run_state *rs, const char *out, int step, const
     snprintf(tmp, sizeof tmp, "%s/checkpoint-%d.tmp", out, step);
     snprintf(final, sizeof final, "%s/checkpoint-%d", out, step);
     remove_tree(tmp);
-    if (save_result(rs, tmp)) return 1;
+    int rc = save_result(rs, tmp);
     snprintf(path, sizeof path, "%s/trainer.safetensors", tmp);
-    if (peft_checkpoint_save(rs->tr, pos, path) != PEFT_OK) return fail();
-    remove_tree(final);
-    if (rename(tmp, final) != 0) { fprintf(stderr, "peft: error: cannot rename %s to %s\n", tmp, final); return 1; }
-    return 0;
+    if (!rc && peft_checkpoint_save(rs->tr, pos, path) != PEFT_OK) rc = fail();
+    if (!rc) rc = replace_dir(tmp, final);
+    if (rc) remove_tree(tmp);
+    return rc;
 }
 
 static void write_plot(const run_state *rs, const char *out) {
@@ -464,11 +735,38 @@ static double eval_loss(peft_model *m, const peft_dataset *d, int B, int T, int 
     return count ? sum / (double)count : NAN;
 }
 
+/* the flags of train that take no value */
+static int train_switch(const char *a) {
+    return !strcmp(a, "--overwrite") || !strcmp(a, "--no-save") || !strcmp(a, "--stop-on-divergence");
+}
+
+static int dir_nonempty(const char *p) {
+    DIR *d = opendir(p);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    if (d) closedir(d);
+    return n > 0;
+}
+
+/* --overwrite: the old run's checkpoints and log go first (a later --resume must not find them) */
+static void clear_run(const char *out) {
+    DIR *d = opendir(out);
+    char child[1300];
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (strncmp(e->d_name, "checkpoint-", 11) && strcmp(e->d_name, "log.jsonl") && strcmp(e->d_name, "loss.svg")) continue;
+        snprintf(child, sizeof child, "%s/%s", out, e->d_name);
+        remove_tree(child);
+    }
+    if (d) closedir(d);
+}
+
 static int cmd_train(int argc, char **argv) {
     settings st = { .n = 0 };
     const char *resume = NULL, *config = NULL;
+    int overwrite = 0, no_save = 0;
     for (int i = 0; i < argc; i += 2) {                 /* --help, --config and --resume first */
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(TRAIN_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (train_switch(argv[i])) { i--; continue; }
         if (i + 1 >= argc) return usage_error("train", "option needs a value", argv[i]);
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
         if (!strcmp(argv[i], "--resume")) resume = argv[i + 1];
@@ -483,6 +781,13 @@ static int cmd_train(int argc, char **argv) {
     if (config && read_settings(&st, config)) return 1;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i];
+        if (train_switch(a)) {
+            if (!strcmp(a, "--overwrite")) overwrite = 1;
+            else if (!strcmp(a, "--no-save")) no_save = 1;
+            else put(&st, "stop_on_divergence", "1");
+            i--;
+            continue;
+        }
         if (!strcmp(a, "--config") || !strcmp(a, "--resume")) continue;
         if (strncmp(a, "--", 2)) return usage_error("train", "unexpected argument", a);
         char key[64];
@@ -495,13 +800,14 @@ static int cmd_train(int argc, char **argv) {
     /* defaults for what is still unset, so the written config is complete */
     const char *defaults[][2] = { { "epochs", "1" }, { "batch", "4" }, { "seq", "256" }, { "grad_accum", "1" }, { "lr", "1e-3" },
         { "min_lr", "0" }, { "schedule", "cosine" }, { "warmup", "0" }, { "weight_decay", "0" }, { "max_grad_norm", "1" },
-        { "eval_every", "0" }, { "save_every", "0" }, { "seed", "0" }, { "threads", "1" }, { "optim", "adamw" }, { "method", "full" } };
+        { "eval_every", "0" }, { "save_every", "0" }, { "seed", "0" }, { "threads", "1" }, { "optim", "adamw" }, { "method", "full" },
+        { "stop_on_divergence", "0" } };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
 
     /* parse the resolved settings */
     model_src src = { get(&st, "model"), get(&st, "preset"), NULL, strtoull(get(&st, "seed"), NULL, 10) };
     const char *data = get(&st, "data"), *out = get(&st, "out"), *tokp = get(&st, "tokenizer");
-    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = 1, eval_every = 0, save_every = 0, ok = 1;
+    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = 1, eval_every = 0, save_every = 0, ok = 1, stop_div = 0;
     peft_trainer_opts o = peft_trainer_defaults();
     const char *bad = NULL;
 #define INT_SETTING(k, var, cond) if (ok && get(&st, k) && !(parse_int(get(&st, k), &var) && (cond))) { ok = 0; bad = k; }
@@ -510,9 +816,10 @@ static int cmd_train(int argc, char **argv) {
     INT_SETTING("max_steps", max_steps, max_steps > 0)
     INT_SETTING("batch", B, B > 0 && B <= 256)
     INT_SETTING("seq", T, T > 1)
-    INT_SETTING("grad_accum", o.grad_accum, o.grad_accum > 0)
+    INT_SETTING("grad_accum", o.grad_accum, o.grad_accum > 0 && o.grad_accum <= 65536)
     INT_SETTING("warmup", o.warmup_steps, 1)
-    INT_SETTING("threads", threads, threads > 0)
+    INT_SETTING("threads", threads, threads > 0 && threads <= 1024)
+    INT_SETTING("stop_on_divergence", stop_div, stop_div <= 1)
     INT_SETTING("eval_every", eval_every, 1)
     INT_SETTING("save_every", save_every, 1)
     FLOAT_SETTING("lr", o.lr, o.lr > 0)
@@ -534,6 +841,14 @@ static int cmd_train(int argc, char **argv) {
     if (!ok) return usage_error("train", "bad value for", bad);
     if (!src.model && !src.preset) return usage_error("train", "--model or --preset is required", NULL);
     if (!data) return usage_error("train", "--data is required", NULL);
+    if (!out && !no_save)
+        return usage_error("train", "--out DIR is needed to keep what is trained (--no-save trains without saving)", NULL);
+    if (out && no_save) return usage_error("train", "--no-save and --out exclude each other", NULL);
+    if (out && !ckpt[0] && !overwrite && dir_nonempty(out)) {
+        fprintf(stderr, "peft train: %s is not empty (an earlier run?): --resume %s continues it, --overwrite replaces it, "
+                "or give another --out\n", out, out);
+        return 2;
+    }
     method_flags mf = { .method = get(&st, "method") };
     for (int i = 0; i < st.n; i++)
         for (int k = 0; METHOD_FLAGS[k]; k++) {
@@ -546,7 +861,8 @@ static int cmd_train(int argc, char **argv) {
     if (peft_method_parse(mf.method, &kind) != PEFT_OK)
         return usage_error("train", "unknown --method (full, lora, adapter-v1, adapter-v2, excitor, qlora)", mf.method);
     peft_method meth;
-    if (build_method(&mf, &meth, src.seed)) return 1;
+    int bm = build_method(&mf, &meth, src.seed);
+    if (bm) return bm;
     peft_set_threads(threads);
 
     /* model, tokenizer, data */
@@ -587,9 +903,20 @@ static int cmd_train(int argc, char **argv) {
             rc = 1;
         }
     if (!rc && peft_attach(m, &meth) != PEFT_OK) rc = fail();
+    if (!rc && peft_model_trainable_count(m) == 0) {
+        fprintf(stderr, "peft: error: %s would train 0 parameters of this model: check its settings\n", peft_method_name(meth.kind));
+        rc = 1;
+    }
     peft_model_set_checkpointing(m, ckpt_act);
-    int per_epoch = (ds.n + B * o.grad_accum - 1) / (B * o.grad_accum);
-    int steps = max_steps ? max_steps : epochs * per_epoch;
+    /* in 64 bits: --epochs 1000000000 must not wrap around to a small or negative count */
+    int64_t per_epoch = (ds.n + (int64_t)B * o.grad_accum - 1) / ((int64_t)B * o.grad_accum);
+    int64_t steps64 = max_steps ? max_steps : (int64_t)epochs * per_epoch;
+    if (!rc && steps64 > 10000000) {
+        fprintf(stderr, "peft train: %lld optimizer steps (%s): more than 10^7 is not a run this tool makes; lower "
+                "--epochs or --max-steps\n", (long long)steps64, max_steps ? "--max-steps" : "--epochs x steps per epoch");
+        rc = 2;
+    }
+    int steps = rc ? 0 : (int)steps64;
     o.total_steps = steps;
     peft_trainer *tr = rc ? NULL : peft_trainer_new(m, &o);
     if (!rc && !tr) rc = fail();
@@ -597,7 +924,12 @@ static int cmd_train(int argc, char **argv) {
     if (!rc && ckpt[0]) {
         snprintf(path, sizeof path, "%s/trainer.safetensors", ckpt);
         if (peft_checkpoint_load(tr, &pos, path) != PEFT_OK) rc = fail();
-        else printf("resuming from %s at step %d\n", ckpt, tr->step);
+        else if (pos.cursor > ds.n || tr->step > steps) {
+            fprintf(stderr, "peft: error: %s: the checkpoint is at step %d, example %lld of an epoch, outside this run "
+                    "(%d steps, %d examples): resumed with other data or settings?\n", path, tr->step, (long long)pos.cursor,
+                    steps, ds.n);
+            rc = 1;
+        } else printf("resuming from %s at step %d\n", ckpt, tr->step);
     }
     if (!rc && out) {
         char mk[1300];
@@ -605,6 +937,7 @@ static int cmd_train(int argc, char **argv) {
         for (char *p = mk + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(mk, 0755); *p = '/'; }
         mkdir(mk, 0755);
         if (!dir_exists(out)) { fprintf(stderr, "peft: error: cannot create %s\n", out); rc = 1; }
+        if (!rc && !ckpt[0] && overwrite) clear_run(out);
         snprintf(path, sizeof path, "%s/train_config.json", out);
         if (!rc) rc = write_settings(&st, path);
     }
@@ -617,6 +950,7 @@ static int cmd_train(int argc, char **argv) {
     /* the log: lines of earlier steps survive a resume, later ones (past the checkpoint) go */
     run_state rs = { m, tr, &meth, calloc((size_t)steps + 1, sizeof(double)), calloc((size_t)steps + 2, sizeof(double)),
                      calloc((size_t)steps + 2, sizeof(double)), 0, 0 };
+    if (!rc && (!rs.loss || !rs.eval_x || !rs.eval_y)) { fprintf(stderr, "peft: error: out of memory for %d steps\n", steps); rc = 1; }
     FILE *log = NULL;
     if (!rc && out) {
         snprintf(path, sizeof path, "%s/log.jsonl", out);
@@ -652,6 +986,10 @@ static int cmd_train(int argc, char **argv) {
     int tty = isatty(2), pad = m->cfg.eos_id >= 0 ? m->cfg.eos_id : 0;
     double t0 = now_s(), tokens_run = 0;
     int start_step = tr ? tr->step : 0;
+    /* a learning rate that destroyed the model: the loss pinned at ln(vocab) (uniform predictions)
+       though the first step's was below it, or far above the first step's */
+    double ln_v = logf((float)m->cfg.vocab_size), first_loss = rs.n_loss ? rs.loss[0] : NAN;
+    int flat = 0, high = 0, warned = 0;
     while (!rc && tr->step < steps) {
         double ts = now_s(), sum = 0, ntok = 0;
         for (int k = 0; k < o.grad_accum && !rc; k++) {
@@ -673,6 +1011,18 @@ static int cmd_train(int argc, char **argv) {
         double loss = sum / o.grad_accum, el = now_s() - t0, tps = tokens_run / (el > 0 ? el : 1e-9);
         rs.loss[s - 1] = loss;
         rs.n_loss = s;
+        if (isnan(first_loss)) first_loss = loss;
+        flat = first_loss < 0.95 * ln_v && fabs(loss - ln_v) < 0.03 * ln_v ? flat + 1 : 0;
+        high = loss > first_loss + fmax(first_loss, 1.0) ? high + 1 : 0;
+        if (!warned && (flat >= 10 || high >= 3)) {
+            warned = 1;
+            if (tty) fprintf(stderr, "\n");
+            fprintf(stderr, "peft: %s: step %d: the loss is %.4f, %s (step 1: %.4f): the learning rate (%g) has likely "
+                    "destroyed the model%s\n", stop_div ? "error" : "warning", s, loss,
+                    flat >= 10 ? "stuck at ln(vocab), uniform predictions, for 10 steps" : "far above where it started",
+                    first_loss, o.lr, stop_div ? "; stopped (--stop-on-divergence)" : "; --stop-on-divergence stops such runs");
+            if (stop_div) { rc = 1; break; }
+        }
         if (log) fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %lld, \"tok_s\": %.1f, \"epoch\": %lld, \"elapsed_s\": %.3f}\n",
                          s, loss, tr->last_lr, tr->last_grad_norm, (long long)pos.tokens, ntok / (now_s() - ts), (long long)pos.epoch, el);
         if (tty) peft_progress(stderr, "train", s, steps, loss, tr->last_lr, tps, el * s / (double)(s - start_step));   /* ETA from this run's pace */
@@ -696,6 +1046,7 @@ static int cmd_train(int argc, char **argv) {
     if (!rc) printf("done: %d steps in %.1f s\n", steps, now_s() - t0);
     if (!rc && out) {
         rc = save_result(&rs, out);
+        if (!rc && meth.kind == PEFT_FULL) rc = copy_tokenizer_files(src.model, tokp, out);   /* a usable model folder */
         write_plot(&rs, out);
         if (!rc) printf("saved %s (%s, train_config.json, log.jsonl, loss.svg)\n", out,
                         meth.kind == PEFT_FULL ? "model" : "adapter");
@@ -841,7 +1192,8 @@ static int cmd_bench(int argc, char **argv) {
     if (strcmp(optim, "adamw") && strcmp(optim, "paged") && strcmp(optim, "8bit"))
         return usage_error("bench", "--optim must be adamw, paged or 8bit", optim);
     peft_method meth;
-    if (build_method(&mf, &meth, 0)) return 1;
+    int bm = build_method(&mf, &meth, 0);
+    if (bm) return bm;
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
@@ -926,12 +1278,15 @@ static int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(quant, "fp4")) t = PEFT_FP4;
     else if (!strcmp(quant, "int4")) t = PEFT_INT4;
     else return usage_error("quantize", "--quant must be nf4, fp4 or int4", quant);
+    char dir[1100], tmp[1100];
+    if (begin_folder(out, dir, tmp, sizeof dir)) return 1;
     peft_model *m;
     if (load_model(&src, &m)) return 1;
     int rc = 0;
     if (m->cfg.q4) { fprintf(stderr, "peft: error: %s is already quantized\n", src.model); rc = 1; }
-    else if (peft_model_quantize(m, t, dq) != PEFT_OK || peft_model_save_quantized(m, out) != PEFT_OK) rc = fail();
-    else printf("wrote %s: %s%s, %.3f bits per block-linear parameter\n", out, quant, dq ? " + double quantization" : "",
+    else if (peft_model_quantize(m, t, dq) != PEFT_OK || peft_model_save_quantized(m, tmp) != PEFT_OK) rc = fail();
+    rc = end_folder(tmp, dir, rc, src.model, NULL);
+    if (!rc) printf("wrote %s: %s%s, %.3f bits per block-linear parameter\n", out, quant, dq ? " + double quantization" : "",
                 peft_model_linear_bits(m));
     peft_model_free(m);
     return rc;
@@ -1005,7 +1360,7 @@ static int cmd_generate(int argc, char **argv) {
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
-    if (prompt && !tok_path) tok_path = src.model;          /* the model folder's own tokenizer */
+    if (folder_tok && !tok_path) tok_path = src.model;      /* the model folder's own tokenizer (text for --tokens too) */
     peft_tokenizer tok;
     char *templ = NULL;
     int have_tok = 0, rc = 0, n = 0, cap = 4096;
@@ -1024,6 +1379,14 @@ static int cmd_generate(int argc, char **argv) {
     if (prompt) {
         n = peft_tokenizer_encode(&tok, prompt, 1, 0, ids, cap);
         if (n < 0) { fprintf(stderr, "peft: error: prompt too long\n"); rc = 1; goto done; }
+        for (int i = 0; i < n; i++)          /* a tokenizer with more tokens than the model's vocabulary */
+            if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size) {
+                fprintf(stderr, "peft: error: %s: the prompt's token %d is id %d (\"%s\"), outside the model's vocabulary "
+                        "(vocab_size %d; the tokenizer has %d tokens)\n", tok_path, i, ids[i],
+                        ids[i] < tok.n ? tok.pieces[ids[i]] : "?", m->cfg.vocab_size, tok.n);
+                rc = 1;
+                goto done;
+            }
     } else {
         for (const char *p = tokens_arg; *p && n < cap;) {
             char *end;
@@ -1043,8 +1406,9 @@ static int cmd_generate(int argc, char **argv) {
         gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, m->cfg.eos_id };
         if (prompt && !print_ids && !alpaca) fputs(prompt, stdout);   /* --alpaca: the answer alone */
         peft_graph *g = peft_graph_new();
-        peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
+        int made = peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
         printf("\n");
+        if (made < 0) rc = fail();
         peft_graph_free(g);
     }
 done:
@@ -1076,23 +1440,25 @@ static int cmd_merge(int argc, char **argv) {
         else return usage_error("merge", "unknown option", a);
     }
     if (!src.model || !src.adapter || !out) return usage_error("merge", "--model, --adapter and --out are required", NULL);
+    char dir[1100], tmp[1100];
+    if (begin_folder(out, dir, tmp, sizeof dir)) return 1;
     peft_model *m;
     if (load_model(&src, &m)) return 1;
-    int rc = 0;
+    int rc = 0, v1 = 0;
+    char apath[1200];
+    snprintf(apath, sizeof apath, "%s/adapter", tmp);
     if (m->method.kind == PEFT_ADAPTER_V2) {
-        char apath[1100];
-        snprintf(apath, sizeof apath, "%s/adapter", out);
-        if (peft_v2_merge(m) != PEFT_OK || peft_model_save(m, out) != PEFT_OK) rc = fail();
-        else if (m->method.kind == PEFT_ADAPTER_V1 && peft_adapter_save(m, apath) != PEFT_OK) rc = fail();
-        else printf("merged the bias/scale of %s into %s%s%s\n", src.adapter, out,
-                    m->method.kind == PEFT_ADAPTER_V1 ? "; the gated prompts are in " : "",
-                    m->method.kind == PEFT_ADAPTER_V1 ? apath : "");
+        if (peft_v2_merge(m) != PEFT_OK || peft_model_save(m, tmp) != PEFT_OK) rc = fail();
+        else if ((v1 = m->method.kind == PEFT_ADAPTER_V1) && peft_adapter_save(m, apath) != PEFT_OK) rc = fail();
     } else if (m->method.kind != PEFT_LORA) {
         fprintf(stderr, "peft: error: %s: a %s adapter cannot be merged into the weights (LoRA and adapter-v2 can)\n",
                 src.adapter, peft_method_name(m->method.kind));
         rc = 1;
-    } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, out) != PEFT_OK) rc = fail();
-    else printf("merged %s into %s\n", src.adapter, out);
+    } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, tmp) != PEFT_OK) rc = fail();
+    rc = end_folder(tmp, dir, rc, src.model, NULL);
+    if (!rc && m->method.kind == PEFT_LORA) printf("merged %s into %s\n", src.adapter, dir);
+    else if (!rc) printf("merged the bias/scale of %s into %s%s%s%s\n", src.adapter, dir, v1 ? "; the gated prompts are in " : "",
+                         v1 ? dir : "", v1 ? "/adapter" : "");
     peft_model_free(m);
     return rc;
 }
