@@ -3653,6 +3653,14 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
             s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: quantization_config is supported only for bitsandbytes 4-bit nf4/fp4", path);
             goto done;
         }
+        /* FSDP-QLoRA stores the packed bytes as another dtype (bnb_4bit_quant_storage): the same bytes */
+        const char *qs = peft__json_str(qc, "bnb_4bit_quant_storage");
+        if (qs && strcmp(qs, "uint8") && strcmp(qs, "int8") && strcmp(qs, "bfloat16") && strcmp(qs, "float16") &&
+            strcmp(qs, "float32")) {
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bnb_4bit_quant_storage '%s' is not supported (uint8, int8, bfloat16, "
+                           "float16, float32)", path, qs);
+            goto done;
+        }
         c->q4 = 1;
         c->q4_type = strcmp(qt, "fp4") == 0 ? PEFT_FP4 : PEFT_NF4;
         c->q4_double = dq && dq->number != 0;
@@ -6386,7 +6394,10 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
     q->n_blocks = (q->n + 63) / 64; q->n_nested = (q->n_blocks + 255) / 256;
 #define PEFT__Q4_PIECE(suffix, dt, bytes) \
     (snprintf(key, sizeof key, "%s%s", name, suffix), (e = peft_st_find(st, key)) != NULL && e->dtype == (dt) && e->nbytes == (size_t)(bytes))
-    if (!PEFT__Q4_PIECE("", PEFT_DT_U8, (q->n + 1) / 2))
+    /* the packed bytes, stored as U8 [n/2, 1] or, with bnb_4bit_quant_storage, viewed as BF16/F16 [n/4, 1], F32 ... */
+    if (!PEFT__Q4_PIECE("", PEFT_DT_U8, (q->n + 1) / 2) && !PEFT__Q4_PIECE("", PEFT_DT_BF16, (q->n + 1) / 2) &&
+        !PEFT__Q4_PIECE("", PEFT_DT_F16, (q->n + 1) / 2) && !PEFT__Q4_PIECE("", PEFT_DT_F32, (q->n + 1) / 2) &&
+        !PEFT__Q4_PIECE("", PEFT_DT_I8, (q->n + 1) / 2))
         return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld packed bytes", path, key, (long long)((q->n + 1) / 2));
     q->packed = (uint8_t *)PEFT_MALLOC(e->nbytes);
     if (!q->packed) return peft__fail(PEFT_ERR_NOMEM, "no memory");

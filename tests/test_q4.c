@@ -365,3 +365,36 @@ TEST(test_blockwise8_matches_bnb) {
     }
     free(x); free(um);
 }
+
+/* A folder saved by transformers + bitsandbytes with bnb_4bit_quant_storage=bfloat16
+   (FSDP-QLoRA): the packed bytes are stored as BF16 [n/4, 1] (tools/ref/make_bnb_storage_fixture.py).
+   It loads as 4-bit and its logits equal transformers'. */
+TEST(test_bnb_quant_storage_bf16) {
+    char dir[512], path[700];
+    snprintf(dir, sizeof dir, "%s/q4_nf4_bf16storage", th_fixtures());
+    snprintf(path, sizeof path, "%s/bnb_logits.safetensors", dir);
+    float *tf, *ref; long nt, n;
+    REQUIRE(th_read_ref(path, "tokens", &tf, &nt) && th_read_ref(path, "logits", &ref, &n), "fixture");
+    int tok[64];
+    for (long i = 0; i < nt && i < 64; i++) tok[i] = (int)tf[i];
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, dir));
+    CHECK(m->cfg.q4 && m->cfg.q4_double && m->layers[0].lin[PEFT_DOWN].q4, "loaded as 4-bit nf4 + double quantization");
+    peft_graph *g = peft_graph_new();
+    peft_tensor *lg = peft_model_forward(m, g, tok, 2, (int)(nt / 2));
+    REQUIRE(lg && lg->n == n, "forward: %s", peft_last_error());
+    double e = th_rel_err_f(lg->data, ref, n);
+    CHECK(e < 1e-4, "logits vs transformers+bitsandbytes (bf16 storage) rel err %.3g", e);
+    peft_graph_free(g);
+    peft_model_free(m);
+    free(tf); free(ref);
+    /* a storage dtype bitsandbytes does not have is refused by name */
+    char bad[512];
+    snprintf(bad, sizeof bad, "%s/q4_storage_bad", th_tmpdir());
+    char cmd[2400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s && sed -i 's/\"bnb_4bit_quant_storage\": \"bfloat16\"/"
+             "\"bnb_4bit_quant_storage\": \"float64\"/' %s/config.json", bad, dir, bad, bad);
+    REQUIRE(system(cmd) == 0, "setup");
+    CHECK(peft_model_load(&m, bad) != PEFT_OK && strstr(peft_last_error(), "bnb_4bit_quant_storage"), "float64 storage: %s",
+          peft_last_error());
+}
