@@ -468,3 +468,157 @@ TEST(test_hf_tokenizers_match_tokenizers) {
         CHECK(peft_tokenizer_load(&t, path, 0) != PEFT_OK && strstr(peft_last_error(), bad[i][0]), "%s: %s", bad[i][0], peft_last_error());
     }
 }
+
+/* Replaces the first `from` in a file by `to`; 1 = done. */
+static int edit_file(const char *path, const char *from, const char *to) {
+    unsigned char *d;
+    size_t n;
+    if (peft_read_file(path, &d, &n) != PEFT_OK) return 0;
+    char *at = strstr((char *)d, from);
+    if (at) {
+        FILE *f = fopen(path, "wb");
+        fwrite(d, 1, (size_t)(at - (char *)d), f);
+        fputs(to, f);
+        fputs(at + strlen(from), f);
+        fclose(f);
+    }
+    free(d);
+    return at != NULL;
+}
+
+/* Hostile files (issue 14): every number read from JSON is range-checked
+   before it becomes an integer; sizes are checked before allocating; a BOM is
+   skipped; a folder is not a file. Each case fails with a message naming the
+   file and the problem, and nothing crashes (the suite runs under ASan+UBSan). */
+TEST(test_hostile_files) {
+    char dir[512], path[700];
+    peft_model *m;
+    /* a tokenizer.json vocabulary id of 6666666666 (a fuzzer's find: it wrapped to pieces[INT_MIN]) */
+    snprintf(path, sizeof path, "%s/tok_hostile.json", th_tmpdir());
+    char cmd[1600];
+    snprintf(cmd, sizeof cmd, "cp %s/hf_tok/gpt2.json %s", th_fixtures(), path);
+    REQUIRE(system(cmd) == 0, "setup");
+    REQUIRE(edit_file(path, "\"<|im_start|>\": 1,", "\"<|im_start|>\": 6666666666,"), "fixture layout");
+    peft_tokenizer tok;
+    CHECK(peft_tokenizer_load(&tok, path, 1000) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "6666666666") &&
+          strstr(peft_last_error(), "tok_hostile.json"), "vocab id 6666666666: %s", peft_last_error());
+    REQUIRE(edit_file(path, "6666666666,", "-1,"), "edit");
+    CHECK(peft_tokenizer_load(&tok, path, 1000) == PEFT_ERR_FORMAT, "vocab id -1: %s", peft_last_error());
+
+    /* config.json: eos_token_id [1e20]; dimensions near 2^31 (the parameter count went negative) */
+    snprintf(dir, sizeof dir, "%s/hostile_model", th_tmpdir());
+    copy_fixture("llama_mha", dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    REQUIRE(edit_file(path, "\"eos_token_id\": 2,", "\"eos_token_id\": [1e20],"), "fixture layout");
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "eos_token_id"), "eos [1e20]: %s",
+          peft_last_error());
+    REQUIRE(edit_file(path, "[1e20]", "[2, 64]"), "edit");
+    REQUIRE_OK(peft_model_load(&m, dir));                 /* the first of a list, within the vocabulary */
+    peft_model_free(m);
+    REQUIRE(edit_file(path, "[2, 64]", "[64]"), "edit");
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "eos_token_id"), "eos 64 of 64: %s",
+          peft_last_error());
+    REQUIRE(edit_file(path, "[64]", "2"), "edit");
+    const char *dims[][2] = { { "\"hidden_size\": 32,", "\"hidden_size\": 2147483520," },
+                              { "\"intermediate_size\": 64,", "\"intermediate_size\": 2000000000," },
+                              { "\"vocab_size\": 64", "\"vocab_size\": 2147483647" },
+                              { "\"num_hidden_layers\": 2,", "\"num_hidden_layers\": 1000000000," },
+                              { "\"max_position_embeddings\": 64,", "\"max_position_embeddings\": -5," } };
+    for (int i = 0; i < 5; i++) {
+        REQUIRE(edit_file(path, dims[i][0], dims[i][1]), "edit %d", i);
+        peft_config c;
+        CHECK(peft_config_load(&c, path) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "config.json"), "%s: %s", dims[i][1],
+              peft_last_error());
+        REQUIRE(edit_file(path, dims[i][1], dims[i][0]), "undo %d", i);
+    }
+    /* a 625-byte config claiming 667M parameters next to a 101 KB weights file fails before
+       allocating: the weight file is too small for what the config describes */
+    REQUIRE(edit_file(path, "\"hidden_size\": 32,", "\"hidden_size\": 4096,"), "edit");
+    REQUIRE(edit_file(path, "\"intermediate_size\": 64,", "\"intermediate_size\": 11008,"), "edit");
+    REQUIRE(edit_file(path, "\"head_dim\": 8,", "\"head_dim\": 1024,"), "edit");
+    REQUIRE(edit_file(path, "\"vocab_size\": 64", "\"vocab_size\": 32000"), "edit");
+    peft_config big;
+    REQUIRE_OK(peft_config_load(&big, path));
+    CHECK(peft_config_param_count(&big) > 600000000, "%lld parameters", (long long)peft_config_param_count(&big));
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_SHAPE && strstr(peft_last_error(), "model.safetensors") &&
+          strstr(peft_last_error(), "bytes of weights"), "667M-parameter config, 101 KB weights: %s", peft_last_error());
+
+    /* adapter_config.json: layers_to_transform [1e20] */
+    snprintf(dir, sizeof dir, "%s/hostile_adapter", th_tmpdir());
+    copy_fixture("peft_lora_qv", dir);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    REQUIRE(edit_file(path, "\"layers_to_transform\": null", "\"layers_to_transform\": [1e20]"), "fixture layout");
+    snprintf(path, sizeof path, "%s/llama_gqa", th_fixtures());
+    REQUIRE_OK(peft_model_load(&m, path));
+    CHECK(peft_adapter_load(m, dir) != PEFT_OK && strstr(peft_last_error(), "layers_to_transform") &&
+          strstr(peft_last_error(), "adapter_config.json"), "layers_to_transform [1e20]: %s", peft_last_error());
+    peft_model_free(m);
+
+    /* a folder where a file belongs: no "no memory for 9223372036854775807 bytes" */
+    unsigned char *d;
+    size_t n;
+    CHECK(peft_read_file(th_tmpdir(), &d, &n) == PEFT_ERR_IO && strstr(peft_last_error(), "is a directory"), "folder: %s",
+          peft_last_error());
+    peft_json *j;
+    CHECK(peft_json_load(&j, th_tmpdir()) == PEFT_ERR_IO && strstr(peft_last_error(), "is a directory"), "json folder: %s",
+          peft_last_error());
+}
+
+/* A UTF-8 byte order mark before JSON (Windows editors write one) is skipped, as
+   Python's datasets does: JSON, JSONL data and config.json read the same with it. */
+TEST(test_json_bom) {
+    const char *bom = "\xEF\xBB\xBF{\"a\": [1, 2]}";
+    peft_json *j;
+    REQUIRE_OK(peft_json_parse(&j, bom, strlen(bom), "bom.json"));
+    CHECK(peft_json_get(j, "a") && peft_json_get(j, "a")->n_children == 2, "BOM object");
+    peft_json_free(j);
+    CHECK(peft_json_parse(&j, "\xEF\xBB", 2, "half.json") == PEFT_ERR_FORMAT, "half a BOM is not JSON");
+    /* config.json with a BOM loads */
+    char dir[512], path[700], cmd[1600];
+    snprintf(dir, sizeof dir, "%s/bom_model", th_tmpdir());
+    copy_fixture("llama_mha", dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    REQUIRE(edit_file(path, "{", "\xEF\xBB\xBF{"), "edit");
+    peft_model *m;
+    CHECK_OK(peft_model_load(&m, dir));
+    if (m) peft_model_free(m);
+    /* Alpaca .json and .jsonl records with a BOM give the same examples as without */
+    peft_tokenizer tok;
+    snprintf(path, sizeof path, "%s/hf_tok/gpt2.json", th_fixtures());
+    REQUIRE_OK(peft_tokenizer_load(&tok, path, 800));
+    const char *names[2] = { "bom_data.json", "bom_data.jsonl" };
+    const char *texts[2] = { "[{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"Hi there.\"}]\n",
+                             "{\"prompt\": \"Say hi.\", \"completion\": \" Hi there.\"}\n{\"text\": \"Hello world.\"}\n" };
+    for (int k = 0; k < 2; k++) {
+        char plain[700], with[700];
+        snprintf(with, sizeof with, "%s", th_tmp_text(names[k], texts[k]));
+        snprintf(cmd, sizeof cmd, "plain_%s", names[k]);
+        snprintf(plain, sizeof plain, "%s", th_tmp_text(cmd, texts[k]));
+        REQUIRE(edit_file(with, texts[k][0] == '[' ? "[" : "{", texts[k][0] == '[' ? "\xEF\xBB\xBF[" : "\xEF\xBB\xBF{"), "edit");
+        peft_dataset a, b;
+        REQUIRE_OK(peft_dataset_load(&a, plain, &tok, 256));
+        REQUIRE_OK(peft_dataset_load(&b, with, &tok, 256));
+        CHECK(a.n == b.n && a.n_tokens == b.n_tokens && !memcmp(a.ids, b.ids, sizeof(int) * (size_t)a.n_tokens),
+              "%s: %d/%d examples, %lld/%lld tokens", names[k], a.n, b.n, (long long)a.n_tokens, (long long)b.n_tokens);
+        peft_dataset_free(&a);
+        peft_dataset_free(&b);
+    }
+    peft_tokenizer_free(&tok);
+}
+
+/* peft_st_open_header: the header alone, checked against the file's size. */
+TEST(test_safetensors_header_only) {
+    char path[700], dir[512];
+    snprintf(path, sizeof path, "%s/llama_mha/model.safetensors", th_fixtures());
+    peft_safetensors st;
+    REQUIRE_OK(peft_st_open_header(&st, path));
+    CHECK(st.n == 21 && st.data == NULL && st.file_size > 100000, "%d entries of a %zu-byte file", st.n, st.file_size);
+    CHECK(peft_st_find(&st, "model.norm.weight") != NULL, "entries named");
+    peft_st_close(&st);
+    snprintf(dir, sizeof dir, "%s/hdr_trunc.safetensors", th_tmpdir());
+    REQUIRE(th_truncated_copy(path, dir, 11000), "truncated copy");
+    snprintf(path, sizeof path, "%s", dir);
+    CHECK(peft_st_open_header(&st, path) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "truncated"), "truncated: %s",
+          peft_last_error());
+    CHECK(peft_st_open_header(&st, th_tmpdir()) == PEFT_ERR_IO, "a folder");
+}

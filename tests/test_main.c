@@ -18,6 +18,7 @@
     X(test_json_parse) X(test_tokenizer_llama2_matches_sentencepiece) X(test_hf_tokenizers_match_tokenizers) X(test_alpaca_dataset_matches_stanford_recipe) X(test_dataset_errors) X(test_f16_bf16) X(test_safetensors_roundtrip) X(test_safetensors_hostile) \
     X(test_model_load_errors) X(test_sharded_index) \
     X(test_bnb_quant_storage_bf16) \
+    X(test_hostile_files) X(test_json_bom) X(test_safetensors_header_only) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);
