@@ -19,6 +19,9 @@
     X(test_model_load_errors) X(test_sharded_index) \
     X(test_bnb_quant_storage_bf16) \
     X(test_hostile_files) X(test_json_bom) X(test_safetensors_header_only) \
+    X(test_cli_token_ids_and_folders) \
+    X(test_cli_hostile_and_absurd) \
+    X(test_cli_disk_full) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);

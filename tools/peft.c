@@ -596,10 +596,13 @@ static int check_weights(const char *dir, const peft_config *c) {
     int nf = 0, rc = 0, problems = 0;
     peft_json *index = NULL;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    char where[1300];                                  /* the file or index that names the weights */
+    snprintf(where, sizeof where, "%s", path);
     if (file_exists(path)) files[nf++] = "model.safetensors";
     else {
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
         if (!file_exists(path)) { printf("weights          none (no model.safetensors or index)\n"); return 0; }
+        snprintf(where, sizeof where, "%s", path);
         if (peft_json_load(&index, path) != PEFT_OK) return fail();
         const peft_json *wm = peft_json_get(index, "weight_map");
         if (!wm || wm->type != PEFT_JSON_OBJECT) {
@@ -657,7 +660,7 @@ static int check_weights(const char *dir, const peft_config *c) {
     }
     for (int k = 0; k < nw && !rc; k++)
         if (!want[k].found && problems++ < 10)
-            fprintf(stderr, "peft: error: %s: tensor '%s' is missing from the weight files\n", dir, want[k].name);
+            fprintf(stderr, "peft: error: %s: tensor '%s' is missing\n", where, want[k].name);
     if (!rc) {
         char b1[40];
         printf("weights          %d file%s, %d tensors (", nf, nf == 1 ? "" : "s", count);
@@ -667,7 +670,7 @@ static int check_weights(const char *dir, const peft_config *c) {
         printf("), %s bytes\n", commas((int64_t)bytes, b1));
     }
     if (!rc && problems) {
-        fprintf(stderr, "peft: error: %s: %d inconsistenc%s between the weight files and config.json\n", dir, problems,
+        fprintf(stderr, "peft: error: %s: %d inconsistenc%s between the weight files and config.json\n", where, problems,
                 problems == 1 ? "y" : "ies");
         rc = 1;
     }
