@@ -5822,6 +5822,10 @@ static peft_status peft__st_parse(peft_safetensors *st) {
             elems *= x->number;
         }
         if (s != PEFT_OK) break;
+        if (elems > 9e15) {                  /* even of an unknown dtype: products of the shape stay in int64 */
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has %.3g elements", path, t->key, elems);
+            break;
+        }
         double b = of->child->number, en = of->child->next->number;
         if (of->child->type != PEFT_JSON_NUMBER || of->child->next->type != PEFT_JSON_NUMBER || b < 0 || en < b ||
             b != floor(b) || en != floor(en) || en > (double)buf_len) {
