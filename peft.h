@@ -1274,6 +1274,9 @@ PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *s
 
 /* Trainable parameters own a zeroed gradient buffer; frozen ones own none. */
 PEFTDEF peft_status peft_param_set_trainable(peft_tensor *p, int trainable) {
+    if (trainable && !p->data)                /* its values live in a frozen storage (4-bit, ggml blocks) */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s is stored frozen (4-bit or ggml blocks) and cannot be trained",
+                          p->name ? p->name : "a parameter");
     if (trainable && !p->grad) {
         p->grad = (float *)peft__calloc((size_t)p->n * sizeof(float));
         if (!p->grad) return peft__fail(PEFT_ERR_NOMEM, "no memory for the gradient of %s",
@@ -2063,86 +2066,118 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
 #define PEFT__NO_FMA_BODY
 #endif
 
-/* elements [e0, e1) of one block into out */
+/* elements [e0, e1) of one block into out; the loops run over a sub-block
+   at a time with its scale in hand, plain enough for the compiler to
+   vectorize */
 typedef void (*peft__ggml_decoder)(const uint8_t *b, int e0, int e1, float *out);
 
 static float peft__ggml_h(const uint8_t *p) { return peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
 
+/* F16 → F32 without branches on the common path: normal numbers, infinities
+   and NaNs move their fields (NaN payloads kept), subnormals go through an
+   exact integer conversion (m·2⁻²⁴ is a normal float, so flush-to-zero modes
+   cannot touch it) */
+static uint32_t peft__f16_bits(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, em = h & 0x7FFFu, bits;
+    float sub = (float)em * 0x1p-24f;
+    memcpy(&bits, &sub, 4);
+    uint32_t big = em >= 0x7C00u ? 0x70000000u : 0x38000000u;
+    return s | (em >= 0x400u ? (em << 13) + big : bits);
+}
+static void peft__f16_row(const uint8_t *p, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b = peft__f16_bits((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        memcpy(out + i, &b, 4);
+    }
+}
+static void peft__bf16_row(const uint8_t *p, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
+        memcpy(out + i, &b, 4);
+    }
+}
 static void peft__dq_f32(const uint8_t *b, int e0, int e1, float *out) {
-    (void)e1;
-    memcpy(out, b + 4 * (size_t)e0, sizeof(float));
+    memcpy(out, b + 4 * (size_t)e0, sizeof(float) * (size_t)(e1 - e0));
 }
-static void peft__dq_f16(const uint8_t *b, int e0, int e1, float *out) {
-    (void)e1;
-    *out = peft__ggml_h(b + 2 * (size_t)e0);
-}
-static void peft__dq_bf16(const uint8_t *b, int e0, int e1, float *out) {
-    (void)e1;
-    *out = peft_bf16_to_f32((uint16_t)(b[2 * e0] | b[2 * e0 + 1] << 8));
-}
+static void peft__dq_f16(const uint8_t *b, int e0, int e1, float *out) { peft__f16_row(b + 2 * (size_t)e0, e1 - e0, out); }
+static void peft__dq_bf16(const uint8_t *b, int e0, int e1, float *out) { peft__bf16_row(b + 2 * (size_t)e0, e1 - e0, out); }
 
-/* the 4 or 5 bits of element e of a 32-block */
-static int peft__q4_nibble(const uint8_t *qs, int e) { return e < 16 ? qs[e] & 15 : qs[e - 16] >> 4; }
-static int peft__q5_bit(const uint8_t *qh, int e) { return (qh[e / 8] >> (e % 8)) & 1; }
-
-PEFT__NO_FMA_FN static void peft__dq_q4_0(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b);
-    for (int e = e0; e < e1; e++) *out++ = d * (float)(peft__q4_nibble(b + 2, e) - 8);
+/* 32-blocks: codes q of elements [e0, e1) (low nibbles are elements 0-15,
+   high nibbles 16-31, the fifth bit of element e is bit e of qh), then
+   x = d·(q − off) or x = d·q + m (two roundings) */
+static void peft__q32_codes(const uint8_t *qs, uint32_t qh, int e0, int e1, int *q) {
+    int e = e0;
+    for (; e < e1 && e < 16; e++) *q++ = (qs[e] & 15) | (int)((qh >> e) & 1) << 4;
+    for (; e < e1; e++) *q++ = (qs[e - 16] >> 4) | (int)((qh >> e) & 1) << 4;
 }
-PEFT__NO_FMA_FN static void peft__dq_q4_1(const uint8_t *b, int e0, int e1, float *out) {
+static uint32_t peft__le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+PEFT__NO_FMA_FN static void peft__q32_scale(const int *q, int n, float d, int off, float *out) {
     PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b), m = peft__ggml_h(b + 2);
-    for (int e = e0; e < e1; e++) {
-        float t = d * (float)peft__q4_nibble(b + 4, e);
-        *out++ = t + m;
+    for (int i = 0; i < n; i++) out[i] = d * (float)(q[i] - off);
+}
+PEFT__NO_FMA_FN static void peft__q32_affine(const int *q, int n, float d, float m, float *out) {
+    PEFT__NO_FMA_BODY
+    for (int i = 0; i < n; i++) {
+        float t = d * (float)q[i];
+        out[i] = t + m;
     }
 }
-PEFT__NO_FMA_FN static void peft__dq_q5_0(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b);
-    for (int e = e0; e < e1; e++) *out++ = d * (float)((peft__q4_nibble(b + 6, e) | peft__q5_bit(b + 2, e) << 4) - 16);
+static void peft__dq_q4_0(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 2, 0, e0, e1, q);
+    peft__q32_scale(q, e1 - e0, peft__ggml_h(b), 8, out);
 }
-PEFT__NO_FMA_FN static void peft__dq_q5_1(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b), m = peft__ggml_h(b + 2);
-    for (int e = e0; e < e1; e++) {
-        float t = d * (float)(peft__q4_nibble(b + 8, e) | peft__q5_bit(b + 4, e) << 4);
-        *out++ = t + m;
-    }
+static void peft__dq_q4_1(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 4, 0, e0, e1, q);
+    peft__q32_affine(q, e1 - e0, peft__ggml_h(b), peft__ggml_h(b + 2), out);
+}
+static void peft__dq_q5_0(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 6, peft__le32(b + 2), e0, e1, q);
+    peft__q32_scale(q, e1 - e0, peft__ggml_h(b), 16, out);
+}
+static void peft__dq_q5_1(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 8, peft__le32(b + 4), e0, e1, q);
+    peft__q32_affine(q, e1 - e0, peft__ggml_h(b), peft__ggml_h(b + 2), out);
 }
 static void peft__dq_q8_0(const uint8_t *b, int e0, int e1, float *out) {
     float d = peft__ggml_h(b);
-    for (int e = e0; e < e1; e++) *out++ = d * (float)(int8_t)b[2 + e];
+    const int8_t *qs = (const int8_t *)(b + 2);
+    for (int e = e0; e < e1; e++) *out++ = d * (float)qs[e];
 }
 
+/* K-quants: [e0, e1) is cut along the sub-blocks j (of 16 or 32 elements),
+   l0 ≤ l < l1 the elements of j that it covers */
 PEFT__NO_FMA_FN static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
     PEFT__NO_FMA_BODY
-    const uint8_t *sc = b, *qs = b + 16;
     float d = peft__ggml_h(b + 80), dmin = peft__ggml_h(b + 82);
-    for (int e = e0; e < e1;) {
-        int j = e / 16, end = (j + 1) * 16 < e1 ? (j + 1) * 16 : e1;
-        float dl = d * (float)(sc[j] & 15), ml = dmin * (float)(sc[j] >> 4);
-        const uint8_t *q = qs + 32 * (e / 128);
-        int sh = 2 * ((e % 128) / 32);
-        for (; e < end; e++) {
-            float t = dl * (float)((q[e % 32] >> sh) & 3);
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
+        float dl = d * (float)(b[j] & 15), ml = dmin * (float)(b[j] >> 4);
+        /* element e: byte 32·(e/128) + e%32 of the codes, bits 2·((e%128)/32) */
+        const uint8_t *q = b + 16 + 32 * (j / 8) + 16 * (j % 2);
+        int sh = 2 * ((j % 8) / 2);
+        for (int l = l0; l < l1; l++) {
+            float t = dl * (float)((q[l] >> sh) & 3);
             *out++ = t - ml;
         }
     }
 }
-PEFT__NO_FMA_FN static void peft__dq_q3_k(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+static void peft__dq_q3_k(const uint8_t *b, int e0, int e1, float *out) {
+    const uint8_t *sc = b + 96;
     float d = peft__ggml_h(b + 108);
-    for (int e = e0; e < e1;) {
-        int j = e / 16, end = (j + 1) * 16 < e1 ? (j + 1) * 16 : e1;
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
         int lo = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
         float dl = d * (float)((lo | hi << 4) - 32);
-        const uint8_t *q = qs + 32 * (e / 128);
-        int sh = 2 * ((e % 128) / 32), hb = e / 32;
-        for (; e < end; e++) {
-            int v = ((q[e % 32] >> sh) & 3) - (((hm[e % 32] >> hb) & 1) ? 0 : 4);
+        const uint8_t *q = b + 32 + 32 * (j / 8) + 16 * (j % 2), *hm = b + 16 * (j % 2);
+        int sh = 2 * ((j % 8) / 2), hb = j / 2;
+        for (int l = l0; l < l1; l++) {
+            int v = ((q[l] >> sh) & 3) - (((hm[l] >> hb) & 1) ? 0 : 4);
             *out++ = dl * (float)v;
         }
     }
@@ -2158,63 +2193,70 @@ static void peft__k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
     }
 }
 /* Q4_K (qh NULL) and Q5_K */
-PEFT__NO_FMA_FN static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int e0, int e1, float *out) {
+PEFT__NO_FMA_FN static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int e0, int e1,
+                                         float *out) {
     PEFT__NO_FMA_BODY
     float d = peft__ggml_h(b), dmin = peft__ggml_h(b + 2);
-    for (int e = e0; e < e1;) {
-        int j = e / 32, end = (j + 1) * 32 < e1 ? (j + 1) * 32 : e1, sc, m;
+    for (int j = e0 / 32; j * 32 < e1; j++) {
+        int l0 = e0 > j * 32 ? e0 - j * 32 : 0, l1 = e1 < (j + 1) * 32 ? e1 - j * 32 : 32;
+        int sc, m;
         peft__k4_scale_min(b + 4, j, &sc, &m);
         float dj = d * (float)sc, mj = dmin * (float)m;
         const uint8_t *q = qs + 32 * (j / 2);
         int sh = 4 * (j % 2);
-        for (; e < end; e++) {
-            int v = (q[e % 32] >> sh) & 15;
-            if (qh) v |= ((qh[e % 32] >> j) & 1) << 4;
-            float t = dj * (float)v;
-            *out++ = t - mj;
-        }
+        if (qh)
+            for (int l = l0; l < l1; l++) {
+                float t = dj * (float)(((q[l] >> sh) & 15) | ((qh[l] >> j) & 1) << 4);
+                *out++ = t - mj;
+            }
+        else
+            for (int l = l0; l < l1; l++) {
+                float t = dj * (float)((q[l] >> sh) & 15);
+                *out++ = t - mj;
+            }
     }
 }
 static void peft__dq_q4_k(const uint8_t *b, int e0, int e1, float *out) { peft__dq_k45(b, NULL, b + 16, e0, e1, out); }
-static void peft__dq_q5_k(const uint8_t *b, int e0, int e1, float *out) { peft__dq_k45(b, b + 16, b + 48, e0, e1, out); }
-PEFT__NO_FMA_FN static void peft__dq_q6_k(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    const uint8_t *ql = b, *qh = b + 128;
+static void peft__dq_q5_k(const uint8_t *b, int e0, int e1, float *out) {
+    peft__dq_k45(b, b + 16, b + 48, e0, e1, out);
+}
+static void peft__dq_q6_k(const uint8_t *b, int e0, int e1, float *out) {
     const int8_t *sc = (const int8_t *)(b + 192);
     float d = peft__ggml_h(b + 208);
-    for (int e = e0; e < e1;) {
-        int j = e / 16, end = (j + 1) * 16 < e1 ? (j + 1) * 16 : e1;
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
         float dl = d * (float)sc[j];
-        int h = e / 128, r = e % 128;
-        const uint8_t *l = ql + 64 * h, *hh = qh + 32 * h;
-        int lsh = 4 * (r / 64), hsh = 2 * (r / 32);
-        for (; e < end; e++) {
-            int v = ((l[e % 64] >> lsh) & 15) | ((hh[e % 32] >> hsh) & 3) << 4;
+        /* element e = 128·h + r: low 4 bits in byte 64·h + r%64 (nibble
+           r/64), high 2 bits in byte 32·h + r%32 (bits 2·(r/32)) */
+        int h = j / 8, r0 = 16 * (j % 8);
+        const uint8_t *ql = b + 64 * h + r0 % 64, *qh = b + 128 + 32 * h + r0 % 32;
+        int lsh = 4 * (r0 / 64), hsh = 2 * (r0 / 32);
+        for (int l = l0; l < l1; l++) {
+            int v = ((ql[l] >> lsh) & 15) | ((qh[l] >> hsh) & 3) << 4;
             *out++ = dl * (float)(v - 32);
         }
     }
 }
 
+/* by ggml type number; block 0 marks the types not supported */
+#define PEFT__GGML_NTYPES 31
 static const struct {
-    int type;
     const char *name;
     int block;
     size_t size;
     peft__ggml_decoder decode;
-} peft__ggml_types[] = {
-    { PEFT_GGML_F32, "F32", 1, 4, peft__dq_f32 },       { PEFT_GGML_F16, "F16", 1, 2, peft__dq_f16 },
-    { PEFT_GGML_Q4_0, "Q4_0", 32, 18, peft__dq_q4_0 },  { PEFT_GGML_Q4_1, "Q4_1", 32, 20, peft__dq_q4_1 },
-    { PEFT_GGML_Q5_0, "Q5_0", 32, 22, peft__dq_q5_0 },  { PEFT_GGML_Q5_1, "Q5_1", 32, 24, peft__dq_q5_1 },
-    { PEFT_GGML_Q8_0, "Q8_0", 32, 34, peft__dq_q8_0 },  { PEFT_GGML_Q2_K, "Q2_K", 256, 84, peft__dq_q2_k },
-    { PEFT_GGML_Q3_K, "Q3_K", 256, 110, peft__dq_q3_k }, { PEFT_GGML_Q4_K, "Q4_K", 256, 144, peft__dq_q4_k },
-    { PEFT_GGML_Q5_K, "Q5_K", 256, 176, peft__dq_q5_k }, { PEFT_GGML_Q6_K, "Q6_K", 256, 210, peft__dq_q6_k },
-    { PEFT_GGML_BF16, "BF16", 1, 2, peft__dq_bf16 },
+} peft__ggml_types[PEFT__GGML_NTYPES] = {
+    [PEFT_GGML_F32] = { "F32", 1, 4, peft__dq_f32 },       [PEFT_GGML_F16] = { "F16", 1, 2, peft__dq_f16 },
+    [PEFT_GGML_Q4_0] = { "Q4_0", 32, 18, peft__dq_q4_0 },  [PEFT_GGML_Q4_1] = { "Q4_1", 32, 20, peft__dq_q4_1 },
+    [PEFT_GGML_Q5_0] = { "Q5_0", 32, 22, peft__dq_q5_0 },  [PEFT_GGML_Q5_1] = { "Q5_1", 32, 24, peft__dq_q5_1 },
+    [PEFT_GGML_Q8_0] = { "Q8_0", 32, 34, peft__dq_q8_0 },  [PEFT_GGML_Q2_K] = { "Q2_K", 256, 84, peft__dq_q2_k },
+    [PEFT_GGML_Q3_K] = { "Q3_K", 256, 110, peft__dq_q3_k }, [PEFT_GGML_Q4_K] = { "Q4_K", 256, 144, peft__dq_q4_k },
+    [PEFT_GGML_Q5_K] = { "Q5_K", 256, 176, peft__dq_q5_k }, [PEFT_GGML_Q6_K] = { "Q6_K", 256, 210, peft__dq_q6_k },
+    [PEFT_GGML_BF16] = { "BF16", 1, 2, peft__dq_bf16 },
 };
 
 static int peft__ggml_index(int type) {
-    for (int i = 0; i < (int)(sizeof peft__ggml_types / sizeof peft__ggml_types[0]); i++)
-        if (peft__ggml_types[i].type == type) return i;
-    return -1;
+    return type >= 0 && type < PEFT__GGML_NTYPES && peft__ggml_types[type].block ? type : -1;
 }
 
 PEFTDEF const char *peft_ggml_type_name(int type) {
@@ -2250,8 +2292,9 @@ PEFTDEF void peft_ggml_dequantize(int type, const void *src, int64_t n, float *d
     const uint8_t *p = (const uint8_t *)src;
     int bs = peft__ggml_types[i].block;
     size_t ts = peft__ggml_types[i].size;
-    if (bs == 1) {                               /* F32, F16, BF16: one element per "block" */
-        for (int64_t k = 0; k < n; k++) peft__ggml_types[i].decode(p + (size_t)k * ts, 0, 1, dst + k);
+    if (bs == 1) {                               /* F32, F16, BF16: a run of numbers, in pieces that fit an int */
+        for (int64_t k = 0; k < n; k += 1 << 20)
+            peft__ggml_types[i].decode(p + (size_t)k * ts, 0, (int)(n - k < (1 << 20) ? n - k : 1 << 20), dst + k);
         return;
     }
     for (int64_t k = 0; k + bs <= n; k += bs, p += ts) peft__ggml_types[i].decode(p, 0, bs, dst + k);
@@ -6783,6 +6826,9 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
     char path[1024];
     if (m->cfg.q4) return peft_model_save_quantized(m, dir);
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is stored in ggml %s blocks (GGUF); peft_model_dequantize first to "
+                          "save a float model", dir, peft__model_qm_name(m), peft_ggml_type_name(peft__model_qm(m)->type));
     peft_status s = peft__mkdir(dir);
     if (s != PEFT_OK) return s;
     peft__sb b = { 0, 0, 0, 0 };

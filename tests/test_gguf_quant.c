@@ -343,3 +343,98 @@ TEST(test_fd_qmatrix_lora_linear) {
         peft_graph_free(g);
     }
 }
+
+/* A small model whose block linears are random blocks of `type`, and its
+   float twin holding the same weights dequantized (same seed otherwise). */
+static int qm_twins(peft_model **qm, peft_model **fl, int type, uint64_t seed) {
+    peft_config c;
+    if (peft_config_preset(&c, "tiny") != PEFT_OK) return 0;
+    c.n_layers = 2;
+    c.vocab_size = 128;
+    c.max_seq_len = 64;
+    if (peft_model_new(qm, &c, 1, seed) != PEFT_OK || peft_model_new(fl, &c, 1, seed) != PEFT_OK) return 0;
+    peft_rng r;
+    peft_rng_seed(&r, seed + 1);
+    for (int l = 0; l < c.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            peft_linear_site *S = &(*qm)->layers[l].lin[s], *F = &(*fl)->layers[l].lin[s];
+            peft_qmatrix *q = malloc(sizeof *q);
+            if (!random_qmatrix(q, type, S->w->shape[0], S->w->shape[1], &r)) { free(q); return 0; }
+            for (int64_t o = 0; o < q->rows; o++) peft_qmatrix_decode(q, o, 0, q->cols, F->w->data + o * q->cols);
+            free(S->w->data);
+            S->w->data = NULL;
+            S->qm = q;
+        }
+    return 1;
+}
+
+/* Every method that keeps W frozen trains over a GGUF-typed base exactly
+   as over the same weights in floats: the decoded panels equal the float
+   ones, so losses and trained parameters agree bit for bit (dropout
+   included: the same seed draws the same masks). Full fine-tuning, merging
+   and saving the base are refused with a message; peft_model_dequantize
+   gives the float model, whose merge equals the float twin's. */
+TEST(test_qmatrix_model_trains_like_floats) {
+    int types[] = { PEFT_GGML_Q4_K, PEFT_GGML_Q8_0, PEFT_GGML_Q6_K };
+    peft_method_kind kinds[] = { PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR };
+    int tok[2 * 24], tgt[2 * 24];
+    for (int i = 0; i < 48; i++) { tok[i] = (i * 7 + 3) % 128; tgt[i] = (tok[i] * 5 + 1) % 128; }
+    for (int ti = 0; ti < 3; ti++)
+        for (int k = 0; k < 4; k++) {
+            if (ti > 0 && k > 0) continue;                 /* every method on one type, LoRA on the others */
+            const char *tn = peft_ggml_type_name(types[ti]), *mn = peft_method_name(kinds[k]);
+            peft_model *q, *f;
+            REQUIRE(qm_twins(&q, &f, types[ti], 30 + (uint64_t)k), "twins: %s", peft_last_error());
+            if (k == 0) {
+                peft_method full = peft_method_defaults(PEFT_FULL);
+                CHECK(peft_attach(q, &full) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "full fine-tuning"),
+                      "%s: full fine-tuning over ggml blocks must be refused: %s", tn, peft_last_error());
+                double bits = peft_model_linear_bits(q);
+                double want = 8.0 * (double)peft_ggml_type_size(types[ti]) / peft_ggml_block_size(types[ti]);
+                CHECK(fabs(bits - want) < 1e-9, "%s: %.4f bits per linear weight, want %.4f", tn, bits, want);
+            }
+            peft_method m = peft_method_defaults(kinds[k]);
+            m.seed = 5;
+            if (kinds[k] == PEFT_LORA) { m.lora_r = 4; m.lora_dropout = 0.1f; m.lora_targets = 0x7F; }
+            REQUIRE_OK(peft_attach(q, &m));
+            REQUIRE_OK(peft_attach(f, &m));
+            if (k == 2) peft_model_set_checkpointing(q, 1), peft_model_set_checkpointing(f, 1);
+            peft_trainer_opts o = peft_trainer_defaults();
+            o.lr = 1e-2f;
+            peft_trainer *tq = peft_trainer_new(q, &o), *tf = peft_trainer_new(f, &o);
+            REQUIRE(tq && tf, "trainers");
+            float lq[4], lf[4];
+            for (int s = 0; s < 4; s++) {
+                REQUIRE_OK(peft_trainer_step(tq, tok, tgt, 2, 24, &lq[s]));
+                REQUIRE_OK(peft_trainer_step(tf, tok, tgt, 2, 24, &lf[s]));
+            }
+            CHECK(memcmp(lq, lf, sizeof lq) == 0, "%s %s: losses %.7g %.7g %.7g %.7g vs float base %.7g %.7g %.7g %.7g",
+                  tn, mn, lq[0], lq[1], lq[2], lq[3], lf[0], lf[1], lf[2], lf[3]);
+            CHECK(lq[3] < lq[0], "%s %s: loss %.4f -> %.4f does not fall", tn, mn, lq[0], lq[3]);
+            peft_tensor **pq, **pf;
+            int nq = peft_model_trainable(q, &pq), nf = peft_model_trainable(f, &pf);
+            CHECK(nq == nf && nq > 0, "%s %s: %d vs %d trainable tensors", tn, mn, nq, nf);
+            long diff = 0;
+            for (int i = 0; i < nq && i < nf; i++) diff += memcmp(pq[i]->data, pf[i]->data, sizeof(float) * pq[i]->n) != 0;
+            CHECK(diff == 0, "%s %s: %ld trained tensors differ from the float base's", tn, mn, diff);
+            free(pq); free(pf);
+            if (kinds[k] == PEFT_LORA) {
+                CHECK(peft_lora_merge(q) == PEFT_ERR_UNSUPPORTED, "%s: merging into ggml blocks must be refused", tn);
+                char dir[600];
+                snprintf(dir, sizeof dir, "%s/qm_save", th_tmpdir());
+                CHECK(peft_model_save(q, dir) == PEFT_ERR_UNSUPPORTED, "%s: saving ggml blocks as a float model is refused", tn);
+                REQUIRE_OK(peft_model_dequantize(q));
+                CHECK(!q->layers[0].lin[PEFT_Q].qm && q->layers[0].lin[PEFT_Q].w->data, "%s: dequantized", tn);
+                REQUIRE_OK(peft_lora_merge(q));
+                REQUIRE_OK(peft_lora_merge(f));
+                for (int l = 0; l < q->cfg.n_layers; l++)
+                    for (int s = 0; s < PEFT_N_SITES; s++) {
+                        peft_tensor *a = q->layers[l].lin[s].w, *b = f->layers[l].lin[s].w;
+                        CHECK(memcmp(a->data, b->data, sizeof(float) * a->n) == 0, "%s: merged layer %d site %d differs", tn,
+                              l, s);
+                    }
+            }
+            peft_trainer_free(tq); peft_trainer_free(tf);
+            peft_model_free(q); peft_model_free(f);
+        }
+}
