@@ -239,7 +239,8 @@ typedef struct {
     void          *owned;       /* freed with the matrix when not NULL              */
 } peft_qmatrix;
 /* floats of row `row`, columns [col, col + n) (any range, not only whole blocks) */
-PEFTDEF void        peft_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n, float *out);
+PEFTDEF void        peft_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n,
+                                        float *out);
 PEFTDEF void        peft_qmatrix_free(peft_qmatrix *q);   /* frees owned, not q itself */
 /* what the storage takes: rows · row_bytes */
 PEFTDEF size_t      peft_qmatrix_bytes(const peft_qmatrix *q);
@@ -1275,8 +1276,8 @@ PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *s
 /* Trainable parameters own a zeroed gradient buffer; frozen ones own none. */
 PEFTDEF peft_status peft_param_set_trainable(peft_tensor *p, int trainable) {
     if (trainable && !p->data)                /* its values live in a frozen storage (4-bit, ggml blocks) */
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s is stored frozen (4-bit or ggml blocks) and cannot be trained",
-                          p->name ? p->name : "a parameter");
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s is stored frozen (4-bit or ggml blocks) and cannot be "
+                          "trained", p->name ? p->name : "a parameter");
     if (trainable && !p->grad) {
         p->grad = (float *)peft__calloc((size_t)p->n * sizeof(float));
         if (!p->grad) return peft__fail(PEFT_ERR_NOMEM, "no memory for the gradient of %s",
@@ -1740,7 +1741,8 @@ static void peft__gemm_pack_B(int tB, int N, int K, const float *B, int ldb, flo
    blocks; B unused), or packed already (Bpre, from peft__gemm_pack_B of this
    B); fails only when B is stored and there is no memory for the packed panel */
 static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
-                              const float *A, int lda, const float *B, const peft__bstore *Bq, const float *Bpre, int ldb,
+                              const float *A, int lda, const float *B, const peft__bstore *Bq,
+                              const float *Bpre, int ldb,
                               float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return PEFT_OK;
     peft__gemm_args g;
@@ -1763,7 +1765,7 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
                (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
     float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
     if (!Bp && !Bpre) {                          /* no memory to pack: the plain loops (beta 0 not applied yet) */
-        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a stored (4-bit or ggml) weight");
+        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a stored (4-bit, ggml) weight");
         peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
         return PEFT_OK;
     }
@@ -2050,21 +2052,12 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
      Q5_K  as Q4_K with [32 B fifth bits] before q: bit j of byte e%32
      Q6_K  [128 B low 4 bits][64 B high 2 bits][16 int8 scales][d]
            x = (d·sc)·(q − 32) per 16
-   The arithmetic is float32 with one rounding per operation and in this
-   order (d·sc first, then ·q, then ± the min), as gguf.quants.dequantize
-   computes it with numpy: no fused multiply-add, so values equal the
+   The arithmetic is float32 in gguf.quants.dequantize's order (d·sc, then
+   ·q, then ± the min), and every product is exact: an fp16 scale has 11
+   significant bits, a 6-bit sub-scale and a code of at most 6 bits bring
+   that to 24 at most, so only the final ± rounds, and a fused multiply-add
+   (which compilers may form) gives the same float. The values equal the
    package's bit for bit (tests/test_gguf_quant.c). */
-
-#if defined(__clang__)
-#define PEFT__NO_FMA_FN
-#define PEFT__NO_FMA_BODY _Pragma("clang fp contract(off)")
-#elif defined(__GNUC__)
-#define PEFT__NO_FMA_FN __attribute__((optimize("fp-contract=off")))
-#define PEFT__NO_FMA_BODY
-#else
-#define PEFT__NO_FMA_FN
-#define PEFT__NO_FMA_BODY
-#endif
 
 /* elements [e0, e1) of one block into out; the loops run over a sub-block
    at a time with its scale in hand, plain enough for the compiler to
@@ -2099,8 +2092,12 @@ static void peft__bf16_row(const uint8_t *p, int64_t n, float *out) {
 static void peft__dq_f32(const uint8_t *b, int e0, int e1, float *out) {
     memcpy(out, b + 4 * (size_t)e0, sizeof(float) * (size_t)(e1 - e0));
 }
-static void peft__dq_f16(const uint8_t *b, int e0, int e1, float *out) { peft__f16_row(b + 2 * (size_t)e0, e1 - e0, out); }
-static void peft__dq_bf16(const uint8_t *b, int e0, int e1, float *out) { peft__bf16_row(b + 2 * (size_t)e0, e1 - e0, out); }
+static void peft__dq_f16(const uint8_t *b, int e0, int e1, float *out) {
+    peft__f16_row(b + 2 * (size_t)e0, e1 - e0, out);
+}
+static void peft__dq_bf16(const uint8_t *b, int e0, int e1, float *out) {
+    peft__bf16_row(b + 2 * (size_t)e0, e1 - e0, out);
+}
 
 /* 32-blocks: codes q of elements [e0, e1) (low nibbles are elements 0-15,
    high nibbles 16-31, the fifth bit of element e is bit e of qh), then
@@ -2113,12 +2110,10 @@ static void peft__q32_codes(const uint8_t *qs, uint32_t qh, int e0, int e1, int 
 static uint32_t peft__le32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
-PEFT__NO_FMA_FN static void peft__q32_scale(const int *q, int n, float d, int off, float *out) {
-    PEFT__NO_FMA_BODY
+static void peft__q32_scale(const int *q, int n, float d, int off, float *out) {
     for (int i = 0; i < n; i++) out[i] = d * (float)(q[i] - off);
 }
-PEFT__NO_FMA_FN static void peft__q32_affine(const int *q, int n, float d, float m, float *out) {
-    PEFT__NO_FMA_BODY
+static void peft__q32_affine(const int *q, int n, float d, float m, float *out) {
     for (int i = 0; i < n; i++) {
         float t = d * (float)q[i];
         out[i] = t + m;
@@ -2152,8 +2147,7 @@ static void peft__dq_q8_0(const uint8_t *b, int e0, int e1, float *out) {
 
 /* K-quants: [e0, e1) is cut along the sub-blocks j (of 16 or 32 elements),
    l0 ≤ l < l1 the elements of j that it covers */
-PEFT__NO_FMA_FN static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
+static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
     float d = peft__ggml_h(b + 80), dmin = peft__ggml_h(b + 82);
     for (int j = e0 / 16; j * 16 < e1; j++) {
         int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
@@ -2193,9 +2187,8 @@ static void peft__k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
     }
 }
 /* Q4_K (qh NULL) and Q5_K */
-PEFT__NO_FMA_FN static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int e0, int e1,
+static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int e0, int e1,
                                          float *out) {
-    PEFT__NO_FMA_BODY
     float d = peft__ggml_h(b), dmin = peft__ggml_h(b + 2);
     for (int j = e0 / 32; j * 32 < e1; j++) {
         int l0 = e0 > j * 32 ? e0 - j * 32 : 0, l1 = e1 < (j + 1) * 32 ? e1 - j * 32 : 32;
@@ -2216,7 +2209,9 @@ PEFT__NO_FMA_FN static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, co
             }
     }
 }
-static void peft__dq_q4_k(const uint8_t *b, int e0, int e1, float *out) { peft__dq_k45(b, NULL, b + 16, e0, e1, out); }
+static void peft__dq_q4_k(const uint8_t *b, int e0, int e1, float *out) {
+    peft__dq_k45(b, NULL, b + 16, e0, e1, out);
+}
 static void peft__dq_q5_k(const uint8_t *b, int e0, int e1, float *out) {
     peft__dq_k45(b, b + 16, b + 48, e0, e1, out);
 }
@@ -2246,12 +2241,18 @@ static const struct {
     size_t size;
     peft__ggml_decoder decode;
 } peft__ggml_types[PEFT__GGML_NTYPES] = {
-    [PEFT_GGML_F32] = { "F32", 1, 4, peft__dq_f32 },       [PEFT_GGML_F16] = { "F16", 1, 2, peft__dq_f16 },
-    [PEFT_GGML_Q4_0] = { "Q4_0", 32, 18, peft__dq_q4_0 },  [PEFT_GGML_Q4_1] = { "Q4_1", 32, 20, peft__dq_q4_1 },
-    [PEFT_GGML_Q5_0] = { "Q5_0", 32, 22, peft__dq_q5_0 },  [PEFT_GGML_Q5_1] = { "Q5_1", 32, 24, peft__dq_q5_1 },
-    [PEFT_GGML_Q8_0] = { "Q8_0", 32, 34, peft__dq_q8_0 },  [PEFT_GGML_Q2_K] = { "Q2_K", 256, 84, peft__dq_q2_k },
-    [PEFT_GGML_Q3_K] = { "Q3_K", 256, 110, peft__dq_q3_k }, [PEFT_GGML_Q4_K] = { "Q4_K", 256, 144, peft__dq_q4_k },
-    [PEFT_GGML_Q5_K] = { "Q5_K", 256, 176, peft__dq_q5_k }, [PEFT_GGML_Q6_K] = { "Q6_K", 256, 210, peft__dq_q6_k },
+    [PEFT_GGML_F32] = { "F32", 1, 4, peft__dq_f32 },
+    [PEFT_GGML_F16] = { "F16", 1, 2, peft__dq_f16 },
+    [PEFT_GGML_Q4_0] = { "Q4_0", 32, 18, peft__dq_q4_0 },
+    [PEFT_GGML_Q4_1] = { "Q4_1", 32, 20, peft__dq_q4_1 },
+    [PEFT_GGML_Q5_0] = { "Q5_0", 32, 22, peft__dq_q5_0 },
+    [PEFT_GGML_Q5_1] = { "Q5_1", 32, 24, peft__dq_q5_1 },
+    [PEFT_GGML_Q8_0] = { "Q8_0", 32, 34, peft__dq_q8_0 },
+    [PEFT_GGML_Q2_K] = { "Q2_K", 256, 84, peft__dq_q2_k },
+    [PEFT_GGML_Q3_K] = { "Q3_K", 256, 110, peft__dq_q3_k },
+    [PEFT_GGML_Q4_K] = { "Q4_K", 256, 144, peft__dq_q4_k },
+    [PEFT_GGML_Q5_K] = { "Q5_K", 256, 176, peft__dq_q5_k },
+    [PEFT_GGML_Q6_K] = { "Q6_K", 256, 210, peft__dq_q6_k },
     [PEFT_GGML_BF16] = { "BF16", 1, 2, peft__dq_bf16 },
 };
 
@@ -2274,14 +2275,16 @@ PEFTDEF size_t peft_ggml_type_size(int type) {
 
 PEFTDEF peft_status peft_ggml_row_bytes(int type, int64_t n, size_t *bytes) {
     int i = peft__ggml_index(type);
-    if (i < 0) return peft__fail(PEFT_ERR_UNSUPPORTED, "ggml type %d is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
-                                 "Q5_1, Q8_0, Q2_K … Q6_K are)", type);
+    if (i < 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "ggml type %d is not supported (F32, F16, BF16, Q4_0, Q4_1, "
+                          "Q5_0, Q5_1, Q8_0, Q2_K … Q6_K are)", type);
     int64_t bs = peft__ggml_types[i].block;
     if (n < 0 || n % bs)
-        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld elements is not a whole number of %s blocks of %lld",
-                          (long long)n, peft__ggml_types[i].name, (long long)bs);
+        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld elements is not a whole number of %s blocks of "
+                          "%lld", (long long)n, peft__ggml_types[i].name, (long long)bs);
     if ((uint64_t)(n / bs) > SIZE_MAX / peft__ggml_types[i].size)
-        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld %s elements is too large", (long long)n, peft__ggml_types[i].name);
+        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld %s elements is too large", (long long)n,
+                          peft__ggml_types[i].name);
     *bytes = (size_t)(n / bs) * peft__ggml_types[i].size;
     return PEFT_OK;
 }
@@ -2292,9 +2295,11 @@ PEFTDEF void peft_ggml_dequantize(int type, const void *src, int64_t n, float *d
     const uint8_t *p = (const uint8_t *)src;
     int bs = peft__ggml_types[i].block;
     size_t ts = peft__ggml_types[i].size;
-    if (bs == 1) {                               /* F32, F16, BF16: a run of numbers, in pieces that fit an int */
-        for (int64_t k = 0; k < n; k += 1 << 20)
-            peft__ggml_types[i].decode(p + (size_t)k * ts, 0, (int)(n - k < (1 << 20) ? n - k : 1 << 20), dst + k);
+    if (bs == 1) {                   /* F32, F16, BF16: a run of numbers, in pieces that fit an int */
+        for (int64_t k = 0; k < n; k += 1 << 20) {
+            int len = (int)(n - k < (1 << 20) ? n - k : 1 << 20);
+            peft__ggml_types[i].decode(p + (size_t)k * ts, 0, len, dst + k);
+        }
         return;
     }
     for (int64_t k = 0; k + bs <= n; k += bs, p += ts) peft__ggml_types[i].decode(p, 0, bs, dst + k);
@@ -2334,15 +2339,31 @@ PEFTDEF void peft_qmatrix_free(peft_qmatrix *q) {
 /* gguf.quants' quantizers for the 32-blocks that tests build weights with:
    float32 arithmetic in numpy's order, fp16 scales rounded to nearest even.
    Q8_0 rounds half away from zero; Q4_0 and Q4_1 truncate x/d + 8.5 and
-   (x − min)/d + 0.5. */
+   (x − min)/d + 0.5, two roundings each: x/d is not exact, so these must
+   not become fused multiply-adds (GCC forms them across statements in its
+   GNU modes, clang within one expression). */
+#if defined(__clang__)
+#define PEFT__NO_FMA_FN
+#define PEFT__NO_FMA_BODY _Pragma("clang fp contract(off)")
+#elif defined(__GNUC__)
+#define PEFT__NO_FMA_FN __attribute__((optimize("fp-contract=off")))
+#define PEFT__NO_FMA_BODY
+#else
+#define PEFT__NO_FMA_FN
+#define PEFT__NO_FMA_BODY
+#endif
+static void peft__put_f16(uint8_t *p, float v) {
+    uint16_t h = peft_f32_to_f16(v);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
 PEFT__NO_FMA_FN static void peft__quantize_block(int type, const float *x, uint8_t *b) {
     PEFT__NO_FMA_BODY
     if (type == PEFT_GGML_Q8_0) {
         float amax = 0.0f;
         for (int e = 0; e < 32; e++) amax = fmaxf(amax, fabsf(x[e]));
         float d = amax / 127.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
-        uint16_t h = peft_f32_to_f16(d);
-        b[0] = (uint8_t)h; b[1] = (uint8_t)(h >> 8);
+        peft__put_f16(b, d);
         for (int e = 0; e < 32; e++) {
             float v = x[e] * id, a = fabsf(v), fl = floorf(a), r = fl + floorf(2.0f * (a - fl));
             b[2 + e] = (uint8_t)(int8_t)(v < 0.0f ? -r : r);
@@ -2356,10 +2377,12 @@ PEFT__NO_FMA_FN static void peft__quantize_block(int type, const float *x, uint8
         if (fabsf(x[e]) > fabsf(amax)) amax = x[e];        /* the first of the largest magnitude */
     }
     float d = type == PEFT_GGML_Q4_0 ? amax / -8.0f : (hi - lo) / 15.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
-    uint16_t h = peft_f32_to_f16(d), hm = peft_f32_to_f16(lo);
-    b[0] = (uint8_t)h; b[1] = (uint8_t)(h >> 8);
+    peft__put_f16(b, d);
     uint8_t *qs = b + 2;
-    if (type == PEFT_GGML_Q4_1) { b[2] = (uint8_t)hm; b[3] = (uint8_t)(hm >> 8); qs = b + 4; }
+    if (type == PEFT_GGML_Q4_1) {
+        peft__put_f16(b + 2, lo);
+        qs = b + 4;
+    }
     for (int e = 0; e < 32; e++) {
         float t = type == PEFT_GGML_Q4_0 ? x[e] * id : (x[e] - lo) * id;
         float v = truncf(t + (type == PEFT_GGML_Q4_0 ? 8.5f : 0.5f));
@@ -2375,7 +2398,8 @@ PEFTDEF peft_status peft_ggml_quantize(int type, const float *src, int64_t n, vo
                           peft_ggml_type_name(type) ? peft_ggml_type_name(type) : "an unknown type");
     if (n % 32) return peft__fail(PEFT_ERR_ARG, "ggml_quantize: %lld is not a multiple of 32", (long long)n);
     size_t ts = peft_ggml_type_size(type);
-    for (int64_t k = 0; k < n; k += 32) peft__quantize_block(type, src + k, (uint8_t *)dst + (size_t)(k / 32) * ts);
+    for (int64_t k = 0; k < n; k += 32)
+        peft__quantize_block(type, src + k, (uint8_t *)dst + (size_t)(k / 32) * ts);
     return PEFT_OK;
 }
 
@@ -3240,10 +3264,11 @@ static void peft__qm_rows(const void *w, int ldb, int64_t row, int64_t col, int 
 }
 /* forward: y [N, out] = x·Wᵀ;  backward: dx [N, in] (+)= dy·W, stored
    over dx when `store` (a fresh gradient). a is x or dy, c is y or dx. */
-static peft_status peft__frozen_product(int kind, const void *W, int backward, const float *a, int N, int out, int in,
-                                        float *c, int store) {
+static peft_status peft__frozen_product(int kind, const void *W, int backward, const float *a, int N, int out,
+                                        int in, float *c, int store) {
     peft__bstore src = { W, kind ? peft__qm_rows : peft__q4_rows };
-    if (backward) return peft__gemm(0, 0, N, in, out, a, out, NULL, &src, NULL, in, store ? 0.0f : 1.0f, c, in);
+    if (backward)
+        return peft__gemm(0, 0, N, in, out, a, out, NULL, &src, NULL, in, store ? 0.0f : 1.0f, c, in);
     return peft__gemm(0, 1, N, out, in, a, in, NULL, &src, NULL, in, 0.0f, c, out);
 }
 /* the backward of both frozen linears (4-bit and ggml blocks: i[2] says which) */
@@ -3264,7 +3289,10 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__frozen_product(0, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (peft__frozen_product(0, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; }
     return y;
@@ -3281,16 +3309,21 @@ static int peft__qmatrix_ok(const peft_qmatrix *W) {
 }
 PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W) {
     if (!peft__ok(g, x, W)) return NULL;
-    if (!peft__qmatrix_ok(W)) return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_linear: the ggml weight has no data, a bad "
-                                                   "size or an unsupported type");
-    if (peft__cols(x) != W->cols) return peft__op_fail(g, PEFT_ERR_SHAPE, "qmatrix_linear: input width and weight columns disagree");
+    if (!peft__qmatrix_ok(W))
+        return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_linear: the ggml weight has no data, a bad size or an "
+                             "unsupported type");
+    if (peft__cols(x) != W->cols)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "qmatrix_linear: input width and weight columns disagree");
     int N = (int)peft__rows(x), out = (int)W->rows, in = (int)W->cols;
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__frozen_product(1, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (peft__frozen_product(1, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; nd->i[2] = 1; }
     return y;
@@ -3348,7 +3381,10 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
     if (x->requires_grad) {
         if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
         else if (Wq) {
-            if (peft__frozen_product(n->i[4], Wq, 1, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) { g->failed = 1; return; }
+            if (peft__frozen_product(n->i[4], Wq, 1, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) {
+                g->failed = 1;
+                return;
+            }
         }
         else if (x->grad_fresh) memset(x->grad, 0, sizeof(float) * (size_t)x->n);
         x->grad_fresh = 0;
@@ -3384,12 +3420,14 @@ static void peft__dropout_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W, const peft_q4 *Wq, const peft_qmatrix *Wm,
-                                  peft_tensor *A, peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W, const peft_q4 *Wq,
+                                  const peft_qmatrix *Wm, peft_tensor *A, peft_tensor *Bm, float s,
+                                  float dropout, peft_rng *rng) {
     if (!peft__ok(g, x, A) || !Bm) return NULL;
     int N = (int)peft__rows(x), in = (int)A->shape[1], out = (int)Bm->shape[0], r = (int)A->shape[0];
     if (Wm && !peft__qmatrix_ok(Wm))
-        return peft__op_fail(g, PEFT_ERR_ARG, "lora_linear: the ggml weight has no data, a bad size or an unsupported type");
+        return peft__op_fail(g, PEFT_ERR_ARG, "lora_linear: the ggml weight has no data, a bad size or an "
+                             "unsupported type");
     if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r ||
         (W && (W->shape[0] != out || W->shape[1] != in)) || (Wq && Wq->n != (int64_t)out * in) ||
         (Wm && (Wm->rows != out || Wm->cols != in)))
@@ -3415,12 +3453,16 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     }
     peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ  */
     if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ  */
-    else if ((Wq || Wm) && peft__frozen_product(Wm != NULL, Wq ? (const void *)Wq : Wm, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
-        g->failed = 1;
-        return NULL;
+    else if (Wq || Wm) {                                                   /* x·Wᵀ from the frozen storage */
+        const void *Wf = Wq ? (const void *)Wq : Wm;
+        if (peft__frozen_product(Wm != NULL, Wf, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+            g->failed = 1;
+            return NULL;
+        }
     }
     for (int64_t j = 0; j < (int64_t)N * r; j++) su[j] = s * u[j];
-    peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, W || Wq || Wm ? 1.0f : 0.0f, y->data, out);   /* + s·u·Bᵀ */
+    float beta = W || Wq || Wm ? 1.0f : 0.0f;
+    peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, beta, y->data, out);                  /* + s·u·Bᵀ */
     peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
     if (nd) {
         nd->saved = u;
@@ -3442,8 +3484,9 @@ PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft
     if (!W) return peft__op_fail(g, PEFT_ERR_ARG, "qlora_linear: no 4-bit base");
     return peft__lora_op(g, x, NULL, W, NULL, A, Bm, s, dropout, rng);
 }
-PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W, peft_tensor *A,
-                                              peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                              peft_tensor *A, peft_tensor *Bm, float s, float dropout,
+                                              peft_rng *rng) {
     if (!W) return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_lora_linear: no ggml base");
     return peft__lora_op(g, x, NULL, NULL, W, A, Bm, s, dropout, rng);
 }
@@ -4818,9 +4861,11 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
         int out = (int)s->w->shape[0], in = (int)s->w->shape[1];
         y = s->lora_A ? peft_qlora_linear(g, x, s->q4, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop)
                       : peft_q4_linear(g, x, s->q4, out, in);
-    } else if (s->qm)                          /* a GGUF base in its ggml blocks (+ LoRA term) */
-        y = s->lora_A ? peft_qmatrix_lora_linear(g, x, s->qm, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop)
-                      : peft_qmatrix_linear(g, x, s->qm);
+    } else if (s->qm && s->lora_A)             /* a GGUF base in its ggml blocks + LoRA term */
+        y = peft_qmatrix_lora_linear(g, x, s->qm, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout,
+                                     drop);
+    else if (s->qm)
+        y = peft_qmatrix_linear(g, x, s->qm);
     else if (s->lora_A && !m->lora_merged)
         y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop);
     else y = peft_linear(g, x, s->w);
@@ -4843,7 +4888,7 @@ static const peft_qmatrix *peft__model_qm(const peft_model *m) {
 static const char *peft__model_qm_name(const peft_model *m) {
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
-            if (m->layers[l].lin[s].qm) return m->layers[l].lin[s].w->name ? m->layers[l].lin[s].w->name : "a weight";
+            if (m->layers[l].lin[s].qm && m->layers[l].lin[s].w->name) return m->layers[l].lin[s].w->name;
     return "the model";
 }
 
@@ -4929,9 +4974,9 @@ static peft_status peft__lora_fold(peft_model *m, float sign) {
 }
 PEFTDEF peft_status peft_lora_merge(peft_model *m) {
     if (peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml %s blocks (GGUF); W + BA is not "
-                          "representable in them (peft_model_dequantize first: the merge is then a float model)",
-                          peft_ggml_type_name(peft__model_qm(m)->type));
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml %s blocks (GGUF); W + BA "
+                          "is not representable in them (peft_model_dequantize first: the merge is then a "
+                          "float model)", peft_ggml_type_name(peft__model_qm(m)->type));
     if (m->cfg.q4)
         return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
                           "(merge into the full-precision base instead)");
@@ -5032,7 +5077,8 @@ PEFTDEF peft_status peft_v2_merge(peft_model *m) {
     if (m->fusion_proj) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: early-fusion prompts depend on the condition and cannot be merged");
     if (m->cfg.q4) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; merge into the full-precision base");
     if (peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml blocks (GGUF); peft_model_dequantize first");
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml blocks (GGUF); "
+                          "peft_model_dequantize first");
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < PEFT_N_SITES; k++) {
             peft_linear_site *S = &m->layers[l].lin[k];
@@ -5153,7 +5199,9 @@ PEFTDEF double peft_model_linear_bits(const peft_model *m) {
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             const peft_linear_site *S = &m->layers[l].lin[s];
-            bytes += S->q4 ? (double)peft_q4_bytes(S->q4) : S->qm ? (double)peft_qmatrix_bytes(S->qm) : 4.0 * (double)S->w->n;
+            if (S->q4) bytes += (double)peft_q4_bytes(S->q4);
+            else if (S->qm) bytes += (double)peft_qmatrix_bytes(S->qm);
+            else bytes += 4.0 * (double)S->w->n;
             n += (double)S->w->n;
         }
     return n > 0 ? 8.0 * bytes / n : 0.0;
@@ -5165,7 +5213,7 @@ PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
             peft_linear_site *S = &m->layers[l].lin[s];
             if (!S->qm) continue;
             float *w = (float *)PEFT_MALLOC(sizeof(float) * (size_t)S->qm->rows * (size_t)S->qm->cols);
-            if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", S->w->name ? S->w->name : "a weight");
+            if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", peft__model_qm_name(m));
             for (int64_t r = 0; r < S->qm->rows; r++)
                 peft_qmatrix_decode(S->qm, r, 0, S->qm->cols, w + (size_t)r * (size_t)S->qm->cols);
             PEFT_FREE(S->w->data);
@@ -5195,9 +5243,9 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
     if (cfg->kind == PEFT_EXCITOR && (cfg->excitor_len < 1 || cfg->excitor_rank < 1))
         return peft__fail(PEFT_ERR_CONFIG, "excitor_len and excitor_rank must be >= 1");
     if (cfg->kind == PEFT_FULL && peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "full fine-tuning needs float weights, and %s is stored in ggml %s blocks "
-                          "(GGUF): choose lora, adapter-v1, adapter-v2 or excitor", peft__model_qm_name(m),
-                          peft_ggml_type_name(peft__model_qm(m)->type));
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "full fine-tuning needs float weights, and %s is stored in "
+                          "ggml %s blocks (GGUF): choose lora, adapter-v1, adapter-v2 or excitor",
+                          peft__model_qm_name(m), peft_ggml_type_name(peft__model_qm(m)->type));
     peft_rng_seed(&m->rng, cfg->seed);
     peft_model_set_trainable_all(m, cfg->kind == PEFT_FULL);
     peft_status s = PEFT_OK;
@@ -6827,8 +6875,9 @@ PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
     char path[1024];
     if (m->cfg.q4) return peft_model_save_quantized(m, dir);
     if (peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is stored in ggml %s blocks (GGUF); peft_model_dequantize first to "
-                          "save a float model", dir, peft__model_qm_name(m), peft_ggml_type_name(peft__model_qm(m)->type));
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is stored in ggml %s blocks (GGUF); "
+                          "peft_model_dequantize first to save a float model", dir, peft__model_qm_name(m),
+                          peft_ggml_type_name(peft__model_qm(m)->type));
     peft_status s = peft__mkdir(dir);
     if (s != PEFT_OK) return s;
     peft__sb b = { 0, 0, 0, 0 };
