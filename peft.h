@@ -207,6 +207,44 @@ PEFTDEF void        peft_quantize_blockwise8(const float *x, int64_t n, int bloc
 PEFTDEF void        peft_dequantize_blockwise8(const uint8_t *q, int64_t n, int blocksize, const float *code,
                                                const float *absmax, float *out);
 
+/* ------------------------------------------------------- ggml block types */
+/* Tensor types of ggml / GGUF files, ggml's numbering. Quantized types are
+   blocks of 32 (Q4_0 … Q8_0) or 256 elements (the K-quants) along a row, each
+   block its fp16 scale(s) and packed codes; peft.h decodes them as
+   gguf.quants.dequantize (gguf-py 0.19.0) does, bit for bit. */
+typedef enum { PEFT_GGML_F32 = 0, PEFT_GGML_F16 = 1, PEFT_GGML_Q4_0 = 2, PEFT_GGML_Q4_1 = 3,
+               PEFT_GGML_Q5_0 = 6, PEFT_GGML_Q5_1 = 7, PEFT_GGML_Q8_0 = 8, PEFT_GGML_Q2_K = 10,
+               PEFT_GGML_Q3_K = 11, PEFT_GGML_Q4_K = 12, PEFT_GGML_Q5_K = 13, PEFT_GGML_Q6_K = 14,
+               PEFT_GGML_BF16 = 30 } peft_ggml_type;
+PEFTDEF const char *peft_ggml_type_name(int type);     /* "Q4_K"…; NULL when not supported */
+PEFTDEF int         peft_ggml_block_size(int type);    /* elements per block; 0 = not supported */
+PEFTDEF size_t      peft_ggml_type_size(int type);     /* bytes per block; 0 = not supported */
+/* bytes of a row of n elements; PEFT_ERR_FORMAT when n is not a whole number of
+   blocks, PEFT_ERR_UNSUPPORTED for a type not listed above */
+PEFTDEF peft_status peft_ggml_row_bytes(int type, int64_t n, size_t *bytes);
+/* n (a multiple of the block size) elements from src into floats, as ggml's
+   dequantize_row_* and gguf.quants.dequantize */
+PEFTDEF void        peft_ggml_dequantize(int type, const void *src, int64_t n, float *dst);
+/* n floats (a multiple of the block size) into Q8_0, Q4_0 or Q4_1 blocks as
+   gguf.quants.quantize does (for tests and tools; PEFT_ERR_UNSUPPORTED for
+   the other types) */
+PEFTDEF peft_status peft_ggml_quantize(int type, const float *src, int64_t n, void *dst);
+/* A frozen weight [rows = out, cols = in] in a ggml block type, row-major,
+   blocks along rows. */
+typedef struct {
+    int            type;        /* peft_ggml_type                                   */
+    int64_t        rows, cols;
+    size_t         row_bytes;
+    const uint8_t *data;        /* rows * row_bytes bytes (e.g. in a mapped file)    */
+    void          *owned;       /* freed with the matrix when not NULL              */
+} peft_qmatrix;
+/* floats of row `row`, columns [col, col + n) (any range, not only whole blocks) */
+PEFTDEF void        peft_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n,
+                                        float *out);
+PEFTDEF void        peft_qmatrix_free(peft_qmatrix *q);   /* frees owned, not q itself */
+/* what the storage takes: rows · row_bytes */
+PEFTDEF size_t      peft_qmatrix_bytes(const peft_qmatrix *q);
+
 /* ---------------------------------------------------------------- kernels */
 /* C[M,N] = beta*C + op(A)[M,K] · op(B)[K,N]; op(X) = Xᵀ when tX != 0.
    Leading dimensions are row strides of A, B, C as stored. */
@@ -294,6 +332,13 @@ PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor
    is not a separate tensor, nor its gradient). */
 PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, peft_tensor *A,
                                        peft_tensor *B, float scale, float dropout, peft_rng *rng);
+/* y = x·Wᵀ over a ggml-typed frozen W [out, in] (decoded into the GEMM's packed
+   panels; no fp32 copy of W); the input gradient goes through the same decoding. */
+PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W);
+/* LoRA over it: x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ, as peft_lora_linear / peft_qlora_linear */
+PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                              peft_tensor *A, peft_tensor *B, float scale, float dropout,
+                                              peft_rng *rng);
 /* y + b per output column (HF's attention_bias / mlp_bias). */
 PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b);
 /* LLaMA-Adapter V2: s ⊙ (y + b) per output column. */
@@ -358,6 +403,7 @@ typedef struct {
     float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
     peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
     peft_q4     *q4;                 /* QLoRA: 4-bit storage of w (w->data freed) */
+    peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL) */
 } peft_linear_site;
 
 typedef struct {
@@ -468,6 +514,10 @@ PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, i
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant);
 /* Bits per frozen block-linear parameter, from what the storage allocates. */
 PEFTDEF double      peft_model_linear_bits(const peft_model *m);
+/* Every block linear held in ggml blocks (a GGUF base, peft_linear_site.qm)
+   decoded into float32 w->data and its blocks freed: the float copy that
+   merging an adapter needs (a GGUF base trains without one). */
+PEFTDEF peft_status peft_model_dequantize(peft_model *m);
 /* A 4-bit model folder in the layout transformers + bitsandbytes write. */
 PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *dir);
 /* LoRA merge: W += s·B·A in place (forward then skips the LoRA branch);
@@ -1230,6 +1280,9 @@ PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *s
 
 /* Trainable parameters own a zeroed gradient buffer; frozen ones own none. */
 PEFTDEF peft_status peft_param_set_trainable(peft_tensor *p, int trainable) {
+    if (trainable && !p->data)                /* its values live in a frozen storage (4-bit, ggml blocks) */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s is stored frozen (4-bit or ggml blocks) and cannot be "
+                          "trained", p->name ? p->name : "a parameter");
     if (trainable && !p->grad) {
         p->grad = (float *)peft__calloc((size_t)p->n * sizeof(float));
         if (!p->grad) return peft__fail(PEFT_ERR_NOMEM, "no memory for the gradient of %s",
@@ -1437,13 +1490,21 @@ static float *peft__pack_buf(float **buf, size_t *cap, size_t n) {
     return *buf;
 }
 
+/* B kept in a frozen storage (4-bit, ggml blocks) and decoded as it is
+   packed: `decode` writes n values of B's stored row `row` from column
+   `col` (ldb values per stored row) */
+typedef struct {
+    const void *w;
+    void (*decode)(const void *w, int ldb, int64_t row, int64_t col, int n, float *out);
+} peft__bstore;
+
 typedef struct {
     int tA, tB, M, N, K, lda, ldb, ldc, pc, kc, jc, nc;
     int nsplit;                      /* column parts per block of rows */
     int over;                        /* this K slice stores over C (beta 0, first slice) */
     int keep_a;                      /* A packed once per K slice for all column slices */
     const float *A, *B;
-    const peft_q4 *Bq;               /* or B in 4-bit storage, decoded as it is packed */
+    const peft__bstore *Bq;          /* or B in a frozen storage, decoded as it is packed */
     float *C;
     const float *Bp;
 } peft__gemm_args;
@@ -1528,18 +1589,19 @@ static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
     }
 }
 
-/* a strip of 4-bit B decoded straight into its packed panel: no fp32 copy
-   of the weight is ever made. B(k, j) = W[j][k] (tB) or W[k][j]. */
-static void peft__pack_B_q4(const peft__gemm_args *g, int j0, int nr, float *Bp) {
-    const peft_q4 *W = g->Bq;
+/* a strip of stored B decoded straight into its packed panel: no fp32 copy
+   of the weight is ever made. B(k, j) = W[j][k] (tB) or W[k][j]. Each call
+   decodes a run of one row, so a block's scales are read once per run. */
+static void peft__pack_B_stored(const peft__gemm_args *g, int j0, int nr, float *Bp) {
+    const peft__bstore *W = g->Bq;
     if (g->tB) {                 /* nr rows of W, kc values each, decoded then transposed */
         float rows[PEFT__NR * PEFT__KC];                            /* 40 KB */
         for (int j = 0; j < nr; j++)
-            peft_q4_dequantize(W, (int64_t)(g->jc + j0 + j) * g->ldb + g->pc, g->kc, rows + (size_t)j * g->kc);
+            W->decode(W->w, g->ldb, g->jc + j0 + j, g->pc, g->kc, rows + (size_t)j * g->kc);
         peft__transpose_into(Bp, PEFT__NR, rows, (size_t)g->kc, nr, g->kc);
     } else                       /* row k of the panel is nr consecutive values of W's row */
         for (int k = 0; k < g->kc; k++)
-            peft_q4_dequantize(W, (int64_t)(g->pc + k) * g->ldb + g->jc + j0, nr, Bp + (size_t)k * PEFT__NR);
+            W->decode(W->w, g->ldb, g->pc + k, g->jc + j0, nr, Bp + (size_t)k * PEFT__NR);
     if (nr < PEFT__NR)
         for (int k = 0; k < g->kc; k++)
             for (int j = nr; j < PEFT__NR; j++) Bp[(size_t)k * PEFT__NR + j] = 0.0f;
@@ -1552,7 +1614,7 @@ static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
     float *Bp = (float *)g->Bp + (size_t)s0 * PEFT__NR * g->kc;
     for (int j0 = (int)s0 * PEFT__NR; j0 < g->nc && j0 < (int)s1 * PEFT__NR; j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
         int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
-        if (g->Bq) { peft__pack_B_q4(g, j0, nr, Bp); continue; }
+        if (g->Bq) { peft__pack_B_stored(g, j0, nr, Bp); continue; }
         if (g->tB) peft__transpose_into(Bp, PEFT__NR, g->B + (size_t)(g->jc + j0) * g->ldb + g->pc, (size_t)g->ldb, nr, g->kc);
         if (!g->tB && nr == PEFT__NR)
             for (int k = 0; k < g->kc; k++)
@@ -1680,11 +1742,12 @@ static void peft__gemm_pack_B(int tB, int N, int K, const float *B, int ldb, flo
         }
 }
 
-/* peft_gemm, with B either floats, or 4-bit storage (Bq; B unused), or
-   packed already (Bpre, from peft__gemm_pack_B of this B); fails only when
-   B is 4-bit and there is no memory for the packed panel */
+/* peft_gemm, with B either floats, or a frozen storage (Bq: 4-bit, ggml
+   blocks; B unused), or packed already (Bpre, from peft__gemm_pack_B of this
+   B); fails only when B is stored and there is no memory for the packed panel */
 static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
-                              const float *A, int lda, const float *B, const peft_q4 *Bq, const float *Bpre, int ldb,
+                              const float *A, int lda, const float *B, const peft__bstore *Bq,
+                              const float *Bpre, int ldb,
                               float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return PEFT_OK;
     peft__gemm_args g;
@@ -1707,7 +1770,7 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
                (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
     float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
     if (!Bp && !Bpre) {                          /* no memory to pack: the plain loops (beta 0 not applied yet) */
-        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a 4-bit weight");
+        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a stored (4-bit, ggml) weight");
         peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
         return PEFT_OK;
     }
@@ -1969,6 +2032,380 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
     if (!q) return;
     PEFT_FREE(q->packed); PEFT_FREE(q->absmax); PEFT_FREE(q->qabsmax); PEFT_FREE(q->nested_absmax);
     memset(q, 0, sizeof *q);
+}
+
+/* ============================================================================
+   KERNELS: ggml block types
+   ============================================================================
+   A quantized row is a run of blocks; each block holds fp16 scale(s) and
+   packed codes (ggml-common.h's block_* structs, little-endian):
+     Q4_0  [d][16 B: 32 4-bit q]            x = d·(q − 8)
+     Q4_1  [d][m][16 B]                     x = d·q + m
+     Q5_0  [d][4 B high bits][16 B]         x = d·(q − 16)
+     Q5_1  [d][m][4 B high bits][16 B]      x = d·q + m
+     Q8_0  [d][32 int8]                     x = d·q
+   Element e of a 32-block: low nibble of byte e for e < 16, high nibble of
+   byte e − 16 above; the fifth bit is bit e of the 32-bit word.
+   K-quants, super-blocks of 256 in sub-blocks of 16 or 32:
+     Q2_K  [16 B scales: 4-bit scale | 4-bit min][64 B 2-bit q][d][dmin]
+           x = (d·sc)·q − dmin·m per 16; q from byte 32·(e/128) + e%32,
+           bits 2·((e%128)/32)
+     Q3_K  [32 B high-bit mask][64 B 2-bit q][12 B 6-bit scales][d]
+           x = (d·(sc − 32))·(q − 4·!hbit) per 16; hbit = bit e/32 of mask[e%32]
+     Q4_K  [d][dmin][12 B 6-bit scales and mins][128 B 4-bit q]
+           x = (d·sc)·q − dmin·m per 32; q from byte 32·(j/2) + e%32, nibble j%2
+     Q5_K  as Q4_K with [32 B fifth bits] before q: bit j of byte e%32
+     Q6_K  [128 B low 4 bits][64 B high 2 bits][16 int8 scales][d]
+           x = (d·sc)·(q − 32) per 16
+   The arithmetic is float32 in gguf.quants.dequantize's order (d·sc, then
+   ·q, then ± the min), and every product is exact: an fp16 scale has 11
+   significant bits, a 6-bit sub-scale and a code of at most 6 bits bring
+   that to 24 at most, so only the final ± rounds, and a fused multiply-add
+   (which compilers may form) gives the same float. The values equal the
+   package's bit for bit (tests/test_gguf_quant.c). */
+
+/* elements [e0, e1) of one block into out; the loops run over a sub-block
+   at a time with its scale in hand, plain enough for the compiler to
+   vectorize */
+typedef void (*peft__ggml_decoder)(const uint8_t *b, int e0, int e1, float *out);
+
+static float peft__ggml_h(const uint8_t *p) { return peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
+
+/* F16 → F32 without branches on the common path: normal numbers, infinities
+   and NaNs move their fields (NaN payloads kept), subnormals go through an
+   exact integer conversion (m·2⁻²⁴ is a normal float, so flush-to-zero modes
+   cannot touch it) */
+static uint32_t peft__f16_bits(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, em = h & 0x7FFFu, bits;
+    float sub = (float)em * 0x1p-24f;
+    memcpy(&bits, &sub, 4);
+    uint32_t big = em >= 0x7C00u ? 0x70000000u : 0x38000000u;
+    return s | (em >= 0x400u ? (em << 13) + big : bits);
+}
+static void peft__f16_row(const uint8_t *p, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b = peft__f16_bits((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        memcpy(out + i, &b, 4);
+    }
+}
+static void peft__bf16_row(const uint8_t *p, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
+        memcpy(out + i, &b, 4);
+    }
+}
+static void peft__dq_f32(const uint8_t *b, int e0, int e1, float *out) {
+    memcpy(out, b + 4 * (size_t)e0, sizeof(float) * (size_t)(e1 - e0));
+}
+static void peft__dq_f16(const uint8_t *b, int e0, int e1, float *out) {
+    peft__f16_row(b + 2 * (size_t)e0, e1 - e0, out);
+}
+static void peft__dq_bf16(const uint8_t *b, int e0, int e1, float *out) {
+    peft__bf16_row(b + 2 * (size_t)e0, e1 - e0, out);
+}
+
+/* 32-blocks: codes q of elements [e0, e1) (low nibbles are elements 0-15,
+   high nibbles 16-31, the fifth bit of element e is bit e of qh), then
+   x = d·(q − off) or x = d·q + m (two roundings) */
+static void peft__q32_codes(const uint8_t *qs, uint32_t qh, int e0, int e1, int *q) {
+    int e = e0;
+    for (; e < e1 && e < 16; e++) *q++ = (qs[e] & 15) | (int)((qh >> e) & 1) << 4;
+    for (; e < e1; e++) *q++ = (qs[e - 16] >> 4) | (int)((qh >> e) & 1) << 4;
+}
+static uint32_t peft__le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static void peft__q32_scale(const int *q, int n, float d, int off, float *out) {
+    for (int i = 0; i < n; i++) out[i] = d * (float)(q[i] - off);
+}
+static void peft__q32_affine(const int *q, int n, float d, float m, float *out) {
+    for (int i = 0; i < n; i++) {
+        float t = d * (float)q[i];
+        out[i] = t + m;
+    }
+}
+static void peft__dq_q4_0(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 2, 0, e0, e1, q);
+    peft__q32_scale(q, e1 - e0, peft__ggml_h(b), 8, out);
+}
+static void peft__dq_q4_1(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 4, 0, e0, e1, q);
+    peft__q32_affine(q, e1 - e0, peft__ggml_h(b), peft__ggml_h(b + 2), out);
+}
+static void peft__dq_q5_0(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 6, peft__le32(b + 2), e0, e1, q);
+    peft__q32_scale(q, e1 - e0, peft__ggml_h(b), 16, out);
+}
+static void peft__dq_q5_1(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 8, peft__le32(b + 4), e0, e1, q);
+    peft__q32_affine(q, e1 - e0, peft__ggml_h(b), peft__ggml_h(b + 2), out);
+}
+static void peft__dq_q8_0(const uint8_t *b, int e0, int e1, float *out) {
+    float d = peft__ggml_h(b);
+    const int8_t *qs = (const int8_t *)(b + 2);
+    for (int e = e0; e < e1; e++) *out++ = d * (float)qs[e];
+}
+
+/* K-quants: [e0, e1) is cut along the sub-blocks j (of 16 or 32 elements),
+   l0 ≤ l < l1 the elements of j that it covers */
+static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
+    float d = peft__ggml_h(b + 80), dmin = peft__ggml_h(b + 82);
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
+        float dl = d * (float)(b[j] & 15), ml = dmin * (float)(b[j] >> 4);
+        /* element e: byte 32·(e/128) + e%32 of the codes, bits 2·((e%128)/32) */
+        const uint8_t *q = b + 16 + 32 * (j / 8) + 16 * (j % 2);
+        int sh = 2 * ((j % 8) / 2);
+        for (int l = l0; l < l1; l++) {
+            float t = dl * (float)((q[l] >> sh) & 3);
+            *out++ = t - ml;
+        }
+    }
+}
+static void peft__dq_q3_k(const uint8_t *b, int e0, int e1, float *out) {
+    const uint8_t *sc = b + 96;
+    float d = peft__ggml_h(b + 108);
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
+        int lo = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+        float dl = d * (float)((lo | hi << 4) - 32);
+        const uint8_t *q = b + 32 + 32 * (j / 8) + 16 * (j % 2), *hm = b + 16 * (j % 2);
+        int sh = 2 * ((j % 8) / 2), hb = j / 2;
+        for (int l = l0; l < l1; l++) {
+            int v = ((q[l] >> sh) & 3) - (((hm[l] >> hb) & 1) ? 0 : 4);
+            *out++ = dl * (float)v;
+        }
+    }
+}
+/* the 6-bit scale and min of sub-block j (of 8) of a Q4_K/Q5_K block */
+static void peft__k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 2) & 0x30);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 2) & 0x30);
+    }
+}
+/* Q4_K (qh NULL) and Q5_K */
+static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int e0, int e1,
+                                         float *out) {
+    float d = peft__ggml_h(b), dmin = peft__ggml_h(b + 2);
+    for (int j = e0 / 32; j * 32 < e1; j++) {
+        int l0 = e0 > j * 32 ? e0 - j * 32 : 0, l1 = e1 < (j + 1) * 32 ? e1 - j * 32 : 32;
+        int sc, m;
+        peft__k4_scale_min(b + 4, j, &sc, &m);
+        float dj = d * (float)sc, mj = dmin * (float)m;
+        const uint8_t *q = qs + 32 * (j / 2);
+        int sh = 4 * (j % 2);
+        if (qh)
+            for (int l = l0; l < l1; l++) {
+                float t = dj * (float)(((q[l] >> sh) & 15) | ((qh[l] >> j) & 1) << 4);
+                *out++ = t - mj;
+            }
+        else
+            for (int l = l0; l < l1; l++) {
+                float t = dj * (float)((q[l] >> sh) & 15);
+                *out++ = t - mj;
+            }
+    }
+}
+static void peft__dq_q4_k(const uint8_t *b, int e0, int e1, float *out) {
+    peft__dq_k45(b, NULL, b + 16, e0, e1, out);
+}
+static void peft__dq_q5_k(const uint8_t *b, int e0, int e1, float *out) {
+    peft__dq_k45(b, b + 16, b + 48, e0, e1, out);
+}
+static void peft__dq_q6_k(const uint8_t *b, int e0, int e1, float *out) {
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = peft__ggml_h(b + 208);
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
+        float dl = d * (float)sc[j];
+        /* element e = 128·h + r: low 4 bits in byte 64·h + r%64 (nibble
+           r/64), high 2 bits in byte 32·h + r%32 (bits 2·(r/32)) */
+        int h = j / 8, r0 = 16 * (j % 8);
+        const uint8_t *ql = b + 64 * h + r0 % 64, *qh = b + 128 + 32 * h + r0 % 32;
+        int lsh = 4 * (r0 / 64), hsh = 2 * (r0 / 32);
+        for (int l = l0; l < l1; l++) {
+            int v = ((ql[l] >> lsh) & 15) | ((qh[l] >> hsh) & 3) << 4;
+            *out++ = dl * (float)(v - 32);
+        }
+    }
+}
+
+/* by ggml type number; block 0 marks the types not supported */
+#define PEFT__GGML_NTYPES 31
+static const struct {
+    const char *name;
+    int block;
+    size_t size;
+    peft__ggml_decoder decode;
+} peft__ggml_types[PEFT__GGML_NTYPES] = {
+    [PEFT_GGML_F32] = { "F32", 1, 4, peft__dq_f32 },
+    [PEFT_GGML_F16] = { "F16", 1, 2, peft__dq_f16 },
+    [PEFT_GGML_Q4_0] = { "Q4_0", 32, 18, peft__dq_q4_0 },
+    [PEFT_GGML_Q4_1] = { "Q4_1", 32, 20, peft__dq_q4_1 },
+    [PEFT_GGML_Q5_0] = { "Q5_0", 32, 22, peft__dq_q5_0 },
+    [PEFT_GGML_Q5_1] = { "Q5_1", 32, 24, peft__dq_q5_1 },
+    [PEFT_GGML_Q8_0] = { "Q8_0", 32, 34, peft__dq_q8_0 },
+    [PEFT_GGML_Q2_K] = { "Q2_K", 256, 84, peft__dq_q2_k },
+    [PEFT_GGML_Q3_K] = { "Q3_K", 256, 110, peft__dq_q3_k },
+    [PEFT_GGML_Q4_K] = { "Q4_K", 256, 144, peft__dq_q4_k },
+    [PEFT_GGML_Q5_K] = { "Q5_K", 256, 176, peft__dq_q5_k },
+    [PEFT_GGML_Q6_K] = { "Q6_K", 256, 210, peft__dq_q6_k },
+    [PEFT_GGML_BF16] = { "BF16", 1, 2, peft__dq_bf16 },
+};
+
+static int peft__ggml_index(int type) {
+    return type >= 0 && type < PEFT__GGML_NTYPES && peft__ggml_types[type].block ? type : -1;
+}
+
+PEFTDEF const char *peft_ggml_type_name(int type) {
+    int i = peft__ggml_index(type);
+    return i < 0 ? NULL : peft__ggml_types[i].name;
+}
+PEFTDEF int peft_ggml_block_size(int type) {
+    int i = peft__ggml_index(type);
+    return i < 0 ? 0 : peft__ggml_types[i].block;
+}
+PEFTDEF size_t peft_ggml_type_size(int type) {
+    int i = peft__ggml_index(type);
+    return i < 0 ? 0 : peft__ggml_types[i].size;
+}
+
+PEFTDEF peft_status peft_ggml_row_bytes(int type, int64_t n, size_t *bytes) {
+    int i = peft__ggml_index(type);
+    if (i < 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "ggml type %d is not supported (F32, F16, BF16, Q4_0, Q4_1, "
+                          "Q5_0, Q5_1, Q8_0, Q2_K … Q6_K are)", type);
+    int64_t bs = peft__ggml_types[i].block;
+    if (n < 0 || n % bs)
+        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld elements is not a whole number of %s blocks of "
+                          "%lld", (long long)n, peft__ggml_types[i].name, (long long)bs);
+    if ((uint64_t)(n / bs) > SIZE_MAX / peft__ggml_types[i].size)
+        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld %s elements is too large", (long long)n,
+                          peft__ggml_types[i].name);
+    *bytes = (size_t)(n / bs) * peft__ggml_types[i].size;
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_ggml_dequantize(int type, const void *src, int64_t n, float *dst) {
+    int i = peft__ggml_index(type);
+    if (i < 0) return;
+    const uint8_t *p = (const uint8_t *)src;
+    int bs = peft__ggml_types[i].block;
+    size_t ts = peft__ggml_types[i].size;
+    if (bs == 1) {                   /* F32, F16, BF16: a run of numbers, in pieces that fit an int */
+        for (int64_t k = 0; k < n; k += 1 << 20) {
+            int len = (int)(n - k < (1 << 20) ? n - k : 1 << 20);
+            peft__ggml_types[i].decode(p + (size_t)k * ts, 0, len, dst + k);
+        }
+        return;
+    }
+    for (int64_t k = 0; k + bs <= n; k += bs, p += ts) peft__ggml_types[i].decode(p, 0, bs, dst + k);
+}
+
+PEFTDEF void peft_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n, float *out) {
+    int i = peft__ggml_index(q->type);
+    if (i < 0 || n <= 0) return;
+    const uint8_t *p = q->data + (size_t)row * q->row_bytes;
+    int bs = peft__ggml_types[i].block;
+    size_t ts = peft__ggml_types[i].size;
+    if (bs == 1) {
+        peft_ggml_dequantize(q->type, p + (size_t)col * ts, n, out);
+        return;
+    }
+    int64_t b = col / bs;
+    int e0 = (int)(col % bs);
+    while (n > 0) {
+        int e1 = (int64_t)(bs - e0) < n ? bs : e0 + (int)n;
+        peft__ggml_types[i].decode(p + (size_t)b * ts, e0, e1, out);
+        out += e1 - e0;
+        n -= e1 - e0;
+        b++;
+        e0 = 0;
+    }
+}
+
+PEFTDEF size_t peft_qmatrix_bytes(const peft_qmatrix *q) { return (size_t)q->rows * q->row_bytes; }
+
+PEFTDEF void peft_qmatrix_free(peft_qmatrix *q) {
+    if (!q) return;
+    PEFT_FREE(q->owned);
+    q->owned = NULL;
+    q->data = NULL;
+}
+
+/* gguf.quants' quantizers for the 32-blocks that tests build weights with:
+   float32 arithmetic in numpy's order, fp16 scales rounded to nearest even.
+   Q8_0 rounds half away from zero; Q4_0 and Q4_1 truncate x/d + 8.5 and
+   (x − min)/d + 0.5, two roundings each: x/d is not exact, so these must
+   not become fused multiply-adds (GCC forms them across statements in its
+   GNU modes, clang within one expression). */
+#if defined(__clang__)
+#define PEFT__NO_FMA_FN
+#define PEFT__NO_FMA_BODY _Pragma("clang fp contract(off)")
+#elif defined(__GNUC__)
+#define PEFT__NO_FMA_FN __attribute__((optimize("fp-contract=off")))
+#define PEFT__NO_FMA_BODY
+#else
+#define PEFT__NO_FMA_FN
+#define PEFT__NO_FMA_BODY
+#endif
+static void peft__put_f16(uint8_t *p, float v) {
+    uint16_t h = peft_f32_to_f16(v);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
+PEFT__NO_FMA_FN static void peft__quantize_block(int type, const float *x, uint8_t *b) {
+    PEFT__NO_FMA_BODY
+    if (type == PEFT_GGML_Q8_0) {
+        float amax = 0.0f;
+        for (int e = 0; e < 32; e++) amax = fmaxf(amax, fabsf(x[e]));
+        float d = amax / 127.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
+        peft__put_f16(b, d);
+        for (int e = 0; e < 32; e++) {
+            float v = x[e] * id, a = fabsf(v), fl = floorf(a), r = fl + floorf(2.0f * (a - fl));
+            b[2 + e] = (uint8_t)(int8_t)(v < 0.0f ? -r : r);
+        }
+        return;
+    }
+    float lo = x[0], hi = x[0], amax = x[0];
+    for (int e = 1; e < 32; e++) {
+        lo = fminf(lo, x[e]);
+        hi = fmaxf(hi, x[e]);
+        if (fabsf(x[e]) > fabsf(amax)) amax = x[e];        /* the first of the largest magnitude */
+    }
+    float d = type == PEFT_GGML_Q4_0 ? amax / -8.0f : (hi - lo) / 15.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
+    peft__put_f16(b, d);
+    uint8_t *qs = b + 2;
+    if (type == PEFT_GGML_Q4_1) {
+        peft__put_f16(b + 2, lo);
+        qs = b + 4;
+    }
+    for (int e = 0; e < 32; e++) {
+        float t = type == PEFT_GGML_Q4_0 ? x[e] * id : (x[e] - lo) * id;
+        float v = truncf(t + (type == PEFT_GGML_Q4_0 ? 8.5f : 0.5f));
+        int q = v < 0.0f ? 0 : v > 15.0f ? 15 : (int)v;
+        if (e < 16) qs[e] = (uint8_t)q;
+        else qs[e - 16] |= (uint8_t)(q << 4);
+    }
+}
+
+PEFTDEF peft_status peft_ggml_quantize(int type, const float *src, int64_t n, void *dst) {
+    if (type != PEFT_GGML_Q8_0 && type != PEFT_GGML_Q4_0 && type != PEFT_GGML_Q4_1)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "ggml_quantize: only Q8_0, Q4_0 and Q4_1 (got %s)",
+                          peft_ggml_type_name(type) ? peft_ggml_type_name(type) : "an unknown type");
+    if (n % 32) return peft__fail(PEFT_ERR_ARG, "ggml_quantize: %lld is not a multiple of 32", (long long)n);
+    size_t ts = peft_ggml_type_size(type);
+    for (int64_t k = 0; k < n; k += 32)
+        peft__quantize_block(type, src + k, (uint8_t *)dst + (size_t)(k / 32) * ts);
+    return PEFT_OK;
 }
 
 /* ============================================================================
@@ -2821,15 +3258,29 @@ PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *
    The matrix product decodes W as it packs its panels (a strip of at most
    32 × 320 values at a time, on all threads), so no pass ever holds an
    fp32 copy of W, nor even of a tile of it.                                */
+/* The frozen storages the products decode: kind 0 is peft_q4, kind 1 a
+   ggml-typed peft_qmatrix (KERNELS: ggml block types). */
+static void peft__q4_rows(const void *w, int ldb, int64_t row, int64_t col, int n, float *out) {
+    peft_q4_dequantize((const peft_q4 *)w, row * ldb + col, n, out);
+}
+static void peft__qm_rows(const void *w, int ldb, int64_t row, int64_t col, int n, float *out) {
+    (void)ldb;
+    peft_qmatrix_decode((const peft_qmatrix *)w, row, col, n, out);
+}
 /* forward: y [N, out] = x·Wᵀ;  backward: dx [N, in] (+)= dy·W, stored
    over dx when `store` (a fresh gradient). a is x or dy, c is y or dx. */
-static peft_status peft__q4_product(const peft_q4 *W, int backward, const float *a, int N, int out, int in, float *c, int store) {
-    if (backward) return peft__gemm(0, 0, N, in, out, a, out, NULL, W, NULL, in, store ? 0.0f : 1.0f, c, in);
-    return peft__gemm(0, 1, N, out, in, a, in, NULL, W, NULL, in, 0.0f, c, out);
+static peft_status peft__frozen_product(int kind, const void *W, int backward, const float *a, int N, int out,
+                                        int in, float *c, int store) {
+    peft__bstore src = { W, kind ? peft__qm_rows : peft__q4_rows };
+    if (backward)
+        return peft__gemm(0, 0, N, in, out, a, out, NULL, &src, NULL, in, store ? 0.0f : 1.0f, c, in);
+    return peft__gemm(0, 1, N, out, in, a, in, NULL, &src, NULL, in, 0.0f, c, out);
 }
+/* the backward of both frozen linears (4-bit and ggml blocks: i[2] says which) */
 static void peft__q4_linear_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0];
-    if (peft__q4_product((const peft_q4 *)n->aux, 1, n->out->grad, (int)peft__rows(x), n->i[0], n->i[1], x->grad, x->grad_fresh) != PEFT_OK)
+    if (peft__frozen_product(n->i[2], n->aux, 1, n->out->grad, (int)peft__rows(x), n->i[0], n->i[1], x->grad,
+                             x->grad_fresh) != PEFT_OK)
         g->failed = 1;
     x->grad_fresh = 0;
 }
@@ -2843,9 +3294,43 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__q4_product(W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (peft__frozen_product(0, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; }
+    return y;
+}
+
+/* ---- ggml-typed linear ---------------------------------------------------------
+   y = x·Wᵀ,  dx += dy·W     with W [out, in] in ggml blocks (frozen), decoded
+   into the packed panels as the 4-bit linear above does (never a weight
+   gradient: the blocks are not trainable).                                 */
+static int peft__qmatrix_ok(const peft_qmatrix *W) {
+    size_t rb;
+    return W->data && W->rows > 0 && W->cols > 0 && W->rows <= INT32_MAX && W->cols <= INT32_MAX &&
+           peft_ggml_row_bytes(W->type, W->cols, &rb) == PEFT_OK && rb == W->row_bytes;
+}
+PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W) {
+    if (!peft__ok(g, x, W)) return NULL;
+    if (!peft__qmatrix_ok(W))
+        return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_linear: the ggml weight has no data, a bad size or an "
+                             "unsupported type");
+    if (peft__cols(x) != W->cols)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "qmatrix_linear: input width and weight columns disagree");
+    int N = (int)peft__rows(x), out = (int)W->rows, in = (int)W->cols;
+    int64_t shape[PEFT_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out;
+    peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
+    if (!y) return NULL;
+    if (peft__frozen_product(1, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
+    peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
+    if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; nd->i[2] = 1; }
     return y;
 }
 
@@ -2875,7 +3360,7 @@ static void peft__apply_mask(float *dst, const float *src, const uint8_t *mask, 
 
 static void peft__lora_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0], *W = n->in[1], *A = n->in[2], *Bm = n->in[3];
-    const peft_q4 *Wq = (const peft_q4 *)n->aux2;                     /* QLoRA's base, or NULL */
+    const void *Wq = n->aux2;                   /* QLoRA's 4-bit or a ggml base (i[4] = 1), or NULL */
     int N = n->i[0], in = n->i[1], out = n->i[2], r = n->i[3];   /* W may be NULL: LoRA term only */
     float s = n->f[0], keep = n->f[1];
     const float *dy = n->out->grad, *u = n->saved;
@@ -2900,7 +3385,12 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
     if (W && W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
     if (x->requires_grad) {
         if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
-        else if (Wq) { if (peft__q4_product(Wq, 1, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) { g->failed = 1; return; } }
+        else if (Wq) {
+            if (peft__frozen_product(n->i[4], Wq, 1, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) {
+                g->failed = 1;
+                return;
+            }
+        }
         else if (x->grad_fresh) memset(x->grad, 0, sizeof(float) * (size_t)x->n);
         x->grad_fresh = 0;
         if (mask) {                                                      /* through dropout */
@@ -2935,12 +3425,17 @@ static void peft__dropout_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W, const peft_q4 *Wq, peft_tensor *A,
-                                  peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W, const peft_q4 *Wq,
+                                  const peft_qmatrix *Wm, peft_tensor *A, peft_tensor *Bm, float s,
+                                  float dropout, peft_rng *rng) {
     if (!peft__ok(g, x, A) || !Bm) return NULL;
     int N = (int)peft__rows(x), in = (int)A->shape[1], out = (int)Bm->shape[0], r = (int)A->shape[0];
+    if (Wm && !peft__qmatrix_ok(Wm))
+        return peft__op_fail(g, PEFT_ERR_ARG, "lora_linear: the ggml weight has no data, a bad size or an "
+                             "unsupported type");
     if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r ||
-        (W && (W->shape[0] != out || W->shape[1] != in)) || (Wq && Wq->n != (int64_t)out * in))
+        (W && (W->shape[0] != out || W->shape[1] != in)) || (Wq && Wq->n != (int64_t)out * in) ||
+        (Wm && (Wm->rows != out || Wm->cols != in)))
         return peft__op_fail(g, PEFT_ERR_SHAPE, "lora_linear: shapes of x, W [out,in], A [r,in], B [out,r] disagree");
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
@@ -2963,14 +3458,22 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     }
     peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ  */
     if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ  */
-    else if (Wq && peft__q4_product(Wq, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
+    else if (Wq || Wm) {                                                   /* x·Wᵀ from the frozen storage */
+        const void *Wf = Wq ? (const void *)Wq : Wm;
+        if (peft__frozen_product(Wm != NULL, Wf, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+            g->failed = 1;
+            return NULL;
+        }
+    }
     for (int64_t j = 0; j < (int64_t)N * r; j++) su[j] = s * u[j];
-    peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, W || Wq ? 1.0f : 0.0f, y->data, out);   /* + s·u·Bᵀ */
+    float beta = W || Wq || Wm ? 1.0f : 0.0f;
+    peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, beta, y->data, out);                  /* + s·u·Bᵀ */
     peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
     if (nd) {
         nd->saved = u;
         nd->aux = mask;
-        nd->aux2 = Wq;
+        nd->aux2 = Wq ? (const void *)Wq : Wm;
+        nd->i[4] = Wm != NULL;
         nd->i[0] = N; nd->i[1] = in; nd->i[2] = out; nd->i[3] = r;
         nd->f[0] = s; nd->f[1] = keep;
     }
@@ -2979,12 +3482,18 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
 
 PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
                                       peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
-    return peft__lora_op(g, x, W, NULL, A, Bm, s, dropout, rng);
+    return peft__lora_op(g, x, W, NULL, NULL, A, Bm, s, dropout, rng);
 }
 PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, peft_tensor *A,
                                        peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
     if (!W) return peft__op_fail(g, PEFT_ERR_ARG, "qlora_linear: no 4-bit base");
-    return peft__lora_op(g, x, NULL, W, A, Bm, s, dropout, rng);
+    return peft__lora_op(g, x, NULL, W, NULL, A, Bm, s, dropout, rng);
+}
+PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                              peft_tensor *A, peft_tensor *Bm, float s, float dropout,
+                                              peft_rng *rng) {
+    if (!W) return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_lora_linear: no ggml base");
+    return peft__lora_op(g, x, NULL, NULL, W, A, Bm, s, dropout, rng);
 }
 
 /* ---- bias -----------------------------------------------------------------------------
@@ -3803,6 +4312,8 @@ PEFTDEF void peft_model_free(peft_model *m) {
         for (int s = 0; s < PEFT_N_SITES; s++) {
             peft_q4_free(m->layers[l].lin[s].q4);
             PEFT_FREE(m->layers[l].lin[s].q4);
+            peft_qmatrix_free(m->layers[l].lin[s].qm);
+            PEFT_FREE(m->layers[l].lin[s].qm);
         }
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
     for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
@@ -4380,12 +4891,35 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
         int out = (int)s->w->shape[0], in = (int)s->w->shape[1];
         y = s->lora_A ? peft_qlora_linear(g, x, s->q4, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop)
                       : peft_q4_linear(g, x, s->q4, out, in);
-    } else if (s->lora_A && !m->lora_merged)
+    } else if (s->qm && s->lora_A)             /* a GGUF base in its ggml blocks + LoRA term */
+        y = peft_qmatrix_lora_linear(g, x, s->qm, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout,
+                                     drop);
+    else if (s->qm)
+        y = peft_qmatrix_linear(g, x, s->qm);
+    else if (s->lora_A && !m->lora_merged)
         y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop);
     else y = peft_linear(g, x, s->w);
     if (s->b) y = peft_add_bias(g, y, s->b);
     if (s->bias) y = peft_bias_scale(g, y, s->bias, s->scale);
     return y;
+}
+
+/* ---- GGUF bases: linears kept in their ggml blocks (peft_linear_site.qm) -----
+   The frozen weights stay in their blocks and are decoded inside the matrix
+   products (KERNELS: ggml block types); every method that leaves W frozen
+   trains over them. Full fine-tuning needs float weights and is refused;
+   merging refuses too, until peft_model_dequantize has made the base float. */
+static const peft_qmatrix *peft__model_qm(const peft_model *m) {
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++)
+            if (m->layers[l].lin[s].qm) return m->layers[l].lin[s].qm;
+    return NULL;
+}
+static const char *peft__model_qm_name(const peft_model *m) {
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++)
+            if (m->layers[l].lin[s].qm && m->layers[l].lin[s].w->name) return m->layers[l].lin[s].w->name;
+    return "the model";
 }
 
 /* ---- the attention sites: prompts (V1/V2/fusion) and the logit term (Excitor) -- */
@@ -4469,6 +5003,10 @@ static peft_status peft__lora_fold(peft_model *m, float sign) {
     return PEFT_OK;
 }
 PEFTDEF peft_status peft_lora_merge(peft_model *m) {
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml %s blocks (GGUF); W + BA "
+                          "is not representable in them (peft_model_dequantize first: the merge is then a "
+                          "float model)", peft_ggml_type_name(peft__model_qm(m)->type));
     if (m->cfg.q4)
         return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
                           "(merge into the full-precision base instead)");
@@ -4568,6 +5106,9 @@ PEFTDEF peft_status peft_v2_merge(peft_model *m) {
     if (m->method.kind != PEFT_ADAPTER_V2) return peft__fail(PEFT_ERR_ARG, "merge: no LLaMA-Adapter V2 is attached");
     if (m->fusion_proj) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: early-fusion prompts depend on the condition and cannot be merged");
     if (m->cfg.q4) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; merge into the full-precision base");
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml blocks (GGUF); "
+                          "peft_model_dequantize first");
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < PEFT_N_SITES; k++) {
             peft_linear_site *S = &m->layers[l].lin[k];
@@ -4688,10 +5229,30 @@ PEFTDEF double peft_model_linear_bits(const peft_model *m) {
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             const peft_linear_site *S = &m->layers[l].lin[s];
-            bytes += S->q4 ? (double)peft_q4_bytes(S->q4) : 4.0 * (double)S->w->n;
+            if (S->q4) bytes += (double)peft_q4_bytes(S->q4);
+            else if (S->qm) bytes += (double)peft_qmatrix_bytes(S->qm);
+            else bytes += 4.0 * (double)S->w->n;
             n += (double)S->w->n;
         }
     return n > 0 ? 8.0 * bytes / n : 0.0;
+}
+
+PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            peft_linear_site *S = &m->layers[l].lin[s];
+            if (!S->qm) continue;
+            float *w = (float *)PEFT_MALLOC(sizeof(float) * (size_t)S->qm->rows * (size_t)S->qm->cols);
+            if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", peft__model_qm_name(m));
+            for (int64_t r = 0; r < S->qm->rows; r++)
+                peft_qmatrix_decode(S->qm, r, 0, S->qm->cols, w + (size_t)r * (size_t)S->qm->cols);
+            PEFT_FREE(S->w->data);
+            S->w->data = w;
+            peft_qmatrix_free(S->qm);
+            PEFT_FREE(S->qm);
+            S->qm = NULL;
+        }
+    return PEFT_OK;
 }
 
 static peft_status peft__attach_qlora(peft_model *m, const peft_method *cfg) {
@@ -4715,6 +5276,10 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
         return peft__fail(PEFT_ERR_CONFIG, "adapter_len must be >= 1");
     if (cfg->kind == PEFT_EXCITOR && (cfg->excitor_len < 1 || cfg->excitor_rank < 1))
         return peft__fail(PEFT_ERR_CONFIG, "excitor_len and excitor_rank must be >= 1");
+    if (cfg->kind == PEFT_FULL && peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "full fine-tuning needs float weights, and %s is stored in "
+                          "ggml %s blocks (GGUF): choose lora, adapter-v1, adapter-v2 or excitor",
+                          peft__model_qm_name(m), peft_ggml_type_name(peft__model_qm(m)->type));
     peft_rng_seed(&m->rng, cfg->seed);
     peft_model_set_trainable_all(m, cfg->kind == PEFT_FULL);
     peft_status s = PEFT_OK;
@@ -6451,6 +7016,10 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
     char path[1024];
     if (m->cfg.q4) return peft_model_save_quantized(m, dir);
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is stored in ggml %s blocks (GGUF); "
+                          "peft_model_dequantize first to save a float model", dir, peft__model_qm_name(m),
+                          peft_ggml_type_name(peft__model_qm(m)->type));
     peft_status s = peft__mkdir(dir);
     if (s != PEFT_OK) return s;
     peft__sb b = { 0, 0, 0, 0 };
