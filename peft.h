@@ -719,6 +719,8 @@ typedef struct {
     uint64_t *merge_key;
     int     *merge_rank, *merge_out;
     int     *special, n_special;     /* added tokens, matched in raw text      */
+    unsigned char *special_flags;    /* each one's lstrip/rstrip/single_word/normalized (PEFT__ADDED_*) */
+    int      n_normalized;           /* added tokens with normalized true      */
     char   **decoded;                /* byte-level: each piece as bytes        */
     /* tokenizer_config.json beside tokenizer.json (all absent without one) */
     int      eos_from;               /* PEFT_EOS_*: where eos_id came from     */
@@ -730,6 +732,7 @@ typedef struct {
     char     config_path[512];       /* the tokenizer_config.json read, "" if none */
 } peft_tokenizer;
 enum { PEFT_TOK_SCORES = 0, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES };
+enum { PEFT__ADDED_LSTRIP = 1, PEFT__ADDED_RSTRIP = 2, PEFT__ADDED_SINGLE_WORD = 4, PEFT__ADDED_NORMALIZED = 8 };
 /* eos_id, from the model's files as transformers takes it: tokenizer_config.json's eos_token
    (a string or an AddedToken object, looked up among the added tokens and the vocabulary);
    without one, the caller's config.json eos_token_id (peft_tokenizer_use_config_eos); the
@@ -6885,7 +6888,7 @@ PEFTDEF void peft_tokenizer_free(peft_tokenizer *t) {
     if (t->decoded) for (int i = 0; i < t->n; i++) PEFT_FREE(t->decoded[i]);
     PEFT_FREE(t->pieces); PEFT_FREE(t->scores); PEFT_FREE(t->sorted); PEFT_FREE(t->decoded);
     PEFT_FREE(t->merge_key); PEFT_FREE(t->merge_rank); PEFT_FREE(t->merge_out); PEFT_FREE(t->special);
-    PEFT_FREE(t->chat_template); PEFT_FREE(t->chat_default_system);
+    PEFT_FREE(t->chat_template); PEFT_FREE(t->chat_default_system); PEFT_FREE(t->special_flags);
     memset(t, 0, sizeof *t);
 }
 
@@ -7290,45 +7293,112 @@ static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len
 
 /* starts (may be NULL): each id's first byte in text (BOS/EOS at 0 / len; a
    SentencePiece segment's running piece lengths, the dummy ▁ counted at the start) */
+/* Added tokens in text[a, b) as tokenizers' AddedVocabulary finds them: the
+   leftmost match, longest there, among the tokens of one kind (normalized or
+   not); a single_word token only between non-word characters (\w: letters,
+   digits, _), else skipped over; lstrip / rstrip take the whitespace before /
+   after it into the token. Appends (start, end, id) pieces covering [a, b), id
+   -1 for text between tokens; returns the new count. */
+static int peft__added_split(const peft_tokenizer *t, const char *text, size_t a, size_t b, int normalized,
+                             size_t *st, size_t *en, int *id, int n) {
+    size_t last = a;
+    for (size_t i = a; i < b;) {
+        int k_best = -1;
+        size_t slen = 0;
+        for (int k = 0; k < t->n_special; k++) {
+            if (((t->special_flags ? t->special_flags[k] : 0) & PEFT__ADDED_NORMALIZED ? 1 : 0) != normalized) continue;
+            const char *p = t->pieces[t->special[k]];
+            size_t pl = strlen(p);
+            if (pl > slen && pl <= b - i && !memcmp(text + i, p, pl)) { k_best = k; slen = pl; }
+        }
+        if (k_best < 0) { i++; continue; }
+        int fl = t->special_flags ? t->special_flags[k_best] : 0;
+        size_t start = i, stop = i + slen;
+        uint32_t c;
+        i = stop;
+        if (fl & PEFT__ADDED_SINGLE_WORD) {
+            int word_before = 0, word_after = 0;
+            if (start > a) {
+                size_t q = start - 1;
+                while (q > a && ((unsigned char)text[q] & 0xC0) == 0x80) q--;
+                peft__utf8_next((const unsigned char *)text + q, (int)(start - q), &c);
+                word_before = peft__is_letter(c) || peft__is_number(c) || c == '_';
+            }
+            if (stop < b) {
+                peft__utf8_next((const unsigned char *)text + stop, (int)(b - stop), &c);
+                word_after = peft__is_letter(c) || peft__is_number(c) || c == '_';
+            }
+            if (word_before || word_after) continue;
+        }
+        if (fl & PEFT__ADDED_LSTRIP) {
+            while (start > last) {
+                size_t q = start - 1;
+                while (q > last && ((unsigned char)text[q] & 0xC0) == 0x80) q--;
+                peft__utf8_next((const unsigned char *)text + q, (int)(start - q), &c);
+                if (!peft__is_space(c)) break;
+                start = q;
+            }
+        }
+        if (fl & PEFT__ADDED_RSTRIP)
+            while (stop < b) {
+                int l = peft__utf8_next((const unsigned char *)text + stop, (int)(b - stop), &c);
+                if (!peft__is_space(c)) break;
+                stop += (size_t)l;
+            }
+        if (start > last) { st[n] = last; en[n] = start; id[n++] = -1; }
+        st[n] = start; en[n] = stop; id[n++] = t->special[k_best];
+        last = i = stop;
+    }
+    if (b > last) { st[n] = last; en[n] = b; id[n++] = -1; }
+    return n;
+}
+
 static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max, int *starts) {
     size_t len = strlen(text);
     if ((size_t)max < len + 4) return -1;
     char *scratch = (char *)PEFT_MALLOC(len * 2 + 16);
     uint32_t *cps = (uint32_t *)PEFT_MALLOC(sizeof(uint32_t) * (len + 1));
     int *offs = (int *)PEFT_MALLOC(sizeof(int) * (len + 2));
-    if (!scratch || !cps || !offs) { PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); return -1; }
+    /* pieces: the non-normalized added tokens matched in the raw text, then the normalized ones
+       in what lies between (the normalizer is the identity wherever normalized tokens are allowed) */
+    size_t cap = 2 * len + 4, *pst = (size_t *)PEFT_MALLOC(sizeof(size_t) * cap * 4), *pen = pst ? pst + cap : NULL;
+    size_t *qst = pst ? pst + 2 * cap : NULL, *qen = pst ? pst + 3 * cap : NULL;
+    int *pid = (int *)PEFT_MALLOC(sizeof(int) * cap * 2), *qid = pid ? pid + cap : NULL;
+    if (!scratch || !cps || !offs || !pst || !pid) {
+        PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); PEFT_FREE(pst); PEFT_FREE(pid);
+        return -1;
+    }
+    int np = peft__added_split(t, text, 0, len, 0, pst, pen, pid, 0), nq = 0;
+    for (int k = 0; k < np; k++) {
+        if (pid[k] >= 0 || !t->n_normalized) { qst[nq] = pst[k]; qen[nq] = pen[k]; qid[nq++] = pid[k]; }
+        else nq = peft__added_split(t, text, pst[k], pen[k], 1, qst, qen, qid, nq);
+    }
     int n = 0;
     if (bos && t->bos_id >= 0) { if (starts) starts[n] = 0; ids[n++] = t->bos_id; }
-    size_t seg = 0;
-    for (size_t i = 0; i <= len; i++) {
-        int sid = -1;
-        size_t slen = 0;
-        for (int k = 0; i < len && k < t->n_special; k++) {      /* the longest added token here */
-            const char *p = t->pieces[t->special[k]];
-            size_t pl = strlen(p);
-            if (pl > slen && pl <= len - i && !memcmp(text + i, p, pl)) { sid = t->special[k]; slen = pl; }
+    for (int q = 0; q < nq; q++) {
+        size_t seg = qst[q], i = qen[q];
+        if (qid[q] >= 0) {
+            if (starts) starts[n] = (int)seg;
+            ids[n++] = qid[q];
+            continue;
         }
-        if (sid < 0 && i < len) continue;
-        if (i > seg) {
-            int n0 = n;
-            n += t->kind == PEFT_TOK_HF_BYTES ? peft__encode_bytes(t, text + seg, i - seg, seg == 0, ids + n, scratch, cps, offs,
-                                                                   starts ? starts + n : NULL)
-                                              : peft__encode_sp_word(t, text + seg, i - seg, seg == 0, ids + n);
-            if (starts && t->kind == PEFT_TOK_HF_BYTES)
-                for (int k = n0; k < n; k++) starts[k] += (int)seg;
-            else if (starts) {
-                int at = (int)seg - (n > n0 && t->pieces[ids[n0]][0] == ' ' && text[seg] != ' ');
-                for (int k = n0; k < n; k++) {
-                    const char *pc = ids[k] >= 0 ? t->pieces[ids[k]] : "?";
-                    starts[k] = at < (int)seg ? (int)seg : at < (int)i ? at : (int)i - 1;
-                    at += !strncmp(pc, "<0x", 3) && strlen(pc) == 6 ? 1 : (int)strlen(pc);
-                }
+        int n0 = n;
+        n += t->kind == PEFT_TOK_HF_BYTES ? peft__encode_bytes(t, text + seg, i - seg, seg == 0, ids + n, scratch, cps, offs,
+                                                               starts ? starts + n : NULL)
+                                          : peft__encode_sp_word(t, text + seg, i - seg, seg == 0, ids + n);
+        if (starts && t->kind == PEFT_TOK_HF_BYTES)
+            for (int k = n0; k < n; k++) starts[k] += (int)seg;
+        else if (starts) {
+            int at = (int)seg - (n > n0 && t->pieces[ids[n0]][0] == ' ' && text[seg] != ' ');
+            for (int k = n0; k < n; k++) {
+                const char *pc = ids[k] >= 0 ? t->pieces[ids[k]] : "?";
+                starts[k] = at < (int)seg ? (int)seg : at < (int)i ? at : (int)i - 1;
+                at += !strncmp(pc, "<0x", 3) && strlen(pc) == 6 ? 1 : (int)strlen(pc);
             }
         }
-        if (sid >= 0) { if (starts) starts[n] = (int)i; ids[n++] = sid; i += slen - 1; seg = i + 1; }
     }
     if (eos && t->eos_id >= 0) { if (starts) starts[n] = (int)len; ids[n++] = t->eos_id; }
-    PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs);
+    PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); PEFT_FREE(pst); PEFT_FREE(pid);
     return n;
 }
 
@@ -7559,7 +7629,9 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     t->scores = (float *)peft__calloc(sizeof(float) * (size_t)n);
     t->sorted = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n);
     t->special = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(added ? added->n_children + 1 : 1));
-    if (!t->pieces || !t->scores || !t->sorted || !t->special) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+    t->special_flags = (unsigned char *)peft__calloc((size_t)(added ? added->n_children + 1 : 1));
+    if (!t->pieces || !t->scores || !t->sorted || !t->special || !t->special_flags)
+        return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
     for (const peft_json *v = vocab->child; v; v = v->next) {
         if (v->type != PEFT_JSON_NUMBER || v->number < 0) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: vocab entry \"%s\" has no id", path, v->key));
         int id = (int)v->number;
@@ -7586,6 +7658,28 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
             PEFT_FREE(t->pieces[id]);
             if (!(t->pieces[id] = peft__strdup(content))) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
         }
+        /* the flags of tokenizers' AddedToken; special only decides skip_special_tokens when decoding */
+        static const char *const flag_keys[] = { "lstrip", "rstrip", "single_word", "normalized" };
+        unsigned char fl = 0;
+        for (const peft_json *f = a->child; f; f = f->next) {
+            int known = !strcmp(f->key, "id") || !strcmp(f->key, "content") || !strcmp(f->key, "special");
+            for (int k = 0; k < 4; k++)
+                if (!strcmp(f->key, flag_keys[k])) {
+                    known = 1;
+                    if (f->type != PEFT_JSON_BOOL)
+                        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: added token %s: %s is not true or false",
+                                                              path, content, f->key));
+                    if (f->number != 0) fl |= (unsigned char)(1 << k);
+                }
+            if (!known)
+                return peft__tokfail(t, j, peft__fail(PEFT_ERR_UNSUPPORTED, "%s: added token %s: key \"%s\" is not supported",
+                                                      path, content, f->key));
+        }
+        if ((fl & PEFT__ADDED_NORMALIZED) && (t->norm_space || t->prefix_space == 2))
+            return peft__tokfail(t, j, peft__fail(PEFT_ERR_UNSUPPORTED, "%s: added token %s: normalized true with the "
+                                                  "Prepend/Replace normalizer is not supported", path, content));
+        t->n_normalized += (fl & PEFT__ADDED_NORMALIZED) != 0;
+        t->special_flags[t->n_special] = fl;
         t->special[t->n_special++] = id;
         if (!strcmp(content, "<s>") || !strcmp(content, "<|begin_of_text|>")) t->bos_id = id;
         if (!strcmp(content, "</s>") || !strcmp(content, "<|end_of_text|>") || !strcmp(content, "<|endoftext|>")) t->eos_id = id;

@@ -268,3 +268,55 @@ TEST(test_eos_lists_and_generation_config) {
     peft_graph_free(g);
     peft_model_free(m);
 }
+
+/* Added tokens' flags (lstrip, rstrip, single_word, normalized) as `tokenizers`
+   applies them: a Phi-3-style tokenizer (<|user|> with rstrip takes the newline
+   after it) and a byte-level one with every flag; ids equal tokenizers' for each
+   fixture string (tools/ref/make_added_tokens_fixture.py). */
+TEST(test_added_token_flags_match_tokenizers) {
+    static const char *const names[] = { "phi3", "flags" };
+    for (int f = 0; f < 2; f++) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/added_tokens/%s.json", th_fixtures(), names[f]);
+        peft_tokenizer t;
+        REQUIRE_OK(peft_tokenizer_load(&t, path, 0));
+        snprintf(path, sizeof path, "%s/added_tokens/%s.jsonl", th_fixtures(), names[f]);
+        unsigned char *buf;
+        size_t n;
+        REQUIRE_OK(peft_read_file(path, &buf, &n));
+        int lines = 0, ok = 0;
+        for (char *line = (char *)buf, *next; line && *line; line = next) {
+            next = strchr(line, '\n');
+            size_t len = next ? (size_t)(next - line) : strlen(line);
+            if (next) next++;
+            peft_json *j;
+            REQUIRE_OK(peft_json_parse(&j, line, len, path));
+            const char *text = peft_json_get(j, "text")->string;
+            const peft_json *want = peft_json_get(j, "ids");
+            int ids[512], k = peft_tokenizer_encode(&t, text, 0, 0, ids, 512), same = k == want->n_children, i = 0;
+            for (const peft_json *x = want->child; x && same; x = x->next, i++) same = ids[i] == (int)x->number;
+            if (!same) {
+                char got[512] = "";
+                for (i = 0; i < k && strlen(got) < 480; i++) snprintf(got + strlen(got), sizeof got - strlen(got), " %d", ids[i]);
+                CHECK(0, "%s: \"%s\": ids%s differ from tokenizers'", names[f], text, got);
+            }
+            ok += same;
+            lines++;
+            peft_json_free(j);
+        }
+        CHECK(lines >= 40 && ok == lines, "%s: %d of %d strings equal tokenizers'", names[f], ok, lines);
+        free(buf);
+        peft_tokenizer_free(&t);
+    }
+    /* a flag that is not a boolean, a key tokenizers does not write */
+    const char *bad[2] = { "{\"id\": 3, \"content\": \"<x>\", \"rstrip\": 1}", "{\"id\": 3, \"content\": \"<x>\", \"strip\": true}" };
+    for (int b = 0; b < 2; b++) {
+        char text[1024];
+        snprintf(text, sizeof text, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": "
+                 "[\"a b\"]}, \"added_tokens\": [%s], \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", bad[b]);
+        const char *p = th_tmp_text(b ? "added_bad2.json" : "added_bad1.json", text);
+        peft_tokenizer t;
+        CHECK(peft_tokenizer_load(&t, p, 0) != PEFT_OK && strstr(peft_last_error(), b ? "strip" : "rstrip") &&
+              strstr(peft_last_error(), "added_bad"), "bad added token %d: %s", b, peft_last_error());
+    }
+}
