@@ -99,8 +99,9 @@
                  llama2.c .bin (legacy, ak42 v1/v2), adapter folders, GGUF
                  LoRA adapters for llama.cpp
      tokenizers  llama2.c tokenizer.bin, Hugging Face tokenizer.json (BPE,
-                 SentencePiece-style and byte-level)
-     data        Alpaca / JSONL / text datasets with prompt masking, batches;
+                 SentencePiece-style and byte-level) with tokenizer_config.json
+                 (eos_token, chat_template by family: peft_chat_encode)
+     data        Alpaca / JSONL / chat / text datasets with prompt masking, batches;
                  generation with a KV cache; SVG plots; progress bars; the
                  demo's synthetic world (peft_demo_world)
 
@@ -788,7 +789,11 @@ PEFTDEF int         peft_chat_family(const char *name);
      other   (or .txt without a tokenizer) what peft_tokens_load reads, cut likewise
    Alpaca records use the Stanford template and recipe: ids = tokenize(prompt
    + output) with BOS and EOS, and the first len(tokenize(prompt)) ids are
-   masked. Examples longer than max_len are truncated; those left with no
+   masked. The EOS is the tokenizer's eos_token (t->eos_id; see PEFT_EOS_*), as
+   stanford_alpaca's train.py appends tokenizer.eos_token to every output and
+   TRL's SFTTrainer to every completion/text that does not already end with it
+   (an answer ending with the EOS text gets no second one here either); chat
+   records get no extra EOS, their template ends each turn. Examples longer than max_len are truncated; those left with no
    target are dropped (counted). t may be NULL for id files. */
 typedef struct {
     int     *ids;          /* every example's ids, back to back           */
@@ -8097,6 +8102,8 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
     int masked = lp ? peft_tokenizer_encode(t, prompt, 1, 0, buf + cap, cap) : 1;
     if (n < 0 || masked < 0) st = peft__fail(PEFT_ERR_ARG, "%s: a record is too long to tokenize", where);
     else {
+        /* an answer that already ends with the EOS text gets no second one (TRL's add_eos) */
+        if (t->eos_id >= 0 && n >= 2 && buf[n - 1] == t->eos_id && buf[n - 2] == t->eos_id && n - 1 > masked) n--;
         if (n > max_len) n = max_len;
         if (masked >= n) d->n_dropped++;                  /* no target left */
         else if (!peft__dsb_add(b, buf, n, masked)) st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);

@@ -202,6 +202,16 @@ TEST(test_eos_from_model_files) {
     CHECK(fabs(loss[0] - want) < 1e-5 * fabs(want), "first-step loss %.6f, transformers %.6f", loss[0], want);
     CHECK(fabs(loss[1] - want_wrong) < 1e-5 * fabs(want_wrong) && fabs(loss[1] - want) > 1e-3,
           "with <|endoftext|>: %.6f, transformers %.6f", loss[1], want_wrong);
+    /* a completion that already ends with the EOS text keeps one EOS, as TRL's add_eos */
+    t.eos_id = 2;
+    const char *p2 = th_tmp_text("eos_twice.jsonl", "{\"prompt\": \"Hi\", \"completion\": \"Yo<|im_end|>\"}\n"
+                                 "{\"prompt\": \"Hi\", \"completion\": \"Yo\"}\n");
+    peft_dataset d2;
+    REQUIRE_OK(peft_dataset_load(&d2, p2, &t, 64));
+    int64_t e0 = d2.start[1], e1 = d2.start[2] - d2.start[1];
+    CHECK(d2.n == 2 && e0 == e1 && d2.ids[e0 - 1] == 2 && d2.ids[e0 - 2] != 2, "one EOS at the end: %lld vs %lld ids",
+          (long long)e0, (long long)e1);
+    peft_dataset_free(&d2);
     peft_tokenizer_free(&t);
     /* no tokenizer_config.json: the guess by text (<|endoftext|>) gives way to config.json's id */
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
