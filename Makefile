@@ -8,7 +8,8 @@ BUILD   ?= build
 
 TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.c \
             tests/test_files.c tests/test_train.c tests/test_cli.c tests/test_methods.c tests/test_q4.c \
-            tests/test_gguf_quant.c
+            tests/test_gguf_quant.c \
+            tests/test_chat.c
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
@@ -55,7 +56,11 @@ fuzz:
 	{ printf '\001'; head -c 2000 tests/fixtures/alpaca/data.json | tr -d '\n[]' | sed 's/}, *{/}\n{/g'; } > $(BUILD)/fuzz-inputs/ds
 	$(BUILD)/fuzz_inputs $(BUILD)/fuzz-inputs -max_total_time=60 -max_len=65536
 
+# the test sources, for builds outside make (the aarch64 cross build in .ci/run)
+print-test-src:
+	@echo $(TEST_SRC)
+
 clean:
 	rm -rf build build-*
 
-.PHONY: all test demo bench fuzz clean
+.PHONY: all test demo bench fuzz clean print-test-src

@@ -99,8 +99,9 @@
                  llama2.c .bin (legacy, ak42 v1/v2), adapter folders, GGUF
                  LoRA adapters for llama.cpp
      tokenizers  llama2.c tokenizer.bin, Hugging Face tokenizer.json (BPE,
-                 SentencePiece-style and byte-level)
-     data        Alpaca / JSONL / text datasets with prompt masking, batches;
+                 SentencePiece-style and byte-level) with tokenizer_config.json
+                 (eos_token, chat_template by family: peft_chat_encode)
+     data        Alpaca / JSONL / chat / text datasets with prompt masking, batches;
                  generation with a KV cache; SVG plots; progress bars; the
                  demo's synthetic world (peft_demo_world)
 
@@ -148,6 +149,7 @@ PEFTDEF float    peft_rng_normal(peft_rng *r);           /* N(0, 1)     */
 
 /* --------------------------------------------------------------- tensors */
 #define PEFT_MAX_DIMS 4
+#define PEFT_MAX_EOS  8            /* end-of-sequence ids a model may list   */
 
 typedef struct peft_tensor {
     float   *data;
@@ -375,6 +377,8 @@ typedef struct {
     int   rope_interleaved;/* llama2.c / Meta layout instead of rotate_half */
     int   tie_embeddings;
     int   bos_id, eos_id;
+    int   eos_ids[PEFT_MAX_EOS], n_eos; /* every id of eos_token_id (an int or a list, as LLaMA-3-Instruct
+                                           ships it); eos_id is the first. n_eos 0: none given */
     int   attn_bias, mlp_bias; /* HF attention_bias / mlp_bias: q,k,v,o and gate,up,down have biases */
     int   q4;              /* block linears stored in 4 bits (bnb folder)  */
     peft_q4_type q4_type;
@@ -769,9 +773,32 @@ typedef struct {
     uint64_t *merge_key;
     int     *merge_rank, *merge_out;
     int     *special, n_special;     /* added tokens, matched in raw text      */
+    unsigned char *special_flags;    /* each one's lstrip/rstrip/single_word/normalized (PEFT__ADDED_*) */
+    int      n_normalized;           /* added tokens with normalized true      */
     char   **decoded;                /* byte-level: each piece as bytes        */
+    /* tokenizer_config.json beside tokenizer.json (all absent without one) */
+    int      eos_from;               /* PEFT_EOS_*: where eos_id came from     */
+    int      bos_token;              /* its bos_token's id (the text chat templates write), -1 none */
+    char    *chat_template;          /* its chat_template string, NULL if none */
+    int      chat;                   /* PEFT_CHAT_*: the template's family, recognised from it */
+    char    *chat_default_system;    /* the system message a ChatML template writes when the
+                                        conversation has none (SmolLM2's, Qwen's), NULL if none */
+    char     config_path[512];       /* the tokenizer_config.json read, "" if none */
 } peft_tokenizer;
 enum { PEFT_TOK_SCORES = 0, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES };
+enum { PEFT__ADDED_LSTRIP = 1, PEFT__ADDED_RSTRIP = 2, PEFT__ADDED_SINGLE_WORD = 4, PEFT__ADDED_NORMALIZED = 8 };
+/* eos_id, from the model's files as transformers takes it: tokenizer_config.json's eos_token
+   (a string or an AddedToken object, looked up among the added tokens and the vocabulary);
+   without one, the caller's config.json eos_token_id (peft_tokenizer_use_config_eos); the
+   token's text ("</s>", "<|endoftext|>"...) only when neither file says. */
+enum { PEFT_EOS_GUESSED = 0, PEFT_EOS_TOKENIZER_CONFIG, PEFT_EOS_CONFIG };
+/* Chat template families, recognised from the template string by distinctive substrings
+   (as llama.cpp's llm_chat_detect_template does; no Jinja engine):
+     CHATML  "<|im_start|>"            <|im_start|>{role}\n{content}<|im_end|>\n
+     LLAMA2  "[INST]" and "<<SYS>>"    <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>
+     LLAMA3  "<|start_header_id|>"     <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
+     ALPACA  "### Instruction:"        <s>{system}\n\n### Instruction:\n{user}\n\n### Response:\n{answer}</s>\n\n */
+enum { PEFT_CHAT_NONE = 0, PEFT_CHAT_CHATML, PEFT_CHAT_LLAMA2, PEFT_CHAT_LLAMA3, PEFT_CHAT_ALPACA };
 PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
 /* From a file or a model folder: tokenizer.json (Hugging Face), else
    llama2.c's tokenizer.bin (vocab_size is needed for that one only). */
@@ -783,22 +810,50 @@ PEFTDEF int         peft_tokenizer_encode(const peft_tokenizer *t, const char *t
    BOS; byte pieces <0xXX> decode to the byte). */
 PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int id, char buf[8]);
 PEFTDEF void        peft_tokenizer_free(peft_tokenizer *t);
+/* When no tokenizer_config.json named the EOS (eos_from is PEFT_EOS_GUESSED), takes
+   config.json's eos_token_id (the first of a list) instead of the guess by text. */
+PEFTDEF void        peft_tokenizer_use_config_eos(peft_tokenizer *t, const peft_config *c);
+/* One message of a conversation: role "system", "user" or "assistant". */
+typedef struct { const char *role, *content; } peft_chat_message;
+/* A conversation rendered as chat family `chat` renders it (PEFT_CHAT_*; 0 = the tokenizer's
+   own, from tokenizer_config.json) and tokenized: returns the number of ids (at most max),
+   or -1 with the error set (unknown or missing template, roles out of order, too long).
+   mask (may be NULL) gets 1 for the ids that carry loss: the assistant turns' content and
+   end-of-turn token (TRL's assistant-only loss), 0 for the rest. add_generation_prompt
+   appends the assistant's header, as apply_chat_template(add_generation_prompt=True). */
+PEFTDEF int         peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_message *msg, int n_msg,
+                                     int add_generation_prompt, int *ids, unsigned char *mask, int max);
+/* The PEFT_CHAT_* family of a chat template string: 0 for NULL, -1 when not recognised. */
+PEFTDEF int         peft_chat_detect(const char *tmpl);
+/* The family of a --chat-template name: chatml, llama2, llama3, alpaca; -1 otherwise. */
+PEFTDEF int         peft_chat_family(const char *name);
 
 /* ------------------------------------------------------ supervised datasets */
 /* Examples as token ids with the number of leading tokens that carry no
    loss. Loaded from
      .json   an array of Alpaca records {instruction, input, output}
-     .jsonl  one record per line: Alpaca keys, {prompt, completion}, or {text}
+     .jsonl  one record per line: Alpaca keys, {prompt, completion}, {text}, or a chat
+             {"messages": [{"role": "system"|"user"|"assistant", "content"}, ...]}
+             (as mlx-lm, TRL and OpenAI keep it; .json arrays may hold them too),
+             rendered by the tokenizer's chat template (t->chat, from
+             tokenizer_config.json or set by the caller) with loss on the assistant
+             turns only (peft_chat_encode)
      .txt    plain text, tokenized whole and cut into max_len-token pieces
      other   (or .txt without a tokenizer) what peft_tokens_load reads, cut likewise
    Alpaca records use the Stanford template and recipe: ids = tokenize(prompt
    + output) with BOS and EOS, and the first len(tokenize(prompt)) ids are
-   masked. Examples longer than max_len are truncated; those left with no
+   masked. The EOS is the tokenizer's eos_token (t->eos_id; see PEFT_EOS_*), as
+   stanford_alpaca's train.py appends tokenizer.eos_token to every output and
+   TRL's SFTTrainer to every completion/text that does not already end with it
+   (an answer ending with the EOS text gets no second one here either); chat
+   records get no extra EOS, their template ends each turn. Examples longer than max_len are truncated; those left with no
    target are dropped (counted). t may be NULL for id files. */
 typedef struct {
     int     *ids;          /* every example's ids, back to back           */
     int64_t *start;        /* [n + 1] offsets into ids                    */
     int     *n_masked;     /* leading ids of each example without loss    */
+    unsigned char *loss;   /* per id: 1 = a target with loss (chat data masks every non-assistant
+                              turn); NULL: every id after the n_masked leading ones */
     int      n, n_dropped;
     int64_t  n_tokens;
     char     path[512];
@@ -824,14 +879,35 @@ PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt
                                  int max_new, int eos, int *out);
 /* Sampling: temperature 0 is greedy; otherwise softmax(logits/T), keep the
    top_k (0 = all) and the smallest set with probability ≥ top_p (1 = all). */
-typedef struct { float temperature, top_p; int top_k; uint64_t seed; } peft_sampler;
+typedef struct {
+    float temperature, top_p;
+    int   top_k;
+    uint64_t seed;
+    float repetition_penalty;   /* CTRL's, as transformers applies it to every id of prompt and
+                                   output: logit/p when positive, logit*p when not; 0 or 1 = off */
+    const int *stop;            /* more ids that end generation (every EOS of the model), n_stop */
+    int   n_stop;
+} peft_sampler;
 PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *scratch, int *iscratch);
 /* Generation with a sampler; on_token (may be NULL) sees each new id as it
-   comes (streaming) and can stop by returning non-zero. Returns the count, or
-   -1 with peft_last_error() set (a prompt id outside the vocabulary, a prompt
-   longer than max_position_embeddings, no memory). */
+   comes (streaming) and can stop by returning non-zero. Stops after eos or any
+   of s->stop. Returns the count, or -1 with peft_last_error() set (a prompt id
+   outside the vocabulary, a prompt longer than max_position_embeddings, no memory). */
 PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n_prompt, int max_new, int eos,
                           const peft_sampler *s, int *out, int (*on_token)(void *ctx, int id), void *ctx);
+
+/* generation_config.json as transformers reads it for generate(). Fields not
+   given are -1 (n_eos 0). do_sample true without top_k means top_k 50 (the
+   GenerationConfig default). Keys that have no effect here (num_beams > 1,
+   min_new_tokens, ...) are listed in `unused`, for the caller to warn. */
+typedef struct {
+    int   eos_ids[PEFT_MAX_EOS], n_eos;  /* eos_token_id: an int or a list; generation stops at any */
+    int   bos_id, pad_id;                /* bos_token_id, pad_token_id (padding only)            */
+    int   do_sample, top_k, max_new_tokens, max_length;
+    float temperature, top_p, repetition_penalty;
+    char  unused[512];                   /* "key, key" of the keys without effect, "" if none     */
+} peft_generation_config;
+PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const char *path);
 
 /* The Stanford Alpaca prompt (with or without input), ending "### Response:". */
 PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char *out, size_t n);
@@ -4055,6 +4131,23 @@ static int peft__json_float(const peft_json *o, const char *key, float *out) {
     *out = (float)v->number;
     return 1;
 }
+/* eos_token_id as config.json / generation_config.json give it: an int, a
+   list of ints (at most PEFT_MAX_EOS) or null; 0 when it is anything else */
+static int peft__eos_list(const peft_json *e, int *ids, int *n) {
+    *n = 0;
+    if (!e || e->type == PEFT_JSON_NULL) return 1;
+    if (e->type == PEFT_JSON_NUMBER && e->number >= 0 && e->number < 1 << 30 && e->number == (int)e->number) {
+        ids[(*n)++] = (int)e->number;
+        return 1;
+    }
+    if (e->type != PEFT_JSON_ARRAY || e->n_children > PEFT_MAX_EOS) return 0;
+    for (const peft_json *x = e->child; x; x = x->next) {
+        if (x->type != PEFT_JSON_NUMBER || x->number < 0 || x->number >= 1 << 30 || x->number != (int)x->number) return 0;
+        ids[(*n)++] = (int)x->number;
+    }
+    return 1;
+}
+
 static const char *peft__json_str(const peft_json *o, const char *key) {
     const peft_json *v = peft_json_get(o, key);
     return (v && v->type == PEFT_JSON_STRING) ? v->string : NULL;
@@ -4127,13 +4220,15 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         int r = peft__json_int(j, ints[i].key, ints[i].dst);
         if (r < 0 && strcmp(ints[i].key, "eos_token_id") == 0) {
-            /* LLaMA-3 instruct lists several EOS ids: take the first */
+            /* LLaMA-3 instruct lists several EOS ids: every one stops generation, the first is eos_id */
             const peft_json *e = peft_json_get(j, "eos_token_id");
-            if (e->type == PEFT_JSON_ARRAY && e->child && e->child->type == PEFT_JSON_NUMBER &&
-                e->child->number == floor(e->child->number) && fabs(e->child->number) <= 2147483647.0) {
-                c->eos_id = (int)e->child->number;
+            if (peft__eos_list(e, c->eos_ids, &c->n_eos)) {
+                c->eos_id = c->n_eos > 0 ? c->eos_ids[0] : -1;     /* null: no EOS */
                 r = 1;
             }
+        } else if (r > 0 && strcmp(ints[i].key, "eos_token_id") == 0) {
+            c->eos_ids[0] = c->eos_id;
+            c->n_eos = 1;
         }
         if (r < 0 || (r == 0 && ints[i].required)) {
             s = peft__fail(PEFT_ERR_CONFIG, "%s: '%s' is %s", path, ints[i].key,
@@ -7448,10 +7543,10 @@ static int peft__piece_id(const peft_tokenizer *t, const char *s) {
     return -1;
 }
 
-static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max);
+static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max, int *starts);
 
 PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max) {
-    if (t->kind != PEFT_TOK_SCORES) return peft__encode_hf(t, text, bos, eos, ids, max);
+    if (t->kind != PEFT_TOK_SCORES) return peft__encode_hf(t, text, bos, eos, ids, max, NULL);
     int n = 0;
     size_t tl = strlen(text);
     if ((size_t)max < tl + 4) return -1;            /* at most one token per byte, + prefix, BOS, EOS */
@@ -7511,7 +7606,14 @@ PEFTDEF void peft_tokenizer_free(peft_tokenizer *t) {
     if (t->decoded) for (int i = 0; i < t->n; i++) PEFT_FREE(t->decoded[i]);
     PEFT_FREE(t->pieces); PEFT_FREE(t->scores); PEFT_FREE(t->sorted); PEFT_FREE(t->decoded);
     PEFT_FREE(t->merge_key); PEFT_FREE(t->merge_rank); PEFT_FREE(t->merge_out); PEFT_FREE(t->special);
+    PEFT_FREE(t->chat_template); PEFT_FREE(t->chat_default_system); PEFT_FREE(t->special_flags);
     memset(t, 0, sizeof *t);
+}
+
+PEFTDEF void peft_tokenizer_use_config_eos(peft_tokenizer *t, const peft_config *c) {
+    if (t->eos_from != PEFT_EOS_GUESSED || c->eos_id < 0 || c->eos_id >= t->n) return;
+    t->eos_id = c->eos_id;
+    t->eos_from = PEFT_EOS_CONFIG;
 }
 
 /* ---- Hugging Face tokenizer.json ---------------------------------------------------
@@ -7872,10 +7974,13 @@ static int peft__encode_bytes_word(const peft_tokenizer *t, const char *s, size_
     return peft__bpe(t, ids, n);
 }
 
+/* starts (may be NULL): each id's first byte in s; within a pre-token, the running length of the
+   ids' bytes (byte-level pieces decode to exactly the text's bytes) */
 static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len, int first, int *ids, char *scratch,
-                              uint32_t *cps, int *offs) {
+                              uint32_t *cps, int *offs, int *starts) {
     int n = 0, nc = 0;
     if (first && t->prefix_space && !(len && s[0] == ' ')) n += peft__encode_bytes_word(t, " ", 1, ids, scratch);
+    for (int k = 0; starts && k < n; k++) starts[k] = 0;
     for (size_t i = 0; i < len;) {
         offs[nc] = (int)i;
         i += (size_t)peft__utf8_next((const unsigned char *)s + i, (int)(len - i), &cps[nc++]);
@@ -7891,7 +7996,12 @@ static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len
         for (int j = i; j < end;) {
             int e = t->pretok ? peft__pretok_end(cps + i, end - i, j - i, t->pretok == 2) + i : end;
             if (e <= j) e = j + 1;                     /* always progress */
+            int k0 = n, at = offs[j];
             n += peft__encode_bytes_word(t, s + offs[j], (size_t)(offs[e] - offs[j]), ids + n, scratch);
+            for (int k = k0; starts && k < n; k++) {
+                starts[k] = at < offs[e] ? at : offs[e] - 1;
+                at += ids[k] >= 0 && t->decoded && t->decoded[ids[k]] ? (int)strlen(t->decoded[ids[k]]) : 1;
+            }
             j = e;
         }
         i = end;
@@ -7899,32 +8009,114 @@ static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len
     return n;
 }
 
-static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max) {
+/* starts (may be NULL): each id's first byte in text (BOS/EOS at 0 / len; a
+   SentencePiece segment's running piece lengths, the dummy ▁ counted at the start) */
+/* Added tokens in text[a, b) as tokenizers' AddedVocabulary finds them: the
+   leftmost match, longest there, among the tokens of one kind (normalized or
+   not); a single_word token only between non-word characters (\w: letters,
+   digits, _), else skipped over; lstrip / rstrip take the whitespace before /
+   after it into the token. Appends (start, end, id) pieces covering [a, b), id
+   -1 for text between tokens; returns the new count. */
+static int peft__added_split(const peft_tokenizer *t, const char *text, size_t a, size_t b, int normalized,
+                             size_t *st, size_t *en, int *id, int n) {
+    size_t last = a;
+    for (size_t i = a; i < b;) {
+        int k_best = -1;
+        size_t slen = 0;
+        for (int k = 0; k < t->n_special; k++) {
+            if (((t->special_flags ? t->special_flags[k] : 0) & PEFT__ADDED_NORMALIZED ? 1 : 0) != normalized) continue;
+            const char *p = t->pieces[t->special[k]];
+            size_t pl = strlen(p);
+            if (pl > slen && pl <= b - i && !memcmp(text + i, p, pl)) { k_best = k; slen = pl; }
+        }
+        if (k_best < 0) { i++; continue; }
+        int fl = t->special_flags ? t->special_flags[k_best] : 0;
+        size_t start = i, stop = i + slen;
+        uint32_t c;
+        i = stop;
+        if (fl & PEFT__ADDED_SINGLE_WORD) {
+            int word_before = 0, word_after = 0;
+            if (start > a) {
+                size_t q = start - 1;
+                while (q > a && ((unsigned char)text[q] & 0xC0) == 0x80) q--;
+                peft__utf8_next((const unsigned char *)text + q, (int)(start - q), &c);
+                word_before = peft__is_letter(c) || peft__is_number(c) || c == '_';
+            }
+            if (stop < b) {
+                peft__utf8_next((const unsigned char *)text + stop, (int)(b - stop), &c);
+                word_after = peft__is_letter(c) || peft__is_number(c) || c == '_';
+            }
+            if (word_before || word_after) continue;
+        }
+        if (fl & PEFT__ADDED_LSTRIP) {
+            while (start > last) {
+                size_t q = start - 1;
+                while (q > last && ((unsigned char)text[q] & 0xC0) == 0x80) q--;
+                peft__utf8_next((const unsigned char *)text + q, (int)(start - q), &c);
+                if (!peft__is_space(c)) break;
+                start = q;
+            }
+        }
+        if (fl & PEFT__ADDED_RSTRIP)
+            while (stop < b) {
+                int l = peft__utf8_next((const unsigned char *)text + stop, (int)(b - stop), &c);
+                if (!peft__is_space(c)) break;
+                stop += (size_t)l;
+            }
+        if (start > last) { st[n] = last; en[n] = start; id[n++] = -1; }
+        st[n] = start; en[n] = stop; id[n++] = t->special[k_best];
+        last = i = stop;
+    }
+    if (b > last) { st[n] = last; en[n] = b; id[n++] = -1; }
+    return n;
+}
+
+static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max, int *starts) {
     size_t len = strlen(text);
     if ((size_t)max < len + 4) return -1;
     char *scratch = (char *)PEFT_MALLOC(len * 2 + 16);
     uint32_t *cps = (uint32_t *)PEFT_MALLOC(sizeof(uint32_t) * (len + 1));
     int *offs = (int *)PEFT_MALLOC(sizeof(int) * (len + 2));
-    if (!scratch || !cps || !offs) { PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); return -1; }
-    int n = 0;
-    if (bos && t->bos_id >= 0) ids[n++] = t->bos_id;
-    size_t seg = 0;
-    for (size_t i = 0; i <= len; i++) {
-        int sid = -1;
-        size_t slen = 0;
-        for (int k = 0; i < len && k < t->n_special; k++) {      /* the longest added token here */
-            const char *p = t->pieces[t->special[k]];
-            size_t pl = strlen(p);
-            if (pl > slen && pl <= len - i && !memcmp(text + i, p, pl)) { sid = t->special[k]; slen = pl; }
-        }
-        if (sid < 0 && i < len) continue;
-        if (i > seg)
-            n += t->kind == PEFT_TOK_HF_BYTES ? peft__encode_bytes(t, text + seg, i - seg, seg == 0, ids + n, scratch, cps, offs)
-                                              : peft__encode_sp_word(t, text + seg, i - seg, seg == 0, ids + n);
-        if (sid >= 0) { ids[n++] = sid; i += slen - 1; seg = i + 1; }
+    /* pieces: the non-normalized added tokens matched in the raw text, then the normalized ones
+       in what lies between (the normalizer is the identity wherever normalized tokens are allowed) */
+    size_t cap = 2 * len + 4, *pst = (size_t *)PEFT_MALLOC(sizeof(size_t) * cap * 4), *pen = pst ? pst + cap : NULL;
+    size_t *qst = pst ? pst + 2 * cap : NULL, *qen = pst ? pst + 3 * cap : NULL;
+    int *pid = (int *)PEFT_MALLOC(sizeof(int) * cap * 2), *qid = pid ? pid + cap : NULL;
+    if (!scratch || !cps || !offs || !pst || !pid) {
+        PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); PEFT_FREE(pst); PEFT_FREE(pid);
+        return -1;
     }
-    if (eos && t->eos_id >= 0) ids[n++] = t->eos_id;
-    PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs);
+    int np = peft__added_split(t, text, 0, len, 0, pst, pen, pid, 0), nq = 0;
+    for (int k = 0; k < np; k++) {
+        if (pid[k] >= 0 || !t->n_normalized) { qst[nq] = pst[k]; qen[nq] = pen[k]; qid[nq++] = pid[k]; }
+        else nq = peft__added_split(t, text, pst[k], pen[k], 1, qst, qen, qid, nq);
+    }
+    int n = 0;
+    if (bos && t->bos_id >= 0) { if (starts) starts[n] = 0; ids[n++] = t->bos_id; }
+    for (int q = 0; q < nq; q++) {
+        size_t seg = qst[q], i = qen[q];
+        if (qid[q] >= 0) {
+            if (starts) starts[n] = (int)seg;
+            ids[n++] = qid[q];
+            continue;
+        }
+        int n0 = n;
+        n += t->kind == PEFT_TOK_HF_BYTES ? peft__encode_bytes(t, text + seg, i - seg, seg == 0, ids + n, scratch, cps, offs,
+                                                               starts ? starts + n : NULL)
+                                          : peft__encode_sp_word(t, text + seg, i - seg, seg == 0, ids + n);
+        if (starts && t->kind == PEFT_TOK_HF_BYTES)
+            for (int k = n0; k < n; k++) starts[k] += (int)seg;
+        else if (starts) {
+            int at = (int)seg - (n > n0 && t->pieces[ids[n0]][0] == ' ' && text[seg] != ' ');
+            for (int k = n0; k < n; k++) {
+                const char *pc = ids[k] >= 0 ? t->pieces[ids[k]] : "?";
+                starts[k] = at < (int)seg ? (int)seg : at < (int)i ? at : (int)i - 1;
+                at += !strncmp(pc, "<0x", 3) && strlen(pc) == 6 ? 1 : (int)strlen(pc);
+            }
+        }
+    }
+    if (eos && t->eos_id >= 0) { if (starts) starts[n] = (int)len; ids[n++] = t->eos_id; }
+    PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); PEFT_FREE(pst); PEFT_FREE(pid);
     return n;
 }
 
@@ -8011,6 +8203,111 @@ static peft_status peft__tok_pretokenizer(peft_tokenizer *t, const peft_json *p,
     return peft__fail(PEFT_ERR_FORMAT, "%s: pre_tokenizer \"%s\" is not supported", path, type);
 }
 
+/* a token named by its text ("<|im_end|>"): an added token, else a vocabulary piece; -1 if none */
+static int peft__token_by_text(const peft_tokenizer *t, const char *text) {
+    for (int k = 0; k < t->n_special; k++) if (!strcmp(t->pieces[t->special[k]], text)) return t->special[k];
+    if (t->kind == PEFT_TOK_HF_BYTES) {
+        for (int i = 0; i < t->n; i++) if (t->decoded && t->decoded[i] && !strcmp(t->decoded[i], text)) return i;
+        return -1;
+    }
+    return peft__piece_id(t, text);
+}
+
+PEFTDEF int peft_chat_detect(const char *tmpl) {
+    if (!tmpl) return PEFT_CHAT_NONE;
+    if (strstr(tmpl, "<|im_start|>")) return PEFT_CHAT_CHATML;
+    /* LLaMA-3.1 onwards write a date header and tool calls into the system turn: not LLaMA-3's format */
+    if (strstr(tmpl, "<|start_header_id|>") && strstr(tmpl, "<|end_header_id|>"))
+        return strstr(tmpl, "Knowledge Date") ? -1 : PEFT_CHAT_LLAMA3;
+    /* Mistral's [INST] templates (no <<SYS>>) space the turns differently */
+    if (strstr(tmpl, "[INST]")) return strstr(tmpl, "<<SYS>>") ? PEFT_CHAT_LLAMA2 : -1;
+    if (strstr(tmpl, "### Instruction:")) return PEFT_CHAT_ALPACA;
+    return -1;
+}
+
+PEFTDEF int peft_chat_family(const char *name) {
+    static const char *const names[] = { "none", "chatml", "llama2", "llama3", "alpaca" };
+    for (int i = 1; i < 5; i++) if (name && !strcmp(name, names[i])) return i;
+    return -1;
+}
+
+/* The system message a ChatML template writes when the conversation has none: the literal
+   after '<|im_start|>system\n' (newline written or escaped) up to <|im_end|>, when it is
+   plain text (no quote, so not an expression such as messages[0]['content']). */
+static char *peft__chatml_default_system(const char *tmpl) {
+    static const char head[] = "<|im_start|>system";
+    for (const char *p = strstr(tmpl, head); p; p = strstr(p + 1, head)) {
+        const char *q = p + sizeof head - 1;
+        if (*q == '\n') q++;
+        else if (q[0] == '\\' && q[1] == 'n') q += 2;
+        else continue;
+        const char *end = strstr(q, "<|im_end|>");
+        if (!end || end == q) continue;
+        size_t n = (size_t)(end - q);
+        if (memchr(q, '\'', n) || memchr(q, '"', n) || memchr(q, '{', n)) continue;
+        char *out = (char *)PEFT_MALLOC(n + 1), *w = out;
+        if (!out) return NULL;
+        for (const char *r = q; r < end; r++) {          /* Jinja string escapes */
+            if (r[0] == '\\' && r + 1 < end) { r++; *w++ = *r == 'n' ? '\n' : *r == 't' ? '\t' : *r; }
+            else *w++ = *r;
+        }
+        *w = 0;
+        return out;
+    }
+    return NULL;
+}
+
+/* tokenizer_config.json beside tokenizer.json: eos_token, bos_token and chat_template
+   (a string, or a list of {name, template} of which "default" is taken). */
+static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s", tok_path);
+    char *slash = strrchr(path, '/');
+    if (slash) snprintf(slash + 1, sizeof path - (size_t)(slash + 1 - path), "tokenizer_config.json");
+    else snprintf(path, sizeof path, "tokenizer_config.json");
+    if (!peft__file_exists(path)) return PEFT_OK;
+    peft_json *j;
+    peft_status s = peft_json_load(&j, path);
+    if (s != PEFT_OK) { peft_tokenizer_free(t); return s; }
+    static const char *const keys[] = { "eos_token", "bos_token" };
+    for (int k = 0; k < 2 && s == PEFT_OK; k++) {
+        const peft_json *v = peft_json_get(j, keys[k]);
+        if (!v) continue;
+        const char *text = v->type == PEFT_JSON_STRING ? v->string : v->type == PEFT_JSON_OBJECT ? peft__json_str(v, "content") : NULL;
+        if (v->type == PEFT_JSON_NULL) {
+            if (k == 1) t->bos_token = -1;
+            continue;
+        }
+        int id = text ? peft__token_by_text(t, text) : -1;
+        if (!text) s = peft__fail(PEFT_ERR_FORMAT, "%s: %s is neither a string nor a token object", path, keys[k]);
+        else if (id < 0) s = peft__fail(PEFT_ERR_FORMAT, "%s: %s \"%s\" is not a token of the tokenizer", path, keys[k], text);
+        else if (k == 0) { t->eos_id = id; t->eos_from = PEFT_EOS_TOKENIZER_CONFIG; }
+        else t->bos_token = id;
+    }
+    const peft_json *ct = peft_json_get(j, "chat_template");
+    if (s == PEFT_OK && ct && ct->type == PEFT_JSON_ARRAY) {
+        const peft_json *pick = NULL;
+        for (const peft_json *c = ct->child; c; c = c->next) {
+            const char *name = peft__json_str(c, "name");
+            if (name && !strcmp(name, "default")) pick = peft_json_get(c, "template");
+        }
+        if (!pick) s = peft__fail(PEFT_ERR_FORMAT, "%s: chat_template is a list without a \"default\" entry", path);
+        ct = pick;
+    }
+    if (s == PEFT_OK && ct && ct->type != PEFT_JSON_NULL) {
+        if (ct->type != PEFT_JSON_STRING) s = peft__fail(PEFT_ERR_FORMAT, "%s: chat_template is not a string", path);
+        else if (!(t->chat_template = peft__strdup(ct->string))) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        else {
+            t->chat = peft_chat_detect(ct->string);
+            if (t->chat == PEFT_CHAT_CHATML) t->chat_default_system = peft__chatml_default_system(ct->string);
+        }
+    }
+    snprintf(t->config_path, sizeof t->config_path, "%.500s", path);
+    peft_json_free(j);
+    if (s != PEFT_OK) peft_tokenizer_free(t);
+    return s;
+}
+
 static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) {
     memset(t, 0, sizeof *t);
     peft_json *j;
@@ -8055,7 +8352,9 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     t->scores = (float *)peft__calloc(sizeof(float) * (size_t)n);
     t->sorted = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n);
     t->special = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(added ? added->n_children + 1 : 1));
-    if (!t->pieces || !t->scores || !t->sorted || !t->special) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+    t->special_flags = (unsigned char *)peft__calloc((size_t)(added ? added->n_children + 1 : 1));
+    if (!t->pieces || !t->scores || !t->sorted || !t->special || !t->special_flags)
+        return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
     for (const peft_json *v = vocab->child; v; v = v->next) {
         if (v->type != PEFT_JSON_NUMBER || v->number < 0) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: vocab entry \"%s\" has no id", path, v->key));
         int id = (int)v->number;
@@ -8082,6 +8381,28 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
             PEFT_FREE(t->pieces[id]);
             if (!(t->pieces[id] = peft__strdup(content))) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
         }
+        /* the flags of tokenizers' AddedToken; special only decides skip_special_tokens when decoding */
+        static const char *const flag_keys[] = { "lstrip", "rstrip", "single_word", "normalized" };
+        unsigned char fl = 0;
+        for (const peft_json *f = a->child; f; f = f->next) {
+            int known = !strcmp(f->key, "id") || !strcmp(f->key, "content") || !strcmp(f->key, "special");
+            for (int k = 0; k < 4; k++)
+                if (!strcmp(f->key, flag_keys[k])) {
+                    known = 1;
+                    if (f->type != PEFT_JSON_BOOL)
+                        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: added token %s: %s is not true or false",
+                                                              path, content, f->key));
+                    if (f->number != 0) fl |= (unsigned char)(1 << k);
+                }
+            if (!known)
+                return peft__tokfail(t, j, peft__fail(PEFT_ERR_UNSUPPORTED, "%s: added token %s: key \"%s\" is not supported",
+                                                      path, content, f->key));
+        }
+        if ((fl & PEFT__ADDED_NORMALIZED) && (t->norm_space || t->prefix_space == 2))
+            return peft__tokfail(t, j, peft__fail(PEFT_ERR_UNSUPPORTED, "%s: added token %s: normalized true with the "
+                                                  "Prepend/Replace normalizer is not supported", path, content));
+        t->n_normalized += (fl & PEFT__ADDED_NORMALIZED) != 0;
+        t->special_flags[t->n_special] = fl;
         t->special[t->n_special++] = id;
         if (!strcmp(content, "<s>") || !strcmp(content, "<|begin_of_text|>")) t->bos_id = id;
         if (!strcmp(content, "</s>") || !strcmp(content, "<|end_of_text|>") || !strcmp(content, "<|endoftext|>")) t->eos_id = id;
@@ -8168,7 +8489,161 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
         }
     }
     peft_json_free(j);
-    return PEFT_OK;
+    t->bos_token = t->bos_id;
+    return peft__tok_config(t, path);
+}
+
+/* ---- chat templates ---------------------------------------------------------------
+   Each family rendered as its real template renders a conversation (transformers'
+   apply_chat_template), then tokenized whole with the added tokens parsed (and no
+   post-processor BOS: the template writes its own). The loss mask follows TRL's
+   assistant-only loss: the tokens that overlap an assistant turn's content or its
+   end-of-turn token (<|im_end|>, </s>, <|eot_id|>) carry loss, nothing else. */
+static const char *peft__chat_role(const char *r) {
+    static const char *const roles[] = { "system", "user", "assistant" };
+    for (int i = 0; i < 3; i++) if (r && !strcmp(r, roles[i])) return roles[i];
+    return NULL;
+}
+
+/* Python's str.strip() (Jinja's trim) on ASCII and the Unicode spaces */
+static void peft__strip(const char *s, const char **a, size_t *n) {
+    const char *e = s + strlen(s);
+    for (;;) {
+        uint32_t c;
+        int l = *s ? peft__utf8_next((const unsigned char *)s, (int)(e - s), &c) : 0;
+        if (!l || !(peft__is_space(c) || (c >= 0x1C && c <= 0x1F))) break;
+        s += l;
+    }
+    while (e > s) {
+        const char *q = e - 1;
+        while (q > s && ((unsigned char)*q & 0xC0) == 0x80) q--;
+        uint32_t c;
+        peft__utf8_next((const unsigned char *)q, (int)(e - q), &c);
+        if (!(peft__is_space(c) || (c >= 0x1C && c <= 0x1F))) break;
+        e = q;
+    }
+    *a = s;
+    *n = (size_t)(e - s);
+}
+
+PEFTDEF int peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_message *msg, int n_msg,
+                             int add_generation_prompt, int *ids, unsigned char *mask, int max) {
+    const char *src = t->config_path[0] ? t->config_path : "the tokenizer";
+    if (!chat) chat = t->chat;
+    if (chat < 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: chat_template is not one of the known families (ChatML, LLaMA-2 "
+                          "[INST] <<SYS>>, LLaMA-3 header ids, Alpaca); give --chat-template chatml|llama2|llama3|alpaca", src), -1;
+    if (chat == PEFT_CHAT_NONE)
+        return peft__fail(PEFT_ERR_ARG, "%s: no chat_template; give --chat-template chatml|llama2|llama3|alpaca", src), -1;
+    if (chat > PEFT_CHAT_ALPACA) return peft__fail(PEFT_ERR_ARG, "chat template family %d is unknown", chat), -1;
+    if (t->kind == PEFT_TOK_SCORES)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "chat templates need a tokenizer.json (added tokens), not tokenizer.bin"), -1;
+    const char *eot = NULL, *bos = t->bos_token >= 0 && t->bos_token < t->n ? t->pieces[t->bos_token] : NULL;
+    const char *eos = t->eos_id >= 0 && t->eos_id < t->n ? t->pieces[t->eos_id] : NULL;
+    if (chat == PEFT_CHAT_CHATML) eot = "<|im_end|>";
+    if (chat == PEFT_CHAT_LLAMA3) eot = "<|eot_id|>";
+    if (chat == PEFT_CHAT_LLAMA2 || chat == PEFT_CHAT_ALPACA) eot = eos;
+    if (!eot || peft__token_by_text(t, eot) < 0 || (chat != PEFT_CHAT_CHATML && !bos))
+        return peft__fail(PEFT_ERR_FORMAT, "%s: the %s chat template needs the tokens %s%s%s", src,
+                          chat == PEFT_CHAT_CHATML ? "ChatML" : chat == PEFT_CHAT_LLAMA2 ? "LLaMA-2" :
+                          chat == PEFT_CHAT_LLAMA3 ? "LLaMA-3" : "Alpaca", eot ? eot : "(an EOS)",
+                          chat != PEFT_CHAT_CHATML ? " and a bos_token" : "", ""), -1;
+    peft__sb b = { NULL, 0, 0, 0 };
+    size_t *span = (size_t *)PEFT_MALLOC(sizeof(size_t) * 2 * (size_t)(n_msg + 1));
+    int n_span = 0, first = 0;
+    if (!span) return peft__fail(PEFT_ERR_NOMEM, "no memory"), -1;
+    for (int i = 0; i < n_msg; i++)
+        if (!peft__chat_role(msg[i].role) || !msg[i].content) {
+            PEFT_FREE(span);
+            return peft__fail(PEFT_ERR_FORMAT, "message %d: role \"%s\" is not system, user or assistant (or content missing)",
+                              i, msg[i].role ? msg[i].role : "(none)"), -1;
+        }
+    const char *system = n_msg && !strcmp(msg[0].role, "system") ? msg[0].content : NULL;
+    if (system) first = 1;
+    for (int i = first; i < n_msg; i++) {
+        int want_user = (i - first) % 2 == 0;
+        if (!strcmp(msg[i].role, "system") || ((chat == PEFT_CHAT_LLAMA2 || chat == PEFT_CHAT_ALPACA) &&
+                                               want_user != !strcmp(msg[i].role, "user"))) {
+            PEFT_FREE(span);
+            return peft__fail(PEFT_ERR_FORMAT, "message %d: the roles must be an optional system message, then user and "
+                              "assistant by turns", i), -1;
+        }
+    }
+    const char *a;
+    size_t n;
+    if (chat == PEFT_CHAT_ALPACA) {
+        peft__sbf(&b, "%s", bos);
+        if (system) { peft__strip(system, &a, &n); peft__sbf(&b, "%.*s\n\n", (int)n, a); }
+    }
+    if (chat == PEFT_CHAT_CHATML && !system && t->chat_default_system && n_msg)
+        peft__sbf(&b, "<|im_start|>system\n%s<|im_end|>\n", t->chat_default_system);
+    for (int i = chat == PEFT_CHAT_CHATML || chat == PEFT_CHAT_LLAMA3 ? 0 : first; i < n_msg; i++) {
+        int is_asst = !strcmp(msg[i].role, "assistant");
+        if (chat == PEFT_CHAT_CHATML) {
+            peft__sbf(&b, "<|im_start|>%s\n", msg[i].role);
+            if (is_asst) span[2 * n_span] = b.n;
+            peft__sbf(&b, "%s<|im_end|>", msg[i].content);
+            if (is_asst) span[2 * n_span++ + 1] = b.n;
+            peft__sbf(&b, "\n");
+        } else if (chat == PEFT_CHAT_LLAMA3) {
+            peft__strip(msg[i].content, &a, &n);
+            peft__sbf(&b, "%s<|start_header_id|>%s<|end_header_id|>\n\n", i == 0 ? bos : "", msg[i].role);
+            if (is_asst) span[2 * n_span] = b.n;
+            peft__sbf(&b, "%.*s<|eot_id|>", (int)n, a);
+            if (is_asst) span[2 * n_span++ + 1] = b.n;
+        } else if (chat == PEFT_CHAT_LLAMA2) {
+            if (!is_asst) {
+                /* the system message goes into the first user turn; strip() then takes the whole */
+                char *joined = NULL;
+                const char *c = msg[i].content;
+                if (i == first && system) {
+                    size_t jn = strlen(system) + strlen(c) + 32;
+                    if (!(joined = (char *)PEFT_MALLOC(jn))) { b.oom = 1; break; }
+                    snprintf(joined, jn, "<<SYS>>\n%s\n<</SYS>>\n\n%s", system, c);
+                    c = joined;
+                }
+                peft__strip(c, &a, &n);
+                peft__sbf(&b, "%s[INST] %.*s [/INST]", bos, (int)n, a);
+                PEFT_FREE(joined);
+            } else {
+                peft__strip(msg[i].content, &a, &n);
+                peft__sbf(&b, " ");
+                span[2 * n_span] = b.n;
+                peft__sbf(&b, "%.*s %s", (int)n, a, eos);
+                span[2 * n_span++ + 1] = b.n;
+            }
+        } else {
+            peft__strip(msg[i].content, &a, &n);
+            if (!is_asst) peft__sbf(&b, "### Instruction:\n%.*s\n\n", (int)n, a);
+            else {
+                peft__sbf(&b, "### Response:\n");
+                span[2 * n_span] = b.n;
+                peft__sbf(&b, "%.*s%s", (int)n, a, eos);
+                span[2 * n_span++ + 1] = b.n;
+                peft__sbf(&b, "\n\n");
+            }
+        }
+    }
+    if (add_generation_prompt) {
+        if (chat == PEFT_CHAT_CHATML) peft__sbf(&b, "<|im_start|>assistant\n");
+        if (chat == PEFT_CHAT_LLAMA3) peft__sbf(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        if (chat == PEFT_CHAT_ALPACA) peft__sbf(&b, "### Response:\n");
+        /* LLaMA-2's template has no generation prompt: the answer follows " [/INST]" */
+    }
+    peft__sbf(&b, "%s", "");
+    int count = -1;
+    int *starts = b.oom ? NULL : (int *)PEFT_MALLOC(sizeof(int) * (b.n + 8));
+    if (!starts) peft__fail(PEFT_ERR_NOMEM, "no memory");
+    else if ((count = peft__encode_hf(t, b.s, 0, 0, ids, max, starts)) < 0)
+        peft__fail(PEFT_ERR_ARG, "a conversation of %zu bytes does not fit in %d ids", b.n, max);
+    for (int k = 0; mask && k < count; k++) {
+        size_t lo = (size_t)starts[k], hi = k + 1 < count ? (size_t)starts[k + 1] : b.n;
+        if (hi <= lo) hi = lo + 1;
+        mask[k] = 0;
+        for (int q = 0; q < n_span; q++) mask[k] |= lo < span[2 * q + 1] && hi > span[2 * q];
+    }
+    PEFT_FREE(starts); PEFT_FREE(span); PEFT_FREE(b.s);
+    return count;
 }
 
 /* ============================================================================
@@ -8226,16 +8701,21 @@ PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, in
 }
 
 /* ---- supervised datasets --------------------------------------------------- */
-typedef struct { int *ids; int64_t n, cap; int64_t *start; int *masked; int count, cap_ex; } peft__dsb;
+typedef struct { int *ids; int64_t n, cap; int64_t *start; int *masked; int count, cap_ex; unsigned char *loss; } peft__dsb;
 
-static int peft__dsb_add(peft__dsb *b, const int *ids, int n, int masked) {
+/* one example; loss (may be NULL) marks the ids with loss, else all after the first `masked` */
+static int peft__dsb_add_mask(peft__dsb *b, const int *ids, int n, int masked, const unsigned char *loss) {
     if (b->n + n > b->cap) {
         int64_t nc = b->cap ? b->cap * 2 : 4096;
         while (nc < b->n + n) nc *= 2;
         int *ni = (int *)PEFT_REALLOC(b->ids, (size_t)nc * sizeof(int));
         if (!ni) return 0;
-        b->ids = ni; b->cap = nc;
+        b->ids = ni;
+        unsigned char *nl = (unsigned char *)PEFT_REALLOC(b->loss, (size_t)nc);
+        if (!nl) return 0;
+        b->loss = nl; b->cap = nc;
     }
+    for (int i = 0; i < n; i++) b->loss[b->n + i] = loss ? loss[i] : i >= masked;
     if (b->count + 2 > b->cap_ex) {
         int nc = b->cap_ex ? b->cap_ex * 2 : 256;
         int64_t *ns = (int64_t *)PEFT_REALLOC(b->start, (size_t)(nc + 1) * sizeof(int64_t));
@@ -8252,6 +8732,57 @@ static int peft__dsb_add(peft__dsb *b, const int *ids, int n, int masked) {
     b->start[++b->count] = b->n;
     return 1;
 }
+static int peft__dsb_add(peft__dsb *b, const int *ids, int n, int masked) { return peft__dsb_add_mask(b, ids, n, masked, NULL); }
+static void peft__dsb_free(peft__dsb *b) { PEFT_FREE(b->ids); PEFT_FREE(b->start); PEFT_FREE(b->masked); PEFT_FREE(b->loss); }
+
+/* a chat record {"messages": [{"role", "content"}, ...]} → one example, loss on the assistant turns */
+static peft_status peft__ds_chat(peft_dataset *d, peft__dsb *b, const peft_json *msgs, const peft_tokenizer *t,
+                                 int max_len, const char *where) {
+    if (msgs->type != PEFT_JSON_ARRAY || msgs->n_children < 1)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: \"messages\" is not a list of messages", where);
+    peft_chat_message *m = (peft_chat_message *)PEFT_MALLOC(sizeof(peft_chat_message) * (size_t)msgs->n_children);
+    if (!m) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    int k = 0;
+    size_t total = 64;
+    for (const peft_json *x = msgs->child; x; x = x->next, k++) {
+        const peft_json *role = x->type == PEFT_JSON_OBJECT ? peft_json_get(x, "role") : NULL;
+        const peft_json *content = x->type == PEFT_JSON_OBJECT ? peft_json_get(x, "content") : NULL;
+        for (const peft_json *f = x->type == PEFT_JSON_OBJECT ? x->child : NULL; f; f = f->next)
+            if (strcmp(f->key, "role") && strcmp(f->key, "content")) {
+                PEFT_FREE(m);
+                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: message %d: key \"%s\" is not supported (only role and content)",
+                                  where, k, f->key);
+            }
+        if (!role || !content || role->type != PEFT_JSON_STRING || content->type != PEFT_JSON_STRING) {
+            PEFT_FREE(m);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: message %d needs string \"role\" and \"content\"", where, k);
+        }
+        m[k].role = role->string;
+        m[k].content = content->string;
+        total += strlen(content->string) + 64;
+    }
+    int cap = (int)(total < (size_t)1 << 28 ? total : (size_t)1 << 28);
+    int *ids = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
+    unsigned char *loss = (unsigned char *)PEFT_MALLOC((size_t)cap);
+    peft_status st = PEFT_OK;
+    int n = ids && loss ? peft_chat_encode(t, 0, m, k, 0, ids, loss, cap) : -2;
+    if (n == -2) st = peft__fail(PEFT_ERR_NOMEM, "no memory");
+    else if (n < 0) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", peft_last_error());
+        st = peft__fail(PEFT_ERR_FORMAT, "%s: %s", where, why);
+    }
+    else {
+        if (n > max_len) n = max_len;
+        int masked = 0, any = 0;
+        while (masked < n && !loss[masked]) masked++;
+        for (int i = 1; i < n; i++) any |= loss[i];        /* the first id is never a target */
+        if (!any) d->n_dropped++;
+        else if (!peft__dsb_add_mask(b, ids, n, masked, loss)) st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
+    }
+    PEFT_FREE(m); PEFT_FREE(ids); PEFT_FREE(loss);
+    return st;
+}
 
 /* one record → one example; returns PEFT_OK, or an error naming the record */
 static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_json *r, const peft_tokenizer *t,
@@ -8261,6 +8792,8 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
     const char *prompt = NULL, *answer = NULL;
     char *prompt_buf = NULL;
     if (r->type != PEFT_JSON_OBJECT) return peft__fail(PEFT_ERR_FORMAT, "%s: a record is not a JSON object", where);
+    const peft_json *msgs = peft_json_get(r, "messages");
+    if (msgs) return peft__ds_chat(d, b, msgs, t, max_len, where);
     if (ins || out) {
         if (!ins || !out || ins->type != PEFT_JSON_STRING || out->type != PEFT_JSON_STRING || (inp && inp->type != PEFT_JSON_STRING))
             return peft__fail(PEFT_ERR_FORMAT, "%s: an Alpaca record needs string \"instruction\" and \"output\"", where);
@@ -8287,6 +8820,8 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
     int masked = lp ? peft_tokenizer_encode(t, prompt, 1, 0, buf + cap, cap) : 1;
     if (n < 0 || masked < 0) st = peft__fail(PEFT_ERR_ARG, "%s: a record is too long to tokenize", where);
     else {
+        /* an answer that already ends with the EOS text gets no second one (TRL's add_eos) */
+        if (t->eos_id >= 0 && n >= 2 && buf[n - 1] == t->eos_id && buf[n - 2] == t->eos_id && n - 1 > masked) n--;
         if (n > max_len) n = max_len;
         if (masked >= n) d->n_dropped++;                  /* no target left */
         else if (!peft__dsb_add(b, buf, n, masked)) st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
@@ -8379,13 +8914,14 @@ done:
         s = d->n_dropped ? peft__fail(PEFT_ERR_ARG, "%s: all %d examples dropped: the prompt alone fills %d tokens (raise --seq)",
                                       path, d->n_dropped, max_len)
                          : peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
-    if (s != PEFT_OK) { PEFT_FREE(b.ids); PEFT_FREE(b.start); PEFT_FREE(b.masked); return s; }
+    if (s != PEFT_OK) { peft__dsb_free(&b); return s; }
     d->ids = b.ids; d->start = b.start; d->n_masked = b.masked; d->n = b.count; d->n_tokens = b.n;
+    d->loss = b.loss;
     return PEFT_OK;
 }
 
 PEFTDEF void peft_dataset_free(peft_dataset *d) {
-    PEFT_FREE(d->ids); PEFT_FREE(d->start); PEFT_FREE(d->n_masked);
+    PEFT_FREE(d->ids); PEFT_FREE(d->start); PEFT_FREE(d->n_masked); PEFT_FREE(d->loss);
     memset(d, 0, sizeof *d);
 }
 
@@ -8414,11 +8950,12 @@ PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int 
     ok = ok && is_held;
     for (int i = 0; ok && i < n; i++) is_held[order[i]] = 1;
     for (int i = 0; ok && i < d->n; i++)                        /* file order kept on both sides */
-        ok = peft__dsb_add(is_held[i] ? &out : &keep, d->ids + d->start[i], (int)(d->start[i + 1] - d->start[i]), d->n_masked[i]);
+        ok = peft__dsb_add_mask(is_held[i] ? &out : &keep, d->ids + d->start[i], (int)(d->start[i + 1] - d->start[i]),
+                                d->n_masked[i], d->loss ? d->loss + d->start[i] : NULL);
     PEFT_FREE(order); PEFT_FREE(is_held);
     if (!ok) {
-        PEFT_FREE(keep.ids); PEFT_FREE(keep.start); PEFT_FREE(keep.masked);
-        PEFT_FREE(out.ids); PEFT_FREE(out.start); PEFT_FREE(out.masked);
+        peft__dsb_free(&keep);
+        peft__dsb_free(&out);
         return peft__fail(PEFT_ERR_NOMEM, "no memory to split %s", d->path);
     }
     char path[512];
@@ -8426,6 +8963,8 @@ PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int 
     peft_dataset_free(d);
     d->ids = keep.ids; d->start = keep.start; d->n_masked = keep.masked; d->n = keep.count; d->n_tokens = keep.n;
     held->ids = out.ids; held->start = out.start; held->n_masked = out.masked; held->n = out.count; held->n_tokens = out.n;
+    d->loss = keep.loss;
+    held->loss = out.loss;
     memcpy(d->path, path, sizeof path);
     return PEFT_OK;
 }
@@ -8443,7 +8982,8 @@ PEFTDEF int peft_dataset_batch(const peft_dataset *d, const int *idx, int B, int
         for (int t = 0; t < L; t++) {
             int in = t < len;
             tokens[b * L + t] = in ? ex[t] : pad_id;
-            targets[b * L + t] = in && t + 1 >= masked ? ex[t + 1] : -100;
+            int has_loss = in && (d->loss ? d->loss[d->start[idx[b]] + t + 1] : t + 1 >= masked);
+            targets[b * L + t] = has_loss ? ex[t + 1] : -100;
         }
     }
     return L;
@@ -8452,6 +8992,54 @@ PEFTDEF int peft_dataset_batch(const peft_dataset *d, const int *idx, int B, int
 /* ============================================================================
    GENERATION, PLOTS AND THE DEMO WORLD
    ============================================================================ */
+
+PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const char *path) {
+    memset(g, 0, sizeof *g);
+    g->bos_id = g->pad_id = g->do_sample = g->top_k = g->max_new_tokens = g->max_length = -1;
+    g->temperature = g->top_p = g->repetition_penalty = -1.0f;
+    peft_json *j;
+    peft_status s = peft_json_load(&j, path);
+    if (s != PEFT_OK) return s;
+    if (j->type != PEFT_JSON_OBJECT) { peft_json_free(j); return peft__fail(PEFT_ERR_FORMAT, "%s: not a JSON object", path); }
+    /* keys that change nothing in greedy or sampled decoding of one sequence with a KV cache */
+    static const char *const inert[] = { "transformers_version", "_from_model_config", "use_cache", "output_attentions",
+                                         "output_hidden_states", "output_scores", "return_dict_in_generate", NULL };
+    for (const peft_json *v = j->child; v && s == PEFT_OK; v = v->next) {
+        const char *k = v->key;
+        int known = 0, bad = 0, r = 0;
+        for (int i = 0; inert[i]; i++) known |= !strcmp(k, inert[i]);
+        if (known) continue;
+        known = 1;
+        if (!strcmp(k, "eos_token_id")) bad = !peft__eos_list(v, g->eos_ids, &g->n_eos);
+        else if (!strcmp(k, "bos_token_id")) r = peft__json_int(j, k, &g->bos_id);
+        else if (!strcmp(k, "pad_token_id")) r = peft__json_int(j, k, &g->pad_id);
+        else if (!strcmp(k, "top_k")) r = peft__json_int(j, k, &g->top_k);
+        else if (!strcmp(k, "max_new_tokens")) r = peft__json_int(j, k, &g->max_new_tokens);
+        else if (!strcmp(k, "max_length")) r = peft__json_int(j, k, &g->max_length);
+        else if (!strcmp(k, "temperature")) r = peft__json_float(j, k, &g->temperature);
+        else if (!strcmp(k, "top_p")) r = peft__json_float(j, k, &g->top_p);
+        else if (!strcmp(k, "repetition_penalty")) r = peft__json_float(j, k, &g->repetition_penalty);
+        else if (!strcmp(k, "do_sample")) {
+            bad = v->type != PEFT_JSON_BOOL && v->type != PEFT_JSON_NULL;
+            if (v->type == PEFT_JSON_BOOL) g->do_sample = v->number != 0;
+        } else if (!strcmp(k, "num_beams") || !strcmp(k, "num_return_sequences")) {
+            int x = 1;                                     /* 1 is what peft generate does */
+            r = peft__json_int(j, k, &x);
+            known = x == 1;
+        } else known = 0;
+        if (bad || r < 0) s = peft__fail(PEFT_ERR_FORMAT, "%s: %s has a value of the wrong type", path, k);
+        else if (!known) {
+            size_t used = strlen(g->unused);
+            snprintf(g->unused + used, sizeof g->unused - used, "%s%s", used ? ", " : "", k);
+        }
+    }
+    if (s == PEFT_OK && ((g->top_p >= 0 && (g->top_p <= 0 || g->top_p > 1)) || (g->temperature >= 0 && g->temperature == 0 &&
+                         g->do_sample == 1) || (g->repetition_penalty >= 0 && g->repetition_penalty <= 0)))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: temperature, top_p or repetition_penalty out of range", path);
+    if (s == PEFT_OK && g->do_sample == 1 && g->top_k < 0) g->top_k = 50;
+    peft_json_free(j);
+    return s;
+}
 
 PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt, int n_prompt,
                                  int max_new, int eos, int *out) {
@@ -8519,9 +9107,21 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
             peft_graph_reset(g);
             peft_tensor *lg = peft_model_forward_cached(m, g, cache, feed, 1, n_feed);
             if (!lg) { failed = 1; break; }
-            id = peft_sample(lg->data + (size_t)(n_feed - 1) * V, V, s, &rng, p, idx);
+            float *last = lg->data + (size_t)(n_feed - 1) * V;
+            if (s && s->repetition_penalty > 0.0f && s->repetition_penalty != 1.0f) {
+                memset(idx, 0, sizeof(int) * (size_t)V);      /* each id once, as torch's scatter */
+                for (int k = 0; k < n_prompt + n; k++) {
+                    int u = k < n_prompt ? prompt[k] : out[k - n_prompt];
+                    if (u < 0 || u >= V || idx[u]) continue;
+                    idx[u] = 1;
+                    last[u] = last[u] > 0.0f ? last[u] / s->repetition_penalty : last[u] * s->repetition_penalty;
+                }
+            }
+            id = peft_sample(last, V, s, &rng, p, idx);
             out[n++] = id;
-            if ((on_token && on_token(ctx, id)) || id == eos || n_prompt + n >= limit) break;
+            int stop = id == eos;
+            for (int k = 0; s && k < s->n_stop; k++) stop |= id == s->stop[k];
+            if ((on_token && on_token(ctx, id)) || stop || n_prompt + n >= limit) break;
             feed = &out[n - 1];
             n_feed = 1;
         }

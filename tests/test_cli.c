@@ -716,3 +716,54 @@ TEST(test_cli_disk_full) {
     snprintf(cmd, sizeof cmd, "umount %s", mnt);
     CHECK(system(cmd) == 0, "umount %s", mnt);
 }
+
+/* The acceptance run of a SmolLM2-style folder (ChatML tokenizer, eos_token
+   <|im_end|> = 2 in tokenizer_config.json, tests/fixtures/chat/smol): `peft train`
+   on 4 Alpaca records until memorised, then `peft generate --alpaca` on a training
+   prompt answers and stops at <|im_end|> (the text-guessed <|endoftext|> = 0 never
+   stops it). The same records as chat data ({"messages"}, SmolLM2's template with
+   its default system message): `generate --chat` answers and stops likewise. */
+TEST(test_cli_trained_model_stops_at_eos) {
+    static char out[1 << 16];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+    char dir[512], cmd[2400];
+    snprintf(dir, sizeof dir, "%s/cli_smol", th_tmpdir());
+    snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s/smol && cp %s/chat/smol/* %s/smol/ && cp %s/hf_tok/gpt2.json %s/smol/tokenizer.json",
+             dir, dir, th_fixtures(), dir, th_fixtures(), dir);
+    REQUIRE(system(cmd) == 0, "setup");
+    static const char *const q[4][2] = { { "What is the capital of France?", "Paris." }, { "Name a primary colour.", "Blue." },
+                                         { "Say hello.", "Hello!" }, { "Who wrote Hamlet?", "Shakespeare." } };
+    char chat[1024] = "";
+    for (int i = 0; i < 4; i++)
+        snprintf(chat + strlen(chat), sizeof chat - strlen(chat),
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"%s\"}, {\"role\": \"assistant\", \"content\": \"%s\"}]}\n",
+                 q[i][0], q[i][1]);
+    const char *chat_path = th_tmp_text("smol_chat.jsonl", chat);
+    char data0[600];
+    snprintf(data0, sizeof data0, "%s/smol/data.json", dir);
+    for (int mode = 0; mode < 2; mode++) {               /* 0: Alpaca records, 1: the same as chat data */
+        CHECK(run(out, sizeof out, "train --model %s/smol --data %s --method full --lr 1e-2 --max-steps 150 --batch 4 "
+                  "--schedule constant --out %s/run%d", dir, mode ? chat_path : data0, dir, mode) == 0, "train: %s", out);
+        for (int i = 0; i < (mode ? 4 : 2); i++) {
+            const char *prompt = mode ? q[i][0] : i ? "Say hello." : "What is the capital of France?";
+            const char *want = mode ? q[i][1] : i ? "Hello!" : "Paris.";
+            const char *how = mode ? "--chat" : "--alpaca --prompt";
+            CHECK(run(out, sizeof out, "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24",
+                      dir, mode, dir, how, prompt) == 0 && !strncmp(out, want, strlen(want)) && out[strlen(want)] == '\n',
+                  "%s: %s", prompt, out);
+            CHECK(run(out, sizeof out, "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24 "
+                      "--print-ids", dir, mode, dir, how, prompt) == 0, "generate: %s", out);
+            int ids[32], n = 0;
+            for (char *p = out, *end; n < 32; p = end) {
+                long v = strtol(p, &end, 10);
+                if (end == p) break;
+                ids[n++] = (int)v;
+            }
+            int early = 0;
+            for (int k = 0; k + 1 < n; k++) early |= ids[k] == 2 || ids[k] == 0;
+            CHECK(n >= 2 && n < 24 && ids[n - 1] == 2 && !early, "%s: the ids end at <|im_end|> (2), once: %s", prompt, out);
+        }
+    }
+}

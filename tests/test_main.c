@@ -25,6 +25,10 @@
     X(test_cli_token_ids_and_folders) \
     X(test_cli_hostile_and_absurd) \
     X(test_cli_disk_full) \
+    X(test_chat_templates_match_transformers) X(test_chat_template_errors) \
+    X(test_eos_from_model_files) X(test_eos_lists_and_generation_config) \
+    X(test_added_token_flags_match_tokenizers) \
+    X(test_cli_trained_model_stops_at_eos) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);

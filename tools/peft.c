@@ -263,6 +263,9 @@ static const char *TRAIN_HELP =
     "log.jsonl, loss.svg, and checkpoint-N/ folders every --save-every steps.\n"
     "  --config FILE         JSON with the same keys as the flags (lora_r, lr, ...); flags win\n"
     "  --tokenizer PATH      tokenizer.json / tokenizer.bin (default: from the model folder)\n"
+    "  --chat-template NAME  chatml | llama2 | llama3 | alpaca: the format of chat data\n"
+    "                        ({\"messages\": [...]} records; default: the tokenizer_config.json\n"
+    "                        chat_template, recognised by family); loss on assistant turns only\n"
     "  --epochs E            passes over the data (default 1)\n"
     "  --max-steps N         optimizer steps (overrides --epochs; --steps is the same)\n"
     "  --batch B             examples per micro-batch (default 4)\n"
@@ -329,6 +332,7 @@ static int json_number(const char *v) {
 
 static int known_key(const char *k) {
     for (int i = 0; TRAIN_KEYS[i]; i++) if (!strcmp(k, TRAIN_KEYS[i])) return 1;
+    if (!strcmp(k, "chat_template")) return 1;
     for (int i = 0; METHOD_FLAGS[i]; i++) {
         char mk[64];
         snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[i] + 2);
@@ -882,7 +886,14 @@ static int cmd_train(int argc, char **argv) {
     } else if (tokp) snprintf(tprobe, sizeof tprobe, "%s", tokp);
     if (tprobe[0]) {
         if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) { peft_model_free(m); return fail(); }
+        peft_tokenizer_use_config_eos(&tok, &m->cfg);       /* no tokenizer_config.json eos_token: config.json's */
         tk = &tok;
+        const char *ct = get(&st, "chat_template");
+        if (ct && (tok.chat = peft_chat_family(ct)) < 0) {
+            peft_tokenizer_free(&tok);
+            peft_model_free(m);
+            return usage_error("train", "--chat-template must be chatml, llama2, llama3 or alpaca", ct);
+        }
     }
     char train_path[1200], valid_path[1200] = "";
     snprintf(train_path, sizeof train_path, "%s", data);
@@ -1297,23 +1308,31 @@ static int cmd_quantize(int argc, char **argv) {
 
 /* -------------------------------------------------------------- generate */
 static const char *GENERATE_HELP =
-    "usage: peft generate --model M [--adapter A] (--prompt TEXT [--alpaca] | --tokens 1,2,3)\n"
-    "                     [--tokenizer PATH] [--max-new N] [--temperature T] [--top-k K] [--top-p P]\n"
+    "usage: peft generate --model M [--adapter A] (--prompt TEXT [--alpaca] | --chat TEXT [--system TEXT]\n"
+    "                     | --tokens 1,2,3) [--chat-template NAME] [--tokenizer PATH] [--max-new N]\n"
+    "                     [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty X]\n"
     "                     [--seed S] [--print-ids] [--threads N]\n\n"
     "Continues a prompt with a KV cache, streaming the text (or, with --print-ids, the\n"
     "ids separated by spaces). Temperature 0 (the default) is greedy. Stops at the\n"
     "model's EOS or after --max-new tokens. --alpaca wraps the prompt in the Stanford\n"
     "Alpaca template (the instruction; answers start after \"### Response:\") and\n"
-    "prints the answer alone.\n"
+    "prints the answer alone. --chat sends TEXT as the user's message in the model's chat\n"
+    "template (tokenizer_config.json chat_template, or --chat-template chatml|llama2|llama3|\n"
+    "alpaca), after --system's message, and prints the answer alone.\n"
+    "Stops at any EOS id of config.json, generation_config.json and the tokenizer's\n"
+    "eos_token. generation_config.json's do_sample, temperature, top_p, top_k,\n"
+    "max_new_tokens, max_length and repetition_penalty are the defaults of the flags.\n"
     "The tokenizer comes from the model folder (tokenizer.json or tokenizer.bin) or\n"
     "--tokenizer (a tokenizer.json, or llama2.c's tokenizer.bin).\n";
 
-typedef struct { const peft_tokenizer *tok; int prev, print_ids, count, eos; } gen_ctx;
+typedef struct { const peft_tokenizer *tok; int prev, print_ids, count; const int *stop; int n_stop; } gen_ctx;
 
 static int on_token(void *vctx, int id) {
     gen_ctx *c = (gen_ctx *)vctx;
+    int is_stop = 0;
+    for (int k = 0; k < c->n_stop; k++) is_stop |= id == c->stop[k];
     if (c->print_ids) printf("%s%d", c->count ? " " : "", id);
-    else if (c->tok && id != c->eos) {
+    else if (c->tok && !is_stop) {
         char b[8];
         fputs(peft_tokenizer_decode(c->tok, c->prev, id, b), stdout);
     }
@@ -1325,9 +1344,10 @@ static int on_token(void *vctx, int id) {
 
 static int cmd_generate(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
-    const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL;
+    const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL, *chat = NULL, *system = NULL, *chat_name = NULL;
     int max_new = 64, print_ids = 0, alpaca = 0, threads = 1;
-    peft_sampler sm = { 0.0f, 1.0f, 0, 0 };
+    int set_max_new = 0, set_temp = 0, set_top_p = 0, set_top_k = 0, set_rep = 0;
+    peft_sampler sm = { 0.0f, 1.0f, 0, 0, 1.0f, NULL, 0 };
     for (int i = 0; i < argc;) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -1340,10 +1360,15 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--tokens")) tokens_arg = v;
         else if (!strcmp(a, "--tokenizer")) tok_path = v;
-        else if (!strcmp(a, "--max-new")) ok = parse_int(v, &max_new) && max_new > 0;
-        else if (!strcmp(a, "--temperature")) ok = parse_float(v, &sm.temperature) && sm.temperature >= 0;
-        else if (!strcmp(a, "--top-p")) ok = parse_float(v, &sm.top_p) && sm.top_p > 0 && sm.top_p <= 1;
-        else if (!strcmp(a, "--top-k")) ok = parse_int(v, &sm.top_k);
+        else if (!strcmp(a, "--chat")) chat = v;
+        else if (!strcmp(a, "--system")) system = v;
+        else if (!strcmp(a, "--chat-template")) chat_name = v;
+        else if (!strcmp(a, "--max-new")) ok = (set_max_new = parse_int(v, &max_new)) && max_new > 0;
+        else if (!strcmp(a, "--temperature")) ok = (set_temp = parse_float(v, &sm.temperature)) && sm.temperature >= 0;
+        else if (!strcmp(a, "--top-p")) ok = (set_top_p = parse_float(v, &sm.top_p)) && sm.top_p > 0 && sm.top_p <= 1;
+        else if (!strcmp(a, "--top-k")) ok = (set_top_k = parse_int(v, &sm.top_k)) && sm.top_k >= 0;
+        else if (!strcmp(a, "--repetition-penalty"))
+            ok = (set_rep = parse_float(v, &sm.repetition_penalty)) && sm.repetition_penalty > 0;
         else if (!strcmp(a, "--seed")) sm.seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &threads) && threads > 0;
         else return usage_error("generate", "unknown option", a);
@@ -1351,26 +1376,62 @@ static int cmd_generate(int argc, char **argv) {
         i += 2;
     }
     if (!src.model) return usage_error("generate", "--model is required", NULL);
-    if (!prompt == !tokens_arg) return usage_error("generate", "give exactly one of --prompt and --tokens", NULL);
+    if (!!prompt + !!tokens_arg + !!chat != 1) return usage_error("generate", "give exactly one of --prompt, --chat and --tokens", NULL);
     if (alpaca && !prompt) return usage_error("generate", "--alpaca needs --prompt", NULL);
+    if ((system || chat_name) && !chat) return usage_error("generate", "--system and --chat-template need --chat", NULL);
+    int chat_family = 0;
+    if (chat_name && (chat_family = peft_chat_family(chat_name)) < 0)
+        return usage_error("generate", "--chat-template must be chatml, llama2, llama3 or alpaca", chat_name);
     char tprobe[1200];
     snprintf(tprobe, sizeof tprobe, "%s/tokenizer.json", src.model);
     int folder_tok = dir_exists(src.model) && file_exists(tprobe);
     snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", src.model);
     folder_tok |= dir_exists(src.model) && file_exists(tprobe);
-    if (prompt && !tok_path && !folder_tok)
-        return usage_error("generate", "--prompt needs a tokenizer: the model folder has none, give --tokenizer", NULL);
+    if ((prompt || chat) && !tok_path && !folder_tok)
+        return usage_error("generate", "--prompt and --chat need a tokenizer: the model folder has none, give --tokenizer", NULL);
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
     if (folder_tok && !tok_path) tok_path = src.model;      /* the model folder's own tokenizer (text for --tokens too) */
     peft_tokenizer tok;
     char *templ = NULL;
-    int have_tok = 0, rc = 0, n = 0, cap = 4096;
-    int *ids = malloc(sizeof(int) * cap), *out = malloc(sizeof(int) * (size_t)max_new);
+    int have_tok = 0, rc = 0, n = 0, cap = 4096, stop[3 * PEFT_MAX_EOS + 1], n_stop = 0;
+    int *ids = NULL, *out = NULL;
+    /* generation_config.json: the defaults of the flags not given, and more EOS ids */
+    peft_generation_config gc;
+    char gpath[1200];
+    snprintf(gpath, sizeof gpath, "%s/generation_config.json", src.model);
+    int have_gc = dir_exists(src.model) && file_exists(gpath);
+    if (have_gc && peft_generation_config_load(&gc, gpath) != PEFT_OK) { rc = fail(); goto done; }
+    if (have_gc) {
+        if (gc.unused[0]) fprintf(stderr, "peft: warning: %s: not applied: %s\n", gpath, gc.unused);
+        if (!set_max_new && gc.max_new_tokens > 0) max_new = gc.max_new_tokens;
+        else if (!set_max_new && gc.max_length > 0) max_new = -gc.max_length;      /* resolved once the prompt is known */
+        if (!set_rep && gc.repetition_penalty > 0) sm.repetition_penalty = gc.repetition_penalty;
+        if (!set_temp && gc.do_sample == 1) {                 /* greedy unless do_sample, as generate() */
+            sm.temperature = gc.temperature >= 0 ? gc.temperature : 1.0f;
+            if (!set_top_p && gc.top_p > 0) sm.top_p = gc.top_p;
+            if (!set_top_k && gc.top_k >= 0) sm.top_k = gc.top_k;
+            fprintf(stderr, "peft: sampling as %s says (temperature %g, top_p %g, top_k %d); --temperature 0 for greedy\n",
+                    gpath, sm.temperature, sm.top_p, sm.top_k);
+        }
+        for (int k = 0; k < gc.n_eos; k++) stop[n_stop++] = gc.eos_ids[k];
+    }
+    for (int k = 0; k < m->cfg.n_eos; k++) stop[n_stop++] = m->cfg.eos_ids[k];
+    if (m->cfg.eos_id >= 0) stop[n_stop++] = m->cfg.eos_id;
+    ids = malloc(sizeof(int) * cap);
+    out = malloc(sizeof(int) * (size_t)(max_new > 0 ? max_new : -max_new));
+    if (!ids || !out) { fprintf(stderr, "peft: error: out of memory\n"); rc = 1; goto done; }
     if (tok_path) {
         if (peft_tokenizer_load(&tok, tok_path, m->cfg.vocab_size) != PEFT_OK) { rc = fail(); goto done; }
+        peft_tokenizer_use_config_eos(&tok, &m->cfg);
         have_tok = 1;
+        if (tok.eos_id >= 0) stop[n_stop++] = tok.eos_id;
+    }
+    if (chat) {
+        peft_chat_message msgs[2] = { { "system", system }, { "user", chat } };
+        n = peft_chat_encode(&tok, chat_family, system ? msgs : msgs + 1, system ? 2 : 1, 1, ids, NULL, cap);
+        if (n < 0) { rc = fail(); goto done; }
     }
     if (prompt && alpaca) {
         size_t tn = strlen(prompt) + 512;
@@ -1390,7 +1451,7 @@ static int cmd_generate(int argc, char **argv) {
                 rc = 1;
                 goto done;
             }
-    } else {
+    } else if (tokens_arg) {
         for (const char *p = tokens_arg; *p && n < cap;) {
             char *end;
             long v = strtol(p, &end, 10);
@@ -1405,9 +1466,12 @@ static int cmd_generate(int argc, char **argv) {
         rc = 1;
         goto done;
     }
+    if (max_new < 0) max_new = -max_new - n > 0 ? -max_new - n : 1;      /* max_length counts the prompt */
     {
-        gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, m->cfg.eos_id };
-        if (prompt && !print_ids && !alpaca) fputs(prompt, stdout);   /* --alpaca: the answer alone */
+        gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, stop, n_stop };
+        if (prompt && !print_ids && !alpaca) fputs(prompt, stdout);   /* --alpaca, --chat: the answer alone */
+        sm.stop = stop;
+        sm.n_stop = n_stop;
         peft_graph *g = peft_graph_new();
         int made = peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
         printf("\n");
