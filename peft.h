@@ -3863,14 +3863,49 @@ typedef struct { peft_model *m; peft_layer *L; peft_rng rng; int B, T, training;
 
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T);
 
-static peft_tensor *peft__first_trainable(peft_layer *L) {
+/* Every tensor a block reads: its norms, each linear site's weight, bias and
+   attached tensors (LoRA, V2 bias/scale), the attention site's prompts,
+   gates and Excitor tensors, and the model's fusion projection where the
+   block takes fusion prompts. Whatever a method adds to a site is listed
+   here, once: the checkpointing rule below asks this list, so a trainable
+   tensor a block reads cannot be missed. Returns the count (NULLs skipped). */
+#define PEFT__LAYER_MAX_TENSORS (2 + 6 * PEFT_N_SITES + 8)
+static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_tensor **out) {
+    const peft_attn_site *A = &L->attn;
+    peft_tensor *all[PEFT__LAYER_MAX_TENSORS];
+    int n = 0;
+    all[n++] = L->attn_norm;
+    all[n++] = L->ffn_norm;
     for (int s = 0; s < PEFT_N_SITES; s++) {
-        peft_linear_site *S = &L->lin[s];
-        peft_tensor *c[6] = { S->lora_A, S->lora_B, S->bias, S->scale, S->b, S->w };
-        for (int k = 0; k < 6; k++) if (c[k] && c[k]->requires_grad) return c[k];
+        const peft_linear_site *S = &L->lin[s];
+        all[n++] = S->w;
+        all[n++] = S->b;
+        all[n++] = S->lora_A;
+        all[n++] = S->lora_B;
+        all[n++] = S->bias;
+        all[n++] = S->scale;
     }
-    peft_tensor *a[6] = { L->attn.prompt, L->attn.gate, L->attn.fusion_gate, L->attn.ex_prompt, L->attn_norm, L->ffn_norm };
-    for (int k = 0; k < 6; k++) if (a[k] && a[k]->requires_grad) return a[k];
+    all[n++] = A->prompt;
+    all[n++] = A->gate;
+    all[n++] = A->fusion_gate;
+    all[n++] = A->fusion_gate ? m->fusion_proj : NULL;
+    all[n++] = A->ex_prompt;
+    all[n++] = A->ex_down;
+    all[n++] = A->ex_up;
+    all[n++] = A->ex_gate;
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (all[i]) out[k++] = all[i];
+    return k;
+}
+
+/* A block is recomputed and differentiated when it reads any trainable
+   tensor (or its input needs a gradient): the node records that tensor. */
+static peft_tensor *peft__first_trainable(const peft_model *m, const peft_layer *L) {
+    peft_tensor *t[PEFT__LAYER_MAX_TENSORS];
+    int n = peft__layer_tensors(m, L, t);
+    for (int i = 0; i < n; i++)
+        if (t[i]->requires_grad) return t[i];
     return NULL;
 }
 
@@ -3911,7 +3946,7 @@ static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_
     peft_tensor *y = peft__like(g, yt);
     if (!y) return NULL;
     memcpy(y->data, yt->data, sizeof(float) * (size_t)y->n);
-    peft__node *nd = peft__record(g, peft__ckpt_bw, y, x, peft__first_trainable(L), NULL, NULL);
+    peft__node *nd = peft__record(g, peft__ckpt_bw, y, x, peft__first_trainable(m, L), NULL, NULL);
     if (nd) nd->aux = c;
     return y;
 }
