@@ -111,6 +111,16 @@
 #ifndef PEFT_H
 #define PEFT_H
 
+/* Semantic versioning: MAJOR changes break the API or the file formats,
+   MINOR adds to them, PATCH fixes. CHANGELOG.md says what each one holds. */
+#define PEFT_VERSION_MAJOR 0
+#define PEFT_VERSION_MINOR 1
+#define PEFT_VERSION_PATCH 0
+#define PEFT__STR2(x) #x
+#define PEFT__STR(x) PEFT__STR2(x)
+#define PEFT_VERSION_STRING PEFT__STR(PEFT_VERSION_MAJOR) "." PEFT__STR(PEFT_VERSION_MINOR) "." \
+                            PEFT__STR(PEFT_VERSION_PATCH)
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -371,3 +371,16 @@ TEST(test_examples_run) {
               WIFEXITED(st) ? WEXITSTATUS(st) : -1, out);
     }
 }
+
+/* peft --version prints the header's version macros. */
+TEST(test_cli_version) {
+    static char out[4096];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+    char num[32], want[64];
+    snprintf(num, sizeof num, "%d.%d.%d", PEFT_VERSION_MAJOR, PEFT_VERSION_MINOR, PEFT_VERSION_PATCH);
+    CHECK(!strcmp(PEFT_VERSION_STRING, num), "PEFT_VERSION_STRING %s, macros %s", PEFT_VERSION_STRING, num);
+    snprintf(want, sizeof want, "peft %s\n", num);
+    CHECK(run(out, sizeof out, "--version") == 0 && !strcmp(out, want), "--version: %s", out);
+}

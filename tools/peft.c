@@ -1151,12 +1151,17 @@ static const char *MAIN_HELP =
     "  quantize store a model's block linears in 4 bits (bitsandbytes layout)\n"
     "  bench    time training steps: tokens/s, GFLOP/s, peak memory\n"
     "  generate continue a prompt (greedy or sampled), with or without an adapter\n"
-    "  export   write an adapter as a PEFT folder or a llama.cpp GGUF file\n";
+    "  export   write an adapter as a PEFT folder or a llama.cpp GGUF file\n"
+    "\n  peft --version prints the version of peft.h\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(MAIN_HELP, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("peft %s\n", PEFT_VERSION_STRING);
+        return 0;
     }
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
