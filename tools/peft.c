@@ -2,7 +2,8 @@
    the library, print. Every failure prints peft_last_error() and exits 1
    (2 for usage errors). */
 #define PEFT_IMPLEMENTATION
-#include "../peft.h"
+#define PEFT_TOOLS_IMPLEMENTATION
+#include "peft_tools.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
