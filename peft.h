@@ -84,7 +84,8 @@
      ops         embedding, linear, rmsnorm, rope, causal GQA attention (with
                  gated prompts and an additive logit term), swiglu, add,
                  cross-entropy, LoRA linear, 4-bit linear, bias, bias/scale,
-                 prompt attention — forward and backward side by side
+                 prompt attention — forward and backward side by side;
+                 peft_attention_ref: the attention written plainly, in double
      LLaMA       peft_config (config.json or a preset), peft_model (load/save
                  safetensors, forward, loss), linear and attention sites
      methods     peft_method + peft_attach: LoRA, LLaMA-Adapter V1 and V2,
@@ -113,6 +114,43 @@
    Conventions: every call that can fail returns peft_status; on failure
    peft_last_error() returns a sentence naming the file and the problem.
    Weights are stored [out_features, in_features] and y = x·Wᵀ, as in PyTorch.
+
+   ============================================================================
+   READING GUIDE
+   ============================================================================
+   The implementation is ordered for the compiler (kernels before the ops
+   that call them). To learn how fine-tuning works, read it in this order
+   instead; find each part by its banner (the quoted titles below).
+
+     1. The model, forward and backward
+        "TENSORS" and "TAPE: the step arena and the op record": what a
+        tensor is, how ops record their backward, how peft_backward walks it.
+        "OPS: each forward with its backward beside it", in the order
+        "---- linear", "---- RMSNorm", "---- RoPE", "---- reference
+        attention" (the definition, plainly; the fast "---- causal attention
+        with grouped-query heads, ..." computes the same), "---- SwiGLU",
+        "---- cross-entropy". Each op's math is in the comment above it.
+        "LLaMA: configuration, presets, parameters, forward": the block's
+        equations in the banner, then "---- forward" (peft__block).
+     2. Where methods attach
+        "METHODS: what attaches where", then "---- the forward at a linear
+        site" and "---- the attention sites".
+     3. The methods, each headed by its equation
+        "LoRA — Hu et al. 2021" with its op "---- LoRA linear";
+        "LLaMA-Adapter V1" with the prompt branch of the attention op;
+        "LLaMA-Adapter V2" with "---- bias and scale (LLaMA-Adapter V2)";
+        "LLaMA-Excitor" with "---- attention over a few prompts" and the
+        logit term of the attention op;
+        "QLoRA" with "KERNELS: 4-bit and 8-bit blockwise quantization" and
+        "---- 4-bit linear".
+     4. Training
+        "OPTIMIZERS: AdamW, clipping, schedules", then "TRAINER: one loop
+        for every method" and "---- gradient checkpointing".
+     5. The engineering, when you need it
+        "KERNELS: matrix multiply" (packing, micro-kernel, threads; its plain
+        definition is peft_gemm_ref), "PLATFORM" ("---- thread pool"),
+        "FILES" (JSON, safetensors, model and adapter folders, GGUF),
+        "TOKENIZERS", "DATA", "GENERATION".
 */
 #ifndef PEFT_H
 #define PEFT_H
@@ -294,6 +332,25 @@ typedef struct {
 PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
                                        int B, int T, int n_heads, int n_kv_heads, int head_dim,
                                        const peft_attn_extras *ex);
+/* The same attention written plainly, as peft_gemm_ref is for the GEMM: the
+   definition to read and to test the fast one against. Scalar loops, double
+   precision in and out (so that it also serves finite differences), no
+   allocation, no tape. Layouts as above: q and o [B*T, n_heads*head_dim];
+   k, v and x [B*T, n_kv_heads*head_dim]; pk, pv [K, ...] shared or
+   [B*K, ...] one set per sequence (prompt_batched); gates 1 or n_heads
+   values; a NULL gate is 0. */
+typedef struct {
+    const double *pk, *pv;           /* prompt keys/values, or NULL          */
+    int           n_prompts;         /* K                                     */
+    int           prompt_batched;    /* pk/pv hold B*K rows                   */
+    const double *gate;              /* prompt gate: G = tanh(gate) or gate   */
+    int           n_gate, gate_tanh;
+    const double *x, *x_gate;        /* Excitor's extra keys and γ, or NULL   */
+    int           n_x_gate;
+} peft_attn_ref_extras;
+PEFTDEF void peft_attention_ref(const double *q, const double *k, const double *v, int B, int T,
+                                int n_heads, int n_kv_heads, int head_dim,
+                                const peft_attn_ref_extras *ex, double *o);
 /* y = x·Wᵀ with W in 4-bit storage [out, in]; the matrix product decodes W
    straight into its packed panels, never into an fp32 matrix. W is frozen. */
 PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, int out, int in);
@@ -2754,6 +2811,66 @@ PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tenso
 PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *k,
                                     peft_tensor *v, int B, int T, int H, int KV, int hd) {
     return peft_attention_ex(g, q, k, v, B, T, H, KV, hd, NULL);
+}
+
+/* ---- reference attention: the definition, plainly ------------------------------
+   For each sequence b, query head h (reading kv head h / (H/KV)) and row t:
+       s_j = q_t·(k_j + γ_h·x_j)/√d  (j ≤ t),   o_t = Σ_j softmax(s)_j v_j
+       o_t += G_h · Σ_i softmax(q_t·pk_i/√d)_i pv_i        (all K prompts)
+   Each softmax takes three passes over its keys (maximum, sum, output) and
+   recomputes the scores rather than keep a row: the reading stays one loop. */
+static double peft__ref_score(const double *q, const double *k, const double *x, double gx, int hd) {
+    double s = 0.0;
+    for (int d = 0; d < hd; d++) {
+        double key = x ? k[d] + gx * x[d] : k[d];
+        s += q[d] * key;
+    }
+    return s / sqrt((double)hd);
+}
+
+/* o += w · Σ_j softmax_j(score(q, key j)) · v_j over n keys `stride` apart */
+static void peft__ref_softmax_sum(const double *q, const double *k, const double *x, double gx,
+                                  const double *v, int n, size_t stride, int hd, double w, double *o) {
+    double mx = -INFINITY;
+    double sum = 0.0;
+    for (int j = 0; j < n; j++)
+        mx = fmax(mx, peft__ref_score(q, k + j * stride, x ? x + j * stride : NULL, gx, hd));
+    for (int j = 0; j < n; j++)
+        sum += exp(peft__ref_score(q, k + j * stride, x ? x + j * stride : NULL, gx, hd) - mx);
+    for (int j = 0; j < n; j++) {
+        double p = exp(peft__ref_score(q, k + j * stride, x ? x + j * stride : NULL, gx, hd) - mx) / sum;
+        for (int d = 0; d < hd; d++)
+            o[d] += w * p * v[j * stride + d];
+    }
+}
+
+PEFTDEF void peft_attention_ref(const double *q, const double *k, const double *v, int B, int T,
+                                int H, int KV, int hd, const peft_attn_ref_extras *ex, double *o) {
+    peft_attn_ref_extras none;
+    memset(&none, 0, sizeof none);
+    if (!ex) ex = &none;
+    size_t qw = (size_t)H * hd;
+    size_t kw = (size_t)KV * hd;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kvh = h / (H / KV);
+            double gx = ex->x ? ex->x_gate[ex->n_x_gate == 1 ? 0 : h] : 0.0;
+            double g = ex->gate ? ex->gate[ex->n_gate == 1 ? 0 : h] : 0.0;
+            double G = ex->gate_tanh ? tanh(g) : g;
+            size_t seq = (size_t)b * T * kw + (size_t)kvh * hd;
+            size_t prompts = (ex->prompt_batched ? (size_t)b * ex->n_prompts : 0) * kw + (size_t)kvh * hd;
+            const double *xs = ex->x ? ex->x + seq : NULL;
+            int K = ex->pk ? ex->n_prompts : 0;
+            for (int t = 0; t < T; t++) {
+                const double *qt = q + ((size_t)b * T + t) * qw + (size_t)h * hd;
+                double *ot = o + ((size_t)b * T + t) * qw + (size_t)h * hd;
+                for (int d = 0; d < hd; d++)
+                    ot[d] = 0.0;
+                peft__ref_softmax_sum(qt, k + seq, xs, gx, v + seq, t + 1, kw, hd, 1.0, ot);
+                if (K > 0)
+                    peft__ref_softmax_sum(qt, ex->pk + prompts, NULL, 0, ex->pv + prompts, K, kw, hd, G, ot);
+            }
+        }
 }
 
 /* ---- 4-bit linear ----------------------------------------------------------------
