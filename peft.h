@@ -116,6 +116,27 @@
    Weights are stored [out_features, in_features] and y = x·Wᵀ, as in PyTorch.
 
    ============================================================================
+   THREADS
+   ============================================================================
+   The library's own state is per thread where it can be: the error message
+   (peft_last_error) and its status, the GEMM's packing buffers, the
+   attention and LoRA scratch, and the sort contexts of the tokenizer and
+   the sampler. What is shared, and so the caller's to serialise:
+     - the worker pool: peft_set_threads(n) sets it for the process, and
+       with n > 1 only one application thread at a time may run library
+       work (forward, backward, a trainer or optimizer step, the GEMM,
+       quantization, generation). Call peft_set_threads itself while no
+       other thread is inside the library. With n = 1 (the default) every
+       loop runs inline on its caller: distinct objects on distinct
+       threads are then independent.
+     - every object: a model, graph, trainer, optimizer, KV cache or
+       tokenizer is used by one thread at a time. A forward writes to its
+       model (the dropout RNG, the RoPE table, the checkpointing tape), so
+       two threads never share a model, even to run forwards.
+   Pure functions (peft_q4_code, peft_status_name, peft_method_defaults,
+   peft_config_preset, peft_f16_to_f32 and the like) are safe anywhere.
+
+   ============================================================================
    READING GUIDE
    ============================================================================
    The implementation is ordered for the compiler (kernels before the ops
@@ -618,7 +639,10 @@ typedef struct {
     peft_pager_stats stats;
 } peft_adamw;
 
-PEFTDEF peft_adamw_opts peft_adamw_defaults(void);     /* torch's defaults */
+/* torch.optim.AdamW's constructor defaults (lr 1e-3, betas 0.9/0.999, eps
+   1e-8, weight_decay 0.01), for using the optimizer directly. The trainer
+   does not read them: it takes every hyper-parameter from peft_trainer_opts. */
+PEFTDEF peft_adamw_opts peft_adamw_defaults(void);
 PEFTDEF peft_status peft_adamw_init(peft_adamw *opt, peft_tensor **params, int n,
                                     const peft_adamw_opts *o);
 PEFTDEF void        peft_adamw_step(peft_adamw *opt, float lr);
@@ -660,13 +684,22 @@ typedef struct peft_trainer {
     double        last_grad_norm;
 } peft_trainer;
 
+/* The one set of training defaults, for the C API and `peft train` alike
+   (the CLI takes its defaults from here, prints them in --help and writes
+   them to train_config.json): lr 1e-3, cosine schedule down to min_lr 0,
+   no warm-up, AdamW betas 0.9/0.999, eps 1e-8, weight decay 0, gradients
+   clipped to norm 1, no accumulation. total_steps 0 means "not known": the
+   cosine then holds the peak rate (set it to the run's length, as the CLI
+   does, to decay). */
 PEFTDEF peft_trainer_opts peft_trainer_defaults(void);
 /* Trains whatever is marked trainable in the model (full fine-tuning when
    nothing is attached: every parameter). */
 PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o);
 /* One micro-batch: forward, loss, backward (gradients accumulate, scaled by
    1/grad_accum). After grad_accum micro-batches: clip, AdamW, zero grads.
-   *loss gets this micro-batch's loss. Returns PEFT_ERR_NUMERIC on NaN/Inf. */
+   *loss gets this micro-batch's loss. Returns the failure's own status:
+   PEFT_ERR_NUMERIC on NaN/Inf (nothing updated), PEFT_ERR_NOMEM when out of
+   memory, PEFT_ERR_ARG for bad tokens or shapes. */
 PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const int *targets,
                                       int B, int T, float *loss);
 PEFTDEF void        peft_trainer_free(peft_trainer *tr);
@@ -922,6 +955,7 @@ extern int fsync(int fd);
    ============================================================================ */
 
 static PEFT__TLS char peft__errbuf[1024];
+static PEFT__TLS peft_status peft__errstatus;   /* the status that came with errbuf's message */
 
 /* Records a message for peft_last_error() and returns the status, so that a
    failure path reads `return peft__fail(PEFT_ERR_IO, "%s: ...", path);`. */
@@ -931,6 +965,7 @@ static peft_status peft__fail(peft_status s, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(peft__errbuf, sizeof peft__errbuf, fmt, ap);
     va_end(ap);
+    peft__errstatus = s;
     return s;
 }
 
@@ -5197,8 +5232,17 @@ PEFTDEF float peft_schedule_lr(const peft_schedule *s, int step) {
 PEFTDEF peft_trainer_opts peft_trainer_defaults(void) {
     peft_trainer_opts o;
     memset(&o, 0, sizeof o);
-    o.lr = 1e-3f; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f; o.weight_decay = 0.0f;
-    o.max_grad_norm = 1.0f; o.grad_accum = 1; o.total_steps = 1000; o.schedule = PEFT_SCHED_CONSTANT;
+    o.lr = 1e-3f;
+    o.min_lr = 0.0f;
+    o.beta1 = 0.9f;
+    o.beta2 = 0.999f;
+    o.eps = 1e-8f;
+    o.weight_decay = 0.0f;
+    o.max_grad_norm = 1.0f;
+    o.grad_accum = 1;
+    o.warmup_steps = 0;
+    o.total_steps = 0;                 /* unknown: the cosine holds the peak until it is set */
+    o.schedule = PEFT_SCHED_COSINE;
     return o;
 }
 
@@ -5235,9 +5279,12 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
     peft_graph *g = tr->graph;
     peft_graph_reset(g);
     tr->model->training = 1;
+    peft__errstatus = PEFT_OK;
     peft_tensor *L = peft_model_loss(tr->model, g, tokens, targets, B, T);
     tr->model->training = 0;
-    if (!L) return PEFT_ERR_ARG;  /* message already set by the failing op */
+    if (!L && peft__errstatus != PEFT_OK)
+        return peft__errstatus;       /* the failing op's own status and message (out of memory: NOMEM) */
+    if (!L) return peft__fail(PEFT_ERR_ARG, "training step: the forward failed");
     float lv = L->data[0];
     if (loss) *loss = lv;
     if (!isfinite(lv)) {
@@ -6720,7 +6767,7 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
    TOKENIZERS
    ============================================================================ */
 
-static const peft_tokenizer *peft__sort_tok;
+static PEFT__TLS const peft_tokenizer *peft__sort_tok;   /* per thread: see THREADS in the manual */
 static int peft__cmp_piece(const void *a, const void *b) {
     return strcmp(peft__sort_tok->pieces[*(const int *)a], peft__sort_tok->pieces[*(const int *)b]);
 }
@@ -7810,7 +7857,7 @@ PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt
     return peft_generate(m, g, prompt, n_prompt, max_new, eos, NULL, out, NULL, NULL);   /* no sampler: argmax */
 }
 
-static const float *peft__sort_probs;
+static PEFT__TLS const float *peft__sort_probs;          /* per thread: see THREADS in the manual */
 static int peft__cmp_prob(const void *a, const void *b) {
     float x = peft__sort_probs[*(const int *)a], y = peft__sort_probs[*(const int *)b];
     return x < y ? 1 : x > y ? -1 : (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);

@@ -256,13 +256,14 @@ static const char *TRAIN_HELP =
     "  --max-steps N         optimizer steps (overrides --epochs; --steps is the same)\n"
     "  --batch B             examples per micro-batch (default 4)\n"
     "  --seq T               longest example in tokens (default 256; longer ones are cut)\n"
-    "  --grad-accum K        micro-batches per step (default 1)\n"
-    "  --lr X                peak learning rate (default 1e-3)\n"
-    "  --min-lr X            final learning rate for cosine/linear (default 0)\n"
-    "  --schedule S          constant | cosine | linear (default cosine)\n"
-    "  --warmup N            warm-up steps (default 0)\n"
-    "  --weight-decay X      AdamW weight decay (default 0)\n"
-    "  --max-grad-norm X     clip the global gradient norm (default 1; 0 = off)\n"
+    "  --grad-accum K        micro-batches per step\n"
+    "  --lr X                peak learning rate\n"
+    "  --min-lr X            final learning rate for cosine/linear\n"
+    "  --schedule S          constant | cosine | linear (over the run's steps, after warm-up)\n"
+    "  --warmup N            warm-up steps\n"
+    "  --weight-decay X      AdamW weight decay\n"
+    "  --max-grad-norm X     clip the global gradient norm (0 = off)\n"
+    "  --adam-beta1 X, --adam-beta2 X, --adam-epsilon X   AdamW's β1, β2 and ε\n"
     "  --eval-every N        evaluate every N steps (default 0 = at the end only, when\n"
     "                        there is held-out data: valid.jsonl or 5% of the examples)\n"
     "  --save-every N        checkpoint every N steps (default 0 = none)\n"
@@ -282,6 +283,7 @@ typedef struct { setting s[64]; int n; } settings;
 
 static const char *TRAIN_KEYS[] = { "model", "preset", "data", "tokenizer", "out", "epochs", "max_steps", "batch", "seq",
     "grad_accum", "lr", "min_lr", "schedule", "warmup", "weight_decay", "max_grad_norm", "eval_every", "save_every", "seed",
+    "adam_beta1", "adam_beta2", "adam_epsilon",
     "threads", "optim", "optim_budget_mb", "method", "checkpoint_activations", NULL };
 
 static int known_key(const char *k) {
@@ -306,6 +308,51 @@ static int put(settings *st, const char *key, const char *val) {
     snprintf(st->s[st->n].val, sizeof st->s[st->n].val, "%s", val);
     st->n++;
     return 1;
+}
+
+/* The trainer's settings come from the library's one set of defaults,
+   peft_trainer_defaults(), so that a run of `peft train` and a C program
+   with peft_trainer_new(m, NULL) (and the same total_steps) train alike. */
+static const char *schedule_name(peft_sched_kind k) {
+    return k == PEFT_SCHED_COSINE ? "cosine" : k == PEFT_SCHED_LINEAR ? "linear" : "constant";
+}
+
+typedef struct { const char *key; double value; } trainer_default;
+
+static int trainer_defaults(trainer_default *out) {
+    peft_trainer_opts d = peft_trainer_defaults();
+    trainer_default all[] = { { "lr", d.lr }, { "min_lr", d.min_lr }, { "warmup", d.warmup_steps },
+                              { "weight_decay", d.weight_decay }, { "max_grad_norm", d.max_grad_norm },
+                              { "grad_accum", d.grad_accum }, { "adam_beta1", d.beta1 },
+                              { "adam_beta2", d.beta2 }, { "adam_epsilon", d.eps } };
+    int n = (int)(sizeof all / sizeof all[0]);
+    memcpy(out, all, sizeof all);
+    return n;
+}
+
+static void print_trainer_defaults(FILE *f) {
+    trainer_default d[16];
+    int n = trainer_defaults(d);
+    fprintf(f, "\nTrainer defaults (peft_trainer_defaults(), the same for the C API):\n ");
+    fprintf(f, " schedule %s", schedule_name(peft_trainer_defaults().schedule));
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%s%s %g", i % 5 == 4 ? "\n  " : "  ", d[i].key, d[i].value);
+    fprintf(f, "\n\n");
+}
+
+/* the trainer's settings still unset → the library's defaults */
+static int put(settings *st, const char *key, const char *val);
+static const char *get(const settings *st, const char *key);
+static void put_trainer_defaults(settings *st) {
+    trainer_default d[16];
+    int n = trainer_defaults(d);
+    char v[32];
+    for (int i = 0; i < n; i++)
+        if (!get(st, d[i].key)) {
+            snprintf(v, sizeof v, "%g", d[i].value);
+            put(st, d[i].key, v);
+        }
+    if (!get(st, "schedule")) put(st, "schedule", schedule_name(peft_trainer_defaults().schedule));
 }
 
 /* a JSON object of settings → st; unknown keys are an error naming the file */
@@ -469,7 +516,12 @@ static int cmd_train(int argc, char **argv) {
     settings st = { .n = 0 };
     const char *resume = NULL, *config = NULL;
     for (int i = 0; i < argc; i += 2) {                 /* --help, --config and --resume first */
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(TRAIN_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(TRAIN_HELP, stdout);
+            print_trainer_defaults(stdout);
+            fputs(METHOD_HELP, stdout);
+            return 0;
+        }
         if (i + 1 >= argc) return usage_error("train", "option needs a value", argv[i]);
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
         if (!strcmp(argv[i], "--resume")) resume = argv[i + 1];
@@ -494,8 +546,8 @@ static int cmd_train(int argc, char **argv) {
         put(&st, key, argv[i + 1]);
     }
     /* defaults for what is still unset, so the written config is complete */
-    const char *defaults[][2] = { { "epochs", "1" }, { "batch", "4" }, { "seq", "256" }, { "grad_accum", "1" }, { "lr", "1e-3" },
-        { "min_lr", "0" }, { "schedule", "cosine" }, { "warmup", "0" }, { "weight_decay", "0" }, { "max_grad_norm", "1" },
+    put_trainer_defaults(&st);
+    const char *defaults[][2] = { { "epochs", "1" }, { "batch", "4" }, { "seq", "256" },
         { "eval_every", "0" }, { "save_every", "0" }, { "seed", "0" }, { "threads", "1" }, { "optim", "adamw" }, { "method", "full" } };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
 
@@ -520,6 +572,9 @@ static int cmd_train(int argc, char **argv) {
     FLOAT_SETTING("min_lr", o.min_lr, o.min_lr >= 0)
     FLOAT_SETTING("weight_decay", o.weight_decay, o.weight_decay >= 0)
     FLOAT_SETTING("max_grad_norm", o.max_grad_norm, o.max_grad_norm >= 0)
+    FLOAT_SETTING("adam_beta1", o.beta1, o.beta1 >= 0 && o.beta1 < 1)
+    FLOAT_SETTING("adam_beta2", o.beta2, o.beta2 >= 0 && o.beta2 < 1)
+    FLOAT_SETTING("adam_epsilon", o.eps, o.eps > 0)
     int budget_mb = 64, ckpt_act = 0;
     INT_SETTING("optim_budget_mb", budget_mb, budget_mb > 0)
     INT_SETTING("checkpoint_activations", ckpt_act, ckpt_act <= 1)
