@@ -14,11 +14,11 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c)
 
 all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
 
-$(BUILD)/peft: tools/peft.c peft.h
+$(BUILD)/peft: tools/peft.c tools/peft_tools.h peft.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ tools/peft.c $(LDLIBS)
 
-$(BUILD)/demo: tools/demo.c peft.h
+$(BUILD)/demo: tools/demo.c tools/peft_tools.h peft.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ tools/demo.c $(LDLIBS)
 
@@ -28,7 +28,7 @@ $(BUILD)/test_peft: $(TEST_SRC) tests/harness.h peft.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(EXTRA) -DPEFT_LCE_CHUNK_MB=8 -o $@ $(TEST_SRC) $(LDLIBS)
 
-$(BUILD)/examples/%: examples/%.c peft.h
+$(BUILD)/examples/%: examples/%.c tools/peft_tools.h peft.h
 	@mkdir -p $(BUILD)/examples
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ $< $(LDLIBS)
 

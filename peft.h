@@ -84,7 +84,8 @@
      ops         embedding, linear, rmsnorm, rope, causal GQA attention (with
                  gated prompts and an additive logit term), swiglu, add,
                  cross-entropy, LoRA linear, 4-bit linear, bias, bias/scale,
-                 prompt attention — forward and backward side by side
+                 prompt attention — forward and backward side by side;
+                 peft_attention_ref: the attention written plainly, in double
      LLaMA       peft_config (config.json or a preset), peft_model (load/save
                  safetensors, forward, loss), linear and attention sites
      methods     peft_method + peft_attach: LoRA, LLaMA-Adapter V1 and V2,
@@ -102,15 +103,89 @@
                  SentencePiece-style and byte-level) with tokenizer_config.json
                  (eos_token, chat_template by family: peft_chat_encode)
      data        Alpaca / JSONL / chat / text datasets with prompt masking, batches;
-                 generation with a KV cache; SVG plots; progress bars; the
-                 demo's synthetic world (peft_demo_world)
+                 generation with a KV cache (greedy or sampled)
+     version     PEFT_VERSION_MAJOR/MINOR/PATCH, PEFT_VERSION_STRING
+
+   Not in this header: the tooling of the command line tool, the demo and
+   the examples lives in tools/peft_tools.h (same stb style, its own
+   PEFT_TOOLS_IMPLEMENTATION): the demo's synthetic world (peft_demo_world),
+   SVG plots (peft_svg_plot), the progress bar (peft_progress), the FMA-peak
+   probe (peft_fma_peak_gflops) and the peak-RSS reader (peft_peak_rss).
 
    Conventions: every call that can fail returns peft_status; on failure
    peft_last_error() returns a sentence naming the file and the problem.
    Weights are stored [out_features, in_features] and y = x·Wᵀ, as in PyTorch.
+
+   ============================================================================
+   THREADS
+   ============================================================================
+   The library's own state is per thread where it can be: the error message
+   (peft_last_error) and its status, the GEMM's packing buffers, the
+   attention and LoRA scratch, and the sort contexts of the tokenizer and
+   the sampler. What is shared, and so the caller's to serialise:
+     - the worker pool: peft_set_threads(n) sets it for the process, and
+       with n > 1 only one application thread at a time may run library
+       work (forward, backward, a trainer or optimizer step, the GEMM,
+       quantization, generation). Call peft_set_threads itself while no
+       other thread is inside the library. With n = 1 (the default) every
+       loop runs inline on its caller: distinct objects on distinct
+       threads are then independent.
+     - every object: a model, graph, trainer, optimizer, KV cache or
+       tokenizer is used by one thread at a time. A forward writes to its
+       model (the dropout RNG, the RoPE table, the checkpointing tape), so
+       two threads never share a model, even to run forwards.
+   Pure functions (peft_q4_code, peft_status_name, peft_method_defaults,
+   peft_config_preset, peft_f16_to_f32 and the like) are safe anywhere.
+
+   ============================================================================
+   READING GUIDE
+   ============================================================================
+   The implementation is ordered for the compiler (kernels before the ops
+   that call them). To learn how fine-tuning works, read it in this order
+   instead; find each part by its banner (the quoted titles below).
+
+     1. The model, forward and backward
+        "TENSORS" and "TAPE: the step arena and the op record": what a
+        tensor is, how ops record their backward, how peft_backward walks it.
+        "OPS: each forward with its backward beside it", in the order
+        "---- linear", "---- RMSNorm", "---- RoPE", "---- reference
+        attention" (the definition, plainly; the fast "---- causal attention
+        with grouped-query heads, ..." computes the same), "---- SwiGLU",
+        "---- cross-entropy". Each op's math is in the comment above it.
+        "LLaMA: configuration, presets, parameters, forward": the block's
+        equations in the banner, then "---- forward" (peft__block).
+     2. Where methods attach
+        "METHODS: what attaches where", then "---- the forward at a linear
+        site" and "---- the attention sites".
+     3. The methods, each headed by its equation
+        "LoRA — Hu et al. 2021" with its op "---- LoRA linear";
+        "LLaMA-Adapter V1" with the prompt branch of the attention op;
+        "LLaMA-Adapter V2" with "---- bias and scale (LLaMA-Adapter V2)";
+        "LLaMA-Excitor" with "---- attention over a few prompts" and the
+        logit term of the attention op;
+        "QLoRA" with "KERNELS: 4-bit and 8-bit blockwise quantization" and
+        "---- 4-bit linear".
+     4. Training
+        "OPTIMIZERS: AdamW, clipping, schedules", then "TRAINER: one loop
+        for every method" and "---- gradient checkpointing".
+     5. The engineering, when you need it
+        "KERNELS: matrix multiply" (packing, micro-kernel, threads; its plain
+        definition is peft_gemm_ref), "PLATFORM" ("---- thread pool"),
+        "FILES" (JSON, safetensors, model and adapter folders, GGUF),
+        "TOKENIZERS", "DATA", "GENERATION".
 */
 #ifndef PEFT_H
 #define PEFT_H
+
+/* Semantic versioning: MAJOR changes break the API or the file formats,
+   MINOR adds to them, PATCH fixes. CHANGELOG.md says what each one holds. */
+#define PEFT_VERSION_MAJOR 0
+#define PEFT_VERSION_MINOR 1
+#define PEFT_VERSION_PATCH 0
+#define PEFT__STR2(x) #x
+#define PEFT__STR(x) PEFT__STR2(x)
+#define PEFT_VERSION_STRING PEFT__STR(PEFT_VERSION_MAJOR) "." PEFT__STR(PEFT_VERSION_MINOR) "." \
+                            PEFT__STR(PEFT_VERSION_PATCH)
 
 #include <stddef.h>
 #include <stdint.h>
@@ -256,9 +331,6 @@ PEFTDEF void peft_gemm(int tA, int tB, int M, int N, int K,
 PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
                            const float *A, int lda, const float *B, int ldb,
                            float beta, float *C, int ldc);
-/* The FMA peak of one core, measured (GFLOP/s): 16 independent vector
-   multiply-add chains for ~0.2 s. The denominator of MFU in `peft bench`. */
-PEFTDEF double peft_fma_peak_gflops(void);
 PEFTDEF void peft_set_threads(int n);
 PEFTDEF int  peft_get_threads(void);
 /* The kernels are compiled for the build machine's ISA (-march=native):
@@ -321,6 +393,25 @@ typedef struct {
 PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
                                        int B, int T, int n_heads, int n_kv_heads, int head_dim,
                                        const peft_attn_extras *ex);
+/* The same attention written plainly, as peft_gemm_ref is for the GEMM: the
+   definition to read and to test the fast one against. Scalar loops, double
+   precision in and out (so that it also serves finite differences), no
+   allocation, no tape. Layouts as above: q and o [B*T, n_heads*head_dim];
+   k, v and x [B*T, n_kv_heads*head_dim]; pk, pv [K, ...] shared or
+   [B*K, ...] one set per sequence (prompt_batched); gates 1 or n_heads
+   values; a NULL gate is 0. */
+typedef struct {
+    const double *pk, *pv;           /* prompt keys/values, or NULL          */
+    int           n_prompts;         /* K                                     */
+    int           prompt_batched;    /* pk/pv hold B*K rows                   */
+    const double *gate;              /* prompt gate: G = tanh(gate) or gate   */
+    int           n_gate, gate_tanh;
+    const double *x, *x_gate;        /* Excitor's extra keys and γ, or NULL   */
+    int           n_x_gate;
+} peft_attn_ref_extras;
+PEFTDEF void peft_attention_ref(const double *q, const double *k, const double *v, int B, int T,
+                                int n_heads, int n_kv_heads, int head_dim,
+                                const peft_attn_ref_extras *ex, double *o);
 /* y = x·Wᵀ with W in 4-bit storage [out, in]; the matrix product decodes W
    straight into its packed panels, never into an fp32 matrix. W is frozen. */
 PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, int out, int in);
@@ -602,15 +693,16 @@ typedef struct {
     peft_pager_stats stats;
 } peft_adamw;
 
-PEFTDEF peft_adamw_opts peft_adamw_defaults(void);     /* torch's defaults */
+/* torch.optim.AdamW's constructor defaults (lr 1e-3, betas 0.9/0.999, eps
+   1e-8, weight_decay 0.01), for using the optimizer directly. The trainer
+   does not read them: it takes every hyper-parameter from peft_trainer_opts. */
+PEFTDEF peft_adamw_opts peft_adamw_defaults(void);
 PEFTDEF peft_status peft_adamw_init(peft_adamw *opt, peft_tensor **params, int n,
                                     const peft_adamw_opts *o);
 PEFTDEF void        peft_adamw_step(peft_adamw *opt, float lr);
 PEFTDEF void        peft_adamw_free(peft_adamw *opt);
 /* Bytes the optimizer state occupies (fp32, 8-bit or paged, whatever is used). */
 PEFTDEF size_t      peft_adamw_state_bytes(const peft_adamw *opt);
-/* Peak resident set size of this process in bytes (Linux; 0 elsewhere). */
-PEFTDEF size_t      peft_peak_rss(void);
 PEFTDEF void        peft_zero_grad(peft_tensor **params, int n);
 /* Scales gradients so their global L2 norm is at most max_norm; returns the
    norm before clipping (computed in double). NaN/Inf norms are returned as is. */
@@ -646,13 +738,22 @@ typedef struct peft_trainer {
     double        last_grad_norm;
 } peft_trainer;
 
+/* The one set of training defaults, for the C API and `peft train` alike
+   (the CLI takes its defaults from here, prints them in --help and writes
+   them to train_config.json): lr 1e-3, cosine schedule down to min_lr 0,
+   no warm-up, AdamW betas 0.9/0.999, eps 1e-8, weight decay 0, gradients
+   clipped to norm 1, no accumulation. total_steps 0 means "not known": the
+   cosine then holds the peak rate (set it to the run's length, as the CLI
+   does, to decay). */
 PEFTDEF peft_trainer_opts peft_trainer_defaults(void);
 /* Trains whatever is marked trainable in the model (full fine-tuning when
    nothing is attached: every parameter). */
 PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o);
 /* One micro-batch: forward, loss, backward (gradients accumulate, scaled by
    1/grad_accum). After grad_accum micro-batches: clip, AdamW, zero grads.
-   *loss gets this micro-batch's loss. Returns PEFT_ERR_NUMERIC on NaN/Inf. */
+   *loss gets this micro-batch's loss. Returns the failure's own status:
+   PEFT_ERR_NUMERIC on NaN/Inf (nothing updated), PEFT_ERR_NOMEM when out of
+   memory, PEFT_ERR_ARG for bad tokens or shapes. */
 PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const int *targets,
                                       int B, int T, float *loss);
 PEFTDEF void        peft_trainer_free(peft_trainer *tr);
@@ -665,11 +766,6 @@ PEFTDEF void        peft_trainer_free(peft_trainer *tr);
 typedef struct { int64_t epoch, cursor, tokens; } peft_data_pos;
 PEFTDEF peft_status peft_checkpoint_save(const peft_trainer *tr, const peft_data_pos *pos, const char *path);
 PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, const char *path);
-
-/* A one-line progress bar on f: "\r  label [####....] step/total  loss  lr
-   tok/s  ETA". Ends the line when step == total. */
-PEFTDEF void peft_progress(FILE *f, const char *label, int step, int total, double loss, double lr,
-                           double tok_s, double elapsed_s);
 
 /* ------------------------------------------------------------------ files */
 typedef enum { PEFT_DT_F32 = 0, PEFT_DT_F16, PEFT_DT_BF16, PEFT_DT_I32, PEFT_DT_I64,
@@ -872,7 +968,7 @@ PEFTDEF int         peft_dataset_batch(const peft_dataset *d, const int *idx, in
    same (seed, epoch), so a resumed run sees the same batches. */
 PEFTDEF void        peft_dataset_order(int n, uint64_t seed, int epoch, int *order);
 
-/* -------------------------------------------------- generation, plots, demo */
+/* --------------------------------------------------------------- generation */
 /* Greedy decoding (with a KV cache): appends up to max_new tokens after the
    prompt, stopping after eos or at max_seq_len; returns how many were produced. */
 PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt, int n_prompt,
@@ -912,39 +1008,6 @@ PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const
 /* The Stanford Alpaca prompt (with or without input), ending "### Response:". */
 PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char *out, size_t n);
 
-/* An SVG line chart (or scatter with labels when points_only). */
-typedef struct { const char *name; const double *x, *y; int n; int points_only; } peft_series;
-PEFTDEF peft_status peft_svg_plot(const char *path, const char *title, const char *xlabel, const char *ylabel,
-                                  int log_x, const peft_series *s, int n_series);
-
-/* A small synthetic world for demos and teaching: invented people with a
-   city, a colour and a pet; sums of small numbers; reversing letters. A
-   pre-training corpus states the facts; Alpaca-style instructions ask about
-   them, split into train and held-out test items. Word-level vocabulary. */
-typedef enum { PEFT_TASK_FACT = 0, PEFT_TASK_ARITH, PEFT_TASK_REVERSE, PEFT_N_TASKS } peft_task_family;
-typedef struct {
-    int  family;
-    char instruction[96], input[64], output[64];
-    int  ids[96], n_ids, n_prompt;   /* prompt + output + <eos>; the first n_prompt are the prompt */
-} peft_demo_item;
-typedef struct {
-    char          **words;
-    int             n_words;         /* ids: 0 <pad>, 1 <bos>, 2 <eos>, 3 <nl>, then words */
-    int            *corpus;
-    int64_t         n_corpus;
-    peft_demo_item *items;           /* [0, n_train) train, then test */
-    int             n_items, n_train;
-} peft_demo_world;
-PEFTDEF const char *peft_task_name(int family);
-PEFTDEF peft_status peft_demo_world_new(peft_demo_world *w, uint64_t seed);
-PEFTDEF void        peft_demo_world_free(peft_demo_world *w);
-/* Word-level encode (punctuation split, "\n" → <nl>); unknown words → -1. */
-PEFTDEF int         peft_demo_encode(const peft_demo_world *w, const char *text, int *ids, int max);
-/* A padded SFT batch: targets are the next tokens of output + <eos> only
-   (prompt and padding masked with -100); returns T. */
-PEFTDEF int         peft_demo_batch(const peft_demo_item *const *items, int B, int *tokens, int *targets);
-/* Greedy answer to an item's prompt == its output (exact match)? */
-PEFTDEF int         peft_demo_correct(peft_model *m, peft_graph *g, const peft_demo_item *it);
 
 #ifdef __cplusplus
 }
@@ -1023,6 +1086,7 @@ extern int fsync(int fd);
    ============================================================================ */
 
 static PEFT__TLS char peft__errbuf[1024];
+static PEFT__TLS peft_status peft__errstatus;   /* the status that came with errbuf's message */
 
 /* Records a message for peft_last_error() and returns the status, so that a
    failure path reads `return peft__fail(PEFT_ERR_IO, "%s: ...", path);`. */
@@ -1032,6 +1096,7 @@ static peft_status peft__fail(peft_status s, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(peft__errbuf, sizeof peft__errbuf, fmt, ap);
     va_end(ap);
+    peft__errstatus = s;
     return s;
 }
 
@@ -1518,38 +1583,10 @@ static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, in
 }
 #endif
 
-PEFT__FMA_KERNEL static double peft__fma_chains(long iters) {
-    PEFT__FMA_PRAGMA
-    float seed = (float)(iters & 1) * 1e-3f + 0.5f;
-    peft__vf acc[16], m = PEFT__BCAST(0.999999f), c = PEFT__BCAST(1e-7f);
-    for (int i = 0; i < 16; i++) acc[i] = PEFT__BCAST(seed + (float)i);
-    for (long k = 0; k < iters; k++)
-        for (int i = 0; i < 16; i++) acc[i] = acc[i] * m + c;
-    float sum = 0.0f;
-    for (int i = 0; i < 16; i++) sum += acc[i][0];
-    return (double)sum;
-}
-
 static double peft__seconds(void) {
     struct timespec ts;
     timespec_get(&ts, TIME_UTC);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-PEFTDEF double peft_fma_peak_gflops(void) {
-    long iters = 1 << 16;
-    double best = 0.0;
-    volatile double sink = 0.0;
-    for (int rep = 0; rep < 6; rep++) {
-        double t0 = peft__seconds();
-        sink += peft__fma_chains(iters);
-        double t = peft__seconds() - t0;
-        if (t < 0.03) { iters *= 2; rep--; continue; }
-        double g = 2.0 * 16 * PEFT__VW * (double)iters / t / 1e9;
-        if (g > best) best = g;
-    }
-    (void)sink;
-    return best;
 }
 
 /* Per-thread packing buffers, grown once and then reused (no allocation
@@ -3329,6 +3366,66 @@ PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *
     return peft_attention_ex(g, q, k, v, B, T, H, KV, hd, NULL);
 }
 
+/* ---- reference attention: the definition, plainly ------------------------------
+   For each sequence b, query head h (reading kv head h / (H/KV)) and row t:
+       s_j = q_t·(k_j + γ_h·x_j)/√d  (j ≤ t),   o_t = Σ_j softmax(s)_j v_j
+       o_t += G_h · Σ_i softmax(q_t·pk_i/√d)_i pv_i        (all K prompts)
+   Each softmax takes three passes over its keys (maximum, sum, output) and
+   recomputes the scores rather than keep a row: the reading stays one loop. */
+static double peft__ref_score(const double *q, const double *k, const double *x, double gx, int hd) {
+    double s = 0.0;
+    for (int d = 0; d < hd; d++) {
+        double key = x ? k[d] + gx * x[d] : k[d];
+        s += q[d] * key;
+    }
+    return s / sqrt((double)hd);
+}
+
+/* o += w · Σ_j softmax_j(score(q, key j)) · v_j over n keys `stride` apart */
+static void peft__ref_softmax_sum(const double *q, const double *k, const double *x, double gx,
+                                  const double *v, int n, size_t stride, int hd, double w, double *o) {
+    double mx = -INFINITY;
+    double sum = 0.0;
+    for (int j = 0; j < n; j++)
+        mx = fmax(mx, peft__ref_score(q, k + j * stride, x ? x + j * stride : NULL, gx, hd));
+    for (int j = 0; j < n; j++)
+        sum += exp(peft__ref_score(q, k + j * stride, x ? x + j * stride : NULL, gx, hd) - mx);
+    for (int j = 0; j < n; j++) {
+        double p = exp(peft__ref_score(q, k + j * stride, x ? x + j * stride : NULL, gx, hd) - mx) / sum;
+        for (int d = 0; d < hd; d++)
+            o[d] += w * p * v[j * stride + d];
+    }
+}
+
+PEFTDEF void peft_attention_ref(const double *q, const double *k, const double *v, int B, int T,
+                                int H, int KV, int hd, const peft_attn_ref_extras *ex, double *o) {
+    peft_attn_ref_extras none;
+    memset(&none, 0, sizeof none);
+    if (!ex) ex = &none;
+    size_t qw = (size_t)H * hd;
+    size_t kw = (size_t)KV * hd;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kvh = h / (H / KV);
+            double gx = ex->x ? ex->x_gate[ex->n_x_gate == 1 ? 0 : h] : 0.0;
+            double g = ex->gate ? ex->gate[ex->n_gate == 1 ? 0 : h] : 0.0;
+            double G = ex->gate_tanh ? tanh(g) : g;
+            size_t seq = (size_t)b * T * kw + (size_t)kvh * hd;
+            size_t prompts = (ex->prompt_batched ? (size_t)b * ex->n_prompts : 0) * kw + (size_t)kvh * hd;
+            const double *xs = ex->x ? ex->x + seq : NULL;
+            int K = ex->pk ? ex->n_prompts : 0;
+            for (int t = 0; t < T; t++) {
+                const double *qt = q + ((size_t)b * T + t) * qw + (size_t)h * hd;
+                double *ot = o + ((size_t)b * T + t) * qw + (size_t)h * hd;
+                for (int d = 0; d < hd; d++)
+                    ot[d] = 0.0;
+                peft__ref_softmax_sum(qt, k + seq, xs, gx, v + seq, t + 1, kw, hd, 1.0, ot);
+                if (K > 0)
+                    peft__ref_softmax_sum(qt, ex->pk + prompts, NULL, 0, ex->pv + prompts, K, kw, hd, G, ot);
+            }
+        }
+}
+
 /* ---- 4-bit linear ----------------------------------------------------------------
    y = x·Wᵀ,  dx += dy·W     with W [out, in] in 4-bit storage (frozen).
    The matrix product decodes W as it packs its panels (a strip of at most
@@ -4499,14 +4596,49 @@ typedef struct { peft_model *m; peft_layer *L; peft_rng rng; int B, T, training;
 
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T);
 
-static peft_tensor *peft__first_trainable(peft_layer *L) {
+/* Every tensor a block reads: its norms, each linear site's weight, bias and
+   attached tensors (LoRA, V2 bias/scale), the attention site's prompts,
+   gates and Excitor tensors, and the model's fusion projection where the
+   block takes fusion prompts. Whatever a method adds to a site is listed
+   here, once: the checkpointing rule below asks this list, so a trainable
+   tensor a block reads cannot be missed. Returns the count (NULLs skipped). */
+#define PEFT__LAYER_MAX_TENSORS (2 + 6 * PEFT_N_SITES + 8)
+static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_tensor **out) {
+    const peft_attn_site *A = &L->attn;
+    peft_tensor *all[PEFT__LAYER_MAX_TENSORS];
+    int n = 0;
+    all[n++] = L->attn_norm;
+    all[n++] = L->ffn_norm;
     for (int s = 0; s < PEFT_N_SITES; s++) {
-        peft_linear_site *S = &L->lin[s];
-        peft_tensor *c[6] = { S->lora_A, S->lora_B, S->bias, S->scale, S->b, S->w };
-        for (int k = 0; k < 6; k++) if (c[k] && c[k]->requires_grad) return c[k];
+        const peft_linear_site *S = &L->lin[s];
+        all[n++] = S->w;
+        all[n++] = S->b;
+        all[n++] = S->lora_A;
+        all[n++] = S->lora_B;
+        all[n++] = S->bias;
+        all[n++] = S->scale;
     }
-    peft_tensor *a[6] = { L->attn.prompt, L->attn.gate, L->attn.fusion_gate, L->attn.ex_prompt, L->attn_norm, L->ffn_norm };
-    for (int k = 0; k < 6; k++) if (a[k] && a[k]->requires_grad) return a[k];
+    all[n++] = A->prompt;
+    all[n++] = A->gate;
+    all[n++] = A->fusion_gate;
+    all[n++] = A->fusion_gate ? m->fusion_proj : NULL;
+    all[n++] = A->ex_prompt;
+    all[n++] = A->ex_down;
+    all[n++] = A->ex_up;
+    all[n++] = A->ex_gate;
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (all[i]) out[k++] = all[i];
+    return k;
+}
+
+/* A block is recomputed and differentiated when it reads any trainable
+   tensor (or its input needs a gradient): the node records that tensor. */
+static peft_tensor *peft__first_trainable(const peft_model *m, const peft_layer *L) {
+    peft_tensor *t[PEFT__LAYER_MAX_TENSORS];
+    int n = peft__layer_tensors(m, L, t);
+    for (int i = 0; i < n; i++)
+        if (t[i]->requires_grad) return t[i];
     return NULL;
 }
 
@@ -4547,7 +4679,7 @@ static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_
     peft_tensor *y = peft__like(g, yt);
     if (!y) return NULL;
     memcpy(y->data, yt->data, sizeof(float) * (size_t)y->n);
-    peft__node *nd = peft__record(g, peft__ckpt_bw, y, x, peft__first_trainable(L), NULL, NULL);
+    peft__node *nd = peft__record(g, peft__ckpt_bw, y, x, peft__first_trainable(m, L), NULL, NULL);
     if (nd) nd->aux = c;
     return y;
 }
@@ -5749,17 +5881,6 @@ PEFTDEF void peft_adamw_free(peft_adamw *opt) {
     memset(opt, 0, sizeof *opt);
 }
 
-PEFTDEF size_t peft_peak_rss(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    size_t kb = 0;
-    if (!f) return 0;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmHWM:", 6) == 0) { kb = (size_t)strtoull(line + 6, NULL, 10); break; }
-    fclose(f);
-    return kb * 1024;
-}
-
 PEFTDEF void peft_zero_grad(peft_tensor **params, int n) {
     for (int i = 0; i < n; i++)
         if (params[i]->grad) memset(params[i]->grad, 0, (size_t)params[i]->n * sizeof(float));
@@ -5805,8 +5926,17 @@ PEFTDEF float peft_schedule_lr(const peft_schedule *s, int step) {
 PEFTDEF peft_trainer_opts peft_trainer_defaults(void) {
     peft_trainer_opts o;
     memset(&o, 0, sizeof o);
-    o.lr = 1e-3f; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f; o.weight_decay = 0.0f;
-    o.max_grad_norm = 1.0f; o.grad_accum = 1; o.total_steps = 1000; o.schedule = PEFT_SCHED_CONSTANT;
+    o.lr = 1e-3f;
+    o.min_lr = 0.0f;
+    o.beta1 = 0.9f;
+    o.beta2 = 0.999f;
+    o.eps = 1e-8f;
+    o.weight_decay = 0.0f;
+    o.max_grad_norm = 1.0f;
+    o.grad_accum = 1;
+    o.warmup_steps = 0;
+    o.total_steps = 0;                 /* unknown: the cosine holds the peak until it is set */
+    o.schedule = PEFT_SCHED_COSINE;
     return o;
 }
 
@@ -5843,9 +5973,12 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
     peft_graph *g = tr->graph;
     peft_graph_reset(g);
     tr->model->training = 1;
+    peft__errstatus = PEFT_OK;
     peft_tensor *L = peft_model_loss(tr->model, g, tokens, targets, B, T);
     tr->model->training = 0;
-    if (!L) return PEFT_ERR_ARG;  /* message already set by the failing op */
+    if (!L && peft__errstatus != PEFT_OK)
+        return peft__errstatus;       /* the failing op's own status and message (out of memory: NOMEM) */
+    if (!L) return peft__fail(PEFT_ERR_ARG, "training step: the forward failed");
     float lv = L->data[0];
     if (loss) *loss = lv;
     if (!isfinite(lv)) {
@@ -6024,20 +6157,6 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
     }
     peft_st_close(&st);
     return s;
-}
-
-PEFTDEF void peft_progress(FILE *f, const char *label, int step, int total, double loss, double lr,
-                           double tok_s, double elapsed_s) {
-    int width = 24, fill = total > 0 ? (int)((int64_t)step * width / total) : width;
-    double eta = step > 0 ? elapsed_s / step * (total - step) : 0;
-    char bar[32];
-    for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
-    bar[width] = 0;
-    fprintf(f, "\r  %-11s [%s] %5d/%-5d loss %7.4f", label, bar, step, total, loss);
-    if (lr > 0) fprintf(f, "  lr %.2e", lr);
-    fprintf(f, "  %7.0f tok/s  ETA %2d:%02d ", tok_s, (int)eta / 60, (int)eta % 60);
-    if (step >= total) fputc('\n', f);
-    fflush(f);
 }
 
 /* ============================================================================
@@ -7458,7 +7577,7 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
    TOKENIZERS
    ============================================================================ */
 
-static const peft_tokenizer *peft__sort_tok;
+static PEFT__TLS const peft_tokenizer *peft__sort_tok;   /* per thread: see THREADS in the manual */
 static int peft__cmp_piece(const void *a, const void *b) {
     return strcmp(peft__sort_tok->pieces[*(const int *)a], peft__sort_tok->pieces[*(const int *)b]);
 }
@@ -8990,7 +9109,7 @@ PEFTDEF int peft_dataset_batch(const peft_dataset *d, const int *idx, int B, int
 }
 
 /* ============================================================================
-   GENERATION, PLOTS AND THE DEMO WORLD
+   GENERATION
    ============================================================================ */
 
 PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const char *path) {
@@ -9046,7 +9165,7 @@ PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt
     return peft_generate(m, g, prompt, n_prompt, max_new, eos, NULL, out, NULL, NULL);   /* no sampler: argmax */
 }
 
-static const float *peft__sort_probs;
+static PEFT__TLS const float *peft__sort_probs;          /* per thread: see THREADS in the manual */
 static int peft__cmp_prob(const void *a, const void *b) {
     float x = peft__sort_probs[*(const int *)a], y = peft__sort_probs[*(const int *)b];
     return x < y ? 1 : x > y ? -1 : (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
@@ -9140,274 +9259,6 @@ PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char
     else
         snprintf(out, n, "Below is an instruction that describes a task. Write a response that appropriately "
                  "completes the request.\n\n### Instruction:\n%s\n\n### Response:", instruction);
-}
-
-/* ---- SVG --------------------------------------------------------------------------- */
-static double peft__nice_step(double span) {
-    double s = pow(10.0, floor(log10(span > 0 ? span : 1.0))), r = span / s;
-    return r > 5 ? 2 * s : r > 2 ? s : r > 1 ? 0.5 * s : 0.2 * s;
-}
-
-PEFTDEF peft_status peft_svg_plot(const char *path, const char *title, const char *xlabel, const char *ylabel,
-                                  int log_x, const peft_series *s, int n_series) {
-    static const char *colors[] = { "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf" };
-    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
-    for (int k = 0; k < n_series; k++)
-        for (int i = 0; i < s[k].n; i++) {
-            double x = log_x ? log10(s[k].x[i] > 0 ? s[k].x[i] : 1) : s[k].x[i], y = s[k].y[i];
-            if (!isfinite(x) || !isfinite(y)) continue;
-            x0 = fmin(x0, x); x1 = fmax(x1, x); y0 = fmin(y0, y); y1 = fmax(y1, y);
-        }
-    if (!(x1 >= x0)) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
-    if (x1 == x0) { x0 -= 1; x1 += 1; }
-    if (y1 == y0) { y0 -= 1; y1 += 1; }
-    double ypad = 0.05 * (y1 - y0);
-    y0 -= ypad; y1 += ypad;
-    if (log_x) { x0 = floor(x0); x1 = ceil(x1); if (x1 == x0) x1 += 1; }
-    const double W = 760, H = 440, L = 70, R = 190, T = 40, Bm = 55, pw = W - L - R, ph = H - T - Bm;
-#define PEFT__SX(x) (L + ((x) - x0) / (x1 - x0) * pw)
-#define PEFT__SY(y) (T + ph - ((y) - y0) / (y1 - y0) * ph)
-    peft__sb b = { 0, 0, 0, 0 };
-    peft__sbf(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-    peft__sbf(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%.0f\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">", L + pw / 2);
-    for (const char *c = title; *c; c++) peft__sbf(&b, *c == '<' ? "&lt;" : *c == '&' ? "&amp;" : "%c", *c);
-    peft__sbf(&b, "</text>\n<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#444\"/>\n", L, T, pw, ph);
-    double ys = peft__nice_step(y1 - y0);
-    for (double y = ceil(y0 / ys) * ys; y <= y1; y += ys)
-        peft__sbf(&b, "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n",
-                  L, L + pw, PEFT__SY(y), PEFT__SY(y), L - 6, PEFT__SY(y) + 4, fabs(y) < 1e-12 ? 0.0 : y);
-    double xs = log_x ? 1.0 : peft__nice_step(x1 - x0);
-    for (double x = ceil(x0 / xs) * xs; x <= x1 + 1e-9; x += xs)
-        peft__sbf(&b, "<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/><text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n",
-                  PEFT__SX(x), PEFT__SX(x), T, T + ph, PEFT__SX(x), T + ph + 16, log_x ? pow(10.0, x) : x);
-    peft__sbf(&b, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">%s%s</text>\n", L + pw / 2, H - 12, xlabel, log_x ? " (log scale)" : "");
-    peft__sbf(&b, "<text transform=\"translate(16,%.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n", T + ph / 2, ylabel);
-    for (int k = 0; k < n_series; k++) {
-        const char *col = colors[k % 8];
-        if (s[k].points_only) {
-            for (int i = 0; i < s[k].n; i++) {
-                double x = log_x ? log10(s[k].x[i] > 0 ? s[k].x[i] : 1) : s[k].x[i];
-                peft__sbf(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"5\" fill=\"%s\"/>\n", PEFT__SX(x), PEFT__SY(s[k].y[i]), col);
-            }
-        } else {
-            peft__sbf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.6\" points=\"", col);
-            for (int i = 0; i < s[k].n; i++) {
-                double x = log_x ? log10(s[k].x[i] > 0 ? s[k].x[i] : 1) : s[k].x[i];
-                if (isfinite(s[k].y[i])) peft__sbf(&b, "%.1f,%.1f ", PEFT__SX(x), PEFT__SY(s[k].y[i]));
-            }
-            peft__sbf(&b, "\"/>\n");
-        }
-        peft__sbf(&b, "<rect x=\"%.0f\" y=\"%.0f\" width=\"14\" height=\"4\" fill=\"%s\"/><text x=\"%.0f\" y=\"%.0f\">%s</text>\n",
-                  L + pw + 14, T + 10 + 18.0 * k, col, L + pw + 34, T + 15 + 18.0 * k, s[k].name);
-    }
-    peft__sbf(&b, "</svg>\n");
-#undef PEFT__SX
-#undef PEFT__SY
-    peft_status st = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
-    PEFT_FREE(b.s);
-    return st;
-}
-
-/* ---- the demo world --------------------------------------------------------------- */
-static const char *const peft__cities[8] = { "amberton", "birchwick", "cedarfall", "dunmore", "elmshade", "fernhollow", "glenport", "hazelby" };
-static const char *const peft__colors[8] = { "red", "blue", "green", "yellow", "black", "white", "orange", "purple" };
-static const char *const peft__pets[8] = { "cat", "dog", "bird", "fish", "frog", "horse", "mouse", "goat" };
-static const char *const peft__letters[8] = { "a", "b", "c", "d", "e", "f", "g", "h" };
-static const char *const peft__task_names[PEFT_N_TASKS] = { "facts", "arithmetic", "reverse" };
-
-PEFTDEF const char *peft_task_name(int f) { return f >= 0 && f < PEFT_N_TASKS ? peft__task_names[f] : "?"; }
-
-static int peft__word_id(peft_demo_world *w, const char *word, int add) {
-    for (int i = 0; i < w->n_words; i++) if (strcmp(w->words[i], word) == 0) return i;
-    if (!add) return -1;
-    char **nw = (char **)PEFT_REALLOC(w->words, sizeof(char *) * (size_t)(w->n_words + 1));
-    if (!nw) return -1;
-    w->words = nw;
-    w->words[w->n_words] = peft__strdup(word);
-    return w->words[w->n_words] ? w->n_words++ : -1;
-}
-
-/* split into words: spaces separate, . , ? : are words of their own, "\n" is <nl> */
-static int peft__demo_tokens(peft_demo_world *w, const char *text, int *ids, int max, int add) {
-    int n = 0;
-    char word[64];
-    for (const char *p = text; *p && n < max;) {
-        if (*p == ' ') { p++; continue; }
-        int len = 0;
-        if (*p == '\n') { ids[n++] = 3; p++; continue; }
-        if (strchr(".,?:", *p)) word[len++] = *p++;
-        else while (*p && *p != ' ' && *p != '\n' && !strchr(".,?:", *p) && len < 63) word[len++] = *p++;
-        word[len] = 0;
-        ids[n++] = peft__word_id(w, word, add);
-    }
-    return n;
-}
-
-PEFTDEF int peft_demo_encode(const peft_demo_world *w, const char *text, int *ids, int max) {
-    return peft__demo_tokens((peft_demo_world *)(uintptr_t)w, text, ids, max, 0);
-}
-
-static void peft__corpus_add(peft_demo_world *w, const char *sentence, int64_t *cap) {
-    int ids[128], n = peft__demo_tokens(w, sentence, ids, 128, 1);
-    if (w->n_corpus + n + 1 > *cap) {
-        *cap = (*cap + n + 1) * 2;
-        int *nc = (int *)PEFT_REALLOC(w->corpus, sizeof(int) * (size_t)*cap);
-        if (!nc) return;
-        w->corpus = nc;
-    }
-    memcpy(w->corpus + w->n_corpus, ids, sizeof(int) * (size_t)n);
-    w->n_corpus += n;
-}
-
-static void peft__shuffle(peft_rng *r, int *a, int n) {
-    for (int i = n - 1; i > 0; i--) {
-        int j = (int)(peft_rng_u64(r) % (uint64_t)(i + 1)), t = a[i];
-        a[i] = a[j]; a[j] = t;
-    }
-}
-
-PEFTDEF peft_status peft_demo_world_new(peft_demo_world *w, uint64_t seed) {
-    enum { N_PEOPLE = 32, N_SUMS = 10, N_LET = 6, N_REV = N_LET * N_LET * N_LET };
-    static const char *const syl[16] = { "ka", "zu", "mi", "ro", "te", "lo", "vi", "na", "sho", "ri", "pa", "du", "fe", "gi", "bo", "ya" };
-    memset(w, 0, sizeof *w);
-    const char *special[4] = { "<pad>", "<bos>", "<eos>", "<nl>" };
-    for (int i = 0; i < 4; i++) peft__word_id(w, special[i], 1);
-    peft_rng r;
-    peft_rng_seed(&r, seed);
-    char names[N_PEOPLE][16];
-    int city[N_PEOPLE], color[N_PEOPLE], pet[N_PEOPLE];
-    for (int i = 0; i < N_PEOPLE; i++) {
-        int unique;
-        do {
-            snprintf(names[i], 16, "%s%s%s", syl[peft_rng_u64(&r) % 16], syl[peft_rng_u64(&r) % 16], syl[peft_rng_u64(&r) % 16]);
-            unique = 1;
-            for (int j = 0; j < i; j++) if (!strcmp(names[i], names[j])) unique = 0;
-        } while (!unique);
-        city[i] = (int)(peft_rng_u64(&r) % 8); color[i] = (int)(peft_rng_u64(&r) % 8); pet[i] = (int)(peft_rng_u64(&r) % 8);
-    }
-    /* the corpus: every fact several times, as a statement and as the answer
-       to a question (so that questions can be answered at all: a model that
-       only saw statements rarely learns to retrieve them from questions), in
-       random order */
-    enum { N_COPY = 240, N_SENT = N_PEOPLE * 3 * 4 + N_SUMS * N_SUMS * 3 + N_REV * 2 + N_COPY };
-    int order[N_SENT], ns = 0;
-    for (int i = 0; i < N_SENT; i++) order[i] = i;
-    peft__shuffle(&r, order, N_SENT);
-    int64_t cap = 0;
-    char buf[1024];
-    for (int k = 0; k < N_SENT; k++) {
-        int s = order[k];
-        if (s < N_PEOPLE * 12) {
-            int p = (s / 3) % N_PEOPLE, kind = s % 3, question = (s / (3 * N_PEOPLE)) % 2;
-            static const char *const stmt[3] = { "%s lives in %s .", "%s likes %s .", "%s has a %s ." };
-            static const char *const ask[3] = { "Where does %s live ? %s .", "Which colour does %s like ? %s .",
-                                                "What pet does %s have ? %s ." };
-            snprintf(buf, sizeof buf, (question ? ask : stmt)[kind], names[p],
-                     kind == 0 ? peft__cities[city[p]] : kind == 1 ? peft__colors[color[p]] : peft__pets[pet[p]]);
-        } else if (s < N_PEOPLE * 12 + N_SUMS * N_SUMS * 3) {
-            int q = (s - N_PEOPLE * 12) % (N_SUMS * N_SUMS), a = q / N_SUMS, b = q % N_SUMS;
-            snprintf(buf, sizeof buf, "%d plus %d is %d .", a, b, a + b);
-        } else if (s >= N_SENT - N_COPY) {
-            /* instruction-shaped text of another kind (copying letters), as a
-               real corpus has some: the base meets the Alpaca template and
-               <bos>/<eos> before fine-tuning, like any pre-trained LLM */
-            char in[96] = "", prompt[512];
-            for (int t = 0; t < 3; t++) {            /* any kind of word: copying must not depend on it */
-                char word[24];
-                int kind = (int)(peft_rng_u64(&r) % 4);
-                if (kind == 0) snprintf(word, sizeof word, "%s", names[peft_rng_u64(&r) % N_PEOPLE]);
-                else if (kind == 1) snprintf(word, sizeof word, "%d", (int)(peft_rng_u64(&r) % (2 * N_SUMS - 1)));
-                else if (kind == 2) snprintf(word, sizeof word, "%s", peft__letters[peft_rng_u64(&r) % N_LET]);
-                else snprintf(word, sizeof word, "%s", (peft_rng_u64(&r) & 1 ? peft__cities : peft__pets)[peft_rng_u64(&r) % 8]);
-                snprintf(in + strlen(in), sizeof in - strlen(in), "%s%s", t ? " " : "", word);
-            }
-            peft_alpaca_prompt("Repeat the words.", in, prompt, sizeof prompt);
-            snprintf(buf, sizeof buf, "<bos> %s %s <eos>", prompt, in);
-        } else {
-            int q = (s - N_PEOPLE * 12 - N_SUMS * N_SUMS * 3) % N_REV, x = q / (N_LET * N_LET), y = (q / N_LET) % N_LET, z = q % N_LET;
-            snprintf(buf, sizeof buf, "%s %s %s reversed is %s %s %s .", peft__letters[x], peft__letters[y], peft__letters[z],
-                     peft__letters[z], peft__letters[y], peft__letters[x]);
-        }
-        peft__corpus_add(w, buf, &cap);
-        ns++;
-    }
-    /* instructions: per family, shuffled, split train / test */
-    int per_family_train[PEFT_N_TASKS] = { 64, 64, 96 }, per_family_test = 32;
-    int total = 64 + 64 + 96 + 3 * per_family_test;
-    w->items = (peft_demo_item *)peft__calloc(sizeof(peft_demo_item) * (size_t)total);
-    if (!w->items || !w->corpus) { peft_demo_world_free(w); return peft__fail(PEFT_ERR_NOMEM, "no memory for the demo world"); }
-    peft_demo_item *train = w->items, *test = w->items + 64 + 64 + 96;
-    int nt = 0, ne = 0;
-    for (int f = 0; f < PEFT_N_TASKS; f++) {
-        int pool = f == PEFT_TASK_FACT ? N_PEOPLE * 3 : f == PEFT_TASK_ARITH ? N_SUMS * N_SUMS : N_REV;
-        int *idx = (int *)PEFT_MALLOC(sizeof(int) * (size_t)pool);
-        if (!idx) { peft_demo_world_free(w); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
-        for (int i = 0; i < pool; i++) idx[i] = i;
-        peft__shuffle(&r, idx, pool);
-        for (int k = 0; k < per_family_train[f] + per_family_test; k++) {
-            peft_demo_item *it = k < per_family_train[f] ? &train[nt++] : &test[ne++];
-            int q = idx[k];
-            it->family = f;
-            if (f == PEFT_TASK_FACT) {
-                int p = q / 3, kind = q % 3;
-                static const char *const ask[3] = { "Where does %s live?", "Which colour does %s like?", "What pet does %s have?" };
-                snprintf(it->instruction, sizeof it->instruction, ask[kind], names[p]);
-                /* answers restate the fact as the corpus does: a small model then
-                   copies the question and completes it from what it learned */
-                static const char *const say[3] = { "%s lives in %s", "%s likes %s", "%s has a %s" };
-                snprintf(it->output, sizeof it->output, say[kind], names[p],
-                         kind == 0 ? peft__cities[city[p]] : kind == 1 ? peft__colors[color[p]] : peft__pets[pet[p]]);
-            } else if (f == PEFT_TASK_ARITH) {
-                snprintf(it->instruction, sizeof it->instruction, "Add the two numbers.");
-                snprintf(it->input, sizeof it->input, "%d plus %d", q / N_SUMS, q % N_SUMS);
-                snprintf(it->output, sizeof it->output, "%d plus %d is %d", q / N_SUMS, q % N_SUMS, q / N_SUMS + q % N_SUMS);
-            } else {
-                int x = q / (N_LET * N_LET), y = (q / N_LET) % N_LET, z = q % N_LET;
-                snprintf(it->instruction, sizeof it->instruction, "Reverse the letters.");
-                snprintf(it->input, sizeof it->input, "%s %s %s", peft__letters[x], peft__letters[y], peft__letters[z]);
-                snprintf(it->output, sizeof it->output, "%s %s %s reversed is %s %s %s", peft__letters[x], peft__letters[y],
-                         peft__letters[z], peft__letters[z], peft__letters[y], peft__letters[x]);
-            }
-            peft_alpaca_prompt(it->instruction, it->input, buf, sizeof buf);
-            it->ids[0] = 1;                                              /* <bos> */
-            it->n_prompt = 1 + peft__demo_tokens(w, buf, it->ids + 1, 80, 1);
-            it->n_ids = it->n_prompt + peft__demo_tokens(w, it->output, it->ids + it->n_prompt, 12, 1);
-            it->ids[it->n_ids++] = 2;                                    /* <eos> */
-        }
-        PEFT_FREE(idx);
-    }
-    w->n_train = nt;
-    w->n_items = nt + ne;
-    (void)ns;
-    return PEFT_OK;
-}
-
-PEFTDEF void peft_demo_world_free(peft_demo_world *w) {
-    for (int i = 0; i < w->n_words; i++) PEFT_FREE(w->words[i]);
-    PEFT_FREE(w->words);
-    PEFT_FREE(w->corpus);
-    PEFT_FREE(w->items);
-    memset(w, 0, sizeof *w);
-}
-
-PEFTDEF int peft_demo_batch(const peft_demo_item *const *items, int B, int *tokens, int *targets) {
-    int T = 0;
-    for (int b = 0; b < B; b++) if (items[b]->n_ids - 1 > T) T = items[b]->n_ids - 1;
-    for (int b = 0; b < B; b++) {
-        const peft_demo_item *it = items[b];
-        for (int t = 0; t < T; t++) {
-            int in = t < it->n_ids - 1;
-            tokens[b * T + t] = in ? it->ids[t] : 0;
-            targets[b * T + t] = in && t + 1 >= it->n_prompt ? it->ids[t + 1] : -100;
-        }
-    }
-    return T;
-}
-
-PEFTDEF int peft_demo_correct(peft_model *m, peft_graph *g, const peft_demo_item *it) {
-    int out[16], want = it->n_ids - it->n_prompt;
-    int n = peft_generate_greedy(m, g, it->ids, it->n_prompt, want, 2, out);
-    return n == want && memcmp(out, it->ids + it->n_prompt, sizeof(int) * (size_t)want) == 0;
 }
 
 #endif /* PEFT__IMPLEMENTED */

@@ -8,7 +8,8 @@
 
    build/examples/lora_sweep [BASE_DIR] [STEPS]   (defaults demo/base, 100) */
 #define PEFT_IMPLEMENTATION
-#include "../peft.h"
+#define PEFT_TOOLS_IMPLEMENTATION
+#include "../tools/peft_tools.h"   /* peft.h and the demo world */
 #include <stdio.h>
 #include <stdlib.h>
 

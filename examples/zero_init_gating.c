@@ -9,7 +9,8 @@
 
    build/examples/zero_init_gating [BASE_DIR]   (default demo/base, from `make demo`) */
 #define PEFT_IMPLEMENTATION
-#include "../peft.h"
+#define PEFT_TOOLS_IMPLEMENTATION
+#include "../tools/peft_tools.h"   /* peft.h and the demo world */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -767,3 +767,67 @@ TEST(test_cli_trained_model_stops_at_eos) {
         }
     }
 }
+
+/* peft --version prints the header's version macros. */
+TEST(test_cli_version) {
+    static char out[4096];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+    char num[32], want[64];
+    snprintf(num, sizeof num, "%d.%d.%d", PEFT_VERSION_MAJOR, PEFT_VERSION_MINOR, PEFT_VERSION_PATCH);
+    CHECK(!strcmp(PEFT_VERSION_STRING, num), "PEFT_VERSION_STRING %s, macros %s", PEFT_VERSION_STRING, num);
+    snprintf(want, sizeof want, "peft %s\n", num);
+    CHECK(run(out, sizeof out, "--version") == 0 && !strcmp(out, want), "--version: %s", out);
+}
+
+/* One set of training defaults: `peft train --help` prints the values of
+   peft_trainer_defaults(), and a run given none of them writes exactly
+   those into train_config.json (every one, the AdamW betas and epsilon
+   included), so a C program reproduces the run from the same struct. */
+TEST(test_cli_train_defaults) {
+    static char out[1 << 16];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+    peft_trainer_opts d = peft_trainer_defaults();
+    const char *sched = d.schedule == PEFT_SCHED_COSINE   ? "cosine"
+                        : d.schedule == PEFT_SCHED_LINEAR ? "linear"
+                                                          : "constant";
+    struct { const char *key; double value; } want[] = {
+        { "lr", d.lr }, { "min_lr", d.min_lr }, { "warmup", d.warmup_steps },
+        { "weight_decay", d.weight_decay },
+        { "max_grad_norm", d.max_grad_norm }, { "grad_accum", d.grad_accum }, { "adam_beta1", d.beta1 },
+        { "adam_beta2", d.beta2 }, { "adam_epsilon", d.eps } };
+    int n = (int)(sizeof want / sizeof want[0]);
+    REQUIRE(run(out, sizeof out, "train --help") == 0, "train --help");
+    char item[96];
+    snprintf(item, sizeof item, "schedule %s", sched);
+    CHECK(strstr(out, item), "--help lacks \"%s\"", item);
+    for (int i = 0; i < n; i++) {
+        snprintf(item, sizeof item, "%s %g", want[i].key, want[i].value);
+        CHECK(strstr(out, item), "--help lacks \"%s\"", item);
+    }
+    char data[512], dir[512], cfg[600];
+    snprintf(data, sizeof data, "%s/defaults_ids.txt", th_tmpdir());
+    FILE *f = fopen(data, "w");
+    REQUIRE(f, "%s", data);
+    for (int i = 0; i < 100; i++) fprintf(f, "%d ", (i * 5) % 19);
+    fclose(f);
+    snprintf(dir, sizeof dir, "%s/defaults_run", th_tmpdir());
+    REQUIRE(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 2 --batch 2 --seq 8 --out %s",
+                th_fixtures(), data, dir) == 0, "train: %s", out);
+    snprintf(cfg, sizeof cfg, "%s/train_config.json", dir);
+    peft_json *j;
+    REQUIRE_OK(peft_json_load(&j, cfg));
+    const peft_json *s = peft_json_get(j, "schedule");
+    CHECK(s && s->type == PEFT_JSON_STRING && !strcmp(s->string, sched),
+          "train_config.json schedule is not %s", sched);
+    for (int i = 0; i < n; i++) {
+        const peft_json *v = peft_json_get(j, want[i].key);
+        CHECK(v && v->type == PEFT_JSON_NUMBER && (float)v->number == (float)want[i].value,
+              "train_config.json %s: %g, the library's default %g", want[i].key, v ? v->number : NAN,
+              want[i].value);
+    }
+    peft_json_free(j);
+}

@@ -498,6 +498,146 @@ TEST(test_checkpointing_same_gradients) {
     }
 }
 
+/* One tensor kind: a parameter name with its layer number taken out
+   ("model.layers.*.self_attn.q_proj.weight"), into key. */
+static void tensor_kind(const char *name, char *key, size_t size) {
+    const char *at = strstr(name, "layers.");
+    size_t n = 0;
+    if (at) {
+        size_t pre = (size_t)(at - name) + 7;
+        n = (size_t)snprintf(key, size, "%.*s*", (int)pre, name);
+        at += 7;
+        while (*at >= '0' && *at <= '9') at++;
+    } else at = name;
+    snprintf(key + (n < size ? n : size - 1), size - (n < size ? n : size - 1), "%s", at);
+}
+
+/* Every tensor of model m (base and method), for trainable toggling. */
+static int all_tensors(peft_model *m, peft_tensor **out) {
+    int n = 0;
+    for (int i = 0; i < m->n_params; i++) out[n++] = m->params[i];
+    for (int i = 0; i < m->n_extra; i++) out[n++] = m->extra[i];
+    return n;
+}
+
+/* A model for the kind test: config of fixture `base` with attention and
+   MLP biases (so the base bias is a kind too), random weights, method
+   attached, its tensors moved away from their zero-init. */
+static peft_model *kinds_model(peft_method_kind kind) {
+    char base[512];
+    const char *fixture = kind == PEFT_QLORA ? "llama_w64" : "llama_gqa";
+    snprintf(base, sizeof base, "%s/%s/config.json", th_fixtures(), fixture);
+    peft_config c;
+    if (peft_config_load(&c, base) != PEFT_OK) return NULL;
+    c.attn_bias = 1;
+    c.mlp_bias = 1;
+    peft_model *m;
+    if (peft_model_new(&m, &c, 1, 17) != PEFT_OK) return NULL;
+    peft_method meth = method_for(kind, &m->cfg);
+    meth.lora_dropout = 0.1f;
+    if (peft_attach(m, &meth) != PEFT_OK) { peft_model_free(m); return NULL; }
+    if (kind == PEFT_ADAPTER_V2) {
+        float cond[3 * 6];
+        for (int i = 0; i < 18; i++) cond[i] = (float)(i % 5) - 2.0f;
+        if (peft_model_set_condition(m, cond, 3, 6, 0) != PEFT_OK) { peft_model_free(m); return NULL; }
+    }
+    peft_rng r;
+    peft_rng_seed(&r, 23 + (uint64_t)kind);
+    for (int i = 0; i < m->n_params; i++)
+        if (strstr(m->params[i]->name, ".bias") && m->params[i]->data)
+            for (int64_t j = 0; j < m->params[i]->n; j++) m->params[i]->data[j] = 0.1f * peft_rng_normal(&r);
+    for (int i = 0; i < m->n_extra; i++)
+        for (int64_t j = 0; j < m->extra[i]->n; j++) m->extra[i]->data[j] += 0.2f * peft_rng_normal(&r);
+    return m;
+}
+
+/* Gradient checkpointing recomputes a block whenever the block reads a
+   trainable tensor, whatever kind it is. For every method and every tensor
+   kind it has (base weights, biases, norms, LoRA A/B, V2 bias/scale, prompts,
+   gates, fusion gate and projection, Excitor's prompt/down/up/gate: grouped
+   by name, so a kind added later is covered without editing this test),
+   only that kind is made trainable: its gradient with checkpointing equals
+   the one without, bit for bit, and is not zero. */
+TEST(test_checkpointing_every_tensor_kind) {
+    peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR,
+                                 PEFT_QLORA };
+    const char *must[] = { "q_proj.weight", "q_proj.bias", "down_proj.bias", "input_layernorm", "lora_A",
+                           "lora_B", "adapter_bias", "adapter_scale", "adaption_prompt", "adaption_gate",
+                           "fusion_gate", "fusion_proj", "excitor_prompt", "excitor_down", "excitor_up",
+                           "excitor_gate" };
+    int seen[sizeof must / sizeof must[0]] = { 0 };
+    int checked = 0;
+    for (int k = 0; k < 6; k++) {
+        peft_model *m = kinds_model(kinds[k]);
+        REQUIRE(m, "%s: %s", peft_method_name(kinds[k]), peft_last_error());
+        int cap = m->n_params + m->n_extra;
+        peft_tensor **t = malloc(sizeof(peft_tensor *) * (size_t)cap);
+        char (*key)[160] = malloc(sizeof *key * (size_t)cap);
+        int n = all_tensors(m, t);
+        for (int i = 0; i < n; i++) tensor_kind(t[i]->name, key[i], sizeof key[i]);
+        int B = 2, T = 12, tok[24], tgt[24], V = m->cfg.vocab_size;
+        peft_rng r;
+        peft_rng_seed(&r, 29);
+        for (int i = 0; i < B * T; i++) {
+            tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+            tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+        }
+        for (int i = 0; i < n; i++) {
+            int first = t[i]->data != NULL;
+            for (int j = 0; j < i && first; j++) first = strcmp(key[j], key[i]) != 0;
+            if (!first) continue;                      /* one run per kind; 4-bit weights have no data */
+            size_t total = 0;
+            for (int j = 0; j < n; j++) {
+                int on = strcmp(key[j], key[i]) == 0;
+                REQUIRE_OK(peft_param_set_trainable(t[j], on));
+                if (on) total += (size_t)t[j]->n;
+            }
+            float *grads[2];
+            for (int ck = 0; ck < 2; ck++) {
+                peft_model_set_checkpointing(m, ck);
+                peft_rng keep = m->rng;
+                peft_graph *g = peft_graph_new();
+                m->training = 1;
+                peft_tensor *L = peft_model_loss(m, g, tok, tgt, B, T);
+                m->training = 0;
+                m->rng = keep;                         /* the same dropout masks in both runs */
+                REQUIRE(L, "%s forward: %s", key[i], peft_last_error());
+                REQUIRE_OK(peft_backward(g, L));
+                grads[ck] = malloc(sizeof(float) * total);
+                size_t at = 0;
+                for (int j = 0; j < n; j++)
+                    if (t[j]->requires_grad) {
+                        memcpy(grads[ck] + at, t[j]->grad, sizeof(float) * (size_t)t[j]->n);
+                        memset(t[j]->grad, 0, sizeof(float) * (size_t)t[j]->n);
+                        at += (size_t)t[j]->n;
+                    }
+                peft_graph_free(g);
+            }
+            double gmax = 0, dmax = 0;
+            for (size_t j = 0; j < total; j++) {
+                gmax = fmax(gmax, fabs(grads[0][j]));
+                dmax = fmax(dmax, fabs((double)grads[0][j] - grads[1][j]));
+            }
+            CHECK(gmax > 0, "%s (%s): zero gradient without checkpointing", key[i],
+                  peft_method_name(kinds[k]));
+            CHECK(!memcmp(grads[0], grads[1], sizeof(float) * total),
+                  "%s (%s): gradients differ with checkpointing (max|g| %g, max diff %g)",
+                  key[i], peft_method_name(kinds[k]), gmax, dmax);
+            for (size_t w = 0; w < sizeof must / sizeof must[0]; w++)
+                if (strstr(key[i], must[w])) seen[w] = 1;
+            checked++;
+            free(grads[0]);
+            free(grads[1]);
+        }
+        free(t);
+        free(key);
+        peft_model_free(m);
+    }
+    for (size_t w = 0; w < sizeof must / sizeof must[0]; w++)
+        CHECK(seen[w], "no tensor kind %s was checked", must[w]);
+    CHECK(checked >= 40, "%d tensor kinds checked", checked);
+}
+
 /* The loss and every trainable gradient of one step of method k on `threads`
    threads (dropout on); the gradients in one malloc'd array. */
 static float *step_gradients(peft_method_kind kind, int threads, size_t *total, float *loss) {

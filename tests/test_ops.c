@@ -1,5 +1,6 @@
 /* Finite-difference gradient checks for every op, against double-precision
-   reference forwards written independently here. The loss is L = Σ y ⊙ R for
+   reference forwards written independently here (attention's is the
+   library's plain peft_attention_ref, not its fast kernel). The loss is L = Σ y ⊙ R for
    a fixed random R; the analytic gradient (fp32, from the op's backward) must
    match central differences of the double reference (h = 1e-6) to 2e-4
    relative: fp32 rounding over these short reductions stays near 1e-6, and a
@@ -187,28 +188,7 @@ static peft_tensor *att_fwd(peft_graph *g, peft_tensor **x, void *vc) {
 }
 static void att_ref(double **x, double *y, void *vc) {
     att_ctx *c = vc;
-    int grp = c->H / c->KV;
-    double p[64];
-    for (int b = 0; b < c->B; b++)
-        for (int h = 0; h < c->H; h++)
-            for (int t = 0; t < c->T; t++) {
-                const double *q = x[0] + ((b * c->T + t) * c->H + h) * c->hd;
-                double mx = -1e300, sum = 0;
-                for (int j = 0; j <= t; j++) {
-                    const double *k = x[1] + ((b * c->T + j) * c->KV + h / grp) * c->hd;
-                    double s = 0;
-                    for (int d = 0; d < c->hd; d++) s += q[d] * k[d];
-                    p[j] = s / sqrt((double)c->hd);
-                    if (p[j] > mx) mx = p[j];
-                }
-                for (int j = 0; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
-                double *o = y + ((b * c->T + t) * c->H + h) * c->hd;
-                for (int d = 0; d < c->hd; d++) {
-                    double s = 0;
-                    for (int j = 0; j <= t; j++) s += p[j] / sum * x[2][((b * c->T + j) * c->KV + h / grp) * c->hd + d];
-                    o[d] = s;
-                }
-            }
+    peft_attention_ref(x[0], x[1], x[2], c->B, c->T, c->H, c->KV, c->hd, NULL, y);
 }
 TEST(test_fd_attention) {
     att_ctx cases[] = { { 2, 5, 4, 2, 3 }, { 1, 6, 3, 3, 4 }, { 2, 4, 4, 1, 2 } };
@@ -235,50 +215,22 @@ static peft_tensor *atx_fwd(peft_graph *g, peft_tensor **x, void *vc) {
 }
 static void atx_ref(double **x, double *y, void *vc) {
     atx_ctx *c = vc;
-    int grp = c->H / c->KV, kw = c->KV * c->hd, qw = c->H * c->hd;
-    double p[64], sc = 1 / sqrt((double)c->hd);
-    for (int b = 0; b < c->B; b++)
-        for (int h = 0; h < c->H; h++) {
-            int kvh = h / grp;
-            double G = c->K ? (c->tanh_gate ? tanh(x[5][c->n_gate == 1 ? 0 : h]) : x[5][c->n_gate == 1 ? 0 : h]) : 0;
-            double gx = c->excitor ? x[7][h] : 0;
-            for (int t = 0; t < c->T; t++) {
-                const double *q = x[0] + (b * c->T + t) * qw + h * c->hd;
-                double mx = -1e300, sum = 0;
-                for (int j = 0; j <= t; j++) {
-                    double s = 0;
-                    for (int d = 0; d < c->hd; d++) {
-                        double kk = x[1][(b * c->T + j) * kw + kvh * c->hd + d];
-                        if (c->excitor) kk += gx * x[6][(b * c->T + j) * kw + kvh * c->hd + d];
-                        s += q[d] * kk;
-                    }
-                    p[j] = s * sc;
-                    if (p[j] > mx) mx = p[j];
-                }
-                for (int j = 0; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
-                double *o = y + (b * c->T + t) * qw + h * c->hd;
-                for (int d = 0; d < c->hd; d++) {
-                    double s = 0;
-                    for (int j = 0; j <= t; j++) s += p[j] / sum * x[2][(b * c->T + j) * kw + kvh * c->hd + d];
-                    o[d] = s;
-                }
-                if (!c->K) continue;
-                int pb = c->batched ? b * c->K : 0;
-                mx = -1e300; sum = 0;
-                for (int i = 0; i < c->K; i++) {
-                    double s = 0;
-                    for (int d = 0; d < c->hd; d++) s += q[d] * x[3][(pb + i) * kw + kvh * c->hd + d];
-                    p[i] = s * sc;
-                    if (p[i] > mx) mx = p[i];
-                }
-                for (int i = 0; i < c->K; i++) { p[i] = exp(p[i] - mx); sum += p[i]; }
-                for (int d = 0; d < c->hd; d++) {
-                    double s = 0;
-                    for (int i = 0; i < c->K; i++) s += p[i] / sum * x[4][(pb + i) * kw + kvh * c->hd + d];
-                    o[d] += G * s;
-                }
-            }
-        }
+    peft_attn_ref_extras ex = { 0 };
+    if (c->K) {
+        ex.pk = x[3];
+        ex.pv = x[4];
+        ex.n_prompts = c->K;
+        ex.prompt_batched = c->batched;
+        ex.gate = x[5];
+        ex.n_gate = c->n_gate;
+        ex.gate_tanh = c->tanh_gate;
+    }
+    if (c->excitor) {
+        ex.x = x[6];
+        ex.x_gate = x[7];
+        ex.n_x_gate = c->H;
+    }
+    peft_attention_ref(x[0], x[1], x[2], c->B, c->T, c->H, c->KV, c->hd, &ex, y);
 }
 TEST(test_fd_attention_prompts_excitor) {
     atx_ctx cases[] = {

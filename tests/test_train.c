@@ -196,6 +196,59 @@ TEST(test_nan_loss_is_refused) {
     peft_model_free(m);
 }
 
+/* A step that runs out of memory says so (PEFT_ERR_NOMEM, not a generic
+   PEFT_ERR_ARG) and leaves the trainer as it was: the next step trains.
+   The batch asks the arena for 2^40 bytes of embeddings (a model 65,536
+   wide, 4M tokens), which malloc refuses at once under Linux's default
+   overcommit heuristic; skipped where that would be granted (overcommit
+   "always") or where ASan aborts on such a request instead of failing. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TT_ASAN 1
+#endif
+#endif
+TEST(test_trainer_step_out_of_memory) {
+#ifdef TT_ASAN
+    SKIP("ASan aborts on a 1 TB allocation instead of returning NULL");
+#else
+    FILE *oc = fopen("/proc/sys/vm/overcommit_memory", "r");
+    int mode = oc ? fgetc(oc) : '0';
+    if (oc) fclose(oc);
+    if (mode == '1') SKIP("overcommit_memory is 1: a 1 TB allocation would be granted");
+    peft_config c = tiny_cfg();
+    c.dim = 65536;
+    c.hidden_dim = 2;
+    c.n_layers = 1;
+    c.n_heads = 1;
+    c.n_kv_heads = 1;
+    c.head_dim = 2;
+    c.vocab_size = 8;
+    peft_model *m;
+    REQUIRE_OK(peft_model_new(&m, &c, 1, 5));
+    peft_model_set_trainable_all(m, 1);
+    peft_trainer *tr = peft_trainer_new(m, NULL);
+    REQUIRE(tr, "trainer: %s", peft_last_error());
+    enum { B = 65536, T = 64 };
+    int *tok = calloc((size_t)B * T, sizeof(int)), *tgt = calloc((size_t)B * T, sizeof(int));
+    REQUIRE(tok && tgt, "token arrays");
+    for (int i = 0; i < 16; i++) tgt[i] = (i * 3) % 8;
+    float w0 = m->layers[0].lin[PEFT_Q].w->data[0], l = 0;
+    peft_status st = peft_trainer_step(tr, tok, tgt, B, T, &l);
+    CHECK(st == PEFT_ERR_NOMEM && strstr(peft_last_error(), "memory"), "out of memory: %s (%s)",
+          peft_status_name(st), peft_last_error());
+    CHECK(tr->step == 0 && tr->micro == 0 && m->layers[0].lin[PEFT_Q].w->data[0] == w0,
+          "a failed step must leave the trainer as it was");
+    CHECK_OK(peft_trainer_step(tr, tok, tgt, 1, 16, &l));
+    CHECK(tr->step == 1 && m->layers[0].lin[PEFT_Q].w->data[0] != w0, "the next step trains");
+    free(tok);
+    free(tgt);
+    peft_trainer_free(tr);
+    peft_model_free(m);
+#endif
+}
+
 /* Paged AdamW: a resident budget far below the state forces evictions, and
    the parameters stay bit-identical to plain AdamW (the math is the same). */
 TEST(test_paged_adamw_bit_identical) {

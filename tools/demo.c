@@ -12,7 +12,8 @@
    build/demo [--out DIR] [--quick] [--threads N] [--seed S]
    --quick runs a few steps per phase (what the tests use). */
 #define PEFT_IMPLEMENTATION
-#include "../peft.h"
+#define PEFT_TOOLS_IMPLEMENTATION
+#include "peft_tools.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,16 +28,6 @@ static double now_s(void) {
 static void die(const char *what) {
     fprintf(stderr, "\ndemo: %s: %s\n", what, peft_last_error());
     exit(1);
-}
-
-/* one-line progress: phase, bar, step, loss, tokens/s, ETA */
-static void progress(const char *phase, int step, int total, float loss, double tok_s, double elapsed) {
-    int width = 24, fill = total ? step * width / total : width;
-    double eta = step ? elapsed / step * (total - step) : 0;
-    printf("\r  %-11s [", phase);
-    for (int i = 0; i < width; i++) putchar(i < fill ? '#' : '.');
-    printf("] %4d/%-4d loss %6.3f  %6.0f tok/s  ETA %3.0fs ", step, total, loss, tok_s, eta);
-    fflush(stdout);
 }
 
 typedef struct {
@@ -230,10 +221,11 @@ int main(int argc, char **argv) {
         if (peft_trainer_step(tr, tok, tgt, B, T, &loss) != PEFT_OK) die("pre-training");
         ema = s ? 0.95f * ema + 0.05f * loss : loss;
         double el = now_s() - t0;
-        if (s % 5 == 0 || s == P - 1) progress("pretrain", s + 1, P, ema, (double)(s + 1) * B * T / el, el);
+        if (s % 5 == 0 || s == P - 1)
+            peft_progress(stdout, "pretrain", s + 1, P, ema, 0, (double)(s + 1) * B * T / el, el);
     }
     double pretrain_s = now_s() - t0;
-    printf("\n  base: %lld parameters, loss %.3f after %.0f s\n", (long long)peft_model_base_count(base), ema, pretrain_s);
+    printf("  base: %lld parameters, loss %.3f after %.0f s\n", (long long)peft_model_base_count(base), ema, pretrain_s);
     peft_trainer_free(tr);
     snprintf(path, sizeof path, "%s/base", out);
     if (peft_model_save(base, path) != PEFT_OK) die(path);
@@ -280,7 +272,7 @@ int main(int argc, char **argv) {
             r->curve[r->n_curve++] = loss;
             tokens += (double)B * TT;
             double el = now_s() - t0;
-            if (s % 5 == 0 || s == S - 1) progress(names[k], s + 1, S, loss, tokens / el, el);
+            if (s % 5 == 0 || s == S - 1) peft_progress(stdout, names[k], s + 1, S, loss, 0, tokens / el, el);
         }
         r->seconds = now_s() - t0;
         r->tok_s = tokens / r->seconds;
@@ -290,7 +282,7 @@ int main(int argc, char **argv) {
         int tail = S < 10 ? S : 10;
         for (int s = S - tail; s < S; s++) r->final_loss += r->curve[s] / tail;
         evaluate(m, &w, r);
-        printf("\r  %-11s %9.0f trainable (%6.3f%%)  %5.1f s  loss %.3f  exact match %5.1f%%                          \n",
+        printf("  %-11s %9.0f trainable (%6.3f%%)  %5.1f s  loss %.3f  exact match %5.1f%%\n",
                names[k], r->trainable, r->pct, r->seconds, r->final_loss, r->acc);
         peft_trainer_free(ft);
         peft_model_free(m);

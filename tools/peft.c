@@ -2,7 +2,8 @@
    the library, print. Every failure prints peft_last_error() and exits 1
    (2 for usage errors). */
 #define PEFT_IMPLEMENTATION
-#include "../peft.h"
+#define PEFT_TOOLS_IMPLEMENTATION
+#include "peft_tools.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -270,13 +271,14 @@ static const char *TRAIN_HELP =
     "  --max-steps N         optimizer steps (overrides --epochs; --steps is the same)\n"
     "  --batch B             examples per micro-batch (default 4)\n"
     "  --seq T               longest example in tokens (default 256; longer ones are cut)\n"
-    "  --grad-accum K        micro-batches per step (default 1)\n"
-    "  --lr X                peak learning rate (default 1e-3)\n"
-    "  --min-lr X            final learning rate for cosine/linear (default 0)\n"
-    "  --schedule S          constant | cosine | linear (default cosine)\n"
-    "  --warmup N            warm-up steps (default 0)\n"
-    "  --weight-decay X      AdamW weight decay (default 0)\n"
-    "  --max-grad-norm X     clip the global gradient norm (default 1; 0 = off)\n"
+    "  --grad-accum K        micro-batches per step\n"
+    "  --lr X                peak learning rate\n"
+    "  --min-lr X            final learning rate for cosine/linear\n"
+    "  --schedule S          constant | cosine | linear (over the run's steps, after warm-up)\n"
+    "  --warmup N            warm-up steps\n"
+    "  --weight-decay X      AdamW weight decay\n"
+    "  --max-grad-norm X     clip the global gradient norm (0 = off)\n"
+    "  --adam-beta1 X, --adam-beta2 X, --adam-epsilon X   AdamW's β1, β2 and ε\n"
     "  --eval-every N        evaluate every N steps (default 0 = at the end only, when\n"
     "                        there is held-out data: valid.jsonl or 5% of the examples)\n"
     "  --save-every N        checkpoint every N steps (default 0 = none)\n"
@@ -301,11 +303,13 @@ typedef struct { setting s[64]; int n; } settings;
 
 static const char *TRAIN_KEYS[] = { "model", "preset", "data", "tokenizer", "out", "epochs", "max_steps", "batch", "seq",
     "grad_accum", "lr", "min_lr", "schedule", "warmup", "weight_decay", "max_grad_norm", "eval_every", "save_every", "seed",
+    "adam_beta1", "adam_beta2", "adam_epsilon",
     "threads", "optim", "optim_budget_mb", "method", "checkpoint_activations", "stop_on_divergence", NULL };
 
 /* the settings written as JSON numbers; every other one (paths, names, lists) is a string */
 static const char *NUMERIC_KEYS[] = { "epochs", "max_steps", "batch", "seq", "grad_accum", "lr", "min_lr", "warmup",
-    "weight_decay", "max_grad_norm", "eval_every", "save_every", "threads", "optim_budget_mb", "checkpoint_activations",
+    "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "eval_every", "save_every", "threads", "optim_budget_mb", "checkpoint_activations",
     "stop_on_divergence", "lora_r", "lora_alpha", "lora_dropout", "lora_rslora", "adapter_len", "adapter_layers",
     "fusion_layers", "fusion_dim", "excitor_len", "excitor_rank", "excitor_layers", NULL };
 
@@ -353,6 +357,51 @@ static int put(settings *st, const char *key, const char *val) {
     snprintf(st->s[st->n].val, sizeof st->s[st->n].val, "%s", val);
     st->n++;
     return 1;
+}
+
+/* The trainer's settings come from the library's one set of defaults,
+   peft_trainer_defaults(), so that a run of `peft train` and a C program
+   with peft_trainer_new(m, NULL) (and the same total_steps) train alike. */
+static const char *schedule_name(peft_sched_kind k) {
+    return k == PEFT_SCHED_COSINE ? "cosine" : k == PEFT_SCHED_LINEAR ? "linear" : "constant";
+}
+
+typedef struct { const char *key; double value; } trainer_default;
+
+static int trainer_defaults(trainer_default *out) {
+    peft_trainer_opts d = peft_trainer_defaults();
+    trainer_default all[] = { { "lr", d.lr }, { "min_lr", d.min_lr }, { "warmup", d.warmup_steps },
+                              { "weight_decay", d.weight_decay }, { "max_grad_norm", d.max_grad_norm },
+                              { "grad_accum", d.grad_accum }, { "adam_beta1", d.beta1 },
+                              { "adam_beta2", d.beta2 }, { "adam_epsilon", d.eps } };
+    int n = (int)(sizeof all / sizeof all[0]);
+    memcpy(out, all, sizeof all);
+    return n;
+}
+
+static void print_trainer_defaults(FILE *f) {
+    trainer_default d[16];
+    int n = trainer_defaults(d);
+    fprintf(f, "\nTrainer defaults (peft_trainer_defaults(), the same for the C API):\n ");
+    fprintf(f, " schedule %s", schedule_name(peft_trainer_defaults().schedule));
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%s%s %g", i % 5 == 4 ? "\n  " : "  ", d[i].key, d[i].value);
+    fprintf(f, "\n\n");
+}
+
+/* the trainer's settings still unset → the library's defaults */
+static int put(settings *st, const char *key, const char *val);
+static const char *get(const settings *st, const char *key);
+static void put_trainer_defaults(settings *st) {
+    trainer_default d[16];
+    int n = trainer_defaults(d);
+    char v[32];
+    for (int i = 0; i < n; i++)
+        if (!get(st, d[i].key)) {
+            snprintf(v, sizeof v, "%g", d[i].value);
+            put(st, d[i].key, v);
+        }
+    if (!get(st, "schedule")) put(st, "schedule", schedule_name(peft_trainer_defaults().schedule));
 }
 
 /* a JSON object of settings → st; unknown keys are an error naming the file */
@@ -772,7 +821,12 @@ static int cmd_train(int argc, char **argv) {
     const char *resume = NULL, *config = NULL;
     int overwrite = 0, no_save = 0;
     for (int i = 0; i < argc; i += 2) {                 /* --help, --config and --resume first */
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(TRAIN_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(TRAIN_HELP, stdout);
+            print_trainer_defaults(stdout);
+            fputs(METHOD_HELP, stdout);
+            return 0;
+        }
         if (train_switch(argv[i])) { i--; continue; }
         if (i + 1 >= argc) return usage_error("train", "option needs a value", argv[i]);
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
@@ -805,8 +859,8 @@ static int cmd_train(int argc, char **argv) {
         put(&st, key, argv[i + 1]);
     }
     /* defaults for what is still unset, so the written config is complete */
-    const char *defaults[][2] = { { "epochs", "1" }, { "batch", "4" }, { "seq", "256" }, { "grad_accum", "1" }, { "lr", "1e-3" },
-        { "min_lr", "0" }, { "schedule", "cosine" }, { "warmup", "0" }, { "weight_decay", "0" }, { "max_grad_norm", "1" },
+    put_trainer_defaults(&st);
+    const char *defaults[][2] = { { "epochs", "1" }, { "batch", "4" }, { "seq", "256" },
         { "eval_every", "0" }, { "save_every", "0" }, { "seed", "0" }, { "threads", "1" }, { "optim", "adamw" }, { "method", "full" },
         { "stop_on_divergence", "0" } };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
@@ -833,6 +887,9 @@ static int cmd_train(int argc, char **argv) {
     FLOAT_SETTING("min_lr", o.min_lr, o.min_lr >= 0)
     FLOAT_SETTING("weight_decay", o.weight_decay, o.weight_decay >= 0)
     FLOAT_SETTING("max_grad_norm", o.max_grad_norm, o.max_grad_norm >= 0)
+    FLOAT_SETTING("adam_beta1", o.beta1, o.beta1 >= 0 && o.beta1 < 1)
+    FLOAT_SETTING("adam_beta2", o.beta2, o.beta2 >= 0 && o.beta2 < 1)
+    FLOAT_SETTING("adam_epsilon", o.eps, o.eps > 0)
     int budget_mb = 64, ckpt_act = 0;
     INT_SETTING("optim_budget_mb", budget_mb, budget_mb > 0)
     INT_SETTING("checkpoint_activations", ckpt_act, ckpt_act <= 1)
@@ -1584,12 +1641,17 @@ static const char *MAIN_HELP =
     "  quantize store a model's block linears in 4 bits (bitsandbytes layout)\n"
     "  bench    time training steps: tokens/s, GFLOP/s, peak memory\n"
     "  generate continue a prompt (greedy or sampled), with or without an adapter\n"
-    "  export   write an adapter as a PEFT folder or a llama.cpp GGUF file\n";
+    "  export   write an adapter as a PEFT folder or a llama.cpp GGUF file\n"
+    "\n  peft --version prints the version of peft.h\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(MAIN_HELP, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("peft %s\n", PEFT_VERSION_STRING);
+        return 0;
     }
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
