@@ -54,7 +54,19 @@ fuzz:
 	{ printf '\001'; head -c 2000 tests/fixtures/alpaca/data.json | tr -d '\n[]' | sed 's/}, *{/}\n{/g'; } > $(BUILD)/fuzz-inputs/ds
 	$(BUILD)/fuzz_inputs $(BUILD)/fuzz-inputs -max_total_time=60 -max_len=65536
 
+# allocation-failure sweep (tests/oom_sweep.c) under ASan + UBSan: every N
+# by default; OOM_ARGS="STRIDE" samples every STRIDE-th (CI)
+OOM_ARGS ?=
+SAN := -O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
+$(BUILD)/oom_sweep: tests/oom_sweep.c peft.h
+	@mkdir -p $(BUILD)
+	$(CC) $(SAN) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra $(EXTRA) -o $@ tests/oom_sweep.c $(LDLIBS)
+
+oom: $(BUILD)/oom_sweep
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(BUILD)/oom_sweep $(OOM_ARGS)
+
 clean:
 	rm -rf build build-*
 
-.PHONY: all test demo bench fuzz clean
+.PHONY: all test demo bench fuzz oom clean

@@ -1043,8 +1043,12 @@ static int cmd_generate(int argc, char **argv) {
         gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, m->cfg.eos_id };
         if (prompt && !print_ids && !alpaca) fputs(prompt, stdout);   /* --alpaca: the answer alone */
         peft_graph *g = peft_graph_new();
-        peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
+        int got = g ? peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx) : -1;
         printf("\n");
+        if (got < 0) {
+            fprintf(stderr, "peft: error: generation failed: %s\n", peft_last_error());
+            rc = 1;
+        }
         peft_graph_free(g);
     }
 done:
