@@ -4029,7 +4029,7 @@ PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, 
 }
 
 PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
-    for (int b = 0; c->len && b < c->B; b++) c->len[b] = 0;   /* len may be missing: a cache half made */
+    for (int b = 0; b < c->B; b++) c->len[b] = 0;
     for (int l = 0; l < c->n_layers; l++) {
         PEFT_FREE(c->pk[l]); PEFT_FREE(c->pv[l]);
         c->pk[l] = c->pv[l] = NULL;
@@ -4040,7 +4040,10 @@ PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
 
 PEFTDEF void peft_kv_cache_free(peft_kv_cache *c) {
     if (!c) return;
-    if (c->pk && c->pv) peft_kv_cache_reset(c);
+    for (int l = 0; c->pk && c->pv && l < c->n_layers; l++) {   /* any array may be missing: a cache half made */
+        PEFT_FREE(c->pk[l]);
+        PEFT_FREE(c->pv[l]);
+    }
     PEFT_FREE(c->len); PEFT_FREE(c->k); PEFT_FREE(c->v); PEFT_FREE(c->x);
     PEFT_FREE(c->pk); PEFT_FREE(c->pv); PEFT_FREE(c->n_prompts); PEFT_FREE(c->p_batched); PEFT_FREE(c->G);
     PEFT_FREE(c);

@@ -237,7 +237,7 @@ int main(int argc, char **argv) {
             continue;
         }
         if (r.reported) reported++;
-        else recovered++;
+        else if (++recovered <= 20) printf("  N=%ld: recovered inside %s\n", n, r.step);
     }
     printf("oom_sweep: %ld runs: %ld clean errors (retried: same results), %ld recovered inside the call "
            "(same results), %ld broken\n", runs, reported, recovered, bad);
