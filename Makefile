@@ -43,18 +43,54 @@ demo: $(BUILD)/demo
 bench: $(BUILD)/peft
 	BIN=$(BUILD)/peft tools/bench.sh
 
-# libFuzzer over the file parsers (JSON, safetensors, config.json); needs clang
-fuzz:
-	@mkdir -p $(BUILD) $(BUILD)/fuzz-corpus
-	clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz_files tests/fuzz/fuzz_files.c -lm -lpthread
-	cp tests/fixtures/llama_mha/config.json tests/fixtures/clip.safetensors $(BUILD)/fuzz-corpus/
-	$(BUILD)/fuzz_files $(BUILD)/fuzz-corpus -max_total_time=60 -max_len=4096
-	@mkdir -p $(BUILD)/fuzz-inputs
-	clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz_inputs tests/fuzz/fuzz_inputs.c -lm -lpthread
-	{ printf '\000'; cat tests/fixtures/hf_tok/sp.json; } > $(BUILD)/fuzz-inputs/sp
-	{ printf '\000'; cat tests/fixtures/hf_tok/llama3.json; } > $(BUILD)/fuzz-inputs/l3
-	{ printf '\001'; head -c 2000 tests/fixtures/alpaca/data.json | tr -d '\n[]' | sed 's/}, *{/}\n{/g'; } > $(BUILD)/fuzz-inputs/ds
-	$(BUILD)/fuzz_inputs $(BUILD)/fuzz-inputs -max_total_time=60 -max_len=65536
+# libFuzzer over every reader of untrusted bytes (needs clang with libFuzzer):
+# one binary per target, seeds in tests/fuzz/corpus/<target>/ (the tokenizer
+# fixtures are added to the inputs target's seeds), new inputs kept in
+# $(BUILD)/fuzz-out/<target>/. FUZZ_RUN bounds each target: CI passes a
+# number of executions (-runs=N), the default is 2 minutes of fuzzing each.
+FUZZ_TARGETS := files inputs adapter q4 sharded model data checkpoint config
+FUZZ_RUN     ?= -max_total_time=120
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_ID_adapter := 1
+FUZZ_ID_q4 := 2
+FUZZ_ID_sharded := 3
+FUZZ_ID_model := 4
+FUZZ_ID_data := 5
+FUZZ_ID_checkpoint := 6
+FUZZ_ID_config := 7
+$(BUILD)/fuzz_files: tests/fuzz/fuzz_files.c peft.h
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_files.c -lm -lpthread
+$(BUILD)/fuzz_inputs: tests/fuzz/fuzz_inputs.c peft.h
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_inputs.c -lm -lpthread
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_readers.c tests/fuzz/fuzz_common.h peft.h tools/peft.c
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_CFLAGS) -DFUZZ_TARGET=$(FUZZ_ID_$*) -o $@ tests/fuzz/fuzz_readers.c -lm -lpthread
+
+fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+	@mkdir -p $(BUILD)/fuzz-out/inputs
+	{ printf '\000'; cat tests/fixtures/hf_tok/sp.json; } > $(BUILD)/fuzz-out/inputs/sp
+	{ printf '\000'; cat tests/fixtures/hf_tok/llama3.json; } > $(BUILD)/fuzz-out/inputs/l3
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(BUILD)/fuzz-out/$$t; \
+	    case $$t in files) len=-max_len=4096;; inputs) len=-max_len=65536;; *) len=;; esac; \
+	    $(BUILD)/fuzz_$$t $(BUILD)/fuzz-out/$$t tests/fuzz/corpus/$$t $(FUZZ_RUN) $$len > $(BUILD)/fuzz-out/$$t.log 2>&1 \
+	        || { tail -60 $(BUILD)/fuzz-out/$$t.log; echo "fuzz $$t: FAILED (log: $(BUILD)/fuzz-out/$$t.log)"; exit 1; }; \
+	    echo "fuzz $$t: $$(grep -E '^#[0-9]+' $(BUILD)/fuzz-out/$$t.log | tail -1)"; \
+	done
+
+# allocation-failure sweep (tests/oom_sweep.c) under ASan + UBSan: every N
+# by default; OOM_ARGS="STRIDE" samples every STRIDE-th (CI)
+OOM_ARGS ?=
+SAN := -O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
+$(BUILD)/oom_sweep: tests/oom_sweep.c peft.h
+	@mkdir -p $(BUILD)
+	$(CC) $(SAN) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra $(EXTRA) -o $@ tests/oom_sweep.c $(LDLIBS)
+
+oom: $(BUILD)/oom_sweep
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(BUILD)/oom_sweep $(OOM_ARGS)
 
 # the test sources, for builds outside make (the aarch64 cross build in .ci/run)
 print-test-src:
@@ -63,4 +99,4 @@ print-test-src:
 clean:
 	rm -rf build build-*
 
-.PHONY: all test demo bench fuzz clean print-test-src
+.PHONY: all test demo bench fuzz oom clean print-test-src

@@ -970,7 +970,9 @@ PEFTDEF void        peft_dataset_order(int n, uint64_t seed, int epoch, int *ord
 
 /* --------------------------------------------------------------- generation */
 /* Greedy decoding (with a KV cache): appends up to max_new tokens after the
-   prompt, stopping after eos or at max_seq_len; returns how many were produced. */
+   prompt, stopping after eos or at max_seq_len; returns how many were produced,
+   or -1 when a forward failed or memory ran out (peft_last_error says why;
+   the ids produced before it are in out). */
 PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt, int n_prompt,
                                  int max_new, int eos, int *out);
 /* Sampling: temperature 0 is greedy; otherwise softmax(logits/T), keep the
@@ -1755,18 +1757,33 @@ static void peft__run_block(const peft__gemm_args *g, const float *Ap, int ic, i
     }
 }
 
+/* No memory for a packing buffer: A packed one MR-row strip at a time on
+   the stack. The micro-kernel sees the same strips and adds the same K
+   slices in the same order: the same result, bit for bit, only slower. */
+static void peft__run_block_stack(const peft__gemm_args *g, int ic, int mc, int j_begin, int j_end) {
+    _Alignas(64) float Ap[PEFT__MR * PEFT__KC];
+    for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
+        int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
+        peft__pack_A(g, ic + i0, mr, Ap);
+        peft__run_block(g, Ap, ic + i0, mr, j_begin, j_end);
+    }
+}
+
 /* one thread: work units [u0, u1), each a block of MC rows times a range of
    NR-wide column strips (rows alone when there are enough row blocks) */
 static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
     const peft__gemm_args *g = (const peft__gemm_args *)vctx;
     float *Ap = peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
-    if (!Ap) return;
     int panels = (g->nc + PEFT__NR - 1) / PEFT__NR;
     for (int64_t u = u0; u < u1; u++) {
         int64_t blk = u / g->nsplit, part = u % g->nsplit;
         int ic = (int)blk * PEFT__MC, mc = g->M - ic < PEFT__MC ? g->M - ic : PEFT__MC;
         int p0 = (int)(panels * part / g->nsplit), p1 = (int)(panels * (part + 1) / g->nsplit);
         if (p1 <= p0) continue;
+        if (!Ap) {
+            peft__run_block_stack(g, ic, mc, p0 * PEFT__NR, p1 * PEFT__NR);
+            continue;
+        }
         peft__pack_A(g, ic, mc, Ap);
         peft__run_block(g, Ap, ic, mc, p0 * PEFT__NR, p1 * PEFT__NR);
     }
@@ -1784,15 +1801,22 @@ static void peft__gemm_strips(void *vctx, int64_t s0, int64_t s1) {
     /* keep_a: this thread's whole A range for the K slice stays packed
        across the column slices (the same strips come back to the same
        thread: parallel_for's split depends only on the count) */
-    float *Ap = g->keep_a ? peft__pack_buf(&peft__pack_a_all, &peft__pack_a_all_cap, (size_t)(s1 - s0) * PEFT__MR * g->kc)
+    size_t need_all = (size_t)(s1 - s0) * PEFT__MR * g->kc;
+    /* a buffer (re)made after the first column slice holds no packed A yet:
+       the allocation at jc == 0 failed, so this slice packs its own */
+    int fresh = g->keep_a && need_all > peft__pack_a_all_cap;
+    float *Ap = g->keep_a ? peft__pack_buf(&peft__pack_a_all, &peft__pack_a_all_cap, need_all)
                           : peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
-    if (!Ap) return;
     for (int64_t b0 = s0; b0 < s1; b0 += PEFT__MC / PEFT__MR) {
         int64_t b1 = b0 + PEFT__MC / PEFT__MR < s1 ? b0 + PEFT__MC / PEFT__MR : s1;
         int ic = (int)b0 * PEFT__MR, mc = g->M - ic < (int)(b1 - b0) * PEFT__MR ? g->M - ic : (int)(b1 - b0) * PEFT__MR;
+        if (!Ap) {
+            peft__run_block_stack(g, ic, mc, 0, g->nc);
+            continue;
+        }
         if (g->keep_a) {
             Ap = peft__pack_a_all + (size_t)(b0 - s0) * PEFT__MR * g->kc;
-            if (g->jc == 0) peft__pack_A(g, ic, mc, Ap);
+            if (g->jc == 0 || fresh) peft__pack_A(g, ic, mc, Ap);
         } else peft__pack_A(g, ic, mc, Ap);
         peft__run_block(g, Ap, ic, mc, 0, g->nc);
     }
@@ -1857,7 +1881,8 @@ static void peft__gemm_pack_B(int tB, int N, int K, const float *B, int ldb, flo
 
 /* peft_gemm, with B either floats, or a frozen storage (Bq: 4-bit, ggml
    blocks; B unused), or packed already (Bpre, from peft__gemm_pack_B of this
-   B); fails only when B is stored and there is no memory for the packed panel */
+   B); without memory for its buffers it packs on the stack (same result):
+   it does not fail */
 static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
                               const float *A, int lda, const float *B, const peft__bstore *Bq,
                               const float *Bpre, int ldb,
@@ -1882,9 +1907,24 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
     g.keep_a = nslices > 1 && strips >= 4 * peft__nthreads &&
                (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
     float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
-    if (!Bp && !Bpre) {                          /* no memory to pack: the plain loops (beta 0 not applied yet) */
-        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a stored (4-bit, ggml) weight");
-        peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
+    if (!Bp && !Bpre) {
+        /* no memory to pack B: one NR-wide panel at a time on the stack, on
+           this thread, A a strip at a time; the same kernels over the same
+           panels in the same K order, so the same result as the fast path */
+        _Alignas(64) float panel[PEFT__NR * PEFT__KC];
+        for (int js = 0; js < nslices; js++)
+            for (int ks = 0; ks < kslices; ks++) {
+                peft__slice(&s, &g, js, ks);
+                g.over = beta == 0.0f && g.pc == 0;
+                peft__gemm_args one = g;
+                one.Bp = panel;
+                for (int j0 = 0; j0 < g.nc; j0 += PEFT__NR) {
+                    one.jc = g.jc + j0;
+                    one.nc = g.nc - j0 < PEFT__NR ? g.nc - j0 : PEFT__NR;
+                    peft__pack_B_range(&one, 0, 1);
+                    peft__run_block_stack(&one, 0, M, 0, one.nc);
+                }
+            }
         return PEFT_OK;
     }
     g.Bp = Bp;
@@ -2568,7 +2608,11 @@ struct peft_graph {
 
 PEFTDEF peft_graph *peft_graph_new(void) {
     peft_graph *g = (peft_graph *)peft__calloc(sizeof *g);
-    if (g) g->grad_enabled = 1;
+    if (!g) {
+        peft__fail(PEFT_ERR_NOMEM, "no memory for a graph");
+        return NULL;
+    }
+    g->grad_enabled = 1;
     return g;
 }
 
@@ -4399,9 +4443,15 @@ static void peft__inv_freq(const peft_config *c, double *inv) {
 static peft_status peft__rope_ensure(peft_model *m, int n) {
     if (n <= m->rope.n_pos) return PEFT_OK;
     int half = m->cfg.head_dim / 2;
-    float *buf = (float *)PEFT_REALLOC(m->rope_buf, (size_t)2 * n * half * sizeof(float));
+    /* a fresh block, the old one freed only once the new table is in place:
+       on failure the model's cos/sin still point into a live table */
     double *inv = (double *)PEFT_MALLOC((size_t)half * sizeof(double));
-    if (!buf || !inv) { PEFT_FREE(inv); if (buf) m->rope_buf = buf; return peft__fail(PEFT_ERR_NOMEM, "no memory for the RoPE table"); }
+    float *buf = inv ? (float *)PEFT_MALLOC((size_t)2 * n * half * sizeof(float)) : NULL;
+    if (!buf) {
+        PEFT_FREE(inv);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory for a RoPE table of %d positions", n);
+    }
+    PEFT_FREE(m->rope_buf);
     m->rope_buf = buf;
     peft__inv_freq(&m->cfg, inv);
     double pos_scale = m->cfg.rope_type == PEFT_ROPE_LINEAR ? 1.0 / m->cfg.rope_factor : 1.0;
@@ -4758,7 +4808,10 @@ PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
 
 PEFTDEF void peft_kv_cache_free(peft_kv_cache *c) {
     if (!c) return;
-    if (c->pk && c->pv) peft_kv_cache_reset(c);
+    for (int l = 0; c->pk && c->pv && l < c->n_layers; l++) {   /* any array may be missing: a cache half made */
+        PEFT_FREE(c->pk[l]);
+        PEFT_FREE(c->pv[l]);
+    }
     PEFT_FREE(c->len); PEFT_FREE(c->k); PEFT_FREE(c->v); PEFT_FREE(c->x);
     PEFT_FREE(c->pk); PEFT_FREE(c->pv); PEFT_FREE(c->n_prompts); PEFT_FREE(c->p_batched); PEFT_FREE(c->G);
     PEFT_FREE(c);
@@ -4808,6 +4861,8 @@ static void peft__attn_cached_range(void *vctx, int64_t i0, int64_t i1) {
 static int peft__cache_prompts(peft_kv_cache *c, int l, const peft_attn_extras *ex, int B) {
     if (!ex->pk) return 1;
     size_t n = (size_t)ex->pk->n;
+    PEFT_FREE(c->pk[l]);                 /* left by a call that failed at a later layer */
+    PEFT_FREE(c->pv[l]);
     c->pk[l] = (float *)PEFT_MALLOC(n * sizeof(float));
     c->pv[l] = (float *)PEFT_MALLOC(n * sizeof(float));
     if (!c->pk[l] || !c->pv[l]) return 0;
@@ -5304,11 +5359,11 @@ static peft_status peft__attach_v2(peft_model *m, const peft_method *cfg) {
             if (!S->bias || !S->scale) return peft__fail(PEFT_ERR_NOMEM, "no memory for V2 bias/scale");
             peft__fill(S->scale, 1.0f);
         }
-    for (int l = 0; l < c->n_layers; l++) {
-        peft_param_set_trainable(m->layers[l].attn_norm, 1);
-        peft_param_set_trainable(m->layers[l].ffn_norm, 1);
-    }
-    peft_param_set_trainable(m->norm, 1);
+    for (int l = 0; l < c->n_layers; l++)
+        if (peft_param_set_trainable(m->layers[l].attn_norm, 1) != PEFT_OK ||
+            peft_param_set_trainable(m->layers[l].ffn_norm, 1) != PEFT_OK)
+            return PEFT_ERR_NOMEM;
+    if (peft_param_set_trainable(m->norm, 1) != PEFT_OK) return PEFT_ERR_NOMEM;
     if (cfg->fusion_layers > 0 && cfg->fusion_dim > 0) {
         if (cfg->fusion_layers > c->n_layers - L)
             return peft__fail(PEFT_ERR_CONFIG, "fusion_layers %d overlap the top %d adapter layers of %d: the early-fusion "
@@ -5433,18 +5488,34 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
    KERNELS above.
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int s = 0; s < PEFT_N_SITES; s++) {
-            peft_linear_site *S = &m->layers[l].lin[s];
-            if (S->q4) continue;
-            S->q4 = (peft_q4 *)peft__calloc(sizeof(peft_q4));
-            if (!S->q4) return peft__fail(PEFT_ERR_NOMEM, "no memory");
-            peft_status st = peft_q4_quantize(S->q4, S->w->data, S->w->n, t, double_quant, NULL);
-            if (st != PEFT_OK) return st;
-            peft_param_set_trainable(S->w, 0);
-            PEFT_FREE(S->w->data);                      /* the fp32 copy is gone for good */
-            S->w->data = NULL;
+    /* every site quantized first, the fp32 weights still in place; only when
+       all have succeeded are they swapped in: a failure changes nothing */
+    int n = m->cfg.n_layers * PEFT_N_SITES;
+    peft_q4 **q = (peft_q4 **)peft__calloc((size_t)n * sizeof *q);
+    if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory to quantize the model");
+    peft_status st = PEFT_OK;
+    for (int k = 0; k < n && st == PEFT_OK; k++) {
+        peft_linear_site *S = &m->layers[k / PEFT_N_SITES].lin[k % PEFT_N_SITES];
+        if (S->q4) continue;
+        q[k] = (peft_q4 *)peft__calloc(sizeof(peft_q4));
+        st = q[k] ? peft_q4_quantize(q[k], S->w->data, S->w->n, t, double_quant, NULL)
+                  : peft__fail(PEFT_ERR_NOMEM, "no memory to quantize the model");
+    }
+    for (int k = 0; k < n; k++) {
+        peft_linear_site *S = &m->layers[k / PEFT_N_SITES].lin[k % PEFT_N_SITES];
+        if (!q[k]) continue;
+        if (st != PEFT_OK) {
+            peft_q4_free(q[k]);
+            PEFT_FREE(q[k]);
+            continue;
         }
+        S->q4 = q[k];
+        peft_param_set_trainable(S->w, 0);
+        PEFT_FREE(S->w->data);                      /* the fp32 copy is gone for good */
+        S->w->data = NULL;
+    }
+    PEFT_FREE(q);
+    if (st != PEFT_OK) return st;
     m->cfg.q4 = 1;
     m->cfg.q4_type = t;
     m->cfg.q4_double = double_quant;
@@ -5483,14 +5554,87 @@ PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
 }
 
 static peft_status peft__attach_qlora(peft_model *m, const peft_method *cfg) {
-    if (!m->cfg.q4) {
-        peft_status s = peft_model_quantize(m, PEFT_NF4, 1);
-        if (s != PEFT_OK) return s;
-    }
-    return peft__attach_lora(m, cfg);
+    /* LoRA first: if quantizing then fails, the rollback of peft_attach
+       drops LoRA, while the fp32 weights freed by a quantize could not come back */
+    peft_status s = peft__attach_lora(m, cfg);
+    if (s == PEFT_OK && !m->cfg.q4) s = peft_model_quantize(m, PEFT_NF4, 1);
+    return s;
 }
 
+/* ---- atomic attach -----------------------------------------------------------
+   What attaching a method (or loading an adapter) changes in a model: the
+   model struct's fields (method, extra count, fusion projection, RNG, config),
+   the site pointers of every layer, the trainable flags and gradients of the
+   base parameters, new method parameters, new base parameters. Taken before,
+   put back on failure, so a failed call leaves the model as it was; generic,
+   so the methods' attach functions need no failure paths of their own. */
+typedef struct {
+    peft_model   head;
+    peft_layer  *layers;
+    float      **grads;          /* the base parameters' gradients, held aside */
+    int         *trainable;
+} peft__snapshot;
+
+static peft_status peft__snapshot_take(peft_model *m, peft__snapshot *sn) {
+    int L = m->cfg.n_layers, n = m->n_params;
+    sn->head = *m;
+    sn->layers = (peft_layer *)PEFT_MALLOC((size_t)(L > 0 ? L : 1) * sizeof(peft_layer));
+    sn->grads = (float **)PEFT_MALLOC((size_t)(n > 0 ? n : 1) * sizeof(float *));
+    sn->trainable = (int *)PEFT_MALLOC((size_t)(n > 0 ? n : 1) * sizeof(int));
+    if (!sn->layers || !sn->grads || !sn->trainable) {
+        PEFT_FREE(sn->layers);
+        PEFT_FREE(sn->grads);
+        PEFT_FREE(sn->trainable);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory to attach a method");
+    }
+    if (L > 0) memcpy(sn->layers, m->layers, (size_t)L * sizeof(peft_layer));
+    for (int i = 0; i < n; i++) {            /* held aside, so that freezing frees nothing */
+        sn->grads[i] = m->params[i]->grad;
+        sn->trainable[i] = m->params[i]->requires_grad;
+        m->params[i]->grad = NULL;
+    }
+    return PEFT_OK;
+}
+
+/* ok: keep the new state (a base parameter trainable before and after keeps
+   its gradient as it was); else restore the one taken */
+static void peft__snapshot_end(peft_model *m, peft__snapshot *sn, int ok) {
+    int n = sn->head.n_params;
+    for (int i = 0; i < n; i++) {
+        peft_tensor *p = m->params[i];
+        if (ok && !(p->requires_grad && sn->grads[i])) {
+            PEFT_FREE(sn->grads[i]);
+            continue;
+        }
+        PEFT_FREE(p->grad);
+        p->grad = sn->grads[i];
+        if (!ok) p->requires_grad = sn->trainable[i];
+    }
+    if (!ok) {
+        for (int i = sn->head.n_extra; i < m->n_extra; i++) peft_param_free(m->extra[i]);
+        for (int i = n; i < m->n_params; i++) peft_param_free(m->params[i]);
+        peft_tensor **extra = m->extra;          /* may have grown: the new array stays */
+        int cap = m->cap_extra;
+        *m = sn->head;
+        m->extra = extra;
+        m->cap_extra = cap;
+        if (m->cfg.n_layers > 0) memcpy(m->layers, sn->layers, (size_t)m->cfg.n_layers * sizeof(peft_layer));
+    }
+    PEFT_FREE(sn->layers);
+    PEFT_FREE(sn->grads);
+    PEFT_FREE(sn->trainable);
+}
+
+static peft_status peft__attach(peft_model *m, const peft_method *cfg);
 PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
+    peft__snapshot sn;
+    if (peft__snapshot_take(m, &sn) != PEFT_OK) return PEFT_ERR_NOMEM;
+    peft_status s = peft__attach(m, cfg);
+    peft__snapshot_end(m, &sn, s == PEFT_OK);
+    return s;
+}
+
+static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
     if (m->method.kind != PEFT_FULL || m->n_extra)
         return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another", peft_method_name(m->method.kind));
     if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) && (cfg->lora_r < 1 || !cfg->lora_targets))
@@ -5519,8 +5663,7 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
     case PEFT_QLORA: s = peft__attach_qlora(m, cfg); break;
     default: s = peft__fail(PEFT_ERR_UNSUPPORTED, "method %s is not available in this build yet", peft_method_name(cfg->kind));
     }
-    m->method = *cfg;
-    if (s != PEFT_OK) m->method.kind = cfg->kind;   /* partial: the caller frees the model */
+    m->method = *cfg;                  /* on failure peft_attach restores the model */
     return s;
 }
 
@@ -5972,13 +6115,17 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
                                       int B, int T, float *loss) {
     peft_graph *g = tr->graph;
     peft_graph_reset(g);
+    peft_rng rng0 = tr->model->rng;   /* a failed step leaves the dropout stream where it was */
     tr->model->training = 1;
     peft__errstatus = PEFT_OK;
     peft_tensor *L = peft_model_loss(tr->model, g, tokens, targets, B, T);
     tr->model->training = 0;
-    if (!L && peft__errstatus != PEFT_OK)
-        return peft__errstatus;       /* the failing op's own status and message (out of memory: NOMEM) */
-    if (!L) return peft__fail(PEFT_ERR_ARG, "training step: the forward failed");
+    if (!L) {
+        tr->model->rng = rng0;        /* the dropout stream as it was */
+        if (peft__errstatus != PEFT_OK)
+            return peft__errstatus;   /* the failing op's own status and message (out of memory: NOMEM) */
+        return peft__fail(PEFT_ERR_ARG, "training step: the forward failed");
+    }
     float lv = L->data[0];
     if (loss) *loss = lv;
     if (!isfinite(lv)) {
@@ -5989,7 +6136,23 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
     }
     peft_tensor *Ls = tr->o.grad_accum > 1 ? peft_scale(g, L, 1.0f / (float)tr->o.grad_accum) : L;
     peft_status s = peft_backward(g, Ls);
-    if (s != PEFT_OK) return s;
+    if (s != PEFT_OK) {
+        /* part of this micro-batch's gradient may be in: with none before
+           it (micro 0) clearing restores them exactly; after earlier
+           micro-batches of the step they cannot be told apart, so the step
+           starts over (said in the message) */
+        tr->model->rng = rng0;
+        peft_zero_grad(tr->opt.params, tr->opt.n);
+        if (tr->micro > 0) {
+            char why[sizeof peft__errbuf];
+            memcpy(why, peft__errbuf, sizeof why);
+            peft__fail(s, "%s (the %d micro-batches accumulated for step %d were dropped: the step starts over)",
+                       why, tr->micro, tr->step);
+        }
+        tr->micro = 0;
+        tr->accum_loss = 0;
+        return s;
+    }
     tr->accum_loss += lv;
     if (++tr->micro < tr->o.grad_accum) return PEFT_OK;
     tr->micro = 0;
@@ -6574,6 +6737,10 @@ static peft_status peft__st_parse(peft_safetensors *st) {
                 if (kv->type != PEFT_JSON_STRING) { s = peft__fail(PEFT_ERR_FORMAT, "%s: metadata value '%s' is not a string", path, kv->key); break; }
                 st->meta_keys[st->n_meta] = peft__strdup(kv->key);
                 st->meta_vals[st->n_meta++] = peft__strdup(kv->string);
+                if (!st->meta_keys[st->n_meta - 1] || !st->meta_vals[st->n_meta - 1]) {
+                    s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+                    break;
+                }
             }
             continue;
         }
@@ -6586,6 +6753,7 @@ static peft_status peft__st_parse(peft_safetensors *st) {
         }
         e->name = peft__strdup(t->key);
         st->n++;                     /* counted now so close() frees it on any error */
+        if (!e->name) { s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); break; }
         int d = peft__dtype_parse(dt->string);
         e->dtype = d < 0 ? PEFT_DT_COUNT : (peft_dtype)d;
         if (sh->n_children > PEFT_MAX_DIMS) { s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions (at most %d supported)", path, t->key, sh->n_children, PEFT_MAX_DIMS); break; }
@@ -7436,7 +7604,17 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
     return s;
 }
 
+static peft_status peft__adapter_load(peft_model *m, const char *dir);
+/* atomic as peft_attach: on any failure the model is as it was */
 PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
+    peft__snapshot sn;
+    if (peft__snapshot_take(m, &sn) != PEFT_OK) return PEFT_ERR_NOMEM;
+    peft_status s = peft__adapter_load(m, dir);
+    peft__snapshot_end(m, &sn, s == PEFT_OK);
+    return s;
+}
+
+static peft_status peft__adapter_load(peft_model *m, const char *dir) {
     char path[1024];
     peft_json *j;
     peft_method meth;
@@ -7457,17 +7635,22 @@ PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
     char **names = (char **)peft__calloc((size_t)cap * sizeof *names);
     int n = list && names ? peft__adapter_tensors(m, list, names) : 0;
     if (!list || !names) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
-    for (int i = 0; i < n && s == PEFT_OK; i++) {
-        const char *name = names[i] ? names[i] : list[i]->name;
-        const peft_st_entry *e = peft_st_find(&st, name);
-        if (!e) { s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, name); break; }
-        int64_t cnt = 1;
-        for (int d = 0; d < e->ndim; d++) cnt *= e->shape[d];
-        if (cnt != list[i]->n)
-            s = peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %lld elements, the model expects %lld (wrong base model?)",
-                           path, name, (long long)cnt, (long long)list[i]->n);
-        else s = peft_st_read_f32(&st, e, list[i]->data, list[i]->n);
-    }
+    /* pass 0 checks every tensor, pass 1 reads them (and cannot fail): a bad
+       file writes into no parameter, base ones (V2's norms) included */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n && s == PEFT_OK; i++) {
+            const char *name = names[i] ? names[i] : list[i]->name;
+            const peft_st_entry *e = peft_st_find(&st, name);
+            if (!e) { s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, name); break; }
+            int64_t cnt = 1;
+            for (int d = 0; d < e->ndim; d++) cnt *= e->shape[d];
+            if (cnt != list[i]->n)
+                s = peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %lld elements, the model expects %lld (wrong base model?)",
+                               path, name, (long long)cnt, (long long)list[i]->n);
+            else if (pass == 1) s = peft_st_read_f32(&st, e, list[i]->data, list[i]->n);
+            else if (e->dtype == PEFT_DT_COUNT || e->dtype == PEFT_DT_U8 || e->dtype == PEFT_DT_I8)
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats", path, name);
+        }
     if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
     PEFT_FREE(names);
     PEFT_FREE(list);
@@ -9214,14 +9397,14 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
     peft_kv_cache *cache = NULL;
     peft_rng rng;
     peft_rng_seed(&rng, s ? s->seed : 0);
-    int failed = !idx || !p;
-    if (failed) peft__fail(PEFT_ERR_NOMEM, "generate: no memory for %d logits", V);
-    else if (peft_kv_cache_new(&cache, m, 1, limit) != PEFT_OK) failed = 1;
-    else {
+    int failed = 1;                 /* until the loop has run to its end */
+    if (!idx || !p) peft__fail(PEFT_ERR_NOMEM, "generate: no memory for a vocabulary of %d", V);
+    else if (peft_kv_cache_new(&cache, m, 1, limit) == PEFT_OK) {
         int grad = g->grad_enabled, id = 0;
         peft_graph_set_grad(g, 0);
         const int *feed = prompt;
         int n_feed = n_prompt;
+        failed = 0;
         while (n < max_new) {
             peft_graph_reset(g);
             peft_tensor *lg = peft_model_forward_cached(m, g, cache, feed, 1, n_feed);

@@ -1530,9 +1530,12 @@ static int cmd_generate(int argc, char **argv) {
         sm.stop = stop;
         sm.n_stop = n_stop;
         peft_graph *g = peft_graph_new();
-        int made = peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx);
+        int got = g ? peft_generate(m, g, ids, n, max_new, m->cfg.eos_id, &sm, out, on_token, &ctx) : -1;
         printf("\n");
-        if (made < 0) rc = fail();
+        if (got < 0) {
+            fprintf(stderr, "peft: error: generation failed: %s\n", peft_last_error());
+            rc = 1;
+        }
         peft_graph_free(g);
     }
 done:
