@@ -5318,7 +5318,8 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
     const char *rng = peft__st_meta(&st, "rng"), *spare = peft__st_meta(&st, "rng_spare"), *np = peft__st_meta(&st, "n_params");
     if (!fmt || strcmp(fmt, "peft.h checkpoint 1") || !step || !at || !rng || !spare || !np || strlen(rng) != 32)
         s = peft__fail(PEFT_ERR_FORMAT, "%s: not a peft.h checkpoint (metadata missing)", path);
-    else if (atoi(np) != o->n)
+    int64_t v_np = -1;
+    if (s == PEFT_OK && (!peft__meta_int(np, 0, INT32_MAX, &v_np) || v_np != o->n))
         s = peft__fail(PEFT_ERR_SHAPE, "%s: holds %s trainable tensors, this run has %d", path, np, o->n);
     /* every counter range-checked before use: a hostile checkpoint must not index outside the run */
     int64_t v_step = 0, v_t = 0, v_epoch = 0, v_cursor = 0, v_tokens = 0;
