@@ -1033,7 +1033,7 @@ static int cmd_train(int argc, char **argv) {
     int start_step = tr ? tr->step : 0;
     /* a learning rate that destroyed the model: the loss pinned at ln(vocab) (uniform predictions)
        though the first step's was below it, or far above the first step's */
-    double ln_v = logf((float)m->cfg.vocab_size), first_loss = rs.n_loss ? rs.loss[0] : NAN;
+    double ln_v = logf((float)m->cfg.vocab_size), first_loss = rs.n_loss && rs.loss[0] > 0 ? rs.loss[0] : NAN;
     int flat = 0, high = 0, warned = 0;
     while (!rc && tr->step < steps) {
         double ts = now_s(), sum = 0, ntok = 0;
