@@ -4230,16 +4230,20 @@ PEFTDEF peft_status peft_config_validate(const peft_config *c, const char *where
     if (c->dim > 1 << 20 || c->hidden_dim > 1 << 22 || c->n_layers > 4096 || c->n_heads > 1 << 16 ||
         c->n_kv_heads > 1 << 16 || c->head_dim > 1 << 16 || c->vocab_size > 1 << 24 ||
         (int64_t)c->n_heads * c->head_dim > 1 << 22)
-        return peft__fail(PEFT_ERR_CONFIG, "%s: implausible dimensions (hidden_size %d, intermediate_size %d, "
-                          "num_hidden_layers %d, num_attention_heads %d, head_dim %d, vocab_size %d)", w, c->dim,
-                          c->hidden_dim, c->n_layers, c->n_heads, c->head_dim, c->vocab_size);
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: implausible dimensions (hidden_size %d, intermediate_size %d, "
+                          "num_hidden_layers %d, num_attention_heads %d, head_dim %d, vocab_size %d)",
+                          w, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->head_dim, c->vocab_size);
     if (c->max_seq_len <= 0 || c->max_seq_len > 1 << 24)
-        return peft__fail(PEFT_ERR_CONFIG, "%s: max_position_embeddings must be in 1 .. 2^24 (got %d)", w, c->max_seq_len);
+        return peft__fail(PEFT_ERR_CONFIG, "%s: max_position_embeddings must be in 1 .. 2^24 (got %d)", w,
+                          c->max_seq_len);
     if (c->bos_id >= c->vocab_size || c->eos_id >= c->vocab_size)
-        return peft__fail(PEFT_ERR_CONFIG, "%s: bos_token_id (%d) and eos_token_id (%d) must be below vocab_size (%d)", w,
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: bos_token_id (%d) and eos_token_id (%d) must be below vocab_size (%d)", w,
                           c->bos_id, c->eos_id, c->vocab_size);
     if (peft_config_param_count(c) > (int64_t)1e12)
-        return peft__fail(PEFT_ERR_CONFIG, "%s: %lld parameters: more than 10^12 is not a model this library can hold", w,
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: %lld parameters: more than 10^12 is not a model this library can hold", w,
                           (long long)peft_config_param_count(c));
     if (c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads != 0)
         return peft__fail(PEFT_ERR_CONFIG, "%s: num_attention_heads (%d) must be a multiple of "
@@ -4400,10 +4404,10 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
         }
         /* FSDP-QLoRA stores the packed bytes as another dtype (bnb_4bit_quant_storage): the same bytes */
         const char *qs = peft__json_str(qc, "bnb_4bit_quant_storage");
-        if (qs && strcmp(qs, "uint8") && strcmp(qs, "int8") && strcmp(qs, "bfloat16") && strcmp(qs, "float16") &&
-            strcmp(qs, "float32")) {
-            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bnb_4bit_quant_storage '%s' is not supported (uint8, int8, bfloat16, "
-                           "float16, float32)", path, qs);
+        if (qs && strcmp(qs, "uint8") && strcmp(qs, "int8") && strcmp(qs, "bfloat16") &&
+            strcmp(qs, "float16") && strcmp(qs, "float32")) {
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bnb_4bit_quant_storage '%s' is not supported "
+                           "(uint8, int8, bfloat16, float16, float32)", path, qs);
             goto done;
         }
         c->q4 = 1;
@@ -5639,9 +5643,11 @@ static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
         return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another", peft_method_name(m->method.kind));
     if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) && (cfg->lora_r < 1 || !cfg->lora_targets))
         return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
-    for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS && (cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA); l++)
-        if (cfg->lora_layers[l])              /* it would adapt nothing there: never train 0 parameters silently */
-            return peft__fail(PEFT_ERR_CONFIG, "lora_layers names layer %d but the model has %d layers (0 .. %d)", l,
+    int is_lora = cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA;
+    for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS && is_lora; l++)
+        if (cfg->lora_layers[l])          /* it would adapt nothing there: never train 0 parameters silently */
+            return peft__fail(PEFT_ERR_CONFIG,
+                              "lora_layers names layer %d but the model has %d layers (0 .. %d)", l,
                               m->cfg.n_layers, m->cfg.n_layers - 1);
     if ((cfg->kind == PEFT_ADAPTER_V1 || cfg->kind == PEFT_ADAPTER_V2) && cfg->adapter_len < 1)
         return peft__fail(PEFT_ERR_CONFIG, "adapter_len must be >= 1");
@@ -6274,18 +6280,22 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
     const char *rng = peft__st_meta(&st, "rng"), *spare = peft__st_meta(&st, "rng_spare"), *np = peft__st_meta(&st, "n_params");
     if (!fmt || strcmp(fmt, "peft.h checkpoint 1") || !step || !at || !rng || !spare || !np || strlen(rng) != 32)
         s = peft__fail(PEFT_ERR_FORMAT, "%s: not a peft.h checkpoint (metadata missing)", path);
-    else if (atoi(np) != o->n)
+    int64_t v_np = -1;
+    if (s == PEFT_OK && (!peft__meta_int(np, 0, INT32_MAX, &v_np) || v_np != o->n))
         s = peft__fail(PEFT_ERR_SHAPE, "%s: holds %s trainable tensors, this run has %d", path, np, o->n);
     /* every counter range-checked before use: a hostile checkpoint must not index outside the run */
     int64_t v_step = 0, v_t = 0, v_epoch = 0, v_cursor = 0, v_tokens = 0;
-    const char *m_e = peft__st_meta(&st, "epoch"), *m_c = peft__st_meta(&st, "cursor"), *m_k = peft__st_meta(&st, "tokens");
-    if (s == PEFT_OK && (!peft__meta_int(step, 0, INT32_MAX - 1, &v_step) || !peft__meta_int(at, 0, INT64_MAX / 2, &v_t) ||
-                         (m_e && !peft__meta_int(m_e, 0, INT32_MAX, &v_epoch)) ||
-                         (m_c && !peft__meta_int(m_c, 0, INT32_MAX, &v_cursor)) ||
-                         (m_k && !peft__meta_int(m_k, 0, INT64_MAX / 2, &v_tokens))))
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: a counter is out of range (step '%s', adam_t '%s', epoch '%s', cursor '%s', "
-                       "tokens '%s'): not a checkpoint this library wrote", path, step, at, m_e ? m_e : "-", m_c ? m_c : "-",
-                       m_k ? m_k : "-");
+    const char *m_e = peft__st_meta(&st, "epoch"), *m_c = peft__st_meta(&st, "cursor"),
+               *m_k = peft__st_meta(&st, "tokens");
+    if (s == PEFT_OK &&
+        (!peft__meta_int(step, 0, INT32_MAX - 1, &v_step) || !peft__meta_int(at, 0, INT64_MAX / 2, &v_t) ||
+         (m_e && !peft__meta_int(m_e, 0, INT32_MAX, &v_epoch)) ||
+         (m_c && !peft__meta_int(m_c, 0, INT32_MAX, &v_cursor)) ||
+         (m_k && !peft__meta_int(m_k, 0, INT64_MAX / 2, &v_tokens))))
+        s = peft__fail(PEFT_ERR_FORMAT,
+                       "%s: a counter is out of range (step '%s', adam_t '%s', epoch '%s', cursor '%s', "
+                       "tokens '%s'): not a checkpoint this library wrote",
+                       path, step, at, m_e ? m_e : "-", m_c ? m_c : "-", m_k ? m_k : "-");
     for (int i = 0; i < o->n && s == PEFT_OK; i++) {
         peft_tensor *t = o->params[i];
         int64_t nb = (t->n + 255) / 256;
@@ -6769,7 +6779,7 @@ static peft_status peft__st_parse(peft_safetensors *st) {
             elems *= x->number;
         }
         if (s != PEFT_OK) break;
-        if (elems > 9e15) {                  /* even of an unknown dtype: products of the shape stay in int64 */
+        if (elems > 9e15) { /* even of an unknown dtype: products of the shape stay in int64 */
             s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has %.3g elements", path, t->key, elems);
             break;
         }
@@ -6826,9 +6836,11 @@ PEFTDEF peft_status peft_st_open_header(peft_safetensors *st, const char *path) 
     unsigned char len8[8];
     uint64_t hn = 0;
     peft_status s = PEFT_OK;
-    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) s = peft__fail(PEFT_ERR_IO, "%s: not a regular file", path);
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        s = peft__fail(PEFT_ERR_IO, "%s: not a regular file", path);
     else if (sb.st_size < 8 || fread(len8, 1, 8, f) != 8)
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: file is %lld bytes, too short for a safetensors header", path, (long long)sb.st_size);
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: file is %lld bytes, too short for a safetensors header", path,
+                       (long long)sb.st_size);
     if (s == PEFT_OK) {
         for (int i = 7; i >= 0; i--) hn = (hn << 8) | len8[i];
         st->file_size = (size_t)sb.st_size;
@@ -6836,7 +6848,8 @@ PEFTDEF peft_status peft_st_open_header(peft_safetensors *st, const char *path) 
         size_t want = hn <= (uint64_t)st->file_size - 8 && hn <= 100u * 1024 * 1024 ? (size_t)hn : 0;
         st->file = (unsigned char *)PEFT_MALLOC(8 + want + 1);
         if (!st->file) s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the header", path);
-        else if (fread(st->file + 8, 1, want, f) != want) s = peft__fail(PEFT_ERR_IO, "%s: read failed", path);
+        else if (fread(st->file + 8, 1, want, f) != want)
+            s = peft__fail(PEFT_ERR_IO, "%s: read failed", path);
         else memcpy(st->file, len8, 8);
     }
     fclose(f);
@@ -7195,7 +7208,8 @@ static peft_status peft__weights_fit(const peft_config *c, const char *dir) {
     }
     double need = (double)peft_config_param_count(c) * (c->q4 ? 0.5 : 2.0);
     if (have < need)
-        return peft__fail(PEFT_ERR_SHAPE, "%s: %.0f bytes of weights, but config.json describes %lld parameters (at least "
+        return peft__fail(PEFT_ERR_SHAPE,
+                          "%s: %.0f bytes of weights, but config.json describes %lld parameters (at least "
                           "%.0f bytes): wrong config.json or truncated weights",
                           what, have, (long long)peft_config_param_count(c), need);
     return PEFT_OK;
@@ -7345,10 +7359,11 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
     q->n_blocks = (q->n + 63) / 64; q->n_nested = (q->n_blocks + 255) / 256;
 #define PEFT__Q4_PIECE(suffix, dt, bytes) \
     (snprintf(key, sizeof key, "%s%s", name, suffix), (e = peft_st_find(st, key)) != NULL && e->dtype == (dt) && e->nbytes == (size_t)(bytes))
-    /* the packed bytes, stored as U8 [n/2, 1] or, with bnb_4bit_quant_storage, viewed as BF16/F16 [n/4, 1], F32 ... */
-    if (!PEFT__Q4_PIECE("", PEFT_DT_U8, (q->n + 1) / 2) && !PEFT__Q4_PIECE("", PEFT_DT_BF16, (q->n + 1) / 2) &&
-        !PEFT__Q4_PIECE("", PEFT_DT_F16, (q->n + 1) / 2) && !PEFT__Q4_PIECE("", PEFT_DT_F32, (q->n + 1) / 2) &&
-        !PEFT__Q4_PIECE("", PEFT_DT_I8, (q->n + 1) / 2))
+    /* the packed bytes: U8 [n/2, 1], or with bnb_4bit_quant_storage the same bytes as BF16 [n/4, 1] ... */
+    if (!PEFT__Q4_PIECE("", PEFT_DT_U8, (q->n + 1) / 2) &&
+        !PEFT__Q4_PIECE("", PEFT_DT_BF16, (q->n + 1) / 2) &&
+        !PEFT__Q4_PIECE("", PEFT_DT_F16, (q->n + 1) / 2) &&
+        !PEFT__Q4_PIECE("", PEFT_DT_F32, (q->n + 1) / 2) && !PEFT__Q4_PIECE("", PEFT_DT_I8, (q->n + 1) / 2))
         return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld packed bytes", path, key, (long long)((q->n + 1) / 2));
     q->packed = (uint8_t *)PEFT_MALLOC(e->nbytes);
     if (!q->packed) return peft__fail(PEFT_ERR_NOMEM, "no memory");
@@ -7561,10 +7576,12 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
             for (const peft_json *x = e->child; x; x = x->next) {
                 size_t L = strlen(val);
                 if (x->type == PEFT_JSON_STRING) snprintf(val + L, sizeof val - L, "%s%s", L ? "," : "", x->string);
-                else if (x->type == PEFT_JSON_NUMBER && x->number == floor(x->number) && fabs(x->number) <= 1e6)
+                else if (x->type == PEFT_JSON_NUMBER && x->number == floor(x->number) &&
+                         fabs(x->number) <= 1e6)
                     snprintf(val + L, sizeof val - L, "%s%d", L ? "," : "", (int)x->number);
                 else if (x->type == PEFT_JSON_NUMBER)       /* range-checked before the cast */
-                    s = peft__fail(PEFT_ERR_FORMAT, "%s: %s holds %.17g, not a layer number", path, key, x->number);
+                    s = peft__fail(PEFT_ERR_FORMAT, "%s: %s holds %.17g, not a layer number", path, key,
+                                   x->number);
             }
         } else val[0] = 0;
         if (s != PEFT_OK) break;
@@ -8638,9 +8655,12 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     int n = 0;
     for (const peft_json *v = vocab->child; v; v = v->next) {
         /* range-checked before the cast: 6666666666 would wrap to a negative index */
-        if (v->type == PEFT_JSON_NUMBER && !(v->number >= 0 && v->number < (double)(1 << 22) && v->number == floor(v->number)))
-            return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: vocab entry \"%s\" has id %.17g (ids are 0 .. 2^22-1)",
-                                                  path, v->key, v->number));
+        if (v->type == PEFT_JSON_NUMBER &&
+            !(v->number >= 0 && v->number < (double)(1 << 22) && v->number == floor(v->number)))
+            return peft__tokfail(t, j,
+                                 peft__fail(PEFT_ERR_FORMAT,
+                                            "%s: vocab entry \"%s\" has id %.17g (ids are 0 .. 2^22-1)", path,
+                                            v->key, v->number));
         if (v->type == PEFT_JSON_NUMBER && v->number >= n) n = (int)v->number + 1;
     }
     for (const peft_json *a = added ? added->child : NULL; a; a = a->next) {
@@ -9383,12 +9403,14 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
     int V = m->cfg.vocab_size, n = 0, limit = m->cfg.max_seq_len;
     if (max_new < 1) return 0;
     if (n_prompt < 1 || n_prompt >= limit) {
-        peft__fail(PEFT_ERR_ARG, "generate: the prompt has %d tokens; the model takes 1 to %d", n_prompt, limit - 1);
+        peft__fail(PEFT_ERR_ARG, "generate: the prompt has %d tokens; the model takes 1 to %d", n_prompt,
+                   limit - 1);
         return -1;
     }
     for (int i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= V) {
-            peft__fail(PEFT_ERR_ARG, "generate: prompt token %d has id %d, outside the vocabulary (size %d)", i, prompt[i], V);
+            peft__fail(PEFT_ERR_ARG, "generate: prompt token %d has id %d, outside the vocabulary (size %d)",
+                       i, prompt[i], V);
             return -1;
         }
     if (n_prompt + max_new < limit) limit = n_prompt + max_new;

@@ -397,7 +397,8 @@ static int rewrite_meta(const char *src, const char *dst, const char *key, const
     return ok;
 }
 
-/* Copies a safetensors file without the tensor `drop` (NULL: none) and with an extra 1-element tensor `add`. */
+/* Copies a safetensors file without the tensor `drop` (NULL: none) and with an extra
+   1-element tensor `add` (NULL: none). */
 static int rewrite_tensors(const char *src, const char *dst, const char *drop, const char *add) {
     peft_safetensors st;
     if (peft_st_open(&st, src) != PEFT_OK) return 0;
@@ -412,7 +413,13 @@ static int rewrite_tensors(const char *src, const char *dst, const char *drop, c
         memcpy(it[n].shape, st.entries[i].shape, sizeof it[n].shape);
         it[n++].data = st.data + st.entries[i].offset;
     }
-    if (it && add) { it[n].name = add; it[n].dtype = PEFT_DT_F32; it[n].ndim = 1; it[n].shape[0] = 1; it[n++].data = &one; }
+    if (it && add) {
+        it[n].name = add;
+        it[n].dtype = PEFT_DT_F32;
+        it[n].ndim = 1;
+        it[n].shape[0] = 1;
+        it[n++].data = &one;
+    }
     int ok = it && peft_st_write(dst, it, n, NULL, 0) == PEFT_OK;
     free(it);
     peft_st_close(&st);
@@ -446,13 +453,24 @@ static void sh(const char *fmt, ...) {
 static void make_tok_model(const char *dir) {
     peft_config c;
     peft_config_preset(&c, "tiny");
-    c.vocab_size = 800; c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
+    c.vocab_size = 800;
+    c.dim = 32;
+    c.hidden_dim = 64;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 8;
     c.max_seq_len = 256; c.eos_id = 0; c.bos_id = 0;
     peft_model *m;
-    if (peft_model_new(&m, &c, 1, 3) != PEFT_OK || peft_model_save(m, dir) != PEFT_OK) { fprintf(stderr, "model\n"); return; }
+    if (peft_model_new(&m, &c, 1, 3) != PEFT_OK || peft_model_save(m, dir) != PEFT_OK) {
+        fprintf(stderr, "model\n");
+        return;
+    }
     peft_model_free(m);
-    sh("cp %s/hf_tok/gpt2.json %s/tokenizer.json && echo '{\"eos_token\": \"<|endoftext|>\"}' > %s/tokenizer_config.json && "
-       "echo '{\"eos_token_id\": 0}' > %s/generation_config.json", th_fixtures(), dir, dir, dir);
+    sh("cp %s/hf_tok/gpt2.json %s/tokenizer.json && echo '{\"eos_token\": \"<|endoftext|>\"}' > "
+       "%s/tokenizer_config.json && "
+       "echo '{\"eos_token_id\": 0}' > %s/generation_config.json",
+       th_fixtures(), dir, dir, dir);
 }
 
 /* Token ids from every source are range-checked; --tokens prints text when the
@@ -468,17 +486,25 @@ TEST(test_cli_token_ids_and_folders) {
     make_tok_model(base);
     /* a tokenizer with more tokens than the model's vocabulary: today's "prints nothing, exit 0" */
     snprintf(small, sizeof small, "%s/tok_small_vocab", th_tmpdir());
-    sh("rm -rf %s && cp -r %s/llama_mha %s && cp %s/tokenizer.json %s/", small, th_fixtures(), small, base, small);
+    sh("rm -rf %s && cp -r %s/llama_mha %s && cp %s/tokenizer.json %s/", small, th_fixtures(), small, base,
+       small);
     CHECK(run(out, sizeof out, "generate --model %s --prompt 'Hello world' --max-new 4", small) == 1 &&
-          strstr(out, "outside the model's vocabulary") && strstr(out, "vocab_size 64"), "prompt ids past vocab_size: %s", out);
-    CHECK(run(out, sizeof out, "generate --model %s --tokens 1,2,64", small) == 2, "--tokens past vocab_size: %s", out);
+          strstr(out, "outside the model's vocabulary") && strstr(out, "vocab_size 64"),
+          "prompt ids past vocab_size: %s", out);
+    CHECK(run(out, sizeof out, "generate --model %s --tokens 1,2,64", small) == 2,
+          "--tokens past vocab_size: %s", out);
     snprintf(data, sizeof data, "%s", th_tmp_text("ids_past_vocab.txt", "1 2 3 64 5 6"));
-    CHECK(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 1 --no-save", th_fixtures(), data) == 1 &&
-          strstr(out, "64") && strstr(out, "ids_past_vocab.txt"), "id file past vocab_size: %s", out);
+    CHECK(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 1 --no-save", th_fixtures(),
+              data) == 1 &&
+          strstr(out, "64") && strstr(out, "ids_past_vocab.txt"),
+          "id file past vocab_size: %s", out);
 
     /* --tokens with a folder that has tokenizer.json prints the text of the ids it generates */
-    CHECK(run(ids_out, sizeof ids_out, "generate --model %s --tokens 10,20,30 --max-new 6 --print-ids", base) == 0, "ids: %s", ids_out);
-    CHECK(run(out, sizeof out, "generate --model %s --tokens 10,20,30 --max-new 6", base) == 0, "text: %s", out);
+    CHECK(run(ids_out, sizeof ids_out, "generate --model %s --tokens 10,20,30 --max-new 6 --print-ids",
+              base) == 0,
+          "ids: %s", ids_out);
+    CHECK(run(out, sizeof out, "generate --model %s --tokens 10,20,30 --max-new 6", base) == 0, "text: %s",
+          out);
     peft_tokenizer tok;
     snprintf(f1, sizeof f1, "%s/tokenizer.json", base);
     REQUIRE_OK(peft_tokenizer_load(&tok, f1, 800));
@@ -493,7 +519,8 @@ TEST(test_cli_token_ids_and_folders) {
         p = end;
     }
     peft_tokenizer_free(&tok);
-    CHECK(want[0] && strncmp(out, want, strlen(want)) == 0, "--tokens text '%s', the ids decode to '%s'", out, want);
+    CHECK(want[0] && strncmp(out, want, strlen(want)) == 0, "--tokens text '%s', the ids decode to '%s'", out,
+          want);
 
     /* merge, quantize and full fine-tuning: folders usable alone */
     snprintf(data, sizeof data, "%s/alpaca/data.json", th_fixtures());
@@ -501,23 +528,30 @@ TEST(test_cli_token_ids_and_folders) {
     snprintf(merged, sizeof merged, "%s/tokm_merged", th_tmpdir());
     snprintf(quant, sizeof quant, "%s/tokm_q4", th_tmpdir());
     snprintf(full, sizeof full, "%s/tokm_full", th_tmpdir());
-    CHECK(run(out, sizeof out, "train --model %s --data %s --method lora --max-steps 2 --batch 2 --seq 192 --out %s", base, data,
-              lora) == 0, "lora: %s", out);
-    CHECK(run(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) == 0, "merge: %s", out);
+    CHECK(run(out, sizeof out,
+              "train --model %s --data %s --method lora --max-steps 2 --batch 2 --seq 192 --out %s", base,
+              data, lora) == 0,
+          "lora: %s", out);
+    CHECK(run(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) == 0,
+          "merge: %s", out);
     CHECK(run(out, sizeof out, "quantize --model %s --out %s", base, quant) == 0, "quantize: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s --max-steps 2 --batch 2 --seq 192 --out %s", base, data, full) == 0,
+    CHECK(run(out, sizeof out, "train --model %s --data %s --max-steps 2 --batch 2 --seq 192 --out %s", base,
+              data, full) == 0,
           "full: %s", out);
-    const char *made[3] = { merged, quant, full }, *files[3] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json" };
+    const char *made[3] = { merged, quant, full },
+               *files[3] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json" };
     for (int i = 0; i < 3; i++)
         for (int k = 0; k < 3; k++) {
             snprintf(f1, sizeof f1, "%s/%s", base, files[k]);
             snprintf(f2, sizeof f2, "%s/%s", made[i], files[k]);
             CHECK(same_file(f1, f2), "%s has no copy of %s", made[i], files[k]);
         }
-    CHECK(run(out, sizeof out, "generate --model %s --prompt 'Hello' --max-new 3", merged) == 0 && strstr(out, "Hello"),
+    CHECK(run(out, sizeof out, "generate --model %s --prompt 'Hello' --max-new 3", merged) == 0 &&
+          strstr(out, "Hello"),
           "generate on the merged folder without --tokenizer: %s", out);
     /* merging again replaces the folder whole: nothing left beside it */
-    CHECK(run(out, sizeof out, "merge --model %s --adapter %s --out %s/", base, lora, merged) == 0, "merge again: %s", out);
+    CHECK(run(out, sizeof out, "merge --model %s --adapter %s --out %s/", base, lora, merged) == 0,
+          "merge again: %s", out);
     snprintf(f1, sizeof f1, "%s.tmp", merged);
     snprintf(f2, sizeof f2, "%s.old", merged);
     CHECK(!exists(f1) && !exists(f2), "merge left %s or %s", f1, f2);
@@ -545,64 +579,88 @@ TEST(test_cli_hostile_and_absurd) {
     snprintf(model, sizeof model, "--model %s/llama_mha", th_fixtures());
 
     /* absurd flags: usage errors, exit 2, before any work */
-    const char *absurd[] = { "--epochs 1000000000", "--max-steps 1000000000", "--grad-accum 1000000000", "--threads 100000",
-                             "--method lora --lora-dropout 2", "--method lora --lora-r x", "--method nope" };
+    const char *absurd[] = {
+        "--epochs 1000000000", "--max-steps 1000000000",         "--grad-accum 1000000000",
+        "--threads 100000",    "--method lora --lora-dropout 2", "--method lora --lora-r x",
+        "--method nope"
+    };
     for (int i = 0; i < 7; i++)
-        CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --no-save %s", model, data, absurd[i]) == 2 &&
-              strstr(out, "peft"), "%s: %s", absurd[i], out);
-    CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --no-save --method lora --lora-layers 7", model, data) == 1 &&
-          strstr(out, "layer 7") && strstr(out, "2 layers"), "--lora-layers 7 of 2: %s", out);
-    CHECK(run(out, sizeof out, "train --config %s --no-save", th_tmpdir()) == 1 && strstr(out, "is a directory"),
-          "--config DIR: %s", out);
+        CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --no-save %s", model, data,
+                  absurd[i]) == 2 &&
+              strstr(out, "peft"),
+              "%s: %s", absurd[i], out);
+    CHECK(run(out, sizeof out,
+              "train %s --data %s --batch 2 --seq 16 --no-save --method lora --lora-layers 7", model,
+              data) == 1 &&
+          strstr(out, "layer 7") && strstr(out, "2 layers"),
+          "--lora-layers 7 of 2: %s", out);
+    CHECK(run(out, sizeof out, "train --config %s --no-save", th_tmpdir()) == 1 &&
+          strstr(out, "is a directory"), "--config DIR: %s", out);
 
     /* --out: required (or --no-save), a non-empty one refused unless --overwrite */
     snprintf(run1, sizeof run1, "%s/hostile_run", th_tmpdir());
-    CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2", model, data) == 2 && strstr(out, "--no-save"),
+    CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2", model, data) == 2 &&
+          strstr(out, "--no-save"),
           "no --out: %s", out);
-    CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2 --no-save", model, data) == 0, "--no-save: %s", out);
-    CHECK(run(out, sizeof out, "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --save-every 2 --out %s", model, data,
-              run1) == 0, "run: %s", out);
-    CHECK(run(out, sizeof out, "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --out %s", model, data, run1) == 2 &&
-          strstr(out, "--resume") && strstr(out, "--overwrite"), "existing --out: %s", out);
+    CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2 --no-save", model, data) == 0,
+          "--no-save: %s", out);
+    CHECK(run(out, sizeof out,
+              "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --save-every 2 --out %s", model,
+              data, run1) == 0,
+          "run: %s", out);
+    CHECK(run(out, sizeof out, "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --out %s",
+              model, data, run1) == 2 &&
+          strstr(out, "--resume") && strstr(out, "--overwrite"),
+          "existing --out: %s", out);
     snprintf(ck, sizeof ck, "%s/checkpoint-2/trainer.safetensors", run1);
     snprintf(orig, sizeof orig, "%s/trainer.orig", th_tmpdir());
     CHECK(exists(ck), "the refused run left the old one alone");
     sh("cp %s %s", ck, orig);
 
     /* hostile checkpoints: counters out of range, or outside the run resumed */
-    const char *meta[][2] = { { "cursor", "-100000" }, { "step", "-3" }, { "epoch", "99999999999" }, { "step", "2x" },
-                              { "cursor", "999999" }, { "step", "99" } };
+    const char *meta[][2] = { { "cursor", "-100000" }, { "step", "-3" },       { "epoch", "99999999999" },
+                              { "step", "2x" },        { "cursor", "999999" }, { "step", "99" } };
     for (int i = 0; i < 6; i++) {
         REQUIRE(rewrite_meta(orig, ck, meta[i][0], meta[i][1]), "rewrite");
         CHECK(run(out, sizeof out, "train --resume %s", run1) == 1 && strstr(out, "trainer.safetensors") &&
-              (strstr(out, "out of range") || strstr(out, "outside this run")), "%s = %s: %s", meta[i][0], meta[i][1], out);
+              (strstr(out, "out of range") || strstr(out, "outside this run")),
+              "%s = %s: %s", meta[i][0], meta[i][1], out);
     }
     sh("cp %s %s", orig, ck);
-    CHECK(run(out, sizeof out, "train --resume %s", run1) == 0 && strstr(out, "resuming from"), "the good checkpoint: %s", out);
+    CHECK(run(out, sizeof out, "train --resume %s", run1) == 0 && strstr(out, "resuming from"),
+          "the good checkpoint: %s", out);
     /* --overwrite starts afresh: the old checkpoints go (a later --resume must not find them) */
-    CHECK(run(out, sizeof out, "train %s --data %s --method lora --batch 2 --seq 16 --steps 1 --out %s --overwrite", model, data,
-              run1) == 0, "--overwrite: %s", out);
+    CHECK(run(out, sizeof out,
+              "train %s --data %s --method lora --batch 2 --seq 16 --steps 1 --out %s --overwrite", model,
+              data, run1) == 0,
+          "--overwrite: %s", out);
     CHECK(!exists(ck), "--overwrite left the old run's checkpoint-2");
 
     /* data paths that look like numbers are written as strings: the run resumes */
     const char *names[2] = { "0x10", "1e3" };
     char cwd[512] = "", abs_bin[1100], abs_model[1100];
     REQUIRE(getcwd(cwd, sizeof cwd), "cwd");
-    snprintf(abs_bin, sizeof abs_bin, "%s%s%s", bin()[0] == '/' ? "" : cwd, bin()[0] == '/' ? "" : "/", bin());
+    snprintf(abs_bin, sizeof abs_bin, "%s%s%s", bin()[0] == '/' ? "" : cwd, bin()[0] == '/' ? "" : "/",
+             bin());
     snprintf(abs_model, sizeof abs_model, "%s%s%s/llama_mha", th_fixtures()[0] == '/' ? "" : cwd,
              th_fixtures()[0] == '/' ? "" : "/", th_fixtures());
     for (int k = 0; k < 2; k++) {
         snprintf(dir, sizeof dir, "%s/numeric_%d", th_tmpdir(), k);
         sh("mkdir -p %s && cp %s %s/%s", dir, data, dir, names[k]);
         char cmd[4000];
-        snprintf(cmd, sizeof cmd, "cd %s && %s train --model %s --data %s --batch 2 --seq 16 --steps 4 --save-every 2 --method lora "
-                 "--out r > /dev/null 2>&1 && rm r/adapter_model.safetensors && %s train --resume r > /dev/null 2>&1",
+        snprintf(cmd, sizeof cmd,
+                 "cd %s && %s train --model %s --data %s --batch 2 --seq 16 --steps 4 --save-every 2 "
+                 "--method lora "
+                 "--out r > /dev/null 2>&1 && rm r/adapter_model.safetensors && %s train --resume r > "
+                 "/dev/null 2>&1",
                  dir, abs_bin, abs_model, names[k], abs_bin);
         CHECK(system(cmd) == 0, "--data %s: the run does not resume", names[k]);
         snprintf(path, sizeof path, "%s/r/train_config.json", dir);
         peft_json *j = NULL;
-        CHECK(peft_json_load(&j, path) == PEFT_OK && peft_json_get(j, "data") && peft_json_get(j, "data")->type == PEFT_JSON_STRING &&
-              !strcmp(peft_json_get(j, "data")->string, names[k]), "train_config.json data for %s: %s", names[k], peft_last_error());
+        CHECK(peft_json_load(&j, path) == PEFT_OK && peft_json_get(j, "data") &&
+              peft_json_get(j, "data")->type == PEFT_JSON_STRING &&
+              !strcmp(peft_json_get(j, "data")->string, names[k]),
+              "train_config.json data for %s: %s", names[k], peft_last_error());
         peft_json_free(j);
     }
 
@@ -610,26 +668,41 @@ TEST(test_cli_hostile_and_absurd) {
     char trained[512], dv[512];
     snprintf(trained, sizeof trained, "%s/div_trained", th_tmpdir());
     snprintf(dv, sizeof dv, "%s/div_run", th_tmpdir());
-    CHECK(run(out, sizeof out, "train %s --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s", model, data, trained) == 0,
+    CHECK(run(out, sizeof out, "train %s --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s", model,
+              data, trained) == 0,
           "pre-train: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant --no-save",
-              trained, data) == 0 && strstr(out, "warning") && strstr(out, "destroyed"), "divergence warning: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --no-save", trained, data) == 0 &&
-          !strstr(out, "destroyed"), "a sane learning rate warns: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant "
-              "--stop-on-divergence --out %s", trained, data, dv) == 1 && strstr(out, "--stop-on-divergence"),
+    CHECK(run(out, sizeof out,
+              "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant --no-save",
+              trained, data) == 0 &&
+          strstr(out, "warning") && strstr(out, "destroyed"),
+          "divergence warning: %s", out);
+    CHECK(run(out, sizeof out, "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --no-save",
+              trained, data) == 0 &&
+          !strstr(out, "destroyed"),
+          "a sane learning rate warns: %s", out);
+    CHECK(run(out, sizeof out,
+              "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant "
+              "--stop-on-divergence --out %s",
+              trained, data, dv) == 1 &&
+          strstr(out, "--stop-on-divergence"),
           "--stop-on-divergence: %s", out);
     snprintf(path, sizeof path, "%s/model.safetensors", dv);
     CHECK(!exists(path), "a diverged run saved its model");
 
     /* info reads the weight files' headers: counts, and every inconsistency with config.json (exit 1) */
-    CHECK(run(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "21 tensors (F32 21)"), "info: %s", out);
+    CHECK(run(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "21 tensors (F32 21)"),
+          "info: %s", out);
     snprintf(dir, sizeof dir, "%s/info_bad", th_tmpdir());
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     char src[700];
     snprintf(src, sizeof src, "%s/llama_mha/model.safetensors", th_fixtures());
-    struct { const char *what, *expect; } cases[] = { { "truncated", "truncated" }, { "lying shape", "offsets span" },
-        { "missing", "missing" }, { "extra", "not part of the model" }, { "wrong shape", "config.json implies" } };
+    struct {
+        const char *what, *expect;
+    } cases[] = { { "truncated", "truncated" },
+                  { "lying shape", "offsets span" },
+                  { "missing", "missing" },
+                  { "extra", "not part of the model" },
+                  { "wrong shape", "config.json implies" } };
     for (int i = 0; i < 5; i++) {
         sh("rm -rf %s && cp -r %s/llama_mha %s", dir, th_fixtures(), dir);
         int ok = 1;
@@ -644,13 +717,16 @@ TEST(test_cli_hostile_and_absurd) {
             sh("sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": 48/' %s", src);
         }
         REQUIRE(ok, "setup %s", cases[i].what);
-        CHECK(run(out, sizeof out, "info %s", dir) == 1 && strstr(out, cases[i].expect) && strstr(out, "model.safetensors"),
+        CHECK(run(out, sizeof out, "info %s", dir) == 1 && strstr(out, cases[i].expect) &&
+              strstr(out, "model.safetensors"),
               "info on %s weights: %s", cases[i].what, out);
     }
     /* dimensions near 2^31: refused, not a negative parameter count */
-    sh("rm -rf %s && cp -r %s/llama_mha %s && sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": 2147483000/' %s/config.json",
+    sh("rm -rf %s && cp -r %s/llama_mha %s && sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": "
+       "2147483000/' %s/config.json",
        dir, th_fixtures(), dir, dir);
-    CHECK(run(out, sizeof out, "info %s", dir) == 1 && strstr(out, "implausible") && !strstr(out, "parameters       -"),
+    CHECK(run(out, sizeof out, "info %s", dir) == 1 && strstr(out, "implausible") &&
+          !strstr(out, "parameters       -"),
           "info on huge dimensions: %s", out);
 }
 
@@ -670,18 +746,28 @@ static void disk_full_body(const char *mnt) {
     for (int i = 0; i < 400; i++) fprintf(f, "%d ", (i * 7) % 23);
     fclose(f);
     const char *lflags = "--method lora --lora-targets all-linear --lora-r 16 --batch 2 --seq 16";
-    CHECK(run(out, sizeof out, "train --model %s --data %s %s --steps 2 --out %s", base, ids, lflags, lora) == 0, "lora: %s", out);
+    CHECK(run(out, sizeof out, "train --model %s --data %s %s --steps 2 --out %s", base, ids, lflags, lora) ==
+                  0,
+          "lora: %s", out);
     /* the good outputs, with room to spare; merged and q4 hold another model (config.json differs from
        the one the failing command would write: a config written before the weights would show) */
-    CHECK(run(out, sizeof out, "merge --model %s/llama_gqa --adapter %s/peft_lora_qv --out %s/merged", th_fixtures(), th_fixtures(),
-              mnt) == 0, "merge: %s", out);
-    CHECK(run(out, sizeof out, "quantize --model %s --quant fp4 --out %s/q4", base, mnt) == 0, "quantize: %s", out);
-    CHECK(run(out, sizeof out, "export --model %s --adapter %s --format peft --out %s/exported", base, lora, mnt) == 0, "export: %s", out);
-    CHECK(run(out, sizeof out, "export --model %s --adapter %s --format gguf --out %s/a.gguf", base, lora, mnt) == 0, "gguf: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s %s --steps 4 --save-every 2 --out %s/run", base, ids, lflags, mnt) == 0,
+    CHECK(run(out, sizeof out, "merge --model %s/llama_gqa --adapter %s/peft_lora_qv --out %s/merged",
+              th_fixtures(), th_fixtures(), mnt) == 0,
+          "merge: %s", out);
+    CHECK(run(out, sizeof out, "quantize --model %s --quant fp4 --out %s/q4", base, mnt) == 0, "quantize: %s",
+          out);
+    CHECK(run(out, sizeof out, "export --model %s --adapter %s --format peft --out %s/exported", base, lora,
+              mnt) == 0,
+          "export: %s", out);
+    CHECK(run(out, sizeof out, "export --model %s --adapter %s --format gguf --out %s/a.gguf", base, lora,
+              mnt) == 0,
+          "gguf: %s", out);
+    CHECK(run(out, sizeof out, "train --model %s --data %s %s --steps 4 --save-every 2 --out %s/run", base,
+              ids, lflags, mnt) == 0,
           "train: %s", out);
     /* what must not change: every file but the run's log, settings and plot (rewritten on resume) */
-    const char *list = "find . -type f ! -name filler ! -name log.jsonl ! -name train_config.json ! -name loss.svg | sort";
+    const char *list = "find . -type f ! -name filler ! -name log.jsonl ! -name train_config.json ! -name "
+                       "loss.svg | sort";
     for (int k = 0; k < 2; k++) snprintf(snap[k], sizeof snap[k], "%s/df_snapshot_%d", th_tmpdir(), k);
     sh("cd %s && %s | xargs md5sum > %s", mnt, list, snap[0]);
     /* fill the disk, then free 12 KB: small files fit, no weights do */
@@ -689,18 +775,23 @@ static void disk_full_body(const char *mnt) {
     char cmd[5][2400];
     snprintf(cmd[0], sizeof cmd[0], "merge --model %s --adapter %s --out %s/merged", base, lora, mnt);
     snprintf(cmd[1], sizeof cmd[1], "quantize --model %s --quant nf4 --double-quant --out %s/q4", base, mnt);
-    snprintf(cmd[2], sizeof cmd[2], "export --model %s --adapter %s --format peft --out %s/exported", base, lora, mnt);
-    snprintf(cmd[3], sizeof cmd[3], "export --model %s --adapter %s --format gguf --out %s/a.gguf", base, lora, mnt);
+    snprintf(cmd[2], sizeof cmd[2], "export --model %s --adapter %s --format peft --out %s/exported", base,
+             lora, mnt);
+    snprintf(cmd[3], sizeof cmd[3], "export --model %s --adapter %s --format gguf --out %s/a.gguf", base,
+             lora, mnt);
     snprintf(cmd[4], sizeof cmd[4], "train --resume %s/run", mnt);
     for (int i = 0; i < 5; i++)
-        CHECK(run(out, sizeof out, "%s", cmd[i]) == 1 && strstr(out, "No space left on device"), "%s on a full disk: %s", cmd[i], out);
+        CHECK(run(out, sizeof out, "%s", cmd[i]) == 1 && strstr(out, "No space left on device"),
+              "%s on a full disk: %s", cmd[i], out);
     sh("cd %s && %s | xargs md5sum > %s", mnt, list, snap[1]);
-    CHECK(same_file(snap[0], snap[1]), "a failed write changed or added files (see %s vs %s)", snap[0], snap[1]);
+    CHECK(same_file(snap[0], snap[1]), "a failed write changed or added files (see %s vs %s)", snap[0],
+          snap[1]);
     sh("cd %s && find . -name '*.tmp' -o -name '*.old' > %s/df_leftovers", mnt, th_tmpdir());
     snprintf(snap[0], sizeof snap[0], "%s/df_leftovers", th_tmpdir());
     unsigned char *d;
     size_t n = 1;
-    CHECK(peft_read_file(snap[0], &d, &n) == PEFT_OK && n == 0, "partial files left: %.*s", (int)n, n ? (char *)d : "");
+    CHECK(peft_read_file(snap[0], &d, &n) == PEFT_OK && n == 0, "partial files left: %.*s", (int)n,
+          n ? (char *)d : "");
     if (n || d) free(d);
 }
 

@@ -500,8 +500,9 @@ TEST(test_hostile_files) {
     REQUIRE(system(cmd) == 0, "setup");
     REQUIRE(edit_file(path, "\"<|im_start|>\": 1,", "\"<|im_start|>\": 6666666666,"), "fixture layout");
     peft_tokenizer tok;
-    CHECK(peft_tokenizer_load(&tok, path, 1000) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "6666666666") &&
-          strstr(peft_last_error(), "tok_hostile.json"), "vocab id 6666666666: %s", peft_last_error());
+    CHECK(peft_tokenizer_load(&tok, path, 1000) == PEFT_ERR_FORMAT &&
+          strstr(peft_last_error(), "6666666666") && strstr(peft_last_error(), "tok_hostile.json"),
+          "vocab id 6666666666: %s", peft_last_error());
     REQUIRE(edit_file(path, "6666666666,", "-1,"), "edit");
     CHECK(peft_tokenizer_load(&tok, path, 1000) == PEFT_ERR_FORMAT, "vocab id -1: %s", peft_last_error());
 
@@ -510,14 +511,14 @@ TEST(test_hostile_files) {
     copy_fixture("llama_mha", dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
     REQUIRE(edit_file(path, "\"eos_token_id\": 2,", "\"eos_token_id\": [1e20],"), "fixture layout");
-    CHECK(peft_model_load(&m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "eos_token_id"), "eos [1e20]: %s",
-          peft_last_error());
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "eos_token_id"),
+          "eos [1e20]: %s", peft_last_error());
     REQUIRE(edit_file(path, "[1e20]", "[2, 64]"), "edit");
     REQUIRE_OK(peft_model_load(&m, dir));                 /* the first of a list, within the vocabulary */
     peft_model_free(m);
     REQUIRE(edit_file(path, "[2, 64]", "[64]"), "edit");
-    CHECK(peft_model_load(&m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "eos_token_id"), "eos 64 of 64: %s",
-          peft_last_error());
+    CHECK(peft_model_load(&m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "eos_token_id"),
+          "eos 64 of 64: %s", peft_last_error());
     REQUIRE(edit_file(path, "[64]", "2"), "edit");
     const char *dims[][2] = { { "\"hidden_size\": 32,", "\"hidden_size\": 2147483520," },
                               { "\"intermediate_size\": 64,", "\"intermediate_size\": 2000000000," },
@@ -527,8 +528,8 @@ TEST(test_hostile_files) {
     for (int i = 0; i < 5; i++) {
         REQUIRE(edit_file(path, dims[i][0], dims[i][1]), "edit %d", i);
         peft_config c;
-        CHECK(peft_config_load(&c, path) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "config.json"), "%s: %s", dims[i][1],
-              peft_last_error());
+        CHECK(peft_config_load(&c, path) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "config.json"),
+              "%s: %s", dims[i][1], peft_last_error());
         REQUIRE(edit_file(path, dims[i][1], dims[i][0]), "undo %d", i);
     }
     /* a 625-byte config claiming 667M parameters next to a 101 KB weights file fails before
@@ -539,29 +540,33 @@ TEST(test_hostile_files) {
     REQUIRE(edit_file(path, "\"vocab_size\": 64", "\"vocab_size\": 32000"), "edit");
     peft_config big;
     REQUIRE_OK(peft_config_load(&big, path));
-    CHECK(peft_config_param_count(&big) > 600000000, "%lld parameters", (long long)peft_config_param_count(&big));
+    CHECK(peft_config_param_count(&big) > 600000000, "%lld parameters",
+          (long long)peft_config_param_count(&big));
     CHECK(peft_model_load(&m, dir) == PEFT_ERR_SHAPE && strstr(peft_last_error(), "model.safetensors") &&
-          strstr(peft_last_error(), "bytes of weights"), "667M-parameter config, 101 KB weights: %s", peft_last_error());
+          strstr(peft_last_error(), "bytes of weights"),
+          "667M-parameter config, 101 KB weights: %s", peft_last_error());
 
     /* adapter_config.json: layers_to_transform [1e20] */
     snprintf(dir, sizeof dir, "%s/hostile_adapter", th_tmpdir());
     copy_fixture("peft_lora_qv", dir);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    REQUIRE(edit_file(path, "\"layers_to_transform\": null", "\"layers_to_transform\": [1e20]"), "fixture layout");
+    REQUIRE(edit_file(path, "\"layers_to_transform\": null", "\"layers_to_transform\": [1e20]"), "fixture "
+                                                                                                 "layout");
     snprintf(path, sizeof path, "%s/llama_gqa", th_fixtures());
     REQUIRE_OK(peft_model_load(&m, path));
     CHECK(peft_adapter_load(m, dir) != PEFT_OK && strstr(peft_last_error(), "layers_to_transform") &&
-          strstr(peft_last_error(), "adapter_config.json"), "layers_to_transform [1e20]: %s", peft_last_error());
+          strstr(peft_last_error(), "adapter_config.json"),
+          "layers_to_transform [1e20]: %s", peft_last_error());
     peft_model_free(m);
 
     /* a folder where a file belongs: no "no memory for 9223372036854775807 bytes" */
     unsigned char *d;
     size_t n;
-    CHECK(peft_read_file(th_tmpdir(), &d, &n) == PEFT_ERR_IO && strstr(peft_last_error(), "is a directory"), "folder: %s",
-          peft_last_error());
+    CHECK(peft_read_file(th_tmpdir(), &d, &n) == PEFT_ERR_IO && strstr(peft_last_error(), "is a directory"),
+          "folder: %s", peft_last_error());
     peft_json *j;
-    CHECK(peft_json_load(&j, th_tmpdir()) == PEFT_ERR_IO && strstr(peft_last_error(), "is a directory"), "json folder: %s",
-          peft_last_error());
+    CHECK(peft_json_load(&j, th_tmpdir()) == PEFT_ERR_IO && strstr(peft_last_error(), "is a directory"),
+          "json folder: %s", peft_last_error());
 }
 
 /* A UTF-8 byte order mark before JSON (Windows editors write one) is skipped, as
@@ -588,18 +593,23 @@ TEST(test_json_bom) {
     REQUIRE_OK(peft_tokenizer_load(&tok, path, 800));
     const char *names[2] = { "bom_data.json", "bom_data.jsonl" };
     const char *texts[2] = { "[{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"Hi there.\"}]\n",
-                             "{\"prompt\": \"Say hi.\", \"completion\": \" Hi there.\"}\n{\"text\": \"Hello world.\"}\n" };
+                             "{\"prompt\": \"Say hi.\", \"completion\": \" Hi there.\"}\n{\"text\": \"Hello "
+                             "world.\"}\n" };
     for (int k = 0; k < 2; k++) {
         char plain[700], with[700];
         snprintf(with, sizeof with, "%s", th_tmp_text(names[k], texts[k]));
         snprintf(cmd, sizeof cmd, "plain_%s", names[k]);
         snprintf(plain, sizeof plain, "%s", th_tmp_text(cmd, texts[k]));
-        REQUIRE(edit_file(with, texts[k][0] == '[' ? "[" : "{", texts[k][0] == '[' ? "\xEF\xBB\xBF[" : "\xEF\xBB\xBF{"), "edit");
+        REQUIRE(edit_file(with, texts[k][0] == '[' ? "[" : "{",
+                          texts[k][0] == '[' ? "\xEF\xBB\xBF[" : "\xEF\xBB\xBF{"),
+                "edit");
         peft_dataset a, b;
         REQUIRE_OK(peft_dataset_load(&a, plain, &tok, 256));
         REQUIRE_OK(peft_dataset_load(&b, with, &tok, 256));
-        CHECK(a.n == b.n && a.n_tokens == b.n_tokens && !memcmp(a.ids, b.ids, sizeof(int) * (size_t)a.n_tokens),
-              "%s: %d/%d examples, %lld/%lld tokens", names[k], a.n, b.n, (long long)a.n_tokens, (long long)b.n_tokens);
+        CHECK(a.n == b.n && a.n_tokens == b.n_tokens &&
+                      !memcmp(a.ids, b.ids, sizeof(int) * (size_t)a.n_tokens),
+              "%s: %d/%d examples, %lld/%lld tokens", names[k], a.n, b.n, (long long)a.n_tokens,
+              (long long)b.n_tokens);
         peft_dataset_free(&a);
         peft_dataset_free(&b);
     }
@@ -612,13 +622,14 @@ TEST(test_safetensors_header_only) {
     snprintf(path, sizeof path, "%s/llama_mha/model.safetensors", th_fixtures());
     peft_safetensors st;
     REQUIRE_OK(peft_st_open_header(&st, path));
-    CHECK(st.n == 21 && st.data == NULL && st.file_size > 100000, "%d entries of a %zu-byte file", st.n, st.file_size);
+    CHECK(st.n == 21 && st.data == NULL && st.file_size > 100000, "%d entries of a %zu-byte file", st.n,
+          st.file_size);
     CHECK(peft_st_find(&st, "model.norm.weight") != NULL, "entries named");
     peft_st_close(&st);
     snprintf(dir, sizeof dir, "%s/hdr_trunc.safetensors", th_tmpdir());
     REQUIRE(th_truncated_copy(path, dir, 11000), "truncated copy");
     snprintf(path, sizeof path, "%s", dir);
-    CHECK(peft_st_open_header(&st, path) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "truncated"), "truncated: %s",
-          peft_last_error());
+    CHECK(peft_st_open_header(&st, path) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "truncated"),
+          "truncated: %s", peft_last_error());
     CHECK(peft_st_open_header(&st, th_tmpdir()) == PEFT_ERR_IO, "a folder");
 }

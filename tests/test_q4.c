@@ -379,7 +379,8 @@ TEST(test_bnb_quant_storage_bf16) {
     for (long i = 0; i < nt && i < 64; i++) tok[i] = (int)tf[i];
     peft_model *m;
     REQUIRE_OK(peft_model_load(&m, dir));
-    CHECK(m->cfg.q4 && m->cfg.q4_double && m->layers[0].lin[PEFT_DOWN].q4, "loaded as 4-bit nf4 + double quantization");
+    CHECK(m->cfg.q4 && m->cfg.q4_double && m->layers[0].lin[PEFT_DOWN].q4, "loaded as 4-bit nf4 + double "
+                                                                           "quantization");
     peft_graph *g = peft_graph_new();
     peft_tensor *lg = peft_model_forward(m, g, tok, 2, (int)(nt / 2));
     REQUIRE(lg && lg->n == n, "forward: %s", peft_last_error());
@@ -392,9 +393,11 @@ TEST(test_bnb_quant_storage_bf16) {
     char bad[512];
     snprintf(bad, sizeof bad, "%s/q4_storage_bad", th_tmpdir());
     char cmd[2400];
-    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s && sed -i 's/\"bnb_4bit_quant_storage\": \"bfloat16\"/"
-             "\"bnb_4bit_quant_storage\": \"float64\"/' %s/config.json", bad, dir, bad, bad);
+    snprintf(cmd, sizeof cmd,
+             "rm -rf %s && cp -r %s %s && sed -i 's/\"bnb_4bit_quant_storage\": \"bfloat16\"/"
+             "\"bnb_4bit_quant_storage\": \"float64\"/' %s/config.json",
+             bad, dir, bad, bad);
     REQUIRE(system(cmd) == 0, "setup");
-    CHECK(peft_model_load(&m, bad) != PEFT_OK && strstr(peft_last_error(), "bnb_4bit_quant_storage"), "float64 storage: %s",
-          peft_last_error());
+    CHECK(peft_model_load(&m, bad) != PEFT_OK && strstr(peft_last_error(), "bnb_4bit_quant_storage"),
+          "float64 storage: %s", peft_last_error());
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 #include <math.h>
+#include <float.h>
 #include <signal.h>
 #include <dirent.h>
 #include <unistd.h>
@@ -55,7 +56,7 @@ static int parse_int(const char *s, int *out) {
 static int parse_float(const char *s, float *out) {
     char *end;
     double v = strtod(s, &end);
-    if (*s == 0 || *end != 0 || !isfinite(v)) return 0;
+    if (*s == 0 || *end != 0 || !isfinite(v) || fabs(v) > FLT_MAX) return 0; /* 1e300 does not fit a float */
     *out = (float)v;
     return 1;
 }
@@ -307,11 +308,11 @@ static const char *TRAIN_KEYS[] = { "model", "preset", "data", "tokenizer", "out
     "threads", "optim", "optim_budget_mb", "method", "checkpoint_activations", "stop_on_divergence", NULL };
 
 /* the settings written as JSON numbers; every other one (paths, names, lists) is a string */
-static const char *NUMERIC_KEYS[] = { "epochs", "max_steps", "batch", "seq", "grad_accum", "lr", "min_lr", "warmup",
-    "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
-    "eval_every", "save_every", "threads", "optim_budget_mb", "checkpoint_activations",
-    "stop_on_divergence", "lora_r", "lora_alpha", "lora_dropout", "lora_rslora", "adapter_len", "adapter_layers",
-    "fusion_layers", "fusion_dim", "excitor_len", "excitor_rank", "excitor_layers", NULL };
+static const char *NUMERIC_KEYS[] = { "epochs", "max_steps", "batch", "seq", "grad_accum", "lr", "min_lr",
+    "warmup", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon", "eval_every",
+    "save_every", "threads", "optim_budget_mb", "checkpoint_activations", "stop_on_divergence", "lora_r",
+    "lora_alpha", "lora_dropout", "lora_rslora", "adapter_len", "adapter_layers", "fusion_layers", "fusion_dim",
+    "excitor_len", "excitor_rank", "excitor_layers", NULL };
 
 /* -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? : what JSON accepts as a number ("0x10", "1e3 ", "+1" are not) */
 static int json_number(const char *v) {
@@ -440,7 +441,10 @@ static int write_settings(const settings *st, const char *path) {
         else {
             buf[n++] = '"';
             for (const char *p = v; *p && n < sizeof buf - 16; p++) {
-                if ((unsigned char)*p < 0x20) { n += (size_t)snprintf(buf + n, sizeof buf - n, "\\u%04x", *p); continue; }
+                if ((unsigned char)*p < 0x20) {
+                    n += (size_t)snprintf(buf + n, sizeof buf - n, "\\u%04x", *p);
+                    continue;
+                }
                 if (*p == '"' || *p == '\\') buf[n++] = '\\';
                 buf[n++] = *p;
             }
@@ -534,8 +538,8 @@ static int ends_with(const char *s, const char *tail) {
 /* What a model folder holds; an existing --out with anything else in it (a
    home folder given by mistake) is refused rather than replaced. */
 static int model_folder_file(const char *name) {
-    static const char *const tails[] = { ".json", ".safetensors", ".model", ".txt", ".md", ".tmp", ".gitattributes",
-                                         "tokenizer.bin", NULL };
+    static const char *const tails[] = { ".json", ".safetensors", ".model", ".txt", ".md", ".tmp",
+                                         ".gitattributes", "tokenizer.bin", NULL };
     for (int i = 0; tails[i]; i++) if (ends_with(name, tails[i])) return 1;
     return 0;
 }
@@ -544,15 +548,18 @@ static int model_folder_file(const char *name) {
 static int begin_folder(const char *out, char *clean, char *tmp, size_t n) {
     snprintf(clean, n, "%s", out);
     for (size_t k = strlen(clean); k > 1 && clean[k - 1] == '/'; k--) clean[k - 1] = 0;
-    if (file_exists(clean)) { fprintf(stderr, "peft: error: %s is a file; --out names a folder\n", clean); return 1; }
+    if (file_exists(clean)) {
+        fprintf(stderr, "peft: error: %s is a file; --out names a folder\n", clean);
+        return 1;
+    }
     DIR *d = opendir(clean);
     for (struct dirent *e; d && (e = readdir(d));) {
         char child[1300];
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         snprintf(child, sizeof child, "%s/%s", clean, e->d_name);
         if (dir_exists(child) ? strcmp(e->d_name, "adapter") != 0 : !model_folder_file(e->d_name)) {
-            fprintf(stderr, "peft: error: %s exists and holds %s, which no model folder has: give a new or empty folder\n",
-                    clean, e->d_name);
+            fprintf(stderr, "peft: error: %s exists and holds %s, which no model folder has: "
+                    "give a new or empty folder\n", clean, e->d_name);
             closedir(d);
             return 1;
         }
@@ -566,8 +573,8 @@ static int begin_folder(const char *out, char *clean, char *tmp, size_t n) {
 /* The files a tokenizer needs, so that the folder written is usable alone
    (generate, train) without --tokenizer: from --tokenizer when it was given,
    else from the source model folder. */
-static const char *const TOKENIZER_FILES[] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                                               "special_tokens_map.json", "tokenizer.model", "tokenizer.bin", NULL };
+static const char *const TOKENIZER_FILES[] = { "tokenizer.json", "tokenizer_config.json",
+    "generation_config.json", "special_tokens_map.json", "tokenizer.model", "tokenizer.bin", NULL };
 
 static int copy_tokenizer_files(const char *src_dir, const char *tok, const char *dst) {
     for (int i = 0; TOKENIZER_FILES[i]; i++) {
@@ -576,7 +583,8 @@ static int copy_tokenizer_files(const char *src_dir, const char *tok, const char
         if (tok && file_exists(tok) && ((!strcmp(name, "tokenizer.json") && ends_with(tok, ".json")) ||
                                         (!strcmp(name, "tokenizer.bin") && !ends_with(tok, ".json"))))
             snprintf(from, sizeof from, "%s", tok);
-        const char *dirs[2] = { tok && dir_exists(tok) ? tok : NULL, src_dir && dir_exists(src_dir) ? src_dir : NULL };
+        const char *dirs[2] = { tok && dir_exists(tok) ? tok : NULL,
+                                src_dir && dir_exists(src_dir) ? src_dir : NULL };
         for (int k = 0; k < 2 && !from[0]; k++) {
             if (!dirs[k]) continue;
             snprintf(from, sizeof from, "%s/%s", dirs[k], name);
@@ -607,9 +615,18 @@ typedef struct { char name[96]; int64_t n; int found; } want_tensor;
 
 /* The tensors config.json implies, named as transformers names them. */
 static int expected_tensors(const peft_config *c, want_tensor *w, int cap) {
-    int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, F = c->hidden_dim;
+    int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim,
+            F = c->hidden_dim;
     int n = 0;
-#define WANT(cnt, ...) do { if (n < cap) { snprintf(w[n].name, sizeof w[n].name, __VA_ARGS__); w[n].n = (cnt); w[n].found = 0; } n++; } while (0)
+#define WANT(cnt, ...)                                                                                       \
+    do {                                                                                                     \
+        if (n < cap) {                                                                                       \
+            snprintf(w[n].name, sizeof w[n].name, __VA_ARGS__);                                              \
+            w[n].n = (cnt);                                                                                  \
+            w[n].found = 0;                                                                                  \
+        }                                                                                                    \
+        n++;                                                                                                 \
+    } while (0)
     WANT((int64_t)c->vocab_size * D, "model.embed_tokens.weight");
     for (int l = 0; l < c->n_layers; l++) {
         WANT(D, "model.layers.%d.input_layernorm.weight", l);
@@ -654,7 +671,10 @@ static int check_weights(const char *dir, const peft_config *c) {
     if (file_exists(path)) files[nf++] = "model.safetensors";
     else {
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-        if (!file_exists(path)) { printf("weights          none (no model.safetensors or index)\n"); return 0; }
+        if (!file_exists(path)) {
+            printf("weights          none (no model.safetensors or index)\n");
+            return 0;
+        }
         snprintf(where, sizeof where, "%s", path);
         if (peft_json_load(&index, path) != PEFT_OK) return fail();
         const peft_json *wm = peft_json_get(index, "weight_map");
@@ -665,7 +685,8 @@ static int check_weights(const char *dir, const peft_config *c) {
         }
         for (const peft_json *f = wm->child; f && nf < 512; f = f->next) {
             if (f->type != PEFT_JSON_STRING || strchr(f->string, '/')) {
-                fprintf(stderr, "peft: error: %s: weight_map entry '%s' is not a file of the folder\n", path, f->key);
+                fprintf(stderr, "peft: error: %s: weight_map entry '%s' is not a file of the folder\n", path,
+                        f->key);
                 peft_json_free(index);
                 return 1;
             }
@@ -694,7 +715,8 @@ static int check_weights(const char *dir, const peft_config *c) {
             for (int k = 0; k < nw && hit < 0; k++) {
                 size_t L = strlen(want[k].name);
                 if (!strcmp(e->name, want[k].name)) hit = k;
-                else if (c->q4 && !strncmp(e->name, want[k].name, L) && e->name[L] == '.') aux = 1;   /* .absmax, .quant_map ... */
+                else if (c->q4 && !strncmp(e->name, want[k].name, L) && e->name[L] == '.')
+                    aux = 1; /* .absmax, .quant_map ... */
             }
             if (hit >= 0) {
                 want[hit].found++;
@@ -702,11 +724,13 @@ static int check_weights(const char *dir, const peft_config *c) {
                 int is_q4 = c->q4 && strstr(e->name, "_proj.weight") != NULL;
                 int ok = is_q4 ? e->nbytes == (size_t)((want[hit].n + 1) / 2) : cnt == want[hit].n;
                 if (!ok && problems++ < 10)
-                    fprintf(stderr, "peft: error: %s: tensor '%s' has %lld elements (%zu bytes), config.json implies %lld\n",
-                            path, e->name, (long long)cnt, e->nbytes, (long long)want[hit].n);
+                    fprintf(stderr, "peft: error: %s: tensor '%s' has %lld elements (%zu bytes), "
+                            "config.json implies %lld\n", path, e->name, (long long)cnt, e->nbytes,
+                            (long long)want[hit].n);
             } else if (!aux && !(c->tie_embeddings && !strcmp(e->name, "lm_head.weight"))) {
-                if (problems++ < 10) fprintf(stderr, "peft: error: %s: tensor '%s' is not part of the model config.json "
-                                             "describes\n", path, e->name);
+                if (problems++ < 10)
+                    fprintf(stderr, "peft: error: %s: tensor '%s' is not part of the model config.json "
+                            "describes\n", path, e->name);
             }
         }
         peft_st_close(&st);
@@ -719,12 +743,16 @@ static int check_weights(const char *dir, const peft_config *c) {
         printf("weights          %d file%s, %d tensors (", nf, nf == 1 ? "" : "s", count);
         int first = 1;
         for (int d = 0; d <= PEFT_DT_COUNT; d++)
-            if (dcount[d]) { printf("%s%s %d", first ? "" : ", ", d < PEFT_DT_COUNT ? peft_dtype_name((peft_dtype)d) : "unknown", dcount[d]); first = 0; }
+            if (dcount[d]) {
+                printf("%s%s %d", first ? "" : ", ",
+                       d < PEFT_DT_COUNT ? peft_dtype_name((peft_dtype)d) : "unknown", dcount[d]);
+                first = 0;
+            }
         printf("), %s bytes\n", commas((int64_t)bytes, b1));
     }
     if (!rc && problems) {
-        fprintf(stderr, "peft: error: %s: %d inconsistenc%s between the weight files and config.json\n", where, problems,
-                problems == 1 ? "y" : "ies");
+        fprintf(stderr, "peft: error: %s: %d inconsistenc%s between the weight files and config.json\n",
+                where, problems, problems == 1 ? "y" : "ies");
         rc = 1;
     }
     free(want);
@@ -809,7 +837,9 @@ static void clear_run(const char *out) {
     DIR *d = opendir(out);
     char child[1300];
     for (struct dirent *e; d && (e = readdir(d));) {
-        if (strncmp(e->d_name, "checkpoint-", 11) && strcmp(e->d_name, "log.jsonl") && strcmp(e->d_name, "loss.svg")) continue;
+        if (strncmp(e->d_name, "checkpoint-", 11) && strcmp(e->d_name, "log.jsonl") &&
+            strcmp(e->d_name, "loss.svg"))
+            continue;
         snprintf(child, sizeof child, "%s/%s", out, e->d_name);
         remove_tree(child);
     }
@@ -868,7 +898,8 @@ static int cmd_train(int argc, char **argv) {
     /* parse the resolved settings */
     model_src src = { get(&st, "model"), get(&st, "preset"), NULL, strtoull(get(&st, "seed"), NULL, 10) };
     const char *data = get(&st, "data"), *out = get(&st, "out"), *tokp = get(&st, "tokenizer");
-    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = 1, eval_every = 0, save_every = 0, ok = 1, stop_div = 0;
+    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = 1, eval_every = 0, save_every = 0, ok = 1;
+    int stop_div = 0;
     peft_trainer_opts o = peft_trainer_defaults();
     const char *bad = NULL;
 #define INT_SETTING(k, var, cond) if (ok && get(&st, k) && !(parse_int(get(&st, k), &var) && (cond))) { ok = 0; bad = k; }
@@ -883,6 +914,10 @@ static int cmd_train(int argc, char **argv) {
     INT_SETTING("stop_on_divergence", stop_div, stop_div <= 1)
     INT_SETTING("eval_every", eval_every, 1)
     INT_SETTING("save_every", save_every, 1)
+    if (ok && (!*get(&st, "seed") || strspn(get(&st, "seed"), "0123456789") != strlen(get(&st, "seed")))) {
+        ok = 0;
+        bad = "seed";
+    }
     FLOAT_SETTING("lr", o.lr, o.lr > 0)
     FLOAT_SETTING("min_lr", o.min_lr, o.min_lr >= 0)
     FLOAT_SETTING("weight_decay", o.weight_decay, o.weight_decay >= 0)
@@ -906,11 +941,12 @@ static int cmd_train(int argc, char **argv) {
     if (!src.model && !src.preset) return usage_error("train", "--model or --preset is required", NULL);
     if (!data) return usage_error("train", "--data is required", NULL);
     if (!out && !no_save)
-        return usage_error("train", "--out DIR is needed to keep what is trained (--no-save trains without saving)", NULL);
+        return usage_error("train", "--out DIR is needed to keep what is trained (--no-save trains without "
+                           "saving)", NULL);
     if (out && no_save) return usage_error("train", "--no-save and --out exclude each other", NULL);
     if (out && !ckpt[0] && !overwrite && dir_nonempty(out)) {
-        fprintf(stderr, "peft train: %s is not empty (an earlier run?): --resume %s continues it, --overwrite replaces it, "
-                "or give another --out\n", out, out);
+        fprintf(stderr, "peft train: %s is not empty (an earlier run?): --resume %s continues it, "
+                "--overwrite replaces it, or give another --out\n", out, out);
         return 2;
     }
     method_flags mf = { .method = get(&st, "method") };
@@ -975,7 +1011,8 @@ static int cmd_train(int argc, char **argv) {
         }
     if (!rc && peft_attach(m, &meth) != PEFT_OK) rc = fail();
     if (!rc && peft_model_trainable_count(m) == 0) {
-        fprintf(stderr, "peft: error: %s would train 0 parameters of this model: check its settings\n", peft_method_name(meth.kind));
+        fprintf(stderr, "peft: error: %s would train 0 parameters of this model: check its settings\n",
+                peft_method_name(meth.kind));
         rc = 1;
     }
     peft_model_set_checkpointing(m, ckpt_act);
@@ -983,8 +1020,9 @@ static int cmd_train(int argc, char **argv) {
     int64_t per_epoch = (ds.n + (int64_t)B * o.grad_accum - 1) / ((int64_t)B * o.grad_accum);
     int64_t steps64 = max_steps ? max_steps : (int64_t)epochs * per_epoch;
     if (!rc && steps64 > 10000000) {
-        fprintf(stderr, "peft train: %lld optimizer steps (%s): more than 10^7 is not a run this tool makes; lower "
-                "--epochs or --max-steps\n", (long long)steps64, max_steps ? "--max-steps" : "--epochs x steps per epoch");
+        fprintf(stderr, "peft train: %lld optimizer steps (%s): more than 10^7 is not a run this tool makes; "
+                "lower --epochs or --max-steps\n", (long long)steps64,
+                max_steps ? "--max-steps" : "--epochs x steps per epoch");
         rc = 2;
     }
     int steps = rc ? 0 : (int)steps64;
@@ -996,9 +1034,9 @@ static int cmd_train(int argc, char **argv) {
         snprintf(path, sizeof path, "%s/trainer.safetensors", ckpt);
         if (peft_checkpoint_load(tr, &pos, path) != PEFT_OK) rc = fail();
         else if (pos.cursor > ds.n || tr->step > steps) {
-            fprintf(stderr, "peft: error: %s: the checkpoint is at step %d, example %lld of an epoch, outside this run "
-                    "(%d steps, %d examples): resumed with other data or settings?\n", path, tr->step, (long long)pos.cursor,
-                    steps, ds.n);
+            fprintf(stderr, "peft: error: %s: the checkpoint is at step %d, example %lld of an epoch, "
+                    "outside this run (%d steps, %d examples): resumed with other data or settings?\n",
+                    path, tr->step, (long long)pos.cursor, steps, ds.n);
             rc = 1;
         } else printf("resuming from %s at step %d\n", ckpt, tr->step);
     }
@@ -1021,7 +1059,10 @@ static int cmd_train(int argc, char **argv) {
     /* the log: lines of earlier steps survive a resume, later ones (past the checkpoint) go */
     run_state rs = { m, tr, &meth, calloc((size_t)steps + 1, sizeof(double)), calloc((size_t)steps + 2, sizeof(double)),
                      calloc((size_t)steps + 2, sizeof(double)), 0, 0 };
-    if (!rc && (!rs.loss || !rs.eval_x || !rs.eval_y)) { fprintf(stderr, "peft: error: out of memory for %d steps\n", steps); rc = 1; }
+    if (!rc && (!rs.loss || !rs.eval_x || !rs.eval_y)) {
+        fprintf(stderr, "peft: error: out of memory for %d steps\n", steps);
+        rc = 1;
+    }
     FILE *log = NULL;
     if (!rc && out) {
         snprintf(path, sizeof path, "%s/log.jsonl", out);
@@ -1059,7 +1100,7 @@ static int cmd_train(int argc, char **argv) {
     int start_step = tr ? tr->step : 0;
     /* a learning rate that destroyed the model: the loss pinned at ln(vocab) (uniform predictions)
        though the first step's was below it, or far above the first step's */
-    double ln_v = logf((float)m->cfg.vocab_size), first_loss = rs.n_loss ? rs.loss[0] : NAN;
+    double ln_v = logf((float)m->cfg.vocab_size), first_loss = rs.n_loss && rs.loss[0] > 0 ? rs.loss[0] : NAN;
     int flat = 0, high = 0, warned = 0;
     while (!rc && tr->step < steps) {
         double ts = now_s(), sum = 0, ntok = 0;
@@ -1088,10 +1129,12 @@ static int cmd_train(int argc, char **argv) {
         if (!warned && (flat >= 10 || high >= 3)) {
             warned = 1;
             if (tty) fprintf(stderr, "\n");
-            fprintf(stderr, "peft: %s: step %d: the loss is %.4f, %s (step 1: %.4f): the learning rate (%g) has likely "
-                    "destroyed the model%s\n", stop_div ? "error" : "warning", s, loss,
-                    flat >= 10 ? "stuck at ln(vocab), uniform predictions, for 10 steps" : "far above where it started",
-                    first_loss, o.lr, stop_div ? "; stopped (--stop-on-divergence)" : "; --stop-on-divergence stops such runs");
+            fprintf(stderr, "peft: %s: step %d: the loss is %.4f, %s (step 1: %.4f, ln(vocab) %.4f): the "
+                    "learning rate (%g) has likely destroyed the model%s\n", stop_div ? "error" : "warning",
+                    s, loss, flat >= 10 ? "stuck at ln(vocab), uniform predictions, for 10 steps"
+                                        : "far above where it started",
+                    first_loss, ln_v, o.lr,
+                    stop_div ? "; stopped (--stop-on-divergence)" : "; --stop-on-divergence stops such runs");
             if (stop_div) { rc = 1; break; }
         }
         if (log) fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %lld, \"tok_s\": %.1f, \"epoch\": %lld, \"elapsed_s\": %.3f}\n",
@@ -1117,7 +1160,8 @@ static int cmd_train(int argc, char **argv) {
     if (!rc) printf("done: %d steps in %.1f s\n", steps, now_s() - t0);
     if (!rc && out) {
         rc = save_result(&rs, out);
-        if (!rc && meth.kind == PEFT_FULL) rc = copy_tokenizer_files(src.model, tokp, out);   /* a usable model folder */
+        if (!rc && meth.kind == PEFT_FULL)
+            rc = copy_tokenizer_files(src.model, tokp, out); /* a usable model folder */
         write_plot(&rs, out);
         if (!rc) printf("saved %s (%s, train_config.json, log.jsonl, loss.svg)\n", out,
                         meth.kind == PEFT_FULL ? "model" : "adapter");
@@ -1357,8 +1401,9 @@ static int cmd_quantize(int argc, char **argv) {
     if (m->cfg.q4) { fprintf(stderr, "peft: error: %s is already quantized\n", src.model); rc = 1; }
     else if (peft_model_quantize(m, t, dq) != PEFT_OK || peft_model_save_quantized(m, tmp) != PEFT_OK) rc = fail();
     rc = end_folder(tmp, dir, rc, src.model, NULL);
-    if (!rc) printf("wrote %s: %s%s, %.3f bits per block-linear parameter\n", out, quant, dq ? " + double quantization" : "",
-                peft_model_linear_bits(m));
+    if (!rc)
+        printf("wrote %s: %s%s, %.3f bits per block-linear parameter\n", out, quant,
+               dq ? " + double quantization" : "", peft_model_linear_bits(m));
     peft_model_free(m);
     return rc;
 }
@@ -1449,7 +1494,8 @@ static int cmd_generate(int argc, char **argv) {
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
-    if (folder_tok && !tok_path) tok_path = src.model;      /* the model folder's own tokenizer (text for --tokens too) */
+    if (folder_tok && !tok_path)
+        tok_path = src.model; /* the model folder's own tokenizer (text for --tokens too) */
     peft_tokenizer tok;
     char *templ = NULL;
     int have_tok = 0, rc = 0, n = 0, cap = 4096, stop[3 * PEFT_MAX_EOS + 1], n_stop = 0;
@@ -1502,8 +1548,8 @@ static int cmd_generate(int argc, char **argv) {
         if (n < 0) { fprintf(stderr, "peft: error: prompt too long\n"); rc = 1; goto done; }
         for (int i = 0; i < n; i++)          /* a tokenizer with more tokens than the model's vocabulary */
             if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size) {
-                fprintf(stderr, "peft: error: %s: the prompt's token %d is id %d (\"%s\"), outside the model's vocabulary "
-                        "(vocab_size %d; the tokenizer has %d tokens)\n", tok_path, i, ids[i],
+                fprintf(stderr, "peft: error: %s: the prompt's token %d is id %d (\"%s\"), outside the "
+                        "model's vocabulary (vocab_size %d; the tokenizer has %d tokens)\n", tok_path, i, ids[i],
                         ids[i] < tok.n ? tok.pieces[ids[i]] : "?", m->cfg.vocab_size, tok.n);
                 rc = 1;
                 goto done;
@@ -1576,7 +1622,8 @@ static int cmd_merge(int argc, char **argv) {
     snprintf(apath, sizeof apath, "%s/adapter", tmp);
     if (m->method.kind == PEFT_ADAPTER_V2) {
         if (peft_v2_merge(m) != PEFT_OK || peft_model_save(m, tmp) != PEFT_OK) rc = fail();
-        else if ((v1 = m->method.kind == PEFT_ADAPTER_V1) && peft_adapter_save(m, apath) != PEFT_OK) rc = fail();
+        else if ((v1 = m->method.kind == PEFT_ADAPTER_V1) && peft_adapter_save(m, apath) != PEFT_OK)
+            rc = fail();
     } else if (m->method.kind != PEFT_LORA) {
         fprintf(stderr, "peft: error: %s: a %s adapter cannot be merged into the weights (LoRA and adapter-v2 can)\n",
                 src.adapter, peft_method_name(m->method.kind));
@@ -1584,8 +1631,9 @@ static int cmd_merge(int argc, char **argv) {
     } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, tmp) != PEFT_OK) rc = fail();
     rc = end_folder(tmp, dir, rc, src.model, NULL);
     if (!rc && m->method.kind == PEFT_LORA) printf("merged %s into %s\n", src.adapter, dir);
-    else if (!rc) printf("merged the bias/scale of %s into %s%s%s%s\n", src.adapter, dir, v1 ? "; the gated prompts are in " : "",
-                         v1 ? dir : "", v1 ? "/adapter" : "");
+    else if (!rc)
+        printf("merged the bias/scale of %s into %s%s%s%s\n", src.adapter, dir,
+               v1 ? "; the gated prompts are in " : "", v1 ? dir : "", v1 ? "/adapter" : "");
     peft_model_free(m);
     return rc;
 }
