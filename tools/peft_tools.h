@@ -98,14 +98,20 @@ PEFT__FMA_KERNEL static double peft__fma_chains(long iters) {
     return (double)sum;
 }
 
+static double peft_tools__seconds(void) {
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 PEFTDEF double peft_fma_peak_gflops(void) {
     long iters = 1 << 16;
     double best = 0.0;
     volatile double sink = 0.0;
     for (int rep = 0; rep < 6; rep++) {
-        double t0 = peft__seconds();
+        double t0 = peft_tools__seconds();
         sink += peft__fma_chains(iters);
-        double t = peft__seconds() - t0;
+        double t = peft_tools__seconds() - t0;
         if (t < 0.03) { iters *= 2; rep--; continue; }
         double g = 2.0 * 16 * PEFT__VW * (double)iters / t / 1e9;
         if (g > best) best = g;
