@@ -1585,11 +1585,13 @@ static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, in
 }
 #endif
 
+#ifndef PEFT_NO_THREADS                 /* the pool's spin timer */
 static double peft__seconds(void) {
     struct timespec ts;
     timespec_get(&ts, TIME_UTC);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+#endif
 
 /* Per-thread packing buffers, grown once and then reused (no allocation
    per call after the first of a given size). */

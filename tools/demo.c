@@ -225,7 +225,8 @@ int main(int argc, char **argv) {
             peft_progress(stdout, "pretrain", s + 1, P, ema, 0, (double)(s + 1) * B * T / el, el);
     }
     double pretrain_s = now_s() - t0;
-    printf("  base: %lld parameters, loss %.3f after %.0f s\n", (long long)peft_model_base_count(base), ema, pretrain_s);
+    printf("  base: %lld parameters, loss %.3f after %.0f s\n", (long long)peft_model_base_count(base), ema,
+           pretrain_s);
     peft_trainer_free(tr);
     snprintf(path, sizeof path, "%s/base", out);
     if (peft_model_save(base, path) != PEFT_OK) die(path);
