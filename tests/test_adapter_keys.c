@@ -351,3 +351,86 @@ TEST(test_adapter_keys_gguf) {
     free(buf);
     peft_model_free(m);
 }
+
+static int ak_run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int ak_run(char *out, size_t cap, const char *fmt, ...) {
+    char cmd[2048], full[2200];
+    const char *b = getenv("PEFT_BIN");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    snprintf(full, sizeof full, "%s %s 2>&1", b ? b : "build/peft", cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* peft train --modules-to-save lm_head with targets that are no layers x sites
+   grid: the adapter holds the trained lm_head in PEFT's layout, merge puts it
+   in the model (same logits), GGUF export refuses it; --lora-bias trains
+   lora_B biases. */
+TEST(test_adapter_keys_cli_train) {
+    static char out[1 << 16];
+    FILE *f = fopen("build/peft", "rb");
+    if (!f && !getenv("PEFT_BIN")) SKIP("build/peft not built");
+    if (f) fclose(f);
+    char data[600], adir[600], mdir[600], l1[600], l2[600], gguf[600], path[700];
+    snprintf(data, sizeof data, "%s/ak_ids.txt", th_tmpdir());
+    f = fopen(data, "w");
+    for (int i = 0; i < 400; i++) fprintf(f, "%d ", (i * 7) % 23);
+    fclose(f);
+    snprintf(adir, sizeof adir, "%s/ak_cli_mts", th_tmpdir());
+    snprintf(mdir, sizeof mdir, "%s/ak_cli_merged", th_tmpdir());
+    snprintf(l1, sizeof l1, "%s/ak_l1.f32", th_tmpdir());
+    snprintf(l2, sizeof l2, "%s/ak_l2.f32", th_tmpdir());
+    snprintf(gguf, sizeof gguf, "%s/ak.gguf", th_tmpdir());
+    CHECK(ak_run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+                 "--lora-targets model.layers.0.self_attn.q_proj,model.layers.1.mlp.up_proj --modules-to-save lm_head --out %s",
+                 th_fixtures(), data, adir) == 0, "train: %s", out);
+    peft_safetensors st;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", adir);
+    REQUIRE_OK(peft_st_open(&st, path));
+    const peft_st_entry *e = peft_st_find(&st, "base_model.model.lm_head.weight");
+    CHECK(e && st.n == 5, "%d tensors; lm_head copy %s", st.n, e ? "present" : "missing");
+    peft_model *m;
+    snprintf(path, sizeof path, "%s/llama_mha", th_fixtures());
+    REQUIRE_OK(peft_model_load(&m, path));
+    if (e) {
+        float *w = malloc(sizeof(float) * m->lm_head->n);
+        CHECK_OK(peft_st_read_f32(&st, e, w, m->lm_head->n));
+        CHECK(th_rel_err_f(w, m->lm_head->data, (long)m->lm_head->n) > 1e-4, "lm_head copy was not trained");
+        free(w);
+    }
+    peft_st_close(&st);
+    CHECK_OK(peft_adapter_load(m, adir));
+    CHECK(m->layers[0].lin[PEFT_Q].lora_A && !m->layers[1].lin[PEFT_Q].lora_A && m->layers[1].lin[PEFT_UP].lora_A &&
+          !m->layers[0].lin[PEFT_UP].lora_A && m->save_head, "the saved adapter's sites");
+    peft_model_free(m);
+    CHECK(ak_run(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s", th_fixtures(), adir, l1) == 0,
+          "logits: %s", out);
+    CHECK(ak_run(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir, mdir) == 0, "merge: %s", out);
+    CHECK(ak_run(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0, "logits merged: %s", out);
+    unsigned char *d1, *d2;
+    size_t n1, n2;
+    if (peft_read_file(l1, &d1, &n1) == PEFT_OK && peft_read_file(l2, &d2, &n2) == PEFT_OK) {
+        CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5, "merged logits differ");
+        free(d1); free(d2);
+    } else CHECK(0, "logits files missing");
+    CHECK(ak_run(out, sizeof out, "export --model %s/llama_mha --adapter %s --format gguf --out %s", th_fixtures(), adir, gguf) == 1 &&
+          strstr(out, "modules_to_save"), "gguf export: %s", out);
+    snprintf(adir, sizeof adir, "%s/ak_cli_bias", th_tmpdir());
+    CHECK(ak_run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+                 "--lora-bias 1 --out %s", th_fixtures(), data, adir) == 0, "train lora-bias: %s", out);
+    snprintf(path, sizeof path, "%s/llama_mha", th_fixtures());
+    REQUIRE_OK(peft_model_load(&m, path));
+    CHECK_OK(peft_adapter_load(m, adir));
+    const peft_tensor *b = m->layers[1].lin[PEFT_V].lora_bias;
+    double mx = 0;
+    for (int64_t j = 0; b && j < b->n; j++) mx = fmax(mx, fabs(b->data[j]));
+    CHECK(b && mx > 0, "lora_B.bias was not trained");
+    peft_model_free(m);
+}

@@ -18,7 +18,7 @@
     X(test_json_parse) X(test_tokenizer_llama2_matches_sentencepiece) X(test_hf_tokenizers_match_tokenizers) X(test_alpaca_dataset_matches_stanford_recipe) X(test_dataset_errors) X(test_f16_bf16) X(test_safetensors_roundtrip) X(test_safetensors_hostile) \
     X(test_model_load_errors) X(test_sharded_index) \
     X(test_adapter_keys_match_peft) X(test_adapter_keys_module_names) X(test_adapter_keys_refused_by_name) \
-    X(test_adapter_keys_regex) X(test_adapter_keys_gguf) \
+    X(test_adapter_keys_regex) X(test_adapter_keys_gguf) X(test_adapter_keys_cli_train) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);
