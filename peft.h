@@ -4232,37 +4232,55 @@ static peft_status peft__parse_int_list(const char *v, uint8_t *mask, const char
    guessed. The pattern is parsed to a tree, compiled to a Thompson NFA and run
    as a set of states: linear in the name's length, no backtracking. */
 enum { PEFT__RX_SET, PEFT__RX_CAT, PEFT__RX_ALT, PEFT__RX_REP, PEFT__RX_BOL, PEFT__RX_EOL, PEFT__RX_EMPTY };
-typedef struct { int type, a, b, min, max; uint32_t set[8]; } peft__rx_node;
+typedef struct {
+    int type, a, b, min, max;
+    uint32_t set[8];
+} peft__rx_node;
 enum { PEFT__RI_SET, PEFT__RI_SPLIT, PEFT__RI_JMP, PEFT__RI_BOL, PEFT__RI_EOL, PEFT__RI_MATCH };
-typedef struct { int op, x, y, node; } peft__rx_ins;
+typedef struct {
+    int op, x, y, node;
+} peft__rx_ins;
 #define PEFT__RX_MAX 2048
 typedef struct {
-    const char   *p, *pat;
-    const char   *err;
+    const char *p, *pat;
+    const char *err;
     peft__rx_node node[PEFT__RX_MAX];
-    int           n_node;
-    peft__rx_ins  ins[PEFT__RX_MAX];
-    int           n_ins;
+    int n_node;
+    peft__rx_ins ins[PEFT__RX_MAX];
+    int n_ins;
 } peft__rx;
 
 static int peft__rx_new(peft__rx *r, int type) {
-    if (r->n_node == PEFT__RX_MAX) { r->err = "too long"; return -1; }
+    if (r->n_node == PEFT__RX_MAX) {
+        r->err = "too long";
+        return -1;
+    }
     peft__rx_node *n = &r->node[r->n_node];
     memset(n, 0, sizeof *n);
     n->type = type;
     return r->n_node++;
 }
 static void peft__rx_bit(peft__rx_node *n, int c) { n->set[(unsigned char)c >> 5] |= 1u << (c & 31); }
-static void peft__rx_range(peft__rx_node *n, int lo, int hi) { for (int c = lo; c <= hi; c++) peft__rx_bit(n, c); }
+static void peft__rx_range(peft__rx_node *n, int lo, int hi) {
+    for (int c = lo; c <= hi; c++) peft__rx_bit(n, c);
+}
 /* \d \w \s and their complements into node n; 0 when e is not a class letter */
 static int peft__rx_class_escape(peft__rx_node *n, int e) {
     peft__rx_node t;
     memset(&t, 0, sizeof t);
     int lower = e | 32;
-    if (lower == 'd') peft__rx_range(&t, '0', '9');
-    else if (lower == 'w') { peft__rx_range(&t, 'a', 'z'); peft__rx_range(&t, 'A', 'Z'); peft__rx_range(&t, '0', '9'); peft__rx_bit(&t, '_'); }
-    else if (lower == 's') { peft__rx_range(&t, '\t', '\r'); peft__rx_bit(&t, ' '); }
-    else return 0;
+    if (lower == 'd')
+        peft__rx_range(&t, '0', '9');
+    else if (lower == 'w') {
+        peft__rx_range(&t, 'a', 'z');
+        peft__rx_range(&t, 'A', 'Z');
+        peft__rx_range(&t, '0', '9');
+        peft__rx_bit(&t, '_');
+    } else if (lower == 's') {
+        peft__rx_range(&t, '\t', '\r');
+        peft__rx_bit(&t, ' ');
+    } else
+        return 0;
     for (int i = 0; i < 8; i++) n->set[i] |= e == lower ? t.set[i] : ~t.set[i];
     return 1;
 }
@@ -4282,57 +4300,95 @@ static int peft__rx_atom(peft__rx *r) {
     if (c == '(') {
         r->p++;
         if (*r->p == '?') {
-            if (r->p[1] != ':') { r->err = "(? group other than (?:...)"; return -1; }
+            if (r->p[1] != ':') {
+                r->err = "(? group other than (?:...)";
+                return -1;
+            }
             r->p += 2;
         }
         n = peft__rx_alt(r);
         if (n < 0) return -1;
-        if (*r->p != ')') { r->err = "unbalanced parenthesis"; return -1; }
+        if (*r->p != ')') {
+            r->err = "unbalanced parenthesis";
+            return -1;
+        }
         r->p++;
         return n;
     }
-    if (c == '^' || c == '$') { r->p++; return peft__rx_new(r, c == '^' ? PEFT__RX_BOL : PEFT__RX_EOL); }
-    if (c == '*' || c == '+' || c == '?') { r->err = "nothing to repeat"; return -1; }
+    if (c == '^' || c == '$') {
+        r->p++;
+        return peft__rx_new(r, c == '^' ? PEFT__RX_BOL : PEFT__RX_EOL);
+    }
+    if (c == '*' || c == '+' || c == '?') {
+        r->err = "nothing to repeat";
+        return -1;
+    }
     if ((n = peft__rx_new(r, PEFT__RX_SET)) < 0) return -1;
     peft__rx_node *N = &r->node[n];
-    if (c == '.') { peft__rx_range(N, 0, 255); N->set[0] &= ~(1u << '\n'); r->p++; return n; }
+    if (c == '.') {
+        peft__rx_range(N, 0, 255);
+        N->set[0] &= ~(1u << '\n');
+        r->p++;
+        return n;
+    }
     if (c == '\\') {
         int e = (unsigned char)r->p[1];
         if (!peft__rx_class_escape(N, e)) {
             int l = peft__rx_literal_escape(e);
-            if (l < 0) { r->err = "unsupported escape"; return -1; }
+            if (l < 0) {
+                r->err = "unsupported escape";
+                return -1;
+            }
             peft__rx_bit(N, l);
         }
         r->p += 2;
         return n;
     }
-    if (c != '[') { peft__rx_bit(N, c); r->p++; return n; }
+    if (c != '[') {
+        peft__rx_bit(N, c);
+        r->p++;
+        return n;
+    }
     r->p++;
     int neg = *r->p == '^';
     if (neg) r->p++;
     for (int first = 1; first || *r->p != ']'; first = 0) {
         int lo = (unsigned char)*r->p;
-        if (!lo) { r->err = "unterminated character class"; return -1; }
+        if (!lo) {
+            r->err = "unterminated character class";
+            return -1;
+        }
         if (lo == '\\') {
             int e = (unsigned char)r->p[1];
             r->p += 2;
             if (peft__rx_class_escape(N, e)) continue;
-            if ((lo = peft__rx_literal_escape(e)) < 0) { r->err = "unsupported escape in a class"; return -1; }
-        } else r->p++;
+            if ((lo = peft__rx_literal_escape(e)) < 0) {
+                r->err = "unsupported escape in a class";
+                return -1;
+            }
+        } else
+            r->p++;
         int hi = lo;
         if (*r->p == '-' && r->p[1] && r->p[1] != ']') {
             hi = (unsigned char)r->p[1];
             r->p += 2;
             if (hi == '\\') {
-                if ((hi = peft__rx_literal_escape((unsigned char)*r->p)) < 0) { r->err = "bad range"; return -1; }
+                if ((hi = peft__rx_literal_escape((unsigned char)*r->p)) < 0) {
+                    r->err = "bad range";
+                    return -1;
+                }
                 r->p++;
             }
-            if (hi < lo) { r->err = "bad character range"; return -1; }
+            if (hi < lo) {
+                r->err = "bad character range";
+                return -1;
+            }
         }
         peft__rx_range(N, lo, hi);
     }
     r->p++;
-    if (neg) for (int i = 0; i < 8; i++) N->set[i] = ~N->set[i];
+    if (neg)
+        for (int i = 0; i < 8; i++) N->set[i] = ~N->set[i];
     return n;
 }
 /* {m}, {m,}, {m,n} at r->p; 0 when the brace is a literal (as in Python) */
@@ -4347,7 +4403,10 @@ static int peft__rx_braces(peft__rx *r, int *mn, int *mx) {
         if (b < 0) end = (char *)q;
     }
     if (*end != '}') return 0;
-    if (a > 100 || b > 100 || (b >= 0 && b < a)) { r->err = "repeat count out of range (0..100)"; return -1; }
+    if (a > 100 || b > 100 || (b >= 0 && b < a)) {
+        r->err = "repeat count out of range (0..100)";
+        return -1;
+    }
     *mn = (int)a;
     *mx = (int)b;
     r->p = end + 1;
@@ -4358,19 +4417,32 @@ static int peft__rx_repeat(peft__rx *r) {
     while (n >= 0) {
         int mn, mx, k;
         char c = *r->p;
-        if (c == '*') { mn = 0; mx = -1; r->p++; }
-        else if (c == '+') { mn = 1; mx = -1; r->p++; }
-        else if (c == '?') { mn = 0; mx = 1; r->p++; }
-        else if (c == '{' && (k = peft__rx_braces(r, &mn, &mx)) != 0) { if (k < 0) return -1; }
-        else break;
-        if (*r->p == '?') r->p++;                  /* lazy: the same set of full matches */
+        if (c == '*') {
+            mn = 0;
+            mx = -1;
+            r->p++;
+        } else if (c == '+') {
+            mn = 1;
+            mx = -1;
+            r->p++;
+        } else if (c == '?') {
+            mn = 0;
+            mx = 1;
+            r->p++;
+        } else if (c == '{' && (k = peft__rx_braces(r, &mn, &mx)) != 0) {
+            if (k < 0) return -1;
+        } else
+            break;
+        if (*r->p == '?') r->p++; /* lazy: the same set of full matches */
         if (*r->p == '*' || *r->p == '+' || (*r->p == '{' && isdigit((unsigned char)r->p[1]))) {
             r->err = "multiple repeat";
             return -1;
         }
         int q = peft__rx_new(r, PEFT__RX_REP);
         if (q < 0) return -1;
-        r->node[q].a = n; r->node[q].min = mn; r->node[q].max = mx;
+        r->node[q].a = n;
+        r->node[q].min = mn;
+        r->node[q].max = mx;
         n = q;
     }
     return n;
@@ -4382,7 +4454,8 @@ static int peft__rx_cat(peft__rx *r) {
         if (a < 0) return -1;
         int c = peft__rx_new(r, PEFT__RX_CAT);
         if (c < 0) return -1;
-        r->node[c].a = n; r->node[c].b = a;
+        r->node[c].a = n;
+        r->node[c].b = a;
         n = c;
     }
     return n;
@@ -4395,15 +4468,22 @@ static int peft__rx_alt(peft__rx *r) {
         if (b < 0) return -1;
         int c = peft__rx_new(r, PEFT__RX_ALT);
         if (c < 0) return -1;
-        r->node[c].a = n; r->node[c].b = b;
+        r->node[c].a = n;
+        r->node[c].b = b;
         n = c;
     }
     return n;
 }
 static int peft__rx_emit(peft__rx *r, int op, int x, int y, int node) {
-    if (r->n_ins == PEFT__RX_MAX) { r->err = "too complex (more than 2048 states)"; return -1; }
+    if (r->n_ins == PEFT__RX_MAX) {
+        r->err = "too complex (more than 2048 states)";
+        return -1;
+    }
     peft__rx_ins *i = &r->ins[r->n_ins];
-    i->op = op; i->x = x; i->y = y; i->node = node;
+    i->op = op;
+    i->x = x;
+    i->y = y;
+    i->node = node;
     return r->n_ins++;
 }
 /* Code for node n, falling through to the next instruction when it matches. */
@@ -4416,7 +4496,7 @@ static int peft__rx_compile(peft__rx *r, int n) {
     case PEFT__RX_BOL: return peft__rx_emit(r, PEFT__RI_BOL, 0, 0, n) < 0 ? -1 : 0;
     case PEFT__RX_EOL: return peft__rx_emit(r, PEFT__RI_EOL, 0, 0, n) < 0 ? -1 : 0;
     case PEFT__RX_CAT: return peft__rx_compile(r, N->a) < 0 ? -1 : peft__rx_compile(r, N->b);
-    case PEFT__RX_ALT:                       /* split L1 L2; L1: a; jmp L3; L2: b; L3: */
+    case PEFT__RX_ALT: /* split L1 L2; L1: a; jmp L3; L2: b; L3: */
         if ((at = peft__rx_emit(r, PEFT__RI_SPLIT, 0, 0, n)) < 0 || peft__rx_compile(r, N->a) < 0) return -1;
         if ((j = peft__rx_emit(r, PEFT__RI_JMP, 0, 0, n)) < 0) return -1;
         r->ins[at].x = at + 1;
@@ -4426,9 +4506,9 @@ static int peft__rx_compile(peft__rx *r, int n) {
         return 0;
     default: break;
     }
-    for (int k = 0; k < N->min; k++)         /* the required copies */
+    for (int k = 0; k < N->min; k++) /* the required copies */
         if (peft__rx_compile(r, N->a) < 0) return -1;
-    if (N->max < 0) {                        /* L: split L+1 L3; a; jmp L; L3: */
+    if (N->max < 0) { /* L: split L+1 L3; a; jmp L; L3: */
         if ((at = peft__rx_emit(r, PEFT__RI_SPLIT, 0, 0, n)) < 0 || peft__rx_compile(r, N->a) < 0) return -1;
         if (peft__rx_emit(r, PEFT__RI_JMP, at, 0, n) < 0) return -1;
         r->ins[at].x = at + 1;
@@ -4436,7 +4516,7 @@ static int peft__rx_compile(peft__rx *r, int n) {
         return 0;
     }
     int first = r->n_ins, splits = 0;
-    for (int k = N->min; k < N->max; k++) {  /* optional copies: split into a, or to the end */
+    for (int k = N->min; k < N->max; k++) { /* optional copies: split into a, or to the end */
         if (peft__rx_emit(r, PEFT__RI_SPLIT, 0, 0, n) < 0) return -1;
         splits++;
         if (peft__rx_compile(r, N->a) < 0) return -1;
@@ -4454,14 +4534,18 @@ static int peft__rx_build(peft__rx *r, const char *pat) {
     r->err = NULL;
     r->n_node = r->n_ins = 0;
     int root = peft__rx_alt(r);
-    if (root >= 0 && *r->p) { r->err = "unbalanced parenthesis"; root = -1; }
+    if (root >= 0 && *r->p) {
+        r->err = "unbalanced parenthesis";
+        root = -1;
+    }
     if (root < 0 || peft__rx_compile(r, root) < 0 || peft__rx_emit(r, PEFT__RI_MATCH, 0, 0, 0) < 0) {
         if (!r->err) r->err = "bad pattern";
         return 0;
     }
     return 1;
 }
-static void peft__rx_add(const peft__rx *r, int pc, size_t pos, size_t len, int *list, int *n, int *mark, int gen) {
+static void peft__rx_add(const peft__rx *r, int pc, size_t pos, size_t len, int *list, int *n, int *mark,
+                         int gen) {
     if (mark[pc] == gen) return;
     mark[pc] = gen;
     const peft__rx_ins *I = &r->ins[pc];
@@ -4471,8 +4555,12 @@ static void peft__rx_add(const peft__rx *r, int pc, size_t pos, size_t len, int 
         peft__rx_add(r, I->x, pos, len, list, n, mark, gen);
         peft__rx_add(r, I->y, pos, len, list, n, mark, gen);
         return;
-    case PEFT__RI_BOL: if (pos == 0) peft__rx_add(r, pc + 1, pos, len, list, n, mark, gen); return;
-    case PEFT__RI_EOL: if (pos == len) peft__rx_add(r, pc + 1, pos, len, list, n, mark, gen); return;
+    case PEFT__RI_BOL:
+        if (pos == 0) peft__rx_add(r, pc + 1, pos, len, list, n, mark, gen);
+        return;
+    case PEFT__RI_EOL:
+        if (pos == len) peft__rx_add(r, pc + 1, pos, len, list, n, mark, gen);
+        return;
     default: list[(*n)++] = pc;
     }
 }
@@ -4492,10 +4580,13 @@ static int peft__rx_fullmatch(const peft__rx *r, const char *s) {
             if (I->op == PEFT__RI_SET && (r->node[I->node].set[c >> 5] >> (c & 31) & 1))
                 peft__rx_add(r, cl[i] + 1, pos + 1, len, nl, &nn, mark, gen);
         }
-        int *t = cl; cl = nl; nl = t;
+        int *t = cl;
+        cl = nl;
+        nl = t;
         nc = nn;
     }
-    for (int i = 0; i < nc; i++) if (r->ins[cl[i]].op == PEFT__RI_MATCH) return 1;
+    for (int i = 0; i < nc; i++)
+        if (r->ins[cl[i]].op == PEFT__RI_MATCH) return 1;
     return 0;
 }
 
@@ -4508,7 +4599,10 @@ static peft_status peft__parse_targets(const char *v, peft_method *m) {
     unsigned targets = 0;
     memset(m->lora_site_on, 0, sizeof m->lora_site_on);
     memset(m->lora_site_r, 0, sizeof m->lora_site_r);
-    if (strcmp(v, "all-linear") == 0 || strcmp(v, "all") == 0) { m->lora_targets = PEFT__ALL_LINEAR; return PEFT_OK; }
+    if (strcmp(v, "all-linear") == 0 || strcmp(v, "all") == 0) {
+        m->lora_targets = PEFT__ALL_LINEAR;
+        return PEFT_OK;
+    }
     char buf[8192];
     if (strlen(v) >= sizeof buf) return peft__fail(PEFT_ERR_CONFIG, "lora targets: list too long");
     snprintf(buf, sizeof buf, "%s", v);
@@ -4541,8 +4635,10 @@ static peft_status peft__parse_targets(const char *v, peft_method *m) {
     if (!with_layer) return PEFT_OK;
     int grid = 1;
     for (int l = 0; l < PEFT_MAX_LAYERS; l++) grid &= !on[l] || on[l] == targets;
-    if (grid) for (int l = 0; l < PEFT_MAX_LAYERS; l++) m->lora_layers[l] = on[l] != 0;
-    else memcpy(m->lora_site_on, on, sizeof on);
+    if (grid)
+        for (int l = 0; l < PEFT_MAX_LAYERS; l++) m->lora_layers[l] = on[l] != 0;
+    else
+        memcpy(m->lora_site_on, on, sizeof on);
     return PEFT_OK;
 }
 
@@ -4579,10 +4675,13 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
         char buf[256];
         snprintf(buf, sizeof buf, "%s", v);
         for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
-            if (!strcmp(tok, "lm_head")) mts |= PEFT_SAVE_LM_HEAD;
-            else if (!strcmp(tok, "embed_tokens")) mts |= PEFT_SAVE_EMBED;
+            if (!strcmp(tok, "lm_head"))
+                mts |= PEFT_SAVE_LM_HEAD;
+            else if (!strcmp(tok, "embed_tokens"))
+                mts |= PEFT_SAVE_EMBED;
             else if (strcmp(tok, "none") != 0)
-                return peft__fail(PEFT_ERR_CONFIG, "modules_to_save: '%s' is not lm_head or embed_tokens", tok);
+                return peft__fail(PEFT_ERR_CONFIG, "modules_to_save: '%s' is not lm_head or embed_tokens",
+                                  tok);
         }
         m->modules_to_save = mts;
         return PEFT_OK;
@@ -4624,14 +4723,16 @@ static int peft__lora_on_layer(const peft_method *m, int l) {
 }
 
 static int peft__lora_custom(const peft_method *m) {
-    for (int l = 0; l < PEFT_MAX_LAYERS; l++) if (m->lora_site_on[l]) return 1;
+    for (int l = 0; l < PEFT_MAX_LAYERS; l++)
+        if (m->lora_site_on[l]) return 1;
     return 0;
 }
 
 /* Whether LoRA adapts site s of layer l, and with which rank and alpha. */
 static int peft__lora_site(const peft_method *m, int l, int s, int *r, float *alpha) {
     if (l < 0 || l >= PEFT_MAX_LAYERS) return 0;
-    if (peft__lora_custom(m) ? !(m->lora_site_on[l] >> s & 1) : !(m->lora_targets >> s & 1) || !peft__lora_on_layer(m, l))
+    if (peft__lora_custom(m) ? !(m->lora_site_on[l] >> s & 1)
+                             : !(m->lora_targets >> s & 1) || !peft__lora_on_layer(m, l))
         return 0;
     int own = m->lora_site_r[l][s] != 0;
     *r = own ? m->lora_site_r[l][s] : m->lora_r;
@@ -4767,8 +4868,8 @@ static void peft__tokens_refresh(peft_model *m, const peft_method *cfg) {
     int D = m->cfg.dim;
     memcpy(m->tokens_table->data, m->embed->data, sizeof(float) * (size_t)m->embed->n);
     for (int i = 0; i < cfg->n_trainable_tokens; i++)
-        memcpy(m->tokens_table->data + (size_t)cfg->trainable_tokens[i] * D, m->tokens_delta->data + (size_t)i * D,
-               sizeof(float) * (size_t)D);
+        memcpy(m->tokens_table->data + (size_t)cfg->trainable_tokens[i] * D,
+               m->tokens_delta->data + (size_t)i * D, sizeof(float) * (size_t)D);
 }
 
 static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
@@ -4786,11 +4887,13 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
             S->lora_A = peft__extra(m, 2, sa, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l, mod, site);
             S->lora_B = peft__extra(m, 2, sb, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l, mod, site);
             if (!S->lora_A || !S->lora_B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
-            if (cfg->lora_bias) {              /* PEFT: zero-init, so ΔW x + s·b is 0 at step 0 */
-                S->lora_bias = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.lora_B.bias", l, mod, site);
+            if (cfg->lora_bias) { /* PEFT: zero-init, so ΔW x + s·b is 0 at step 0 */
+                S->lora_bias = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.lora_B.bias",
+                                           l, mod, site);
                 if (!S->lora_bias) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
             }
-            if (cfg->lora_init_gaussian) peft__fill_normal(S->lora_A, &m->rng, 1.0f / (float)r);
+            if (cfg->lora_init_gaussian)
+                peft__fill_normal(S->lora_A, &m->rng, 1.0f / (float)r);
             else peft__fill_uniform(S->lora_A, &m->rng, 1.0f / sqrtf((float)in));
             S->lora_scale = cfg->lora_rslora ? alpha / sqrtf((float)r) : alpha / (float)r;
         }
@@ -4798,7 +4901,8 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
     /* modules_to_save: trainable copies of the base tensors (PEFT's ModulesToSaveWrapper) */
     int64_t se[2] = { c->vocab_size, c->dim };
     if (cfg->modules_to_save && c->tie_embeddings)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "modules_to_save: the model ties lm_head to embed_tokens; a trained "
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "modules_to_save: the model ties lm_head to embed_tokens; a trained "
                           "copy of one of them is not supported");
     if (cfg->modules_to_save & PEFT_SAVE_EMBED) {
         if (!(m->save_embed = peft__extra(m, 2, se, "base_model.model.model.embed_tokens.weight")))
@@ -4817,14 +4921,18 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
         int64_t sd[2] = { cfg->n_trainable_tokens, c->dim };
         for (int i = 0; i < cfg->n_trainable_tokens; i++)
             if (cfg->trainable_tokens[i] < 0 || cfg->trainable_tokens[i] >= c->vocab_size)
-                return peft__fail(PEFT_ERR_CONFIG, "trainable_token_indices: token %d is outside the vocabulary (%d)",
+                return peft__fail(PEFT_ERR_CONFIG,
+                                  "trainable_token_indices: token %d is outside the vocabulary (%d)",
                                   cfg->trainable_tokens[i], c->vocab_size);
-        m->tokens_delta = peft__extra(m, 2, sd, "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
+        m->tokens_delta =
+            peft__extra(m, 2, sd, "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
         m->tokens_table = peft_param_new("trainable_tokens_table", 2, se);
-        if (!m->tokens_delta || !m->tokens_table) return peft__fail(PEFT_ERR_NOMEM, "no memory for trainable tokens");
+        if (!m->tokens_delta || !m->tokens_table)
+            return peft__fail(PEFT_ERR_NOMEM, "no memory for trainable tokens");
         peft_param_set_trainable(m->tokens_delta, 0);
         for (int i = 0; i < cfg->n_trainable_tokens; i++)
-            memcpy(m->tokens_delta->data + (size_t)i * c->dim, m->embed->data + (size_t)cfg->trainable_tokens[i] * c->dim,
+            memcpy(m->tokens_delta->data + (size_t)i * c->dim,
+                   m->embed->data + (size_t)cfg->trainable_tokens[i] * c->dim,
                    sizeof(float) * (size_t)c->dim);
         peft__tokens_refresh(m, cfg);
     }
@@ -4843,7 +4951,7 @@ static peft_status peft__lora_fold(peft_model *m, float sign) {
             for (int64_t j = 0; j < (int64_t)out * r; j++) sb[j] = sign * S->lora_scale * S->lora_B->data[j];
             peft_gemm(0, 0, out, in, r, sb, r, S->lora_A->data, in, 1.0f, S->w->data, in);
             PEFT_FREE(sb);
-            if (S->lora_bias)                  /* PEFT: base bias += s·lora_B.bias */
+            if (S->lora_bias) /* PEFT: base bias += s·lora_B.bias */
                 for (int j = 0; j < out; j++) S->b->data[j] += sign * S->lora_scale * S->lora_bias->data[j];
         }
     return PEFT_OK;
@@ -4865,7 +4973,8 @@ static void peft__swap_saved(peft_model *m) {
     if (m->save_embed) peft__swap_floats(m->embed->data, m->save_embed->data, m->embed->n);
     if (m->save_head) peft__swap_floats(m->lm_head->data, m->save_head->data, m->lm_head->n);
     for (int i = 0; m->tokens_delta && i < m->method.n_trainable_tokens; i++)
-        peft__swap_floats(m->embed->data + (size_t)m->method.trainable_tokens[i] * D, m->tokens_delta->data + (size_t)i * D, D);
+        peft__swap_floats(m->embed->data + (size_t)m->method.trainable_tokens[i] * D,
+                          m->tokens_delta->data + (size_t)i * D, D);
 }
 PEFTDEF peft_status peft_lora_merge(peft_model *m) {
     if (m->cfg.q4)
@@ -4876,8 +4985,10 @@ PEFTDEF peft_status peft_lora_merge(peft_model *m) {
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
             if (m->layers[l].lin[s].lora_bias && !m->layers[l].lin[s].b)
-                return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: lora_bias=true but layer %d's %s has no bias to merge "
-                                  "it into (as PEFT refuses)", l, peft__site_names[s]);
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "merge: lora_bias=true but layer %d's %s has no bias to merge "
+                                  "it into (as PEFT refuses)",
+                                  l, peft__site_names[s]);
     peft_status s = peft__lora_fold(m, 1.0f);
     if (s == PEFT_OK) {
         peft__swap_saved(m);
@@ -6813,30 +6924,38 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
                     int r;
                     float alpha;
                     if (!peft__lora_site(x, l, s, &r, &alpha) || (pass == 1 && r == x->lora_r) ||
-                        (pass == 2 && alpha == x->lora_alpha)) continue;
-                    peft__sbf(b, "%s\"model.layers.%d.%s.%s\"", first ? "" : ", ", l, peft__site_module(s), peft__site_names[s]);
+                        (pass == 2 && alpha == x->lora_alpha))
+                        continue;
+                    peft__sbf(b, "%s\"model.layers.%d.%s.%s\"", first ? "" : ", ", l, peft__site_module(s),
+                              peft__site_names[s]);
                     if (pass == 1) peft__sbf(b, ": %d", r);
                     if (pass == 2) peft__sbf(b, ": %.9g", alpha);
                     first = 0;
                 }
         }
-        peft__sbf(b, "%s,\n  \"bias\": \"none\",\n  \"use_rslora\": %s,\n  \"fan_in_fan_out\": false,\n  \"use_dora\": false,\n"
-                  "  \"init_lora_weights\": %s,\n  \"lora_bias\": %s,\n  \"modules_to_save\": ", custom ? "}" : "]",
-                  x->lora_rslora ? "true" : "false", x->lora_init_gaussian ? "\"gaussian\"" : "true",
-                  x->lora_bias ? "true" : "false");
-        if (!x->modules_to_save) peft__sbf(b, "null");
-        else peft__sbf(b, "[%s%s%s]", x->modules_to_save & PEFT_SAVE_EMBED ? "\"embed_tokens\"" : "",
-                       x->modules_to_save == (PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD) ? ", " : "",
-                       x->modules_to_save & PEFT_SAVE_LM_HEAD ? "\"lm_head\"" : "");
+        peft__sbf(b,
+                  "%s,\n  \"bias\": \"none\",\n  \"use_rslora\": %s,\n  \"fan_in_fan_out\": false,\n  "
+                  "\"use_dora\": false,\n"
+                  "  \"init_lora_weights\": %s,\n  \"lora_bias\": %s,\n  \"modules_to_save\": ",
+                  custom ? "}" : "]", x->lora_rslora ? "true" : "false",
+                  x->lora_init_gaussian ? "\"gaussian\"" : "true", x->lora_bias ? "true" : "false");
+        if (!x->modules_to_save)
+            peft__sbf(b, "null");
+        else
+            peft__sbf(b, "[%s%s%s]", x->modules_to_save & PEFT_SAVE_EMBED ? "\"embed_tokens\"" : "",
+                      x->modules_to_save == (PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD) ? ", " : "",
+                      x->modules_to_save & PEFT_SAVE_LM_HEAD ? "\"lm_head\"" : "");
         peft__sbf(b, ",\n  \"trainable_token_indices\": ");
         if (!x->n_trainable_tokens) peft__sbf(b, "null");
         for (int i = 0; i < x->n_trainable_tokens; i++)
-            peft__sbf(b, "%s%d%s", i ? ", " : "[", x->trainable_tokens[i], i + 1 == x->n_trainable_tokens ? "]" : "");
+            peft__sbf(b, "%s%d%s", i ? ", " : "[", x->trainable_tokens[i],
+                      i + 1 == x->n_trainable_tokens ? "]" : "");
         if (!custom) peft__sbf(b, ",\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {}");
         peft__sbf(b, ",\n  \"layers_to_transform\": ");
         int any = 0;
         for (int l = 0; l < PEFT_MAX_LAYERS; l++) any |= x->lora_layers[l];
-        if (!any || custom) peft__sbf(b, "null");
+        if (!any || custom)
+            peft__sbf(b, "null");
         else {
             peft__sbf(b, "[");
             first = 1;
@@ -6921,12 +7040,26 @@ done:
 static int peft__llama_module(const peft_config *c, int k, char *buf, size_t n, int *layer, int *site) {
     static const char *const head[3] = { "model", "model.embed_tokens", "model.layers" };
     static const char *const tail[3] = { "model.norm", "model.rotary_emb", "lm_head" };
-    static const char *const in_layer[13] = { "", ".self_attn", ".self_attn.q_proj", ".self_attn.k_proj",
-        ".self_attn.v_proj", ".self_attn.o_proj", ".mlp", ".mlp.gate_proj", ".mlp.up_proj", ".mlp.down_proj",
-        ".mlp.act_fn", ".input_layernorm", ".post_attention_layernorm" };
-    static const int site_of[13] = { -1, -1, PEFT_Q, PEFT_K, PEFT_V, PEFT_O, -1, PEFT_GATE, PEFT_UP, PEFT_DOWN, -1, -1, -1 };
+    static const char *const in_layer[13] = { "",
+                                              ".self_attn",
+                                              ".self_attn.q_proj",
+                                              ".self_attn.k_proj",
+                                              ".self_attn.v_proj",
+                                              ".self_attn.o_proj",
+                                              ".mlp",
+                                              ".mlp.gate_proj",
+                                              ".mlp.up_proj",
+                                              ".mlp.down_proj",
+                                              ".mlp.act_fn",
+                                              ".input_layernorm",
+                                              ".post_attention_layernorm" };
+    static const int site_of[13] = { -1,        -1,      PEFT_Q,    PEFT_K, PEFT_V, PEFT_O, -1,
+                                     PEFT_GATE, PEFT_UP, PEFT_DOWN, -1,     -1,     -1 };
     *layer = *site = -1;
-    if (k < 3) { snprintf(buf, n, "%s", head[k]); return 1; }
+    if (k < 3) {
+        snprintf(buf, n, "%s", head[k]);
+        return 1;
+    }
     k -= 3;
     if (k < c->n_layers * 13) {
         snprintf(buf, n, "model.layers.%d%s", k / 13, in_layer[k % 13]);
@@ -6935,21 +7068,25 @@ static int peft__llama_module(const peft_config *c, int k, char *buf, size_t n, 
         return 1;
     }
     k -= c->n_layers * 13;
-    if (k < 3) { snprintf(buf, n, "%s", tail[k]); return 1; }
+    if (k < 3) {
+        snprintf(buf, n, "%s", tail[k]);
+        return 1;
+    }
     return 0;
 }
 
 /* Whether name matches pre + pat + post: re.fullmatch, or re.match (a prefix
    match) when prefix is set. A pattern the matcher cannot run fails, naming the
    file, the key and the pattern. */
-static peft_status peft__rx_test(peft__rx *rx, const char *path, const char *key, const char *pre, const char *pat,
-                                 const char *post, int prefix, const char *name, int *hit) {
+static peft_status peft__rx_test(peft__rx *rx, const char *path, const char *key, const char *pre,
+                                 const char *pat, const char *post, int prefix, const char *name, int *hit) {
     char full[2200];
     if (strlen(pat) > 2000) return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s: pattern too long", path, key);
     snprintf(full, sizeof full, "%s%s%s%s%s", prefix ? "(?:" : "", pre, pat, post, prefix ? ").*" : "");
     if (!peft__rx_build(rx, full))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s: pattern '%s' is not supported by peft.h's matcher (%s)", path, key,
-                          pat, rx->err);
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: %s: pattern '%s' is not supported by peft.h's matcher (%s)", path, key, pat,
+                          rx->err);
     *hit = peft__rx_fullmatch(rx, name);
     return PEFT_OK;
 }
@@ -6957,8 +7094,9 @@ static peft_status peft__rx_test(peft__rx *rx, const char *path, const char *key
 PEFTDEF int peft_regex_fullmatch(const char *pattern, const char *s) {
     peft__rx *rx = (peft__rx *)PEFT_MALLOC(sizeof *rx);
     if (!rx) return peft__fail(PEFT_ERR_NOMEM, "no memory"), -1;
-    int r = peft__rx_build(rx, pattern) ? peft__rx_fullmatch(rx, s)
-                                        : (peft__fail(PEFT_ERR_UNSUPPORTED, "pattern '%s': %s", pattern, rx->err), -1);
+    int r = peft__rx_build(rx, pattern)
+                ? peft__rx_fullmatch(rx, s)
+                : (peft__fail(PEFT_ERR_UNSUPPORTED, "pattern '%s': %s", pattern, rx->err), -1);
     PEFT_FREE(rx);
     return r;
 }
@@ -6968,14 +7106,16 @@ static int peft__name_in_list(const peft_json *list, const char *name) {
     size_t n = strlen(name);
     for (const peft_json *x = list->child; x; x = x->next) {
         size_t k = strlen(x->string);
-        if (!strcmp(name, x->string) || (n > k && name[n - k - 1] == '.' && !strcmp(name + n - k, x->string))) return 1;
+        if (!strcmp(name, x->string) || (n > k && name[n - k - 1] == '.' && !strcmp(name + n - k, x->string)))
+            return 1;
     }
     return 0;
 }
 
 static int peft__json_is_strings(const peft_json *e) {
     if (e->type != PEFT_JSON_ARRAY) return 0;
-    for (const peft_json *x = e->child; x; x = x->next) if (x->type != PEFT_JSON_STRING) return 0;
+    for (const peft_json *x = e->child; x; x = x->next)
+        if (x->type != PEFT_JSON_STRING) return 0;
     return 1;
 }
 
@@ -6984,41 +7124,49 @@ typedef struct {
 } peft__lora_keys;
 
 /* PEFT's module selection, rank_pattern and alpha_pattern → out's per-site table. */
-static peft_status peft__lora_select(const peft__lora_keys *k, const char *path, const peft_config *c, peft_method *out,
-                                     peft__rx *rx) {
+static peft_status peft__lora_select(const peft__lora_keys *k, const char *path, const peft_config *c,
+                                     peft_method *out, peft__rx *rx) {
     char name[160];
     int layer, site, hit, any = 0;
     peft_status s = PEFT_OK;
     memset(out->lora_site_on, 0, sizeof out->lora_site_on);
     memset(out->lora_site_r, 0, sizeof out->lora_site_r);
-    if (c->n_layers > PEFT_MAX_LAYERS) return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: more than %d layers", path, PEFT_MAX_LAYERS);
+    if (c->n_layers > PEFT_MAX_LAYERS)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: more than %d layers", path, PEFT_MAX_LAYERS);
     int all_linear = k->targets->type == PEFT_JSON_STRING && !strcmp(k->targets->string, "all-linear");
     if (k->targets->type == PEFT_JSON_STRING && strlen(k->targets->string) == 10) {
         char low[11];
         for (int i = 0; i < 10; i++) low[i] = (char)tolower((unsigned char)k->targets->string[i]);
         low[10] = 0;
-        all_linear = !strcmp(low, "all-linear");       /* PEFT compares it lower-cased */
+        all_linear = !strcmp(low, "all-linear"); /* PEFT compares it lower-cased */
     }
     for (int idx = 0; s == PEFT_OK && peft__llama_module(c, idx, name, sizeof name, &layer, &site); idx++) {
         /* exclude_modules: a regex (fullmatch) or a list */
         if (k->exclude) {
             if (k->exclude->type == PEFT_JSON_STRING) {
-                if ((s = peft__rx_test(rx, path, "exclude_modules", "", k->exclude->string, "", 0, name, &hit)) != PEFT_OK) break;
+                if ((s = peft__rx_test(rx, path, "exclude_modules", "", k->exclude->string, "", 0, name,
+                                       &hit)) != PEFT_OK)
+                    break;
                 if (hit) continue;
-            } else if (peft__name_in_list(k->exclude, name)) continue;
+            } else if (peft__name_in_list(k->exclude, name))
+                continue;
         }
         /* modules_to_save are never adapted: re.match(rf"(^|.*\.){m}($|\..*)", name) */
         hit = 0;
         for (const peft_json *x = k->save ? k->save->child : NULL; x && !hit && s == PEFT_OK; x = x->next)
-            s = peft__rx_test(rx, path, "modules_to_save", "(^|.*\\.)", x->string, "($|\\..*)", 1, name, &hit);
+            s = peft__rx_test(rx, path, "modules_to_save", "(^|.*\\.)", x->string, "($|\\..*)", 1, name,
+                              &hit);
         if (s != PEFT_OK) break;
         if (hit) continue;
-        if (all_linear) hit = site >= 0;       /* every nn.Linear but the output layer */
+        if (all_linear)
+            hit = site >= 0; /* every nn.Linear but the output layer */
         else if (k->targets->type == PEFT_JSON_STRING) {
-            if ((s = peft__rx_test(rx, path, "target_modules", "", k->targets->string, "", 0, name, &hit)) != PEFT_OK) break;
+            if ((s = peft__rx_test(rx, path, "target_modules", "", k->targets->string, "", 0, name, &hit)) !=
+                PEFT_OK)
+                break;
         } else {
             hit = peft__name_in_list(k->targets, name);
-            if (hit && k->layers) {            /* layers_to_transform: the index after layers_pattern */
+            if (hit && k->layers) { /* layers_to_transform: the index after layers_pattern */
                 char num[16];
                 int in = 0;
                 snprintf(num, sizeof num, "\\.%d\\.", layer);
@@ -7027,21 +7175,28 @@ static peft_status peft__lora_select(const peft__lora_keys *k, const char *path,
                 } else if (!k->layers_pattern) {
                     s = peft__rx_test(rx, path, "layers_pattern", ".*?\\.[^.]*", num, "", 1, name, &hit);
                 } else if (k->layers_pattern->type == PEFT_JSON_STRING) {
-                    s = peft__rx_test(rx, path, "layers_pattern", "(?:^|.*?\\.)", k->layers_pattern->string, num, 1, name, &hit);
+                    s = peft__rx_test(rx, path, "layers_pattern", "(?:^|.*?\\.)", k->layers_pattern->string,
+                                      num, 1, name, &hit);
                 } else {
-                    for (const peft_json *x = k->layers_pattern->child; x && !hit && s == PEFT_OK; x = x->next)
-                        s = peft__rx_test(rx, path, "layers_pattern", "(?:^|.*?\\.)", x->string, num, 1, name, &hit);
+                    for (const peft_json *x = k->layers_pattern->child; x && !hit && s == PEFT_OK;
+                         x = x->next)
+                        s = peft__rx_test(rx, path, "layers_pattern", "(?:^|.*?\\.)", x->string, num, 1, name,
+                                          &hit);
                 }
                 if (s != PEFT_OK) break;
                 if (k->layers->type == PEFT_JSON_NUMBER) in = (double)layer == k->layers->number;
-                for (const peft_json *x = k->layers->child; x && !in; x = x->next) in = (double)layer == x->number;
+                for (const peft_json *x = k->layers->child; x && !in; x = x->next)
+                    in = (double)layer == x->number;
                 hit = hit && in;
             }
         }
         if (!hit) continue;
         if (site < 0)
-            return peft__fail(PEFT_ERR_CONFIG, "%s: target_modules selects module '%s', which is not a LLaMA block linear "
-                              "(q_proj k_proj v_proj o_proj gate_proj up_proj down_proj); peft.h adapts only those", path, name);
+            return peft__fail(
+                PEFT_ERR_CONFIG,
+                "%s: target_modules selects module '%s', which is not a LLaMA block linear "
+                "(q_proj k_proj v_proj o_proj gate_proj up_proj down_proj); peft.h adapts only those",
+                path, name);
         /* rank_pattern / alpha_pattern: the first key with re.match(rf"(.*\.)?({key})$", name) */
         int r = out->lora_r;
         float alpha = out->lora_alpha;
@@ -7049,11 +7204,14 @@ static peft_status peft__lora_select(const peft__lora_keys *k, const char *path,
             const peft_json *pat = pass ? k->alpha_pattern : k->rank_pattern;
             hit = 0;
             for (const peft_json *x = pat ? pat->child : NULL; x && !hit; x = x->next) {
-                if ((s = peft__rx_test(rx, path, pass ? "alpha_pattern" : "rank_pattern", "(.*\\.)?(", x->key, ")$", 1, name,
-                                       &hit)) != PEFT_OK) break;
+                if ((s = peft__rx_test(rx, path, pass ? "alpha_pattern" : "rank_pattern", "(.*\\.)?(", x->key,
+                                       ")$", 1, name, &hit)) != PEFT_OK)
+                    break;
                 if (!hit) continue;
-                if (pass) alpha = (float)x->number;
-                else r = (int)x->number;
+                if (pass)
+                    alpha = (float)x->number;
+                else
+                    r = (int)x->number;
             }
         }
         if (s != PEFT_OK) break;
@@ -7063,8 +7221,11 @@ static peft_status peft__lora_select(const peft__lora_keys *k, const char *path,
         any = 1;
     }
     if (s != PEFT_OK) return s;
-    if (!any) return peft__fail(PEFT_ERR_CONFIG, "%s: target_modules (with exclude_modules, layers_to_transform) selects no "
-                                "module of this model", path);
+    if (!any)
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: target_modules (with exclude_modules, layers_to_transform) selects no "
+                          "module of this model",
+                          path);
     /* a full layers x sites grid of one rank and alpha is kept as targets + layers */
     unsigned targets = 0;
     int grid = 1, all_layers = 1;
@@ -7074,7 +7235,8 @@ static peft_status peft__lora_select(const peft__lora_keys *k, const char *path,
         all_layers &= out->lora_site_on[l] != 0;
         for (int st = 0; st < PEFT_N_SITES; st++)
             if (out->lora_site_on[l] >> st & 1)
-                grid &= out->lora_site_r[l][st] == out->lora_r && out->lora_site_alpha[l][st] == out->lora_alpha;
+                grid &=
+                    out->lora_site_r[l][st] == out->lora_r && out->lora_site_alpha[l][st] == out->lora_alpha;
     }
     out->lora_targets = targets;
     memset(out->lora_layers, 0, sizeof out->lora_layers);
@@ -7086,10 +7248,15 @@ static peft_status peft__lora_select(const peft__lora_keys *k, const char *path,
     return PEFT_OK;
 }
 
-static peft_status peft__lora_from_json(const peft_json *j, const char *path, const peft_config *c, peft_method *out) {
-    static const char *const null_only[] = { "alora_invocation_tokens", "arrow_config", "corda_config", "kasa_config",
-        "layer_replication", "lora_ga_config", "megatron_config", "monteclora_config", "velora_config", "use_bdlora" };
-    static const char *const false_only[] = { "fan_in_fan_out", "use_dora", "use_qalora", "ensure_weight_tying" };
+static peft_status peft__lora_from_json(const peft_json *j, const char *path, const peft_config *c,
+                                        peft_method *out) {
+    static const char *const null_only[] = {
+        "alora_invocation_tokens", "arrow_config",   "corda_config",    "kasa_config",
+        "layer_replication",       "lora_ga_config", "megatron_config", "monteclora_config",
+        "velora_config",           "use_bdlora"
+    };
+    static const char *const false_only[] = { "fan_in_fan_out", "use_dora", "use_qalora",
+                                              "ensure_weight_tying" };
     peft__lora_keys k;
     memset(&k, 0, sizeof k);
     const peft_json *init = NULL, *eva = NULL, *tokens = NULL;
@@ -7103,49 +7270,73 @@ static peft_status peft__lora_from_json(const peft_json *j, const char *path, co
         for (size_t i = 0; i < sizeof null_only / sizeof *null_only; i++)
             if (!strcmp(key, null_only[i])) {
                 known = 1;
-                if (!is_null) s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is set; peft.h supports only null", path, key);
+                if (!is_null)
+                    s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is set; peft.h supports only null", path,
+                                   key);
             }
         for (size_t i = 0; i < sizeof false_only / sizeof *false_only; i++)
             if (!strcmp(key, false_only[i])) {
                 known = 1;
-                if (on) s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s=true is not supported", path, key);
-                else if (!is_bool && !is_null) bad = 1;
+                if (on)
+                    s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s=true is not supported", path, key);
+                else if (!is_bool && !is_null)
+                    bad = 1;
             }
         if (known) {
         } else if (!strcmp(key, "peft_type")) {
         } else if (!strcmp(key, "r")) {
-            if (t != PEFT_JSON_NUMBER || e->number > 65535) bad = 1;
-            else s = peft_method_set(out, "lora_r", num);
+            if (t != PEFT_JSON_NUMBER || e->number > 65535)
+                bad = 1;
+            else
+                s = peft_method_set(out, "lora_r", num);
         } else if (!strcmp(key, "lora_alpha") || !strcmp(key, "lora_dropout")) {
-            if (t != PEFT_JSON_NUMBER) bad = 1;
-            else s = peft_method_set(out, key, num);
-        } else if (!strcmp(key, "use_rslora") || !strcmp(key, "lora_bias") || !strcmp(key, "inference_mode")) {
-            if (!is_bool) bad = 1;                     /* inference_mode: whether PEFT trains it; peft.h trains on request */
-            else if (key[0] == 'u') out->lora_rslora = on;
-            else if (key[0] == 'l') out->lora_bias = on;
+            if (t != PEFT_JSON_NUMBER)
+                bad = 1;
+            else
+                s = peft_method_set(out, key, num);
+        } else if (!strcmp(key, "use_rslora") || !strcmp(key, "lora_bias") ||
+                   !strcmp(key, "inference_mode")) {
+            if (!is_bool)
+                bad = 1; /* inference_mode: whether PEFT trains it; peft.h trains on request */
+            else if (key[0] == 'u')
+                out->lora_rslora = on;
+            else if (key[0] == 'l')
+                out->lora_bias = on;
         } else if (!strcmp(key, "target_modules")) {
             if (t != PEFT_JSON_STRING && !peft__json_is_strings(e)) bad = 1;
             k.targets = e;
         } else if (!strcmp(key, "exclude_modules")) {
             if (!is_null && t != PEFT_JSON_STRING && !peft__json_is_strings(e)) bad = 1;
-            k.exclude = is_null || (t == PEFT_JSON_ARRAY && !e->n_children) || (t == PEFT_JSON_STRING && !*e->string) ? NULL : e;
+            k.exclude =
+                is_null || (t == PEFT_JSON_ARRAY && !e->n_children) || (t == PEFT_JSON_STRING && !*e->string)
+                    ? NULL
+                    : e;
         } else if (!strcmp(key, "layers_to_transform")) {
-            if (t == PEFT_JSON_ARRAY) for (const peft_json *x = e->child; x; x = x->next) bad |= x->type != PEFT_JSON_NUMBER;
-            else if (!is_null && t != PEFT_JSON_NUMBER) bad = 1;
+            if (t == PEFT_JSON_ARRAY)
+                for (const peft_json *x = e->child; x; x = x->next) bad |= x->type != PEFT_JSON_NUMBER;
+            else if (!is_null && t != PEFT_JSON_NUMBER)
+                bad = 1;
             k.layers = is_null || (t == PEFT_JSON_ARRAY && !e->n_children) ? NULL : e;
         } else if (!strcmp(key, "layers_pattern")) {
             if (!is_null && t != PEFT_JSON_STRING && !peft__json_is_strings(e)) bad = 1;
-            k.layers_pattern = is_null || (t == PEFT_JSON_ARRAY && !e->n_children) || (t == PEFT_JSON_STRING && !*e->string)
-                                   ? NULL : e;
+            k.layers_pattern =
+                is_null || (t == PEFT_JSON_ARRAY && !e->n_children) || (t == PEFT_JSON_STRING && !*e->string)
+                    ? NULL
+                    : e;
         } else if (!strcmp(key, "rank_pattern") || !strcmp(key, "alpha_pattern")) {
             if (!is_null && t != PEFT_JSON_OBJECT) bad = 1;
             for (const peft_json *x = is_null ? NULL : e->child; x && !bad; x = x->next)
-                if (x->type != PEFT_JSON_NUMBER || x->number < 0 || (key[0] == 'r' && (x->number < 1 || x->number > 65535 ||
-                    x->number != floor(x->number))) || (key[0] == 'a' && x->number == 0))
-                    s = peft__fail(PEFT_ERR_CONFIG, "%s: %s: '%s' must map to a %s (got %g)", path, key, x->key,
-                                   key[0] == 'r' ? "rank from 1 to 65535" : "non-zero alpha", x->number);
-            if (key[0] == 'r') k.rank_pattern = is_null ? NULL : e;
-            else k.alpha_pattern = is_null ? NULL : e;
+                if (x->type != PEFT_JSON_NUMBER || x->number < 0 ||
+                    (key[0] == 'r' &&
+                     (x->number < 1 || x->number > 65535 || x->number != floor(x->number))) ||
+                    (key[0] == 'a' && x->number == 0))
+                    s = peft__fail(PEFT_ERR_CONFIG, "%s: %s: '%s' must map to a %s (got %g)", path, key,
+                                   x->key, key[0] == 'r' ? "rank from 1 to 65535" : "non-zero alpha",
+                                   x->number);
+            if (key[0] == 'r')
+                k.rank_pattern = is_null ? NULL : e;
+            else
+                k.alpha_pattern = is_null ? NULL : e;
         } else if (!strcmp(key, "modules_to_save")) {
             if (!is_null && !peft__json_is_strings(e)) bad = 1;
             k.save = is_null || !e->n_children ? NULL : e;
@@ -7156,34 +7347,46 @@ static peft_status peft__lora_from_json(const peft_json *j, const char *path, co
         } else if (!strcmp(key, "eva_config")) {
             eva = is_null ? NULL : e;
         } else if (!strcmp(key, "bias")) {
-            if (t != PEFT_JSON_STRING) bad = 1;
+            if (t != PEFT_JSON_STRING)
+                bad = 1;
             else if (strcmp(e->string, "none") != 0)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bias='%s' is not supported (only 'none')", path, e->string);
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bias='%s' is not supported (only 'none')", path,
+                               e->string);
         } else if (!strcmp(key, "loftq_config")) {
             if (!is_null && (t != PEFT_JSON_OBJECT || e->n_children))
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: loftq_config is set (LoftQ init); peft.h supports only {}", path);
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: loftq_config is set (LoftQ init); peft.h supports only {}", path);
         } else if (!strcmp(key, "target_parameters")) {
             if (!is_null && (t != PEFT_JSON_ARRAY || e->n_children))
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: target_parameters is set; peft.h supports only null", path);
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: target_parameters is set; peft.h supports only null", path);
         } else if (!strcmp(key, "task_type")) {
             if (!is_null && (t != PEFT_JSON_STRING || strcmp(e->string, "CAUSAL_LM") != 0))
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: task_type must be CAUSAL_LM (or null) for a LLaMA causal LM", path);
-        } else if (!strcmp(key, "base_model_name_or_path") || !strcmp(key, "revision") || !strcmp(key, "peft_version") ||
-                   !strcmp(key, "megatron_core")) {
-            if (!is_null && t != PEFT_JSON_STRING) bad = 1;  /* metadata: the base is the model it is loaded into */
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: task_type must be CAUSAL_LM (or null) for a LLaMA causal LM", path);
+        } else if (!strcmp(key, "base_model_name_or_path") || !strcmp(key, "revision") ||
+                   !strcmp(key, "peft_version") || !strcmp(key, "megatron_core")) {
+            if (!is_null && t != PEFT_JSON_STRING)
+                bad = 1; /* metadata: the base is the model it is loaded into */
         } else if (!strcmp(key, "auto_mapping")) {
             const char *cls = t == PEFT_JSON_OBJECT ? peft__json_str(e, "base_model_class") : NULL;
-            if (!is_null && t != PEFT_JSON_OBJECT) bad = 1;
+            if (!is_null && t != PEFT_JSON_OBJECT)
+                bad = 1;
             else if (cls && strncmp(cls, "Llama", 5) != 0)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: auto_mapping names base_model_class '%s'; peft.h loads LLaMA only",
-                               path, cls);
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: auto_mapping names base_model_class '%s'; peft.h loads LLaMA only", path,
+                               cls);
         } else if (!strcmp(key, "qalora_group_size")) {
-            if (t != PEFT_JSON_NUMBER || e->number < 1) bad = 1;  /* used only with use_qalora, which is refused */
+            if (t != PEFT_JSON_NUMBER || e->number < 1)
+                bad = 1; /* used only with use_qalora, which is refused */
         } else {
-            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: key '%s' is not a LoRA setting of PEFT 0.21 that peft.h knows; "
-                           "refusing it rather than ignoring it", path, key);
+            s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                           "%s: key '%s' is not a LoRA setting of PEFT 0.21 that peft.h knows; "
+                           "refusing it rather than ignoring it",
+                           path, key);
         }
-        if (bad && s == PEFT_OK) s = peft__fail(PEFT_ERR_FORMAT, "%s: %s has a value of the wrong type", path, key);
+        if (bad && s == PEFT_OK)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s has a value of the wrong type", path, key);
         if (s != PEFT_OK && !strstr(peft_last_error(), path)) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", peft_last_error());
@@ -7191,21 +7394,29 @@ static peft_status peft__lora_from_json(const peft_json *j, const char *path, co
         }
     }
     if (s != PEFT_OK) return s;
-    if (!k.targets || k.targets->type == PEFT_JSON_NULL) return peft__fail(PEFT_ERR_FORMAT, "%s: target_modules is missing", path);
+    if (!k.targets || k.targets->type == PEFT_JSON_NULL)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: target_modules is missing", path);
     /* init_lora_weights: how new weights start; loading replaces them, except for
        the inits that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ, ...) */
-    if (init && !(init->type == PEFT_JSON_BOOL || (init->type == PEFT_JSON_STRING &&
-                  (!strcmp(init->string, "gaussian") || !strcmp(init->string, "eva")))))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: init_lora_weights=%s is not supported (true, false, \"gaussian\" or "
-                          "\"eva\")", path, init->type == PEFT_JSON_STRING ? init->string : "(not a string)");
+    if (init && !(init->type == PEFT_JSON_BOOL ||
+                  (init->type == PEFT_JSON_STRING &&
+                   (!strcmp(init->string, "gaussian") || !strcmp(init->string, "eva")))))
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: init_lora_weights=%s is not supported (true, false, \"gaussian\" or "
+                          "\"eva\")",
+                          path, init->type == PEFT_JSON_STRING ? init->string : "(not a string)");
     out->lora_init_gaussian = init && init->type == PEFT_JSON_STRING && !strcmp(init->string, "gaussian");
     if (eva && !(init && init->type == PEFT_JSON_STRING && !strcmp(init->string, "eva")))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: eva_config is set but init_lora_weights is not \"eva\"", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: eva_config is set but init_lora_weights is not \"eva\"",
+                          path);
     if (k.targets->type == PEFT_JSON_STRING && (k.layers || k.layers_pattern))
-        return peft__fail(PEFT_ERR_CONFIG, "%s: layers_to_transform/layers_pattern cannot be used when target_modules is a "
-                          "string (PEFT refuses it too)", path);
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: layers_to_transform/layers_pattern cannot be used when target_modules is a "
+                          "string (PEFT refuses it too)",
+                          path);
     if (k.layers_pattern && !k.layers)
-        return peft__fail(PEFT_ERR_CONFIG, "%s: layers_pattern needs layers_to_transform (PEFT refuses it too)", path);
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: layers_pattern needs layers_to_transform (PEFT refuses it too)", path);
     /* modules_to_save: PEFT wraps every module whose name ends with an entry */
     out->modules_to_save = 0;
     for (const peft_json *x = k.save ? k.save->child : NULL; x; x = x->next) {
@@ -7215,33 +7426,47 @@ static peft_status peft__lora_from_json(const peft_json *j, const char *path, co
             size_t n = strlen(name), l = strlen(x->string);
             if (n < l || strcmp(name + n - l, x->string) != 0) continue;
             found = 1;
-            if (!strcmp(name, "lm_head")) out->modules_to_save |= PEFT_SAVE_LM_HEAD;
-            else if (!strcmp(name, "model.embed_tokens")) out->modules_to_save |= PEFT_SAVE_EMBED;
-            else return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: modules_to_save: '%s' selects module '%s'; peft.h saves only "
-                                   "lm_head and embed_tokens", path, x->string, name);
+            if (!strcmp(name, "lm_head"))
+                out->modules_to_save |= PEFT_SAVE_LM_HEAD;
+            else if (!strcmp(name, "model.embed_tokens"))
+                out->modules_to_save |= PEFT_SAVE_EMBED;
+            else
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "%s: modules_to_save: '%s' selects module '%s'; peft.h saves only "
+                                  "lm_head and embed_tokens",
+                                  path, x->string, name);
         }
-        if (!found) return peft__fail(PEFT_ERR_CONFIG, "%s: modules_to_save: '%s' names no module of this model", path, x->string);
+        if (!found)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: modules_to_save: '%s' names no module of this model",
+                              path, x->string);
     }
     /* trainable_token_indices: a list (the input embedding) or {"embed_tokens": list} */
     out->n_trainable_tokens = 0;
     if (tokens) {
         const peft_json *list = tokens;
         if (tokens->type == PEFT_JSON_OBJECT) {
-            if (tokens->n_children != 1 || !tokens->child->key || (strcmp(tokens->child->key, "embed_tokens") &&
-                strcmp(tokens->child->key, "model.embed_tokens")))
-                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: trainable_token_indices: only embed_tokens is supported", path);
+            if (tokens->n_children != 1 || !tokens->child->key ||
+                (strcmp(tokens->child->key, "embed_tokens") &&
+                 strcmp(tokens->child->key, "model.embed_tokens")))
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "%s: trainable_token_indices: only embed_tokens is supported", path);
             list = tokens->child;
         }
-        if (list->type != PEFT_JSON_ARRAY) return peft__fail(PEFT_ERR_FORMAT, "%s: trainable_token_indices is not a list", path);
+        if (list->type != PEFT_JSON_ARRAY)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: trainable_token_indices is not a list", path);
         if (list->n_children > PEFT_MAX_TRAINABLE_TOKENS)
             return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: trainable_token_indices: more than %d tokens", path,
                               PEFT_MAX_TRAINABLE_TOKENS);
         if (out->modules_to_save & PEFT_SAVE_EMBED)
-            return peft__fail(PEFT_ERR_CONFIG, "%s: embed_tokens is both in modules_to_save and trainable_token_indices "
-                              "(PEFT refuses it too)", path);
+            return peft__fail(PEFT_ERR_CONFIG,
+                              "%s: embed_tokens is both in modules_to_save and trainable_token_indices "
+                              "(PEFT refuses it too)",
+                              path);
         for (const peft_json *x = list->child; x; x = x->next) {
-            if (x->type != PEFT_JSON_NUMBER || x->number != floor(x->number) || x->number < 0 || x->number >= c->vocab_size)
-                return peft__fail(PEFT_ERR_CONFIG, "%s: trainable_token_indices: %g is not a token id below %d", path,
+            if (x->type != PEFT_JSON_NUMBER || x->number != floor(x->number) || x->number < 0 ||
+                x->number >= c->vocab_size)
+                return peft__fail(PEFT_ERR_CONFIG,
+                                  "%s: trainable_token_indices: %g is not a token id below %d", path,
                                   x->number, c->vocab_size);
             out->trainable_tokens[out->n_trainable_tokens++] = (int)x->number;
         }
@@ -7285,8 +7510,8 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
             }
         } else val[0] = 0;
         if (!strcmp(key, "adapter_len") || !strcmp(key, "adapter_layers") || !strcmp(key, "adapter_gate") ||
-                   !strcmp(key, "fusion_layers") || !strcmp(key, "fusion_dim") || !strcmp(key, "excitor_len") ||
-                   !strcmp(key, "excitor_rank") || !strcmp(key, "excitor_layers")) {
+            !strcmp(key, "fusion_layers") || !strcmp(key, "fusion_dim") || !strcmp(key, "excitor_len") ||
+            !strcmp(key, "excitor_rank") || !strcmp(key, "excitor_layers")) {
             s = peft_method_set(out, key, val);
         }
         if (s != PEFT_OK && !strstr(peft_last_error(), path)) {
@@ -7313,8 +7538,10 @@ static const peft_st_entry *peft__find_with_adapter_name(const peft_safetensors 
     return peft_st_find(st, alt);
 }
 static const char *peft__unused_tensor_hint(const char *name) {
-    if (strstr(name, ".default.") || strstr(name, ".default")) return "an adapter name other than the one PEFT loads";
-    if (strstr(name, "modules_to_save")) return "PEFT 0.21 stores modules_to_save copies as base_model.model.<module>.weight";
+    if (strstr(name, ".default.") || strstr(name, ".default"))
+        return "an adapter name other than the one PEFT loads";
+    if (strstr(name, "modules_to_save"))
+        return "PEFT 0.21 stores modules_to_save copies as base_model.model.<module>.weight";
     return "a setting of adapter_config.json it belongs to is missing";
 }
 
@@ -7363,8 +7590,10 @@ PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
                 found = (e ? e : peft__find_with_adapter_name(&st, name)) == &st.entries[k];
             }
             if (!found)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' belongs to no part of the %s adapter peft.h loads "
-                               "(%s)", path, st.entries[k].name, peft_method_name(m->method.kind),
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: tensor '%s' belongs to no part of the %s adapter peft.h loads "
+                               "(%s)",
+                               path, st.entries[k].name, peft_method_name(m->method.kind),
                                peft__unused_tensor_hint(st.entries[k].name));
         }
     if (s == PEFT_OK && m->tokens_table) peft__tokens_refresh(m, &m->method);
@@ -7409,14 +7638,21 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
     if (m->lora_merged) return peft__fail(PEFT_ERR_ARG, "%s: the LoRA is merged into the weights; unmerge it first", path);
     /* llama.cpp's converter refuses these too: its adapters hold lora_a/lora_b pairs only */
     if (m->save_embed || m->save_head)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: the adapter has modules_to_save (full embed_tokens/lm_head copies); "
-                          "llama.cpp LoRA adapters cannot hold them: merge the adapter into the model instead", path);
+        return peft__fail(
+            PEFT_ERR_UNSUPPORTED,
+            "%s: the adapter has modules_to_save (full embed_tokens/lm_head copies); "
+            "llama.cpp LoRA adapters cannot hold them: merge the adapter into the model instead",
+            path);
     if (m->method.lora_bias)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: the adapter has lora_bias; llama.cpp LoRA adapters cannot hold "
-                          "lora_B biases: merge the adapter into the model instead", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: the adapter has lora_bias; llama.cpp LoRA adapters cannot hold "
+                          "lora_B biases: merge the adapter into the model instead",
+                          path);
     if (m->tokens_delta)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: the adapter has trainable_token_indices; llama.cpp LoRA adapters "
-                          "cannot hold token rows: merge the adapter into the model instead", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: the adapter has trainable_token_indices; llama.cpp LoRA adapters "
+                          "cannot hold token rows: merge the adapter into the model instead",
+                          path);
     /* One adapter.lora.alpha for the file; llama.cpp scales each pair by
        alpha / (its rank, from lora_a's shape). A site whose own scale differs
        (rank_pattern, alpha_pattern, rsLoRA) gets lora_b multiplied by
@@ -7427,7 +7663,10 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
         for (int s = 0; s < PEFT_N_SITES; s++) {
             const peft_linear_site *S = &m->layers[l].lin[s];
             if (!S->lora_A) continue;
-            if (r < 0 || (scale == 0 && S->lora_scale != 0)) { r = (int)S->lora_A->shape[0]; scale = S->lora_scale; }
+            if (r < 0 || (scale == 0 && S->lora_scale != 0)) {
+                r = (int)S->lora_A->shape[0];
+                scale = S->lora_scale;
+            }
             n_t += 2;
         }
     if (!n_t) return peft__fail(PEFT_ERR_ARG, "%s: no LoRA tensors to export", path);
@@ -7469,9 +7708,14 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
             peft__balign(&b, 32);
             const peft_tensor *B = S->lora_B;
             int heads = s == PEFT_Q ? c->n_heads : s == PEFT_K ? c->n_kv_heads : 0, rk = (int)B->shape[1];
-            float f = scale != 0 && S->lora_scale * (float)rk != scale * (float)r ? S->lora_scale * (float)rk / (scale * (float)r) : 1;
+            float f = scale != 0 && S->lora_scale * (float)rk != scale * (float)r
+                          ? S->lora_scale * (float)rk / (scale * (float)r)
+                          : 1;
             float *row = (float *)PEFT_MALLOC(sizeof(float) * (size_t)rk);
-            if (!row) { b.failed = 1; break; }
+            if (!row) {
+                b.failed = 1;
+                break;
+            }
             /* q/k rows h·hd + half·hd/2 + i  →  h·hd + 2i + half (rotate_half → pairs) */
             int hd = c->head_dim, permute = heads && !c->rope_interleaved;
             for (int64_t o = 0; o < B->shape[0]; o++) {
@@ -7480,7 +7724,8 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
                     int64_t h = o / hd, i = (o % hd) / 2, half = o % 2;
                     src = h * hd + half * (hd / 2) + i;
                 }
-                for (int q = 0; q < rk; q++) row[q] = f == 1 ? B->data[src * rk + q] : f * B->data[src * rk + q];
+                for (int q = 0; q < rk; q++)
+                    row[q] = f == 1 ? B->data[src * rk + q] : f * B->data[src * rk + q];
                 peft__bput(&b, row, (size_t)rk * 4);
             }
             PEFT_FREE(row);

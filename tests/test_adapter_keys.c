@@ -5,10 +5,18 @@
    with the adapter name), and every other key refused by name. */
 #include "harness.h"
 
-static const struct { const char *name, *base; } ak_cases[] = {
-    { "ak_regex", "llama_gqa" }, { "ak_list_patterns", "llama_gqa" }, { "ak_exclude_regex_rslora", "llama_gqa" },
-    { "ak_layers_int", "llama_gqa" }, { "ak_modules_to_save", "llama_gqa" }, { "ak_lora_bias", "llama_gqa" },
-    { "ak_tokens", "llama_gqa" }, { "ak_tokens_tied", "llama_tied" }, { "ak_default_keys", "llama_gqa" },
+static const struct {
+    const char *name, *base;
+} ak_cases[] = {
+    { "ak_regex", "llama_gqa" },
+    { "ak_list_patterns", "llama_gqa" },
+    { "ak_exclude_regex_rslora", "llama_gqa" },
+    { "ak_layers_int", "llama_gqa" },
+    { "ak_modules_to_save", "llama_gqa" },
+    { "ak_lora_bias", "llama_gqa" },
+    { "ak_tokens", "llama_gqa" },
+    { "ak_tokens_tied", "llama_tied" },
+    { "ak_default_keys", "llama_gqa" },
 };
 
 /* The fixture's tokens (B = 2 rows) and PEFT's logits. */
@@ -33,7 +41,8 @@ static void ak_adapted(const peft_model *m, char *buf, size_t n) {
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
             if (m->layers[l].lin[s].lora_A && k < 64)
-                snprintf(names[k++], 96, "model.layers.%d.%s.%s", l, s <= PEFT_O ? "self_attn" : "mlp", peft_site_name(s));
+                snprintf(names[k++], 96, "model.layers.%d.%s.%s", l, s <= PEFT_O ? "self_attn" : "mlp",
+                         peft_site_name(s));
     qsort(names, k, 96, (int (*)(const void *, const void *))strcmp);
     buf[0] = 0;
     for (int i = 0; i < k; i++) {
@@ -65,7 +74,12 @@ TEST(test_adapter_keys_match_peft) {
         REQUIRE_OK(peft_model_load(&m, base));
         peft_status st = peft_adapter_load(m, dir);
         CHECK(st == PEFT_OK, "%s: %s", ak_cases[c].name, peft_last_error());
-        if (st != PEFT_OK) { peft_model_free(m); free(tok); free(want); continue; }
+        if (st != PEFT_OK) {
+            peft_model_free(m);
+            free(tok);
+            free(want);
+            continue;
+        }
         peft_graph *g = peft_graph_new();
         peft_tensor *lg = ak_forward(m, g, tok, B, T);
         REQUIRE(lg && lg->n == nl, "%s: forward %s", ak_cases[c].name, peft_last_error());
@@ -76,13 +90,16 @@ TEST(test_adapter_keys_match_peft) {
         snprintf(ref, sizeof ref, "%s/ref.safetensors", dir);
         if (strcmp(ak_cases[c].name, "ak_default_keys") != 0 && peft_st_open(&rs, ref) == PEFT_OK) {
             const char *meta = NULL;
-            for (int i = 0; i < rs.n_meta; i++) if (!strcmp(rs.meta_keys[i], "adapted")) meta = rs.meta_vals[i];
+            for (int i = 0; i < rs.n_meta; i++)
+                if (!strcmp(rs.meta_keys[i], "adapted")) meta = rs.meta_vals[i];
             ak_adapted(m, adapted, sizeof adapted);
-            CHECK(meta && !strcmp(meta, adapted), "%s: adapted %s, PEFT %s", ak_cases[c].name, adapted, meta ? meta : "?");
+            CHECK(meta && !strcmp(meta, adapted), "%s: adapted %s, PEFT %s", ak_cases[c].name, adapted,
+                  meta ? meta : "?");
             peft_st_close(&rs);
         }
-        CHECK(peft_model_trainable_count(m) == peft_method_param_count(&m->cfg, &m->method), "%s: %lld allocated, %lld counted",
-              ak_cases[c].name, (long long)peft_model_trainable_count(m), (long long)peft_method_param_count(&m->cfg, &m->method));
+        CHECK(peft_model_trainable_count(m) == peft_method_param_count(&m->cfg, &m->method),
+              "%s: %lld allocated, %lld counted", ak_cases[c].name, (long long)peft_model_trainable_count(m),
+              (long long)peft_method_param_count(&m->cfg, &m->method));
         /* saved by peft.h, loaded again */
         snprintf(out, sizeof out, "%s/%s_saved", th_tmpdir(), ak_cases[c].name);
         CHECK_OK(peft_adapter_save(m, out));
@@ -92,8 +109,8 @@ TEST(test_adapter_keys_match_peft) {
         if (st == PEFT_OK) {
             peft_graph *g2 = peft_graph_new();
             peft_tensor *l2 = ak_forward(m2, g2, tok, B, T);
-            CHECK(l2 && memcmp(l2->data, lg->data, sizeof(float) * nl) == 0, "%s: saved and reloaded logits differ",
-                  ak_cases[c].name);
+            CHECK(l2 && memcmp(l2->data, lg->data, sizeof(float) * nl) == 0,
+                  "%s: saved and reloaded logits differ", ak_cases[c].name);
             peft_graph_free(g2);
         }
         peft_model_free(m2);
@@ -103,23 +120,25 @@ TEST(test_adapter_keys_match_peft) {
         memcpy(embed0, m->embed->data, sizeof(float) * m->embed->n);
         st = peft_lora_merge(m);
         if (m->method.lora_bias) {
-            CHECK(st == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "lora_bias"), "%s: merge without a base bias: %s",
-                  ak_cases[c].name, peft_last_error());
+            CHECK(st == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "lora_bias"),
+                  "%s: merge without a base bias: %s", ak_cases[c].name, peft_last_error());
         } else {
             CHECK(st == PEFT_OK, "%s: merge: %s", ak_cases[c].name, peft_last_error());
             lg = ak_forward(m, g, tok, B, T);
             e = th_rel_err_f(lg->data, before, nl);
             CHECK(e < 1e-5, "%s: merged logits rel err %.3g", ak_cases[c].name, e);
             CHECK_OK(peft_lora_unmerge(m));
-            CHECK(memcmp(embed0, m->embed->data, sizeof(float) * m->embed->n) == 0, "%s: unmerge did not restore embed_tokens",
-                  ak_cases[c].name);
+            CHECK(memcmp(embed0, m->embed->data, sizeof(float) * m->embed->n) == 0,
+                  "%s: unmerge did not restore embed_tokens", ak_cases[c].name);
             lg = ak_forward(m, g, tok, B, T);
             CHECK(th_rel_err_f(lg->data, before, nl) < 1e-5, "%s: unmerged logits", ak_cases[c].name);
         }
-        free(before); free(embed0);
+        free(before);
+        free(embed0);
         peft_graph_free(g);
         peft_model_free(m);
-        free(tok); free(want);
+        free(tok);
+        free(want);
     }
 }
 
@@ -136,7 +155,9 @@ TEST(test_adapter_keys_module_names) {
     int n = 0;
     for (const peft_json *x = j->child; x; x = x->next, n++) {
         char cfg[600];
-        snprintf(cfg, sizeof cfg, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 2, \"target_modules\": [\"%s\"]}", x->string);
+        snprintf(cfg, sizeof cfg,
+                 "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 2, \"target_modules\": [\"%s\"]}",
+                 x->string);
         char dir[600];
         snprintf(dir, sizeof dir, "%s/ak_names", th_tmpdir());
         char cmd[1400];
@@ -151,13 +172,16 @@ TEST(test_adapter_keys_module_names) {
         peft_status st = peft_adapter_load(mm, dir);
         const char *last = strrchr(x->string, '.');
         int site = last && strstr(last, "_proj") != NULL;
-        if (site) CHECK(st == PEFT_ERR_IO || st == PEFT_ERR_FORMAT, "%s: selected, then the missing weights file: %s", x->string,
-                        peft_last_error());
-        else CHECK(st == PEFT_ERR_CONFIG && strstr(peft_last_error(), x->string), "%s: refused by name: %s", x->string,
-                   peft_last_error());
+        if (site)
+            CHECK(st == PEFT_ERR_IO || st == PEFT_ERR_FORMAT,
+                  "%s: selected, then the missing weights file: %s", x->string, peft_last_error());
+        else
+            CHECK(st == PEFT_ERR_CONFIG && strstr(peft_last_error(), x->string), "%s: refused by name: %s",
+                  x->string, peft_last_error());
         peft_model_free(mm);
     }
-    CHECK(n == 3 + 13 * m->cfg.n_layers + 3, "%d module names, peft.h enumerates %d", n, 3 + 13 * m->cfg.n_layers + 3);
+    CHECK(n == 3 + 13 * m->cfg.n_layers + 3, "%d module names, peft.h enumerates %d", n,
+          3 + 13 * m->cfg.n_layers + 3);
     peft_model_free(m);
     peft_json_free(j);
 }
@@ -171,9 +195,12 @@ static void ak_refused(const char *key, const char *value, peft_status want) {
     REQUIRE(system(cmd) == 0, "copy");
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     FILE *f = fopen(path, "w");
-    fprintf(f, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, "
-               "\"target_modules\": \".*layers.[0].self_attn.(q|v)_proj|model\\\\.layers\\\\.1\\\\.mlp\\\\.up_proj\", "
-               "\"%s\": %s}", key, value);
+    fprintf(f,
+            "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, "
+            "\"target_modules\": "
+            "\".*layers.[0].self_attn.(q|v)_proj|model\\\\.layers\\\\.1\\\\.mlp\\\\.up_proj\", "
+            "\"%s\": %s}",
+            key, value);
     fclose(f);
     peft_model *m;
     snprintf(src, sizeof src, "%s/llama_gqa", th_fixtures());
@@ -215,9 +242,9 @@ TEST(test_adapter_keys_refused_by_name) {
     ak_refused("modules_to_save", "[\"score\"]", PEFT_ERR_CONFIG);
     ak_refused("trainable_token_indices", "{\"lm_head\": [1]}", PEFT_ERR_UNSUPPORTED);
     ak_refused("trainable_token_indices", "[64]", PEFT_ERR_CONFIG);
-    ak_refused("layers_to_transform", "[0]", PEFT_ERR_CONFIG);     /* with a regex target_modules, as PEFT */
+    ak_refused("layers_to_transform", "[0]", PEFT_ERR_CONFIG); /* with a regex target_modules, as PEFT */
     ak_refused("rank_pattern", "{\"q_proj\": 0}", PEFT_ERR_CONFIG);
-    ak_refused("rank_pattern", "{\"(?=q)\": 2}", PEFT_ERR_UNSUPPORTED);  /* lookahead: refused, not guessed */
+    ak_refused("rank_pattern", "{\"(?=q)\": 2}", PEFT_ERR_UNSUPPORTED); /* lookahead: refused, not guessed */
     ak_refused("exclude_modules", "\"\\\\bq\"", PEFT_ERR_UNSUPPORTED);
     ak_refused("r", "\"4\"", PEFT_ERR_FORMAT);
     ak_refused("qalora_group_size", "0", PEFT_ERR_FORMAT);
@@ -227,13 +254,16 @@ TEST(test_adapter_keys_refused_by_name) {
 
 /* The matcher against Python's re.fullmatch (results as Python 3.11 gives them). */
 TEST(test_adapter_keys_regex) {
-    static const struct { const char *pat, *s; int want; } cases[] = {
+    static const struct {
+        const char *pat, *s;
+        int want;
+    } cases[] = {
         { ".*layers.[01].self_attn.q_proj", "model.layers.0.self_attn.q_proj", 1 },
         { ".*layers.[01].self_attn.q_proj", "model.layers.2.self_attn.q_proj", 0 },
         { ".*layers.[01].self_attn.q_proj", "model.layers.10.self_attn.q_proj", 0 },
         { "model.layers.0.mlp.up_proj", "model.layers.0.mlp.up_proj", 1 },
         { "model.layers.0.mlp.up_proj", "model.layers.0.mlp.up_proj2", 0 },
-        { "q_proj", "model.layers.0.self_attn.q_proj", 0 },                        /* fullmatch, not search */
+        { "q_proj", "model.layers.0.self_attn.q_proj", 0 }, /* fullmatch, not search */
         { "(.*\\.)?(q_proj)$", "model.layers.0.self_attn.q_proj", 1 },
         { ".*\\.(q|k|v)_proj", "model.layers.3.self_attn.k_proj", 1 },
         { ".*\\.(q|k|v)_proj", "model.layers.3.self_attn.o_proj", 0 },
@@ -242,17 +272,27 @@ TEST(test_adapter_keys_regex) {
         { "model\\.layers\\.[2-5]\\.self_attn\\.[^o]_proj", "model.layers.4.self_attn.v_proj", 1 },
         { "model\\.layers\\.[2-5]\\.self_attn\\.[^o]_proj", "model.layers.4.self_attn.o_proj", 0 },
         { "model\\.layers\\.[2-5]\\.self_attn\\.[^o]_proj", "model.layers.6.self_attn.v_proj", 0 },
-        { "a{2,3}b?", "aaab", 1 }, { "a{2,3}b?", "ab", 0 }, { "a{2,3}b?", "aaaa", 0 }, { "a{2}", "aa", 1 },
-        { "(?:ab)+c*?", "ababcc", 1 }, { "(ab)+", "aba", 0 }, { "^x$|y", "x", 1 }, { "^x$|y", "y", 1 },
-        { "[\\w.]+_proj", "model.layers.0.mlp.gate_proj", 1 }, { "\\D+", "ab1", 0 }, { "a|", "", 1 }, { "(a*)*b", "aaab", 1 },
+        { "a{2,3}b?", "aaab", 1 },
+        { "a{2,3}b?", "ab", 0 },
+        { "a{2,3}b?", "aaaa", 0 },
+        { "a{2}", "aa", 1 },
+        { "(?:ab)+c*?", "ababcc", 1 },
+        { "(ab)+", "aba", 0 },
+        { "^x$|y", "x", 1 },
+        { "^x$|y", "y", 1 },
+        { "[\\w.]+_proj", "model.layers.0.mlp.gate_proj", 1 },
+        { "\\D+", "ab1", 0 },
+        { "a|", "", 1 },
+        { "(a*)*b", "aaab", 1 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-        CHECK(peft_regex_fullmatch(cases[i].pat, cases[i].s) == cases[i].want, "re.fullmatch(%s, %s) should be %d: %s",
-              cases[i].pat, cases[i].s, cases[i].want, peft_last_error());
+        CHECK(peft_regex_fullmatch(cases[i].pat, cases[i].s) == cases[i].want,
+              "re.fullmatch(%s, %s) should be %d: %s", cases[i].pat, cases[i].s, cases[i].want,
+              peft_last_error());
     static const char *refused[] = { "(?=a)", "(?i)q_proj", "\\1", "a)", "(a", "*a", "a**", "[a", "\\bq" };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
-        CHECK(peft_regex_fullmatch(refused[i], "a") == -1 && strstr(peft_last_error(), refused[i]), "'%s' should be refused: %s",
-              refused[i], peft_last_error());
+        CHECK(peft_regex_fullmatch(refused[i], "a") == -1 && strstr(peft_last_error(), refused[i]),
+              "'%s' should be refused: %s", refused[i], peft_last_error());
 }
 
 /* GGUF: the per-site ranks and alphas of rank_pattern/alpha_pattern/rsLoRA
@@ -294,39 +334,56 @@ TEST(test_adapter_keys_gguf) {
     /* header: magic, version, n_tensors, n_kv; the kvs written by peft_adapter_export_gguf */
     size_t p = 8;
     uint64_t nt, nkv;
-    memcpy(&nt, buf + p, 8); memcpy(&nkv, buf + p + 8, 8);
+    memcpy(&nt, buf + p, 8);
+    memcpy(&nkv, buf + p + 8, 8);
     p += 16;
     float alpha = -1;
     for (uint64_t k = 0; k < nkv; k++) {
-        uint64_t kl; uint32_t type;
+        uint64_t kl;
+        uint32_t type;
         memcpy(&kl, buf + p, 8);
         char key[128];
         snprintf(key, sizeof key, "%.*s", (int)kl, buf + p + 8);
         p += 8 + kl;
         memcpy(&type, buf + p, 4);
         p += 4;
-        if (type == 8) { uint64_t vl; memcpy(&vl, buf + p, 8); p += 8 + vl; }
-        else { if (!strcmp(key, "adapter.lora.alpha")) memcpy(&alpha, buf + p, 4); p += 4; }
+        if (type == 8) {
+            uint64_t vl;
+            memcpy(&vl, buf + p, 8);
+            p += 8 + vl;
+        } else {
+            if (!strcmp(key, "adapter.lora.alpha")) memcpy(&alpha, buf + p, 4);
+            p += 4;
+        }
     }
     REQUIRE(alpha > 0, "adapter.lora.alpha");
-    struct { char name[96]; uint64_t ne0, ne1, off; } ti[64];
+    struct {
+        char name[96];
+        uint64_t ne0, ne1, off;
+    } ti[64];
     REQUIRE(nt <= 64, "tensor count");
     for (uint64_t k = 0; k < nt; k++) {
-        uint64_t nl; uint32_t nd, ty;
+        uint64_t nl;
+        uint32_t nd, ty;
         memcpy(&nl, buf + p, 8);
         snprintf(ti[k].name, sizeof ti[k].name, "%.*s", (int)nl, buf + p + 8);
         p += 8 + nl;
-        memcpy(&nd, buf + p, 4); memcpy(&ti[k].ne0, buf + p + 4, 8); memcpy(&ti[k].ne1, buf + p + 12, 8);
-        memcpy(&ty, buf + p + 20, 4); memcpy(&ti[k].off, buf + p + 24, 8);
+        memcpy(&nd, buf + p, 4);
+        memcpy(&ti[k].ne0, buf + p + 4, 8);
+        memcpy(&ti[k].ne1, buf + p + 12, 8);
+        memcpy(&ty, buf + p + 20, 4);
+        memcpy(&ti[k].off, buf + p + 24, 8);
         p += 32;
     }
     size_t data = (p + 31) / 32 * 32;
-    static const char *gg[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+    static const char *gg[PEFT_N_SITES] = { "attn_q",   "attn_k", "attn_v",  "attn_output",
+                                            "ffn_gate", "ffn_up", "ffn_down" };
     int checked = 0;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             peft_linear_site *S = &m->layers[l].lin[s];
-            if (!S->lora_A || s == PEFT_Q || s == PEFT_K) continue;   /* q/k rows are RoPE-permuted: compared elsewhere */
+            if (!S->lora_A || s == PEFT_Q || s == PEFT_K)
+                continue; /* q/k rows are RoPE-permuted: compared elsewhere */
             char na[96], nb[96];
             snprintf(na, sizeof na, "blk.%d.%s.weight.lora_a", l, gg[s]);
             snprintf(nb, sizeof nb, "blk.%d.%s.weight.lora_b", l, gg[s]);
@@ -344,7 +401,8 @@ TEST(test_adapter_keys_gguf) {
                 err = fmax(err, fabs(got - want));
                 mx = fmax(mx, fabs(want));
             }
-            CHECK(err <= 1e-6 * mx, "%s: llama.cpp's alpha/r·lora_b differs from s·B by %.3g (rel)", nb, err / mx);
+            CHECK(err <= 1e-6 * mx, "%s: llama.cpp's alpha/r·lora_b differs from s·B by %.3g (rel)", nb,
+                  err / mx);
             checked++;
         }
     CHECK(checked == 3, "%d sites checked", checked);
@@ -388,9 +446,12 @@ TEST(test_adapter_keys_cli_train) {
     snprintf(l1, sizeof l1, "%s/ak_l1.f32", th_tmpdir());
     snprintf(l2, sizeof l2, "%s/ak_l2.f32", th_tmpdir());
     snprintf(gguf, sizeof gguf, "%s/ak.gguf", th_tmpdir());
-    CHECK(ak_run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
-                 "--lora-targets model.layers.0.self_attn.q_proj,model.layers.1.mlp.up_proj --modules-to-save lm_head --out %s",
-                 th_fixtures(), data, adir) == 0, "train: %s", out);
+    CHECK(ak_run(out, sizeof out,
+                 "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+                 "--lora-targets model.layers.0.self_attn.q_proj,model.layers.1.mlp.up_proj "
+                 "--modules-to-save lm_head --out %s",
+                 th_fixtures(), data, adir) == 0,
+          "train: %s", out);
     peft_safetensors st;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", adir);
     REQUIRE_OK(peft_st_open(&st, path));
@@ -407,24 +468,37 @@ TEST(test_adapter_keys_cli_train) {
     }
     peft_st_close(&st);
     CHECK_OK(peft_adapter_load(m, adir));
-    CHECK(m->layers[0].lin[PEFT_Q].lora_A && !m->layers[1].lin[PEFT_Q].lora_A && m->layers[1].lin[PEFT_UP].lora_A &&
-          !m->layers[0].lin[PEFT_UP].lora_A && m->save_head, "the saved adapter's sites");
+    CHECK(m->layers[0].lin[PEFT_Q].lora_A && !m->layers[1].lin[PEFT_Q].lora_A &&
+              m->layers[1].lin[PEFT_UP].lora_A && !m->layers[0].lin[PEFT_UP].lora_A && m->save_head,
+          "the saved adapter's sites");
     peft_model_free(m);
-    CHECK(ak_run(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s", th_fixtures(), adir, l1) == 0,
+    CHECK(ak_run(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s",
+                 th_fixtures(), adir, l1) == 0,
           "logits: %s", out);
-    CHECK(ak_run(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir, mdir) == 0, "merge: %s", out);
-    CHECK(ak_run(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0, "logits merged: %s", out);
+    CHECK(ak_run(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir,
+                 mdir) == 0,
+          "merge: %s", out);
+    CHECK(ak_run(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0,
+          "logits merged: %s", out);
     unsigned char *d1, *d2;
     size_t n1, n2;
     if (peft_read_file(l1, &d1, &n1) == PEFT_OK && peft_read_file(l2, &d2, &n2) == PEFT_OK) {
-        CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5, "merged logits differ");
-        free(d1); free(d2);
-    } else CHECK(0, "logits files missing");
-    CHECK(ak_run(out, sizeof out, "export --model %s/llama_mha --adapter %s --format gguf --out %s", th_fixtures(), adir, gguf) == 1 &&
-          strstr(out, "modules_to_save"), "gguf export: %s", out);
+        CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5,
+              "merged logits differ");
+        free(d1);
+        free(d2);
+    } else
+        CHECK(0, "logits files missing");
+    CHECK(ak_run(out, sizeof out, "export --model %s/llama_mha --adapter %s --format gguf --out %s",
+                 th_fixtures(), adir, gguf) == 1 &&
+              strstr(out, "modules_to_save"),
+          "gguf export: %s", out);
     snprintf(adir, sizeof adir, "%s/ak_cli_bias", th_tmpdir());
-    CHECK(ak_run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
-                 "--lora-bias 1 --out %s", th_fixtures(), data, adir) == 0, "train lora-bias: %s", out);
+    CHECK(ak_run(out, sizeof out,
+                 "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+                 "--lora-bias 1 --out %s",
+                 th_fixtures(), data, adir) == 0,
+          "train lora-bias: %s", out);
     snprintf(path, sizeof path, "%s/llama_mha", th_fixtures());
     REQUIRE_OK(peft_model_load(&m, path));
     CHECK_OK(peft_adapter_load(m, adir));
