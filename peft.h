@@ -405,7 +405,8 @@ typedef struct {
     float    lora_site_alpha[PEFT_MAX_LAYERS][PEFT_N_SITES];
     int      lora_bias;              /* PEFT lora_bias: lora_B has a bias [out], scaled like B·A */
     unsigned modules_to_save;        /* PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD: trained full copies */
-    int      n_trainable_tokens;     /* PEFT trainable_token_indices: embed_tokens rows replaced */
+    int      n_trainable_tokens;     /* PEFT trainable_token_indices: embed_tokens rows replaced
+                                        (loaded, applied, merged and saved; not trained) */
     int      trainable_tokens[PEFT_MAX_TRAINABLE_TOKENS];
     /* LLaMA-Adapter V1 / V2 */
     int      adapter_len, adapter_layers;  /* K prompts in the top L layers        */
@@ -7670,6 +7671,9 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
             n_t += 2;
         }
     if (!n_t) return peft__fail(PEFT_ERR_ARG, "%s: no LoRA tensors to export", path);
+    if (scale == 0)                            /* llama.cpp reads adapter.lora.alpha 0 as "scale 1" */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: every LoRA scale is 0 (lora_alpha 0), which a GGUF adapter "
+                          "cannot express", path);
     peft__buf b = { 0 };
     peft__bput(&b, "GGUF", 4);
     peft__bu32(&b, 3);

@@ -508,3 +508,62 @@ TEST(test_adapter_keys_cli_train) {
     CHECK(b && mx > 0, "lora_B.bias was not trained");
     peft_model_free(m);
 }
+
+/* ak_modules_to_save's tensors with one key renamed (or one more tensor) by
+   rename(); the load must fail naming what is wrong. */
+static void ak_tensor_case(const char *from, const char *to, const char *want) {
+    char src[600], dir[600], path[700], cmd[2000];
+    snprintf(src, sizeof src, "%s/ak_modules_to_save", th_fixtures());
+    snprintf(dir, sizeof dir, "%s/ak_tensors", th_tmpdir());
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", dir, src, dir);
+    REQUIRE(system(cmd) == 0, "copy");
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", src);
+    peft_safetensors st;
+    REQUIRE_OK(peft_st_open(&st, path));
+    peft_st_write_item items[64];
+    char names[64][200];
+    float *bufs[64];
+    int n = 0;
+    for (int i = 0; i < st.n && n < 63; i++, n++) {
+        const peft_st_entry *e = &st.entries[i];
+        snprintf(names[n], sizeof names[n], "%s", strcmp(e->name, from) ? e->name : to);
+        int64_t cnt = 1;
+        for (int d = 0; d < e->ndim; d++) cnt *= e->shape[d];
+        bufs[n] = malloc(sizeof(float) * cnt);
+        REQUIRE_OK(peft_st_read_f32(&st, e, bufs[n], cnt));
+        items[n].name = names[n];
+        items[n].dtype = PEFT_DT_F32;
+        items[n].ndim = e->ndim;
+        memcpy(items[n].shape, e->shape, sizeof e->shape);
+        items[n].data = bufs[n];
+    }
+    if (!from[0]) { /* one tensor more: a copy of the first under a new name */
+        items[n] = items[0];
+        snprintf(names[n], sizeof names[n], "%s", to);
+        items[n].name = names[n];
+        bufs[n++] = NULL;
+    }
+    peft_st_close(&st);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    REQUIRE_OK(peft_st_write(path, items, n, NULL, 0));
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    peft_model *m;
+    snprintf(path, sizeof path, "%s/llama_gqa", th_fixtures());
+    REQUIRE_OK(peft_model_load(&m, path));
+    peft_status s = peft_adapter_load(m, dir);
+    CHECK(s != PEFT_OK && strstr(peft_last_error(), want) && strstr(peft_last_error(), "adapter_model.safetensors"),
+          "%s -> %s: %s", from, to, peft_last_error());
+    peft_model_free(m);
+}
+
+/* Tensor keys: PEFT 0.21 needs modules_to_save copies as base_model.model.<module>.weight
+   (with ".modules_to_save.default." it raises KeyError, checked with peft 0.21.2), loads
+   LoRA keys with the "default" adapter name (ak_default_keys) but not another name, and a
+   tensor no setting accounts for is refused by name. */
+TEST(test_adapter_keys_tensor_names) {
+    ak_tensor_case("base_model.model.lm_head.weight", "base_model.model.lm_head.modules_to_save.default.weight",
+                   "base_model.model.lm_head.weight");
+    ak_tensor_case("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                   "base_model.model.model.layers.0.self_attn.q_proj.lora_A.other.weight", "q_proj.lora_A");
+    ak_tensor_case("", "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", "k_proj.lora_A");
+}
