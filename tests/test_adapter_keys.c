@@ -85,6 +85,37 @@ TEST(test_adapter_keys_match_peft) {
         REQUIRE(lg && lg->n == nl, "%s: forward %s", ak_cases[c].name, peft_last_error());
         double e = th_rel_err_f(lg->data, want, nl);
         CHECK(e < 1e-5, "%s: logits rel err %.3g vs PEFT", ak_cases[c].name, e);
+        /* the loss (labels = the ids, shifted as transformers shifts them) and every gradient */
+        int *tgt = malloc(sizeof(int) * B * T);
+        for (int i = 0; i < B * T; i++) tgt[i] = i % T + 1 < T ? tok[i + 1] : -100;
+        float *loss;
+        long n1;
+        snprintf(ref, sizeof ref, "%s/ref.safetensors", dir);
+        REQUIRE(th_read_ref(ref, "loss", &loss, &n1), "%s: loss", ak_cases[c].name);
+        peft_tensor *L = peft_cross_entropy(g, lg, tgt);
+        REQUIRE(L, "%s: loss %s", ak_cases[c].name, peft_last_error());
+        CHECK(fabs(L->data[0] - loss[0]) < 1e-5 * loss[0], "%s: loss %.7f vs PEFT %.7f", ak_cases[c].name,
+              L->data[0], loss[0]);
+        REQUIRE_OK(peft_backward(g, L));
+        int n_grads = 0;
+        for (int i = 0; i < m->n_extra; i++) {
+            char key[300];
+            float *gr;
+            long ng;
+            if (!m->extra[i]->requires_grad) continue; /* trainable_tokens_delta: loaded, not trained */
+            snprintf(key, sizeof key, "grad.%s", m->extra[i]->name);
+            if (!th_read_ref(ref, key, &gr, &ng) || ng != m->extra[i]->n) {
+                CHECK(0, "%s: no reference gradient for %s", ak_cases[c].name, key);
+                continue;
+            }
+            double ge = th_rel_err_f(m->extra[i]->grad, gr, ng);
+            CHECK(ge < 1e-4, "%s: gradient of %s rel err %.3g", ak_cases[c].name, m->extra[i]->name, ge);
+            n_grads++;
+            free(gr);
+        }
+        CHECK(n_grads >= 2, "%s: %d gradients compared", ak_cases[c].name, n_grads);
+        free(tgt);
+        free(loss);
         /* the adapted modules PEFT reported */
         peft_safetensors rs;
         snprintf(ref, sizeof ref, "%s/ref.safetensors", dir);
@@ -551,7 +582,8 @@ static void ak_tensor_case(const char *from, const char *to, const char *want) {
     snprintf(path, sizeof path, "%s/llama_gqa", th_fixtures());
     REQUIRE_OK(peft_model_load(&m, path));
     peft_status s = peft_adapter_load(m, dir);
-    CHECK(s != PEFT_OK && strstr(peft_last_error(), want) && strstr(peft_last_error(), "adapter_model.safetensors"),
+    CHECK(s != PEFT_OK && strstr(peft_last_error(), want) &&
+              strstr(peft_last_error(), "adapter_model.safetensors"),
           "%s -> %s: %s", from, to, peft_last_error());
     peft_model_free(m);
 }
@@ -561,7 +593,8 @@ static void ak_tensor_case(const char *from, const char *to, const char *want) {
    LoRA keys with the "default" adapter name (ak_default_keys) but not another name, and a
    tensor no setting accounts for is refused by name. */
 TEST(test_adapter_keys_tensor_names) {
-    ak_tensor_case("base_model.model.lm_head.weight", "base_model.model.lm_head.modules_to_save.default.weight",
+    ak_tensor_case("base_model.model.lm_head.weight",
+                   "base_model.model.lm_head.modules_to_save.default.weight",
                    "base_model.model.lm_head.weight");
     ak_tensor_case("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
                    "base_model.model.model.layers.0.self_attn.q_proj.lora_A.other.weight", "q_proj.lora_A");

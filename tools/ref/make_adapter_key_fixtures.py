@@ -8,7 +8,8 @@ trainable_token_indices) to the tiny fixture models written by
 make_llama_fixtures.py, sets every adapter tensor non-zero, saves the adapter
 with save_pretrained, reloads it with PeftModel.from_pretrained (so that what
 is recorded is what PEFT makes of the files) and records PEFT's logits on the
-base fixture's token ids in ref.safetensors, plus the adapted module names.
+base fixture's token ids in ref.safetensors, with the loss (labels = the ids)
+and the gradient of every trainable tensor, plus the adapted module names.
 
 ak_default_keys is ak_list_patterns with the adapter name kept in the LoRA
 tensor keys ("lora_A.default.weight"): PEFT 0.21 loads such keys as they are;
@@ -55,6 +56,7 @@ def perturb(model, seed):
 def run(name, base, cfg, seed):
     out = os.path.join(FIX, name)
     shutil.rmtree(out, ignore_errors=True)
+    torch.manual_seed(seed)                      # lora_A's init
     model = get_peft_model(base_model(base), cfg)
     perturb(model, seed)
     model.save_pretrained(out)
@@ -64,10 +66,16 @@ def run(name, base, cfg, seed):
     tok = tokens(base)
     with torch.no_grad():
         logits = loaded(input_ids=tok).logits.float().contiguous()
-        direct = model(input_ids=tok).logits.float()
-    assert torch.allclose(logits, direct, atol=1e-6), name
+    # the loss and the gradient of every trainable tensor, on the model that wrote the files
+    model.zero_grad()
+    res = model(input_ids=tok, labels=tok)
+    res.loss.backward()
+    assert torch.allclose(logits, res.logits.detach().float(), atol=1e-6), name
+    grads = {"grad." + n.replace(".modules_to_save.default", "").replace(".default", ""): p.grad.detach().float().contiguous()
+             for n, p in model.named_parameters() if p.requires_grad}
     adapted = sorted(n for n, mod in loaded.base_model.model.named_modules() if hasattr(mod, "lora_A") and len(mod.lora_A))
-    save_file({"tokens": tok.float(), "logits": logits}, os.path.join(out, "ref.safetensors"),
+    save_file({"tokens": tok.float(), "logits": logits, "loss": res.loss.detach().reshape(1), **grads},
+              os.path.join(out, "ref.safetensors"),
               metadata={"peft": peft.__version__, "transformers": transformers.__version__,
                         "adapted": json.dumps(adapted)})
     print(f"{name}: {len(adapted)} adapted modules, files {sorted(os.listdir(out))}")
