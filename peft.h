@@ -254,6 +254,9 @@ PEFTDEF peft_tensor *peft_tensor_2d(peft_graph *g, int64_t rows, int64_t cols);
    records its backward on the tape. Shapes: rows are tokens (B*T). */
 PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *table, const int *ids, int n);
 PEFTDEF peft_tensor *peft_linear(peft_graph *g, peft_tensor *x, peft_tensor *w);
+/* E [V, D] with row idx[i] replaced by row i of R [n, D] (PEFT's trainable
+   tokens: index_copy); the indices must be distinct and below V. */
+PEFTDEF peft_tensor *peft_replace_rows(peft_graph *g, peft_tensor *E, peft_tensor *R, const int *idx, int n);
 PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w, float eps);
 typedef struct {
     int head_dim, rot_dim, interleaved;
@@ -405,8 +408,7 @@ typedef struct {
     float    lora_site_alpha[PEFT_MAX_LAYERS][PEFT_N_SITES];
     int      lora_bias;              /* PEFT lora_bias: lora_B has a bias [out], scaled like B·A */
     unsigned modules_to_save;        /* PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD: trained full copies */
-    int      n_trainable_tokens;     /* PEFT trainable_token_indices: embed_tokens rows replaced
-                                        (loaded, applied, merged and saved; not trained) */
+    int      n_trainable_tokens;     /* PEFT trainable_token_indices: embed_tokens rows replaced */
     int      trainable_tokens[PEFT_MAX_TRAINABLE_TOKENS];
     /* LLaMA-Adapter V1 / V2 */
     int      adapter_len, adapter_layers;  /* K prompts in the top L layers        */
@@ -427,7 +429,7 @@ PEFTDEF peft_status peft_method_parse(const char *name, peft_method_kind *kind);
    "kaiming"|"gaussian", lora_layers "0,1,5" | "all", adapter_len,
    adapter_layers, adapter_gate "head"|"peft", fusion_layers, fusion_dim,
    excitor_len, excitor_rank, excitor_layers, seed, modules_to_save
-   "lm_head,embed_tokens" | "none", lora_bias). */
+   "lm_head,embed_tokens" | "none", lora_bias, trainable_tokens "3,7" | "none"). */
 PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char *value);
 /* Trainable parameters the method would add to a model of this config,
    without allocating anything (full fine-tuning: every parameter). */
@@ -449,6 +451,8 @@ typedef struct peft_model {
     peft_tensor *save_embed, *save_head;   /* modules_to_save copies (NULL: none) */
     peft_tensor *tokens_delta;             /* trainable_token_indices: new rows [n, dim] */
     peft_tensor *tokens_table;             /* embed with those rows replaced (frozen) */
+    peft_tensor *tokens_step;              /* the table of the last forward (an op output when
+                                              the delta trains), for a tied lm_head */
     int          training;                 /* dropout on                     */
     int          checkpointing;            /* keep block inputs only, recompute in backward */
     struct peft_graph *recompute;          /* scratch tape for that recompute */
@@ -2293,6 +2297,50 @@ PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *E, const int *id
     return y;
 }
 
+/* ---- replaced rows -------------------------------------------------------------
+   T = E;  T[idx[i]] = R[i]
+   dE[r] += dT[r] for the rows r not replaced;  dR[i] += dT[idx[i]]          */
+static void peft__replace_rows_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *E = n->in[0], *R = n->in[1];
+    int64_t V = E->shape[0], D = peft__cols(E);
+    const float *dT = n->out->grad;
+    if (E->requires_grad)
+        for (int64_t r = 0; r < V; r++) {
+            int replaced = 0;
+            for (int i = 0; i < n->i[0] && !replaced; i++) replaced = n->ids[i] == r;
+            if (replaced) continue;
+            for (int64_t j = 0; j < D; j++) E->grad[r * D + j] += dT[r * D + j];
+        }
+    if (R->requires_grad)
+        for (int i = 0; i < n->i[0]; i++)
+            for (int64_t j = 0; j < D; j++) R->grad[(int64_t)i * D + j] += dT[(int64_t)n->ids[i] * D + j];
+}
+PEFTDEF peft_tensor *peft_replace_rows(peft_graph *g, peft_tensor *E, peft_tensor *R, const int *idx, int n) {
+    if (!peft__ok(g, E, R) || !idx) return NULL;
+    int64_t V = E->shape[0], D = peft__cols(E);
+    if (E->ndim != 2 || R->ndim != 2 || R->shape[0] != n || peft__cols(R) != D)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "replace_rows: R must be [n, D] for E [V, D]");
+    for (int i = 0; i < n; i++) {
+        if (idx[i] < 0 || idx[i] >= V)
+            return peft__op_fail(g, PEFT_ERR_ARG, "replace_rows: row index out of range");
+        for (int k = 0; k < i; k++)
+            if (idx[k] == idx[i])
+                return peft__op_fail(g, PEFT_ERR_ARG, "replace_rows: a row index is repeated");
+    }
+    peft_tensor *T = peft__like(g, E);
+    if (!T) return NULL;
+    memcpy(T->data, E->data, sizeof(float) * (size_t)E->n);
+    for (int i = 0; i < n; i++)
+        memcpy(T->data + (size_t)idx[i] * D, R->data + (size_t)i * D, sizeof(float) * (size_t)D);
+    peft__node *nd = peft__record(g, peft__replace_rows_bw, T, E, R, NULL, NULL);
+    if (nd) {
+        nd->i[0] = n;
+        nd->ids = peft__save_ids(g, idx, n);
+    }
+    return T;
+}
+
 /* ---- linear ----------------------------------------------------------------
    y = x · Wᵀ                      x [N, in], W [out, in], y [N, out]
    dx += dy · W ;  dW += dyᵀ · x   (dW only for a trainable W)              */
@@ -3950,14 +3998,34 @@ static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_
 /* The input and output embeddings the forward uses: a modules_to_save copy, the
    table with trainable tokens' rows, or the base (also once merged: merging
    moves the copies into the base tensors). */
-static peft_tensor *peft__embed_table(const peft_model *m) {
+/* Trainable tokens: with gradients on and the delta trainable, a
+   peft_replace_rows output, through which the delta's gradient flows back
+   (from the embedding and from a tied lm_head); otherwise tokens_table with
+   the delta's current rows copied in (a few rows, not the whole table). */
+static peft_tensor *peft__tokens_table(peft_model *m, peft_graph *g) {
+    const peft_method *x = &m->method;
+    int64_t D = m->cfg.dim;
+    if (g->grad_enabled && m->tokens_delta->requires_grad)
+        m->tokens_step =
+            peft_replace_rows(g, m->embed, m->tokens_delta, x->trainable_tokens, x->n_trainable_tokens);
+    else {
+        for (int i = 0; i < x->n_trainable_tokens; i++)
+            memcpy(m->tokens_table->data + (size_t)x->trainable_tokens[i] * D,
+                   m->tokens_delta->data + (size_t)i * D, sizeof(float) * (size_t)D);
+        m->tokens_step = m->tokens_table;
+    }
+    return m->tokens_step;
+}
+static peft_tensor *peft__embed_table(peft_model *m, peft_graph *g) {
+    m->tokens_step = NULL;
     if (m->lora_merged) return m->embed;
-    return m->save_embed ? m->save_embed : m->tokens_table ? m->tokens_table : m->embed;
+    if (m->save_embed) return m->save_embed;
+    return m->tokens_delta ? peft__tokens_table(m, g) : m->embed;
 }
 static peft_tensor *peft__head_table(const peft_model *m) {
     if (m->lora_merged) return m->lm_head;
     if (m->save_head) return m->save_head;
-    return m->tokens_table && m->cfg.tie_embeddings ? m->tokens_table : m->lm_head;
+    return m->tokens_step && m->cfg.tie_embeddings ? m->tokens_step : m->lm_head;
 }
 
 static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
@@ -3970,7 +4038,7 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
                        tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, peft__embed_table(m), tokens, B * T);
+    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers; l++)
         x = m->checkpointing && g->grad_enabled ? peft__block_checkpointed(m, g, &m->layers[l], x, B, T)
                                                 : peft__block(m, g, &m->layers[l], x, B, T);
@@ -3978,7 +4046,8 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
 }
 
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
-    return peft_linear(g, peft__model_hidden(m, g, tokens, B, T), peft__head_table(m));
+    peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
+    return peft_linear(g, h, peft__head_table(m));
 }
 
 /* ---- forward with a KV cache ------------------------------------------------------
@@ -4151,7 +4220,7 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
             peft__fail(PEFT_ERR_ARG, "token id %d at position %d is outside the vocabulary (size %d)", tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, peft__embed_table(m), tokens, B * T);
+    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers && x; l++) x = peft__block_cached(m, g, c, l, x, B, T);
     if (!x) return NULL;
     for (int b = 0; b < B; b++) c->len[b] += T;
@@ -4163,7 +4232,8 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T) {
     /* the fused classifier + loss: the [B·T, vocab] logits are never stored */
-    return peft_linear_cross_entropy(g, peft__model_hidden(m, g, tokens, B, T), peft__head_table(m), targets);
+    peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
+    return peft_linear_cross_entropy(g, h, peft__head_table(m), targets);
 }
 
 /* ============================================================================
@@ -4671,6 +4741,26 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
     }
     if (strcmp(key, "seed") == 0) { if (!is_num || d < 0) return peft__fail(PEFT_ERR_CONFIG, "seed must be a non-negative integer"); m->seed = (uint64_t)d; return PEFT_OK; }
     if (strcmp(key, "lora_targets") == 0) return peft__parse_targets(v, m);
+    if (strcmp(key, "trainable_tokens") == 0) {
+        int n = 0;
+        char buf[4096];
+        if (strlen(v) >= sizeof buf) return peft__fail(PEFT_ERR_CONFIG, "trainable_tokens: list too long");
+        snprintf(buf, sizeof buf, "%s", v);
+        for (char *tok = strtok(buf, ", "); tok && strcmp(tok, "none") != 0; tok = strtok(NULL, ", ")) {
+            char *e;
+            long id = strtol(tok, &e, 10);
+            if (e == tok || *e || id < 0 || id > INT32_MAX || n == PEFT_MAX_TRAINABLE_TOKENS)
+                return peft__fail(PEFT_ERR_CONFIG,
+                                  "trainable_tokens: '%s' is not a token id (at most %d of them)", tok,
+                                  PEFT_MAX_TRAINABLE_TOKENS);
+            for (int i = 0; i < n; i++)
+                if (m->trainable_tokens[i] == id)
+                    return peft__fail(PEFT_ERR_CONFIG, "trainable_tokens: token %ld is listed twice", id);
+            m->trainable_tokens[n++] = (int)id;
+        }
+        m->n_trainable_tokens = n;
+        return PEFT_OK;
+    }
     if (strcmp(key, "modules_to_save") == 0) {
         unsigned mts = 0;
         char buf[256];
@@ -4754,7 +4844,8 @@ PEFTDEF int64_t peft_method_param_count(const peft_config *c, const peft_method 
                 peft__site_dims(c, s, &in, &out);
                 n += (int64_t)r * (in + out) + (m->lora_bias ? out : 0);
             }
-        /* modules_to_save: a full copy each (trainable_tokens rows are loaded, not trained) */
+        /* modules_to_save: a full copy each; trainable tokens: their rows */
+        n += (int64_t)m->n_trainable_tokens * D;
         if (m->modules_to_save & PEFT_SAVE_EMBED) n += (int64_t)c->vocab_size * D;
         if (m->modules_to_save & PEFT_SAVE_LM_HEAD) n += (int64_t)c->vocab_size * D;
         return n;
@@ -4901,6 +4992,8 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
     }
     /* modules_to_save: trainable copies of the base tensors (PEFT's ModulesToSaveWrapper) */
     int64_t se[2] = { c->vocab_size, c->dim };
+    if ((cfg->modules_to_save & PEFT_SAVE_EMBED) && cfg->n_trainable_tokens)
+        return peft__fail(PEFT_ERR_CONFIG, "embed_tokens is both in modules_to_save and trainable tokens");
     if (cfg->modules_to_save && c->tie_embeddings)
         return peft__fail(PEFT_ERR_UNSUPPORTED,
                           "modules_to_save: the model ties lm_head to embed_tokens; a trained "
@@ -4916,8 +5009,7 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
         memcpy(m->save_head->data, m->lm_head->data, sizeof(float) * (size_t)m->lm_head->n);
     }
     /* trainable_token_indices: rows of embed_tokens (and of a tied lm_head) replaced by
-       the delta's rows, which start as copies of them (PEFT's TrainableTokensLayer).
-       They are loaded and applied, not trained: the delta is frozen. */
+       the delta's rows, which start as copies of them (PEFT's TrainableTokensLayer) */
     if (cfg->n_trainable_tokens) {
         int64_t sd[2] = { cfg->n_trainable_tokens, c->dim };
         for (int i = 0; i < cfg->n_trainable_tokens; i++)
@@ -4930,7 +5022,6 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
         m->tokens_table = peft_param_new("trainable_tokens_table", 2, se);
         if (!m->tokens_delta || !m->tokens_table)
             return peft__fail(PEFT_ERR_NOMEM, "no memory for trainable tokens");
-        peft_param_set_trainable(m->tokens_delta, 0);
         for (int i = 0; i < cfg->n_trainable_tokens; i++)
             memcpy(m->tokens_delta->data + (size_t)i * c->dim,
                    m->embed->data + (size_t)cfg->trainable_tokens[i] * c->dim,
@@ -7469,6 +7560,11 @@ static peft_status peft__lora_from_json(const peft_json *j, const char *path, co
                 return peft__fail(PEFT_ERR_CONFIG,
                                   "%s: trainable_token_indices: %g is not a token id below %d", path,
                                   x->number, c->vocab_size);
+            for (int i = 0; i < out->n_trainable_tokens; i++)
+                if (out->trainable_tokens[i] == (int)x->number)
+                    return peft__fail(PEFT_ERR_CONFIG,
+                                      "%s: trainable_token_indices: token %d is listed twice", path,
+                                      (int)x->number);
             out->trainable_tokens[out->n_trainable_tokens++] = (int)x->number;
         }
     }
@@ -7672,8 +7768,8 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
         }
     if (!n_t) return peft__fail(PEFT_ERR_ARG, "%s: no LoRA tensors to export", path);
     if (scale == 0)                            /* llama.cpp reads adapter.lora.alpha 0 as "scale 1" */
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: every LoRA scale is 0 (lora_alpha 0), which a GGUF adapter "
-                          "cannot express", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: every LoRA scale is 0 (lora_alpha 0), which a GGUF adapter cannot express", path);
     peft__buf b = { 0 };
     peft__bput(&b, "GGUF", 4);
     peft__bu32(&b, 3);

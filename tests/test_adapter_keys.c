@@ -85,6 +85,13 @@ TEST(test_adapter_keys_match_peft) {
         REQUIRE(lg && lg->n == nl, "%s: forward %s", ak_cases[c].name, peft_last_error());
         double e = th_rel_err_f(lg->data, want, nl);
         CHECK(e < 1e-5, "%s: logits rel err %.3g vs PEFT", ak_cases[c].name, e);
+        /* without gradients (generation's path: the trainable tokens' table is not an op) */
+        peft_graph *g0 = peft_graph_new();
+        peft_graph_set_grad(g0, 0);
+        peft_tensor *l0 = peft_model_forward(m, g0, tok, B, T);
+        CHECK(l0 && memcmp(l0->data, lg->data, sizeof(float) * nl) == 0,
+              "%s: logits without gradients differ", ak_cases[c].name);
+        peft_graph_free(g0);
         /* the loss (labels = the ids, shifted as transformers shifts them) and every gradient */
         int *tgt = malloc(sizeof(int) * B * T);
         for (int i = 0; i < B * T; i++) tgt[i] = i % T + 1 < T ? tok[i + 1] : -100;
@@ -182,7 +189,8 @@ TEST(test_adapter_keys_module_names) {
     peft_model *m;
     snprintf(path, sizeof path, "%s/llama_gqa", th_fixtures());
     REQUIRE_OK(peft_model_load(&m, path));
-    /* every listed module selected by an exact list entry: only block linears load, the rest are refused by name */
+    /* every listed module selected by an exact list entry: only block linears load, the rest
+       are refused by name */
     int n = 0;
     for (const peft_json *x = j->child; x; x = x->next, n++) {
         char cfg[600];
@@ -273,6 +281,7 @@ TEST(test_adapter_keys_refused_by_name) {
     ak_refused("modules_to_save", "[\"score\"]", PEFT_ERR_CONFIG);
     ak_refused("trainable_token_indices", "{\"lm_head\": [1]}", PEFT_ERR_UNSUPPORTED);
     ak_refused("trainable_token_indices", "[64]", PEFT_ERR_CONFIG);
+    ak_refused("trainable_token_indices", "[3, 3]", PEFT_ERR_CONFIG);
     ak_refused("layers_to_transform", "[0]", PEFT_ERR_CONFIG); /* with a regex target_modules, as PEFT */
     ak_refused("rank_pattern", "{\"q_proj\": 0}", PEFT_ERR_CONFIG);
     ak_refused("rank_pattern", "{\"(?=q)\": 2}", PEFT_ERR_UNSUPPORTED); /* lookahead: refused, not guessed */
@@ -538,6 +547,21 @@ TEST(test_adapter_keys_cli_train) {
     for (int64_t j = 0; b && j < b->n; j++) mx = fmax(mx, fabs(b->data[j]));
     CHECK(b && mx > 0, "lora_B.bias was not trained");
     peft_model_free(m);
+    /* --trainable-tokens on a tied model: the rows move (through the embedding and the tied head) */
+    snprintf(adir, sizeof adir, "%s/ak_cli_tokens", th_tmpdir());
+    CHECK(ak_run(out, sizeof out,
+                 "train --model %s/llama_tied --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+                 "--trainable-tokens 0,7 --out %s",
+                 th_fixtures(), data, adir) == 0,
+          "train trainable tokens: %s", out);
+    snprintf(path, sizeof path, "%s/llama_tied", th_fixtures());
+    REQUIRE_OK(peft_model_load(&m, path));
+    CHECK_OK(peft_adapter_load(m, adir));
+    const peft_tensor *d = m->tokens_delta;
+    CHECK(d && d->n == 2 * m->cfg.dim &&
+              th_rel_err_f(d->data + m->cfg.dim, m->embed->data + 7 * m->cfg.dim, m->cfg.dim) > 1e-3,
+          "token 7's row was not trained");
+    peft_model_free(m);
 }
 
 /* ak_modules_to_save's tensors with one key renamed (or one more tensor) by
@@ -599,4 +623,43 @@ TEST(test_adapter_keys_tensor_names) {
     ak_tensor_case("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
                    "base_model.model.model.layers.0.self_attn.q_proj.lora_A.other.weight", "q_proj.lora_A");
     ak_tensor_case("", "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", "k_proj.lora_A");
+}
+
+/* An adapter trained by build/peft with these keys (targets that are no grid,
+   modules_to_save lm_head, lora_bias, trainable tokens), loaded by the real
+   PEFT (tools/ref/check_roundtrip.py): peft.h computes the logits PEFT
+   computed from peft.h's files, and the adapter moved the model. */
+TEST(test_adapter_keys_roundtrip_in_peft) {
+    char base[512], dir[512], path[700];
+    snprintf(base, sizeof base, "%s/llama_gqa", th_fixtures());
+    snprintf(dir, sizeof dir, "%s/roundtrip_lora_keys", th_fixtures());
+    int *tok, B, T;
+    float *base_logits, *pl;
+    long nb, n;
+    REQUIRE(ak_ref(base, &tok, &B, &T, &base_logits, &nb), "base ref");
+    snprintf(path, sizeof path, "%s/result.json", dir);
+    peft_json *j;
+    REQUIRE_OK(peft_json_load(&j, path));
+    const peft_json *ok = peft_json_get(j, "ok");
+    CHECK(ok && ok->type == PEFT_JSON_BOOL && ok->number == 1, "PEFT did not reproduce peft.h's logits");
+    peft_json_free(j);
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, base));
+    REQUIRE_OK(peft_adapter_load(m, dir));
+    CHECK(m->save_head && m->tokens_delta && m->method.lora_bias && !m->layers[0].lin[PEFT_V].lora_A &&
+              m->layers[1].lin[PEFT_V].lora_A,
+          "the keys were not all used");
+    snprintf(path, sizeof path, "%s/peft_logits.safetensors", dir);
+    REQUIRE(th_read_ref(path, "logits", &pl, &n), "peft logits");
+    peft_graph *g = peft_graph_new();
+    peft_tensor *lg = peft_model_forward(m, g, tok, B, T);
+    REQUIRE(lg && lg->n == n && n == nb, "forward: %s", peft_last_error());
+    double e = th_rel_err_f(lg->data, pl, n), moved = th_rel_err_f(base_logits, pl, n);
+    CHECK(e < 1e-5, "logits vs PEFT's rel err %.3g", e);
+    CHECK(moved > 1e-3, "the adapter barely changes the model (%.3g)", moved);
+    peft_graph_free(g);
+    peft_model_free(m);
+    free(tok);
+    free(base_logits);
+    free(pl);
 }
