@@ -7768,8 +7768,8 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
         }
     if (!n_t) return peft__fail(PEFT_ERR_ARG, "%s: no LoRA tensors to export", path);
     if (scale == 0)                            /* llama.cpp reads adapter.lora.alpha 0 as "scale 1" */
-        return peft__fail(PEFT_ERR_UNSUPPORTED,
-                          "%s: every LoRA scale is 0 (lora_alpha 0), which a GGUF adapter cannot express", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: every LoRA scale is 0 (lora_alpha 0), which a GGUF "
+                          "adapter cannot express", path);
     peft__buf b = { 0 };
     peft__bput(&b, "GGUF", 4);
     peft__bu32(&b, 3);
