@@ -4296,8 +4296,8 @@ static peft_status peft__parse_int_list(const char *v, uint8_t *mask, const char
    given as one string: re.fullmatch; rank_pattern/alpha_pattern keys and
    layers_pattern: re.match of a pattern built around them). This is a regex
    matcher for what such configs use: literals, '.', classes [a-z0-9_] and [^...],
-   \d \w \s \D \W \S and escaped punctuation, groups (...) and (?:...),
-   alternation, quantifiers * + ? {m} {m,} {m,n} (lazy forms too: whether a
+   \d \w \s \D \W \S and escaped punctuation, groups (...), (?:...) and (?P<name>...),
+   alternation, quantifiers * + ? {m} {m,} {m,n} {,n} (lazy forms too: whether a
    full match exists does not depend on greed), ^ and $. Anything else
    (backreferences, lookaround, inline flags) is refused by name, never
    guessed. The pattern is parsed to a tree, compiled to a Thompson NFA and run
@@ -4370,9 +4370,17 @@ static int peft__rx_atom(peft__rx *r) {
     int n;
     if (c == '(') {
         r->p++;
-        if (*r->p == '?') {
+        if (*r->p == '?' && r->p[1] == 'P' && r->p[2] == '<') { /* a named group: the name is skipped */
+            const char *q = r->p + 3;
+            while (isalnum((unsigned char)*q) || *q == '_') q++;
+            if (*q != '>' || q == r->p + 3) {
+                r->err = "bad group name";
+                return -1;
+            }
+            r->p = q + 1;
+        } else if (*r->p == '?') {
             if (r->p[1] != ':') {
-                r->err = "(? group other than (?:...)";
+                r->err = "(? group other than (?:...) and (?P<name>...)";
                 return -1;
             }
             r->p += 2;
@@ -4462,12 +4470,16 @@ static int peft__rx_atom(peft__rx *r) {
         for (int i = 0; i < 8; i++) N->set[i] = ~N->set[i];
     return n;
 }
-/* {m}, {m,}, {m,n} at r->p; 0 when the brace is a literal (as in Python) */
+/* {m}, {m,}, {m,n}, {,n} at r->p; 0 when the brace is a literal (as in Python) */
 static int peft__rx_braces(peft__rx *r, int *mn, int *mx) {
     const char *q = r->p + 1;
-    char *end;
-    if (!isdigit((unsigned char)*q)) return 0;
-    long a = strtol(q, &end, 10), b = a;
+    char *end = (char *)q;
+    long a = 0;
+    if (isdigit((unsigned char)*q))
+        a = strtol(q, &end, 10);
+    else if (*q != ',')
+        return 0; /* {,n} and {,} are {0,n} and {0,} (Python 3.11) */
+    long b = a;
     if (*end == ',') {
         q = end + 1;
         b = isdigit((unsigned char)*q) ? strtol(q, &end, 10) : -1;
@@ -4505,7 +4517,8 @@ static int peft__rx_repeat(peft__rx *r) {
         } else
             break;
         if (*r->p == '?') r->p++; /* lazy: the same set of full matches */
-        if (*r->p == '*' || *r->p == '+' || (*r->p == '{' && isdigit((unsigned char)r->p[1]))) {
+        if (*r->p == '*' || *r->p == '+' ||
+            (*r->p == '{' && (isdigit((unsigned char)r->p[1]) || r->p[1] == ','))) {
             r->err = "multiple repeat";
             return -1;
         }

@@ -324,12 +324,21 @@ TEST(test_adapter_keys_regex) {
         { "\\D+", "ab1", 0 },
         { "a|", "", 1 },
         { "(a*)*b", "aaab", 1 },
+        { "a{,3}", "aa", 1 },
+        { "a{,3}", "aaaa", 0 },
+        { "a{,3}", "", 1 },
+        { "a{,}", "a{,}", 0 },
+        { "a{}", "a{}", 1 },
+        { "(?P<x>ab)+", "abab", 1 },
+        { "(?P<x>ab)+", "aba", 0 },
+        { "a{1,}b", "aaab", 1 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         CHECK(peft_regex_fullmatch(cases[i].pat, cases[i].s) == cases[i].want,
               "re.fullmatch(%s, %s) should be %d: %s", cases[i].pat, cases[i].s, cases[i].want,
               peft_last_error());
-    static const char *refused[] = { "(?=a)", "(?i)q_proj", "\\1", "a)", "(a", "*a", "a**", "[a", "\\bq" };
+    static const char *refused[] = { "(?=a)", "(?i)q_proj", "\\1",  "a)",     "(a",     "*a",
+                                     "a**",   "[a",         "\\bq", "x{2,1}", "(?P=x)", "(?P<>a)" };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
         CHECK(peft_regex_fullmatch(refused[i], "a") == -1 && strstr(peft_last_error(), refused[i]),
               "'%s' should be refused: %s", refused[i], peft_last_error());
