@@ -366,6 +366,9 @@ PEFTDEF peft_tensor *peft_tensor_2d(peft_graph *g, int64_t rows, int64_t cols);
    records its backward on the tape. Shapes: rows are tokens (B*T). */
 PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *table, const int *ids, int n);
 PEFTDEF peft_tensor *peft_linear(peft_graph *g, peft_tensor *x, peft_tensor *w);
+/* E [V, D] with row idx[i] replaced by row i of R [n, D] (PEFT's trainable
+   tokens: index_copy); the indices must be distinct and below V. */
+PEFTDEF peft_tensor *peft_replace_rows(peft_graph *g, peft_tensor *E, peft_tensor *R, const int *idx, int n);
 PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w, float eps);
 typedef struct {
     int head_dim, rot_dim, interleaved;
@@ -495,6 +498,7 @@ typedef struct {
     peft_tensor *w;                  /* base weight [out, in]                     */
     peft_tensor *b;                  /* base bias [out] (attention_bias / mlp_bias) */
     peft_tensor *lora_A, *lora_B;    /* LoRA: [r, in], [out, r]                   */
+    peft_tensor *lora_bias;          /* LoRA: lora_B's bias [out] (PEFT lora_bias)  */
     float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
     peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
     peft_q4     *q4;                 /* QLoRA: 4-bit storage of w (w->data freed) */
@@ -519,6 +523,11 @@ typedef enum { PEFT_FULL = 0, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_
 #ifndef PEFT_MAX_LAYERS
 #define PEFT_MAX_LAYERS 256
 #endif
+#ifndef PEFT_MAX_TRAINABLE_TOKENS
+#define PEFT_MAX_TRAINABLE_TOKENS 256
+#endif
+/* modules_to_save: full copies trained and saved with the adapter (PEFT's ModulesToSaveWrapper) */
+enum { PEFT_SAVE_EMBED = 1, PEFT_SAVE_LM_HEAD = 2 };
 
 typedef struct {
     peft_method_kind kind;
@@ -529,6 +538,19 @@ typedef struct {
     unsigned lora_targets;           /* bit (1 << peft_site) per target            */
     int      lora_init_gaussian;     /* A ~ N(0, 1/r) instead of kaiming-uniform   */
     uint8_t  lora_layers[PEFT_MAX_LAYERS]; /* all zero: every layer; else 1 = adapted */
+    /* Per-(layer, site) LoRA, for adapters whose sites are not a layers x sites
+       grid or whose ranks differ (PEFT's regex target_modules, exclude_modules,
+       rank_pattern, alpha_pattern): when any lora_site_on[l] is non-zero, site s
+       of layer l is adapted iff bit s of lora_site_on[l] is set, and lora_targets
+       / lora_layers are not used. A non-zero lora_site_r[l][s] gives that site's
+       rank, with lora_site_alpha[l][s] its alpha; zero: lora_r and lora_alpha. */
+    uint8_t  lora_site_on[PEFT_MAX_LAYERS];
+    uint16_t lora_site_r[PEFT_MAX_LAYERS][PEFT_N_SITES];
+    float    lora_site_alpha[PEFT_MAX_LAYERS][PEFT_N_SITES];
+    int      lora_bias;              /* PEFT lora_bias: lora_B has a bias [out], scaled like B·A */
+    unsigned modules_to_save;        /* PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD: trained full copies */
+    int      n_trainable_tokens;     /* PEFT trainable_token_indices: embed_tokens rows replaced */
+    int      trainable_tokens[PEFT_MAX_TRAINABLE_TOKENS];
     /* LLaMA-Adapter V1 / V2 */
     int      adapter_len, adapter_layers;  /* K prompts in the top L layers        */
     int      adapter_peft_gate;      /* PEFT's variant: one raw gate per layer     */
@@ -547,7 +569,8 @@ PEFTDEF peft_status peft_method_parse(const char *name, peft_method_kind *kind);
    lora_rslora, lora_targets "q_proj,v_proj" | "all-linear", lora_init
    "kaiming"|"gaussian", lora_layers "0,1,5" | "all", adapter_len,
    adapter_layers, adapter_gate "head"|"peft", fusion_layers, fusion_dim,
-   excitor_len, excitor_rank, excitor_layers, seed). */
+   excitor_len, excitor_rank, excitor_layers, seed, modules_to_save
+   "lm_head,embed_tokens" | "none", lora_bias, trainable_tokens "3,7" | "none"). */
 PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char *value);
 /* Trainable parameters the method would add to a model of this config,
    without allocating anything (full fine-tuning: every parameter). */
@@ -566,6 +589,11 @@ typedef struct peft_model {
     float       *cond;                     /* V2 condition vectors (copied)  */
     int          cond_rows, cond_batched;
     int          lora_merged;
+    peft_tensor *save_embed, *save_head;   /* modules_to_save copies (NULL: none) */
+    peft_tensor *tokens_delta;             /* trainable_token_indices: new rows [n, dim] */
+    peft_tensor *tokens_table;             /* embed with those rows replaced (frozen) */
+    peft_tensor *tokens_step;              /* the table of the last forward (an op output when
+                                              the delta trains), for a tied lm_head */
     int          training;                 /* dropout on                     */
     int          checkpointing;            /* keep block inputs only, recompute in backward */
     struct peft_graph *recompute;          /* scratch tape for that recompute */
@@ -632,6 +660,10 @@ PEFTDEF peft_status peft_adapter_save(const peft_model *m, const char *dir);
    for the weights (not for llama2.c models, whose layout is already that). */
 PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *path);
 PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir);
+/* re.fullmatch(pattern, s) for the patterns adapter configs use (target_modules
+   and exclude_modules strings, rank_pattern/alpha_pattern keys): 1 match, 0 no
+   match, -1 a pattern the matcher does not support (peft_last_error() names it). */
+PEFTDEF int         peft_regex_fullmatch(const char *pattern, const char *s);
 
 /* Forward over B sequences of T tokens (row-major ids) → logits [B*T, vocab]. */
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T);
@@ -1027,6 +1059,7 @@ PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char
 #include <stdlib.h>
 #include <string.h>
 #include <stdarg.h>
+#include <ctype.h>
 #include <math.h>
 #include <errno.h>
 #include <assert.h>
@@ -2865,6 +2898,50 @@ PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *E, const int *id
     return y;
 }
 
+/* ---- replaced rows -------------------------------------------------------------
+   T = E;  T[idx[i]] = R[i]
+   dE[r] += dT[r] for the rows r not replaced;  dR[i] += dT[idx[i]]          */
+static void peft__replace_rows_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *E = n->in[0], *R = n->in[1];
+    int64_t V = E->shape[0], D = peft__cols(E);
+    const float *dT = n->out->grad;
+    if (E->requires_grad)
+        for (int64_t r = 0; r < V; r++) {
+            int replaced = 0;
+            for (int i = 0; i < n->i[0] && !replaced; i++) replaced = n->ids[i] == r;
+            if (replaced) continue;
+            for (int64_t j = 0; j < D; j++) E->grad[r * D + j] += dT[r * D + j];
+        }
+    if (R->requires_grad)
+        for (int i = 0; i < n->i[0]; i++)
+            for (int64_t j = 0; j < D; j++) R->grad[(int64_t)i * D + j] += dT[(int64_t)n->ids[i] * D + j];
+}
+PEFTDEF peft_tensor *peft_replace_rows(peft_graph *g, peft_tensor *E, peft_tensor *R, const int *idx, int n) {
+    if (!peft__ok(g, E, R) || !idx) return NULL;
+    int64_t V = E->shape[0], D = peft__cols(E);
+    if (E->ndim != 2 || R->ndim != 2 || R->shape[0] != n || peft__cols(R) != D)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "replace_rows: R must be [n, D] for E [V, D]");
+    for (int i = 0; i < n; i++) {
+        if (idx[i] < 0 || idx[i] >= V)
+            return peft__op_fail(g, PEFT_ERR_ARG, "replace_rows: row index out of range");
+        for (int k = 0; k < i; k++)
+            if (idx[k] == idx[i])
+                return peft__op_fail(g, PEFT_ERR_ARG, "replace_rows: a row index is repeated");
+    }
+    peft_tensor *T = peft__like(g, E);
+    if (!T) return NULL;
+    memcpy(T->data, E->data, sizeof(float) * (size_t)E->n);
+    for (int i = 0; i < n; i++)
+        memcpy(T->data + (size_t)idx[i] * D, R->data + (size_t)i * D, sizeof(float) * (size_t)D);
+    peft__node *nd = peft__record(g, peft__replace_rows_bw, T, E, R, NULL, NULL);
+    if (nd) {
+        nd->i[0] = n;
+        nd->ids = peft__save_ids(g, idx, n);
+    }
+    return T;
+}
+
 /* ---- linear ----------------------------------------------------------------
    y = x · Wᵀ                      x [N, in], W [out, in], y [N, out]
    dx += dy · W ;  dW += dyᵀ · x   (dW only for a trainable W)              */
@@ -4565,6 +4642,7 @@ PEFTDEF void peft_model_free(peft_model *m) {
         }
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
     for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
+    peft_param_free(m->tokens_table);
     PEFT_FREE(m->params);
     PEFT_FREE(m->extra);
     PEFT_FREE(m->cond);
@@ -4658,7 +4736,7 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
    block takes fusion prompts. Whatever a method adds to a site is listed
    here, once: the checkpointing rule below asks this list, so a trainable
    tensor a block reads cannot be missed. Returns the count (NULLs skipped). */
-#define PEFT__LAYER_MAX_TENSORS (2 + 6 * PEFT_N_SITES + 8)
+#define PEFT__LAYER_MAX_TENSORS (2 + 7 * PEFT_N_SITES + 8)
 static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_tensor **out) {
     const peft_attn_site *A = &L->attn;
     peft_tensor *all[PEFT__LAYER_MAX_TENSORS];
@@ -4671,6 +4749,7 @@ static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_te
         all[n++] = S->b;
         all[n++] = S->lora_A;
         all[n++] = S->lora_B;
+        all[n++] = S->lora_bias;
         all[n++] = S->bias;
         all[n++] = S->scale;
     }
@@ -4741,6 +4820,39 @@ static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_
 }
 
 /* embeddings, the blocks and the final norm: the input of the classifier */
+/* The input and output embeddings the forward uses: a modules_to_save copy, the
+   table with trainable tokens' rows, or the base (also once merged: merging
+   moves the copies into the base tensors). */
+/* Trainable tokens: with gradients on and the delta trainable, a
+   peft_replace_rows output, through which the delta's gradient flows back
+   (from the embedding and from a tied lm_head); otherwise tokens_table with
+   the delta's current rows copied in (a few rows, not the whole table). */
+static peft_tensor *peft__tokens_table(peft_model *m, peft_graph *g) {
+    const peft_method *x = &m->method;
+    int64_t D = m->cfg.dim;
+    if (g->grad_enabled && m->tokens_delta->requires_grad)
+        m->tokens_step =
+            peft_replace_rows(g, m->embed, m->tokens_delta, x->trainable_tokens, x->n_trainable_tokens);
+    else {
+        for (int i = 0; i < x->n_trainable_tokens; i++)
+            memcpy(m->tokens_table->data + (size_t)x->trainable_tokens[i] * D,
+                   m->tokens_delta->data + (size_t)i * D, sizeof(float) * (size_t)D);
+        m->tokens_step = m->tokens_table;
+    }
+    return m->tokens_step;
+}
+static peft_tensor *peft__embed_table(peft_model *m, peft_graph *g) {
+    m->tokens_step = NULL;
+    if (m->lora_merged) return m->embed;
+    if (m->save_embed) return m->save_embed;
+    return m->tokens_delta ? peft__tokens_table(m, g) : m->embed;
+}
+static peft_tensor *peft__head_table(const peft_model *m) {
+    if (m->lora_merged) return m->lm_head;
+    if (m->save_head) return m->save_head;
+    return m->tokens_step && m->cfg.tie_embeddings ? m->tokens_step : m->lm_head;
+}
+
 static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     if (B < 1 || T < 1) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "forward needs B >= 1 and T >= 1"); return NULL; }
     if (peft__rope_ensure(m, T) != PEFT_OK) { g->failed = 1; return NULL; }
@@ -4751,7 +4863,7 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
                        tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, m->embed, tokens, B * T);
+    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers; l++)
         x = m->checkpointing && g->grad_enabled ? peft__block_checkpointed(m, g, &m->layers[l], x, B, T)
                                                 : peft__block(m, g, &m->layers[l], x, B, T);
@@ -4759,7 +4871,8 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
 }
 
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
-    return peft_linear(g, peft__model_hidden(m, g, tokens, B, T), m->lm_head);
+    peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
+    return peft_linear(g, h, peft__head_table(m));
 }
 
 /* ---- forward with a KV cache ------------------------------------------------------
@@ -4937,19 +5050,20 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
             peft__fail(PEFT_ERR_ARG, "token id %d at position %d is outside the vocabulary (size %d)", tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, m->embed, tokens, B * T);
+    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers && x; l++) x = peft__block_cached(m, g, c, l, x, B, T);
     if (!x) return NULL;
     for (int b = 0; b < B; b++) c->len[b] += T;
     c->prompts_ready = 1;
     x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
-    return peft_linear(g, x, m->lm_head);
+    return peft_linear(g, x, peft__head_table(m));
 }
 
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T) {
     /* the fused classifier + loss: the [B·T, vocab] logits are never stored */
-    return peft_linear_cross_entropy(g, peft__model_hidden(m, g, tokens, B, T), m->lm_head, targets);
+    peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
+    return peft_linear_cross_entropy(g, h, peft__head_table(m), targets);
 }
 
 /* ============================================================================
@@ -5007,17 +5121,406 @@ static peft_status peft__parse_int_list(const char *v, uint8_t *mask, const char
     return PEFT_OK;
 }
 
+/* ---- module-name patterns --------------------------------------------------------
+   PEFT matches module names with Python's re (target_modules and exclude_modules
+   given as one string: re.fullmatch; rank_pattern/alpha_pattern keys and
+   layers_pattern: re.match of a pattern built around them). This is a regex
+   matcher for what such configs use: literals, '.', classes [a-z0-9_] and [^...],
+   \d \w \s \D \W \S and escaped punctuation, groups (...), (?:...) and (?P<name>...),
+   alternation, quantifiers * + ? {m} {m,} {m,n} {,n} (lazy forms too: whether a
+   full match exists does not depend on greed), ^ and $. Anything else
+   (backreferences, lookaround, inline flags) is refused by name, never
+   guessed. The pattern is parsed to a tree, compiled to a Thompson NFA and run
+   as a set of states: linear in the name's length, no backtracking. */
+enum { PEFT__RX_SET, PEFT__RX_CAT, PEFT__RX_ALT, PEFT__RX_REP, PEFT__RX_BOL, PEFT__RX_EOL, PEFT__RX_EMPTY };
+typedef struct {
+    int type, a, b, min, max;
+    uint32_t set[8];
+} peft__rx_node;
+enum { PEFT__RI_SET, PEFT__RI_SPLIT, PEFT__RI_JMP, PEFT__RI_BOL, PEFT__RI_EOL, PEFT__RI_MATCH };
+typedef struct {
+    int op, x, y, node;
+} peft__rx_ins;
+#define PEFT__RX_MAX 2048
+typedef struct {
+    const char *p, *pat;
+    const char *err;
+    peft__rx_node node[PEFT__RX_MAX];
+    int n_node;
+    peft__rx_ins ins[PEFT__RX_MAX];
+    int n_ins;
+} peft__rx;
+
+static int peft__rx_new(peft__rx *r, int type) {
+    if (r->n_node == PEFT__RX_MAX) {
+        r->err = "too long";
+        return -1;
+    }
+    peft__rx_node *n = &r->node[r->n_node];
+    memset(n, 0, sizeof *n);
+    n->type = type;
+    return r->n_node++;
+}
+static void peft__rx_bit(peft__rx_node *n, int c) { n->set[(unsigned char)c >> 5] |= 1u << (c & 31); }
+static void peft__rx_range(peft__rx_node *n, int lo, int hi) {
+    for (int c = lo; c <= hi; c++) peft__rx_bit(n, c);
+}
+/* \d \w \s and their complements into node n; 0 when e is not a class letter */
+static int peft__rx_class_escape(peft__rx_node *n, int e) {
+    peft__rx_node t;
+    memset(&t, 0, sizeof t);
+    int lower = e | 32;
+    if (lower == 'd')
+        peft__rx_range(&t, '0', '9');
+    else if (lower == 'w') {
+        peft__rx_range(&t, 'a', 'z');
+        peft__rx_range(&t, 'A', 'Z');
+        peft__rx_range(&t, '0', '9');
+        peft__rx_bit(&t, '_');
+    } else if (lower == 's') {
+        peft__rx_range(&t, '\t', '\r');
+        peft__rx_bit(&t, ' ');
+    } else
+        return 0;
+    for (int i = 0; i < 8; i++) n->set[i] |= e == lower ? t.set[i] : ~t.set[i];
+    return 1;
+}
+/* a literal escape: punctuation and \t \n; letters and digits (backreferences,
+   \b, \A, ...) are refused */
+static int peft__rx_literal_escape(int e) {
+    if (e == 't') return '\t';
+    if (e == 'n') return '\n';
+    if (isalnum(e) || e == 0) return -1;
+    return e;
+}
+
+static int peft__rx_alt(peft__rx *r);
+static int peft__rx_atom(peft__rx *r) {
+    char c = *r->p;
+    int n;
+    if (c == '(') {
+        r->p++;
+        if (*r->p == '?' && r->p[1] == 'P' && r->p[2] == '<') { /* a named group: the name is skipped */
+            const char *q = r->p + 3;
+            while (isalnum((unsigned char)*q) || *q == '_') q++;
+            if (*q != '>' || q == r->p + 3) {
+                r->err = "bad group name";
+                return -1;
+            }
+            r->p = q + 1;
+        } else if (*r->p == '?') {
+            if (r->p[1] != ':') {
+                r->err = "(? group other than (?:...) and (?P<name>...)";
+                return -1;
+            }
+            r->p += 2;
+        }
+        n = peft__rx_alt(r);
+        if (n < 0) return -1;
+        if (*r->p != ')') {
+            r->err = "unbalanced parenthesis";
+            return -1;
+        }
+        r->p++;
+        return n;
+    }
+    if (c == '^' || c == '$') {
+        r->p++;
+        return peft__rx_new(r, c == '^' ? PEFT__RX_BOL : PEFT__RX_EOL);
+    }
+    if (c == '*' || c == '+' || c == '?') {
+        r->err = "nothing to repeat";
+        return -1;
+    }
+    if ((n = peft__rx_new(r, PEFT__RX_SET)) < 0) return -1;
+    peft__rx_node *N = &r->node[n];
+    if (c == '.') {
+        peft__rx_range(N, 0, 255);
+        N->set[0] &= ~(1u << '\n');
+        r->p++;
+        return n;
+    }
+    if (c == '\\') {
+        int e = (unsigned char)r->p[1];
+        if (!peft__rx_class_escape(N, e)) {
+            int l = peft__rx_literal_escape(e);
+            if (l < 0) {
+                r->err = "unsupported escape";
+                return -1;
+            }
+            peft__rx_bit(N, l);
+        }
+        r->p += 2;
+        return n;
+    }
+    if (c != '[') {
+        peft__rx_bit(N, c);
+        r->p++;
+        return n;
+    }
+    r->p++;
+    int neg = *r->p == '^';
+    if (neg) r->p++;
+    for (int first = 1; first || *r->p != ']'; first = 0) {
+        int lo = (unsigned char)*r->p;
+        if (!lo) {
+            r->err = "unterminated character class";
+            return -1;
+        }
+        if (lo == '\\') {
+            int e = (unsigned char)r->p[1];
+            r->p += 2;
+            if (peft__rx_class_escape(N, e)) continue;
+            if ((lo = peft__rx_literal_escape(e)) < 0) {
+                r->err = "unsupported escape in a class";
+                return -1;
+            }
+        } else
+            r->p++;
+        int hi = lo;
+        if (*r->p == '-' && r->p[1] && r->p[1] != ']') {
+            hi = (unsigned char)r->p[1];
+            r->p += 2;
+            if (hi == '\\') {
+                if ((hi = peft__rx_literal_escape((unsigned char)*r->p)) < 0) {
+                    r->err = "bad range";
+                    return -1;
+                }
+                r->p++;
+            }
+            if (hi < lo) {
+                r->err = "bad character range";
+                return -1;
+            }
+        }
+        peft__rx_range(N, lo, hi);
+    }
+    r->p++;
+    if (neg)
+        for (int i = 0; i < 8; i++) N->set[i] = ~N->set[i];
+    return n;
+}
+/* {m}, {m,}, {m,n}, {,n} at r->p; 0 when the brace is a literal (as in Python) */
+static int peft__rx_braces(peft__rx *r, int *mn, int *mx) {
+    const char *q = r->p + 1;
+    char *end = (char *)q;
+    long a = 0;
+    if (isdigit((unsigned char)*q))
+        a = strtol(q, &end, 10);
+    else if (*q != ',')
+        return 0; /* {,n} and {,} are {0,n} and {0,} (Python 3.11) */
+    long b = a;
+    if (*end == ',') {
+        q = end + 1;
+        b = isdigit((unsigned char)*q) ? strtol(q, &end, 10) : -1;
+        if (b < 0) end = (char *)q;
+    }
+    if (*end != '}') return 0;
+    if (a > 100 || b > 100 || (b >= 0 && b < a)) {
+        r->err = "repeat count out of range (0..100)";
+        return -1;
+    }
+    *mn = (int)a;
+    *mx = (int)b;
+    r->p = end + 1;
+    return 1;
+}
+static int peft__rx_repeat(peft__rx *r) {
+    int n = peft__rx_atom(r);
+    while (n >= 0) {
+        int mn, mx, k;
+        char c = *r->p;
+        if (c == '*') {
+            mn = 0;
+            mx = -1;
+            r->p++;
+        } else if (c == '+') {
+            mn = 1;
+            mx = -1;
+            r->p++;
+        } else if (c == '?') {
+            mn = 0;
+            mx = 1;
+            r->p++;
+        } else if (c == '{' && (k = peft__rx_braces(r, &mn, &mx)) != 0) {
+            if (k < 0) return -1;
+        } else
+            break;
+        if (*r->p == '?') r->p++; /* lazy: the same set of full matches */
+        if (*r->p == '*' || *r->p == '+' ||
+            (*r->p == '{' && (isdigit((unsigned char)r->p[1]) || r->p[1] == ','))) {
+            r->err = "multiple repeat";
+            return -1;
+        }
+        int q = peft__rx_new(r, PEFT__RX_REP);
+        if (q < 0) return -1;
+        r->node[q].a = n;
+        r->node[q].min = mn;
+        r->node[q].max = mx;
+        n = q;
+    }
+    return n;
+}
+static int peft__rx_cat(peft__rx *r) {
+    int n = peft__rx_new(r, PEFT__RX_EMPTY);
+    while (n >= 0 && *r->p && *r->p != '|' && *r->p != ')') {
+        int a = peft__rx_repeat(r);
+        if (a < 0) return -1;
+        int c = peft__rx_new(r, PEFT__RX_CAT);
+        if (c < 0) return -1;
+        r->node[c].a = n;
+        r->node[c].b = a;
+        n = c;
+    }
+    return n;
+}
+static int peft__rx_alt(peft__rx *r) {
+    int n = peft__rx_cat(r);
+    while (n >= 0 && *r->p == '|') {
+        r->p++;
+        int b = peft__rx_cat(r);
+        if (b < 0) return -1;
+        int c = peft__rx_new(r, PEFT__RX_ALT);
+        if (c < 0) return -1;
+        r->node[c].a = n;
+        r->node[c].b = b;
+        n = c;
+    }
+    return n;
+}
+static int peft__rx_emit(peft__rx *r, int op, int x, int y, int node) {
+    if (r->n_ins == PEFT__RX_MAX) {
+        r->err = "too complex (more than 2048 states)";
+        return -1;
+    }
+    peft__rx_ins *i = &r->ins[r->n_ins];
+    i->op = op;
+    i->x = x;
+    i->y = y;
+    i->node = node;
+    return r->n_ins++;
+}
+/* Code for node n, falling through to the next instruction when it matches. */
+static int peft__rx_compile(peft__rx *r, int n) {
+    const peft__rx_node *N = &r->node[n];
+    int at, j;
+    switch (N->type) {
+    case PEFT__RX_EMPTY: return 0;
+    case PEFT__RX_SET: return peft__rx_emit(r, PEFT__RI_SET, 0, 0, n) < 0 ? -1 : 0;
+    case PEFT__RX_BOL: return peft__rx_emit(r, PEFT__RI_BOL, 0, 0, n) < 0 ? -1 : 0;
+    case PEFT__RX_EOL: return peft__rx_emit(r, PEFT__RI_EOL, 0, 0, n) < 0 ? -1 : 0;
+    case PEFT__RX_CAT: return peft__rx_compile(r, N->a) < 0 ? -1 : peft__rx_compile(r, N->b);
+    case PEFT__RX_ALT: /* split L1 L2; L1: a; jmp L3; L2: b; L3: */
+        if ((at = peft__rx_emit(r, PEFT__RI_SPLIT, 0, 0, n)) < 0 || peft__rx_compile(r, N->a) < 0) return -1;
+        if ((j = peft__rx_emit(r, PEFT__RI_JMP, 0, 0, n)) < 0) return -1;
+        r->ins[at].x = at + 1;
+        r->ins[at].y = r->n_ins;
+        if (peft__rx_compile(r, N->b) < 0) return -1;
+        r->ins[j].x = r->n_ins;
+        return 0;
+    default: break;
+    }
+    for (int k = 0; k < N->min; k++) /* the required copies */
+        if (peft__rx_compile(r, N->a) < 0) return -1;
+    if (N->max < 0) { /* L: split L+1 L3; a; jmp L; L3: */
+        if ((at = peft__rx_emit(r, PEFT__RI_SPLIT, 0, 0, n)) < 0 || peft__rx_compile(r, N->a) < 0) return -1;
+        if (peft__rx_emit(r, PEFT__RI_JMP, at, 0, n) < 0) return -1;
+        r->ins[at].x = at + 1;
+        r->ins[at].y = r->n_ins;
+        return 0;
+    }
+    int first = r->n_ins, splits = 0;
+    for (int k = N->min; k < N->max; k++) { /* optional copies: split into a, or to the end */
+        if (peft__rx_emit(r, PEFT__RI_SPLIT, 0, 0, n) < 0) return -1;
+        splits++;
+        if (peft__rx_compile(r, N->a) < 0) return -1;
+    }
+    for (int i = first; splits && i < r->n_ins; i++)
+        if (r->ins[i].op == PEFT__RI_SPLIT && r->ins[i].node == n && r->ins[i].y == 0) {
+            r->ins[i].x = i + 1;
+            r->ins[i].y = r->n_ins;
+        }
+    return 0;
+}
+/* Compiles pat; on failure r->err says why. */
+static int peft__rx_build(peft__rx *r, const char *pat) {
+    r->p = r->pat = pat;
+    r->err = NULL;
+    r->n_node = r->n_ins = 0;
+    int root = peft__rx_alt(r);
+    if (root >= 0 && *r->p) {
+        r->err = "unbalanced parenthesis";
+        root = -1;
+    }
+    if (root < 0 || peft__rx_compile(r, root) < 0 || peft__rx_emit(r, PEFT__RI_MATCH, 0, 0, 0) < 0) {
+        if (!r->err) r->err = "bad pattern";
+        return 0;
+    }
+    return 1;
+}
+static void peft__rx_add(const peft__rx *r, int pc, size_t pos, size_t len, int *list, int *n, int *mark,
+                         int gen) {
+    if (mark[pc] == gen) return;
+    mark[pc] = gen;
+    const peft__rx_ins *I = &r->ins[pc];
+    switch (I->op) {
+    case PEFT__RI_JMP: peft__rx_add(r, I->x, pos, len, list, n, mark, gen); return;
+    case PEFT__RI_SPLIT:
+        peft__rx_add(r, I->x, pos, len, list, n, mark, gen);
+        peft__rx_add(r, I->y, pos, len, list, n, mark, gen);
+        return;
+    case PEFT__RI_BOL:
+        if (pos == 0) peft__rx_add(r, pc + 1, pos, len, list, n, mark, gen);
+        return;
+    case PEFT__RI_EOL:
+        if (pos == len) peft__rx_add(r, pc + 1, pos, len, list, n, mark, gen);
+        return;
+    default: list[(*n)++] = pc;
+    }
+}
+/* re.fullmatch(pattern, s) is not None, for a compiled pattern. */
+static int peft__rx_fullmatch(const peft__rx *r, const char *s) {
+    static PEFT__TLS int lists[2][PEFT__RX_MAX], mark[PEFT__RX_MAX];
+    size_t len = strlen(s);
+    int nc = 0, nn, gen = 1, *cl = lists[0], *nl = lists[1];
+    memset(mark, 0, sizeof(int) * (size_t)r->n_ins);
+    peft__rx_add(r, 0, 0, len, cl, &nc, mark, gen);
+    for (size_t pos = 0; pos < len && nc; pos++) {
+        unsigned char c = (unsigned char)s[pos];
+        nn = 0;
+        gen++;
+        for (int i = 0; i < nc; i++) {
+            const peft__rx_ins *I = &r->ins[cl[i]];
+            if (I->op == PEFT__RI_SET && (r->node[I->node].set[c >> 5] >> (c & 31) & 1))
+                peft__rx_add(r, cl[i] + 1, pos + 1, len, nl, &nn, mark, gen);
+        }
+        int *t = cl;
+        cl = nl;
+        nl = t;
+        nc = nn;
+    }
+    for (int i = 0; i < nc; i++)
+        if (r->ins[cl[i]].op == PEFT__RI_MATCH) return 1;
+    return 0;
+}
+
 /* Targets are site names ("q_proj", or "q"), "all-linear", or module paths as
    PEFT writes them after expanding all-linear ("model.layers.3.mlp.up_proj").
-   Paths name (layer, site) pairs; they must form a full grid of layers ×
-   sites, which is then stored as targets plus a layer mask. */
-static peft_status peft__parse_targets(const char *v, unsigned *targets, uint8_t *layers) {
-    *targets = 0;
-    if (strcmp(v, "all-linear") == 0 || strcmp(v, "all") == 0) { *targets = PEFT__ALL_LINEAR; return PEFT_OK; }
+   Paths name (layer, site) pairs, any subset: when they form a full grid of
+   layers x sites they are stored as targets plus a layer mask, otherwise as
+   the per-layer site mask lora_site_on. */
+static peft_status peft__parse_targets(const char *v, peft_method *m) {
+    unsigned targets = 0;
+    memset(m->lora_site_on, 0, sizeof m->lora_site_on);
+    memset(m->lora_site_r, 0, sizeof m->lora_site_r);
+    if (strcmp(v, "all-linear") == 0 || strcmp(v, "all") == 0) {
+        m->lora_targets = PEFT__ALL_LINEAR;
+        return PEFT_OK;
+    }
     char buf[8192];
     if (strlen(v) >= sizeof buf) return peft__fail(PEFT_ERR_CONFIG, "lora targets: list too long");
     snprintf(buf, sizeof buf, "%s", v);
-    uint8_t seen_layer[PEFT_MAX_LAYERS] = { 0 };
+    uint8_t on[PEFT_MAX_LAYERS] = { 0 };
     int pairs = 0, with_layer = 0;
     for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
         const char *dot = strrchr(tok, '.'), *site = dot ? dot + 1 : tok, *lay = strstr(tok, "layers.");
@@ -5028,25 +5531,28 @@ static peft_status peft__parse_targets(const char *v, unsigned *targets, uint8_t
                 peft__site_names[s][n] == '_')) found = s;
         }
         if (found < 0) return peft__fail(PEFT_ERR_CONFIG, "lora target '%s' is not a LLaMA block linear (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or all-linear)", tok);
-        *targets |= 1u << found;
+        targets |= 1u << found;
         if (lay) {
-            long l = strtol(lay + 7, NULL, 10);
-            if (l < 0 || l >= PEFT_MAX_LAYERS) return peft__fail(PEFT_ERR_CONFIG, "lora target '%s': bad layer index", tok);
-            seen_layer[l] = 1;
+            char *end;
+            long l = strtol(lay + 7, &end, 10);
+            if (end == lay + 7 || l < 0 || l >= PEFT_MAX_LAYERS)
+                return peft__fail(PEFT_ERR_CONFIG, "lora target '%s': bad layer index", tok);
+            on[l] |= (uint8_t)(1u << found);
             with_layer++;
         }
         pairs++;
     }
-    if (!*targets) return peft__fail(PEFT_ERR_CONFIG, "lora targets are empty");
-    if (with_layer) {
-        int nl = 0, ns = 0;
-        for (int l = 0; l < PEFT_MAX_LAYERS; l++) nl += seen_layer[l];
-        for (int s = 0; s < PEFT_N_SITES; s++) ns += (*targets >> s) & 1;
-        if (with_layer != pairs || pairs != nl * ns)
-            return peft__fail(PEFT_ERR_UNSUPPORTED, "lora targets name different modules in different layers; only a full "
-                              "layers x modules grid is supported");
-        memcpy(layers, seen_layer, PEFT_MAX_LAYERS);
-    }
+    if (!targets) return peft__fail(PEFT_ERR_CONFIG, "lora targets are empty");
+    if (with_layer && with_layer != pairs)
+        return peft__fail(PEFT_ERR_CONFIG, "lora targets mix site names and module paths; give one kind");
+    m->lora_targets = targets;
+    if (!with_layer) return PEFT_OK;
+    int grid = 1;
+    for (int l = 0; l < PEFT_MAX_LAYERS; l++) grid &= !on[l] || on[l] == targets;
+    if (grid)
+        for (int l = 0; l < PEFT_MAX_LAYERS; l++) m->lora_layers[l] = on[l] != 0;
+    else
+        memcpy(m->lora_site_on, on, sizeof on);
     return PEFT_OK;
 }
 
@@ -5059,6 +5565,7 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
         { "fusion_layers", &m->fusion_layers, 0 }, { "fusion_dim", &m->fusion_dim, 0 },
         { "excitor_len", &m->excitor_len, 1 }, { "excitor_rank", &m->excitor_rank, 1 },
         { "excitor_layers", &m->excitor_layers, 0 }, { "lora_rslora", &m->lora_rslora, 0 },
+        { "lora_bias", &m->lora_bias, 0 },
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         if (strcmp(key, ints[i].key) != 0) continue;
@@ -5076,7 +5583,43 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
         return PEFT_OK;
     }
     if (strcmp(key, "seed") == 0) { if (!is_num || d < 0) return peft__fail(PEFT_ERR_CONFIG, "seed must be a non-negative integer"); m->seed = (uint64_t)d; return PEFT_OK; }
-    if (strcmp(key, "lora_targets") == 0) return peft__parse_targets(v, &m->lora_targets, m->lora_layers);
+    if (strcmp(key, "lora_targets") == 0) return peft__parse_targets(v, m);
+    if (strcmp(key, "trainable_tokens") == 0) {
+        int n = 0;
+        char buf[4096];
+        if (strlen(v) >= sizeof buf) return peft__fail(PEFT_ERR_CONFIG, "trainable_tokens: list too long");
+        snprintf(buf, sizeof buf, "%s", v);
+        for (char *tok = strtok(buf, ", "); tok && strcmp(tok, "none") != 0; tok = strtok(NULL, ", ")) {
+            char *e;
+            long id = strtol(tok, &e, 10);
+            if (e == tok || *e || id < 0 || id > INT32_MAX || n == PEFT_MAX_TRAINABLE_TOKENS)
+                return peft__fail(PEFT_ERR_CONFIG,
+                                  "trainable_tokens: '%s' is not a token id (at most %d of them)", tok,
+                                  PEFT_MAX_TRAINABLE_TOKENS);
+            for (int i = 0; i < n; i++)
+                if (m->trainable_tokens[i] == id)
+                    return peft__fail(PEFT_ERR_CONFIG, "trainable_tokens: token %ld is listed twice", id);
+            m->trainable_tokens[n++] = (int)id;
+        }
+        m->n_trainable_tokens = n;
+        return PEFT_OK;
+    }
+    if (strcmp(key, "modules_to_save") == 0) {
+        unsigned mts = 0;
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", v);
+        for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
+            if (!strcmp(tok, "lm_head"))
+                mts |= PEFT_SAVE_LM_HEAD;
+            else if (!strcmp(tok, "embed_tokens"))
+                mts |= PEFT_SAVE_EMBED;
+            else if (strcmp(tok, "none") != 0)
+                return peft__fail(PEFT_ERR_CONFIG, "modules_to_save: '%s' is not lm_head or embed_tokens",
+                                  tok);
+        }
+        m->modules_to_save = mts;
+        return PEFT_OK;
+    }
     if (strcmp(key, "lora_layers") == 0) return peft__parse_int_list(v, m->lora_layers, key);
     if (strcmp(key, "lora_init") == 0) {
         if (strcmp(v, "gaussian") == 0) m->lora_init_gaussian = 1;
@@ -5113,16 +5656,41 @@ static int peft__lora_on_layer(const peft_method *m, int l) {
     return 1;
 }
 
+static int peft__lora_custom(const peft_method *m) {
+    for (int l = 0; l < PEFT_MAX_LAYERS; l++)
+        if (m->lora_site_on[l]) return 1;
+    return 0;
+}
+
+/* Whether LoRA adapts site s of layer l, and with which rank and alpha. */
+static int peft__lora_site(const peft_method *m, int l, int s, int *r, float *alpha) {
+    if (l < 0 || l >= PEFT_MAX_LAYERS) return 0;
+    if (peft__lora_custom(m) ? !(m->lora_site_on[l] >> s & 1)
+                             : !(m->lora_targets >> s & 1) || !peft__lora_on_layer(m, l))
+        return 0;
+    int own = m->lora_site_r[l][s] != 0;
+    *r = own ? m->lora_site_r[l][s] : m->lora_r;
+    *alpha = own ? m->lora_site_alpha[l][s] : m->lora_alpha;
+    return 1;
+}
+
 PEFTDEF int64_t peft_method_param_count(const peft_config *c, const peft_method *m) {
     int64_t n = 0, D = c->dim, KVD = (int64_t)c->n_kv_heads * c->head_dim, in, out;
     switch (m->kind) {
     case PEFT_FULL: return peft_config_param_count(c);
     case PEFT_LORA: case PEFT_QLORA:
-        for (int l = 0; l < c->n_layers; l++) {
-            if (!peft__lora_on_layer(m, l)) continue;
-            for (int s = 0; s < PEFT_N_SITES; s++)
-                if (m->lora_targets & (1u << s)) { peft__site_dims(c, s, &in, &out); n += (int64_t)m->lora_r * (in + out); }
-        }
+        for (int l = 0; l < c->n_layers; l++)
+            for (int s = 0; s < PEFT_N_SITES; s++) {
+                int r;
+                float alpha;
+                if (!peft__lora_site(m, l, s, &r, &alpha)) continue;
+                peft__site_dims(c, s, &in, &out);
+                n += (int64_t)r * (in + out) + (m->lora_bias ? out : 0);
+            }
+        /* modules_to_save: a full copy each; trainable tokens: their rows */
+        n += (int64_t)m->n_trainable_tokens * D;
+        if (m->modules_to_save & PEFT_SAVE_EMBED) n += (int64_t)c->vocab_size * D;
+        if (m->modules_to_save & PEFT_SAVE_LM_HEAD) n += (int64_t)c->vocab_size * D;
         return n;
     case PEFT_ADAPTER_V1: case PEFT_ADAPTER_V2:
         n = peft__top_layers(c, m->adapter_layers) * ((int64_t)m->adapter_len * D + (m->adapter_peft_gate ? 1 : c->n_heads));
@@ -5188,6 +5756,7 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
         y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop);
     else y = peft_linear(g, x, s->w);
     if (s->b) y = peft_add_bias(g, y, s->b);
+    if (s->lora_bias && !m->lora_merged) y = peft_add_bias(g, y, peft_scale(g, s->lora_bias, s->lora_scale));
     if (s->bias) y = peft_bias_scale(g, y, s->bias, s->scale);
     return y;
 }
@@ -5252,25 +5821,78 @@ static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_
    scales by α/√r. Dropout applies to x on the LoRA branch only. The op
    (peft_lora_linear) never forms W₀ + BA; merging does, once, in place.
    ============================================================================ */
+/* tokens_table = embed with the trainable tokens' rows replaced by the delta's */
+static void peft__tokens_refresh(peft_model *m, const peft_method *cfg) {
+    int D = m->cfg.dim;
+    memcpy(m->tokens_table->data, m->embed->data, sizeof(float) * (size_t)m->embed->n);
+    for (int i = 0; i < cfg->n_trainable_tokens; i++)
+        memcpy(m->tokens_table->data + (size_t)cfg->trainable_tokens[i] * D,
+               m->tokens_delta->data + (size_t)i * D, sizeof(float) * (size_t)D);
+}
+
 static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
     const peft_config *c = &m->cfg;
-    float scale = cfg->lora_rslora ? cfg->lora_alpha / sqrtf((float)cfg->lora_r) : cfg->lora_alpha / (float)cfg->lora_r;
     for (int l = 0; l < c->n_layers; l++) {
-        if (!peft__lora_on_layer(cfg, l)) continue;
         for (int s = 0; s < PEFT_N_SITES; s++) {
-            if (!(cfg->lora_targets & (1u << s))) continue;
+            int r;
+            float alpha;
+            if (!peft__lora_site(cfg, l, s, &r, &alpha)) continue;
             int64_t in, out;
             peft__site_dims(c, s, &in, &out);
-            int64_t sa[2] = { cfg->lora_r, in }, sb[2] = { out, cfg->lora_r };
+            int64_t sa[2] = { r, in }, sb[2] = { out, r };
             peft_linear_site *S = &m->layers[l].lin[s];
             const char *mod = peft__site_module(s), *site = peft__site_names[s];
             S->lora_A = peft__extra(m, 2, sa, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l, mod, site);
             S->lora_B = peft__extra(m, 2, sb, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l, mod, site);
             if (!S->lora_A || !S->lora_B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
-            if (cfg->lora_init_gaussian) peft__fill_normal(S->lora_A, &m->rng, 1.0f / (float)cfg->lora_r);
+            if (cfg->lora_bias) { /* PEFT: zero-init, so ΔW x + s·b is 0 at step 0 */
+                S->lora_bias = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.lora_B.bias",
+                                           l, mod, site);
+                if (!S->lora_bias) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
+            }
+            if (cfg->lora_init_gaussian)
+                peft__fill_normal(S->lora_A, &m->rng, 1.0f / (float)r);
             else peft__fill_uniform(S->lora_A, &m->rng, 1.0f / sqrtf((float)in));
-            S->lora_scale = scale;
+            S->lora_scale = cfg->lora_rslora ? alpha / sqrtf((float)r) : alpha / (float)r;
         }
+    }
+    /* modules_to_save: trainable copies of the base tensors (PEFT's ModulesToSaveWrapper) */
+    int64_t se[2] = { c->vocab_size, c->dim };
+    if ((cfg->modules_to_save & PEFT_SAVE_EMBED) && cfg->n_trainable_tokens)
+        return peft__fail(PEFT_ERR_CONFIG, "embed_tokens is both in modules_to_save and trainable tokens");
+    if (cfg->modules_to_save && c->tie_embeddings)
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "modules_to_save: the model ties lm_head to embed_tokens; a trained "
+                          "copy of one of them is not supported");
+    if (cfg->modules_to_save & PEFT_SAVE_EMBED) {
+        if (!(m->save_embed = peft__extra(m, 2, se, "base_model.model.model.embed_tokens.weight")))
+            return peft__fail(PEFT_ERR_NOMEM, "no memory for modules_to_save");
+        memcpy(m->save_embed->data, m->embed->data, sizeof(float) * (size_t)m->embed->n);
+    }
+    if (cfg->modules_to_save & PEFT_SAVE_LM_HEAD) {
+        if (!(m->save_head = peft__extra(m, 2, se, "base_model.model.lm_head.weight")))
+            return peft__fail(PEFT_ERR_NOMEM, "no memory for modules_to_save");
+        memcpy(m->save_head->data, m->lm_head->data, sizeof(float) * (size_t)m->lm_head->n);
+    }
+    /* trainable_token_indices: rows of embed_tokens (and of a tied lm_head) replaced by
+       the delta's rows, which start as copies of them (PEFT's TrainableTokensLayer) */
+    if (cfg->n_trainable_tokens) {
+        int64_t sd[2] = { cfg->n_trainable_tokens, c->dim };
+        for (int i = 0; i < cfg->n_trainable_tokens; i++)
+            if (cfg->trainable_tokens[i] < 0 || cfg->trainable_tokens[i] >= c->vocab_size)
+                return peft__fail(PEFT_ERR_CONFIG,
+                                  "trainable_token_indices: token %d is outside the vocabulary (%d)",
+                                  cfg->trainable_tokens[i], c->vocab_size);
+        m->tokens_delta =
+            peft__extra(m, 2, sd, "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
+        m->tokens_table = peft_param_new("trainable_tokens_table", 2, se);
+        if (!m->tokens_delta || !m->tokens_table)
+            return peft__fail(PEFT_ERR_NOMEM, "no memory for trainable tokens");
+        for (int i = 0; i < cfg->n_trainable_tokens; i++)
+            memcpy(m->tokens_delta->data + (size_t)i * c->dim,
+                   m->embed->data + (size_t)cfg->trainable_tokens[i] * c->dim,
+                   sizeof(float) * (size_t)c->dim);
+        peft__tokens_refresh(m, cfg);
     }
     return PEFT_OK;
 }
@@ -5287,8 +5909,30 @@ static peft_status peft__lora_fold(peft_model *m, float sign) {
             for (int64_t j = 0; j < (int64_t)out * r; j++) sb[j] = sign * S->lora_scale * S->lora_B->data[j];
             peft_gemm(0, 0, out, in, r, sb, r, S->lora_A->data, in, 1.0f, S->w->data, in);
             PEFT_FREE(sb);
+            if (S->lora_bias) /* PEFT: base bias += s·lora_B.bias */
+                for (int j = 0; j < out; j++) S->b->data[j] += sign * S->lora_scale * S->lora_bias->data[j];
         }
     return PEFT_OK;
+}
+
+static void peft__swap_floats(float *a, float *b, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        float t = a[j];
+        a[j] = b[j];
+        b[j] = t;
+    }
+}
+/* Merging modules_to_save and trainable tokens: the saved copy (the delta's
+   rows) goes into the base tensor and the base's values into the copy, which
+   unmerging swaps back (PEFT: the copy replaces the module; index_copy of the
+   rows). */
+static void peft__swap_saved(peft_model *m) {
+    int D = m->cfg.dim;
+    if (m->save_embed) peft__swap_floats(m->embed->data, m->save_embed->data, m->embed->n);
+    if (m->save_head) peft__swap_floats(m->lm_head->data, m->save_head->data, m->lm_head->n);
+    for (int i = 0; m->tokens_delta && i < m->method.n_trainable_tokens; i++)
+        peft__swap_floats(m->embed->data + (size_t)m->method.trainable_tokens[i] * D,
+                          m->tokens_delta->data + (size_t)i * D, D);
 }
 PEFTDEF peft_status peft_lora_merge(peft_model *m) {
     if (peft__model_qm(m))
@@ -5300,14 +5944,27 @@ PEFTDEF peft_status peft_lora_merge(peft_model *m) {
                           "(merge into the full-precision base instead)");
     if (m->method.kind != PEFT_LORA) return peft__fail(PEFT_ERR_ARG, "merge: no LoRA adapter is attached");
     if (m->lora_merged) return PEFT_OK;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++)
+            if (m->layers[l].lin[s].lora_bias && !m->layers[l].lin[s].b)
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "merge: lora_bias=true but layer %d's %s has no bias to merge "
+                                  "it into (as PEFT refuses)",
+                                  l, peft__site_names[s]);
     peft_status s = peft__lora_fold(m, 1.0f);
-    if (s == PEFT_OK) m->lora_merged = 1;
+    if (s == PEFT_OK) {
+        peft__swap_saved(m);
+        m->lora_merged = 1;
+    }
     return s;
 }
 PEFTDEF peft_status peft_lora_unmerge(peft_model *m) {
     if (m->method.kind != PEFT_LORA || !m->lora_merged) return peft__fail(PEFT_ERR_ARG, "unmerge: no merged LoRA adapter");
     peft_status s = peft__lora_fold(m, -1.0f);
-    if (s == PEFT_OK) m->lora_merged = 0;
+    if (s == PEFT_OK) {
+        peft__swap_saved(m);
+        m->lora_merged = 0;
+    }
     return s;
 }
 
@@ -5619,6 +6276,8 @@ static void peft__snapshot_end(peft_model *m, peft__snapshot *sn, int ok) {
     if (!ok) {
         for (int i = sn->head.n_extra; i < m->n_extra; i++) peft_param_free(m->extra[i]);
         for (int i = n; i < m->n_params; i++) peft_param_free(m->params[i]);
+        if (m->tokens_table != sn->head.tokens_table)
+            peft_param_free(m->tokens_table);    /* not a method parameter: freed here */
         peft_tensor **extra = m->extra;          /* may have grown: the new array stays */
         int cap = m->cap_extra;
         *m = sn->head;
@@ -7470,15 +8129,51 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
     if (x->kind == PEFT_LORA || x->kind == PEFT_QLORA) {
         peft__sbf(b, ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  \"target_modules\": [",
                   x->lora_r, x->lora_alpha, x->lora_dropout);
-        int first = 1;
-        for (int s = 0; s < PEFT_N_SITES; s++)
+        int first = 1, custom = peft__lora_custom(x);
+        for (int s = 0; s < PEFT_N_SITES && !custom; s++)
             if (x->lora_targets & (1u << s)) { peft__sbf(b, "%s\"%s\"", first ? "" : ", ", peft__site_names[s]); first = 0; }
-        peft__sbf(b, "],\n  \"bias\": \"none\",\n  \"use_rslora\": %s,\n  \"fan_in_fan_out\": false,\n  \"use_dora\": false,\n"
-                  "  \"init_lora_weights\": %s,\n  \"modules_to_save\": null,\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {},\n"
-                  "  \"layers_to_transform\": ", x->lora_rslora ? "true" : "false", x->lora_init_gaussian ? "\"gaussian\"" : "true");
+        /* any subset of sites: full module names, which PEFT matches by equality */
+        for (int pass = 0; pass < 3 && custom; pass++) {
+            if (pass == 1) peft__sbf(b, "],\n  \"rank_pattern\": {");
+            if (pass == 2) peft__sbf(b, "},\n  \"alpha_pattern\": {");
+            first = 1;
+            for (int l = 0; l < m->cfg.n_layers; l++)
+                for (int s = 0; s < PEFT_N_SITES; s++) {
+                    int r;
+                    float alpha;
+                    if (!peft__lora_site(x, l, s, &r, &alpha) || (pass == 1 && r == x->lora_r) ||
+                        (pass == 2 && alpha == x->lora_alpha))
+                        continue;
+                    peft__sbf(b, "%s\"model.layers.%d.%s.%s\"", first ? "" : ", ", l, peft__site_module(s),
+                              peft__site_names[s]);
+                    if (pass == 1) peft__sbf(b, ": %d", r);
+                    if (pass == 2) peft__sbf(b, ": %.9g", alpha);
+                    first = 0;
+                }
+        }
+        peft__sbf(b,
+                  "%s,\n  \"bias\": \"none\",\n  \"use_rslora\": %s,\n  \"fan_in_fan_out\": false,\n  "
+                  "\"use_dora\": false,\n"
+                  "  \"init_lora_weights\": %s,\n  \"lora_bias\": %s,\n  \"modules_to_save\": ",
+                  custom ? "}" : "]", x->lora_rslora ? "true" : "false",
+                  x->lora_init_gaussian ? "\"gaussian\"" : "true", x->lora_bias ? "true" : "false");
+        if (!x->modules_to_save)
+            peft__sbf(b, "null");
+        else
+            peft__sbf(b, "[%s%s%s]", x->modules_to_save & PEFT_SAVE_EMBED ? "\"embed_tokens\"" : "",
+                      x->modules_to_save == (PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD) ? ", " : "",
+                      x->modules_to_save & PEFT_SAVE_LM_HEAD ? "\"lm_head\"" : "");
+        peft__sbf(b, ",\n  \"trainable_token_indices\": ");
+        if (!x->n_trainable_tokens) peft__sbf(b, "null");
+        for (int i = 0; i < x->n_trainable_tokens; i++)
+            peft__sbf(b, "%s%d%s", i ? ", " : "[", x->trainable_tokens[i],
+                      i + 1 == x->n_trainable_tokens ? "]" : "");
+        if (!custom) peft__sbf(b, ",\n  \"rank_pattern\": {},\n  \"alpha_pattern\": {}");
+        peft__sbf(b, ",\n  \"layers_to_transform\": ");
         int any = 0;
         for (int l = 0; l < PEFT_MAX_LAYERS; l++) any |= x->lora_layers[l];
-        if (!any) peft__sbf(b, "null");
+        if (!any || custom)
+            peft__sbf(b, "null");
         else {
             peft__sbf(b, "[");
             first = 1;
@@ -7551,6 +8246,461 @@ done:
     return s;
 }
 
+/* ---- adapter_config.json of a LoRA: PEFT 0.21's keys -------------------------------
+   Every key is either applied or refused naming it; a key PEFT 0.21 does not
+   write is refused too. Modules are selected as PEFT's
+   check_target_module_exists selects them, over the module names of
+   transformers' LlamaForCausalLM; any selected module that is not a block
+   linear is refused (PEFT would adapt it, peft.h cannot). */
+
+/* The k-th name of LlamaForCausalLM.named_modules() (the root left out); *layer
+   and *site name the block linear, or are -1. 0 past the end. */
+static int peft__llama_module(const peft_config *c, int k, char *buf, size_t n, int *layer, int *site) {
+    static const char *const head[3] = { "model", "model.embed_tokens", "model.layers" };
+    static const char *const tail[3] = { "model.norm", "model.rotary_emb", "lm_head" };
+    static const char *const in_layer[13] = { "",
+                                              ".self_attn",
+                                              ".self_attn.q_proj",
+                                              ".self_attn.k_proj",
+                                              ".self_attn.v_proj",
+                                              ".self_attn.o_proj",
+                                              ".mlp",
+                                              ".mlp.gate_proj",
+                                              ".mlp.up_proj",
+                                              ".mlp.down_proj",
+                                              ".mlp.act_fn",
+                                              ".input_layernorm",
+                                              ".post_attention_layernorm" };
+    static const int site_of[13] = { -1,        -1,      PEFT_Q,    PEFT_K, PEFT_V, PEFT_O, -1,
+                                     PEFT_GATE, PEFT_UP, PEFT_DOWN, -1,     -1,     -1 };
+    *layer = *site = -1;
+    if (k < 3) {
+        snprintf(buf, n, "%s", head[k]);
+        return 1;
+    }
+    k -= 3;
+    if (k < c->n_layers * 13) {
+        snprintf(buf, n, "model.layers.%d%s", k / 13, in_layer[k % 13]);
+        *layer = k / 13;
+        *site = site_of[k % 13];
+        return 1;
+    }
+    k -= c->n_layers * 13;
+    if (k < 3) {
+        snprintf(buf, n, "%s", tail[k]);
+        return 1;
+    }
+    return 0;
+}
+
+/* Whether name matches pre + pat + post: re.fullmatch, or re.match (a prefix
+   match) when prefix is set. A pattern the matcher cannot run fails, naming the
+   file, the key and the pattern. */
+static peft_status peft__rx_test(peft__rx *rx, const char *path, const char *key, const char *pre,
+                                 const char *pat, const char *post, int prefix, const char *name, int *hit) {
+    char full[2200];
+    if (strlen(pat) > 2000) return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s: pattern too long", path, key);
+    snprintf(full, sizeof full, "%s%s%s%s%s", prefix ? "(?:" : "", pre, pat, post, prefix ? ").*" : "");
+    if (!peft__rx_build(rx, full))
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: %s: pattern '%s' is not supported by peft.h's matcher (%s)", path, key, pat,
+                          rx->err);
+    *hit = peft__rx_fullmatch(rx, name);
+    return PEFT_OK;
+}
+
+PEFTDEF int peft_regex_fullmatch(const char *pattern, const char *s) {
+    peft__rx *rx = (peft__rx *)PEFT_MALLOC(sizeof *rx);
+    if (!rx) return peft__fail(PEFT_ERR_NOMEM, "no memory"), -1;
+    int r = peft__rx_build(rx, pattern)
+                ? peft__rx_fullmatch(rx, s)
+                : (peft__fail(PEFT_ERR_UNSUPPORTED, "pattern '%s': %s", pattern, rx->err), -1);
+    PEFT_FREE(rx);
+    return r;
+}
+
+/* A list of names matches as PEFT's lists do: name == entry or name ends in "." + entry. */
+static int peft__name_in_list(const peft_json *list, const char *name) {
+    size_t n = strlen(name);
+    for (const peft_json *x = list->child; x; x = x->next) {
+        size_t k = strlen(x->string);
+        if (!strcmp(name, x->string) || (n > k && name[n - k - 1] == '.' && !strcmp(name + n - k, x->string)))
+            return 1;
+    }
+    return 0;
+}
+
+static int peft__json_is_strings(const peft_json *e) {
+    if (e->type != PEFT_JSON_ARRAY) return 0;
+    for (const peft_json *x = e->child; x; x = x->next)
+        if (x->type != PEFT_JSON_STRING) return 0;
+    return 1;
+}
+
+typedef struct {
+    const peft_json *targets, *exclude, *layers, *layers_pattern, *rank_pattern, *alpha_pattern, *save;
+} peft__lora_keys;
+
+/* PEFT's module selection, rank_pattern and alpha_pattern → out's per-site table. */
+static peft_status peft__lora_select(const peft__lora_keys *k, const char *path, const peft_config *c,
+                                     peft_method *out, peft__rx *rx) {
+    char name[160];
+    int layer, site, hit, any = 0;
+    peft_status s = PEFT_OK;
+    memset(out->lora_site_on, 0, sizeof out->lora_site_on);
+    memset(out->lora_site_r, 0, sizeof out->lora_site_r);
+    if (c->n_layers > PEFT_MAX_LAYERS)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: more than %d layers", path, PEFT_MAX_LAYERS);
+    int all_linear = k->targets->type == PEFT_JSON_STRING && !strcmp(k->targets->string, "all-linear");
+    if (k->targets->type == PEFT_JSON_STRING && strlen(k->targets->string) == 10) {
+        char low[11];
+        for (int i = 0; i < 10; i++) low[i] = (char)tolower((unsigned char)k->targets->string[i]);
+        low[10] = 0;
+        all_linear = !strcmp(low, "all-linear"); /* PEFT compares it lower-cased */
+    }
+    for (int idx = 0; s == PEFT_OK && peft__llama_module(c, idx, name, sizeof name, &layer, &site); idx++) {
+        /* exclude_modules: a regex (fullmatch) or a list */
+        if (k->exclude) {
+            if (k->exclude->type == PEFT_JSON_STRING) {
+                if ((s = peft__rx_test(rx, path, "exclude_modules", "", k->exclude->string, "", 0, name,
+                                       &hit)) != PEFT_OK)
+                    break;
+                if (hit) continue;
+            } else if (peft__name_in_list(k->exclude, name))
+                continue;
+        }
+        /* modules_to_save are never adapted: re.match(rf"(^|.*\.){m}($|\..*)", name) */
+        hit = 0;
+        for (const peft_json *x = k->save ? k->save->child : NULL; x && !hit && s == PEFT_OK; x = x->next)
+            s = peft__rx_test(rx, path, "modules_to_save", "(^|.*\\.)", x->string, "($|\\..*)", 1, name,
+                              &hit);
+        if (s != PEFT_OK) break;
+        if (hit) continue;
+        if (all_linear)
+            hit = site >= 0; /* every nn.Linear but the output layer */
+        else if (k->targets->type == PEFT_JSON_STRING) {
+            if ((s = peft__rx_test(rx, path, "target_modules", "", k->targets->string, "", 0, name, &hit)) !=
+                PEFT_OK)
+                break;
+        } else {
+            hit = peft__name_in_list(k->targets, name);
+            if (hit && k->layers) { /* layers_to_transform: the index after layers_pattern */
+                char num[16];
+                int in = 0;
+                snprintf(num, sizeof num, "\\.%d\\.", layer);
+                hit = 0;
+                if (layer < 0) {
+                } else if (!k->layers_pattern) {
+                    s = peft__rx_test(rx, path, "layers_pattern", ".*?\\.[^.]*", num, "", 1, name, &hit);
+                } else if (k->layers_pattern->type == PEFT_JSON_STRING) {
+                    s = peft__rx_test(rx, path, "layers_pattern", "(?:^|.*?\\.)", k->layers_pattern->string,
+                                      num, 1, name, &hit);
+                } else {
+                    for (const peft_json *x = k->layers_pattern->child; x && !hit && s == PEFT_OK;
+                         x = x->next)
+                        s = peft__rx_test(rx, path, "layers_pattern", "(?:^|.*?\\.)", x->string, num, 1, name,
+                                          &hit);
+                }
+                if (s != PEFT_OK) break;
+                if (k->layers->type == PEFT_JSON_NUMBER) in = (double)layer == k->layers->number;
+                for (const peft_json *x = k->layers->child; x && !in; x = x->next)
+                    in = (double)layer == x->number;
+                hit = hit && in;
+            }
+        }
+        if (!hit) continue;
+        if (site < 0)
+            return peft__fail(
+                PEFT_ERR_CONFIG,
+                "%s: target_modules selects module '%s', which is not a LLaMA block linear "
+                "(q_proj k_proj v_proj o_proj gate_proj up_proj down_proj); peft.h adapts only those",
+                path, name);
+        /* rank_pattern / alpha_pattern: the first key with re.match(rf"(.*\.)?({key})$", name) */
+        int r = out->lora_r;
+        float alpha = out->lora_alpha;
+        for (int pass = 0; pass < 2 && s == PEFT_OK; pass++) {
+            const peft_json *pat = pass ? k->alpha_pattern : k->rank_pattern;
+            hit = 0;
+            for (const peft_json *x = pat ? pat->child : NULL; x && !hit; x = x->next) {
+                if ((s = peft__rx_test(rx, path, pass ? "alpha_pattern" : "rank_pattern", "(.*\\.)?(", x->key,
+                                       ")$", 1, name, &hit)) != PEFT_OK)
+                    break;
+                if (!hit) continue;
+                if (pass)
+                    alpha = (float)x->number;
+                else
+                    r = (int)x->number;
+            }
+        }
+        if (s != PEFT_OK) break;
+        out->lora_site_on[layer] |= (uint8_t)(1u << site);
+        out->lora_site_r[layer][site] = (uint16_t)r;
+        out->lora_site_alpha[layer][site] = alpha;
+        any = 1;
+    }
+    if (s != PEFT_OK) return s;
+    if (!any)
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: target_modules (with exclude_modules, layers_to_transform) selects no "
+                          "module of this model",
+                          path);
+    /* a full layers x sites grid of one rank and alpha is kept as targets + layers */
+    unsigned targets = 0;
+    int grid = 1, all_layers = 1;
+    for (int l = 0; l < c->n_layers; l++) targets |= out->lora_site_on[l];
+    for (int l = 0; l < c->n_layers; l++) {
+        grid &= !out->lora_site_on[l] || out->lora_site_on[l] == targets;
+        all_layers &= out->lora_site_on[l] != 0;
+        for (int st = 0; st < PEFT_N_SITES; st++)
+            if (out->lora_site_on[l] >> st & 1)
+                grid &=
+                    out->lora_site_r[l][st] == out->lora_r && out->lora_site_alpha[l][st] == out->lora_alpha;
+    }
+    out->lora_targets = targets;
+    memset(out->lora_layers, 0, sizeof out->lora_layers);
+    if (grid) {
+        for (int l = 0; l < c->n_layers && !all_layers; l++) out->lora_layers[l] = out->lora_site_on[l] != 0;
+        memset(out->lora_site_on, 0, sizeof out->lora_site_on);
+        memset(out->lora_site_r, 0, sizeof out->lora_site_r);
+    }
+    return PEFT_OK;
+}
+
+static peft_status peft__lora_from_json(const peft_json *j, const char *path, const peft_config *c,
+                                        peft_method *out) {
+    static const char *const null_only[] = {
+        "alora_invocation_tokens", "arrow_config",   "corda_config",    "kasa_config",
+        "layer_replication",       "lora_ga_config", "megatron_config", "monteclora_config",
+        "velora_config",           "use_bdlora"
+    };
+    static const char *const false_only[] = { "fan_in_fan_out", "use_dora", "use_qalora",
+                                              "ensure_weight_tying" };
+    peft__lora_keys k;
+    memset(&k, 0, sizeof k);
+    const peft_json *init = NULL, *eva = NULL, *tokens = NULL;
+    peft_status s = PEFT_OK;
+    for (const peft_json *e = j->child; e && s == PEFT_OK; e = e->next) {
+        const char *key = e->key;
+        int t = e->type, known = 0, bad = 0;
+        int is_null = t == PEFT_JSON_NULL, is_bool = t == PEFT_JSON_BOOL, on = is_bool && e->number != 0;
+        char num[64];
+        snprintf(num, sizeof num, "%.17g", e->number);
+        for (size_t i = 0; i < sizeof null_only / sizeof *null_only; i++)
+            if (!strcmp(key, null_only[i])) {
+                known = 1;
+                if (!is_null)
+                    s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is set; peft.h supports only null", path,
+                                   key);
+            }
+        for (size_t i = 0; i < sizeof false_only / sizeof *false_only; i++)
+            if (!strcmp(key, false_only[i])) {
+                known = 1;
+                if (on)
+                    s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s=true is not supported", path, key);
+                else if (!is_bool && !is_null)
+                    bad = 1;
+            }
+        if (known) {
+        } else if (!strcmp(key, "peft_type")) {
+        } else if (!strcmp(key, "r")) {
+            if (t != PEFT_JSON_NUMBER || e->number > 65535)
+                bad = 1;
+            else
+                s = peft_method_set(out, "lora_r", num);
+        } else if (!strcmp(key, "lora_alpha") || !strcmp(key, "lora_dropout")) {
+            if (t != PEFT_JSON_NUMBER)
+                bad = 1;
+            else
+                s = peft_method_set(out, key, num);
+        } else if (!strcmp(key, "use_rslora") || !strcmp(key, "lora_bias") ||
+                   !strcmp(key, "inference_mode")) {
+            if (!is_bool)
+                bad = 1; /* inference_mode: whether PEFT trains it; peft.h trains on request */
+            else if (key[0] == 'u')
+                out->lora_rslora = on;
+            else if (key[0] == 'l')
+                out->lora_bias = on;
+        } else if (!strcmp(key, "target_modules")) {
+            if (t != PEFT_JSON_STRING && !peft__json_is_strings(e)) bad = 1;
+            k.targets = e;
+        } else if (!strcmp(key, "exclude_modules")) {
+            if (!is_null && t != PEFT_JSON_STRING && !peft__json_is_strings(e)) bad = 1;
+            k.exclude =
+                is_null || (t == PEFT_JSON_ARRAY && !e->n_children) || (t == PEFT_JSON_STRING && !*e->string)
+                    ? NULL
+                    : e;
+        } else if (!strcmp(key, "layers_to_transform")) {
+            if (t == PEFT_JSON_ARRAY)
+                for (const peft_json *x = e->child; x; x = x->next) bad |= x->type != PEFT_JSON_NUMBER;
+            else if (!is_null && t != PEFT_JSON_NUMBER)
+                bad = 1;
+            k.layers = is_null || (t == PEFT_JSON_ARRAY && !e->n_children) ? NULL : e;
+        } else if (!strcmp(key, "layers_pattern")) {
+            if (!is_null && t != PEFT_JSON_STRING && !peft__json_is_strings(e)) bad = 1;
+            k.layers_pattern =
+                is_null || (t == PEFT_JSON_ARRAY && !e->n_children) || (t == PEFT_JSON_STRING && !*e->string)
+                    ? NULL
+                    : e;
+        } else if (!strcmp(key, "rank_pattern") || !strcmp(key, "alpha_pattern")) {
+            if (!is_null && t != PEFT_JSON_OBJECT) bad = 1;
+            for (const peft_json *x = is_null ? NULL : e->child; x && !bad; x = x->next)
+                if (x->type != PEFT_JSON_NUMBER || x->number < 0 ||
+                    (key[0] == 'r' &&
+                     (x->number < 1 || x->number > 65535 || x->number != floor(x->number))) ||
+                    (key[0] == 'a' && x->number == 0))
+                    s = peft__fail(PEFT_ERR_CONFIG, "%s: %s: '%s' must map to a %s (got %g)", path, key,
+                                   x->key, key[0] == 'r' ? "rank from 1 to 65535" : "non-zero alpha",
+                                   x->number);
+            if (key[0] == 'r')
+                k.rank_pattern = is_null ? NULL : e;
+            else
+                k.alpha_pattern = is_null ? NULL : e;
+        } else if (!strcmp(key, "modules_to_save")) {
+            if (!is_null && !peft__json_is_strings(e)) bad = 1;
+            k.save = is_null || !e->n_children ? NULL : e;
+        } else if (!strcmp(key, "trainable_token_indices")) {
+            tokens = is_null ? NULL : e;
+        } else if (!strcmp(key, "init_lora_weights")) {
+            init = e;
+        } else if (!strcmp(key, "eva_config")) {
+            eva = is_null ? NULL : e;
+        } else if (!strcmp(key, "bias")) {
+            if (t != PEFT_JSON_STRING)
+                bad = 1;
+            else if (strcmp(e->string, "none") != 0)
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bias='%s' is not supported (only 'none')", path,
+                               e->string);
+        } else if (!strcmp(key, "loftq_config")) {
+            if (!is_null && (t != PEFT_JSON_OBJECT || e->n_children))
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: loftq_config is set (LoftQ init); peft.h supports only {}", path);
+        } else if (!strcmp(key, "target_parameters")) {
+            if (!is_null && (t != PEFT_JSON_ARRAY || e->n_children))
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: target_parameters is set; peft.h supports only null", path);
+        } else if (!strcmp(key, "task_type")) {
+            if (!is_null && (t != PEFT_JSON_STRING || strcmp(e->string, "CAUSAL_LM") != 0))
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: task_type must be CAUSAL_LM (or null) for a LLaMA causal LM", path);
+        } else if (!strcmp(key, "base_model_name_or_path") || !strcmp(key, "revision") ||
+                   !strcmp(key, "peft_version") || !strcmp(key, "megatron_core")) {
+            if (!is_null && t != PEFT_JSON_STRING)
+                bad = 1; /* metadata: the base is the model it is loaded into */
+        } else if (!strcmp(key, "auto_mapping")) {
+            const char *cls = t == PEFT_JSON_OBJECT ? peft__json_str(e, "base_model_class") : NULL;
+            if (!is_null && t != PEFT_JSON_OBJECT)
+                bad = 1;
+            else if (cls && strncmp(cls, "Llama", 5) != 0)
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: auto_mapping names base_model_class '%s'; peft.h loads LLaMA only", path,
+                               cls);
+        } else if (!strcmp(key, "qalora_group_size")) {
+            if (t != PEFT_JSON_NUMBER || e->number < 1)
+                bad = 1; /* used only with use_qalora, which is refused */
+        } else {
+            s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                           "%s: key '%s' is not a LoRA setting of PEFT 0.21 that peft.h knows; "
+                           "refusing it rather than ignoring it",
+                           path, key);
+        }
+        if (bad && s == PEFT_OK)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s has a value of the wrong type", path, key);
+        if (s != PEFT_OK && !strstr(peft_last_error(), path)) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", peft_last_error());
+            s = peft__fail(s, "%s: %s", path, msg);
+        }
+    }
+    if (s != PEFT_OK) return s;
+    if (!k.targets || k.targets->type == PEFT_JSON_NULL)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: target_modules is missing", path);
+    /* init_lora_weights: how new weights start; loading replaces them, except for
+       the inits that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ, ...) */
+    if (init && !(init->type == PEFT_JSON_BOOL ||
+                  (init->type == PEFT_JSON_STRING &&
+                   (!strcmp(init->string, "gaussian") || !strcmp(init->string, "eva")))))
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: init_lora_weights=%s is not supported (true, false, \"gaussian\" or "
+                          "\"eva\")",
+                          path, init->type == PEFT_JSON_STRING ? init->string : "(not a string)");
+    out->lora_init_gaussian = init && init->type == PEFT_JSON_STRING && !strcmp(init->string, "gaussian");
+    if (eva && !(init && init->type == PEFT_JSON_STRING && !strcmp(init->string, "eva")))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: eva_config is set but init_lora_weights is not \"eva\"",
+                          path);
+    if (k.targets->type == PEFT_JSON_STRING && (k.layers || k.layers_pattern))
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: layers_to_transform/layers_pattern cannot be used when target_modules is a "
+                          "string (PEFT refuses it too)",
+                          path);
+    if (k.layers_pattern && !k.layers)
+        return peft__fail(PEFT_ERR_CONFIG,
+                          "%s: layers_pattern needs layers_to_transform (PEFT refuses it too)", path);
+    /* modules_to_save: PEFT wraps every module whose name ends with an entry */
+    out->modules_to_save = 0;
+    for (const peft_json *x = k.save ? k.save->child : NULL; x; x = x->next) {
+        char name[160];
+        int layer, site, found = 0;
+        for (int idx = 0; peft__llama_module(c, idx, name, sizeof name, &layer, &site); idx++) {
+            size_t n = strlen(name), l = strlen(x->string);
+            if (n < l || strcmp(name + n - l, x->string) != 0) continue;
+            found = 1;
+            if (!strcmp(name, "lm_head"))
+                out->modules_to_save |= PEFT_SAVE_LM_HEAD;
+            else if (!strcmp(name, "model.embed_tokens"))
+                out->modules_to_save |= PEFT_SAVE_EMBED;
+            else
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "%s: modules_to_save: '%s' selects module '%s'; peft.h saves only "
+                                  "lm_head and embed_tokens",
+                                  path, x->string, name);
+        }
+        if (!found)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: modules_to_save: '%s' names no module of this model",
+                              path, x->string);
+    }
+    /* trainable_token_indices: a list (the input embedding) or {"embed_tokens": list} */
+    out->n_trainable_tokens = 0;
+    if (tokens) {
+        const peft_json *list = tokens;
+        if (tokens->type == PEFT_JSON_OBJECT) {
+            if (tokens->n_children != 1 || !tokens->child->key ||
+                (strcmp(tokens->child->key, "embed_tokens") &&
+                 strcmp(tokens->child->key, "model.embed_tokens")))
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "%s: trainable_token_indices: only embed_tokens is supported", path);
+            list = tokens->child;
+        }
+        if (list->type != PEFT_JSON_ARRAY)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: trainable_token_indices is not a list", path);
+        if (list->n_children > PEFT_MAX_TRAINABLE_TOKENS)
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: trainable_token_indices: more than %d tokens", path,
+                              PEFT_MAX_TRAINABLE_TOKENS);
+        if (out->modules_to_save & PEFT_SAVE_EMBED)
+            return peft__fail(PEFT_ERR_CONFIG,
+                              "%s: embed_tokens is both in modules_to_save and trainable_token_indices "
+                              "(PEFT refuses it too)",
+                              path);
+        for (const peft_json *x = list->child; x; x = x->next) {
+            if (x->type != PEFT_JSON_NUMBER || x->number != floor(x->number) || x->number < 0 ||
+                x->number >= c->vocab_size)
+                return peft__fail(PEFT_ERR_CONFIG,
+                                  "%s: trainable_token_indices: %g is not a token id below %d", path,
+                                  x->number, c->vocab_size);
+            for (int i = 0; i < out->n_trainable_tokens; i++)
+                if (out->trainable_tokens[i] == (int)x->number)
+                    return peft__fail(PEFT_ERR_CONFIG,
+                                      "%s: trainable_token_indices: token %d is listed twice", path,
+                                      (int)x->number);
+            out->trainable_tokens[out->n_trainable_tokens++] = (int)x->number;
+        }
+    }
+    peft__rx *rx = (peft__rx *)PEFT_MALLOC(sizeof *rx);
+    if (!rx) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    s = peft__lora_select(&k, path, c, out, rx);
+    PEFT_FREE(rx);
+    return s;
+}
+
 /* adapter_config.json → method settings. PEFT's LoRA and AdaptionPrompt keys
    map onto this library's; settings PEFT has and this library lacks are
    refused by name rather than silently ignored. */
@@ -7565,6 +8715,7 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
     else return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: peft_type '%s' is not supported", path, type);
     *out = peft_method_defaults(kind);
     out->lora_targets = 0;
+    if (kind == PEFT_LORA) return peft__lora_from_json(j, path, c, out);
     if (!strcmp(type, "ADAPTION_PROMPT")) out->adapter_peft_gate = 1;
     peft_status s = PEFT_OK;
     for (const peft_json *e = j->child; e && s == PEFT_OK; e = e->next) {
@@ -7587,25 +8738,9 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
             }
         } else val[0] = 0;
         if (s != PEFT_OK) break;
-        if (kind == PEFT_LORA) {
-            if (!strcmp(key, "r")) s = peft_method_set(out, "lora_r", val);
-            else if (!strcmp(key, "lora_alpha") || !strcmp(key, "lora_dropout")) s = peft_method_set(out, key, val);
-            else if (!strcmp(key, "use_rslora")) s = peft_method_set(out, "lora_rslora", val);
-            else if (!strcmp(key, "target_modules")) {
-                if (e->type == PEFT_JSON_ARRAY && e->n_children * 48 >= (int)sizeof val)
-                    s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: target_modules lists too many modules", path);
-                else s = peft_method_set(out, "lora_targets", val);
-            }
-            else if (!strcmp(key, "layers_to_transform") && e->type != PEFT_JSON_NULL) s = peft_method_set(out, "lora_layers", val);
-            else if ((!strcmp(key, "fan_in_fan_out") || !strcmp(key, "use_dora")) && e->type == PEFT_JSON_BOOL && e->number != 0)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s=true is not supported", path, key);
-            else if (!strcmp(key, "bias") && e->type == PEFT_JSON_STRING && strcmp(e->string, "none") != 0)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: bias='%s' is not supported (only 'none')", path, e->string);
-            else if ((!strcmp(key, "rank_pattern") || !strcmp(key, "alpha_pattern")) && e->type == PEFT_JSON_OBJECT && e->n_children)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: per-module %s is not supported", path, key);
-        } else if (!strcmp(key, "adapter_len") || !strcmp(key, "adapter_layers") || !strcmp(key, "adapter_gate") ||
-                   !strcmp(key, "fusion_layers") || !strcmp(key, "fusion_dim") || !strcmp(key, "excitor_len") ||
-                   !strcmp(key, "excitor_rank") || !strcmp(key, "excitor_layers")) {
+        if (!strcmp(key, "adapter_len") || !strcmp(key, "adapter_layers") || !strcmp(key, "adapter_gate") ||
+            !strcmp(key, "fusion_layers") || !strcmp(key, "fusion_dim") || !strcmp(key, "excitor_len") ||
+            !strcmp(key, "excitor_rank") || !strcmp(key, "excitor_layers")) {
             s = peft_method_set(out, key, val);
         }
         if (s != PEFT_OK && !strstr(peft_last_error(), path)) {
@@ -7614,13 +8749,29 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
             s = peft__fail(s, "%s: %s", path, msg);
         }
     }
-    if (s == PEFT_OK && kind == PEFT_LORA && !out->lora_targets)
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: target_modules is missing", path);
-    if (s == PEFT_OK && kind != PEFT_LORA) {
+    if (s == PEFT_OK) {
         int L = kind == PEFT_EXCITOR ? out->excitor_layers : out->adapter_layers;
         if (L > c->n_layers) s = peft__fail(PEFT_ERR_SHAPE, "%s: %d adapter layers but the model has %d", path, L, c->n_layers);
     }
     return s;
+}
+
+/* PEFT's checkpoints leave the adapter name out of tensor keys, but a key that
+   keeps it ("…lora_A.default.weight") is the model's own key, which PEFT 0.21
+   loads as it is: accept the "default" adapter's keys the same way. */
+static const peft_st_entry *peft__find_with_adapter_name(const peft_safetensors *st, const char *name) {
+    char alt[600];
+    const char *dot = strrchr(name, '.');
+    if (!dot || strlen(name) + 10 > sizeof alt || !strstr(name, ".lora_")) return NULL;
+    snprintf(alt, sizeof alt, "%.*s.default%s", (int)(dot - name), name, dot);
+    return peft_st_find(st, alt);
+}
+static const char *peft__unused_tensor_hint(const char *name) {
+    if (strstr(name, ".default.") || strstr(name, ".default"))
+        return "an adapter name other than the one PEFT loads";
+    if (strstr(name, "modules_to_save"))
+        return "PEFT 0.21 stores modules_to_save copies as base_model.model.<module>.weight";
+    return "a setting of adapter_config.json it belongs to is missing";
 }
 
 static peft_status peft__adapter_load(peft_model *m, const char *dir);
@@ -7654,22 +8805,48 @@ static peft_status peft__adapter_load(peft_model *m, const char *dir) {
     char **names = (char **)peft__calloc((size_t)cap * sizeof *names);
     int n = list && names ? peft__adapter_tensors(m, list, names) : 0;
     if (!list || !names) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
-    /* pass 0 checks every tensor, pass 1 reads them (and cannot fail): a bad
-       file writes into no parameter, base ones (V2's norms) included */
-    for (int pass = 0; pass < 2; pass++)
+    /* pass 0 checks every tensor, and that the file holds none that nothing
+       reads; pass 1 reads them (and cannot fail): a bad file writes into no
+       parameter, base ones (V2's norms) included */
+    int used = 0;
+    for (int pass = 0; pass < 2 && s == PEFT_OK; pass++) {
         for (int i = 0; i < n && s == PEFT_OK; i++) {
             const char *name = names[i] ? names[i] : list[i]->name;
             const peft_st_entry *e = peft_st_find(&st, name);
-            if (!e) { s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, name); break; }
+            if (!e) e = peft__find_with_adapter_name(&st, name);
+            if (!e) {
+                s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, name);
+                break;
+            }
+            used += pass == 0;
             int64_t cnt = 1;
             for (int d = 0; d < e->ndim; d++) cnt *= e->shape[d];
             if (cnt != list[i]->n)
-                s = peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %lld elements, the model expects %lld (wrong base model?)",
-                               path, name, (long long)cnt, (long long)list[i]->n);
-            else if (pass == 1) s = peft_st_read_f32(&st, e, list[i]->data, list[i]->n);
+                s = peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %lld elements, the model expects %lld "
+                               "(wrong base model?)", path, name, (long long)cnt, (long long)list[i]->n);
+            else if (pass == 1)
+                s = peft_st_read_f32(&st, e, list[i]->data, list[i]->n);
             else if (e->dtype == PEFT_DT_COUNT || e->dtype == PEFT_DT_U8 || e->dtype == PEFT_DT_I8)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats", path, name);
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats",
+                               path, name);
         }
+        /* a tensor nothing reads would be silently dropped: refuse it by name */
+        if (pass == 0 && s == PEFT_OK && used < st.n)
+            for (int k = 0; k < st.n && s == PEFT_OK; k++) {
+                int found = 0;
+                for (int i = 0; i < n && !found; i++) {
+                    const char *name = names[i] ? names[i] : list[i]->name;
+                    const peft_st_entry *e = peft_st_find(&st, name);
+                    found = (e ? e : peft__find_with_adapter_name(&st, name)) == &st.entries[k];
+                }
+                if (!found)
+                    s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                                   "%s: tensor '%s' belongs to no part of the %s adapter peft.h loads (%s)",
+                                   path, st.entries[k].name, peft_method_name(m->method.kind),
+                                   peft__unused_tensor_hint(st.entries[k].name));
+            }
+    }
+    if (s == PEFT_OK && m->tokens_table) peft__tokens_refresh(m, &m->method);
     if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
     PEFT_FREE(names);
     PEFT_FREE(list);
@@ -7709,18 +8886,43 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
     if (m->method.kind != PEFT_LORA && m->method.kind != PEFT_QLORA)
         return peft__fail(PEFT_ERR_ARG, "%s: llama.cpp adapters hold LoRA only, this model has %s", path, peft_method_name(m->method.kind));
     if (m->lora_merged) return peft__fail(PEFT_ERR_ARG, "%s: the LoRA is merged into the weights; unmerge it first", path);
+    /* llama.cpp's converter refuses these too: its adapters hold lora_a/lora_b pairs only */
+    if (m->save_embed || m->save_head)
+        return peft__fail(
+            PEFT_ERR_UNSUPPORTED,
+            "%s: the adapter has modules_to_save (full embed_tokens/lm_head copies); "
+            "llama.cpp LoRA adapters cannot hold them: merge the adapter into the model instead",
+            path);
+    if (m->method.lora_bias)
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: the adapter has lora_bias; llama.cpp LoRA adapters cannot hold "
+                          "lora_B biases: merge the adapter into the model instead",
+                          path);
+    if (m->tokens_delta)
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: the adapter has trainable_token_indices; llama.cpp LoRA adapters "
+                          "cannot hold token rows: merge the adapter into the model instead",
+                          path);
+    /* One adapter.lora.alpha for the file; llama.cpp scales each pair by
+       alpha / (its rank, from lora_a's shape). A site whose own scale differs
+       (rank_pattern, alpha_pattern, rsLoRA) gets lora_b multiplied by
+       scale·r/alpha, which gives the same product. */
     int n_t = 0, r = -1;
     float scale = 0;
     for (int l = 0; l < c->n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             const peft_linear_site *S = &m->layers[l].lin[s];
             if (!S->lora_A) continue;
-            if (r < 0) { r = (int)S->lora_A->shape[0]; scale = S->lora_scale; }
-            if (S->lora_A->shape[0] != r || S->lora_scale != scale)
-                return peft__fail(PEFT_ERR_ARG, "%s: GGUF has one alpha: every LoRA site needs the same rank and scale", path);
+            if (r < 0 || (scale == 0 && S->lora_scale != 0)) {
+                r = (int)S->lora_A->shape[0];
+                scale = S->lora_scale;
+            }
             n_t += 2;
         }
     if (!n_t) return peft__fail(PEFT_ERR_ARG, "%s: no LoRA tensors to export", path);
+    if (scale == 0)                            /* llama.cpp reads adapter.lora.alpha 0 as "scale 1" */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: every LoRA scale is 0 (lora_alpha 0), which a GGUF "
+                          "adapter cannot express", path);
     peft__buf b = { 0 };
     peft__bput(&b, "GGUF", 4);
     peft__bu32(&b, 3);
@@ -7758,16 +8960,28 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
             peft__bput(&b, S->lora_A->data, (size_t)S->lora_A->n * 4);
             peft__balign(&b, 32);
             const peft_tensor *B = S->lora_B;
-            int heads = s == PEFT_Q ? c->n_heads : s == PEFT_K ? c->n_kv_heads : 0;
-            if (!heads || c->rope_interleaved) peft__bput(&b, B->data, (size_t)B->n * 4);
-            else {
-                /* rows h·hd + half·hd/2 + i  →  h·hd + 2i + half (rotate_half → pairs) */
-                int hd = c->head_dim, rk = (int)B->shape[1];
-                for (int h = 0; h < heads; h++)
-                    for (int i = 0; i < hd / 2; i++)
-                        for (int half = 0; half < 2; half++)
-                            peft__bput(&b, B->data + ((size_t)h * hd + (size_t)half * (hd / 2) + i) * rk, (size_t)rk * 4);
+            int heads = s == PEFT_Q ? c->n_heads : s == PEFT_K ? c->n_kv_heads : 0, rk = (int)B->shape[1];
+            float f = scale != 0 && S->lora_scale * (float)rk != scale * (float)r
+                          ? S->lora_scale * (float)rk / (scale * (float)r)
+                          : 1;
+            float *row = (float *)PEFT_MALLOC(sizeof(float) * (size_t)rk);
+            if (!row) {
+                b.failed = 1;
+                break;
             }
+            /* q/k rows h·hd + half·hd/2 + i  →  h·hd + 2i + half (rotate_half → pairs) */
+            int hd = c->head_dim, permute = heads && !c->rope_interleaved;
+            for (int64_t o = 0; o < B->shape[0]; o++) {
+                int64_t src = o;
+                if (permute) {
+                    int64_t h = o / hd, i = (o % hd) / 2, half = o % 2;
+                    src = h * hd + half * (hd / 2) + i;
+                }
+                for (int q = 0; q < rk; q++)
+                    row[q] = f == 1 ? B->data[src * rk + q] : f * B->data[src * rk + q];
+                peft__bput(&b, row, (size_t)rk * 4);
+            }
+            PEFT_FREE(row);
             peft__balign(&b, 32);
         }
     peft_status st = b.failed ? peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path) : peft_write_file_atomic(path, b.p, b.n);

@@ -613,3 +613,55 @@ TEST(test_linear_cross_entropy_chunks) {
     free(t);
     peft_param_free(x); peft_param_free(w);
 }
+
+/* ---- replaced rows (trainable tokens) ---- */
+typedef struct { int V, D, n, N, as_weight; int idx[4]; } rr_ctx;
+static peft_tensor *rr_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    rr_ctx *c = vc;
+    peft_tensor *T = peft_replace_rows(g, x[0], x[1], c->idx, c->n);
+    return c->as_weight ? peft_linear(g, x[2], T) : T;    /* as a tied lm_head uses it */
+}
+static void rr_ref(double **x, double *y, void *vc) {
+    rr_ctx *c = vc;
+    double *T = malloc(sizeof(double) * c->V * c->D);
+    for (int k = 0; k < c->V * c->D; k++) T[k] = x[0][k];
+    for (int i = 0; i < c->n; i++)
+        for (int j = 0; j < c->D; j++) T[c->idx[i] * c->D + j] = x[1][i * c->D + j];
+    if (!c->as_weight)
+        for (int k = 0; k < c->V * c->D; k++) y[k] = T[k];
+    for (int r = 0; c->as_weight && r < c->N; r++)
+        for (int v = 0; v < c->V; v++) {
+            double s = 0;
+            for (int j = 0; j < c->D; j++) s += x[2][r * c->D + j] * T[v * c->D + j];
+            y[r * c->V + v] = s;
+        }
+    free(T);
+}
+TEST(test_fd_replace_rows) {
+    for (int w = 0; w < 2; w++)
+        for (int frozen = 0; frozen < 2; frozen++) {
+            rr_ctx rc = { 7, 5, 3, 4, w, { 5, 0, 3 } };
+            fd_case c = { 0 };
+            c.n_in = w ? 3 : 2;
+            set2(&c, 0, rc.V, rc.D);
+            set2(&c, 1, rc.n, rc.D);
+            if (w) set2(&c, 2, rc.N, rc.D);
+            c.no_grad[0] = frozen;              /* the base table is frozen under LoRA */
+            c.out_len = w ? rc.N * rc.V : rc.V * rc.D;
+            c.fwd = rr_fwd; c.ref = rr_ref; c.ctx = &rc; c.scale = 1;
+            fd_run(&c, w ? "replace_rows as a weight" : "replace_rows", 40 + 2 * w + frozen);
+        }
+    /* repeated or out-of-range rows are refused */
+    peft_graph *g = peft_graph_new();
+    int64_t se[2] = { 4, 2 }, sr[2] = { 2, 2 };
+    peft_tensor *E = peft_param_new(NULL, 2, se), *R = peft_param_new(NULL, 2, sr);
+    int rep[2] = { 1, 1 }, out[2] = { 1, 4 };
+    CHECK(!peft_replace_rows(g, E, R, rep, 2) && strstr(peft_last_error(), "repeated"), "repeated rows: %s",
+          peft_last_error());
+    peft_graph_reset(g);
+    CHECK(!peft_replace_rows(g, E, R, out, 2) && strstr(peft_last_error(), "range"), "row 4 of 4: %s",
+          peft_last_error());
+    peft_param_free(E);
+    peft_param_free(R);
+    peft_graph_free(g);
+}

@@ -69,7 +69,8 @@ typedef struct { const char *method; const char *keys[32], *vals[32]; int n; } m
 
 static const char *const METHOD_FLAGS[] = { "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets",
     "--lora-init", "--lora-layers", "--lora-rslora", "--adapter-len", "--adapter-layers", "--adapter-gate",
-    "--fusion-layers", "--fusion-dim", "--excitor-len", "--excitor-rank", "--excitor-layers", NULL };
+    "--fusion-layers", "--fusion-dim", "--excitor-len", "--excitor-rank", "--excitor-layers",
+    "--modules-to-save", "--lora-bias", "--trainable-tokens", NULL };
 
 static const char *METHOD_HELP =
     "  --method M            full | lora | adapter-v1 | adapter-v2 | excitor | qlora (default full)\n"
@@ -80,6 +81,11 @@ static const char *METHOD_HELP =
     "  --lora-init I         kaiming (PEFT's default) | gaussian\n"
     "  --lora-layers LIST    layers to adapt, e.g. 0-3,7 (default all)\n"
     "  --lora-rslora 1       rank-stabilised scale alpha/sqrt(r)\n"
+    "  --modules-to-save M   lm_head,embed_tokens: train full copies, saved with the adapter (PEFT's\n"
+    "                        modules_to_save; merge puts them in the model; GGUF export refuses them)\n"
+    "  --lora-bias 1         a trained bias on lora_B (PEFT's lora_bias)\n"
+    "  --trainable-tokens L  token ids, e.g. 3,7: their embed_tokens rows trained (PEFT's\n"
+    "                        trainable_token_indices; also lm_head's when tied)\n"
     "  --adapter-len K       LLaMA-Adapter prompts per layer (default 10)\n"
     "  --adapter-layers L    adapted top layers (default: 30/32 of the model's)\n"
     "  --adapter-gate G      head (tanh gate per head, the paper) | peft (one raw gate, PEFT's)\n"

@@ -8,9 +8,9 @@ tokens next to the adapter (peft_logits.safetensors) plus result.json with the
 difference to build/peft's own logits. tests/ then check that peft.h computes
 the logits PEFT computed from peft.h's files.
 
-Run (from the repository root, after `make`):  python3 tools/ref/check_roundtrip.py
+Run (from the repository root, after `make`):  python3 tools/ref/check_roundtrip.py [case ...]
 """
-import json, os, shutil, subprocess, tempfile
+import json, os, shutil, subprocess, sys, tempfile
 import numpy as np
 import torch, peft, transformers
 from peft import PeftModel
@@ -26,6 +26,11 @@ CASES = {
     "roundtrip_lora": ["--method", "lora", "--lora-targets", "all-linear", "--lora-r", "4", "--lora-alpha", "8"],
     "roundtrip_adaption_prompt": ["--method", "adapter-v1", "--adapter-gate", "peft", "--adapter-len", "3",
                                   "--adapter-layers", "2"],
+    # adapter_config.json keys: targets that are no layers x sites grid, a trained lm_head copy
+    # (modules_to_save), lora_B biases (lora_bias), trained rows of embed_tokens (trainable_token_indices)
+    "roundtrip_lora_keys": ["--method", "lora", "--lora-targets",
+                            "model.layers.0.self_attn.q_proj,model.layers.1.mlp.down_proj,model.layers.1.self_attn.v_proj",
+                            "--modules-to-save", "lm_head", "--lora-bias", "1", "--trainable-tokens", "3,7"],
 }
 
 
@@ -35,6 +40,8 @@ def main():
     data.write(" ".join(str((i * 7) % 64) for i in range(300)))
     data.close()
     for name, flags in CASES.items():
+        if len(sys.argv) > 1 and name not in sys.argv[1:]:
+            continue
         out = os.path.join(FIX, name)
         shutil.rmtree(out, ignore_errors=True)
         subprocess.run([PEFT_BIN, "train", "--model", BASE, "--data", data.name, "--steps", "6", "--batch", "2",
