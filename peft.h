@@ -7545,19 +7545,19 @@ static char *peft__chatml_default_system(const char *tmpl) {
 }
 
 /* tokenizer_config.json beside tokenizer.json: eos_token, bos_token and chat_template
-   (a string, or a list of {name, template} of which "default" is taken). */
+   (a string, or a list of {name, template} of which "default" is taken; chat_template.jinja
+   beside it wins, as in transformers). */
 static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
     char path[1024];
     snprintf(path, sizeof path, "%s", tok_path);
     char *slash = strrchr(path, '/');
     if (slash) snprintf(slash + 1, sizeof path - (size_t)(slash + 1 - path), "tokenizer_config.json");
     else snprintf(path, sizeof path, "tokenizer_config.json");
-    if (!peft__file_exists(path)) return PEFT_OK;
-    peft_json *j;
-    peft_status s = peft_json_load(&j, path);
+    peft_json *j = NULL;
+    peft_status s = peft__file_exists(path) ? peft_json_load(&j, path) : PEFT_OK;
     if (s != PEFT_OK) { peft_tokenizer_free(t); return s; }
     static const char *const keys[] = { "eos_token", "bos_token" };
-    for (int k = 0; k < 2 && s == PEFT_OK; k++) {
+    for (int k = 0; k < 2 && j && s == PEFT_OK; k++) {
         const peft_json *v = peft_json_get(j, keys[k]);
         if (!v) continue;
         const char *text = v->type == PEFT_JSON_STRING ? v->string : v->type == PEFT_JSON_OBJECT ? peft__json_str(v, "content") : NULL;
@@ -7571,7 +7571,7 @@ static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
         else if (k == 0) { t->eos_id = id; t->eos_from = PEFT_EOS_TOKENIZER_CONFIG; }
         else t->bos_token = id;
     }
-    const peft_json *ct = peft_json_get(j, "chat_template");
+    const peft_json *ct = j ? peft_json_get(j, "chat_template") : NULL;
     if (s == PEFT_OK && ct && ct->type == PEFT_JSON_ARRAY) {
         const peft_json *pick = NULL;
         for (const peft_json *c = ct->child; c; c = c->next) {
@@ -7589,8 +7589,30 @@ static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
             if (t->chat == PEFT_CHAT_CHATML) t->chat_default_system = peft__chatml_default_system(ct->string);
         }
     }
-    snprintf(t->config_path, sizeof t->config_path, "%.500s", path);
+    if (j) snprintf(t->config_path, sizeof t->config_path, "%.500s", path);
     peft_json_free(j);
+    /* transformers 5 (and 4.x from 4.47 on) save the template beside it as chat_template.jinja,
+       which then takes precedence over the tokenizer_config.json key */
+    char jpath[1024];
+    snprintf(jpath, sizeof jpath, "%.*schat_template.jinja", slash ? (int)(slash + 1 - path) : 0, path);
+    unsigned char *jt = NULL;
+    size_t jn = 0;
+    if (s == PEFT_OK && peft__file_exists(jpath) && (s = peft_read_file(jpath, &jt, &jn)) == PEFT_OK) {
+        char *tmpl = (char *)PEFT_MALLOC(jn + 1);
+        if (!tmpl) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        else {
+            memcpy(tmpl, jt, jn);
+            tmpl[jn] = 0;
+            PEFT_FREE(t->chat_template);
+            PEFT_FREE(t->chat_default_system);
+            t->chat_template = tmpl;
+            t->chat_default_system = NULL;
+            t->chat = peft_chat_detect(tmpl);
+            if (t->chat == PEFT_CHAT_CHATML) t->chat_default_system = peft__chatml_default_system(tmpl);
+            snprintf(t->config_path, sizeof t->config_path, "%.500s", jpath);
+        }
+        PEFT_FREE(jt);
+    }
     if (s != PEFT_OK) peft_tokenizer_free(t);
     return s;
 }

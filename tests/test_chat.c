@@ -150,6 +150,24 @@ TEST(test_chat_template_errors) {
     CHECK(peft_dataset_load(&d, p, &t, 64) != PEFT_OK && strstr(peft_last_error(), "weight") &&
           strstr(peft_last_error(), "chat_bad.jsonl"), "message key: %s", peft_last_error());
     peft_tokenizer_free(&t);
+    /* chat_template.jinja beside tokenizer_config.json (transformers 5 saves it so) wins over its key */
+    char src[700], jinja[800];
+    snprintf(src, sizeof src, "%s/chat/chatml/tokenizer_config.json", th_fixtures());
+    snprintf(jinja, sizeof jinja, "%s/chat_template.jinja", dir);
+    peft_json *cj;
+    REQUIRE_OK(peft_json_load(&cj, src));
+    f = fopen(jinja, "w");
+    fputs(peft_json_get(cj, "chat_template")->string, f);
+    fclose(f);
+    peft_json_free(cj);
+    f = fopen(cfg, "w");
+    fputs("{\"eos_token\": \"<|im_end|>\", \"chat_template\": \"{{ messages }}\"}", f);
+    fclose(f);
+    REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
+    CHECK(t.chat == PEFT_CHAT_CHATML && t.chat_default_system && strstr(t.chat_default_system, "SmolLM") &&
+          strstr(t.config_path, "chat_template.jinja"), "chat_template.jinja: family %d", t.chat);
+    peft_tokenizer_free(&t);
+    remove(jinja);
     f = fopen(cfg, "w");
     fputs("{\"eos_token\": {\"content\": \"<|nope|>\", \"special\": true}}", f);
     fclose(f);
