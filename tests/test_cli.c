@@ -421,4 +421,28 @@ TEST(test_cli_trained_model_stops_at_eos) {
             CHECK(n >= 2 && n < 24 && ids[n - 1] == 2 && !early, "%s: the ids end at <|im_end|> (2), once: %s", prompt, out);
         }
     }
+    /* generation_config.json: max_new_tokens is --max-new's default, a key without effect is named,
+       and the second id of an eos_token_id list stops generation as the first does */
+    char gpath[700];
+    snprintf(gpath, sizeof gpath, "%s/smol/generation_config.json", dir);
+    FILE *g = fopen(gpath, "w");
+    REQUIRE(g, "write %s", gpath);
+    fputs("{\"eos_token_id\": 2, \"max_new_tokens\": 3, \"min_new_tokens\": 1}", g);
+    fclose(g);
+    CHECK(run(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids", dir) == 0 && strstr(out, "min_new_tokens"),
+          "generation_config.json warning: %s", out);
+    char *last = strrchr(out, '\n');
+    while (last && last > out && last[-1] != '\n') last--;
+    int gids[8], gn = 0;
+    for (char *p = last ? last : out, *end; gn < 8; p = end) {
+        long v = strtol(p, &end, 10);
+        if (end == p) break;
+        gids[gn++] = (int)v;
+    }
+    CHECK(gn == 3 && gids[0] != 2, "max_new_tokens 3: %d ids (%s)", gn, out);
+    g = fopen(gpath, "w");
+    fprintf(g, "{\"eos_token_id\": [2, %d]}", gn ? gids[0] : 5);
+    fclose(g);
+    CHECK(run(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids --max-new 8", dir) == 0 && gn &&
+          atoi(out) == gids[0] && !strchr(out, ' '), "the second eos id stops: %s", out);
 }
