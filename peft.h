@@ -7920,9 +7920,12 @@ static const char *peft__chat_check(const peft_tokenizer *t, int chat, const pef
         snprintf(why, cap, "chat template family %d is unknown", chat);
     else if (t->kind == PEFT_TOK_SCORES)
         snprintf(why, cap, "chat templates need a tokenizer.json (added tokens), not tokenizer.bin");
-    else if (!eot || peft__token_by_text(t, eot) < 0 || (chat != PEFT_CHAT_CHATML && !bos))
-        snprintf(why, cap, "%s: the %s chat template needs the token %s%s", src, names[chat],
-                 eot ? eot : "(an EOS)", chat != PEFT_CHAT_CHATML ? " and a bos_token" : "");
+    else if (!eot || peft__token_by_text(t, eot) < 0)
+        snprintf(why, cap, "%s: the %s chat template needs the token %s, which the tokenizer lacks", src,
+                 names[chat], eot ? eot : "eos_token");
+    else if (chat != PEFT_CHAT_CHATML && !bos)
+        snprintf(why, cap, "%s: the %s chat template writes bos_token, which the tokenizer lacks", src,
+                 names[chat]);
     else {
         int first = n_msg && msg[0].role && !strcmp(msg[0].role, "system");
         for (int i = 0; i < n_msg; i++) {
