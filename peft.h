@@ -914,18 +914,25 @@ typedef struct {
     char     config_path[512];       /* the tokenizer_config.json read, "" if none */
 } peft_tokenizer;
 enum { PEFT_TOK_SCORES = 0, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES };
-enum { PEFT__ADDED_LSTRIP = 1, PEFT__ADDED_RSTRIP = 2, PEFT__ADDED_SINGLE_WORD = 4, PEFT__ADDED_NORMALIZED = 8 };
+enum {
+    PEFT__ADDED_LSTRIP = 1,
+    PEFT__ADDED_RSTRIP = 2,
+    PEFT__ADDED_SINGLE_WORD = 4,
+    PEFT__ADDED_NORMALIZED = 8
+};
 /* eos_id, from the model's files as transformers takes it: tokenizer_config.json's eos_token
    (a string or an AddedToken object, looked up among the added tokens and the vocabulary);
    without one, the caller's config.json eos_token_id (peft_tokenizer_use_config_eos); the
    token's text ("</s>", "<|endoftext|>"...) only when neither file says. */
 enum { PEFT_EOS_GUESSED = 0, PEFT_EOS_TOKENIZER_CONFIG, PEFT_EOS_CONFIG };
 /* Chat template families, recognised from the template string by distinctive substrings
-   (as llama.cpp's llm_chat_detect_template does; no Jinja engine):
-     CHATML  "<|im_start|>"            <|im_start|>{role}\n{content}<|im_end|>\n
-     LLAMA2  "[INST]" and "<<SYS>>"    <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>
-     LLAMA3  "<|start_header_id|>"     <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
-     ALPACA  "### Instruction:"        <s>{system}\n\n### Instruction:\n{user}\n\n### Response:\n{answer}</s>\n\n */
+   (as llama.cpp's llm_chat_detect_template does; no Jinja engine), each turn rendered as:
+     CHATML  "<|im_start|>"          <|im_start|>{role}\n{content}<|im_end|>\n
+     LLAMA2  "[INST]" and "<<SYS>>"  <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>
+     LLAMA3  "<|start_header_id|>"   <|begin_of_text|> (once), then
+                                     <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>
+     ALPACA  "### Instruction:"      <s>{system}\n\n (once), then
+                                     ### Instruction:\n{user}\n\n### Response:\n{answer}</s>\n\n */
 enum { PEFT_CHAT_NONE = 0, PEFT_CHAT_CHATML, PEFT_CHAT_LLAMA2, PEFT_CHAT_LLAMA3, PEFT_CHAT_ALPACA };
 PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
 /* From a file or a model folder: tokenizer.json (Hugging Face), else
@@ -949,8 +956,8 @@ typedef struct { const char *role, *content; } peft_chat_message;
    mask (may be NULL) gets 1 for the ids that carry loss: the assistant turns' content and
    end-of-turn token (TRL's assistant-only loss), 0 for the rest. add_generation_prompt
    appends the assistant's header, as apply_chat_template(add_generation_prompt=True). */
-PEFTDEF int         peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_message *msg, int n_msg,
-                                     int add_generation_prompt, int *ids, unsigned char *mask, int max);
+PEFTDEF int peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_message *msg, int n_msg,
+                             int add_generation_prompt, int *ids, unsigned char *mask, int max);
 /* The PEFT_CHAT_* family of a chat template string: 0 for NULL, -1 when not recognised. */
 PEFTDEF int         peft_chat_detect(const char *tmpl);
 /* The family of a --chat-template name: chatml, llama2, llama3, alpaca; -1 otherwise. */
@@ -974,8 +981,9 @@ PEFTDEF int         peft_chat_family(const char *name);
    stanford_alpaca's train.py appends tokenizer.eos_token to every output and
    TRL's SFTTrainer to every completion/text that does not already end with it
    (an answer ending with the EOS text gets no second one here either); chat
-   records get no extra EOS, their template ends each turn. Examples longer than max_len are truncated; those left with no
-   target are dropped (counted). t may be NULL for id files. */
+   records get no extra EOS, their template ends each turn. Examples longer
+   than max_len are truncated; those left with no target are dropped
+   (counted). t may be NULL for id files. */
 typedef struct {
     int     *ids;          /* every example's ids, back to back           */
     int64_t *start;        /* [n + 1] offsets into ids                    */
@@ -4366,7 +4374,9 @@ static int peft__eos_list(const peft_json *e, int *ids, int *n) {
     }
     if (e->type != PEFT_JSON_ARRAY || e->n_children > PEFT_MAX_EOS) return 0;
     for (const peft_json *x = e->child; x; x = x->next) {
-        if (x->type != PEFT_JSON_NUMBER || x->number < 0 || x->number >= 1 << 30 || x->number != (int)x->number) return 0;
+        if (x->type != PEFT_JSON_NUMBER || x->number < 0 || x->number >= 1 << 30 ||
+            x->number != (int)x->number)
+            return 0;
         ids[(*n)++] = (int)x->number;
     }
     return 1;
@@ -9078,7 +9088,8 @@ static int peft__piece_id(const peft_tokenizer *t, const char *s) {
     return -1;
 }
 
-static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max, int *starts);
+static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max,
+                           int *starts);
 
 PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max) {
     if (t->kind != PEFT_TOK_SCORES) return peft__encode_hf(t, text, bos, eos, ids, max, NULL);
@@ -9141,7 +9152,9 @@ PEFTDEF void peft_tokenizer_free(peft_tokenizer *t) {
     if (t->decoded) for (int i = 0; i < t->n; i++) PEFT_FREE(t->decoded[i]);
     PEFT_FREE(t->pieces); PEFT_FREE(t->scores); PEFT_FREE(t->sorted); PEFT_FREE(t->decoded);
     PEFT_FREE(t->merge_key); PEFT_FREE(t->merge_rank); PEFT_FREE(t->merge_out); PEFT_FREE(t->special);
-    PEFT_FREE(t->chat_template); PEFT_FREE(t->chat_default_system); PEFT_FREE(t->special_flags);
+    PEFT_FREE(t->chat_template);
+    PEFT_FREE(t->chat_default_system);
+    PEFT_FREE(t->special_flags);
     memset(t, 0, sizeof *t);
 }
 
@@ -9559,12 +9572,19 @@ static int peft__added_split(const peft_tokenizer *t, const char *text, size_t a
         int k_best = -1;
         size_t slen = 0;
         for (int k = 0; k < t->n_special; k++) {
-            if (((t->special_flags ? t->special_flags[k] : 0) & PEFT__ADDED_NORMALIZED ? 1 : 0) != normalized) continue;
+            if (((t->special_flags ? t->special_flags[k] : 0) & PEFT__ADDED_NORMALIZED ? 1 : 0) != normalized)
+                continue;
             const char *p = t->pieces[t->special[k]];
             size_t pl = strlen(p);
-            if (pl > slen && pl <= b - i && !memcmp(text + i, p, pl)) { k_best = k; slen = pl; }
+            if (pl > slen && pl <= b - i && !memcmp(text + i, p, pl)) {
+                k_best = k;
+                slen = pl;
+            }
         }
-        if (k_best < 0) { i++; continue; }
+        if (k_best < 0) {
+            i++;
+            continue;
+        }
         int fl = t->special_flags ? t->special_flags[k_best] : 0;
         size_t start = i, stop = i + slen;
         uint32_t c;
@@ -9598,15 +9618,26 @@ static int peft__added_split(const peft_tokenizer *t, const char *text, size_t a
                 if (!peft__is_space(c)) break;
                 stop += (size_t)l;
             }
-        if (start > last) { st[n] = last; en[n] = start; id[n++] = -1; }
-        st[n] = start; en[n] = stop; id[n++] = t->special[k_best];
+        if (start > last) {
+            st[n] = last;
+            en[n] = start;
+            id[n++] = -1;
+        }
+        st[n] = start;
+        en[n] = stop;
+        id[n++] = t->special[k_best];
         last = i = stop;
     }
-    if (b > last) { st[n] = last; en[n] = b; id[n++] = -1; }
+    if (b > last) {
+        st[n] = last;
+        en[n] = b;
+        id[n++] = -1;
+    }
     return n;
 }
 
-static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max, int *starts) {
+static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max,
+                           int *starts) {
     size_t len = strlen(text);
     if ((size_t)max < len + 4) return -1;
     char *scratch = (char *)PEFT_MALLOC(len * 2 + 16);
@@ -9614,20 +9645,32 @@ static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, i
     int *offs = (int *)PEFT_MALLOC(sizeof(int) * (len + 2));
     /* pieces: the non-normalized added tokens matched in the raw text, then the normalized ones
        in what lies between (the normalizer is the identity wherever normalized tokens are allowed) */
-    size_t cap = 2 * len + 4, *pst = (size_t *)PEFT_MALLOC(sizeof(size_t) * cap * 4), *pen = pst ? pst + cap : NULL;
+    size_t cap = 2 * len + 4, *pst = (size_t *)PEFT_MALLOC(sizeof(size_t) * cap * 4),
+           *pen = pst ? pst + cap : NULL;
     size_t *qst = pst ? pst + 2 * cap : NULL, *qen = pst ? pst + 3 * cap : NULL;
     int *pid = (int *)PEFT_MALLOC(sizeof(int) * cap * 2), *qid = pid ? pid + cap : NULL;
     if (!scratch || !cps || !offs || !pst || !pid) {
-        PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); PEFT_FREE(pst); PEFT_FREE(pid);
+        PEFT_FREE(scratch);
+        PEFT_FREE(cps);
+        PEFT_FREE(offs);
+        PEFT_FREE(pst);
+        PEFT_FREE(pid);
         return -1;
     }
     int np = peft__added_split(t, text, 0, len, 0, pst, pen, pid, 0), nq = 0;
     for (int k = 0; k < np; k++) {
-        if (pid[k] >= 0 || !t->n_normalized) { qst[nq] = pst[k]; qen[nq] = pen[k]; qid[nq++] = pid[k]; }
-        else nq = peft__added_split(t, text, pst[k], pen[k], 1, qst, qen, qid, nq);
+        if (pid[k] >= 0 || !t->n_normalized) {
+            qst[nq] = pst[k];
+            qen[nq] = pen[k];
+            qid[nq++] = pid[k];
+        } else
+            nq = peft__added_split(t, text, pst[k], pen[k], 1, qst, qen, qid, nq);
     }
     int n = 0;
-    if (bos && t->bos_id >= 0) { if (starts) starts[n] = 0; ids[n++] = t->bos_id; }
+    if (bos && t->bos_id >= 0) {
+        if (starts) starts[n] = 0;
+        ids[n++] = t->bos_id;
+    }
     for (int q = 0; q < nq; q++) {
         size_t seg = qst[q], i = qen[q];
         if (qid[q] >= 0) {
@@ -9636,8 +9679,8 @@ static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, i
             continue;
         }
         int n0 = n;
-        n += t->kind == PEFT_TOK_HF_BYTES ? peft__encode_bytes(t, text + seg, i - seg, seg == 0, ids + n, scratch, cps, offs,
-                                                               starts ? starts + n : NULL)
+        n += t->kind == PEFT_TOK_HF_BYTES ? peft__encode_bytes(t, text + seg, i - seg, seg == 0, ids + n,
+                                                               scratch, cps, offs, starts ? starts + n : NULL)
                                           : peft__encode_sp_word(t, text + seg, i - seg, seg == 0, ids + n);
         if (starts && t->kind == PEFT_TOK_HF_BYTES)
             for (int k = n0; k < n; k++) starts[k] += (int)seg;
@@ -9650,8 +9693,15 @@ static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, i
             }
         }
     }
-    if (eos && t->eos_id >= 0) { if (starts) starts[n] = (int)len; ids[n++] = t->eos_id; }
-    PEFT_FREE(scratch); PEFT_FREE(cps); PEFT_FREE(offs); PEFT_FREE(pst); PEFT_FREE(pid);
+    if (eos && t->eos_id >= 0) {
+        if (starts) starts[n] = (int)len;
+        ids[n++] = t->eos_id;
+    }
+    PEFT_FREE(scratch);
+    PEFT_FREE(cps);
+    PEFT_FREE(offs);
+    PEFT_FREE(pst);
+    PEFT_FREE(pid);
     return n;
 }
 
@@ -9742,7 +9792,8 @@ static peft_status peft__tok_pretokenizer(peft_tokenizer *t, const peft_json *p,
 static int peft__token_by_text(const peft_tokenizer *t, const char *text) {
     for (int k = 0; k < t->n_special; k++) if (!strcmp(t->pieces[t->special[k]], text)) return t->special[k];
     if (t->kind == PEFT_TOK_HF_BYTES) {
-        for (int i = 0; i < t->n; i++) if (t->decoded && t->decoded[i] && !strcmp(t->decoded[i], text)) return i;
+        for (int i = 0; i < t->n; i++)
+            if (t->decoded && t->decoded[i] && !strcmp(t->decoded[i], text)) return i;
         return -1;
     }
     return peft__piece_id(t, text);
@@ -9783,8 +9834,11 @@ static char *peft__chatml_default_system(const char *tmpl) {
         char *out = (char *)PEFT_MALLOC(n + 1), *w = out;
         if (!out) return NULL;
         for (const char *r = q; r < end; r++) {          /* Jinja string escapes */
-            if (r[0] == '\\' && r + 1 < end) { r++; *w++ = *r == 'n' ? '\n' : *r == 't' ? '\t' : *r; }
-            else *w++ = *r;
+            if (r[0] == '\\' && r + 1 < end) {
+                r++;
+                *w++ = *r == 'n' ? '\n' : *r == 't' ? '\t' : *r;
+            } else
+                *w++ = *r;
         }
         *w = 0;
         return out;
@@ -9793,52 +9847,87 @@ static char *peft__chatml_default_system(const char *tmpl) {
 }
 
 /* tokenizer_config.json beside tokenizer.json: eos_token, bos_token and chat_template
-   (a string, or a list of {name, template} of which "default" is taken). */
+   (a string, or a list of {name, template} of which "default" is taken; chat_template.jinja
+   beside it wins, as in transformers). */
 static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
     char path[1024];
     snprintf(path, sizeof path, "%s", tok_path);
     char *slash = strrchr(path, '/');
     if (slash) snprintf(slash + 1, sizeof path - (size_t)(slash + 1 - path), "tokenizer_config.json");
     else snprintf(path, sizeof path, "tokenizer_config.json");
-    if (!peft__file_exists(path)) return PEFT_OK;
-    peft_json *j;
-    peft_status s = peft_json_load(&j, path);
-    if (s != PEFT_OK) { peft_tokenizer_free(t); return s; }
+    peft_json *j = NULL;
+    peft_status s = peft__file_exists(path) ? peft_json_load(&j, path) : PEFT_OK;
+    if (s != PEFT_OK) {
+        peft_tokenizer_free(t);
+        return s;
+    }
     static const char *const keys[] = { "eos_token", "bos_token" };
-    for (int k = 0; k < 2 && s == PEFT_OK; k++) {
+    for (int k = 0; k < 2 && j && s == PEFT_OK; k++) {
         const peft_json *v = peft_json_get(j, keys[k]);
         if (!v) continue;
-        const char *text = v->type == PEFT_JSON_STRING ? v->string : v->type == PEFT_JSON_OBJECT ? peft__json_str(v, "content") : NULL;
+        const char *text = v->type == PEFT_JSON_STRING   ? v->string
+                           : v->type == PEFT_JSON_OBJECT ? peft__json_str(v, "content")
+                                                         : NULL;
         if (v->type == PEFT_JSON_NULL) {
             if (k == 1) t->bos_token = -1;
             continue;
         }
         int id = text ? peft__token_by_text(t, text) : -1;
-        if (!text) s = peft__fail(PEFT_ERR_FORMAT, "%s: %s is neither a string nor a token object", path, keys[k]);
-        else if (id < 0) s = peft__fail(PEFT_ERR_FORMAT, "%s: %s \"%s\" is not a token of the tokenizer", path, keys[k], text);
-        else if (k == 0) { t->eos_id = id; t->eos_from = PEFT_EOS_TOKENIZER_CONFIG; }
-        else t->bos_token = id;
+        if (!text)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s is neither a string nor a token object", path, keys[k]);
+        else if (id < 0)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s \"%s\" is not a token of the tokenizer", path, keys[k],
+                           text);
+        else if (k == 0) {
+            t->eos_id = id;
+            t->eos_from = PEFT_EOS_TOKENIZER_CONFIG;
+        } else
+            t->bos_token = id;
     }
-    const peft_json *ct = peft_json_get(j, "chat_template");
+    const peft_json *ct = j ? peft_json_get(j, "chat_template") : NULL;
     if (s == PEFT_OK && ct && ct->type == PEFT_JSON_ARRAY) {
         const peft_json *pick = NULL;
         for (const peft_json *c = ct->child; c; c = c->next) {
             const char *name = peft__json_str(c, "name");
             if (name && !strcmp(name, "default")) pick = peft_json_get(c, "template");
         }
-        if (!pick) s = peft__fail(PEFT_ERR_FORMAT, "%s: chat_template is a list without a \"default\" entry", path);
+        if (!pick)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: chat_template is a list without a \"default\" entry", path);
         ct = pick;
     }
     if (s == PEFT_OK && ct && ct->type != PEFT_JSON_NULL) {
-        if (ct->type != PEFT_JSON_STRING) s = peft__fail(PEFT_ERR_FORMAT, "%s: chat_template is not a string", path);
+        if (ct->type != PEFT_JSON_STRING)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: chat_template is not a string", path);
         else if (!(t->chat_template = peft__strdup(ct->string))) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
         else {
             t->chat = peft_chat_detect(ct->string);
             if (t->chat == PEFT_CHAT_CHATML) t->chat_default_system = peft__chatml_default_system(ct->string);
         }
     }
-    snprintf(t->config_path, sizeof t->config_path, "%.500s", path);
+    if (j) snprintf(t->config_path, sizeof t->config_path, "%.500s", path);
     peft_json_free(j);
+    /* transformers 5 (and 4.x from 4.47 on) save the template beside it as chat_template.jinja,
+       which then takes precedence over the tokenizer_config.json key */
+    char jpath[1024];
+    snprintf(jpath, sizeof jpath, "%.*schat_template.jinja", slash ? (int)(slash + 1 - path) : 0, path);
+    unsigned char *jt = NULL;
+    size_t jn = 0;
+    if (s == PEFT_OK && peft__file_exists(jpath) && (s = peft_read_file(jpath, &jt, &jn)) == PEFT_OK) {
+        char *tmpl = (char *)PEFT_MALLOC(jn + 1);
+        if (!tmpl) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        else {
+            memcpy(tmpl, jt, jn);
+            tmpl[jn] = 0;
+            PEFT_FREE(t->chat_template);
+            PEFT_FREE(t->chat_default_system);
+            t->chat_template = tmpl;
+            t->chat_default_system = NULL;
+            t->chat = peft_chat_detect(tmpl);
+            if (t->chat == PEFT_CHAT_CHATML) t->chat_default_system = peft__chatml_default_system(tmpl);
+            snprintf(t->config_path, sizeof t->config_path, "%.500s", jpath);
+        }
+        PEFT_FREE(jt);
+    }
     if (s != PEFT_OK) peft_tokenizer_free(t);
     return s;
 }
@@ -9928,17 +10017,24 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
                 if (!strcmp(f->key, flag_keys[k])) {
                     known = 1;
                     if (f->type != PEFT_JSON_BOOL)
-                        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: added token %s: %s is not true or false",
-                                                              path, content, f->key));
+                        return peft__tokfail(t, j,
+                                             peft__fail(PEFT_ERR_FORMAT,
+                                                        "%s: added token %s: %s is not true or false", path,
+                                                        content, f->key));
                     if (f->number != 0) fl |= (unsigned char)(1 << k);
                 }
             if (!known)
-                return peft__tokfail(t, j, peft__fail(PEFT_ERR_UNSUPPORTED, "%s: added token %s: key \"%s\" is not supported",
-                                                      path, content, f->key));
+                return peft__tokfail(t, j,
+                                     peft__fail(PEFT_ERR_UNSUPPORTED,
+                                                "%s: added token %s: key \"%s\" is not supported", path,
+                                                content, f->key));
         }
         if ((fl & PEFT__ADDED_NORMALIZED) && (t->norm_space || t->prefix_space == 2))
-            return peft__tokfail(t, j, peft__fail(PEFT_ERR_UNSUPPORTED, "%s: added token %s: normalized true with the "
-                                                  "Prepend/Replace normalizer is not supported", path, content));
+            return peft__tokfail(t, j,
+                                 peft__fail(PEFT_ERR_UNSUPPORTED,
+                                            "%s: added token %s: normalized true with the "
+                                            "Prepend/Replace normalizer is not supported",
+                                            path, content));
         t->n_normalized += (fl & PEFT__ADDED_NORMALIZED) != 0;
         t->special_flags[t->n_special] = fl;
         t->special[t->n_special++] = id;
@@ -10064,54 +10160,80 @@ static void peft__strip(const char *s, const char **a, size_t *n) {
     *n = (size_t)(e - s);
 }
 
+/* the reason a conversation cannot be rendered in family chat, or NULL; names the file */
+static const char *peft__chat_check(const peft_tokenizer *t, int chat, const peft_chat_message *msg,
+                                    int n_msg, const char *bos, const char *eot, char *why, size_t cap) {
+    const char *src = t->config_path[0] ? t->config_path : "the tokenizer";
+    static const char *const names[] = { "", "ChatML", "LLaMA-2", "LLaMA-3", "Alpaca" };
+    if (chat < 0)
+        snprintf(why, cap,
+                 "%s: chat_template is not one of the known families (ChatML, LLaMA-2 [INST] <<SYS>>, "
+                 "LLaMA-3 header ids, Alpaca); give --chat-template chatml|llama2|llama3|alpaca",
+                 src);
+    else if (chat == PEFT_CHAT_NONE)
+        snprintf(why, cap, "%s: no chat_template; give --chat-template chatml|llama2|llama3|alpaca", src);
+    else if (chat > PEFT_CHAT_ALPACA)
+        snprintf(why, cap, "chat template family %d is unknown", chat);
+    else if (t->kind == PEFT_TOK_SCORES)
+        snprintf(why, cap, "chat templates need a tokenizer.json (added tokens), not tokenizer.bin");
+    else if (!eot || peft__token_by_text(t, eot) < 0)
+        snprintf(why, cap, "%s: the %s chat template needs the token %s, which the tokenizer lacks", src,
+                 names[chat], eot ? eot : "eos_token");
+    else if (chat != PEFT_CHAT_CHATML && !bos)
+        snprintf(why, cap, "%s: the %s chat template writes bos_token, which the tokenizer lacks", src,
+                 names[chat]);
+    else {
+        int first = n_msg && msg[0].role && !strcmp(msg[0].role, "system");
+        for (int i = 0; i < n_msg; i++) {
+            int want_user = (i - first) % 2 == 0,
+                by_turns = chat == PEFT_CHAT_LLAMA2 || chat == PEFT_CHAT_ALPACA;
+            if (!peft__chat_role(msg[i].role) || !msg[i].content) {
+                snprintf(why, cap,
+                         "message %d: role \"%s\" is not system, user or assistant (or content missing)", i,
+                         msg[i].role ? msg[i].role : "(none)");
+                return why;
+            }
+            if (i >= first &&
+                (!strcmp(msg[i].role, "system") || (by_turns && want_user != !strcmp(msg[i].role, "user")))) {
+                snprintf(why, cap, "message %d: the roles must be an optional system message, then user and "
+                         "assistant by turns", i);
+                return why;
+            }
+        }
+        return NULL;
+    }
+    return why;
+}
+
 PEFTDEF int peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_message *msg, int n_msg,
                              int add_generation_prompt, int *ids, unsigned char *mask, int max) {
-    const char *src = t->config_path[0] ? t->config_path : "the tokenizer";
     if (!chat) chat = t->chat;
-    if (chat < 0)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: chat_template is not one of the known families (ChatML, LLaMA-2 "
-                          "[INST] <<SYS>>, LLaMA-3 header ids, Alpaca); give --chat-template chatml|llama2|llama3|alpaca", src), -1;
-    if (chat == PEFT_CHAT_NONE)
-        return peft__fail(PEFT_ERR_ARG, "%s: no chat_template; give --chat-template chatml|llama2|llama3|alpaca", src), -1;
-    if (chat > PEFT_CHAT_ALPACA) return peft__fail(PEFT_ERR_ARG, "chat template family %d is unknown", chat), -1;
-    if (t->kind == PEFT_TOK_SCORES)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "chat templates need a tokenizer.json (added tokens), not tokenizer.bin"), -1;
     const char *eot = NULL, *bos = t->bos_token >= 0 && t->bos_token < t->n ? t->pieces[t->bos_token] : NULL;
     const char *eos = t->eos_id >= 0 && t->eos_id < t->n ? t->pieces[t->eos_id] : NULL;
     if (chat == PEFT_CHAT_CHATML) eot = "<|im_end|>";
     if (chat == PEFT_CHAT_LLAMA3) eot = "<|eot_id|>";
     if (chat == PEFT_CHAT_LLAMA2 || chat == PEFT_CHAT_ALPACA) eot = eos;
-    if (!eot || peft__token_by_text(t, eot) < 0 || (chat != PEFT_CHAT_CHATML && !bos))
-        return peft__fail(PEFT_ERR_FORMAT, "%s: the %s chat template needs the tokens %s%s%s", src,
-                          chat == PEFT_CHAT_CHATML ? "ChatML" : chat == PEFT_CHAT_LLAMA2 ? "LLaMA-2" :
-                          chat == PEFT_CHAT_LLAMA3 ? "LLaMA-3" : "Alpaca", eot ? eot : "(an EOS)",
-                          chat != PEFT_CHAT_CHATML ? " and a bos_token" : "", ""), -1;
+    char why[700];
+    if (peft__chat_check(t, chat, msg, n_msg, bos, eot, why, sizeof why)) {
+        peft__fail(PEFT_ERR_FORMAT, "%s", why);
+        return -1;
+    }
     peft__sb b = { NULL, 0, 0, 0 };
     size_t *span = (size_t *)PEFT_MALLOC(sizeof(size_t) * 2 * (size_t)(n_msg + 1));
-    int n_span = 0, first = 0;
-    if (!span) return peft__fail(PEFT_ERR_NOMEM, "no memory"), -1;
-    for (int i = 0; i < n_msg; i++)
-        if (!peft__chat_role(msg[i].role) || !msg[i].content) {
-            PEFT_FREE(span);
-            return peft__fail(PEFT_ERR_FORMAT, "message %d: role \"%s\" is not system, user or assistant (or content missing)",
-                              i, msg[i].role ? msg[i].role : "(none)"), -1;
-        }
-    const char *system = n_msg && !strcmp(msg[0].role, "system") ? msg[0].content : NULL;
-    if (system) first = 1;
-    for (int i = first; i < n_msg; i++) {
-        int want_user = (i - first) % 2 == 0;
-        if (!strcmp(msg[i].role, "system") || ((chat == PEFT_CHAT_LLAMA2 || chat == PEFT_CHAT_ALPACA) &&
-                                               want_user != !strcmp(msg[i].role, "user"))) {
-            PEFT_FREE(span);
-            return peft__fail(PEFT_ERR_FORMAT, "message %d: the roles must be an optional system message, then user and "
-                              "assistant by turns", i), -1;
-        }
+    int n_span = 0, first = n_msg && !strcmp(msg[0].role, "system");
+    if (!span) {
+        peft__fail(PEFT_ERR_NOMEM, "no memory");
+        return -1;
     }
+    const char *system = first ? msg[0].content : NULL;
     const char *a;
     size_t n;
     if (chat == PEFT_CHAT_ALPACA) {
         peft__sbf(&b, "%s", bos);
-        if (system) { peft__strip(system, &a, &n); peft__sbf(&b, "%.*s\n\n", (int)n, a); }
+        if (system) {
+            peft__strip(system, &a, &n);
+            peft__sbf(&b, "%.*s\n\n", (int)n, a);
+        }
     }
     if (chat == PEFT_CHAT_CHATML && !system && t->chat_default_system && n_msg)
         peft__sbf(&b, "<|im_start|>system\n%s<|im_end|>\n", t->chat_default_system);
@@ -10136,7 +10258,10 @@ PEFTDEF int peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_
                 const char *c = msg[i].content;
                 if (i == first && system) {
                     size_t jn = strlen(system) + strlen(c) + 32;
-                    if (!(joined = (char *)PEFT_MALLOC(jn))) { b.oom = 1; break; }
+                    if (!(joined = (char *)PEFT_MALLOC(jn))) {
+                        b.oom = 1;
+                        break;
+                    }
                     snprintf(joined, jn, "<<SYS>>\n%s\n<</SYS>>\n\n%s", system, c);
                     c = joined;
                 }
@@ -10180,7 +10305,9 @@ PEFTDEF int peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_
         mask[k] = 0;
         for (int q = 0; q < n_span; q++) mask[k] |= lo < span[2 * q + 1] && hi > span[2 * q];
     }
-    PEFT_FREE(starts); PEFT_FREE(span); PEFT_FREE(b.s);
+    PEFT_FREE(starts);
+    PEFT_FREE(span);
+    PEFT_FREE(b.s);
     return count;
 }
 
@@ -10239,7 +10366,14 @@ PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, in
 }
 
 /* ---- supervised datasets --------------------------------------------------- */
-typedef struct { int *ids; int64_t n, cap; int64_t *start; int *masked; int count, cap_ex; unsigned char *loss; } peft__dsb;
+typedef struct {
+    int *ids;
+    int64_t n, cap;
+    int64_t *start;
+    int *masked;
+    int count, cap_ex;
+    unsigned char *loss;
+} peft__dsb;
 
 /* one example; loss (may be NULL) marks the ids with loss, else all after the first `masked` */
 static int peft__dsb_add_mask(peft__dsb *b, const int *ids, int n, int masked, const unsigned char *loss) {
@@ -10251,7 +10385,8 @@ static int peft__dsb_add_mask(peft__dsb *b, const int *ids, int n, int masked, c
         b->ids = ni;
         unsigned char *nl = (unsigned char *)PEFT_REALLOC(b->loss, (size_t)nc);
         if (!nl) return 0;
-        b->loss = nl; b->cap = nc;
+        b->loss = nl;
+        b->cap = nc;
     }
     for (int i = 0; i < n; i++) b->loss[b->n + i] = loss ? loss[i] : i >= masked;
     if (b->count + 2 > b->cap_ex) {
@@ -10270,15 +10405,23 @@ static int peft__dsb_add_mask(peft__dsb *b, const int *ids, int n, int masked, c
     b->start[++b->count] = b->n;
     return 1;
 }
-static int peft__dsb_add(peft__dsb *b, const int *ids, int n, int masked) { return peft__dsb_add_mask(b, ids, n, masked, NULL); }
-static void peft__dsb_free(peft__dsb *b) { PEFT_FREE(b->ids); PEFT_FREE(b->start); PEFT_FREE(b->masked); PEFT_FREE(b->loss); }
+static int peft__dsb_add(peft__dsb *b, const int *ids, int n, int masked) {
+    return peft__dsb_add_mask(b, ids, n, masked, NULL);
+}
+static void peft__dsb_free(peft__dsb *b) {
+    PEFT_FREE(b->ids);
+    PEFT_FREE(b->start);
+    PEFT_FREE(b->masked);
+    PEFT_FREE(b->loss);
+}
 
 /* a chat record {"messages": [{"role", "content"}, ...]} → one example, loss on the assistant turns */
-static peft_status peft__ds_chat(peft_dataset *d, peft__dsb *b, const peft_json *msgs, const peft_tokenizer *t,
-                                 int max_len, const char *where) {
+static peft_status peft__ds_chat(peft_dataset *d, peft__dsb *b, const peft_json *msgs,
+                                 const peft_tokenizer *t, int max_len, const char *where) {
     if (msgs->type != PEFT_JSON_ARRAY || msgs->n_children < 1)
         return peft__fail(PEFT_ERR_FORMAT, "%s: \"messages\" is not a list of messages", where);
-    peft_chat_message *m = (peft_chat_message *)PEFT_MALLOC(sizeof(peft_chat_message) * (size_t)msgs->n_children);
+    peft_chat_message *m =
+        (peft_chat_message *)PEFT_MALLOC(sizeof(peft_chat_message) * (size_t)msgs->n_children);
     if (!m) return peft__fail(PEFT_ERR_NOMEM, "no memory");
     int k = 0;
     size_t total = 64;
@@ -10288,12 +10431,14 @@ static peft_status peft__ds_chat(peft_dataset *d, peft__dsb *b, const peft_json 
         for (const peft_json *f = x->type == PEFT_JSON_OBJECT ? x->child : NULL; f; f = f->next)
             if (strcmp(f->key, "role") && strcmp(f->key, "content")) {
                 PEFT_FREE(m);
-                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: message %d: key \"%s\" is not supported (only role and content)",
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "%s: message %d: key \"%s\" is not supported (only role and content)",
                                   where, k, f->key);
             }
         if (!role || !content || role->type != PEFT_JSON_STRING || content->type != PEFT_JSON_STRING) {
             PEFT_FREE(m);
-            return peft__fail(PEFT_ERR_FORMAT, "%s: message %d needs string \"role\" and \"content\"", where, k);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: message %d needs string \"role\" and \"content\"", where,
+                              k);
         }
         m[k].role = role->string;
         m[k].content = content->string;
@@ -10316,9 +10461,12 @@ static peft_status peft__ds_chat(peft_dataset *d, peft__dsb *b, const peft_json 
         while (masked < n && !loss[masked]) masked++;
         for (int i = 1; i < n; i++) any |= loss[i];        /* the first id is never a target */
         if (!any) d->n_dropped++;
-        else if (!peft__dsb_add_mask(b, ids, n, masked, loss)) st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
+        else if (!peft__dsb_add_mask(b, ids, n, masked, loss))
+            st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
     }
-    PEFT_FREE(m); PEFT_FREE(ids); PEFT_FREE(loss);
+    PEFT_FREE(m);
+    PEFT_FREE(ids);
+    PEFT_FREE(loss);
     return st;
 }
 
@@ -10359,7 +10507,8 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
     if (n < 0 || masked < 0) st = peft__fail(PEFT_ERR_ARG, "%s: a record is too long to tokenize", where);
     else {
         /* an answer that already ends with the EOS text gets no second one (TRL's add_eos) */
-        if (t->eos_id >= 0 && n >= 2 && buf[n - 1] == t->eos_id && buf[n - 2] == t->eos_id && n - 1 > masked) n--;
+        if (t->eos_id >= 0 && n >= 2 && buf[n - 1] == t->eos_id && buf[n - 2] == t->eos_id && n - 1 > masked)
+            n--;
         if (n > max_len) n = max_len;
         if (masked >= n) d->n_dropped++;                  /* no target left */
         else if (!peft__dsb_add(b, buf, n, masked)) st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
@@ -10452,14 +10601,20 @@ done:
         s = d->n_dropped ? peft__fail(PEFT_ERR_ARG, "%s: all %d examples dropped: the prompt alone fills %d tokens (raise --seq)",
                                       path, d->n_dropped, max_len)
                          : peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
-    if (s != PEFT_OK) { peft__dsb_free(&b); return s; }
+    if (s != PEFT_OK) {
+        peft__dsb_free(&b);
+        return s;
+    }
     d->ids = b.ids; d->start = b.start; d->n_masked = b.masked; d->n = b.count; d->n_tokens = b.n;
     d->loss = b.loss;
     return PEFT_OK;
 }
 
 PEFTDEF void peft_dataset_free(peft_dataset *d) {
-    PEFT_FREE(d->ids); PEFT_FREE(d->start); PEFT_FREE(d->n_masked); PEFT_FREE(d->loss);
+    PEFT_FREE(d->ids);
+    PEFT_FREE(d->start);
+    PEFT_FREE(d->n_masked);
+    PEFT_FREE(d->loss);
     memset(d, 0, sizeof *d);
 }
 
@@ -10488,8 +10643,9 @@ PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int 
     ok = ok && is_held;
     for (int i = 0; ok && i < n; i++) is_held[order[i]] = 1;
     for (int i = 0; ok && i < d->n; i++)                        /* file order kept on both sides */
-        ok = peft__dsb_add_mask(is_held[i] ? &out : &keep, d->ids + d->start[i], (int)(d->start[i + 1] - d->start[i]),
-                                d->n_masked[i], d->loss ? d->loss + d->start[i] : NULL);
+        ok = peft__dsb_add_mask(is_held[i] ? &out : &keep, d->ids + d->start[i],
+                                (int)(d->start[i + 1] - d->start[i]), d->n_masked[i],
+                                d->loss ? d->loss + d->start[i] : NULL);
     PEFT_FREE(order); PEFT_FREE(is_held);
     if (!ok) {
         peft__dsb_free(&keep);
@@ -10538,10 +10694,19 @@ PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const
     peft_json *j;
     peft_status s = peft_json_load(&j, path);
     if (s != PEFT_OK) return s;
-    if (j->type != PEFT_JSON_OBJECT) { peft_json_free(j); return peft__fail(PEFT_ERR_FORMAT, "%s: not a JSON object", path); }
+    if (j->type != PEFT_JSON_OBJECT) {
+        peft_json_free(j);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: not a JSON object", path);
+    }
     /* keys that change nothing in greedy or sampled decoding of one sequence with a KV cache */
-    static const char *const inert[] = { "transformers_version", "_from_model_config", "use_cache", "output_attentions",
-                                         "output_hidden_states", "output_scores", "return_dict_in_generate", NULL };
+    static const char *const inert[] = { "transformers_version",
+                                         "_from_model_config",
+                                         "use_cache",
+                                         "output_attentions",
+                                         "output_hidden_states",
+                                         "output_scores",
+                                         "return_dict_in_generate",
+                                         NULL };
     for (const peft_json *v = j->child; v && s == PEFT_OK; v = v->next) {
         const char *k = v->key;
         int known = 0, bad = 0, r = 0;
@@ -10571,8 +10736,9 @@ PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const
             snprintf(g->unused + used, sizeof g->unused - used, "%s%s", used ? ", " : "", k);
         }
     }
-    if (s == PEFT_OK && ((g->top_p >= 0 && (g->top_p <= 0 || g->top_p > 1)) || (g->temperature >= 0 && g->temperature == 0 &&
-                         g->do_sample == 1) || (g->repetition_penalty >= 0 && g->repetition_penalty <= 0)))
+    if (s == PEFT_OK && ((g->top_p >= 0 && (g->top_p <= 0 || g->top_p > 1)) ||
+                         (g->temperature >= 0 && g->temperature == 0 && g->do_sample == 1) ||
+                         (g->repetition_penalty >= 0 && g->repetition_penalty <= 0)))
         s = peft__fail(PEFT_ERR_FORMAT, "%s: temperature, top_p or repetition_penalty out of range", path);
     if (s == PEFT_OK && g->do_sample == 1 && g->top_k < 0) g->top_k = 50;
     peft_json_free(j);
@@ -10654,7 +10820,8 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
                     int u = k < n_prompt ? prompt[k] : out[k - n_prompt];
                     if (u < 0 || u >= V || idx[u]) continue;
                     idx[u] = 1;
-                    last[u] = last[u] > 0.0f ? last[u] / s->repetition_penalty : last[u] * s->repetition_penalty;
+                    last[u] =
+                        last[u] > 0.0f ? last[u] / s->repetition_penalty : last[u] * s->repetition_penalty;
                 }
             }
             id = peft_sample(last, V, s, &rng, p, idx);

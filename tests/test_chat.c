@@ -10,8 +10,13 @@ static const char *chat_folder(const char *name, const char *fixture, const char
     char src[900], dst[900];
     snprintf(dir, sizeof dir, "%s/%s", th_tmpdir(), name);
     mkdir(dir, 0755);
-    static const char *const files[] = { "tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors",
-                                         "generation_config.json", "data.json", NULL };
+    static const char *const files[] = { "tokenizer.json",
+                                         "tokenizer_config.json",
+                                         "config.json",
+                                         "model.safetensors",
+                                         "generation_config.json",
+                                         "data.json",
+                                         NULL };
     for (int i = 0; files[i]; i++) {
         snprintf(src, sizeof src, "%s/chat/%s/%s", th_fixtures(), fixture, files[i]);
         snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
@@ -57,7 +62,8 @@ TEST(test_chat_templates_match_transformers) {
             peft_json *j;
             REQUIRE_OK(peft_json_parse(&j, line, len, exp));
             const peft_json *msgs = peft_json_get(j, "messages"), *want = peft_json_get(j, "ids");
-            const peft_json *wmask = peft_json_get(j, "mask"), *gen = peft_json_get(j, "add_generation_prompt");
+            const peft_json *wmask = peft_json_get(j, "mask"),
+                            *gen = peft_json_get(j, "add_generation_prompt");
             peft_chat_message m[8];
             int k = 0;
             for (const peft_json *x = msgs->child; x && k < 8; x = x->next, k++) {
@@ -66,30 +72,34 @@ TEST(test_chat_templates_match_transformers) {
             }
             int ids[512];
             unsigned char mask[512];
-            int got = peft_chat_encode(&t, 0, m, k, gen->number != 0, ids, mask, 512), same = got == want->n_children;
+            int got = peft_chat_encode(&t, 0, m, k, gen->number != 0, ids, mask, 512),
+                same = got == want->n_children;
             int i = 0, msame = same;
-            for (const peft_json *x = want->child; x && same; x = x->next, i++) same = ids[i] == (int)x->number;
+            for (const peft_json *x = want->child; x && same; x = x->next, i++)
+                same = ids[i] == (int)x->number;
             i = 0;
-            for (const peft_json *x = wmask->child; x && msame; x = x->next, i++) msame = mask[i] == (int)x->number;
-            CHECK(same, "%s conversation %d: %d ids, transformers %d (%s)", fam[f].name, convs, got, want->n_children,
-                  got < 0 ? peft_last_error() : "ids differ");
+            for (const peft_json *x = wmask->child; x && msame; x = x->next, i++)
+                msame = mask[i] == (int)x->number;
+            CHECK(same, "%s conversation %d: %d ids, transformers %d (%s)", fam[f].name, convs, got,
+                  want->n_children, got < 0 ? peft_last_error() : "ids differ");
             CHECK(msame, "%s conversation %d: the loss mask differs", fam[f].name, convs);
             ids_ok += same;
             mask_ok += msame;
             /* finished conversations (last turn the assistant's) become chat data */
             if (gen->number == 0 && n_train < 16) {
-                fprintf(jl, "{\"messages\": %.*s}\n", (int)(strstr(line, ", \"add_generation_prompt\"") - line - 13),
-                        line + 13);
+                fprintf(jl, "{\"messages\": %.*s}\n",
+                        (int)(strstr(line, ", \"add_generation_prompt\"") - line - 13), line + 13);
                 i = 0;
-                for (const peft_json *x = wmask->child; x && i < 512; x = x->next, i++) masks[n_train][i] = (int)x->number;
+                for (const peft_json *x = wmask->child; x && i < 512; x = x->next, i++)
+                    masks[n_train][i] = (int)x->number;
                 lens[n_train++] = i;
             }
             convs++;
             peft_json_free(j);
         }
         fclose(jl);
-        CHECK(convs >= 6 && ids_ok == convs && mask_ok == convs, "%s: %d/%d ids, %d/%d masks equal", fam[f].name, ids_ok,
-              convs, mask_ok, convs);
+        CHECK(convs >= 6 && ids_ok == convs && mask_ok == convs, "%s: %d/%d ids, %d/%d masks equal",
+              fam[f].name, ids_ok, convs, mask_ok, convs);
         peft_dataset d;
         REQUIRE_OK(peft_dataset_load(&d, data, &t, 4096));
         CHECK(d.n == n_train && n_train >= 3, "%s: %d chat examples of %d", fam[f].name, d.n, n_train);
@@ -99,7 +109,8 @@ TEST(test_chat_templates_match_transformers) {
             CHECK(same, "%s: chat example %d: loss positions differ from the mask", fam[f].name, e);
             int tok[512], tgt[512], L = peft_dataset_batch(&d, &e, 1, 512, 0, tok, tgt), wrong = 0;
             for (int i = 0; i < L; i++) wrong += (tgt[i] != -100) != (masks[e][i + 1] == 1);
-            CHECK(L == lens[e] - 1 && !wrong, "%s: chat example %d: %d targets misplaced", fam[f].name, e, wrong);
+            CHECK(L == lens[e] - 1 && !wrong, "%s: chat example %d: %d targets misplaced", fam[f].name, e,
+                  wrong);
         }
         peft_dataset_free(&d);
         free(buf);
@@ -111,8 +122,10 @@ TEST(test_chat_templates_match_transformers) {
    with a message naming the file or the message; --chat-template's names. */
 TEST(test_chat_template_errors) {
     CHECK(peft_chat_detect("{{ messages }}") == -1, "an unknown template is recognised");
-    CHECK(peft_chat_detect("{{ bos_token + '[INST] ' + m + ' [/INST]' }}") == -1, "Mistral's [INST] taken for LLaMA-2");
-    CHECK(peft_chat_detect("<|start_header_id|>..<|end_header_id|> Cutting Knowledge Date") == -1, "LLaMA-3.1 taken for 3");
+    CHECK(peft_chat_detect("{{ bos_token + '[INST] ' + m + ' [/INST]' }}") == -1,
+          "Mistral's [INST] taken for LLaMA-2");
+    CHECK(peft_chat_detect("<|start_header_id|>..<|end_header_id|> Cutting Knowledge Date") == -1,
+          "LLaMA-3.1 taken for 3");
     CHECK(peft_chat_detect(NULL) == PEFT_CHAT_NONE, "no template");
     CHECK(peft_chat_family("chatml") == PEFT_CHAT_CHATML && peft_chat_family("llama3") == PEFT_CHAT_LLAMA3 &&
           peft_chat_family("alpaca") == PEFT_CHAT_ALPACA && peft_chat_family("llama2") == PEFT_CHAT_LLAMA2 &&
@@ -122,34 +135,61 @@ TEST(test_chat_template_errors) {
     snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dir);
     FILE *f = fopen(cfg, "w");
     REQUIRE(f, "write %s", cfg);
-    fputs("{\"eos_token\": \"<|im_end|>\", \"chat_template\": \"{% for m in messages %}{{ m.content }}{% endfor %}\"}", f);
+    fputs("{\"eos_token\": \"<|im_end|>\", \"chat_template\": \"{% for m in messages %}{{ m.content }}{% "
+          "endfor %}\"}",
+          f);
     fclose(f);
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
     peft_chat_message m[2] = { { "user", "hi" }, { "assistant", "yo" } };
     int ids[256];
-    CHECK(peft_chat_encode(&t, 0, m, 2, 0, ids, NULL, 256) < 0 && strstr(peft_last_error(), "tokenizer_config.json") &&
-          strstr(peft_last_error(), "--chat-template"), "unknown template: %s", peft_last_error());
-    CHECK(peft_chat_encode(&t, PEFT_CHAT_CHATML, m, 2, 0, ids, NULL, 256) > 0, "--chat-template chatml overrides: %s", peft_last_error());
+    CHECK(peft_chat_encode(&t, 0, m, 2, 0, ids, NULL, 256) < 0 &&
+              strstr(peft_last_error(), "tokenizer_config.json") &&
+              strstr(peft_last_error(), "--chat-template"),
+          "unknown template: %s", peft_last_error());
+    CHECK(peft_chat_encode(&t, PEFT_CHAT_CHATML, m, 2, 0, ids, NULL, 256) > 0,
+          "--chat-template chatml overrides: %s", peft_last_error());
     peft_tokenizer_free(&t);
     f = fopen(cfg, "w");
     fputs("{\"eos_token\": \"<|im_end|>\"}", f);
     fclose(f);
     REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
-    CHECK(peft_chat_encode(&t, 0, m, 2, 0, ids, NULL, 256) < 0 && strstr(peft_last_error(), "no chat_template") &&
-          strstr(peft_last_error(), "--chat-template"), "no template: %s", peft_last_error());
+    CHECK(peft_chat_encode(&t, 0, m, 2, 0, ids, NULL, 256) < 0 &&
+              strstr(peft_last_error(), "no chat_template") && strstr(peft_last_error(), "--chat-template"),
+          "no template: %s", peft_last_error());
     peft_chat_message bad[2] = { { "user", "hi" }, { "tool", "x" } };
-    CHECK(peft_chat_encode(&t, PEFT_CHAT_CHATML, bad, 2, 0, ids, NULL, 256) < 0 && strstr(peft_last_error(), "tool"),
+    CHECK(peft_chat_encode(&t, PEFT_CHAT_CHATML, bad, 2, 0, ids, NULL, 256) < 0 &&
+              strstr(peft_last_error(), "tool"),
           "a tool role: %s", peft_last_error());
     peft_chat_message twice[2] = { { "user", "hi" }, { "user", "again" } };
-    CHECK(peft_chat_encode(&t, PEFT_CHAT_LLAMA2, twice, 2, 0, ids, NULL, 256) < 0, "LLaMA-2 takes user/assistant by turns");
+    CHECK(peft_chat_encode(&t, PEFT_CHAT_LLAMA2, twice, 2, 0, ids, NULL, 256) < 0,
+          "LLaMA-2 takes user/assistant by turns");
     /* chat data with a key the format does not have, and an eos_token not in the vocabulary */
-    const char *p = th_tmp_text("chat_bad.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\", \"weight\": 0}]}\n");
+    const char *p = th_tmp_text(
+        "chat_bad.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\", \"weight\": 0}]}\n");
     peft_dataset d;
     t.chat = PEFT_CHAT_CHATML;
     CHECK(peft_dataset_load(&d, p, &t, 64) != PEFT_OK && strstr(peft_last_error(), "weight") &&
           strstr(peft_last_error(), "chat_bad.jsonl"), "message key: %s", peft_last_error());
     peft_tokenizer_free(&t);
+    /* chat_template.jinja beside tokenizer_config.json (transformers 5 saves it so) wins over its key */
+    char src[700], jinja[800];
+    snprintf(src, sizeof src, "%s/chat/chatml/tokenizer_config.json", th_fixtures());
+    snprintf(jinja, sizeof jinja, "%s/chat_template.jinja", dir);
+    peft_json *cj;
+    REQUIRE_OK(peft_json_load(&cj, src));
+    f = fopen(jinja, "w");
+    fputs(peft_json_get(cj, "chat_template")->string, f);
+    fclose(f);
+    peft_json_free(cj);
+    f = fopen(cfg, "w");
+    fputs("{\"eos_token\": \"<|im_end|>\", \"chat_template\": \"{{ messages }}\"}", f);
+    fclose(f);
+    REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
+    CHECK(t.chat == PEFT_CHAT_CHATML && t.chat_default_system && strstr(t.chat_default_system, "SmolLM") &&
+          strstr(t.config_path, "chat_template.jinja"), "chat_template.jinja: family %d", t.chat);
+    peft_tokenizer_free(&t);
+    remove(jinja);
     f = fopen(cfg, "w");
     fputs("{\"eos_token\": {\"content\": \"<|nope|>\", \"special\": true}}", f);
     fclose(f);
@@ -168,7 +208,8 @@ TEST(test_eos_from_model_files) {
     snprintf(path, sizeof path, "%s/chat/smol/expected.json", th_fixtures());
     peft_json *ref;
     REQUIRE_OK(peft_json_load(&ref, path));
-    double want = peft_json_get(ref, "loss")->number, want_wrong = peft_json_get(ref, "loss_wrong_eos")->number;
+    double want = peft_json_get(ref, "loss")->number,
+           want_wrong = peft_json_get(ref, "loss_wrong_eos")->number;
     peft_model *m;
     REQUIRE_OK(peft_model_load(&m, dir));
     CHECK(m->cfg.n_eos == 1 && m->cfg.eos_ids[0] == 2, "config.json eos ids");
@@ -187,7 +228,8 @@ TEST(test_eos_from_model_files) {
             for (const peft_json *x = peft_json_get(ref, "ids")->child; x; x = x->next, e++) {
                 int i = 0;
                 same &= d.start[e + 1] - d.start[e] == x->n_children;
-                for (const peft_json *y = x->child; y && same; y = y->next, i++) same = d.ids[d.start[e] + i] == (int)y->number;
+                for (const peft_json *y = x->child; y && same; y = y->next, i++)
+                    same = d.ids[d.start[e] + i] == (int)y->number;
             }
             CHECK(same, "ids differ from the Stanford recipe with the tokenizer's eos_token");
         }
@@ -209,8 +251,8 @@ TEST(test_eos_from_model_files) {
     peft_dataset d2;
     REQUIRE_OK(peft_dataset_load(&d2, p2, &t, 64));
     int64_t e0 = d2.start[1], e1 = d2.start[2] - d2.start[1];
-    CHECK(d2.n == 2 && e0 == e1 && d2.ids[e0 - 1] == 2 && d2.ids[e0 - 2] != 2, "one EOS at the end: %lld vs %lld ids",
-          (long long)e0, (long long)e1);
+    CHECK(d2.n == 2 && e0 == e1 && d2.ids[e0 - 1] == 2 && d2.ids[e0 - 2] != 2,
+          "one EOS at the end: %lld vs %lld ids", (long long)e0, (long long)e1);
     peft_dataset_free(&d2);
     peft_tokenizer_free(&t);
     /* no tokenizer_config.json: the guess by text (<|endoftext|>) gives way to config.json's id */
@@ -238,22 +280,25 @@ TEST(test_eos_lists_and_generation_config) {
     char *at = strstr((char *)cj, "\"eos_token_id\": 2");
     REQUIRE(at, "config.json has eos_token_id 2");
     FILE *f = fopen(path, "w");
-    fprintf(f, "%.*s\"eos_token_id\": [2, 22]%s", (int)(at - (char *)cj), (char *)cj, at + strlen("\"eos_token_id\": 2"));
+    fprintf(f, "%.*s\"eos_token_id\": [2, 22]%s", (int)(at - (char *)cj), (char *)cj,
+            at + strlen("\"eos_token_id\": 2"));
     fclose(f);
     free(cj);
     peft_config c;
     REQUIRE_OK(peft_config_load(&c, path));
-    CHECK(c.n_eos == 2 && c.eos_ids[0] == 2 && c.eos_ids[1] == 22 && c.eos_id == 2, "eos list %d: %d %d", c.n_eos,
-          c.eos_ids[0], c.eos_ids[1]);
-    const char *g1 = th_tmp_text("gen1.json", "{\"bos_token_id\": 1, \"eos_token_id\": [2, 7, 9], \"pad_token_id\": 2, "
-                                 "\"do_sample\": true, \"temperature\": 0.6, \"top_p\": 0.9, \"max_new_tokens\": 12, "
-                                 "\"repetition_penalty\": 1.1, \"num_beams\": 1, \"min_new_tokens\": 3, "
-                                 "\"transformers_version\": \"4.42.3\"}");
+    CHECK(c.n_eos == 2 && c.eos_ids[0] == 2 && c.eos_ids[1] == 22 && c.eos_id == 2, "eos list %d: %d %d",
+          c.n_eos, c.eos_ids[0], c.eos_ids[1]);
+    const char *g1 = th_tmp_text(
+        "gen1.json", "{\"bos_token_id\": 1, \"eos_token_id\": [2, 7, 9], \"pad_token_id\": 2, "
+                     "\"do_sample\": true, \"temperature\": 0.6, \"top_p\": 0.9, \"max_new_tokens\": 12, "
+                     "\"repetition_penalty\": 1.1, \"num_beams\": 1, \"min_new_tokens\": 3, "
+                     "\"transformers_version\": \"4.42.3\"}");
     peft_generation_config gc;
     REQUIRE_OK(peft_generation_config_load(&gc, g1));
     CHECK(gc.n_eos == 3 && gc.eos_ids[2] == 9 && gc.do_sample == 1 && fabsf(gc.temperature - 0.6f) < 1e-7f &&
-          fabsf(gc.top_p - 0.9f) < 1e-7f && gc.top_k == 50 && gc.max_new_tokens == 12 && gc.pad_id == 2 && gc.bos_id == 1 &&
-          fabsf(gc.repetition_penalty - 1.1f) < 1e-7f, "generation_config fields");
+              fabsf(gc.top_p - 0.9f) < 1e-7f && gc.top_k == 50 && gc.max_new_tokens == 12 && gc.pad_id == 2 &&
+              gc.bos_id == 1 && fabsf(gc.repetition_penalty - 1.1f) < 1e-7f,
+          "generation_config fields");
     CHECK(!strcmp(gc.unused, "min_new_tokens"), "keys without effect: '%s'", gc.unused);
     const char *g2 = th_tmp_text("gen2.json", "{\"eos_token_id\": \"two\"}");
     CHECK(peft_generation_config_load(&gc, g2) != PEFT_OK && strstr(peft_last_error(), "eos_token_id") &&
@@ -274,7 +319,8 @@ TEST(test_eos_lists_and_generation_config) {
     s.stop = stop;
     s.n_stop = 2;
     int k2 = peft_generate(m, g, prompt, 3, 16, -1, &s, out2, NULL, NULL);
-    CHECK(k2 == first + 1 && out2[first] == out[3], "stopped after %d tokens, at the second stop id (%d)", k2, first + 1);
+    CHECK(k2 == first + 1 && out2[first] == out[3], "stopped after %d tokens, at the second stop id (%d)", k2,
+          first + 1);
     peft_graph_free(g);
     peft_model_free(m);
 }
@@ -303,11 +349,14 @@ TEST(test_added_token_flags_match_tokenizers) {
             REQUIRE_OK(peft_json_parse(&j, line, len, path));
             const char *text = peft_json_get(j, "text")->string;
             const peft_json *want = peft_json_get(j, "ids");
-            int ids[512], k = peft_tokenizer_encode(&t, text, 0, 0, ids, 512), same = k == want->n_children, i = 0;
-            for (const peft_json *x = want->child; x && same; x = x->next, i++) same = ids[i] == (int)x->number;
+            int ids[512], k = peft_tokenizer_encode(&t, text, 0, 0, ids, 512), same = k == want->n_children,
+                          i = 0;
+            for (const peft_json *x = want->child; x && same; x = x->next, i++)
+                same = ids[i] == (int)x->number;
             if (!same) {
                 char got[512] = "";
-                for (i = 0; i < k && strlen(got) < 480; i++) snprintf(got + strlen(got), sizeof got - strlen(got), " %d", ids[i]);
+                for (i = 0; i < k && strlen(got) < 480; i++)
+                    snprintf(got + strlen(got), sizeof got - strlen(got), " %d", ids[i]);
                 CHECK(0, "%s: \"%s\": ids%s differ from tokenizers'", names[f], text, got);
             }
             ok += same;
@@ -319,11 +368,14 @@ TEST(test_added_token_flags_match_tokenizers) {
         peft_tokenizer_free(&t);
     }
     /* a flag that is not a boolean, a key tokenizers does not write */
-    const char *bad[2] = { "{\"id\": 3, \"content\": \"<x>\", \"rstrip\": 1}", "{\"id\": 3, \"content\": \"<x>\", \"strip\": true}" };
+    const char *bad[2] = { "{\"id\": 3, \"content\": \"<x>\", \"rstrip\": 1}",
+                           "{\"id\": 3, \"content\": \"<x>\", \"strip\": true}" };
     for (int b = 0; b < 2; b++) {
         char text[1024];
-        snprintf(text, sizeof text, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": "
-                 "[\"a b\"]}, \"added_tokens\": [%s], \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}", bad[b]);
+        snprintf(text, sizeof text,
+                 "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": "
+                 "[\"a b\"]}, \"added_tokens\": [%s], \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}",
+                 bad[b]);
         const char *p = th_tmp_text(b ? "added_bad2.json" : "added_bad1.json", text);
         peft_tokenizer t;
         CHECK(peft_tokenizer_load(&t, p, 0) != PEFT_OK && strstr(peft_last_error(), b ? "strip" : "rstrip") &&

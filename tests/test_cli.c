@@ -821,31 +821,44 @@ TEST(test_cli_trained_model_stops_at_eos) {
     fclose(probe);
     char dir[512], cmd[2400];
     snprintf(dir, sizeof dir, "%s/cli_smol", th_tmpdir());
-    snprintf(cmd, sizeof cmd, "rm -rf %s && mkdir -p %s/smol && cp %s/chat/smol/* %s/smol/ && cp %s/hf_tok/gpt2.json %s/smol/tokenizer.json",
+    snprintf(cmd, sizeof cmd,
+             "rm -rf %s && mkdir -p %s/smol && cp %s/chat/smol/* %s/smol/ && cp %s/hf_tok/gpt2.json "
+             "%s/smol/tokenizer.json",
              dir, dir, th_fixtures(), dir, th_fixtures(), dir);
     REQUIRE(system(cmd) == 0, "setup");
-    static const char *const q[4][2] = { { "What is the capital of France?", "Paris." }, { "Name a primary colour.", "Blue." },
-                                         { "Say hello.", "Hello!" }, { "Who wrote Hamlet?", "Shakespeare." } };
+    static const char *const q[4][2] = { { "What is the capital of France?", "Paris." },
+                                         { "Name a primary colour.", "Blue." },
+                                         { "Say hello.", "Hello!" },
+                                         { "Who wrote Hamlet?", "Shakespeare." } };
     char chat[1024] = "";
     for (int i = 0; i < 4; i++)
         snprintf(chat + strlen(chat), sizeof chat - strlen(chat),
-                 "{\"messages\": [{\"role\": \"user\", \"content\": \"%s\"}, {\"role\": \"assistant\", \"content\": \"%s\"}]}\n",
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"%s\"}, {\"role\": \"assistant\", "
+                 "\"content\": \"%s\"}]}\n",
                  q[i][0], q[i][1]);
     const char *chat_path = th_tmp_text("smol_chat.jsonl", chat);
     char data0[600];
     snprintf(data0, sizeof data0, "%s/smol/data.json", dir);
     for (int mode = 0; mode < 2; mode++) {               /* 0: Alpaca records, 1: the same as chat data */
-        CHECK(run(out, sizeof out, "train --model %s/smol --data %s --method full --lr 1e-2 --max-steps 150 --batch 4 "
-                  "--schedule constant --out %s/run%d", dir, mode ? chat_path : data0, dir, mode) == 0, "train: %s", out);
+        CHECK(run(out, sizeof out,
+                  "train --model %s/smol --data %s --method full --lr 1e-2 --max-steps 150 --batch 4 "
+                  "--schedule constant --out %s/run%d",
+                  dir, mode ? chat_path : data0, dir, mode) == 0,
+              "train: %s", out);
         for (int i = 0; i < (mode ? 4 : 2); i++) {
             const char *prompt = mode ? q[i][0] : i ? "Say hello." : "What is the capital of France?";
             const char *want = mode ? q[i][1] : i ? "Hello!" : "Paris.";
             const char *how = mode ? "--chat" : "--alpaca --prompt";
-            CHECK(run(out, sizeof out, "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24",
-                      dir, mode, dir, how, prompt) == 0 && !strncmp(out, want, strlen(want)) && out[strlen(want)] == '\n',
+            CHECK(run(out, sizeof out,
+                      "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24",
+                      dir, mode, dir, how, prompt) == 0 &&
+                      !strncmp(out, want, strlen(want)) && out[strlen(want)] == '\n',
                   "%s: %s", prompt, out);
-            CHECK(run(out, sizeof out, "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24 "
-                      "--print-ids", dir, mode, dir, how, prompt) == 0, "generate: %s", out);
+            CHECK(run(out, sizeof out,
+                      "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24 "
+                      "--print-ids",
+                      dir, mode, dir, how, prompt) == 0,
+                  "generate: %s", out);
             int ids[32], n = 0;
             for (char *p = out, *end; n < 32; p = end) {
                 long v = strtol(p, &end, 10);
@@ -854,9 +867,36 @@ TEST(test_cli_trained_model_stops_at_eos) {
             }
             int early = 0;
             for (int k = 0; k + 1 < n; k++) early |= ids[k] == 2 || ids[k] == 0;
-            CHECK(n >= 2 && n < 24 && ids[n - 1] == 2 && !early, "%s: the ids end at <|im_end|> (2), once: %s", prompt, out);
+            CHECK(n >= 2 && n < 24 && ids[n - 1] == 2 && !early,
+                  "%s: the ids end at <|im_end|> (2), once: %s", prompt, out);
         }
     }
+    /* generation_config.json: max_new_tokens is --max-new's default, a key without effect is named,
+       and the second id of an eos_token_id list stops generation as the first does */
+    char gpath[700];
+    snprintf(gpath, sizeof gpath, "%s/smol/generation_config.json", dir);
+    FILE *g = fopen(gpath, "w");
+    REQUIRE(g, "write %s", gpath);
+    fputs("{\"eos_token_id\": 2, \"max_new_tokens\": 3, \"min_new_tokens\": 1}", g);
+    fclose(g);
+    CHECK(run(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids", dir) == 0 &&
+              strstr(out, "min_new_tokens"),
+          "generation_config.json warning: %s", out);
+    char *last = strrchr(out, '\n');
+    while (last && last > out && last[-1] != '\n') last--;
+    int gids[8], gn = 0;
+    for (char *p = last ? last : out, *end; gn < 8; p = end) {
+        long v = strtol(p, &end, 10);
+        if (end == p) break;
+        gids[gn++] = (int)v;
+    }
+    CHECK(gn == 3 && gids[0] != 2, "max_new_tokens 3: %d ids (%s)", gn, out);
+    g = fopen(gpath, "w");
+    fprintf(g, "{\"eos_token_id\": [2, %d]}", gn ? gids[0] : 5);
+    fclose(g);
+    CHECK(run(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids --max-new 8", dir) == 0 &&
+              gn && atoi(out) == gids[0] && !strchr(out, ' '),
+          "the second eos id stops: %s", out);
 }
 
 /* peft --version prints the header's version macros. */

@@ -985,7 +985,7 @@ static int cmd_train(int argc, char **argv) {
     } else if (tokp) snprintf(tprobe, sizeof tprobe, "%s", tokp);
     if (tprobe[0]) {
         if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) { peft_model_free(m); return fail(); }
-        peft_tokenizer_use_config_eos(&tok, &m->cfg);       /* no tokenizer_config.json eos_token: config.json's */
+        peft_tokenizer_use_config_eos(&tok, &m->cfg); /* no tokenizer_config.json eos_token: config.json's */
         tk = &tok;
         const char *ct = get(&st, "chat_template");
         if (ct && (tok.chat = peft_chat_family(ct)) < 0) {
@@ -1433,7 +1433,12 @@ static const char *GENERATE_HELP =
     "The tokenizer comes from the model folder (tokenizer.json or tokenizer.bin) or\n"
     "--tokenizer (a tokenizer.json, or llama2.c's tokenizer.bin).\n";
 
-typedef struct { const peft_tokenizer *tok; int prev, print_ids, count; const int *stop; int n_stop; } gen_ctx;
+typedef struct {
+    const peft_tokenizer *tok;
+    int prev, print_ids, count;
+    const int *stop;
+    int n_stop;
+} gen_ctx;
 
 static int on_token(void *vctx, int id) {
     gen_ctx *c = (gen_ctx *)vctx;
@@ -1452,7 +1457,8 @@ static int on_token(void *vctx, int id) {
 
 static int cmd_generate(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
-    const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL, *chat = NULL, *system = NULL, *chat_name = NULL;
+    const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL, *chat = NULL, *system = NULL,
+               *chat_name = NULL;
     int max_new = 64, print_ids = 0, alpaca = 0, threads = 1;
     int set_max_new = 0, set_temp = 0, set_top_p = 0, set_top_k = 0, set_rep = 0;
     peft_sampler sm = { 0.0f, 1.0f, 0, 0, 1.0f, NULL, 0 };
@@ -1472,8 +1478,10 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--system")) system = v;
         else if (!strcmp(a, "--chat-template")) chat_name = v;
         else if (!strcmp(a, "--max-new")) ok = (set_max_new = parse_int(v, &max_new)) && max_new > 0;
-        else if (!strcmp(a, "--temperature")) ok = (set_temp = parse_float(v, &sm.temperature)) && sm.temperature >= 0;
-        else if (!strcmp(a, "--top-p")) ok = (set_top_p = parse_float(v, &sm.top_p)) && sm.top_p > 0 && sm.top_p <= 1;
+        else if (!strcmp(a, "--temperature"))
+            ok = (set_temp = parse_float(v, &sm.temperature)) && sm.temperature >= 0;
+        else if (!strcmp(a, "--top-p"))
+            ok = (set_top_p = parse_float(v, &sm.top_p)) && sm.top_p > 0 && sm.top_p <= 1;
         else if (!strcmp(a, "--top-k")) ok = (set_top_k = parse_int(v, &sm.top_k)) && sm.top_k >= 0;
         else if (!strcmp(a, "--repetition-penalty"))
             ok = (set_rep = parse_float(v, &sm.repetition_penalty)) && sm.repetition_penalty > 0;
@@ -1484,9 +1492,11 @@ static int cmd_generate(int argc, char **argv) {
         i += 2;
     }
     if (!src.model) return usage_error("generate", "--model is required", NULL);
-    if (!!prompt + !!tokens_arg + !!chat != 1) return usage_error("generate", "give exactly one of --prompt, --chat and --tokens", NULL);
+    if (!!prompt + !!tokens_arg + !!chat != 1)
+        return usage_error("generate", "give exactly one of --prompt, --chat and --tokens", NULL);
     if (alpaca && !prompt) return usage_error("generate", "--alpaca needs --prompt", NULL);
-    if ((system || chat_name) && !chat) return usage_error("generate", "--system and --chat-template need --chat", NULL);
+    if ((system || chat_name) && !chat)
+        return usage_error("generate", "--system and --chat-template need --chat", NULL);
     int chat_family = 0;
     if (chat_name && (chat_family = peft_chat_family(chat_name)) < 0)
         return usage_error("generate", "--chat-template must be chatml, llama2, llama3 or alpaca", chat_name);
@@ -1496,7 +1506,9 @@ static int cmd_generate(int argc, char **argv) {
     snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", src.model);
     folder_tok |= dir_exists(src.model) && file_exists(tprobe);
     if ((prompt || chat) && !tok_path && !folder_tok)
-        return usage_error("generate", "--prompt and --chat need a tokenizer: the model folder has none, give --tokenizer", NULL);
+        return usage_error(
+            "generate", "--prompt and --chat need a tokenizer: the model folder has none, give --tokenizer",
+            NULL);
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
@@ -1511,17 +1523,23 @@ static int cmd_generate(int argc, char **argv) {
     char gpath[1200];
     snprintf(gpath, sizeof gpath, "%s/generation_config.json", src.model);
     int have_gc = dir_exists(src.model) && file_exists(gpath);
-    if (have_gc && peft_generation_config_load(&gc, gpath) != PEFT_OK) { rc = fail(); goto done; }
+    if (have_gc && peft_generation_config_load(&gc, gpath) != PEFT_OK) {
+        rc = fail();
+        goto done;
+    }
     if (have_gc) {
         if (gc.unused[0]) fprintf(stderr, "peft: warning: %s: not applied: %s\n", gpath, gc.unused);
         if (!set_max_new && gc.max_new_tokens > 0) max_new = gc.max_new_tokens;
-        else if (!set_max_new && gc.max_length > 0) max_new = -gc.max_length;      /* resolved once the prompt is known */
+        else if (!set_max_new && gc.max_length > 0)
+            max_new = -gc.max_length; /* resolved once the prompt is known */
         if (!set_rep && gc.repetition_penalty > 0) sm.repetition_penalty = gc.repetition_penalty;
         if (!set_temp && gc.do_sample == 1) {                 /* greedy unless do_sample, as generate() */
             sm.temperature = gc.temperature >= 0 ? gc.temperature : 1.0f;
             if (!set_top_p && gc.top_p > 0) sm.top_p = gc.top_p;
             if (!set_top_k && gc.top_k >= 0) sm.top_k = gc.top_k;
-            fprintf(stderr, "peft: sampling as %s says (temperature %g, top_p %g, top_k %d); --temperature 0 for greedy\n",
+            fprintf(stderr,
+                    "peft: sampling as %s says (temperature %g, top_p %g, top_k %d); --temperature 0 for "
+                    "greedy\n",
                     gpath, sm.temperature, sm.top_p, sm.top_k);
         }
         for (int k = 0; k < gc.n_eos; k++) stop[n_stop++] = gc.eos_ids[k];
@@ -1530,7 +1548,11 @@ static int cmd_generate(int argc, char **argv) {
     if (m->cfg.eos_id >= 0) stop[n_stop++] = m->cfg.eos_id;
     ids = malloc(sizeof(int) * cap);
     out = malloc(sizeof(int) * (size_t)(max_new > 0 ? max_new : -max_new));
-    if (!ids || !out) { fprintf(stderr, "peft: error: out of memory\n"); rc = 1; goto done; }
+    if (!ids || !out) {
+        fprintf(stderr, "peft: error: out of memory\n");
+        rc = 1;
+        goto done;
+    }
     if (tok_path) {
         if (peft_tokenizer_load(&tok, tok_path, m->cfg.vocab_size) != PEFT_OK) { rc = fail(); goto done; }
         peft_tokenizer_use_config_eos(&tok, &m->cfg);
@@ -1540,7 +1562,10 @@ static int cmd_generate(int argc, char **argv) {
     if (chat) {
         peft_chat_message msgs[2] = { { "system", system }, { "user", chat } };
         n = peft_chat_encode(&tok, chat_family, system ? msgs : msgs + 1, system ? 2 : 1, 1, ids, NULL, cap);
-        if (n < 0) { rc = fail(); goto done; }
+        if (n < 0) {
+            rc = fail();
+            goto done;
+        }
     }
     if (prompt && alpaca) {
         size_t tn = strlen(prompt) + 512;

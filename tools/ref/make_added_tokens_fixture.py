@@ -30,7 +30,8 @@ STRINGS = [
     "no tokens here", "a <mask> b", "a<mask>b", "   <mask>", "x \n <mask>", "<mask><mask>", " <mask> <mask> ",
     "<|user|> <mask> <|end|>", "\u3000<mask>", "text<|assistant|>", "<|assistant|>",
     "[SEP]  next", "[SEP]\n\nnext", "a [SEP] b [SEP]", "hello world", "say hello", "hellothere", "ahello",
-    "_hello", "hello_", "hello!", "(hello)", "hello", "héllo hello", "hello2", "2hello", "<norm>x", "a<norm>",
+    "_hello", "hello_", "hello!", "(hello)", "hello", "héllo hello", "hello2", "2hello", "<norm>x",
+    "a<norm>",
     "<ab>c", "abc", "a bc d", "<ab>bc", "yes", "yes no", "eyes", "yes!", "yesyes", " yes ", "<mask>hello",
     "hello<mask>", "é<mask>é", "<norm>z", "a<norm>z b<norm>", "",
 ]
@@ -71,7 +72,8 @@ def main():
         t = Tokenizer.from_file(os.path.join(OUT, name + ".json"))
         with open(os.path.join(OUT, name + ".jsonl"), "w") as f:
             for s in STRINGS:
-                f.write(json.dumps({"text": s, "ids": t.encode(s, add_special_tokens=False).ids}, ensure_ascii=False) + "\n")
+                ids = t.encode(s, add_special_tokens=False).ids
+                f.write(json.dumps({"text": s, "ids": ids}, ensure_ascii=False) + "\n")
         print(name, len(STRINGS), "strings")
 
 if __name__ == "__main__":

@@ -24,8 +24,11 @@ transformers applies them.
 
 The mask (TRL's assistant-only loss): a token carries loss when its character
 span (the fast tokenizer's offsets) overlaps an assistant turn's content or the
-end-of-turn token after it. The turn's span comes from rendering prefixes of the
-conversation with the real template: it starts where the rendering up to the turn
+end-of-turn token after it. For ChatML and LLaMA-3 the script also asserts that
+this equals transformers' return_assistant_tokens_mask on the template with a
+{% generation %} block around the content and end-of-turn token (TRL's way).
+The turn's span comes from rendering prefixes of the conversation with the real
+template: it starts where the rendering up to the turn
 (with add_generation_prompt) ends, LLaMA-2's single space after [/INST] skipped,
 and ends after the end-of-turn token the rendering up to the turn ends with.
 
@@ -49,33 +52,39 @@ def smollm2_template():
     f = reader.fields["tokenizer.chat_template"]
     return bytes(f.parts[f.data[0]]).decode("utf-8")
 
-LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
-          "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
-          "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ "
-          "raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if "
-          "loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
-          "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if "
-          "message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] "
-          "== 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
-LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
-          "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-          "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ "
-          "'<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
-ALPACA_JINJA = ("{% if messages[0]['role'] == 'system' %}\n    {% set system_message = messages[0]['content'] | trim + "
-                "'\\n\\n' %}\n    {% set messages = messages[1:] %}\n{% else %}\n    {% set system_message = '' %}\n"
-                "{% endif %}\n\n{{ bos_token + system_message }}\n{% for message in messages %}\n    {% if "
-                "(message['role'] == 'user') != (loop.index0 % 2 == 0) %}\n        {{ raise_exception('Conversation "
-                "roles must alternate user/assistant/user/assistant/...') }}\n    {% endif %}\n\n    {% if message['role']"
-                " == 'user' %}\n        {{ '### Instruction:\\n' + message['content'] | trim + '\\n\\n' }}\n    {% elif "
-                "message['role'] == 'assistant' %}\n        {{ '### Response:\\n' + message['content'] | trim + "
-                "eos_token + '\\n\\n' }}\n    {% endif %}\n{% endfor %}\n\n{% if add_generation_prompt %}\n    {{ "
-                "'### Response:\\n' }}\n{% endif %}")
+LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set sys"
+          "tem_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% se"
+          "t system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['"
+          "role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles mus"
+          "t alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and "
+          "system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\"
+          "n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% "
+          "if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }"
+          "}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}"
+          "{% endif %}{% endfor %}")
+LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|st"
+          "art_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<"
+          "|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{"
+          " content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end"
+          "_header_id|>\n\n' }}{% endif %}")
+ALPACA_JINJA = ("{% if messages[0]['role'] == 'system' %}\n    {% set system_message = message"
+                "s[0]['content'] | trim + '\\n\\n' %}\n    {% set messages = messages[1:] %}\n{% "
+                "else %}\n    {% set system_message = '' %}\n{% endif %}\n\n{{ bos_token + system"
+                "_message }}\n{% for message in messages %}\n    {% if (message['role'] == 'use"
+                "r') != (loop.index0 % 2 == 0) %}\n        {{ raise_exception('Conversation ro"
+                "les must alternate user/assistant/user/assistant/...') }}\n    {% endif %}\n\n "
+                "   {% if message['role'] == 'user' %}\n        {{ '### Instruction:\\n' + mess"
+                "age['content'] | trim + '\\n\\n' }}\n    {% elif message['role'] == 'assistant'"
+                " %}\n        {{ '### Response:\\n' + message['content'] | trim + eos_token + '"
+                "\\n\\n' }}\n    {% endif %}\n{% endfor %}\n\n{% if add_generation_prompt %}\n    {{"
+                " '### Response:\\n' }}\n{% endif %}")
 ALPACA = ALPACA_JINJA.replace("    ", "").replace("\n", "")
 
 S, U, A = "system", "user", "assistant"
 CONVS = [
     ([(U, "What is the capital of France?"), (A, "Paris.")], False),
-    ([(S, "You are terse."), (U, "Name a colour."), (A, "Blue."), (U, "Another one?"), (A, "Green, then red.")], False),
+    ([(S, "You are terse."), (U, "Name a colour."), (A, "Blue."), (U, "Another one?"),
+      (A, "Green, then red.")], False),
     ([(U, "Say hello")], True),
     ([(S, "Answer in French."), (U, "Good morning!")], True),
     ([(U, "  Hi there \n"), (A, "Hello!\nHow can I help?  ")], False),
@@ -97,6 +106,35 @@ def tok_config(template, bos, eos, pad=None):
     if pad:
         c["pad_token"] = pad
     return c
+
+# The same templates with TRL's {% generation %} block around what carries loss, for the
+# families where it can be added without changing the text: transformers' own
+# return_assistant_tokens_mask on them must equal the offset rule above.
+GENERATION_BLOCKS = {
+    "chatml": ("{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}",
+               "{% if message['role'] == 'assistant' %}{{'<|im_start|>assistant\n'}}{% generation %}{{ "
+               "message['content'] + '<|im_end|>' }}{% endgeneration %}{{'\n'}}{% else %}{{'<|im_start|>' + "
+               "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endif %}"),
+    "llama3": ("{{ content }}",
+               "{% if message['role'] == 'assistant' %}"
+               "{{ content[:content.index('<|end_header_id|>') + 19] }}"
+               "{% generation %}{{ content[content.index('<|end_header_id|>') + 19:] }}{% endgeneration %}"
+               "{% else %}{{ content }}{% endif %}"),
+}
+
+def generation_masks(name, template, bos, eos, tokenizer_json, convs):
+    old, new = GENERATION_BLOCKS[name]
+    assert old in template
+    tmp = tempfile.mkdtemp()
+    shutil.copy(tokenizer_json, os.path.join(tmp, "tokenizer.json"))
+    with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+        json.dump(tok_config(template.replace(old, new), bos, eos), f)
+    tok = AutoTokenizer.from_pretrained(tmp)
+    out = [tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen, return_dict=True,
+                                   return_assistant_tokens_mask=True)["assistant_masks"]
+           for msgs, gen in convs]
+    shutil.rmtree(tmp)
+    return out
 
 def render(tok, msgs, gen):
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
@@ -124,11 +162,12 @@ def family(name):
     lines = []
     for conv, gen in CONVS:
         msgs = [{"role": r, "content": c} for r, c in conv]
-        if name in ("llama2", "alpaca") and any(m["role"] == "user" and i + 1 < len(msgs) and msgs[i + 1]["role"] == "user"
-                                                for i, m in enumerate(msgs)):
+        if name in ("llama2", "alpaca") and any(m["role"] == "user" and i + 1 < len(msgs) and
+                                                msgs[i + 1]["role"] == "user" for i, m in enumerate(msgs)):
             continue
         text = render(tok, msgs, gen)
-        ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen, return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen,
+                                      return_dict=True)["input_ids"]
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         assert enc["input_ids"] == ids == raw.encode(text, add_special_tokens=False).ids, name
         spans = []
@@ -146,11 +185,16 @@ def family(name):
             hit = any((a < e and b > s) if b > a else (s <= a < e) for s, e in spans)
             mask.append(int(hit))
         lines.append({"messages": msgs, "add_generation_prompt": gen, "text": text, "ids": ids, "mask": mask})
+    if name in GENERATION_BLOCKS:
+        ref = generation_masks(name, template, bos, eos, os.path.join(tmp, "tokenizer.json"),
+                               [(l["messages"], l["add_generation_prompt"]) for l in lines])
+        assert [l["mask"] for l in lines] == ref, name + ": the offset rule differs from transformers' mask"
     with open(os.path.join(out, "expected.jsonl"), "w") as f:
         for l in lines:
             f.write(json.dumps(l, ensure_ascii=False) + "\n")
     shutil.rmtree(tmp)
-    print(name, len(lines), "conversations")
+    same = ", masks equal return_assistant_tokens_mask" if name in GENERATION_BLOCKS else ""
+    print(name, len(lines), "conversations" + same)
 
 ALPACA_RECORDS = [
     {"instruction": "What is the capital of France?", "input": "", "output": "Paris."},
@@ -158,7 +202,8 @@ ALPACA_RECORDS = [
     {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
     {"instruction": "Say hello.", "input": "", "output": "Hello!"},
 ]
-PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                "context. "
                 "Write a response that appropriately completes the request.\n\n"
                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
 PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
@@ -194,16 +239,18 @@ def smol():
     out = os.path.join(OUT, "smol")
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2)
+    cfg = LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2, initializer_range=0.2)
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     for extra in ("generation_config.json",):
         if os.path.exists(os.path.join(out, extra)):
             os.remove(os.path.join(out, extra))
     with open(os.path.join(out, "generation_config.json"), "w") as f:     # as SmolLM2-135M-Instruct's
-        json.dump({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "transformers_version": "4.42.3"}, f, indent=1)
+        gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "transformers_version": "4.42.3"}
+        json.dump(gen, f, indent=1)
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
         json.dump(tok_config(smollm2_template(), "<|im_start|>", "<|im_end|>", "<|im_end|>"), f, indent=1)
     with open(os.path.join(out, "data.json"), "w") as f:
