@@ -78,6 +78,8 @@
                  (frozen ones never own a gradient buffer)
      4-bit       peft_q4: NF4/FP4/Int4 blocks of 64 in bitsandbytes' layout,
                  double quantization, 8-bit blockwise codes
+     ggml types  peft_qmatrix: frozen weights kept in GGUF's block types (F32,
+                 F16, BF16, Q4_0 … Q8_0, Q2_K … Q6_K), decoded inside the GEMM
      kernels     peft_gemm (packed, register-tiled, threaded), peft_check_cpu
      tape        peft_graph: an arena for activations plus the op record;
                  peft_backward() walks it in reverse
@@ -332,8 +334,11 @@ PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor
    is not a separate tensor, nor its gradient). */
 PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, peft_tensor *A,
                                        peft_tensor *B, float scale, float dropout, peft_rng *rng);
-/* y = x·Wᵀ over a ggml-typed frozen W [out, in] (decoded into the GEMM's packed
-   panels; no fp32 copy of W); the input gradient goes through the same decoding. */
+/* y [N, out] = x [N, in]·Wᵀ over a ggml-typed frozen W [out, in], decoded into
+   the GEMM's packed panels (no fp32 copy of W); the input gradient goes
+   through the same decoding, W never gets one. PEFT_ERR_SHAPE when x's width
+   is not W->cols; PEFT_ERR_ARG for a matrix without data, an unsupported
+   type or a row_bytes that disagrees with its type and cols. */
 PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W);
 /* LoRA over it: x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ, as peft_lora_linear / peft_qlora_linear */
 PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
@@ -403,7 +408,8 @@ typedef struct {
     float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
     peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
     peft_q4     *q4;                 /* QLoRA: 4-bit storage of w (w->data freed) */
-    peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL) */
+    peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL;
+                                        PEFT_MALLOC'ed, freed with the model) */
 } peft_linear_site;
 
 typedef struct {
@@ -5250,6 +5256,10 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
    KERNELS above.
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "quantize: the base is already stored in ggml %s blocks (GGUF); "
+                          "LoRA trains over them as they are (method lora, not qlora)",
+                          peft_ggml_type_name(peft__model_qm(m)->type));
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             peft_linear_site *S = &m->layers[l].lin[s];

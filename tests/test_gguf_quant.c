@@ -460,6 +460,10 @@ TEST(test_qmatrix_model_trains_like_floats) {
                 CHECK(peft_attach(q, &full) == PEFT_ERR_UNSUPPORTED &&
                           strstr(peft_last_error(), "full fine-tuning"),
                       "%s: full fine-tuning over ggml blocks must be refused: %s", tn, peft_last_error());
+                CHECK(peft_model_quantize(q, PEFT_NF4, 1) == PEFT_ERR_UNSUPPORTED,
+                      "%s: NF4 over ggml blocks must be refused", tn);
+                CHECK(peft_param_set_trainable(q->layers[0].lin[PEFT_Q].w, 1) == PEFT_ERR_UNSUPPORTED,
+                      "%s: a weight held in ggml blocks cannot be made trainable", tn);
                 double bits = peft_model_linear_bits(q);
                 double want = 8.0 * (double)peft_ggml_type_size(types[ti]) / peft_ggml_block_size(types[ti]);
                 CHECK(fabs(bits - want) < 1e-9, "%s: %.4f bits per linear weight, want %.4f", tn, bits, want);
