@@ -78,6 +78,8 @@
                  (frozen ones never own a gradient buffer)
      4-bit       peft_q4: NF4/FP4/Int4 blocks of 64 in bitsandbytes' layout,
                  double quantization, 8-bit blockwise codes
+     ggml types  peft_qmatrix: frozen weights kept in GGUF's block types (F32,
+                 F16, BF16, Q4_0 … Q8_0, Q2_K … Q6_K), decoded inside the GEMM
      kernels     peft_gemm (packed, register-tiled, threaded), peft_check_cpu
      tape        peft_graph: an arena for activations plus the op record;
                  peft_backward() walks it in reverse
@@ -428,8 +430,11 @@ PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor
    is not a separate tensor, nor its gradient). */
 PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, peft_tensor *A,
                                        peft_tensor *B, float scale, float dropout, peft_rng *rng);
-/* y = x·Wᵀ over a ggml-typed frozen W [out, in] (decoded into the GEMM's packed
-   panels; no fp32 copy of W); the input gradient goes through the same decoding. */
+/* y [N, out] = x [N, in]·Wᵀ over a ggml-typed frozen W [out, in], decoded into
+   the GEMM's packed panels (no fp32 copy of W); the input gradient goes
+   through the same decoding, W never gets one. PEFT_ERR_SHAPE when x's width
+   is not W->cols; PEFT_ERR_ARG for a matrix without data, an unsupported
+   type or a row_bytes that disagrees with its type and cols. */
 PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W);
 /* LoRA over it: x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ, as peft_lora_linear / peft_qlora_linear */
 PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
@@ -502,7 +507,8 @@ typedef struct {
     float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
     peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
     peft_q4     *q4;                 /* QLoRA: 4-bit storage of w (w->data freed) */
-    peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL) */
+    peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL;
+                                        PEFT_MALLOC'ed, freed with the model) */
 } peft_linear_site;
 
 typedef struct {
@@ -2255,38 +2261,48 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
            x = (d·sc)·(q − 32) per 16
    The arithmetic is float32 in gguf.quants.dequantize's order (d·sc, then
    ·q, then ± the min), and every product is exact: an fp16 scale has 11
-   significant bits, a 6-bit sub-scale and a code of at most 6 bits bring
-   that to 24 at most, so only the final ± rounds, and a fused multiply-add
-   (which compilers may form) gives the same float. The values equal the
-   package's bit for bit (tests/test_gguf_quant.c). */
+   significant bits, a sub-scale at most 7 (Q6_K's int8) and a code at most
+   6, 24 in all, so only the final ± rounds, and a fused multiply-add (which
+   compilers may form) gives the same float. The values equal the package's
+   bit for bit (tests/test_gguf_quant.c). The GEMM calls peft_qmatrix_decode
+   for a run of one row at a time as it packs a panel (KERNELS: matrix
+   multiply, peft__pack_B_stored): a K slice of row j for the forward, the
+   panel's columns of row k for the input gradient. */
 
-/* elements [e0, e1) of one block into out; the loops run over a sub-block
-   at a time with its scale in hand, plain enough for the compiler to
-   vectorize */
+/* elements [e0, e1) of one block into out. A whole block takes fixed runs
+   that the compiler vectorizes (a row's K slice is mostly whole blocks); a
+   part of one goes a sub-block at a time with its scale in hand. */
 typedef void (*peft__ggml_decoder)(const uint8_t *b, int e0, int e1, float *out);
 
 static float peft__ggml_h(const uint8_t *p) { return peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
 
-/* F16 → F32 without branches on the common path: normal numbers, infinities
-   and NaNs move their fields (NaN payloads kept), subnormals go through an
-   exact integer conversion (m·2⁻²⁴ is a normal float, so flush-to-zero modes
-   cannot touch it) */
+/* F16 → F32 without branches: normal numbers, infinities and NaNs move
+   their fields (NaN payloads kept), subnormals go through an exact integer
+   conversion (m·2⁻²⁴ is a normal float, so flush-to-zero modes cannot touch
+   it) */
 static uint32_t peft__f16_bits(uint16_t h) {
-    uint32_t s = (uint32_t)(h & 0x8000) << 16, em = h & 0x7FFFu, bits;
-    float sub = (float)em * 0x1p-24f;
-    memcpy(&bits, &sub, 4);
-    uint32_t big = em >= 0x7C00u ? 0x70000000u : 0x38000000u;
-    return s | (em >= 0x400u ? (em << 13) + big : bits);
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, em = h & 0x7FFFu, sub;
+    float f = (float)em * 0x1p-24f;
+    memcpy(&sub, &f, 4);
+    /* the selections as masks, so that a loop over a row vectorizes */
+    uint32_t norm = (em << 13) + 0x38000000u + (uint32_t)(em >= 0x7C00u) * 0x38000000u;
+    uint32_t is_norm = 0u - (uint32_t)(em >= 0x400u);
+    return s | (norm & is_norm) | (sub & ~is_norm);
 }
+/* (whole 16-bit loads: a little-endian host, as the files are) */
 static void peft__f16_row(const uint8_t *p, int64_t n, float *out) {
     for (int64_t i = 0; i < n; i++) {
-        uint32_t b = peft__f16_bits((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        uint32_t b = peft__f16_bits(h);
         memcpy(out + i, &b, 4);
     }
 }
 static void peft__bf16_row(const uint8_t *p, int64_t n, float *out) {
     for (int64_t i = 0; i < n; i++) {
-        uint32_t b = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        uint32_t b = (uint32_t)h << 16;
         memcpy(out + i, &b, 4);
     }
 }
@@ -2304,6 +2320,13 @@ static void peft__dq_bf16(const uint8_t *b, int e0, int e1, float *out) {
    high nibbles 16-31, the fifth bit of element e is bit e of qh), then
    x = d·(q − off) or x = d·q + m (two roundings) */
 static void peft__q32_codes(const uint8_t *qs, uint32_t qh, int e0, int e1, int *q) {
+    if (e0 == 0 && e1 == 32) {               /* a whole block: fixed counts, which vectorize */
+        for (int e = 0; e < 16; e++) {
+            q[e] = (qs[e] & 15) | (int)((qh >> e) & 1) << 4;
+            q[e + 16] = (qs[e] >> 4) | (int)((qh >> (e + 16)) & 1) << 4;
+        }
+        return;
+    }
     int e = e0;
     for (; e < e1 && e < 16; e++) *q++ = (qs[e] & 15) | (int)((qh >> e) & 1) << 4;
     for (; e < e1; e++) *q++ = (qs[e - 16] >> 4) | (int)((qh >> e) & 1) << 4;
@@ -2348,7 +2371,28 @@ static void peft__dq_q8_0(const uint8_t *b, int e0, int e1, float *out) {
 
 /* K-quants: [e0, e1) is cut along the sub-blocks j (of 16 or 32 elements),
    l0 ≤ l < l1 the elements of j that it covers */
+/* whole Q2_K and Q3_K blocks, as Q6_K's below: the codes in runs of 32
+   (byte l of a 128-half holds elements l + 32·k at bits 2·k), then the
+   scaling in sixteen fixed runs of 16 */
+static void peft__q2_codes(const uint8_t *qs, int8_t *q) {
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) q[128 * h + 32 * k + l] = (int8_t)((qs[32 * h + l] >> (2 * k)) & 3);
+}
 static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
+    if (e0 == 0 && e1 == 256) {
+        int8_t q[256];
+        peft__q2_codes(b + 16, q);
+        float d = peft__ggml_h(b + 80), dmin = peft__ggml_h(b + 82);
+        for (int j = 0; j < 16; j++) {
+            float dl = d * (float)(b[j] & 15), ml = dmin * (float)(b[j] >> 4);
+            for (int l = 0; l < 16; l++) {
+                float t = dl * (float)q[16 * j + l];
+                out[16 * j + l] = t - ml;
+            }
+        }
+        return;
+    }
     float d = peft__ggml_h(b + 80), dmin = peft__ggml_h(b + 82);
     for (int j = e0 / 16; j * 16 < e1; j++) {
         int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
@@ -2365,6 +2409,18 @@ static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
 static void peft__dq_q3_k(const uint8_t *b, int e0, int e1, float *out) {
     const uint8_t *sc = b + 96;
     float d = peft__ggml_h(b + 108);
+    if (e0 == 0 && e1 == 256) {
+        int8_t q[256];
+        peft__q2_codes(b + 32, q);
+        for (int k = 0; k < 8; k++)                /* 4 off where bit k of mask byte l is clear */
+            for (int l = 0; l < 32; l++) q[32 * k + l] = (int8_t)(q[32 * k + l] - 4 + 4 * ((b[l] >> k) & 1));
+        for (int j = 0; j < 16; j++) {
+            int lo = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+            float dl = d * (float)((lo | hi << 4) - 32);
+            for (int l = 0; l < 16; l++) out[16 * j + l] = dl * (float)q[16 * j + l];
+        }
+        return;
+    }
     for (int j = e0 / 16; j * 16 < e1; j++) {
         int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
         int lo = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -2416,7 +2472,34 @@ static void peft__dq_q4_k(const uint8_t *b, int e0, int e1, float *out) {
 static void peft__dq_q5_k(const uint8_t *b, int e0, int e1, float *out) {
     peft__dq_k45(b, b + 16, b + 48, e0, e1, out);
 }
+/* A whole Q6_K block: the 256 codes first, in runs of 32 that vectorize
+   (bytes l of each half serve elements l, l + 32, l + 64 and l + 96), then
+   the scaling, sixteen fixed runs of 16. Q6_K holds the output and half the
+   down projections of the common Q4_K_M files. */
+static void peft__q6_k_block(const uint8_t *b, float *out) {
+    int8_t q[256];
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        int8_t *o = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (int8_t)(((ql[l] & 15) | (qh[l] & 3) << 4) - 32);
+            o[l + 32] = (int8_t)(((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4) - 32);
+            o[l + 64] = (int8_t)(((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32);
+            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32);
+        }
+    }
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = peft__ggml_h(b + 208);
+    for (int j = 0; j < 16; j++) {
+        float dl = d * (float)sc[j];
+        for (int l = 0; l < 16; l++) out[16 * j + l] = dl * (float)q[16 * j + l];
+    }
+}
 static void peft__dq_q6_k(const uint8_t *b, int e0, int e1, float *out) {
+    if (e0 == 0 && e1 == 256) {
+        peft__q6_k_block(b, out);
+        return;
+    }
     const int8_t *sc = (const int8_t *)(b + 192);
     float d = peft__ggml_h(b + 208);
     for (int j = e0 / 16; j * 16 < e1; j++) {
@@ -3634,7 +3717,12 @@ PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const pe
         return NULL;
     }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
-    if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; nd->i[2] = 1; }
+    if (nd) {
+        nd->aux = W;
+        nd->i[0] = out;
+        nd->i[1] = in;
+        nd->i[2] = 1;                          /* the ggml kind for the shared backward */
+    }
     return y;
 }
 
@@ -6161,6 +6249,10 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
    KERNELS above.
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "quantize: the base is already stored in ggml %s blocks (GGUF); "
+                          "LoRA trains over them as they are (method lora, not qlora)",
+                          peft_ggml_type_name(peft__model_qm(m)->type));
     /* every site quantized first, the fp32 weights still in place; only when
        all have succeeded are they swapped in: a failure changes nothing */
     int n = m->cfg.n_layers * PEFT_N_SITES;

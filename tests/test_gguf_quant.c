@@ -276,6 +276,23 @@ TEST(test_qmatrix_linear_packs_like_floats) {
         free(ref);
     }
     peft_set_threads(threads);
+    /* refused: a row size that disagrees with the type, an unsupported
+       type, an input of the wrong width */
+    uint8_t blocks[4 * 144] = { 0 };
+    int64_t sx[2] = { 3, 256 }, sw[2] = { 3, 512 };
+    peft_tensor *x = peft_param_new("x", 2, sx), *xw = peft_param_new("x", 2, sw);
+    peft_qmatrix bad[3] = { { PEFT_GGML_Q4_K, 4, 256, 143, blocks, NULL },
+                            { 9 /* Q8_1 */, 4, 256, 144, blocks, NULL },
+                            { PEFT_GGML_Q4_K, 4, 256, 144, blocks, NULL } };
+    for (int k = 0; k < 3; k++) {
+        peft_graph_reset(g);
+        peft_tensor *y = peft_qmatrix_linear(g, k < 2 ? x : xw, &bad[k]);
+        CHECK(!y && *peft_last_error(), "bad case %d must be refused", k);
+    }
+    peft_graph_reset(g);
+    CHECK(peft_qmatrix_linear(g, x, &bad[2]) != NULL, "the good matrix works: %s", peft_last_error());
+    peft_param_free(x);
+    peft_param_free(xw);
     peft_graph_free(g);
 }
 
@@ -460,6 +477,10 @@ TEST(test_qmatrix_model_trains_like_floats) {
                 CHECK(peft_attach(q, &full) == PEFT_ERR_UNSUPPORTED &&
                           strstr(peft_last_error(), "full fine-tuning"),
                       "%s: full fine-tuning over ggml blocks must be refused: %s", tn, peft_last_error());
+                CHECK(peft_model_quantize(q, PEFT_NF4, 1) == PEFT_ERR_UNSUPPORTED,
+                      "%s: NF4 over ggml blocks must be refused", tn);
+                CHECK(peft_param_set_trainable(q->layers[0].lin[PEFT_Q].w, 1) == PEFT_ERR_UNSUPPORTED,
+                      "%s: a weight held in ggml blocks cannot be made trainable", tn);
                 double bits = peft_model_linear_bits(q);
                 double want = 8.0 * (double)peft_ggml_type_size(types[ti]) / peft_ggml_block_size(types[ti]);
                 CHECK(fabs(bits - want) < 1e-9, "%s: %.4f bits per linear weight, want %.4f", tn, bits, want);
