@@ -42,7 +42,7 @@ demo: $(BUILD)/demo
 bench: $(BUILD)/peft
 	BIN=$(BUILD)/peft tools/bench.sh
 
-# libFuzzer over the file parsers (JSON, safetensors, config.json); needs clang
+# libFuzzer over the file parsers (JSON, safetensors, config.json, GGUF); needs clang
 fuzz:
 	@mkdir -p $(BUILD) $(BUILD)/fuzz-corpus
 	clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz_files tests/fuzz/fuzz_files.c -lm -lpthread
@@ -54,6 +54,10 @@ fuzz:
 	{ printf '\000'; cat tests/fixtures/hf_tok/llama3.json; } > $(BUILD)/fuzz-inputs/l3
 	{ printf '\001'; head -c 2000 tests/fixtures/alpaca/data.json | tr -d '\n[]' | sed 's/}, *{/}\n{/g'; } > $(BUILD)/fuzz-inputs/ds
 	$(BUILD)/fuzz_inputs $(BUILD)/fuzz-inputs -max_total_time=60 -max_len=65536
+	@mkdir -p $(BUILD)/fuzz-gguf
+	clang -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -o $(BUILD)/fuzz_gguf tests/fuzz/fuzz_gguf.c -lm -lpthread
+	cp tests/fuzz/gguf_seeds/* $(BUILD)/fuzz-gguf/
+	$(BUILD)/fuzz_gguf $(BUILD)/fuzz-gguf -max_total_time=60 -max_len=32768
 
 clean:
 	rm -rf build build-*

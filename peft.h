@@ -789,6 +789,13 @@ PEFTDEF const char *peft_gguf_type_name(int ggml_type);
    "llama"); an unknown llama.* key, or one peft.h does not implement, is an
    error naming it. Tied when output.weight is absent. */
 PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c);
+/* DIR/tokenizer.json and DIR/tokenizer_config.json for a GGUF's byte-level
+   BPE tokenizer (tokenizer.ggml.model "gpt2"), as the `tokenizers` library
+   reads them: vocabulary, merges, the split tokenizer.ggml.pre names, the
+   control and user-defined tokens as added tokens; the special tokens,
+   add_bos/add_eos and the chat template. A SentencePiece ("llama") one is
+   refused: its tokenizer.json would need merges derived from the scores. */
+PEFTDEF peft_status peft_gguf_write_tokenizer(const char *gguf_path, const char *dir);
 
 /* ------------------------------------------------------------------- data */
 /* Reads a training file as token ids: a file of integers (separated by
@@ -8855,6 +8862,15 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
                            "vocabulary", path, b0);
         goto done;
     }
+    for (int byte = 0; byte < 256 && t->unk_id < 0; byte++) {   /* a byte without a token becomes unk */
+        char one[8];
+        one[peft__put_utf8(one, peft__byte_char(byte))] = 0;
+        if (peft__piece_id(t, one) < 0) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: the byte-level vocabulary has no token for byte 0x%02X and no "
+                           "tokenizer.ggml.unknown_token_id", path, byte);
+            goto done;
+        }
+    }
     if (!peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.pre"), pre, sizeof pre)) {
         s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'gpt2' tokenizer needs tokenizer.ggml.pre (which split it "
                        "uses)", path);
@@ -8946,6 +8962,127 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
 done:
     peft_gguf_close(&g);
     if (s != PEFT_OK) peft_tokenizer_free(t);
+    return s;
+}
+
+/* tokenizer.json: the pre-tokenizer each tokenizer.ggml.pre names, as the
+   model's own tokenizer.json spells it */
+static void peft__gguf_pretok_json(peft__sb *b, const peft_tokenizer *t) {
+    static const char llama3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                                 "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    peft__sbf(b, "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [");
+    if (t->split_digits) peft__sbf(b, "{\"type\": \"Digits\", \"individual_digits\": true}, ");
+    if (t->pretok == 2) {
+        peft__sbf(b, "{\"type\": \"Split\", \"pattern\": {\"Regex\": ");
+        peft__sb_jstr(b, llama3);
+        peft__sbf(b, "}, \"behavior\": \"Isolated\", \"invert\": false}, ");
+    }
+    peft__sbf(b, "{\"type\": \"ByteLevel\", \"add_prefix_space\": %s, \"trim_offsets\": true, \"use_regex\": "
+              "%s}]},\n", t->prefix_space ? "true" : "false", t->pretok == 1 ? "true" : "false");
+}
+
+PEFTDEF peft_status peft_gguf_write_tokenizer(const char *gguf_path, const char *dir) {
+    peft_tokenizer t;
+    peft_status s = peft__tokenizer_load_gguf(&t, gguf_path);
+    if (s != PEFT_OK) return s;
+    if (t.kind != PEFT_TOK_HF_BYTES) {
+        peft_tokenizer_free(&t);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: a SentencePiece ('llama') tokenizer has no merges to "
+                          "write a tokenizer.json from; use the model's own tokenizer.model", gguf_path);
+    }
+    for (int i = 1; i < t.n && s == PEFT_OK; i++)        /* a JSON vocabulary cannot hold a piece twice */
+        if (!strcmp(t.pieces[t.sorted[i]], t.pieces[t.sorted[i - 1]]))
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: token '%s' appears twice in the vocabulary (ids %d and "
+                           "%d)", gguf_path, t.pieces[t.sorted[i]], t.sorted[i - 1], t.sorted[i]);
+    peft_gguf g;
+    memset(&g, 0, sizeof g);
+    if (s == PEFT_OK) s = peft_gguf_open(&g, gguf_path);
+    if (s == PEFT_OK) s = peft__mkdir(dir);
+    if (s != PEFT_OK) {
+        if (g.file) peft_gguf_close(&g);
+        peft_tokenizer_free(&t);
+        return s;
+    }
+    peft__sb b = { 0, 0, 0, 0 };
+    peft__sbf(&b, "{\"version\": \"1.0\", \"truncation\": null, \"padding\": null,\n\"added_tokens\": [");
+    for (int k = 0; k < t.n_special; k++) {
+        peft__sbf(&b, "%s\n  {\"id\": %d, \"content\": ", k ? "," : "", t.special[k]);
+        peft__sb_jstr(&b, t.pieces[t.special[k]]);
+        peft__sbf(&b, ", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": "
+                  "false, \"special\": true}");
+    }
+    peft__sbf(&b, "],\n\"normalizer\": null,\n");
+    peft__gguf_pretok_json(&b, &t);
+    if (t.add_bos && t.bos_id >= 0) {
+        const char *bos = t.pieces[t.bos_id];
+        peft__sbf(&b, "\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
+                  "[{\"SpecialToken\": {\"id\": ");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": "
+                  "[{\"SpecialToken\": {\"id\": ");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, {\"Sequence\": "
+                  "{\"id\": \"B\", \"type_id\": 1}}], \"special_tokens\": {");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ": {\"id\": ");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ", \"ids\": [%d], \"tokens\": [", t.bos_id);
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, "]}}},\n");
+    } else peft__sbf(&b, "\"post_processor\": null,\n");
+    peft__sbf(&b, "\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": "
+              "true, \"use_regex\": true},\n");
+    peft__sbf(&b, "\"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, "
+              "\"continuing_subword_prefix\": null, \"end_of_word_suffix\": null, \"fuse_unk\": false, "
+              "\"byte_fallback\": false, \"ignore_merges\": %s,\n\"vocab\": {",
+              t.ignore_merges ? "true" : "false");
+    for (int i = 0; i < t.n; i++) {
+        peft__sbf(&b, "%s", i ? ", " : "");
+        peft__sb_jstr(&b, t.pieces[i]);
+        peft__sbf(&b, ": %d", i);
+    }
+    peft__sbf(&b, "},\n\"merges\": [");
+    const peft_gguf_kv *mg = peft_gguf_find(&g, "tokenizer.ggml.merges");
+    const uint8_t *p = mg->data;
+    char piece[1024];
+    for (uint64_t i = 0; i < mg->n; i++) {
+        uint64_t len;
+        const uint8_t *str = peft__gguf_next_str(&p, &len);
+        if (len >= sizeof piece) len = sizeof piece - 1;  /* merges join two tokens: far shorter */
+        memcpy(piece, str, (size_t)len);
+        piece[len] = 0;
+        peft__sbf(&b, "%s", i ? ", " : "");
+        peft__sb_jstr(&b, piece);
+    }
+    peft__sbf(&b, "]}}\n");
+    char path[1100];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    s = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
+    /* tokenizer_config.json: the special tokens, the flags and the chat template */
+    b.n = 0;
+    peft__sbf(&b, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"add_bos_token\": %s,\n  "
+              "\"add_eos_token\": %s,\n  \"clean_up_tokenization_spaces\": false",
+              t.add_bos ? "true" : "false", t.add_eos ? "true" : "false");
+    struct { const char *name; int id; } sp[] = {
+        { "bos_token", t.bos_id }, { "eos_token", t.eos_id }, { "unk_token", t.unk_id }, { "pad_token",
+                                                                                          t.pad_id },
+    };
+    for (int k = 0; k < 4; k++) {
+        if (sp[k].id < 0) continue;
+        peft__sbf(&b, ",\n  \"%s\": ", sp[k].name);
+        peft__sb_jstr(&b, t.pieces[sp[k].id]);
+    }
+    if (t.chat_template) {
+        peft__sbf(&b, ",\n  \"chat_template\": ");
+        peft__sb_jstr(&b, t.chat_template);
+    }
+    peft__sbf(&b, "\n}\n");
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (s == PEFT_OK)
+        s = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
+    PEFT_FREE(b.s);
+    peft_gguf_close(&g);
+    peft_tokenizer_free(&t);
     return s;
 }
 

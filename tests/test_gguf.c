@@ -50,6 +50,8 @@ typedef struct {
     int      nested_array, dup_key, bad_alignment, unknown_llama_key;
     const char *arch;               /* NULL: llama                                 */
     int      q8;                    /* block linears in Q8_0 instead of F32        */
+    int      q8_embed;              /* token_embd in Q8_0 too                      */
+    int      tokenizer;             /* a byte-level BPE tokenizer (vocab 96)       */
 } gguf_opts;
 
 /* llama.cpp's converter order for Q/K rows: GGUF row h·d + 2i + j = HF row h·d + j·d/2 + i */
@@ -59,6 +61,23 @@ static void permute_rows(const float *src, float *dst, int heads, int hd, int co
             for (int j = 0; j < 2; j++)
                 memcpy(dst + ((size_t)h * hd + 2 * i + j) * cols,
                        src + ((size_t)h * hd + j * (hd / 2) + i) * cols, sizeof(float) * (size_t)cols);
+}
+
+/* GPT-2's printable stand-in for a byte, as UTF-8 (33-126, 161-172, 174-255 are
+   themselves; the rest U+0100 onwards in order) */
+static void byte_char(int b, char *out) {
+    int k = 0, self = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    for (int x = 0; x < b && !self; x++)
+        k += !((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255));
+    unsigned c = self ? (unsigned)b : 256u + (unsigned)k;
+    if (c < 0x80) {
+        out[0] = (char)c;
+        out[1] = 0;
+    } else {
+        out[0] = (char)(0xC0 | (c >> 6));
+        out[1] = (char)(0x80 | (c & 63));
+        out[2] = 0;
+    }
 }
 
 typedef struct { char name[64]; const peft_tensor *t; int heads, quant; } gtensor;
@@ -78,7 +97,7 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     gtensor ts[64];
     char name[64];
     int nt = 0;
-    add_tensor(ts, &nt, "token_embd.weight", m->embed, 0, 0);
+    add_tensor(ts, &nt, "token_embd.weight", m->embed, 0, o->q8_embed);
     for (int l = 0; l < c->n_layers; l++) {
         const peft_layer *L = &m->layers[l];
         snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
@@ -98,7 +117,7 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     if (!c->tie_embeddings) add_tensor(ts, &nt, "output.weight", m->lm_head, 0, 0);
 
     int n_kv = 12 + !!o->bad_value_type + !!o->nested_array + !!o->dup_key + !!o->bad_alignment;
-    n_kv += !!o->unknown_llama_key;
+    n_kv += !!o->unknown_llama_key + (o->tokenizer ? 5 : 0);
     gput(b, "GGUF", 4);
     gu32(b, o->version ? o->version : 3);
     gu64(b, (uint64_t)nt + o->add_tensors);
@@ -137,6 +156,32 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     if (o->dup_key) kv_str(b, "general.name", "again");
     if (o->bad_alignment) kv_u32(b, "general.alignment", 48);
     if (o->unknown_llama_key) kv_f32(b, "llama.attention.clamp_kqv", 8.0f);
+    if (o->tokenizer) {                              /* two control tokens, the 256 bytes, "he" (259) */
+        kv_str(b, "tokenizer.ggml.model", "gpt2");
+        kv_str(b, "tokenizer.ggml.pre", "gpt-2");
+        gstr(b, "tokenizer.ggml.tokens");
+        gu32(b, 9);
+        gu32(b, 8);
+        gu64(b, 259);
+        gstr(b, "<|endoftext|>");
+        gstr(b, "<|im_start|>");
+        for (int k = 0; k < 256; k++) {
+            char one[4];
+            byte_char(k, one);
+            gstr(b, one);
+        }
+        gstr(b, "he");
+        gstr(b, "tokenizer.ggml.token_type");
+        gu32(b, 9);
+        gu32(b, 5);
+        gu64(b, 259);
+        for (int k = 0; k < 259; k++) gu32(b, k < 2 ? 3 : 1);
+        gstr(b, "tokenizer.ggml.merges");
+        gu32(b, 9);
+        gu32(b, 8);
+        gu64(b, 1);
+        gstr(b, "h e");
+    }
     /* tensor infos, then the data: F32 rows, or Q8_0 blocks of 34 bytes per 32 */
     uint64_t off = 0;
     size_t bytes[64];
@@ -271,8 +316,39 @@ TEST(test_gguf_hostile) {
     gguf_opts o;
     memset(&o, 0, sizeof o);
     build_gguf(&good, ref, &o);
-    const char *seed = getenv("PEFT_WRITE_GGUF_SEED");   /* the fuzzer's seed corpus */
-    if (seed) CHECK(write_bytes(seed, good.p, good.n), "seed %s", seed);
+    /* the fuzzer's seed: a smaller model in Q8_0 with a tokenizer, which loads and encodes */
+    {
+        peft_config sc = tiny_config(1);
+        sc.dim = 32;
+        sc.hidden_dim = 32;
+        sc.n_layers = 1;
+        sc.n_heads = 2;
+        sc.n_kv_heads = 1;
+        sc.vocab_size = 259;
+        peft_model *sm;
+        REQUIRE_OK(peft_model_new(&sm, &sc, 1, 5));
+        gguf_opts so;
+        memset(&so, 0, sizeof so);
+        so.q8 = so.q8_embed = so.tokenizer = 1;
+        gbuf sb = { 0, 0, 0 };
+        build_gguf(&sb, sm, &so);
+        const char *seed = getenv("PEFT_WRITE_GGUF_SEED");
+        char spath[512];
+        snprintf(spath, sizeof spath, "%s/seed.gguf", th_tmpdir());
+        REQUIRE(write_bytes(seed ? seed : spath, sb.p, sb.n), "seed");
+        peft_model *m2;
+        peft_tokenizer t;
+        CHECK_OK(peft_model_load(&m2, seed ? seed : spath));
+        if (m2) peft_model_free(m2);
+        int ids[64], k = -1;
+        CHECK_OK(peft_tokenizer_load(&t, seed ? seed : spath, 0));
+        if (t.n == 259) k = peft_tokenizer_encode(&t, "<|im_start|>hehe!", 0, 0, ids, 64);
+        CHECK(k == 4 && ids[0] == 1 && ids[1] == 258 && ids[2] == 258 && ids[3] == '!' + 2, "seed tokenizer: %d ids",
+              k);
+        if (t.n) peft_tokenizer_free(&t);
+        free(sb.p);
+        peft_model_free(sm);
+    }
     struct { const char *name, *want; gguf_opts o; size_t keep; } cases[] = {
         { "truncated_header", "too short", { 0 }, 20 },
         { "truncated_kv", "truncated", { 0 }, 150 },
@@ -456,4 +532,106 @@ TEST(test_gguf_smollm2_tokenizer) {
     CHECK(round == lines, "decode gives the text back for %d of %d", round, lines);
     free(d);
     peft_tokenizer_free(&t);
+}
+
+/* ---- the command line over GGUF files -------------------------------------------- */
+static const char *peft_bin(void) {
+    const char *b = getenv("PEFT_BIN");
+    return b ? b : "build/peft";
+}
+
+/* runs `peft ARGS`, stdout+stderr into out; the exit status */
+static int run_peft(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int run_peft(char *out, size_t cap, const char *fmt, ...) {
+    char cmd[2048], full[2200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    snprintf(full, sizeof full, "%s %s 2>&1", peft_bin(), cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* peft info / train / export / merge / logits on a small Q8_0 GGUF with a
+   byte-level tokenizer: info shows the storage, LoRA trains over the blocks
+   with the file's own tokenizer, full fine-tuning is refused, the adapter
+   exports to GGUF with the model as its base, merge writes a float folder
+   with a tokenizer.json that encodes as the GGUF's tokenizer does; broken
+   files exit 1 naming the file. */
+TEST(test_gguf_cli) {
+    static char out[1 << 16];
+    FILE *probe = fopen(peft_bin(), "rb");
+    if (!probe) SKIP("%s not built", peft_bin());
+    fclose(probe);
+    peft_config c = tiny_config(1);
+    c.vocab_size = 259;
+    c.max_seq_len = 512;                             /* one token per byte, nearly */
+    peft_model *ref;
+    REQUIRE_OK(peft_model_new(&ref, &c, 1, 11));
+    gguf_opts o;
+    memset(&o, 0, sizeof o);
+    o.q8 = o.tokenizer = 1;
+    gbuf b = { 0, 0, 0 };
+    build_gguf(&b, ref, &o);
+    char model[512], bad[512], run[512], merged[512], agguf[512];
+    snprintf(model, sizeof model, "%s/cli.gguf", th_tmpdir());
+    snprintf(bad, sizeof bad, "%s/cli_bad.gguf", th_tmpdir());
+    snprintf(run, sizeof run, "%s/cli_run", th_tmpdir());
+    snprintf(merged, sizeof merged, "%s/cli_merged", th_tmpdir());
+    snprintf(agguf, sizeof agguf, "%s/cli_adapter.gguf", th_tmpdir());
+    REQUIRE(write_bytes(model, b.p, b.n) && write_bytes(bad, b.p, b.n / 2), "write");
+    free(b.p);
+    peft_model_free(ref);
+
+    CHECK(run_peft(out, sizeof out, "info %s", model) == 0 && strstr(out, "Q8_0") && strstr(out, "8.500") &&
+          strstr(out, "gpt2 (pre gpt-2)"), "info: %s", out);
+    CHECK(run_peft(out, sizeof out, "info %s", bad) == 1 && strstr(out, bad), "info on a truncated file: %s", out);
+    CHECK(run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s/l.f32", bad, th_tmpdir()) == 1 &&
+          strstr(out, bad), "logits on a truncated file: %s", out);
+    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1", bad, th_fixtures()) == 1 &&
+          strstr(out, bad), "train on a truncated file: %s", out);
+    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1", model,
+                   th_fixtures()) == 1 && strstr(out, "full fine-tuning"), "full fine-tuning refused: %s", out);
+    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method lora --lora-targets all-linear "
+                   "--max-steps 4 --batch 2 --seq 400 --lr 0.01 --out %s", model, th_fixtures(), run) == 0,
+          "train: %s", out);
+    CHECK(run_peft(out, sizeof out, "export --adapter %s --format gguf --out %s", run, agguf) == 0, "export: %s", out);
+    peft_gguf g;
+    if (peft_gguf_open(&g, agguf) == PEFT_OK) {
+        CHECK(g.n_tensors == 2 * 7 * c.n_layers && peft_gguf_find_tensor(&g, "blk.1.ffn_down.weight.lora_b"),
+              "adapter GGUF: %lld tensors", (long long)g.n_tensors);
+        peft_gguf_close(&g);
+    } else CHECK(0, "adapter GGUF: %s", peft_last_error());
+    CHECK(run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", model, run, merged) == 0 &&
+          strstr(out, "tokenizer.json"), "merge: %s", out);
+    /* the merged folder: a float model whose tokenizer.json encodes as the GGUF's tokenizer */
+    peft_model *m;
+    CHECK_OK(peft_model_load(&m, merged));
+    if (m) {
+        CHECK(!m->layers[0].lin[PEFT_Q].qm && m->layers[0].lin[PEFT_Q].w->data && m->cfg.vocab_size == 259,
+              "merged model is float");
+        peft_model_free(m);
+    }
+    peft_tokenizer tg, tj;
+    char tjson[600];
+    snprintf(tjson, sizeof tjson, "%s/tokenizer.json", merged);
+    REQUIRE_OK(peft_tokenizer_load(&tg, model, 0));
+    peft_status s = peft_tokenizer_load(&tj, tjson, 0);
+    CHECK(s == PEFT_OK, "tokenizer.json: %s", peft_last_error());
+    if (s == PEFT_OK) {
+        const char *texts[] = { "hello there", "<|im_start|>he said: \"hehe\"\n\t12 3", "ünï 🤖", "" };
+        for (int i = 0; i < 4; i++) {
+            int a[256], bb[256], na = peft_tokenizer_encode(&tg, texts[i], 0, 0, a, 256);
+            int nb = peft_tokenizer_encode(&tj, texts[i], 0, 0, bb, 256);
+            CHECK(na == nb && !memcmp(a, bb, sizeof(int) * (size_t)(na > 0 ? na : 0)), "\"%s\": %d vs %d ids", texts[i],
+                  na, nb);
+        }
+        peft_tokenizer_free(&tj);
+    }
+    peft_tokenizer_free(&tg);
 }

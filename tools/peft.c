@@ -135,6 +135,63 @@ static void print_config(const peft_config *c, const char *what) {
     printf("fp32 weights     %.1f MB\n", total * 4.0 / 1e6);
 }
 
+/* a GGUF model file: .gguf, or GGUF's magic */
+static int is_gguf(const char *p) {
+    size_t n = strlen(p);
+    char magic[4] = { 0 };
+    FILE *f = fopen(p, "rb");
+    if (!f) return 0;
+    size_t got = fread(magic, 1, 4, f);
+    fclose(f);
+    return (n > 5 && !strcmp(p + n - 5, ".gguf")) || (got == 4 && !memcmp(magic, "GGUF", 4));
+}
+
+/* peft info model.gguf: the configuration its llama.* keys give, then what
+   its tensors are stored as (bits per weight from their bytes) */
+static int info_gguf(const char *path, peft_config *c) {
+    peft_gguf g;
+    if (peft_gguf_open(&g, path) != PEFT_OK) return fail();
+    if (peft_gguf_config(&g, c) != PEFT_OK) {
+        peft_gguf_close(&g);
+        return fail();
+    }
+    print_config(c, path);
+    char name[256] = "", tok[64] = "", pre[64] = "";
+    peft_gguf_string(peft_gguf_find(&g, "general.name"), name, sizeof name);
+    peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.model"), tok, sizeof tok);
+    peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.pre"), pre, sizeof pre);
+    printf("gguf             version %u, %lld tensors, %lld keys, %s%s%s\n", g.version, (long long)g.n_tensors,
+           (long long)g.n_kv, g.mapped ? "mapped" : "read", name[0] ? ", name " : "", name);
+    if (tok[0])
+        printf("tokenizer        %s%s%s%s\n", tok, pre[0] ? " (pre " : "", pre, pre[0] ? ")" : "");
+    printf("%-16s %8s %16s %14s %8s\n", "storage", "tensors", "weights", "bytes", "bits/w");
+    double all_e = 0, all_b = 0;
+    for (int type = 0; type < 64; type++) {
+        double elems = 0, bytes = 0;
+        int count = 0;
+        for (int64_t i = 0; i < g.n_tensors; i++) {
+            const peft_gguf_tensor *t = &g.tensors[i];
+            if (t->type != type) continue;
+            double e = 1;
+            for (int d = 0; d < t->ndim; d++) e *= (double)t->ne[d];
+            elems += e;
+            bytes += (double)t->nbytes;
+            count++;
+        }
+        if (!count) continue;
+        char b1[40], b2[40];
+        printf("%-16s %8d %16s %14s %8.3f%s\n", peft_gguf_type_name(type), count, commas((int64_t)elems, b1),
+               commas((int64_t)bytes, b2), 8.0 * bytes / elems, peft_ggml_block_size(type) ? "" : "  (not decoded)");
+        all_e += elems;
+        all_b += bytes;
+    }
+    char b1[40], b2[40];
+    printf("%-16s %8lld %16s %14s %8.3f\n", "all", (long long)g.n_tensors, commas((int64_t)all_e, b1),
+           commas((int64_t)all_b, b2), all_e > 0 ? 8.0 * all_b / all_e : 0.0);
+    peft_gguf_close(&g);
+    return 0;
+}
+
 static int cmd_info(int argc, char **argv) {
     peft_config c;
     method_flags mf = { 0 };
@@ -158,12 +215,13 @@ static int cmd_info(int argc, char **argv) {
     }
     if (!preset && !dir) return usage_error("info", "a model folder or --preset NAME is needed", NULL);
     if (preset) { if (peft_config_preset(&c, preset) != PEFT_OK) return fail(); }
+    else if (is_gguf(dir)) { if (info_gguf(dir, &c)) return 1; }
     else {
         char path[1024];
         snprintf(path, sizeof path, "%s/config.json", dir);
         if (peft_config_load(&c, path) != PEFT_OK) return fail();
     }
-    print_config(&c, preset ? preset : dir);
+    if (preset || !is_gguf(dir)) print_config(&c, preset ? preset : dir);
     if (mf.method) {
         peft_method m;
         if (build_method(&mf, &m, 0)) return 1;
@@ -561,6 +619,7 @@ static int cmd_train(int argc, char **argv) {
         if (!file_exists(tprobe)) snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", tsrc);
         if (!file_exists(tprobe)) tprobe[0] = 0;
     } else if (tokp) snprintf(tprobe, sizeof tprobe, "%s", tokp);
+    else if (tsrc && is_gguf(tsrc)) snprintf(tprobe, sizeof tprobe, "%s", tsrc);   /* its own tokenizer */
     if (tprobe[0]) {
         if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) { peft_model_free(m); return fail(); }
         tk = &tok;
@@ -1000,6 +1059,7 @@ static int cmd_generate(int argc, char **argv) {
     int folder_tok = dir_exists(src.model) && file_exists(tprobe);
     snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", src.model);
     folder_tok |= dir_exists(src.model) && file_exists(tprobe);
+    folder_tok |= is_gguf(src.model);
     if (prompt && !tok_path && !folder_tok)
         return usage_error("generate", "--prompt needs a tokenizer: the model folder has none, give --tokenizer", NULL);
     peft_set_threads(threads);
@@ -1059,6 +1119,8 @@ static const char *MERGE_HELP =
     "usage: peft merge --model DIR --adapter DIR --out DIR\n\n"
     "Folds an adapter into the base weights and writes a plain Hugging Face model\n"
     "folder (config.json + model.safetensors, F32). LoRA: W += (alpha/r) B A.\n"
+    "A GGUF base (--model model.gguf) is decoded to fp32 first, and its byte-level\n"
+    "tokenizer written as tokenizer.json + tokenizer_config.json.\n"
     "LLaMA-Adapter V2: W' = diag(s) W and biases s (b0 + b) (attention_bias and\n"
     "mlp_bias become true); its gated prompts cannot be folded and are written\n"
     "as a LLaMA-Adapter V1 adapter in DIR/adapter.\n";
@@ -1079,6 +1141,11 @@ static int cmd_merge(int argc, char **argv) {
     peft_model *m;
     if (load_model(&src, &m)) return 1;
     int rc = 0;
+    /* a GGUF base: its blocks decoded to fp32 first (the merged model is a float one) */
+    if (m->gguf && peft_model_dequantize(m) != PEFT_OK) {
+        peft_model_free(m);
+        return fail();
+    }
     if (m->method.kind == PEFT_ADAPTER_V2) {
         char apath[1100];
         snprintf(apath, sizeof apath, "%s/adapter", out);
@@ -1093,6 +1160,10 @@ static int cmd_merge(int argc, char **argv) {
         rc = 1;
     } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, out) != PEFT_OK) rc = fail();
     else printf("merged %s into %s\n", src.adapter, out);
+    if (!rc && is_gguf(src.model)) {                 /* the GGUF's tokenizer, as tokenizer.json */
+        if (peft_gguf_write_tokenizer(src.model, out) == PEFT_OK) printf("wrote %s/tokenizer.json\n", out);
+        else fprintf(stderr, "peft: note: no tokenizer.json written: %s\n", peft_last_error());
+    }
     peft_model_free(m);
     return rc;
 }
@@ -1129,7 +1200,7 @@ static int cmd_export(int argc, char **argv) {
         const peft_json *b = peft_json_get(j, "base_model_name_or_path");
         if (b && b->type == PEFT_JSON_STRING) snprintf(base, sizeof base, "%s", b->string);
         peft_json_free(j);
-        if (!base[0] || !dir_exists(base))
+        if (!base[0] || (!dir_exists(base) && !is_gguf(base)))
             return usage_error("export", "give --model: the adapter's base_model_name_or_path is not a local folder", base[0] ? base : NULL);
         src.model = base;
     }
