@@ -78,6 +78,8 @@
                  (frozen ones never own a gradient buffer)
      4-bit       peft_q4: NF4/FP4/Int4 blocks of 64 in bitsandbytes' layout,
                  double quantization, 8-bit blockwise codes
+     ggml types  peft_qmatrix: frozen weights kept in GGUF's block types (F32,
+                 F16, BF16, Q4_0 … Q8_0, Q2_K … Q6_K), decoded inside the GEMM
      kernels     peft_gemm (packed, register-tiled, threaded), peft_check_cpu
      tape        peft_graph: an arena for activations plus the op record;
                  peft_backward() walks it in reverse
@@ -239,7 +241,8 @@ typedef struct {
     void          *owned;       /* freed with the matrix when not NULL              */
 } peft_qmatrix;
 /* floats of row `row`, columns [col, col + n) (any range, not only whole blocks) */
-PEFTDEF void        peft_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n, float *out);
+PEFTDEF void        peft_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n,
+                                        float *out);
 PEFTDEF void        peft_qmatrix_free(peft_qmatrix *q);   /* frees owned, not q itself */
 /* what the storage takes: rows · row_bytes */
 PEFTDEF size_t      peft_qmatrix_bytes(const peft_qmatrix *q);
@@ -331,8 +334,11 @@ PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor
    is not a separate tensor, nor its gradient). */
 PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft_q4 *W, peft_tensor *A,
                                        peft_tensor *B, float scale, float dropout, peft_rng *rng);
-/* y = x·Wᵀ over a ggml-typed frozen W [out, in] (decoded into the GEMM's packed
-   panels; no fp32 copy of W); the input gradient goes through the same decoding. */
+/* y [N, out] = x [N, in]·Wᵀ over a ggml-typed frozen W [out, in], decoded into
+   the GEMM's packed panels (no fp32 copy of W); the input gradient goes
+   through the same decoding, W never gets one. PEFT_ERR_SHAPE when x's width
+   is not W->cols; PEFT_ERR_ARG for a matrix without data, an unsupported
+   type or a row_bytes that disagrees with its type and cols. */
 PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W);
 /* LoRA over it: x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ, as peft_lora_linear / peft_qlora_linear */
 PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
@@ -402,7 +408,8 @@ typedef struct {
     float        lora_scale;         /* alpha/r (or alpha/√r with rsLoRA)         */
     peft_tensor *bias, *scale;       /* LLaMA-Adapter V2: s ⊙ (W x + b)           */
     peft_q4     *q4;                 /* QLoRA: 4-bit storage of w (w->data freed) */
-    peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL) */
+    peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL;
+                                        PEFT_MALLOC'ed, freed with the model) */
 } peft_linear_site;
 
 typedef struct {
@@ -683,13 +690,14 @@ typedef struct {
 
 typedef struct {
     char          path[512];
-    unsigned char *file;           /* whole file                           */
+    unsigned char *file;           /* whole file (mapped read-only where possible) */
     size_t         file_size;
     const unsigned char *data;     /* start of the data buffer             */
     peft_st_entry *entries;
     int            n;
     char         **meta_keys, **meta_vals;
     int            n_meta;
+    int            mapped;         /* 1: file is an mmap, 0: read into memory */
 } peft_safetensors;
 
 PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path);
@@ -1348,6 +1356,9 @@ PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *s
 
 /* Trainable parameters own a zeroed gradient buffer; frozen ones own none. */
 PEFTDEF peft_status peft_param_set_trainable(peft_tensor *p, int trainable) {
+    if (trainable && !p->data)                /* its values live in a frozen storage (4-bit, ggml blocks) */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s is stored frozen (4-bit or ggml blocks) and cannot be "
+                          "trained", p->name ? p->name : "a parameter");
     if (trainable && !p->grad) {
         p->grad = (float *)peft__calloc((size_t)p->n * sizeof(float));
         if (!p->grad) return peft__fail(PEFT_ERR_NOMEM, "no memory for the gradient of %s",
@@ -1811,7 +1822,8 @@ static void peft__gemm_pack_B(int tB, int N, int K, const float *B, int ldb, flo
    blocks; B unused), or packed already (Bpre, from peft__gemm_pack_B of this
    B); fails only when B is stored and there is no memory for the packed panel */
 static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
-                              const float *A, int lda, const float *B, const peft__bstore *Bq, const float *Bpre, int ldb,
+                              const float *A, int lda, const float *B, const peft__bstore *Bq,
+                              const float *Bpre, int ldb,
                               float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return PEFT_OK;
     peft__gemm_args g;
@@ -1834,7 +1846,7 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
                (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
     float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
     if (!Bp && !Bpre) {                          /* no memory to pack: the plain loops (beta 0 not applied yet) */
-        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a stored (4-bit or ggml) weight");
+        if (Bq) return peft__fail(PEFT_ERR_NOMEM, "gemm: no memory to unpack a stored (4-bit, ggml) weight");
         peft_gemm_ref(tA, tB, M, N, K, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
         return PEFT_OK;
     }
@@ -2121,102 +2133,173 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
      Q5_K  as Q4_K with [32 B fifth bits] before q: bit j of byte e%32
      Q6_K  [128 B low 4 bits][64 B high 2 bits][16 int8 scales][d]
            x = (d·sc)·(q − 32) per 16
-   The arithmetic is float32 with one rounding per operation and in this
-   order (d·sc first, then ·q, then ± the min), as gguf.quants.dequantize
-   computes it with numpy: no fused multiply-add, so values equal the
+   The arithmetic is float32 in gguf.quants.dequantize's order (d·sc, then
+   ·q, then ± the min), and every product is exact: an fp16 scale has 11
+   significant bits, a 6-bit sub-scale and a code of at most 6 bits bring
+   that to 24 at most, so only the final ± rounds, and a fused multiply-add
+   (which compilers may form) gives the same float. The values equal the
    package's bit for bit (tests/test_gguf_quant.c). */
 
-#if defined(__clang__)
-#define PEFT__NO_FMA_FN
-#define PEFT__NO_FMA_BODY _Pragma("clang fp contract(off)")
-#elif defined(__GNUC__)
-#define PEFT__NO_FMA_FN __attribute__((optimize("fp-contract=off")))
-#define PEFT__NO_FMA_BODY
-#else
-#define PEFT__NO_FMA_FN
-#define PEFT__NO_FMA_BODY
-#endif
-
-/* elements [e0, e1) of one block into out */
+/* elements [e0, e1) of one block into out; the loops run over a sub-block
+   at a time with its scale in hand, plain enough for the compiler to
+   vectorize */
 typedef void (*peft__ggml_decoder)(const uint8_t *b, int e0, int e1, float *out);
 
 static float peft__ggml_h(const uint8_t *p) { return peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
 
+/* F16 → F32 without branches on the common path: normal numbers, infinities
+   and NaNs move their fields (NaN payloads kept), subnormals go through an
+   exact integer conversion (m·2⁻²⁴ is a normal float, so flush-to-zero modes
+   cannot touch it) */
+static uint32_t peft__f16_bits(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, em = h & 0x7FFFu, sub;
+    float f = (float)em * 0x1p-24f;
+    memcpy(&sub, &f, 4);
+    /* the selections as masks, so that a loop over a row vectorizes */
+    uint32_t norm = (em << 13) + 0x38000000u + (uint32_t)(em >= 0x7C00u) * 0x38000000u;
+    uint32_t is_norm = 0u - (uint32_t)(em >= 0x400u);
+    return s | (norm & is_norm) | (sub & ~is_norm);
+}
+/* (whole 16-bit loads: a little-endian host, as the files are) */
+static void peft__f16_row(const uint8_t *p, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        uint32_t b = peft__f16_bits(h);
+        memcpy(out + i, &b, 4);
+    }
+}
+static void peft__bf16_row(const uint8_t *p, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        uint32_t b = (uint32_t)h << 16;
+        memcpy(out + i, &b, 4);
+    }
+}
 static void peft__dq_f32(const uint8_t *b, int e0, int e1, float *out) {
-    (void)e1;
-    memcpy(out, b + 4 * (size_t)e0, sizeof(float));
+    memcpy(out, b + 4 * (size_t)e0, sizeof(float) * (size_t)(e1 - e0));
 }
 static void peft__dq_f16(const uint8_t *b, int e0, int e1, float *out) {
-    (void)e1;
-    *out = peft__ggml_h(b + 2 * (size_t)e0);
+    peft__f16_row(b + 2 * (size_t)e0, e1 - e0, out);
 }
 static void peft__dq_bf16(const uint8_t *b, int e0, int e1, float *out) {
-    (void)e1;
-    *out = peft_bf16_to_f32((uint16_t)(b[2 * e0] | b[2 * e0 + 1] << 8));
+    peft__bf16_row(b + 2 * (size_t)e0, e1 - e0, out);
 }
 
-/* the 4 or 5 bits of element e of a 32-block */
-static int peft__q4_nibble(const uint8_t *qs, int e) { return e < 16 ? qs[e] & 15 : qs[e - 16] >> 4; }
-static int peft__q5_bit(const uint8_t *qh, int e) { return (qh[e / 8] >> (e % 8)) & 1; }
-
-PEFT__NO_FMA_FN static void peft__dq_q4_0(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b);
-    for (int e = e0; e < e1; e++) *out++ = d * (float)(peft__q4_nibble(b + 2, e) - 8);
+/* 32-blocks: codes q of elements [e0, e1) (low nibbles are elements 0-15,
+   high nibbles 16-31, the fifth bit of element e is bit e of qh), then
+   x = d·(q − off) or x = d·q + m (two roundings) */
+static void peft__q32_codes(const uint8_t *qs, uint32_t qh, int e0, int e1, int *q) {
+    if (e0 == 0 && e1 == 32) {               /* a whole block: fixed counts, which vectorize */
+        for (int e = 0; e < 16; e++) {
+            q[e] = (qs[e] & 15) | (int)((qh >> e) & 1) << 4;
+            q[e + 16] = (qs[e] >> 4) | (int)((qh >> (e + 16)) & 1) << 4;
+        }
+        return;
+    }
+    int e = e0;
+    for (; e < e1 && e < 16; e++) *q++ = (qs[e] & 15) | (int)((qh >> e) & 1) << 4;
+    for (; e < e1; e++) *q++ = (qs[e - 16] >> 4) | (int)((qh >> e) & 1) << 4;
 }
-PEFT__NO_FMA_FN static void peft__dq_q4_1(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b), m = peft__ggml_h(b + 2);
-    for (int e = e0; e < e1; e++) {
-        float t = d * (float)peft__q4_nibble(b + 4, e);
-        *out++ = t + m;
+static uint32_t peft__le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static void peft__q32_scale(const int *q, int n, float d, int off, float *out) {
+    for (int i = 0; i < n; i++) out[i] = d * (float)(q[i] - off);
+}
+static void peft__q32_affine(const int *q, int n, float d, float m, float *out) {
+    for (int i = 0; i < n; i++) {
+        float t = d * (float)q[i];
+        out[i] = t + m;
     }
 }
-PEFT__NO_FMA_FN static void peft__dq_q5_0(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b);
-    for (int e = e0; e < e1; e++) *out++ = d * (float)((peft__q4_nibble(b + 6, e) | peft__q5_bit(b + 2, e) << 4) - 16);
+static void peft__dq_q4_0(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 2, 0, e0, e1, q);
+    peft__q32_scale(q, e1 - e0, peft__ggml_h(b), 8, out);
 }
-PEFT__NO_FMA_FN static void peft__dq_q5_1(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    float d = peft__ggml_h(b), m = peft__ggml_h(b + 2);
-    for (int e = e0; e < e1; e++) {
-        float t = d * (float)(peft__q4_nibble(b + 8, e) | peft__q5_bit(b + 4, e) << 4);
-        *out++ = t + m;
-    }
+static void peft__dq_q4_1(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 4, 0, e0, e1, q);
+    peft__q32_affine(q, e1 - e0, peft__ggml_h(b), peft__ggml_h(b + 2), out);
+}
+static void peft__dq_q5_0(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 6, peft__le32(b + 2), e0, e1, q);
+    peft__q32_scale(q, e1 - e0, peft__ggml_h(b), 16, out);
+}
+static void peft__dq_q5_1(const uint8_t *b, int e0, int e1, float *out) {
+    int q[32];
+    peft__q32_codes(b + 8, peft__le32(b + 4), e0, e1, q);
+    peft__q32_affine(q, e1 - e0, peft__ggml_h(b), peft__ggml_h(b + 2), out);
 }
 static void peft__dq_q8_0(const uint8_t *b, int e0, int e1, float *out) {
     float d = peft__ggml_h(b);
-    for (int e = e0; e < e1; e++) *out++ = d * (float)(int8_t)b[2 + e];
+    const int8_t *qs = (const int8_t *)(b + 2);
+    for (int e = e0; e < e1; e++) *out++ = d * (float)qs[e];
 }
 
-PEFT__NO_FMA_FN static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    const uint8_t *sc = b, *qs = b + 16;
+/* K-quants: [e0, e1) is cut along the sub-blocks j (of 16 or 32 elements),
+   l0 ≤ l < l1 the elements of j that it covers */
+/* whole Q2_K and Q3_K blocks, as Q6_K's below: the codes in runs of 32
+   (byte l of a 128-half holds elements l + 32·k at bits 2·k), then the
+   scaling in sixteen fixed runs of 16 */
+static void peft__q2_codes(const uint8_t *qs, int8_t *q) {
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) q[128 * h + 32 * k + l] = (int8_t)((qs[32 * h + l] >> (2 * k)) & 3);
+}
+static void peft__dq_q2_k(const uint8_t *b, int e0, int e1, float *out) {
+    if (e0 == 0 && e1 == 256) {
+        int8_t q[256];
+        peft__q2_codes(b + 16, q);
+        float d = peft__ggml_h(b + 80), dmin = peft__ggml_h(b + 82);
+        for (int j = 0; j < 16; j++) {
+            float dl = d * (float)(b[j] & 15), ml = dmin * (float)(b[j] >> 4);
+            for (int l = 0; l < 16; l++) {
+                float t = dl * (float)q[16 * j + l];
+                out[16 * j + l] = t - ml;
+            }
+        }
+        return;
+    }
     float d = peft__ggml_h(b + 80), dmin = peft__ggml_h(b + 82);
-    for (int e = e0; e < e1;) {
-        int j = e / 16, end = (j + 1) * 16 < e1 ? (j + 1) * 16 : e1;
-        float dl = d * (float)(sc[j] & 15), ml = dmin * (float)(sc[j] >> 4);
-        const uint8_t *q = qs + 32 * (e / 128);
-        int sh = 2 * ((e % 128) / 32);
-        for (; e < end; e++) {
-            float t = dl * (float)((q[e % 32] >> sh) & 3);
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
+        float dl = d * (float)(b[j] & 15), ml = dmin * (float)(b[j] >> 4);
+        /* element e: byte 32·(e/128) + e%32 of the codes, bits 2·((e%128)/32) */
+        const uint8_t *q = b + 16 + 32 * (j / 8) + 16 * (j % 2);
+        int sh = 2 * ((j % 8) / 2);
+        for (int l = l0; l < l1; l++) {
+            float t = dl * (float)((q[l] >> sh) & 3);
             *out++ = t - ml;
         }
     }
 }
-PEFT__NO_FMA_FN static void peft__dq_q3_k(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+static void peft__dq_q3_k(const uint8_t *b, int e0, int e1, float *out) {
+    const uint8_t *sc = b + 96;
     float d = peft__ggml_h(b + 108);
-    for (int e = e0; e < e1;) {
-        int j = e / 16, end = (j + 1) * 16 < e1 ? (j + 1) * 16 : e1;
+    if (e0 == 0 && e1 == 256) {
+        int8_t q[256];
+        peft__q2_codes(b + 32, q);
+        for (int k = 0; k < 8; k++)                /* 4 off where bit k of mask byte l is clear */
+            for (int l = 0; l < 32; l++) q[32 * k + l] = (int8_t)(q[32 * k + l] - 4 + 4 * ((b[l] >> k) & 1));
+        for (int j = 0; j < 16; j++) {
+            int lo = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+            float dl = d * (float)((lo | hi << 4) - 32);
+            for (int l = 0; l < 16; l++) out[16 * j + l] = dl * (float)q[16 * j + l];
+        }
+        return;
+    }
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
         int lo = j < 8 ? sc[j] & 15 : sc[j - 8] >> 4, hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
         float dl = d * (float)((lo | hi << 4) - 32);
-        const uint8_t *q = qs + 32 * (e / 128);
-        int sh = 2 * ((e % 128) / 32), hb = e / 32;
-        for (; e < end; e++) {
-            int v = ((q[e % 32] >> sh) & 3) - (((hm[e % 32] >> hb) & 1) ? 0 : 4);
+        const uint8_t *q = b + 32 + 32 * (j / 8) + 16 * (j % 2), *hm = b + 16 * (j % 2);
+        int sh = 2 * ((j % 8) / 2), hb = j / 2;
+        for (int l = l0; l < l1; l++) {
+            int v = ((q[l] >> sh) & 3) - (((hm[l] >> hb) & 1) ? 0 : 4);
             *out++ = dl * (float)v;
         }
     }
@@ -2232,63 +2315,104 @@ static void peft__k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
     }
 }
 /* Q4_K (qh NULL) and Q5_K */
-PEFT__NO_FMA_FN static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
+static void peft__dq_k45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int e0, int e1,
+                                         float *out) {
     float d = peft__ggml_h(b), dmin = peft__ggml_h(b + 2);
-    for (int e = e0; e < e1;) {
-        int j = e / 32, end = (j + 1) * 32 < e1 ? (j + 1) * 32 : e1, sc, m;
+    for (int j = e0 / 32; j * 32 < e1; j++) {
+        int l0 = e0 > j * 32 ? e0 - j * 32 : 0, l1 = e1 < (j + 1) * 32 ? e1 - j * 32 : 32;
+        int sc, m;
         peft__k4_scale_min(b + 4, j, &sc, &m);
         float dj = d * (float)sc, mj = dmin * (float)m;
         const uint8_t *q = qs + 32 * (j / 2);
         int sh = 4 * (j % 2);
-        for (; e < end; e++) {
-            int v = (q[e % 32] >> sh) & 15;
-            if (qh) v |= ((qh[e % 32] >> j) & 1) << 4;
-            float t = dj * (float)v;
-            *out++ = t - mj;
-        }
+        if (qh)
+            for (int l = l0; l < l1; l++) {
+                float t = dj * (float)(((q[l] >> sh) & 15) | ((qh[l] >> j) & 1) << 4);
+                *out++ = t - mj;
+            }
+        else
+            for (int l = l0; l < l1; l++) {
+                float t = dj * (float)((q[l] >> sh) & 15);
+                *out++ = t - mj;
+            }
     }
 }
-static void peft__dq_q4_k(const uint8_t *b, int e0, int e1, float *out) { peft__dq_k45(b, NULL, b + 16, e0, e1, out); }
-static void peft__dq_q5_k(const uint8_t *b, int e0, int e1, float *out) { peft__dq_k45(b, b + 16, b + 48, e0, e1, out); }
-PEFT__NO_FMA_FN static void peft__dq_q6_k(const uint8_t *b, int e0, int e1, float *out) {
-    PEFT__NO_FMA_BODY
-    const uint8_t *ql = b, *qh = b + 128;
+static void peft__dq_q4_k(const uint8_t *b, int e0, int e1, float *out) {
+    peft__dq_k45(b, NULL, b + 16, e0, e1, out);
+}
+static void peft__dq_q5_k(const uint8_t *b, int e0, int e1, float *out) {
+    peft__dq_k45(b, b + 16, b + 48, e0, e1, out);
+}
+/* A whole Q6_K block: the 256 codes first, in runs of 32 that vectorize
+   (bytes l of each half serve elements l, l + 32, l + 64 and l + 96), then
+   the scaling, sixteen fixed runs of 16. Q6_K holds the output and half the
+   down projections of the common Q4_K_M files. */
+static void peft__q6_k_block(const uint8_t *b, float *out) {
+    int8_t q[256];
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        int8_t *o = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (int8_t)(((ql[l] & 15) | (qh[l] & 3) << 4) - 32);
+            o[l + 32] = (int8_t)(((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4) - 32);
+            o[l + 64] = (int8_t)(((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32);
+            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32);
+        }
+    }
     const int8_t *sc = (const int8_t *)(b + 192);
     float d = peft__ggml_h(b + 208);
-    for (int e = e0; e < e1;) {
-        int j = e / 16, end = (j + 1) * 16 < e1 ? (j + 1) * 16 : e1;
+    for (int j = 0; j < 16; j++) {
         float dl = d * (float)sc[j];
-        int h = e / 128, r = e % 128;
-        const uint8_t *l = ql + 64 * h, *hh = qh + 32 * h;
-        int lsh = 4 * (r / 64), hsh = 2 * (r / 32);
-        for (; e < end; e++) {
-            int v = ((l[e % 64] >> lsh) & 15) | ((hh[e % 32] >> hsh) & 3) << 4;
+        for (int l = 0; l < 16; l++) out[16 * j + l] = dl * (float)q[16 * j + l];
+    }
+}
+static void peft__dq_q6_k(const uint8_t *b, int e0, int e1, float *out) {
+    if (e0 == 0 && e1 == 256) {
+        peft__q6_k_block(b, out);
+        return;
+    }
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = peft__ggml_h(b + 208);
+    for (int j = e0 / 16; j * 16 < e1; j++) {
+        int l0 = e0 > j * 16 ? e0 - j * 16 : 0, l1 = e1 < (j + 1) * 16 ? e1 - j * 16 : 16;
+        float dl = d * (float)sc[j];
+        /* element e = 128·h + r: low 4 bits in byte 64·h + r%64 (nibble
+           r/64), high 2 bits in byte 32·h + r%32 (bits 2·(r/32)) */
+        int h = j / 8, r0 = 16 * (j % 8);
+        const uint8_t *ql = b + 64 * h + r0 % 64, *qh = b + 128 + 32 * h + r0 % 32;
+        int lsh = 4 * (r0 / 64), hsh = 2 * (r0 / 32);
+        for (int l = l0; l < l1; l++) {
+            int v = ((ql[l] >> lsh) & 15) | ((qh[l] >> hsh) & 3) << 4;
             *out++ = dl * (float)(v - 32);
         }
     }
 }
 
+/* by ggml type number; block 0 marks the types not supported */
+#define PEFT__GGML_NTYPES 31
 static const struct {
-    int type;
     const char *name;
     int block;
     size_t size;
     peft__ggml_decoder decode;
-} peft__ggml_types[] = {
-    { PEFT_GGML_F32, "F32", 1, 4, peft__dq_f32 },       { PEFT_GGML_F16, "F16", 1, 2, peft__dq_f16 },
-    { PEFT_GGML_Q4_0, "Q4_0", 32, 18, peft__dq_q4_0 },  { PEFT_GGML_Q4_1, "Q4_1", 32, 20, peft__dq_q4_1 },
-    { PEFT_GGML_Q5_0, "Q5_0", 32, 22, peft__dq_q5_0 },  { PEFT_GGML_Q5_1, "Q5_1", 32, 24, peft__dq_q5_1 },
-    { PEFT_GGML_Q8_0, "Q8_0", 32, 34, peft__dq_q8_0 },  { PEFT_GGML_Q2_K, "Q2_K", 256, 84, peft__dq_q2_k },
-    { PEFT_GGML_Q3_K, "Q3_K", 256, 110, peft__dq_q3_k }, { PEFT_GGML_Q4_K, "Q4_K", 256, 144, peft__dq_q4_k },
-    { PEFT_GGML_Q5_K, "Q5_K", 256, 176, peft__dq_q5_k }, { PEFT_GGML_Q6_K, "Q6_K", 256, 210, peft__dq_q6_k },
-    { PEFT_GGML_BF16, "BF16", 1, 2, peft__dq_bf16 },
+} peft__ggml_types[PEFT__GGML_NTYPES] = {
+    [PEFT_GGML_F32] = { "F32", 1, 4, peft__dq_f32 },
+    [PEFT_GGML_F16] = { "F16", 1, 2, peft__dq_f16 },
+    [PEFT_GGML_Q4_0] = { "Q4_0", 32, 18, peft__dq_q4_0 },
+    [PEFT_GGML_Q4_1] = { "Q4_1", 32, 20, peft__dq_q4_1 },
+    [PEFT_GGML_Q5_0] = { "Q5_0", 32, 22, peft__dq_q5_0 },
+    [PEFT_GGML_Q5_1] = { "Q5_1", 32, 24, peft__dq_q5_1 },
+    [PEFT_GGML_Q8_0] = { "Q8_0", 32, 34, peft__dq_q8_0 },
+    [PEFT_GGML_Q2_K] = { "Q2_K", 256, 84, peft__dq_q2_k },
+    [PEFT_GGML_Q3_K] = { "Q3_K", 256, 110, peft__dq_q3_k },
+    [PEFT_GGML_Q4_K] = { "Q4_K", 256, 144, peft__dq_q4_k },
+    [PEFT_GGML_Q5_K] = { "Q5_K", 256, 176, peft__dq_q5_k },
+    [PEFT_GGML_Q6_K] = { "Q6_K", 256, 210, peft__dq_q6_k },
+    [PEFT_GGML_BF16] = { "BF16", 1, 2, peft__dq_bf16 },
 };
 
 static int peft__ggml_index(int type) {
-    for (int i = 0; i < (int)(sizeof peft__ggml_types / sizeof peft__ggml_types[0]); i++)
-        if (peft__ggml_types[i].type == type) return i;
-    return -1;
+    return type >= 0 && type < PEFT__GGML_NTYPES && peft__ggml_types[type].block ? type : -1;
 }
 
 PEFTDEF const char *peft_ggml_type_name(int type) {
@@ -2306,14 +2430,16 @@ PEFTDEF size_t peft_ggml_type_size(int type) {
 
 PEFTDEF peft_status peft_ggml_row_bytes(int type, int64_t n, size_t *bytes) {
     int i = peft__ggml_index(type);
-    if (i < 0) return peft__fail(PEFT_ERR_UNSUPPORTED, "ggml type %d is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
-                                 "Q5_1, Q8_0, Q2_K … Q6_K are)", type);
+    if (i < 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "ggml type %d is not supported (F32, F16, BF16, Q4_0, Q4_1, "
+                          "Q5_0, Q5_1, Q8_0, Q2_K … Q6_K are)", type);
     int64_t bs = peft__ggml_types[i].block;
     if (n < 0 || n % bs)
-        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld elements is not a whole number of %s blocks of %lld",
-                          (long long)n, peft__ggml_types[i].name, (long long)bs);
+        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld elements is not a whole number of %s blocks of "
+                          "%lld", (long long)n, peft__ggml_types[i].name, (long long)bs);
     if ((uint64_t)(n / bs) > SIZE_MAX / peft__ggml_types[i].size)
-        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld %s elements is too large", (long long)n, peft__ggml_types[i].name);
+        return peft__fail(PEFT_ERR_FORMAT, "a row of %lld %s elements is too large", (long long)n,
+                          peft__ggml_types[i].name);
     *bytes = (size_t)(n / bs) * peft__ggml_types[i].size;
     return PEFT_OK;
 }
@@ -2324,8 +2450,11 @@ PEFTDEF void peft_ggml_dequantize(int type, const void *src, int64_t n, float *d
     const uint8_t *p = (const uint8_t *)src;
     int bs = peft__ggml_types[i].block;
     size_t ts = peft__ggml_types[i].size;
-    if (bs == 1) {                               /* F32, F16, BF16: one element per "block" */
-        for (int64_t k = 0; k < n; k++) peft__ggml_types[i].decode(p + (size_t)k * ts, 0, 1, dst + k);
+    if (bs == 1) {                   /* F32, F16, BF16: a run of numbers, in pieces that fit an int */
+        for (int64_t k = 0; k < n; k += 1 << 20) {
+            int len = (int)(n - k < (1 << 20) ? n - k : 1 << 20);
+            peft__ggml_types[i].decode(p + (size_t)k * ts, 0, len, dst + k);
+        }
         return;
     }
     for (int64_t k = 0; k + bs <= n; k += bs, p += ts) peft__ggml_types[i].decode(p, 0, bs, dst + k);
@@ -2365,15 +2494,31 @@ PEFTDEF void peft_qmatrix_free(peft_qmatrix *q) {
 /* gguf.quants' quantizers for the 32-blocks that tests build weights with:
    float32 arithmetic in numpy's order, fp16 scales rounded to nearest even.
    Q8_0 rounds half away from zero; Q4_0 and Q4_1 truncate x/d + 8.5 and
-   (x − min)/d + 0.5. */
+   (x − min)/d + 0.5, two roundings each: x/d is not exact, so these must
+   not become fused multiply-adds (GCC forms them across statements in its
+   GNU modes, clang within one expression). */
+#if defined(__clang__)
+#define PEFT__NO_FMA_FN
+#define PEFT__NO_FMA_BODY _Pragma("clang fp contract(off)")
+#elif defined(__GNUC__)
+#define PEFT__NO_FMA_FN __attribute__((optimize("fp-contract=off")))
+#define PEFT__NO_FMA_BODY
+#else
+#define PEFT__NO_FMA_FN
+#define PEFT__NO_FMA_BODY
+#endif
+static void peft__put_f16(uint8_t *p, float v) {
+    uint16_t h = peft_f32_to_f16(v);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
 PEFT__NO_FMA_FN static void peft__quantize_block(int type, const float *x, uint8_t *b) {
     PEFT__NO_FMA_BODY
     if (type == PEFT_GGML_Q8_0) {
         float amax = 0.0f;
         for (int e = 0; e < 32; e++) amax = fmaxf(amax, fabsf(x[e]));
         float d = amax / 127.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
-        uint16_t h = peft_f32_to_f16(d);
-        b[0] = (uint8_t)h; b[1] = (uint8_t)(h >> 8);
+        peft__put_f16(b, d);
         for (int e = 0; e < 32; e++) {
             float v = x[e] * id, a = fabsf(v), fl = floorf(a), r = fl + floorf(2.0f * (a - fl));
             b[2 + e] = (uint8_t)(int8_t)(v < 0.0f ? -r : r);
@@ -2387,10 +2532,12 @@ PEFT__NO_FMA_FN static void peft__quantize_block(int type, const float *x, uint8
         if (fabsf(x[e]) > fabsf(amax)) amax = x[e];        /* the first of the largest magnitude */
     }
     float d = type == PEFT_GGML_Q4_0 ? amax / -8.0f : (hi - lo) / 15.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
-    uint16_t h = peft_f32_to_f16(d), hm = peft_f32_to_f16(lo);
-    b[0] = (uint8_t)h; b[1] = (uint8_t)(h >> 8);
+    peft__put_f16(b, d);
     uint8_t *qs = b + 2;
-    if (type == PEFT_GGML_Q4_1) { b[2] = (uint8_t)hm; b[3] = (uint8_t)(hm >> 8); qs = b + 4; }
+    if (type == PEFT_GGML_Q4_1) {
+        peft__put_f16(b + 2, lo);
+        qs = b + 4;
+    }
     for (int e = 0; e < 32; e++) {
         float t = type == PEFT_GGML_Q4_0 ? x[e] * id : (x[e] - lo) * id;
         float v = truncf(t + (type == PEFT_GGML_Q4_0 ? 8.5f : 0.5f));
@@ -2406,7 +2553,8 @@ PEFTDEF peft_status peft_ggml_quantize(int type, const float *src, int64_t n, vo
                           peft_ggml_type_name(type) ? peft_ggml_type_name(type) : "an unknown type");
     if (n % 32) return peft__fail(PEFT_ERR_ARG, "ggml_quantize: %lld is not a multiple of 32", (long long)n);
     size_t ts = peft_ggml_type_size(type);
-    for (int64_t k = 0; k < n; k += 32) peft__quantize_block(type, src + k, (uint8_t *)dst + (size_t)(k / 32) * ts);
+    for (int64_t k = 0; k < n; k += 32)
+        peft__quantize_block(type, src + k, (uint8_t *)dst + (size_t)(k / 32) * ts);
     return PEFT_OK;
 }
 
@@ -3271,10 +3419,11 @@ static void peft__qm_rows(const void *w, int ldb, int64_t row, int64_t col, int 
 }
 /* forward: y [N, out] = x·Wᵀ;  backward: dx [N, in] (+)= dy·W, stored
    over dx when `store` (a fresh gradient). a is x or dy, c is y or dx. */
-static peft_status peft__frozen_product(int kind, const void *W, int backward, const float *a, int N, int out, int in,
-                                        float *c, int store) {
+static peft_status peft__frozen_product(int kind, const void *W, int backward, const float *a, int N, int out,
+                                        int in, float *c, int store) {
     peft__bstore src = { W, kind ? peft__qm_rows : peft__q4_rows };
-    if (backward) return peft__gemm(0, 0, N, in, out, a, out, NULL, &src, NULL, in, store ? 0.0f : 1.0f, c, in);
+    if (backward)
+        return peft__gemm(0, 0, N, in, out, a, out, NULL, &src, NULL, in, store ? 0.0f : 1.0f, c, in);
     return peft__gemm(0, 1, N, out, in, a, in, NULL, &src, NULL, in, 0.0f, c, out);
 }
 /* the backward of both frozen linears (4-bit and ggml blocks: i[2] says which) */
@@ -3295,7 +3444,10 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__frozen_product(0, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (peft__frozen_product(0, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; }
     return y;
@@ -3312,16 +3464,21 @@ static int peft__qmatrix_ok(const peft_qmatrix *W) {
 }
 PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W) {
     if (!peft__ok(g, x, W)) return NULL;
-    if (!peft__qmatrix_ok(W)) return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_linear: the ggml weight has no data, a bad "
-                                                   "size or an unsupported type");
-    if (peft__cols(x) != W->cols) return peft__op_fail(g, PEFT_ERR_SHAPE, "qmatrix_linear: input width and weight columns disagree");
+    if (!peft__qmatrix_ok(W))
+        return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_linear: the ggml weight has no data, a bad size or an "
+                             "unsupported type");
+    if (peft__cols(x) != W->cols)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "qmatrix_linear: input width and weight columns disagree");
     int N = (int)peft__rows(x), out = (int)W->rows, in = (int)W->cols;
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__frozen_product(1, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (peft__frozen_product(1, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
     if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; nd->i[2] = 1; }
     return y;
@@ -3379,7 +3536,10 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
     if (x->requires_grad) {
         if (W) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
         else if (Wq) {
-            if (peft__frozen_product(n->i[4], Wq, 1, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) { g->failed = 1; return; }
+            if (peft__frozen_product(n->i[4], Wq, 1, dy, N, out, in, x->grad, x->grad_fresh) != PEFT_OK) {
+                g->failed = 1;
+                return;
+            }
         }
         else if (x->grad_fresh) memset(x->grad, 0, sizeof(float) * (size_t)x->n);
         x->grad_fresh = 0;
@@ -3415,12 +3575,14 @@ static void peft__dropout_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W, const peft_q4 *Wq, const peft_qmatrix *Wm,
-                                  peft_tensor *A, peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W, const peft_q4 *Wq,
+                                  const peft_qmatrix *Wm, peft_tensor *A, peft_tensor *Bm, float s,
+                                  float dropout, peft_rng *rng) {
     if (!peft__ok(g, x, A) || !Bm) return NULL;
     int N = (int)peft__rows(x), in = (int)A->shape[1], out = (int)Bm->shape[0], r = (int)A->shape[0];
     if (Wm && !peft__qmatrix_ok(Wm))
-        return peft__op_fail(g, PEFT_ERR_ARG, "lora_linear: the ggml weight has no data, a bad size or an unsupported type");
+        return peft__op_fail(g, PEFT_ERR_ARG, "lora_linear: the ggml weight has no data, a bad size or an "
+                             "unsupported type");
     if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r ||
         (W && (W->shape[0] != out || W->shape[1] != in)) || (Wq && Wq->n != (int64_t)out * in) ||
         (Wm && (Wm->rows != out || Wm->cols != in)))
@@ -3446,12 +3608,16 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     }
     peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ  */
     if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ  */
-    else if ((Wq || Wm) && peft__frozen_product(Wm != NULL, Wq ? (const void *)Wq : Wm, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
-        g->failed = 1;
-        return NULL;
+    else if (Wq || Wm) {                                                   /* x·Wᵀ from the frozen storage */
+        const void *Wf = Wq ? (const void *)Wq : Wm;
+        if (peft__frozen_product(Wm != NULL, Wf, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
+            g->failed = 1;
+            return NULL;
+        }
     }
     for (int64_t j = 0; j < (int64_t)N * r; j++) su[j] = s * u[j];
-    peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, W || Wq || Wm ? 1.0f : 0.0f, y->data, out);   /* + s·u·Bᵀ */
+    float beta = W || Wq || Wm ? 1.0f : 0.0f;
+    peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, beta, y->data, out);                  /* + s·u·Bᵀ */
     peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
     if (nd) {
         nd->saved = u;
@@ -3473,8 +3639,9 @@ PEFTDEF peft_tensor *peft_qlora_linear(peft_graph *g, peft_tensor *x, const peft
     if (!W) return peft__op_fail(g, PEFT_ERR_ARG, "qlora_linear: no 4-bit base");
     return peft__lora_op(g, x, NULL, W, NULL, A, Bm, s, dropout, rng);
 }
-PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W, peft_tensor *A,
-                                              peft_tensor *Bm, float s, float dropout, peft_rng *rng) {
+PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                              peft_tensor *A, peft_tensor *Bm, float s, float dropout,
+                                              peft_rng *rng) {
     if (!W) return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_lora_linear: no ggml base");
     return peft__lora_op(g, x, NULL, NULL, W, A, Bm, s, dropout, rng);
 }
@@ -4851,9 +5018,11 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
         int out = (int)s->w->shape[0], in = (int)s->w->shape[1];
         y = s->lora_A ? peft_qlora_linear(g, x, s->q4, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop)
                       : peft_q4_linear(g, x, s->q4, out, in);
-    } else if (s->qm)                          /* a GGUF base in its ggml blocks (+ LoRA term) */
-        y = s->lora_A ? peft_qmatrix_lora_linear(g, x, s->qm, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop)
-                      : peft_qmatrix_linear(g, x, s->qm);
+    } else if (s->qm && s->lora_A)             /* a GGUF base in its ggml blocks + LoRA term */
+        y = peft_qmatrix_lora_linear(g, x, s->qm, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout,
+                                     drop);
+    else if (s->qm)
+        y = peft_qmatrix_linear(g, x, s->qm);
     else if (s->lora_A && !m->lora_merged)
         y = peft_lora_linear(g, x, s->w, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop);
     else y = peft_linear(g, x, s->w);
@@ -4876,7 +5045,7 @@ static const peft_qmatrix *peft__model_qm(const peft_model *m) {
 static const char *peft__model_qm_name(const peft_model *m) {
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
-            if (m->layers[l].lin[s].qm) return m->layers[l].lin[s].w->name ? m->layers[l].lin[s].w->name : "a weight";
+            if (m->layers[l].lin[s].qm && m->layers[l].lin[s].w->name) return m->layers[l].lin[s].w->name;
     return "the model";
 }
 
@@ -4962,9 +5131,9 @@ static peft_status peft__lora_fold(peft_model *m, float sign) {
 }
 PEFTDEF peft_status peft_lora_merge(peft_model *m) {
     if (peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml %s blocks (GGUF); W + BA is not "
-                          "representable in them (peft_model_dequantize first: the merge is then a float model)",
-                          peft_ggml_type_name(peft__model_qm(m)->type));
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml %s blocks (GGUF); W + BA "
+                          "is not representable in them (peft_model_dequantize first: the merge is then a "
+                          "float model)", peft_ggml_type_name(peft__model_qm(m)->type));
     if (m->cfg.q4)
         return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
                           "(merge into the full-precision base instead)");
@@ -5065,7 +5234,8 @@ PEFTDEF peft_status peft_v2_merge(peft_model *m) {
     if (m->fusion_proj) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: early-fusion prompts depend on the condition and cannot be merged");
     if (m->cfg.q4) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; merge into the full-precision base");
     if (peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml blocks (GGUF); peft_model_dequantize first");
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml blocks (GGUF); "
+                          "peft_model_dequantize first");
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < PEFT_N_SITES; k++) {
             peft_linear_site *S = &m->layers[l].lin[k];
@@ -5163,6 +5333,10 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
    KERNELS above.
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "quantize: the base is already stored in ggml %s blocks (GGUF); "
+                          "LoRA trains over them as they are (method lora, not qlora)",
+                          peft_ggml_type_name(peft__model_qm(m)->type));
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             peft_linear_site *S = &m->layers[l].lin[s];
@@ -5186,7 +5360,9 @@ PEFTDEF double peft_model_linear_bits(const peft_model *m) {
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             const peft_linear_site *S = &m->layers[l].lin[s];
-            bytes += S->q4 ? (double)peft_q4_bytes(S->q4) : S->qm ? (double)peft_qmatrix_bytes(S->qm) : 4.0 * (double)S->w->n;
+            if (S->q4) bytes += (double)peft_q4_bytes(S->q4);
+            else if (S->qm) bytes += (double)peft_qmatrix_bytes(S->qm);
+            else bytes += 4.0 * (double)S->w->n;
             n += (double)S->w->n;
         }
     return n > 0 ? 8.0 * bytes / n : 0.0;
@@ -5198,7 +5374,7 @@ PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
             peft_linear_site *S = &m->layers[l].lin[s];
             if (!S->qm) continue;
             float *w = (float *)PEFT_MALLOC(sizeof(float) * (size_t)S->qm->rows * (size_t)S->qm->cols);
-            if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", S->w->name ? S->w->name : "a weight");
+            if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", peft__model_qm_name(m));
             for (int64_t r = 0; r < S->qm->rows; r++)
                 peft_qmatrix_decode(S->qm, r, 0, S->qm->cols, w + (size_t)r * (size_t)S->qm->cols);
             PEFT_FREE(S->w->data);
@@ -5228,9 +5404,9 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
     if (cfg->kind == PEFT_EXCITOR && (cfg->excitor_len < 1 || cfg->excitor_rank < 1))
         return peft__fail(PEFT_ERR_CONFIG, "excitor_len and excitor_rank must be >= 1");
     if (cfg->kind == PEFT_FULL && peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "full fine-tuning needs float weights, and %s is stored in ggml %s blocks "
-                          "(GGUF): choose lora, adapter-v1, adapter-v2 or excitor", peft__model_qm_name(m),
-                          peft_ggml_type_name(peft__model_qm(m)->type));
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "full fine-tuning needs float weights, and %s is stored in "
+                          "ggml %s blocks (GGUF): choose lora, adapter-v1, adapter-v2 or excitor",
+                          peft__model_qm_name(m), peft_ggml_type_name(peft__model_qm(m)->type));
     peft_rng_seed(&m->rng, cfg->seed);
     peft_model_set_trainable_all(m, cfg->kind == PEFT_FULL);
     peft_status s = PEFT_OK;
@@ -5983,6 +6159,54 @@ PEFTDEF peft_status peft_write_file_atomic(const char *path, const void *data, s
     return PEFT_OK;
 }
 
+/* A whole file for reading: mapped read-only where the platform can (its
+   pages join the resident set only as they are read, and leave it again
+   with peft__map_release), else read into memory (*mapped = 0). */
+static peft_status peft__map_file(const char *path, unsigned char **data, size_t *size, int *mapped) {
+    *data = NULL;
+    *size = 0;
+    *mapped = 0;
+#ifdef PEFT__HAVE_MMAP
+    FILE *f = fopen(path, "rb");
+    if (!f) return peft__fail(PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return peft__fail(PEFT_ERR_IO, "%s: not a readable file", path);
+    }
+    if (sb.st_size > 0) {
+        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fileno(f), 0);
+        if (p != MAP_FAILED) {
+            *data = (unsigned char *)p;
+            *size = (size_t)sb.st_size;
+            *mapped = 1;
+        }
+    }
+    fclose(f);
+    if (*mapped) return PEFT_OK;
+#endif
+    return peft_read_file(path, data, size);          /* no mmap here, or it failed: one read */
+}
+static void peft__unmap_file(unsigned char *data, size_t size, int mapped) {
+#ifdef PEFT__HAVE_MMAP
+    if (mapped && data) munmap(data, size);
+#else
+    (void)size;
+#endif
+    if (!mapped) PEFT_FREE(data);
+}
+/* [p, p + n) of a mapped file out of the resident set (the whole pages inside) */
+static void peft__map_release(const void *p, size_t n, int mapped) {
+#ifdef PEFT__HAVE_MMAP
+    size_t page = 4096, lo = ((size_t)p + page - 1) / page * page, hi = ((size_t)p + n) / page * page;
+    if (mapped && hi > lo) peft__madvise((void *)lo, hi - lo, MADV_DONTNEED);
+#else
+    (void)p;
+    (void)n;
+    (void)mapped;
+#endif
+}
+
 static peft_status peft__mkdir(const char *dir) {
 #if defined(_WIN32)
     int r = _mkdir(dir);
@@ -6342,7 +6566,7 @@ static peft_status peft__st_parse(peft_safetensors *st) {
 PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path) {
     memset(st, 0, sizeof *st);
     snprintf(st->path, sizeof st->path, "%.500s", path);
-    peft_status s = peft_read_file(path, &st->file, &st->file_size);
+    peft_status s = peft__map_file(path, &st->file, &st->file_size, &st->mapped);
     if (s == PEFT_OK) s = peft__st_parse(st);
     if (s != PEFT_OK) peft_st_close(st);
     return s;
@@ -6354,7 +6578,7 @@ PEFTDEF void peft_st_close(peft_safetensors *st) {
     PEFT_FREE(st->entries);
     PEFT_FREE(st->meta_keys);
     PEFT_FREE(st->meta_vals);
-    PEFT_FREE(st->file);
+    peft__unmap_file(st->file, st->file_size, st->mapped);
     memset(st, 0, sizeof *st);
 }
 
@@ -6547,6 +6771,8 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
             if (site) s = peft__load_q4(&st, site, &m->cfg);
             else if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, m->params[k]->name);
             else s = peft__load_param(&st, e, m->params[k]);
+            /* the file's copy leaves memory once converted: a load peaks at the fp32 weights + one tensor */
+            if (e) peft__map_release(st.data + e->offset, e->nbytes, st.mapped);
         }
         if (st.file) peft_st_close(&st);
     }
@@ -6876,10 +7102,10 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
     char path[1024];
     if (m->cfg.q4) return peft_model_save_quantized(m, dir);
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < PEFT_N_SITES; k++)
-            if (m->layers[l].lin[k].qm)
-                return peft__fail(PEFT_ERR_ARG, "%s: the block linears are in GGUF types; peft_model_dequantize first", dir);
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: %s is stored in ggml %s blocks (GGUF); "
+                          "peft_model_dequantize first to save a float model", dir, peft__model_qm_name(m),
+                          peft_ggml_type_name(peft__model_qm(m)->type));
     peft_status s = peft__mkdir(dir);
     if (s != PEFT_OK) return s;
     peft__sb b = { 0, 0, 0, 0 };
@@ -8323,10 +8549,7 @@ PEFTDEF void peft_gguf_close(peft_gguf *g) {
     for (int64_t i = 0; i < g->n_tensors; i++) PEFT_FREE(g->tensors[i].name);
     PEFT_FREE(g->kv);
     PEFT_FREE(g->tensors);
-#ifdef PEFT__HAVE_MMAP
-    if (g->mapped && g->file) munmap((void *)g->file, g->file_size);
-#endif
-    if (!g->mapped) PEFT_FREE((void *)g->file);
+    peft__unmap_file((unsigned char *)g->file, g->file_size, g->mapped);
     memset(g, 0, sizeof *g);
 }
 
@@ -8334,30 +8557,10 @@ PEFTDEF peft_status peft_gguf_open(peft_gguf *g, const char *path) {
     memset(g, 0, sizeof *g);
     snprintf(g->path, sizeof g->path, "%.500s", path);
     peft_status s = PEFT_OK;
-#ifdef PEFT__HAVE_MMAP
-    FILE *f = fopen(path, "rb");
-    if (!f) return peft__fail(PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || S_ISDIR(sb.st_mode)) {
-        fclose(f);
-        return peft__fail(PEFT_ERR_IO, "%s: not a readable file", path);
-    }
-    if (sb.st_size > 0) {
-        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fileno(f), 0);
-        if (p != MAP_FAILED) {
-            g->file = (const uint8_t *)p;
-            g->file_size = (size_t)sb.st_size;
-            g->mapped = 1;
-        }
-    }
-    fclose(f);
-#endif
-    if (!g->file) {                                    /* no mmap here, or it failed: one read */
-        unsigned char *buf;
-        s = peft_read_file(path, &buf, &g->file_size);
-        if (s != PEFT_OK) return s;
-        g->file = buf;
-    }
+    unsigned char *buf;
+    s = peft__map_file(path, &buf, &g->file_size, &g->mapped);
+    if (s != PEFT_OK) return s;
+    g->file = buf;
     s = peft__gguf_parse(g, 0);
     if (s == PEFT_OK) s = peft__gguf_parse(g, 1);
     if (s != PEFT_OK) peft_gguf_close(g);
@@ -8636,7 +8839,11 @@ static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, ui
                           "and Q6_K)", g->path, t->name, peft_gguf_type_name(t->type));
     done[idx] = 1;
     int hd = m->cfg.head_dim;
-    if (!S || t->type == PEFT_GGML_F32) return peft__gguf_floats(g, t, p->data, hd, heads);
+    if (!S || t->type == PEFT_GGML_F32) {
+        peft_status s = peft__gguf_floats(g, t, p->data, hd, heads);
+        peft__map_release(t->data, t->nbytes, g->mapped);   /* decoded: the file's copy can leave memory */
+        return s;
+    }
     /* a block linear kept in its ggml type: rows [out], each of in elements */
     peft_qmatrix *q = (peft_qmatrix *)peft__calloc(sizeof *q);
     if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory");
@@ -8655,6 +8862,7 @@ static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, ui
         }
         q->owned = own;
         q->data = own;
+        peft__map_release(t->data, t->nbytes, g->mapped);
     }
     PEFT_FREE(p->data);
     p->data = NULL;

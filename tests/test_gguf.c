@@ -343,8 +343,8 @@ TEST(test_gguf_hostile) {
         int ids[64], k = -1;
         CHECK_OK(peft_tokenizer_load(&t, seed ? seed : spath, 0));
         if (t.n == 259) k = peft_tokenizer_encode(&t, "<|im_start|>hehe!", 0, 0, ids, 64);
-        CHECK(k == 4 && ids[0] == 1 && ids[1] == 258 && ids[2] == 258 && ids[3] == '!' + 2, "seed tokenizer: %d ids",
-              k);
+        CHECK(k == 4 && ids[0] == 1 && ids[1] == 258 && ids[2] == 258 && ids[3] == '!' + 2,
+              "seed tokenizer: %d ids", k);
         if (t.n) peft_tokenizer_free(&t);
         free(sb.p);
         peft_model_free(sm);
@@ -590,17 +590,20 @@ TEST(test_gguf_cli) {
 
     CHECK(run_peft(out, sizeof out, "info %s", model) == 0 && strstr(out, "Q8_0") && strstr(out, "8.500") &&
           strstr(out, "gpt2 (pre gpt-2)"), "info: %s", out);
-    CHECK(run_peft(out, sizeof out, "info %s", bad) == 1 && strstr(out, bad), "info on a truncated file: %s", out);
+    CHECK(run_peft(out, sizeof out, "info %s", bad) == 1 && strstr(out, bad), "info on a truncated file: %s",
+          out);
     CHECK(run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s/l.f32", bad, th_tmpdir()) == 1 &&
           strstr(out, bad), "logits on a truncated file: %s", out);
-    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1", bad, th_fixtures()) == 1 &&
-          strstr(out, bad), "train on a truncated file: %s", out);
-    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1", model,
-                   th_fixtures()) == 1 && strstr(out, "full fine-tuning"), "full fine-tuning refused: %s", out);
-    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method lora --lora-targets all-linear "
-                   "--max-steps 4 --batch 2 --seq 400 --lr 0.01 --out %s", model, th_fixtures(), run) == 0,
-          "train: %s", out);
-    CHECK(run_peft(out, sizeof out, "export --adapter %s --format gguf --out %s", run, agguf) == 0, "export: %s", out);
+    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1", bad,
+                   th_fixtures()) == 1 && strstr(out, bad), "train on a truncated file: %s", out);
+    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1",
+                   model, th_fixtures()) == 1 && strstr(out, "full fine-tuning"), "full fine-tuning refused: %s",
+          out);
+    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method lora "
+                   "--lora-targets all-linear --max-steps 4 --batch 2 --seq 400 --lr 0.01 --out %s", model,
+                   th_fixtures(), run) == 0, "train: %s", out);
+    CHECK(run_peft(out, sizeof out, "export --adapter %s --format gguf --out %s", run, agguf) == 0,
+          "export: %s", out);
     peft_gguf g;
     if (peft_gguf_open(&g, agguf) == PEFT_OK) {
         CHECK(g.n_tensors == 2 * 7 * c.n_layers && peft_gguf_find_tensor(&g, "blk.1.ffn_down.weight.lora_b"),
@@ -628,10 +631,90 @@ TEST(test_gguf_cli) {
         for (int i = 0; i < 4; i++) {
             int a[256], bb[256], na = peft_tokenizer_encode(&tg, texts[i], 0, 0, a, 256);
             int nb = peft_tokenizer_encode(&tj, texts[i], 0, 0, bb, 256);
-            CHECK(na == nb && !memcmp(a, bb, sizeof(int) * (size_t)(na > 0 ? na : 0)), "\"%s\": %d vs %d ids", texts[i],
-                  na, nb);
+            CHECK(na == nb && !memcmp(a, bb, sizeof(int) * (size_t)(na > 0 ? na : 0)), "\"%s\": %d vs %d ids",
+                  texts[i], na, nb);
         }
         peft_tokenizer_free(&tj);
     }
     peft_tokenizer_free(&tg);
+}
+
+/* A SentencePiece GGUF tokenizer ('llama': tokens with ▁, scores, token
+   types) made from LLaMA-2's tokenizer.bin (../shared/data, skipped where
+   absent) encodes the 230 strings of sp_llama2.jsonl as sentencepiece does. */
+TEST(test_gguf_spm_tokenizer) {
+    SHARED_OR_SKIP(bin_path, "llama2c/tokenizer.bin");
+    peft_tokenizer src, t;
+    REQUIRE_OK(peft_tokenizer_load_llama2c(&src, bin_path, 32000));
+    gbuf b = { 0, 0, 0 };
+    gput(&b, "GGUF", 4);
+    gu32(&b, 3);
+    gu64(&b, 0);
+    gu64(&b, 10);
+    kv_str(&b, "general.architecture", "llama");
+    kv_str(&b, "tokenizer.ggml.model", "llama");
+    gstr(&b, "tokenizer.ggml.tokens");
+    gu32(&b, 9);
+    gu32(&b, 8);
+    gu64(&b, (uint64_t)src.n);
+    for (int i = 0; i < src.n; i++) {                /* a space back to "▁", as the GGUF stores it */
+        char piece[256];
+        size_t o = 0;
+        for (const char *p = src.pieces[i]; *p && o + 4 < sizeof piece; p++) {
+            if (*p == ' ') {
+                memcpy(piece + o, "\xE2\x96\x81", 3);
+                o += 3;
+            } else piece[o++] = *p;
+        }
+        piece[o] = 0;
+        gstr(&b, piece);
+    }
+    gstr(&b, "tokenizer.ggml.scores");
+    gu32(&b, 9);
+    gu32(&b, 6);
+    gu64(&b, (uint64_t)src.n);
+    gput(&b, src.scores, sizeof(float) * (size_t)src.n);
+    gstr(&b, "tokenizer.ggml.token_type");
+    gu32(&b, 9);
+    gu32(&b, 5);
+    gu64(&b, (uint64_t)src.n);
+    for (int i = 0; i < src.n; i++) gu32(&b, i == 0 ? 2 : i < 3 ? 3 : i < 259 ? 6 : 1);
+    kv_u32(&b, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(&b, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(&b, "tokenizer.ggml.unknown_token_id", 0);
+    gstr(&b, "tokenizer.ggml.add_bos_token");
+    gu32(&b, 7);
+    gput(&b, "\001", 1);
+    kv_str(&b, "tokenizer.chat_template", "{{ messages }}");
+    char path[512];
+    snprintf(path, sizeof path, "%s/spm.gguf", th_tmpdir());
+    REQUIRE(write_bytes(path, b.p, b.n), "write");
+    free(b.p);
+    peft_tokenizer_free(&src);
+    REQUIRE_OK(peft_tokenizer_load(&t, path, 0));
+    CHECK(t.kind == PEFT_TOK_SCORES && t.bos_id == 1 && t.eos_id == 2 && t.add_bos && t.chat_template,
+          "metadata");
+    char fx[512];
+    snprintf(fx, sizeof fx, "%s/sp_llama2.jsonl", th_fixtures());
+    unsigned char *d;
+    size_t n;
+    REQUIRE_OK(peft_read_file(fx, &d, &n));
+    int lines = 0, same = 0;
+    for (char *line = (char *)d, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        if (next) next++;
+        peft_json *j;
+        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) break;
+        const peft_json *want = peft_json_get(j, "ids");
+        int ids[4096], k = peft_tokenizer_encode(&t, peft_json_get(j, "text")->string, 0, 0, ids, 4096);
+        int eq = k == want->n_children, i = 0;
+        for (const peft_json *x = want->child; x && eq; x = x->next, i++) eq = ids[i] == (int)x->number;
+        same += eq;
+        lines++;
+        peft_json_free(j);
+    }
+    CHECK(lines >= 200 && same == lines, "%d of %d strings encode as sentencepiece", same, lines);
+    free(d);
+    peft_tokenizer_free(&t);
 }

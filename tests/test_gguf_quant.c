@@ -8,9 +8,10 @@
    bit; the LoRA op over it matches finite differences of a double reference. */
 #include "harness.h"
 
-static const int all_types[] = { PEFT_GGML_F32, PEFT_GGML_F16, PEFT_GGML_BF16, PEFT_GGML_Q8_0, PEFT_GGML_Q4_0,
-                                 PEFT_GGML_Q4_1, PEFT_GGML_Q5_0, PEFT_GGML_Q5_1, PEFT_GGML_Q2_K, PEFT_GGML_Q3_K,
-                                 PEFT_GGML_Q4_K, PEFT_GGML_Q5_K, PEFT_GGML_Q6_K };
+static const int all_types[] = { PEFT_GGML_F32,  PEFT_GGML_F16,  PEFT_GGML_BF16, PEFT_GGML_Q8_0,
+                                 PEFT_GGML_Q4_0, PEFT_GGML_Q4_1, PEFT_GGML_Q5_0, PEFT_GGML_Q5_1,
+                                 PEFT_GGML_Q2_K, PEFT_GGML_Q3_K, PEFT_GGML_Q4_K, PEFT_GGML_Q5_K,
+                                 PEFT_GGML_Q6_K };
 #define N_TYPES ((int)(sizeof all_types / sizeof all_types[0]))
 
 static const char *fixture(void) {
@@ -42,12 +43,17 @@ static long first_diff(const float *a, const float *b, long n) {
 }
 
 TEST(test_ggml_type_table) {
-    static const struct { int type, block; size_t size; const char *name; } want[] = {
-        { PEFT_GGML_F32, 1, 4, "F32" }, { PEFT_GGML_F16, 1, 2, "F16" }, { PEFT_GGML_BF16, 1, 2, "BF16" },
-        { PEFT_GGML_Q4_0, 32, 18, "Q4_0" }, { PEFT_GGML_Q4_1, 32, 20, "Q4_1" }, { PEFT_GGML_Q5_0, 32, 22, "Q5_0" },
-        { PEFT_GGML_Q5_1, 32, 24, "Q5_1" }, { PEFT_GGML_Q8_0, 32, 34, "Q8_0" }, { PEFT_GGML_Q2_K, 256, 84, "Q2_K" },
-        { PEFT_GGML_Q3_K, 256, 110, "Q3_K" }, { PEFT_GGML_Q4_K, 256, 144, "Q4_K" }, { PEFT_GGML_Q5_K, 256, 176, "Q5_K" },
-        { PEFT_GGML_Q6_K, 256, 210, "Q6_K" } };
+    static const struct {
+        int type, block;
+        size_t size;
+        const char *name;
+    } want[] = { { PEFT_GGML_F32, 1, 4, "F32" },       { PEFT_GGML_F16, 1, 2, "F16" },
+                 { PEFT_GGML_BF16, 1, 2, "BF16" },     { PEFT_GGML_Q4_0, 32, 18, "Q4_0" },
+                 { PEFT_GGML_Q4_1, 32, 20, "Q4_1" },   { PEFT_GGML_Q5_0, 32, 22, "Q5_0" },
+                 { PEFT_GGML_Q5_1, 32, 24, "Q5_1" },   { PEFT_GGML_Q8_0, 32, 34, "Q8_0" },
+                 { PEFT_GGML_Q2_K, 256, 84, "Q2_K" },  { PEFT_GGML_Q3_K, 256, 110, "Q3_K" },
+                 { PEFT_GGML_Q4_K, 256, 144, "Q4_K" }, { PEFT_GGML_Q5_K, 256, 176, "Q5_K" },
+                 { PEFT_GGML_Q6_K, 256, 210, "Q6_K" } };
     for (int i = 0; i < (int)(sizeof want / sizeof want[0]); i++) {
         CHECK(peft_ggml_block_size(want[i].type) == want[i].block, "%s block size", want[i].name);
         CHECK(peft_ggml_type_size(want[i].type) == want[i].size, "%s type size", want[i].name);
@@ -57,15 +63,17 @@ TEST(test_ggml_type_table) {
         CHECK_OK(peft_ggml_row_bytes(want[i].type, 3 * want[i].block, &rb));
         CHECK(rb == 3 * want[i].size, "%s: row of 3 blocks is %zu bytes", want[i].name, rb);
         if (want[i].block > 1)
-            CHECK(peft_ggml_row_bytes(want[i].type, want[i].block + 1, &rb) == PEFT_ERR_FORMAT, "%s: ragged row refused",
-                  want[i].name);
+            CHECK(peft_ggml_row_bytes(want[i].type, want[i].block + 1, &rb) == PEFT_ERR_FORMAT,
+                  "%s: ragged row refused", want[i].name);
     }
     int unsupported[] = { 9 /* Q8_1 */, 15 /* Q8_K */, 16 /* IQ2_XXS */, 4, 5, 29, 31, -1, 1000 };
     for (int i = 0; i < (int)(sizeof unsupported / sizeof unsupported[0]); i++) {
         size_t rb;
         CHECK(!peft_ggml_type_name(unsupported[i]) && peft_ggml_block_size(unsupported[i]) == 0 &&
-              peft_ggml_type_size(unsupported[i]) == 0, "type %d must be unsupported", unsupported[i]);
-        CHECK(peft_ggml_row_bytes(unsupported[i], 256, &rb) == PEFT_ERR_UNSUPPORTED, "type %d row bytes", unsupported[i]);
+                  peft_ggml_type_size(unsupported[i]) == 0,
+              "type %d must be unsupported", unsupported[i]);
+        CHECK(peft_ggml_row_bytes(unsupported[i], 256, &rb) == PEFT_ERR_UNSUPPORTED, "type %d row bytes",
+              unsupported[i]);
     }
 }
 
@@ -81,19 +89,21 @@ static void check_pair(int type, const char *what) {
     REQUIRE(raw && th_read_ref(fixture(), k, &deq, &nd), "fixture %s.%s", tn, what);
     size_t rb = 0;
     REQUIRE_OK(peft_ggml_row_bytes(type, nd, &rb));
-    REQUIRE(rb == (size_t)nraw, "%s %s: %ld floats take %zu bytes, the fixture has %ld", tn, what, nd, rb, nraw);
+    REQUIRE(rb == (size_t)nraw, "%s %s: %ld floats take %zu bytes, the fixture has %ld", tn, what, nd, rb,
+            nraw);
     float *mine = malloc(sizeof(float) * (size_t)(nd + 1));
     peft_ggml_dequantize(type, raw, nd, mine);
     long d = first_diff(mine, deq, nd);
-    CHECK(d < 0, "%s %s: element %ld is %a, gguf.quants.dequantize gives %a", tn, what, d, d < 0 ? 0.0 : (double)mine[d],
-          d < 0 ? 0.0 : (double)deq[d]);
+    CHECK(d < 0, "%s %s: element %ld is %a, gguf.quants.dequantize gives %a", tn, what, d,
+          d < 0 ? 0.0 : (double)mine[d], d < 0 ? 0.0 : (double)deq[d]);
     /* any range of a row through the qmatrix: the same floats */
     peft_qmatrix q = { type, 1, nd, rb, raw, NULL };
     peft_rng r;
     peft_rng_seed(&r, (uint64_t)type);
     long bad = 0;
     for (int t = 0; t < 200; t++) {
-        int64_t c0 = (int64_t)(peft_rng_uniform(&r) * (float)nd), len = 1 + (int64_t)(peft_rng_uniform(&r) * 300.0f);
+        int64_t c0 = (int64_t)(peft_rng_uniform(&r) * (float)nd),
+                len = 1 + (int64_t)(peft_rng_uniform(&r) * 300.0f);
         if (c0 >= nd) c0 = nd - 1;
         if (c0 + len > nd) len = nd - c0;
         uint32_t fence = 0xABABABAB, after;
@@ -103,14 +113,17 @@ static void check_pair(int type, const char *what) {
         if (first_diff(mine, deq + c0, len) >= 0 || after != fence) bad++;
     }
     CHECK(bad == 0, "%s %s: %ld of 200 ranges decode differently", tn, what, bad);
-    free(raw); free(deq); free(mine);
+    free(raw);
+    free(deq);
+    free(mine);
 }
 
 TEST(test_ggml_dequantize_matches_gguf) {
     for (int i = 0; i < N_TYPES; i++) {
         int t = all_types[i];
         check_pair(t, "hand");
-        if (peft_ggml_block_size(t) == 256 || t == PEFT_GGML_F32) continue;   /* gguf cannot quantize K-quants */
+        if (peft_ggml_block_size(t) == 256 || t == PEFT_GGML_F32)
+            continue; /* gguf cannot quantize K-quants */
         check_pair(t, "quant");
     }
 }
@@ -130,13 +143,18 @@ TEST(test_ggml_quantize_matches_gguf) {
         uint8_t *mine = calloc(1, (size_t)nraw);
         REQUIRE_OK(peft_ggml_quantize(types[i], src, ns, mine));
         long d = -1;
-        for (long j = 0; j < nraw && d < 0; j++) if (mine[j] != raw[j]) d = j;
-        CHECK(d < 0, "%s: byte %ld is %02x, gguf.quants.quantize writes %02x", tn, d, d < 0 ? 0 : mine[d], d < 0 ? 0 : raw[d]);
-        free(raw); free(src); free(mine);
+        for (long j = 0; j < nraw && d < 0; j++)
+            if (mine[j] != raw[j]) d = j;
+        CHECK(d < 0, "%s: byte %ld is %02x, gguf.quants.quantize writes %02x", tn, d, d < 0 ? 0 : mine[d],
+              d < 0 ? 0 : raw[d]);
+        free(raw);
+        free(src);
+        free(mine);
     }
     float x[32] = { 0 };
     uint8_t b[256];
-    CHECK(peft_ggml_quantize(PEFT_GGML_Q4_K, x, 256, b) == PEFT_ERR_UNSUPPORTED, "Q4_K quantizing is not offered");
+    CHECK(peft_ggml_quantize(PEFT_GGML_Q4_K, x, 256, b) == PEFT_ERR_UNSUPPORTED,
+          "Q4_K quantizing is not offered");
     CHECK(peft_ggml_quantize(PEFT_GGML_Q8_0, x, 31, b) != PEFT_OK, "31 values are not whole blocks");
 }
 
@@ -146,18 +164,35 @@ static void scale_offsets(int type, int *o, int *n) {
     *n = 1;
     o[0] = 0;
     switch (type) {
-    case PEFT_GGML_Q4_1: case PEFT_GGML_Q5_1: case PEFT_GGML_Q4_K: case PEFT_GGML_Q5_K: *n = 2; o[1] = 2; break;
-    case PEFT_GGML_Q2_K: *n = 2; o[0] = 80; o[1] = 82; break;
-    case PEFT_GGML_Q3_K: o[0] = 108; break;
-    case PEFT_GGML_Q6_K: o[0] = 208; break;
-    default: break;
+    case PEFT_GGML_Q4_1:
+    case PEFT_GGML_Q5_1:
+    case PEFT_GGML_Q4_K:
+    case PEFT_GGML_Q5_K:
+        *n = 2;
+        o[1] = 2;
+        break;
+    case PEFT_GGML_Q2_K:
+        *n = 2;
+        o[0] = 80;
+        o[1] = 82;
+        break;
+    case PEFT_GGML_Q3_K:
+        o[0] = 108;
+        break;
+    case PEFT_GGML_Q6_K:
+        o[0] = 208;
+        break;
+    default:
+        break;
     }
 }
 
 /* a random frozen W [rows, cols] of a type, owned by the matrix */
 static int random_qmatrix(peft_qmatrix *q, int type, int64_t rows, int64_t cols, peft_rng *r) {
     memset(q, 0, sizeof *q);
-    q->type = type; q->rows = rows; q->cols = cols;
+    q->type = type;
+    q->rows = rows;
+    q->cols = cols;
     if (peft_ggml_row_bytes(type, cols, &q->row_bytes) != PEFT_OK) return 0;
     uint8_t *d = malloc(q->row_bytes * (size_t)rows);
     q->owned = d;
@@ -169,15 +204,20 @@ static int random_qmatrix(peft_qmatrix *q, int type, int64_t rows, int64_t cols,
         if (bs == 1) {
             float v = 0.1f * peft_rng_normal(r);
             uint16_t h = type == PEFT_GGML_F16 ? peft_f32_to_f16(v) : peft_f32_to_bf16(v);
-            if (type == PEFT_GGML_F32) memcpy(p, &v, 4);
-            else { p[0] = (uint8_t)h; p[1] = (uint8_t)(h >> 8); }
+            if (type == PEFT_GGML_F32)
+                memcpy(p, &v, 4);
+            else {
+                p[0] = (uint8_t)h;
+                p[1] = (uint8_t)(h >> 8);
+            }
             continue;
         }
         for (size_t k = 0; k < ts; k++) p[k] = (uint8_t)(peft_rng_u64(r) >> 56);
         int off[2], n;
         scale_offsets(type, off, &n);
         for (int k = 0; k < n; k++) {
-            uint16_t h = peft_f32_to_f16((k ? 0.002f : 0.01f) * (0.5f + peft_rng_uniform(r)) * (bs == 256 ? 0.1f : 1.0f));
+            uint16_t h = peft_f32_to_f16((k ? 0.002f : 0.01f) * (0.5f + peft_rng_uniform(r)) *
+                                         (bs == 256 ? 0.1f : 1.0f));
             p[off[k]] = (uint8_t)h;
             p[off[k] + 1] = (uint8_t)(h >> 8);
         }
@@ -197,16 +237,18 @@ TEST(test_qmatrix_linear_packs_like_floats) {
     int threads = peft_get_threads();
     for (int ti = 0; ti < N_TYPES; ti++) {
         int type = all_types[ti], bs = peft_ggml_block_size(type);
-        int in = bs == 256 ? 1280 : bs == 32 ? 736 : 701;   /* 4 or 3 K slices of 320 or 246: blocks cut */
+        int in = bs == 256 ? 1280 : bs == 32 ? 736 : 701; /* 4 or 3 K slices of 320 or 246: blocks cut */
         peft_qmatrix q;
         REQUIRE(random_qmatrix(&q, type, out, in, &r), "qmatrix %s", peft_ggml_type_name(type));
         float *wd = malloc(sizeof(float) * out * in);
-        for (int o = 0; o < out; o++) peft_ggml_dequantize(type, q.data + (size_t)o * q.row_bytes, in, wd + (size_t)o * in);
+        for (int o = 0; o < out; o++)
+            peft_ggml_dequantize(type, q.data + (size_t)o * q.row_bytes, in, wd + (size_t)o * in);
         int64_t sx[2] = { N, in };
         peft_tensor *x = peft_param_new("x", 2, sx);
         peft_param_set_trainable(x, 1);
         for (int i = 0; i < N * in; i++) x->data[i] = peft_rng_normal(&r);
-        float *R = malloc(sizeof(float) * N * out), *ref = malloc(sizeof(float) * (size_t)N * (out > in ? out : in));
+        float *R = malloc(sizeof(float) * N * out),
+              *ref = malloc(sizeof(float) * (size_t)N * (out > in ? out : in));
         for (int i = 0; i < N * out; i++) R[i] = peft_rng_normal(&r);
         for (int t = 1; t <= 2; t++) {
             peft_set_threads(t);
@@ -216,16 +258,22 @@ TEST(test_qmatrix_linear_packs_like_floats) {
             REQUIRE(y, "forward: %s", peft_last_error());
             REQUIRE_OK(peft_backward_seed(g, y, R));
             peft_gemm(0, 1, N, out, in, x->data, in, wd, in, 0.0f, ref, out);
-            CHECK(memcmp(ref, y->data, sizeof(float) * N * out) == 0, "%s, %d threads: x·Wᵀ differs from the float product "
-                  "(rel %.3g)", peft_ggml_type_name(type), t, th_rel_err_f(ref, y->data, N * out));
+            CHECK(memcmp(ref, y->data, sizeof(float) * N * out) == 0,
+                  "%s, %d threads: x·Wᵀ differs from the float product "
+                  "(rel %.3g)",
+                  peft_ggml_type_name(type), t, th_rel_err_f(ref, y->data, N * out));
             peft_gemm(0, 0, N, in, out, R, out, wd, in, 0.0f, ref, in);
-            CHECK(memcmp(ref, x->grad, sizeof(float) * N * in) == 0, "%s, %d threads: dy·W differs from the float product "
-                  "(rel %.3g)", peft_ggml_type_name(type), t, th_rel_err_f(ref, x->grad, N * in));
+            CHECK(memcmp(ref, x->grad, sizeof(float) * N * in) == 0,
+                  "%s, %d threads: dy·W differs from the float product "
+                  "(rel %.3g)",
+                  peft_ggml_type_name(type), t, th_rel_err_f(ref, x->grad, N * in));
         }
         peft_param_free(x);
         peft_qmatrix_free(&q);
         CHECK(!q.data && !q.owned, "qmatrix_free clears the matrix");
-        free(wd); free(R); free(ref);
+        free(wd);
+        free(R);
+        free(ref);
     }
     peft_set_threads(threads);
     peft_graph_free(g);
@@ -235,9 +283,12 @@ TEST(test_qmatrix_linear_packs_like_floats) {
    dequantized W: the forward, and the gradients of x, A and B against
    central differences (L = Σ R ⊙ y is linear in each of them for a fixed
    dropout mask, so the differences are exact up to double rounding) */
-typedef struct { int N, in, out, r; float s, p; } qlctx;
-static void ql_ref(const qlctx *c, const double *x, const float *wd, const double *A, const double *B, const uint8_t *mask,
-                   double *y) {
+typedef struct {
+    int N, in, out, r;
+    float s, p;
+} qlctx;
+static void ql_ref(const qlctx *c, const double *x, const float *wd, const double *A, const double *B,
+                   const uint8_t *mask, double *y) {
     double keep = (double)(1.0f / (1.0f - c->p));
     for (int n = 0; n < c->N; n++) {
         double u[8];
@@ -257,8 +308,8 @@ static void ql_ref(const qlctx *c, const double *x, const float *wd, const doubl
         }
     }
 }
-static double ql_loss(const qlctx *c, const double *x, const float *wd, const double *A, const double *B, const uint8_t *mask,
-                      const float *R, double *y) {
+static double ql_loss(const qlctx *c, const double *x, const float *wd, const double *A, const double *B,
+                      const uint8_t *mask, const float *R, double *y) {
     ql_ref(c, x, wd, A, B, mask, y);
     double L = 0;
     for (int j = 0; j < c->N * c->out; j++) L += y[j] * R[j];
@@ -266,9 +317,13 @@ static double ql_loss(const qlctx *c, const double *x, const float *wd, const do
 }
 
 TEST(test_fd_qmatrix_lora_linear) {
-    struct { int type; qlctx c; } cases[] = {
-        { PEFT_GGML_Q4_0, { 4, 64, 7, 3, 0.8f, 0.0f } }, { PEFT_GGML_Q6_K, { 3, 256, 5, 2, 2.0f, 0.0f } },
-        { PEFT_GGML_Q4_K, { 5, 256, 6, 3, 0.5f, 0.25f } }, { PEFT_GGML_F16, { 3, 20, 9, 2, 1.0f, 0.5f } } };
+    struct {
+        int type;
+        qlctx c;
+    } cases[] = { { PEFT_GGML_Q4_0, { 4, 64, 7, 3, 0.8f, 0.0f } },
+                  { PEFT_GGML_Q6_K, { 3, 256, 5, 2, 2.0f, 0.0f } },
+                  { PEFT_GGML_Q4_K, { 5, 256, 6, 3, 0.5f, 0.25f } },
+                  { PEFT_GGML_F16, { 3, 20, 9, 2, 1.0f, 0.5f } } };
     for (int ci = 0; ci < 4; ci++) {
         qlctx c = cases[ci].c;
         const char *tn = peft_ggml_type_name(cases[ci].type);
@@ -281,7 +336,8 @@ TEST(test_fd_qmatrix_lora_linear) {
         float wmax = 0;
         for (int j = 0; j < c.out * c.in; j++) wmax = fmaxf(wmax, fabsf(wd[j]));
         int64_t sx[2] = { c.N, c.in }, sa[2] = { c.r, c.in }, sb[2] = { c.out, c.r };
-        peft_tensor *x = peft_param_new("x", 2, sx), *A = peft_param_new("A", 2, sa), *B = peft_param_new("B", 2, sb);
+        peft_tensor *x = peft_param_new("x", 2, sx), *A = peft_param_new("A", 2, sa),
+                    *B = peft_param_new("B", 2, sb);
         peft_tensor *ts[3] = { x, A, B };
         double *xd[3];
         for (int t = 0; t < 3; t++) {
@@ -333,13 +389,139 @@ TEST(test_fd_qmatrix_lora_linear) {
                 fd[j] = (lp - lm) / (2 * h);
             }
             double err = th_rel_err_fd(ts[t]->grad, fd, (long)ts[t]->n);
-            CHECK(err < 2e-4, "%s: gradient of %c differs from finite differences: rel err %.3g", tn, "xAB"[t], err);
+            CHECK(err < 2e-4, "%s: gradient of %c differs from finite differences: rel err %.3g", tn,
+                  "xAB"[t], err);
             free(fd);
         }
         CHECK(wmax > 0, "%s: a non-zero weight", tn);
-        for (int t = 0; t < 3; t++) { peft_param_free(ts[t]); free(xd[t]); }
-        free(mask); free(R); free(yd); free(wd);
+        for (int t = 0; t < 3; t++) {
+            peft_param_free(ts[t]);
+            free(xd[t]);
+        }
+        free(mask);
+        free(R);
+        free(yd);
+        free(wd);
         peft_qmatrix_free(&q);
         peft_graph_free(g);
     }
+}
+
+/* A small model whose block linears are random blocks of `type`, and its
+   float twin holding the same weights dequantized (same seed otherwise). */
+static int qm_twins(peft_model **qm, peft_model **fl, int type, uint64_t seed) {
+    peft_config c;
+    if (peft_config_preset(&c, "tiny") != PEFT_OK) return 0;
+    c.n_layers = 2;
+    c.vocab_size = 128;
+    c.max_seq_len = 64;
+    if (peft_model_new(qm, &c, 1, seed) != PEFT_OK || peft_model_new(fl, &c, 1, seed) != PEFT_OK) return 0;
+    peft_rng r;
+    peft_rng_seed(&r, seed + 1);
+    for (int l = 0; l < c.n_layers; l++)
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            peft_linear_site *S = &(*qm)->layers[l].lin[s], *F = &(*fl)->layers[l].lin[s];
+            peft_qmatrix *q = malloc(sizeof *q);
+            if (!random_qmatrix(q, type, S->w->shape[0], S->w->shape[1], &r)) {
+                free(q);
+                return 0;
+            }
+            for (int64_t o = 0; o < q->rows; o++)
+                peft_qmatrix_decode(q, o, 0, q->cols, F->w->data + o * q->cols);
+            free(S->w->data);
+            S->w->data = NULL;
+            S->qm = q;
+        }
+    return 1;
+}
+
+/* Every method that keeps W frozen trains over a GGUF-typed base exactly
+   as over the same weights in floats: the decoded panels equal the float
+   ones, so losses and trained parameters agree bit for bit (dropout
+   included: the same seed draws the same masks). Full fine-tuning, merging
+   and saving the base are refused with a message; peft_model_dequantize
+   gives the float model, whose merge equals the float twin's. */
+TEST(test_qmatrix_model_trains_like_floats) {
+    int types[] = { PEFT_GGML_Q4_K, PEFT_GGML_Q8_0, PEFT_GGML_Q6_K };
+    peft_method_kind kinds[] = { PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR };
+    int tok[2 * 24], tgt[2 * 24];
+    for (int i = 0; i < 48; i++) {
+        tok[i] = (i * 7 + 3) % 128;
+        tgt[i] = (tok[i] * 5 + 1) % 128;
+    }
+    for (int ti = 0; ti < 3; ti++)
+        for (int k = 0; k < 4; k++) {
+            if (ti > 0 && k > 0) continue; /* every method on one type, LoRA on the others */
+            const char *tn = peft_ggml_type_name(types[ti]), *mn = peft_method_name(kinds[k]);
+            peft_model *q, *f;
+            REQUIRE(qm_twins(&q, &f, types[ti], 30 + (uint64_t)k), "twins: %s", peft_last_error());
+            if (k == 0) {
+                peft_method full = peft_method_defaults(PEFT_FULL);
+                CHECK(peft_attach(q, &full) == PEFT_ERR_UNSUPPORTED &&
+                          strstr(peft_last_error(), "full fine-tuning"),
+                      "%s: full fine-tuning over ggml blocks must be refused: %s", tn, peft_last_error());
+                CHECK(peft_model_quantize(q, PEFT_NF4, 1) == PEFT_ERR_UNSUPPORTED,
+                      "%s: NF4 over ggml blocks must be refused", tn);
+                CHECK(peft_param_set_trainable(q->layers[0].lin[PEFT_Q].w, 1) == PEFT_ERR_UNSUPPORTED,
+                      "%s: a weight held in ggml blocks cannot be made trainable", tn);
+                double bits = peft_model_linear_bits(q);
+                double want = 8.0 * (double)peft_ggml_type_size(types[ti]) / peft_ggml_block_size(types[ti]);
+                CHECK(fabs(bits - want) < 1e-9, "%s: %.4f bits per linear weight, want %.4f", tn, bits, want);
+            }
+            peft_method m = peft_method_defaults(kinds[k]);
+            m.seed = 5;
+            if (kinds[k] == PEFT_LORA) {
+                m.lora_r = 4;
+                m.lora_dropout = 0.1f;
+                m.lora_targets = 0x7F;
+            }
+            REQUIRE_OK(peft_attach(q, &m));
+            REQUIRE_OK(peft_attach(f, &m));
+            if (k == 2) peft_model_set_checkpointing(q, 1), peft_model_set_checkpointing(f, 1);
+            peft_trainer_opts o = peft_trainer_defaults();
+            o.lr = 1e-2f;
+            peft_trainer *tq = peft_trainer_new(q, &o), *tf = peft_trainer_new(f, &o);
+            REQUIRE(tq && tf, "trainers");
+            float lq[4], lf[4];
+            for (int s = 0; s < 4; s++) {
+                REQUIRE_OK(peft_trainer_step(tq, tok, tgt, 2, 24, &lq[s]));
+                REQUIRE_OK(peft_trainer_step(tf, tok, tgt, 2, 24, &lf[s]));
+            }
+            CHECK(memcmp(lq, lf, sizeof lq) == 0,
+                  "%s %s: losses %.7g %.7g %.7g %.7g vs float base %.7g %.7g %.7g %.7g", tn, mn, lq[0], lq[1],
+                  lq[2], lq[3], lf[0], lf[1], lf[2], lf[3]);
+            CHECK(lq[3] < lq[0], "%s %s: loss %.4f -> %.4f does not fall", tn, mn, lq[0], lq[3]);
+            peft_tensor **pq, **pf;
+            int nq = peft_model_trainable(q, &pq), nf = peft_model_trainable(f, &pf);
+            CHECK(nq == nf && nq > 0, "%s %s: %d vs %d trainable tensors", tn, mn, nq, nf);
+            long diff = 0;
+            for (int i = 0; i < nq && i < nf; i++)
+                diff += memcmp(pq[i]->data, pf[i]->data, sizeof(float) * pq[i]->n) != 0;
+            CHECK(diff == 0, "%s %s: %ld trained tensors differ from the float base's", tn, mn, diff);
+            free(pq);
+            free(pf);
+            if (kinds[k] == PEFT_LORA) {
+                CHECK(peft_lora_merge(q) == PEFT_ERR_UNSUPPORTED,
+                      "%s: merging into ggml blocks must be refused", tn);
+                char dir[600];
+                snprintf(dir, sizeof dir, "%s/qm_save", th_tmpdir());
+                CHECK(peft_model_save(q, dir) == PEFT_ERR_UNSUPPORTED,
+                      "%s: saving ggml blocks as a float model is refused", tn);
+                REQUIRE_OK(peft_model_dequantize(q));
+                CHECK(!q->layers[0].lin[PEFT_Q].qm && q->layers[0].lin[PEFT_Q].w->data, "%s: dequantized",
+                      tn);
+                REQUIRE_OK(peft_lora_merge(q));
+                REQUIRE_OK(peft_lora_merge(f));
+                for (int l = 0; l < q->cfg.n_layers; l++)
+                    for (int s = 0; s < PEFT_N_SITES; s++) {
+                        peft_tensor *a = q->layers[l].lin[s].w, *b = f->layers[l].lin[s].w;
+                        CHECK(memcmp(a->data, b->data, sizeof(float) * a->n) == 0,
+                              "%s: merged layer %d site %d differs", tn, l, s);
+                    }
+            }
+            peft_trainer_free(tq);
+            peft_trainer_free(tf);
+            peft_model_free(q);
+            peft_model_free(f);
+        }
 }

@@ -16,10 +16,11 @@
     X(test_method_counts_llama7b) X(test_lora_merge_unmerge) X(test_v2_merge) X(test_fd_add_bias) X(test_methods_train_save_load) X(test_adapter_load_errors) X(test_roundtrip_adapters_load_in_peft) X(test_kv_cache_equals_full_forward) X(test_generate_matches_transformers_peft) X(test_checkpointing_same_gradients) X(test_threads_deterministic_gradients) X(test_backward_recycles_gradients) \
     X(test_ggml_type_table) X(test_ggml_dequantize_matches_gguf) X(test_ggml_quantize_matches_gguf) \
     X(test_qmatrix_linear_packs_like_floats) X(test_fd_qmatrix_lora_linear) \
+    X(test_qmatrix_model_trains_like_floats) \
     X(test_q4_codes_match_bnb) X(test_q4_bytes_match_bnb) X(test_q4_bits_per_parameter) X(test_blockwise8_matches_bnb) X(test_fd_q4_linear) X(test_q4_linear_packs_like_floats) X(test_bnb_folders_match_transformers) X(test_qlora_zero_init_and_vs_lora) \
     X(test_json_parse) X(test_tokenizer_llama2_matches_sentencepiece) X(test_hf_tokenizers_match_tokenizers) X(test_alpaca_dataset_matches_stanford_recipe) X(test_dataset_errors) X(test_f16_bf16) X(test_safetensors_roundtrip) X(test_safetensors_hostile) \
     X(test_model_load_errors) X(test_sharded_index) \
-    X(test_gguf_tiny_roundtrip) X(test_gguf_hostile) X(test_gguf_smollm2_logits) X(test_gguf_smollm2_tokenizer) X(test_gguf_cli) \
+    X(test_gguf_tiny_roundtrip) X(test_gguf_hostile) X(test_gguf_smollm2_logits) X(test_gguf_smollm2_tokenizer) X(test_gguf_cli) X(test_gguf_spm_tokenizer) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);

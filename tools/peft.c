@@ -946,6 +946,7 @@ static int cmd_bench(int argc, char **argv) {
         printf("activations MB   %.1f (tape arena%s)\n", (double)act / 1048576.0, ckpt_act ? " + one block's recompute" : "");
         printf("optimizer MB     %.1f (state %s)\n", (double)peft_adamw_state_bytes(&tr->opt) / 1048576.0, optim);
         if (m->cfg.q4) printf("bits/frozen lin  %.3f (4-bit storage, from allocated bytes)\n", peft_model_linear_bits(m));
+        else if (m->gguf) printf("bits/frozen lin  %.3f (ggml blocks of the GGUF, from their bytes)\n", peft_model_linear_bits(m));
         if (o.paged_optim)
             printf("pager            %ld pages evicted, %ld loaded, %.1f MB moved, peak resident %.1f MB\n",
                    tr->opt.stats.pages_evicted, tr->opt.stats.pages_loaded, (double)tr->opt.stats.bytes_moved / 1048576.0,

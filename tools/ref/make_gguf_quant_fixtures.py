@@ -98,7 +98,8 @@ def main():
             q = quantize(x, qt)
             out[name + ".quant.src"] = np.ascontiguousarray(x.reshape(-1))
             out[name + ".quant.raw"] = np.ascontiguousarray(q.view(np.uint8).reshape(-1))
-            out[name + ".quant.deq"] = np.ascontiguousarray(dequantize(q.view(np.uint8), qt).reshape(-1).astype(np.float32))
+            deq = dequantize(q.view(np.uint8), qt).reshape(-1).astype(np.float32)
+            out[name + ".quant.deq"] = np.ascontiguousarray(deq)
     save_file(out, OUT, metadata={"gguf": gguf.__version__ if hasattr(gguf, "__version__") else "0.19.0",
                                   "numpy": np.__version__})
     print("wrote", OUT, os.path.getsize(OUT), "bytes")
