@@ -8639,6 +8639,38 @@ static double peft__gguf_elem(const peft_gguf_kv *kv, uint64_t i) {
 
 static int peft__starts(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 
+/* LLaMA-3.1's RoPE scaling is stored as rope_freqs.weight, one divisor per
+   frequency (llama.cpp divides θ^(−2i/d) by it). The converter computes them
+   from factor, low/high_freq_factor and original_max_position_embeddings;
+   those are recovered here: factor is the largest divisor, the others are
+   Meta's (1, 4, 8192), and the divisors they give must equal the file's. */
+static peft_status peft__gguf_rope_freqs(const peft_gguf *g, const peft_gguf_tensor *t, peft_config *c) {
+    int half = c->head_dim / 2;
+    if (t->type != PEFT_GGML_F32 || t->ndim != 1 || t->ne[0] != half || half < 1 || half > 4096)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor 'rope_freqs.weight' must be F32 [%d] (head size "
+                          "/ 2)", g->path, half);
+    float rf[4096];
+    double plain[4096], scaled[4096];
+    memcpy(rf, t->data, sizeof(float) * (size_t)half);
+    peft_config k = *c;
+    k.rope_type = PEFT_ROPE_DEFAULT;
+    peft__inv_freq(&k, plain);
+    k.rope_type = PEFT_ROPE_LLAMA3;
+    k.rope_factor = 0;
+    for (int i = 0; i < half; i++) if (rf[i] > k.rope_factor) k.rope_factor = rf[i];
+    k.rope_low_freq = 1.0f;
+    k.rope_high_freq = 4.0f;
+    k.rope_orig_max_pos = 8192;
+    peft__inv_freq(&k, scaled);
+    for (int i = 0; i < half; i++)
+        if (!(fabs(plain[i] / scaled[i] - (double)rf[i]) <= 1e-4 * (double)rf[i]))
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor 'rope_freqs.weight' is not LLaMA-3.1's RoPE "
+                              "scaling (factor %g, low 1, high 4, original 8192): divisor %d is %g, not %g",
+                              g->path, (double)k.rope_factor, i, (double)rf[i], plain[i] / scaled[i]);
+    *c = k;
+    return PEFT_OK;
+}
+
 PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
     const char *path = g->path;
     char arch[64] = "", str[64];
@@ -8731,9 +8763,11 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
     else if (strcmp(scaling, "none"))
         return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.rope.scaling.type '%s' is not supported (none, "
                           "linear)", path, scaling);
-    if (peft_gguf_find_tensor(g, "rope_freqs.weight"))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor 'rope_freqs.weight' (per-frequency RoPE factors, "
-                          "as LLaMA-3.1 scaling is stored) is not supported", path);
+    const peft_gguf_tensor *rf = peft_gguf_find_tensor(g, "rope_freqs.weight");
+    if (rf) {
+        peft_status s = peft__gguf_rope_freqs(g, rf, c);
+        if (s != PEFT_OK) return s;
+    }
     if (!c->vocab_size) {
         const peft_gguf_kv *tok = peft_gguf_find(g, "tokenizer.ggml.tokens");
         const peft_gguf_tensor *emb = peft_gguf_find_tensor(g, "token_embd.weight");
@@ -8800,6 +8834,7 @@ static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, ui
     peft_tensor *p = NULL;
     peft_linear_site *S = NULL;
     int heads = 0;
+    if (!strcmp(t->name, "rope_freqs.weight")) return PEFT_OK;   /* taken into the config */
     if (!strcmp(t->name, "token_embd.weight")) p = m->embed;
     else if (!strcmp(t->name, "output_norm.weight")) p = m->norm;
     else if (!strcmp(t->name, "output.weight")) p = m->lm_head;

@@ -51,7 +51,8 @@ typedef struct {
     const char *arch;               /* NULL: llama                                 */
     int      q8;                    /* block linears in Q8_0 instead of F32        */
     int      q8_embed;              /* token_embd in Q8_0 too                      */
-    int      tokenizer;             /* a byte-level BPE tokenizer (vocab 96)       */
+    int      tokenizer;             /* a byte-level BPE tokenizer (vocab 259)      */
+    const peft_tensor *rope_freqs;  /* written as rope_freqs.weight                */
 } gguf_opts;
 
 /* llama.cpp's converter order for Q/K rows: GGUF row h·d + 2i + j = HF row h·d + j·d/2 + i */
@@ -97,6 +98,7 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     gtensor ts[64];
     char name[64];
     int nt = 0;
+    if (o->rope_freqs) add_tensor(ts, &nt, "rope_freqs.weight", o->rope_freqs, 0, 0);
     add_tensor(ts, &nt, "token_embd.weight", m->embed, 0, o->q8_embed);
     for (int l = 0; l < c->n_layers; l++) {
         const peft_layer *L = &m->layers[l];
@@ -253,11 +255,29 @@ static int write_bytes(const char *path, const void *d, size_t n) {
    permuted; F32, or Q8_0 block linears) loads back to the same logits: the
    F32 file to the model's own, the Q8_0 one to the model with its linears
    rounded through Q8_0 (so the permutation moved whole quantized rows), and
-   Q8_0 linears stay in their blocks (no fp32 copy). */
+   Q8_0 linears stay in their blocks (no fp32 copy); LLaMA-3.1's RoPE scaling
+   stored as rope_freqs.weight is read back as the llama3 rope type. */
 TEST(test_gguf_tiny_roundtrip) {
-    for (int variant = 0; variant < 3; variant++) {
-        int q8 = variant == 2, tied = variant != 1;
+    for (int variant = 0; variant < 4; variant++) {
+        int q8 = variant == 2, tied = variant != 1, llama3 = variant == 3;
         peft_config c = tiny_config(tied);
+        peft_tensor *rf = NULL;
+        if (llama3) {                   /* LLaMA-3.1 scaling, as llama.cpp's converter stores it */
+            c.rope_type = PEFT_ROPE_LLAMA3;
+            c.rope_factor = 8.0f;
+            c.rope_low_freq = 1.0f;
+            c.rope_high_freq = 4.0f;
+            c.rope_orig_max_pos = 8192;
+            int64_t half = c.head_dim / 2;
+            rf = peft_param_new("rope_freqs", 1, &half);
+            for (int i = 0; i < half; i++) {
+                double freq = 1.0 / pow(c.rope_theta, 2.0 * i / c.head_dim);
+                double wavelen = 2 * 3.14159265358979323846 / freq;
+                double smooth = (8192.0 / wavelen - 1.0) / (4.0 - 1.0);
+                rf->data[i] = wavelen < 8192.0 / 4 ? 1.0f : wavelen > 8192.0 ? 8.0f
+                            : (float)(1.0 / ((1 - smooth) / 8.0 + smooth));
+            }
+        }
         peft_model *ref, *m = NULL;
         REQUIRE_OK(peft_model_new(&ref, &c, 1, 7 + (uint64_t)variant));
         if (q8)                                      /* the reference holds what Q8_0 keeps */
@@ -272,8 +292,10 @@ TEST(test_gguf_tiny_roundtrip) {
         gguf_opts o;
         memset(&o, 0, sizeof o);
         o.q8 = q8;
+        o.rope_freqs = rf;
         gbuf b = { 0, 0, 0 };
         build_gguf(&b, ref, &o);
+        if (rf) peft_param_free(rf);
         char path[512];
         snprintf(path, sizeof path, "%s/tiny%d.gguf", th_tmpdir(), variant);
         REQUIRE(write_bytes(path, b.p, b.n), "write %s", path);
@@ -286,6 +308,8 @@ TEST(test_gguf_tiny_roundtrip) {
         }
         CHECK(m->cfg.tie_embeddings == tied && m->cfg.head_dim == 16 && m->cfg.n_kv_heads == 2,
               "config of %s", path);
+        CHECK(m->cfg.rope_type == c.rope_type && m->cfg.rope_factor == c.rope_factor,
+              "variant %d: RoPE scaling", variant);
         CHECK((m->layers[1].lin[PEFT_Q].qm != NULL) == q8 && (m->layers[1].lin[PEFT_Q].w->data == NULL) == q8,
               "variant %d: Q8_0 linears stay in blocks, F32 ones are floats", variant);
         peft_graph *g = peft_graph_new();
@@ -597,8 +621,8 @@ TEST(test_gguf_cli) {
     CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1", bad,
                    th_fixtures()) == 1 && strstr(out, bad), "train on a truncated file: %s", out);
     CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1",
-                   model, th_fixtures()) == 1 && strstr(out, "full fine-tuning"), "full fine-tuning refused: %s",
-          out);
+                   model, th_fixtures()) == 1 && strstr(out, "full fine-tuning"),
+          "full fine-tuning refused: %s", out);
     CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method lora "
                    "--lora-targets all-linear --max-steps 4 --batch 2 --seq 400 --lr 0.01 --out %s", model,
                    th_fixtures(), run) == 0, "train: %s", out);
