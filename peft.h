@@ -2135,22 +2135,25 @@ PEFTDEF void peft_q4_free(peft_q4 *q) {
            x = (d·sc)·(q − 32) per 16
    The arithmetic is float32 in gguf.quants.dequantize's order (d·sc, then
    ·q, then ± the min), and every product is exact: an fp16 scale has 11
-   significant bits, a 6-bit sub-scale and a code of at most 6 bits bring
-   that to 24 at most, so only the final ± rounds, and a fused multiply-add
-   (which compilers may form) gives the same float. The values equal the
-   package's bit for bit (tests/test_gguf_quant.c). */
+   significant bits, a sub-scale at most 7 (Q6_K's int8) and a code at most
+   6, 24 in all, so only the final ± rounds, and a fused multiply-add (which
+   compilers may form) gives the same float. The values equal the package's
+   bit for bit (tests/test_gguf_quant.c). The GEMM calls peft_qmatrix_decode
+   for a run of one row at a time as it packs a panel (KERNELS: matrix
+   multiply, peft__pack_B_stored): a K slice of row j for the forward, the
+   panel's columns of row k for the input gradient. */
 
-/* elements [e0, e1) of one block into out; the loops run over a sub-block
-   at a time with its scale in hand, plain enough for the compiler to
-   vectorize */
+/* elements [e0, e1) of one block into out. A whole block takes fixed runs
+   that the compiler vectorizes (a row's K slice is mostly whole blocks); a
+   part of one goes a sub-block at a time with its scale in hand. */
 typedef void (*peft__ggml_decoder)(const uint8_t *b, int e0, int e1, float *out);
 
 static float peft__ggml_h(const uint8_t *p) { return peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
 
-/* F16 → F32 without branches on the common path: normal numbers, infinities
-   and NaNs move their fields (NaN payloads kept), subnormals go through an
-   exact integer conversion (m·2⁻²⁴ is a normal float, so flush-to-zero modes
-   cannot touch it) */
+/* F16 → F32 without branches: normal numbers, infinities and NaNs move
+   their fields (NaN payloads kept), subnormals go through an exact integer
+   conversion (m·2⁻²⁴ is a normal float, so flush-to-zero modes cannot touch
+   it) */
 static uint32_t peft__f16_bits(uint16_t h) {
     uint32_t s = (uint32_t)(h & 0x8000) << 16, em = h & 0x7FFFu, sub;
     float f = (float)em * 0x1p-24f;
@@ -3480,7 +3483,12 @@ PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const pe
         return NULL;
     }
     peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
-    if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; nd->i[2] = 1; }
+    if (nd) {
+        nd->aux = W;
+        nd->i[0] = out;
+        nd->i[1] = in;
+        nd->i[2] = 1;                          /* the ggml kind for the shared backward */
+    }
     return y;
 }
 

@@ -276,6 +276,23 @@ TEST(test_qmatrix_linear_packs_like_floats) {
         free(ref);
     }
     peft_set_threads(threads);
+    /* refused: a row size that disagrees with the type, an unsupported
+       type, an input of the wrong width */
+    uint8_t blocks[4 * 144] = { 0 };
+    int64_t sx[2] = { 3, 256 }, sw[2] = { 3, 512 };
+    peft_tensor *x = peft_param_new("x", 2, sx), *xw = peft_param_new("x", 2, sw);
+    peft_qmatrix bad[3] = { { PEFT_GGML_Q4_K, 4, 256, 143, blocks, NULL },
+                            { 9 /* Q8_1 */, 4, 256, 144, blocks, NULL },
+                            { PEFT_GGML_Q4_K, 4, 256, 144, blocks, NULL } };
+    for (int k = 0; k < 3; k++) {
+        peft_graph_reset(g);
+        peft_tensor *y = peft_qmatrix_linear(g, k < 2 ? x : xw, &bad[k]);
+        CHECK(!y && *peft_last_error(), "bad case %d must be refused", k);
+    }
+    peft_graph_reset(g);
+    CHECK(peft_qmatrix_linear(g, x, &bad[2]) != NULL, "the good matrix works: %s", peft_last_error());
+    peft_param_free(x);
+    peft_param_free(xw);
     peft_graph_free(g);
 }
 
