@@ -99,9 +99,10 @@
      files       JSON reader, safetensors reader/writer (strict validation,
                  atomic writes), F16/BF16, HF and bitsandbytes 4-bit folders,
                  llama2.c .bin (legacy, ak42 v1/v2), adapter folders, GGUF
-                 LoRA adapters for llama.cpp
+                 LoRA adapters for llama.cpp; GGUF models (mapped, strict
+                 validation, block linears kept in their ggml types)
      tokenizers  llama2.c tokenizer.bin, Hugging Face tokenizer.json (BPE,
-                 SentencePiece-style and byte-level)
+                 SentencePiece-style and byte-level), a GGUF's tokenizer.ggml.*
      data        Alpaca / JSONL / text datasets with prompt masking, batches;
                  generation with a KV cache; SVG plots; progress bars; the
                  demo's synthetic world (peft_demo_world)
@@ -491,7 +492,10 @@ typedef struct peft_model {
 PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int init, uint64_t seed);
 PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset, int init, uint64_t seed);
 /* A Hugging Face folder: config.json + model.safetensors (or the sharded
-   index), or a llama2.c legacy .bin file (interleaved RoPE). */
+   index), a llama2.c legacy .bin file (interleaved RoPE), or a GGUF file of a
+   LLaMA model (.gguf or GGUF's magic; see peft_gguf_open): block linears
+   other than F32 stay in their ggml blocks (site qm), norms and the embedding
+   are decoded to fp32, Q/K rows put back in Hugging Face's order. */
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir);
 /* Writes config.json + model.safetensors (F32) into dir (created if needed), atomically. */
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
@@ -843,8 +847,9 @@ typedef struct {
 } peft_tokenizer;
 enum { PEFT_TOK_SCORES = 0, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES };
 PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
-/* From a file or a model folder: tokenizer.json (Hugging Face), else
-   llama2.c's tokenizer.bin (vocab_size is needed for that one only). */
+/* From a file or a model folder: tokenizer.json (Hugging Face), a GGUF
+   model's tokenizer.ggml.* metadata, else llama2.c's tokenizer.bin
+   (vocab_size is needed for that one only). */
 PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int vocab_size);
 /* Encodes text (with BOS 1 / EOS 2 when asked) into ids; returns the count
    (at most max; -1 when max is too small). */
