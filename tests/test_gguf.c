@@ -53,6 +53,8 @@ typedef struct {
     int      q8_embed;              /* token_embd in Q8_0 too                      */
     int      tokenizer;             /* a byte-level BPE tokenizer (vocab 259)      */
     const peft_tensor *rope_freqs;  /* written as rope_freqs.weight                */
+    const char *pre;                /* tokenizer.ggml.pre (NULL: gpt-2)            */
+    int      bad_bos, odd_tok_key, bad_merge;   /* bos id 999, tokenizer.ggml.odd, merge "x y" */
 } gguf_opts;
 
 /* llama.cpp's converter order for Q/K rows: GGUF row h·d + 2i + j = HF row h·d + j·d/2 + i */
@@ -119,7 +121,7 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     if (!c->tie_embeddings) add_tensor(ts, &nt, "output.weight", m->lm_head, 0, 0);
 
     int n_kv = 12 + !!o->bad_value_type + !!o->nested_array + !!o->dup_key + !!o->bad_alignment;
-    n_kv += !!o->unknown_llama_key + (o->tokenizer ? 5 : 0);
+    n_kv += !!o->unknown_llama_key + (o->tokenizer ? 5 : 0) + !!o->bad_bos + !!o->odd_tok_key;
     gput(b, "GGUF", 4);
     gu32(b, o->version ? o->version : 3);
     gu64(b, (uint64_t)nt + o->add_tensors);
@@ -160,7 +162,9 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
     if (o->unknown_llama_key) kv_f32(b, "llama.attention.clamp_kqv", 8.0f);
     if (o->tokenizer) {                              /* two control tokens, the 256 bytes, "he" (259) */
         kv_str(b, "tokenizer.ggml.model", "gpt2");
-        kv_str(b, "tokenizer.ggml.pre", "gpt-2");
+        kv_str(b, "tokenizer.ggml.pre", o->pre ? o->pre : "gpt-2");
+        if (o->bad_bos) kv_u32(b, "tokenizer.ggml.bos_token_id", 999);
+        if (o->odd_tok_key) kv_u32(b, "tokenizer.ggml.odd", 1);
         gstr(b, "tokenizer.ggml.tokens");
         gu32(b, 9);
         gu32(b, 8);
@@ -182,7 +186,7 @@ static void build_gguf(gbuf *b, const peft_model *m, const gguf_opts *o) {
         gu32(b, 9);
         gu32(b, 8);
         gu64(b, 1);
-        gstr(b, "h e");
+        gstr(b, o->bad_merge ? "h zz" : "h e");
     }
     /* tensor infos, then the data: F32 rows, or Q8_0 blocks of 34 bytes per 32 */
     uint64_t off = 0;
@@ -417,6 +421,33 @@ TEST(test_gguf_hostile) {
         if (s == PEFT_OK && m) peft_model_free(m);
     }
     CHECK(refused == n_cases, "%d of %d broken files refused cleanly", refused, n_cases);
+    /* broken tokenizers: a key that is not known, an id outside the vocabulary, a split
+       peft.h does not have, a merge of pieces not in the vocabulary */
+    struct { const char *name, *want; gguf_opts o; } toks[] = {
+        { "tok_key", "tokenizer.ggml.odd", { .tokenizer = 1, .odd_tok_key = 1 } },
+        { "tok_bos", "tokenizer.ggml.bos_token_id", { .tokenizer = 1, .bad_bos = 1 } },
+        { "tok_pre", "'qwen2'", { .tokenizer = 1, .pre = "qwen2" } },
+        { "tok_merge", "merge 0", { .tokenizer = 1, .bad_merge = 1 } },
+    };
+    peft_config tc = tiny_config(1);
+    tc.vocab_size = 259;
+    peft_model *tm;
+    REQUIRE_OK(peft_model_new(&tm, &tc, 1, 3));
+    for (int i = 0; i < 4; i++) {
+        gbuf b = { 0, 0, 0 };
+        build_gguf(&b, tm, &toks[i].o);
+        char tpath[512];
+        snprintf(tpath, sizeof tpath, "%s/%s.gguf", th_tmpdir(), toks[i].name);
+        REQUIRE(write_bytes(tpath, b.p, b.n), "write");
+        free(b.p);
+        peft_tokenizer t;
+        peft_status s = peft_tokenizer_load(&t, tpath, 0);
+        const char *e = peft_last_error();
+        CHECK(s != PEFT_OK && strstr(e, tpath) && strstr(e, toks[i].want), "%s: status %s, message \"%s\"",
+              toks[i].name, peft_status_name(s), e);
+        if (s == PEFT_OK) peft_tokenizer_free(&t);
+    }
+    peft_model_free(tm);
     /* the intact file loads, and every truncation of it is refused */
     char path[512];
     snprintf(path, sizeof path, "%s/good.gguf", th_tmpdir());
