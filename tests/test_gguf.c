@@ -448,6 +448,21 @@ TEST(test_gguf_hostile) {
         if (s == PEFT_OK) peft_tokenizer_free(&t);
     }
     peft_model_free(tm);
+    /* version 2 (the same layout as 3) loads */
+    {
+        gguf_opts v2;
+        memset(&v2, 0, sizeof v2);
+        v2.version = 2;
+        gbuf b = { 0, 0, 0 };
+        build_gguf(&b, ref, &v2);
+        char p2[512];
+        snprintf(p2, sizeof p2, "%s/v2.gguf", th_tmpdir());
+        REQUIRE(write_bytes(p2, b.p, b.n), "write");
+        free(b.p);
+        peft_model *m2;
+        CHECK_OK(peft_model_load(&m2, p2));
+        if (m2) peft_model_free(m2);
+    }
     /* the intact file loads, and every truncation of it is refused */
     char path[512];
     snprintf(path, sizeof path, "%s/good.gguf", th_tmpdir());
@@ -659,6 +674,8 @@ TEST(test_gguf_cli) {
                    th_fixtures(), run) == 0, "train: %s", out);
     CHECK(run_peft(out, sizeof out, "export --adapter %s --format gguf --out %s", run, agguf) == 0,
           "export: %s", out);
+    CHECK(run_peft(out, sizeof out, "info %s", agguf) == 0 && strstr(out, "GGUF adapter"), "info adapter: %s",
+          out);
     peft_gguf g;
     if (peft_gguf_open(&g, agguf) == PEFT_OK) {
         CHECK(g.n_tensors == 2 * 7 * c.n_layers && peft_gguf_find_tensor(&g, "blk.1.ffn_down.weight.lora_b"),

@@ -150,12 +150,17 @@ static int is_gguf(const char *p) {
    its tensors are stored as (bits per weight from their bytes) */
 static int info_gguf(const char *path, peft_config *c) {
     peft_gguf g;
+    memset(c, 0, sizeof *c);
     if (peft_gguf_open(&g, path) != PEFT_OK) return fail();
-    if (peft_gguf_config(&g, c) != PEFT_OK) {
+    char kind[32] = "model";
+    peft_gguf_string(peft_gguf_find(&g, "general.type"), kind, sizeof kind);
+    int adapter = !strcmp(kind, "adapter");          /* a LoRA for llama.cpp: no config, its tensors */
+    if (!adapter && peft_gguf_config(&g, c) != PEFT_OK) {
         peft_gguf_close(&g);
         return fail();
     }
-    print_config(c, path);
+    if (adapter) printf("model            %s (a GGUF adapter: general.type adapter)\n", path);
+    else print_config(c, path);
     char name[256] = "", tok[64] = "", pre[64] = "";
     peft_gguf_string(peft_gguf_find(&g, "general.name"), name, sizeof name);
     peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.model"), tok, sizeof tok);
@@ -215,7 +220,10 @@ static int cmd_info(int argc, char **argv) {
     }
     if (!preset && !dir) return usage_error("info", "a model folder or --preset NAME is needed", NULL);
     if (preset) { if (peft_config_preset(&c, preset) != PEFT_OK) return fail(); }
-    else if (is_gguf(dir)) { if (info_gguf(dir, &c)) return 1; }
+    else if (is_gguf(dir)) {
+        if (info_gguf(dir, &c)) return 1;
+        if (c.dim == 0) return 0;                     /* an adapter: nothing to count */
+    }
     else {
         char path[1024];
         snprintf(path, sizeof path, "%s/config.json", dir);
