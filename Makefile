@@ -10,7 +10,8 @@ TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.
             tests/test_files.c tests/test_train.c tests/test_cli.c tests/test_methods.c tests/test_q4.c \
             tests/test_gguf_quant.c \
             tests/test_chat.c \
-            tests/test_adapter_keys.c
+            tests/test_adapter_keys.c \
+            tests/test_gguf.c
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
@@ -49,7 +50,7 @@ bench: $(BUILD)/peft
 # fixtures are added to the inputs target's seeds), new inputs kept in
 # $(BUILD)/fuzz-out/<target>/. FUZZ_RUN bounds each target: CI passes a
 # number of executions (-runs=N), the default is 2 minutes of fuzzing each.
-FUZZ_TARGETS := files inputs adapter q4 sharded model data checkpoint config
+FUZZ_TARGETS := files inputs adapter q4 sharded model data checkpoint config gguf
 FUZZ_RUN     ?= -max_total_time=120
 FUZZ_CFLAGS  := -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_ID_adapter := 1
@@ -65,6 +66,9 @@ $(BUILD)/fuzz_files: tests/fuzz/fuzz_files.c peft.h
 $(BUILD)/fuzz_inputs: tests/fuzz/fuzz_inputs.c peft.h
 	@mkdir -p $(BUILD)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_inputs.c -lm -lpthread
+$(BUILD)/fuzz_gguf: tests/fuzz/fuzz_gguf.c peft.h
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_gguf.c -lm -lpthread
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_readers.c tests/fuzz/fuzz_common.h peft.h tools/peft.c
 	@mkdir -p $(BUILD)
 	clang $(FUZZ_CFLAGS) -DFUZZ_TARGET=$(FUZZ_ID_$*) -o $@ tests/fuzz/fuzz_readers.c -lm -lpthread
@@ -75,7 +79,7 @@ fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	{ printf '\000'; cat tests/fixtures/hf_tok/llama3.json; } > $(BUILD)/fuzz-out/inputs/l3
 	@for t in $(FUZZ_TARGETS); do \
 	    mkdir -p $(BUILD)/fuzz-out/$$t; \
-	    case $$t in files) len=-max_len=4096;; inputs) len=-max_len=65536;; *) len=;; esac; \
+	    case $$t in files) len=-max_len=4096;; inputs) len=-max_len=65536;; gguf) len=-max_len=32768;; *) len=;; esac; \
 	    $(BUILD)/fuzz_$$t $(BUILD)/fuzz-out/$$t tests/fuzz/corpus/$$t $(FUZZ_RUN) $$len > $(BUILD)/fuzz-out/$$t.log 2>&1 \
 	        || { tail -60 $(BUILD)/fuzz-out/$$t.log; echo "fuzz $$t: FAILED (log: $(BUILD)/fuzz-out/$$t.log)"; exit 1; }; \
 	    echo "fuzz $$t: $$(grep -E '^#[0-9]+' $(BUILD)/fuzz-out/$$t.log | tail -1)"; \

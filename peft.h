@@ -100,10 +100,12 @@
      files       JSON reader, safetensors reader/writer (strict validation,
                  atomic writes), F16/BF16, HF and bitsandbytes 4-bit folders,
                  llama2.c .bin (legacy, ak42 v1/v2), adapter folders, GGUF
-                 LoRA adapters for llama.cpp
+                 LoRA adapters for llama.cpp; GGUF models (mapped, strict
+                 validation, block linears kept in their ggml types)
      tokenizers  llama2.c tokenizer.bin, Hugging Face tokenizer.json (BPE,
                  SentencePiece-style and byte-level) with tokenizer_config.json
-                 (eos_token, chat_template by family: peft_chat_encode)
+                 (eos_token, chat_template by family: peft_chat_encode),
+                 a GGUF's tokenizer.ggml.*
      data        Alpaca / JSONL / chat / text datasets with prompt masking, batches;
                  generation with a KV cache (greedy or sampled)
      version     PEFT_VERSION_MAJOR/MINOR/PATCH, PEFT_VERSION_STRING
@@ -607,13 +609,17 @@ typedef struct peft_model {
     peft_rope_table rope;
     float       *rope_buf;
     char         path[512];
+    struct peft_gguf *gguf;                /* a GGUF base: the mapped file its weights live in */
 } peft_model;
 
 /* init: 0 = zeros (no weights), 1 = random N(0, 0.02) with unit norms. */
 PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int init, uint64_t seed);
 PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset, int init, uint64_t seed);
 /* A Hugging Face folder: config.json + model.safetensors (or the sharded
-   index), or a llama2.c legacy .bin file (interleaved RoPE). */
+   index), a llama2.c legacy .bin file (interleaved RoPE), or a GGUF file of a
+   LLaMA model (.gguf or GGUF's magic; see peft_gguf_open): block linears
+   other than F32 stay in their ggml blocks (site qm), norms and the embedding
+   are decoded to fp32, Q/K rows put back in Hugging Face's order. */
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir);
 /* Writes config.json + model.safetensors (F32) into dir (created if needed), atomically. */
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
@@ -821,13 +827,14 @@ typedef struct {
 
 typedef struct {
     char          path[512];
-    unsigned char *file;           /* whole file                           */
+    unsigned char *file;           /* whole file (mapped read-only where possible) */
     size_t         file_size;
     const unsigned char *data;     /* start of the data buffer             */
     peft_st_entry *entries;
     int            n;
     char         **meta_keys, **meta_vals;
     int            n_meta;
+    int            mapped;         /* 1: file is an mmap, 0: read into memory */
 } peft_safetensors;
 
 PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path);
@@ -877,6 +884,67 @@ PEFTDEF peft_status peft_json_load(peft_json **out, const char *path);
 PEFTDEF const peft_json *peft_json_get(const peft_json *obj, const char *key);
 PEFTDEF void        peft_json_free(peft_json *j);
 
+/* GGUF (llama.cpp's model files), v2 and v3, little-endian. peft_gguf_open
+   maps the file (POSIX mmap; one read elsewhere) and checks all of it before
+   allocating: magic, version, every count and string length against the bytes
+   left, value types, general.alignment, each tensor's ggml type, shape,
+   alignment and extent against the file. Values and tensor data point into the
+   mapping, valid until peft_gguf_close. */
+typedef enum { PEFT_GGUF_U8 = 0, PEFT_GGUF_I8, PEFT_GGUF_U16, PEFT_GGUF_I16, PEFT_GGUF_U32, PEFT_GGUF_I32,
+               PEFT_GGUF_F32, PEFT_GGUF_BOOL, PEFT_GGUF_STRING, PEFT_GGUF_ARRAY, PEFT_GGUF_U64, PEFT_GGUF_I64,
+               PEFT_GGUF_F64, PEFT_GGUF_N_TYPES } peft_gguf_value_type;
+typedef struct {
+    char          *key;                /* NUL-terminated copy                         */
+    int            type;               /* peft_gguf_value_type                        */
+    int            elem_type;          /* arrays: the elements' type                  */
+    uint64_t       n;                  /* strings: bytes; arrays: elements; else 1    */
+    const uint8_t *data;               /* the value (a string's bytes, an array's first element) */
+} peft_gguf_kv;
+typedef struct {
+    char          *name;
+    int            type;               /* ggml type (peft_ggml_type, or one peft.h does not decode) */
+    int            ndim;
+    int64_t        ne[4];              /* ne[0] is the row length (fastest), as ggml   */
+    uint64_t       offset;             /* from the start of the data section          */
+    size_t         nbytes;
+    const uint8_t *data;
+} peft_gguf_tensor;
+typedef struct peft_gguf {
+    char              path[512];
+    const uint8_t    *file;
+    size_t            file_size;
+    int               mapped;          /* 1: mmap'd, 0: read into memory              */
+    uint32_t          version;
+    size_t            alignment;       /* general.alignment (32 by default)           */
+    peft_gguf_kv     *kv;
+    int64_t           n_kv;
+    peft_gguf_tensor *tensors;
+    int64_t           n_tensors;
+    const uint8_t    *data;            /* the data section                            */
+} peft_gguf;
+PEFTDEF peft_status peft_gguf_open(peft_gguf *g, const char *path);
+PEFTDEF void        peft_gguf_close(peft_gguf *g);
+PEFTDEF const peft_gguf_kv     *peft_gguf_find(const peft_gguf *g, const char *key);
+PEFTDEF const peft_gguf_tensor *peft_gguf_find_tensor(const peft_gguf *g, const char *name);
+/* Scalars: 1 when kv holds a value of that kind (any integer type / any
+   number), else 0. A string as a NUL-terminated copy in buf (cut to n-1). */
+PEFTDEF int         peft_gguf_int(const peft_gguf_kv *kv, int64_t *out);
+PEFTDEF int         peft_gguf_number(const peft_gguf_kv *kv, double *out);
+PEFTDEF int         peft_gguf_string(const peft_gguf_kv *kv, char *buf, size_t n);
+/* The name of any ggml type ("Q4_K", "IQ2_XXS"), "?" when unknown. */
+PEFTDEF const char *peft_gguf_type_name(int ggml_type);
+/* A LLaMA configuration from the llama.* keys (general.architecture must be
+   "llama"); an unknown llama.* key, or one peft.h does not implement, is an
+   error naming it. Tied when output.weight is absent. */
+PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c);
+/* DIR/tokenizer.json and DIR/tokenizer_config.json for a GGUF's byte-level
+   BPE tokenizer (tokenizer.ggml.model "gpt2"), as the `tokenizers` library
+   reads them: vocabulary, merges, the split tokenizer.ggml.pre names, the
+   control and user-defined tokens as added tokens; the special tokens,
+   add_bos/add_eos and the chat template. A SentencePiece ("llama") one is
+   refused: its tokenizer.json would need merges derived from the scores. */
+PEFTDEF peft_status peft_gguf_write_tokenizer(const char *gguf_path, const char *dir);
+
 /* ------------------------------------------------------------------- data */
 /* Reads a training file as token ids: a file of integers (separated by
    spaces, commas or newlines) is taken as ids; anything else as UTF-8 text,
@@ -918,6 +986,10 @@ typedef struct {
     char    *chat_default_system;    /* the system message a ChatML template writes when the
                                         conversation has none (SmolLM2's, Qwen's), NULL if none */
     char     config_path[512];       /* the tokenizer_config.json read, "" if none */
+    /* set by the GGUF loader from tokenizer.ggml.* (-1 = none); bos_id is -1
+       there unless add_bos_token, as encoding adds BOS only then          */
+    int      eot_id, pad_id;
+    int      add_bos, add_eos;       /* tokenizer.ggml.add_bos_token / add_eos_token */
 } peft_tokenizer;
 enum { PEFT_TOK_SCORES = 0, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES };
 enum {
@@ -941,8 +1013,9 @@ enum { PEFT_EOS_GUESSED = 0, PEFT_EOS_TOKENIZER_CONFIG, PEFT_EOS_CONFIG };
                                      ### Instruction:\n{user}\n\n### Response:\n{answer}</s>\n\n */
 enum { PEFT_CHAT_NONE = 0, PEFT_CHAT_CHATML, PEFT_CHAT_LLAMA2, PEFT_CHAT_LLAMA3, PEFT_CHAT_ALPACA };
 PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *path, int vocab_size);
-/* From a file or a model folder: tokenizer.json (Hugging Face), else
-   llama2.c's tokenizer.bin (vocab_size is needed for that one only). */
+/* From a file or a model folder: tokenizer.json (Hugging Face), a GGUF
+   model's tokenizer.ggml.* metadata, else llama2.c's tokenizer.bin
+   (vocab_size is needed for that one only). */
 PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int vocab_size);
 /* Encodes text (with BOS 1 / EOS 2 when asked) into ids; returns the count
    (at most max; -1 when max is too small). */
@@ -1099,6 +1172,7 @@ extern int fsync(int fd);
 
 #ifndef PEFT_MALLOC
 #define PEFT_MALLOC(n) malloc(n)
+#define PEFT__STD_MALLOC 1
 #endif
 #ifndef PEFT_REALLOC
 #define PEFT_REALLOC(p, n) realloc(p, n)
@@ -1167,9 +1241,16 @@ PEFTDEF const char *peft_status_name(peft_status s) {
 }
 
 static void *peft__calloc(size_t n) {
+#ifdef PEFT__STD_MALLOC
+    /* libc's calloc hands large blocks over as fresh zero pages, untouched:
+       they join the resident set only when written (a weight a loader
+       replaces by a mapped or quantized one never does) */
+    return calloc(1, n ? n : 1);
+#else
     void *p = PEFT_MALLOC(n ? n : 1);
     if (p) memset(p, 0, n);
     return p;
+#endif
 }
 
 static char *peft__strdup(const char *s) {
@@ -4747,6 +4828,8 @@ PEFTDEF void peft_model_free(peft_model *m) {
     PEFT_FREE(m->layers);
     PEFT_FREE(m->rope_buf);
     if (m->recompute) peft_graph_free(m->recompute);
+    if (m->gguf) peft_gguf_close(m->gguf);
+    PEFT_FREE(m->gguf);
     PEFT_FREE(m);
 }
 
@@ -7211,6 +7294,54 @@ PEFTDEF peft_status peft_write_file_atomic(const char *path, const void *data, s
     return PEFT_OK;
 }
 
+/* A whole file for reading: mapped read-only where the platform can (its
+   pages join the resident set only as they are read, and leave it again
+   with peft__map_release), else read into memory (*mapped = 0). */
+static peft_status peft__map_file(const char *path, unsigned char **data, size_t *size, int *mapped) {
+    *data = NULL;
+    *size = 0;
+    *mapped = 0;
+#ifdef PEFT__HAVE_MMAP
+    FILE *f = fopen(path, "rb");
+    if (!f) return peft__fail(PEFT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return peft__fail(PEFT_ERR_IO, "%s: not a readable file", path);
+    }
+    if (sb.st_size > 0) {
+        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fileno(f), 0);
+        if (p != MAP_FAILED) {
+            *data = (unsigned char *)p;
+            *size = (size_t)sb.st_size;
+            *mapped = 1;
+        }
+    }
+    fclose(f);
+    if (*mapped) return PEFT_OK;
+#endif
+    return peft_read_file(path, data, size);          /* no mmap here, or it failed: one read */
+}
+static void peft__unmap_file(unsigned char *data, size_t size, int mapped) {
+#ifdef PEFT__HAVE_MMAP
+    if (mapped && data) munmap(data, size);
+#else
+    (void)size;
+#endif
+    if (!mapped) PEFT_FREE(data);
+}
+/* [p, p + n) of a mapped file out of the resident set (the whole pages inside) */
+static void peft__map_release(const void *p, size_t n, int mapped) {
+#ifdef PEFT__HAVE_MMAP
+    size_t page = 4096, lo = ((size_t)p + page - 1) / page * page, hi = ((size_t)p + n) / page * page;
+    if (mapped && hi > lo) peft__madvise((void *)lo, hi - lo, MADV_DONTNEED);
+#else
+    (void)p;
+    (void)n;
+    (void)mapped;
+#endif
+}
+
 static peft_status peft__mkdir(const char *dir) {
 #if defined(_WIN32)
     int r = _mkdir(dir);
@@ -7584,7 +7715,7 @@ static peft_status peft__st_parse(peft_safetensors *st) {
 PEFTDEF peft_status peft_st_open(peft_safetensors *st, const char *path) {
     memset(st, 0, sizeof *st);
     snprintf(st->path, sizeof st->path, "%.500s", path);
-    peft_status s = peft_read_file(path, &st->file, &st->file_size);
+    peft_status s = peft__map_file(path, &st->file, &st->file_size, &st->mapped);
     if (s == PEFT_OK) s = peft__st_parse(st);
     if (s != PEFT_OK) peft_st_close(st);
     return s;
@@ -7628,7 +7759,7 @@ PEFTDEF void peft_st_close(peft_safetensors *st) {
     PEFT_FREE(st->entries);
     PEFT_FREE(st->meta_keys);
     PEFT_FREE(st->meta_vals);
-    PEFT_FREE(st->file);
+    peft__unmap_file(st->file, st->file_size, st->mapped);
     memset(st, 0, sizeof *st);
 }
 
@@ -7822,6 +7953,8 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
             if (site) s = peft__load_q4(&st, site, &m->cfg);
             else if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, m->params[k]->name);
             else s = peft__load_param(&st, e, m->params[k]);
+            /* the file's copy leaves memory once converted: a load peaks at the fp32 weights + one tensor */
+            if (e) peft__map_release(st.data + e->offset, e->nbytes, st.mapped);
         }
         if (st.file) peft_st_close(&st);
     }
@@ -7978,12 +8111,26 @@ static peft_status peft__weights_fit(const peft_config *c, const char *dir) {
     return PEFT_OK;
 }
 
+static peft_status peft__load_gguf(peft_model **out, const char *path);
+/* a .gguf name, or a file that starts with GGUF's magic */
+static int peft__is_gguf(const char *path) {
+    size_t n = strlen(path);
+    if (n >= 5 && !strcmp(path + n - 5, ".gguf")) return 1;
+    char magic[4] = { 0 };
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t got = fread(magic, 1, 4, f);
+    fclose(f);
+    return got == 4 && !memcmp(magic, "GGUF", 4);
+}
+
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     char path[1024];
     peft_config c;
     *out = NULL;
     struct stat sb;
     if (stat(dir, &sb) != 0) return peft__fail(PEFT_ERR_IO, "%s: no such file or folder", dir);
+    if (!S_ISDIR(sb.st_mode) && peft__is_gguf(dir)) return peft__load_gguf(out, dir);
     if (!S_ISDIR(sb.st_mode)) return peft__load_llama2c(out, dir);     /* a file: llama2.c .bin */
     snprintf(path, sizeof path, "%s/config.json", dir);
     peft_status s = peft_config_load(&c, path);
@@ -7994,7 +8141,10 @@ PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     if (s != PEFT_OK) return s;
     snprintf(m->path, sizeof m->path, "%s", dir);
     s = peft__load_weights(m, dir);
-    if (s != PEFT_OK) { peft_model_free(m); return s; }
+    if (s != PEFT_OK) {
+        peft_model_free(m);
+        return s;
+    }
     *out = m;
     return PEFT_OK;
 }
@@ -9142,6 +9292,7 @@ done:
 }
 
 static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path);
+static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path);
 static int peft__piece_id(const peft_tokenizer *t, const char *s);
 
 /* the piece that joins a and b, or -1 */
@@ -9166,6 +9317,7 @@ PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int
     }
     size_t n = strlen(path);
     if (n >= 5 && !strcmp(path + n - 5, ".json")) return peft__tokenizer_load_hf(t, path);
+    if (peft__is_gguf(path)) return peft__tokenizer_load_gguf(t, path);
     return peft_tokenizer_load_llama2c(t, path, vocab_size);
 }
 
@@ -10401,6 +10553,1089 @@ PEFTDEF int peft_chat_encode(const peft_tokenizer *t, int chat, const peft_chat_
     PEFT_FREE(span);
     PEFT_FREE(b.s);
     return count;
+}
+
+/* ============================================================================
+   FILES: GGUF — llama.cpp's model files, read in place
+   ============================================================================
+   Layout (v2 and v3, little-endian): "GGUF", u32 version, u64 tensor count,
+   u64 key/value count; the key/values (string key, u32 value type, value);
+   the tensor infos (string name, u32 n_dims, u64 ne[n_dims] fastest first,
+   u32 ggml type, u64 offset); padding to general.alignment (32 by default);
+   the data section, each tensor at its offset, the offsets running in order
+   with each tensor padded to the alignment (what ggml itself requires).
+   Strings are a u64 length and the bytes. The reader walks the header once
+   allocating nothing, checking every length and count against the bytes
+   left and every tensor against the file, then allocates its tables and
+   walks it again to fill them. The file is mapped, so quantized weights are
+   used where they lie. */
+
+/* every ggml type's block (elements, bytes), decoded by peft.h or not, so
+   that any file can be checked and described; NULL = a retired id */
+#define PEFT__GGML_ANY 42
+static const struct { const char *name; int block, bytes; } peft__ggml_any[PEFT__GGML_ANY] = {
+    { "F32", 1, 4 }, { "F16", 1, 2 }, { "Q4_0", 32, 18 }, { "Q4_1", 32, 20 }, { NULL, 0, 0 }, { NULL, 0, 0 },
+    { "Q5_0", 32, 22 }, { "Q5_1", 32, 24 }, { "Q8_0", 32, 34 }, { "Q8_1", 32, 40 }, { "Q2_K", 256, 84 },
+    { "Q3_K", 256, 110 }, { "Q4_K", 256, 144 }, { "Q5_K", 256, 176 }, { "Q6_K", 256, 210 },
+    { "Q8_K", 256, 292 }, { "IQ2_XXS", 256, 66 }, { "IQ2_XS", 256, 74 }, { "IQ3_XXS", 256, 98 },
+    { "IQ1_S", 256, 50 }, { "IQ4_NL", 32, 18 }, { "IQ3_S", 256, 110 }, { "IQ2_S", 256, 82 },
+    { "IQ4_XS", 256, 136 }, { "I8", 1, 1 }, { "I16", 1, 2 }, { "I32", 1, 4 }, { "I64", 1, 8 },
+    { "F64", 1, 8 }, { "IQ1_M", 256, 56 }, { "BF16", 1, 2 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { NULL, 0, 0 },
+    { "TQ1_0", 256, 54 },
+    { "TQ2_0", 256, 66 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { NULL, 0, 0 }, { "MXFP4", 32, 17 },
+    { "NVFP4", 64, 36 }, { "Q1_0", 128, 18 },
+};
+static const int peft__gguf_vsize[PEFT_GGUF_N_TYPES] = { 1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8 };
+static const char *const peft__gguf_vname[PEFT_GGUF_N_TYPES] = {
+    "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool", "string", "array", "uint64",
+    "int64", "float64",
+};
+
+PEFTDEF const char *peft_gguf_type_name(int t) {
+    return t >= 0 && t < PEFT__GGML_ANY && peft__ggml_any[t].name ? peft__ggml_any[t].name : "?";
+}
+
+static uint64_t peft__le(const uint8_t *b, int k) {
+    uint64_t v = 0;
+    for (int i = k - 1; i >= 0; i--) v = v << 8 | b[i];
+    return v;
+}
+
+typedef struct { const uint8_t *p; size_t n, pos; const char *path; } peft__gr;
+
+/* the next k bytes, or NULL when the file ends first */
+static const uint8_t *peft__gr_take(peft__gr *r, uint64_t k) {
+    if (k > r->n - r->pos) return NULL;
+    const uint8_t *b = r->p + r->pos;
+    r->pos += (size_t)k;
+    return b;
+}
+static peft_status peft__gr_short(const peft__gr *r, const char *what, const char *name) {
+    return peft__fail(PEFT_ERR_FORMAT, "%s: truncated GGUF: %s%s%s%s runs past the end of the file (%zu "
+                      "bytes, at %zu)", r->path, what, name ? " of '" : "", name ? name : "", name ? "'" : "",
+                      r->n, r->pos);
+}
+
+/* a printable, bounded copy of a key or name for messages */
+static void peft__gguf_label(char *dst, size_t n, const uint8_t *s, uint64_t len) {
+    size_t k = 0;
+    for (uint64_t i = 0; i < len && k + 1 < n; i++) dst[k++] = s[i] >= 32 && s[i] < 127 ? (char)s[i] : '?';
+    dst[k] = 0;
+}
+
+/* One value of type t: checked, and described in kv (no allocation). */
+static peft_status peft__gguf_value(peft__gr *r, uint32_t t, const char *key, peft_gguf_kv *kv) {
+    const uint8_t *b;
+    if (t >= PEFT_GGUF_N_TYPES)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' has value type %u, which GGUF does not define "
+                          "(0-12)", r->path, key, t);
+    kv->type = (int)t;
+    kv->elem_type = -1;
+    kv->n = 1;
+    if (t == PEFT_GGUF_STRING) {
+        if (!(b = peft__gr_take(r, 8))) return peft__gr_short(r, "the string length", key);
+        uint64_t len = peft__le(b, 8);
+        if (len > r->n - r->pos)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' claims a string of %llu bytes; %zu are left in "
+                              "the file", r->path, key, (unsigned long long)len, r->n - r->pos);
+        kv->n = len;
+        kv->data = peft__gr_take(r, len);
+        return PEFT_OK;
+    }
+    if (t == PEFT_GGUF_ARRAY) {
+        if (!(b = peft__gr_take(r, 12))) return peft__gr_short(r, "the array header", key);
+        uint32_t et = (uint32_t)peft__le(b, 4);
+        uint64_t cnt = peft__le(b + 4, 8);
+        if (et >= PEFT_GGUF_N_TYPES)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' is an array of value type %u, which GGUF does "
+                              "not define", r->path, key, et);
+        if (et == PEFT_GGUF_ARRAY)
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: key '%s' is an array of arrays (LLaMA models have "
+                              "none; not supported)", r->path, key);
+        uint64_t least = et == PEFT_GGUF_STRING ? 8 : (uint64_t)peft__gguf_vsize[et];
+        if (cnt > (r->n - r->pos) / least)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' claims %llu %s elements; the %zu bytes left "
+                              "hold at most %llu", r->path, key, (unsigned long long)cnt,
+                              peft__gguf_vname[et], r->n - r->pos,
+                              (unsigned long long)((r->n - r->pos) / least));
+        kv->elem_type = (int)et;
+        kv->n = cnt;
+        kv->data = r->p + r->pos;
+        if (et == PEFT_GGUF_STRING) {
+            for (uint64_t i = 0; i < cnt; i++) {
+                if (!(b = peft__gr_take(r, 8))) return peft__gr_short(r, "a string length in the array", key);
+                uint64_t len = peft__le(b, 8);
+                if (!peft__gr_take(r, len))
+                    return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s': element %llu claims a string of %llu "
+                                      "bytes; %zu are left", r->path, key, (unsigned long long)i,
+                                      (unsigned long long)len, r->n - r->pos);
+            }
+            return PEFT_OK;
+        }
+        b = peft__gr_take(r, cnt * least);
+        for (uint64_t i = 0; et == PEFT_GGUF_BOOL && i < cnt; i++)
+            if (b[i] > 1)
+                return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s': element %llu is bool %u, neither 0 nor 1",
+                                  r->path, key, (unsigned long long)i, b[i]);
+        return PEFT_OK;
+    }
+    if (!(b = peft__gr_take(r, (uint64_t)peft__gguf_vsize[t]))) return peft__gr_short(r, "the value", key);
+    if (t == PEFT_GGUF_BOOL && b[0] > 1)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' is bool %u, neither 0 nor 1", r->path, key, b[0]);
+    kv->data = b;
+    return PEFT_OK;
+}
+
+static int peft__cmp_cstr(const void *a, const void *b) { return strcmp(*(const char *const *)a,
+                                                                        *(const char *const *)b); }
+
+/* fill = 0: check everything, allocate nothing; fill = 1: fill the tables */
+static peft_status peft__gguf_parse(peft_gguf *g, int fill) {
+    peft__gr r = { g->file, g->file_size, 0, g->path };
+    const char *path = g->path;
+    const uint8_t *b;
+    char label[96];
+    if (g->file_size < 4 || memcmp(g->file, "GGUF", 4) != 0)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: not a GGUF file (it does not start with \"GGUF\")", path);
+    if (!(b = peft__gr_take(&r, 24)))
+        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, too short for a GGUF header (24)", path,
+                          g->file_size);
+    uint32_t version = (uint32_t)peft__le(b + 4, 4);
+    if (version == 1)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF version 1 (32-bit counts, 2023) is not supported; "
+                          "convert it again with a current llama.cpp", path);
+    if (version != 2 && version != 3)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF version %u is not supported (2 and 3 are%s)", path,
+                          version, (version & 0xFFFFu) == 0 ? "; this looks like a big-endian file" : "");
+    uint64_t n_tensors = peft__le(b + 8, 8), n_kv = peft__le(b + 16, 8);
+    /* counts that lie: a key/value takes at least 13 bytes, a tensor info 32 */
+    if (n_kv > (r.n - r.pos) / 13 || n_tensors > (r.n - r.pos) / 32)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: the header claims %llu key/values and %llu tensors; the "
+                          "file's %zu bytes cannot hold them", path, (unsigned long long)n_kv,
+                          (unsigned long long)n_tensors, g->file_size);
+    g->version = version;
+    g->alignment = 32;
+    if (fill) {
+        g->kv = (peft_gguf_kv *)peft__calloc((size_t)(n_kv + 1) * sizeof *g->kv);
+        g->tensors = (peft_gguf_tensor *)peft__calloc((size_t)(n_tensors + 1) * sizeof *g->tensors);
+        if (!g->kv || !g->tensors)
+            return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the GGUF tables", path);
+    }
+    for (uint64_t i = 0; i < n_kv; i++) {
+        if (!(b = peft__gr_take(&r, 8))) return peft__gr_short(&r, "a key length", NULL);
+        uint64_t klen = peft__le(b, 8);
+        if (klen == 0 || klen > 65535 || klen > r.n - r.pos)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key/value %llu has a key of %llu bytes (1 to 65535, "
+                              "within the file)", path, (unsigned long long)i, (unsigned long long)klen);
+        const uint8_t *kb = peft__gr_take(&r, klen);
+        peft__gguf_label(label, sizeof label, kb, klen);
+        if (memchr(kb, 0, (size_t)klen))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: key '%s' contains a NUL byte", path, label);
+        if (!(b = peft__gr_take(&r, 4))) return peft__gr_short(&r, "the value type", label);
+        peft_gguf_kv kv;
+        memset(&kv, 0, sizeof kv);
+        peft_status s = peft__gguf_value(&r, (uint32_t)peft__le(b, 4), label, &kv);
+        if (s != PEFT_OK) return s;
+        if (klen == 17 && !memcmp(kb, "general.alignment", 17)) {
+            uint64_t a = kv.type == PEFT_GGUF_U32 ? peft__le(kv.data, 4) : 0;
+            if (a == 0 || (a & (a - 1)) || a > (1u << 20))
+                return peft__fail(PEFT_ERR_FORMAT, "%s: general.alignment must be a uint32 power of two (up "
+                                  "to 2^20)", path);
+            g->alignment = (size_t)a;
+        }
+        if (fill) {
+            if (!(kv.key = (char *)PEFT_MALLOC((size_t)klen + 1)))
+                return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+            memcpy(kv.key, kb, (size_t)klen);
+            kv.key[klen] = 0;
+            g->kv[g->n_kv++] = kv;
+        }
+    }
+    uint64_t expect = 0, end = 0;
+    for (uint64_t i = 0; i < n_tensors; i++) {
+        if (!(b = peft__gr_take(&r, 8))) return peft__gr_short(&r, "a tensor name length", NULL);
+        uint64_t nlen = peft__le(b, 8);
+        if (nlen == 0 || nlen > 255 || nlen > r.n - r.pos)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor %llu has a name of %llu bytes (1 to 255, within "
+                              "the file)", path, (unsigned long long)i, (unsigned long long)nlen);
+        const uint8_t *nb = peft__gr_take(&r, nlen);
+        peft__gguf_label(label, sizeof label, nb, nlen);
+        if (memchr(nb, 0, (size_t)nlen))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor name '%s' contains a NUL byte", path, label);
+        if (!(b = peft__gr_take(&r, 4))) return peft__gr_short(&r, "the dimension count", label);
+        uint32_t nd = (uint32_t)peft__le(b, 4);
+        if (nd < 1 || nd > 4)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (1 to 4)", path, label, nd);
+        if (!(b = peft__gr_take(&r, 8 * (uint64_t)nd + 12)))
+            return peft__gr_short(&r, "the shape, type and offset", label);
+        int64_t ne[4] = { 1, 1, 1, 1 };
+        uint64_t elems = 1;
+        for (uint32_t d = 0; d < nd; d++) {
+            uint64_t v = peft__le(b + 8 * d, 8);
+            if (v == 0 || v > ((uint64_t)1 << 62) / elems)
+                return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has dimension %u of %llu (empty or too "
+                                  "large)", path, label, d, (unsigned long long)v);
+            ne[d] = (int64_t)v;
+            elems *= v;
+        }
+        uint32_t type = (uint32_t)peft__le(b + 8 * nd, 4);
+        uint64_t off = peft__le(b + 8 * nd + 4, 8);
+        if (type >= PEFT__GGML_ANY || !peft__ggml_any[type].name)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has ggml type %u, which is no ggml type",
+                              path, label, type);
+        int blk = peft__ggml_any[type].block;
+        if (ne[0] % blk)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is %s with rows of %lld, not a multiple of "
+                              "its block of %d", path, label, peft__ggml_any[type].name, (long long)ne[0],
+                              blk);
+        uint64_t blocks = elems / (uint64_t)blk;
+        if (blocks > (uint64_t)g->file_size / (uint64_t)peft__ggml_any[type].bytes)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' (%s, %llu elements) is larger than the whole "
+                              "file (%zu bytes)", path, label, peft__ggml_any[type].name,
+                              (unsigned long long)elems, g->file_size);
+        uint64_t nbytes = blocks * (uint64_t)peft__ggml_any[type].bytes;
+        if (off % g->alignment)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is at data offset %llu, not a multiple of "
+                              "the alignment %zu", path, label, (unsigned long long)off, g->alignment);
+        if (off != expect)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is at data offset %llu but the tensors "
+                              "before it end at %llu (%s)", path, label, (unsigned long long)off,
+                              (unsigned long long)expect, off < expect ? "overlap" : "a hole");
+        end = off + nbytes;
+        expect = (end + g->alignment - 1) / g->alignment * g->alignment;
+        if (end > g->file_size)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' ends at data offset %llu, past the end of "
+                              "the file (%zu bytes)", path, label, (unsigned long long)end, g->file_size);
+        if (fill) {
+            peft_gguf_tensor *t = &g->tensors[g->n_tensors];
+            if (!(t->name = (char *)PEFT_MALLOC((size_t)nlen + 1)))
+                return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+            memcpy(t->name, nb, (size_t)nlen);
+            t->name[nlen] = 0;
+            g->n_tensors++;
+            t->type = (int)type;
+            t->ndim = (int)nd;
+            memcpy(t->ne, ne, sizeof ne);
+            t->offset = off;
+            t->nbytes = (size_t)nbytes;
+        }
+    }
+    size_t data = (r.pos + g->alignment - 1) / g->alignment * g->alignment;
+    if (n_tensors && (data > g->file_size || end > g->file_size - data))
+        return peft__fail(PEFT_ERR_FORMAT, "%s: the tensor data (%llu bytes from byte %zu) runs past the end "
+                          "of the file (%zu bytes): truncated", path, (unsigned long long)end, data,
+                          g->file_size);
+    if (!fill) return PEFT_OK;
+    g->data = g->file + (data < g->file_size ? data : g->file_size);
+    for (int64_t i = 0; i < g->n_tensors; i++) g->tensors[i].data = g->data + g->tensors[i].offset;
+    /* names and keys are unique (sorted copies of the pointers, O(n log n)) */
+    int64_t most = g->n_kv > g->n_tensors ? g->n_kv : g->n_tensors;
+    const char **names = (const char **)PEFT_MALLOC((size_t)(most + 1) * sizeof(char *));
+    if (!names) return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+    for (int pass = 0; pass < 2; pass++) {
+        int64_t n = pass ? g->n_tensors : g->n_kv;
+        for (int64_t i = 0; i < n; i++) names[i] = pass ? g->tensors[i].name : g->kv[i].key;
+        qsort(names, (size_t)n, sizeof(char *), peft__cmp_cstr);
+        for (int64_t i = 1; i < n; i++)
+            if (!strcmp(names[i], names[i - 1])) {
+                peft_status s = peft__fail(PEFT_ERR_FORMAT, "%s: %s '%s' appears twice", path,
+                                           pass ? "tensor" : "key", names[i]);
+                PEFT_FREE(names);
+                return s;
+            }
+    }
+    PEFT_FREE(names);
+    return PEFT_OK;
+}
+
+PEFTDEF void peft_gguf_close(peft_gguf *g) {
+    for (int64_t i = 0; i < g->n_kv; i++) PEFT_FREE(g->kv[i].key);
+    for (int64_t i = 0; i < g->n_tensors; i++) PEFT_FREE(g->tensors[i].name);
+    PEFT_FREE(g->kv);
+    PEFT_FREE(g->tensors);
+    peft__unmap_file((unsigned char *)g->file, g->file_size, g->mapped);
+    memset(g, 0, sizeof *g);
+}
+
+PEFTDEF peft_status peft_gguf_open(peft_gguf *g, const char *path) {
+    memset(g, 0, sizeof *g);
+    snprintf(g->path, sizeof g->path, "%.500s", path);
+    peft_status s = PEFT_OK;
+    unsigned char *buf;
+    s = peft__map_file(path, &buf, &g->file_size, &g->mapped);
+    if (s != PEFT_OK) return s;
+    g->file = buf;
+    s = peft__gguf_parse(g, 0);
+    if (s == PEFT_OK) s = peft__gguf_parse(g, 1);
+    if (s != PEFT_OK) peft_gguf_close(g);
+    return s;
+}
+
+PEFTDEF const peft_gguf_kv *peft_gguf_find(const peft_gguf *g, const char *key) {
+    for (int64_t i = 0; i < g->n_kv; i++) if (!strcmp(g->kv[i].key, key)) return &g->kv[i];
+    return NULL;
+}
+
+PEFTDEF const peft_gguf_tensor *peft_gguf_find_tensor(const peft_gguf *g, const char *name) {
+    for (int64_t i = 0; i < g->n_tensors; i++) if (!strcmp(g->tensors[i].name, name)) return &g->tensors[i];
+    return NULL;
+}
+
+PEFTDEF int peft_gguf_int(const peft_gguf_kv *kv, int64_t *out) {
+    if (!kv || kv->type == PEFT_GGUF_STRING || kv->type == PEFT_GGUF_ARRAY || kv->type == PEFT_GGUF_F32 ||
+        kv->type == PEFT_GGUF_F64)
+        return 0;
+    int size = peft__gguf_vsize[kv->type];
+    uint64_t v = peft__le(kv->data, size);
+    int is_signed = kv->type == PEFT_GGUF_I8 || kv->type == PEFT_GGUF_I16 || kv->type == PEFT_GGUF_I32 ||
+                    kv->type == PEFT_GGUF_I64;
+    if (is_signed && size < 8 && (v >> (8 * size - 1)) & 1)
+        v |= ~(uint64_t)0 << (8 * size);   /* sign-extend */
+    if (!is_signed && v > (uint64_t)INT64_MAX) return 0;
+    *out = (int64_t)v;
+    return 1;
+}
+
+PEFTDEF int peft_gguf_number(const peft_gguf_kv *kv, double *out) {
+    int64_t i;
+    if (kv && kv->type == PEFT_GGUF_F32) {
+        uint32_t u = (uint32_t)peft__le(kv->data, 4);
+        float f;
+        memcpy(&f, &u, 4);
+        *out = f;
+        return 1;
+    }
+    if (kv && kv->type == PEFT_GGUF_F64) {
+        uint64_t u = peft__le(kv->data, 8);
+        memcpy(out, &u, 8);
+        return 1;
+    }
+    if (!kv || kv->type == PEFT_GGUF_BOOL || !peft_gguf_int(kv, &i)) return 0;
+    *out = (double)i;
+    return 1;
+}
+
+PEFTDEF int peft_gguf_string(const peft_gguf_kv *kv, char *buf, size_t n) {
+    if (!kv || kv->type != PEFT_GGUF_STRING || n == 0) return 0;
+    size_t k = kv->n < n - 1 ? (size_t)kv->n : n - 1;
+    memcpy(buf, kv->data, k);
+    buf[k] = 0;
+    return 1;
+}
+
+/* a string array's elements in order: call with *p = kv->data */
+static const uint8_t *peft__gguf_next_str(const uint8_t **p, uint64_t *len) {
+    *len = peft__le(*p, 8);
+    const uint8_t *s = *p + 8;
+    *p = s + *len;
+    return s;
+}
+/* element i of a numeric array as a double */
+static double peft__gguf_elem(const peft_gguf_kv *kv, uint64_t i) {
+    peft_gguf_kv one = *kv;
+    one.type = kv->elem_type;
+    one.data = kv->data + i * (uint64_t)peft__gguf_vsize[kv->elem_type];
+    double v = 0;
+    if (one.type == PEFT_GGUF_BOOL) v = one.data[0];
+    else peft_gguf_number(&one, &v);
+    return v;
+}
+
+static int peft__starts(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
+
+/* LLaMA-3.1's RoPE scaling is stored as rope_freqs.weight, one divisor per
+   frequency (llama.cpp divides θ^(−2i/d) by it). The converter computes them
+   from factor, low/high_freq_factor and original_max_position_embeddings;
+   those are recovered here: factor is the largest divisor, the others are
+   Meta's (1, 4, 8192), and the divisors they give must equal the file's. */
+static peft_status peft__gguf_rope_freqs(const peft_gguf *g, const peft_gguf_tensor *t, peft_config *c) {
+    int half = c->head_dim / 2;
+    if (t->type != PEFT_GGML_F32 || t->ndim != 1 || t->ne[0] != half || half < 1 || half > 4096)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor 'rope_freqs.weight' must be F32 [%d] (head size "
+                          "/ 2)", g->path, half);
+    float rf[4096];
+    double plain[4096], scaled[4096];
+    memcpy(rf, t->data, sizeof(float) * (size_t)half);
+    peft_config k = *c;
+    k.rope_type = PEFT_ROPE_DEFAULT;
+    peft__inv_freq(&k, plain);
+    k.rope_type = PEFT_ROPE_LLAMA3;
+    k.rope_factor = 0;
+    for (int i = 0; i < half; i++) if (rf[i] > k.rope_factor) k.rope_factor = rf[i];
+    k.rope_low_freq = 1.0f;
+    k.rope_high_freq = 4.0f;
+    k.rope_orig_max_pos = 8192;
+    peft__inv_freq(&k, scaled);
+    for (int i = 0; i < half; i++)
+        if (!(fabs(plain[i] / scaled[i] - (double)rf[i]) <= 1e-4 * (double)rf[i]))
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor 'rope_freqs.weight' is not LLaMA-3.1's RoPE "
+                              "scaling (factor %g, low 1, high 4, original 8192): divisor %d is %g, not %g",
+                              g->path, (double)k.rope_factor, i, (double)rf[i], plain[i] / scaled[i]);
+    *c = k;
+    return PEFT_OK;
+}
+
+PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
+    const char *path = g->path;
+    char arch[64] = "", str[64];
+    peft__config_defaults(c);
+    if (!peft_gguf_string(peft_gguf_find(g, "general.architecture"), arch, sizeof arch))
+        return peft__fail(PEFT_ERR_FORMAT, "%s: no general.architecture string: not a GGUF model", path);
+    if (strcmp(arch, "llama"))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.architecture is '%s'; peft.h reads LLaMA models "
+                          "('llama') only", path, arch);
+    if (peft_gguf_string(peft_gguf_find(g, "general.type"), str, sizeof str) && strcmp(str, "model"))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.type is '%s', not a model%s", path, str,
+                          strcmp(str, "adapter") ? "" : " (give it as the adapter, with the model it was "
+                          "made for)");
+    int64_t v;
+    const peft_gguf_kv *qv = peft_gguf_find(g, "general.quantization_version");
+    if (qv && (!peft_gguf_int(qv, &v) || v != 2))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: general.quantization_version is not 2 (the block layout "
+                          "peft.h decodes)", path);
+    int rope_dim = 0, key_len = 0, value_len = 0;
+    char scaling[32] = "none";
+    struct { const char *key; int *dst; } ints[] = {
+        { "llama.context_length", &c->max_seq_len }, { "llama.embedding_length", &c->dim },
+        { "llama.block_count", &c->n_layers }, { "llama.feed_forward_length", &c->hidden_dim },
+        { "llama.attention.head_count", &c->n_heads }, { "llama.attention.head_count_kv", &c->n_kv_heads },
+        { "llama.vocab_size", &c->vocab_size }, { "llama.rope.dimension_count", &rope_dim },
+        { "llama.attention.key_length", &key_len }, { "llama.attention.value_length", &value_len },
+        { "llama.rope.scaling.original_context_length", &c->rope_orig_max_pos },
+    };
+    struct { const char *key; float *dst; } floats[] = {
+        { "llama.rope.freq_base", &c->rope_theta }, { "llama.attention.layer_norm_rms_epsilon",
+                                                     &c->norm_eps },
+        { "llama.rope.scaling.factor", &c->rope_factor },
+    };
+    for (int64_t i = 0; i < g->n_kv; i++) {
+        const peft_gguf_kv *kv = &g->kv[i];
+        const char *k = kv->key;
+        if (peft__starts(k, "split.")) {
+            if (!strcmp(k, "split.count") && peft_gguf_int(kv, &v) && v > 1)
+                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: one part of a split GGUF (split.count %lld): "
+                                  "merge the parts with llama-gguf-split --merge first", path, (long long)v);
+            continue;
+        }
+        if (!peft__starts(k, "llama."))
+            continue;        /* general.*, tokenizer.*, quantize.*: not the model's math */
+        int known = 0;
+        for (size_t j = 0; j < sizeof ints / sizeof ints[0] && !known; j++) {
+            if (strcmp(k, ints[j].key)) continue;
+            known = 1;
+            if (!peft_gguf_int(kv, &v) || v < 0 || v > INT32_MAX)
+                return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' must be a non-negative integer%s", path, k,
+                                  kv->type == PEFT_GGUF_ARRAY ? " (per-layer values are not supported)" : "");
+            *ints[j].dst = (int)v;
+        }
+        for (size_t j = 0; j < sizeof floats / sizeof floats[0] && !known; j++) {
+            double d;
+            if (strcmp(k, floats[j].key)) continue;
+            known = 1;
+            if (!peft_gguf_number(kv, &d))
+                return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' must be a number", path, k);
+            *floats[j].dst = (float)d;
+        }
+        if (known) continue;
+        if (!strcmp(k, "llama.rope.scaling.type")) {
+            if (!peft_gguf_string(kv, scaling, sizeof scaling))
+                return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' must be a string", path, k);
+        } else if (!strcmp(k, "llama.expert_count") || !strcmp(k, "llama.expert_used_count")) {
+            if (!peft_gguf_int(kv, &v) || v != 0)
+                return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: key '%s': mixture-of-experts LLaMA models are "
+                                  "not supported", path, k);
+        } else if (strcmp(k, "llama.rope.scaling.finetuned") && strcmp(k, "llama.tensor_data_layout")) {
+            /* informational keys pass above; anything else may change the math */
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF key '%s' is not one peft.h implements (it may "
+                              "change the model's computation)", path, k);
+        }
+    }
+    static const char *const required[] = { "llama.embedding_length", "llama.block_count",
+                                           "llama.feed_forward_length", "llama.attention.head_count" };
+    for (int j = 0; j < 4; j++)
+        if (!peft_gguf_find(g, required[j]))
+            return peft__fail(PEFT_ERR_CONFIG, "%s: key '%s' is missing", path, required[j]);
+    if (!peft_gguf_find(g, "llama.attention.head_count_kv")) c->n_kv_heads = c->n_heads;
+    if (key_len != value_len)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.attention.key_length %d differs from value_length "
+                          "%d", path, key_len, value_len);
+    c->head_dim = key_len ? key_len : c->n_heads > 0 ? c->dim / c->n_heads : 0;
+    if (rope_dim && rope_dim != c->head_dim)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.rope.dimension_count %d is not the head size %d "
+                          "(partial rotary embeddings are not supported)", path, rope_dim, c->head_dim);
+    if (!strcmp(scaling, "linear")) c->rope_type = PEFT_ROPE_LINEAR;
+    else if (strcmp(scaling, "none"))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama.rope.scaling.type '%s' is not supported (none, "
+                          "linear)", path, scaling);
+    const peft_gguf_tensor *rf = peft_gguf_find_tensor(g, "rope_freqs.weight");
+    if (rf) {
+        peft_status s = peft__gguf_rope_freqs(g, rf, c);
+        if (s != PEFT_OK) return s;
+    }
+    if (!c->vocab_size) {
+        const peft_gguf_kv *tok = peft_gguf_find(g, "tokenizer.ggml.tokens");
+        const peft_gguf_tensor *emb = peft_gguf_find_tensor(g, "token_embd.weight");
+        if (tok && tok->type == PEFT_GGUF_ARRAY && tok->n <= INT32_MAX) c->vocab_size = (int)tok->n;
+        else if (emb && emb->ndim == 2) c->vocab_size = (int)emb->ne[1];
+    }
+    c->tie_embeddings = peft_gguf_find_tensor(g, "output.weight") == NULL;
+    c->attn_bias = peft_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    c->mlp_bias = peft_gguf_find_tensor(g, "blk.0.ffn_gate.bias") != NULL;
+    if (peft_gguf_int(peft_gguf_find(g, "tokenizer.ggml.bos_token_id"), &v)) c->bos_id = (int)v;
+    if (peft_gguf_int(peft_gguf_find(g, "tokenizer.ggml.eos_token_id"), &v)) c->eos_id = (int)v;
+    return peft_config_validate(c, path);
+}
+
+/* ---- a LLaMA from a GGUF ----------------------------------------------------------
+   token_embd, output_norm, output (absent: tied) and blk.N.{attn_norm,
+   ffn_norm, attn_q/k/v/output, ffn_gate/up/down}. Block linears other than
+   F32 stay in their ggml type as a peft_qmatrix over the mapping (w->data is
+   freed); the rest is decoded to fp32. llama.cpp's converter stores Q and K
+   with each head's rows reordered for its RoPE on adjacent pairs: GGUF row
+   h·d + 2i + j holds HF row h·d + j·d/2 + i (i < d/2, j ∈ {0, 1}); loading
+   puts them back (moving whole rows, so quantized rows keep their bytes). */
+static int64_t peft__gguf_src_row(int64_t r, int hd, int heads) {
+    if (!heads) return r;
+    int64_t h = r / hd, j = r % hd, half = j / (hd / 2), i = j % (hd / 2);
+    return h * hd + 2 * i + half;
+}
+
+static peft_status peft__gguf_floats(const peft_gguf *g, const peft_gguf_tensor *t, float *dst, int hd,
+                                     int heads) {
+    int64_t rows = 1, cols = t->ne[0];
+    for (int d = 1; d < t->ndim; d++) rows *= t->ne[d];
+    if (peft_ggml_block_size(t->type) <= 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s, a ggml type peft.h does not decode",
+                          g->path, t->name, peft_gguf_type_name(t->type));
+    size_t rb = t->nbytes / (size_t)rows;
+    for (int64_t r = 0; r < rows; r++)
+        peft_ggml_dequantize(t->type, t->data + (size_t)peft__gguf_src_row(r, hd, heads) * rb, cols,
+                             dst + r * cols);
+    return PEFT_OK;
+}
+
+static const char *const peft__gguf_sites[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output",
+                                                           "ffn_gate", "ffn_up", "ffn_down" };
+
+/* the GGUF name of a model parameter */
+static void peft__gguf_name(const peft_model *m, const peft_tensor *p, char *buf, size_t n) {
+    snprintf(buf, n, "%s",
+             p == m->embed ? "token_embd.weight" : p == m->norm ? "output_norm.weight" : "output.weight");
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const peft_layer *L = &m->layers[l];
+        if (p == L->attn_norm) snprintf(buf, n, "blk.%d.attn_norm.weight", l);
+        if (p == L->ffn_norm) snprintf(buf, n, "blk.%d.ffn_norm.weight", l);
+        for (int k = 0; k < PEFT_N_SITES; k++) {
+            if (p == L->lin[k].w) snprintf(buf, n, "blk.%d.%s.weight", l, peft__gguf_sites[k]);
+            if (p == L->lin[k].b) snprintf(buf, n, "blk.%d.%s.bias", l, peft__gguf_sites[k]);
+        }
+    }
+}
+
+static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, uint8_t *done) {
+    const peft_gguf *g = m->gguf;
+    const char *const *site_names = peft__gguf_sites;
+    peft_tensor *p = NULL;
+    peft_linear_site *S = NULL;
+    int heads = 0;
+    if (!strcmp(t->name, "rope_freqs.weight")) return PEFT_OK;   /* taken into the config */
+    if (!strcmp(t->name, "token_embd.weight")) p = m->embed;
+    else if (!strcmp(t->name, "output_norm.weight")) p = m->norm;
+    else if (!strcmp(t->name, "output.weight")) p = m->lm_head;
+    else if (peft__starts(t->name, "blk.")) {
+        char *end;
+        long l = strtol(t->name + 4, &end, 10);
+        if (end != t->name + 4 && *end == '.' && l >= 0 && l < m->cfg.n_layers) {
+            peft_layer *L = &m->layers[l];
+            const char *what = end + 1;
+            if (!strcmp(what, "attn_norm.weight")) p = L->attn_norm;
+            else if (!strcmp(what, "ffn_norm.weight")) p = L->ffn_norm;
+            for (int k = 0; k < PEFT_N_SITES && !p; k++) {
+                size_t len = strlen(site_names[k]);
+                if (strncmp(what, site_names[k], len)) continue;
+                if (!strcmp(what + len, ".weight")) S = &L->lin[k];
+                if (S) p = S->w;
+                else if (!strcmp(what + len, ".bias")) p = L->lin[k].b;
+                if (p) heads = k == PEFT_Q ? m->cfg.n_heads : k == PEFT_K ? m->cfg.n_kv_heads : 0;
+            }
+        }
+    }
+    if (!p)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is not part of a LLaMA model as peft.h "
+                          "knows it", g->path, t->name);
+    int idx = 0;
+    while (m->params[idx] != p) idx++;
+    int same = t->ndim == p->ndim;
+    for (int d = 0; same && d < p->ndim; d++) same = t->ne[d] == p->shape[p->ndim - 1 - d];
+    if (!same)
+        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %d dimensions [%lld, %lld] (ne, fastest "
+                          "first) but the config implies [%lld, %lld]", g->path, t->name, t->ndim,
+                          (long long)t->ne[0], (long long)t->ne[1], (long long)p->shape[p->ndim - 1],
+                          (long long)(p->ndim > 1 ? p->shape[0] : 1));
+    if (peft_ggml_block_size(t->type) <= 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s, a ggml type peft.h does not decode "
+                          "(it decodes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K "
+                          "and Q6_K)", g->path, t->name, peft_gguf_type_name(t->type));
+    done[idx] = 1;
+    int hd = m->cfg.head_dim;
+    if (!S || t->type == PEFT_GGML_F32) {
+        peft_status s = peft__gguf_floats(g, t, p->data, hd, heads);
+        peft__map_release(t->data, t->nbytes, g->mapped);   /* decoded: the file's copy can leave memory */
+        return s;
+    }
+    /* a block linear kept in its ggml type: rows [out], each of in elements */
+    peft_qmatrix *q = (peft_qmatrix *)peft__calloc(sizeof *q);
+    if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    S->qm = q;                                        /* freed with the model on any error */
+    q->type = t->type;
+    q->rows = p->shape[0];
+    q->cols = p->shape[1];
+    q->row_bytes = t->nbytes / (size_t)q->rows;
+    q->data = t->data;
+    if (heads) {
+        uint8_t *own = (uint8_t *)PEFT_MALLOC(t->nbytes);
+        if (!own) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+        for (int64_t r = 0; r < q->rows; r++) {
+            size_t src = (size_t)peft__gguf_src_row(r, hd, heads);
+            memcpy(own + (size_t)r * q->row_bytes, t->data + src * q->row_bytes, q->row_bytes);
+        }
+        q->owned = own;
+        q->data = own;
+        peft__map_release(t->data, t->nbytes, g->mapped);
+    }
+    PEFT_FREE(p->data);
+    p->data = NULL;
+    return PEFT_OK;
+}
+
+static peft_status peft__load_gguf(peft_model **out, const char *path) {
+    peft_gguf *g = (peft_gguf *)peft__calloc(sizeof *g);
+    if (!g) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    peft_status s = peft_gguf_open(g, path);
+    peft_config c;
+    peft_model *m = NULL;
+    if (s == PEFT_OK) s = peft_gguf_config(g, &c);
+    if (s == PEFT_OK) s = peft_model_new(&m, &c, 0, 0);
+    if (s != PEFT_OK) {
+        if (g->file) peft_gguf_close(g);
+        PEFT_FREE(g);
+        return s;
+    }
+    m->gguf = g;                                      /* closed with the model */
+    snprintf(m->path, sizeof m->path, "%s", path);
+    uint8_t *done = (uint8_t *)peft__calloc((size_t)m->n_params + 1);
+    if (!done) s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+    for (int64_t i = 0; i < g->n_tensors && s == PEFT_OK; i++) s = peft__gguf_place(m, &g->tensors[i], done);
+    for (int i = 0; i < m->n_params && s == PEFT_OK; i++)
+        if (!done[i]) {
+            char name[96];
+            peft__gguf_name(m, m->params[i], name, sizeof name);
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' (%s) is missing", path, name,
+                           m->params[i]->name);
+        }
+    PEFT_FREE(done);
+    if (s != PEFT_OK) {
+        peft_model_free(m);
+        return s;
+    }
+    *out = m;
+    return PEFT_OK;
+}
+
+
+/* ---- the tokenizer in a GGUF (tokenizer.ggml.*) -------------------------------------
+     llama   SentencePiece: tokens ("▁" kept as a space), scores, token types;
+             the highest-scoring merge first, byte fallback <0xXX> (ids 3-258)
+     gpt2    byte-level BPE: tokens in GPT-2's byte alphabet, merges "a b" in
+             rank order; tokenizer.ggml.pre names the split: llama3 /
+             llama-v3 / llama-bpe (LLaMA-3's regex, whole-word pieces taken
+             as they are), smollm (digits one by one, then GPT-2's regex),
+             gpt-2 (GPT-2's regex)
+   Control (3) and user-defined (4) tokens are matched in the raw text first
+   and never split. Every tokenizer.* key is used, checked or (informational
+   ids and named templates) passed over; an unknown tokenizer.ggml key is an
+   error naming it. */
+static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path) {
+    static const char *const info_keys[] = {
+        "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id",
+        "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id", "tokenizer.ggml.separator_token_id",
+        "tokenizer.ggml.cls_token_id", "tokenizer.ggml.mask_token_id", "tokenizer.ggml.prefix_token_id",
+        "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id", "tokenizer.ggml.fim_pre_token_id",
+        "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id",
+        "tokenizer.ggml.fim_pad_token_id",
+        "tokenizer.ggml.fim_rep_token_id", "tokenizer.ggml.fim_sep_token_id", "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix",
+        "tokenizer.ggml.remove_extra_whitespaces",
+        "tokenizer.ggml.token_type_count", "tokenizer.ggml.add_sep_token",
+    };
+    memset(t, 0, sizeof *t);
+    peft_gguf g;
+    peft_status s = peft_gguf_open(&g, path);
+    if (s != PEFT_OK) return s;
+    char model[32] = "", pre[64] = "";
+    int64_t v;
+    const peft_gguf_kv *tokens = peft_gguf_find(&g, "tokenizer.ggml.tokens");
+    const peft_gguf_kv *scores = peft_gguf_find(&g, "tokenizer.ggml.scores");
+    const peft_gguf_kv *types = peft_gguf_find(&g, "tokenizer.ggml.token_type");
+    const peft_gguf_kv *merges = peft_gguf_find(&g, "tokenizer.ggml.merges");
+    const peft_gguf_kv *kv;
+    for (int64_t i = 0; i < g.n_kv && s == PEFT_OK; i++) {
+        const char *k = g.kv[i].key;
+        int known = 0;
+        for (size_t j = 0; j < sizeof info_keys / sizeof info_keys[0]; j++) known |= !strcmp(k, info_keys[j]);
+        if (peft__starts(k, "tokenizer.ggml.") && !known)
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer key '%s' is not one peft.h implements", path,
+                           k);
+        else if (!strcmp(k, "tokenizer.ggml.remove_extra_whitespaces") && g.kv[i].type == PEFT_GGUF_BOOL &&
+                 g.kv[i].data[0])
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.remove_extra_whitespaces = true is not "
+                           "supported", path);
+        else if (peft__starts(k, "tokenizer.") && !peft__starts(k, "tokenizer.ggml.") &&
+                 !peft__starts(k, "tokenizer.chat_template") && strcmp(k, "tokenizer.huggingface.json"))
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer key '%s' is not one peft.h implements", path,
+                           k);
+    }
+    if (s == PEFT_OK && !peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.model"), model, sizeof model))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: no tokenizer.ggml.model: the file holds no tokenizer", path);
+    if (s == PEFT_OK && strcmp(model, "llama") && strcmp(model, "gpt2"))
+        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model '%s' is not supported ('llama' and "
+                       "'gpt2' are)", path, model);
+    if (s == PEFT_OK && (!tokens || tokens->type != PEFT_GGUF_ARRAY ||
+                         tokens->elem_type != PEFT_GGUF_STRING || tokens->n < 1 || tokens->n > (1u << 22)))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.ggml.tokens must be an array of 1 to 2^22 strings",
+                       path);
+    int n = s == PEFT_OK ? (int)tokens->n : 0, spm = !strcmp(model, "llama");
+    if (s == PEFT_OK && scores && (scores->type != PEFT_GGUF_ARRAY || scores->elem_type != PEFT_GGUF_F32 ||
+                                   (int)scores->n != n))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.ggml.scores must be %d float32 values", path, n);
+    if (s == PEFT_OK && types && (types->type != PEFT_GGUF_ARRAY || types->elem_type != PEFT_GGUF_I32 ||
+                                  (int)types->n != n))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: tokenizer.ggml.token_type must be %d int32 values", path, n);
+    if (s == PEFT_OK && spm && !scores)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'llama' tokenizer needs tokenizer.ggml.scores", path);
+    if (s == PEFT_OK && !spm && (!merges || merges->type != PEFT_GGUF_ARRAY ||
+                                 merges->elem_type != PEFT_GGUF_STRING))
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'gpt2' tokenizer needs tokenizer.ggml.merges (an array of "
+                       "strings)", path);
+    if (s != PEFT_OK) {
+        peft_gguf_close(&g);
+        return s;
+    }
+    t->kind = spm ? PEFT_TOK_SCORES : PEFT_TOK_HF_BYTES;
+    t->bos_id = t->eos_id = t->unk_id = t->eot_id = t->pad_id = -1;
+    t->add_bos = spm;
+    t->n = n;
+    t->pieces = (char **)peft__calloc(sizeof(char *) * (size_t)n);
+    t->scores = (float *)peft__calloc(sizeof(float) * (size_t)n);
+    t->sorted = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n);
+    t->special = (int *)PEFT_MALLOC(sizeof(int) * (size_t)n);
+    if (!t->pieces || !t->scores || !t->sorted || !t->special) {
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
+    const uint8_t *p = tokens->data;
+    for (int i = 0; i < n; i++) {
+        uint64_t len;
+        const uint8_t *str = peft__gguf_next_str(&p, &len);
+        char *piece = (char *)PEFT_MALLOC((size_t)len + 1);
+        if (!piece) {
+            s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+            goto done;
+        }
+        size_t o = 0;
+        for (uint64_t r = 0; r < len;) {                /* SentencePiece: "▁" (E2 96 81) kept as a space */
+            int meta = spm && r + 2 < len && str[r] == 0xE2 && str[r + 1] == 0x96 && str[r + 2] == 0x81;
+            piece[o++] = meta ? ' ' : (char)str[r];
+            r += meta ? 3 : 1;
+        }
+        piece[o] = 0;
+        t->pieces[i] = piece;
+        if (strlen(piece) != o) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: token %d contains a NUL byte", path, i);
+            goto done;
+        }
+        if ((int)o > t->max_len) t->max_len = (int)o;
+        t->scores[i] = scores ? (float)peft__gguf_elem(scores, (uint64_t)i) : -(float)i;
+        int type = types ? (int)peft__gguf_elem(types, (uint64_t)i) : 1;
+        if (!spm && (type == 3 || type == 4)) t->special[t->n_special++] = i;
+    }
+    struct { const char *key; int *dst; } ids[] = {
+        { "tokenizer.ggml.bos_token_id", &t->bos_id }, { "tokenizer.ggml.eos_token_id", &t->eos_id },
+        { "tokenizer.ggml.unknown_token_id", &t->unk_id }, { "tokenizer.ggml.padding_token_id", &t->pad_id },
+        { "tokenizer.ggml.eot_token_id", &t->eot_id },
+    };
+    for (size_t j = 0; j < sizeof ids / sizeof ids[0]; j++) {
+        if (!(kv = peft_gguf_find(&g, ids[j].key))) continue;
+        if (!peft_gguf_int(kv, &v) || v < 0 || v >= n) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s is not a token id (0 to %d)", path, ids[j].key, n - 1);
+            goto done;
+        }
+        *ids[j].dst = (int)v;
+    }
+    struct { const char *key; int *dst; } flags[] = {
+        { "tokenizer.ggml.add_bos_token", &t->add_bos }, { "tokenizer.ggml.add_eos_token", &t->add_eos },
+        { "tokenizer.ggml.add_space_prefix", &t->prefix_space },
+    };
+    t->prefix_space = spm;
+    for (size_t j = 0; j < sizeof flags / sizeof flags[0]; j++) {
+        if (!(kv = peft_gguf_find(&g, flags[j].key))) continue;
+        if (kv->type != PEFT_GGUF_BOOL) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: %s must be a bool", path, flags[j].key);
+            goto done;
+        }
+        *flags[j].dst = kv->data[0];
+    }
+    /* BOS as encoding adds it (as the tokenizer.json loader does): only when the file says so */
+    if (!t->add_bos) t->bos_id = -1;
+    if ((kv = peft_gguf_find(&g, "tokenizer.chat_template"))) {
+        if (kv->type != PEFT_GGUF_STRING || !(t->chat_template = (char *)PEFT_MALLOC((size_t)kv->n + 1))) {
+            s = peft__fail(kv->type != PEFT_GGUF_STRING ? PEFT_ERR_FORMAT : PEFT_ERR_NOMEM,
+                           "%s: tokenizer.chat_template must be a string", path);
+            goto done;
+        }
+        peft_gguf_string(kv, t->chat_template, (size_t)kv->n + 1);
+    }
+    for (int i = 0; i < n; i++) t->sorted[i] = i;
+    peft__sort_tok = t;
+    qsort(t->sorted, (size_t)n, sizeof(int), peft__cmp_piece);
+    if (spm) {
+        /* the scores encoder's byte fallback is id = byte + 3 (LLaMA's vocabulary) */
+        int b0 = peft__piece_id(t, "<0x00>");
+        if (!t->prefix_space)
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: a 'llama' tokenizer without add_space_prefix is not "
+                           "supported", path);
+        else if (b0 >= 0 && b0 != 3)
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: byte token <0x00> is id %d, not 3 as in LLaMA's "
+                           "vocabulary", path, b0);
+        goto done;
+    }
+    for (int byte = 0; byte < 256 && t->unk_id < 0; byte++) {   /* a byte without a token becomes unk */
+        char one[8];
+        one[peft__put_utf8(one, peft__byte_char(byte))] = 0;
+        if (peft__piece_id(t, one) < 0) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: the byte-level vocabulary has no token for byte 0x%02X and no "
+                           "tokenizer.ggml.unknown_token_id", path, byte);
+            goto done;
+        }
+    }
+    if (!peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.pre"), pre, sizeof pre)) {
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: a 'gpt2' tokenizer needs tokenizer.ggml.pre (which split it "
+                       "uses)", path);
+        goto done;
+    }
+    if (!strcmp(pre, "llama3") || !strcmp(pre, "llama-v3") || !strcmp(pre, "llama-bpe")) {
+        t->pretok = 2;
+        t->ignore_merges = 1;
+    }
+    else if (!strcmp(pre, "smollm")) {
+        t->pretok = 1;
+        t->split_digits = 1;
+    }
+    else if (!strcmp(pre, "gpt-2")) t->pretok = 1;
+    else {
+        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre '%s' is not supported (llama3, "
+                       "llama-v3, llama-bpe, smollm, gpt-2 are)", path, pre);
+        goto done;
+    }
+    int cap = 16;
+    while (cap < 2 * (int)merges->n + 16) cap *= 2;
+    t->merge_cap = cap;
+    t->merge_key = (uint64_t *)PEFT_MALLOC(sizeof(uint64_t) * (size_t)cap);
+    t->merge_rank = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
+    t->merge_out = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
+    char *buf = (char *)PEFT_MALLOC((size_t)t->max_len * 2 + 16);
+    if (!t->merge_key || !t->merge_rank || !t->merge_out || !buf) {
+        PEFT_FREE(buf);
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
+    for (int i = 0; i < cap; i++) t->merge_rank[i] = -1;
+    p = merges->data;
+    for (uint64_t i = 0; i < merges->n && s == PEFT_OK; i++) {
+        uint64_t len;
+        const uint8_t *str = peft__gguf_next_str(&p, &len);
+        const uint8_t *sp = (const uint8_t *)memchr(str, ' ', (size_t)len);
+        size_t la = sp ? (size_t)(sp - str) : 0, lb = sp ? (size_t)len - la - 1 : 0;
+        int a = -1, b = -1, o = -1;
+        if (sp && la + lb <= (size_t)t->max_len) {
+            memcpy(buf, str, la);
+            buf[la] = 0;
+            a = peft__piece_id(t, buf);
+            memcpy(buf, sp + 1, lb);
+            buf[lb] = 0;
+            b = peft__piece_id(t, buf);
+            memcpy(buf, str, la);
+            memcpy(buf + la, sp + 1, lb);
+            buf[la + lb] = 0;
+            o = peft__piece_id(t, buf);
+        }
+        if (a < 0 || b < 0 || o < 0)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: merge %llu is not \"a b\" over tokens of the vocabulary",
+                           path, (unsigned long long)i);
+        else peft__merge_put(t, a, b, (int)i, o);
+    }
+    PEFT_FREE(buf);
+    if (s != PEFT_OK) goto done;
+    /* what each piece is as bytes, for decoding */
+    t->decoded = (char **)peft__calloc(sizeof(char *) * (size_t)n);
+    if (!t->decoded) {
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
+    uint32_t inv[512];
+    for (int i = 0; i < 512; i++) inv[i] = 0xFFFFFFFFu;
+    for (int b = 0; b < 256; b++) inv[peft__byte_char(b)] = (uint32_t)b;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(t->pieces[i]), o = 0;
+        char *d = (char *)PEFT_MALLOC(l + 1);
+        if (!d) {
+            s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+            goto done;
+        }
+        int special = k < t->n_special && t->special[k] == i;
+        if (special) k++;
+        for (size_t r = 0; r < l;) {
+            uint32_t c;
+            int cl = peft__utf8_next((const unsigned char *)t->pieces[i] + r, (int)(l - r), &c);
+            if (!special && c < 512 && inv[c] != 0xFFFFFFFFu) d[o++] = (char)inv[c];
+            else memcpy(d + o, t->pieces[i] + r, (size_t)cl);
+            if (special || c >= 512 || inv[c] == 0xFFFFFFFFu) o += (size_t)cl;
+            r += (size_t)cl;
+        }
+        d[o] = 0;
+        t->decoded[i] = d;
+    }
+done:
+    peft_gguf_close(&g);
+    if (s != PEFT_OK) peft_tokenizer_free(t);
+    return s;
+}
+
+/* tokenizer.json: the pre-tokenizer each tokenizer.ggml.pre names, as the
+   model's own tokenizer.json spells it */
+static void peft__gguf_pretok_json(peft__sb *b, const peft_tokenizer *t) {
+    static const char llama3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                                 "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    peft__sbf(b, "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [");
+    if (t->split_digits) peft__sbf(b, "{\"type\": \"Digits\", \"individual_digits\": true}, ");
+    if (t->pretok == 2) {
+        peft__sbf(b, "{\"type\": \"Split\", \"pattern\": {\"Regex\": ");
+        peft__sb_jstr(b, llama3);
+        peft__sbf(b, "}, \"behavior\": \"Isolated\", \"invert\": false}, ");
+    }
+    peft__sbf(b, "{\"type\": \"ByteLevel\", \"add_prefix_space\": %s, \"trim_offsets\": true, \"use_regex\": "
+              "%s}]},\n", t->prefix_space ? "true" : "false", t->pretok == 1 ? "true" : "false");
+}
+
+PEFTDEF peft_status peft_gguf_write_tokenizer(const char *gguf_path, const char *dir) {
+    peft_tokenizer t;
+    peft_status s = peft__tokenizer_load_gguf(&t, gguf_path);
+    if (s != PEFT_OK) return s;
+    if (t.kind != PEFT_TOK_HF_BYTES) {
+        peft_tokenizer_free(&t);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: a SentencePiece ('llama') tokenizer has no merges to "
+                          "write a tokenizer.json from; use the model's own tokenizer.model", gguf_path);
+    }
+    for (int i = 1; i < t.n && s == PEFT_OK; i++)        /* a JSON vocabulary cannot hold a piece twice */
+        if (!strcmp(t.pieces[t.sorted[i]], t.pieces[t.sorted[i - 1]]))
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: token '%s' appears twice in the vocabulary (ids %d and "
+                           "%d)", gguf_path, t.pieces[t.sorted[i]], t.sorted[i - 1], t.sorted[i]);
+    peft_gguf g;
+    memset(&g, 0, sizeof g);
+    if (s == PEFT_OK) s = peft_gguf_open(&g, gguf_path);
+    if (s == PEFT_OK) s = peft__mkdir(dir);
+    if (s != PEFT_OK) {
+        if (g.file) peft_gguf_close(&g);
+        peft_tokenizer_free(&t);
+        return s;
+    }
+    peft__sb b = { 0, 0, 0, 0 };
+    peft__sbf(&b, "{\"version\": \"1.0\", \"truncation\": null, \"padding\": null,\n\"added_tokens\": [");
+    for (int k = 0; k < t.n_special; k++) {
+        peft__sbf(&b, "%s\n  {\"id\": %d, \"content\": ", k ? "," : "", t.special[k]);
+        peft__sb_jstr(&b, t.pieces[t.special[k]]);
+        peft__sbf(&b, ", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": "
+                  "false, \"special\": true}");
+    }
+    peft__sbf(&b, "],\n\"normalizer\": null,\n");
+    peft__gguf_pretok_json(&b, &t);
+    if (t.add_bos && t.bos_id >= 0) {
+        const char *bos = t.pieces[t.bos_id];
+        peft__sbf(&b, "\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
+                  "[{\"SpecialToken\": {\"id\": ");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": "
+                  "[{\"SpecialToken\": {\"id\": ");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, {\"Sequence\": "
+                  "{\"id\": \"B\", \"type_id\": 1}}], \"special_tokens\": {");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ": {\"id\": ");
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, ", \"ids\": [%d], \"tokens\": [", t.bos_id);
+        peft__sb_jstr(&b, bos);
+        peft__sbf(&b, "]}}},\n");
+    } else peft__sbf(&b, "\"post_processor\": null,\n");
+    peft__sbf(&b, "\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": "
+              "true, \"use_regex\": true},\n");
+    peft__sbf(&b, "\"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, "
+              "\"continuing_subword_prefix\": null, \"end_of_word_suffix\": null, \"fuse_unk\": false, "
+              "\"byte_fallback\": false, \"ignore_merges\": %s,\n\"vocab\": {",
+              t.ignore_merges ? "true" : "false");
+    for (int i = 0; i < t.n; i++) {
+        peft__sbf(&b, "%s", i ? ", " : "");
+        peft__sb_jstr(&b, t.pieces[i]);
+        peft__sbf(&b, ": %d", i);
+    }
+    peft__sbf(&b, "},\n\"merges\": [");
+    const peft_gguf_kv *mg = peft_gguf_find(&g, "tokenizer.ggml.merges");
+    const uint8_t *p = mg->data;
+    char piece[1024];
+    for (uint64_t i = 0; i < mg->n; i++) {
+        uint64_t len;
+        const uint8_t *str = peft__gguf_next_str(&p, &len);
+        if (len >= sizeof piece) len = sizeof piece - 1;  /* merges join two tokens: far shorter */
+        memcpy(piece, str, (size_t)len);
+        piece[len] = 0;
+        peft__sbf(&b, "%s", i ? ", " : "");
+        peft__sb_jstr(&b, piece);
+    }
+    peft__sbf(&b, "]}}\n");
+    char path[1100];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    s = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
+    /* tokenizer_config.json: the special tokens, the flags and the chat template */
+    b.n = 0;
+    peft__sbf(&b, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"add_bos_token\": %s,\n  "
+              "\"add_eos_token\": %s,\n  \"clean_up_tokenization_spaces\": false",
+              t.add_bos ? "true" : "false", t.add_eos ? "true" : "false");
+    int64_t bos = -1;                                 /* named even when encoding adds none */
+    if (!peft_gguf_int(peft_gguf_find(&g, "tokenizer.ggml.bos_token_id"), &bos) || bos < 0 || bos >= t.n)
+        bos = -1;
+    struct { const char *name; int id; } sp[] = {
+        { "bos_token", (int)bos }, { "eos_token", t.eos_id }, { "unk_token", t.unk_id },
+        { "pad_token", t.pad_id },
+    };
+    for (int k = 0; k < 4; k++) {
+        if (sp[k].id < 0) continue;
+        peft__sbf(&b, ",\n  \"%s\": ", sp[k].name);
+        peft__sb_jstr(&b, t.pieces[sp[k].id]);
+    }
+    if (t.chat_template) {
+        peft__sbf(&b, ",\n  \"chat_template\": ");
+        peft__sb_jstr(&b, t.chat_template);
+    }
+    peft__sbf(&b, "\n}\n");
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (s == PEFT_OK)
+        s = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
+    PEFT_FREE(b.s);
+    peft_gguf_close(&g);
+    peft_tokenizer_free(&t);
+    return s;
 }
 
 /* ============================================================================

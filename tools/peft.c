@@ -152,6 +152,67 @@ static void print_config(const peft_config *c, const char *what) {
 }
 
 static int check_weights(const char *dir, const peft_config *c);
+/* a GGUF model file: .gguf, or GGUF's magic */
+static int is_gguf(const char *p) {
+    size_t n = strlen(p);
+    char magic[4] = { 0 };
+    FILE *f = fopen(p, "rb");
+    if (!f) return 0;
+    size_t got = fread(magic, 1, 4, f);
+    fclose(f);
+    return (n > 5 && !strcmp(p + n - 5, ".gguf")) || (got == 4 && !memcmp(magic, "GGUF", 4));
+}
+
+/* peft info model.gguf: the configuration its llama.* keys give, then what
+   its tensors are stored as (bits per weight from their bytes) */
+static int info_gguf(const char *path, peft_config *c) {
+    peft_gguf g;
+    memset(c, 0, sizeof *c);
+    if (peft_gguf_open(&g, path) != PEFT_OK) return fail();
+    char kind[32] = "model";
+    peft_gguf_string(peft_gguf_find(&g, "general.type"), kind, sizeof kind);
+    int adapter = !strcmp(kind, "adapter");          /* a LoRA for llama.cpp: no config, its tensors */
+    if (!adapter && peft_gguf_config(&g, c) != PEFT_OK) {
+        peft_gguf_close(&g);
+        return fail();
+    }
+    if (adapter) printf("model            %s (a GGUF adapter: general.type adapter)\n", path);
+    else print_config(c, path);
+    char name[256] = "", tok[64] = "", pre[64] = "";
+    peft_gguf_string(peft_gguf_find(&g, "general.name"), name, sizeof name);
+    peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.model"), tok, sizeof tok);
+    peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.pre"), pre, sizeof pre);
+    printf("gguf             version %u, %lld tensors, %lld keys, %s%s%s\n", g.version, (long long)g.n_tensors,
+           (long long)g.n_kv, g.mapped ? "mapped" : "read", name[0] ? ", name " : "", name);
+    if (tok[0])
+        printf("tokenizer        %s%s%s%s\n", tok, pre[0] ? " (pre " : "", pre, pre[0] ? ")" : "");
+    printf("%-16s %8s %16s %14s %8s\n", "storage", "tensors", "weights", "bytes", "bits/w");
+    double all_e = 0, all_b = 0;
+    for (int type = 0; type < 64; type++) {
+        double elems = 0, bytes = 0;
+        int count = 0;
+        for (int64_t i = 0; i < g.n_tensors; i++) {
+            const peft_gguf_tensor *t = &g.tensors[i];
+            if (t->type != type) continue;
+            double e = 1;
+            for (int d = 0; d < t->ndim; d++) e *= (double)t->ne[d];
+            elems += e;
+            bytes += (double)t->nbytes;
+            count++;
+        }
+        if (!count) continue;
+        char b1[40], b2[40];
+        printf("%-16s %8d %16s %14s %8.3f%s\n", peft_gguf_type_name(type), count, commas((int64_t)elems, b1),
+               commas((int64_t)bytes, b2), 8.0 * bytes / elems, peft_ggml_block_size(type) ? "" : "  (not decoded)");
+        all_e += elems;
+        all_b += bytes;
+    }
+    char b1[40], b2[40];
+    printf("%-16s %8lld %16s %14s %8.3f\n", "all", (long long)g.n_tensors, commas((int64_t)all_e, b1),
+           commas((int64_t)all_b, b2), all_e > 0 ? 8.0 * all_b / all_e : 0.0);
+    peft_gguf_close(&g);
+    return 0;
+}
 
 static int cmd_info(int argc, char **argv) {
     peft_config c;
@@ -176,13 +237,17 @@ static int cmd_info(int argc, char **argv) {
     }
     if (!preset && !dir) return usage_error("info", "a model folder or --preset NAME is needed", NULL);
     if (preset) { if (peft_config_preset(&c, preset) != PEFT_OK) return fail(); }
+    else if (is_gguf(dir)) {
+        if (info_gguf(dir, &c)) return 1;
+        if (c.dim == 0) return 0;                     /* an adapter: nothing to count */
+    }
     else {
         char path[1024];
         snprintf(path, sizeof path, "%s/config.json", dir);
         if (peft_config_load(&c, path) != PEFT_OK) return fail();
     }
-    print_config(&c, preset ? preset : dir);
-    if (!preset && check_weights(dir, &c)) return 1;
+    if (preset || !is_gguf(dir)) print_config(&c, preset ? preset : dir);
+    if (!preset && !is_gguf(dir) && check_weights(dir, &c)) return 1;
     if (mf.method) {
         peft_method m;
         int bm = build_method(&mf, &m, 0);
@@ -983,6 +1048,7 @@ static int cmd_train(int argc, char **argv) {
         if (!file_exists(tprobe)) snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", tsrc);
         if (!file_exists(tprobe)) tprobe[0] = 0;
     } else if (tokp) snprintf(tprobe, sizeof tprobe, "%s", tokp);
+    else if (tsrc && is_gguf(tsrc)) snprintf(tprobe, sizeof tprobe, "%s", tsrc);   /* its own tokenizer */
     if (tprobe[0]) {
         if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) { peft_model_free(m); return fail(); }
         peft_tokenizer_use_config_eos(&tok, &m->cfg); /* no tokenizer_config.json eos_token: config.json's */
@@ -1360,6 +1426,7 @@ static int cmd_bench(int argc, char **argv) {
         printf("activations MB   %.1f (tape arena%s)\n", (double)act / 1048576.0, ckpt_act ? " + one block's recompute" : "");
         printf("optimizer MB     %.1f (state %s)\n", (double)peft_adamw_state_bytes(&tr->opt) / 1048576.0, optim);
         if (m->cfg.q4) printf("bits/frozen lin  %.3f (4-bit storage, from allocated bytes)\n", peft_model_linear_bits(m));
+        else if (m->gguf) printf("bits/frozen lin  %.3f (ggml blocks of the GGUF, from their bytes)\n", peft_model_linear_bits(m));
         if (o.paged_optim)
             printf("pager            %ld pages evicted, %ld loaded, %.1f MB moved, peak resident %.1f MB\n",
                    tr->opt.stats.pages_evicted, tr->opt.stats.pages_loaded, (double)tr->opt.stats.bytes_moved / 1048576.0,
@@ -1505,6 +1572,7 @@ static int cmd_generate(int argc, char **argv) {
     int folder_tok = dir_exists(src.model) && file_exists(tprobe);
     snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", src.model);
     folder_tok |= dir_exists(src.model) && file_exists(tprobe);
+    folder_tok |= is_gguf(src.model);
     if ((prompt || chat) && !tok_path && !folder_tok)
         return usage_error(
             "generate", "--prompt and --chat need a tokenizer: the model folder has none, give --tokenizer",
@@ -1627,6 +1695,8 @@ static const char *MERGE_HELP =
     "usage: peft merge --model DIR --adapter DIR --out DIR\n\n"
     "Folds an adapter into the base weights and writes a plain Hugging Face model\n"
     "folder (config.json + model.safetensors, F32). LoRA: W += (alpha/r) B A.\n"
+    "A GGUF base (--model model.gguf) is decoded to fp32 first, and its byte-level\n"
+    "tokenizer written as tokenizer.json + tokenizer_config.json.\n"
     "LLaMA-Adapter V2: W' = diag(s) W and biases s (b0 + b) (attention_bias and\n"
     "mlp_bias become true); its gated prompts cannot be folded and are written\n"
     "as a LLaMA-Adapter V1 adapter in DIR/adapter.\n";
@@ -1651,6 +1721,11 @@ static int cmd_merge(int argc, char **argv) {
     int rc = 0, v1 = 0;
     char apath[1200];
     snprintf(apath, sizeof apath, "%s/adapter", tmp);
+    /* a GGUF base: its blocks decoded to fp32 first (the merged model is a float one) */
+    if (m->gguf && peft_model_dequantize(m) != PEFT_OK) {
+        peft_model_free(m);
+        return fail();
+    }
     if (m->method.kind == PEFT_ADAPTER_V2) {
         if (peft_v2_merge(m) != PEFT_OK || peft_model_save(m, tmp) != PEFT_OK) rc = fail();
         else if ((v1 = m->method.kind == PEFT_ADAPTER_V1) && peft_adapter_save(m, apath) != PEFT_OK)
@@ -1660,6 +1735,10 @@ static int cmd_merge(int argc, char **argv) {
                 src.adapter, peft_method_name(m->method.kind));
         rc = 1;
     } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, tmp) != PEFT_OK) rc = fail();
+    if (!rc && is_gguf(src.model)) {                 /* the GGUF's tokenizer, as tokenizer.json */
+        if (peft_gguf_write_tokenizer(src.model, tmp) == PEFT_OK) printf("wrote tokenizer.json from %s\n", src.model);
+        else fprintf(stderr, "peft: note: no tokenizer.json written: %s\n", peft_last_error());
+    }
     rc = end_folder(tmp, dir, rc, src.model, NULL);
     if (!rc && m->method.kind == PEFT_LORA) printf("merged %s into %s\n", src.adapter, dir);
     else if (!rc)
@@ -1701,7 +1780,7 @@ static int cmd_export(int argc, char **argv) {
         const peft_json *b = peft_json_get(j, "base_model_name_or_path");
         if (b && b->type == PEFT_JSON_STRING) snprintf(base, sizeof base, "%s", b->string);
         peft_json_free(j);
-        if (!base[0] || !dir_exists(base))
+        if (!base[0] || (!dir_exists(base) && !is_gguf(base)))
             return usage_error("export", "give --model: the adapter's base_model_name_or_path is not a local folder", base[0] ? base : NULL);
         src.model = base;
     }
