@@ -83,3 +83,23 @@ int th_read_ref(const char *path, const char *name, float **out, long *n) {
     peft_st_close(&st);
     return ok;
 }
+
+const char *th_peft_bin(void) {
+    const char *b = getenv("PEFT_BIN");
+    return b ? b : "build/peft";
+}
+
+int th_run_peft(char *out, size_t cap, const char *fmt, ...) {
+    char cmd[2048], full[2200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    snprintf(full, sizeof full, "%s %s 2>&1", th_peft_bin(), cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

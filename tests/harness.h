@@ -37,5 +37,11 @@ const char *th_tmp_text(const char *name, const char *text);   /* th_tmpdir()/na
 int th_truncated_copy(const char *src, const char *dst, size_t drop);   /* src less its last drop bytes; 1 = done */
 int th_read_ref(const char *path, const char *name, float **out, long *n); /* 1 = found */
 
+/* build/peft, or $PEFT_BIN */
+const char *th_peft_bin(void);
+/* Runs `peft ARGS` (a printf format), stdout+stderr into out; returns the exit
+   status, -1 when it did not exit normally */
+int th_run_peft(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #define TEST(name) void name(void)
 #endif

@@ -459,23 +459,6 @@ TEST(test_adapter_keys_gguf) {
     peft_model_free(m);
 }
 
-static int ak_run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ak_run(char *out, size_t cap, const char *fmt, ...) {
-    char cmd[2048], full[2200];
-    const char *b = getenv("PEFT_BIN");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    snprintf(full, sizeof full, "%s %s 2>&1", b ? b : "build/peft", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* peft train --modules-to-save lm_head with targets that are no layers x sites
    grid: the adapter holds the trained lm_head in PEFT's layout, merge puts it
    in the model (same logits), GGUF export refuses it; --lora-bias trains
@@ -495,7 +478,7 @@ TEST(test_adapter_keys_cli_train) {
     snprintf(l1, sizeof l1, "%s/ak_l1.f32", th_tmpdir());
     snprintf(l2, sizeof l2, "%s/ak_l2.f32", th_tmpdir());
     snprintf(gguf, sizeof gguf, "%s/ak.gguf", th_tmpdir());
-    CHECK(ak_run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
                  "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
                  "--lora-targets model.layers.0.self_attn.q_proj,model.layers.1.mlp.up_proj "
                  "--modules-to-save lm_head --out %s",
@@ -521,13 +504,13 @@ TEST(test_adapter_keys_cli_train) {
               m->layers[1].lin[PEFT_UP].lora_A && !m->layers[0].lin[PEFT_UP].lora_A && m->save_head,
           "the saved adapter's sites");
     peft_model_free(m);
-    CHECK(ak_run(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s",
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s",
                  th_fixtures(), adir, l1) == 0,
           "logits: %s", out);
-    CHECK(ak_run(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir,
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir,
                  mdir) == 0,
           "merge: %s", out);
-    CHECK(ak_run(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0,
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0,
           "logits merged: %s", out);
     unsigned char *d1, *d2;
     size_t n1, n2;
@@ -538,12 +521,12 @@ TEST(test_adapter_keys_cli_train) {
         free(d2);
     } else
         CHECK(0, "logits files missing");
-    CHECK(ak_run(out, sizeof out, "export --model %s/llama_mha --adapter %s --format gguf --out %s",
+    CHECK(th_run_peft(out, sizeof out, "export --model %s/llama_mha --adapter %s --format gguf --out %s",
                  th_fixtures(), adir, gguf) == 1 &&
               strstr(out, "modules_to_save"),
           "gguf export: %s", out);
     snprintf(adir, sizeof adir, "%s/ak_cli_bias", th_tmpdir());
-    CHECK(ak_run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
                  "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
                  "--lora-bias 1 --out %s",
                  th_fixtures(), data, adir) == 0,
@@ -558,7 +541,7 @@ TEST(test_adapter_keys_cli_train) {
     peft_model_free(m);
     /* --trainable-tokens on a tied model: the rows move (through the embedding and the tied head) */
     snprintf(adir, sizeof adir, "%s/ak_cli_tokens", th_tmpdir());
-    CHECK(ak_run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
                  "train --model %s/llama_tied --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
                  "--trainable-tokens 0,7 --out %s",
                  th_fixtures(), data, adir) == 0,

@@ -2,24 +2,7 @@
 #include "harness.h"
 #include <unistd.h>
 
-static const char *bin(void) { const char *b = getenv("PEFT_BIN"); return b ? b : "build/peft"; }
-
-/* Runs a command line, captures stdout+stderr into out; returns exit status. */
-static int run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t cap, const char *fmt, ...) {
-    char cmd[2048], full[2200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    snprintf(full, sizeof full, "%s %s 2>&1", bin(), cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+static const char *bin(void) { return th_peft_bin(); }
 
 TEST(test_cli) {
     static char out[1 << 16];
@@ -27,14 +10,14 @@ TEST(test_cli) {
     if (!probe) SKIP("%s not built", bin());
     fclose(probe);
 
-    CHECK(run(out, sizeof out, "info --preset llama-7b") == 0 && strstr(out, "6,738,415,616"), "info llama-7b: %s", out);
-    CHECK(run(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "24,736"), "info folder: %s", out);
-    CHECK(run(out, sizeof out, "info --preset nope") == 1 && strstr(out, "nope"), "unknown preset: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b") == 0 && strstr(out, "6,738,415,616"), "info llama-7b: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "24,736"), "info folder: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset nope") == 1 && strstr(out, "nope"), "unknown preset: %s", out);
     const char *cmds[] = { "info", "logits", "train", "merge", "quantize", "bench", "generate" };
     for (int i = 0; i < 7; i++)
-        CHECK(run(out, sizeof out, "%s --help", cmds[i]) == 0 && strstr(out, "usage: peft"), "%s --help", cmds[i]);
-    CHECK(run(out, sizeof out, "frobnicate") == 2, "unknown command exits 2");
-    CHECK(run(out, sizeof out, "train --preset tiny --data x --bogus 1") == 2, "unknown flag exits 2");
+        CHECK(th_run_peft(out, sizeof out, "%s --help", cmds[i]) == 0 && strstr(out, "usage: peft"), "%s --help", cmds[i]);
+    CHECK(th_run_peft(out, sizeof out, "frobnicate") == 2, "unknown command exits 2");
+    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data x --bogus 1") == 2, "unknown flag exits 2");
 
     /* logits of the first fixture sequence equal transformers' */
     char ref[512], lpath[512];
@@ -45,15 +28,15 @@ TEST(test_cli) {
     char ids[256] = "";
     int T = (int)(nt / 2);
     for (int t = 0; t < T; t++) snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", t ? "," : "", (int)tok[t]);
-    CHECK(run(out, sizeof out, "logits --model %s/llama_mha --tokens %s --out %s", th_fixtures(), ids, lpath) == 0, "logits: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens %s --out %s", th_fixtures(), ids, lpath) == 0, "logits: %s", out);
     unsigned char *d; size_t n;
     REQUIRE_OK(peft_read_file(lpath, &d, &n));
     CHECK(n == (size_t)T * 64 * 4, "logits file is [T, vocab] float32: %zu bytes", n);
     if (n == (size_t)T * 64 * 4) CHECK(th_rel_err_f((float *)d, logits, T * 64) < 1e-4, "CLI logits vs transformers");
     free(d); free(tok); free(logits);
-    CHECK(run(out, sizeof out, "logits --model /no/such/model --tokens 1 --out %s", lpath) == 1 && strstr(out, "/no/such/model"),
+    CHECK(th_run_peft(out, sizeof out, "logits --model /no/such/model --tokens 1 --out %s", lpath) == 1 && strstr(out, "/no/such/model"),
           "missing model: %s", out);
-    CHECK(run(out, sizeof out, "logits --model %s/llama_mha --tokens 1,999 --out %s", th_fixtures(), lpath) == 1 && strstr(out, "999"),
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens 1,999 --out %s", th_fixtures(), lpath) == 1 && strstr(out, "999"),
           "token out of range: %s", out);
 
     /* a truncated weight file is reported by name */
@@ -62,7 +45,7 @@ TEST(test_cli) {
     char cmd[2200];
     snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s/llama_mha %s && truncate -s 5000 %s/model.safetensors", dir, th_fixtures(), dir, dir);
     REQUIRE(system(cmd) == 0, "setup");
-    CHECK(run(out, sizeof out, "logits --model %s --tokens 1,2 --out %s", dir, lpath) == 1 && strstr(out, "model.safetensors"),
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s", dir, lpath) == 1 && strstr(out, "model.safetensors"),
           "truncated: %s", out);
 
     /* training from a token file prints a falling loss and saves a loadable model */
@@ -72,7 +55,7 @@ TEST(test_cli) {
     for (int i = 0; i < 400; i++) fprintf(f, "%d ", (i * 7) % 23);
     fclose(f);
     snprintf(saved, sizeof saved, "%s/trained", th_tmpdir());
-    CHECK(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s",
+    CHECK(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s",
               th_fixtures(), data, saved) == 0 && strstr(out, "step   30/30"), "train: %s", out);
     const char *first = strstr(out, "loss "), *last = NULL;
     for (const char *p = first; p; p = strstr(p + 1, "loss ")) last = p;
@@ -80,50 +63,50 @@ TEST(test_cli) {
     peft_model *m;
     CHECK_OK(peft_model_load(&m, saved));
     if (m) peft_model_free(m);
-    CHECK(run(out, sizeof out, "train --preset tiny --data %s --method lora-x", data) == 2, "unknown method exits 2");
+    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data %s --method lora-x", data) == 2, "unknown method exits 2");
 
     /* methods from the command line */
-    CHECK(run(out, sizeof out, "info --preset llama-7b --method lora --lora-r 8") == 0 && strstr(out, "4,194,304"), "info lora: %s", out);
-    CHECK(run(out, sizeof out, "info --preset llama-7b --method adapter-v1 --adapter-len 10 --adapter-layers 30") == 0 &&
+    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method lora --lora-r 8") == 0 && strstr(out, "4,194,304"), "info lora: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method adapter-v1 --adapter-len 10 --adapter-layers 30") == 0 &&
           strstr(out, "1,229,760"), "info adapter-v1: %s", out);
-    CHECK(run(out, sizeof out, "info --preset llama-7b --method excitor") == 0 && strstr(out, "7,619,520"), "info excitor: %s", out);
-    CHECK(run(out, sizeof out, "info --preset tiny --method lora --lora-r x") == 2 && strstr(out, "lora_r"), "bad flag value: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method excitor") == 0 && strstr(out, "7,619,520"), "info excitor: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset tiny --method lora --lora-r x") == 2 && strstr(out, "lora_r"), "bad flag value: %s", out);
     char adir[512], mdir[512], l1[512], l2[512];
     snprintf(adir, sizeof adir, "%s/cli_lora", th_tmpdir());
     snprintf(mdir, sizeof mdir, "%s/cli_merged", th_tmpdir());
     snprintf(l1, sizeof l1, "%s/l1.f32", th_tmpdir());
     snprintf(l2, sizeof l2, "%s/l2.f32", th_tmpdir());
-    CHECK(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+    CHECK(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
               "--lora-targets q,v,down --out %s", th_fixtures(), data, adir) == 0, "train lora: %s", out);
-    CHECK(run(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s", th_fixtures(), adir, l1) == 0,
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s", th_fixtures(), adir, l1) == 0,
           "logits with adapter: %s", out);
-    CHECK(run(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir, mdir) == 0, "merge: %s", out);
-    CHECK(run(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0, "logits merged: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir, mdir) == 0, "merge: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0, "logits merged: %s", out);
     unsigned char *d1, *d2; size_t n1, n2;
     if (peft_read_file(l1, &d1, &n1) == PEFT_OK && peft_read_file(l2, &d2, &n2) == PEFT_OK) {
         CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5, "merged model logits differ from adapter logits");
         free(d1); free(d2);
     } else CHECK(0, "logits files missing");
     /* bench: QLoRA's bits per frozen parameter, and paged AdamW's memory */
-    CHECK(run(out, sizeof out, "bench --preset stories15m --method qlora --batch 1 --seq 8 --steps 1") == 0 &&
+    CHECK(th_run_peft(out, sizeof out, "bench --preset stories15m --method qlora --batch 1 --seq 8 --steps 1") == 0 &&
           strstr(out, "bits/frozen lin  4.127"), "bench qlora: %s", out);
     double rss[2] = { 0, 0 };
     const char *optims[2] = { "adamw", "paged --optim-budget-mb 4" };
     for (int k = 0; k < 2; k++) {
-        CHECK(run(out, sizeof out, "bench --preset stories15m --method full --batch 1 --seq 8 --steps 1 --optim %s", optims[k]) == 0,
+        CHECK(th_run_peft(out, sizeof out, "bench --preset stories15m --method full --batch 1 --seq 8 --steps 1 --optim %s", optims[k]) == 0,
               "bench %s: %s", optims[k], out);
         const char *p = strstr(out, "peak RSS MB");
         rss[k] = p ? atof(p + 11) : 0;
     }
     /* the 116 MB of fp32 AdamW state mostly leaves RSS when paged */
     CHECK(rss[0] > 0 && rss[1] > 0 && rss[1] < rss[0] - 50, "peak RSS: plain %.1f MB, paged %.1f MB", rss[0], rss[1]);
-    CHECK(run(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
           strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
-    CHECK(run(out, sizeof out, "train --preset tiny --data /no/file --steps 1 --no-save") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data /no/file --steps 1 --no-save") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
     {   /* a prompt longer than the model's positions is refused, not silently empty */
         char ids[400] = "1";
         for (int i = 1; i < 70; i++) strcat(ids, ",3");
-        CHECK(run(out, sizeof out, "generate --model %s/llama_gqa --tokens %s", th_fixtures(), ids) == 1 && strstr(out, "70 tokens"),
+        CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama_gqa --tokens %s", th_fixtures(), ids) == 1 && strstr(out, "70 tokens"),
               "long prompt: %s", out);
     }
 
@@ -133,11 +116,11 @@ TEST(test_cli) {
         snprintf(ref, sizeof ref, "%s/stories260K_greedy40.txt", th_fixtures());
         FILE *wf = fopen(ref, "r");
         if (wf && fgets(want, sizeof want, wf)) {
-            CHECK(run(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --tokens 1 --max-new 40 --print-ids", th_shared()) == 0 &&
+            CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --tokens 1 --max-new 40 --print-ids", th_shared()) == 0 &&
                   strcmp(out, want) == 0, "generate --print-ids: '%s' vs run.c '%s'", out, want);
         }
         if (wf) fclose(wf);
-        CHECK(run(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --prompt hi", th_shared()) == 2,
+        CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --prompt hi", th_shared()) == 2,
               "--prompt without --tokenizer exits 2");
     }
 }
@@ -220,7 +203,7 @@ TEST(test_train_alpaca_kill_resume) {
     snprintf(a, sizeof a, "%s/run_a", th_tmpdir());
     snprintf(b, sizeof b, "%s/run_b", th_tmpdir());
     snprintf(cdir, sizeof cdir, "%s/run_c", th_tmpdir());
-    CHECK(run(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --out %s", model, tokp, data, common, a) == 0,
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --out %s", model, tokp, data, common, a) == 0,
           "uninterrupted run: %s", out);
     CHECK(strstr(out, "6 examples") != NULL, "examples: %s", out);
     char cmd[4000];
@@ -232,7 +215,7 @@ TEST(test_train_alpaca_kill_resume) {
     CHECK(exists(fb), "checkpoint-3 written before the kill");
     snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", b);
     CHECK(!exists(fb), "the killed run left no final adapter");
-    CHECK(run(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "resuming from") && strstr(out, "step 3"),
+    CHECK(th_run_peft(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "resuming from") && strstr(out, "step 3"),
           "resume: %s", out);
     snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
     CHECK(same_file(fa, fb), "resumed adapter differs from the uninterrupted one");
@@ -263,7 +246,7 @@ TEST(test_train_alpaca_kill_resume) {
     if (sn) free(svg);
     /* the written config repeats the run */
     snprintf(fa, sizeof fa, "%s/train_config.json", a);
-    CHECK(run(out, sizeof out, "train --config %s --out %s", fa, cdir) == 0, "--config: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "train --config %s --out %s", fa, cdir) == 0, "--config: %s", out);
     snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
     snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", cdir);
     CHECK(same_file(fa, fb), "--config train_config.json did not repeat the run");
@@ -272,20 +255,20 @@ TEST(test_train_alpaca_kill_resume) {
     for (int k = 0; k < 2; k++) {
         snprintf(a, sizeof a, "%s/run_a_%s", th_tmpdir(), optims[k]);
         snprintf(b, sizeof b, "%s/run_b_%s", th_tmpdir(), optims[k]);
-        CHECK(run(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --optim %s --out %s", model, tokp, data, common,
+        CHECK(th_run_peft(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --optim %s --out %s", model, tokp, data, common,
                   optims[k], a) == 0, "%s run: %s", optims[k], out);
         snprintf(cmd, sizeof cmd, "PEFT_CRASH_AFTER_STEP=7 %s train --model %s --tokenizer %s --data %s %s --optim %s --out %s > /dev/null 2>&1",
                  bin(), model, tokp, data, common, optims[k], b);
         CHECK(system(cmd) != 0, "killed");
-        CHECK(run(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "step 6"), "%s resume: %s", optims[k], out);
+        CHECK(th_run_peft(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "step 6"), "%s resume: %s", optims[k], out);
         snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
         snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", b);
         CHECK(same_file(fa, fb), "%s: resumed adapter differs", optims[k]);
     }
     /* bad settings are named */
-    CHECK(run(out, sizeof out, "train --config %s", th_tmp_text("bad_config.json", "{\"lora_rank\": 8}")) == 1 && strstr(out, "lora_rank") && strstr(out, "bad_config.json"),
+    CHECK(th_run_peft(out, sizeof out, "train --config %s", th_tmp_text("bad_config.json", "{\"lora_rank\": 8}")) == 1 && strstr(out, "lora_rank") && strstr(out, "bad_config.json"),
           "unknown config key: %s", out);
-    CHECK(run(out, sizeof out, "train --resume %s/nothing_here", th_tmpdir()) == 1 && strstr(out, "nothing_here"), "resume nothing: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "train --resume %s/nothing_here", th_tmpdir()) == 1 && strstr(out, "nothing_here"), "resume nothing: %s", out);
 }
 
 /* `peft export --format gguf`: the file's header, keys and tensor table as
@@ -301,7 +284,7 @@ TEST(test_export_gguf) {
     fclose(probe);
     char path[512];
     snprintf(path, sizeof path, "%s/a.gguf", th_tmpdir());
-    CHECK(run(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_lora_qv --format gguf --out %s", th_fixtures(),
+    CHECK(th_run_peft(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_lora_qv --format gguf --out %s", th_fixtures(),
               th_fixtures(), path) == 0, "export: %s", out);
     unsigned char *d;
     size_t n;
@@ -341,9 +324,9 @@ TEST(test_export_gguf) {
     CHECK(!strcmp(first, "blk.0.attn_q.weight.lora_a") && nd == 2 && ne0 == 48 && ne1 == 4, "first tensor %s [%llu, %llu]", first,
           (unsigned long long)ne0, (unsigned long long)ne1);
     free(d);
-    CHECK(run(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_adaption_prompt --format gguf --out %s", th_fixtures(),
+    CHECK(th_run_peft(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_adaption_prompt --format gguf --out %s", th_fixtures(),
               th_fixtures(), path) == 1 && strstr(out, "LoRA only"), "non-LoRA to gguf: %s", out);
-    CHECK(run(out, sizeof out, "export --adapter %s/peft_lora_qv --format onnx --out %s", th_fixtures(), path) == 2, "bad format");
+    CHECK(th_run_peft(out, sizeof out, "export --adapter %s/peft_lora_qv --format onnx --out %s", th_fixtures(), path) == 2, "bad format");
 }
 
 /* The examples that need no demo base run to the end and print what they
@@ -488,22 +471,22 @@ TEST(test_cli_token_ids_and_folders) {
     snprintf(small, sizeof small, "%s/tok_small_vocab", th_tmpdir());
     sh("rm -rf %s && cp -r %s/llama_mha %s && cp %s/tokenizer.json %s/", small, th_fixtures(), small, base,
        small);
-    CHECK(run(out, sizeof out, "generate --model %s --prompt 'Hello world' --max-new 4", small) == 1 &&
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s --prompt 'Hello world' --max-new 4", small) == 1 &&
           strstr(out, "outside the model's vocabulary") && strstr(out, "vocab_size 64"),
           "prompt ids past vocab_size: %s", out);
-    CHECK(run(out, sizeof out, "generate --model %s --tokens 1,2,64", small) == 2,
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s --tokens 1,2,64", small) == 2,
           "--tokens past vocab_size: %s", out);
     snprintf(data, sizeof data, "%s", th_tmp_text("ids_past_vocab.txt", "1 2 3 64 5 6"));
-    CHECK(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 1 --no-save", th_fixtures(),
+    CHECK(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 1 --no-save", th_fixtures(),
               data) == 1 &&
           strstr(out, "64") && strstr(out, "ids_past_vocab.txt"),
           "id file past vocab_size: %s", out);
 
     /* --tokens with a folder that has tokenizer.json prints the text of the ids it generates */
-    CHECK(run(ids_out, sizeof ids_out, "generate --model %s --tokens 10,20,30 --max-new 6 --print-ids",
+    CHECK(th_run_peft(ids_out, sizeof ids_out, "generate --model %s --tokens 10,20,30 --max-new 6 --print-ids",
               base) == 0,
           "ids: %s", ids_out);
-    CHECK(run(out, sizeof out, "generate --model %s --tokens 10,20,30 --max-new 6", base) == 0, "text: %s",
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s --tokens 10,20,30 --max-new 6", base) == 0, "text: %s",
           out);
     peft_tokenizer tok;
     snprintf(f1, sizeof f1, "%s/tokenizer.json", base);
@@ -528,14 +511,14 @@ TEST(test_cli_token_ids_and_folders) {
     snprintf(merged, sizeof merged, "%s/tokm_merged", th_tmpdir());
     snprintf(quant, sizeof quant, "%s/tokm_q4", th_tmpdir());
     snprintf(full, sizeof full, "%s/tokm_full", th_tmpdir());
-    CHECK(run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
               "train --model %s --data %s --method lora --max-steps 2 --batch 2 --seq 192 --out %s", base,
               data, lora) == 0,
           "lora: %s", out);
-    CHECK(run(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) == 0,
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) == 0,
           "merge: %s", out);
-    CHECK(run(out, sizeof out, "quantize --model %s --out %s", base, quant) == 0, "quantize: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s --max-steps 2 --batch 2 --seq 192 --out %s", base,
+    CHECK(th_run_peft(out, sizeof out, "quantize --model %s --out %s", base, quant) == 0, "quantize: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s --max-steps 2 --batch 2 --seq 192 --out %s", base,
               data, full) == 0,
           "full: %s", out);
     const char *made[3] = { merged, quant, full },
@@ -546,17 +529,17 @@ TEST(test_cli_token_ids_and_folders) {
             snprintf(f2, sizeof f2, "%s/%s", made[i], files[k]);
             CHECK(same_file(f1, f2), "%s has no copy of %s", made[i], files[k]);
         }
-    CHECK(run(out, sizeof out, "generate --model %s --prompt 'Hello' --max-new 3", merged) == 0 &&
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s --prompt 'Hello' --max-new 3", merged) == 0 &&
           strstr(out, "Hello"),
           "generate on the merged folder without --tokenizer: %s", out);
     /* merging again replaces the folder whole: nothing left beside it */
-    CHECK(run(out, sizeof out, "merge --model %s --adapter %s --out %s/", base, lora, merged) == 0,
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s/", base, lora, merged) == 0,
           "merge again: %s", out);
     snprintf(f1, sizeof f1, "%s.tmp", merged);
     snprintf(f2, sizeof f2, "%s.old", merged);
     CHECK(!exists(f1) && !exists(f2), "merge left %s or %s", f1, f2);
     /* ... but a folder that is not a model's is not replaced */
-    CHECK(run(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, th_tmpdir()) == 1 &&
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, th_tmpdir()) == 1 &&
           strstr(out, "no model folder has"), "merge over a foreign folder: %s", out);
     CHECK(exists(base), "the foreign folder is intact");
 }
@@ -585,30 +568,30 @@ TEST(test_cli_hostile_and_absurd) {
         "--method nope"
     };
     for (int i = 0; i < 7; i++)
-        CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --no-save %s", model, data,
+        CHECK(th_run_peft(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --no-save %s", model, data,
                   absurd[i]) == 2 &&
               strstr(out, "peft"),
               "%s: %s", absurd[i], out);
-    CHECK(run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
               "train %s --data %s --batch 2 --seq 16 --no-save --method lora --lora-layers 7", model,
               data) == 1 &&
           strstr(out, "layer 7") && strstr(out, "2 layers"),
           "--lora-layers 7 of 2: %s", out);
-    CHECK(run(out, sizeof out, "train --config %s --no-save", th_tmpdir()) == 1 &&
+    CHECK(th_run_peft(out, sizeof out, "train --config %s --no-save", th_tmpdir()) == 1 &&
           strstr(out, "is a directory"), "--config DIR: %s", out);
 
     /* --out: required (or --no-save), a non-empty one refused unless --overwrite */
     snprintf(run1, sizeof run1, "%s/hostile_run", th_tmpdir());
-    CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2", model, data) == 2 &&
+    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2", model, data) == 2 &&
           strstr(out, "--no-save"),
           "no --out: %s", out);
-    CHECK(run(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2 --no-save", model, data) == 0,
+    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2 --no-save", model, data) == 0,
           "--no-save: %s", out);
-    CHECK(run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
               "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --save-every 2 --out %s", model,
               data, run1) == 0,
           "run: %s", out);
-    CHECK(run(out, sizeof out, "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --out %s",
+    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --out %s",
               model, data, run1) == 2 &&
           strstr(out, "--resume") && strstr(out, "--overwrite"),
           "existing --out: %s", out);
@@ -622,15 +605,15 @@ TEST(test_cli_hostile_and_absurd) {
                               { "step", "2x" },        { "cursor", "999999" }, { "step", "99" } };
     for (int i = 0; i < 6; i++) {
         REQUIRE(rewrite_meta(orig, ck, meta[i][0], meta[i][1]), "rewrite");
-        CHECK(run(out, sizeof out, "train --resume %s", run1) == 1 && strstr(out, "trainer.safetensors") &&
+        CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 1 && strstr(out, "trainer.safetensors") &&
               (strstr(out, "out of range") || strstr(out, "outside this run")),
               "%s = %s: %s", meta[i][0], meta[i][1], out);
     }
     sh("cp %s %s", orig, ck);
-    CHECK(run(out, sizeof out, "train --resume %s", run1) == 0 && strstr(out, "resuming from"),
+    CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 0 && strstr(out, "resuming from"),
           "the good checkpoint: %s", out);
     /* --overwrite starts afresh: the old checkpoints go (a later --resume must not find them) */
-    CHECK(run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
               "train %s --data %s --method lora --batch 2 --seq 16 --steps 1 --out %s --overwrite", model,
               data, run1) == 0,
           "--overwrite: %s", out);
@@ -668,19 +651,19 @@ TEST(test_cli_hostile_and_absurd) {
     char trained[512], dv[512];
     snprintf(trained, sizeof trained, "%s/div_trained", th_tmpdir());
     snprintf(dv, sizeof dv, "%s/div_run", th_tmpdir());
-    CHECK(run(out, sizeof out, "train %s --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s", model,
+    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s", model,
               data, trained) == 0,
           "pre-train: %s", out);
-    CHECK(run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
               "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant --no-save",
               trained, data) == 0 &&
           strstr(out, "warning") && strstr(out, "destroyed"),
           "divergence warning: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --no-save",
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --no-save",
               trained, data) == 0 &&
           !strstr(out, "destroyed"),
           "a sane learning rate warns: %s", out);
-    CHECK(run(out, sizeof out,
+    CHECK(th_run_peft(out, sizeof out,
               "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant "
               "--stop-on-divergence --out %s",
               trained, data, dv) == 1 &&
@@ -690,7 +673,7 @@ TEST(test_cli_hostile_and_absurd) {
     CHECK(!exists(path), "a diverged run saved its model");
 
     /* info reads the weight files' headers: counts, and every inconsistency with config.json (exit 1) */
-    CHECK(run(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "21 tensors (F32 21)"),
+    CHECK(th_run_peft(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "21 tensors (F32 21)"),
           "info: %s", out);
     snprintf(dir, sizeof dir, "%s/info_bad", th_tmpdir());
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -717,7 +700,7 @@ TEST(test_cli_hostile_and_absurd) {
             sh("sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": 48/' %s", src);
         }
         REQUIRE(ok, "setup %s", cases[i].what);
-        CHECK(run(out, sizeof out, "info %s", dir) == 1 && strstr(out, cases[i].expect) &&
+        CHECK(th_run_peft(out, sizeof out, "info %s", dir) == 1 && strstr(out, cases[i].expect) &&
               strstr(out, "model.safetensors"),
               "info on %s weights: %s", cases[i].what, out);
     }
@@ -725,7 +708,7 @@ TEST(test_cli_hostile_and_absurd) {
     sh("rm -rf %s && cp -r %s/llama_mha %s && sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": "
        "2147483000/' %s/config.json",
        dir, th_fixtures(), dir, dir);
-    CHECK(run(out, sizeof out, "info %s", dir) == 1 && strstr(out, "implausible") &&
+    CHECK(th_run_peft(out, sizeof out, "info %s", dir) == 1 && strstr(out, "implausible") &&
           !strstr(out, "parameters       -"),
           "info on huge dimensions: %s", out);
 }
@@ -746,23 +729,23 @@ static void disk_full_body(const char *mnt) {
     for (int i = 0; i < 400; i++) fprintf(f, "%d ", (i * 7) % 23);
     fclose(f);
     const char *lflags = "--method lora --lora-targets all-linear --lora-r 16 --batch 2 --seq 16";
-    CHECK(run(out, sizeof out, "train --model %s --data %s %s --steps 2 --out %s", base, ids, lflags, lora) ==
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s %s --steps 2 --out %s", base, ids, lflags, lora) ==
                   0,
           "lora: %s", out);
     /* the good outputs, with room to spare; merged and q4 hold another model (config.json differs from
        the one the failing command would write: a config written before the weights would show) */
-    CHECK(run(out, sizeof out, "merge --model %s/llama_gqa --adapter %s/peft_lora_qv --out %s/merged",
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_gqa --adapter %s/peft_lora_qv --out %s/merged",
               th_fixtures(), th_fixtures(), mnt) == 0,
           "merge: %s", out);
-    CHECK(run(out, sizeof out, "quantize --model %s --quant fp4 --out %s/q4", base, mnt) == 0, "quantize: %s",
+    CHECK(th_run_peft(out, sizeof out, "quantize --model %s --quant fp4 --out %s/q4", base, mnt) == 0, "quantize: %s",
           out);
-    CHECK(run(out, sizeof out, "export --model %s --adapter %s --format peft --out %s/exported", base, lora,
+    CHECK(th_run_peft(out, sizeof out, "export --model %s --adapter %s --format peft --out %s/exported", base, lora,
               mnt) == 0,
           "export: %s", out);
-    CHECK(run(out, sizeof out, "export --model %s --adapter %s --format gguf --out %s/a.gguf", base, lora,
+    CHECK(th_run_peft(out, sizeof out, "export --model %s --adapter %s --format gguf --out %s/a.gguf", base, lora,
               mnt) == 0,
           "gguf: %s", out);
-    CHECK(run(out, sizeof out, "train --model %s --data %s %s --steps 4 --save-every 2 --out %s/run", base,
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s %s --steps 4 --save-every 2 --out %s/run", base,
               ids, lflags, mnt) == 0,
           "train: %s", out);
     /* what must not change: every file but the run's log, settings and plot (rewritten on resume) */
@@ -781,7 +764,7 @@ static void disk_full_body(const char *mnt) {
              lora, mnt);
     snprintf(cmd[4], sizeof cmd[4], "train --resume %s/run", mnt);
     for (int i = 0; i < 5; i++)
-        CHECK(run(out, sizeof out, "%s", cmd[i]) == 1 && strstr(out, "No space left on device"),
+        CHECK(th_run_peft(out, sizeof out, "%s", cmd[i]) == 1 && strstr(out, "No space left on device"),
               "%s on a full disk: %s", cmd[i], out);
     sh("cd %s && %s | xargs md5sum > %s", mnt, list, snap[1]);
     CHECK(same_file(snap[0], snap[1]), "a failed write changed or added files (see %s vs %s)", snap[0],
@@ -840,7 +823,7 @@ TEST(test_cli_trained_model_stops_at_eos) {
     char data0[600];
     snprintf(data0, sizeof data0, "%s/smol/data.json", dir);
     for (int mode = 0; mode < 2; mode++) {               /* 0: Alpaca records, 1: the same as chat data */
-        CHECK(run(out, sizeof out,
+        CHECK(th_run_peft(out, sizeof out,
                   "train --model %s/smol --data %s --method full --lr 1e-2 --max-steps 150 --batch 4 "
                   "--schedule constant --out %s/run%d",
                   dir, mode ? chat_path : data0, dir, mode) == 0,
@@ -849,12 +832,12 @@ TEST(test_cli_trained_model_stops_at_eos) {
             const char *prompt = mode ? q[i][0] : i ? "Say hello." : "What is the capital of France?";
             const char *want = mode ? q[i][1] : i ? "Hello!" : "Paris.";
             const char *how = mode ? "--chat" : "--alpaca --prompt";
-            CHECK(run(out, sizeof out,
+            CHECK(th_run_peft(out, sizeof out,
                       "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24",
                       dir, mode, dir, how, prompt) == 0 &&
                       !strncmp(out, want, strlen(want)) && out[strlen(want)] == '\n',
                   "%s: %s", prompt, out);
-            CHECK(run(out, sizeof out,
+            CHECK(th_run_peft(out, sizeof out,
                       "generate --model %s/run%d --tokenizer %s/smol/tokenizer.json %s \"%s\" --max-new 24 "
                       "--print-ids",
                       dir, mode, dir, how, prompt) == 0,
@@ -879,7 +862,7 @@ TEST(test_cli_trained_model_stops_at_eos) {
     REQUIRE(g, "write %s", gpath);
     fputs("{\"eos_token_id\": 2, \"max_new_tokens\": 3, \"min_new_tokens\": 1}", g);
     fclose(g);
-    CHECK(run(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids", dir) == 0 &&
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids", dir) == 0 &&
               strstr(out, "min_new_tokens"),
           "generation_config.json warning: %s", out);
     char *last = strrchr(out, '\n');
@@ -894,7 +877,7 @@ TEST(test_cli_trained_model_stops_at_eos) {
     g = fopen(gpath, "w");
     fprintf(g, "{\"eos_token_id\": [2, %d]}", gn ? gids[0] : 5);
     fclose(g);
-    CHECK(run(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids --max-new 8", dir) == 0 &&
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids --max-new 8", dir) == 0 &&
               gn && atoi(out) == gids[0] && !strchr(out, ' '),
           "the second eos id stops: %s", out);
 }
@@ -909,7 +892,7 @@ TEST(test_cli_version) {
     snprintf(num, sizeof num, "%d.%d.%d", PEFT_VERSION_MAJOR, PEFT_VERSION_MINOR, PEFT_VERSION_PATCH);
     CHECK(!strcmp(PEFT_VERSION_STRING, num), "PEFT_VERSION_STRING %s, macros %s", PEFT_VERSION_STRING, num);
     snprintf(want, sizeof want, "peft %s\n", num);
-    CHECK(run(out, sizeof out, "--version") == 0 && !strcmp(out, want), "--version: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "--version") == 0 && !strcmp(out, want), "--version: %s", out);
 }
 
 /* One set of training defaults: `peft train --help` prints the values of
@@ -931,7 +914,7 @@ TEST(test_cli_train_defaults) {
         { "max_grad_norm", d.max_grad_norm }, { "grad_accum", d.grad_accum }, { "adam_beta1", d.beta1 },
         { "adam_beta2", d.beta2 }, { "adam_epsilon", d.eps } };
     int n = (int)(sizeof want / sizeof want[0]);
-    REQUIRE(run(out, sizeof out, "train --help") == 0, "train --help");
+    REQUIRE(th_run_peft(out, sizeof out, "train --help") == 0, "train --help");
     char item[96];
     snprintf(item, sizeof item, "schedule %s", sched);
     CHECK(strstr(out, item), "--help lacks \"%s\"", item);
@@ -946,7 +929,7 @@ TEST(test_cli_train_defaults) {
     for (int i = 0; i < 100; i++) fprintf(f, "%d ", (i * 5) % 19);
     fclose(f);
     snprintf(dir, sizeof dir, "%s/defaults_run", th_tmpdir());
-    REQUIRE(run(out, sizeof out, "train --model %s/llama_mha --data %s --steps 2 --batch 2 --seq 8 --out %s",
+    REQUIRE(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 2 --batch 2 --seq 8 --out %s",
                 th_fixtures(), data, dir) == 0, "train: %s", out);
     snprintf(cfg, sizeof cfg, "%s/train_config.json", dir);
     peft_json *j;

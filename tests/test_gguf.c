@@ -605,28 +605,6 @@ TEST(test_gguf_smollm2_tokenizer) {
 }
 
 /* ---- the command line over GGUF files -------------------------------------------- */
-static const char *peft_bin(void) {
-    const char *b = getenv("PEFT_BIN");
-    return b ? b : "build/peft";
-}
-
-/* runs `peft ARGS`, stdout+stderr into out; the exit status */
-static int run_peft(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run_peft(char *out, size_t cap, const char *fmt, ...) {
-    char cmd[2048], full[2200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    snprintf(full, sizeof full, "%s %s 2>&1", peft_bin(), cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* peft info / train / export / merge / logits on a small Q8_0 GGUF with a
    byte-level tokenizer: info shows the storage, LoRA trains over the blocks
    with the file's own tokenizer, full fine-tuning is refused, the adapter
@@ -635,8 +613,8 @@ static int run_peft(char *out, size_t cap, const char *fmt, ...) {
    files exit 1 naming the file. */
 TEST(test_gguf_cli) {
     static char out[1 << 16];
-    FILE *probe = fopen(peft_bin(), "rb");
-    if (!probe) SKIP("%s not built", peft_bin());
+    FILE *probe = fopen(th_peft_bin(), "rb");
+    if (!probe) SKIP("%s not built", th_peft_bin());
     fclose(probe);
     peft_config c = tiny_config(1);
     c.vocab_size = 259;
@@ -658,23 +636,23 @@ TEST(test_gguf_cli) {
     free(b.p);
     peft_model_free(ref);
 
-    CHECK(run_peft(out, sizeof out, "info %s", model) == 0 && strstr(out, "Q8_0") && strstr(out, "8.500") &&
+    CHECK(th_run_peft(out, sizeof out, "info %s", model) == 0 && strstr(out, "Q8_0") && strstr(out, "8.500") &&
           strstr(out, "gpt2 (pre gpt-2)"), "info: %s", out);
-    CHECK(run_peft(out, sizeof out, "info %s", bad) == 1 && strstr(out, bad), "info on a truncated file: %s",
+    CHECK(th_run_peft(out, sizeof out, "info %s", bad) == 1 && strstr(out, bad), "info on a truncated file: %s",
           out);
-    CHECK(run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s/l.f32", bad, th_tmpdir()) == 1 &&
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s/l.f32", bad, th_tmpdir()) == 1 &&
           strstr(out, bad), "logits on a truncated file: %s", out);
-    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1 --no-save", bad,
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1 --no-save", bad,
                    th_fixtures()) == 1 && strstr(out, bad), "train on a truncated file: %s", out);
-    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1 --no-save",
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1 --no-save",
                    model, th_fixtures()) == 1 && strstr(out, "full fine-tuning"),
           "full fine-tuning refused: %s", out);
-    CHECK(run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method lora "
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method lora "
                    "--lora-targets all-linear --max-steps 4 --batch 2 --seq 400 --lr 0.01 --out %s", model,
                    th_fixtures(), run) == 0, "train: %s", out);
-    CHECK(run_peft(out, sizeof out, "export --adapter %s --format gguf --out %s", run, agguf) == 0,
+    CHECK(th_run_peft(out, sizeof out, "export --adapter %s --format gguf --out %s", run, agguf) == 0,
           "export: %s", out);
-    CHECK(run_peft(out, sizeof out, "info %s", agguf) == 0 && strstr(out, "GGUF adapter"), "info adapter: %s",
+    CHECK(th_run_peft(out, sizeof out, "info %s", agguf) == 0 && strstr(out, "GGUF adapter"), "info adapter: %s",
           out);
     peft_gguf g;
     if (peft_gguf_open(&g, agguf) == PEFT_OK) {
@@ -682,7 +660,7 @@ TEST(test_gguf_cli) {
               "adapter GGUF: %lld tensors", (long long)g.n_tensors);
         peft_gguf_close(&g);
     } else CHECK(0, "adapter GGUF: %s", peft_last_error());
-    CHECK(run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", model, run, merged) == 0 &&
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", model, run, merged) == 0 &&
           strstr(out, "tokenizer.json"), "merge: %s", out);
     /* the merged folder: a float model whose tokenizer.json encodes as the GGUF's tokenizer */
     peft_model *m;
