@@ -4511,8 +4511,9 @@ static peft_status peft__parse_rope(peft_config *c, const peft_json *rs, const c
 /* Every other config.json key: those read above, those that change nothing here (with why),
    those refused by name, and the rest collected in c->unused for a warning. */
 static peft_status peft__config_keys(peft_config *c, const peft_json *j, const char *path) {
-    static const char *const read[] = { "model_type", "hidden_act", "attention_bias", "mlp_bias", "hidden_size",
-                                        "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    static const char *const read[] = { "model_type", "hidden_act", "attention_bias", "mlp_bias",
+                                        "hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads",
                                         "vocab_size", "num_key_value_heads", "head_dim",
                                         "max_position_embeddings", "bos_token_id", "eos_token_id",
                                         "rms_norm_eps", "rope_theta", "tie_word_embeddings",
@@ -10001,12 +10002,13 @@ static peft_status peft__tok_config_keys(peft_tokenizer *t, const peft_json *j, 
        special tokens are tokenizer.json's added tokens, matched already; model_max_length only
        makes transformers warn about longer texts (max_position_embeddings bounds the length
        here); mask/sep/cls tokens serve other heads; errors is the UTF-8 decode policy, and
-       decode here keeps each token's bytes */
-    static const char *const inert[] = { "eos_token", "bos_token", "chat_template", "legacy", "sp_model_kwargs",
-                                         "spaces_between_special_tokens", "tokenizer_class", "padding_side",
-                                         "truncation_side", "model_input_names", "additional_special_tokens",
-                                         "extra_special_tokens", "model_max_length", "mask_token", "sep_token",
-                                         "cls_token", "name_or_path", "auto_map", "processor_class",
+       decode here keeps each token's bytes. The list's other keys are read above or below. */
+    static const char *const inert[] = { "eos_token", "bos_token", "chat_template", "legacy",
+                                         "sp_model_kwargs", "spaces_between_special_tokens", "tokenizer_class",
+                                         "padding_side", "truncation_side", "model_input_names",
+                                         "additional_special_tokens", "extra_special_tokens",
+                                         "model_max_length", "mask_token", "sep_token", "cls_token",
+                                         "name_or_path", "auto_map", "processor_class",
                                          "errors", "backend", "is_local", "clean_up_tokenization_spaces",
                                          "use_default_system_prompt", "add_bos_token", "add_eos_token",
                                          "added_tokens_decoder", "unk_token", "pad_token", NULL };
@@ -10024,9 +10026,26 @@ static peft_status peft__tok_config_keys(peft_tokenizer *t, const peft_json *j, 
                            : v->type == PEFT_JSON_OBJECT ? peft__json_str(v, "content")
                                                          : NULL;
         if (!text)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: %s is neither a string nor a token object", path, toks[k]);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: %s is neither a string nor a token object", path,
+                              toks[k]);
         if (peft__token_by_text(t, text) < 0)
             peft__tok_unused(t, toks[k], "not a token of tokenizer.json");
+    }
+    /* additional/extra special tokens: each one must be an added token of tokenizer.json, which
+       transformers would otherwise add to the vocabulary */
+    static const char *const lists[] = { "additional_special_tokens", "extra_special_tokens" };
+    for (int k = 0; k < 2; k++) {
+        const peft_json *v = peft_json_get(j, lists[k]);
+        int missing = 0;
+        for (const peft_json *e = v && (v->type == PEFT_JSON_ARRAY || v->type == PEFT_JSON_OBJECT) ? v->child
+                                                                                                     : NULL;
+             e; e = e->next) {
+            const char *text = e->type == PEFT_JSON_STRING   ? e->string
+                               : e->type == PEFT_JSON_OBJECT ? peft__json_str(e, "content")
+                                                             : NULL;
+            missing |= !text || peft__token_by_text(t, text) < 0;
+        }
+        if (missing) peft__tok_unused(t, lists[k], "a token that tokenizer.json does not have");
     }
     /* add_bos_token / add_eos_token: transformers 5 drops both when tokenizer.json is there
        (PreTrainedTokenizerBase.from_pretrained) and its post_processor alone decides; named
@@ -10056,12 +10075,13 @@ static peft_status peft__tok_config_keys(peft_tokenizer *t, const peft_json *j, 
         long id = strtol(e->key, &end, 10);
         const char *content = peft__json_str(e, "content");
         if (!content || !end || *end || end == e->key || id < 0)
-            return peft__fail(PEFT_ERR_FORMAT, "%s: added_tokens_decoder entry \"%s\" is not an id with a content",
-                              path, e->key);
+            return peft__fail(PEFT_ERR_FORMAT,
+                              "%s: added_tokens_decoder entry \"%s\" is not an id with a content", path,
+                              e->key);
         if (t->kind != PEFT_TOK_SCORES && (id >= t->n || strcmp(t->pieces[id], content)))
             return peft__fail(PEFT_ERR_FORMAT,
-                              "%s: added_tokens_decoder gives id %ld as \"%s\", tokenizer.json as \"%s\"", path,
-                              id, content, id < t->n ? t->pieces[id] : "(no such id)");
+                              "%s: added_tokens_decoder gives id %ld as \"%s\", tokenizer.json as \"%s\"",
+                              path, id, content, id < t->n ? t->pieces[id] : "(no such id)");
     }
     return PEFT_OK;
 }

@@ -393,7 +393,8 @@ TEST(test_tok_config_keys_match_transformers) {
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
     CHECK(t.eos_id == 2 && t.eos_from == PEFT_EOS_TOKENIZER_CONFIG, "eos_token object: id %d", t.eos_id);
-    CHECK(strstr(t.unused, "add_bos_token (") && strstr(t.unused, "add_eos_token ("), "named: '%s'", t.unused);
+    CHECK(strstr(t.unused, "add_bos_token (") && strstr(t.unused, "add_eos_token ("), "named: '%s'",
+          t.unused);
     int n_named = 1;
     for (const char *c = t.unused; *c; c++) n_named += *c == ',';
     CHECK(n_named == 2, "only add_bos_token and add_eos_token are named: '%s'", t.unused);
@@ -433,11 +434,20 @@ TEST(test_tok_config_unknown_and_refused_keys) {
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     FILE *f = fopen(path, "w");
     REQUIRE(f, "%s", path);
-    fprintf(f, "{\"eos_token\": \"</s>\", \"my_unknown_key\": 1, \"legacy\": true}");
+    fprintf(f, "{\"eos_token\": \"</s>\", \"my_unknown_key\": 1, \"legacy\": true, "
+               "\"additional_special_tokens\": [\"<s>\", {\"content\": \"</s>\"}]}");
     fclose(f);
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
     CHECK(!strcmp(t.unused, "my_unknown_key"), "unknown tokenizer_config.json key named: '%s'", t.unused);
+    peft_tokenizer_free(&t);
+    f = fopen(path, "w");
+    REQUIRE(f, "%s", path);
+    fprintf(f, "{\"additional_special_tokens\": [\"<tool>\"]}");
+    fclose(f);
+    REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
+    CHECK(strstr(t.unused, "additional_special_tokens ("), "a special token not in tokenizer.json: '%s'",
+          t.unused);
     peft_tokenizer_free(&t);
     f = fopen(path, "w");
     REQUIRE(f, "%s", path);
