@@ -10004,7 +10004,8 @@ static peft_status peft__tok_config_keys(peft_tokenizer *t, const peft_json *j, 
        here); mask/sep/cls tokens serve other heads; errors is the UTF-8 decode policy, and
        decode here keeps each token's bytes. The list's other keys are read above or below. */
     static const char *const inert[] = { "eos_token", "bos_token", "chat_template", "legacy",
-                                         "sp_model_kwargs", "spaces_between_special_tokens", "tokenizer_class",
+                                         "sp_model_kwargs", "spaces_between_special_tokens",
+                                         "tokenizer_class",
                                          "padding_side", "truncation_side", "model_input_names",
                                          "additional_special_tokens", "extra_special_tokens",
                                          "model_max_length", "mask_token", "sep_token", "cls_token",
