@@ -103,7 +103,8 @@
                  LoRA adapters for llama.cpp
      tokenizers  llama2.c tokenizer.bin, Hugging Face tokenizer.json (BPE,
                  SentencePiece-style and byte-level) with tokenizer_config.json
-                 (eos_token, chat_template by family: peft_chat_encode)
+                 (eos_token, chat_template by family: peft_chat_encode; keys
+                 not applied listed in peft_tokenizer.unused)
      data        Alpaca / JSONL / chat / text datasets with prompt masking, batches;
                  generation with a KV cache (greedy or sampled)
      version     PEFT_VERSION_MAJOR/MINOR/PATCH, PEFT_VERSION_STRING
@@ -10089,7 +10090,7 @@ static peft_status peft__tok_config_keys(peft_tokenizer *t, const peft_json *j, 
 
 /* tokenizer_config.json beside tokenizer.json: eos_token, bos_token and chat_template
    (a string, or a list of {name, template} of which "default" is taken; chat_template.jinja
-   beside it wins, as in transformers). */
+   beside it wins, as in transformers); every other key through peft__tok_config_keys. */
 static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
     char path[1024];
     snprintf(path, sizeof path, "%s", tok_path);
