@@ -9991,6 +9991,23 @@ static void peft__tok_unused(peft_tokenizer *t, const char *key, const char *why
              why ? why : "", why ? ")" : "");
 }
 
+/* A vocabulary entry as stored (SentencePiece kind: "▁" kept as a space) against its text in a
+   file; added tokens are stored as written, so either form matches. */
+static int peft__same_piece(const peft_tokenizer *t, const char *piece, const char *text) {
+    if (!strcmp(piece, text)) return 1;
+    if (t->kind != PEFT_TOK_HF_SP) return 0;
+    for (;;) {
+        const unsigned char *u = (const unsigned char *)text;
+        if (u[0] == 0xE2 && u[1] == 0x96 && u[2] == 0x81) {
+            if (*piece != ' ') return 0;
+            text += 3;
+        } else if (*piece != *text) return 0;
+        else if (!*text) return 1;
+        else text++;
+        piece++;
+    }
+}
+
 /* The tokenizer_config.json keys other than eos_token, bos_token and chat_template, as
    transformers 5 (AutoTokenizer over tokenizer.json) uses them: each one checked, taken as
    changing nothing that peft.h does, or named in t->unused. */
@@ -10080,7 +10097,7 @@ static peft_status peft__tok_config_keys(peft_tokenizer *t, const peft_json *j, 
             return peft__fail(PEFT_ERR_FORMAT,
                               "%s: added_tokens_decoder entry \"%s\" is not an id with a content", path,
                               e->key);
-        if (t->kind != PEFT_TOK_SCORES && (id >= t->n || strcmp(t->pieces[id], content)))
+        if (t->kind != PEFT_TOK_SCORES && (id >= t->n || !peft__same_piece(t, t->pieces[id], content)))
             return peft__fail(PEFT_ERR_FORMAT,
                               "%s: added_tokens_decoder gives id %ld as \"%s\", tokenizer.json as \"%s\"",
                               path, id, content, id < t->n ? t->pieces[id] : "(no such id)");

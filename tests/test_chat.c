@@ -456,6 +456,13 @@ TEST(test_tok_config_unknown_and_refused_keys) {
     CHECK(peft_tokenizer_load(&t, dir, 0) != PEFT_OK && strstr(peft_last_error(), "added_tokens_decoder") &&
               strstr(peft_last_error(), "tokenizer_config.json"),
           "a disagreeing added_tokens_decoder is refused by name: %s", peft_last_error());
+    f = fopen(path, "w");                                 /* a vocabulary piece written with its "▁" */
+    REQUIRE(f, "%s", path);
+    fprintf(f, "{\"added_tokens_decoder\": {\"450\": {\"content\": \"\xE2\x96\x81Hello\"}}}");
+    fclose(f);
+    REQUIRE(peft_tokenizer_load(&t, dir, 0) == PEFT_OK, "\"\xE2\x96\x81Hello\" is id 450: %s",
+            peft_last_error());
+    peft_tokenizer_free(&t);
     peft_config c;
     snprintf(path, sizeof path, "%s/config.json", dir);
     REQUIRE_OK(peft_config_load(&c, path));
