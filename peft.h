@@ -103,8 +103,7 @@
                  LoRA adapters for llama.cpp
      tokenizers  llama2.c tokenizer.bin, Hugging Face tokenizer.json (BPE,
                  SentencePiece-style and byte-level) with tokenizer_config.json
-                 (eos_token, chat_template by family: peft_chat_encode; keys
-                 not applied listed in peft_tokenizer.unused)
+                 (eos_token, chat_template by family: peft_chat_encode)
      data        Alpaca / JSONL / chat / text datasets with prompt masking, batches;
                  generation with a KV cache (greedy or sampled)
      version     PEFT_VERSION_MAJOR/MINOR/PATCH, PEFT_VERSION_STRING
@@ -920,9 +919,9 @@ typedef struct {
     int      chat;                   /* PEFT_CHAT_*: the template's family, recognised from it */
     char    *chat_default_system;    /* the system message a ChatML template writes when the
                                         conversation has none (SmolLM2's, Qwen's), NULL if none */
-    char     config_path[512];       /* the tokenizer_config.json read, "" if none */
     char     unused[512];            /* its keys not applied, "key (why), key" ("" if none), for the
                                         caller to warn (see peft__tok_config_keys) */
+    char     config_path[512];       /* the tokenizer_config.json read, "" if none */
 } peft_tokenizer;
 enum { PEFT_TOK_SCORES = 0, PEFT_TOK_HF_SP, PEFT_TOK_HF_BYTES };
 enum {

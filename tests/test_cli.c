@@ -962,28 +962,3 @@ TEST(test_cli_train_defaults) {
     }
     peft_json_free(j);
 }
-
-/* An unknown key in config.json and in tokenizer_config.json: `peft generate` names both on
-   stderr and still runs; attention_dropout 0.1 stops it with the key's name. */
-TEST(test_cli_unknown_config_keys_named) {
-    static char out[1 << 14];
-    FILE *probe = fopen(bin(), "rb");
-    if (!probe) SKIP("%s not built", bin());
-    fclose(probe);
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/cli_keys", th_tmpdir());
-    sh("rm -rf %s && mkdir -p %s && cp %s/chat/smol/* %s/ && cp %s/hf_tok/gpt2.json %s/tokenizer.json", dir,
-       dir, th_fixtures(), dir, th_fixtures(), dir);
-    sh("sed -i 's/^{/{\"my_cfg_key\": 1, /' %s/config.json && sed -i 's/^{/{\"my_tok_key\": 1, /' "
-       "%s/tokenizer_config.json",
-       dir, dir);
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "generate --model %s --tokenizer %s/tokenizer.json --prompt Hi --max-new 2",
-             dir, dir);
-    int rc = run(out, sizeof out, "%s", cmd);
-    CHECK(rc == 0 && strstr(out, "warning") && strstr(out, "my_cfg_key") && strstr(out, "my_tok_key"),
-          "rc %d: %s", rc, out);
-    sh("sed -i 's/^{/{\"attention_dropout\": 0.1, /' %s/config.json", dir);
-    rc = run(out, sizeof out, "%s", cmd);
-    CHECK(rc != 0 && strstr(out, "attention_dropout"), "rc %d: %s", rc, out);
-}
