@@ -484,6 +484,8 @@ typedef struct {
     int   q4;              /* block linears stored in 4 bits (bnb folder)  */
     peft_q4_type q4_type;
     int   q4_double;
+    char  unused[256];     /* config.json keys unknown here, "key, key" ("" if none), for the
+                              caller to warn: never applied (see peft_config_load) */
 } peft_config;
 
 PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name);
@@ -985,6 +987,8 @@ typedef struct {
     int      chat;                   /* PEFT_CHAT_*: the template's family, recognised from it */
     char    *chat_default_system;    /* the system message a ChatML template writes when the
                                         conversation has none (SmolLM2's, Qwen's), NULL if none */
+    char     unused[512];            /* its keys not applied, "key (why), key" ("" if none), for the
+                                        caller to warn (see peft__tok_config_keys) */
     char     config_path[512];       /* the tokenizer_config.json read, "" if none */
     /* set by the GGUF loader from tokenizer.ggml.* (-1 = none); bos_id is -1
        there unless add_bos_token, as encoding adds BOS only then          */
@@ -4585,6 +4589,47 @@ static peft_status peft__parse_rope(peft_config *c, const peft_json *rs, const c
     return peft__fail(PEFT_ERR_CONFIG, "%s: unsupported rope type '%s' (supported: default, llama3, linear)", path, type);
 }
 
+/* Every other config.json key: those read above, those that change nothing here (with why),
+   those refused by name, and the rest collected in c->unused for a warning. */
+static peft_status peft__config_keys(peft_config *c, const peft_json *j, const char *path) {
+    static const char *const read[] = { "model_type", "hidden_act", "attention_bias", "mlp_bias",
+                                        "hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads",
+                                        "vocab_size", "num_key_value_heads", "head_dim",
+                                        "max_position_embeddings", "bos_token_id", "eos_token_id",
+                                        "rms_norm_eps", "rope_theta", "tie_word_embeddings",
+                                        "quantization_config", "rope_scaling", "rope_parameters", NULL };
+    /* no effect on the math of a LlamaForCausalLM forward/backward: bookkeeping (names, versions,
+       the dtype weights were saved in, read from each tensor's own header instead), outputs
+       transformers can return besides logits, the cache switch, the init of new weights,
+       pretraining_tp (transformers 5's LlamaMLP/attention no longer read it), padding id
+       (padding carries no loss and is never attended to), heads for other tasks */
+    static const char *const inert[] = { "_name_or_path", "architectures", "transformers_version", "dtype",
+                                         "torch_dtype", "use_cache", "initializer_range", "pretraining_tp",
+                                         "pad_token_id", "output_attentions", "output_hidden_states",
+                                         "return_dict", "chunk_size_feed_forward", "is_encoder_decoder",
+                                         "id2label", "label2id", "problem_type", "torchscript",
+                                         "use_return_dict", NULL };
+    for (const peft_json *v = j->child; v; v = v->next) {
+        int known = 0;
+        for (int i = 0; read[i] && !known; i++) known = !strcmp(v->key, read[i]);
+        for (int i = 0; inert[i] && !known; i++) known = !strcmp(v->key, inert[i]);
+        if (known) continue;
+        if (!strcmp(v->key, "attention_dropout")) {
+            /* dropout on the attention probabilities while training: not implemented */
+            if (v->type != PEFT_JSON_NULL && (v->type != PEFT_JSON_NUMBER || v->number != 0))
+                return peft__fail(PEFT_ERR_UNSUPPORTED,
+                                  "%s: attention_dropout %g is not supported (only 0: peft.h applies no "
+                                  "dropout to attention probabilities)", path,
+                                  v->type == PEFT_JSON_NUMBER ? v->number : -1.0);
+            continue;
+        }
+        size_t used = strlen(c->unused);
+        snprintf(c->unused + used, sizeof c->unused - used, "%s%s", used ? ", " : "", v->key);
+    }
+    return PEFT_OK;
+}
+
 PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     peft_json *j;
     peft_status s = peft_json_load(&j, path);
@@ -4674,6 +4719,7 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     }
     s = peft__parse_rope(c, peft_json_get(j, "rope_scaling"), path);
     if (s == PEFT_OK) s = peft__parse_rope(c, peft_json_get(j, "rope_parameters"), path);
+    if (s == PEFT_OK) s = peft__config_keys(c, j, path);
     if (s == PEFT_OK) s = peft_config_validate(c, path);
 done:
     peft_json_free(j);
@@ -10090,9 +10136,129 @@ static char *peft__chatml_default_system(const char *tmpl) {
     return NULL;
 }
 
+static void peft__tok_unused(peft_tokenizer *t, const char *key, const char *why) {
+    size_t used = strlen(t->unused);
+    snprintf(t->unused + used, sizeof t->unused - used, "%s%s%s%s%s", used ? ", " : "", key, why ? " (" : "",
+             why ? why : "", why ? ")" : "");
+}
+
+/* A vocabulary entry as stored (SentencePiece kind: "▁" kept as a space) against its text in a
+   file; added tokens are stored as written, so either form matches. */
+static int peft__same_piece(const peft_tokenizer *t, const char *piece, const char *text) {
+    if (!strcmp(piece, text)) return 1;
+    if (t->kind != PEFT_TOK_HF_SP) return 0;
+    for (;;) {
+        const unsigned char *u = (const unsigned char *)text;
+        if (u[0] == 0xE2 && u[1] == 0x96 && u[2] == 0x81) {
+            if (*piece != ' ') return 0;
+            text += 3;
+        } else if (*piece != *text) return 0;
+        else if (!*text) return 1;
+        else text++;
+        piece++;
+    }
+}
+
+/* The tokenizer_config.json keys other than eos_token, bos_token and chat_template, as
+   transformers 5 (AutoTokenizer over tokenizer.json) uses them: each one checked, taken as
+   changing nothing that peft.h does, or named in t->unused. */
+static peft_status peft__tok_config_keys(peft_tokenizer *t, const peft_json *j, const char *path) {
+    /* no effect here: legacy and sp_model_kwargs configure the slow SentencePiece tokenizer and
+       spaces_between_special_tokens its decode, none used when tokenizer.json is there;
+       tokenizer_class names the Python class; padding_side and truncation_side: padded positions
+       carry no loss and are not attended to, and examples are truncated at their end as
+       transformers' default; model_input_names, the names of the model's inputs; additional/extra
+       special tokens are tokenizer.json's added tokens, matched already; model_max_length only
+       makes transformers warn about longer texts (max_position_embeddings bounds the length
+       here); mask/sep/cls tokens serve other heads; errors is the UTF-8 decode policy, and
+       decode here keeps each token's bytes. The list's other keys are read above or below. */
+    static const char *const inert[] = { "eos_token", "bos_token", "chat_template", "legacy",
+                                         "sp_model_kwargs", "spaces_between_special_tokens",
+                                         "tokenizer_class",
+                                         "padding_side", "truncation_side", "model_input_names",
+                                         "additional_special_tokens", "extra_special_tokens",
+                                         "model_max_length", "mask_token", "sep_token", "cls_token",
+                                         "name_or_path", "auto_map", "processor_class",
+                                         "errors", "backend", "is_local", "clean_up_tokenization_spaces",
+                                         "use_default_system_prompt", "add_bos_token", "add_eos_token",
+                                         "added_tokens_decoder", "unk_token", "pad_token", NULL };
+    for (const peft_json *v = j->child; v; v = v->next) {
+        int known = 0;
+        for (int i = 0; inert[i] && !known; i++) known = !strcmp(v->key, inert[i]);
+        if (!known) peft__tok_unused(t, v->key, NULL);
+    }
+    /* unk_token / pad_token: must name a token (pad only pads, unk is tokenizer.json's model.unk_token) */
+    static const char *const toks[] = { "unk_token", "pad_token" };
+    for (int k = 0; k < 2; k++) {
+        const peft_json *v = peft_json_get(j, toks[k]);
+        if (!v || v->type == PEFT_JSON_NULL) continue;
+        const char *text = v->type == PEFT_JSON_STRING   ? v->string
+                           : v->type == PEFT_JSON_OBJECT ? peft__json_str(v, "content")
+                                                         : NULL;
+        if (!text)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: %s is neither a string nor a token object", path,
+                              toks[k]);
+        if (peft__token_by_text(t, text) < 0)
+            peft__tok_unused(t, toks[k], "not a token of tokenizer.json");
+    }
+    /* additional/extra special tokens: each one must be an added token of tokenizer.json, which
+       transformers would otherwise add to the vocabulary */
+    static const char *const lists[] = { "additional_special_tokens", "extra_special_tokens" };
+    for (int k = 0; k < 2; k++) {
+        const peft_json *v = peft_json_get(j, lists[k]);
+        int missing = 0;
+        for (const peft_json *e = v && (v->type == PEFT_JSON_ARRAY || v->type == PEFT_JSON_OBJECT) ? v->child
+                                                                                                     : NULL;
+             e; e = e->next) {
+            const char *text = e->type == PEFT_JSON_STRING   ? e->string
+                               : e->type == PEFT_JSON_OBJECT ? peft__json_str(e, "content")
+                                                             : NULL;
+            missing |= !text || peft__token_by_text(t, text) < 0;
+        }
+        if (missing) peft__tok_unused(t, lists[k], "a token that tokenizer.json does not have");
+    }
+    /* add_bos_token / add_eos_token: transformers 5 drops both when tokenizer.json is there
+       (PreTrainedTokenizerBase.from_pretrained) and its post_processor alone decides; named
+       when they disagree with it, since transformers 4 applied them */
+    const peft_json *ab = peft_json_get(j, "add_bos_token"), *ae = peft_json_get(j, "add_eos_token");
+    if ((ab && ab->type != PEFT_JSON_BOOL && ab->type != PEFT_JSON_NULL) ||
+        (ae && ae->type != PEFT_JSON_BOOL && ae->type != PEFT_JSON_NULL))
+        return peft__fail(PEFT_ERR_FORMAT, "%s: add_bos_token and add_eos_token must be true or false", path);
+    if (ab && ab->type == PEFT_JSON_BOOL && (ab->number != 0) != (t->bos_id >= 0))
+        peft__tok_unused(t, "add_bos_token", "tokenizer.json's post_processor decides as in transformers 5");
+    if (ae && ae->type == PEFT_JSON_BOOL && ae->number != 0)
+        peft__tok_unused(t, "add_eos_token", "tokenizer.json's post_processor decides as in transformers 5");
+    /* decode keeps " ." and " n't" as the tokens spell them */
+    const peft_json *cu = peft_json_get(j, "clean_up_tokenization_spaces");
+    if (cu && cu->type == PEFT_JSON_BOOL && cu->number != 0)
+        peft__tok_unused(t, "clean_up_tokenization_spaces", "decoded text is not cleaned up");
+    /* the LLaMA-2 default system prompt: chat templates are recognised by family, without it */
+    const peft_json *ud = peft_json_get(j, "use_default_system_prompt");
+    if (ud && ud->type == PEFT_JSON_BOOL && ud->number != 0)
+        peft__tok_unused(t, "use_default_system_prompt", "no default system prompt is written");
+    /* added_tokens_decoder: {"id": {"content": ...}} must agree with tokenizer.json */
+    const peft_json *ad = peft_json_get(j, "added_tokens_decoder");
+    if (ad && ad->type != PEFT_JSON_NULL && ad->type != PEFT_JSON_OBJECT)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: added_tokens_decoder is not an object", path);
+    for (const peft_json *e = ad && ad->type == PEFT_JSON_OBJECT ? ad->child : NULL; e; e = e->next) {
+        char *end = NULL;
+        long id = strtol(e->key, &end, 10);
+        const char *content = peft__json_str(e, "content");
+        if (!content || !end || *end || end == e->key || id < 0)
+            return peft__fail(PEFT_ERR_FORMAT,
+                              "%s: added_tokens_decoder entry \"%s\" is not an id with a content", path,
+                              e->key);
+        if (t->kind != PEFT_TOK_SCORES && (id >= t->n || !peft__same_piece(t, t->pieces[id], content)))
+            return peft__fail(PEFT_ERR_FORMAT,
+                              "%s: added_tokens_decoder gives id %ld as \"%s\", tokenizer.json as \"%s\"",
+                              path, id, content, id < t->n ? t->pieces[id] : "(no such id)");
+    }
+    return PEFT_OK;
+}
+
 /* tokenizer_config.json beside tokenizer.json: eos_token, bos_token and chat_template
    (a string, or a list of {name, template} of which "default" is taken; chat_template.jinja
-   beside it wins, as in transformers). */
+   beside it wins, as in transformers); every other key through peft__tok_config_keys. */
 static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
     char path[1024];
     snprintf(path, sizeof path, "%s", tok_path);
@@ -10128,6 +10294,7 @@ static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
         } else
             t->bos_token = id;
     }
+    if (s == PEFT_OK && j) s = peft__tok_config_keys(t, j, path);
     const peft_json *ct = j ? peft_json_get(j, "chat_template") : NULL;
     if (s == PEFT_OK && ct && ct->type == PEFT_JSON_ARRAY) {
         const peft_json *pick = NULL;

@@ -382,3 +382,163 @@ TEST(test_added_token_flags_match_tokenizers) {
               strstr(peft_last_error(), "added_bad"), "bad added token %d: %s", b, peft_last_error());
     }
 }
+
+/* tokenizer_config.json as LlamaTokenizer checkpoints ship it (add_bos_token false,
+   add_eos_token true, an AddedToken eos_token, padding_side, legacy, ...): ids equal
+   transformers' tokenizer(text)["input_ids"] (transformers 5 lets tokenizer.json's
+   post_processor decide, so BOS and no EOS), and the two keys that disagree with it are
+   named; no other key is. Fixtures: tools/ref/make_tok_config_fixtures.py. */
+TEST(test_tok_config_keys_match_transformers) {
+    const char *dir = chat_folder("tok_config", "tok_config", "sp.json");
+    peft_tokenizer t;
+    REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
+    CHECK(t.eos_id == 2 && t.eos_from == PEFT_EOS_TOKENIZER_CONFIG, "eos_token object: id %d", t.eos_id);
+    CHECK(strstr(t.unused, "add_bos_token (") && strstr(t.unused, "add_eos_token ("), "named: '%s'",
+          t.unused);
+    int n_named = 1;
+    for (const char *c = t.unused; *c; c++) n_named += *c == ',';
+    CHECK(n_named == 2, "only add_bos_token and add_eos_token are named: '%s'", t.unused);
+    char exp[600];
+    snprintf(exp, sizeof exp, "%s/chat/tok_config/expected.jsonl", th_fixtures());
+    unsigned char *buf;
+    size_t n;
+    REQUIRE_OK(peft_read_file(exp, &buf, &n));
+    int lines = 0, same_n = 0;
+    for (char *line = (char *)buf, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        if (next) *next++ = 0;
+        peft_json *j;
+        REQUIRE_OK(peft_json_parse(&j, line, len, exp));
+        const peft_json *want = peft_json_get(j, "ids");
+        int ids[512];
+        int got = peft_tokenizer_encode(&t, peft_json_get(j, "text")->string, 1, 0, ids, 512);
+        int same = got == want->n_children, i = 0;
+        for (const peft_json *x = want->child; x && same; x = x->next, i++) same = ids[i] == (int)x->number;
+        CHECK(same, "line %d: %d ids, transformers %d", lines, got, want->n_children);
+        same_n += same;
+        lines++;
+        peft_json_free(j);
+    }
+    free(buf);
+    CHECK(lines == 40 && same_n == lines, "%d/%d strings tokenize as transformers", same_n, lines);
+    peft_tokenizer_free(&t);
+}
+
+/* Unknown keys are named (tokenizer_config.json and config.json), a key that cannot be
+   honoured fails with its name: added_tokens_decoder disagreeing with tokenizer.json,
+   attention_dropout > 0. Every key LlamaConfig.to_dict() writes is known. */
+TEST(test_tok_config_unknown_and_refused_keys) {
+    const char *dir = chat_folder("tok_config_keys", "tok_config", "sp.json");
+    char path[900];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f, "%s", path);
+    fprintf(f, "{\"eos_token\": \"</s>\", \"my_unknown_key\": 1, \"legacy\": true, "
+               "\"additional_special_tokens\": [\"<s>\", {\"content\": \"</s>\"}]}");
+    fclose(f);
+    peft_tokenizer t;
+    REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
+    CHECK(!strcmp(t.unused, "my_unknown_key"), "unknown tokenizer_config.json key named: '%s'", t.unused);
+    peft_tokenizer_free(&t);
+    f = fopen(path, "w");
+    REQUIRE(f, "%s", path);
+    fprintf(f, "{\"additional_special_tokens\": [\"<tool>\"]}");
+    fclose(f);
+    REQUIRE_OK(peft_tokenizer_load(&t, dir, 0));
+    CHECK(strstr(t.unused, "additional_special_tokens ("), "a special token not in tokenizer.json: '%s'",
+          t.unused);
+    peft_tokenizer_free(&t);
+    f = fopen(path, "w");
+    REQUIRE(f, "%s", path);
+    fprintf(f, "{\"added_tokens_decoder\": {\"2\": {\"content\": \"<eos>\", \"special\": true}}}");
+    fclose(f);
+    CHECK(peft_tokenizer_load(&t, dir, 0) != PEFT_OK && strstr(peft_last_error(), "added_tokens_decoder") &&
+              strstr(peft_last_error(), "tokenizer_config.json"),
+          "a disagreeing added_tokens_decoder is refused by name: %s", peft_last_error());
+    f = fopen(path, "w");                                 /* a vocabulary piece written with its "▁" */
+    REQUIRE(f, "%s", path);
+    fprintf(f, "{\"added_tokens_decoder\": {\"450\": {\"content\": \"\xE2\x96\x81Hello\"}}}");
+    fclose(f);
+    REQUIRE(peft_tokenizer_load(&t, dir, 0) == PEFT_OK, "\"\xE2\x96\x81Hello\" is id 450: %s",
+            peft_last_error());
+    peft_tokenizer_free(&t);
+    peft_config c;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    REQUIRE_OK(peft_config_load(&c, path));
+    CHECK(c.unused[0] == 0, "LlamaConfig's own keys are all known: '%s'", c.unused);
+    unsigned char *cj;
+    size_t n;
+    REQUIRE_OK(peft_read_file(path, &cj, &n));
+    const char *extra = th_tmp_text("config_extra.json", "");
+    f = fopen(extra, "w");
+    REQUIRE(f, "%s", extra);
+    fprintf(f, "{\"my_extra_key\": [1], %s", (char *)cj + 1);
+    fclose(f);
+    REQUIRE_OK(peft_config_load(&c, extra));
+    CHECK(!strcmp(c.unused, "my_extra_key"), "unknown config.json key named: '%s'", c.unused);
+    f = fopen(extra, "w");
+    REQUIRE(f, "%s", extra);
+    char *ad = strstr((char *)cj, "\"attention_dropout\": 0.0");
+    REQUIRE(ad, "config.json has attention_dropout 0.0");
+    fprintf(f, "%.*s\"attention_dropout\": 0.1%s", (int)(ad - (char *)cj), (char *)cj,
+            ad + strlen("\"attention_dropout\": 0.0"));
+    fclose(f);
+    CHECK(peft_config_load(&c, extra) != PEFT_OK && strstr(peft_last_error(), "attention_dropout"),
+          "attention_dropout 0.1 is refused by name: %s", peft_last_error());
+    free(cj);
+}
+
+#include <stdarg.h>
+#include <sys/wait.h>
+
+/* the command line tool (PEFT_BIN or build/peft), a shell line, and one run of the tool with
+   stdout and stderr captured in out; its exit status */
+static const char *keys_bin(void) {
+    const char *b = getenv("PEFT_BIN");
+    return b ? b : "build/peft";
+}
+static void keys_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void keys_sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    if (system(cmd) != 0) fprintf(stderr, "    (command failed: %s)\n", cmd);
+}
+static int keys_run(char *out, size_t cap, const char *args) {
+    char full[2400];
+    snprintf(full, sizeof full, "%s %s 2>&1", keys_bin(), args);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* An unknown key in config.json and in tokenizer_config.json: `peft generate` names both on
+   stderr and still runs; attention_dropout 0.1 stops it with the key's name. */
+TEST(test_cli_unknown_config_keys_named) {
+    static char out[1 << 14];
+    FILE *probe = fopen(keys_bin(), "rb");
+    if (!probe) SKIP("%s not built", keys_bin());
+    fclose(probe);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/cli_keys", th_tmpdir());
+    keys_sh("rm -rf %s && mkdir -p %s && cp %s/chat/smol/* %s/ && cp %s/hf_tok/gpt2.json %s/tokenizer.json",
+            dir, dir, th_fixtures(), dir, th_fixtures(), dir);
+    keys_sh("sed -i 's/^{/{\"my_cfg_key\": 1, /' %s/config.json && sed -i 's/^{/{\"my_tok_key\": 1, /' "
+            "%s/tokenizer_config.json",
+            dir, dir);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "generate --model %s --tokenizer %s/tokenizer.json --prompt Hi --max-new 2",
+             dir, dir);
+    int rc = keys_run(out, sizeof out, cmd);
+    CHECK(rc == 0 && strstr(out, "warning") && strstr(out, "my_cfg_key") && strstr(out, "my_tok_key"),
+          "rc %d: %s", rc, out);
+    keys_sh("sed -i 's/^{/{\"attention_dropout\": 0.1, /' %s/config.json", dir);
+    rc = keys_run(out, sizeof out, cmd);
+    CHECK(rc != 0 && strstr(out, "attention_dropout"), "rc %d: %s", rc, out);
+}

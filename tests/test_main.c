@@ -29,6 +29,8 @@
     X(test_chat_templates_match_transformers) X(test_chat_template_errors) \
     X(test_eos_from_model_files) X(test_eos_lists_and_generation_config) \
     X(test_added_token_flags_match_tokenizers) \
+    X(test_tok_config_keys_match_transformers) X(test_tok_config_unknown_and_refused_keys) \
+    X(test_cli_unknown_config_keys_named) \
     X(test_cli_trained_model_stops_at_eos) \
     X(test_checkpointing_every_tensor_kind) \
     X(test_cli_version) \

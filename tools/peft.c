@@ -245,6 +245,7 @@ static int cmd_info(int argc, char **argv) {
         char path[1024];
         snprintf(path, sizeof path, "%s/config.json", dir);
         if (peft_config_load(&c, path) != PEFT_OK) return fail();
+        if (c.unused[0]) fprintf(stderr, "peft: warning: %s: keys not used: %s\n", path, c.unused);
     }
     if (preset || !is_gguf(dir)) print_config(&c, preset ? preset : dir);
     if (!preset && !is_gguf(dir) && check_weights(dir, &c)) return 1;
@@ -267,6 +268,8 @@ typedef struct { const char *model, *preset, *adapter; uint64_t seed; } model_sr
 static int load_model(const model_src *src, peft_model **m) {
     peft_status s = src->model ? peft_model_load(m, src->model) : peft_model_from_preset(m, src->preset, 1, src->seed);
     if (s != PEFT_OK) return fail();
+    if (src->model && (*m)->cfg.unused[0])
+        fprintf(stderr, "peft: warning: %s/config.json: keys not used: %s\n", src->model, (*m)->cfg.unused);
     if (src->adapter && peft_adapter_load(*m, src->adapter) != PEFT_OK) { peft_model_free(*m); *m = NULL; return fail(); }
     return 0;
 }
@@ -1051,6 +1054,9 @@ static int cmd_train(int argc, char **argv) {
     else if (tsrc && is_gguf(tsrc)) snprintf(tprobe, sizeof tprobe, "%s", tsrc);   /* its own tokenizer */
     if (tprobe[0]) {
         if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) { peft_model_free(m); return fail(); }
+        if (tok.unused[0])
+            fprintf(stderr, "peft: warning: tokenizer_config.json beside %s: not applied: %s\n", tprobe,
+                    tok.unused);
         peft_tokenizer_use_config_eos(&tok, &m->cfg); /* no tokenizer_config.json eos_token: config.json's */
         tk = &tok;
         const char *ct = get(&st, "chat_template");
@@ -1623,6 +1629,9 @@ static int cmd_generate(int argc, char **argv) {
     }
     if (tok_path) {
         if (peft_tokenizer_load(&tok, tok_path, m->cfg.vocab_size) != PEFT_OK) { rc = fail(); goto done; }
+        if (tok.unused[0])
+            fprintf(stderr, "peft: warning: tokenizer_config.json beside %s: not applied: %s\n", tok_path,
+                    tok.unused);
         peft_tokenizer_use_config_eos(&tok, &m->cfg);
         have_tok = 1;
         if (tok.eos_id >= 0) stop[n_stop++] = tok.eos_id;
