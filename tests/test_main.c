@@ -14,6 +14,7 @@
     X(test_frozen_params_have_no_grad) X(test_nan_loss_is_refused) \
     X(test_peft_lora_qv) X(test_peft_lora_all_linear_rslora) X(test_peft_adaption_prompt) X(test_zero_init_every_method) \
     X(test_method_counts_llama7b) X(test_lora_merge_unmerge) X(test_v2_merge) X(test_fd_add_bias) X(test_methods_train_save_load) X(test_adapter_load_errors) X(test_roundtrip_adapters_load_in_peft) X(test_kv_cache_equals_full_forward) X(test_generate_matches_transformers_peft) X(test_checkpointing_same_gradients) X(test_threads_deterministic_gradients) X(test_backward_recycles_gradients) \
+    X(test_failed_adapter_load_leaves_model) \
     X(test_q4_codes_match_bnb) X(test_q4_bytes_match_bnb) X(test_q4_bits_per_parameter) X(test_blockwise8_matches_bnb) X(test_fd_q4_linear) X(test_q4_linear_packs_like_floats) X(test_bnb_folders_match_transformers) X(test_qlora_zero_init_and_vs_lora) \
     X(test_json_parse) X(test_tokenizer_llama2_matches_sentencepiece) X(test_hf_tokenizers_match_tokenizers) X(test_alpaca_dataset_matches_stanford_recipe) X(test_dataset_errors) X(test_f16_bf16) X(test_safetensors_roundtrip) X(test_safetensors_hostile) \
     X(test_model_load_errors) X(test_sharded_index) \
