@@ -37,7 +37,7 @@ static void ok(peft_status s) {
 }
 
 int main(void) {
-    char p[512], q[512], r[512], t[512];
+    char p[256], q[512], r[512], t[512];
     const char *tmp = fuzz_dir();
     const char *targets[] = { "adapter", "q4", "sharded", "model", "data", "checkpoint", "config" };
     for (int i = 0; i < 7; i++) {
