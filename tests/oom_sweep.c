@@ -220,8 +220,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "oom_sweep: the run without failures fails: %s\n", base.bad);
         return 1;
     }
-    printf("oom_sweep: %ld allocation points; losses %.6f %.6f, %d ids generated; every %ld-th from %ld\n",
-           total, base.loss[0], base.loss[1], base.n_gen, stride, first);
+    printf("oom_sweep: %ld allocation points; losses %.6f %.6f, %d ids generated; failing N = %ld, %ld, ...\n",
+           total, base.loss[0], base.loss[1], base.n_gen, first, first + stride);
     long runs = 0, reported = 0, recovered = 0, bad = 0;
     for (long n = first; n <= total; n += stride) {
         memset(&r, 0, sizeof r);
