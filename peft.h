@@ -4040,7 +4040,7 @@ PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
 
 PEFTDEF void peft_kv_cache_free(peft_kv_cache *c) {
     if (!c) return;
-    for (int l = 0; c->pk && c->pv && l < c->n_layers; l++) {   /* any array may be missing: a cache half made */
+    for (int l = 0; c->pk && c->pv && l < c->n_layers; l++) {   /* any array may be missing: half made */
         PEFT_FREE(c->pk[l]);
         PEFT_FREE(c->pv[l]);
     }
@@ -5319,8 +5319,8 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
         if (tr->micro > 0) {
             char why[sizeof peft__errbuf];
             memcpy(why, peft__errbuf, sizeof why);
-            peft__fail(s, "%s (the %d micro-batches accumulated for step %d were dropped: the step starts over)",
-                       why, tr->micro, tr->step);
+            peft__fail(s, "%s (the %d micro-batches accumulated for step %d were dropped: "
+                       "the step starts over)", why, tr->micro, tr->step);
         }
         tr->micro = 0;
         tr->accum_loss = 0;
@@ -6716,11 +6716,12 @@ static peft_status peft__adapter_load(peft_model *m, const char *dir) {
             int64_t cnt = 1;
             for (int d = 0; d < e->ndim; d++) cnt *= e->shape[d];
             if (cnt != list[i]->n)
-                s = peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %lld elements, the model expects %lld (wrong base model?)",
-                               path, name, (long long)cnt, (long long)list[i]->n);
+                s = peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has %lld elements, the model expects %lld "
+                               "(wrong base model?)", path, name, (long long)cnt, (long long)list[i]->n);
             else if (pass == 1) s = peft_st_read_f32(&st, e, list[i]->data, list[i]->n);
             else if (e->dtype == PEFT_DT_COUNT || e->dtype == PEFT_DT_U8 || e->dtype == PEFT_DT_I8)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats", path, name);
+                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as "
+                               "floats", path, name);
         }
     if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
     PEFT_FREE(names);

@@ -247,7 +247,8 @@ TEST(test_failed_adapter_load_leaves_model) {
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     FILE *f = fopen(path, "w");
     REQUIRE(f, "write %s", path);
-    fputs("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\", \"v_proj\"]}", f);
+    fputs("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 8, "
+          "\"target_modules\": [\"q_proj\", \"v_proj\"]}", f);
     fclose(f);
     peft_model *m;
     REQUIRE_OK(peft_model_load(&m, base));
@@ -265,11 +266,12 @@ TEST(test_failed_adapter_load_leaves_model) {
     CHECK(peft_model_trainable_count(m) == trainable, "trainable %lld, was %lld",
           (long long)peft_model_trainable_count(m), (long long)trainable);
     for (int l = 0; l < m->cfg.n_layers; l++)
-        CHECK(!m->layers[l].lin[PEFT_Q].lora_A && !m->layers[l].lin[PEFT_V].lora_B, "layer %d keeps a LoRA site", l);
+        CHECK(!m->layers[l].lin[PEFT_Q].lora_A && !m->layers[l].lin[PEFT_V].lora_B,
+              "layer %d keeps a LoRA site", l);
     peft_graph_reset(g);
     y = peft_model_forward(m, g, tok, 1, 6);
-    CHECK(y && memcmp(y->data, before, sizeof(float) * (size_t)n) == 0, "logits changed after the failed load: %s",
-          y ? "different" : peft_last_error());
+    CHECK(y && memcmp(y->data, before, sizeof(float) * (size_t)n) == 0,
+          "logits changed after the failed load: %s", y ? "different" : peft_last_error());
     CHECK_OK(peft_adapter_load(m, good));
     CHECK(m->method.kind == PEFT_LORA && m->n_extra > 0, "the right adapter did not attach");
     free(before);
