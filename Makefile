@@ -52,7 +52,8 @@ bench: $(BUILD)/peft
 # number of executions (-runs=N), the default is 2 minutes of fuzzing each.
 FUZZ_TARGETS := files inputs adapter q4 sharded model data checkpoint config gguf
 FUZZ_RUN     ?= -max_total_time=120
-FUZZ_CFLAGS  := -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_POSIX_C_SOURCE=200809L \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_ID_adapter := 1
 FUZZ_ID_q4 := 2
 FUZZ_ID_sharded := 3
@@ -80,15 +81,18 @@ fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	@for t in $(FUZZ_TARGETS); do \
 	    mkdir -p $(BUILD)/fuzz-out/$$t; \
 	    case $$t in files) len=-max_len=4096;; inputs) len=-max_len=65536;; gguf) len=-max_len=32768;; *) len=;; esac; \
-	    $(BUILD)/fuzz_$$t $(BUILD)/fuzz-out/$$t tests/fuzz/corpus/$$t $(FUZZ_RUN) $$len > $(BUILD)/fuzz-out/$$t.log 2>&1 \
-	        || { tail -60 $(BUILD)/fuzz-out/$$t.log; echo "fuzz $$t: FAILED (log: $(BUILD)/fuzz-out/$$t.log)"; exit 1; }; \
-	    echo "fuzz $$t: $$(grep -E '^#[0-9]+' $(BUILD)/fuzz-out/$$t.log | tail -1)"; \
+	    log=$(BUILD)/fuzz-out/$$t.log; \
+	    $(BUILD)/fuzz_$$t $(BUILD)/fuzz-out/$$t tests/fuzz/corpus/$$t $(FUZZ_RUN) $$len \
+	        -artifact_prefix=$(BUILD)/fuzz-out/$$t- > $$log 2>&1 \
+	        || { tail -60 $$log; echo "fuzz $$t: FAILED (log: $$log)"; exit 1; }; \
+	    echo "fuzz $$t: $$(grep -E '^#[0-9]+' $$log | tail -1)"; \
 	done
 
 # allocation-failure sweep (tests/oom_sweep.c) under ASan + UBSan: every N
 # by default; OOM_ARGS="STRIDE" samples every STRIDE-th (CI)
 OOM_ARGS ?=
-SAN := -O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN := -O1 -g -fno-omit-frame-pointer \
+       -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all
 $(BUILD)/oom_sweep: tests/oom_sweep.c peft.h
 	@mkdir -p $(BUILD)
 	$(CC) $(SAN) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra $(EXTRA) -o $@ tests/oom_sweep.c $(LDLIBS)

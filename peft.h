@@ -5154,7 +5154,7 @@ PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
 
 PEFTDEF void peft_kv_cache_free(peft_kv_cache *c) {
     if (!c) return;
-    for (int l = 0; c->pk && c->pv && l < c->n_layers; l++) {   /* any array may be missing: a cache half made */
+    for (int l = 0; c->pk && c->pv && l < c->n_layers; l++) {   /* any array may be missing: half made */
         PEFT_FREE(c->pk[l]);
         PEFT_FREE(c->pv[l]);
     }
@@ -7044,8 +7044,8 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
         if (tr->micro > 0) {
             char why[sizeof peft__errbuf];
             memcpy(why, peft__errbuf, sizeof why);
-            peft__fail(s, "%s (the %d micro-batches accumulated for step %d were dropped: the step starts over)",
-                       why, tr->micro, tr->step);
+            peft__fail(s, "%s (the %d micro-batches accumulated for step %d were dropped: "
+                       "the step starts over)", why, tr->micro, tr->step);
         }
         tr->micro = 0;
         tr->accum_loss = 0;

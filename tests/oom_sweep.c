@@ -83,10 +83,14 @@ static oom_result R;
     call; \
     if (!(ok_expr)) { \
         if (failed_before_ || !oom_failed) { \
-            snprintf(R.bad, sizeof R.bad, "%s failed without an injected failure: %s", name, peft_last_error()); \
+            snprintf(R.bad, sizeof R.bad, "%s failed without an injected failure: %s", name, \
+                     peft_last_error()); \
             return; \
         } \
-        if (!peft__errbuf[0]) { snprintf(R.bad, sizeof R.bad, "%s failed without a message", name); return; } \
+        if (!peft__errbuf[0]) { \
+            snprintf(R.bad, sizeof R.bad, "%s failed without a message", name); \
+            return; \
+        } \
         R.retried++; \
         R.reported = 1; \
         snprintf(R.step, sizeof R.step, "%s", name); \
@@ -136,7 +140,8 @@ static void run_sequence(const char *fixtures, const char *tmp) {
     CALL("peft_adapter_load", s == PEFT_OK, s = peft_adapter_load(m2, adapter_dir));
     CALL("peft_graph_new", g != NULL, g = peft_graph_new());
     int prompt[3] = { 1, 17, 33 };
-    CALL("peft_generate_greedy", R.n_gen >= 0, R.n_gen = peft_generate_greedy(m2, g, prompt, 3, 8, -1, R.gen));
+    CALL("peft_generate_greedy", R.n_gen >= 0,
+         R.n_gen = peft_generate_greedy(m2, g, prompt, 3, 8, -1, R.gen));
     CALL("peft_model_quantize", s == PEFT_OK, s = peft_model_quantize(m2, PEFT_NF4, 1));
     peft_tensor *lg = NULL;
     CALL("peft_model_forward", lg != NULL, (peft_graph_reset(g), lg = peft_model_forward(m2, g, tok, 2, 16)));
@@ -168,7 +173,8 @@ static int run_child(long fail_at, const char *fixtures, oom_result *out, long *
         memset(&R, 0, sizeof R);
         run_sequence(fixtures, tmp);
         long c = oom_calls;
-        if (write(fd[1], &R, sizeof R) != (ssize_t)sizeof R || write(fd[1], &c, sizeof c) != (ssize_t)sizeof c) _exit(3);
+        if (write(fd[1], &R, sizeof R) != (ssize_t)sizeof R) _exit(3);
+        if (write(fd[1], &c, sizeof c) != (ssize_t)sizeof c) _exit(3);
         char cmd[128];
         snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
         if (system(cmd) != 0) _exit(4);
@@ -183,7 +189,8 @@ static int run_child(long fail_at, const char *fixtures, oom_result *out, long *
     close(fd[0]);
     int st;
     waitpid(pid, &st, 0);
-    if (got != sizeof *out) return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 200 + (WIFEXITED(st) ? WEXITSTATUS(st) : 0);
+    if (got != sizeof *out)
+        return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 200 + (WIFEXITED(st) ? WEXITSTATUS(st) : 0);
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
     return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 100 + WEXITSTATUS(st);
 }
@@ -220,8 +227,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "oom_sweep: the run without failures fails: %s\n", base.bad);
         return 1;
     }
-    printf("oom_sweep: %ld allocation points; losses %.6f %.6f, %d ids generated; every %ld-th from %ld\n",
-           total, base.loss[0], base.loss[1], base.n_gen, stride, first);
+    printf("oom_sweep: %ld allocation points; losses %.6f %.6f, %d ids generated; "
+           "failing N = %ld, %ld, ...\n",
+           total, base.loss[0], base.loss[1], base.n_gen, first, first + stride);
     long runs = 0, reported = 0, recovered = 0, bad = 0;
     for (long n = first; n <= total; n += stride) {
         memset(&r, 0, sizeof r);
@@ -230,8 +238,9 @@ int main(int argc, char **argv) {
         const char *d = rc == 0 && !r.bad[0] ? differs(&r, &base) : NULL;
         if (rc != 0 || r.bad[0] || d) {
             bad++;
-            if (rc != 0) printf("  N=%ld: the child ended with %d (crash or sanitizer report; after a failure in %s)\n", n, rc,
-                               r.step[0] ? r.step : "?");
+            if (rc != 0)
+                printf("  N=%ld: the child ended with %d (crash or sanitizer report; after a failure in %s)\n",
+                       n, rc, r.step[0] ? r.step : "?");
             else if (r.bad[0]) printf("  N=%ld: %s\n", n, r.bad);
             else printf("  N=%ld: failure in %s: %s differ from the run without failures\n", n, r.step, d);
             continue;

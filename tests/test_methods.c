@@ -234,6 +234,51 @@ TEST(test_adapter_load_errors) {
     peft_model_free(m);
 }
 
+/* A failed adapter load leaves the model exactly as it was: no method, no
+   extra parameters, the same trainable set and logits, and the right adapter
+   then loads (before the rollback it was refused as "already attached"). */
+TEST(test_failed_adapter_load_leaves_model) {
+    char base[512], good[512], dir[512], path[600], cmd[2000];
+    snprintf(base, sizeof base, "%s/llama_gqa", th_fixtures());
+    snprintf(good, sizeof good, "%s/peft_lora_qv", th_fixtures());
+    snprintf(dir, sizeof dir, "%s/wrong_rank_adapter", th_tmpdir());
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", dir, good, dir);
+    REQUIRE(system(cmd) == 0, "copy");
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f, "write %s", path);
+    fputs("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 8, "
+          "\"target_modules\": [\"q_proj\", \"v_proj\"]}", f);
+    fclose(f);
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, base));
+    peft_graph *g = peft_graph_new();
+    int tok[6] = { 1, 5, 9, 13, 17, 21 };
+    peft_tensor *y = peft_model_forward(m, g, tok, 1, 6);
+    REQUIRE(y, "forward: %s", peft_last_error());
+    int64_t n = y->n, trainable = peft_model_trainable_count(m);
+    float *before = malloc(sizeof(float) * (size_t)n);
+    REQUIRE(before, "no memory");
+    memcpy(before, y->data, sizeof(float) * (size_t)n);
+    CHECK(peft_adapter_load(m, dir) == PEFT_ERR_SHAPE, "wrong rank: %s", peft_last_error());
+    CHECK(m->n_extra == 0 && m->method.kind == PEFT_FULL, "left %d extra tensors, method %s", m->n_extra,
+          peft_method_name(m->method.kind));
+    CHECK(peft_model_trainable_count(m) == trainable, "trainable %lld, was %lld",
+          (long long)peft_model_trainable_count(m), (long long)trainable);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        CHECK(!m->layers[l].lin[PEFT_Q].lora_A && !m->layers[l].lin[PEFT_V].lora_B,
+              "layer %d keeps a LoRA site", l);
+    peft_graph_reset(g);
+    y = peft_model_forward(m, g, tok, 1, 6);
+    CHECK(y && memcmp(y->data, before, sizeof(float) * (size_t)n) == 0,
+          "logits changed after the failed load: %s", y ? "different" : peft_last_error());
+    CHECK_OK(peft_adapter_load(m, good));
+    CHECK(m->method.kind == PEFT_LORA && m->n_extra > 0, "the right adapter did not attach");
+    free(before);
+    peft_graph_free(g);
+    peft_model_free(m);
+}
+
 /* Adapters written by peft.h, loaded by the real PEFT (tools/ref/check_roundtrip.py
    recorded PEFT's logits for them): peft.h must compute the same logits, and
    the adapters must have moved away from their zero-init for this to mean

@@ -49,8 +49,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     peft_model_free(m);
 #elif FUZZ_TARGET == 2 || FUZZ_TARGET == 3 || FUZZ_TARGET == 4
 #if FUZZ_TARGET == 3
-    const char *names[4] = { "config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-                             "model-00002-of-00002.safetensors" };
+    const char *names[4] = { "config.json", "model.safetensors.index.json",
+                             "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors" };
     fuzz_write_parts(data, size, names, 4);
 #else
     const char *names[2] = { "config.json", "model.safetensors" };
@@ -120,7 +120,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         peft_tensor **params;
         int np = peft_model_trainable(m, &params);
         peft_adamw_free(&tr->opt);
-        if (!params || peft_adamw_init(&tr->opt, params, np, &ao) != PEFT_OK) memset(&tr->opt, 0, sizeof tr->opt);
+        if (!params || peft_adamw_init(&tr->opt, params, np, &ao) != PEFT_OK)
+            memset(&tr->opt, 0, sizeof tr->opt);
         free(params);
     }
     peft_data_pos pos;
@@ -151,7 +152,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 char mk[64];
                 snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[k] + 2);
                 for (char *p = mk; *p; p++) if (*p == '-') *p = '_';
-                if (!strcmp(mk, st.s[i].key)) { mf.keys[mf.n] = METHOD_FLAGS[k]; mf.vals[mf.n++] = st.s[i].val; }
+                if (!strcmp(mk, st.s[i].key)) {
+                    mf.keys[mf.n] = METHOD_FLAGS[k];
+                    mf.vals[mf.n++] = st.s[i].val;
+                }
             }
         }
         peft_method meth;
@@ -188,5 +192,6 @@ static void toy_tokenizer(peft_tokenizer *t, char **pieces, float *scores, int *
                 sorted[j] = sorted[j + 1];
                 sorted[j + 1] = x;
             }
-    t->pieces = pieces; t->scores = scores; t->n = 259; t->max_len = 6; t->sorted = sorted; t->bos_id = 1; t->eos_id = 2;
+    t->pieces = pieces; t->scores = scores; t->n = 259; t->max_len = 6; t->sorted = sorted;
+    t->bos_id = 1; t->eos_id = 2;
 }

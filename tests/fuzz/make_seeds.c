@@ -18,7 +18,10 @@ static void join(const char *out, const int *prefix, const char *const *files, i
         if (i) fwrite(FUZZ_SEP, 1, FUZZ_SEP_LEN, o);
         unsigned char *d;
         size_t k;
-        if (peft_read_file(files[i], &d, &k) != PEFT_OK) { fprintf(stderr, "%s\n", peft_last_error()); exit(1); }
+        if (peft_read_file(files[i], &d, &k) != PEFT_OK) {
+            fprintf(stderr, "%s\n", peft_last_error());
+            exit(1);
+        }
         fwrite(d, 1, k, o);
         free(d);
     }
@@ -37,7 +40,7 @@ static void ok(peft_status s) {
 }
 
 int main(void) {
-    char p[512], q[512], r[512], t[512];
+    char p[256], q[512], r[512], t[512];
     const char *tmp = fuzz_dir();
     const char *targets[] = { "adapter", "q4", "sharded", "model", "data", "checkpoint", "config" };
     for (int i = 0; i < 7; i++) {
@@ -69,8 +72,8 @@ int main(void) {
             peft_st_write_item *w = &it[second ? 32 + n2++ : n1++];
             w->name = x->name; w->dtype = PEFT_DT_F32; w->ndim = x->ndim; w->data = x->data;
             memcpy(w->shape, x->shape, sizeof w->shape);
-            k += (size_t)snprintf(idx + k, sizeof idx - k, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"", i ? ", " : "",
-                                  x->name, second + 1);
+            k += (size_t)snprintf(idx + k, sizeof idx - k, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"",
+                                  i ? ", " : "", x->name, second + 1);
         }
         snprintf(idx + k, sizeof idx - k, "}}\n");
         char a[512], b[512], ix[512];
@@ -106,9 +109,14 @@ int main(void) {
         ok(peft_model_new(&ma, &c, 1, 7));
         ok(peft_method_parse(methods[k], &kind));
         peft_method me = peft_method_defaults(kind);
-        if (k == 0) { ok(peft_method_set(&me, "lora_targets", "all-linear")); ok(peft_method_set(&me, "lora_rslora", "1")); me.lora_r = 2; }
+        if (k == 0) {
+            ok(peft_method_set(&me, "lora_targets", "all-linear"));
+            ok(peft_method_set(&me, "lora_rslora", "1"));
+            me.lora_r = 2;
+        }
         if (k == 1) ok(peft_method_set(&me, "adapter_gate", "peft"));
-        me.adapter_len = 2; me.adapter_layers = 1; me.excitor_len = 2; me.excitor_rank = 2; me.excitor_layers = 1;
+        me.adapter_len = 2; me.adapter_layers = 1;
+        me.excitor_len = 2; me.excitor_rank = 2; me.excitor_layers = 1;
         ok(peft_attach(ma, &me));
         snprintf(p, sizeof p, "%s/adapter_%d", tmp, k);
         ok(peft_adapter_save(ma, p));
@@ -160,7 +168,8 @@ int main(void) {
     static const struct { int kind; const char *name, *body; } D[] = {
         { 0, "alpaca", "[{\"instruction\": \"Add 2 and 3.\", \"input\": \"\", \"output\": \"5\"},\n"
                        " {\"instruction\": \"Reverse\", \"input\": \"abc\", \"output\": \"cba\"}]\n" },
-        { 1, "jsonl", "{\"instruction\": \"Hi\", \"input\": \"\", \"output\": \"Hello\"}\n{\"prompt\": \"1+1=\", \"completion\": \"2\"}\n"
+        { 1, "jsonl", "{\"instruction\": \"Hi\", \"input\": \"\", \"output\": \"Hello\"}\n"
+                      "{\"prompt\": \"1+1=\", \"completion\": \"2\"}\n"
                       "{\"text\": \"plain text record\"}\n" },
         { 2, "txt", "Once upon a time there was a tiny model.\nIt learned bytes.\n" },
         { 3, "txt_ids", "1 2 3 4 5 6 7 8 9 10 11 12\n" },
@@ -185,11 +194,14 @@ int main(void) {
     }
     /* train_config.json as the CLI writes it */
     snprintf(t, sizeof t, "%s/config/lora", C);
-    text(t, "{\n  \"model\": \"m\",\n  \"data\": \"d.json\",\n  \"out\": \"run\",\n  \"method\": \"lora\",\n  \"lora_r\": 8,\n"
-            "  \"lora_alpha\": 16,\n  \"lora_targets\": \"q_proj,v_proj\",\n  \"epochs\": 1,\n  \"batch\": 4,\n"
-            "  \"seq\": 256,\n  \"lr\": 0.001,\n  \"schedule\": \"cosine\",\n  \"seed\": \"0\",\n  \"optim\": \"adamw\"\n}\n");
+    text(t, "{\n  \"model\": \"m\",\n  \"data\": \"d.json\",\n  \"out\": \"run\",\n"
+            "  \"method\": \"lora\",\n  \"lora_r\": 8,\n  \"lora_alpha\": 16,\n"
+            "  \"lora_targets\": \"q_proj,v_proj\",\n  \"epochs\": 1,\n  \"batch\": 4,\n"
+            "  \"seq\": 256,\n  \"lr\": 0.001,\n  \"schedule\": \"cosine\",\n  \"seed\": \"0\",\n"
+            "  \"optim\": \"adamw\"\n}\n");
     snprintf(t, sizeof t, "%s/config/excitor", C);
-    text(t, "{\"preset\": \"tiny\", \"data\": \"x.txt\", \"method\": \"excitor\", \"excitor_len\": 4, \"excitor_rank\": 2,"
+    text(t, "{\"preset\": \"tiny\", \"data\": \"x.txt\", \"method\": \"excitor\", \"excitor_len\": 4,"
+            " \"excitor_rank\": 2,"
             " \"max_steps\": 3, \"grad_accum\": 2, \"checkpoint_activations\": true, \"tokenizer\": null}\n");
     snprintf(p, sizeof p, "rm -rf %s", tmp);
     return system(p) != 0;
