@@ -455,7 +455,8 @@ PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *logits, cons
 /* The classifier and the cross-entropy in one op: the same loss as
    peft_cross_entropy(peft_linear(x, w)) without ever holding the [rows,
    vocab] logits — a chunk of rows at a time, only rows with a target. */
-PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w, const int *targets);
+PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
+                                               const int *targets);
 PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s);
 
 /* ------------------------------------------------------------------ LLaMA */
@@ -645,7 +646,8 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *method);
 /* V2 early fusion: rows × dim condition vectors (e.g. projected image
    features) for the next forwards; batched = rows hold B groups of equal
    size, one per sequence. NULL clears. */
-PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, int rows, int dim, int batched);
+PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, int rows, int dim,
+                                             int batched);
 /* QLoRA's base: every block linear to 4-bit storage (fp32 copies freed);
    embeddings, norms and lm_head stay fp32, as bitsandbytes does. */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant);
@@ -954,7 +956,8 @@ PEFTDEF peft_status peft_gguf_write_tokenizer(const char *gguf_path, const char 
 PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids, int64_t *n);
 /* Fills B windows of T tokens drawn at random positions, with next-token
    targets. Needs n ≥ T + 1. */
-PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, int T, int *tokens, int *targets);
+PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, int T, int *tokens,
+                               int *targets);
 
 /* ------------------------------------------------------------- tokenizers */
 /* SentencePiece-style BPE (LLaMA-1/2, llama2.c's tokenizer.bin): a dummy
@@ -1023,7 +1026,8 @@ PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *p
 PEFTDEF peft_status peft_tokenizer_load(peft_tokenizer *t, const char *path, int vocab_size);
 /* Encodes text (with BOS 1 / EOS 2 when asked) into ids; returns the count
    (at most max; -1 when max is too small). */
-PEFTDEF int         peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max);
+PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids,
+                                  int max);
 /* The text of one id, as it follows prev (a leading space is dropped after
    BOS; byte pieces <0xXX> decode to the byte). */
 PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int id, char buf[8]);
@@ -1077,7 +1081,8 @@ typedef struct {
     int64_t  n_tokens;
     char     path[512];
 } peft_dataset;
-PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const peft_tokenizer *t, int max_len);
+PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const peft_tokenizer *t,
+                                      int max_len);
 /* Takes the last n examples of d (after a seeded shuffle of which ones) into
    held; d keeps the rest. */
 PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int n, uint64_t seed);
@@ -1109,7 +1114,8 @@ typedef struct {
     const int *stop;            /* more ids that end generation (every EOS of the model), n_stop */
     int   n_stop;
 } peft_sampler;
-PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *scratch, int *iscratch);
+PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *scratch,
+                        int *iscratch);
 /* Generation with a sampler; on_token (may be NULL) sees each new id as it
    comes (streaming) and can stop by returning non-zero. Stops after eos or any
    of s->stop. Returns the count, or -1 with peft_last_error() set (a prompt id
@@ -1361,7 +1367,9 @@ typedef struct {
     int64_t         n;
     int             parts;
 } peft__pool_t;
-static peft__pool_t peft__pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .go = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER };
+static peft__pool_t peft__pool = { .mu = PTHREAD_MUTEX_INITIALIZER,
+                                   .go = PTHREAD_COND_INITIALIZER,
+                                   .done = PTHREAD_COND_INITIALIZER };
 
 typedef struct { int index; } peft__worker_arg;
 static peft__worker_arg peft__worker_args[PEFT_MAX_THREADS];
@@ -1458,16 +1466,19 @@ PEFTDEF peft_status peft_check_cpu(void) {
     __builtin_cpu_init();
 #if defined(__AVX512F__)
     if (!__builtin_cpu_supports("avx512f"))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "this build uses AVX-512 but the CPU lacks it: rebuild on this machine "
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "this build uses AVX-512 but the CPU lacks it: rebuild on this machine "
                           "(make clean && make) or with OPT=\"-O2 -mavx2 -mfma\"");
 #endif
 #if defined(__AVX2__)
     if (!__builtin_cpu_supports("avx2"))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "this build uses AVX2 but the CPU lacks it: rebuild on this machine");
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "this build uses AVX2 but the CPU lacks it: rebuild on this machine");
 #endif
 #if defined(__FMA__)
     if (!__builtin_cpu_supports("fma"))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "this build uses FMA but the CPU lacks it: rebuild on this machine");
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "this build uses FMA but the CPU lacks it: rebuild on this machine");
 #endif
 #endif
     return PEFT_OK;
@@ -1510,10 +1521,12 @@ static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, 
         if ((i & 255) == 0 || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
             double t = peft__seconds();
             if (until == 0.0) until = t + PEFT_SPIN_US * 1e-6;
-            if (t > until || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {                       /* a long part: sleep until the last worker signals */
+            /* a long part: sleep until the last worker signals */
+            if (t > until || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
                 atomic_store(&peft__pool.caller_waits, 1);
                 pthread_mutex_lock(&peft__pool.mu);
-                while (atomic_load(&peft__pool.pending) > 0) pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
+                while (atomic_load(&peft__pool.pending) > 0)
+                    pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
                 pthread_mutex_unlock(&peft__pool.mu);
                 atomic_store(&peft__pool.caller_waits, 0);
                 break;
@@ -1657,7 +1670,8 @@ static void peft__vstore(float *p, peft__vf v) { memcpy(p, &v, sizeof v); }
 /* C[mr×nr] (+)= Ap (kc×MR strip) · Bp (kc×NR strip): added to C, or
    stored over it when `over` (the first K slice of a product with beta 0,
    which then needs no separate pass clearing C) */
-PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr, int over) {
+PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc,
+                                           int mr, int nr, int over) {
     PEFT__FMA_PRAGMA
     peft__vf z = { 0 };
     /* the C tile's lines are fetched while the products run: on big outputs
@@ -1674,10 +1688,21 @@ PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float 
 #endif
 #define PEFT__ACC(i) peft__vf c##i##a = z, c##i##b = z;
 #define PEFT__FMA(i) { float ai = Ap[i]; peft__vf a = PEFT__BCAST(ai); c##i##a += a * b0; c##i##b += a * b1; }
-#define PEFT__ADDC(i) { float *c = C + (size_t)(i) * ldc; \
-        peft__vstore(c, peft__vload(c) + c##i##a); peft__vstore(c + PEFT__VW, peft__vload(c + PEFT__VW) + c##i##b); }
-#define PEFT__SETC(i) { float *c = C + (size_t)(i) * ldc; peft__vstore(c, c##i##a); peft__vstore(c + PEFT__VW, c##i##b); }
-#define PEFT__PUT(i) peft__vstore(tile + (i) * PEFT__NR, c##i##a); peft__vstore(tile + (i) * PEFT__NR + PEFT__VW, c##i##b);
+#define PEFT__ADDC(i) \
+    { \
+        float *c = C + (size_t)(i)*ldc; \
+        peft__vstore(c, peft__vload(c) + c##i##a); \
+        peft__vstore(c + PEFT__VW, peft__vload(c + PEFT__VW) + c##i##b); \
+    }
+#define PEFT__SETC(i) \
+    { \
+        float *c = C + (size_t)(i)*ldc; \
+        peft__vstore(c, c##i##a); \
+        peft__vstore(c + PEFT__VW, c##i##b); \
+    }
+#define PEFT__PUT(i) \
+    peft__vstore(tile + (i)*PEFT__NR, c##i##a); \
+    peft__vstore(tile + (i)*PEFT__NR + PEFT__VW, c##i##b);
     PEFT__ROWS(PEFT__ACC)
     for (int k = 0; k < kc; k++, Ap += PEFT__MR, Bp += PEFT__NR) {
         peft__vf b0 = peft__vload(Bp), b1 = peft__vload(Bp + PEFT__VW);
@@ -1707,13 +1732,15 @@ PEFT__FMA_KERNEL static void peft__ukernel(int kc, const float *Ap, const float 
     }
 }
 #else
-static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr, int over) {
+static void peft__ukernel(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr,
+                          int over) {
     float tile[PEFT__MR * PEFT__NR] = { 0 };
     for (int k = 0; k < kc; k++, Ap += PEFT__MR, Bp += PEFT__NR)
         for (int i = 0; i < PEFT__MR; i++)
             for (int j = 0; j < PEFT__NR; j++) tile[i * PEFT__NR + j] += Ap[i] * Bp[j];
     for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nr; j++) C[(size_t)i * ldc + j] = (over ? 0.0f : C[(size_t)i * ldc + j]) + tile[i * PEFT__NR + j];
+        for (int j = 0; j < nr; j++)
+            C[(size_t)i * ldc + j] = (over ? 0.0f : C[(size_t)i * ldc + j]) + tile[i * PEFT__NR + j];
 }
 #endif
 
@@ -1818,7 +1845,8 @@ static void peft__pack_At(const peft__gemm_args *g, int ic, int mc, float *Ap) {
         if (k + 8 < g->kc)
             for (int c = 0; c < mc; c += 16) __builtin_prefetch(src + 8 * (size_t)g->lda + c);
         float *dst = Ap + (size_t)k * PEFT__MR;
-        for (int i0 = 0; i0 < full; i0 += PEFT__MR, dst += strip)   /* a constant size: inlined as vector moves */
+        /* a constant size: inlined as vector moves */
+        for (int i0 = 0; i0 < full; i0 += PEFT__MR, dst += strip)
             memcpy(dst, src + i0, sizeof(float) * PEFT__MR);
         if (mr) {
             memcpy(dst, src + full, sizeof(float) * (size_t)mr);
@@ -1831,7 +1859,8 @@ static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
     if (g->tA) { peft__pack_At(g, ic, mc, Ap); return; }
     for (int i0 = 0; i0 < mc; i0 += PEFT__MR, Ap += (size_t)PEFT__MR * g->kc) {
         int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
-        peft__transpose_into(Ap, PEFT__MR, g->A + (size_t)(ic + i0) * g->lda + g->pc, (size_t)g->lda, mr, g->kc);
+        peft__transpose_into(Ap, PEFT__MR, g->A + (size_t)(ic + i0) * g->lda + g->pc, (size_t)g->lda, mr,
+                             g->kc);
         if (mr < PEFT__MR)
             for (int k = 0; k < g->kc; k++)
                 for (int i = mr; i < PEFT__MR; i++) Ap[(size_t)k * PEFT__MR + i] = 0.0f;
@@ -1861,17 +1890,22 @@ static void peft__pack_B_stored(const peft__gemm_args *g, int j0, int nr, float 
 static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
     const peft__gemm_args *g = (const peft__gemm_args *)vctx;
     float *Bp = (float *)g->Bp + (size_t)s0 * PEFT__NR * g->kc;
-    for (int j0 = (int)s0 * PEFT__NR; j0 < g->nc && j0 < (int)s1 * PEFT__NR; j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
+    for (int j0 = (int)s0 * PEFT__NR; j0 < g->nc && j0 < (int)s1 * PEFT__NR;
+         j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
         int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
         if (g->Bq) { peft__pack_B_stored(g, j0, nr, Bp); continue; }
-        if (g->tB) peft__transpose_into(Bp, PEFT__NR, g->B + (size_t)(g->jc + j0) * g->ldb + g->pc, (size_t)g->ldb, nr, g->kc);
+        if (g->tB)
+            peft__transpose_into(Bp, PEFT__NR, g->B + (size_t)(g->jc + j0) * g->ldb + g->pc, (size_t)g->ldb,
+                                 nr, g->kc);
         if (!g->tB && nr == PEFT__NR)
             for (int k = 0; k < g->kc; k++)
-                memcpy(Bp + (size_t)k * PEFT__NR, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0, sizeof(float) * PEFT__NR);
+                memcpy(Bp + (size_t)k * PEFT__NR, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0,
+                       sizeof(float) * PEFT__NR);
         else if (nr < PEFT__NR)
             for (int k = 0; k < g->kc; k++) {
                 float *dst = Bp + (size_t)k * PEFT__NR;
-                if (!g->tB) memcpy(dst, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0, sizeof(float) * (size_t)nr);
+                if (!g->tB)
+                    memcpy(dst, g->B + (size_t)(g->pc + k) * g->ldb + g->jc + j0, sizeof(float) * (size_t)nr);
                 for (int j = nr; j < PEFT__NR; j++) dst[j] = 0.0f;
             }
     }
@@ -1879,14 +1913,15 @@ static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
 
 /* the micro-kernels of one packed block of A (rows ic.., mc of them)
    against the packed column strips [j_begin, j_end) of B */
-static void peft__run_block(const peft__gemm_args *g, const float *Ap, int ic, int mc, int j_begin, int j_end) {
+static void peft__run_block(const peft__gemm_args *g, const float *Ap, int ic, int mc, int j_begin,
+                            int j_end) {
     for (int j0 = j_begin; j0 < g->nc && j0 < j_end; j0 += PEFT__NR) {
         int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
         const float *Bs = g->Bp + (size_t)j0 * g->kc;
         for (int i0 = 0; i0 < mc; i0 += PEFT__MR) {
             int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
-            peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0, g->ldc, mr, nr,
-                          g->over);
+            peft__ukernel(g->kc, Ap + (size_t)i0 * g->kc, Bs, g->C + (size_t)(ic + i0) * g->ldc + g->jc + j0,
+                          g->ldc, mr, nr, g->over);
         }
     }
 }
@@ -1943,7 +1978,8 @@ static void peft__gemm_strips(void *vctx, int64_t s0, int64_t s1) {
                           : peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
     for (int64_t b0 = s0; b0 < s1; b0 += PEFT__MC / PEFT__MR) {
         int64_t b1 = b0 + PEFT__MC / PEFT__MR < s1 ? b0 + PEFT__MC / PEFT__MR : s1;
-        int ic = (int)b0 * PEFT__MR, mc = g->M - ic < (int)(b1 - b0) * PEFT__MR ? g->M - ic : (int)(b1 - b0) * PEFT__MR;
+        int ic = (int)b0 * PEFT__MR,
+            mc = g->M - ic < (int)(b1 - b0) * PEFT__MR ? g->M - ic : (int)(b1 - b0) * PEFT__MR;
         if (!Ap) {
             peft__run_block_stack(g, ic, mc, 0, g->nc);
             continue;
@@ -2039,7 +2075,9 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
        once per K slice instead of once per column slice. Either loop order
        adds the K slices into C in the same order: identical results. */
     g.keep_a = nslices > 1 && strips >= 4 * peft__nthreads &&
-               (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even * sizeof(float) <= (4u << 20);
+               (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even *
+                               sizeof(float) <=
+                       (4u << 20);
     float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
     if (!Bp && !Bpre) {
         /* no memory to pack B: one NR-wide panel at a time on the stack, on
@@ -2076,7 +2114,8 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
         /* few rows: split columns too until the units divide evenly
            among the threads */
         g.nsplit = 1;
-        while (g.nsplit < (int)panels && (mblocks * g.nsplit < 2 * peft__nthreads || (mblocks * g.nsplit) % peft__nthreads))
+        while (g.nsplit < (int)panels &&
+               (mblocks * g.nsplit < 2 * peft__nthreads || (mblocks * g.nsplit) % peft__nthreads))
             g.nsplit++;
         peft__parallel_for(mblocks * g.nsplit, 1, peft__gemm_mblocks, &g);
     }
@@ -2255,7 +2294,11 @@ PEFTDEF peft_status peft_q4_quantize(peft_q4 *q, const float *w, int64_t n, peft
     q->n_nested = (q->n_blocks + 255) / 256;
     q->packed = (uint8_t *)PEFT_MALLOC((size_t)(n + 1) / 2);
     float *am = (float *)PEFT_MALLOC(sizeof(float) * (size_t)q->n_blocks);
-    if (!q->packed || !am) { PEFT_FREE(am); peft_q4_free(q); return peft__fail(PEFT_ERR_NOMEM, "no memory for 4-bit storage"); }
+    if (!q->packed || !am) {
+        PEFT_FREE(am);
+        peft_q4_free(q);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory for 4-bit storage");
+    }
     float bounds[15];
     peft__q4_bounds(t, bounds);
     uint8_t pad = peft__q4_index(t, 0.0f, bounds);   /* an odd count pads with a quantized 0 */
@@ -2280,7 +2323,11 @@ PEFTDEF peft_status peft_q4_quantize(peft_q4 *q, const float *w, int64_t n, peft
     q->offset = offset ? *offset : (float)(mean / (double)q->n_blocks);
     q->qabsmax = (uint8_t *)PEFT_MALLOC((size_t)q->n_blocks);
     q->nested_absmax = (float *)PEFT_MALLOC(sizeof(float) * (size_t)q->n_nested);
-    if (!q->qabsmax || !q->nested_absmax) { PEFT_FREE(am); peft_q4_free(q); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    if (!q->qabsmax || !q->nested_absmax) {
+        PEFT_FREE(am);
+        peft_q4_free(q);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    }
     for (int64_t b = 0; b < q->n_blocks; b++) am[b] -= q->offset;
     peft_quantize_blockwise8(am, q->n_blocks, 256, peft__dynamic_map, q->qabsmax, q->nested_absmax);
     PEFT_FREE(am);
@@ -3030,7 +3077,8 @@ PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const fl
 }
 
 PEFTDEF peft_status peft_backward(peft_graph *g, peft_tensor *out) {
-    if (out && out->n != 1) return peft__fail(PEFT_ERR_ARG, "backward needs a scalar output (use peft_backward_seed)");
+    if (out && out->n != 1)
+        return peft__fail(PEFT_ERR_ARG, "backward needs a scalar output (use peft_backward_seed)");
     return peft_backward_seed(g, out, NULL);
 }
 
@@ -3065,10 +3113,12 @@ PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *E, const int *id
     if (!peft__ok(g, E, ids)) return NULL;
     int64_t V = E->shape[0], D = peft__cols(E);
     for (int r = 0; r < n; r++)
-        if (ids[r] < 0 || ids[r] >= V) return peft__op_fail(g, PEFT_ERR_ARG, "token id out of range of the embedding table");
+        if (ids[r] < 0 || ids[r] >= V)
+            return peft__op_fail(g, PEFT_ERR_ARG, "token id out of range of the embedding table");
     peft_tensor *y = peft_tensor_2d(g, n, D);
     if (!y) return NULL;
-    for (int r = 0; r < n; r++) memcpy(y->data + (size_t)r * D, E->data + (size_t)ids[r] * D, (size_t)D * sizeof(float));
+    for (int r = 0; r < n; r++)
+        memcpy(y->data + (size_t)r * D, E->data + (size_t)ids[r] * D, (size_t)D * sizeof(float));
     peft__node *nd = peft__record(g, peft__embedding_bw, y, E, NULL, NULL, NULL);
     if (nd) { nd->i[0] = n; nd->ids = peft__save_ids(g, ids, n); }
     return y;
@@ -3126,7 +3176,8 @@ static void peft__linear_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0], *W = n->in[1];
     int N = (int)peft__rows(x), in = (int)peft__cols(x), out = (int)W->shape[0];
     const float *dy = n->out->grad;
-    if (x->requires_grad) peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
+    if (x->requires_grad)
+        peft_gemm(0, 0, N, in, out, dy, out, W->data, in, x->grad_fresh ? 0.0f : 1.0f, x->grad, in);
     x->grad_fresh = 0;
     if (W->requires_grad) peft_gemm(1, 0, out, in, N, dy, out, x->data, in, 1.0f, W->grad, in);
 }
@@ -3191,7 +3242,8 @@ static void peft__rmsnorm_bw(peft_graph *g, peft__node *n) {
 PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w, float eps) {
     if (!peft__ok(g, x, w)) return NULL;
     int64_t R = peft__rows(x), D = peft__cols(x);
-    if (w->n != D) return peft__op_fail(g, PEFT_ERR_SHAPE, "rmsnorm: weight length differs from the row width");
+    if (w->n != D)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "rmsnorm: weight length differs from the row width");
     peft_tensor *y = peft__like(g, x);
     float *rs = y ? peft__arena_floats(g, R, 0) : NULL;
     if (!rs) return NULL;
@@ -3245,19 +3297,20 @@ static void peft__rope_range(void *vctx, int64_t r0, int64_t r1) {
         }
     }
 }
-static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float *src, int64_t rows, int n_heads, int T,
-                             float sign, const int *start, int accumulate) {
+static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float *src, int64_t rows,
+                             int n_heads, int T, float sign, const int *start, int accumulate) {
     peft__rope_args a = { rt, dst, src, n_heads, T, accumulate, sign, start };
     peft__parallel_for(rows, 64, peft__rope_range, &a);
 }
 static void peft__rope_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *x = n->in[0];
-    peft__rope_apply((const peft_rope_table *)n->aux, x->grad, n->out->grad, peft__rows(x), n->i[0], n->i[1], -1.0f, NULL, 1);
+    peft__rope_apply((const peft_rope_table *)n->aux, x->grad, n->out->grad, peft__rows(x), n->i[0], n->i[1],
+                     -1.0f, NULL, 1);
 }
 /* in_place: the output overwrites x (see peft__alias) */
-static peft_tensor *peft__rope_op(peft_graph *g, peft_tensor *x, int n_heads, const peft_rope_table *rt, int B, int T,
-                                  int in_place) {
+static peft_tensor *peft__rope_op(peft_graph *g, peft_tensor *x, int n_heads, const peft_rope_table *rt,
+                                  int B, int T, int in_place) {
     if (!peft__ok(g, x, rt)) return NULL;
     if (peft__cols(x) != (int64_t)n_heads * rt->head_dim || peft__rows(x) != (int64_t)B * T)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "rope: input is not [B*T, heads*head_dim]");
@@ -3388,11 +3441,12 @@ static void peft__attend_prompts(const float *qt, const float *pk, const float *
 }
 
 /* The keys one query head sees: k, or k + γ_h·x with Excitor (into buf). */
-static const float *peft__keys_for_head(const peft__attn_args *a, const float *kb, const float *xb, int h, int64_t kw,
-                                         float *buf, int64_t *ld) {
+static const float *peft__keys_for_head(const peft__attn_args *a, const float *kb, const float *xb, int h,
+                                        int64_t kw, float *buf, int64_t *ld) {
     if (!xb) { *ld = kw; return kb; }
     for (int t = 0; t < a->T; t++)
-        for (int d = 0; d < a->hd; d++) buf[(size_t)t * a->hd + d] = kb[(int64_t)t * kw + d] + a->Gx[h] * xb[(int64_t)t * kw + d];
+        for (int d = 0; d < a->hd; d++)
+            buf[(size_t)t * a->hd + d] = kb[(int64_t)t * kw + d] + a->Gx[h] * xb[(int64_t)t * kw + d];
     *ld = a->hd;
     return buf;
 }
@@ -3425,7 +3479,8 @@ static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
             const float *keys = peft__keys_for_head(a, kb, xb, h, kw, kbuf, &ldk);
             for (int r0 = 0; r0 < T; r0 += PEFT__ATTN_BLOCK) {
                 int rn = T - r0 < PEFT__ATTN_BLOCK ? T - r0 : PEFT__ATTN_BLOCK;
-                peft_gemm(0, 1, rn, r0 + rn, hd, qh + (int64_t)r0 * qw, (int)qw, keys, (int)ldk, 0.0f, P + (size_t)r0 * T, T);
+                peft_gemm(0, 1, rn, r0 + rn, hd, qh + (int64_t)r0 * qw, (int)qw, keys, (int)ldk, 0.0f,
+                          P + (size_t)r0 * T, T);
             }
             for (int t = 0; t < T; t++) {
                 float *pr = P + (size_t)t * T;
@@ -3435,12 +3490,14 @@ static void peft__attn_fwd_range(void *vctx, int64_t b0, int64_t b1) {
             }
             for (int r0 = 0; r0 < T; r0 += PEFT__ATTN_BLOCK) {
                 int rn = T - r0 < PEFT__ATTN_BLOCK ? T - r0 : PEFT__ATTN_BLOCK;
-                peft_gemm(0, 0, rn, hd, r0 + rn, P + (size_t)r0 * T, T, vb, (int)kw, 0.0f, oh + (int64_t)r0 * qw, (int)qw);
+                peft_gemm(0, 0, rn, hd, r0 + rn, P + (size_t)r0 * T, T, vb, (int)kw, 0.0f,
+                          oh + (int64_t)r0 * qw, (int)qw);
             }
             if (K)
                 for (int t = 0; t < T; t++)
-                    peft__attend_prompts(qh + (int64_t)t * qw, a->pk + pb * kw + (int64_t)kvh * hd, a->pv + pb * kw + (int64_t)kvh * hd,
-                                         kw, K, hd, scale, a->G[h], a->Pp + (((size_t)b * H + h) * T + t) * K, oh + (int64_t)t * qw);
+                    peft__attend_prompts(qh + (int64_t)t * qw, a->pk + pb * kw + (int64_t)kvh * hd,
+                                         a->pv + pb * kw + (int64_t)kvh * hd, kw, K, hd, scale, a->G[h],
+                                         a->Pp + (((size_t)b * H + h) * T + t) * K, oh + (int64_t)t * qw);
         }
     }
 }
@@ -3463,9 +3520,11 @@ static void peft__attn_bw_range(void *vctx, int64_t u0, int64_t u1) {
     int T = a->T, H = a->H, KV = a->KV, hd = a->hd, K = a->K, grp = H / KV;
     int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    float *dS = peft__pack_buf(&peft__attn_scratch, &peft__attn_scratch_cap, (size_t)T * T + 2 * (size_t)T * hd + K + hd);
+    float *dS = peft__pack_buf(&peft__attn_scratch, &peft__attn_scratch_cap,
+                               (size_t)T * T + 2 * (size_t)T * hd + K + hd);
     if (!dS) { a->oom = 1; return; }
-    float *tmp = dS + (size_t)T * T, *kbuf = tmp + (size_t)T * hd, *dPp = kbuf + (size_t)T * hd, *dop = dPp + K;
+    float *tmp = dS + (size_t)T * T, *kbuf = tmp + (size_t)T * hd, *dPp = kbuf + (size_t)T * hd,
+          *dop = dPp + K;
     for (int64_t u = u0; u < u1; u++) {
         int kvh = a->by_batch ? (int)(u % KV) : (int)u;
         int b_first = a->by_batch ? (int)(u / KV) : 0, b_end = a->by_batch ? b_first + 1 : a->B;
@@ -3516,7 +3575,8 @@ static void peft__attn_bw_range(void *vctx, int64_t u0, int64_t u1) {
                 /* token branch */
                 for (int r0 = 0; r0 < T; r0 += PEFT__ATTN_BLOCK) {                         /* dP, t ≥ j */
                     int rn = T - r0 < PEFT__ATTN_BLOCK ? T - r0 : PEFT__ATTN_BLOCK;
-                    peft_gemm(0, 1, rn, r0 + rn, hd, doh + (int64_t)r0 * qw, (int)qw, vb, (int)kw, 0.0f, dS + (size_t)r0 * T, T);
+                    peft_gemm(0, 1, rn, r0 + rn, hd, doh + (int64_t)r0 * qw, (int)qw, vb, (int)kw, 0.0f,
+                              dS + (size_t)r0 * T, T);
                 }
                 for (int t = 0; t < T; t++) {
                     const float *pr = P + (size_t)t * T;
@@ -3528,30 +3588,40 @@ static void peft__attn_bw_range(void *vctx, int64_t u0, int64_t u1) {
                 if (dqh) {
                     int64_t ldk;
                     const float *keys = peft__keys_for_head(a, kb, xb, h, kw, kbuf, &ldk);
-                    for (int r0 = 0; r0 < T; r0 += PEFT__ATTN_BLOCK) {                     /* dQ: keys j ≤ t */
+                    /* dQ: keys j ≤ t */
+                    for (int r0 = 0; r0 < T; r0 += PEFT__ATTN_BLOCK) {
                         int rn = T - r0 < PEFT__ATTN_BLOCK ? T - r0 : PEFT__ATTN_BLOCK;
-                        peft_gemm(0, 0, rn, hd, r0 + rn, dS + (size_t)r0 * T, T, keys, (int)ldk, 1.0f, dqh + (int64_t)r0 * qw, (int)qw);
+                        peft_gemm(0, 0, rn, hd, r0 + rn, dS + (size_t)r0 * T, T, keys, (int)ldk, 1.0f,
+                                  dqh + (int64_t)r0 * qw, (int)qw);
                     }
                 }
                 if (a->dk || (xb && (a->dx || dGx))) {
-                    for (int c0 = 0; c0 < T; c0 += PEFT__ATTN_BLOCK) {                         /* dSᵀ·Q: queries t ≥ j */
+                    /* dSᵀ·Q: queries t ≥ j */
+                    for (int c0 = 0; c0 < T; c0 += PEFT__ATTN_BLOCK) {
                         int cn = T - c0 < PEFT__ATTN_BLOCK ? T - c0 : PEFT__ATTN_BLOCK;
-                        peft_gemm(1, 0, cn, hd, T - c0, dS + (size_t)c0 * T + c0, T, qh + (int64_t)c0 * qw, (int)qw, 0.0f,
-                                  tmp + (size_t)c0 * hd, hd);
+                        peft_gemm(1, 0, cn, hd, T - c0, dS + (size_t)c0 * T + c0, T, qh + (int64_t)c0 * qw,
+                                  (int)qw, 0.0f, tmp + (size_t)c0 * hd, hd);
                     }
                     float gx = xb ? a->Gx[h] : 0.0f, dgx = 0.0f;
                     for (int j = 0; j < T; j++) {
                         const float *tj = tmp + (size_t)j * hd;
-                        if (a->dk) { float *dkj = a->dk + ((int64_t)b * T + j) * kw + col; for (int d = 0; d < hd; d++) dkj[d] += tj[d]; }
-                        if (xb && a->dx) { float *dxj = a->dx + ((int64_t)b * T + j) * kw + col; for (int d = 0; d < hd; d++) dxj[d] += gx * tj[d]; }
+                        if (a->dk) {
+                            float *dkj = a->dk + ((int64_t)b * T + j) * kw + col;
+                            for (int d = 0; d < hd; d++) dkj[d] += tj[d];
+                        }
+                        if (xb && a->dx) {
+                            float *dxj = a->dx + ((int64_t)b * T + j) * kw + col;
+                            for (int d = 0; d < hd; d++) dxj[d] += gx * tj[d];
+                        }
                         if (xb && dGx) dgx += peft__dot(tj, xb + (int64_t)j * kw, hd);
                     }
                     if (xb && dGx) dGx[h] += dgx;
                 }
-                for (int c0 = 0; a->dv && c0 < T; c0 += PEFT__ATTN_BLOCK) {                    /* dV += Pᵀ·dO, t ≥ j */
+                /* dV += Pᵀ·dO, t ≥ j */
+                for (int c0 = 0; a->dv && c0 < T; c0 += PEFT__ATTN_BLOCK) {
                     int cn = T - c0 < PEFT__ATTN_BLOCK ? T - c0 : PEFT__ATTN_BLOCK;
-                    peft_gemm(1, 0, cn, hd, T - c0, P + (size_t)c0 * T + c0, T, doh + (int64_t)c0 * qw, (int)qw, 1.0f,
-                              a->dv + ((int64_t)b * T + c0) * kw + col, (int)kw);
+                    peft_gemm(1, 0, cn, hd, T - c0, P + (size_t)c0 * T + c0, T, doh + (int64_t)c0 * qw,
+                              (int)qw, 1.0f, a->dv + ((int64_t)b * T + c0) * kw + col, (int)kw);
                 }
             }
         }
@@ -3590,12 +3660,17 @@ static void peft__attention_bw(peft_graph *g, peft__node *n) {
     peft__gate_values(n->in[7], 0, a.H, a.Gx);
     a.by_batch = a.K == 0 || a.prompt_batched;
     int64_t units = a.by_batch ? (int64_t)a.B * a.KV : a.KV;
-    float *partial = peft__arena_floats(g, 2 * units * a.H, 1), dG[PEFT_MAX_HEADS] = { 0 }, dGx[PEFT_MAX_HEADS] = { 0 };
+    float *partial = peft__arena_floats(g, 2 * units * a.H, 1), dG[PEFT_MAX_HEADS] = { 0 },
+          dGx[PEFT_MAX_HEADS] = { 0 };
     if (!partial) { g->failed = 1; return; }
     a.dG = peft__grad_if(n->in[5]) ? partial : NULL;
     a.dGx = peft__grad_if(n->in[7]) ? partial + units * a.H : NULL;
     peft__parallel_for(units, 1, peft__attn_bw_range, &a);
-    if (a.oom) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "attention backward: no memory for scratch"); return; }
+    if (a.oom) {
+        g->failed = 1;
+        peft__fail(PEFT_ERR_NOMEM, "attention backward: no memory for scratch");
+        return;
+    }
     for (int64_t u = 0; u < units; u++)
         for (int h = 0; h < a.H; h++) {
             dG[h] += partial[u * a.H + h];
@@ -3609,7 +3684,8 @@ PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tenso
                                        int B, int T, int H, int KV, int hd, const peft_attn_extras *ex) {
     if (!peft__ok(g, q, k) || !v) return NULL;
     if (KV < 1 || H % KV != 0 || H > PEFT_MAX_HEADS)
-        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: heads must be a multiple of kv heads (and at most PEFT_MAX_HEADS)");
+        return peft__op_fail(g, PEFT_ERR_SHAPE,
+                             "attention: heads must be a multiple of kv heads (and at most PEFT_MAX_HEADS)");
     if (q->n != (int64_t)B * T * H * hd || k->n != (int64_t)B * T * KV * hd || v->n != k->n)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: q/k/v sizes disagree with B, T, heads, head_dim");
     peft_attn_extras none;
@@ -3619,13 +3695,16 @@ PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tenso
     if (K) {
         int64_t rows = peft__rows(ex->pk);
         batched = rows == (int64_t)B * K;
-        if ((rows != K && !batched) || peft__cols(ex->pk) != (int64_t)KV * hd || !ex->pv || ex->pv->n != ex->pk->n)
-            return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: prompt keys/values must be [K or B*K, kv_heads*head_dim]");
+        if ((rows != K && !batched) || peft__cols(ex->pk) != (int64_t)KV * hd || !ex->pv ||
+            ex->pv->n != ex->pk->n)
+            return peft__op_fail(g, PEFT_ERR_SHAPE,
+                                 "attention: prompt keys/values must be [K or B*K, kv_heads*head_dim]");
         if (ex->gate && ex->gate->n != 1 && ex->gate->n != H)
             return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: prompt gate must have 1 or n_heads values");
     }
     if (ex->x && (ex->x->n != k->n || !ex->x_gate || (ex->x_gate->n != 1 && ex->x_gate->n != H)))
-        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention: extra keys must match k, with a gate of 1 or n_heads values");
+        return peft__op_fail(g, PEFT_ERR_SHAPE,
+                             "attention: extra keys must match k, with a gate of 1 or n_heads values");
     peft_tensor *o = peft__like(g, q);
     float *P = o ? peft__arena_floats(g, (int64_t)B * H * T * T + (int64_t)B * H * T * K, 0) : NULL;
     if (!P) return NULL;
@@ -3647,7 +3726,8 @@ PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tenso
         /* the extras alone may need gradients */
         peft_tensor *extra[4] = { K ? ex->pv : NULL, K ? ex->gate : NULL, ex->x, ex->x ? ex->x_gate : NULL };
         for (int i = 0; i < 4 && !nd; i++)
-            if (extra[i] && extra[i]->requires_grad) nd = peft__record(g, peft__attention_bw, o, extra[i], NULL, NULL, NULL);
+            if (extra[i] && extra[i]->requires_grad)
+                nd = peft__record(g, peft__attention_bw, o, extra[i], NULL, NULL, NULL);
         if (nd) { nd->in[0] = q; nd->in[1] = k; nd->in[2] = v; nd->in[3] = K ? ex->pk : NULL; }
     }
     if (nd) {
@@ -3830,7 +3910,8 @@ static void peft__mask_range(void *vctx, int64_t j0, int64_t j1) {
         a->dst[j] = a->add ? a->dst[j] + v : v;
     }
 }
-static void peft__apply_mask(float *dst, const float *src, const uint8_t *mask, float keep, int add, int64_t n) {
+static void peft__apply_mask(float *dst, const float *src, const uint8_t *mask, float keep, int add,
+                             int64_t n) {
     peft__mask_args a = { dst, src, mask, keep, add };
     peft__parallel_for(n, 1 << 14, peft__mask_range, &a);
 }
@@ -3883,7 +3964,14 @@ static void peft__lora_bw(peft_graph *g, peft__node *n) {
    linear: 155M draws per QLoRA step of smollm-135m.) Each 64-bit draw gives
    two 24-bit uniforms u (its bits 40-63, then 16-39), and an element is kept
    when u ≥ p, compared as integers: u·2^24 ≥ ⌈p·2^24⌉. */
-typedef struct { const float *x; float *xt; uint8_t *mask; uint64_t key; int in; float p, keep; } peft__dropout_args;
+typedef struct {
+    const float *x;
+    float *xt;
+    uint8_t *mask;
+    uint64_t key;
+    int in;
+    float p, keep;
+} peft__dropout_args;
 static void peft__dropout_rows(void *vctx, int64_t r0, int64_t r1) {
     const peft__dropout_args *a = (const peft__dropout_args *)vctx;
     uint32_t cut = (uint32_t)ceil((double)a->p * 16777216.0);
@@ -3913,7 +4001,8 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     if (peft__cols(x) != in || A->n != (int64_t)r * in || Bm->n != (int64_t)out * r ||
         (W && (W->shape[0] != out || W->shape[1] != in)) || (Wq && Wq->n != (int64_t)out * in) ||
         (Wm && (Wm->rows != out || Wm->cols != in)))
-        return peft__op_fail(g, PEFT_ERR_SHAPE, "lora_linear: shapes of x, W [out,in], A [r,in], B [out,r] disagree");
+        return peft__op_fail(g, PEFT_ERR_SHAPE,
+                             "lora_linear: shapes of x, W [out,in], A [r,in], B [out,r] disagree");
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
@@ -3924,7 +4013,8 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     float *u = y ? peft__arena_floats(g, (int64_t)N * r, 0) : NULL;
     uint8_t *mask = u && drop ? (uint8_t *)peft__arena_alloc(g, (size_t)N * in) : NULL;
     float *su = u ? peft__lora_scratch((size_t)N * r + (drop ? (size_t)N * in : 0)) : NULL;
-    if (!su || (drop && !mask)) return u ? peft__op_fail(g, PEFT_ERR_NOMEM, "lora_linear: out of memory") : NULL;
+    if (!su || (drop && !mask))
+        return u ? peft__op_fail(g, PEFT_ERR_NOMEM, "lora_linear: out of memory") : NULL;
     const float *xd = x->data;
     float keep = drop ? 1.0f / (1.0f - dropout) : 1.0f;
     if (drop) {
@@ -3935,7 +4025,7 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     }
     peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ  */
     if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ  */
-    else if (Wq || Wm) {                                                   /* x·Wᵀ from the frozen storage */
+    else if (Wq || Wm) { /* x·Wᵀ from the frozen storage */
         const void *Wf = Wq ? (const void *)Wq : Wm;
         if (peft__frozen_product(Wm != NULL, Wf, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
             g->failed = 1;
@@ -3981,15 +4071,19 @@ static void peft__add_bias_bw(peft_graph *g, peft__node *n) {
     int64_t R = peft__rows(y), C = peft__cols(y);
     const float *dy = n->out->grad;
     if (y->requires_grad) for (int64_t j = 0; j < y->n; j++) y->grad[j] += dy[j];
-    if (b->requires_grad) for (int64_t r = 0; r < R; r++) for (int64_t c = 0; c < C; c++) b->grad[c] += dy[r * C + c];
+    if (b->requires_grad)
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++) b->grad[c] += dy[r * C + c];
 }
 PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b) {
     if (!peft__ok(g, y, b)) return NULL;
     int64_t R = peft__rows(y), C = peft__cols(y);
-    if (b->n != C) return peft__op_fail(g, PEFT_ERR_SHAPE, "add_bias: bias length differs from the row width");
+    if (b->n != C)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "add_bias: bias length differs from the row width");
     peft_tensor *o = peft__like(g, y);
     if (!o) return NULL;
-    for (int64_t r = 0; r < R; r++) for (int64_t c = 0; c < C; c++) o->data[r * C + c] = y->data[r * C + c] + b->data[c];
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) o->data[r * C + c] = y->data[r * C + c] + b->data[c];
     peft__record(g, peft__add_bias_bw, o, y, b, NULL, NULL);
     return o;
 }
@@ -4015,7 +4109,9 @@ static void peft__bias_scale_bw_cols(void *vctx, int64_t c0, int64_t c1) {
 }
 static void peft__bias_scale_bw(peft_graph *g, peft__node *n) {
     (void)g;
-    peft__bs_args a = { n->in[0], n->in[1], n->in[2], n->out->grad, peft__rows(n->in[0]), peft__cols(n->in[0]) };
+    peft__bs_args a = {
+        n->in[0], n->in[1], n->in[2], n->out->grad, peft__rows(n->in[0]), peft__cols(n->in[0])
+    };
     peft__parallel_for(a.C, 32, peft__bias_scale_bw_cols, &a);
 }
 typedef struct { const float *y, *b, *s; float *o; int64_t C; } peft__bs_fwd_args;
@@ -4027,7 +4123,8 @@ static void peft__bias_scale_rows(void *vctx, int64_t r0, int64_t r1) {
 PEFTDEF peft_tensor *peft_bias_scale(peft_graph *g, peft_tensor *y, peft_tensor *b, peft_tensor *s) {
     if (!peft__ok(g, y, b) || !s) return NULL;
     int64_t R = peft__rows(y), C = peft__cols(y);
-    if (b->n != C || s->n != C) return peft__op_fail(g, PEFT_ERR_SHAPE, "bias_scale: bias and scale must match the row width");
+    if (b->n != C || s->n != C)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "bias_scale: bias and scale must match the row width");
     peft_tensor *o = peft__like(g, y);
     if (!o) return NULL;
     peft__bs_fwd_args a = { y->data, b->data, s->data, o->data, C };
@@ -4154,7 +4251,9 @@ static peft_tensor *peft__add_op(peft_graph *g, peft_tensor *a, peft_tensor *b, 
     peft__record(g, peft__add_bw, y, a, b, NULL, NULL);
     return y;
 }
-PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) { return peft__add_op(g, a, b, 0); }
+PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) {
+    return peft__add_op(g, a, b, 0);
+}
 
 /* ---- scale -------------------------------------------------------------------
    y = s·x;  dx += s·dy                                                     */
@@ -4251,7 +4350,9 @@ static void peft__xent_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *z = n->in[0];
     if (n->i[0] == 0) return;
-    peft__xent_args a = { z->data, z->grad, n->saved, n->ids, peft__cols(z), n->out->grad[0] / (float)n->i[0] };
+    peft__xent_args a = {
+        z->data, z->grad, n->saved, n->ids, peft__cols(z), n->out->grad[0] / (float)n->i[0]
+    };
     peft__parallel_for(peft__rows(z), 8, peft__xent_bw_range, &a);
 }
 PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int *targets) {
@@ -4315,14 +4416,19 @@ static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w, const int *targets) {
-    if (!peft__ok(g, x, w) || !targets) return targets ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: no targets");
+PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
+                                               const int *targets) {
+    if (!peft__ok(g, x, w) || !targets)
+        return targets ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: no targets");
     int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
-    if (peft__cols(w) != D) return peft__op_fail(g, PEFT_ERR_SHAPE, "linear_cross_entropy: x and w disagree on the width");
+    if (peft__cols(w) != D)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "linear_cross_entropy: x and w disagree on the width");
     int64_t nv = 0;
     for (int64_t r = 0; r < R; r++) {
         if (targets[r] == -100) continue;
-        if (targets[r] < 0 || targets[r] >= V) return peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: target id out of range of the vocabulary");
+        if (targets[r] < 0 || targets[r] >= V)
+            return peft__op_fail(g, PEFT_ERR_ARG,
+                                 "linear_cross_entropy: target id out of range of the vocabulary");
         nv++;
     }
     int64_t one = 1;
@@ -4343,8 +4449,10 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     peft__lce_saved *sv = (peft__lce_saved *)peft__arena_alloc(g, sizeof *sv);
     float *z = peft__arena_floats(g, chunk * V, 0), *xs = peft__arena_floats(g, chunk * D, 0);
     float *loss = peft__arena_floats(g, chunk, 0), *dxs = gx ? peft__arena_floats(g, chunk * D, 0) : NULL;
-    int *rows = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)(nv + 1)), *tg = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)chunk);
-    if (!sv || !z || !xs || !loss || !rows || !tg || (gx && !dxs)) return peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    int *rows = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)(nv + 1)),
+        *tg = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)chunk);
+    if (!sv || !z || !xs || !loss || !rows || !tg || (gx && !dxs))
+        return peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
     sv->dx = gx ? peft__arena_floats(g, x->n, 1) : NULL;
     sv->dw = gw ? peft__arena_floats(g, w->n, 1) : NULL;
     if ((gx && !sv->dx) || (gw && !sv->dw)) { g->failed = 1; return NULL; }
@@ -4352,9 +4460,11 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
        dx = dz·W) instead of once per chunk and product, where the packed
        copies take no more than one more chunk of logits would. */
     const float *wf = NULL, *wb = NULL;
-    size_t pf = peft__gemm_packed_floats((int)V, (int)D), pb = gx ? peft__gemm_packed_floats((int)D, (int)V) : 0;
+    size_t pf = peft__gemm_packed_floats((int)V, (int)D),
+           pb = gx ? peft__gemm_packed_floats((int)D, (int)V) : 0;
     if (nv > chunk && pf + pb <= (size_t)(chunk * V)) {
-        float *f = peft__arena_floats(g, (int64_t)pf, 0), *b = pb ? peft__arena_floats(g, (int64_t)pb, 0) : NULL;
+        float *f = peft__arena_floats(g, (int64_t)pf, 0),
+              *b = pb ? peft__arena_floats(g, (int64_t)pb, 0) : NULL;
         if (!f || (pb && !b)) { g->failed = 1; return NULL; }
         peft__gemm_pack_B(1, (int)V, (int)D, w->data, (int)D, f);
         if (b) peft__gemm_pack_B(0, (int)D, (int)V, w->data, (int)D, b);
@@ -4375,7 +4485,8 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
         for (int64_t i = 0; i < c; i++) total += loss[i];     /* row order: deterministic */
         if (gx) {
             peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, NULL, wb, (int)D, 0.0f, dxs, (int)D);
-            for (int64_t i = 0; i < c; i++) memcpy(sv->dx + (int64_t)rows[c0 + i] * D, dxs + i * D, sizeof(float) * (size_t)D);
+            for (int64_t i = 0; i < c; i++)
+                memcpy(sv->dx + (int64_t)rows[c0 + i] * D, dxs + i * D, sizeof(float) * (size_t)D);
         }
         if (gw) peft_gemm(1, 0, (int)V, (int)D, (int)c, z, (int)V, xs, (int)D, 1.0f, sv->dw, (int)D);
     }
@@ -4404,27 +4515,33 @@ typedef struct {
     int orig;
 } peft__preset;
 
+/* the RoPE kinds, short, so that the table below keeps one row per model */
+#define PEFT__RD PEFT_ROPE_DEFAULT
+#define PEFT__R3 PEFT_ROPE_LLAMA3
 static const peft__preset peft__presets[] = {
-    /* name            dim   ffn   L   H  KV  hd  vocab  ctx    eps   theta  tie rope factor low high orig */
-    { "llama-7b",      4096, 11008, 32, 32, 32, 0, 32000, 2048, 1e-6f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "llama-13b",     5120, 13824, 40, 40, 40, 0, 32000, 2048, 1e-6f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "llama-65b",     8192, 22016, 80, 64, 64, 0, 32000, 2048, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "llama2-7b",     4096, 11008, 32, 32, 32, 0, 32000, 4096, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "llama2-13b",    5120, 13824, 40, 40, 40, 0, 32000, 4096, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "llama2-70b",    8192, 28672, 80, 64,  8, 0, 32000, 4096, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "llama3-8b",     4096, 14336, 32, 32,  8, 0, 128256, 8192, 1e-5f, 5e5f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "llama3.1-8b",   4096, 14336, 32, 32,  8, 0, 128256, 131072, 1e-5f, 5e5f, 0, PEFT_ROPE_LLAMA3, 8, 1, 4, 8192 },
-    { "llama3.2-1b",   2048,  8192, 16, 32,  8, 64, 128256, 131072, 1e-5f, 5e5f, 1, PEFT_ROPE_LLAMA3, 32, 1, 4, 8192 },
-    { "llama3.2-3b",   3072,  8192, 28, 24,  8, 128, 128256, 131072, 1e-5f, 5e5f, 1, PEFT_ROPE_LLAMA3, 32, 1, 4, 8192 },
-    { "tinyllama-1.1b", 2048, 5632, 22, 32,  4, 0, 32000, 2048, 1e-5f, 1e4f, 0, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "smollm-135m",    576,  1536, 30,  9,  3, 0, 49152, 2048, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "smollm-360m",    960,  2560, 32, 15,  5, 0, 49152, 2048, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "stories15m",     288,   768,  6,  6,  6, 0, 32000,  256, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "stories42m",     512,  1376,  8,  8,  8, 0, 32000, 1024, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
-    { "stories110m",    768,  2048, 12, 12, 12, 0, 32000, 1024, 1e-5f, 1e4f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    /* name, hidden, ffn, layers, heads, kv heads, head_dim (0: hidden/heads), vocab, context,
+       rms eps, rope theta, tied, rope kind, llama3 factor, low, high, original context */
+    {"llama-7b",       4096, 11008, 32, 32, 32,   0,  32000,   2048, 1e-6, 1e4, 0, PEFT__RD,  0, 0, 0,    0},
+    {"llama-13b",      5120, 13824, 40, 40, 40,   0,  32000,   2048, 1e-6, 1e4, 0, PEFT__RD,  0, 0, 0,    0},
+    {"llama-65b",      8192, 22016, 80, 64, 64,   0,  32000,   2048, 1e-5, 1e4, 0, PEFT__RD,  0, 0, 0,    0},
+    {"llama2-7b",      4096, 11008, 32, 32, 32,   0,  32000,   4096, 1e-5, 1e4, 0, PEFT__RD,  0, 0, 0,    0},
+    {"llama2-13b",     5120, 13824, 40, 40, 40,   0,  32000,   4096, 1e-5, 1e4, 0, PEFT__RD,  0, 0, 0,    0},
+    {"llama2-70b",     8192, 28672, 80, 64,  8,   0,  32000,   4096, 1e-5, 1e4, 0, PEFT__RD,  0, 0, 0,    0},
+    {"llama3-8b",      4096, 14336, 32, 32,  8,   0, 128256,   8192, 1e-5, 5e5, 0, PEFT__RD,  0, 0, 0,    0},
+    {"llama3.1-8b",    4096, 14336, 32, 32,  8,   0, 128256, 131072, 1e-5, 5e5, 0,  PEFT__R3,  8, 1, 4, 8192},
+    {"llama3.2-1b",    2048,  8192, 16, 32,  8,  64, 128256, 131072, 1e-5, 5e5, 1,  PEFT__R3, 32, 1, 4, 8192},
+    {"llama3.2-3b",    3072,  8192, 28, 24,  8, 128, 128256, 131072, 1e-5, 5e5, 1,  PEFT__R3, 32, 1, 4, 8192},
+    {"tinyllama-1.1b", 2048,  5632, 22, 32,  4,   0,  32000,   2048, 1e-5, 1e4, 0, PEFT__RD,  0, 0, 0,    0},
+    {"smollm-135m",     576,  1536, 30,  9,  3,   0,  49152,   2048, 1e-5, 1e4, 1, PEFT__RD,  0, 0, 0,    0},
+    {"smollm-360m",     960,  2560, 32, 15,  5,   0,  49152,   2048, 1e-5, 1e4, 1, PEFT__RD,  0, 0, 0,    0},
+    {"stories15m",      288,   768,  6,  6,  6,   0,  32000,    256, 1e-5, 1e4, 1, PEFT__RD,  0, 0, 0,    0},
+    {"stories42m",      512,  1376,  8,  8,  8,   0,  32000,   1024, 1e-5, 1e4, 1, PEFT__RD,  0, 0, 0,    0},
+    {"stories110m",     768,  2048, 12, 12, 12,   0,  32000,   1024, 1e-5, 1e4, 1, PEFT__RD,  0, 0, 0,    0},
     /* a few-million-parameter LLaMA-3-style model for demos and tests */
-    { "tiny",           256,   768,  4,  8,  2, 0,  4096,  512, 1e-5f, 5e5f, 1, PEFT_ROPE_DEFAULT, 0, 0, 0, 0 },
+    {"tiny",            256,   768,  4,  8,  2,   0,   4096,    512, 1e-5, 5e5, 1, PEFT__RD,  0, 0, 0,    0},
 };
+#undef PEFT__RD
+#undef PEFT__R3
 #define PEFT__N_PRESETS ((int)(sizeof peft__presets / sizeof peft__presets[0]))
 
 PEFTDEF const char *peft_preset_name(int i) {
@@ -4512,8 +4629,8 @@ PEFTDEF peft_status peft_config_validate(const peft_config *c, const char *where
         return peft__fail(PEFT_ERR_CONFIG, "%s: head_dim must be positive and even (got %d)", w, c->head_dim);
     if (!(c->norm_eps > 0) || !(c->rope_theta > 0))
         return peft__fail(PEFT_ERR_CONFIG, "%s: rms_norm_eps and rope_theta must be positive", w);
-    if (c->rope_type == PEFT_ROPE_LLAMA3 &&
-        (!(c->rope_factor > 0) || c->rope_orig_max_pos <= 0 || !(c->rope_low_freq > 0) || !(c->rope_high_freq > 0)))
+    if (c->rope_type == PEFT_ROPE_LLAMA3 && (!(c->rope_factor > 0) || c->rope_orig_max_pos <= 0 ||
+                                             !(c->rope_low_freq > 0) || !(c->rope_high_freq > 0)))
         return peft__fail(PEFT_ERR_CONFIG, "%s: llama3 rope_scaling needs positive factor, low_freq_factor, "
                           "high_freq_factor and original_max_position_embeddings", w);
     if (c->rope_type == PEFT_ROPE_LINEAR && !(c->rope_factor > 0))
@@ -4525,7 +4642,8 @@ PEFTDEF peft_status peft_config_validate(const peft_config *c, const char *where
 static int peft__json_int(const peft_json *o, const char *key, int *out) {
     const peft_json *v = peft_json_get(o, key);
     if (!v || v->type == PEFT_JSON_NULL) return 0;
-    if (v->type != PEFT_JSON_NUMBER || v->number != floor(v->number) || fabs(v->number) > 2147483647.0) return -1;
+    if (v->type != PEFT_JSON_NUMBER || v->number != floor(v->number) || fabs(v->number) > 2147483647.0)
+        return -1;
     *out = (int)v->number;
     return 1;
 }
@@ -4576,8 +4694,10 @@ static peft_status peft__parse_rope(peft_config *c, const peft_json *rs, const c
             peft__json_float(rs, "low_freq_factor", &c->rope_low_freq) != 1 ||
             peft__json_float(rs, "high_freq_factor", &c->rope_high_freq) != 1 ||
             peft__json_int(rs, "original_max_position_embeddings", &c->rope_orig_max_pos) != 1)
-            return peft__fail(PEFT_ERR_CONFIG, "%s: llama3 rope scaling needs numeric factor, low_freq_factor, "
-                              "high_freq_factor and original_max_position_embeddings", path);
+            return peft__fail(PEFT_ERR_CONFIG,
+                              "%s: llama3 rope scaling needs numeric factor, low_freq_factor, "
+                              "high_freq_factor and original_max_position_embeddings",
+                              path);
         return PEFT_OK;
     }
     if (strcmp(type, "linear") == 0) {
@@ -4586,7 +4706,8 @@ static peft_status peft__parse_rope(peft_config *c, const peft_json *rs, const c
             return peft__fail(PEFT_ERR_CONFIG, "%s: linear rope scaling needs a numeric factor", path);
         return PEFT_OK;
     }
-    return peft__fail(PEFT_ERR_CONFIG, "%s: unsupported rope type '%s' (supported: default, llama3, linear)", path, type);
+    return peft__fail(PEFT_ERR_CONFIG, "%s: unsupported rope type '%s' (supported: default, llama3, linear)",
+                      path, type);
 }
 
 /* Every other config.json key: those read above, those that change nothing here (with why),
@@ -4646,7 +4767,8 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     }
     const char *act = peft__json_str(j, "hidden_act");
     if (act && strcmp(act, "silu") != 0) {
-        s = peft__fail(PEFT_ERR_CONFIG, "%s: hidden_act '%s' is not supported (LLaMA uses 'silu')", path, act);
+        s = peft__fail(PEFT_ERR_CONFIG, "%s: hidden_act '%s' is not supported (LLaMA uses 'silu')", path,
+                       act);
         goto done;
     }
     static const char *const bias_keys[] = { "attention_bias", "mlp_bias" };
@@ -4700,9 +4822,12 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     const peft_json *qc = peft_json_get(j, "quantization_config");
     if (qc && qc->type == PEFT_JSON_OBJECT) {
         const char *qm = peft__json_str(qc, "quant_method"), *qt = peft__json_str(qc, "bnb_4bit_quant_type");
-        const peft_json *l4 = peft_json_get(qc, "load_in_4bit"), *dq = peft_json_get(qc, "bnb_4bit_use_double_quant");
-        if (!qm || strcmp(qm, "bitsandbytes") != 0 || !l4 || l4->number == 0 || !qt || (strcmp(qt, "nf4") && strcmp(qt, "fp4"))) {
-            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: quantization_config is supported only for bitsandbytes 4-bit nf4/fp4", path);
+        const peft_json *l4 = peft_json_get(qc, "load_in_4bit"),
+                        *dq = peft_json_get(qc, "bnb_4bit_use_double_quant");
+        if (!qm || strcmp(qm, "bitsandbytes") != 0 || !l4 || l4->number == 0 || !qt ||
+            (strcmp(qt, "nf4") && strcmp(qt, "fp4"))) {
+            s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                           "%s: quantization_config is supported only for bitsandbytes 4-bit nf4/fp4", path);
             goto done;
         }
         /* FSDP-QLoRA stores the packed bytes as another dtype (bnb_4bit_quant_storage): the same bytes */
@@ -4823,8 +4948,13 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
         for (int k = 0; k < PEFT_N_SITES; k++) {
             if (!(k <= PEFT_O ? c->attn_bias : c->mlp_bias)) continue;
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, k <= PEFT_O ? "self_attn" : "mlp",
-                     k == PEFT_Q ? "q_proj" : k == PEFT_K ? "k_proj" : k == PEFT_V ? "v_proj" : k == PEFT_O ? "o_proj" :
-                     k == PEFT_GATE ? "gate_proj" : k == PEFT_UP ? "up_proj" : "down_proj");
+                     k == PEFT_Q      ? "q_proj"
+                     : k == PEFT_K    ? "k_proj"
+                     : k == PEFT_V    ? "v_proj"
+                     : k == PEFT_O    ? "o_proj"
+                     : k == PEFT_GATE ? "gate_proj"
+                     : k == PEFT_UP   ? "up_proj"
+                                      : "down_proj");
             if (!(L->lin[k].b = peft__add_param(m, name, L->lin[k].w->shape[0], 0))) goto oom;
         }
     }
@@ -4898,7 +5028,8 @@ PEFTDEF int64_t peft_model_base_count(const peft_model *m) {
 }
 
 PEFTDEF int peft_model_trainable(const peft_model *m, peft_tensor ***list) {
-    peft_tensor **l = (peft_tensor **)peft__calloc((size_t)(m->n_params + m->n_extra + 1) * sizeof(peft_tensor *));
+    peft_tensor **l =
+            (peft_tensor **)peft__calloc((size_t)(m->n_params + m->n_extra + 1) * sizeof(peft_tensor *));
     int n = 0;
     if (!l) { *list = NULL; return -1; }
     for (int i = 0; i < m->n_params; i++) if (m->params[i]->requires_grad) l[n++] = m->params[i];
@@ -4916,18 +5047,20 @@ PEFTDEF int64_t peft_model_trainable_count(const peft_model *m) {
 
 /* ---- forward -------------------------------------------------------------------- */
 static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x);
-static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex,
-                              int prompts, int excitor);
+static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B,
+                              peft_attn_extras *ex, int prompts, int excitor);
 
 /* After attention, shared by the plain and the KV-cache forward:
    x += o_proj(a);  x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x).
    The sums go over the projections' outputs, which no backward reads (the
    linear, LoRA, 4-bit and bias ops keep their inputs, not their outputs). */
-static peft_tensor *peft__block_rest(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, peft_tensor *a) {
+static peft_tensor *peft__block_rest(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x,
+                                     peft_tensor *a) {
     peft_linear_site *S = L->lin;
     x = peft__add_op(g, x, peft__site_forward(m, g, &S[PEFT_O], a), 1);
     peft_tensor *h = peft_rmsnorm(g, x, L->ffn_norm, m->cfg.norm_eps);
-    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h), peft__site_forward(m, g, &S[PEFT_UP], h));
+    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h),
+                                  peft__site_forward(m, g, &S[PEFT_UP], h));
     return peft__add_op(g, x, peft__site_forward(m, g, &S[PEFT_DOWN], ff), 1);
 }
 
@@ -4938,7 +5071,8 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
     peft_tensor *h = peft_rmsnorm(g, x, L->attn_norm, c->norm_eps);
     /* RoPE over the projections' outputs, which no backward reads */
     peft_tensor *q = peft__rope_op(g, peft__site_forward(m, g, &S[PEFT_Q], h), c->n_heads, &m->rope, B, T, 1);
-    peft_tensor *k = peft__rope_op(g, peft__site_forward(m, g, &S[PEFT_K], h), c->n_kv_heads, &m->rope, B, T, 1);
+    peft_tensor *k =
+            peft__rope_op(g, peft__site_forward(m, g, &S[PEFT_K], h), c->n_kv_heads, &m->rope, B, T, 1);
     peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
     peft__attn_extras(m, g, L, h, B, &ex, 1, 1);
     peft_tensor *a = peft_attention_ex(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, &ex);
@@ -5027,7 +5161,8 @@ static void peft__ckpt_bw(peft_graph *g, peft__node *n) {
         for (int64_t j = 0; j < x->n; j++) x->grad[j] += xin->grad[j];
 }
 
-static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
+static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x,
+                                             int B, int T) {
     if (!x) return NULL;
     if (!m->recompute && !(m->recompute = peft_graph_new())) { g->failed = 1; return NULL; }
     peft__ckpt_ctx *c = (peft__ckpt_ctx *)peft__arena_alloc(g, sizeof *c);
@@ -5081,7 +5216,11 @@ static peft_tensor *peft__head_table(const peft_model *m) {
 }
 
 static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
-    if (B < 1 || T < 1) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "forward needs B >= 1 and T >= 1"); return NULL; }
+    if (B < 1 || T < 1) {
+        g->failed = 1;
+        peft__fail(PEFT_ERR_ARG, "forward needs B >= 1 and T >= 1");
+        return NULL;
+    }
     if (peft__rope_ensure(m, T) != PEFT_OK) { g->failed = 1; return NULL; }
     for (int i = 0; i < B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
@@ -5134,7 +5273,8 @@ PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, 
     c->n_prompts = (int *)peft__calloc((size_t)cf->n_layers * sizeof(int));
     c->p_batched = (int *)peft__calloc((size_t)cf->n_layers * sizeof(int));
     c->G = (float *)peft__calloc((size_t)cf->n_layers * cf->n_heads * sizeof(float));
-    if (!c->len || !c->k || !c->v || (excitor && !c->x) || !c->pk || !c->pv || !c->n_prompts || !c->p_batched || !c->G) {
+    if (!c->len || !c->k || !c->v || (excitor && !c->x) || !c->pk || !c->pv || !c->n_prompts ||
+        !c->p_batched || !c->G) {
         peft_kv_cache_free(c);
         return peft__fail(PEFT_ERR_NOMEM, "no memory for a kv cache of %d x %d positions", batch, max_len);
     }
@@ -5192,12 +5332,12 @@ static void peft__attn_cached_range(void *vctx, int64_t i0, int64_t i1) {
         for (int t = 0; t < T; t++) {
             const float *qt = a->q + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
             float *ot = a->o + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
-            peft__attend_row(qt, a->k + row0 + col, a->v + row0 + col, a->x ? a->x + row0 + col : NULL, a->Gx[h], kw,
-                             a->len[b] + t + 1, hd, scale, pr, ot);
+            peft__attend_row(qt, a->k + row0 + col, a->v + row0 + col, a->x ? a->x + row0 + col : NULL,
+                             a->Gx[h], kw, a->len[b] + t + 1, hd, scale, pr, ot);
             if (K) {
                 int64_t pb = a->batched ? (int64_t)b * K : 0;
-                peft__attend_prompts(qt, a->pk + pb * kw + col, a->pv + pb * kw + col, kw, K, hd, scale, a->G[h],
-                                     pr + a->max_len, ot);
+                peft__attend_prompts(qt, a->pk + pb * kw + col, a->pv + pb * kw + col, kw, K, hd, scale,
+                                     a->G[h], pr + a->max_len, ot);
             }
         }
     }
@@ -5220,7 +5360,8 @@ static int peft__cache_prompts(peft_kv_cache *c, int l, const peft_attn_extras *
     return 1;
 }
 
-static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cache *c, int l, peft_tensor *x, int B, int T) {
+static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cache *c, int l, peft_tensor *x,
+                                       int B, int T) {
     const peft_config *cf = &m->cfg;
     peft_layer *L = &m->layers[l];
     peft_linear_site *S = L->lin;
@@ -5241,7 +5382,8 @@ static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cac
     peft__rope_apply(&m->rope, k->data, k->data, (int64_t)B * T, cf->n_kv_heads, T, 1.0f, c->len, 0);
     size_t layer = (size_t)l * c->B * c->max_len * kvw;
     for (int b = 0; b < B; b++) {
-        size_t at = layer + ((size_t)b * c->max_len + c->len[b]) * kvw, from = (size_t)b * T * kvw, n = (size_t)T * kvw;
+        size_t at = layer + ((size_t)b * c->max_len + c->len[b]) * kvw, from = (size_t)b * T * kvw,
+               n = (size_t)T * kvw;
         memcpy(c->k + at, k->data + from, n * sizeof(float));
         memcpy(c->v + at, v->data + from, n * sizeof(float));
         if (c->x && ex.x) memcpy(c->x + at, ex.x->data + from, n * sizeof(float));
@@ -5266,7 +5408,8 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
     const char *err = NULL;
     if (g->grad_enabled) err = "cached forward runs with gradients off (peft_graph_set_grad(g, 0))";
     else if (B != c->B || T < 1) err = "cached forward: B must equal the cache's batch and T >= 1";
-    else if (c->n_layers != m->cfg.n_layers || c->kvw != m->cfg.n_kv_heads * m->cfg.head_dim) err = "cached forward: the cache was made for another model";
+    else if (c->n_layers != m->cfg.n_layers || c->kvw != m->cfg.n_kv_heads * m->cfg.head_dim)
+        err = "cached forward: the cache was made for another model";
     for (int b = 0; !err && b < B; b++)
         if (c->len[b] + T > c->max_len) err = "cached forward: a row would pass the cache's max_len";
     if (err) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "%s", err); return NULL; }
@@ -5274,7 +5417,8 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
     for (int i = 0; i < B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
             g->failed = 1;
-            peft__fail(PEFT_ERR_ARG, "token id %d at position %d is outside the vocabulary (size %d)", tokens[i], i, m->cfg.vocab_size);
+            peft__fail(PEFT_ERR_ARG, "token id %d at position %d is outside the vocabulary (size %d)",
+                       tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
     peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
@@ -5307,12 +5451,16 @@ static const char *const peft__method_names[PEFT_N_METHODS] = {
     "full", "lora", "adapter-v1", "adapter-v2", "excitor", "qlora" };
 
 PEFTDEF const char *peft_site_name(peft_site s) { return s < PEFT_N_SITES ? peft__site_names[s] : "?"; }
-PEFTDEF const char *peft_method_name(peft_method_kind k) { return k < PEFT_N_METHODS ? peft__method_names[k] : "?"; }
+PEFTDEF const char *peft_method_name(peft_method_kind k) {
+    return k < PEFT_N_METHODS ? peft__method_names[k] : "?";
+}
 
 PEFTDEF peft_status peft_method_parse(const char *name, peft_method_kind *kind) {
     for (int i = 0; i < PEFT_N_METHODS; i++)
         if (strcmp(name, peft__method_names[i]) == 0) { *kind = (peft_method_kind)i; return PEFT_OK; }
-    return peft__fail(PEFT_ERR_CONFIG, "unknown method '%s' (known: full, lora, adapter-v1, adapter-v2, excitor, qlora)", name);
+    return peft__fail(PEFT_ERR_CONFIG,
+                      "unknown method '%s' (known: full, lora, adapter-v1, adapter-v2, excitor, qlora)",
+                      name);
 }
 
 #define PEFT__ALL_LINEAR ((1u << PEFT_N_SITES) - 1)
@@ -5339,8 +5487,14 @@ static peft_status peft__parse_int_list(const char *v, uint8_t *mask, const char
     for (const char *p = v; *p;) {
         char *end;
         long a = strtol(p, &end, 10), b = a;
-        if (end == p || a < 0 || a >= PEFT_MAX_LAYERS) return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer list '%s'", key, v);
-        if (*end == '-') { p = end + 1; b = strtol(p, &end, 10); if (end == p || b < a || b >= PEFT_MAX_LAYERS) return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer range in '%s'", key, v); }
+        if (end == p || a < 0 || a >= PEFT_MAX_LAYERS)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer list '%s'", key, v);
+        if (*end == '-') {
+            p = end + 1;
+            b = strtol(p, &end, 10);
+            if (end == p || b < a || b >= PEFT_MAX_LAYERS)
+                return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer range in '%s'", key, v);
+        }
         for (long i = a; i <= b; i++) mask[i] = 1;
         p = *end == ',' ? end + 1 : end;
         if (*end && *end != ',') return peft__fail(PEFT_ERR_CONFIG, "%s: bad layer list '%s'", key, v);
@@ -5754,10 +5908,15 @@ static peft_status peft__parse_targets(const char *v, peft_method *m) {
         int found = -1;
         for (int s = 0; s < PEFT_N_SITES; s++) {
             size_t n = strlen(site);
-            if (strcmp(site, peft__site_names[s]) == 0 || (n < 5 && strncmp(site, peft__site_names[s], n) == 0 &&
-                peft__site_names[s][n] == '_')) found = s;
+            if (strcmp(site, peft__site_names[s]) == 0 ||
+                (n < 5 && strncmp(site, peft__site_names[s], n) == 0 && peft__site_names[s][n] == '_'))
+                found = s;
         }
-        if (found < 0) return peft__fail(PEFT_ERR_CONFIG, "lora target '%s' is not a LLaMA block linear (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or all-linear)", tok);
+        if (found < 0)
+            return peft__fail(PEFT_ERR_CONFIG,
+                              "lora target '%s' is not a LLaMA block linear (q_proj k_proj v_proj o_proj "
+                              "gate_proj up_proj down_proj, or all-linear)",
+                              tok);
         targets |= 1u << found;
         if (lay) {
             char *end;
@@ -5787,11 +5946,17 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
     char *end;
     double d = strtod(v, &end);
     int is_num = *v && *end == 0 && isfinite(d);
-    struct { const char *key; int *dst; int min; } ints[] = {
-        { "lora_r", &m->lora_r, 1 }, { "adapter_len", &m->adapter_len, 1 }, { "adapter_layers", &m->adapter_layers, 0 },
-        { "fusion_layers", &m->fusion_layers, 0 }, { "fusion_dim", &m->fusion_dim, 0 },
-        { "excitor_len", &m->excitor_len, 1 }, { "excitor_rank", &m->excitor_rank, 1 },
-        { "excitor_layers", &m->excitor_layers, 0 }, { "lora_rslora", &m->lora_rslora, 0 },
+    struct { const char *key; int *dst; int min;
+    } ints[] = {
+        { "lora_r", &m->lora_r, 1 },
+        { "adapter_len", &m->adapter_len, 1 },
+        { "adapter_layers", &m->adapter_layers, 0 },
+        { "fusion_layers", &m->fusion_layers, 0 },
+        { "fusion_dim", &m->fusion_dim, 0 },
+        { "excitor_len", &m->excitor_len, 1 },
+        { "excitor_rank", &m->excitor_rank, 1 },
+        { "excitor_layers", &m->excitor_layers, 0 },
+        { "lora_rslora", &m->lora_rslora, 0 },
         { "lora_bias", &m->lora_bias, 0 },
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
@@ -5805,11 +5970,16 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
     }
     if (strcmp(key, "lora_alpha") == 0 || strcmp(key, "lora_dropout") == 0) {
         if (!is_num || d < 0 || (key[5] == 'd' && d >= 1))
-            return peft__fail(PEFT_ERR_CONFIG, "%s must be a number%s (got '%s')", key, key[5] == 'd' ? " in [0, 1)" : " >= 0", v);
+            return peft__fail(PEFT_ERR_CONFIG, "%s must be a number%s (got '%s')", key,
+                              key[5] == 'd' ? " in [0, 1)" : " >= 0", v);
         *(key[5] == 'a' ? &m->lora_alpha : &m->lora_dropout) = (float)d;
         return PEFT_OK;
     }
-    if (strcmp(key, "seed") == 0) { if (!is_num || d < 0) return peft__fail(PEFT_ERR_CONFIG, "seed must be a non-negative integer"); m->seed = (uint64_t)d; return PEFT_OK; }
+    if (strcmp(key, "seed") == 0) {
+        if (!is_num || d < 0) return peft__fail(PEFT_ERR_CONFIG, "seed must be a non-negative integer");
+        m->seed = (uint64_t)d;
+        return PEFT_OK;
+    }
     if (strcmp(key, "lora_targets") == 0) return peft__parse_targets(v, m);
     if (strcmp(key, "trainable_tokens") == 0) {
         int n = 0;
@@ -5857,7 +6027,9 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
     if (strcmp(key, "adapter_gate") == 0) {
         if (strcmp(v, "peft") == 0) m->adapter_peft_gate = 1;
         else if (strcmp(v, "head") == 0) m->adapter_peft_gate = 0;
-        else return peft__fail(PEFT_ERR_CONFIG, "adapter_gate must be head (tanh gate per head, the paper) or peft (one raw gate per layer)");
+        else
+            return peft__fail(PEFT_ERR_CONFIG, "adapter_gate must be head (tanh gate per head, the paper) or "
+                                               "peft (one raw gate per layer)");
         return PEFT_OK;
     }
     return peft__fail(PEFT_ERR_CONFIG, "unknown method setting '%s'", key);
@@ -5865,7 +6037,8 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
 
 /* in/out features of a site for this config */
 static void peft__site_dims(const peft_config *c, int s, int64_t *in, int64_t *out) {
-    int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, F = c->hidden_dim;
+    int64_t D = c->dim, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim,
+            F = c->hidden_dim;
     static const int is_in_q[PEFT_N_SITES] = { 0, 0, 0, 1, 0, 0, 0 };
     *in = s == PEFT_DOWN ? F : is_in_q[s] ? Q : D;
     *out = s == PEFT_Q ? Q : (s == PEFT_K || s == PEFT_V) ? KV : (s == PEFT_GATE || s == PEFT_UP) ? F : D;
@@ -5879,7 +6052,8 @@ static int peft__top_layers(const peft_config *c, int L) {
 }
 
 static int peft__lora_on_layer(const peft_method *m, int l) {
-    for (int i = 0; i < PEFT_MAX_LAYERS; i++) if (m->lora_layers[i]) return l < PEFT_MAX_LAYERS && m->lora_layers[l];
+    for (int i = 0; i < PEFT_MAX_LAYERS; i++)
+        if (m->lora_layers[i]) return l < PEFT_MAX_LAYERS && m->lora_layers[l];
     return 1;
 }
 
@@ -5920,21 +6094,28 @@ PEFTDEF int64_t peft_method_param_count(const peft_config *c, const peft_method 
         if (m->modules_to_save & PEFT_SAVE_LM_HEAD) n += (int64_t)c->vocab_size * D;
         return n;
     case PEFT_ADAPTER_V1: case PEFT_ADAPTER_V2:
-        n = peft__top_layers(c, m->adapter_layers) * ((int64_t)m->adapter_len * D + (m->adapter_peft_gate ? 1 : c->n_heads));
+        n = peft__top_layers(c, m->adapter_layers) *
+            ((int64_t)m->adapter_len * D + (m->adapter_peft_gate ? 1 : c->n_heads));
         if (m->kind == PEFT_ADAPTER_V1) return n;
-        for (int s = 0; s < PEFT_N_SITES; s++) { peft__site_dims(c, s, &in, &out); n += (int64_t)c->n_layers * 2 * out; }
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            peft__site_dims(c, s, &in, &out);
+            n += (int64_t)c->n_layers * 2 * out;
+        }
         n += (int64_t)c->n_layers * 2 * D + D;                       /* RMSNorm weights */
-        if (m->fusion_layers > 0 && m->fusion_dim > 0) n += D * m->fusion_dim + (int64_t)m->fusion_layers * c->n_heads;
+        if (m->fusion_layers > 0 && m->fusion_dim > 0)
+            n += D * m->fusion_dim + (int64_t)m->fusion_layers * c->n_heads;
         return n;
     case PEFT_EXCITOR:
         return peft__top_layers(c, m->excitor_layers) *
-               ((int64_t)m->excitor_len * D + (int64_t)m->excitor_rank * D + KVD * m->excitor_rank + c->n_heads);
+               ((int64_t)m->excitor_len * D + (int64_t)m->excitor_rank * D + KVD * m->excitor_rank +
+                c->n_heads);
     default: return 0;
     }
 }
 
 /* A new trainable method parameter, appended to m->extra. */
-static peft_tensor *peft__extra(peft_model *m, int ndim, const int64_t *shape, const char *fmt, ...) PEFT__PRINTF(4, 5);
+static peft_tensor *peft__extra(peft_model *m, int ndim, const int64_t *shape, const char *fmt, ...)
+        PEFT__PRINTF(4, 5);
 static peft_tensor *peft__extra(peft_model *m, int ndim, const int64_t *shape, const char *fmt, ...) {
     char name[256];
     va_list ap;
@@ -5972,7 +6153,8 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
     peft_rng *drop = m->training ? &m->rng : NULL;
     if (s->q4) {                               /* QLoRA: 4-bit base + LoRA term */
         int out = (int)s->w->shape[0], in = (int)s->w->shape[1];
-        y = s->lora_A ? peft_qlora_linear(g, x, s->q4, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout, drop)
+        y = s->lora_A ? peft_qlora_linear(g, x, s->q4, s->lora_A, s->lora_B, s->lora_scale,
+                                          m->method.lora_dropout, drop)
                       : peft_q4_linear(g, x, s->q4, out, in);
     } else if (s->qm && s->lora_A)             /* a GGUF base in its ggml blocks + LoRA term */
         y = peft_qmatrix_lora_linear(g, x, s->qm, s->lora_A, s->lora_B, s->lora_scale, m->method.lora_dropout,
@@ -6007,8 +6189,8 @@ static const char *peft__model_qm_name(const peft_model *m) {
 }
 
 /* ---- the attention sites: prompts (V1/V2/fusion) and the logit term (Excitor) -- */
-static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B, peft_attn_extras *ex,
-                              int prompts, int excitor) {
+static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B,
+                              peft_attn_extras *ex, int prompts, int excitor) {
     peft_attn_site *A = &L->attn;
     memset(ex, 0, sizeof *ex);
     peft_tensor *prompt = NULL;
@@ -6069,8 +6251,10 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
             int64_t sa[2] = { r, in }, sb[2] = { out, r };
             peft_linear_site *S = &m->layers[l].lin[s];
             const char *mod = peft__site_module(s), *site = peft__site_names[s];
-            S->lora_A = peft__extra(m, 2, sa, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l, mod, site);
-            S->lora_B = peft__extra(m, 2, sb, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l, mod, site);
+            S->lora_A = peft__extra(m, 2, sa, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l, mod,
+                                    site);
+            S->lora_B = peft__extra(m, 2, sb, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l, mod,
+                                    site);
             if (!S->lora_A || !S->lora_B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
             if (cfg->lora_bias) { /* PEFT: zero-init, so ΔW x + s·b is 0 at step 0 */
                 S->lora_bias = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.lora_B.bias",
@@ -6167,7 +6351,8 @@ PEFTDEF peft_status peft_lora_merge(peft_model *m) {
                           "is not representable in them (peft_model_dequantize first: the merge is then a "
                           "float model)", peft_ggml_type_name(peft__model_qm(m)->type));
     if (m->cfg.q4)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
                           "(merge into the full-precision base instead)");
     if (m->method.kind != PEFT_LORA) return peft__fail(PEFT_ERR_ARG, "merge: no LoRA adapter is attached");
     if (m->lora_merged) return PEFT_OK;
@@ -6186,7 +6371,8 @@ PEFTDEF peft_status peft_lora_merge(peft_model *m) {
     return s;
 }
 PEFTDEF peft_status peft_lora_unmerge(peft_model *m) {
-    if (m->method.kind != PEFT_LORA || !m->lora_merged) return peft__fail(PEFT_ERR_ARG, "unmerge: no merged LoRA adapter");
+    if (m->method.kind != PEFT_LORA || !m->lora_merged)
+        return peft__fail(PEFT_ERR_ARG, "unmerge: no merged LoRA adapter");
     peft_status s = peft__lora_fold(m, -1.0f);
     if (s == PEFT_OK) {
         peft__swap_saved(m);
@@ -6211,7 +6397,8 @@ static peft_status peft__attach_prompts(peft_model *m, const peft_method *cfg) {
     const peft_config *c = &m->cfg;
     int L = peft__top_layers(c, cfg->adapter_layers);
     if (cfg->adapter_layers > c->n_layers)
-        return peft__fail(PEFT_ERR_CONFIG, "adapter_layers %d exceeds the model's %d layers", cfg->adapter_layers, c->n_layers);
+        return peft__fail(PEFT_ERR_CONFIG, "adapter_layers %d exceeds the model's %d layers",
+                          cfg->adapter_layers, c->n_layers);
     for (int l = c->n_layers - L; l < c->n_layers; l++) {
         int64_t sp[3] = { 1, cfg->adapter_len, c->dim }, sg[1] = { cfg->adapter_peft_gate ? 1 : c->n_heads };
         peft_attn_site *A = &m->layers[l].attn;
@@ -6244,8 +6431,10 @@ static peft_status peft__attach_v2(peft_model *m, const peft_method *cfg) {
             peft__site_dims(c, s, &in, &out);
             peft_linear_site *S = &m->layers[l].lin[s];
             const char *mod = peft__site_module(s), *site = peft__site_names[s];
-            S->bias = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.adapter_bias", l, mod, site);
-            S->scale = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.adapter_scale", l, mod, site);
+            S->bias = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.adapter_bias", l, mod,
+                                  site);
+            S->scale = peft__extra(m, 1, &out, "base_model.model.model.layers.%d.%s.%s.adapter_scale", l, mod,
+                                   site);
             if (!S->bias || !S->scale) return peft__fail(PEFT_ERR_NOMEM, "no memory for V2 bias/scale");
             peft__fill(S->scale, 1.0f);
         }
@@ -6256,14 +6445,17 @@ static peft_status peft__attach_v2(peft_model *m, const peft_method *cfg) {
     if (peft_param_set_trainable(m->norm, 1) != PEFT_OK) return PEFT_ERR_NOMEM;
     if (cfg->fusion_layers > 0 && cfg->fusion_dim > 0) {
         if (cfg->fusion_layers > c->n_layers - L)
-            return peft__fail(PEFT_ERR_CONFIG, "fusion_layers %d overlap the top %d adapter layers of %d: the early-fusion "
-                              "and text-prompt layers must be disjoint", cfg->fusion_layers, L, c->n_layers);
+            return peft__fail(PEFT_ERR_CONFIG,
+                              "fusion_layers %d overlap the top %d adapter layers of %d: the early-fusion "
+                              "and text-prompt layers must be disjoint",
+                              cfg->fusion_layers, L, c->n_layers);
         int64_t sp[2] = { c->dim, cfg->fusion_dim }, sg[1] = { c->n_heads };
         m->fusion_proj = peft__extra(m, 2, sp, "base_model.model.fusion_proj.weight");
         if (!m->fusion_proj) return peft__fail(PEFT_ERR_NOMEM, "no memory");
         peft__fill_uniform(m->fusion_proj, &m->rng, 1.0f / sqrtf((float)cfg->fusion_dim));
         for (int l = 0; l < cfg->fusion_layers; l++)
-            if (!(m->layers[l].attn.fusion_gate = peft__extra(m, 1, sg, "base_model.model.model.layers.%d.self_attn.fusion_gate", l)))
+            if (!(m->layers[l].attn.fusion_gate =
+                          peft__extra(m, 1, sg, "base_model.model.model.layers.%d.self_attn.fusion_gate", l)))
                 return peft__fail(PEFT_ERR_NOMEM, "no memory");
     }
     return PEFT_OK;
@@ -6275,9 +6467,14 @@ static peft_status peft__attach_v2(peft_model *m, const peft_method *cfg) {
    extra attention context and cannot be folded: they remain attached, as
    the LLaMA-Adapter V1 adapter they now are. */
 PEFTDEF peft_status peft_v2_merge(peft_model *m) {
-    if (m->method.kind != PEFT_ADAPTER_V2) return peft__fail(PEFT_ERR_ARG, "merge: no LLaMA-Adapter V2 is attached");
-    if (m->fusion_proj) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: early-fusion prompts depend on the condition and cannot be merged");
-    if (m->cfg.q4) return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is 4-bit; merge into the full-precision base");
+    if (m->method.kind != PEFT_ADAPTER_V2)
+        return peft__fail(PEFT_ERR_ARG, "merge: no LLaMA-Adapter V2 is attached");
+    if (m->fusion_proj)
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "merge: early-fusion prompts depend on the condition and cannot be merged");
+    if (m->cfg.q4)
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "merge: the base is 4-bit; merge into the full-precision base");
     if (peft__model_qm(m))
         return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: the base is stored in ggml blocks (GGUF); "
                           "peft_model_dequantize first");
@@ -6287,8 +6484,10 @@ PEFTDEF peft_status peft_v2_merge(peft_model *m) {
             if (!S->bias) continue;
             if (!S->b) {
                 char name[300];
-                snprintf(name, sizeof name, "%.*s.bias", (int)(strlen(S->w->name) - 7), S->w->name);   /* …proj.weight → …proj.bias */
-                if (!(S->b = peft__add_param(m, name, S->w->shape[0], 0))) return peft__fail(PEFT_ERR_NOMEM, "no memory");
+                /* …proj.weight → …proj.bias */
+                snprintf(name, sizeof name, "%.*s.bias", (int)(strlen(S->w->name) - 7), S->w->name);
+                if (!(S->b = peft__add_param(m, name, S->w->shape[0], 0)))
+                    return peft__fail(PEFT_ERR_NOMEM, "no memory");
             }
             int64_t out = S->w->shape[0], in = S->w->shape[1];
             for (int64_t o = 0; o < out; o++) {
@@ -6302,7 +6501,8 @@ PEFTDEF peft_status peft_v2_merge(peft_model *m) {
     /* drop the folded tensors from the method's list; freeze the base */
     int n = 0, prompts = 0;
     for (int i = 0; i < m->n_extra; i++) {
-        if (strstr(m->extra[i]->name, ".adapter_bias") || strstr(m->extra[i]->name, ".adapter_scale")) peft_param_free(m->extra[i]);
+        if (strstr(m->extra[i]->name, ".adapter_bias") || strstr(m->extra[i]->name, ".adapter_scale"))
+            peft_param_free(m->extra[i]);
         else { prompts++; m->extra[n++] = m->extra[i]; }
     }
     m->n_extra = n;
@@ -6311,14 +6511,18 @@ PEFTDEF peft_status peft_v2_merge(peft_model *m) {
     return PEFT_OK;
 }
 
-PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, int rows, int dim, int batched) {
+PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, int rows, int dim,
+                                             int batched) {
     PEFT_FREE(m->cond);
     m->cond = NULL;
     m->cond_rows = 0;
     if (!vecs) return PEFT_OK;
-    if (!m->fusion_proj) return peft__fail(PEFT_ERR_ARG, "set_condition: attach adapter-v2 with fusion_layers and fusion_dim first");
+    if (!m->fusion_proj)
+        return peft__fail(PEFT_ERR_ARG,
+                          "set_condition: attach adapter-v2 with fusion_layers and fusion_dim first");
     if (dim != m->fusion_proj->shape[1] || rows < 1)
-        return peft__fail(PEFT_ERR_SHAPE, "set_condition: vectors have width %d, the fusion projection expects %lld", dim,
+        return peft__fail(PEFT_ERR_SHAPE,
+                          "set_condition: vectors have width %d, the fusion projection expects %lld", dim,
                           (long long)m->fusion_proj->shape[1]);
     m->cond = (float *)PEFT_MALLOC(sizeof(float) * (size_t)rows * dim);
     if (!m->cond) return peft__fail(PEFT_ERR_NOMEM, "no memory");
@@ -6349,16 +6553,20 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
     const peft_config *c = &m->cfg;
     int L = peft__top_layers(c, cfg->excitor_layers), r = cfg->excitor_rank;
     if (cfg->excitor_layers > c->n_layers)
-        return peft__fail(PEFT_ERR_CONFIG, "excitor_layers %d exceeds the model's %d layers", cfg->excitor_layers, c->n_layers);
+        return peft__fail(PEFT_ERR_CONFIG, "excitor_layers %d exceeds the model's %d layers",
+                          cfg->excitor_layers, c->n_layers);
     int64_t KVD = (int64_t)c->n_kv_heads * c->head_dim;
     for (int l = c->n_layers - L; l < c->n_layers; l++) {
-        int64_t sp[2] = { cfg->excitor_len, c->dim }, sd[2] = { r, c->dim }, su[2] = { KVD, r }, sg[1] = { c->n_heads };
+        int64_t sp[2] = { cfg->excitor_len, c->dim }, sd[2] = { r, c->dim }, su[2] = { KVD, r },
+                sg[1] = { c->n_heads };
         peft_attn_site *A = &m->layers[l].attn;
         A->ex_prompt = peft__extra(m, 2, sp, "base_model.model.model.layers.%d.self_attn.excitor_prompt", l);
-        A->ex_down = peft__extra(m, 2, sd, "base_model.model.model.layers.%d.self_attn.excitor_down.weight", l);
+        A->ex_down =
+                peft__extra(m, 2, sd, "base_model.model.model.layers.%d.self_attn.excitor_down.weight", l);
         A->ex_up = peft__extra(m, 2, su, "base_model.model.model.layers.%d.self_attn.excitor_up.weight", l);
         A->ex_gate = peft__extra(m, 1, sg, "base_model.model.model.layers.%d.self_attn.excitor_gate", l);
-        if (!A->ex_prompt || !A->ex_down || !A->ex_up || !A->ex_gate) return peft__fail(PEFT_ERR_NOMEM, "no memory for Excitor");
+        if (!A->ex_prompt || !A->ex_down || !A->ex_up || !A->ex_gate)
+            return peft__fail(PEFT_ERR_NOMEM, "no memory for Excitor");
         peft__fill_normal(A->ex_prompt, &m->rng, 1.0f);
         peft__fill_uniform(A->ex_down, &m->rng, 1.0f / sqrtf((float)c->dim));
         peft__fill_uniform(A->ex_up, &m->rng, 1.0f / sqrtf((float)r));  /* non-zero: γ alone starts at 0 */
@@ -6379,7 +6587,8 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
     if (peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "quantize: the base is already stored in ggml %s blocks (GGUF); "
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "quantize: the base is already stored in ggml %s blocks (GGUF); "
                           "LoRA trains over them as they are (method lora, not qlora)",
                           peft_ggml_type_name(peft__model_qm(m)->type));
     /* every site quantized first, the fp32 weights still in place; only when
@@ -6532,12 +6741,14 @@ PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *cfg) {
 
 static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
     if (m->method.kind != PEFT_FULL || m->n_extra)
-        return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another", peft_method_name(m->method.kind));
+        return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another",
+                          peft_method_name(m->method.kind));
     if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) && (cfg->lora_r < 1 || !cfg->lora_targets))
         return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
     int is_lora = cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA;
     for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS && is_lora; l++)
-        if (cfg->lora_layers[l])          /* it would adapt nothing there: never train 0 parameters silently */
+        /* it would adapt nothing there: never train 0 parameters silently */
+        if (cfg->lora_layers[l])
             return peft__fail(PEFT_ERR_CONFIG,
                               "lora_layers names layer %d but the model has %d layers (0 .. %d)", l,
                               m->cfg.n_layers, m->cfg.n_layers - 1);
@@ -6559,7 +6770,9 @@ static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
     case PEFT_ADAPTER_V2: s = peft__attach_v2(m, cfg); break;
     case PEFT_EXCITOR: s = peft__attach_excitor(m, cfg); break;
     case PEFT_QLORA: s = peft__attach_qlora(m, cfg); break;
-    default: s = peft__fail(PEFT_ERR_UNSUPPORTED, "method %s is not available in this build yet", peft_method_name(cfg->kind));
+    default:
+        s = peft__fail(PEFT_ERR_UNSUPPORTED, "method %s is not available in this build yet",
+                       peft_method_name(cfg->kind));
     }
     m->method = *cfg;                  /* on failure peft_attach restores the model */
     return s;
@@ -6640,11 +6853,16 @@ static peft__pager *peft__pager_new(size_t bytes, size_t page, size_t budget) {
     snprintf(path, sizeof path, "%s/peft-optim-XXXXXX", dir && *dir ? dir : "/tmp");
     extern int mkstemp(char *);
     int fd = mkstemp(path);
-    if (fd < 0) { peft__fail(PEFT_ERR_IO, "%s: cannot create the paged optimizer store: %s", path, strerror(errno)); PEFT_FREE(p); return NULL; }
+    if (fd < 0) {
+        peft__fail(PEFT_ERR_IO, "%s: cannot create the paged optimizer store: %s", path, strerror(errno));
+        PEFT_FREE(p);
+        return NULL;
+    }
     unlink(path);                                   /* gone when the process ends */
     extern int ftruncate(int, off_t);
     if (ftruncate(fd, (off_t)p->bytes) != 0) {
-        peft__fail(PEFT_ERR_IO, "paged optimizer store: cannot size %zu bytes: %s", p->bytes, strerror(errno));
+        peft__fail(PEFT_ERR_IO, "paged optimizer store: cannot size %zu bytes: %s", p->bytes,
+                   strerror(errno));
         close(fd); PEFT_FREE(p); return NULL;
     }
     p->base = (unsigned char *)mmap(NULL, p->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -6832,7 +7050,8 @@ oom:
 /* One AdamW update of n elements (torch's order; scalars precomputed). */
 typedef struct { float decay, w1, b2, w2, step_size, bc2_sqrt, eps; } peft__adam_k;
 
-static void peft__adam_update(const peft__adam_k *k, float *w, const float *g, float *m, float *v, int64_t n) {
+static void peft__adam_update(const peft__adam_k *k, float *w, const float *g, float *m, float *v,
+                              int64_t n) {
     for (int64_t j = 0; j < n; j++) {
         w[j] *= k->decay;
         m[j] += k->w1 * (g[j] - m[j]);
@@ -6864,8 +7083,10 @@ PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
             float mb[256], vb[256];
             for (int64_t b0 = 0; b0 < p->n; b0 += 256) {
                 int64_t len = p->n - b0 < 256 ? p->n - b0 : 256, blk = b0 / 256;
-                peft_dequantize_blockwise8(opt->qm[i] + b0, len, 256, peft__dynamic_map, opt->am[i] + blk, mb);
-                peft_dequantize_blockwise8(opt->qv[i] + b0, len, 256, peft__udynamic_map, opt->av[i] + blk, vb);
+                peft_dequantize_blockwise8(opt->qm[i] + b0, len, 256, peft__dynamic_map, opt->am[i] + blk,
+                                           mb);
+                peft_dequantize_blockwise8(opt->qv[i] + b0, len, 256, peft__udynamic_map, opt->av[i] + blk,
+                                           vb);
                 peft__adam_update(&k, p->data + b0, p->grad + b0, mb, vb, len);
                 peft_quantize_blockwise8(mb, len, 256, peft__dynamic_map, opt->qm[i] + b0, opt->am[i] + blk);
                 peft_quantize_blockwise8(vb, len, 256, peft__udynamic_map, opt->qv[i] + b0, opt->av[i] + blk);
@@ -6993,7 +7214,9 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
     peft_adamw_opts ao = peft_adamw_defaults();
     ao.lr = tr->o.lr; ao.beta1 = tr->o.beta1; ao.beta2 = tr->o.beta2; ao.eps = tr->o.eps;
     ao.weight_decay = tr->o.weight_decay;
-    ao.paged = tr->o.paged_optim; ao.budget_bytes = tr->o.optim_budget_bytes; ao.state_8bit = tr->o.optim_8bit;
+    ao.paged = tr->o.paged_optim;
+    ao.budget_bytes = tr->o.optim_budget_bytes;
+    ao.state_8bit = tr->o.optim_8bit;
     if (!tr->graph || !tp || peft_adamw_init(&tr->opt, tp, n, &ao) != PEFT_OK) {
         PEFT_FREE(tp);
         peft_trainer_free(tr);
@@ -7029,8 +7252,10 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
     if (!isfinite(lv)) {
         peft_zero_grad(tr->opt.params, tr->opt.n);
         tr->micro = 0;
-        return peft__fail(PEFT_ERR_NUMERIC, "loss is %s at step %d; the parameters were not updated "
-                          "(lower the learning rate or check the data)", isnan(lv) ? "NaN" : "infinite", tr->step);
+        return peft__fail(PEFT_ERR_NUMERIC,
+                          "loss is %s at step %d; the parameters were not updated "
+                          "(lower the learning rate or check the data)",
+                          isnan(lv) ? "NaN" : "infinite", tr->step);
     }
     peft_tensor *Ls = tr->o.grad_accum > 1 ? peft_scale(g, L, 1.0f / (float)tr->o.grad_accum) : L;
     peft_status s = peft_backward(g, Ls);
@@ -7058,7 +7283,8 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
     tr->last_grad_norm = peft_clip_grad_norm(tr->opt.params, tr->opt.n, tr->o.max_grad_norm);
     if (!isfinite(tr->last_grad_norm)) {
         peft_zero_grad(tr->opt.params, tr->opt.n);
-        return peft__fail(PEFT_ERR_NUMERIC, "gradient norm is not finite at step %d; update skipped", tr->step);
+        return peft__fail(PEFT_ERR_NUMERIC, "gradient norm is not finite at step %d; update skipped",
+                          tr->step);
     }
     tr->last_lr = peft_schedule_lr(&tr->sched, tr->step);
     peft_adamw_step(&tr->opt, tr->last_lr);
@@ -7085,9 +7311,11 @@ static char *peft__ckpt_name(const char *kind, const char *param) {
 PEFTDEF peft_status peft_checkpoint_save(const peft_trainer *tr, const peft_data_pos *pos, const char *path) {
     const peft_adamw *o = &tr->opt;
     int per = 7, n_items = 0;
-    peft_st_write_item *it = (peft_st_write_item *)peft__calloc(sizeof(peft_st_write_item) * (size_t)(o->n * per + 1));
+    peft_st_write_item *it =
+            (peft_st_write_item *)peft__calloc(sizeof(peft_st_write_item) * (size_t)(o->n * per + 1));
     char **names = (char **)peft__calloc(sizeof(char *) * (size_t)(o->n * per + 1));
-    peft_status s = it && names ? PEFT_OK : peft__fail(PEFT_ERR_NOMEM, "no memory for the checkpoint %s", path);
+    peft_status s =
+            it && names ? PEFT_OK : peft__fail(PEFT_ERR_NOMEM, "no memory for the checkpoint %s", path);
     for (int i = 0; i < o->n && s == PEFT_OK; i++) {
         const peft_tensor *t = o->params[i];
         int64_t nb = (t->n + 255) / 256;
@@ -7101,7 +7329,10 @@ PEFTDEF peft_status peft_checkpoint_save(const peft_trainer *tr, const peft_data
             { "exp_avg_sq_absmax", PEFT_DT_F32, o->av ? o->av[i] : NULL, nb } };
         for (int k = 0; k < 7; k++) {
             if (!parts[k].data) continue;
-            if (!(names[n_items] = peft__ckpt_name(parts[k].kind, t->name))) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); break; }
+            if (!(names[n_items] = peft__ckpt_name(parts[k].kind, t->name))) {
+                s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+                break;
+            }
             it[n_items].name = names[n_items];
             it[n_items].dtype = parts[k].dt;
             it[n_items].ndim = 1;
@@ -7122,9 +7353,17 @@ PEFTDEF peft_status peft_checkpoint_save(const peft_trainer *tr, const peft_data
     snprintf(vals[5], 64, "%lld", (long long)(pos ? pos->cursor : 0));
     snprintf(vals[6], 64, "%lld", (long long)(pos ? pos->tokens : 0));
     snprintf(vals[7], 64, "%d", tr->opt.n);
-    const char *meta[] = { "format", "peft.h checkpoint 1", "step", vals[0], "adam_t", vals[1], "rng", vals[2],
-                           "rng_spare", vals[3], "epoch", vals[4], "cursor", vals[5], "tokens", vals[6], "n_params", vals[7] };
-    if (s == PEFT_OK && tr->micro != 0) s = peft__fail(PEFT_ERR_ARG, "%s: checkpoint in the middle of gradient accumulation", path);
+    const char *meta[] = { "format",    "peft.h checkpoint 1",
+                           "step",      vals[0],
+                           "adam_t",    vals[1],
+                           "rng",       vals[2],
+                           "rng_spare", vals[3],
+                           "epoch",     vals[4],
+                           "cursor",    vals[5],
+                           "tokens",    vals[6],
+                           "n_params",  vals[7] };
+    if (s == PEFT_OK && tr->micro != 0)
+        s = peft__fail(PEFT_ERR_ARG, "%s: checkpoint in the middle of gradient accumulation", path);
     if (s == PEFT_OK) s = peft_st_write(path, it, n_items, meta, 9);
     if (names) for (int i = 0; i < n_items; i++) PEFT_FREE(names[i]);
     PEFT_FREE(names); PEFT_FREE(it);
@@ -7137,16 +7376,19 @@ static const char *peft__st_meta(const peft_safetensors *st, const char *key) {
 }
 
 /* copies one named part into dst (n elements of dtype dt), checking it */
-static peft_status peft__ckpt_part(const peft_safetensors *st, const char *kind, const char *param, peft_dtype dt,
-                                   void *dst, int64_t n) {
+static peft_status peft__ckpt_part(const peft_safetensors *st, const char *kind, const char *param,
+                                   peft_dtype dt, void *dst, int64_t n) {
     char *name = peft__ckpt_name(kind, param);
     if (!name) return peft__fail(PEFT_ERR_NOMEM, "no memory");
     const peft_st_entry *e = peft_st_find(st, name);
     peft_status s = PEFT_OK;
-    if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: no tensor %s (checkpoint of another method or model?)", st->path, name);
+    if (!e)
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: no tensor %s (checkpoint of another method or model?)", st->path,
+                       name);
     else if (e->dtype != dt || e->nbytes != (size_t)n * peft_dtype_size(dt))
-        s = peft__fail(PEFT_ERR_SHAPE, "%s: %s has %lld bytes of %s, expected %lld values of %s", st->path, name, (long long)e->nbytes,
-                       peft_dtype_name(e->dtype), (long long)n, peft_dtype_name(dt));
+        s = peft__fail(PEFT_ERR_SHAPE, "%s: %s has %lld bytes of %s, expected %lld values of %s", st->path,
+                       name, (long long)e->nbytes, peft_dtype_name(e->dtype), (long long)n,
+                       peft_dtype_name(dt));
     else memcpy(dst, st->data + e->offset, (size_t)n * peft_dtype_size(dt));
     PEFT_FREE(name);
     return s;
@@ -7168,9 +7410,12 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
     peft_status s = peft_st_open(&st, path);
     if (s != PEFT_OK) return s;
     peft_adamw *o = &tr->opt;
-    const char *fmt = peft__st_meta(&st, "format"), *step = peft__st_meta(&st, "step"), *at = peft__st_meta(&st, "adam_t");
-    const char *rng = peft__st_meta(&st, "rng"), *spare = peft__st_meta(&st, "rng_spare"), *np = peft__st_meta(&st, "n_params");
-    if (!fmt || strcmp(fmt, "peft.h checkpoint 1") || !step || !at || !rng || !spare || !np || strlen(rng) != 32)
+    const char *fmt = peft__st_meta(&st, "format"), *step = peft__st_meta(&st, "step"),
+               *at = peft__st_meta(&st, "adam_t");
+    const char *rng = peft__st_meta(&st, "rng"), *spare = peft__st_meta(&st, "rng_spare"),
+               *np = peft__st_meta(&st, "n_params");
+    if (!fmt || strcmp(fmt, "peft.h checkpoint 1") || !step || !at || !rng || !spare || !np ||
+        strlen(rng) != 32)
         s = peft__fail(PEFT_ERR_FORMAT, "%s: not a peft.h checkpoint (metadata missing)", path);
     int64_t v_np = -1;
     if (s == PEFT_OK && (!peft__meta_int(np, 0, INT32_MAX, &v_np) || v_np != o->n))
@@ -7192,12 +7437,18 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
         peft_tensor *t = o->params[i];
         int64_t nb = (t->n + 255) / 256;
         s = peft__ckpt_part(&st, "param", t->name, PEFT_DT_F32, t->data, t->n);
-        if (s == PEFT_OK && o->m && o->m[i]) s = peft__ckpt_part(&st, "exp_avg", t->name, PEFT_DT_F32, o->m[i], t->n);
-        if (s == PEFT_OK && o->v && o->v[i]) s = peft__ckpt_part(&st, "exp_avg_sq", t->name, PEFT_DT_F32, o->v[i], t->n);
-        if (s == PEFT_OK && o->qm && o->qm[i]) s = peft__ckpt_part(&st, "exp_avg_q8", t->name, PEFT_DT_U8, o->qm[i], t->n);
-        if (s == PEFT_OK && o->qv && o->qv[i]) s = peft__ckpt_part(&st, "exp_avg_sq_q8", t->name, PEFT_DT_U8, o->qv[i], t->n);
-        if (s == PEFT_OK && o->am && o->am[i]) s = peft__ckpt_part(&st, "exp_avg_absmax", t->name, PEFT_DT_F32, o->am[i], nb);
-        if (s == PEFT_OK && o->av && o->av[i]) s = peft__ckpt_part(&st, "exp_avg_sq_absmax", t->name, PEFT_DT_F32, o->av[i], nb);
+        if (s == PEFT_OK && o->m && o->m[i])
+            s = peft__ckpt_part(&st, "exp_avg", t->name, PEFT_DT_F32, o->m[i], t->n);
+        if (s == PEFT_OK && o->v && o->v[i])
+            s = peft__ckpt_part(&st, "exp_avg_sq", t->name, PEFT_DT_F32, o->v[i], t->n);
+        if (s == PEFT_OK && o->qm && o->qm[i])
+            s = peft__ckpt_part(&st, "exp_avg_q8", t->name, PEFT_DT_U8, o->qm[i], t->n);
+        if (s == PEFT_OK && o->qv && o->qv[i])
+            s = peft__ckpt_part(&st, "exp_avg_sq_q8", t->name, PEFT_DT_U8, o->qv[i], t->n);
+        if (s == PEFT_OK && o->am && o->am[i])
+            s = peft__ckpt_part(&st, "exp_avg_absmax", t->name, PEFT_DT_F32, o->am[i], nb);
+        if (s == PEFT_OK && o->av && o->av[i])
+            s = peft__ckpt_part(&st, "exp_avg_sq_absmax", t->name, PEFT_DT_F32, o->av[i], nb);
     }
     if (s == PEFT_OK) {
         peft_rng *r = &tr->model->rng;
@@ -7207,7 +7458,8 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
         memcpy(hi, rng, 16); hi[16] = 0;
         memcpy(lo, rng + 16, 16); lo[16] = 0;
         a = strtoull(hi, NULL, 16); b = strtoull(lo, NULL, 16);
-        if (sscanf(spare, "%u:%x", &has, &bits) != 2) s = peft__fail(PEFT_ERR_FORMAT, "%s: bad rng_spare", path);
+        if (sscanf(spare, "%u:%x", &has, &bits) != 2)
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: bad rng_spare", path);
         r->s[0] = a; r->s[1] = b; r->has_spare = (int)has;
         memcpy(&r->spare, &bits, 4);
         tr->step = (int)v_step;
@@ -7279,8 +7531,10 @@ PEFTDEF uint16_t peft_f32_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
-static const struct { const char *name; size_t size; } peft__dtypes[PEFT_DT_COUNT] = {
-    { "F32", 4 }, { "F16", 2 }, { "BF16", 2 }, { "I32", 4 }, { "I64", 8 }, { "U8", 1 }, { "I8", 1 }, { "F64", 8 },
+static const struct { const char *name; size_t size;
+} peft__dtypes[PEFT_DT_COUNT] = {
+    { "F32", 4 }, { "F16", 2 }, { "BF16", 2 }, { "I32", 4 },
+    { "I64", 8 }, { "U8", 1 },  { "I8", 1 },   { "F64", 8 },
 };
 PEFTDEF size_t peft_dtype_size(peft_dtype d) { return d < PEFT_DT_COUNT ? peft__dtypes[d].size : 0; }
 PEFTDEF const char *peft_dtype_name(peft_dtype d) { return d < PEFT_DT_COUNT ? peft__dtypes[d].name : "?"; }
@@ -7330,7 +7584,8 @@ PEFTDEF peft_status peft_write_file_atomic(const char *path, const void *data, s
     if (fclose(f) != 0) { ok = 0; err = errno; }
     if (!ok) {
         remove(tmp);
-        return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path, strerror(err));
+        return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path,
+                          strerror(err));
     }
     if (rename(tmp, path) != 0) {
         err = errno;
@@ -7394,7 +7649,8 @@ static peft_status peft__mkdir(const char *dir) {
 #else
     int r = mkdir(dir, 0755);
 #endif
-    if (r != 0 && errno != EEXIST) return peft__fail(PEFT_ERR_IO, "%s: cannot create folder: %s", dir, strerror(errno));
+    if (r != 0 && errno != EEXIST)
+        return peft__fail(PEFT_ERR_IO, "%s: cannot create folder: %s", dir, strerror(errno));
     return PEFT_OK;
 }
 
@@ -7425,8 +7681,10 @@ static void peft__jws(peft__jp *p) {
 static void peft__utf8(char **o, uint32_t cp) {
     unsigned char *u = (unsigned char *)*o;
     if (cp < 0x80) *u++ = (unsigned char)cp;
-    else if (cp < 0x800) { *u++ = (unsigned char)(0xC0 | (cp >> 6)); *u++ = (unsigned char)(0x80 | (cp & 0x3F)); }
-    else if (cp < 0x10000) {
+    else if (cp < 0x800) {
+        *u++ = (unsigned char)(0xC0 | (cp >> 6));
+        *u++ = (unsigned char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
         *u++ = (unsigned char)(0xE0 | (cp >> 12)); *u++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
         *u++ = (unsigned char)(0x80 | (cp & 0x3F));
     } else {
@@ -7440,7 +7698,10 @@ static int peft__hex4(const char *s, uint32_t *v) {
     *v = 0;
     for (int i = 0; i < 4; i++) {
         char c = s[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (d < 0) return 0;
         *v = *v * 16 + (uint32_t)d;
     }
@@ -7465,7 +7726,11 @@ static char *peft__jstring(peft__jp *p) {
         case 'r': *o++ = '\r'; break;  case 't': *o++ = '\t'; break;
         case 'u': {
             uint32_t cp, lo;
-            if (q - p->s < 4 || !peft__hex4(p->s, &cp)) { PEFT_FREE(out); peft__jfail(p, "bad \\u escape"); return NULL; }
+            if (q - p->s < 4 || !peft__hex4(p->s, &cp)) {
+                PEFT_FREE(out);
+                peft__jfail(p, "bad \\u escape");
+                return NULL;
+            }
             p->s += 4;
             if (cp >= 0xD800 && cp < 0xDC00 && q - p->s >= 6 && p->s[0] == '\\' && p->s[1] == 'u' &&
                 peft__hex4(p->s + 2, &lo) && lo >= 0xDC00 && lo < 0xE000) {
@@ -7506,7 +7771,11 @@ static peft_json *peft__jcontainer(peft__jp *p, int is_obj) {
         if (is_obj) {
             if (!(key = peft__jstring(p))) return j;
             peft__jws(p);
-            if (p->s >= p->end || *p->s != ':') { PEFT_FREE(key); peft__jfail(p, "expected ':' after a key"); return j; }
+            if (p->s >= p->end || *p->s != ':') {
+                PEFT_FREE(key);
+                peft__jfail(p, "expected ':' after a key");
+                return j;
+            }
             p->s++;
         }
         peft_json *v = peft__jvalue(p);
@@ -7553,7 +7822,12 @@ static peft_json *peft__jvalue(peft__jp *p) {
     /* number: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? ; also NaN/Infinity as Python writes them */
     const char *q = p->s;
     char buf[64];
-    if ((size_t)(p->end - q) >= 3 && memcmp(q, "NaN", 3) == 0) { p->s += 3; peft_json *j = peft__jnew(p, PEFT_JSON_NUMBER); if (j) j->number = NAN; return j; }
+    if ((size_t)(p->end - q) >= 3 && memcmp(q, "NaN", 3) == 0) {
+        p->s += 3;
+        peft_json *j = peft__jnew(p, PEFT_JSON_NUMBER);
+        if (j) j->number = NAN;
+        return j;
+    }
     if (q < p->end && *q == '-') q++;
     if ((size_t)(p->end - q) >= 8 && memcmp(q, "Infinity", 8) == 0) {
         peft_json *j = peft__jnew(p, PEFT_JSON_NUMBER);
@@ -7565,13 +7839,19 @@ static peft_json *peft__jvalue(peft__jp *p) {
     if (*q == '0') q++; else while (q < p->end && *q >= '0' && *q <= '9') q++;
     if (q < p->end && *q == '.') {
         q++;
-        if (q >= p->end || !(*q >= '0' && *q <= '9')) { peft__jfail(p, "digit expected after '.'"); return NULL; }
+        if (q >= p->end || !(*q >= '0' && *q <= '9')) {
+            peft__jfail(p, "digit expected after '.'");
+            return NULL;
+        }
         while (q < p->end && *q >= '0' && *q <= '9') q++;
     }
     if (q < p->end && (*q == 'e' || *q == 'E')) {
         q++;
         if (q < p->end && (*q == '+' || *q == '-')) q++;
-        if (q >= p->end || !(*q >= '0' && *q <= '9')) { peft__jfail(p, "digit expected in exponent"); return NULL; }
+        if (q >= p->end || !(*q >= '0' && *q <= '9')) {
+            peft__jfail(p, "digit expected in exponent");
+            return NULL;
+        }
         while (q < p->end && *q >= '0' && *q <= '9') q++;
     }
     if (q - p->s >= (ptrdiff_t)sizeof buf) { peft__jfail(p, "number too long"); return NULL; }
@@ -7598,7 +7878,13 @@ PEFTDEF peft_status peft_json_parse(peft_json **out, const char *text, size_t le
     if (p.err != PEFT_OK) {
         /* report where: line and column of the failure point */
         int line = 1, col = 1;
-        for (const char *c = text; c < p.s && c < p.end; c++) { if (*c == '\n') { line++; col = 1; } else col++; }
+        for (const char *c = text; c < p.s && c < p.end; c++) {
+            if (*c == '\n') {
+                line++;
+                col = 1;
+            } else
+                col++;
+        }
         char msg[1200];
         snprintf(msg, sizeof msg, "%s (line %d, column %d)", peft_last_error(), line, col);
         peft__fail(p.err, "%s", msg);
@@ -7650,20 +7936,26 @@ static int peft__dtype_parse(const char *s) {
 
 static int peft__cmp_entry(const void *a, const void *b) {
     const peft_st_entry *x = (const peft_st_entry *)a, *y = (const peft_st_entry *)b;
-    return x->offset < y->offset ? -1 : x->offset > y->offset ? 1 : (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
+    return x->offset < y->offset   ? -1
+           : x->offset > y->offset ? 1
+                                   : (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
 }
 
 static peft_status peft__st_parse(peft_safetensors *st) {
     const char *path = st->path;
     if (st->file_size < 8)
-        return peft__fail(PEFT_ERR_FORMAT, "%s: file is %zu bytes, too short for a safetensors header", path, st->file_size);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: file is %zu bytes, too short for a safetensors header", path,
+                          st->file_size);
     uint64_t hn = 0;
     for (int i = 7; i >= 0; i--) hn = (hn << 8) | st->file[i];
     if (hn > st->file_size - 8)
-        return peft__fail(PEFT_ERR_FORMAT, "%s: header length %llu is larger than the file (%zu bytes): truncated or not safetensors",
-                          path, (unsigned long long)hn, st->file_size);
+        return peft__fail(
+                PEFT_ERR_FORMAT,
+                "%s: header length %llu is larger than the file (%zu bytes): truncated or not safetensors",
+                path, (unsigned long long)hn, st->file_size);
     if (hn > 100u * 1024 * 1024)
-        return peft__fail(PEFT_ERR_FORMAT, "%s: header length %llu exceeds the 100 MB limit", path, (unsigned long long)hn);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: header length %llu exceeds the 100 MB limit", path,
+                          (unsigned long long)hn);
     char what[600];
     snprintf(what, sizeof what, "%s (safetensors header)", path);
     peft_json *h;
@@ -7671,20 +7963,32 @@ static peft_status peft__st_parse(peft_safetensors *st) {
     if (s != PEFT_OK) return s;
     st->data = st->file + 8 + hn;
     size_t buf_len = st->file_size - 8 - (size_t)hn;
-    if (h->type != PEFT_JSON_OBJECT) { peft_json_free(h); return peft__fail(PEFT_ERR_FORMAT, "%s: header is not a JSON object", path); }
+    if (h->type != PEFT_JSON_OBJECT) {
+        peft_json_free(h);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: header is not a JSON object", path);
+    }
     st->entries = (peft_st_entry *)peft__calloc((size_t)(h->n_children + 1) * sizeof(peft_st_entry));
     int n_meta = 0;                       /* a hostile header may repeat __metadata__ */
     for (const peft_json *t = h->child; t; t = t->next)
         if (strcmp(t->key, "__metadata__") == 0) n_meta += t->n_children;
     st->meta_keys = (char **)peft__calloc((size_t)(n_meta + 1) * sizeof(char *));
     st->meta_vals = (char **)peft__calloc((size_t)(n_meta + 1) * sizeof(char *));
-    if (!st->entries || !st->meta_keys || !st->meta_vals) { peft_json_free(h); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); }
+    if (!st->entries || !st->meta_keys || !st->meta_vals) {
+        peft_json_free(h);
+        return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+    }
     s = PEFT_OK;
     for (const peft_json *t = h->child; t && s == PEFT_OK; t = t->next) {
         if (strcmp(t->key, "__metadata__") == 0) {
-            if (t->type != PEFT_JSON_OBJECT) { s = peft__fail(PEFT_ERR_FORMAT, "%s: __metadata__ is not an object", path); break; }
+            if (t->type != PEFT_JSON_OBJECT) {
+                s = peft__fail(PEFT_ERR_FORMAT, "%s: __metadata__ is not an object", path);
+                break;
+            }
             for (const peft_json *kv = t->child; kv; kv = kv->next) {
-                if (kv->type != PEFT_JSON_STRING) { s = peft__fail(PEFT_ERR_FORMAT, "%s: metadata value '%s' is not a string", path, kv->key); break; }
+                if (kv->type != PEFT_JSON_STRING) {
+                    s = peft__fail(PEFT_ERR_FORMAT, "%s: metadata value '%s' is not a string", path, kv->key);
+                    break;
+                }
                 st->meta_keys[st->n_meta] = peft__strdup(kv->key);
                 st->meta_vals[st->n_meta++] = peft__strdup(kv->string);
                 if (!st->meta_keys[st->n_meta - 1] || !st->meta_vals[st->n_meta - 1]) {
@@ -7695,10 +7999,12 @@ static peft_status peft__st_parse(peft_safetensors *st) {
             continue;
         }
         peft_st_entry *e = &st->entries[st->n];
-        const peft_json *dt = peft_json_get(t, "dtype"), *sh = peft_json_get(t, "shape"), *of = peft_json_get(t, "data_offsets");
-        if (t->type != PEFT_JSON_OBJECT || !dt || dt->type != PEFT_JSON_STRING || !sh || sh->type != PEFT_JSON_ARRAY ||
-            !of || of->type != PEFT_JSON_ARRAY || of->n_children != 2) {
-            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' needs dtype, shape and data_offsets [begin, end]", path, t->key);
+        const peft_json *dt = peft_json_get(t, "dtype"), *sh = peft_json_get(t, "shape"),
+                        *of = peft_json_get(t, "data_offsets");
+        if (t->type != PEFT_JSON_OBJECT || !dt || dt->type != PEFT_JSON_STRING || !sh ||
+            sh->type != PEFT_JSON_ARRAY || !of || of->type != PEFT_JSON_ARRAY || of->n_children != 2) {
+            s = peft__fail(PEFT_ERR_FORMAT,
+                           "%s: tensor '%s' needs dtype, shape and data_offsets [begin, end]", path, t->key);
             break;
         }
         e->name = peft__strdup(t->key);
@@ -7706,12 +8012,17 @@ static peft_status peft__st_parse(peft_safetensors *st) {
         if (!e->name) { s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); break; }
         int d = peft__dtype_parse(dt->string);
         e->dtype = d < 0 ? PEFT_DT_COUNT : (peft_dtype)d;
-        if (sh->n_children > PEFT_MAX_DIMS) { s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions (at most %d supported)", path, t->key, sh->n_children, PEFT_MAX_DIMS); break; }
+        if (sh->n_children > PEFT_MAX_DIMS) {
+            s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions (at most %d supported)",
+                           path, t->key, sh->n_children, PEFT_MAX_DIMS);
+            break;
+        }
         e->ndim = sh->n_children;
         double elems = 1;
         int k = 0;
         for (const peft_json *x = sh->child; x; x = x->next, k++) {
-            if (x->type != PEFT_JSON_NUMBER || x->number < 0 || x->number != floor(x->number) || x->number > 9e15) {
+            if (x->type != PEFT_JSON_NUMBER || x->number < 0 || x->number != floor(x->number) ||
+                x->number > 9e15) {
                 s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' has an invalid shape entry", path, t->key);
                 break;
             }
@@ -7724,17 +8035,21 @@ static peft_status peft__st_parse(peft_safetensors *st) {
             break;
         }
         double b = of->child->number, en = of->child->next->number;
-        if (of->child->type != PEFT_JSON_NUMBER || of->child->next->type != PEFT_JSON_NUMBER || b < 0 || en < b ||
-            b != floor(b) || en != floor(en) || en > (double)buf_len) {
-            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' data_offsets [%.0f, %.0f] fall outside the %zu-byte data buffer (truncated file?)",
+        if (of->child->type != PEFT_JSON_NUMBER || of->child->next->type != PEFT_JSON_NUMBER || b < 0 ||
+            en < b || b != floor(b) || en != floor(en) || en > (double)buf_len) {
+            s = peft__fail(PEFT_ERR_FORMAT,
+                           "%s: tensor '%s' data_offsets [%.0f, %.0f] fall outside the %zu-byte data buffer "
+                           "(truncated file?)",
                            path, t->key, b, en, buf_len);
             break;
         }
         e->offset = (size_t)b;
         e->nbytes = (size_t)(en - b);
         if (e->dtype != PEFT_DT_COUNT && elems * (double)peft_dtype_size(e->dtype) != (double)e->nbytes) {
-            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is %s with %.0f elements (%.0f bytes) but its offsets span %zu bytes",
-                           path, t->key, dt->string, elems, elems * (double)peft_dtype_size(e->dtype), e->nbytes);
+            s = peft__fail(
+                    PEFT_ERR_FORMAT,
+                    "%s: tensor '%s' is %s with %.0f elements (%.0f bytes) but its offsets span %zu bytes",
+                    path, t->key, dt->string, elems, elems * (double)peft_dtype_size(e->dtype), e->nbytes);
             break;
         }
     }
@@ -7748,12 +8063,15 @@ static peft_status peft__st_parse(peft_safetensors *st) {
     size_t pos = 0;
     for (int i = 0; i < st->n && s == PEFT_OK; i++) {
         if (sorted[i].offset != pos)
-            s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' starts at byte %zu but the previous one ends at %zu (%s)",
-                           path, sorted[i].name, sorted[i].offset, pos, sorted[i].offset < pos ? "overlap" : "hole");
+            s = peft__fail(PEFT_ERR_FORMAT,
+                           "%s: tensor '%s' starts at byte %zu but the previous one ends at %zu (%s)", path,
+                           sorted[i].name, sorted[i].offset, pos,
+                           sorted[i].offset < pos ? "overlap" : "hole");
         pos = sorted[i].offset + sorted[i].nbytes;
     }
     if (s == PEFT_OK && pos != buf_len)
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: tensors cover %zu bytes but the data buffer holds %zu", path, pos, buf_len);
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: tensors cover %zu bytes but the data buffer holds %zu", path,
+                       pos, buf_len);
     PEFT_FREE(sorted);
     return s;
 }
@@ -7814,22 +8132,44 @@ PEFTDEF const peft_st_entry *peft_st_find(const peft_safetensors *st, const char
     return NULL;
 }
 
-PEFTDEF peft_status peft_st_read_f32(const peft_safetensors *st, const peft_st_entry *e, float *out, int64_t n) {
+PEFTDEF peft_status peft_st_read_f32(const peft_safetensors *st, const peft_st_entry *e, float *out,
+                                     int64_t n) {
     size_t es = peft_dtype_size(e->dtype);
     if (e->dtype == PEFT_DT_COUNT || e->dtype == PEFT_DT_U8 || e->dtype == PEFT_DT_I8)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats", st->path, e->name);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats",
+                          st->path, e->name);
     if ((size_t)n * es != e->nbytes)
-        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' holds %zu elements, expected %lld", st->path, e->name,
-                          e->nbytes / es, (long long)n);
+        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' holds %zu elements, expected %lld", st->path,
+                          e->name, e->nbytes / es, (long long)n);
     const unsigned char *p = st->data + e->offset;
     for (int64_t i = 0; i < n; i++, p += es) {
         switch (e->dtype) {
-        case PEFT_DT_F32: { uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; memcpy(&out[i], &u, 4); break; }
+        case PEFT_DT_F32: {
+            uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            memcpy(&out[i], &u, 4);
+            break;
+        }
         case PEFT_DT_F16: out[i] = peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
         case PEFT_DT_BF16: out[i] = peft_bf16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
-        case PEFT_DT_I32: { uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; out[i] = (float)(int32_t)u; break; }
-        case PEFT_DT_I64: { uint64_t u = 0; for (int k = 7; k >= 0; k--) u = u << 8 | p[k]; out[i] = (float)(int64_t)u; break; }
-        case PEFT_DT_F64: { uint64_t u = 0; double d; for (int k = 7; k >= 0; k--) u = u << 8 | p[k]; memcpy(&d, &u, 8); out[i] = (float)d; break; }
+        case PEFT_DT_I32: {
+            uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+            out[i] = (float)(int32_t)u;
+            break;
+        }
+        case PEFT_DT_I64: {
+            uint64_t u = 0;
+            for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
+            out[i] = (float)(int64_t)u;
+            break;
+        }
+        case PEFT_DT_F64: {
+            uint64_t u = 0;
+            double d;
+            for (int k = 7; k >= 0; k--) u = u << 8 | p[k];
+            memcpy(&d, &u, 8);
+            out[i] = (float)d;
+            break;
+        }
         default: break;
         }
     }
@@ -7838,7 +8178,10 @@ PEFTDEF peft_status peft_st_read_f32(const peft_safetensors *st, const peft_st_e
 
 /* Streamed atomic write: open path.tmp, the caller writes, commit renames. */
 static FILE *peft__atomic_open(const char *path, char *tmp, size_t tmpn) {
-    if (snprintf(tmp, tmpn, "%s.tmp", path) >= (int)tmpn) { peft__fail(PEFT_ERR_ARG, "%s: path too long", path); return NULL; }
+    if (snprintf(tmp, tmpn, "%s.tmp", path) >= (int)tmpn) {
+        peft__fail(PEFT_ERR_ARG, "%s: path too long", path);
+        return NULL;
+    }
     FILE *f = fopen(tmp, "wb");
     if (!f) peft__fail(PEFT_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
     errno = 0;                                         /* so that commit reports the write's own error */
@@ -7851,8 +8194,16 @@ static peft_status peft__atomic_commit(FILE *f, const char *tmp, const char *pat
     if (ok && fsync(fileno(f)) != 0) { ok = 0; err = errno; }
 #endif
     if (fclose(f) != 0 && ok) { ok = 0; err = errno; }
-    if (!ok) { remove(tmp); return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path, strerror(err)); }
-    if (rename(tmp, path) != 0) { err = errno; remove(tmp); return peft__fail(PEFT_ERR_IO, "%s: rename failed: %s", path, strerror(err)); }
+    if (!ok) {
+        remove(tmp);
+        return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path,
+                          strerror(err));
+    }
+    if (rename(tmp, path) != 0) {
+        err = errno;
+        remove(tmp);
+        return peft__fail(PEFT_ERR_IO, "%s: rename failed: %s", path, strerror(err));
+    }
     return PEFT_OK;
 }
 
@@ -7937,12 +8288,18 @@ static peft_status peft__load_param(const peft_safetensors *st, const peft_st_en
     for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
     if (!same) {
         char got[96] = "", want[96] = "";
-        for (int d = 0; d < e->ndim; d++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", (long long)e->shape[d]);
-        for (int d = 0; d < p->ndim; d++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "", (long long)p->shape[d]);
-        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has shape [%s] but config.json implies [%s]", st->path, e->name, got, want);
+        for (int d = 0; d < e->ndim; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "",
+                     (long long)e->shape[d]);
+        for (int d = 0; d < p->ndim; d++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "",
+                     (long long)p->shape[d]);
+        return peft__fail(PEFT_ERR_SHAPE, "%s: tensor '%s' has shape [%s] but config.json implies [%s]",
+                          st->path, e->name, got, want);
     }
     if (e->dtype != PEFT_DT_F32 && e->dtype != PEFT_DT_F16 && e->dtype != PEFT_DT_BF16)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; weights must be F32, F16 or BF16", st->path, e->name,
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; weights must be F32, F16 or BF16",
+                          st->path, e->name,
                           e->dtype == PEFT_DT_COUNT ? "an unknown dtype" : peft_dtype_name(e->dtype));
     return peft_st_read_f32(st, e, p->data, p->n);
 }
@@ -7977,11 +8334,13 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
             const peft_json *f = peft_json_get(wm, m->params[i]->name);
             if (!f && m->params[i] == m->lm_head && m->cfg.tie_embeddings) continue;
             if (!f || f->type != PEFT_JSON_STRING || strchr(f->string, '/'))
-                s = peft__fail(PEFT_ERR_FORMAT, "%s: weight_map has no valid file for '%s'", idx, m->params[i]->name);
+                s = peft__fail(PEFT_ERR_FORMAT, "%s: weight_map has no valid file for '%s'", idx,
+                               m->params[i]->name);
             else file_of[i] = f->string;
         }
     } else {
-        s = peft__fail(PEFT_ERR_IO, "%s: neither model.safetensors nor model.safetensors.index.json is there", dir);
+        s = peft__fail(PEFT_ERR_IO, "%s: neither model.safetensors nor model.safetensors.index.json is there",
+                       dir);
     }
     /* open each distinct file once, in order of first use */
     for (int i = 0; i < n && s == PEFT_OK; i++) {
@@ -7997,7 +8356,8 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
             peft_linear_site *site = m->cfg.q4 ? peft__site_of(m, m->params[k]) : NULL;
             const peft_st_entry *e = peft_st_find(&st, m->params[k]->name);
             if (site) s = peft__load_q4(&st, site, &m->cfg);
-            else if (!e) s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, m->params[k]->name);
+            else if (!e)
+                s = peft__fail(PEFT_ERR_FORMAT, "%s: tensor '%s' is missing", path, m->params[k]->name);
             else s = peft__load_param(&st, e, m->params[k]);
             /* the file's copy leaves memory once converted: a load peaks at the fp32 weights + one tensor */
             if (e) peft__map_release(st.data + e->offset, e->nbytes, st.mapped);
@@ -8028,7 +8388,8 @@ static void peft__l2c_take(peft__l2c_reader *r, float *dst, int64_t n) {
     for (int64_t g = 0; g < n / r->group; g++) {
         float scale;
         memcpy(&scale, r->sc + 4 * (size_t)g, 4);
-        for (int k = 0; k < r->group; k++) dst[g * r->group + k] = (float)(int8_t)r->q8[g * r->group + k] * scale;
+        for (int k = 0; k < r->group; k++)
+            dst[g * r->group + k] = (float)(int8_t)r->q8[g * r->group + k] * scale;
     }
     r->q8 += (size_t)n;
     r->sc += 4 * (size_t)(n / r->group);
@@ -8049,16 +8410,29 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
     if (s != PEFT_OK) return s;
     int32_t h[7];
     int version = 0, group = 0, shared, hdr = 28;
-    if (size < 28) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, too short for a llama2.c header", path, size); }
+    if (size < 28) {
+        PEFT_FREE(buf);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, too short for a llama2.c header", path, size);
+    }
     if (peft__rd_i32(buf) == 0x616b3432) {
-        if (size < 256) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_FORMAT, "%s: ak42 header truncated", path); }
+        if (size < 256) {
+            PEFT_FREE(buf);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: ak42 header truncated", path);
+        }
         version = peft__rd_i32(buf + 4);
-        if (version != 1 && version != 2) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama2.c ak42 version %d (1 and 2 are known)", path, version); }
+        if (version != 1 && version != 2) {
+            PEFT_FREE(buf);
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: llama2.c ak42 version %d (1 and 2 are known)", path,
+                              version);
+        }
         for (int i = 0; i < 7; i++) h[i] = peft__rd_i32(buf + 8 + 4 * i);
         shared = buf[36] != 0;
         group = version == 2 ? peft__rd_i32(buf + 37) : 0;
         hdr = 256;
-        if (version == 2 && (group < 1 || group > 1 << 20)) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_FORMAT, "%s: bad group size %d", path, group); }
+        if (version == 2 && (group < 1 || group > 1 << 20)) {
+            PEFT_FREE(buf);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: bad group size %d", path, group);
+        }
     } else {
         for (int i = 0; i < 7; i++) h[i] = peft__rd_i32(buf + 4 * i);
         shared = h[5] > 0;
@@ -8071,13 +8445,17 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
     c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
     c.norm_eps = 1e-5f; c.rope_theta = 10000.0f; c.rope_interleaved = 1; c.tie_embeddings = shared;
     c.bos_id = 1; c.eos_id = 2;
-    if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.vocab_size <= 0 ||
-        c.max_seq_len <= 0 || c.dim % c.n_heads || c.dim > 65536 || c.hidden_dim > 1 << 20 || c.n_layers > 4096 || c.max_seq_len > 1 << 24) {
+    if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 ||
+        c.vocab_size <= 0 || c.max_seq_len <= 0 || c.dim % c.n_heads || c.dim > 65536 ||
+        c.hidden_dim > 1 << 20 || c.n_layers > 4096 || c.max_seq_len > 1 << 24) {
         PEFT_FREE(buf);
-        return peft__fail(PEFT_ERR_FORMAT, "%s: not a llama2.c checkpoint (header %d %d %d %d %d %d %d)", path, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
+        return peft__fail(PEFT_ERR_FORMAT, "%s: not a llama2.c checkpoint (header %d %d %d %d %d %d %d)",
+                          path, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
     }
-    int64_t D = c.dim, F = c.hidden_dim, L = c.n_layers, V = c.vocab_size, KV = (int64_t)c.n_kv_heads * c.head_dim;
-    int64_t norms = 2 * L * D + D, mats = V * D + 2 * L * D * D + 2 * L * D * KV + 3 * L * D * F + (shared ? 0 : V * D);
+    int64_t D = c.dim, F = c.hidden_dim, L = c.n_layers, V = c.vocab_size,
+            KV = (int64_t)c.n_kv_heads * c.head_dim;
+    int64_t norms = 2 * L * D + D,
+            mats = V * D + 2 * L * D * D + 2 * L * D * KV + 3 * L * D * F + (shared ? 0 : V * D);
     int64_t need = version == 0 ? 4 * (norms + mats + (int64_t)c.max_seq_len * c.head_dim)
                  : version == 1 ? 4 * (norms + mats) : 4 * norms + mats + 4 * (mats / (group ? group : 1));
     if (version == 2 && (D * D % group || D * KV % group || D * F % group || V * D % group)) {
@@ -8086,21 +8464,26 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
     }
     if ((int64_t)size != hdr + need) {
         PEFT_FREE(buf);
-        return peft__fail(PEFT_ERR_FORMAT, "%s: %zu bytes, but the header implies %lld (truncated, or another format)",
-                          path, size, (long long)(hdr + need));
+        return peft__fail(PEFT_ERR_FORMAT,
+                          "%s: %zu bytes, but the header implies %lld (truncated, or another format)", path,
+                          size, (long long)(hdr + need));
     }
     s = peft_config_validate(&c, path);
     peft_model *m = NULL;
     if (s == PEFT_OK) s = peft_model_new(&m, &c, 0, 0);
     if (s != PEFT_OK) { PEFT_FREE(buf); return s; }
     peft__l2c_reader r = { buf + hdr, NULL, NULL, version, group };
-    int qkvo[4] = { PEFT_Q, PEFT_K, PEFT_V, PEFT_O }, ffn[3] = { PEFT_GATE, PEFT_DOWN, PEFT_UP };   /* w1, w2, w3 */
+    /* w1, w2, w3 */
+    int qkvo[4] = { PEFT_Q, PEFT_K, PEFT_V, PEFT_O }, ffn[3] = { PEFT_GATE, PEFT_DOWN, PEFT_UP };
     if (version == 0) {
         peft__l2c_take(&r, m->embed->data, V * D);
         for (int l = 0; l < L; l++) peft__l2c_norm(&r, m->layers[l].attn_norm->data, D);
-        for (int k = 0; k < 4; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[qkvo[k]].w->data, m->layers[l].lin[qkvo[k]].w->n);
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < L; l++)
+                peft__l2c_take(&r, m->layers[l].lin[qkvo[k]].w->data, m->layers[l].lin[qkvo[k]].w->n);
         for (int l = 0; l < L; l++) peft__l2c_norm(&r, m->layers[l].ffn_norm->data, D);
-        for (int k = 0; k < 3; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[ffn[k]].w->data, D * F);
+        for (int k = 0; k < 3; k++)
+            for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[ffn[k]].w->data, D * F);
         peft__l2c_norm(&r, m->norm->data, D);
         r.f32 += 4 * (size_t)c.max_seq_len * c.head_dim;      /* cos/sin tables: recomputed */
     } else {
@@ -8110,8 +8493,11 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
         r.q8 = r.f32;
         r.sc = r.q8 + mats;
         peft__l2c_take(&r, m->embed->data, V * D);
-        for (int k = 0; k < 4; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[qkvo[k]].w->data, m->layers[l].lin[qkvo[k]].w->n);
-        for (int k = 0; k < 3; k++) for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[ffn[k]].w->data, D * F);
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < L; l++)
+                peft__l2c_take(&r, m->layers[l].lin[qkvo[k]].w->data, m->layers[l].lin[qkvo[k]].w->n);
+        for (int k = 0; k < 3; k++)
+            for (int l = 0; l < L; l++) peft__l2c_take(&r, m->layers[l].lin[ffn[k]].w->data, D * F);
     }
     if (!shared) peft__l2c_take(&r, m->lm_head->data, V * D);
     PEFT_FREE(buf);
@@ -8197,22 +8583,29 @@ PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
 
 static void peft__config_json(peft__sb *b, const peft_config *c) {
     peft__sbf(b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
-    peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n", c->dim, c->hidden_dim);
-    peft__sbf(b, "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n",
-              c->n_layers, c->n_heads, c->n_kv_heads);
+    peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n",
+              c->dim, c->hidden_dim);
+    peft__sbf(
+            b,
+            "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n",
+            c->n_layers, c->n_heads, c->n_kv_heads);
     peft__sbf(b, "  \"head_dim\": %d,\n  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n",
               c->head_dim, c->vocab_size, c->max_seq_len);
     peft__sbf(b, "  \"rms_norm_eps\": %.9g,\n  \"rope_theta\": %.9g,\n", c->norm_eps, c->rope_theta);
     if (c->rope_type == PEFT_ROPE_LLAMA3)
-        peft__sbf(b, "  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %.9g, \"low_freq_factor\": %.9g, "
+        peft__sbf(b,
+                  "  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %.9g, \"low_freq_factor\": "
+                  "%.9g, "
                   "\"high_freq_factor\": %.9g, \"original_max_position_embeddings\": %d},\n",
                   c->rope_factor, c->rope_low_freq, c->rope_high_freq, c->rope_orig_max_pos);
     else if (c->rope_type == PEFT_ROPE_LINEAR)
         peft__sbf(b, "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.9g},\n", c->rope_factor);
     else peft__sbf(b, "  \"rope_scaling\": null,\n");
     peft__sbf(b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n  \"mlp_bias\": %s,\n",
-              c->tie_embeddings ? "true" : "false", c->attn_bias ? "true" : "false", c->mlp_bias ? "true" : "false");
-    peft__sbf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"float32\"\n}\n", c->bos_id, c->eos_id);
+              c->tie_embeddings ? "true" : "false", c->attn_bias ? "true" : "false",
+              c->mlp_bias ? "true" : "false");
+    peft__sbf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"float32\"\n}\n",
+              c->bos_id, c->eos_id);
 }
 
 /* ---- 4-bit model folders (transformers + bitsandbytes layout) ---------------------
@@ -8220,7 +8613,9 @@ static void peft__config_json(peft__sb *b, const peft_config *c) {
    quantization, else F32), W.quant_map (F32 [16]), W.nested_absmax,
    W.nested_quant_map (F32 [256]) and W.quant_state.bitsandbytes__nf4 (the
    quant state as JSON bytes); config.json gains quantization_config. */
-static const char *peft__q4_name(peft_q4_type t) { return t == PEFT_FP4 ? "fp4" : t == PEFT_INT4 ? "int4" : "nf4"; }
+static const char *peft__q4_name(peft_q4_type t) {
+    return t == PEFT_FP4 ? "fp4" : t == PEFT_INT4 ? "int4" : "nf4";
+}
 
 PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *dir) {
     if (!m->cfg.q4) return peft__fail(PEFT_ERR_ARG, "%s: the model is not quantized", dir);
@@ -8232,10 +8627,12 @@ PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *d
     peft__sb b = { 0, 0, 0, 0 };
     peft__config_json(&b, &m->cfg);
     if (b.n >= 3) b.n -= 3;                           /* reopen the object: drop "\n}\n" */
-    peft__sbf(&b, ",\n  \"quantization_config\": {\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, "
+    peft__sbf(&b,
+              ",\n  \"quantization_config\": {\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, "
               "\"load_in_8bit\": false, \"bnb_4bit_quant_type\": \"%s\", \"bnb_4bit_use_double_quant\": %s, "
               "\"bnb_4bit_compute_dtype\": \"float32\", \"bnb_4bit_quant_storage\": \"uint8\", "
-              "\"llm_int8_skip_modules\": null, \"llm_int8_threshold\": 6.0, \"llm_int8_has_fp16_weight\": false, "
+              "\"llm_int8_skip_modules\": null, \"llm_int8_threshold\": 6.0, \"llm_int8_has_fp16_weight\": "
+              "false, "
               "\"llm_int8_enable_fp32_cpu_offload\": false}\n}\n",
               peft__q4_name(m->cfg.q4_type), m->cfg.q4_double ? "true" : "false");
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -8268,20 +8665,45 @@ PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *d
             items[n].name = names[n];
             items[n].ndim = 1;
             switch (k) {
-            case 0: items[n].dtype = PEFT_DT_U8; items[n].ndim = 2; items[n].shape[0] = (q->n + 1) / 2; items[n].shape[1] = 1; items[n].data = q->packed; break;
-            case 1: items[n].dtype = q->double_quant ? PEFT_DT_U8 : PEFT_DT_F32; items[n].shape[0] = q->n_blocks;
-                    items[n].data = q->double_quant ? (const void *)q->qabsmax : (const void *)q->absmax; break;
-            case 2: items[n].dtype = PEFT_DT_F32; items[n].shape[0] = 16; items[n].data = peft_q4_code(q->type); break;
-            case 3: items[n].dtype = PEFT_DT_F32; items[n].shape[0] = q->n_nested; items[n].data = q->nested_absmax; break;
-            case 4: items[n].dtype = PEFT_DT_F32; items[n].shape[0] = 256; items[n].data = peft_dynamic_map(); break;
+            case 0:
+                items[n].dtype = PEFT_DT_U8;
+                items[n].ndim = 2;
+                items[n].shape[0] = (q->n + 1) / 2;
+                items[n].shape[1] = 1;
+                items[n].data = q->packed;
+                break;
+            case 1:
+                items[n].dtype = q->double_quant ? PEFT_DT_U8 : PEFT_DT_F32;
+                items[n].shape[0] = q->n_blocks;
+                items[n].data = q->double_quant ? (const void *)q->qabsmax : (const void *)q->absmax;
+                break;
+            case 2:
+                items[n].dtype = PEFT_DT_F32;
+                items[n].shape[0] = 16;
+                items[n].data = peft_q4_code(q->type);
+                break;
+            case 3:
+                items[n].dtype = PEFT_DT_F32;
+                items[n].shape[0] = q->n_nested;
+                items[n].data = q->nested_absmax;
+                break;
+            case 4:
+                items[n].dtype = PEFT_DT_F32;
+                items[n].shape[0] = 256;
+                items[n].data = peft_dynamic_map();
+                break;
             }
             n++;
         }
         peft__sb js = { 0, 0, 0, 0 };
-        peft__sbf(&js, "{\"quant_type\": \"%s\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [%lld, %lld]",
-                  peft__q4_name(q->type), (long long)p->shape[0], (long long)p->shape[1]);
+        peft__sbf(
+                &js,
+                "{\"quant_type\": \"%s\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [%lld, %lld]",
+                peft__q4_name(q->type), (long long)p->shape[0], (long long)p->shape[1]);
         if (q->double_quant)
-            peft__sbf(&js, ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": %.17g", (double)q->offset);
+            peft__sbf(&js,
+                      ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": %.17g",
+                      (double)q->offset);
         peft__sbf(&js, "}");
         if (js.oom) { PEFT_FREE(js.s); s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
         states[ns] = js.s;
@@ -8317,21 +8739,26 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
     q->blocksize = 64; q->nested_blocksize = 256;
     q->n_blocks = (q->n + 63) / 64; q->n_nested = (q->n_blocks + 255) / 256;
 #define PEFT__Q4_PIECE(suffix, dt, bytes) \
-    (snprintf(key, sizeof key, "%s%s", name, suffix), (e = peft_st_find(st, key)) != NULL && e->dtype == (dt) && e->nbytes == (size_t)(bytes))
+    (snprintf(key, sizeof key, "%s%s", name, suffix), \
+     (e = peft_st_find(st, key)) != NULL && e->dtype == (dt) && e->nbytes == (size_t)(bytes))
     /* the packed bytes: U8 [n/2, 1], or with bnb_4bit_quant_storage the same bytes as BF16 [n/4, 1] ... */
     if (!PEFT__Q4_PIECE("", PEFT_DT_U8, (q->n + 1) / 2) &&
         !PEFT__Q4_PIECE("", PEFT_DT_BF16, (q->n + 1) / 2) &&
         !PEFT__Q4_PIECE("", PEFT_DT_F16, (q->n + 1) / 2) &&
         !PEFT__Q4_PIECE("", PEFT_DT_F32, (q->n + 1) / 2) && !PEFT__Q4_PIECE("", PEFT_DT_I8, (q->n + 1) / 2))
-        return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld packed bytes", path, key, (long long)((q->n + 1) / 2));
+        return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld packed bytes", path, key,
+                          (long long)((q->n + 1) / 2));
     q->packed = (uint8_t *)PEFT_MALLOC(e->nbytes);
     if (!q->packed) return peft__fail(PEFT_ERR_NOMEM, "no memory");
     memcpy(q->packed, st->data + e->offset, e->nbytes);
-    if (!PEFT__Q4_PIECE(".quant_map", PEFT_DT_F32, 64) || memcmp(st->data + e->offset, peft_q4_code(q->type), 64) != 0)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: '%s' is missing or is not the %s code", path, key, peft__q4_name(q->type));
+    if (!PEFT__Q4_PIECE(".quant_map", PEFT_DT_F32, 64) ||
+        memcmp(st->data + e->offset, peft_q4_code(q->type), 64) != 0)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: '%s' is missing or is not the %s code", path, key,
+                          peft__q4_name(q->type));
     if (q->double_quant) {
         if (!PEFT__Q4_PIECE(".absmax", PEFT_DT_U8, q->n_blocks))
-            return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld bytes", path, key, (long long)q->n_blocks);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or not %lld bytes", path, key,
+                              (long long)q->n_blocks);
         q->qabsmax = (uint8_t *)PEFT_MALLOC((size_t)q->n_blocks);
         q->nested_absmax = (float *)PEFT_MALLOC(sizeof(float) * (size_t)q->n_nested);
         if (!q->qabsmax || !q->nested_absmax) return peft__fail(PEFT_ERR_NOMEM, "no memory");
@@ -8339,8 +8766,10 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
         if (!PEFT__Q4_PIECE(".nested_absmax", PEFT_DT_F32, 4 * q->n_nested))
             return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or has the wrong size", path, key);
         peft_st_read_f32(st, e, q->nested_absmax, q->n_nested);
-        if (!PEFT__Q4_PIECE(".nested_quant_map", PEFT_DT_F32, 1024) || memcmp(st->data + e->offset, peft_dynamic_map(), 1024) != 0)
-            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: '%s' is missing or is not bitsandbytes' dynamic map", path, key);
+        if (!PEFT__Q4_PIECE(".nested_quant_map", PEFT_DT_F32, 1024) ||
+            memcmp(st->data + e->offset, peft_dynamic_map(), 1024) != 0)
+            return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: '%s' is missing or is not bitsandbytes' dynamic map",
+                              path, key);
     } else {
         if (!PEFT__Q4_PIECE(".absmax", PEFT_DT_F32, 4 * q->n_blocks))
             return peft__fail(PEFT_ERR_FORMAT, "%s: '%s' is missing or has the wrong size", path, key);
@@ -8354,10 +8783,13 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
     peft_json *js;
     peft_status s = peft_json_parse(&js, (const char *)st->data + e->offset, e->nbytes, key);
     if (s != PEFT_OK) return s;
-    const peft_json *shape = peft_json_get(js, "shape"), *bs = peft_json_get(js, "blocksize"), *off = peft_json_get(js, "nested_offset");
+    const peft_json *shape = peft_json_get(js, "shape"), *bs = peft_json_get(js, "blocksize"),
+                    *off = peft_json_get(js, "nested_offset");
     if (!shape || shape->n_children != 2 || shape->child->number != (double)S->w->shape[0] ||
         shape->child->next->number != (double)S->w->shape[1] || !bs || bs->number != 64)
-        s = peft__fail(PEFT_ERR_SHAPE, "%s: quant state of '%s' disagrees with config.json (shape or blocksize 64)", path, name);
+        s = peft__fail(PEFT_ERR_SHAPE,
+                       "%s: quant state of '%s' disagrees with config.json (shape or blocksize 64)", path,
+                       name);
     else if (q->double_quant && (!off || off->type != PEFT_JSON_NUMBER))
         s = peft__fail(PEFT_ERR_FORMAT, "%s: quant state of '%s' has no nested_offset", path, name);
     else if (q->double_quant) q->offset = (float)off->number;
@@ -8421,15 +8853,22 @@ static const char *peft__adapter_type(const peft_method *m) {
 static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
     const peft_method *x = &m->method;
     const char *base = m->path[0] ? m->path : "";
-    peft__sbf(b, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ", peft__adapter_type(x));
+    peft__sbf(b,
+              "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ",
+              peft__adapter_type(x));
     peft__sb_jstr(b, base);
     peft__sbf(b, ",\n  \"inference_mode\": true,\n  \"revision\": null");
     if (x->kind == PEFT_LORA || x->kind == PEFT_QLORA) {
-        peft__sbf(b, ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  \"target_modules\": [",
+        peft__sbf(b,
+                  ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  "
+                  "\"target_modules\": [",
                   x->lora_r, x->lora_alpha, x->lora_dropout);
         int first = 1, custom = peft__lora_custom(x);
         for (int s = 0; s < PEFT_N_SITES && !custom; s++)
-            if (x->lora_targets & (1u << s)) { peft__sbf(b, "%s\"%s\"", first ? "" : ", ", peft__site_names[s]); first = 0; }
+            if (x->lora_targets & (1u << s)) {
+                peft__sbf(b, "%s\"%s\"", first ? "" : ", ", peft__site_names[s]);
+                first = 0;
+            }
         /* any subset of sites: full module names, which PEFT matches by equality */
         for (int pass = 0; pass < 3 && custom; pass++) {
             if (pass == 1) peft__sbf(b, "],\n  \"rank_pattern\": {");
@@ -8482,9 +8921,13 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
     } else {
         int L = peft__top_layers(&m->cfg, x->kind == PEFT_EXCITOR ? x->excitor_layers : x->adapter_layers);
         if (x->kind == PEFT_EXCITOR)
-            peft__sbf(b, ",\n  \"excitor_len\": %d,\n  \"excitor_rank\": %d,\n  \"excitor_layers\": %d", x->excitor_len, x->excitor_rank, L);
+            peft__sbf(b, ",\n  \"excitor_len\": %d,\n  \"excitor_rank\": %d,\n  \"excitor_layers\": %d",
+                      x->excitor_len, x->excitor_rank, L);
         else {
-            peft__sbf(b, ",\n  \"adapter_len\": %d,\n  \"adapter_layers\": %d,\n  \"target_modules\": \"self_attn\"", x->adapter_len, L);
+            peft__sbf(b,
+                      ",\n  \"adapter_len\": %d,\n  \"adapter_layers\": %d,\n  \"target_modules\": "
+                      "\"self_attn\"",
+                      x->adapter_len, L);
             if (x->kind == PEFT_ADAPTER_V2)
                 peft__sbf(b, ",\n  \"adapter_gate\": \"%s\",\n  \"fusion_layers\": %d,\n  \"fusion_dim\": %d",
                           x->adapter_peft_gate ? "peft" : "head", x->fusion_layers, x->fusion_dim);
@@ -8511,9 +8954,11 @@ static int peft__adapter_tensors(const peft_model *m, peft_tensor **list, char *
 
 PEFTDEF peft_status peft_adapter_save(const peft_model *m, const char *dir) {
     if (!peft__adapter_type(&m->method))
-        return peft__fail(PEFT_ERR_ARG, "%s: nothing to save as an adapter for method %s (save the model instead)", dir,
+        return peft__fail(PEFT_ERR_ARG,
+                          "%s: nothing to save as an adapter for method %s (save the model instead)", dir,
                           peft_method_name(m->method.kind));
-    if (m->lora_merged) return peft__fail(PEFT_ERR_ARG, "%s: the LoRA adapter is merged; unmerge before saving it", dir);
+    if (m->lora_merged)
+        return peft__fail(PEFT_ERR_ARG, "%s: the LoRA adapter is merged; unmerge before saving it", dir);
     peft_status s = peft__mkdir(dir);
     if (s != PEFT_OK) return s;
     int cap = m->n_extra + m->n_params;
@@ -9002,7 +9447,8 @@ static peft_status peft__lora_from_json(const peft_json *j, const char *path, co
 /* adapter_config.json → method settings. PEFT's LoRA and AdaptionPrompt keys
    map onto this library's; settings PEFT has and this library lacks are
    refused by name rather than silently ignored. */
-static peft_status peft__adapter_method(const peft_json *j, const char *path, const peft_config *c, peft_method *out) {
+static peft_status peft__adapter_method(const peft_json *j, const char *path, const peft_config *c,
+                                        peft_method *out) {
     const char *type = peft__json_str(j, "peft_type");
     if (!type) return peft__fail(PEFT_ERR_FORMAT, "%s: no peft_type", path);
     peft_method_kind kind;
@@ -9020,13 +9466,15 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
         char val[16384];
         const char *key = e->key;
         if (e->type == PEFT_JSON_NUMBER) snprintf(val, sizeof val, "%.17g", e->number);
-        else if (e->type == PEFT_JSON_BOOL) snprintf(val, sizeof val, "%s", e->number != 0 ? "true" : "false");
+        else if (e->type == PEFT_JSON_BOOL)
+            snprintf(val, sizeof val, "%s", e->number != 0 ? "true" : "false");
         else if (e->type == PEFT_JSON_STRING) snprintf(val, sizeof val, "%s", e->string);
         else if (e->type == PEFT_JSON_ARRAY) {          /* target_modules, layers_to_transform */
             val[0] = 0;
             for (const peft_json *x = e->child; x; x = x->next) {
                 size_t L = strlen(val);
-                if (x->type == PEFT_JSON_STRING) snprintf(val + L, sizeof val - L, "%s%s", L ? "," : "", x->string);
+                if (x->type == PEFT_JSON_STRING)
+                    snprintf(val + L, sizeof val - L, "%s%s", L ? "," : "", x->string);
                 else if (x->type == PEFT_JSON_NUMBER && x->number == floor(x->number) &&
                          fabs(x->number) <= 1e6)
                     snprintf(val + L, sizeof val - L, "%s%d", L ? "," : "", (int)x->number);
@@ -9049,7 +9497,9 @@ static peft_status peft__adapter_method(const peft_json *j, const char *path, co
     }
     if (s == PEFT_OK) {
         int L = kind == PEFT_EXCITOR ? out->excitor_layers : out->adapter_layers;
-        if (L > c->n_layers) s = peft__fail(PEFT_ERR_SHAPE, "%s: %d adapter layers but the model has %d", path, L, c->n_layers);
+        if (L > c->n_layers)
+            s = peft__fail(PEFT_ERR_SHAPE, "%s: %d adapter layers but the model has %d", path, L,
+                           c->n_layers);
     }
     return s;
 }
@@ -9125,8 +9575,8 @@ static peft_status peft__adapter_load(peft_model *m, const char *dir) {
             else if (pass == 1)
                 s = peft_st_read_f32(&st, e, list[i]->data, list[i]->n);
             else if (e->dtype == PEFT_DT_COUNT || e->dtype == PEFT_DT_U8 || e->dtype == PEFT_DT_I8)
-                s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: tensor '%s' has a dtype that cannot be read as floats",
-                               path, name);
+                s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                               "%s: tensor '%s' has a dtype that cannot be read as floats", path, name);
         }
         /* a tensor nothing reads would be silently dropped: refuse it by name */
         if (pass == 0 && s == PEFT_OK && used < st.n)
@@ -9173,17 +9623,35 @@ static void peft__bput(peft__buf *b, const void *d, size_t n) {
 static void peft__bu32(peft__buf *b, uint32_t v) { peft__bput(b, &v, 4); }
 static void peft__bu64(peft__buf *b, uint64_t v) { peft__bput(b, &v, 8); }
 static void peft__bstr(peft__buf *b, const char *s) { peft__bu64(b, strlen(s)); peft__bput(b, s, strlen(s)); }
-static void peft__kv_str(peft__buf *b, const char *k, const char *v) { peft__bstr(b, k); peft__bu32(b, 8); peft__bstr(b, v); }
-static void peft__kv_f32(peft__buf *b, const char *k, float v) { peft__bstr(b, k); peft__bu32(b, 6); peft__bput(b, &v, 4); }
-static void peft__kv_u32(peft__buf *b, const char *k, uint32_t v) { peft__bstr(b, k); peft__bu32(b, 4); peft__bu32(b, v); }
-static void peft__balign(peft__buf *b, size_t a) { static const unsigned char z[64]; while (b->n % a) peft__bput(b, z, 1); }
+static void peft__kv_str(peft__buf *b, const char *k, const char *v) {
+    peft__bstr(b, k);
+    peft__bu32(b, 8);
+    peft__bstr(b, v);
+}
+static void peft__kv_f32(peft__buf *b, const char *k, float v) {
+    peft__bstr(b, k);
+    peft__bu32(b, 6);
+    peft__bput(b, &v, 4);
+}
+static void peft__kv_u32(peft__buf *b, const char *k, uint32_t v) {
+    peft__bstr(b, k);
+    peft__bu32(b, 4);
+    peft__bu32(b, v);
+}
+static void peft__balign(peft__buf *b, size_t a) {
+    static const unsigned char z[64];
+    while (b->n % a) peft__bput(b, z, 1);
+}
 
 PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *path) {
-    static const char *const gg[PEFT_N_SITES] = { "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down" };
+    static const char *const gg[PEFT_N_SITES] = { "attn_q",   "attn_k", "attn_v",  "attn_output",
+                                                  "ffn_gate", "ffn_up", "ffn_down" };
     const peft_config *c = &m->cfg;
     if (m->method.kind != PEFT_LORA && m->method.kind != PEFT_QLORA)
-        return peft__fail(PEFT_ERR_ARG, "%s: llama.cpp adapters hold LoRA only, this model has %s", path, peft_method_name(m->method.kind));
-    if (m->lora_merged) return peft__fail(PEFT_ERR_ARG, "%s: the LoRA is merged into the weights; unmerge it first", path);
+        return peft__fail(PEFT_ERR_ARG, "%s: llama.cpp adapters hold LoRA only, this model has %s", path,
+                          peft_method_name(m->method.kind));
+    if (m->lora_merged)
+        return peft__fail(PEFT_ERR_ARG, "%s: the LoRA is merged into the weights; unmerge it first", path);
     /* llama.cpp's converter refuses these too: its adapters hold lora_a/lora_b pairs only */
     if (m->save_embed || m->save_head)
         return peft__fail(
@@ -9282,7 +9750,8 @@ PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *pa
             PEFT_FREE(row);
             peft__balign(&b, 32);
         }
-    peft_status st = b.failed ? peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path) : peft_write_file_atomic(path, b.p, b.n);
+    peft_status st = b.failed ? peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path)
+                              : peft_write_file_atomic(path, b.p, b.n);
     PEFT_FREE(b.p);
     return st;
 }
@@ -9302,11 +9771,18 @@ PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *p
     size_t size;
     peft_status s = peft_read_file(path, &buf, &size);
     if (s != PEFT_OK) return s;
-    if (vocab_size < 1 || vocab_size > 1 << 22) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_ARG, "%s: bad vocabulary size %d", path, vocab_size); }
+    if (vocab_size < 1 || vocab_size > 1 << 22) {
+        PEFT_FREE(buf);
+        return peft__fail(PEFT_ERR_ARG, "%s: bad vocabulary size %d", path, vocab_size);
+    }
     t->pieces = (char **)peft__calloc(sizeof(char *) * (size_t)vocab_size);
     t->scores = (float *)PEFT_MALLOC(sizeof(float) * (size_t)vocab_size);
     t->sorted = (int *)PEFT_MALLOC(sizeof(int) * (size_t)vocab_size);
-    if (!t->pieces || !t->scores || !t->sorted) { PEFT_FREE(buf); peft_tokenizer_free(t); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    if (!t->pieces || !t->scores || !t->sorted) {
+        PEFT_FREE(buf);
+        peft_tokenizer_free(t);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    }
     size_t off = 4;
     int32_t v;
     if (size < 4) { s = peft__fail(PEFT_ERR_FORMAT, "%s: too short for a tokenizer.bin", path); goto done; }
@@ -9316,11 +9792,17 @@ PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *p
     t->eos_id = 2;
     for (int i = 0; i < vocab_size; i++) {
         int32_t len;
-        if (off + 8 > size) { s = peft__fail(PEFT_ERR_FORMAT, "%s: ends at piece %d of %d", path, i, vocab_size); goto done; }
+        if (off + 8 > size) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: ends at piece %d of %d", path, i, vocab_size);
+            goto done;
+        }
         memcpy(&t->scores[i], buf + off, 4);
         memcpy(&len, buf + off + 4, 4);
         off += 8;
-        if (len < 0 || len > 1 << 16 || off + (size_t)len > size) { s = peft__fail(PEFT_ERR_FORMAT, "%s: piece %d has a bad length %d", path, i, len); goto done; }
+        if (len < 0 || len > 1 << 16 || off + (size_t)len > size) {
+            s = peft__fail(PEFT_ERR_FORMAT, "%s: piece %d has a bad length %d", path, i, len);
+            goto done;
+        }
         t->pieces[i] = (char *)PEFT_MALLOC((size_t)len + 1);
         if (!t->pieces[i]) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
         memcpy(t->pieces[i], buf + off, (size_t)len);
@@ -9381,7 +9863,8 @@ static int peft__piece_id(const peft_tokenizer *t, const char *s) {
 static int peft__encode_hf(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max,
                            int *starts);
 
-PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids, int max) {
+PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int bos, int eos, int *ids,
+                                  int max) {
     if (t->kind != PEFT_TOK_SCORES) return peft__encode_hf(t, text, bos, eos, ids, max, NULL);
     int n = 0;
     size_t tl = strlen(text);
@@ -9474,8 +9957,8 @@ PEFTDEF void peft_tokenizer_use_config_eos(peft_tokenizer *t, const peft_config 
    Either way BPE repeatedly merges the adjacent pair with the lowest rank in
    the merges list (leftmost on ties) — not sentencepiece's best piece score;
    the two agree when the merges are listed in score order (transformers 4.x
-   files) and disagree on runs of spaces when they are not (transformers 5). Added tokens ("<s>", "<|eot_id|>")
-   are matched in the raw text first and never split. */
+   files) and disagree on runs of spaces when they are not (transformers 5). Added tokens ("<s>",
+   "<|eot_id|>") are matched in the raw text first and never split. */
 /* General_Category L* and N* of Unicode 14.0 as code point ranges (generated
    with Python's unicodedata; what \p{L} and \p{N} mean in the regexes). */
 static const uint32_t peft__uni_letter[][2] = {
@@ -9640,10 +10123,13 @@ static int peft__is_number(uint32_t c) {
     return peft__in_ranges(c, peft__uni_number, (int)(sizeof peft__uni_number / sizeof peft__uni_number[0]));
 }
 static int peft__is_space(uint32_t c) {             /* Unicode White_Space */
-    return (c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+    return (c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+           c == 0x3000;
 }
-static int peft__is_other(uint32_t c) { return !peft__is_space(c) && !peft__is_letter(c) && !peft__is_number(c); }
+static int peft__is_other(uint32_t c) {
+    return !peft__is_space(c) && !peft__is_letter(c) && !peft__is_number(c);
+}
 static int peft__is_nl(uint32_t c) { return c == '\r' || c == '\n'; }
 
 /* one UTF-8 code point at s (invalid bytes count as themselves) */
@@ -9673,9 +10159,15 @@ static int peft__pretok_end(const uint32_t *c, int n, int i, int llama3) {
     int j;
     if (llama3) {
         j = i;
-        if (!peft__is_letter(c[i]) && !peft__is_nl(c[i]) && !peft__is_number(c[i]) && i + 1 < n && peft__is_letter(c[i + 1])) j = i + 1;
+        if (!peft__is_letter(c[i]) && !peft__is_nl(c[i]) && !peft__is_number(c[i]) && i + 1 < n &&
+            peft__is_letter(c[i + 1]))
+            j = i + 1;
         if (peft__is_letter(c[j])) { while (j < n && peft__is_letter(c[j])) j++; return j; }
-        if (peft__is_number(c[i])) { j = i; while (j < n && j - i < 3 && peft__is_number(c[j])) j++; return j; }
+        if (peft__is_number(c[i])) {
+            j = i;
+            while (j < n && j - i < 3 && peft__is_number(c[j])) j++;
+            return j;
+        }
         j = i + (c[i] == ' ');
         if (j < n && peft__is_other(c[j])) {
             while (j < n && peft__is_other(c[j])) j++;
@@ -9711,8 +10203,15 @@ static uint32_t peft__byte_char(int b) {
 static int peft__put_utf8(char *o, uint32_t c) {
     if (c < 0x80) { o[0] = (char)c; return 1; }
     if (c < 0x800) { o[0] = (char)(0xC0 | (c >> 6)); o[1] = (char)(0x80 | (c & 63)); return 2; }
-    if (c < 0x10000) { o[0] = (char)(0xE0 | (c >> 12)); o[1] = (char)(0x80 | ((c >> 6) & 63)); o[2] = (char)(0x80 | (c & 63)); return 3; }
-    o[0] = (char)(0xF0 | (c >> 18)); o[1] = (char)(0x80 | ((c >> 12) & 63)); o[2] = (char)(0x80 | ((c >> 6) & 63));
+    if (c < 0x10000) {
+        o[0] = (char)(0xE0 | (c >> 12));
+        o[1] = (char)(0x80 | ((c >> 6) & 63));
+        o[2] = (char)(0x80 | (c & 63));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | (c >> 18));
+    o[1] = (char)(0x80 | ((c >> 12) & 63));
+    o[2] = (char)(0x80 | ((c >> 6) & 63));
     o[3] = (char)(0x80 | (c & 63));
     return 4;
 }
@@ -9793,7 +10292,8 @@ static int peft__encode_sp_word(const peft_tokenizer *t, const char *s, size_t l
 }
 
 /* byte-level: one pre-token → its ids */
-static int peft__encode_bytes_word(const peft_tokenizer *t, const char *s, size_t len, int *ids, char *scratch) {
+static int peft__encode_bytes_word(const peft_tokenizer *t, const char *s, size_t len, int *ids,
+                                   char *scratch) {
     int m = 0, n = 0;
     for (size_t i = 0; i < len; i++) m += peft__put_utf8(scratch + m, peft__byte_char((unsigned char)s[i]));
     scratch[m] = 0;
@@ -9814,10 +10314,11 @@ static int peft__encode_bytes_word(const peft_tokenizer *t, const char *s, size_
 
 /* starts (may be NULL): each id's first byte in s; within a pre-token, the running length of the
    ids' bytes (byte-level pieces decode to exactly the text's bytes) */
-static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len, int first, int *ids, char *scratch,
-                              uint32_t *cps, int *offs, int *starts) {
+static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len, int first, int *ids,
+                              char *scratch, uint32_t *cps, int *offs, int *starts) {
     int n = 0, nc = 0;
-    if (first && t->prefix_space && !(len && s[0] == ' ')) n += peft__encode_bytes_word(t, " ", 1, ids, scratch);
+    if (first && t->prefix_space && !(len && s[0] == ' '))
+        n += peft__encode_bytes_word(t, " ", 1, ids, scratch);
     for (int k = 0; starts && k < n; k++) starts[k] = 0;
     for (size_t i = 0; i < len;) {
         offs[nc] = (int)i;
@@ -10024,8 +10525,10 @@ static peft_status peft__tok_normalizer(peft_tokenizer *t, const peft_json *p, c
         const char *from = pat ? peft__json_str(pat, "String") : NULL, *to = peft__json_str(p, "content");
         if (from && to && !strcmp(from, " ") && !strcmp(to, meta)) { t->norm_space = 1; return PEFT_OK; }
     }
-    return peft__fail(PEFT_ERR_FORMAT, "%s: normalizer \"%s\" is not supported (only LLaMA's Prepend(\"\xE2\x96\x81\") and "
-                      "Replace(\" \" -> \"\xE2\x96\x81\"))", path, type ? type : "?");
+    return peft__fail(PEFT_ERR_FORMAT,
+                      "%s: normalizer \"%s\" is not supported (only LLaMA's Prepend(\"\xE2\x96\x81\") and "
+                      "Replace(\" \" -> \"\xE2\x96\x81\"))",
+                      path, type ? type : "?");
 }
 
 /* which pre-tokenizers: Metaspace, ByteLevel, Split (the two known regexes), Digits, Sequence */
@@ -10048,30 +10551,40 @@ static peft_status peft__tok_pretokenizer(peft_tokenizer *t, const peft_json *p,
             return peft__fail(PEFT_ERR_FORMAT, "%s: Metaspace with split=true is not supported", path);
         t->kind = PEFT_TOK_HF_SP;
         t->prefix_space = !scheme || strcmp(scheme, "never") != 0;
-        if (scheme && !strcmp(scheme, "always")) return peft__fail(PEFT_ERR_FORMAT, "%s: Metaspace prepend_scheme \"always\" is not supported", path);
+        if (scheme && !strcmp(scheme, "always"))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: Metaspace prepend_scheme \"always\" is not supported",
+                              path);
         return PEFT_OK;
     }
     if (!strcmp(type, "ByteLevel")) {
         const peft_json *re = peft_json_get(p, "use_regex"), *ap = peft_json_get(p, "add_prefix_space");
         t->kind = PEFT_TOK_HF_BYTES;
-        if (!re || re->number != 0) { if (t->pretok) return peft__fail(PEFT_ERR_FORMAT, "%s: two regex splits", path); t->pretok = 1; }
+        if (!re || re->number != 0) {
+            if (t->pretok) return peft__fail(PEFT_ERR_FORMAT, "%s: two regex splits", path);
+            t->pretok = 1;
+        }
         t->prefix_space = ap && ap->type == PEFT_JSON_BOOL && ap->number != 0;
         return PEFT_OK;
     }
     if (!strcmp(type, "Digits")) {
         const peft_json *ind = peft_json_get(p, "individual_digits");
-        if (!ind || ind->number == 0) return peft__fail(PEFT_ERR_FORMAT, "%s: Digits without individual_digits is not supported", path);
+        if (!ind || ind->number == 0)
+            return peft__fail(PEFT_ERR_FORMAT, "%s: Digits without individual_digits is not supported", path);
         t->split_digits = 1;
         return PEFT_OK;
     }
     if (!strcmp(type, "Split")) {
         const peft_json *pat = peft_json_get(p, "pattern");
         const char *re = pat ? peft__json_str(pat, "Regex") : NULL, *beh = peft__json_str(p, "behavior");
-        static const char llama3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-        static const char gpt2[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+        static const char llama3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}|"
+                                     " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+        static const char gpt2[] =
+                "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
         if (!re || !beh || strcmp(beh, "Isolated") || (strcmp(re, llama3) && strcmp(re, gpt2)))
-            return peft__fail(PEFT_ERR_FORMAT, "%s: only the GPT-2 and LLaMA-3 split regexes (behavior Isolated) are supported, not %s",
-                              path, re ? re : "this pattern");
+            return peft__fail(
+                    PEFT_ERR_FORMAT,
+                    "%s: only the GPT-2 and LLaMA-3 split regexes (behavior Isolated) are supported, not %s",
+                    path, re ? re : "this pattern");
         t->pretok = strcmp(re, llama3) ? 1 : 2;
         return PEFT_OK;
     }
@@ -10351,19 +10864,25 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     const peft_json *model = peft_json_get(j, "model");
     const char *mtype = model ? peft__json_str(model, "type") : NULL;
     if (!mtype || strcmp(mtype, "BPE"))
-        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: model type %s is not supported (BPE only)", path, mtype ? mtype : "(none)"));
+        return peft__tokfail(t, j,
+                             peft__fail(PEFT_ERR_FORMAT, "%s: model type %s is not supported (BPE only)",
+                                        path, mtype ? mtype : "(none)"));
     const peft_json *vocab = peft_json_get(model, "vocab"), *merges = peft_json_get(model, "merges");
     const peft_json *added = peft_json_get(j, "added_tokens"), *norm = peft_json_get(j, "normalizer");
     if (!vocab || vocab->type != PEFT_JSON_OBJECT || !merges || merges->type != PEFT_JSON_ARRAY)
-        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: model.vocab or model.merges missing", path));
+        return peft__tokfail(t, j,
+                             peft__fail(PEFT_ERR_FORMAT, "%s: model.vocab or model.merges missing", path));
     t->kind = PEFT_TOK_HF_SP;
     t->bos_id = t->eos_id = t->unk_id = -1;
     s = peft__tok_normalizer(t, norm, path, 0);
     if (s == PEFT_OK && norm && norm->type != PEFT_JSON_NULL && !t->norm_space)
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: a normalizer without Replace(\" \" -> \"\xE2\x96\x81\") is not supported", path);
+        s = peft__fail(PEFT_ERR_FORMAT,
+                       "%s: a normalizer without Replace(\" \" -> \"\xE2\x96\x81\") is not supported", path);
     if (s == PEFT_OK) s = peft__tok_pretokenizer(t, peft_json_get(j, "pre_tokenizer"), path);
     if (s == PEFT_OK && t->norm_space && t->kind != PEFT_TOK_HF_SP)
-        s = peft__fail(PEFT_ERR_FORMAT, "%s: the SentencePiece normalizer with a byte-level pre-tokenizer is not supported", path);
+        s = peft__fail(PEFT_ERR_FORMAT,
+                       "%s: the SentencePiece normalizer with a byte-level pre-tokenizer is not supported",
+                       path);
     if (s != PEFT_OK) return peft__tokfail(t, j, s);
     const peft_json *bf = peft_json_get(model, "byte_fallback"), *im = peft_json_get(model, "ignore_merges");
     t->byte_fallback = bf && bf->type == PEFT_JSON_BOOL && bf->number != 0;
@@ -10384,7 +10903,8 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
         peft__json_int(a, "id", &id);
         if (id >= n && id < 1 << 22) n = id + 1;
     }
-    if (n < 1 || n > 1 << 22) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: bad vocabulary size %d", path, n));
+    if (n < 1 || n > 1 << 22)
+        return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: bad vocabulary size %d", path, n));
     t->n = n;
     t->pieces = (char **)peft__calloc(sizeof(char *) * (size_t)n);
     t->scores = (float *)peft__calloc(sizeof(float) * (size_t)n);
@@ -10394,15 +10914,22 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     if (!t->pieces || !t->scores || !t->sorted || !t->special || !t->special_flags)
         return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
     for (const peft_json *v = vocab->child; v; v = v->next) {
-        if (v->type != PEFT_JSON_NUMBER || v->number < 0) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: vocab entry \"%s\" has no id", path, v->key));
+        if (v->type != PEFT_JSON_NUMBER || v->number < 0)
+            return peft__tokfail(
+                    t, j, peft__fail(PEFT_ERR_FORMAT, "%s: vocab entry \"%s\" has no id", path, v->key));
         int id = (int)v->number;
         char *p = peft__strdup(v->key);
         if (!p) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
-        if (t->kind == PEFT_TOK_HF_SP) {                 /* ▁ (E2 96 81) is kept as a space, as tokenizer.bin does */
+        /* ▁ (E2 96 81) is kept as a space, as tokenizer.bin does */
+        if (t->kind == PEFT_TOK_HF_SP) {
             char *w = p;
             for (char *r = p; *r;) {
-                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 && (unsigned char)r[2] == 0x81) { *w++ = ' '; r += 3; }
-                else *w++ = *r++;
+                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 &&
+                    (unsigned char)r[2] == 0x81) {
+                    *w++ = ' ';
+                    r += 3;
+                } else
+                    *w++ = *r++;
             }
             *w = 0;
         }
@@ -10414,10 +10941,13 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
         int id = -1;
         peft__json_int(a, "id", &id);
         const char *content = peft__json_str(a, "content");
-        if (id < 0 || id >= n || !content) return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: an added token without id or content", path));
+        if (id < 0 || id >= n || !content)
+            return peft__tokfail(
+                    t, j, peft__fail(PEFT_ERR_FORMAT, "%s: an added token without id or content", path));
         if (!t->pieces[id] || strcmp(t->pieces[id], content)) {
             PEFT_FREE(t->pieces[id]);
-            if (!(t->pieces[id] = peft__strdup(content))) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+            if (!(t->pieces[id] = peft__strdup(content)))
+                return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
         }
         /* the flags of tokenizers' AddedToken; special only decides skip_special_tokens when decoding */
         static const char *const flag_keys[] = { "lstrip", "rstrip", "single_word", "normalized" };
@@ -10450,23 +10980,31 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
         t->special_flags[t->n_special] = fl;
         t->special[t->n_special++] = id;
         if (!strcmp(content, "<s>") || !strcmp(content, "<|begin_of_text|>")) t->bos_id = id;
-        if (!strcmp(content, "</s>") || !strcmp(content, "<|end_of_text|>") || !strcmp(content, "<|endoftext|>")) t->eos_id = id;
+        if (!strcmp(content, "</s>") || !strcmp(content, "<|end_of_text|>") ||
+            !strcmp(content, "<|endoftext|>"))
+            t->eos_id = id;
         if (!strcmp(content, "<unk>")) t->unk_id = id;
     }
     for (int i = 0; i < n; i++)
-        if (!t->pieces[i] && !(t->pieces[i] = peft__strdup(""))) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+        if (!t->pieces[i] && !(t->pieces[i] = peft__strdup("")))
+            return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
     /* BOS as the post-processor adds it: TemplateProcessing starting with a special token */
-    const peft_json *post = peft_json_get(j, "post_processor"), *single = post ? peft_json_get(post, "single") : NULL;
+    const peft_json *post = peft_json_get(j, "post_processor"),
+                    *single = post ? peft_json_get(post, "single") : NULL;
     const peft_json *first = single && single->child ? peft_json_get(single->child, "SpecialToken") : NULL;
     if (post && post->type == PEFT_JSON_OBJECT) t->bos_id = -1;
     if (first) {
         const char *name = peft__json_str(first, "id");
-        for (int k = 0; name && k < t->n_special; k++) if (!strcmp(t->pieces[t->special[k]], name)) t->bos_id = t->special[k];
+        for (int k = 0; name && k < t->n_special; k++)
+            if (!strcmp(t->pieces[t->special[k]], name)) t->bos_id = t->special[k];
     }
     for (int i = 0; i < n; i++) t->sorted[i] = i;
     peft__sort_tok = t;
     qsort(t->sorted, (size_t)n, sizeof(int), peft__cmp_piece);
-    for (int i = 0; i < n; i++) { size_t l = strlen(t->pieces[i]); if ((int)l > t->max_len) t->max_len = (int)l; }
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(t->pieces[i]);
+        if ((int)l > t->max_len) t->max_len = (int)l;
+    }
     /* merges: "a b" strings or [a, b] pairs, rank = position */
     int cap = 16;
     while (cap < 2 * merges->n_children + 16) cap *= 2;
@@ -10474,7 +11012,8 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
     t->merge_key = (uint64_t *)PEFT_MALLOC(sizeof(uint64_t) * (size_t)cap);
     t->merge_rank = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
     t->merge_out = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap);
-    if (!t->merge_key || !t->merge_rank || !t->merge_out) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
+    if (!t->merge_key || !t->merge_rank || !t->merge_out)
+        return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
     for (int i = 0; i < cap; i++) t->merge_rank[i] = -1;
     int rank = 0;
     char *buf = (char *)PEFT_MALLOC((size_t)t->max_len * 3 + 16);
@@ -10483,28 +11022,47 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
         char left[1024], right[1024];
         if (mg->type == PEFT_JSON_STRING) {
             const char *sp = strchr(mg->string, ' ');
-            if (!sp || (size_t)(sp - mg->string) >= sizeof left || strlen(sp + 1) >= sizeof right) { PEFT_FREE(buf); return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d is not \"a b\"", path, rank)); }
+            if (!sp || (size_t)(sp - mg->string) >= sizeof left || strlen(sp + 1) >= sizeof right) {
+                PEFT_FREE(buf);
+                return peft__tokfail(t, j,
+                                     peft__fail(PEFT_ERR_FORMAT, "%s: merge %d is not \"a b\"", path, rank));
+            }
             memcpy(left, mg->string, (size_t)(sp - mg->string));
             left[sp - mg->string] = 0;
             snprintf(right, sizeof right, "%s", sp + 1);
-        } else if (mg->type == PEFT_JSON_ARRAY && mg->n_children == 2 && mg->child->type == PEFT_JSON_STRING &&
-                   mg->child->next->type == PEFT_JSON_STRING && strlen(mg->child->string) < sizeof left && strlen(mg->child->next->string) < sizeof right) {
+        } else if (mg->type == PEFT_JSON_ARRAY && mg->n_children == 2 &&
+                   mg->child->type == PEFT_JSON_STRING && mg->child->next->type == PEFT_JSON_STRING &&
+                   strlen(mg->child->string) < sizeof left &&
+                   strlen(mg->child->next->string) < sizeof right) {
             snprintf(left, sizeof left, "%s", mg->child->string);
             snprintf(right, sizeof right, "%s", mg->child->next->string);
-        } else { PEFT_FREE(buf); return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d is malformed", path, rank)); }
+        } else {
+            PEFT_FREE(buf);
+            return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d is malformed", path, rank));
+        }
         char *sides[2] = { left, right };
         for (int k = 0; k < 2 && t->kind == PEFT_TOK_HF_SP; k++) {
             char *w = sides[k];
             for (char *r = sides[k]; *r;) {
-                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 && (unsigned char)r[2] == 0x81) { *w++ = ' '; r += 3; }
-                else *w++ = *r++;
+                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 &&
+                    (unsigned char)r[2] == 0x81) {
+                    *w++ = ' ';
+                    r += 3;
+                } else
+                    *w++ = *r++;
             }
             *w = 0;
         }
         int a = peft__piece_id(t, left), b = peft__piece_id(t, right);
         snprintf(buf, (size_t)t->max_len * 3 + 16, "%s%s", left, right);
         int o = peft__piece_id(t, buf);
-        if (a < 0 || b < 0 || o < 0) { PEFT_FREE(buf); return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d (%s + %s) uses pieces not in the vocabulary", path, rank, left, right)); }
+        if (a < 0 || b < 0 || o < 0) {
+            PEFT_FREE(buf);
+            return peft__tokfail(t, j,
+                                 peft__fail(PEFT_ERR_FORMAT,
+                                            "%s: merge %d (%s + %s) uses pieces not in the vocabulary", path,
+                                            rank, left, right));
+        }
         peft__merge_put(t, a, b, rank, o);
     }
     PEFT_FREE(buf);
@@ -11582,8 +12140,10 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
         char one[8];
         one[peft__put_utf8(one, peft__byte_char(byte))] = 0;
         if (peft__piece_id(t, one) < 0) {
-            s = peft__fail(PEFT_ERR_FORMAT, "%s: the byte-level vocabulary has no token for byte 0x%02X and no "
-                           "tokenizer.ggml.unknown_token_id", path, byte);
+            s = peft__fail(PEFT_ERR_FORMAT,
+                           "%s: the byte-level vocabulary has no token for byte 0x%02X and no "
+                           "tokenizer.ggml.unknown_token_id",
+                           path, byte);
             goto done;
         }
     }
@@ -11827,19 +12387,25 @@ PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids
         for (size_t i = 0; i < len;) {
             if (buf[i] < '0' || buf[i] > '9') { i++; continue; }
             long v = 0;
-            while (i < len && buf[i] >= '0' && buf[i] <= '9') { if (v < 100000000) v = v * 10 + (buf[i] - '0'); i++; }
+            while (i < len && buf[i] >= '0' && buf[i] <= '9') {
+                if (v < 100000000) v = v * 10 + (buf[i] - '0');
+                i++;
+            }
             if (v >= vocab_size) {
                 PEFT_FREE(out); PEFT_FREE(buf);
-                return peft__fail(PEFT_ERR_ARG, "%s: token id %ld (entry %lld) is outside the vocabulary (size %d)",
-                                  path, v, (long long)k, vocab_size);
+                return peft__fail(PEFT_ERR_ARG,
+                                  "%s: token id %ld (entry %lld) is outside the vocabulary (size %d)", path,
+                                  v, (long long)k, vocab_size);
             }
             out[k++] = (int)v;
         }
     } else {
         if (vocab_size < 256) {
             PEFT_FREE(out); PEFT_FREE(buf);
-            return peft__fail(PEFT_ERR_ARG, "%s: text is read as bytes, which needs a vocabulary of at least 256 (model has %d)",
-                              path, vocab_size);
+            return peft__fail(
+                    PEFT_ERR_ARG,
+                    "%s: text is read as bytes, which needs a vocabulary of at least 256 (model has %d)",
+                    path, vocab_size);
         }
         for (size_t i = 0; i < len; i++) out[k++] = buf[i];
     }
@@ -11849,7 +12415,8 @@ PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids
     return PEFT_OK;
 }
 
-PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, int T, int *tokens, int *targets) {
+PEFTDEF void peft_batch_sample(peft_rng *r, const int *ids, int64_t n, int B, int T, int *tokens,
+                               int *targets) {
     for (int b = 0; b < B; b++) {
         int64_t start = (int64_t)(peft_rng_u64(r) % (uint64_t)(n - T));
         for (int t = 0; t < T; t++) {
@@ -11967,16 +12534,21 @@ static peft_status peft__ds_chat(peft_dataset *d, peft__dsb *b, const peft_json 
 /* one record → one example; returns PEFT_OK, or an error naming the record */
 static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_json *r, const peft_tokenizer *t,
                                    int max_len, const char *where) {
-    const peft_json *ins = peft_json_get(r, "instruction"), *inp = peft_json_get(r, "input"), *out = peft_json_get(r, "output");
-    const peft_json *pr = peft_json_get(r, "prompt"), *co = peft_json_get(r, "completion"), *tx = peft_json_get(r, "text");
+    const peft_json *ins = peft_json_get(r, "instruction"), *inp = peft_json_get(r, "input"),
+                    *out = peft_json_get(r, "output");
+    const peft_json *pr = peft_json_get(r, "prompt"), *co = peft_json_get(r, "completion"),
+                    *tx = peft_json_get(r, "text");
     const char *prompt = NULL, *answer = NULL;
     char *prompt_buf = NULL;
-    if (r->type != PEFT_JSON_OBJECT) return peft__fail(PEFT_ERR_FORMAT, "%s: a record is not a JSON object", where);
+    if (r->type != PEFT_JSON_OBJECT)
+        return peft__fail(PEFT_ERR_FORMAT, "%s: a record is not a JSON object", where);
     const peft_json *msgs = peft_json_get(r, "messages");
     if (msgs) return peft__ds_chat(d, b, msgs, t, max_len, where);
     if (ins || out) {
-        if (!ins || !out || ins->type != PEFT_JSON_STRING || out->type != PEFT_JSON_STRING || (inp && inp->type != PEFT_JSON_STRING))
-            return peft__fail(PEFT_ERR_FORMAT, "%s: an Alpaca record needs string \"instruction\" and \"output\"", where);
+        if (!ins || !out || ins->type != PEFT_JSON_STRING || out->type != PEFT_JSON_STRING ||
+            (inp && inp->type != PEFT_JSON_STRING))
+            return peft__fail(PEFT_ERR_FORMAT,
+                              "%s: an Alpaca record needs string \"instruction\" and \"output\"", where);
         size_t n = strlen(ins->string) + (inp ? strlen(inp->string) : 0) + 512;
         prompt_buf = (char *)PEFT_MALLOC(n);
         if (!prompt_buf) return peft__fail(PEFT_ERR_NOMEM, "no memory");
@@ -11988,11 +12560,18 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
         prompt = pr->string; answer = co->string;
     } else if (tx && tx->type == PEFT_JSON_STRING) {
         prompt = ""; answer = tx->string;
-    } else return peft__fail(PEFT_ERR_FORMAT, "%s: a record has none of instruction/output, prompt/completion, text", where);
+    } else
+        return peft__fail(PEFT_ERR_FORMAT,
+                          "%s: a record has none of instruction/output, prompt/completion, text", where);
     size_t lp = strlen(prompt), la = strlen(answer);
     char *full = (char *)PEFT_MALLOC(lp + la + 1);
     int cap = (int)(lp + la) + 8, *buf = (int *)PEFT_MALLOC(sizeof(int) * (size_t)cap * 2);
-    if (!full || !buf) { PEFT_FREE(full); PEFT_FREE(buf); PEFT_FREE(prompt_buf); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    if (!full || !buf) {
+        PEFT_FREE(full);
+        PEFT_FREE(buf);
+        PEFT_FREE(prompt_buf);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    }
     memcpy(full, prompt, lp);
     memcpy(full + lp, answer, la + 1);
     peft_status st = PEFT_OK;
@@ -12005,7 +12584,8 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
             n--;
         if (n > max_len) n = max_len;
         if (masked >= n) d->n_dropped++;                  /* no target left */
-        else if (!peft__dsb_add(b, buf, n, masked)) st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
+        else if (!peft__dsb_add(b, buf, n, masked))
+            st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
     }
     PEFT_FREE(full); PEFT_FREE(buf); PEFT_FREE(prompt_buf);
     return st;
@@ -12015,7 +12595,8 @@ static peft_status peft__ds_stream(peft_dataset *d, peft__dsb *b, const int *ids
     for (int64_t at = 0; at + 1 < n; at += max_len) {
         int len = n - at < max_len ? (int)(n - at) : max_len;
         if (len < 2) break;
-        if (!peft__dsb_add(b, ids + at, len, 1)) return peft__fail(PEFT_ERR_NOMEM, "no memory for %s", d->path);
+        if (!peft__dsb_add(b, ids + at, len, 1))
+            return peft__fail(PEFT_ERR_NOMEM, "no memory for %s", d->path);
     }
     return PEFT_OK;
 }
@@ -12025,12 +12606,15 @@ static int peft__ends_with(const char *s, const char *suffix) {
     return a >= b && !strcmp(s + a - b, suffix);
 }
 
-PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const peft_tokenizer *t, int max_len) {
+PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const peft_tokenizer *t,
+                                      int max_len) {
     memset(d, 0, sizeof *d);
     snprintf(d->path, sizeof d->path, "%s", path);
     if (max_len < 2) return peft__fail(PEFT_ERR_ARG, "%s: max_len must be at least 2", path);
-    int is_json = peft__ends_with(path, ".json"), is_jsonl = peft__ends_with(path, ".jsonl"), is_txt = peft__ends_with(path, ".txt");
-    if ((is_json || is_jsonl) && !t) return peft__fail(PEFT_ERR_ARG, "%s: text records need a tokenizer", path);
+    int is_json = peft__ends_with(path, ".json"), is_jsonl = peft__ends_with(path, ".jsonl"),
+        is_txt = peft__ends_with(path, ".txt");
+    if ((is_json || is_jsonl) && !t)
+        return peft__fail(PEFT_ERR_ARG, "%s: text records need a tokenizer", path);
     if (!t) is_txt = 0;                                   /* ids or bytes, as peft_tokens_load reads them */
     unsigned char *buf = NULL;
     size_t len = 0;
@@ -12055,7 +12639,8 @@ PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const p
             memcpy(text, buf, len);
             text[len] = 0;
             int n = peft_tokenizer_encode(t, text, 1, 1, work, cap);
-            s = n < 0 ? peft__fail(PEFT_ERR_ARG, "%s: cannot tokenize", path) : peft__ds_stream(d, &b, work, n, max_len);
+            s = n < 0 ? peft__fail(PEFT_ERR_ARG, "%s: cannot tokenize", path)
+                      : peft__ds_stream(d, &b, work, n, max_len);
         }
         PEFT_FREE(text);
         PEFT_FREE(work);
@@ -12063,7 +12648,8 @@ PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const p
         peft_json *root;
         s = peft_json_parse(&root, (const char *)buf, len, path);
         if (s == PEFT_OK) {
-            if (root->type != PEFT_JSON_ARRAY) s = peft__fail(PEFT_ERR_FORMAT, "%s: expected a JSON array of records", path);
+            if (root->type != PEFT_JSON_ARRAY)
+                s = peft__fail(PEFT_ERR_FORMAT, "%s: expected a JSON array of records", path);
             int i = 0;
             for (const peft_json *r = root->child; r && s == PEFT_OK; r = r->next, i++) {
                 char where[600];
@@ -12092,9 +12678,12 @@ PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const p
     PEFT_FREE(buf);
 done:
     if (s == PEFT_OK && b.count == 0)
-        s = d->n_dropped ? peft__fail(PEFT_ERR_ARG, "%s: all %d examples dropped: the prompt alone fills %d tokens (raise --seq)",
-                                      path, d->n_dropped, max_len)
-                         : peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
+        s = d->n_dropped
+                    ? peft__fail(
+                              PEFT_ERR_ARG,
+                              "%s: all %d examples dropped: the prompt alone fills %d tokens (raise --seq)",
+                              path, d->n_dropped, max_len)
+                    : peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
     if (s != PEFT_OK) {
         peft__dsb_free(&b);
         return s;
@@ -12126,7 +12715,8 @@ PEFTDEF void peft_dataset_order(int n, uint64_t seed, int epoch, int *order) {
 PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int n, uint64_t seed) {
     memset(held, 0, sizeof *held);
     snprintf(held->path, sizeof held->path, "%.480s (held out)", d->path);
-    if (n < 1 || n >= d->n) return peft__fail(PEFT_ERR_ARG, "%s: cannot hold out %d of %d examples", d->path, n, d->n);
+    if (n < 1 || n >= d->n)
+        return peft__fail(PEFT_ERR_ARG, "%s: cannot hold out %d of %d examples", d->path, n, d->n);
     int *order = (int *)PEFT_MALLOC(sizeof(int) * (size_t)d->n);
     peft__dsb keep, out;
     memset(&keep, 0, sizeof keep);
@@ -12149,15 +12739,24 @@ PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int 
     char path[512];
     memcpy(path, d->path, sizeof path);
     peft_dataset_free(d);
-    d->ids = keep.ids; d->start = keep.start; d->n_masked = keep.masked; d->n = keep.count; d->n_tokens = keep.n;
-    held->ids = out.ids; held->start = out.start; held->n_masked = out.masked; held->n = out.count; held->n_tokens = out.n;
+    d->ids = keep.ids;
+    d->start = keep.start;
+    d->n_masked = keep.masked;
+    d->n = keep.count;
+    d->n_tokens = keep.n;
+    held->ids = out.ids;
+    held->start = out.start;
+    held->n_masked = out.masked;
+    held->n = out.count;
+    held->n_tokens = out.n;
     d->loss = keep.loss;
     held->loss = out.loss;
     memcpy(d->path, path, sizeof path);
     return PEFT_OK;
 }
 
-PEFTDEF int peft_dataset_batch(const peft_dataset *d, const int *idx, int B, int T, int pad_id, int *tokens, int *targets) {
+PEFTDEF int peft_dataset_batch(const peft_dataset *d, const int *idx, int B, int T, int pad_id, int *tokens,
+                               int *targets) {
     int L = 1;
     for (int b = 0; b < B; b++) {
         int len = (int)(d->start[idx[b] + 1] - d->start[idx[b]]) - 1;
@@ -12241,7 +12840,8 @@ PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const
 
 PEFTDEF int peft_generate_greedy(peft_model *m, peft_graph *g, const int *prompt, int n_prompt,
                                  int max_new, int eos, int *out) {
-    return peft_generate(m, g, prompt, n_prompt, max_new, eos, NULL, out, NULL, NULL);   /* no sampler: argmax */
+    /* no sampler: argmax */
+    return peft_generate(m, g, prompt, n_prompt, max_new, eos, NULL, out, NULL, NULL);
 }
 
 static PEFT__TLS const float *peft__sort_probs;          /* per thread: see THREADS in the manual */
@@ -12250,12 +12850,17 @@ static int peft__cmp_prob(const void *a, const void *b) {
     return x < y ? 1 : x > y ? -1 : (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
 }
 
-PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *p, int *idx) {
+PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_rng *rng, float *p,
+                        int *idx) {
     int best = 0;
     for (int i = 1; i < n; i++) if (logits[i] > logits[best]) best = i;
     if (!s || s->temperature <= 0.0f) return best;
     double sum = 0.0;
-    for (int i = 0; i < n; i++) { p[i] = expf((logits[i] - logits[best]) / s->temperature); sum += p[i]; idx[i] = i; }
+    for (int i = 0; i < n; i++) {
+        p[i] = expf((logits[i] - logits[best]) / s->temperature);
+        sum += p[i];
+        idx[i] = i;
+    }
     for (int i = 0; i < n; i++) p[i] = (float)(p[i] / sum);
     peft__sort_probs = p;
     qsort(idx, (size_t)n, sizeof(int), peft__cmp_prob);      /* descending, ties by id */
@@ -12335,9 +12940,12 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
 
 PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char *out, size_t n) {
     if (input && *input)
-        snprintf(out, n, "Below is an instruction that describes a task, paired with an input that provides further "
-                 "context. Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n"
-                 "### Input:\n%s\n\n### Response:", instruction, input);
+        snprintf(out, n,
+                 "Below is an instruction that describes a task, paired with an input that provides further "
+                 "context. Write a response that appropriately completes the request.\n\n### "
+                 "Instruction:\n%s\n\n"
+                 "### Input:\n%s\n\n### Response:",
+                 instruction, input);
     else
         snprintf(out, n, "Below is an instruction that describes a task. Write a response that appropriately "
                  "completes the request.\n\n### Instruction:\n%s\n\n### Response:", instruction);

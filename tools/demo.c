@@ -44,11 +44,13 @@ typedef struct {
    reported apart: at this tiny scale they dwarf the weights.) */
 static double train_memory_mb(const peft_model *m, const peft_trainer *tr) {
     double frozen = 0, trainable = (double)peft_model_trainable_count(m);
-    for (int i = 0; i < m->n_params; i++) if (!m->params[i]->requires_grad && m->params[i]->data) frozen += 4.0 * (double)m->params[i]->n;
+    for (int i = 0; i < m->n_params; i++)
+        if (!m->params[i]->requires_grad && m->params[i]->data) frozen += 4.0 * (double)m->params[i]->n;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
             if (m->layers[l].lin[s].q4) frozen += (double)peft_q4_bytes(m->layers[l].lin[s].q4);
-    return (frozen + 4.0 * trainable + 4.0 * trainable + (double)peft_adamw_state_bytes(&tr->opt)) / 1048576.0;
+    return (frozen + 4.0 * trainable + 4.0 * trainable + (double)peft_adamw_state_bytes(&tr->opt)) /
+           1048576.0;
 }
 
 static int eval_stride = 1;   /* --quick evaluates every 12th test item */
@@ -70,7 +72,8 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
     int *feed = calloc(nb * (size_t)(P > 0 ? P : 1), sizeof(int)), *len = malloc(sizeof(int) * nb);
     int *done = calloc(nb, sizeof(int)), *ok = malloc(sizeof(int) * nb);
     peft_kv_cache *cache;
-    if (!feed || !len || !done || !ok || peft_kv_cache_new(&cache, m, n, T + 1) != PEFT_OK) die("out of memory");
+    if (!feed || !len || !done || !ok || peft_kv_cache_new(&cache, m, n, T + 1) != PEFT_OK)
+        die("out of memory");
     for (int b = 0; b < n; b++) {
         memcpy(feed + (size_t)b * P, its[b]->ids, sizeof(int) * its[b]->n_prompt);
         len[b] = its[b]->n_prompt;
@@ -86,7 +89,8 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
         for (int b = 0; b < n; b++) {
             int at = step == 0 ? len[b] - 1 : 0;
             if (done[b]) { feed[b] = 0; continue; }
-            int best = peft_sample(lg->data + ((size_t)b * rowT + at) * V, V, NULL, NULL, NULL, NULL);   /* argmax */
+            /* argmax */
+            int best = peft_sample(lg->data + ((size_t)b * rowT + at) * V, V, NULL, NULL, NULL, NULL);
             if (best != its[b]->ids[len[b]]) ok[b] = 0;
             feed[b] = best;
             len[b]++;
@@ -94,7 +98,8 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
             active |= !done[b];
         }
         if (!active) break;
-        for (int b = 0; b < n; b++) if (done[b]) peft_kv_cache_set_len(cache, b, 0);   /* a 1-token dummy row */
+        /* a 1-token dummy row */
+        for (int b = 0; b < n; b++) if (done[b]) peft_kv_cache_set_len(cache, b, 0);
         peft_graph_reset(g);
         lg = peft_model_forward_cached(m, g, cache, feed, n, 1);
         if (!lg) die("evaluation");
@@ -113,8 +118,8 @@ static void evaluate(peft_model *m, const peft_demo_world *w, run_result *r) {
     free(feed); free(len); free(done); free(ok);
 }
 
-static void write_files(const char *out, run_result *runs, int n, const peft_demo_world *w, double base_params,
-                        double pretrain_s, float pretrain_loss, int ft_steps) {
+static void write_files(const char *out, run_result *runs, int n, const peft_demo_world *w,
+                        double base_params, double pretrain_s, float pretrain_loss, int ft_steps) {
     char path[512];
     snprintf(path, sizeof path, "%s/results.md", out);
     FILE *f = fopen(path, "w");
@@ -123,18 +128,23 @@ static void write_files(const char *out, run_result *runs, int n, const peft_dem
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%d", gmtime(&t));
     fprintf(f, "# peft.h demo results (%s, %d threads)\n\n", date, peft_get_threads());
-    fprintf(f, "Base: tiny LLaMA-3-style model, %.0f parameters, pre-trained %.0f s to loss %.3f on the synthetic corpus. "
-               "Each method: %d steps, batch 16, same data order. Accuracy: exact match on %d held-out instructions.\n\n",
+    fprintf(f,
+            "Base: tiny LLaMA-3-style model, %.0f parameters, pre-trained %.0f s to loss %.3f on the "
+            "synthetic corpus. "
+            "Each method: %d steps, batch 16, same data order. Accuracy: exact match on %d held-out "
+            "instructions.\n\n",
             base_params, pretrain_s, pretrain_loss, ft_steps, w->n_items - w->n_train);
-    fprintf(f, "| method | trainable | %% of base | train s | tokens/s | weights+optimizer MB | activations MB | final loss | exact match %% | %% of full |");
+    fprintf(f, "| method | trainable | %% of base | train s | tokens/s | weights+optimizer MB | activations "
+               "MB | final loss | exact match %% | %% of full |");
     for (int k = 0; k < PEFT_N_TASKS; k++) fprintf(f, " %s %% |", peft_task_name(k));
     fprintf(f, "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (int k = 0; k < PEFT_N_TASKS; k++) fprintf(f, "---:|");
     fprintf(f, "\n");
     for (int i = 0; i < n; i++) {
         run_result *r = &runs[i];
-        fprintf(f, "| %s | %.0f | %.3f | %.1f | %.0f | %.2f | %.1f | %.3f | %.1f | %.0f |", r->name, r->trainable, r->pct, r->seconds,
-                r->tok_s, r->mem_mb, r->act_mb, r->final_loss, r->acc, runs[0].acc > 0 ? 100.0 * r->acc / runs[0].acc : 0);
+        fprintf(f, "| %s | %.0f | %.3f | %.1f | %.0f | %.2f | %.1f | %.3f | %.1f | %.0f |", r->name,
+                r->trainable, r->pct, r->seconds, r->tok_s, r->mem_mb, r->act_mb, r->final_loss, r->acc,
+                runs[0].acc > 0 ? 100.0 * r->acc / runs[0].acc : 0);
         for (int k = 0; k < PEFT_N_TASKS; k++) fprintf(f, " %.1f |", r->acc_family[k]);
         fprintf(f, "\n");
     }
@@ -142,16 +152,22 @@ static void write_files(const char *out, run_result *runs, int n, const peft_dem
     snprintf(path, sizeof path, "%s/results.json", out);
     f = fopen(path, "w");
     if (!f) die(path);
-    fprintf(f, "{\n  \"date\": \"%s\",\n  \"threads\": %d,\n  \"base_parameters\": %.0f,\n  \"finetune_steps\": %d,\n  \"methods\": [\n",
+    fprintf(f,
+            "{\n  \"date\": \"%s\",\n  \"threads\": %d,\n  \"base_parameters\": %.0f,\n  \"finetune_steps\": "
+            "%d,\n  \"methods\": [\n",
             date, peft_get_threads(), base_params, ft_steps);
     for (int i = 0; i < n; i++) {
         run_result *r = &runs[i];
-        fprintf(f, "    {\"method\": \"%s\", \"trainable\": %.0f, \"percent_of_base\": %.5f, \"train_seconds\": %.2f, "
-                   "\"tokens_per_second\": %.1f, \"weights_optimizer_mb\": %.3f, \"activations_mb\": %.2f, \"final_loss\": %.4f, \"exact_match\": %.2f, "
-                   "\"percent_of_full\": %.1f, \"by_family\": {",
-                r->name, r->trainable, r->pct, r->seconds, r->tok_s, r->mem_mb, r->act_mb, r->final_loss, r->acc,
-                runs[0].acc > 0 ? 100.0 * r->acc / runs[0].acc : 0);
-        for (int k = 0; k < PEFT_N_TASKS; k++) fprintf(f, "%s\"%s\": %.2f", k ? ", " : "", peft_task_name(k), r->acc_family[k]);
+        fprintf(f,
+                "    {\"method\": \"%s\", \"trainable\": %.0f, \"percent_of_base\": %.5f, \"train_seconds\": "
+                "%.2f, "
+                "\"tokens_per_second\": %.1f, \"weights_optimizer_mb\": %.3f, \"activations_mb\": %.2f, "
+                "\"final_loss\": %.4f, \"exact_match\": %.2f, "
+                "\"percent_of_full\": %.1f, \"by_family\": {",
+                r->name, r->trainable, r->pct, r->seconds, r->tok_s, r->mem_mb, r->act_mb, r->final_loss,
+                r->acc, runs[0].acc > 0 ? 100.0 * r->acc / runs[0].acc : 0);
+        for (int k = 0; k < PEFT_N_TASKS; k++)
+            fprintf(f, "%s\"%s\": %.2f", k ? ", " : "", peft_task_name(k), r->acc_family[k]);
         fprintf(f, "}}%s\n", i + 1 < n ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
@@ -159,16 +175,25 @@ static void write_files(const char *out, run_result *runs, int n, const peft_dem
     peft_series s[8];
     double *xs = malloc(sizeof(double) * (ft_steps + 1));
     for (int i = 0; i <= ft_steps; i++) xs[i] = i + 1;
-    for (int i = 0; i < n; i++) { s[i].name = runs[i].name; s[i].x = xs; s[i].y = runs[i].curve; s[i].n = runs[i].n_curve; s[i].points_only = 0; }
+    for (int i = 0; i < n; i++) {
+        s[i].name = runs[i].name;
+        s[i].x = xs;
+        s[i].y = runs[i].curve;
+        s[i].n = runs[i].n_curve;
+        s[i].points_only = 0;
+    }
     snprintf(path, sizeof path, "%s/loss.svg", out);
-    if (peft_svg_plot(path, "Fine-tuning loss per method", "step", "training loss", 0, s, n) != PEFT_OK) die(path);
+    if (peft_svg_plot(path, "Fine-tuning loss per method", "step", "training loss", 0, s, n) != PEFT_OK)
+        die(path);
     double px[8][1], py[8][1];
     for (int i = 0; i < n; i++) {
         px[i][0] = runs[i].trainable; py[i][0] = runs[i].acc;
         s[i].x = px[i]; s[i].y = py[i]; s[i].n = 1; s[i].points_only = 1;
     }
     snprintf(path, sizeof path, "%s/tradeoff.svg", out);
-    if (peft_svg_plot(path, "Accuracy vs trainable parameters", "trainable parameters", "exact match %", 1, s, n) != PEFT_OK) die(path);
+    if (peft_svg_plot(path, "Accuracy vs trainable parameters", "trainable parameters", "exact match %", 1, s,
+                      n) != PEFT_OK)
+        die(path);
     free(xs);
 }
 
@@ -194,8 +219,8 @@ int main(int argc, char **argv) {
     printf("[1/4] synthetic world\n");
     peft_demo_world w;
     if (peft_demo_world_new(&w, seed) != PEFT_OK) die("world");
-    printf("  %d words, corpus of %lld tokens, %d train and %d test instructions (Alpaca template)\n", w.n_words,
-           (long long)w.n_corpus, w.n_train, w.n_items - w.n_train);
+    printf("  %d words, corpus of %lld tokens, %d train and %d test instructions (Alpaca template)\n",
+           w.n_words, (long long)w.n_corpus, w.n_train, w.n_items - w.n_train);
 
     /* 2. pre-train the base */
     printf("[2/4] pre-training a tiny LLaMA-3-style base\n");
@@ -209,7 +234,11 @@ int main(int argc, char **argv) {
     peft_attach(base, &full);
     int P = quick ? 4 : 500, B = 16, T = 64;
     peft_trainer_opts o = peft_trainer_defaults();
-    o.lr = 3e-3f; o.warmup_steps = P / 20; o.total_steps = P; o.schedule = PEFT_SCHED_COSINE; o.min_lr = 3e-4f;
+    o.lr = 3e-3f;
+    o.warmup_steps = P / 20;
+    o.total_steps = P;
+    o.schedule = PEFT_SCHED_COSINE;
+    o.min_lr = 3e-4f;
     peft_trainer *tr = peft_trainer_new(base, &o);
     int *tok = malloc(sizeof(int) * B * 128), *tgt = malloc(sizeof(int) * B * 128);
     peft_rng rng;
@@ -247,7 +276,11 @@ int main(int argc, char **argv) {
         r->method = peft_method_defaults(kind);
         r->method.seed = seed;
         if (kind == PEFT_LORA) { r->method.lora_r = 8; r->method.lora_alpha = 16; }
-        if (kind == PEFT_QLORA) { r->method.lora_r = 4; r->method.lora_alpha = 8; r->method.lora_dropout = 0.05f; }
+        if (kind == PEFT_QLORA) {
+            r->method.lora_r = 4;
+            r->method.lora_alpha = 8;
+            r->method.lora_dropout = 0.05f;
+        }
         r->lr = lrs[k];
         peft_model *m;
         if (peft_model_load(&m, path) != PEFT_OK) die(path);
@@ -291,14 +324,15 @@ int main(int argc, char **argv) {
 
     /* 4. the table and the files */
     printf("[4/4] results (exact match on %d held-out instructions)\n\n", w.n_items - w.n_train);
-    printf("  %-11s %10s %8s %8s %9s %9s %8s %7s %7s %7s", "method", "trainable", "% base", "train s", "tokens/s", "w+opt MB",
-           "act MB", "loss", "EM %", "% full");
+    printf("  %-11s %10s %8s %8s %9s %9s %8s %7s %7s %7s", "method", "trainable", "% base", "train s",
+           "tokens/s", "w+opt MB", "act MB", "loss", "EM %", "% full");
     for (int f = 0; f < PEFT_N_TASKS; f++) printf(" %10s", peft_task_name(f));
     printf("\n");
     for (int k = 0; k < 6; k++) {
         run_result *r = &runs[k];
-        printf("  %-11s %10.0f %8.3f %8.1f %9.0f %9.2f %8.1f %7.3f %7.1f %7.0f", r->name, r->trainable, r->pct, r->seconds, r->tok_s,
-               r->mem_mb, r->act_mb, r->final_loss, r->acc, runs[0].acc > 0 ? 100.0 * r->acc / runs[0].acc : 0.0);
+        printf("  %-11s %10.0f %8.3f %8.1f %9.0f %9.2f %8.1f %7.3f %7.1f %7.0f", r->name, r->trainable,
+               r->pct, r->seconds, r->tok_s, r->mem_mb, r->act_mb, r->final_loss, r->acc,
+               runs[0].acc > 0 ? 100.0 * r->acc / runs[0].acc : 0.0);
         for (int f = 0; f < PEFT_N_TASKS; f++) printf(" %10.1f", r->acc_family[f]);
         printf("\n");
     }
@@ -306,7 +340,8 @@ int main(int argc, char **argv) {
     if (peft_model_load(&bm, path) != PEFT_OK) die(path);
     write_files(out, runs, 6, &w, (double)peft_model_base_count(bm), pretrain_s, ema, S);
     peft_model_free(bm);
-    printf("\n  wrote %s/results.md, results.json, loss.svg, tradeoff.svg (total %.0f s)\n", out, now_s() - t_start);
+    printf("\n  wrote %s/results.md, results.json, loss.svg, tradeoff.svg (total %.0f s)\n", out,
+           now_s() - t_start);
     for (int k = 0; k < 6; k++) free(runs[k].curve);
     free(tok); free(tgt);
     peft_demo_world_free(&w);

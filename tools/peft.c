@@ -18,7 +18,8 @@
 #include <errno.h>
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
-    fprintf(stderr, "peft %s: %s%s%s\nTry 'peft %s --help'.\n", cmd, msg, arg ? ": " : "", arg ? arg : "", cmd);
+    fprintf(stderr, "peft %s: %s%s%s\nTry 'peft %s --help'.\n", cmd, msg, arg ? ": " : "", arg ? arg : "",
+            cmd);
     return 2;
 }
 static int fail(void) {
@@ -99,7 +100,11 @@ static const char *METHOD_HELP =
 static int take_method_flag(method_flags *mf, const char *a, const char *v) {
     if (!strcmp(a, "--method")) { mf->method = v; return 1; }
     for (int i = 0; METHOD_FLAGS[i]; i++)
-        if (!strcmp(a, METHOD_FLAGS[i]) && mf->n < 32) { mf->keys[mf->n] = a; mf->vals[mf->n++] = v; return 1; }
+        if (!strcmp(a, METHOD_FLAGS[i]) && mf->n < 32) {
+            mf->keys[mf->n] = a;
+            mf->vals[mf->n++] = v;
+            return 1;
+        }
     return 0;
 }
 
@@ -138,15 +143,18 @@ static void print_config(const peft_config *c, const char *what) {
     int64_t total = peft_config_param_count(c);
     int64_t emb = (int64_t)c->vocab_size * c->dim;
     printf("model            %s\n", what);
-    printf("hidden_size      %d\nintermediate     %d\nlayers           %d\n", c->dim, c->hidden_dim, c->n_layers);
+    printf("hidden_size      %d\nintermediate     %d\nlayers           %d\n", c->dim, c->hidden_dim,
+           c->n_layers);
     printf("heads            %d (kv %d, head_dim %d)\n", c->n_heads, c->n_kv_heads, c->head_dim);
-    printf("vocab            %d%s\nmax positions    %d\n", c->vocab_size, c->tie_embeddings ? " (tied embeddings)" : "", c->max_seq_len);
+    printf("vocab            %d%s\nmax positions    %d\n", c->vocab_size,
+           c->tie_embeddings ? " (tied embeddings)" : "", c->max_seq_len);
     printf("rms_norm_eps     %g\nrope_theta       %g", c->norm_eps, c->rope_theta);
     if (c->rope_type == PEFT_ROPE_LLAMA3)
         printf(" (llama3 scaling: factor %g, low %g, high %g, original %d)", c->rope_factor, c->rope_low_freq,
                c->rope_high_freq, c->rope_orig_max_pos);
     if (c->rope_type == PEFT_ROPE_LINEAR) printf(" (linear scaling: factor %g)", c->rope_factor);
-    printf("\nparameters       %s (embeddings %s, transformer blocks %s)\n", commas(total, b1), commas(emb * (c->tie_embeddings ? 1 : 2), b2),
+    printf("\nparameters       %s (embeddings %s, transformer blocks %s)\n", commas(total, b1),
+           commas(emb * (c->tie_embeddings ? 1 : 2), b2),
            commas(total - emb * (c->tie_embeddings ? 1 : 2), b3));
     printf("fp32 weights     %.1f MB\n", total * 4.0 / 1e6);
 }
@@ -182,8 +190,9 @@ static int info_gguf(const char *path, peft_config *c) {
     peft_gguf_string(peft_gguf_find(&g, "general.name"), name, sizeof name);
     peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.model"), tok, sizeof tok);
     peft_gguf_string(peft_gguf_find(&g, "tokenizer.ggml.pre"), pre, sizeof pre);
-    printf("gguf             version %u, %lld tensors, %lld keys, %s%s%s\n", g.version, (long long)g.n_tensors,
-           (long long)g.n_kv, g.mapped ? "mapped" : "read", name[0] ? ", name " : "", name);
+    printf("gguf             version %u, %lld tensors, %lld keys, %s%s%s\n", g.version,
+           (long long)g.n_tensors, (long long)g.n_kv, g.mapped ? "mapped" : "read", name[0] ? ", name " : "",
+           name);
     if (tok[0])
         printf("tokenizer        %s%s%s%s\n", tok, pre[0] ? " (pre " : "", pre, pre[0] ? ")" : "");
     printf("%-16s %8s %16s %14s %8s\n", "storage", "tensors", "weights", "bytes", "bits/w");
@@ -203,7 +212,8 @@ static int info_gguf(const char *path, peft_config *c) {
         if (!count) continue;
         char b1[40], b2[40];
         printf("%-16s %8d %16s %14s %8.3f%s\n", peft_gguf_type_name(type), count, commas((int64_t)elems, b1),
-               commas((int64_t)bytes, b2), 8.0 * bytes / elems, peft_ggml_block_size(type) ? "" : "  (not decoded)");
+               commas((int64_t)bytes, b2), 8.0 * bytes / elems,
+               peft_ggml_block_size(type) ? "" : "  (not decoded)");
         all_e += elems;
         all_b += bytes;
     }
@@ -220,12 +230,17 @@ static int cmd_info(int argc, char **argv) {
     const char *preset = NULL, *dir = NULL;
     for (int i = 0; i < argc;) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(INFO_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(INFO_HELP, stdout);
+            fputs(METHOD_HELP, stdout);
+            return 0;
+        }
         if (!strcmp(a, "--list")) {
             for (int k = 0; peft_preset_name(k); k++) {
                 char b[40];
                 peft_config_preset(&c, peft_preset_name(k));
-                printf("%-16s %20s parameters\n", peft_preset_name(k), commas(peft_config_param_count(&c), b));
+                printf("%-16s %20s parameters\n", peft_preset_name(k),
+                       commas(peft_config_param_count(&c), b));
             }
             return 0;
         }
@@ -255,8 +270,8 @@ static int cmd_info(int argc, char **argv) {
         if (bm) return bm;
         char b1[40];
         int64_t n = peft_method_param_count(&c, &m), base = peft_config_param_count(&c);
-        printf("method           %s\ntrainable        %s (%.4f%% of the base model)\n", peft_method_name(m.kind), commas(n, b1),
-               100.0 * (double)n / (double)base);
+        printf("method           %s\ntrainable        %s (%.4f%% of the base model)\n",
+               peft_method_name(m.kind), commas(n, b1), 100.0 * (double)n / (double)base);
     }
     return 0;
 }
@@ -266,20 +281,26 @@ typedef struct { const char *model, *preset, *adapter; uint64_t seed; } model_sr
 
 /* --model DIR or --preset NAME (random init from --seed), then --adapter DIR. */
 static int load_model(const model_src *src, peft_model **m) {
-    peft_status s = src->model ? peft_model_load(m, src->model) : peft_model_from_preset(m, src->preset, 1, src->seed);
+    peft_status s = src->model ? peft_model_load(m, src->model)
+                               : peft_model_from_preset(m, src->preset, 1, src->seed);
     if (s != PEFT_OK) return fail();
     if (src->model && (*m)->cfg.unused[0])
         fprintf(stderr, "peft: warning: %s/config.json: keys not used: %s\n", src->model, (*m)->cfg.unused);
-    if (src->adapter && peft_adapter_load(*m, src->adapter) != PEFT_OK) { peft_model_free(*m); *m = NULL; return fail(); }
+    if (src->adapter && peft_adapter_load(*m, src->adapter) != PEFT_OK) {
+        peft_model_free(*m);
+        *m = NULL;
+        return fail();
+    }
     return 0;
 }
 
 /* ---------------------------------------------------------------- logits */
 static const char *LOGITS_HELP =
-    "usage: peft logits (--model DIR | --preset NAME [--seed S]) [--adapter DIR] --tokens 1,2,3 --out FILE\n\n"
-    "Runs one sequence forward and writes its logits as float32, little-endian,\n"
-    "row-major [T, vocab] to FILE (atomically).\n"
-    "  --threads N   worker threads (default 1)\n";
+        "usage: peft logits (--model DIR | --preset NAME [--seed S]) [--adapter DIR] --tokens 1,2,3 --out "
+        "FILE\n\n"
+        "Runs one sequence forward and writes its logits as float32, little-endian,\n"
+        "row-major [T, vocab] to FILE (atomically).\n"
+        "  --threads N   worker threads (default 1)\n";
 
 static int cmd_logits(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
@@ -295,8 +316,10 @@ static int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--tokens")) tokens_arg = v;
         else if (!strcmp(a, "--adapter")) src.adapter = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--threads")) { if (!parse_int(v, &threads) || threads < 1) return usage_error("logits", "bad --threads", v); }
-        else return usage_error("logits", "unknown option", a);
+        else if (!strcmp(a, "--threads")) {
+            if (!parse_int(v, &threads) || threads < 1) return usage_error("logits", "bad --threads", v);
+        } else
+            return usage_error("logits", "unknown option", a);
     }
     if (!src.model && !src.preset) return usage_error("logits", "--model or --preset is required", NULL);
     if (!tokens_arg || !out) return usage_error("logits", "--tokens and --out are required", NULL);
@@ -304,11 +327,17 @@ static int cmd_logits(int argc, char **argv) {
     for (const char *p = tokens_arg; *p;) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > 2000000000) { free(tok); return usage_error("logits", "--tokens must be comma-separated ids", tokens_arg); }
+        if (end == p || v < 0 || v > 2000000000) {
+            free(tok);
+            return usage_error("logits", "--tokens must be comma-separated ids", tokens_arg);
+        }
         if (T == cap) tok = realloc(tok, sizeof(int) * (cap *= 2));
         tok[T++] = (int)v;
         p = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') { free(tok); return usage_error("logits", "--tokens must be comma-separated ids", tokens_arg); }
+        if (*end && *end != ',') {
+            free(tok);
+            return usage_error("logits", "--tokens must be comma-separated ids", tokens_arg);
+        }
     }
     peft_set_threads(threads);
     peft_model *m;
@@ -376,17 +405,68 @@ static const char *TRAIN_HELP =
 typedef struct { char key[32]; char val[512]; } setting;
 typedef struct { setting s[64]; int n; } settings;
 
-static const char *TRAIN_KEYS[] = { "model", "preset", "data", "tokenizer", "out", "epochs", "max_steps", "batch", "seq",
-    "grad_accum", "lr", "min_lr", "schedule", "warmup", "weight_decay", "max_grad_norm", "eval_every", "save_every", "seed",
-    "adam_beta1", "adam_beta2", "adam_epsilon",
-    "threads", "optim", "optim_budget_mb", "method", "checkpoint_activations", "stop_on_divergence", NULL };
+static const char *TRAIN_KEYS[] = { "model",
+                                    "preset",
+                                    "data",
+                                    "tokenizer",
+                                    "out",
+                                    "epochs",
+                                    "max_steps",
+                                    "batch",
+                                    "seq",
+                                    "grad_accum",
+                                    "lr",
+                                    "min_lr",
+                                    "schedule",
+                                    "warmup",
+                                    "weight_decay",
+                                    "max_grad_norm",
+                                    "eval_every",
+                                    "save_every",
+                                    "seed",
+                                    "adam_beta1",
+                                    "adam_beta2",
+                                    "adam_epsilon",
+                                    "threads",
+                                    "optim",
+                                    "optim_budget_mb",
+                                    "method",
+                                    "checkpoint_activations",
+                                    "stop_on_divergence",
+                                    NULL };
 
 /* the settings written as JSON numbers; every other one (paths, names, lists) is a string */
-static const char *NUMERIC_KEYS[] = { "epochs", "max_steps", "batch", "seq", "grad_accum", "lr", "min_lr",
-    "warmup", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon", "eval_every",
-    "save_every", "threads", "optim_budget_mb", "checkpoint_activations", "stop_on_divergence", "lora_r",
-    "lora_alpha", "lora_dropout", "lora_rslora", "adapter_len", "adapter_layers", "fusion_layers", "fusion_dim",
-    "excitor_len", "excitor_rank", "excitor_layers", NULL };
+static const char *NUMERIC_KEYS[] = { "epochs",
+                                      "max_steps",
+                                      "batch",
+                                      "seq",
+                                      "grad_accum",
+                                      "lr",
+                                      "min_lr",
+                                      "warmup",
+                                      "weight_decay",
+                                      "max_grad_norm",
+                                      "adam_beta1",
+                                      "adam_beta2",
+                                      "adam_epsilon",
+                                      "eval_every",
+                                      "save_every",
+                                      "threads",
+                                      "optim_budget_mb",
+                                      "checkpoint_activations",
+                                      "stop_on_divergence",
+                                      "lora_r",
+                                      "lora_alpha",
+                                      "lora_dropout",
+                                      "lora_rslora",
+                                      "adapter_len",
+                                      "adapter_layers",
+                                      "fusion_layers",
+                                      "fusion_dim",
+                                      "excitor_len",
+                                      "excitor_rank",
+                                      "excitor_layers",
+                                      NULL };
 
 /* -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? : what JSON accepts as a number ("0x10", "1e3 ", "+1" are not) */
 static int json_number(const char *v) {
@@ -483,18 +563,31 @@ static void put_trainer_defaults(settings *st) {
 static int read_settings(settings *st, const char *path) {
     peft_json *j;
     if (peft_json_load(&j, path) != PEFT_OK) return fail();
-    if (j->type != PEFT_JSON_OBJECT) { peft_json_free(j); fprintf(stderr, "peft: error: %s: expected a JSON object\n", path); return 1; }
+    if (j->type != PEFT_JSON_OBJECT) {
+        peft_json_free(j);
+        fprintf(stderr, "peft: error: %s: expected a JSON object\n", path);
+        return 1;
+    }
     for (const peft_json *c = j->child; c; c = c->next) {
         char key[64], val[512];
         snprintf(key, sizeof key, "%s", c->key);
         for (char *p = key; *p; p++) if (*p == '-') *p = '_';
-        if (!known_key(key)) { fprintf(stderr, "peft: error: %s: unknown setting \"%s\"\n", path, c->key); peft_json_free(j); return 1; }
+        if (!known_key(key)) {
+            fprintf(stderr, "peft: error: %s: unknown setting \"%s\"\n", path, c->key);
+            peft_json_free(j);
+            return 1;
+        }
         if (c->type == PEFT_JSON_STRING) snprintf(val, sizeof val, "%s", c->string);
-        else if (c->type == PEFT_JSON_NUMBER && c->number == floor(c->number) && fabs(c->number) < 1e15) snprintf(val, sizeof val, "%lld", (long long)c->number);
+        else if (c->type == PEFT_JSON_NUMBER && c->number == floor(c->number) && fabs(c->number) < 1e15)
+            snprintf(val, sizeof val, "%lld", (long long)c->number);
         else if (c->type == PEFT_JSON_NUMBER) snprintf(val, sizeof val, "%.9g", c->number);
         else if (c->type == PEFT_JSON_BOOL) snprintf(val, sizeof val, "%d", c->number != 0);
         else if (c->type == PEFT_JSON_NULL) continue;
-        else { fprintf(stderr, "peft: error: %s: \"%s\" must be a string or a number\n", path, c->key); peft_json_free(j); return 1; }
+        else {
+            fprintf(stderr, "peft: error: %s: \"%s\" must be a string or a number\n", path, c->key);
+            peft_json_free(j);
+            return 1;
+        }
         put(st, key, val);
     }
     peft_json_free(j);
@@ -562,7 +655,10 @@ static int find_checkpoint(const char *path, char *ckpt, size_t n, char *run, si
         }
     }
     closedir(d);
-    if (best < 0) { fprintf(stderr, "peft: error: %s: no checkpoint-N with a trainer.safetensors inside\n", path); return 1; }
+    if (best < 0) {
+        fprintf(stderr, "peft: error: %s: no checkpoint-N with a trainer.safetensors inside\n", path);
+        return 1;
+    }
     snprintf(ckpt, n, "%s/checkpoint-%ld", path, best);
     snprintf(run, rn, "%s", path);
     return 0;
@@ -843,7 +939,8 @@ typedef struct {
 } run_state;
 
 static int save_result(const run_state *rs, const char *dir) {
-    peft_status st = rs->meth->kind == PEFT_FULL ? peft_model_save(rs->m, dir) : peft_adapter_save(rs->m, dir);
+    peft_status st =
+            rs->meth->kind == PEFT_FULL ? peft_model_save(rs->m, dir) : peft_adapter_save(rs->m, dir);
     return st == PEFT_OK ? 0 : fail();
 }
 
@@ -867,7 +964,8 @@ static void write_plot(const run_state *rs, const char *out) {
     double *x = malloc(sizeof(double) * (size_t)(rs->n_loss + 1));
     if (!x) return;
     for (int i = 0; i < rs->n_loss; i++) x[i] = i + 1;
-    peft_series s[2] = { { "train", x, rs->loss, rs->n_loss, 0 }, { "eval", rs->eval_x, rs->eval_y, rs->n_eval, 0 } };
+    peft_series s[2] = { { "train", x, rs->loss, rs->n_loss, 0 },
+                         { "eval", rs->eval_x, rs->eval_y, rs->n_eval, 0 } };
     if (peft_svg_plot(path, "loss", "step", "loss", 0, s, rs->n_eval ? 2 : 1) != PEFT_OK)
         fprintf(stderr, "peft: warning: %s\n", peft_last_error());
     free(x);
@@ -964,10 +1062,13 @@ static int cmd_train(int argc, char **argv) {
     }
     /* defaults for what is still unset, so the written config is complete */
     put_trainer_defaults(&st);
-    const char *defaults[][2] = { { "epochs", "1" }, { "batch", "4" }, { "seq", "256" },
-        { "eval_every", "0" }, { "save_every", "0" }, { "seed", "0" }, { "threads", "1" }, { "optim", "adamw" }, { "method", "full" },
-        { "stop_on_divergence", "0" } };
-    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++) if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
+    const char *defaults[][2] = { { "epochs", "1" },     { "batch", "4" },
+                                  { "seq", "256" },      { "eval_every", "0" },
+                                  { "save_every", "0" }, { "seed", "0" },
+                                  { "threads", "1" },    { "optim", "adamw" },
+                                  { "method", "full" },  { "stop_on_divergence", "0" } };
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
 
     /* parse the resolved settings */
     model_src src = { get(&st, "model"), get(&st, "preset"), NULL, strtoull(get(&st, "seed"), NULL, 10) };
@@ -976,8 +1077,16 @@ static int cmd_train(int argc, char **argv) {
     int stop_div = 0;
     peft_trainer_opts o = peft_trainer_defaults();
     const char *bad = NULL;
-#define INT_SETTING(k, var, cond) if (ok && get(&st, k) && !(parse_int(get(&st, k), &var) && (cond))) { ok = 0; bad = k; }
-#define FLOAT_SETTING(k, var, cond) if (ok && get(&st, k) && !(parse_float(get(&st, k), &var) && (cond))) { ok = 0; bad = k; }
+#define INT_SETTING(k, var, cond) \
+    if (ok && get(&st, k) && !(parse_int(get(&st, k), &var) && (cond))) { \
+        ok = 0; \
+        bad = k; \
+    }
+#define FLOAT_SETTING(k, var, cond) \
+    if (ok && get(&st, k) && !(parse_float(get(&st, k), &var) && (cond))) { \
+        ok = 0; \
+        bad = k; \
+    }
     INT_SETTING("epochs", epochs, epochs > 0)
     INT_SETTING("max_steps", max_steps, max_steps > 0)
     INT_SETTING("batch", B, B > 0 && B <= 256)
@@ -1029,11 +1138,15 @@ static int cmd_train(int argc, char **argv) {
             char mk[64];
             snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[k] + 2);
             for (char *p = mk; *p; p++) if (*p == '-') *p = '_';
-            if (!strcmp(mk, st.s[i].key) && mf.n < 32) { mf.keys[mf.n] = METHOD_FLAGS[k]; mf.vals[mf.n++] = st.s[i].val; }
+            if (!strcmp(mk, st.s[i].key) && mf.n < 32) {
+                mf.keys[mf.n] = METHOD_FLAGS[k];
+                mf.vals[mf.n++] = st.s[i].val;
+            }
         }
     peft_method_kind kind;
     if (peft_method_parse(mf.method, &kind) != PEFT_OK)
-        return usage_error("train", "unknown --method (full, lora, adapter-v1, adapter-v2, excitor, qlora)", mf.method);
+        return usage_error("train", "unknown --method (full, lora, adapter-v1, adapter-v2, excitor, qlora)",
+                           mf.method);
     peft_method meth;
     int bm = build_method(&mf, &meth, src.seed);
     if (bm) return bm;
@@ -1053,7 +1166,10 @@ static int cmd_train(int argc, char **argv) {
     } else if (tokp) snprintf(tprobe, sizeof tprobe, "%s", tokp);
     else if (tsrc && is_gguf(tsrc)) snprintf(tprobe, sizeof tprobe, "%s", tsrc);   /* its own tokenizer */
     if (tprobe[0]) {
-        if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) { peft_model_free(m); return fail(); }
+        if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) {
+            peft_model_free(m);
+            return fail();
+        }
         if (tok.unused[0])
             fprintf(stderr, "peft: warning: tokenizer_config.json beside %s: not applied: %s\n", tprobe,
                     tok.unused);
@@ -1076,7 +1192,11 @@ static int cmd_train(int argc, char **argv) {
     peft_dataset ds, held;
     memset(&held, 0, sizeof held);
     int rc = 0;
-    if (peft_dataset_load(&ds, train_path, tk, T + 1) != PEFT_OK) { peft_tokenizer_free(&tok); peft_model_free(m); return fail(); }
+    if (peft_dataset_load(&ds, train_path, tk, T + 1) != PEFT_OK) {
+        peft_tokenizer_free(&tok);
+        peft_model_free(m);
+        return fail();
+    }
     if (valid_path[0]) {
         if (peft_dataset_load(&held, valid_path, tk, T + 1) != PEFT_OK) rc = fail();
     } else if (eval_every > 0 && ds.n >= 20) {
@@ -1084,7 +1204,8 @@ static int cmd_train(int argc, char **argv) {
     }
     for (int64_t i = 0; !rc && i < ds.n_tokens; i++)
         if (ds.ids[i] < 0 || ds.ids[i] >= m->cfg.vocab_size) {
-            fprintf(stderr, "peft: error: %s: token id %d is outside the model's vocabulary (%d)\n", train_path, ds.ids[i], m->cfg.vocab_size);
+            fprintf(stderr, "peft: error: %s: token id %d is outside the model's vocabulary (%d)\n",
+                    train_path, ds.ids[i], m->cfg.vocab_size);
             rc = 1;
         }
     if (!rc && peft_attach(m, &meth) != PEFT_OK) rc = fail();
@@ -1130,13 +1251,22 @@ static int cmd_train(int argc, char **argv) {
     }
     char b1[40], b2[40];
     if (!rc)
-        printf("training %s parameters (%.4f%% of %s) with %s: %d examples (%lld tokens, %d cut off), %d held out, %d steps\n",
-               commas(peft_model_trainable_count(m), b1), 100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m),
-               commas(peft_model_base_count(m), b2), peft_method_name(meth.kind), ds.n, (long long)ds.n_tokens, ds.n_dropped, held.n, steps);
+        printf("training %s parameters (%.4f%% of %s) with %s: %d examples (%lld tokens, %d cut off), %d "
+               "held out, %d steps\n",
+               commas(peft_model_trainable_count(m), b1),
+               100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m),
+               commas(peft_model_base_count(m), b2), peft_method_name(meth.kind), ds.n,
+               (long long)ds.n_tokens, ds.n_dropped, held.n, steps);
 
     /* the log: lines of earlier steps survive a resume, later ones (past the checkpoint) go */
-    run_state rs = { m, tr, &meth, calloc((size_t)steps + 1, sizeof(double)), calloc((size_t)steps + 2, sizeof(double)),
-                     calloc((size_t)steps + 2, sizeof(double)), 0, 0 };
+    run_state rs = { m,
+                     tr,
+                     &meth,
+                     calloc((size_t)steps + 1, sizeof(double)),
+                     calloc((size_t)steps + 2, sizeof(double)),
+                     calloc((size_t)steps + 2, sizeof(double)),
+                     0,
+                     0 };
     if (!rc && (!rs.loss || !rs.eval_x || !rs.eval_y)) {
         fprintf(stderr, "peft: error: out of memory for %d steps\n", steps);
         rc = 1;
@@ -1159,8 +1289,14 @@ static int cmd_train(int argc, char **argv) {
                 if (sn > tr->step) continue;
                 fprintf(w, "%s\n", line);
                 const char *lp = strstr(line, "\"loss\": "), *ep = strstr(line, "\"eval_loss\": ");
-                if (lp && sn >= 1 && sn <= steps) { rs.loss[sn - 1] = atof(lp + 8); if (sn > rs.n_loss) rs.n_loss = sn; }
-                if (ep && rs.n_eval < steps + 1) { rs.eval_x[rs.n_eval] = sn; rs.eval_y[rs.n_eval++] = atof(ep + 13); }
+                if (lp && sn >= 1 && sn <= steps) {
+                    rs.loss[sn - 1] = atof(lp + 8);
+                    if (sn > rs.n_loss) rs.n_loss = sn;
+                }
+                if (ep && rs.n_eval < steps + 1) {
+                    rs.eval_x[rs.n_eval] = sn;
+                    rs.eval_y[rs.n_eval++] = atof(ep + 13);
+                }
             }
             if (w) { fclose(w); rename(tmp, path); }
             free(old);
@@ -1169,7 +1305,8 @@ static int cmd_train(int argc, char **argv) {
         if (!log) { fprintf(stderr, "peft: error: cannot write %s\n", path); rc = 1; }
     }
 
-    int *order = malloc(sizeof(int) * (size_t)ds.n), *tokb = malloc(sizeof(int) * (size_t)B * T), *tgtb = malloc(sizeof(int) * (size_t)B * T);
+    int *order = malloc(sizeof(int) * (size_t)ds.n), *tokb = malloc(sizeof(int) * (size_t)B * T),
+        *tgtb = malloc(sizeof(int) * (size_t)B * T);
     if (!order || !tokb || !tgtb) { fprintf(stderr, "peft: error: out of memory\n"); rc = 1; }
     if (!rc) peft_dataset_order(ds.n, src.seed, (int)pos.epoch, order);
     const char *crash = getenv("PEFT_CRASH_AFTER_STEP");  /* tests: die like a killed process */
@@ -1185,7 +1322,11 @@ static int cmd_train(int argc, char **argv) {
         for (int k = 0; k < o.grad_accum && !rc; k++) {
             int idx[256];
             for (int b = 0; b < B; b++) {
-                if (pos.cursor >= ds.n) { pos.epoch++; pos.cursor = 0; peft_dataset_order(ds.n, src.seed, (int)pos.epoch, order); }
+                if (pos.cursor >= ds.n) {
+                    pos.epoch++;
+                    pos.cursor = 0;
+                    peft_dataset_order(ds.n, src.seed, (int)pos.epoch, order);
+                }
                 idx[b] = order[pos.cursor++];
             }
             int L = peft_dataset_batch(&ds, idx, B, T, pad, tokb, tgtb);
@@ -1215,10 +1356,19 @@ static int cmd_train(int argc, char **argv) {
                     stop_div ? "; stopped (--stop-on-divergence)" : "; --stop-on-divergence stops such runs");
             if (stop_div) { rc = 1; break; }
         }
-        if (log) fprintf(log, "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %lld, \"tok_s\": %.1f, \"epoch\": %lld, \"elapsed_s\": %.3f}\n",
-                         s, loss, tr->last_lr, tr->last_grad_norm, (long long)pos.tokens, ntok / (now_s() - ts), (long long)pos.epoch, el);
-        if (tty) peft_progress(stderr, "train", s, steps, loss, tr->last_lr, tps, el * s / (double)(s - start_step));   /* ETA from this run's pace */
-        else printf("step %4d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.0f tok/s\n", s, steps, loss, tr->last_lr, tr->last_grad_norm, tps);
+        if (log)
+            fprintf(log,
+                    "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %lld, "
+                    "\"tok_s\": %.1f, \"epoch\": %lld, \"elapsed_s\": %.3f}\n",
+                    s, loss, tr->last_lr, tr->last_grad_norm, (long long)pos.tokens, ntok / (now_s() - ts),
+                    (long long)pos.epoch, el);
+        /* ETA from this run's pace */
+        if (tty)
+            peft_progress(stderr, "train", s, steps, loss, tr->last_lr, tps,
+                          el * s / (double)(s - start_step));
+        else
+            printf("step %4d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.0f tok/s\n", s, steps, loss,
+                   tr->last_lr, tr->last_grad_norm, tps);
         fflush(stdout);
         if (held.n && ((eval_every && s % eval_every == 0) || s == steps)) {
             double el2 = eval_loss(m, &held, B, T, pad);
@@ -1287,12 +1437,15 @@ typedef void (*sgemm_fn)(int order, int ta, int tb, int M, int N, int K, float a
    call (peft.h 2 ms, OpenBLAS up to ~0.1 s), which would steal the cores
    from the other one timed next: each side's timing ends with a pause that
    lets its threads go to sleep. */
-static double time_gemm(sgemm_fn blas, int tA, int tB, int M, int N, int K, const float *A, const float *B, float *C, int reps) {
+static double time_gemm(sgemm_fn blas, int tA, int tB, int M, int N, int K, const float *A, const float *B,
+                        float *C, int reps) {
     double t[9];
     if (reps > 9) reps = 9;
     for (int r = -1; r < reps; r++) {
         double t0 = now_s();
-        if (blas) blas(101, tA ? 112 : 111, tB ? 112 : 111, M, N, K, 1.0f, A, tA ? M : K, B, tB ? K : N, 0.0f, C, N);
+        if (blas)
+            blas(101, tA ? 112 : 111, tB ? 112 : 111, M, N, K, 1.0f, A, tA ? M : K, B, tB ? K : N, 0.0f, C,
+                 N);
         else peft_gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, 0.0f, C, N);
         if (r >= 0) t[r] = now_s() - t0;
     }
@@ -1316,25 +1469,44 @@ static int bench_gemm(const char *preset, int B, int T, int threads) {
     }
     double peak = peft_fma_peak_gflops() * threads;
     int M = B * T, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
-    struct { const char *name; int out, in; } lin[] = { { "q_proj", q, c.dim }, { "k/v_proj", kv, c.dim }, { "o_proj", c.dim, q },
-        { "gate/up_proj", c.hidden_dim, c.dim }, { "down_proj", c.dim, c.hidden_dim }, { "lm_head", c.vocab_size, c.dim } };
-    printf("GEMM at the training shapes of %s, M = %d tokens, %d threads; FMA peak %.1f GFLOP/s (measured)\n", preset, M, threads, peak);
-    printf("%-13s %-8s %6s %6s %6s %10s %10s %7s %7s\n", "linear", "product", "M", "N", "K", "peft.h", lib ? "OpenBLAS" : "-", "ratio", "% peak");
+    struct {
+        const char *name;
+        int out, in;
+    } lin[] = { { "q_proj", q, c.dim },
+                { "k/v_proj", kv, c.dim },
+                { "o_proj", c.dim, q },
+                { "gate/up_proj", c.hidden_dim, c.dim },
+                { "down_proj", c.dim, c.hidden_dim },
+                { "lm_head", c.vocab_size, c.dim } };
+    printf("GEMM at the training shapes of %s, M = %d tokens, %d threads; FMA peak %.1f GFLOP/s (measured)\n",
+           preset, M, threads, peak);
+    printf("%-13s %-8s %6s %6s %6s %10s %10s %7s %7s\n", "linear", "product", "M", "N", "K", "peft.h",
+           lib ? "OpenBLAS" : "-", "ratio", "% peak");
     double tot_ours = 0, tot_blas = 0, flops_all = 0;
     double ratios[64];
     int nr = 0;
     for (size_t l = 0; l < sizeof lin / sizeof lin[0]; l++) {
-        int shapes[3][5] = { { 0, 1, M, lin[l].out, lin[l].in }, { 0, 0, M, lin[l].in, lin[l].out }, { 1, 0, lin[l].out, lin[l].in, M } };
+        int shapes[3][5] = { { 0, 1, M, lin[l].out, lin[l].in },
+                             { 0, 0, M, lin[l].in, lin[l].out },
+                             { 1, 0, lin[l].out, lin[l].in, M } };
         const char *prod[3] = { "x·Wᵀ", "dy·W", "dyᵀ·x" };
         for (int k = 0; k < 3; k++) {
             int tA = shapes[k][0], tB = shapes[k][1], m = shapes[k][2], n = shapes[k][3], kk = shapes[k][4];
-            float *A = malloc(sizeof(float) * (size_t)m * kk), *Bm = malloc(sizeof(float) * (size_t)kk * n), *C = malloc(sizeof(float) * (size_t)m * n);
-            if (!A || !Bm || !C) { free(A); free(Bm); free(C); fprintf(stderr, "peft: error: out of memory\n"); return 1; }
+            float *A = malloc(sizeof(float) * (size_t)m * kk), *Bm = malloc(sizeof(float) * (size_t)kk * n),
+                  *C = malloc(sizeof(float) * (size_t)m * n);
+            if (!A || !Bm || !C) {
+                free(A);
+                free(Bm);
+                free(C);
+                fprintf(stderr, "peft: error: out of memory\n");
+                return 1;
+            }
             for (size_t i = 0; i < (size_t)m * kk; i++) A[i] = (float)(i % 13) * 0.01f;
             for (size_t i = 0; i < (size_t)kk * n; i++) Bm[i] = (float)(i % 7) * 0.01f;
             double fl = 2.0 * m * n * kk;
             int reps = fl > 2e10 ? 3 : 5;
-            double to = time_gemm(NULL, tA, tB, m, n, kk, A, Bm, C, reps), tb = blas ? time_gemm(blas, tA, tB, m, n, kk, A, Bm, C, reps) : 0;
+            double to = time_gemm(NULL, tA, tB, m, n, kk, A, Bm, C, reps),
+                   tb = blas ? time_gemm(blas, tA, tB, m, n, kk, A, Bm, C, reps) : 0;
             tot_ours += to; tot_blas += tb; flops_all += fl;
             if (blas && nr < 64) ratios[nr++] = tb / to;
             printf("%-13s %-8s %6d %6d %6d %10.1f", lin[l].name, prod[k], m, n, kk, fl / to / 1e9);
@@ -1343,10 +1515,12 @@ static int bench_gemm(const char *preset, int B, int T, int threads) {
             free(A); free(Bm); free(C);
         }
     }
-    printf("all shapes       peft.h %.1f GFLOP/s (%.0f%% of peak)", flops_all / tot_ours / 1e9, 100.0 * flops_all / tot_ours / 1e9 / peak);
+    printf("all shapes       peft.h %.1f GFLOP/s (%.0f%% of peak)", flops_all / tot_ours / 1e9,
+           100.0 * flops_all / tot_ours / 1e9 / peak);
     if (blas) {
         qsort(ratios, (size_t)nr, sizeof(double), cmp_double);
-        printf(", OpenBLAS %.1f GFLOP/s; time ratio %.2fx, median shape ratio %.2fx", flops_all / tot_blas / 1e9, tot_blas / tot_ours, ratios[nr / 2]);
+        printf(", OpenBLAS %.1f GFLOP/s; time ratio %.2fx, median shape ratio %.2fx",
+               flops_all / tot_blas / 1e9, tot_blas / tot_ours, ratios[nr / 2]);
     } else printf(" (OpenBLAS not found: no comparison)");
     printf("\n");
     if (lib) dlclose(lib);
@@ -1361,7 +1535,11 @@ static int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(BENCH_HELP, stdout); fputs(METHOD_HELP, stdout); return 0; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(BENCH_HELP, stdout);
+            fputs(METHOD_HELP, stdout);
+            return 0;
+        }
         if (!strcmp(a, "--gemm")) { gemm = 1; i--; continue; }
         if (!v) return usage_error("bench", "option needs a value", a);
         if (take_method_flag(&mf, a, v)) continue;
@@ -1415,8 +1593,10 @@ static int cmd_bench(int argc, char **argv) {
         qsort(ms, (size_t)steps, sizeof(double), cmp_double);
         double med = ms[steps / 2];
         const peft_config *c = &m->cfg;
-        double tokens = (double)B * T, base = (double)peft_model_base_count(m), train = (double)peft_model_trainable_count(m);
-        double attn = 4.0 * c->n_layers * (double)c->n_heads * c->head_dim * T * (T + 1) / 2.0 * B;  /* QK and PV */
+        double tokens = (double)B * T, base = (double)peft_model_base_count(m),
+               train = (double)peft_model_trainable_count(m);
+        /* QK and PV */
+        double attn = 4.0 * c->n_layers * (double)c->n_heads * c->head_dim * T * (T + 1) / 2.0 * B;
         double flops = (4.0 * base + 2.0 * train) * tokens + 3.0 * attn;
         char b1[40];
         printf("model            %s, method %s, batch %d x seq %d, %d threads, optimizer %s\n",
@@ -1426,16 +1606,25 @@ static int cmd_bench(int argc, char **argv) {
         printf("step ms (median) %.1f\n", med);
         double gfs = flops / (med / 1000.0) / 1e9, peak = peft_fma_peak_gflops() * threads;
         printf("GFLOP/s          %.2f\n", gfs);
-        printf("MFU              %.1f%% (of a measured FMA peak of %.1f GFLOP/s on %d threads)\n", 100.0 * gfs / peak, peak, threads);
+        printf("MFU              %.1f%% (of a measured FMA peak of %.1f GFLOP/s on %d threads)\n",
+               100.0 * gfs / peak, peak, threads);
         printf("peak RSS MB      %.1f\n", (double)peft_peak_rss() / 1048576.0);
-        size_t act = peft_graph_arena_bytes(tr->graph) + (m->recompute ? peft_graph_arena_bytes(m->recompute) : 0);
-        printf("activations MB   %.1f (tape arena%s)\n", (double)act / 1048576.0, ckpt_act ? " + one block's recompute" : "");
-        printf("optimizer MB     %.1f (state %s)\n", (double)peft_adamw_state_bytes(&tr->opt) / 1048576.0, optim);
-        if (m->cfg.q4) printf("bits/frozen lin  %.3f (4-bit storage, from allocated bytes)\n", peft_model_linear_bits(m));
-        else if (m->gguf) printf("bits/frozen lin  %.3f (ggml blocks of the GGUF, from their bytes)\n", peft_model_linear_bits(m));
+        size_t act =
+                peft_graph_arena_bytes(tr->graph) + (m->recompute ? peft_graph_arena_bytes(m->recompute) : 0);
+        printf("activations MB   %.1f (tape arena%s)\n", (double)act / 1048576.0,
+               ckpt_act ? " + one block's recompute" : "");
+        printf("optimizer MB     %.1f (state %s)\n", (double)peft_adamw_state_bytes(&tr->opt) / 1048576.0,
+               optim);
+        if (m->cfg.q4)
+            printf("bits/frozen lin  %.3f (4-bit storage, from allocated bytes)\n",
+                   peft_model_linear_bits(m));
+        else if (m->gguf)
+            printf("bits/frozen lin  %.3f (ggml blocks of the GGUF, from their bytes)\n",
+                   peft_model_linear_bits(m));
         if (o.paged_optim)
             printf("pager            %ld pages evicted, %ld loaded, %.1f MB moved, peak resident %.1f MB\n",
-                   tr->opt.stats.pages_evicted, tr->opt.stats.pages_loaded, (double)tr->opt.stats.bytes_moved / 1048576.0,
+                   tr->opt.stats.pages_evicted, tr->opt.stats.pages_loaded,
+                   (double)tr->opt.stats.bytes_moved / 1048576.0,
                    (double)tr->opt.stats.peak_resident / 1048576.0);
     }
     free(tok); free(tgt); free(ms);
@@ -1477,8 +1666,9 @@ static int cmd_quantize(int argc, char **argv) {
     peft_model *m;
     if (load_model(&src, &m)) return 1;
     int rc = 0;
-    if (m->cfg.q4) { fprintf(stderr, "peft: error: %s is already quantized\n", src.model); rc = 1; }
-    else if (peft_model_quantize(m, t, dq) != PEFT_OK || peft_model_save_quantized(m, tmp) != PEFT_OK) rc = fail();
+    if (m->cfg.q4) { fprintf(stderr, "peft: error: %s is already quantized\n", src.model); rc = 1;
+    } else if (peft_model_quantize(m, t, dq) != PEFT_OK || peft_model_save_quantized(m, tmp) != PEFT_OK)
+        rc = fail();
     rc = end_folder(tmp, dir, rc, src.model, NULL);
     if (!rc)
         printf("wrote %s: %s%s, %.3f bits per block-linear parameter\n", out, quant,
@@ -1656,9 +1846,11 @@ static int cmd_generate(int argc, char **argv) {
         if (n < 0) { fprintf(stderr, "peft: error: prompt too long\n"); rc = 1; goto done; }
         for (int i = 0; i < n; i++)          /* a tokenizer with more tokens than the model's vocabulary */
             if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size) {
-                fprintf(stderr, "peft: error: %s: the prompt's token %d is id %d (\"%s\"), outside the "
-                        "model's vocabulary (vocab_size %d; the tokenizer has %d tokens)\n", tok_path, i, ids[i],
-                        ids[i] < tok.n ? tok.pieces[ids[i]] : "?", m->cfg.vocab_size, tok.n);
+                fprintf(stderr,
+                        "peft: error: %s: the prompt's token %d is id %d (\"%s\"), outside the "
+                        "model's vocabulary (vocab_size %d; the tokenizer has %d tokens)\n",
+                        tok_path, i, ids[i], ids[i] < tok.n ? tok.pieces[ids[i]] : "?", m->cfg.vocab_size,
+                        tok.n);
                 rc = 1;
                 goto done;
             }
@@ -1666,14 +1858,21 @@ static int cmd_generate(int argc, char **argv) {
         for (const char *p = tokens_arg; *p && n < cap;) {
             char *end;
             long v = strtol(p, &end, 10);
-            if (end == p || v < 0 || v >= m->cfg.vocab_size) { rc = usage_error("generate", "--tokens must be ids within the vocabulary", tokens_arg); goto done; }
+            if (end == p || v < 0 || v >= m->cfg.vocab_size) {
+                rc = usage_error("generate", "--tokens must be ids within the vocabulary", tokens_arg);
+                goto done;
+            }
             ids[n++] = (int)v;
             p = *end == ',' ? end + 1 : end;
-            if (*end && *end != ',') { rc = usage_error("generate", "--tokens must be comma-separated ids", tokens_arg); goto done; }
+            if (*end && *end != ',') {
+                rc = usage_error("generate", "--tokens must be comma-separated ids", tokens_arg);
+                goto done;
+            }
         }
     }
     if (n < 1 || n >= m->cfg.max_seq_len) {
-        fprintf(stderr, "peft: error: the prompt has %d tokens; the model takes 1 to %d positions\n", n, m->cfg.max_seq_len - 1);
+        fprintf(stderr, "peft: error: the prompt has %d tokens; the model takes 1 to %d positions\n", n,
+                m->cfg.max_seq_len - 1);
         rc = 1;
         goto done;
     }
@@ -1722,7 +1921,8 @@ static int cmd_merge(int argc, char **argv) {
         else if (!strcmp(a, "--out")) out = v;
         else return usage_error("merge", "unknown option", a);
     }
-    if (!src.model || !src.adapter || !out) return usage_error("merge", "--model, --adapter and --out are required", NULL);
+    if (!src.model || !src.adapter || !out)
+        return usage_error("merge", "--model, --adapter and --out are required", NULL);
     char dir[1100], tmp[1100];
     if (begin_folder(out, dir, tmp, sizeof dir)) return 1;
     peft_model *m;
@@ -1740,12 +1940,14 @@ static int cmd_merge(int argc, char **argv) {
         else if ((v1 = m->method.kind == PEFT_ADAPTER_V1) && peft_adapter_save(m, apath) != PEFT_OK)
             rc = fail();
     } else if (m->method.kind != PEFT_LORA) {
-        fprintf(stderr, "peft: error: %s: a %s adapter cannot be merged into the weights (LoRA and adapter-v2 can)\n",
+        fprintf(stderr,
+                "peft: error: %s: a %s adapter cannot be merged into the weights (LoRA and adapter-v2 can)\n",
                 src.adapter, peft_method_name(m->method.kind));
         rc = 1;
     } else if (peft_lora_merge(m) != PEFT_OK || peft_model_save(m, tmp) != PEFT_OK) rc = fail();
     if (!rc && is_gguf(src.model)) {                 /* the GGUF's tokenizer, as tokenizer.json */
-        if (peft_gguf_write_tokenizer(src.model, tmp) == PEFT_OK) printf("wrote tokenizer.json from %s\n", src.model);
+        if (peft_gguf_write_tokenizer(src.model, tmp) == PEFT_OK)
+            printf("wrote tokenizer.json from %s\n", src.model);
         else fprintf(stderr, "peft: note: no tokenizer.json written: %s\n", peft_last_error());
     }
     rc = end_folder(tmp, dir, rc, src.model, NULL);
@@ -1778,8 +1980,10 @@ static int cmd_export(int argc, char **argv) {
         else if (!strcmp(a, "--out")) out = v;
         else return usage_error("export", "unknown option", a);
     }
-    if (!src.adapter || !format || !out) return usage_error("export", "--adapter, --format and --out are required", NULL);
-    if (strcmp(format, "peft") && strcmp(format, "gguf")) return usage_error("export", "--format must be peft or gguf", format);
+    if (!src.adapter || !format || !out)
+        return usage_error("export", "--adapter, --format and --out are required", NULL);
+    if (strcmp(format, "peft") && strcmp(format, "gguf"))
+        return usage_error("export", "--format must be peft or gguf", format);
     char base[1200] = "";
     if (!src.model) {                                   /* the adapter names its base */
         char cfg[1200];
@@ -1790,7 +1994,9 @@ static int cmd_export(int argc, char **argv) {
         if (b && b->type == PEFT_JSON_STRING) snprintf(base, sizeof base, "%s", b->string);
         peft_json_free(j);
         if (!base[0] || (!dir_exists(base) && !is_gguf(base)))
-            return usage_error("export", "give --model: the adapter's base_model_name_or_path is not a local folder", base[0] ? base : NULL);
+            return usage_error("export",
+                               "give --model: the adapter's base_model_name_or_path is not a local folder",
+                               base[0] ? base : NULL);
         src.model = base;
     }
     peft_model *m;
