@@ -12112,6 +12112,8 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
         }
         *flags[j].dst = kv->data[0];
     }
+    /* the BOS a chat template writes (LLaMA-2/3's), whether or not encoding adds it */
+    t->bos_token = t->bos_id;
     /* BOS as encoding adds it (as the tokenizer.json loader does): only when the file says so */
     if (!t->add_bos) t->bos_id = -1;
     if ((kv = peft_gguf_find(&g, "tokenizer.chat_template"))) {
@@ -12121,6 +12123,10 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
             goto done;
         }
         peft_gguf_string(kv, t->chat_template, (size_t)kv->n + 1);
+        /* the family recognised from the template, as for tokenizer_config.json's */
+        t->chat = peft_chat_detect(t->chat_template);
+        if (t->chat == PEFT_CHAT_CHATML) t->chat_default_system = peft__chatml_default_system(t->chat_template);
+        snprintf(t->config_path, sizeof t->config_path, "%.500s", path);
     }
     for (int i = 0; i < n; i++) t->sorted[i] = i;
     peft__sort_tok = t;

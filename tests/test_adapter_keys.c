@@ -45,9 +45,15 @@ static void ak_adapted(const peft_model *m, char *buf, size_t n) {
                          peft_site_name(s));
     qsort(names, k, 96, (int (*)(const void *, const void *))strcmp);
     buf[0] = 0;
-    for (int i = 0; i < k; i++) {
-        size_t L = strlen(buf);
-        snprintf(buf + L, n - L, "%s\"%s\"", i ? ", " : "[", names[i]);
+    for (int i = 0; i < k; i++) {         /* [ "a", "b" ]: appended by hand, sizes checked */
+        const char *sep = i ? ", " : "[";
+        size_t L = strlen(buf), a = strlen(sep), b = strlen(names[i]);
+        if (L + a + b + 4 > n) break;
+        memcpy(buf + L, sep, a);
+        buf[L + a] = '"';
+        memcpy(buf + L + a + 1, names[i], b);
+        buf[L + a + 1 + b] = '"';
+        buf[L + a + 2 + b] = 0;
     }
     size_t L = strlen(buf);
     snprintf(buf + L, n - L, "]");

@@ -542,6 +542,22 @@ TEST(test_cli_token_ids_and_folders) {
     CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, th_tmpdir()) == 1 &&
           strstr(out, "no model folder has"), "merge over a foreign folder: %s", out);
     CHECK(exists(base), "the foreign folder is intact");
+    /* a user's notes.txt, data.json or README.md beside a merged model: refused, and kept */
+    const char *mine[3] = { "notes.txt", "data.json", "README.md" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(f1, sizeof f1, "%s/%s", merged, mine[i]);
+        FILE *f = fopen(f1, "w");
+        REQUIRE(f, "%s", f1);
+        fputs("precious\n", f);
+        fclose(f);
+        CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) == 1 &&
+                  strstr(out, mine[i]),
+              "merge over a folder holding %s: %s", mine[i], out);
+        CHECK(th_run_peft(out, sizeof out, "quantize --model %s --out %s", base, merged) == 1 && strstr(out, mine[i]),
+              "quantize over a folder holding %s: %s", mine[i], out);
+        CHECK(exists(f1), "%s was deleted", f1);
+        remove(f1);
+    }
 }
 
 /* A corpus of hostile checkpoints and configs and of absurd flags (issue 14):
@@ -612,12 +628,16 @@ TEST(test_cli_hostile_and_absurd) {
     sh("cp %s %s", orig, ck);
     CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 0 && strstr(out, "resuming from"),
           "the good checkpoint: %s", out);
+    /* a folder of the user's named like a checkpoint (checkpoint-mine/) stays */
+    snprintf(path, sizeof path, "%s/checkpoint-mine", run1);
+    sh("mkdir -p %s && touch %s/f", path, path);
     /* --overwrite starts afresh: the old checkpoints go (a later --resume must not find them) */
     CHECK(th_run_peft(out, sizeof out,
               "train %s --data %s --method lora --batch 2 --seq 16 --steps 1 --out %s --overwrite", model,
               data, run1) == 0,
           "--overwrite: %s", out);
     CHECK(!exists(ck), "--overwrite left the old run's checkpoint-2");
+    CHECK(exists(path), "--overwrite removed %s", path);
 
     /* data paths that look like numbers are written as strings: the run resumes */
     const char *names[2] = { "0x10", "1e3" };

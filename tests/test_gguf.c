@@ -601,6 +601,37 @@ TEST(test_gguf_smollm2_tokenizer) {
           "where it ignores the smollm split", same_hf, hf_differs);
     CHECK(round == lines, "decode gives the text back for %d of %d", round, lines);
     free(d);
+    /* the file's own chat template (tokenizer.chat_template, ChatML with SmolLM2's default
+       system message): conversations encode as transformers' apply_chat_template does */
+    CHECK(t.chat == PEFT_CHAT_CHATML && t.chat_default_system, "chat template family %d", t.chat);
+    snprintf(fx, sizeof fx, "%s/gguf_smollm2/chat.jsonl", th_fixtures());
+    REQUIRE_OK(peft_read_file(fx, &d, &n));
+    int convs = 0;
+    for (char *line = (char *)d, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        size_t len = next ? (size_t)(next - line) : strlen(line);
+        if (next) next++;
+        peft_json *j;
+        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) {
+            CHECK(0, "fixture line: %s", peft_last_error());
+            break;
+        }
+        peft_chat_message msg[4];
+        int nm = 0;
+        for (const peft_json *m = peft_json_get(j, "messages")->child; m && nm < 4; m = m->next, nm++) {
+            msg[nm].role = peft_json_get(m, "role")->string;
+            msg[nm].content = peft_json_get(m, "content")->string;
+        }
+        int ids[512], k = peft_chat_encode(&t, t.chat, msg, nm, 1, ids, NULL, 512);
+        const peft_json *want = peft_json_get(j, "ids");
+        int eq = k == want->n_children, i = 0;
+        for (const peft_json *x = want->child; x && eq; x = x->next, i++) eq = ids[i] == (int)x->number;
+        CHECK(eq, "conversation %d: %d ids, apply_chat_template %d", convs, k, want->n_children);
+        convs++;
+        peft_json_free(j);
+    }
+    CHECK(convs == 2, "%d conversations", convs);
+    free(d);
     peft_tokenizer_free(&t);
 }
 

@@ -707,11 +707,15 @@ static int ends_with(const char *s, const char *tail) {
 
 /* What a model folder holds; an existing --out with anything else in it (a
    home folder given by mistake) is refused rather than replaced. */
+/* the files peft.h writes into a model folder: any other name in --out is
+   the user's (notes.txt, data.json, README.md), and the folder is not replaced */
 static int model_folder_file(const char *name) {
-    static const char *const tails[] = { ".json", ".safetensors", ".model", ".txt", ".md", ".tmp",
-                                         ".gitattributes", "tokenizer.bin", NULL };
-    for (int i = 0; tails[i]; i++) if (ends_with(name, tails[i])) return 1;
-    return 0;
+    static const char *const names[] = { "config.json", "model.safetensors", "model.safetensors.index.json",
+                                         "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                         "special_tokens_map.json", "tokenizer.model", "tokenizer.bin", NULL };
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(name, names[i])) return 1;
+    return !strncmp(name, "model-", 6) && ends_with(name, ".safetensors");    /* a shard */
 }
 
 /* OUT.tmp beside OUT (trailing slashes dropped), emptied; 1 if OUT may not be replaced */
@@ -1009,9 +1013,11 @@ static void clear_run(const char *out) {
     DIR *d = opendir(out);
     char child[1300];
     for (struct dirent *e; d && (e = readdir(d));) {
-        if (strncmp(e->d_name, "checkpoint-", 11) && strcmp(e->d_name, "log.jsonl") &&
-            strcmp(e->d_name, "loss.svg"))
-            continue;
+        /* checkpoint-N and checkpoint-N.tmp only: checkpoint-mine/ is the user's */
+        const char *p = !strncmp(e->d_name, "checkpoint-", 11) ? e->d_name + 11 : "";
+        size_t digits = strspn(p, "0123456789");
+        int ckpt = digits > 0 && (!p[digits] || !strcmp(p + digits, ".tmp"));
+        if (!ckpt && strcmp(e->d_name, "log.jsonl") && strcmp(e->d_name, "loss.svg")) continue;
         snprintf(child, sizeof child, "%s/%s", out, e->d_name);
         remove_tree(child);
     }

@@ -123,6 +123,15 @@ def main():
             hf = tok.encode(s, add_special_tokens=False)
             ids = real.encode(s, add_special_tokens=False)
             f.write(json.dumps({"text": s, "ids": ids, "hf": hf}, ensure_ascii=False) + "\n")
+    # the GGUF's own chat template (tokenizer.chat_template), as transformers applies it
+    chats = [[{"role": "user", "content": "What is the capital of France?"}],
+             [{"role": "system", "content": "You answer in one word."},
+              {"role": "user", "content": "Name a colour."}]]
+    with open(os.path.join(OUT, "chat.jsonl"), "w") as f:
+        for c in chats:
+            r = tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)
+            ids = r if isinstance(r, list) else r["input_ids"]
+            f.write(json.dumps({"messages": c, "ids": ids}) + "\n")
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
     model.eval()
     V = model.config.vocab_size
