@@ -1077,7 +1077,8 @@ typedef struct {
     int     *n_masked;     /* leading ids of each example without loss    */
     unsigned char *loss;   /* per id: 1 = a target with loss (chat data masks every non-assistant
                               turn); NULL: every id after the n_masked leading ones */
-    int      n, n_dropped;
+    int      n, n_dropped;   /* kept; dropped: no target within max_len           */
+    int      n_truncated;    /* kept but cut to max_len tokens                    */
     int64_t  n_tokens;
     char     path[512];
 } peft_dataset;
@@ -12523,13 +12524,15 @@ static peft_status peft__ds_chat(peft_dataset *d, peft__dsb *b, const peft_json 
         st = peft__fail(PEFT_ERR_FORMAT, "%s: %s", where, why);
     }
     else {
-        if (n > max_len) n = max_len;
+        int cut = n > max_len;
+        if (cut) n = max_len;
         int masked = 0, any = 0;
         while (masked < n && !loss[masked]) masked++;
         for (int i = 1; i < n; i++) any |= loss[i];        /* the first id is never a target */
         if (!any) d->n_dropped++;
         else if (!peft__dsb_add_mask(b, ids, n, masked, loss))
             st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
+        else d->n_truncated += cut;
     }
     PEFT_FREE(m);
     PEFT_FREE(ids);
@@ -12588,10 +12591,12 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
         /* an answer that already ends with the EOS text gets no second one (TRL's add_eos) */
         if (t->eos_id >= 0 && n >= 2 && buf[n - 1] == t->eos_id && buf[n - 2] == t->eos_id && n - 1 > masked)
             n--;
-        if (n > max_len) n = max_len;
+        int cut = n > max_len;
+        if (cut) n = max_len;
         if (masked >= n) d->n_dropped++;                  /* no target left */
         else if (!peft__dsb_add(b, buf, n, masked))
             st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
+        else d->n_truncated += cut;
     }
     PEFT_FREE(full); PEFT_FREE(buf); PEFT_FREE(prompt_buf);
     return st;
@@ -12687,7 +12692,8 @@ done:
         s = d->n_dropped
                     ? peft__fail(
                               PEFT_ERR_ARG,
-                              "%s: all %d examples dropped: the prompt alone fills %d tokens (raise --seq)",
+                              "%s: all %d examples dropped: none has a target within its first %d tokens "
+                              "(a prompt that long needs a larger --seq; a chat needs an assistant turn)",
                               path, d->n_dropped, max_len)
                     : peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
     if (s != PEFT_OK) {

@@ -633,3 +633,47 @@ TEST(test_safetensors_header_only) {
           "truncated: %s", peft_last_error());
     CHECK(peft_st_open_header(&st, th_tmpdir()) == PEFT_ERR_IO, "a folder");
 }
+
+/* An example longer than max_len is cut (and counted as cut); one whose targets all lie
+   past max_len is dropped (and counted as dropped): the counts follow from the full
+   examples' lengths and prompt lengths, whatever max_len. */
+TEST(test_dataset_counts_cut_and_dropped) {
+    char tp[512], fx[512];
+    snprintf(tp, sizeof tp, "%s/hf_tok/gpt2.json", th_fixtures());
+    snprintf(fx, sizeof fx, "%s/alpaca/data.json", th_fixtures());
+    peft_tokenizer t;
+    REQUIRE_OK(peft_tokenizer_load(&t, tp, 0));
+    peft_dataset full;
+    REQUIRE_OK(peft_dataset_load(&full, fx, &t, 1 << 20));
+    CHECK(full.n_truncated == 0 && full.n_dropped == 0, "whole: %d cut, %d dropped", full.n_truncated,
+          full.n_dropped);
+    int64_t shortest_prompt = 1 << 30, longest = 0;
+    for (int i = 0; i < full.n; i++) {
+        int64_t len = full.start[i + 1] - full.start[i];
+        if (full.n_masked[i] < shortest_prompt) shortest_prompt = full.n_masked[i];
+        if (len > longest) longest = len;
+    }
+    int cases[3] = { (int)shortest_prompt + 1, (int)(shortest_prompt + longest) / 2, (int)longest - 1 };
+    for (int c = 0; c < 3; c++) {
+        int max_len = cases[c], cut = 0, dropped = 0;
+        for (int i = 0; i < full.n; i++) {
+            int64_t len = full.start[i + 1] - full.start[i], n = len < max_len ? len : max_len;
+            if (full.n_masked[i] >= n) dropped++;
+            else cut += len > max_len;
+        }
+        peft_dataset d;
+        peft_status s = peft_dataset_load(&d, fx, &t, max_len);
+        if (dropped == full.n) {
+            CHECK(s != PEFT_OK && strstr(peft_last_error(), "dropped"), "all dropped: %s", peft_last_error());
+            continue;
+        }
+        REQUIRE_OK(s);
+        CHECK(d.n == full.n - dropped && d.n_dropped == dropped && d.n_truncated == cut,
+              "max_len %d: %d kept, %d dropped, %d cut; expected %d, %d, %d", max_len, d.n, d.n_dropped,
+              d.n_truncated, full.n - dropped, dropped, cut);
+        CHECK(cut > 0 || c == 0, "max_len %d cuts nothing", max_len);
+        peft_dataset_free(&d);
+    }
+    peft_dataset_free(&full);
+    peft_tokenizer_free(&t);
+}

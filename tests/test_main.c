@@ -36,6 +36,7 @@
     X(test_checkpointing_every_tensor_kind) \
     X(test_cli_version) \
     X(test_cli_train_defaults) \
+    X(test_dataset_counts_cut_and_dropped) \
     X(test_adapter_keys_match_peft) X(test_adapter_keys_module_names) X(test_adapter_keys_refused_by_name) \
     X(test_adapter_keys_regex) X(test_adapter_keys_gguf) X(test_adapter_keys_cli_train) \
     X(test_adapter_keys_tensor_names) X(test_fd_replace_rows) X(test_adapter_keys_roundtrip_in_peft) \

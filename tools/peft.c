@@ -1257,12 +1257,12 @@ static int cmd_train(int argc, char **argv) {
     }
     char b1[40], b2[40];
     if (!rc)
-        printf("training %s parameters (%.4f%% of %s) with %s: %d examples (%lld tokens, %d cut off), %d "
-               "held out, %d steps\n",
+        printf("training %s parameters (%.4f%% of %s) with %s: %d examples (%lld tokens; %d cut to --seq, "
+               "%d dropped: no target within --seq), %d held out, %d steps\n",
                commas(peft_model_trainable_count(m), b1),
                100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m),
                commas(peft_model_base_count(m), b2), peft_method_name(meth.kind), ds.n,
-               (long long)ds.n_tokens, ds.n_dropped, held.n, steps);
+               (long long)ds.n_tokens, ds.n_truncated, ds.n_dropped, held.n, steps);
 
     /* the log: lines of earlier steps survive a resume, later ones (past the checkpoint) go */
     run_state rs = { m,
