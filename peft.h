@@ -12126,7 +12126,8 @@ static peft_status peft__tokenizer_load_gguf(peft_tokenizer *t, const char *path
         peft_gguf_string(kv, t->chat_template, (size_t)kv->n + 1);
         /* the family recognised from the template, as for tokenizer_config.json's */
         t->chat = peft_chat_detect(t->chat_template);
-        if (t->chat == PEFT_CHAT_CHATML) t->chat_default_system = peft__chatml_default_system(t->chat_template);
+        if (t->chat == PEFT_CHAT_CHATML)
+            t->chat_default_system = peft__chatml_default_system(t->chat_template);
         snprintf(t->config_path, sizeof t->config_path, "%.500s", path);
     }
     for (int i = 0; i < n; i++) t->sorted[i] = i;
