@@ -44,20 +44,26 @@ run_case stories15m 8 256 2; two=$LAST_TPS
 run_case smollm-135m 4 256 2
 printf "threads 1 -> 2 (stories15m): %sx\n" "$(div "$two" "$one")"
 
-# a GGUF base kept in its blocks: SmolLM2-135M-Instruct Q4_1 (.ci/run downloads it) against the fp32
-# smollm-135m preset of the same shapes; the target is >= 0.8x the fp32 speed
+# GGUF bases kept in their blocks: SmolLM2-135M-Instruct Q4_1 (.ci/run downloads it), and any
+# more files named in PEFT_BENCH_GGUF (e.g. the same model requantized to Q8_0 or Q4_K_M), each
+# against the fp32 smollm-135m preset of the same shapes; the target is >= 0.8x the fp32 speed
 G=build/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ -f "$G" ]; then
-    echo "== LoRA over a GGUF base (ggml blocks decoded in the GEMM) vs the fp32 base"
+GS=""
+[ -f "$G" ] && GS="$G"
+GS="$GS ${PEFT_BENCH_GGUF:-}"
+if [ -n "${GS// /}" ]; then
+    echo "== LoRA over GGUF bases (ggml blocks decoded in the GEMM) vs the fp32 base"
     args="--method lora --lora-r 8 --lora-alpha 16 --batch 4 --seq 256 --steps $STEPS --threads $THREADS"
-    out=$($BIN bench --model "$G" $args)
-    gtps=$(echo "$out" | field "tokens/s"); bits=$(echo "$out" | field "bits/frozen lin")
-    grss=$(echo "$out" | field "peak RSS MB")
     out=$($BIN bench --preset smollm-135m $args)
     ftps=$(echo "$out" | field "tokens/s"); frss=$(echo "$out" | field "peak RSS MB")
-    printf "gguf Q4_1    b4  s256 t%s  %8.1f tok/s  RSS %7.1f MB  %s bits/frozen weight" "$THREADS" "$gtps" "$grss" "$bits"
-    printf " | fp32 %8.1f tok/s  RSS %7.1f MB" "$ftps" "$frss"
-    printf " | speed %sx\n" "$(div "$gtps" "$ftps")"
+    for g in $GS; do
+        out=$($BIN bench --model "$g" $args)
+        gtps=$(echo "$out" | field "tokens/s"); bits=$(echo "$out" | field "bits/frozen lin")
+        grss=$(echo "$out" | field "peak RSS MB")
+        printf "%-34s b4 s256 t%s %8.1f tok/s  RSS %7.1f MB  %s bits/frozen weight" "$(basename "$g")" \
+            "$THREADS" "$gtps" "$grss" "$bits"
+        printf " | fp32 %8.1f tok/s  RSS %7.1f MB | speed %sx\n" "$ftps" "$frss" "$(div "$gtps" "$ftps")"
+    done
 else
     echo "(no $G: the GGUF line is skipped; see .ci/run to download it)"
 fi
