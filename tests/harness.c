@@ -103,3 +103,12 @@ int th_run_peft(char *out, size_t cap, const char *fmt, ...) {
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+void th_sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    if (system(cmd) != 0) fprintf(stderr, "    (command failed: %s)\n", cmd);
+}

@@ -43,5 +43,8 @@ const char *th_peft_bin(void);
    status, -1 when it did not exit normally */
 int th_run_peft(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Runs a shell line (a printf format); a failure is reported on stderr, not as a check */
+void th_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #define TEST(name) void name(void)
 #endif

@@ -492,53 +492,27 @@ TEST(test_tok_config_unknown_and_refused_keys) {
 #include <stdarg.h>
 #include <sys/wait.h>
 
-/* the command line tool (PEFT_BIN or build/peft), a shell line, and one run of the tool with
-   stdout and stderr captured in out; its exit status */
-static const char *keys_bin(void) {
-    const char *b = getenv("PEFT_BIN");
-    return b ? b : "build/peft";
-}
-static void keys_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void keys_sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    if (system(cmd) != 0) fprintf(stderr, "    (command failed: %s)\n", cmd);
-}
-static int keys_run(char *out, size_t cap, const char *args) {
-    char full[2400];
-    snprintf(full, sizeof full, "%s %s 2>&1", keys_bin(), args);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* An unknown key in config.json and in tokenizer_config.json: `peft generate` names both on
    stderr and still runs; attention_dropout 0.1 stops it with the key's name. */
 TEST(test_cli_unknown_config_keys_named) {
     static char out[1 << 14];
-    FILE *probe = fopen(keys_bin(), "rb");
-    if (!probe) SKIP("%s not built", keys_bin());
+    FILE *probe = fopen(th_peft_bin(), "rb");
+    if (!probe) SKIP("%s not built", th_peft_bin());
     fclose(probe);
     char dir[512];
     snprintf(dir, sizeof dir, "%s/cli_keys", th_tmpdir());
-    keys_sh("rm -rf %s && mkdir -p %s && cp %s/chat/smol/* %s/ && cp %s/hf_tok/gpt2.json %s/tokenizer.json",
+    th_sh("rm -rf %s && mkdir -p %s && cp %s/chat/smol/* %s/ && cp %s/hf_tok/gpt2.json %s/tokenizer.json",
             dir, dir, th_fixtures(), dir, th_fixtures(), dir);
-    keys_sh("sed -i 's/^{/{\"my_cfg_key\": 1, /' %s/config.json && sed -i 's/^{/{\"my_tok_key\": 1, /' "
+    th_sh("sed -i 's/^{/{\"my_cfg_key\": 1, /' %s/config.json && sed -i 's/^{/{\"my_tok_key\": 1, /' "
             "%s/tokenizer_config.json",
             dir, dir);
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "generate --model %s --tokenizer %s/tokenizer.json --prompt Hi --max-new 2",
              dir, dir);
-    int rc = keys_run(out, sizeof out, cmd);
+    int rc = th_run_peft(out, sizeof out, "%s", cmd);
     CHECK(rc == 0 && strstr(out, "warning") && strstr(out, "my_cfg_key") && strstr(out, "my_tok_key"),
           "rc %d: %s", rc, out);
-    keys_sh("sed -i 's/^{/{\"attention_dropout\": 0.1, /' %s/config.json", dir);
-    rc = keys_run(out, sizeof out, cmd);
+    th_sh("sed -i 's/^{/{\"attention_dropout\": 0.1, /' %s/config.json", dir);
+    rc = th_run_peft(out, sizeof out, "%s", cmd);
     CHECK(rc != 0 && strstr(out, "attention_dropout"), "rc %d: %s", rc, out);
 }

@@ -422,16 +422,6 @@ static int patch_bytes(const char *path, const char *from, const char *to, size_
     return done;
 }
 
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void sh(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    if (system(cmd) != 0) fprintf(stderr, "    (command failed: %s)\n", cmd);
-}
-
 /* the tiny byte-level model of the resume test (vocab 800) with its tokenizer files */
 static void make_tok_model(const char *dir) {
     peft_config c;
@@ -450,7 +440,7 @@ static void make_tok_model(const char *dir) {
         return;
     }
     peft_model_free(m);
-    sh("cp %s/hf_tok/gpt2.json %s/tokenizer.json && echo '{\"eos_token\": \"<|endoftext|>\"}' > "
+    th_sh("cp %s/hf_tok/gpt2.json %s/tokenizer.json && echo '{\"eos_token\": \"<|endoftext|>\"}' > "
        "%s/tokenizer_config.json && "
        "echo '{\"eos_token_id\": 0}' > %s/generation_config.json",
        th_fixtures(), dir, dir, dir);
@@ -469,7 +459,7 @@ TEST(test_cli_token_ids_and_folders) {
     make_tok_model(base);
     /* a tokenizer with more tokens than the model's vocabulary: today's "prints nothing, exit 0" */
     snprintf(small, sizeof small, "%s/tok_small_vocab", th_tmpdir());
-    sh("rm -rf %s && cp -r %s/llama_mha %s && cp %s/tokenizer.json %s/", small, th_fixtures(), small, base,
+    th_sh("rm -rf %s && cp -r %s/llama_mha %s && cp %s/tokenizer.json %s/", small, th_fixtures(), small, base,
        small);
     CHECK(th_run_peft(out, sizeof out, "generate --model %s --prompt 'Hello world' --max-new 4", small) == 1 &&
           strstr(out, "outside the model's vocabulary") && strstr(out, "vocab_size 64"),
@@ -614,7 +604,7 @@ TEST(test_cli_hostile_and_absurd) {
     snprintf(ck, sizeof ck, "%s/checkpoint-2/trainer.safetensors", run1);
     snprintf(orig, sizeof orig, "%s/trainer.orig", th_tmpdir());
     CHECK(exists(ck), "the refused run left the old one alone");
-    sh("cp %s %s", ck, orig);
+    th_sh("cp %s %s", ck, orig);
 
     /* hostile checkpoints: counters out of range, or outside the run resumed */
     const char *meta[][2] = { { "cursor", "-100000" }, { "step", "-3" },       { "epoch", "99999999999" },
@@ -625,12 +615,12 @@ TEST(test_cli_hostile_and_absurd) {
               (strstr(out, "out of range") || strstr(out, "outside this run")),
               "%s = %s: %s", meta[i][0], meta[i][1], out);
     }
-    sh("cp %s %s", orig, ck);
+    th_sh("cp %s %s", orig, ck);
     CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 0 && strstr(out, "resuming from"),
           "the good checkpoint: %s", out);
     /* a folder of the user's named like a checkpoint (checkpoint-mine/) stays */
     snprintf(path, sizeof path, "%s/checkpoint-mine", run1);
-    sh("mkdir -p %s && touch %s/f", path, path);
+    th_sh("mkdir -p %s && touch %s/f", path, path);
     /* --overwrite starts afresh: the old checkpoints go (a later --resume must not find them) */
     CHECK(th_run_peft(out, sizeof out,
               "train %s --data %s --method lora --batch 2 --seq 16 --steps 1 --out %s --overwrite", model,
@@ -649,7 +639,7 @@ TEST(test_cli_hostile_and_absurd) {
              th_fixtures()[0] == '/' ? "" : "/", th_fixtures());
     for (int k = 0; k < 2; k++) {
         snprintf(dir, sizeof dir, "%s/numeric_%d", th_tmpdir(), k);
-        sh("mkdir -p %s && cp %s %s/%s", dir, data, dir, names[k]);
+        th_sh("mkdir -p %s && cp %s %s/%s", dir, data, dir, names[k]);
         char cmd[4000];
         snprintf(cmd, sizeof cmd,
                  "cd %s && %s train --model %s --data %s --batch 2 --seq 16 --steps 4 --save-every 2 "
@@ -707,7 +697,7 @@ TEST(test_cli_hostile_and_absurd) {
                   { "extra", "not part of the model" },
                   { "wrong shape", "config.json implies" } };
     for (int i = 0; i < 5; i++) {
-        sh("rm -rf %s && cp -r %s/llama_mha %s", dir, th_fixtures(), dir);
+        th_sh("rm -rf %s && cp -r %s/llama_mha %s", dir, th_fixtures(), dir);
         int ok = 1;
         if (i == 0) ok = th_truncated_copy(src, path, 1000);
         if (i == 1) ok = patch_bytes(path, "\"shape\":[32,32]", "\"shape\":[32,33]", 4096);
@@ -717,7 +707,7 @@ TEST(test_cli_hostile_and_absurd) {
             peft_config c;
             snprintf(src, sizeof src, "%s/config.json", dir);
             ok = peft_config_load(&c, src) == PEFT_OK;
-            sh("sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": 48/' %s", src);
+            th_sh("sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": 48/' %s", src);
         }
         REQUIRE(ok, "setup %s", cases[i].what);
         CHECK(th_run_peft(out, sizeof out, "info %s", dir) == 1 && strstr(out, cases[i].expect) &&
@@ -725,7 +715,7 @@ TEST(test_cli_hostile_and_absurd) {
               "info on %s weights: %s", cases[i].what, out);
     }
     /* dimensions near 2^31: refused, not a negative parameter count */
-    sh("rm -rf %s && cp -r %s/llama_mha %s && sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": "
+    th_sh("rm -rf %s && cp -r %s/llama_mha %s && sed -i 's/\"intermediate_size\": 64/\"intermediate_size\": "
        "2147483000/' %s/config.json",
        dir, th_fixtures(), dir, dir);
     CHECK(th_run_peft(out, sizeof out, "info %s", dir) == 1 && strstr(out, "implausible") &&
@@ -772,9 +762,9 @@ static void disk_full_body(const char *mnt) {
     const char *list = "find . -type f ! -name filler ! -name log.jsonl ! -name train_config.json ! -name "
                        "loss.svg | sort";
     for (int k = 0; k < 2; k++) snprintf(snap[k], sizeof snap[k], "%s/df_snapshot_%d", th_tmpdir(), k);
-    sh("cd %s && %s | xargs md5sum > %s", mnt, list, snap[0]);
+    th_sh("cd %s && %s | xargs md5sum > %s", mnt, list, snap[0]);
     /* fill the disk, then free 12 KB: small files fit, no weights do */
-    sh("dd if=/dev/zero of=%s/filler bs=4096 > /dev/null 2>&1; truncate -s -12288 %s/filler", mnt, mnt);
+    th_sh("dd if=/dev/zero of=%s/filler bs=4096 > /dev/null 2>&1; truncate -s -12288 %s/filler", mnt, mnt);
     char cmd[5][2400];
     snprintf(cmd[0], sizeof cmd[0], "merge --model %s --adapter %s --out %s/merged", base, lora, mnt);
     snprintf(cmd[1], sizeof cmd[1], "quantize --model %s --quant nf4 --double-quant --out %s/q4", base, mnt);
@@ -786,10 +776,10 @@ static void disk_full_body(const char *mnt) {
     for (int i = 0; i < 5; i++)
         CHECK(th_run_peft(out, sizeof out, "%s", cmd[i]) == 1 && strstr(out, "No space left on device"),
               "%s on a full disk: %s", cmd[i], out);
-    sh("cd %s && %s | xargs md5sum > %s", mnt, list, snap[1]);
+    th_sh("cd %s && %s | xargs md5sum > %s", mnt, list, snap[1]);
     CHECK(same_file(snap[0], snap[1]), "a failed write changed or added files (see %s vs %s)", snap[0],
           snap[1]);
-    sh("cd %s && find . -name '*.tmp' -o -name '*.old' > %s/df_leftovers", mnt, th_tmpdir());
+    th_sh("cd %s && find . -name '*.tmp' -o -name '*.old' > %s/df_leftovers", mnt, th_tmpdir());
     snprintf(snap[0], sizeof snap[0], "%s/df_leftovers", th_tmpdir());
     unsigned char *d;
     size_t n = 1;
