@@ -62,13 +62,25 @@ const char *th_shared_file(const char *rel) {
     struct stat st;
     return stat(b, &st) == 0 ? b : NULL;
 }
+/* mkdtemp, not the pid: a folder left by an earlier run with the same pid (CI machines
+   reuse /tmp and pids) made the CLI tests' --out folders "not empty" */
+static char th__tmp[512];
 const char *th_tmpdir(void) {
-    static char buf[256];
-    if (!buf[0]) {
-        snprintf(buf, sizeof buf, "/tmp/peft-test-%d", (int)getpid());
-        mkdir(buf, 0755);
+    if (!th__tmp[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(th__tmp, sizeof th__tmp, "%s/peft-test-XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(th__tmp)) {
+            fprintf(stderr, "cannot make a scratch folder %s\n", th__tmp);
+            exit(2);
+        }
     }
-    return buf;
+    return th__tmp;
+}
+int th_tmpdir_used(void) { return th__tmp[0] != 0; }
+void th_tmpdir_remove(void) {
+    if (!th__tmp[0] || getenv("PEFT_KEEP_TMP")) return;
+    th_sh("rm -rf '%s'", th__tmp);
+    th__tmp[0] = 0;
 }
 int th_read_ref(const char *path, const char *name, float **out, long *n) {
     peft_safetensors st;

@@ -33,6 +33,8 @@ const char *th_shared(void);         /* ../shared/data, or NULL if absent */
 const char *th_shared_file(const char *rel);
 #define SHARED_OR_SKIP(var, rel) const char *var = th_shared_file(rel); if (!var) SKIP("%s not present in ../shared/data", rel)
 const char *th_tmpdir(void);         /* a fresh per-run scratch folder */
+int th_tmpdir_used(void);
+void th_tmpdir_remove(void);         /* removes it (kept when PEFT_KEEP_TMP is set) */
 const char *th_tmp_text(const char *name, const char *text);   /* th_tmpdir()/name holding text; its path */
 int th_truncated_copy(const char *src, const char *dst, size_t drop);   /* src less its last drop bytes; 1 = done */
 int th_read_ref(const char *path, const char *name, float **out, long *n); /* 1 = found */

@@ -165,9 +165,8 @@ static int run_child(long fail_at, const char *fixtures, oom_result *out, long *
     if (pid < 0) return -1;
     if (pid == 0) {
         close(fd[0]);
-        char tmp[64];
-        snprintf(tmp, sizeof tmp, "/tmp/peft-oom-%d", (int)getpid());
-        mkdir(tmp, 0755);
+        char tmp[64] = "/tmp/peft-oom-XXXXXX";   /* fresh: /tmp and pids are reused */
+        if (!mkdtemp(tmp)) _exit(5);
         peft_set_threads(1);
         oom_fail_at = fail_at;
         memset(&R, 0, sizeof R);
@@ -208,9 +207,8 @@ static const char *differs(const oom_result *a, const oom_result *b) {
 int main(int argc, char **argv) {
     const char *fixtures = getenv("PEFT_FIXTURES") ? getenv("PEFT_FIXTURES") : "tests/fixtures";
     if (argc > 2 && strcmp(argv[1], "-n") == 0) {           /* one N, in process */
-        char tmp[64];
-        snprintf(tmp, sizeof tmp, "/tmp/peft-oom-%d", (int)getpid());
-        mkdir(tmp, 0755);
+        char tmp[64] = "/tmp/peft-oom-XXXXXX";
+        if (!mkdtemp(tmp)) return 5;
         peft_set_threads(1);
         oom_fail_at = atol(argv[2]);
         run_sequence(fixtures, tmp);

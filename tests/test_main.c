@@ -69,6 +69,8 @@ int main(int argc, char **argv) {
         else { passed++; printf("ok    %-48s %7.0f ms cpu\n", all_tests[i].name, ms); }
         fflush(stdout);
     }
+    if (!failed) th_tmpdir_remove();   /* a failed run keeps its files to look at */
+    else if (th_tmpdir_used()) printf("scratch files kept in %s\n", th_tmpdir());
     printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     return failed ? 1 : 0;
 }
