@@ -230,6 +230,15 @@ PEFTDEF float    peft_rng_normal(peft_rng *r);           /* N(0, 1)     */
 #define PEFT_MAX_DIMS 4
 #define PEFT_MAX_EOS  8            /* end-of-sequence ids a model may list   */
 
+/* Where a tensor's data and gradient live: the host, or (under PEFT_CUDA) a
+   device. A backend computes on the tensors of its place (see BACKENDS). */
+typedef enum {
+    PEFT_PLACE_HOST = 0
+#ifdef PEFT_CUDA
+    , PEFT_PLACE_CUDA           /* reserved for the CUDA backend          */
+#endif
+} peft_place;
+
 typedef struct peft_tensor {
     float   *data;
     float   *grad;                  /* NULL unless requires_grad          */
@@ -242,6 +251,7 @@ typedef struct peft_tensor {
     const char *name;               /* parameter name (HF key) or NULL    */
     int      grad_fresh;            /* backward: grad not yet written; the
                                        first op stores instead of adding  */
+    peft_place place;               /* where data and grad live (host: 0) */
 } peft_tensor;
 
 /* A parameter: malloc'ed data, and a gradient buffer only when trainable. */
@@ -458,6 +468,88 @@ PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *logits, cons
 PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
                                                const int *targets);
 PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s);
+
+/* --------------------------------------------------------------- backends */
+/* Every op's forward and backward, the GEMM, the frozen-storage decoders,
+   the optimizer update, clipping's reductions and the arena's memory go
+   through one table of plain C function pointers: a backend. The CPU one is
+   registered first and is the default; the manual's "BACKENDS" says what a
+   new one fills in. An op is computed by the backend of its graph (the one
+   in use when the graph was made). */
+typedef enum {
+    PEFT_OP_EMBEDDING = 0, PEFT_OP_REPLACE_ROWS, PEFT_OP_LINEAR, PEFT_OP_RMSNORM, PEFT_OP_ROPE,
+    PEFT_OP_ATTENTION, PEFT_OP_ATTENTION_CACHED, PEFT_OP_Q4_LINEAR, PEFT_OP_QMATRIX_LINEAR,
+    PEFT_OP_LORA_LINEAR, PEFT_OP_ADD_BIAS, PEFT_OP_BIAS_SCALE, PEFT_OP_PROMPT_ATTEND, PEFT_OP_SWIGLU,
+    PEFT_OP_ADD, PEFT_OP_SCALE, PEFT_OP_CROSS_ENTROPY, PEFT_OP_LINEAR_CROSS_ENTROPY,
+    PEFT_OP_COUNT
+} peft_op_kind;
+PEFTDEF const char *peft_op_name(int kind);         /* "linear" …; "?" past the end */
+
+/* One op: what its forward reads and writes, and what its backward finds on
+   the tape. The op's front end (peft_linear …) checks shapes, makes `out`
+   and fills the fields; the forward computes out (and may keep values in
+   saved/aux for its backward); the backward adds into the inputs' grad
+   (dx stored, not added, when in[0]->grad_fresh: then clear the flag).
+   The fields of each kind are listed above its front end in OPS. */
+typedef struct peft_op {
+    int          kind;          /* peft_op_kind                              */
+    peft_tensor *out;
+    peft_tensor *in[8];
+    const int   *ids;           /* token ids, targets or row indices         */
+    int          i[8];
+    float        f[4];
+    uint64_t     seed;          /* LoRA dropout: the mask's key              */
+    float       *saved;         /* values the forward keeps for backward     */
+    const void  *aux;           /* op-specific constant (a RoPE table …)     */
+    const void  *aux2;          /* a second one (QLoRA's 4-bit base)         */
+    void (*custom_backward)(peft_graph *g, struct peft_op *n);   /* tape nodes that are no
+                                                                     backend op (checkpointing) */
+} peft_op;
+
+/* AdamW's per-step scalars (torch's order, see OPTIMIZERS): w *= decay;
+   m += w1·(g − m); v = b2·v + w2·g²; w −= step_size·m/(√v/bc2_sqrt + eps) */
+typedef struct { float decay, w1, b2, w2, step_size, bc2_sqrt, eps; } peft_adamw_scalars;
+
+typedef struct peft_backend {
+    const char *name;
+    peft_place  place;
+    struct {
+        peft_status (*forward)(peft_graph *g, peft_op *op);
+        void        (*backward)(peft_graph *g, peft_op *op);   /* NULL for ATTENTION_CACHED */
+    } op[PEFT_OP_COUNT];
+    void *(*alloc)(size_t bytes);                  /* the step arena's blocks */
+    void  (*free)(void *p);
+    void  (*zero)(float *p, int64_t n);
+    void  (*gemm)(int tA, int tB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                  float beta, float *C, int ldc);   /* as peft_gemm */
+    void  (*q4_decode)(const peft_q4 *q, int64_t start, int64_t count, float *out);
+    void  (*qmatrix_decode)(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n, float *out);
+    void  (*adamw)(const peft_adamw_scalars *k, float *w, const float *g, float *m, float *v, int64_t n);
+    /* m, v in blockwise 8-bit codes: qm, qv (n bytes), absmax am, av per 256 */
+    void  (*adamw_8bit)(const peft_adamw_scalars *k, float *w, const float *g, uint8_t *qm, uint8_t *qv,
+                        float *am, float *av, int64_t n);
+    double (*sum_squares)(const float *x, int64_t n, double acc);  /* acc + Σ x², in order */
+    void  (*scale)(float *x, int64_t n, double coef);              /* x = (float)(x·coef)  */
+} peft_backend;
+
+#ifndef PEFT_MAX_BACKENDS
+#define PEFT_MAX_BACKENDS 8
+#endif
+PEFTDEF const peft_backend *peft_backend_cpu(void);
+/* Adds a backend to the list (kept by pointer: it must outlive its use);
+   refuses one with an entry missing, naming it. */
+PEFTDEF peft_status peft_backend_register(const peft_backend *b);
+PEFTDEF int         peft_backend_count(void);            /* registered, the CPU one first */
+PEFTDEF const peft_backend *peft_backend_get(int i);     /* NULL past the end */
+/* The backend of graphs made from now on and of the optimizer, clipping and
+   model code outside a graph (NULL: the CPU one); returns the previous one.
+   Process-wide, as peft_set_threads. */
+PEFTDEF const peft_backend *peft_backend_use(const peft_backend *b);
+PEFTDEF const peft_backend *peft_backend_current(void);
+PEFTDEF const peft_backend *peft_graph_backend(const peft_graph *g);
+/* Scratch from the graph's step arena (gone at the next reset); NULL and
+   the graph marked failed when out of memory. For backend entries. */
+PEFTDEF void       *peft_graph_scratch(peft_graph *g, size_t bytes);
 
 /* ------------------------------------------------------------------ LLaMA */
 typedef enum { PEFT_ROPE_DEFAULT = 0, PEFT_ROPE_LLAMA3, PEFT_ROPE_LINEAR } peft_rope_type;
@@ -2833,22 +2925,15 @@ PEFTDEF peft_status peft_ggml_quantize(int type, const float *src, int64_t n, vo
    page. (Folding the blocks into one new block would hand the kernel back
    gigabytes and fault them in again on the next step.) */
 
-typedef struct peft__node {
-    void (*backward)(peft_graph *g, struct peft__node *n);
-    peft_tensor *out;
-    peft_tensor *in[8];
-    const int   *ids;       /* token ids or targets, copied into the arena */
-    int          i[8];
-    float        f[4];
-    float       *saved;     /* op-specific values kept for backward        */
-    const void  *aux;       /* op-specific constant (e.g. a RoPE table)    */
-    const void  *aux2;      /* a second one (QLoRA's 4-bit base)           */
-} peft__node;
+/* a tape node is the op record of the backend table (peft_op): ids are
+   copied into the arena when recorded */
+typedef peft_op peft__node;
 
 typedef struct { unsigned char *mem, *base; size_t cap; } peft__arena_block;
 
 #define PEFT__SPARE_GRADS 64
 struct peft_graph {
+    const peft_backend *be; /* computes every op of this graph             */
     peft__arena_block *blocks;
     int            n_blocks, cap_blocks;
     int            cur;     /* the block being filled                      */
@@ -2872,6 +2957,7 @@ PEFTDEF peft_graph *peft_graph_new(void) {
         return NULL;
     }
     g->grad_enabled = 1;
+    g->be = peft_backend_current();
     return g;
 }
 
@@ -2886,7 +2972,7 @@ PEFTDEF void peft_graph_reset(peft_graph *g) {
 
 PEFTDEF void peft_graph_free(peft_graph *g) {
     if (!g) return;
-    for (int i = 0; i < g->n_blocks; i++) PEFT_FREE(g->blocks[i].mem);
+    for (int i = 0; i < g->n_blocks; i++) g->be->free(g->blocks[i].mem);
     PEFT_FREE(g->blocks);
     PEFT_FREE(g->nodes);
     PEFT_FREE(g);
@@ -2920,7 +3006,7 @@ static void *peft__arena_alloc(peft_graph *g, size_t n) {
         }
         size_t cap = n > g->total ? n : g->total;        /* at least double the chain */
         if (cap < ((size_t)1 << 20)) cap = (size_t)1 << 20;
-        unsigned char *mem = (unsigned char *)PEFT_MALLOC(cap + 64);
+        unsigned char *mem = (unsigned char *)g->be->alloc(cap + 64);
         if (!mem) return NULL;
         g->system_allocs++;
         peft__arena_block *b = &g->blocks[g->n_blocks++];
@@ -2949,7 +3035,7 @@ static void peft__zero_floats(float *p, int64_t n) {
 
 static float *peft__arena_floats(peft_graph *g, int64_t n, int zero) {
     float *p = (float *)peft__arena_alloc(g, (size_t)n * sizeof(float));
-    if (p && zero) peft__zero_floats(p, n);
+    if (p && zero) g->be->zero(p, n);
     return p;
 }
 
@@ -2960,6 +3046,7 @@ static peft_tensor *peft__tensor_on(peft_graph *g, int ndim, const int64_t *shap
     if (!t) goto oom;
     memset(t, 0, sizeof *t);
     peft__set_shape(t, ndim, shape);
+    t->place = g->be->place;
     t->data = data ? data : peft__arena_floats(g, t->n, 0);
     if (!t->data) goto oom;
     return t;
@@ -2991,14 +3078,16 @@ static peft_tensor *peft__alias(peft_graph *g, const peft_tensor *x) {
     return peft__tensor_on(g, x->ndim, x->shape, x->data);
 }
 
-/* Records a node when gradients are on and some input needs one. The output
-   then needs a gradient too. Returns NULL when nothing is recorded. */
-static peft__node *peft__record(peft_graph *g, void (*bw)(peft_graph *, peft__node *),
-                                peft_tensor *out, peft_tensor *a, peft_tensor *b,
-                                peft_tensor *c, peft_tensor *d) {
-    if (!g->grad_enabled || !out) return NULL;
-    int need = (a && a->requires_grad) || (b && b->requires_grad) ||
-               (c && c->requires_grad) || (d && d->requires_grad);
+static const int *peft__save_ids(peft_graph *g, const int *ids, int64_t n);
+
+/* Records a copy of op when gradients are on and some input needs one (its
+   n_ids ids copied into the arena). The output then needs a gradient too.
+   Returns NULL when nothing is recorded. */
+static peft__node *peft__push(peft_graph *g, const peft_op *op, int64_t n_ids) {
+    if (!g->grad_enabled || !op->out) return NULL;
+    int need = 0;
+    for (int k = 0; k < 8; k++)
+        need |= op->in[k] && op->in[k]->requires_grad;
     if (!need) return NULL;
     if (g->n_nodes == g->cap_nodes) {
         int nc = g->cap_nodes ? 2 * g->cap_nodes : 256;
@@ -3009,12 +3098,22 @@ static peft__node *peft__record(peft_graph *g, void (*bw)(peft_graph *, peft__no
         g->system_allocs++;
     }
     peft__node *n = &g->nodes[g->n_nodes++];
-    memset(n, 0, sizeof *n);
-    n->backward = bw;
-    n->out = out;
-    n->in[0] = a; n->in[1] = b; n->in[2] = c; n->in[3] = d;
-    out->requires_grad = 1;
+    *n = *op;
+    op->out->requires_grad = 1;
+    if (n_ids > 0) n->ids = peft__save_ids(g, op->ids, n_ids);
     return n;
+}
+
+/* An op's forward on the graph's backend, then recorded as peft__push does.
+   Returns op->out, or NULL when the forward failed (the graph is marked). */
+static peft_tensor *peft__run(peft_graph *g, peft_op *op, int64_t n_ids) {
+    if (g->failed) return NULL;
+    if (g->be->op[op->kind].forward(g, op) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
+    peft__push(g, op, n_ids);
+    return op->out;
 }
 
 static const int *peft__save_ids(peft_graph *g, const int *ids, int64_t n) {
@@ -3022,10 +3121,6 @@ static const int *peft__save_ids(peft_graph *g, const int *ids, int64_t n) {
     if (p) memcpy(p, ids, (size_t)n * sizeof(int));
     return p;
 }
-
-static void peft__linear_bw(peft_graph *g, peft__node *n);
-static void peft__lora_bw(peft_graph *g, peft__node *n);
-static void peft__q4_linear_bw(peft_graph *g, peft__node *n);
 
 /* A gradient buffer for an activation of n floats: a dead one of the same
    size when there is one (the blocks of a model repeat the same shapes, so
@@ -3036,7 +3131,7 @@ static float *peft__grad_buffer(peft_graph *g, int64_t n, int zero) {
         if (g->spare[i].n == n) {
             float *p = g->spare[i].p;
             g->spare[i] = g->spare[--g->n_spare];
-            if (zero) peft__zero_floats(p, n);
+            if (zero) g->be->zero(p, n);
             return p;
         }
     return peft__arena_floats(g, n, zero);
@@ -3057,14 +3152,16 @@ PEFTDEF peft_status peft_backward_seed(peft_graph *g, peft_tensor *out, const fl
             if (t && t->requires_grad && !t->grad) {
                 /* a linear's input gradient is stored by its first product
                    (beta 0), not cleared and then added to */
-                int stores = k == 0 && (n->backward == peft__linear_bw || n->backward == peft__lora_bw ||
-                                        n->backward == peft__q4_linear_bw);
+                int stores = k == 0 && !n->custom_backward &&
+                             (n->kind == PEFT_OP_LINEAR || n->kind == PEFT_OP_LORA_LINEAR ||
+                              n->kind == PEFT_OP_Q4_LINEAR || n->kind == PEFT_OP_QMATRIX_LINEAR);
                 t->grad = peft__grad_buffer(g, t->n, !stores);
                 if (!t->grad) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
                 t->grad_fresh = stores;
             }
         }
-        n->backward(g, n);
+        if (n->custom_backward) n->custom_backward(g, n);
+        else g->be->op[n->kind].backward(g, n);
         if (g->failed) return peft__fail(PEFT_ERR_NOMEM, "out of memory in backward");
         /* every consumer of n's output came later on the tape and has run:
            its gradient is dead, and its buffer serves a gradient to come */
@@ -3100,7 +3197,7 @@ static peft_tensor *peft__op_fail(peft_graph *g, peft_status s, const char *msg)
 /* ---- embedding -------------------------------------------------------------
    y[r] = E[ids[r]]
    dE[ids[r]] += dy[r]                                                      */
-static void peft__embedding_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_embedding_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *E = n->in[0];
     int64_t D = peft__cols(E);
@@ -3118,17 +3215,26 @@ PEFTDEF peft_tensor *peft_embedding(peft_graph *g, peft_tensor *E, const int *id
             return peft__op_fail(g, PEFT_ERR_ARG, "token id out of range of the embedding table");
     peft_tensor *y = peft_tensor_2d(g, n, D);
     if (!y) return NULL;
+    peft_op op = { .kind = PEFT_OP_EMBEDDING, .out = y, .in = { E }, .ids = ids, .i = { n } };
+    return peft__run(g, &op, n);
+}
+/* y = out, E = in[0], ids (i[0] of them) */
+static peft_status peft__cpu_embedding(peft_graph *g, peft__node *nd) {
+    (void)g;
+    const float *E = nd->in[0]->data;
+    const int *ids = nd->ids;
+    int n = nd->i[0];
+    int64_t D = peft__cols(nd->in[0]);
+    float *y = nd->out->data;
     for (int r = 0; r < n; r++)
-        memcpy(y->data + (size_t)r * D, E->data + (size_t)ids[r] * D, (size_t)D * sizeof(float));
-    peft__node *nd = peft__record(g, peft__embedding_bw, y, E, NULL, NULL, NULL);
-    if (nd) { nd->i[0] = n; nd->ids = peft__save_ids(g, ids, n); }
-    return y;
+        memcpy(y + (size_t)r * D, E + (size_t)ids[r] * D, (size_t)D * sizeof(float));
+    return PEFT_OK;
 }
 
 /* ---- replaced rows -------------------------------------------------------------
    T = E;  T[idx[i]] = R[i]
    dE[r] += dT[r] for the rows r not replaced;  dR[i] += dT[idx[i]]          */
-static void peft__replace_rows_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_replace_rows_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *E = n->in[0], *R = n->in[1];
     int64_t V = E->shape[0], D = peft__cols(E);
@@ -3158,21 +3264,26 @@ PEFTDEF peft_tensor *peft_replace_rows(peft_graph *g, peft_tensor *E, peft_tenso
     }
     peft_tensor *T = peft__like(g, E);
     if (!T) return NULL;
+    peft_op op = { .kind = PEFT_OP_REPLACE_ROWS, .out = T, .in = { E, R }, .ids = idx, .i = { n } };
+    return peft__run(g, &op, n);
+}
+/* T = out, E = in[0], R = in[1], row indices ids (i[0] of them) */
+static peft_status peft__cpu_replace_rows(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *E = nd->in[0], *R = nd->in[1], *T = nd->out;
+    const int *idx = nd->ids;
+    int n = nd->i[0];
+    int64_t D = peft__cols(E);
     memcpy(T->data, E->data, sizeof(float) * (size_t)E->n);
     for (int i = 0; i < n; i++)
         memcpy(T->data + (size_t)idx[i] * D, R->data + (size_t)i * D, sizeof(float) * (size_t)D);
-    peft__node *nd = peft__record(g, peft__replace_rows_bw, T, E, R, NULL, NULL);
-    if (nd) {
-        nd->i[0] = n;
-        nd->ids = peft__save_ids(g, idx, n);
-    }
-    return T;
+    return PEFT_OK;
 }
 
 /* ---- linear ----------------------------------------------------------------
    y = x · Wᵀ                      x [N, in], W [out, in], y [N, out]
    dx += dy · W ;  dW += dyᵀ · x   (dW only for a trainable W)              */
-static void peft__linear_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_linear_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *x = n->in[0], *W = n->in[1];
     int N = (int)peft__rows(x), in = (int)peft__cols(x), out = (int)W->shape[0];
@@ -3186,15 +3297,22 @@ PEFTDEF peft_tensor *peft_linear(peft_graph *g, peft_tensor *x, peft_tensor *W) 
     if (!peft__ok(g, x, W)) return NULL;
     if (W->ndim != 2 || peft__cols(x) != W->shape[1])
         return peft__op_fail(g, PEFT_ERR_SHAPE, "linear: input width differs from the weight's in_features");
-    int N = (int)peft__rows(x), in = (int)W->shape[1], out = (int)W->shape[0];
+    int out = (int)W->shape[0];
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);
-    peft__record(g, peft__linear_bw, y, x, W, NULL, NULL);
-    return y;
+    peft_op op = { .kind = PEFT_OP_LINEAR, .out = y, .in = { x, W } };
+    return peft__run(g, &op, 0);
+}
+/* y = out [N, out], x = in[0] [N, in], W = in[1] [out, in] */
+static peft_status peft__cpu_linear(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *x = nd->in[0], *W = nd->in[1];
+    int N = (int)peft__rows(x), in = (int)W->shape[1], out = (int)W->shape[0];
+    peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, nd->out->data, out);
+    return PEFT_OK;
 }
 
 /* ---- RMSNorm ---------------------------------------------------------------
@@ -3226,7 +3344,7 @@ static void peft__rms_dx_range(void *vctx, int64_t r0, int64_t r1) {
         for (int64_t j = 0; j < a->D; j++) dx[j] += inv * a->w[j] * dr[j] - xr[j] * c;
     }
 }
-static void peft__rmsnorm_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_rmsnorm_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *x = n->in[0], *w = n->in[1];
     int64_t R = peft__rows(x), D = peft__cols(x);
@@ -3248,11 +3366,17 @@ PEFTDEF peft_tensor *peft_rmsnorm(peft_graph *g, peft_tensor *x, peft_tensor *w,
     peft_tensor *y = peft__like(g, x);
     float *rs = y ? peft__arena_floats(g, R, 0) : NULL;
     if (!rs) return NULL;
-    peft__rms_args a = { x->data, w->data, NULL, NULL, y->data, NULL, rs, D, eps };
+    peft_op op = { .kind = PEFT_OP_RMSNORM, .out = y, .in = { x, w }, .f = { eps }, .saved = rs };
+    return peft__run(g, &op, 0);
+}
+/* y = out, x = in[0] [R, D], w = in[1] [D], eps = f[0]; saved: 1/rms per row [R] */
+static peft_status peft__cpu_rmsnorm(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *x = nd->in[0], *w = nd->in[1];
+    int64_t R = peft__rows(x), D = peft__cols(x);
+    peft__rms_args a = { x->data, w->data, NULL, NULL, nd->out->data, NULL, nd->saved, D, nd->f[0] };
     peft__parallel_for(R, 16, peft__rms_fwd_range, &a);
-    peft__node *nd = peft__record(g, peft__rmsnorm_bw, y, x, w, NULL, NULL);
-    if (nd) nd->saved = rs;
-    return y;
+    return PEFT_OK;
 }
 
 /* ---- RoPE ------------------------------------------------------------------
@@ -3303,7 +3427,7 @@ static void peft__rope_apply(const peft_rope_table *rt, float *dst, const float 
     peft__rope_args a = { rt, dst, src, n_heads, T, accumulate, sign, start };
     peft__parallel_for(rows, 64, peft__rope_range, &a);
 }
-static void peft__rope_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_rope_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *x = n->in[0];
     peft__rope_apply((const peft_rope_table *)n->aux, x->grad, n->out->grad, peft__rows(x), n->i[0], n->i[1],
@@ -3318,10 +3442,18 @@ static peft_tensor *peft__rope_op(peft_graph *g, peft_tensor *x, int n_heads, co
     if (T > rt->n_pos) return peft__op_fail(g, PEFT_ERR_ARG, "rope: sequence longer than the table");
     peft_tensor *y = in_place ? peft__alias(g, x) : peft__like(g, x);
     if (!y) return NULL;
-    peft__rope_apply(rt, y->data, x->data, peft__rows(x), n_heads, T, 1.0f, NULL, 0);
-    peft__node *nd = peft__record(g, peft__rope_bw, y, x, NULL, NULL, NULL);
-    if (nd) { nd->i[0] = n_heads; nd->i[1] = T; nd->aux = rt; }
-    return y;
+    peft_op op = { .kind = PEFT_OP_ROPE, .out = y, .in = { x }, .i = { n_heads, T }, .aux = rt };
+    return peft__run(g, &op, 0);
+}
+/* y = out (may share x's data), x = in[0] [rows, heads·head_dim], heads
+   i[0], T i[1], table aux; ids: each sequence's first position (NULL: 0,
+   the KV cache passes its lengths) */
+static peft_status peft__cpu_rope(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *x = nd->in[0];
+    peft__rope_apply((const peft_rope_table *)nd->aux, nd->out->data, x->data, peft__rows(x), nd->i[0],
+                     nd->i[1], 1.0f, nd->ids, 0);
+    return PEFT_OK;
 }
 PEFTDEF peft_tensor *peft_rope(peft_graph *g, peft_tensor *x, int n_heads,
                                const peft_rope_table *rt, int B, int T) {
@@ -3643,7 +3775,7 @@ static void peft__gate_backward(peft_tensor *g, int use_tanh, int H, const float
     for (int h = 0; h < H; h++) g->grad[g->n == 1 ? 0 : h] += use_tanh ? dG[h] * (1.0f - G[h] * G[h]) : dG[h];
 }
 
-static void peft__attention_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_attention_bw(peft_graph *g, peft__node *n) {
     peft__attn_args a;
     memset(&a, 0, sizeof a);
     a.B = n->i[0]; a.T = n->i[1]; a.H = n->i[2]; a.KV = n->i[3]; a.hd = n->i[4]; a.K = n->i[5];
@@ -3707,38 +3839,37 @@ PEFTDEF peft_tensor *peft_attention_ex(peft_graph *g, peft_tensor *q, peft_tenso
         return peft__op_fail(g, PEFT_ERR_SHAPE,
                              "attention: extra keys must match k, with a gate of 1 or n_heads values");
     peft_tensor *o = peft__like(g, q);
-    float *P = o ? peft__arena_floats(g, (int64_t)B * H * T * T + (int64_t)B * H * T * K, 0) : NULL;
-    if (!P) return NULL;
+    if (!o) return NULL;
+    peft_op op = { .kind = PEFT_OP_ATTENTION, .out = o,
+                   .in = { q, k, v, K ? ex->pk : NULL, K ? ex->pv : NULL, K ? ex->gate : NULL, ex->x,
+                           ex->x ? ex->x_gate : NULL },
+                   .i = { B, T, H, KV, hd, K, batched, ex->gate_tanh } };
+    return peft__run(g, &op, 0);
+}
+/* o = out; in: q, k, v, prompt keys, prompt values, prompt gate, Excitor's
+   extra keys x, their gate (the last five may be NULL); i: B, T, H, KV,
+   head_dim, K prompts, prompts batched [B·K rows], tanh gate. saved: P and
+   Pp for backward (the forward allocates them from the arena). */
+static peft_status peft__cpu_attention(peft_graph *g, peft__node *nd) {
+    int B = nd->i[0], T = nd->i[1], H = nd->i[2], KV = nd->i[3], hd = nd->i[4], K = nd->i[5];
+    float *P = peft__arena_floats(g, (int64_t)B * H * T * T + (int64_t)B * H * T * K, 0);
+    if (!P) return peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    nd->saved = P;
     peft__attn_args a;
     memset(&a, 0, sizeof a);
-    a.q = q->data; a.k = k->data; a.v = v->data; a.o = o->data; a.P = P;
+    a.q = nd->in[0]->data; a.k = nd->in[1]->data; a.v = nd->in[2]->data; a.o = nd->out->data; a.P = P;
     a.Pp = P + (size_t)B * H * T * T;
-    a.pk = K ? ex->pk->data : NULL; a.pv = K ? ex->pv->data : NULL; a.x = ex->x ? ex->x->data : NULL;
-    a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd; a.K = K; a.prompt_batched = batched;
-    peft__gate_values(K ? ex->gate : NULL, ex->gate_tanh, H, a.G);
-    peft__gate_values(ex->x_gate, 0, H, a.Gx);
+    a.pk = K ? nd->in[3]->data : NULL; a.pv = K ? nd->in[4]->data : NULL;
+    a.x = nd->in[6] ? nd->in[6]->data : NULL;
+    a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd; a.K = K; a.prompt_batched = nd->i[6];
+    peft__gate_values(nd->in[5], nd->i[7], H, a.G);
+    peft__gate_values(nd->in[7], 0, H, a.Gx);
     if (a.x) {                                  /* room for k + γ·x per (row, kv head) */
         a.scratch = peft__arena_floats(g, (int64_t)B * KV * T * hd, 0);
-        if (!a.scratch) return NULL;
+        if (!a.scratch) return peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena");
     }
     peft__parallel_for((int64_t)B * KV, 1, peft__attn_fwd_range, &a);
-    peft__node *nd = peft__record(g, peft__attention_bw, o, q, k, v, K ? ex->pk : NULL);
-    if (!nd) {
-        /* the extras alone may need gradients */
-        peft_tensor *extra[4] = { K ? ex->pv : NULL, K ? ex->gate : NULL, ex->x, ex->x ? ex->x_gate : NULL };
-        for (int i = 0; i < 4 && !nd; i++)
-            if (extra[i] && extra[i]->requires_grad)
-                nd = peft__record(g, peft__attention_bw, o, extra[i], NULL, NULL, NULL);
-        if (nd) { nd->in[0] = q; nd->in[1] = k; nd->in[2] = v; nd->in[3] = K ? ex->pk : NULL; }
-    }
-    if (nd) {
-        nd->in[4] = K ? ex->pv : NULL; nd->in[5] = K ? ex->gate : NULL;
-        nd->in[6] = ex->x; nd->in[7] = ex->x ? ex->x_gate : NULL;
-        nd->saved = P;
-        nd->i[0] = B; nd->i[1] = T; nd->i[2] = H; nd->i[3] = KV; nd->i[4] = hd; nd->i[5] = K;
-        nd->i[6] = batched; nd->i[7] = ex->gate_tanh;
-    }
-    return o;
+    return PEFT_OK;
 }
 
 PEFTDEF peft_tensor *peft_attention(peft_graph *g, peft_tensor *q, peft_tensor *k,
@@ -3830,7 +3961,7 @@ static peft_status peft__frozen_product(int kind, const void *W, int backward, c
     return peft__gemm(0, 1, N, out, in, a, in, NULL, &src, NULL, in, 0.0f, c, out);
 }
 /* the backward of both frozen linears (4-bit and ggml blocks: i[2] says which) */
-static void peft__q4_linear_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_q4_linear_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0];
     if (peft__frozen_product(n->i[2], n->aux, 1, n->out->grad, (int)peft__rows(x), n->i[0], n->i[1], x->grad,
                              x->grad_fresh) != PEFT_OK)
@@ -3841,19 +3972,21 @@ PEFTDEF peft_tensor *peft_q4_linear(peft_graph *g, peft_tensor *x, const peft_q4
     if (!peft__ok(g, x, W)) return NULL;
     if (peft__cols(x) != in || W->n != (int64_t)out * in)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "q4_linear: input width or 4-bit weight size disagree");
-    int N = (int)peft__rows(x);
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__frozen_product(0, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
-        g->failed = 1;
-        return NULL;
-    }
-    peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
-    if (nd) { nd->aux = W; nd->i[0] = out; nd->i[1] = in; }
-    return y;
+    peft_op op = { .kind = PEFT_OP_Q4_LINEAR, .out = y, .in = { x }, .aux = W, .i = { out, in, 0 } };
+    return peft__run(g, &op, 0);
+}
+/* y = out [N, out], x = in[0] [N, in]; aux: the frozen W (i[2] 0: a
+   peft_q4, 1: a peft_qmatrix), i: out, in. Both frozen linears. */
+static peft_status peft__cpu_q4_linear(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *x = nd->in[0];
+    return peft__frozen_product(nd->i[2], nd->aux, 0, x->data, (int)peft__rows(x), nd->i[0], nd->i[1],
+                                nd->out->data, 1);
 }
 
 /* ---- ggml-typed linear ---------------------------------------------------------
@@ -3872,24 +4005,15 @@ PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const pe
                              "unsupported type");
     if (peft__cols(x) != W->cols)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "qmatrix_linear: input width and weight columns disagree");
-    int N = (int)peft__rows(x), out = (int)W->rows, in = (int)W->cols;
+    int out = (int)W->rows, in = (int)W->cols;
     int64_t shape[PEFT_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
     if (!y) return NULL;
-    if (peft__frozen_product(1, W, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
-        g->failed = 1;
-        return NULL;
-    }
-    peft__node *nd = peft__record(g, peft__q4_linear_bw, y, x, NULL, NULL, NULL);
-    if (nd) {
-        nd->aux = W;
-        nd->i[0] = out;
-        nd->i[1] = in;
-        nd->i[2] = 1;                          /* the ggml kind for the shared backward */
-    }
-    return y;
+    /* i[2] = 1: the ggml kind for the shared forward and backward */
+    peft_op op = { .kind = PEFT_OP_QMATRIX_LINEAR, .out = y, .in = { x }, .aux = W, .i = { out, in, 1 } };
+    return peft__run(g, &op, 0);
 }
 
 /* ---- LoRA linear ---------------------------------------------------------------
@@ -3917,7 +4041,7 @@ static void peft__apply_mask(float *dst, const float *src, const uint8_t *mask, 
     peft__parallel_for(n, 1 << 14, peft__mask_range, &a);
 }
 
-static void peft__lora_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_lora_bw(peft_graph *g, peft__node *n) {
     peft_tensor *x = n->in[0], *W = n->in[1], *A = n->in[2], *Bm = n->in[3];
     const void *Wq = n->aux2;                   /* QLoRA's 4-bit or a ggml base (i[4] = 1), or NULL */
     int N = n->i[0], in = n->i[1], out = n->i[2], r = n->i[3];   /* W may be NULL: LoRA term only */
@@ -4008,44 +4132,52 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
     peft_tensor *y = peft_tensor_new(g, x->ndim, shape);
+    if (!y) return NULL;
     int drop = dropout > 0.0f && rng != NULL;
+    peft_op op = { .kind = PEFT_OP_LORA_LINEAR, .out = y, .in = { x, W, A, Bm },
+                   .aux2 = Wq ? (const void *)Wq : Wm, .i = { N, in, out, r, Wm != NULL },
+                   .f = { s, 1.0f, drop ? dropout : 0.0f }, .seed = drop ? peft_rng_u64(rng) : 0 };
+    return peft__run(g, &op, 0);
+}
+/* y = out [N, out]; in: x [N, in], W [out, in] or NULL, A [r, in], B [out, r];
+   aux2: a frozen base instead of W (i[4] 0: peft_q4, 1: peft_qmatrix) or
+   NULL; i: N, in, out, r; f: s, (out) 1/(1−p), dropout p; seed: the mask's
+   key. The forward keeps u [N, r] in saved and the mask (one byte per
+   input, NULL without dropout) in aux, and sets f[1]. */
+static peft_status peft__cpu_lora_linear(peft_graph *g, peft__node *nd) {
+    peft_tensor *x = nd->in[0], *W = nd->in[1], *A = nd->in[2], *Bm = nd->in[3], *y = nd->out;
+    int N = nd->i[0], in = nd->i[1], out = nd->i[2], r = nd->i[3];
+    const void *Wf = nd->aux2;
+    float s = nd->f[0], dropout = nd->f[2];
+    int drop = dropout > 0.0f;
     /* kept for backward: u [N, r] and, with dropout, the mask as one byte
        per input (x̃ is rebuilt from it); x̃ and s·u are scratch */
-    float *u = y ? peft__arena_floats(g, (int64_t)N * r, 0) : NULL;
+    float *u = peft__arena_floats(g, (int64_t)N * r, 0);
     uint8_t *mask = u && drop ? (uint8_t *)peft__arena_alloc(g, (size_t)N * in) : NULL;
     float *su = u ? peft__lora_scratch((size_t)N * r + (drop ? (size_t)N * in : 0)) : NULL;
     if (!su || (drop && !mask))
-        return u ? peft__op_fail(g, PEFT_ERR_NOMEM, "lora_linear: out of memory") : NULL;
+        return peft__fail(PEFT_ERR_NOMEM, "lora_linear: out of memory");
     const float *xd = x->data;
     float keep = drop ? 1.0f / (1.0f - dropout) : 1.0f;
     if (drop) {
         float *xt = su + (size_t)N * r;
-        peft__dropout_args da = { x->data, xt, mask, peft_rng_u64(rng), in, dropout, keep };
+        peft__dropout_args da = { x->data, xt, mask, nd->seed, in, dropout, keep };
         peft__parallel_for(N, 8, peft__dropout_rows, &da);
         xd = xt;
     }
     peft_gemm(0, 1, N, r, in, xd, in, A->data, in, 0.0f, u, r);                    /* u = x̃·Aᵀ  */
     if (W) peft_gemm(0, 1, N, out, in, x->data, in, W->data, in, 0.0f, y->data, out);   /* x·Wᵀ  */
-    else if (Wq || Wm) { /* x·Wᵀ from the frozen storage */
-        const void *Wf = Wq ? (const void *)Wq : Wm;
-        if (peft__frozen_product(Wm != NULL, Wf, 0, x->data, N, out, in, y->data, 1) != PEFT_OK) {
-            g->failed = 1;
-            return NULL;
-        }
+    else if (Wf) { /* x·Wᵀ from the frozen storage */
+        peft_status st = peft__frozen_product(nd->i[4], Wf, 0, x->data, N, out, in, y->data, 1);
+        if (st != PEFT_OK) return st;
     }
     for (int64_t j = 0; j < (int64_t)N * r; j++) su[j] = s * u[j];
-    float beta = W || Wq || Wm ? 1.0f : 0.0f;
+    float beta = W || Wf ? 1.0f : 0.0f;
     peft_gemm(0, 1, N, out, r, su, r, Bm->data, r, beta, y->data, out);                  /* + s·u·Bᵀ */
-    peft__node *nd = peft__record(g, peft__lora_bw, y, x, W, A, Bm);
-    if (nd) {
-        nd->saved = u;
-        nd->aux = mask;
-        nd->aux2 = Wq ? (const void *)Wq : Wm;
-        nd->i[4] = Wm != NULL;
-        nd->i[0] = N; nd->i[1] = in; nd->i[2] = out; nd->i[3] = r;
-        nd->f[0] = s; nd->f[1] = keep;
-    }
-    return y;
+    nd->saved = u;
+    nd->aux = mask;
+    nd->f[1] = keep;
+    return PEFT_OK;
 }
 
 PEFTDEF peft_tensor *peft_lora_linear(peft_graph *g, peft_tensor *x, peft_tensor *W, peft_tensor *A,
@@ -4066,7 +4198,7 @@ PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, con
 
 /* ---- bias -----------------------------------------------------------------------------
    y' = y + b per output column;  dy = dy',  db += Σ_rows dy'                */
-static void peft__add_bias_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_add_bias_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *y = n->in[0], *b = n->in[1];
     int64_t R = peft__rows(y), C = peft__cols(y);
@@ -4078,15 +4210,21 @@ static void peft__add_bias_bw(peft_graph *g, peft__node *n) {
 }
 PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b) {
     if (!peft__ok(g, y, b)) return NULL;
-    int64_t R = peft__rows(y), C = peft__cols(y);
-    if (b->n != C)
+    if (b->n != peft__cols(y))
         return peft__op_fail(g, PEFT_ERR_SHAPE, "add_bias: bias length differs from the row width");
     peft_tensor *o = peft__like(g, y);
     if (!o) return NULL;
+    peft_op op = { .kind = PEFT_OP_ADD_BIAS, .out = o, .in = { y, b } };
+    return peft__run(g, &op, 0);
+}
+/* o = out, y = in[0] [R, C], b = in[1] [C] */
+static peft_status peft__cpu_add_bias(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *y = nd->in[0], *b = nd->in[1], *o = nd->out;
+    int64_t R = peft__rows(y), C = peft__cols(y);
     for (int64_t r = 0; r < R; r++)
         for (int64_t c = 0; c < C; c++) o->data[r * C + c] = y->data[r * C + c] + b->data[c];
-    peft__record(g, peft__add_bias_bw, o, y, b, NULL, NULL);
-    return o;
+    return PEFT_OK;
 }
 
 /* ---- bias and scale (LLaMA-Adapter V2) -------------------------------------------
@@ -4108,7 +4246,7 @@ static void peft__bias_scale_bw_cols(void *vctx, int64_t c0, int64_t c1) {
         if (sg) for (int64_t c = c0; c < c1; c++) sg[c] += dy[c] * (y[c] + bd[c]);
     }
 }
-static void peft__bias_scale_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_bias_scale_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft__bs_args a = {
         n->in[0], n->in[1], n->in[2], n->out->grad, peft__rows(n->in[0]), peft__cols(n->in[0])
@@ -4123,21 +4261,28 @@ static void peft__bias_scale_rows(void *vctx, int64_t r0, int64_t r1) {
 }
 PEFTDEF peft_tensor *peft_bias_scale(peft_graph *g, peft_tensor *y, peft_tensor *b, peft_tensor *s) {
     if (!peft__ok(g, y, b) || !s) return NULL;
-    int64_t R = peft__rows(y), C = peft__cols(y);
+    int64_t C = peft__cols(y);
     if (b->n != C || s->n != C)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "bias_scale: bias and scale must match the row width");
     peft_tensor *o = peft__like(g, y);
     if (!o) return NULL;
-    peft__bs_fwd_args a = { y->data, b->data, s->data, o->data, C };
+    peft_op op = { .kind = PEFT_OP_BIAS_SCALE, .out = o, .in = { y, b, s } };
+    return peft__run(g, &op, 0);
+}
+/* o = out, y = in[0] [R, C], b = in[1] [C], s = in[2] [C] */
+static peft_status peft__cpu_bias_scale(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *y = nd->in[0];
+    int64_t R = peft__rows(y), C = peft__cols(y);
+    peft__bs_fwd_args a = { y->data, nd->in[1]->data, nd->in[2]->data, nd->out->data, C };
     peft__parallel_for(R, 16, peft__bias_scale_rows, &a);
-    peft__record(g, peft__bias_scale_bw, o, y, b, s, NULL);
-    return o;
+    return PEFT_OK;
 }
 
 /* ---- attention over a few prompts (Excitor's key reconstruction) ---------------
    o = softmax(q·pkᵀ/√d)·pv     q [N,d], pk [K,d], pv [K,e]; unmasked.
    dPv += Pᵀ·do, dP = do·pvᵀ, dS = P⊙(dP − rowsum(P⊙dP))/√d, dq = dS·pk, dpk += dSᵀ·q */
-static void peft__prompt_attend_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_prompt_attend_bw(peft_graph *g, peft__node *n) {
     peft_tensor *q = n->in[0], *pk = n->in[1], *pv = n->in[2];
     int N = n->i[0], d = n->i[1], K = n->i[2], e = n->i[3];
     const float *P = n->saved, *dout = n->out->grad;
@@ -4162,16 +4307,25 @@ PEFTDEF peft_tensor *peft_prompt_attend(peft_graph *g, peft_tensor *q, peft_tens
     peft_tensor *o = peft_tensor_2d(g, N, e);
     float *P = o ? peft__arena_floats(g, (int64_t)N * K, 0) : NULL;
     if (!P) return NULL;
-    peft_gemm(0, 1, N, K, d, q->data, d, pk->data, d, 0.0f, P, K);
+    peft_op op = { .kind = PEFT_OP_PROMPT_ATTEND, .out = o, .in = { q, pk, pv }, .saved = P,
+                   .i = { N, d, K, e } };
+    return peft__run(g, &op, 0);
+}
+/* o = out [N, e]; in: q [N, d], pk [K, d], pv [K, e]; i: N, d, K, e;
+   saved: the probabilities P [N, K] */
+static peft_status peft__cpu_prompt_attend(peft_graph *g, peft__node *nd) {
+    (void)g;
+    const float *q = nd->in[0]->data, *pk = nd->in[1]->data, *pv = nd->in[2]->data;
+    int N = nd->i[0], d = nd->i[1], K = nd->i[2], e = nd->i[3];
+    float *P = nd->saved;
+    peft_gemm(0, 1, N, K, d, q, d, pk, d, 0.0f, P, K);
     float sc = 1.0f / sqrtf((float)d);
     for (int r = 0; r < N; r++) {
         for (int i = 0; i < K; i++) P[r * K + i] *= sc;
         peft__softmax_row(P + (size_t)r * K, K);
     }
-    peft_gemm(0, 0, N, e, K, P, K, pv->data, e, 0.0f, o->data, e);
-    peft__node *nd = peft__record(g, peft__prompt_attend_bw, o, q, pk, pv, NULL);
-    if (nd) { nd->saved = P; nd->i[0] = N; nd->i[1] = d; nd->i[2] = K; nd->i[3] = e; }
-    return o;
+    peft_gemm(0, 0, N, e, K, P, K, pv, e, 0.0f, nd->out->data, e);
+    return PEFT_OK;
 }
 
 /* ---- SwiGLU ----------------------------------------------------------------
@@ -4209,7 +4363,7 @@ static void peft__swiglu_bw_range(void *vctx, int64_t j0, int64_t j1) {
         }
     }
 }
-static void peft__swiglu_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_swiglu_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *ga = n->in[0], *up = n->in[1];
     peft__swiglu_args a = { ga->data, up->data, n->out->grad, NULL, peft__grad_if(ga), peft__grad_if(up) };
@@ -4220,10 +4374,16 @@ PEFTDEF peft_tensor *peft_swiglu(peft_graph *g, peft_tensor *ga, peft_tensor *up
     if (ga->n != up->n) return peft__op_fail(g, PEFT_ERR_SHAPE, "swiglu: gate and up differ in size");
     peft_tensor *y = peft__like(g, ga);
     if (!y) return NULL;
-    peft__swiglu_args a = { ga->data, up->data, NULL, y->data, NULL, NULL };
+    peft_op op = { .kind = PEFT_OP_SWIGLU, .out = y, .in = { ga, up } };
+    return peft__run(g, &op, 0);
+}
+/* y = out, gate = in[0], up = in[1] (any shape, one size) */
+static peft_status peft__cpu_swiglu(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *ga = nd->in[0];
+    peft__swiglu_args a = { ga->data, nd->in[1]->data, NULL, nd->out->data, NULL, NULL };
     peft__parallel_for(ga->n, 16384, peft__swiglu_fwd_range, &a);
-    peft__record(g, peft__swiglu_bw, y, ga, up, NULL, NULL);
-    return y;
+    return PEFT_OK;
 }
 
 /* ---- residual add ------------------------------------------------------------
@@ -4233,7 +4393,7 @@ static void peft__add_range(void *vctx, int64_t j0, int64_t j1) {
     const peft__add_args *p = (const peft__add_args *)vctx;
     for (int64_t j = j0; j < j1; j++) p->y[j] = p->a[j] + p->b[j];
 }
-static void peft__add_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_add_bw(peft_graph *g, peft__node *n) {
     (void)g;
     for (int k = 0; k < 2; k++) {
         peft_tensor *t = n->in[k];
@@ -4247,10 +4407,16 @@ static peft_tensor *peft__add_op(peft_graph *g, peft_tensor *a, peft_tensor *b, 
     if (a->n != b->n) return peft__op_fail(g, PEFT_ERR_SHAPE, "add: operands differ in size");
     peft_tensor *y = into_b ? peft__alias(g, b) : peft__like(g, a);
     if (!y) return NULL;
-    peft__add_args p = { y->data, a->data, b->data };
+    peft_op op = { .kind = PEFT_OP_ADD, .out = y, .in = { a, b } };
+    return peft__run(g, &op, 0);
+}
+/* y = out (may share b's data), a = in[0], b = in[1] (one size) */
+static peft_status peft__cpu_add(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *a = nd->in[0];
+    peft__add_args p = { nd->out->data, a->data, nd->in[1]->data };
     peft__parallel_for(a->n, 16384, peft__add_range, &p);
-    peft__record(g, peft__add_bw, y, a, b, NULL, NULL);
-    return y;
+    return PEFT_OK;
 }
 PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) {
     return peft__add_op(g, a, b, 0);
@@ -4258,7 +4424,7 @@ PEFTDEF peft_tensor *peft_add(peft_graph *g, peft_tensor *a, peft_tensor *b) {
 
 /* ---- scale -------------------------------------------------------------------
    y = s·x;  dx += s·dy                                                     */
-static void peft__scale_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_scale_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *x = n->in[0];
     for (int64_t j = 0; j < x->n; j++) x->grad[j] += n->f[0] * n->out->grad[j];
@@ -4267,10 +4433,16 @@ PEFTDEF peft_tensor *peft_scale(peft_graph *g, peft_tensor *x, float s) {
     if (!peft__ok(g, x, x)) return NULL;
     peft_tensor *y = peft__like(g, x);
     if (!y) return NULL;
+    peft_op op = { .kind = PEFT_OP_SCALE, .out = y, .in = { x }, .f = { s } };
+    return peft__run(g, &op, 0);
+}
+/* y = out, x = in[0], s = f[0] */
+static peft_status peft__cpu_scale(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *x = nd->in[0], *y = nd->out;
+    float s = nd->f[0];
     for (int64_t j = 0; j < x->n; j++) y->data[j] = s * x->data[j];
-    peft__node *nd = peft__record(g, peft__scale_bw, y, x, NULL, NULL, NULL);
-    if (nd) nd->f[0] = s;
-    return y;
+    return PEFT_OK;
 }
 
 /* ---- cross-entropy -------------------------------------------------------------
@@ -4347,7 +4519,7 @@ static void peft__xent_bw_range(void *vctx, int64_t r0, int64_t r1) {
         dz[t] -= scale;
     }
 }
-static void peft__xent_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_xent_bw(peft_graph *g, peft__node *n) {
     (void)g;
     peft_tensor *z = n->in[0];
     if (n->i[0] == 0) return;
@@ -4366,6 +4538,17 @@ PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int
     peft_tensor *L = peft_tensor_new(g, 1, &one);
     float *lse = L ? peft__arena_floats(g, R, 0) : NULL;
     if (!lse) return NULL;
+    peft_op op = { .kind = PEFT_OP_CROSS_ENTROPY, .out = L, .in = { z }, .ids = targets, .saved = lse };
+    return peft__run(g, &op, R);
+}
+/* L = out [1], z = in[0] [R, V], targets ids [R] (−100: no loss); saved:
+   logsumexp per row [R]; the forward sets i[0] to the rows with a target */
+static peft_status peft__cpu_cross_entropy(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft_tensor *z = nd->in[0], *L = nd->out;
+    int64_t R = peft__rows(z), V = peft__cols(z);
+    const int *targets = nd->ids;
+    float *lse = nd->saved;
     peft__xent_args a = { z->data, NULL, lse, targets, V, 0.0f };
     peft__parallel_for(R, 8, peft__xent_lse_range, &a);
     double total = 0.0;                                   /* summed in row order: deterministic */
@@ -4376,9 +4559,8 @@ PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int
         valid++;
     }
     L->data[0] = valid ? (float)(total / valid) : 0.0f;
-    peft__node *nd = peft__record(g, peft__xent_bw, L, z, NULL, NULL, NULL);
-    if (nd) { nd->saved = lse; nd->i[0] = valid; nd->ids = peft__save_ids(g, targets, R); }
-    return L;
+    nd->i[0] = valid;
+    return PEFT_OK;
 }
 
 /* ---- fused classifier + cross-entropy ---------------------------------------------
@@ -4389,7 +4571,7 @@ PEFTDEF peft_tensor *peft_cross_entropy(peft_graph *g, peft_tensor *z, const int
    without a target (an Alpaca prompt) cost nothing. */
 typedef struct { float *dx, *dw; } peft__lce_saved;
 
-static void peft__lce_bw(peft_graph *g, peft__node *n) {
+static void peft__cpu_lce_bw(peft_graph *g, peft__node *n) {
     (void)g;
     const peft__lce_saved *sv = (const peft__lce_saved *)n->aux;
     float s = n->out->grad[0];
@@ -4424,18 +4606,29 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
     if (peft__cols(w) != D)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "linear_cross_entropy: x and w disagree on the width");
-    int64_t nv = 0;
     for (int64_t r = 0; r < R; r++) {
         if (targets[r] == -100) continue;
         if (targets[r] < 0 || targets[r] >= V)
             return peft__op_fail(g, PEFT_ERR_ARG,
                                  "linear_cross_entropy: target id out of range of the vocabulary");
-        nv++;
     }
     int64_t one = 1;
     peft_tensor *L = peft_tensor_new(g, 1, &one);
     if (!L) return NULL;
-    int gx = g->grad_enabled && x->requires_grad, gw = g->grad_enabled && w->requires_grad;
+    peft_op op = { .kind = PEFT_OP_LINEAR_CROSS_ENTROPY, .out = L, .in = { x, w }, .ids = targets,
+                   .i = { g->grad_enabled && x->requires_grad, g->grad_enabled && w->requires_grad } };
+    return peft__run(g, &op, 0);
+}
+/* L = out [1]; in: x [R, D], w [V, D]; targets ids [R] (−100: no loss);
+   i: the gradients to form (dx, dW). The forward keeps dL/dx and dL/dW (a
+   peft__lce_saved) in aux for the backward to scale. */
+static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd) {
+    peft_tensor *x = nd->in[0], *w = nd->in[1], *L = nd->out;
+    const int *targets = nd->ids;
+    int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
+    int64_t nv = 0;
+    for (int64_t r = 0; r < R; r++) nv += targets[r] != -100;
+    int gx = nd->i[0], gw = nd->i[1];
     /* chunks of ≤ PEFT_LCE_CHUNK_MB of logits, in whole row blocks of the GEMM per
        thread so that every chunk's products split evenly over the threads */
     int64_t chunk = nv < 1 ? 1 : nv, unit = (int64_t)PEFT__MC * peft__nthreads;
@@ -4453,10 +4646,10 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     int *rows = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)(nv + 1)),
         *tg = (int *)peft__arena_alloc(g, sizeof(int) * (size_t)chunk);
     if (!sv || !z || !xs || !loss || !rows || !tg || (gx && !dxs))
-        return peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
+        return peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena");
     sv->dx = gx ? peft__arena_floats(g, x->n, 1) : NULL;
     sv->dw = gw ? peft__arena_floats(g, w->n, 1) : NULL;
-    if ((gx && !sv->dx) || (gw && !sv->dw)) { g->failed = 1; return NULL; }
+    if ((gx && !sv->dx) || (gw && !sv->dw)) return PEFT_ERR_NOMEM;
     /* Several chunks: W packed once for all of them (for z = x·Wᵀ and for
        dx = dz·W) instead of once per chunk and product, where the packed
        copies take no more than one more chunk of logits would. */
@@ -4466,7 +4659,7 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     if (nv > chunk && pf + pb <= (size_t)(chunk * V)) {
         float *f = peft__arena_floats(g, (int64_t)pf, 0),
               *b = pb ? peft__arena_floats(g, (int64_t)pb, 0) : NULL;
-        if (!f || (pb && !b)) { g->failed = 1; return NULL; }
+        if (!f || (pb && !b)) return PEFT_ERR_NOMEM;
         peft__gemm_pack_B(1, (int)V, (int)D, w->data, (int)D, f);
         if (b) peft__gemm_pack_B(0, (int)D, (int)V, w->data, (int)D, b);
         wf = f; wb = b;
@@ -4492,9 +4685,8 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
         if (gw) peft_gemm(1, 0, (int)V, (int)D, (int)c, z, (int)V, xs, (int)D, 1.0f, sv->dw, (int)D);
     }
     L->data[0] = nv ? (float)(total / (double)nv) : 0.0f;
-    peft__node *nd = peft__record(g, peft__lce_bw, L, x, w, NULL, NULL);
-    if (nd) nd->aux = sv;
-    return L;
+    nd->aux = sv;
+    return PEFT_OK;
 }
 
 /* ============================================================================
@@ -5177,8 +5369,9 @@ static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_
     peft_tensor *y = peft__like(g, yt);
     if (!y) return NULL;
     memcpy(y->data, yt->data, sizeof(float) * (size_t)y->n);
-    peft__node *nd = peft__record(g, peft__ckpt_bw, y, x, peft__first_trainable(m, L), NULL, NULL);
-    if (nd) nd->aux = c;
+    peft_op op = { .out = y, .in = { x, peft__first_trainable(m, L) }, .aux = c,
+                   .custom_backward = peft__ckpt_bw };
+    peft__push(g, &op, 0);
     return y;
 }
 
@@ -5320,6 +5513,7 @@ typedef struct {
     int T, H, KV, hd, K, batched, max_len;
 } peft__cached_args;
 
+/* PEFT__CPU_KERNEL_BEGIN: the CPU backend's cached attention (not model code) */
 /* one work item per (row, query head): heads do not share anything forward */
 static void peft__attn_cached_range(void *vctx, int64_t i0, int64_t i1) {
     peft__cached_args *a = (peft__cached_args *)vctx;
@@ -5343,6 +5537,14 @@ static void peft__attn_cached_range(void *vctx, int64_t i0, int64_t i1) {
         }
     }
 }
+/* o = out [B·T, H·hd]; aux: the cache's view of this layer (a
+   peft__cached_args, its o already set); i[0]: B·H work items */
+static peft_status peft__cpu_attention_cached(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft__parallel_for(nd->i[0], 1, peft__attn_cached_range, (void *)nd->aux);
+    return PEFT_OK;
+}
+/* PEFT__CPU_KERNEL_END */
 
 /* keeps the first call's prompt keys/values (and gates) for every later one */
 static int peft__cache_prompts(peft_kv_cache *c, int l, const peft_attn_extras *ex, int B) {
@@ -5379,8 +5581,12 @@ static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cac
         peft__fail(PEFT_ERR_NOMEM, "no memory for the cached prompts");
         return NULL;
     }
-    peft__rope_apply(&m->rope, q->data, q->data, (int64_t)B * T, H, T, 1.0f, c->len, 0);
-    peft__rope_apply(&m->rope, k->data, k->data, (int64_t)B * T, cf->n_kv_heads, T, 1.0f, c->len, 0);
+    /* RoPE in place, each row continuing at its cached length */
+    peft_op rq = { .kind = PEFT_OP_ROPE, .out = q, .in = { q }, .ids = c->len, .i = { H, T },
+                   .aux = &m->rope };
+    peft_op rk = { .kind = PEFT_OP_ROPE, .out = k, .in = { k }, .ids = c->len, .i = { cf->n_kv_heads, T },
+                   .aux = &m->rope };
+    if (!peft__run(g, &rq, 0) || !peft__run(g, &rk, 0)) return NULL;
     size_t layer = (size_t)l * c->B * c->max_len * kvw;
     for (int b = 0; b < B; b++) {
         size_t at = layer + ((size_t)b * c->max_len + c->len[b]) * kvw, from = (size_t)b * T * kvw,
@@ -5400,7 +5606,8 @@ static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cac
     a.o = o->data; a.scratch = scratch; a.len = c->len;
     a.T = T; a.H = H; a.KV = cf->n_kv_heads; a.hd = hd; a.max_len = c->max_len;
     peft__gate_values(ex.x ? ex.x_gate : NULL, 0, H, a.Gx);
-    peft__parallel_for((int64_t)B * H, 1, peft__attn_cached_range, &a);
+    peft_op op = { .kind = PEFT_OP_ATTENTION_CACHED, .out = o, .in = { q }, .aux = &a, .i = { B * H } };
+    if (!peft__run(g, &op, 0)) return NULL;
     return peft__block_rest(m, g, L, x, o);
 }
 
@@ -6319,7 +6526,7 @@ static peft_status peft__lora_fold(peft_model *m, float sign) {
             float *sb = (float *)PEFT_MALLOC(sizeof(float) * (size_t)out * r);
             if (!sb) return peft__fail(PEFT_ERR_NOMEM, "no memory to merge LoRA");
             for (int64_t j = 0; j < (int64_t)out * r; j++) sb[j] = sign * S->lora_scale * S->lora_B->data[j];
-            peft_gemm(0, 0, out, in, r, sb, r, S->lora_A->data, in, 1.0f, S->w->data, in);
+            peft_backend_current()->gemm(0, 0, out, in, r, sb, r, S->lora_A->data, in, 1.0f, S->w->data, in);
             PEFT_FREE(sb);
             if (S->lora_bias) /* PEFT: base bias += s·lora_B.bias */
                 for (int j = 0; j < out; j++) S->b->data[j] += sign * S->lora_scale * S->lora_bias->data[j];
@@ -6647,7 +6854,8 @@ PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
             float *w = (float *)PEFT_MALLOC(sizeof(float) * (size_t)S->qm->rows * (size_t)S->qm->cols);
             if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", peft__model_qm_name(m));
             for (int64_t r = 0; r < S->qm->rows; r++)
-                peft_qmatrix_decode(S->qm, r, 0, S->qm->cols, w + (size_t)r * (size_t)S->qm->cols);
+                peft_backend_current()->qmatrix_decode(S->qm, r, 0, S->qm->cols,
+                                                       w + (size_t)r * (size_t)S->qm->cols);
             PEFT_FREE(S->w->data);
             S->w->data = w;
             peft_qmatrix_free(S->qm);
@@ -7048,8 +7256,9 @@ oom:
     return peft__fail(PEFT_ERR_NOMEM, "no memory for AdamW state");
 }
 
+/* PEFT__CPU_KERNEL_BEGIN: the CPU backend's optimizer and clipping entries */
 /* One AdamW update of n elements (torch's order; scalars precomputed). */
-typedef struct { float decay, w1, b2, w2, step_size, bc2_sqrt, eps; } peft__adam_k;
+typedef peft_adamw_scalars peft__adam_k;
 
 static void peft__adam_update(const peft__adam_k *k, float *w, const float *g, float *m, float *v,
                               int64_t n) {
@@ -7067,8 +7276,37 @@ static void peft__adam_range(void *vctx, int64_t j0, int64_t j1) {
     const peft__adam_args *a = (const peft__adam_args *)vctx;
     peft__adam_update(a->k, a->w + j0, a->g + j0, a->m + j0, a->v + j0, j1 - j0);
 }
+static void peft__cpu_adamw(const peft_adamw_scalars *k, float *w, const float *g, float *m, float *v,
+                            int64_t n) {
+    peft__adam_args aa = { k, w, g, m, v };
+    peft__parallel_for(n, 32768, peft__adam_range, &aa);
+}
+/* 8-bit states: dequantize a block of 256, update, requantize */
+static void peft__cpu_adamw_8bit(const peft_adamw_scalars *k, float *w, const float *g, uint8_t *qm,
+                                 uint8_t *qv, float *am, float *av, int64_t n) {
+    float mb[256], vb[256];
+    for (int64_t b0 = 0; b0 < n; b0 += 256) {
+        int64_t len = n - b0 < 256 ? n - b0 : 256, blk = b0 / 256;
+        peft_dequantize_blockwise8(qm + b0, len, 256, peft__dynamic_map, am + blk, mb);
+        peft_dequantize_blockwise8(qv + b0, len, 256, peft__udynamic_map, av + blk, vb);
+        peft__adam_update(k, w + b0, g + b0, mb, vb, len);
+        peft_quantize_blockwise8(mb, len, 256, peft__dynamic_map, qm + b0, am + blk);
+        peft_quantize_blockwise8(vb, len, 256, peft__udynamic_map, qv + b0, av + blk);
+    }
+}
+/* Σ x² in double, continuing acc in element order (the result does not
+   depend on how the parameters are split into tensors) */
+static double peft__cpu_sum_squares(const float *x, int64_t n, double acc) {
+    for (int64_t j = 0; j < n; j++) acc += (double)x[j] * x[j];
+    return acc;
+}
+static void peft__cpu_scale_by(float *x, int64_t n, double coef) {
+    for (int64_t j = 0; j < n; j++) x[j] = (float)(x[j] * coef);
+}
+/* PEFT__CPU_KERNEL_END */
 
 PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
+    const peft_backend *be = peft_backend_current();
     opt->t++;
     double b1 = opt->o.beta1, b2 = opt->o.beta2;
     peft__adam_k k;
@@ -7081,22 +7319,11 @@ PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
         peft_tensor *p = opt->params[i];
         if (!p->grad) continue;
         if (opt->qm[i]) {                       /* 8-bit: dequantize a block, update, requantize */
-            float mb[256], vb[256];
-            for (int64_t b0 = 0; b0 < p->n; b0 += 256) {
-                int64_t len = p->n - b0 < 256 ? p->n - b0 : 256, blk = b0 / 256;
-                peft_dequantize_blockwise8(opt->qm[i] + b0, len, 256, peft__dynamic_map, opt->am[i] + blk,
-                                           mb);
-                peft_dequantize_blockwise8(opt->qv[i] + b0, len, 256, peft__udynamic_map, opt->av[i] + blk,
-                                           vb);
-                peft__adam_update(&k, p->data + b0, p->grad + b0, mb, vb, len);
-                peft_quantize_blockwise8(mb, len, 256, peft__dynamic_map, opt->qm[i] + b0, opt->am[i] + blk);
-                peft_quantize_blockwise8(vb, len, 256, peft__udynamic_map, opt->qv[i] + b0, opt->av[i] + blk);
-            }
+            be->adamw_8bit(&k, p->data, p->grad, opt->qm[i], opt->qv[i], opt->am[i], opt->av[i], p->n);
             continue;
         }
         if (!peft__is_paged(opt, i)) {
-            peft__adam_args aa = { &k, p->data, p->grad, opt->m[i], opt->v[i] };
-            peft__parallel_for(p->n, 32768, peft__adam_range, &aa);
+            be->adamw(&k, p->data, p->grad, opt->m[i], opt->v[i], p->n);
             continue;
         }
         /* paged: prefetch the next paged tensor, then walk this one a page at a time */
@@ -7110,7 +7337,7 @@ PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
             int64_t len = p->n - j0 < chunk ? p->n - j0 : chunk;
             peft__pager_touch(opt->pager, opt->m[i] + j0, sizeof(float) * (size_t)len, &opt->stats);
             peft__pager_touch(opt->pager, opt->v[i] + j0, sizeof(float) * (size_t)len, &opt->stats);
-            peft__adam_update(&k, p->data + j0, p->grad + j0, opt->m[i] + j0, opt->v[i] + j0, len);
+            be->adamw(&k, p->data + j0, p->grad + j0, opt->m[i] + j0, opt->v[i] + j0, len);
         }
     }
 }
@@ -7145,17 +7372,19 @@ PEFTDEF void peft_adamw_free(peft_adamw *opt) {
 }
 
 PEFTDEF void peft_zero_grad(peft_tensor **params, int n) {
+    const peft_backend *be = peft_backend_current();
     for (int i = 0; i < n; i++)
-        if (params[i]->grad) memset(params[i]->grad, 0, (size_t)params[i]->n * sizeof(float));
+        if (params[i]->grad) be->zero(params[i]->grad, params[i]->n);
 }
 
 /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied
    only when below 1. */
 PEFTDEF double peft_clip_grad_norm(peft_tensor **params, int n, double max_norm) {
+    const peft_backend *be = peft_backend_current();
     double ss = 0.0;
     for (int i = 0; i < n; i++) {
         const float *g = params[i]->grad;
-        if (g) for (int64_t j = 0; j < params[i]->n; j++) ss += (double)g[j] * g[j];
+        if (g) ss = be->sum_squares(g, params[i]->n, ss);
     }
     double norm = sqrt(ss);
     if (max_norm > 0 && isfinite(norm)) {
@@ -7163,7 +7392,7 @@ PEFTDEF double peft_clip_grad_norm(peft_tensor **params, int n, double max_norm)
         if (coef < 1.0)
             for (int i = 0; i < n; i++) {
                 float *g = params[i]->grad;
-                if (g) for (int64_t j = 0; j < params[i]->n; j++) g[j] = (float)(g[j] * coef);
+                if (g) be->scale(g, params[i]->n, coef);
             }
     }
     return norm;
@@ -7475,6 +7704,111 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
     }
     peft_st_close(&st);
     return s;
+}
+
+/* ============================================================================
+   BACKENDS: the table every op goes through, the CPU one, the registry
+   ============================================================================
+   The CPU backend is the kernels above, unchanged: each entry points at the
+   forward or backward beside its op in OPS (peft__cpu_*), the GEMM, the
+   decoders and the optimizer's update. Model and method code reach them
+   only through a table (tools/check_backend.sh checks it). */
+
+static void *peft__cpu_alloc(size_t bytes) { return PEFT_MALLOC(bytes); }
+static void  peft__cpu_free(void *p) { PEFT_FREE(p); }
+
+static const peft_backend peft__cpu_backend = {
+    .name = "cpu",
+    .place = PEFT_PLACE_HOST,
+    .op = {
+        [PEFT_OP_EMBEDDING]            = { peft__cpu_embedding, peft__cpu_embedding_bw },
+        [PEFT_OP_REPLACE_ROWS]         = { peft__cpu_replace_rows, peft__cpu_replace_rows_bw },
+        [PEFT_OP_LINEAR]               = { peft__cpu_linear, peft__cpu_linear_bw },
+        [PEFT_OP_RMSNORM]              = { peft__cpu_rmsnorm, peft__cpu_rmsnorm_bw },
+        [PEFT_OP_ROPE]                 = { peft__cpu_rope, peft__cpu_rope_bw },
+        [PEFT_OP_ATTENTION]            = { peft__cpu_attention, peft__cpu_attention_bw },
+        [PEFT_OP_ATTENTION_CACHED]     = { peft__cpu_attention_cached, NULL },
+        [PEFT_OP_Q4_LINEAR]            = { peft__cpu_q4_linear, peft__cpu_q4_linear_bw },
+        [PEFT_OP_QMATRIX_LINEAR]       = { peft__cpu_q4_linear, peft__cpu_q4_linear_bw },
+        [PEFT_OP_LORA_LINEAR]          = { peft__cpu_lora_linear, peft__cpu_lora_bw },
+        [PEFT_OP_ADD_BIAS]             = { peft__cpu_add_bias, peft__cpu_add_bias_bw },
+        [PEFT_OP_BIAS_SCALE]           = { peft__cpu_bias_scale, peft__cpu_bias_scale_bw },
+        [PEFT_OP_PROMPT_ATTEND]        = { peft__cpu_prompt_attend, peft__cpu_prompt_attend_bw },
+        [PEFT_OP_SWIGLU]               = { peft__cpu_swiglu, peft__cpu_swiglu_bw },
+        [PEFT_OP_ADD]                  = { peft__cpu_add, peft__cpu_add_bw },
+        [PEFT_OP_SCALE]                = { peft__cpu_scale, peft__cpu_scale_bw },
+        [PEFT_OP_CROSS_ENTROPY]        = { peft__cpu_cross_entropy, peft__cpu_xent_bw },
+        [PEFT_OP_LINEAR_CROSS_ENTROPY] = { peft__cpu_linear_cross_entropy, peft__cpu_lce_bw },
+    },
+    .alloc = peft__cpu_alloc,
+    .free = peft__cpu_free,
+    .zero = peft__zero_floats,
+    .gemm = peft_gemm,
+    .q4_decode = peft_q4_dequantize,
+    .qmatrix_decode = peft_qmatrix_decode,
+    .adamw = peft__cpu_adamw,
+    .adamw_8bit = peft__cpu_adamw_8bit,
+    .sum_squares = peft__cpu_sum_squares,
+    .scale = peft__cpu_scale_by,
+};
+
+static const char *const peft__op_names[PEFT_OP_COUNT] = {
+    "embedding", "replace_rows", "linear", "rmsnorm", "rope", "attention", "attention_cached", "q4_linear",
+    "qmatrix_linear", "lora_linear", "add_bias", "bias_scale", "prompt_attend", "swiglu", "add", "scale",
+    "cross_entropy", "linear_cross_entropy"
+};
+PEFTDEF const char *peft_op_name(int kind) {
+    return kind >= 0 && kind < PEFT_OP_COUNT ? peft__op_names[kind] : "?";
+}
+
+/* the registry: written by register and use, which the caller serialises
+   as peft_set_threads (see THREADS) */
+static const peft_backend *peft__backends[PEFT_MAX_BACKENDS] = { &peft__cpu_backend };
+static int peft__n_backends = 1;
+static const peft_backend *peft__backend_in_use = &peft__cpu_backend;
+
+PEFTDEF const peft_backend *peft_backend_cpu(void) { return &peft__cpu_backend; }
+PEFTDEF int peft_backend_count(void) { return peft__n_backends; }
+PEFTDEF const peft_backend *peft_backend_get(int i) {
+    return i >= 0 && i < peft__n_backends ? peft__backends[i] : NULL;
+}
+PEFTDEF const peft_backend *peft_backend_current(void) { return peft__backend_in_use; }
+PEFTDEF const peft_backend *peft_graph_backend(const peft_graph *g) { return g->be; }
+
+PEFTDEF const peft_backend *peft_backend_use(const peft_backend *b) {
+    const peft_backend *old = peft__backend_in_use;
+    peft__backend_in_use = b ? b : &peft__cpu_backend;
+    return old;
+}
+
+PEFTDEF peft_status peft_backend_register(const peft_backend *b) {
+    if (!b || !b->name) return peft__fail(PEFT_ERR_ARG, "backend: no table or no name");
+    for (int k = 0; k < PEFT_OP_COUNT; k++)
+        if (!b->op[k].forward || (!b->op[k].backward && k != PEFT_OP_ATTENTION_CACHED))
+            return peft__fail(PEFT_ERR_ARG, "backend %s: no %s for op %s", b->name,
+                              b->op[k].forward ? "backward" : "forward", peft__op_names[k]);
+    const char *missing = !b->alloc ? "alloc" : !b->free ? "free" : !b->zero ? "zero" : !b->gemm ? "gemm"
+                        : !b->q4_decode ? "q4_decode" : !b->qmatrix_decode ? "qmatrix_decode"
+                        : !b->adamw ? "adamw" : !b->adamw_8bit ? "adamw_8bit"
+                        : !b->sum_squares ? "sum_squares" : !b->scale ? "scale" : NULL;
+    if (missing) return peft__fail(PEFT_ERR_ARG, "backend %s: no %s entry", b->name, missing);
+    for (int i = 0; i < peft__n_backends; i++)
+        if (peft__backends[i] == b || strcmp(peft__backends[i]->name, b->name) == 0)
+            return peft__fail(PEFT_ERR_ARG, "backend %s: already registered", b->name);
+    if (peft__n_backends == PEFT_MAX_BACKENDS)
+        return peft__fail(PEFT_ERR_ARG, "backend %s: %d backends registered already (PEFT_MAX_BACKENDS)",
+                          b->name, PEFT_MAX_BACKENDS);
+    peft__backends[peft__n_backends++] = b;
+    return PEFT_OK;
+}
+
+PEFTDEF void *peft_graph_scratch(peft_graph *g, size_t bytes) {
+    void *p = peft__arena_alloc(g, bytes);
+    if (!p) {
+        g->failed = 1;
+        peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    }
+    return p;
 }
 
 /* ============================================================================

@@ -35,6 +35,7 @@
     X(test_cli_trained_model_stops_at_eos) \
     X(test_checkpointing_every_tensor_kind) \
     X(test_cli_version) \
+    X(test_backend_registry) X(test_backend_dispatch_from_model_code) X(test_backend_grep_check) \
     X(test_cli_train_defaults) \
     X(test_dataset_counts_cut_and_dropped) \
     X(test_adapter_keys_match_peft) X(test_adapter_keys_module_names) X(test_adapter_keys_refused_by_name) \

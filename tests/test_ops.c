@@ -32,7 +32,7 @@ static double fd_loss(fd_case *c, double **x, const double *R, double *y) {
     return L;
 }
 
-static void fd_run(fd_case *c, const char *what, uint64_t seed) {
+static void fd_run_on(fd_case *c, const char *what, uint64_t seed) {
     peft_rng rng;
     peft_rng_seed(&rng, seed);
     peft_graph *g = peft_graph_new();
@@ -74,6 +74,20 @@ static void fd_run(fd_case *c, const char *what, uint64_t seed) {
     for (int i = 0; i < c->n_in; i++) { peft_param_free(in[i]); free(xd[i]); }
     free(R); free(Rd); free(yd);
     peft_graph_free(g);
+}
+
+/* every check against every registered backend (the CPU one and the test
+   backends of test_backend.c), as ggml's test-backend-ops does */
+void test_backends_register(void);
+static void fd_run(fd_case *c, const char *what, uint64_t seed) {
+    test_backends_register();
+    for (int b = 0; b < peft_backend_count(); b++) {
+        char name[200];
+        snprintf(name, sizeof name, "%s [backend %s]", what, peft_backend_get(b)->name);
+        const peft_backend *old = peft_backend_use(peft_backend_get(b));
+        fd_run_on(c, name, seed);
+        peft_backend_use(old);
+    }
 }
 
 static void set2(fd_case *c, int i, int64_t r, int64_t cols) {
