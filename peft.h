@@ -606,6 +606,7 @@ typedef struct {
     peft_q4     *q4;                 /* QLoRA: 4-bit storage of w (w->data freed) */
     peft_qmatrix *qm;                /* GGUF: w stored in a ggml type (w->data NULL;
                                         PEFT_MALLOC'ed, freed with the model) */
+    peft_tensor *custom[2];          /* a registered method's tensors (its site_out reads them) */
 } peft_linear_site;
 
 typedef struct {
@@ -628,6 +629,9 @@ typedef enum { PEFT_FULL = 0, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_
 #endif
 #ifndef PEFT_MAX_TRAINABLE_TOKENS
 #define PEFT_MAX_TRAINABLE_TOKENS 256
+#endif
+#ifndef PEFT_METHOD_CUSTOM
+#define PEFT_METHOD_CUSTOM 8
 #endif
 /* modules_to_save: full copies trained and saved with the adapter (PEFT's ModulesToSaveWrapper) */
 enum { PEFT_SAVE_EMBED = 1, PEFT_SAVE_LM_HEAD = 2 };
@@ -661,6 +665,7 @@ typedef struct {
     /* LLaMA-Excitor */
     int      excitor_len, excitor_rank, excitor_layers;
     uint64_t seed;
+    double   custom[PEFT_METHOD_CUSTOM];   /* a registered method's own settings (its set hook) */
 } peft_method;
 
 /* Defaults from the papers (and PEFT's defaults for LoRA); *_layers = 0 means
@@ -735,6 +740,86 @@ PEFTDEF int         peft_model_trainable(const peft_model *m, peft_tensor ***lis
    creates the method's parameters with their zero-init. One method at a
    time; PEFT_FULL makes every base parameter trainable. */
 PEFTDEF peft_status peft_attach(peft_model *m, const peft_method *method);
+
+/* ---- the method registry ------------------------------------------------------
+   A method is one entry: its name, its source, its defaults (the paper's
+   hyper-parameters and training recipe), its settings with their help text
+   (the command line's flags: key lora_r is --lora-r), its adapter_config.json
+   keys, how it attaches, what it trains, and what it adds to a linear site's
+   output. The command line (flags, --help, peft info), the demo, the tests
+   and the README's methods table iterate the registry. The built-in methods
+   are entries 0 .. PEFT_N_METHODS-1; peft_method_register adds more (a test
+   adds a toy method that way, with no edit here). */
+typedef struct {
+    const char *key;     /* peft_method_set key and adapter_config.json key; NULL ends a list */
+    const char *arg;     /* the value's placeholder in --help ("R", "LIST") */
+    const char *help;    /* one line, ≤ 70 columns */
+    int         number;  /* 1: written as a JSON number in train_config.json */
+} peft_method_key;
+
+/* Defaults of one method. The first group is copied into peft_method by
+   peft_method_defaults; the second is the source's training recipe, which
+   the demo reads and `peft train --help` prints (peft_trainer_defaults()
+   stays the trainer's one default: a recipe is applied only on request).
+   A field the source does not state is 0. */
+typedef struct {
+    int      lora_r;
+    float    lora_alpha, lora_dropout;
+    unsigned lora_targets;                 /* bit (1 << peft_site) per target */
+    int      adapter_len, adapter_layers;  /* layers 0: the top 30/32 of the model's */
+    int      excitor_len, excitor_rank, excitor_layers;
+    double   custom[PEFT_METHOD_CUSTOM];
+    float    lr, weight_decay, beta2, max_grad_norm;
+    int      warmup_steps;
+    float    warmup_ratio;                 /* of the run's steps */
+    int      schedule;                     /* peft_sched_kind */
+    int      epochs, batch;                /* batch: examples per optimizer step */
+} peft_method_recipe;
+
+struct peft__sb;
+struct peft_json;
+typedef struct peft_method_def {
+    const char *name;          /* --method NAME, logs, peft_method_name */
+    const char *title;         /* "LoRA (Hu et al. 2021)": the paper or source */
+    const char *section;       /* banner of its section in this header ("LoRA —") */
+    const char *trains;        /* what trains, in a few words */
+    const char *zero_init;     /* what starts at zero so that step 0 is the base model */
+    const char *peft_type;     /* adapter_config.json peft_type; NULL: saves no adapter */
+    peft_method_recipe defaults;
+    const peft_method_key *keys[3];   /* its settings: up to 3 lists, each ended by key NULL */
+    /* freezes nothing itself (the base is frozen before) and adds its tensors
+       with peft_method_add_param; a failure is rolled back by peft_attach */
+    peft_status (*attach)(peft_model *m, const peft_method *cfg);
+    int64_t     (*param_count)(const peft_config *c, const peft_method *m);
+    /* optional: the output y of linear site s (layer l, peft_site k) → y' */
+    peft_tensor *(*site_out)(peft_model *m, peft_graph *g, peft_linear_site *s, int l, int k,
+                             peft_tensor *y);
+    /* optional: its own keys (peft_method_set calls it for a key in keys that
+       the library does not know); get writes a key's value as JSON text */
+    peft_status (*set)(peft_method *m, const char *key, const char *value);
+    int         (*get)(const peft_method *m, const char *key, char *buf, size_t cap);
+    /* built-in adapter_config.json layouts; NULL: every key of keys through get/set */
+    void        (*config_write)(struct peft__sb *b, const peft_model *m);
+    peft_status (*config_read)(const struct peft_json *j, const char *path, const peft_config *c,
+                               peft_method *out);
+} peft_method_def;
+
+#ifndef PEFT_MAX_METHODS
+#define PEFT_MAX_METHODS 32
+#endif
+/* Methods known: the built-in ones, then the registered ones. */
+PEFTDEF int                    peft_method_count(void);
+/* The entry of a method kind; NULL outside 0 .. peft_method_count()-1. */
+PEFTDEF const peft_method_def *peft_method_get(peft_method_kind kind);
+/* Adds a method (def must outlive its use; the table keeps the pointer) and
+   returns its kind. PEFT_ERR_CONFIG for a name already taken, a missing
+   name, attach or param_count, or a full table (PEFT_MAX_METHODS). Not
+   thread-safe: register before other threads use the library. */
+PEFTDEF peft_status            peft_method_register(const peft_method_def *def, peft_method_kind *kind);
+/* A trainable method parameter of the given shape, named as it is saved,
+   owned and freed by the model (for a method's attach). NULL: no memory. */
+PEFTDEF peft_tensor           *peft_method_add_param(peft_model *m, int ndim, const int64_t *shape,
+                                                     const char *name);
 /* V2 early fusion: rows × dim condition vectors (e.g. projected image
    features) for the next forwards; batched = rows hold B groups of equal
    size, one per sequence. NULL clears. */
@@ -5290,7 +5375,7 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
    block takes fusion prompts. Whatever a method adds to a site is listed
    here, once: the checkpointing rule below asks this list, so a trainable
    tensor a block reads cannot be missed. Returns the count (NULLs skipped). */
-#define PEFT__LAYER_MAX_TENSORS (2 + 7 * PEFT_N_SITES + 8)
+#define PEFT__LAYER_MAX_TENSORS (2 + 9 * PEFT_N_SITES + 8)
 static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_tensor **out) {
     const peft_attn_site *A = &L->attn;
     peft_tensor *all[PEFT__LAYER_MAX_TENSORS];
@@ -5306,6 +5391,8 @@ static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_te
         all[n++] = S->lora_bias;
         all[n++] = S->bias;
         all[n++] = S->scale;
+        all[n++] = S->custom[0];
+        all[n++] = S->custom[1];
     }
     all[n++] = A->prompt;
     all[n++] = A->gate;
@@ -5655,37 +5742,47 @@ PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *to
 
 static const char *const peft__site_names[PEFT_N_SITES] = {
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" };
-static const char *const peft__method_names[PEFT_N_METHODS] = {
-    "full", "lora", "adapter-v1", "adapter-v2", "excitor", "qlora" };
 
 PEFTDEF const char *peft_site_name(peft_site s) { return s < PEFT_N_SITES ? peft__site_names[s] : "?"; }
 PEFTDEF const char *peft_method_name(peft_method_kind k) {
-    return k < PEFT_N_METHODS ? peft__method_names[k] : "?";
+    const peft_method_def *d = peft_method_get(k);
+    return d ? d->name : "?";
 }
 
 PEFTDEF peft_status peft_method_parse(const char *name, peft_method_kind *kind) {
-    for (int i = 0; i < PEFT_N_METHODS; i++)
-        if (strcmp(name, peft__method_names[i]) == 0) { *kind = (peft_method_kind)i; return PEFT_OK; }
-    return peft__fail(PEFT_ERR_CONFIG,
-                      "unknown method '%s' (known: full, lora, adapter-v1, adapter-v2, excitor, qlora)",
-                      name);
+    char known[512] = "";
+    for (int i = 0; i < peft_method_count(); i++) {
+        const char *n = peft_method_get((peft_method_kind)i)->name;
+        if (strcmp(name, n) == 0) {
+            *kind = (peft_method_kind)i;
+            return PEFT_OK;
+        }
+        size_t L = strlen(known);
+        snprintf(known + L, sizeof known - L, "%s%s", i ? ", " : "", n);
+    }
+    return peft__fail(PEFT_ERR_CONFIG, "unknown method '%s' (known: %s)", name, known);
 }
 
 #define PEFT__ALL_LINEAR ((1u << PEFT_N_SITES) - 1)
 
+/* The entry's defaults (its paper's hyper-parameters) as a method config. */
 PEFTDEF peft_method peft_method_defaults(peft_method_kind kind) {
     peft_method m;
     memset(&m, 0, sizeof m);
     m.kind = kind;
-    /* PEFT's LoraConfig defaults: r 8, alpha 8, no dropout, q and v */
-    m.lora_r = 8; m.lora_alpha = 8.0f; m.lora_targets = 1u << PEFT_Q | 1u << PEFT_V;
-    /* LLaMA-Adapter: 10 prompts in the top 30 of 32 layers */
-    m.adapter_len = 10;
-    /* LLaMA-Excitor: 30 prompts, rank-16 bottleneck, top 30 of 32 layers */
-    m.excitor_len = 30; m.excitor_rank = 16;
-    if (kind == PEFT_QLORA) {        /* QLoRA's recipe: r 64, alpha 16, every linear */
-        m.lora_r = 64; m.lora_alpha = 16.0f; m.lora_dropout = 0.1f; m.lora_targets = PEFT__ALL_LINEAR;
-    }
+    const peft_method_def *d = peft_method_get(kind);
+    if (!d) return m;
+    const peft_method_recipe *r = &d->defaults;
+    m.lora_r = r->lora_r;
+    m.lora_alpha = r->lora_alpha;
+    m.lora_dropout = r->lora_dropout;
+    m.lora_targets = r->lora_targets;
+    m.adapter_len = r->adapter_len;
+    m.adapter_layers = r->adapter_layers;
+    m.excitor_len = r->excitor_len;
+    m.excitor_rank = r->excitor_rank;
+    m.excitor_layers = r->excitor_layers;
+    memcpy(m.custom, r->custom, sizeof m.custom);
     return m;
 }
 
@@ -6240,6 +6337,11 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
                                                "peft (one raw gate per layer)");
         return PEFT_OK;
     }
+    /* a registered method's own setting */
+    const peft_method_def *def = peft_method_get(m->kind);
+    for (int g = 0; def && def->set && g < 3; g++)
+        for (const peft_method_key *k = def->keys[g]; k && k->key; k++)
+            if (!strcmp(k->key, key)) return def->set(m, key, v);
     return peft__fail(PEFT_ERR_CONFIG, "unknown method setting '%s'", key);
 }
 
@@ -6283,42 +6385,49 @@ static int peft__lora_site(const peft_method *m, int l, int s, int *r, float *al
     return 1;
 }
 
-PEFTDEF int64_t peft_method_param_count(const peft_config *c, const peft_method *m) {
-    int64_t n = 0, D = c->dim, KVD = (int64_t)c->n_kv_heads * c->head_dim, in, out;
-    switch (m->kind) {
-    case PEFT_FULL: return peft_config_param_count(c);
-    case PEFT_LORA: case PEFT_QLORA:
-        for (int l = 0; l < c->n_layers; l++)
-            for (int s = 0; s < PEFT_N_SITES; s++) {
-                int r;
-                float alpha;
-                if (!peft__lora_site(m, l, s, &r, &alpha)) continue;
-                peft__site_dims(c, s, &in, &out);
-                n += (int64_t)r * (in + out) + (m->lora_bias ? out : 0);
-            }
-        /* modules_to_save: a full copy each; trainable tokens: their rows */
-        n += (int64_t)m->n_trainable_tokens * D;
-        if (m->modules_to_save & PEFT_SAVE_EMBED) n += (int64_t)c->vocab_size * D;
-        if (m->modules_to_save & PEFT_SAVE_LM_HEAD) n += (int64_t)c->vocab_size * D;
-        return n;
-    case PEFT_ADAPTER_V1: case PEFT_ADAPTER_V2:
-        n = peft__top_layers(c, m->adapter_layers) *
-            ((int64_t)m->adapter_len * D + (m->adapter_peft_gate ? 1 : c->n_heads));
-        if (m->kind == PEFT_ADAPTER_V1) return n;
+static int64_t peft__count_full(const peft_config *c, const peft_method *m) {
+    (void)m;
+    return peft_config_param_count(c);
+}
+static int64_t peft__count_lora(const peft_config *c, const peft_method *m) {
+    int64_t n = 0, D = c->dim, in, out;
+    for (int l = 0; l < c->n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
+            int r;
+            float alpha;
+            if (!peft__lora_site(m, l, s, &r, &alpha)) continue;
             peft__site_dims(c, s, &in, &out);
-            n += (int64_t)c->n_layers * 2 * out;
+            n += (int64_t)r * (in + out) + (m->lora_bias ? out : 0);
         }
-        n += (int64_t)c->n_layers * 2 * D + D;                       /* RMSNorm weights */
-        if (m->fusion_layers > 0 && m->fusion_dim > 0)
-            n += D * m->fusion_dim + (int64_t)m->fusion_layers * c->n_heads;
-        return n;
-    case PEFT_EXCITOR:
-        return peft__top_layers(c, m->excitor_layers) *
-               ((int64_t)m->excitor_len * D + (int64_t)m->excitor_rank * D + KVD * m->excitor_rank +
-                c->n_heads);
-    default: return 0;
+    /* modules_to_save: a full copy each; trainable tokens: their rows */
+    n += (int64_t)m->n_trainable_tokens * D;
+    if (m->modules_to_save & PEFT_SAVE_EMBED) n += (int64_t)c->vocab_size * D;
+    if (m->modules_to_save & PEFT_SAVE_LM_HEAD) n += (int64_t)c->vocab_size * D;
+    return n;
+}
+static int64_t peft__count_v1(const peft_config *c, const peft_method *m) {
+    return peft__top_layers(c, m->adapter_layers) *
+           ((int64_t)m->adapter_len * c->dim + (m->adapter_peft_gate ? 1 : c->n_heads));
+}
+static int64_t peft__count_v2(const peft_config *c, const peft_method *m) {
+    int64_t n = peft__count_v1(c, m), D = c->dim, in, out;
+    for (int s = 0; s < PEFT_N_SITES; s++) {
+        peft__site_dims(c, s, &in, &out);
+        n += (int64_t)c->n_layers * 2 * out;
     }
+    n += (int64_t)c->n_layers * 2 * D + D;                       /* RMSNorm weights */
+    if (m->fusion_layers > 0 && m->fusion_dim > 0)
+        n += D * m->fusion_dim + (int64_t)m->fusion_layers * c->n_heads;
+    return n;
+}
+static int64_t peft__count_excitor(const peft_config *c, const peft_method *m) {
+    int64_t D = c->dim, KVD = (int64_t)c->n_kv_heads * c->head_dim;
+    return peft__top_layers(c, m->excitor_layers) *
+           ((int64_t)m->excitor_len * D + (int64_t)m->excitor_rank * D + KVD * m->excitor_rank + c->n_heads);
+}
+PEFTDEF int64_t peft_method_param_count(const peft_config *c, const peft_method *m) {
+    const peft_method_def *d = peft_method_get(m->kind);
+    return d ? d->param_count(c, m) : 0;
 }
 
 /* A new trainable method parameter, appended to m->extra. */
@@ -6341,6 +6450,9 @@ static peft_tensor *peft__extra(peft_model *m, int ndim, const int64_t *shape, c
     if (!t || peft_param_set_trainable(t, 1) != PEFT_OK) { peft_param_free(t); return NULL; }
     m->extra[m->n_extra++] = t;
     return t;
+}
+PEFTDEF peft_tensor *peft_method_add_param(peft_model *m, int ndim, const int64_t *shape, const char *name) {
+    return peft__extra(m, ndim, shape, "%s", name);
 }
 
 static void peft__fill_uniform(peft_tensor *t, peft_rng *r, float bound) {
@@ -6375,6 +6487,14 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
     if (s->b) y = peft_add_bias(g, y, s->b);
     if (s->lora_bias && !m->lora_merged) y = peft_add_bias(g, y, peft_scale(g, s->lora_bias, s->lora_scale));
     if (s->bias) y = peft_bias_scale(g, y, s->bias, s->scale);
+    const peft_method_def *def = peft_method_get(m->method.kind);
+    if (def && def->site_out && y) {
+        /* a registered method's term: which layer and site this is, from the site's address */
+        int l;
+        for (l = 0; l < m->cfg.n_layers; l++)
+            if (s >= m->layers[l].lin && s < m->layers[l].lin + PEFT_N_SITES) break;
+        if (l < m->cfg.n_layers) y = def->site_out(m, g, s, l, (int)(s - m->layers[l].lin), y);
+    }
     return y;
 }
 
@@ -6449,6 +6569,14 @@ static void peft__tokens_refresh(peft_model *m, const peft_method *cfg) {
 
 static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
     const peft_config *c = &m->cfg;
+    if (cfg->lora_r < 1 || !cfg->lora_targets)
+        return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
+    for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS; l++)
+        /* it would adapt nothing there: never train 0 parameters silently */
+        if (cfg->lora_layers[l])
+            return peft__fail(PEFT_ERR_CONFIG,
+                              "lora_layers names layer %d but the model has %d layers (0 .. %d)", l,
+                              m->cfg.n_layers, m->cfg.n_layers - 1);
     for (int l = 0; l < c->n_layers; l++) {
         for (int s = 0; s < PEFT_N_SITES; s++) {
             int r;
@@ -6603,6 +6731,7 @@ PEFTDEF peft_status peft_lora_unmerge(peft_model *m) {
    ============================================================================ */
 static peft_status peft__attach_prompts(peft_model *m, const peft_method *cfg) {
     const peft_config *c = &m->cfg;
+    if (cfg->adapter_len < 1) return peft__fail(PEFT_ERR_CONFIG, "adapter_len must be >= 1");
     int L = peft__top_layers(c, cfg->adapter_layers);
     if (cfg->adapter_layers > c->n_layers)
         return peft__fail(PEFT_ERR_CONFIG, "adapter_layers %d exceeds the model's %d layers",
@@ -6759,6 +6888,8 @@ PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, i
    ============================================================================ */
 static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
     const peft_config *c = &m->cfg;
+    if (cfg->excitor_len < 1 || cfg->excitor_rank < 1)
+        return peft__fail(PEFT_ERR_CONFIG, "excitor_len and excitor_rank must be >= 1");
     int L = peft__top_layers(c, cfg->excitor_layers), r = cfg->excitor_rank;
     if (cfg->excitor_layers > c->n_layers)
         return peft__fail(PEFT_ERR_CONFIG, "excitor_layers %d exceeds the model's %d layers",
@@ -6873,6 +7004,17 @@ static peft_status peft__attach_qlora(peft_model *m, const peft_method *cfg) {
     return s;
 }
 
+/* Full fine-tuning: every base parameter trains; nothing attaches. */
+static peft_status peft__attach_full(peft_model *m, const peft_method *cfg) {
+    (void)cfg;
+    if (peft__model_qm(m))
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "full fine-tuning needs float weights, and %s is stored in "
+                          "ggml %s blocks (GGUF): choose lora, adapter-v1, adapter-v2 or excitor",
+                          peft__model_qm_name(m), peft_ggml_type_name(peft__model_qm(m)->type));
+    peft_model_set_trainable_all(m, 1);
+    return PEFT_OK;
+}
+
 /* ---- atomic attach -----------------------------------------------------------
    What attaching a method (or loading an adapter) changes in a model: the
    model struct's fields (method, extra count, fusion projection, RNG, config),
@@ -6952,39 +7094,161 @@ static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
     if (m->method.kind != PEFT_FULL || m->n_extra)
         return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another",
                           peft_method_name(m->method.kind));
-    if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) && (cfg->lora_r < 1 || !cfg->lora_targets))
-        return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
-    int is_lora = cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA;
-    for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS && is_lora; l++)
-        /* it would adapt nothing there: never train 0 parameters silently */
-        if (cfg->lora_layers[l])
-            return peft__fail(PEFT_ERR_CONFIG,
-                              "lora_layers names layer %d but the model has %d layers (0 .. %d)", l,
-                              m->cfg.n_layers, m->cfg.n_layers - 1);
-    if ((cfg->kind == PEFT_ADAPTER_V1 || cfg->kind == PEFT_ADAPTER_V2) && cfg->adapter_len < 1)
-        return peft__fail(PEFT_ERR_CONFIG, "adapter_len must be >= 1");
-    if (cfg->kind == PEFT_EXCITOR && (cfg->excitor_len < 1 || cfg->excitor_rank < 1))
-        return peft__fail(PEFT_ERR_CONFIG, "excitor_len and excitor_rank must be >= 1");
-    if (cfg->kind == PEFT_FULL && peft__model_qm(m))
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "full fine-tuning needs float weights, and %s is stored in "
-                          "ggml %s blocks (GGUF): choose lora, adapter-v1, adapter-v2 or excitor",
-                          peft__model_qm_name(m), peft_ggml_type_name(peft__model_qm(m)->type));
+    const peft_method_def *def = peft_method_get(cfg->kind);
+    if (!def) return peft__fail(PEFT_ERR_ARG, "method kind %d is not registered", (int)cfg->kind);
     peft_rng_seed(&m->rng, cfg->seed);
-    peft_model_set_trainable_all(m, cfg->kind == PEFT_FULL);
-    peft_status s = PEFT_OK;
-    switch (cfg->kind) {
-    case PEFT_FULL: break;
-    case PEFT_LORA: s = peft__attach_lora(m, cfg); break;
-    case PEFT_ADAPTER_V1: s = peft__attach_prompts(m, cfg); break;
-    case PEFT_ADAPTER_V2: s = peft__attach_v2(m, cfg); break;
-    case PEFT_EXCITOR: s = peft__attach_excitor(m, cfg); break;
-    case PEFT_QLORA: s = peft__attach_qlora(m, cfg); break;
-    default:
-        s = peft__fail(PEFT_ERR_UNSUPPORTED, "method %s is not available in this build yet",
-                       peft_method_name(cfg->kind));
-    }
+    peft_model_set_trainable_all(m, 0);
+    peft_status s = def->attach(m, cfg);
     m->method = *cfg;                  /* on failure peft_attach restores the model */
     return s;
+}
+
+/* ============================================================================
+   METHOD REGISTRY: one entry per method
+   ============================================================================
+   Everything the library, the command line, the demo, the tests and the
+   README know about a method, in one place (see peft_method_def). The
+   defaults hold the sources' values; where a source states no value the
+   field is 0 and the comment says so. */
+static void peft__lora_config_json(struct peft__sb *b, const peft_model *m);
+static void peft__prompts_config_json(struct peft__sb *b, const peft_model *m);
+static peft_status peft__lora_from_json(const peft_json *j, const char *path, const peft_config *c,
+                                        peft_method *out);
+static peft_status peft__prompts_from_json(const peft_json *j, const char *path, const peft_config *c,
+                                           peft_method *out);
+
+static const peft_method_key peft__lora_settings[] = {
+    { "lora_r", "R", "LoRA rank (default 8; QLoRA 64)", 1 },
+    { "lora_alpha", "A", "LoRA alpha (default 8; QLoRA 16); scale = alpha/r", 1 },
+    { "lora_dropout", "P", "dropout on the LoRA branch (default 0; QLoRA 0.1)", 1 },
+    { "lora_targets", "LIST", "q_proj,v_proj (default) | any of q k v o gate up down | all-linear", 0 },
+    { "lora_init", "I", "kaiming (PEFT's default) | gaussian", 0 },
+    { "lora_layers", "LIST", "layers to adapt, e.g. 0-3,7 (default all)", 0 },
+    { "lora_rslora", "1", "rank-stabilised scale alpha/sqrt(r)", 1 },
+    { "modules_to_save", "M",
+      "lm_head,embed_tokens: train full copies, saved with the adapter (PEFT's\n"
+      "modules_to_save; merge puts them in the model; GGUF export refuses them)", 0 },
+    { "lora_bias", "1", "a trained bias on lora_B (PEFT's lora_bias)", 0 },
+    { "trainable_tokens", "L",
+      "token ids, e.g. 3,7: their embed_tokens rows trained (PEFT's\n"
+      "trainable_token_indices; also lm_head's when tied)", 0 },
+    { NULL, NULL, NULL, 0 } };
+static const peft_method_key peft__adapter_settings[] = {
+    { "adapter_len", "K", "LLaMA-Adapter prompts per layer (default 10)", 1 },
+    { "adapter_layers", "L", "adapted top layers (default: 30/32 of the model's)", 1 },
+    { "adapter_gate", "G", "head (tanh gate per head, the paper) | peft (one raw gate, PEFT's)", 0 },
+    { NULL, NULL, NULL, 0 } };
+static const peft_method_key peft__fusion_settings[] = {
+    { "fusion_layers", "F", "adapter-v2 early-fusion layers (default 0)", 1 },
+    { "fusion_dim", "D", "width of the condition vectors for early fusion", 1 },
+    { NULL, NULL, NULL, 0 } };
+static const peft_method_key peft__excitor_settings[] = {
+    { "excitor_len", "K", "Excitor prompts (default 30)", 1 },
+    { "excitor_rank", "R", "Excitor bottleneck rank (default 16)", 1 },
+    { "excitor_layers", "L", "adapted top layers (default: 30/32 of the model's)", 1 },
+    { NULL, NULL, NULL, 0 } };
+
+/* LLaMA-Adapter's training (Zhang et al. 2023, §4.1, and its finetuning
+   code's AdamW betas): 5 epochs, 2 of them warm-up, batch 64, lr 9e-3,
+   weight decay 0.02, β2 0.95, cosine; 10 prompts in the top 30 of 32 layers. */
+#define PEFT__ADAPTER_RECIPE                                                              \
+    .adapter_len = 10, .lr = 9e-3f, .weight_decay = 0.02f, .beta2 = 0.95f, .warmup_ratio = 0.4f, \
+    .schedule = PEFT_SCHED_COSINE, .epochs = 5, .batch = 64
+
+static const peft_method_def peft__methods[] = {
+    [PEFT_FULL] = {
+        .name = "full", .title = "full fine-tuning", .section = "TRAINER", .trains = "every parameter",
+        .zero_init = "—",
+        /* Stanford Alpaca's recipe for LLaMA-7B: 3 epochs, batch 128, lr 2e-5,
+           no weight decay, 3% warm-up, cosine */
+        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, .lr = 2e-5f, .warmup_ratio = 0.03f,
+                      .schedule = PEFT_SCHED_COSINE, .epochs = 3, .batch = 128 },
+        .attach = peft__attach_full, .param_count = peft__count_full },
+    [PEFT_LORA] = {
+        .name = "lora", .title = "LoRA (Hu et al. 2021)", .section = "LoRA —", .peft_type = "LORA",
+        .trains = "A, B at chosen linears", .zero_init = "B = 0",
+        /* r 8, alpha 8, q_proj + v_proj: PEFT's LoraConfig defaults. Training:
+           the paper's GPT-2 M on E2E (its Table 11): lr 2e-4, weight decay
+           0.01, 500 warm-up steps, linear decay, batch 8, 5 epochs */
+        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, .lora_targets = 1u << PEFT_Q | 1u << PEFT_V,
+                      .lr = 2e-4f, .weight_decay = 0.01f, .warmup_steps = 500,
+                      .schedule = PEFT_SCHED_LINEAR, .epochs = 5, .batch = 8 },
+        .keys = { peft__lora_settings },
+        .attach = peft__attach_lora, .param_count = peft__count_lora,
+        .config_write = peft__lora_config_json, .config_read = peft__lora_from_json },
+    [PEFT_ADAPTER_V1] = {
+        .name = "adapter-v1", .title = "LLaMA-Adapter V1 (2303.16199)", .section = "LLaMA-Adapter V1 —",
+        .peft_type = "LLAMA_ADAPTER_V1",
+        .trains = "K prompts in the top L layers, tanh gate per head", .zero_init = "gate = 0",
+        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, PEFT__ADAPTER_RECIPE },
+        .keys = { peft__adapter_settings },
+        .attach = peft__attach_prompts, .param_count = peft__count_v1,
+        .config_write = peft__prompts_config_json, .config_read = peft__prompts_from_json },
+    [PEFT_ADAPTER_V2] = {
+        .name = "adapter-v2", .title = "LLaMA-Adapter V2 (2304.15010)", .section = "LLaMA-Adapter V2 —",
+        .peft_type = "LLAMA_ADAPTER_V2",
+        .trains = "V1 + bias/scale on every linear, RMSNorms, early-fusion projection",
+        .zero_init = "gate = 0, b = 0, s = 1",
+        /* the V2 paper restates no language-only recipe: V1's */
+        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, PEFT__ADAPTER_RECIPE },
+        .keys = { peft__adapter_settings, peft__fusion_settings },
+        .attach = peft__attach_v2, .param_count = peft__count_v2,
+        .config_write = peft__prompts_config_json, .config_read = peft__prompts_from_json },
+    [PEFT_EXCITOR] = {
+        .name = "excitor", .title = "LLaMA-Excitor (2404.00913)", .section = "LLaMA-Excitor —",
+        .peft_type = "LLAMA_EXCITOR",
+        .trains = "prompts + rank-16 bottleneck feeding a gated logit term", .zero_init = "gate = 0",
+        /* 30 prompts, rank 16, top 30 of 32 layers; training: LLaMA-Adapter's
+           setting, which the paper compares under (not restated there) */
+        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, .excitor_len = 30, .excitor_rank = 16,
+                      .lr = 9e-3f, .weight_decay = 0.02f, .beta2 = 0.95f, .warmup_ratio = 0.4f,
+                      .schedule = PEFT_SCHED_COSINE, .epochs = 5, .batch = 64 },
+        .keys = { peft__excitor_settings },
+        .attach = peft__attach_excitor, .param_count = peft__count_excitor,
+        .config_write = peft__prompts_config_json, .config_read = peft__prompts_from_json },
+    [PEFT_QLORA] = {
+        .name = "qlora", .title = "QLoRA (2305.14314)", .section = "QLoRA —", .peft_type = "LORA",
+        .trains = "LoRA (r 64, alpha 16, all linears) over an NF4 + double-quantized base",
+        .zero_init = "B = 0",
+        /* the paper's 7B/13B recipe (its Appendix B): r 64, alpha 16, dropout
+           0.1 on every linear; lr 2e-4 constant, 3% warm-up, no weight decay,
+           β2 0.999, max grad norm 0.3, batch 16 */
+        .defaults = { .lora_r = 64, .lora_alpha = 16.0f, .lora_dropout = 0.1f,
+                      .lora_targets = PEFT__ALL_LINEAR, .lr = 2e-4f, .beta2 = 0.999f,
+                      .max_grad_norm = 0.3f, .warmup_ratio = 0.03f, .schedule = PEFT_SCHED_CONSTANT,
+                      .batch = 16 },
+        .keys = { peft__lora_settings },
+        .attach = peft__attach_qlora, .param_count = peft__count_lora,
+        .config_write = peft__lora_config_json, .config_read = peft__lora_from_json },
+};
+/* one entry per built-in kind (as ggml asserts its op count) */
+typedef char peft__methods_complete[sizeof peft__methods / sizeof *peft__methods == PEFT_N_METHODS ? 1 : -1];
+
+static const peft_method_def *peft__registered[PEFT_MAX_METHODS];
+static int peft__n_registered;
+
+PEFTDEF int peft_method_count(void) { return PEFT_N_METHODS + peft__n_registered; }
+
+PEFTDEF const peft_method_def *peft_method_get(peft_method_kind kind) {
+    int k = (int)kind;
+    if (k < 0 || k >= peft_method_count()) return NULL;
+    return k < PEFT_N_METHODS ? &peft__methods[k] : peft__registered[k - PEFT_N_METHODS];
+}
+
+PEFTDEF peft_status peft_method_register(const peft_method_def *def, peft_method_kind *kind) {
+    if (!def || !def->name || !def->name[0] || !def->attach || !def->param_count)
+        return peft__fail(PEFT_ERR_CONFIG, "peft_method_register: a method needs a name, attach and "
+                          "param_count");
+    for (int k = 0; k < peft_method_count(); k++)
+        if (!strcmp(peft_method_get((peft_method_kind)k)->name, def->name))
+            return peft__fail(PEFT_ERR_CONFIG, "peft_method_register: method '%s' exists already", def->name);
+    if (peft_method_count() >= PEFT_MAX_METHODS)
+        return peft__fail(PEFT_ERR_CONFIG, "peft_method_register: %s: the table holds %d methods "
+                          "(PEFT_MAX_METHODS)", def->name, PEFT_MAX_METHODS);
+    peft__registered[peft__n_registered] = def;
+    *kind = (peft_method_kind)(PEFT_N_METHODS + peft__n_registered);
+    peft__n_registered++;
+    return PEFT_OK;
 }
 
 /* ============================================================================
@@ -8543,7 +8807,7 @@ static peft_status peft__atomic_commit(FILE *f, const char *tmp, const char *pat
 }
 
 /* Appends printf output to a growing buffer (for JSON headers and configs). */
-typedef struct { char *s; size_t n, cap; int oom; } peft__sb;
+typedef struct peft__sb { char *s; size_t n, cap; int oom; } peft__sb;
 static void peft__sbf(peft__sb *b, const char *fmt, ...) PEFT__PRINTF(2, 3);
 static void peft__sbf(peft__sb *b, const char *fmt, ...) {
     va_list ap;
@@ -9176,24 +9440,46 @@ PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
    it llama.cpp's converter, load them. The methods PEFT does not have are
    written in the same layout with their own peft_type and keys. */
 static const char *peft__adapter_type(const peft_method *m) {
-    switch (m->kind) {
-    case PEFT_LORA: case PEFT_QLORA: return "LORA";
-    case PEFT_ADAPTER_V1: return m->adapter_peft_gate ? "ADAPTION_PROMPT" : "LLAMA_ADAPTER_V1";
-    case PEFT_ADAPTER_V2: return "LLAMA_ADAPTER_V2";
-    case PEFT_EXCITOR: return "LLAMA_EXCITOR";
-    default: return NULL;
-    }
+    const peft_method_def *d = peft_method_get(m->kind);
+    if (m->kind == PEFT_ADAPTER_V1 && m->adapter_peft_gate) return "ADAPTION_PROMPT";
+    return d ? d->peft_type : NULL;
+}
+
+/* The keys of a method without a layout of its own: each of its settings, as its get hook writes it. */
+static void peft__generic_config_json(peft__sb *b, const peft_model *m) {
+    const peft_method_def *d = peft_method_get(m->method.kind);
+    char val[1024];
+    for (int g = 0; d->get && g < 3; g++)
+        for (const peft_method_key *k = d->keys[g]; k && k->key; k++) {
+            if (!d->get(&m->method, k->key, val, sizeof val)) continue;
+            peft__sbf(b, ",\n  ");
+            peft__sb_jstr(b, k->key);
+            peft__sbf(b, ": %s", val);
+        }
+    peft__sbf(b, ",\n  \"library\": \"peft.h\"");
 }
 
 static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
     const peft_method *x = &m->method;
     const char *base = m->path[0] ? m->path : "";
+    const peft_method_def *d = peft_method_get(x->kind);
+    const char *type = peft__adapter_type(x);           /* peft_adapter_save checked it is set */
     peft__sbf(b,
               "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ",
-              peft__adapter_type(x));
+              type ? type : "");
     peft__sb_jstr(b, base);
     peft__sbf(b, ",\n  \"inference_mode\": true,\n  \"revision\": null");
-    if (x->kind == PEFT_LORA || x->kind == PEFT_QLORA) {
+    if (d->config_write)
+        d->config_write(b, m);
+    else
+        peft__generic_config_json(b, m);
+    peft__sbf(b, "\n}\n");
+}
+
+/* LoRA's keys as PEFT's LoraConfig writes them. */
+static void peft__lora_config_json(peft__sb *b, const peft_model *m) {
+    const peft_method *x = &m->method;
+    {
         peft__sbf(b,
                   ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  "
                   "\"target_modules\": [",
@@ -9253,7 +9539,13 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
                 if (x->lora_layers[l]) { peft__sbf(b, "%s%d", first ? "" : ", ", l); first = 0; }
             peft__sbf(b, "]");
         }
-    } else {
+    }
+}
+
+/* LLaMA-Adapter V1/V2 and Excitor: PEFT's AdaptionPrompt keys (V1 with PEFT's gate), or their own. */
+static void peft__prompts_config_json(peft__sb *b, const peft_model *m) {
+    const peft_method *x = &m->method;
+    {
         int L = peft__top_layers(&m->cfg, x->kind == PEFT_EXCITOR ? x->excitor_layers : x->adapter_layers);
         if (x->kind == PEFT_EXCITOR)
             peft__sbf(b, ",\n  \"excitor_len\": %d,\n  \"excitor_rank\": %d,\n  \"excitor_layers\": %d",
@@ -9269,7 +9561,6 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
         }
         if (x->kind != PEFT_ADAPTER_V1 || !x->adapter_peft_gate) peft__sbf(b, ",\n  \"library\": \"peft.h\"");
     }
-    peft__sbf(b, "\n}\n");
 }
 
 /* What an adapter file holds: the method's tensors, then base tensors the
@@ -9782,20 +10073,59 @@ static peft_status peft__lora_from_json(const peft_json *j, const char *path, co
 /* adapter_config.json → method settings. PEFT's LoRA and AdaptionPrompt keys
    map onto this library's; settings PEFT has and this library lacks are
    refused by name rather than silently ignored. */
+static peft_status peft__generic_from_json(const peft_json *j, const char *path, peft_method *out);
 static peft_status peft__adapter_method(const peft_json *j, const char *path, const peft_config *c,
                                         peft_method *out) {
     const char *type = peft__json_str(j, "peft_type");
     if (!type) return peft__fail(PEFT_ERR_FORMAT, "%s: no peft_type", path);
-    peft_method_kind kind;
-    if (!strcmp(type, "LORA")) kind = PEFT_LORA;
-    else if (!strcmp(type, "ADAPTION_PROMPT") || !strcmp(type, "LLAMA_ADAPTER_V1")) kind = PEFT_ADAPTER_V1;
-    else if (!strcmp(type, "LLAMA_ADAPTER_V2")) kind = PEFT_ADAPTER_V2;
-    else if (!strcmp(type, "LLAMA_EXCITOR")) kind = PEFT_EXCITOR;
-    else return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: peft_type '%s' is not supported", path, type);
-    *out = peft_method_defaults(kind);
-    out->lora_targets = 0;
-    if (kind == PEFT_LORA) return peft__lora_from_json(j, path, c, out);
-    if (!strcmp(type, "ADAPTION_PROMPT")) out->adapter_peft_gate = 1;
+    /* the first method that writes this peft_type (lora before qlora); PEFT's ADAPTION_PROMPT is V1 */
+    int kind = !strcmp(type, "ADAPTION_PROMPT") ? PEFT_ADAPTER_V1 : -1;
+    for (int k = 0; k < peft_method_count() && kind < 0; k++) {
+        const char *t = peft_method_get((peft_method_kind)k)->peft_type;
+        if (t && !strcmp(t, type)) kind = k;
+    }
+    if (kind < 0) return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: peft_type '%s' is not supported", path, type);
+    const peft_method_def *d = peft_method_get((peft_method_kind)kind);
+    *out = peft_method_defaults((peft_method_kind)kind);
+    if (kind < PEFT_N_METHODS) out->lora_targets = 0;
+    return d->config_read ? d->config_read(j, path, c, out) : peft__generic_from_json(j, path, out);
+}
+
+/* JSON scalar → the text peft_method_set takes; 0 for another type. */
+static int peft__json_setting(const peft_json *e, char *val, size_t cap) {
+    if (e->type == PEFT_JSON_NUMBER) snprintf(val, cap, "%.17g", e->number);
+    else if (e->type == PEFT_JSON_BOOL) snprintf(val, cap, "%s", e->number != 0 ? "true" : "false");
+    else if (e->type == PEFT_JSON_STRING) snprintf(val, cap, "%s", e->string);
+    else return 0;
+    return 1;
+}
+
+/* A registered method's keys: each one through peft_method_set, an unknown one refused by name. */
+static peft_status peft__generic_from_json(const peft_json *j, const char *path, peft_method *out) {
+    static const char *const common[] = { "peft_type", "task_type", "base_model_name_or_path",
+                                          "inference_mode", "revision", "library" };
+    for (const peft_json *e = j->child; e; e = e->next) {
+        int skip = 0;
+        for (size_t i = 0; i < sizeof common / sizeof *common; i++) skip |= !strcmp(e->key, common[i]);
+        if (skip) continue;
+        char val[1024];
+        if (!peft__json_setting(e, val, sizeof val))
+            return peft__fail(PEFT_ERR_FORMAT, "%s: %s must be a number, a boolean or a string", path, e->key);
+        if (peft_method_set(out, e->key, val) != PEFT_OK) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", peft_last_error());
+            return peft__fail(PEFT_ERR_CONFIG, "%s: %s", path, msg);
+        }
+    }
+    return PEFT_OK;
+}
+
+/* LLaMA-Adapter V1/V2 and Excitor keys (PEFT's AdaptionPrompt ones included). */
+static peft_status peft__prompts_from_json(const peft_json *j, const char *path, const peft_config *c,
+                                           peft_method *out) {
+    const char *type = peft__json_str(j, "peft_type");
+    peft_method_kind kind = out->kind;
+    if (type && !strcmp(type, "ADAPTION_PROMPT")) out->adapter_peft_gate = 1;
     peft_status s = PEFT_OK;
     for (const peft_json *e = j->child; e && s == PEFT_OK; e = e->next) {
         char val[16384];
