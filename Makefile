@@ -9,6 +9,7 @@ BUILD   ?= build
 TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.c \
             tests/test_files.c tests/test_train.c tests/test_cli.c tests/test_methods.c tests/test_q4.c \
             tests/test_gguf_quant.c \
+            tests/test_bf16.c \
             tests/test_chat.c \
             tests/test_adapter_keys.c \
             tests/test_gguf.c \

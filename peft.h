@@ -328,6 +328,8 @@ typedef struct {
     size_t         row_bytes;
     const uint8_t *data;        /* rows * row_bytes bytes (e.g. in a mapped file)    */
     void          *owned;       /* freed with the matrix when not NULL              */
+    int            bf16_compute;/* BF16 only: products in bf16 with fp32 accumulation
+                                   (peft_model_set_precision); 0: decoded to fp32   */
 } peft_qmatrix;
 /* floats of row `row`, columns [col, col + n) (any range, not only whole blocks) */
 PEFTDEF void        peft_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n,
@@ -351,6 +353,11 @@ PEFTDEF int  peft_get_threads(void);
    this refuses, with a clear error, to run AVX-512/AVX2/FMA code on a CPU
    without them (instead of dying of SIGILL). Models call it on creation. */
 PEFTDEF peft_status peft_check_cpu(void);
+/* 1 when products with bf16 weights (--precision bf16) run on AVX512-BF16
+   (vdpbf16ps: bf16 pairs multiplied into fp32 sums); 0 when the CPU or the
+   build lacks it, or the environment sets PEFT_NO_BF16=1: the weights then
+   stay bf16 and are decoded to fp32 for an fp32 product. */
+PEFTDEF int peft_bf16_dot_available(void);
 
 /* ------------------------------------------------------------------- tape */
 typedef struct peft_graph peft_graph;
@@ -834,6 +841,20 @@ PEFTDEF double      peft_model_linear_bits(const peft_model *m);
    decoded into float32 w->data and its blocks freed: the float copy that
    merging an adapter needs (a GGUF base trains without one). */
 PEFTDEF peft_status peft_model_dequantize(peft_model *m);
+/* Mixed precision (--precision): PEFT_PRECISION_BF16 stores every frozen
+   block linear in bf16 (rounded to nearest even from fp32; half the memory),
+   and the products with them, x·Wᵀ and dy·W, run in bf16 with fp32
+   accumulation (peft_bf16_dot_available); everything trainable, the
+   gradients and the optimizer stay fp32. A GGUF base's BF16 linears are used
+   as they are. Call it after peft_attach: a weight the method trains stays
+   fp32. PEFT_PRECISION_FP32 turns the bf16 products off again (the weights
+   are made fp32 from their bf16 values). Refused on a merged LoRA
+   (PEFT_ERR_UNSUPPORTED); out of memory, nothing changes. Embeddings, norms
+   and lm_head stay fp32. */
+typedef enum { PEFT_PRECISION_FP32 = 0, PEFT_PRECISION_BF16 } peft_precision;
+PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p);
+PEFTDEF const char *peft_precision_name(peft_precision p);             /* "fp32", "bf16" */
+PEFTDEF peft_status peft_precision_parse(const char *name, peft_precision *p);
 /* A 4-bit model folder in the layout transformers + bitsandbytes write. */
 PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *dir);
 /* LoRA merge: W += s·B·A in place (forward then skips the LoRA branch);
@@ -948,6 +969,7 @@ typedef struct {
     peft_sched_kind schedule;
     int   paged_optim, optim_8bit;     /* see peft_adamw_opts                 */
     size_t optim_budget_bytes;
+    peft_precision precision;          /* PEFT_PRECISION_BF16: peft_model_set_precision on creation */
 } peft_trainer_opts;
 
 typedef struct peft_trainer {
@@ -4022,6 +4044,237 @@ PEFTDEF void peft_attention_ref(const double *q, const double *k, const double *
         }
 }
 
+/* ---- bf16 products (--precision bf16) --------------------------------------------
+   y = x·Wᵀ and dx (+)= dy·W with W frozen in bf16 (a BF16 peft_qmatrix whose
+   bf16_compute is set) and x, dy rounded to bf16 (nearest even) as they are
+   packed: each product of two bf16 is exact in fp32, and AVX512-BF16's
+   vdpbf16ps adds the pair (k, k+1) of them into fp32 accumulators at twice
+   the fp32 FMA's rate. Panels: B strips of NR = 32 columns × kc/2 pairs,
+   32 bits a (column, pair); A strips of 12 rows × kc/2 pairs, one 32-bit
+   broadcast each. Rounding error against the exact sum of the rounded
+   inputs: |c − Σ ãₖ·w̃ₖ| ≤ K·2⁻²⁴·Σ|ãₖ·w̃ₖ| (fp32 accumulation in any order,
+   to first order). Without the instruction (or with PEFT_NO_BF16=1 in the
+   environment) the products take the decode path of the ggml-typed linear:
+   bf16 storage, fp32 activations and fp32 compute. Each element of C is
+   summed by one thread in a fixed order: results do not depend on the
+   thread count. */
+#if defined(__GNUC__) && defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 10) && \
+        !defined(PEFT_NO_BF16_KERNEL)
+#define PEFT__BF16_DOT 1
+#include <immintrin.h>
+#include <cpuid.h>
+#endif
+
+static int peft__bf16_cpu = -1;          /* cpuid's answer, asked once: -1 not yet */
+
+PEFTDEF int peft_bf16_dot_available(void) {
+    const char *off = getenv("PEFT_NO_BF16");
+    if (off && *off && strcmp(off, "0")) return 0;
+#ifdef PEFT__BF16_DOT
+    if (peft__bf16_cpu < 0) {
+        unsigned a, b, c, d, ok = 0;
+        /* AVX-512 F and BW (leaf 7 EBX bits 16, 30), BF16 (leaf 7.1 EAX bit 5),
+           and the OS saving the zmm state (XCR0 bits 1, 2, 5, 6, 7) */
+        if (__get_cpuid(1, &a, &b, &c, &d) && (c >> 27 & 1) && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+            (b >> 16 & 1) && (b >> 30 & 1) && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1)) {
+            unsigned lo, hi;
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            (void)hi;
+            ok = (lo & 0xE6) == 0xE6;
+        }
+        peft__bf16_cpu = (int)ok;
+    }
+    return peft__bf16_cpu;
+#else
+    return 0;
+#endif
+}
+
+#ifdef PEFT__BF16_DOT
+#define PEFT__BMR 12
+#define PEFT__BNR 32
+#define PEFT__BKC 640                    /* k per slice: a 32-column strip is 40 KB, as in fp32 */
+#define PEFT__BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+typedef struct {
+    const peft_qmatrix *W;
+    int backward;                        /* B(k, j) = W[k][j] (dy·W), else W[j][k] (x·Wᵀ) */
+    int M, N, K, lda, ldc;
+    const float *A;
+    float *C;
+    int jc, nc, pc, kc, over, nsplit;
+    uint16_t *Bp;                        /* the slice's packed strips */
+} peft__bf16_args;
+
+static const uint16_t *peft__bf16_wrow(const peft_qmatrix *W, int64_t r) {
+    return (const uint16_t *)(const void *)(W->data + (size_t)r * W->row_bytes);
+}
+
+/* strips [s0, s1) of the slice: (pair p, column j) at Bp[p·64 + 2j], k even low */
+static void peft__bf16_pack_B(void *vctx, int64_t s0, int64_t s1) {
+    const peft__bf16_args *g = (const peft__bf16_args *)vctx;
+    int kp = (g->kc + 1) / 2;
+    for (int64_t s = s0; s < s1; s++) {
+        int j0 = (int)s * PEFT__BNR, nr = g->nc - j0 < PEFT__BNR ? g->nc - j0 : PEFT__BNR;
+        uint16_t *Bp = g->Bp + (size_t)s * PEFT__BNR * 2 * (size_t)kp;
+        if (!g->backward)
+            for (int j = 0; j < nr; j++) {
+                const uint16_t *w = peft__bf16_wrow(g->W, g->jc + j0 + j) + g->pc;
+                for (int p = 0; p < kp; p++) {
+                    Bp[(size_t)p * 64 + 2 * j] = w[2 * p];
+                    Bp[(size_t)p * 64 + 2 * j + 1] = 2 * p + 1 < g->kc ? w[2 * p + 1] : 0;
+                }
+            }
+        else
+            for (int p = 0; p < kp; p++) {
+                const uint16_t *r0 = peft__bf16_wrow(g->W, g->pc + 2 * p) + g->jc + j0;
+                const uint16_t *r1 = 2 * p + 1 < g->kc ? peft__bf16_wrow(g->W, g->pc + 2 * p + 1) + g->jc + j0
+                                                       : NULL;
+                uint16_t *d = Bp + (size_t)p * 64;
+                for (int j = 0; j < nr; j++) {
+                    d[2 * j] = r0[j];
+                    d[2 * j + 1] = r1 ? r1[j] : 0;
+                }
+            }
+        for (int p = 0; nr < PEFT__BNR && p < kp; p++)
+            memset(Bp + (size_t)p * 64 + 2 * nr, 0, sizeof(uint16_t) * 2 * (size_t)(PEFT__BNR - nr));
+    }
+}
+
+/* rows [i0, i0 + mr) of A, k in the slice, rounded to bf16 in pairs: Ap[p·12 + i] */
+PEFT__BF16_TARGET static void peft__bf16_pack_A(const peft__bf16_args *g, int i0, int mr, uint32_t *Ap) {
+    int kp = (g->kc + 1) / 2, full = g->kc / 32 * 32;
+    for (int i = 0; i < PEFT__BMR; i++) {
+        if (i >= mr) {
+            for (int p = 0; p < kp; p++) Ap[(size_t)p * PEFT__BMR + i] = 0;
+            continue;
+        }
+        const float *a = g->A + (size_t)(i0 + i) * g->lda + g->pc;
+        uint32_t t[16];
+        for (int k = 0; k < full; k += 32) {    /* 32 floats to 16 pairs, nearest even */
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(a + k));
+            _mm512_storeu_si512((void *)t, (__m512i)v);
+            for (int q = 0; q < 16; q++) Ap[(size_t)(k / 2 + q) * PEFT__BMR + i] = t[q];
+        }
+        for (int k = full; k < g->kc; k += 2) {
+            uint32_t lo = peft_f32_to_bf16(a[k]), hi = k + 1 < g->kc ? peft_f32_to_bf16(a[k + 1]) : 0;
+            Ap[(size_t)(k / 2) * PEFT__BMR + i] = lo | hi << 16;
+        }
+    }
+}
+
+/* C[mr×nr] (+)= Ap · Bp over kp pairs: 12 × 2 accumulators of 16 floats */
+PEFT__BF16_TARGET static void peft__bf16_ukernel(int kp, const uint32_t *Ap, const uint16_t *Bp, float *C,
+                                                 int ldc, int mr, int nr, int over) {
+#define PEFT__BROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11)
+#define PEFT__BACC(i) __m512 c##i##a = _mm512_setzero_ps(), c##i##b = _mm512_setzero_ps();
+#define PEFT__BDOT(i) \
+    { \
+        __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[i]); \
+        c##i##a = _mm512_dpbf16_ps(c##i##a, a, b0); \
+        c##i##b = _mm512_dpbf16_ps(c##i##b, a, b1); \
+    }
+#define PEFT__BPUT(i) \
+    _mm512_storeu_ps(tile + (i)*PEFT__BNR, c##i##a); \
+    _mm512_storeu_ps(tile + (i)*PEFT__BNR + 16, c##i##b);
+    PEFT__BROWS(PEFT__BACC)
+    for (int p = 0; p < kp; p++, Ap += PEFT__BMR, Bp += 64) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)Bp);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(Bp + 32));
+        PEFT__BROWS(PEFT__BDOT)
+    }
+    float tile[PEFT__BMR * PEFT__BNR];
+    PEFT__BROWS(PEFT__BPUT)
+#undef PEFT__BROWS
+#undef PEFT__BACC
+#undef PEFT__BDOT
+#undef PEFT__BPUT
+    for (int i = 0; i < mr; i++) {
+        float *c = C + (size_t)i * ldc;
+        const float *t = tile + i * PEFT__BNR;
+        if (nr == PEFT__BNR) {
+            __m512 lo = _mm512_loadu_ps(t), hi = _mm512_loadu_ps(t + 16);
+            if (!over) {
+                lo = _mm512_add_ps(lo, _mm512_loadu_ps(c));
+                hi = _mm512_add_ps(hi, _mm512_loadu_ps(c + 16));
+            }
+            _mm512_storeu_ps(c, lo);
+            _mm512_storeu_ps(c + 16, hi);
+        } else if (over) memcpy(c, t, sizeof(float) * (size_t)nr);
+        else for (int j = 0; j < nr; j++) c[j] += t[j];
+    }
+}
+
+/* units [u0, u1): a strip of 12 rows times a part of the slice's column strips */
+static void peft__bf16_units(void *vctx, int64_t u0, int64_t u1) {
+    const peft__bf16_args *g = (const peft__bf16_args *)vctx;
+    _Alignas(64) uint32_t Ap[PEFT__BMR * (PEFT__BKC / 2)];             /* 15 KB */
+    int kp = (g->kc + 1) / 2, strips = (g->nc + PEFT__BNR - 1) / PEFT__BNR;
+    for (int64_t u = u0; u < u1; u++) {
+        int i0 = (int)(u / g->nsplit) * PEFT__BMR, part = (int)(u % g->nsplit);
+        int mr = g->M - i0 < PEFT__BMR ? g->M - i0 : PEFT__BMR;
+        int s0 = strips * part / g->nsplit, s1 = strips * (part + 1) / g->nsplit;
+        if (s1 <= s0) continue;
+        peft__bf16_pack_A(g, i0, mr, Ap);
+        for (int s = s0; s < s1; s++) {
+            int j0 = s * PEFT__BNR, nr = g->nc - j0 < PEFT__BNR ? g->nc - j0 : PEFT__BNR;
+            peft__bf16_ukernel(kp, Ap, g->Bp + (size_t)s * PEFT__BNR * 2 * (size_t)kp,
+                               g->C + (size_t)i0 * g->ldc + g->jc + j0, g->ldc, mr, nr, g->over);
+        }
+    }
+}
+
+static PEFT__TLS float *peft__bf16_pack_b;
+static PEFT__TLS size_t peft__bf16_pack_b_cap;
+#endif
+
+/* C = op(A)·op(W) in bf16 (see above): forward c [M, out] = a·Wᵀ (stored),
+   backward c [M, in] (+)= a·W. 0 when it did not run (no instruction, no
+   memory for the panel): the caller takes the decode path. */
+static int peft__bf16_product(const peft_qmatrix *W, int backward, const float *a, int M, int out, int in,
+                              float *c, int store) {
+#ifdef PEFT__BF16_DOT
+    if (W->type != PEFT_GGML_BF16 || !W->bf16_compute || !peft_bf16_dot_available()) return 0;
+    peft__bf16_args g;
+    memset(&g, 0, sizeof g);
+    g.W = W; g.backward = backward; g.M = M; g.A = a; g.C = c;
+    g.N = backward ? in : out;
+    g.K = backward ? out : in;
+    g.lda = g.K; g.ldc = g.N;
+    if (M <= 0 || g.N <= 0) return 1;
+    if (g.K <= 0) {
+        for (int i = 0; store && i < M; i++) memset(c + (size_t)i * g.ldc, 0, sizeof(float) * (size_t)g.N);
+        return 1;
+    }
+    int nslices = (g.N + PEFT__NC - 1) / PEFT__NC;
+    int nc_even = ((g.N + nslices - 1) / nslices + PEFT__BNR - 1) / PEFT__BNR * PEFT__BNR;
+    int kslices = (g.K + PEFT__BKC - 1) / PEFT__BKC;
+    int kc_even = ((g.K + kslices - 1) / kslices + 1) / 2 * 2;
+    size_t panel = (size_t)nc_even * (size_t)kc_even;           /* bf16 values */
+    g.Bp = (uint16_t *)(void *)peft__pack_buf(&peft__bf16_pack_b, &peft__bf16_pack_b_cap, (panel + 1) / 2);
+    if (!g.Bp) return 0;
+    int64_t mstrips = (M + PEFT__BMR - 1) / PEFT__BMR;
+    for (int js = 0; js < nslices; js++)
+        for (int pc = 0; pc < g.K; pc += kc_even) {
+            g.jc = js * nc_even;
+            g.nc = g.N - g.jc < nc_even ? g.N - g.jc : nc_even;
+            g.pc = pc;
+            g.kc = g.K - pc < kc_even ? g.K - pc : kc_even;
+            g.over = store && pc == 0;
+            int strips = (g.nc + PEFT__BNR - 1) / PEFT__BNR;
+            peft__parallel_for(strips, 4, peft__bf16_pack_B, &g);
+            /* few rows (generation): the column strips split too, until every thread has work */
+            g.nsplit = 1;
+            while (g.nsplit < strips && mstrips * g.nsplit < 2 * peft__nthreads) g.nsplit++;
+            peft__parallel_for(mstrips * g.nsplit, 1, peft__bf16_units, &g);
+        }
+    return 1;
+#else
+    (void)W; (void)backward; (void)a; (void)M; (void)out; (void)in; (void)c; (void)store;
+    return 0;
+#endif
+}
+
 /* ---- 4-bit linear ----------------------------------------------------------------
    y = x·Wᵀ,  dx += dy·W     with W [out, in] in 4-bit storage (frozen).
    The matrix product decodes W as it packs its panels (a strip of at most
@@ -4040,6 +4293,7 @@ static void peft__qm_rows(const void *w, int ldb, int64_t row, int64_t col, int 
    over dx when `store` (a fresh gradient). a is x or dy, c is y or dx. */
 static peft_status peft__frozen_product(int kind, const void *W, int backward, const float *a, int N, int out,
                                         int in, float *c, int store) {
+    if (kind && peft__bf16_product((const peft_qmatrix *)W, backward, a, N, out, in, c, store)) return PEFT_OK;
     peft__bstore src = { W, kind ? peft__qm_rows : peft__q4_rows };
     if (backward)
         return peft__gemm(0, 0, N, in, out, a, out, NULL, &src, NULL, in, store ? 0.0f : 1.0f, c, in);
@@ -6996,6 +7250,95 @@ PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
     return PEFT_OK;
 }
 
+/* ---- mixed precision: frozen block linears in bf16 (peft_model_set_precision) ---- */
+PEFTDEF const char *peft_precision_name(peft_precision p) { return p == PEFT_PRECISION_BF16 ? "bf16" : "fp32"; }
+
+PEFTDEF peft_status peft_precision_parse(const char *name, peft_precision *p) {
+    if (name && !strcmp(name, "fp32")) { *p = PEFT_PRECISION_FP32; return PEFT_OK; }
+    if (name && !strcmp(name, "bf16")) { *p = PEFT_PRECISION_BF16; return PEFT_OK; }
+    return peft__fail(PEFT_ERR_ARG, "precision '%s': expected fp32 or bf16", name ? name : "(null)");
+}
+
+/* the sites bf16 changes: frozen, float, not 4-bit; or a GGUF base's BF16 blocks */
+static int peft__bf16_site(const peft_linear_site *S) {
+    if (S->qm) return S->qm->type == PEFT_GGML_BF16;
+    return S->w && S->w->data && !S->q4 && !S->w->requires_grad;
+}
+
+PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p) {
+    if (p != PEFT_PRECISION_FP32 && p != PEFT_PRECISION_BF16)
+        return peft__fail(PEFT_ERR_ARG, "precision %d: expected PEFT_PRECISION_FP32 or _BF16", (int)p);
+    int n = m->cfg.n_layers * PEFT_N_SITES;
+    if (p == PEFT_PRECISION_FP32) {
+        /* decoded copies made first: out of memory, nothing has changed */
+        float **w = (float **)peft__calloc((size_t)n * sizeof *w);
+        if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to make the model fp32");
+        for (int i = 0; i < n; i++) {
+            peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
+            if (!S->qm || !S->qm->bf16_compute || m->gguf) continue;
+            w[i] = (float *)PEFT_MALLOC(sizeof(float) * (size_t)S->qm->rows * (size_t)S->qm->cols);
+            if (!w[i]) {
+                for (int j = 0; j < i; j++) PEFT_FREE(w[j]);
+                PEFT_FREE(w);
+                return peft__fail(PEFT_ERR_NOMEM, "no memory to make the model fp32");
+            }
+            for (int64_t r = 0; r < S->qm->rows; r++)
+                peft_qmatrix_decode(S->qm, r, 0, S->qm->cols, w[i] + (size_t)r * (size_t)S->qm->cols);
+        }
+        for (int i = 0; i < n; i++) {
+            peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
+            if (S->qm) S->qm->bf16_compute = 0;
+            if (!w[i]) continue;
+            S->w->data = w[i];
+            peft_qmatrix_free(S->qm);
+            PEFT_FREE(S->qm);
+            S->qm = NULL;
+        }
+        PEFT_FREE(w);
+        return PEFT_OK;
+    }
+    if (m->lora_merged)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "precision bf16: the LoRA is merged into the weights; unmerge "
+                          "it first (W + BA would be rounded to bf16)");
+    peft_qmatrix **q = (peft_qmatrix **)peft__calloc((size_t)n * sizeof *q);
+    if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory to store the model in bf16");
+    for (int i = 0; i < n; i++) {
+        peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
+        if (S->qm || !peft__bf16_site(S)) continue;
+        int64_t rows = S->w->shape[0], cols = S->w->shape[1];
+        q[i] = (peft_qmatrix *)peft__calloc(sizeof *q[i]);
+        uint16_t *d = (uint16_t *)PEFT_MALLOC(sizeof(uint16_t) * (size_t)rows * (size_t)cols);
+        if (!q[i] || !d) {
+            PEFT_FREE(d);
+            for (int j = 0; j <= i; j++) {
+                if (q[j]) peft_qmatrix_free(q[j]);
+                PEFT_FREE(q[j]);
+            }
+            PEFT_FREE(q);
+            return peft__fail(PEFT_ERR_NOMEM, "no memory to store %s in bf16",
+                              S->w->name ? S->w->name : "a weight");
+        }
+        for (int64_t e = 0; e < rows * cols; e++) d[e] = peft_f32_to_bf16(S->w->data[e]);
+        q[i]->type = PEFT_GGML_BF16;
+        q[i]->rows = rows;
+        q[i]->cols = cols;
+        q[i]->row_bytes = 2 * (size_t)cols;
+        q[i]->data = (const uint8_t *)d;
+        q[i]->owned = d;
+    }
+    for (int i = 0; i < n; i++) {              /* all made: swapped in */
+        peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
+        if (q[i]) {
+            PEFT_FREE(S->w->data);
+            S->w->data = NULL;
+            S->qm = q[i];
+        }
+        if (S->qm && S->qm->type == PEFT_GGML_BF16) S->qm->bf16_compute = 1;
+    }
+    PEFT_FREE(q);
+    return PEFT_OK;
+}
+
 static peft_status peft__attach_qlora(peft_model *m, const peft_method *cfg) {
     /* LoRA first: if quantizing then fails, the rollback of peft_attach
        drops LoRA, while the fp32 weights freed by a quantize could not come back */
@@ -7723,6 +8066,10 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
     tr->sched.min_lr = tr->o.min_lr;
     tr->sched.warmup_steps = tr->o.warmup_steps;
     tr->sched.total_steps = tr->o.total_steps;
+    if (tr->o.precision != PEFT_PRECISION_FP32 && peft_model_set_precision(m, tr->o.precision) != PEFT_OK) {
+        peft_trainer_free(tr);
+        return NULL;
+    }
     return tr;
 }
 

@@ -97,7 +97,7 @@ static void check_pair(int type, const char *what) {
     CHECK(d < 0, "%s %s: element %ld is %a, gguf.quants.dequantize gives %a", tn, what, d,
           d < 0 ? 0.0 : (double)mine[d], d < 0 ? 0.0 : (double)deq[d]);
     /* any range of a row through the qmatrix: the same floats */
-    peft_qmatrix q = { type, 1, nd, rb, raw, NULL };
+    peft_qmatrix q = { type, 1, nd, rb, raw, NULL, 0 };
     peft_rng r;
     peft_rng_seed(&r, (uint64_t)type);
     long bad = 0;
@@ -281,9 +281,9 @@ TEST(test_qmatrix_linear_packs_like_floats) {
     uint8_t blocks[4 * 144] = { 0 };
     int64_t sx[2] = { 3, 256 }, sw[2] = { 3, 512 };
     peft_tensor *x = peft_param_new("x", 2, sx), *xw = peft_param_new("x", 2, sw);
-    peft_qmatrix bad[3] = { { PEFT_GGML_Q4_K, 4, 256, 143, blocks, NULL },
-                            { 9 /* Q8_1 */, 4, 256, 144, blocks, NULL },
-                            { PEFT_GGML_Q4_K, 4, 256, 144, blocks, NULL } };
+    peft_qmatrix bad[3] = { { PEFT_GGML_Q4_K, 4, 256, 143, blocks, NULL, 0 },
+                            { 9 /* Q8_1 */, 4, 256, 144, blocks, NULL, 0 },
+                            { PEFT_GGML_Q4_K, 4, 256, 144, blocks, NULL, 0 } };
     for (int k = 0; k < 3; k++) {
         peft_graph_reset(g);
         peft_tensor *y = peft_qmatrix_linear(g, k < 2 ? x : xw, &bad[k]);

@@ -67,3 +67,29 @@ if [ -n "${GS// /}" ]; then
 else
     echo "(no $G: the GGUF line is skipped; see .ci/run to download it)"
 fi
+
+# ---- bf16 (--precision bf16): frozen block linears in bf16, bf16 products with fp32 sums ------
+# The GEMM line: the products with frozen weights (x·Wᵀ, dy·W) in bf16 against fp32 peft_gemm
+# (goal >= 1.7x); the step line: a LoRA step with --precision bf16 against fp32 (goal >= 1.4x),
+# and PyTorch + PEFT under torch.autocast("cpu", dtype=torch.bfloat16) in the same run.
+echo "== bf16 (--precision bf16; AVX512-BF16 where the CPU has it)"
+$BIN bench --gemm --precision bf16 --preset stories15m --batch 8 --seq 256 --threads 1 | tail -1
+bf16_case() {   # preset batch seq threads
+    local a f b ftps btps brss frss fcpu bcpu torch_out ttps
+    a="--preset $1 --method lora --lora-r 8 --lora-alpha 16 --batch $2 --seq $3 --steps $STEPS --threads $4"
+    f=$($BIN bench $a); b=$($BIN bench $a --precision bf16)
+    ftps=$(echo "$f" | field "tokens/s"); frss=$(echo "$f" | field "peak RSS MB")
+    btps=$(echo "$b" | field "tokens/s"); brss=$(echo "$b" | field "peak RSS MB")
+    fcpu=$(echo "$f" | field "cpu ms/step"); bcpu=$(echo "$b" | field "cpu ms/step")
+    # the ratio of CPU time per step (on 1 thread, what a busy machine's other work does not change)
+    printf "%-12s b%-2s s%-4s t%s  bf16 %8.1f tok/s  RSS %7.1f MB | fp32 %8.1f tok/s  RSS %7.1f MB | speed %sx (CPU time)" \
+        "$1" "$2" "$3" "$4" "$btps" "$brss" "$ftps" "$frss" "$(div "$fcpu" "$bcpu")"
+    if [ $have_torch = 1 ]; then
+        torch_out=$(python3 tools/ref/bench_torch.py --preset "$1" --method lora --batch "$2" --seq "$3" --steps "$STEPS" --threads "$4" --autocast bf16 2>/dev/null)
+        ttps=$(echo "$torch_out" | field "tokens/s")
+        printf " | PyTorch+PEFT autocast bf16 %8.1f tok/s | speed %sx" "$ttps" "$(div "$btps" "$ttps")"
+    fi
+    printf "\n"
+}
+bf16_case stories15m 8 256 1
+bf16_case smollm-135m 4 256 1

@@ -300,12 +300,14 @@ static const char *LOGITS_HELP =
         "FILE\n\n"
         "Runs one sequence forward and writes its logits as float32, little-endian,\n"
         "row-major [T, vocab] to FILE (atomically).\n"
-        "  --threads N   worker threads (default 1)\n";
+        "  --threads N   worker threads (default 1)\n"
+        "  --precision P fp32 (default) | bf16 (frozen block linears in bf16, fp32 sums)\n";
 
 static int cmd_logits(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     const char *tokens_arg = NULL, *out = NULL;
     int threads = 1;
+    peft_precision prec = PEFT_PRECISION_FP32;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(LOGITS_HELP, stdout); return 0; }
@@ -318,6 +320,8 @@ static int cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--threads")) {
             if (!parse_int(v, &threads) || threads < 1) return usage_error("logits", "bad --threads", v);
+        } else if (!strcmp(a, "--precision")) {
+            if (peft_precision_parse(v, &prec) != PEFT_OK) return usage_error("logits", "bad --precision", v);
         } else
             return usage_error("logits", "unknown option", a);
     }
@@ -342,6 +346,11 @@ static int cmd_logits(int argc, char **argv) {
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) { free(tok); return 1; }
+    if (prec != PEFT_PRECISION_FP32 && peft_model_set_precision(m, prec) != PEFT_OK) {
+        peft_model_free(m);
+        free(tok);
+        return fail();
+    }
     peft_graph *g = peft_graph_new();
     peft_graph_set_grad(g, 0);
     peft_tensor *lg = peft_model_forward(m, g, tok, 1, T);
@@ -393,6 +402,9 @@ static const char *TRAIN_HELP =
     "  --optim-budget-mb X   resident budget of the paged optimizer (default 64)\n"
     "  --checkpoint-activations 1  keep only block inputs, recompute in backward\n"
     "                        (same gradients, a fraction of the activation memory)\n"
+    "  --precision P         fp32 (default) | bf16: frozen block linears stored in bf16 and\n"
+    "                        multiplied in bf16 with fp32 sums (AVX512-BF16; else decoded to fp32);\n"
+    "                        what trains, its gradients and AdamW stay fp32\n"
     "  --out DIR             output folder (required unless --no-save); one that holds files is\n"
     "                        refused unless --overwrite (or continue it with --resume)\n"
     "  --overwrite           replace the run in a non-empty --out (its checkpoints and log go)\n"
@@ -433,6 +445,7 @@ static const char *TRAIN_KEYS[] = { "model",
                                     "method",
                                     "checkpoint_activations",
                                     "stop_on_divergence",
+                                    "precision",
                                     NULL };
 
 /* the settings written as JSON numbers; every other one (paths, names, lists) is a string */
@@ -1072,7 +1085,8 @@ static int cmd_train(int argc, char **argv) {
                                   { "seq", "256" },      { "eval_every", "0" },
                                   { "save_every", "0" }, { "seed", "0" },
                                   { "threads", "1" },    { "optim", "adamw" },
-                                  { "method", "full" },  { "stop_on_divergence", "0" } };
+                                  { "method", "full" },  { "stop_on_divergence", "0" },
+                                  { "precision", "fp32" } };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
 
@@ -1126,6 +1140,7 @@ static int cmd_train(int argc, char **argv) {
     o.paged_optim = !strcmp(optim, "paged");
     o.optim_8bit = !strcmp(optim, "8bit");
     if (ok && !o.paged_optim && !o.optim_8bit && strcmp(optim, "adamw")) { ok = 0; bad = "optim"; }
+    if (ok && peft_precision_parse(get(&st, "precision"), &o.precision) != PEFT_OK) { ok = 0; bad = "precision"; }
     if (!ok) return usage_error("train", "bad value for", bad);
     if (!src.model && !src.preset) return usage_error("train", "--model or --preset is required", NULL);
     if (!data) return usage_error("train", "--data is required", NULL);
@@ -1416,7 +1431,8 @@ static const char *BENCH_HELP =
     "usage: peft bench (--preset NAME | --model DIR) [--method M [method flags]]\n"
     "                  [--batch B] [--seq T] [--steps N] [--threads K]\n"
     "                  [--optim adamw|paged|8bit] [--optim-budget-mb X] [--checkpoint-activations 1]\n"
-    "       peft bench --gemm --preset NAME [--batch B] [--seq T] [--threads K]\n\n"
+    "                  [--precision fp32|bf16]\n"
+    "       peft bench --gemm --preset NAME [--batch B] [--seq T] [--threads K] [--precision bf16]\n\n"
     "Times training steps on random tokens and prints one line per figure:\n"
     "tokens/s, step ms (median), GFLOP/s (model FLOPs: 2 per weight per token\n"
     "forward, 2 more for the input gradient, 2 more per trainable weight, plus\n"
@@ -1424,7 +1440,9 @@ static const char *BENCH_HELP =
     "the memory the method and optimizer take.\n"
     "--gemm times the matrix products of the preset's linears at batch x seq tokens\n"
     "(forward, input gradient, weight gradient) against OpenBLAS when libopenblas is\n"
-    "installed (looked up at run time; never needed).\n";
+    "installed (looked up at run time; never needed).\n"
+    "--precision bf16: training steps with the frozen block linears in bf16 (bf16 products,\n"
+    "fp32 sums); with --gemm, the bf16 products x·Wᵀ and dy·W against fp32 peft_gemm instead.\n";
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -1533,11 +1551,109 @@ static int bench_gemm(const char *preset, int B, int T, int threads) {
     return 0;
 }
 
+/* ---- `peft bench --gemm --precision bf16`: bf16 products against fp32 -------------
+   The products with a frozen weight that --precision bf16 changes, x·Wᵀ and dy·W,
+   for every block linear of the preset at M = batch·seq tokens: fp32 peft_gemm,
+   the bf16 weight decoded to fp32 in the packing (the fallback without
+   AVX512-BF16) and the bf16 products (vdpbf16ps), each the median of 5 calls
+   (dy·W added to C, as the input gradient is when it is not the first). */
+/* on 1 thread the process's CPU time (a busy machine's other work does not
+   count), else the wall clock */
+static double bf16_clock(void) {
+    if (peft_get_threads() > 1) return now_s();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* the product exactly as the op runs it (peft__frozen_product: the bf16
+   kernel, or the decode path when W's bf16_compute is 0) */
+static double time_bf16_op(const peft_qmatrix *W, const float *a, int M, float *C, int backward, int reps) {
+    double t[9];
+    int out = (int)W->rows, in = (int)W->cols;
+    for (int r = -1; r < reps; r++) {
+        double t0 = bf16_clock();
+        if (peft__frozen_product(1, W, backward, a, M, out, in, C, !backward) != PEFT_OK) return -1;
+        if (r >= 0) t[r] = bf16_clock() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    return t[reps / 2];
+}
+
+static int bench_gemm_bf16(const char *preset, int B, int T, int threads) {
+    peft_config c;
+    if (peft_config_preset(&c, preset) != PEFT_OK) return fail();
+    peft_set_threads(threads);
+    int M = B * T, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+    struct {
+        const char *name;
+        int out, in;
+    } lin[] = { { "q_proj", q, c.dim },
+                { "k/v_proj", kv, c.dim },
+                { "o_proj", c.dim, q },
+                { "gate/up_proj", c.hidden_dim, c.dim },
+                { "down_proj", c.dim, c.hidden_dim } };
+    int dot = peft_bf16_dot_available();
+    printf("bf16 GEMM at the shapes of %s's block linears, M = %d tokens, %d threads (%s); %s\n", preset, M,
+           threads, threads == 1 ? "CPU time" : "wall time",
+           dot ? "AVX512-BF16" : "no AVX512-BF16 (or PEFT_NO_BF16): the bf16 column is the fallback");
+    printf("%-13s %-6s %6s %6s %6s %10s %12s %10s %7s\n", "linear", "product", "M", "N", "K", "fp32",
+           "bf16-decode", "bf16", "ratio");
+    double tf = 0, tb = 0, tdec = 0;
+    peft_rng rng;
+    peft_rng_seed(&rng, 1);
+    for (size_t l = 0; l < sizeof lin / sizeof lin[0]; l++) {
+        int out = lin[l].out, in = lin[l].in;
+        int64_t sx[2] = { M, in };
+        peft_tensor *x = peft_param_new("x", 2, sx);
+        float *w = malloc(sizeof(float) * (size_t)out * in), *dy = malloc(sizeof(float) * (size_t)M * out),
+              *C = malloc(sizeof(float) * (size_t)M * (out > in ? out : in));
+        uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)out * in);
+        if (!x || !w || !dy || !C || !wb) {
+            fprintf(stderr, "peft: error: out of memory\n");
+            return 1;
+        }
+        for (int64_t i = 0; i < x->n; i++) x->data[i] = peft_rng_normal(&rng);
+        for (size_t i = 0; i < (size_t)M * out; i++) dy[i] = peft_rng_normal(&rng);
+        for (size_t i = 0; i < (size_t)out * in; i++) {
+            wb[i] = peft_f32_to_bf16(0.05f * peft_rng_normal(&rng));
+            w[i] = peft_bf16_to_f32(wb[i]);
+        }
+        peft_qmatrix W = { PEFT_GGML_BF16, out, in, 2 * (size_t)in, (const uint8_t *)wb, NULL, 1 };
+        peft_qmatrix Wd = W;
+        Wd.bf16_compute = 0;
+        const char *prod[2] = { "x·Wᵀ", "dy·W" };
+        for (int k = 0; k < 2; k++) {
+            int n = k ? in : out, kk = k ? out : in;
+            double t32[9];
+            for (int r = -1; r < 5; r++) {
+                double t0 = bf16_clock();
+                if (!k) peft_gemm(0, 1, M, out, in, x->data, in, w, in, 0.0f, C, out);
+                else peft_gemm(0, 0, M, in, out, dy, out, w, in, 1.0f, C, in);
+                if (r >= 0) t32[r] = bf16_clock() - t0;
+            }
+            qsort(t32, 5, sizeof(double), cmp_double);
+            const float *a = k ? dy : x->data;
+            double f32 = t32[2], fdec = time_bf16_op(&Wd, a, M, C, k, 5), fb = time_bf16_op(&W, a, M, C, k, 5);
+            if (fdec < 0 || fb < 0) return fail();
+            double fl = 2.0 * M * n * kk;
+            tf += f32; tb += fb; tdec += fdec;
+            printf("%-13s %-8s %6d %6d %6d %10.1f %12.1f %10.1f %6.2fx\n", lin[l].name, prod[k], M, n, kk,
+                   fl / f32 / 1e9, fl / fdec / 1e9, fl / fb / 1e9, f32 / fb);
+        }
+        peft_param_free(x);
+        free(w); free(dy); free(C); free(wb);
+    }
+    printf("all shapes       bf16 %.2fx the fp32 GEMM's speed (decode fallback %.2fx)\n", tf / tb, tf / tdec);
+    return 0;
+}
+
 static int cmd_bench(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     method_flags mf = { 0 };
     const char *optim = "adamw";
     int B = 4, T = 64, steps = 5, threads = 1, budget_mb = 64, gemm = 0, ckpt_act = 0;
+    peft_precision prec = PEFT_PRECISION_FP32;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -1558,12 +1674,14 @@ static int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &threads) && threads > 0;
         else if (!strcmp(a, "--optim-budget-mb")) ok = parse_int(v, &budget_mb) && budget_mb > 0;
         else if (!strcmp(a, "--checkpoint-activations")) ok = parse_int(v, &ckpt_act) && ckpt_act <= 1;
+        else if (!strcmp(a, "--precision")) ok = peft_precision_parse(v, &prec) == PEFT_OK;
         else return usage_error("bench", "unknown option", a);
         if (!ok) return usage_error("bench", "bad value for", a);
     }
     if (!src.model && !src.preset) return usage_error("bench", "--model or --preset is required", NULL);
     if (gemm) {
         if (!src.preset) return usage_error("bench", "--gemm takes a --preset", NULL);
+        if (prec == PEFT_PRECISION_BF16) return bench_gemm_bf16(src.preset, B, T, threads);
         return bench_gemm(src.preset, B, T, threads);
     }
     if (strcmp(optim, "adamw") && strcmp(optim, "paged") && strcmp(optim, "8bit"))
@@ -1580,20 +1698,25 @@ static int cmd_bench(int argc, char **argv) {
     o.paged_optim = !strcmp(optim, "paged");
     o.optim_8bit = !strcmp(optim, "8bit");
     o.optim_budget_bytes = (size_t)budget_mb << 20;
+    o.precision = prec;
     peft_trainer *tr = peft_trainer_new(m, &o);
     if (!tr) { peft_model_free(m); return fail(); }
     int *tok = malloc(sizeof(int) * B * T), *tgt = malloc(sizeof(int) * B * T);
     peft_rng rng;
     peft_rng_seed(&rng, 1);
-    double *ms = malloc(sizeof(double) * steps);
+    double *ms = malloc(sizeof(double) * steps), *cpu = malloc(sizeof(double) * steps);
     int rc = 0;
     for (int s = 0; s <= steps && !rc; s++) {                 /* step 0 warms up */
         for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&rng) % (uint64_t)m->cfg.vocab_size); }
         for (int i = 0; i < B * T; i++) tgt[i] = tok[(i + 1) % (B * T)];
         float loss;
+        struct timespec c0, c1;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
         double t0 = now_s();
         if (peft_trainer_step(tr, tok, tgt, B, T, &loss) != PEFT_OK) rc = fail();
         if (s > 0) ms[s - 1] = 1000.0 * (now_s() - t0);
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+        if (s > 0) cpu[s - 1] = 1000.0 * ((double)(c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) * 1e-9);
     }
     if (!rc) {
         qsort(ms, (size_t)steps, sizeof(double), cmp_double);
@@ -1607,9 +1730,14 @@ static int cmd_bench(int argc, char **argv) {
         char b1[40];
         printf("model            %s, method %s, batch %d x seq %d, %d threads, optimizer %s\n",
                src.preset ? src.preset : src.model, peft_method_name(meth.kind), B, T, threads, optim);
+        if (prec == PEFT_PRECISION_BF16)
+            printf("precision        bf16 frozen block linears (%s)\n",
+                   peft_bf16_dot_available() ? "AVX512-BF16 products" : "no AVX512-BF16: decoded to fp32");
         printf("trainable        %s parameters (%.4f%%)\n", commas((int64_t)train, b1), 100.0 * train / base);
         printf("tokens/s         %.1f\n", tokens / (med / 1000.0));
         printf("step ms (median) %.1f\n", med);
+        qsort(cpu, (size_t)steps, sizeof(double), cmp_double);
+        printf("cpu ms/step      %.1f (median CPU time of the process, all threads)\n", cpu[steps / 2]);
         double gfs = flops / (med / 1000.0) / 1e9, peak = peft_fma_peak_gflops() * threads;
         printf("GFLOP/s          %.2f\n", gfs);
         printf("MFU              %.1f%% (of a measured FMA peak of %.1f GFLOP/s on %d threads)\n",
@@ -1627,13 +1755,15 @@ static int cmd_bench(int argc, char **argv) {
         else if (m->gguf)
             printf("bits/frozen lin  %.3f (ggml blocks of the GGUF, from their bytes)\n",
                    peft_model_linear_bits(m));
+        else if (prec == PEFT_PRECISION_BF16)
+            printf("bits/frozen lin  %.3f (bf16)\n", peft_model_linear_bits(m));
         if (o.paged_optim)
             printf("pager            %ld pages evicted, %ld loaded, %.1f MB moved, peak resident %.1f MB\n",
                    tr->opt.stats.pages_evicted, tr->opt.stats.pages_loaded,
                    (double)tr->opt.stats.bytes_moved / 1048576.0,
                    (double)tr->opt.stats.peak_resident / 1048576.0);
     }
-    free(tok); free(tgt); free(ms);
+    free(tok); free(tgt); free(ms); free(cpu);
     peft_trainer_free(tr);
     peft_model_free(m);
     return rc;
@@ -1688,7 +1818,7 @@ static const char *GENERATE_HELP =
     "usage: peft generate --model M [--adapter A] (--prompt TEXT [--alpaca] | --chat TEXT [--system TEXT]\n"
     "                     | --tokens 1,2,3) [--chat-template NAME] [--tokenizer PATH] [--max-new N]\n"
     "                     [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty X]\n"
-    "                     [--seed S] [--print-ids] [--threads N]\n\n"
+    "                     [--seed S] [--print-ids] [--threads N] [--precision fp32|bf16]\n\n"
     "Continues a prompt with a KV cache, streaming the text (or, with --print-ids, the\n"
     "ids separated by spaces). Temperature 0 (the default) is greedy. Stops at the\n"
     "model's EOS or after --max-new tokens. --alpaca wraps the prompt in the Stanford\n"
@@ -1700,7 +1830,9 @@ static const char *GENERATE_HELP =
     "eos_token. generation_config.json's do_sample, temperature, top_p, top_k,\n"
     "max_new_tokens, max_length and repetition_penalty are the defaults of the flags.\n"
     "The tokenizer comes from the model folder (tokenizer.json or tokenizer.bin) or\n"
-    "--tokenizer (a tokenizer.json, or llama2.c's tokenizer.bin).\n";
+    "--tokenizer (a tokenizer.json, or llama2.c's tokenizer.bin).\n"
+    "--precision bf16 stores the frozen block linears in bf16 and multiplies them in bf16\n"
+    "with fp32 sums (AVX512-BF16; else decoded to fp32).\n";
 
 typedef struct {
     const peft_tokenizer *tok;
@@ -1729,6 +1861,7 @@ static int cmd_generate(int argc, char **argv) {
     const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL, *chat = NULL, *system = NULL,
                *chat_name = NULL;
     int max_new = 64, print_ids = 0, alpaca = 0, threads = 1;
+    peft_precision prec = PEFT_PRECISION_FP32;
     int set_max_new = 0, set_temp = 0, set_top_p = 0, set_top_k = 0, set_rep = 0;
     peft_sampler sm = { 0.0f, 1.0f, 0, 0, 1.0f, NULL, 0 };
     for (int i = 0; i < argc;) {
@@ -1756,6 +1889,7 @@ static int cmd_generate(int argc, char **argv) {
             ok = (set_rep = parse_float(v, &sm.repetition_penalty)) && sm.repetition_penalty > 0;
         else if (!strcmp(a, "--seed")) sm.seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &threads) && threads > 0;
+        else if (!strcmp(a, "--precision")) ok = peft_precision_parse(v, &prec) == PEFT_OK;
         else return usage_error("generate", "unknown option", a);
         if (!ok) return usage_error("generate", "bad value for", a);
         i += 2;
@@ -1782,6 +1916,10 @@ static int cmd_generate(int argc, char **argv) {
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
+    if (prec != PEFT_PRECISION_FP32 && peft_model_set_precision(m, prec) != PEFT_OK) {
+        peft_model_free(m);
+        return fail();
+    }
     if (folder_tok && !tok_path)
         tok_path = src.model; /* the model folder's own tokenizer (text for --tokens too) */
     peft_tokenizer tok;

@@ -6,6 +6,7 @@ thread count. Prints the same lines as `build/peft bench`: tokens/s, the
 median step time, peak RSS.
 
 Run:  python3 tools/ref/bench_torch.py --preset stories15m --method lora --batch 8 --seq 256 --steps 5 --threads 2
+      (--autocast bf16: the forward under torch.autocast("cpu", dtype=torch.bfloat16))
 """
 import argparse, resource, statistics, time
 import torch
@@ -29,6 +30,9 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help='bf16: forward and loss under torch.autocast("cpu", dtype=torch.bfloat16), '
+                         "the mixed precision peft's --precision bf16 is compared with")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -43,13 +47,14 @@ def main():
     times = []
     for s in range(a.steps + 1):          # the first step warms up (allocations), not counted
         t0 = time.perf_counter()
-        out = model(input_ids=x[:, :-1], labels=x[:, :-1])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+            out = model(input_ids=x[:, :-1], labels=x[:, :-1])
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if s: times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"model            {a.preset}, method {a.method}, batch {a.batch} x seq {a.seq}, {a.threads} threads (PyTorch {torch.__version__})")
+    print(f"model            {a.preset}, method {a.method}, batch {a.batch} x seq {a.seq}, {a.threads} threads (PyTorch {torch.__version__}), autocast {a.autocast}")
     print(f"tokens/s         {a.batch * a.seq / med:.1f}")
     print(f"step ms (median) {med * 1000:.1f}")
     print(f"peak RSS MB      {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
