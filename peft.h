@@ -7282,8 +7282,10 @@ PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p) {
                 PEFT_FREE(w);
                 return peft__fail(PEFT_ERR_NOMEM, "no memory to make the model fp32");
             }
-            for (int64_t r = 0; r < S->qm->rows; r++)
-                peft_qmatrix_decode(S->qm, r, 0, S->qm->cols, w[i] + (size_t)r * (size_t)S->qm->cols);
+            for (int64_t r = 0; r < S->qm->rows; r++) {
+                float *row = w[i] + (size_t)r * (size_t)S->qm->cols;
+                peft_backend_current()->qmatrix_decode(S->qm, r, 0, S->qm->cols, row);
+            }
         }
         for (int i = 0; i < n; i++) {
             peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
