@@ -349,6 +349,23 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
                            float beta, float *C, int ldc);
 PEFTDEF void peft_set_threads(int n);
 PEFTDEF int  peft_get_threads(void);
+/* fn(ctx, begin, end) over [0, n) on the worker threads, one call per chunk
+   of at least min_chunk indices; each index is in exactly one call, and the
+   chunks' bounds depend only on n, min_chunk and peft_get_threads(), never
+   on which thread runs which chunk. Returns when every chunk is done. A call
+   from inside fn runs inline; the rules of THREADS in the manual apply. */
+PEFTDEF void peft_parallel_for(int64_t n, int64_t min_chunk,
+                               void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
+/* Cores this process may run on: its CPU affinity mask (Linux), capped by
+   the CPU quota of its cgroup (v2 cpu.max of the cgroup and its ancestors,
+   v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up; else the online
+   cores (sysconf). At least 1: the default thread count of the tools. */
+PEFTDEF int peft_available_cpus(void);
+/* The cores a cgroup CPU quota allows, from the text of a v2 cpu.max file
+   ("max 100000", "150000 100000") or of v1's quota and period joined by a
+   space ("-1 100000", "50000 100000"): quota / period rounded up, at least
+   1; 0 when there is no limit; -1 when the text is not one of these. */
+PEFTDEF int peft_parse_cpu_max(const char *text);
 /* The kernels are compiled for the build machine's ISA (-march=native):
    this refuses, with a clear error, to run AVX-512/AVX2/FMA code on a CPU
    without them (instead of dying of SIGILL). Models call it on creation. */
@@ -1375,6 +1392,9 @@ extern int fsync(int fd);
 #include <pthread.h>
 #include <stdatomic.h>
 #endif
+#if defined(__linux__)
+#include <sched.h>                     /* sched_getaffinity, where the feature macros show it */
+#endif
 #if !defined(PEFT_KEEP_DENORMALS) && (defined(__SSE2__) || defined(_M_X64))
 #include <xmmintrin.h>                 /* the MXCSR, for flush-to-zero (a compiler header) */
 #define PEFT__FTZ 1
@@ -1505,9 +1525,14 @@ PEFTDEF float peft_rng_normal(peft_rng *r) {
 }
 
 /* ---- thread pool ----------------------------------------------------------
-   A fixed set of workers; peft__parallel_for(n, fn, ctx) splits [0, n) into
-   one contiguous range per thread. Each output element is always computed by
-   exactly one thread in a fixed order, so results do not depend on timing. */
+   A fixed set of workers; peft__parallel_for(n, fn, ctx) cuts [0, n) into
+   chunks whose bounds depend only on n, min_chunk and the thread count, and
+   every chunk is computed by exactly one thread, so results do not depend on
+   which thread ran which chunk, nor on timing. Each thread takes the chunks
+   of its own share first (the same rows as the last loop: warm caches), then
+   takes what is left of the others' shares: a thread the OS has put aside
+   (another program wants the core) delays the loop by at most the one chunk
+   it is running, not by its whole share. */
 typedef void (*peft__range_fn)(void *ctx, int64_t begin, int64_t end);
 
 static int peft__nthreads = 1;
@@ -1535,37 +1560,47 @@ static unsigned peft__ftz_enter(void) { return 0; }
 static void peft__ftz_leave(unsigned c) { (void)c; }
 #endif
 
-static void peft__run_part(peft__range_fn fn, void *ctx, int64_t n, int parts, int i) {
-    int64_t b = n * i / parts, e = n * (i + 1) / parts;
-    peft__in_part = 1;
-    if (e > b) fn(ctx, b, e);
-    peft__in_part = 0;
-}
+/* chunks per thread: with 4, a thread that is late or put aside leaves the
+   others 3/4 of its share to take over, at ~0.1 µs of bookkeeping a chunk */
+#define PEFT__GRAIN 4
 
 #ifndef PEFT_NO_THREADS
-/* Waking a thread through a condition variable costs ~35 µs on this kind of
-   VM, and one training step runs hundreds of parallel loops, some of them
-   only ~100 µs long. So both sides spin first: a worker watches the
-   generation counter for PEFT_SPIN_US after its last part before it sleeps,
-   and the caller watches the count of parts still running. Sleeping and
-   waking use the Dekker pattern on seq_cst atomics (announce, then re-check
-   under the mutex), so no wake-up is lost. */
+/* Waking a sleeping thread costs ~35 µs on this kind of VM, and a training
+   step runs hundreds of parallel loops. So an idle worker spins for a short
+   while (PEFT_SPIN_US) watching the generation counter before it sleeps on
+   a condition variable, and the caller, its chunks done, spins about as
+   long as a chunk takes before it sleeps until the last chunk ends. Short,
+   bounded spins matter when the machine is busy: a spinning thread holds a
+   core that a thread with work (ours or another program's) could use.
+   Sleeping and waking use the Dekker pattern on seq_cst atomics (announce,
+   then re-check under the mutex), so no wake-up is lost. */
 #ifndef PEFT_SPIN_US
-#define PEFT_SPIN_US 2000
+#define PEFT_SPIN_US 200
 #endif
+/* One share of chunks per thread: [next, end) and the generation of the
+   loop, in one word, so that a claim is one compare-and-swap and a thread
+   still looking at the last loop's words can never take a chunk twice.
+   The owner takes from the front, the others from the back. */
+typedef struct {
+    _Alignas(64) _Atomic uint64_t w;    /* generation:32 | end:16 | next:16 */
+} peft__share;
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t  go, done;
     pthread_t       tid[PEFT_MAX_THREADS];
     int             n_workers;          /* threads besides the caller      */
     _Atomic uint64_t generation;        /* bumped once per parallel loop   */
-    _Atomic int     pending;            /* workers not finished with it    */
     _Atomic int     sleepers;           /* workers asleep (or about to be) */
     _Atomic int     caller_waits;       /* the caller sleeps on `done`     */
+    _Atomic int     shares;             /* threads the current loop is cut for */
+    _Atomic int64_t left;               /* chunks of the loop not finished */
+    /* the loop: written before its shares are published, read only by a
+       thread that holds one of its chunks (so never while being rewritten) */
     peft__range_fn  fn;
     void           *ctx;
     int64_t         n;
-    int             parts;
+    int             chunks;
+    peft__share     share[PEFT_MAX_THREADS];
 } peft__pool_t;
 static peft__pool_t peft__pool = { .mu = PTHREAD_MUTEX_INITIALIZER,
                                    .go = PTHREAD_COND_INITIALIZER,
@@ -1584,22 +1619,53 @@ static void peft__cpu_relax(void) {
 
 static double peft__seconds(void);
 
-/* spins until *v != old (returns 1) or PEFT_SPIN_US pass (returns 0) */
 /* spinning only pays when every thread has a core of its own: with more
    threads than cores a spinning worker takes the core a working one needs */
 static _Atomic int peft__spin_ok = 1;
 
-static int peft__spin_while_eq64(_Atomic uint64_t *v, uint64_t old) {
+/* spins until *v != old (returns 1) or `us` microseconds pass (returns 0) */
+static int peft__spin_while_eq64(_Atomic uint64_t *v, uint64_t old, double us) {
     double until = 0.0;
     for (int i = 1;; i++) {
         if (atomic_load_explicit(v, memory_order_acquire) != old) return 1;
         if (!atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) return 0;
         peft__cpu_relax();
-        if ((i & 255) == 0) {
+        if ((i & 63) == 0) {
             double t = peft__seconds();
-            if (until == 0.0) until = t + PEFT_SPIN_US * 1e-6;
+            if (until == 0.0) until = t + us * 1e-6;
             else if (t > until) return 0;
         }
+    }
+}
+
+/* one chunk of the current loop: from the front of share `own`, else from
+   the back of another share; -1 when none is left to take */
+static int peft__claim(int own, int shares) {
+    for (int k = 0; k < shares; k++) {
+        _Atomic uint64_t *w = &peft__pool.share[(own + k) % shares].w;
+        uint64_t v = atomic_load_explicit(w, memory_order_acquire);
+        for (;;) {
+            uint64_t next = v & 0xFFFFu, end = (v >> 16) & 0xFFFFu;
+            if (next >= end) break;
+            uint64_t nv = k == 0 ? v + 1 : v - ((uint64_t)1 << 16);
+            if (atomic_compare_exchange_weak_explicit(w, &v, nv, memory_order_acq_rel, memory_order_acquire))
+                return (int)(k == 0 ? next : end - 1);
+        }
+    }
+    return -1;
+}
+
+/* runs chunk c of the loop whose chunk the caller holds */
+static void peft__run_chunk(int c) {
+    int64_t n = peft__pool.n, chunks = peft__pool.chunks;
+    int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
+    peft__in_part = 1;
+    if (e > b) peft__pool.fn(peft__pool.ctx, b, e);
+    peft__in_part = 0;
+    if (atomic_fetch_sub(&peft__pool.left, 1) == 1 && atomic_load(&peft__pool.caller_waits)) {
+        pthread_mutex_lock(&peft__pool.mu);
+        pthread_cond_signal(&peft__pool.done);
+        pthread_mutex_unlock(&peft__pool.mu);
     }
 }
 
@@ -1608,7 +1674,7 @@ static void *peft__worker(void *arg) {
     uint64_t seen = 0;
     (void)peft__ftz_enter();                    /* the pool's threads flush denormals for good */
     for (;;) {
-        if (!peft__spin_while_eq64(&peft__pool.generation, seen)) {
+        if (!peft__spin_while_eq64(&peft__pool.generation, seen, PEFT_SPIN_US)) {
             atomic_fetch_add(&peft__pool.sleepers, 1);
             pthread_mutex_lock(&peft__pool.mu);
             while (atomic_load(&peft__pool.generation) == seen)
@@ -1617,16 +1683,9 @@ static void *peft__worker(void *arg) {
             atomic_fetch_sub(&peft__pool.sleepers, 1);
         }
         seen = atomic_load(&peft__pool.generation);
-        peft__range_fn fn = peft__pool.fn;
-        void *ctx = peft__pool.ctx;
-        int64_t n = peft__pool.n;
-        int parts = peft__pool.parts;
-        if (index < parts) peft__run_part(fn, ctx, n, parts, index);
-        if (atomic_fetch_sub(&peft__pool.pending, 1) == 1 && atomic_load(&peft__pool.caller_waits)) {
-            pthread_mutex_lock(&peft__pool.mu);
-            pthread_cond_signal(&peft__pool.done);
-            pthread_mutex_unlock(&peft__pool.mu);
-        }
+        int shares = atomic_load(&peft__pool.shares);
+        if (index >= shares) continue;          /* a pool grown for more threads than this loop uses */
+        for (int c; (c = peft__claim(index, shares)) >= 0;) peft__run_chunk(c);
     }
     return NULL;
 }
@@ -1634,7 +1693,7 @@ static void *peft__worker(void *arg) {
 static void peft__pool_grow(int n_workers) {
     while (peft__pool.n_workers < n_workers) {
         int i = peft__pool.n_workers;
-        peft__worker_args[i].index = i + 1;         /* the caller is part 0 */
+        peft__worker_args[i].index = i + 1;         /* the caller is share 0 */
         if (pthread_create(&peft__pool.tid[i], NULL, peft__worker, &peft__worker_args[i]) != 0)
             break;
         peft__pool.n_workers++;
@@ -1652,10 +1711,7 @@ PEFTDEF void peft_set_threads(int n) {
     peft__pool_grow(n - 1);
     if (peft__pool.n_workers < n - 1) n = peft__pool.n_workers + 1;
     pthread_mutex_unlock(&peft__pool.mu);
-#if defined(_SC_NPROCESSORS_ONLN)
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    atomic_store(&peft__spin_ok, cores < 1 || n <= cores);
-#endif
+    atomic_store(&peft__spin_ok, n <= peft_available_cpus());
 #endif
     peft__nthreads = n;
 }
@@ -1684,8 +1740,9 @@ PEFTDEF peft_status peft_check_cpu(void) {
     return PEFT_OK;
 }
 
-/* Runs fn over [0, n) split across the pool. Work smaller than min_chunk
-   per thread runs on the caller alone (thread wake-up costs ~10 µs). */
+/* Runs fn over [0, n) on the pool, in chunks of at least min_chunk items;
+   less than min_chunk per thread runs on the caller alone (a wake-up costs
+   ~10 µs). fn gets one chunk [begin, end) per call. */
 static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, void *ctx);
 static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, void *ctx) {
     unsigned csr = peft__ftz_enter();
@@ -1694,46 +1751,202 @@ static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, 
 }
 
 static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, void *ctx) {
-    int parts = peft__nthreads;
+    int shares = peft__nthreads;
     if (min_chunk < 1) min_chunk = 1;
-    if (n / min_chunk < parts) parts = (int)(n / min_chunk);
-    if (parts <= 1 || peft__in_part) { if (n > 0) fn(ctx, 0, n); return; }
-#ifdef PEFT_NO_THREADS
-    peft__run_part(fn, ctx, n, 1, 0);
-#else
-    /* the previous loop has fully ended (pending reached 0), so the fields
-       are free; the generation's release store publishes them */
+    if (n / min_chunk < shares) shares = (int)(n / min_chunk);
+    if (shares <= 1 || peft__in_part) {
+        if (n > 0) fn(ctx, 0, n);
+        return;
+    }
+#ifndef PEFT_NO_THREADS
+    int64_t chunks = n / min_chunk < (int64_t)shares * PEFT__GRAIN ? n / min_chunk
+                                                                   : (int64_t)shares * PEFT__GRAIN;
+    /* the previous loop has ended (left reached 0), so the fields are free;
+       each share's release store publishes them to the thread that claims
+       from it */
     peft__pool.fn = fn;
     peft__pool.ctx = ctx;
     peft__pool.n = n;
-    peft__pool.parts = parts;
-    atomic_store(&peft__pool.pending, peft__pool.n_workers);
-    atomic_fetch_add(&peft__pool.generation, 1);
+    peft__pool.chunks = (int)chunks;
+    atomic_store(&peft__pool.left, chunks);
+    atomic_store(&peft__pool.shares, shares);
+    uint64_t gen = atomic_load(&peft__pool.generation) + 1;
+    for (int t = 0; t < shares; t++) {
+        uint64_t b = (uint64_t)(chunks * t / shares), e = (uint64_t)(chunks * (t + 1) / shares);
+        atomic_store_explicit(&peft__pool.share[t].w, (gen & 0xFFFFFFFFu) << 32 | e << 16 | b,
+                              memory_order_release);
+    }
+    atomic_store(&peft__pool.generation, gen);
     if (atomic_load(&peft__pool.sleepers) > 0) {
         pthread_mutex_lock(&peft__pool.mu);
         pthread_cond_broadcast(&peft__pool.go);
         pthread_mutex_unlock(&peft__pool.mu);
     }
-    peft__run_part(fn, ctx, n, parts, 0);
-    double until = 0.0;
-    for (int i = 1; atomic_load_explicit(&peft__pool.pending, memory_order_acquire) > 0; i++) {
+    double last = 0.0;                          /* how long this thread's last chunk took */
+    for (int c; (c = peft__claim(0, shares)) >= 0;) {
+        double t0 = peft__seconds();
+        peft__run_chunk(c);
+        last = peft__seconds() - t0;
+    }
+    /* the chunks still running started before this thread's last one ended:
+       spin about as long as one chunk takes, then sleep (the thread running
+       it may have been put aside, and needs a core) */
+    double until = 0.0, spin = 1.5 * last + 20e-6;
+    if (spin > PEFT_SPIN_US * 1e-6) spin = PEFT_SPIN_US * 1e-6;
+    for (int i = 1; atomic_load_explicit(&peft__pool.left, memory_order_acquire) > 0; i++) {
         peft__cpu_relax();
-        if ((i & 255) == 0 || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
-            double t = peft__seconds();
-            if (until == 0.0) until = t + PEFT_SPIN_US * 1e-6;
-            /* a long part: sleep until the last worker signals */
-            if (t > until || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
-                atomic_store(&peft__pool.caller_waits, 1);
-                pthread_mutex_lock(&peft__pool.mu);
-                while (atomic_load(&peft__pool.pending) > 0)
-                    pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
-                pthread_mutex_unlock(&peft__pool.mu);
-                atomic_store(&peft__pool.caller_waits, 0);
-                break;
-            }
+        if ((i & 63) && atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) continue;
+        double t = peft__seconds();
+        if (until == 0.0) until = t + spin;
+        if (t > until || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
+            atomic_store(&peft__pool.caller_waits, 1);
+            pthread_mutex_lock(&peft__pool.mu);
+            while (atomic_load(&peft__pool.left) > 0)
+                pthread_cond_wait(&peft__pool.done, &peft__pool.mu);
+            pthread_mutex_unlock(&peft__pool.mu);
+            atomic_store(&peft__pool.caller_waits, 0);
+            break;
         }
     }
 #endif
+}
+
+PEFTDEF void peft_parallel_for(int64_t n, int64_t min_chunk,
+                               void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx) {
+    peft__parallel_for(n, min_chunk, fn, ctx);
+}
+
+/* ---- the cores available to the process -----------------------------------
+   A container or `taskset` gives a process fewer cores than the machine has;
+   one thread more than its cores makes every parallel loop wait for a thread
+   the OS has put aside. */
+#if defined(__linux__) && defined(CPU_COUNT)    /* <sched.h> with the GNU extensions */
+static int peft__affinity_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    return CPU_COUNT(&set);
+}
+#elif defined(__linux__)
+/* glibc and musl have it, hidden by strict feature macros */
+extern int sched_getaffinity(int pid, size_t size, void *mask);
+static int peft__affinity_cpus(void) {
+    unsigned long mask[4096 / (8 * sizeof(unsigned long))];   /* 4096 CPUs */
+    memset(mask, 0, sizeof mask);
+    if (sched_getaffinity(0, sizeof mask, mask) != 0) return 0;
+    int n = 0;
+    for (size_t i = 0; i < sizeof mask / sizeof mask[0]; i++)
+        for (unsigned long w = mask[i]; w; w &= w - 1) n++;
+    return n;
+}
+#else
+static int peft__affinity_cpus(void) { return 0; }
+#endif
+
+PEFTDEF int peft_parse_cpu_max(const char *text) {
+    const char *p = text;
+    while (*p == ' ' || *p == '\t') p++;
+    long long quota = -1, period = 100000;
+    char *end;
+    if (!strncmp(p, "max", 3)) p += 3;
+    else {
+        errno = 0;
+        quota = strtoll(p, &end, 10);
+        if (end == p || errno || quota == 0) return -1;
+        p = end;
+    }
+    if (*p == ' ' || *p == '\t') {
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p && *p != '\n') {
+            errno = 0;
+            period = strtoll(p, &end, 10);
+            if (end == p || errno || period <= 0) return -1;
+            p = end;
+        }
+    }
+    while (*p == ' ' || *p == '\t' || *p == '\n') p++;
+    if (*p) return -1;
+    if (quota < 0) return 0;                     /* "max", or v1's -1: no limit */
+    long long cores = quota / period + (quota % period != 0);
+    return cores > 65536 ? 65536 : (int)cores;
+}
+
+/* the first line of a small file, or "" */
+static void peft__read_line(const char *path, char *buf, size_t cap) {
+    buf[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    if (!fgets(buf, (int)cap, f)) buf[0] = 0;
+    fclose(f);
+}
+
+/* the smallest quota (in cores) on the cgroup path `rel` under `root` and
+   its ancestors, from `file` (v2 cpu.max) or `file` + `file2` (v1 quota and
+   period); 0 when none limits it */
+static int peft__cgroup_quota(const char *root, const char *rel, const char *file, const char *file2) {
+    char dir[512], path[600], a[128], b[64];
+    int best = 0;
+    if (snprintf(dir, sizeof dir, "%s%s", root, rel) >= (int)sizeof dir) return 0;
+    size_t len = strlen(dir);
+    while (len > 0 && dir[len - 1] == '/') dir[--len] = 0;
+    for (;;) {
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        peft__read_line(path, a, sizeof a);
+        if (a[0] && file2) {
+            a[strcspn(a, "\n")] = 0;
+            snprintf(path, sizeof path, "%s/%s", dir, file2);
+            peft__read_line(path, b, sizeof b);
+            size_t al = strlen(a);
+            snprintf(a + al, sizeof a - al, " %s", b);
+        }
+        int q = a[0] ? peft_parse_cpu_max(a) : 0;
+        if (q > 0 && (best == 0 || q < best)) best = q;
+        if (strlen(dir) <= strlen(root)) break;
+        char *slash = strrchr(dir, '/');
+        if (!slash || slash < dir + strlen(root)) break;
+        *slash = 0;
+    }
+    return best;
+}
+
+static int peft__cgroup_cpus(void) {
+    char line[512];
+    int best = 0;
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2) continue;
+        int q = 0;
+        *c2 = 0;
+        if (!strcmp(line, "0") && c1[1] == 0)       /* v2: "0::/path" */
+            q = peft__cgroup_quota("/sys/fs/cgroup", c2 + 1, "cpu.max", NULL);
+        else {                                      /* v1: "N:cpu,cpuacct:/path" */
+            for (char *t = c1 + 1; t && *t; t = strchr(t, ',') ? strchr(t, ',') + 1 : NULL)
+                if (!strncmp(t, "cpu", 3) && (t[3] == ',' || t[3] == 0)) {
+                    q = peft__cgroup_quota("/sys/fs/cgroup/cpu", c2 + 1, "cpu.cfs_quota_us",
+                                           "cpu.cfs_period_us");
+                    break;
+                }
+        }
+        if (q > 0 && (best == 0 || q < best)) best = q;
+    }
+    fclose(f);
+    return best;
+}
+
+PEFTDEF int peft_available_cpus(void) {
+    long online = 1;
+#if defined(_SC_NPROCESSORS_ONLN)
+    online = sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    int aff = peft__affinity_cpus();
+    long n = aff > 0 ? aff : online;
+#if defined(__linux__)
+    int q = peft__cgroup_cpus();
+    if (q > 0 && q < n) n = q;
+#endif
+    return n < 1 ? 1 : n > 65536 ? 65536 : (int)n;
 }
 
 /* ============================================================================
@@ -1979,6 +2192,7 @@ typedef struct {
     int nsplit;                      /* column parts per block of rows */
     int over;                        /* this K slice stores over C (beta 0, first slice) */
     int keep_a;                      /* A packed once per K slice for all column slices */
+    float *Aall;                     /* keep_a: where (the whole A of a K slice, strip by strip) */
     const float *A, *B;
     const peft__bstore *Bq;          /* or B in a frozen storage, decoded as it is packed */
     float *C;
@@ -2158,24 +2372,21 @@ static void peft__gemm_mblocks(void *vctx, int64_t u0, int64_t u1) {
     }
 }
 
-/* one thread: MR-row strips [s0, s1), in blocks of at most MC rows, each
-   block's A packed once and run against every column strip. Splitting by
-   strips balances the threads to within one strip without cutting rows
-   into column parts that would pack the same A block twice. */
+/* the caller's buffer of packed A kept across column slices (keep_a) */
 static PEFT__TLS float *peft__pack_a_all;
 static PEFT__TLS size_t peft__pack_a_all_cap;
 
+/* one chunk: MR-row strips [s0, s1), in blocks of at most MC rows, each
+   block's A packed once and run against every column strip. Splitting by
+   strips balances the threads to within one strip without cutting rows
+   into column parts that would pack the same A block twice. */
 static void peft__gemm_strips(void *vctx, int64_t s0, int64_t s1) {
     const peft__gemm_args *g = (const peft__gemm_args *)vctx;
-    /* keep_a: this thread's whole A range for the K slice stays packed
-       across the column slices (the same strips come back to the same
-       thread: parallel_for's split depends only on the count) */
-    size_t need_all = (size_t)(s1 - s0) * PEFT__MR * g->kc;
-    /* a buffer (re)made after the first column slice holds no packed A yet:
-       the allocation at jc == 0 failed, so this slice packs its own */
-    int fresh = g->keep_a && need_all > peft__pack_a_all_cap;
-    float *Ap = g->keep_a ? peft__pack_buf(&peft__pack_a_all, &peft__pack_a_all_cap, need_all)
-                          : peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
+    /* Aall: the whole A of the K slice, packed strip by strip at the first
+       column slice and kept for the others (any thread may run any strips:
+       every strip has its own place) */
+    float *Ap = g->Aall ? g->Aall
+                        : peft__pack_buf(&peft__pack_a, &peft__pack_a_cap, (size_t)PEFT__MC * PEFT__KC);
     for (int64_t b0 = s0; b0 < s1; b0 += PEFT__MC / PEFT__MR) {
         int64_t b1 = b0 + PEFT__MC / PEFT__MR < s1 ? b0 + PEFT__MC / PEFT__MR : s1;
         int ic = (int)b0 * PEFT__MR,
@@ -2184,9 +2395,9 @@ static void peft__gemm_strips(void *vctx, int64_t s0, int64_t s1) {
             peft__run_block_stack(g, ic, mc, 0, g->nc);
             continue;
         }
-        if (g->keep_a) {
-            Ap = peft__pack_a_all + (size_t)(b0 - s0) * PEFT__MR * g->kc;
-            if (g->jc == 0 || fresh) peft__pack_A(g, ic, mc, Ap);
+        if (g->Aall) {
+            Ap = g->Aall + (size_t)b0 * PEFT__MR * g->kc;
+            if (g->jc == 0) peft__pack_A(g, ic, mc, Ap);
         } else peft__pack_A(g, ic, mc, Ap);
         peft__run_block(g, Ap, ic, mc, 0, g->nc);
     }
@@ -2275,9 +2486,12 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
        once per K slice instead of once per column slice. Either loop order
        adds the K slices into C in the same order: identical results. */
     g.keep_a = nslices > 1 && strips >= 4 * peft__nthreads &&
-               (size_t)((strips + peft__nthreads - 1) / peft__nthreads) * PEFT__MR * (size_t)kc_even *
-                               sizeof(float) <=
-                       (4u << 20);
+               (size_t)strips * PEFT__MR * (size_t)kc_even * sizeof(float) <= (size_t)peft__nthreads << 22;
+    if (g.keep_a) {                             /* 4 MB of packed A per thread at most */
+        g.Aall = peft__pack_buf(&peft__pack_a_all, &peft__pack_a_all_cap,
+                                (size_t)strips * PEFT__MR * (size_t)kc_even);
+        g.keep_a = g.Aall != NULL;
+    }
     float *Bp = Bpre ? NULL : peft__pack_buf(&peft__pack_b, &peft__pack_b_cap, s.slice_floats);
     if (!Bp && !Bpre) {
         /* no memory to pack B: one NR-wide panel at a time on the stack, on

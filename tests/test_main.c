@@ -7,6 +7,8 @@
     X(test_gemm_shapes) X(test_parallel_flushes_denormals) X(test_fd_linear) X(test_fd_embedding) X(test_fd_rmsnorm) X(test_fd_rope) \
     X(test_fd_attention) X(test_fd_attention_prompts_excitor) X(test_attention_zero_gate_exact) X(test_fd_lora_linear) X(test_fd_bias_scale) X(test_fd_prompt_attend) X(test_fd_elementwise) X(test_fd_cross_entropy) X(test_fd_linear_cross_entropy) X(test_linear_cross_entropy_chunks) \
     X(test_backward_needs_scalar_and_skips_frozen) \
+    X(test_threads_pool_chunks) X(test_threads_pool_late_thread) X(test_threads_gemm_identical) \
+    X(test_threads_cpu_quota_parse) \
     X(test_config_fields) X(test_llama_mha_f32) X(test_llama_gqa_bf16_llama3_rope) X(test_llama_tied_f16_head_dim) \
     X(test_preset_param_counts) X(test_save_load_roundtrip) X(test_llama2c_stories260k) X(test_llama2c_ak42_versions) X(test_threads_deterministic) \
     X(test_adamw_matches_torch) X(test_paged_adamw_bit_identical) X(test_adamw_8bit_states) X(test_clip_matches_torch) X(test_schedules_match_transformers) \
@@ -43,6 +45,7 @@
     X(test_adapter_keys_regex) X(test_adapter_keys_gguf) X(test_adapter_keys_cli_train) \
     X(test_adapter_keys_tensor_names) X(test_fd_replace_rows) X(test_adapter_keys_roundtrip_in_peft) \
     X(test_gguf_tiny_roundtrip) X(test_gguf_hostile) X(test_gguf_smollm2_logits) X(test_gguf_smollm2_tokenizer) X(test_gguf_cli) X(test_gguf_spm_tokenizer) \
+    X(test_threads_cli_default) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);

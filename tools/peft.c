@@ -54,6 +54,22 @@ static int parse_int(const char *s, int *out) {
     *out = (int)v;
     return 1;
 }
+/* the thread count without --threads: PEFT_THREADS, else the cores this
+   process may run on (affinity mask, cgroup quota; peft_available_cpus) */
+static int default_threads = 1;
+static int set_default_threads(void) {
+    const char *e = getenv("PEFT_THREADS");
+    if (!e || !*e) {
+        default_threads = peft_available_cpus();
+        if (default_threads > PEFT_MAX_THREADS) default_threads = PEFT_MAX_THREADS;
+        return 0;
+    }
+    if (!parse_int(e, &default_threads) || default_threads < 1 || default_threads > 1024) {
+        fprintf(stderr, "peft: error: PEFT_THREADS must be a number of threads from 1 to 1024, not '%s'\n", e);
+        return 2;
+    }
+    return 0;
+}
 static int parse_float(const char *s, float *out) {
     char *end;
     double v = strtod(s, &end);
@@ -300,13 +316,13 @@ static const char *LOGITS_HELP =
         "FILE\n\n"
         "Runs one sequence forward and writes its logits as float32, little-endian,\n"
         "row-major [T, vocab] to FILE (atomically).\n"
-        "  --threads N   worker threads (default 1)\n"
+        "  --threads N   worker threads (default: $PEFT_THREADS, else the cores available)\n"
         "  --precision P fp32 (default) | bf16 (frozen block linears in bf16, fp32 sums)\n";
 
 static int cmd_logits(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     const char *tokens_arg = NULL, *out = NULL;
-    int threads = 1;
+    int threads = default_threads;
     peft_precision prec = PEFT_PRECISION_FP32;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -397,7 +413,7 @@ static const char *TRAIN_HELP =
     "  --save-every N        checkpoint every N steps (default 0 = none)\n"
     "  --resume DIR          continue a run (its folder or one checkpoint-N) exactly\n"
     "  --seed S              data order, held-out split and random init (default 0)\n"
-    "  --threads N           worker threads (default 1)\n"
+    "  --threads N           worker threads (default: $PEFT_THREADS, else the cores available)\n"
     "  --optim O             adamw | paged (paged AdamW emulation) | 8bit (8-bit states)\n"
     "  --optim-budget-mb X   resident budget of the paged optimizer (default 64)\n"
     "  --checkpoint-activations 1  keep only block inputs, recompute in backward\n"
@@ -1081,10 +1097,12 @@ static int cmd_train(int argc, char **argv) {
     }
     /* defaults for what is still unset, so the written config is complete */
     put_trainer_defaults(&st);
+    char threads_text[16];
+    snprintf(threads_text, sizeof threads_text, "%d", default_threads);
     const char *defaults[][2] = { { "epochs", "1" },     { "batch", "4" },
                                   { "seq", "256" },      { "eval_every", "0" },
                                   { "save_every", "0" }, { "seed", "0" },
-                                  { "threads", "1" },    { "optim", "adamw" },
+                                  { "threads", threads_text }, { "optim", "adamw" },
                                   { "method", "full" },  { "stop_on_divergence", "0" },
                                   { "precision", "fp32" } };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
@@ -1093,7 +1111,8 @@ static int cmd_train(int argc, char **argv) {
     /* parse the resolved settings */
     model_src src = { get(&st, "model"), get(&st, "preset"), NULL, strtoull(get(&st, "seed"), NULL, 10) };
     const char *data = get(&st, "data"), *out = get(&st, "out"), *tokp = get(&st, "tokenizer");
-    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = 1, eval_every = 0, save_every = 0, ok = 1;
+    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = default_threads, eval_every = 0, save_every = 0;
+    int ok = 1;
     int stop_div = 0;
     peft_trainer_opts o = peft_trainer_defaults();
     const char *bad = NULL;
@@ -1652,7 +1671,7 @@ static int cmd_bench(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     method_flags mf = { 0 };
     const char *optim = "adamw";
-    int B = 4, T = 64, steps = 5, threads = 1, budget_mb = 64, gemm = 0, ckpt_act = 0;
+    int B = 4, T = 64, steps = 5, threads = default_threads, budget_mb = 64, gemm = 0, ckpt_act = 0;
     peft_precision prec = PEFT_PRECISION_FP32;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1860,7 +1879,7 @@ static int cmd_generate(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     const char *prompt = NULL, *tokens_arg = NULL, *tok_path = NULL, *chat = NULL, *system = NULL,
                *chat_name = NULL;
-    int max_new = 64, print_ids = 0, alpaca = 0, threads = 1;
+    int max_new = 64, print_ids = 0, alpaca = 0, threads = default_threads;
     peft_precision prec = PEFT_PRECISION_FP32;
     int set_max_new = 0, set_temp = 0, set_top_p = 0, set_top_k = 0, set_rep = 0;
     peft_sampler sm = { 0.0f, 1.0f, 0, 0, 1.0f, NULL, 0 };
@@ -2173,6 +2192,7 @@ int main(int argc, char **argv) {
         printf("peft %s\n", PEFT_VERSION_STRING);
         return 0;
     }
+    if (set_default_threads()) return 2;
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
