@@ -734,6 +734,8 @@ typedef struct peft_model {
     float       *rope_buf;
     char         path[512];
     struct peft_gguf *gguf;                /* a GGUF base: the mapped file its weights live in */
+    peft_qmatrix *head_bf16;               /* --precision bf16: a bf16 copy of the frozen lm_head
+                                              for its products (NULL: none) */
 } peft_model;
 
 /* init: 0 = zeros (no weights), 1 = random N(0, 0.02) with unit norms. */
@@ -866,8 +868,10 @@ PEFTDEF peft_status peft_model_dequantize(peft_model *m);
    as they are. Call it after peft_attach: a weight the method trains stays
    fp32. PEFT_PRECISION_FP32 turns the bf16 products off again (the weights
    are made fp32 from their bf16 values). Refused on a merged LoRA
-   (PEFT_ERR_UNSUPPORTED); out of memory, nothing changes. Embeddings, norms
-   and lm_head stay fp32. */
+   (PEFT_ERR_UNSUPPORTED); out of memory, nothing changes. Norms and the
+   embedding stay fp32; a frozen lm_head gets a bf16 copy for its products
+   (the logits, the fused loss) beside its fp32 values, which a tied head
+   shares with the embedding's lookup. */
 typedef enum { PEFT_PRECISION_FP32 = 0, PEFT_PRECISION_BF16 } peft_precision;
 PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p);
 PEFTDEF const char *peft_precision_name(peft_precision p);             /* "fp32", "bf16" */
@@ -4307,7 +4311,7 @@ PEFTDEF int peft_bf16_dot_available(void) {
 #ifdef PEFT__BF16_DOT
 #define PEFT__BMR 12
 #define PEFT__BNR 32
-#define PEFT__BKC 640                    /* k per slice: a 32-column strip is 40 KB, as in fp32 */
+#define PEFT__BKC 768                    /* k per slice: the A strip (18 KB) stays in L1 */
 #define PEFT__BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 typedef struct {
@@ -4355,26 +4359,31 @@ static void peft__bf16_pack_B(void *vctx, int64_t s0, int64_t s1) {
     }
 }
 
-/* rows [i0, i0 + mr) of A, k in the slice, rounded to bf16 in pairs: Ap[p·12 + i] */
+/* rows [i0, i0 + mr) of A, k in the slice, rounded to bf16 in pairs: Ap[p·12 + i].
+   Each row's pairs are made 16 at a time (32 floats to 32 bf16, nearest even)
+   into a row-major strip, which the float transpose then turns into the
+   12-wide panel (it moves the 32-bit pairs bit for bit). */
 PEFT__BF16_TARGET static void peft__bf16_pack_A(const peft__bf16_args *g, int i0, int mr, uint32_t *Ap) {
     int kp = (g->kc + 1) / 2, full = g->kc / 32 * 32;
+    _Alignas(64) uint32_t rows[PEFT__BMR * (PEFT__BKC / 2)];
     for (int i = 0; i < PEFT__BMR; i++) {
+        uint32_t *d = rows + (size_t)i * kp;
         if (i >= mr) {
-            for (int p = 0; p < kp; p++) Ap[(size_t)p * PEFT__BMR + i] = 0;
+            memset(d, 0, sizeof(uint32_t) * (size_t)kp);
             continue;
         }
         const float *a = g->A + (size_t)(i0 + i) * g->lda + g->pc;
-        uint32_t t[16];
-        for (int k = 0; k < full; k += 32) {    /* 32 floats to 16 pairs, nearest even */
+        for (int k = 0; k < full; k += 32) {
             __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(a + k));
-            _mm512_storeu_si512((void *)t, (__m512i)v);
-            for (int q = 0; q < 16; q++) Ap[(size_t)(k / 2 + q) * PEFT__BMR + i] = t[q];
+            _mm512_storeu_si512((void *)(d + k / 2), (__m512i)v);
         }
         for (int k = full; k < g->kc; k += 2) {
             uint32_t lo = peft_f32_to_bf16(a[k]), hi = k + 1 < g->kc ? peft_f32_to_bf16(a[k + 1]) : 0;
-            Ap[(size_t)(k / 2) * PEFT__BMR + i] = lo | hi << 16;
+            d[k / 2] = lo | hi << 16;
         }
     }
+    peft__transpose_into((float *)(void *)Ap, PEFT__BMR, (const float *)(const void *)rows, (size_t)kp,
+                         PEFT__BMR, kp);
 }
 
 /* C[mr×nr] (+)= Ap · Bp over kp pairs: 12 × 2 accumulators of 16 floats */
@@ -5152,8 +5161,9 @@ static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
-                                               const int *targets) {
+/* wq: w's bf16 copy (peft_model_set_precision) for z = x·Wᵀ and dx = dz·W, or NULL */
+static peft_tensor *peft__linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
+                                               const peft_qmatrix *wq, const int *targets) {
     if (!peft__ok(g, x, w) || !targets)
         return targets ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: no targets");
     int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
@@ -5209,7 +5219,7 @@ static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd)
     const float *wf = NULL, *wb = NULL;
     size_t pf = peft__gemm_packed_floats((int)V, (int)D),
            pb = gx ? peft__gemm_packed_floats((int)D, (int)V) : 0;
-    if (nv > chunk && pf + pb <= (size_t)(chunk * V)) {
+    if (nv > chunk && pf + pb <= (size_t)(chunk * V) && !wq) {
         float *f = peft__arena_floats(g, (int64_t)pf, 0),
               *b = pb ? peft__arena_floats(g, (int64_t)pb, 0) : NULL;
         if (!f || (pb && !b)) return PEFT_ERR_NOMEM;
@@ -5226,12 +5236,14 @@ static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd)
             memcpy(xs + i * D, x->data + (int64_t)rows[c0 + i] * D, sizeof(float) * (size_t)D);
             tg[i] = targets[rows[c0 + i]];
         }
-        peft__gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, NULL, wf, (int)D, 0.0f, z, (int)V);
+        if (wq) (void)peft__frozen_product(1, wq, 0, xs, (int)c, (int)V, (int)D, z, 1);
+        else peft__gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, NULL, wf, (int)D, 0.0f, z, (int)V);
         peft__lce_args a = { z, tg, loss, V, 1.0f / (float)nv, gx || gw };
         peft__parallel_for(c, 4, peft__lce_rows, &a);
         for (int64_t i = 0; i < c; i++) total += loss[i];     /* row order: deterministic */
         if (gx) {
-            peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, NULL, wb, (int)D, 0.0f, dxs, (int)D);
+            if (wq) (void)peft__frozen_product(1, wq, 1, z, (int)c, (int)V, (int)D, dxs, 1);
+            else peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, NULL, wb, (int)D, 0.0f, dxs, (int)D);
             for (int64_t i = 0; i < c; i++)
                 memcpy(sv->dx + (int64_t)rows[c0 + i] * D, dxs + i * D, sizeof(float) * (size_t)D);
         }
@@ -5240,6 +5252,10 @@ static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd)
     L->data[0] = nv ? (float)(total / (double)nv) : 0.0f;
     nd->aux = sv;
     return PEFT_OK;
+}
+PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
+                                               const int *targets) {
+    return peft__linear_cross_entropy(g, x, w, NULL, targets);
 }
 
 /* ============================================================================
@@ -5752,6 +5768,8 @@ PEFTDEF void peft_model_free(peft_model *m) {
     if (m->recompute) peft_graph_free(m->recompute);
     if (m->gguf) peft_gguf_close(m->gguf);
     PEFT_FREE(m->gguf);
+    peft_qmatrix_free(m->head_bf16);
+    PEFT_FREE(m->head_bf16);
     PEFT_FREE(m);
 }
 
@@ -5964,6 +5982,12 @@ static peft_tensor *peft__head_table(const peft_model *m) {
     return m->tokens_step && m->cfg.tie_embeddings ? m->tokens_step : m->lm_head;
 }
 
+/* the bf16 copy of lm_head when the head used is that frozen lm_head, as it was copied */
+static const peft_qmatrix *peft__head_bf16(const peft_model *m) {
+    if (!m->head_bf16 || m->lora_merged || m->save_head || m->lm_head->requires_grad) return NULL;
+    return peft__head_table(m) == m->lm_head ? m->head_bf16 : NULL;
+}
+
 static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     if (B < 1 || T < 1) {
         g->failed = 1;
@@ -5987,6 +6011,7 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
 
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
+    if (h && peft__head_bf16(m)) return peft_qmatrix_linear(g, h, peft__head_bf16(m));
     return peft_linear(g, h, peft__head_table(m));
 }
 
@@ -6190,6 +6215,7 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
     for (int b = 0; b < B; b++) c->len[b] += T;
     c->prompts_ready = 1;
     x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
+    if (x && peft__head_bf16(m)) return peft_qmatrix_linear(g, x, peft__head_bf16(m));
     return peft_linear(g, x, peft__head_table(m));
 }
 
@@ -6197,7 +6223,7 @@ PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *to
                                      const int *targets, int B, int T) {
     /* the fused classifier + loss: the [B·T, vocab] logits are never stored */
     peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
-    return peft_linear_cross_entropy(g, h, peft__head_table(m), targets);
+    return peft__linear_cross_entropy(g, h, peft__head_table(m), peft__head_bf16(m), targets);
 }
 
 /* ============================================================================
@@ -7501,6 +7527,9 @@ PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p) {
                 peft_backend_current()->qmatrix_decode(S->qm, r, 0, S->qm->cols, row);
             }
         }
+        peft_qmatrix_free(m->head_bf16);
+        PEFT_FREE(m->head_bf16);
+        m->head_bf16 = NULL;
         for (int i = 0; i < n; i++) {
             peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
             if (S->qm) S->qm->bf16_compute = 0;
@@ -7516,12 +7545,16 @@ PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p) {
     if (m->lora_merged)
         return peft__fail(PEFT_ERR_UNSUPPORTED, "precision bf16: the LoRA is merged into the weights; unmerge "
                           "it first (W + BA would be rounded to bf16)");
-    peft_qmatrix **q = (peft_qmatrix **)peft__calloc((size_t)n * sizeof *q);
+    /* q[n]: a bf16 copy of the frozen lm_head (the float one stays: a tied
+       head is the embedding, whose rows the lookup reads) */
+    peft_qmatrix **q = (peft_qmatrix **)peft__calloc((size_t)(n + 1) * sizeof *q);
     if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory to store the model in bf16");
-    for (int i = 0; i < n; i++) {
-        peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
-        if (S->qm || !peft__bf16_site(S)) continue;
-        int64_t rows = S->w->shape[0], cols = S->w->shape[1];
+    for (int i = 0; i <= n; i++) {
+        peft_linear_site *S = i < n ? &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES] : NULL;
+        peft_tensor *W = S ? S->w : m->lm_head;
+        if (S && (S->qm || !peft__bf16_site(S))) continue;
+        if (!S && (m->head_bf16 || !W->data || W->requires_grad)) continue;
+        int64_t rows = W->shape[0], cols = W->shape[1];
         q[i] = (peft_qmatrix *)peft__calloc(sizeof *q[i]);
         uint16_t *d = (uint16_t *)PEFT_MALLOC(sizeof(uint16_t) * (size_t)rows * (size_t)cols);
         if (!q[i] || !d) {
@@ -7531,17 +7564,18 @@ PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p) {
                 PEFT_FREE(q[j]);
             }
             PEFT_FREE(q);
-            return peft__fail(PEFT_ERR_NOMEM, "no memory to store %s in bf16",
-                              S->w->name ? S->w->name : "a weight");
+            return peft__fail(PEFT_ERR_NOMEM, "no memory to store %s in bf16", W->name ? W->name : "a weight");
         }
-        for (int64_t e = 0; e < rows * cols; e++) d[e] = peft_f32_to_bf16(S->w->data[e]);
+        for (int64_t e = 0; e < rows * cols; e++) d[e] = peft_f32_to_bf16(W->data[e]);
         q[i]->type = PEFT_GGML_BF16;
         q[i]->rows = rows;
         q[i]->cols = cols;
         q[i]->row_bytes = 2 * (size_t)cols;
         q[i]->data = (const uint8_t *)d;
         q[i]->owned = d;
+        q[i]->bf16_compute = 1;
     }
+    if (q[n]) m->head_bf16 = q[n];
     for (int i = 0; i < n; i++) {              /* all made: swapped in */
         peft_linear_site *S = &m->layers[i / PEFT_N_SITES].lin[i % PEFT_N_SITES];
         if (q[i]) {

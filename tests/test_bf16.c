@@ -213,6 +213,7 @@ TEST(test_bf16_training_follows_fp32) {
     REQUIRE(tf && tb, "trainers: %s", peft_last_error());
     CHECK(fabs(peft_model_linear_bits(b) - 16.0) < 1e-9, "bf16 linears take %.3f bits", peft_model_linear_bits(b));
     CHECK(b->layers[0].lin[PEFT_Q].qm && !b->layers[0].lin[PEFT_Q].w->data, "q_proj is not stored in bf16");
+    CHECK(b->head_bf16 && b->lm_head->data, "the frozen (tied) lm_head has no bf16 copy beside its floats");
     int B = 4, T = 32, V = f->cfg.vocab_size;
     int *tok = malloc(sizeof(int) * B * T), *tgt = malloc(sizeof(int) * B * T);
     double worst = 0;
