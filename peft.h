@@ -5179,14 +5179,17 @@ static peft_tensor *peft__linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     peft_tensor *L = peft_tensor_new(g, 1, &one);
     if (!L) return NULL;
     peft_op op = { .kind = PEFT_OP_LINEAR_CROSS_ENTROPY, .out = L, .in = { x, w }, .ids = targets,
-                   .i = { g->grad_enabled && x->requires_grad, g->grad_enabled && w->requires_grad } };
+                   .i = { g->grad_enabled && x->requires_grad, g->grad_enabled && w->requires_grad },
+                   .aux2 = wq };
     return peft__run(g, &op, 0);
 }
 /* L = out [1]; in: x [R, D], w [V, D]; targets ids [R] (−100: no loss);
-   i: the gradients to form (dx, dW). The forward keeps dL/dx and dL/dW (a
-   peft__lce_saved) in aux for the backward to scale. */
+   i: the gradients to form (dx, dW); aux2: w's bf16 copy for the products, or
+   NULL. The forward keeps dL/dx and dL/dW (a peft__lce_saved) in aux for the
+   backward to scale. */
 static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd) {
     peft_tensor *x = nd->in[0], *w = nd->in[1], *L = nd->out;
+    const peft_qmatrix *wq = (const peft_qmatrix *)nd->aux2;
     const int *targets = nd->ids;
     int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
     int64_t nv = 0;
