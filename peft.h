@@ -442,6 +442,17 @@ PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const pe
 PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
                                               peft_tensor *A, peft_tensor *B, float scale, float dropout,
                                               peft_rng *rng);
+/* x [n, cols] = rows ids[0..n) of a ggml-typed frozen table E [rows = vocab,
+   cols = dim], each row decoded alone (no fp32 copy of E is made); no
+   gradient flows to E. PEFT_ERR_ARG for an id outside [0, rows) or a matrix
+   qmatrix_linear refuses. */
+PEFTDEF peft_tensor *peft_qmatrix_embedding(peft_graph *g, const peft_qmatrix *E, const int *ids, int n);
+/* peft_linear_cross_entropy over a ggml-typed frozen W [vocab, in]: the
+   logits' panels of W decoded in the GEMM's packing, chunk by chunk; x gets
+   its gradient, W none. Errors as peft_linear_cross_entropy and
+   peft_qmatrix_linear. */
+PEFTDEF peft_tensor *peft_qmatrix_linear_cross_entropy(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                                       const int *targets);
 /* y + b per output column (HF's attention_bias / mlp_bias). */
 PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b);
 /* LLaMA-Adapter V2: s ⊙ (y + b) per output column. */
@@ -613,6 +624,9 @@ typedef struct peft_model {
     float       *rope_buf;
     char         path[512];
     struct peft_gguf *gguf;                /* a GGUF base: the mapped file its weights live in */
+    peft_qmatrix *embed_qm, *head_qm;      /* a GGUF base: embed / an untied lm_head kept in ggml
+                                              blocks (its ->data NULL); head_qm == embed_qm when
+                                              tied. PEFT_MALLOC'ed, freed with the model */
 } peft_model;
 
 /* init: 0 = zeros (no weights), 1 = random N(0, 0.02) with unit norms. */
@@ -621,8 +635,9 @@ PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset,
 /* A Hugging Face folder: config.json + model.safetensors (or the sharded
    index), a llama2.c legacy .bin file (interleaved RoPE), or a GGUF file of a
    LLaMA model (.gguf or GGUF's magic; see peft_gguf_open): block linears
-   other than F32 stay in their ggml blocks (site qm), norms and the embedding
-   are decoded to fp32, Q/K rows put back in Hugging Face's order. */
+   other than F32 stay in their ggml blocks (site qm), and so do the embedding
+   and an untied output (embed_qm, head_qm); norms are decoded to fp32, Q/K
+   rows put back in Hugging Face's order. */
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir);
 /* Writes config.json + model.safetensors (F32) into dir (created if needed), atomically. */
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
@@ -653,6 +668,10 @@ PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, i
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant);
 /* Bits per frozen block-linear parameter, from what the storage allocates. */
 PEFTDEF double      peft_model_linear_bits(const peft_model *m);
+/* Bits per base parameter (block linears, embedding, an untied lm_head,
+   norms), from what their storage allocates: 32 for floats, the block bytes
+   of 4-bit or ggml storage. */
+PEFTDEF double      peft_model_base_bits(const peft_model *m);
 /* Every block linear held in ggml blocks (a GGUF base, peft_linear_site.qm)
    decoded into float32 w->data and its blocks freed: the float copy that
    merging an adapter needs (a GGUF base trains without one). */
@@ -3892,6 +3911,30 @@ PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const pe
     return y;
 }
 
+/* ---- ggml-typed embedding -------------------------------------------------------
+   x[r] = E[ids[r]]: only the rows looked up are decoded (a step of B·T
+   tokens decodes B·T rows, not the table). E is frozen: no backward. */
+typedef struct { const peft_qmatrix *E; const int *ids; float *y; } peft__qembed_args;
+static void peft__qembed_range(void *vctx, int64_t r0, int64_t r1) {
+    const peft__qembed_args *a = (const peft__qembed_args *)vctx;
+    int64_t D = a->E->cols;
+    for (int64_t r = r0; r < r1; r++) peft_qmatrix_decode(a->E, a->ids[r], 0, D, a->y + r * D);
+}
+PEFTDEF peft_tensor *peft_qmatrix_embedding(peft_graph *g, const peft_qmatrix *E, const int *ids, int n) {
+    if (!peft__ok(g, E, ids)) return NULL;
+    if (!peft__qmatrix_ok(E))
+        return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_embedding: the ggml table has no data, a bad size or "
+                             "an unsupported type");
+    for (int r = 0; r < n; r++)
+        if (ids[r] < 0 || ids[r] >= E->rows)
+            return peft__op_fail(g, PEFT_ERR_ARG, "token id out of range of the embedding table");
+    peft_tensor *y = peft_tensor_2d(g, n, E->cols);
+    if (!y) return NULL;
+    peft__qembed_args a = { E, ids, y->data };
+    peft__parallel_for(n, 64, peft__qembed_range, &a);
+    return y;
+}
+
 /* ---- LoRA linear ---------------------------------------------------------------
    y = x·Wᵀ + s·(x̃·Aᵀ)·Bᵀ,   x̃ = x ⊙ mask/(1−p) (dropout on the LoRA branch)
    u = x̃·Aᵀ [N,r] is kept;  du = s·dy·B,  dB += s·dyᵀ·u,  dA += duᵀ·x̃,
@@ -4417,13 +4460,17 @@ static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
-                                               const int *targets) {
-    if (!peft__ok(g, x, w) || !targets)
+/* w in floats, or (w NULL) qm: a frozen ggml-typed W decoded as the GEMM packs it */
+static peft_tensor *peft__linear_ce(peft_graph *g, peft_tensor *x, peft_tensor *w, const peft_qmatrix *qm,
+                                    const int *targets) {
+    if (!peft__ok(g, x, w ? (const void *)w : (const void *)qm) || !targets)
         return targets ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: no targets");
-    int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
-    if (peft__cols(w) != D)
+    int64_t R = peft__rows(x), D = peft__cols(x), V = w ? peft__rows(w) : qm->rows;
+    if ((w ? peft__cols(w) : qm->cols) != D)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "linear_cross_entropy: x and w disagree on the width");
+    peft__bstore src = { qm, peft__qm_rows };
+    const peft__bstore *bq = w ? NULL : &src;
+    const float *wd = w ? w->data : NULL;
     int64_t nv = 0;
     for (int64_t r = 0; r < R; r++) {
         if (targets[r] == -100) continue;
@@ -4435,7 +4482,7 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     int64_t one = 1;
     peft_tensor *L = peft_tensor_new(g, 1, &one);
     if (!L) return NULL;
-    int gx = g->grad_enabled && x->requires_grad, gw = g->grad_enabled && w->requires_grad;
+    int gx = g->grad_enabled && x->requires_grad, gw = g->grad_enabled && w && w->requires_grad;
     /* chunks of ≤ PEFT_LCE_CHUNK_MB of logits, in whole row blocks of the GEMM per
        thread so that every chunk's products split evenly over the threads */
     int64_t chunk = nv < 1 ? 1 : nv, unit = (int64_t)PEFT__MC * peft__nthreads;
@@ -4459,11 +4506,12 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     if ((gx && !sv->dx) || (gw && !sv->dw)) { g->failed = 1; return NULL; }
     /* Several chunks: W packed once for all of them (for z = x·Wᵀ and for
        dx = dz·W) instead of once per chunk and product, where the packed
-       copies take no more than one more chunk of logits would. */
+       copies take no more than one more chunk of logits would. Never for a
+       ggml-typed W: that would be the fp32 copy its blocks exist to avoid. */
     const float *wf = NULL, *wb = NULL;
     size_t pf = peft__gemm_packed_floats((int)V, (int)D),
            pb = gx ? peft__gemm_packed_floats((int)D, (int)V) : 0;
-    if (nv > chunk && pf + pb <= (size_t)(chunk * V)) {
+    if (w && nv > chunk && pf + pb <= (size_t)(chunk * V)) {
         float *f = peft__arena_floats(g, (int64_t)pf, 0),
               *b = pb ? peft__arena_floats(g, (int64_t)pb, 0) : NULL;
         if (!f || (pb && !b)) { g->failed = 1; return NULL; }
@@ -4480,12 +4528,12 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
             memcpy(xs + i * D, x->data + (int64_t)rows[c0 + i] * D, sizeof(float) * (size_t)D);
             tg[i] = targets[rows[c0 + i]];
         }
-        peft__gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, NULL, wf, (int)D, 0.0f, z, (int)V);
+        peft__gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, wd, bq, wf, (int)D, 0.0f, z, (int)V);
         peft__lce_args a = { z, tg, loss, V, 1.0f / (float)nv, gx || gw };
         peft__parallel_for(c, 4, peft__lce_rows, &a);
         for (int64_t i = 0; i < c; i++) total += loss[i];     /* row order: deterministic */
         if (gx) {
-            peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, NULL, wb, (int)D, 0.0f, dxs, (int)D);
+            peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, wd, bq, wb, (int)D, 0.0f, dxs, (int)D);
             for (int64_t i = 0; i < c; i++)
                 memcpy(sv->dx + (int64_t)rows[c0 + i] * D, dxs + i * D, sizeof(float) * (size_t)D);
         }
@@ -4495,6 +4543,18 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     peft__node *nd = peft__record(g, peft__lce_bw, L, x, w, NULL, NULL);
     if (nd) nd->aux = sv;
     return L;
+}
+PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
+                                               const int *targets) {
+    return peft__linear_ce(g, x, w, NULL, targets);
+}
+PEFTDEF peft_tensor *peft_qmatrix_linear_cross_entropy(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                                       const int *targets) {
+    if (!peft__ok(g, x, W)) return NULL;
+    if (!peft__qmatrix_ok(W))
+        return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_linear_cross_entropy: the ggml weight has no data, a "
+                             "bad size or an unsupported type");
+    return peft__linear_ce(g, x, NULL, W, targets);
 }
 
 /* ============================================================================
@@ -4996,6 +5056,12 @@ PEFTDEF void peft_model_free(peft_model *m) {
             peft_qmatrix_free(m->layers[l].lin[s].qm);
             PEFT_FREE(m->layers[l].lin[s].qm);
         }
+    if (m->head_qm != m->embed_qm) {
+        peft_qmatrix_free(m->head_qm);
+        PEFT_FREE(m->head_qm);
+    }
+    peft_qmatrix_free(m->embed_qm);
+    PEFT_FREE(m->embed_qm);
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
     for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
     peft_param_free(m->tokens_table);
@@ -5194,8 +5260,8 @@ static peft_tensor *peft__tokens_table(peft_model *m, peft_graph *g) {
     const peft_method *x = &m->method;
     int64_t D = m->cfg.dim;
     if (g->grad_enabled && m->tokens_delta->requires_grad)
-        m->tokens_step =
-            peft_replace_rows(g, m->embed, m->tokens_delta, x->trainable_tokens, x->n_trainable_tokens);
+        m->tokens_step = peft_replace_rows(g, m->embed->data ? m->embed : m->tokens_table, m->tokens_delta,
+                                           x->trainable_tokens, x->n_trainable_tokens);
     else {
         for (int i = 0; i < x->n_trainable_tokens; i++)
             memcpy(m->tokens_table->data + (size_t)x->trainable_tokens[i] * D,
@@ -5215,6 +5281,18 @@ static peft_tensor *peft__head_table(const peft_model *m) {
     if (m->save_head) return m->save_head;
     return m->tokens_step && m->cfg.tie_embeddings ? m->tokens_step : m->lm_head;
 }
+/* A GGUF base keeps embed / lm_head in ggml blocks: the lookup decodes the
+   rows it takes, the classifier decodes W's panels in the GEMM's packing. */
+static peft_tensor *peft__embed_lookup(peft_model *m, peft_graph *g, const int *tokens, int n) {
+    peft_tensor *E = peft__embed_table(m, g);
+    if (E == m->embed && !E->data && m->embed_qm) return peft_qmatrix_embedding(g, m->embed_qm, tokens, n);
+    return peft_embedding(g, E, tokens, n);
+}
+static peft_tensor *peft__head_logits(const peft_model *m, peft_graph *g, peft_tensor *h) {
+    peft_tensor *W = peft__head_table(m);
+    if (W == m->lm_head && !W->data && m->head_qm) return peft_qmatrix_linear(g, h, m->head_qm);
+    return peft_linear(g, h, W);
+}
 
 static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     if (B < 1 || T < 1) {
@@ -5230,7 +5308,7 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
                        tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
+    peft_tensor *x = peft__embed_lookup(m, g, tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers; l++)
         x = m->checkpointing && g->grad_enabled ? peft__block_checkpointed(m, g, &m->layers[l], x, B, T)
                                                 : peft__block(m, g, &m->layers[l], x, B, T);
@@ -5239,7 +5317,7 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
 
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
-    return peft_linear(g, h, peft__head_table(m));
+    return h ? peft__head_logits(m, g, h) : NULL;
 }
 
 /* ---- forward with a KV cache ------------------------------------------------------
@@ -5422,20 +5500,23 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
                        tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
+    peft_tensor *x = peft__embed_lookup(m, g, tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers && x; l++) x = peft__block_cached(m, g, c, l, x, B, T);
     if (!x) return NULL;
     for (int b = 0; b < B; b++) c->len[b] += T;
     c->prompts_ready = 1;
     x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
-    return peft_linear(g, x, peft__head_table(m));
+    return x ? peft__head_logits(m, g, x) : NULL;
 }
 
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T) {
     /* the fused classifier + loss: the [B·T, vocab] logits are never stored */
     peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
-    return peft_linear_cross_entropy(g, h, peft__head_table(m), targets);
+    peft_tensor *W = peft__head_table(m);
+    if (h && W == m->lm_head && !W->data && m->head_qm)
+        return peft_qmatrix_linear_cross_entropy(g, h, m->head_qm, targets);
+    return peft_linear_cross_entropy(g, h, W, targets);
 }
 
 /* ============================================================================
@@ -6180,12 +6261,14 @@ static const peft_qmatrix *peft__model_qm(const peft_model *m) {
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
             if (m->layers[l].lin[s].qm) return m->layers[l].lin[s].qm;
-    return NULL;
+    return m->embed_qm ? m->embed_qm : m->head_qm;
 }
 static const char *peft__model_qm_name(const peft_model *m) {
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
             if (m->layers[l].lin[s].qm && m->layers[l].lin[s].w->name) return m->layers[l].lin[s].w->name;
+    if (m->embed_qm) return m->embed->name;
+    if (m->head_qm) return m->lm_head->name;
     return "the model";
 }
 
@@ -6231,10 +6314,23 @@ static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_
    scales by α/√r. Dropout applies to x on the LoRA branch only. The op
    (peft_lora_linear) never forms W₀ + BA; merging does, once, in place.
    ============================================================================ */
-/* tokens_table = embed with the trainable tokens' rows replaced by the delta's */
+/* rows [r0, r0 + n) of embed or lm_head (p) into dst: its floats, or decoded
+   from its ggml blocks q (a GGUF base) */
+static void peft__table_rows(const peft_tensor *p, const peft_qmatrix *q, int64_t r0, int64_t n, float *dst) {
+    int64_t D = p->shape[1];
+    if (p->data) {
+        memcpy(dst, p->data + r0 * D, sizeof(float) * (size_t)(n * D));
+        return;
+    }
+    for (int64_t r = 0; r < n; r++) peft_qmatrix_decode(q, r0 + r, 0, D, dst + r * D);
+}
+
+/* tokens_table = embed with the trainable tokens' rows replaced by the delta's
+   (over a GGUF base, the one place the table is decoded whole: the rows
+   trained are replaced in a float table, as for a float base) */
 static void peft__tokens_refresh(peft_model *m, const peft_method *cfg) {
     int D = m->cfg.dim;
-    memcpy(m->tokens_table->data, m->embed->data, sizeof(float) * (size_t)m->embed->n);
+    peft__table_rows(m->embed, m->embed_qm, 0, m->embed->shape[0], m->tokens_table->data);
     for (int i = 0; i < cfg->n_trainable_tokens; i++)
         memcpy(m->tokens_table->data + (size_t)cfg->trainable_tokens[i] * D,
                m->tokens_delta->data + (size_t)i * D, sizeof(float) * (size_t)D);
@@ -6279,12 +6375,12 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
     if (cfg->modules_to_save & PEFT_SAVE_EMBED) {
         if (!(m->save_embed = peft__extra(m, 2, se, "base_model.model.model.embed_tokens.weight")))
             return peft__fail(PEFT_ERR_NOMEM, "no memory for modules_to_save");
-        memcpy(m->save_embed->data, m->embed->data, sizeof(float) * (size_t)m->embed->n);
+        peft__table_rows(m->embed, m->embed_qm, 0, m->embed->shape[0], m->save_embed->data);
     }
     if (cfg->modules_to_save & PEFT_SAVE_LM_HEAD) {
         if (!(m->save_head = peft__extra(m, 2, se, "base_model.model.lm_head.weight")))
             return peft__fail(PEFT_ERR_NOMEM, "no memory for modules_to_save");
-        memcpy(m->save_head->data, m->lm_head->data, sizeof(float) * (size_t)m->lm_head->n);
+        peft__table_rows(m->lm_head, m->head_qm, 0, m->lm_head->shape[0], m->save_head->data);
     }
     /* trainable_token_indices: rows of embed_tokens (and of a tied lm_head) replaced by
        the delta's rows, which start as copies of them (PEFT's TrainableTokensLayer) */
@@ -6301,9 +6397,8 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
         if (!m->tokens_delta || !m->tokens_table)
             return peft__fail(PEFT_ERR_NOMEM, "no memory for trainable tokens");
         for (int i = 0; i < cfg->n_trainable_tokens; i++)
-            memcpy(m->tokens_delta->data + (size_t)i * c->dim,
-                   m->embed->data + (size_t)cfg->trainable_tokens[i] * c->dim,
-                   sizeof(float) * (size_t)c->dim);
+            peft__table_rows(m->embed, m->embed_qm, cfg->trainable_tokens[i], 1,
+                             m->tokens_delta->data + (size_t)i * c->dim);
         peft__tokens_refresh(m, cfg);
     }
     return PEFT_OK;
@@ -6639,7 +6734,43 @@ PEFTDEF double peft_model_linear_bits(const peft_model *m) {
     return n > 0 ? 8.0 * bytes / n : 0.0;
 }
 
+PEFTDEF double peft_model_base_bits(const peft_model *m) {
+    double bytes = 0, n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const peft_tensor *p = m->params[i];
+        const peft_qmatrix *q = p == m->embed ? m->embed_qm : p == m->lm_head ? m->head_qm : NULL;
+        const peft_q4 *q4 = NULL;
+        for (int l = 0; l < m->cfg.n_layers && !q && !q4; l++)
+            for (int s = 0; s < PEFT_N_SITES; s++)
+                if (m->layers[l].lin[s].w == p) {
+                    q = m->layers[l].lin[s].qm;
+                    q4 = m->layers[l].lin[s].q4;
+                }
+        bytes += q4 ? (double)peft_q4_bytes(q4) : q && !p->data ? (double)peft_qmatrix_bytes(q)
+                                                               : 4.0 * (double)p->n;
+        n += (double)p->n;
+    }
+    return n > 0 ? 8.0 * bytes / n : 0.0;
+}
+
+/* a table held in ggml blocks into floats: p->data decoded, the blocks freed */
+static peft_status peft__dequantize_table(peft_tensor *p, peft_qmatrix **q) {
+    if (!*q || p->data) return PEFT_OK;
+    float *w = (float *)PEFT_MALLOC(sizeof(float) * (size_t)p->n);
+    if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", p->name);
+    peft__table_rows(p, *q, 0, p->shape[0], w);
+    p->data = w;
+    peft_qmatrix_free(*q);
+    PEFT_FREE(*q);
+    *q = NULL;
+    return PEFT_OK;
+}
+
 PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
+    peft_status st = peft__dequantize_table(m->embed, &m->embed_qm);
+    if (m->cfg.tie_embeddings) m->head_qm = m->embed_qm;   /* one table: decoded once, freed once */
+    if (st == PEFT_OK) st = peft__dequantize_table(m->lm_head, &m->head_qm);
+    if (st != PEFT_OK) return st;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             peft_linear_site *S = &m->layers[l].lin[s];
@@ -11814,10 +11945,11 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
 
 /* ---- a LLaMA from a GGUF ----------------------------------------------------------
    token_embd, output_norm, output (absent: tied) and blk.N.{attn_norm,
-   ffn_norm, attn_q/k/v/output, ffn_gate/up/down}. Block linears other than
-   F32 stay in their ggml type as a peft_qmatrix over the mapping (w->data is
-   freed); the rest is decoded to fp32. llama.cpp's converter stores Q and K
-   with each head's rows reordered for its RoPE on adjacent pairs: GGUF row
+   ffn_norm, attn_q/k/v/output, ffn_gate/up/down}. Block linears, token_embd
+   and output other than F32 stay in their ggml type as a peft_qmatrix over
+   the mapping (w->data is freed); the norms are decoded to fp32. llama.cpp's
+   converter stores Q and K with each head's rows reordered for its RoPE on
+   adjacent pairs: GGUF row
    h·d + 2i + j holds HF row h·d + j·d/2 + i (i < d/2, j ∈ {0, 1}); loading
    puts them back (moving whole rows, so quantized rows keep their bytes). */
 static int64_t peft__gguf_src_row(int64_t r, int hd, int heads) {
@@ -11904,15 +12036,17 @@ static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, ui
                           "and Q6_K)", g->path, t->name, peft_gguf_type_name(t->type));
     done[idx] = 1;
     int hd = m->cfg.head_dim;
-    if (!S || t->type == PEFT_GGML_F32) {
+    /* block linears, the embedding and an untied output stay in their blocks */
+    peft_qmatrix **slot = S ? &S->qm : p == m->embed ? &m->embed_qm : p == m->lm_head ? &m->head_qm : NULL;
+    if (!slot || t->type == PEFT_GGML_F32) {
         peft_status s = peft__gguf_floats(g, t, p->data, hd, heads);
         peft__map_release(t->data, t->nbytes, g->mapped);   /* decoded: the file's copy can leave memory */
         return s;
     }
-    /* a block linear kept in its ggml type: rows [out], each of in elements */
+    /* a matrix kept in its ggml type: rows [out or vocab], each of in (dim) elements */
     peft_qmatrix *q = (peft_qmatrix *)peft__calloc(sizeof *q);
     if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory");
-    S->qm = q;                                        /* freed with the model on any error */
+    *slot = q;                                        /* freed with the model on any error */
     q->type = t->type;
     q->rows = p->shape[0];
     q->cols = p->shape[1];
@@ -11960,6 +12094,7 @@ static peft_status peft__load_gguf(peft_model **out, const char *path) {
                            m->params[i]->name);
         }
     PEFT_FREE(done);
+    if (s == PEFT_OK && m->cfg.tie_embeddings) m->head_qm = m->embed_qm;   /* one table, both uses */
     if (s != PEFT_OK) {
         peft_model_free(m);
         return s;
