@@ -476,6 +476,17 @@ PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const pe
 PEFTDEF peft_tensor *peft_qmatrix_lora_linear(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
                                               peft_tensor *A, peft_tensor *B, float scale, float dropout,
                                               peft_rng *rng);
+/* x [n, cols] = rows ids[0..n) of a ggml-typed frozen table E [rows = vocab,
+   cols = dim], each row decoded alone (no fp32 copy of E is made); no
+   gradient flows to E. PEFT_ERR_ARG for an id outside [0, rows) or a matrix
+   qmatrix_linear refuses. */
+PEFTDEF peft_tensor *peft_qmatrix_embedding(peft_graph *g, const peft_qmatrix *E, const int *ids, int n);
+/* peft_linear_cross_entropy over a ggml-typed frozen W [vocab, in]: the
+   logits' panels of W decoded in the GEMM's packing, chunk by chunk; x gets
+   its gradient, W none. Errors as peft_linear_cross_entropy and
+   peft_qmatrix_linear. */
+PEFTDEF peft_tensor *peft_qmatrix_linear_cross_entropy(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                                       const int *targets);
 /* y + b per output column (HF's attention_bias / mlp_bias). */
 PEFTDEF peft_tensor *peft_add_bias(peft_graph *g, peft_tensor *y, peft_tensor *b);
 /* LLaMA-Adapter V2: s ⊙ (y + b) per output column. */
@@ -505,6 +516,7 @@ typedef enum {
     PEFT_OP_ATTENTION, PEFT_OP_ATTENTION_CACHED, PEFT_OP_Q4_LINEAR, PEFT_OP_QMATRIX_LINEAR,
     PEFT_OP_LORA_LINEAR, PEFT_OP_ADD_BIAS, PEFT_OP_BIAS_SCALE, PEFT_OP_PROMPT_ATTEND, PEFT_OP_SWIGLU,
     PEFT_OP_ADD, PEFT_OP_SCALE, PEFT_OP_CROSS_ENTROPY, PEFT_OP_LINEAR_CROSS_ENTROPY,
+    PEFT_OP_QMATRIX_EMBEDDING,
     PEFT_OP_COUNT
 } peft_op_kind;
 PEFTDEF const char *peft_op_name(int kind);         /* "linear" …; "?" past the end */
@@ -539,7 +551,8 @@ typedef struct peft_backend {
     peft_place  place;
     struct {
         peft_status (*forward)(peft_graph *g, peft_op *op);
-        void        (*backward)(peft_graph *g, peft_op *op);   /* NULL for ATTENTION_CACHED */
+        void        (*backward)(peft_graph *g, peft_op *op);   /* NULL for ATTENTION_CACHED and
+                                                                  QMATRIX_EMBEDDING: frozen only */
     } op[PEFT_OP_COUNT];
     void *(*alloc)(size_t bytes);                  /* the step arena's blocks */
     void  (*free)(void *p);
@@ -736,6 +749,9 @@ typedef struct peft_model {
     struct peft_gguf *gguf;                /* a GGUF base: the mapped file its weights live in */
     peft_qmatrix *head_bf16;               /* --precision bf16: a bf16 copy of the frozen lm_head
                                               for its products (NULL: none) */
+    peft_qmatrix *embed_qm, *head_qm;      /* a GGUF base: embed / an untied lm_head kept in ggml
+                                              blocks (its ->data NULL); head_qm == embed_qm when
+                                              tied. PEFT_MALLOC'ed, freed with the model */
 } peft_model;
 
 /* init: 0 = zeros (no weights), 1 = random N(0, 0.02) with unit norms. */
@@ -744,8 +760,9 @@ PEFTDEF peft_status peft_model_from_preset(peft_model **out, const char *preset,
 /* A Hugging Face folder: config.json + model.safetensors (or the sharded
    index), a llama2.c legacy .bin file (interleaved RoPE), or a GGUF file of a
    LLaMA model (.gguf or GGUF's magic; see peft_gguf_open): block linears
-   other than F32 stay in their ggml blocks (site qm), norms and the embedding
-   are decoded to fp32, Q/K rows put back in Hugging Face's order. */
+   other than F32 stay in their ggml blocks (site qm), and so do the embedding
+   and an untied output (embed_qm, head_qm); norms are decoded to fp32, Q/K
+   rows put back in Hugging Face's order. */
 PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir);
 /* Writes config.json + model.safetensors (F32) into dir (created if needed), atomically. */
 PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir);
@@ -856,6 +873,10 @@ PEFTDEF peft_status peft_model_set_condition(peft_model *m, const float *vecs, i
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant);
 /* Bits per frozen block-linear parameter, from what the storage allocates. */
 PEFTDEF double      peft_model_linear_bits(const peft_model *m);
+/* Bits per base parameter (block linears, embedding, an untied lm_head,
+   norms), from what their storage allocates: 32 for floats, the block bytes
+   of 4-bit or ggml storage. */
+PEFTDEF double      peft_model_base_bits(const peft_model *m);
 /* Every block linear held in ggml blocks (a GGUF base, peft_linear_site.qm)
    decoded into float32 w->data and its blocks freed: the float copy that
    merging an adapter needs (a GGUF base trains without one). */
@@ -4578,6 +4599,36 @@ PEFTDEF peft_tensor *peft_qmatrix_linear(peft_graph *g, peft_tensor *x, const pe
     return peft__run(g, &op, 0);
 }
 
+/* ---- ggml-typed embedding -------------------------------------------------------
+   x[r] = E[ids[r]]: only the rows looked up are decoded (a step of B·T
+   tokens decodes B·T rows, not the table). E is frozen: no backward. */
+typedef struct { const peft_qmatrix *E; const int *ids; float *y; } peft__qembed_args;
+static void peft__qembed_range(void *vctx, int64_t r0, int64_t r1) {
+    const peft__qembed_args *a = (const peft__qembed_args *)vctx;
+    int64_t D = a->E->cols;
+    for (int64_t r = r0; r < r1; r++) peft_qmatrix_decode(a->E, a->ids[r], 0, D, a->y + r * D);
+}
+/* out [n, cols]; aux: E; ids [n]. No backward: the table is frozen. */
+static peft_status peft__cpu_qmatrix_embedding(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft__qembed_args a = { (const peft_qmatrix *)nd->aux, nd->ids, nd->out->data };
+    peft__parallel_for(nd->out->shape[0], 64, peft__qembed_range, &a);
+    return PEFT_OK;
+}
+PEFTDEF peft_tensor *peft_qmatrix_embedding(peft_graph *g, const peft_qmatrix *E, const int *ids, int n) {
+    if (!peft__ok(g, E, ids)) return NULL;
+    if (!peft__qmatrix_ok(E))
+        return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_embedding: the ggml table has no data, a bad size or "
+                             "an unsupported type");
+    for (int r = 0; r < n; r++)
+        if (ids[r] < 0 || ids[r] >= E->rows)
+            return peft__op_fail(g, PEFT_ERR_ARG, "token id out of range of the embedding table");
+    peft_tensor *y = peft_tensor_2d(g, n, E->cols);
+    if (!y) return NULL;
+    peft_op op = { .kind = PEFT_OP_QMATRIX_EMBEDDING, .out = y, .ids = ids, .aux = E, .i = { n } };
+    return peft__run(g, &op, 0);
+}
+
 /* ---- LoRA linear ---------------------------------------------------------------
    y = x·Wᵀ + s·(x̃·Aᵀ)·Bᵀ,   x̃ = x ⊙ mask/(1−p) (dropout on the LoRA branch)
    u = x̃·Aᵀ [N,r] is kept;  du = s·dy·B,  dB += s·dyᵀ·u,  dA += duᵀ·x̃,
@@ -5161,13 +5212,14 @@ static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
     }
 }
 
-/* wq: w's bf16 copy (peft_model_set_precision) for z = x·Wᵀ and dx = dz·W, or NULL */
+/* wq, for z = x·Wᵀ and dx = dz·W: w's bf16 copy (peft_model_set_precision),
+   or (w NULL) a frozen ggml-typed W decoded as the GEMM packs it; else NULL */
 static peft_tensor *peft__linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
                                                const peft_qmatrix *wq, const int *targets) {
-    if (!peft__ok(g, x, w) || !targets)
+    if (!peft__ok(g, x, w ? (const void *)w : (const void *)wq) || !targets)
         return targets ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "linear_cross_entropy: no targets");
-    int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
-    if (peft__cols(w) != D)
+    int64_t R = peft__rows(x), D = peft__cols(x), V = w ? peft__rows(w) : wq->rows;
+    if ((w ? peft__cols(w) : wq->cols) != D)
         return peft__op_fail(g, PEFT_ERR_SHAPE, "linear_cross_entropy: x and w disagree on the width");
     for (int64_t r = 0; r < R; r++) {
         if (targets[r] == -100) continue;
@@ -5179,19 +5231,19 @@ static peft_tensor *peft__linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
     peft_tensor *L = peft_tensor_new(g, 1, &one);
     if (!L) return NULL;
     peft_op op = { .kind = PEFT_OP_LINEAR_CROSS_ENTROPY, .out = L, .in = { x, w }, .ids = targets,
-                   .i = { g->grad_enabled && x->requires_grad, g->grad_enabled && w->requires_grad },
+                   .i = { g->grad_enabled && x->requires_grad, g->grad_enabled && w && w->requires_grad },
                    .aux2 = wq };
     return peft__run(g, &op, 0);
 }
-/* L = out [1]; in: x [R, D], w [V, D]; targets ids [R] (−100: no loss);
-   i: the gradients to form (dx, dW); aux2: w's bf16 copy for the products, or
-   NULL. The forward keeps dL/dx and dL/dW (a peft__lce_saved) in aux for the
-   backward to scale. */
+/* L = out [1]; in: x [R, D], w [V, D] (NULL: aux2 only); targets ids [R]
+   (−100: no loss); i: the gradients to form (dx, dW); aux2: the blocks the
+   products use (w's bf16 copy, or a frozen ggml-typed W), or NULL. The
+   forward keeps dL/dx and dL/dW (a peft__lce_saved) in aux for the backward. */
 static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd) {
     peft_tensor *x = nd->in[0], *w = nd->in[1], *L = nd->out;
     const peft_qmatrix *wq = (const peft_qmatrix *)nd->aux2;
     const int *targets = nd->ids;
-    int64_t R = peft__rows(x), D = peft__cols(x), V = peft__rows(w);
+    int64_t R = peft__rows(x), D = peft__cols(x), V = w ? peft__rows(w) : wq->rows;
     int64_t nv = 0;
     for (int64_t r = 0; r < R; r++) nv += targets[r] != -100;
     int gx = nd->i[0], gw = nd->i[1];
@@ -5218,7 +5270,8 @@ static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd)
     if ((gx && !sv->dx) || (gw && !sv->dw)) return PEFT_ERR_NOMEM;
     /* Several chunks: W packed once for all of them (for z = x·Wᵀ and for
        dx = dz·W) instead of once per chunk and product, where the packed
-       copies take no more than one more chunk of logits would. */
+       copies take no more than one more chunk of logits would. Never for a
+       ggml-typed W: that would be the fp32 copy its blocks exist to avoid. */
     const float *wf = NULL, *wb = NULL;
     size_t pf = peft__gemm_packed_floats((int)V, (int)D),
            pb = gx ? peft__gemm_packed_floats((int)D, (int)V) : 0;
@@ -5239,14 +5292,19 @@ static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd)
             memcpy(xs + i * D, x->data + (int64_t)rows[c0 + i] * D, sizeof(float) * (size_t)D);
             tg[i] = targets[rows[c0 + i]];
         }
-        if (wq) (void)peft__frozen_product(1, wq, 0, xs, (int)c, (int)V, (int)D, z, 1);
-        else peft__gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, NULL, wf, (int)D, 0.0f, z, (int)V);
+        if (wq)
+            (void)peft__frozen_product(1, wq, 0, xs, (int)c, (int)V, (int)D, z, 1);
+        else
+            peft__gemm(0, 1, (int)c, (int)V, (int)D, xs, (int)D, w->data, NULL, wf, (int)D, 0.0f, z, (int)V);
         peft__lce_args a = { z, tg, loss, V, 1.0f / (float)nv, gx || gw };
         peft__parallel_for(c, 4, peft__lce_rows, &a);
         for (int64_t i = 0; i < c; i++) total += loss[i];     /* row order: deterministic */
         if (gx) {
-            if (wq) (void)peft__frozen_product(1, wq, 1, z, (int)c, (int)V, (int)D, dxs, 1);
-            else peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, NULL, wb, (int)D, 0.0f, dxs, (int)D);
+            if (wq)
+                (void)peft__frozen_product(1, wq, 1, z, (int)c, (int)V, (int)D, dxs, 1);
+            else
+                peft__gemm(0, 0, (int)c, (int)D, (int)V, z, (int)V, w->data, NULL, wb, (int)D, 0.0f, dxs,
+                           (int)D);
             for (int64_t i = 0; i < c; i++)
                 memcpy(sv->dx + (int64_t)rows[c0 + i] * D, dxs + i * D, sizeof(float) * (size_t)D);
         }
@@ -5259,6 +5317,14 @@ static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd)
 PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, peft_tensor *w,
                                                const int *targets) {
     return peft__linear_cross_entropy(g, x, w, NULL, targets);
+}
+PEFTDEF peft_tensor *peft_qmatrix_linear_cross_entropy(peft_graph *g, peft_tensor *x, const peft_qmatrix *W,
+                                                       const int *targets) {
+    if (!peft__ok(g, x, W)) return NULL;
+    if (!peft__qmatrix_ok(W))
+        return peft__op_fail(g, PEFT_ERR_ARG, "qmatrix_linear_cross_entropy: the ggml weight has no data, a "
+                             "bad size or an unsupported type");
+    return peft__linear_cross_entropy(g, x, NULL, W, targets);
 }
 
 /* ============================================================================
@@ -5760,6 +5826,12 @@ PEFTDEF void peft_model_free(peft_model *m) {
             peft_qmatrix_free(m->layers[l].lin[s].qm);
             PEFT_FREE(m->layers[l].lin[s].qm);
         }
+    if (m->head_qm != m->embed_qm) {
+        peft_qmatrix_free(m->head_qm);
+        PEFT_FREE(m->head_qm);
+    }
+    peft_qmatrix_free(m->embed_qm);
+    PEFT_FREE(m->embed_qm);
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
     for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
     peft_param_free(m->tokens_table);
@@ -5963,8 +6035,8 @@ static peft_tensor *peft__tokens_table(peft_model *m, peft_graph *g) {
     const peft_method *x = &m->method;
     int64_t D = m->cfg.dim;
     if (g->grad_enabled && m->tokens_delta->requires_grad)
-        m->tokens_step =
-            peft_replace_rows(g, m->embed, m->tokens_delta, x->trainable_tokens, x->n_trainable_tokens);
+        m->tokens_step = peft_replace_rows(g, m->embed->data ? m->embed : m->tokens_table, m->tokens_delta,
+                                           x->trainable_tokens, x->n_trainable_tokens);
     else {
         for (int i = 0; i < x->n_trainable_tokens; i++)
             memcpy(m->tokens_table->data + (size_t)x->trainable_tokens[i] * D,
@@ -5984,11 +6056,27 @@ static peft_tensor *peft__head_table(const peft_model *m) {
     if (m->save_head) return m->save_head;
     return m->tokens_step && m->cfg.tie_embeddings ? m->tokens_step : m->lm_head;
 }
-
-/* the bf16 copy of lm_head when the head used is that frozen lm_head, as it was copied */
-static const peft_qmatrix *peft__head_bf16(const peft_model *m) {
-    if (!m->head_bf16 || m->lora_merged || m->save_head || m->lm_head->requires_grad) return NULL;
-    return peft__head_table(m) == m->lm_head ? m->head_bf16 : NULL;
+/* A GGUF base keeps embed / lm_head in ggml blocks: the lookup decodes the
+   rows it takes, the classifier decodes W's panels in the GEMM's packing. */
+static peft_tensor *peft__embed_lookup(peft_model *m, peft_graph *g, const int *tokens, int n) {
+    peft_tensor *E = peft__embed_table(m, g);
+    if (E == m->embed && !E->data && m->embed_qm) return peft_qmatrix_embedding(g, m->embed_qm, tokens, n);
+    return peft_embedding(g, E, tokens, n);
+}
+/* The head's weights held in blocks, when the head used is the frozen
+   lm_head: a GGUF base's ggml blocks (lm_head has no floats), or the bf16
+   copy of --precision bf16 (as it was copied); NULL: the floats are used. */
+static const peft_qmatrix *peft__head_frozen(const peft_model *m) {
+    peft_tensor *W = peft__head_table(m);
+    if (W != m->lm_head) return NULL;
+    if (!W->data) return m->head_qm;
+    if (!m->head_bf16 || m->lora_merged || m->save_head || W->requires_grad) return NULL;
+    return m->head_bf16;
+}
+static peft_tensor *peft__head_logits(const peft_model *m, peft_graph *g, peft_tensor *h) {
+    const peft_qmatrix *q = peft__head_frozen(m);
+    if (q) return peft_qmatrix_linear(g, h, q);
+    return peft_linear(g, h, peft__head_table(m));
 }
 
 static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
@@ -6005,7 +6093,7 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
                        tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
+    peft_tensor *x = peft__embed_lookup(m, g, tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers; l++)
         x = m->checkpointing && g->grad_enabled ? peft__block_checkpointed(m, g, &m->layers[l], x, B, T)
                                                 : peft__block(m, g, &m->layers[l], x, B, T);
@@ -6014,8 +6102,7 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
 
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T) {
     peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
-    if (h && peft__head_bf16(m)) return peft_qmatrix_linear(g, h, peft__head_bf16(m));
-    return peft_linear(g, h, peft__head_table(m));
+    return h ? peft__head_logits(m, g, h) : NULL;
 }
 
 /* ---- forward with a KV cache ------------------------------------------------------
@@ -6212,21 +6299,21 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
                        tokens[i], i, m->cfg.vocab_size);
             return NULL;
         }
-    peft_tensor *x = peft_embedding(g, peft__embed_table(m, g), tokens, B * T);
+    peft_tensor *x = peft__embed_lookup(m, g, tokens, B * T);
     for (int l = 0; l < m->cfg.n_layers && x; l++) x = peft__block_cached(m, g, c, l, x, B, T);
     if (!x) return NULL;
     for (int b = 0; b < B; b++) c->len[b] += T;
     c->prompts_ready = 1;
     x = peft_rmsnorm(g, x, m->norm, m->cfg.norm_eps);
-    if (x && peft__head_bf16(m)) return peft_qmatrix_linear(g, x, peft__head_bf16(m));
-    return peft_linear(g, x, peft__head_table(m));
+    return x ? peft__head_logits(m, g, x) : NULL;
 }
 
 PEFTDEF peft_tensor *peft_model_loss(peft_model *m, peft_graph *g, const int *tokens,
                                      const int *targets, int B, int T) {
     /* the fused classifier + loss: the [B·T, vocab] logits are never stored */
     peft_tensor *h = peft__model_hidden(m, g, tokens, B, T); /* first: it picks the head's table */
-    return peft__linear_cross_entropy(g, h, peft__head_table(m), peft__head_bf16(m), targets);
+    peft_tensor *W = peft__head_table(m);
+    return peft__linear_cross_entropy(g, h, W->data ? W : NULL, peft__head_frozen(m), targets);
 }
 
 /* ============================================================================
@@ -7004,12 +7091,14 @@ static const peft_qmatrix *peft__model_qm(const peft_model *m) {
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
             if (m->layers[l].lin[s].qm) return m->layers[l].lin[s].qm;
-    return NULL;
+    return m->embed_qm ? m->embed_qm : m->head_qm;
 }
 static const char *peft__model_qm_name(const peft_model *m) {
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
             if (m->layers[l].lin[s].qm && m->layers[l].lin[s].w->name) return m->layers[l].lin[s].w->name;
+    if (m->embed_qm) return m->embed->name;
+    if (m->head_qm) return m->lm_head->name;
     return "the model";
 }
 
@@ -7055,10 +7144,23 @@ static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_
    scales by α/√r. Dropout applies to x on the LoRA branch only. The op
    (peft_lora_linear) never forms W₀ + BA; merging does, once, in place.
    ============================================================================ */
-/* tokens_table = embed with the trainable tokens' rows replaced by the delta's */
+/* rows [r0, r0 + n) of embed or lm_head (p) into dst: its floats, or decoded
+   from its ggml blocks q (a GGUF base) */
+static void peft__table_rows(const peft_tensor *p, const peft_qmatrix *q, int64_t r0, int64_t n, float *dst) {
+    int64_t D = p->shape[1];
+    if (p->data) {
+        memcpy(dst, p->data + r0 * D, sizeof(float) * (size_t)(n * D));
+        return;
+    }
+    for (int64_t r = 0; r < n; r++) peft_backend_current()->qmatrix_decode(q, r0 + r, 0, D, dst + r * D);
+}
+
+/* tokens_table = embed with the trainable tokens' rows replaced by the delta's
+   (over a GGUF base, the one place the table is decoded whole: the rows
+   trained are replaced in a float table, as for a float base) */
 static void peft__tokens_refresh(peft_model *m, const peft_method *cfg) {
     int D = m->cfg.dim;
-    memcpy(m->tokens_table->data, m->embed->data, sizeof(float) * (size_t)m->embed->n);
+    peft__table_rows(m->embed, m->embed_qm, 0, m->embed->shape[0], m->tokens_table->data);
     for (int i = 0; i < cfg->n_trainable_tokens; i++)
         memcpy(m->tokens_table->data + (size_t)cfg->trainable_tokens[i] * D,
                m->tokens_delta->data + (size_t)i * D, sizeof(float) * (size_t)D);
@@ -7111,12 +7213,12 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
     if (cfg->modules_to_save & PEFT_SAVE_EMBED) {
         if (!(m->save_embed = peft__extra(m, 2, se, "base_model.model.model.embed_tokens.weight")))
             return peft__fail(PEFT_ERR_NOMEM, "no memory for modules_to_save");
-        memcpy(m->save_embed->data, m->embed->data, sizeof(float) * (size_t)m->embed->n);
+        peft__table_rows(m->embed, m->embed_qm, 0, m->embed->shape[0], m->save_embed->data);
     }
     if (cfg->modules_to_save & PEFT_SAVE_LM_HEAD) {
         if (!(m->save_head = peft__extra(m, 2, se, "base_model.model.lm_head.weight")))
             return peft__fail(PEFT_ERR_NOMEM, "no memory for modules_to_save");
-        memcpy(m->save_head->data, m->lm_head->data, sizeof(float) * (size_t)m->lm_head->n);
+        peft__table_rows(m->lm_head, m->head_qm, 0, m->lm_head->shape[0], m->save_head->data);
     }
     /* trainable_token_indices: rows of embed_tokens (and of a tied lm_head) replaced by
        the delta's rows, which start as copies of them (PEFT's TrainableTokensLayer) */
@@ -7133,9 +7235,8 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
         if (!m->tokens_delta || !m->tokens_table)
             return peft__fail(PEFT_ERR_NOMEM, "no memory for trainable tokens");
         for (int i = 0; i < cfg->n_trainable_tokens; i++)
-            memcpy(m->tokens_delta->data + (size_t)i * c->dim,
-                   m->embed->data + (size_t)cfg->trainable_tokens[i] * c->dim,
-                   sizeof(float) * (size_t)c->dim);
+            peft__table_rows(m->embed, m->embed_qm, cfg->trainable_tokens[i], 1,
+                             m->tokens_delta->data + (size_t)i * c->dim);
         peft__tokens_refresh(m, cfg);
     }
     return PEFT_OK;
@@ -7474,7 +7575,43 @@ PEFTDEF double peft_model_linear_bits(const peft_model *m) {
     return n > 0 ? 8.0 * bytes / n : 0.0;
 }
 
+PEFTDEF double peft_model_base_bits(const peft_model *m) {
+    double bytes = 0, n = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const peft_tensor *p = m->params[i];
+        const peft_qmatrix *q = p == m->embed ? m->embed_qm : p == m->lm_head ? m->head_qm : NULL;
+        const peft_q4 *q4 = NULL;
+        for (int l = 0; l < m->cfg.n_layers && !q && !q4; l++)
+            for (int s = 0; s < PEFT_N_SITES; s++)
+                if (m->layers[l].lin[s].w == p) {
+                    q = m->layers[l].lin[s].qm;
+                    q4 = m->layers[l].lin[s].q4;
+                }
+        bytes += q4 ? (double)peft_q4_bytes(q4) : q && !p->data ? (double)peft_qmatrix_bytes(q)
+                                                               : 4.0 * (double)p->n;
+        n += (double)p->n;
+    }
+    return n > 0 ? 8.0 * bytes / n : 0.0;
+}
+
+/* a table held in ggml blocks into floats: p->data decoded, the blocks freed */
+static peft_status peft__dequantize_table(peft_tensor *p, peft_qmatrix **q) {
+    if (!*q || p->data) return PEFT_OK;
+    float *w = (float *)PEFT_MALLOC(sizeof(float) * (size_t)p->n);
+    if (!w) return peft__fail(PEFT_ERR_NOMEM, "no memory to dequantize %s", p->name);
+    peft__table_rows(p, *q, 0, p->shape[0], w);
+    p->data = w;
+    peft_qmatrix_free(*q);
+    PEFT_FREE(*q);
+    *q = NULL;
+    return PEFT_OK;
+}
+
 PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
+    peft_status st = peft__dequantize_table(m->embed, &m->embed_qm);
+    if (m->cfg.tie_embeddings) m->head_qm = m->embed_qm;   /* one table: decoded once, freed once */
+    if (st == PEFT_OK) st = peft__dequantize_table(m->lm_head, &m->head_qm);
+    if (st != PEFT_OK) return st;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             peft_linear_site *S = &m->layers[l].lin[s];
@@ -8603,6 +8740,7 @@ static const peft_backend peft__cpu_backend = {
         [PEFT_OP_SCALE]                = { peft__cpu_scale, peft__cpu_scale_bw },
         [PEFT_OP_CROSS_ENTROPY]        = { peft__cpu_cross_entropy, peft__cpu_xent_bw },
         [PEFT_OP_LINEAR_CROSS_ENTROPY] = { peft__cpu_linear_cross_entropy, peft__cpu_lce_bw },
+        [PEFT_OP_QMATRIX_EMBEDDING]    = { peft__cpu_qmatrix_embedding, NULL },
     },
     .alloc = peft__cpu_alloc,
     .free = peft__cpu_free,
@@ -8619,7 +8757,7 @@ static const peft_backend peft__cpu_backend = {
 static const char *const peft__op_names[PEFT_OP_COUNT] = {
     "embedding", "replace_rows", "linear", "rmsnorm", "rope", "attention", "attention_cached", "q4_linear",
     "qmatrix_linear", "lora_linear", "add_bias", "bias_scale", "prompt_attend", "swiglu", "add", "scale",
-    "cross_entropy", "linear_cross_entropy"
+    "cross_entropy", "linear_cross_entropy", "qmatrix_embedding"
 };
 PEFTDEF const char *peft_op_name(int kind) {
     return kind >= 0 && kind < PEFT_OP_COUNT ? peft__op_names[kind] : "?";
@@ -8648,7 +8786,8 @@ PEFTDEF const peft_backend *peft_backend_use(const peft_backend *b) {
 PEFTDEF peft_status peft_backend_register(const peft_backend *b) {
     if (!b || !b->name) return peft__fail(PEFT_ERR_ARG, "backend: no table or no name");
     for (int k = 0; k < PEFT_OP_COUNT; k++)
-        if (!b->op[k].forward || (!b->op[k].backward && k != PEFT_OP_ATTENTION_CACHED))
+        if (!b->op[k].forward ||
+            (!b->op[k].backward && k != PEFT_OP_ATTENTION_CACHED && k != PEFT_OP_QMATRIX_EMBEDDING))
             return peft__fail(PEFT_ERR_ARG, "backend %s: no %s for op %s", b->name,
                               b->op[k].forward ? "backward" : "forward", peft__op_names[k]);
     const char *missing = !b->alloc ? "alloc" : !b->free ? "free" : !b->zero ? "zero" : !b->gemm ? "gemm"
@@ -13078,10 +13217,11 @@ PEFTDEF peft_status peft_gguf_config(const peft_gguf *g, peft_config *c) {
 
 /* ---- a LLaMA from a GGUF ----------------------------------------------------------
    token_embd, output_norm, output (absent: tied) and blk.N.{attn_norm,
-   ffn_norm, attn_q/k/v/output, ffn_gate/up/down}. Block linears other than
-   F32 stay in their ggml type as a peft_qmatrix over the mapping (w->data is
-   freed); the rest is decoded to fp32. llama.cpp's converter stores Q and K
-   with each head's rows reordered for its RoPE on adjacent pairs: GGUF row
+   ffn_norm, attn_q/k/v/output, ffn_gate/up/down}. Block linears, token_embd
+   and output other than F32 stay in their ggml type as a peft_qmatrix over
+   the mapping (w->data is freed); the norms are decoded to fp32. llama.cpp's
+   converter stores Q and K with each head's rows reordered for its RoPE on
+   adjacent pairs: GGUF row
    h·d + 2i + j holds HF row h·d + j·d/2 + i (i < d/2, j ∈ {0, 1}); loading
    puts them back (moving whole rows, so quantized rows keep their bytes). */
 static int64_t peft__gguf_src_row(int64_t r, int hd, int heads) {
@@ -13168,15 +13308,17 @@ static peft_status peft__gguf_place(peft_model *m, const peft_gguf_tensor *t, ui
                           "and Q6_K)", g->path, t->name, peft_gguf_type_name(t->type));
     done[idx] = 1;
     int hd = m->cfg.head_dim;
-    if (!S || t->type == PEFT_GGML_F32) {
+    /* block linears, the embedding and an untied output stay in their blocks */
+    peft_qmatrix **slot = S ? &S->qm : p == m->embed ? &m->embed_qm : p == m->lm_head ? &m->head_qm : NULL;
+    if (!slot || t->type == PEFT_GGML_F32) {
         peft_status s = peft__gguf_floats(g, t, p->data, hd, heads);
         peft__map_release(t->data, t->nbytes, g->mapped);   /* decoded: the file's copy can leave memory */
         return s;
     }
-    /* a block linear kept in its ggml type: rows [out], each of in elements */
+    /* a matrix kept in its ggml type: rows [out or vocab], each of in (dim) elements */
     peft_qmatrix *q = (peft_qmatrix *)peft__calloc(sizeof *q);
     if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory");
-    S->qm = q;                                        /* freed with the model on any error */
+    *slot = q;                                        /* freed with the model on any error */
     q->type = t->type;
     q->rows = p->shape[0];
     q->cols = p->shape[1];
@@ -13224,6 +13366,7 @@ static peft_status peft__load_gguf(peft_model **out, const char *path) {
                            m->params[i]->name);
         }
     PEFT_FREE(done);
+    if (s == PEFT_OK && m->cfg.tie_embeddings) m->head_qm = m->embed_qm;   /* one table, both uses */
     if (s != PEFT_OK) {
         peft_model_free(m);
         return s;

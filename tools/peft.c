@@ -237,6 +237,12 @@ static int info_gguf(const char *path, peft_config *c) {
     printf("%-16s %8lld %16s %14s %8.3f\n", "all", (long long)g.n_tensors, commas((int64_t)all_e, b1),
            commas((int64_t)all_b, b2), all_e > 0 ? 8.0 * all_b / all_e : 0.0);
     peft_gguf_close(&g);
+    peft_model *m;
+    if (!adapter && peft_model_load(&m, path) == PEFT_OK) {   /* what peft.h holds the weights in */
+        printf("as loaded        %.3f bits per base weight allocated (ggml blocks kept; norms fp32)\n",
+               peft_model_base_bits(m));
+        peft_model_free(m);
+    }
     return 0;
 }
 
@@ -1776,6 +1782,9 @@ static int cmd_bench(int argc, char **argv) {
                    peft_model_linear_bits(m));
         else if (prec == PEFT_PRECISION_BF16)
             printf("bits/frozen lin  %.3f (bf16)\n", peft_model_linear_bits(m));
+        if (m->cfg.q4 || m->gguf)
+            printf("bits/base weight %.3f (every base weight as allocated: embedding, output, norms too)\n",
+                   peft_model_base_bits(m));
         if (o.paged_optim)
             printf("pager            %ld pages evicted, %ld loaded, %.1f MB moved, peak resident %.1f MB\n",
                    tr->opt.stats.pages_evicted, tr->opt.stats.pages_loaded,
