@@ -121,6 +121,7 @@ for preset in smollm-135m llama3.2-1b; do
             ttps=$(echo "$tout" | field 'tokens/s')
             line="$line  | PyTorch+PEFT ${ttps:-failed} tok/s, peak $(echo "$tout" | field 'peak GPU MB') MB"
         fi
+        [ $wired = 1 ] || [ $have_torch = 1 ] || line="$line  nothing to run"
         say "$line"
     done
 done

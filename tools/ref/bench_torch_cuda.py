@@ -34,39 +34,44 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script where no GPU is")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
+    cuda = a.device == "cuda"
+    if cuda and not torch.cuda.is_available():
         raise SystemExit("bench_torch_cuda: no CUDA device visible to PyTorch")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dtype = torch.float32 if a.dtype == "fp32" else torch.bfloat16
     torch.manual_seed(0)
     cfg = LlamaConfig(**PRESETS[a.preset], rms_norm_eps=1e-5, attn_implementation="sdpa")
-    model = LlamaForCausalLM(cfg).to(device="cuda", dtype=dtype)
+    model = LlamaForCausalLM(cfg).to(device=a.device, dtype=dtype)
     from peft import LoraConfig, get_peft_model
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                              lora_dropout=0.0))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), device="cuda")
-    torch.cuda.reset_peak_memory_stats()
+    x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), device=a.device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for s in range(a.steps + 2):  # two warm-up steps (allocator, kernel selection), not counted
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         out = model(input_ids=x[:, :-1], labels=x[:, :-1])
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        sync()
         if s >= 2:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(f"model            {a.preset}, lora r 8 (q,v), {a.dtype}, batch {a.batch} x seq {a.seq} "
-          f"(PyTorch {torch.__version__}, {torch.cuda.get_device_name(0)})")
+          f"(PyTorch {torch.__version__}, {torch.cuda.get_device_name(0) if cuda else 'cpu'})")
     print(f"tokens/s         {a.batch * a.seq / med:.1f}")
     print(f"step ms (median) {med * 1000:.2f}")
-    print(f"peak GPU MB      {torch.cuda.max_memory_allocated() / 2**20:.1f}")
+    if cuda:
+        print(f"peak GPU MB      {torch.cuda.max_memory_allocated() / 2**20:.1f}")
     print(f"loss             {out.loss.item():.6f}")
 
 
