@@ -537,6 +537,50 @@ __global__ void peft__k_bs_cols(const float *y, const float *b, const float *s, 
     if (ds) ds[c] = as;
 }
 
+/* ---- add, scale, bias, replaced rows ------------------------------------------------------------- */
+__global__ void peft__k_add(const float *a, const float *b, int64_t n, float *y) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < n) y[j] = a[j] + b[j];
+}
+__global__ void peft__k_scale_into(const float *x, float s, int64_t n, float *y) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < n) y[j] = s * x[j];
+}
+__global__ void peft__k_axpy(float *y, const float *x, float alpha, int64_t n) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < n) y[j] += alpha * x[j];
+}
+__global__ void peft__k_bias_fwd(const float *y, const float *b, int64_t R, int64_t C, float *o) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < R * C) o[i] = y[i] + b[i % C];
+}
+/* one thread per column, rows in order (the CPU's order) */
+__global__ void peft__k_bias_cols(const float *dout, int64_t R, int64_t C, float *db) {
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = db[c];
+    for (int64_t r = 0; r < R; r++) acc += dout[r * C + c];
+    db[c] = acc;
+}
+/* row i of R over row idx[i] of T (the indices are distinct: no two writes meet) */
+__global__ void peft__k_rows_scatter(const float *Rw, const int *idx, int n, int64_t D, float *T) {
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (int64_t)n * D) return;
+    T[(int64_t)idx[k / D] * D + k % D] = Rw[k];
+}
+__global__ void peft__k_rows_flag(const int *idx, int n, uint8_t *flag) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) flag[idx[i]] = 1;
+}
+__global__ void peft__k_rows_bwd_E(const float *dT, const uint8_t *flag, int64_t V, int64_t D, float *dE) {
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < V * D && !flag[k / D]) dE[k] += dT[k];
+}
+__global__ void peft__k_rows_bwd_R(const float *dT, const int *idx, int n, int64_t D, float *dR) {
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < (int64_t)n * D) dR[k] += dT[(int64_t)idx[k / D] * D + k % D];
+}
+
 /* ---- 4-bit decode and the 4-bit linear ------------------------------------------------------------ */
 struct peft__cu_q4k {
     float code[16];
@@ -690,6 +734,52 @@ __global__ void peft__k_ce_rows(float *z, const int *t, int64_t V, float grad_sc
     float sc = (float)(1.0 / se) * grad_scale;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
         zr[j] = expf(zr[j] - mx) * sc - (j == tg ? grad_scale : 0.0f);
+}
+
+/* ---- cross-entropy on given logits: a block per row --------------------------------------------- */
+__device__ float peft__cu_row_lse(const float *zr, int64_t V) {
+    __shared__ float shm[PEFT__CU_RT];
+    __shared__ double shd[PEFT__CU_RT];
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, zr[j]);
+    shm[threadIdx.x] = mx;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) shm[threadIdx.x] = fmaxf(shm[threadIdx.x], shm[threadIdx.x + s]);
+        __syncthreads();
+    }
+    mx = shm[0];
+    double se = 0.0;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) se += (double)expf(zr[j] - mx);
+    se = peft__cu_block_sum_d(se, shd);
+    return mx + (float)log(se);
+}
+__global__ void peft__k_xent_fwd(const float *z, const int *t, int64_t V, float *lse, float *loss) {
+    int tg = t[blockIdx.x];
+    if (tg == -100) { /* the whole block leaves together */
+        if (threadIdx.x == 0) {
+            lse[blockIdx.x] = 0.0f;
+            loss[blockIdx.x] = 0.0f;
+        }
+        return;
+    }
+    const float *zr = z + (int64_t)blockIdx.x * V;
+    float l = peft__cu_row_lse(zr, V);
+    if (threadIdx.x == 0) {
+        lse[blockIdx.x] = l;
+        loss[blockIdx.x] = l - zr[tg];
+    }
+}
+__global__ void peft__k_xent_bwd(const float *z, const int *t, const float *lse, int64_t V, float scale,
+                                 float *dz) {
+    int tg = t[blockIdx.x];
+    if (tg == -100) return;
+    const float *zr = z + (int64_t)blockIdx.x * V;
+    float *dr = dz + (int64_t)blockIdx.x * V, l = lse[blockIdx.x];
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+        float d = dr[j] + expf(zr[j] - l) * scale;
+        dr[j] = j == tg ? d - scale : d; /* the CPU adds, then subtracts: two roundings */
+    }
 }
 
 /* ---- AdamW ---------------------------------------------------------------------------------------- */
@@ -910,6 +1000,80 @@ PEFTDEF int peft_cuda_bias_scale_bwd(const float *y, const float *b, const float
     if (db || ds)
         peft__k_bs_cols<<<peft__cu_blocks(C, 128), 128, 0, peft__cu_stream>>>(y, b, s, dout, R, C, db, ds);
     PEFT__CU_LAUNCHED("bias_scale_cols");
+    return 0;
+}
+
+PEFTDEF int peft_cuda_add_fwd(const float *a, const float *b, int64_t n, float *y) {
+    PEFT__CU_READY();
+    peft__k_add<<<peft__cu_blocks(n, 256), 256, 0, peft__cu_stream>>>(a, b, n, y);
+    PEFT__CU_LAUNCHED("add");
+    return 0;
+}
+PEFTDEF int peft_cuda_scale_fwd(const float *x, float s, int64_t n, float *y) {
+    PEFT__CU_READY();
+    peft__k_scale_into<<<peft__cu_blocks(n, 256), 256, 0, peft__cu_stream>>>(x, s, n, y);
+    PEFT__CU_LAUNCHED("scale_fwd");
+    return 0;
+}
+PEFTDEF int peft_cuda_axpy(float *y, const float *x, float alpha, int64_t n) {
+    PEFT__CU_READY();
+    peft__k_axpy<<<peft__cu_blocks(n, 256), 256, 0, peft__cu_stream>>>(y, x, alpha, n);
+    PEFT__CU_LAUNCHED("axpy");
+    return 0;
+}
+PEFTDEF int peft_cuda_add_bias_fwd(const float *y, const float *b, int64_t R, int64_t C, float *o) {
+    PEFT__CU_READY();
+    peft__k_bias_fwd<<<peft__cu_blocks(R * C, 256), 256, 0, peft__cu_stream>>>(y, b, R, C, o);
+    PEFT__CU_LAUNCHED("add_bias_fwd");
+    return 0;
+}
+PEFTDEF int peft_cuda_add_bias_bwd(const float *dout, int64_t R, int64_t C, float *db) {
+    PEFT__CU_READY();
+    peft__k_bias_cols<<<peft__cu_blocks(C, 128), 128, 0, peft__cu_stream>>>(dout, R, C, db);
+    PEFT__CU_LAUNCHED("add_bias_bwd");
+    return 0;
+}
+PEFTDEF int peft_cuda_replace_rows_fwd(const float *E, const float *Rw, const int *idx, int n, int64_t V,
+                                       int64_t D, float *T) {
+    PEFT__CU_READY();
+    PEFT__CU(
+        cudaMemcpyAsync(T, E, sizeof(float) * (size_t)(V * D), cudaMemcpyDeviceToDevice, peft__cu_stream));
+    int64_t k = (int64_t)n * D;
+    peft__k_rows_scatter<<<peft__cu_blocks(k, 256), 256, 0, peft__cu_stream>>>(Rw, idx, n, D, T);
+    PEFT__CU_LAUNCHED("replace_rows_fwd");
+    return 0;
+}
+PEFTDEF int peft_cuda_replace_rows_bwd(const float *dT, const int *idx, int n, int64_t V, int64_t D,
+                                       float *dE, float *dR, uint8_t *scratch) {
+    PEFT__CU_READY();
+    if (dE) {
+        PEFT__CU(cudaMemsetAsync(scratch, 0, (size_t)V, peft__cu_stream));
+        peft__k_rows_flag<<<peft__cu_blocks(n, 128), 128, 0, peft__cu_stream>>>(idx, n, scratch);
+        PEFT__CU_LAUNCHED("replace_rows flags");
+        peft__k_rows_bwd_E<<<peft__cu_blocks(V * D, 256), 256, 0, peft__cu_stream>>>(dT, scratch, V, D, dE);
+        PEFT__CU_LAUNCHED("replace_rows dE");
+    }
+    if (dR) {
+        int64_t k = (int64_t)n * D;
+        peft__k_rows_bwd_R<<<peft__cu_blocks(k, 256), 256, 0, peft__cu_stream>>>(dT, idx, n, D, dR);
+        PEFT__CU_LAUNCHED("replace_rows dR");
+    }
+    return 0;
+}
+PEFTDEF int peft_cuda_cross_entropy_fwd(const float *z, const int *targets, int64_t R, int64_t V, float *lse,
+                                        float *loss_rows) {
+    PEFT__CU_READY();
+    if (R <= 0) return 0;
+    peft__k_xent_fwd<<<(unsigned)R, PEFT__CU_RT, 0, peft__cu_stream>>>(z, targets, V, lse, loss_rows);
+    PEFT__CU_LAUNCHED("cross_entropy_fwd");
+    return 0;
+}
+PEFTDEF int peft_cuda_cross_entropy_bwd(const float *z, const int *targets, const float *lse, int64_t R,
+                                        int64_t V, float scale, float *dz) {
+    PEFT__CU_READY();
+    if (R <= 0) return 0;
+    peft__k_xent_bwd<<<(unsigned)R, PEFT__CU_RT, 0, peft__cu_stream>>>(z, targets, lse, V, scale, dz);
+    PEFT__CU_LAUNCHED("cross_entropy_bwd");
     return 0;
 }
 

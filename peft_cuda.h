@@ -126,6 +126,27 @@ PEFTDEF int peft_cuda_bias_scale_fwd(const float *y, const float *b, const float
 PEFTDEF int peft_cuda_bias_scale_bwd(const float *y, const float *b, const float *s, const float *dout,
                                      int64_t R, int64_t C, float *dy, float *db, float *ds);
 
+/* y = a + b;  y = s·x;  y += alpha·x (the backward of add, scale and bias) */
+PEFTDEF int peft_cuda_add_fwd(const float *a, const float *b, int64_t n, float *y);
+PEFTDEF int peft_cuda_scale_fwd(const float *x, float s, int64_t n, float *y);
+PEFTDEF int peft_cuda_axpy(float *y, const float *x, float alpha, int64_t n);
+/* o = y + b per column of y [R, C];  db += Σ_rows do (rows in order; dy += do is an axpy) */
+PEFTDEF int peft_cuda_add_bias_fwd(const float *y, const float *b, int64_t R, int64_t C, float *o);
+PEFTDEF int peft_cuda_add_bias_bwd(const float *dout, int64_t R, int64_t C, float *db);
+/* T = E with row idx[i] replaced by R[i] (E, T [V, D]; R [n, D]; idx device [n], distinct);
+   dE[r] += dT[r] for the rows r not replaced, dR[i] += dT[idx[i]]; scratch: V bytes */
+PEFTDEF int peft_cuda_replace_rows_fwd(const float *E, const float *Rw, const int *idx, int n, int64_t V,
+                                       int64_t D, float *T);
+PEFTDEF int peft_cuda_replace_rows_bwd(const float *dT, const int *idx, int n, int64_t V, int64_t D,
+                                       float *dE, float *dR, uint8_t *scratch);
+/* Cross-entropy on logits z [R, V] (peft_cross_entropy): lse [R] kept, loss_rows [R]
+   = lse − z[t] (0 where t = −100; the caller sums in row order and divides by N');
+   backward dz += (softmax(z) − onehot(t))·scale with scale = dL/N' */
+PEFTDEF int peft_cuda_cross_entropy_fwd(const float *z, const int *targets, int64_t R, int64_t V, float *lse,
+                                        float *loss_rows);
+PEFTDEF int peft_cuda_cross_entropy_bwd(const float *z, const int *targets, const float *lse, int64_t R,
+                                        int64_t V, float scale, float *dz);
+
 /* 4-bit weights (bitsandbytes' NF4/FP4 layout, peft_q4) on the device:
    packed codes two per byte (first element high nibble), per-64 absmax, or
    double-quantized 8-bit absmax codes with per-256 fp32 scales + offset. */

@@ -315,6 +315,87 @@ static void t_bias_scale(void) {
     free(seed);
 }
 
+/* ---- residual add, scale, plain bias: element-wise, the same single
+   rounding (exact); the bias column sums in the CPU's row order: 1e-6 */
+static void t_add_scale_bias(void) {
+    int R = 30, C = 50;
+    int64_t n = (int64_t)R * C;
+    peft_tensor *a = param(R, C, 1, 1), *b = param(R, C, 1, 1), *bias = param(1, C, 1, 1);
+    peft_graph *g = peft_graph_new();
+    peft_tensor *y = peft_add(g, a, b), *z = peft_scale(g, y, 0.7f), *o = peft_add_bias(g, z, bias);
+    float *seed = host(n, 1);
+    peft_backward_seed(g, o, seed);
+    float *da = dev(a->data, n), *db = dev(b->data, n), *dbias = dev(bias->data, C), *dy = dev(NULL, n);
+    float *dz = dev(NULL, n), *dout = dev(NULL, n), *ds = dev(seed, n), *gz = dev(NULL, n),
+          *gy = dev(NULL, n);
+    float *gbias = dev(NULL, C);
+    ok(peft_cuda_add_fwd(da, db, n, dy), "add");
+    ok(peft_cuda_scale_fwd(dy, 0.7f, n, dz), "scale");
+    ok(peft_cuda_add_bias_fwd(dz, dbias, R, C, dout), "add_bias");
+    ok(peft_cuda_add_bias_bwd(ds, R, C, gbias), "add_bias bwd");
+    ok(peft_cuda_axpy(gz, ds, 1.0f, n), "bias dy");
+    ok(peft_cuda_axpy(gy, gz, 0.7f, n), "scale dx");
+    cmp("y = s·(a + b) + bias", dout, o->data, n, 0.0);
+    cmp("dbias", gbias, bias->grad, C, 1e-6);
+    cmp("da", gy, a->grad, n, 0.0);
+    cmp("db", gy, b->grad, n, 0.0);
+    peft_graph_free(g);
+    peft_param_free(a);
+    peft_param_free(b);
+    peft_param_free(bias);
+    free(seed);
+}
+
+/* ---- replaced rows (PEFT's trainable tokens): copies and single adds: exact */
+static void t_replace_rows(void) {
+    int V = 40, D = 24, n = 5;
+    int idx[5] = {3, 17, 0, 39, 22};
+    peft_tensor *E = param(V, D, 1, 1), *Rw = param(n, D, 1, 1);
+    peft_graph *g = peft_graph_new();
+    peft_tensor *T = peft_replace_rows(g, E, Rw, idx, n);
+    float *seed = host(T->n, 1);
+    peft_backward_seed(g, T, seed);
+    float *dE = dev(E->data, E->n), *dR = dev(Rw->data, Rw->n), *dT = dev(NULL, T->n), *ds = dev(seed, T->n);
+    float *gE = dev(NULL, E->n), *gR = dev(NULL, Rw->n);
+    int *didx = dev_ints(idx, n);
+    uint8_t *scratch = (uint8_t *)peft_cuda_malloc((size_t)V);
+    ok(peft_cuda_replace_rows_fwd(dE, dR, didx, n, V, D, dT), "fwd");
+    ok(peft_cuda_replace_rows_bwd(ds, didx, n, V, D, gE, gR, scratch), "bwd");
+    cmp("T", dT, T->data, T->n, 0.0);
+    cmp("dE", gE, E->grad, E->n, 0.0);
+    cmp("dR", gR, Rw->grad, Rw->n, 0.0);
+    peft_graph_free(g);
+    peft_param_free(E);
+    peft_param_free(Rw);
+    free(seed);
+}
+
+/* ---- cross-entropy on logits (unfused), a row ignored (−100): lse with
+   the exponentials summed in double on both sides (1e-6); dz through expf
+   against peft__exp (≤ 4.3 ulp): 1e-6 */
+static void t_cross_entropy(void) {
+    int R = 12, V = 500;
+    int t[12];
+    for (int i = 0; i < R; i++) t[i] = i == 4 ? -100 : (int)(peft_rng_u64(&rng) % (uint64_t)V);
+    peft_tensor *z = param(R, V, 4, 1);
+    peft_graph *g = peft_graph_new();
+    peft_tensor *L = peft_cross_entropy(g, z, t);
+    peft_backward(g, L);
+    float *dz = dev(z->data, z->n), *lse = dev(NULL, R), *loss = dev(NULL, R), *gz = dev(NULL, z->n);
+    int *dt = dev_ints(t, R);
+    ok(peft_cuda_cross_entropy_fwd(dz, dt, R, V, lse, loss), "fwd");
+    ok(peft_cuda_cross_entropy_bwd(dz, dt, lse, R, V, 1.0f / (float)(R - 1), gz), "bwd");
+    float lr[12];
+    double total = 0.0;
+    if (peft_cuda_download(lr, loss, sizeof lr)) case_failed = 1;
+    for (int i = 0; i < R; i++) total += lr[i];
+    float mean = (float)(total / (R - 1)), *dm = dev(&mean, 1);
+    cmp("loss", dm, L->data, 1, 1e-6);
+    cmp("dz", gz, z->grad, z->n, 1e-6);
+    peft_graph_free(g);
+    peft_param_free(z);
+}
+
 /* ---- NF4/FP4 (double-quantized and not): the decode is exact (same codes,
    same two roundings of the scale); the linear sums in 16-wide tiles
    against the CPU's panels: 1e-5. */
@@ -735,6 +816,9 @@ static const tcase cases[] = {
     {"attention_extras", t_attention_extras},
     {"swiglu", t_swiglu},
     {"bias_scale", t_bias_scale},
+    {"add_scale_bias", t_add_scale_bias},
+    {"replace_rows", t_replace_rows},
+    {"cross_entropy", t_cross_entropy},
     {"q4_linear", t_q4},
     {"lora", t_lora},
     {"qlora", t_qlora},
