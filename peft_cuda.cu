@@ -495,6 +495,32 @@ __global__ void peft__k_attn_bwd(peft__cu_attn_k a) {
         for (int i = 0, d = r.lane; i < nd; i++, d += 32) a.dq[r.qoff + d] += dqa[i];
 }
 
+/* ---- prompt attention (Excitor): a thread per row of P [N, K] ---------------------------------- */
+__global__ void peft__k_softmax_rows(float *P, int N, int K, float sc) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= N) return;
+    float *p = P + (int64_t)r * K, mx = -INFINITY, sum = 0.0f;
+    for (int i = 0; i < K; i++) {
+        p[i] *= sc;
+        mx = fmaxf(mx, p[i]);
+    }
+    for (int i = 0; i < K; i++) {
+        p[i] = expf(p[i] - mx);
+        sum += p[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < K; i++) p[i] *= inv;
+}
+/* dS = P⊙(dP − rowsum(P⊙dP))·sc, in place over dP */
+__global__ void peft__k_softmax_bwd_rows(const float *P, float *dS, int N, int K, float sc) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= N) return;
+    const float *p = P + (int64_t)r * K;
+    float *ds = dS + (int64_t)r * K, rs = 0.0f;
+    for (int i = 0; i < K; i++) rs += p[i] * ds[i];
+    for (int i = 0; i < K; i++) ds[i] = p[i] * (ds[i] - rs) * sc;
+}
+
 /* ---- SwiGLU ------------------------------------------------------------------------------- */
 __global__ void peft__k_swiglu_fwd(const float *g, const float *u, int64_t n, float *y) {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -971,6 +997,29 @@ PEFTDEF int peft_cuda_attention_bwd(peft_cuda_attn *a) {
     return 0;
 }
 
+PEFTDEF int peft_cuda_prompt_attend_fwd(const float *q, const float *pk, const float *pv, int N, int d, int K,
+                                        int e, float *P, float *o) {
+    PEFT__CU_READY();
+    if (peft_cuda_gemm(0, 1, N, K, d, 1.0f, q, d, pk, d, 0.0f, P, K)) return 1;
+    peft__k_softmax_rows<<<peft__cu_blocks(N, 128), 128, 0, peft__cu_stream>>>(P, N, K,
+                                                                               1.0f / sqrtf((float)d));
+    PEFT__CU_LAUNCHED("prompt_attend softmax");
+    return peft_cuda_gemm(0, 0, N, e, K, 1.0f, P, K, pv, e, 0.0f, o, e);
+}
+PEFTDEF int peft_cuda_prompt_attend_bwd(const float *q, const float *pk, const float *pv, const float *P,
+                                        const float *dout, int N, int d, int K, int e, float *dq, float *dpk,
+                                        float *dpv, float *scratch) {
+    PEFT__CU_READY();
+    float *dS = scratch;
+    if (peft_cuda_gemm(0, 1, N, K, e, 1.0f, dout, e, pv, e, 0.0f, dS, K)) return 1; /* dP */
+    peft__k_softmax_bwd_rows<<<peft__cu_blocks(N, 128), 128, 0, peft__cu_stream>>>(P, dS, N, K,
+                                                                                   1.0f / sqrtf((float)d));
+    PEFT__CU_LAUNCHED("prompt_attend softmax bwd");
+    if (dpv && peft_cuda_gemm(1, 0, K, e, N, 1.0f, P, K, dout, e, 1.0f, dpv, e)) return 1;
+    if (dq && peft_cuda_gemm(0, 0, N, d, K, 1.0f, dS, K, pk, d, 1.0f, dq, d)) return 1;
+    if (dpk && peft_cuda_gemm(1, 0, K, d, N, 1.0f, dS, K, q, d, 1.0f, dpk, d)) return 1;
+    return 0;
+}
 PEFTDEF int peft_cuda_swiglu_fwd(const float *g, const float *u, int64_t n, float *y) {
     PEFT__CU_READY();
     peft__k_swiglu_fwd<<<peft__cu_blocks(n, 256), 256, 0, peft__cu_stream>>>(g, u, n, y);

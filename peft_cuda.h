@@ -114,6 +114,15 @@ typedef struct {
 PEFTDEF int peft_cuda_attention_fwd(peft_cuda_attn *a);
 PEFTDEF int peft_cuda_attention_bwd(peft_cuda_attn *a);
 
+/* Excitor's key reconstruction (peft_prompt_attend): o = softmax(q·pkᵀ/√d)·pv with q [N,d],
+   pk [K,d], pv [K,e], unmasked; P [N,K] kept. Backward: dpv += Pᵀ·do, dP = do·pvᵀ,
+   dS = P⊙(dP − rowsum(P⊙dP))/√d, dq += dS·pk, dpk += dSᵀ·q; scratch: N·K floats */
+PEFTDEF int peft_cuda_prompt_attend_fwd(const float *q, const float *pk, const float *pv, int N, int d, int K,
+                                        int e, float *P, float *o);
+PEFTDEF int peft_cuda_prompt_attend_bwd(const float *q, const float *pk, const float *pv, const float *P,
+                                        const float *dout, int N, int d, int K, int e, float *dq, float *dpk,
+                                        float *dpv, float *scratch);
+
 /* y = silu(g) ⊙ u;  dg += dy·u·σ(g)·(1 + g·(1 − σ(g))), du += dy·silu(g) */
 PEFTDEF int peft_cuda_swiglu_fwd(const float *g, const float *u, int64_t n, float *y);
 PEFTDEF int peft_cuda_swiglu_bwd(const float *g, const float *u, const float *dy, int64_t n, float *dg,

@@ -270,6 +270,32 @@ static void t_attention_case(int extras) {
 static void t_attention(void) { t_attention_case(0); }
 static void t_attention_extras(void) { t_attention_case(1); }
 
+/* ---- Excitor's prompt attention: products over d = 32 and K = 6 in other
+   orders, expf against peft__exp: 1e-5 forward, 1e-5 backward (K small) */
+static void t_prompt_attend(void) {
+    int N = 20, d = 32, K = 6, e = 24;
+    peft_tensor *q = param(N, d, 1, 1), *pk = param(K, d, 1, 1), *pv = param(K, e, 1, 1);
+    peft_graph *g = peft_graph_new();
+    peft_tensor *o = peft_prompt_attend(g, q, pk, pv);
+    float *seed = host(o->n, 1);
+    peft_backward_seed(g, o, seed);
+    float *dq = dev(q->data, q->n), *dpk = dev(pk->data, pk->n), *dpv = dev(pv->data, pv->n);
+    float *P = dev(NULL, (int64_t)N * K), *dout = dev(NULL, o->n), *ds = dev(seed, o->n);
+    float *gq = dev(NULL, q->n), *gpk = dev(NULL, pk->n), *gpv = dev(NULL, pv->n),
+          *scr = dev(NULL, (int64_t)N * K);
+    ok(peft_cuda_prompt_attend_fwd(dq, dpk, dpv, N, d, K, e, P, dout), "fwd");
+    ok(peft_cuda_prompt_attend_bwd(dq, dpk, dpv, P, ds, N, d, K, e, gq, gpk, gpv, scr), "bwd");
+    cmp("o", dout, o->data, o->n, 1e-5);
+    cmp("dq", gq, q->grad, q->n, 1e-5);
+    cmp("dpk", gpk, pk->grad, pk->n, 1e-5);
+    cmp("dpv", gpv, pv->grad, pv->n, 1e-5);
+    peft_graph_free(g);
+    peft_param_free(q);
+    peft_param_free(pk);
+    peft_param_free(pv);
+    free(seed);
+}
+
 /* ---- SwiGLU: expf against peft__exp (≤ 4.3 ulp): 2e-6 of the scale. */
 static void t_swiglu(void) {
     int64_t n = 3000;
@@ -814,6 +840,7 @@ static const tcase cases[] = {
     {"rope", t_rope},
     {"attention", t_attention},
     {"attention_extras", t_attention_extras},
+    {"prompt_attend", t_prompt_attend},
     {"swiglu", t_swiglu},
     {"bias_scale", t_bias_scale},
     {"add_scale_bias", t_add_scale_bias},
