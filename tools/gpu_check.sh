@@ -8,7 +8,8 @@
 #      otherwise), with the toolkit at PEFT_CUDA_HOME, else /usr/local/cuda,
 #      else nvcc on PATH, else the pinned wheels (which need the network)
 #   3. build/test-cuda: every kernel against the CPU ops, forward and every
-#      gradient, with the tolerances stated in tests/test_cuda.c
+#      gradient, with the tolerances stated in tests/test_cuda.c; then again
+#      under compute-sanitizer's memcheck where the machine supports it
 #   4. the benchmark: `peft bench --device cuda` on the smollm-135m and
 #      llama3.2-1b presets (LoRA r 8 on q,v, batch 4 x seq 256), fp32 and
 #      bf16, against PyTorch + PEFT on the same GPU and shapes
@@ -88,6 +89,22 @@ rc=$?
 cat "$dir/test.log" >> "$report"
 tail -1 "$dir/test.log"
 [ $rc = 0 ] || { say "test-cuda: exit $rc"; status=1; }
+
+# the kernels' memory accesses, where compute-sanitizer works (Firecracker machines: yes; gVisor: no)
+cs=$(command -v compute-sanitizer || true)
+[ -n "$cs" ] || [ ! -x "${PEFT_CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ] ||
+    cs="${PEFT_CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+if [ -n "$cs" ] && [ "$(left)" -gt 200 ]; then
+    section "compute-sanitizer memcheck on build/test-cuda"
+    timeout 150 "$cs" --tool memcheck --error-exitcode 3 build-gpu/test-cuda > "$dir/memcheck.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY|Invalid|passed, " "$dir/memcheck.log" | head -20 | tee -a "$report"
+    case $rc in
+        0) say "memcheck: clean" ;;
+        3) say "memcheck: errors (log: $dir/memcheck.log)"; status=1 ;;
+        *) say "memcheck: did not complete (exit $rc; the runtime may not support it)" ;;
+    esac
+fi
 
 section "benchmark: LoRA r 8 (q,v), batch 4 x seq 256, medians of 10 steps"
 field() { awk -v k="$1" 'index($0, k) == 1 { sub(k, ""); print $1; exit }'; }
