@@ -647,11 +647,95 @@ __global__ void peft__k_q4_decode(peft__cu_q4k w, int64_t start, int64_t count, 
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) out[i] = peft__cu_q4_at(w, peft__cu_smap, start + i);
 }
+/* ggml rows: element (row, col), as peft_qmatrix_decode gives it. 32-blocks hold
+   an fp16 d (and m), then the codes: low nibbles are elements 0-15, high nibbles
+   16-31, the fifth bit of element e is bit e of qh; x = d·(q − off) or d·q + m
+   (two roundings: nothing is contracted, --fmad=false) */
+struct peft__cu_qmk {
+    const uint8_t *data;
+    size_t row_bytes;
+    int type;
+};
+__host__ __device__ float peft__cu_h2f(const uint8_t *p) {
+    uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+#ifdef __CUDA_ARCH__
+    return __half2float(__ushort_as_half(h));
+#else
+    return peft_f16_to_f32(h);
+#endif
+}
+__host__ __device__ uint32_t peft__cu_le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+__host__ __device__ float peft__cu_qm_at(const peft__cu_qmk &w, int64_t row, int64_t col) {
+    const uint8_t *p = w.data + (size_t)row * w.row_bytes;
+    int e = (int)(col % 32);
+    int64_t blk = col / 32;
+    switch (w.type) {
+    case PEFT_GGML_F32: {
+        uint32_t b = peft__cu_le32(p + 4 * col);
+        float f;
+        memcpy(&f, &b, 4);
+        return f;
+    }
+    case PEFT_GGML_F16:
+        return peft__cu_h2f(p + 2 * col);
+    case PEFT_GGML_BF16: {
+        uint32_t b = (uint32_t)(p[2 * col] | p[2 * col + 1] << 8) << 16;
+        float f;
+        memcpy(&f, &b, 4);
+        return f;
+    }
+    case PEFT_GGML_Q8_0: {
+        const uint8_t *b = p + blk * 34;
+        return peft__cu_h2f(b) * (float)(int8_t)b[2 + e];
+    }
+    case PEFT_GGML_Q4_0: {
+        const uint8_t *b = p + blk * 18;
+        int q = e < 16 ? b[2 + e] & 15 : b[2 + e - 16] >> 4;
+        return peft__cu_h2f(b) * (float)(q - 8);
+    }
+    case PEFT_GGML_Q4_1: {
+        const uint8_t *b = p + blk * 20;
+        int q = e < 16 ? b[4 + e] & 15 : b[4 + e - 16] >> 4;
+        float t = peft__cu_h2f(b) * (float)q;
+        return t + peft__cu_h2f(b + 2);
+    }
+    case PEFT_GGML_Q5_0: {
+        const uint8_t *b = p + blk * 22;
+        uint32_t qh = peft__cu_le32(b + 2);
+        int q = (e < 16 ? b[6 + e] & 15 : b[6 + e - 16] >> 4) | (int)((qh >> e) & 1) << 4;
+        return peft__cu_h2f(b) * (float)(q - 16);
+    }
+    case PEFT_GGML_Q5_1: {
+        const uint8_t *b = p + blk * 24;
+        uint32_t qh = peft__cu_le32(b + 4);
+        int q = (e < 16 ? b[8 + e] & 15 : b[8 + e - 16] >> 4) | (int)((qh >> e) & 1) << 4;
+        float t = peft__cu_h2f(b) * (float)q;
+        return t + peft__cu_h2f(b + 2);
+    }
+    default:
+        return 0.0f; /* refused at upload */
+    }
+}
+
+/* the frozen weights as the tiled kernels read them: W[o, i] */
+struct peft__cu_wq4 {
+    peft__cu_q4k k;
+    int in;
+    __device__ float at(int64_t o, int64_t i) const { return peft__cu_q4_at(k, peft__cu_smap, o * in + i); }
+};
+struct peft__cu_wqm {
+    peft__cu_qmk k;
+    __device__ float at(int64_t o, int64_t i) const { return peft__cu_qm_at(k, o, i); }
+};
+
 /* 16×16 tiles through shared memory, W decoded as its tile is loaded.
    Forward  y[n,o]  = Σ_i x[n,i]·W[o,i]
    Backward dx[n,i] = beta·dx[n,i] + Σ_o dy[n,o]·W[o,i] */
 #define PEFT__CU_TILE 16
-__global__ void peft__k_q4_fwd(const float *x, peft__cu_q4k w, int N, int out, int in, float *y) {
+template <class Wt>
+__global__ void peft__k_frozen_fwd(const float *x, Wt w, int N, int out, int in, float *y) {
     __shared__ float xs[PEFT__CU_TILE][PEFT__CU_TILE], ws[PEFT__CU_TILE][PEFT__CU_TILE + 1];
     int tx = threadIdx.x, ty = threadIdx.y;
     int n = blockIdx.y * PEFT__CU_TILE + ty, o = blockIdx.x * PEFT__CU_TILE + tx;
@@ -660,15 +744,15 @@ __global__ void peft__k_q4_fwd(const float *x, peft__cu_q4k w, int N, int out, i
     for (int k0 = 0; k0 < in; k0 += PEFT__CU_TILE) {
         int k = k0 + tx;
         xs[ty][tx] = n < N && k < in ? x[(int64_t)n * in + k] : 0.0f;
-        ws[ty][tx] = wo < out && k < in ? peft__cu_q4_at(w, peft__cu_smap, (int64_t)wo * in + k) : 0.0f;
+        ws[ty][tx] = wo < out && k < in ? w.at(wo, k) : 0.0f;
         __syncthreads();
         for (int kk = 0; kk < PEFT__CU_TILE; kk++) acc += xs[ty][kk] * ws[tx][kk];
         __syncthreads();
     }
     if (n < N && o < out) y[(int64_t)n * out + o] = acc;
 }
-__global__ void peft__k_q4_bwd(const float *dy, peft__cu_q4k w, int N, int out, int in, float beta,
-                               float *dx) {
+template <class Wt>
+__global__ void peft__k_frozen_bwd(const float *dy, Wt w, int N, int out, int in, float beta, float *dx) {
     __shared__ float ds[PEFT__CU_TILE][PEFT__CU_TILE], ws[PEFT__CU_TILE][PEFT__CU_TILE + 1];
     int tx = threadIdx.x, ty = threadIdx.y;
     int n = blockIdx.y * PEFT__CU_TILE + ty, i = blockIdx.x * PEFT__CU_TILE + tx;
@@ -676,7 +760,7 @@ __global__ void peft__k_q4_bwd(const float *dy, peft__cu_q4k w, int N, int out, 
     for (int o0 = 0; o0 < out; o0 += PEFT__CU_TILE) {
         int o = o0 + tx, wo = o0 + ty;
         ds[ty][tx] = n < N && o < out ? dy[(int64_t)n * out + o] : 0.0f;
-        ws[ty][tx] = wo < out && i < in ? peft__cu_q4_at(w, peft__cu_smap, (int64_t)wo * in + i) : 0.0f;
+        ws[ty][tx] = wo < out && i < in ? w.at(wo, i) : 0.0f;
         __syncthreads();
         for (int kk = 0; kk < PEFT__CU_TILE; kk++) acc += ds[ty][kk] * ws[kk][tx];
         __syncthreads();
@@ -1177,7 +1261,8 @@ PEFTDEF int peft_cuda_q4_linear_fwd(const float *x, const peft_cuda_q4 *W, int N
     dim3 th(PEFT__CU_TILE, PEFT__CU_TILE);
     dim3 gr((unsigned)((out + PEFT__CU_TILE - 1) / PEFT__CU_TILE),
             (unsigned)((N + PEFT__CU_TILE - 1) / PEFT__CU_TILE));
-    peft__k_q4_fwd<<<gr, th, 0, peft__cu_stream>>>(x, peft__cu_q4_args(W), N, out, in, y);
+    peft__cu_wq4 w = {peft__cu_q4_args(W), in};
+    peft__k_frozen_fwd<<<gr, th, 0, peft__cu_stream>>>(x, w, N, out, in, y);
     PEFT__CU_LAUNCHED("q4_linear_fwd");
     return 0;
 }
@@ -1188,8 +1273,76 @@ PEFTDEF int peft_cuda_q4_linear_bwd(const float *dy, const peft_cuda_q4 *W, int 
     dim3 th(PEFT__CU_TILE, PEFT__CU_TILE);
     dim3 gr((unsigned)((in + PEFT__CU_TILE - 1) / PEFT__CU_TILE),
             (unsigned)((N + PEFT__CU_TILE - 1) / PEFT__CU_TILE));
-    peft__k_q4_bwd<<<gr, th, 0, peft__cu_stream>>>(dy, peft__cu_q4_args(W), N, out, in, beta, dx);
+    peft__cu_wq4 w = {peft__cu_q4_args(W), in};
+    peft__k_frozen_bwd<<<gr, th, 0, peft__cu_stream>>>(dy, w, N, out, in, beta, dx);
     PEFT__CU_LAUNCHED("q4_linear_bwd");
+    return 0;
+}
+
+/* ---- ggml-typed weights ----------------------------------------------------------------------------- */
+PEFTDEF void peft_cuda_qmatrix_free(peft_cuda_qmatrix *d) {
+    if (!d) return;
+    peft_cuda_free(d->data);
+    memset(d, 0, sizeof *d);
+}
+PEFTDEF int peft_cuda_qmatrix_upload(peft_cuda_qmatrix *d, const peft_qmatrix *h) {
+    PEFT__CU_READY();
+    memset(d, 0, sizeof *d);
+    switch (h->type) {
+    case PEFT_GGML_F32:
+    case PEFT_GGML_F16:
+    case PEFT_GGML_BF16:
+    case PEFT_GGML_Q8_0:
+    case PEFT_GGML_Q4_0:
+    case PEFT_GGML_Q4_1:
+    case PEFT_GGML_Q5_0:
+    case PEFT_GGML_Q5_1:
+        break;
+    default: {
+        const char *name = peft_ggml_type_name(h->type);
+        return peft__cu_fail("cuda: ggml type %s is not decoded on the device (F32, F16, BF16, Q8_0, Q4_0, "
+                             "Q4_1, Q5_0, Q5_1 are)",
+                             name ? name : "(unknown)");
+    }
+    }
+    size_t bytes = (size_t)h->rows * h->row_bytes;
+    d->data = (uint8_t *)peft_cuda_malloc(bytes);
+    if (!d->data || peft_cuda_upload(d->data, h->data, bytes)) {
+        peft_cuda_qmatrix_free(d);
+        return 1;
+    }
+    d->type = h->type;
+    d->rows = h->rows;
+    d->cols = h->cols;
+    d->row_bytes = h->row_bytes;
+    return 0;
+}
+static peft__cu_wqm peft__cu_qm_args(const peft_cuda_qmatrix *W) {
+    peft__cu_wqm w;
+    w.k.data = W->data;
+    w.k.row_bytes = W->row_bytes;
+    w.k.type = W->type;
+    return w;
+}
+PEFTDEF int peft_cuda_qmatrix_linear_fwd(const float *x, const peft_cuda_qmatrix *W, int N, float *y) {
+    PEFT__CU_READY();
+    int out = (int)W->rows, in = (int)W->cols;
+    dim3 th(PEFT__CU_TILE, PEFT__CU_TILE);
+    dim3 gr((unsigned)((out + PEFT__CU_TILE - 1) / PEFT__CU_TILE),
+            (unsigned)((N + PEFT__CU_TILE - 1) / PEFT__CU_TILE));
+    peft__k_frozen_fwd<<<gr, th, 0, peft__cu_stream>>>(x, peft__cu_qm_args(W), N, out, in, y);
+    PEFT__CU_LAUNCHED("qmatrix_linear_fwd");
+    return 0;
+}
+PEFTDEF int peft_cuda_qmatrix_linear_bwd(const float *dy, const peft_cuda_qmatrix *W, int N, float beta,
+                                         float *dx) {
+    PEFT__CU_READY();
+    int out = (int)W->rows, in = (int)W->cols;
+    dim3 th(PEFT__CU_TILE, PEFT__CU_TILE);
+    dim3 gr((unsigned)((in + PEFT__CU_TILE - 1) / PEFT__CU_TILE),
+            (unsigned)((N + PEFT__CU_TILE - 1) / PEFT__CU_TILE));
+    peft__k_frozen_bwd<<<gr, th, 0, peft__cu_stream>>>(dy, peft__cu_qm_args(W), N, out, in, beta, dx);
+    PEFT__CU_LAUNCHED("qmatrix_linear_bwd");
     return 0;
 }
 
@@ -1203,20 +1356,22 @@ PEFTDEF int peft_cuda_dropout(const float *x, uint64_t key, int N, int in, float
     return 0;
 }
 PEFTDEF int peft_cuda_lora_fwd(const float *x, const float *xt, const float *W, const peft_cuda_q4 *Wq,
-                               const float *A, const float *Bm, int N, int in, int out, int r, float s,
-                               float *y, float *u, float *scratch) {
+                               const peft_cuda_qmatrix *Wm, const float *A, const float *Bm, int N, int in,
+                               int out, int r, float s, float *y, float *u, float *scratch) {
     (void)scratch; /* s·u is folded into the GEMM's alpha */
     const float *xd = xt ? xt : x;
     if (peft_cuda_gemm(0, 1, N, r, in, 1.0f, xd, in, A, in, 0.0f, u, r)) return 1; /* u = x̃·Aᵀ */
     if (W && peft_cuda_gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out)) return 1; /* x·Wᵀ     */
     if (!W && Wq && peft_cuda_q4_linear_fwd(x, Wq, N, out, in, y)) return 1;
-    float beta = W || Wq ? 1.0f : 0.0f;
+    if (!W && !Wq && Wm && peft_cuda_qmatrix_linear_fwd(x, Wm, N, y)) return 1;
+    float beta = W || Wq || Wm ? 1.0f : 0.0f;
     return peft_cuda_gemm(0, 1, N, out, r, s, u, r, Bm, r, beta, y, out); /* + s·u·Bᵀ */
 }
 PEFTDEF int peft_cuda_lora_bwd(const float *x, const float *xt, const uint8_t *mask, float keep,
-                               const float *W, const peft_cuda_q4 *Wq, const float *A, const float *Bm,
-                               const float *u, const float *dy, int N, int in, int out, int r, float s,
-                               float *dx, float x_beta, float *dW, float *dA, float *dB, float *scratch) {
+                               const float *W, const peft_cuda_q4 *Wq, const peft_cuda_qmatrix *Wm,
+                               const float *A, const float *Bm, const float *u, const float *dy, int N,
+                               int in, int out, int r, float s, float *dx, float x_beta, float *dW, float *dA,
+                               float *dB, float *scratch) {
     PEFT__CU_READY();
     float *du = scratch, *tmp = scratch + (size_t)N * r;
     const float *xd = mask ? xt : x;
@@ -1229,6 +1384,8 @@ PEFTDEF int peft_cuda_lora_bwd(const float *x, const float *xt, const uint8_t *m
         if (peft_cuda_gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, x_beta, dx, in)) return 1;
     } else if (Wq) {
         if (peft_cuda_q4_linear_bwd(dy, Wq, N, out, in, x_beta, dx)) return 1;
+    } else if (Wm) {
+        if (peft_cuda_qmatrix_linear_bwd(dy, Wm, N, x_beta, dx)) return 1;
     } else if (x_beta == 0.0f) {
         if (peft_cuda_zero(dx, sizeof(float) * (size_t)N * in)) return 1;
     }
@@ -1370,6 +1527,9 @@ PEFTDEF void peft_cuda_host_dropout_row(const float *x, uint64_t key, int n, int
 }
 PEFTDEF uint8_t peft_cuda_host_quantize8(const float *code, float x, float am) {
     return peft__cu_q8(code, x, am);
+}
+PEFTDEF float peft_cuda_host_qmatrix_at(const peft_cuda_qmatrix *W, int64_t row, int64_t col) {
+    return peft__cu_qm_at(peft__cu_qm_args(W).k, row, col);
 }
 PEFTDEF float peft_cuda_host_q4_at(const peft_cuda_q4 *W, int64_t e) {
     return peft__cu_q4_at(peft__cu_q4_args(W), peft_dynamic_map(), e);

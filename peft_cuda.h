@@ -180,24 +180,41 @@ PEFTDEF int peft_cuda_q4_linear_fwd(const float *x, const peft_cuda_q4 *W, int N
 PEFTDEF int peft_cuda_q4_linear_bwd(const float *dy, const peft_cuda_q4 *W, int N, int out, int in,
                                     float beta, float *dx);
 
+/* ggml-typed frozen weights (peft_qmatrix) on the device: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+   Q5_0 and Q5_1 rows decoded in the kernel as peft_qmatrix_decode does (the K-quants are
+   refused at upload, by name). */
+typedef struct {
+    int type; /* peft_ggml_type */
+    int64_t rows, cols;
+    size_t row_bytes;
+    uint8_t *data; /* rows · row_bytes */
+} peft_cuda_qmatrix;
+PEFTDEF int peft_cuda_qmatrix_upload(peft_cuda_qmatrix *d, const peft_qmatrix *host);
+PEFTDEF void peft_cuda_qmatrix_free(peft_cuda_qmatrix *d);
+/* y [N, rows] = x·Wᵀ;  dx [N, cols] = beta·dx + dy·W */
+PEFTDEF int peft_cuda_qmatrix_linear_fwd(const float *x, const peft_cuda_qmatrix *W, int N, float *y);
+PEFTDEF int peft_cuda_qmatrix_linear_bwd(const float *dy, const peft_cuda_qmatrix *W, int N, float beta,
+                                         float *dx);
+
 /* LoRA dropout: the CPU's mask exactly (row n from peft_rng seeded key + n,
    two 24-bit uniforms per draw, kept when u ≥ ⌈p·2^24⌉): mask [N·in] bytes,
    xt = x ⊙ mask·keep. key: the one peft_rng_u64 draw the CPU op takes. */
 PEFTDEF int peft_cuda_dropout(const float *x, uint64_t key, int N, int in, float p, float keep, uint8_t *mask,
                               float *xt);
-/* y = x·Wᵀ + s·(x̃·Aᵀ)·Bᵀ with W fp32 (W), 4-bit (Wq) or absent (both NULL);
+/* y = x·Wᵀ + s·(x̃·Aᵀ)·Bᵀ with W fp32 (W), 4-bit (Wq), ggml blocks (Wm) or absent (all NULL);
    x̃ = xt when mask is given, else x. u [N, r] is kept for the backward;
    scratch: N·r floats. */
 PEFTDEF int peft_cuda_lora_fwd(const float *x, const float *xt, const float *W, const peft_cuda_q4 *Wq,
-                               const float *A, const float *Bm, int N, int in, int out, int r, float s,
-                               float *y, float *u, float *scratch);
+                               const peft_cuda_qmatrix *Wm, const float *A, const float *Bm, int N, int in,
+                               int out, int r, float s, float *y, float *u, float *scratch);
 /* du = s·dy·B;  dB += s·dyᵀ·u;  dA += duᵀ·x̃;  dW += dyᵀ·x;
-   dx = x_beta·dx + dy·W (or the 4-bit W) + (du·A) ⊙ mask·keep.
+   dx = x_beta·dx + dy·W (or the frozen W) + (du·A) ⊙ mask·keep.
    scratch: N·r + N·in floats. */
 PEFTDEF int peft_cuda_lora_bwd(const float *x, const float *xt, const uint8_t *mask, float keep,
-                               const float *W, const peft_cuda_q4 *Wq, const float *A, const float *Bm,
-                               const float *u, const float *dy, int N, int in, int out, int r, float s,
-                               float *dx, float x_beta, float *dW, float *dA, float *dB, float *scratch);
+                               const float *W, const peft_cuda_q4 *Wq, const peft_cuda_qmatrix *Wm,
+                               const float *A, const float *Bm, const float *u, const float *dy, int N,
+                               int in, int out, int r, float s, float *dx, float x_beta, float *dW, float *dA,
+                               float *dB, float *scratch);
 
 /* Fused classifier + cross-entropy, as peft_linear_cross_entropy: z = x·Wᵀ
    in chunks of `chunk` rows (scratch: chunk·V floats for z), per row
@@ -252,6 +269,8 @@ PEFTDEF void peft_cuda_host_dropout_row(const float *x, uint64_t key, int n, int
                                         uint8_t *mask, float *xt);
 /* the 8-bit code of x in a block of absmax am (code: 256 values) */
 PEFTDEF uint8_t peft_cuda_host_quantize8(const float *code, float x, float am);
+/* element (row, col) of a ggml-typed weight whose data is in HOST memory */
+PEFTDEF float peft_cuda_host_qmatrix_at(const peft_cuda_qmatrix *W, int64_t row, int64_t col);
 /* element e of a 4-bit weight whose arrays are in HOST memory */
 PEFTDEF float peft_cuda_host_q4_at(const peft_cuda_q4 *W, int64_t e);
 

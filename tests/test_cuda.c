@@ -498,11 +498,11 @@ static void t_lora_case(int quant) {
     memset(&wq, 0, sizeof wq);
     if (quant) ok(peft_cuda_q4_upload(&wq, &q), "upload");
     ok(peft_cuda_dropout(dx, key, N, in, p, keep, mask, xt), "dropout");
-    ok(peft_cuda_lora_fwd(dx, xt, quant ? NULL : dW, quant ? &wq : NULL, dA, dB, N, in, out, r, s, dy, u,
-                          scratch),
+    ok(peft_cuda_lora_fwd(dx, xt, quant ? NULL : dW, quant ? &wq : NULL, NULL, dA, dB, N, in, out, r, s, dy,
+                          u, scratch),
        "fwd");
-    ok(peft_cuda_lora_bwd(dx, xt, mask, keep, quant ? NULL : dW, quant ? &wq : NULL, dA, dB, u, ds, N, in,
-                          out, r, s, gx, 1.0f, quant ? NULL : gW, gA, gB, scratch),
+    ok(peft_cuda_lora_bwd(dx, xt, mask, keep, quant ? NULL : dW, quant ? &wq : NULL, NULL, dA, dB, u, ds, N,
+                          in, out, r, s, gx, 1.0f, quant ? NULL : gW, gA, gB, scratch),
        "bwd");
     cmp("y", dy, y->data, y->n, 1e-5);
     cmp("dx", gx, x->grad, x->n, 1e-5);
@@ -833,6 +833,7 @@ typedef struct {
     const char *name;
     void (*fn)(void);
 } tcase;
+static void t_qmatrix(void);
 static const tcase cases[] = {
     {"gemm", t_gemm},
     {"embedding", t_embedding},
@@ -847,6 +848,7 @@ static const tcase cases[] = {
     {"replace_rows", t_replace_rows},
     {"cross_entropy", t_cross_entropy},
     {"q4_linear", t_q4},
+    {"qmatrix_linear", t_qmatrix},
     {"lora", t_lora},
     {"qlora", t_qlora},
     {"linear_ce", t_linear_ce},
@@ -857,11 +859,144 @@ static const tcase cases[] = {
     {"training_runs", t_training},
 };
 
+/* ggml rows of `type` for a rows×cols weight: quantized from random values
+   where peft.h quantizes that type (Q8_0, Q4_0, Q4_1), random bytes with
+   tamed fp16 scales otherwise (every code and bit pattern exercised) */
+static int make_qmatrix(peft_qmatrix *q, int type, int64_t rows, int64_t cols) {
+    memset(q, 0, sizeof *q);
+    size_t rb = 0;
+    if (peft_ggml_row_bytes(type, cols, &rb) != PEFT_OK) return 1;
+    uint8_t *d = (uint8_t *)malloc(rb * (size_t)rows);
+    if (!d) return 1;
+    float *w = host(rows * cols, 1);
+    int quantized = type == PEFT_GGML_Q8_0 || type == PEFT_GGML_Q4_0 || type == PEFT_GGML_Q4_1;
+    if (quantized) {
+        if (peft_ggml_quantize(type, w, rows * cols, d) != PEFT_OK) {
+            free(w);
+            free(d);
+            return 1;
+        }
+    } else {
+        for (size_t i = 0; i < rb * (size_t)rows; i++) d[i] = (uint8_t)peft_rng_u64(&rng);
+        if (type == PEFT_GGML_F32) memcpy(d, w, sizeof(float) * (size_t)(rows * cols));
+        if (type == PEFT_GGML_F16 || type == PEFT_GGML_BF16 || type == PEFT_GGML_Q5_0 ||
+            type == PEFT_GGML_Q5_1)
+            for (int64_t r = 0; r < rows;
+                 r++) { /* scales (and F16/BF16 values) kept finite: exponent < max */
+                uint8_t *row = d + (size_t)r * rb;
+                size_t step = type == PEFT_GGML_Q5_0 ? 22 : type == PEFT_GGML_Q5_1 ? 24 : 2;
+                size_t nscale = type == PEFT_GGML_Q5_1 ? 2 : 1;
+                for (size_t o = 0; o + 1 < rb; o += step)
+                    for (size_t k = 0; k < nscale; k++) row[o + 2 * k + 1] &= 0x3B; /* |x| < 1 or so */
+            }
+    }
+    free(w);
+    q->type = type;
+    q->rows = rows;
+    q->cols = cols;
+    q->row_bytes = rb;
+    q->data = d;
+    q->owned = d;
+    return 0;
+}
+static const char *type_name(int t) {
+    const char *n = peft_ggml_type_name(t);
+    return n ? n : "?";
+}
+static const int qm_types[8] = {PEFT_GGML_F32,  PEFT_GGML_F16,  PEFT_GGML_BF16, PEFT_GGML_Q8_0,
+                                PEFT_GGML_Q4_0, PEFT_GGML_Q4_1, PEFT_GGML_Q5_0, PEFT_GGML_Q5_1};
+/* the in-kernel ggml decode: bit-equal to peft_qmatrix_decode for every type it takes */
+static void h_qmatrix_decode(void) {
+    int64_t rows = 5, cols = 96;
+    for (int t = 0; t < 8; t++) {
+        peft_qmatrix q;
+        if (make_qmatrix(&q, qm_types[t], rows, cols)) {
+            case_failed = 1;
+            continue;
+        }
+        peft_cuda_qmatrix h = {q.type, q.rows, q.cols, q.row_bytes, (uint8_t *)q.owned};
+        float *ref = host(cols, 0);
+        int64_t diff = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            peft_qmatrix_decode(&q, r, 0, cols, ref);
+            for (int64_t c = 0; c < cols; c++) {
+                float v = peft_cuda_host_qmatrix_at(&h, r, c);
+                diff += memcmp(&v, &ref[c], sizeof v) != 0;
+            }
+        }
+        printf("    %-5s %lld of %lld values differ%s\n", type_name(q.type), (long long)diff,
+               (long long)(rows * cols), diff ? "  FAIL" : "");
+        if (diff) case_failed = 1;
+        free(ref);
+        peft_qmatrix_free(&q);
+    }
+}
+
+/* ---- ggml-typed frozen linears (Q8_0, Q4_1, Q5_1) and a LoRA over a Q4_1 base:
+   the decode is exact (host-checked), the products sum in 16-wide tiles
+   against the CPU's panels: 1e-5 */
+static void t_qmatrix(void) {
+    int N = 19, out = 40, in = 96, r = 4;
+    int types[3] = {PEFT_GGML_Q8_0, PEFT_GGML_Q4_1, PEFT_GGML_Q5_1};
+    for (int t = 0; t < 3; t++) {
+        peft_qmatrix q;
+        if (make_qmatrix(&q, types[t], out, in)) {
+            case_failed = 1;
+            continue;
+        }
+        printf("    %s:\n", type_name(q.type));
+        peft_cuda_qmatrix dw;
+        ok(peft_cuda_qmatrix_upload(&dw, &q), "upload");
+        peft_tensor *x = param(N, in, 1, 1);
+        peft_graph *g = peft_graph_new();
+        peft_tensor *y = peft_qmatrix_linear(g, x, &q);
+        float *seed = host(y->n, 1);
+        peft_backward_seed(g, y, seed);
+        float *dx = dev(x->data, x->n), *dy = dev(NULL, y->n), *ds = dev(seed, y->n), *gx = dev(NULL, x->n);
+        ok(peft_cuda_qmatrix_linear_fwd(dx, &dw, N, dy), "fwd");
+        ok(peft_cuda_qmatrix_linear_bwd(ds, &dw, N, 1.0f, gx), "bwd");
+        cmp("y", dy, y->data, y->n, 1e-5);
+        cmp("dx", gx, x->grad, x->n, 1e-5);
+        peft_graph_free(g);
+        if (types[t] == PEFT_GGML_Q4_1) { /* LoRA over the ggml base, no dropout */
+            peft_tensor *A = param(r, in, 0.3f, 1), *Bm = param(out, r, 0.3f, 1);
+            memset(x->grad, 0, sizeof(float) * (size_t)x->n);
+            g = peft_graph_new();
+            y = peft_qmatrix_lora_linear(g, x, &q, A, Bm, 2.0f, 0.0f, NULL);
+            peft_backward_seed(g, y, seed);
+            float *dA = dev(A->data, A->n), *dB = dev(Bm->data, Bm->n), *u = dev(NULL, (int64_t)N * r);
+            float *gA = dev(NULL, A->n), *gB = dev(NULL, Bm->n), *gx2 = dev(NULL, x->n);
+            float *scr = dev(NULL, (int64_t)N * r + (int64_t)N * in);
+            ok(peft_cuda_lora_fwd(dx, NULL, NULL, NULL, &dw, dA, dB, N, in, out, r, 2.0f, dy, u, scr),
+               "lora fwd");
+            ok(peft_cuda_lora_bwd(dx, NULL, NULL, 1.0f, NULL, NULL, &dw, dA, dB, u, ds, N, in, out, r, 2.0f,
+                                  gx2, 1.0f, NULL, gA, gB, scr),
+               "lora bwd");
+            cmp("LoRA y", dy, y->data, y->n, 1e-5);
+            cmp("LoRA dx", gx2, x->grad, x->n, 1e-5);
+            cmp("LoRA dA", gA, A->grad, A->n, 1e-5);
+            cmp("LoRA dB", gB, Bm->grad, Bm->n, 1e-5);
+            peft_graph_free(g);
+            peft_param_free(A);
+            peft_param_free(Bm);
+        }
+        peft_param_free(x);
+        peft_cuda_qmatrix_free(&dw);
+        peft_qmatrix_free(&q);
+        free(seed);
+    }
+    /* a K-quant is refused at upload, by name */
+    peft_qmatrix k4 = {PEFT_GGML_Q4_K, 1, 256, 144, (const uint8_t *)"", NULL};
+    peft_cuda_qmatrix dk;
+    int refused = peft_cuda_qmatrix_upload(&dk, &k4) != 0 && strstr(peft_cuda_error(), "Q4_K") != NULL;
+    printf("    Q4_K upload refused by name: %s\n", refused ? "yes" : "NO  FAIL");
+    if (!refused) case_failed = 1;
+}
+
 static const tcase host_cases[] = {
-    {"host_gemm_plan", h_gemm_plan},
-    {"host_dropout", h_dropout},
-    {"host_quantize8", h_quantize8},
-    {"host_q4_decode", h_q4_decode},
+    {"host_gemm_plan", h_gemm_plan},           {"host_dropout", h_dropout},
+    {"host_quantize8", h_quantize8},           {"host_q4_decode", h_q4_decode},
+    {"host_qmatrix_decode", h_qmatrix_decode},
 };
 
 static void run(const tcase *c, int device) {
