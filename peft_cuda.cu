@@ -893,7 +893,7 @@ __global__ void peft__k_xent_bwd(const float *z, const int *t, const float *lse,
 }
 
 /* ---- AdamW ---------------------------------------------------------------------------------------- */
-__device__ void peft__cu_adam1(const peft_cuda_adam &k, float *w, float g, float *m, float *v) {
+__host__ __device__ void peft__cu_adam1(const peft_cuda_adam &k, float *w, float g, float *m, float *v) {
     *w *= k.decay;
     *m += k.w1 * (g - *m);
     *v = k.b2 * *v + k.w2 * g * g;
@@ -1527,6 +1527,32 @@ PEFTDEF void peft_cuda_host_dropout_row(const float *x, uint64_t key, int n, int
 }
 PEFTDEF uint8_t peft_cuda_host_quantize8(const float *code, float x, float am) {
     return peft__cu_q8(code, x, am);
+}
+/* the AdamW kernels' steps, element by element and block by block, in the kernels' order */
+PEFTDEF void peft_cuda_host_adamw(const peft_cuda_adam *k, float *w, const float *g, float *m, float *v,
+                                  int64_t n) {
+    for (int64_t j = 0; j < n; j++) peft__cu_adam1(*k, w + j, g[j], m + j, v + j);
+}
+PEFTDEF void peft_cuda_host_adamw8(const peft_cuda_adam *k, float *w, const float *g, uint8_t *qm,
+                                   uint8_t *qv, float *am, float *av, int64_t n) {
+    const float *smap = peft_dynamic_map(), *umap = peft_dynamic_map_unsigned();
+    for (int64_t blk = 0; blk * 256 < n; blk++) {
+        float mb[256], vb[256], nam = -3.402823466e38f, nav = -3.402823466e38f;
+        int64_t j0 = blk * 256, len = n - j0 < 256 ? n - j0 : 256;
+        for (int64_t i = 0; i < len; i++) {
+            mb[i] = smap[qm[j0 + i]] * am[blk];
+            vb[i] = umap[qv[j0 + i]] * av[blk];
+            peft__cu_adam1(*k, w + j0 + i, g[j0 + i], &mb[i], &vb[i]);
+            nam = fmaxf(nam, fabsf(mb[i]));
+            nav = fmaxf(nav, fabsf(vb[i]));
+        }
+        for (int64_t i = 0; i < len; i++) {
+            qm[j0 + i] = peft__cu_q8(smap, mb[i], nam);
+            qv[j0 + i] = peft__cu_q8(umap, vb[i], nav);
+        }
+        am[blk] = nam;
+        av[blk] = nav;
+    }
 }
 PEFTDEF float peft_cuda_host_qmatrix_at(const peft_cuda_qmatrix *W, int64_t row, int64_t col) {
     return peft__cu_qm_at(peft__cu_qm_args(W).k, row, col);

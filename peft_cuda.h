@@ -269,6 +269,12 @@ PEFTDEF void peft_cuda_host_dropout_row(const float *x, uint64_t key, int n, int
                                         uint8_t *mask, float *xt);
 /* the 8-bit code of x in a block of absmax am (code: 256 values) */
 PEFTDEF uint8_t peft_cuda_host_quantize8(const float *code, float x, float am);
+/* AdamW over host arrays through the kernels' element update (fp32 states), and
+   the 8-bit kernel's block steps (dequantize, update, block absmax, requantize) */
+PEFTDEF void peft_cuda_host_adamw(const peft_cuda_adam *k, float *w, const float *g, float *m, float *v,
+                                  int64_t n);
+PEFTDEF void peft_cuda_host_adamw8(const peft_cuda_adam *k, float *w, const float *g, uint8_t *qm,
+                                   uint8_t *qv, float *am, float *av, int64_t n);
 /* element (row, col) of a ggml-typed weight whose data is in HOST memory */
 PEFTDEF float peft_cuda_host_qmatrix_at(const peft_cuda_qmatrix *W, int64_t row, int64_t col);
 /* element e of a 4-bit weight whose arrays are in HOST memory */

@@ -993,10 +993,70 @@ static void t_qmatrix(void) {
     if (!refused) case_failed = 1;
 }
 
+/* AdamW, fp32 and 8-bit states, 3 steps: the kernels' update on the host equals
+   peft_adamw_step bit for bit (weights, moments, codes, block absmax) */
+static void h_adamw(void) {
+    for (int bits8 = 0; bits8 < 2; bits8++) {
+        int64_t n = 1000, nb = (n + 255) / 256;
+        int64_t shape[1] = {n};
+        peft_tensor *p = peft_param_new(NULL, 1, shape);
+        fill(p->data, n, 1);
+        peft_param_set_trainable(p, 1);
+        peft_adamw_opts o = peft_adamw_defaults();
+        o.state_8bit = bits8;
+        o.state8_min_elems = 1;
+        peft_adamw opt;
+        if (peft_adamw_init(&opt, &p, 1, &o) != PEFT_OK) {
+            case_failed = 1;
+            peft_param_free(p);
+            return;
+        }
+        float *w = host(n, 0), *m = host(n, 0), *v = host(n, 0), *am = host(nb, 0), *av = host(nb, 0);
+        uint8_t *qm = (uint8_t *)malloc((size_t)n), *qv = (uint8_t *)malloc((size_t)n);
+        memcpy(w, p->data, sizeof(float) * (size_t)n);
+        memset(m, 0, sizeof(float) * (size_t)n);
+        memset(v, 0, sizeof(float) * (size_t)n);
+        if (bits8) {
+            memcpy(qm, opt.qm[0], (size_t)n);
+            memcpy(qv, opt.qv[0], (size_t)n);
+            memcpy(am, opt.am[0], sizeof(float) * (size_t)nb);
+            memcpy(av, opt.av[0], sizeof(float) * (size_t)nb);
+        }
+        for (int step = 1; step <= 3; step++) {
+            fill(p->grad, n, 0.1f * (float)step);
+            peft_adamw_step(&opt, 1e-3f);
+            peft_cuda_adam k = adam_scalars(&o, step, 1e-3f);
+            if (bits8)
+                peft_cuda_host_adamw8(&k, w, p->grad, qm, qv, am, av, n);
+            else
+                peft_cuda_host_adamw(&k, w, p->grad, m, v, n);
+        }
+        int same = memcmp(w, p->data, sizeof(float) * (size_t)n) == 0;
+        if (bits8)
+            same = same && memcmp(qm, opt.qm[0], (size_t)n) == 0 && memcmp(qv, opt.qv[0], (size_t)n) == 0 &&
+                   memcmp(am, opt.am[0], sizeof(float) * (size_t)nb) == 0 &&
+                   memcmp(av, opt.av[0], sizeof(float) * (size_t)nb) == 0;
+        else
+            same = same && memcmp(m, opt.m[0], sizeof(float) * (size_t)n) == 0 &&
+                   memcmp(v, opt.v[0], sizeof(float) * (size_t)n) == 0;
+        printf("    %s states, 3 steps: %s\n", bits8 ? "8-bit" : "fp32", same ? "bit-equal" : "DIFFER  FAIL");
+        if (!same) case_failed = 1;
+        peft_adamw_free(&opt);
+        peft_param_free(p);
+        free(w);
+        free(m);
+        free(v);
+        free(am);
+        free(av);
+        free(qm);
+        free(qv);
+    }
+}
+
 static const tcase host_cases[] = {
     {"host_gemm_plan", h_gemm_plan},           {"host_dropout", h_dropout},
     {"host_quantize8", h_quantize8},           {"host_q4_decode", h_q4_decode},
-    {"host_qmatrix_decode", h_qmatrix_decode},
+    {"host_qmatrix_decode", h_qmatrix_decode}, {"host_adamw", h_adamw},
 };
 
 static void run(const tcase *c, int device) {
