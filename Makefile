@@ -104,6 +104,44 @@ oom: $(BUILD)/oom_sweep
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(BUILD)/oom_sweep $(OOM_ARGS)
 
+# the optional CUDA backend (issue 20): nvcc and cuBLAS from pinned PyPI wheels
+# (tools/cuda_env.sh, cached in $(CUDA_SDK)), or the toolkit at PEFT_CUDA_HOME.
+# peft_cuda.cu is the one C++ file (nvcc); everything else stays C (CC) and is
+# linked by nvcc. No GPU is needed to build; build/test-cuda skips without one.
+# CUDA_ARCH: Hopper (H100/H200) and Ampere machine code, Ampere PTX for the rest.
+CUDA_SDK  ?= $(BUILD)/cuda-sdk
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=[sm_80,compute_80]
+# CUDA_WERROR: warnings are errors (CI); tools/gpu_check.sh clears it, so that another
+# toolkit's or compiler's new warning cannot cost a GPU session its build
+CUDA_WERROR ?= -Werror
+NVFLAGS   ?= -O3 -std=c++17 --fmad=false $(if $(CUDA_WERROR),-Werror all-warnings) \
+             -Xcompiler -Wall,-Wextra$(if $(CUDA_WERROR),$(comma)-Werror)
+comma := ,
+# CUBLAS_LIB: a folder holding libcublas.so when it is not in the toolkit's
+# (tools/gpu_check.sh points it at PyTorch's cuBLAS on a machine with nvcc only)
+CUBLAS_INC ?= $(CUDA_ROOT)/include
+CUBLAS_LIB ?= $(CUDA_ROOT)/lib64
+CUDA_LINK  = -L$(CUBLAS_LIB) -L$(CUDA_ROOT)/lib -L$(CUDA_ROOT)/lib64 -lcublas $(LDLIBS) \
+             -Xlinker -rpath=$(CUBLAS_LIB) -Xlinker -rpath=$(CUDA_ROOT)/lib -Xlinker -rpath=$(CUDA_ROOT)/lib64
+
+cuda:
+	tools/cuda_env.sh $(CUDA_SDK)
+	$(MAKE) --no-print-directory cuda-build CUDA_ROOT="$$(cat $(CUDA_SDK)/root)"
+
+cuda-build: $(BUILD)/peft-cuda $(BUILD)/test-cuda
+
+$(BUILD)/cuda/peft_cuda.o: peft_cuda.cu peft_cuda.h peft.h
+	@mkdir -p $(BUILD)/cuda
+	$(CUDA_ROOT)/bin/nvcc -DPEFT_CUDA -I. -I$(CUBLAS_INC) $(NVFLAGS) $(CUDA_ARCH) -c peft_cuda.cu -o $@
+
+$(BUILD)/peft-cuda: tools/peft.c tools/peft_tools.h peft.h peft_cuda.h $(BUILD)/cuda/peft_cuda.o
+	$(CC) $(CFLAGS) $(CUDA_WERROR) $(EXTRA) -DPEFT_CUDA -c tools/peft.c -o $(BUILD)/cuda/peft.o
+	$(CUDA_ROOT)/bin/nvcc -o $@ $(BUILD)/cuda/peft.o $(BUILD)/cuda/peft_cuda.o $(CUDA_LINK)
+
+$(BUILD)/test-cuda: tests/test_cuda.c peft.h peft_cuda.h $(BUILD)/cuda/peft_cuda.o
+	$(CC) $(CFLAGS) $(CUDA_WERROR) $(EXTRA) -DPEFT_CUDA -c tests/test_cuda.c -o $(BUILD)/cuda/test_cuda.o
+	$(CUDA_ROOT)/bin/nvcc -o $@ $(BUILD)/cuda/test_cuda.o $(BUILD)/cuda/peft_cuda.o $(CUDA_LINK)
+
 # the test sources, for builds outside make (the aarch64 cross build in .ci/run)
 print-test-src:
 	@echo $(TEST_SRC)
@@ -111,4 +149,4 @@ print-test-src:
 clean:
 	rm -rf build build-*
 
-.PHONY: all test demo bench fuzz oom clean print-test-src
+.PHONY: all test demo bench fuzz oom clean print-test-src cuda cuda-build

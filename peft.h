@@ -1381,6 +1381,13 @@ PEFTDEF peft_status peft_generation_config_load(peft_generation_config *g, const
 /* The Stanford Alpaca prompt (with or without input), ending "### Response:". */
 PEFTDEF void peft_alpaca_prompt(const char *instruction, const char *input, char *out, size_t n);
 
+/* ------------------------------------------------------------------- CUDA */
+/* The optional CUDA layer (issue 20): plain-C entry points declared in
+   peft_cuda.h and compiled from peft_cuda.cu by nvcc (`make cuda`); only
+   with PEFT_CUDA defined. Without it nothing changes: libc and libm alone. */
+#ifdef PEFT_CUDA
+#include "peft_cuda.h"
+#endif
 
 #ifdef __cplusplus
 }

@@ -2192,6 +2192,29 @@ static const char *MAIN_HELP =
     "  export   write an adapter as a PEFT folder or a llama.cpp GGUF file\n"
     "\n  peft --version prints the version of peft.h\n";
 
+#ifdef PEFT_CUDA
+/* peft cuda (the PEFT_CUDA build only): the device the CUDA layer finds.
+   Exit 0 with "no CUDA device" where there is none. */
+static int cmd_cuda(void) {
+    int n = peft_cuda_device_count();
+    if (n == 0) {
+        printf("no CUDA device\n");
+        return 0;
+    }
+    char name[256];
+    size_t used = 0, peak = 0, total = 0;
+    if (peft_cuda_init(0, PEFT_CUDA_FP32) || peft_cuda_device_name(name, sizeof name) ||
+        peft_cuda_mem_info(&used, &peak, &total)) {
+        fprintf(stderr, "peft cuda: %s\n", peft_cuda_error());
+        return 1;
+    }
+    printf("%d CUDA device(s); device 0: %s, %.1f of %.1f GiB in use\n", n, name, (double)used / 1073741824.0,
+           (double)total / 1073741824.0);
+    peft_cuda_shutdown();
+    return 0;
+}
+#endif
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(MAIN_HELP, argc < 2 ? stderr : stdout);
@@ -2210,6 +2233,9 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(argv[1], "export")) return cmd_export(argc - 2, argv + 2);
+#ifdef PEFT_CUDA
+    if (!strcmp(argv[1], "cuda")) return cmd_cuda();
+#endif
     fprintf(stderr, "peft: unknown command '%s'\n%s", argv[1], MAIN_HELP);
     return 2;
 }
