@@ -81,7 +81,7 @@ void test_backends_register(void) {
 
 /* ---- counting: every entry forwarded to the CPU backend, counted ---- */
 static long n_fwd[PEFT_OP_COUNT], n_bw[PEFT_OP_COUNT], n_gemm, n_decode, n_adamw, n_adamw8, n_sumsq,
-    n_scale, n_alloc, n_zero;
+    n_scale, n_alloc, n_zero, n_copy;
 static peft_status cnt_fwd(peft_graph *g, peft_op *op) {
     n_fwd[op->kind]++;
     return peft_backend_cpu()->op[op->kind].forward(g, op);
@@ -92,6 +92,7 @@ static void cnt_bw(peft_graph *g, peft_op *op) {
 }
 static void *cnt_alloc(size_t n) { n_alloc++; return peft_backend_cpu()->alloc(n); }
 static void cnt_zero(float *p, int64_t n) { n_zero++; peft_backend_cpu()->zero(p, n); }
+static void cnt_copy(float *d, const float *s, int64_t n) { n_copy++; peft_backend_cpu()->copy(d, s, n); }
 static void cnt_gemm(int tA, int tB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                      float beta, float *C, int ldc) {
     n_gemm++;
@@ -131,6 +132,7 @@ static const peft_backend *counting_backend(void) {
         }
         cnt_backend.alloc = cnt_alloc;
         cnt_backend.zero = cnt_zero;
+        cnt_backend.copy = cnt_copy;
         cnt_backend.gemm = cnt_gemm;
         cnt_backend.qmatrix_decode = cnt_qm;
         cnt_backend.adamw = cnt_adamw;
@@ -255,6 +257,7 @@ TEST(test_backend_dispatch_from_model_code) {
     CHECK(n_adamw > 0 && n_sumsq > 0 && n_scale > 0, "optimizer %ld, clip %ld/%ld", n_adamw, n_sumsq,
           n_scale);
     CHECK(n_alloc > 0 && n_zero > 0, "arena %ld, zero %ld", n_alloc, n_zero);
+    CHECK(n_copy > 0, "the KV cache's appends did not go through the table");
 }
 
 /* tools/check_backend.sh passes on peft.h and fails on a copy whose model
