@@ -3913,9 +3913,14 @@ static peft_status peft__cpu_attention(peft_graph *g, peft__node *nd) {
     nd->saved = P;
     peft__attn_args a;
     memset(&a, 0, sizeof a);
-    a.q = nd->in[0]->data; a.k = nd->in[1]->data; a.v = nd->in[2]->data; a.o = nd->out->data; a.P = P;
+    a.q = nd->in[0]->data;
+    a.k = nd->in[1]->data;
+    a.v = nd->in[2]->data;
+    a.o = nd->out->data;
+    a.P = P;
     a.Pp = P + (size_t)B * H * T * T;
-    a.pk = K ? nd->in[3]->data : NULL; a.pv = K ? nd->in[4]->data : NULL;
+    a.pk = K ? nd->in[3]->data : NULL;
+    a.pv = K ? nd->in[4]->data : NULL;
     a.x = nd->in[6] ? nd->in[6]->data : NULL;
     a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd; a.K = K; a.prompt_batched = nd->i[6];
     peft__gate_values(nd->in[5], nd->i[7], H, a.G);

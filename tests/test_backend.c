@@ -90,9 +90,18 @@ static void cnt_bw(peft_graph *g, peft_op *op) {
     n_bw[op->kind]++;
     peft_backend_cpu()->op[op->kind].backward(g, op);
 }
-static void *cnt_alloc(size_t n) { n_alloc++; return peft_backend_cpu()->alloc(n); }
-static void cnt_zero(float *p, int64_t n) { n_zero++; peft_backend_cpu()->zero(p, n); }
-static void cnt_copy(float *d, const float *s, int64_t n) { n_copy++; peft_backend_cpu()->copy(d, s, n); }
+static void *cnt_alloc(size_t n) {
+    n_alloc++;
+    return peft_backend_cpu()->alloc(n);
+}
+static void cnt_zero(float *p, int64_t n) {
+    n_zero++;
+    peft_backend_cpu()->zero(p, n);
+}
+static void cnt_copy(float *d, const float *s, int64_t n) {
+    n_copy++;
+    peft_backend_cpu()->copy(d, s, n);
+}
 static void cnt_gemm(int tA, int tB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                      float beta, float *C, int ldc) {
     n_gemm++;
@@ -209,7 +218,12 @@ TEST(test_backend_registry) {
 static int run_model(float *loss, float *w0, int *gen) {
     peft_config c;
     if (peft_config_preset(&c, "tiny") != PEFT_OK) return 0;
-    c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
+    c.dim = 32;
+    c.hidden_dim = 64;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 8;
     c.vocab_size = 64;
     peft_model *m;
     if (peft_model_new(&m, &c, 1, 5) != PEFT_OK) return 0;
@@ -220,7 +234,10 @@ static int run_model(float *loss, float *w0, int *gen) {
     o.max_grad_norm = 1e-3f;            /* clipping scales every step */
     peft_trainer *tr = peft_trainer_new(m, &o);
     int tok[2 * 12], tgt[2 * 12];
-    for (int i = 0; i < 24; i++) { tok[i] = (i * 7) % 64; tgt[i] = i % 5 ? (i * 3) % 64 : -100; }
+    for (int i = 0; i < 24; i++) {
+        tok[i] = (i * 7) % 64;
+        tgt[i] = i % 5 ? (i * 3) % 64 : -100;       /* every fifth row without a loss */
+    }
     for (int s = 0; s < 2; s++)
         if (!tr || peft_trainer_step(tr, tok, tgt, 2, 12, &loss[s]) != PEFT_OK) return 0;
     peft_trainer_free(tr);
