@@ -81,6 +81,8 @@
      ggml types  peft_qmatrix: frozen weights kept in GGUF's block types (F32,
                  F16, BF16, Q4_0 … Q8_0, Q2_K … Q6_K), decoded inside the GEMM
      kernels     peft_gemm (packed, register-tiled, threaded), peft_check_cpu
+     backends    peft_backend: the table every op and kernel call goes through
+                 (the CPU one by default; see BACKENDS below)
      tape        peft_graph: an arena for activations plus the op record;
                  peft_backward() walks it in reverse
      ops         embedding, linear, rmsnorm, rope, causal GQA attention (with
@@ -140,6 +142,59 @@
        two threads never share a model, even to run forwards.
    Pure functions (peft_q4_code, peft_status_name, peft_method_defaults,
    peft_config_preset, peft_f16_to_f32 and the like) are safe anywhere.
+
+   ============================================================================
+   BACKENDS: how to add one
+   ============================================================================
+   Every op's forward and backward, the GEMM, the 4-bit and ggml block
+   decoders, the AdamW update, clipping's reductions and the step arena's
+   memory go through a peft_backend: a struct of plain C function pointers
+   (pointers, sizes, strides; no stdio), so device pointers flow through it
+   unchanged. The CPU backend (peft_backend_cpu(), registered first, the
+   default) points at the kernels of this file; model and method code never
+   call a kernel directly (tools/check_backend.sh checks it, `make test` runs
+   that check). A graph computes on the backend in use when it was made; the
+   optimizer, clipping and model code outside a graph on the one in use now.
+
+   A new backend is a `static peft_backend` with every entry filled in:
+     name, place        "cuda", PEFT_PLACE_CUDA (PEFT_PLACE_HOST for a host one)
+     op[k].forward      for each peft_op_kind k: peft_status f(g, op). The op's
+                        front end (peft_linear …) has checked the shapes, made
+                        op->out (from the graph's arena, so in the backend's
+                        memory) and filled op's fields; the comment above each
+                        CPU forward (peft__cpu_<op> in OPS) lists them. Compute
+                        out; keep what the backward needs in op->saved or
+                        op->aux (from peft_graph_scratch(g, bytes)). Return
+                        PEFT_OK or an error (the graph is then marked failed).
+     op[k].backward     void f(g, op), on the recorded copy of op: add each
+                        input's gradient into in[j]->grad for the inputs with
+                        requires_grad (dx is stored, not added, while
+                        in[0]->grad_fresh: then clear that flag). Scratch
+                        comes from peft_graph_scratch, which marks the graph
+                        failed when it returns NULL (then return at once).
+                        NULL only for PEFT_OP_ATTENTION_CACHED (no backward).
+     alloc, free        the arena's blocks (64 bytes of slack are asked for
+                        alignment) and the KV cache's keys, values and
+                        prompts; free(NULL) does nothing. The arena also
+                        holds peft_tensor headers and the tape's saved ids,
+                        so for now a device backend returns memory the host
+                        can read and write (CUDA managed memory).
+     zero, copy         p[0..n) = 0; dst[0..n) = src[0..n) (the KV cache's
+                        appends, checkpointing's block input and output)
+     gemm               C = beta·C + op(A)·op(B), as peft_gemm
+     q4_decode, qmatrix_decode   as peft_q4_dequantize, peft_qmatrix_decode
+     adamw, adamw_8bit  one AdamW update of n elements with the step's
+                        peft_adamw_scalars (fp32 states; blockwise 8-bit codes
+                        with one absmax per 256); the paged path calls adamw
+                        one page at a time
+     sum_squares, scale clipping: acc + Σ x² in double, in order; x ·= coef
+   then peft_backend_register(&b) (refused, naming it, when an entry is
+   missing) and peft_backend_use(&b) before making graphs. The op tests
+   (tests/test_ops.c, fd_run) run every check against every registered
+   backend; tests/test_backend.c registers a reference backend (the plain
+   GEMM and attention) and a counting one as examples. Starting from a copy
+   of the CPU table (b = *peft_backend_cpu()) and replacing entries one at a
+   time keeps every step testable.
 
    ============================================================================
    READING GUIDE
@@ -557,6 +612,7 @@ typedef struct peft_backend {
     void *(*alloc)(size_t bytes);                  /* the step arena's blocks */
     void  (*free)(void *p);
     void  (*zero)(float *p, int64_t n);
+    void  (*copy)(float *dst, const float *src, int64_t n);   /* within the backend's memory */
     void  (*gemm)(int tA, int tB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                   float beta, float *C, int ldc);   /* as peft_gemm */
     void  (*q4_decode)(const peft_q4 *q, int64_t start, int64_t count, float *out);
@@ -4210,9 +4266,14 @@ static peft_status peft__cpu_attention(peft_graph *g, peft__node *nd) {
     nd->saved = P;
     peft__attn_args a;
     memset(&a, 0, sizeof a);
-    a.q = nd->in[0]->data; a.k = nd->in[1]->data; a.v = nd->in[2]->data; a.o = nd->out->data; a.P = P;
+    a.q = nd->in[0]->data;
+    a.k = nd->in[1]->data;
+    a.v = nd->in[2]->data;
+    a.o = nd->out->data;
+    a.P = P;
     a.Pp = P + (size_t)B * H * T * T;
-    a.pk = K ? nd->in[3]->data : NULL; a.pv = K ? nd->in[4]->data : NULL;
+    a.pk = K ? nd->in[3]->data : NULL;
+    a.pv = K ? nd->in[4]->data : NULL;
     a.x = nd->in[6] ? nd->in[6]->data : NULL;
     a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd; a.K = K; a.prompt_batched = nd->i[6];
     peft__gate_values(nd->in[5], nd->i[7], H, a.G);
@@ -5995,7 +6056,7 @@ static void peft__ckpt_bw(peft_graph *g, peft__node *n) {
     peft_graph_set_grad(sg, 1);
     peft_tensor *xin = peft_tensor_2d(sg, peft__rows(x), peft__cols(x));
     if (!xin) { g->failed = 1; return; }
-    memcpy(xin->data, x->data, sizeof(float) * (size_t)x->n);
+    sg->be->copy(xin->data, x->data, x->n);
     xin->requires_grad = x->requires_grad;
     peft_rng keep = m->rng;
     int training = m->training;
@@ -6023,7 +6084,7 @@ static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_
     if (!yt) { g->failed = 1; return NULL; }
     peft_tensor *y = peft__like(g, yt);
     if (!y) return NULL;
-    memcpy(y->data, yt->data, sizeof(float) * (size_t)y->n);
+    g->be->copy(y->data, yt->data, y->n);
     peft_op op = { .out = y, .in = { x, peft__first_trainable(m, L) }, .aux = c,
                    .custom_backward = peft__ckpt_bw };
     peft__push(g, &op, 0);
@@ -6117,6 +6178,7 @@ PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int 
    new keys/values are appended to the cache and each new query attends to
    every cached position up to its own (causal), then to the prompts. */
 struct peft_kv_cache {
+    const peft_backend *be;      /* holds k, v, x and the prompts              */
     int    B, max_len, n_layers, H, kvw, prompts_ready;
     int   *len;                  /* [B] positions held per row                 */
     float *k, *v, *x;            /* [layers][B][max_len][kvw]; x: Excitor keys */
@@ -6135,10 +6197,11 @@ PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, 
     c->kvw = cf->n_kv_heads * cf->head_dim;
     size_t n = (size_t)cf->n_layers * batch * max_len * c->kvw;
     int excitor = m->method.kind == PEFT_EXCITOR;
+    c->be = peft_backend_current();
     c->len = (int *)peft__calloc((size_t)batch * sizeof(int));
-    c->k = (float *)PEFT_MALLOC(n * sizeof(float));
-    c->v = (float *)PEFT_MALLOC(n * sizeof(float));
-    c->x = excitor ? (float *)PEFT_MALLOC(n * sizeof(float)) : NULL;
+    c->k = (float *)c->be->alloc(n * sizeof(float));
+    c->v = (float *)c->be->alloc(n * sizeof(float));
+    c->x = excitor ? (float *)c->be->alloc(n * sizeof(float)) : NULL;
     c->pk = (float **)peft__calloc((size_t)cf->n_layers * sizeof(float *));
     c->pv = (float **)peft__calloc((size_t)cf->n_layers * sizeof(float *));
     c->n_prompts = (int *)peft__calloc((size_t)cf->n_layers * sizeof(int));
@@ -6156,7 +6219,8 @@ PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, 
 PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
     for (int b = 0; b < c->B; b++) c->len[b] = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        PEFT_FREE(c->pk[l]); PEFT_FREE(c->pv[l]);
+        c->be->free(c->pk[l]);
+        c->be->free(c->pv[l]);
         c->pk[l] = c->pv[l] = NULL;
         c->n_prompts[l] = 0;
     }
@@ -6166,10 +6230,13 @@ PEFTDEF void peft_kv_cache_reset(peft_kv_cache *c) {
 PEFTDEF void peft_kv_cache_free(peft_kv_cache *c) {
     if (!c) return;
     for (int l = 0; c->pk && c->pv && l < c->n_layers; l++) {   /* any array may be missing: half made */
-        PEFT_FREE(c->pk[l]);
-        PEFT_FREE(c->pv[l]);
+        c->be->free(c->pk[l]);
+        c->be->free(c->pv[l]);
     }
-    PEFT_FREE(c->len); PEFT_FREE(c->k); PEFT_FREE(c->v); PEFT_FREE(c->x);
+    PEFT_FREE(c->len);
+    c->be->free(c->k);
+    c->be->free(c->v);
+    c->be->free(c->x);
     PEFT_FREE(c->pk); PEFT_FREE(c->pv); PEFT_FREE(c->n_prompts); PEFT_FREE(c->p_batched); PEFT_FREE(c->G);
     PEFT_FREE(c);
 }
@@ -6227,13 +6294,13 @@ static peft_status peft__cpu_attention_cached(peft_graph *g, peft__node *nd) {
 static int peft__cache_prompts(peft_kv_cache *c, int l, const peft_attn_extras *ex, int B) {
     if (!ex->pk) return 1;
     size_t n = (size_t)ex->pk->n;
-    PEFT_FREE(c->pk[l]);                 /* left by a call that failed at a later layer */
-    PEFT_FREE(c->pv[l]);
-    c->pk[l] = (float *)PEFT_MALLOC(n * sizeof(float));
-    c->pv[l] = (float *)PEFT_MALLOC(n * sizeof(float));
+    c->be->free(c->pk[l]);               /* left by a call that failed at a later layer */
+    c->be->free(c->pv[l]);
+    c->pk[l] = (float *)c->be->alloc(n * sizeof(float));
+    c->pv[l] = (float *)c->be->alloc(n * sizeof(float));
     if (!c->pk[l] || !c->pv[l]) return 0;
-    memcpy(c->pk[l], ex->pk->data, n * sizeof(float));
-    memcpy(c->pv[l], ex->pv->data, n * sizeof(float));
+    c->be->copy(c->pk[l], ex->pk->data, (int64_t)n);
+    c->be->copy(c->pv[l], ex->pv->data, (int64_t)n);
     c->n_prompts[l] = ex->n_prompts;
     c->p_batched[l] = peft__rows(ex->pk) == (int64_t)B * ex->n_prompts && B > 1;
     peft__gate_values(ex->gate, ex->gate_tanh, c->H, c->G + (size_t)l * c->H);
@@ -6268,9 +6335,9 @@ static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cac
     for (int b = 0; b < B; b++) {
         size_t at = layer + ((size_t)b * c->max_len + c->len[b]) * kvw, from = (size_t)b * T * kvw,
                n = (size_t)T * kvw;
-        memcpy(c->k + at, k->data + from, n * sizeof(float));
-        memcpy(c->v + at, v->data + from, n * sizeof(float));
-        if (c->x && ex.x) memcpy(c->x + at, ex.x->data + from, n * sizeof(float));
+        c->be->copy(c->k + at, k->data + from, (int64_t)n);
+        c->be->copy(c->v + at, v->data + from, (int64_t)n);
+        if (c->x && ex.x) c->be->copy(c->x + at, ex.x->data + from, (int64_t)n);
     }
     peft_tensor *o = peft_tensor_2d(g, (int64_t)B * T, (int64_t)H * hd);
     int K = c->n_prompts[l];
@@ -8724,6 +8791,9 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
 
 static void *peft__cpu_alloc(size_t bytes) { return PEFT_MALLOC(bytes); }
 static void  peft__cpu_free(void *p) { PEFT_FREE(p); }
+static void  peft__cpu_copy(float *dst, const float *src, int64_t n) {
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
 
 static const peft_backend peft__cpu_backend = {
     .name = "cpu",
@@ -8752,6 +8822,7 @@ static const peft_backend peft__cpu_backend = {
     .alloc = peft__cpu_alloc,
     .free = peft__cpu_free,
     .zero = peft__zero_floats,
+    .copy = peft__cpu_copy,
     .gemm = peft_gemm,
     .q4_decode = peft_q4_dequantize,
     .qmatrix_decode = peft_qmatrix_decode,
@@ -8797,7 +8868,8 @@ PEFTDEF peft_status peft_backend_register(const peft_backend *b) {
             (!b->op[k].backward && k != PEFT_OP_ATTENTION_CACHED && k != PEFT_OP_QMATRIX_EMBEDDING))
             return peft__fail(PEFT_ERR_ARG, "backend %s: no %s for op %s", b->name,
                               b->op[k].forward ? "backward" : "forward", peft__op_names[k]);
-    const char *missing = !b->alloc ? "alloc" : !b->free ? "free" : !b->zero ? "zero" : !b->gemm ? "gemm"
+    const char *missing = !b->alloc ? "alloc" : !b->free ? "free" : !b->zero ? "zero"
+                        : !b->copy ? "copy" : !b->gemm ? "gemm"
                         : !b->q4_decode ? "q4_decode" : !b->qmatrix_decode ? "qmatrix_decode"
                         : !b->adamw ? "adamw" : !b->adamw_8bit ? "adamw_8bit"
                         : !b->sum_squares ? "sum_squares" : !b->scale ? "scale" : NULL;

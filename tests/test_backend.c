@@ -81,7 +81,7 @@ void test_backends_register(void) {
 
 /* ---- counting: every entry forwarded to the CPU backend, counted ---- */
 static long n_fwd[PEFT_OP_COUNT], n_bw[PEFT_OP_COUNT], n_gemm, n_decode, n_adamw, n_adamw8, n_sumsq,
-    n_scale, n_alloc, n_zero;
+    n_scale, n_alloc, n_zero, n_copy;
 static peft_status cnt_fwd(peft_graph *g, peft_op *op) {
     n_fwd[op->kind]++;
     return peft_backend_cpu()->op[op->kind].forward(g, op);
@@ -90,8 +90,18 @@ static void cnt_bw(peft_graph *g, peft_op *op) {
     n_bw[op->kind]++;
     peft_backend_cpu()->op[op->kind].backward(g, op);
 }
-static void *cnt_alloc(size_t n) { n_alloc++; return peft_backend_cpu()->alloc(n); }
-static void cnt_zero(float *p, int64_t n) { n_zero++; peft_backend_cpu()->zero(p, n); }
+static void *cnt_alloc(size_t n) {
+    n_alloc++;
+    return peft_backend_cpu()->alloc(n);
+}
+static void cnt_zero(float *p, int64_t n) {
+    n_zero++;
+    peft_backend_cpu()->zero(p, n);
+}
+static void cnt_copy(float *d, const float *s, int64_t n) {
+    n_copy++;
+    peft_backend_cpu()->copy(d, s, n);
+}
 static void cnt_gemm(int tA, int tB, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                      float beta, float *C, int ldc) {
     n_gemm++;
@@ -131,6 +141,7 @@ static const peft_backend *counting_backend(void) {
         }
         cnt_backend.alloc = cnt_alloc;
         cnt_backend.zero = cnt_zero;
+        cnt_backend.copy = cnt_copy;
         cnt_backend.gemm = cnt_gemm;
         cnt_backend.qmatrix_decode = cnt_qm;
         cnt_backend.adamw = cnt_adamw;
@@ -207,7 +218,12 @@ TEST(test_backend_registry) {
 static int run_model(float *loss, float *w0, int *gen) {
     peft_config c;
     if (peft_config_preset(&c, "tiny") != PEFT_OK) return 0;
-    c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
+    c.dim = 32;
+    c.hidden_dim = 64;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 8;
     c.vocab_size = 64;
     peft_model *m;
     if (peft_model_new(&m, &c, 1, 5) != PEFT_OK) return 0;
@@ -218,7 +234,10 @@ static int run_model(float *loss, float *w0, int *gen) {
     o.max_grad_norm = 1e-3f;            /* clipping scales every step */
     peft_trainer *tr = peft_trainer_new(m, &o);
     int tok[2 * 12], tgt[2 * 12];
-    for (int i = 0; i < 24; i++) { tok[i] = (i * 7) % 64; tgt[i] = i % 5 ? (i * 3) % 64 : -100; }
+    for (int i = 0; i < 24; i++) {
+        tok[i] = (i * 7) % 64;
+        tgt[i] = i % 5 ? (i * 3) % 64 : -100;       /* every fifth row without a loss */
+    }
     for (int s = 0; s < 2; s++)
         if (!tr || peft_trainer_step(tr, tok, tgt, 2, 12, &loss[s]) != PEFT_OK) return 0;
     peft_trainer_free(tr);
@@ -255,6 +274,7 @@ TEST(test_backend_dispatch_from_model_code) {
     CHECK(n_adamw > 0 && n_sumsq > 0 && n_scale > 0, "optimizer %ld, clip %ld/%ld", n_adamw, n_sumsq,
           n_scale);
     CHECK(n_alloc > 0 && n_zero > 0, "arena %ld, zero %ld", n_alloc, n_zero);
+    CHECK(n_copy > 0, "the KV cache's appends did not go through the table");
 }
 
 /* tools/check_backend.sh passes on peft.h and fails on a copy whose model

@@ -498,6 +498,7 @@ TEST(test_parallel_flushes_denormals) {
 
 /* ---- gemm: every transposition on ragged shapes equals the reference ---- */
 TEST(test_gemm_shapes) {
+    test_backends_register();
     int dims[] = { 1, 7, 33, 130, 257 };
     peft_rng rng;
     peft_rng_seed(&rng, 1);
@@ -505,19 +506,26 @@ TEST(test_gemm_shapes) {
         int M = dims[a], N = dims[b], K = dims[k];
         float *A = malloc(sizeof(float) * M * K), *B = malloc(sizeof(float) * K * N);
         float *C1 = malloc(sizeof(float) * M * N), *C2 = malloc(sizeof(float) * M * N);
+        float *C0 = malloc(sizeof(float) * M * N);
         for (int i = 0; i < M * K; i++) A[i] = peft_rng_normal(&rng);
         for (int i = 0; i < K * N; i++) B[i] = peft_rng_normal(&rng);
         for (int t = 0; t < 4; t++) {
             int tA = t & 1, tB = t >> 1;
             float beta = (t == 3) ? 0.5f : (float)(t & 1);
-            for (int i = 0; i < M * N; i++) C1[i] = C2[i] = peft_rng_normal(&rng);
-            peft_gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, beta, C1, N);
+            for (int i = 0; i < M * N; i++) C0[i] = C2[i] = peft_rng_normal(&rng);
             peft_gemm_ref(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, beta, C2, N);
-            /* different summation orders: allow fp32 rounding over K terms */
-            double err = th_rel_err_f(C1, C2, (long)M * N);
-            CHECK(err < 1e-5, "gemm tA=%d tB=%d M=%d N=%d K=%d rel err %.3g", tA, tB, M, N, K, err);
+            /* peft_gemm, then every registered backend's GEMM entry, from the same C */
+            for (int be = -1; be < peft_backend_count(); be++) {
+                memcpy(C1, C0, sizeof(float) * (size_t)M * N);
+                if (be < 0) peft_gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, beta, C1, N);
+                else peft_backend_get(be)->gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, beta, C1, N);
+                /* different summation orders: allow fp32 rounding over K terms */
+                double err = th_rel_err_f(C1, C2, (long)M * N);
+                CHECK(err < 1e-5, "gemm [%s] tA=%d tB=%d M=%d N=%d K=%d rel err %.3g",
+                      be < 0 ? "peft_gemm" : peft_backend_get(be)->name, tA, tB, M, N, K, err);
+            }
         }
-        free(A); free(B); free(C1); free(C2);
+        free(A); free(B); free(C0); free(C1); free(C2);
     }
     /* past one K slice (700 = 3 slices of 234) and one column slice (1500 = 768 + 732),
        and threads: two threads give the same bits twice and the same bits as one;
