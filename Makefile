@@ -135,10 +135,12 @@ $(BUILD)/cuda/peft_cuda.o: peft_cuda.cu peft_cuda.h peft.h
 	$(CUDA_ROOT)/bin/nvcc -DPEFT_CUDA -I. -I$(CUBLAS_INC) $(NVFLAGS) $(CUDA_ARCH) -c peft_cuda.cu -o $@
 
 $(BUILD)/peft-cuda: tools/peft.c tools/peft_tools.h peft.h peft_cuda.h $(BUILD)/cuda/peft_cuda.o
+	@mkdir -p $(BUILD)/cuda
 	$(CC) $(CFLAGS) $(CUDA_WERROR) $(EXTRA) -DPEFT_CUDA -c tools/peft.c -o $(BUILD)/cuda/peft.o
 	$(CUDA_ROOT)/bin/nvcc -o $@ $(BUILD)/cuda/peft.o $(BUILD)/cuda/peft_cuda.o $(CUDA_LINK)
 
 $(BUILD)/test-cuda: tests/test_cuda.c peft.h peft_cuda.h $(BUILD)/cuda/peft_cuda.o
+	@mkdir -p $(BUILD)/cuda
 	$(CC) $(CFLAGS) $(CUDA_WERROR) $(EXTRA) -DPEFT_CUDA -c tests/test_cuda.c -o $(BUILD)/cuda/test_cuda.o
 	$(CUDA_ROOT)/bin/nvcc -o $@ $(BUILD)/cuda/test_cuda.o $(BUILD)/cuda/peft_cuda.o $(CUDA_LINK)
 

@@ -1455,9 +1455,9 @@ PEFTDEF int peft_cuda_grad_sumsq(float *const *grads, const int64_t *ns, int cou
     *sumsq = total;
     return 0;
 }
-PEFTDEF int peft_cuda_scale(float *g, int64_t n, float coef) {
+PEFTDEF int peft_cuda_scale(float *g, int64_t n, double coef) {
     PEFT__CU_READY();
-    peft__k_scale<<<peft__cu_blocks(n, 256), 256, 0, peft__cu_stream>>>(g, n, (double)coef);
+    peft__k_scale<<<peft__cu_blocks(n, 256), 256, 0, peft__cu_stream>>>(g, n, coef);
     PEFT__CU_LAUNCHED("scale");
     return 0;
 }

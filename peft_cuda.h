@@ -244,7 +244,7 @@ PEFTDEF int peft_cuda_adamw8(const peft_cuda_adam *k, float *w, const float *g, 
    order, so deterministic), and g *= coef. grads: a HOST array of device
    pointers. */
 PEFTDEF int peft_cuda_grad_sumsq(float *const *grads, const int64_t *ns, int count, double *sumsq);
-PEFTDEF int peft_cuda_scale(float *g, int64_t n, float coef);
+PEFTDEF int peft_cuda_scale(float *g, int64_t n, double coef); /* g = (float)(g·coef) */
 /* torch.nn.utils.clip_grad_norm_ on device tensors: returns the norm
    before clipping through *norm; scales by max_norm/(norm + 1e-6) when < 1. */
 PEFTDEF int peft_cuda_clip_grad_norm(float *const *grads, const int64_t *ns, int count, double max_norm,

@@ -986,7 +986,13 @@ static void t_qmatrix(void) {
         free(seed);
     }
     /* a K-quant is refused at upload, by name */
-    peft_qmatrix k4 = {PEFT_GGML_Q4_K, 1, 256, 144, (const uint8_t *)"", NULL};
+    peft_qmatrix k4;
+    memset(&k4, 0, sizeof k4);
+    k4.type = PEFT_GGML_Q4_K;
+    k4.rows = 1;
+    k4.cols = 256;
+    k4.row_bytes = 144;
+    k4.data = (const uint8_t *)"";
     peft_cuda_qmatrix dk;
     int refused = peft_cuda_qmatrix_upload(&dk, &k4) != 0 && strstr(peft_cuda_error(), "Q4_K") != NULL;
     printf("    Q4_K upload refused by name: %s\n", refused ? "yes" : "NO  FAIL");
