@@ -3943,9 +3943,11 @@ static float peft__dot(const float *a, const float *b, int n) {
     return s;
 }
 
+static float peft__row_max(const float *z, int64_t V);
 static void peft__softmax_row(float *p, int n) {
-    float mx = -INFINITY, sum = 0.0f;
-    for (int j = 0; j < n; j++) if (p[j] > mx) mx = p[j];
+    /* the max vectorised (peft__row_max: exact, NaNs passed over as here; a
+       zero's sign may differ, which exp(p − mx) does not see) */
+    float mx = peft__row_max(p, n), sum = 0.0f;
     for (int j = 0; j < n; j++) p[j] = peft__exp(p[j] - mx);
     for (int j = 0; j < n; j++) sum += p[j];
     float inv = 1.0f / sum;
