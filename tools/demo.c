@@ -42,7 +42,7 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void die(const char *what) {
+static _Noreturn void die(const char *what) {
     fprintf(stderr, "\ndemo: %s: %s\n", what, peft_last_error());
     exit(1);
 }
@@ -964,7 +964,7 @@ int main(int argc, char **argv) {
         for (int b = 0; b < NZ; b++) its[b] = &world.items[world.n_train + b * 17];
         int tok[NZ * 128], tgt[NZ * 128];
         int T = peft_demo_batch(its, NZ, tok, tgt);
-        peft_model *b0, *bq;
+        peft_model *b0 = NULL, *bq = NULL;
         if (peft_model_load(&b0, base_dir) != PEFT_OK || peft_model_load(&bq, base_dir) != PEFT_OK)
             die(base_dir);
         if (peft_model_quantize(bq, PEFT_NF4, 1) != PEFT_OK) die("quantize");
