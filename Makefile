@@ -41,8 +41,14 @@ test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
 	PEFT_BIN=$(BUILD)/peft PEFT_DEMO=$(BUILD)/demo PEFT_EXAMPLES=$(BUILD)/examples $(BUILD)/test_peft
 
 # the main job: a tiny LLaMA pre-trained, then fine-tuned by every method
+# (three seeds each, on two cores; nice: it shares the machine politely)
 demo: $(BUILD)/demo
-	$(BUILD)/demo --out demo
+	nice $(BUILD)/demo --out demo --threads 2
+
+# the same, then the survey's experiments: LoRA's rank sweep and placement,
+# QLoRA against LoRA, zero-init against random-init gates (full.md)
+demo-full: $(BUILD)/demo
+	nice $(BUILD)/demo --out demo --threads 2 --full
 
 # the speed suite: GEMM vs OpenBLAS and the FMA peak, LoRA steps vs PyTorch + PEFT (where installed)
 bench: $(BUILD)/peft
@@ -151,4 +157,4 @@ print-test-src:
 clean:
 	rm -rf build build-*
 
-.PHONY: all test demo bench fuzz oom clean print-test-src cuda cuda-build
+.PHONY: all test demo demo-full bench fuzz oom clean print-test-src cuda cuda-build

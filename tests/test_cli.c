@@ -125,9 +125,12 @@ TEST(test_cli) {
     }
 }
 
-/* `make demo`'s program, shortened (--quick: a few steps per phase, a subset
-   of the test items): it must run through and write its four files, with a
-   row per method in the JSON. */
+/* `make demo`'s program, shortened (--quick: a few steps per phase, two
+   seeds, a subset of the test items): it must run through and write its
+   files, with a row per method in the JSON carrying its spread over the
+   seeds, bands in loss.svg and error bars in tradeoff.svg; and its zero-init
+   row must say that every method's step-0 logits equal the base's, bit for
+   bit (a gate or B matrix not initialised to zero turns a "yes" into "NO"). */
 TEST(test_demo_quick) {
     static char out[1 << 16];
     const char *demo = getenv("PEFT_DEMO");
@@ -144,24 +147,38 @@ TEST(test_demo_quick) {
     out[n] = 0;
     int st = pclose(p);
     REQUIRE(WIFEXITED(st) && WEXITSTATUS(st) == 0, "demo failed: %s", out);
-    const char *files[4] = { "results.md", "results.json", "loss.svg", "tradeoff.svg" };
-    for (int i = 0; i < 4; i++) {
+    const char *files[5] = { "results.md", "results.json", "loss.svg", "tradeoff.svg", "accuracy.svg" };
+    for (int i = 0; i < 5; i++) {
         char path[700];
         unsigned char *d; size_t len;
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);
         REQUIRE_OK(peft_read_file(path, &d, &len));
         CHECK(len > 100, "%s is too small", path);
         if (i >= 2) CHECK(strstr((char *)d, "<svg") && strstr((char *)d, "</svg>"), "%s is not an SVG", path);
+        if (i == 2 || i == 4) CHECK(strstr((char *)d, "<polygon"), "%s has no band", path);
+        if (i == 3) CHECK(strstr((char *)d, "<path"), "%s has no error bars", path);
         if (i == 1) {
             peft_json *j;
             CHECK_OK(peft_json_parse(&j, (char *)d, len, path));
             const peft_json *ms = j ? peft_json_get(j, "methods") : NULL;
             CHECK(ms && ms->n_children == 6, "results.json must list the six methods");
+            for (const peft_json *m = ms ? ms->child : NULL; m; m = m->next) {
+                const peft_json *em = peft_json_get(m, "exact_match");
+                const peft_json *seeds = em ? peft_json_get(em, "seeds") : NULL;
+                const peft_json *z = peft_json_get(m, "step0_logits_equal_base");
+                CHECK(em && peft_json_get(em, "mean") && peft_json_get(em, "sd") && seeds &&
+                      seeds->n_children == 2, "results.json: a method without its exact match over 2 seeds");
+                CHECK(z && z->type == PEFT_JSON_BOOL && z->number != 0,
+                      "results.json: a method's step-0 logits differ from the base's");
+            }
             peft_json_free(j);
         }
         free(d);
     }
-    CHECK(strstr(out, "qlora") && strstr(out, "excitor") && strstr(out, "[4/4]"), "demo output: %s", out);
+    CHECK(strstr(out, "qlora") && strstr(out, "excitor") && strstr(out, "[5/5]"), "demo output: %s", out);
+    const char *z = strstr(out, "step-0 logits == base, bit for bit:");
+    CHECK(z && strstr(z, "adapter-v1 yes") && strstr(z, "excitor yes"), "zero-init row: %s", out);
+    CHECK(z && (!strstr(z, " NO") || strstr(z, " NO") > strchr(z, '\n')), "zero-init row: %s", out);
 }
 
 static int exists(const char *p) { FILE *f = fopen(p, "rb"); if (f) fclose(f); return f != NULL; }

@@ -40,6 +40,12 @@ PEFTDEF void peft_progress(FILE *f, const char *label, int step, int total, doub
 typedef struct { const char *name; const double *x, *y; int n; int points_only; } peft_series;
 PEFTDEF peft_status peft_svg_plot(const char *path, const char *title, const char *xlabel,
                                   const char *ylabel, int log_x, const peft_series *s, int n_series);
+/* The same chart with each series' spread: lo[k][i] .. hi[k][i] drawn as a
+   shaded band around a line, or as an error bar through a point (lo, hi or
+   lo[k] NULL: none for that series). */
+PEFTDEF peft_status peft_svg_plot_range(const char *path, const char *title, const char *xlabel,
+                                        const char *ylabel, int log_x, const peft_series *s,
+                                        const double *const *lo, const double *const *hi, int n_series);
 
 /* A small synthetic world for demos and teaching: invented people with a
    city, a colour and a pet; sums of small numbers; reversing letters. A
@@ -174,6 +180,12 @@ static double peft__plot_x(const peft_series *s, int i, int log_x) {
 
 PEFTDEF peft_status peft_svg_plot(const char *path, const char *title, const char *xlabel,
                                   const char *ylabel, int log_x, const peft_series *s, int n_series) {
+    return peft_svg_plot_range(path, title, xlabel, ylabel, log_x, s, NULL, NULL, n_series);
+}
+
+PEFTDEF peft_status peft_svg_plot_range(const char *path, const char *title, const char *xlabel,
+                                        const char *ylabel, int log_x, const peft_series *s,
+                                        const double *const *lo, const double *const *hi, int n_series) {
     static const char *colors[] = { "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
                                     "#9467bd", "#8c564b", "#e377c2", "#17becf" };
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
@@ -186,6 +198,10 @@ PEFTDEF peft_status peft_svg_plot(const char *path, const char *title, const cha
             x1 = fmax(x1, x);
             y0 = fmin(y0, y);
             y1 = fmax(y1, y);
+            if (lo && hi && lo[k] && hi[k] && isfinite(lo[k][i]) && isfinite(hi[k][i])) {
+                y0 = fmin(y0, lo[k][i]);
+                y1 = fmax(y1, hi[k][i]);
+            }
         }
     if (!(x1 >= x0)) {                          /* no finite point: a unit square */
         x0 = 0;
@@ -239,6 +255,23 @@ PEFTDEF peft_status peft_svg_plot(const char *path, const char *title, const cha
               T + ph / 2, ylabel);
     for (int k = 0; k < n_series; k++) {
         const char *col = colors[k % 8];
+        int ranged = lo && hi && lo[k] && hi[k];
+        if (ranged && s[k].points_only) {          /* error bars with caps */
+            for (int i = 0; i < s[k].n; i++) {
+                double x = PEFT__SX(peft__plot_x(&s[k], i, log_x));
+                double ya = PEFT__SY(lo[k][i]);
+                double yb = PEFT__SY(hi[k][i]);
+                peft__sbf(&b, "<path d=\"M%.1f %.1fV%.1fM%.1f %.1fH%.1fM%.1f %.1fH%.1f\" stroke=\"%s\" "
+                              "stroke-width=\"1.4\"/>\n", x, ya, yb, x - 5, ya, x + 5, x - 5, yb, x + 5, col);
+            }
+        } else if (ranged && s[k].n > 0) {         /* a band: hi left to right, then lo back */
+            peft__sbf(&b, "<polygon fill=\"%s\" fill-opacity=\"0.18\" stroke=\"none\" points=\"", col);
+            for (int i = 0; i < s[k].n; i++)
+                peft__sbf(&b, "%.1f,%.1f ", PEFT__SX(peft__plot_x(&s[k], i, log_x)), PEFT__SY(hi[k][i]));
+            for (int i = s[k].n - 1; i >= 0; i--)
+                peft__sbf(&b, "%.1f,%.1f ", PEFT__SX(peft__plot_x(&s[k], i, log_x)), PEFT__SY(lo[k][i]));
+            peft__sbf(&b, "\"/>\n");
+        }
         if (s[k].points_only) {
             for (int i = 0; i < s[k].n; i++) {
                 double x = peft__plot_x(&s[k], i, log_x);
