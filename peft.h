@@ -485,6 +485,16 @@ typedef struct {
     int   q4;              /* block linears stored in 4 bits (bnb folder)  */
     peft_q4_type q4_type;
     int   q4_double;
+    /* LLaMA-4 text decoder (model_type llama4_text); all 0 for LLaMA-1/2/3 */
+    int   llama4;
+    int   n_experts, top_k;   /* num_local_experts, num_experts_per_tok (0: no MoE layer) */
+    int   moe_step;           /* interleave_moe_layer_step: layer l is MoE iff (l + 1) % moe_step == 0 */
+    int   hidden_dim_mlp;     /* intermediate_size_mlp: the width of the dense layers' MLP */
+    int   nope_interval;      /* no_rope_layer_interval: layer l has no RoPE iff (l + 1) % it == 0 */
+    int   qk_norm;            /* use_qk_norm: weightless L2 norm of q, k per head on RoPE layers */
+    int   attn_chunk;         /* attention_chunk_size: RoPE layers attend within chunks (0: none) */
+    int   temp_tuning;        /* attn_temperature_tuning on NoPE layers, with floor_scale, attn_scale */
+    float floor_scale, attn_scale;
     char  unused[256];     /* config.json keys unknown here, "key, key" ("" if none), for the
                               caller to warn: never applied (see peft_config_load) */
 } peft_config;
@@ -522,10 +532,21 @@ typedef struct {
     peft_tensor *ex_prompt, *ex_down, *ex_up, *ex_gate;   /* LLaMA-Excitor        */
 } peft_attn_site;
 
+/* LLaMA-4's mixture of experts (see "LLaMA-4: mixture of experts"): the router
+   and the routed experts of a MoE layer; the shared expert is the layer's
+   gate/up/down sites. All NULL in a dense layer. */
+typedef struct {
+    peft_tensor *router;      /* [E, dim]        feed_forward.router.weight            */
+    peft_tensor *gate_up;     /* [E, dim, 2F]    feed_forward.experts.gate_up_proj (x·W) */
+    peft_tensor *down;        /* [E, F, dim]     feed_forward.experts.down_proj    (x·W) */
+    int64_t     *counts;      /* [E] tokens routed to each expert, summed over forwards */
+} peft_moe_site;
+
 typedef struct {
     peft_tensor     *attn_norm, *ffn_norm;
     peft_linear_site lin[PEFT_N_SITES];
     peft_attn_site   attn;
+    peft_moe_site    moe;
 } peft_layer;
 
 /* ---- methods ------------------------------------------------------------------ */
@@ -683,6 +704,36 @@ PEFTDEF int         peft_regex_fullmatch(const char *pattern, const char *s);
 
 /* Forward over B sequences of T tokens (row-major ids) → logits [B*T, vocab]. */
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T);
+/* ---- LLaMA-4: mixture of experts ----
+   Layer kinds of a config (both 0/1; a LLaMA-1/2/3 config: dense, RoPE). */
+PEFTDEF int         peft_layer_is_moe(const peft_config *c, int layer);
+PEFTDEF int         peft_layer_has_rope(const peft_config *c, int layer);
+/* Parameters one token uses (embedding row excluded, lm_head included): the
+   routed experts count top_k times, not E; without MoE, all of them minus
+   the embedding table (or plus nothing when tied). Allocates nothing. */
+PEFTDEF int64_t     peft_config_active_count(const peft_config *c);
+/* y = x / sqrt(mean(x²) + eps) over each group of `group` columns (LLaMA-4's
+   weightless QK L2 norm, per head); x [rows, k·group]. */
+PEFTDEF peft_tensor *peft_l2norm(peft_graph *g, peft_tensor *x, int group, float eps);
+/* y[r] = s[r % period]·x[r] (s copied; not differentiated): LLaMA-4's
+   attention temperature on NoPE layers, one factor per position. */
+PEFTDEF peft_tensor *peft_row_scale(peft_graph *g, peft_tensor *x, const float *s, int period);
+/* Causal attention where query t sees keys j with t/chunk == j/chunk (and
+   j <= t): LLaMA-4's chunked attention. Layouts as peft_attention. */
+PEFTDEF peft_tensor *peft_attention_chunked(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
+                                            int B, int T, int n_heads, int n_kv_heads, int head_dim,
+                                            int chunk);
+/* Router: logits [N, E] → scores [N, k] = sigmoid of the k largest logits of
+   each row, their experts in *idx ([N, k], arena memory, largest first; the
+   choice is not differentiated). */
+PEFTDEF peft_tensor *peft_moe_route(peft_graph *g, peft_tensor *logits, int top_k, const int **idx);
+/* Routed experts: y[n] = Σ_j E_{idx[n,j]}(s[n,j]·x[n]), E_e(u) =
+   (silu(u·G_e) ⊙ (u·U_e))·D_e with gate_up [E, D, 2F] = [G_e | U_e] and down
+   [E, F, D], as transformers' Llama4TextExperts; one GEMM pair per expert
+   over only the rows routed to it. x [N, D], s [N, k] → y [N, D]. */
+PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                      peft_tensor *gate_up, peft_tensor *down);
+
 /* ---- KV cache: generation without recomputing the past ----
    Holds each layer's keys and values (after RoPE) for B rows of up to
    max_len positions, each row with its own length, plus the adapter
@@ -4506,6 +4557,17 @@ PEFTDEF peft_tensor *peft_linear_cross_entropy(peft_graph *g, peft_tensor *x, pe
                  h = rmsnorm(x)·w2;  x += down(silu(gate(h)) ⊙ up(h))
      logits = lm_head(rmsnorm(x))                                           */
 
+/* LLaMA-4 (defined in "LLaMA-4: mixture of experts") */
+static int64_t     peft__llama4_count(const peft_config *c, int active);
+static void        peft__llama4_defaults(peft_config *c);
+static int         peft__llama4_key(const peft_config *c, const char *key);
+static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const char *path);
+static peft_status peft__llama4_params(peft_model *m);
+static const char *peft__llama4_ffn_module(const peft_config *c, int l);
+static int         peft__llama4_ffn_width(const peft_config *c, int l);
+static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B,
+                                       int T);
+
 typedef struct {
     const char *name;
     int dim, hidden, layers, heads, kv, head_dim, vocab, max_pos;
@@ -4590,6 +4652,7 @@ PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name) {
 }
 
 PEFTDEF int64_t peft_config_param_count(const peft_config *c) {
+    if (c->llama4) return peft__llama4_count(c, 0);
     int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * (int64_t)c->hidden_dim + 2 * d;
     if (c->attn_bias) layer += q + 2 * kv + d;
@@ -4736,7 +4799,7 @@ static peft_status peft__config_keys(peft_config *c, const peft_json *j, const c
         int known = 0;
         for (int i = 0; read[i] && !known; i++) known = !strcmp(v->key, read[i]);
         for (int i = 0; inert[i] && !known; i++) known = !strcmp(v->key, inert[i]);
-        if (known) continue;
+        if (known || peft__llama4_key(c, v->key)) continue;
         if (!strcmp(v->key, "attention_dropout")) {
             /* dropout on the attention probabilities while training: not implemented */
             if (v->type != PEFT_JSON_NULL && (v->type != PEFT_JSON_NUMBER || v->number != 0))
@@ -4762,7 +4825,14 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
         return peft__fail(PEFT_ERR_CONFIG, "%s: expected a JSON object", path);
     }
     const char *mt = peft__json_str(j, "model_type");
-    if (mt && strcmp(mt, "llama") != 0) {
+    if (mt && !strcmp(mt, "llama4")) {
+        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: model_type 'llama4' (Llama4ForConditionalGeneration, text and "
+                       "vision) is not supported: load a text decoder folder (Llama4ForCausalLM, model_type "
+                       "'llama4_text')", path);
+        goto done;
+    }
+    if (mt && !strcmp(mt, "llama4_text")) peft__llama4_defaults(c);
+    else if (mt && strcmp(mt, "llama") != 0) {
         s = peft__fail(PEFT_ERR_CONFIG, "%s: model_type '%s' is not supported (only 'llama')", path, mt);
         goto done;
     }
@@ -4809,6 +4879,7 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     }
     if (c->n_kv_heads == 0) c->n_kv_heads = c->n_heads;
     if (c->head_dim == 0 && c->n_heads > 0) c->head_dim = c->dim / c->n_heads;
+    if (c->llama4 && (s = peft__llama4_config(c, j, path)) != PEFT_OK) goto done;
     if (peft__json_float(j, "rms_norm_eps", &c->norm_eps) < 0 ||
         peft__json_float(j, "rope_theta", &c->rope_theta) < 0) {
         s = peft__fail(PEFT_ERR_CONFIG, "%s: rms_norm_eps and rope_theta must be numbers", path);
@@ -4922,7 +4993,7 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
     peft_model *m = (peft_model *)peft__calloc(sizeof *m);
     if (!m) return peft__fail(PEFT_ERR_NOMEM, "no memory for the model");
     m->cfg = *c;
-    int max_params = 3 + 16 * c->n_layers;      /* room for biases (configured or merged in) */
+    int max_params = 3 + 19 * c->n_layers;      /* room for biases (configured or merged in), MoE */
     m->params = (peft_tensor **)peft__calloc((size_t)max_params * sizeof(peft_tensor *));
     m->layers = (peft_layer *)peft__calloc((size_t)c->n_layers * sizeof(peft_layer));
     if (!m->params || !m->layers) goto oom;
@@ -4931,6 +5002,11 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
     if (!(m->embed = peft__add_param(m, "model.embed_tokens.weight", c->vocab_size, D))) goto oom;
     for (int l = 0; l < c->n_layers; l++) {
         peft_layer *L = &m->layers[l];
+        char ffn[3][64];
+        int64_t FF = peft__llama4_ffn_width(c, l);
+        for (int k = 0; k < 3; k++)
+            snprintf(ffn[k], sizeof ffn[k], "%s.%s_proj.weight", peft__llama4_ffn_module(c, l),
+                     k == 0 ? "gate" : k == 1 ? "up" : "down");
         struct { peft_tensor **dst; const char *suffix; int64_t r, cols; } spec[9] = {
             { &L->attn_norm, "input_layernorm.weight", D, 0 },
             { &L->lin[PEFT_Q].w, "self_attn.q_proj.weight", Q, D },
@@ -4938,9 +5014,9 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
             { &L->lin[PEFT_V].w, "self_attn.v_proj.weight", KVD, D },
             { &L->lin[PEFT_O].w, "self_attn.o_proj.weight", D, Q },
             { &L->ffn_norm, "post_attention_layernorm.weight", D, 0 },
-            { &L->lin[PEFT_GATE].w, "mlp.gate_proj.weight", c->hidden_dim, D },
-            { &L->lin[PEFT_UP].w, "mlp.up_proj.weight", c->hidden_dim, D },
-            { &L->lin[PEFT_DOWN].w, "mlp.down_proj.weight", D, c->hidden_dim },
+            { &L->lin[PEFT_GATE].w, ffn[0], FF, D },
+            { &L->lin[PEFT_UP].w, ffn[1], FF, D },
+            { &L->lin[PEFT_DOWN].w, ffn[2], D, FF },
         };
         for (int k = 0; k < 9; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s", l, spec[k].suffix);
@@ -4959,6 +5035,7 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
             if (!(L->lin[k].b = peft__add_param(m, name, L->lin[k].w->shape[0], 0))) goto oom;
         }
     }
+    if (c->llama4 && peft__llama4_params(m) != PEFT_OK) goto oom;
     if (!(m->norm = peft__add_param(m, "model.norm.weight", D, 0))) goto oom;
     if (c->tie_embeddings) m->lm_head = m->embed;
     else if (!(m->lm_head = peft__add_param(m, "lm_head.weight", c->vocab_size, D))) goto oom;
@@ -4996,6 +5073,7 @@ PEFTDEF void peft_model_free(peft_model *m) {
             peft_qmatrix_free(m->layers[l].lin[s].qm);
             PEFT_FREE(m->layers[l].lin[s].qm);
         }
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++) PEFT_FREE(m->layers[l].moe.counts);
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
     for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
     peft_param_free(m->tokens_table);
@@ -5051,6 +5129,560 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
 static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B,
                               peft_attn_extras *ex, int prompts, int excitor);
 
+/* ============================================================================
+   LLaMA-4: mixture of experts
+   ============================================================================
+   transformers' Llama4ForCausalLM (models/llama4/modeling_llama4.py, 5.24),
+   float32. A block is the LLaMA block with four changes:
+     attention  RoPE layers (layer l with (l+1) % no_rope_layer_interval != 0):
+                RoPE on interleaved pairs (x[2i], x[2i+1]: the complex
+                product of the Meta layout), then, with use_qk_norm, the
+                weightless L2 norm of each head of q and k,
+                q/√(mean(q²) + eps); with attention_chunk_size c, query t
+                sees only keys j ≤ t with t/c == j/c.
+                NoPE layers: no RoPE, plain causal attention, and with
+                attn_temperature_tuning q·(1 + attn_scale·log(1 +
+                floor((t + 1)/floor_scale))) at position t.
+     MoE layer  ((l+1) % interleave_moe_layer_step == 0), h = rmsnorm(x):
+                z = h·Wrᵀ (router [E, D]), the k largest z of each row,
+                s = σ(z) for them (0 for the others);
+                y = shared(h) + Σ_j E_{e_j}(s_j·h), every expert a SwiGLU
+                E(u) = (silu(u·G) ⊙ (u·U))·Dn with gate_up [E, D, 2F] = [G|U]
+                and down [E, F, D] (stored x·W, not x·Wᵀ), the shared
+                expert a LLaMA MLP of width intermediate_size.
+     dense      a LLaMA MLP of width intermediate_size_mlp.
+   Weight names: model.layers.N.feed_forward.{router.weight,
+   experts.gate_up_proj, experts.down_proj, shared_expert.{gate,up,down}_proj
+   .weight} in MoE layers, feed_forward.{gate,up,down}_proj.weight in dense
+   ones. The router's choice is not differentiated (as torch.topk): the
+   gradient reaches the router through the chosen scores only.            */
+
+PEFTDEF int peft_layer_is_moe(const peft_config *c, int layer) {
+    return c->llama4 && c->n_experts > 0 && c->moe_step > 0 && (layer + 1) % c->moe_step == 0;
+}
+PEFTDEF int peft_layer_has_rope(const peft_config *c, int layer) {
+    return !c->llama4 || c->nope_interval <= 0 || (layer + 1) % c->nope_interval != 0;
+}
+
+/* parameters of layer l: all of them, or those one token uses (active) */
+static int64_t peft__llama4_layer_count(const peft_config *c, int l, int active) {
+    int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t n = d * q + 2 * d * kv + q * d + 2 * d;
+    if (c->attn_bias) n += q + 2 * kv + d;
+    if (!peft_layer_is_moe(c, l)) return n + 3 * d * (int64_t)c->hidden_dim_mlp;
+    int64_t expert = 3 * d * (int64_t)c->hidden_dim;
+    return n + expert + (int64_t)c->n_experts * d + (active ? c->top_k : c->n_experts) * expert;
+}
+static int64_t peft__llama4_count(const peft_config *c, int active) {
+    int64_t emb = (int64_t)c->vocab_size * c->dim, n = c->dim;
+    for (int l = 0; l < c->n_layers; l++) n += peft__llama4_layer_count(c, l, active);
+    if (active) return n + emb;               /* the embedding row is a lookup; lm_head is a product */
+    return n + emb + (c->tie_embeddings ? 0 : emb);
+}
+PEFTDEF int64_t peft_config_active_count(const peft_config *c) {
+    if (c->llama4) return peft__llama4_count(c, 1);
+    return peft_config_param_count(c) - (c->tie_embeddings ? 0 : (int64_t)c->vocab_size * c->dim);
+}
+
+/* ---- L2 norm of each group (QK-norm) ----------------------------------------
+   y = x·r,  r = 1/sqrt(mean(x²) + eps) over each group of G columns
+   dx = r·dy − x·r³/G · Σ(dy⊙x)                                            */
+static void peft__l2norm_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *x = n->in[0];
+    int G = n->i[0];
+    const float *dy = n->out->grad, *rs = n->saved;
+    for (int64_t r = 0; r < x->n / G; r++) {
+        const float *xr = x->data + r * G, *dr = dy + r * G;
+        float inv = rs[r];
+        double dot = 0.0;
+        for (int j = 0; j < G; j++) dot += (double)dr[j] * xr[j];
+        float c = (float)(dot * inv * inv * inv / G);
+        float *dx = x->grad + r * G;
+        for (int j = 0; j < G; j++) dx[j] += inv * dr[j] - xr[j] * c;
+    }
+}
+PEFTDEF peft_tensor *peft_l2norm(peft_graph *g, peft_tensor *x, int group, float eps) {
+    if (!peft__ok(g, x, x)) return NULL;
+    if (group <= 0 || peft__cols(x) % group != 0)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "l2norm: the row width is not a multiple of the group");
+    peft_tensor *y = peft__like(g, x);
+    float *rs = y ? peft__arena_floats(g, x->n / group, 0) : NULL;
+    if (!rs) return NULL;
+    for (int64_t r = 0; r < x->n / group; r++) {
+        const float *xr = x->data + r * group;
+        float ss = 0.0f;
+        for (int j = 0; j < group; j++) ss += xr[j] * xr[j];
+        float inv = 1.0f / sqrtf(ss / (float)group + eps);
+        rs[r] = inv;
+        for (int j = 0; j < group; j++) y->data[r * group + j] = xr[j] * inv;
+    }
+    peft__node *nd = peft__record(g, peft__l2norm_bw, y, x, NULL, NULL, NULL);
+    if (nd) { nd->saved = rs; nd->i[0] = group; }
+    return y;
+}
+
+/* ---- per-row scale (attention temperature) -------------------------------------
+   y_r = s_{r mod P}·x_r;  dx_r += s_{r mod P}·dy_r                         */
+static void peft__row_scale_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *x = n->in[0];
+    int64_t R = peft__rows(x), C = peft__cols(x);
+    for (int64_t r = 0; r < R; r++) {
+        float s = n->saved[r % n->i[0]];
+        for (int64_t j = 0; j < C; j++) x->grad[r * C + j] += s * n->out->grad[r * C + j];
+    }
+}
+PEFTDEF peft_tensor *peft_row_scale(peft_graph *g, peft_tensor *x, const float *s, int period) {
+    if (!peft__ok(g, x, s)) return NULL;
+    if (period <= 0) return peft__op_fail(g, PEFT_ERR_ARG, "row_scale: period must be positive");
+    peft_tensor *y = peft__like(g, x);
+    float *sv = y ? peft__arena_floats(g, period, 0) : NULL;
+    if (!sv) return NULL;
+    memcpy(sv, s, sizeof(float) * (size_t)period);
+    int64_t R = peft__rows(x), C = peft__cols(x);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < C; j++) y->data[r * C + j] = sv[r % period] * x->data[r * C + j];
+    peft__node *nd = peft__record(g, peft__row_scale_bw, y, x, NULL, NULL, NULL);
+    if (nd) { nd->saved = sv; nd->i[0] = period; }
+    return y;
+}
+
+/* ---- chunked causal attention ------------------------------------------------------
+   S_tj = q_t·k_j/√d for j in [c·⌊t/c⌋, t], P = softmax(S), o_t = Σ_j P_tj v_j
+   dP = do·vᵀ, dS = P⊙(dP − rowsum(P⊙dP)); dq = dS·k/√d, dk += dSᵀq/√d,
+   dv += Pᵀdo; kv gradients sum over a group's heads. P [B,H,T,T] is kept. */
+static void peft__chunk_attn_bw(peft_graph *g, peft__node *n) {
+    peft_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
+    int B = n->i[0], T = n->i[1], H = n->i[2], KV = n->i[3], hd = n->i[4], C = n->i[5];
+    float scale = 1.0f / sqrtf((float)hd);
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
+    const float *P = n->saved, *dO = n->out->grad;
+    float *dS = peft__arena_floats(g, C, 0);
+    if (!dS) { g->failed = 1; return; }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / (H / KV);
+            for (int t = 0; t < T; t++) {
+                int lo = t / C * C;
+                const float *pr = P + (((int64_t)b * H + h) * T + t) * T;
+                const float *dot = dO + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                const float *qt = q->data + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                float rowsum = 0.0f;
+                for (int j = lo; j <= t; j++) {
+                    const float *vj = v->data + ((int64_t)b * T + j) * kw + (int64_t)kh * hd;
+                    dS[j - lo] = peft__dot(dot, vj, hd);
+                    rowsum += pr[j] * dS[j - lo];
+                }
+                for (int j = lo; j <= t; j++) {
+                    float ds = pr[j] * (dS[j - lo] - rowsum) * scale;
+                    int64_t ko = ((int64_t)b * T + j) * kw + (int64_t)kh * hd;
+                    if (q->requires_grad) {
+                        float *dq = q->grad + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                        for (int d = 0; d < hd; d++) dq[d] += ds * k->data[ko + d];
+                    }
+                    if (k->requires_grad)
+                        for (int d = 0; d < hd; d++) k->grad[ko + d] += ds * qt[d];
+                    if (v->requires_grad)
+                        for (int d = 0; d < hd; d++) v->grad[ko + d] += pr[j] * dot[d];
+                }
+            }
+        }
+}
+PEFTDEF peft_tensor *peft_attention_chunked(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
+                                            int B, int T, int n_heads, int n_kv_heads, int head_dim,
+                                            int chunk) {
+    if (!peft__ok(g, q, k) || !peft__ok(g, v, v)) return NULL;
+    int H = n_heads, KV = n_kv_heads, hd = head_dim;
+    if (B < 1 || T < 1 || H < 1 || KV < 1 || H % KV || hd < 1 || chunk < 1)
+        return peft__op_fail(g, PEFT_ERR_ARG, "attention_chunked: sizes and chunk must be positive");
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
+    if (q->n != (int64_t)B * T * qw || k->n != (int64_t)B * T * kw || v->n != k->n)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention_chunked: q, k, v are not [B*T, heads*head_dim]");
+    peft_tensor *o = peft__like(g, q);
+    float *P = o ? peft__arena_floats(g, (int64_t)B * H * T * T, 1) : NULL;
+    if (!P) return NULL;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / (H / KV);
+            for (int t = 0; t < T; t++) {
+                int lo = t / chunk * chunk;
+                float *pr = P + (((int64_t)b * H + h) * T + t) * T;
+                const float *qt = q->data + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                for (int j = lo; j <= t; j++)
+                    pr[j] = peft__dot(qt, k->data + ((int64_t)b * T + j) * kw + (int64_t)kh * hd, hd) * scale;
+                float mx = -INFINITY, sum = 0.0f;
+                for (int j = lo; j <= t; j++) mx = pr[j] > mx ? pr[j] : mx;
+                for (int j = lo; j <= t; j++) { pr[j] = expf(pr[j] - mx); sum += pr[j]; }
+                for (int j = lo; j <= t; j++) pr[j] /= sum;
+                float *ot = o->data + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                for (int d = 0; d < hd; d++) ot[d] = 0.0f;
+                for (int j = lo; j <= t; j++) {
+                    const float *vj = v->data + ((int64_t)b * T + j) * kw + (int64_t)kh * hd;
+                    for (int d = 0; d < hd; d++) ot[d] += pr[j] * vj[d];
+                }
+            }
+        }
+    peft__node *nd = peft__record(g, peft__chunk_attn_bw, o, q, k, v, NULL);
+    if (nd) {
+        nd->saved = P;
+        nd->i[0] = B; nd->i[1] = T; nd->i[2] = H; nd->i[3] = KV; nd->i[4] = hd; nd->i[5] = chunk;
+    }
+    return o;
+}
+
+/* ---- router: top-k, sigmoid of the chosen logits --------------------------------
+   s_nj = σ(z_n,e_j) for the k largest z_n (ties: the lower expert first);
+   dz_n,e_j += ds_nj·s_nj·(1 − s_nj); the choice itself has no gradient.    */
+static void peft__moe_route_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *z = n->in[0];
+    int64_t N = peft__rows(z), E = peft__cols(z);
+    int K = n->i[0];
+    for (int64_t r = 0; r < N; r++)
+        for (int j = 0; j < K; j++) {
+            float s = n->out->data[r * K + j];
+            z->grad[r * E + n->ids[r * K + j]] += n->out->grad[r * K + j] * s * (1.0f - s);
+        }
+}
+PEFTDEF peft_tensor *peft_moe_route(peft_graph *g, peft_tensor *logits, int top_k, const int **idx) {
+    *idx = NULL;
+    if (!peft__ok(g, logits, logits)) return NULL;
+    int64_t N = peft__rows(logits), E = peft__cols(logits);
+    if (top_k < 1 || top_k > E)
+        return peft__op_fail(g, PEFT_ERR_ARG, "moe_route: top_k must be in 1 .. number of experts");
+    peft_tensor *s = peft_tensor_2d(g, N, top_k);
+    int *ix = s ? (int *)peft__arena_alloc(g, (size_t)(N * top_k) * sizeof(int)) : NULL;
+    if (!ix) return s ? peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena") : NULL;
+    for (int64_t r = 0; r < N; r++) {
+        const float *z = logits->data + r * E;
+        for (int j = 0; j < top_k; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int i = 0; i < j; i++) taken |= ix[r * top_k + i] == e;
+                if (!taken && (best < 0 || z[e] > z[best])) best = e;
+            }
+            ix[r * top_k + j] = best;
+            s->data[r * top_k + j] = 1.0f / (1.0f + expf(-z[best]));
+        }
+    }
+    peft__node *nd = peft__record(g, peft__moe_route_bw, s, logits, NULL, NULL, NULL);
+    if (nd) { nd->ids = ix; nd->i[0] = top_k; }
+    *idx = ix;
+    return s;
+}
+
+/* ---- routed experts: one GEMM pair per expert over its rows ----------------------
+   Rows are sorted by expert (slot i = token n, choice j); per expert e with
+   X_e = s·x of its rows: H = X_e·GU_e [n_e, 2F], A = silu(H_g) ⊙ H_u,
+   Y = A·Dn_e, added into y[n].
+   Backward: dA = dY·Dn_eᵀ, dDn_e += Aᵀ·dY, dH_g = dA⊙H_u⊙σ'(·), dH_u = dA⊙silu(H_g),
+   dGU_e += X_eᵀ·dH, dX = dH·GU_eᵀ; dx_n += s·dX_i, ds_nj += x_n·dX_i.      */
+typedef struct {
+    int64_t N, D, F;
+    int     E, K;
+    int    *slot;     /* [N·K] slot (n·K + j) of each sorted row          */
+    int    *start;    /* [E + 1] first sorted row of each expert          */
+    float  *X, *H, *A;/* [N·K, D], [N·K, 2F], [N·K, F]                    */
+} peft__moe_ctx;
+
+static void peft__moe_experts_bw(peft_graph *g, peft__node *n) {
+    const peft__moe_ctx *c = (const peft__moe_ctx *)n->aux;
+    peft_tensor *x = n->in[0], *s = n->in[1], *gu = n->in[2], *dn = n->in[3];
+    int64_t D = c->D, F = c->F, R = c->N * c->K;
+    float *dY = peft__arena_floats(g, R * D, 0), *dA = peft__arena_floats(g, R * F, 0);
+    float *dH = peft__arena_floats(g, R * 2 * F, 0), *dX = peft__arena_floats(g, R * D, 0);
+    if (!dY || !dA || !dH || !dX) { g->failed = 1; return; }
+    for (int64_t i = 0; i < R; i++)
+        memcpy(dY + i * D, n->out->grad + (int64_t)(c->slot[i] / c->K) * D, sizeof(float) * (size_t)D);
+    for (int e = 0; e < c->E; e++) {
+        int64_t r0 = c->start[e], ne = c->start[e + 1] - r0;
+        if (ne == 0) continue;
+        const float *GU = gu->data + (int64_t)e * D * 2 * F, *DN = dn->data + (int64_t)e * F * D;
+        const float *A = c->A + r0 * F, *H = c->H + r0 * 2 * F, *X = c->X + r0 * D;
+        float *dy = dY + r0 * D, *da = dA + r0 * F, *dh = dH + r0 * 2 * F, *dx = dX + r0 * D;
+        if (dn->requires_grad)
+            peft_gemm(1, 0, (int)F, (int)D, (int)ne, A, (int)F, dy, (int)D, 1.0f, dn->grad + (int64_t)e * F * D,
+                      (int)D);
+        peft_gemm(0, 1, (int)ne, (int)F, (int)D, dy, (int)D, DN, (int)D, 0.0f, da, (int)F);
+        for (int64_t i = 0; i < ne; i++)
+            for (int64_t f = 0; f < F; f++) {
+                float hg = H[i * 2 * F + f], hu = H[i * 2 * F + F + f], sg = 1.0f / (1.0f + expf(-hg));
+                dh[i * 2 * F + f] = da[i * F + f] * hu * sg * (1.0f + hg * (1.0f - sg));
+                dh[i * 2 * F + F + f] = da[i * F + f] * hg * sg;
+            }
+        if (gu->requires_grad)
+            peft_gemm(1, 0, (int)D, (int)(2 * F), (int)ne, X, (int)D, dh, (int)(2 * F), 1.0f,
+                      gu->grad + (int64_t)e * D * 2 * F, (int)(2 * F));
+        if (x->requires_grad || s->requires_grad)
+            peft_gemm(0, 1, (int)ne, (int)D, (int)(2 * F), dh, (int)(2 * F), GU, (int)(2 * F), 0.0f, dx, (int)D);
+    }
+    if (!x->requires_grad && !s->requires_grad) return;
+    for (int64_t i = 0; i < R; i++) {
+        int sl = c->slot[i];
+        int64_t row = sl / c->K;
+        const float *dxi = dX + i * D, *xr = x->data + row * D;
+        if (x->requires_grad)
+            for (int64_t d = 0; d < D; d++) x->grad[row * D + d] += s->data[sl] * dxi[d];
+        if (s->requires_grad) {
+            double acc = 0.0;
+            for (int64_t d = 0; d < D; d++) acc += (double)xr[d] * dxi[d];
+            s->grad[sl] += (float)acc;
+        }
+    }
+}
+
+PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                      peft_tensor *gate_up, peft_tensor *down) {
+    if (!peft__ok(g, x, s) || !peft__ok(g, gate_up, down) || !idx)
+        return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: missing input");
+    int64_t N = peft__rows(x), D = peft__cols(x), K = peft__cols(s);
+    if (gate_up->ndim != 3 || down->ndim != 3 || gate_up->shape[1] != D || gate_up->shape[2] % 2 ||
+        down->shape[0] != gate_up->shape[0] || down->shape[1] != gate_up->shape[2] / 2 || down->shape[2] != D ||
+        peft__rows(s) != N)
+        return peft__op_fail(g, PEFT_ERR_SHAPE,
+                             "moe_experts: expected x [N, D], s [N, k], gate_up [E, D, 2F], down [E, F, D]");
+    int E = (int)gate_up->shape[0];
+    int64_t F = gate_up->shape[2] / 2, R = N * K;
+    peft__moe_ctx *c = (peft__moe_ctx *)peft__arena_alloc(g, sizeof *c);
+    int *slot = (int *)peft__arena_alloc(g, (size_t)R * sizeof(int));
+    int *start = (int *)peft__arena_alloc(g, (size_t)(E + 1) * sizeof(int));
+    float *X = peft__arena_floats(g, R * D, 0), *H = peft__arena_floats(g, R * 2 * F, 0);
+    float *A = peft__arena_floats(g, R * F, 0), *Y = peft__arena_floats(g, R * D, 0);
+    peft_tensor *y = peft__like(g, x);
+    if (!c || !slot || !start || !X || !H || !A || !Y || !y)
+        return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    for (int64_t i = 0; i < R; i++)
+        if (idx[i] < 0 || idx[i] >= E) return peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: expert index out of range");
+    /* counting sort of the slots by expert: each expert's rows are contiguous */
+    for (int e = 0; e <= E; e++) start[e] = 0;
+    for (int64_t i = 0; i < R; i++) start[idx[i] + 1]++;
+    for (int e = 0; e < E; e++) start[e + 1] += start[e];
+    int *fill = (int *)peft__arena_alloc(g, (size_t)E * sizeof(int));
+    if (!fill) return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    for (int e = 0; e < E; e++) fill[e] = start[e];
+    for (int64_t i = 0; i < R; i++) slot[fill[idx[i]]++] = (int)i;
+    for (int64_t i = 0; i < R; i++) {
+        const float *xr = x->data + (int64_t)(slot[i] / K) * D;
+        float sc = s->data[slot[i]];
+        for (int64_t d = 0; d < D; d++) X[i * D + d] = sc * xr[d];
+    }
+    for (int e = 0; e < E; e++) {
+        int64_t r0 = start[e], ne = start[e + 1] - r0;
+        if (ne == 0) continue;
+        peft_gemm(0, 0, (int)ne, (int)(2 * F), (int)D, X + r0 * D, (int)D, gate_up->data + (int64_t)e * D * 2 * F,
+                  (int)(2 * F), 0.0f, H + r0 * 2 * F, (int)(2 * F));
+        for (int64_t i = r0; i < r0 + ne; i++)
+            for (int64_t f = 0; f < F; f++) {
+                float hg = H[i * 2 * F + f];
+                A[i * F + f] = hg / (1.0f + expf(-hg)) * H[i * 2 * F + F + f];
+            }
+        peft_gemm(0, 0, (int)ne, (int)D, (int)F, A + r0 * F, (int)F, down->data + (int64_t)e * F * D, (int)D, 0.0f,
+                  Y + r0 * D, (int)D);
+    }
+    peft__zero_floats(y->data, y->n);
+    for (int64_t i = 0; i < R; i++) {
+        float *yr = y->data + (int64_t)(slot[i] / K) * D;
+        for (int64_t d = 0; d < D; d++) yr[d] += Y[i * D + d];
+    }
+    c->N = N; c->D = D; c->F = F; c->E = E; c->K = (int)K;
+    c->slot = slot; c->start = start; c->X = X; c->H = H; c->A = A;
+    peft__node *nd = peft__record(g, peft__moe_experts_bw, y, x, s, gate_up, down);
+    if (nd) nd->aux = c;
+    return y;
+}
+
+/* ---- the LLaMA-4 block -------------------------------------------------------------- */
+static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B,
+                                       int T) {
+    const peft_config *c = &m->cfg;
+    int l = (int)(L - m->layers), rope = peft_layer_has_rope(c, l);
+    peft_linear_site *S = L->lin;
+    peft_tensor *h = peft_rmsnorm(g, x, L->attn_norm, c->norm_eps);
+    peft_tensor *q = peft__site_forward(m, g, &S[PEFT_Q], h), *k = peft__site_forward(m, g, &S[PEFT_K], h);
+    peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
+    if (rope) {
+        /* over the projections' outputs, which no backward reads */
+        q = peft__rope_op(g, q, c->n_heads, &m->rope, B, T, 1);
+        k = peft__rope_op(g, k, c->n_kv_heads, &m->rope, B, T, 1);
+        if (c->qk_norm) {
+            q = peft_l2norm(g, q, c->head_dim, c->norm_eps);
+            k = peft_l2norm(g, k, c->head_dim, c->norm_eps);
+        }
+    } else if (c->temp_tuning) {
+        float *ts = peft__arena_floats(g, T, 0);
+        if (!ts) return NULL;
+        for (int t = 0; t < T; t++)
+            ts[t] = log1pf(floorf(((float)t + 1.0f) / c->floor_scale)) * c->attn_scale + 1.0f;
+        q = peft_row_scale(g, q, ts, T);
+    }
+    peft_tensor *a = rope && c->attn_chunk > 0 && c->attn_chunk < T
+                             ? peft_attention_chunked(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim,
+                                                      c->attn_chunk)
+                             : peft_attention(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim);
+    x = peft__add_op(g, x, peft__site_forward(m, g, &S[PEFT_O], a), 1);
+    h = peft_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
+    /* the dense MLP, or the shared expert of a MoE layer */
+    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h),
+                                  peft__site_forward(m, g, &S[PEFT_UP], h));
+    ff = peft__site_forward(m, g, &S[PEFT_DOWN], ff);
+    if (L->moe.router) {
+        const int *idx;
+        peft_tensor *sc = peft_moe_route(g, peft_linear(g, h, L->moe.router), c->top_k, &idx);
+        if (!sc) return NULL;
+        /* a checkpointed block's recompute in backward routes the same tokens again: not counted */
+        if (g != m->recompute || !g->grad_enabled)
+            for (int64_t i = 0; i < sc->n; i++) L->moe.counts[idx[i]]++;
+        ff = peft__add_op(g, ff, peft_moe_experts(g, h, sc, idx, L->moe.gate_up, L->moe.down), 1);
+    }
+    return peft__add_op(g, x, ff, 1);
+}
+
+/* ---- LLaMA-4 parameters: router and experts of the MoE layers ------------------------- */
+static peft_status peft__llama4_params(peft_model *m) {
+    const peft_config *c = &m->cfg;
+    int64_t D = c->dim, F = c->hidden_dim, E = c->n_experts;
+    char name[128];
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!peft_layer_is_moe(c, l)) continue;
+        peft_moe_site *M = &m->layers[l].moe;
+        int64_t sr[2] = { E, D }, sg[3] = { E, D, 2 * F }, sd[3] = { E, F, D };
+        snprintf(name, sizeof name, "model.layers.%d.feed_forward.router.weight", l);
+        if (!(M->router = m->params[m->n_params++] = peft_param_new(name, 2, sr))) return PEFT_ERR_NOMEM;
+        snprintf(name, sizeof name, "model.layers.%d.feed_forward.experts.gate_up_proj", l);
+        if (!(M->gate_up = m->params[m->n_params++] = peft_param_new(name, 3, sg))) return PEFT_ERR_NOMEM;
+        snprintf(name, sizeof name, "model.layers.%d.feed_forward.experts.down_proj", l);
+        if (!(M->down = m->params[m->n_params++] = peft_param_new(name, 3, sd))) return PEFT_ERR_NOMEM;
+        if (!(M->counts = (int64_t *)peft__calloc((size_t)E * sizeof(int64_t)))) return PEFT_ERR_NOMEM;
+    }
+    return PEFT_OK;
+}
+
+/* the feed-forward of layer l: its module name and width */
+static const char *peft__llama4_ffn_module(const peft_config *c, int l) {
+    if (!c->llama4) return "mlp";
+    return peft_layer_is_moe(c, l) ? "feed_forward.shared_expert" : "feed_forward";
+}
+static int peft__llama4_ffn_width(const peft_config *c, int l) {
+    return c->llama4 && !peft_layer_is_moe(c, l) ? c->hidden_dim_mlp : c->hidden_dim;
+}
+
+/* ---- LLaMA-4 config.json (Llama4TextConfig) -------------------------------------------
+   transformers' defaults for what a file leaves out; the layer lists
+   (moe_layers, no_rope_layers, layer_types) are honoured when they are the
+   pattern of interleave_moe_layer_step / no_rope_layer_interval /
+   attention_chunk_size (as transformers writes them) and refused by name
+   otherwise. */
+static void peft__llama4_defaults(peft_config *c) {
+    c->llama4 = 1;
+    c->rope_interleaved = 1;       /* the complex product on (x[2i], x[2i+1]) */
+    c->norm_eps = 1e-5f;
+    c->rope_theta = 500000.0f;
+    c->head_dim = 128;
+    c->max_seq_len = 131072;
+    c->hidden_dim_mlp = 16384;
+    c->n_experts = 16;
+    c->top_k = 1;
+    c->moe_step = 1;
+    c->nope_interval = 4;
+    c->qk_norm = 1;
+    c->attn_chunk = 8192;
+    c->temp_tuning = 1;
+    c->floor_scale = 8192.0f;
+    c->attn_scale = 0.1f;
+}
+
+static const char *const peft__llama4_keys[] = {
+    "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok", "interleave_moe_layer_step",
+    "moe_layers", "no_rope_layer_interval", "no_rope_layers", "use_qk_norm", "attention_chunk_size",
+    "layer_types", "attn_temperature_tuning", "floor_scale", "attn_scale",
+    /* no effect on the forward/backward: transformers' Llama4 modules never read them (the
+       router's auxiliary loss and jitter are not implemented there; router logits are an
+       optional output) */
+    "output_router_logits", "router_aux_loss_coef", "router_jitter_noise", NULL };
+static int peft__llama4_key(const peft_config *c, const char *key) {
+    for (int i = 0; c->llama4 && peft__llama4_keys[i]; i++)
+        if (!strcmp(key, peft__llama4_keys[i])) return 1;
+    return 0;
+}
+
+/* an int list equal to want(l) for every layer, or an empty list / null */
+static int peft__llama4_list_ok(const peft_json *v, const peft_config *c, int kind) {
+    if (!v || v->type == PEFT_JSON_NULL) return 1;
+    if (v->type != PEFT_JSON_ARRAY) return 0;
+    if (kind == 1 && v->n_children == 0) return 1;       /* no_rope_layers [] means the default */
+    int n = 0, want_n = 0;
+    for (int l = 0; l < c->n_layers; l++) want_n += kind == 0 ? peft_layer_is_moe(c, l) : 1;
+    if (v->n_children != want_n) return 0;
+    int l = 0;
+    for (const peft_json *e = v->child; e; e = e->next, n++) {
+        if (kind == 0) {                                  /* moe_layers: the indices */
+            while (l < c->n_layers && !peft_layer_is_moe(c, l)) l++;
+            if (e->type != PEFT_JSON_NUMBER || e->number != l) return 0;
+            l++;
+        } else if (kind == 1) {                           /* no_rope_layers: 1 = RoPE */
+            if (e->type != PEFT_JSON_NUMBER || e->number != peft_layer_has_rope(c, n)) return 0;
+        } else {                                          /* layer_types */
+            int chunked = peft_layer_has_rope(c, n) && c->attn_chunk > 0;
+            if (e->type != PEFT_JSON_STRING ||
+                strcmp(e->string, chunked ? "chunked_attention" : "full_attention"))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const char *path) {
+    struct { const char *key; int *dst; } ints[] = {
+        { "intermediate_size_mlp", &c->hidden_dim_mlp }, { "num_local_experts", &c->n_experts },
+        { "num_experts_per_tok", &c->top_k }, { "interleave_moe_layer_step", &c->moe_step },
+        { "no_rope_layer_interval", &c->nope_interval },
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (peft__json_int(j, ints[i].key, ints[i].dst) < 0)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: '%s' is not an integer", path, ints[i].key);
+    const peft_json *ch = peft_json_get(j, "attention_chunk_size");
+    if (ch && ch->type == PEFT_JSON_NULL) c->attn_chunk = 0;
+    else if (peft__json_int(j, "attention_chunk_size", &c->attn_chunk) < 0 || c->attn_chunk < 0 ||
+             (ch && c->attn_chunk == 0))
+        return peft__fail(PEFT_ERR_CONFIG, "%s: 'attention_chunk_size' must be a positive integer or null", path);
+    static const char *const bools[] = { "use_qk_norm", "attn_temperature_tuning" };
+    for (int i = 0; i < 2; i++) {
+        const peft_json *b = peft_json_get(j, bools[i]);
+        if (b && b->type != PEFT_JSON_BOOL)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: '%s' must be true or false", path, bools[i]);
+        if (b) *(i ? &c->temp_tuning : &c->qk_norm) = b->number != 0;
+    }
+    if (peft__json_float(j, "floor_scale", &c->floor_scale) < 0 ||
+        peft__json_float(j, "attn_scale", &c->attn_scale) < 0 || !(c->floor_scale > 0) ||
+        !isfinite(c->attn_scale))
+        return peft__fail(PEFT_ERR_CONFIG, "%s: 'floor_scale' must be a positive number and 'attn_scale' a "
+                          "number", path);
+    if (c->n_experts < 1 || c->n_experts > 4096 || c->top_k < 1 || c->moe_step < 1 || c->nope_interval < 0 ||
+        c->hidden_dim_mlp < 1 || c->hidden_dim_mlp > 1 << 22)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: num_local_experts (%d) must be in 1 .. 4096, "
+                          "num_experts_per_tok (%d), interleave_moe_layer_step (%d) and intermediate_size_mlp "
+                          "(%d) positive, no_rope_layer_interval (%d) not negative", path, c->n_experts,
+                          c->top_k, c->moe_step, c->hidden_dim_mlp, c->nope_interval);
+    if (c->top_k > c->n_experts)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: num_experts_per_tok (%d) exceeds num_local_experts (%d)", path,
+                          c->top_k, c->n_experts);
+    static const char *const lists[] = { "moe_layers", "no_rope_layers", "layer_types" };
+    for (int i = 0; i < 3; i++)
+        if (!peft__llama4_list_ok(peft_json_get(j, lists[i]), c, i))
+            return peft__fail(PEFT_ERR_UNSUPPORTED,
+                              "%s: '%s' is not the pattern of interleave_moe_layer_step (%d), "
+                              "no_rope_layer_interval (%d) and attention_chunk_size (%d): only that pattern is "
+                              "supported", path, lists[i], c->moe_step, c->nope_interval, c->attn_chunk);
+    if (c->mlp_bias)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: mlp_bias is not a LLaMA-4 setting (its MLPs have no bias)",
+                          path);
+    return PEFT_OK;
+}
+
+
 /* After attention, shared by the plain and the KV-cache forward:
    x += o_proj(a);  x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x).
    The sums go over the projections' outputs, which no backward reads (the
@@ -5066,6 +5698,7 @@ static peft_tensor *peft__block_rest(peft_model *m, peft_graph *g, peft_layer *L
 }
 
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
+    if (m->cfg.llama4) return peft__llama4_block(m, g, L, x, B, T);
     const peft_config *c = &m->cfg;
     peft_linear_site *S = L->lin;
     peft_attn_extras ex;
@@ -5098,7 +5731,7 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
    block takes fusion prompts. Whatever a method adds to a site is listed
    here, once: the checkpointing rule below asks this list, so a trainable
    tensor a block reads cannot be missed. Returns the count (NULLs skipped). */
-#define PEFT__LAYER_MAX_TENSORS (2 + 7 * PEFT_N_SITES + 8)
+#define PEFT__LAYER_MAX_TENSORS (2 + 7 * PEFT_N_SITES + 8 + 3)
 static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_tensor **out) {
     const peft_attn_site *A = &L->attn;
     peft_tensor *all[PEFT__LAYER_MAX_TENSORS];
@@ -5123,6 +5756,9 @@ static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_te
     all[n++] = A->ex_down;
     all[n++] = A->ex_up;
     all[n++] = A->ex_gate;
+    all[n++] = L->moe.router;
+    all[n++] = L->moe.gate_up;
+    all[n++] = L->moe.down;
     int k = 0;
     for (int i = 0; i < n; i++)
         if (all[i]) out[k++] = all[i];
@@ -5257,6 +5893,9 @@ struct peft_kv_cache {
 
 PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, int batch, int max_len) {
     *out = NULL;
+    if (m->cfg.llama4)   /* chunked attention, NoPE temperature and experts are not in the cached block */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "the KV cache does not support LLaMA-4 models yet: run "
+                          "peft_model_forward over the whole sequence");
     const peft_config *cf = &m->cfg;
     if (batch < 1 || max_len < 1) return peft__fail(PEFT_ERR_ARG, "kv cache: batch and max_len must be >= 1");
     peft_kv_cache *c = (peft_kv_cache *)peft__calloc(sizeof *c);
@@ -8582,7 +9221,40 @@ PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     return PEFT_OK;
 }
 
+/* config.json as transformers writes a Llama4TextConfig */
+static void peft__llama4_config_json(peft__sb *b, const peft_config *c) {
+    peft__sbf(b, "{\n  \"architectures\": [\"Llama4ForCausalLM\"],\n  \"model_type\": \"llama4_text\",\n");
+    peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
+              "  \"intermediate_size_mlp\": %d,\n", c->dim, c->hidden_dim, c->hidden_dim_mlp);
+    peft__sbf(b, "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n",
+              c->n_layers, c->n_heads, c->n_kv_heads);
+    peft__sbf(b, "  \"head_dim\": %d,\n  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n",
+              c->head_dim, c->vocab_size, c->max_seq_len);
+    peft__sbf(b, "  \"rms_norm_eps\": %.9g,\n", c->norm_eps);
+    if (c->rope_type == PEFT_ROPE_LLAMA3)
+        peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": %.9g, \"factor\": %.9g, "
+                  "\"low_freq_factor\": %.9g, \"high_freq_factor\": %.9g, \"original_max_position_embeddings\": "
+                  "%d},\n", c->rope_theta, c->rope_factor, c->rope_low_freq, c->rope_high_freq,
+                  c->rope_orig_max_pos);
+    else if (c->rope_type == PEFT_ROPE_LINEAR)
+        peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"linear\", \"rope_theta\": %.9g, \"factor\": %.9g},\n",
+                  c->rope_theta, c->rope_factor);
+    else peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": %.9g},\n", c->rope_theta);
+    peft__sbf(b, "  \"num_local_experts\": %d,\n  \"num_experts_per_tok\": %d,\n  \"interleave_moe_layer_step\": "
+              "%d,\n  \"no_rope_layer_interval\": %d,\n  \"use_qk_norm\": %s,\n", c->n_experts, c->top_k,
+              c->moe_step, c->nope_interval, c->qk_norm ? "true" : "false");
+    if (c->attn_chunk > 0) peft__sbf(b, "  \"attention_chunk_size\": %d,\n", c->attn_chunk);
+    else peft__sbf(b, "  \"attention_chunk_size\": null,\n");
+    peft__sbf(b, "  \"attn_temperature_tuning\": %s,\n  \"floor_scale\": %.9g,\n  \"attn_scale\": %.9g,\n",
+              c->temp_tuning ? "true" : "false", c->floor_scale, c->attn_scale);
+    peft__sbf(b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
+              c->tie_embeddings ? "true" : "false", c->attn_bias ? "true" : "false");
+    peft__sbf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"float32\"\n}\n",
+              c->bos_id, c->eos_id);
+}
+
 static void peft__config_json(peft__sb *b, const peft_config *c) {
+    if (c->llama4) { peft__llama4_config_json(b, c); return; }
     peft__sbf(b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
     peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n",
               c->dim, c->hidden_dim);
