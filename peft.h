@@ -540,6 +540,13 @@ typedef struct {
     peft_tensor *gate_up;     /* [E, dim, 2F]    feed_forward.experts.gate_up_proj (x·W) */
     peft_tensor *down;        /* [E, F, dim]     feed_forward.experts.down_proj    (x·W) */
     int64_t     *counts;      /* [E] tokens routed to each expert, summed over forwards */
+    /* what methods attach (see "PEFT on MoE sites"), NULL when nothing */
+    peft_tensor *router_A, *router_B;          /* LoRA on the router: [r, dim], [E, r]          */
+    float        router_scale;
+    peft_tensor *router_copy;                  /* the router tuned: a trainable copy [E, dim]   */
+    peft_tensor *gate_up_A, *gate_up_B;        /* LoRA on the experts, PEFT's layout:           */
+    peft_tensor *down_A, *down_B;              /*   [r·E, 2F], [dim, r·E]; [r·E, dim], [F, r·E] */
+    float        experts_scale;
 } peft_moe_site;
 
 typedef struct {
@@ -590,7 +597,12 @@ typedef struct {
     /* LLaMA-Excitor */
     int      excitor_len, excitor_rank, excitor_layers;
     uint64_t seed;
+    /* LLaMA-4 MoE sites (kind LoRA, with lora_r/lora_alpha): bits PEFT_MOE_* for LoRA on the
+       router and on the routed experts' tensors; moe_router_full trains a copy of the router */
+    unsigned moe_lora;
+    int      moe_router_full;
 } peft_method;
+enum { PEFT_MOE_ROUTER = 1, PEFT_MOE_GATE_UP = 2, PEFT_MOE_DOWN = 4 };
 
 /* Defaults from the papers (and PEFT's defaults for LoRA); *_layers = 0 means
    "the paper's share": the top 30/32 of the model's layers. */
@@ -708,9 +720,9 @@ PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int 
    Layer kinds of a config (both 0/1; a LLaMA-1/2/3 config: dense, RoPE). */
 PEFTDEF int         peft_layer_is_moe(const peft_config *c, int layer);
 PEFTDEF int         peft_layer_has_rope(const peft_config *c, int layer);
-/* Parameters one token uses (embedding row excluded, lm_head included): the
-   routed experts count top_k times, not E; without MoE, all of them minus
-   the embedding table (or plus nothing when tied). Allocates nothing. */
+/* Parameters one token uses, as Meta's model cards count them (17B for
+   Scout and Maverick): every parameter except the routed experts a token is
+   not sent to (top_k of E count); without MoE, all of them. Allocates nothing. */
 PEFTDEF int64_t     peft_config_active_count(const peft_config *c);
 /* y = x / sqrt(mean(x²) + eps) over each group of `group` columns (LLaMA-4's
    weightless QK L2 norm, per head); x [rows, k·group]. */
@@ -733,6 +745,16 @@ PEFTDEF peft_tensor *peft_moe_route(peft_graph *g, peft_tensor *logits, int top_
    over only the rows routed to it. x [N, D], s [N, k] → y [N, D]. */
 PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
                                       peft_tensor *gate_up, peft_tensor *down);
+/* The same with LoRA on the experts in PEFT's target_parameters layout:
+   gu_A [r·E, 2F], gu_B [D, r·E], dn_A [r·E, D], dn_B [F, r·E] (either pair
+   may be NULL); expert e uses W_e + scale·B_e·A_e (see "PEFT on MoE sites"). */
+PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                           peft_tensor *gate_up, peft_tensor *down, peft_tensor *gu_A,
+                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B, float scale);
+/* MoE sites of a LoRA method from a list: router, experts (both tensors),
+   experts.gate_up_proj, experts.down_proj, router-full (a trainable copy of
+   the router), none. Also peft_method_set(m, "moe_targets", list). */
+PEFTDEF peft_status peft_method_set_moe(peft_method *m, const char *list);
 
 /* ---- KV cache: generation without recomputing the past ----
    Holds each layer's keys and values (after RoPE) for B rows of up to
@@ -4563,6 +4585,8 @@ static void        peft__llama4_defaults(peft_config *c);
 static int         peft__llama4_key(const peft_config *c, const char *key);
 static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const char *path);
 static peft_status peft__llama4_params(peft_model *m);
+static int         peft__llama4_preset(peft_config *c, const char *name);
+static const char *peft__llama4_preset_name(int i);
 static const char *peft__llama4_ffn_module(const peft_config *c, int l);
 static int         peft__llama4_ffn_width(const peft_config *c, int l);
 static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B,
@@ -4608,6 +4632,7 @@ static const peft__preset peft__presets[] = {
 #define PEFT__N_PRESETS ((int)(sizeof peft__presets / sizeof peft__presets[0]))
 
 PEFTDEF const char *peft_preset_name(int i) {
+    if (i >= PEFT__N_PRESETS) return peft__llama4_preset_name(i - PEFT__N_PRESETS);
     return (i >= 0 && i < PEFT__N_PRESETS) ? peft__presets[i].name : NULL;
 }
 
@@ -4643,10 +4668,11 @@ PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name) {
         if (p->vocab == 49152) { c->bos_id = 0; c->eos_id = 0; }
         return PEFT_OK;
     }
+    if (peft__llama4_preset(c, name)) return PEFT_OK;
     char list[1024] = "";
-    for (int i = 0; i < PEFT__N_PRESETS; i++) {
-        strncat(list, peft__presets[i].name, sizeof list - strlen(list) - 3);
-        if (i + 1 < PEFT__N_PRESETS) strncat(list, ", ", sizeof list - strlen(list) - 1);
+    for (int i = 0; peft_preset_name(i); i++) {
+        strncat(list, peft_preset_name(i), sizeof list - strlen(list) - 3);
+        if (peft_preset_name(i + 1)) strncat(list, ", ", sizeof list - strlen(list) - 1);
     }
     return peft__fail(PEFT_ERR_CONFIG, "unknown preset '%s' (known: %s)", name, list);
 }
@@ -5176,12 +5202,50 @@ static int64_t peft__llama4_layer_count(const peft_config *c, int l, int active)
 static int64_t peft__llama4_count(const peft_config *c, int active) {
     int64_t emb = (int64_t)c->vocab_size * c->dim, n = c->dim;
     for (int l = 0; l < c->n_layers; l++) n += peft__llama4_layer_count(c, l, active);
-    if (active) return n + emb;               /* the embedding row is a lookup; lm_head is a product */
     return n + emb + (c->tie_embeddings ? 0 : emb);
 }
 PEFTDEF int64_t peft_config_active_count(const peft_config *c) {
-    if (c->llama4) return peft__llama4_count(c, 1);
-    return peft_config_param_count(c) - (c->tie_embeddings ? 0 : (int64_t)c->vocab_size * c->dim);
+    return c->llama4 ? peft__llama4_count(c, 1) : peft_config_param_count(c);
+}
+
+/* Presets: Scout and Maverick as their text_config gives them (Meta's model
+   cards: 17B active of 109B / 400B with the vision encoder, which is not part
+   of the text decoder), and a tiny one for tests, demos and the bench. */
+typedef struct {
+    const char *name;
+    int dim, hidden, hidden_mlp, layers, heads, kv, head_dim, vocab, max_pos, experts, top_k, step, nope,
+        qk_norm, chunk, tie, llama3;
+} peft__llama4_preset_row;
+static const peft__llama4_preset_row peft__llama4_presets[] = {
+    /* name, hidden, expert ffn, dense ffn, layers, heads, kv, head_dim, vocab, context, experts, top-k,
+       MoE every k-th layer, NoPE every k-th layer, QK-norm, chunk, tied, llama3 RoPE scaling (factor 16) */
+    {"llama4-scout",    5120, 8192, 16384, 48, 40, 8, 128, 202048, 10485760,  16, 1, 1, 4, 1, 8192, 0, 1},
+    {"llama4-maverick", 5120, 8192, 16384, 48, 40, 8, 128, 202048,  1048576, 128, 1, 2, 4, 0, 8192, 0, 0},
+    {"llama4-tiny",      256,  256,   768,  4,  8, 2,  32,   4096,      512,   4, 1, 1, 4, 1,  128, 1, 0},
+};
+static const char *peft__llama4_preset_name(int i) {
+    int n = (int)(sizeof peft__llama4_presets / sizeof peft__llama4_presets[0]);
+    return i >= 0 && i < n ? peft__llama4_presets[i].name : NULL;
+}
+static int peft__llama4_preset(peft_config *c, const char *name) {
+    for (int i = 0; peft__llama4_preset_name(i); i++) {
+        const peft__llama4_preset_row *p = &peft__llama4_presets[i];
+        if (strcmp(p->name, name)) continue;
+        peft__config_defaults(c);
+        peft__llama4_defaults(c);
+        c->dim = p->dim; c->hidden_dim = p->hidden; c->hidden_dim_mlp = p->hidden_mlp; c->n_layers = p->layers;
+        c->n_heads = p->heads; c->n_kv_heads = p->kv; c->head_dim = p->head_dim; c->vocab_size = p->vocab;
+        c->max_seq_len = p->max_pos; c->n_experts = p->experts; c->top_k = p->top_k; c->moe_step = p->step;
+        c->nope_interval = p->nope; c->qk_norm = p->qk_norm; c->attn_chunk = p->chunk;
+        c->tie_embeddings = p->tie;
+        if (p->llama3) {
+            c->rope_type = PEFT_ROPE_LLAMA3;
+            c->rope_factor = 16; c->rope_low_freq = 1; c->rope_high_freq = 1; c->rope_orig_max_pos = 8192;
+        }
+        if (p->vocab == 202048) { c->bos_id = 200000; c->eos_id = 200001; }
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- L2 norm of each group (QK-norm) ----------------------------------------
@@ -5379,33 +5443,81 @@ PEFTDEF peft_tensor *peft_moe_route(peft_graph *g, peft_tensor *logits, int top_
    X_e = s·x of its rows: H = X_e·GU_e [n_e, 2F], A = silu(H_g) ⊙ H_u,
    Y = A·Dn_e, added into y[n].
    Backward: dA = dY·Dn_eᵀ, dDn_e += Aᵀ·dY, dH_g = dA⊙H_u⊙σ'(·), dH_u = dA⊙silu(H_g),
-   dGU_e += X_eᵀ·dH, dX = dH·GU_eᵀ; dx_n += s·dX_i, ds_nj += x_n·dX_i.      */
+   dGU_e += X_eᵀ·dH, dX = dH·GU_eᵀ; dx_n += s·dX_i, ds_nj += x_n·dX_i.
+   With LoRA on the experts (see "PEFT on MoE sites") GU_e and Dn_e are the
+   weights plus their deltas, formed one expert at a time.                 */
 typedef struct {
     int64_t N, D, F;
     int     E, K;
     int    *slot;     /* [N·K] slot (n·K + j) of each sorted row          */
     int    *start;    /* [E + 1] first sorted row of each expert          */
     float  *X, *H, *A;/* [N·K, D], [N·K, 2F], [N·K, F]                    */
+    float   scale;    /* LoRA's s                                          */
 } peft__moe_ctx;
+
+/* expert e's weight W_e [in, out] of a stacked [E, in, out] tensor, or with
+   LoRA W_e + s·B_e·A_e in buf (Bbuf [in, r] receives B_e, unscaled) */
+static const float *peft__expert_w(const peft_tensor *W, const peft_tensor *A, const peft_tensor *B, int e,
+                                   float s, float *buf, float *Bbuf) {
+    int64_t in = W->shape[1], out = W->shape[2], E = W->shape[0];
+    const float *We = W->data + (int64_t)e * in * out;
+    if (!A) return We;
+    int64_t r = A->shape[0] / E;
+    for (int64_t i = 0; i < in; i++)
+        for (int64_t j = 0; j < r; j++) Bbuf[i * r + j] = B->data[i * r * E + j * E + e];
+    memcpy(buf, We, sizeof(float) * (size_t)(in * out));
+    peft_gemm(0, 0, (int)in, (int)out, (int)r, Bbuf, (int)r, A->data + (int64_t)e * r * out, (int)out, 0.0f,
+              buf + in * out, (int)out);
+    for (int64_t i = 0; i < in * out; i++) buf[i] += s * buf[in * out + i];
+    return buf;
+}
+/* dW_e [in, out] into the stacked tensor's gradient and/or LoRA's: dA_e += s·B_eᵀ·dW_e,
+   dB_e += s·dW_e·A_eᵀ (Bbuf holds B_e; tmp has room for in·r floats) */
+static void peft__expert_dw(peft_tensor *W, peft_tensor *A, peft_tensor *B, int e, float s, const float *dW,
+                            const float *Bbuf, float *tmp) {
+    int64_t in = W->shape[1], out = W->shape[2], E = W->shape[0];
+    if (W->requires_grad) {
+        float *g = W->grad + (int64_t)e * in * out;
+        for (int64_t i = 0; i < in * out; i++) g[i] += dW[i];
+    }
+    if (!A) return;
+    int64_t r = A->shape[0] / E;
+    const float *Ae = A->data + (int64_t)e * r * out;
+    if (A->requires_grad)
+        peft_gemm(1, 0, (int)r, (int)out, (int)in, Bbuf, (int)r, dW, (int)out, 0.0f, tmp, (int)out);
+    if (A->requires_grad)
+        for (int64_t i = 0; i < r * out; i++) A->grad[(int64_t)e * r * out + i] += s * tmp[i];
+    if (!B->requires_grad) return;
+    peft_gemm(0, 1, (int)in, (int)r, (int)out, dW, (int)out, Ae, (int)out, 0.0f, tmp, (int)r);
+    for (int64_t i = 0; i < in; i++)
+        for (int64_t j = 0; j < r; j++) B->grad[i * r * E + j * E + e] += s * tmp[i * r + j];
+}
 
 static void peft__moe_experts_bw(peft_graph *g, peft__node *n) {
     const peft__moe_ctx *c = (const peft__moe_ctx *)n->aux;
     peft_tensor *x = n->in[0], *s = n->in[1], *gu = n->in[2], *dn = n->in[3];
+    peft_tensor *guA = n->in[4], *guB = n->in[5], *dnA = n->in[6], *dnB = n->in[7];
     int64_t D = c->D, F = c->F, R = c->N * c->K;
+    int64_t rmax = (guA ? guA->shape[0] : 0) + (dnA ? dnA->shape[0] : 0) + 1;
+    int need_gu = gu->requires_grad || (guA && (guA->requires_grad || guB->requires_grad));
+    int need_dn = dn->requires_grad || (dnA && (dnA->requires_grad || dnB->requires_grad));
     float *dY = peft__arena_floats(g, R * D, 0), *dA = peft__arena_floats(g, R * F, 0);
     float *dH = peft__arena_floats(g, R * 2 * F, 0), *dX = peft__arena_floats(g, R * D, 0);
-    if (!dY || !dA || !dH || !dX) { g->failed = 1; return; }
+    float *wbuf = peft__arena_floats(g, 4 * D * F, 0), *dW = peft__arena_floats(g, 2 * D * F, 0);
+    float *Bbuf = peft__arena_floats(g, (D + F) * rmax, 0), *tmp = peft__arena_floats(g, (D + 3 * F) * rmax, 0);
+    if (!dY || !dA || !dH || !dX || !wbuf || !dW || !Bbuf || !tmp) { g->failed = 1; return; }
     for (int64_t i = 0; i < R; i++)
         memcpy(dY + i * D, n->out->grad + (int64_t)(c->slot[i] / c->K) * D, sizeof(float) * (size_t)D);
     for (int e = 0; e < c->E; e++) {
         int64_t r0 = c->start[e], ne = c->start[e + 1] - r0;
         if (ne == 0) continue;
-        const float *GU = gu->data + (int64_t)e * D * 2 * F, *DN = dn->data + (int64_t)e * F * D;
         const float *A = c->A + r0 * F, *H = c->H + r0 * 2 * F, *X = c->X + r0 * D;
         float *dy = dY + r0 * D, *da = dA + r0 * F, *dh = dH + r0 * 2 * F, *dx = dX + r0 * D;
-        if (dn->requires_grad)
-            peft_gemm(1, 0, (int)F, (int)D, (int)ne, A, (int)F, dy, (int)D, 1.0f, dn->grad + (int64_t)e * F * D,
-                      (int)D);
+        const float *DN = peft__expert_w(dn, dnA, dnB, e, c->scale, wbuf, Bbuf);
+        if (need_dn) {
+            peft_gemm(1, 0, (int)F, (int)D, (int)ne, A, (int)F, dy, (int)D, 0.0f, dW, (int)D);
+            peft__expert_dw(dn, dnA, dnB, e, c->scale, dW, Bbuf, tmp);
+        }
         peft_gemm(0, 1, (int)ne, (int)F, (int)D, dy, (int)D, DN, (int)D, 0.0f, da, (int)F);
         for (int64_t i = 0; i < ne; i++)
             for (int64_t f = 0; f < F; f++) {
@@ -5413,11 +5525,13 @@ static void peft__moe_experts_bw(peft_graph *g, peft__node *n) {
                 dh[i * 2 * F + f] = da[i * F + f] * hu * sg * (1.0f + hg * (1.0f - sg));
                 dh[i * 2 * F + F + f] = da[i * F + f] * hg * sg;
             }
-        if (gu->requires_grad)
-            peft_gemm(1, 0, (int)D, (int)(2 * F), (int)ne, X, (int)D, dh, (int)(2 * F), 1.0f,
-                      gu->grad + (int64_t)e * D * 2 * F, (int)(2 * F));
+        const float *GU = peft__expert_w(gu, guA, guB, e, c->scale, wbuf, Bbuf);
         if (x->requires_grad || s->requires_grad)
             peft_gemm(0, 1, (int)ne, (int)D, (int)(2 * F), dh, (int)(2 * F), GU, (int)(2 * F), 0.0f, dx, (int)D);
+        if (need_gu) {
+            peft_gemm(1, 0, (int)D, (int)(2 * F), (int)ne, X, (int)D, dh, (int)(2 * F), 0.0f, dW, (int)(2 * F));
+            peft__expert_dw(gu, guA, guB, e, c->scale, dW, Bbuf, tmp);
+        }
     }
     if (!x->requires_grad && !s->requires_grad) return;
     for (int64_t i = 0; i < R; i++) {
@@ -5434,8 +5548,9 @@ static void peft__moe_experts_bw(peft_graph *g, peft__node *n) {
     }
 }
 
-PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
-                                      peft_tensor *gate_up, peft_tensor *down) {
+PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                           peft_tensor *gate_up, peft_tensor *down, peft_tensor *gu_A,
+                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B, float scale) {
     if (!peft__ok(g, x, s) || !peft__ok(g, gate_up, down) || !idx)
         return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: missing input");
     int64_t N = peft__rows(x), D = peft__cols(x), K = peft__cols(s);
@@ -5446,22 +5561,32 @@ PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor
                              "moe_experts: expected x [N, D], s [N, k], gate_up [E, D, 2F], down [E, F, D]");
     int E = (int)gate_up->shape[0];
     int64_t F = gate_up->shape[2] / 2, R = N * K;
+    for (int k = 0; k < 2; k++) {
+        peft_tensor *A = k ? dn_A : gu_A, *B = k ? dn_B : gu_B, *W = k ? down : gate_up;
+        if (!A && !B) continue;
+        if (!A || !B || A->ndim != 2 || B->ndim != 2 || A->shape[0] % E || A->shape[0] == 0 ||
+            A->shape[1] != W->shape[2] || B->shape[0] != W->shape[1] || B->shape[1] != A->shape[0])
+            return peft__op_fail(g, PEFT_ERR_SHAPE, "moe_experts: LoRA of the experts is not lora_A [r·E, out], "
+                                 "lora_B [in, r·E] of [E, in, out]");
+    }
     peft__moe_ctx *c = (peft__moe_ctx *)peft__arena_alloc(g, sizeof *c);
     int *slot = (int *)peft__arena_alloc(g, (size_t)R * sizeof(int));
     int *start = (int *)peft__arena_alloc(g, (size_t)(E + 1) * sizeof(int));
+    int *fill = (int *)peft__arena_alloc(g, (size_t)E * sizeof(int));
+    int64_t rmax = (gu_A ? gu_A->shape[0] : 0) + (dn_A ? dn_A->shape[0] : 0) + 1;
     float *X = peft__arena_floats(g, R * D, 0), *H = peft__arena_floats(g, R * 2 * F, 0);
     float *A = peft__arena_floats(g, R * F, 0), *Y = peft__arena_floats(g, R * D, 0);
+    float *wbuf = peft__arena_floats(g, 4 * D * F, 0), *Bbuf = peft__arena_floats(g, (D + F) * rmax, 0);
     peft_tensor *y = peft__like(g, x);
-    if (!c || !slot || !start || !X || !H || !A || !Y || !y)
+    if (!c || !slot || !start || !fill || !X || !H || !A || !Y || !wbuf || !Bbuf || !y)
         return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
     for (int64_t i = 0; i < R; i++)
-        if (idx[i] < 0 || idx[i] >= E) return peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: expert index out of range");
+        if (idx[i] < 0 || idx[i] >= E)
+            return peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: expert index out of range");
     /* counting sort of the slots by expert: each expert's rows are contiguous */
     for (int e = 0; e <= E; e++) start[e] = 0;
     for (int64_t i = 0; i < R; i++) start[idx[i] + 1]++;
     for (int e = 0; e < E; e++) start[e + 1] += start[e];
-    int *fill = (int *)peft__arena_alloc(g, (size_t)E * sizeof(int));
-    if (!fill) return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
     for (int e = 0; e < E; e++) fill[e] = start[e];
     for (int64_t i = 0; i < R; i++) slot[fill[idx[i]]++] = (int)i;
     for (int64_t i = 0; i < R; i++) {
@@ -5472,15 +5597,16 @@ PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor
     for (int e = 0; e < E; e++) {
         int64_t r0 = start[e], ne = start[e + 1] - r0;
         if (ne == 0) continue;
-        peft_gemm(0, 0, (int)ne, (int)(2 * F), (int)D, X + r0 * D, (int)D, gate_up->data + (int64_t)e * D * 2 * F,
-                  (int)(2 * F), 0.0f, H + r0 * 2 * F, (int)(2 * F));
+        const float *GU = peft__expert_w(gate_up, gu_A, gu_B, e, scale, wbuf, Bbuf);
+        peft_gemm(0, 0, (int)ne, (int)(2 * F), (int)D, X + r0 * D, (int)D, GU, (int)(2 * F), 0.0f, H + r0 * 2 * F,
+                  (int)(2 * F));
         for (int64_t i = r0; i < r0 + ne; i++)
             for (int64_t f = 0; f < F; f++) {
                 float hg = H[i * 2 * F + f];
                 A[i * F + f] = hg / (1.0f + expf(-hg)) * H[i * 2 * F + F + f];
             }
-        peft_gemm(0, 0, (int)ne, (int)D, (int)F, A + r0 * F, (int)F, down->data + (int64_t)e * F * D, (int)D, 0.0f,
-                  Y + r0 * D, (int)D);
+        const float *DN = peft__expert_w(down, dn_A, dn_B, e, scale, wbuf, Bbuf);
+        peft_gemm(0, 0, (int)ne, (int)D, (int)F, A + r0 * F, (int)F, DN, (int)D, 0.0f, Y + r0 * D, (int)D);
     }
     peft__zero_floats(y->data, y->n);
     for (int64_t i = 0; i < R; i++) {
@@ -5488,10 +5614,21 @@ PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor
         for (int64_t d = 0; d < D; d++) yr[d] += Y[i * D + d];
     }
     c->N = N; c->D = D; c->F = F; c->E = E; c->K = (int)K;
-    c->slot = slot; c->start = start; c->X = X; c->H = H; c->A = A;
-    peft__node *nd = peft__record(g, peft__moe_experts_bw, y, x, s, gate_up, down);
-    if (nd) nd->aux = c;
+    c->slot = slot; c->start = start; c->X = X; c->H = H; c->A = A; c->scale = scale;
+    /* recorded when any of the eight inputs needs a gradient */
+    peft_tensor *in[8] = { x, s, gate_up, down, gu_A, gu_B, dn_A, dn_B }, *need = NULL;
+    for (int k = 0; k < 8 && !need; k++)
+        if (in[k] && in[k]->requires_grad) need = in[k];
+    peft__node *nd = peft__record(g, peft__moe_experts_bw, y, need, NULL, NULL, NULL);
+    if (nd) {
+        for (int k = 0; k < 8; k++) nd->in[k] = in[k];
+        nd->aux = c;
+    }
     return y;
+}
+PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                      peft_tensor *gate_up, peft_tensor *down) {
+    return peft_moe_experts_lora(g, x, s, idx, gate_up, down, NULL, NULL, NULL, NULL, 0.0f);
 }
 
 /* ---- the LLaMA-4 block -------------------------------------------------------------- */
@@ -5530,12 +5667,18 @@ static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer 
     ff = peft__site_forward(m, g, &S[PEFT_DOWN], ff);
     if (L->moe.router) {
         const int *idx;
-        peft_tensor *sc = peft_moe_route(g, peft_linear(g, h, L->moe.router), c->top_k, &idx);
+        peft_moe_site *M = &L->moe;
+        peft_tensor *Wr = M->router_copy ? M->router_copy : M->router;
+        peft_tensor *z = M->router_A ? peft_lora_linear(g, h, Wr, M->router_A, M->router_B, M->router_scale, 0.0f,
+                                                        NULL)
+                                     : peft_linear(g, h, Wr);
+        peft_tensor *sc = peft_moe_route(g, z, c->top_k, &idx);
         if (!sc) return NULL;
         /* a checkpointed block's recompute in backward routes the same tokens again: not counted */
         if (g != m->recompute || !g->grad_enabled)
             for (int64_t i = 0; i < sc->n; i++) L->moe.counts[idx[i]]++;
-        ff = peft__add_op(g, ff, peft_moe_experts(g, h, sc, idx, L->moe.gate_up, L->moe.down), 1);
+        ff = peft__add_op(g, ff, peft_moe_experts_lora(g, h, sc, idx, M->gate_up, M->down, M->gate_up_A,
+                                                       M->gate_up_B, M->down_A, M->down_B, M->experts_scale), 1);
     }
     return peft__add_op(g, x, ff, 1);
 }
@@ -5568,6 +5711,7 @@ static const char *peft__llama4_ffn_module(const peft_config *c, int l) {
 static int peft__llama4_ffn_width(const peft_config *c, int l) {
     return c->llama4 && !peft_layer_is_moe(c, l) ? c->hidden_dim_mlp : c->hidden_dim;
 }
+
 
 /* ---- LLaMA-4 config.json (Llama4TextConfig) -------------------------------------------
    transformers' defaults for what a file leaves out; the layer lists
@@ -5731,7 +5875,7 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
    block takes fusion prompts. Whatever a method adds to a site is listed
    here, once: the checkpointing rule below asks this list, so a trainable
    tensor a block reads cannot be missed. Returns the count (NULLs skipped). */
-#define PEFT__LAYER_MAX_TENSORS (2 + 7 * PEFT_N_SITES + 8 + 3)
+#define PEFT__LAYER_MAX_TENSORS (2 + 7 * PEFT_N_SITES + 8 + 10)
 static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_tensor **out) {
     const peft_attn_site *A = &L->attn;
     peft_tensor *all[PEFT__LAYER_MAX_TENSORS];
@@ -5759,6 +5903,13 @@ static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_te
     all[n++] = L->moe.router;
     all[n++] = L->moe.gate_up;
     all[n++] = L->moe.down;
+    all[n++] = L->moe.router_A;
+    all[n++] = L->moe.router_B;
+    all[n++] = L->moe.router_copy;
+    all[n++] = L->moe.gate_up_A;
+    all[n++] = L->moe.gate_up_B;
+    all[n++] = L->moe.down_A;
+    all[n++] = L->moe.down_B;
     int k = 0;
     for (int i = 0; i < n; i++)
         if (all[i]) out[k++] = all[i];
@@ -6621,6 +6772,7 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
         return PEFT_OK;
     }
     if (strcmp(key, "lora_targets") == 0) return peft__parse_targets(v, m);
+    if (strcmp(key, "moe_targets") == 0) return peft_method_set_moe(m, v);
     if (strcmp(key, "trainable_tokens") == 0) {
         int n = 0;
         char buf[4096];
@@ -6787,6 +6939,85 @@ static void peft__fill(peft_tensor *t, float v) {
 
 static const char *peft__site_module(int s) { return s <= PEFT_O ? "self_attn" : "mlp"; }
 
+/* ---- PEFT on MoE sites: LoRA on the router and the routed experts, the router tuned ----
+   router   a linear: y = h·Wrᵀ + s·(h·Aᵀ)·Bᵀ, keys ...feed_forward.router.
+            lora_A/lora_B.weight [r, D], [E, r], saved as PEFT's target_parameters
+            "feed_forward.router.weight" (as a target_module, PEFT 0.21.2 adds its
+            delta to the router's output, a tuple in transformers 5.24, and fails)
+   experts  PEFT ≥ 0.17's target_parameters (ParamWrapper) on the [E, in, out]
+            tensors: lora_A [r·E, out], lora_B [in, r·E] (PEFT swaps in and out
+            for tensors stored x·W); expert e's delta is
+            ΔW_e = s·B_e·A_e [in, out], B_e[i, j] = lora_B[i, j·E + e],
+            A_e = rows e·r .. e·r + r − 1 of lora_A. Keys: the first of
+            target_parameters (gate_up_proj, as saved here) under
+            ...feed_forward.experts.base_layer.lora_A/B.weight when both are
+            targeted, the other under ...feed_forward.experts.lora_A/B.weight.
+            The op forms W_e + ΔW_e one expert at a time, as PEFT's
+            parametrization does, and takes dA_e = s·B_eᵀ·dW_e,
+            dB_e = s·dW_e·A_eᵀ from the expert's weight gradient dW_e.
+   router tuned  a trainable copy of the router (PEFT modules_to_save "router":
+            key ...feed_forward.router.weight), the base left as it is.      */
+PEFTDEF peft_status peft_method_set_moe(peft_method *m, const char *v) {
+    unsigned bits = 0;
+    char buf[256];
+    if (strlen(v) >= sizeof buf) return peft__fail(PEFT_ERR_CONFIG, "moe_targets: list too long");
+    snprintf(buf, sizeof buf, "%s", v);
+    int full = 0;
+    for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
+        if (!strcmp(tok, "router")) bits |= PEFT_MOE_ROUTER;
+        else if (!strcmp(tok, "experts")) bits |= PEFT_MOE_GATE_UP | PEFT_MOE_DOWN;
+        else if (!strcmp(tok, "gate_up_proj") || !strcmp(tok, "experts.gate_up_proj")) bits |= PEFT_MOE_GATE_UP;
+        else if (!strcmp(tok, "down_proj") || !strcmp(tok, "experts.down_proj")) bits |= PEFT_MOE_DOWN;
+        else if (!strcmp(tok, "router-full")) full = 1;
+        else if (strcmp(tok, "none"))
+            return peft__fail(PEFT_ERR_CONFIG, "moe_targets: '%s' is not router, experts, "
+                              "experts.gate_up_proj, experts.down_proj, router-full or none", tok);
+    }
+    m->moe_lora = bits;
+    m->moe_router_full = full;
+    return PEFT_OK;
+}
+
+static peft_status peft__llama4_attach(peft_model *m, const peft_method *cfg) {
+    const peft_config *c = &m->cfg;
+    if (!c->llama4 || !(cfg->moe_lora || cfg->moe_router_full)) return PEFT_OK;
+    int r = cfg->lora_r;
+    float scale = cfg->lora_rslora ? cfg->lora_alpha / sqrtf((float)r) : cfg->lora_alpha / (float)r;
+    int64_t D = c->dim, F = c->hidden_dim, E = c->n_experts;
+    const char *pre = "base_model.model.model.layers";
+    for (int l = 0; l < c->n_layers; l++) {
+        peft_moe_site *M = &m->layers[l].moe;
+        if (!M->router) continue;
+        if (cfg->moe_lora & PEFT_MOE_ROUTER) {
+            int64_t sa[2] = { r, D }, sb[2] = { E, r };
+            M->router_A = peft__extra(m, 2, sa, "%s.%d.feed_forward.router.lora_A.weight", pre, l);
+            M->router_B = peft__extra(m, 2, sb, "%s.%d.feed_forward.router.lora_B.weight", pre, l);
+            if (!M->router_A || !M->router_B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
+            peft__fill_uniform(M->router_A, &m->rng, 1.0f / sqrtf((float)D));
+            M->router_scale = scale;
+        }
+        for (int k = 0; k < 2; k++) {
+            if (!(cfg->moe_lora & (k ? PEFT_MOE_DOWN : PEFT_MOE_GATE_UP))) continue;
+            /* gate_up [E, D, 2F]: A [r·E, 2F], B [D, r·E]; down [E, F, D]: A [r·E, D], B [F, r·E] */
+            int64_t in = k ? F : D, out = k ? D : 2 * F, sa[2] = { r * E, out }, sb[2] = { in, r * E };
+            const char *at = !k && (cfg->moe_lora & PEFT_MOE_DOWN) ? "base_layer." : "";
+            peft_tensor **A = k ? &M->down_A : &M->gate_up_A, **B = k ? &M->down_B : &M->gate_up_B;
+            *A = peft__extra(m, 2, sa, "%s.%d.feed_forward.experts.%slora_A.weight", pre, l, at);
+            *B = peft__extra(m, 2, sb, "%s.%d.feed_forward.experts.%slora_B.weight", pre, l, at);
+            if (!*A || !*B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
+            peft__fill_uniform(*A, &m->rng, 1.0f / sqrtf((float)out));
+            M->experts_scale = scale;
+        }
+        if (cfg->moe_router_full) {
+            int64_t sr[2] = { E, D };
+            M->router_copy = peft__extra(m, 2, sr, "%s.%d.feed_forward.router.weight", pre, l);
+            if (!M->router_copy) return peft__fail(PEFT_ERR_NOMEM, "no memory for the router copy");
+            memcpy(M->router_copy->data, M->router->data, sizeof(float) * (size_t)M->router->n);
+        }
+    }
+    return PEFT_OK;
+}
+
 /* ---- the forward at a linear site: base, then what is attached ---------------- */
 static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x) {
     peft_tensor *y;
@@ -6888,9 +7119,14 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
             if (!peft__lora_site(cfg, l, s, &r, &alpha)) continue;
             int64_t in, out;
             peft__site_dims(c, s, &in, &out);
-            int64_t sa[2] = { r, in }, sb[2] = { out, r };
             peft_linear_site *S = &m->layers[l].lin[s];
             const char *mod = peft__site_module(s), *site = peft__site_names[s];
+            if (c->llama4) {      /* per-layer widths and names: feed_forward(.shared_expert) */
+                in = S->w->shape[1];
+                out = S->w->shape[0];
+                if (s > PEFT_O) mod = peft__llama4_ffn_module(c, l);
+            }
+            int64_t sa[2] = { r, in }, sb[2] = { out, r };
             S->lora_A = peft__extra(m, 2, sa, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l, mod,
                                     site);
             S->lora_B = peft__extra(m, 2, sb, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l, mod,
@@ -6995,6 +7231,9 @@ PEFTDEF peft_status peft_lora_merge(peft_model *m) {
                           "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
                           "(merge into the full-precision base instead)");
     if (m->method.kind != PEFT_LORA) return peft__fail(PEFT_ERR_ARG, "merge: no LoRA adapter is attached");
+    if (m->method.moe_lora || m->method.moe_router_full)
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: LoRA on the router or the experts (moe_targets) is not "
+                          "merged by peft.h yet");
     if (m->lora_merged) return PEFT_OK;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
@@ -7383,8 +7622,11 @@ static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
     if (m->method.kind != PEFT_FULL || m->n_extra)
         return peft__fail(PEFT_ERR_ARG, "a %s adapter is already attached; load a fresh model for another",
                           peft_method_name(m->method.kind));
-    if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) && (cfg->lora_r < 1 || !cfg->lora_targets))
+    if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) &&
+        (cfg->lora_r < 1 || !(cfg->lora_targets || cfg->moe_lora || cfg->moe_router_full)))
         return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
+    if ((cfg->moe_lora || cfg->moe_router_full) && (cfg->kind != PEFT_LORA || !m->cfg.n_experts))
+        return peft__fail(PEFT_ERR_CONFIG, "moe_targets need a LoRA method on a LLaMA-4 model with experts");
     int is_lora = cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA;
     for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS && is_lora; l++)
         /* it would adapt nothing there: never train 0 parameters silently */
@@ -7405,7 +7647,10 @@ static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
     peft_status s = PEFT_OK;
     switch (cfg->kind) {
     case PEFT_FULL: break;
-    case PEFT_LORA: s = peft__attach_lora(m, cfg); break;
+    case PEFT_LORA:
+        s = peft__attach_lora(m, cfg);
+        if (s == PEFT_OK) s = peft__llama4_attach(m, cfg);
+        break;
     case PEFT_ADAPTER_V1: s = peft__attach_prompts(m, cfg); break;
     case PEFT_ADAPTER_V2: s = peft__attach_v2(m, cfg); break;
     case PEFT_EXCITOR: s = peft__attach_excitor(m, cfg); break;
@@ -9567,12 +9812,24 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
                   "  \"init_lora_weights\": %s,\n  \"lora_bias\": %s,\n  \"modules_to_save\": ",
                   custom ? "}" : "]", x->lora_rslora ? "true" : "false",
                   x->lora_init_gaussian ? "\"gaussian\"" : "true", x->lora_bias ? "true" : "false");
-        if (!x->modules_to_save)
+        if (x->moe_router_full)         /* LLaMA-4: the router tuned (see "PEFT on MoE sites") */
+            peft__sbf(b, "[\"router\"%s%s]", x->modules_to_save & PEFT_SAVE_EMBED ? ", \"embed_tokens\"" : "",
+                      x->modules_to_save & PEFT_SAVE_LM_HEAD ? ", \"lm_head\"" : "");
+        else if (!x->modules_to_save)
             peft__sbf(b, "null");
         else
             peft__sbf(b, "[%s%s%s]", x->modules_to_save & PEFT_SAVE_EMBED ? "\"embed_tokens\"" : "",
                       x->modules_to_save == (PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD) ? ", " : "",
                       x->modules_to_save & PEFT_SAVE_LM_HEAD ? "\"lm_head\"" : "");
+        if (x->moe_lora) {     /* LLaMA-4: gate_up first, so that its keys are the ones under base_layer */
+            static const char *const tp[3] = { "feed_forward.experts.gate_up_proj",
+                                               "feed_forward.experts.down_proj", "feed_forward.router.weight" };
+            static const unsigned bit[3] = { PEFT_MOE_GATE_UP, PEFT_MOE_DOWN, PEFT_MOE_ROUTER };
+            peft__sbf(b, ",\n  \"target_parameters\": [");
+            for (int i = 0, n = 0; i < 3; i++)
+                if (x->moe_lora & bit[i]) peft__sbf(b, "%s\"%s\"", n++ ? ", " : "", tp[i]);
+            peft__sbf(b, "]");
+        }
         peft__sbf(b, ",\n  \"trainable_token_indices\": ");
         if (!x->n_trainable_tokens) peft__sbf(b, "null");
         for (int i = 0; i < x->n_trainable_tokens; i++)
@@ -10198,6 +10455,9 @@ static const char *peft__unused_tensor_hint(const char *name) {
 static peft_status peft__adapter_load(peft_model *m, const char *dir);
 /* atomic as peft_attach: on any failure the model is as it was */
 PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
+    if (m->cfg.llama4)   /* the module names and target_parameters of LLaMA-4 adapters are not read yet */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: loading adapters into a LLaMA-4 model is not supported yet "
+                          "(peft_adapter_save writes them in PEFT's layout; PEFT loads them)", dir);
     peft__snapshot sn;
     if (peft__snapshot_take(m, &sn) != PEFT_OK) return PEFT_ERR_NOMEM;
     peft_status s = peft__adapter_load(m, dir);

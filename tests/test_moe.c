@@ -84,3 +84,213 @@ static void check_llama4(const char *name) {
 
 TEST(test_llama4_moe_chunked_nope_gqa) { check_llama4("llama4_moe"); }
 TEST(test_llama4_interleaved_top2_tied) { check_llama4("llama4_interleaved"); }
+
+/* Scout and Maverick: the text decoders' parameter counts equal those of
+   transformers' Llama4ForConditionalGeneration language model (built on the
+   meta device from Llama4TextConfig's defaults: Scout; Maverick with 128
+   experts, MoE every 2nd layer): 107,769,861,120 and 400,711,848,960; the
+   model cards' 109B and 400B add the vision encoder (455M). Active: 17B. */
+TEST(test_llama4_preset_counts) {
+    peft_config c;
+    REQUIRE_OK(peft_config_preset(&c, "llama4-scout"));
+    CHECK(peft_config_param_count(&c) == 107769861120LL, "scout: %lld", (long long)peft_config_param_count(&c));
+    int64_t act = peft_config_active_count(&c);
+    CHECK(act > 16.5e9 && act < 17.5e9, "scout active %lld", (long long)act);
+    REQUIRE_OK(peft_config_preset(&c, "llama4-maverick"));
+    CHECK(peft_config_param_count(&c) == 400711848960LL, "maverick: %lld", (long long)peft_config_param_count(&c));
+    act = peft_config_active_count(&c);
+    CHECK(act > 16.5e9 && act < 17.5e9, "maverick active %lld", (long long)act);
+    /* the count without allocating equals what a model allocates */
+    peft_model *m;
+    REQUIRE_OK(peft_model_from_preset(&m, "llama4-tiny", 1, 3));
+    CHECK(peft_model_base_count(m) == peft_config_param_count(&m->cfg), "tiny: %lld allocated, %lld counted",
+          (long long)peft_model_base_count(m), (long long)peft_config_param_count(&m->cfg));
+    peft_model_free(m);
+    char out[4096];
+    int rc = th_run_peft(out, sizeof out, "info --preset llama4-scout");
+    CHECK(rc == 0 && strstr(out, "107.8B / 17.2B"), "peft info --preset llama4-scout (%d):\n%s", rc, out);
+}
+
+/* a tiny LLaMA-4 saved and loaded back: the same logits, and config.json read
+   with no key left over */
+TEST(test_llama4_save_load) {
+    peft_model *m, *m2;
+    REQUIRE_OK(peft_model_from_preset(&m, "llama4-tiny", 1, 5));
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/llama4_tiny", th_tmpdir());
+    REQUIRE_OK(peft_model_save(m, dir));
+    REQUIRE_OK(peft_model_load(&m2, dir));
+    CHECK(m2->cfg.unused[0] == 0, "keys not read: %s", m2->cfg.unused);
+    int tok[12] = { 1, 5, 9, 200, 4000, 17, 3, 3, 3, 8, 90, 11 };
+    peft_graph *g = peft_graph_new(), *g2 = peft_graph_new();
+    peft_tensor *a = peft_model_forward(m, g, tok, 2, 6), *b = peft_model_forward(m2, g2, tok, 2, 6);
+    REQUIRE(a && b, "forward: %s", peft_last_error());
+    CHECK(th_rel_err_f(a->data, b->data, a->n) == 0, "saved and loaded logits differ");
+    peft_graph_free(g);
+    peft_graph_free(g2);
+    peft_model_free(m);
+    peft_model_free(m2);
+}
+
+/* a copy of the llama4_moe fixture with config.json edited by sed */
+static const char *bad_config(const char *name, const char *sed) {
+    static char dir[700];
+    snprintf(dir, sizeof dir, "%s/%s", th_tmpdir(), name);
+    th_sh("mkdir -p '%s' && cp '%s/llama4_moe/model.safetensors' '%s/' && sed '%s' '%s/llama4_moe/config.json' > "
+          "'%s/config.json'", dir, th_fixtures(), dir, sed, th_fixtures(), dir);
+    return dir;
+}
+/* a copy of the llama4_moe fixture with one tensor's shape changed (zeros of that shape) */
+static const char *bad_tensor(const char *name, const char *tensor, int ndim, const int64_t *shape) {
+    static char dir[700];
+    char src[600], path[800];
+    snprintf(dir, sizeof dir, "%s/%s", th_tmpdir(), name);
+    snprintf(src, sizeof src, "%s/llama4_moe", th_fixtures());
+    th_sh("mkdir -p '%s' && cp '%s/config.json' '%s/'", dir, src, dir);
+    peft_model *m;
+    if (peft_model_load(&m, src) != PEFT_OK) return dir;
+    peft_st_write_item it[64];
+    float *zeros = calloc(1 << 16, sizeof(float));
+    int n = 0;
+    for (int i = 0; i < m->n_params && n < 64; i++, n++) {
+        it[n].name = m->params[i]->name;
+        it[n].dtype = PEFT_DT_F32;
+        it[n].ndim = m->params[i]->ndim;
+        memcpy(it[n].shape, m->params[i]->shape, sizeof it[n].shape);
+        it[n].data = m->params[i]->data;
+        if (strcmp(it[n].name, tensor)) continue;
+        it[n].ndim = ndim;
+        memcpy(it[n].shape, shape, sizeof(int64_t) * (size_t)ndim);
+        it[n].data = zeros;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    peft_st_write(path, it, n, NULL, 0);
+    free(zeros);
+    peft_model_free(m);
+    return dir;
+}
+static void expect_load_error(const char *dir, const char *needle1, const char *needle2) {
+    peft_model *m = (peft_model *)1;
+    peft_status s = peft_model_load(&m, dir);
+    CHECK(s != PEFT_OK && m == NULL, "%s loaded", dir);
+    CHECK(strstr(peft_last_error(), needle1) && strstr(peft_last_error(), needle2), "%s: error '%s' should name "
+          "'%s' and '%s'", dir, peft_last_error(), needle1, needle2);
+}
+TEST(test_llama4_bad_input) {
+    expect_load_error(bad_config("topk", "s/\"num_experts_per_tok\": 1/\"num_experts_per_tok\": 5/"),
+                      "num_experts_per_tok (5) exceeds num_local_experts (4)", "config.json");
+    expect_load_error(bad_config("experts0", "s/\"num_local_experts\": 4/\"num_local_experts\": 0/"),
+                      "num_local_experts", "config.json");
+    expect_load_error(bad_config("moe_layers", "s/^    0,$/    7,/"), "'moe_layers'", "config.json");
+    expect_load_error(bad_config("no_rope", "s/\"no_rope_layer_interval\": 3/\"no_rope_layer_interval\": 2/"),
+                      "'no_rope_layers'", "config.json");
+    expect_load_error(bad_config("chunk", "s/\"attention_chunk_size\": 4/\"attention_chunk_size\": \"4\"/"),
+                      "attention_chunk_size", "config.json");
+    expect_load_error(bad_config("vlm", "s/\"llama4_text\"/\"llama4\"/"), "Llama4ForConditionalGeneration",
+                      "config.json");
+    expect_load_error(bad_config("qknorm", "s/\"use_qk_norm\": true/\"use_qk_norm\": 1/"), "use_qk_norm",
+                      "config.json");
+    /* the experts' and router's tensors checked against config.json before anything is read */
+    int64_t gu[3] = { 4, 32, 46 }, dn[3] = { 4, 32, 24 }, rt[2] = { 5, 32 }, gu2[2] = { 128, 48 };
+    expect_load_error(bad_tensor("gate_up", "model.layers.1.feed_forward.experts.gate_up_proj", 3, gu),
+                      "model.layers.1.feed_forward.experts.gate_up_proj", "[4, 32, 46] but config.json implies "
+                      "[4, 32, 48]");
+    expect_load_error(bad_tensor("down", "model.layers.0.feed_forward.experts.down_proj", 3, dn),
+                      "model.layers.0.feed_forward.experts.down_proj", "[4, 32, 24] but config.json implies "
+                      "[4, 24, 32]");
+    expect_load_error(bad_tensor("router", "model.layers.2.feed_forward.router.weight", 2, rt),
+                      "model.layers.2.feed_forward.router.weight", "[5, 32] but config.json implies [4, 32]");
+    expect_load_error(bad_tensor("gate_up2d", "model.layers.2.feed_forward.experts.gate_up_proj", 2, gu2),
+                      "gate_up_proj", "[128, 48]");
+}
+
+/* LoRA on every MoE site at once, against PEFT 0.21.2 (fixture llama4_moe_lora: q_proj, v_proj,
+   the shared expert's gate/up/down as target_modules; the experts' gate_up_proj and down_proj and
+   the router's weight as target_parameters; r 2, alpha 3, random lora_B): the same tensor names
+   and shapes, logits to 1e-4, loss to 1e-5, every LoRA gradient to 1e-3; the adapter peft.h saves
+   has PEFT's names, shapes and target lists. */
+TEST(test_llama4_lora_matches_peft) {
+    char base[512], ad[600], ref[700], st_path[800];
+    snprintf(base, sizeof base, "%s/llama4_moe", th_fixtures());
+    snprintf(ad, sizeof ad, "%s/llama4_moe_lora", th_fixtures());
+    snprintf(ref, sizeof ref, "%s/ref.safetensors", ad);
+    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", ad);
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, base));
+    peft_method lm = peft_method_defaults(PEFT_LORA);
+    REQUIRE_OK(peft_method_set(&lm, "lora_r", "2"));
+    REQUIRE_OK(peft_method_set(&lm, "lora_alpha", "3"));
+    REQUIRE_OK(peft_method_set(&lm, "lora_targets", "q_proj,v_proj,gate_proj,up_proj,down_proj"));
+    REQUIRE_OK(peft_method_set(&lm, "moe_targets", "router,experts"));
+    REQUIRE_OK(peft_attach(m, &lm));
+    peft_safetensors st;
+    REQUIRE_OK(peft_st_open(&st, st_path));
+    CHECK(st.n == m->n_extra, "PEFT's adapter has %d tensors, peft.h made %d", (int)st.n, m->n_extra);
+    for (int i = 0; i < m->n_extra; i++) {
+        peft_tensor *t = m->extra[i];
+        const peft_st_entry *e = peft_st_find(&st, t->name);
+        REQUIRE(e, "PEFT's adapter has no tensor %s", t->name);
+        CHECK(e->ndim == t->ndim && e->shape[0] == t->shape[0] && e->shape[1] == t->shape[1], "%s: shape", t->name);
+        REQUIRE_OK(peft_st_read_f32(&st, e, t->data, t->n));
+    }
+    peft_st_close(&st);
+    float *tok_f, *lab_f, *logits, *loss;
+    long nt, nl, nlog, n1;
+    char bref[700];
+    snprintf(bref, sizeof bref, "%s/ref.safetensors", base);
+    REQUIRE(th_read_ref(bref, "tokens", &tok_f, &nt) && th_read_ref(bref, "labels", &lab_f, &nl) &&
+                    th_read_ref(ref, "logits", &logits, &nlog) && th_read_ref(ref, "loss", &loss, &n1),
+            "reference missing");
+    int B = 2, T = (int)(nt / 2), *tokens = malloc(sizeof(int) * nt), *targets = malloc(sizeof(int) * nt);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            tokens[b * T + t] = (int)tok_f[b * T + t];
+            targets[b * T + t] = t + 1 < T ? (int)lab_f[b * T + t + 1] : -100;
+        }
+    peft_graph *g = peft_graph_new();
+    peft_tensor *lg = peft_model_forward(m, g, tokens, B, T);
+    REQUIRE(lg && lg->n == nlog, "forward: %s", peft_last_error());
+    double err = th_rel_err_f(lg->data, logits, nlog);
+    CHECK(err < 1e-4, "logits with PEFT's adapter: rel err %.3g", err);
+    peft_tensor *L = peft_cross_entropy(g, lg, targets);
+    REQUIRE(L, "loss");
+    CHECK(fabs(L->data[0] - loss[0]) < 1e-5 * fabs(loss[0]), "loss %.7f vs PEFT %.7f", L->data[0], loss[0]);
+    REQUIRE_OK(peft_backward(g, L));
+    double worst = 0;
+    for (int i = 0; i < m->n_extra; i++) {
+        char key[400];
+        float *gr;
+        long ng;
+        snprintf(key, sizeof key, "grad.%s", m->extra[i]->name);
+        REQUIRE(th_read_ref(ref, key, &gr, &ng) && ng == m->extra[i]->n, "no gradient %s", key);
+        double ge = th_rel_err_f(m->extra[i]->grad, gr, ng);
+        worst = ge > worst ? ge : worst;
+        CHECK(ge < 1e-3, "gradient of %s: rel err %.3g", m->extra[i]->name, ge);
+        free(gr);
+    }
+    printf("      PEFT adapter on every MoE site: logits %.2g, worst LoRA gradient %.2g (relative)\n", err, worst);
+    /* saved by peft.h: PEFT's names and shapes, and the target lists PEFT needs to load it */
+    char out[700], cfgp[800], text[4096] = "";
+    snprintf(out, sizeof out, "%s/llama4_lora_saved", th_tmpdir());
+    REQUIRE_OK(peft_adapter_save(m, out));
+    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", out);
+    REQUIRE_OK(peft_st_open(&st, st_path));
+    CHECK(st.n == m->n_extra, "saved %d tensors", (int)st.n);
+    peft_st_close(&st);
+    snprintf(cfgp, sizeof cfgp, "%s/adapter_config.json", out);
+    FILE *f = fopen(cfgp, "r");
+    REQUIRE(f, "no adapter_config.json");
+    size_t got = fread(text, 1, sizeof text - 1, f);
+    text[got] = 0;
+    fclose(f);
+    CHECK(strstr(text, "\"target_parameters\": [\"feed_forward.experts.gate_up_proj\", "
+                       "\"feed_forward.experts.down_proj\", \"feed_forward.router.weight\"]"),
+          "target_parameters missing:\n%s", text);
+    /* loading LLaMA-4 adapters is refused by name, not half done */
+    CHECK(peft_adapter_load(m, out) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "LLaMA-4"), "load: %s",
+          peft_last_error());
+    CHECK(peft_lora_merge(m) == PEFT_ERR_UNSUPPORTED, "merge of expert LoRA must be refused");
+    peft_graph_free(g);
+    peft_model_free(m);
+    free(tok_f); free(lab_f); free(logits); free(loss); free(tokens); free(targets);
+}

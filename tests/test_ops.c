@@ -861,3 +861,50 @@ TEST(test_fd_moe_experts) {
         }
     }
 }
+
+/* ---- routed experts with LoRA in PEFT's target_parameters layout ---- */
+typedef struct { ex_ctx ex; int r; float scale; } exl_ctx;
+static peft_tensor *exl_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    exl_ctx *c = vc;
+    ex_ctx *e = &c->ex;
+    return peft_moe_experts_lora(g, x[0], x[1], e->idx, view3(g, x[2], e->E, e->D, 2 * e->F),
+                                 view3(g, x[3], e->E, e->F, e->D), x[4], x[5], x[6], x[7], c->scale);
+}
+/* W_e + s·B_e·A_e with B_e[i, j] = B[i, j·E + e], A_e = rows e·r .. of A, then the plain experts */
+static void exl_ref(double **x, double *y, void *vc) {
+    exl_ctx *c = vc;
+    ex_ctx *e = &c->ex;
+    int D = e->D, F = e->F, E = e->E, r = c->r;
+    double *W[2];
+    for (int k = 0; k < 2; k++) {
+        long in = k ? F : D, out = k ? D : 2 * F;
+        const double *A = x[4 + 2 * k], *B = x[5 + 2 * k];
+        W[k] = malloc(sizeof(double) * (size_t)(E * in * out));
+        for (int ex = 0; ex < E; ex++)
+            for (long i = 0; i < in; i++)
+                for (long o = 0; o < out; o++) {
+                    double d = 0;
+                    for (int j = 0; j < r; j++) d += B[i * r * E + j * E + ex] * A[(ex * r + j) * out + o];
+                    W[k][(ex * in + i) * out + o] = x[2 + k][(ex * in + i) * out + o] + c->scale * d;
+                }
+    }
+    double *xx[4] = { x[0], x[1], W[0], W[1] };
+    ex_ref(xx, y, e);
+    free(W[0]);
+    free(W[1]);
+}
+TEST(test_fd_moe_experts_lora) {
+    exl_ctx c2 = { { 7, 6, 5, 4, 2, { 0, 3, 1, 0, 3, 1, 0, 1, 3, 0, 1, 3, 0, 3 } }, 2, 1.5f };
+    for (int frozen = 0; frozen < 2; frozen++) {
+        ex_ctx *ec = &c2.ex;
+        int rE = c2.r * ec->E;
+        fd_case c = { 0 };
+        c.n_in = 8; set2(&c, 0, ec->N, ec->D); set2(&c, 1, ec->N, ec->K);
+        set2(&c, 2, ec->E * ec->D, 2 * ec->F); set2(&c, 3, ec->E * ec->F, ec->D);
+        set2(&c, 4, rE, 2 * ec->F); set2(&c, 5, ec->D, rE); set2(&c, 6, rE, ec->D); set2(&c, 7, ec->F, rE);
+        c.no_grad[2] = c.no_grad[3] = 1;        /* experts frozen, as under LoRA */
+        c.no_grad[0] = c.no_grad[1] = frozen;   /* first layer: nothing upstream trains */
+        c.out_len = ec->N * ec->D; c.fwd = exl_fwd; c.ref = exl_ref; c.ctx = &c2; c.scale = 0.6f;
+        fd_run(&c, frozen ? "moe_experts_lora (only LoRA trains)" : "moe_experts_lora", 80 + frozen);
+    }
+}

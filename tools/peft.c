@@ -138,6 +138,26 @@ static const char *INFO_HELP =
     "built-in preset; no weights are loaded). With --method, the parameters that\n"
     "method trains and their share of the base model.\n";
 
+/* LLaMA-4: the mixture of experts and the parameters a token uses */
+static void print_llama4(const peft_config *c) {
+    char b1[40], b2[40];
+    int moe = 0, nope = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        moe += peft_layer_is_moe(c, l);
+        nope += !peft_layer_has_rope(c, l);
+    }
+    printf("experts          %d routed (top-%d, expert width %d) + 1 shared, in %d of %d layers "
+           "(dense width %d)\n", c->n_experts, c->top_k, c->hidden_dim, moe, c->n_layers, c->hidden_dim_mlp);
+    printf("attention        NoPE in %d layers%s; RoPE layers: %s%s", nope,
+           c->temp_tuning ? " (temperature tuned)" : "", c->qk_norm ? "QK L2 norm, " : "", "chunks of ");
+    printf("%d tokens\n", c->attn_chunk);
+    int64_t total = peft_config_param_count(c), active = peft_config_active_count(c);
+    double unit = total >= 1e9 ? 1e9 : 1e6;
+    const char *u = total >= 1e9 ? "B" : "M";
+    printf("total / active   %.1f%s / %.1f%s parameters (%s / %s per token)\n", total / unit, u, active / unit, u,
+           commas(total, b1), commas(active, b2));
+}
+
 static void print_config(const peft_config *c, const char *what) {
     char b1[40], b2[40], b3[40];
     int64_t total = peft_config_param_count(c);
@@ -157,6 +177,7 @@ static void print_config(const peft_config *c, const char *what) {
            commas(emb * (c->tie_embeddings ? 1 : 2), b2),
            commas(total - emb * (c->tie_embeddings ? 1 : 2), b3));
     printf("fp32 weights     %.1f MB\n", total * 4.0 / 1e6);
+    if (c->llama4) print_llama4(c);
 }
 
 static int check_weights(const char *dir, const peft_config *c);

@@ -13,7 +13,7 @@ sequence; grouped-query heads; top-2 routing; QK-norm off.
 
 Run:  python3 tools/ref/make_llama4_fixtures.py   (from the repository root)
 """
-import os
+import os, sys
 import torch
 from safetensors.torch import save_file
 from transformers import Llama4TextConfig, Llama4ForCausalLM
@@ -106,5 +106,45 @@ def main():
               f"moe {model.config.moe_layers}, counts { {k: v.tolist() for k, v in counts.items()} }")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and "--adapter" not in sys.argv:
     main()
+
+
+def adapter_fixture():
+    """llama4_moe_lora/: a PEFT LoRA adapter on the llama4_moe fixture with every MoE site at once:
+    q_proj and v_proj (attention), the shared expert's gate/up/down (target_modules), the routed
+    experts' gate_up_proj and down_proj and the router's weight (target_parameters), r 2, alpha 3, with random
+    lora_B (PEFT initialises it to 0) so that every delta shows; ref.safetensors holds PEFT's logits
+    for the llama4_moe tokens and the loss's gradient of every LoRA tensor."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    base = os.path.join(FIX, "llama4_moe")
+    out = os.path.join(FIX, "llama4_moe_lora")
+    model = Llama4ForCausalLM.from_pretrained(base, attn_implementation="eager")
+    # the router through target_parameters: as a target_module PEFT 0.21.2's lora.Linear adds its delta
+    # to the router's output, which in transformers 5.24 is a tuple (scores, logits), and fails
+    cfg = LoraConfig(r=2, lora_alpha=3, target_modules=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
+                     target_parameters=["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj",
+                                        "feed_forward.router.weight"])
+    pm = get_peft_model(model, cfg)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.3 * torch.randn_like(p))
+    pm.save_pretrained(out)
+    ref = load_file(os.path.join(base, "ref.safetensors"))
+    tokens, labels = ref["tokens"].long(), ref["labels"].long()
+    res = pm(input_ids=tokens, labels=labels)
+    res.loss.backward()
+    out_ref = {"logits": res.logits.detach().float().contiguous(), "loss": res.loss.detach().reshape(1)}
+    for n, p in pm.named_parameters():
+        if p.requires_grad:
+            out_ref["grad." + n.replace(".default", "")] = p.grad.detach().float().contiguous()
+    save_file(out_ref, os.path.join(out, "ref.safetensors"))
+    print(f"llama4_moe_lora: loss {res.loss.item():.6f}, {sum(p.numel() for p in pm.parameters() if p.requires_grad)} "
+          f"trainable")
+
+
+if __name__ == "__main__" and "--adapter" in sys.argv:
+    adapter_fixture()
