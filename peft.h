@@ -4586,6 +4586,7 @@ static int         peft__llama4_key(const peft_config *c, const char *key);
 static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const char *path);
 static peft_status peft__llama4_params(peft_model *m);
 static int         peft__llama4_preset(peft_config *c, const char *name);
+static int64_t     peft__llama4_lora_count(const peft_config *c, const peft_method *m);
 static const char *peft__llama4_preset_name(int i);
 static const char *peft__llama4_ffn_module(const peft_config *c, int l);
 static int         peft__llama4_ffn_width(const peft_config *c, int l);
@@ -5200,6 +5201,10 @@ static int64_t peft__llama4_layer_count(const peft_config *c, int l, int active)
     return n + expert + (int64_t)c->n_experts * d + (active ? c->top_k : c->n_experts) * expert;
 }
 static int64_t peft__llama4_count(const peft_config *c, int active) {
+    /* first in double: a hostile config.json must not overflow the sum (validate refuses > 1e12) */
+    double est = ((double)c->n_experts + 2) * 3 * c->dim * ((double)c->hidden_dim + c->hidden_dim_mlp) +
+                 4.0 * c->dim * ((double)c->n_heads + c->n_kv_heads) * c->head_dim + (double)c->n_experts * c->dim;
+    if (c->n_layers * est + 2.0 * c->vocab_size * c->dim > 1e15) return (int64_t)1e15;
     int64_t emb = (int64_t)c->vocab_size * c->dim, n = c->dim;
     for (int l = 0; l < c->n_layers; l++) n += peft__llama4_layer_count(c, l, active);
     return n + emb + (c->tie_embeddings ? 0 : emb);
@@ -5222,6 +5227,8 @@ static const peft__llama4_preset_row peft__llama4_presets[] = {
     {"llama4-scout",    5120, 8192, 16384, 48, 40, 8, 128, 202048, 10485760,  16, 1, 1, 4, 1, 8192, 0, 1},
     {"llama4-maverick", 5120, 8192, 16384, 48, 40, 8, 128, 202048,  1048576, 128, 1, 2, 4, 0, 8192, 0, 0},
     {"llama4-tiny",      256,  256,   768,  4,  8, 2,  32,   4096,      512,   4, 1, 1, 4, 1,  128, 1, 0},
+    /* llama4-tiny's active parameters (less the routers') in a dense model: the bench's yardstick */
+    {"llama4-tiny-dense", 256, 256,   512,  4,  8, 2,  32,   4096,      512,   4, 1, 5, 4, 1,  128, 1, 0},
 };
 static const char *peft__llama4_preset_name(int i) {
     int n = (int)(sizeof peft__llama4_presets / sizeof peft__llama4_presets[0]);
@@ -5804,16 +5811,17 @@ static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const
         !isfinite(c->attn_scale))
         return peft__fail(PEFT_ERR_CONFIG, "%s: 'floor_scale' must be a positive number and 'attn_scale' a "
                           "number", path);
-    if (c->n_experts < 1 || c->n_experts > 4096 || c->top_k < 1 || c->moe_step < 1 || c->nope_interval < 0 ||
+    if (c->n_experts < 1 || c->n_experts > 4096 || c->top_k < 1 || c->moe_step < 1 || c->nope_interval < 1 ||
         c->hidden_dim_mlp < 1 || c->hidden_dim_mlp > 1 << 22)
         return peft__fail(PEFT_ERR_CONFIG, "%s: num_local_experts (%d) must be in 1 .. 4096, "
                           "num_experts_per_tok (%d), interleave_moe_layer_step (%d) and intermediate_size_mlp "
-                          "(%d) positive, no_rope_layer_interval (%d) not negative", path, c->n_experts,
+                          "(%d) and no_rope_layer_interval (%d) positive", path, c->n_experts,
                           c->top_k, c->moe_step, c->hidden_dim_mlp, c->nope_interval);
     if (c->top_k > c->n_experts)
         return peft__fail(PEFT_ERR_CONFIG, "%s: num_experts_per_tok (%d) exceeds num_local_experts (%d)", path,
                           c->top_k, c->n_experts);
     static const char *const lists[] = { "moe_layers", "no_rope_layers", "layer_types" };
+    if (c->n_layers < 1 || c->n_layers > 4096) return PEFT_OK;   /* peft_config_validate refuses it */
     for (int i = 0; i < 3; i++)
         if (!peft__llama4_list_ok(peft_json_get(j, lists[i]), c, i))
             return peft__fail(PEFT_ERR_UNSUPPORTED,
@@ -6683,6 +6691,10 @@ static int peft__rx_fullmatch(const peft__rx *r, const char *s) {
    the per-layer site mask lora_site_on. */
 static peft_status peft__parse_targets(const char *v, peft_method *m) {
     unsigned targets = 0;
+    if (!strcmp(v, "none")) {            /* LLaMA-4: LoRA on MoE sites only (moe_targets) */
+        m->lora_targets = 0;
+        return PEFT_OK;
+    }
     memset(m->lora_site_on, 0, sizeof m->lora_site_on);
     memset(m->lora_site_r, 0, sizeof m->lora_site_r);
     if (strcmp(v, "all-linear") == 0 || strcmp(v, "all") == 0) {
@@ -6872,6 +6884,7 @@ PEFTDEF int64_t peft_method_param_count(const peft_config *c, const peft_method 
     switch (m->kind) {
     case PEFT_FULL: return peft_config_param_count(c);
     case PEFT_LORA: case PEFT_QLORA:
+        if (c->llama4) return peft__llama4_lora_count(c, m);
         for (int l = 0; l < c->n_layers; l++)
             for (int s = 0; s < PEFT_N_SITES; s++) {
                 int r;
@@ -6976,6 +6989,32 @@ PEFTDEF peft_status peft_method_set_moe(peft_method *m, const char *v) {
     m->moe_lora = bits;
     m->moe_router_full = full;
     return PEFT_OK;
+}
+
+/* trainable parameters of a LoRA on a LLaMA-4 model: per-layer widths of the
+   feed-forward sites, and the MoE sites */
+static int64_t peft__llama4_lora_count(const peft_config *c, const peft_method *m) {
+    int64_t n = 0, D = c->dim, E = c->n_experts, F = c->hidden_dim;
+    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        int64_t W = peft__llama4_ffn_width(c, l);
+        int64_t in[PEFT_N_SITES] = { D, D, D, q, D, D, W }, out[PEFT_N_SITES] = { q, kv, kv, D, W, W, D };
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            int r;
+            float alpha;
+            if (peft__lora_site(m, l, s, &r, &alpha)) n += (int64_t)r * (in[s] + out[s]) + (m->lora_bias ? out[s] : 0);
+        }
+        if (!peft_layer_is_moe(c, l)) continue;
+        int64_t r = m->lora_r;
+        if (m->moe_lora & PEFT_MOE_ROUTER) n += r * (D + E);
+        if (m->moe_lora & PEFT_MOE_GATE_UP) n += r * E * (2 * F + D);
+        if (m->moe_lora & PEFT_MOE_DOWN) n += r * E * (D + F);
+        if (m->moe_router_full) n += E * D;
+    }
+    n += (int64_t)m->n_trainable_tokens * D;
+    if (m->modules_to_save & PEFT_SAVE_EMBED) n += (int64_t)c->vocab_size * D;
+    if (m->modules_to_save & PEFT_SAVE_LM_HEAD) n += (int64_t)c->vocab_size * D;
+    return n;
 }
 
 static peft_status peft__llama4_attach(peft_model *m, const peft_method *cfg) {

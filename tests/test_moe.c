@@ -294,3 +294,70 @@ TEST(test_llama4_lora_matches_peft) {
     peft_model_free(m);
     free(tok_f); free(lab_f); free(logits); free(loss); free(tokens); free(targets);
 }
+
+/* Each placement the survey asks about, on the llama4_moe fixture: LoRA on attention only, on the
+   router, on the shared expert, on the routed experts, and the router alone fully tuned. The
+   trainable count equals peft_method_param_count's (no allocation) and the formula below; ten
+   AdamW steps on one batch lower the loss; the base tensors stay as they were. */
+TEST(test_llama4_placements) {
+    struct { const char *name, *targets, *moe; int64_t count; } P[] = {
+        /* 3 layers; r 4; D 32, q 32, kv 16, F 24, E 4 */
+        { "attention", "q_proj,k_proj,v_proj,o_proj", "none", 3 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32)) },
+        { "router", "none", "router", 3 * 4 * (32 + 4) },
+        { "shared expert", "gate_proj,up_proj,down_proj", "none", 3 * 4 * 3 * (32 + 24) },
+        { "experts", "none", "experts", 3 * 4 * 4 * ((48 + 32) + (32 + 24)) },
+        { "router tuned", "none", "router-full", 3 * 4 * 32 },
+    };
+    char dir[512], ref[600];
+    snprintf(dir, sizeof dir, "%s/llama4_moe", th_fixtures());
+    snprintf(ref, sizeof ref, "%s/ref.safetensors", dir);
+    float *tok_f;
+    long nt;
+    REQUIRE(th_read_ref(ref, "tokens", &tok_f, &nt), "tokens");
+    int B = 2, T = (int)(nt / 2), tokens[64], targets[64];
+    for (int i = 0; i < B * T; i++) {
+        tokens[i] = (int)tok_f[i];
+        targets[i] = i % T + 1 < T ? (int)tok_f[i + 1] : -100;
+    }
+    free(tok_f);
+    for (size_t p = 0; p < sizeof P / sizeof P[0]; p++) {
+        peft_model *m;
+        REQUIRE_OK(peft_model_load(&m, dir));
+        peft_method lm = peft_method_defaults(PEFT_LORA);
+        REQUIRE_OK(peft_method_set(&lm, "lora_r", "4"));
+        REQUIRE_OK(peft_method_set(&lm, "lora_targets", P[p].targets));
+        REQUIRE_OK(peft_method_set(&lm, "moe_targets", P[p].moe));
+        REQUIRE_OK(peft_attach(m, &lm));
+        int64_t n = peft_model_trainable_count(m);
+        CHECK(n == P[p].count && n == peft_method_param_count(&m->cfg, &lm), "%s: %lld trainable, expected %lld "
+              "(counted %lld)", P[p].name, (long long)n, (long long)P[p].count,
+              (long long)peft_method_param_count(&m->cfg, &lm));
+        float router0 = m->layers[0].moe.router->data[5], expert0 = m->layers[0].moe.gate_up->data[7];
+        peft_trainer_opts o = peft_trainer_defaults();
+        o.lr = 1e-2f;
+        peft_trainer *tr = peft_trainer_new(m, &o);
+        REQUIRE(tr, "trainer: %s", peft_last_error());
+        float first = 0, loss = 0;
+        for (int s = 0; s < 10; s++) {
+            REQUIRE_OK(peft_trainer_step(tr, tokens, targets, B, T, &loss));
+            if (s == 0) first = loss;
+        }
+        CHECK(loss < first - 0.01f, "%s: loss %.4f -> %.4f", P[p].name, first, loss);
+        CHECK(m->layers[0].moe.router->data[5] == router0 && m->layers[0].moe.gate_up->data[7] == expert0,
+              "%s: a frozen base tensor moved", P[p].name);
+        printf("      %-14s %6lld trainable, loss %.4f -> %.4f\n", P[p].name, (long long)n, first, loss);
+        /* the trained adapter in PEFT's layout, with its logits, for tools/ref/check_llama4_adapter.py */
+        char out[700], lp[800];
+        snprintf(out, sizeof out, "%s/llama4_placement_%d", th_tmpdir(), (int)p);
+        CHECK_OK(peft_adapter_save(m, out));
+        peft_graph *g = peft_graph_new();
+        peft_tensor *lg = peft_model_forward(m, g, tokens, B, T);
+        snprintf(lp, sizeof lp, "%s/logits.f32", out);
+        FILE *f = fopen(lp, "wb");
+        if (f && lg) fwrite(lg->data, sizeof(float), (size_t)lg->n, f);
+        if (f) fclose(f);
+        peft_graph_free(g);
+        peft_trainer_free(tr);
+        peft_model_free(m);
+    }
+}

@@ -71,7 +71,7 @@ typedef struct { const char *method; const char *keys[32], *vals[32]; int n; } m
 static const char *const METHOD_FLAGS[] = { "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets",
     "--lora-init", "--lora-layers", "--lora-rslora", "--adapter-len", "--adapter-layers", "--adapter-gate",
     "--fusion-layers", "--fusion-dim", "--excitor-len", "--excitor-rank", "--excitor-layers",
-    "--modules-to-save", "--lora-bias", "--trainable-tokens", NULL };
+    "--modules-to-save", "--lora-bias", "--trainable-tokens", "--moe-targets", NULL };
 
 static const char *METHOD_HELP =
     "  --method M            full | lora | adapter-v1 | adapter-v2 | excitor | qlora (default full)\n"
@@ -87,6 +87,9 @@ static const char *METHOD_HELP =
     "  --lora-bias 1         a trained bias on lora_B (PEFT's lora_bias)\n"
     "  --trainable-tokens L  token ids, e.g. 3,7: their embed_tokens rows trained (PEFT's\n"
     "                        trainable_token_indices; also lm_head's when tied)\n"
+    "  --moe-targets LIST    LLaMA-4: router, experts (gate_up_proj and down_proj), router-full\n"
+    "                        (a trained copy of the router), none (default); with --lora-targets none:\n"
+    "                        the MoE sites alone\n"
     "  --adapter-len K       LLaMA-Adapter prompts per layer (default 10)\n"
     "  --adapter-layers L    adapted top layers (default: 30/32 of the model's)\n"
     "  --adapter-gate G      head (tanh gate per head, the paper) | peft (one raw gate, PEFT's)\n"
