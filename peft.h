@@ -7504,6 +7504,8 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
    KERNELS above.
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
+    if (m->cfg.llama4)   /* the experts' [E, in, out] tensors have no 4-bit path yet */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "4-bit quantization of LLaMA-4 models is not supported yet");
     if (peft__model_qm(m))
         return peft__fail(PEFT_ERR_UNSUPPORTED,
                           "quantize: the base is already stored in ggml %s blocks (GGUF); "
@@ -7664,6 +7666,10 @@ static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
     if ((cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA) &&
         (cfg->lora_r < 1 || !(cfg->lora_targets || cfg->moe_lora || cfg->moe_router_full)))
         return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
+    if (m->cfg.llama4 && cfg->kind != PEFT_FULL && cfg->kind != PEFT_LORA)
+        /* the LLaMA-4 block has no prompt or logit-term attention sites, and no 4-bit experts */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s on a LLaMA-4 model is not supported yet (full or lora)",
+                          peft_method_name(cfg->kind));
     if ((cfg->moe_lora || cfg->moe_router_full) && (cfg->kind != PEFT_LORA || !m->cfg.n_experts))
         return peft__fail(PEFT_ERR_CONFIG, "moe_targets need a LoRA method on a LLaMA-4 model with experts");
     int is_lora = cfg->kind == PEFT_LORA || cfg->kind == PEFT_QLORA;
@@ -10616,6 +10622,8 @@ static void peft__balign(peft__buf *b, size_t a) {
 }
 
 PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *path) {
+    if (m->cfg.llama4)   /* llama.cpp's names for LLaMA-4's sites are not mapped here */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF export of LLaMA-4 adapters is not supported yet", path);
     static const char *const gg[PEFT_N_SITES] = { "attn_q",   "attn_k", "attn_v",  "attn_output",
                                                   "ffn_gate", "ffn_up", "ffn_down" };
     const peft_config *c = &m->cfg;

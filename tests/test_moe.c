@@ -361,3 +361,27 @@ TEST(test_llama4_placements) {
         peft_model_free(m);
     }
 }
+
+/* what the LLaMA-4 block does not have yet is refused by name, never trained silently */
+TEST(test_llama4_refused_methods) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/llama4_moe", th_fixtures());
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, dir));
+    peft_method_kind k[4] = { PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
+    for (int i = 0; i < 4; i++) {
+        peft_method pm = peft_method_defaults(k[i]);
+        CHECK(peft_attach(m, &pm) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "LLaMA-4"), "%s: %s",
+              peft_method_name(k[i]), peft_last_error());
+        CHECK(m->n_extra == 0, "%s left tensors behind", peft_method_name(k[i]));
+    }
+    CHECK(peft_model_quantize(m, PEFT_NF4, 1) == PEFT_ERR_UNSUPPORTED, "quantize: %s", peft_last_error());
+    peft_kv_cache *kc;
+    CHECK(peft_kv_cache_new(&kc, m, 1, 8) == PEFT_ERR_UNSUPPORTED && kc == NULL, "kv cache: %s", peft_last_error());
+    peft_method lm = peft_method_defaults(PEFT_LORA);
+    REQUIRE_OK(peft_attach(m, &lm));
+    char out[700];
+    snprintf(out, sizeof out, "%s/llama4.gguf", th_tmpdir());
+    CHECK(peft_adapter_export_gguf(m, out) == PEFT_ERR_UNSUPPORTED, "gguf export: %s", peft_last_error());
+    peft_model_free(m);
+}
