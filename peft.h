@@ -750,7 +750,8 @@ PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor
    may be NULL); expert e uses W_e + scale·B_e·A_e (see "PEFT on MoE sites"). */
 PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
                                            peft_tensor *gate_up, peft_tensor *down, peft_tensor *gu_A,
-                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B, float scale);
+                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B,
+                                           float scale);
 /* MoE sites of a LoRA method from a list: router, experts (both tensors),
    experts.gate_up_proj, experts.down_proj, router-full (a trainable copy of
    the router), none. Also peft_method_set(m, "moe_targets", list). */
@@ -4853,9 +4854,11 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     }
     const char *mt = peft__json_str(j, "model_type");
     if (mt && !strcmp(mt, "llama4")) {
-        s = peft__fail(PEFT_ERR_UNSUPPORTED, "%s: model_type 'llama4' (Llama4ForConditionalGeneration, text and "
+        s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                       "%s: model_type 'llama4' (Llama4ForConditionalGeneration, text and "
                        "vision) is not supported: load a text decoder folder (Llama4ForCausalLM, model_type "
-                       "'llama4_text')", path);
+                       "'llama4_text')",
+                       path);
         goto done;
     }
     if (mt && !strcmp(mt, "llama4_text")) peft__llama4_defaults(c);
@@ -5203,7 +5206,8 @@ static int64_t peft__llama4_layer_count(const peft_config *c, int l, int active)
 static int64_t peft__llama4_count(const peft_config *c, int active) {
     /* first in double: a hostile config.json must not overflow the sum (validate refuses > 1e12) */
     double est = ((double)c->n_experts + 2) * 3 * c->dim * ((double)c->hidden_dim + c->hidden_dim_mlp) +
-                 4.0 * c->dim * ((double)c->n_heads + c->n_kv_heads) * c->head_dim + (double)c->n_experts * c->dim;
+                 4.0 * c->dim * ((double)c->n_heads + c->n_kv_heads) * c->head_dim +
+                 (double)c->n_experts * c->dim;
     if (c->n_layers * est + 2.0 * c->vocab_size * c->dim > 1e15) return (int64_t)1e15;
     int64_t emb = (int64_t)c->vocab_size * c->dim, n = c->dim;
     for (int l = 0; l < c->n_layers; l++) n += peft__llama4_layer_count(c, l, active);
@@ -5240,16 +5244,33 @@ static int peft__llama4_preset(peft_config *c, const char *name) {
         if (strcmp(p->name, name)) continue;
         peft__config_defaults(c);
         peft__llama4_defaults(c);
-        c->dim = p->dim; c->hidden_dim = p->hidden; c->hidden_dim_mlp = p->hidden_mlp; c->n_layers = p->layers;
-        c->n_heads = p->heads; c->n_kv_heads = p->kv; c->head_dim = p->head_dim; c->vocab_size = p->vocab;
-        c->max_seq_len = p->max_pos; c->n_experts = p->experts; c->top_k = p->top_k; c->moe_step = p->step;
-        c->nope_interval = p->nope; c->qk_norm = p->qk_norm; c->attn_chunk = p->chunk;
+        c->dim = p->dim;
+        c->hidden_dim = p->hidden;
+        c->hidden_dim_mlp = p->hidden_mlp;
+        c->n_layers = p->layers;
+        c->n_heads = p->heads;
+        c->n_kv_heads = p->kv;
+        c->head_dim = p->head_dim;
+        c->vocab_size = p->vocab;
+        c->max_seq_len = p->max_pos;
+        c->n_experts = p->experts;
+        c->top_k = p->top_k;
+        c->moe_step = p->step;
+        c->nope_interval = p->nope;
+        c->qk_norm = p->qk_norm;
+        c->attn_chunk = p->chunk;
         c->tie_embeddings = p->tie;
         if (p->llama3) {
             c->rope_type = PEFT_ROPE_LLAMA3;
-            c->rope_factor = 16; c->rope_low_freq = 1; c->rope_high_freq = 1; c->rope_orig_max_pos = 8192;
+            c->rope_factor = 16;
+            c->rope_low_freq = 1;
+            c->rope_high_freq = 1;
+            c->rope_orig_max_pos = 8192;
         }
-        if (p->vocab == 202048) { c->bos_id = 200000; c->eos_id = 200001; }
+        if (p->vocab == 202048) {
+            c->bos_id = 200000;
+            c->eos_id = 200001;
+        }
         return 1;
     }
     return 0;
@@ -5289,7 +5310,10 @@ PEFTDEF peft_tensor *peft_l2norm(peft_graph *g, peft_tensor *x, int group, float
         for (int j = 0; j < group; j++) y->data[r * group + j] = xr[j] * inv;
     }
     peft__node *nd = peft__record(g, peft__l2norm_bw, y, x, NULL, NULL, NULL);
-    if (nd) { nd->saved = rs; nd->i[0] = group; }
+    if (nd) {
+        nd->saved = rs;
+        nd->i[0] = group;
+    }
     return y;
 }
 
@@ -5315,7 +5339,10 @@ PEFTDEF peft_tensor *peft_row_scale(peft_graph *g, peft_tensor *x, const float *
     for (int64_t r = 0; r < R; r++)
         for (int64_t j = 0; j < C; j++) y->data[r * C + j] = sv[r % period] * x->data[r * C + j];
     peft__node *nd = peft__record(g, peft__row_scale_bw, y, x, NULL, NULL, NULL);
-    if (nd) { nd->saved = sv; nd->i[0] = period; }
+    if (nd) {
+        nd->saved = sv;
+        nd->i[0] = period;
+    }
     return y;
 }
 
@@ -5398,7 +5425,12 @@ PEFTDEF peft_tensor *peft_attention_chunked(peft_graph *g, peft_tensor *q, peft_
     peft__node *nd = peft__record(g, peft__chunk_attn_bw, o, q, k, v, NULL);
     if (nd) {
         nd->saved = P;
-        nd->i[0] = B; nd->i[1] = T; nd->i[2] = H; nd->i[3] = KV; nd->i[4] = hd; nd->i[5] = chunk;
+        nd->i[0] = B;
+        nd->i[1] = T;
+        nd->i[2] = H;
+        nd->i[3] = KV;
+        nd->i[4] = hd;
+        nd->i[5] = chunk;
     }
     return o;
 }
@@ -5440,7 +5472,10 @@ PEFTDEF peft_tensor *peft_moe_route(peft_graph *g, peft_tensor *logits, int top_
         }
     }
     peft__node *nd = peft__record(g, peft__moe_route_bw, s, logits, NULL, NULL, NULL);
-    if (nd) { nd->ids = ix; nd->i[0] = top_k; }
+    if (nd) {
+        nd->ids = ix;
+        nd->i[0] = top_k;
+    }
     *idx = ix;
     return s;
 }
@@ -5511,7 +5546,8 @@ static void peft__moe_experts_bw(peft_graph *g, peft__node *n) {
     float *dY = peft__arena_floats(g, R * D, 0), *dA = peft__arena_floats(g, R * F, 0);
     float *dH = peft__arena_floats(g, R * 2 * F, 0), *dX = peft__arena_floats(g, R * D, 0);
     float *wbuf = peft__arena_floats(g, 4 * D * F, 0), *dW = peft__arena_floats(g, 2 * D * F, 0);
-    float *Bbuf = peft__arena_floats(g, (D + F) * rmax, 0), *tmp = peft__arena_floats(g, (D + 3 * F) * rmax, 0);
+    float *Bbuf = peft__arena_floats(g, (D + F) * rmax, 0),
+          *tmp = peft__arena_floats(g, (D + 3 * F) * rmax, 0);
     if (!dY || !dA || !dH || !dX || !wbuf || !dW || !Bbuf || !tmp) { g->failed = 1; return; }
     for (int64_t i = 0; i < R; i++)
         memcpy(dY + i * D, n->out->grad + (int64_t)(c->slot[i] / c->K) * D, sizeof(float) * (size_t)D);
@@ -5534,9 +5570,11 @@ static void peft__moe_experts_bw(peft_graph *g, peft__node *n) {
             }
         const float *GU = peft__expert_w(gu, guA, guB, e, c->scale, wbuf, Bbuf);
         if (x->requires_grad || s->requires_grad)
-            peft_gemm(0, 1, (int)ne, (int)D, (int)(2 * F), dh, (int)(2 * F), GU, (int)(2 * F), 0.0f, dx, (int)D);
+            peft_gemm(0, 1, (int)ne, (int)D, (int)(2 * F), dh, (int)(2 * F), GU, (int)(2 * F), 0.0f, dx,
+                      (int)D);
         if (need_gu) {
-            peft_gemm(1, 0, (int)D, (int)(2 * F), (int)ne, X, (int)D, dh, (int)(2 * F), 0.0f, dW, (int)(2 * F));
+            peft_gemm(1, 0, (int)D, (int)(2 * F), (int)ne, X, (int)D, dh, (int)(2 * F), 0.0f, dW,
+                      (int)(2 * F));
             peft__expert_dw(gu, guA, guB, e, c->scale, dW, Bbuf, tmp);
         }
     }
@@ -5557,13 +5595,14 @@ static void peft__moe_experts_bw(peft_graph *g, peft__node *n) {
 
 PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
                                            peft_tensor *gate_up, peft_tensor *down, peft_tensor *gu_A,
-                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B, float scale) {
+                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B,
+                                           float scale) {
     if (!peft__ok(g, x, s) || !peft__ok(g, gate_up, down) || !idx)
         return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: missing input");
     int64_t N = peft__rows(x), D = peft__cols(x), K = peft__cols(s);
     if (gate_up->ndim != 3 || down->ndim != 3 || gate_up->shape[1] != D || gate_up->shape[2] % 2 ||
-        down->shape[0] != gate_up->shape[0] || down->shape[1] != gate_up->shape[2] / 2 || down->shape[2] != D ||
-        peft__rows(s) != N)
+        down->shape[0] != gate_up->shape[0] || down->shape[1] != gate_up->shape[2] / 2 ||
+        down->shape[2] != D || peft__rows(s) != N)
         return peft__op_fail(g, PEFT_ERR_SHAPE,
                              "moe_experts: expected x [N, D], s [N, k], gate_up [E, D, 2F], down [E, F, D]");
     int E = (int)gate_up->shape[0];
@@ -5573,7 +5612,8 @@ PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_t
         if (!A && !B) continue;
         if (!A || !B || A->ndim != 2 || B->ndim != 2 || A->shape[0] % E || A->shape[0] == 0 ||
             A->shape[1] != W->shape[2] || B->shape[0] != W->shape[1] || B->shape[1] != A->shape[0])
-            return peft__op_fail(g, PEFT_ERR_SHAPE, "moe_experts: LoRA of the experts is not lora_A [r·E, out], "
+            return peft__op_fail(g, PEFT_ERR_SHAPE,
+                                 "moe_experts: LoRA of the experts is not lora_A [r·E, out], "
                                  "lora_B [in, r·E] of [E, in, out]");
     }
     peft__moe_ctx *c = (peft__moe_ctx *)peft__arena_alloc(g, sizeof *c);
@@ -5605,8 +5645,8 @@ PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_t
         int64_t r0 = start[e], ne = start[e + 1] - r0;
         if (ne == 0) continue;
         const float *GU = peft__expert_w(gate_up, gu_A, gu_B, e, scale, wbuf, Bbuf);
-        peft_gemm(0, 0, (int)ne, (int)(2 * F), (int)D, X + r0 * D, (int)D, GU, (int)(2 * F), 0.0f, H + r0 * 2 * F,
-                  (int)(2 * F));
+        peft_gemm(0, 0, (int)ne, (int)(2 * F), (int)D, X + r0 * D, (int)D, GU, (int)(2 * F), 0.0f,
+                  H + r0 * 2 * F, (int)(2 * F));
         for (int64_t i = r0; i < r0 + ne; i++)
             for (int64_t f = 0; f < F; f++) {
                 float hg = H[i * 2 * F + f];
@@ -5620,8 +5660,17 @@ PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_t
         float *yr = y->data + (int64_t)(slot[i] / K) * D;
         for (int64_t d = 0; d < D; d++) yr[d] += Y[i * D + d];
     }
-    c->N = N; c->D = D; c->F = F; c->E = E; c->K = (int)K;
-    c->slot = slot; c->start = start; c->X = X; c->H = H; c->A = A; c->scale = scale;
+    c->N = N;
+    c->D = D;
+    c->F = F;
+    c->E = E;
+    c->K = (int)K;
+    c->slot = slot;
+    c->start = start;
+    c->X = X;
+    c->H = H;
+    c->A = A;
+    c->scale = scale;
     /* recorded when any of the eight inputs needs a gradient */
     peft_tensor *in[8] = { x, s, gate_up, down, gu_A, gu_B, dn_A, dn_B }, *need = NULL;
     for (int k = 0; k < 8 && !need; k++)
@@ -5663,8 +5712,8 @@ static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer 
         q = peft_row_scale(g, q, ts, T);
     }
     peft_tensor *a = rope && c->attn_chunk > 0 && c->attn_chunk < T
-                             ? peft_attention_chunked(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim,
-                                                      c->attn_chunk)
+                             ? peft_attention_chunked(g, q, k, v, B, T, c->n_heads, c->n_kv_heads,
+                                                      c->head_dim, c->attn_chunk)
                              : peft_attention(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim);
     x = peft__add_op(g, x, peft__site_forward(m, g, &S[PEFT_O], a), 1);
     h = peft_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
@@ -5676,16 +5725,18 @@ static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer 
         const int *idx;
         peft_moe_site *M = &L->moe;
         peft_tensor *Wr = M->router_copy ? M->router_copy : M->router;
-        peft_tensor *z = M->router_A ? peft_lora_linear(g, h, Wr, M->router_A, M->router_B, M->router_scale, 0.0f,
-                                                        NULL)
+        peft_tensor *z = M->router_A ? peft_lora_linear(g, h, Wr, M->router_A, M->router_B, M->router_scale,
+                                                        0.0f, NULL)
                                      : peft_linear(g, h, Wr);
         peft_tensor *sc = peft_moe_route(g, z, c->top_k, &idx);
         if (!sc) return NULL;
         /* a checkpointed block's recompute in backward routes the same tokens again: not counted */
         if (g != m->recompute || !g->grad_enabled)
             for (int64_t i = 0; i < sc->n; i++) L->moe.counts[idx[i]]++;
-        ff = peft__add_op(g, ff, peft_moe_experts_lora(g, h, sc, idx, M->gate_up, M->down, M->gate_up_A,
-                                                       M->gate_up_B, M->down_A, M->down_B, M->experts_scale), 1);
+        ff = peft__add_op(g, ff,
+                          peft_moe_experts_lora(g, h, sc, idx, M->gate_up, M->down, M->gate_up_A,
+                                                M->gate_up_B, M->down_A, M->down_B, M->experts_scale),
+                          1);
     }
     return peft__add_op(g, x, ff, 1);
 }
@@ -5798,7 +5849,8 @@ static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const
     if (ch && ch->type == PEFT_JSON_NULL) c->attn_chunk = 0;
     else if (peft__json_int(j, "attention_chunk_size", &c->attn_chunk) < 0 || c->attn_chunk < 0 ||
              (ch && c->attn_chunk == 0))
-        return peft__fail(PEFT_ERR_CONFIG, "%s: 'attention_chunk_size' must be a positive integer or null", path);
+        return peft__fail(PEFT_ERR_CONFIG, "%s: 'attention_chunk_size' must be a positive integer or null",
+                          path);
     static const char *const bools[] = { "use_qk_norm", "attn_temperature_tuning" };
     for (int i = 0; i < 2; i++) {
         const peft_json *b = peft_json_get(j, bools[i]);
@@ -5813,24 +5865,28 @@ static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const
                           "number", path);
     if (c->n_experts < 1 || c->n_experts > 4096 || c->top_k < 1 || c->moe_step < 1 || c->nope_interval < 1 ||
         c->hidden_dim_mlp < 1 || c->hidden_dim_mlp > 1 << 22)
-        return peft__fail(PEFT_ERR_CONFIG, "%s: num_local_experts (%d) must be in 1 .. 4096, "
-                          "num_experts_per_tok (%d), interleave_moe_layer_step (%d) and intermediate_size_mlp "
-                          "(%d) and no_rope_layer_interval (%d) positive", path, c->n_experts,
-                          c->top_k, c->moe_step, c->hidden_dim_mlp, c->nope_interval);
+        return peft__fail(
+                PEFT_ERR_CONFIG,
+                "%s: num_local_experts (%d) must be in 1 .. 4096, "
+                "num_experts_per_tok (%d), interleave_moe_layer_step (%d) and intermediate_size_mlp "
+                "(%d) and no_rope_layer_interval (%d) positive",
+                path, c->n_experts, c->top_k, c->moe_step, c->hidden_dim_mlp, c->nope_interval);
     if (c->top_k > c->n_experts)
-        return peft__fail(PEFT_ERR_CONFIG, "%s: num_experts_per_tok (%d) exceeds num_local_experts (%d)", path,
-                          c->top_k, c->n_experts);
+        return peft__fail(PEFT_ERR_CONFIG, "%s: num_experts_per_tok (%d) exceeds num_local_experts (%d)",
+                          path, c->top_k, c->n_experts);
     static const char *const lists[] = { "moe_layers", "no_rope_layers", "layer_types" };
     if (c->n_layers < 1 || c->n_layers > 4096) return PEFT_OK;   /* peft_config_validate refuses it */
     for (int i = 0; i < 3; i++)
         if (!peft__llama4_list_ok(peft_json_get(j, lists[i]), c, i))
-            return peft__fail(PEFT_ERR_UNSUPPORTED,
-                              "%s: '%s' is not the pattern of interleave_moe_layer_step (%d), "
-                              "no_rope_layer_interval (%d) and attention_chunk_size (%d): only that pattern is "
-                              "supported", path, lists[i], c->moe_step, c->nope_interval, c->attn_chunk);
+            return peft__fail(
+                    PEFT_ERR_UNSUPPORTED,
+                    "%s: '%s' is not the pattern of interleave_moe_layer_step (%d), "
+                    "no_rope_layer_interval (%d) and attention_chunk_size (%d): only that pattern is "
+                    "supported",
+                    path, lists[i], c->moe_step, c->nope_interval, c->attn_chunk);
     if (c->mlp_bias)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: mlp_bias is not a LLaMA-4 setting (its MLPs have no bias)",
-                          path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: mlp_bias is not a LLaMA-4 setting (its MLPs have no bias)", path);
     return PEFT_OK;
 }
 
@@ -6979,7 +7035,8 @@ PEFTDEF peft_status peft_method_set_moe(peft_method *m, const char *v) {
     for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
         if (!strcmp(tok, "router")) bits |= PEFT_MOE_ROUTER;
         else if (!strcmp(tok, "experts")) bits |= PEFT_MOE_GATE_UP | PEFT_MOE_DOWN;
-        else if (!strcmp(tok, "gate_up_proj") || !strcmp(tok, "experts.gate_up_proj")) bits |= PEFT_MOE_GATE_UP;
+        else if (!strcmp(tok, "gate_up_proj") || !strcmp(tok, "experts.gate_up_proj"))
+            bits |= PEFT_MOE_GATE_UP;
         else if (!strcmp(tok, "down_proj") || !strcmp(tok, "experts.down_proj")) bits |= PEFT_MOE_DOWN;
         else if (!strcmp(tok, "router-full")) full = 1;
         else if (strcmp(tok, "none"))
@@ -7002,7 +7059,8 @@ static int64_t peft__llama4_lora_count(const peft_config *c, const peft_method *
         for (int s = 0; s < PEFT_N_SITES; s++) {
             int r;
             float alpha;
-            if (peft__lora_site(m, l, s, &r, &alpha)) n += (int64_t)r * (in[s] + out[s]) + (m->lora_bias ? out[s] : 0);
+            if (peft__lora_site(m, l, s, &r, &alpha))
+                n += (int64_t)r * (in[s] + out[s]) + (m->lora_bias ? out[s] : 0);
         }
         if (!peft_layer_is_moe(c, l)) continue;
         int64_t r = m->lora_r;
@@ -7031,7 +7089,8 @@ static peft_status peft__llama4_attach(peft_model *m, const peft_method *cfg) {
             int64_t sa[2] = { r, D }, sb[2] = { E, r };
             M->router_A = peft__extra(m, 2, sa, "%s.%d.feed_forward.router.lora_A.weight", pre, l);
             M->router_B = peft__extra(m, 2, sb, "%s.%d.feed_forward.router.lora_B.weight", pre, l);
-            if (!M->router_A || !M->router_B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
+            if (!M->router_A || !M->router_B)
+                return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
             peft__fill_uniform(M->router_A, &m->rng, 1.0f / sqrtf((float)D));
             M->router_scale = scale;
         }
@@ -7271,7 +7330,8 @@ PEFTDEF peft_status peft_lora_merge(peft_model *m) {
                           "(merge into the full-precision base instead)");
     if (m->method.kind != PEFT_LORA) return peft__fail(PEFT_ERR_ARG, "merge: no LoRA adapter is attached");
     if (m->method.moe_lora || m->method.moe_router_full)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "merge: LoRA on the router or the experts (moe_targets) is not "
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "merge: LoRA on the router or the experts (moe_targets) is not "
                           "merged by peft.h yet");
     if (m->lora_merged) return PEFT_OK;
     for (int l = 0; l < m->cfg.n_layers; l++)
@@ -9516,23 +9576,34 @@ static void peft__llama4_config_json(peft__sb *b, const peft_config *c) {
     peft__sbf(b, "{\n  \"architectures\": [\"Llama4ForCausalLM\"],\n  \"model_type\": \"llama4_text\",\n");
     peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
               "  \"intermediate_size_mlp\": %d,\n", c->dim, c->hidden_dim, c->hidden_dim_mlp);
-    peft__sbf(b, "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n",
-              c->n_layers, c->n_heads, c->n_kv_heads);
+    peft__sbf(
+            b,
+            "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n",
+            c->n_layers, c->n_heads, c->n_kv_heads);
     peft__sbf(b, "  \"head_dim\": %d,\n  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n",
               c->head_dim, c->vocab_size, c->max_seq_len);
     peft__sbf(b, "  \"rms_norm_eps\": %.9g,\n", c->norm_eps);
     if (c->rope_type == PEFT_ROPE_LLAMA3)
-        peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": %.9g, \"factor\": %.9g, "
-                  "\"low_freq_factor\": %.9g, \"high_freq_factor\": %.9g, \"original_max_position_embeddings\": "
-                  "%d},\n", c->rope_theta, c->rope_factor, c->rope_low_freq, c->rope_high_freq,
-                  c->rope_orig_max_pos);
+        peft__sbf(
+                b,
+                "  \"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": %.9g, \"factor\": %.9g, "
+                "\"low_freq_factor\": %.9g, \"high_freq_factor\": %.9g, "
+                "\"original_max_position_embeddings\": "
+                "%d},\n",
+                c->rope_theta, c->rope_factor, c->rope_low_freq, c->rope_high_freq, c->rope_orig_max_pos);
     else if (c->rope_type == PEFT_ROPE_LINEAR)
-        peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"linear\", \"rope_theta\": %.9g, \"factor\": %.9g},\n",
+        peft__sbf(b,
+                  "  \"rope_parameters\": {\"rope_type\": \"linear\", \"rope_theta\": %.9g, \"factor\": "
+                  "%.9g},\n",
                   c->rope_theta, c->rope_factor);
-    else peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": %.9g},\n", c->rope_theta);
-    peft__sbf(b, "  \"num_local_experts\": %d,\n  \"num_experts_per_tok\": %d,\n  \"interleave_moe_layer_step\": "
-              "%d,\n  \"no_rope_layer_interval\": %d,\n  \"use_qk_norm\": %s,\n", c->n_experts, c->top_k,
-              c->moe_step, c->nope_interval, c->qk_norm ? "true" : "false");
+    else
+        peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": %.9g},\n",
+                  c->rope_theta);
+    peft__sbf(
+            b,
+            "  \"num_local_experts\": %d,\n  \"num_experts_per_tok\": %d,\n  \"interleave_moe_layer_step\": "
+            "%d,\n  \"no_rope_layer_interval\": %d,\n  \"use_qk_norm\": %s,\n",
+            c->n_experts, c->top_k, c->moe_step, c->nope_interval, c->qk_norm ? "true" : "false");
     if (c->attn_chunk > 0) peft__sbf(b, "  \"attention_chunk_size\": %d,\n", c->attn_chunk);
     else peft__sbf(b, "  \"attention_chunk_size\": null,\n");
     peft__sbf(b, "  \"attn_temperature_tuning\": %s,\n  \"floor_scale\": %.9g,\n  \"attn_scale\": %.9g,\n",
@@ -9867,8 +9938,8 @@ static void peft__adapter_config_json(peft__sb *b, const peft_model *m) {
                       x->modules_to_save == (PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD) ? ", " : "",
                       x->modules_to_save & PEFT_SAVE_LM_HEAD ? "\"lm_head\"" : "");
         if (x->moe_lora) {     /* LLaMA-4: gate_up first, so that its keys are the ones under base_layer */
-            static const char *const tp[3] = { "feed_forward.experts.gate_up_proj",
-                                               "feed_forward.experts.down_proj", "feed_forward.router.weight" };
+            static const char *const tp[3] = {"feed_forward.experts.gate_up_proj",
+                                              "feed_forward.experts.down_proj", "feed_forward.router.weight"};
             static const unsigned bit[3] = { PEFT_MOE_GATE_UP, PEFT_MOE_DOWN, PEFT_MOE_ROUTER };
             peft__sbf(b, ",\n  \"target_parameters\": [");
             for (int i = 0, n = 0; i < 3; i++)
@@ -10501,8 +10572,10 @@ static peft_status peft__adapter_load(peft_model *m, const char *dir);
 /* atomic as peft_attach: on any failure the model is as it was */
 PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
     if (m->cfg.llama4)   /* the module names and target_parameters of LLaMA-4 adapters are not read yet */
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: loading adapters into a LLaMA-4 model is not supported yet "
-                          "(peft_adapter_save writes them in PEFT's layout; PEFT loads them)", dir);
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: loading adapters into a LLaMA-4 model is not supported yet "
+                          "(peft_adapter_save writes them in PEFT's layout; PEFT loads them)",
+                          dir);
     peft__snapshot sn;
     if (peft__snapshot_take(m, &sn) != PEFT_OK) return PEFT_ERR_NOMEM;
     peft_status s = peft__adapter_load(m, dir);
@@ -10623,7 +10696,8 @@ static void peft__balign(peft__buf *b, size_t a) {
 
 PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *path) {
     if (m->cfg.llama4)   /* llama.cpp's names for LLaMA-4's sites are not mapped here */
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF export of LLaMA-4 adapters is not supported yet", path);
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF export of LLaMA-4 adapters is not supported yet",
+                          path);
     static const char *const gg[PEFT_N_SITES] = { "attn_q",   "attn_k", "attn_v",  "attn_output",
                                                   "ffn_gate", "ffn_up", "ffn_down" };
     const peft_config *c = &m->cfg;

@@ -47,7 +47,8 @@ static void check_llama4(const char *name) {
         float *gr;
         long ng;
         if (!th_read_ref(ref, key, &gr, &ng)) {
-            CHECK(p == m->lm_head && m->cfg.tie_embeddings, "%s: no reference gradient for %s", name, p->name);
+            CHECK(p == m->lm_head && m->cfg.tie_embeddings, "%s: no reference gradient for %s", name,
+                  p->name);
             continue;
         }
         CHECK(ng == p->n, "%s: %s size", name, p->name);
@@ -93,11 +94,13 @@ TEST(test_llama4_interleaved_top2_tied) { check_llama4("llama4_interleaved"); }
 TEST(test_llama4_preset_counts) {
     peft_config c;
     REQUIRE_OK(peft_config_preset(&c, "llama4-scout"));
-    CHECK(peft_config_param_count(&c) == 107769861120LL, "scout: %lld", (long long)peft_config_param_count(&c));
+    CHECK(peft_config_param_count(&c) == 107769861120LL, "scout: %lld",
+          (long long)peft_config_param_count(&c));
     int64_t act = peft_config_active_count(&c);
     CHECK(act > 16.5e9 && act < 17.5e9, "scout active %lld", (long long)act);
     REQUIRE_OK(peft_config_preset(&c, "llama4-maverick"));
-    CHECK(peft_config_param_count(&c) == 400711848960LL, "maverick: %lld", (long long)peft_config_param_count(&c));
+    CHECK(peft_config_param_count(&c) == 400711848960LL, "maverick: %lld",
+          (long long)peft_config_param_count(&c));
     act = peft_config_active_count(&c);
     CHECK(act > 16.5e9 && act < 17.5e9, "maverick active %lld", (long long)act);
     /* the count without allocating equals what a model allocates */
@@ -136,8 +139,10 @@ TEST(test_llama4_save_load) {
 static const char *bad_config(const char *name, const char *sed) {
     static char dir[700];
     snprintf(dir, sizeof dir, "%s/%s", th_tmpdir(), name);
-    th_sh("mkdir -p '%s' && cp '%s/llama4_moe/model.safetensors' '%s/' && sed '%s' '%s/llama4_moe/config.json' > "
-          "'%s/config.json'", dir, th_fixtures(), dir, sed, th_fixtures(), dir);
+    th_sh("mkdir -p '%s' && cp '%s/llama4_moe/model.safetensors' '%s/' && sed '%s' "
+          "'%s/llama4_moe/config.json' > "
+          "'%s/config.json'",
+          dir, th_fixtures(), dir, sed, th_fixtures(), dir);
     return dir;
 }
 /* a copy of the llama4_moe fixture with one tensor's shape changed (zeros of that shape) */
@@ -173,8 +178,10 @@ static void expect_load_error(const char *dir, const char *needle1, const char *
     peft_model *m = (peft_model *)1;
     peft_status s = peft_model_load(&m, dir);
     CHECK(s != PEFT_OK && m == NULL, "%s loaded", dir);
-    CHECK(strstr(peft_last_error(), needle1) && strstr(peft_last_error(), needle2), "%s: error '%s' should name "
-          "'%s' and '%s'", dir, peft_last_error(), needle1, needle2);
+    CHECK(strstr(peft_last_error(), needle1) && strstr(peft_last_error(), needle2),
+          "%s: error '%s' should name "
+          "'%s' and '%s'",
+          dir, peft_last_error(), needle1, needle2);
 }
 TEST(test_llama4_bad_input) {
     expect_load_error(bad_config("topk", "s/\"num_experts_per_tok\": 1/\"num_experts_per_tok\": 5/"),
@@ -193,7 +200,8 @@ TEST(test_llama4_bad_input) {
     /* the experts' and router's tensors checked against config.json before anything is read */
     int64_t gu[3] = { 4, 32, 46 }, dn[3] = { 4, 32, 24 }, rt[2] = { 5, 32 }, gu2[2] = { 128, 48 };
     expect_load_error(bad_tensor("gate_up", "model.layers.1.feed_forward.experts.gate_up_proj", 3, gu),
-                      "model.layers.1.feed_forward.experts.gate_up_proj", "[4, 32, 46] but config.json implies "
+                      "model.layers.1.feed_forward.experts.gate_up_proj",
+                      "[4, 32, 46] but config.json implies "
                       "[4, 32, 48]");
     expect_load_error(bad_tensor("down", "model.layers.0.feed_forward.experts.down_proj", 3, dn),
                       "model.layers.0.feed_forward.experts.down_proj", "[4, 32, 24] but config.json implies "
@@ -230,7 +238,8 @@ TEST(test_llama4_lora_matches_peft) {
         peft_tensor *t = m->extra[i];
         const peft_st_entry *e = peft_st_find(&st, t->name);
         REQUIRE(e, "PEFT's adapter has no tensor %s", t->name);
-        CHECK(e->ndim == t->ndim && e->shape[0] == t->shape[0] && e->shape[1] == t->shape[1], "%s: shape", t->name);
+        CHECK(e->ndim == t->ndim && e->shape[0] == t->shape[0] && e->shape[1] == t->shape[1], "%s: shape",
+              t->name);
         REQUIRE_OK(peft_st_read_f32(&st, e, t->data, t->n));
     }
     peft_st_close(&st);
@@ -268,7 +277,8 @@ TEST(test_llama4_lora_matches_peft) {
         CHECK(ge < 1e-3, "gradient of %s: rel err %.3g", m->extra[i]->name, ge);
         free(gr);
     }
-    printf("      PEFT adapter on every MoE site: logits %.2g, worst LoRA gradient %.2g (relative)\n", err, worst);
+    printf("      PEFT adapter on every MoE site: logits %.2g, worst LoRA gradient %.2g (relative)\n", err,
+           worst);
     /* saved by peft.h: PEFT's names and shapes, and the target lists PEFT needs to load it */
     char out[700], cfgp[800], text[4096] = "";
     snprintf(out, sizeof out, "%s/llama4_lora_saved", th_tmpdir());
@@ -287,8 +297,8 @@ TEST(test_llama4_lora_matches_peft) {
                        "\"feed_forward.experts.down_proj\", \"feed_forward.router.weight\"]"),
           "target_parameters missing:\n%s", text);
     /* loading LLaMA-4 adapters is refused by name, not half done */
-    CHECK(peft_adapter_load(m, out) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "LLaMA-4"), "load: %s",
-          peft_last_error());
+    CHECK(peft_adapter_load(m, out) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "LLaMA-4"),
+          "load: %s", peft_last_error());
     CHECK(peft_lora_merge(m) == PEFT_ERR_UNSUPPORTED, "merge of expert LoRA must be refused");
     peft_graph_free(g);
     peft_model_free(m);
@@ -300,13 +310,15 @@ TEST(test_llama4_lora_matches_peft) {
    trainable count equals peft_method_param_count's (no allocation) and the formula below; ten
    AdamW steps on one batch lower the loss; the base tensors stay as they were. */
 TEST(test_llama4_placements) {
-    struct { const char *name, *targets, *moe; int64_t count; } P[] = {
-        /* 3 layers; r 4; D 32, q 32, kv 16, F 24, E 4 */
-        { "attention", "q_proj,k_proj,v_proj,o_proj", "none", 3 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32)) },
-        { "router", "none", "router", 3 * 4 * (32 + 4) },
-        { "shared expert", "gate_proj,up_proj,down_proj", "none", 3 * 4 * 3 * (32 + 24) },
-        { "experts", "none", "experts", 3 * 4 * 4 * ((48 + 32) + (32 + 24)) },
-        { "router tuned", "none", "router-full", 3 * 4 * 32 },
+    struct { const char *name, *targets, *moe; int64_t count;
+    } P[] = {
+            /* 3 layers; r 4; D 32, q 32, kv 16, F 24, E 4 */
+            {"attention", "q_proj,k_proj,v_proj,o_proj", "none",
+             3 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32))},
+            {"router", "none", "router", 3 * 4 * (32 + 4)},
+            {"shared expert", "gate_proj,up_proj,down_proj", "none", 3 * 4 * 3 * (32 + 24)},
+            {"experts", "none", "experts", 3 * 4 * 4 * ((48 + 32) + (32 + 24))},
+            {"router tuned", "none", "router-full", 3 * 4 * 32},
     };
     char dir[512], ref[600];
     snprintf(dir, sizeof dir, "%s/llama4_moe", th_fixtures());
@@ -329,8 +341,10 @@ TEST(test_llama4_placements) {
         REQUIRE_OK(peft_method_set(&lm, "moe_targets", P[p].moe));
         REQUIRE_OK(peft_attach(m, &lm));
         int64_t n = peft_model_trainable_count(m);
-        CHECK(n == P[p].count && n == peft_method_param_count(&m->cfg, &lm), "%s: %lld trainable, expected %lld "
-              "(counted %lld)", P[p].name, (long long)n, (long long)P[p].count,
+        CHECK(n == P[p].count && n == peft_method_param_count(&m->cfg, &lm),
+              "%s: %lld trainable, expected %lld "
+              "(counted %lld)",
+              P[p].name, (long long)n, (long long)P[p].count,
               (long long)peft_method_param_count(&m->cfg, &lm));
         float router0 = m->layers[0].moe.router->data[5], expert0 = m->layers[0].moe.gate_up->data[7];
         peft_trainer_opts o = peft_trainer_defaults();
@@ -377,7 +391,8 @@ TEST(test_llama4_refused_methods) {
     }
     CHECK(peft_model_quantize(m, PEFT_NF4, 1) == PEFT_ERR_UNSUPPORTED, "quantize: %s", peft_last_error());
     peft_kv_cache *kc;
-    CHECK(peft_kv_cache_new(&kc, m, 1, 8) == PEFT_ERR_UNSUPPORTED && kc == NULL, "kv cache: %s", peft_last_error());
+    CHECK(peft_kv_cache_new(&kc, m, 1, 8) == PEFT_ERR_UNSUPPORTED && kc == NULL, "kv cache: %s",
+          peft_last_error());
     peft_method lm = peft_method_defaults(PEFT_LORA);
     REQUIRE_OK(peft_attach(m, &lm));
     char out[700];

@@ -670,7 +670,10 @@ TEST(test_fd_replace_rows) {
 
 /* ---- l2norm ---- */
 typedef struct { int R, G; float eps; } l2_ctx;
-static peft_tensor *l2_fwd(peft_graph *g, peft_tensor **x, void *vc) { l2_ctx *c = vc; return peft_l2norm(g, x[0], c->G, c->eps); }
+static peft_tensor *l2_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    l2_ctx *c = vc;
+    return peft_l2norm(g, x[0], c->G, c->eps);
+}
 static void l2_ref(double **x, double *y, void *vc) {
     l2_ctx *c = vc;
     for (int r = 0; r < c->R; r++) {
@@ -690,10 +693,14 @@ TEST(test_fd_l2norm) {
 
 /* ---- row scale ---- */
 typedef struct { int R, C, P; float s[8]; } rs_ctx;
-static peft_tensor *rs_fwd(peft_graph *g, peft_tensor **x, void *vc) { rs_ctx *c = vc; return peft_row_scale(g, x[0], c->s, c->P); }
+static peft_tensor *rs_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    rs_ctx *c = vc;
+    return peft_row_scale(g, x[0], c->s, c->P);
+}
 static void rs_ref(double **x, double *y, void *vc) {
     rs_ctx *c = vc;
-    for (int r = 0; r < c->R; r++) for (int j = 0; j < c->C; j++) y[r * c->C + j] = c->s[r % c->P] * x[0][r * c->C + j];
+    for (int r = 0; r < c->R; r++)
+        for (int j = 0; j < c->C; j++) y[r * c->C + j] = c->s[r % c->P] * x[0][r * c->C + j];
 }
 TEST(test_fd_row_scale) {
     rs_ctx rc = { 6, 5, 3, { 1.0f, 1.5f, -0.25f } };
@@ -721,14 +728,16 @@ static void ca_ref(double **x, double *y, void *vc) {
                 for (int j = lo; j <= t; j++) {
                     double s = 0;
                     for (int d = 0; d < c->hd; d++)
-                        s += x[0][(b * c->T + t) * qw + h * c->hd + d] * x[1][(b * c->T + j) * kw + kh * c->hd + d];
+                        s += x[0][(b * c->T + t) * qw + h * c->hd + d] *
+                             x[1][(b * c->T + j) * kw + kh * c->hd + d];
                     p[j] = s / sqrt((double)c->hd);
                     if (p[j] > mx) mx = p[j];
                 }
                 for (int j = lo; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
                 for (int d = 0; d < c->hd; d++) {
                     double o = 0;
-                    for (int j = lo; j <= t; j++) o += p[j] / sum * x[2][(b * c->T + j) * kw + kh * c->hd + d];
+                    for (int j = lo; j <= t; j++)
+                        o += p[j] / sum * x[2][(b * c->T + j) * kw + kh * c->hd + d];
                     y[(b * c->T + t) * qw + h * c->hd + d] = o;
                 }
             }
@@ -746,7 +755,8 @@ TEST(test_fd_attention_chunked) {
     /* a chunk as long as the sequence is plain causal attention (the library's reference) */
     peft_graph *g = peft_graph_new();
     int64_t sq[2] = { 14, 16 }, sk[2] = { 14, 8 };
-    peft_tensor *q = peft_param_new(NULL, 2, sq), *k = peft_param_new(NULL, 2, sk), *v = peft_param_new(NULL, 2, sk);
+    peft_tensor *q = peft_param_new(NULL, 2, sq), *k = peft_param_new(NULL, 2, sk),
+                *v = peft_param_new(NULL, 2, sk);
     peft_rng r;
     peft_rng_seed(&r, 5);
     for (int j = 0; j < 14 * 16; j++) q->data[j] = peft_rng_normal(&r);

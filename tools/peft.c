@@ -157,8 +157,8 @@ static void print_llama4(const peft_config *c) {
     int64_t total = peft_config_param_count(c), active = peft_config_active_count(c);
     double unit = total >= 1e9 ? 1e9 : 1e6;
     const char *u = total >= 1e9 ? "B" : "M";
-    printf("total / active   %.1f%s / %.1f%s parameters (%s / %s per token)\n", total / unit, u, active / unit, u,
-           commas(total, b1), commas(active, b2));
+    printf("total / active   %.1f%s / %.1f%s parameters (%s / %s per token)\n", total / unit, u,
+           active / unit, u, commas(total, b1), commas(active, b2));
 }
 
 static void print_config(const peft_config *c, const char *what) {
