@@ -14,7 +14,8 @@ TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.
             tests/test_adapter_keys.c \
             tests/test_gguf.c \
             tests/test_backend.c \
-            tests/test_threads.c
+            tests/test_threads.c \
+            tests/test_moe.c
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)

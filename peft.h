@@ -571,7 +571,8 @@ typedef enum {
     PEFT_OP_ATTENTION, PEFT_OP_ATTENTION_CACHED, PEFT_OP_Q4_LINEAR, PEFT_OP_QMATRIX_LINEAR,
     PEFT_OP_LORA_LINEAR, PEFT_OP_ADD_BIAS, PEFT_OP_BIAS_SCALE, PEFT_OP_PROMPT_ATTEND, PEFT_OP_SWIGLU,
     PEFT_OP_ADD, PEFT_OP_SCALE, PEFT_OP_CROSS_ENTROPY, PEFT_OP_LINEAR_CROSS_ENTROPY,
-    PEFT_OP_QMATRIX_EMBEDDING,
+    PEFT_OP_QMATRIX_EMBEDDING, PEFT_OP_L2NORM, PEFT_OP_ROW_SCALE, PEFT_OP_ATTENTION_CHUNKED,
+    PEFT_OP_MOE_ROUTE, PEFT_OP_MOE_EXPERTS,
     PEFT_OP_COUNT
 } peft_op_kind;
 PEFTDEF const char *peft_op_name(int kind);         /* "linear" …; "?" past the end */
@@ -670,6 +671,16 @@ typedef struct {
     int   q4;              /* block linears stored in 4 bits (bnb folder)  */
     peft_q4_type q4_type;
     int   q4_double;
+    /* LLaMA-4 text decoder (model_type llama4_text); all 0 for LLaMA-1/2/3 */
+    int   llama4;
+    int   n_experts, top_k;   /* num_local_experts, num_experts_per_tok (0: no MoE layer) */
+    int   moe_step;           /* interleave_moe_layer_step: layer l is MoE iff (l + 1) % moe_step == 0 */
+    int   hidden_dim_mlp;     /* intermediate_size_mlp: the width of the dense layers' MLP */
+    int   nope_interval;      /* no_rope_layer_interval: layer l has no RoPE iff (l + 1) % it == 0 */
+    int   qk_norm;            /* use_qk_norm: weightless L2 norm of q, k per head on RoPE layers */
+    int   attn_chunk;         /* attention_chunk_size: RoPE layers attend within chunks (0: none) */
+    int   temp_tuning;        /* attn_temperature_tuning on NoPE layers, with floor_scale, attn_scale */
+    float floor_scale, attn_scale;
     char  unused[256];     /* config.json keys unknown here, "key, key" ("" if none), for the
                               caller to warn: never applied (see peft_config_load) */
 } peft_config;
@@ -708,10 +719,28 @@ typedef struct {
     peft_tensor *ex_prompt, *ex_down, *ex_up, *ex_gate;   /* LLaMA-Excitor        */
 } peft_attn_site;
 
+/* LLaMA-4's mixture of experts (see "LLaMA-4: mixture of experts"): the router
+   and the routed experts of a MoE layer; the shared expert is the layer's
+   gate/up/down sites. All NULL in a dense layer. */
+typedef struct {
+    peft_tensor *router;      /* [E, dim]        feed_forward.router.weight            */
+    peft_tensor *gate_up;     /* [E, dim, 2F]    feed_forward.experts.gate_up_proj (x·W) */
+    peft_tensor *down;        /* [E, F, dim]     feed_forward.experts.down_proj    (x·W) */
+    int64_t     *counts;      /* [E] tokens routed to each expert, summed over forwards */
+    /* what methods attach (see "PEFT on MoE sites"), NULL when nothing */
+    peft_tensor *router_A, *router_B;          /* LoRA on the router: [r, dim], [E, r]          */
+    float        router_scale;
+    peft_tensor *router_copy;                  /* the router tuned: a trainable copy [E, dim]   */
+    peft_tensor *gate_up_A, *gate_up_B;        /* LoRA on the experts, PEFT's layout:           */
+    peft_tensor *down_A, *down_B;              /*   [r·E, 2F], [dim, r·E]; [r·E, dim], [F, r·E] */
+    float        experts_scale;
+} peft_moe_site;
+
 typedef struct {
     peft_tensor     *attn_norm, *ffn_norm;
     peft_linear_site lin[PEFT_N_SITES];
     peft_attn_site   attn;
+    peft_moe_site    moe;
 } peft_layer;
 
 /* ---- methods ------------------------------------------------------------------ */
@@ -759,7 +788,12 @@ typedef struct {
     int      excitor_len, excitor_rank, excitor_layers;
     uint64_t seed;
     double   custom[PEFT_METHOD_CUSTOM];   /* a registered method's own settings (its set hook) */
+    /* LLaMA-4 MoE sites (kind LoRA, with lora_r/lora_alpha): bits PEFT_MOE_* for LoRA on the
+       router and on the routed experts' tensors; moe_router_full trains a copy of the router */
+    unsigned moe_lora;
+    int      moe_router_full;
 } peft_method;
+enum { PEFT_MOE_ROUTER = 1, PEFT_MOE_GATE_UP = 2, PEFT_MOE_DOWN = 4 };
 
 /* Defaults from the papers (and PEFT's defaults for LoRA); *_layers = 0 means
    "the paper's share": the top 30/32 of the model's layers. */
@@ -979,6 +1013,47 @@ PEFTDEF int         peft_regex_fullmatch(const char *pattern, const char *s);
 
 /* Forward over B sequences of T tokens (row-major ids) → logits [B*T, vocab]. */
 PEFTDEF peft_tensor *peft_model_forward(peft_model *m, peft_graph *g, const int *tokens, int B, int T);
+/* ---- LLaMA-4: mixture of experts ----
+   Layer kinds of a config (both 0/1; a LLaMA-1/2/3 config: dense, RoPE). */
+PEFTDEF int         peft_layer_is_moe(const peft_config *c, int layer);
+PEFTDEF int         peft_layer_has_rope(const peft_config *c, int layer);
+/* Parameters one token uses, as Meta's model cards count them (17B for
+   Scout and Maverick): every parameter except the routed experts a token is
+   not sent to (top_k of E count); without MoE, all of them. Allocates nothing. */
+PEFTDEF int64_t     peft_config_active_count(const peft_config *c);
+/* y = x / sqrt(mean(x²) + eps) over each group of `group` columns (LLaMA-4's
+   weightless QK L2 norm, per head); x [rows, k·group]. */
+PEFTDEF peft_tensor *peft_l2norm(peft_graph *g, peft_tensor *x, int group, float eps);
+/* y[r] = s[r % period]·x[r] (s copied; not differentiated): LLaMA-4's
+   attention temperature on NoPE layers, one factor per position. */
+PEFTDEF peft_tensor *peft_row_scale(peft_graph *g, peft_tensor *x, const float *s, int period);
+/* Causal attention where query t sees keys j with t/chunk == j/chunk (and
+   j <= t): LLaMA-4's chunked attention. Layouts as peft_attention. */
+PEFTDEF peft_tensor *peft_attention_chunked(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
+                                            int B, int T, int n_heads, int n_kv_heads, int head_dim,
+                                            int chunk);
+/* Router: logits [N, E] → scores [N, k] = sigmoid of the k largest logits of
+   each row, their experts in *idx ([N, k], arena memory, largest first; the
+   choice is not differentiated). */
+PEFTDEF peft_tensor *peft_moe_route(peft_graph *g, peft_tensor *logits, int top_k, const int **idx);
+/* Routed experts: y[n] = Σ_j E_{idx[n,j]}(s[n,j]·x[n]), E_e(u) =
+   (silu(u·G_e) ⊙ (u·U_e))·D_e with gate_up [E, D, 2F] = [G_e | U_e] and down
+   [E, F, D], as transformers' Llama4TextExperts; one GEMM pair per expert
+   over only the rows routed to it. x [N, D], s [N, k] → y [N, D]. */
+PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                      peft_tensor *gate_up, peft_tensor *down);
+/* The same with LoRA on the experts in PEFT's target_parameters layout:
+   gu_A [r·E, 2F], gu_B [D, r·E], dn_A [r·E, D], dn_B [F, r·E] (either pair
+   may be NULL); expert e uses W_e + scale·B_e·A_e (see "PEFT on MoE sites"). */
+PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                           peft_tensor *gate_up, peft_tensor *down, peft_tensor *gu_A,
+                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B,
+                                           float scale);
+/* MoE sites of a LoRA method from a list: router, experts (both tensors),
+   experts.gate_up_proj, experts.down_proj, router-full (a trainable copy of
+   the router), none. Also peft_method_set(m, "moe_targets", list). */
+PEFTDEF peft_status peft_method_set_moe(peft_method *m, const char *list);
+
 /* ---- KV cache: generation without recomputing the past ----
    Holds each layer's keys and values (after RoPE) for B rows of up to
    max_len positions, each row with its own length, plus the adapter
@@ -5406,6 +5481,20 @@ PEFTDEF peft_tensor *peft_qmatrix_linear_cross_entropy(peft_graph *g, peft_tenso
                  h = rmsnorm(x)·w2;  x += down(silu(gate(h)) ⊙ up(h))
      logits = lm_head(rmsnorm(x))                                           */
 
+/* LLaMA-4 (defined in "LLaMA-4: mixture of experts") */
+static int64_t     peft__llama4_count(const peft_config *c, int active);
+static void        peft__llama4_defaults(peft_config *c);
+static int         peft__llama4_key(const peft_config *c, const char *key);
+static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const char *path);
+static peft_status peft__llama4_params(peft_model *m);
+static int         peft__llama4_preset(peft_config *c, const char *name);
+static int64_t     peft__llama4_lora_count(const peft_config *c, const peft_method *m);
+static const char *peft__llama4_preset_name(int i);
+static const char *peft__llama4_ffn_module(const peft_config *c, int l);
+static int         peft__llama4_ffn_width(const peft_config *c, int l);
+static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B,
+                                       int T);
+
 typedef struct {
     const char *name;
     int dim, hidden, layers, heads, kv, head_dim, vocab, max_pos;
@@ -5446,6 +5535,7 @@ static const peft__preset peft__presets[] = {
 #define PEFT__N_PRESETS ((int)(sizeof peft__presets / sizeof peft__presets[0]))
 
 PEFTDEF const char *peft_preset_name(int i) {
+    if (i >= PEFT__N_PRESETS) return peft__llama4_preset_name(i - PEFT__N_PRESETS);
     return (i >= 0 && i < PEFT__N_PRESETS) ? peft__presets[i].name : NULL;
 }
 
@@ -5481,15 +5571,17 @@ PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name) {
         if (p->vocab == 49152) { c->bos_id = 0; c->eos_id = 0; }
         return PEFT_OK;
     }
+    if (peft__llama4_preset(c, name)) return PEFT_OK;
     char list[1024] = "";
-    for (int i = 0; i < PEFT__N_PRESETS; i++) {
-        strncat(list, peft__presets[i].name, sizeof list - strlen(list) - 3);
-        if (i + 1 < PEFT__N_PRESETS) strncat(list, ", ", sizeof list - strlen(list) - 1);
+    for (int i = 0; peft_preset_name(i); i++) {
+        strncat(list, peft_preset_name(i), sizeof list - strlen(list) - 3);
+        if (peft_preset_name(i + 1)) strncat(list, ", ", sizeof list - strlen(list) - 1);
     }
     return peft__fail(PEFT_ERR_CONFIG, "unknown preset '%s' (known: %s)", name, list);
 }
 
 PEFTDEF int64_t peft_config_param_count(const peft_config *c) {
+    if (c->llama4) return peft__llama4_count(c, 0);
     int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
     int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * (int64_t)c->hidden_dim + 2 * d;
     if (c->attn_bias) layer += q + 2 * kv + d;
@@ -5636,7 +5728,7 @@ static peft_status peft__config_keys(peft_config *c, const peft_json *j, const c
         int known = 0;
         for (int i = 0; read[i] && !known; i++) known = !strcmp(v->key, read[i]);
         for (int i = 0; inert[i] && !known; i++) known = !strcmp(v->key, inert[i]);
-        if (known) continue;
+        if (known || peft__llama4_key(c, v->key)) continue;
         if (!strcmp(v->key, "attention_dropout")) {
             /* dropout on the attention probabilities while training: not implemented */
             if (v->type != PEFT_JSON_NULL && (v->type != PEFT_JSON_NUMBER || v->number != 0))
@@ -5662,7 +5754,16 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
         return peft__fail(PEFT_ERR_CONFIG, "%s: expected a JSON object", path);
     }
     const char *mt = peft__json_str(j, "model_type");
-    if (mt && strcmp(mt, "llama") != 0) {
+    if (mt && !strcmp(mt, "llama4")) {
+        s = peft__fail(PEFT_ERR_UNSUPPORTED,
+                       "%s: model_type 'llama4' (Llama4ForConditionalGeneration, text and "
+                       "vision) is not supported: load a text decoder folder (Llama4ForCausalLM, model_type "
+                       "'llama4_text')",
+                       path);
+        goto done;
+    }
+    if (mt && !strcmp(mt, "llama4_text")) peft__llama4_defaults(c);
+    else if (mt && strcmp(mt, "llama") != 0) {
         s = peft__fail(PEFT_ERR_CONFIG, "%s: model_type '%s' is not supported (only 'llama')", path, mt);
         goto done;
     }
@@ -5709,6 +5810,7 @@ PEFTDEF peft_status peft_config_load(peft_config *c, const char *path) {
     }
     if (c->n_kv_heads == 0) c->n_kv_heads = c->n_heads;
     if (c->head_dim == 0 && c->n_heads > 0) c->head_dim = c->dim / c->n_heads;
+    if (c->llama4 && (s = peft__llama4_config(c, j, path)) != PEFT_OK) goto done;
     if (peft__json_float(j, "rms_norm_eps", &c->norm_eps) < 0 ||
         peft__json_float(j, "rope_theta", &c->rope_theta) < 0) {
         s = peft__fail(PEFT_ERR_CONFIG, "%s: rms_norm_eps and rope_theta must be numbers", path);
@@ -5822,7 +5924,7 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
     peft_model *m = (peft_model *)peft__calloc(sizeof *m);
     if (!m) return peft__fail(PEFT_ERR_NOMEM, "no memory for the model");
     m->cfg = *c;
-    int max_params = 3 + 16 * c->n_layers;      /* room for biases (configured or merged in) */
+    int max_params = 3 + 19 * c->n_layers;      /* room for biases (configured or merged in), MoE */
     m->params = (peft_tensor **)peft__calloc((size_t)max_params * sizeof(peft_tensor *));
     m->layers = (peft_layer *)peft__calloc((size_t)c->n_layers * sizeof(peft_layer));
     if (!m->params || !m->layers) goto oom;
@@ -5831,6 +5933,11 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
     if (!(m->embed = peft__add_param(m, "model.embed_tokens.weight", c->vocab_size, D))) goto oom;
     for (int l = 0; l < c->n_layers; l++) {
         peft_layer *L = &m->layers[l];
+        char ffn[3][64];
+        int64_t FF = peft__llama4_ffn_width(c, l);
+        for (int k = 0; k < 3; k++)
+            snprintf(ffn[k], sizeof ffn[k], "%s.%s_proj.weight", peft__llama4_ffn_module(c, l),
+                     k == 0 ? "gate" : k == 1 ? "up" : "down");
         struct { peft_tensor **dst; const char *suffix; int64_t r, cols; } spec[9] = {
             { &L->attn_norm, "input_layernorm.weight", D, 0 },
             { &L->lin[PEFT_Q].w, "self_attn.q_proj.weight", Q, D },
@@ -5838,9 +5945,9 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
             { &L->lin[PEFT_V].w, "self_attn.v_proj.weight", KVD, D },
             { &L->lin[PEFT_O].w, "self_attn.o_proj.weight", D, Q },
             { &L->ffn_norm, "post_attention_layernorm.weight", D, 0 },
-            { &L->lin[PEFT_GATE].w, "mlp.gate_proj.weight", c->hidden_dim, D },
-            { &L->lin[PEFT_UP].w, "mlp.up_proj.weight", c->hidden_dim, D },
-            { &L->lin[PEFT_DOWN].w, "mlp.down_proj.weight", D, c->hidden_dim },
+            { &L->lin[PEFT_GATE].w, ffn[0], FF, D },
+            { &L->lin[PEFT_UP].w, ffn[1], FF, D },
+            { &L->lin[PEFT_DOWN].w, ffn[2], D, FF },
         };
         for (int k = 0; k < 9; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s", l, spec[k].suffix);
@@ -5859,6 +5966,7 @@ PEFTDEF peft_status peft_model_new(peft_model **out, const peft_config *c, int i
             if (!(L->lin[k].b = peft__add_param(m, name, L->lin[k].w->shape[0], 0))) goto oom;
         }
     }
+    if (c->llama4 && peft__llama4_params(m) != PEFT_OK) goto oom;
     if (!(m->norm = peft__add_param(m, "model.norm.weight", D, 0))) goto oom;
     if (c->tie_embeddings) m->lm_head = m->embed;
     else if (!(m->lm_head = peft__add_param(m, "lm_head.weight", c->vocab_size, D))) goto oom;
@@ -5902,6 +6010,7 @@ PEFTDEF void peft_model_free(peft_model *m) {
     }
     peft_qmatrix_free(m->embed_qm);
     PEFT_FREE(m->embed_qm);
+    for (int l = 0; m->layers && l < m->cfg.n_layers; l++) PEFT_FREE(m->layers[l].moe.counts);
     for (int i = 0; i < m->n_params; i++) peft_param_free(m->params[i]);
     for (int i = 0; i < m->n_extra; i++) peft_param_free(m->extra[i]);
     peft_param_free(m->tokens_table);
@@ -5959,6 +6068,777 @@ static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear
 static void peft__attn_extras(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *h, int B,
                               peft_attn_extras *ex, int prompts, int excitor);
 
+/* ============================================================================
+   LLaMA-4: mixture of experts
+   ============================================================================
+   transformers' Llama4ForCausalLM (models/llama4/modeling_llama4.py, 5.24),
+   float32. A block is the LLaMA block with four changes:
+     attention  RoPE layers (layer l with (l+1) % no_rope_layer_interval != 0):
+                RoPE on interleaved pairs (x[2i], x[2i+1]: the complex
+                product of the Meta layout), then, with use_qk_norm, the
+                weightless L2 norm of each head of q and k,
+                q/√(mean(q²) + eps); with attention_chunk_size c, query t
+                sees only keys j ≤ t with t/c == j/c.
+                NoPE layers: no RoPE, plain causal attention, and with
+                attn_temperature_tuning q·(1 + attn_scale·log(1 +
+                floor((t + 1)/floor_scale))) at position t.
+     MoE layer  ((l+1) % interleave_moe_layer_step == 0), h = rmsnorm(x):
+                z = h·Wrᵀ (router [E, D]), the k largest z of each row,
+                s = σ(z) for them (0 for the others);
+                y = shared(h) + Σ_j E_{e_j}(s_j·h), every expert a SwiGLU
+                E(u) = (silu(u·G) ⊙ (u·U))·Dn with gate_up [E, D, 2F] = [G|U]
+                and down [E, F, D] (stored x·W, not x·Wᵀ), the shared
+                expert a LLaMA MLP of width intermediate_size.
+     dense      a LLaMA MLP of width intermediate_size_mlp.
+   Weight names: model.layers.N.feed_forward.{router.weight,
+   experts.gate_up_proj, experts.down_proj, shared_expert.{gate,up,down}_proj
+   .weight} in MoE layers, feed_forward.{gate,up,down}_proj.weight in dense
+   ones. The router's choice is not differentiated (as torch.topk): the
+   gradient reaches the router through the chosen scores only.            */
+
+PEFTDEF int peft_layer_is_moe(const peft_config *c, int layer) {
+    return c->llama4 && c->n_experts > 0 && c->moe_step > 0 && (layer + 1) % c->moe_step == 0;
+}
+PEFTDEF int peft_layer_has_rope(const peft_config *c, int layer) {
+    return !c->llama4 || c->nope_interval <= 0 || (layer + 1) % c->nope_interval != 0;
+}
+
+/* parameters of layer l: all of them, or those one token uses (active) */
+static int64_t peft__llama4_layer_count(const peft_config *c, int l, int active) {
+    int64_t d = c->dim, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t n = d * q + 2 * d * kv + q * d + 2 * d;
+    if (c->attn_bias) n += q + 2 * kv + d;
+    if (!peft_layer_is_moe(c, l)) return n + 3 * d * (int64_t)c->hidden_dim_mlp;
+    int64_t expert = 3 * d * (int64_t)c->hidden_dim;
+    return n + expert + (int64_t)c->n_experts * d + (active ? c->top_k : c->n_experts) * expert;
+}
+static int64_t peft__llama4_count(const peft_config *c, int active) {
+    /* first in double: a hostile config.json must not overflow the sum (validate refuses > 1e12) */
+    double est = ((double)c->n_experts + 2) * 3 * c->dim * ((double)c->hidden_dim + c->hidden_dim_mlp) +
+                 4.0 * c->dim * ((double)c->n_heads + c->n_kv_heads) * c->head_dim +
+                 (double)c->n_experts * c->dim;
+    if (c->n_layers * est + 2.0 * c->vocab_size * c->dim > 1e15) return (int64_t)1e15;
+    int64_t emb = (int64_t)c->vocab_size * c->dim, n = c->dim;
+    for (int l = 0; l < c->n_layers; l++) n += peft__llama4_layer_count(c, l, active);
+    return n + emb + (c->tie_embeddings ? 0 : emb);
+}
+PEFTDEF int64_t peft_config_active_count(const peft_config *c) {
+    return c->llama4 ? peft__llama4_count(c, 1) : peft_config_param_count(c);
+}
+
+/* Presets: Scout and Maverick as their text_config gives them (Meta's model
+   cards: 17B active of 109B / 400B with the vision encoder, which is not part
+   of the text decoder), and a tiny one for tests, demos and the bench. */
+typedef struct {
+    const char *name;
+    int dim, hidden, hidden_mlp, layers, heads, kv, head_dim, vocab, max_pos, experts, top_k, step, nope,
+        qk_norm, chunk, tie, llama3;
+} peft__llama4_preset_row;
+static const peft__llama4_preset_row peft__llama4_presets[] = {
+    /* name, hidden, expert ffn, dense ffn, layers, heads, kv, head_dim, vocab, context, experts, top-k,
+       MoE every k-th layer, NoPE every k-th layer, QK-norm, chunk, tied, llama3 RoPE scaling (factor 16) */
+    {"llama4-scout",    5120, 8192, 16384, 48, 40, 8, 128, 202048, 10485760,  16, 1, 1, 4, 1, 8192, 0, 1},
+    {"llama4-maverick", 5120, 8192, 16384, 48, 40, 8, 128, 202048,  1048576, 128, 1, 2, 4, 0, 8192, 0, 0},
+    {"llama4-tiny",      256,  256,   768,  4,  8, 2,  32,   4096,      512,   4, 1, 1, 4, 1,  128, 1, 0},
+    /* llama4-tiny's active parameters (less the routers') in a dense model: the bench's yardstick */
+    {"llama4-tiny-dense", 256, 256,   512,  4,  8, 2,  32,   4096,      512,   4, 1, 5, 4, 1,  128, 1, 0},
+};
+static const char *peft__llama4_preset_name(int i) {
+    int n = (int)(sizeof peft__llama4_presets / sizeof peft__llama4_presets[0]);
+    return i >= 0 && i < n ? peft__llama4_presets[i].name : NULL;
+}
+static int peft__llama4_preset(peft_config *c, const char *name) {
+    for (int i = 0; peft__llama4_preset_name(i); i++) {
+        const peft__llama4_preset_row *p = &peft__llama4_presets[i];
+        if (strcmp(p->name, name)) continue;
+        peft__config_defaults(c);
+        peft__llama4_defaults(c);
+        c->dim = p->dim;
+        c->hidden_dim = p->hidden;
+        c->hidden_dim_mlp = p->hidden_mlp;
+        c->n_layers = p->layers;
+        c->n_heads = p->heads;
+        c->n_kv_heads = p->kv;
+        c->head_dim = p->head_dim;
+        c->vocab_size = p->vocab;
+        c->max_seq_len = p->max_pos;
+        c->n_experts = p->experts;
+        c->top_k = p->top_k;
+        c->moe_step = p->step;
+        c->nope_interval = p->nope;
+        c->qk_norm = p->qk_norm;
+        c->attn_chunk = p->chunk;
+        c->tie_embeddings = p->tie;
+        if (p->llama3) {
+            c->rope_type = PEFT_ROPE_LLAMA3;
+            c->rope_factor = 16;
+            c->rope_low_freq = 1;
+            c->rope_high_freq = 1;
+            c->rope_orig_max_pos = 8192;
+        }
+        if (p->vocab == 202048) {
+            c->bos_id = 200000;
+            c->eos_id = 200001;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* PEFT__CPU_KERNEL_BEGIN: LLaMA-4's ops (front ends and the CPU backend's entries), kept
+   beside the block that uses them */
+/* ---- L2 norm of each group (QK-norm) ----------------------------------------
+   y = x·r,  r = 1/sqrt(mean(x²) + eps) over each group of G columns
+   dx = r·dy − x·r³/G · Σ(dy⊙x)                                            */
+static void peft__cpu_l2norm_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *x = n->in[0];
+    int G = n->i[0];
+    const float *dy = n->out->grad, *rs = n->saved;
+    for (int64_t r = 0; r < x->n / G; r++) {
+        const float *xr = x->data + r * G, *dr = dy + r * G;
+        float inv = rs[r];
+        double dot = 0.0;
+        for (int j = 0; j < G; j++) dot += (double)dr[j] * xr[j];
+        float c = (float)(dot * inv * inv * inv / G);
+        float *dx = x->grad + r * G;
+        for (int j = 0; j < G; j++) dx[j] += inv * dr[j] - xr[j] * c;
+    }
+}
+PEFTDEF peft_tensor *peft_l2norm(peft_graph *g, peft_tensor *x, int group, float eps) {
+    if (!peft__ok(g, x, x)) return NULL;
+    if (group <= 0 || peft__cols(x) % group != 0)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "l2norm: the row width is not a multiple of the group");
+    peft_tensor *y = peft__like(g, x);
+    float *rs = y ? peft__arena_floats(g, x->n / group, 0) : NULL;
+    if (!rs) return NULL;
+    peft_op op = { .kind = PEFT_OP_L2NORM, .out = y, .in = { x }, .i = { group }, .f = { eps }, .saved = rs };
+    return peft__run(g, &op, 0);
+}
+/* out = y; in: x; i: the group G; f: eps; saved: r per group (for backward) */
+static peft_status peft__cpu_l2norm(peft_graph *g, peft__node *nd) {
+    (void)g;
+    const peft_tensor *x = nd->in[0];
+    int group = nd->i[0];
+    float eps = nd->f[0], *rs = nd->saved, *y = nd->out->data;
+    for (int64_t r = 0; r < x->n / group; r++) {
+        const float *xr = x->data + r * group;
+        float ss = 0.0f;
+        for (int j = 0; j < group; j++) ss += xr[j] * xr[j];
+        float inv = 1.0f / sqrtf(ss / (float)group + eps);
+        rs[r] = inv;
+        for (int j = 0; j < group; j++) y[r * group + j] = xr[j] * inv;
+    }
+    return PEFT_OK;
+}
+
+/* ---- per-row scale (attention temperature) -------------------------------------
+   y_r = s_{r mod P}·x_r;  dx_r += s_{r mod P}·dy_r                         */
+static void peft__cpu_row_scale_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *x = n->in[0];
+    int64_t R = peft__rows(x), C = peft__cols(x);
+    for (int64_t r = 0; r < R; r++) {
+        float s = n->saved[r % n->i[0]];
+        for (int64_t j = 0; j < C; j++) x->grad[r * C + j] += s * n->out->grad[r * C + j];
+    }
+}
+PEFTDEF peft_tensor *peft_row_scale(peft_graph *g, peft_tensor *x, const float *s, int period) {
+    if (!peft__ok(g, x, s)) return NULL;
+    if (period <= 0) return peft__op_fail(g, PEFT_ERR_ARG, "row_scale: period must be positive");
+    peft_tensor *y = peft__like(g, x);
+    float *sv = y ? peft__arena_floats(g, period, 0) : NULL;
+    if (!sv) return NULL;
+    memcpy(sv, s, sizeof(float) * (size_t)period);
+    peft_op op = { .kind = PEFT_OP_ROW_SCALE, .out = y, .in = { x }, .i = { period }, .saved = sv };
+    return peft__run(g, &op, 0);
+}
+/* out = y; in: x; i: the period P; saved: the P scales */
+static peft_status peft__cpu_row_scale(peft_graph *g, peft__node *nd) {
+    (void)g;
+    const peft_tensor *x = nd->in[0];
+    const float *sv = nd->saved;
+    int period = nd->i[0];
+    int64_t R = peft__rows(x), C = peft__cols(x);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < C; j++) nd->out->data[r * C + j] = sv[r % period] * x->data[r * C + j];
+    return PEFT_OK;
+}
+
+/* ---- chunked causal attention ------------------------------------------------------
+   S_tj = q_t·k_j/√d for j in [c·⌊t/c⌋, t], P = softmax(S), o_t = Σ_j P_tj v_j
+   dP = do·vᵀ, dS = P⊙(dP − rowsum(P⊙dP)); dq = dS·k/√d, dk += dSᵀq/√d,
+   dv += Pᵀdo; kv gradients sum over a group's heads. P [B,H,T,T] is kept. */
+static void peft__cpu_chunk_attn_bw(peft_graph *g, peft__node *n) {
+    peft_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
+    int B = n->i[0], T = n->i[1], H = n->i[2], KV = n->i[3], hd = n->i[4], C = n->i[5];
+    float scale = 1.0f / sqrtf((float)hd);
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
+    const float *P = n->saved, *dO = n->out->grad;
+    float *dS = peft__arena_floats(g, C, 0);
+    if (!dS) { g->failed = 1; return; }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / (H / KV);
+            for (int t = 0; t < T; t++) {
+                int lo = t / C * C;
+                const float *pr = P + (((int64_t)b * H + h) * T + t) * T;
+                const float *dot = dO + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                const float *qt = q->data + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                float rowsum = 0.0f;
+                for (int j = lo; j <= t; j++) {
+                    const float *vj = v->data + ((int64_t)b * T + j) * kw + (int64_t)kh * hd;
+                    dS[j - lo] = peft__dot(dot, vj, hd);
+                    rowsum += pr[j] * dS[j - lo];
+                }
+                for (int j = lo; j <= t; j++) {
+                    float ds = pr[j] * (dS[j - lo] - rowsum) * scale;
+                    int64_t ko = ((int64_t)b * T + j) * kw + (int64_t)kh * hd;
+                    if (q->requires_grad) {
+                        float *dq = q->grad + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                        for (int d = 0; d < hd; d++) dq[d] += ds * k->data[ko + d];
+                    }
+                    if (k->requires_grad)
+                        for (int d = 0; d < hd; d++) k->grad[ko + d] += ds * qt[d];
+                    if (v->requires_grad)
+                        for (int d = 0; d < hd; d++) v->grad[ko + d] += pr[j] * dot[d];
+                }
+            }
+        }
+}
+PEFTDEF peft_tensor *peft_attention_chunked(peft_graph *g, peft_tensor *q, peft_tensor *k, peft_tensor *v,
+                                            int B, int T, int n_heads, int n_kv_heads, int head_dim,
+                                            int chunk) {
+    if (!peft__ok(g, q, k) || !peft__ok(g, v, v)) return NULL;
+    int H = n_heads, KV = n_kv_heads, hd = head_dim;
+    if (B < 1 || T < 1 || H < 1 || KV < 1 || H % KV || hd < 1 || chunk < 1)
+        return peft__op_fail(g, PEFT_ERR_ARG, "attention_chunked: sizes and chunk must be positive");
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
+    if (q->n != (int64_t)B * T * qw || k->n != (int64_t)B * T * kw || v->n != k->n)
+        return peft__op_fail(g, PEFT_ERR_SHAPE, "attention_chunked: q, k, v are not [B*T, heads*head_dim]");
+    peft_tensor *o = peft__like(g, q);
+    float *P = o ? peft__arena_floats(g, (int64_t)B * H * T * T, 1) : NULL;
+    if (!P) return NULL;
+    peft_op op = { .kind = PEFT_OP_ATTENTION_CHUNKED, .out = o, .in = { q, k, v },
+                   .i = { B, T, H, KV, hd, chunk }, .saved = P };
+    return peft__run(g, &op, 0);
+}
+/* out = o; in: q, k, v; i: B, T, heads, kv heads, head_dim, chunk; saved: P [B,H,T,T] */
+static peft_status peft__cpu_chunk_attn(peft_graph *g, peft__node *nd) {
+    (void)g;
+    const peft_tensor *q = nd->in[0], *k = nd->in[1], *v = nd->in[2];
+    peft_tensor *o = nd->out;
+    int B = nd->i[0], T = nd->i[1], H = nd->i[2], KV = nd->i[3], hd = nd->i[4], chunk = nd->i[5];
+    int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
+    float *P = nd->saved;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / (H / KV);
+            for (int t = 0; t < T; t++) {
+                int lo = t / chunk * chunk;
+                float *pr = P + (((int64_t)b * H + h) * T + t) * T;
+                const float *qt = q->data + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                for (int j = lo; j <= t; j++)
+                    pr[j] = peft__dot(qt, k->data + ((int64_t)b * T + j) * kw + (int64_t)kh * hd, hd) * scale;
+                float mx = -INFINITY, sum = 0.0f;
+                for (int j = lo; j <= t; j++) mx = pr[j] > mx ? pr[j] : mx;
+                for (int j = lo; j <= t; j++) { pr[j] = expf(pr[j] - mx); sum += pr[j]; }
+                for (int j = lo; j <= t; j++) pr[j] /= sum;
+                float *ot = o->data + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
+                for (int d = 0; d < hd; d++) ot[d] = 0.0f;
+                for (int j = lo; j <= t; j++) {
+                    const float *vj = v->data + ((int64_t)b * T + j) * kw + (int64_t)kh * hd;
+                    for (int d = 0; d < hd; d++) ot[d] += pr[j] * vj[d];
+                }
+            }
+        }
+    return PEFT_OK;
+}
+
+/* ---- router: top-k, sigmoid of the chosen logits --------------------------------
+   s_nj = σ(z_n,e_j) for the k largest z_n (ties: the lower expert first);
+   dz_n,e_j += ds_nj·s_nj·(1 − s_nj); the choice itself has no gradient.    */
+static void peft__cpu_moe_route_bw(peft_graph *g, peft__node *n) {
+    (void)g;
+    peft_tensor *z = n->in[0];
+    int64_t N = peft__rows(z), E = peft__cols(z);
+    int K = n->i[0];
+    for (int64_t r = 0; r < N; r++)
+        for (int j = 0; j < K; j++) {
+            float s = n->out->data[r * K + j];
+            z->grad[r * E + n->ids[r * K + j]] += n->out->grad[r * K + j] * s * (1.0f - s);
+        }
+}
+PEFTDEF peft_tensor *peft_moe_route(peft_graph *g, peft_tensor *logits, int top_k, const int **idx) {
+    *idx = NULL;
+    if (!peft__ok(g, logits, logits)) return NULL;
+    int64_t N = peft__rows(logits), E = peft__cols(logits);
+    if (top_k < 1 || top_k > E)
+        return peft__op_fail(g, PEFT_ERR_ARG, "moe_route: top_k must be in 1 .. number of experts");
+    peft_tensor *s = peft_tensor_2d(g, N, top_k);
+    int *ix = s ? (int *)peft__arena_alloc(g, (size_t)(N * top_k) * sizeof(int)) : NULL;
+    if (!ix) return s ? peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena") : NULL;
+    peft_op op = { .kind = PEFT_OP_MOE_ROUTE, .out = s, .in = { logits }, .ids = ix, .i = { top_k } };
+    if (!peft__run(g, &op, 0)) return NULL;
+    *idx = ix;
+    return s;
+}
+/* out = s [N, k]; in: logits [N, E]; ids: the chosen experts [N, k], written here; i: k */
+static peft_status peft__cpu_moe_route(peft_graph *g, peft__node *nd) {
+    (void)g;
+    const peft_tensor *logits = nd->in[0];
+    peft_tensor *s = nd->out;
+    int *ix = (int *)nd->ids;
+    int top_k = nd->i[0];
+    int64_t N = peft__rows(logits), E = peft__cols(logits);
+    for (int64_t r = 0; r < N; r++) {
+        const float *z = logits->data + r * E;
+        for (int j = 0; j < top_k; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int i = 0; i < j; i++) taken |= ix[r * top_k + i] == e;
+                if (!taken && (best < 0 || z[e] > z[best])) best = e;
+            }
+            ix[r * top_k + j] = best;
+            s->data[r * top_k + j] = 1.0f / (1.0f + expf(-z[best]));
+        }
+    }
+    return PEFT_OK;
+}
+
+/* ---- routed experts: one GEMM pair per expert over its rows ----------------------
+   Rows are sorted by expert (slot i = token n, choice j); per expert e with
+   X_e = s·x of its rows: H = X_e·GU_e [n_e, 2F], A = silu(H_g) ⊙ H_u,
+   Y = A·Dn_e, added into y[n].
+   Backward: dA = dY·Dn_eᵀ, dDn_e += Aᵀ·dY, dH_g = dA⊙H_u⊙σ'(·), dH_u = dA⊙silu(H_g),
+   dGU_e += X_eᵀ·dH, dX = dH·GU_eᵀ; dx_n += s·dX_i, ds_nj += x_n·dX_i.
+   With LoRA on the experts (see "PEFT on MoE sites") GU_e and Dn_e are the
+   weights plus their deltas, formed one expert at a time.                 */
+typedef struct {
+    int64_t N, D, F;
+    int     E, K;
+    int    *slot;     /* [N·K] slot (n·K + j) of each sorted row          */
+    int    *start;    /* [E + 1] first sorted row of each expert          */
+    float  *X, *H, *A;/* [N·K, D], [N·K, 2F], [N·K, F]                    */
+    float   scale;    /* LoRA's s                                          */
+    int    *fill;     /* [E] the forward's sort: next free row per expert */
+    float  *Y;        /* [N·K, D] each sorted row's expert output          */
+    float  *wbuf, *Bbuf;  /* an expert's weights with LoRA; its B_e       */
+} peft__moe_ctx;
+
+/* expert e's weight W_e [in, out] of a stacked [E, in, out] tensor, or with
+   LoRA W_e + s·B_e·A_e in buf (Bbuf [in, r] receives B_e, unscaled) */
+static const float *peft__expert_w(const peft_tensor *W, const peft_tensor *A, const peft_tensor *B, int e,
+                                   float s, float *buf, float *Bbuf) {
+    int64_t in = W->shape[1], out = W->shape[2], E = W->shape[0];
+    const float *We = W->data + (int64_t)e * in * out;
+    if (!A) return We;
+    int64_t r = A->shape[0] / E;
+    for (int64_t i = 0; i < in; i++)
+        for (int64_t j = 0; j < r; j++) Bbuf[i * r + j] = B->data[i * r * E + j * E + e];
+    memcpy(buf, We, sizeof(float) * (size_t)(in * out));
+    peft_gemm(0, 0, (int)in, (int)out, (int)r, Bbuf, (int)r, A->data + (int64_t)e * r * out, (int)out, 0.0f,
+              buf + in * out, (int)out);
+    for (int64_t i = 0; i < in * out; i++) buf[i] += s * buf[in * out + i];
+    return buf;
+}
+/* dW_e [in, out] into the stacked tensor's gradient and/or LoRA's: dA_e += s·B_eᵀ·dW_e,
+   dB_e += s·dW_e·A_eᵀ (Bbuf holds B_e; tmp has room for in·r floats) */
+static void peft__expert_dw(peft_tensor *W, peft_tensor *A, peft_tensor *B, int e, float s, const float *dW,
+                            const float *Bbuf, float *tmp) {
+    int64_t in = W->shape[1], out = W->shape[2], E = W->shape[0];
+    if (W->requires_grad) {
+        float *g = W->grad + (int64_t)e * in * out;
+        for (int64_t i = 0; i < in * out; i++) g[i] += dW[i];
+    }
+    if (!A) return;
+    int64_t r = A->shape[0] / E;
+    const float *Ae = A->data + (int64_t)e * r * out;
+    if (A->requires_grad)
+        peft_gemm(1, 0, (int)r, (int)out, (int)in, Bbuf, (int)r, dW, (int)out, 0.0f, tmp, (int)out);
+    if (A->requires_grad)
+        for (int64_t i = 0; i < r * out; i++) A->grad[(int64_t)e * r * out + i] += s * tmp[i];
+    if (!B->requires_grad) return;
+    peft_gemm(0, 1, (int)in, (int)r, (int)out, dW, (int)out, Ae, (int)out, 0.0f, tmp, (int)r);
+    for (int64_t i = 0; i < in; i++)
+        for (int64_t j = 0; j < r; j++) B->grad[i * r * E + j * E + e] += s * tmp[i * r + j];
+}
+
+static void peft__cpu_moe_experts_bw(peft_graph *g, peft__node *n) {
+    const peft__moe_ctx *c = (const peft__moe_ctx *)n->aux;
+    peft_tensor *x = n->in[0], *s = n->in[1], *gu = n->in[2], *dn = n->in[3];
+    peft_tensor *guA = n->in[4], *guB = n->in[5], *dnA = n->in[6], *dnB = n->in[7];
+    int64_t D = c->D, F = c->F, R = c->N * c->K;
+    int64_t rmax = (guA ? guA->shape[0] : 0) + (dnA ? dnA->shape[0] : 0) + 1;
+    int need_gu = gu->requires_grad || (guA && (guA->requires_grad || guB->requires_grad));
+    int need_dn = dn->requires_grad || (dnA && (dnA->requires_grad || dnB->requires_grad));
+    float *dY = peft__arena_floats(g, R * D, 0), *dA = peft__arena_floats(g, R * F, 0);
+    float *dH = peft__arena_floats(g, R * 2 * F, 0), *dX = peft__arena_floats(g, R * D, 0);
+    float *wbuf = peft__arena_floats(g, 4 * D * F, 0), *dW = peft__arena_floats(g, 2 * D * F, 0);
+    float *Bbuf = peft__arena_floats(g, (D + F) * rmax, 0),
+          *tmp = peft__arena_floats(g, (D + 3 * F) * rmax, 0);
+    if (!dY || !dA || !dH || !dX || !wbuf || !dW || !Bbuf || !tmp) { g->failed = 1; return; }
+    for (int64_t i = 0; i < R; i++)
+        memcpy(dY + i * D, n->out->grad + (int64_t)(c->slot[i] / c->K) * D, sizeof(float) * (size_t)D);
+    for (int e = 0; e < c->E; e++) {
+        int64_t r0 = c->start[e], ne = c->start[e + 1] - r0;
+        if (ne == 0) continue;
+        const float *A = c->A + r0 * F, *H = c->H + r0 * 2 * F, *X = c->X + r0 * D;
+        float *dy = dY + r0 * D, *da = dA + r0 * F, *dh = dH + r0 * 2 * F, *dx = dX + r0 * D;
+        const float *DN = peft__expert_w(dn, dnA, dnB, e, c->scale, wbuf, Bbuf);
+        if (need_dn) {
+            peft_gemm(1, 0, (int)F, (int)D, (int)ne, A, (int)F, dy, (int)D, 0.0f, dW, (int)D);
+            peft__expert_dw(dn, dnA, dnB, e, c->scale, dW, Bbuf, tmp);
+        }
+        peft_gemm(0, 1, (int)ne, (int)F, (int)D, dy, (int)D, DN, (int)D, 0.0f, da, (int)F);
+        for (int64_t i = 0; i < ne; i++)
+            for (int64_t f = 0; f < F; f++) {
+                float hg = H[i * 2 * F + f], hu = H[i * 2 * F + F + f], sg = 1.0f / (1.0f + expf(-hg));
+                dh[i * 2 * F + f] = da[i * F + f] * hu * sg * (1.0f + hg * (1.0f - sg));
+                dh[i * 2 * F + F + f] = da[i * F + f] * hg * sg;
+            }
+        const float *GU = peft__expert_w(gu, guA, guB, e, c->scale, wbuf, Bbuf);
+        if (x->requires_grad || s->requires_grad)
+            peft_gemm(0, 1, (int)ne, (int)D, (int)(2 * F), dh, (int)(2 * F), GU, (int)(2 * F), 0.0f, dx,
+                      (int)D);
+        if (need_gu) {
+            peft_gemm(1, 0, (int)D, (int)(2 * F), (int)ne, X, (int)D, dh, (int)(2 * F), 0.0f, dW,
+                      (int)(2 * F));
+            peft__expert_dw(gu, guA, guB, e, c->scale, dW, Bbuf, tmp);
+        }
+    }
+    if (!x->requires_grad && !s->requires_grad) return;
+    for (int64_t i = 0; i < R; i++) {
+        int sl = c->slot[i];
+        int64_t row = sl / c->K;
+        const float *dxi = dX + i * D, *xr = x->data + row * D;
+        if (x->requires_grad)
+            for (int64_t d = 0; d < D; d++) x->grad[row * D + d] += s->data[sl] * dxi[d];
+        if (s->requires_grad) {
+            double acc = 0.0;
+            for (int64_t d = 0; d < D; d++) acc += (double)xr[d] * dxi[d];
+            s->grad[sl] += (float)acc;
+        }
+    }
+}
+
+PEFTDEF peft_tensor *peft_moe_experts_lora(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                           peft_tensor *gate_up, peft_tensor *down, peft_tensor *gu_A,
+                                           peft_tensor *gu_B, peft_tensor *dn_A, peft_tensor *dn_B,
+                                           float scale) {
+    if (!peft__ok(g, x, s) || !peft__ok(g, gate_up, down) || !idx)
+        return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: missing input");
+    int64_t N = peft__rows(x), D = peft__cols(x), K = peft__cols(s);
+    if (gate_up->ndim != 3 || down->ndim != 3 || gate_up->shape[1] != D || gate_up->shape[2] % 2 ||
+        down->shape[0] != gate_up->shape[0] || down->shape[1] != gate_up->shape[2] / 2 ||
+        down->shape[2] != D || peft__rows(s) != N)
+        return peft__op_fail(g, PEFT_ERR_SHAPE,
+                             "moe_experts: expected x [N, D], s [N, k], gate_up [E, D, 2F], down [E, F, D]");
+    int E = (int)gate_up->shape[0];
+    int64_t F = gate_up->shape[2] / 2, R = N * K;
+    for (int k = 0; k < 2; k++) {
+        peft_tensor *A = k ? dn_A : gu_A, *B = k ? dn_B : gu_B, *W = k ? down : gate_up;
+        if (!A && !B) continue;
+        if (!A || !B || A->ndim != 2 || B->ndim != 2 || A->shape[0] % E || A->shape[0] == 0 ||
+            A->shape[1] != W->shape[2] || B->shape[0] != W->shape[1] || B->shape[1] != A->shape[0])
+            return peft__op_fail(g, PEFT_ERR_SHAPE,
+                                 "moe_experts: LoRA of the experts is not lora_A [r·E, out], "
+                                 "lora_B [in, r·E] of [E, in, out]");
+    }
+    peft__moe_ctx *c = (peft__moe_ctx *)peft__arena_alloc(g, sizeof *c);
+    int *slot = (int *)peft__arena_alloc(g, (size_t)R * sizeof(int));
+    int *start = (int *)peft__arena_alloc(g, (size_t)(E + 1) * sizeof(int));
+    int *fill = (int *)peft__arena_alloc(g, (size_t)E * sizeof(int));
+    int64_t rmax = (gu_A ? gu_A->shape[0] : 0) + (dn_A ? dn_A->shape[0] : 0) + 1;
+    float *X = peft__arena_floats(g, R * D, 0), *H = peft__arena_floats(g, R * 2 * F, 0);
+    float *A = peft__arena_floats(g, R * F, 0), *Y = peft__arena_floats(g, R * D, 0);
+    float *wbuf = peft__arena_floats(g, 4 * D * F, 0), *Bbuf = peft__arena_floats(g, (D + F) * rmax, 0);
+    peft_tensor *y = peft__like(g, x);
+    if (!c || !slot || !start || !fill || !X || !H || !A || !Y || !wbuf || !Bbuf || !y)
+        return g->failed ? NULL : peft__op_fail(g, PEFT_ERR_NOMEM, "out of memory in the activation arena");
+    for (int64_t i = 0; i < R; i++)
+        if (idx[i] < 0 || idx[i] >= E)
+            return peft__op_fail(g, PEFT_ERR_ARG, "moe_experts: expert index out of range");
+    c->N = N;
+    c->D = D;
+    c->F = F;
+    c->E = E;
+    c->K = (int)K;
+    c->slot = slot;
+    c->start = start;
+    c->X = X;
+    c->H = H;
+    c->A = A;
+    c->scale = scale;
+    c->fill = fill;
+    c->Y = Y;
+    c->wbuf = wbuf;
+    c->Bbuf = Bbuf;
+    /* recorded when any of the eight inputs needs a gradient */
+    peft_op op = { .kind = PEFT_OP_MOE_EXPERTS, .out = y,
+                   .in = { x, s, gate_up, down, gu_A, gu_B, dn_A, dn_B }, .ids = idx, .aux = c };
+    return peft__run(g, &op, 0);
+}
+/* out = y [N, D]; in: x [N, D], s [N, k], gate_up [E, D, 2F], down [E, F, D] and
+   LoRA's gu_A, gu_B, dn_A, dn_B (or NULL); ids: the experts [N, k]; aux: a
+   peft__moe_ctx with the buffers, filled here for the backward */
+static peft_status peft__cpu_moe_experts(peft_graph *g, peft__node *nd) {
+    (void)g;
+    peft__moe_ctx *c = (peft__moe_ctx *)nd->aux;
+    const peft_tensor *x = nd->in[0], *s = nd->in[1], *gate_up = nd->in[2], *down = nd->in[3];
+    const peft_tensor *gu_A = nd->in[4], *gu_B = nd->in[5], *dn_A = nd->in[6], *dn_B = nd->in[7];
+    peft_tensor *y = nd->out;
+    const int *idx = nd->ids;
+    int E = c->E;
+    int64_t D = c->D, F = c->F, K = c->K, R = c->N * c->K;
+    int *slot = c->slot, *start = c->start, *fill = c->fill;
+    float *X = c->X, *H = c->H, *A = c->A, *Y = c->Y, *wbuf = c->wbuf, *Bbuf = c->Bbuf;
+    float scale = c->scale;
+    /* counting sort of the slots by expert: each expert's rows are contiguous */
+    for (int e = 0; e <= E; e++) start[e] = 0;
+    for (int64_t i = 0; i < R; i++) start[idx[i] + 1]++;
+    for (int e = 0; e < E; e++) start[e + 1] += start[e];
+    for (int e = 0; e < E; e++) fill[e] = start[e];
+    for (int64_t i = 0; i < R; i++) slot[fill[idx[i]]++] = (int)i;
+    for (int64_t i = 0; i < R; i++) {
+        const float *xr = x->data + (int64_t)(slot[i] / K) * D;
+        float sc = s->data[slot[i]];
+        for (int64_t d = 0; d < D; d++) X[i * D + d] = sc * xr[d];
+    }
+    for (int e = 0; e < E; e++) {
+        int64_t r0 = start[e], ne = start[e + 1] - r0;
+        if (ne == 0) continue;
+        const float *GU = peft__expert_w(gate_up, gu_A, gu_B, e, scale, wbuf, Bbuf);
+        peft_gemm(0, 0, (int)ne, (int)(2 * F), (int)D, X + r0 * D, (int)D, GU, (int)(2 * F), 0.0f,
+                  H + r0 * 2 * F, (int)(2 * F));
+        for (int64_t i = r0; i < r0 + ne; i++)
+            for (int64_t f = 0; f < F; f++) {
+                float hg = H[i * 2 * F + f];
+                A[i * F + f] = hg / (1.0f + expf(-hg)) * H[i * 2 * F + F + f];
+            }
+        const float *DN = peft__expert_w(down, dn_A, dn_B, e, scale, wbuf, Bbuf);
+        peft_gemm(0, 0, (int)ne, (int)D, (int)F, A + r0 * F, (int)F, DN, (int)D, 0.0f, Y + r0 * D, (int)D);
+    }
+    peft__zero_floats(y->data, y->n);
+    for (int64_t i = 0; i < R; i++) {
+        float *yr = y->data + (int64_t)(slot[i] / K) * D;
+        for (int64_t d = 0; d < D; d++) yr[d] += Y[i * D + d];
+    }
+    return PEFT_OK;
+}
+PEFTDEF peft_tensor *peft_moe_experts(peft_graph *g, peft_tensor *x, peft_tensor *s, const int *idx,
+                                      peft_tensor *gate_up, peft_tensor *down) {
+    return peft_moe_experts_lora(g, x, s, idx, gate_up, down, NULL, NULL, NULL, NULL, 0.0f);
+}
+
+/* PEFT__CPU_KERNEL_END */
+
+/* ---- the LLaMA-4 block -------------------------------------------------------------- */
+static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B,
+                                       int T) {
+    const peft_config *c = &m->cfg;
+    int l = (int)(L - m->layers), rope = peft_layer_has_rope(c, l);
+    peft_linear_site *S = L->lin;
+    peft_tensor *h = peft_rmsnorm(g, x, L->attn_norm, c->norm_eps);
+    peft_tensor *q = peft__site_forward(m, g, &S[PEFT_Q], h), *k = peft__site_forward(m, g, &S[PEFT_K], h);
+    peft_tensor *v = peft__site_forward(m, g, &S[PEFT_V], h);
+    if (rope) {
+        /* over the projections' outputs, which no backward reads */
+        q = peft__rope_op(g, q, c->n_heads, &m->rope, B, T, 1);
+        k = peft__rope_op(g, k, c->n_kv_heads, &m->rope, B, T, 1);
+        if (c->qk_norm) {
+            q = peft_l2norm(g, q, c->head_dim, c->norm_eps);
+            k = peft_l2norm(g, k, c->head_dim, c->norm_eps);
+        }
+    } else if (c->temp_tuning) {
+        float *ts = peft__arena_floats(g, T, 0);
+        if (!ts) return NULL;
+        for (int t = 0; t < T; t++)
+            ts[t] = log1pf(floorf(((float)t + 1.0f) / c->floor_scale)) * c->attn_scale + 1.0f;
+        q = peft_row_scale(g, q, ts, T);
+    }
+    peft_tensor *a = rope && c->attn_chunk > 0 && c->attn_chunk < T
+                             ? peft_attention_chunked(g, q, k, v, B, T, c->n_heads, c->n_kv_heads,
+                                                      c->head_dim, c->attn_chunk)
+                             : peft_attention(g, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim);
+    x = peft__add_op(g, x, peft__site_forward(m, g, &S[PEFT_O], a), 1);
+    h = peft_rmsnorm(g, x, L->ffn_norm, c->norm_eps);
+    /* the dense MLP, or the shared expert of a MoE layer */
+    peft_tensor *ff = peft_swiglu(g, peft__site_forward(m, g, &S[PEFT_GATE], h),
+                                  peft__site_forward(m, g, &S[PEFT_UP], h));
+    ff = peft__site_forward(m, g, &S[PEFT_DOWN], ff);
+    if (L->moe.router) {
+        const int *idx;
+        peft_moe_site *M = &L->moe;
+        peft_tensor *Wr = M->router_copy ? M->router_copy : M->router;
+        peft_tensor *z = M->router_A ? peft_lora_linear(g, h, Wr, M->router_A, M->router_B, M->router_scale,
+                                                        0.0f, NULL)
+                                     : peft_linear(g, h, Wr);
+        peft_tensor *sc = peft_moe_route(g, z, c->top_k, &idx);
+        if (!sc) return NULL;
+        /* a checkpointed block's recompute in backward routes the same tokens again: not counted */
+        if (g != m->recompute || !g->grad_enabled)
+            for (int64_t i = 0; i < sc->n; i++) L->moe.counts[idx[i]]++;
+        ff = peft__add_op(g, ff,
+                          peft_moe_experts_lora(g, h, sc, idx, M->gate_up, M->down, M->gate_up_A,
+                                                M->gate_up_B, M->down_A, M->down_B, M->experts_scale),
+                          1);
+    }
+    return peft__add_op(g, x, ff, 1);
+}
+
+/* ---- LLaMA-4 parameters: router and experts of the MoE layers ------------------------- */
+static peft_status peft__llama4_params(peft_model *m) {
+    const peft_config *c = &m->cfg;
+    int64_t D = c->dim, F = c->hidden_dim, E = c->n_experts;
+    char name[128];
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!peft_layer_is_moe(c, l)) continue;
+        peft_moe_site *M = &m->layers[l].moe;
+        int64_t sr[2] = { E, D }, sg[3] = { E, D, 2 * F }, sd[3] = { E, F, D };
+        snprintf(name, sizeof name, "model.layers.%d.feed_forward.router.weight", l);
+        if (!(M->router = m->params[m->n_params++] = peft_param_new(name, 2, sr))) return PEFT_ERR_NOMEM;
+        snprintf(name, sizeof name, "model.layers.%d.feed_forward.experts.gate_up_proj", l);
+        if (!(M->gate_up = m->params[m->n_params++] = peft_param_new(name, 3, sg))) return PEFT_ERR_NOMEM;
+        snprintf(name, sizeof name, "model.layers.%d.feed_forward.experts.down_proj", l);
+        if (!(M->down = m->params[m->n_params++] = peft_param_new(name, 3, sd))) return PEFT_ERR_NOMEM;
+        if (!(M->counts = (int64_t *)peft__calloc((size_t)E * sizeof(int64_t)))) return PEFT_ERR_NOMEM;
+    }
+    return PEFT_OK;
+}
+
+/* the feed-forward of layer l: its module name and width */
+static const char *peft__llama4_ffn_module(const peft_config *c, int l) {
+    if (!c->llama4) return "mlp";
+    return peft_layer_is_moe(c, l) ? "feed_forward.shared_expert" : "feed_forward";
+}
+static int peft__llama4_ffn_width(const peft_config *c, int l) {
+    return c->llama4 && !peft_layer_is_moe(c, l) ? c->hidden_dim_mlp : c->hidden_dim;
+}
+
+
+/* ---- LLaMA-4 config.json (Llama4TextConfig) -------------------------------------------
+   transformers' defaults for what a file leaves out; the layer lists
+   (moe_layers, no_rope_layers, layer_types) are honoured when they are the
+   pattern of interleave_moe_layer_step / no_rope_layer_interval /
+   attention_chunk_size (as transformers writes them) and refused by name
+   otherwise. */
+static void peft__llama4_defaults(peft_config *c) {
+    c->llama4 = 1;
+    c->rope_interleaved = 1;       /* the complex product on (x[2i], x[2i+1]) */
+    c->norm_eps = 1e-5f;
+    c->rope_theta = 500000.0f;
+    c->head_dim = 128;
+    c->max_seq_len = 131072;
+    c->hidden_dim_mlp = 16384;
+    c->n_experts = 16;
+    c->top_k = 1;
+    c->moe_step = 1;
+    c->nope_interval = 4;
+    c->qk_norm = 1;
+    c->attn_chunk = 8192;
+    c->temp_tuning = 1;
+    c->floor_scale = 8192.0f;
+    c->attn_scale = 0.1f;
+}
+
+static const char *const peft__llama4_keys[] = {
+    "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok", "interleave_moe_layer_step",
+    "moe_layers", "no_rope_layer_interval", "no_rope_layers", "use_qk_norm", "attention_chunk_size",
+    "layer_types", "attn_temperature_tuning", "floor_scale", "attn_scale",
+    /* no effect on the forward/backward: transformers' Llama4 modules never read them (the
+       router's auxiliary loss and jitter are not implemented there; router logits are an
+       optional output) */
+    "output_router_logits", "router_aux_loss_coef", "router_jitter_noise", NULL };
+static int peft__llama4_key(const peft_config *c, const char *key) {
+    for (int i = 0; c->llama4 && peft__llama4_keys[i]; i++)
+        if (!strcmp(key, peft__llama4_keys[i])) return 1;
+    return 0;
+}
+
+/* an int list equal to want(l) for every layer, or an empty list / null */
+static int peft__llama4_list_ok(const peft_json *v, const peft_config *c, int kind) {
+    if (!v || v->type == PEFT_JSON_NULL) return 1;
+    if (v->type != PEFT_JSON_ARRAY) return 0;
+    if (kind == 1 && v->n_children == 0) return 1;       /* no_rope_layers [] means the default */
+    int n = 0, want_n = 0;
+    for (int l = 0; l < c->n_layers; l++) want_n += kind == 0 ? peft_layer_is_moe(c, l) : 1;
+    if (v->n_children != want_n) return 0;
+    int l = 0;
+    for (const peft_json *e = v->child; e; e = e->next, n++) {
+        if (kind == 0) {                                  /* moe_layers: the indices */
+            while (l < c->n_layers && !peft_layer_is_moe(c, l)) l++;
+            if (e->type != PEFT_JSON_NUMBER || e->number != l) return 0;
+            l++;
+        } else if (kind == 1) {                           /* no_rope_layers: 1 = RoPE */
+            if (e->type != PEFT_JSON_NUMBER || e->number != peft_layer_has_rope(c, n)) return 0;
+        } else {                                          /* layer_types */
+            int chunked = peft_layer_has_rope(c, n) && c->attn_chunk > 0;
+            if (e->type != PEFT_JSON_STRING ||
+                strcmp(e->string, chunked ? "chunked_attention" : "full_attention"))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static peft_status peft__llama4_config(peft_config *c, const peft_json *j, const char *path) {
+    struct { const char *key; int *dst; } ints[] = {
+        { "intermediate_size_mlp", &c->hidden_dim_mlp }, { "num_local_experts", &c->n_experts },
+        { "num_experts_per_tok", &c->top_k }, { "interleave_moe_layer_step", &c->moe_step },
+        { "no_rope_layer_interval", &c->nope_interval },
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (peft__json_int(j, ints[i].key, ints[i].dst) < 0)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: '%s' is not an integer", path, ints[i].key);
+    const peft_json *ch = peft_json_get(j, "attention_chunk_size");
+    if (ch && ch->type == PEFT_JSON_NULL) c->attn_chunk = 0;
+    else if (peft__json_int(j, "attention_chunk_size", &c->attn_chunk) < 0 || c->attn_chunk < 0 ||
+             (ch && c->attn_chunk == 0))
+        return peft__fail(PEFT_ERR_CONFIG, "%s: 'attention_chunk_size' must be a positive integer or null",
+                          path);
+    static const char *const bools[] = { "use_qk_norm", "attn_temperature_tuning" };
+    for (int i = 0; i < 2; i++) {
+        const peft_json *b = peft_json_get(j, bools[i]);
+        if (b && b->type != PEFT_JSON_BOOL)
+            return peft__fail(PEFT_ERR_CONFIG, "%s: '%s' must be true or false", path, bools[i]);
+        if (b) *(i ? &c->temp_tuning : &c->qk_norm) = b->number != 0;
+    }
+    if (peft__json_float(j, "floor_scale", &c->floor_scale) < 0 ||
+        peft__json_float(j, "attn_scale", &c->attn_scale) < 0 || !(c->floor_scale > 0) ||
+        !isfinite(c->attn_scale))
+        return peft__fail(PEFT_ERR_CONFIG, "%s: 'floor_scale' must be a positive number and 'attn_scale' a "
+                          "number", path);
+    if (c->n_experts < 1 || c->n_experts > 4096 || c->top_k < 1 || c->moe_step < 1 || c->nope_interval < 1 ||
+        c->hidden_dim_mlp < 1 || c->hidden_dim_mlp > 1 << 22)
+        return peft__fail(
+                PEFT_ERR_CONFIG,
+                "%s: num_local_experts (%d) must be in 1 .. 4096, "
+                "num_experts_per_tok (%d), interleave_moe_layer_step (%d) and intermediate_size_mlp "
+                "(%d) and no_rope_layer_interval (%d) positive",
+                path, c->n_experts, c->top_k, c->moe_step, c->hidden_dim_mlp, c->nope_interval);
+    if (c->top_k > c->n_experts)
+        return peft__fail(PEFT_ERR_CONFIG, "%s: num_experts_per_tok (%d) exceeds num_local_experts (%d)",
+                          path, c->top_k, c->n_experts);
+    static const char *const lists[] = { "moe_layers", "no_rope_layers", "layer_types" };
+    if (c->n_layers < 1 || c->n_layers > 4096) return PEFT_OK;   /* peft_config_validate refuses it */
+    for (int i = 0; i < 3; i++)
+        if (!peft__llama4_list_ok(peft_json_get(j, lists[i]), c, i))
+            return peft__fail(
+                    PEFT_ERR_UNSUPPORTED,
+                    "%s: '%s' is not the pattern of interleave_moe_layer_step (%d), "
+                    "no_rope_layer_interval (%d) and attention_chunk_size (%d): only that pattern is "
+                    "supported",
+                    path, lists[i], c->moe_step, c->nope_interval, c->attn_chunk);
+    if (c->mlp_bias)
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: mlp_bias is not a LLaMA-4 setting (its MLPs have no bias)", path);
+    return PEFT_OK;
+}
+
+
 /* After attention, shared by the plain and the KV-cache forward:
    x += o_proj(a);  x += down(silu(gate(h)) ⊙ up(h)), h = rmsnorm(x).
    The sums go over the projections' outputs, which no backward reads (the
@@ -5974,6 +6854,7 @@ static peft_tensor *peft__block_rest(peft_model *m, peft_graph *g, peft_layer *L
 }
 
 static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x, int B, int T) {
+    if (m->cfg.llama4) return peft__llama4_block(m, g, L, x, B, T);
     const peft_config *c = &m->cfg;
     peft_linear_site *S = L->lin;
     peft_attn_extras ex;
@@ -6006,7 +6887,7 @@ static peft_tensor *peft__block(peft_model *m, peft_graph *g, peft_layer *L, pef
    block takes fusion prompts. Whatever a method adds to a site is listed
    here, once: the checkpointing rule below asks this list, so a trainable
    tensor a block reads cannot be missed. Returns the count (NULLs skipped). */
-#define PEFT__LAYER_MAX_TENSORS (2 + 9 * PEFT_N_SITES + 8)
+#define PEFT__LAYER_MAX_TENSORS (2 + 9 * PEFT_N_SITES + 8 + 10)
 static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_tensor **out) {
     const peft_attn_site *A = &L->attn;
     peft_tensor *all[PEFT__LAYER_MAX_TENSORS];
@@ -6033,6 +6914,16 @@ static int peft__layer_tensors(const peft_model *m, const peft_layer *L, peft_te
     all[n++] = A->ex_down;
     all[n++] = A->ex_up;
     all[n++] = A->ex_gate;
+    all[n++] = L->moe.router;
+    all[n++] = L->moe.gate_up;
+    all[n++] = L->moe.down;
+    all[n++] = L->moe.router_A;
+    all[n++] = L->moe.router_B;
+    all[n++] = L->moe.router_copy;
+    all[n++] = L->moe.gate_up_A;
+    all[n++] = L->moe.gate_up_B;
+    all[n++] = L->moe.down_A;
+    all[n++] = L->moe.down_B;
     int k = 0;
     for (int i = 0; i < n; i++)
         if (all[i]) out[k++] = all[i];
@@ -6191,6 +7082,9 @@ struct peft_kv_cache {
 
 PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, int batch, int max_len) {
     *out = NULL;
+    if (m->cfg.llama4)   /* chunked attention, NoPE temperature and experts are not in the cached block */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "the KV cache does not support LLaMA-4 models yet: run "
+                          "peft_model_forward over the whole sequence");
     const peft_config *cf = &m->cfg;
     if (batch < 1 || max_len < 1) return peft__fail(PEFT_ERR_ARG, "kv cache: batch and max_len must be >= 1");
     peft_kv_cache *c = (peft_kv_cache *)peft__calloc(sizeof *c);
@@ -6857,6 +7751,10 @@ static int peft__rx_fullmatch(const peft__rx *r, const char *s) {
    the per-layer site mask lora_site_on. */
 static peft_status peft__parse_targets(const char *v, peft_method *m) {
     unsigned targets = 0;
+    if (!strcmp(v, "none")) {            /* LLaMA-4: LoRA on MoE sites only (moe_targets) */
+        m->lora_targets = 0;
+        return PEFT_OK;
+    }
     memset(m->lora_site_on, 0, sizeof m->lora_site_on);
     memset(m->lora_site_r, 0, sizeof m->lora_site_r);
     if (strcmp(v, "all-linear") == 0 || strcmp(v, "all") == 0) {
@@ -6946,6 +7844,7 @@ PEFTDEF peft_status peft_method_set(peft_method *m, const char *key, const char 
         return PEFT_OK;
     }
     if (strcmp(key, "lora_targets") == 0) return peft__parse_targets(v, m);
+    if (strcmp(key, "moe_targets") == 0) return peft_method_set_moe(m, v);
     if (strcmp(key, "trainable_tokens") == 0) {
         int n = 0;
         char buf[4096];
@@ -7049,8 +7948,10 @@ static int64_t peft__count_full(const peft_config *c, const peft_method *m) {
     (void)m;
     return peft_config_param_count(c);
 }
+static int64_t peft__llama4_lora_count(const peft_config *c, const peft_method *m);
 static int64_t peft__count_lora(const peft_config *c, const peft_method *m) {
     int64_t n = 0, D = c->dim, in, out;
+    if (c->llama4) return peft__llama4_lora_count(c, m);
     for (int l = 0; l < c->n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++) {
             int r;
@@ -7126,6 +8027,114 @@ static void peft__fill(peft_tensor *t, float v) {
 }
 
 static const char *peft__site_module(int s) { return s <= PEFT_O ? "self_attn" : "mlp"; }
+
+/* ---- PEFT on MoE sites: LoRA on the router and the routed experts, the router tuned ----
+   router   a linear: y = h·Wrᵀ + s·(h·Aᵀ)·Bᵀ, keys ...feed_forward.router.
+            lora_A/lora_B.weight [r, D], [E, r], saved as PEFT's target_parameters
+            "feed_forward.router.weight" (as a target_module, PEFT 0.21.2 adds its
+            delta to the router's output, a tuple in transformers 5.24, and fails)
+   experts  PEFT ≥ 0.17's target_parameters (ParamWrapper) on the [E, in, out]
+            tensors: lora_A [r·E, out], lora_B [in, r·E] (PEFT swaps in and out
+            for tensors stored x·W); expert e's delta is
+            ΔW_e = s·B_e·A_e [in, out], B_e[i, j] = lora_B[i, j·E + e],
+            A_e = rows e·r .. e·r + r − 1 of lora_A. Keys: the first of
+            target_parameters (gate_up_proj, as saved here) under
+            ...feed_forward.experts.base_layer.lora_A/B.weight when both are
+            targeted, the other under ...feed_forward.experts.lora_A/B.weight.
+            The op forms W_e + ΔW_e one expert at a time, as PEFT's
+            parametrization does, and takes dA_e = s·B_eᵀ·dW_e,
+            dB_e = s·dW_e·A_eᵀ from the expert's weight gradient dW_e.
+   router tuned  a trainable copy of the router (PEFT modules_to_save "router":
+            key ...feed_forward.router.weight), the base left as it is.      */
+PEFTDEF peft_status peft_method_set_moe(peft_method *m, const char *v) {
+    unsigned bits = 0;
+    char buf[256];
+    if (strlen(v) >= sizeof buf) return peft__fail(PEFT_ERR_CONFIG, "moe_targets: list too long");
+    snprintf(buf, sizeof buf, "%s", v);
+    int full = 0;
+    for (char *tok = strtok(buf, ", "); tok; tok = strtok(NULL, ", ")) {
+        if (!strcmp(tok, "router")) bits |= PEFT_MOE_ROUTER;
+        else if (!strcmp(tok, "experts")) bits |= PEFT_MOE_GATE_UP | PEFT_MOE_DOWN;
+        else if (!strcmp(tok, "gate_up_proj") || !strcmp(tok, "experts.gate_up_proj"))
+            bits |= PEFT_MOE_GATE_UP;
+        else if (!strcmp(tok, "down_proj") || !strcmp(tok, "experts.down_proj")) bits |= PEFT_MOE_DOWN;
+        else if (!strcmp(tok, "router-full")) full = 1;
+        else if (strcmp(tok, "none"))
+            return peft__fail(PEFT_ERR_CONFIG, "moe_targets: '%s' is not router, experts, "
+                              "experts.gate_up_proj, experts.down_proj, router-full or none", tok);
+    }
+    m->moe_lora = bits;
+    m->moe_router_full = full;
+    return PEFT_OK;
+}
+
+/* trainable parameters of a LoRA on a LLaMA-4 model: per-layer widths of the
+   feed-forward sites, and the MoE sites */
+static int64_t peft__llama4_lora_count(const peft_config *c, const peft_method *m) {
+    int64_t n = 0, D = c->dim, E = c->n_experts, F = c->hidden_dim;
+    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        int64_t W = peft__llama4_ffn_width(c, l);
+        int64_t in[PEFT_N_SITES] = { D, D, D, q, D, D, W }, out[PEFT_N_SITES] = { q, kv, kv, D, W, W, D };
+        for (int s = 0; s < PEFT_N_SITES; s++) {
+            int r;
+            float alpha;
+            if (peft__lora_site(m, l, s, &r, &alpha))
+                n += (int64_t)r * (in[s] + out[s]) + (m->lora_bias ? out[s] : 0);
+        }
+        if (!peft_layer_is_moe(c, l)) continue;
+        int64_t r = m->lora_r;
+        if (m->moe_lora & PEFT_MOE_ROUTER) n += r * (D + E);
+        if (m->moe_lora & PEFT_MOE_GATE_UP) n += r * E * (2 * F + D);
+        if (m->moe_lora & PEFT_MOE_DOWN) n += r * E * (D + F);
+        if (m->moe_router_full) n += E * D;
+    }
+    n += (int64_t)m->n_trainable_tokens * D;
+    if (m->modules_to_save & PEFT_SAVE_EMBED) n += (int64_t)c->vocab_size * D;
+    if (m->modules_to_save & PEFT_SAVE_LM_HEAD) n += (int64_t)c->vocab_size * D;
+    return n;
+}
+
+static peft_status peft__llama4_attach(peft_model *m, const peft_method *cfg) {
+    const peft_config *c = &m->cfg;
+    if (!c->llama4 || !(cfg->moe_lora || cfg->moe_router_full)) return PEFT_OK;
+    int r = cfg->lora_r;
+    float scale = cfg->lora_rslora ? cfg->lora_alpha / sqrtf((float)r) : cfg->lora_alpha / (float)r;
+    int64_t D = c->dim, F = c->hidden_dim, E = c->n_experts;
+    const char *pre = "base_model.model.model.layers";
+    for (int l = 0; l < c->n_layers; l++) {
+        peft_moe_site *M = &m->layers[l].moe;
+        if (!M->router) continue;
+        if (cfg->moe_lora & PEFT_MOE_ROUTER) {
+            int64_t sa[2] = { r, D }, sb[2] = { E, r };
+            M->router_A = peft__extra(m, 2, sa, "%s.%d.feed_forward.router.lora_A.weight", pre, l);
+            M->router_B = peft__extra(m, 2, sb, "%s.%d.feed_forward.router.lora_B.weight", pre, l);
+            if (!M->router_A || !M->router_B)
+                return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
+            peft__fill_uniform(M->router_A, &m->rng, 1.0f / sqrtf((float)D));
+            M->router_scale = scale;
+        }
+        for (int k = 0; k < 2; k++) {
+            if (!(cfg->moe_lora & (k ? PEFT_MOE_DOWN : PEFT_MOE_GATE_UP))) continue;
+            /* gate_up [E, D, 2F]: A [r·E, 2F], B [D, r·E]; down [E, F, D]: A [r·E, D], B [F, r·E] */
+            int64_t in = k ? F : D, out = k ? D : 2 * F, sa[2] = { r * E, out }, sb[2] = { in, r * E };
+            const char *at = !k && (cfg->moe_lora & PEFT_MOE_DOWN) ? "base_layer." : "";
+            peft_tensor **A = k ? &M->down_A : &M->gate_up_A, **B = k ? &M->down_B : &M->gate_up_B;
+            *A = peft__extra(m, 2, sa, "%s.%d.feed_forward.experts.%slora_A.weight", pre, l, at);
+            *B = peft__extra(m, 2, sb, "%s.%d.feed_forward.experts.%slora_B.weight", pre, l, at);
+            if (!*A || !*B) return peft__fail(PEFT_ERR_NOMEM, "no memory for LoRA parameters");
+            peft__fill_uniform(*A, &m->rng, 1.0f / sqrtf((float)out));
+            M->experts_scale = scale;
+        }
+        if (cfg->moe_router_full) {
+            int64_t sr[2] = { E, D };
+            M->router_copy = peft__extra(m, 2, sr, "%s.%d.feed_forward.router.weight", pre, l);
+            if (!M->router_copy) return peft__fail(PEFT_ERR_NOMEM, "no memory for the router copy");
+            memcpy(M->router_copy->data, M->router->data, sizeof(float) * (size_t)M->router->n);
+        }
+    }
+    return PEFT_OK;
+}
 
 /* ---- the forward at a linear site: base, then what is attached ---------------- */
 static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x) {
@@ -7244,7 +8253,7 @@ static void peft__tokens_refresh(peft_model *m, const peft_method *cfg) {
 
 static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
     const peft_config *c = &m->cfg;
-    if (cfg->lora_r < 1 || !cfg->lora_targets)
+    if (cfg->lora_r < 1 || !(cfg->lora_targets || cfg->moe_lora || cfg->moe_router_full))
         return peft__fail(PEFT_ERR_CONFIG, "LoRA needs r >= 1 and at least one target");
     for (int l = m->cfg.n_layers; l < PEFT_MAX_LAYERS; l++)
         /* it would adapt nothing there: never train 0 parameters silently */
@@ -7259,9 +8268,14 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
             if (!peft__lora_site(cfg, l, s, &r, &alpha)) continue;
             int64_t in, out;
             peft__site_dims(c, s, &in, &out);
-            int64_t sa[2] = { r, in }, sb[2] = { out, r };
             peft_linear_site *S = &m->layers[l].lin[s];
             const char *mod = peft__site_module(s), *site = peft__site_names[s];
+            if (c->llama4) {      /* per-layer widths and names: feed_forward(.shared_expert) */
+                in = S->w->shape[1];
+                out = S->w->shape[0];
+                if (s > PEFT_O) mod = peft__llama4_ffn_module(c, l);
+            }
+            int64_t sa[2] = { r, in }, sb[2] = { out, r };
             S->lora_A = peft__extra(m, 2, sa, "base_model.model.model.layers.%d.%s.%s.lora_A.weight", l, mod,
                                     site);
             S->lora_B = peft__extra(m, 2, sb, "base_model.model.model.layers.%d.%s.%s.lora_B.weight", l, mod,
@@ -7315,7 +8329,7 @@ static peft_status peft__attach_lora(peft_model *m, const peft_method *cfg) {
                              m->tokens_delta->data + (size_t)i * c->dim);
         peft__tokens_refresh(m, cfg);
     }
-    return PEFT_OK;
+    return peft__llama4_attach(m, cfg);   /* the MoE sites, when asked (moe_targets) */
 }
 
 /* W += sign·s·B·A at every LoRA site. */
@@ -7365,6 +8379,10 @@ PEFTDEF peft_status peft_lora_merge(peft_model *m) {
                           "merge: the base is 4-bit; W + BA is not representable exactly in NF4 "
                           "(merge into the full-precision base instead)");
     if (m->method.kind != PEFT_LORA) return peft__fail(PEFT_ERR_ARG, "merge: no LoRA adapter is attached");
+    if (m->method.moe_lora || m->method.moe_router_full)
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "merge: LoRA on the router or the experts (moe_targets) is not "
+                          "merged by peft.h yet");
     if (m->lora_merged) return PEFT_OK;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int s = 0; s < PEFT_N_SITES; s++)
@@ -7599,6 +8617,8 @@ static peft_status peft__attach_excitor(peft_model *m, const peft_method *cfg) {
    KERNELS above.
    ============================================================================ */
 PEFTDEF peft_status peft_model_quantize(peft_model *m, peft_q4_type t, int double_quant) {
+    if (m->cfg.llama4)   /* the experts' [E, in, out] tensors have no 4-bit path yet */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "4-bit quantization of LLaMA-4 models is not supported yet");
     if (peft__model_qm(m))
         return peft__fail(PEFT_ERR_UNSUPPORTED,
                           "quantize: the base is already stored in ggml %s blocks (GGUF); "
@@ -7905,6 +8925,12 @@ static peft_status peft__attach(peft_model *m, const peft_method *cfg) {
                           peft_method_name(m->method.kind));
     const peft_method_def *def = peft_method_get(cfg->kind);
     if (!def) return peft__fail(PEFT_ERR_ARG, "method kind %d is not registered", (int)cfg->kind);
+    if (m->cfg.llama4 && cfg->kind != PEFT_FULL && cfg->kind != PEFT_LORA)
+        /* the LLaMA-4 block has no prompt or logit-term attention sites, and no 4-bit experts */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s on a LLaMA-4 model is not supported yet (full or lora)",
+                          peft_method_name(cfg->kind));
+    if ((cfg->moe_lora || cfg->moe_router_full) && (cfg->kind != PEFT_LORA || !m->cfg.n_experts))
+        return peft__fail(PEFT_ERR_CONFIG, "moe_targets need a LoRA method on a LLaMA-4 model with experts");
     peft_rng_seed(&m->rng, cfg->seed);
     peft_model_set_trainable_all(m, 0);
     peft_status s = def->attach(m, cfg);
@@ -8820,6 +9846,11 @@ static const peft_backend peft__cpu_backend = {
         [PEFT_OP_CROSS_ENTROPY]        = { peft__cpu_cross_entropy, peft__cpu_xent_bw },
         [PEFT_OP_LINEAR_CROSS_ENTROPY] = { peft__cpu_linear_cross_entropy, peft__cpu_lce_bw },
         [PEFT_OP_QMATRIX_EMBEDDING]    = { peft__cpu_qmatrix_embedding, NULL },
+        [PEFT_OP_L2NORM]               = { peft__cpu_l2norm, peft__cpu_l2norm_bw },
+        [PEFT_OP_ROW_SCALE]            = { peft__cpu_row_scale, peft__cpu_row_scale_bw },
+        [PEFT_OP_ATTENTION_CHUNKED]    = { peft__cpu_chunk_attn, peft__cpu_chunk_attn_bw },
+        [PEFT_OP_MOE_ROUTE]            = { peft__cpu_moe_route, peft__cpu_moe_route_bw },
+        [PEFT_OP_MOE_EXPERTS]          = { peft__cpu_moe_experts, peft__cpu_moe_experts_bw },
     },
     .alloc = peft__cpu_alloc,
     .free = peft__cpu_free,
@@ -8837,7 +9868,8 @@ static const peft_backend peft__cpu_backend = {
 static const char *const peft__op_names[PEFT_OP_COUNT] = {
     "embedding", "replace_rows", "linear", "rmsnorm", "rope", "attention", "attention_cached", "q4_linear",
     "qmatrix_linear", "lora_linear", "add_bias", "bias_scale", "prompt_attend", "swiglu", "add", "scale",
-    "cross_entropy", "linear_cross_entropy", "qmatrix_embedding"
+    "cross_entropy", "linear_cross_entropy", "qmatrix_embedding", "l2norm", "row_scale", "attention_chunked",
+    "moe_route", "moe_experts"
 };
 PEFTDEF const char *peft_op_name(int kind) {
     return kind >= 0 && kind < PEFT_OP_COUNT ? peft__op_names[kind] : "?";
@@ -10000,7 +11032,51 @@ PEFTDEF peft_status peft_model_load(peft_model **out, const char *dir) {
     return PEFT_OK;
 }
 
+/* config.json as transformers writes a Llama4TextConfig */
+static void peft__llama4_config_json(peft__sb *b, const peft_config *c) {
+    peft__sbf(b, "{\n  \"architectures\": [\"Llama4ForCausalLM\"],\n  \"model_type\": \"llama4_text\",\n");
+    peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
+              "  \"intermediate_size_mlp\": %d,\n", c->dim, c->hidden_dim, c->hidden_dim_mlp);
+    peft__sbf(
+            b,
+            "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n",
+            c->n_layers, c->n_heads, c->n_kv_heads);
+    peft__sbf(b, "  \"head_dim\": %d,\n  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n",
+              c->head_dim, c->vocab_size, c->max_seq_len);
+    peft__sbf(b, "  \"rms_norm_eps\": %.9g,\n", c->norm_eps);
+    if (c->rope_type == PEFT_ROPE_LLAMA3)
+        peft__sbf(
+                b,
+                "  \"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": %.9g, \"factor\": %.9g, "
+                "\"low_freq_factor\": %.9g, \"high_freq_factor\": %.9g, "
+                "\"original_max_position_embeddings\": "
+                "%d},\n",
+                c->rope_theta, c->rope_factor, c->rope_low_freq, c->rope_high_freq, c->rope_orig_max_pos);
+    else if (c->rope_type == PEFT_ROPE_LINEAR)
+        peft__sbf(b,
+                  "  \"rope_parameters\": {\"rope_type\": \"linear\", \"rope_theta\": %.9g, \"factor\": "
+                  "%.9g},\n",
+                  c->rope_theta, c->rope_factor);
+    else
+        peft__sbf(b, "  \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": %.9g},\n",
+                  c->rope_theta);
+    peft__sbf(
+            b,
+            "  \"num_local_experts\": %d,\n  \"num_experts_per_tok\": %d,\n  \"interleave_moe_layer_step\": "
+            "%d,\n  \"no_rope_layer_interval\": %d,\n  \"use_qk_norm\": %s,\n",
+            c->n_experts, c->top_k, c->moe_step, c->nope_interval, c->qk_norm ? "true" : "false");
+    if (c->attn_chunk > 0) peft__sbf(b, "  \"attention_chunk_size\": %d,\n", c->attn_chunk);
+    else peft__sbf(b, "  \"attention_chunk_size\": null,\n");
+    peft__sbf(b, "  \"attn_temperature_tuning\": %s,\n  \"floor_scale\": %.9g,\n  \"attn_scale\": %.9g,\n",
+              c->temp_tuning ? "true" : "false", c->floor_scale, c->attn_scale);
+    peft__sbf(b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": %s,\n",
+              c->tie_embeddings ? "true" : "false", c->attn_bias ? "true" : "false");
+    peft__sbf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"float32\"\n}\n",
+              c->bos_id, c->eos_id);
+}
+
 static void peft__config_json(peft__sb *b, const peft_config *c) {
+    if (c->llama4) { peft__llama4_config_json(b, c); return; }
     peft__sbf(b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
     peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n",
               c->dim, c->hidden_dim);
@@ -10335,12 +11411,24 @@ static void peft__lora_config_json(peft__sb *b, const peft_model *m) {
                   "  \"init_lora_weights\": %s,\n  \"lora_bias\": %s,\n  \"modules_to_save\": ",
                   custom ? "}" : "]", x->lora_rslora ? "true" : "false",
                   x->lora_init_gaussian ? "\"gaussian\"" : "true", x->lora_bias ? "true" : "false");
-        if (!x->modules_to_save)
+        if (x->moe_router_full)         /* LLaMA-4: the router tuned (see "PEFT on MoE sites") */
+            peft__sbf(b, "[\"router\"%s%s]", x->modules_to_save & PEFT_SAVE_EMBED ? ", \"embed_tokens\"" : "",
+                      x->modules_to_save & PEFT_SAVE_LM_HEAD ? ", \"lm_head\"" : "");
+        else if (!x->modules_to_save)
             peft__sbf(b, "null");
         else
             peft__sbf(b, "[%s%s%s]", x->modules_to_save & PEFT_SAVE_EMBED ? "\"embed_tokens\"" : "",
                       x->modules_to_save == (PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD) ? ", " : "",
                       x->modules_to_save & PEFT_SAVE_LM_HEAD ? "\"lm_head\"" : "");
+        if (x->moe_lora) {     /* LLaMA-4: gate_up first, so that its keys are the ones under base_layer */
+            static const char *const tp[3] = {"feed_forward.experts.gate_up_proj",
+                                              "feed_forward.experts.down_proj", "feed_forward.router.weight"};
+            static const unsigned bit[3] = { PEFT_MOE_GATE_UP, PEFT_MOE_DOWN, PEFT_MOE_ROUTER };
+            peft__sbf(b, ",\n  \"target_parameters\": [");
+            for (int i = 0, n = 0; i < 3; i++)
+                if (x->moe_lora & bit[i]) peft__sbf(b, "%s\"%s\"", n++ ? ", " : "", tp[i]);
+            peft__sbf(b, "]");
+        }
         peft__sbf(b, ",\n  \"trainable_token_indices\": ");
         if (!x->n_trainable_tokens) peft__sbf(b, "null");
         for (int i = 0; i < x->n_trainable_tokens; i++)
@@ -11010,6 +12098,11 @@ static const char *peft__unused_tensor_hint(const char *name) {
 static peft_status peft__adapter_load(peft_model *m, const char *dir);
 /* atomic as peft_attach: on any failure the model is as it was */
 PEFTDEF peft_status peft_adapter_load(peft_model *m, const char *dir) {
+    if (m->cfg.llama4)   /* the module names and target_parameters of LLaMA-4 adapters are not read yet */
+        return peft__fail(PEFT_ERR_UNSUPPORTED,
+                          "%s: loading adapters into a LLaMA-4 model is not supported yet "
+                          "(peft_adapter_save writes them in PEFT's layout; PEFT loads them)",
+                          dir);
     peft__snapshot sn;
     if (peft__snapshot_take(m, &sn) != PEFT_OK) return PEFT_ERR_NOMEM;
     peft_status s = peft__adapter_load(m, dir);
@@ -11129,6 +12222,9 @@ static void peft__balign(peft__buf *b, size_t a) {
 }
 
 PEFTDEF peft_status peft_adapter_export_gguf(const peft_model *m, const char *path) {
+    if (m->cfg.llama4)   /* llama.cpp's names for LLaMA-4's sites are not mapped here */
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "%s: GGUF export of LLaMA-4 adapters is not supported yet",
+                          path);
     static const char *const gg[PEFT_N_SITES] = { "attn_q",   "attn_k", "attn_v",  "attn_output",
                                                   "ffn_gate", "ffn_up", "ffn_down" };
     const peft_config *c = &m->cfg;

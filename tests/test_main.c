@@ -48,6 +48,10 @@
     X(test_gguf_tiny_roundtrip) X(test_gguf_hostile) X(test_gguf_smollm2_logits) X(test_gguf_smollm2_tokenizer) X(test_gguf_cli) X(test_gguf_spm_tokenizer) \
     X(test_threads_cli_default) \
     X(test_gguf_smollm2_embedding_blocks) \
+    X(test_fd_l2norm) X(test_fd_row_scale) X(test_fd_attention_chunked) X(test_fd_moe_route) X(test_fd_moe_experts) X(test_fd_moe_experts_lora) \
+    X(test_llama4_moe_chunked_nope_gqa) X(test_llama4_interleaved_top2_tied) \
+    X(test_llama4_preset_counts) X(test_llama4_save_load) X(test_llama4_bad_input) \
+    X(test_llama4_lora_matches_peft) X(test_llama4_placements) X(test_llama4_refused_methods) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);

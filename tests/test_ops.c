@@ -687,3 +687,256 @@ TEST(test_fd_replace_rows) {
     peft_param_free(R);
     peft_graph_free(g);
 }
+
+/* ==== LLaMA-4 mixture of experts: QK L2 norm, row scale, chunked attention, router, experts ==== */
+
+/* ---- l2norm ---- */
+typedef struct { int R, G; float eps; } l2_ctx;
+static peft_tensor *l2_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    l2_ctx *c = vc;
+    return peft_l2norm(g, x[0], c->G, c->eps);
+}
+static void l2_ref(double **x, double *y, void *vc) {
+    l2_ctx *c = vc;
+    for (int r = 0; r < c->R; r++) {
+        double ss = 0;
+        for (int j = 0; j < c->G; j++) ss += x[0][r * c->G + j] * x[0][r * c->G + j];
+        double inv = 1 / sqrt(ss / c->G + c->eps);
+        for (int j = 0; j < c->G; j++) y[r * c->G + j] = x[0][r * c->G + j] * inv;
+    }
+}
+TEST(test_fd_l2norm) {
+    l2_ctx lc = { 6 * 3, 8, 1e-5f };          /* 6 rows of 3 heads of 8 */
+    fd_case c = { 0 };
+    c.n_in = 1; set2(&c, 0, 6, 3 * 8);
+    c.out_len = 6 * 24; c.fwd = l2_fwd; c.ref = l2_ref; c.ctx = &lc; c.scale = 1;
+    fd_run(&c, "l2norm", 60);
+}
+
+/* ---- row scale ---- */
+typedef struct { int R, C, P; float s[8]; } rs_ctx;
+static peft_tensor *rs_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    rs_ctx *c = vc;
+    return peft_row_scale(g, x[0], c->s, c->P);
+}
+static void rs_ref(double **x, double *y, void *vc) {
+    rs_ctx *c = vc;
+    for (int r = 0; r < c->R; r++)
+        for (int j = 0; j < c->C; j++) y[r * c->C + j] = c->s[r % c->P] * x[0][r * c->C + j];
+}
+TEST(test_fd_row_scale) {
+    rs_ctx rc = { 6, 5, 3, { 1.0f, 1.5f, -0.25f } };
+    fd_case c = { 0 };
+    c.n_in = 1; set2(&c, 0, rc.R, rc.C);
+    c.out_len = rc.R * rc.C; c.fwd = rs_fwd; c.ref = rs_ref; c.ctx = &rc; c.scale = 1;
+    fd_run(&c, "row_scale", 61);
+}
+
+/* ---- chunked attention ---- */
+typedef struct { int B, T, H, KV, hd, chunk; } ca_ctx;
+static peft_tensor *ca_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    ca_ctx *c = vc;
+    return peft_attention_chunked(g, x[0], x[1], x[2], c->B, c->T, c->H, c->KV, c->hd, c->chunk);
+}
+static void ca_ref(double **x, double *y, void *vc) {
+    ca_ctx *c = vc;
+    int qw = c->H * c->hd, kw = c->KV * c->hd;
+    double p[64];
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->H; h++)
+            for (int t = 0; t < c->T; t++) {
+                int kh = h / (c->H / c->KV), lo = t / c->chunk * c->chunk;
+                double mx = -1e300, sum = 0;
+                for (int j = lo; j <= t; j++) {
+                    double s = 0;
+                    for (int d = 0; d < c->hd; d++)
+                        s += x[0][(b * c->T + t) * qw + h * c->hd + d] *
+                             x[1][(b * c->T + j) * kw + kh * c->hd + d];
+                    p[j] = s / sqrt((double)c->hd);
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int j = lo; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+                for (int d = 0; d < c->hd; d++) {
+                    double o = 0;
+                    for (int j = lo; j <= t; j++)
+                        o += p[j] / sum * x[2][(b * c->T + j) * kw + kh * c->hd + d];
+                    y[(b * c->T + t) * qw + h * c->hd + d] = o;
+                }
+            }
+}
+TEST(test_fd_attention_chunked) {
+    int chunks[] = { 3, 1, 16 };              /* chunks that split the sequence, single tokens, none */
+    for (int i = 0; i < 3; i++) {
+        ca_ctx ac = { 2, 7, 4, 2, 4, chunks[i] };
+        fd_case c = { 0 };
+        c.n_in = 3; set2(&c, 0, ac.B * ac.T, ac.H * ac.hd); set2(&c, 1, ac.B * ac.T, ac.KV * ac.hd);
+        set2(&c, 2, ac.B * ac.T, ac.KV * ac.hd);
+        c.out_len = ac.B * ac.T * ac.H * ac.hd; c.fwd = ca_fwd; c.ref = ca_ref; c.ctx = &ac; c.scale = 1;
+        fd_run(&c, "attention_chunked", 62 + i);
+    }
+    /* a chunk as long as the sequence is plain causal attention (the library's reference) */
+    peft_graph *g = peft_graph_new();
+    int64_t sq[2] = { 14, 16 }, sk[2] = { 14, 8 };
+    peft_tensor *q = peft_param_new(NULL, 2, sq), *k = peft_param_new(NULL, 2, sk),
+                *v = peft_param_new(NULL, 2, sk);
+    peft_rng r;
+    peft_rng_seed(&r, 5);
+    for (int j = 0; j < 14 * 16; j++) q->data[j] = peft_rng_normal(&r);
+    for (int j = 0; j < 14 * 8; j++) { k->data[j] = peft_rng_normal(&r); v->data[j] = peft_rng_normal(&r); }
+    peft_tensor *o = peft_attention_chunked(g, q, k, v, 2, 7, 4, 2, 4, 7);
+    double qd[14 * 16], kd[14 * 8], vd[14 * 8], od[14 * 16];
+    for (int j = 0; j < 14 * 16; j++) qd[j] = q->data[j];
+    for (int j = 0; j < 14 * 8; j++) { kd[j] = k->data[j]; vd[j] = v->data[j]; }
+    peft_attention_ref(qd, kd, vd, 2, 7, 4, 2, 4, NULL, od);
+    REQUIRE(o, "chunked attention failed: %s", peft_last_error());
+    CHECK(th_rel_err_fd(o->data, od, 14 * 16) < 1e-5, "chunk = T differs from causal attention");
+    peft_param_free(q); peft_param_free(k); peft_param_free(v);
+    peft_graph_free(g);
+}
+
+/* ---- router: top-k of the logits, sigmoid of the chosen ones ---- */
+typedef struct { int N, E, K; } rt_ctx;
+static peft_tensor *rt_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    rt_ctx *c = vc;
+    const int *idx;
+    return peft_moe_route(g, x[0], c->K, &idx);
+}
+static void rt_ref(double **x, double *y, void *vc) {
+    rt_ctx *c = vc;
+    for (int n = 0; n < c->N; n++) {
+        int taken[16] = { 0 };
+        for (int j = 0; j < c->K; j++) {
+            int best = -1;
+            for (int e = 0; e < c->E; e++)
+                if (!taken[e] && (best < 0 || x[0][n * c->E + e] > x[0][n * c->E + best])) best = e;
+            taken[best] = 1;
+            y[n * c->K + j] = 1 / (1 + exp(-x[0][n * c->E + best]));
+        }
+    }
+}
+TEST(test_fd_moe_route) {
+    for (int K = 1; K <= 3; K += 2) {
+        rt_ctx rc = { 9, 5, K };
+        fd_case c = { 0 };
+        c.n_in = 1; set2(&c, 0, rc.N, rc.E);
+        c.out_len = rc.N * rc.K; c.fwd = rt_fwd; c.ref = rt_ref; c.ctx = &rc; c.scale = 1;
+        fd_run(&c, "moe_route", 65 + K);
+    }
+    /* the chosen experts, largest first */
+    peft_graph *g = peft_graph_new();
+    int64_t sh[2] = { 1, 4 };
+    peft_tensor *z = peft_param_new(NULL, 2, sh);
+    float zz[4] = { 0.5f, 2.0f, -1.0f, 1.0f };
+    memcpy(z->data, zz, sizeof zz);
+    const int *idx;
+    peft_tensor *s = peft_moe_route(g, z, 2, &idx);
+    REQUIRE(s && idx, "route failed");
+    CHECK(idx[0] == 1 && idx[1] == 3, "top-2 of {0.5, 2, -1, 1} is {1, 3}, got {%d, %d}", idx[0], idx[1]);
+    CHECK(!peft_moe_route(g, z, 5, &idx) && strstr(peft_last_error(), "top_k"), "top_k 5 of 4: %s",
+          peft_last_error());
+    peft_param_free(z);
+    peft_graph_free(g);
+}
+
+/* ---- routed experts: grouped GEMMs over each expert's tokens ---- */
+typedef struct { int N, D, F, E, K; int idx[64]; } ex_ctx;
+/* a 3-d view of a 2-d parameter: same data and gradient buffer */
+static peft_tensor *view3(peft_graph *g, peft_tensor *p, int64_t a, int64_t b, int64_t c) {
+    int64_t sh[3] = { a, b, c };
+    peft_tensor *v = peft_tensor_new(g, 3, sh);
+    v->data = p->data;
+    v->grad = p->grad;
+    v->requires_grad = p->requires_grad;
+    v->is_param = 1;
+    return v;
+}
+static peft_tensor *ex_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    ex_ctx *c = vc;
+    return peft_moe_experts(g, x[0], x[1], c->idx, view3(g, x[2], c->E, c->D, 2 * c->F),
+                            view3(g, x[3], c->E, c->F, c->D));
+}
+static void ex_ref(double **x, double *y, void *vc) {
+    ex_ctx *c = vc;
+    int D = c->D, F = c->F;
+    for (int i = 0; i < c->N * D; i++) y[i] = 0;
+    for (int n = 0; n < c->N; n++)
+        for (int j = 0; j < c->K; j++) {
+            int e = c->idx[n * c->K + j];
+            double s = x[1][n * c->K + j], a[16];
+            const double *GU = x[2] + (long)e * D * 2 * F, *DN = x[3] + (long)e * F * D;
+            for (int f = 0; f < F; f++) {
+                double hg = 0, hu = 0;
+                for (int d = 0; d < D; d++) {
+                    hg += s * x[0][n * D + d] * GU[d * 2 * F + f];
+                    hu += s * x[0][n * D + d] * GU[d * 2 * F + F + f];
+                }
+                a[f] = hg / (1 + exp(-hg)) * hu;
+            }
+            for (int d = 0; d < D; d++)
+                for (int f = 0; f < F; f++) y[n * D + d] += a[f] * DN[f * D + d];
+        }
+}
+TEST(test_fd_moe_experts) {
+    /* 7 tokens, 4 experts (expert 2 gets none), top-1 and top-2 */
+    ex_ctx e1 = { 7, 6, 5, 4, 1, { 0, 3, 1, 0, 3, 3, 1 } };
+    ex_ctx e2 = { 7, 6, 5, 4, 2, { 0, 3, 1, 0, 3, 1, 0, 1, 3, 0, 1, 3, 0, 3 } };
+    ex_ctx *cases[2] = { &e1, &e2 };
+    for (int i = 0; i < 2; i++) {
+        ex_ctx *ec = cases[i];
+        for (int frozen = 0; frozen < 2; frozen++) {
+            fd_case c = { 0 };
+            c.n_in = 4; set2(&c, 0, ec->N, ec->D); set2(&c, 1, ec->N, ec->K);
+            set2(&c, 2, ec->E * ec->D, 2 * ec->F); set2(&c, 3, ec->E * ec->F, ec->D);
+            c.no_grad[2] = c.no_grad[3] = frozen;  /* frozen experts: LoRA elsewhere, router trained */
+            c.out_len = ec->N * ec->D; c.fwd = ex_fwd; c.ref = ex_ref; c.ctx = ec; c.scale = 0.7f;
+            fd_run(&c, frozen ? "moe_experts (frozen experts)" : "moe_experts", 70 + 2 * i + frozen);
+        }
+    }
+}
+
+/* ---- routed experts with LoRA in PEFT's target_parameters layout ---- */
+typedef struct { ex_ctx ex; int r; float scale; } exl_ctx;
+static peft_tensor *exl_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    exl_ctx *c = vc;
+    ex_ctx *e = &c->ex;
+    return peft_moe_experts_lora(g, x[0], x[1], e->idx, view3(g, x[2], e->E, e->D, 2 * e->F),
+                                 view3(g, x[3], e->E, e->F, e->D), x[4], x[5], x[6], x[7], c->scale);
+}
+/* W_e + s·B_e·A_e with B_e[i, j] = B[i, j·E + e], A_e = rows e·r .. of A, then the plain experts */
+static void exl_ref(double **x, double *y, void *vc) {
+    exl_ctx *c = vc;
+    ex_ctx *e = &c->ex;
+    int D = e->D, F = e->F, E = e->E, r = c->r;
+    double *W[2];
+    for (int k = 0; k < 2; k++) {
+        long in = k ? F : D, out = k ? D : 2 * F;
+        const double *A = x[4 + 2 * k], *B = x[5 + 2 * k];
+        W[k] = malloc(sizeof(double) * (size_t)(E * in * out));
+        for (int ex = 0; ex < E; ex++)
+            for (long i = 0; i < in; i++)
+                for (long o = 0; o < out; o++) {
+                    double d = 0;
+                    for (int j = 0; j < r; j++) d += B[i * r * E + j * E + ex] * A[(ex * r + j) * out + o];
+                    W[k][(ex * in + i) * out + o] = x[2 + k][(ex * in + i) * out + o] + c->scale * d;
+                }
+    }
+    double *xx[4] = { x[0], x[1], W[0], W[1] };
+    ex_ref(xx, y, e);
+    free(W[0]);
+    free(W[1]);
+}
+TEST(test_fd_moe_experts_lora) {
+    exl_ctx c2 = { { 7, 6, 5, 4, 2, { 0, 3, 1, 0, 3, 1, 0, 1, 3, 0, 1, 3, 0, 3 } }, 2, 1.5f };
+    for (int frozen = 0; frozen < 2; frozen++) {
+        ex_ctx *ec = &c2.ex;
+        int rE = c2.r * ec->E;
+        fd_case c = { 0 };
+        c.n_in = 8; set2(&c, 0, ec->N, ec->D); set2(&c, 1, ec->N, ec->K);
+        set2(&c, 2, ec->E * ec->D, 2 * ec->F); set2(&c, 3, ec->E * ec->F, ec->D);
+        set2(&c, 4, rE, 2 * ec->F); set2(&c, 5, ec->D, rE); set2(&c, 6, rE, ec->D); set2(&c, 7, ec->F, rE);
+        c.no_grad[2] = c.no_grad[3] = 1;        /* experts frozen, as under LoRA */
+        c.no_grad[0] = c.no_grad[1] = frozen;   /* first layer: nothing upstream trains */
+        c.out_len = ec->N * ec->D; c.fwd = exl_fwd; c.ref = exl_ref; c.ctx = &c2; c.scale = 0.6f;
+        fd_run(&c, frozen ? "moe_experts_lora (only LoRA trains)" : "moe_experts_lora", 80 + frozen);
+    }
+}

@@ -6,6 +6,7 @@
 #      smollm-135m b4 x s256 on 2 threads
 #   3. the same steps in PyTorch + PEFT (tools/ref/bench_torch.py) when Python
 #      has torch, transformers and peft; ratios of tokens/s and peak RSS
+#   4. a LLaMA-4 MoE LoRA step against the dense model of equal active parameters
 # Medians over STEPS steps (default 5). This machine may be shared: rerun to see the spread.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,3 +95,14 @@ bf16_case() {   # preset batch seq threads
 }
 bf16_case stories15m 8 256 1
 bf16_case smollm-135m 4 256 1
+
+# LLaMA-4 mixture of experts: a LoRA step (r 8, q_proj+v_proj) on llama4-tiny (4 experts, top-1,
+# shared expert, every layer MoE) against llama4-tiny-dense, the same model with one dense MLP of
+# the width of the two active experts (equal active parameters, less the routers): the target is
+# >= 0.7x, i.e. routing, sorting tokens by expert and the per-expert GEMMs cost little
+echo "== LLaMA-4 MoE LoRA step vs the dense model of equal active parameters"
+args="--method lora --lora-r 8 --lora-alpha 16 --batch 4 --seq 256 --steps $STEPS --threads $THREADS"
+mtps=$($BIN bench --preset llama4-tiny $args | field "tokens/s")
+dtps=$($BIN bench --preset llama4-tiny-dense $args | field "tokens/s")
+printf "llama4-tiny b4 s256 t%s %8.1f tok/s | llama4-tiny-dense %8.1f tok/s | speed %sx\n" "$THREADS" "$mtps" \
+    "$dtps" "$(div "$mtps" "$dtps")"

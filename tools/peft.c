@@ -87,7 +87,7 @@ typedef struct { const char *method; const char *keys[32], *vals[32]; int n; } m
 static const char *const METHOD_FLAGS[] = { "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets",
     "--lora-init", "--lora-layers", "--lora-rslora", "--adapter-len", "--adapter-layers", "--adapter-gate",
     "--fusion-layers", "--fusion-dim", "--excitor-len", "--excitor-rank", "--excitor-layers",
-    "--modules-to-save", "--lora-bias", "--trainable-tokens", NULL };
+    "--modules-to-save", "--lora-bias", "--trainable-tokens", "--moe-targets", NULL };
 
 static const char *METHOD_HELP =
     "  --method M            full | lora | adapter-v1 | adapter-v2 | excitor | qlora (default full)\n"
@@ -103,6 +103,9 @@ static const char *METHOD_HELP =
     "  --lora-bias 1         a trained bias on lora_B (PEFT's lora_bias)\n"
     "  --trainable-tokens L  token ids, e.g. 3,7: their embed_tokens rows trained (PEFT's\n"
     "                        trainable_token_indices; also lm_head's when tied)\n"
+    "  --moe-targets LIST    LLaMA-4: router, experts (gate_up_proj and down_proj), router-full\n"
+    "                        (a trained copy of the router), none (default); with --lora-targets none:\n"
+    "                        the MoE sites alone\n"
     "  --adapter-len K       LLaMA-Adapter prompts per layer (default 10)\n"
     "  --adapter-layers L    adapted top layers (default: 30/32 of the model's)\n"
     "  --adapter-gate G      head (tanh gate per head, the paper) | peft (one raw gate, PEFT's)\n"
@@ -154,6 +157,26 @@ static const char *INFO_HELP =
     "built-in preset; no weights are loaded). With --method, the parameters that\n"
     "method trains and their share of the base model.\n";
 
+/* LLaMA-4: the mixture of experts and the parameters a token uses */
+static void print_llama4(const peft_config *c) {
+    char b1[40], b2[40];
+    int moe = 0, nope = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        moe += peft_layer_is_moe(c, l);
+        nope += !peft_layer_has_rope(c, l);
+    }
+    printf("experts          %d routed (top-%d, expert width %d) + 1 shared, in %d of %d layers "
+           "(dense width %d)\n", c->n_experts, c->top_k, c->hidden_dim, moe, c->n_layers, c->hidden_dim_mlp);
+    printf("attention        NoPE in %d layers%s; RoPE layers: %s%s", nope,
+           c->temp_tuning ? " (temperature tuned)" : "", c->qk_norm ? "QK L2 norm, " : "", "chunks of ");
+    printf("%d tokens\n", c->attn_chunk);
+    int64_t total = peft_config_param_count(c), active = peft_config_active_count(c);
+    double unit = total >= 1e9 ? 1e9 : 1e6;
+    const char *u = total >= 1e9 ? "B" : "M";
+    printf("total / active   %.1f%s / %.1f%s parameters (%s / %s per token)\n", total / unit, u,
+           active / unit, u, commas(total, b1), commas(active, b2));
+}
+
 static void print_config(const peft_config *c, const char *what) {
     char b1[40], b2[40], b3[40];
     int64_t total = peft_config_param_count(c);
@@ -173,6 +196,7 @@ static void print_config(const peft_config *c, const char *what) {
            commas(emb * (c->tie_embeddings ? 1 : 2), b2),
            commas(total - emb * (c->tie_embeddings ? 1 : 2), b3));
     printf("fp32 weights     %.1f MB\n", total * 4.0 / 1e6);
+    if (c->llama4) print_llama4(c);
 }
 
 static int check_weights(const char *dir, const peft_config *c);
