@@ -44,6 +44,7 @@
     X(test_adapter_keys_tensor_names) X(test_fd_replace_rows) X(test_adapter_keys_roundtrip_in_peft) \
     X(test_gguf_tiny_roundtrip) X(test_gguf_hostile) X(test_gguf_smollm2_logits) X(test_gguf_smollm2_tokenizer) X(test_gguf_cli) X(test_gguf_spm_tokenizer) \
     X(test_threads_cli_default) \
+    X(test_threads_bench_gemm_openblas_core) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);

@@ -24,7 +24,10 @@ PYTHON=${PYTHON:-python3}
 JSON=${BENCH_JSON:-bench.json}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- peft.h tools 2>/dev/null || COMMIT="$COMMIT+changes"
-div() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.2f", a / b; else printf "nan" }'; }
+div() {
+    awk -v a="$1" -v b="$2" \
+        'BEGIN { if (a != "" && b != "" && b > 0) printf "%.2f", a / b; else printf "nan" }'
+}
 field() { awk -v k="$1" 'index($0, k) == 1 { sub(k, ""); print $1; exit }'; }
 median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 jlist() { local out="" v; for v in "$@"; do out="$out${out:+, }${v:-null}"; done; printf "[%s]" "$out"; }
@@ -32,6 +35,7 @@ jlist() { local out="" v; for v in "$@"; do out="$out${out:+, }${v:-null}"; done
 # ---- the busy process of the busy-machine line: bounded (timeout), and killed
 # at the end of that line, at exit and on Ctrl-C
 BUSY_PID=""
+LOAD=""
 busy_start() {
     timeout 1800 sh -c 'while :; do :; done' &
     BUSY_PID=$!
@@ -49,14 +53,17 @@ add_line() {   # name unit threads "values" baseline_median "baseline values"
     bmed=${5:-}
     ratio=$(div "$med" "$bmed")
     [ "$ratio" = nan ] && ratio=null
-    LINES+=("$(printf '{"name": "%s", "unit": "%s", "threads": %s, "median": %s, "values": %s, "baseline": %s, "baseline_values": %s, "ratio": %s, "commit": "%s"}' \
-        "$1" "$2" "$3" "${med:-null}" "$(jlist $4)" "${bmed:-null}" "$(jlist ${6:-})" "$ratio" "$COMMIT")")
+    local fmt='{"name": "%s", "unit": "%s", "threads": %s, "median": %s, "values": %s, '
+    fmt+='"baseline": %s, "baseline_values": %s, "ratio": %s, "commit": "%s"}'
+    LINES+=("$(printf "$fmt" "$1" "$2" "$3" "${med:-null}" "$(jlist $4)" "${bmed:-null}" "$(jlist ${6:-})" \
+        "$ratio" "$COMMIT")")
 }
 write_json() {
     local i
     {
-        printf '{"commit": "%s", "date": "%s", "load_average_start": [%s], "cpus": %s, "steps": %s, "repeats": %s,\n "lines": [\n' \
-            "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$LOAD" "$(nproc 2>/dev/null || echo null)" "$STEPS" "$REPEATS"
+        printf '{"commit": "%s", "date": "%s", "load_average_start": [%s], "cpus": %s, ' "$COMMIT" \
+            "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$LOAD" "$(nproc 2>/dev/null || echo null)"
+        printf '"steps": %s, "repeats": %s,\n "lines": [\n' "$STEPS" "$REPEATS"
         for i in "${!LINES[@]}"; do
             printf '  %s%s\n' "${LINES[$i]}" "$([ "$i" -lt $((${#LINES[@]} - 1)) ] && echo ,)"
         done
@@ -68,13 +75,18 @@ trap finish EXIT
 trap 'echo "(interrupted: $JSON has the lines so far)"; exit 130' INT TERM
 
 LOAD=$(awk '{ printf "%s, %s, %s", $1, $2, $3 }' /proc/loadavg 2>/dev/null || echo "")
-echo "load average at the start: ${LOAD:-unknown} on $(nproc 2>/dev/null || echo '?') cores (a busy machine makes every figure lower)"
+echo "load average at the start: ${LOAD:-unknown} on $(nproc 2>/dev/null || echo '?') cores" \
+     "(a busy machine makes every figure lower)"
 echo "medians of $REPEATS runs (each the median of $STEPS steps); commit $COMMIT; lines also in $JSON"
 
 # ---- 1. GEMM
 if [ -z "${PEFT_OPENBLAS:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so'; then
-    OB=$($PYTHON -c 'import numpy, glob, os; print((glob.glob(os.path.dirname(numpy.__file__) + ".libs/*openblas*.so*") or [""])[0])' 2>/dev/null)
-    if [ -n "$OB" ]; then export PEFT_OPENBLAS=$OB; echo "(no libopenblas installed: comparing with numpy's $OB)"; fi
+    OB=$($PYTHON -c 'import numpy, glob, os
+print((glob.glob(os.path.dirname(numpy.__file__) + ".libs/*openblas*.so*") or [""])[0])' 2>/dev/null)
+    if [ -n "$OB" ]; then
+        export PEFT_OPENBLAS=$OB
+        echo "(no libopenblas installed: comparing with numpy's $OB)"
+    fi
 fi
 echo "== GEMM (peft bench --gemm), GFLOP/s over all shapes"
 gemm_line() {   # preset batch seq
@@ -85,7 +97,9 @@ gemm_line() {   # preset batch seq
         [ $i = 0 ] && echo "$out" | grep -m1 '^warning' || true
         r=$(echo "$out" | tail -1)
         ours+=("$(echo "$r" | sed -n 's/.*peft\.h \([0-9.]*\) GFLOP.*/\1/p')")
-        if echo "$r" | grep -q 'time ratio'; then blas+=("$(echo "$r" | sed -n 's/.*OpenBLAS \([0-9.]*\) GFLOP.*/\1/p')"); fi
+        if echo "$r" | grep -q 'time ratio'; then
+            blas+=("$(echo "$r" | sed -n 's/.*OpenBLAS \([0-9.]*\) GFLOP.*/\1/p')")
+        fi
     done
     local m b
     m=$(median "${ours[@]}")
@@ -101,16 +115,21 @@ gemm_line stories15m 8 256
 gemm_line smollm-135m 4 256
 
 have_torch=0
-if command -v "$PYTHON" >/dev/null && "$PYTHON" -c "import torch, transformers, peft" >/dev/null 2>&1; then have_torch=1; fi
+if command -v "$PYTHON" >/dev/null && "$PYTHON" -c "import torch, transformers, peft" >/dev/null 2>&1; then
+    have_torch=1
+fi
 
 peft_run() {   # preset batch seq threads -> "tokens/s rss"
     local out
-    out=$($BIN bench --preset "$1" --method lora --lora-r 8 --lora-alpha 16 --batch "$2" --seq "$3" --steps "$STEPS" --threads "$4")
-    echo "$(echo "$out" | field "tokens/s") $(echo "$out" | field "peak RSS MB") $(echo "$out" | field "MFU" | tr -d %)"
+    out=$($BIN bench --preset "$1" --method lora --lora-r 8 --lora-alpha 16 --batch "$2" --seq "$3" \
+          --steps "$STEPS" --threads "$4")
+    echo "$(echo "$out" | field "tokens/s") $(echo "$out" | field "peak RSS MB")" \
+         "$(echo "$out" | field "MFU" | tr -d %)"
 }
 torch_run() {  # preset batch seq threads -> "tokens/s rss"
     local out
-    out=$("$PYTHON" tools/ref/bench_torch.py --preset "$1" --method lora --batch "$2" --seq "$3" --steps "$STEPS" --threads "$4" 2>/dev/null)
+    out=$("$PYTHON" tools/ref/bench_torch.py --preset "$1" --method lora --batch "$2" --seq "$3" \
+          --steps "$STEPS" --threads "$4" 2>/dev/null)
     echo "$(echo "$out" | field "tokens/s") $(echo "$out" | field "peak RSS MB")"
 }
 
@@ -119,7 +138,9 @@ run_case() {   # name preset batch seq threads
     local i r tps=() rss=() mfu=() ttps=() trss=() m tm
     for ((i = 0; i < REPEATS; i++)); do     # the two interleaved: drift in the load hits both
         r=($(peft_run "$2" "$3" "$4" "$5")); tps+=("${r[0]:-}"); rss+=("${r[1]:-}"); mfu+=("${r[2]:-}")
-        if [ $have_torch = 1 ]; then r=($(torch_run "$2" "$3" "$4" "$5")); ttps+=("${r[0]:-}"); trss+=("${r[1]:-}"); fi
+        if [ $have_torch = 1 ]; then
+            r=($(torch_run "$2" "$3" "$4" "$5")); ttps+=("${r[0]:-}"); trss+=("${r[1]:-}")
+        fi
     done
     m=$(median "${tps[@]}")
     printf "%-12s b%-2s s%-4s t%s  peft.h %8.1f tok/s (%s)  MFU %s%%  RSS %7.1f MB" "$2" "$3" "$4" "$5" "$m" \
@@ -127,7 +148,8 @@ run_case() {   # name preset batch seq threads
     if [ $have_torch = 1 ]; then
         tm=$(median "${ttps[@]}")
         printf "  | PyTorch+PEFT %8.1f tok/s (%s)  RSS %7.1f MB | speed %sx  memory %sx" "$tm" "${ttps[*]}" \
-            "$(median "${trss[@]}")" "$(div "$m" "$tm")" "$(div "$(median "${rss[@]}")" "$(median "${trss[@]}")")"
+            "$(median "${trss[@]}")" "$(div "$m" "$tm")" \
+            "$(div "$(median "${rss[@]}")" "$(median "${trss[@]}")")"
     fi
     printf "\n"
     add_line "$1" "tokens/s" "$5" "${tps[*]}" "${tm:-}" "${ttps[*]}"
@@ -163,7 +185,8 @@ else
 fi
 add_line busy-stories15m-t1 "tokens/s" 1 "${b1[*]}" "" ""
 add_line busy-stories15m-t2-vs-t1 "tokens/s" 2 "${b2[*]}" "$m1" "${b1[*]}"
-add_line busy-stories15m-t2-vs-torch "tokens/s" 2 "${b2[*]}" "$([ $have_torch = 1 ] && median "${bt[@]}")" "${bt[*]}"
+add_line busy-stories15m-t2-vs-torch "tokens/s" 2 "${b2[*]}" "$([ $have_torch = 1 ] && median "${bt[@]}")" \
+    "${bt[*]}"
 
 # GGUF bases kept in their blocks: SmolLM2-135M-Instruct Q4_1 (.ci/run downloads it), and any
 # more files named in PEFT_BENCH_GGUF (e.g. the same model requantized to Q8_0 or Q4_K_M), each
@@ -189,7 +212,8 @@ if [ -n "${GS// /}" ]; then
         grss=$(echo "$out" | field "peak RSS MB")
         printf "%-34s b4 s256 t%s %8.1f tok/s (%s)  RSS %7.1f MB  %s bits/frozen weight" "$(basename "$g")" \
             "$THREADS" "$gtps" "${gt[*]}" "$grss" "$bits"
-        printf " | fp32 %8.1f tok/s (%s)  RSS %7.1f MB | speed %sx\n" "$ftps" "${ft[*]}" "$frss" "$(div "$gtps" "$ftps")"
+        printf " | fp32 %8.1f tok/s (%s)  RSS %7.1f MB | speed %sx\n" "$ftps" "${ft[*]}" "$frss" \
+            "$(div "$gtps" "$ftps")"
         add_line "gguf-$(basename "$g")" "tokens/s" "$THREADS" "${gt[*]}" "$ftps" "${ft[*]}"
     done
 else
