@@ -1370,6 +1370,9 @@ static void peft__ftz_leave(unsigned c) { (void)c; }
 /* chunks per thread: with 4, a thread that is late or put aside leaves the
    others 3/4 of its share to take over, at ~0.1 µs of bookkeeping a chunk */
 #define PEFT__GRAIN 4
+#if PEFT_MAX_THREADS * PEFT__GRAIN > 0xFFFF
+#error "PEFT_MAX_THREADS: a loop's chunks are counted in 16 bits (at most 16383 threads)"
+#endif
 
 #ifndef PEFT_NO_THREADS
 /* Waking a sleeping thread costs ~35 µs on this kind of VM, and a training
