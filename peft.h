@@ -60,8 +60,8 @@
      PEFT_NO_THREADS       build without pthreads (single-threaded kernels)
      PEFT_MAX_THREADS      upper bound on worker threads (default 64)
      PEFT_SPIN_US          how long an idle worker spins before it sleeps
-                           (default 2000 µs; no spinning with more threads
-                           than online cores)
+                           (default 200 µs; no spinning with more threads
+                           than available cores)
      PEFT_LCE_CHUNK_MB     logits the fused classifier + loss holds at once
                            (default 128 MB; fewer, larger products are faster)
      PEFT_KEEP_DENORMALS   keep denormal floats in the parallel kernels (by
@@ -135,7 +135,13 @@
        quantization, generation). Call peft_set_threads itself while no
        other thread is inside the library. With n = 1 (the default) every
        loop runs inline on its caller: distinct objects on distinct
-       threads are then independent.
+       threads are then independent. A loop is cut into a few chunks per
+       thread; each thread runs its own share first and then takes what is
+       left of the others', so another program taking a core slows a step
+       in proportion, instead of stalling every loop. Results are the same
+       bits whichever thread ran which chunk. peft_available_cpus() says
+       how many cores the process may use (affinity mask, cgroup quota):
+       the tools' default thread count (PEFT_THREADS overrides it).
      - every object: a model, graph, trainer, optimizer, KV cache or
        tokenizer is used by one thread at a time. A forward writes to its
        model (the dropout RNG, the RoPE table, the checkpointing tape), so
@@ -1726,6 +1732,9 @@ static void peft__ftz_leave(unsigned c) { (void)c; }
 /* chunks per thread: with 4, a thread that is late or put aside leaves the
    others 3/4 of its share to take over, at ~0.1 µs of bookkeeping a chunk */
 #define PEFT__GRAIN 4
+#if PEFT_MAX_THREADS * PEFT__GRAIN > 0xFFFF
+#error "PEFT_MAX_THREADS: a loop's chunks are counted in 16 bits (at most 16383 threads)"
+#endif
 
 #ifndef PEFT_NO_THREADS
 /* Waking a sleeping thread costs ~35 µs on this kind of VM, and a training
@@ -1786,15 +1795,33 @@ static double peft__seconds(void);
    threads than cores a spinning worker takes the core a working one needs */
 static _Atomic int peft__spin_ok = 1;
 
+/* A spinning thread that sees the clock jump between two looks (64 pauses,
+   a few µs) was put aside by the OS: the machine has more runnable threads
+   than cores, and a spin only keeps a core from a thread with work. Then
+   no thread spins for the next 50 ms. */
+static _Atomic int64_t peft__contended_until;   /* µs of peft__seconds() */
+
+/* 1 while spinning may go on at time t (the previous look at prev) */
+static int peft__spin_on(double prev, double t) {
+    int64_t now = (int64_t)(t * 1e6);
+    if (prev > 0.0 && t - prev > 300e-6) {
+        atomic_store_explicit(&peft__contended_until, now + 50000, memory_order_relaxed);
+        return 0;
+    }
+    return now >= atomic_load_explicit(&peft__contended_until, memory_order_relaxed);
+}
+
 /* spins until *v != old (returns 1) or `us` microseconds pass (returns 0) */
 static int peft__spin_while_eq64(_Atomic uint64_t *v, uint64_t old, double us) {
-    double until = 0.0;
+    double until = 0.0, prev = 0.0;
     for (int i = 1;; i++) {
         if (atomic_load_explicit(v, memory_order_acquire) != old) return 1;
         if (!atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) return 0;
         peft__cpu_relax();
         if ((i & 63) == 0) {
             double t = peft__seconds();
+            if (!peft__spin_on(prev, t)) return 0;
+            prev = t;
             if (until == 0.0) until = t + us * 1e-6;
             else if (t > until) return 0;
         }
@@ -1954,14 +1981,16 @@ static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, 
     /* the chunks still running started before this thread's last one ended:
        spin about as long as one chunk takes, then sleep (the thread running
        it may have been put aside, and needs a core) */
-    double until = 0.0, spin = 1.5 * last + 20e-6;
+    double until = 0.0, prev = 0.0, spin = 1.5 * last + 20e-6;
     if (spin > PEFT_SPIN_US * 1e-6) spin = PEFT_SPIN_US * 1e-6;
     for (int i = 1; atomic_load_explicit(&peft__pool.left, memory_order_acquire) > 0; i++) {
         peft__cpu_relax();
         if ((i & 63) && atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) continue;
         double t = peft__seconds();
+        int on = peft__spin_on(prev, t);
+        prev = t;
         if (until == 0.0) until = t + spin;
-        if (t > until || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
+        if (t > until || !on || !atomic_load_explicit(&peft__spin_ok, memory_order_relaxed)) {
             atomic_store(&peft__pool.caller_waits, 1);
             pthread_mutex_lock(&peft__pool.mu);
             while (atomic_load(&peft__pool.left) > 0)

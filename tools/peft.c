@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <dlfcn.h>
+#include <strings.h>
 #include <errno.h>
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
@@ -1501,24 +1502,86 @@ static int cmp_double(const void *a, const void *b) {
 /* ---- `peft bench --gemm`: the training shapes against OpenBLAS --------------------
    Every linear of the preset at M = batch·seq tokens, in the three products
    training runs (y = x·Wᵀ, dx = dy·W, dW = dyᵀ·x). OpenBLAS is looked up at
-   run time (dlopen) and only compared with, never required. */
+   run time (dlopen: $PEFT_OPENBLAS, else libopenblas) and only compared
+   with, never required. Its builds with 64-bit integers (numpy's
+   scipy-openblas: prefixed names, suffix 64_) are called through their own
+   type. */
 typedef void (*sgemm_fn)(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                          const float *B, int ldb, float beta, float *C, int ldc);
+typedef void (*sgemm64_fn)(int order, int ta, int tb, long long M, long long N, long long K, float alpha,
+                           const float *A, long long lda, const float *B, long long ldb, float beta, float *C,
+                           long long ldc);
+typedef struct {
+    sgemm_fn sgemm;
+    sgemm64_fn sgemm64;
+} blas_lib;
+
+static void blas_sgemm(const blas_lib *b, int tA, int tB, int M, int N, int K, const float *A, const float *B,
+                       float *C) {
+    if (b->sgemm)
+        b->sgemm(101, tA ? 112 : 111, tB ? 112 : 111, M, N, K, 1.0f, A, tA ? M : K, B, tB ? K : N, 0.0f, C,
+                 N);
+    else
+        b->sgemm64(101, tA ? 112 : 111, tB ? 112 : 111, M, N, K, 1.0f, A, tA ? M : K, B, tB ? K : N, 0.0f, C,
+                   N);
+}
+
+/* The vector instructions of OpenBLAS's kernel `core` (its corename):
+   0 SSE, 1 AVX, 2 AVX2, 3 AVX-512; -1 a name not in this list. Built for
+   one target, OpenBLAS reports it in capitals: compared without case. */
+static int openblas_core_level(const char *core) {
+    static const struct {
+        const char *name;
+        int level;
+    } cores[] = { { "katmai", 0 },      { "coppermine", 0 }, { "northwood", 0 },  { "prescott", 0 },
+                  { "banias", 0 },      { "atom", 0 },       { "core2", 0 },      { "penryn", 0 },
+                  { "dunnington", 0 },  { "nehalem", 0 },    { "athlon", 0 },     { "opteron", 0 },
+                  { "opteron_sse3", 0 }, { "barcelona", 0 }, { "nano", 0 },       { "bobcat", 0 },
+                  { "sandybridge", 1 }, { "bulldozer", 1 },  { "piledriver", 1 }, { "steamroller", 1 },
+                  { "haswell", 2 },     { "excavator", 2 },  { "zen", 2 },        { "skylakex", 3 },
+                  { "cooperlake", 3 },  { "sapphirerapids", 3 } };
+    for (size_t i = 0; i < sizeof cores / sizeof cores[0]; i++)
+        if (!strcasecmp(core, cores[i].name)) return cores[i].level;
+    return -1;
+}
+
+/* "" when `core` is OpenBLAS's own kernel for this CPU, else why not: a
+   generic target, or one for an older CPU than this one (a ratio against
+   it would measure OpenBLAS's build, not its kernels) */
+static const char *openblas_core_generic(const char *core) {
+    static const char *generic[] = { "generic", "unknown",         "armv7",
+                                     "armv8",   "riscv64_generic", "power_generic" };
+    for (size_t i = 0; i < sizeof generic / sizeof generic[0]; i++)
+        if (!strcasecmp(core, generic[i])) return "a generic target";
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    int cpu = __builtin_cpu_supports("avx512f") ? 3 : __builtin_cpu_supports("avx2") ? 2
+              : __builtin_cpu_supports("avx")   ? 1
+                                                : 0;
+    int level = openblas_core_level(core);
+    static const char *isa[] = { "SSE", "AVX", "AVX2", "AVX-512" };
+    static char why[96];
+    if (level < 0) return "not a kernel this list knows";
+    if (level < cpu) {
+        snprintf(why, sizeof why, "a kernel for an older CPU (%s on this %s CPU)", isa[level], isa[cpu]);
+        return why;
+    }
+#endif
+    return "";
+}
 
 /* the median of `reps` timed calls after one untimed (page faults, first
    touch). Both libraries keep their threads spinning for a while after a
-   call (peft.h 2 ms, OpenBLAS up to ~0.1 s), which would steal the cores
-   from the other one timed next: each side's timing ends with a pause that
-   lets its threads go to sleep. */
-static double time_gemm(sgemm_fn blas, int tA, int tB, int M, int N, int K, const float *A, const float *B,
-                        float *C, int reps) {
+   call (peft.h up to 0.2 ms, OpenBLAS up to ~0.1 s), which would steal the
+   cores from the other one timed next: each side's timing ends with a pause
+   that lets its threads go to sleep. */
+static double time_gemm(const blas_lib *blas, int tA, int tB, int M, int N, int K, const float *A,
+                        const float *B, float *C, int reps) {
     double t[9];
     if (reps > 9) reps = 9;
     for (int r = -1; r < reps; r++) {
         double t0 = now_s();
-        if (blas)
-            blas(101, tA ? 112 : 111, tB ? 112 : 111, M, N, K, 1.0f, A, tA ? M : K, B, tB ? K : N, 0.0f, C,
-                 N);
+        if (blas) blas_sgemm(blas, tA, tB, M, N, K, A, B, C);
         else peft_gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, 0.0f, C, N);
         if (r >= 0) t[r] = now_s() - t0;
     }
@@ -1532,13 +1595,26 @@ static int bench_gemm(const char *preset, int B, int T, int threads) {
     peft_config c;
     if (peft_config_preset(&c, preset) != PEFT_OK) return fail();
     peft_set_threads(threads);
-    sgemm_fn blas = NULL;
-    void *lib = dlopen("libopenblas.so.0", RTLD_NOW);
-    if (!lib) lib = dlopen("libopenblas.so", RTLD_NOW);
+    blas_lib bl = { NULL, NULL }, *blas = NULL;
+    const char *path = getenv("PEFT_OPENBLAS"), *core = "unknown", *why = "";
+    void *lib = path && *path ? dlopen(path, RTLD_NOW) : NULL;
+    if (path && *path && !lib) fprintf(stderr, "peft: warning: PEFT_OPENBLAS=%s: %s\n", path, dlerror());
+    if (!lib && !(path && *path)) lib = dlopen("libopenblas.so.0", RTLD_NOW);
+    if (!lib && !(path && *path)) lib = dlopen("libopenblas.so", RTLD_NOW);
     if (lib) {
-        blas = (sgemm_fn)dlsym(lib, "cblas_sgemm");
+        /* plain names, else numpy's scipy-openblas (64-bit integers) */
+        const char *(*corename)(void) = (const char *(*)(void))dlsym(lib, "openblas_get_corename");
         void (*set)(int) = (void (*)(int))dlsym(lib, "openblas_set_num_threads");
+        bl.sgemm = (sgemm_fn)dlsym(lib, "cblas_sgemm");
+        if (!bl.sgemm) {
+            bl.sgemm64 = (sgemm64_fn)dlsym(lib, "scipy_cblas_sgemm64_");
+            corename = (const char *(*)(void))dlsym(lib, "scipy_openblas_get_corename64_");
+            set = (void (*)(int))dlsym(lib, "scipy_openblas_set_num_threads64_");
+        }
+        if (bl.sgemm || bl.sgemm64) blas = &bl;
         if (set) set(threads);
+        if (corename && corename()) core = corename();
+        why = openblas_core_generic(core);
     }
     double peak = peft_fma_peak_gflops() * threads;
     int M = B * T, q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
@@ -1553,8 +1629,14 @@ static int bench_gemm(const char *preset, int B, int T, int threads) {
                 { "lm_head", c.vocab_size, c.dim } };
     printf("GEMM at the training shapes of %s, M = %d tokens, %d threads; FMA peak %.1f GFLOP/s (measured)\n",
            preset, M, threads, peak);
+    /* a ratio against OpenBLAS running some other CPU's kernel says nothing about peft.h */
+    int ratio_ok = blas && !*why;
+    if (blas) printf("OpenBLAS kernel %s%s%s\n", core, *why ? ": " : " (its own kernel for this CPU)", why);
+    if (blas && !ratio_ok)
+        printf("warning: OpenBLAS runs %s: no ratio is reported (use an OpenBLAS that knows this CPU, or set "
+               "OPENBLAS_CORETYPE to its kernel)\n", why);
     printf("%-13s %-8s %6s %6s %6s %10s %10s %7s %7s\n", "linear", "product", "M", "N", "K", "peft.h",
-           lib ? "OpenBLAS" : "-", "ratio", "% peak");
+           blas ? "OpenBLAS" : "-", "ratio", "% peak");
     double tot_ours = 0, tot_blas = 0, flops_all = 0;
     double ratios[64];
     int nr = 0;
@@ -1583,18 +1665,22 @@ static int bench_gemm(const char *preset, int B, int T, int threads) {
             tot_ours += to; tot_blas += tb; flops_all += fl;
             if (blas && nr < 64) ratios[nr++] = tb / to;
             printf("%-13s %-8s %6d %6d %6d %10.1f", lin[l].name, prod[k], m, n, kk, fl / to / 1e9);
-            if (blas) printf(" %10.1f %6.2fx", fl / tb / 1e9, tb / to); else printf(" %10s %7s", "-", "-");
+            if (ratio_ok) printf(" %10.1f %6.2fx", fl / tb / 1e9, tb / to);
+            else if (blas) printf(" %10.1f %7s", fl / tb / 1e9, "-");
+            else printf(" %10s %7s", "-", "-");
             printf(" %6.0f%%\n", 100.0 * fl / to / 1e9 / peak);
             free(A); free(Bm); free(C);
         }
     }
     printf("all shapes       peft.h %.1f GFLOP/s (%.0f%% of peak)", flops_all / tot_ours / 1e9,
            100.0 * flops_all / tot_ours / 1e9 / peak);
-    if (blas) {
+    if (ratio_ok) {
         qsort(ratios, (size_t)nr, sizeof(double), cmp_double);
         printf(", OpenBLAS %.1f GFLOP/s; time ratio %.2fx, median shape ratio %.2fx",
                flops_all / tot_blas / 1e9, tot_blas / tot_ours, ratios[nr / 2]);
-    } else printf(" (OpenBLAS not found: no comparison)");
+    } else if (blas)
+        printf(", OpenBLAS %.1f GFLOP/s (kernel %s, %s: no ratio)", flops_all / tot_blas / 1e9, core, why);
+    else printf(" (OpenBLAS not found: no comparison)");
     printf("\n");
     if (lib) dlclose(lib);
     return 0;
