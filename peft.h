@@ -4476,9 +4476,8 @@ PEFTDEF void peft_attention_ref(const double *q, const double *k, const double *
 #define PEFT__BF16_DOT 1
 #include <immintrin.h>
 #include <cpuid.h>
-#endif
-
 static int peft__bf16_cpu = -1;          /* cpuid's answer, asked once: -1 not yet */
+#endif
 
 PEFTDEF int peft_bf16_dot_available(void) {
     const char *off = getenv("PEFT_NO_BF16");
@@ -4711,7 +4710,8 @@ static void peft__qm_rows(const void *w, int ldb, int64_t row, int64_t col, int 
    over dx when `store` (a fresh gradient). a is x or dy, c is y or dx. */
 static peft_status peft__frozen_product(int kind, const void *W, int backward, const float *a, int N, int out,
                                         int in, float *c, int store) {
-    if (kind && peft__bf16_product((const peft_qmatrix *)W, backward, a, N, out, in, c, store)) return PEFT_OK;
+    if (kind && peft__bf16_product((const peft_qmatrix *)W, backward, a, N, out, in, c, store))
+        return PEFT_OK;
     peft__bstore src = { W, kind ? peft__qm_rows : peft__q4_rows };
     if (backward)
         return peft__gemm(0, 0, N, in, out, a, out, NULL, &src, NULL, in, store ? 0.0f : 1.0f, c, in);
@@ -8756,7 +8756,9 @@ PEFTDEF peft_status peft_model_dequantize(peft_model *m) {
 }
 
 /* ---- mixed precision: frozen block linears in bf16 (peft_model_set_precision) ---- */
-PEFTDEF const char *peft_precision_name(peft_precision p) { return p == PEFT_PRECISION_BF16 ? "bf16" : "fp32"; }
+PEFTDEF const char *peft_precision_name(peft_precision p) {
+    return p == PEFT_PRECISION_BF16 ? "bf16" : "fp32";
+}
 
 PEFTDEF peft_status peft_precision_parse(const char *name, peft_precision *p) {
     if (name && !strcmp(name, "fp32")) { *p = PEFT_PRECISION_FP32; return PEFT_OK; }
@@ -8808,8 +8810,8 @@ PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p) {
         return PEFT_OK;
     }
     if (m->lora_merged)
-        return peft__fail(PEFT_ERR_UNSUPPORTED, "precision bf16: the LoRA is merged into the weights; unmerge "
-                          "it first (W + BA would be rounded to bf16)");
+        return peft__fail(PEFT_ERR_UNSUPPORTED, "precision bf16: the LoRA is merged into the weights; "
+                          "unmerge it first (W + BA would be rounded to bf16)");
     /* q[n]: a bf16 copy of the frozen lm_head (the float one stays: a tied
        head is the embedding, whose rows the lookup reads) */
     peft_qmatrix **q = (peft_qmatrix **)peft__calloc((size_t)(n + 1) * sizeof *q);
@@ -8829,7 +8831,8 @@ PEFTDEF peft_status peft_model_set_precision(peft_model *m, peft_precision p) {
                 PEFT_FREE(q[j]);
             }
             PEFT_FREE(q);
-            return peft__fail(PEFT_ERR_NOMEM, "no memory to store %s in bf16", W->name ? W->name : "a weight");
+            return peft__fail(PEFT_ERR_NOMEM, "no memory to store %s in bf16",
+                              W->name ? W->name : "a weight");
         }
         for (int64_t e = 0; e < rows * cols; e++) d[e] = peft_f32_to_bf16(W->data[e]);
         q[i]->type = PEFT_GGML_BF16;

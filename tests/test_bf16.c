@@ -157,8 +157,8 @@ TEST(test_bf16_fallback_matches_f64) {
         CHECK(worst <= 1.0, "fallback %dx%dx%d: an error %.3g times the bound", N, out, in, worst);
         for (int o = 0; o < out; o++) peft_qmatrix_decode(&W, o, 0, in, w + (size_t)o * in);
         peft_gemm(0, 1, N, out, in, x, in, w, in, 0.0f, ref, out);
-        CHECK(memcmp(ref, y, sizeof(float) * N * out) == 0, "fallback %dx%dx%d: x·Wᵀ is not the fp32 GEMM's",
-              N, out, in);
+        CHECK(memcmp(ref, y, sizeof(float) * N * out) == 0,
+              "fallback %dx%dx%d: x·Wᵀ is not the fp32 GEMM's", N, out, in);
         memcpy(ref, g0, sizeof(float) * N * in);
         peft_gemm(0, 0, N, in, out, dy, out, w, in, 1.0f, ref, in);
         CHECK(memcmp(ref, dx, sizeof(float) * N * in) == 0, "fallback %dx%dx%d: dy·W is not the fp32 GEMM's",
@@ -211,7 +211,8 @@ TEST(test_bf16_training_follows_fp32) {
     o.precision = PEFT_PRECISION_BF16;
     peft_trainer *tb = peft_trainer_new(b, &o);
     REQUIRE(tf && tb, "trainers: %s", peft_last_error());
-    CHECK(fabs(peft_model_linear_bits(b) - 16.0) < 1e-9, "bf16 linears take %.3f bits", peft_model_linear_bits(b));
+    CHECK(fabs(peft_model_linear_bits(b) - 16.0) < 1e-9, "bf16 linears take %.3f bits",
+          peft_model_linear_bits(b));
     CHECK(b->layers[0].lin[PEFT_Q].qm && !b->layers[0].lin[PEFT_Q].w->data, "q_proj is not stored in bf16");
     CHECK(b->head_bf16 && b->lm_head->data, "the frozen (tied) lm_head has no bf16 copy beside its floats");
     int B = 4, T = 32, V = f->cfg.vocab_size;
@@ -230,7 +231,8 @@ TEST(test_bf16_training_follows_fp32) {
         if (rel > worst) worst = rel;
     }
     CHECK(lf < 0.9f * first, "fp32 loss %.4f -> %.4f: the run does not learn", first, lf);
-    CHECK(worst <= 0.01, "bf16 losses differ from fp32 by up to %.3g%% (last %.5f vs %.5f)", 100 * worst, lb, lf);
+    CHECK(worst <= 0.01, "bf16 losses differ from fp32 by up to %.3g%% (last %.5f vs %.5f)", 100 * worst, lb,
+          lf);
     /* full fine-tuning: nothing is frozen, nothing turns bf16 */
     peft_model *full;
     REQUIRE_OK(peft_model_from_preset(&full, "tiny", 1, 9));
@@ -256,4 +258,33 @@ TEST(test_bf16_training_follows_fp32) {
     peft_trainer_free(tb);
     peft_model_free(f);
     peft_model_free(b);
+}
+
+/* The command line: logits of the transformers fixture model with
+   --precision bf16 stay within bf16's rounding of fp32's (and are not
+   fp32's), a bad value is refused by name, bench reports the bf16 base. */
+TEST(test_bf16_cli) {
+    char out[4096], l1[600], l2[600];
+    snprintf(l1, sizeof l1, "%s/bf16_f32.bin", th_tmpdir());
+    snprintf(l2, sizeof l2, "%s/bf16_b16.bin", th_tmpdir());
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens 1,5,9,3,7 --out %s",
+                      th_fixtures(), l1) == 0, "logits: %s", out);
+    CHECK(th_run_peft(out, sizeof out,
+                      "logits --model %s/llama_mha --tokens 1,5,9,3,7 --out %s --precision bf16", th_fixtures(),
+                      l2) == 0, "logits bf16: %s", out);
+    unsigned char *d1, *d2;
+    size_t n1, n2;
+    if (peft_read_file(l1, &d1, &n1) == PEFT_OK && peft_read_file(l2, &d2, &n2) == PEFT_OK) {
+        double rel = n1 == n2 ? th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) : 1.0;
+        CHECK(n1 == n2 && rel < 0.03 && rel > 0, "bf16 logits: relative difference %.3g from fp32's", rel);
+        free(d1);
+        free(d2);
+    } else
+        CHECK(0, "logits files missing");
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens 1 --out %s --precision fp16",
+                      th_fixtures(), l2) == 2 && strstr(out, "precision") && strstr(out, "fp16"),
+          "--precision fp16 must be refused by name: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "bench --preset tiny --method lora --batch 1 --seq 8 --steps 1 "
+                      "--precision bf16") == 0 && strstr(out, "16.000 (bf16)"),
+          "bench --precision bf16: %s", out);
 }

@@ -1190,7 +1190,10 @@ static int cmd_train(int argc, char **argv) {
     o.paged_optim = !strcmp(optim, "paged");
     o.optim_8bit = !strcmp(optim, "8bit");
     if (ok && !o.paged_optim && !o.optim_8bit && strcmp(optim, "adamw")) { ok = 0; bad = "optim"; }
-    if (ok && peft_precision_parse(get(&st, "precision"), &o.precision) != PEFT_OK) { ok = 0; bad = "precision"; }
+    if (ok && peft_precision_parse(get(&st, "precision"), &o.precision) != PEFT_OK) {
+        ok = 0;
+        bad = "precision";
+    }
     if (!ok) return usage_error("train", "bad value for", bad);
     if (!src.model && !src.preset) return usage_error("train", "--model or --preset is required", NULL);
     if (!data) return usage_error("train", "--data is required", NULL);
@@ -1769,7 +1772,8 @@ static int bench_gemm_bf16(const char *preset, int B, int T, int threads) {
             }
             qsort(t32, 5, sizeof(double), cmp_double);
             const float *a = k ? dy : x->data;
-            double f32 = t32[2], fdec = time_bf16_op(&Wd, a, M, C, k, 5), fb = time_bf16_op(&W, a, M, C, k, 5);
+            double f32 = t32[2], fdec = time_bf16_op(&Wd, a, M, C, k, 5);
+            double fb = time_bf16_op(&W, a, M, C, k, 5);
             if (fdec < 0 || fb < 0) return fail();
             double fl = 2.0 * M * n * kk;
             tf += f32; tb += fb; tdec += fdec;

@@ -44,19 +44,24 @@ def main():
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
     x = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1))
-    times = []
+    times, cpu = [], []
     for s in range(a.steps + 1):          # the first step warms up (allocations), not counted
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
             out = model(input_ids=x[:, :-1], labels=x[:, :-1])
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if s: times.append(time.perf_counter() - t0)
+        if s:
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     med = statistics.median(times)
-    print(f"model            {a.preset}, method {a.method}, batch {a.batch} x seq {a.seq}, {a.threads} threads (PyTorch {torch.__version__}), autocast {a.autocast}")
+    print(f"model            {a.preset}, method {a.method}, batch {a.batch} x seq {a.seq}, {a.threads} threads "
+          f"(PyTorch {torch.__version__}), autocast {a.autocast}")
     print(f"tokens/s         {a.batch * a.seq / med:.1f}")
     print(f"step ms (median) {med * 1000:.1f}")
+    print(f"cpu ms/step      {statistics.median(cpu) * 1000:.1f} "
+          "(median CPU time of the process, all threads)")
     print(f"peak RSS MB      {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
 
 
