@@ -1578,11 +1578,15 @@ PEFTDEF float peft_cuda_host_q4_at(const peft_cuda_q4 *W, int64_t e) {
    memory) and fails naming the op and the tensor otherwise: never a kernel reading host memory. */
 #include <pthread.h>
 
+#include <malloc.h>
+
 static pthread_mutex_t peft__heap_lock = PTHREAD_MUTEX_INITIALIZER;
-static int peft__heap_on;
-/* a block: 64 header bytes (magic, size class, bytes) then the user's bytes; classes 6..20 (64 B .. 1 MiB)
-   are carved from 64 MiB managed chunks and kept on a free list per class; larger ones are their own
-   cudaMallocManaged allocation (class 0); host blocks (before the device is on) are malloc'ed (class 1) */
+static int peft__heap_on, peft__heap_was_on;
+/* While the device is off a block is plain malloc memory (no header: free() and PEFT_FREE are the same
+   then, as code that frees a library buffer with free() expects). Once it is on, a block is managed
+   memory with a 64-byte header (magic, size class, bytes): classes 6..20 (64 B .. 1 MiB) are carved
+   from 64 MiB managed chunks and kept on a free list per class; larger ones are their own
+   cudaMallocManaged allocation (class 0). PEFT_FREE tells the two apart by the pointer's attributes. */
 #define PEFT__HEAP_MAGIC 0x70656674637564ull
 #define PEFT__HEAP_CHUNK ((size_t)64 << 20)
 typedef struct {
@@ -1626,20 +1630,34 @@ static void *peft__heap_managed(size_t bytes, int advise) {
     if (advise) peft__heap_advise(p, bytes);
     return p;
 }
+/* the header of one of the heap's managed blocks, or NULL for host memory */
+static peft__heap_hdr *peft__heap_header(void *p) {
+    if (!peft__heap_was_on) return NULL;
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    if (a.type != cudaMemoryTypeManaged) return NULL;
+    peft__heap_hdr *h = (peft__heap_hdr *)p - 1;
+    if (h->magic != PEFT__HEAP_MAGIC) abort(); /* managed but not ours: a bug, never a silent leak */
+    return h;
+}
 
 extern "C" {
 
-PEFTDEF void peft_cuda_heap_device(int on) { peft__heap_on = on; }
+PEFTDEF void peft_cuda_heap_device(int on) {
+    peft__heap_on = on;
+    if (on) peft__heap_was_on = 1;
+}
 
 PEFTDEF void *peft_cuda_heap_alloc(size_t bytes) {
+    if (!peft__heap_on) return malloc(bytes ? bytes : 1);
     size_t need = bytes + sizeof(peft__heap_hdr);
     if (need < bytes) return NULL;
     peft__heap_hdr *h = NULL;
-    uint64_t cls = 1;
-    if (!peft__heap_on) {
-        h = (peft__heap_hdr *)malloc(need);
-    } else if (need > ((size_t)1 << 20)) {
-        cls = 0;
+    uint64_t cls = 0;
+    if (need > ((size_t)1 << 20)) {
         h = (peft__heap_hdr *)peft__heap_managed(need, 0);
     } else {
         cls = 6;
@@ -1669,32 +1687,34 @@ PEFTDEF void *peft_cuda_heap_alloc(size_t bytes) {
 }
 PEFTDEF void peft_cuda_heap_free(void *p) {
     if (!p) return;
-    peft__heap_hdr *h = (peft__heap_hdr *)p - 1;
-    if (h->magic != PEFT__HEAP_MAGIC) abort(); /* not one of ours: a bug, never a silent leak */
+    peft__heap_hdr *h = peft__heap_header(p);
+    if (!h) {
+        free(p);
+        return;
+    }
     h->magic = 0;
-    if (h->cls == 1) {
-        free(h);
-    } else if (h->cls == 0) {
+    if (h->cls == 0) {
         cudaDeviceSynchronize(); /* a kernel may still read it */
         cudaFree(h);
-    } else {
-        pthread_mutex_lock(&peft__heap_lock);
-        *(void **)(h + 1) = peft__heap_free_list[h->cls];
-        peft__heap_free_list[h->cls] = h;
-        pthread_mutex_unlock(&peft__heap_lock);
+        return;
     }
+    pthread_mutex_lock(&peft__heap_lock);
+    *(void **)(h + 1) = peft__heap_free_list[h->cls];
+    peft__heap_free_list[h->cls] = h;
+    pthread_mutex_unlock(&peft__heap_lock);
 }
 PEFTDEF void *peft_cuda_heap_realloc(void *p, size_t bytes) {
     if (!p) return peft_cuda_heap_alloc(bytes);
-    peft__heap_hdr *h = (peft__heap_hdr *)p - 1;
-    if (h->magic != PEFT__HEAP_MAGIC) abort();
-    if (h->cls >= 6 && bytes + sizeof *h <= ((size_t)1 << h->cls)) {
+    peft__heap_hdr *h = peft__heap_header(p);
+    if (!h && !peft__heap_on) return realloc(p, bytes ? bytes : 1);
+    if (h && h->cls >= 6 && bytes + sizeof *h <= ((size_t)1 << h->cls)) {
         h->bytes = bytes;
         return p;
     }
+    size_t old = h ? (size_t)h->bytes : malloc_usable_size(p); /* a host block moves to managed memory */
     void *q = peft_cuda_heap_alloc(bytes);
     if (!q) return NULL; /* p stays as it was */
-    memcpy(q, p, h->bytes < bytes ? h->bytes : bytes);
+    memcpy(q, p, old < bytes ? old : bytes);
     peft_cuda_heap_free(p);
     return q;
 }

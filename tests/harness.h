@@ -9,6 +9,13 @@
 #include <math.h>
 #include <stdarg.h>
 #include <sys/wait.h>
+#ifdef PEFT_TEST_CUDA
+/* build/test-cuda-ops (`make cuda`): the suite with the library's memory through the CUDA heap, and
+   the CUDA backend registered beside the CPU one when a device is there (test_backend.c) */
+#define PEFT_MALLOC(n) peft_cuda_heap_alloc(n)
+#define PEFT_REALLOC(p, n) peft_cuda_heap_realloc(p, n)
+#define PEFT_FREE(p) peft_cuda_heap_free(p)
+#endif
 #include "../peft.h"
 
 typedef struct { int failed, skipped; char skip_reason[256]; } th_state;
