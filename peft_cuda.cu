@@ -138,13 +138,15 @@ PEFTDEF void peft_cuda_free(void *p) {
 }
 PEFTDEF int peft_cuda_upload(void *dst, const void *src, size_t bytes) {
     PEFT__CU_READY();
-    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, peft__cu_stream));
+    /* Default: the source may be the heap's managed memory (peft_backend_cuda), where a stated
+       direction would not match the pointer */
+    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, peft__cu_stream));
     PEFT__CU(cudaStreamSynchronize(peft__cu_stream)); /* the host buffer may go away */
     return 0;
 }
 PEFTDEF int peft_cuda_download(void *dst, const void *src, size_t bytes) {
     PEFT__CU_READY();
-    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, peft__cu_stream));
+    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, peft__cu_stream));
     PEFT__CU(cudaStreamSynchronize(peft__cu_stream));
     return 0;
 }

@@ -132,6 +132,7 @@ for preset in smollm-135m llama3.2-1b; do
             echo "$out" >> "$dir/bench.log"
             tps=$(echo "$out" | field 'tokens/s')
             line="$line  peft.h ${tps:-failed} tok/s, peak $(echo "$out" | field 'peak GPU MB') MB"
+            [ -n "$tps" ] || line="$line ($(echo "$out" | tail -1 | cut -c1-200))"
         fi
         if [ $have_torch = 1 ]; then
             tout=$(timeout "$(cap 150)" python3 tools/ref/bench_torch_cuda.py --preset "$preset" \
