@@ -291,7 +291,9 @@ PEFTDEF float peft_cuda_host_q4_at(const peft_cuda_q4 *W, int64_t e);
    and calls peft_cuda_heap_device(1) after peft_cuda_init: from then on the library's allocations are
    CUDA managed memory (pooled: blocks up to 1 MiB come from 64 MiB chunks); before it, and when the
    device is off, plain malloc (PEFT_FREE tells the two apart by the pointer, so either may be freed
-   at any time, and free() stays right for what was allocated while the device was off). Each op
+   at any time, and free() stays right for what was allocated while the device was off; code that
+   frees the library's buffers with free() after that defines free and realloc as
+   peft_cuda_heap_free and peft_cuda_heap_realloc after its includes, as tools/peft.c does). Each op
    fails (PEFT_ERR_ARG, naming the op and the tensor) on a tensor the device cannot read; the cached
    attention (generation) and a GGUF token_embd lookup run peft.h's CPU kernel over the managed
    memory once the stream is idle; a GGUF output matrix in the fused loss and the K-quant linears are

@@ -17,6 +17,11 @@
 #define PEFT_FREE(p) peft_cuda_heap_free(p)
 #endif
 #include "../peft.h"
+#ifdef PEFT_TEST_CUDA
+/* the tests free library buffers with free(): through the heap, which tells its blocks from malloc's */
+#define free(p) peft_cuda_heap_free(p)
+#define realloc(p, n) peft_cuda_heap_realloc(p, n)
+#endif
 
 typedef struct { int failed, skipped; char skip_reason[256]; } th_state;
 extern th_state th_cur;

@@ -23,6 +23,12 @@
 #include <sys/stat.h>
 #include <dlfcn.h>
 #include <errno.h>
+#ifdef PEFT_CUDA
+/* the tool's own free and realloc calls may meet the library's managed blocks (peft_read_file's
+   buffer, a list the caller frees): the heap tells its blocks from malloc's by the pointer */
+#define free(p) peft_cuda_heap_free(p)
+#define realloc(p, n) peft_cuda_heap_realloc(p, n)
+#endif
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
     fprintf(stderr, "peft %s: %s%s%s\nTry 'peft %s --help'.\n", cmd, msg, arg ? ": " : "", arg ? arg : "",
