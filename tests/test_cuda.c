@@ -1178,7 +1178,8 @@ static void h_table_cpu_runs(void) {
    whose AdamW applies each update twice (a slip in an optimizer kernel) is caught at 1e-3. (A forward
    0.1% off, SwiGLU's, moves these losses by only ~2e-6: the loss check is for the whole step's wiring;
    the per-op checks of test-cuda and test-cuda-ops are the ones that see small kernel errors.) */
-static void broken_adamw(const peft_adamw_scalars *k, float *w, const float *g, float *m, float *v, int64_t n) {
+static void broken_adamw(const peft_adamw_scalars *k, float *w, const float *g, float *m, float *v,
+                         int64_t n) {
     peft_backend_cpu()->adamw(k, w, g, m, v, n);
     peft_backend_cpu()->adamw(k, w, g, m, v, n);
 }
@@ -1193,8 +1194,8 @@ static void h_table_compare_fails(void) {
     double w_same = table_worst(&same, PEFT_LORA, cpu, other, 20);
     double w_broken = table_worst(&broken, PEFT_LORA, cpu, other, 20);
     int good = w_same == 0.0 && w_broken > 1e-3;
-    printf("    copy of the CPU table: worst %.3g (want 0); AdamW twice: worst %.3g (want > 1e-3)%s\n", w_same,
-           w_broken, good ? "" : "  FAIL");
+    printf("    copy of the CPU table: worst %.3g (want 0); AdamW twice: worst %.3g (want > 1e-3)%s\n",
+           w_same, w_broken, good ? "" : "  FAIL");
     if (!good) case_failed = 1;
 }
 
