@@ -135,7 +135,7 @@ cuda:
 	tools/cuda_env.sh $(CUDA_SDK)
 	$(MAKE) --no-print-directory cuda-build CUDA_ROOT="$$(cat $(CUDA_SDK)/root)"
 
-cuda-build: $(BUILD)/peft-cuda $(BUILD)/test-cuda
+cuda-build: $(BUILD)/peft-cuda $(BUILD)/test-cuda $(BUILD)/test-cuda-ops
 
 $(BUILD)/cuda/peft_cuda.o: peft_cuda.cu peft_cuda.h peft.h
 	@mkdir -p $(BUILD)/cuda
@@ -150,6 +150,18 @@ $(BUILD)/test-cuda: tests/test_cuda.c peft.h peft_cuda.h $(BUILD)/cuda/peft_cuda
 	@mkdir -p $(BUILD)/cuda
 	$(CC) $(CFLAGS) $(CUDA_WERROR) $(EXTRA) -DPEFT_CUDA -c tests/test_cuda.c -o $(BUILD)/cuda/test_cuda.o
 	$(CUDA_ROOT)/bin/nvcc -o $@ $(BUILD)/cuda/test_cuda.o $(BUILD)/cuda/peft_cuda.o $(CUDA_LINK)
+
+# the whole suite with the CUDA backend registered beside the CPU one (tests/harness.h,
+# PEFT_TEST_CUDA): every fd_run op check and GEMM shape check also runs on the device;
+# without one it is the CPU suite with the library's memory through the CUDA heap
+$(BUILD)/test-cuda-ops: $(TEST_SRC) tests/harness.h peft.h peft_cuda.h $(BUILD)/cuda/peft_cuda.o
+	@mkdir -p $(BUILD)/cuda/ops
+	for f in $(TEST_SRC); do \
+	    $(CC) $(CFLAGS) $(CUDA_WERROR) $(EXTRA) -DPEFT_CUDA -DPEFT_TEST_CUDA -DPEFT_LCE_CHUNK_MB=8 \
+	        -c $$f -o $(BUILD)/cuda/ops/$$(basename $$f .c).o || exit 1; \
+	done
+	$(CUDA_ROOT)/bin/nvcc -o $@ $(patsubst tests/%.c,$(BUILD)/cuda/ops/%.o,$(TEST_SRC)) \
+	    $(BUILD)/cuda/peft_cuda.o $(CUDA_LINK)
 
 # the test sources, for builds outside make (the aarch64 cross build in .ci/run)
 print-test-src:

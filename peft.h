@@ -650,6 +650,9 @@ PEFTDEF const peft_backend *peft_graph_backend(const peft_graph *g);
 /* Scratch from the graph's step arena (gone at the next reset); NULL and
    the graph marked failed when out of memory. For backend entries. */
 PEFTDEF void       *peft_graph_scratch(peft_graph *g, size_t bytes);
+/* For backend entries: marks g failed (later ops no-op; g may be NULL) and
+   records msg as peft_last_error(); returns s. */
+PEFTDEF peft_status peft_graph_fail(peft_graph *g, peft_status s, const char *msg);
 
 /* ------------------------------------------------------------------ LLaMA */
 typedef enum { PEFT_ROPE_DEFAULT = 0, PEFT_ROPE_LLAMA3, PEFT_ROPE_LINEAR } peft_rope_type;
@@ -9957,6 +9960,11 @@ PEFTDEF void *peft_graph_scratch(peft_graph *g, size_t bytes) {
         peft__fail(PEFT_ERR_NOMEM, "out of memory in the activation arena");
     }
     return p;
+}
+
+PEFTDEF peft_status peft_graph_fail(peft_graph *g, peft_status s, const char *msg) {
+    if (g) g->failed = 1;
+    return peft__fail(s, "%s", msg ? msg : "backend failure");
 }
 
 /* ============================================================================

@@ -138,13 +138,15 @@ PEFTDEF void peft_cuda_free(void *p) {
 }
 PEFTDEF int peft_cuda_upload(void *dst, const void *src, size_t bytes) {
     PEFT__CU_READY();
-    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, peft__cu_stream));
+    /* Default: the source may be the heap's managed memory (peft_backend_cuda), where a stated
+       direction would not match the pointer */
+    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, peft__cu_stream));
     PEFT__CU(cudaStreamSynchronize(peft__cu_stream)); /* the host buffer may go away */
     return 0;
 }
 PEFTDEF int peft_cuda_download(void *dst, const void *src, size_t bytes) {
     PEFT__CU_READY();
-    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, peft__cu_stream));
+    PEFT__CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, peft__cu_stream));
     PEFT__CU(cudaStreamSynchronize(peft__cu_stream));
     return 0;
 }
@@ -1559,6 +1561,880 @@ PEFTDEF float peft_cuda_host_qmatrix_at(const peft_cuda_qmatrix *W, int64_t row,
 }
 PEFTDEF float peft_cuda_host_q4_at(const peft_cuda_q4 *W, int64_t e) {
     return peft__cu_q4_at(peft__cu_q4_args(W), peft_dynamic_map(), e);
+}
+
+} /* extern "C" */
+
+/* ==== the backend table (peft_backend_cuda) ==============================================================
+   Memory design: managed memory throughout. The CUDA builds route peft.h's PEFT_MALLOC, PEFT_REALLOC and
+   PEFT_FREE to peft_cuda_heap_* (tools/peft.c and tests/test_cuda.c define them before including peft.h),
+   and the table's alloc (the step arena, the KV cache) hands out managed memory too. So every tensor,
+   parameter, gradient, optimizer state, RoPE table and 4-bit array the library makes can be read by the
+   kernels AND by the host code that still reads tensor headers, losses, logits and gates: no pointer is
+   translated, no model is "moved", and nothing else in peft.h changes. Why not device memory and uploads:
+   peft.h keeps host data (headers, saved ids) in the arena and reads parameters on the host (saving,
+   merging, sampling); managed memory keeps all of that correct with no second copy to keep coherent.
+   Every entry synchronizes the stream before it returns: host code may read what a kernel wrote at any
+   point after an op (the loss, the logits, a gate), and a per-op sync (microseconds) is the simple
+   correct rule. Every op first checks that the tensors it reads are device-accessible (managed or device
+   memory) and fails naming the op and the tensor otherwise: never a kernel reading host memory. */
+#include <pthread.h>
+
+#include <malloc.h>
+
+static pthread_mutex_t peft__heap_lock = PTHREAD_MUTEX_INITIALIZER;
+static int peft__heap_on, peft__heap_was_on;
+/* While the device is off a block is plain malloc memory (no header: free() and PEFT_FREE are the same
+   then, as code that frees a library buffer with free() expects). Once it is on, a block is managed
+   memory with a 64-byte header (magic, size class, bytes): classes 6..20 (64 B .. 1 MiB) are carved
+   from 64 MiB managed chunks and kept on a free list per class; larger ones are their own
+   cudaMallocManaged allocation (class 0). PEFT_FREE tells the two apart by the pointer's attributes. */
+#define PEFT__HEAP_MAGIC 0x70656674637564ull
+#define PEFT__HEAP_CHUNK ((size_t)64 << 20)
+typedef struct {
+    uint64_t magic;
+    uint64_t cls;
+    uint64_t bytes;
+    uint64_t pad[5];
+} peft__heap_hdr;
+static void *peft__heap_free_list[21];
+static char *peft__heap_chunk;
+static size_t peft__heap_chunk_used;
+
+static void peft__heap_advise(void *p, size_t bytes) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return;
+#if CUDART_VERSION >= 13000
+    cudaMemLocation loc;
+    memset(&loc, 0, sizeof loc);
+    loc.type = cudaMemLocationTypeDevice;
+    loc.id = dev;
+    cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, loc);
+    cudaMemLocation host;
+    memset(&host, 0, sizeof host);
+    host.type = cudaMemLocationTypeHost;
+    cudaMemAdvise(p, bytes, cudaMemAdviseSetAccessedBy, host);
+#else
+    cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, dev);
+    cudaMemAdvise(p, bytes, cudaMemAdviseSetAccessedBy, cudaCpuDeviceId);
+#endif
+    cudaGetLastError(); /* advice is a hint: a refusal is not an error */
+}
+/* advise: the step arena's blocks, where the host writes tensor headers beside the data the kernels
+   write, stay on the device and the host maps them (no page migrating back and forth each op); the
+   heap's blocks (parameters, states) migrate on first touch and then stay where they are used */
+static void *peft__heap_managed(size_t bytes, int advise) {
+    void *p = NULL;
+    if (cudaMallocManaged(&p, bytes, cudaMemAttachGlobal) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    if (advise) peft__heap_advise(p, bytes);
+    return p;
+}
+/* the header of one of the heap's managed blocks, or NULL for host memory */
+static peft__heap_hdr *peft__heap_header(void *p) {
+    if (!peft__heap_was_on) return NULL;
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    if (a.type != cudaMemoryTypeManaged) return NULL;
+    peft__heap_hdr *h = (peft__heap_hdr *)p - 1;
+    if (h->magic != PEFT__HEAP_MAGIC) abort(); /* managed but not ours: a bug, never a silent leak */
+    return h;
+}
+
+extern "C" {
+
+PEFTDEF void peft_cuda_heap_device(int on) {
+    peft__heap_on = on;
+    if (on) peft__heap_was_on = 1;
+}
+
+PEFTDEF void *peft_cuda_heap_alloc(size_t bytes) {
+    if (!peft__heap_on) return malloc(bytes ? bytes : 1);
+    size_t need = bytes + sizeof(peft__heap_hdr);
+    if (need < bytes) return NULL;
+    peft__heap_hdr *h = NULL;
+    uint64_t cls = 0;
+    if (need > ((size_t)1 << 20)) {
+        h = (peft__heap_hdr *)peft__heap_managed(need, 0);
+    } else {
+        cls = 6;
+        while (((size_t)1 << cls) < need) cls++;
+        size_t size = (size_t)1 << cls;
+        pthread_mutex_lock(&peft__heap_lock);
+        if (peft__heap_free_list[cls]) {
+            h = (peft__heap_hdr *)peft__heap_free_list[cls];
+            peft__heap_free_list[cls] = *(void **)(h + 1);
+        } else {
+            if (!peft__heap_chunk || peft__heap_chunk_used + size > PEFT__HEAP_CHUNK) {
+                peft__heap_chunk = (char *)peft__heap_managed(PEFT__HEAP_CHUNK, 0); /* never freed */
+                peft__heap_chunk_used = 0;
+            }
+            if (peft__heap_chunk) {
+                h = (peft__heap_hdr *)(peft__heap_chunk + peft__heap_chunk_used);
+                peft__heap_chunk_used += size;
+            }
+        }
+        pthread_mutex_unlock(&peft__heap_lock);
+    }
+    if (!h) return NULL;
+    h->magic = PEFT__HEAP_MAGIC;
+    h->cls = cls;
+    h->bytes = bytes;
+    return h + 1;
+}
+PEFTDEF void peft_cuda_heap_free(void *p) {
+    if (!p) return;
+    peft__heap_hdr *h = peft__heap_header(p);
+    if (!h) {
+        free(p);
+        return;
+    }
+    h->magic = 0;
+    if (h->cls == 0) {
+        cudaDeviceSynchronize(); /* a kernel may still read it */
+        cudaFree(h);
+        return;
+    }
+    pthread_mutex_lock(&peft__heap_lock);
+    *(void **)(h + 1) = peft__heap_free_list[h->cls];
+    peft__heap_free_list[h->cls] = h;
+    pthread_mutex_unlock(&peft__heap_lock);
+}
+PEFTDEF void *peft_cuda_heap_realloc(void *p, size_t bytes) {
+    if (!p) return peft_cuda_heap_alloc(bytes);
+    peft__heap_hdr *h = peft__heap_header(p);
+    if (!h && !peft__heap_on) return realloc(p, bytes ? bytes : 1);
+    if (h && h->cls >= 6 && bytes + sizeof *h <= ((size_t)1 << h->cls)) {
+        h->bytes = bytes;
+        return p;
+    }
+    size_t old = h ? (size_t)h->bytes : malloc_usable_size(p); /* a host block moves to managed memory */
+    void *q = peft_cuda_heap_alloc(bytes);
+    if (!q) return NULL; /* p stays as it was */
+    memcpy(q, p, old < bytes ? old : bytes);
+    peft_cuda_heap_free(p);
+    return q;
+}
+
+} /* extern "C" */
+
+/* ---- the table's entries ---- */
+static int peft__cb_accessible(const void *p) {
+    if (!p) return 1;
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return a.type == cudaMemoryTypeManaged || a.type == cudaMemoryTypeDevice;
+}
+static peft_status peft__cb_fail(peft_graph *g, const peft_op *op, const char *what) {
+    char msg[700];
+    snprintf(msg, sizeof msg, "cuda backend: op %s: %s", peft_op_name(op->kind), what);
+    return peft_graph_fail(g, PEFT_ERR_ARG, msg);
+}
+/* after the op's kernels: wait for them (see above) and turn a failure into the graph's */
+static peft_status peft__cb_done(peft_graph *g, const peft_op *op, int rc) {
+    if (!rc) rc = peft_cuda_sync();
+    if (!rc) return PEFT_OK;
+    return peft__cb_fail(g, op, peft_cuda_error());
+}
+/* every tensor the op reads or writes is device-accessible */
+static peft_status peft__cb_check(peft_graph *g, const peft_op *op, int backward) {
+    char msg[300];
+    for (int j = -1; j < 8; j++) {
+        const peft_tensor *t = j < 0 ? op->out : op->in[j];
+        if (!t) continue;
+        int bad = !peft__cb_accessible(t->data);
+        if (backward && t->requires_grad && t->grad && !peft__cb_accessible(t->grad)) bad = 1;
+        if (!bad) continue;
+        snprintf(msg, sizeof msg,
+                 "tensor %s (%s %d) is in host memory, which the device cannot read (allocate through "
+                 "peft_cuda_heap_alloc: see peft_backend_cuda)",
+                 t->name ? t->name : "(activation)", j < 0 ? "output" : "input", j);
+        return peft__cb_fail(g, op, msg);
+    }
+    return PEFT_OK;
+}
+/* a gradient to accumulate into, cleared first while it is fresh (see the BACKENDS manual) */
+static float *peft__cb_grad(peft_tensor *t) {
+    if (!t || !t->requires_grad || !t->grad) return NULL;
+    if (t->grad_fresh) {
+        peft_cuda_zero(t->grad, (size_t)t->n * sizeof(float));
+        t->grad_fresh = 0;
+    }
+    return t->grad;
+}
+static int64_t peft__cb_cols(const peft_tensor *t) { return t->shape[t->ndim - 1]; }
+static int64_t peft__cb_rows(const peft_tensor *t) { return t->n / peft__cb_cols(t); }
+/* host ids copied into the graph's (managed) scratch */
+static const int *peft__cb_ids(peft_graph *g, const int *ids, int64_t n) {
+    if (!ids || n <= 0) return NULL;
+    int *d = (int *)peft_graph_scratch(g, (size_t)n * sizeof(int));
+    if (d) memcpy(d, ids, (size_t)n * sizeof(int));
+    return d;
+}
+static float *peft__cb_floats(peft_graph *g, int64_t n) {
+    return (float *)peft_graph_scratch(g, (size_t)(n > 0 ? n : 1) * sizeof(float));
+}
+#define PEFT__CB_FWD_BEGIN(g, op)                                                                            \
+    do {                                                                                                     \
+        peft_status s_ = peft__cb_check(g, op, 0);                                                           \
+        if (s_ != PEFT_OK) return s_;                                                                        \
+    } while (0)
+#define PEFT__CB_BWD_BEGIN(g, op)                                                                            \
+    do {                                                                                                     \
+        if (peft__cb_check(g, op, 1) != PEFT_OK) return;                                                     \
+    } while (0)
+
+static peft_status peft__cb_embedding(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    const int *ids = peft__cb_ids(g, op->ids, op->i[0]);
+    if (!ids && op->i[0] > 0) return PEFT_ERR_NOMEM;
+    return peft__cb_done(g, op, peft_cuda_embedding_fwd(op->in[0]->data, peft__cb_cols(op->in[0]), ids,
+                                                        op->i[0], op->out->data));
+}
+static void peft__cb_embedding_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    float *dE = peft__cb_grad(op->in[0]);
+    if (!dE) return;
+    const int *ids = peft__cb_ids(g, op->ids, op->i[0]);
+    if (!ids && op->i[0] > 0) return;
+    peft__cb_done(g, op, peft_cuda_embedding_bwd(op->out->grad, peft__cb_cols(op->in[0]), ids, op->i[0], dE));
+}
+
+static peft_status peft__cb_replace_rows(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft_tensor *E = op->in[0];
+    const int *idx = peft__cb_ids(g, op->ids, op->i[0]);
+    if (!idx && op->i[0] > 0) return PEFT_ERR_NOMEM;
+    return peft__cb_done(g, op, peft_cuda_replace_rows_fwd(E->data, op->in[1]->data, idx, op->i[0],
+                                                           E->shape[0],
+                                                           peft__cb_cols(E), op->out->data));
+}
+static void peft__cb_replace_rows_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_tensor *E = op->in[0];
+    float *dE = peft__cb_grad(E);
+    float *dR = peft__cb_grad(op->in[1]);
+    if (!dE && !dR) return;
+    const int *idx = peft__cb_ids(g, op->ids, op->i[0]);
+    uint8_t *flag = (uint8_t *)peft_graph_scratch(g, (size_t)E->shape[0]);
+    if ((!idx && op->i[0] > 0) || !flag) return;
+    peft__cb_done(g, op, peft_cuda_replace_rows_bwd(op->out->grad, idx, op->i[0], E->shape[0],
+                                                    peft__cb_cols(E),
+                                                    dE, dR, flag));
+}
+
+/* y [N, out] = x·Wᵀ;  dx = dy·W (stored while fresh), dW += dyᵀ·x */
+static peft_status peft__cb_linear(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft_tensor *x = op->in[0], *W = op->in[1];
+    int in = (int)W->shape[1], out = (int)W->shape[0], N = (int)(x->n / in);
+    return peft__cb_done(g, op, peft_cuda_gemm(0, 1, N, out, in, 1.0f, x->data, in, W->data, in, 0.0f,
+                                               op->out->data, out));
+}
+static void peft__cb_linear_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_tensor *x = op->in[0], *W = op->in[1];
+    int in = (int)W->shape[1], out = (int)W->shape[0], N = (int)(x->n / in);
+    const float *dy = op->out->grad;
+    int rc = 0;
+    if (x->requires_grad && x->grad) {
+        float beta = x->grad_fresh ? 0.0f : 1.0f;
+        rc = peft_cuda_gemm(0, 0, N, in, out, 1.0f, dy, out, W->data, in, beta, x->grad, in);
+        x->grad_fresh = 0;
+    }
+    if (!rc && W->requires_grad && W->grad)
+        rc = peft_cuda_gemm(1, 0, out, in, N, 1.0f, dy, out, x->data, in, 1.0f, peft__cb_grad(W), in);
+    peft__cb_done(g, op, rc);
+}
+
+static peft_status peft__cb_rmsnorm(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft_tensor *x = op->in[0];
+    return peft__cb_done(g, op, peft_cuda_rmsnorm_fwd(x->data, op->in[1]->data, peft__cb_rows(x),
+                                                      peft__cb_cols(x),
+                                                      op->f[0], op->out->data, op->saved));
+}
+static void peft__cb_rmsnorm_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_tensor *x = op->in[0], *w = op->in[1];
+    float *dx = peft__cb_grad(x);
+    float *dw = peft__cb_grad(w);
+    if (!dx && !dw) return;
+    peft__cb_done(g, op, peft_cuda_rmsnorm_bwd(x->data, w->data, op->out->grad, op->saved, peft__cb_rows(x),
+                                               peft__cb_cols(x), dx, dw));
+}
+
+/* the RoPE table's rows the op reads, where the device can read them */
+static int peft__cb_rope_args(peft_graph *g, peft_op *op, const float **c, const float **s,
+                              const int **start) {
+    const peft_rope_table *rt = (const peft_rope_table *)op->aux;
+    int64_t rows = peft__cb_rows(op->in[0]);
+    int T = op->i[1];
+    int64_t nb = T > 0 ? rows / T : 0;
+    *start = peft__cb_ids(g, op->ids, nb);
+    if (op->ids && nb > 0 && !*start) return 1;
+    *c = rt->cos;
+    *s = rt->sin;
+    if (peft__cb_accessible(rt->cos) && peft__cb_accessible(rt->sin)) return 0;
+    int64_t half = rt->rot_dim / 2, n = (int64_t)rt->n_pos * half;
+    float *cc = peft__cb_floats(g, n), *ss = peft__cb_floats(g, n);
+    if (!cc || !ss) return 1;
+    memcpy(cc, rt->cos, (size_t)n * sizeof(float));
+    memcpy(ss, rt->sin, (size_t)n * sizeof(float));
+    *c = cc;
+    *s = ss;
+    return 0;
+}
+static peft_status peft__cb_rope(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    const peft_rope_table *rt = (const peft_rope_table *)op->aux;
+    const float *c, *s;
+    const int *start;
+    if (peft__cb_rope_args(g, op, &c, &s, &start)) return PEFT_ERR_NOMEM;
+    peft_tensor *x = op->in[0];
+    return peft__cb_done(g, op, peft_cuda_rope(op->out->data, x->data, peft__cb_rows(x), op->i[0], op->i[1],
+                                               rt->head_dim, rt->rot_dim, rt->interleaved, c, s, start, 1.0f,
+                                                   0));
+}
+static void peft__cb_rope_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    const peft_rope_table *rt = (const peft_rope_table *)op->aux;
+    peft_tensor *x = op->in[0];
+    float *dx = peft__cb_grad(x);
+    if (!dx) return;
+    const float *c, *s;
+    const int *start;
+    if (peft__cb_rope_args(g, op, &c, &s, &start)) return;
+    peft__cb_done(g, op, peft_cuda_rope(dx, op->out->grad, peft__cb_rows(x), op->i[0], op->i[1], rt->head_dim,
+                                        rt->rot_dim, rt->interleaved, c, s, start, -1.0f, 1));
+}
+
+/* the gate values per head, as peft.h's attention uses them: tanh(g) (paper) or g, one value or H */
+static void peft__cb_gates(const peft_tensor *t, int use_tanh, int H, float *out) {
+    for (int h = 0; h < H; h++) {
+        float v = t ? t->data[t->n == 1 ? 0 : h] : 0.0f;
+        out[h] = use_tanh ? tanhf(v) : v;
+    }
+}
+static int peft__cb_attn_args(peft_graph *g, peft_op *op, peft_cuda_attn *a) {
+    memset(a, 0, sizeof *a);
+    a->B = op->i[0];
+    a->T = op->i[1];
+    a->H = op->i[2];
+    a->KV = op->i[3];
+    a->hd = op->i[4];
+    a->K = op->i[5];
+    a->prompt_batched = op->i[6];
+    a->q = op->in[0]->data;
+    a->k = op->in[1]->data;
+    a->v = op->in[2]->data;
+    a->pk = op->in[3] ? op->in[3]->data : NULL;
+    a->pv = op->in[4] ? op->in[4]->data : NULL;
+    a->x = op->in[6] ? op->in[6]->data : NULL;
+    a->o = op->out->data;
+    int64_t bht = (int64_t)a->B * a->H * a->T;
+    float *G = peft__cb_floats(g, 4 * (int64_t)a->H);
+    if (!G) return 1;
+    peft__cb_gates(op->in[5], op->i[7], a->H, G);
+    peft__cb_gates(op->in[7], 0, a->H, G + a->H);
+    a->G = a->K ? G : NULL;
+    a->Gx = a->x ? G + a->H : NULL;
+    a->lse = op->saved;
+    a->lse_p = a->K ? op->saved + bht : NULL;
+    return 0;
+}
+static peft_status peft__cb_attention(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    int64_t bht = (int64_t)op->i[0] * op->i[2] * op->i[1];
+    op->saved = peft__cb_floats(g, 2 * bht);
+    if (!op->saved) return PEFT_ERR_NOMEM;
+    peft_cuda_attn a;
+    if (peft__cb_attn_args(g, op, &a)) return PEFT_ERR_NOMEM;
+    return peft__cb_done(g, op, peft_cuda_attention_fwd(&a));
+}
+static void peft__cb_attention_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_cuda_attn a;
+    if (peft__cb_attn_args(g, op, &a)) return;
+    int H = a.H;
+    const float *G = a.G;
+    float *dG = peft__cb_floats(g, 2 * (int64_t)H);
+    if (!dG) return;
+    memset(dG, 0, 2 * (size_t)H * sizeof(float));
+    a.dout = op->out->grad;
+    a.dq = peft__cb_grad(op->in[0]);
+    a.dk = peft__cb_grad(op->in[1]);
+    a.dv = peft__cb_grad(op->in[2]);
+    a.dpk = peft__cb_grad(op->in[3]);
+    a.dpv = peft__cb_grad(op->in[4]);
+    a.dx = peft__cb_grad(op->in[6]);
+    a.dG = a.K ? dG : NULL;
+    a.dGx = a.x ? dG + H : NULL;
+    if (peft__cb_done(g, op, peft_cuda_attention_bwd(&a)) != PEFT_OK) return;
+    /* the gates' chain rule on the host, as peft.h's attention backward */
+    peft_tensor *gate = op->in[5], *xgate = op->in[7];
+    int use_tanh = op->i[7];
+    if (a.K && gate && gate->requires_grad && gate->grad)
+        for (int h = 0; h < H; h++)
+            gate->grad[gate->n == 1 ? 0 : h] += use_tanh ? dG[h] * (1.0f - G[h] * G[h]) : dG[h];
+    if (a.x && xgate && xgate->requires_grad && xgate->grad)
+        for (int h = 0; h < H; h++) xgate->grad[xgate->n == 1 ? 0 : h] += dG[H + h];
+}
+
+/* the KV cache's attention (generation; no backward): peft.h's kernel on the host, over the cache's and
+   the op's managed memory once the stream is idle; correct, not fast (generate's decode steps) */
+static peft_status peft__cb_attention_cached(peft_graph *g, peft_op *op) {
+    if (peft_cuda_sync()) return peft__cb_fail(g, op, peft_cuda_error());
+    return peft_backend_cpu()->op[PEFT_OP_ATTENTION_CACHED].forward(g, op);
+}
+/* a GGUF model's token_embd rows, decoded on the host from the frozen (host) blocks into the managed
+   output: B·T rows per step; the same reason as above */
+static peft_status peft__cb_qmatrix_embedding(peft_graph *g, peft_op *op) {
+    if (!peft__cb_accessible(op->out->data)) return peft__cb_check(g, op, 0);
+    if (peft_cuda_sync()) return peft__cb_fail(g, op, peft_cuda_error());
+    return peft_backend_cpu()->op[PEFT_OP_QMATRIX_EMBEDDING].forward(g, op);
+}
+
+static peft_status peft__cb_prompt_attend(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    return peft__cb_done(g, op, peft_cuda_prompt_attend_fwd(op->in[0]->data, op->in[1]->data, op->in[2]->data,
+                                                            op->i[0], op->i[1], op->i[2], op->i[3], op->saved,
+                                                            op->out->data));
+}
+static void peft__cb_prompt_attend_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    float *scratch = peft__cb_floats(g, (int64_t)op->i[0] * op->i[2]);
+    if (!scratch) return;
+    peft__cb_done(g, op, peft_cuda_prompt_attend_bwd(op->in[0]->data, op->in[1]->data, op->in[2]->data,
+                                                     op->saved, op->out->grad, op->i[0], op->i[1], op->i[2],
+                                                     op->i[3], peft__cb_grad(op->in[0]),
+                                                         peft__cb_grad(op->in[1]),
+                                                     peft__cb_grad(op->in[2]), scratch));
+}
+
+/* the frozen bases (4-bit, ggml blocks) copied to the device for the call and freed after it: correct
+   and simple; a cache keyed by the weight would save the copy (QLoRA and GGUF only) */
+typedef struct {
+    peft_cuda_q4 q4;
+    peft_cuda_qmatrix qm;
+    int is_q4, is_qm;
+} peft__cb_frozen;
+static int peft__cb_frozen_up(peft__cb_frozen *f, const void *w, int is_qmatrix) {
+    memset(f, 0, sizeof *f);
+    if (!w) return 0;
+    if (is_qmatrix) {
+        f->is_qm = 1;
+        return peft_cuda_qmatrix_upload(&f->qm, (const peft_qmatrix *)w);
+    }
+    f->is_q4 = 1;
+    return peft_cuda_q4_upload(&f->q4, (const peft_q4 *)w);
+}
+static void peft__cb_frozen_free(peft__cb_frozen *f) {
+    peft_cuda_sync();
+    if (f->is_q4) peft_cuda_q4_free(&f->q4);
+    if (f->is_qm) peft_cuda_qmatrix_free(&f->qm);
+}
+
+static peft_status peft__cb_q4_linear(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft__cb_frozen f;
+    int out = op->i[0], in = op->i[1], N = (int)(op->in[0]->n / in);
+    int rc = peft__cb_frozen_up(&f, op->aux, op->i[2]);
+    if (!rc && f.is_qm) rc = peft_cuda_qmatrix_linear_fwd(op->in[0]->data, &f.qm, N, op->out->data);
+    else if (!rc) rc = peft_cuda_q4_linear_fwd(op->in[0]->data, &f.q4, N, out, in, op->out->data);
+    peft_status s = peft__cb_done(g, op, rc);
+    peft__cb_frozen_free(&f);
+    return s;
+}
+static void peft__cb_q4_linear_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_tensor *x = op->in[0];
+    if (!x->requires_grad || !x->grad) return;
+    peft__cb_frozen f;
+    int out = op->i[0], in = op->i[1], N = (int)(x->n / in);
+    float beta = x->grad_fresh ? 0.0f : 1.0f;
+    int rc = peft__cb_frozen_up(&f, op->aux, op->i[2]);
+    if (!rc && f.is_qm) rc = peft_cuda_qmatrix_linear_bwd(op->out->grad, &f.qm, N, beta, x->grad);
+    else if (!rc) rc = peft_cuda_q4_linear_bwd(op->out->grad, &f.q4, N, out, in, beta, x->grad);
+    x->grad_fresh = 0;
+    peft__cb_done(g, op, rc);
+    peft__cb_frozen_free(&f);
+}
+
+/* LoRA: saved = u [N, r] then x̃ [N, in] (with dropout); aux = the mask (N·in bytes) or NULL; f[1] = keep */
+static peft_status peft__cb_lora_linear(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    int N = op->i[0], in = op->i[1], out = op->i[2], r = op->i[3];
+    float p = op->f[2];
+    int drop = p > 0.0f;
+    float keep = drop ? 1.0f / (1.0f - p) : 1.0f;
+    op->f[1] = keep;
+    op->saved = peft__cb_floats(g, (int64_t)N * r + (drop ? (int64_t)N * in : 0));
+    float *scratch = peft__cb_floats(g, (int64_t)N * r);
+    uint8_t *mask = drop ? (uint8_t *)peft_graph_scratch(g, (size_t)N * in) : NULL;
+    if (!op->saved || !scratch || (drop && !mask)) return PEFT_ERR_NOMEM;
+    op->aux = mask;
+    float *xt = drop ? op->saved + (int64_t)N * r : NULL;
+    const float *x = op->in[0]->data;
+    int rc = drop ? peft_cuda_dropout(x, op->seed, N, in, p, keep, mask, xt) : 0;
+    peft__cb_frozen f;
+    if (!rc) rc = peft__cb_frozen_up(&f, op->aux2, op->i[4]);
+    else memset(&f, 0, sizeof f);
+    if (!rc)
+        rc = peft_cuda_lora_fwd(x, xt, op->in[1] ? op->in[1]->data : NULL, f.is_q4 ? &f.q4 : NULL,
+                                f.is_qm ? &f.qm : NULL, op->in[2]->data, op->in[3]->data, N, in, out, r,
+                                    op->f[0],
+                                op->out->data, op->saved, scratch);
+    peft_status s = peft__cb_done(g, op, rc);
+    peft__cb_frozen_free(&f);
+    return s;
+}
+static void peft__cb_lora_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    int N = op->i[0], in = op->i[1], out = op->i[2], r = op->i[3];
+    int drop = op->aux != NULL;
+    peft_tensor *x = op->in[0], *W = op->in[1];
+    float *scratch = peft__cb_floats(g, (int64_t)N * r + (int64_t)N * in);
+    if (!scratch) return;
+    float *dx = x->requires_grad ? x->grad : NULL;
+    float x_beta = x->grad_fresh ? 0.0f : 1.0f;
+    peft__cb_frozen f;
+    int rc = peft__cb_frozen_up(&f, op->aux2, op->i[4]);
+    if (!rc)
+        rc = peft_cuda_lora_bwd(x->data, drop ? op->saved + (int64_t)N * r : NULL, (const uint8_t *)op->aux,
+                                op->f[1], W ? W->data : NULL, f.is_q4 ? &f.q4 : NULL, f.is_qm ? &f.qm : NULL,
+                                op->in[2]->data, op->in[3]->data, op->saved, op->out->grad, N, in, out, r,
+                                    op->f[0],
+                                dx, x_beta, peft__cb_grad(W), peft__cb_grad(op->in[2]),
+                                    peft__cb_grad(op->in[3]),
+                                scratch);
+    if (dx) x->grad_fresh = 0;
+    peft__cb_done(g, op, rc);
+    peft__cb_frozen_free(&f);
+}
+
+static peft_status peft__cb_add_bias(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft_tensor *y = op->in[0];
+    return peft__cb_done(g, op, peft_cuda_add_bias_fwd(y->data, op->in[1]->data, peft__cb_rows(y),
+                                                       peft__cb_cols(y), op->out->data));
+}
+static void peft__cb_add_bias_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_tensor *y = op->in[0];
+    float *dy = peft__cb_grad(y);
+    float *db = peft__cb_grad(op->in[1]);
+    int rc = dy ? peft_cuda_axpy(dy, op->out->grad, 1.0f, y->n) : 0;
+    if (!rc && db) rc = peft_cuda_add_bias_bwd(op->out->grad, peft__cb_rows(y), peft__cb_cols(y), db);
+    peft__cb_done(g, op, rc);
+}
+
+static peft_status peft__cb_bias_scale(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft_tensor *y = op->in[0];
+    return peft__cb_done(g, op, peft_cuda_bias_scale_fwd(y->data, op->in[1]->data, op->in[2]->data,
+                                                         peft__cb_rows(y), peft__cb_cols(y), op->out->data));
+}
+static void peft__cb_bias_scale_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_tensor *y = op->in[0];
+    float *dy = peft__cb_grad(y);
+    float *db = peft__cb_grad(op->in[1]);
+    float *ds = peft__cb_grad(op->in[2]);
+    peft__cb_done(g, op, peft_cuda_bias_scale_bwd(y->data, op->in[1]->data, op->in[2]->data, op->out->grad,
+                                                  peft__cb_rows(y), peft__cb_cols(y), dy, db, ds));
+}
+
+static peft_status peft__cb_swiglu(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    return peft__cb_done(g, op, peft_cuda_swiglu_fwd(op->in[0]->data, op->in[1]->data, op->in[0]->n,
+                                                     op->out->data));
+}
+static void peft__cb_swiglu_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    float *dg = peft__cb_grad(op->in[0]);
+    float *du = peft__cb_grad(op->in[1]);
+    peft__cb_done(g, op, peft_cuda_swiglu_bwd(op->in[0]->data, op->in[1]->data, op->out->grad, op->in[0]->n,
+                                              dg, du));
+}
+
+static peft_status peft__cb_add(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    return peft__cb_done(g, op, peft_cuda_add_fwd(op->in[0]->data, op->in[1]->data, op->in[0]->n,
+                                                  op->out->data));
+}
+static void peft__cb_add_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    int rc = 0;
+    for (int j = 0; j < 2 && !rc; j++) {
+        float *d = peft__cb_grad(op->in[j]);
+        if (d) rc = peft_cuda_axpy(d, op->out->grad, 1.0f, op->in[j]->n);
+    }
+    peft__cb_done(g, op, rc);
+}
+
+static peft_status peft__cb_scale(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    return peft__cb_done(g, op, peft_cuda_scale_fwd(op->in[0]->data, op->f[0], op->in[0]->n, op->out->data));
+}
+static void peft__cb_scale_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    float *dx = peft__cb_grad(op->in[0]);
+    if (dx) peft__cb_done(g, op, peft_cuda_axpy(dx, op->out->grad, op->f[0], op->in[0]->n));
+}
+
+/* rows with a target, and Σ loss_rows over them in row order (the CPU's order) */
+static int peft__cb_loss_sum(const int *targets, const float *loss_rows, int64_t R, double *total) {
+    int valid = 0;
+    *total = 0.0;
+    for (int64_t r = 0; r < R; r++) {
+        if (targets[r] == -100) continue;
+        *total += loss_rows[r];
+        valid++;
+    }
+    return valid;
+}
+static peft_status peft__cb_cross_entropy(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft_tensor *z = op->in[0];
+    int64_t R = peft__cb_rows(z), V = peft__cb_cols(z);
+    const int *t = peft__cb_ids(g, op->ids, R);
+    float *rows = peft__cb_floats(g, R);
+    if (!t || !rows) return PEFT_ERR_NOMEM;
+    peft_status s = peft__cb_done(g, op, peft_cuda_cross_entropy_fwd(z->data, t, R, V, op->saved, rows));
+    if (s != PEFT_OK) return s;
+    double total;
+    int valid = peft__cb_loss_sum(op->ids, rows, R, &total);
+    op->out->data[0] = valid ? (float)(total / valid) : 0.0f;
+    op->i[0] = valid;
+    return PEFT_OK;
+}
+static void peft__cb_xent_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    peft_tensor *z = op->in[0];
+    int64_t R = peft__cb_rows(z), V = peft__cb_cols(z);
+    float *dz = peft__cb_grad(z);
+    if (!dz || !op->i[0]) return;
+    const int *t = peft__cb_ids(g, op->ids, R);
+    if (!t) return;
+    float scale = op->out->grad[0] / (float)op->i[0];
+    peft__cb_done(g, op, peft_cuda_cross_entropy_bwd(z->data, t, op->saved, R, V, scale, dz));
+}
+
+/* the fused classifier + loss: the forward forms dL/dx and dL/dW (for dL = 1) as the CPU op does, kept in
+   saved (dx [R, D] then dW [V, D] when asked); the backward scales them by the upstream gradient */
+static peft_status peft__cb_lce(peft_graph *g, peft_op *op) {
+    PEFT__CB_FWD_BEGIN(g, op);
+    peft_tensor *x = op->in[0], *w = op->in[1];
+    if (!w)
+        return peft__cb_fail(g, op,
+                             "a ggml-typed output matrix (a GGUF model's output.weight) has no CUDA kernel "
+                             "yet: train GGUF models on the CPU backend");
+    int R = (int)peft__cb_rows(x), D = (int)peft__cb_cols(x), V = (int)w->shape[0];
+    int want_dx = op->i[0], want_dw = op->i[1];
+    int chunk = (int)((int64_t)(64 << 20) / (V > 0 ? V : 1));
+    if (chunk < 1) chunk = 1;
+    if (chunk > R) chunk = R;
+    const int *t = peft__cb_ids(g, op->ids, R);
+    float *rows = peft__cb_floats(g, R);
+    float *scratch = peft__cb_floats(g, (int64_t)chunk * V);
+    float *dx = want_dx ? peft__cb_floats(g, (int64_t)R * D) : NULL;
+    float *dW = want_dw ? peft__cb_floats(g, (int64_t)V * D) : NULL;
+    if ((R > 0 && !t) || !rows || !scratch || (want_dx && !dx) || (want_dw && !dW)) return PEFT_ERR_NOMEM;
+    int valid = 0;
+    for (int r = 0; r < R; r++) valid += op->ids[r] != -100;
+    int rc = dW ? peft_cuda_zero(dW, (size_t)V * D * sizeof(float)) : 0;
+    if (!rc)
+        rc = peft_cuda_linear_ce(x->data, w->data, t, R, D, V, chunk, valid ? 1.0f / (float)valid : 0.0f,
+                                 rows, dx,
+                                 dW, scratch);
+    peft_status s = peft__cb_done(g, op, rc);
+    if (s != PEFT_OK) return s;
+    double total;
+    peft__cb_loss_sum(op->ids, rows, R, &total);
+    op->out->data[0] = valid ? (float)(total / valid) : 0.0f;
+    op->saved = dx;
+    op->aux = dW;
+    return PEFT_OK;
+}
+static void peft__cb_lce_bw(peft_graph *g, peft_op *op) {
+    PEFT__CB_BWD_BEGIN(g, op);
+    float dL = op->out->grad[0];
+    peft_tensor *x = op->in[0], *w = op->in[1];
+    int rc = 0;
+    float *dx = op->saved ? peft__cb_grad(x) : NULL;
+    if (dx) rc = peft_cuda_axpy(dx, op->saved, dL, x->n);
+    float *dW = op->aux ? peft__cb_grad(w) : NULL;
+    if (!rc && dW) rc = peft_cuda_axpy(dW, (const float *)op->aux, dL, w->n);
+    peft__cb_done(g, op, rc);
+}
+
+/* ---- the table's non-op entries ---- */
+static void *peft__cb_alloc(size_t bytes) { return peft__heap_managed(bytes ? bytes : 1, 1); }
+static void peft__cb_free(void *p) {
+    if (!p) return;
+    cudaDeviceSynchronize();
+    cudaFree(p);
+}
+static void peft__cb_zero(float *p, int64_t n) {
+    if (n <= 0) return;
+    if (peft__cb_accessible(p) && !peft_cuda_zero(p, (size_t)n * sizeof(float)) && !peft_cuda_sync()) return;
+    cudaDeviceSynchronize();
+    {
+        memset(p, 0, (size_t)n * sizeof(float));
+    }
+}
+static void peft__cb_copy(float *dst, const float *src, int64_t n) {
+    if (n <= 0) return;
+    cudaDeviceSynchronize();
+    cudaMemcpy(dst, src, (size_t)n * sizeof(float), cudaMemcpyDefault);
+}
+/* the model code's GEMMs outside a graph (merging LoRA into W) run on cuBLAS over managed memory; a host
+   operand (a caller's stack or malloc buffer) takes peft.h's GEMM after the stream is idle */
+static void peft__cb_gemm(int tA, int tB, int M, int N, int K, const float *A, int lda, const float *B,
+                          int ldb,
+                          float beta, float *C, int ldc) {
+    if (peft__cb_accessible(A) && peft__cb_accessible(B) && peft__cb_accessible(C) &&
+        !peft_cuda_gemm(tA, tB, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) && !peft_cuda_sync())
+        return;
+    cudaDeviceSynchronize();
+    peft_gemm(tA, tB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+/* the decoders' callers are host code (merging, dequantizing a base): they decode on the host */
+static void peft__cb_q4_decode(const peft_q4 *q, int64_t start, int64_t count, float *out) {
+    cudaDeviceSynchronize();
+    peft_q4_dequantize(q, start, count, out);
+}
+static void peft__cb_qmatrix_decode(const peft_qmatrix *q, int64_t row, int64_t col, int64_t n, float *out) {
+    cudaDeviceSynchronize();
+    peft_qmatrix_decode(q, row, col, n, out);
+}
+static peft_cuda_adam peft__cb_adam(const peft_adamw_scalars *k) {
+    peft_cuda_adam a;
+    a.decay = k->decay;
+    a.w1 = k->w1;
+    a.b2 = k->b2;
+    a.w2 = k->w2;
+    a.step_size = k->step_size;
+    a.bc2_sqrt = k->bc2_sqrt;
+    a.eps = k->eps;
+    return a;
+}
+/* states the device cannot read (the paged optimizer's mmap'ed file) take the kernel's own element update
+   on the host (peft_cuda_host_adamw: the same arithmetic) once the stream is idle */
+static void peft__cb_adamw(const peft_adamw_scalars *k, float *w, const float *g, float *m, float *v,
+                           int64_t n) {
+    peft_cuda_adam a = peft__cb_adam(k);
+    if (peft__cb_accessible(w) && peft__cb_accessible(g) && peft__cb_accessible(m) &&
+        peft__cb_accessible(v) &&
+        !peft_cuda_adamw(&a, w, g, m, v, n) && !peft_cuda_sync())
+        return;
+    cudaDeviceSynchronize();
+    peft_cuda_host_adamw(&a, w, g, m, v, n);
+}
+static void peft__cb_adamw8(const peft_adamw_scalars *k, float *w, const float *g, uint8_t *qm, uint8_t *qv,
+                            float *am, float *av, int64_t n) {
+    peft_cuda_adam a = peft__cb_adam(k);
+    if (peft__cb_accessible(w) && peft__cb_accessible(g) && peft__cb_accessible(qm) &&
+        peft__cb_accessible(qv) &&
+        peft__cb_accessible(am) && peft__cb_accessible(av) && !peft_cuda_adamw8(&a, w, g, qm, qv, am, av,
+                                                                                n) &&
+        !peft_cuda_sync())
+        return;
+    cudaDeviceSynchronize();
+    peft_cuda_host_adamw8(&a, w, g, qm, qv, am, av, n);
+}
+static double peft__cb_sum_squares(const float *x, int64_t n, double acc) {
+    double s = 0.0;
+    float *p = (float *)x;
+    if (peft__cb_accessible(x) && !peft_cuda_grad_sumsq(&p, &n, 1, &s)) return acc + s;
+    cudaDeviceSynchronize();
+    for (int64_t j = 0; j < n; j++) acc += (double)x[j] * x[j];
+    return acc;
+}
+static void peft__cb_scale_by(float *x, int64_t n, double coef) {
+    if (peft__cb_accessible(x) && !peft_cuda_scale(x, n, coef) && !peft_cuda_sync()) return;
+    cudaDeviceSynchronize();
+    for (int64_t j = 0; j < n; j++) x[j] = (float)(x[j] * coef);
+}
+
+/* an op with no CUDA entry yet (one peft.h gained after this table was written): refused by name, never
+   run on the host over device data */
+static peft_status peft__cb_missing(peft_graph *g, peft_op *op) {
+    return peft__cb_fail(g, op, "no CUDA kernel for this op yet: run this model on the CPU backend");
+}
+static void peft__cb_missing_bw(peft_graph *g, peft_op *op) { peft__cb_missing(g, op); }
+
+static peft_backend peft__cb_table;
+
+extern "C" {
+
+PEFTDEF const peft_backend *peft_backend_cuda(void) {
+    peft_backend *b = &peft__cb_table;
+    if (b->name) return b;
+    b->place = PEFT_PLACE_CUDA;
+    b->op[PEFT_OP_EMBEDDING].forward = peft__cb_embedding;
+    b->op[PEFT_OP_EMBEDDING].backward = peft__cb_embedding_bw;
+    b->op[PEFT_OP_REPLACE_ROWS].forward = peft__cb_replace_rows;
+    b->op[PEFT_OP_REPLACE_ROWS].backward = peft__cb_replace_rows_bw;
+    b->op[PEFT_OP_LINEAR].forward = peft__cb_linear;
+    b->op[PEFT_OP_LINEAR].backward = peft__cb_linear_bw;
+    b->op[PEFT_OP_RMSNORM].forward = peft__cb_rmsnorm;
+    b->op[PEFT_OP_RMSNORM].backward = peft__cb_rmsnorm_bw;
+    b->op[PEFT_OP_ROPE].forward = peft__cb_rope;
+    b->op[PEFT_OP_ROPE].backward = peft__cb_rope_bw;
+    b->op[PEFT_OP_ATTENTION].forward = peft__cb_attention;
+    b->op[PEFT_OP_ATTENTION].backward = peft__cb_attention_bw;
+    b->op[PEFT_OP_ATTENTION_CACHED].forward = peft__cb_attention_cached;
+    b->op[PEFT_OP_Q4_LINEAR].forward = peft__cb_q4_linear;
+    b->op[PEFT_OP_Q4_LINEAR].backward = peft__cb_q4_linear_bw;
+    b->op[PEFT_OP_QMATRIX_LINEAR].forward = peft__cb_q4_linear;
+    b->op[PEFT_OP_QMATRIX_LINEAR].backward = peft__cb_q4_linear_bw;
+    b->op[PEFT_OP_LORA_LINEAR].forward = peft__cb_lora_linear;
+    b->op[PEFT_OP_LORA_LINEAR].backward = peft__cb_lora_bw;
+    b->op[PEFT_OP_ADD_BIAS].forward = peft__cb_add_bias;
+    b->op[PEFT_OP_ADD_BIAS].backward = peft__cb_add_bias_bw;
+    b->op[PEFT_OP_BIAS_SCALE].forward = peft__cb_bias_scale;
+    b->op[PEFT_OP_BIAS_SCALE].backward = peft__cb_bias_scale_bw;
+    b->op[PEFT_OP_PROMPT_ATTEND].forward = peft__cb_prompt_attend;
+    b->op[PEFT_OP_PROMPT_ATTEND].backward = peft__cb_prompt_attend_bw;
+    b->op[PEFT_OP_SWIGLU].forward = peft__cb_swiglu;
+    b->op[PEFT_OP_SWIGLU].backward = peft__cb_swiglu_bw;
+    b->op[PEFT_OP_ADD].forward = peft__cb_add;
+    b->op[PEFT_OP_ADD].backward = peft__cb_add_bw;
+    b->op[PEFT_OP_SCALE].forward = peft__cb_scale;
+    b->op[PEFT_OP_SCALE].backward = peft__cb_scale_bw;
+    b->op[PEFT_OP_CROSS_ENTROPY].forward = peft__cb_cross_entropy;
+    b->op[PEFT_OP_CROSS_ENTROPY].backward = peft__cb_xent_bw;
+    b->op[PEFT_OP_LINEAR_CROSS_ENTROPY].forward = peft__cb_lce;
+    b->op[PEFT_OP_LINEAR_CROSS_ENTROPY].backward = peft__cb_lce_bw;
+    b->op[PEFT_OP_QMATRIX_EMBEDDING].forward = peft__cb_qmatrix_embedding;
+    for (int k = 0; k < PEFT_OP_COUNT; k++)
+        if (!b->op[k].forward) {
+            b->op[k].forward = peft__cb_missing;
+            b->op[k].backward = peft__cb_missing_bw;
+        }
+    b->alloc = peft__cb_alloc;
+    b->free = peft__cb_free;
+    b->zero = peft__cb_zero;
+    b->copy = peft__cb_copy;
+    b->gemm = peft__cb_gemm;
+    b->q4_decode = peft__cb_q4_decode;
+    b->qmatrix_decode = peft__cb_qmatrix_decode;
+    b->adamw = peft__cb_adamw;
+    b->adamw_8bit = peft__cb_adamw8;
+    b->sum_squares = peft__cb_sum_squares;
+    b->scale = peft__cb_scale_by;
+    b->name = "cuda";
+    return b;
 }
 
 } /* extern "C" */

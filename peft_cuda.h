@@ -280,4 +280,28 @@ PEFTDEF float peft_cuda_host_qmatrix_at(const peft_cuda_qmatrix *W, int64_t row,
 /* element e of a 4-bit weight whose arrays are in HOST memory */
 PEFTDEF float peft_cuda_host_q4_at(const peft_cuda_q4 *W, int64_t e);
 
+/* ---- the backend table ------------------------------------------------------------------
+   peft_backend_cuda(): every entry of peft.h's backend table (see its BACKENDS manual) on these kernels,
+   for peft_backend_register and peft_backend_use after peft_cuda_init. Memory: managed throughout, so
+   that host code (tensor headers, losses, logits, gates, saving) reads the same pointers the kernels
+   use: a program using this backend defines, before including peft.h with PEFT_IMPLEMENTATION,
+       #define PEFT_MALLOC(n)     peft_cuda_heap_alloc(n)
+       #define PEFT_REALLOC(p, n) peft_cuda_heap_realloc(p, n)
+       #define PEFT_FREE(p)       peft_cuda_heap_free(p)
+   and calls peft_cuda_heap_device(1) after peft_cuda_init: from then on the library's allocations are
+   CUDA managed memory (pooled: blocks up to 1 MiB come from 64 MiB chunks); before it, and when the
+   device is off, plain malloc (PEFT_FREE tells the two apart by the pointer, so either may be freed
+   at any time, and free() stays right for what was allocated while the device was off; code that
+   frees the library's buffers with free() after that defines free and realloc as
+   peft_cuda_heap_free and peft_cuda_heap_realloc after its includes, as tools/peft.c does). Each op
+   fails (PEFT_ERR_ARG, naming the op and the tensor) on a tensor the device cannot read; the cached
+   attention (generation) and a GGUF token_embd lookup run peft.h's CPU kernel over the managed
+   memory once the stream is idle; a GGUF output matrix in the fused loss and the K-quant linears are
+   refused by name. Every entry waits for its kernels before it returns. */
+PEFTDEF const peft_backend *peft_backend_cuda(void);
+PEFTDEF void peft_cuda_heap_device(int on);
+PEFTDEF void *peft_cuda_heap_alloc(size_t bytes);
+PEFTDEF void *peft_cuda_heap_realloc(void *p, size_t bytes);
+PEFTDEF void peft_cuda_heap_free(void *p);
+
 #endif /* PEFT_CUDA_H */

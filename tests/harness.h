@@ -9,7 +9,19 @@
 #include <math.h>
 #include <stdarg.h>
 #include <sys/wait.h>
+#ifdef PEFT_TEST_CUDA
+/* build/test-cuda-ops (`make cuda`): the suite with the library's memory through the CUDA heap, and
+   the CUDA backend registered beside the CPU one when a device is there (test_backend.c) */
+#define PEFT_MALLOC(n) peft_cuda_heap_alloc(n)
+#define PEFT_REALLOC(p, n) peft_cuda_heap_realloc(p, n)
+#define PEFT_FREE(p) peft_cuda_heap_free(p)
+#endif
 #include "../peft.h"
+#ifdef PEFT_TEST_CUDA
+/* the tests free library buffers with free(): through the heap, which tells its blocks from malloc's */
+#define free(p) peft_cuda_heap_free(p)
+#define realloc(p, n) peft_cuda_heap_realloc(p, n)
+#endif
 
 typedef struct { int failed, skipped; char skip_reason[256]; } th_state;
 extern th_state th_cur;

@@ -77,6 +77,16 @@ void test_backends_register(void) {
     ref_backend.gemm = peft_gemm_ref;
     if (peft_backend_register(&ref_backend) != PEFT_OK)
         fprintf(stderr, "    registering the reference backend: %s\n", peft_last_error());
+#ifdef PEFT_TEST_CUDA
+    /* every op check (fd_run) and GEMM shape check runs on the CUDA backend too */
+    if (peft_cuda_device_count() == 0) {
+        printf("no CUDA device: the CUDA backend is not registered\n");
+    } else if (peft_cuda_init(0, PEFT_CUDA_FP32) || peft_backend_register(peft_backend_cuda()) != PEFT_OK) {
+        fprintf(stderr, "    registering the CUDA backend: %s %s\n", peft_cuda_error(), peft_last_error());
+    } else {
+        peft_cuda_heap_device(1);
+    }
+#endif
 }
 
 /* ---- counting: every entry forwarded to the CPU backend, counted ---- */

@@ -3,6 +3,13 @@
    (2 for usage errors). */
 #define PEFT_IMPLEMENTATION
 #define PEFT_TOOLS_IMPLEMENTATION
+#ifdef PEFT_CUDA
+/* build/peft-cuda: the library's memory is CUDA managed memory once --device cuda is on (see
+   peft_backend_cuda in peft_cuda.h): the kernels and the host read the same pointers */
+#define PEFT_MALLOC(n) peft_cuda_heap_alloc(n)
+#define PEFT_REALLOC(p, n) peft_cuda_heap_realloc(p, n)
+#define PEFT_FREE(p) peft_cuda_heap_free(p)
+#endif
 #include "peft_tools.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +24,12 @@
 #include <dlfcn.h>
 #include <strings.h>
 #include <errno.h>
+#ifdef PEFT_CUDA
+/* the tool's own free and realloc calls may meet the library's managed blocks (peft_read_file's
+   buffer, a list the caller frees): the heap tells its blocks from malloc's by the pointer */
+#define free(p) peft_cuda_heap_free(p)
+#define realloc(p, n) peft_cuda_heap_realloc(p, n)
+#endif
 
 static int usage_error(const char *cmd, const char *msg, const char *arg) {
     fprintf(stderr, "peft %s: %s%s%s\nTry 'peft %s --help'.\n", cmd, msg, arg ? ": " : "", arg ? arg : "",
@@ -26,6 +39,72 @@ static int usage_error(const char *cmd, const char *msg, const char *arg) {
 static int fail(void) {
     fprintf(stderr, "peft: error: %s\n", peft_last_error());
     return 1;
+}
+
+/* --device cpu|cuda (train, bench, generate, logits): taken out of argv before the command parses
+   it. With cuda, --precision is taken too and names cuBLAS's products (fp32, tf32 or bf16 tensor
+   cores, fp32 storage throughout): the model itself stays fp32. */
+static const char *DEVICE_HELP =
+    "  --device cpu|cuda     where the steps run (default cpu; cuda needs build/peft-cuda, `make cuda`);\n"
+    "                        with cuda, --precision fp32|tf32|bf16 picks cuBLAS's products\n";
+#ifdef PEFT_CUDA
+static int use_cuda;
+static peft_cuda_precision cuda_prec = PEFT_CUDA_FP32;
+#endif
+static int take_device(const char *cmd, int *argc, char **argv) {
+    const char *dev = "cpu", *prec = NULL;
+    for (int i = 0; i + 1 < *argc; i++)
+        if (!strcmp(argv[i], "--device")) dev = argv[i + 1];
+    if (strcmp(dev, "cpu") && strcmp(dev, "cuda")) return usage_error(cmd, "--device must be cpu or cuda",
+                                                                      dev);
+    int cuda = !strcmp(dev, "cuda"), o = 0;
+    for (int i = 0; i < *argc; i++) {
+        int take = i + 1 < *argc && (!strcmp(argv[i], "--device") || (cuda && !strcmp(argv[i],
+                                                                                      "--precision")));
+        if (!take) {
+            argv[o++] = argv[i];
+            continue;
+        }
+        if (!strcmp(argv[i], "--precision")) prec = argv[i + 1];
+        i++;
+    }
+    *argc = o;
+    if (!cuda) return 0;
+#ifndef PEFT_CUDA
+    (void)prec;
+    return usage_error(cmd, "--device cuda needs the CUDA build: build/peft-cuda (`make cuda`); this is the "
+                            "CPU build", NULL);
+#else
+    if (prec && !strcmp(prec, "tf32")) cuda_prec = PEFT_CUDA_TF32;
+    else if (prec && !strcmp(prec, "bf16")) cuda_prec = PEFT_CUDA_BF16;
+    else if (prec && strcmp(prec, "fp32")) return usage_error(cmd, "--precision must be fp32, tf32 or bf16",
+                                                              prec);
+    if (peft_cuda_init(0, cuda_prec)) {
+        fprintf(stderr, "peft %s: --device cuda: %s\n", cmd, peft_cuda_error());
+        return 1;
+    }
+    peft_cuda_heap_device(1);
+    if (peft_backend_register(peft_backend_cuda()) != PEFT_OK) return fail();
+    peft_backend_use(peft_backend_cuda());
+    use_cuda = 1;
+    return 0;
+#endif
+}
+/* bench's device lines: the GPU, cuBLAS's precision and the device memory in use at the end (all of
+   cudaMemGetInfo's: the CUDA context included) */
+static void device_report(void) {
+#ifdef PEFT_CUDA
+    if (!use_cuda) return;
+    char name[256];
+    size_t used = 0, peak = 0, total = 0;
+    if (peft_cuda_device_name(name, sizeof name)) snprintf(name, sizeof name, "?");
+    peft_cuda_sync();
+    peft_cuda_mem_info(&used, &peak, &total);
+    static const char *const precs[] = { "fp32", "tf32", "bf16" };
+    printf("device           cuda: %s, cuBLAS %s products\n", name, precs[cuda_prec]);
+    printf("peak GPU MB      %.1f (device memory in use, CUDA context included)\n",
+           (double)(used > peak ? used : peak) / 1048576.0);
+#endif
 }
 
 /* 6738415616 -> "6,738,415,616" */
@@ -357,7 +436,11 @@ static int cmd_logits(int argc, char **argv) {
     peft_precision prec = PEFT_PRECISION_FP32;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(LOGITS_HELP, stdout); return 0; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(LOGITS_HELP, stdout);
+            fputs(DEVICE_HELP, stdout);
+            return 0;
+        }
         if (!v) return usage_error("logits", "option needs a value", a);
         if (!strcmp(a, "--model")) src.model = v;
         else if (!strcmp(a, "--preset")) src.preset = v;
@@ -1091,6 +1174,7 @@ static int cmd_train(int argc, char **argv) {
     for (int i = 0; i < argc; i += 2) {                 /* --help, --config and --resume first */
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(TRAIN_HELP, stdout);
+            fputs(DEVICE_HELP, stdout);
             print_trainer_defaults(stdout);
             fputs(METHOD_HELP, stdout);
             return 0;
@@ -1798,6 +1882,7 @@ static int cmd_bench(int argc, char **argv) {
         int ok = 1;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(BENCH_HELP, stdout);
+            fputs(DEVICE_HELP, stdout);
             fputs(METHOD_HELP, stdout);
             return 0;
         }
@@ -1882,6 +1967,7 @@ static int cmd_bench(int argc, char **argv) {
         printf("MFU              %.1f%% (of a measured FMA peak of %.1f GFLOP/s on %d threads)\n",
                100.0 * gfs / peak, peak, threads);
         printf("peak RSS MB      %.1f\n", (double)peft_peak_rss() / 1048576.0);
+        device_report();
         size_t act =
                 peft_graph_arena_bytes(tr->graph) + (m->recompute ? peft_graph_arena_bytes(m->recompute) : 0);
         printf("activations MB   %.1f (tape arena%s)\n", (double)act / 1048576.0,
@@ -2009,7 +2095,11 @@ static int cmd_generate(int argc, char **argv) {
     for (int i = 0; i < argc;) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(GENERATE_HELP, stdout); return 0; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(GENERATE_HELP, stdout);
+            fputs(DEVICE_HELP, stdout);
+            return 0;
+        }
         if (!strcmp(a, "--print-ids")) { print_ids = 1; i++; continue; }
         if (!strcmp(a, "--alpaca")) { alpaca = 1; i++; continue; }
         if (!v) return usage_error("generate", "option needs a value", a);
@@ -2339,6 +2429,13 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (set_default_threads()) return 2;
+    if (!strcmp(argv[1], "logits") || !strcmp(argv[1], "train") || !strcmp(argv[1], "bench") ||
+        !strcmp(argv[1], "generate")) {
+        int dc = argc - 2;
+        int drc = take_device(argv[1], &dc, argv + 2);
+        if (drc) return drc;
+        argc = dc + 2;
+    }
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(argv[1], "train")) return cmd_train(argc - 2, argv + 2);
