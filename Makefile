@@ -11,6 +11,8 @@ TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.
             tests/test_gguf_quant.c \
             tests/test_chat.c \
             tests/test_adapter_keys.c \
+            tests/test_registry.c \
+            tests/test_cli_trial.c \
             tests/test_gguf.c
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 

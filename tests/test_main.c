@@ -35,6 +35,11 @@
     X(test_cli_trained_model_stops_at_eos) \
     X(test_checkpointing_every_tensor_kind) \
     X(test_cli_version) \
+    X(test_registry_builtin_entries) \
+    X(test_registry_toy_method) \
+    X(test_registry_cli_and_readme) \
+    X(test_cli_trial_resume_and_config) \
+    X(test_cli_trial_messages) \
     X(test_cli_train_defaults) \
     X(test_dataset_counts_cut_and_dropped) \
     X(test_adapter_keys_match_peft) X(test_adapter_keys_module_names) X(test_adapter_keys_refused_by_name) \

@@ -263,12 +263,16 @@ int main(int argc, char **argv) {
 
     /* 3. every method on the same data and budget */
     int S = quick ? 3 : 80;
-    run_result runs[6];
+    run_result runs[PEFT_N_METHODS];
     memset(runs, 0, sizeof runs);
-    const char *names[6] = { "full", "lora", "adapter-v1", "adapter-v2", "excitor", "qlora" };
-    float lrs[6] = { 1e-3f, 1e-2f, 1e-2f, 1e-2f, 3e-2f, 1e-2f };   /* each the best of a small sweep */
+    /* every built-in method of the registry; the learning rates are each the best of a small sweep
+       on this demo (the papers' own recipes are the registry's defaults: peft_method_get(k)->defaults) */
+    const char *names[PEFT_N_METHODS];
+    float lrs[PEFT_N_METHODS] = { [PEFT_FULL] = 1e-3f, [PEFT_LORA] = 1e-2f, [PEFT_ADAPTER_V1] = 1e-2f,
+                                  [PEFT_ADAPTER_V2] = 1e-2f, [PEFT_EXCITOR] = 3e-2f, [PEFT_QLORA] = 1e-2f };
+    for (int k = 0; k < PEFT_N_METHODS; k++) names[k] = peft_method_name((peft_method_kind)k);
     printf("[3/4] fine-tuning with each method: %d steps of %d instructions\n", S, B);
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < PEFT_N_METHODS; k++) {
         run_result *r = &runs[k];
         peft_method_kind kind = PEFT_FULL;
         peft_method_parse(names[k], &kind);
@@ -328,7 +332,7 @@ int main(int argc, char **argv) {
            "tokens/s", "w+opt MB", "act MB", "loss", "EM %", "% full");
     for (int f = 0; f < PEFT_N_TASKS; f++) printf(" %10s", peft_task_name(f));
     printf("\n");
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < PEFT_N_METHODS; k++) {
         run_result *r = &runs[k];
         printf("  %-11s %10.0f %8.3f %8.1f %9.0f %9.2f %8.1f %7.3f %7.1f %7.0f", r->name, r->trainable,
                r->pct, r->seconds, r->tok_s, r->mem_mb, r->act_mb, r->final_loss, r->acc,
@@ -338,11 +342,11 @@ int main(int argc, char **argv) {
     }
     peft_model *bm;
     if (peft_model_load(&bm, path) != PEFT_OK) die(path);
-    write_files(out, runs, 6, &w, (double)peft_model_base_count(bm), pretrain_s, ema, S);
+    write_files(out, runs, PEFT_N_METHODS, &w, (double)peft_model_base_count(bm), pretrain_s, ema, S);
     peft_model_free(bm);
     printf("\n  wrote %s/results.md, results.json, loss.svg, tradeoff.svg (total %.0f s)\n", out,
            now_s() - t_start);
-    for (int k = 0; k < 6; k++) free(runs[k].curve);
+    for (int k = 0; k < PEFT_N_METHODS; k++) free(runs[k].curve);
     free(tok); free(tgt);
     peft_demo_world_free(&w);
     return 0;
