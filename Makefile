@@ -15,7 +15,9 @@ TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.
             tests/test_gguf.c \
             tests/test_backend.c \
             tests/test_threads.c \
-            tests/test_moe.c
+            tests/test_moe.c \
+            tests/test_registry.c \
+            tests/test_cli_trial.c
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)

@@ -94,7 +94,9 @@
                  safetensors, forward, loss), linear and attention sites
      methods     peft_method + peft_attach: LoRA, LLaMA-Adapter V1 and V2,
                  LLaMA-Excitor, QLoRA (one section each, headed by its
-                 equation); merge; adapters saved in PEFT's layout
+                 equation); merge; adapters saved in PEFT's layout; one
+                 registry entry per method (peft_method_def: defaults,
+                 settings, attach, count, adapter keys), peft_method_register
      optimizer   AdamW in torch's order (plain, paged, 8-bit states),
                  global-norm clipping, schedules
      trainer     one loop for every method: forward, loss, backward, clip,
@@ -221,7 +223,8 @@
         equations in the banner, then "---- forward" (peft__block).
      2. Where methods attach
         "METHODS: what attaches where", then "---- the forward at a linear
-        site" and "---- the attention sites".
+        site" and "---- the attention sites"; "METHOD REGISTRY" lists every
+        method with its defaults and settings.
      3. The methods, each headed by its equation
         "LoRA — Hu et al. 2021" with its op "---- LoRA linear";
         "LLaMA-Adapter V1" with the prompt branch of the attention op;
@@ -9002,6 +9005,10 @@ static const peft_method_key peft__lora_settings[] = {
     { "trainable_tokens", "L",
       "token ids, e.g. 3,7: their embed_tokens rows trained (PEFT's\n"
       "trainable_token_indices; also lm_head's when tied)", 0 },
+    { "moe_targets", "LIST",
+      "LLaMA-4: router, experts (gate_up_proj and down_proj), router-full\n"
+      "(a trained copy of the router), none (default); with --lora-targets none:\n"
+      "the MoE sites alone", 0 },
     { NULL, NULL, NULL, 0 } };
 static const peft_method_key peft__adapter_settings[] = {
     { "adapter_len", "K", "LLaMA-Adapter prompts per layer (default 10)", 1 },
@@ -9031,7 +9038,7 @@ static const peft_method_def peft__methods[] = {
         .zero_init = "—",
         /* Stanford Alpaca's recipe for LLaMA-7B: 3 epochs, batch 128, lr 2e-5,
            no weight decay, 3% warm-up, cosine */
-        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, .lr = 2e-5f, .warmup_ratio = 0.03f,
+        .defaults = { .lr = 2e-5f, .warmup_ratio = 0.03f,
                       .schedule = PEFT_SCHED_COSINE, .epochs = 3, .batch = 128 },
         .attach = peft__attach_full, .param_count = peft__count_full },
     [PEFT_LORA] = {
@@ -9050,7 +9057,7 @@ static const peft_method_def peft__methods[] = {
         .name = "adapter-v1", .title = "LLaMA-Adapter V1 (2303.16199)", .section = "LLaMA-Adapter V1 —",
         .peft_type = "LLAMA_ADAPTER_V1",
         .trains = "K prompts in the top L layers, tanh gate per head", .zero_init = "gate = 0",
-        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, PEFT__ADAPTER_RECIPE },
+        .defaults = { PEFT__ADAPTER_RECIPE },
         .keys = { peft__adapter_settings },
         .attach = peft__attach_prompts, .param_count = peft__count_v1,
         .config_write = peft__prompts_config_json, .config_read = peft__prompts_from_json },
@@ -9060,7 +9067,7 @@ static const peft_method_def peft__methods[] = {
         .trains = "V1 + bias/scale on every linear, RMSNorms, early-fusion projection",
         .zero_init = "gate = 0, b = 0, s = 1",
         /* the V2 paper restates no language-only recipe: V1's */
-        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, PEFT__ADAPTER_RECIPE },
+        .defaults = { PEFT__ADAPTER_RECIPE },
         .keys = { peft__adapter_settings, peft__fusion_settings },
         .attach = peft__attach_v2, .param_count = peft__count_v2,
         .config_write = peft__prompts_config_json, .config_read = peft__prompts_from_json },
@@ -9070,7 +9077,7 @@ static const peft_method_def peft__methods[] = {
         .trains = "prompts + rank-16 bottleneck feeding a gated logit term", .zero_init = "gate = 0",
         /* 30 prompts, rank 16, top 30 of 32 layers; training: LLaMA-Adapter's
            setting, which the paper compares under (not restated there) */
-        .defaults = { .lora_r = 8, .lora_alpha = 8.0f, .excitor_len = 30, .excitor_rank = 16,
+        .defaults = { .excitor_len = 30, .excitor_rank = 16,
                       .lr = 9e-3f, .weight_decay = 0.02f, .beta2 = 0.95f, .warmup_ratio = 0.4f,
                       .schedule = PEFT_SCHED_COSINE, .epochs = 5, .batch = 64 },
         .keys = { peft__excitor_settings },
@@ -12058,7 +12065,8 @@ static peft_status peft__generic_from_json(const peft_json *j, const char *path,
         if (skip) continue;
         char val[1024];
         if (!peft__json_setting(e, val, sizeof val))
-            return peft__fail(PEFT_ERR_FORMAT, "%s: %s must be a number, a boolean or a string", path, e->key);
+            return peft__fail(PEFT_ERR_FORMAT, "%s: %s must be a number, a boolean or a string", path,
+                              e->key);
         if (peft_method_set(out, e->key, val) != PEFT_OK) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", peft_last_error());
@@ -13477,6 +13485,20 @@ static peft_status peft__tok_config(peft_tokenizer *t, const char *tok_path) {
     return s;
 }
 
+/* A SentencePiece-kind piece as stored: each ▁ (E2 96 81) becomes a space, in place, as
+   tokenizer.bin has it. */
+static void peft__metaspace_to_space(char *p) {
+    char *w = p;
+    for (char *r = p; *r;) {
+        if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 && (unsigned char)r[2] == 0x81) {
+            *w++ = ' ';
+            r += 3;
+        } else
+            *w++ = *r++;
+    }
+    *w = 0;
+}
+
 static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) {
     memset(t, 0, sizeof *t);
     peft_json *j;
@@ -13541,19 +13563,7 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
         int id = (int)v->number;
         char *p = peft__strdup(v->key);
         if (!p) return peft__tokfail(t, j, peft__fail(PEFT_ERR_NOMEM, "no memory"));
-        /* ▁ (E2 96 81) is kept as a space, as tokenizer.bin does */
-        if (t->kind == PEFT_TOK_HF_SP) {
-            char *w = p;
-            for (char *r = p; *r;) {
-                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 &&
-                    (unsigned char)r[2] == 0x81) {
-                    *w++ = ' ';
-                    r += 3;
-                } else
-                    *w++ = *r++;
-            }
-            *w = 0;
-        }
+        if (t->kind == PEFT_TOK_HF_SP) peft__metaspace_to_space(p);
         PEFT_FREE(t->pieces[id]);
         t->pieces[id] = p;
         t->scores[id] = -(float)id;
@@ -13662,18 +13672,7 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
             return peft__tokfail(t, j, peft__fail(PEFT_ERR_FORMAT, "%s: merge %d is malformed", path, rank));
         }
         char *sides[2] = { left, right };
-        for (int k = 0; k < 2 && t->kind == PEFT_TOK_HF_SP; k++) {
-            char *w = sides[k];
-            for (char *r = sides[k]; *r;) {
-                if ((unsigned char)r[0] == 0xE2 && (unsigned char)r[1] == 0x96 &&
-                    (unsigned char)r[2] == 0x81) {
-                    *w++ = ' ';
-                    r += 3;
-                } else
-                    *w++ = *r++;
-            }
-            *w = 0;
-        }
+        for (int k = 0; k < 2 && t->kind == PEFT_TOK_HF_SP; k++) peft__metaspace_to_space(sides[k]);
         int a = peft__piece_id(t, left), b = peft__piece_id(t, right);
         snprintf(buf, (size_t)t->max_len * 3 + 16, "%s%s", left, right);
         int o = peft__piece_id(t, buf);

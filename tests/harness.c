@@ -124,3 +124,10 @@ void th_sh(const char *fmt, ...) {
     va_end(ap);
     if (system(cmd) != 0) fprintf(stderr, "    (command failed: %s)\n", cmd);
 }
+
+int th_builtin_kinds(peft_method_kind *out, int all) {
+    int n = 0;
+    for (int k = 0; k < PEFT_N_METHODS; k++)
+        if (all || (k != PEFT_FULL && k != PEFT_QLORA)) out[n++] = (peft_method_kind)k;
+    return n;
+}

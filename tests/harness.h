@@ -60,5 +60,10 @@ int th_run_peft(char *out, size_t cap, const char *fmt, ...) __attribute__((form
 /* Runs a shell line (a printf format); a failure is reported on stderr, not as a check */
 void th_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The built-in methods, in registry order (a method a test registers has no
+   fixtures). all = 0: those whose adapter sits on an unchanged float base:
+   not full (it has no adapter) and not qlora (it quantizes the base). */
+int th_builtin_kinds(peft_method_kind *out, int all);
+
 #define TEST(name) void name(void)
 #endif

@@ -263,7 +263,7 @@ TEST(test_bf16_training_follows_fp32) {
 /* The command line: logits of the transformers fixture model with
    --precision bf16 stay within bf16's rounding of fp32's (and are not
    fp32's), a bad value is refused by name, bench reports the bf16 base. */
-TEST(test_bf16_cli) {
+TEST(test_cli_precision_bf16) {
     char out[4096], l1[600], l2[600];
     snprintf(l1, sizeof l1, "%s/bf16_f32.bin", th_tmpdir());
     snprintf(l2, sizeof l2, "%s/bf16_b16.bin", th_tmpdir());

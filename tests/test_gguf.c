@@ -702,6 +702,10 @@ TEST(test_gguf_cli) {
     CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1 --no-save",
                    model, th_fixtures()) == 1 && strstr(out, "full fine-tuning"),
           "full fine-tuning refused: %s", out);
+    /* without --method a GGUF model trains LoRA (full fine-tuning needs float weights) */
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1 --batch 2 "
+                      "--seq 400 --no-save", model, th_fixtures()) == 0 && strstr(out, " with lora: "),
+          "the default method on a GGUF model: %s", out);
     CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method lora "
                    "--lora-targets all-linear --max-steps 4 --batch 2 --seq 400 --lr 0.01 --out %s", model,
                    th_fixtures(), run) == 0, "train: %s", out);

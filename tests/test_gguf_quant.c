@@ -460,14 +460,15 @@ static int qm_twins(peft_model **qm, peft_model **fl, int type, uint64_t seed) {
    gives the float model, whose merge equals the float twin's. */
 TEST(test_qmatrix_model_trains_like_floats) {
     int types[] = { PEFT_GGML_Q4_K, PEFT_GGML_Q8_0, PEFT_GGML_Q6_K };
-    peft_method_kind kinds[] = { PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR };
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 0);
     int tok[2 * 24], tgt[2 * 24];
     for (int i = 0; i < 48; i++) {
         tok[i] = (i * 7 + 3) % 128;
         tgt[i] = (tok[i] * 5 + 1) % 128;
     }
     for (int ti = 0; ti < 3; ti++)
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < n_kinds; k++) {
             if (ti > 0 && k > 0) continue; /* every method on one type, LoRA on the others */
             const char *tn = peft_ggml_type_name(types[ti]), *mn = peft_method_name(kinds[k]);
             peft_model *q, *f;

@@ -83,8 +83,9 @@ TEST(test_zero_init_every_method) {
     peft_graph *g = peft_graph_new();
     peft_tensor *ref = peft_model_forward(m0, g, tok, B, T);
     REQUIRE(ref, "base forward");
-    peft_method_kind kinds[] = { PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR };
-    for (int k = 0; k < 4; k++) {
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 0);
+    for (int k = 0; k < n_kinds; k++) {
         peft_model *m;
         REQUIRE_OK(peft_model_load(&m, base));
         peft_method meth = method_for(kinds[k], &m->cfg);
@@ -157,9 +158,9 @@ TEST(test_methods_train_save_load) {
     c.dim = 64; c.hidden_dim = 128; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16; c.vocab_size = 96;
     enum { B = 4, T = 24 };
     int tok[B * T], tgt[B * T];
-    peft_method_kind kinds[] = { PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR };
-    float lrs[] = { 1e-2f, 5e-2f, 1e-2f, 1e-1f };
-    for (int k = 0; k < 4; k++) {
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 0);
+    for (int k = 0; k < n_kinds; k++) {
         peft_model *m;
         REQUIRE_OK(peft_model_new(&m, &c, 1, 77));
         /* a tied head of std 0.02 caps |logit| near 1 whatever the hidden state
@@ -169,7 +170,7 @@ TEST(test_methods_train_save_load) {
         meth.lora_dropout = 0;
         REQUIRE_OK(peft_attach(m, &meth));
         peft_trainer_opts o = peft_trainer_defaults();
-        o.lr = lrs[k];
+        o.lr = kinds[k] == PEFT_EXCITOR ? 1e-1f : kinds[k] == PEFT_ADAPTER_V1 ? 5e-2f : 1e-2f;
         peft_trainer *tr = peft_trainer_new(m, &o);
         float first = 0, last = 0, l;
         for (int s = 0; s < 40; s++) {
@@ -401,8 +402,9 @@ static peft_model *adapted_model(peft_method_kind kind, float dropout, float amp
    logit: the two paths run the same kernels on different row counts, so only
    the GEMM's summation blocking can differ (fp32 rounding). */
 TEST(test_kv_cache_equals_full_forward) {
-    peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
-    for (int k = 0; k < 6; k++) {
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 1);
+    for (int k = 0; k < n_kinds; k++) {
         peft_rng r;
         peft_rng_seed(&r, 11 + k);
         peft_model *m = adapted_model(kinds[k], 0.0f, 0.3f, &r);
@@ -504,8 +506,9 @@ TEST(test_generate_matches_transformers_peft) {
    recompute must replay the same masks), for every method; the activation
    arena shrinks. */
 TEST(test_checkpointing_same_gradients) {
-    peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
-    for (int k = 0; k < 6; k++) {
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 1);
+    for (int k = 0; k < n_kinds; k++) {
         float loss[2];
         float *grads[2] = { NULL, NULL };
         size_t arena[2], total = 0;
@@ -604,15 +607,15 @@ static peft_model *kinds_model(peft_method_kind kind) {
    only that kind is made trainable: its gradient with checkpointing equals
    the one without, bit for bit, and is not zero. */
 TEST(test_checkpointing_every_tensor_kind) {
-    peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR,
-                                 PEFT_QLORA };
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 1);
     const char *must[] = { "q_proj.weight", "q_proj.bias", "down_proj.bias", "input_layernorm", "lora_A",
                            "lora_B", "adapter_bias", "adapter_scale", "adaption_prompt", "adaption_gate",
                            "fusion_gate", "fusion_proj", "excitor_prompt", "excitor_down", "excitor_up",
                            "excitor_gate" };
     int seen[sizeof must / sizeof must[0]] = { 0 };
     int checked = 0;
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < n_kinds; k++) {
         peft_model *m = kinds_model(kinds[k]);
         REQUIRE(m, "%s: %s", peft_method_name(kinds[k]), peft_last_error());
         int cap = m->n_params + m->n_extra;
@@ -752,8 +755,9 @@ TEST(test_backward_recycles_gradients) {
    splits its backward by batch row and kv head and adds the gates' partial
    gradients in a fixed order), and 1 thread agrees to rounding. */
 TEST(test_threads_deterministic_gradients) {
-    peft_method_kind kinds[] = { PEFT_FULL, PEFT_LORA, PEFT_ADAPTER_V1, PEFT_ADAPTER_V2, PEFT_EXCITOR, PEFT_QLORA };
-    for (int k = 0; k < 6; k++) {
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 1);
+    for (int k = 0; k < n_kinds; k++) {
         size_t n[3] = { 0, 0, 0 };
         float loss[3], *gr[3];
         int threads[3] = { 2, 2, 1 };

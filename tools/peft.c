@@ -36,6 +36,12 @@ static int usage_error(const char *cmd, const char *msg, const char *arg) {
             cmd);
     return 2;
 }
+/* A flag's value refused, naming the flag, the value and what it takes:
+   "peft train: --lr: abc is not a number > 0". */
+static int bad_value(const char *cmd, const char *flag, const char *value, const char *want) {
+    fprintf(stderr, "peft %s: %s: '%s' is not %s\nTry 'peft %s --help'.\n", cmd, flag, value, want, cmd);
+    return 2;
+}
 static int fail(void) {
     fprintf(stderr, "peft: error: %s\n", peft_last_error());
     return 1;
@@ -159,48 +165,88 @@ static int parse_float(const char *s, float *out) {
 }
 
 /* ---------------------------------------------------------- method flags */
-/* --method NAME and the methods' hyper-parameters: --lora-r 8 is the
-   library's "lora_r" setting. Collected while parsing, applied at the end
-   so that they may come before or after --method. */
+/* --method NAME and the methods' settings, from the library's method
+   registry: the flag of setting lora_r is --lora-r. Collected while
+   parsing, applied at the end so that they may come before or after
+   --method. */
 typedef struct { const char *method; const char *keys[32], *vals[32]; int n; } method_flags;
 
-static const char *const METHOD_FLAGS[] = { "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets",
-    "--lora-init", "--lora-layers", "--lora-rslora", "--adapter-len", "--adapter-layers", "--adapter-gate",
-    "--fusion-layers", "--fusion-dim", "--excitor-len", "--excitor-rank", "--excitor-layers",
-    "--modules-to-save", "--lora-bias", "--trainable-tokens", "--moe-targets", NULL };
+/* The i-th distinct setting over every registered method (lora and qlora share theirs); NULL past the end. */
+static const peft_method_key *method_key(int i) {
+    /* the distinct keys, collected once (methods register before main's parsing) */
+    static const peft_method_key *keys[256];
+    static int n_keys = -1;
+    if (n_keys < 0) {
+        n_keys = 0;
+        for (int k = 0; k < peft_method_count(); k++) {
+            const peft_method_def *d = peft_method_get((peft_method_kind)k);
+            for (int g = 0; g < 3; g++)
+                for (const peft_method_key *key = d->keys[g]; key && key->key; key++) {
+                    int dup = 0;
+                    for (int j = 0; j < n_keys && !dup; j++) dup = !strcmp(keys[j]->key, key->key);
+                    if (!dup && n_keys < (int)(sizeof keys / sizeof keys[0])) keys[n_keys++] = key;
+                }
+        }
+    }
+    return i >= 0 && i < n_keys ? keys[i] : NULL;
+}
 
-static const char *METHOD_HELP =
-    "  --method M            full | lora | adapter-v1 | adapter-v2 | excitor | qlora (default full)\n"
-    "  --lora-r R            LoRA rank (default 8; QLoRA 64)\n"
-    "  --lora-alpha A        LoRA alpha (default 8; QLoRA 16); scale = alpha/r\n"
-    "  --lora-dropout P      dropout on the LoRA branch (default 0)\n"
-    "  --lora-targets LIST   q_proj,v_proj (default) | any of q k v o gate up down | all-linear\n"
-    "  --lora-init I         kaiming (PEFT's default) | gaussian\n"
-    "  --lora-layers LIST    layers to adapt, e.g. 0-3,7 (default all)\n"
-    "  --lora-rslora 1       rank-stabilised scale alpha/sqrt(r)\n"
-    "  --modules-to-save M   lm_head,embed_tokens: train full copies, saved with the adapter (PEFT's\n"
-    "                        modules_to_save; merge puts them in the model; GGUF export refuses them)\n"
-    "  --lora-bias 1         a trained bias on lora_B (PEFT's lora_bias)\n"
-    "  --trainable-tokens L  token ids, e.g. 3,7: their embed_tokens rows trained (PEFT's\n"
-    "                        trainable_token_indices; also lm_head's when tied)\n"
-    "  --moe-targets LIST    LLaMA-4: router, experts (gate_up_proj and down_proj), router-full\n"
-    "                        (a trained copy of the router), none (default); with --lora-targets none:\n"
-    "                        the MoE sites alone\n"
-    "  --adapter-len K       LLaMA-Adapter prompts per layer (default 10)\n"
-    "  --adapter-layers L    adapted top layers (default: 30/32 of the model's)\n"
-    "  --adapter-gate G      head (tanh gate per head, the paper) | peft (one raw gate, PEFT's)\n"
-    "  --fusion-layers F     adapter-v2 early-fusion layers (default 0)\n"
-    "  --fusion-dim D        width of the condition vectors for early fusion\n"
-    "  --excitor-len K       Excitor prompts (default 30)\n"
-    "  --excitor-rank R      Excitor bottleneck rank (default 16)\n"
-    "  --excitor-layers L    adapted top layers (default: 30/32 of the model's)\n";
+/* lora_r -> --lora-r */
+static const char *key_flag(const char *key, char *buf, size_t cap) {
+    snprintf(buf, cap, "--%s", key);
+    for (char *p = buf; *p; p++)
+        if (*p == '_') *p = '-';
+    return buf;
+}
+
+/* "lora, qlora": the methods that read setting key */
+static const char *key_methods(const char *key, char *buf, size_t cap) {
+    buf[0] = 0;
+    for (int k = 0; k < peft_method_count(); k++) {
+        const peft_method_def *d = peft_method_get((peft_method_kind)k);
+        int has = 0;
+        for (int g = 0; g < 3; g++)
+            for (const peft_method_key *x = d->keys[g]; x && x->key; x++) has |= !strcmp(x->key, key);
+        size_t L = strlen(buf);
+        if (has) snprintf(buf + L, cap - L, "%s%s", L ? ", " : "", d->name);
+    }
+    return buf;
+}
+
+static void print_method_help(FILE *f) {
+    fprintf(f, "  --method M            the method (default full; lora for a GGUF model, whose block\n"
+               "                        weights are not float and cannot train fully):\n");
+    for (int k = 0; k < peft_method_count(); k++) {
+        const peft_method_def *d = peft_method_get((peft_method_kind)k);
+        fprintf(f, "      %-12s %s\n", d->name, d->title);
+    }
+    char prev[256] = "", owners[256], flag[64], head[96];
+    for (int i = 0; method_key(i); i++) {
+        const peft_method_key *k = method_key(i);
+        if (strcmp(key_methods(k->key, owners, sizeof owners), prev)) {
+            fprintf(f, "  settings of %s:\n", owners);
+            snprintf(prev, sizeof prev, "%s", owners);
+        }
+        snprintf(head, sizeof head, "%s %s", key_flag(k->key, flag, sizeof flag), k->arg);
+        fprintf(f, "  %-21s ", head);
+        for (const char *p = k->help; *p; p++) {
+            fputc(*p, f);
+            if (*p == '\n') fprintf(f, "%24s", "");
+        }
+        fputc('\n', f);
+    }
+}
 
 /* Returns 1 if a/v was a method flag (stored), 0 if not. */
 static int take_method_flag(method_flags *mf, const char *a, const char *v) {
-    if (!strcmp(a, "--method")) { mf->method = v; return 1; }
-    for (int i = 0; METHOD_FLAGS[i]; i++)
-        if (!strcmp(a, METHOD_FLAGS[i]) && mf->n < 32) {
-            mf->keys[mf->n] = a;
+    if (!strcmp(a, "--method")) {
+        mf->method = v;
+        return 1;
+    }
+    char flag[64];
+    for (int i = 0; method_key(i); i++)
+        if (!strcmp(a, key_flag(method_key(i)->key, flag, sizeof flag)) && mf->n < 32) {
+            mf->keys[mf->n] = method_key(i)->key;
             mf->vals[mf->n++] = v;
             return 1;
         }
@@ -211,17 +257,16 @@ static int take_method_flag(method_flags *mf, const char *a, const char *v) {
 static int build_method(const method_flags *mf, peft_method *out, uint64_t seed) {
     peft_method_kind kind = PEFT_FULL;
     if (mf->method && peft_method_parse(mf->method, &kind) != PEFT_OK) {
-        fprintf(stderr, "peft: error: %s\n", peft_last_error());
+        fprintf(stderr, "peft: error: --method: %s\n", peft_last_error());
         return 2;
     }
     *out = peft_method_defaults(kind);
     out->seed = seed;
     for (int i = 0; i < mf->n; i++) {
-        char key[64];
-        snprintf(key, sizeof key, "%s", mf->keys[i] + 2);
-        for (char *p = key; *p; p++) if (*p == '-') *p = '_';
-        if (peft_method_set(out, key, mf->vals[i]) != PEFT_OK) {
-            fprintf(stderr, "peft: error: %s: %s\n", mf->keys[i], peft_last_error());
+        char flag[64];
+        if (peft_method_set(out, mf->keys[i], mf->vals[i]) != PEFT_OK) {
+            key_flag(mf->keys[i], flag, sizeof flag);
+            fprintf(stderr, "peft: error: %s: %s\n", flag, peft_last_error());
             return 2;
         }
     }
@@ -229,13 +274,26 @@ static int build_method(const method_flags *mf, peft_method *out, uint64_t seed)
 }
 
 /* ------------------------------------------------------------------ info */
+/* The registry as the README's methods table (a test holds the README to it). */
+static void print_methods_table(FILE *f) {
+    fprintf(f, "| `--method` | method | section | what trains | zero-init |\n|---|---|---|---|---|\n");
+    for (int k = 0; k < peft_method_count(); k++) {
+        const peft_method_def *d = peft_method_get((peft_method_kind)k);
+        fprintf(f, "| `%s` | %s | `%s` | %s | %s |\n", d->name, d->title, d->section, d->trains,
+                d->zero_init);
+    }
+}
+
+
 static const char *INFO_HELP =
     "usage: peft info MODEL_DIR [--method M [method flags]]\n"
     "       peft info --preset NAME [--method M [method flags]]\n"
-    "       peft info --list\n\n"
+    "       peft info --list\n"
+    "       peft info --methods\n\n"
     "Prints a model's configuration and parameter counts (from config.json or a\n"
     "built-in preset; no weights are loaded). With --method, the parameters that\n"
-    "method trains and their share of the base model.\n";
+    "method trains and their share of the base model. --methods: the methods\n"
+    "as a Markdown table (the README's).\n";
 
 /* LLaMA-4: the mixture of experts and the parameters a token uses */
 static void print_llama4(const peft_config *c) {
@@ -358,7 +416,11 @@ static int cmd_info(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(INFO_HELP, stdout);
-            fputs(METHOD_HELP, stdout);
+            print_method_help(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--methods")) {
+            print_methods_table(stdout);
             return 0;
         }
         if (!strcmp(a, "--list")) {
@@ -598,17 +660,7 @@ static const char *NUMERIC_KEYS[] = { "epochs",
                                       "optim_budget_mb",
                                       "checkpoint_activations",
                                       "stop_on_divergence",
-                                      "lora_r",
-                                      "lora_alpha",
-                                      "lora_dropout",
-                                      "lora_rslora",
-                                      "adapter_len",
-                                      "adapter_layers",
-                                      "fusion_layers",
-                                      "fusion_dim",
-                                      "excitor_len",
-                                      "excitor_rank",
-                                      "excitor_layers",
+                                      "seed",
                                       NULL };
 
 /* -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)? : what JSON accepts as a number ("0x10", "1e3 ", "+1" are not) */
@@ -635,12 +687,8 @@ static int json_number(const char *v) {
 static int known_key(const char *k) {
     for (int i = 0; TRAIN_KEYS[i]; i++) if (!strcmp(k, TRAIN_KEYS[i])) return 1;
     if (!strcmp(k, "chat_template")) return 1;
-    for (int i = 0; METHOD_FLAGS[i]; i++) {
-        char mk[64];
-        snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[i] + 2);
-        for (char *p = mk; *p; p++) if (*p == '-') *p = '_';
-        if (!strcmp(k, mk)) return 1;
-    }
+    for (int i = 0; method_key(i); i++)
+        if (!strcmp(k, method_key(i)->key)) return 1;
     return 0;
 }
 static const char *get(const settings *st, const char *key) {
@@ -745,7 +793,10 @@ static int write_settings(const settings *st, const char *path) {
         const char *v = st->s[i].val;
         int numeric = 0;
         for (int k = 0; NUMERIC_KEYS[k]; k++) numeric |= !strcmp(st->s[i].key, NUMERIC_KEYS[k]);
-        numeric = numeric && json_number(v);
+        for (int k = 0; method_key(k); k++)
+            numeric |= method_key(k)->number && !strcmp(st->s[i].key, method_key(k)->key);
+        /* a seed past 10^15 stays a string: a JSON reader's double would round it */
+        numeric = numeric && json_number(v) && (strcmp(st->s[i].key, "seed") || strlen(v) <= 15);
         n += (size_t)snprintf(buf + n, sizeof buf - n, "  \"%s\": ", st->s[i].key);
         if (numeric) n += (size_t)snprintf(buf + n, sizeof buf - n, "%s", v);
         else {
@@ -805,6 +856,31 @@ static int find_checkpoint(const char *path, char *ckpt, size_t n, char *run, si
     snprintf(ckpt, n, "%s/checkpoint-%ld", path, best);
     snprintf(run, rn, "%s", path);
     return 0;
+}
+
+/* The newest "step" in RUN/log.jsonl (0: none). */
+static int last_logged_step(const char *run) {
+    char path[1300], line[1024];
+    snprintf(path, sizeof path, "%s/log.jsonl", run);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int last = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *sp = strstr(line, "\"step\": ");
+        if (sp && atoi(sp + 8) > last) last = atoi(sp + 8);
+    }
+    fclose(f);
+    return last;
+}
+
+/* A run is finished when its log reached its last step and its result (adapter or model) is saved. */
+static int run_finished(const char *run, int steps) {
+    char path[1300];
+    if (last_logged_step(run) < steps) return 0;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", run);
+    if (file_exists(path)) return 1;
+    snprintf(path, sizeof path, "%s/model.safetensors", run);
+    return file_exists(path);
 }
 
 static void remove_tree(const char *path) {
@@ -1167,37 +1243,68 @@ static void clear_run(const char *out) {
     if (d) closedir(d);
 }
 
-static int cmd_train(int argc, char **argv) {
-    settings st = { .n = 0 };
+/* One `peft train` run: the resolved settings, what they parse to, and
+   what the run holds while it trains. cmd_train runs its phases in order;
+   each returns 0 to go on, an exit status to stop (-1: stop, exit 0). */
+typedef struct {
+    settings st;
+    char ckpt[1200], run_dir[1200];         /* --resume: the checkpoint and its run folder */
+    int overwrite, no_save;
+    model_src src;
+    const char *data, *out, *tokp;
+    int epochs, max_steps, B, T, threads, eval_every, save_every, stop_div, ckpt_act, steps;
+    peft_trainer_opts o;
+    peft_method meth;
+    peft_model *m;
+    peft_tokenizer tok, *tk;
+    peft_dataset ds, held;
+    char train_path[1200];
+    peft_trainer *tr;
+    peft_data_pos pos;
+    run_state rs;
+    FILE *log;
+    double elapsed0;                        /* elapsed_s at the checkpoint: the log's clock goes on */
+    int *order, *tokb, *tgtb;
+    int pad, tty;
+} train_job;
+
+/* --help, then the settings: the resumed run's, --config's, the flags', the defaults. -1: go on. */
+static int train_resolve(train_job *j, int argc, char **argv) {
+    settings *st = &j->st;
     const char *resume = NULL, *config = NULL;
-    int overwrite = 0, no_save = 0;
+    char path[1400];
     for (int i = 0; i < argc; i += 2) {                 /* --help, --config and --resume first */
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(TRAIN_HELP, stdout);
             fputs(DEVICE_HELP, stdout);
             print_trainer_defaults(stdout);
-            fputs(METHOD_HELP, stdout);
+            print_method_help(stdout);
             return 0;
         }
-        if (train_switch(argv[i])) { i--; continue; }
+        if (train_switch(argv[i])) {
+            i--;
+            continue;
+        }
         if (i + 1 >= argc) return usage_error("train", "option needs a value", argv[i]);
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
         if (!strcmp(argv[i], "--resume")) resume = argv[i + 1];
     }
-    char ckpt[1200] = "", run_dir[1200] = "", path[1400];
     if (resume) {
-        if (find_checkpoint(resume, ckpt, sizeof ckpt, run_dir, sizeof run_dir)) return 1;
-        snprintf(path, sizeof path, "%s/train_config.json", run_dir);
-        if (read_settings(&st, path)) return 1;
-        put(&st, "out", run_dir);
+        if (find_checkpoint(resume, j->ckpt, sizeof j->ckpt, j->run_dir, sizeof j->run_dir)) return 1;
+        snprintf(path, sizeof path, "%s/train_config.json", j->run_dir);
+        if (read_settings(st, path)) return 1;
+        put(st, "out", j->run_dir);
     }
-    if (config && read_settings(&st, config)) return 1;
+    if (config && read_settings(st, config)) return 1;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i];
         if (train_switch(a)) {
-            if (!strcmp(a, "--overwrite")) overwrite = 1;
-            else if (!strcmp(a, "--no-save")) no_save = 1;
-            else put(&st, "stop_on_divergence", "1");
+            if (!strcmp(a, "--overwrite"))
+                j->overwrite = 1;
+            else if (!strcmp(a, "--no-save"))
+                j->no_save = 1;
+            else
+                put(st, "stop_on_divergence", "1");
             i--;
             continue;
         }
@@ -1206,361 +1313,498 @@ static int cmd_train(int argc, char **argv) {
         char key[64];
         snprintf(key, sizeof key, "%s", !strcmp(a, "--steps") ? "--max-steps" : a);
         memmove(key, key + 2, strlen(key + 2) + 1);
-        for (char *p = key; *p; p++) if (*p == '-') *p = '_';
+        for (char *p = key; *p; p++)
+            if (*p == '-') *p = '_';
         if (!known_key(key)) return usage_error("train", "unknown option", a);
-        put(&st, key, argv[i + 1]);
+        put(st, key, argv[i + 1]);
     }
     /* defaults for what is still unset, so the written config is complete */
-    put_trainer_defaults(&st);
+    put_trainer_defaults(st);
     char threads_text[16];
     snprintf(threads_text, sizeof threads_text, "%d", default_threads);
     const char *defaults[][2] = { { "epochs", "1" },     { "batch", "4" },
                                   { "seq", "256" },      { "eval_every", "0" },
                                   { "save_every", "0" }, { "seed", "0" },
                                   { "threads", threads_text }, { "optim", "adamw" },
-                                  { "method", "full" },  { "stop_on_divergence", "0" },
-                                  { "precision", "fp32" } };
+                                  { "stop_on_divergence", "0" }, { "precision", "fp32" } };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
-        if (!get(&st, defaults[i][0])) put(&st, defaults[i][0], defaults[i][1]);
+        if (!get(st, defaults[i][0])) put(st, defaults[i][0], defaults[i][1]);
+    /* a GGUF model's block weights are not float: full fine-tuning is refused there, LoRA is not */
+    const char *model_arg = get(st, "model");
+    if (!get(st, "method")) put(st, "method", model_arg && is_gguf(model_arg) ? "lora" : "full");
+    return -1;
+}
 
-    /* parse the resolved settings */
-    model_src src = { get(&st, "model"), get(&st, "preset"), NULL, strtoull(get(&st, "seed"), NULL, 10) };
-    const char *data = get(&st, "data"), *out = get(&st, "out"), *tokp = get(&st, "tokenizer");
-    int epochs = 1, max_steps = 0, B = 4, T = 256, threads = default_threads, eval_every = 0, save_every = 0;
-    int ok = 1;
-    int stop_div = 0;
-    peft_trainer_opts o = peft_trainer_defaults();
-    const char *bad = NULL;
-#define INT_SETTING(k, var, cond) \
-    if (ok && get(&st, k) && !(parse_int(get(&st, k), &var) && (cond))) { \
+/* The method from the settings (--method and its settings, in any order). */
+static int train_method(train_job *j) {
+    const settings *st = &j->st;
+    method_flags mf = { .method = get(st, "method") };
+    for (int i = 0; i < st->n; i++)
+        for (int k = 0; method_key(k); k++)
+            if (!strcmp(method_key(k)->key, st->s[i].key) && mf.n < 32) {
+                mf.keys[mf.n] = method_key(k)->key;
+                mf.vals[mf.n++] = st->s[i].val;
+            }
+    peft_method_kind kind;
+    if (peft_method_parse(mf.method, &kind) != PEFT_OK) {
+        char names[512] = "";
+        for (int k = 0; k < peft_method_count(); k++) {
+            size_t L = strlen(names);
+            const char *name = peft_method_name((peft_method_kind)k);
+            snprintf(names + L, sizeof names - L, "%s%s", k ? ", " : "", name);
+        }
+        return bad_value("train", "--method", mf.method, names);
+    }
+    return build_method(&mf, &j->meth, j->src.seed);
+}
+
+/* The resolved settings → numbers, names and the method; a bad one names its flag and value. */
+static int train_parse(train_job *j) {
+    const settings *st = &j->st;
+    model_src src = { get(st, "model"), get(st, "preset"), NULL, strtoull(get(st, "seed"), NULL, 10) };
+    j->src = src;
+    j->data = get(st, "data");
+    j->out = get(st, "out");
+    j->tokp = get(st, "tokenizer");
+    j->epochs = 1;
+    j->B = 4;
+    j->T = 256;
+    j->threads = default_threads;
+    j->o = peft_trainer_defaults();
+    peft_trainer_opts *o = &j->o;
+    int ok = 1, budget_mb = 64;
+    const char *bad = NULL, *want = NULL;
+#define INT_SETTING(k, var, cond, what) \
+    if (ok && get(st, k) && !(parse_int(get(st, k), &var) && (cond))) { \
         ok = 0; \
         bad = k; \
+        want = what; \
     }
-#define FLOAT_SETTING(k, var, cond) \
-    if (ok && get(&st, k) && !(parse_float(get(&st, k), &var) && (cond))) { \
+#define FLOAT_SETTING(k, var, cond, what) \
+    if (ok && get(st, k) && !(parse_float(get(st, k), &var) && (cond))) { \
         ok = 0; \
         bad = k; \
+        want = what; \
     }
-    INT_SETTING("epochs", epochs, epochs > 0)
-    INT_SETTING("max_steps", max_steps, max_steps > 0)
-    INT_SETTING("batch", B, B > 0 && B <= 256)
-    INT_SETTING("seq", T, T > 1)
-    INT_SETTING("grad_accum", o.grad_accum, o.grad_accum > 0 && o.grad_accum <= 65536)
-    INT_SETTING("warmup", o.warmup_steps, 1)
-    INT_SETTING("threads", threads, threads > 0 && threads <= 1024)
-    INT_SETTING("stop_on_divergence", stop_div, stop_div <= 1)
-    INT_SETTING("eval_every", eval_every, 1)
-    INT_SETTING("save_every", save_every, 1)
-    if (ok && (!*get(&st, "seed") || strspn(get(&st, "seed"), "0123456789") != strlen(get(&st, "seed")))) {
+    INT_SETTING("epochs", j->epochs, j->epochs > 0, "a whole number >= 1")
+    INT_SETTING("max_steps", j->max_steps, j->max_steps > 0, "a whole number >= 1")
+    INT_SETTING("batch", j->B, j->B > 0 && j->B <= 256, "a whole number from 1 to 256")
+    INT_SETTING("seq", j->T, j->T > 1, "a whole number >= 2")
+    INT_SETTING("grad_accum", o->grad_accum, o->grad_accum > 0 && o->grad_accum <= 65536,
+                "a whole number from 1 to 65536")
+    INT_SETTING("warmup", o->warmup_steps, 1, "a whole number >= 0")
+    INT_SETTING("threads", j->threads, j->threads > 0 && j->threads <= 1024, "a whole number from 1 to 1024")
+    INT_SETTING("stop_on_divergence", j->stop_div, j->stop_div <= 1, "0 or 1")
+    INT_SETTING("eval_every", j->eval_every, 1, "a whole number >= 0")
+    INT_SETTING("save_every", j->save_every, 1, "a whole number >= 0")
+    const char *seed = get(st, "seed");
+    if (ok && (!*seed || strspn(seed, "0123456789") != strlen(seed))) {
         ok = 0;
         bad = "seed";
+        want = "a whole number >= 0";
     }
-    FLOAT_SETTING("lr", o.lr, o.lr > 0)
-    FLOAT_SETTING("min_lr", o.min_lr, o.min_lr >= 0)
-    FLOAT_SETTING("weight_decay", o.weight_decay, o.weight_decay >= 0)
-    FLOAT_SETTING("max_grad_norm", o.max_grad_norm, o.max_grad_norm >= 0)
-    FLOAT_SETTING("adam_beta1", o.beta1, o.beta1 >= 0 && o.beta1 < 1)
-    FLOAT_SETTING("adam_beta2", o.beta2, o.beta2 >= 0 && o.beta2 < 1)
-    FLOAT_SETTING("adam_epsilon", o.eps, o.eps > 0)
-    int budget_mb = 64, ckpt_act = 0;
-    INT_SETTING("optim_budget_mb", budget_mb, budget_mb > 0)
-    INT_SETTING("checkpoint_activations", ckpt_act, ckpt_act <= 1)
-    o.optim_budget_bytes = (size_t)budget_mb << 20;
-    const char *sched = get(&st, "schedule"), *optim = get(&st, "optim");
-    if (ok && !strcmp(sched, "constant")) o.schedule = PEFT_SCHED_CONSTANT;
-    else if (ok && !strcmp(sched, "cosine")) o.schedule = PEFT_SCHED_COSINE;
-    else if (ok && !strcmp(sched, "linear")) o.schedule = PEFT_SCHED_LINEAR;
-    else if (ok) { ok = 0; bad = "schedule"; }
-    o.paged_optim = !strcmp(optim, "paged");
-    o.optim_8bit = !strcmp(optim, "8bit");
-    if (ok && !o.paged_optim && !o.optim_8bit && strcmp(optim, "adamw")) { ok = 0; bad = "optim"; }
-    if (ok && peft_precision_parse(get(&st, "precision"), &o.precision) != PEFT_OK) {
+    FLOAT_SETTING("lr", o->lr, o->lr > 0, "a number > 0")
+    FLOAT_SETTING("min_lr", o->min_lr, o->min_lr >= 0, "a number >= 0")
+    FLOAT_SETTING("weight_decay", o->weight_decay, o->weight_decay >= 0, "a number >= 0")
+    FLOAT_SETTING("max_grad_norm", o->max_grad_norm, o->max_grad_norm >= 0, "a number >= 0")
+    FLOAT_SETTING("adam_beta1", o->beta1, o->beta1 >= 0 && o->beta1 < 1, "a number in [0, 1)")
+    FLOAT_SETTING("adam_beta2", o->beta2, o->beta2 >= 0 && o->beta2 < 1, "a number in [0, 1)")
+    FLOAT_SETTING("adam_epsilon", o->eps, o->eps > 0, "a number > 0")
+    INT_SETTING("optim_budget_mb", budget_mb, budget_mb > 0, "a whole number >= 1")
+    INT_SETTING("checkpoint_activations", j->ckpt_act, j->ckpt_act <= 1, "0 or 1")
+#undef INT_SETTING
+#undef FLOAT_SETTING
+    o->optim_budget_bytes = (size_t)budget_mb << 20;
+    const char *sched = get(st, "schedule"), *optim = get(st, "optim");
+    if (ok && !strcmp(sched, "constant"))
+        o->schedule = PEFT_SCHED_CONSTANT;
+    else if (ok && !strcmp(sched, "cosine"))
+        o->schedule = PEFT_SCHED_COSINE;
+    else if (ok && !strcmp(sched, "linear"))
+        o->schedule = PEFT_SCHED_LINEAR;
+    else if (ok) {
+        ok = 0;
+        bad = "schedule";
+        want = "constant, cosine or linear";
+    }
+    o->paged_optim = !strcmp(optim, "paged");
+    o->optim_8bit = !strcmp(optim, "8bit");
+    if (ok && !o->paged_optim && !o->optim_8bit && strcmp(optim, "adamw")) {
+        ok = 0;
+        bad = "optim";
+        want = "adamw, paged or 8bit";
+    }
+    if (ok && peft_precision_parse(get(st, "precision"), &o->precision) != PEFT_OK) {
         ok = 0;
         bad = "precision";
+        want = "fp32 or bf16";
     }
-    if (!ok) return usage_error("train", "bad value for", bad);
-    if (!src.model && !src.preset) return usage_error("train", "--model or --preset is required", NULL);
-    if (!data) return usage_error("train", "--data is required", NULL);
-    if (!out && !no_save)
+    char flag[64];
+    if (!ok) return bad_value("train", key_flag(bad, flag, sizeof flag), get(st, bad), want);
+    if (!j->src.model && !j->src.preset) return usage_error("train", "--model or --preset is required", NULL);
+    if (!j->data) return usage_error("train", "--data is required", NULL);
+    if (!j->out && !j->no_save)
         return usage_error("train", "--out DIR is needed to keep what is trained (--no-save trains without "
                            "saving)", NULL);
-    if (out && no_save) return usage_error("train", "--no-save and --out exclude each other", NULL);
-    if (out && !ckpt[0] && !overwrite && dir_nonempty(out)) {
+    if (j->out && j->no_save) return usage_error("train", "--no-save and --out exclude each other", NULL);
+    if (j->out && !j->ckpt[0] && !j->overwrite && dir_nonempty(j->out)) {
         fprintf(stderr, "peft train: %s is not empty (an earlier run?): --resume %s continues it, "
-                "--overwrite replaces it, or give another --out\n", out, out);
+                "--overwrite replaces it, or give another --out\n", j->out, j->out);
         return 2;
     }
-    method_flags mf = { .method = get(&st, "method") };
-    for (int i = 0; i < st.n; i++)
-        for (int k = 0; METHOD_FLAGS[k]; k++) {
-            char mk[64];
-            snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[k] + 2);
-            for (char *p = mk; *p; p++) if (*p == '-') *p = '_';
-            if (!strcmp(mk, st.s[i].key) && mf.n < 32) {
-                mf.keys[mf.n] = METHOD_FLAGS[k];
-                mf.vals[mf.n++] = st.s[i].val;
-            }
-        }
-    peft_method_kind kind;
-    if (peft_method_parse(mf.method, &kind) != PEFT_OK)
-        return usage_error("train", "unknown --method (full, lora, adapter-v1, adapter-v2, excitor, qlora)",
-                           mf.method);
-    peft_method meth;
-    int bm = build_method(&mf, &meth, src.seed);
-    if (bm) return bm;
-    peft_set_threads(threads);
+    return train_method(j);
+}
 
-    /* model, tokenizer, data */
-    peft_model *m;
-    if (load_model(&src, &m)) return 1;
-    peft_tokenizer tok, *tk = NULL;
-    memset(&tok, 0, sizeof tok);
-    const char *tsrc = tokp ? tokp : src.model;
+/* The tokenizer: --tokenizer, the model folder's tokenizer.json / .bin, or a GGUF's own. */
+static int train_tokenizer(train_job *j) {
+    const char *tsrc = j->tokp ? j->tokp : j->src.model;
     char tprobe[1200] = "";
-    if (tsrc && !tokp && dir_exists(tsrc)) {
+    if (tsrc && !j->tokp && dir_exists(tsrc)) {
         snprintf(tprobe, sizeof tprobe, "%s/tokenizer.json", tsrc);
         if (!file_exists(tprobe)) snprintf(tprobe, sizeof tprobe, "%s/tokenizer.bin", tsrc);
         if (!file_exists(tprobe)) tprobe[0] = 0;
-    } else if (tokp) snprintf(tprobe, sizeof tprobe, "%s", tokp);
-    else if (tsrc && is_gguf(tsrc)) snprintf(tprobe, sizeof tprobe, "%s", tsrc);   /* its own tokenizer */
-    if (tprobe[0]) {
-        if (peft_tokenizer_load(&tok, tprobe, m->cfg.vocab_size) != PEFT_OK) {
-            peft_model_free(m);
-            return fail();
-        }
-        if (tok.unused[0])
-            fprintf(stderr, "peft: warning: tokenizer_config.json beside %s: not applied: %s\n", tprobe,
-                    tok.unused);
-        peft_tokenizer_use_config_eos(&tok, &m->cfg); /* no tokenizer_config.json eos_token: config.json's */
-        tk = &tok;
-        const char *ct = get(&st, "chat_template");
-        if (ct && (tok.chat = peft_chat_family(ct)) < 0) {
-            peft_tokenizer_free(&tok);
-            peft_model_free(m);
-            return usage_error("train", "--chat-template must be chatml, llama2, llama3 or alpaca", ct);
-        }
-    }
-    char train_path[1200], valid_path[1200] = "";
-    snprintf(train_path, sizeof train_path, "%s", data);
-    if (dir_exists(data)) {
-        snprintf(train_path, sizeof train_path, "%s/train.jsonl", data);
-        snprintf(valid_path, sizeof valid_path, "%s/valid.jsonl", data);
+    } else if (j->tokp)
+        snprintf(tprobe, sizeof tprobe, "%s", j->tokp);
+    else if (tsrc && is_gguf(tsrc))
+        snprintf(tprobe, sizeof tprobe, "%s", tsrc);   /* its own tokenizer */
+    if (!tprobe[0]) return 0;
+    if (peft_tokenizer_load(&j->tok, tprobe, j->m->cfg.vocab_size) != PEFT_OK) return fail();
+    if (j->tok.unused[0])
+        fprintf(stderr, "peft: warning: tokenizer_config.json beside %s: not applied: %s\n", tprobe,
+                j->tok.unused);
+    /* no tokenizer_config.json eos_token: config.json's */
+    peft_tokenizer_use_config_eos(&j->tok, &j->m->cfg);
+    j->tk = &j->tok;
+    const char *ct = get(&j->st, "chat_template");
+    if (ct && (j->tok.chat = peft_chat_family(ct)) < 0)
+        return usage_error("train", "--chat-template must be chatml, llama2, llama3 or alpaca", ct);
+    return 0;
+}
+
+/* The examples: a file, or a folder's train.jsonl (+ valid.jsonl held out; else 5% when evaluating). */
+static int train_data(train_job *j) {
+    char valid_path[1200] = "";
+    snprintf(j->train_path, sizeof j->train_path, "%s", j->data);
+    if (dir_exists(j->data)) {
+        snprintf(j->train_path, sizeof j->train_path, "%s/train.jsonl", j->data);
+        snprintf(valid_path, sizeof valid_path, "%s/valid.jsonl", j->data);
         if (!file_exists(valid_path)) valid_path[0] = 0;
     }
-    peft_dataset ds, held;
-    memset(&held, 0, sizeof held);
-    int rc = 0;
-    if (peft_dataset_load(&ds, train_path, tk, T + 1) != PEFT_OK) {
-        peft_tokenizer_free(&tok);
-        peft_model_free(m);
-        return fail();
-    }
+    if (peft_dataset_load(&j->ds, j->train_path, j->tk, j->T + 1) != PEFT_OK) return fail();
     if (valid_path[0]) {
-        if (peft_dataset_load(&held, valid_path, tk, T + 1) != PEFT_OK) rc = fail();
-    } else if (eval_every > 0 && ds.n >= 20) {
-        if (peft_dataset_split(&ds, &held, ds.n / 20, src.seed) != PEFT_OK) rc = fail();
+        if (peft_dataset_load(&j->held, valid_path, j->tk, j->T + 1) != PEFT_OK) return fail();
+    } else if (j->eval_every > 0 && j->ds.n >= 20) {
+        if (peft_dataset_split(&j->ds, &j->held, j->ds.n / 20, j->src.seed) != PEFT_OK) return fail();
     }
-    for (int64_t i = 0; !rc && i < ds.n_tokens; i++)
-        if (ds.ids[i] < 0 || ds.ids[i] >= m->cfg.vocab_size) {
+    for (int64_t i = 0; i < j->ds.n_tokens; i++)
+        if (j->ds.ids[i] < 0 || j->ds.ids[i] >= j->m->cfg.vocab_size) {
             fprintf(stderr, "peft: error: %s: token id %d is outside the model's vocabulary (%d)\n",
-                    train_path, ds.ids[i], m->cfg.vocab_size);
-            rc = 1;
+                    j->train_path, j->ds.ids[i], j->m->cfg.vocab_size);
+            return 1;
         }
-    if (!rc && peft_attach(m, &meth) != PEFT_OK) rc = fail();
-    if (!rc && peft_model_trainable_count(m) == 0) {
+    return 0;
+}
+
+/* The model, its tokenizer and the data. */
+static int train_load(train_job *j) {
+    peft_set_threads(j->threads);
+    if (load_model(&j->src, &j->m)) return 1;
+    int rc = train_tokenizer(j);
+    return rc ? rc : train_data(j);
+}
+
+/* The method attached, the step count, the trainer (from the checkpoint when resuming), the output folder. */
+static int train_prepare(train_job *j) {
+    char path[1400];
+    if (peft_attach(j->m, &j->meth) != PEFT_OK) return fail();
+    if (peft_model_trainable_count(j->m) == 0) {
         fprintf(stderr, "peft: error: %s would train 0 parameters of this model: check its settings\n",
-                peft_method_name(meth.kind));
-        rc = 1;
+                peft_method_name(j->meth.kind));
+        return 1;
     }
-    peft_model_set_checkpointing(m, ckpt_act);
+    peft_model_set_checkpointing(j->m, j->ckpt_act);
     /* in 64 bits: --epochs 1000000000 must not wrap around to a small or negative count */
-    int64_t per_epoch = (ds.n + (int64_t)B * o.grad_accum - 1) / ((int64_t)B * o.grad_accum);
-    int64_t steps64 = max_steps ? max_steps : (int64_t)epochs * per_epoch;
-    if (!rc && steps64 > 10000000) {
+    int64_t per_step = (int64_t)j->B * j->o.grad_accum;
+    int64_t per_epoch = (j->ds.n + per_step - 1) / per_step;
+    int64_t steps64 = j->max_steps ? j->max_steps : (int64_t)j->epochs * per_epoch;
+    if (steps64 > 10000000) {
         fprintf(stderr, "peft train: %lld optimizer steps (%s): more than 10^7 is not a run this tool makes; "
                 "lower --epochs or --max-steps\n", (long long)steps64,
-                max_steps ? "--max-steps" : "--epochs x steps per epoch");
-        rc = 2;
+                j->max_steps ? "--max-steps" : "--epochs x steps per epoch");
+        return 2;
     }
-    int steps = rc ? 0 : (int)steps64;
-    o.total_steps = steps;
-    peft_trainer *tr = rc ? NULL : peft_trainer_new(m, &o);
-    if (!rc && !tr) rc = fail();
-    peft_data_pos pos = { 0, 0, 0 };
-    if (!rc && ckpt[0]) {
-        snprintf(path, sizeof path, "%s/trainer.safetensors", ckpt);
-        if (peft_checkpoint_load(tr, &pos, path) != PEFT_OK) rc = fail();
-        else if (pos.cursor > ds.n || tr->step > steps) {
+    j->steps = (int)steps64;
+    j->o.total_steps = j->steps;
+    j->tr = peft_trainer_new(j->m, &j->o);
+    if (!j->tr) return fail();
+    if (j->ckpt[0]) {
+        snprintf(path, sizeof path, "%s/trainer.safetensors", j->ckpt);
+        if (peft_checkpoint_load(j->tr, &j->pos, path) != PEFT_OK) return fail();
+        if (j->pos.cursor > j->ds.n || j->tr->step > j->steps) {
             fprintf(stderr, "peft: error: %s: the checkpoint is at step %d, example %lld of an epoch, "
                     "outside this run (%d steps, %d examples): resumed with other data or settings?\n",
-                    path, tr->step, (long long)pos.cursor, steps, ds.n);
-            rc = 1;
-        } else printf("resuming from %s at step %d\n", ckpt, tr->step);
+                    path, j->tr->step, (long long)j->pos.cursor, j->steps, j->ds.n);
+            return 1;
+        }
+        printf("resuming from %s at step %d\n", j->ckpt, j->tr->step);
     }
-    if (!rc && out) {
+    if (j->out) {
         char mk[1300];
-        snprintf(mk, sizeof mk, "%s", out);
-        for (char *p = mk + 1; *p; p++) if (*p == '/') { *p = 0; mkdir(mk, 0755); *p = '/'; }
+        snprintf(mk, sizeof mk, "%s", j->out);
+        for (char *p = mk + 1; *p; p++)
+            if (*p == '/') {
+                *p = 0;
+                mkdir(mk, 0755);
+                *p = '/';
+            }
         mkdir(mk, 0755);
-        if (!dir_exists(out)) { fprintf(stderr, "peft: error: cannot create %s\n", out); rc = 1; }
-        if (!rc && !ckpt[0] && overwrite) clear_run(out);
-        snprintf(path, sizeof path, "%s/train_config.json", out);
-        if (!rc) rc = write_settings(&st, path);
+        if (!dir_exists(j->out)) {
+            fprintf(stderr, "peft: error: cannot create %s\n", j->out);
+            return 1;
+        }
+        if (!j->ckpt[0] && j->overwrite) clear_run(j->out);
+        snprintf(path, sizeof path, "%s/train_config.json", j->out);
+        if (write_settings(&j->st, path)) return 1;
+    }
+    /* resumed, and its log reached the last step with the result saved: nothing is left to train */
+    if (j->ckpt[0] && j->out && run_finished(j->out, j->steps)) {
+        printf("%s: the run is finished (%d of %d steps, its %s saved): nothing to resume; raise "
+               "--max-steps or --epochs to train further\n", j->out, j->steps, j->steps,
+               j->meth.kind == PEFT_FULL ? "model" : "adapter");
+        return -1;
     }
     char b1[40], b2[40];
-    if (!rc)
-        printf("training %s parameters (%.4f%% of %s) with %s: %d examples (%lld tokens; %d cut to --seq, "
-               "%d dropped: no target within --seq), %d held out, %d steps\n",
-               commas(peft_model_trainable_count(m), b1),
-               100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m),
-               commas(peft_model_base_count(m), b2), peft_method_name(meth.kind), ds.n,
-               (long long)ds.n_tokens, ds.n_truncated, ds.n_dropped, held.n, steps);
-
-    /* the log: lines of earlier steps survive a resume, later ones (past the checkpoint) go */
-    run_state rs = { m,
-                     tr,
-                     &meth,
-                     calloc((size_t)steps + 1, sizeof(double)),
-                     calloc((size_t)steps + 2, sizeof(double)),
-                     calloc((size_t)steps + 2, sizeof(double)),
-                     0,
-                     0 };
-    if (!rc && (!rs.loss || !rs.eval_x || !rs.eval_y)) {
-        fprintf(stderr, "peft: error: out of memory for %d steps\n", steps);
-        rc = 1;
+    int64_t trainable = peft_model_trainable_count(j->m), base = peft_model_base_count(j->m);
+    printf("training %s parameters (%.4f%% of %s) with %s: %d examples (%lld tokens; %d cut to --seq, "
+           "%d dropped: no target within --seq), %d held out, %d steps\n",
+           commas(trainable, b1), 100.0 * (double)trainable / (double)base, commas(base, b2),
+           peft_method_name(j->meth.kind), j->ds.n, (long long)j->ds.n_tokens, j->ds.n_truncated,
+           j->ds.n_dropped, j->held.n, j->steps);
+    size_t n_steps = (size_t)j->steps;
+    run_state rs = { j->m, j->tr, &j->meth, calloc(n_steps + 1, sizeof(double)),
+                     calloc(n_steps + 2, sizeof(double)), calloc(n_steps + 2, sizeof(double)), 0, 0 };
+    j->rs = rs;
+    j->order = malloc(sizeof(int) * (size_t)j->ds.n);
+    j->tokb = malloc(sizeof(int) * (size_t)j->B * j->T);
+    j->tgtb = malloc(sizeof(int) * (size_t)j->B * j->T);
+    if (!rs.loss || !rs.eval_x || !rs.eval_y || !j->order || !j->tokb || !j->tgtb) {
+        fprintf(stderr, "peft: error: out of memory for %d steps\n", j->steps);
+        return 1;
     }
-    FILE *log = NULL;
-    if (!rc && out) {
-        snprintf(path, sizeof path, "%s/log.jsonl", out);
-        unsigned char *old = NULL;
-        size_t on = 0;
-        if (ckpt[0] && peft_read_file(path, &old, &on) == PEFT_OK) {
-            char tmp[1500];
-            snprintf(tmp, sizeof tmp, "%s.tmp", path);
-            FILE *w = fopen(tmp, "w");
-            for (char *line = (char *)old, *next; w && line < (char *)old + on && *line; line = next) {
-                next = strchr(line, '\n');
-                if (!next) break;
-                *next++ = 0;
-                const char *sp = strstr(line, "\"step\": ");
-                int sn = sp ? atoi(sp + 8) : 0;
-                if (sn > tr->step) continue;
-                fprintf(w, "%s\n", line);
-                const char *lp = strstr(line, "\"loss\": "), *ep = strstr(line, "\"eval_loss\": ");
-                if (lp && sn >= 1 && sn <= steps) {
-                    rs.loss[sn - 1] = atof(lp + 8);
-                    if (sn > rs.n_loss) rs.n_loss = sn;
-                }
-                if (ep && rs.n_eval < steps + 1) {
-                    rs.eval_x[rs.n_eval] = sn;
-                    rs.eval_y[rs.n_eval++] = atof(ep + 13);
-                }
-            }
-            if (w) { fclose(w); rename(tmp, path); }
-            free(old);
+    peft_dataset_order(j->ds.n, j->src.seed, (int)j->pos.epoch, j->order);
+    return 0;
+}
+
+/* One line of an old log kept on resume: its loss and eval loss back into the plot's series. */
+static void train_keep_log_line(train_job *j, const char *line, int sn) {
+    run_state *rs = &j->rs;
+    const char *lp = strstr(line, "\"loss\": "), *ep = strstr(line, "\"eval_loss\": ");
+    const char *tp = strstr(line, "\"elapsed_s\": ");
+    if (tp) j->elapsed0 = atof(tp + 13);                 /* the run's clock at the checkpoint */
+    if (lp && sn >= 1 && sn <= j->steps) {
+        rs->loss[sn - 1] = atof(lp + 8);
+        if (sn > rs->n_loss) rs->n_loss = sn;
+    }
+    if (ep && rs->n_eval < j->steps + 1) {
+        rs->eval_x[rs->n_eval] = sn;
+        rs->eval_y[rs->n_eval++] = atof(ep + 13);
+    }
+}
+
+/* log.jsonl: on resume, lines of earlier steps survive and later ones (past the checkpoint) go. */
+static int train_open_log(train_job *j) {
+    if (!j->out) return 0;
+    char path[1400];
+    snprintf(path, sizeof path, "%s/log.jsonl", j->out);
+    unsigned char *old = NULL;
+    size_t on = 0;
+    if (j->ckpt[0] && peft_read_file(path, &old, &on) == PEFT_OK) {
+        char tmp[1500];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        FILE *w = fopen(tmp, "w");
+        for (char *line = (char *)old, *next; w && line < (char *)old + on && *line; line = next) {
+            next = strchr(line, '\n');
+            if (!next) break;
+            *next++ = 0;
+            const char *sp = strstr(line, "\"step\": ");
+            int sn = sp ? atoi(sp + 8) : 0;
+            if (sn > j->tr->step) continue;
+            fprintf(w, "%s\n", line);
+            train_keep_log_line(j, line, sn);
         }
-        log = fopen(path, ckpt[0] ? "a" : "w");
-        if (!log) { fprintf(stderr, "peft: error: cannot write %s\n", path); rc = 1; }
+        if (w) {
+            fclose(w);
+            rename(tmp, path);
+        }
+        free(old);
     }
+    j->log = fopen(path, j->ckpt[0] ? "a" : "w");
+    if (!j->log) {
+        fprintf(stderr, "peft: error: cannot write %s\n", path);
+        return 1;
+    }
+    return 0;
+}
 
-    int *order = malloc(sizeof(int) * (size_t)ds.n), *tokb = malloc(sizeof(int) * (size_t)B * T),
-        *tgtb = malloc(sizeof(int) * (size_t)B * T);
-    if (!order || !tokb || !tgtb) { fprintf(stderr, "peft: error: out of memory\n"); rc = 1; }
-    if (!rc) peft_dataset_order(ds.n, src.seed, (int)pos.epoch, order);
-    const char *crash = getenv("PEFT_CRASH_AFTER_STEP");  /* tests: die like a killed process */
-    int tty = isatty(2), pad = m->cfg.eos_id >= 0 ? m->cfg.eos_id : 0;
+/* One optimizer step: grad_accum micro-batches in the data order; their mean loss and token count. */
+static int train_step(train_job *j, double *loss, double *ntok) {
+    double sum = 0;
+    *ntok = 0;
+    for (int k = 0; k < j->o.grad_accum; k++) {
+        int idx[256];
+        for (int b = 0; b < j->B; b++) {
+            if (j->pos.cursor >= j->ds.n) {
+                j->pos.epoch++;
+                j->pos.cursor = 0;
+                peft_dataset_order(j->ds.n, j->src.seed, (int)j->pos.epoch, j->order);
+            }
+            idx[b] = j->order[j->pos.cursor++];
+        }
+        int L = peft_dataset_batch(&j->ds, idx, j->B, j->T, j->pad, j->tokb, j->tgtb);
+        float l;
+        if (peft_trainer_step(j->tr, j->tokb, j->tgtb, j->B, L, &l) != PEFT_OK) return fail();
+        sum += l;
+        *ntok += (double)j->B * L;
+    }
+    *loss = sum / j->o.grad_accum;
+    j->pos.tokens += (int64_t)*ntok;
+    return 0;
+}
+
+/* A learning rate that destroyed the model: the loss pinned at ln(vocab) (uniform predictions)
+   though the first step's was below it, or far above the first step's. 1: stop the run. */
+typedef struct { double ln_v, first; int flat, high, warned; } divergence;
+
+static int train_diverged(train_job *j, divergence *dv, int s, double loss) {
+    if (isnan(dv->first)) dv->first = loss;
+    dv->flat = dv->first < 0.95 * dv->ln_v && fabs(loss - dv->ln_v) < 0.03 * dv->ln_v ? dv->flat + 1 : 0;
+    dv->high = loss > dv->first + fmax(dv->first, 1.0) ? dv->high + 1 : 0;
+    if (dv->warned || (dv->flat < 10 && dv->high < 3)) return 0;
+    dv->warned = 1;
+    if (j->tty) fprintf(stderr, "\n");
+    fprintf(stderr, "peft: %s: step %d: the loss is %.4f, %s (step 1: %.4f, ln(vocab) %.4f): the "
+            "learning rate (%g) has likely destroyed the model%s\n", j->stop_div ? "error" : "warning",
+            s, loss, dv->flat >= 10 ? "stuck at ln(vocab), uniform predictions, for 10 steps"
+                                    : "far above where it started",
+            dv->first, dv->ln_v, j->o.lr,
+            j->stop_div ? "; stopped (--stop-on-divergence)" : "; --stop-on-divergence stops such runs");
+    return j->stop_div;
+}
+
+/* The step's log line and progress; el: seconds of this process's run, tps its tokens/s. */
+static void train_report(train_job *j, int s, double loss, double ntok, double step_s, double el,
+                         double tps, int start_step) {
+    const peft_trainer *tr = j->tr;
+    if (j->log)
+        fprintf(j->log,
+                "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %lld, "
+                "\"tok_s\": %.1f, \"epoch\": %lld, \"elapsed_s\": %.3f}\n",
+                s, loss, tr->last_lr, tr->last_grad_norm, (long long)j->pos.tokens, ntok / step_s,
+                (long long)j->pos.epoch, j->elapsed0 + el);
+    /* ETA from this run's pace */
+    if (j->tty)
+        peft_progress(stderr, "train", s, j->steps, loss, tr->last_lr, tps,
+                      el * s / (double)(s - start_step));
+    else
+        printf("step %4d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.0f tok/s\n", s, j->steps, loss,
+               tr->last_lr, tr->last_grad_norm, tps);
+    fflush(stdout);
+}
+
+/* The held-out loss every --eval-every steps and at the end. */
+static void train_eval(train_job *j, int s) {
+    if (!j->held.n || !((j->eval_every && s % j->eval_every == 0) || s == j->steps)) return;
+    double el = eval_loss(j->m, &j->held, j->B, j->T, j->pad);
+    j->rs.eval_x[j->rs.n_eval] = s;
+    j->rs.eval_y[j->rs.n_eval++] = el;
+    if (j->log) fprintf(j->log, "{\"step\": %d, \"eval_loss\": %.6f}\n", s, el);
+    if (j->tty) fprintf(stderr, "\n");
+    printf("step %4d  eval loss %.4f (%d held-out examples)\n", s, el, j->held.n);
+}
+
+/* The tests' crash hook: PEFT_CRASH_AFTER_STEP=N dies like a killed process after step N. */
+static void test_crash_hook(int step) {
+    const char *crash = getenv("PEFT_CRASH_AFTER_STEP");
+    if (crash && atoi(crash) == step) raise(SIGKILL);
+}
+
+static int train_loop(train_job *j) {
+    j->tty = isatty(2);
+    j->pad = j->m->cfg.eos_id >= 0 ? j->m->cfg.eos_id : 0;
     double t0 = now_s(), tokens_run = 0;
-    int start_step = tr ? tr->step : 0;
-    /* a learning rate that destroyed the model: the loss pinned at ln(vocab) (uniform predictions)
-       though the first step's was below it, or far above the first step's */
-    double ln_v = logf((float)m->cfg.vocab_size), first_loss = rs.n_loss && rs.loss[0] > 0 ? rs.loss[0] : NAN;
-    int flat = 0, high = 0, warned = 0;
-    while (!rc && tr->step < steps) {
-        double ts = now_s(), sum = 0, ntok = 0;
-        for (int k = 0; k < o.grad_accum && !rc; k++) {
-            int idx[256];
-            for (int b = 0; b < B; b++) {
-                if (pos.cursor >= ds.n) {
-                    pos.epoch++;
-                    pos.cursor = 0;
-                    peft_dataset_order(ds.n, src.seed, (int)pos.epoch, order);
-                }
-                idx[b] = order[pos.cursor++];
-            }
-            int L = peft_dataset_batch(&ds, idx, B, T, pad, tokb, tgtb);
-            float loss;
-            if (peft_trainer_step(tr, tokb, tgtb, B, L, &loss) != PEFT_OK) { rc = fail(); break; }
-            sum += loss;
-            ntok += (double)B * L;
-        }
-        if (rc) break;
-        pos.tokens += (int64_t)ntok;
+    int start_step = j->tr->step;
+    double first = j->rs.n_loss && j->rs.loss[0] > 0 ? j->rs.loss[0] : NAN;
+    divergence dv = { logf((float)j->m->cfg.vocab_size), first, 0, 0, 0 };
+    while (j->tr->step < j->steps) {
+        double ts = now_s(), loss, ntok;
+        int rc = train_step(j, &loss, &ntok);
+        if (rc) return rc;
         tokens_run += ntok;
-        int s = tr->step;
-        double loss = sum / o.grad_accum, el = now_s() - t0, tps = tokens_run / (el > 0 ? el : 1e-9);
-        rs.loss[s - 1] = loss;
-        rs.n_loss = s;
-        if (isnan(first_loss)) first_loss = loss;
-        flat = first_loss < 0.95 * ln_v && fabs(loss - ln_v) < 0.03 * ln_v ? flat + 1 : 0;
-        high = loss > first_loss + fmax(first_loss, 1.0) ? high + 1 : 0;
-        if (!warned && (flat >= 10 || high >= 3)) {
-            warned = 1;
-            if (tty) fprintf(stderr, "\n");
-            fprintf(stderr, "peft: %s: step %d: the loss is %.4f, %s (step 1: %.4f, ln(vocab) %.4f): the "
-                    "learning rate (%g) has likely destroyed the model%s\n", stop_div ? "error" : "warning",
-                    s, loss, flat >= 10 ? "stuck at ln(vocab), uniform predictions, for 10 steps"
-                                        : "far above where it started",
-                    first_loss, ln_v, o.lr,
-                    stop_div ? "; stopped (--stop-on-divergence)" : "; --stop-on-divergence stops such runs");
-            if (stop_div) { rc = 1; break; }
+        int s = j->tr->step;
+        double el = now_s() - t0, tps = tokens_run / (el > 0 ? el : 1e-9);
+        j->rs.loss[s - 1] = loss;
+        j->rs.n_loss = s;
+        if (train_diverged(j, &dv, s, loss)) return 1;
+        train_report(j, s, loss, ntok, now_s() - ts, el, tps, start_step);
+        train_eval(j, s);
+        if (j->log) fflush(j->log);
+        if (j->out && j->save_every && s % j->save_every == 0 && s < j->steps) {
+            if (save_checkpoint(&j->rs, j->out, s, &j->pos)) return 1;
+            write_plot(&j->rs, j->out);
         }
-        if (log)
-            fprintf(log,
-                    "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %lld, "
-                    "\"tok_s\": %.1f, \"epoch\": %lld, \"elapsed_s\": %.3f}\n",
-                    s, loss, tr->last_lr, tr->last_grad_norm, (long long)pos.tokens, ntok / (now_s() - ts),
-                    (long long)pos.epoch, el);
-        /* ETA from this run's pace */
-        if (tty)
-            peft_progress(stderr, "train", s, steps, loss, tr->last_lr, tps,
-                          el * s / (double)(s - start_step));
-        else
-            printf("step %4d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.0f tok/s\n", s, steps, loss,
-                   tr->last_lr, tr->last_grad_norm, tps);
-        fflush(stdout);
-        if (held.n && ((eval_every && s % eval_every == 0) || s == steps)) {
-            double el2 = eval_loss(m, &held, B, T, pad);
-            rs.eval_x[rs.n_eval] = s;
-            rs.eval_y[rs.n_eval++] = el2;
-            if (log) fprintf(log, "{\"step\": %d, \"eval_loss\": %.6f}\n", s, el2);
-            if (tty) fprintf(stderr, "\n");
-            printf("step %4d  eval loss %.4f (%d held-out examples)\n", s, el2, held.n);
-        }
-        if (log) fflush(log);
-        if (out && save_every && s % save_every == 0 && s < steps) {
-            if (save_checkpoint(&rs, out, s, &pos)) { rc = 1; break; }
-            write_plot(&rs, out);
-        }
-        if (crash && atoi(crash) == s) raise(SIGKILL);
+        test_crash_hook(s);
     }
-    if (!rc) printf("done: %d steps in %.1f s\n", steps, now_s() - t0);
-    if (!rc && out) {
-        rc = save_result(&rs, out);
-        if (!rc && meth.kind == PEFT_FULL)
-            rc = copy_tokenizer_files(src.model, tokp, out); /* a usable model folder */
-        write_plot(&rs, out);
-        if (!rc) printf("saved %s (%s, train_config.json, log.jsonl, loss.svg)\n", out,
-                        meth.kind == PEFT_FULL ? "model" : "adapter");
-    }
-    if (log) fclose(log);
-    free(order); free(tokb); free(tgtb);
-    free(rs.loss); free(rs.eval_x); free(rs.eval_y);
-    peft_dataset_free(&ds);
-    peft_dataset_free(&held);
-    peft_tokenizer_free(&tok);
-    if (tr) peft_trainer_free(tr);
-    peft_model_free(m);
+    printf("done: %d steps in %.1f s\n", j->steps, now_s() - t0);
+    return 0;
+}
+
+/* The adapter (or model, with its tokenizer files: a usable folder) and the plot. */
+static int train_finish(train_job *j) {
+    if (!j->out) return 0;
+    int rc = save_result(&j->rs, j->out);
+    if (!rc && j->meth.kind == PEFT_FULL) rc = copy_tokenizer_files(j->src.model, j->tokp, j->out);
+    write_plot(&j->rs, j->out);
+    if (!rc)
+        printf("saved %s (%s, train_config.json, log.jsonl, loss.svg)\n", j->out,
+               j->meth.kind == PEFT_FULL ? "model" : "adapter");
     return rc;
+}
+
+static void train_free(train_job *j) {
+    if (j->log) fclose(j->log);
+    free(j->order);
+    free(j->tokb);
+    free(j->tgtb);
+    free(j->rs.loss);
+    free(j->rs.eval_x);
+    free(j->rs.eval_y);
+    peft_dataset_free(&j->ds);
+    peft_dataset_free(&j->held);
+    peft_tokenizer_free(&j->tok);
+    if (j->tr) peft_trainer_free(j->tr);
+    if (j->m) peft_model_free(j->m);
+    free(j);
+}
+
+static int cmd_train(int argc, char **argv) {
+    train_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        fprintf(stderr, "peft: error: out of memory\n");
+        return 1;
+    }
+    int rc = train_resolve(j, argc, argv);      /* -1: go on; --help and usage errors end here */
+    if (rc != -1) {
+        train_free(j);
+        return rc;
+    }
+    rc = train_parse(j);
+    if (!rc) rc = train_load(j);
+    if (!rc) rc = train_prepare(j);
+    if (!rc) rc = train_open_log(j);
+    if (!rc) rc = train_loop(j);
+    if (!rc) rc = train_finish(j);
+    train_free(j);
+    return rc < 0 ? 0 : rc;                    /* -1: a finished run, nothing to do */
 }
 
 /* ----------------------------------------------------------------- bench */
@@ -1883,7 +2127,7 @@ static int cmd_bench(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(BENCH_HELP, stdout);
             fputs(DEVICE_HELP, stdout);
-            fputs(METHOD_HELP, stdout);
+            print_method_help(stdout);
             return 0;
         }
         if (!strcmp(a, "--gemm")) { gemm = 1; i--; continue; }
@@ -1900,7 +2144,10 @@ static int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--checkpoint-activations")) ok = parse_int(v, &ckpt_act) && ckpt_act <= 1;
         else if (!strcmp(a, "--precision")) ok = peft_precision_parse(v, &prec) == PEFT_OK;
         else return usage_error("bench", "unknown option", a);
-        if (!ok) return usage_error("bench", "bad value for", a);
+        /* every number flag of bench is a count >= 1 but the 0/1 switch */
+        if (!ok)
+            return bad_value("bench", a, v, strcmp(a, "--checkpoint-activations") ? "a whole number >= 1"
+                                                                                  : "0 or 1");
     }
     if (!src.model && !src.preset) return usage_error("bench", "--model or --preset is required", NULL);
     if (gemm) {
@@ -2103,6 +2350,7 @@ static int cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--print-ids")) { print_ids = 1; i++; continue; }
         if (!strcmp(a, "--alpaca")) { alpaca = 1; i++; continue; }
         if (!v) return usage_error("generate", "option needs a value", a);
+        const char *want = "a whole number >= 1";
         if (!strcmp(a, "--model")) src.model = v;
         else if (!strcmp(a, "--adapter")) src.adapter = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
@@ -2112,18 +2360,23 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--system")) system = v;
         else if (!strcmp(a, "--chat-template")) chat_name = v;
         else if (!strcmp(a, "--max-new")) ok = (set_max_new = parse_int(v, &max_new)) && max_new > 0;
-        else if (!strcmp(a, "--temperature"))
+        else if (!strcmp(a, "--temperature")) {
             ok = (set_temp = parse_float(v, &sm.temperature)) && sm.temperature >= 0;
-        else if (!strcmp(a, "--top-p"))
+            want = "a number >= 0";
+        } else if (!strcmp(a, "--top-p")) {
             ok = (set_top_p = parse_float(v, &sm.top_p)) && sm.top_p > 0 && sm.top_p <= 1;
-        else if (!strcmp(a, "--top-k")) ok = (set_top_k = parse_int(v, &sm.top_k)) && sm.top_k >= 0;
-        else if (!strcmp(a, "--repetition-penalty"))
+            want = "a number in (0, 1]";
+        } else if (!strcmp(a, "--top-k")) {
+            ok = (set_top_k = parse_int(v, &sm.top_k)) && sm.top_k >= 0;
+            want = "a whole number >= 0";
+        } else if (!strcmp(a, "--repetition-penalty")) {
             ok = (set_rep = parse_float(v, &sm.repetition_penalty)) && sm.repetition_penalty > 0;
-        else if (!strcmp(a, "--seed")) sm.seed = strtoull(v, NULL, 10);
+            want = "a number > 0";
+        } else if (!strcmp(a, "--seed")) sm.seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &threads) && threads > 0;
         else if (!strcmp(a, "--precision")) ok = peft_precision_parse(v, &prec) == PEFT_OK;
         else return usage_error("generate", "unknown option", a);
-        if (!ok) return usage_error("generate", "bad value for", a);
+        if (!ok) return bad_value("generate", a, v, want);
         i += 2;
     }
     if (!src.model) return usage_error("generate", "--model is required", NULL);

@@ -148,15 +148,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int i = 0; i < st.n; i++) {
             parse_int(st.s[i].val, &iv);
             parse_float(st.s[i].val, &fv);
-            for (int k = 0; METHOD_FLAGS[k] && mf.n < 32; k++) {
-                char mk[64];
-                snprintf(mk, sizeof mk, "%s", METHOD_FLAGS[k] + 2);
-                for (char *p = mk; *p; p++) if (*p == '-') *p = '_';
-                if (!strcmp(mk, st.s[i].key)) {
-                    mf.keys[mf.n] = METHOD_FLAGS[k];
+            for (int k = 0; method_key(k) && mf.n < 32; k++)
+                if (!strcmp(method_key(k)->key, st.s[i].key)) {
+                    mf.keys[mf.n] = method_key(k)->key;
                     mf.vals[mf.n++] = st.s[i].val;
                 }
-            }
         }
         peft_method meth;
         build_method(&mf, &meth, 0);
