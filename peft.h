@@ -739,6 +739,9 @@ typedef struct {
     peft_tensor *gate_up;     /* [E, dim, 2F]    feed_forward.experts.gate_up_proj (x·W) */
     peft_tensor *down;        /* [E, F, dim]     feed_forward.experts.down_proj    (x·W) */
     int64_t     *counts;      /* [E] tokens routed to each expert, summed over forwards */
+    int         *trace;       /* caller's buffer, NULL: none; each forward writes its tokens' chosen
+                                 experts here, [tokens, top_k] row-major, up to trace_cap entries */
+    int64_t      trace_cap;
     /* what methods attach (see "PEFT on MoE sites"), NULL when nothing */
     peft_tensor *router_A, *router_B;          /* LoRA on the router: [r, dim], [E, r]          */
     float        router_scale;
@@ -6716,6 +6719,7 @@ static peft_tensor *peft__llama4_block(peft_model *m, peft_graph *g, peft_layer 
         /* a checkpointed block's recompute in backward routes the same tokens again: not counted */
         if (g != m->recompute || !g->grad_enabled)
             for (int64_t i = 0; i < sc->n; i++) L->moe.counts[idx[i]]++;
+        for (int64_t i = 0; L->moe.trace && i < sc->n && i < L->moe.trace_cap; i++) L->moe.trace[i] = idx[i];
         ff = peft__add_op(g, ff,
                           peft_moe_experts_lora(g, h, sc, idx, M->gate_up, M->down, M->gate_up_A,
                                                 M->gate_up_B, M->down_A, M->down_B, M->experts_scale),

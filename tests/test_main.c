@@ -59,6 +59,7 @@
     X(test_llama4_preset_counts) X(test_llama4_save_load) X(test_llama4_bad_input) \
     X(test_llama4_lora_matches_peft) X(test_llama4_placements) X(test_llama4_refused_methods) \
     X(test_threads_bench_gemm_openblas_core) \
+    X(test_llama4_routing_trace) X(test_example_moe_placement) X(test_llama4_bench_load_balance) \
     X(test_cli) X(test_train_alpaca_kill_resume) X(test_export_gguf) X(test_demo_quick) X(test_examples_run)
 
 #define DECL(t) void t(void);

@@ -3,6 +3,7 @@
    relative, loss to 1e-5 relative, every parameter's gradient to 1e-3
    relative, tokens per expert equal to transformers' routing. */
 #include "harness.h"
+#include <unistd.h>
 
 static void check_llama4(const char *name) {
     char dir[512], ref[600];
@@ -399,4 +400,93 @@ TEST(test_llama4_refused_methods) {
     snprintf(out, sizeof out, "%s/llama4.gguf", th_tmpdir());
     CHECK(peft_adapter_export_gguf(m, out) == PEFT_ERR_UNSUPPORTED, "gguf export: %s", peft_last_error());
     peft_model_free(m);
+}
+
+/* the routing trace (peft_moe_site.trace): each token's chosen experts of the last forward, whose
+   histogram is the forward's tokens per expert (which check_llama4 holds to transformers' routing);
+   nothing is written past trace_cap */
+TEST(test_llama4_routing_trace) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/llama4_moe", th_fixtures());
+    peft_model *m;
+    REQUIRE_OK(peft_model_load(&m, dir));
+    int B = 2, T = 8, k = m->cfg.top_k, E = m->cfg.n_experts, tokens[16], trace0[64], trace1[64];
+    REQUIRE(B * T * k + 1 <= 64 && E <= 16, "fixture too large for this test");
+    for (int i = 0; i < B * T; i++) tokens[i] = (7 * i + 3) % m->cfg.vocab_size;
+    for (int i = 0; i < 64; i++) {
+        trace0[i] = -1;
+        trace1[i] = -1;
+    }
+    m->layers[0].moe.trace = trace0;
+    m->layers[0].moe.trace_cap = B * T * k;
+    m->layers[1].moe.trace = trace1;
+    m->layers[1].moe.trace_cap = 5;
+    peft_graph *g = peft_graph_new();
+    peft_graph_set_grad(g, 0);
+    REQUIRE(peft_model_forward(m, g, tokens, B, T), "forward: %s", peft_last_error());
+    int64_t hist[16] = { 0 };
+    for (int i = 0; i < B * T * k; i++) {
+        CHECK(trace0[i] >= 0 && trace0[i] < E, "trace[%d] = %d", i, trace0[i]);
+        if (trace0[i] >= 0 && trace0[i] < E) hist[trace0[i]]++;
+    }
+    for (int e = 0; e < E; e++)
+        CHECK(hist[e] == m->layers[0].moe.counts[e], "expert %d: traced %lld, counted %lld", e,
+              (long long)hist[e], (long long)m->layers[0].moe.counts[e]);
+    CHECK(trace0[B * T * k] == -1, "written past the tokens");
+    CHECK(trace1[4] >= 0 && trace1[5] == -1, "trace_cap 5: [4] %d, [5] %d", trace1[4], trace1[5]);
+    peft_graph_free(g);
+    peft_model_free(m);
+}
+
+/* examples/moe_placement in its quick mode: every placement trains and the table is printed */
+TEST(test_example_moe_placement) {
+    static char out[1 << 15];
+    const char *dir = getenv("PEFT_EXAMPLES");
+    if (!dir) dir = "build/examples";
+    char exe[1200], cwd[512] = "", cmd[2000];
+    if (dir[0] != '/' && !getcwd(cwd, sizeof cwd)) SKIP("no working directory");
+    snprintf(exe, sizeof exe, "%s%s%s/moe_placement", cwd, cwd[0] ? "/" : "", dir);
+    FILE *probe = fopen(exe, "rb");
+    if (!probe) SKIP("examples/moe_placement not built");
+    fclose(probe);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' 2>&1", th_tmpdir(), exe);
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p, "popen");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    const char *rows[6] = { "| base (no fine-tuning) |", "| LoRA attention q,v |", "| LoRA router |",
+                            "| LoRA shared expert |", "| LoRA routed experts |", "| router fully tuned |" };
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit %d: %s", WIFEXITED(st) ? WEXITSTATUS(st) : -1, out);
+    for (int i = 0; i < 6; i++) CHECK(strstr(out, rows[i]), "no row %s in: %s", rows[i], out);
+}
+
+/* peft bench on a LLaMA-4 model reports its load balance: tokens per expert summed over the MoE
+   layers (a multiple of batch x seq x top-k x MoE layers) and max/mean from those numbers */
+TEST(test_llama4_bench_load_balance) {
+    static char out[1 << 14];
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/llama4_moe", th_fixtures());
+    int rc = th_run_peft(out, sizeof out,
+                         "bench --model %s --method lora --batch 2 --seq 8 --steps 2 --threads 1", dir);
+    REQUIRE(rc == 0, "exit %d: %s", rc, out);
+    const char *line = strstr(out, "tokens per expert over ");
+    REQUIRE(line, "no load-balance line in: %s", out);
+    int n_moe = 0, E = 0;
+    long long k[16], sum = 0, mx = 0;
+    const char *p = line + strlen("tokens per expert over ");
+    REQUIRE(sscanf(p, "%d", &n_moe) == 1 && (p = strchr(p, ':')), "%s", line);
+    p++;
+    int used;
+    while (E < 16 && sscanf(p, " %lld%n", &k[E], &used) == 1) {
+        sum += k[E];
+        if (k[E] > mx) mx = k[E];
+        E++;
+        p += used;
+    }
+    double ratio = 0;
+    REQUIRE(sscanf(p, "; max/mean %lf", &ratio) == 1, "%s", line);
+    CHECK(n_moe == 3 && E == 4, "%d MoE layers, %d experts: %s", n_moe, E, line);
+    CHECK(sum > 0 && sum % (2 * 8 * 3) == 0, "%lld tokens routed: %s", sum, line);
+    CHECK(fabs(ratio - (double)mx * E / (double)sum) < 0.006, "max/mean %.2f: %s", ratio, line);
 }

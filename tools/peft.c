@@ -1003,6 +1003,41 @@ static int end_folder(const char *tmp, const char *out, int rc, const char *src_
     return rc;
 }
 
+/* LLaMA-4's load balance from the MoE sites' counts (tokens routed to each expert,
+   every forward since the model was loaded): summed over the MoE layers, with
+   max/mean per expert there and in the worst layer (1.0 is perfectly balanced). */
+static void print_moe_balance(const peft_model *m) {
+    const peft_config *c = &m->cfg;
+    if (!c->llama4 || c->n_experts < 1 || c->n_experts > 1024) return;
+    int64_t sum[1024] = { 0 }, total = 0;
+    double worst = 0;
+    int worst_l = -1, n_moe = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const int64_t *k = m->layers[l].moe.counts;
+        if (!k) continue;
+        int64_t mx = 0, t = 0;
+        for (int e = 0; e < c->n_experts; e++) {
+            sum[e] += k[e];
+            t += k[e];
+            if (k[e] > mx) mx = k[e];
+        }
+        n_moe++;
+        double r = t ? (double)mx * c->n_experts / (double)t : 0;
+        if (r > worst) { worst = r; worst_l = l; }
+    }
+    int64_t mx = 0;
+    for (int e = 0; e < c->n_experts; e++) {
+        total += sum[e];
+        if (sum[e] > mx) mx = sum[e];
+    }
+    if (!n_moe || !total) return;
+    printf("experts          tokens per expert over %d MoE layers:", n_moe);
+    for (int e = 0; e < c->n_experts && e < 16; e++) printf(" %lld", (long long)sum[e]);
+    if (c->n_experts > 16) printf(" ...");
+    printf("; max/mean %.2f (worst layer %d: %.2f)\n", (double)mx * c->n_experts / (double)total, worst_l,
+           worst);
+}
+
 /* ------------------------------------------------ info: the weight files */
 typedef struct { char name[96]; int64_t n; int found; } want_tensor;
 
@@ -1755,6 +1790,7 @@ static int train_loop(train_job *j) {
         test_crash_hook(s);
     }
     printf("done: %d steps in %.1f s\n", j->steps, now_s() - t0);
+    print_moe_balance(j->m);
     return 0;
 }
 
@@ -2232,6 +2268,7 @@ static int cmd_bench(int argc, char **argv) {
         if (m->cfg.q4 || m->gguf)
             printf("bits/base weight %.3f (every base weight as allocated: embedding, output, norms too)\n",
                    peft_model_base_bits(m));
+        print_moe_balance(m);
         if (o.paged_optim)
             printf("pager            %ld pages evicted, %ld loaded, %.1f MB moved, peak resident %.1f MB\n",
                    tr->opt.stats.pages_evicted, tr->opt.stats.pages_loaded,
