@@ -46,9 +46,11 @@ int main(void) {
     peft_rng_seed(&rng, 1);
     int64_t sx[2] = { N, IN }, sw[2] = { OUT, IN }, sa[2] = { R, IN }, sb[2] = { OUT, R };
     peft_tensor *x = peft_param_new("x", 2, sx), *W = peft_param_new("W", 2, sw);
-    peft_tensor *A = peft_param_new("A", 2, sa), *B = peft_param_new("B", 2, sb), *Wm = peft_param_new("W'", 2, sw);
+    peft_tensor *A = peft_param_new("A", 2, sa), *B = peft_param_new("B", 2, sb),
+                *Wm = peft_param_new("W'", 2, sw);
     peft_tensor *all[4] = { x, W, A, B };
-    for (int t = 0; t < 4; t++) for (int64_t i = 0; i < all[t]->n; i++) all[t]->data[i] = peft_rng_normal(&rng);
+    for (int t = 0; t < 4; t++)
+        for (int64_t i = 0; i < all[t]->n; i++) all[t]->data[i] = peft_rng_normal(&rng);
     float alpha = 8, s = alpha / R;
     peft_graph *g = peft_graph_new();
     peft_tensor *y1 = peft_lora_linear(g, x, W, A, B, s, 0, NULL);
@@ -69,16 +71,24 @@ int main(void) {
         peft_config_preset(&c, presets[i]);
         peft_method m = peft_method_defaults(PEFT_LORA);
         double full = (double)peft_config_param_count(&c), lora = (double)peft_method_param_count(&c, &m);
-        printf("   %-12s %15.0f -> %10.0f  (%.4f%%, %5.0fx fewer)\n", presets[i], full, lora, 100 * lora / full, full / lora);
+        printf("   %-12s %15.0f -> %10.0f  (%.4f%%, %5.0fx fewer)\n", presets[i], full, lora,
+               100 * lora / full, full / lora);
     }
 
     printf("\n3. merge and unmerge on a whole model\n");
     peft_config c;
     peft_config_preset(&c, "tiny");
-    c.dim = 64; c.hidden_dim = 128; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16; c.vocab_size = 64;
+    c.dim = 64;
+    c.hidden_dim = 128;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.vocab_size = 64;
     peft_model *m;
     peft_model_new(&m, &c, 1, 3);
-    for (int64_t i = 0; i < m->embed->n; i++) m->embed->data[i] *= 10;   /* a wider head, so the task is learnable */
+    /* a wider head, so the task is learnable */
+    for (int64_t i = 0; i < m->embed->n; i++) m->embed->data[i] *= 10;
     peft_method lora = peft_method_defaults(PEFT_LORA);
     lora.lora_r = R; lora.lora_alpha = 8;
     peft_attach(m, &lora);
@@ -104,7 +114,8 @@ int main(void) {
     printf("   merged vs unmerged logits: max diff %.2e (zero extra latency after merging)\n", md);
     peft_lora_unmerge(m);
     double wd = 0;
-    for (int64_t i = 0; i < m->layers[0].lin[PEFT_Q].w->n; i++) wd = fmax(wd, fabs(w0[i] - m->layers[0].lin[PEFT_Q].w->data[i]));
+    for (int64_t i = 0; i < m->layers[0].lin[PEFT_Q].w->n; i++)
+        wd = fmax(wd, fabs(w0[i] - m->layers[0].lin[PEFT_Q].w->data[i]));
     printf("   unmerge restores W: max diff %.2e\n\n", wd);
 
     printf("4. rank of the learned update dW = (alpha/r) B A (layer 0, q_proj, r = %d)\n", R);
@@ -117,7 +128,8 @@ int main(void) {
     singular_values(dW, out, in, sv);
     printf("   singular values:");
     for (int i = 0; i < 8; i++) printf(" %.2e", sv[i]);
-    printf(" ...\n   the first %d carry the update; from the %dth on they are rounding noise (%.1e)\n", R, R + 1, sv[R]);
+    printf(" ...\n   the first %d carry the update; from the %dth on they are rounding noise (%.1e)\n", R,
+           R + 1, sv[R]);
     free(keep); free(w0); free(dW); free(sb2);
     peft_trainer_free(tr);
     peft_model_free(m);

@@ -17,18 +17,20 @@ static const char *base = "demo/base";
 static int steps = 100;
 
 /* fine-tunes one LoRA configuration; prints and returns exact match % */
-static double run(const peft_demo_world *w, const char *label, int r, const char *targets, const char *layers) {
+static double run(const peft_demo_world *w, const char *label, int r, const char *targets,
+                  const char *layers) {
     peft_model *m;
     if (peft_model_load(&m, base) != PEFT_OK) {
-        fprintf(stderr, "%s\nRun `make demo` first: it pre-trains the base model this example adapts.\n", peft_last_error());
+        fprintf(stderr, "%s\nRun `make demo` first: it pre-trains the base model this example adapts.\n",
+                peft_last_error());
         exit(1);
     }
     peft_method lora = peft_method_defaults(PEFT_LORA);
     lora.lora_r = r;
     lora.lora_alpha = 2.0f * r;                       /* alpha/r fixed at 2: only capacity changes */
     lora.seed = 5;
-    if (peft_method_set(&lora, "lora_targets", targets) != PEFT_OK || peft_method_set(&lora, "lora_layers", layers) != PEFT_OK ||
-        peft_attach(m, &lora) != PEFT_OK) {
+    if (peft_method_set(&lora, "lora_targets", targets) != PEFT_OK ||
+        peft_method_set(&lora, "lora_layers", layers) != PEFT_OK || peft_attach(m, &lora) != PEFT_OK) {
         fprintf(stderr, "%s\n", peft_last_error());
         exit(1);
     }
@@ -49,7 +51,8 @@ static double run(const peft_demo_world *w, const char *label, int r, const char
     int right = 0;
     for (int i = w->n_train; i < w->n_items; i++) right += peft_demo_correct(m, g, &w->items[i]);
     double acc = 100.0 * right / (w->n_items - w->n_train);
-    printf("  %-28s %9lld  %7.3f%%  loss %.3f  exact match %5.1f%%\n", label, (long long)peft_model_trainable_count(m),
+    printf("  %-28s %9lld  %7.3f%%  loss %.3f  exact match %5.1f%%\n", label,
+           (long long)peft_model_trainable_count(m),
            100.0 * (double)peft_model_trainable_count(m) / (double)peft_model_base_count(m), loss, acc);
     fflush(stdout);
     peft_graph_free(g);
@@ -77,7 +80,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i < 6; i++) if (acc[i] > acc[best]) best = i;
     int knee = best;
     for (int i = 0; i < best; i++) if (acc[i] >= acc[best] - 3.0) { knee = i; break; }
-    printf("  -> within 3 points of the best (r = %d) already at r = %d: returns diminish beyond it\n\n", ranks[best], ranks[knee]);
+    printf("  -> within 3 points of the best (r = %d) already at r = %d: returns diminish beyond it\n\n",
+           ranks[best], ranks[knee]);
 
     printf("2. placement at r = 8\n");
     run(&w, "attention q, v", 8, "q_proj,v_proj", "all");

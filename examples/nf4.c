@@ -25,13 +25,17 @@ int main(int argc, char **argv) {
     peft_model *m;
     int trained = peft_model_load(&m, dir) == PEFT_OK;
     if (!trained) {
-        printf("(no model at %s: using a randomly initialised 'tiny' model; run `make demo` for trained weights)\n", dir);
+        printf("(no model at %s: using a randomly initialised 'tiny' model; run `make demo` for trained "
+               "weights)\n",
+               dir);
         peft_model_from_preset(&m, "tiny", 1, 1);
-    } else printf("weights: every block linear of %s (%lld parameters)\n", dir, (long long)peft_model_base_count(m));
+    } else
+        printf("weights: every block linear of %s (%lld parameters)\n", dir,
+               (long long)peft_model_base_count(m));
 
-    struct { const char *name; peft_q4_type t; int dq; } kinds[] = {
-        { "Int4", PEFT_INT4, 0 }, { "Int4 + DQ", PEFT_INT4, 1 }, { "FP4", PEFT_FP4, 0 }, { "FP4 + DQ", PEFT_FP4, 1 },
-        { "NF4", PEFT_NF4, 0 }, { "NF4 + DQ", PEFT_NF4, 1 } };
+    struct { const char *name; peft_q4_type t; int dq;
+    } kinds[] = { { "Int4", PEFT_INT4, 0 },    { "Int4 + DQ", PEFT_INT4, 1 }, { "FP4", PEFT_FP4, 0 },
+                  { "FP4 + DQ", PEFT_FP4, 1 }, { "NF4", PEFT_NF4, 0 },        { "NF4 + DQ", PEFT_NF4, 1 } };
     double rmse[6];
     printf("\n%-10s %14s %14s %12s %10s\n", "format", "RMSE", "mean |err|", "rel. error", "bits/param");
     for (int k = 0; k < 6; k++) {
@@ -53,13 +57,18 @@ int main(int argc, char **argv) {
                 peft_q4_free(&q);
             }
         rmse[k] = sqrt(se / n);
-        printf("%-10s %14.6f %14.6f %11.2f%% %10.3f\n", kinds[k].name, rmse[k], ae / n, 100 * sqrt(se / norm), 8 * bytes / n);
+        printf("%-10s %14.6f %14.6f %11.2f%% %10.3f\n", kinds[k].name, rmse[k], ae / n, 100 * sqrt(se / norm),
+               8 * bytes / n);
     }
-    printf("\nThe QLoRA paper's ordering is Int4 > FP4 > NF4 in error (perplexity 34.3, 31.1, 27.4 at 65B).\n");
-    printf("Here: NF4 %s both; FP4 %s Int4%s\n", rmse[4] < rmse[0] && rmse[4] < rmse[2] ? "beats" : "does NOT beat",
+    printf("\nThe QLoRA paper's ordering is Int4 > FP4 > NF4 in error (perplexity 34.3, 31.1, 27.4 at "
+           "65B).\n");
+    printf("Here: NF4 %s both; FP4 %s Int4%s\n",
+           rmse[4] < rmse[0] && rmse[4] < rmse[2] ? "beats" : "does NOT beat",
            rmse[2] < rmse[0] ? "beats" : "is worse than",
-           rmse[2] < rmse[0] ? " (the paper's order)." : " - unlike the paper: weight error is not perplexity, and bnb's FP4 grid\n"
-           "is coarse near the block maximum (0.67, 1.0) where symmetric Int4 has 1/7 steps.");
+           rmse[2] < rmse[0]
+                   ? " (the paper's order)."
+                   : " - unlike the paper: weight error is not perplexity, and bnb's FP4 grid\n"
+                     "is coarse near the block maximum (0.67, 1.0) where symmetric Int4 has 1/7 steps.");
     printf(
            "Double quantization stores each absmax in 8 bits (+ one fp32 per 256 blocks): 4.127 instead\n"
            "of 4.5 bits per parameter, for a tiny increase in error.\n");

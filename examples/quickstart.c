@@ -19,12 +19,16 @@ int main(int argc, char **argv) {
     lora.lora_r = 16;
     lora.lora_alpha = 32;
     if (peft_attach(m, &lora) != PEFT_OK) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
-    printf("trainable: %lld of %lld parameters\n", (long long)peft_model_trainable_count(m), (long long)peft_model_base_count(m));
+    printf("trainable: %lld of %lld parameters\n", (long long)peft_model_trainable_count(m),
+           (long long)peft_model_base_count(m));
 
     int *ids, B = 4, T = 64;
     int64_t n;
     if (argc > 2) {
-        if (peft_tokens_load(argv[2], m->cfg.vocab_size, &ids, &n) != PEFT_OK) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
+        if (peft_tokens_load(argv[2], m->cfg.vocab_size, &ids, &n) != PEFT_OK) {
+            fprintf(stderr, "%s\n", peft_last_error());
+            return 1;
+        }
     } else {                                               /* a repeating pattern to learn */
         n = 4096;
         ids = malloc(sizeof(int) * n);
@@ -39,7 +43,10 @@ int main(int argc, char **argv) {
     for (int step = 0; step < 20; step++) {
         float loss;
         peft_batch_sample(&rng, ids, n, B, T, tok, tgt);
-        if (peft_trainer_step(tr, tok, tgt, B, T, &loss) != PEFT_OK) { fprintf(stderr, "%s\n", peft_last_error()); return 1; }
+        if (peft_trainer_step(tr, tok, tgt, B, T, &loss) != PEFT_OK) {
+            fprintf(stderr, "%s\n", peft_last_error());
+            return 1;
+        }
         printf("step %2d  loss %.4f\n", step, loss);
     }
     const char *out = argc > 3 ? argv[3] : "quickstart-adapter";

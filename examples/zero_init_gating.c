@@ -37,7 +37,8 @@ static double run(const char *base, const peft_demo_world *w, int random_gate, i
         peft_rng_seed(&r, 11);
         for (int l = 0; l < m->cfg.n_layers; l++)
             if (m->layers[l].attn.gate)
-                for (int64_t i = 0; i < m->layers[l].attn.gate->n; i++) m->layers[l].attn.gate->data[i] = peft_rng_normal(&r);
+                for (int64_t i = 0; i < m->layers[l].attn.gate->n; i++)
+                    m->layers[l].attn.gate->data[i] = peft_rng_normal(&r);
     }
     peft_trainer_opts o = peft_trainer_defaults();
     o.lr = 1e-2f; o.beta2 = 0.95f; o.weight_decay = 0.02f;
@@ -51,7 +52,8 @@ static double run(const char *base, const peft_demo_world *w, int random_gate, i
         int T = peft_demo_batch(b, 16, tok, tgt);
         float loss = 0;
         peft_trainer_step(tr, tok, tgt, 16, T, &loss);
-        if (verbose && s % 10 == 0) printf("   step %2d  loss %.3f  mean |tanh(g)| %.4f\n", s, loss, mean_abs_gate(m));
+        if (verbose && s % 10 == 0)
+            printf("   step %2d  loss %.3f  mean |tanh(g)| %.4f\n", s, loss, mean_abs_gate(m));
     }
     peft_graph *g = peft_graph_new();
     int right = 0;
@@ -68,7 +70,8 @@ int main(int argc, char **argv) {
     peft_demo_world_new(&w, 1);                      /* the demo's world (seed 1) */
     peft_model *m0, *m;
     if (peft_model_load(&m0, base) != PEFT_OK) {
-        fprintf(stderr, "%s\nRun `make demo` first: it pre-trains the base model this example adapts.\n", peft_last_error());
+        fprintf(stderr, "%s\nRun `make demo` first: it pre-trains the base model this example adapts.\n",
+                peft_last_error());
         return 1;
     }
     peft_model_load(&m, base);
@@ -78,7 +81,8 @@ int main(int argc, char **argv) {
     peft_graph *g0 = peft_graph_new(), *g1 = peft_graph_new();
     peft_tensor *a = peft_model_forward(m0, g0, it->ids, 1, it->n_ids);
     peft_tensor *b = peft_model_forward(m, g1, it->ids, 1, it->n_ids);
-    printf("1. base vs adapted at step 0 (%lld adapter parameters): logits %s\n", (long long)peft_model_trainable_count(m),
+    printf("1. base vs adapted at step 0 (%lld adapter parameters): logits %s\n",
+           (long long)peft_model_trainable_count(m),
            memcmp(a->data, b->data, sizeof(float) * a->n) == 0 ? "identical, bit for bit" : "DIFFER");
 
     int tok[96], tgt[96];
@@ -94,7 +98,8 @@ int main(int argc, char **argv) {
         for (int64_t i = 0; i < s->gate->n; i++) gg = fmax(gg, fabs(s->gate->grad[i]));
     }
     printf("2. first gradient: max |d prompts| = %g, max |d gates| = %.3g\n", gp, gg);
-    printf("   (the prompts cannot move until the gates do: the base is never disturbed by untrained prompts)\n");
+    printf("   (the prompts cannot move until the gates do: the base is never disturbed by untrained "
+           "prompts)\n");
     peft_graph_free(g0); peft_graph_free(g1);
     peft_model_free(m0); peft_model_free(m);
 

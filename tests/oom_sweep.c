@@ -237,7 +237,8 @@ int main(int argc, char **argv) {
         if (rc != 0 || r.bad[0] || d) {
             bad++;
             if (rc != 0)
-                printf("  N=%ld: the child ended with %d (crash or sanitizer report; after a failure in %s)\n",
+                printf("  N=%ld: the child ended with %d (crash or sanitizer report; after a failure in "
+                       "%s)\n",
                        n, rc, r.step[0] ? r.step : "?");
             else if (r.bad[0]) printf("  N=%ld: %s\n", n, r.bad);
             else printf("  N=%ld: failure in %s: %s differ from the run without failures\n", n, r.step, d);

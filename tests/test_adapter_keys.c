@@ -513,8 +513,8 @@ TEST(test_adapter_keys_cli_train) {
     CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s",
                  th_fixtures(), adir, l1) == 0,
           "logits: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir,
-                 mdir) == 0,
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(),
+                      adir, mdir) == 0,
           "merge: %s", out);
     CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0,
           "logits merged: %s", out);

@@ -270,8 +270,9 @@ TEST(test_cli_precision_bf16) {
     CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens 1,5,9,3,7 --out %s",
                       th_fixtures(), l1) == 0, "logits: %s", out);
     CHECK(th_run_peft(out, sizeof out,
-                      "logits --model %s/llama_mha --tokens 1,5,9,3,7 --out %s --precision bf16", th_fixtures(),
-                      l2) == 0, "logits bf16: %s", out);
+                      "logits --model %s/llama_mha --tokens 1,5,9,3,7 --out %s --precision bf16",
+                      th_fixtures(), l2) == 0,
+          "logits bf16: %s", out);
     unsigned char *d1, *d2;
     size_t n1, n2;
     if (peft_read_file(l1, &d1, &n1) == PEFT_OK && peft_read_file(l2, &d2, &n2) == PEFT_OK) {

@@ -10,14 +10,19 @@ TEST(test_cli) {
     if (!probe) SKIP("%s not built", bin());
     fclose(probe);
 
-    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b") == 0 && strstr(out, "6,738,415,616"), "info llama-7b: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "24,736"), "info folder: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "info --preset nope") == 1 && strstr(out, "nope"), "unknown preset: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b") == 0 && strstr(out, "6,738,415,616"),
+          "info llama-7b: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "24,736"),
+          "info folder: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset nope") == 1 && strstr(out, "nope"),
+          "unknown preset: %s", out);
     const char *cmds[] = { "info", "logits", "train", "merge", "quantize", "bench", "generate" };
     for (int i = 0; i < 7; i++)
-        CHECK(th_run_peft(out, sizeof out, "%s --help", cmds[i]) == 0 && strstr(out, "usage: peft"), "%s --help", cmds[i]);
+        CHECK(th_run_peft(out, sizeof out, "%s --help", cmds[i]) == 0 && strstr(out, "usage: peft"),
+              "%s --help", cmds[i]);
     CHECK(th_run_peft(out, sizeof out, "frobnicate") == 2, "unknown command exits 2");
-    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data x --bogus 1") == 2, "unknown flag exits 2");
+    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data x --bogus 1") == 2,
+          "unknown flag exits 2");
 
     /* logits of the first fixture sequence equal transformers' */
     char ref[512], lpath[512];
@@ -27,25 +32,34 @@ TEST(test_cli) {
     REQUIRE(th_read_ref(ref, "tokens", &tok, &nt) && th_read_ref(ref, "logits", &logits, &nl), "fixture");
     char ids[256] = "";
     int T = (int)(nt / 2);
-    for (int t = 0; t < T; t++) snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", t ? "," : "", (int)tok[t]);
-    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens %s --out %s", th_fixtures(), ids, lpath) == 0, "logits: %s", out);
+    for (int t = 0; t < T; t++)
+        snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", t ? "," : "", (int)tok[t]);
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens %s --out %s", th_fixtures(), ids,
+                      lpath) == 0,
+          "logits: %s", out);
     unsigned char *d; size_t n;
     REQUIRE_OK(peft_read_file(lpath, &d, &n));
     CHECK(n == (size_t)T * 64 * 4, "logits file is [T, vocab] float32: %zu bytes", n);
-    if (n == (size_t)T * 64 * 4) CHECK(th_rel_err_f((float *)d, logits, T * 64) < 1e-4, "CLI logits vs transformers");
+    if (n == (size_t)T * 64 * 4)
+        CHECK(th_rel_err_f((float *)d, logits, T * 64) < 1e-4, "CLI logits vs transformers");
     free(d); free(tok); free(logits);
-    CHECK(th_run_peft(out, sizeof out, "logits --model /no/such/model --tokens 1 --out %s", lpath) == 1 && strstr(out, "/no/such/model"),
+    CHECK(th_run_peft(out, sizeof out, "logits --model /no/such/model --tokens 1 --out %s", lpath) == 1 &&
+                  strstr(out, "/no/such/model"),
           "missing model: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens 1,999 --out %s", th_fixtures(), lpath) == 1 && strstr(out, "999"),
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --tokens 1,999 --out %s", th_fixtures(),
+                      lpath) == 1 &&
+                  strstr(out, "999"),
           "token out of range: %s", out);
 
     /* a truncated weight file is reported by name */
     char dir[512];
     snprintf(dir, sizeof dir, "%s/cli_broken", th_tmpdir());
     char cmd[2200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s/llama_mha %s && truncate -s 5000 %s/model.safetensors", dir, th_fixtures(), dir, dir);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s/llama_mha %s && truncate -s 5000 %s/model.safetensors",
+             dir, th_fixtures(), dir, dir);
     REQUIRE(system(cmd) == 0, "setup");
-    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s", dir, lpath) == 1 && strstr(out, "model.safetensors"),
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s", dir, lpath) == 1 &&
+                  strstr(out, "model.safetensors"),
           "truncated: %s", out);
 
     /* training from a token file prints a falling loss and saves a loadable model */
@@ -55,58 +69,92 @@ TEST(test_cli) {
     for (int i = 0; i < 400; i++) fprintf(f, "%d ", (i * 7) % 23);
     fclose(f);
     snprintf(saved, sizeof saved, "%s/trained", th_tmpdir());
-    CHECK(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s",
-              th_fixtures(), data, saved) == 0 && strstr(out, "step   30/30"), "train: %s", out);
+    CHECK(th_run_peft(out, sizeof out,
+                      "train --model %s/llama_mha --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s",
+                      th_fixtures(), data, saved) == 0 &&
+                  strstr(out, "step   30/30"),
+          "train: %s", out);
     const char *first = strstr(out, "loss "), *last = NULL;
     for (const char *p = first; p; p = strstr(p + 1, "loss ")) last = p;
-    if (first && last) CHECK(atof(last + 5) < 0.5 * atof(first + 5), "CLI training loss %s -> %s", first + 5, last + 5);
+    if (first && last)
+        CHECK(atof(last + 5) < 0.5 * atof(first + 5), "CLI training loss %s -> %s", first + 5, last + 5);
     peft_model *m;
     CHECK_OK(peft_model_load(&m, saved));
     if (m) peft_model_free(m);
-    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data %s --method lora-x", data) == 2, "unknown method exits 2");
+    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data %s --method lora-x", data) == 2,
+          "unknown method exits 2");
 
     /* methods from the command line */
-    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method lora --lora-r 8") == 0 && strstr(out, "4,194,304"), "info lora: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method adapter-v1 --adapter-len 10 --adapter-layers 30") == 0 &&
-          strstr(out, "1,229,760"), "info adapter-v1: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method excitor") == 0 && strstr(out, "7,619,520"), "info excitor: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "info --preset tiny --method lora --lora-r x") == 2 && strstr(out, "lora_r"), "bad flag value: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method lora --lora-r 8") == 0 &&
+                  strstr(out, "4,194,304"),
+          "info lora: %s", out);
+    CHECK(th_run_peft(out, sizeof out,
+                      "info --preset llama-7b --method adapter-v1 --adapter-len 10 --adapter-layers 30") ==
+                          0 &&
+                  strstr(out, "1,229,760"),
+          "info adapter-v1: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset llama-7b --method excitor") == 0 &&
+                  strstr(out, "7,619,520"),
+          "info excitor: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info --preset tiny --method lora --lora-r x") == 2 &&
+                  strstr(out, "lora_r"),
+          "bad flag value: %s", out);
     char adir[512], mdir[512], l1[512], l2[512];
     snprintf(adir, sizeof adir, "%s/cli_lora", th_tmpdir());
     snprintf(mdir, sizeof mdir, "%s/cli_merged", th_tmpdir());
     snprintf(l1, sizeof l1, "%s/l1.f32", th_tmpdir());
     snprintf(l2, sizeof l2, "%s/l2.f32", th_tmpdir());
-    CHECK(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
-              "--lora-targets q,v,down --out %s", th_fixtures(), data, adir) == 0, "train lora: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s", th_fixtures(), adir, l1) == 0,
+    CHECK(th_run_peft(
+                  out, sizeof out,
+                  "train --model %s/llama_mha --data %s --steps 5 --batch 2 --seq 8 --lr 1e-2 --method lora "
+                  "--lora-targets q,v,down --out %s",
+                  th_fixtures(), data, adir) == 0,
+          "train lora: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_mha --adapter %s --tokens 1,2,3,4 --out %s",
+                      th_fixtures(), adir, l1) == 0,
           "logits with adapter: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(), adir, mdir) == 0, "merge: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0, "logits merged: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_mha --adapter %s --out %s", th_fixtures(),
+                      adir, mdir) == 0,
+          "merge: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2,3,4 --out %s", mdir, l2) == 0,
+          "logits merged: %s", out);
     unsigned char *d1, *d2; size_t n1, n2;
     if (peft_read_file(l1, &d1, &n1) == PEFT_OK && peft_read_file(l2, &d2, &n2) == PEFT_OK) {
-        CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5, "merged model logits differ from adapter logits");
+        CHECK(n1 == n2 && th_rel_err_f((float *)d2, (float *)d1, (long)(n1 / 4)) < 1e-5,
+              "merged model logits differ from adapter logits");
         free(d1); free(d2);
     } else CHECK(0, "logits files missing");
     /* bench: QLoRA's bits per frozen parameter, and paged AdamW's memory */
-    CHECK(th_run_peft(out, sizeof out, "bench --preset stories15m --method qlora --batch 1 --seq 8 --steps 1") == 0 &&
-          strstr(out, "bits/frozen lin  4.127"), "bench qlora: %s", out);
+    CHECK(th_run_peft(out, sizeof out,
+                      "bench --preset stories15m --method qlora --batch 1 --seq 8 --steps 1") == 0 &&
+                  strstr(out, "bits/frozen lin  4.127"),
+          "bench qlora: %s", out);
     double rss[2] = { 0, 0 };
     const char *optims[2] = { "adamw", "paged --optim-budget-mb 4" };
     for (int k = 0; k < 2; k++) {
-        CHECK(th_run_peft(out, sizeof out, "bench --preset stories15m --method full --batch 1 --seq 8 --steps 1 --optim %s", optims[k]) == 0,
+        CHECK(th_run_peft(out, sizeof out,
+                          "bench --preset stories15m --method full --batch 1 --seq 8 --steps 1 --optim %s",
+                          optims[k]) == 0,
               "bench %s: %s", optims[k], out);
         const char *p = strstr(out, "peak RSS MB");
         rss[k] = p ? atof(p + 11) : 0;
     }
     /* the 116 MB of fp32 AdamW state mostly leaves RSS when paged */
-    CHECK(rss[0] > 0 && rss[1] > 0 && rss[1] < rss[0] - 50, "peak RSS: plain %.1f MB, paged %.1f MB", rss[0], rss[1]);
-    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s", th_fixtures(), adir, l1) == 1 &&
-          strstr(out, "adapter_model.safetensors"), "adapter for another base: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data /no/file --steps 1 --no-save") == 1 && strstr(out, "/no/file"), "missing data: %s", out);
+    CHECK(rss[0] > 0 && rss[1] > 0 && rss[1] < rss[0] - 50, "peak RSS: plain %.1f MB, paged %.1f MB", rss[0],
+          rss[1]);
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s/llama_gqa --adapter %s --tokens 1,2 --out %s",
+                      th_fixtures(), adir, l1) == 1 &&
+                  strstr(out, "adapter_model.safetensors"),
+          "adapter for another base: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "train --preset tiny --data /no/file --steps 1 --no-save") == 1 &&
+                  strstr(out, "/no/file"),
+          "missing data: %s", out);
     {   /* a prompt longer than the model's positions is refused, not silently empty */
         char ids[400] = "1";
         for (int i = 1; i < 70; i++) strcat(ids, ",3");
-        CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama_gqa --tokens %s", th_fixtures(), ids) == 1 && strstr(out, "70 tokens"),
+        CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama_gqa --tokens %s", th_fixtures(), ids) ==
+                              1 &&
+                      strstr(out, "70 tokens"),
               "long prompt: %s", out);
     }
 
@@ -116,11 +164,16 @@ TEST(test_cli) {
         snprintf(ref, sizeof ref, "%s/stories260K_greedy40.txt", th_fixtures());
         FILE *wf = fopen(ref, "r");
         if (wf && fgets(want, sizeof want, wf)) {
-            CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --tokens 1 --max-new 40 --print-ids", th_shared()) == 0 &&
-                  strcmp(out, want) == 0, "generate --print-ids: '%s' vs run.c '%s'", out, want);
+            CHECK(th_run_peft(
+                          out, sizeof out,
+                          "generate --model %s/llama2c/stories260K.bin --tokens 1 --max-new 40 --print-ids",
+                          th_shared()) == 0 &&
+                          strcmp(out, want) == 0,
+                  "generate --print-ids: '%s' vs run.c '%s'", out, want);
         }
         if (wf) fclose(wf);
-        CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --prompt hi", th_shared()) == 2,
+        CHECK(th_run_peft(out, sizeof out, "generate --model %s/llama2c/stories260K.bin --prompt hi",
+                          th_shared()) == 2,
               "--prompt without --tokenizer exits 2");
     }
 }
@@ -204,27 +257,38 @@ TEST(test_train_alpaca_kill_resume) {
     if (!probe) SKIP("%s not built", bin());
     fclose(probe);
     char tokp[700], model[512], data[512];
-    snprintf(tokp, sizeof tokp, "%s/hf_tok/gpt2.json", th_fixtures());   /* a byte-level tokenizer.json, 800 ids */
+    /* a byte-level tokenizer.json, 800 ids */
+    snprintf(tokp, sizeof tokp, "%s/hf_tok/gpt2.json", th_fixtures());
     snprintf(model, sizeof model, "%s/tiny800", th_tmpdir());
     snprintf(data, sizeof data, "%s/alpaca/data.json", th_fixtures());
     peft_config c;
     peft_config_preset(&c, "tiny");
-    c.vocab_size = 800; c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 8;
+    c.vocab_size = 800;
+    c.dim = 32;
+    c.hidden_dim = 64;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 8;
     c.max_seq_len = 256;
     peft_model *m;
     REQUIRE_OK(peft_model_new(&m, &c, 1, 1));
     REQUIRE_OK(peft_model_save(m, model));
     peft_model_free(m);
-    const char *common = "--method lora --lora-dropout 0.1 --batch 2 --seq 192 --max-steps 8 --save-every 3 --lr 1e-2 --seed 5";
+    const char *common = "--method lora --lora-dropout 0.1 --batch 2 --seq 192 --max-steps 8 --save-every 3 "
+                         "--lr 1e-2 --seed 5";
     char a[512], b[512], cdir[512], fa[700], fb[700];
     snprintf(a, sizeof a, "%s/run_a", th_tmpdir());
     snprintf(b, sizeof b, "%s/run_b", th_tmpdir());
     snprintf(cdir, sizeof cdir, "%s/run_c", th_tmpdir());
-    CHECK(th_run_peft(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --out %s", model, tokp, data, common, a) == 0,
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --out %s", model, tokp,
+                      data, common, a) == 0,
           "uninterrupted run: %s", out);
     CHECK(strstr(out, "6 examples") != NULL, "examples: %s", out);
     char cmd[4000];
-    snprintf(cmd, sizeof cmd, "PEFT_CRASH_AFTER_STEP=4 %s train --model %s --tokenizer %s --data %s %s --out %s > /dev/null 2>&1",
+    snprintf(cmd, sizeof cmd,
+             "PEFT_CRASH_AFTER_STEP=4 %s train --model %s --tokenizer %s --data %s %s --out %s > /dev/null "
+             "2>&1",
              bin(), model, tokp, data, common, b);
     int st = system(cmd);
     CHECK(st != 0, "the killed run must not exit cleanly");
@@ -232,7 +296,8 @@ TEST(test_train_alpaca_kill_resume) {
     CHECK(exists(fb), "checkpoint-3 written before the kill");
     snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", b);
     CHECK(!exists(fb), "the killed run left no final adapter");
-    CHECK(th_run_peft(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "resuming from") && strstr(out, "step 3"),
+    CHECK(th_run_peft(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "resuming from") &&
+                  strstr(out, "step 3"),
           "resume: %s", out);
     snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
     CHECK(same_file(fa, fb), "resumed adapter differs from the uninterrupted one");
@@ -254,11 +319,13 @@ TEST(test_train_alpaca_kill_resume) {
         }
         free(lg);
     }
-    CHECK(!bad && steps_seen == 36, "log.jsonl: %d bad lines, step sum %d (want 1+..+8 = 36)", bad, steps_seen);
+    CHECK(!bad && steps_seen == 36, "log.jsonl: %d bad lines, step sum %d (want 1+..+8 = 36)", bad,
+          steps_seen);
     snprintf(fb, sizeof fb, "%s/loss.svg", b);
     unsigned char *svg;
     size_t sn;
-    CHECK(peft_read_file(fb, &svg, &sn) == PEFT_OK && sn > 100 && strstr((char *)svg, "<svg") && strstr((char *)svg, "</svg>"),
+    CHECK(peft_read_file(fb, &svg, &sn) == PEFT_OK && sn > 100 && strstr((char *)svg, "<svg") &&
+                  strstr((char *)svg, "</svg>"),
           "loss.svg");
     if (sn) free(svg);
     /* the written config repeats the run */
@@ -272,20 +339,28 @@ TEST(test_train_alpaca_kill_resume) {
     for (int k = 0; k < 2; k++) {
         snprintf(a, sizeof a, "%s/run_a_%s", th_tmpdir(), optims[k]);
         snprintf(b, sizeof b, "%s/run_b_%s", th_tmpdir(), optims[k]);
-        CHECK(th_run_peft(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --optim %s --out %s", model, tokp, data, common,
-                  optims[k], a) == 0, "%s run: %s", optims[k], out);
-        snprintf(cmd, sizeof cmd, "PEFT_CRASH_AFTER_STEP=7 %s train --model %s --tokenizer %s --data %s %s --optim %s --out %s > /dev/null 2>&1",
+        CHECK(th_run_peft(out, sizeof out, "train --model %s --tokenizer %s --data %s %s --optim %s --out %s",
+                          model, tokp, data, common, optims[k], a) == 0,
+              "%s run: %s", optims[k], out);
+        snprintf(cmd, sizeof cmd,
+                 "PEFT_CRASH_AFTER_STEP=7 %s train --model %s --tokenizer %s --data %s %s --optim %s --out "
+                 "%s > /dev/null 2>&1",
                  bin(), model, tokp, data, common, optims[k], b);
         CHECK(system(cmd) != 0, "killed");
-        CHECK(th_run_peft(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "step 6"), "%s resume: %s", optims[k], out);
+        CHECK(th_run_peft(out, sizeof out, "train --resume %s", b) == 0 && strstr(out, "step 6"),
+              "%s resume: %s", optims[k], out);
         snprintf(fa, sizeof fa, "%s/adapter_model.safetensors", a);
         snprintf(fb, sizeof fb, "%s/adapter_model.safetensors", b);
         CHECK(same_file(fa, fb), "%s: resumed adapter differs", optims[k]);
     }
     /* bad settings are named */
-    CHECK(th_run_peft(out, sizeof out, "train --config %s", th_tmp_text("bad_config.json", "{\"lora_rank\": 8}")) == 1 && strstr(out, "lora_rank") && strstr(out, "bad_config.json"),
+    CHECK(th_run_peft(out, sizeof out, "train --config %s",
+                      th_tmp_text("bad_config.json", "{\"lora_rank\": 8}")) == 1 &&
+                  strstr(out, "lora_rank") && strstr(out, "bad_config.json"),
           "unknown config key: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train --resume %s/nothing_here", th_tmpdir()) == 1 && strstr(out, "nothing_here"), "resume nothing: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "train --resume %s/nothing_here", th_tmpdir()) == 1 &&
+                  strstr(out, "nothing_here"),
+          "resume nothing: %s", out);
 }
 
 /* `peft export --format gguf`: the file's header, keys and tensor table as
@@ -301,8 +376,10 @@ TEST(test_export_gguf) {
     fclose(probe);
     char path[512];
     snprintf(path, sizeof path, "%s/a.gguf", th_tmpdir());
-    CHECK(th_run_peft(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_lora_qv --format gguf --out %s", th_fixtures(),
-              th_fixtures(), path) == 0, "export: %s", out);
+    CHECK(th_run_peft(out, sizeof out,
+                      "export --model %s/llama_gqa --adapter %s/peft_lora_qv --format gguf --out %s",
+                      th_fixtures(), th_fixtures(), path) == 0,
+          "export: %s", out);
     unsigned char *d;
     size_t n;
     REQUIRE_OK(peft_read_file(path, &d, &n));
@@ -338,12 +415,17 @@ TEST(test_export_gguf) {
     p += t0;
     uint32_t nd = rd32(&p);
     uint64_t ne0 = rd64(&p), ne1 = rd64(&p);
-    CHECK(!strcmp(first, "blk.0.attn_q.weight.lora_a") && nd == 2 && ne0 == 48 && ne1 == 4, "first tensor %s [%llu, %llu]", first,
-          (unsigned long long)ne0, (unsigned long long)ne1);
+    CHECK(!strcmp(first, "blk.0.attn_q.weight.lora_a") && nd == 2 && ne0 == 48 && ne1 == 4,
+          "first tensor %s [%llu, %llu]", first, (unsigned long long)ne0, (unsigned long long)ne1);
     free(d);
-    CHECK(th_run_peft(out, sizeof out, "export --model %s/llama_gqa --adapter %s/peft_adaption_prompt --format gguf --out %s", th_fixtures(),
-              th_fixtures(), path) == 1 && strstr(out, "LoRA only"), "non-LoRA to gguf: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "export --adapter %s/peft_lora_qv --format onnx --out %s", th_fixtures(), path) == 2, "bad format");
+    CHECK(th_run_peft(out, sizeof out,
+                      "export --model %s/llama_gqa --adapter %s/peft_adaption_prompt --format gguf --out %s",
+                      th_fixtures(), th_fixtures(), path) == 1 &&
+                  strstr(out, "LoRA only"),
+          "non-LoRA to gguf: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "export --adapter %s/peft_lora_qv --format onnx --out %s",
+                      th_fixtures(), path) == 2,
+          "bad format");
 }
 
 /* The examples that need no demo base run to the end and print what they
@@ -353,7 +435,8 @@ TEST(test_examples_run) {
     static char out[1 << 16];
     const char *dir = getenv("PEFT_EXAMPLES");
     if (!dir) dir = "build/examples";
-    const char *names[2] = { "lora_math", "quickstart" }, *expect[2] = { "rounding noise", "adapter_model.safetensors" };
+    const char *names[2] = { "lora_math", "quickstart" },
+               *expect[2] = { "rounding noise", "adapter_model.safetensors" };
     for (int i = 0; i < 2; i++) {
         char exe[1200], cwd[512] = "", cmd[2000];
         if (dir[0] != '/' && !getcwd(cwd, sizeof cwd)) SKIP("no working directory");
@@ -478,23 +561,24 @@ TEST(test_cli_token_ids_and_folders) {
     snprintf(small, sizeof small, "%s/tok_small_vocab", th_tmpdir());
     th_sh("rm -rf %s && cp -r %s/llama_mha %s && cp %s/tokenizer.json %s/", small, th_fixtures(), small, base,
        small);
-    CHECK(th_run_peft(out, sizeof out, "generate --model %s --prompt 'Hello world' --max-new 4", small) == 1 &&
-          strstr(out, "outside the model's vocabulary") && strstr(out, "vocab_size 64"),
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s --prompt 'Hello world' --max-new 4", small) ==
+                          1 &&
+                  strstr(out, "outside the model's vocabulary") && strstr(out, "vocab_size 64"),
           "prompt ids past vocab_size: %s", out);
     CHECK(th_run_peft(out, sizeof out, "generate --model %s --tokens 1,2,64", small) == 2,
           "--tokens past vocab_size: %s", out);
     snprintf(data, sizeof data, "%s", th_tmp_text("ids_past_vocab.txt", "1 2 3 64 5 6"));
-    CHECK(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 1 --no-save", th_fixtures(),
-              data) == 1 &&
-          strstr(out, "64") && strstr(out, "ids_past_vocab.txt"),
+    CHECK(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 1 --no-save",
+                      th_fixtures(), data) == 1 &&
+                  strstr(out, "64") && strstr(out, "ids_past_vocab.txt"),
           "id file past vocab_size: %s", out);
 
     /* --tokens with a folder that has tokenizer.json prints the text of the ids it generates */
-    CHECK(th_run_peft(ids_out, sizeof ids_out, "generate --model %s --tokens 10,20,30 --max-new 6 --print-ids",
-              base) == 0,
+    CHECK(th_run_peft(ids_out, sizeof ids_out,
+                      "generate --model %s --tokens 10,20,30 --max-new 6 --print-ids", base) == 0,
           "ids: %s", ids_out);
-    CHECK(th_run_peft(out, sizeof out, "generate --model %s --tokens 10,20,30 --max-new 6", base) == 0, "text: %s",
-          out);
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s --tokens 10,20,30 --max-new 6", base) == 0,
+          "text: %s", out);
     peft_tokenizer tok;
     snprintf(f1, sizeof f1, "%s/tokenizer.json", base);
     REQUIRE_OK(peft_tokenizer_load(&tok, f1, 800));
@@ -524,9 +608,11 @@ TEST(test_cli_token_ids_and_folders) {
           "lora: %s", out);
     CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) == 0,
           "merge: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "quantize --model %s --out %s", base, quant) == 0, "quantize: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s --max-steps 2 --batch 2 --seq 192 --out %s", base,
-              data, full) == 0,
+    CHECK(th_run_peft(out, sizeof out, "quantize --model %s --out %s", base, quant) == 0, "quantize: %s",
+          out);
+    CHECK(th_run_peft(out, sizeof out,
+                      "train --model %s --data %s --max-steps 2 --batch 2 --seq 192 --out %s", base, data,
+                      full) == 0,
           "full: %s", out);
     const char *made[3] = { merged, quant, full },
                *files[3] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json" };
@@ -546,8 +632,10 @@ TEST(test_cli_token_ids_and_folders) {
     snprintf(f2, sizeof f2, "%s.old", merged);
     CHECK(!exists(f1) && !exists(f2), "merge left %s or %s", f1, f2);
     /* ... but a folder that is not a model's is not replaced */
-    CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, th_tmpdir()) == 1 &&
-          strstr(out, "no model folder has"), "merge over a foreign folder: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, th_tmpdir()) ==
+                          1 &&
+                  strstr(out, "no model folder has"),
+          "merge over a foreign folder: %s", out);
     CHECK(exists(base), "the foreign folder is intact");
     /* a user's notes.txt, data.json or README.md beside a merged model: refused, and kept */
     const char *mine[3] = { "notes.txt", "data.json", "README.md" };
@@ -557,10 +645,12 @@ TEST(test_cli_token_ids_and_folders) {
         REQUIRE(f, "%s", f1);
         fputs("precious\n", f);
         fclose(f);
-        CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) == 1 &&
-                  strstr(out, mine[i]),
+        CHECK(th_run_peft(out, sizeof out, "merge --model %s --adapter %s --out %s", base, lora, merged) ==
+                              1 &&
+                      strstr(out, mine[i]),
               "merge over a folder holding %s: %s", mine[i], out);
-        CHECK(th_run_peft(out, sizeof out, "quantize --model %s --out %s", base, merged) == 1 && strstr(out, mine[i]),
+        CHECK(th_run_peft(out, sizeof out, "quantize --model %s --out %s", base, merged) == 1 &&
+                      strstr(out, mine[i]),
               "quantize over a folder holding %s: %s", mine[i], out);
         CHECK(exists(f1), "%s was deleted", f1);
         remove(f1);
@@ -608,15 +698,17 @@ TEST(test_cli_hostile_and_absurd) {
     CHECK(th_run_peft(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2", model, data) == 2 &&
           strstr(out, "--no-save"),
           "no --out: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2 --no-save", model, data) == 0,
+    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --batch 2 --seq 16 --steps 2 --no-save", model,
+                      data) == 0,
           "--no-save: %s", out);
     CHECK(th_run_peft(out, sizeof out,
               "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --save-every 2 --out %s", model,
               data, run1) == 0,
           "run: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --out %s",
-              model, data, run1) == 2 &&
-          strstr(out, "--resume") && strstr(out, "--overwrite"),
+    CHECK(th_run_peft(out, sizeof out,
+                      "train %s --data %s --method lora --batch 2 --seq 16 --steps 4 --out %s", model, data,
+                      run1) == 2 &&
+                  strstr(out, "--resume") && strstr(out, "--overwrite"),
           "existing --out: %s", out);
     snprintf(ck, sizeof ck, "%s/checkpoint-2/trainer.safetensors", run1);
     snprintf(orig, sizeof orig, "%s/trainer.orig", th_tmpdir());
@@ -628,8 +720,9 @@ TEST(test_cli_hostile_and_absurd) {
                               { "step", "2x" },        { "cursor", "999999" }, { "step", "99" } };
     for (int i = 0; i < 6; i++) {
         REQUIRE(rewrite_meta(orig, ck, meta[i][0], meta[i][1]), "rewrite");
-        CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 1 && strstr(out, "trainer.safetensors") &&
-              (strstr(out, "out of range") || strstr(out, "outside this run")),
+        CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 1 &&
+                      strstr(out, "trainer.safetensors") &&
+                      (strstr(out, "out of range") || strstr(out, "outside this run")),
               "%s = %s: %s", meta[i][0], meta[i][1], out);
     }
     th_sh("cp %s %s", orig, ck);
@@ -678,17 +771,18 @@ TEST(test_cli_hostile_and_absurd) {
     char trained[512], dv[512];
     snprintf(trained, sizeof trained, "%s/div_trained", th_tmpdir());
     snprintf(dv, sizeof dv, "%s/div_run", th_tmpdir());
-    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s", model,
-              data, trained) == 0,
+    CHECK(th_run_peft(out, sizeof out, "train %s --data %s --steps 30 --batch 2 --seq 16 --lr 1e-2 --out %s",
+                      model, data, trained) == 0,
           "pre-train: %s", out);
     CHECK(th_run_peft(out, sizeof out,
               "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant --no-save",
               trained, data) == 0 &&
           strstr(out, "warning") && strstr(out, "destroyed"),
           "divergence warning: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --no-save",
-              trained, data) == 0 &&
-          !strstr(out, "destroyed"),
+    CHECK(th_run_peft(out, sizeof out,
+                      "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --no-save", trained,
+                      data) == 0 &&
+                  !strstr(out, "destroyed"),
           "a sane learning rate warns: %s", out);
     CHECK(th_run_peft(out, sizeof out,
               "train --model %s --data %s --steps 8 --batch 2 --seq 16 --lr 1 --schedule constant "
@@ -700,7 +794,8 @@ TEST(test_cli_hostile_and_absurd) {
     CHECK(!exists(path), "a diverged run saved its model");
 
     /* info reads the weight files' headers: counts, and every inconsistency with config.json (exit 1) */
-    CHECK(th_run_peft(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 && strstr(out, "21 tensors (F32 21)"),
+    CHECK(th_run_peft(out, sizeof out, "info %s/llama_mha", th_fixtures()) == 0 &&
+                  strstr(out, "21 tensors (F32 21)"),
           "info: %s", out);
     snprintf(dir, sizeof dir, "%s/info_bad", th_tmpdir());
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -756,24 +851,24 @@ static void disk_full_body(const char *mnt) {
     for (int i = 0; i < 400; i++) fprintf(f, "%d ", (i * 7) % 23);
     fclose(f);
     const char *lflags = "--method lora --lora-targets all-linear --lora-r 16 --batch 2 --seq 16";
-    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s %s --steps 2 --out %s", base, ids, lflags, lora) ==
-                  0,
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s %s --steps 2 --out %s", base, ids, lflags,
+                      lora) == 0,
           "lora: %s", out);
     /* the good outputs, with room to spare; merged and q4 hold another model (config.json differs from
        the one the failing command would write: a config written before the weights would show) */
     CHECK(th_run_peft(out, sizeof out, "merge --model %s/llama_gqa --adapter %s/peft_lora_qv --out %s/merged",
               th_fixtures(), th_fixtures(), mnt) == 0,
           "merge: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "quantize --model %s --quant fp4 --out %s/q4", base, mnt) == 0, "quantize: %s",
-          out);
-    CHECK(th_run_peft(out, sizeof out, "export --model %s --adapter %s --format peft --out %s/exported", base, lora,
-              mnt) == 0,
+    CHECK(th_run_peft(out, sizeof out, "quantize --model %s --quant fp4 --out %s/q4", base, mnt) == 0,
+          "quantize: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "export --model %s --adapter %s --format peft --out %s/exported", base,
+                      lora, mnt) == 0,
           "export: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "export --model %s --adapter %s --format gguf --out %s/a.gguf", base, lora,
-              mnt) == 0,
+    CHECK(th_run_peft(out, sizeof out, "export --model %s --adapter %s --format gguf --out %s/a.gguf", base,
+                      lora, mnt) == 0,
           "gguf: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s %s --steps 4 --save-every 2 --out %s/run", base,
-              ids, lflags, mnt) == 0,
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s %s --steps 4 --save-every 2 --out %s/run",
+                      base, ids, lflags, mnt) == 0,
           "train: %s", out);
     /* what must not change: every file but the run's log, settings and plot (rewritten on resume) */
     const char *list = "find . -type f ! -name filler ! -name log.jsonl ! -name train_config.json ! -name "
@@ -905,8 +1000,9 @@ TEST(test_cli_trained_model_stops_at_eos) {
     g = fopen(gpath, "w");
     fprintf(g, "{\"eos_token_id\": [2, %d]}", gn ? gids[0] : 5);
     fclose(g);
-    CHECK(th_run_peft(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids --max-new 8", dir) == 0 &&
-              gn && atoi(out) == gids[0] && !strchr(out, ' '),
+    CHECK(th_run_peft(out, sizeof out, "generate --model %s/smol --tokens 5,6,7 --print-ids --max-new 8",
+                      dir) == 0 &&
+                  gn && atoi(out) == gids[0] && !strchr(out, ' '),
           "the second eos id stops: %s", out);
 }
 
@@ -957,8 +1053,10 @@ TEST(test_cli_train_defaults) {
     for (int i = 0; i < 100; i++) fprintf(f, "%d ", (i * 5) % 19);
     fclose(f);
     snprintf(dir, sizeof dir, "%s/defaults_run", th_tmpdir());
-    REQUIRE(th_run_peft(out, sizeof out, "train --model %s/llama_mha --data %s --steps 2 --batch 2 --seq 8 --out %s",
-                th_fixtures(), data, dir) == 0, "train: %s", out);
+    REQUIRE(th_run_peft(out, sizeof out,
+                        "train --model %s/llama_mha --data %s --steps 2 --batch 2 --seq 8 --out %s",
+                        th_fixtures(), data, dir) == 0,
+            "train: %s", out);
     snprintf(cfg, sizeof cfg, "%s/train_config.json", dir);
     peft_json *j;
     REQUIRE_OK(peft_json_load(&j, cfg));

@@ -10,15 +10,16 @@ static void write_bytes(const char *path, const void *d, size_t n) {
 }
 
 TEST(test_json_parse) {
-    const char *good = "{\"a\": [1, 2.5e3, -0.5, true, false, null], \"s\": \"x\\u00e9\\ud83d\\ude00\\n\", \"o\": {}}";
+    const char *good =
+            "{\"a\": [1, 2.5e3, -0.5, true, false, null], \"s\": \"x\\u00e9\\ud83d\\ude00\\n\", \"o\": {}}";
     peft_json *j;
     REQUIRE_OK(peft_json_parse(&j, good, strlen(good), "good"));
     const peft_json *a = peft_json_get(j, "a");
     CHECK(a && a->n_children == 6 && a->child->next->number == 2500.0, "array");
     CHECK(strcmp(peft_json_get(j, "s")->string, "x\xc3\xa9\xf0\x9f\x98\x80\n") == 0, "unicode escapes");
     peft_json_free(j);
-    const char *bad[] = { "{\"a\": 1,}", "{\"a\" 1}", "[1, 2", "{\"a\": tru}", "\"abc", "{} x", "[01]", "[1.]",
-                          "{\"a\": \"\\q\"}", "" };
+    const char *bad[] = { "{\"a\": 1,}", "{\"a\" 1}", "[1, 2", "{\"a\": tru}",     "\"abc",
+                          "{} x",        "[01]",      "[1.]",  "{\"a\": \"\\q\"}", "" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         peft_status s = peft_json_parse(&j, bad[i], strlen(bad[i]), "cfg.json");
         CHECK(s == PEFT_ERR_FORMAT, "'%s' must be rejected", bad[i]);
@@ -31,8 +32,9 @@ TEST(test_json_parse) {
 }
 
 TEST(test_f16_bf16) {
-    struct { uint16_t h; float f; } f16[] = { { 0x3C00, 1.0f }, { 0xC000, -2.0f }, { 0x7BFF, 65504.0f },
-                                              { 0x0001, 5.9604645e-8f }, { 0x3555, 0.33325195f }, { 0x0000, 0.0f } };
+    struct { uint16_t h; float f;
+    } f16[] = { { 0x3C00, 1.0f },          { 0xC000, -2.0f },       { 0x7BFF, 65504.0f },
+                { 0x0001, 5.9604645e-8f }, { 0x3555, 0.33325195f }, { 0x0000, 0.0f } };
     for (size_t i = 0; i < sizeof f16 / sizeof f16[0]; i++) {
         CHECK(peft_f16_to_f32(f16[i].h) == f16[i].f, "f16 %04x", f16[i].h);
         CHECK(peft_f32_to_f16(f16[i].f) == f16[i].h, "to f16 %g", f16[i].f);
@@ -56,7 +58,8 @@ TEST(test_safetensors_roundtrip) {
     snprintf(path, sizeof path, "%s/rt.safetensors", th_tmpdir());
     float a[6] = { 1, -2, 3.5f, 0, 1e-3f, -7 };
     uint16_t b[4] = { 0x3C00, 0x4000, 0xBC00, 0 };
-    peft_st_write_item items[2] = { { "a.weight", PEFT_DT_F32, 2, { 2, 3 }, a }, { "b", PEFT_DT_F16, 1, { 4 }, b } };
+    peft_st_write_item items[2] = { { "a.weight", PEFT_DT_F32, 2, { 2, 3 }, a },
+                                    { "b", PEFT_DT_F16, 1, { 4 }, b } };
     const char *meta[2] = { "format", "pt" };
     REQUIRE_OK(peft_st_write(path, items, 2, meta, 1));
     peft_safetensors st;
@@ -91,34 +94,56 @@ static peft_status open_crafted(const char *header, size_t data_len, size_t clai
     peft_safetensors st;
     peft_status s = peft_st_open(&st, path);
     if (s == PEFT_OK) peft_st_close(&st);
-    else CHECK(strstr(peft_last_error(), "bad.safetensors"), "error must name the file: %s", peft_last_error());
+    else
+        CHECK(strstr(peft_last_error(), "bad.safetensors"), "error must name the file: %s",
+              peft_last_error());
     return s;
 }
 
 TEST(test_safetensors_hostile) {
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_OK, "valid control case");
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, 0) == PEFT_ERR_FORMAT, "truncated data");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_OK,
+          "valid control case");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, 0) ==
+                  PEFT_ERR_FORMAT,
+          "truncated data");
     CHECK(strstr(peft_last_error(), "outside") != NULL, "truncation explained: %s", peft_last_error());
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 1u << 20) == PEFT_ERR_FORMAT, "header length lies");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 1u << 20) ==
+                  PEFT_ERR_FORMAT,
+          "header length lies");
     CHECK(strstr(peft_last_error(), "header length") != NULL, "lie explained: %s", peft_last_error());
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_ERR_FORMAT, "shape vs bytes");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, 0) ==
+                  PEFT_ERR_FORMAT,
+          "shape vs bytes");
     CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                       "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, 0) == PEFT_ERR_FORMAT, "overlap");
+                       "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+                       12, 0) == PEFT_ERR_FORMAT,
+          "overlap");
     CHECK(strstr(peft_last_error(), "overlap") != NULL, "overlap explained: %s", peft_last_error());
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, 0) == PEFT_ERR_FORMAT, "hole");
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8, 0) == PEFT_ERR_FORMAT, "trailing bytes");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, 0) ==
+                  PEFT_ERR_FORMAT,
+          "hole");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8, 0) ==
+                  PEFT_ERR_FORMAT,
+          "trailing bytes");
     CHECK(open_crafted("{\"__metadata__\":{\"a\":1}}", 0, 0) == PEFT_ERR_FORMAT, "non-string metadata");
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, 0) == PEFT_ERR_FORMAT, "malformed header JSON");
-    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0) == PEFT_ERR_FORMAT, "negative dim");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, 0) ==
+                  PEFT_ERR_FORMAT,
+          "malformed header JSON");
+    CHECK(open_crafted("{\"x\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0) ==
+                  PEFT_ERR_FORMAT,
+          "negative dim");
     CHECK(open_crafted("[1,2]", 0, 0) == PEFT_ERR_FORMAT, "header not an object");
     /* found by tests/fuzz: more metadata pairs than top-level keys, and a repeated __metadata__ */
-    CHECK(open_crafted("{\"__metadata__\":{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\"},\"__metadata__\":{\"d\":\"4\"}}", 0, 0) == PEFT_OK,
+    CHECK(open_crafted(
+                  "{\"__metadata__\":{\"a\":\"1\",\"b\":\"2\",\"c\":\"3\"},\"__metadata__\":{\"d\":\"4\"}}",
+                  0, 0) == PEFT_OK,
           "many metadata pairs: %s", peft_last_error());
     char path[512];
     snprintf(path, sizeof path, "%s/tiny.safetensors", th_tmpdir());
     write_bytes(path, "abc", 3);
     peft_safetensors st;
-    CHECK(peft_st_open(&st, path) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "too short"), "3-byte file: %s", peft_last_error());
+    CHECK(peft_st_open(&st, path) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "too short"),
+          "3-byte file: %s", peft_last_error());
     CHECK(peft_st_open(&st, "/nonexistent/x.safetensors") == PEFT_ERR_IO, "missing file");
 }
 
@@ -163,19 +188,26 @@ TEST(test_model_load_errors) {
 
     /* unknown configuration values */
     const char *cfgs[] = {
-        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":2}}",
-        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64,\"hidden_act\":\"gelu\"}",
-        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":3,\"vocab_size\":64}",
+        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+        "\"vocab_size\":64,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":2}}",
+        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+        "\"vocab_size\":64,\"hidden_act\":\"gelu\"}",
+        "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+        "\"num_key_value_heads\":3,\"vocab_size\":64}",
         "{\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"vocab_size\":64}",
-        "{\"hidden_size\":32.5,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64}",
-        "{\"model_type\":\"gpt2\",\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":64}",
+        "{\"hidden_size\":32.5,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+        "\"vocab_size\":64}",
+        "{\"model_type\":\"gpt2\",\"hidden_size\":32,\"intermediate_size\":64,\"num_hidden_layers\":2,\"num_"
+        "attention_heads\":4,\"vocab_size\":64}",
     };
-    const char *words[] = { "yarn", "gelu", "num_key_value_heads", "num_attention_heads", "hidden_size", "gpt2" };
+    const char *words[] = { "yarn",        "gelu", "num_key_value_heads", "num_attention_heads",
+                            "hidden_size", "gpt2" };
     for (int i = 0; i < 6; i++) {
         write_bytes(path, cfgs[i], strlen(cfgs[i]));
         peft_status s = peft_model_load(&m, dir);
-        CHECK((s == PEFT_ERR_CONFIG || s == PEFT_ERR_UNSUPPORTED) && strstr(peft_last_error(), "config.json") &&
-              strstr(peft_last_error(), words[i]), "config case %d: %s", i, peft_last_error());
+        CHECK((s == PEFT_ERR_CONFIG || s == PEFT_ERR_UNSUPPORTED) &&
+                      strstr(peft_last_error(), "config.json") && strstr(peft_last_error(), words[i]),
+              "config case %d: %s", i, peft_last_error());
     }
 
     /* missing tensor */
@@ -222,7 +254,8 @@ TEST(test_sharded_index) {
     write_bytes(path, idx, strlen(idx));
     REQUIRE_OK(peft_model_load(&m, dir));
     for (int i = 0; i < ref->n_params; i++)
-        CHECK(memcmp(ref->params[i]->data, m->params[i]->data, sizeof(float) * ref->params[i]->n) == 0, "%s", ref->params[i]->name);
+        CHECK(memcmp(ref->params[i]->data, m->params[i]->data, sizeof(float) * ref->params[i]->n) == 0, "%s",
+              ref->params[i]->name);
     peft_model_free(m);
     peft_model_free(ref);
     free(items);
@@ -246,7 +279,10 @@ TEST(test_tokenizer_llama2_matches_sentencepiece) {
         size_t len = next ? (size_t)(next - line) : strlen(line);
         if (next) next++;
         peft_json *j;
-        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) { CHECK(0, "fixture line: %s", peft_last_error()); break; }
+        if (peft_json_parse(&j, line, len, fx) != PEFT_OK) {
+            CHECK(0, "fixture line: %s", peft_last_error());
+            break;
+        }
         const char *text = peft_json_get(j, "text")->string;
         const peft_json *want = peft_json_get(j, "ids");
         int ids[4096], k = peft_tokenizer_encode(&t, text, 0, 0, ids, 4096), same = k == want->n_children;
@@ -278,7 +314,8 @@ TEST(test_alpaca_dataset_matches_stanford_recipe) {
     peft_tokenizer t;
     REQUIRE_OK(peft_tokenizer_load_llama2c(&t, path, 32000));
     snprintf(fx, sizeof fx, "%s/alpaca/data.json", th_fixtures());
-    snprintf(exp, sizeof exp, "%s/alpaca/expected_sp.jsonl", th_fixtures());   /* tokenizer.bin = sentencepiece */
+    /* tokenizer.bin = sentencepiece */
+    snprintf(exp, sizeof exp, "%s/alpaca/expected_sp.jsonl", th_fixtures());
     peft_dataset d;
     REQUIRE_OK(peft_dataset_load(&d, fx, &t, 4096));
     unsigned char *buf; size_t n;
@@ -293,9 +330,11 @@ TEST(test_alpaca_dataset_matches_stanford_recipe) {
         const peft_json *ids = peft_json_get(j, "ids"), *labels = peft_json_get(j, "labels");
         REQUIRE(rec < d.n, "dataset has %d examples", d.n);
         int64_t k = d.start[rec + 1] - d.start[rec];
-        CHECK(k == ids->n_children, "record %d: %lld ids, transformers %d", rec, (long long)k, ids->n_children);
+        CHECK(k == ids->n_children, "record %d: %lld ids, transformers %d", rec, (long long)k,
+              ids->n_children);
         int i = 0, same = k == ids->n_children, masked = 0;
-        for (const peft_json *x = ids->child; x && same; x = x->next, i++) same = d.ids[d.start[rec] + i] == (int)x->number;
+        for (const peft_json *x = ids->child; x && same; x = x->next, i++)
+            same = d.ids[d.start[rec] + i] == (int)x->number;
         for (const peft_json *x = labels->child; x; x = x->next) masked += x->number == -100;
         CHECK(same, "record %d: ids differ from the Stanford recipe", rec);
         CHECK(d.n_masked[rec] == masked, "record %d: %d masked, recipe %d", rec, d.n_masked[rec], masked);
@@ -345,23 +384,36 @@ TEST(test_dataset_errors) {
         else snprintf(pieces[i], 16, "<0x%02X>", (unsigned)(i - 3) & 0xFFu);
         scores[i] = 0;
     }
-    t.pieces = pieces; t.scores = scores; t.n = 259; t.max_len = 6; t.sorted = sorted; t.bos_id = 1; t.eos_id = 2;
+    t.pieces = pieces;
+    t.scores = scores;
+    t.n = 259;
+    t.max_len = 6;
+    t.sorted = sorted;
+    t.bos_id = 1;
+    t.eos_id = 2;
     for (int i = 0; i < 259; i++) sorted[i] = i;
     for (int i = 0; i < 258; i++)
         for (int j = 0; j + 1 < 259 - i; j++)
-            if (strcmp(pieces[sorted[j]], pieces[sorted[j + 1]]) > 0) { int x = sorted[j]; sorted[j] = sorted[j + 1]; sorted[j + 1] = x; }
+            if (strcmp(pieces[sorted[j]], pieces[sorted[j + 1]]) > 0) {
+                int x = sorted[j];
+                sorted[j] = sorted[j + 1];
+                sorted[j + 1] = x;
+            }
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const char *path = th_tmp_text(cases[c][0], cases[c][1]);
         peft_dataset d;
         peft_status s = peft_dataset_load(&d, path, &t, 64);
         CHECK(s != PEFT_OK, "%s: accepted", cases[c][0]);
-        CHECK(strstr(peft_last_error(), cases[c][0]) != NULL, "%s: error does not name the file: %s", cases[c][0], peft_last_error());
+        CHECK(strstr(peft_last_error(), cases[c][0]) != NULL, "%s: error does not name the file: %s",
+              cases[c][0], peft_last_error());
     }
     /* a good file with the toy vocabulary: prompt/completion masked, text not */
-    const char *path = th_tmp_text("good.jsonl", "{\"prompt\": \"ab\", \"completion\": \"cd\"}\n\n{\"text\": \"xyz\"}\n");
+    const char *path = th_tmp_text("good.jsonl",
+                                   "{\"prompt\": \"ab\", \"completion\": \"cd\"}\n\n{\"text\": \"xyz\"}\n");
     peft_dataset d;
     CHECK_OK(peft_dataset_load(&d, path, &t, 64));
-    CHECK(d.n == 2 && d.n_masked[0] == 1 + 2 && d.n_masked[1] == 1, "masks %d %d", d.n_masked[0], d.n_masked[1]);
+    CHECK(d.n == 2 && d.n_masked[0] == 1 + 2 && d.n_masked[1] == 1, "masks %d %d", d.n_masked[0],
+          d.n_masked[1]);
     peft_dataset_free(&d);
     for (int i = 0; i < 259; i++) free(pieces[i]);
 }
@@ -372,10 +424,17 @@ TEST(test_dataset_errors) {
    second id list (sentencepiece's), when given. */
 static int check_hf_tokenizer(const char *json, const char *expect, const char *sp_expect, int *also_sp) {
     peft_tokenizer t;
-    if (peft_tokenizer_load(&t, json, 0) != PEFT_OK) { CHECK(0, "%s: %s", json, peft_last_error()); return 0; }
+    if (peft_tokenizer_load(&t, json, 0) != PEFT_OK) {
+        CHECK(0, "%s: %s", json, peft_last_error());
+        return 0;
+    }
     unsigned char *d, *sd = NULL;
     size_t n, sn;
-    if (peft_read_file(expect, &d, &n) != PEFT_OK) { CHECK(0, "%s", expect); peft_tokenizer_free(&t); return 0; }
+    if (peft_read_file(expect, &d, &n) != PEFT_OK) {
+        CHECK(0, "%s", expect);
+        peft_tokenizer_free(&t);
+        return 0;
+    }
     if (sp_expect && peft_read_file(sp_expect, &sd, &sn) != PEFT_OK) sd = NULL;
     char *sp_line = (char *)sd;
     int lines = 0, bad = 0;
@@ -389,22 +448,30 @@ static int check_hf_tokenizer(const char *json, const char *expect, const char *
         const char *keys[2] = { "ids", "ids_special" };
         for (int k = 0; k < 2; k++) {
             const peft_json *want = peft_json_get(j, keys[k]);
-            int ids[4096], c = peft_tokenizer_encode(&t, text, k, 0, ids, 4096), same = c == want->n_children, i = 0;
-            for (const peft_json *x = want->child; x && same; x = x->next, i++) same = ids[i] == (int)x->number;
-            if (!same && bad++ < 5) CHECK(0, "%s: %s of '%s': %d ids, tokenizers %d", json, keys[k], text, c, want->n_children);
+            int ids[4096], c = peft_tokenizer_encode(&t, text, k, 0, ids, 4096), same = c == want->n_children,
+                           i = 0;
+            for (const peft_json *x = want->child; x && same; x = x->next, i++)
+                same = ids[i] == (int)x->number;
+            if (!same && bad++ < 5)
+                CHECK(0, "%s: %s of '%s': %d ids, tokenizers %d", json, keys[k], text, c, want->n_children);
             if (k == 0) {
                 char out[8192] = "", b[8];
-                for (i = 0; i < c; i++) strncat(out, peft_tokenizer_decode(&t, i ? ids[i - 1] : t.bos_id, ids[i], b), sizeof out - strlen(out) - 1);
+                for (i = 0; i < c; i++)
+                    strncat(out, peft_tokenizer_decode(&t, i ? ids[i - 1] : t.bos_id, ids[i], b),
+                            sizeof out - strlen(out) - 1);
                 const char *dec = peft_json_get(j, "decoded")->string;
-                if (strcmp(out, dec) && bad++ < 5) CHECK(0, "%s: decode of '%s' gives '%s', tokenizers '%s'", json, text, out, dec);
+                if (strcmp(out, dec) && bad++ < 5)
+                    CHECK(0, "%s: decode of '%s' gives '%s', tokenizers '%s'", json, text, out, dec);
                 if (sp_line && *sp_line) {                 /* the same string's sentencepiece ids */
                     char *snext = strchr(sp_line, '\n');
                     peft_json *sj;
-                    if (peft_json_parse(&sj, sp_line, snext ? (size_t)(snext - sp_line) : strlen(sp_line), sp_expect) == PEFT_OK) {
+                    if (peft_json_parse(&sj, sp_line, snext ? (size_t)(snext - sp_line) : strlen(sp_line),
+                                        sp_expect) == PEFT_OK) {
                         const peft_json *w = peft_json_get(sj, "ids");
                         int eq = w->n_children == c;
                         i = 0;
-                        for (const peft_json *x = w->child; x && eq; x = x->next, i++) eq = ids[i] == (int)x->number;
+                        for (const peft_json *x = w->child; x && eq; x = x->next, i++)
+                            eq = ids[i] == (int)x->number;
                         *also_sp += eq;
                         peft_json_free(sj);
                     }
@@ -440,32 +507,45 @@ TEST(test_hf_tokenizers_match_tokenizers) {
         fclose(f);
         char sp[512];
         snprintf(sp, sizeof sp, "%s/sp_llama2.jsonl", th_fixtures());
-        int same_as_sp = 0, lines = check_hf_tokenizer("build/ref/llama2-tokenizer.json", "build/ref/llama2-hf.jsonl", sp, &same_as_sp);
-        printf("      LLaMA-2 tokenizer.json (transformers 5): %d strings equal tokenizers; %d of them also equal sentencepiece\n", lines, same_as_sp);
+        int same_as_sp = 0, lines = check_hf_tokenizer("build/ref/llama2-tokenizer.json",
+                                                       "build/ref/llama2-hf.jsonl", sp, &same_as_sp);
+        printf("      LLaMA-2 tokenizer.json (transformers 5): %d strings equal tokenizers; %d of them also "
+               "equal sentencepiece\n",
+               lines, same_as_sp);
     }
     if ((f = fopen("build/ref/llama2-legacy-tokenizer.json", "rb"))) {
         fclose(f);
         char sp[512];
         snprintf(sp, sizeof sp, "%s/sp_llama2.jsonl", th_fixtures());
-        int same_as_sp = 0, lines = check_hf_tokenizer("build/ref/llama2-legacy-tokenizer.json", "build/ref/llama2-legacy-hf.jsonl", sp, &same_as_sp);
-        CHECK(lines >= 200 && same_as_sp == lines, "legacy LLaMA-2 tokenizer.json: %d of %d strings equal sentencepiece", same_as_sp, lines);
-        printf("      LLaMA-2 tokenizer.json (transformers 4.46, as on the hub): %d strings equal tokenizers and sentencepiece\n", same_as_sp);
+        int same_as_sp = 0, lines = check_hf_tokenizer("build/ref/llama2-legacy-tokenizer.json",
+                                                       "build/ref/llama2-legacy-hf.jsonl", sp, &same_as_sp);
+        CHECK(lines >= 200 && same_as_sp == lines,
+              "legacy LLaMA-2 tokenizer.json: %d of %d strings equal sentencepiece", same_as_sp, lines);
+        printf("      LLaMA-2 tokenizer.json (transformers 4.46, as on the hub): %d strings equal tokenizers "
+               "and sentencepiece\n",
+               same_as_sp);
     }
     /* files that lie */
     const char *bad[][2] = {
         { "t1.json", "{\"model\": {\"type\": \"Unigram\"}}" },
         { "t2.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}" },
-        { "t3.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Whitespace\"}}" },
-        { "t4.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"NFKC\"}}" },
-        { "t7.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"Prepend\", \"prepend\": \"x\"}}" },
-        { "t8.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"\xE2\x96\x81\"}]}}" },
+        { "t3.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                     "\"pre_tokenizer\": {\"type\": \"Whitespace\"}}" },
+        { "t4.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                     "\"normalizer\": {\"type\": \"NFKC\"}}" },
+        { "t7.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                     "\"normalizer\": {\"type\": \"Prepend\", \"prepend\": \"x\"}}" },
+        { "t8.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                     "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", "
+                     "\"prepend\": \"\xE2\x96\x81\"}]}}" },
         { "t5.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [3]}}" },
         { "t6.json", "{\"model\": " },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *path = th_tmp_text(bad[i][0], bad[i][1]);
         peft_tokenizer t;
-        CHECK(peft_tokenizer_load(&t, path, 0) != PEFT_OK && strstr(peft_last_error(), bad[i][0]), "%s: %s", bad[i][0], peft_last_error());
+        CHECK(peft_tokenizer_load(&t, path, 0) != PEFT_OK && strstr(peft_last_error(), bad[i][0]), "%s: %s",
+              bad[i][0], peft_last_error());
     }
 }
 

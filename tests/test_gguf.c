@@ -691,16 +691,23 @@ TEST(test_gguf_cli) {
     free(b.p);
     peft_model_free(ref);
 
-    CHECK(th_run_peft(out, sizeof out, "info %s", model) == 0 && strstr(out, "Q8_0") && strstr(out, "8.500") &&
-          strstr(out, "gpt2 (pre gpt-2)"), "info: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "info %s", bad) == 1 && strstr(out, bad), "info on a truncated file: %s",
-          out);
-    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s/l.f32", bad, th_tmpdir()) == 1 &&
-          strstr(out, bad), "logits on a truncated file: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1 --no-save", bad,
-                   th_fixtures()) == 1 && strstr(out, bad), "train on a truncated file: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --method full --max-steps 1 --no-save",
-                   model, th_fixtures()) == 1 && strstr(out, "full fine-tuning"),
+    CHECK(th_run_peft(out, sizeof out, "info %s", model) == 0 && strstr(out, "Q8_0") &&
+                  strstr(out, "8.500") && strstr(out, "gpt2 (pre gpt-2)"),
+          "info: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "info %s", bad) == 1 && strstr(out, bad),
+          "info on a truncated file: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "logits --model %s --tokens 1,2 --out %s/l.f32", bad, th_tmpdir()) ==
+                          1 &&
+                  strstr(out, bad),
+          "logits on a truncated file: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1 --no-save",
+                      bad, th_fixtures()) == 1 &&
+                  strstr(out, bad),
+          "train on a truncated file: %s", out);
+    CHECK(th_run_peft(out, sizeof out,
+                      "train --model %s --data %s/alpaca/data.json --method full --max-steps 1 --no-save",
+                      model, th_fixtures()) == 1 &&
+                  strstr(out, "full fine-tuning"),
           "full fine-tuning refused: %s", out);
     /* without --method a GGUF model trains LoRA (full fine-tuning needs float weights) */
     CHECK(th_run_peft(out, sizeof out, "train --model %s --data %s/alpaca/data.json --max-steps 1 --batch 2 "
@@ -711,8 +718,8 @@ TEST(test_gguf_cli) {
                    th_fixtures(), run) == 0, "train: %s", out);
     CHECK(th_run_peft(out, sizeof out, "export --adapter %s --format gguf --out %s", run, agguf) == 0,
           "export: %s", out);
-    CHECK(th_run_peft(out, sizeof out, "info %s", agguf) == 0 && strstr(out, "GGUF adapter"), "info adapter: %s",
-          out);
+    CHECK(th_run_peft(out, sizeof out, "info %s", agguf) == 0 && strstr(out, "GGUF adapter"),
+          "info adapter: %s", out);
     peft_gguf g;
     if (peft_gguf_open(&g, agguf) == PEFT_OK) {
         CHECK(g.n_tensors == 2 * 7 * c.n_layers && peft_gguf_find_tensor(&g, "blk.1.ffn_down.weight.lora_b"),

@@ -575,7 +575,8 @@ TEST(test_qmatrix_embedding_like_floats) {
         REQUIRE_OK(peft_backward(g, lq));
         REQUIRE_OK(peft_backward(g2, lf));
         CHECK(lq->data[0] == lf->data[0] && memcmp(xq->grad, xf->grad, sizeof(float) * N * D) == 0,
-              "fused loss over Q8_0 blocks: %.9g vs %.9g over floats, or dx differs", lq->data[0], lf->data[0]);
+              "fused loss over Q8_0 blocks: %.9g vs %.9g over floats, or dx differs", lq->data[0],
+              lf->data[0]);
         int bad_id = V;
         peft_graph_reset(g);
         CHECK(!peft_qmatrix_embedding(g, &W, &bad_id, 1) && strstr(peft_last_error(), "out of range"),

@@ -14,7 +14,8 @@ static void check_fixture(const char *name) {
     float *tok_f, *lab_f, *logits, *loss;
     long nt, nl, nlog, n1;
     REQUIRE(th_read_ref(ref, "tokens", &tok_f, &nt) && th_read_ref(ref, "labels", &lab_f, &nl) &&
-            th_read_ref(ref, "logits", &logits, &nlog) && th_read_ref(ref, "loss", &loss, &n1), "%s: reference missing", ref);
+                    th_read_ref(ref, "logits", &logits, &nlog) && th_read_ref(ref, "loss", &loss, &n1),
+            "%s: reference missing", ref);
     peft_safetensors st;
     REQUIRE_OK(peft_st_open(&st, ref));
     const peft_st_entry *te = peft_st_find(&st, "tokens");
@@ -33,7 +34,8 @@ static void check_fixture(const char *name) {
     CHECK(err < 1e-4, "%s: logits rel err %.3g (max |diff| / max |ref|)", name, err);
     peft_tensor *L = peft_cross_entropy(g, lg, targets);
     REQUIRE(L, "%s: loss failed", name);
-    CHECK(fabs(L->data[0] - loss[0]) < 1e-5 * fabs(loss[0]), "%s: loss %.7f vs transformers %.7f", name, L->data[0], loss[0]);
+    CHECK(fabs(L->data[0] - loss[0]) < 1e-5 * fabs(loss[0]), "%s: loss %.7f vs transformers %.7f", name,
+          L->data[0], loss[0]);
     REQUIRE_OK(peft_backward(g, L));
     int checked = 0;
     for (int i = 0; i < m->n_params; i++) {
@@ -42,7 +44,8 @@ static void check_fixture(const char *name) {
         snprintf(key, sizeof key, "grad.%s", p->name);
         float *gr; long ng;
         if (!th_read_ref(ref, key, &gr, &ng)) {
-            CHECK(p == m->lm_head && m->cfg.tie_embeddings, "%s: no reference gradient for %s", name, p->name);
+            CHECK(p == m->lm_head && m->cfg.tie_embeddings, "%s: no reference gradient for %s", name,
+                  p->name);
             continue;
         }
         CHECK(ng == p->n, "%s: %s size", name, p->name);
@@ -68,7 +71,8 @@ TEST(test_config_fields) {
     snprintf(p, sizeof p, "%s/llama_gqa/config.json", th_fixtures());
     REQUIRE_OK(peft_config_load(&c, p));
     CHECK(c.n_kv_heads == 2 && c.n_heads == 6 && c.head_dim == 8, "gqa heads");
-    CHECK(c.rope_type == PEFT_ROPE_LLAMA3 && c.rope_factor == 8 && c.rope_orig_max_pos == 16, "llama3 rope scaling");
+    CHECK(c.rope_type == PEFT_ROPE_LLAMA3 && c.rope_factor == 8 && c.rope_orig_max_pos == 16,
+          "llama3 rope scaling");
     CHECK(c.rope_theta == 500000.0f, "rope_theta from rope_parameters: %g", c.rope_theta);
     snprintf(p, sizeof p, "%s/llama_tied/config.json", th_fixtures());
     REQUIRE_OK(peft_config_load(&c, p));
@@ -185,14 +189,16 @@ TEST(test_llama2c_stories260k) {
     int bos = 1, got[40];
     peft_graph *g = peft_graph_new();
     int k = peft_generate_greedy(m, g, &bos, 1, 40, -1, got);
-    CHECK(k == 40 && memcmp(got, want, sizeof want) == 0, "greedy continuation differs from run.c (first: %d vs %d)", got[0], want[0]);
+    CHECK(k == 40 && memcmp(got, want, sizeof want) == 0,
+          "greedy continuation differs from run.c (first: %d vs %d)", got[0], want[0]);
     peft_graph_free(g);
     peft_model_free(m);
     /* a truncated copy is refused by name */
     char bad[700];
     snprintf(bad, sizeof bad, "%s/stories_trunc.bin", th_tmpdir());
     REQUIRE(th_truncated_copy(path, bad, 1000), "truncated copy");
-    CHECK(peft_model_load(&m, bad) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_trunc.bin"), "truncated .bin: %s", peft_last_error());
+    CHECK(peft_model_load(&m, bad) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_trunc.bin"),
+          "truncated .bin: %s", peft_last_error());
 }
 
 /* The versioned llama2.c files (export.py's version1_export and
@@ -220,7 +226,8 @@ TEST(test_llama2c_ak42_versions) {
         f = fopen(out, "wb");
         REQUIRE(f, "%s", out);
         uint32_t magic = 0x616b3432;
-        int32_t hdr[9] = { 0, version, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->max_seq_len };
+        int32_t hdr[9] = { 0,          version,       c->dim,        c->hidden_dim, c->n_layers,
+                           c->n_heads, c->n_kv_heads, c->vocab_size, c->max_seq_len };
         memcpy(&hdr[0], &magic, 4);
         fwrite(hdr, 4, 9, f);
         unsigned char pad[256] = { 0 };
@@ -264,15 +271,20 @@ TEST(test_llama2c_ak42_versions) {
         for (int k = 0; k < 7; k++) for (int l = 0; l < L; l++) vm[nv++] = v->layers[l].lin[kinds[k]].w;
         int same = 1;
         for (int i = 0; i < nm; i++)
-            same &= !memcmp(vm[i]->data, version == 1 ? mats[i]->data : deq[i], sizeof(float) * (size_t)mats[i]->n);
-        for (int l = 0; l < L; l++) same &= !memcmp(v->layers[l].attn_norm->data, m->layers[l].attn_norm->data, sizeof(float) * c->dim);
+            same &= !memcmp(vm[i]->data, version == 1 ? mats[i]->data : deq[i],
+                            sizeof(float) * (size_t)mats[i]->n);
+        for (int l = 0; l < L; l++)
+            same &= !memcmp(v->layers[l].attn_norm->data, m->layers[l].attn_norm->data,
+                            sizeof(float) * c->dim);
         CHECK(same, "ak42 v%d: weights differ from what was written", version);
-        CHECK(v->cfg.rope_interleaved && v->cfg.tie_embeddings && v->cfg.n_kv_heads == 4, "ak42 v%d config", version);
+        CHECK(v->cfg.rope_interleaved && v->cfg.tie_embeddings && v->cfg.n_kv_heads == 4, "ak42 v%d config",
+              version);
         if (version == 2) for (int i = 0; i < nm; i++) free(deq[i]);
         /* truncated by one byte: refused by name */
         REQUIRE(th_truncated_copy(out, out, 1), "truncated copy");
         peft_model *bad;
-        CHECK(peft_model_load(&bad, out) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_v"), "truncated v%d: %s", version, peft_last_error());
+        CHECK(peft_model_load(&bad, out) == PEFT_ERR_FORMAT && strstr(peft_last_error(), "stories_v"),
+              "truncated v%d: %s", version, peft_last_error());
         peft_model_free(v);
     }
     peft_model_free(m);

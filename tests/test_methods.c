@@ -43,13 +43,17 @@ static void check_peft_fixture(const char *name) {
     double e = th_rel_err_f(lg->data, logits, nl);
     CHECK(e < 1e-4, "%s: logits rel err %.3g", name, e);
     peft_tensor *L = peft_cross_entropy(g, lg, tgt);
-    CHECK(fabs(L->data[0] - loss[0]) < 1e-5 * loss[0], "%s: loss %.7f vs peft %.7f", name, L->data[0], loss[0]);
+    CHECK(fabs(L->data[0] - loss[0]) < 1e-5 * loss[0], "%s: loss %.7f vs peft %.7f", name, L->data[0],
+          loss[0]);
     REQUIRE_OK(peft_backward(g, L));
     for (int i = 0; i < m->n_extra; i++) {
         char key[300];
         float *gr; long ng;
         snprintf(key, sizeof key, "grad.%s", m->extra[i]->name);
-        if (!th_read_ref(ref, key, &gr, &ng)) { CHECK(0, "%s: no reference gradient for %s", name, key); continue; }
+        if (!th_read_ref(ref, key, &gr, &ng)) {
+            CHECK(0, "%s: no reference gradient for %s", name, key);
+            continue;
+        }
         double ge = th_rel_err_f(m->extra[i]->grad, gr, ng);
         CHECK(ge < 1e-3, "%s: gradient of %s rel err %.3g", name, m->extra[i]->name, ge);
         free(gr);
@@ -99,10 +103,11 @@ TEST(test_zero_init_every_method) {
         m->training = 1;                     /* dropout on: B = 0 still adds nothing */
         peft_tensor *lg = peft_model_forward(m, g2, tok, B, T);
         REQUIRE(lg, "%s forward: %s", peft_method_name(kinds[k]), peft_last_error());
-        CHECK(memcmp(lg->data, ref->data, sizeof(float) * ref->n) == 0, "%s: logits at init differ from the base model",
-              peft_method_name(kinds[k]));
-        CHECK(peft_model_trainable_count(m) == peft_method_param_count(&m->cfg, &meth), "%s: allocated %lld vs counted %lld",
-              peft_method_name(kinds[k]), (long long)peft_model_trainable_count(m), (long long)peft_method_param_count(&m->cfg, &meth));
+        CHECK(memcmp(lg->data, ref->data, sizeof(float) * ref->n) == 0,
+              "%s: logits at init differ from the base model", peft_method_name(kinds[k]));
+        CHECK(peft_model_trainable_count(m) == peft_method_param_count(&m->cfg, &meth),
+              "%s: allocated %lld vs counted %lld", peft_method_name(kinds[k]),
+              (long long)peft_model_trainable_count(m), (long long)peft_method_param_count(&m->cfg, &meth));
         peft_graph_free(g2);
         peft_model_free(m);
     }
@@ -115,13 +120,17 @@ TEST(test_method_counts_llama7b) {
     peft_config c;
     REQUIRE_OK(peft_config_preset(&c, "llama-7b"));
     peft_method m = peft_method_defaults(PEFT_LORA);
-    CHECK(peft_method_param_count(&c, &m) == 4194304, "LoRA r=8 q,v: %lld", (long long)peft_method_param_count(&c, &m));
+    CHECK(peft_method_param_count(&c, &m) == 4194304, "LoRA r=8 q,v: %lld",
+          (long long)peft_method_param_count(&c, &m));
     m = peft_method_defaults(PEFT_ADAPTER_V1);
-    CHECK(peft_method_param_count(&c, &m) == 1229760, "adapter-v1 default (K=10, top 30 of 32): %lld", (long long)peft_method_param_count(&c, &m));
+    CHECK(peft_method_param_count(&c, &m) == 1229760, "adapter-v1 default (K=10, top 30 of 32): %lld",
+          (long long)peft_method_param_count(&c, &m));
     m.adapter_layers = 30;
-    CHECK(peft_method_param_count(&c, &m) == 1229760, "adapter-v1 K=10 L=30: %lld", (long long)peft_method_param_count(&c, &m));
+    CHECK(peft_method_param_count(&c, &m) == 1229760, "adapter-v1 K=10 L=30: %lld",
+          (long long)peft_method_param_count(&c, &m));
     m = peft_method_defaults(PEFT_EXCITOR);
-    CHECK(peft_method_param_count(&c, &m) == 7618560 + 30 * 32, "excitor K=30 r=16 L=30: %lld", (long long)peft_method_param_count(&c, &m));
+    CHECK(peft_method_param_count(&c, &m) == 7618560 + 30 * 32, "excitor K=30 r=16 L=30: %lld",
+          (long long)peft_method_param_count(&c, &m));
 }
 
 TEST(test_lora_merge_unmerge) {
@@ -155,7 +164,13 @@ TEST(test_lora_merge_unmerge) {
 TEST(test_methods_train_save_load) {
     peft_config c;
     REQUIRE_OK(peft_config_preset(&c, "tiny"));
-    c.dim = 64; c.hidden_dim = 128; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16; c.vocab_size = 96;
+    c.dim = 64;
+    c.hidden_dim = 128;
+    c.n_layers = 3;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.vocab_size = 96;
     enum { B = 4, T = 24 };
     int tok[B * T], tgt[B * T];
     peft_method_kind kinds[PEFT_N_METHODS];
@@ -185,7 +200,8 @@ TEST(test_methods_train_save_load) {
            frozen values, which on a random base barely moves the output: it
            must still lower the loss (observed ~4%) and move its gates. */
         float frac = kinds[k] == PEFT_EXCITOR ? 0.98f : 0.5f;
-        if (kinds[k] == PEFT_EXCITOR) CHECK(m->layers[2].attn.ex_gate->data[0] != 0.0f, "excitor gate did not move");
+        if (kinds[k] == PEFT_EXCITOR)
+            CHECK(m->layers[2].attn.ex_gate->data[0] != 0.0f, "excitor gate did not move");
         CHECK(last < frac * first, "%s: loss %.3f -> %.3f", peft_method_name(kinds[k]), first, last);
         char dir[512];
         snprintf(dir, sizeof dir, "%s/adapter_%s", th_tmpdir(), peft_method_name(kinds[k]));
@@ -197,7 +213,8 @@ TEST(test_methods_train_save_load) {
         peft_graph *g1 = peft_graph_new(), *g2 = peft_graph_new();
         peft_tensor *a = peft_model_forward(m, g1, tok, B, T), *b = peft_model_forward(m2, g2, tok, B, T);
         REQUIRE(a && b, "forward after load: %s", peft_last_error());
-        CHECK(memcmp(a->data, b->data, sizeof(float) * a->n) == 0, "%s: reloaded adapter gives different logits", peft_method_name(kinds[k]));
+        CHECK(memcmp(a->data, b->data, sizeof(float) * a->n) == 0,
+              "%s: reloaded adapter gives different logits", peft_method_name(kinds[k]));
         peft_graph_free(g1); peft_graph_free(g2);
         peft_trainer_free(tr);
         peft_model_free(m); peft_model_free(m2);
@@ -213,25 +230,32 @@ TEST(test_adapter_load_errors) {
     REQUIRE(system(cmd) == 0, "copy");
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     FILE *f = fopen(path, "w");
-    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\", \"lm_head\"]}", f);
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\", "
+          "\"lm_head\"]}",
+          f);
     fclose(f);
     peft_model *m;
     REQUIRE_OK(peft_model_load(&m, base));
-    CHECK(peft_adapter_load(m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "lm_head") && strstr(peft_last_error(), "adapter_config.json"),
+    CHECK(peft_adapter_load(m, dir) == PEFT_ERR_CONFIG && strstr(peft_last_error(), "lm_head") &&
+                  strstr(peft_last_error(), "adapter_config.json"),
           "unknown target: %s", peft_last_error());
     peft_model_free(m);
     f = fopen(path, "w");
-    fputs("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\", \"v_proj\"]}", f);
+    fputs("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\", "
+          "\"v_proj\"]}",
+          f);
     fclose(f);
     REQUIRE_OK(peft_model_load(&m, base));
-    CHECK(peft_adapter_load(m, dir) == PEFT_ERR_SHAPE && strstr(peft_last_error(), "adapter_model.safetensors"),
+    CHECK(peft_adapter_load(m, dir) == PEFT_ERR_SHAPE &&
+                  strstr(peft_last_error(), "adapter_model.safetensors"),
           "rank mismatch: %s", peft_last_error());
     peft_model_free(m);
     f = fopen(path, "w");
     fputs("{\"peft_type\": \"IA3\"}", f);
     fclose(f);
     REQUIRE_OK(peft_model_load(&m, base));
-    CHECK(peft_adapter_load(m, dir) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "IA3"), "unknown type: %s", peft_last_error());
+    CHECK(peft_adapter_load(m, dir) == PEFT_ERR_UNSUPPORTED && strstr(peft_last_error(), "IA3"),
+          "unknown type: %s", peft_last_error());
     peft_model_free(m);
 }
 
@@ -301,7 +325,8 @@ TEST(test_roundtrip_adapters_load_in_peft) {
         peft_json *j;
         REQUIRE_OK(peft_json_load(&j, path));
         const peft_json *ok = peft_json_get(j, "ok");
-        CHECK(ok && ok->type == PEFT_JSON_BOOL && ok->number == 1, "%s: PEFT did not reproduce peft.h's logits", names[i]);
+        CHECK(ok && ok->type == PEFT_JSON_BOOL && ok->number == 1,
+              "%s: PEFT did not reproduce peft.h's logits", names[i]);
         peft_json_free(j);
         peft_model *m;
         REQUIRE_OK(peft_model_load(&m, base));
@@ -314,7 +339,8 @@ TEST(test_roundtrip_adapters_load_in_peft) {
         REQUIRE(lg && lg->n == n, "forward");
         double e = th_rel_err_f(lg->data, pl, n), moved = th_rel_err_f(l0->data, pl, n);
         CHECK(e < 1e-4, "%s: logits vs PEFT's rel err %.3g", names[i], e);
-        CHECK(moved > 1e-3, "%s: the adapter barely changes the model (%.3g); the round trip proves nothing", names[i], moved);
+        CHECK(moved > 1e-3, "%s: the adapter barely changes the model (%.3g); the round trip proves nothing",
+              names[i], moved);
         free(pl);
         peft_graph_free(g);
         peft_model_free(m);
@@ -330,7 +356,13 @@ TEST(test_roundtrip_adapters_load_in_peft) {
 TEST(test_v2_merge) {
     peft_config c;
     REQUIRE_OK(peft_config_preset(&c, "tiny"));
-    c.dim = 64; c.hidden_dim = 128; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16; c.vocab_size = 96;
+    c.dim = 64;
+    c.hidden_dim = 128;
+    c.n_layers = 3;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 16;
+    c.vocab_size = 96;
     peft_model *m;
     REQUIRE_OK(peft_model_new(&m, &c, 1, 21));
     peft_method v2 = peft_method_defaults(PEFT_ADAPTER_V2);
@@ -349,7 +381,8 @@ TEST(test_v2_merge) {
     float *ref = malloc(sizeof(float) * a->n);
     memcpy(ref, a->data, sizeof(float) * a->n);
     REQUIRE_OK(peft_v2_merge(m));
-    CHECK(m->method.kind == PEFT_ADAPTER_V1 && m->cfg.attn_bias && m->cfg.mlp_bias, "merged: V1 prompts remain, biases on");
+    CHECK(m->method.kind == PEFT_ADAPTER_V1 && m->cfg.attn_bias && m->cfg.mlp_bias,
+          "merged: V1 prompts remain, biases on");
     peft_graph_reset(g);
     peft_tensor *b = peft_model_forward(m, g, tok, 2, 12);
     REQUIRE(b, "forward after merge");
@@ -436,7 +469,8 @@ TEST(test_kv_cache_equals_full_forward) {
         for (int t = 0; t < P0; t++)
             for (int v = 0; v < V; v++) worst = fmax(worst, fabs(lg->data[t * V + v] - full0[t * V + v]));
         for (int t = 0; t < P1; t++)
-            for (int v = 0; v < V; v++) worst = fmax(worst, fabs(lg->data[(P0 + t) * V + v] - full1[t * V + v]));
+            for (int v = 0; v < V; v++)
+                worst = fmax(worst, fabs(lg->data[(P0 + t) * V + v] - full1[t * V + v]));
         peft_kv_cache_set_len(c, 1, P1);
         CHECK(peft_kv_cache_len(c, 0) == P0 && peft_kv_cache_len(c, 1) == P1, "lengths after rewind");
         for (int step = 0; P1 + step < L1; step++) {
@@ -449,7 +483,8 @@ TEST(test_kv_cache_equals_full_forward) {
                 worst = fmax(worst, fabs(lg->data[V + v] - full1[(P1 + step) * V + v]));
             }
         }
-        CHECK(worst <= 2e-5 * scale, "%s: cached logits differ by %.3g (scale %.3g)", peft_method_name(kinds[k]), worst, scale);
+        CHECK(worst <= 2e-5 * scale, "%s: cached logits differ by %.3g (scale %.3g)",
+              peft_method_name(kinds[k]), worst, scale);
         /* errors: a row past max_len, gradients on */
         int many[2 * 16] = { 0 };
         peft_graph_reset(gc);
@@ -489,8 +524,10 @@ TEST(test_generate_matches_transformers_peft) {
             const peft_json *pr = peft_json_get(r, "prompt"), *want = peft_json_get(r, "ids");
             int prompt[64], n = 0, out[64];
             for (const peft_json *x = pr->child; x; x = x->next) prompt[n++] = (int)x->number;
-            int got = peft_generate_greedy(m, g, prompt, n, want->n_children, 2, out), i = 0, same = got == want->n_children;
-            for (const peft_json *x = want->child; x && same; x = x->next, i++) same = out[i] == (int)x->number;
+            int got = peft_generate_greedy(m, g, prompt, n, want->n_children, 2, out), i = 0,
+                same = got == want->n_children;
+            for (const peft_json *x = want->child; x && same; x = x->next, i++)
+                same = out[i] == (int)x->number;
             CHECK(same, "%s: greedy ids differ from transformers at step %d (%d generated)", k->key, i, got);
             checked++;
         }
@@ -519,7 +556,10 @@ TEST(test_checkpointing_same_gradients) {
             REQUIRE(m, "%s: %s", peft_method_name(kinds[k]), peft_last_error());
             peft_model_set_checkpointing(m, ck);
             int B = 2, T = 16, tok[32], tgt[32], V = m->cfg.vocab_size;
-            for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); }
+            for (int i = 0; i < B * T; i++) {
+                tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+                tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+            }
             peft_graph *g = peft_graph_new();
             m->training = 1;
             peft_tensor *L = peft_model_loss(m, g, tok, tgt, B, T);
@@ -534,14 +574,20 @@ TEST(test_checkpointing_same_gradients) {
             for (int i = 0; i < n; i++) total += (size_t)tp[i]->n;
             grads[ck] = malloc(sizeof(float) * total);
             size_t at = 0;
-            for (int i = 0; i < n; i++) { memcpy(grads[ck] + at, tp[i]->grad, sizeof(float) * (size_t)tp[i]->n); at += (size_t)tp[i]->n; }
+            for (int i = 0; i < n; i++) {
+                memcpy(grads[ck] + at, tp[i]->grad, sizeof(float) * (size_t)tp[i]->n);
+                at += (size_t)tp[i]->n;
+            }
             free(tp);
             peft_graph_free(g);
             peft_model_free(m);
         }
-        CHECK(loss[0] == loss[1], "%s: loss %g vs %g with checkpointing", peft_method_name(kinds[k]), loss[0], loss[1]);
-        CHECK(!memcmp(grads[0], grads[1], sizeof(float) * total), "%s: gradients differ with checkpointing", peft_method_name(kinds[k]));
-        CHECK(arena[1] < arena[0], "%s: arena %zu -> %zu bytes", peft_method_name(kinds[k]), arena[0], arena[1]);
+        CHECK(loss[0] == loss[1], "%s: loss %g vs %g with checkpointing", peft_method_name(kinds[k]), loss[0],
+              loss[1]);
+        CHECK(!memcmp(grads[0], grads[1], sizeof(float) * total), "%s: gradients differ with checkpointing",
+              peft_method_name(kinds[k]));
+        CHECK(arena[1] < arena[0], "%s: arena %zu -> %zu bytes", peft_method_name(kinds[k]), arena[0],
+              arena[1]);
         free(grads[0]); free(grads[1]);
     }
 }
@@ -696,7 +742,10 @@ static float *step_gradients(peft_method_kind kind, int threads, size_t *total, 
     int keep = peft_get_threads();
     peft_set_threads(threads);
     int B = 2, T = 16, tok[32], tgt[32], V = m->cfg.vocab_size;
-    for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); }
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+        tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+    }
     peft_graph *g = peft_graph_new();
     m->training = 1;
     peft_tensor *L = peft_model_loss(m, g, tok, tgt, B, T);
@@ -709,7 +758,10 @@ static float *step_gradients(peft_method_kind kind, int threads, size_t *total, 
         for (int i = 0; i < n; i++) *total += (size_t)tp[i]->n;
         out = malloc(sizeof(float) * *total);
         size_t at = 0;
-        for (int i = 0; i < n; i++) { memcpy(out + at, tp[i]->grad, sizeof(float) * (size_t)tp[i]->n); at += (size_t)tp[i]->n; }
+        for (int i = 0; i < n; i++) {
+            memcpy(out + at, tp[i]->grad, sizeof(float) * (size_t)tp[i]->n);
+            at += (size_t)tp[i]->n;
+        }
         free(tp);
     }
     peft_set_threads(keep);
@@ -729,7 +781,10 @@ TEST(test_backward_recycles_gradients) {
     peft_model *m = adapted_model(PEFT_LORA, 0.0f, 0.2f, &r);
     REQUIRE(m, "model: %s", peft_last_error());
     int B = 2, T = 16, tok[32], tgt[32], V = m->cfg.vocab_size;
-    for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V); }
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+        tgt[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+    }
     peft_graph *g = peft_graph_new();
     m->training = 1;
     peft_tensor *L = peft_model_loss(m, g, tok, tgt, B, T);
@@ -764,10 +819,12 @@ TEST(test_threads_deterministic_gradients) {
         for (int r = 0; r < 3; r++) gr[r] = step_gradients(kinds[k], threads[r], &n[r], &loss[r]);
         REQUIRE(gr[0] && gr[1] && gr[2], "%s: %s", peft_method_name(kinds[k]), peft_last_error());
         CHECK(n[0] == n[1] && n[1] == n[2] && n[0] > 0, "%s: gradient sizes", peft_method_name(kinds[k]));
-        CHECK(loss[0] == loss[1] && !memcmp(gr[0], gr[1], sizeof(float) * n[0]), "%s: 2 threads twice differ", peft_method_name(kinds[k]));
+        CHECK(loss[0] == loss[1] && !memcmp(gr[0], gr[1], sizeof(float) * n[0]), "%s: 2 threads twice differ",
+              peft_method_name(kinds[k]));
         /* summation orders differ between 1 and 2 threads: fp32 rounding */
         double e = th_rel_err_f(gr[0], gr[2], (long)n[0]);
-        CHECK(e < 1e-4 && fabsf(loss[0] - loss[2]) < 1e-5f * fabsf(loss[2]), "%s: 2 vs 1 thread: rel err %.3g", peft_method_name(kinds[k]), e);
+        CHECK(e < 1e-4 && fabsf(loss[0] - loss[2]) < 1e-5f * fabsf(loss[2]),
+              "%s: 2 vs 1 thread: rel err %.3g", peft_method_name(kinds[k]), e);
         for (int r = 0; r < 3; r++) free(gr[r]);
     }
 }

@@ -50,7 +50,8 @@ static void fd_run_on(fd_case *c, const char *what, uint64_t seed) {
     peft_tensor *y = c->fwd(g, in, c->ctx);
     REQUIRE(y && y->n == c->out_len, "%s: forward failed or wrong size: %s", what, peft_last_error());
     float *R = malloc(sizeof(float) * (size_t)c->out_len);
-    double *Rd = malloc(sizeof(double) * (size_t)c->out_len), *yd = malloc(sizeof(double) * (size_t)c->out_len);
+    double *Rd = malloc(sizeof(double) * (size_t)c->out_len),
+           *yd = malloc(sizeof(double) * (size_t)c->out_len);
     for (long k = 0; k < c->out_len; k++) { R[k] = peft_rng_normal(&rng); Rd[k] = R[k]; }
     CHECK_OK(peft_backward_seed(g, y, R));
     fd_loss(c, xd, Rd, yd);
@@ -58,7 +59,10 @@ static void fd_run_on(fd_case *c, const char *what, uint64_t seed) {
     CHECK(ferr < 1e-5, "%s: forward differs from the double reference: rel err %.3g", what, ferr);
     const double h = 1e-6;
     for (int i = 0; i < c->n_in; i++) {
-        if (c->no_grad[i]) { CHECK(in[i]->grad == NULL, "%s: frozen input got a gradient buffer", what); continue; }
+        if (c->no_grad[i]) {
+            CHECK(in[i]->grad == NULL, "%s: frozen input got a gradient buffer", what);
+            continue;
+        }
         double *fd = malloc(sizeof(double) * (size_t)c->len[i]);
         for (long k = 0; k < c->len[i]; k++) {
             double x0 = xd[i][k];
@@ -68,7 +72,8 @@ static void fd_run_on(fd_case *c, const char *what, uint64_t seed) {
             fd[k] = (lp - lm) / (2 * h);
         }
         double err = th_rel_err_fd(in[i]->grad, fd, c->len[i]);
-        CHECK(err < 2e-4, "%s: gradient of input %d differs from finite differences: rel err %.3g", what, i, err);
+        CHECK(err < 2e-4, "%s: gradient of input %d differs from finite differences: rel err %.3g", what, i,
+              err);
         free(fd);
     }
     for (int i = 0; i < c->n_in; i++) { peft_param_free(in[i]); free(xd[i]); }
@@ -99,7 +104,10 @@ static void set1(fd_case *c, int i, int64_t n) {
 
 /* ---- linear ---- */
 typedef struct { int N, in, out; } lin_ctx;
-static peft_tensor *lin_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_linear(g, x[0], x[1]); }
+static peft_tensor *lin_fwd(peft_graph *g, peft_tensor **x, void *c) {
+    (void)c;
+    return peft_linear(g, x[0], x[1]);
+}
 static void lin_ref(double **x, double *y, void *vc) {
     lin_ctx *c = vc;
     for (int n = 0; n < c->N; n++)
@@ -124,10 +132,14 @@ TEST(test_fd_linear) {
 
 /* ---- embedding ---- */
 typedef struct { int n, V, D; int ids[8]; } emb_ctx;
-static peft_tensor *emb_fwd(peft_graph *g, peft_tensor **x, void *vc) { emb_ctx *c = vc; return peft_embedding(g, x[0], c->ids, c->n); }
+static peft_tensor *emb_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    emb_ctx *c = vc;
+    return peft_embedding(g, x[0], c->ids, c->n);
+}
 static void emb_ref(double **x, double *y, void *vc) {
     emb_ctx *c = vc;
-    for (int r = 0; r < c->n; r++) for (int j = 0; j < c->D; j++) y[r * c->D + j] = x[0][c->ids[r] * c->D + j];
+    for (int r = 0; r < c->n; r++)
+        for (int j = 0; j < c->D; j++) y[r * c->D + j] = x[0][c->ids[r] * c->D + j];
 }
 TEST(test_fd_embedding) {
     emb_ctx ec = { 6, 5, 4, { 3, 0, 3, 4, 1, 3 } };   /* repeated ids accumulate */
@@ -139,7 +151,10 @@ TEST(test_fd_embedding) {
 
 /* ---- rmsnorm ---- */
 typedef struct { int R, D; float eps; } rms_ctx;
-static peft_tensor *rms_fwd(peft_graph *g, peft_tensor **x, void *vc) { rms_ctx *c = vc; return peft_rmsnorm(g, x[0], x[1], c->eps); }
+static peft_tensor *rms_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    rms_ctx *c = vc;
+    return peft_rmsnorm(g, x[0], x[1], c->eps);
+}
 static void rms_ref(double **x, double *y, void *vc) {
     rms_ctx *c = vc;
     for (int r = 0; r < c->R; r++) {
@@ -159,7 +174,10 @@ TEST(test_fd_rmsnorm) {
 
 /* ---- rope ---- */
 typedef struct { int B, T, H, hd; peft_rope_table rt; float cs[64], sn[64]; } rope_ctx;
-static peft_tensor *rope_fwd(peft_graph *g, peft_tensor **x, void *vc) { rope_ctx *c = vc; return peft_rope(g, x[0], c->H, &c->rt, c->B, c->T); }
+static peft_tensor *rope_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    rope_ctx *c = vc;
+    return peft_rope(g, x[0], c->H, &c->rt, c->B, c->T);
+}
 static void rope_ref(double **x, double *y, void *vc) {
     rope_ctx *c = vc;
     int half = c->hd / 2;
@@ -223,7 +241,13 @@ typedef struct { int B, T, H, KV, hd, K, batched, tanh_gate, n_gate, excitor; } 
 static peft_tensor *atx_fwd(peft_graph *g, peft_tensor **x, void *vc) {
     atx_ctx *c = vc;
     peft_attn_extras ex = { 0 };
-    if (c->K) { ex.pk = x[3]; ex.pv = x[4]; ex.n_prompts = c->K; ex.gate = x[5]; ex.gate_tanh = c->tanh_gate; }
+    if (c->K) {
+        ex.pk = x[3];
+        ex.pv = x[4];
+        ex.n_prompts = c->K;
+        ex.gate = x[5];
+        ex.gate_tanh = c->tanh_gate;
+    }
     if (c->excitor) { ex.x = x[6]; ex.x_gate = x[7]; }
     return peft_attention_ex(g, x[0], x[1], x[2], c->B, c->T, c->H, c->KV, c->hd, &ex);
 }
@@ -281,8 +305,10 @@ TEST(test_attention_zero_gate_exact) {
     peft_rng r;
     peft_rng_seed(&r, 9);
     int64_t sq[2] = { B * T, H * hd }, sk[2] = { B * T, KV * hd }, sp[2] = { K, KV * hd }, sg[1] = { H };
-    peft_tensor *q = peft_param_new("q", 2, sq), *k = peft_param_new("k", 2, sk), *v = peft_param_new("v", 2, sk);
-    peft_tensor *pk = peft_param_new("pk", 2, sp), *pv = peft_param_new("pv", 2, sp), *gt = peft_param_new("g", 1, sg);
+    peft_tensor *q = peft_param_new("q", 2, sq), *k = peft_param_new("k", 2, sk),
+                *v = peft_param_new("v", 2, sk);
+    peft_tensor *pk = peft_param_new("pk", 2, sp), *pv = peft_param_new("pv", 2, sp),
+                *gt = peft_param_new("g", 1, sg);
     peft_tensor *x = peft_param_new("x", 2, sk), *xg = peft_param_new("xg", 1, sg);
     peft_tensor *all[8] = { q, k, v, pk, pv, gt, x, xg };
     for (int i = 0; i < 8; i++) {
@@ -294,7 +320,8 @@ TEST(test_attention_zero_gate_exact) {
     peft_attn_extras ex = { pk, pv, K, gt, 1, x, xg };
     peft_tensor *o1 = peft_attention_ex(g, q, k, v, B, T, H, KV, hd, &ex);
     REQUIRE(o0 && o1, "forward");
-    CHECK(memcmp(o0->data, o1->data, sizeof(float) * o0->n) == 0, "zero gates must give bit-identical output");
+    CHECK(memcmp(o0->data, o1->data, sizeof(float) * o0->n) == 0,
+          "zero gates must give bit-identical output");
     float seed[B * T * H * hd];
     for (int i = 0; i < B * T * H * hd; i++) seed[i] = peft_rng_normal(&r);
     REQUIRE_OK(peft_backward_seed(g, o1, seed));
@@ -349,11 +376,17 @@ static void lora_ref(double **x, double *y, void *vc) {
     free(xd);
 }
 TEST(test_fd_lora_linear) {
-    lora_ctx cases[] = { { 5, 7, 6, 3, 2.0f, 0.0f, 1 }, { 6, 9, 4, 2, 0.5f, 0.3f, 2 }, { 1, 3, 5, 1, 1.0f, 0.0f, 3 } };
+    lora_ctx cases[] = { { 5, 7, 6, 3, 2.0f, 0.0f, 1 },
+                         { 6, 9, 4, 2, 0.5f, 0.3f, 2 },
+                         { 1, 3, 5, 1, 1.0f, 0.0f, 3 } };
     for (int s = 0; s < 3; s++) {
         lora_ctx lc = cases[s];
         fd_case c = { 0 };
-        c.n_in = 4; set2(&c, 0, lc.N, lc.in); set2(&c, 1, lc.out, lc.in); set2(&c, 2, lc.r, lc.in); set2(&c, 3, lc.out, lc.r);
+        c.n_in = 4;
+        set2(&c, 0, lc.N, lc.in);
+        set2(&c, 1, lc.out, lc.in);
+        set2(&c, 2, lc.r, lc.in);
+        set2(&c, 3, lc.out, lc.r);
         c.no_grad[1] = 1;                         /* the frozen base weight */
         c.out_len = lc.N * lc.out; c.fwd = lora_fwd; c.ref = lora_ref; c.ctx = &lc; c.scale = 1;
         fd_run(&c, "lora_linear", 70 + s);
@@ -364,10 +397,14 @@ TEST(test_fd_lora_linear) {
 
 /* ---- V2 bias/scale ---- */
 typedef struct { int R, C; } bs_ctx;
-static peft_tensor *bs_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_bias_scale(g, x[0], x[1], x[2]); }
+static peft_tensor *bs_fwd(peft_graph *g, peft_tensor **x, void *c) {
+    (void)c;
+    return peft_bias_scale(g, x[0], x[1], x[2]);
+}
 static void bs_ref(double **x, double *y, void *vc) {
     bs_ctx *c = vc;
-    for (int r = 0; r < c->R; r++) for (int j = 0; j < c->C; j++) y[r * c->C + j] = x[2][j] * (x[0][r * c->C + j] + x[1][j]);
+    for (int r = 0; r < c->R; r++)
+        for (int j = 0; j < c->C; j++) y[r * c->C + j] = x[2][j] * (x[0][r * c->C + j] + x[1][j]);
 }
 TEST(test_fd_bias_scale) {
     bs_ctx bc = { 5, 6 };
@@ -377,10 +414,14 @@ TEST(test_fd_bias_scale) {
     fd_run(&c, "bias_scale", 90);
 }
 
-static peft_tensor *ab_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_add_bias(g, x[0], x[1]); }
+static peft_tensor *ab_fwd(peft_graph *g, peft_tensor **x, void *c) {
+    (void)c;
+    return peft_add_bias(g, x[0], x[1]);
+}
 static void ab_ref(double **x, double *y, void *vc) {
     bs_ctx *c = vc;
-    for (int r = 0; r < c->R; r++) for (int j = 0; j < c->C; j++) y[r * c->C + j] = x[0][r * c->C + j] + x[1][j];
+    for (int r = 0; r < c->R; r++)
+        for (int j = 0; j < c->C; j++) y[r * c->C + j] = x[0][r * c->C + j] + x[1][j];
 }
 TEST(test_fd_add_bias) {
     bs_ctx bc = { 4, 7 };
@@ -392,7 +433,10 @@ TEST(test_fd_add_bias) {
 
 /* ---- prompt attention (Excitor reconstruction) ---- */
 typedef struct { int N, d, K, e; } pa_ctx;
-static peft_tensor *pa_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_prompt_attend(g, x[0], x[1], x[2]); }
+static peft_tensor *pa_fwd(peft_graph *g, peft_tensor **x, void *c) {
+    (void)c;
+    return peft_prompt_attend(g, x[0], x[1], x[2]);
+}
 static void pa_ref(double **x, double *y, void *vc) {
     pa_ctx *c = vc;
     double p[32];
@@ -421,17 +465,26 @@ TEST(test_fd_prompt_attend) {
 }
 
 /* ---- swiglu, add, scale ---- */
-static peft_tensor *swi_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_swiglu(g, x[0], x[1]); }
+static peft_tensor *swi_fwd(peft_graph *g, peft_tensor **x, void *c) {
+    (void)c;
+    return peft_swiglu(g, x[0], x[1]);
+}
 static void swi_ref(double **x, double *y, void *c) {
     long n = *(long *)c;
     for (long i = 0; i < n; i++) y[i] = x[0][i] / (1 + exp(-x[0][i])) * x[1][i];
 }
-static peft_tensor *add_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_add(g, x[0], x[1]); }
+static peft_tensor *add_fwd(peft_graph *g, peft_tensor **x, void *c) {
+    (void)c;
+    return peft_add(g, x[0], x[1]);
+}
 static void add_ref(double **x, double *y, void *c) {
     long n = *(long *)c;
     for (long i = 0; i < n; i++) y[i] = x[0][i] + x[1][i];
 }
-static peft_tensor *scl_fwd(peft_graph *g, peft_tensor **x, void *c) { (void)c; return peft_scale(g, x[0], -0.37f); }
+static peft_tensor *scl_fwd(peft_graph *g, peft_tensor **x, void *c) {
+    (void)c;
+    return peft_scale(g, x[0], -0.37f);
+}
 static void scl_ref(double **x, double *y, void *c) {
     long n = *(long *)c;
     for (long i = 0; i < n; i++) y[i] = (double)-0.37f * x[0][i];
@@ -448,7 +501,10 @@ TEST(test_fd_elementwise) {
 
 /* ---- cross-entropy ---- */
 typedef struct { int R, V; int tg[8]; } ce_ctx;
-static peft_tensor *ce_fwd(peft_graph *g, peft_tensor **x, void *vc) { ce_ctx *c = vc; return peft_cross_entropy(g, x[0], c->tg); }
+static peft_tensor *ce_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    ce_ctx *c = vc;
+    return peft_cross_entropy(g, x[0], c->tg);
+}
 static void ce_ref(double **x, double *y, void *vc) {
     ce_ctx *c = vc;
     double tot = 0; int n = 0;
@@ -485,10 +541,12 @@ TEST(test_parallel_flushes_denormals) {
         peft_set_threads(t);
         unsigned before = _mm_getcsr();
         peft_gemm(0, 0, M, N, K, A, K, B, N, 0.0f, C, N);
-        CHECK(_mm_getcsr() == before, "%d threads: MXCSR %#x after the product, %#x before", t, _mm_getcsr(), before);
+        CHECK(_mm_getcsr() == before, "%d threads: MXCSR %#x after the product, %#x before", t, _mm_getcsr(),
+              before);
         int nonzero = 0;
         for (int i = 0; i < M * N; i++) nonzero += C[i] != 0.0f;
-        CHECK(nonzero == 0, "%d threads: %d of %d outputs non-zero (C[0] = %g): denormals not flushed", t, nonzero, M * N, C[0]);
+        CHECK(nonzero == 0, "%d threads: %d of %d outputs non-zero (C[0] = %g): denormals not flushed", t,
+              nonzero, M * N, C[0]);
     }
     peft_set_threads(threads);
 #else
@@ -547,8 +605,10 @@ TEST(test_gemm_shapes) {
         peft_set_threads(keep);
         peft_gemm_ref(0, 1, M, N, K, A, K, B, K, 0.0f, C[3], N);
         CHECK(th_rel_err_f(C[0], C[3], (long)M * N) < 1e-5, "gemm %dx%dx%d vs reference", M, N, K);
-        CHECK(!memcmp(C[1], C[2], sizeof(float) * (size_t)M * N), "gemm %dx%dx%d: two threads, two runs differ", M, N, K);
-        CHECK(!memcmp(C[0], C[1], sizeof(float) * (size_t)M * N), "gemm %dx%dx%d: 1 and 2 threads differ", M, N, K);
+        CHECK(!memcmp(C[1], C[2], sizeof(float) * (size_t)M * N),
+              "gemm %dx%dx%d: two threads, two runs differ", M, N, K);
+        CHECK(!memcmp(C[0], C[1], sizeof(float) * (size_t)M * N), "gemm %dx%dx%d: 1 and 2 threads differ", M,
+              N, K);
         free(A); free(B);
         for (int i = 0; i < 4; i++) free(C[i]);
     }
@@ -570,7 +630,10 @@ TEST(test_backward_needs_scalar_and_skips_frozen) {
 /* ---- fused classifier + cross-entropy: the same loss and gradients as
    cross_entropy(linear(x, w)), against the double reference ---- */
 typedef struct { int R, D, V; int tg[8]; } lce_ctx;
-static peft_tensor *lce_fwd(peft_graph *g, peft_tensor **x, void *vc) { lce_ctx *c = vc; return peft_linear_cross_entropy(g, x[0], x[1], c->tg); }
+static peft_tensor *lce_fwd(peft_graph *g, peft_tensor **x, void *vc) {
+    lce_ctx *c = vc;
+    return peft_linear_cross_entropy(g, x[0], x[1], c->tg);
+}
 static void lce_ref(double **x, double *y, void *vc) {
     lce_ctx *c = vc;
     double tot = 0, z[16];
@@ -620,7 +683,8 @@ TEST(test_linear_cross_entropy_chunks) {
         peft_graph *g = peft_graph_new();
         memset(x->grad, 0, sizeof(float) * (size_t)x->n);
         memset(w->grad, 0, sizeof(float) * (size_t)w->n);
-        peft_tensor *L = k ? peft_linear_cross_entropy(g, x, w, t) : peft_cross_entropy(g, peft_linear(g, x, w), t);
+        peft_tensor *L =
+                k ? peft_linear_cross_entropy(g, x, w, t) : peft_cross_entropy(g, peft_linear(g, x, w), t);
         REQUIRE(L, "forward %d: %s", k, peft_last_error());
         REQUIRE_OK(peft_backward(g, L));
         loss[k] = L->data[0];

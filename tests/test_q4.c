@@ -73,14 +73,16 @@ TEST(test_q4_bytes_match_bnb) {
                     CHECK(same == na, "%s: 8-bit absmax codes: %ld of %ld equal bnb's", p, same, na);
                     snprintf(k, sizeof k, "%s.nested_absmax", p);
                     float *nest = fx(k, &nn);
-                    CHECK(nest && nn == q.n_nested && memcmp(nest, q.nested_absmax, 4 * nn) == 0, "%s: nested absmax differs", p);
+                    CHECK(nest && nn == q.n_nested && memcmp(nest, q.nested_absmax, 4 * nn) == 0,
+                          "%s: nested absmax differs", p);
                     snprintf(k, sizeof k, "%s.nested_code", p);
                     float *code = fx(k, &nd);
                     CHECK(code && memcmp(code, peft_dynamic_map(), 1024) == 0, "%s: nested map differs", p);
                     free(qa); free(nest); free(code); free(offset);
                 } else {
                     float *am = fx(k, &na);
-                    CHECK(am && na == q.n_blocks && memcmp(am, q.absmax, 4 * na) == 0, "%s: absmax differs", p);
+                    CHECK(am && na == q.n_blocks && memcmp(am, q.absmax, 4 * na) == 0, "%s: absmax differs",
+                          p);
                     free(am);
                 }
                 snprintf(k, sizeof k, "%s.deq", p);
@@ -182,7 +184,8 @@ TEST(test_fd_q4_linear) {
         memset(A->grad, 0, sizeof(float) * rk * in);
         memset(Bm->grad, 0, sizeof(float) * out * rk);
         peft_graph_reset(g);
-        peft_tensor *yk = k ? peft_add(g, peft_q4_linear(g, x, &q, out, in), peft_lora_linear(g, x, NULL, A, Bm, 0.7f, 0, NULL))
+        peft_tensor *yk = k ? peft_add(g, peft_q4_linear(g, x, &q, out, in),
+                                       peft_lora_linear(g, x, NULL, A, Bm, 0.7f, 0, NULL))
                             : peft_qlora_linear(g, x, &q, A, Bm, 0.7f, 0, NULL);
         REQUIRE(yk, "qlora forward %d: %s", k, peft_last_error());
         REQUIRE_OK(peft_backward_seed(g, yk, R));
@@ -219,7 +222,8 @@ TEST(test_q4_linear_packs_like_floats) {
     peft_q4 q;
     peft_tensor *x = q4_case(&r, N, in, out, &q, &wf, &wd);
     REQUIRE(x, "quantize: %s", peft_last_error());
-    float *R = malloc(sizeof(float) * N * out), *ref = malloc(sizeof(float) * (size_t)N * (out > in ? out : in));
+    float *R = malloc(sizeof(float) * N * out),
+          *ref = malloc(sizeof(float) * (size_t)N * (out > in ? out : in));
     for (int i = 0; i < N * out; i++) R[i] = peft_rng_normal(&r);
     peft_graph *g = peft_graph_new();
     int threads = peft_get_threads();
@@ -231,11 +235,13 @@ TEST(test_q4_linear_packs_like_floats) {
         REQUIRE(y, "forward: %s", peft_last_error());
         REQUIRE_OK(peft_backward_seed(g, y, R));
         peft_gemm(0, 1, N, out, in, x->data, in, wd, in, 0.0f, ref, out);
-        CHECK(memcmp(ref, y->data, sizeof(float) * N * out) == 0, "%d threads: x·Wᵀ differs from the float product (rel %.3g)",
-              t, th_rel_err_f(ref, y->data, N * out));
+        CHECK(memcmp(ref, y->data, sizeof(float) * N * out) == 0,
+              "%d threads: x·Wᵀ differs from the float product (rel %.3g)", t,
+              th_rel_err_f(ref, y->data, N * out));
         peft_gemm(0, 0, N, in, out, R, out, wd, in, 0.0f, ref, in);
-        CHECK(memcmp(ref, x->grad, sizeof(float) * N * in) == 0, "%d threads: dy·W differs from the float product (rel %.3g)",
-              t, th_rel_err_f(ref, x->grad, N * in));
+        CHECK(memcmp(ref, x->grad, sizeof(float) * N * in) == 0,
+              "%d threads: dy·W differs from the float product (rel %.3g)", t,
+              th_rel_err_f(ref, x->grad, N * in));
     }
     peft_set_threads(threads);
     peft_graph_free(g);
@@ -266,9 +272,11 @@ TEST(test_bnb_folders_match_transformers) {
         peft_json_free(j);
         peft_model *m;
         REQUIRE_OK(peft_model_load(&m, dir));
-        CHECK(m->cfg.q4 && m->layers[0].lin[PEFT_Q].q4 && !m->layers[0].lin[PEFT_Q].w->data, "%s: loaded as 4-bit", names[k]);
+        CHECK(m->cfg.q4 && m->layers[0].lin[PEFT_Q].q4 && !m->layers[0].lin[PEFT_Q].w->data,
+              "%s: loaded as 4-bit", names[k]);
         double bits = peft_model_linear_bits(m);
-        CHECK(k == 0 ? bits < 4.2 : fabs(bits - 4.5) < 1e-9, "%s: %.4f bits per linear parameter", names[k], bits);
+        CHECK(k == 0 ? bits < 4.2 : fabs(bits - 4.5) < 1e-9, "%s: %.4f bits per linear parameter", names[k],
+              bits);
         snprintf(path, sizeof path, "%s/bnb_logits.safetensors", dir);
         float *ref; long n;
         REQUIRE(th_read_ref(path, "logits", &ref, &n), "logits");

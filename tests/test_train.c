@@ -2,7 +2,9 @@
    plus properties of the training loop itself. */
 #include "harness.h"
 
-static void fixture_path(char *buf, size_t n, const char *file) { snprintf(buf, n, "%s/%s", th_fixtures(), file); }
+static void fixture_path(char *buf, size_t n, const char *file) {
+    snprintf(buf, n, "%s/%s", th_fixtures(), file);
+}
 
 TEST(test_adamw_matches_torch) {
     char path[512];
@@ -37,15 +39,19 @@ TEST(test_clip_matches_torch) {
     char path[512];
     fixture_path(path, sizeof path, "clip.safetensors");
     float *a, *b, *ac, *bc, *norm; long na, nb, n1;
-    REQUIRE(th_read_ref(path, "a", &a, &na) && th_read_ref(path, "b", &b, &nb) && th_read_ref(path, "a_clipped", &ac, &na) &&
-            th_read_ref(path, "b_clipped", &bc, &nb) && th_read_ref(path, "norm", &norm, &n1), "fixture");
-    peft_tensor *pa = peft_param_new("a", 1, (int64_t[]){ na }), *pb = peft_param_new("b", 2, (int64_t[]){ 4, 5 });
+    REQUIRE(th_read_ref(path, "a", &a, &na) && th_read_ref(path, "b", &b, &nb) &&
+                    th_read_ref(path, "a_clipped", &ac, &na) && th_read_ref(path, "b_clipped", &bc, &nb) &&
+                    th_read_ref(path, "norm", &norm, &n1),
+            "fixture");
+    peft_tensor *pa = peft_param_new("a", 1, (int64_t[]){ na }),
+                *pb = peft_param_new("b", 2, (int64_t[]){ 4, 5 });
     peft_param_set_trainable(pa, 1); peft_param_set_trainable(pb, 1);
     memcpy(pa->grad, a, sizeof(float) * na); memcpy(pb->grad, b, sizeof(float) * nb);
     peft_tensor *ps[2] = { pa, pb };
     double nrm = peft_clip_grad_norm(ps, 2, 0.5);
     CHECK(fabs(nrm - norm[0]) < 1e-5 * norm[0], "norm %.7f vs torch %.7f", nrm, norm[0]);
-    CHECK(th_rel_err_f(pa->grad, ac, na) < 1e-6 && th_rel_err_f(pb->grad, bc, nb) < 1e-6, "clipped gradients");
+    CHECK(th_rel_err_f(pa->grad, ac, na) < 1e-6 && th_rel_err_f(pb->grad, bc, nb) < 1e-6,
+          "clipped gradients");
     peft_param_free(pa); peft_param_free(pb);
     free(a); free(b); free(ac); free(bc); free(norm);
 }
@@ -59,7 +65,8 @@ TEST(test_schedules_match_transformers) {
         float *lr; long n;
         REQUIRE(th_read_ref(path, kinds[i], &lr, &n), "fixture %s", kinds[i]);
         peft_schedule s = { k[i], 0.1f, 0.0f, 3, 20 };
-        for (long t = 0; t <= 20 && t < n; t++)   /* past the end HF's cosine rises again; ours stays at min_lr */
+        /* past the end HF's cosine rises again; ours stays at min_lr */
+        for (long t = 0; t <= 20 && t < n; t++)
             CHECK(fabs(peft_schedule_lr(&s, (int)t) - lr[t]) < 1e-7, "%s step %ld: %.8f vs %.8f", kinds[i], t,
                   peft_schedule_lr(&s, (int)t), lr[t]);
         free(lr);
@@ -75,8 +82,8 @@ static peft_config tiny_cfg(void) {
     return c;
 }
 
-static const char *TEXT =
-    "the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog again and again. ";
+static const char *TEXT = "the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the "
+                          "lazy dog again and again. ";
 
 static void text_batch(int *tok, int *tgt, int B, int T, int offset) {
     int n = (int)strlen(TEXT);
@@ -110,7 +117,8 @@ TEST(test_full_finetune_loss_falls) {
     }
     /* ln(128) = 4.85 at start; the text is 100 chars of a repeating pattern */
     CHECK(first > 4.0f, "initial loss %.3f should be near ln(128)", first);
-    CHECK(avg_last < 0.25f * avg_first, "loss did not fall enough: first-10 mean %.3f, last-10 mean %.3f", avg_first, avg_last);
+    CHECK(avg_last < 0.25f * avg_first, "loss did not fall enough: first-10 mean %.3f, last-10 mean %.3f",
+          avg_first, avg_last);
     CHECK(peft_graph_system_allocs(tr->graph) == allocs_after_first,
           "training steps after the first allocated (%ld -> %ld system allocations)", allocs_after_first,
           peft_graph_system_allocs(tr->graph));
@@ -267,7 +275,8 @@ TEST(test_paged_adamw_bit_identical) {
     REQUIRE_OK(peft_adamw_init(&plain, a, 3, &o));
     o.paged = 1; o.page_bytes = 4096; o.budget_bytes = 64 * 1024; o.paged_min_elems = 1000;
     REQUIRE_OK(peft_adamw_init(&paged, b, 3, &o));
-    CHECK(paged.stats.state_bytes > 8 * o.budget_bytes, "the budget must be far below the state (%zu)", paged.stats.state_bytes);
+    CHECK(paged.stats.state_bytes > 8 * o.budget_bytes, "the budget must be far below the state (%zu)",
+          paged.stats.state_bytes);
     for (int s = 0; s < 5; s++) {
         for (int i = 0; i < 3; i++)
             for (int64_t j = 0; j < sizes[i]; j++) a[i]->grad[j] = b[i]->grad[j] = peft_rng_normal(&r);
@@ -279,7 +288,8 @@ TEST(test_paged_adamw_bit_identical) {
     CHECK(same, "paged AdamW must give bit-identical parameters");
     CHECK(paged.stats.pages_evicted > 0 && paged.stats.pages_loaded > paged.stats.pages_evicted / 2,
           "pager counters: evicted %ld, loaded %ld", paged.stats.pages_evicted, paged.stats.pages_loaded);
-    CHECK(paged.stats.peak_resident <= o.budget_bytes, "peak resident %zu over the budget", paged.stats.peak_resident);
+    CHECK(paged.stats.peak_resident <= o.budget_bytes, "peak resident %zu over the budget",
+          paged.stats.peak_resident);
     peft_adamw_free(&plain); peft_adamw_free(&paged);
     for (int i = 0; i < 3; i++) { peft_param_free(a[i]); peft_param_free(b[i]); }
 }
@@ -303,7 +313,8 @@ TEST(test_adamw_8bit_states) {
     REQUIRE_OK(peft_adamw_init(&q8, qp, 2, &o));
     CHECK(q8.qm[0] && !q8.qm[1], "large tensors get 8-bit states, small ones stay fp32");
     size_t big = peft_adamw_state_bytes(&q8) - 2 * sizeof(float) * (size_t)small;
-    CHECK(big < 0.27 * 2 * sizeof(float) * (size_t)n, "8-bit state is %zu bytes for %lld elements", big, (long long)n);
+    CHECK(big < 0.27 * 2 * sizeof(float) * (size_t)n, "8-bit state is %zu bytes for %lld elements", big,
+          (long long)n);
     for (int s = 0; s < 10; s++) {
         for (int64_t j = 0; j < n; j++) a->grad[j] = b->grad[j] = peft_rng_normal(&r) + 0.5f * sinf((float)j);
         for (int64_t j = 0; j < small; j++) c->grad[j] = 1.0f;

@@ -1028,7 +1028,8 @@ int main(int argc, char **argv) {
     double base_params = (double)peft_model_base_count(bm);
     peft_model_free(bm);
     write_results(out, gs, n_rec, zero_ok, base_params, pretrain_s, ema, n_seeds);
-    printf("\n  wrote %s/results.md, results.json, loss.svg, accuracy.svg, tradeoff.svg (%.0f s wall, %.0f s CPU)\n",
+    printf("\n  wrote %s/results.md, results.json, loss.svg, accuracy.svg, tradeoff.svg (%.0f s wall, %.0f s "
+           "CPU)\n",
            out, now_s() - t_start, cpu_s() + children_cpu_s() - c_start);
     if (full)
         run_full(out, threads, seed, n_seeds, gs, n_rec);

@@ -151,7 +151,8 @@ static int set_default_threads(void) {
         return 0;
     }
     if (!parse_int(e, &default_threads) || default_threads < 1 || default_threads > 1024) {
-        fprintf(stderr, "peft: error: PEFT_THREADS must be a number of threads from 1 to 1024, not '%s'\n", e);
+        fprintf(stderr, "peft: error: PEFT_THREADS must be a number of threads from 1 to 1024, not '%s'\n",
+                e);
         return 2;
     }
     return 0;
@@ -929,9 +930,16 @@ static int ends_with(const char *s, const char *tail) {
 /* the files peft.h writes into a model folder: any other name in --out is
    the user's (notes.txt, data.json, README.md), and the folder is not replaced */
 static int model_folder_file(const char *name) {
-    static const char *const names[] = { "config.json", "model.safetensors", "model.safetensors.index.json",
-                                         "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                                         "special_tokens_map.json", "tokenizer.model", "tokenizer.bin", NULL };
+    static const char *const names[] = { "config.json",
+                                         "model.safetensors",
+                                         "model.safetensors.index.json",
+                                         "tokenizer.json",
+                                         "tokenizer_config.json",
+                                         "generation_config.json",
+                                         "special_tokens_map.json",
+                                         "tokenizer.model",
+                                         "tokenizer.bin",
+                                         NULL };
     for (int i = 0; names[i]; i++)
         if (!strcmp(name, names[i])) return 1;
     return !strncmp(name, "model-", 6) && ends_with(name, ".safetensors");    /* a shard */
