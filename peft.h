@@ -1693,7 +1693,10 @@ PEFTDEF float peft_rng_uniform(peft_rng *r) {
     return (float)(peft_rng_u64(r) >> 40) * (1.0f / 16777216.0f);
 }
 PEFTDEF float peft_rng_normal(peft_rng *r) {
-    if (r->has_spare) { r->has_spare = 0; return r->spare; }
+    if (r->has_spare) {
+        r->has_spare = 0;
+        return r->spare;
+    }
     double u1 = ((double)(peft_rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
     double u2 = (double)(peft_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
     double rad = sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
@@ -1731,7 +1734,11 @@ static PEFT__TLS int peft__in_part;
    that matters moves. PEFT_KEEP_DENORMALS turns this off. */
 #ifdef PEFT__FTZ
 #define PEFT__FTZ_BITS 0x8040u                   /* FTZ (bit 15) | DAZ (bit 6) */
-static unsigned peft__ftz_enter(void) { unsigned c = _mm_getcsr(); _mm_setcsr(c | PEFT__FTZ_BITS); return c; }
+static unsigned peft__ftz_enter(void) {
+    unsigned c = _mm_getcsr();
+    _mm_setcsr(c | PEFT__FTZ_BITS);
+    return c;
+}
 static void peft__ftz_leave(unsigned c) { _mm_setcsr(c); }
 #else
 static unsigned peft__ftz_enter(void) { return 0; }
@@ -2162,7 +2169,10 @@ static void peft__set_shape(peft_tensor *t, int ndim, const int64_t *shape) {
         t->stride[i] = n;
         n *= shape[i];
     }
-    for (int i = ndim; i < PEFT_MAX_DIMS; i++) { t->shape[i] = 1; t->stride[i] = 1; }
+    for (int i = ndim; i < PEFT_MAX_DIMS; i++) {
+        t->shape[i] = 1;
+        t->stride[i] = 1;
+    }
     t->n = n;
 }
 
@@ -2171,12 +2181,18 @@ static int64_t peft__rows(const peft_tensor *t) { return t->n / peft__cols(t); }
 
 PEFTDEF peft_tensor *peft_param_new(const char *name, int ndim, const int64_t *shape) {
     peft_tensor *t = (peft_tensor *)peft__calloc(sizeof *t);
-    if (!t || ndim < 1 || ndim > PEFT_MAX_DIMS) { PEFT_FREE(t); return NULL; }
+    if (!t || ndim < 1 || ndim > PEFT_MAX_DIMS) {
+        PEFT_FREE(t);
+        return NULL;
+    }
     peft__set_shape(t, ndim, shape);
     t->data = (float *)peft__calloc((size_t)t->n * sizeof(float));
     t->name = name ? peft__strdup(name) : NULL;
     t->is_param = 1;
-    if (!t->data || (name && !t->name)) { peft_param_free(t); return NULL; }
+    if (!t->data || (name && !t->name)) {
+        peft_param_free(t);
+        return NULL;
+    }
     return t;
 }
 
@@ -2190,7 +2206,10 @@ PEFTDEF peft_status peft_param_set_trainable(peft_tensor *p, int trainable) {
         if (!p->grad) return peft__fail(PEFT_ERR_NOMEM, "no memory for the gradient of %s",
                                         p->name ? p->name : "a parameter");
     }
-    if (!trainable && p->grad) { PEFT_FREE(p->grad); p->grad = NULL; }
+    if (!trainable && p->grad) {
+        PEFT_FREE(p->grad);
+        p->grad = NULL;
+    }
     p->requires_grad = trainable ? 1 : 0;
     return PEFT_OK;
 }
@@ -2254,7 +2273,11 @@ PEFTDEF void peft_gemm_ref(int tA, int tB, int M, int N, int K,
 
 #if defined(__GNUC__)
 typedef float peft__vf __attribute__((vector_size(4 * PEFT__VW)));
-static peft__vf peft__vload(const float *p) { peft__vf v; memcpy(&v, p, sizeof v); return v; }
+static peft__vf peft__vload(const float *p) {
+    peft__vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 static void peft__vstore(float *p, peft__vf v) { memcpy(p, &v, sizeof v); }
 /* The product must compile to fused multiply-adds: ISO C modes (-std=c11)
    turn GCC's contraction off, which halves the throughput, so it is asked
@@ -2471,7 +2494,10 @@ static void peft__pack_At(const peft__gemm_args *g, int ic, int mc, float *Ap) {
 }
 
 static void peft__pack_A(const peft__gemm_args *g, int ic, int mc, float *Ap) {
-    if (g->tA) { peft__pack_At(g, ic, mc, Ap); return; }
+    if (g->tA) {
+        peft__pack_At(g, ic, mc, Ap);
+        return;
+    }
     for (int i0 = 0; i0 < mc; i0 += PEFT__MR, Ap += (size_t)PEFT__MR * g->kc) {
         int mr = mc - i0 < PEFT__MR ? mc - i0 : PEFT__MR;
         peft__transpose_into(Ap, PEFT__MR, g->A + (size_t)(ic + i0) * g->lda + g->pc, (size_t)g->lda, mr,
@@ -2508,7 +2534,10 @@ static void peft__pack_B_range(void *vctx, int64_t s0, int64_t s1) {
     for (int j0 = (int)s0 * PEFT__NR; j0 < g->nc && j0 < (int)s1 * PEFT__NR;
          j0 += PEFT__NR, Bp += (size_t)PEFT__NR * g->kc) {
         int nr = g->nc - j0 < PEFT__NR ? g->nc - j0 : PEFT__NR;
-        if (g->Bq) { peft__pack_B_stored(g, j0, nr, Bp); continue; }
+        if (g->Bq) {
+            peft__pack_B_stored(g, j0, nr, Bp);
+            continue;
+        }
         if (g->tB)
             peft__transpose_into(Bp, PEFT__NR, g->B + (size_t)(g->jc + j0) * g->ldb + g->pc, (size_t)g->ldb,
                                  nr, g->kc);
@@ -2652,7 +2681,11 @@ static void peft__gemm_pack_B(int tB, int N, int K, const float *B, int ldb, flo
     peft__gemm_slicing s = peft__slicing(N, K);
     peft__gemm_args g;
     memset(&g, 0, sizeof g);
-    g.tB = tB; g.N = N; g.K = K; g.ldb = ldb; g.B = B;
+    g.tB = tB;
+    g.N = N;
+    g.K = K;
+    g.ldb = ldb;
+    g.B = B;
     for (int js = 0; js < s.nslices; js++)
         for (int ks = 0; ks < s.kslices; ks++) {
             peft__slice(&s, &g, js, ks);
@@ -2672,8 +2705,18 @@ static peft_status peft__gemm(int tA, int tB, int M, int N, int K,
     if (M <= 0 || N <= 0) return PEFT_OK;
     peft__gemm_args g;
     memset(&g, 0, sizeof g);
-    g.tA = tA; g.tB = tB; g.M = M; g.N = N; g.K = K; g.lda = lda; g.ldb = ldb; g.ldc = ldc;
-    g.A = A; g.B = B; g.Bq = Bq; g.C = C;
+    g.tA = tA;
+    g.tB = tB;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.lda = lda;
+    g.ldb = ldb;
+    g.ldc = ldc;
+    g.A = A;
+    g.B = B;
+    g.Bq = Bq;
+    g.C = C;
     if (beta != 1.0f && (beta != 0.0f || K <= 0)) {   /* beta 0 is the first K slice storing over C */
         g.Bp = &beta;
         peft__parallel_for(M, 64, peft__scale_rows, &g);
@@ -2873,7 +2916,10 @@ static uint8_t peft__nearest_code(const float *code, double g) {
     if (g <= code[0]) return 0;
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if ((double)code[mid] <= g) lo = mid; else hi = mid - 1;
+        if ((double)code[mid] <= g)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     if (lo < 255 && fabs((double)code[lo + 1] - g) < fabs(g - (double)code[lo])) lo++;
     return (uint8_t)lo;
@@ -2904,7 +2950,11 @@ PEFTDEF void peft_dequantize_blockwise8(const uint8_t *q, int64_t n, int blocksi
 PEFTDEF peft_status peft_q4_quantize(peft_q4 *q, const float *w, int64_t n, peft_q4_type t,
                                      int double_quant, const float *offset) {
     memset(q, 0, sizeof *q);
-    q->type = t; q->n = n; q->blocksize = 64; q->nested_blocksize = 256; q->double_quant = double_quant;
+    q->type = t;
+    q->n = n;
+    q->blocksize = 64;
+    q->nested_blocksize = 256;
+    q->double_quant = double_quant;
     q->n_blocks = (n + 63) / 64;
     q->n_nested = (q->n_blocks + 255) / 256;
     q->packed = (uint8_t *)PEFT_MALLOC((size_t)(n + 1) / 2);
@@ -2932,7 +2982,10 @@ PEFTDEF peft_status peft_q4_quantize(peft_q4 *q, const float *w, int64_t n, peft
             else q->packed[i / 2] = (uint8_t)((q->packed[i / 2] & 0xF0) | c);
         }
     }
-    if (!double_quant) { q->absmax = am; return PEFT_OK; }
+    if (!double_quant) {
+        q->absmax = am;
+        return PEFT_OK;
+    }
     double mean = 0.0;
     for (int64_t b = 0; b < q->n_blocks; b++) mean += am[b];
     q->offset = offset ? *offset : (float)(mean / (double)q->n_blocks);
@@ -2979,7 +3032,10 @@ PEFTDEF size_t peft_q4_bytes(const peft_q4 *q) {
 
 PEFTDEF void peft_q4_free(peft_q4 *q) {
     if (!q) return;
-    PEFT_FREE(q->packed); PEFT_FREE(q->absmax); PEFT_FREE(q->qabsmax); PEFT_FREE(q->nested_absmax);
+    PEFT_FREE(q->packed);
+    PEFT_FREE(q->absmax);
+    PEFT_FREE(q->qabsmax);
+    PEFT_FREE(q->nested_absmax);
     memset(q, 0, sizeof *q);
 }
 
@@ -3614,7 +3670,11 @@ static peft__node *peft__push(peft_graph *g, const peft_op *op, int64_t n_ids) {
     if (g->n_nodes == g->cap_nodes) {
         int nc = g->cap_nodes ? 2 * g->cap_nodes : 256;
         peft__node *nn = (peft__node *)PEFT_REALLOC(g->nodes, (size_t)nc * sizeof(peft__node));
-        if (!nn) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "out of memory for the tape"); return NULL; }
+        if (!nn) {
+            g->failed = 1;
+            peft__fail(PEFT_ERR_NOMEM, "out of memory for the tape");
+            return NULL;
+        }
         g->nodes = nn;
         g->cap_nodes = nc;
         g->system_allocs++;
@@ -3937,8 +3997,13 @@ static void peft__rope_range(void *vctx, int64_t r0, int64_t r1) {
                 int ia = rt->interleaved ? 2 * i : i, ib = rt->interleaved ? 2 * i + 1 : i + half;
                 float xa = x[ia], xb = x[ib], sn = sign * s[i];
                 float ya = xa * c[i] - xb * sn, yb = xb * c[i] + xa * sn;
-                if (a->accumulate) { y[ia] += ya; y[ib] += yb; }
-                else { y[ia] = ya; y[ib] = yb; }
+                if (a->accumulate) {
+                    y[ia] += ya;
+                    y[ib] += yb;
+                } else {
+                    y[ia] = ya;
+                    y[ib] = yb;
+                }
             }
             for (int i = rt->rot_dim; i < hd; i++) y[i] = a->accumulate ? y[i] + x[i] : x[i];
         }
@@ -4044,8 +4109,10 @@ static float peft__dot(const float *a, const float *b, int n) {
     if (n >= 8) {
         v4 acc0 = { 0 }, acc1 = { 0 }, x0, y0, x1, y1;
         for (; i + 8 <= n; i += 8) {
-            memcpy(&x0, a + i, sizeof x0); memcpy(&y0, b + i, sizeof y0);
-            memcpy(&x1, a + i + 4, sizeof x1); memcpy(&y1, b + i + 4, sizeof y1);
+            memcpy(&x0, a + i, sizeof x0);
+            memcpy(&y0, b + i, sizeof y0);
+            memcpy(&x1, a + i + 4, sizeof x1);
+            memcpy(&y1, b + i + 4, sizeof y1);
             acc0 += x0 * y0;
             acc1 += x1 * y1;
         }
@@ -4100,7 +4167,10 @@ static void peft__attend_prompts(const float *qt, const float *pk, const float *
 /* The keys one query head sees: k, or k + γ_h·x with Excitor (into buf). */
 static const float *peft__keys_for_head(const peft__attn_args *a, const float *kb, const float *xb, int h,
                                         int64_t kw, float *buf, int64_t *ld) {
-    if (!xb) { *ld = kw; return kb; }
+    if (!xb) {
+        *ld = kw;
+        return kb;
+    }
     for (int t = 0; t < a->T; t++)
         for (int d = 0; d < a->hd; d++)
             buf[(size_t)t * a->hd + d] = kb[(int64_t)t * kw + d] + a->Gx[h] * xb[(int64_t)t * kw + d];
@@ -4179,7 +4249,10 @@ static void peft__attn_bw_range(void *vctx, int64_t u0, int64_t u1) {
     float scale = 1.0f / sqrtf((float)hd);
     float *dS = peft__pack_buf(&peft__attn_scratch, &peft__attn_scratch_cap,
                                (size_t)T * T + 2 * (size_t)T * hd + K + hd);
-    if (!dS) { a->oom = 1; return; }
+    if (!dS) {
+        a->oom = 1;
+        return;
+    }
     float *tmp = dS + (size_t)T * T, *kbuf = tmp + (size_t)T * hd, *dPp = kbuf + (size_t)T * hd,
           *dop = dPp + K;
     for (int64_t u = u0; u < u1; u++) {
@@ -4302,14 +4375,26 @@ static void peft__gate_backward(peft_tensor *g, int use_tanh, int H, const float
 static void peft__cpu_attention_bw(peft_graph *g, peft__node *n) {
     peft__attn_args a;
     memset(&a, 0, sizeof a);
-    a.B = n->i[0]; a.T = n->i[1]; a.H = n->i[2]; a.KV = n->i[3]; a.hd = n->i[4]; a.K = n->i[5];
+    a.B = n->i[0];
+    a.T = n->i[1];
+    a.H = n->i[2];
+    a.KV = n->i[3];
+    a.hd = n->i[4];
+    a.K = n->i[5];
     a.prompt_batched = n->i[6];
     int gate_tanh = n->i[7];
-    a.q = n->in[0]->data; a.k = n->in[1]->data; a.v = n->in[2]->data;
-    a.pk = n->in[3] ? n->in[3]->data : NULL; a.pv = n->in[4] ? n->in[4]->data : NULL;
+    a.q = n->in[0]->data;
+    a.k = n->in[1]->data;
+    a.v = n->in[2]->data;
+    a.pk = n->in[3] ? n->in[3]->data : NULL;
+    a.pv = n->in[4] ? n->in[4]->data : NULL;
     a.x = n->in[6] ? n->in[6]->data : NULL;
-    a.dq = peft__grad_if(n->in[0]); a.dk = peft__grad_if(n->in[1]); a.dv = peft__grad_if(n->in[2]);
-    a.dpk = peft__grad_if(n->in[3]); a.dpv = peft__grad_if(n->in[4]); a.dx = peft__grad_if(n->in[6]);
+    a.dq = peft__grad_if(n->in[0]);
+    a.dk = peft__grad_if(n->in[1]);
+    a.dv = peft__grad_if(n->in[2]);
+    a.dpk = peft__grad_if(n->in[3]);
+    a.dpv = peft__grad_if(n->in[4]);
+    a.dx = peft__grad_if(n->in[6]);
     a.dout = n->out->grad;
     a.P = n->saved;
     a.Pp = a.P + (size_t)a.B * a.H * a.T * a.T;
@@ -4319,7 +4404,10 @@ static void peft__cpu_attention_bw(peft_graph *g, peft__node *n) {
     int64_t units = a.by_batch ? (int64_t)a.B * a.KV : a.KV;
     float *partial = peft__arena_floats(g, 2 * units * a.H, 1), dG[PEFT_MAX_HEADS] = { 0 },
           dGx[PEFT_MAX_HEADS] = { 0 };
-    if (!partial) { g->failed = 1; return; }
+    if (!partial) {
+        g->failed = 1;
+        return;
+    }
     a.dG = peft__grad_if(n->in[5]) ? partial : NULL;
     a.dGx = peft__grad_if(n->in[7]) ? partial + units * a.H : NULL;
     peft__parallel_for(units, 1, peft__attn_bw_range, &a);
@@ -4390,7 +4478,13 @@ static peft_status peft__cpu_attention(peft_graph *g, peft__node *nd) {
     a.pk = K ? nd->in[3]->data : NULL;
     a.pv = K ? nd->in[4]->data : NULL;
     a.x = nd->in[6] ? nd->in[6]->data : NULL;
-    a.B = B; a.T = T; a.H = H; a.KV = KV; a.hd = hd; a.K = K; a.prompt_batched = nd->i[6];
+    a.B = B;
+    a.T = T;
+    a.H = H;
+    a.KV = KV;
+    a.hd = hd;
+    a.K = K;
+    a.prompt_batched = nd->i[6];
     peft__gate_values(nd->in[5], nd->i[7], H, a.G);
     peft__gate_values(nd->in[7], 0, H, a.Gx);
     if (a.x) {                                  /* room for k + γ·x per (row, kv head) */
@@ -4663,10 +4757,15 @@ static int peft__bf16_product(const peft_qmatrix *W, int backward, const float *
     if (W->type != PEFT_GGML_BF16 || !W->bf16_compute || !peft_bf16_dot_available()) return 0;
     peft__bf16_args g;
     memset(&g, 0, sizeof g);
-    g.W = W; g.backward = backward; g.M = M; g.A = a; g.C = c;
+    g.W = W;
+    g.backward = backward;
+    g.M = M;
+    g.A = a;
+    g.C = c;
     g.N = backward ? in : out;
     g.K = backward ? out : in;
-    g.lda = g.K; g.ldc = g.N;
+    g.lda = g.K;
+    g.ldc = g.N;
     if (M <= 0 || g.N <= 0) return 1;
     if (g.K <= 0) {
         for (int i = 0; store && i < M; i++) memset(c + (size_t)i * g.ldc, 0, sizeof(float) * (size_t)g.N);
@@ -4696,7 +4795,14 @@ static int peft__bf16_product(const peft_qmatrix *W, int backward, const float *
         }
     return 1;
 #else
-    (void)W; (void)backward; (void)a; (void)M; (void)out; (void)in; (void)c; (void)store;
+    (void)W;
+    (void)backward;
+    (void)a;
+    (void)M;
+    (void)out;
+    (void)in;
+    (void)c;
+    (void)store;
     return 0;
 #endif
 }
@@ -4846,12 +4952,19 @@ static void peft__cpu_lora_bw(peft_graph *g, peft__node *n) {
     const uint8_t *mask = (const uint8_t *)n->aux;
     float *du = peft__lora_scratch((size_t)N * r + (mask ? (size_t)N * in : 0));
     float *xt = mask ? du + (size_t)N * r : NULL;
-    if (!du) { g->failed = 1; peft__fail(PEFT_ERR_NOMEM, "lora_linear backward: out of memory"); return; }
+    if (!du) {
+        g->failed = 1;
+        peft__fail(PEFT_ERR_NOMEM, "lora_linear backward: out of memory");
+        return;
+    }
     peft_gemm(0, 0, N, r, out, dy, out, Bm->data, r, 0.0f, du, r);         /* du = s·dy·B     */
     for (int64_t j = 0; j < (int64_t)N * r; j++) du[j] *= s;
     if (Bm->requires_grad) {                                             /* dB += s·dyᵀ·u   */
         float *tmp = peft__arena_floats(g, (int64_t)out * r, 0);
-        if (!tmp) { g->failed = 1; return; }
+        if (!tmp) {
+            g->failed = 1;
+            return;
+        }
         peft_gemm(1, 0, out, r, N, dy, out, u, r, 0.0f, tmp, r);
         for (int64_t j = 0; j < (int64_t)out * r; j++) Bm->grad[j] += s * tmp[j];
     }
@@ -5083,7 +5196,10 @@ static void peft__cpu_prompt_attend_bw(peft_graph *g, peft__node *n) {
     int N = n->i[0], d = n->i[1], K = n->i[2], e = n->i[3];
     const float *P = n->saved, *dout = n->out->grad;
     float *dS = peft__arena_floats(g, (int64_t)N * K, 0);
-    if (!dS) { g->failed = 1; return; }
+    if (!dS) {
+        g->failed = 1;
+        return;
+    }
     peft_gemm(0, 1, N, K, e, dout, e, pv->data, e, 0.0f, dS, K);                  /* dP       */
     float sc = 1.0f / sqrtf((float)d);
     for (int r = 0; r < N; r++) {
@@ -5299,7 +5415,10 @@ static void peft__xent_lse_range(void *vctx, int64_t r0, int64_t r1) {
     const peft__xent_args *a = (const peft__xent_args *)vctx;
     for (int64_t r = r0; r < r1; r++) {
         const float *zr = a->z + r * a->V;
-        if (a->t[r] == -100) { a->lse[r] = 0.0f; continue; }    /* no loss on this row */
+        if (a->t[r] == -100) {     /* no loss on this row */
+            a->lse[r] = 0.0f;
+            continue;
+        }
         a->lse[r] = peft__row_lse(zr, a->V);
     }
 }
@@ -5383,7 +5502,10 @@ static void peft__lce_rows(void *vctx, int64_t r0, int64_t r1) {
     int64_t V = a->V;
     for (int64_t r = r0; r < r1; r++) {
         float *z = a->z + r * V;
-        if (!a->grad) { a->loss[r] = peft__row_lse(z, V) - z[a->t[r]]; continue; }
+        if (!a->grad) {
+            a->loss[r] = peft__row_lse(z, V) - z[a->t[r]];
+            continue;
+        }
         /* dz = softmax(z)/n − onehot/n in place, with one pass of exp:
            the exponentials are kept from the sum and scaled by 1/(n·Σ) */
         float zt = z[a->t[r]], mx = peft__row_max(z, V);
@@ -5464,7 +5586,8 @@ static peft_status peft__cpu_linear_cross_entropy(peft_graph *g, peft__node *nd)
         if (!f || (pb && !b)) return PEFT_ERR_NOMEM;
         peft__gemm_pack_B(1, (int)V, (int)D, w->data, (int)D, f);
         if (b) peft__gemm_pack_B(0, (int)D, (int)V, w->data, (int)D, b);
-        wf = f; wb = b;
+        wf = f;
+        wb = b;
     }
     int64_t k = 0;
     for (int64_t r = 0; r < R; r++) if (targets[r] != -100) rows[k++] = (int)r;
@@ -5598,15 +5721,30 @@ PEFTDEF peft_status peft_config_preset(peft_config *c, const char *name) {
         const peft__preset *p = &peft__presets[i];
         if (strcmp(p->name, name) != 0) continue;
         peft__config_defaults(c);
-        c->dim = p->dim; c->hidden_dim = p->hidden; c->n_layers = p->layers;
-        c->n_heads = p->heads; c->n_kv_heads = p->kv;
+        c->dim = p->dim;
+        c->hidden_dim = p->hidden;
+        c->n_layers = p->layers;
+        c->n_heads = p->heads;
+        c->n_kv_heads = p->kv;
         c->head_dim = p->head_dim ? p->head_dim : p->dim / p->heads;
-        c->vocab_size = p->vocab; c->max_seq_len = p->max_pos;
-        c->norm_eps = p->eps; c->rope_theta = p->theta; c->tie_embeddings = p->tie;
-        c->rope_type = p->rope; c->rope_factor = p->factor; c->rope_low_freq = p->low;
-        c->rope_high_freq = p->high; c->rope_orig_max_pos = p->orig;
-        if (p->vocab == 128256) { c->bos_id = 128000; c->eos_id = 128001; }
-        if (p->vocab == 49152) { c->bos_id = 0; c->eos_id = 0; }
+        c->vocab_size = p->vocab;
+        c->max_seq_len = p->max_pos;
+        c->norm_eps = p->eps;
+        c->rope_theta = p->theta;
+        c->tie_embeddings = p->tie;
+        c->rope_type = p->rope;
+        c->rope_factor = p->factor;
+        c->rope_low_freq = p->low;
+        c->rope_high_freq = p->high;
+        c->rope_orig_max_pos = p->orig;
+        if (p->vocab == 128256) {
+            c->bos_id = 128000;
+            c->eos_id = 128001;
+        }
+        if (p->vocab == 49152) {
+            c->bos_id = 0;
+            c->eos_id = 0;
+        }
         return PEFT_OK;
     }
     if (peft__llama4_preset(c, name)) return PEFT_OK;
@@ -5718,7 +5856,10 @@ static peft_status peft__parse_rope(peft_config *c, const peft_json *rs, const c
     if (peft__json_float(rs, "rope_theta", &theta) == 1) c->rope_theta = theta;
     const char *type = peft__json_str(rs, "rope_type");
     if (!type) type = peft__json_str(rs, "type");
-    if (!type || strcmp(type, "default") == 0) { c->rope_type = PEFT_ROPE_DEFAULT; return PEFT_OK; }
+    if (!type || strcmp(type, "default") == 0) {
+        c->rope_type = PEFT_ROPE_DEFAULT;
+        return PEFT_OK;
+    }
     if (strcmp(type, "llama3") == 0) {
         c->rope_type = PEFT_ROPE_LLAMA3;
         if (peft__json_float(rs, "factor", &c->rope_factor) != 1 ||
@@ -6087,7 +6228,10 @@ PEFTDEF int peft_model_trainable(const peft_model *m, peft_tensor ***list) {
     peft_tensor **l =
             (peft_tensor **)peft__calloc((size_t)(m->n_params + m->n_extra + 1) * sizeof(peft_tensor *));
     int n = 0;
-    if (!l) { *list = NULL; return -1; }
+    if (!l) {
+        *list = NULL;
+        return -1;
+    }
     for (int i = 0; i < m->n_params; i++) if (m->params[i]->requires_grad) l[n++] = m->params[i];
     for (int i = 0; i < m->n_extra; i++) if (m->extra[i]->requires_grad) l[n++] = m->extra[i];
     *list = l;
@@ -6314,7 +6458,10 @@ static void peft__cpu_chunk_attn_bw(peft_graph *g, peft__node *n) {
     int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd;
     const float *P = n->saved, *dO = n->out->grad;
     float *dS = peft__arena_floats(g, C, 0);
-    if (!dS) { g->failed = 1; return; }
+    if (!dS) {
+        g->failed = 1;
+        return;
+    }
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             int kh = h / (H / KV);
@@ -6381,7 +6528,10 @@ static peft_status peft__cpu_chunk_attn(peft_graph *g, peft__node *nd) {
                     pr[j] = peft__dot(qt, k->data + ((int64_t)b * T + j) * kw + (int64_t)kh * hd, hd) * scale;
                 float mx = -INFINITY, sum = 0.0f;
                 for (int j = lo; j <= t; j++) mx = pr[j] > mx ? pr[j] : mx;
-                for (int j = lo; j <= t; j++) { pr[j] = expf(pr[j] - mx); sum += pr[j]; }
+                for (int j = lo; j <= t; j++) {
+                    pr[j] = expf(pr[j] - mx);
+                    sum += pr[j];
+                }
                 for (int j = lo; j <= t; j++) pr[j] /= sum;
                 float *ot = o->data + ((int64_t)b * T + t) * qw + (int64_t)h * hd;
                 for (int d = 0; d < hd; d++) ot[d] = 0.0f;
@@ -6517,7 +6667,10 @@ static void peft__cpu_moe_experts_bw(peft_graph *g, peft__node *n) {
     float *wbuf = peft__arena_floats(g, 4 * D * F, 0), *dW = peft__arena_floats(g, 2 * D * F, 0);
     float *Bbuf = peft__arena_floats(g, (D + F) * rmax, 0),
           *tmp = peft__arena_floats(g, (D + 3 * F) * rmax, 0);
-    if (!dY || !dA || !dH || !dX || !wbuf || !dW || !Bbuf || !tmp) { g->failed = 1; return; }
+    if (!dY || !dA || !dH || !dX || !wbuf || !dW || !Bbuf || !tmp) {
+        g->failed = 1;
+        return;
+    }
     for (int64_t i = 0; i < R; i++)
         memcpy(dY + i * D, n->out->grad + (int64_t)(c->slot[i] / c->K) * D, sizeof(float) * (size_t)D);
     for (int e = 0; e < c->E; e++) {
@@ -6987,7 +7140,10 @@ static void peft__ckpt_bw(peft_graph *g, peft__node *n) {
     peft_graph_reset(sg);
     peft_graph_set_grad(sg, 1);
     peft_tensor *xin = peft_tensor_2d(sg, peft__rows(x), peft__cols(x));
-    if (!xin) { g->failed = 1; return; }
+    if (!xin) {
+        g->failed = 1;
+        return;
+    }
     sg->be->copy(xin->data, x->data, x->n);
     xin->requires_grad = x->requires_grad;
     peft_rng keep = m->rng;
@@ -6997,7 +7153,10 @@ static void peft__ckpt_bw(peft_graph *g, peft__node *n) {
     peft_tensor *y = peft__block(m, sg, c->L, xin, c->B, c->T);
     m->rng = keep;
     m->training = training;
-    if (!y || peft_backward_seed(sg, y, n->out->grad) != PEFT_OK) { g->failed = 1; return; }
+    if (!y || peft_backward_seed(sg, y, n->out->grad) != PEFT_OK) {
+        g->failed = 1;
+        return;
+    }
     if (x->requires_grad && x->grad && xin->grad)
         for (int64_t j = 0; j < x->n; j++) x->grad[j] += xin->grad[j];
 }
@@ -7005,15 +7164,29 @@ static void peft__ckpt_bw(peft_graph *g, peft__node *n) {
 static peft_tensor *peft__block_checkpointed(peft_model *m, peft_graph *g, peft_layer *L, peft_tensor *x,
                                              int B, int T) {
     if (!x) return NULL;
-    if (!m->recompute && !(m->recompute = peft_graph_new())) { g->failed = 1; return NULL; }
+    if (!m->recompute && !(m->recompute = peft_graph_new())) {
+        g->failed = 1;
+        return NULL;
+    }
     peft__ckpt_ctx *c = (peft__ckpt_ctx *)peft__arena_alloc(g, sizeof *c);
-    if (!c) { g->failed = 1; return NULL; }
-    c->m = m; c->L = L; c->rng = m->rng; c->B = B; c->T = T; c->training = m->training;
+    if (!c) {
+        g->failed = 1;
+        return NULL;
+    }
+    c->m = m;
+    c->L = L;
+    c->rng = m->rng;
+    c->B = B;
+    c->T = T;
+    c->training = m->training;
     peft_graph *sg = m->recompute;
     peft_graph_reset(sg);
     peft_graph_set_grad(sg, 0);
     peft_tensor *yt = peft__block(m, sg, L, x, B, T);
-    if (!yt) { g->failed = 1; return NULL; }
+    if (!yt) {
+        g->failed = 1;
+        return NULL;
+    }
     peft_tensor *y = peft__like(g, yt);
     if (!y) return NULL;
     g->be->copy(y->data, yt->data, y->n);
@@ -7085,7 +7258,10 @@ static peft_tensor *peft__model_hidden(peft_model *m, peft_graph *g, const int *
         peft__fail(PEFT_ERR_ARG, "forward needs B >= 1 and T >= 1");
         return NULL;
     }
-    if (peft__rope_ensure(m, T) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (peft__rope_ensure(m, T) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
     for (int i = 0; i < B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
             g->failed = 1;
@@ -7128,7 +7304,10 @@ PEFTDEF peft_status peft_kv_cache_new(peft_kv_cache **out, const peft_model *m, 
     if (batch < 1 || max_len < 1) return peft__fail(PEFT_ERR_ARG, "kv cache: batch and max_len must be >= 1");
     peft_kv_cache *c = (peft_kv_cache *)peft__calloc(sizeof *c);
     if (!c) return peft__fail(PEFT_ERR_NOMEM, "no memory for the kv cache");
-    c->B = batch; c->max_len = max_len; c->n_layers = cf->n_layers; c->H = cf->n_heads;
+    c->B = batch;
+    c->max_len = max_len;
+    c->n_layers = cf->n_layers;
+    c->H = cf->n_heads;
     c->kvw = cf->n_kv_heads * cf->head_dim;
     size_t n = (size_t)cf->n_layers * batch * max_len * c->kvw;
     int excitor = m->method.kind == PEFT_EXCITOR;
@@ -7172,7 +7351,11 @@ PEFTDEF void peft_kv_cache_free(peft_kv_cache *c) {
     c->be->free(c->k);
     c->be->free(c->v);
     c->be->free(c->x);
-    PEFT_FREE(c->pk); PEFT_FREE(c->pv); PEFT_FREE(c->n_prompts); PEFT_FREE(c->p_batched); PEFT_FREE(c->G);
+    PEFT_FREE(c->pk);
+    PEFT_FREE(c->pv);
+    PEFT_FREE(c->n_prompts);
+    PEFT_FREE(c->p_batched);
+    PEFT_FREE(c->G);
     PEFT_FREE(c);
 }
 
@@ -7280,10 +7463,23 @@ static peft_tensor *peft__block_cached(peft_model *m, peft_graph *g, peft_kv_cac
     if (!scratch) return NULL;
     peft__cached_args a;
     memset(&a, 0, sizeof a);
-    a.q = q->data; a.k = c->k + layer; a.v = c->v + layer; a.x = c->x && ex.x ? c->x + layer : NULL;
-    a.pk = c->pk[l]; a.pv = c->pv[l]; a.K = K; a.batched = c->p_batched[l]; a.G = c->G + (size_t)l * H;
-    a.o = o->data; a.scratch = scratch; a.len = c->len;
-    a.T = T; a.H = H; a.KV = cf->n_kv_heads; a.hd = hd; a.max_len = c->max_len;
+    a.q = q->data;
+    a.k = c->k + layer;
+    a.v = c->v + layer;
+    a.x = c->x && ex.x ? c->x + layer : NULL;
+    a.pk = c->pk[l];
+    a.pv = c->pv[l];
+    a.K = K;
+    a.batched = c->p_batched[l];
+    a.G = c->G + (size_t)l * H;
+    a.o = o->data;
+    a.scratch = scratch;
+    a.len = c->len;
+    a.T = T;
+    a.H = H;
+    a.KV = cf->n_kv_heads;
+    a.hd = hd;
+    a.max_len = c->max_len;
     peft__gate_values(ex.x ? ex.x_gate : NULL, 0, H, a.Gx);
     peft_op op = { .kind = PEFT_OP_ATTENTION_CACHED, .out = o, .in = { q }, .aux = &a, .i = { B * H } };
     if (!peft__run(g, &op, 0)) return NULL;
@@ -7299,8 +7495,15 @@ PEFTDEF peft_tensor *peft_model_forward_cached(peft_model *m, peft_graph *g, pef
         err = "cached forward: the cache was made for another model";
     for (int b = 0; !err && b < B; b++)
         if (c->len[b] + T > c->max_len) err = "cached forward: a row would pass the cache's max_len";
-    if (err) { g->failed = 1; peft__fail(PEFT_ERR_ARG, "%s", err); return NULL; }
-    if (peft__rope_ensure(m, c->max_len) != PEFT_OK) { g->failed = 1; return NULL; }
+    if (err) {
+        g->failed = 1;
+        peft__fail(PEFT_ERR_ARG, "%s", err);
+        return NULL;
+    }
+    if (peft__rope_ensure(m, c->max_len) != PEFT_OK) {
+        g->failed = 1;
+        return NULL;
+    }
     for (int i = 0; i < B * T; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
             g->failed = 1;
@@ -7743,7 +7946,9 @@ static void peft__rx_add(const peft__rx *r, int pc, size_t pos, size_t len, int 
     mark[pc] = gen;
     const peft__rx_ins *I = &r->ins[pc];
     switch (I->op) {
-    case PEFT__RI_JMP: peft__rx_add(r, I->x, pos, len, list, n, mark, gen); return;
+    case PEFT__RI_JMP:
+        peft__rx_add(r, I->x, pos, len, list, n, mark, gen);
+        return;
     case PEFT__RI_SPLIT:
         peft__rx_add(r, I->x, pos, len, list, n, mark, gen);
         peft__rx_add(r, I->y, pos, len, list, n, mark, gen);
@@ -8047,7 +8252,10 @@ static peft_tensor *peft__extra(peft_model *m, int ndim, const int64_t *shape, c
         m->cap_extra = nc;
     }
     peft_tensor *t = peft_param_new(name, ndim, shape);
-    if (!t || peft_param_set_trainable(t, 1) != PEFT_OK) { peft_param_free(t); return NULL; }
+    if (!t || peft_param_set_trainable(t, 1) != PEFT_OK) {
+        peft_param_free(t);
+        return NULL;
+    }
     m->extra[m->n_extra++] = t;
     return t;
 }
@@ -8571,7 +8779,10 @@ PEFTDEF peft_status peft_v2_merge(peft_model *m) {
     for (int i = 0; i < m->n_extra; i++) {
         if (strstr(m->extra[i]->name, ".adapter_bias") || strstr(m->extra[i]->name, ".adapter_scale"))
             peft_param_free(m->extra[i]);
-        else { prompts++; m->extra[n++] = m->extra[i]; }
+        else {
+            prompts++;
+            m->extra[n++] = m->extra[i];
+        }
     }
     m->n_extra = n;
     for (int i = 0; i < m->n_params; i++) peft_param_set_trainable(m->params[i], 0);
@@ -8771,8 +8982,14 @@ PEFTDEF const char *peft_precision_name(peft_precision p) {
 }
 
 PEFTDEF peft_status peft_precision_parse(const char *name, peft_precision *p) {
-    if (name && !strcmp(name, "fp32")) { *p = PEFT_PRECISION_FP32; return PEFT_OK; }
-    if (name && !strcmp(name, "bf16")) { *p = PEFT_PRECISION_BF16; return PEFT_OK; }
+    if (name && !strcmp(name, "fp32")) {
+        *p = PEFT_PRECISION_FP32;
+        return PEFT_OK;
+    }
+    if (name && !strcmp(name, "bf16")) {
+        *p = PEFT_PRECISION_BF16;
+        return PEFT_OK;
+    }
     return peft__fail(PEFT_ERR_ARG, "precision '%s': expected fp32 or bf16", name ? name : "(null)");
 }
 
@@ -9143,8 +9360,13 @@ PEFTDEF peft_status peft_method_register(const peft_method_def *def, peft_method
 PEFTDEF peft_adamw_opts peft_adamw_defaults(void) {
     peft_adamw_opts o;
     memset(&o, 0, sizeof o);
-    o.lr = 1e-3f; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f; o.weight_decay = 0.01f;
-    o.paged_min_elems = 100000; o.state8_min_elems = 4096;
+    o.lr = 1e-3f;
+    o.beta1 = 0.9f;
+    o.beta2 = 0.999f;
+    o.eps = 1e-8f;
+    o.weight_decay = 0.01f;
+    o.paged_min_elems = 100000;
+    o.state8_min_elems = 4096;
     return o;
 }
 
@@ -9217,7 +9439,9 @@ static peft__pager *peft__pager_new(size_t bytes, size_t page, size_t budget) {
     if (ftruncate(fd, (off_t)p->bytes) != 0) {
         peft__fail(PEFT_ERR_IO, "paged optimizer store: cannot size %zu bytes: %s", p->bytes,
                    strerror(errno));
-        close(fd); PEFT_FREE(p); return NULL;
+        close(fd);
+        PEFT_FREE(p);
+        return NULL;
     }
     p->base = (unsigned char *)mmap(NULL, p->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
@@ -9231,7 +9455,9 @@ static peft__pager *peft__pager_new(size_t bytes, size_t page, size_t budget) {
     }
     return p;
 #else
-    (void)bytes; (void)page; (void)budget;
+    (void)bytes;
+    (void)page;
+    (void)budget;
     peft__fail(PEFT_ERR_UNSUPPORTED, "paged optimizer needs mmap (POSIX)");
     return NULL;
 #endif
@@ -9269,7 +9495,9 @@ static void peft__pager_prefetch(peft__pager *p, const void *ptr, size_t len) {
     uintptr_t a = (uintptr_t)ptr & ~(uintptr_t)(p->page - 1);
     peft__madvise((void *)a, len + ((uintptr_t)ptr - a), MADV_WILLNEED);
 #else
-    (void)p; (void)ptr; (void)len;
+    (void)p;
+    (void)ptr;
+    (void)len;
 #endif
 }
 
@@ -9368,7 +9596,11 @@ PEFTDEF peft_status peft_adamw_init(peft_adamw *opt, peft_tensor **params, int n
     }
     if (paged_bytes) {
         opt->pager = peft__pager_new(paged_bytes, page, opt->o.budget_bytes);
-        if (!opt->pager) { peft_status s = PEFT_ERR_IO; peft_adamw_free(opt); return s; }
+        if (!opt->pager) {
+            peft_status s = PEFT_ERR_IO;
+            peft_adamw_free(opt);
+            return s;
+        }
     }
     size_t off = 0;
     for (int i = 0; i < n; i++) {
@@ -9456,7 +9688,9 @@ PEFTDEF void peft_adamw_step(peft_adamw *opt, float lr) {
     double b1 = opt->o.beta1, b2 = opt->o.beta2;
     peft__adam_k k;
     k.decay = (float)(1.0 - (double)lr * opt->o.weight_decay);
-    k.w1 = (float)(1.0 - b1); k.b2 = opt->o.beta2; k.w2 = (float)(1.0 - b2);
+    k.w1 = (float)(1.0 - b1);
+    k.b2 = opt->o.beta2;
+    k.w2 = (float)(1.0 - b2);
     k.step_size = (float)((double)lr / (1.0 - pow(b1, (double)opt->t)));
     k.bc2_sqrt = (float)sqrt(1.0 - pow(b2, (double)opt->t));
     k.eps = opt->o.eps;
@@ -9510,8 +9744,12 @@ PEFTDEF void peft_adamw_free(peft_adamw *opt) {
         if (opt->av) PEFT_FREE(opt->av[i]);
     }
     peft__pager_free(opt->pager);
-    PEFT_FREE(opt->m); PEFT_FREE(opt->v); PEFT_FREE(opt->qm); PEFT_FREE(opt->qv);
-    PEFT_FREE(opt->am); PEFT_FREE(opt->av);
+    PEFT_FREE(opt->m);
+    PEFT_FREE(opt->v);
+    PEFT_FREE(opt->qm);
+    PEFT_FREE(opt->qv);
+    PEFT_FREE(opt->am);
+    PEFT_FREE(opt->av);
     PEFT_FREE(opt->params);
     memset(opt, 0, sizeof *opt);
 }
@@ -9579,7 +9817,10 @@ PEFTDEF peft_trainer_opts peft_trainer_defaults(void) {
 
 PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o) {
     peft_trainer *tr = (peft_trainer *)peft__calloc(sizeof *tr);
-    if (!tr) { peft__fail(PEFT_ERR_NOMEM, "no memory for the trainer"); return NULL; }
+    if (!tr) {
+        peft__fail(PEFT_ERR_NOMEM, "no memory for the trainer");
+        return NULL;
+    }
     tr->model = m;
     tr->o = o ? *o : peft_trainer_defaults();
     if (tr->o.grad_accum < 1) tr->o.grad_accum = 1;
@@ -9587,7 +9828,10 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
     peft_tensor **tp;
     int n = peft_model_trainable(m, &tp);
     peft_adamw_opts ao = peft_adamw_defaults();
-    ao.lr = tr->o.lr; ao.beta1 = tr->o.beta1; ao.beta2 = tr->o.beta2; ao.eps = tr->o.eps;
+    ao.lr = tr->o.lr;
+    ao.beta1 = tr->o.beta1;
+    ao.beta2 = tr->o.beta2;
+    ao.eps = tr->o.eps;
     ao.weight_decay = tr->o.weight_decay;
     ao.paged = tr->o.paged_optim;
     ao.budget_bytes = tr->o.optim_budget_bytes;
@@ -9745,7 +9989,8 @@ PEFTDEF peft_status peft_checkpoint_save(const peft_trainer *tr, const peft_data
         s = peft__fail(PEFT_ERR_ARG, "%s: checkpoint in the middle of gradient accumulation", path);
     if (s == PEFT_OK) s = peft_st_write(path, it, n_items, meta, 9);
     if (names) for (int i = 0; i < n_items; i++) PEFT_FREE(names[i]);
-    PEFT_FREE(names); PEFT_FREE(it);
+    PEFT_FREE(names);
+    PEFT_FREE(it);
     return s;
 }
 
@@ -9834,12 +10079,17 @@ PEFTDEF peft_status peft_checkpoint_load(peft_trainer *tr, peft_data_pos *pos, c
         unsigned long long a = 0, b = 0;
         unsigned has = 0, bits = 0;
         char hi[17], lo[17];
-        memcpy(hi, rng, 16); hi[16] = 0;
-        memcpy(lo, rng + 16, 16); lo[16] = 0;
-        a = strtoull(hi, NULL, 16); b = strtoull(lo, NULL, 16);
+        memcpy(hi, rng, 16);
+        hi[16] = 0;
+        memcpy(lo, rng + 16, 16);
+        lo[16] = 0;
+        a = strtoull(hi, NULL, 16);
+        b = strtoull(lo, NULL, 16);
         if (sscanf(spare, "%u:%x", &has, &bits) != 2)
             s = peft__fail(PEFT_ERR_FORMAT, "%s: bad rng_spare", path);
-        r->s[0] = a; r->s[1] = b; r->has_spare = (int)has;
+        r->s[0] = a;
+        r->s[1] = b;
+        r->has_spare = (int)has;
         memcpy(&r->spare, &bits, 4);
         tr->step = (int)v_step;
         o->t = v_t;
@@ -9988,7 +10238,10 @@ PEFTDEF float peft_f16_to_f32(uint16_t h) {
         if (man == 0) bits = sign;
         else {                                   /* subnormal: normalise */
             exp = 127 - 15 + 1;
-            while (!(man & 0x400)) { man <<= 1; exp--; }
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
             bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
         }
     } else if (exp == 31) bits = sign | 0x7F800000u | (man << 13);
@@ -10053,16 +10306,28 @@ PEFTDEF peft_status peft_read_file(const char *path, unsigned char **data, size_
         return peft__fail(PEFT_ERR_IO, "%s: is a directory, not a file", path);
     }
 #endif
-    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return peft__fail(PEFT_ERR_IO, "%s: cannot seek", path); }
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return peft__fail(PEFT_ERR_IO, "%s: cannot seek", path);
+    }
     long sz = ftell(f);
-    if (sz < 0) { fclose(f); return peft__fail(PEFT_ERR_IO, "%s: cannot tell size (is it a folder?)", path); }
+    if (sz < 0) {
+        fclose(f);
+        return peft__fail(PEFT_ERR_IO, "%s: cannot tell size (is it a folder?)", path);
+    }
     rewind(f);
     unsigned char *buf = (unsigned char *)PEFT_MALLOC((size_t)sz + 1);
-    if (!buf) { fclose(f); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for %ld bytes", path, sz); }
+    if (!buf) {
+        fclose(f);
+        return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for %ld bytes", path, sz);
+    }
     size_t got = fread(buf, 1, (size_t)sz, f);
     int err = ferror(f);
     fclose(f);
-    if (got != (size_t)sz || err) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_IO, "%s: read failed", path); }
+    if (got != (size_t)sz || err) {
+        PEFT_FREE(buf);
+        return peft__fail(PEFT_ERR_IO, "%s: read failed", path);
+    }
     buf[sz] = 0;
     *data = buf;
     *n = (size_t)sz;
@@ -10083,7 +10348,10 @@ PEFTDEF peft_status peft_write_file_atomic(const char *path, const void *data, s
     if (ok) ok = fsync(fileno(f)) == 0;
 #endif
     int err = errno;
-    if (fclose(f) != 0) { ok = 0; err = errno; }
+    if (fclose(f) != 0) {
+        ok = 0;
+        err = errno;
+    }
     if (!ok) {
         remove(tmp);
         return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path,
@@ -10211,21 +10479,61 @@ static int peft__hex4(const char *s, uint32_t *v) {
 }
 
 static char *peft__jstring(peft__jp *p) {
-    if (p->s >= p->end || *p->s != '"') { peft__jfail(p, "expected a string"); return NULL; }
+    if (p->s >= p->end || *p->s != '"') {
+        peft__jfail(p, "expected a string");
+        return NULL;
+    }
     const char *q = ++p->s;
-    while (q < p->end && *q != '"') { if (*q == '\\') q++; q++; }
-    if (q >= p->end) { peft__jfail(p, "unterminated string"); return NULL; }
+    while (q < p->end && *q != '"') {
+        if (*q == '\\') q++;
+        q++;
+    }
+    if (q >= p->end) {
+        peft__jfail(p, "unterminated string");
+        return NULL;
+    }
     char *out = (char *)PEFT_MALLOC((size_t)(q - p->s) + 1), *o = out;
-    if (!out) { p->err = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", p->what); return NULL; }
+    if (!out) {
+        p->err = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", p->what);
+        return NULL;
+    }
     while (p->s < q) {
         unsigned char c = (unsigned char)*p->s++;
-        if (c < 0x20) { PEFT_FREE(out); peft__jfail(p, "control character inside a string"); return NULL; }
-        if (c != '\\') { *o++ = (char)c; continue; }
+        if (c < 0x20) {
+            PEFT_FREE(out);
+            peft__jfail(p, "control character inside a string");
+            return NULL;
+        }
+        if (c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
         char e = *p->s++;
         switch (e) {
-        case '"': *o++ = '"'; break;   case '\\': *o++ = '\\'; break; case '/': *o++ = '/'; break;
-        case 'b': *o++ = '\b'; break;  case 'f': *o++ = '\f'; break;  case 'n': *o++ = '\n'; break;
-        case 'r': *o++ = '\r'; break;  case 't': *o++ = '\t'; break;
+        case '"':
+            *o++ = '"';
+            break;
+        case '\\':
+            *o++ = '\\';
+            break;
+        case '/':
+            *o++ = '/';
+            break;
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
         case 'u': {
             uint32_t cp, lo;
             if (q - p->s < 4 || !peft__hex4(p->s, &cp)) {
@@ -10242,7 +10550,10 @@ static char *peft__jstring(peft__jp *p) {
             peft__utf8(&o, cp);
             break;
         }
-        default: PEFT_FREE(out); peft__jfail(p, "bad escape in a string"); return NULL;
+        default:
+            PEFT_FREE(out);
+            peft__jfail(p, "bad escape in a string");
+            return NULL;
         }
     }
     *o = 0;
@@ -10262,11 +10573,18 @@ static peft_json *peft__jnew(peft__jp *p, peft_json_type t) {
 static peft_json *peft__jcontainer(peft__jp *p, int is_obj) {
     peft_json *j = peft__jnew(p, is_obj ? PEFT_JSON_OBJECT : PEFT_JSON_ARRAY), **tail;
     if (!j) return NULL;
-    if (++p->depth > 128) { peft__jfail(p, "nesting deeper than 128"); return j; }
+    if (++p->depth > 128) {
+        peft__jfail(p, "nesting deeper than 128");
+        return j;
+    }
     tail = &j->child;
     p->s++;
     peft__jws(p);
-    if (p->s < p->end && *p->s == (is_obj ? '}' : ']')) { p->s++; p->depth--; return j; }
+    if (p->s < p->end && *p->s == (is_obj ? '}' : ']')) {
+        p->s++;
+        p->depth--;
+        return j;
+    }
     for (;;) {
         char *key = NULL;
         peft__jws(p);
@@ -10281,15 +10599,24 @@ static peft_json *peft__jcontainer(peft__jp *p, int is_obj) {
             p->s++;
         }
         peft_json *v = peft__jvalue(p);
-        if (!v) { PEFT_FREE(key); return j; }
+        if (!v) {
+            PEFT_FREE(key);
+            return j;
+        }
         v->key = key;
         *tail = v;
         tail = &v->next;
         j->n_children++;
         if (p->err != PEFT_OK) return j;
         peft__jws(p);
-        if (p->s < p->end && *p->s == ',') { p->s++; continue; }
-        if (p->s < p->end && *p->s == (is_obj ? '}' : ']')) { p->s++; break; }
+        if (p->s < p->end && *p->s == ',') {
+            p->s++;
+            continue;
+        }
+        if (p->s < p->end && *p->s == (is_obj ? '}' : ']')) {
+            p->s++;
+            break;
+        }
         peft__jfail(p, is_obj ? "expected ',' or '}'" : "expected ',' or ']'");
         return j;
     }
@@ -10299,14 +10626,20 @@ static peft_json *peft__jcontainer(peft__jp *p, int is_obj) {
 
 static peft_json *peft__jvalue(peft__jp *p) {
     peft__jws(p);
-    if (p->s >= p->end) { peft__jfail(p, "unexpected end of input"); return NULL; }
+    if (p->s >= p->end) {
+        peft__jfail(p, "unexpected end of input");
+        return NULL;
+    }
     char c = *p->s;
     if (c == '{' || c == '[') return peft__jcontainer(p, c == '{');
     if (c == '"') {
         char *s = peft__jstring(p);
         if (!s) return NULL;
         peft_json *j = peft__jnew(p, PEFT_JSON_STRING);
-        if (!j) { PEFT_FREE(s); return NULL; }
+        if (!j) {
+            PEFT_FREE(s);
+            return NULL;
+        }
         j->string = s;
         return j;
     }
@@ -10337,8 +10670,14 @@ static peft_json *peft__jvalue(peft__jp *p) {
         p->s = q + 8;
         return j;
     }
-    if (q >= p->end || !(*q >= '0' && *q <= '9')) { peft__jfail(p, "unexpected character"); return NULL; }
-    if (*q == '0') q++; else while (q < p->end && *q >= '0' && *q <= '9') q++;
+    if (q >= p->end || !(*q >= '0' && *q <= '9')) {
+        peft__jfail(p, "unexpected character");
+        return NULL;
+    }
+    if (*q == '0')
+        q++;
+    else
+        while (q < p->end && *q >= '0' && *q <= '9') q++;
     if (q < p->end && *q == '.') {
         q++;
         if (q >= p->end || !(*q >= '0' && *q <= '9')) {
@@ -10356,7 +10695,10 @@ static peft_json *peft__jvalue(peft__jp *p) {
         }
         while (q < p->end && *q >= '0' && *q <= '9') q++;
     }
-    if (q - p->s >= (ptrdiff_t)sizeof buf) { peft__jfail(p, "number too long"); return NULL; }
+    if (q - p->s >= (ptrdiff_t)sizeof buf) {
+        peft__jfail(p, "number too long");
+        return NULL;
+    }
     memcpy(buf, p->s, (size_t)(q - p->s));
     buf[q - p->s] = 0;
     p->s = q;
@@ -10511,7 +10853,10 @@ static peft_status peft__st_parse(peft_safetensors *st) {
         }
         e->name = peft__strdup(t->key);
         st->n++;                     /* counted now so close() frees it on any error */
-        if (!e->name) { s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); break; }
+        if (!e->name) {
+            s = peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+            break;
+        }
         int d = peft__dtype_parse(dt->string);
         e->dtype = d < 0 ? PEFT_DT_COUNT : (peft_dtype)d;
         if (sh->n_children > PEFT_MAX_DIMS) {
@@ -10621,7 +10966,10 @@ PEFTDEF peft_status peft_st_open_header(peft_safetensors *st, const char *path) 
 
 PEFTDEF void peft_st_close(peft_safetensors *st) {
     for (int i = 0; i < st->n; i++) PEFT_FREE(st->entries[i].name);
-    for (int i = 0; i < st->n_meta; i++) { PEFT_FREE(st->meta_keys[i]); PEFT_FREE(st->meta_vals[i]); }
+    for (int i = 0; i < st->n_meta; i++) {
+        PEFT_FREE(st->meta_keys[i]);
+        PEFT_FREE(st->meta_vals[i]);
+    }
     PEFT_FREE(st->entries);
     PEFT_FREE(st->meta_keys);
     PEFT_FREE(st->meta_vals);
@@ -10651,8 +10999,12 @@ PEFTDEF peft_status peft_st_read_f32(const peft_safetensors *st, const peft_st_e
             memcpy(&out[i], &u, 4);
             break;
         }
-        case PEFT_DT_F16: out[i] = peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
-        case PEFT_DT_BF16: out[i] = peft_bf16_to_f32((uint16_t)(p[0] | p[1] << 8)); break;
+        case PEFT_DT_F16:
+            out[i] = peft_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+            break;
+        case PEFT_DT_BF16:
+            out[i] = peft_bf16_to_f32((uint16_t)(p[0] | p[1] << 8));
+            break;
         case PEFT_DT_I32: {
             uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
             out[i] = (float)(int32_t)u;
@@ -10691,11 +11043,20 @@ static FILE *peft__atomic_open(const char *path, char *tmp, size_t tmpn) {
 }
 static peft_status peft__atomic_commit(FILE *f, const char *tmp, const char *path, int ok) {
     int err = ok ? 0 : errno ? errno : EIO;           /* ENOSPC: "No space left on device" */
-    if (ok && fflush(f) != 0) { ok = 0; err = errno; }
+    if (ok && fflush(f) != 0) {
+        ok = 0;
+        err = errno;
+    }
 #if !defined(_WIN32)
-    if (ok && fsync(fileno(f)) != 0) { ok = 0; err = errno; }
+    if (ok && fsync(fileno(f)) != 0) {
+        ok = 0;
+        err = errno;
+    }
 #endif
-    if (fclose(f) != 0 && ok) { ok = 0; err = errno; }
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        err = errno;
+    }
     if (!ok) {
         remove(tmp);
         return peft__fail(PEFT_ERR_IO, "%s: write failed (%s); the previous file is untouched", path,
@@ -10720,11 +11081,20 @@ static void peft__sbf(peft__sb *b, const char *fmt, ...) {
         va_start(ap, fmt);
         int k = vsnprintf(b->s ? b->s + b->n : NULL, room, fmt, ap);
         va_end(ap);
-        if (k < 0) { b->oom = 1; return; }
-        if ((size_t)k < room) { b->n += (size_t)k; return; }
+        if (k < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)k < room) {
+            b->n += (size_t)k;
+            return;
+        }
         size_t nc = (b->cap + (size_t)k + 64) * 2;
         char *ns = (char *)PEFT_REALLOC(b->s, nc);
-        if (!ns) { b->oom = 1; return; }
+        if (!ns) {
+            b->oom = 1;
+            return;
+        }
         b->s = ns;
         b->cap = nc;
     }
@@ -10768,10 +11138,16 @@ PEFTDEF peft_status peft_st_write(const char *path, const peft_st_write_item *it
     }
     peft__sbf(&h, "}");
     while (!h.oom && h.n % 8 != 0) peft__sbf(&h, " ");
-    if (h.oom) { PEFT_FREE(h.s); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the header", path); }
+    if (h.oom) {
+        PEFT_FREE(h.s);
+        return peft__fail(PEFT_ERR_NOMEM, "%s: no memory for the header", path);
+    }
     char tmp[1024];
     FILE *f = peft__atomic_open(path, tmp, sizeof tmp);
-    if (!f) { PEFT_FREE(h.s); return PEFT_ERR_IO; }
+    if (!f) {
+        PEFT_FREE(h.s);
+        return PEFT_ERR_IO;
+    }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.n >> (8 * i));
     int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.s, 1, h.n, f) == h.n;
@@ -10886,7 +11262,11 @@ static peft_status peft__load_weights(peft_model *m, const char *dir) {
 typedef struct { const unsigned char *f32, *q8, *sc; int version, group; } peft__l2c_reader;
 
 static void peft__l2c_take(peft__l2c_reader *r, float *dst, int64_t n) {
-    if (r->version < 2) { memcpy(dst, r->f32, 4 * (size_t)n); r->f32 += 4 * (size_t)n; return; }
+    if (r->version < 2) {
+        memcpy(dst, r->f32, 4 * (size_t)n);
+        r->f32 += 4 * (size_t)n;
+        return;
+    }
     for (int64_t g = 0; g < n / r->group; g++) {
         float scale;
         memcpy(&scale, r->sc + 4 * (size_t)g, 4);
@@ -10942,11 +11322,20 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
     }
     peft_config c;
     peft__config_defaults(&c);
-    c.dim = h[0]; c.hidden_dim = h[1]; c.n_layers = h[2]; c.n_heads = h[3]; c.n_kv_heads = h[4];
-    c.vocab_size = h[5]; c.max_seq_len = h[6];
+    c.dim = h[0];
+    c.hidden_dim = h[1];
+    c.n_layers = h[2];
+    c.n_heads = h[3];
+    c.n_kv_heads = h[4];
+    c.vocab_size = h[5];
+    c.max_seq_len = h[6];
     c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
-    c.norm_eps = 1e-5f; c.rope_theta = 10000.0f; c.rope_interleaved = 1; c.tie_embeddings = shared;
-    c.bos_id = 1; c.eos_id = 2;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.rope_interleaved = 1;
+    c.tie_embeddings = shared;
+    c.bos_id = 1;
+    c.eos_id = 2;
     if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 ||
         c.vocab_size <= 0 || c.max_seq_len <= 0 || c.dim % c.n_heads || c.dim > 65536 ||
         c.hidden_dim > 1 << 20 || c.n_layers > 4096 || c.max_seq_len > 1 << 24) {
@@ -10973,7 +11362,10 @@ static peft_status peft__load_llama2c(peft_model **out, const char *path) {
     s = peft_config_validate(&c, path);
     peft_model *m = NULL;
     if (s == PEFT_OK) s = peft_model_new(&m, &c, 0, 0);
-    if (s != PEFT_OK) { PEFT_FREE(buf); return s; }
+    if (s != PEFT_OK) {
+        PEFT_FREE(buf);
+        return s;
+    }
     peft__l2c_reader r = { buf + hdr, NULL, NULL, version, group };
     /* w1, w2, w3 */
     int qkvo[4] = { PEFT_Q, PEFT_K, PEFT_V, PEFT_O }, ffn[3] = { PEFT_GATE, PEFT_DOWN, PEFT_UP };
@@ -11127,7 +11519,10 @@ static void peft__llama4_config_json(peft__sb *b, const peft_config *c) {
 }
 
 static void peft__config_json(peft__sb *b, const peft_config *c) {
-    if (c->llama4) { peft__llama4_config_json(b, c); return; }
+    if (c->llama4) {
+        peft__llama4_config_json(b, c);
+        return;
+    }
     peft__sbf(b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
     peft__sbf(b, "  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n",
               c->dim, c->hidden_dim);
@@ -11190,15 +11585,21 @@ PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *d
     char **names = (char **)peft__calloc((size_t)cap * sizeof *names);
     char **states = (char **)peft__calloc((size_t)m->n_params * sizeof *states);
     int n = 0, ns = 0;
-    if (!items || !names || !states) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+    if (!items || !names || !states) {
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
     for (int i = 0; i < m->n_params; i++) {
         const peft_tensor *p = m->params[i];
         const peft_q4 *q = NULL;
         for (int l = 0; l < m->cfg.n_layers && !q; l++)
             for (int k = 0; k < PEFT_N_SITES; k++) if (m->layers[l].lin[k].w == p) q = m->layers[l].lin[k].q4;
         if (!q) {
-            items[n].name = p->name; items[n].dtype = PEFT_DT_F32; items[n].ndim = p->ndim;
-            memcpy(items[n].shape, p->shape, sizeof p->shape); items[n].data = p->data;
+            items[n].name = p->name;
+            items[n].dtype = PEFT_DT_F32;
+            items[n].ndim = p->ndim;
+            memcpy(items[n].shape, p->shape, sizeof p->shape);
+            items[n].data = p->data;
             n++;
             continue;
         }
@@ -11206,7 +11607,10 @@ PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *d
         for (int k = 0; k < (q->double_quant ? 5 : 3); k++) {
             size_t len = strlen(p->name) + 64;
             names[n] = (char *)PEFT_MALLOC(len);
-            if (!names[n]) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+            if (!names[n]) {
+                s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+                goto done;
+            }
             snprintf(names[n], len, "%s%s", p->name, suffix[k]);
             items[n].name = names[n];
             items[n].ndim = 1;
@@ -11251,14 +11655,24 @@ PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *d
                       ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": %.17g",
                       (double)q->offset);
         peft__sbf(&js, "}");
-        if (js.oom) { PEFT_FREE(js.s); s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        if (js.oom) {
+            PEFT_FREE(js.s);
+            s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+            goto done;
+        }
         states[ns] = js.s;
         size_t len = strlen(p->name) + 64;
         names[n] = (char *)PEFT_MALLOC(len);
-        if (!names[n]) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        if (!names[n]) {
+            s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+            goto done;
+        }
         snprintf(names[n], len, "%s.quant_state.bitsandbytes__%s", p->name, peft__q4_name(q->type));
-        items[n].name = names[n]; items[n].dtype = PEFT_DT_U8; items[n].ndim = 1;
-        items[n].shape[0] = (int64_t)js.n; items[n].data = states[ns++];
+        items[n].name = names[n];
+        items[n].dtype = PEFT_DT_U8;
+        items[n].ndim = 1;
+        items[n].shape[0] = (int64_t)js.n;
+        items[n].data = states[ns++];
         n++;
     }
     {
@@ -11269,7 +11683,9 @@ PEFTDEF peft_status peft_model_save_quantized(const peft_model *m, const char *d
 done:
     if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
     if (states) for (int i = 0; i < m->n_params; i++) PEFT_FREE(states[i]);
-    PEFT_FREE(names); PEFT_FREE(states); PEFT_FREE(items);
+    PEFT_FREE(names);
+    PEFT_FREE(states);
+    PEFT_FREE(items);
     return s;
 }
 
@@ -11281,9 +11697,13 @@ static peft_status peft__load_q4(const peft_safetensors *st, peft_linear_site *S
     peft_q4 *q = (peft_q4 *)peft__calloc(sizeof *q);
     if (!q) return peft__fail(PEFT_ERR_NOMEM, "no memory");
     S->q4 = q;                                         /* freed with the model on any error */
-    q->type = c->q4_type; q->double_quant = c->q4_double; q->n = S->w->n;
-    q->blocksize = 64; q->nested_blocksize = 256;
-    q->n_blocks = (q->n + 63) / 64; q->n_nested = (q->n_blocks + 255) / 256;
+    q->type = c->q4_type;
+    q->double_quant = c->q4_double;
+    q->n = S->w->n;
+    q->blocksize = 64;
+    q->nested_blocksize = 256;
+    q->n_blocks = (q->n + 63) / 64;
+    q->n_nested = (q->n_blocks + 255) / 256;
 #define PEFT__Q4_PIECE(suffix, dt, bytes) \
     (snprintf(key, sizeof key, "%s%s", name, suffix), \
      (e = peft_st_find(st, key)) != NULL && e->dtype == (dt) && e->nbytes == (size_t)(bytes))
@@ -11358,7 +11778,10 @@ PEFTDEF peft_status peft_model_save(const peft_model *m, const char *dir) {
     if (s != PEFT_OK) return s;
     peft__sb b = { 0, 0, 0, 0 };
     peft__config_json(&b, &m->cfg);
-    if (b.oom) { PEFT_FREE(b.s); return peft__fail(PEFT_ERR_NOMEM, "no memory"); }
+    if (b.oom) {
+        PEFT_FREE(b.s);
+        return peft__fail(PEFT_ERR_NOMEM, "no memory");
+    }
     snprintf(path, sizeof path, "%s/config.json", dir);
     s = peft_write_file_atomic(path, b.s, b.n);
     PEFT_FREE(b.s);
@@ -11495,7 +11918,10 @@ static void peft__lora_config_json(peft__sb *b, const peft_model *m) {
             peft__sbf(b, "[");
             first = 1;
             for (int l = 0; l < m->cfg.n_layers; l++)
-                if (x->lora_layers[l]) { peft__sbf(b, "%s%d", first ? "" : ", ", l); first = 0; }
+                if (x->lora_layers[l]) {
+                    peft__sbf(b, "%s%d", first ? "" : ", ", l);
+                    first = 0;
+                }
             peft__sbf(b, "]");
         }
     }
@@ -11526,7 +11952,10 @@ static void peft__prompts_config_json(peft__sb *b, const peft_model *m) {
    method made trainable (V2's norms), prefixed as PEFT prefixes them. */
 static int peft__adapter_tensors(const peft_model *m, peft_tensor **list, char **names) {
     int n = 0;
-    for (int i = 0; i < m->n_extra; i++) { list[n] = m->extra[i]; names[n++] = NULL; }
+    for (int i = 0; i < m->n_extra; i++) {
+        list[n] = m->extra[i];
+        names[n++] = NULL;
+    }
     for (int i = 0; i < m->n_params; i++) {
         if (!m->params[i]->requires_grad) continue;
         size_t len = strlen(m->params[i]->name) + 20;
@@ -11552,7 +11981,10 @@ PEFTDEF peft_status peft_adapter_save(const peft_model *m, const char *dir) {
     peft_st_write_item *items = (peft_st_write_item *)peft__calloc((size_t)cap * sizeof *items);
     peft__sb b = { 0, 0, 0, 0 };
     char path[1024];
-    if (!list || !names || !items) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+    if (!list || !names || !items) {
+        s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+        goto done;
+    }
     int n = peft__adapter_tensors(m, list, names);
     for (int i = 0; i < n; i++) {
         items[i].name = names[i] ? names[i] : list[i]->name;
@@ -11570,7 +12002,10 @@ PEFTDEF peft_status peft_adapter_save(const peft_model *m, const char *dir) {
     s = b.oom ? peft__fail(PEFT_ERR_NOMEM, "no memory") : peft_write_file_atomic(path, b.s, b.n);
 done:
     if (names) for (int i = 0; i < cap; i++) PEFT_FREE(names[i]);
-    PEFT_FREE(names); PEFT_FREE(list); PEFT_FREE(items); PEFT_FREE(b.s);
+    PEFT_FREE(names);
+    PEFT_FREE(list);
+    PEFT_FREE(items);
+    PEFT_FREE(b.s);
     return s;
 }
 
@@ -12244,15 +12679,22 @@ static void peft__bput(peft__buf *b, const void *d, size_t n) {
         size_t nc = b->cap ? b->cap * 2 : 65536;
         while (nc < b->n + n) nc *= 2;
         unsigned char *np = (unsigned char *)PEFT_REALLOC(b->p, nc);
-        if (!np) { b->failed = 1; return; }
-        b->p = np; b->cap = nc;
+        if (!np) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = nc;
     }
     memcpy(b->p + b->n, d, n);
     b->n += n;
 }
 static void peft__bu32(peft__buf *b, uint32_t v) { peft__bput(b, &v, 4); }
 static void peft__bu64(peft__buf *b, uint64_t v) { peft__bput(b, &v, 8); }
-static void peft__bstr(peft__buf *b, const char *s) { peft__bu64(b, strlen(s)); peft__bput(b, s, strlen(s)); }
+static void peft__bstr(peft__buf *b, const char *s) {
+    peft__bu64(b, strlen(s));
+    peft__bput(b, s, strlen(s));
+}
 static void peft__kv_str(peft__buf *b, const char *k, const char *v) {
     peft__bstr(b, k);
     peft__bu32(b, 8);
@@ -12418,7 +12860,10 @@ PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *p
     }
     size_t off = 4;
     int32_t v;
-    if (size < 4) { s = peft__fail(PEFT_ERR_FORMAT, "%s: too short for a tokenizer.bin", path); goto done; }
+    if (size < 4) {
+        s = peft__fail(PEFT_ERR_FORMAT, "%s: too short for a tokenizer.bin", path);
+        goto done;
+    }
     memcpy(&v, buf, 4);
     t->max_len = v;
     t->bos_id = 1;
@@ -12437,7 +12882,10 @@ PEFTDEF peft_status peft_tokenizer_load_llama2c(peft_tokenizer *t, const char *p
             goto done;
         }
         t->pieces[i] = (char *)PEFT_MALLOC((size_t)len + 1);
-        if (!t->pieces[i]) { s = peft__fail(PEFT_ERR_NOMEM, "no memory"); goto done; }
+        if (!t->pieces[i]) {
+            s = peft__fail(PEFT_ERR_NOMEM, "no memory");
+            goto done;
+        }
         memcpy(t->pieces[i], buf + off, (size_t)len);
         t->pieces[i][len] = 0;
         off += (size_t)len;
@@ -12488,7 +12936,10 @@ static int peft__piece_id(const peft_tokenizer *t, const char *s) {
     while (lo <= hi) {
         int mid = (lo + hi) / 2, c = strcmp(t->pieces[t->sorted[mid]], s);
         if (c == 0) return t->sorted[mid];
-        if (c < 0) lo = mid + 1; else hi = mid - 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return -1;
 }
@@ -12522,7 +12973,11 @@ PEFTDEF int peft_tokenizer_encode(const peft_tokenizer *t, const char *text, int
        is looked up once and again only when a neighbour changes */
     char *merged = (char *)PEFT_MALLOC((size_t)t->max_len * 2 + 8);
     int *pid = (int *)PEFT_MALLOC(sizeof(int) * (size_t)(n + 1));
-    if (!merged || !pid) { PEFT_FREE(merged); PEFT_FREE(pid); return -1; }
+    if (!merged || !pid) {
+        PEFT_FREE(merged);
+        PEFT_FREE(pid);
+        return -1;
+    }
     int first = bos ? 1 : 0;   /* BOS never merges */
     for (int i = first; i + 1 < n; i++) pid[i] = peft__pair_id(t, ids[i], ids[i + 1], merged);
     for (;;) {
@@ -12549,15 +13004,25 @@ PEFTDEF const char *peft_tokenizer_decode(const peft_tokenizer *t, int prev, int
     const char *p = t->pieces[id];
     if (prev == t->bos_id && p[0] == ' ') p++;     /* the dummy prefix after BOS */
     unsigned int byte;
-    if (strlen(p) == 6 && sscanf(p, "<0x%02X>", &byte) == 1) { buf[0] = (char)byte; buf[1] = 0; return buf; }
+    if (strlen(p) == 6 && sscanf(p, "<0x%02X>", &byte) == 1) {
+        buf[0] = (char)byte;
+        buf[1] = 0;
+        return buf;
+    }
     return p;
 }
 
 PEFTDEF void peft_tokenizer_free(peft_tokenizer *t) {
     if (t->pieces) for (int i = 0; i < t->n; i++) PEFT_FREE(t->pieces[i]);
     if (t->decoded) for (int i = 0; i < t->n; i++) PEFT_FREE(t->decoded[i]);
-    PEFT_FREE(t->pieces); PEFT_FREE(t->scores); PEFT_FREE(t->sorted); PEFT_FREE(t->decoded);
-    PEFT_FREE(t->merge_key); PEFT_FREE(t->merge_rank); PEFT_FREE(t->merge_out); PEFT_FREE(t->special);
+    PEFT_FREE(t->pieces);
+    PEFT_FREE(t->scores);
+    PEFT_FREE(t->sorted);
+    PEFT_FREE(t->decoded);
+    PEFT_FREE(t->merge_key);
+    PEFT_FREE(t->merge_rank);
+    PEFT_FREE(t->merge_out);
+    PEFT_FREE(t->special);
     PEFT_FREE(t->chat_template);
     PEFT_FREE(t->chat_default_system);
     PEFT_FREE(t->special_flags);
@@ -12795,7 +13260,10 @@ static int peft__pretok_end(const uint32_t *c, int n, int i, int llama3) {
         if (!peft__is_letter(c[i]) && !peft__is_nl(c[i]) && !peft__is_number(c[i]) && i + 1 < n &&
             peft__is_letter(c[i + 1]))
             j = i + 1;
-        if (peft__is_letter(c[j])) { while (j < n && peft__is_letter(c[j])) j++; return j; }
+        if (peft__is_letter(c[j])) {
+            while (j < n && peft__is_letter(c[j])) j++;
+            return j;
+        }
         if (peft__is_number(c[i])) {
             j = i;
             while (j < n && j - i < 3 && peft__is_number(c[j])) j++;
@@ -12809,9 +13277,18 @@ static int peft__pretok_end(const uint32_t *c, int n, int i, int llama3) {
         }
     } else {
         j = i + (c[i] == ' ');
-        if (j < n && peft__is_letter(c[j])) { while (j < n && peft__is_letter(c[j])) j++; return j; }
-        if (j < n && peft__is_number(c[j])) { while (j < n && peft__is_number(c[j])) j++; return j; }
-        if (j < n && peft__is_other(c[j])) { while (j < n && peft__is_other(c[j])) j++; return j; }
+        if (j < n && peft__is_letter(c[j])) {
+            while (j < n && peft__is_letter(c[j])) j++;
+            return j;
+        }
+        if (j < n && peft__is_number(c[j])) {
+            while (j < n && peft__is_number(c[j])) j++;
+            return j;
+        }
+        if (j < n && peft__is_other(c[j])) {
+            while (j < n && peft__is_other(c[j])) j++;
+            return j;
+        }
     }
     int k = i;                                         /* a whitespace run */
     while (k < n && peft__is_space(c[k])) k++;
@@ -12834,8 +13311,15 @@ static uint32_t peft__byte_char(int b) {
     return 256u + (uint32_t)k;
 }
 static int peft__put_utf8(char *o, uint32_t c) {
-    if (c < 0x80) { o[0] = (char)c; return 1; }
-    if (c < 0x800) { o[0] = (char)(0xC0 | (c >> 6)); o[1] = (char)(0x80 | (c & 63)); return 2; }
+    if (c < 0x80) {
+        o[0] = (char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        o[0] = (char)(0xC0 | (c >> 6));
+        o[1] = (char)(0x80 | (c & 63));
+        return 2;
+    }
     if (c < 0x10000) {
         o[0] = (char)(0xE0 | (c >> 12));
         o[1] = (char)(0x80 | ((c >> 6) & 63));
@@ -12856,7 +13340,10 @@ static int peft__merge_find(const peft_tokenizer *t, int a, int b, int *out) {
     uint64_t k = peft__mkey(a, b), h = (k * 0x9E3779B97F4A7C15ull) >> 20;
     for (int i = (int)(h & (uint64_t)(t->merge_cap - 1));; i = (i + 1) & (t->merge_cap - 1)) {
         if (t->merge_rank[i] < 0) return -1;
-        if (t->merge_key[i] == k) { *out = t->merge_out[i]; return t->merge_rank[i]; }
+        if (t->merge_key[i] == k) {
+            *out = t->merge_out[i];
+            return t->merge_rank[i];
+        }
     }
 }
 static void peft__merge_put(peft_tokenizer *t, int a, int b, int rank, int out) {
@@ -12866,7 +13353,9 @@ static void peft__merge_put(peft_tokenizer *t, int a, int b, int rank, int out) 
         if (t->merge_key[i] == k) return;              /* first (lowest) rank wins */
         i = (i + 1) & (t->merge_cap - 1);
     }
-    t->merge_key[i] = k; t->merge_rank[i] = rank; t->merge_out[i] = out;
+    t->merge_key[i] = k;
+    t->merge_rank[i] = rank;
+    t->merge_out[i] = out;
 }
 
 /* BPE over symbols ids[0..n): lowest-rank adjacent pair first, leftmost on
@@ -12931,7 +13420,10 @@ static int peft__encode_bytes_word(const peft_tokenizer *t, const char *s, size_
     for (size_t i = 0; i < len; i++) m += peft__put_utf8(scratch + m, peft__byte_char((unsigned char)s[i]));
     scratch[m] = 0;
     int whole = t->ignore_merges ? peft__piece_id(t, scratch) : -1;
-    if (whole >= 0) { ids[0] = whole; return 1; }
+    if (whole >= 0) {
+        ids[0] = whole;
+        return 1;
+    }
     for (int i = 0; i < m;) {
         uint32_t c;
         int l = peft__utf8_next((const unsigned char *)scratch + i, m - i, &c);
@@ -12963,7 +13455,10 @@ static int peft__encode_bytes(const peft_tokenizer *t, const char *s, size_t len
         int end = nc;
         if (t->split_digits) {
             if (peft__is_number(cps[i])) end = i + 1;
-            else { end = i; while (end < nc && !peft__is_number(cps[end])) end++; }
+            else {
+                end = i;
+                while (end < nc && !peft__is_number(cps[end])) end++;
+            }
         }
         for (int j = i; j < end;) {
             int e = t->pretok ? peft__pretok_end(cps + i, end - i, j - i, t->pretok == 2) + i : end;
@@ -13151,12 +13646,18 @@ static peft_status peft__tok_normalizer(peft_tokenizer *t, const peft_json *p, c
     static const char meta[] = "\xE2\x96\x81";
     if (type && !strcmp(type, "Prepend")) {
         const char *what = peft__json_str(p, "prepend");
-        if (what && !strcmp(what, meta)) { t->prefix_space = 2; return PEFT_OK; }
+        if (what && !strcmp(what, meta)) {
+            t->prefix_space = 2;
+            return PEFT_OK;
+        }
     }
     if (type && !strcmp(type, "Replace")) {
         const peft_json *pat = peft_json_get(p, "pattern");
         const char *from = pat ? peft__json_str(pat, "String") : NULL, *to = peft__json_str(p, "content");
-        if (from && to && !strcmp(from, " ") && !strcmp(to, meta)) { t->norm_space = 1; return PEFT_OK; }
+        if (from && to && !strcmp(from, " ") && !strcmp(to, meta)) {
+            t->norm_space = 1;
+            return PEFT_OK;
+        }
     }
     return peft__fail(PEFT_ERR_FORMAT,
                       "%s: normalizer \"%s\" is not supported (only LLaMA's Prepend(\"\xE2\x96\x81\") and "
@@ -13708,7 +14209,10 @@ static peft_status peft__tokenizer_load_hf(peft_tokenizer *t, const char *path) 
                 uint32_t c;
                 int cl = peft__utf8_next((const unsigned char *)t->pieces[i] + r, (int)(l - r), &c);
                 if (!special && c < 512 && inv[c] != 0xFFFFFFFFu) d[o++] = (char)inv[c];
-                else { memcpy(d + o, t->pieces[i] + r, (size_t)cl); o += (size_t)cl; }
+                else {
+                    memcpy(d + o, t->pieces[i] + r, (size_t)cl);
+                    o += (size_t)cl;
+                }
                 r += (size_t)cl;
             }
             d[o] = 0;
@@ -15016,18 +15520,25 @@ PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids
         numeric = (buf[i] >= '0' && buf[i] <= '9') || buf[i] == ' ' || buf[i] == ',' || buf[i] == '\n' ||
                   buf[i] == '\r' || buf[i] == '\t';
     int *out = (int *)PEFT_MALLOC((len + 1) * sizeof(int));
-    if (!out) { PEFT_FREE(buf); return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path); }
+    if (!out) {
+        PEFT_FREE(buf);
+        return peft__fail(PEFT_ERR_NOMEM, "%s: no memory", path);
+    }
     int64_t k = 0;
     if (numeric) {
         for (size_t i = 0; i < len;) {
-            if (buf[i] < '0' || buf[i] > '9') { i++; continue; }
+            if (buf[i] < '0' || buf[i] > '9') {
+                i++;
+                continue;
+            }
             long v = 0;
             while (i < len && buf[i] >= '0' && buf[i] <= '9') {
                 if (v < 100000000) v = v * 10 + (buf[i] - '0');
                 i++;
             }
             if (v >= vocab_size) {
-                PEFT_FREE(out); PEFT_FREE(buf);
+                PEFT_FREE(out);
+                PEFT_FREE(buf);
                 return peft__fail(PEFT_ERR_ARG,
                                   "%s: token id %ld (entry %lld) is outside the vocabulary (size %d)", path,
                                   v, (long long)k, vocab_size);
@@ -15036,7 +15547,8 @@ PEFTDEF peft_status peft_tokens_load(const char *path, int vocab_size, int **ids
         }
     } else {
         if (vocab_size < 256) {
-            PEFT_FREE(out); PEFT_FREE(buf);
+            PEFT_FREE(out);
+            PEFT_FREE(buf);
             return peft__fail(
                     PEFT_ERR_ARG,
                     "%s: text is read as bytes, which needs a vocabulary of at least 256 (model has %d)",
@@ -15092,7 +15604,8 @@ static int peft__dsb_add_mask(peft__dsb *b, const int *ids, int n, int masked, c
         b->start = ns;
         int *nm = (int *)PEFT_REALLOC(b->masked, (size_t)nc * sizeof(int));
         if (!nm) return 0;
-        b->masked = nm; b->cap_ex = nc;
+        b->masked = nm;
+        b->cap_ex = nc;
     }
     if (b->count == 0) b->start[0] = 0;
     memcpy(b->ids + b->n, ids, (size_t)n * sizeof(int));
@@ -15190,13 +15703,16 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
         prompt_buf = (char *)PEFT_MALLOC(n);
         if (!prompt_buf) return peft__fail(PEFT_ERR_NOMEM, "no memory");
         peft_alpaca_prompt(ins->string, inp ? inp->string : "", prompt_buf, n);
-        prompt = prompt_buf; answer = out->string;
+        prompt = prompt_buf;
+        answer = out->string;
     } else if (pr || co) {
         if (!pr || !co || pr->type != PEFT_JSON_STRING || co->type != PEFT_JSON_STRING)
             return peft__fail(PEFT_ERR_FORMAT, "%s: a prompt/completion record needs both as strings", where);
-        prompt = pr->string; answer = co->string;
+        prompt = pr->string;
+        answer = co->string;
     } else if (tx && tx->type == PEFT_JSON_STRING) {
-        prompt = ""; answer = tx->string;
+        prompt = "";
+        answer = tx->string;
     } else
         return peft__fail(PEFT_ERR_FORMAT,
                           "%s: a record has none of instruction/output, prompt/completion, text", where);
@@ -15226,7 +15742,9 @@ static peft_status peft__ds_record(peft_dataset *d, peft__dsb *b, const peft_jso
             st = peft__fail(PEFT_ERR_NOMEM, "no memory for %s", where);
         else d->n_truncated += cut;
     }
-    PEFT_FREE(full); PEFT_FREE(buf); PEFT_FREE(prompt_buf);
+    PEFT_FREE(full);
+    PEFT_FREE(buf);
+    PEFT_FREE(prompt_buf);
     return st;
 }
 
@@ -15264,7 +15782,10 @@ PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const p
         int *ids;
         int64_t n;
         s = peft_tokens_load(path, t ? t->n : 1 << 30, &ids, &n);
-        if (s == PEFT_OK) { s = peft__ds_stream(d, &b, ids, n, max_len); PEFT_FREE(ids); }
+        if (s == PEFT_OK) {
+            s = peft__ds_stream(d, &b, ids, n, max_len);
+            PEFT_FREE(ids);
+        }
         goto done;
     }
     s = peft_read_file(path, &buf, &len);
@@ -15309,7 +15830,10 @@ PEFTDEF peft_status peft_dataset_load(peft_dataset *d, const char *path, const p
                 snprintf(where, sizeof where, "%s:%d", path, line);
                 peft_json *r;
                 s = peft_json_parse(&r, (const char *)buf + a, end - a, where);
-                if (s == PEFT_OK) { s = peft__ds_record(d, &b, r, t, max_len, where); peft_json_free(r); }
+                if (s == PEFT_OK) {
+                    s = peft__ds_record(d, &b, r, t, max_len, where);
+                    peft_json_free(r);
+                }
             }
             at = end + 1;
         }
@@ -15328,7 +15852,11 @@ done:
         peft__dsb_free(&b);
         return s;
     }
-    d->ids = b.ids; d->start = b.start; d->n_masked = b.masked; d->n = b.count; d->n_tokens = b.n;
+    d->ids = b.ids;
+    d->start = b.start;
+    d->n_masked = b.masked;
+    d->n = b.count;
+    d->n_tokens = b.n;
     d->loss = b.loss;
     return PEFT_OK;
 }
@@ -15370,7 +15898,8 @@ PEFTDEF peft_status peft_dataset_split(peft_dataset *d, peft_dataset *held, int 
         ok = peft__dsb_add_mask(is_held[i] ? &out : &keep, d->ids + d->start[i],
                                 (int)(d->start[i + 1] - d->start[i]), d->n_masked[i],
                                 d->loss ? d->loss + d->start[i] : NULL);
-    PEFT_FREE(order); PEFT_FREE(is_held);
+    PEFT_FREE(order);
+    PEFT_FREE(is_held);
     if (!ok) {
         peft__dsb_free(&keep);
         peft__dsb_free(&out);
@@ -15508,12 +16037,18 @@ PEFTDEF int peft_sample(const float *logits, int n, const peft_sampler *s, peft_
     double cum = 0.0;
     for (int i = 0; i < keep; i++) {
         cum += p[idx[i]];
-        if (s->top_p > 0.0f && s->top_p < 1.0f && cum >= s->top_p) { keep = i + 1; break; }
+        if (s->top_p > 0.0f && s->top_p < 1.0f && cum >= s->top_p) {
+            keep = i + 1;
+            break;
+        }
     }
     double mass = 0.0;
     for (int i = 0; i < keep; i++) mass += p[idx[i]];
     double r = (double)peft_rng_uniform(rng) * mass, c = 0.0;
-    for (int i = 0; i < keep; i++) { c += p[idx[i]]; if (r < c) return idx[i]; }
+    for (int i = 0; i < keep; i++) {
+        c += p[idx[i]];
+        if (r < c) return idx[i];
+    }
     return idx[keep - 1];
 }
 
@@ -15551,7 +16086,10 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
         while (n < max_new) {
             peft_graph_reset(g);
             peft_tensor *lg = peft_model_forward_cached(m, g, cache, feed, 1, n_feed);
-            if (!lg) { failed = 1; break; }
+            if (!lg) {
+                failed = 1;
+                break;
+            }
             float *last = lg->data + (size_t)(n_feed - 1) * V;
             if (s && s->repetition_penalty > 0.0f && s->repetition_penalty != 1.0f) {
                 memset(idx, 0, sizeof(int) * (size_t)V);      /* each id once, as torch's scatter */
@@ -15574,7 +16112,8 @@ PEFTDEF int peft_generate(peft_model *m, peft_graph *g, const int *prompt, int n
         peft_graph_set_grad(g, grad);
     }
     peft_kv_cache_free(cache);
-    PEFT_FREE(idx); PEFT_FREE(p);
+    PEFT_FREE(idx);
+    PEFT_FREE(p);
     return failed ? -1 : n;
 }
 
