@@ -5,6 +5,10 @@ CFLAGS  ?= $(OPT) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra
 EXTRA   ?=
 LDLIBS  := -lm -lpthread
 BUILD   ?= build
+# every target compiles the whole header: build them side by side on every core unless -j was given
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+endif
 
 TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.c \
             tests/test_files.c tests/test_train.c tests/test_cli.c tests/test_methods.c tests/test_q4.c \
