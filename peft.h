@@ -62,6 +62,8 @@
      PEFT_SPIN_US          how long an idle worker spins before it sleeps
                            (default 200 µs; no spinning with more threads
                            than available cores)
+     PEFT_NO_SOLO          never run loops on the caller alone when the
+                           machine is busy (see peft_set_solo)
      PEFT_LCE_CHUNK_MB     logits the fused classifier + loss holds at once
                            (default 128 MB; fewer, larger products are faster)
      PEFT_KEEP_DENORMALS   keep denormal floats in the parallel kernels (by
@@ -140,8 +142,11 @@
        threads are then independent. A loop is cut into a few chunks per
        thread; each thread runs its own share first and then takes what is
        left of the others', so another program taking a core slows a step
-       in proportion, instead of stalling every loop. Results are the same
-       bits whichever thread ran which chunk. peft_available_cpus() says
+       in proportion, instead of stalling every loop; on a machine so busy
+       that the pool's loops get little more than one core, they run on the
+       calling thread alone for a while (peft_set_solo, "solo loops" in the
+       pool's section). Results are the same bits whichever thread ran which
+       chunk. peft_available_cpus() says
        how many cores the process may use (affinity mask, cgroup quota):
        the tools' default thread count (PEFT_THREADS overrides it).
      - every object: a model, graph, trainer, optimizer, KV cache or
@@ -420,6 +425,19 @@ PEFTDEF int  peft_get_threads(void);
    from inside fn runs inline; the rules of THREADS in the manual apply. */
 PEFTDEF void peft_parallel_for(int64_t n, int64_t min_chunk,
                                void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
+/* Parallel loops since the start, and how many of them ran on the calling
+   thread alone because the machine was too busy for the others to help (see
+   "solo loops" in the thread pool's section). Either pointer may be NULL. */
+PEFTDEF void peft_parallel_stats(int64_t *loops, int64_t *solo_loops);
+/* What the pool does on a busy machine. PEFT_SOLO_AUTO (the default)
+   measures the cores its parallel loops get and runs them on the calling
+   thread alone while that gets more done; PEFT_SOLO_NEVER always hands
+   chunks to every thread; PEFT_SOLO_ALWAYS runs every loop on the caller,
+   cut into the chunks of peft_get_threads() threads (the tests use it to
+   show results do not change). Resets the measurements, as does
+   peft_set_threads. */
+typedef enum { PEFT_SOLO_AUTO, PEFT_SOLO_NEVER, PEFT_SOLO_ALWAYS } peft_solo_mode;
+PEFTDEF void peft_set_solo(peft_solo_mode mode);
 /* Cores this process may run on: its CPU affinity mask (Linux), capped by
    the CPU quota of its cgroup (v2 cpu.max of the cgroup and its ancestors,
    v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up; else the online
@@ -1907,6 +1925,60 @@ static void peft__pool_grow(int n_workers) {
 }
 #endif
 
+#if !defined(PEFT_NO_THREADS) && !defined(PEFT_NO_SOLO)
+/* ---- solo loops on a busy machine -------------------------------------------
+   With more runnable threads than cores, the OS puts a worker aside in the
+   middle of its chunk and the loop waits until it runs again; with one other
+   busy program on 2 cores, 2 threads made less progress than 1. So the pool
+   measures what its parallel loops get: process CPU time over wall time
+   during the loops (the cores they had, spins included). A window of loops
+   that got less than PEFT__SOLO_GAIN times what loops on the caller alone
+   got (or, before that is known, under 0.65 cores per thread) sends the next
+   window's loops to the caller alone: the same chunks, in order, so results
+   are those of every thread count. Solo windows double (0.2 s to 3.2 s of
+   loops) while parallel keeps losing; a parallel window follows each, so a
+   machine that frees up is seen within one solo window. On a free machine
+   two threads get ~1.95 cores and no loop runs solo. Cost: two clock()
+   calls per parallel loop (~1.6 µs). PEFT_NO_SOLO turns this off. */
+#define PEFT__SOLO_GAIN 1.15                  /* parallel must get 15% more than solo */
+#define PEFT__PAR_WINDOW 0.05                 /* s of loop time in a parallel window  */
+#define PEFT__SOLO_MIN 0.2
+#define PEFT__SOLO_MAX 3.2
+typedef struct {
+    peft_solo_mode mode;
+    int     solo;            /* this window's loops run on the caller alone */
+    double  cpu, wall;       /* this window's loops so far (s) */
+    double  got[2];          /* cores per loop-second, last window of each mode (0: not measured) */
+    double  window;          /* length of this window (s of loop wall time) */
+    double  solo_window;     /* length of the next solo window */
+    int64_t solo_loops, loops;   /* counters (tests, bench) */
+    /* by whole training steps (peft__solo_step) */
+    int     contended;       /* the last parallel window got < PEFT__BUSY cores per thread */
+    int     phase;           /* PEFT__AB_* */
+    int     run_left;        /* steps left before the next comparison */
+    double  step_t0;         /* when the current step began (0: no step yet) */
+    double  trial[2];        /* wall time of the trial steps: [0] every thread, [1] solo */
+} peft__solo_t;
+enum { PEFT__AB_NONE, PEFT__AB_TRIAL_POOL, PEFT__AB_TRIAL_SOLO, PEFT__AB_RUN };
+#define PEFT__BUSY 0.8                         /* cores per thread below which the machine is busy */
+#define PEFT__AB_RUN 6                         /* steps run in the faster mode between comparisons */
+static peft__solo_t peft__solo = { .window = PEFT__PAR_WINDOW, .solo_window = PEFT__SOLO_MIN };
+static void peft__solo_reset(void) {
+    peft__solo_t *s = &peft__solo;
+    s->solo = s->mode == PEFT_SOLO_ALWAYS;
+    s->cpu = 0.0;
+    s->wall = 0.0;
+    s->got[0] = 0.0;
+    s->got[1] = 0.0;
+    s->window = PEFT__PAR_WINDOW;
+    s->solo_window = PEFT__SOLO_MIN;
+    s->contended = 0;
+    s->phase = PEFT__AB_NONE;
+    s->step_t0 = 0.0;
+}
+
+#endif
+
 PEFTDEF void peft_set_threads(int n) {
     if (n < 1) n = 1;
     if (n > PEFT_MAX_THREADS) n = PEFT_MAX_THREADS;
@@ -1918,6 +1990,9 @@ PEFTDEF void peft_set_threads(int n) {
     if (peft__pool.n_workers < n - 1) n = peft__pool.n_workers + 1;
     pthread_mutex_unlock(&peft__pool.mu);
     atomic_store(&peft__spin_ok, n <= peft_available_cpus());
+#ifndef PEFT_NO_SOLO
+    peft__solo_reset();                   /* what n threads get is measured anew */
+#endif
 #endif
     peft__nthreads = n;
 }
@@ -1956,17 +2031,87 @@ static void peft__parallel_for(int64_t n, int64_t min_chunk, peft__range_fn fn, 
     peft__ftz_leave(csr);
 }
 
-static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, void *ctx) {
-    int shares = peft__nthreads;
-    if (min_chunk < 1) min_chunk = 1;
-    if (n / min_chunk < shares) shares = (int)(n / min_chunk);
-    if (shares <= 1 || peft__in_part) {
-        if (n > 0) fn(ctx, 0, n);
+#if !defined(PEFT_NO_THREADS) && !defined(PEFT_NO_SOLO)
+/* the end of a window: which mode the next one runs in */
+static void peft__solo_next(void) {
+    peft__solo_t *s = &peft__solo;
+    if (s->mode != PEFT_SOLO_AUTO) {
+        s->cpu = 0.0;
+        s->wall = 0.0;
         return;
     }
+    s->got[s->solo] = s->cpu / s->wall;
+    if (!s->solo) s->contended = s->got[0] < PEFT__BUSY * peft__nthreads;
+    if (s->step_t0 > 0.0 && peft__seconds() - s->step_t0 < 10.0) {   /* steps decide (below) */
+        s->cpu = 0.0;
+        s->wall = 0.0;
+        return;
+    }
+    double par = s->got[0], solo = s->got[1];
+    int lose = solo > 0.0 ? par < PEFT__SOLO_GAIN * solo : par < 0.65 * peft__nthreads;
+    if (s->solo || !lose) {              /* after a solo window, always look at parallel again */
+        if (!s->solo) s->solo_window = PEFT__SOLO_MIN;
+        s->solo = 0;
+        s->window = PEFT__PAR_WINDOW;
+    } else {
+        s->solo = 1;
+        s->window = s->solo_window;
+        if (s->solo_window < PEFT__SOLO_MAX) s->solo_window *= 2.0;
+    }
+    s->cpu = 0.0;
+    s->wall = 0.0;
+}
+
+/* By whole steps. Windows of loops compare CPU shares measured at different
+   moments of a step, on different loops; a training step repeats the same
+   work, so under contention (the last parallel window got under PEFT__BUSY
+   cores per thread) the pool times one step on every thread and one solo,
+   runs the faster for the next PEFT__AB_RUN steps, and compares again. Each
+   trainer step calls this at its start; loops outside steps (or after 10 s
+   without one) are left to the windows. */
+static void peft__solo_step(void) {
+    peft__solo_t *s = &peft__solo;
+    double t = peft__seconds(), took = s->step_t0 > 0.0 ? t - s->step_t0 : 0.0;
+    s->step_t0 = t;
+    if (s->mode != PEFT_SOLO_AUTO || peft__nthreads < 2) return;
+    switch (s->phase) {
+    case PEFT__AB_TRIAL_POOL:
+        s->trial[0] = took;
+        s->phase = s->contended ? PEFT__AB_TRIAL_SOLO : PEFT__AB_NONE;
+        s->solo = s->contended;
+        break;
+    case PEFT__AB_TRIAL_SOLO:
+        s->trial[1] = took;
+        s->solo = s->trial[1] < s->trial[0];
+        s->phase = PEFT__AB_RUN;
+        s->run_left = PEFT__AB_RUN;
+        break;
+    case PEFT__AB_RUN:
+        if (--s->run_left > 0) break;
+        s->phase = PEFT__AB_TRIAL_POOL;
+        s->solo = 0;
+        break;
+    default:
+        s->solo = 0;
+        if (s->contended) s->phase = PEFT__AB_TRIAL_POOL;
+        break;
+    }
+}
+
+/* the loop's chunks on the caller, in order */
+static void peft__run_solo(int64_t n, int64_t chunks, peft__range_fn fn, void *ctx) {
+    peft__in_part = 1;
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
+        if (e > b) fn(ctx, b, e);
+    }
+    peft__in_part = 0;
+}
+#endif
+
 #ifndef PEFT_NO_THREADS
-    int64_t chunks = n / min_chunk < (int64_t)shares * PEFT__GRAIN ? n / min_chunk
-                                                                   : (int64_t)shares * PEFT__GRAIN;
+/* the loop's chunks on the pool's threads, the caller's share first */
+static void peft__run_pool(int64_t n, int64_t chunks, int shares, peft__range_fn fn, void *ctx) {
     /* the previous loop has ended (left reached 0), so the fields are free;
        each share's release store publishes them to the thread that claims
        from it */
@@ -2016,12 +2161,58 @@ static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, 
             break;
         }
     }
+}
+#endif
+
+static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, void *ctx) {
+    int shares = peft__nthreads;
+    if (min_chunk < 1) min_chunk = 1;
+    if (n / min_chunk < shares) shares = (int)(n / min_chunk);
+    if (shares <= 1 || peft__in_part) {
+        if (n > 0) fn(ctx, 0, n);
+        return;
+    }
+#ifndef PEFT_NO_THREADS
+    int64_t chunks = n / min_chunk < (int64_t)shares * PEFT__GRAIN ? n / min_chunk
+                                                                   : (int64_t)shares * PEFT__GRAIN;
+#ifdef PEFT_NO_SOLO
+    peft__run_pool(n, chunks, shares, fn, ctx);
+#else
+    double  t0 = peft__seconds();
+    clock_t c0 = clock();
+    if (peft__solo.solo) peft__run_solo(n, chunks, fn, ctx);
+    else peft__run_pool(n, chunks, shares, fn, ctx);
+    peft__solo.cpu += (double)(clock() - c0) / CLOCKS_PER_SEC;
+    peft__solo.wall += peft__seconds() - t0;
+    peft__solo.loops++;
+    peft__solo.solo_loops += peft__solo.solo;
+    if (peft__solo.wall >= peft__solo.window) peft__solo_next();
+#endif
 #endif
 }
 
 PEFTDEF void peft_parallel_for(int64_t n, int64_t min_chunk,
                                void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx) {
     peft__parallel_for(n, min_chunk, fn, ctx);
+}
+
+PEFTDEF void peft_set_solo(peft_solo_mode mode) {
+#if defined(PEFT_NO_THREADS) || defined(PEFT_NO_SOLO)
+    (void)mode;
+#else
+    peft__solo.mode = mode;
+    peft__solo_reset();
+#endif
+}
+
+PEFTDEF void peft_parallel_stats(int64_t *loops, int64_t *solo_loops) {
+#if defined(PEFT_NO_THREADS) || defined(PEFT_NO_SOLO)
+    int64_t l = 0, s = 0;
+#else
+    int64_t l = peft__solo.loops, s = peft__solo.solo_loops;
+#endif
+    if (loops) *loops = l;
+    if (solo_loops) *solo_loops = s;
 }
 
 /* ---- the cores available to the process -----------------------------------
@@ -9857,6 +10048,9 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
 
 PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const int *targets,
                                       int B, int T, float *loss) {
+#if !defined(PEFT_NO_THREADS) && !defined(PEFT_NO_SOLO)
+    peft__solo_step();                /* a busy machine: steps on every thread or on one, timed */
+#endif
     peft_graph *g = tr->graph;
     peft_graph_reset(g);
     peft_rng rng0 = tr->model->rng;   /* a failed step leaves the dropout stream where it was */

@@ -9,6 +9,7 @@
     X(test_backward_needs_scalar_and_skips_frozen) \
     X(test_threads_pool_chunks) X(test_threads_pool_late_thread) X(test_threads_gemm_identical) \
     X(test_threads_cpu_quota_parse) \
+    X(test_threads_solo_on_busy_machine) \
     X(test_config_fields) X(test_llama_mha_f32) X(test_llama_gqa_bf16_llama3_rope) X(test_llama_tied_f16_head_dim) \
     X(test_preset_param_counts) X(test_save_load_roundtrip) X(test_llama2c_stories260k) X(test_llama2c_ak42_versions) X(test_threads_deterministic) \
     X(test_adamw_matches_torch) X(test_paged_adamw_bit_identical) X(test_adamw_8bit_states) X(test_clip_matches_torch) X(test_schedules_match_transformers) \
@@ -16,7 +17,7 @@
     X(test_frozen_params_have_no_grad) X(test_nan_loss_is_refused) \
     X(test_trainer_step_out_of_memory) \
     X(test_peft_lora_qv) X(test_peft_lora_all_linear_rslora) X(test_peft_adaption_prompt) X(test_zero_init_every_method) \
-    X(test_method_counts_llama7b) X(test_lora_merge_unmerge) X(test_v2_merge) X(test_fd_add_bias) X(test_methods_train_save_load) X(test_adapter_load_errors) X(test_roundtrip_adapters_load_in_peft) X(test_kv_cache_equals_full_forward) X(test_generate_matches_transformers_peft) X(test_checkpointing_same_gradients) X(test_threads_deterministic_gradients) X(test_backward_recycles_gradients) \
+    X(test_method_counts_llama7b) X(test_lora_merge_unmerge) X(test_v2_merge) X(test_fd_add_bias) X(test_methods_train_save_load) X(test_adapter_load_errors) X(test_roundtrip_adapters_load_in_peft) X(test_kv_cache_equals_full_forward) X(test_generate_matches_transformers_peft) X(test_checkpointing_same_gradients) X(test_threads_deterministic_gradients) X(test_threads_solo_same_gradients) X(test_backward_recycles_gradients) \
     X(test_ggml_type_table) X(test_ggml_dequantize_matches_gguf) X(test_ggml_quantize_matches_gguf) \
     X(test_qmatrix_linear_packs_like_floats) X(test_fd_qmatrix_lora_linear) \
     X(test_qmatrix_model_trains_like_floats) \

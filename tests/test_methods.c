@@ -809,6 +809,40 @@ TEST(test_backward_recycles_gradients) {
 /* Backward on threads: two runs on 2 threads give the same bits (attention
    splits its backward by batch row and kv head and adds the gates' partial
    gradients in a fixed order), and 1 thread agrees to rounding. */
+/* Loops run on the caller alone (a busy machine, PEFT_SOLO_ALWAYS) keep the
+   chunks of the thread count: the same bits as loops spread over threads. */
+TEST(test_threads_solo_same_gradients) {
+#ifdef PEFT_NO_SOLO
+    SKIP("built with PEFT_NO_SOLO");
+#endif
+    int keep = peft_get_threads();
+    peft_set_threads(2);
+    int threads = peft_get_threads() == 2;    /* 0: built without threads */
+    peft_set_threads(keep);
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 1);
+    for (int k = 0; k < n_kinds; k++) {
+        size_t n[2] = { 0, 0 };
+        float loss[2], *gr[2];
+        int64_t l0, s0, l1, s1;
+        peft_set_solo(PEFT_SOLO_NEVER);
+        gr[0] = step_gradients(kinds[k], 2, &n[0], &loss[0]);
+        peft_set_solo(PEFT_SOLO_ALWAYS);
+        peft_parallel_stats(&l0, &s0);
+        gr[1] = step_gradients(kinds[k], 2, &n[1], &loss[1]);
+        peft_parallel_stats(&l1, &s1);
+        peft_set_solo(PEFT_SOLO_AUTO);
+        REQUIRE(gr[0] && gr[1], "%s: %s", peft_method_name(kinds[k]), peft_last_error());
+        if (threads)
+            CHECK(l1 > l0 && s1 - s0 == l1 - l0, "%s: %lld of %lld loops solo", peft_method_name(kinds[k]),
+                  (long long)(s1 - s0), (long long)(l1 - l0));
+        CHECK(n[0] == n[1] && loss[0] == loss[1] && !memcmp(gr[0], gr[1], sizeof(float) * n[0]),
+              "%s: solo loops change the gradients", peft_method_name(kinds[k]));
+        free(gr[0]);
+        free(gr[1]);
+    }
+}
+
 TEST(test_threads_deterministic_gradients) {
     peft_method_kind kinds[PEFT_N_METHODS];
     int n_kinds = th_builtin_kinds(kinds, 1);

@@ -4,6 +4,8 @@
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
+#include <signal.h>
+#include <sys/wait.h>
 
 /* ---- the pool ---------------------------------------------------------- */
 typedef struct {
@@ -215,6 +217,59 @@ TEST(test_threads_gemm_identical) {
         free(C0);
         free(C1);
     }
+    peft_set_threads(keep);
+}
+
+/* A busy machine: as many CPU-bound processes beside us as we have threads
+   less one, so the pool's threads get about half a core each. The pool must
+   notice (its parallel loops get under 0.65 cores per thread) and run loops
+   on the caller alone for a while; it would go on waiting for threads the OS
+   put aside otherwise. The busy load is other processes, as on a real
+   machine: threads of ours would count in the process's CPU time. */
+TEST(test_threads_solo_on_busy_machine) {
+#ifdef PEFT_NO_SOLO
+    SKIP("built with PEFT_NO_SOLO");
+#endif
+    int keep = peft_get_threads(), cpus = peft_available_cpus();
+    int n = cpus < 2 ? 2 : cpus > 8 ? 8 : cpus;
+    peft_set_threads(n);
+    if (peft_get_threads() < 2) {
+        peft_set_threads(keep);
+        SKIP("built without threads");
+    }
+    pid_t busy[8];
+    int n_busy = 0;
+    for (int i = 0; i < n - 1; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            alarm(20);                               /* bounded, whatever happens to us */
+            for (volatile unsigned long k = 0;; k++) {}
+        }
+        if (p > 0) busy[n_busy++] = p;
+    }
+    int M = 384, N = 384, K = 256;
+    float *A = calloc((size_t)M * K, sizeof(float)), *B = calloc((size_t)K * N, sizeof(float)),
+          *C = malloc(sizeof(float) * (size_t)M * N);
+    int64_t loops0, solo0, loops, solo;
+    peft_parallel_stats(&loops0, &solo0);
+    struct timespec t0, t;
+    timespec_get(&t0, TIME_UTC);
+    do {                                             /* ~1 ms loops until one runs solo, 5 s at most */
+        peft_gemm(0, 1, M, N, K, A, K, B, K, 0.0f, C, N);
+        peft_parallel_stats(&loops, &solo);
+        timespec_get(&t, TIME_UTC);
+    } while (solo == solo0 && (t.tv_sec - t0.tv_sec) + 1e-9 * (t.tv_nsec - t0.tv_nsec) < 5.0);
+    for (int i = 0; i < n_busy; i++) {
+        kill(busy[i], SIGKILL);
+        waitpid(busy[i], NULL, 0);
+    }
+    CHECK(n_busy == n - 1, "could start %d of %d busy processes", n_busy, n - 1);
+    CHECK(loops > loops0, "no parallel loop ran");
+    CHECK(solo > solo0, "%d threads beside %d busy processes: none of %lld loops ran solo", n, n_busy,
+          (long long)(loops - loops0));
+    free(A);
+    free(B);
+    free(C);
     peft_set_threads(keep);
 }
 

@@ -2258,6 +2258,11 @@ static int cmd_bench(int argc, char **argv) {
         printf("MFU              %.1f%% (of a measured FMA peak of %.1f GFLOP/s on %d threads)\n",
                100.0 * gfs / peak, peak, threads);
         printf("peak RSS MB      %.1f\n", (double)peft_peak_rss() / 1048576.0);
+        int64_t loops, solo;
+        peft_parallel_stats(&loops, &solo);
+        if (threads > 1)
+            printf("solo loops       %.1f%% (of %lld parallel loops: on one thread, the machine being busy)\n",
+                   loops ? 100.0 * (double)solo / (double)loops : 0.0, (long long)loops);
         device_report();
         size_t act =
                 peft_graph_arena_bytes(tr->graph) + (m->recompute ? peft_graph_arena_bytes(m->recompute) : 0);
