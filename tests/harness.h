@@ -50,6 +50,13 @@ void th_tmpdir_remove(void);         /* removes it (kept when PEFT_KEEP_TMP is s
 const char *th_tmp_text(const char *name, const char *text);   /* th_tmpdir()/name holding text; its path */
 int th_truncated_copy(const char *src, const char *dst, size_t drop);   /* src less its last drop bytes; 1 = done */
 int th_read_ref(const char *path, const char *name, float **out, long *n); /* 1 = found */
+/* A model folder of tests/fixtures/<name> against its ref.safetensors from
+   transformers (tools/ref/make_*_fixtures.py): logits to 1e-4 relative (fp32
+   with other summation orders: ~1e-6 seen), the loss to 1e-5 relative, every
+   parameter's gradient to 1e-3 relative. extra (may be NULL) then checks what
+   is particular to the model, with the model after backward. */
+typedef void (*th_fixture_extra)(peft_model *m, const char *ref, const char *name);
+void th_check_hf_fixture(const char *name, th_fixture_extra extra);
 
 /* build/peft, or $PEFT_BIN */
 const char *th_peft_bin(void);
