@@ -1953,7 +1953,8 @@ typedef struct {
     double  solo_window;     /* length of the next solo window */
     int64_t solo_loops, loops;   /* counters (tests, bench) */
     /* by whole training steps (peft__solo_step) */
-    int     contended;       /* the last parallel window got < PEFT__BUSY cores per thread */
+    int     contended;       /* the last step's parallel loops got < PEFT__BUSY cores per thread */
+    double  step_cpu, step_wall;   /* the current step's loops on every thread */
     int     phase;           /* PEFT__AB_* */
     int     run_left;        /* steps left before the next comparison */
     double  step_t0;         /* when the current step began (0: no step yet) */
@@ -1973,6 +1974,8 @@ static void peft__solo_reset(void) {
     s->window = PEFT__PAR_WINDOW;
     s->solo_window = PEFT__SOLO_MIN;
     s->contended = 0;
+    s->step_cpu = 0.0;
+    s->step_wall = 0.0;
     s->phase = PEFT__AB_NONE;
     s->step_t0 = 0.0;
 }
@@ -2041,7 +2044,6 @@ static void peft__solo_next(void) {
         return;
     }
     s->got[s->solo] = s->cpu / s->wall;
-    if (!s->solo) s->contended = s->got[0] < PEFT__BUSY * peft__nthreads;
     if (s->step_t0 > 0.0 && peft__seconds() - s->step_t0 < 10.0) {   /* steps decide (below) */
         s->cpu = 0.0;
         s->wall = 0.0;
@@ -2064,8 +2066,8 @@ static void peft__solo_next(void) {
 
 /* By whole steps. Windows of loops compare CPU shares measured at different
    moments of a step, on different loops; a training step repeats the same
-   work, so under contention (the last parallel window got under PEFT__BUSY
-   cores per thread) the pool times one step on every thread and one solo,
+   work, so under contention (the last step's parallel loops got under
+   PEFT__BUSY cores per thread) the pool times one step on every thread and one solo,
    runs the faster for the next PEFT__AB_RUN steps, and compares again. Each
    trainer step calls this at its start; loops outside steps (or after 10 s
    without one) are left to the windows. */
@@ -2073,6 +2075,10 @@ static void peft__solo_step(void) {
     peft__solo_t *s = &peft__solo;
     double t = peft__seconds(), took = s->step_t0 > 0.0 ? t - s->step_t0 : 0.0;
     s->step_t0 = t;
+    if (s->step_wall > 0.02)     /* the whole last step's parallel loops: steadier than a window */
+        s->contended = s->step_cpu < PEFT__BUSY * peft__nthreads * s->step_wall;
+    s->step_cpu = 0.0;
+    s->step_wall = 0.0;
     if (s->mode != PEFT_SOLO_AUTO || peft__nthreads < 2) return;
     switch (s->phase) {
     case PEFT__AB_TRIAL_POOL:
@@ -2182,8 +2188,13 @@ static void peft__parallel_run(int64_t n, int64_t min_chunk, peft__range_fn fn, 
     clock_t c0 = clock();
     if (peft__solo.solo) peft__run_solo(n, chunks, fn, ctx);
     else peft__run_pool(n, chunks, shares, fn, ctx);
-    peft__solo.cpu += (double)(clock() - c0) / CLOCKS_PER_SEC;
-    peft__solo.wall += peft__seconds() - t0;
+    double cpu = (double)(clock() - c0) / CLOCKS_PER_SEC, wall = peft__seconds() - t0;
+    peft__solo.cpu += cpu;
+    peft__solo.wall += wall;
+    if (!peft__solo.solo) {
+        peft__solo.step_cpu += cpu;
+        peft__solo.step_wall += wall;
+    }
     peft__solo.loops++;
     peft__solo.solo_loops += peft__solo.solo;
     if (peft__solo.wall >= peft__solo.window) peft__solo_next();

@@ -10,6 +10,7 @@
     X(test_threads_pool_chunks) X(test_threads_pool_late_thread) X(test_threads_gemm_identical) \
     X(test_threads_cpu_quota_parse) \
     X(test_threads_solo_on_busy_machine) \
+    X(test_threads_solo_trial_steps) \
     X(test_config_fields) X(test_llama_mha_f32) X(test_llama_gqa_bf16_llama3_rope) X(test_llama_tied_f16_head_dim) \
     X(test_preset_param_counts) X(test_save_load_roundtrip) X(test_llama2c_stories260k) X(test_llama2c_ak42_versions) X(test_threads_deterministic) \
     X(test_adamw_matches_torch) X(test_paged_adamw_bit_identical) X(test_adamw_8bit_states) X(test_clip_matches_torch) X(test_schedules_match_transformers) \

@@ -273,6 +273,65 @@ TEST(test_threads_solo_on_busy_machine) {
     peft_set_threads(keep);
 }
 
+/* The same busy machine, inside training: whole steps are timed on every
+   thread and solo (the trainer marks each step). Under contention a step
+   runs wholly solo (the solo trial) right after one that ran on every
+   thread (the pool trial). */
+TEST(test_threads_solo_trial_steps) {
+#ifdef PEFT_NO_SOLO
+    SKIP("built with PEFT_NO_SOLO");
+#endif
+    int keep = peft_get_threads(), cpus = peft_available_cpus();
+    int n = cpus < 2 ? 2 : cpus > 8 ? 8 : cpus;
+    peft_set_threads(n);
+    if (peft_get_threads() < 2) {
+        peft_set_threads(keep);
+        SKIP("built without threads");
+    }
+    peft_model *m;
+    REQUIRE_OK(peft_model_from_preset(&m, "stories15m", 1, 3));
+    peft_method meth = peft_method_defaults(PEFT_LORA);
+    REQUIRE_OK(peft_attach(m, &meth));
+    peft_trainer *tr = peft_trainer_new(m, NULL);
+    REQUIRE(tr, "trainer: %s", peft_last_error());
+    enum { B = 2, T = 64, STEPS = 6 };
+    int tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (i * 37 + 11) % m->cfg.vocab_size;
+        tgt[i] = (i * 53 + 5) % m->cfg.vocab_size;
+    }
+    pid_t busy[8];
+    int n_busy = 0;
+    for (int i = 0; i < n - 1; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            alarm(30);
+            for (volatile unsigned long k = 0;; k++) {}
+        }
+        if (p > 0) busy[n_busy++] = p;
+    }
+    int64_t l[STEPS + 1], so[STEPS + 1];
+    peft_parallel_stats(&l[0], &so[0]);
+    for (int s = 0; s < STEPS; s++) {
+        float loss;
+        CHECK_OK(peft_trainer_step(tr, tok, tgt, B, T, &loss));
+        peft_parallel_stats(&l[s + 1], &so[s + 1]);
+    }
+    for (int i = 0; i < n_busy; i++) {
+        kill(busy[i], SIGKILL);
+        waitpid(busy[i], NULL, 0);
+    }
+    int trial = -1;
+    for (int s = 1; s < STEPS && trial < 0; s++)   /* step s solo, step s-1 on every thread */
+        if (l[s + 1] > l[s] && so[s + 1] - so[s] == l[s + 1] - l[s] && so[s] == so[s - 1] && l[s] > l[s - 1])
+            trial = s;
+    CHECK(trial > 0, "%d threads beside %d busy processes: no step ran solo after one on every thread", n,
+          n_busy);
+    peft_trainer_free(tr);
+    peft_model_free(m);
+    peft_set_threads(keep);
+}
+
 /* ---- the thread count ---------------------------------------------------- */
 TEST(test_threads_cpu_quota_parse) {
     struct {
