@@ -187,7 +187,8 @@ static void demo_recipe_is_registry(const peft_json *m) {
     const peft_json *src = rc ? peft_json_get(rc, "source") : NULL;
     const peft_json *name = rc ? peft_json_get(rc, "method") : NULL;
     peft_method_kind kind;
-    REQUIRE(src && name && name->type == PEFT_JSON_STRING && peft_method_parse(name->string, &kind) == PEFT_OK,
+    REQUIRE(src && name && name->type == PEFT_JSON_STRING &&
+            peft_method_parse(name->string, &kind) == PEFT_OK,
             "results.json: a recipe without its method or value sources");
     const peft_method_recipe *d = &peft_method_get(kind)->defaults;
     peft_trainer_opts t = peft_trainer_defaults();
@@ -208,7 +209,8 @@ static void demo_recipe_is_registry(const peft_json *m) {
     const peft_json *sched = peft_json_get(rc, "schedule"), *ss = peft_json_get(src, "schedule");
     static const char *const names[3] = { "constant", "cosine", "linear" };
     CHECK(sched && ss && !strcmp(ss->string, "paper") && d->schedule >= 0 && d->schedule < 3 &&
-          !strcmp(sched->string, names[d->schedule]), "recipe %s: its schedule is not the registry's", name->string);
+          !strcmp(sched->string, names[d->schedule]),
+          "recipe %s: its schedule is not the registry's", name->string);
 }
 
 /* `make demo`'s program, shortened (--quick: a few steps per phase, two

@@ -629,8 +629,8 @@ static void method_text(char *buf, size_t cap, const job_recipe *jr) {
 #define ADD(...) (n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, __VA_ARGS__))
 #define SRC(key) SRC_NAME[has_key(k, key) ? SRC_DEMO : SRC_PAPER]
     if (m.kind == PEFT_LORA || m.kind == PEFT_QLORA) {
-        ADD("r %d (%s), alpha %g (%s), dropout %g (%s), ", m.lora_r, SRC("lora_r"), m.lora_alpha, SRC("lora_alpha"),
-            m.lora_dropout, SRC("lora_dropout"));
+        ADD("r %d (%s), alpha %g (%s), dropout %g (%s), ", m.lora_r, SRC("lora_r"), m.lora_alpha,
+            SRC("lora_alpha"), m.lora_dropout, SRC("lora_dropout"));
         if (m.lora_targets == (1u << PEFT_N_SITES) - 1)
             ADD("every linear");
         else
@@ -661,8 +661,9 @@ static void method_text(char *buf, size_t cap, const job_recipe *jr) {
 }
 
 static void md_recipes(FILE *f, const group *gs, int n) {
-    fprintf(f, "| method | lr | schedule | warm-up | epochs | weight decay | beta2 | clip | method settings |\n"
-               "|---|---|---|---|---|---|---|---|---|\n");
+    fprintf(f,
+            "| method | lr | schedule | warm-up | epochs | weight decay | beta2 | clip | method settings |\n"
+            "|---|---|---|---|---|---|---|---|---|\n");
     for (int k = 0; k < n; k++) {
         const job_recipe *jr = gs[k].jr;
         char warm[64], meth[512];
