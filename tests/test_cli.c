@@ -178,6 +178,41 @@ TEST(test_cli) {
     }
 }
 
+/* One source of defaults: every recipe value results.json marks "paper" is
+   the method's registry default (peft_method_get(kind)->defaults), and
+   every one marked "trainer" is peft_trainer_defaults()'s; the demo's own
+   table states only what it scales. */
+static void demo_recipe_is_registry(const peft_json *m) {
+    const peft_json *rc = peft_json_get(m, "recipe");
+    const peft_json *src = rc ? peft_json_get(rc, "source") : NULL;
+    const peft_json *name = rc ? peft_json_get(rc, "method") : NULL;
+    peft_method_kind kind;
+    REQUIRE(src && name && name->type == PEFT_JSON_STRING &&
+            peft_method_parse(name->string, &kind) == PEFT_OK,
+            "results.json: a recipe without its method or value sources");
+    const peft_method_recipe *d = &peft_method_get(kind)->defaults;
+    peft_trainer_opts t = peft_trainer_defaults();
+    const char *fields[3] = { "weight_decay", "beta2", "max_grad_norm" };
+    const float paper[3] = { d->weight_decay, d->beta2, d->max_grad_norm };
+    const float trainer[3] = { t.weight_decay, t.beta2, t.max_grad_norm };
+    for (int i = 0; i < 3; i++) {
+        const peft_json *s = peft_json_get(src, fields[i]), *v = peft_json_get(rc, fields[i]);
+        REQUIRE(s && v && s->type == PEFT_JSON_STRING && v->type == PEFT_JSON_NUMBER, "recipe %s: %s",
+                name->string, fields[i]);
+        int is_paper = !strcmp(s->string, "paper"), is_trainer = !strcmp(s->string, "trainer");
+        CHECK(is_paper || is_trainer, "recipe %s: %s is %s, not the paper's (the registry's)", name->string,
+              fields[i], s->string);
+        float want = is_paper ? paper[i] : trainer[i];
+        CHECK(fabs(v->number - want) < 1e-6, "recipe %s: %s %g, its %s value is %g", name->string, fields[i],
+              v->number, s->string, want);
+    }
+    const peft_json *sched = peft_json_get(rc, "schedule"), *ss = peft_json_get(src, "schedule");
+    static const char *const names[3] = { "constant", "cosine", "linear" };
+    CHECK(sched && ss && !strcmp(ss->string, "paper") && d->schedule >= 0 && d->schedule < 3 &&
+          !strcmp(sched->string, names[d->schedule]),
+          "recipe %s: its schedule is not the registry's", name->string);
+}
+
 /* `make demo`'s program, shortened (--quick: a few steps per phase, two
    seeds, a subset of the test items): it must run through and write its
    files, with a row per method in the JSON carrying its spread over the
@@ -223,6 +258,7 @@ TEST(test_demo_quick) {
                       seeds->n_children == 2, "results.json: a method without its exact match over 2 seeds");
                 CHECK(z && z->type == PEFT_JSON_BOOL && z->number != 0,
                       "results.json: a method's step-0 logits differ from the base's");
+                demo_recipe_is_registry(m);
             }
             peft_json_free(j);
         }
