@@ -1087,7 +1087,8 @@ TEST(test_cli_bench_data) {
                                    "[{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"hi\"},\n"
                                    " {\"instruction\": \"Add the numbers.\", \"input\": \"2 and 3\", "
                                    "\"output\": \"2 + 3 = 5, which is five.\"},\n"
-                                   " {\"instruction\": \"Name a colour.\", \"input\": \"\", \"output\": \"blue\"}]");
+                                   " {\"instruction\": \"Name a colour.\", \"input\": \"\", "
+                                   "\"output\": \"blue\"}]");
     /* the expected batch: all three examples in one batch of 3 (every step the same) */
     snprintf(tokp, sizeof tokp, "%s/tokenizer.json", model);
     peft_tokenizer tok;
@@ -1112,8 +1113,8 @@ TEST(test_cli_bench_data) {
     CHECK(strstr(out, want) != NULL, "bench --data reports the padded length as seq: %s", out);
     /* --seq shorter than every prompt: refused as train refuses it, naming the file */
     CHECK(th_run_peft(out, sizeof out,
-                      "bench --model %s --data %s --method lora --batch 2 --seq 8 --steps 1 --threads 1", model,
-                      data) == 1 &&
+                      "bench --model %s --data %s --method lora --batch 2 --seq 8 --steps 1 --threads 1",
+                      model, data) == 1 &&
                   strstr(out, "bench_data.json: all 3 examples dropped"),
           "bench --data with every target past --seq: %s", out);
     CHECK(th_run_peft(out, sizeof out, "bench --model %s --data /no/such.json --steps 1", model) == 1 &&

@@ -235,8 +235,8 @@ fi
 # batch (tools/ref/bench_torch.py --model --data); the goals are >= 1.5x and MFU >= 60%
 F=build/smollm2/folder
 AD=tools/data/alpaca_bench.json
-if [ ! -f "$F/model.safetensors" ] && [ -f "$G" ] && "$PYTHON" -c "import torch, transformers, gguf" 2>/dev/null
-then
+if [ ! -f "$F/model.safetensors" ] && [ -f "$G" ] &&
+    "$PYTHON" -c "import torch, transformers, gguf" 2>/dev/null; then
     echo "(making $F from $G: tools/ref/smollm2_folder.py)"
     "$PYTHON" tools/ref/smollm2_folder.py --gguf "$G" --out "$F" >/dev/null 2>&1 || echo "(it failed)"
 fi
@@ -249,18 +249,19 @@ if [ -f "$F/model.safetensors" ]; then
         st+=("$(echo "$out" | field "tokens/s")"); smfu+=("$(echo "$out" | field "MFU" | tr -d %)")
         srss+=("$(echo "$out" | field "peak RSS MB")")
         if [ $have_torch = 1 ]; then
-            out=$("$PYTHON" tools/ref/bench_torch.py --model "$F" --data "$AD" --method lora --batch 4 --seq 256 \
-                  --steps "$STEPS" --threads "$THREADS" 2>/dev/null)
+            out=$("$PYTHON" tools/ref/bench_torch.py --model "$F" --data "$AD" --method lora --batch 4 \
+                  --seq 256 --steps "$STEPS" --threads "$THREADS" 2>/dev/null)
             tt+=("$(echo "$out" | field "tokens/s")"); trss+=("$(echo "$out" | field "peak RSS MB")")
         fi
     done
     m=$(median "${st[@]}")
-    printf "SmolLM2-135M folder, Alpaca b4 s256 t%s  peft.h %8.1f tok/s (%s)  MFU %s%%  RSS %7.1f MB" "$THREADS" \
-        "$m" "${st[*]}" "$(median "${smfu[@]}")" "$(median "${srss[@]}")"
+    printf "SmolLM2-135M folder, Alpaca b4 s256 t%s  peft.h %8.1f tok/s (%s)  MFU %s%%  RSS %7.1f MB" \
+        "$THREADS" "$m" "${st[*]}" "$(median "${smfu[@]}")" "$(median "${srss[@]}")"
     if [ $have_torch = 1 ]; then
         tm=$(median "${tt[@]}")
         printf "  | PyTorch+PEFT %8.1f tok/s (%s)  RSS %7.1f MB | speed %sx  memory %sx\n" "$tm" "${tt[*]}" \
-            "$(median "${trss[@]}")" "$(div "$m" "$tm")" "$(div "$(median "${srss[@]}")" "$(median "${trss[@]}")")"
+            "$(median "${trss[@]}")" "$(div "$m" "$tm")" \
+            "$(div "$(median "${srss[@]}")" "$(median "${trss[@]}")")"
     else
         printf "  | PyTorch+PEFT: skipped (not importable by %s)\n" "$PYTHON"
     fi

@@ -26,9 +26,10 @@
    mean |relative gap| over steps 1-10 (bf16's numerics, not yet amplified).
 
    build/bf16_loss --base DIR [--steps N] [--seeds N] [--seed S] [--jobs J]
-                   [--variants fp32+1ulp,fp32+lr2^-8,bf16] [--curves FILE]
+                   [--variants fp32+1ulp,fp32+lr2^-8,bf16] [--curves FILE] [--batches FILE]
    --jobs runs J runs at once (child processes, one thread each; default 2);
-   --curves writes every loss as CSV (variant,seed,step,loss). */
+   --curves writes every loss as CSV (variant,seed,step,loss); --batches FILE
+   writes the runs' batches and stops (for tools/ref/bf16_loss_torch.py). */
 #define PEFT_IMPLEMENTATION
 #define PEFT_TOOLS_IMPLEMENTATION
 #include "peft_tools.h"
@@ -87,6 +88,31 @@ static void run(const peft_demo_world *w, const char *base, int variant, uint64_
     free(tgt);
     peft_trainer_free(tr);
     peft_model_free(m);
+}
+
+/* --batches: every run's batches (the same for every variant of a seed) for
+   tools/ref/bf16_loss_torch.py: int32 n_seeds, steps, B; then per seed and
+   step int32 T, tokens [B, T], targets [B, T] (-100: no loss) */
+static int write_batches(const peft_demo_world *w, uint64_t seed, int n_seeds, int steps, const char *path) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return 0;
+    int32_t head[3] = { n_seeds, steps, BATCH };
+    int ok = fwrite(head, sizeof head, 1, f) == 1;
+    static int tok[BATCH * 128], tgt[BATCH * 128];
+    for (int s = 0; s < n_seeds && ok; s++) {
+        peft_rng order;
+        peft_rng_seed(&order, (seed + (uint64_t)s) * 1000003u + 7);
+        for (int t = 0; t < steps && ok; t++) {
+            const peft_demo_item *batch[BATCH];
+            for (int b = 0; b < BATCH; b++) batch[b] = &w->items[peft_rng_u64(&order) % (uint64_t)w->n_train];
+            int32_t T = peft_demo_batch(batch, BATCH, tok, tgt);
+            size_t n = (size_t)BATCH * (size_t)T;
+            ok = fwrite(&T, sizeof T, 1, f) == 1;
+            ok = ok && fwrite(tok, sizeof(int), n, f) == n;
+            ok = ok && fwrite(tgt, sizeof(int), n, f) == n;
+        }
+    }
+    return fclose(f) == 0 && ok;
 }
 
 static double tail_mean(const float *c, int steps) {
@@ -154,7 +180,7 @@ static void run_all(const peft_demo_world *w, const char *base, const int *on, u
 }
 
 int main(int argc, char **argv) {
-    const char *base = NULL, *curves = NULL, *want = "fp32+lr2^-8,bf16";
+    const char *base = NULL, *curves = NULL, *batches = NULL, *want = "fp32+lr2^-8,bf16";
     int steps = 100, n_seeds = 5, jobs = 2;
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
@@ -171,6 +197,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--jobs")) jobs = atoi(v);
         else if (!strcmp(a, "--variants")) want = v;
         else if (!strcmp(a, "--curves")) curves = v;
+        else if (!strcmp(a, "--batches")) batches = v;
         else {
             fprintf(stderr, "bf16_loss: unknown option %s\n", a);
             return 2;
@@ -178,7 +205,8 @@ int main(int argc, char **argv) {
     }
     if (!base || steps < 1 || steps > MAX_STEPS || n_seeds < 2 || n_seeds > MAX_SEEDS || jobs < 1) {
         fprintf(stderr, "usage: bf16_loss --base DIR [--steps 1..%d] [--seeds 2..%d] [--seed S] [--jobs J] "
-                        "[--variants fp32+1ulp,fp32+lr2^-8,bf16] [--curves FILE]\n", MAX_STEPS, MAX_SEEDS);
+                        "[--variants fp32+1ulp,fp32+lr2^-8,bf16] [--curves FILE] [--batches FILE]\n",
+                MAX_STEPS, MAX_SEEDS);
         return 2;
     }
     int on[N_VARIANTS] = { 1 };   /* fp32 always: every gap is against it */
@@ -191,6 +219,14 @@ int main(int argc, char **argv) {
     peft_set_threads(1);
     peft_demo_world w;
     if (peft_demo_world_new(&w, 1) != PEFT_OK) die("world");
+    if (batches) {
+        if (!write_batches(&w, seed, n_seeds, steps, batches)) {
+            fprintf(stderr, "bf16_loss: cannot write %s\n", batches);
+            return 1;
+        }
+        printf("wrote %s\n", batches);
+        return 0;
+    }
     static float c[N_VARIANTS][MAX_SEEDS][MAX_STEPS];
     run_all(&w, base, on, seed, n_seeds, steps, jobs, c);
     FILE *f = curves ? fopen(curves, "w") : NULL;
@@ -202,7 +238,8 @@ int main(int argc, char **argv) {
     for (int v = 0; f && v < N_VARIANTS; v++)
         for (int s = 0; on[v] && s < n_seeds; s++)
             for (int t = 0; t < steps; t++)
-                fprintf(f, "%s,%llu,%d,%.7g\n", VARIANTS[v], (unsigned long long)(seed + s), t + 1, c[v][s][t]);
+                fprintf(f, "%s,%llu,%d,%.7g\n", VARIANTS[v], (unsigned long long)(seed + s), t + 1,
+                        c[v][s][t]);
     if (f && fclose(f) != 0) {
         fprintf(stderr, "bf16_loss: cannot write %s\n", curves);
         return 1;
@@ -235,7 +272,8 @@ int main(int argc, char **argv) {
         printf("\n");
     }
     if (on[3]) {
-        printf("bf16 vs fp32 loss after %d demo steps: %+.2f%% ± %.2f%% (mean of steps %d-%d, paired over %d seeds)",
+        printf("bf16 vs fp32 loss after %d demo steps: %+.2f%% ± %.2f%% "
+               "(mean of steps %d-%d, paired over %d seeds)",
                steps, 100 * gap[3], 100 * se[3], steps - tail + 1, steps, n_seeds);
         if (on[2]) printf("; floor, fp32 with lr 2^-8 larger: %+.2f%% ± %.2f%%", 100 * gap[2], 100 * se[2]);
         printf("; steps 1-%d within %.2f%%\n", head, 100 * early[3]);

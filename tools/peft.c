@@ -2292,7 +2292,7 @@ static int cmd_bench(int argc, char **argv) {
             for (int b = 0; b < B; b++) idx[b] = (int)(((int64_t)s * B + b) % dj->ds.n);
             L = peft_dataset_batch(&dj->ds, idx, B, T, pad, tok, tgt);
         } else {
-            for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&rng) % (uint64_t)m->cfg.vocab_size); }
+            for (int i = 0; i < B * T; i++) tok[i] = (int)(peft_rng_u64(&rng) % (uint64_t)m->cfg.vocab_size);
             for (int i = 0; i < B * T; i++) tgt[i] = tok[(i + 1) % (B * T)];
         }
         float loss;

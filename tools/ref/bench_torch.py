@@ -114,8 +114,8 @@ def main():
             lens.append(inp.shape[1])
     med = statistics.median(times)
     L = lens[times.index(med)] if med in times else a.seq     # the median step's length
-    print(f"model            {a.model or a.preset}, method {a.method}, batch {a.batch} x seq {L}, {a.threads} "
-          f"threads (PyTorch {torch.__version__}), autocast {a.autocast}")
+    print(f"model            {a.model or a.preset}, method {a.method}, batch {a.batch} x seq {L}, "
+          f"{a.threads} threads (PyTorch {torch.__version__}), autocast {a.autocast}")
     if a.data:
         print(f"data             {a.data}: batches in file order, the median step padded to {L} tokens")
     print(f"tokens/s         {a.batch * L / med:.1f}")

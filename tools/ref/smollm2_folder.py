@@ -21,7 +21,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", default=os.path.join(ROOT, "build", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--gguf",
+                    default=os.path.join(ROOT, "build", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "smollm2", "folder"))
     a = ap.parse_args()
     if not os.path.isfile(a.gguf):
