@@ -310,7 +310,7 @@ bf16_case() {   # preset batch seq threads
 bf16_case stories15m 8 256 1
 bf16_case smollm-135m 4 256 1
 # The loss: 100 steps of the demo's LoRA recipe on its pre-trained base (build/demo makes one
-# into build/bench-demo once, ~40 s), fp32 / bf16 / fp32 with a 2^-8 larger lr, 5 seeds, two
+# into build/bench-demo once, ~40 s), fp32 / bf16 / fp32 with a 2^-8 larger lr, 10 seeds, two
 # runs at a time (build/bf16_loss; ~1 minute). The run is chaotic past ~step 20, so the figure
 # is the mean over seeds of the paired gap of the loss averaged over steps 91-100, with its
 # standard error, beside the same for the lr change (a change the size of bf16's rounding).
@@ -320,7 +320,7 @@ if [ ! -f "$BB/config.json" ] && [ -x "$DEMO" ]; then
         echo "(build/demo could not make the demo's base)"
 fi
 if [ -x "$BF16_LOSS" ] && [ -f "$BB/config.json" ]; then
-    out=$("$BF16_LOSS" --base "$BB" --seeds 5 --jobs "$THREADS" | tail -1)
+    out=$("$BF16_LOSS" --base "$BB" --seeds 10 --jobs "$THREADS" | tail -1)
     echo "$out"
     g=$(echo "$out" | sed -n 's/.*steps: \([-+0-9.]*\)%.*/\1/p')
     fl=$(echo "$out" | sed -n 's/.*larger: \([-+0-9.]*\)%.*/\1/p')

@@ -25,7 +25,7 @@
    the chaos sets in the runs agree step by step: also printed, the largest
    mean |relative gap| over steps 1-10 (bf16's numerics, not yet amplified).
 
-   build/bf16_loss --base DIR [--steps N] [--seeds N] [--seed S] [--jobs J]
+   build/bf16_loss --base DIR [--steps N] [--seeds N (10)] [--seed S] [--jobs J]
                    [--variants fp32+1ulp,fp32+lr2^-8,bf16] [--curves FILE] [--batches FILE]
    --jobs runs J runs at once (child processes, one thread each; default 2);
    --curves writes every loss as CSV (variant,seed,step,loss); --batches FILE
@@ -181,7 +181,7 @@ static void run_all(const peft_demo_world *w, const char *base, const int *on, u
 
 int main(int argc, char **argv) {
     const char *base = NULL, *curves = NULL, *batches = NULL, *want = "fp32+lr2^-8,bf16";
-    int steps = 100, n_seeds = 5, jobs = 2;
+    int steps = 100, n_seeds = 10, jobs = 2;
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
