@@ -34,6 +34,11 @@ $(BUILD)/demo: tools/demo.c tools/peft_tools.h peft.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ tools/demo.c $(LDLIBS)
 
+# make bench's bf16 loss line: the demo's LoRA in fp32 and bf16 over seeds
+$(BUILD)/bf16_loss: tools/bf16_loss.c tools/peft_tools.h peft.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(EXTRA) -o $@ tools/bf16_loss.c $(LDLIBS)
+
 # the tests hold the fused loss to 8 MB of logits at a time, so that their
 # small vocabularies still take its chunked path (W packed once for all chunks)
 $(BUILD)/test_peft: $(TEST_SRC) tests/harness.h peft.h
@@ -58,8 +63,8 @@ demo-full: $(BUILD)/demo
 	nice $(BUILD)/demo --out demo --threads 2 --full
 
 # the speed suite: GEMM vs OpenBLAS and the FMA peak, LoRA steps vs PyTorch + PEFT (where installed)
-bench: $(BUILD)/peft
-	BIN=$(BUILD)/peft tools/bench.sh
+bench: $(BUILD)/peft $(BUILD)/demo $(BUILD)/bf16_loss
+	BIN=$(BUILD)/peft DEMO=$(BUILD)/demo BF16_LOSS=$(BUILD)/bf16_loss tools/bench.sh
 
 # libFuzzer over every reader of untrusted bytes (needs clang with libFuzzer):
 # one binary per target, seeds in tests/fuzz/corpus/<target>/ (the tokenizer

@@ -1107,3 +1107,56 @@ TEST(test_cli_train_defaults) {
     }
     peft_json_free(j);
 }
+
+/* bench --data: the batches are the file's examples read as train reads them (the folder's
+   tokenizer, prompts masked, padded to the longest): the padded length and the targets with
+   loss it reports equal those of peft_dataset_load + peft_dataset_batch here; bad uses refused */
+TEST(test_cli_bench_data) {
+    static char out[1 << 16];
+    FILE *probe = fopen(bin(), "rb");
+    if (!probe) SKIP("%s not built", bin());
+    fclose(probe);
+    char model[512], tokp[700];
+    snprintf(model, sizeof model, "%s/bench_data_model", th_tmpdir());
+    make_tok_model(model);
+    const char *data = th_tmp_text("bench_data.json",
+                                   "[{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"hi\"},\n"
+                                   " {\"instruction\": \"Add the numbers.\", \"input\": \"2 and 3\", "
+                                   "\"output\": \"2 + 3 = 5, which is five.\"},\n"
+                                   " {\"instruction\": \"Name a colour.\", \"input\": \"\", "
+                                   "\"output\": \"blue\"}]");
+    /* the expected batch: all three examples in one batch of 3 (every step the same) */
+    snprintf(tokp, sizeof tokp, "%s/tokenizer.json", model);
+    peft_tokenizer tok;
+    REQUIRE_OK(peft_tokenizer_load(&tok, tokp, 800));
+    peft_dataset ds;
+    REQUIRE_OK(peft_dataset_load(&ds, data, &tok, 200 + 1));
+    int idx[3] = { 0, 1, 2 }, tk[3 * 200], tg[3 * 200], targets = 0;
+    int L = peft_dataset_batch(&ds, idx, 3, 200, 0, tk, tg);
+    for (int i = 0; i < 3 * L; i++) targets += tg[i] != -100;
+    peft_dataset_free(&ds);
+    peft_tokenizer_free(&tok);
+    char want[128];
+    snprintf(want, sizeof want, "padded to %d tokens, %d targets with loss", L, targets);
+    CHECK(L > 40 && targets > 3, "the fixture batch: %d tokens, %d targets", L, targets);
+    CHECK(th_run_peft(out, sizeof out,
+                      "bench --model %s --data %s --method lora --batch 3 --seq 200 --steps 2 --threads 1",
+                      model, data) == 0 &&
+                  strstr(out, "3 examples (0 cut to --seq)") && strstr(out, want) &&
+                  strstr(out, "batch 3 x seq "),
+          "bench --data (want '%s'): %s", want, out);
+    snprintf(want, sizeof want, "batch 3 x seq %d,", L);
+    CHECK(strstr(out, want) != NULL, "bench --data reports the padded length as seq: %s", out);
+    /* --seq shorter than every prompt: refused as train refuses it, naming the file */
+    CHECK(th_run_peft(out, sizeof out,
+                      "bench --model %s --data %s --method lora --batch 2 --seq 8 --steps 1 --threads 1",
+                      model, data) == 1 &&
+                  strstr(out, "bench_data.json: all 3 examples dropped"),
+          "bench --data with every target past --seq: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "bench --model %s --data /no/such.json --steps 1", model) == 1 &&
+                  strstr(out, "/no/such.json"),
+          "bench --data missing file: %s", out);
+    CHECK(th_run_peft(out, sizeof out, "bench --gemm --preset tiny --data %s", data) == 2 &&
+                  strstr(out, "--gemm takes no --data"),
+          "bench --gemm --data: %s", out);
+}

@@ -25,6 +25,7 @@
     X(test_bf16_dot_matches_f64) X(test_bf16_fallback_matches_f64) X(test_bf16_training_follows_fp32) \
     X(test_qmatrix_embedding_like_floats) \
     X(test_cli_precision_bf16) \
+    X(test_cli_bench_data) \
     X(test_failed_adapter_load_leaves_model) \
     X(test_q4_codes_match_bnb) X(test_q4_bytes_match_bnb) X(test_q4_bits_per_parameter) X(test_blockwise8_matches_bnb) X(test_fd_q4_linear) X(test_q4_linear_packs_like_floats) X(test_bnb_folders_match_transformers) X(test_qlora_zero_init_and_vs_lora) \
     X(test_json_parse) X(test_tokenizer_llama2_matches_sentencepiece) X(test_hf_tokenizers_match_tokenizers) X(test_alpaca_dataset_matches_stanford_recipe) X(test_dataset_errors) X(test_f16_bf16) X(test_safetensors_roundtrip) X(test_safetensors_hostile) \

@@ -11,14 +11,19 @@
 #      has torch, transformers and peft; ratios of tokens/s and peak RSS
 #   4. a busy machine: stories15m on 1 and 2 threads, and PyTorch + PEFT on 2,
 #      while one CPU-bound process of this script's own runs beside them
-#   5. LoRA over GGUF bases, bf16 against fp32, and a LLaMA-4 MoE LoRA step
-#      against the dense model of equal active parameters
+#   5. LoRA over GGUF bases; LoRA on the real SmolLM2-135M-Instruct folder (made
+#      from the GGUF by tools/ref/smollm2_folder.py) with an Alpaca batch against
+#      PyTorch + PEFT; bf16 against fp32 (speed, and the loss after 100 steps of
+#      the demo's LoRA, build/bf16_loss); a LLaMA-4 MoE LoRA step against the
+#      dense model of equal active parameters
 # Every figure is the median of REPEATS runs (default 3), each the median of
 # STEPS steps (default 5); the load average at the start is printed, and
 # every line goes to $BENCH_JSON (default bench.json) with its values.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-build/peft}
+DEMO=${DEMO:-build/demo}
+BF16_LOSS=${BF16_LOSS:-build/bf16_loss}
 STEPS=${STEPS:-5}
 THREADS=${THREADS:-2}
 REPEATS=${REPEATS:-3}
@@ -223,6 +228,50 @@ else
     echo "(no $G: the GGUF line is skipped; see .ci/run to download it)"
 fi
 
+# ---- the real SmolLM2-135M-Instruct as a model folder (fp32 safetensors + tokenizer.json, made once
+# from the GGUF above by tools/ref/smollm2_folder.py), LoRA r 8 alpha 16 on q,v with a batch of
+# 4 Alpaca-format records (tools/data/alpaca_bench.json: Stanford template, prompt masked, each
+# cut to 256 tokens, so every batch is 4 x 256), against PyTorch + PEFT on the same folder and
+# batch (tools/ref/bench_torch.py --model --data); the goals are >= 1.5x and MFU >= 60%
+F=build/smollm2/folder
+AD=tools/data/alpaca_bench.json
+if [ ! -f "$F/model.safetensors" ] && [ -f "$G" ] &&
+    "$PYTHON" -c "import torch, transformers, gguf" 2>/dev/null; then
+    echo "(making $F from $G: tools/ref/smollm2_folder.py)"
+    "$PYTHON" tools/ref/smollm2_folder.py --gguf "$G" --out "$F" >/dev/null 2>&1 || echo "(it failed)"
+fi
+if [ -f "$F/model.safetensors" ]; then
+    echo "== LoRA on the SmolLM2-135M-Instruct folder with an Alpaca batch (b4 s256, $THREADS threads)"
+    args="--method lora --lora-r 8 --lora-alpha 16 --batch 4 --seq 256 --steps $STEPS --threads $THREADS"
+    st=(); smfu=(); srss=(); tt=(); trss=(); tm=""
+    for ((i = 0; i < REPEATS; i++)); do
+        out=$($BIN bench --model "$F" --data "$AD" $args 2>/dev/null)
+        st+=("$(echo "$out" | field "tokens/s")"); smfu+=("$(echo "$out" | field "MFU" | tr -d %)")
+        srss+=("$(echo "$out" | field "peak RSS MB")")
+        if [ $have_torch = 1 ]; then
+            out=$("$PYTHON" tools/ref/bench_torch.py --model "$F" --data "$AD" --method lora --batch 4 \
+                  --seq 256 --steps "$STEPS" --threads "$THREADS" 2>/dev/null)
+            tt+=("$(echo "$out" | field "tokens/s")"); trss+=("$(echo "$out" | field "peak RSS MB")")
+        fi
+    done
+    m=$(median "${st[@]}")
+    printf "SmolLM2-135M folder, Alpaca b4 s256 t%s  peft.h %8.1f tok/s (%s)  MFU %s%%  RSS %7.1f MB" \
+        "$THREADS" "$m" "${st[*]}" "$(median "${smfu[@]}")" "$(median "${srss[@]}")"
+    if [ $have_torch = 1 ]; then
+        tm=$(median "${tt[@]}")
+        printf "  | PyTorch+PEFT %8.1f tok/s (%s)  RSS %7.1f MB | speed %sx  memory %sx\n" "$tm" "${tt[*]}" \
+            "$(median "${trss[@]}")" "$(div "$m" "$tm")" \
+            "$(div "$(median "${srss[@]}")" "$(median "${trss[@]}")")"
+    else
+        printf "  | PyTorch+PEFT: skipped (not importable by %s)\n" "$PYTHON"
+    fi
+    add_line "lora-smollm2-folder-alpaca" "tokens/s" "$THREADS" "${st[*]}" "${tm:-}" "${tt[*]}"
+    add_line "lora-smollm2-folder-alpaca-mfu" "%" "$THREADS" "${smfu[*]}" "" ""
+else
+    echo "(no $F: the SmolLM2 folder line is skipped; it is made from $G by tools/ref/smollm2_folder.py," \
+         "which needs torch, transformers and gguf)"
+fi
+
 # ---- bf16 (--precision bf16): frozen block linears in bf16, bf16 products with fp32 sums ------
 # The GEMM line: the products with frozen weights (x·Wᵀ, dy·W) in bf16 against fp32 peft_gemm
 # (goal >= 1.7x); the step line: a LoRA step with --precision bf16 against fp32 (goal >= 1.4x),
@@ -260,6 +309,25 @@ bf16_case() {   # preset batch seq threads
 }
 bf16_case stories15m 8 256 1
 bf16_case smollm-135m 4 256 1
+# The loss: 100 steps of the demo's LoRA recipe on its pre-trained base (build/demo makes one
+# into build/bench-demo once, ~40 s), fp32 / bf16 / fp32 with a 2^-8 larger lr, 10 seeds, two
+# runs at a time (build/bf16_loss; ~1 minute). The run is chaotic past ~step 20, so the figure
+# is the mean over seeds of the paired gap of the loss averaged over steps 91-100, with its
+# standard error, beside the same for the lr change (a change the size of bf16's rounding).
+BB=build/bench-demo/base
+if [ ! -f "$BB/config.json" ] && [ -x "$DEMO" ]; then
+    "$DEMO" --out build/bench-demo --methods lora --steps 1 --seeds 1 --threads "$THREADS" >/dev/null 2>&1 ||
+        echo "(build/demo could not make the demo's base)"
+fi
+if [ -x "$BF16_LOSS" ] && [ -f "$BB/config.json" ]; then
+    out=$("$BF16_LOSS" --base "$BB" --seeds 10 --jobs "$THREADS" | tail -1)
+    echo "$out"
+    g=$(echo "$out" | sed -n 's/.*steps: \([-+0-9.]*\)%.*/\1/p')
+    fl=$(echo "$out" | sed -n 's/.*larger: \([-+0-9.]*\)%.*/\1/p')
+    add_line "bf16-loss-gap-100-demo-steps" "%" 1 "$g" "$fl" "$fl"
+else
+    echo "(no $BF16_LOSS or demo base: the bf16 loss line is skipped; make build/bf16_loss build/demo)"
+fi
 
 # LLaMA-4 mixture of experts: a LoRA step (r 8, q_proj+v_proj) on llama4-tiny (4 experts, top-1,
 # shared expert, every layer MoE) against llama4-tiny-dense, the same model with one dense MLP of

@@ -1856,7 +1856,7 @@ static const char *BENCH_HELP =
     "usage: peft bench (--preset NAME | --model DIR) [--method M [method flags]]\n"
     "                  [--batch B] [--seq T] [--steps N] [--threads K]\n"
     "                  [--optim adamw|paged|8bit] [--optim-budget-mb X] [--checkpoint-activations 1]\n"
-    "                  [--precision fp32|bf16]\n"
+    "                  [--precision fp32|bf16] [--data PATH]\n"
     "       peft bench --gemm --preset NAME [--batch B] [--seq T] [--threads K] [--precision bf16]\n\n"
     "Times training steps on random tokens and prints one line per figure:\n"
     "tokens/s, step ms (median), GFLOP/s (model FLOPs: 2 per weight per token\n"
@@ -1867,7 +1867,11 @@ static const char *BENCH_HELP =
     "(forward, input gradient, weight gradient) against OpenBLAS when libopenblas is\n"
     "installed (looked up at run time; never needed).\n"
     "--precision bf16: training steps with the frozen block linears in bf16 (bf16 products,\n"
-    "fp32 sums); with --gemm, the bf16 products x·Wᵀ and dy·W against fp32 peft_gemm instead.\n";
+    "fp32 sums); with --gemm, the bf16 products x·Wᵀ and dy·W against fp32 peft_gemm instead.\n"
+    "--data PATH: batches of PATH's examples instead of random tokens, read as `peft train`\n"
+    "reads them (its formats, the model's tokenizer, prompts masked, each batch padded to its\n"
+    "longest example, at most --seq), taken in file order and over again; the figures are the\n"
+    "median step's, at its padded length.\n";
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -2159,12 +2163,33 @@ static int bench_gemm_bf16(const char *preset, int B, int T, int threads) {
     return 0;
 }
 
+/* one timed step of bench: its wall time, padded length and targets with loss */
+typedef struct {
+    double ms;
+    int len, targets;
+} bench_step;
+
+static int cmp_bench_step(const void *a, const void *b) {
+    double x = ((const bench_step *)a)->ms, y = ((const bench_step *)b)->ms;
+    return (x > y) - (x < y);
+}
+
+/* bench --data's tokenizer and examples (NULL: none) */
+static void bench_data_free(train_job *dj) {
+    if (!dj) return;
+    peft_dataset_free(&dj->ds);
+    peft_dataset_free(&dj->held);
+    peft_tokenizer_free(&dj->tok);
+    free(dj);
+}
+
 static int cmd_bench(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
     method_flags mf = { 0 };
     const char *optim = "adamw";
     int B = 4, T = 64, steps = 5, threads = default_threads, budget_mb = 64, gemm = 0, ckpt_act = 0;
     peft_precision prec = PEFT_PRECISION_FP32;
+    const char *data = NULL;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -2187,6 +2212,7 @@ static int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--optim-budget-mb")) ok = parse_int(v, &budget_mb) && budget_mb > 0;
         else if (!strcmp(a, "--checkpoint-activations")) ok = parse_int(v, &ckpt_act) && ckpt_act <= 1;
         else if (!strcmp(a, "--precision")) ok = peft_precision_parse(v, &prec) == PEFT_OK;
+        else if (!strcmp(a, "--data")) data = v;
         else return usage_error("bench", "unknown option", a);
         /* every number flag of bench is a count >= 1 but the 0/1 switch */
         if (!ok)
@@ -2196,6 +2222,7 @@ static int cmd_bench(int argc, char **argv) {
     if (!src.model && !src.preset) return usage_error("bench", "--model or --preset is required", NULL);
     if (gemm) {
         if (!src.preset) return usage_error("bench", "--gemm takes a --preset", NULL);
+        if (data) return usage_error("bench", "--gemm takes no --data", data);
         if (prec == PEFT_PRECISION_BF16) return bench_gemm_bf16(src.preset, B, T, threads);
         return bench_gemm(src.preset, B, T, threads);
     }
@@ -2207,7 +2234,35 @@ static int cmd_bench(int argc, char **argv) {
     peft_set_threads(threads);
     peft_model *m;
     if (load_model(&src, &m)) return 1;
-    if (peft_attach(m, &meth) != PEFT_OK) { peft_model_free(m); return fail(); }
+    /* --data: the tokenizer and examples exactly as `peft train` finds and reads them */
+    train_job *dj = data ? (train_job *)calloc(1, sizeof *dj) : NULL;
+    if (data) {
+        int drc = 1;
+        if (dj) {
+            dj->src = src;
+            dj->m = m;
+            dj->data = data;
+            dj->T = T;
+            drc = train_tokenizer(dj);
+            if (!drc) drc = train_data(dj);
+            if (!drc && dj->ds.n < 1) {
+                fprintf(stderr, "peft: error: %s: no example with a target within %d tokens\n", data, T);
+                drc = 1;
+            }
+        } else {
+            fprintf(stderr, "peft: error: out of memory\n");
+        }
+        if (drc) {
+            bench_data_free(dj);
+            peft_model_free(m);
+            return drc;
+        }
+    }
+    if (peft_attach(m, &meth) != PEFT_OK) {
+        bench_data_free(dj);
+        peft_model_free(m);
+        return fail();
+    }
     peft_model_set_checkpointing(m, ckpt_act);
     peft_trainer_opts o = peft_trainer_defaults();
     o.paged_optim = !strcmp(optim, "paged");
@@ -2215,27 +2270,55 @@ static int cmd_bench(int argc, char **argv) {
     o.optim_budget_bytes = (size_t)budget_mb << 20;
     o.precision = prec;
     peft_trainer *tr = peft_trainer_new(m, &o);
-    if (!tr) { peft_model_free(m); return fail(); }
+    if (!tr) {
+        bench_data_free(dj);
+        peft_model_free(m);
+        return fail();
+    }
     int *tok = malloc(sizeof(int) * B * T), *tgt = malloc(sizeof(int) * B * T);
     peft_rng rng;
     peft_rng_seed(&rng, 1);
     double *ms = malloc(sizeof(double) * steps), *cpu = malloc(sizeof(double) * steps);
-    int rc = 0;
+    /* with --data: each step's padded length (ms[] and len[] sorted together), its targets with loss */
+    bench_step *st = malloc(sizeof(bench_step) * steps);
+    int rc = 0, L = T, pad = m->cfg.eos_id >= 0 ? m->cfg.eos_id : 0;
+    int *idx = dj ? malloc(sizeof(int) * B) : NULL;
+    if (dj && !idx) {
+        fprintf(stderr, "peft: error: out of memory\n");
+        rc = 1;
+    }
     for (int s = 0; s <= steps && !rc; s++) {                 /* step 0 warms up */
-        for (int i = 0; i < B * T; i++) { tok[i] = (int)(peft_rng_u64(&rng) % (uint64_t)m->cfg.vocab_size); }
-        for (int i = 0; i < B * T; i++) tgt[i] = tok[(i + 1) % (B * T)];
+        if (dj) {
+            for (int b = 0; b < B; b++) idx[b] = (int)(((int64_t)s * B + b) % dj->ds.n);
+            L = peft_dataset_batch(&dj->ds, idx, B, T, pad, tok, tgt);
+        } else {
+            for (int i = 0; i < B * T; i++) tok[i] = (int)(peft_rng_u64(&rng) % (uint64_t)m->cfg.vocab_size);
+            for (int i = 0; i < B * T; i++) tgt[i] = tok[(i + 1) % (B * T)];
+        }
         float loss;
         struct timespec c0, c1;
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
         double t0 = now_s();
-        if (peft_trainer_step(tr, tok, tgt, B, T, &loss) != PEFT_OK) rc = fail();
+        if (peft_trainer_step(tr, tok, tgt, B, L, &loss) != PEFT_OK) rc = fail();
         if (s > 0) ms[s - 1] = 1000.0 * (now_s() - t0);
+        if (s > 0 && st) {
+            st[s - 1].ms = ms[s - 1];
+            st[s - 1].len = L;
+            st[s - 1].targets = 0;
+            for (int i = 0; i < B * L; i++) st[s - 1].targets += tgt[i] != -100;
+        }
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
         if (s > 0) cpu[s - 1] = 1000.0 * ((double)(c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) * 1e-9);
+    }
+    if (!rc && (!st || !ms || !cpu || !tok || !tgt)) {
+        fprintf(stderr, "peft: error: out of memory\n");
+        rc = 1;
     }
     if (!rc) {
         qsort(ms, (size_t)steps, sizeof(double), cmp_double);
         double med = ms[steps / 2];
+        qsort(st, (size_t)steps, sizeof(bench_step), cmp_bench_step);
+        T = st[steps / 2].len;                  /* the median step's padded length */
         const peft_config *c = &m->cfg;
         double tokens = (double)B * T, base = (double)peft_model_base_count(m),
                train = (double)peft_model_trainable_count(m);
@@ -2245,6 +2328,10 @@ static int cmd_bench(int argc, char **argv) {
         char b1[40];
         printf("model            %s, method %s, batch %d x seq %d, %d threads, optimizer %s\n",
                src.preset ? src.preset : src.model, peft_method_name(meth.kind), B, T, threads, optim);
+        if (dj)
+            printf("data             %s: %d examples (%d cut to --seq), batches in file order; the median "
+                   "step padded to %d tokens, %d targets with loss\n",
+                   data, dj->ds.n, dj->ds.n_truncated, T, st[steps / 2].targets);
         if (prec == PEFT_PRECISION_BF16)
             printf("precision        bf16 frozen block linears (%s)\n",
                    peft_bf16_dot_available() ? "AVX512-BF16 products" : "no AVX512-BF16: decoded to fp32");
@@ -2288,7 +2375,8 @@ static int cmd_bench(int argc, char **argv) {
                    (double)tr->opt.stats.bytes_moved / 1048576.0,
                    (double)tr->opt.stats.peak_resident / 1048576.0);
     }
-    free(tok); free(tgt); free(ms); free(cpu);
+    free(tok); free(tgt); free(ms); free(cpu); free(st); free(idx);
+    bench_data_free(dj);
     peft_trainer_free(tr);
     peft_model_free(m);
     return rc;
