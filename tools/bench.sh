@@ -322,8 +322,9 @@ fi
 if [ -x "$BF16_LOSS" ] && [ -f "$BB/config.json" ]; then
     out=$("$BF16_LOSS" --base "$BB" --seeds 10 --jobs "$THREADS" | tail -1)
     echo "$out"
-    g=$(echo "$out" | sed -n 's/.*steps: \([-+0-9.]*\)%.*/\1/p')
-    fl=$(echo "$out" | sed -n 's/.*larger: \([-+0-9.]*\)%.*/\1/p')
+    # JSON numbers have no leading '+'
+    g=$(echo "$out" | sed -n 's/.*steps: +\{0,1\}\([-0-9.]*\)%.*/\1/p')
+    fl=$(echo "$out" | sed -n 's/.*larger: +\{0,1\}\([-0-9.]*\)%.*/\1/p')
     add_line "bf16-loss-gap-100-demo-steps" "%" 1 "$g" "$fl" "$fl"
 else
     echo "(no $BF16_LOSS or demo base: the bf16 loss line is skipped; make build/bf16_loss build/demo)"
