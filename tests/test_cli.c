@@ -632,7 +632,13 @@ TEST(test_cli_token_ids_and_folders) {
     CHECK(want[0] && strncmp(out, want, strlen(want)) == 0, "--tokens text '%s', the ids decode to '%s'", out,
           want);
 
-    /* merge, quantize and full fine-tuning: folders usable alone */
+    /* merge, quantize and full fine-tuning: folders usable alone, the chat
+       template that transformers saves beside tokenizer_config.json included */
+    snprintf(f1, sizeof f1, "%s/chat_template.jinja", base);
+    FILE *jf = fopen(f1, "w");
+    REQUIRE(jf, "cannot write %s", f1);
+    fputs("{% for m in messages %}{{ m['content'] }}{% endfor %}", jf);
+    fclose(jf);
     snprintf(data, sizeof data, "%s/alpaca/data.json", th_fixtures());
     snprintf(lora, sizeof lora, "%s/tokm_lora", th_tmpdir());
     snprintf(merged, sizeof merged, "%s/tokm_merged", th_tmpdir());
@@ -651,9 +657,10 @@ TEST(test_cli_token_ids_and_folders) {
                       full) == 0,
           "full: %s", out);
     const char *made[3] = { merged, quant, full },
-               *files[3] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json" };
+               *files[4] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                             "chat_template.jinja" };
     for (int i = 0; i < 3; i++)
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < 4; k++) {
             snprintf(f1, sizeof f1, "%s/%s", base, files[k]);
             snprintf(f2, sizeof f2, "%s/%s", made[i], files[k]);
             CHECK(same_file(f1, f2), "%s has no copy of %s", made[i], files[k]);
@@ -774,6 +781,19 @@ TEST(test_cli_hostile_and_absurd) {
           "--overwrite: %s", out);
     CHECK(!exists(ck), "--overwrite left the old run's checkpoint-2");
     CHECK(exists(path), "--overwrite removed %s", path);
+    /* ... and the old adapter: a run stopped (Ctrl-C) before it saves must not leave the old run's
+       adapter beside its own config and log. Its first log line says clear_run has run. */
+    char ad[700];
+    snprintf(ad, sizeof ad, "%s/adapter_model.safetensors", run1);
+    CHECK(exists(ad), "no adapter after the --overwrite run");
+    /* (SIGTERM: a shell's background job ignores SIGINT; both end the run where it is) */
+    th_sh("rm -f %s/log.jsonl; timeout 60 %s train %s --data %s --method lora --batch 2 --seq 16 "
+          "--steps 200000 --out %s --overwrite >/dev/null 2>&1 & p=$!; i=0; "
+          "while [ ! -s %s/log.jsonl ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; "
+          "kill -TERM $p; wait $p; true", run1, bin(), model, data, run1, run1);
+    snprintf(path, sizeof path, "%s/log.jsonl", run1);
+    CHECK(exists(path), "the stopped run wrote no log");
+    CHECK(!exists(ad), "--overwrite stopped before saving: the old run's adapter is still there");
 
     /* data paths that look like numbers are written as strings: the run resumes */
     const char *names[2] = { "0x10", "1e3" };

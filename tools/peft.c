@@ -600,7 +600,7 @@ static const char *TRAIN_HELP =
     "                        what trains, its gradients and AdamW stay fp32\n"
     "  --out DIR             output folder (required unless --no-save); one that holds files is\n"
     "                        refused unless --overwrite (or continue it with --resume)\n"
-    "  --overwrite           replace the run in a non-empty --out (its checkpoints and log go)\n"
+    "  --overwrite           replace the run in a non-empty --out (its checkpoints, log and result go)\n"
     "  --no-save             train without writing anything (timing, trying settings)\n"
     "  --stop-on-divergence  stop with an error when the loss sits at ln(vocab) for 10 steps or\n"
     "                        rises far above the first step's (a warning otherwise)\n";
@@ -937,6 +937,7 @@ static int model_folder_file(const char *name) {
                                          "tokenizer_config.json",
                                          "generation_config.json",
                                          "special_tokens_map.json",
+                                         "chat_template.jinja",
                                          "tokenizer.model",
                                          "tokenizer.bin",
                                          NULL };
@@ -975,7 +976,8 @@ static int begin_folder(const char *out, char *clean, char *tmp, size_t n) {
    (generate, train) without --tokenizer: from --tokenizer when it was given,
    else from the source model folder. */
 static const char *const TOKENIZER_FILES[] = { "tokenizer.json", "tokenizer_config.json",
-    "generation_config.json", "special_tokens_map.json", "tokenizer.model", "tokenizer.bin", NULL };
+    "generation_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model",
+    "tokenizer.bin", NULL };
 
 static int copy_tokenizer_files(const char *src_dir, const char *tok, const char *dst) {
     for (int i = 0; TOKENIZER_FILES[i]; i++) {
@@ -1270,16 +1272,24 @@ static int dir_nonempty(const char *p) {
     return n > 0;
 }
 
-/* --overwrite: the old run's checkpoints and log go first (a later --resume must not find them) */
-static void clear_run(const char *out) {
+/* --overwrite: the old run's checkpoints, log and saved result go first (a later --resume must not
+   find them, and a run stopped early must not leave the old adapter beside the new config and
+   log); a model folder's files stay when --out is the folder the model is read from */
+static void clear_run(const char *out, const char *model) {
     DIR *d = opendir(out);
     char child[1300];
+    struct stat so, sm;
+    int model_here = model && stat(out, &so) == 0 && stat(model, &sm) == 0 && so.st_dev == sm.st_dev &&
+                     so.st_ino == sm.st_ino;
     for (struct dirent *e; d && (e = readdir(d));) {
         /* checkpoint-N and checkpoint-N.tmp only: checkpoint-mine/ is the user's */
         const char *p = !strncmp(e->d_name, "checkpoint-", 11) ? e->d_name + 11 : "";
         size_t digits = strspn(p, "0123456789");
         int ckpt = digits > 0 && (!p[digits] || !strcmp(p + digits, ".tmp"));
-        if (!ckpt && strcmp(e->d_name, "log.jsonl") && strcmp(e->d_name, "loss.svg")) continue;
+        int result = !strcmp(e->d_name, "adapter_model.safetensors") ||
+                     !strcmp(e->d_name, "adapter_config.json") ||
+                     (!model_here && model_folder_file(e->d_name));
+        if (!ckpt && !result && strcmp(e->d_name, "log.jsonl") && strcmp(e->d_name, "loss.svg")) continue;
         snprintf(child, sizeof child, "%s/%s", out, e->d_name);
         remove_tree(child);
     }
@@ -1600,12 +1610,12 @@ static int train_prepare(train_job *j) {
                 mkdir(mk, 0755);
                 *p = '/';
             }
-        mkdir(mk, 0755);
+        int made = mkdir(mk, 0755) == 0 ? 0 : errno;
         if (!dir_exists(j->out)) {
-            fprintf(stderr, "peft: error: cannot create %s\n", j->out);
+            fprintf(stderr, "peft: error: cannot create %s: %s\n", j->out, strerror(made ? made : ENOENT));
             return 1;
         }
-        if (!j->ckpt[0] && j->overwrite) clear_run(j->out);
+        if (!j->ckpt[0] && j->overwrite) clear_run(j->out, get(&j->st, "model"));
         snprintf(path, sizeof path, "%s/train_config.json", j->out);
         if (write_settings(&j->st, path)) return 1;
     }
@@ -2348,7 +2358,8 @@ static int cmd_bench(int argc, char **argv) {
         int64_t loops, solo;
         peft_parallel_stats(&loops, &solo);
         if (threads > 1)
-            printf("solo loops       %.1f%% (of %lld parallel loops: on one thread, the machine being busy)\n",
+            printf("solo loops       %.1f%% of %lld parallel loops ran on the calling thread alone "
+                   "(the machine was busy)\n",
                    loops ? 100.0 * (double)solo / (double)loops : 0.0, (long long)loops);
         device_report();
         size_t act =
