@@ -220,33 +220,49 @@ TEST(test_threads_gemm_identical) {
     peft_set_threads(keep);
 }
 
+/* The busy-machine tests: the pool on every available core (2 to 8), 0 when
+   built without threads; and k CPU-bound child processes (other programs, as
+   on a real machine: threads of ours would count in our CPU time), each
+   bounded by alarm(), started and then killed. */
+static int busy_threads(void) {
+    int cpus = peft_available_cpus(), keep = peft_get_threads();
+    peft_set_threads(cpus < 2 ? 2 : cpus > 8 ? 8 : cpus);
+    if (peft_get_threads() >= 2) return peft_get_threads();
+    peft_set_threads(keep);
+    return 0;
+}
+static int busy_start(pid_t *pids, int k) {
+    int n = 0;
+    for (int i = 0; i < k; i++) {
+        pid_t p = fork();
+        if (p == 0) {
+            alarm(30);
+            for (volatile unsigned long c = 0;; c++) {}
+        }
+        if (p > 0) pids[n++] = p;
+    }
+    return n;
+}
+static void busy_stop(const pid_t *pids, int n) {
+    for (int i = 0; i < n; i++) {
+        kill(pids[i], SIGKILL);
+        waitpid(pids[i], NULL, 0);
+    }
+}
+
 /* A busy machine: as many CPU-bound processes beside us as we have threads
    less one, so the pool's threads get about half a core each. The pool must
    notice (its parallel loops get under 0.65 cores per thread) and run loops
    on the caller alone for a while; it would go on waiting for threads the OS
-   put aside otherwise. The busy load is other processes, as on a real
-   machine: threads of ours would count in the process's CPU time. */
+   put aside otherwise. */
 TEST(test_threads_solo_on_busy_machine) {
 #ifdef PEFT_NO_SOLO
     SKIP("built with PEFT_NO_SOLO");
 #endif
-    int keep = peft_get_threads(), cpus = peft_available_cpus();
-    int n = cpus < 2 ? 2 : cpus > 8 ? 8 : cpus;
-    peft_set_threads(n);
-    if (peft_get_threads() < 2) {
-        peft_set_threads(keep);
-        SKIP("built without threads");
-    }
+    int keep = peft_get_threads(), n = busy_threads();
+    if (!n) SKIP("built without threads");
     pid_t busy[8];
-    int n_busy = 0;
-    for (int i = 0; i < n - 1; i++) {
-        pid_t p = fork();
-        if (p == 0) {
-            alarm(20);                               /* bounded, whatever happens to us */
-            for (volatile unsigned long k = 0;; k++) {}
-        }
-        if (p > 0) busy[n_busy++] = p;
-    }
+    int n_busy = busy_start(busy, n - 1);
     int M = 384, N = 384, K = 256;
     float *A = calloc((size_t)M * K, sizeof(float)), *B = calloc((size_t)K * N, sizeof(float)),
           *C = malloc(sizeof(float) * (size_t)M * N);
@@ -259,10 +275,7 @@ TEST(test_threads_solo_on_busy_machine) {
         peft_parallel_stats(&loops, &solo);
         timespec_get(&t, TIME_UTC);
     } while (solo == solo0 && (t.tv_sec - t0.tv_sec) + 1e-9 * (t.tv_nsec - t0.tv_nsec) < 5.0);
-    for (int i = 0; i < n_busy; i++) {
-        kill(busy[i], SIGKILL);
-        waitpid(busy[i], NULL, 0);
-    }
+    busy_stop(busy, n_busy);
     CHECK(n_busy == n - 1, "could start %d of %d busy processes", n_busy, n - 1);
     CHECK(loops > loops0, "no parallel loop ran");
     CHECK(solo > solo0, "%d threads beside %d busy processes: none of %lld loops ran solo", n, n_busy,
@@ -281,13 +294,8 @@ TEST(test_threads_solo_trial_steps) {
 #ifdef PEFT_NO_SOLO
     SKIP("built with PEFT_NO_SOLO");
 #endif
-    int keep = peft_get_threads(), cpus = peft_available_cpus();
-    int n = cpus < 2 ? 2 : cpus > 8 ? 8 : cpus;
-    peft_set_threads(n);
-    if (peft_get_threads() < 2) {
-        peft_set_threads(keep);
-        SKIP("built without threads");
-    }
+    int keep = peft_get_threads(), n = busy_threads();
+    if (!n) SKIP("built without threads");
     peft_model *m;
     REQUIRE_OK(peft_model_from_preset(&m, "stories15m", 1, 3));
     peft_method meth = peft_method_defaults(PEFT_LORA);
@@ -301,15 +309,7 @@ TEST(test_threads_solo_trial_steps) {
         tgt[i] = (i * 53 + 5) % m->cfg.vocab_size;
     }
     pid_t busy[8];
-    int n_busy = 0;
-    for (int i = 0; i < n - 1; i++) {
-        pid_t p = fork();
-        if (p == 0) {
-            alarm(30);
-            for (volatile unsigned long k = 0;; k++) {}
-        }
-        if (p > 0) busy[n_busy++] = p;
-    }
+    int n_busy = busy_start(busy, n - 1);
     int64_t l[STEPS + 1], so[STEPS + 1];
     peft_parallel_stats(&l[0], &so[0]);
     for (int s = 0; s < STEPS; s++) {
@@ -317,10 +317,7 @@ TEST(test_threads_solo_trial_steps) {
         CHECK_OK(peft_trainer_step(tr, tok, tgt, B, T, &loss));
         peft_parallel_stats(&l[s + 1], &so[s + 1]);
     }
-    for (int i = 0; i < n_busy; i++) {
-        kill(busy[i], SIGKILL);
-        waitpid(busy[i], NULL, 0);
-    }
+    busy_stop(busy, n_busy);
     int trial = -1;
     for (int s = 1; s < STEPS && trial < 0; s++)   /* step s solo, step s-1 on every thread */
         if (l[s + 1] > l[s] && so[s + 1] - so[s] == l[s + 1] - l[s] && so[s] == so[s - 1] && l[s] > l[s - 1])
