@@ -438,6 +438,12 @@ PEFTDEF void peft_parallel_stats(int64_t *loops, int64_t *solo_loops);
    peft_set_threads. */
 typedef enum { PEFT_SOLO_AUTO, PEFT_SOLO_NEVER, PEFT_SOLO_ALWAYS } peft_solo_mode;
 PEFTDEF void peft_set_solo(peft_solo_mode mode);
+/* Data-parallel training steps (on by default; see "data-parallel steps" in
+   the trainer's section): with n threads and a batch that is a multiple of
+   n, a LoRA or adapter step runs as n shards, one per thread, each a whole
+   forward and backward of B/n sequences, and adds their gradients. 0: every
+   step on one tape, its loops spread over the threads. */
+PEFTDEF void peft_set_data_parallel(int on);
 /* Cores this process may run on: its CPU affinity mask (Linux), capped by
    the CPU quota of its cgroup (v2 cpu.max of the cgroup and its ancestors,
    v1 cpu.cfs_quota_us / cpu.cfs_period_us), rounded up; else the online
@@ -1189,6 +1195,7 @@ typedef struct peft_trainer {
     double        accum_loss;
     float         last_lr;
     double        last_grad_norm;
+    struct peft__shards *shards;  /* data-parallel steps (private; NULL until used) */
 } peft_trainer;
 
 /* The one set of training defaults, for the C API and `peft train` alike
@@ -1206,10 +1213,18 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
    1/grad_accum). After grad_accum micro-batches: clip, AdamW, zero grads.
    *loss gets this micro-batch's loss. Returns the failure's own status:
    PEFT_ERR_NUMERIC on NaN/Inf (nothing updated), PEFT_ERR_NOMEM when out of
-   memory, PEFT_ERR_ARG for bad tokens or shapes. */
+   memory, PEFT_ERR_ARG for bad tokens or shapes. With n threads and B a
+   multiple of n, a LoRA or adapter step runs as n data-parallel shards
+   (peft_set_data_parallel); a failed step then adds nothing. */
 PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const int *targets,
                                       int B, int T, float *loss);
 PEFTDEF void        peft_trainer_free(peft_trainer *tr);
+/* The shards a step of B sequences runs as now: the thread count when the
+   step is data-parallel, else 1 (one tape). */
+PEFTDEF int         peft_trainer_shards(const peft_trainer *tr, int B);
+/* Bytes the trainer's tapes have held at most (activations and what the
+   backward keeps), its one tape's and the shards' together. */
+PEFTDEF size_t      peft_trainer_arena_bytes(const peft_trainer *tr);
 
 /* Checkpoints: everything a run needs to continue exactly — the trainable
    parameters, the AdamW moments (fp32 or 8-bit), the step counters, the
@@ -2071,7 +2086,7 @@ static void peft__solo_next(void) {
    runs the faster for the next PEFT__AB_RUN steps, and compares again. Each
    trainer step calls this at its start; loops outside steps (or after 10 s
    without one) are left to the windows. */
-static void peft__solo_step(void) {
+static void peft__solo_step(int sharded) {
     peft__solo_t *s = &peft__solo;
     double t = peft__seconds(), took = s->step_t0 > 0.0 ? t - s->step_t0 : 0.0;
     s->step_t0 = t;
@@ -2080,6 +2095,14 @@ static void peft__solo_step(void) {
     s->step_cpu = 0.0;
     s->step_wall = 0.0;
     if (s->mode != PEFT_SOLO_AUTO || peft__nthreads < 2) return;
+    if (sharded) {
+        /* a data-parallel step (one loop whose chunks are whole forwards and backwards):
+           n threads on a busy machine get more cores than one does and meet once, so the
+           step stays on every thread and nothing is compared */
+        s->solo = 0;
+        s->phase = PEFT__AB_NONE;
+        return;
+    }
     switch (s->phase) {
     case PEFT__AB_TRIAL_POOL:
         s->trial[0] = took;
@@ -3728,6 +3751,11 @@ struct peft_graph {
     int            failed;  /* an op failed this step; later ops no-op     */
     struct { float *p; int64_t n; } spare[PEFT__SPARE_GRADS];   /* dead gradient buffers */
     int            n_spare;
+    /* a data-parallel shard of a training step (peft__shard_step); zero otherwise */
+    peft_rng      *rng;     /* dropout keys are drawn here instead of the model's rng */
+    int64_t        row_base;   /* this shard's first row in the whole batch */
+    peft_tensor  **shadow_of, **shadow;   /* trainable tensors, and the stand-ins the tape records */
+    int            n_shadow;
 };
 
 PEFTDEF peft_graph *peft_graph_new(void) {
@@ -3860,6 +3888,25 @@ static peft_tensor *peft__alias(peft_graph *g, const peft_tensor *x) {
 
 static const int *peft__save_ids(peft_graph *g, const int *ids, int64_t n);
 
+/* A shard's tape records the stand-in of each trainable tensor it reads (the
+   same data, a gradient of the shard's own), so that shards on different
+   threads never add into one gradient; the step sums them afterwards. */
+static peft_status peft__shadow_inputs(peft_graph *g, peft__node *n) {
+    for (int k = 0; k < 8; k++) {
+        peft_tensor *t = n->in[k];
+        if (!t || !t->is_param || !t->requires_grad) continue;
+        int i = 0;
+        while (i < g->n_shadow && g->shadow_of[i] != t) i++;
+        if (i == g->n_shadow) {
+            g->failed = 1;
+            return peft__fail(PEFT_ERR_ARG, "a shard of the step reads a trainable tensor (%s) that the "
+                              "trainer does not update", t->name ? t->name : "unnamed");
+        }
+        n->in[k] = g->shadow[i];
+    }
+    return PEFT_OK;
+}
+
 /* Records a copy of op when gradients are on and some input needs one (its
    n_ids ids copied into the arena). The output then needs a gradient too.
    Returns NULL when nothing is recorded. */
@@ -3883,6 +3930,7 @@ static peft__node *peft__push(peft_graph *g, const peft_op *op, int64_t n_ids) {
     }
     peft__node *n = &g->nodes[g->n_nodes++];
     *n = *op;
+    if (g->n_shadow && peft__shadow_inputs(g, n) != PEFT_OK) return NULL;
     op->out->requires_grad = 1;
     if (n_ids > 0) n->ids = peft__save_ids(g, op->ids, n_ids);
     return n;
@@ -5247,7 +5295,7 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     int drop = dropout > 0.0f && rng != NULL;
     peft_op op = { .kind = PEFT_OP_LORA_LINEAR, .out = y, .in = { x, W, A, Bm },
                    .aux2 = Wq ? (const void *)Wq : Wm, .i = { N, in, out, r, Wm != NULL },
-                   .f = { s, 1.0f, drop ? dropout : 0.0f }, .seed = drop ? peft_rng_u64(rng) : 0 };
+                   .f = { s, 1.0f, drop ? dropout : 0.0f }, .seed = drop ? peft_rng_u64(rng) + (uint64_t)g->row_base : 0 };
     return peft__run(g, &op, 0);
 }
 /* y = out [N, out]; in: x [N, in], W [out, in] or NULL, A [r, in], B [out, r];
@@ -7421,7 +7469,7 @@ static peft_tensor *peft__tokens_table(peft_model *m, peft_graph *g) {
     return m->tokens_step;
 }
 static peft_tensor *peft__embed_table(peft_model *m, peft_graph *g) {
-    m->tokens_step = NULL;
+    if (m->tokens_step) m->tokens_step = NULL;  /* never written without trainable tokens: shards read m */
     if (m->lora_merged) return m->embed;
     if (m->save_embed) return m->save_embed;
     return m->tokens_delta ? peft__tokens_table(m, g) : m->embed;
@@ -8588,7 +8636,7 @@ static peft_status peft__llama4_attach(peft_model *m, const peft_method *cfg) {
 /* ---- the forward at a linear site: base, then what is attached ---------------- */
 static peft_tensor *peft__site_forward(peft_model *m, peft_graph *g, peft_linear_site *s, peft_tensor *x) {
     peft_tensor *y;
-    peft_rng *drop = m->training ? &m->rng : NULL;
+    peft_rng *drop = m->training ? (g->rng ? g->rng : &m->rng) : NULL;
     if (s->q4) {                               /* QLoRA: 4-bit base + LoRA term */
         int out = (int)s->w->shape[0], in = (int)s->w->shape[1];
         y = s->lora_A ? peft_qlora_linear(g, x, s->q4, s->lora_A, s->lora_B, s->lora_scale,
@@ -10057,25 +10105,222 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
     return tr;
 }
 
+/* ---- data-parallel steps ------------------------------------------------------------
+   With n threads and a batch of B sequences (B a multiple of n), a step that
+   trains a small set of tensors (LoRA, the adapters: n copies of their
+   gradients take at most 1/16 of the model, or 16 MB) runs as n shards of B/n sequences: each shard's forward and
+   backward whole on one thread, on a tape of its own, into stand-ins of the
+   trainable tensors (their data, a gradient of their own), and the shards'
+   gradients are then added in shard order. The threads meet once per step
+   instead of at each of the step's ~1,400 parallel loops: on a busy machine
+   a thread the OS puts aside delays only its own shard (and the others'
+   threads give it their cores when they finish), and on a free one a step
+   has no barrier to wait at. The mean loss is the shards' losses weighted
+   by their share of the target tokens, dropout draws the same masks as one
+   tape would (the keys from one copy of the model's rng, rows numbered
+   across the batch), so a step computes what the one-tape step computes, up
+   to the order of float additions. Results depend on the thread count only
+   (as the pool's chunks do), not on timing. Steps outside these conditions
+   (full fine-tuning, checkpointing, LLaMA-4, trainable token rows,
+   modules_to_save, another backend) run on one tape; peft_set_data_parallel(0)
+   turns it off. */
+#define PEFT__SHARD_SHARE 16            /* the shards' gradients: at most 1/16 of the model's elements, */
+#define PEFT__SHARD_SMALL (4 << 20)     /* or at most 16 MB                                             */
+typedef struct peft__shards {
+    int           n;                    /* shards made (threads when made)    */
+    peft_graph   *g[PEFT_MAX_THREADS];
+    peft_tensor  *shadow[PEFT_MAX_THREADS];      /* [n trainable] stand-ins per shard */
+    peft_tensor **shadow_ptr[PEFT_MAX_THREADS];  /* pointers to them, for the tape    */
+    float        *grad[PEFT_MAX_THREADS];        /* their gradients, one block        */
+} peft__shards;
+static int peft__data_parallel = 1;
+PEFTDEF void peft_set_data_parallel(int on) { peft__data_parallel = on != 0; }
+
+static void peft__shards_free(peft__shards *sh) {
+    if (!sh) return;
+    for (int s = 0; s < sh->n; s++) {
+        peft_graph_free(sh->g[s]);
+        PEFT_FREE(sh->shadow[s]);
+        PEFT_FREE(sh->shadow_ptr[s]);
+        PEFT_FREE(sh->grad[s]);
+    }
+    PEFT_FREE(sh);
+}
+
+/* shards for this step: 1 (one tape) unless every condition above holds */
+static int peft__shard_count(const peft_trainer *tr, int B) {
+    const peft_model *m = tr->model;
+    int n = peft__nthreads;
+    if (!peft__data_parallel || n < 2 || B < n || B % n || tr->graph->be != peft_backend_cpu()) return 1;
+    if (m->checkpointing || m->cfg.llama4 || m->cfg.n_experts || m->tokens_delta || m->save_embed ||
+        m->save_head || m->lora_merged || (m->cond && m->cond_batched))   /* rows of one batch */
+        return 1;
+    int64_t train = 0, all = 0;
+    for (int i = 0; i < tr->opt.n; i++) train += tr->opt.params[i]->n;
+    for (int i = 0; i < m->n_params; i++) all += m->params[i]->n;
+    /* the stand-ins' gradients: n copies of the trainable tensors' */
+    if (train == 0 || (train * n > all / PEFT__SHARD_SHARE && train * n > PEFT__SHARD_SMALL)) return 1;
+    return n;
+}
+
+/* makes (once per thread count) the shards' tapes and stand-ins */
+static peft_status peft__shards_make(peft_trainer *tr, int n) {
+    if (tr->shards && tr->shards->n == n) return PEFT_OK;
+    peft__shards *sh = (peft__shards *)peft__calloc(sizeof *sh);
+    if (!sh) return peft__fail(PEFT_ERR_NOMEM, "no memory for the step's shards");
+    int64_t total = 0;
+    for (int i = 0; i < tr->opt.n; i++) total += tr->opt.params[i]->n;
+    for (sh->n = 0; sh->n < n; sh->n++) {
+        int s = sh->n;
+        sh->g[s] = peft_graph_new();
+        sh->shadow[s] = (peft_tensor *)peft__calloc((size_t)tr->opt.n * sizeof(peft_tensor));
+        sh->shadow_ptr[s] = (peft_tensor **)peft__calloc((size_t)tr->opt.n * sizeof(peft_tensor *));
+        sh->grad[s] = (float *)peft__calloc((size_t)total * sizeof(float));
+        if (!sh->g[s] || !sh->shadow[s] || !sh->shadow_ptr[s] || !sh->grad[s]) {
+            sh->n++;
+            peft__shards_free(sh);
+            return peft__fail(PEFT_ERR_NOMEM, "no memory for the step's %d shards", n);
+        }
+        for (int i = 0; i < tr->opt.n; i++) sh->shadow_ptr[s][i] = &sh->shadow[s][i];
+        peft_graph *g = sh->g[s];
+        g->shadow_of = tr->opt.params;
+        g->shadow = sh->shadow_ptr[s];
+        g->n_shadow = tr->opt.n;
+    }
+    peft__shards_free(tr->shards);
+    tr->shards = sh;
+    return PEFT_OK;
+}
+
+typedef struct {
+    peft_trainer *tr;
+    const int    *tokens, *targets;
+    int           B, T, n;
+    peft_rng      rng[PEFT_MAX_THREADS];       /* each shard's copy of the dropout stream */
+    double        weight[PEFT_MAX_THREADS];    /* its share of the target tokens          */
+    float         loss[PEFT_MAX_THREADS];
+    peft_status   st[PEFT_MAX_THREADS];
+    char          why[PEFT_MAX_THREADS][256];
+} peft__shard_job;
+
+/* PEFT__CPU_KERNEL_BEGIN: the CPU backend's shards on the thread pool (steps on another
+   backend run on one tape: peft__shard_count) */
+/* the forward and backward of shard s, on the thread that took it */
+static void peft__shard_run(void *ctx, int64_t s0, int64_t s1) {
+    peft__shard_job *j = (peft__shard_job *)ctx;
+    for (int64_t s = s0; s < s1; s++) {
+        peft__shards *sh = j->tr->shards;
+        peft_graph *g = sh->g[s];
+        int per = j->B / j->n;
+        size_t first = (size_t)s * (size_t)per * (size_t)j->T;
+        float *gp = sh->grad[s];
+        for (int i = 0; i < j->tr->opt.n; i++) {      /* the tensor as it is now, a zeroed gradient */
+            const peft_tensor *p = j->tr->opt.params[i];
+            peft_tensor *t = &sh->shadow[s][i];
+            *t = *p;
+            t->grad = gp;
+            t->grad_fresh = 0;
+            memset(gp, 0, (size_t)p->n * sizeof(float));
+            gp += p->n;
+        }
+        peft_graph_reset(g);
+        g->rng = &j->rng[s];
+        g->row_base = (int64_t)first;
+        peft__errstatus = PEFT_OK;
+        peft_tensor *L = peft_model_loss(j->tr->model, g, j->tokens + first, j->targets + first, per, j->T);
+        peft_status st = L ? PEFT_OK : peft__errstatus != PEFT_OK ? peft__errstatus : PEFT_ERR_ARG;
+        if (L) {
+            j->loss[s] = L->data[0];
+            float seed = (float)(j->weight[s] / (double)j->tr->o.grad_accum);
+            if (isfinite(j->loss[s]) && j->weight[s] > 0.0) st = peft_backward_seed(g, L, &seed);
+        }
+        j->st[s] = st;
+        if (st != PEFT_OK) {                          /* the message of this thread's failure */
+            const char *e = peft_last_error();
+            size_t k = strlen(e) < sizeof j->why[s] - 1 ? strlen(e) : sizeof j->why[s] - 1;
+            memcpy(j->why[s], e, k);
+            j->why[s][k] = 0;
+        }
+    }
+}
+
+/* A step's forward and backward as n shards (see above): the mean loss in
+   *lv; the trainable tensors' gradients get the sum of the shards'. On
+   failure nothing is added (the status and the shard's message are set). */
+static peft_status peft__shard_step(peft_trainer *tr, const int *tokens, const int *targets, int B, int T,
+                                    int n, float *lv) {
+    peft_model *m = tr->model;
+    peft_status st = peft__shards_make(tr, n);
+    if (st == PEFT_OK) st = peft__rope_ensure(m, T);    /* the shards only read the table */
+    if (st != PEFT_OK) return st;
+    peft__shard_job *j = (peft__shard_job *)peft__calloc(sizeof *j);
+    if (!j) return peft__fail(PEFT_ERR_NOMEM, "no memory for the step's shards");
+    j->tr = tr;
+    j->tokens = tokens;
+    j->targets = targets;
+    j->B = B;
+    j->T = T;
+    j->n = n;
+    int64_t counted = 0, per = (int64_t)(B / n) * T, nv[PEFT_MAX_THREADS];
+    for (int s = 0; s < n; s++) {
+        nv[s] = 0;
+        for (int64_t r = 0; r < per; r++) nv[s] += targets[s * per + r] != -100;
+        counted += nv[s];
+        j->rng[s] = m->rng;
+    }
+    for (int s = 0; s < n; s++) j->weight[s] = counted ? (double)nv[s] / (double)counted : 0.0;
+    peft__parallel_for(n, 1, peft__shard_run, j);
+    double sum = 0.0;
+    for (int s = 0; s < n && st == PEFT_OK; s++) {
+        if (j->st[s] != PEFT_OK) st = peft__fail(j->st[s], "%s", j->why[s]);
+        else if (j->weight[s] > 0.0) sum += j->weight[s] * (double)j->loss[s];
+    }
+    *lv = (float)sum;
+    if (st == PEFT_OK) m->rng = j->rng[0];          /* every shard drew the same keys */
+    if (st == PEFT_OK && isfinite(*lv)) {
+        peft__shards *sh = tr->shards;
+        for (int s = 0; s < n; s++) {
+            const float *gs = sh->grad[s];
+            for (int i = 0; i < tr->opt.n; i++) {
+                peft_tensor *p = tr->opt.params[i];
+                for (int64_t e = 0; e < p->n; e++) p->grad[e] += gs[e];
+                gs += p->n;
+            }
+        }
+    }
+    PEFT_FREE(j);
+    return st;
+}
+/* PEFT__CPU_KERNEL_END */
+
 PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const int *targets,
                                       int B, int T, float *loss) {
+    int shards = B >= 1 && T >= 1 ? peft__shard_count(tr, B) : 1;
 #if !defined(PEFT_NO_THREADS) && !defined(PEFT_NO_SOLO)
-    peft__solo_step();                /* a busy machine: steps on every thread or on one, timed */
+    peft__solo_step(shards > 1);      /* a busy machine: steps on every thread or on one, timed */
 #endif
     peft_graph *g = tr->graph;
     peft_graph_reset(g);
     peft_rng rng0 = tr->model->rng;   /* a failed step leaves the dropout stream where it was */
+    float lv = 0.0f;
+    peft_status s = PEFT_OK;
     tr->model->training = 1;
     peft__errstatus = PEFT_OK;
-    peft_tensor *L = peft_model_loss(tr->model, g, tokens, targets, B, T);
+    peft_tensor *L = NULL;
+    if (shards > 1) s = peft__shard_step(tr, tokens, targets, B, T, shards, &lv);
+    else L = peft_model_loss(tr->model, g, tokens, targets, B, T);
     tr->model->training = 0;
-    if (!L) {
+    if (shards > 1 && s != PEFT_OK) {
+        tr->model->rng = rng0;
+        return s;                     /* nothing was added to the gradients */
+    }
+    if (shards == 1 && !L) {
         tr->model->rng = rng0;        /* the dropout stream as it was */
         if (peft__errstatus != PEFT_OK)
             return peft__errstatus;   /* the failing op's own status and message (out of memory: NOMEM) */
         return peft__fail(PEFT_ERR_ARG, "training step: the forward failed");
     }
-    float lv = L->data[0];
+    if (L) lv = L->data[0];
     if (loss) *loss = lv;
     if (!isfinite(lv)) {
         peft_zero_grad(tr->opt.params, tr->opt.n);
@@ -10085,8 +10330,10 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
                           "(lower the learning rate or check the data)",
                           isnan(lv) ? "NaN" : "infinite", tr->step);
     }
-    peft_tensor *Ls = tr->o.grad_accum > 1 ? peft_scale(g, L, 1.0f / (float)tr->o.grad_accum) : L;
-    peft_status s = peft_backward(g, Ls);
+    if (L) {
+        peft_tensor *Ls = tr->o.grad_accum > 1 ? peft_scale(g, L, 1.0f / (float)tr->o.grad_accum) : L;
+        s = peft_backward(g, Ls);
+    }
     if (s != PEFT_OK) {
         /* part of this micro-batch's gradient may be in: with none before
            it (micro 0) clearing restores them exactly; after earlier
@@ -10121,10 +10368,19 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
     return PEFT_OK;
 }
 
+PEFTDEF int peft_trainer_shards(const peft_trainer *tr, int B) { return B >= 1 ? peft__shard_count(tr, B) : 1; }
+
+PEFTDEF size_t peft_trainer_arena_bytes(const peft_trainer *tr) {
+    size_t n = peft_graph_arena_bytes(tr->graph);
+    for (int s = 0; tr->shards && s < tr->shards->n; s++) n += peft_graph_arena_bytes(tr->shards->g[s]);
+    return n;
+}
+
 PEFTDEF void peft_trainer_free(peft_trainer *tr) {
     if (!tr) return;
     peft_adamw_free(&tr->opt);
     peft_graph_free(tr->graph);
+    peft__shards_free(tr->shards);
     PEFT_FREE(tr);
 }
 

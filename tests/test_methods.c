@@ -843,6 +843,109 @@ TEST(test_threads_solo_same_gradients) {
     }
 }
 
+/* One trainer step's gradients (grad_accum 2: the first micro-batch only
+   accumulates, so the gradients stay to be read), B = 4 sequences of 16 with
+   ignored targets spread unevenly over the batch, dropout 0.1. *loops: the
+   parallel loops the step ran. */
+static float *trainer_gradients(peft_method_kind kind, int threads, int data_parallel, int bad_token,
+                                size_t *total, float *loss, int64_t *loops, peft_status *st) {
+    peft_rng r;
+    peft_rng_seed(&r, 7);
+    peft_model *m = adapted_model(kind, 0.1f, 0.2f, &r);
+    if (!m) return NULL;
+    int keep = peft_get_threads();
+    peft_set_threads(threads);
+    peft_set_data_parallel(data_parallel);
+    enum { B = 4, T = 16 };
+    int tok[B * T], tgt[B * T], V = m->cfg.vocab_size;
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int)(peft_rng_u64(&r) % (uint64_t)V);
+        tgt[i] = i % 7 == 0 || (i >= T && i < T + 9) ? -100 : (int)(peft_rng_u64(&r) % (uint64_t)V);
+    }
+    if (bad_token) tok[3 * T + 5] = V + 3;          /* in the last shard */
+    peft_trainer_opts o = peft_trainer_defaults();
+    o.grad_accum = 2;
+    peft_trainer *tr = peft_trainer_new(m, &o);
+    float *out = NULL;
+    uint64_t rng_before = m->rng.s[0];
+    int64_t l0 = 0, l1 = 0;
+    peft_parallel_stats(&l0, NULL);
+    *st = tr ? peft_trainer_step(tr, tok, tgt, B, T, loss) : PEFT_ERR_NOMEM;
+    peft_parallel_stats(&l1, NULL);
+    *loops = l1 - l0;
+    if (tr && (*st == PEFT_OK || bad_token)) {
+        *total = 0;
+        for (int i = 0; i < tr->opt.n; i++) *total += (size_t)tr->opt.params[i]->n;
+        out = malloc(sizeof(float) * (*total + 1));
+        size_t at = 0;
+        for (int i = 0; i < tr->opt.n; i++) {
+            memcpy(out + at, tr->opt.params[i]->grad, sizeof(float) * (size_t)tr->opt.params[i]->n);
+            at += (size_t)tr->opt.params[i]->n;
+        }
+        out[*total] = m->rng.s[0] == rng_before;    /* a failed step leaves the dropout stream alone */
+    }
+    peft_set_data_parallel(1);
+    peft_set_threads(keep);
+    peft_trainer_free(tr);
+    peft_model_free(m);
+    return out;
+}
+
+/* Data-parallel steps (2 shards of 2 sequences, one per thread) compute the
+   one-tape step: the same loss and gradients for every method, dropout
+   masks included, to fp32 rounding (the weight gradients are summed in two
+   halves: relative error < 1e-5 where the one-tape step with 1 and 2
+   threads differs by ~1e-7), in one parallel loop instead of hundreds; the
+   same bits twice and with every shard on the caller (a busy machine). A
+   bad token in the last shard fails the step with the forward's message,
+   adds nothing to the gradients and leaves the dropout stream alone. */
+TEST(test_data_parallel_step) {
+    int keep = peft_get_threads();
+    peft_set_threads(2);
+    int threads = peft_get_threads() == 2;
+    peft_set_threads(keep);
+    if (!threads) SKIP("built without threads");
+    peft_method_kind kinds[PEFT_N_METHODS];
+    int n_kinds = th_builtin_kinds(kinds, 1);
+    for (int k = 0; k < n_kinds; k++) {
+        const char *name = peft_method_name(kinds[k]);
+        size_t n[4] = { 0 };
+        float loss[4], *gr[4];
+        int64_t loops[4];
+        peft_status st[4];
+        gr[0] = trainer_gradients(kinds[k], 2, 0, 0, &n[0], &loss[0], &loops[0], &st[0]);
+        gr[1] = trainer_gradients(kinds[k], 2, 1, 0, &n[1], &loss[1], &loops[1], &st[1]);
+        gr[2] = trainer_gradients(kinds[k], 2, 1, 0, &n[2], &loss[2], &loops[2], &st[2]);
+#ifndef PEFT_NO_SOLO
+        peft_set_solo(PEFT_SOLO_ALWAYS);
+#endif
+        gr[3] = trainer_gradients(kinds[k], 2, 1, 0, &n[3], &loss[3], &loops[3], &st[3]);
+#ifndef PEFT_NO_SOLO
+        peft_set_solo(PEFT_SOLO_AUTO);
+#endif
+        REQUIRE(gr[0] && gr[1] && gr[2] && gr[3], "%s: %s", name, peft_last_error());
+        CHECK(n[0] == n[1] && n[1] == n[2] && n[2] == n[3] && n[0] > 0, "%s: gradient sizes", name);
+        CHECK(loops[1] == 1 && loops[0] > 20, "%s: %lld loops in shards, %lld on one tape", name,
+              (long long)loops[1], (long long)loops[0]);
+        double e = th_rel_err_f(gr[1], gr[0], (long)n[0]);
+        CHECK(e < 1e-5 && fabsf(loss[1] - loss[0]) < 1e-6f * fabsf(loss[0]),
+              "%s: shards vs one tape: gradients rel err %.3g, loss %.9g vs %.9g", name, e, loss[1], loss[0]);
+        for (int r = 2; r < 4; r++)
+            CHECK(loss[r] == loss[1] && !memcmp(gr[r], gr[1], sizeof(float) * n[0]),
+                  "%s: shards run %s give other bits", name, r == 2 ? "twice" : "on the caller alone");
+        for (int r = 0; r < 4; r++) free(gr[r]);
+        float *bad = trainer_gradients(kinds[k], 2, 1, 1, &n[0], &loss[0], &loops[0], &st[0]);
+        REQUIRE(bad, "%s: %s", name, peft_last_error());
+        int zero = 1;
+        for (size_t i = 0; i < n[0]; i++) zero &= bad[i] == 0.0f;
+        CHECK(st[0] == PEFT_ERR_ARG && strstr(peft_last_error(), "outside the vocabulary") && zero &&
+              bad[n[0]] == 1.0f, "%s: a bad token in a shard: %s (%s), gradients %s, rng %s", name,
+              peft_status_name(st[0]), peft_last_error(), zero ? "untouched" : "changed",
+              bad[n[0]] == 1.0f ? "kept" : "moved");
+        free(bad);
+    }
+}
+
 TEST(test_threads_deterministic_gradients) {
     peft_method_kind kinds[PEFT_N_METHODS];
     int n_kinds = th_builtin_kinds(kinds, 1);

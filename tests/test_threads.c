@@ -286,10 +286,11 @@ TEST(test_threads_solo_on_busy_machine) {
     peft_set_threads(keep);
 }
 
-/* The same busy machine, inside training: whole steps are timed on every
-   thread and solo (the trainer marks each step). Under contention a step
-   runs wholly solo (the solo trial) right after one that ran on every
-   thread (the pool trial). */
+/* The same busy machine, inside training: whole steps on one tape are
+   timed on every thread and solo (the trainer marks each step). Under
+   contention a step runs wholly solo (the solo trial) right after one that
+   ran on every thread (the pool trial). Data-parallel steps are one loop of
+   whole shards and stay on every thread: nothing runs solo. */
 TEST(test_threads_solo_trial_steps) {
 #ifdef PEFT_NO_SOLO
     SKIP("built with PEFT_NO_SOLO");
@@ -310,14 +311,24 @@ TEST(test_threads_solo_trial_steps) {
     }
     pid_t busy[8];
     int n_busy = busy_start(busy, n - 1);
-    int64_t l[STEPS + 1], so[STEPS + 1];
+    int64_t l[STEPS + 1], so[STEPS + 1], dl[2], ds[2];
+    peft_set_data_parallel(0);
     peft_parallel_stats(&l[0], &so[0]);
     for (int s = 0; s < STEPS; s++) {
         float loss;
         CHECK_OK(peft_trainer_step(tr, tok, tgt, B, T, &loss));
         peft_parallel_stats(&l[s + 1], &so[s + 1]);
     }
+    peft_set_data_parallel(1);
+    peft_parallel_stats(&dl[0], &ds[0]);
+    for (int s = 0; s < STEPS; s++) {
+        float loss;
+        CHECK_OK(peft_trainer_step(tr, tok, tgt, B, T, &loss));
+    }
+    peft_parallel_stats(&dl[1], &ds[1]);
     busy_stop(busy, n_busy);
+    CHECK(dl[1] - dl[0] == STEPS && ds[1] == ds[0], "data-parallel steps: %lld loops for %d steps, %lld solo",
+          (long long)(dl[1] - dl[0]), STEPS, (long long)(ds[1] - ds[0]));
     int trial = -1;
     for (int s = 1; s < STEPS && trial < 0; s++)   /* step s solo, step s-1 on every thread */
         if (l[s + 1] > l[s] && so[s + 1] - so[s] == l[s + 1] - l[s] && so[s] == so[s - 1] && l[s] > l[s - 1])

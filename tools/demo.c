@@ -416,7 +416,7 @@ static void run_job(const job *jb) {
     r->cpu_s = cpu_s() - c0;
     r->tok_s = tokens / (train_s > 0 ? train_s : 1e-9);
     r->mem_mb = train_memory_mb(m, ft);
-    r->act_mb = (double)peft_graph_arena_bytes(ft->graph) / 1048576.0;
+    r->act_mb = (double)peft_trainer_arena_bytes(ft) / 1048576.0;
     int tail = S < 10 ? S : 10;
     for (int s = S - tail; s < S; s++) r->final_loss += r->curve[s] / tail;
     r->acc = r->eval_acc[r->n_eval - 1];

@@ -2357,13 +2357,18 @@ static int cmd_bench(int argc, char **argv) {
         printf("peak RSS MB      %.1f\n", (double)peft_peak_rss() / 1048576.0);
         int64_t loops, solo;
         peft_parallel_stats(&loops, &solo);
+        int shards = peft_trainer_shards(tr, B);
+        if (shards > 1)
+            printf("data-parallel    %d shards of %d sequences per step, one per thread\n", shards, B / shards);
+        else if (threads > 1)
+            printf("data-parallel    no: one tape per step, its loops spread over the threads\n");
         if (threads > 1)
             printf("solo loops       %.1f%% of %lld parallel loops ran on the calling thread alone "
                    "(the machine was busy)\n",
                    loops ? 100.0 * (double)solo / (double)loops : 0.0, (long long)loops);
         device_report();
         size_t act =
-                peft_graph_arena_bytes(tr->graph) + (m->recompute ? peft_graph_arena_bytes(m->recompute) : 0);
+                peft_trainer_arena_bytes(tr) + (m->recompute ? peft_graph_arena_bytes(m->recompute) : 0);
         printf("activations MB   %.1f (tape arena%s)\n", (double)act / 1048576.0,
                ckpt_act ? " + one block's recompute" : "");
         printf("optimizer MB     %.1f (state %s)\n", (double)peft_adamw_state_bytes(&tr->opt) / 1048576.0,
