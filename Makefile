@@ -24,7 +24,7 @@ TEST_SRC := tests/test_main.c tests/harness.c tests/test_ops.c tests/test_llama.
             tests/test_cli_trial.c
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
-all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
+all: $(BUILD)/peft $(BUILD)/demo $(BUILD)/bf16_loss $(BUILD)/test_peft $(EXAMPLES)
 
 $(BUILD)/peft: tools/peft.c tools/peft_tools.h peft.h
 	@mkdir -p $(BUILD)
@@ -49,7 +49,7 @@ $(BUILD)/examples/%: examples/%.c tools/peft_tools.h peft.h
 	@mkdir -p $(BUILD)/examples
 	$(CC) $(CFLAGS) $(EXTRA) -o $@ $< $(LDLIBS)
 
-test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/test_peft $(EXAMPLES)
+test: $(BUILD)/peft $(BUILD)/demo $(BUILD)/bf16_loss $(BUILD)/test_peft $(EXAMPLES)
 	PEFT_BIN=$(BUILD)/peft PEFT_DEMO=$(BUILD)/demo PEFT_EXAMPLES=$(BUILD)/examples $(BUILD)/test_peft
 
 # the main job: a tiny LLaMA pre-trained, then fine-tuned by every method

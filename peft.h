@@ -145,8 +145,12 @@
        in proportion, instead of stalling every loop; on a machine so busy
        that the pool's loops get little more than one core, they run on the
        calling thread alone for a while (peft_set_solo, "solo loops" in the
-       pool's section). Results are the same bits whichever thread ran which
-       chunk. peft_available_cpus() says
+       pool's section). A LoRA or adapter training step with a batch that
+       is a multiple of n runs as n data-parallel shards instead, one whole
+       forward and backward per thread, meeting once per step
+       (peft_set_data_parallel, "data-parallel steps" in the trainer's
+       section). Results are the same bits whichever thread ran which
+       chunk or shard. peft_available_cpus() says
        how many cores the process may use (affinity mask, cgroup quota):
        the tools' default thread count (PEFT_THREADS overrides it).
      - every object: a model, graph, trainer, optimizer, KV cache or

@@ -40,7 +40,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum { BATCH = 16, MAX_STEPS = 1000, MAX_SEEDS = 16, N_VARIANTS = 4, TAIL = 10, HEAD = 10 };
+enum { BATCH = 16, MAX_STEPS = 1000, MAX_SEEDS = 256, N_VARIANTS = 4, TAIL = 10, HEAD = 10 };
 
 static const char *const VARIANTS[N_VARIANTS] = { "fp32", "fp32+1ulp", "fp32+lr2^-8", "bf16" };
 
