@@ -5299,7 +5299,8 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     int drop = dropout > 0.0f && rng != NULL;
     peft_op op = { .kind = PEFT_OP_LORA_LINEAR, .out = y, .in = { x, W, A, Bm },
                    .aux2 = Wq ? (const void *)Wq : Wm, .i = { N, in, out, r, Wm != NULL },
-                   .f = { s, 1.0f, drop ? dropout : 0.0f }, .seed = drop ? peft_rng_u64(rng) + (uint64_t)g->row_base : 0 };
+                   .f = { s, 1.0f, drop ? dropout : 0.0f },
+                   .seed = drop ? peft_rng_u64(rng) + (uint64_t)g->row_base : 0 };   /* rows across the batch */
     return peft__run(g, &op, 0);
 }
 /* y = out [N, out]; in: x [N, in], W [out, in] or NULL, A [r, in], B [out, r];
@@ -10187,6 +10188,7 @@ static peft_status peft__shards_make(peft_trainer *tr, int n) {
         }
         for (int i = 0; i < tr->opt.n; i++) sh->shadow_ptr[s][i] = &sh->shadow[s][i];
         peft_graph *g = sh->g[s];
+        g->be = tr->graph->be;             /* the backend the trainer was made with (the CPU's) */
         g->shadow_of = tr->opt.params;
         g->shadow = sh->shadow_ptr[s];
         g->n_shadow = tr->opt.n;
@@ -10372,7 +10374,9 @@ PEFTDEF peft_status peft_trainer_step(peft_trainer *tr, const int *tokens, const
     return PEFT_OK;
 }
 
-PEFTDEF int peft_trainer_shards(const peft_trainer *tr, int B) { return B >= 1 ? peft__shard_count(tr, B) : 1; }
+PEFTDEF int peft_trainer_shards(const peft_trainer *tr, int B) {
+    return B >= 1 ? peft__shard_count(tr, B) : 1;
+}
 
 PEFTDEF size_t peft_trainer_arena_bytes(const peft_trainer *tr) {
     size_t n = peft_graph_arena_bytes(tr->graph);

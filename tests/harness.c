@@ -199,3 +199,36 @@ int th_builtin_kinds(peft_method_kind *out, int all) {
         if (all || (k != PEFT_FULL && k != PEFT_QLORA)) out[n++] = (peft_method_kind)k;
     return n;
 }
+
+double th_data_parallel_gap(peft_model *a, peft_model *b, const peft_trainer_opts *o, const int *tok,
+                            const int *tgt, int B, int T, char *why, size_t cap) {
+    int keep = peft_get_threads();
+    double gap = -1.0;
+    peft_set_threads(2);
+    peft_trainer_opts acc = *o;
+    acc.grad_accum = 2;                 /* one micro-batch: its gradients stay to be read */
+    peft_trainer *ta = peft_trainer_new(a, &acc), *tb = peft_trainer_new(b, &acc);
+    snprintf(why, cap, "ok");
+    float la = 0.0f, lb = 0.0f;
+    if (peft_get_threads() != 2) snprintf(why, cap, "built without threads");
+    else if (!ta || !tb) snprintf(why, cap, "trainers: %s", peft_last_error());
+    else if (peft_trainer_shards(tb, B) != 2)
+        snprintf(why, cap, "a step of %d sequences runs as %d shards, not 2", B, peft_trainer_shards(tb, B));
+    else {
+        peft_set_data_parallel(0);
+        peft_status sa = peft_trainer_step(ta, tok, tgt, B, T, &la);
+        peft_set_data_parallel(1);
+        peft_status sb = peft_trainer_step(tb, tok, tgt, B, T, &lb);
+        if (sa != PEFT_OK || sb != PEFT_OK) snprintf(why, cap, "step: %s", peft_last_error());
+        else gap = fabs((double)la - lb) / fabs((double)la);
+        for (int i = 0; gap >= 0.0 && i < ta->opt.n && i < tb->opt.n; i++) {
+            peft_tensor *pa = ta->opt.params[i], *pb = tb->opt.params[i];
+            double e = th_rel_err_f(pb->grad, pa->grad, (long)pa->n);
+            if (!(e <= gap)) gap = e;
+        }
+    }
+    peft_trainer_free(ta);
+    peft_trainer_free(tb);
+    peft_set_threads(keep);
+    return gap;
+}

@@ -72,5 +72,13 @@ void th_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
    not full (it has no adapter) and not qlora (it quantizes the base). */
 int th_builtin_kinds(peft_method_kind *out, int all);
 
+/* One micro-batch (B x T from tok/tgt) of model a with data-parallel steps
+   off and of b (a's twin: same weights and method) with them on, both on 2
+   threads with options o. Returns the larger of the loss's relative gap and
+   the gradients' (th_rel_err_f per trainable tensor), or -1 when a step
+   failed, the build has no threads or b's step was not 2 shards (why says). */
+double th_data_parallel_gap(peft_model *a, peft_model *b, const peft_trainer_opts *o, const int *tok,
+                            const int *tgt, int B, int T, char *why, size_t cap);
+
 #define TEST(name) void name(void)
 #endif

@@ -195,6 +195,37 @@ TEST(test_bf16_fallback_matches_f64) {
    every loss within 1% of fp32's (measured: 0.18% at worst); the frozen linears
    take 16 bits a weight, the trained ones stay fp32, and set_precision
    fp32 brings float weights back. */
+/* Data-parallel steps with bf16 frozen linears (the bf16 products on two
+   threads at once): LoRA gets the one-tape bf16 step's loss and gradients,
+   to fp32 rounding (bound 1e-5: both sides round the same bf16 inputs). */
+TEST(test_bf16_data_parallel) {
+    peft_model *a, *b;
+    REQUIRE_OK(peft_model_from_preset(&a, "tiny", 1, 9));
+    REQUIRE_OK(peft_model_from_preset(&b, "tiny", 1, 9));
+    peft_method m = peft_method_defaults(PEFT_LORA);
+    m.lora_r = 8;
+    m.lora_targets = 0x7F;
+    m.lora_dropout = 0.1f;
+    m.seed = 3;
+    REQUIRE_OK(peft_attach(a, &m));
+    REQUIRE_OK(peft_attach(b, &m));
+    enum { B = 4, T = 32 };
+    int tok[B * T], tgt[B * T], V = a->cfg.vocab_size;
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int)((i * 37 + i / T) % V);
+        tgt[i] = (tok[i] * 3 + 1) % V;
+    }
+    peft_trainer_opts o = peft_trainer_defaults();
+    o.lr = 3e-3f;
+    o.precision = PEFT_PRECISION_BF16;
+    char why[200];
+    double gap = th_data_parallel_gap(a, b, &o, tok, tgt, B, T, why, sizeof why);
+    if (gap < 0 && strstr(why, "without threads")) SKIP("%s", why);
+    CHECK(gap >= 0 && gap < 1e-5, "bf16: shards vs one tape: gap %.3g (%s)", gap, why);
+    peft_model_free(a);
+    peft_model_free(b);
+}
+
 TEST(test_bf16_training_follows_fp32) {
     peft_model *f, *b;
     REQUIRE_OK(peft_model_from_preset(&f, "tiny", 1, 9));

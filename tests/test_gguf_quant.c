@@ -458,6 +458,38 @@ static int qm_twins(peft_model **qm, peft_model **fl, int type, uint64_t seed) {
    included: the same seed draws the same masks). Full fine-tuning, merging
    and saving the base are refused with a message; peft_model_dequantize
    gives the float model, whose merge equals the float twin's. */
+/* Data-parallel steps over a base held in ggml blocks (Q4_K decoded in the
+   GEMM's packing, on two threads at once): LoRA with dropout on every site
+   gets the one-tape step's loss and gradients, to fp32 rounding (shards sum
+   the weight gradients in two halves; bound 1e-5). */
+TEST(test_qmatrix_data_parallel) {
+    peft_model *q1, *f1, *q2, *f2;
+    REQUIRE(qm_twins(&q1, &f1, PEFT_GGML_Q4_K, 41) && qm_twins(&q2, &f2, PEFT_GGML_Q4_K, 41), "twins: %s",
+            peft_last_error());
+    peft_method m = peft_method_defaults(PEFT_LORA);
+    m.seed = 5;
+    m.lora_r = 4;
+    m.lora_dropout = 0.1f;
+    m.lora_targets = 0x7F;
+    REQUIRE_OK(peft_attach(q1, &m));
+    REQUIRE_OK(peft_attach(q2, &m));
+    int tok[4 * 24], tgt[4 * 24];
+    for (int i = 0; i < 96; i++) {
+        tok[i] = (i * 7 + 3) % 128;
+        tgt[i] = (tok[i] * 5 + 1) % 128;
+    }
+    peft_trainer_opts o = peft_trainer_defaults();
+    o.lr = 1e-2f;
+    char why[200];
+    double gap = th_data_parallel_gap(q1, q2, &o, tok, tgt, 4, 24, why, sizeof why);
+    if (gap < 0 && strstr(why, "without threads")) SKIP("%s", why);
+    CHECK(gap >= 0 && gap < 1e-5, "ggml base: shards vs one tape: gap %.3g (%s)", gap, why);
+    peft_model_free(q1);
+    peft_model_free(f1);
+    peft_model_free(q2);
+    peft_model_free(f2);
+}
+
 TEST(test_qmatrix_model_trains_like_floats) {
     int types[] = { PEFT_GGML_Q4_K, PEFT_GGML_Q8_0, PEFT_GGML_Q6_K };
     peft_method_kind kinds[PEFT_N_METHODS];

@@ -17,8 +17,11 @@
     X(test_full_finetune_loss_falls) X(test_grad_accumulation_equals_big_batch) \
     X(test_frozen_params_have_no_grad) X(test_nan_loss_is_refused) \
     X(test_trainer_step_out_of_memory) \
+    X(test_data_parallel_step) \
+    X(test_qmatrix_data_parallel) \
+    X(test_bf16_data_parallel) \
     X(test_peft_lora_qv) X(test_peft_lora_all_linear_rslora) X(test_peft_adaption_prompt) X(test_zero_init_every_method) \
-    X(test_method_counts_llama7b) X(test_lora_merge_unmerge) X(test_v2_merge) X(test_fd_add_bias) X(test_methods_train_save_load) X(test_adapter_load_errors) X(test_roundtrip_adapters_load_in_peft) X(test_kv_cache_equals_full_forward) X(test_generate_matches_transformers_peft) X(test_checkpointing_same_gradients) X(test_threads_deterministic_gradients) X(test_threads_solo_same_gradients) X(test_data_parallel_step) X(test_backward_recycles_gradients) \
+    X(test_method_counts_llama7b) X(test_lora_merge_unmerge) X(test_v2_merge) X(test_fd_add_bias) X(test_methods_train_save_load) X(test_adapter_load_errors) X(test_roundtrip_adapters_load_in_peft) X(test_kv_cache_equals_full_forward) X(test_generate_matches_transformers_peft) X(test_checkpointing_same_gradients) X(test_threads_deterministic_gradients) X(test_threads_solo_same_gradients) X(test_backward_recycles_gradients) \
     X(test_ggml_type_table) X(test_ggml_dequantize_matches_gguf) X(test_ggml_quantize_matches_gguf) \
     X(test_qmatrix_linear_packs_like_floats) X(test_fd_qmatrix_lora_linear) \
     X(test_qmatrix_model_trains_like_floats) \

@@ -313,7 +313,8 @@ bf16_case smollm-135m 4 256 1
 # The loss: 100 steps of the demo's LoRA recipe on its pre-trained base (build/demo makes one
 # into build/bench-demo once, ~40 s), fp32 / bf16 / fp32 with a 2^-8 larger lr, BF16_SEEDS seeds
 # (10: ~1 minute, standard error ~1.7%; 128: ~12 minutes, ~0.5%), two runs at a time
-# (build/bf16_loss). The seeds are fixed, so a repeat gives the same figure. The run is chaotic past ~step 20, so the figure
+# (build/bf16_loss). The seeds are fixed, so a repeat gives the same figure. The run is chaotic
+# past ~step 20, so the figure
 # is the mean over seeds of the paired gap of the loss averaged over steps 91-100, with its
 # standard error, beside the same for the lr change (a change the size of bf16's rounding).
 BB=build/bench-demo/base

@@ -2359,7 +2359,8 @@ static int cmd_bench(int argc, char **argv) {
         peft_parallel_stats(&loops, &solo);
         int shards = peft_trainer_shards(tr, B);
         if (shards > 1)
-            printf("data-parallel    %d shards of %d sequences per step, one per thread\n", shards, B / shards);
+            printf("data-parallel    %d shards of %d sequences per step, one per thread\n", shards,
+                   B / shards);
         else if (threads > 1)
             printf("data-parallel    no: one tape per step, its loops spread over the threads\n");
         if (threads > 1)
