@@ -10234,7 +10234,8 @@ static void peft__shard_run(void *ctx, int64_t s0, int64_t s1) {
         g->row_base = (int64_t)first;
         peft__errstatus = PEFT_OK;
         peft_tensor *L = peft_model_loss(j->tr->model, g, j->tokens + first, j->targets + first, per, j->T);
-        peft_status st = L ? PEFT_OK : peft__errstatus != PEFT_OK ? peft__errstatus : PEFT_ERR_ARG;
+        peft_status st = L ? PEFT_OK : peft__errstatus;
+        if (!L && st == PEFT_OK) st = peft__fail(PEFT_ERR_ARG, "training step: the forward failed");
         if (L) {
             j->loss[s] = L->data[0];
             float seed = (float)(j->weight[s] / (double)j->tr->o.grad_accum);
