@@ -280,6 +280,20 @@ TEST(test_cli_trial_export_out) {
           out);
     rc = run_in(dir, out, sizeof out, "export --adapter run --format gguf --out ex");
     CHECK(rc == 2 && strstr(out, "ex is a folder"), "export --format gguf into a folder (%d): %s", rc, out);
+    /* from another folder, without --model: the adapter's base_model_name_or_path is "smol" as given to
+       train (PEFT writes it so); the run's train_config.json knows where it is */
+    char args[2000];
+    snprintf(args, sizeof args, "export --adapter %s/run --format peft --out %s/ex3", dir, dir);
+    rc = run_in("/", out, sizeof out, args);
+    CHECK(rc == 0, "export from / without --model (%d): %s", rc, out);
+    snprintf(path, sizeof path, "%s/ex3/adapter_config.json", dir);
+    peft_json *j;
+    REQUIRE_OK(peft_json_load(&j, path));
+    const peft_json *b = peft_json_get(j, "base_model_name_or_path");
+    const char *bs = b && b->type == PEFT_JSON_STRING ? b->string : "";
+    size_t bn = strlen(bs);
+    CHECK(bn >= 4 && !strcmp(bs + bn - 4, "smol"), "the export's base_model_name_or_path: %s", bs);
+    peft_json_free(j);
 }
 
 /* A model whose greedy answer starts with a newline: every block linear zero (the residual stream is the

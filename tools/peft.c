@@ -2931,6 +2931,23 @@ static const char *EXPORT_HELP =
     "adapter's base_model_name_or_path when that is a local folder. A peft --out is a new\n"
     "or empty folder, or one that holds a previous export (replaced); a gguf --out is a file.\n";
 
+/* The base model of an adapter inside a run folder (ADAPTER/train_config.json or, for a checkpoint-N,
+   ADAPTER/../train_config.json): its "model" replaces base when that exists. */
+static void run_model_path(const char *adapter, char *base, size_t cap) {
+    static const char *const where[2] = { "%s/train_config.json", "%s/../train_config.json" };
+    for (int k = 0; k < 2; k++) {
+        char cfg[1300];
+        peft_json *j;
+        snprintf(cfg, sizeof cfg, where[k], adapter);
+        if (!file_exists(cfg) || peft_json_load(&j, cfg) != PEFT_OK) continue;
+        const peft_json *mp = peft_json_get(j, "model");
+        int found = mp && mp->type == PEFT_JSON_STRING && (dir_exists(mp->string) || is_gguf(mp->string));
+        if (found) snprintf(base, cap, "%s", mp->string);
+        peft_json_free(j);
+        if (found) return;
+    }
+}
+
 /* --out of export: gguf names a file, not a folder; a peft folder is new, empty or a previous export
    (its two files, replaced): an adapter written among other files would mix with them. 1: refused. */
 static int export_out_refused(const char *format, const char *out) {
@@ -2985,6 +3002,9 @@ static int cmd_export(int argc, char **argv) {
         const peft_json *b = peft_json_get(j, "base_model_name_or_path");
         if (b && b->type == PEFT_JSON_STRING) snprintf(base, sizeof base, "%s", b->string);
         peft_json_free(j);
+        /* the name as the model was given to train (PEFT writes it so): relative to where train ran.
+           A run folder (or its checkpoint-N) knows the absolute path: its train_config.json "model". */
+        if (base[0] && !dir_exists(base) && !is_gguf(base)) run_model_path(src.adapter, base, sizeof base);
         if (!base[0] || (!dir_exists(base) && !is_gguf(base)))
             return usage_error("export",
                                "give --model: the adapter's base_model_name_or_path is not a local folder",
