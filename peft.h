@@ -16314,9 +16314,10 @@ done:
         s = d->n_dropped
                     ? peft__fail(
                               PEFT_ERR_ARG,
-                              "%s: all %d examples dropped: none has a target within its first %d tokens "
-                              "(a prompt that long needs a larger --seq; a chat needs an assistant turn)",
-                              path, d->n_dropped, max_len)
+                              "%s: all %d examples dropped: none has a target among its first %d "
+                              "predicted tokens (a prompt that long needs a larger --seq; a chat needs an "
+                              "assistant turn)",
+                              path, d->n_dropped, max_len - 1)
                     : peft__fail(PEFT_ERR_FORMAT, "%s: no usable examples", path);
     if (s != PEFT_OK) {
         peft__dsb_free(&b);

@@ -769,7 +769,9 @@ TEST(test_cli_hostile_and_absurd) {
               "%s = %s: %s", meta[i][0], meta[i][1], out);
     }
     th_sh("cp %s %s", orig, ck);
-    CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 0 && strstr(out, "resuming from"),
+    /* (the run is finished: said without "resuming from", after the checkpoint is read) */
+    CHECK(th_run_peft(out, sizeof out, "train --resume %s", run1) == 0 &&
+              strstr(out, "the run is finished") && !strstr(out, "resuming from"),
           "the good checkpoint: %s", out);
     /* a folder of the user's named like a checkpoint (checkpoint-mine/) stays */
     snprintf(path, sizeof path, "%s/checkpoint-mine", run1);
@@ -816,10 +818,12 @@ TEST(test_cli_hostile_and_absurd) {
         CHECK(system(cmd) == 0, "--data %s: the run does not resume", names[k]);
         snprintf(path, sizeof path, "%s/r/train_config.json", dir);
         peft_json *j = NULL;
-        CHECK(peft_json_load(&j, path) == PEFT_OK && peft_json_get(j, "data") &&
-              peft_json_get(j, "data")->type == PEFT_JSON_STRING &&
-              !strcmp(peft_json_get(j, "data")->string, names[k]),
-              "train_config.json data for %s: %s", names[k], peft_last_error());
+        /* (written as an absolute path: the folder, then the name) */
+        const peft_json *dj = peft_json_load(&j, path) == PEFT_OK ? peft_json_get(j, "data") : NULL;
+        const char *ds = dj && dj->type == PEFT_JSON_STRING ? dj->string : "";
+        size_t dn = strlen(ds), nn = strlen(names[k]);
+        CHECK(ds[0] == '/' && dn > nn && ds[dn - nn - 1] == '/' && !strcmp(ds + dn - nn, names[k]),
+              "train_config.json data for %s: %s", names[k], ds);
         peft_json_free(j);
     }
 
@@ -1162,11 +1166,28 @@ TEST(test_cli_bench_data) {
     CHECK(th_run_peft(out, sizeof out,
                       "bench --model %s --data %s --method lora --batch 3 --seq 200 --steps 2 --threads 1",
                       model, data) == 0 &&
-                  strstr(out, "3 examples (0 cut to --seq)") && strstr(out, want) &&
+                  strstr(out, "3 examples (0 cut to --seq, 0 dropped: no target within --seq)") &&
+                  strstr(out, want) &&
                   strstr(out, "batch 3 x seq "),
           "bench --data (want '%s'): %s", want, out);
     snprintf(want, sizeof want, "batch 3 x seq %d,", L);
     CHECK(strstr(out, want) != NULL, "bench --data reports the padded length as seq: %s", out);
+    /* a --seq that leaves one example without a target: the data line counts it */
+    int seq1 = 0;
+    for (int T = 4; T < 200 && !seq1; T++) {
+        REQUIRE_OK(peft_tokenizer_load(&tok, tokp, 800));
+        if (peft_dataset_load(&ds, data, &tok, T + 1) == PEFT_OK) {
+            if (ds.n_dropped == 1) seq1 = T;
+            peft_dataset_free(&ds);
+        }
+        peft_tokenizer_free(&tok);
+    }
+    REQUIRE(seq1 > 0, "no --seq drops exactly one of the fixture's examples");
+    CHECK(th_run_peft(out, sizeof out,
+                      "bench --model %s --data %s --method lora --batch 2 --seq %d --steps 1 --threads 1",
+                      model, data, seq1) == 0 &&
+                  strstr(out, "2 examples (") && strstr(out, ", 1 dropped: no target within --seq)"),
+          "bench --data --seq %d: %s", seq1, out);
     /* --seq shorter than every prompt: refused as train refuses it, naming the file */
     CHECK(th_run_peft(out, sizeof out,
                       "bench --model %s --data %s --method lora --batch 2 --seq 8 --steps 1 --threads 1",

@@ -52,6 +52,10 @@
     X(test_registry_cli_and_readme) \
     X(test_cli_trial_resume_and_config) \
     X(test_cli_trial_messages) \
+    X(test_cli_trial_resume_paths) \
+    X(test_cli_trial_eval_holdout) \
+    X(test_cli_trial_export_out) \
+    X(test_cli_trial_cosmetics) \
     X(test_cli_train_defaults) \
     X(test_dataset_counts_cut_and_dropped) \
     X(test_adapter_keys_match_peft) X(test_adapter_keys_module_names) X(test_adapter_keys_refused_by_name) \

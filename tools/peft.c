@@ -24,6 +24,7 @@
 #include <dlfcn.h>
 #include <strings.h>
 #include <errno.h>
+#include <ctype.h>
 #ifdef PEFT_CUDA
 /* the tool's own free and realloc calls may meet the library's managed blocks (peft_read_file's
    buffer, a list the caller frees): the heap tells its blocks from malloc's by the pointer */
@@ -39,6 +40,17 @@ static int usage_error(const char *cmd, const char *msg, const char *arg) {
 /* A flag's value refused, naming the flag, the value and what it takes:
    "peft train: --lr: abc is not a number > 0". */
 static int bad_value(const char *cmd, const char *flag, const char *value, const char *want) {
+    /* a whole number past the most the flag takes (parse_int's 10^9 when want names no bound):
+       out of range, not "not a whole number" */
+    const char *digits = value + (value[0] == '+');
+    long long low = 0, high = 1000000000;
+    int bounded = sscanf(want, "a whole number from %lld to %lld", &low, &high) == 2;
+    if ((bounded || sscanf(want, "a whole number >= %lld", &low) == 1) && *digits &&
+        strspn(digits, "0123456789") == strlen(digits) && strtod(digits, NULL) > (double)high) {
+        fprintf(stderr, "peft %s: %s: '%s' is out of range: a whole number from %lld to %lld\nTry 'peft %s "
+                "--help'.\n", cmd, flag, value, low, high, cmd);
+        return 2;
+    }
     fprintf(stderr, "peft %s: %s: '%s' is not %s\nTry 'peft %s --help'.\n", cmd, flag, value, want, cmd);
     return 2;
 }
@@ -586,7 +598,7 @@ static const char *TRAIN_HELP =
     "  --max-grad-norm X     clip the global gradient norm (0 = off)\n"
     "  --adam-beta1 X, --adam-beta2 X, --adam-epsilon X   AdamW's β1, β2 and ε\n"
     "  --eval-every N        evaluate every N steps (default 0 = at the end only, when\n"
-    "                        there is held-out data: valid.jsonl or 5% of the examples)\n"
+    "                        there is held-out data: valid.jsonl, else 5% of the examples, at least 1)\n"
     "  --save-every N        checkpoint every N steps (default 0 = none)\n"
     "  --resume DIR          continue a run (its folder or one checkpoint-N) exactly\n"
     "  --seed S              data order, held-out split and random init (default 0)\n"
@@ -816,6 +828,32 @@ static int write_settings(const settings *st, const char *path) {
     }
     n += (size_t)snprintf(buf + n, sizeof buf - n, "}\n");
     return peft_write_file_atomic(path, buf, n) == PEFT_OK ? 0 : fail();
+}
+
+/* train_config.json names model, data and tokenizer by absolute paths: `peft train --resume RUN`
+   from another folder reads the same files (the paths as given are relative to where train ran) */
+static const char *const PATH_KEYS[] = { "model", "data", "tokenizer", NULL };
+
+static int write_run_settings(const settings *st, const char *path) {
+    settings *abs = malloc(sizeof *abs);
+    if (!abs) {
+        fprintf(stderr, "peft: error: out of memory\n");
+        return 1;
+    }
+    *abs = *st;
+    char cwd[4096], full[4700];
+    for (int k = 0; PATH_KEYS[k]; k++) {
+        const char *v = get(abs, PATH_KEYS[k]);
+        struct stat sb;
+        /* the current folder joined in front (getcwd: POSIX, where realpath is XSI); "./" dropped */
+        if (!v || v[0] == '/' || stat(v, &sb) != 0 || !getcwd(cwd, sizeof cwd)) continue;
+        while (v[0] == '.' && v[1] == '/') v += 2;
+        int len = snprintf(full, sizeof full, "%s/%s", cwd, strcmp(v, ".") ? v : "");
+        if (len > 0 && (size_t)len < sizeof abs->s[0].val) put(abs, PATH_KEYS[k], full);
+    }
+    int rc = write_settings(abs, path);
+    free(abs);
+    return rc;
 }
 
 static int dir_exists(const char *p) {
@@ -1302,6 +1340,7 @@ static void clear_run(const char *out, const char *model) {
 typedef struct {
     settings st;
     char ckpt[1200], run_dir[1200];         /* --resume: the checkpoint and its run folder */
+    settings *run_st;                       /* --resume: the run's train_config.json as read */
     int overwrite, no_save;
     model_src src;
     const char *data, *out, *tokp;
@@ -1320,6 +1359,24 @@ typedef struct {
     int *order, *tokb, *tgtb;
     int pad, tty;
 } train_job;
+
+/* A path that the resumed run's train_config.json names (no flag replaced it) and that is not there:
+   the error names the file, the key and the path (a run written with relative paths, resumed from
+   another folder). 1: missing. */
+static int resume_paths_missing(const train_job *j) {
+    char flag[64];
+    for (int k = 0; PATH_KEYS[k]; k++) {
+        const char *was = get(j->run_st, PATH_KEYS[k]), *now = get(&j->st, PATH_KEYS[k]);
+        struct stat sb;
+        if (!was || !now || strcmp(was, now) || stat(now, &sb) == 0) continue;
+        fprintf(stderr, "peft: error: %s/train_config.json: \"%s\": %s: no such file or folder%s; give %s "
+                "to say where it is now\n", j->run_dir, PATH_KEYS[k], now,
+                now[0] == '/' ? "" : " (a relative path, read from the current folder)",
+                key_flag(PATH_KEYS[k], flag, sizeof flag));
+        return 1;
+    }
+    return 0;
+}
 
 /* --help, then the settings: the resumed run's, --config's, the flags', the defaults. -1: go on. */
 static int train_resolve(train_job *j, int argc, char **argv) {
@@ -1347,6 +1404,12 @@ static int train_resolve(train_job *j, int argc, char **argv) {
         snprintf(path, sizeof path, "%s/train_config.json", j->run_dir);
         if (read_settings(st, path)) return 1;
         put(st, "out", j->run_dir);
+        j->run_st = malloc(sizeof *j->run_st);
+        if (!j->run_st) {
+            fprintf(stderr, "peft: error: out of memory\n");
+            return 1;
+        }
+        *j->run_st = *st;
     }
     if (config && read_settings(st, config)) return 1;
     for (int i = 0; i < argc; i += 2) {
@@ -1382,6 +1445,7 @@ static int train_resolve(train_job *j, int argc, char **argv) {
                                   { "stop_on_divergence", "0" }, { "precision", "fp32" } };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         if (!get(st, defaults[i][0])) put(st, defaults[i][0], defaults[i][1]);
+    if (j->run_st && resume_paths_missing(j)) return 1;
     /* a GGUF model's block weights are not float: full fine-tuning is refused there, LoRA is not */
     const char *model_arg = get(st, "model");
     if (!get(st, "method")) put(st, "method", model_arg && is_gguf(model_arg) ? "lora" : "full");
@@ -1440,7 +1504,8 @@ static int train_parse(train_job *j) {
         want = what; \
     }
     INT_SETTING("epochs", j->epochs, j->epochs > 0, "a whole number >= 1")
-    INT_SETTING("max_steps", j->max_steps, j->max_steps > 0, "a whole number >= 1")
+    INT_SETTING("max_steps", j->max_steps, j->max_steps > 0 && j->max_steps <= 10000000,
+                "a whole number from 1 to 10000000")
     INT_SETTING("batch", j->B, j->B > 0 && j->B <= 256, "a whole number from 1 to 256")
     INT_SETTING("seq", j->T, j->T > 1, "a whole number >= 2")
     INT_SETTING("grad_accum", o->grad_accum, o->grad_accum > 0 && o->grad_accum <= 65536,
@@ -1546,8 +1611,18 @@ static int train_data(train_job *j) {
     if (peft_dataset_load(&j->ds, j->train_path, j->tk, j->T + 1) != PEFT_OK) return fail();
     if (valid_path[0]) {
         if (peft_dataset_load(&j->held, valid_path, j->tk, j->T + 1) != PEFT_OK) return fail();
-    } else if (j->eval_every > 0 && j->ds.n >= 20) {
-        if (peft_dataset_split(&j->ds, &j->held, j->ds.n / 20, j->src.seed) != PEFT_OK) return fail();
+    } else if (j->eval_every > 0) {
+        /* 5%, and at least one example: --eval-every never evaluates nothing in silence */
+        int n = j->ds.n, keep = n / 20 > 1 ? n / 20 : 1;
+        if (n < 2) {
+            fprintf(stderr, "peft train: --eval-every %d needs held-out examples: %s has %d example%s to "
+                    "train on and none to spare; give a folder with train.jsonl and valid.jsonl, or drop "
+                    "--eval-every\n", j->eval_every, j->train_path, n, n == 1 ? "" : "s");
+            return 2;
+        }
+        if (peft_dataset_split(&j->ds, &j->held, keep, j->src.seed) != PEFT_OK) return fail();
+        printf("held out %d of %d examples for --eval-every (5%%, at least 1; a folder with valid.jsonl "
+               "chooses them)\n", keep, n);
     }
     for (int64_t i = 0; i < j->ds.n_tokens; i++)
         if (j->ds.ids[i] < 0 || j->ds.ids[i] >= j->m->cfg.vocab_size) {
@@ -1566,10 +1641,63 @@ static int train_load(train_job *j) {
     return rc ? rc : train_data(j);
 }
 
+/* A method setting the model refuses ("lora_layers names layer 40 but the model has 2 layers"): the
+   error names the flag it came from and its value. */
+static int attach_failed(const train_job *j) {
+    const char *msg = peft_last_error();
+    char flag[64];
+    for (int i = 0; method_key(i); i++) {
+        const char *key = method_key(i)->key, *val = get(&j->st, key);
+        size_t kl = strlen(key);
+        for (const char *p = val ? strstr(msg, key) : NULL; p; p = strstr(p + 1, key)) {
+            int word = (p == msg || !(isalnum((unsigned char)p[-1]) || p[-1] == '_')) &&
+                       !(isalnum((unsigned char)p[kl]) || p[kl] == '_');
+            if (!word) continue;
+            fprintf(stderr, "peft train: %s %s: %s\n", key_flag(key, flag, sizeof flag), val, msg);
+            return 1;
+        }
+    }
+    return fail();
+}
+
+/* A checkpoint that does not load into this run's trainable tensors: the method settings that differ
+   from the run's train_config.json, by flag, with both values (a shape's bytes say nothing to the user). */
+static int resume_load_failed(const train_job *j) {
+    char flag[64], path[1300], dflt[64];
+    int differ = 0;
+    peft_json *ac = NULL;                   /* the checkpoint's adapter_config.json: a default's value */
+    snprintf(path, sizeof path, "%s/adapter_config.json", j->ckpt);
+    if (file_exists(path) && peft_json_load(&ac, path) != PEFT_OK) ac = NULL;
+    for (int i = -1; j->run_st && (i < 0 || method_key(i)); i++) {
+        const char *key = i < 0 ? "method" : method_key(i)->key;
+        const char *was = get(j->run_st, key), *now = get(&j->st, key);
+        if (!was && !now) continue;
+        if (was && now && !strcmp(was, now)) continue;
+        /* PEFT's name of a setting absent from train_config.json: lora_r is "r", lora_alpha itself */
+        const char *under = strchr(key, '_');
+        const peft_json *v = ac ? peft_json_get(ac, key) : NULL;
+        if (!v && ac && under) v = peft_json_get(ac, under + 1);
+        if (!was && v && v->type == PEFT_JSON_NUMBER) {
+            snprintf(dflt, sizeof dflt, "%g (its default)", v->number);
+            was = dflt;
+        }
+        fprintf(stderr, "peft: error: %s %s: the checkpoint %s was trained with %s %s "
+                "(%s/train_config.json); a resumed run keeps the shapes of what it trains: drop %s or start "
+                "a new run\n",
+                key_flag(key, flag, sizeof flag), now ? now : "(the default)", j->ckpt, key,
+                was ? was : "at its default", j->run_dir, flag);
+        differ++;
+    }
+    peft_json_free(ac);
+    if (!differ) return fail();
+    fprintf(stderr, "peft: (the checkpoint: %s)\n", peft_last_error());
+    return 1;
+}
+
 /* The method attached, the step count, the trainer (from the checkpoint when resuming), the output folder. */
 static int train_prepare(train_job *j) {
     char path[1400];
-    if (peft_attach(j->m, &j->meth) != PEFT_OK) return fail();
+    if (peft_attach(j->m, &j->meth) != PEFT_OK) return attach_failed(j);
     if (peft_model_trainable_count(j->m) == 0) {
         fprintf(stderr, "peft: error: %s would train 0 parameters of this model: check its settings\n",
                 peft_method_name(j->meth.kind));
@@ -1592,12 +1720,20 @@ static int train_prepare(train_job *j) {
     if (!j->tr) return fail();
     if (j->ckpt[0]) {
         snprintf(path, sizeof path, "%s/trainer.safetensors", j->ckpt);
-        if (peft_checkpoint_load(j->tr, &j->pos, path) != PEFT_OK) return fail();
+        if (peft_checkpoint_load(j->tr, &j->pos, path) != PEFT_OK) return resume_load_failed(j);
         if (j->pos.cursor > j->ds.n || j->tr->step > j->steps) {
             fprintf(stderr, "peft: error: %s: the checkpoint is at step %d, example %lld of an epoch, "
                     "outside this run (%d steps, %d examples): resumed with other data or settings?\n",
                     path, j->tr->step, (long long)j->pos.cursor, j->steps, j->ds.n);
             return 1;
+        }
+        /* its log reached the last step with the result saved: nothing is left to train, and nothing
+           is written (train_config.json keeps the settings the run was trained with) */
+        if (j->out && run_finished(j->out, j->steps)) {
+            printf("%s: the run is finished (%d of %d steps, its %s saved): nothing to resume from %s "
+                   "(step %d); raise --max-steps or --epochs to train further\n", j->out, j->steps, j->steps,
+                   j->meth.kind == PEFT_FULL ? "model" : "adapter", j->ckpt, j->tr->step);
+            return -1;
         }
         printf("resuming from %s at step %d\n", j->ckpt, j->tr->step);
     }
@@ -1617,14 +1753,7 @@ static int train_prepare(train_job *j) {
         }
         if (!j->ckpt[0] && j->overwrite) clear_run(j->out, get(&j->st, "model"));
         snprintf(path, sizeof path, "%s/train_config.json", j->out);
-        if (write_settings(&j->st, path)) return 1;
-    }
-    /* resumed, and its log reached the last step with the result saved: nothing is left to train */
-    if (j->ckpt[0] && j->out && run_finished(j->out, j->steps)) {
-        printf("%s: the run is finished (%d of %d steps, its %s saved): nothing to resume; raise "
-               "--max-steps or --epochs to train further\n", j->out, j->steps, j->steps,
-               j->meth.kind == PEFT_FULL ? "model" : "adapter");
-        return -1;
+        if (write_run_settings(&j->st, path)) return 1;
     }
     char b1[40], b2[40];
     int64_t trainable = peft_model_trainable_count(j->m), base = peft_model_base_count(j->m);
@@ -1772,13 +1901,51 @@ static void train_eval(train_job *j, int s) {
     j->rs.eval_y[j->rs.n_eval++] = el;
     if (j->log) fprintf(j->log, "{\"step\": %d, \"eval_loss\": %.6f}\n", s, el);
     if (j->tty) fprintf(stderr, "\n");
-    printf("step %4d  eval loss %.4f (%d held-out examples)\n", s, el, j->held.n);
+    printf("step %4d  eval loss %.4f (%d held-out example%s)\n", s, el, j->held.n, j->held.n == 1 ? "" : "s");
 }
 
-/* The tests' crash hook: PEFT_CRASH_AFTER_STEP=N dies like a killed process after step N. */
+/* The tests' crash hook: PEFT_CRASH_AFTER_STEP=N dies like a killed process after step N;
+   PEFT_INTERRUPT_AFTER_STEP=N is a Ctrl-C there. */
 static void test_crash_hook(int step) {
-    const char *crash = getenv("PEFT_CRASH_AFTER_STEP");
+    const char *crash = getenv("PEFT_CRASH_AFTER_STEP"), *intr = getenv("PEFT_INTERRUPT_AFTER_STEP");
     if (crash && atoi(crash) == step) raise(SIGKILL);
+    if (intr && atoi(intr) == step) raise(SIGINT);
+}
+
+/* Ctrl-C (SIGINT) or SIGTERM while training: the handler only records the signal (async-signal-safe)
+   and is reset by it, so that a second Ctrl-C stops at once; the loop ends after the step it is in,
+   naming the last checkpoint saved. */
+static volatile sig_atomic_t train_signal;
+static void on_train_signal(int sig) {
+    static const char note[] = "\npeft train: stopping after this step (a second Ctrl-C stops at once)\n";
+    train_signal = sig;
+    ssize_t w = write(2, note, sizeof note - 1);
+    (void)w;
+}
+static void train_catch_signals(int on) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on ? on_train_signal : SIG_DFL;
+    sa.sa_flags = on ? SA_RESETHAND : 0;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* The line a stopped run ends with: where it can go on from. Returns the exit status, 128 + signal. */
+static int train_stopped(const train_job *j, int s, const char *last_ckpt) {
+    int sig = (int)train_signal;
+    if (j->tty) fprintf(stderr, "\n");
+    fprintf(stderr, "peft train: stopped by %s after step %d of %d; ", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+            s, j->steps);
+    if (last_ckpt[0])
+        fprintf(stderr, "the last checkpoint saved is %s (peft train --resume %s goes on from it)\n",
+                last_ckpt, j->out);
+    else if (j->out)
+        fprintf(stderr, "no checkpoint was saved (--save-every N saves one every N steps)\n");
+    else
+        fprintf(stderr, "nothing was saved (--no-save)\n");
+    return 128 + sig;
 }
 
 static int train_loop(train_job *j) {
@@ -1788,6 +1955,10 @@ static int train_loop(train_job *j) {
     int start_step = j->tr->step;
     double first = j->rs.n_loss && j->rs.loss[0] > 0 ? j->rs.loss[0] : NAN;
     divergence dv = { logf((float)j->m->cfg.vocab_size), first, 0, 0, 0 };
+    char last_ckpt[1300];
+    snprintf(last_ckpt, sizeof last_ckpt, "%s", j->ckpt);
+    train_signal = 0;
+    train_catch_signals(1);
     while (j->tr->step < j->steps) {
         double ts = now_s(), loss, ntok;
         int rc = train_step(j, &loss, &ntok);
@@ -1803,10 +1974,13 @@ static int train_loop(train_job *j) {
         if (j->log) fflush(j->log);
         if (j->out && j->save_every && s % j->save_every == 0 && s < j->steps) {
             if (save_checkpoint(&j->rs, j->out, s, &j->pos)) return 1;
+            snprintf(last_ckpt, sizeof last_ckpt, "%s/checkpoint-%d", j->out, s);
             write_plot(&j->rs, j->out);
         }
         test_crash_hook(s);
+        if (train_signal) return train_stopped(j, s, last_ckpt);
     }
+    train_catch_signals(0);
     printf("done: %d steps in %.1f s\n", j->steps, now_s() - t0);
     print_moe_balance(j->m);
     return 0;
@@ -1826,6 +2000,7 @@ static int train_finish(train_job *j) {
 
 static void train_free(train_job *j) {
     if (j->log) fclose(j->log);
+    free(j->run_st);
     free(j->order);
     free(j->tokb);
     free(j->tgtb);
@@ -2339,9 +2514,9 @@ static int cmd_bench(int argc, char **argv) {
         printf("model            %s, method %s, batch %d x seq %d, %d threads, optimizer %s\n",
                src.preset ? src.preset : src.model, peft_method_name(meth.kind), B, T, threads, optim);
         if (dj)
-            printf("data             %s: %d examples (%d cut to --seq), batches in file order; the median "
-                   "step padded to %d tokens, %d targets with loss\n",
-                   data, dj->ds.n, dj->ds.n_truncated, T, st[steps / 2].targets);
+            printf("data             %s: %d examples (%d cut to --seq, %d dropped: no target within --seq), "
+                   "batches in file order; the median step padded to %d tokens, %d targets with loss\n",
+                   data, dj->ds.n, dj->ds.n_truncated, dj->ds.n_dropped, T, st[steps / 2].targets);
         if (prec == PEFT_PRECISION_BF16)
             printf("precision        bf16 frozen block linears (%s)\n",
                    peft_bf16_dot_available() ? "AVX512-BF16 products" : "no AVX512-BF16: decoded to fp32");
@@ -2469,6 +2644,7 @@ typedef struct {
     int prev, print_ids, count;
     const int *stop;
     int n_stop;
+    int trim;            /* the answer alone (--alpaca, --chat): its leading blank lines and spaces dropped */
 } gen_ctx;
 
 static int on_token(void *vctx, int id) {
@@ -2478,7 +2654,10 @@ static int on_token(void *vctx, int id) {
     if (c->print_ids) printf("%s%d", c->count ? " " : "", id);
     else if (c->tok && !is_stop) {
         char b[8];
-        fputs(peft_tokenizer_decode(c->tok, c->prev, id, b), stdout);
+        const char *piece = peft_tokenizer_decode(c->tok, c->prev, id, b);
+        if (c->trim) piece += strspn(piece, " \t\r\n");
+        c->trim = c->trim && !*piece;
+        fputs(piece, stdout);
     }
     fflush(stdout);
     c->prev = id;
@@ -2662,7 +2841,8 @@ static int cmd_generate(int argc, char **argv) {
     }
     if (max_new < 0) max_new = -max_new - n > 0 ? -max_new - n : 1;      /* max_length counts the prompt */
     {
-        gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, stop, n_stop };
+        gen_ctx ctx = { have_tok ? &tok : NULL, n ? ids[n - 1] : 1, print_ids, 0, stop, n_stop,
+                        alpaca || chat };
         if (prompt && !print_ids && !alpaca) fputs(prompt, stdout);   /* --alpaca, --chat: the answer alone */
         sm.stop = stop;
         sm.n_stop = n_stop;
@@ -2749,7 +2929,52 @@ static const char *EXPORT_HELP =
     "Writes an adapter for other tools: peft (a PEFT folder: adapter_config.json +\n"
     "adapter_model.safetensors, what Hugging Face PEFT loads) or gguf (one file that\n"
     "llama.cpp loads with --lora; LoRA only). The base model is --model, or the\n"
-    "adapter's base_model_name_or_path when that is a local folder.\n";
+    "adapter's base_model_name_or_path when that is a local folder. A peft --out is a new\n"
+    "or empty folder, or one that holds a previous export (replaced); a gguf --out is a file.\n";
+
+/* The base model of an adapter inside a run folder (ADAPTER/train_config.json or, for a checkpoint-N,
+   ADAPTER/../train_config.json): its "model" replaces base when that exists. */
+static void run_model_path(const char *adapter, char *base, size_t cap) {
+    static const char *const where[2] = { "%s/train_config.json", "%s/../train_config.json" };
+    for (int k = 0; k < 2; k++) {
+        char cfg[1300];
+        peft_json *j;
+        snprintf(cfg, sizeof cfg, where[k], adapter);
+        if (!file_exists(cfg) || peft_json_load(&j, cfg) != PEFT_OK) continue;
+        const peft_json *mp = peft_json_get(j, "model");
+        int found = mp && mp->type == PEFT_JSON_STRING && (dir_exists(mp->string) || is_gguf(mp->string));
+        if (found) snprintf(base, cap, "%s", mp->string);
+        peft_json_free(j);
+        if (found) return;
+    }
+}
+
+/* --out of export: gguf names a file, not a folder; a peft folder is new, empty or a previous export
+   (its two files, replaced): an adapter written among other files would mix with them. 1: refused. */
+static int export_out_refused(const char *format, const char *out) {
+    if (!strcmp(format, "gguf")) {
+        if (!dir_exists(out)) return 0;
+        fprintf(stderr, "peft export: --out %s is a folder; --format gguf writes one file: name it "
+                "(e.g. %s/adapter.gguf)\n", out, out);
+        return 1;
+    }
+    if (file_exists(out)) {
+        fprintf(stderr, "peft export: --out %s is a file; --format peft writes a folder\n", out);
+        return 1;
+    }
+    DIR *d = opendir(out);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") ||
+            !strcmp(e->d_name, "adapter_config.json") || !strcmp(e->d_name, "adapter_model.safetensors"))
+            continue;
+        fprintf(stderr, "peft export: --out %s holds %s, which a PEFT adapter folder has not: give a new or "
+                "empty folder (a previous export there is replaced)\n", out, e->d_name);
+        closedir(d);
+        return 1;
+    }
+    if (d) closedir(d);
+    return 0;
+}
 
 static int cmd_export(int argc, char **argv) {
     model_src src = { 0, 0, 0, 0 };
@@ -2768,6 +2993,7 @@ static int cmd_export(int argc, char **argv) {
         return usage_error("export", "--adapter, --format and --out are required", NULL);
     if (strcmp(format, "peft") && strcmp(format, "gguf"))
         return usage_error("export", "--format must be peft or gguf", format);
+    if (export_out_refused(format, out)) return 2;
     char base[1200] = "";
     if (!src.model) {                                   /* the adapter names its base */
         char cfg[1200];
@@ -2777,6 +3003,9 @@ static int cmd_export(int argc, char **argv) {
         const peft_json *b = peft_json_get(j, "base_model_name_or_path");
         if (b && b->type == PEFT_JSON_STRING) snprintf(base, sizeof base, "%s", b->string);
         peft_json_free(j);
+        /* the name as the model was given to train (PEFT writes it so): relative to where train ran.
+           A run folder (or its checkpoint-N) knows the absolute path: its train_config.json "model". */
+        if (base[0] && !dir_exists(base) && !is_gguf(base)) run_model_path(src.adapter, base, sizeof base);
         if (!base[0] || (!dir_exists(base) && !is_gguf(base)))
             return usage_error("export",
                                "give --model: the adapter's base_model_name_or_path is not a local folder",
