@@ -10162,6 +10162,7 @@ static int peft__shard_count(const peft_trainer *tr, int B) {
         return 1;
     int64_t train = 0, all = 0;
     for (int i = 0; i < tr->opt.n; i++) train += tr->opt.params[i]->n;
+    if (m->method.kind == PEFT_FULL) return 1;      /* nothing attached: every base weight trains */
     for (int i = 0; i < m->n_params; i++) all += m->params[i]->n;
     /* the stand-ins' gradients: n copies of the trainable tensors' */
     if (train == 0 || (train * n > all / PEFT__SHARD_SHARE && train * n > PEFT__SHARD_SMALL)) return 1;
