@@ -5300,7 +5300,8 @@ static peft_tensor *peft__lora_op(peft_graph *g, peft_tensor *x, peft_tensor *W,
     peft_op op = { .kind = PEFT_OP_LORA_LINEAR, .out = y, .in = { x, W, A, Bm },
                    .aux2 = Wq ? (const void *)Wq : Wm, .i = { N, in, out, r, Wm != NULL },
                    .f = { s, 1.0f, drop ? dropout : 0.0f },
-                   .seed = drop ? peft_rng_u64(rng) + (uint64_t)g->row_base : 0 };   /* rows across the batch */
+                   /* + row_base: a shard's rows are numbered across the whole batch */
+                   .seed = drop ? peft_rng_u64(rng) + (uint64_t)g->row_base : 0 };
     return peft__run(g, &op, 0);
 }
 /* y = out [N, out]; in: x [N, in], W [out, in] or NULL, A [r, in], B [out, r];
@@ -10113,9 +10114,10 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
 /* ---- data-parallel steps ------------------------------------------------------------
    With n threads and a batch of B sequences (B a multiple of n), a step that
    trains a small set of tensors (LoRA, the adapters: n copies of their
-   gradients take at most 1/16 of the model, or 16 MB) runs as n shards of B/n sequences: each shard's forward and
-   backward whole on one thread, on a tape of its own, into stand-ins of the
-   trainable tensors (their data, a gradient of their own), and the shards'
+   gradients take at most 1/16 of the model, or 16 MB) runs as n shards of
+   B/n sequences: each shard's forward and backward whole on one thread, on
+   a tape of its own, into stand-ins of the trainable tensors (their data, a
+   gradient of their own), and the shards'
    gradients are then added in shard order. The threads meet once per step
    instead of at each of the step's ~1,400 parallel loops: on a busy machine
    a thread the OS puts aside delays only its own shard (and the others'
@@ -10131,12 +10133,23 @@ PEFTDEF peft_trainer *peft_trainer_new(peft_model *m, const peft_trainer_opts *o
    turns it off. */
 #define PEFT__SHARD_SHARE 16            /* the shards' gradients: at most 1/16 of the model's elements, */
 #define PEFT__SHARD_SMALL (4 << 20)     /* or at most 16 MB                                             */
+typedef struct {
+    peft_trainer *tr;
+    const int    *tokens, *targets;
+    int           B, T, n;
+    peft_rng      rng[PEFT_MAX_THREADS];       /* each shard's copy of the dropout stream */
+    double        weight[PEFT_MAX_THREADS];    /* its share of the target tokens          */
+    float         loss[PEFT_MAX_THREADS];
+    peft_status   st[PEFT_MAX_THREADS];
+    char          why[PEFT_MAX_THREADS][256];
+} peft__shard_job;
 typedef struct peft__shards {
     int           n;                    /* shards made (threads when made)    */
     peft_graph   *g[PEFT_MAX_THREADS];
     peft_tensor  *shadow[PEFT_MAX_THREADS];      /* [n trainable] stand-ins per shard */
     peft_tensor **shadow_ptr[PEFT_MAX_THREADS];  /* pointers to them, for the tape    */
     float        *grad[PEFT_MAX_THREADS];        /* their gradients, one block        */
+    peft__shard_job job;                         /* the step's work: no allocation per step */
 } peft__shards;
 static int peft__data_parallel = 1;
 PEFTDEF void peft_set_data_parallel(int on) { peft__data_parallel = on != 0; }
@@ -10199,16 +10212,6 @@ static peft_status peft__shards_make(peft_trainer *tr, int n) {
     return PEFT_OK;
 }
 
-typedef struct {
-    peft_trainer *tr;
-    const int    *tokens, *targets;
-    int           B, T, n;
-    peft_rng      rng[PEFT_MAX_THREADS];       /* each shard's copy of the dropout stream */
-    double        weight[PEFT_MAX_THREADS];    /* its share of the target tokens          */
-    float         loss[PEFT_MAX_THREADS];
-    peft_status   st[PEFT_MAX_THREADS];
-    char          why[PEFT_MAX_THREADS][256];
-} peft__shard_job;
 
 /* PEFT__CPU_KERNEL_BEGIN: the CPU backend's shards on the thread pool (steps on another
    backend run on one tape: peft__shard_count) */
@@ -10261,8 +10264,8 @@ static peft_status peft__shard_step(peft_trainer *tr, const int *tokens, const i
     peft_status st = peft__shards_make(tr, n);
     if (st == PEFT_OK) st = peft__rope_ensure(m, T);    /* the shards only read the table */
     if (st != PEFT_OK) return st;
-    peft__shard_job *j = (peft__shard_job *)peft__calloc(sizeof *j);
-    if (!j) return peft__fail(PEFT_ERR_NOMEM, "no memory for the step's shards");
+    peft__shard_job *j = &tr->shards->job;
+    memset(j, 0, sizeof *j);
     j->tr = tr;
     j->tokens = tokens;
     j->targets = targets;
@@ -10296,7 +10299,6 @@ static peft_status peft__shard_step(peft_trainer *tr, const int *tokens, const i
             }
         }
     }
-    PEFT_FREE(j);
     return st;
 }
 /* PEFT__CPU_KERNEL_END */
